@@ -1,0 +1,65 @@
+/*
+ * conf.h - the configuration: parsing `name = value` files (Postfix main.cf
+ * shape), -o overrides, validation, and dumps for -n / -d.
+ *
+ * Every parameter is declared once in conf_params.h. A loaded configuration
+ * is an immutable, reference-counted snapshot: readers take it with
+ * conf_acquire() and drop it with conf_release(); a reload builds a new one
+ * and swaps it in with conf_install(). Times are stored in milliseconds,
+ * sizes in bytes.
+ */
+#ifndef PERIMD_CONF_H
+#define PERIMD_CONF_H
+
+#include <stdio.h>
+
+/* A list value ("a, b c"): n items, v[n] == NULL. */
+struct conf_list {
+	int n;
+	char **v;
+};
+
+#define CONF_CTYPE_BOOL int
+#define CONF_CTYPE_INT long long
+#define CONF_CTYPE_TIME long long      /* milliseconds */
+#define CONF_CTYPE_SIZE long long      /* bytes */
+#define CONF_CTYPE_STR char *          /* never NULL ("" when empty) */
+#define CONF_CTYPE_ENUM char *         /* one of the listed choices */
+#define CONF_CTYPE_LIST struct conf_list
+#define CONF_CTYPE_MAP char *          /* "type:path" or "" */
+#define CONF_CTYPE_MAPLIST struct conf_list /* list items, or one "type:path" */
+
+struct conf {
+#define PARAM(type, name, def, min, max, choices, doc) CONF_CTYPE_##type name;
+#include "conf_params.h"
+#undef PARAM
+	char *path;      /* file it was read from ("" = defaults only) */
+	int refs;        /* private */
+};
+
+/* conf_load - defaults, then the file (path may be NULL: defaults only; a
+ * missing file is an error unless missing_ok), then overrides ("name=value"
+ * strings, as from -o). $name references are expanded after all is read.
+ * Returns NULL and fills err ("FILE:LINE: NAME: reason") on error. */
+struct conf *conf_load(const char *path, int missing_ok, char **overrides,
+		       int n_overrides, char *err, size_t errlen);
+
+/* conf_dump - print parameters as a readable config file: all of them
+ * (defaults_too = 1, for -d on a default conf) or only those whose value
+ * differs from the default (-n). The output reads back to the same conf. */
+void conf_dump(FILE *out, const struct conf *c, int defaults_too);
+
+/* conf_install - make c the current configuration (takes the caller's
+ * reference). */
+void conf_install(struct conf *c);
+/* conf_acquire - the current configuration, with a reference. */
+struct conf *conf_acquire(void);
+void conf_release(struct conf *c);
+
+/* conf_list_has - case-insensitive membership. */
+int conf_list_has(const struct conf_list *l, const char *s);
+
+/* conf_param_names - NULL-terminated array of every parameter name. */
+const char *const *conf_param_names(void);
+
+#endif

@@ -1,0 +1,46 @@
+/*
+ * conf_params.h - THE parameter table, one line per parameter, nothing else.
+ *
+ * PARAM(type, name, default, min, max, choices, doc)
+ *   type: BOOL INT TIME SIZE STR ENUM LIST MAP MAPLIST (see conf.h)
+ *   min/max: bounds for INT/TIME/SIZE (TIME in ms, SIZE in bytes), 0,0 = none
+ *   choices: "a|b" for ENUM, else NULL
+ * Included with PARAM defined; no include guard on purpose.
+ */
+
+/* Listening and sessions */
+PARAM(LIST, smtpd_listen, "0.0.0.0:25, [::]:25", 0, 0, NULL, "addresses to accept SMTP on")
+PARAM(STR, myhostname, "", 0, 0, NULL, "host name used in the banner, EHLO and Received (default: the system host name)")
+PARAM(STR, smtpd_banner, "$myhostname ESMTP", 0, 0, NULL, "text after 220 in the greeting")
+PARAM(INT, max_sessions, "512", 1, 1000000, NULL, "concurrent SMTP sessions in all; beyond it new clients get 421 4.3.2")
+PARAM(INT, io_threads, "0", 0, 256, NULL, "event-loop threads; 0 = one per CPU")
+PARAM(INT, smtpd_client_connection_count_limit, "50", 0, 1000000, NULL, "concurrent sessions per client IP (0 = no limit)")
+PARAM(TIME, smtpd_timeout, "300s", 1000, 86400000, NULL, "idle time allowed while waiting for the client")
+PARAM(INT, smtpd_recipient_limit, "1000", 1, 1000000, NULL, "recipients per transaction")
+PARAM(SIZE, message_size_limit, "25m", 1024, 4294967295LL, NULL, "largest message accepted; advertised in EHLO SIZE")
+PARAM(INT, smtpd_command_line_limit, "2048", 512, 1048576, NULL, "longer command lines get 500 5.5.2")
+PARAM(ENUM, smtpd_forbid_bare_newline, "normalize", 0, 0, "normalize|reject", "bare LF in DATA: normalize to CRLF, or reject")
+PARAM(INT, smtpd_soft_error_limit, "10", 0, 1000, NULL, "errors after which each error reply is delayed")
+PARAM(INT, smtpd_hard_error_limit, "20", 1, 1000, NULL, "errors after which the session is closed")
+PARAM(TIME, smtpd_error_sleep_time, "1s", 0, 60000, NULL, "delay of each error reply past the soft limit")
+PARAM(TIME, shutdown_timeout, "30s", 0, 3600000, NULL, "on SIGTERM, how long open sessions may finish")
+PARAM(STR, mail_owner, "perimd", 0, 0, NULL, "user to run as after binding ports")
+PARAM(STR, data_directory, "/var/lib/perimd", 0, 0, NULL, "state: databases, statistics history")
+PARAM(STR, body_spool_directory, "/dev/shm/perimd", 0, 0, NULL, "where bodies over body_memory_limit spill")
+PARAM(SIZE, body_memory_limit, "1m", 0, 4294967295LL, NULL, "per message, kept in memory below this")
+PARAM(SIZE, body_spool_limit, "1g", 1024, 0, NULL, "all bodies together; beyond it new DATA gets 452 4.3.1")
+
+/* Relay control and routing */
+PARAM(MAPLIST, relay_domains, "", 0, 0, NULL, "domains this MX accepts mail for (list or map)")
+PARAM(LIST, relay_backends, "", 0, 0, NULL, "default backends, in failover order")
+PARAM(MAP, transport_maps, "", 0, 0, NULL, "recipient domain to backend list, overriding relay_backends")
+PARAM(INT, relay_destination_concurrency_limit, "100", 1, 100000, NULL, "open connections per backend")
+PARAM(TIME, relay_pool_wait, "30s", 0, 540000, NULL, "how long a message may wait for a free backend connection")
+PARAM(TIME, relay_connect_timeout, "30s", 100, 540000, NULL, "backend connect and greeting timeout")
+PARAM(TIME, relay_timeout, "120s", 100, 540000, NULL, "backend reply timeout for each command stage")
+PARAM(TIME, relay_data_done_timeout, "300s", 100, 540000, NULL, "backend reply timeout after the final dot")
+PARAM(TIME, relay_idle_timeout, "30s", 0, 3600000, NULL, "an idle pooled backend connection is closed after this")
+PARAM(TIME, relay_verify_negative_ttl, "3h", 0, 0, NULL, "how long a recipient refused by a backend is refused at RCPT")
+
+/* Observability */
+PARAM(ENUM, log_to, "syslog", 0, 0, "syslog|stderr", "where to log (-f implies stderr)")

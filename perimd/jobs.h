@@ -1,0 +1,30 @@
+/*
+ * jobs.h - worker threads for blocking work (database statements, file
+ * reads, scans), results delivered back on the loop that asked.
+ *
+ * work(arg) runs on a worker thread and MUST NOT touch loop state. done(arg,
+ * cancelled) then runs on the submitting loop's thread. If the submitter
+ * called jobs_cancel() first, done() still runs (cancelled = 1) so arg can
+ * be freed, but it MUST NOT use the (gone) submitter.
+ */
+#ifndef PERIMD_JOBS_H
+#define PERIMD_JOBS_H
+
+struct ev_loop;
+struct job;
+
+typedef void job_work_fn(void *arg);
+typedef void job_done_fn(void *arg, int cancelled);
+
+/* jobs_start - start n worker threads (n >= 1). */
+void jobs_start(int n);
+/* jobs_stop - finish queued work and join the workers. */
+void jobs_stop(void);
+
+/* jobs_submit - queue work; returns a handle valid until done() has run. */
+struct job *jobs_submit(struct ev_loop *loop, job_work_fn *work,
+			job_done_fn *done, void *arg);
+/* jobs_cancel - from the submitting loop's thread only. */
+void jobs_cancel(struct job *j);
+
+#endif

@@ -1,0 +1,35 @@
+/*
+ * log.h - logging to syslog or stderr, Postfix-like lines.
+ *
+ * Thread-safe. Lines about a session start with its id ("4XkQ2f1a: ...").
+ */
+#ifndef PERIMD_LOG_H
+#define PERIMD_LOG_H
+
+#include <stdarg.h>
+
+enum log_level { LOG_LVL_ERR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
+
+/* log_open - to_stderr: 1 = stderr, 0 = syslog (facility mail). */
+void log_open(const char *ident, int to_stderr, int verbose);
+int log_verbose(void);
+
+void log_msg(enum log_level lvl, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+#define log_err(...) log_msg(LOG_LVL_ERR, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_LVL_WARN, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)
+#define log_debug(...) do { if (log_verbose()) log_msg(LOG_LVL_DEBUG, __VA_ARGS__); } while (0)
+
+/* fatal - log and exit(1): out of memory, impossible states. */
+_Noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* xmalloc & co: fatal() on out-of-memory. */
+#include <stddef.h>
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t sz);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+#endif

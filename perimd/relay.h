@@ -1,0 +1,81 @@
+/*
+ * relay.h - the SMTP client to the backends: routing targets, per-backend
+ * connection pools, replay of one stored message, failover.
+ *
+ * A session hands a finished, stored message to relay_send(). The relay
+ * takes a pooled connection to the first usable backend (waiting at most
+ * relay_pool_wait for a free one), replays MAIL and the RCPTs (pipelined
+ * when the backend offers PIPELINING), sends the body dot-stuffed, and
+ * calls done() with the outcome to give the client. A backend that is
+ * unreachable or fails before it accepted the body is replaced by the next
+ * one with a full replay; once the final dot went out the message is never
+ * sent again. All of it finishes before msg->deadline.
+ *
+ * Pools: one per backend address per loop for idle connections; the
+ * relay_destination_concurrency_limit is process-wide (atomic count).
+ * Connections are reused (RSET), TCP_NODELAY, closed after
+ * relay_idle_timeout unused.
+ */
+#ifndef PERIMD_RELAY_H
+#define PERIMD_RELAY_H
+
+#include <stdint.h>
+
+struct ev_loop;
+struct spool;
+struct conf;
+struct conf_list;
+
+struct relay_rcpt {
+	const char *addr;     /* "user@domain" */
+	const char *notify;   /* DSN NOTIFY= value or NULL */
+	const char *orcpt;    /* DSN ORCPT= value or NULL */
+	/* out: the backend's reply to this RCPT (0 = not tried) */
+	int code;
+	char reply[256];      /* "550 5.1.1 text" as the backend said it */
+};
+
+struct relay_msg {
+	const char *id;       /* perimd message id, for logs */
+	const char *sender;   /* "" for the null sender */
+	uint64_t size;        /* spool size, for SIZE= */
+	int body_8bit;        /* client declared BODY=8BITMIME */
+	int smtputf8;         /* client declared SMTPUTF8 */
+	const char *ret;      /* DSN RET= or NULL */
+	const char *envid;    /* DSN ENVID= or NULL */
+	int nrcpt;
+	struct relay_rcpt *rcpts;
+	struct spool *body;   /* finished spool, canonical form */
+	const struct conf_list *backends; /* targets in failover order */
+	uint64_t deadline;    /* ev_now() ms by which done() MUST have run */
+	const struct conf *conf;
+};
+
+struct relay_result {
+	int code;             /* for the client: 250, 451, 550 ... */
+	char enh[16];         /* enhanced status code for the client */
+	char text[512];       /* reply text for the client (no code) */
+	char backend[128];    /* backend that answered last ("" if none) */
+	char backend_reply[512]; /* its reply to the final dot or the failure */
+	char queue_id[64];    /* backend queue id parsed from its 250, or "" */
+};
+
+typedef void relay_done_fn(void *arg, const struct relay_result *r);
+
+/* relay_target_valid - check a backend list entry ("[addr]:port",
+ * "addr:port", "[addr]" = port 25). Returns 0 or -1 with a reason. */
+int relay_target_valid(const char *target, const char **why);
+
+/* relay_send - start delivery; done() runs later, exactly once, unless
+ * relay_cancel() was called first. msg and everything it points to MUST
+ * stay valid until then. */
+struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg,
+			     relay_done_fn *done, void *arg);
+/* relay_cancel - the session is gone: abandon the request (its backend
+ * connection is closed, not reused, if mid-transaction). */
+void relay_cancel(struct relay_req *r);
+
+/* relay_loop_shutdown - close this loop's idle pooled connections. */
+void relay_loop_shutdown(struct ev_loop *loop);
+
+#endif

@@ -1,0 +1,158 @@
+/*
+ * smtp_proto.h - pure SMTP parsers and formatters: command lines, paths and
+ * ESMTP parameters, the DATA stream, backend replies, EHLO capabilities,
+ * dot-stuffing. No I/O, no allocation unless stated, no globals: every
+ * parser can be fed whole or byte by byte (resumable state is explicit).
+ */
+#ifndef PERIMD_SMTP_PROTO_H
+#define PERIMD_SMTP_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum parse_result { PARSE_OK, PARSE_AGAIN, PARSE_BAD, PARSE_TOO_LONG };
+
+/* ---- command lines ---------------------------------------------------- */
+
+/* smtp_line_find - find the end of the next command line in buf[0..len).
+ * A line ends in CRLF or bare LF (RFC 5321 §2.3.8 wants CRLF; clients that
+ * send LF are common and harmless outside DATA).
+ * PARSE_OK: *linelen = length without the terminator, *consumed = with it.
+ * PARSE_AGAIN: no terminator yet and len <= limit.
+ * PARSE_TOO_LONG: more than `limit` bytes without a terminator; the caller
+ *   discards input up to and including the next LF, then replies 500 5.5.2.
+ *   *consumed = bytes that may be dropped now (all of buf, or through the
+ *   terminator when it is in buf, with *linelen = SIZE_MAX in that case). */
+enum parse_result smtp_line_find(const char *buf, size_t len, size_t limit,
+				 size_t *linelen, size_t *consumed);
+
+enum smtp_verb {
+	SMTP_UNKNOWN = 0, SMTP_HELO, SMTP_EHLO, SMTP_MAIL, SMTP_RCPT, SMTP_DATA,
+	SMTP_RSET, SMTP_NOOP, SMTP_QUIT, SMTP_VRFY, SMTP_EXPN, SMTP_HELP,
+	SMTP_STARTTLS, SMTP_BDAT, SMTP_AUTH,
+	SMTP_VERB_COUNT
+};
+
+/* smtp_cmd_parse - split a command line (without CRLF) into its verb and
+ * the argument text after the verb and its separating spaces. For MAIL and
+ * RCPT the verb includes "FROM:" / "TO:" (case-insensitive, optional space
+ * before '<' allowed); *args then points after the colon, at the path.
+ * PARSE_BAD: MAIL/RCPT without FROM:/TO:. Unknown verbs give SMTP_UNKNOWN. */
+enum parse_result smtp_cmd_parse(const char *line, size_t len,
+				 enum smtp_verb *verb, const char **args,
+				 size_t *args_len);
+
+#define SMTP_MAX_PARAMS 16
+#define SMTP_PATH_MAX 512  /* bytes of an address, well over RFC 5321 §4.5.3.1 */
+
+struct smtp_param {
+	const char *key;   /* NUL-terminated, as sent (compare case-insensitively) */
+	const char *value; /* NUL-terminated; NULL when the parameter has no '=' */
+};
+
+struct smtp_path {
+	const char *addr;   /* NUL-terminated "local@domain", "" for <>,
+			       "Postmaster" without a domain; source route dropped */
+	const char *local;  /* NUL-terminated local part (in buf below) */
+	const char *domain; /* NUL-terminated domain or address literal, "" if none */
+	int utf8;           /* non-ASCII in the address (needs SMTPUTF8) */
+	int nparams;
+	struct smtp_param params[SMTP_MAX_PARAMS];
+	char buf[2 * SMTP_PATH_MAX + 8]; /* private storage */
+};
+
+/* smtp_path_parse - parse "<addr> [SP param[=value]]..." (RFC 5321 §4.1.2,
+ * §3.3). args is modified in place (params point into it); it must be
+ * NUL-terminated. strict: the address MUST be in angle brackets.
+ * PARSE_BAD with *why set to a short static reason on a syntax error
+ * (bad address, missing brackets, too many params, > SMTP_PATH_MAX). */
+enum parse_result smtp_path_parse(char *args, int strict, struct smtp_path *p,
+				  const char **why);
+
+/* smtp_domain_valid - RFC 5321 domain (LDH labels, dots) or address
+ * literal ([1.2.3.4], [IPv6:...]); allow_utf8 permits U-labels. */
+int smtp_domain_valid(const char *d, size_t len, int allow_utf8);
+
+/* smtp_xtext_valid - RFC 3461 §4 xtext (for ENVID / ORCPT). */
+int smtp_xtext_valid(const char *s);
+
+/* ---- DATA ------------------------------------------------------------ */
+
+enum smtp_bare_mode { SMTP_BARE_NORMALIZE, SMTP_BARE_REJECT };
+
+/* Flags collected while parsing DATA. */
+#define SMTP_DATA_BARE_LF   0x01u  /* a line ended in LF without CR */
+#define SMTP_DATA_BARE_CR   0x02u  /* a CR not followed by LF (removed) */
+#define SMTP_DATA_NUL       0x04u  /* a NUL byte (removed) */
+#define SMTP_DATA_8BIT      0x08u  /* a byte >= 0x80 */
+
+struct smtp_data_parser {
+	/* private */
+	int state;
+	int at_line_start;
+	int in_headers;
+	int mode;
+	size_t hdr_len;
+	char hdr[16];
+	/* public, read after any feed */
+	unsigned flags;
+	unsigned received_count;  /* "Received:" header fields in the header */
+	uint64_t bytes;           /* canonical bytes produced so far */
+};
+
+void smtp_data_init(struct smtp_data_parser *p, enum smtp_bare_mode mode);
+
+/* smtp_data_feed - consume raw DATA bytes from the client, producing the
+ * canonical message into out (capacity MUST be >= 2 * len + 2): every line
+ * ends in CRLF, dot-unstuffed; bare LF becomes CRLF, stray CR and NUL are
+ * removed (flags record them; in REJECT mode the caller refuses the
+ * message at the end). Only CRLF "." CRLF ends DATA: then PARSE_OK and
+ * *consumed counts input through that final CRLF, the rest is the next
+ * command. Else PARSE_AGAIN with *consumed = len. *outlen = bytes written. */
+enum parse_result smtp_data_feed(struct smtp_data_parser *p, const char *in,
+				 size_t len, size_t *consumed, char *out,
+				 size_t *outlen);
+
+/* smtp_dot_stuff - canonical message bytes to the wire (RFC 5321 §4.5.2):
+ * a '.' at a line start is doubled. *at_line_start carries state between
+ * calls (start at 1). out MUST hold 2 * len bytes. Returns bytes written. */
+size_t smtp_dot_stuff(const char *in, size_t len, int *at_line_start, char *out);
+
+/* ---- replies (backend side) ------------------------------------------ */
+
+#define SMTP_REPLY_TEXT_MAX 1024
+
+struct smtp_reply {
+	int code;                     /* 200..599 */
+	char enh[16];                 /* "2.1.0" when the reply had one, else "" */
+	char text[SMTP_REPLY_TEXT_MAX]; /* lines joined by '\n', without code,
+				         enhanced code and CRLF; truncated */
+	int nlines;
+	/* private: multi-line accumulation state */
+	size_t text_len;
+	int first_code;
+};
+
+void smtp_reply_init(struct smtp_reply *r);
+/* smtp_reply_feed - parse one complete reply from buf. PARSE_OK: *consumed
+ * bytes used (all its lines); PARSE_AGAIN: incomplete (feed again later with
+ * the same buffer start: the parser restarts from the reply's first line);
+ * PARSE_BAD: not an SMTP reply (bad code, codes differ between lines, a
+ * line over 4096 bytes). */
+enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf,
+				  size_t len, size_t *consumed);
+
+/* EHLO capabilities (from the text of a 250 reply to EHLO). */
+#define SMTP_CAP_PIPELINING   0x0001u
+#define SMTP_CAP_8BITMIME     0x0002u
+#define SMTP_CAP_SMTPUTF8     0x0004u
+#define SMTP_CAP_DSN          0x0008u
+#define SMTP_CAP_SIZE         0x0010u
+#define SMTP_CAP_STARTTLS     0x0020u
+#define SMTP_CAP_ENHANCEDSTATUSCODES 0x0040u
+#define SMTP_CAP_CHUNKING     0x0080u
+
+/* smtp_ehlo_caps - capability flags; *size = SIZE value (0 = none given). */
+unsigned smtp_ehlo_caps(const struct smtp_reply *r, uint64_t *size);
+
+#endif
