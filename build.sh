@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# build.sh - build, test, run and benchmark perimd on Debian 12.
+#
+#   ./build.sh            install missing build/test packages, dev build (build/dev/perimd)
+#   ./build.sh test       ASan+UBSan build (build/test/), then every test (tests/run.sh)
+#   ./build.sh run        dev build, then perimd in the foreground (conf/perimd.conf)
+#   ./build.sh bench      throughput and memory figures (tests/bench.sh; never run by tests)
+#   ./build.sh bench peers   also run ../shared/bench/peer-bench.sh with perimd, if present
+#   ./build.sh clean      remove build/
+#
+# Packages are installed only when missing (dpkg-query), so a prepared machine
+# never touches the network. Needs root (or sudo) the first time only.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+
+DEPS=(build-essential clang libclang-rt-14-dev mandoc postfix swaks
+      python3-aiosmtpd python3-pytest libsqlite3-dev libc-ares-dev
+      libbearssl-dev pkg-config)
+
+# deps - install the Debian packages that are not installed yet.
+deps() {
+	local missing=() p
+	for p in "${DEPS[@]}"; do
+		if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null |
+			grep -q 'install ok installed'; then
+			missing+=("$p")
+		fi
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+
+	echo "build.sh: installing ${missing[*]}"
+	local sudo=()
+	[ "$(id -u)" -ne 0 ] && sudo=(sudo)
+	# Postfix asks which mail setup to create; we only want its tools
+	# (smtp-source, smtp-sink), so no configuration and no service.
+	echo "postfix postfix/main_mailer_type select No configuration" |
+		"${sudo[@]}" debconf-set-selections
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+}
+
+ncpu() { nproc 2>/dev/null || echo 2; }
+
+build_dev() { make -C perimd -j"$(ncpu)"; }
+build_test() { make -C perimd MODE=test -j"$(ncpu)"; }
+
+cmd=${1:-}
+case "$cmd" in
+"")
+	deps
+	build_dev
+	;;
+test)
+	deps
+	build_test
+	exec bash tests/run.sh
+	;;
+run)
+	deps
+	build_dev
+	mkdir -p var/lib var/spool
+	exec build/dev/perimd -f -c conf/perimd.conf
+	;;
+bench)
+	deps
+	build_dev
+	shift
+	exec bash tests/bench.sh "$@"
+	;;
+clean)
+	rm -rf "$ROOT/build"
+	;;
+*)
+	echo "usage: $0 [test|run|bench [peers]|clean]" >&2
+	exit 2
+	;;
+esac
