@@ -1,0 +1,156 @@
+/*
+ * net.c - address parsing and listening sockets. Numeric addresses only:
+ * no resolver is ever called here (host names go through dns.c).
+ */
+#include "net.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* parse_port - decimal 1..65535. */
+static int parse_port(const char *p)
+{
+	if (!*p)
+		return -1;
+	long v = 0;
+	for (; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return -1;
+		v = v * 10 + (*p - '0');
+		if (v > 65535)
+			return -1;
+	}
+	return v ? (int)v : -1;
+}
+
+/* net_parse_addr - numeric address with optional port. */
+int net_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss,
+		   socklen_t *len, const char **why)
+{
+	char host[256];
+	const char *portstr = NULL;
+	size_t hl;
+
+	memset(ss, 0, sizeof *ss);
+	if (s[0] == '[') {
+		const char *e = strchr(s, ']');
+		if (!e) {
+			*why = "missing ]";
+			return -1;
+		}
+		hl = (size_t)(e - s - 1);
+		if (hl >= sizeof host) {
+			*why = "address too long";
+			return -1;
+		}
+		memcpy(host, s + 1, hl);
+		host[hl] = 0;
+		if (e[1] == ':')
+			portstr = e + 2;
+		else if (e[1]) {
+			*why = "junk after ]";
+			return -1;
+		}
+	} else {
+		const char *c = strrchr(s, ':');
+		/* More than one colon without brackets: a bare IPv6 address. */
+		if (c && strchr(s, ':') == c) {
+			hl = (size_t)(c - s);
+			portstr = c + 1;
+		} else {
+			hl = strlen(s);
+		}
+		if (hl >= sizeof host) {
+			*why = "address too long";
+			return -1;
+		}
+		memcpy(host, s, hl);
+		host[hl] = 0;
+	}
+	int port = default_port;
+	if (portstr) {
+		port = parse_port(portstr);
+		if (port < 0) {
+			*why = "bad port";
+			return -1;
+		}
+	}
+	if (port < 0) {
+		*why = "port missing";
+		return -1;
+	}
+	if (!strncasecmp(host, "IPv6:", 5))
+		memmove(host, host + 5, strlen(host + 5) + 1);
+	struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+	if (!strcmp(host, "*") || !host[0]) {
+		sin->sin_family = AF_INET;
+		sin->sin_addr.s_addr = htonl(INADDR_ANY);
+		sin->sin_port = htons((uint16_t)port);
+		*len = sizeof *sin;
+	} else if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons((uint16_t)port);
+		*len = sizeof *sin;
+	} else if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons((uint16_t)port);
+		*len = sizeof *sin6;
+	} else {
+		*why = "not a numeric IPv4 or IPv6 address";
+		return -1;
+	}
+	return 0;
+}
+
+/* net_listen - bind and listen, shared per port among io threads. */
+int net_listen(const struct sockaddr *sa, socklen_t len, int backlog,
+	       char *err, size_t errlen)
+{
+	char a[64];
+	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		snprintf(err, errlen, "socket: %s", strerror(errno));
+		return -1;
+	}
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+	if (sa->sa_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+	if (bind(fd, sa, len) < 0 || listen(fd, backlog) < 0) {
+		snprintf(err, errlen, "bind/listen [%s]:%d: %s",
+			 net_ntop(sa, a, sizeof a), net_port(sa), strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* net_ntop - address text. */
+const char *net_ntop(const struct sockaddr *sa, char *buf, size_t len)
+{
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, (socklen_t)len);
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, buf, (socklen_t)len);
+	else
+		snprintf(buf, len, "unknown");
+	return buf;
+}
+
+/* net_port - port number. */
+int net_port(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	if (sa->sa_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+	return 0;
+}

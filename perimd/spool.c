@@ -1,0 +1,188 @@
+/*
+ * spool.c - message bodies: memory first, then an unlinked file.
+ *
+ * Invariants: every byte appended is counted in spool_total until
+ * spool_free(); an append that would push the total over the limit fails
+ * with ENOSPC and counts nothing. A spilled body lives in an unlinked file
+ * (O_TMPFILE, else mkstemp + unlink), so a crash leaves nothing behind and
+ * the fd can be handed to a scanner.
+ */
+#include "spool.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct spool {
+	char *mem;
+	size_t len, cap;     /* in memory */
+	int fd;              /* -1 while in memory */
+	uint64_t size;       /* total bytes */
+	int failed;
+	int finished;
+};
+
+static char *spool_dir;
+static uint64_t spool_mem_limit = 1024 * 1024;
+static uint64_t spool_total_limit = UINT64_MAX;
+static uint64_t spool_total;  /* atomic */
+
+/* spool_global_init - limits and spill directory. */
+void spool_global_init(const char *dir, uint64_t memory_limit, uint64_t total_limit)
+{
+	free(spool_dir);
+	spool_dir = xstrdup(dir);
+	spool_mem_limit = memory_limit;
+	spool_total_limit = total_limit ? total_limit : UINT64_MAX;
+}
+
+/* spool_bytes_in_use - all bodies together. */
+uint64_t spool_bytes_in_use(void)
+{
+	return __atomic_load_n(&spool_total, __ATOMIC_RELAXED);
+}
+
+/* spool_new - an empty body. */
+struct spool *spool_new(void)
+{
+	struct spool *s = xcalloc(1, sizeof *s);
+	s->fd = -1;
+	return s;
+}
+
+/* spool_spill - move the in-memory part to an unlinked file. */
+static int spool_spill(struct spool *s)
+{
+	const char *dir = spool_dir ? spool_dir : "/tmp";
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		char path[4096];
+		snprintf(path, sizeof path, "%s/perimd.XXXXXX", dir);
+		fd = mkostemp(path, O_CLOEXEC);
+		if (fd < 0)
+			return -1;
+		unlink(path);
+	}
+	size_t off = 0;
+	while (off < s->len) {
+		ssize_t n = write(fd, s->mem + off, s->len - off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			int e = errno;
+			close(fd);
+			errno = e;
+			return -1;
+		}
+		off += (size_t)n;
+	}
+	free(s->mem);
+	s->mem = NULL;
+	s->len = s->cap = 0;
+	s->fd = fd;
+	return 0;
+}
+
+/* spool_append - add bytes, spilling to file past the memory limit. */
+int spool_append(struct spool *s, const void *data, size_t len)
+{
+	if (s->failed || s->finished) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (!len)
+		return 0;
+	uint64_t total = __atomic_add_fetch(&spool_total, len, __ATOMIC_RELAXED);
+	if (total > spool_total_limit) {
+		__atomic_sub_fetch(&spool_total, len, __ATOMIC_RELAXED);
+		s->failed = 1;
+		errno = ENOSPC;
+		return -1;
+	}
+	s->size += len;
+	if (s->fd < 0 && s->size > spool_mem_limit && spool_spill(s) < 0)
+		goto fail;
+	if (s->fd >= 0) {
+		const char *p = data;
+		while (len) {
+			ssize_t n = write(s->fd, p, len);
+			if (n < 0) {
+				if (errno == EINTR)
+					continue;
+				goto fail;
+			}
+			p += n;
+			len -= (size_t)n;
+		}
+		return 0;
+	}
+	if (s->cap - s->len < len) {
+		size_t ncap = s->cap ? s->cap : 4096;
+		while (ncap - s->len < len)
+			ncap *= 2;
+		s->mem = xrealloc(s->mem, ncap);
+		s->cap = ncap;
+	}
+	memcpy(s->mem + s->len, data, len);
+	s->len += len;
+	return 0;
+fail:
+	s->failed = 1;
+	return -1;
+}
+
+/* spool_finish - no more appends. */
+void spool_finish(struct spool *s)
+{
+	s->finished = 1;
+}
+
+/* spool_size - bytes stored. */
+uint64_t spool_size(const struct spool *s)
+{
+	return s->size;
+}
+
+/* spool_read - copy bytes at an offset. */
+ssize_t spool_read(struct spool *s, uint64_t off, void *buf, size_t len)
+{
+	if (off >= s->size)
+		return 0;
+	if (len > s->size - off)
+		len = (size_t)(s->size - off);
+	if (s->fd < 0) {
+		memcpy(buf, s->mem + off, len);
+		return (ssize_t)len;
+	}
+	for (;;) {
+		ssize_t n = pread(s->fd, buf, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		return n;
+	}
+}
+
+/* spool_peek - zero-copy view of an in-memory body. */
+size_t spool_peek(struct spool *s, uint64_t off, const void **p)
+{
+	if (s->fd >= 0 || off >= s->len)
+		return 0;
+	*p = s->mem + off;
+	return s->len - (size_t)off;
+}
+
+/* spool_free - release everything and the accounted bytes. */
+void spool_free(struct spool *s)
+{
+	if (!s)
+		return;
+	__atomic_sub_fetch(&spool_total, s->size, __ATOMIC_RELAXED);
+	if (s->fd >= 0)
+		close(s->fd);
+	free(s->mem);
+	free(s);
+}
