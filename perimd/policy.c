@@ -1,0 +1,190 @@
+/*
+ * policy.c - relay control and routing from one configuration snapshot.
+ *
+ * Invariants: a struct policy never changes after policy_load(); the
+ * current one is swapped under a mutex and reference-counted, so readers
+ * on any thread keep theirs valid as long as they hold it.
+ */
+#include "policy.h"
+#include "conf.h"
+#include "log.h"
+#include "maps.h"
+#include "relay.h"
+
+#include <ctype.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static pthread_mutex_t policy_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct policy *policy_current;
+
+/* is_map_spec - "type:path" rather than a domain. */
+static int is_map_spec(const char *s)
+{
+	const char *c = strchr(s, ':');
+	if (!c || c == s)
+		return 0;
+	for (const char *p = s; p < c; p++)
+		if (!isalpha((unsigned char)*p))
+			return 0;
+	return 1;
+}
+
+/* policy_split_list - comma/space separated items. */
+void policy_split_list(const char *s, struct conf_list *l)
+{
+	l->n = 0;
+	l->v = xcalloc(1, sizeof *l->v);
+	while (*s) {
+		while (*s == ',' || isspace((unsigned char)*s))
+			s++;
+		if (!*s)
+			break;
+		const char *e = s;
+		while (*e && *e != ',' && !isspace((unsigned char)*e))
+			e++;
+		l->v = xrealloc(l->v, (size_t)(l->n + 2) * sizeof *l->v);
+		l->v[l->n++] = xstrndup(s, (size_t)(e - s));
+		l->v[l->n] = NULL;
+		s = e;
+	}
+}
+
+/* policy_list_free - free a split list. */
+void policy_list_free(struct conf_list *l)
+{
+	for (int i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
+	l->v = NULL;
+	l->n = 0;
+}
+
+/* policy_free - close maps, drop the conf. */
+static void policy_free(struct policy *p)
+{
+	for (int i = 0; i < p->nrelay_maps; i++)
+		map_free(p->relay_maps[i]);
+	free(p->relay_maps);
+	if (p->transport)
+		map_free(p->transport);
+	conf_release(p->conf);
+	free(p);
+}
+
+/* policy_load - open maps and check backends. */
+struct policy *policy_load(struct conf *c, char *err, size_t errlen)
+{
+	struct policy *p = xcalloc(1, sizeof *p);
+	p->conf = c;
+	p->refs = 1;
+	const char *why;
+	for (int i = 0; i < c->relay_domains.n; i++) {
+		const char *item = c->relay_domains.v[i];
+		if (!is_map_spec(item))
+			continue;
+		struct map *m = map_open(item, err, errlen);
+		if (!m)
+			goto fail;
+		p->relay_maps = xrealloc(p->relay_maps, (size_t)(p->nrelay_maps + 1) * sizeof *p->relay_maps);
+		p->relay_maps[p->nrelay_maps++] = m;
+	}
+	if (c->transport_maps[0] && !(p->transport = map_open(c->transport_maps, err, errlen)))
+		goto fail;
+	for (int i = 0; i < c->relay_backends.n; i++) {
+		if (relay_target_valid(c->relay_backends.v[i], &why) < 0) {
+			snprintf(err, errlen, "relay_backends: %s: %s", c->relay_backends.v[i], why);
+			goto fail;
+		}
+	}
+	return p;
+fail:
+	p->conf = NULL;
+	policy_free(p);
+	conf_release(c);
+	return NULL;
+}
+
+/* policy_install - make p current (takes the caller's reference). */
+void policy_install(struct policy *p)
+{
+	pthread_mutex_lock(&policy_mu);
+	struct policy *old = policy_current;
+	policy_current = p;
+	pthread_mutex_unlock(&policy_mu);
+	if (old)
+		policy_release(old);
+}
+
+/* policy_acquire - the current policy, with a reference. */
+struct policy *policy_acquire(void)
+{
+	pthread_mutex_lock(&policy_mu);
+	struct policy *p = policy_current;
+	if (p)
+		__atomic_add_fetch(&p->refs, 1, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&policy_mu);
+	return p;
+}
+
+/* policy_release - drop a reference. */
+void policy_release(struct policy *p)
+{
+	if (p && __atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		policy_free(p);
+}
+
+/* domain_in_list - exact, or subdomain of a ".example.com" entry. */
+static int domain_in_list(const struct conf_list *l, const char *d)
+{
+	size_t dl = strlen(d);
+	for (int i = 0; i < l->n; i++) {
+		const char *e = l->v[i];
+		if (is_map_spec(e))
+			continue;
+		if (e[0] == '.') {
+			size_t el = strlen(e);
+			if (dl > el && !strcasecmp(d + dl - el, e))
+				return 1;
+		} else if (!strcasecmp(e, d)) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* policy_relay_domain - is mail for this domain ours? */
+int policy_relay_domain(const struct policy *p, const char *domain)
+{
+	if (!*domain)
+		return 0;
+	if (domain_in_list(&p->conf->relay_domains, domain))
+		return 1;
+	for (int i = 0; i < p->nrelay_maps; i++) {
+		const char *v;
+		int r = map_lookup_domain(p->relay_maps[i], domain, &v);
+		if (r != 0)
+			return r;
+	}
+	return 0;
+}
+
+/* policy_route - transport_maps value or the default backends. */
+int policy_route(const struct policy *p, const char *domain, const char **route)
+{
+	*route = NULL;
+	if (p->transport && *domain) {
+		const char *v;
+		int r = map_lookup_domain(p->transport, domain, &v);
+		if (r < 0)
+			return -1;
+		if (r > 0) {
+			*route = v;
+			return 0;
+		}
+	}
+	return 0;
+}
