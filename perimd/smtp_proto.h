@@ -18,7 +18,8 @@ enum parse_result { PARSE_OK, PARSE_AGAIN, PARSE_BAD, PARSE_TOO_LONG };
  * A line ends in CRLF or bare LF (RFC 5321 §2.3.8 wants CRLF; clients that
  * send LF are common and harmless outside DATA).
  * PARSE_OK: *linelen = length without the terminator, *consumed = with it.
- * PARSE_AGAIN: no terminator yet and len <= limit.
+ * PARSE_AGAIN: no terminator yet and len <= limit (a CR as the last byte
+ *   does not count: it may be the first half of the CRLF).
  * PARSE_TOO_LONG: more than `limit` bytes without a terminator; the caller
  *   discards input up to and including the next LF, then replies 500 5.5.2.
  *   *consumed = bytes that may be dropped now (all of buf, or through the
@@ -37,7 +38,10 @@ enum smtp_verb {
  * the argument text after the verb and its separating spaces. For MAIL and
  * RCPT the verb includes "FROM:" / "TO:" (case-insensitive, optional space
  * before '<' allowed); *args then points after the colon, at the path.
- * PARSE_BAD: MAIL/RCPT without FROM:/TO:. Unknown verbs give SMTP_UNKNOWN. */
+ * Trailing spaces and tabs are not part of *args.
+ * PARSE_BAD: MAIL/RCPT without FROM:/TO:, or a line holding a NUL or a CR
+ * (*verb is SMTP_UNKNOWN for the latter). Unknown verbs, and verbs not
+ * followed by SP or the end ("NOOPX"), give PARSE_OK with SMTP_UNKNOWN. */
 enum parse_result smtp_cmd_parse(const char *line, size_t len,
 				 enum smtp_verb *verb, const char **args,
 				 size_t *args_len);
@@ -65,7 +69,11 @@ struct smtp_path {
  * §3.3). args is modified in place (params point into it); it must be
  * NUL-terminated. strict: the address MUST be in angle brackets.
  * PARSE_BAD with *why set to a short static reason on a syntax error
- * (bad address, missing brackets, too many params, > SMTP_PATH_MAX). */
+ * (bad address, missing brackets, too many params, > SMTP_PATH_MAX,
+ * ill-formed UTF-8). A source route is checked and dropped; "<Postmaster>"
+ * (any case) gives addr = local = "Postmaster"; a quoted local part whose
+ * content is a plain Dot-string is unquoted ("\"joe\"@x" -> "joe@x"),
+ * any other is kept as sent, quotes included. */
 enum parse_result smtp_path_parse(char *args, int strict, struct smtp_path *p,
 				  const char **why);
 
@@ -88,12 +96,14 @@ enum smtp_bare_mode { SMTP_BARE_NORMALIZE, SMTP_BARE_REJECT };
 
 struct smtp_data_parser {
 	/* private */
-	int state;
-	int at_line_start;
-	int in_headers;
+	int state;       /* line start, after a first '.', in a line, done */
+	int cr_pending;  /* last byte was a CR, not yet known to start CRLF */
+	int line_real;   /* this line began at DATA start or after a CRLF */
+	int line_junk;   /* this line held a stray CR or NUL (removed) */
+	int line_empty;  /* no content byte emitted for this line yet */
+	int in_headers;  /* still in the header section */
+	int rcv_match;   /* progress matching "Received" SP* ":" */
 	int mode;
-	size_t hdr_len;
-	char hdr[16];
 	/* public, read after any feed */
 	unsigned flags;
 	unsigned received_count;  /* "Received:" header fields in the header */
@@ -108,7 +118,11 @@ void smtp_data_init(struct smtp_data_parser *p, enum smtp_bare_mode mode);
  * removed (flags record them; in REJECT mode the caller refuses the
  * message at the end). Only CRLF "." CRLF ends DATA: then PARSE_OK and
  * *consumed counts input through that final CRLF, the rest is the next
- * command. Else PARSE_AGAIN with *consumed = len. *outlen = bytes written. */
+ * command. Else PARSE_AGAIN with *consumed = len. *outlen = bytes written.
+ * A "." line that ends in or follows a bare LF, or held a stray CR or NUL,
+ * does not end DATA: it is the content line "." (smuggling defence). The
+ * output never holds a bare CR, a bare LF or a NUL. Feeding after PARSE_OK
+ * returns PARSE_OK with nothing consumed. */
 enum parse_result smtp_data_feed(struct smtp_data_parser *p, const char *in,
 				 size_t len, size_t *consumed, char *out,
 				 size_t *outlen);
@@ -138,7 +152,9 @@ void smtp_reply_init(struct smtp_reply *r);
  * bytes used (all its lines); PARSE_AGAIN: incomplete (feed again later with
  * the same buffer start: the parser restarts from the reply's first line);
  * PARSE_BAD: not an SMTP reply (bad code, codes differ between lines, a
- * line over 4096 bytes). */
+ * line over 4096 bytes). Control characters in the text become '?'. The
+ * enhanced code is taken from the first line having one (its class MUST
+ * equal the reply's first digit) and stripped from every line's text. */
 enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf,
 				  size_t len, size_t *consumed);
 
