@@ -62,4 +62,15 @@ int conf_list_has(const struct conf_list *l, const char *s);
 /* conf_param_names - NULL-terminated array of every parameter name. */
 const char *const *conf_param_names(void);
 
+/* The value syntaxes of the file, for other files that use them (and for
+ * tests of types no parameter has yet). Each returns 0 with *v set, or -1.
+ * conf_parse_bool - yes/no/true/false/1/0, any case.
+ * conf_parse_time - "300" (seconds), "300s", "5m", "2h", "2d", "1w",
+ *                   "500ms", into milliseconds.
+ * conf_parse_size - "1000" (bytes), "10k", "25m", "1g" (1024 multiples),
+ *                   into bytes. */
+int conf_parse_bool(const char *s, int *v);
+int conf_parse_time(const char *s, long long *v);
+int conf_parse_size(const char *s, long long *v);
+
 #endif

@@ -1,0 +1,797 @@
+/*
+ * conf.c - the configuration: defaults from conf_params.h, then the file,
+ * then -o overrides, then $name expansion, then typed parsing and bounds.
+ *
+ * Invariants: loading works on raw text first (one string per parameter,
+ * with the place it was set, for error messages) and builds a struct conf
+ * only when every value has expanded and parsed, so a struct conf is always
+ * complete and valid: STR/ENUM/MAP fields are never NULL, lists always have
+ * v[n] == NULL. A published struct conf is never modified; readers hold a
+ * reference (atomic count) and the last conf_release() frees it. conf_dump()
+ * prints canonical values (the same text for equal values, '$' written as
+ * "$$") so that what it prints reads back to the same configuration.
+ */
+#include "conf.h"
+#include "log.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+enum ptype { T_BOOL, T_INT, T_TIME, T_SIZE, T_STR, T_ENUM, T_LIST, T_MAP, T_MAPLIST };
+
+struct param {
+	const char *name;
+	enum ptype type;
+	const char *def;
+	long long min, max;
+	const char *choices;
+	size_t off;
+};
+
+static const struct param params[] = {
+#define PARAM(type, name, def, min, max, choices, doc) \
+	{ #name, T_##type, def, min, max, choices, offsetof(struct conf, name) },
+#include "conf_params.h"
+#undef PARAM
+};
+
+#define NPARAMS (sizeof params / sizeof params[0])
+
+static const char *const param_names[] = {
+#define PARAM(type, name, def, min, max, choices, doc) #name,
+#include "conf_params.h"
+#undef PARAM
+	NULL
+};
+
+/* A growable string. */
+struct sbuf {
+	char *s;
+	size_t len, cap;
+};
+
+/* sb_add - append n bytes. */
+static void sb_add(struct sbuf *b, const char *s, size_t n)
+{
+	if (b->len + n + 1 > b->cap) {
+		b->cap = (b->len + n + 1) * 2;
+		b->s = xrealloc(b->s, b->cap);
+	}
+	memcpy(b->s + b->len, s, n);
+	b->len += n;
+	b->s[b->len] = 0;
+}
+
+/* sb_str - the string built so far (an empty string when nothing was added). */
+static char *sb_str(struct sbuf *b)
+{
+	if (!b->s)
+		sb_add(b, "", 0);
+	return b->s;
+}
+
+/* xasprintf - asprintf or die. */
+static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xasprintf(const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		fatal("out of memory");
+	va_end(ap);
+	return s;
+}
+
+/* param_find - index of the parameter named by the n bytes at name, or -1. */
+static int param_find(const char *name, size_t n)
+{
+	for (size_t i = 0; i < NPARAMS; i++)
+		if (strlen(params[i].name) == n && memcmp(params[i].name, name, n) == 0)
+			return (int)i;
+	return -1;
+}
+
+/* is_name_char - whether c may appear in a parameter name. */
+static int is_name_char(int c)
+{
+	return isalnum((unsigned char)c) || c == '_';
+}
+
+/* trim - strip leading and trailing whitespace in place; returns the start. */
+static char *trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	size_t n = strlen(s);
+	while (n > 0 && isspace((unsigned char)s[n - 1]))
+		s[--n] = 0;
+	return s;
+}
+
+/*
+ * Loading state. raw[i] is the text of parameter i as last set (never
+ * NULL), where[i] the error prefix naming where it was set, val[i] its
+ * expansion once computed.
+ */
+struct loader {
+	char *raw[NPARAMS];
+	char *where[NPARAMS];
+	char *val[NPARAMS];
+	int busy[NPARAMS];
+	int failed;
+	char *err;
+	size_t errlen;
+};
+
+/* lerr - record the first error of a load. */
+static void lerr(struct loader *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void lerr(struct loader *L, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (L->failed)
+		return;
+	L->failed = 1;
+	if (L->errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(L->err, L->errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* lset - give parameter i the raw value v, set at the place named by where. */
+static void lset(struct loader *L, int i, const char *v, char *where)
+{
+	free(L->raw[i]);
+	free(L->where[i]);
+	L->raw[i] = xstrdup(v);
+	L->where[i] = where;
+}
+
+/* load_line - apply one logical "name = value" line of a file. */
+static void load_line(struct loader *L, const char *path, int lineno, char *line)
+{
+	char *eq = strchr(line, '=');
+
+	if (!eq) {
+		lerr(L, "%s:%d: syntax error: expected \"name = value\"", path, lineno);
+		return;
+	}
+	*eq = 0;
+	char *name = trim(line), *value = trim(eq + 1);
+	size_t n = strlen(name);
+	for (size_t k = 0; k < n; k++)
+		if (!is_name_char(name[k])) {
+			lerr(L, "%s:%d: bad parameter name \"%s\"", path, lineno, name);
+			return;
+		}
+	if (n == 0) {
+		lerr(L, "%s:%d: syntax error: no parameter name before '='", path, lineno);
+		return;
+	}
+	int i = param_find(name, n);
+	if (i < 0) {
+		lerr(L, "%s:%d: unknown parameter %s", path, lineno, name);
+		return;
+	}
+	lset(L, i, value, xasprintf("%s:%d: %s", path, lineno, name));
+}
+
+/*
+ * load_file - read a main.cf-shaped file: a logical line starts with
+ * non-whitespace text and continues on the following lines that start
+ * with whitespace (joined with one space). Blank lines and lines whose
+ * first non-whitespace character is '#' are ignored and do not end a
+ * logical line. '#' elsewhere is part of the value, as in Postfix.
+ * Returns 0, 1 if the file is missing and missing_ok, -1 on error.
+ */
+static int load_file(struct loader *L, const char *path, int missing_ok)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		if (errno == ENOENT && missing_ok)
+			return 1;
+		lerr(L, "%s: cannot open: %s", path, strerror(errno));
+		return -1;
+	}
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	int lineno = 0, start = 0;
+	struct sbuf cur = { 0 };
+
+	while (!L->failed && (len = getline(&line, &cap, f)) >= 0) {
+		lineno++;
+		if (strlen(line) != (size_t)len) {
+			lerr(L, "%s:%d: NUL byte in line", path, lineno);
+			break;
+		}
+		char *t = trim(line);
+		if (*t == 0 || *t == '#')
+			continue;
+		if (isspace((unsigned char)line[0])) {
+			if (!start) {
+				lerr(L, "%s:%d: continuation line without a parameter line before it",
+				     path, lineno);
+				break;
+			}
+			sb_add(&cur, " ", 1);
+			sb_add(&cur, t, strlen(t));
+			continue;
+		}
+		if (start)
+			load_line(L, path, start, sb_str(&cur));
+		cur.len = 0;
+		sb_add(&cur, t, strlen(t));
+		start = lineno;
+	}
+	if (!L->failed && ferror(f))
+		lerr(L, "%s: read error: %s", path, strerror(errno));
+	if (!L->failed && start)
+		load_line(L, path, start, sb_str(&cur));
+	free(cur.s);
+	free(line);
+	fclose(f);
+	return L->failed ? -1 : 0;
+}
+
+/* load_override - apply one -o "name=value". */
+static void load_override(struct loader *L, const char *o)
+{
+	const char *eq = strchr(o, '=');
+	if (!eq) {
+		lerr(L, "-o %s: expected NAME=VALUE", o);
+		return;
+	}
+	if (strpbrk(o, "\r\n")) {
+		lerr(L, "-o %s: line break in value", o);
+		return;
+	}
+	char *name = xstrndup(o, (size_t)(eq - o)), *n = trim(name);
+	char *value = xstrdup(eq + 1);
+	int i = param_find(n, strlen(n));
+	if (i < 0)
+		lerr(L, "-o %s: unknown parameter %s", o, n);
+	else
+		lset(L, i, trim(value), xasprintf("-o %s", o));
+	free(name);
+	free(value);
+}
+
+static size_t myhostname_index(void);
+
+/*
+ * expand - the value of parameter i with "$name", "${name}" replaced by the
+ * (expanded) value of that parameter and "$$" by "$". NULL on error (an
+ * unknown name, a reference loop, a stray '$'). An empty myhostname
+ * becomes the system host name here, so $myhostname sees it too.
+ */
+static const char *expand(struct loader *L, size_t i)
+{
+	if (L->val[i])
+		return L->val[i];
+	if (L->busy[i]) {
+		lerr(L, "%s: $%s refers back to itself", L->where[i], params[i].name);
+		return NULL;
+	}
+	L->busy[i] = 1;
+	struct sbuf out = { 0 };
+	const char *p = L->raw[i];
+	while (*p) {
+		const char *d = strchr(p, '$');
+		if (!d) {
+			sb_add(&out, p, strlen(p));
+			break;
+		}
+		sb_add(&out, p, (size_t)(d - p));
+		p = d + 1;
+		if (*p == '$') {
+			sb_add(&out, "$", 1);
+			p++;
+			continue;
+		}
+		const char *name = p;
+		size_t n;
+		if (*p == '{') {
+			const char *end = strchr(++name, '}');
+			if (!end) {
+				lerr(L, "%s: \"${\" without \"}\"", L->where[i]);
+				goto fail;
+			}
+			n = (size_t)(end - name);
+			p = end + 1;
+		} else {
+			while (is_name_char(*p))
+				p++;
+			n = (size_t)(p - name);
+		}
+		if (n == 0) {
+			lerr(L, "%s: '$' must be followed by a parameter name, {name} or '$'",
+			     L->where[i]);
+			goto fail;
+		}
+		int j = param_find(name, n);
+		if (j < 0) {
+			lerr(L, "%s: unknown parameter $%.*s", L->where[i], (int)n, name);
+			goto fail;
+		}
+		const char *v = expand(L, (size_t)j);
+		if (!v)
+			goto fail;
+		sb_add(&out, v, strlen(v));
+	}
+	if (i == myhostname_index() && out.len == 0) {
+		char host[256];
+		if (gethostname(host, sizeof host) != 0) {
+			lerr(L, "%s: cannot get the system host name: %s", L->where[i],
+			     strerror(errno));
+			goto fail;
+		}
+		host[sizeof host - 1] = 0;
+		sb_add(&out, host, strlen(host));
+	}
+	L->busy[i] = 0;
+	L->val[i] = sb_str(&out);
+	return L->val[i];
+fail:
+	L->busy[i] = 0;
+	free(out.s);
+	return NULL;
+}
+
+/* myhostname_index - where myhostname sits in the table. */
+static size_t myhostname_index(void)
+{
+	for (size_t i = 0; i < NPARAMS; i++)
+		if (params[i].off == offsetof(struct conf, myhostname))
+			return i;
+	fatal("conf: no myhostname in the parameter table");
+}
+
+/* parse_number - a non-negative decimal number and what follows it. */
+static int parse_number(const char *s, long long *v, const char **rest)
+{
+	if (!isdigit((unsigned char)*s))
+		return -1;
+	errno = 0;
+	char *end;
+	long long n = strtoll(s, &end, 10);
+	if (errno == ERANGE)
+		return -1;
+	*v = n;
+	*rest = end;
+	return 0;
+}
+
+/* scale - v * mult into *out, -1 on overflow. */
+static int scale(long long v, long long mult, long long *out)
+{
+	if (v > LLONG_MAX / mult)
+		return -1;
+	*out = v * mult;
+	return 0;
+}
+
+static const struct { const char *sfx; long long ms; } time_units[] = {
+	{ "w", 604800000LL }, { "d", 86400000LL }, { "h", 3600000LL },
+	{ "m", 60000LL }, { "s", 1000LL }, { "ms", 1LL }, { "", 1000LL },
+};
+
+static const struct { const char *sfx; long long n; } size_units[] = {
+	{ "g", 1024LL * 1024 * 1024 }, { "m", 1024LL * 1024 }, { "k", 1024LL }, { "", 1LL },
+};
+
+/* conf_parse_time - "300", "300s", "5m", "2h", "2d", "1w", "500ms" into ms. */
+int conf_parse_time(const char *s, long long *ms)
+{
+	long long v;
+	const char *rest;
+
+	if (parse_number(s, &v, &rest) < 0)
+		return -1;
+	for (size_t k = 0; k < sizeof time_units / sizeof time_units[0]; k++)
+		if (strcasecmp(rest, time_units[k].sfx) == 0)
+			return scale(v, time_units[k].ms, ms);
+	return -1;
+}
+
+/* conf_parse_size - "1000", "10k", "25m", "1g" into bytes (1024 multiples). */
+int conf_parse_size(const char *s, long long *bytes)
+{
+	long long v;
+	const char *rest;
+
+	if (parse_number(s, &v, &rest) < 0)
+		return -1;
+	for (size_t k = 0; k < sizeof size_units / sizeof size_units[0]; k++)
+		if (strcasecmp(rest, size_units[k].sfx) == 0)
+			return scale(v, size_units[k].n, bytes);
+	return -1;
+}
+
+/* conf_parse_bool - yes/no/true/false/1/0, any case. */
+int conf_parse_bool(const char *s, int *v)
+{
+	if (!strcasecmp(s, "yes") || !strcasecmp(s, "true") || !strcmp(s, "1"))
+		*v = 1;
+	else if (!strcasecmp(s, "no") || !strcasecmp(s, "false") || !strcmp(s, "0"))
+		*v = 0;
+	else
+		return -1;
+	return 0;
+}
+
+/* format_time - ms in the largest unit that expresses it exactly. */
+static char *format_time(long long ms)
+{
+	if (ms == 0)
+		return xstrdup("0s");
+	for (size_t k = 0; k < 6; k++)
+		if (ms % time_units[k].ms == 0)
+			return xasprintf("%lld%s", ms / time_units[k].ms, time_units[k].sfx);
+	return xasprintf("%lldms", ms);
+}
+
+/* format_size - bytes in the largest unit that expresses it exactly. */
+static char *format_size(long long n)
+{
+	if (n == 0)
+		return xstrdup("0");
+	for (size_t k = 0; k < 3; k++)
+		if (n % size_units[k].n == 0)
+			return xasprintf("%lld%s", n / size_units[k].n, size_units[k].sfx);
+	return xasprintf("%lld", n);
+}
+
+/* format_num - a number of parameter p's type, as the admin writes it. */
+static char *format_num(const struct param *p, long long v)
+{
+	if (p->type == T_TIME)
+		return format_time(v);
+	if (p->type == T_SIZE)
+		return format_size(v);
+	return xasprintf("%lld", v);
+}
+
+/* list_split - split on commas and whitespace, empty items dropped. */
+static struct conf_list list_split(const char *s)
+{
+	struct conf_list l = { 0, NULL };
+	int cap = 0;
+
+	for (;;) {
+		s += strspn(s, ", \t\r\n");
+		if (!*s)
+			break;
+		size_t n = strcspn(s, ", \t\r\n");
+		if (l.n + 2 > cap) {
+			cap = cap ? cap * 2 : 4;
+			l.v = xrealloc(l.v, (size_t)cap * sizeof *l.v);
+		}
+		l.v[l.n++] = xstrndup(s, n);
+		s += n;
+	}
+	if (!l.v)
+		l.v = xmalloc(sizeof *l.v);
+	l.v[l.n] = NULL;
+	return l;
+}
+
+/* list_free - free a list's items and array. */
+static void list_free(struct conf_list *l)
+{
+	if (!l->v)
+		return;
+	for (int k = 0; k < l->n; k++)
+		free(l->v[k]);
+	free(l->v);
+	l->v = NULL;
+	l->n = 0;
+}
+
+/* map_spec_ok - "type:path" with a lower-case type word and a non-empty path. */
+static int map_spec_ok(const char *s)
+{
+	const char *colon = strchr(s, ':');
+	if (!colon || colon == s || colon[1] == 0)
+		return 0;
+	for (const char *q = s; q < colon; q++)
+		if (!islower((unsigned char)*q) && !isdigit((unsigned char)*q) && *q != '_')
+			return 0;
+	return 1;
+}
+
+/* domain_ok - plausible domain text for a MAPLIST item (".sub" allowed). */
+static int domain_ok(const char *s)
+{
+	for (const char *q = s; *q; q++)
+		if (!isalnum((unsigned char)*q) && *q != '.' && *q != '-' && *q != '_')
+			return 0;
+	return *s != 0;
+}
+
+/* enum_choice - the choice of p matching s (case-insensitive), or NULL. */
+static char *enum_choice(const struct param *p, const char *s)
+{
+	const char *c = p->choices;
+	size_t n = strlen(s);
+	while (c && *c) {
+		size_t k = strcspn(c, "|");
+		if (k == n && strncasecmp(c, s, n) == 0)
+			return xstrndup(c, k);
+		c += k + (c[k] == '|');
+	}
+	return NULL;
+}
+
+/*
+ * parse_value - parse the expanded text s for parameter p into dst (its
+ * field in a struct conf). Returns 0, or -1 with why filled.
+ */
+static int parse_value(const struct param *p, const char *s, void *dst, char *why, size_t wl)
+{
+	long long v = 0;
+	const char *rest;
+	char *str;
+
+	switch (p->type) {
+	case T_BOOL:
+		if (conf_parse_bool(s, dst) < 0) {
+			snprintf(why, wl, "\"%s\" is not yes or no", s);
+			return -1;
+		}
+		return 0;
+	case T_INT:
+		if (parse_number(s + (*s == '-'), &v, &rest) < 0 || *rest) {
+			snprintf(why, wl, "\"%s\" is not a whole number", s);
+			return -1;
+		}
+		if (*s == '-')
+			v = -v;
+		break;
+	case T_TIME:
+		if (conf_parse_time(s, &v) < 0) {
+			snprintf(why, wl, "\"%s\" is not a time (a number with "
+				 "s, m, h, d or w; a bare number is seconds)", s);
+			return -1;
+		}
+		break;
+	case T_SIZE:
+		if (conf_parse_size(s, &v) < 0) {
+			snprintf(why, wl, "\"%s\" is not a size (a number with "
+				 "k, m or g; a bare number is bytes)", s);
+			return -1;
+		}
+		break;
+	case T_STR:
+		*(char **)dst = xstrdup(s);
+		return 0;
+	case T_ENUM:
+		if (!(str = enum_choice(p, s))) {
+			snprintf(why, wl, "\"%s\" is not one of %s", s, p->choices);
+			return -1;
+		}
+		*(char **)dst = str;
+		return 0;
+	case T_MAP:
+		if (*s && !map_spec_ok(s)) {
+			snprintf(why, wl, "\"%s\" is not a map (type:path)", s);
+			return -1;
+		}
+		*(char **)dst = xstrdup(s);
+		return 0;
+	case T_LIST:
+	case T_MAPLIST: {
+		struct conf_list l = list_split(s);
+		for (int k = 0; p->type == T_MAPLIST && k < l.n; k++)
+			if (strchr(l.v[k], ':') ? !map_spec_ok(l.v[k]) : !domain_ok(l.v[k])) {
+				snprintf(why, wl, "\"%s\" is neither a domain nor a map (type:path)",
+					 l.v[k]);
+				list_free(&l);
+				return -1;
+			}
+		*(struct conf_list *)dst = l;
+		return 0;
+	}
+	}
+	if (p->min || p->max) {
+		long long bound = v < p->min ? p->min : p->max;
+		if (v < p->min || (p->max && v > p->max)) {
+			char *a = format_num(p, v), *b = format_num(p, bound);
+			snprintf(why, wl, "%s is %s the %s %s", a, v < p->min ? "below" : "above",
+				 v < p->min ? "minimum" : "maximum", b);
+			free(a);
+			free(b);
+			return -1;
+		}
+	}
+	*(long long *)dst = v;
+	return 0;
+}
+
+/* escape_dollar - s with each '$' doubled, so it reads back unexpanded. */
+static void escape_dollar(struct sbuf *b, const char *s)
+{
+	const char *d;
+
+	while ((d = strchr(s, '$'))) {
+		sb_add(b, s, (size_t)(d - s));
+		sb_add(b, "$$", 2);
+		s = d + 1;
+	}
+	sb_add(b, s, strlen(s));
+}
+
+/* format_value - the canonical text of parameter p's value in c. */
+static char *format_value(const struct param *p, const struct conf *c)
+{
+	const void *src = (const char *)c + p->off;
+	struct sbuf b = { 0 };
+
+	switch (p->type) {
+	case T_BOOL:
+		return xstrdup(*(const int *)src ? "yes" : "no");
+	case T_INT:
+	case T_TIME:
+	case T_SIZE:
+		return format_num(p, *(const long long *)src);
+	case T_STR:
+	case T_ENUM:
+	case T_MAP:
+		escape_dollar(&b, *(char *const *)src);
+		break;
+	case T_LIST:
+	case T_MAPLIST: {
+		const struct conf_list *l = src;
+		for (int k = 0; k < l->n; k++) {
+			if (k)
+				sb_add(&b, ", ", 2);
+			escape_dollar(&b, l->v[k]);
+		}
+		break;
+	}
+	}
+	return sb_str(&b);
+}
+
+/* conf_free - free a conf and everything in it (fields may be unset). */
+static void conf_free(struct conf *c)
+{
+	for (size_t i = 0; i < NPARAMS; i++) {
+		void *f = (char *)c + params[i].off;
+		switch (params[i].type) {
+		case T_STR:
+		case T_ENUM:
+		case T_MAP:
+			free(*(char **)f);
+			break;
+		case T_LIST:
+		case T_MAPLIST:
+			list_free(f);
+			break;
+		default:
+			break;
+		}
+	}
+	free(c->path);
+	free(c);
+}
+
+/* conf_load - see conf.h. */
+struct conf *conf_load(const char *path, int missing_ok, char **overrides,
+		       int n_overrides, char *err, size_t errlen)
+{
+	struct loader L = { .err = err, .errlen = errlen };
+	struct conf *c = NULL;
+	int missing = 0;
+
+	if (errlen)
+		err[0] = 0;
+	for (size_t i = 0; i < NPARAMS; i++)
+		lset(&L, (int)i, params[i].def, xasprintf("%s (default)", params[i].name));
+	if (path)
+		missing = load_file(&L, path, missing_ok) == 1;
+	for (int k = 0; !L.failed && k < n_overrides; k++)
+		load_override(&L, overrides[k]);
+	for (size_t i = 0; !L.failed && i < NPARAMS; i++)
+		expand(&L, i);
+	if (!L.failed) {
+		c = xcalloc(1, sizeof *c);
+		for (size_t i = 0; i < NPARAMS; i++) {
+			char why[512];
+			if (parse_value(&params[i], L.val[i], (char *)c + params[i].off, why,
+					sizeof why) < 0) {
+				lerr(&L, "%s: %s", L.where[i], why);
+				conf_free(c);
+				c = NULL;
+				break;
+			}
+		}
+	}
+	if (c) {
+		c->path = xstrdup(path && !missing ? path : "");
+		c->refs = 1;
+	}
+	for (size_t i = 0; i < NPARAMS; i++) {
+		free(L.raw[i]);
+		free(L.where[i]);
+		free(L.val[i]);
+	}
+	return c;
+}
+
+/* conf_dump - see conf.h. */
+void conf_dump(FILE *out, const struct conf *c, int defaults_too)
+{
+	struct conf *d = NULL;
+	char err[512];
+
+	if (!defaults_too && !(d = conf_load(NULL, 0, NULL, 0, err, sizeof err)))
+		fatal("built-in defaults: %s", err);
+	for (size_t i = 0; i < NPARAMS; i++) {
+		char *v = format_value(&params[i], c);
+		char *dv = d ? format_value(&params[i], d) : NULL;
+		if (!dv || strcmp(v, dv) != 0)
+			fprintf(out, "%s =%s%s\n", params[i].name, *v ? " " : "", v);
+		free(v);
+		free(dv);
+	}
+	if (d)
+		conf_release(d);
+}
+
+static pthread_mutex_t conf_cur_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct conf *conf_cur;
+
+/* conf_install - see conf.h; the previous configuration loses our reference. */
+void conf_install(struct conf *c)
+{
+	pthread_mutex_lock(&conf_cur_lock);
+	struct conf *old = conf_cur;
+	conf_cur = c;
+	pthread_mutex_unlock(&conf_cur_lock);
+	conf_release(old);
+}
+
+/* conf_acquire - see conf.h; NULL before the first conf_install(). */
+struct conf *conf_acquire(void)
+{
+	pthread_mutex_lock(&conf_cur_lock);
+	struct conf *c = conf_cur;
+	if (c)
+		__atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&conf_cur_lock);
+	return c;
+}
+
+/* conf_release - drop a reference; the last one frees (NULL is ignored). */
+void conf_release(struct conf *c)
+{
+	if (c && __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		conf_free(c);
+}
+
+/* conf_list_has - see conf.h. */
+int conf_list_has(const struct conf_list *l, const char *s)
+{
+	for (int k = 0; l && k < l->n; k++)
+		if (strcasecmp(l->v[k], s) == 0)
+			return 1;
+	return 0;
+}
+
+/* conf_param_names - see conf.h. */
+const char *const *conf_param_names(void)
+{
+	return param_names;
+}
