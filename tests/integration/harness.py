@@ -532,3 +532,26 @@ def smtp_source(*args, timeout=300):
     p = subprocess.run([_tool("smtp-source"), *map(str, args)], stdin=subprocess.DEVNULL,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
     return p.returncode, p.stdout.decode("utf-8", "replace")
+
+
+_KNOWN_PARAMS = None
+
+
+def known_params():
+    """Names of the parameters the binary knows (from `perimd -d`); empty
+    if it cannot say. For tests that turn a feature off only where the
+    binary has it (unknown names are configuration errors)."""
+    global _KNOWN_PARAMS
+    if _KNOWN_PARAMS is None:
+        names = set()
+        try:
+            p = subprocess.run([PERIMD_BIN, "-d"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
+            for line in p.stdout.decode("utf-8", "replace").splitlines():
+                m = re.match(r"([a-z0-9_]+)\s*=", line)
+                if m:
+                    names.add(m.group(1))
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        _KNOWN_PARAMS = names
+    return _KNOWN_PARAMS
