@@ -103,7 +103,15 @@ static void conn_timeout(void *arg)
 {
 	struct conn *c = arg;
 	c->busy++;
-	conn_error(c, c->pending_err ? c->pending_err : c->shutting ? 0 : ETIMEDOUT);
+	if (c->pending_err || c->shutting || c->connecting) {
+		conn_error(c, c->pending_err ? c->pending_err : c->shutting ? 0 : ETIMEDOUT);
+	} else if (!c->reported) {
+		/* Idle timeout: the owner may still write a last reply and
+		 * conn_shutdown(), or free. Reading stays off until told. */
+		c->reading = 0;
+		conn_update(c);
+		c->ops->on_error(c->arg, ETIMEDOUT);
+	}
 	c->busy--;
 	if (c->dead)
 		conn_release(c);

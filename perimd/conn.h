@@ -12,7 +12,9 @@
  *
  * Callbacks never run inside the conn_* call that caused them. After
  * conn_free() no callback runs. on_error(err) reports EOF (err 0), a socket
- * error (errno) or ETIMEDOUT for the idle timeout; the owner then frees.
+ * error (errno) or ETIMEDOUT (connect or idle timeout); the owner then
+ * frees, except that after an idle timeout (reading was on) the owner may
+ * still conn_write() a last reply and conn_shutdown() instead.
  */
 #ifndef PERIMD_CONN_H
 #define PERIMD_CONN_H

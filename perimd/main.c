@@ -1,0 +1,278 @@
+/*
+ * main.c - command line, configuration, listening sockets, io threads and
+ * signals.
+ *
+ * The main thread only loads the configuration, binds, starts the io
+ * threads and then waits for signals with sigwait(): every other thread
+ * has all signals blocked, so SIGHUP/SIGTERM/SIGINT are handled here, in
+ * plain code, never in a signal handler. Reloads swap in a new policy
+ * snapshot; SIGTERM asks every loop to drain and joins them.
+ */
+#include "conf.h"
+#include "ev.h"
+#include "jobs.h"
+#include "log.h"
+#include "net.h"
+#include "policy.h"
+#include "relay.h"
+#include "smtpd.h"
+#include "spool.h"
+#include "verify.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PERIMD_VERSION "0.1.0"
+#define DEFAULT_CONF "/etc/perimd/perimd.conf"
+
+struct io_thread {
+	pthread_t tid;
+	struct ev_loop *loop;
+	int *fds;
+	int nfds;
+};
+
+static struct io_thread *threads;
+static int nthreads;
+
+/* usage - the command line, to stderr; exit 1. */
+static _Noreturn void usage(void)
+{
+	fprintf(stderr,
+		"usage: perimd [-c FILE] [-o NAME=VALUE]... [-f] [-v]   run\n"
+		"       perimd -t [-c FILE] [-o NAME=VALUE]...          check the configuration\n"
+		"       perimd -n [-c FILE] [-o NAME=VALUE]...          print non-default parameters\n"
+		"       perimd -d                                       print every parameter's default\n"
+		"       perimd -V                                       version and features\n");
+	exit(1);
+}
+
+/* io_main - one io thread: run its loop until drained. */
+static void *io_main(void *arg)
+{
+	struct io_thread *t = arg;
+	smtpd_loop_start(t->loop, t->fds, t->nfds);
+	ev_run(t->loop);
+	relay_loop_shutdown(t->loop);
+	return NULL;
+}
+
+/* drain_loop - on an io thread: begin the SIGTERM drain. */
+static void drain_loop(void *arg)
+{
+	struct io_thread *t = arg;
+	struct policy *p = policy_acquire();
+	smtpd_loop_drain(t->loop, (uint64_t)p->conf->shutdown_timeout);
+	policy_release(p);
+}
+
+/* make_dir - create a state directory if missing. */
+static int make_dir(const char *path)
+{
+	char tmp[4096];
+	snprintf(tmp, sizeof tmp, "%s", path);
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p == '/') {
+			*p = 0;
+			if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+				return -1;
+			*p = '/';
+		}
+	}
+	if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+		return -1;
+	return 0;
+}
+
+/* raise_nofile - file descriptors for max_sessions clients and backends. */
+static void raise_nofile(long long sessions)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	rlim_t want = (rlim_t)(sessions * 2 + 1024);
+	if (rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
+	if (rl.rlim_cur < want && getuid() == 0)
+		rl.rlim_max = rl.rlim_cur = want;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want)
+		log_warn("file descriptor limit %llu is below the %llu that max_sessions = %lld needs",
+			 (unsigned long long)rl.rlim_cur, (unsigned long long)want, sessions);
+}
+
+/* reload - SIGHUP: a new configuration and policy, or keep the old. */
+static void reload(const char *path, char **ov, int nov)
+{
+	char err[1024];
+	struct conf *c = conf_load(path, 0, ov, nov, err, sizeof err);
+	if (!c) {
+		log_err("reload refused, keeping the running configuration: %s", err);
+		return;
+	}
+	struct policy *p = policy_load(c, err, sizeof err);
+	if (!p) {
+		log_err("reload refused, keeping the running configuration: %s", err);
+		return;
+	}
+	struct policy *old = policy_acquire();
+	if (old) {
+		const struct conf *oc = old->conf;
+		int changed = oc->smtpd_listen.n != c->smtpd_listen.n || oc->io_threads != c->io_threads;
+		for (int i = 0; !changed && i < c->smtpd_listen.n; i++)
+			changed = strcmp(oc->smtpd_listen.v[i], c->smtpd_listen.v[i]) != 0;
+		if (changed)
+			log_warn("reload: smtpd_listen or io_threads changed; this needs a restart");
+		policy_release(old);
+	}
+	policy_install(p);
+	log_info("configuration reloaded from %s", path);
+}
+
+int main(int argc, char **argv)
+{
+	const char *path = NULL;
+	char **ov = NULL;
+	int nov = 0, fg = 0, verbose = 0, check = 0, dump_n = 0, dump_d = 0;
+	int opt;
+
+	while ((opt = getopt(argc, argv, "c:o:fvtndV")) != -1) {
+		switch (opt) {
+		case 'c': path = optarg; break;
+		case 'o':
+			ov = xrealloc(ov, (size_t)(nov + 1) * sizeof *ov);
+			ov[nov++] = optarg;
+			break;
+		case 'f': fg = 1; break;
+		case 'v': verbose = 1; break;
+		case 't': check = 1; break;
+		case 'n': dump_n = 1; break;
+		case 'd': dump_d = 1; break;
+		case 'V':
+			printf("perimd %s\nfeatures: smtp pipelining 8bitmime smtputf8 dsn relay-pool\n",
+			       PERIMD_VERSION);
+			return 0;
+		default: usage();
+		}
+	}
+	if (optind != argc)
+		usage();
+
+	char err[1024];
+	if (dump_d) {
+		struct conf *c = conf_load(NULL, 1, NULL, 0, err, sizeof err);
+		if (!c) {
+			fprintf(stderr, "perimd: %s\n", err);
+			return 1;
+		}
+		conf_dump(stdout, c, 1);
+		conf_release(c);
+		return 0;
+	}
+	int explicit = path != NULL;
+	if (!path)
+		path = DEFAULT_CONF;
+	struct conf *c = conf_load(path, !explicit, ov, nov, err, sizeof err);
+	if (!c) {
+		fprintf(stderr, "perimd: %s\n", err);
+		return 1;
+	}
+	if (dump_n) {
+		conf_dump(stdout, c, 0);
+		conf_release(c);
+		return 0;
+	}
+	struct policy *pol = policy_load(c, err, sizeof err);
+	if (!pol) {
+		fprintf(stderr, "perimd: %s\n", err);
+		return 1;
+	}
+	/* Listening addresses are checked by -t too. */
+	struct sockaddr_storage *addrs = xcalloc((size_t)c->smtpd_listen.n + 1, sizeof *addrs);
+	socklen_t *alens = xcalloc((size_t)c->smtpd_listen.n + 1, sizeof *alens);
+	for (int i = 0; i < c->smtpd_listen.n; i++) {
+		const char *why;
+		if (net_parse_addr(c->smtpd_listen.v[i], 25, &addrs[i], &alens[i], &why) < 0) {
+			fprintf(stderr, "perimd: %s: smtpd_listen: %s: %s\n", c->path, c->smtpd_listen.v[i], why);
+			return 1;
+		}
+	}
+	if (check) {
+		policy_release(pol);
+		return 0;
+	}
+
+	log_open("perimd", fg || !strcmp(c->log_to, "stderr"), verbose);
+	if (make_dir(c->data_directory) < 0)
+		fatal("data_directory %s: %s", c->data_directory, strerror(errno));
+	if (make_dir(c->body_spool_directory) < 0)
+		fatal("body_spool_directory %s: %s", c->body_spool_directory, strerror(errno));
+	spool_global_init(c->body_spool_directory, (uint64_t)c->body_memory_limit,
+			  (uint64_t)c->body_spool_limit);
+	verify_init(100000);
+	raise_nofile(c->max_sessions);
+
+	nthreads = (int)c->io_threads;
+	if (nthreads <= 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		nthreads = n > 0 ? (int)n : 1;
+	}
+	/* Bind everything before anything runs: one socket per address per
+	 * io thread (SO_REUSEPORT spreads connections over them). */
+	threads = xcalloc((size_t)nthreads, sizeof *threads);
+	for (int t = 0; t < nthreads; t++) {
+		threads[t].loop = ev_loop_new(t);
+		threads[t].fds = xcalloc((size_t)c->smtpd_listen.n + 1, sizeof(int));
+		for (int i = 0; i < c->smtpd_listen.n; i++) {
+			int fd = net_listen((struct sockaddr *)&addrs[i], alens[i], 4096, err, sizeof err);
+			if (fd < 0)
+				fatal("smtpd_listen %s: %s", c->smtpd_listen.v[i], err);
+			threads[t].fds[threads[t].nfds++] = fd;
+		}
+	}
+	free(addrs);
+	free(alens);
+	policy_install(pol);
+
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+	jobs_start(2);
+	for (int t = 0; t < nthreads; t++)
+		if (pthread_create(&threads[t].tid, NULL, io_main, &threads[t]) != 0)
+			fatal("cannot start io thread");
+	log_info("perimd %s started: %d io threads, listening on %d address(es)", PERIMD_VERSION,
+		 nthreads, c->smtpd_listen.n);
+
+	for (;;) {
+		int sig;
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			reload(path, ov, nov);
+		} else if (sig == SIGTERM || sig == SIGINT) {
+			log_info("stopping: draining sessions");
+			for (int t = 0; t < nthreads; t++)
+				ev_post(threads[t].loop, drain_loop, &threads[t]);
+			break;
+		}
+	}
+	for (int t = 0; t < nthreads; t++)
+		pthread_join(threads[t].tid, NULL);
+	jobs_stop();
+	free(ov);
+	log_info("stopped");
+	return 0;
+}
