@@ -879,7 +879,7 @@ unsigned smtp_ehlo_caps(const struct smtp_reply *r, uint64_t *size)
 
 				while (is_digit(*d) && v <= (UINT64_MAX - 9) / 10)
 					v = v * 10 + (uint64_t)(*d++ - '0');
-				if (!is_digit(*d))
+				if (d > t + kw + 1 && (!*d || *d == '\n' || *d == ' '))
 					*size = v;
 			}
 		}
