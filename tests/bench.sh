@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# tests/bench.sh - throughput and memory of perimd on loopback (./build.sh bench).
+# Never run by the tests; no figure here is asserted anywhere.
+#
+#   tests/bench.sh          smtp-source -> smtp-sink directly, then
+#                           smtp-source -> perimd (build/dev) -> smtp-sink, same run,
+#                           for each of CONC sessions x SIZES bytes; then 512 idle sessions
+#   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
+#                           perimd side by side), when that script exists. NOTE: it
+#                           rewrites /etc/postfix/main.cf and master.cf (see its header).
+#
+# Knobs (environment): MSGS=5000 CONC="10 100" SIZES="512 102400" WARMUP=200
+#   IDLE=512 RUN_TIMEOUT=600 PERIMD=build/dev/perimd IO_THREADS=0 (perimd's default)
+#
+# Printed per run: messages/s direct and through perimd, their ratio,
+# perimd's CPU seconds for the run (utime+stime from /proc/PID/stat) and per
+# message, its peak RSS so far (VmHWM). Then the RSS growth per idle session
+# (IDLE connections greeted and held open, VmRSS delta / IDLE).
+# The machine is shared: compare ratios and CPU per message, not absolute rates.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export PATH=$PATH:/usr/sbin:/sbin
+
+MSGS=${MSGS:-5000}
+CONC=${CONC:-"10 100"}
+SIZES=${SIZES:-"512 102400"}
+WARMUP=${WARMUP:-200}
+IDLE=${IDLE:-512}
+RUN_TIMEOUT=${RUN_TIMEOUT:-600}
+PERIMD=${PERIMD:-$ROOT/build/dev/perimd}
+IO_THREADS=${IO_THREADS:-0}
+PY=/usr/bin/python3
+TICK=$(getconf CLK_TCK)
+
+[ -x "$PERIMD" ] || { echo "bench: $PERIMD missing (run ./build.sh first)" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/perimd-bench.XXXXXX)
+PIDS=()
+
+# cleanup - stop what this script started, by PID.
+cleanup() {
+	local p
+	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do
+		for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$p" 2>/dev/null || true
+	done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+	"$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_banner PORT - until a connect gets "220 ", at most 10 s.
+wait_banner() {
+	"$PY" - "$1" <<'EOF'
+import socket, sys, time
+port, deadline = int(sys.argv[1]), time.monotonic() + 10
+while time.monotonic() < deadline:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            if s.makefile("rb").readline().startswith(b"220 "):
+                s.sendall(b"QUIT\r\n")
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.05)
+sys.exit("no greeting on port %d" % port)
+EOF
+}
+
+# cpu_ticks PID - utime+stime of a process, in clock ticks.
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+# status_kb PID FIELD - a kB figure from /proc/PID/status (VmRSS, VmHWM).
+status_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+now() { echo "$EPOCHREALTIME"; }
+fdiv() { awk -v a="$1" -v b="$2" -v f="${3:-%.1f}" 'BEGIN { if (b + 0 == 0) print "NA"; else printf f, a / b }'; }
+
+# start_sink - smtp-sink that counts nothing and keeps nothing.
+start_sink() {
+	SINK_PORT=$(free_port)
+	local user=()
+	[ "$(id -u)" -eq 0 ] && user=(-u nobody)
+	smtp-sink "${user[@]}" -m 2000 "127.0.0.1:$SINK_PORT" 2000 >"$WORK/sink.log" 2>&1 &
+	SINK_PID=$!
+	PIDS+=("$SINK_PID")
+	wait_banner "$SINK_PORT"
+}
+
+# start_perimd - the dev build relaying bench.test to the sink.
+start_perimd() {
+	PERIMD_PORT=$(free_port)
+	local d=$WORK/perimd.$PERIMD_PORT
+	mkdir -p "$d/lib" "$d/spool"
+	{
+		echo "smtpd_listen = 127.0.0.1:$PERIMD_PORT"
+		echo "relay_backends = [127.0.0.1]:$SINK_PORT"
+		echo "relay_domains = bench.test"
+		echo "myhostname = perimd.bench.test"
+		echo "data_directory = $d/lib"
+		echo "body_spool_directory = $d/spool"
+		echo "mail_owner = $(id -un)"
+		echo "io_threads = $IO_THREADS"
+		echo "max_sessions = 4000"
+		echo "smtpd_client_connection_count_limit = 0"
+		echo "log_to = stderr"
+		# Checks that would need DNS or a database, where the binary has them.
+		"$PERIMD" -d 2>/dev/null | grep -Eq '^greylist *=' && echo "greylist = no"
+		"$PERIMD" -d 2>/dev/null | grep -Eq '^reject_unknown_sender_domain *=' &&
+			echo "reject_unknown_sender_domain = no"
+		true
+	} >"$d/perimd.conf"
+	"$PERIMD" -f -c "$d/perimd.conf" >"$d/perimd.log" 2>&1 &
+	PERIMD_PID=$!
+	PIDS+=("$PERIMD_PID")
+	wait_banner "$PERIMD_PORT" || { tail -20 "$d/perimd.log" >&2; exit 1; }
+}
+
+# source PORT SESSIONS MESSAGES SIZE - smtp-source run; prints elapsed seconds.
+source_run() {
+	local t0 t1
+	t0=$(now)
+	if ! timeout -k 5 "$RUN_TIMEOUT" smtp-source -s "$2" -m "$3" -l "$4" \
+		-f a@client.bench.test -t rcpt@bench.test -M client.bench.test \
+		"127.0.0.1:$1" >"$WORK/source.out" 2>&1 </dev/null; then
+		echo "bench: smtp-source failed on port $1:" >&2
+		tail -5 "$WORK/source.out" >&2
+		return 1
+	fi
+	t1=$(now)
+	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+
+peers() {
+	local peer=$ROOT/../shared/bench/peer-bench.sh
+	if [ ! -f "$peer" ]; then
+		echo "bench peers: $peer not found; skipped"
+		return 0
+	fi
+	local d=$WORK/peer
+	mkdir -p "$d/lib" "$d/spool"
+	printf 'data_directory = %s\nbody_spool_directory = %s\nmail_owner = %s\nmax_sessions = 4000\nsmtpd_client_connection_count_limit = 0\nmyhostname = perimd.bench.test\n' \
+		"$d/lib" "$d/spool" "$(id -un)" >"$d/perimd.conf"
+	"$PERIMD" -d 2>/dev/null | grep -Eq '^greylist *=' && echo "greylist = no" >>"$d/perimd.conf"
+	export PERIMD_CMD="$PERIMD -f -c $d/perimd.conf -o smtpd_listen=127.0.0.1:{PORT} -o relay_backends=[127.0.0.1]:{SINK_PORT} -o relay_domains=bench.test"
+	export OUT=${OUT:-/tmp/peer-bench.$(date +%Y%m%d-%H%M%S)}
+	echo "bench peers: $peer (results in $OUT)"
+	bash "$peer" setup
+	bash "$peer" run direct postfix haraka perimd
+	bash "$peer" idle postfix haraka perimd
+}
+
+if [ "${1:-}" = peers ]; then
+	peers
+	exit 0
+fi
+
+echo "perimd bench: MSGS=$MSGS CONC=\"$CONC\" SIZES=\"$SIZES\" on $(nproc) CPUs, $($PERIMD -V 2>/dev/null | head -1 || true)"
+start_sink
+start_perimd
+# Warm-up (pools, allocator), not measured.
+source_run "$PERIMD_PORT" 10 "$WARMUP" 512 >/dev/null
+
+printf '%-9s %-7s %11s %11s %7s %9s %11s %12s\n' sessions bytes direct/s perimd/s ratio cpu_s cpu_ms/msg peak_rss_kB
+for c in $CONC; do
+	for s in $SIZES; do
+		td=$(source_run "$SINK_PORT" "$c" "$MSGS" "$s")
+		c0=$(cpu_ticks "$PERIMD_PID")
+		tp=$(source_run "$PERIMD_PORT" "$c" "$MSGS" "$s")
+		c1=$(cpu_ticks "$PERIMD_PID")
+		direct=$(fdiv "$MSGS" "$td")
+		via=$(fdiv "$MSGS" "$tp")
+		cpu=$(fdiv $((c1 - c0)) "$TICK" %.2f)
+		printf '%-9s %-7s %11s %11s %7s %9s %11s %12s\n' "$c" "$s" "$direct" "$via" \
+			"$(fdiv "$via" "$direct" %.2f)" "$cpu" "$(fdiv $(((c1 - c0) * 1000)) $((TICK * MSGS)) %.3f)" \
+			"$(status_kb "$PERIMD_PID" VmHWM)"
+	done
+done
+
+# Idle sessions on a fresh perimd, so the heap of the runs above does not hide them.
+kill -TERM "$PERIMD_PID"
+wait "$PERIMD_PID" 2>/dev/null || true
+start_perimd
+"$PY" - "$PERIMD_PID" "$PERIMD_PORT" "$IDLE" <<'EOF'
+import socket, sys, time
+pid, port, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def rss():
+    for l in open("/proc/%d/status" % pid):
+        if l.startswith("VmRSS:"):
+            return int(l.split()[1])
+before = rss()
+socks = []
+deadline = time.monotonic() + 60
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=max(1, deadline - time.monotonic()))
+    socks.append(s)
+greeted = 0
+for s in socks:
+    if s.makefile("rb").readline().startswith(b"220"):
+        greeted += 1
+time.sleep(0.5)  # let the loops settle; RSS is sampled, not asserted
+after = rss()
+print("idle sessions: %d greeted of %d; RSS %d kB -> %d kB; %.1f kB per session"
+      % (greeted, n, before, after, (after - before) / n))
+for s in socks:
+    s.close()
+EOF
