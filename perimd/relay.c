@@ -1,0 +1,1518 @@
+/*
+ * relay.c - the SMTP client to the backends: targets, per-loop connection
+ * pools with a process-wide limit per backend, replay of one stored
+ * message, failover.
+ *
+ * Invariants:
+ * - A struct relay_dest exists once per backend address for the life of
+ *   the process. `open` counts every connection to it that holds a slot
+ *   (connecting, busy, idle), never more than its limit; the per-loop
+ *   waiting/idle counts beside it are guarded by its mutex. Whoever lowers
+ *   `open` calls dest_wake(), and whoever registers a waiter while
+ *   connections sit idle on another loop asks that loop to shed one, so a
+ *   waiter is never left waiting while a slot could be had.
+ * - A backend connection (bconn) belongs to one loop. It is attached to at
+ *   most one request; an unattached one is idle in its pool, sending RSET,
+ *   or closing. A connection in an unknown protocol state (timeout, error,
+ *   cancelled request, 421) is closed, never reused.
+ * - A request (relay_req) calls done() exactly once, from a loop callback,
+ *   never inside relay_send(); after relay_cancel() nothing runs for it and
+ *   nothing touches its msg. Once the final dot is written the message is
+ *   never replayed (RFC 5321 §4.1.1.4 leaves a lost reply ambiguous, and a
+ *   duplicate is worse than a 451).
+ * - Output during the body is kept near RELAY_WINDOW bytes (refilled from
+ *   on_drain), and ".\r\n" leaves with the last chunk.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "conn.h"
+#include "ev.h"
+#include "log.h"
+#include "relay.h"
+#include "smtp_proto.h"
+#include "spool.h"
+#include "verify.h"
+
+#define RELAY_WINDOW (64 * 1024)   /* body bytes kept in the output buffer */
+#define RELAY_CHUNK (16 * 1024)    /* body bytes read per step */
+#define RELAY_STALE_RETRIES 2      /* reused connections found dead */
+
+/* ---- process-wide backend table ----------------------------------------- */
+
+struct dest_loop {
+	struct ev_loop *loop;
+	int waiting;                  /* requests waiting for a slot there */
+	int idle;                     /* idle pooled connections there */
+};
+
+struct relay_dest {
+	struct relay_dest *next;
+	char name[INET6_ADDRSTRLEN + 16]; /* "10.1.1.5:25", "[::1]:25" */
+	struct sockaddr_storage sa;
+	socklen_t salen;
+	atomic_int open;              /* connections holding a slot */
+	atomic_int limit;             /* relay_destination_concurrency_limit */
+	pthread_mutex_t mu;           /* guards loops[] */
+	struct dest_loop *loops;
+	int nloops, caploops;
+};
+
+static pthread_mutex_t dests_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct relay_dest *dests;
+
+/* ---- per-loop state ----------------------------------------------------- */
+
+struct bconn;
+TAILQ_HEAD(bconn_list, bconn);
+TAILQ_HEAD(req_list, relay_req);
+
+struct pool {
+	struct pool *next;
+	struct relay_loop *rl;
+	struct relay_dest *dest;
+	struct bconn_list idle;       /* most recently used first */
+	struct req_list waiters;      /* oldest first */
+	struct ev_defer kick;
+};
+
+struct relay_loop {
+	struct ev_loop *loop;
+	struct pool *pools;
+	int nconn;                    /* bconns alive on this loop */
+	int nreq;                     /* requests alive on this loop */
+	int shutdown;
+};
+
+enum bstate {
+	B_CONNECT,   /* TCP connect in progress */
+	B_GREET,     /* waiting for 220 */
+	B_EHLO,      /* waiting for the EHLO reply */
+	B_HELO,      /* waiting for the HELO reply (EHLO refused) */
+	B_READY,     /* attached, between transactions */
+	B_MAIL,      /* waiting for the MAIL reply */
+	B_RCPT,      /* waiting for RCPT replies */
+	B_DATA,      /* waiting for 354 */
+	B_BODY,      /* sending the body */
+	B_DOT,       /* waiting for the reply to the final dot */
+	B_RSET,      /* unattached, waiting for 250 to RSET */
+	B_IDLE,      /* unattached, in the pool */
+	B_QUIT       /* closing */
+};
+
+static const char *const bstate_name[] = {
+	"connect", "greeting", "EHLO", "HELO", "ready", "MAIL FROM", "RCPT TO",
+	"DATA", "message body", "end of data", "RSET", "idle", "QUIT"
+};
+
+struct bconn {
+	TAILQ_ENTRY(bconn) link;      /* in pool->idle while B_IDLE */
+	struct pool *pool;
+	struct conn *c;
+	struct relay_req *req;
+	enum bstate state;
+	unsigned caps;
+	int ntxn;                     /* transactions started on it */
+	int slot;                     /* holds one of dest->open */
+	uint64_t idle_ms;             /* relay_idle_timeout of its last user */
+	struct ev_timer tmr;          /* stage or idle timer */
+};
+
+struct relay_req {
+	TAILQ_ENTRY(relay_req) wlink; /* in pool->waiters */
+	struct relay_loop *rl;
+	struct relay_msg *msg;
+	relay_done_fn *done;
+	void *arg;
+	struct ev_defer startd;
+	struct ev_timer waitt;        /* pool wait */
+	struct pool *waiting;         /* the pool whose waiters hold us */
+	struct bconn *b;
+	struct relay_dest *dest;
+	int target;                   /* index in msg->backends */
+	int stale;                    /* retries after a dead reused conn */
+	int tried;                    /* targets actually attempted */
+	int has8bit;                  /* -1 unknown, else body has 8-bit bytes */
+	int send_body8;               /* BODY=8BITMIME goes with MAIL */
+	/* the current transaction */
+	int nreplies;                 /* MAIL + RCPT replies received */
+	struct smtp_reply mail_rep;   /* the reply to MAIL */
+	char mail_said[512];
+	struct smtp_reply refusal;    /* the first refused RCPT's reply */
+	int naccept, first_refused;
+	uint64_t body_off;
+	int body_lstart;
+	char *scratch;                /* RELAY_CHUNK in + 2 * RELAY_CHUNK out */
+	uint64_t t_start, t_attempt;
+	char last_error[300];
+	int in_done;
+	struct relay_result res;
+};
+
+static void req_next_target(struct relay_req *r);
+static void req_acquire(struct relay_req *r);
+static void req_failover(struct relay_req *r, const char *why);
+static void txn_start(struct relay_req *r);
+static void bconn_close(struct bconn *b, int quit);
+static void bconn_release_ok(struct bconn *b);
+static void pool_kick(void *arg);
+static void rl_maybe_free(struct relay_loop *rl);
+static void body_fill(struct bconn *b);
+static void bconn_stage(struct bconn *b, enum bstate st, uint64_t ms);
+static void copy_str(char *dst, size_t dstlen, const char *src);
+
+/* ---- targets ------------------------------------------------------------ */
+
+/* parse_port - "25" into 1..65535, or -1. */
+static int parse_port(const char *s)
+{
+	char *end;
+	long v;
+
+	if (*s < '0' || *s > '9')
+		return -1;
+	v = strtol(s, &end, 10);
+	if (*end != '\0' || v < 1 || v > 65535)
+		return -1;
+	return (int)v;
+}
+
+/* target_parse - "[addr]:port", "addr:port", "[addr]" (port 25) into a
+ * socket address and its display name; -1 with *why on error. */
+static int target_parse(const char *target, struct sockaddr_storage *ss,
+			socklen_t *sslen, char *name, size_t namelen,
+			const char **why)
+{
+	char host[128];
+	const char *p = target, *portp = NULL;
+	size_t hl;
+	int port = 25, bracket = 0;
+	struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+	char abuf[INET6_ADDRSTRLEN];
+
+	while (*p == ' ' || *p == '\t')
+		p++;
+	if (*p == '\0') {
+		*why = "empty backend";
+		return -1;
+	}
+	if (*p == '[') {
+		const char *close = strchr(p, ']');
+
+		if (!close) {
+			*why = "missing ']'";
+			return -1;
+		}
+		bracket = 1;
+		p++;
+		if (strncasecmp(p, "IPv6:", 5) == 0)
+			p += 5;
+		hl = (size_t)(close - p);
+		if (close[1] == ':')
+			portp = close + 2;
+		else if (close[1] != '\0') {
+			*why = "junk after ']' (write [address]:port)";
+			return -1;
+		}
+	} else {
+		const char *colon = strchr(p, ':');
+
+		if (colon && strchr(colon + 1, ':')) {
+			*why = "IPv6 addresses must be in brackets: [address]:port";
+			return -1;
+		}
+		hl = colon ? (size_t)(colon - p) : strlen(p);
+		if (colon)
+			portp = colon + 1;
+	}
+	if (hl == 0 || hl >= sizeof(host)) {
+		*why = "bad address";
+		return -1;
+	}
+	memcpy(host, p, hl);
+	host[hl] = '\0';
+	if (portp && (port = parse_port(portp)) < 0) {
+		*why = "bad port (1-65535)";
+		return -1;
+	}
+	memset(ss, 0, sizeof(*ss));
+	if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+		s4->sin_family = AF_INET;
+		s4->sin_port = htons((uint16_t)port);
+		*sslen = sizeof(*s4);
+		inet_ntop(AF_INET, &s4->sin_addr, abuf, sizeof(abuf));
+		snprintf(name, namelen, "%s:%d", abuf, port);
+		return 0;
+	}
+	if (bracket && inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+		s6->sin6_family = AF_INET6;
+		s6->sin6_port = htons((uint16_t)port);
+		*sslen = sizeof(*s6);
+		inet_ntop(AF_INET6, &s6->sin6_addr, abuf, sizeof(abuf));
+		snprintf(name, namelen, "[%s]:%d", abuf, port);
+		return 0;
+	}
+	*why = bracket ? "not an IPv4 or IPv6 address"
+		       : "host names need MX lookup (not built yet); write [address]:port";
+	return -1;
+}
+
+/* relay_target_valid - check a backend list entry. */
+int relay_target_valid(const char *target, const char **why)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	char name[INET6_ADDRSTRLEN + 16];
+
+	return target_parse(target, &ss, &sl, name, sizeof(name), why);
+}
+
+/* dest_get - the process-wide record of a target, created on first use. */
+static struct relay_dest *dest_get(const char *target, const char **why)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	char name[INET6_ADDRSTRLEN + 16];
+	struct relay_dest *d;
+
+	if (target_parse(target, &ss, &sl, name, sizeof(name), why) < 0)
+		return NULL;
+	pthread_mutex_lock(&dests_mu);
+	for (d = dests; d; d = d->next)
+		if (strcmp(d->name, name) == 0)
+			break;
+	if (!d) {
+		d = xcalloc(1, sizeof(*d));
+		copy_str(d->name, sizeof(d->name), name);
+		d->sa = ss;
+		d->salen = sl;
+		atomic_init(&d->open, 0);
+		atomic_init(&d->limit, 1);
+		pthread_mutex_init(&d->mu, NULL);
+		d->next = dests;
+		dests = d;
+	}
+	pthread_mutex_unlock(&dests_mu);
+	return d;
+}
+
+/* dest_loop_get - this loop's counters in d (d->mu held). */
+static struct dest_loop *dest_loop_get(struct relay_dest *d, struct ev_loop *loop)
+{
+	for (int i = 0; i < d->nloops; i++)
+		if (d->loops[i].loop == loop)
+			return &d->loops[i];
+	if (d->nloops == d->caploops) {
+		d->caploops = d->caploops ? 2 * d->caploops : 4;
+		d->loops = xrealloc(d->loops, (size_t)d->caploops * sizeof(*d->loops));
+	}
+	d->loops[d->nloops] = (struct dest_loop){ .loop = loop };
+	return &d->loops[d->nloops++];
+}
+
+struct dest_post {
+	struct ev_loop *loop;
+	struct relay_dest *dest;
+	int shed;                     /* 1: close an idle conn; 0: serve waiters */
+};
+
+static void dest_post_cb(void *arg);
+
+/* dest_post_to - ask another loop to serve its waiters or shed an idle conn. */
+static void dest_post_to(struct ev_loop *loop, struct relay_dest *d, int shed)
+{
+	struct dest_post *p = xmalloc(sizeof(*p));
+
+	p->loop = loop;
+	p->dest = d;
+	p->shed = shed;
+	ev_post(loop, dest_post_cb, p);
+}
+
+/* dest_reserve - take a connection slot. A fresh request (waiter == 0)
+ * queues behind existing waiters; with `waiter` the caller already waits.
+ * On failure and register_wait, this loop's waiting count goes up and a
+ * loop holding idle connections is asked to shed one. */
+static int dest_reserve(struct relay_dest *d, struct ev_loop *loop,
+			int waiter, int register_wait)
+{
+	struct ev_loop *shed = NULL;
+	int ok = 0, others = 0;
+
+	pthread_mutex_lock(&d->mu);
+	for (int i = 0; i < d->nloops; i++)
+		others += d->loops[i].waiting;
+	if (atomic_load(&d->open) < atomic_load(&d->limit) && (waiter || others == 0)) {
+		atomic_fetch_add(&d->open, 1);
+		ok = 1;
+	} else if (register_wait) {
+		dest_loop_get(d, loop)->waiting++;
+		for (int i = 0; i < d->nloops; i++)
+			if (d->loops[i].loop != loop && d->loops[i].idle > 0)
+				shed = d->loops[i].loop;
+	}
+	pthread_mutex_unlock(&d->mu);
+	if (shed)
+		dest_post_to(shed, d, 1);
+	return ok;
+}
+
+/* dest_adjust - change this loop's waiting / idle counts. */
+static void dest_adjust(struct relay_dest *d, struct ev_loop *loop,
+			int dwait, int didle)
+{
+	pthread_mutex_lock(&d->mu);
+	struct dest_loop *dl = dest_loop_get(d, loop);
+	dl->waiting += dwait;
+	dl->idle += didle;
+	pthread_mutex_unlock(&d->mu);
+}
+
+/* dest_others_waiting - does another loop wait for a slot of d? */
+static int dest_others_waiting(struct relay_dest *d, struct ev_loop *loop)
+{
+	int n = 0;
+
+	pthread_mutex_lock(&d->mu);
+	for (int i = 0; i < d->nloops; i++)
+		if (d->loops[i].loop != loop)
+			n += d->loops[i].waiting;
+	pthread_mutex_unlock(&d->mu);
+	return n > 0;
+}
+
+/* pool_find - this loop's pool for d, or NULL. */
+static struct pool *pool_find(struct relay_loop *rl, struct relay_dest *d)
+{
+	struct pool *p;
+
+	for (p = rl->pools; p; p = p->next)
+		if (p->dest == d)
+			break;
+	return p;
+}
+
+/* dest_wake - a slot may be free: let a waiting loop (this one first) use it. */
+static void dest_wake(struct relay_dest *d, struct relay_loop *self)
+{
+	struct ev_loop *pick = NULL;
+
+	pthread_mutex_lock(&d->mu);
+	if (atomic_load(&d->open) < atomic_load(&d->limit)) {
+		for (int i = 0; i < d->nloops; i++) {
+			if (d->loops[i].waiting <= 0)
+				continue;
+			if (!pick || (self && d->loops[i].loop == self->loop))
+				pick = d->loops[i].loop;
+		}
+	}
+	pthread_mutex_unlock(&d->mu);
+	if (!pick)
+		return;
+	if (self && pick == self->loop) {
+		struct pool *p = pool_find(self, d);
+
+		if (p && !self->shutdown)
+			ev_defer(self->loop, &p->kick, pool_kick, p);
+		return;
+	}
+	dest_post_to(pick, d, 0);
+}
+
+/* slot_release - a connection gives its slot back. */
+static void slot_release(struct bconn *b)
+{
+	if (!b->slot)
+		return;
+	b->slot = 0;
+	atomic_fetch_sub(&b->pool->dest->open, 1);
+	dest_wake(b->pool->dest, b->pool->rl);
+}
+
+/* ---- per-loop pools ----------------------------------------------------- */
+
+/* rl_get - this loop's relay state, created on first use. */
+static struct relay_loop *rl_get(struct ev_loop *loop)
+{
+	void **slot = ev_slot(loop, EV_SLOT_RELAY);
+
+	if (!*slot) {
+		struct relay_loop *rl = xcalloc(1, sizeof(*rl));
+
+		rl->loop = loop;
+		*slot = rl;
+	}
+	return *slot;
+}
+
+/* pool_get - this loop's pool for d, created on first use. */
+static struct pool *pool_get(struct relay_loop *rl, struct relay_dest *d)
+{
+	struct pool *p = pool_find(rl, d);
+
+	if (!p) {
+		p = xcalloc(1, sizeof(*p));
+		p->rl = rl;
+		p->dest = d;
+		TAILQ_INIT(&p->idle);
+		TAILQ_INIT(&p->waiters);
+		p->next = rl->pools;
+		rl->pools = p;
+	}
+	return p;
+}
+
+/* rl_maybe_free - after relay_loop_shutdown(), free when nothing is left. */
+static void rl_maybe_free(struct relay_loop *rl)
+{
+	if (!rl->shutdown || rl->nconn || rl->nreq)
+		return;
+	while (rl->pools) {
+		struct pool *p = rl->pools;
+
+		rl->pools = p->next;
+		ev_defer_cancel(rl->loop, &p->kick);
+		free(p);
+	}
+	*ev_slot(rl->loop, EV_SLOT_RELAY) = NULL;
+	free(rl);
+}
+
+/* ---- small helpers ------------------------------------------------------ */
+
+/* copy_str - bounded copy, always terminated, truncating. */
+static void copy_str(char *dst, size_t dstlen, const char *src)
+{
+	size_t n = strlen(src);
+
+	if (n >= dstlen)
+		n = dstlen - 1;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+/* remaining - ms left until the deadline, at most `stage`. */
+static uint64_t remaining(struct relay_req *r, uint64_t stage)
+{
+	uint64_t now = ev_now(r->rl->loop);
+
+	if (now >= r->msg->deadline)
+		return 0;
+	return r->msg->deadline - now < stage ? r->msg->deadline - now : stage;
+}
+
+/* reply_format - "550 5.1.1 text" on one line, control bytes replaced. */
+static void reply_format(const struct smtp_reply *rep, char *out, size_t outlen)
+{
+	int k = snprintf(out, outlen, "%d %s%s", rep->code, rep->enh,
+			 rep->enh[0] ? " " : "");
+	size_t n;
+
+	if (k < 0 || (size_t)k >= outlen)
+		k = 0;
+	copy_str(out + k, outlen - (size_t)k, rep->text);
+	for (n = 0; out[n]; n++)
+		if ((unsigned char)out[n] < 0x20 || out[n] == 0x7f)
+			out[n] = ' ';
+}
+
+/* queue_id_parse - best-effort backend queue id from a 250 text:
+ * Postfix "Ok: queued as X", Exchange "<id@host> Queued Mail for
+ * delivery", Gmail "OK 1234 - gsmtp", else the last token with a digit. */
+static void queue_id_parse(const char *text, char *out, size_t outlen)
+{
+	const char *p, *best = NULL;
+	size_t n = 0;
+
+	out[0] = '\0';
+	if ((p = strcasestr(text, "queued as ")) != NULL) {
+		best = p + 10;
+		n = strcspn(best, " \t\n;,)");
+	} else if (text[0] == '<' && (p = strchr(text, '>')) != NULL) {
+		best = text + 1;
+		n = (size_t)(p - best);
+	} else if (strncasecmp(text, "ok ", 3) == 0 || strncasecmp(text, "ok: ", 4) == 0) {
+		best = text + (text[2] == ':' ? 4 : 3);
+		best += strspn(best, " ");
+		n = strcspn(best, " \t\n;,");
+	} else {
+		for (p = text; *p;) {
+			size_t w;
+
+			p += strspn(p, " \t\n");
+			w = strcspn(p, " \t\n");
+			if (w && strpbrk(p, "0123456789") && strpbrk(p, "0123456789") < p + w) {
+				best = p;
+				n = w;
+			}
+			p += w;
+		}
+	}
+	if (!best || n == 0)
+		return;
+	if (n >= outlen)
+		n = outlen - 1;
+	memcpy(out, best, n);
+	out[n] = '\0';
+}
+
+/* body_has_8bit - does the stored message hold a byte >= 0x80 (RFC 6152)? */
+static int body_has_8bit(struct relay_req *r)
+{
+	struct spool *s = r->msg->body;
+	uint64_t off = 0, size = spool_size(s);
+	char buf[RELAY_CHUNK];
+
+	while (off < size) {
+		const void *p;
+		size_t n = spool_peek(s, off, &p);
+
+		if (n == 0) {
+			ssize_t k = spool_read(s, off, buf, sizeof(buf));
+
+			if (k <= 0)
+				return 1; /* unreadable: assume the worst */
+			p = buf;
+			n = (size_t)k;
+		}
+		for (size_t i = 0; i < n; i++)
+			if (((const unsigned char *)p)[i] & 0x80)
+				return 1;
+		off += n;
+	}
+	return 0;
+}
+
+/* envelope_clean - no CR/LF in anything that goes into a command line. */
+static int envelope_clean(const struct relay_msg *m)
+{
+	const char *v[] = { m->sender, m->ret, m->envid };
+
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+		if (v[i] && strpbrk(v[i], "\r\n"))
+			return 0;
+	for (int i = 0; i < m->nrcpt; i++) {
+		const struct relay_rcpt *rc = &m->rcpts[i];
+
+		if (!rc->addr || strpbrk(rc->addr, "\r\n") ||
+		    (rc->notify && strpbrk(rc->notify, "\r\n")) ||
+		    (rc->orcpt && strpbrk(rc->orcpt, "\r\n")))
+			return 0;
+	}
+	return 1;
+}
+
+/* ---- requests: outcome -------------------------------------------------- */
+
+/* req_set - fill the result for the client. */
+static void req_set(struct relay_req *r, int code, const char *enh,
+		    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void req_set(struct relay_req *r, int code, const char *enh,
+		    const char *fmt, ...)
+{
+	va_list ap;
+
+	r->res.code = code;
+	copy_str(r->res.enh, sizeof(r->res.enh), enh);
+	va_start(ap, fmt);
+	vsnprintf(r->res.text, sizeof(r->res.text), fmt, ap);
+	va_end(ap);
+}
+
+/* req_pass_on - the backend's reply, for the client: its code and enhanced
+ * code (added when missing), a 421 turned into 451 4.4.2 (421 obliges us
+ * to close, which the client must not take as ours, RFC 5321 §3.8). */
+static void req_pass_on(struct relay_req *r, const struct smtp_reply *rep,
+			const char *said, const char *default_enh)
+{
+	char enh[16];
+
+	if (rep->code == 421) {
+		req_set(r, 451, "4.4.2", "backend %s said: %s", r->dest->name, said);
+		return;
+	}
+	if (rep->enh[0] && rep->enh[0] == '0' + rep->code / 100)
+		copy_str(enh, sizeof(enh), rep->enh);
+	else if (default_enh && default_enh[0] == '0' + rep->code / 100)
+		copy_str(enh, sizeof(enh), default_enh);
+	else
+		snprintf(enh, sizeof(enh), "%d.0.0", rep->code / 100);
+	req_set(r, rep->code, enh, "backend %s said: %s", r->dest->name, said);
+}
+
+/* req_log - one line per delivery attempt outcome. */
+static void req_log(struct relay_req *r, const char *status, const char *reply)
+{
+	uint64_t now = ev_now(r->rl->loop);
+
+	log_info("%s: relay=%s, rcpts=%d, delay=%.3f, attempt=%.3f, status=%s (%s)",
+		 r->msg->id ? r->msg->id : "-", r->dest ? r->dest->name : "none",
+		 r->msg->nrcpt, (double)(now - r->t_start) / 1000.0,
+		 (double)(now - r->t_attempt) / 1000.0, status, reply);
+}
+
+/* req_free - release a finished or cancelled request. */
+static void req_free(struct relay_req *r)
+{
+	struct relay_loop *rl = r->rl;
+
+	ev_defer_cancel(rl->loop, &r->startd);
+	ev_timer_stop(rl->loop, &r->waitt);
+	if (r->waiting) {
+		TAILQ_REMOVE(&r->waiting->waiters, r, wlink);
+		dest_adjust(r->waiting->dest, rl->loop, -1, 0);
+		r->waiting = NULL;
+	}
+	free(r->scratch);
+	free(r);
+	rl->nreq--;
+	rl_maybe_free(rl);
+}
+
+/* req_finish - give the result to the session (the connection was already
+ * detached or handed on) and free the request. */
+static void req_finish(struct relay_req *r)
+{
+	if (r->res.backend[0] == '\0' && r->dest)
+		copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
+	r->in_done = 1;
+	r->done(r->arg, &r->res);
+	req_free(r);
+}
+
+/* req_fail - finish without a backend's verdict. */
+static void req_fail(struct relay_req *r, int code, const char *enh, const char *text)
+{
+	req_set(r, code, enh, "%s", text);
+	req_log(r, "deferred", text);
+	req_finish(r);
+}
+
+/* req_detach - take the connection off the request: RSET and pool it
+ * (release = 1), or close it. */
+static void req_detach(struct relay_req *r, int release)
+{
+	struct bconn *b = r->b;
+
+	if (!b)
+		return;
+	r->b = NULL;
+	b->req = NULL;
+	ev_timer_stop(r->rl->loop, &b->tmr);
+	if (!release) {
+		bconn_close(b, 0);
+		return;
+	}
+	if (b->state == B_READY) {
+		bconn_release_ok(b);
+		return;
+	}
+	/* RFC 5321 §4.1.1.5: a clean slate for the next user. */
+	conn_write(b->c, "RSET\r\n", 6);
+	bconn_stage(b, B_RSET, (uint64_t)r->msg->conf->relay_timeout);
+}
+
+/* ---- backend connections ------------------------------------------------ */
+
+static void bconn_on_connect(void *arg);
+static void bconn_on_read(void *arg);
+static void bconn_on_drain(void *arg);
+static void bconn_on_error(void *arg, int err);
+static void bconn_timeout(void *arg);
+
+static const struct conn_ops bconn_ops = {
+	.on_connect = bconn_on_connect,
+	.on_read = bconn_on_read,
+	.on_drain = bconn_on_drain,
+	.on_error = bconn_on_error,
+};
+
+/* bconn_stage - enter a state and arm its timer. */
+static void bconn_stage(struct bconn *b, enum bstate st, uint64_t ms)
+{
+	b->state = st;
+	ev_timer_start(b->pool->rl->loop, &b->tmr, ms, bconn_timeout, b);
+}
+
+/* bconn_free - the connection is gone for good. */
+static void bconn_free(struct bconn *b)
+{
+	struct relay_loop *rl = b->pool->rl;
+
+	if (b->state == B_IDLE) {
+		TAILQ_REMOVE(&b->pool->idle, b, link);
+		dest_adjust(b->pool->dest, rl->loop, 0, -1);
+	}
+	ev_timer_stop(rl->loop, &b->tmr);
+	conn_free(b->c);
+	slot_release(b);
+	free(b);
+	rl->nconn--;
+	rl_maybe_free(rl);
+}
+
+/* bconn_close - stop using a connection: QUIT politely when it is in a
+ * known state (RFC 5321 §4.1.1.10), else drop it. Its slot is free now. */
+static void bconn_close(struct bconn *b, int quit)
+{
+	struct relay_loop *rl = b->pool->rl;
+
+	if (b->state == B_IDLE) {
+		TAILQ_REMOVE(&b->pool->idle, b, link);
+		dest_adjust(b->pool->dest, rl->loop, 0, -1);
+	}
+	b->req = NULL;
+	if (!quit || rl->shutdown) {
+		b->state = B_QUIT;
+		bconn_free(b);
+		return;
+	}
+	b->state = B_QUIT;
+	ev_timer_stop(rl->loop, &b->tmr);
+	conn_write(b->c, "QUIT\r\n", 6);
+	conn_shutdown(b->c); /* on_error(0) follows and frees */
+	slot_release(b);
+}
+
+/* bconn_release_ok - a clean connection: to a local waiter, else idle in
+ * the pool; closed instead when another loop waits for a slot. */
+static void bconn_release_ok(struct bconn *b)
+{
+	struct pool *p = b->pool;
+	struct relay_loop *rl = p->rl;
+	struct relay_req *w = TAILQ_FIRST(&p->waiters);
+
+	b->req = NULL;
+	if (w) {
+		TAILQ_REMOVE(&p->waiters, w, wlink);
+		w->waiting = NULL;
+		ev_timer_stop(rl->loop, &w->waitt);
+		dest_adjust(p->dest, rl->loop, -1, 0);
+		w->b = b;
+		b->req = w;
+		b->state = B_READY;
+		w->t_attempt = ev_now(rl->loop);
+		txn_start(w);
+		return;
+	}
+	if (rl->shutdown || b->idle_ms == 0 || dest_others_waiting(p->dest, rl->loop)) {
+		bconn_close(b, 1);
+		return;
+	}
+	b->state = B_IDLE;
+	TAILQ_INSERT_HEAD(&p->idle, b, link);
+	dest_adjust(p->dest, rl->loop, 0, 1);
+	ev_timer_start(rl->loop, &b->tmr, b->idle_ms, bconn_timeout, b);
+}
+
+/* bconn_open - a new connection to p->dest for r (r holds a slot). */
+static int bconn_open(struct pool *p, struct relay_req *r)
+{
+	struct relay_loop *rl = p->rl;
+	struct bconn *b = xcalloc(1, sizeof(*b));
+	uint64_t ms = remaining(r, (uint64_t)r->msg->conf->relay_connect_timeout);
+
+	b->pool = p;
+	b->slot = 1;
+	b->req = r;
+	b->state = B_CONNECT;
+	rl->nconn++;
+	b->c = conn_connect(rl->loop, (struct sockaddr *)&p->dest->sa,
+			    p->dest->salen, ms ? ms : 1, &bconn_ops, b);
+	if (!b->c) {
+		snprintf(r->last_error, sizeof(r->last_error), "backend %s: socket: %s",
+			 p->dest->name, strerror(errno));
+		b->req = NULL;
+		bconn_free(b);
+		return -1;
+	}
+	r->b = b;
+	return 0;
+}
+
+/* bconn_fail - the connection failed (error, EOF, timeout, garbage). */
+static void bconn_fail(struct bconn *b, const char *why)
+{
+	struct relay_req *r = b->req;
+	char text[400];
+
+	if (!r) {
+		bconn_close(b, 0);
+		return;
+	}
+	if (b->state == B_DOT) {
+		/* The body is out: whatever happened, never replay it. */
+		snprintf(r->res.backend_reply, sizeof(r->res.backend_reply),
+			 "%s after end of data", why);
+		req_detach(r, 0);
+		req_set(r, 451, "4.4.2",
+			"no reply from backend %s after end of data; not retried",
+			r->dest->name);
+		req_log(r, "deferred", r->res.backend_reply);
+		req_finish(r);
+		return;
+	}
+	snprintf(text, sizeof(text), "%s at %s", why, bstate_name[b->state]);
+	/* A pooled connection the backend closed while idle shows up as an
+	 * error before its first reply: try the same backend again. */
+	if (b->ntxn > 1 && b->state == B_MAIL && r->nreplies == 0 &&
+	    r->stale < RELAY_STALE_RETRIES) {
+		r->stale++;
+		req_detach(r, 0);
+		log_debug("%s: backend %s: reused connection dead (%s), retrying",
+			  r->msg->id, r->dest->name, text);
+		req_acquire(r);
+		return;
+	}
+	req_failover(r, text);
+}
+
+/* bconn_on_connect - TCP is up: wait for the greeting (RFC 5321 §3.1). */
+static void bconn_on_connect(void *arg)
+{
+	struct bconn *b = arg;
+	struct relay_req *r = b->req;
+
+	conn_read_enable(b->c, 1);
+	bconn_stage(b, B_GREET, r ? remaining(r, (uint64_t)r->msg->conf->relay_connect_timeout) : 1000);
+}
+
+/* bconn_on_error - EOF, socket error or connect timeout from conn.c. */
+static void bconn_on_error(void *arg, int err)
+{
+	struct bconn *b = arg;
+	char why[128];
+
+	if (b->state == B_QUIT) {
+		bconn_free(b);
+		return;
+	}
+	if (err == 0)
+		snprintf(why, sizeof(why), "connection closed by backend");
+	else if (err == ETIMEDOUT)
+		snprintf(why, sizeof(why), "timeout");
+	else
+		copy_str(why, sizeof(why), strerror(err));
+	bconn_fail(b, why);
+}
+
+/* bconn_timeout - stage timer: no reply in time; or the idle timer. */
+static void bconn_timeout(void *arg)
+{
+	struct bconn *b = arg;
+
+	if (b->state == B_IDLE) {
+		bconn_close(b, 1);
+		return;
+	}
+	bconn_fail(b, "timeout");
+}
+
+/* bconn_on_drain - output flushed: refill the body window. */
+static void bconn_on_drain(void *arg)
+{
+	struct bconn *b = arg;
+
+	if (b->state == B_BODY && b->req)
+		body_fill(b);
+}
+
+/* ---- the transaction ---------------------------------------------------- */
+
+/* send_rcpt - RCPT TO with DSN parameters when offered (RFC 3461 §4). */
+static void send_rcpt(struct bconn *b, const struct relay_rcpt *rc)
+{
+	if (b->caps & SMTP_CAP_DSN)
+		conn_printf(b->c, "RCPT TO:<%s>%s%s%s%s\r\n", rc->addr,
+			    rc->notify ? " NOTIFY=" : "", rc->notify ? rc->notify : "",
+			    rc->orcpt ? " ORCPT=" : "", rc->orcpt ? rc->orcpt : "");
+	else
+		conn_printf(b->c, "RCPT TO:<%s>\r\n", rc->addr);
+}
+
+/* txn_start - replay the envelope on an attached, ready connection. */
+static void txn_start(struct relay_req *r)
+{
+	struct bconn *b = r->b;
+	const struct relay_msg *m = r->msg;
+	char size[40] = "";
+
+	r->tried++;
+	r->nreplies = 0;
+	r->naccept = 0;
+	b->idle_ms = (uint64_t)m->conf->relay_idle_timeout;
+	r->first_refused = -1;
+	r->body_off = 0;
+	r->body_lstart = 1;
+	for (int i = 0; i < m->nrcpt; i++) {
+		m->rcpts[i].code = 0;
+		m->rcpts[i].reply[0] = '\0';
+	}
+	/* RFC 6531 §3.4: no SMTPUTF8 downgrade; the client must be told. */
+	if (m->smtputf8 && !(b->caps & SMTP_CAP_SMTPUTF8)) {
+		req_detach(r, 1);
+		req_set(r, 553, "5.6.7", "backend %s does not support SMTPUTF8",
+			r->dest->name);
+		req_log(r, "bounced", "no SMTPUTF8");
+		req_finish(r);
+		return;
+	}
+	/* RFC 6152 §3: 8-bit content only to a server that offers 8BITMIME. */
+	r->send_body8 = 0;
+	if (m->body_8bit) {
+		if (b->caps & SMTP_CAP_8BITMIME) {
+			r->send_body8 = 1;
+		} else {
+			if (r->has8bit < 0)
+				r->has8bit = body_has_8bit(r);
+			if (r->has8bit) {
+				req_detach(r, 1);
+				req_set(r, 554, "5.6.3",
+					"8-bit message, and backend %s does not support 8BITMIME",
+					r->dest->name);
+				req_log(r, "bounced", "no 8BITMIME");
+				req_finish(r);
+				return;
+			}
+		}
+	}
+	b->ntxn++;
+	if (b->caps & SMTP_CAP_SIZE) /* RFC 1870 §6 */
+		snprintf(size, sizeof(size), " SIZE=%llu", (unsigned long long)m->size);
+	conn_printf(b->c, "MAIL FROM:<%s>%s%s%s%s%s%s%s\r\n", m->sender, size,
+		    r->send_body8 ? " BODY=8BITMIME" : "",
+		    m->smtputf8 ? " SMTPUTF8" : "",
+		    (b->caps & SMTP_CAP_DSN) && m->ret ? " RET=" : "",
+		    (b->caps & SMTP_CAP_DSN) && m->ret ? m->ret : "",
+		    (b->caps & SMTP_CAP_DSN) && m->envid ? " ENVID=" : "",
+		    (b->caps & SMTP_CAP_DSN) && m->envid ? m->envid : "");
+	/* RFC 2920 §3.1: MAIL and RCPT may be grouped; DATA is sent only once
+	 * every RCPT reply is in, so a partly refused envelope never gets a
+	 * body. */
+	if (b->caps & SMTP_CAP_PIPELINING)
+		for (int i = 0; i < m->nrcpt; i++)
+			send_rcpt(b, &m->rcpts[i]);
+	bconn_stage(b, B_MAIL, remaining(r, (uint64_t)m->conf->relay_timeout));
+}
+
+/* body_fill - stream the stored body, dot-stuffed (RFC 5321 §4.5.2), keeping
+ * about RELAY_WINDOW bytes queued; the final ".\r\n" goes with the last
+ * chunk. Each refill re-arms the stage timer. */
+static void body_fill(struct bconn *b)
+{
+	struct relay_req *r = b->req;
+	struct spool *s = r->msg->body;
+	uint64_t size = spool_size(s);
+	const struct conf *cf = r->msg->conf;
+
+	if (!r->scratch)
+		r->scratch = xmalloc(3 * RELAY_CHUNK);
+	while (conn_wpending(b->c) < RELAY_WINDOW && r->body_off < size) {
+		const void *p;
+		size_t n = spool_peek(s, r->body_off, &p);
+
+		if (n == 0) {
+			ssize_t k = spool_read(s, r->body_off, r->scratch, RELAY_CHUNK);
+
+			if (k <= 0) {
+				req_detach(r, 0);
+				req_fail(r, 451, "4.3.0", "local error reading the stored message");
+				return;
+			}
+			p = r->scratch;
+			n = (size_t)k;
+		}
+		if (n > RELAY_CHUNK)
+			n = RELAY_CHUNK;
+		size_t out = smtp_dot_stuff(p, n, &r->body_lstart, r->scratch + RELAY_CHUNK);
+		conn_write(b->c, r->scratch + RELAY_CHUNK, out);
+		r->body_off += n;
+	}
+	if (r->body_off < size) {
+		bconn_stage(b, B_BODY, remaining(r, (uint64_t)cf->relay_timeout));
+		return;
+	}
+	/* The canonical body ends in CRLF; one that does not gets it, so the
+	 * dot is on a line of its own (RFC 5321 §4.1.1.4). */
+	if (!r->body_lstart)
+		conn_write(b->c, "\r\n.\r\n", 5);
+	else
+		conn_write(b->c, ".\r\n", 3);
+	bconn_stage(b, B_DOT, remaining(r, (uint64_t)cf->relay_data_done_timeout));
+}
+
+/* rcpts_done - every RCPT reply is in: DATA, or the verdict. */
+static void rcpts_done(struct bconn *b)
+{
+	struct relay_req *r = b->req;
+	struct relay_msg *m = r->msg;
+	const struct conf *cf = m->conf;
+
+	if (r->naccept == m->nrcpt) {
+		conn_write(b->c, "DATA\r\n", 6);
+		bconn_stage(b, B_DATA, remaining(r, (uint64_t)cf->relay_timeout));
+		return;
+	}
+	/* Refusals with 5xx are cached so the client's retry meets them at
+	 * RCPT (DESIGN.md "Replies"); 4xx ones may pass next time. */
+	for (int i = 0; i < m->nrcpt; i++)
+		if (m->rcpts[i].code >= 500)
+			verify_put(m->rcpts[i].addr, m->rcpts[i].code, m->rcpts[i].reply,
+				   (uint64_t)cf->relay_verify_negative_ttl);
+	if (r->naccept > 0) {
+		req_detach(r, 1);
+		req_set(r, 451, "4.5.0",
+			"some recipients were refused by backend %s; retry",
+			r->dest->name);
+		req_log(r, "deferred", "recipients partly refused");
+		req_finish(r);
+		return;
+	}
+	/* All refused: pass the first refusal on. */
+	struct relay_rcpt *rc = &m->rcpts[r->first_refused];
+	req_pass_on(r, &r->refusal, rc->reply, rc->code == 550 ? "5.1.1" : NULL);
+	copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), rc->reply);
+	req_detach(r, rc->code != 421);
+	req_log(r, rc->code >= 500 ? "bounced" : "deferred", rc->reply);
+	req_finish(r);
+}
+
+/* mail_refused - the MAIL reply was not 2xx (all replies consumed). */
+static void mail_refused(struct bconn *b)
+{
+	struct relay_req *r = b->req;
+	char why[600];
+
+	/* 5xx is the backend's verdict on the sender: pass it on. 4xx (421
+	 * too) says nothing about the message: another backend may take it. */
+	if (r->mail_rep.code >= 500) {
+		req_pass_on(r, &r->mail_rep, r->mail_said, NULL);
+		copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), r->mail_said);
+		req_detach(r, 1);
+		req_log(r, "bounced", r->mail_said);
+		req_finish(r);
+		return;
+	}
+	snprintf(why, sizeof(why), "MAIL FROM refused: %s", r->mail_said);
+	req_failover(r, why);
+}
+
+/* txn_reply - one backend reply while attached. Returns -1 when b is gone. */
+static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *said)
+{
+	struct relay_req *r = b->req;
+	struct relay_msg *m = r->msg;
+	const struct conf *cf = m->conf;
+	char why[600];
+	int pipelined = (b->caps & SMTP_CAP_PIPELINING) != 0;
+
+	switch (b->state) {
+	case B_GREET:
+		if (rep->code != 220) {
+			snprintf(why, sizeof(why), "greeting: %s", said);
+			req_failover(r, why);
+			return -1;
+		}
+		conn_printf(b->c, "EHLO %s\r\n", cf->myhostname[0] ? cf->myhostname : "localhost");
+		bconn_stage(b, B_EHLO, remaining(r, (uint64_t)cf->relay_timeout));
+		return 0;
+	case B_EHLO:
+		if (rep->code == 250) {
+			uint64_t maxsize; /* the backend's own SIZE check decides */
+
+			b->caps = smtp_ehlo_caps(rep, &maxsize);
+			b->state = B_READY;
+			ev_timer_stop(r->rl->loop, &b->tmr);
+			txn_start(r);
+			return 0;
+		}
+		if (rep->code >= 500 && rep->code != 554) {
+			/* RFC 5321 §3.2: fall back to HELO. */
+			conn_printf(b->c, "HELO %s\r\n", cf->myhostname[0] ? cf->myhostname : "localhost");
+			bconn_stage(b, B_HELO, remaining(r, (uint64_t)cf->relay_timeout));
+			return 0;
+		}
+		snprintf(why, sizeof(why), "EHLO: %s", said);
+		req_failover(r, why);
+		return -1;
+	case B_HELO:
+		if (rep->code != 250) {
+			snprintf(why, sizeof(why), "HELO: %s", said);
+			req_failover(r, why);
+			return -1;
+		}
+		b->caps = 0;
+		b->state = B_READY;
+		ev_timer_stop(r->rl->loop, &b->tmr);
+		txn_start(r);
+		return 0;
+	case B_MAIL:
+		r->nreplies = 1;
+		r->mail_rep = *rep;
+		copy_str(r->mail_said, sizeof(r->mail_said), said);
+		if (pipelined && m->nrcpt > 0) {
+			bconn_stage(b, B_RCPT, remaining(r, (uint64_t)cf->relay_timeout));
+			return 0;
+		}
+		if (rep->code / 100 != 2) {
+			mail_refused(b);
+			return -1;
+		}
+		send_rcpt(b, &m->rcpts[0]);
+		bconn_stage(b, B_RCPT, remaining(r, (uint64_t)cf->relay_timeout));
+		return 0;
+	case B_RCPT: {
+		int i = r->nreplies - 1;
+
+		r->nreplies++;
+		if (r->mail_rep.code / 100 == 2) {
+			struct relay_rcpt *rc = &m->rcpts[i];
+
+			rc->code = rep->code;
+			copy_str(rc->reply, sizeof(rc->reply), said);
+			if (rep->code / 100 == 2) {
+				r->naccept++;
+			} else if (r->first_refused < 0) {
+				r->first_refused = i;
+				r->refusal = *rep;
+			}
+		}
+		if (i + 1 < m->nrcpt) {
+			if (!pipelined)
+				send_rcpt(b, &m->rcpts[i + 1]);
+			bconn_stage(b, B_RCPT, remaining(r, (uint64_t)cf->relay_timeout));
+			return 0;
+		}
+		if (r->mail_rep.code / 100 != 2) {
+			mail_refused(b);
+			return -1;
+		}
+		rcpts_done(b);
+		return -1;
+	}
+	case B_DATA:
+		if (rep->code == 354) {
+			b->state = B_BODY;
+			body_fill(b);
+			return -1;
+		}
+		if (rep->code >= 500) {
+			req_pass_on(r, rep, said, NULL);
+			copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
+			req_detach(r, 1);
+			req_log(r, "bounced", said);
+			req_finish(r);
+			return -1;
+		}
+		snprintf(why, sizeof(why), "DATA: %s", said);
+		req_failover(r, why);
+		return -1;
+	case B_BODY:
+		/* A reply before the dot: the backend gave up on the body. */
+		snprintf(why, sizeof(why), "reply during the message body: %s", said);
+		req_failover(r, why);
+		return -1;
+	case B_DOT:
+		copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
+		if (rep->code / 100 == 2) {
+			queue_id_parse(rep->text, r->res.queue_id, sizeof(r->res.queue_id));
+			req_set(r, 250, "2.0.0", "Ok: queued as %s (backend %s said: %s)",
+				m->id ? m->id : "?", r->dest->name, said);
+			req_detach(r, 1);
+			req_log(r, "sent", said);
+			req_finish(r);
+			return -1;
+		}
+		req_pass_on(r, rep, said, NULL);
+		req_detach(r, rep->code != 421);
+		req_log(r, rep->code >= 500 ? "bounced" : "deferred", said);
+		req_finish(r);
+		return -1;
+	default:
+		bconn_fail(b, "unexpected reply");
+		return -1;
+	}
+}
+
+/* bconn_on_read - parse every complete reply buffered. */
+static void bconn_on_read(void *arg)
+{
+	struct bconn *b = arg;
+	struct smtp_reply rep;
+	char said[512];
+
+	for (;;) {
+		size_t len, used = 0;
+		const char *buf = conn_rbuf(b->c, &len);
+		enum parse_result pr;
+
+		if (len == 0)
+			return;
+		if (b->state == B_QUIT) {
+			conn_consume(b->c, len);
+			return;
+		}
+		smtp_reply_init(&rep);
+		pr = smtp_reply_feed(&rep, buf, len, &used);
+		if (pr == PARSE_AGAIN)
+			return;
+		if (pr != PARSE_OK) {
+			bconn_fail(b, "malformed reply");
+			return;
+		}
+		conn_consume(b->c, used);
+		reply_format(&rep, said, sizeof(said));
+		if (b->state == B_RSET) {
+			if (rep.code == 250) {
+				ev_timer_stop(b->pool->rl->loop, &b->tmr);
+				bconn_release_ok(b);
+				continue;
+			}
+			bconn_close(b, 0);
+			return;
+		}
+		if (!b->req || b->state == B_IDLE) {
+			/* Unsolicited (e.g. 421 on an idle connection): drop it. */
+			bconn_close(b, 0);
+			return;
+		}
+		if (txn_reply(b, &rep, said) < 0)
+			return;
+	}
+}
+
+/* ---- requests: routing and waiting -------------------------------------- */
+
+/* req_wait_timeout - no connection came free within relay_pool_wait. */
+static void req_wait_timeout(void *arg)
+{
+	struct relay_req *r = arg;
+	char text[300];
+
+	snprintf(text, sizeof(text), "no backend connection available (%s)", r->dest->name);
+	req_fail(r, 451, "4.4.5", text);
+}
+
+/* req_acquire - a connection to r->dest: idle, new, or wait for one. */
+static void req_acquire(struct relay_req *r)
+{
+	struct relay_loop *rl = r->rl;
+	struct pool *p = pool_get(rl, r->dest);
+	struct bconn *b = TAILQ_FIRST(&p->idle);
+
+	atomic_store(&r->dest->limit, (int)r->msg->conf->relay_destination_concurrency_limit);
+	r->t_attempt = ev_now(rl->loop);
+	if (b) {
+		TAILQ_REMOVE(&p->idle, b, link);
+		dest_adjust(p->dest, rl->loop, 0, -1);
+		ev_timer_stop(rl->loop, &b->tmr);
+		b->req = r;
+		b->state = B_READY;
+		r->b = b;
+		txn_start(r);
+		return;
+	}
+	if (dest_reserve(r->dest, rl->loop, 0, 1)) {
+		if (bconn_open(p, r) < 0)
+			req_next_target(r);
+		return;
+	}
+	TAILQ_INSERT_TAIL(&p->waiters, r, wlink);
+	r->waiting = p;
+	ev_timer_start(rl->loop, &r->waitt,
+		       remaining(r, (uint64_t)r->msg->conf->relay_pool_wait),
+		       req_wait_timeout, r);
+}
+
+/* pool_kick - slots may be free: serve this pool's waiters in order, then
+ * pass any slot left on to other loops. */
+static void pool_kick(void *arg)
+{
+	struct pool *p = arg;
+	struct relay_loop *rl = p->rl;
+	struct relay_req *w;
+
+	while ((w = TAILQ_FIRST(&p->waiters)) != NULL) {
+		struct bconn *b = TAILQ_FIRST(&p->idle);
+
+		if (!b && !dest_reserve(p->dest, rl->loop, 1, 0))
+			break;
+		TAILQ_REMOVE(&p->waiters, w, wlink);
+		w->waiting = NULL;
+		ev_timer_stop(rl->loop, &w->waitt);
+		dest_adjust(p->dest, rl->loop, -1, 0);
+		if (b) {
+			TAILQ_REMOVE(&p->idle, b, link);
+			dest_adjust(p->dest, rl->loop, 0, -1);
+			ev_timer_stop(rl->loop, &b->tmr);
+			b->req = w;
+			b->state = B_READY;
+			w->b = b;
+			w->t_attempt = ev_now(rl->loop);
+			txn_start(w);
+			continue;
+		}
+		if (bconn_open(p, w) < 0)
+			req_next_target(w);
+	}
+	dest_wake(p->dest, rl);
+}
+
+/* dest_post_cb - on the loop asked by another loop: shed or serve. */
+static void dest_post_cb(void *arg)
+{
+	struct dest_post *dp = arg;
+	struct relay_loop *rl = *ev_slot(dp->loop, EV_SLOT_RELAY);
+	struct pool *p;
+
+	if (!rl || rl->shutdown) {
+		free(dp);
+		return;
+	}
+	p = pool_find(rl, dp->dest);
+	if (p && dp->shed) {
+		struct bconn *b = TAILQ_LAST(&p->idle, bconn_list);
+
+		if (b)
+			bconn_close(b, 1);
+	} else if (p) {
+		pool_kick(p);
+	} else if (!dp->shed) {
+		dest_wake(dp->dest, NULL);
+	}
+	free(dp);
+}
+
+/* req_failover - this backend failed before accepting the body: log, close,
+ * and replay to the next one (DESIGN.md "Data integrity rules"). */
+static void req_failover(struct relay_req *r, const char *why)
+{
+	snprintf(r->last_error, sizeof(r->last_error), "backend %s: %s",
+		 r->dest->name, why);
+	copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
+	copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), why);
+	req_log(r, "failover", why);
+	req_detach(r, 0);
+	req_next_target(r);
+}
+
+/* req_next_target - move to the next usable backend, or give up. */
+static void req_next_target(struct relay_req *r)
+{
+	const struct conf_list *l = r->msg->backends;
+
+	for (;;) {
+		const char *why = NULL;
+
+		r->target++;
+		if (ev_now(r->rl->loop) >= r->msg->deadline) {
+			char text[400];
+
+			snprintf(text, sizeof(text), "time limit reached%s%s",
+				 r->last_error[0] ? "; " : "", r->last_error);
+			req_fail(r, 451, "4.4.1", text);
+			return;
+		}
+		if (!l || r->target >= l->n) {
+			char text[400];
+
+			if (!l || l->n == 0)
+				snprintf(text, sizeof(text), "no backend configured");
+			else
+				snprintf(text, sizeof(text), "no backend accepted the message: %s",
+					 r->last_error[0] ? r->last_error : "none usable");
+			req_fail(r, 451, "4.4.1", text);
+			return;
+		}
+		r->dest = dest_get(l->v[r->target], &why);
+		if (r->dest) {
+			r->stale = 0;
+			req_acquire(r);
+			return;
+		}
+		snprintf(r->last_error, sizeof(r->last_error), "backend %s: %s",
+			 l->v[r->target], why);
+		log_warn("%s: skipping backend %s: %s", r->msg->id, l->v[r->target], why);
+	}
+}
+
+/* req_start - deferred start, so done() never runs inside relay_send(). */
+static void req_start(void *arg)
+{
+	struct relay_req *r = arg;
+
+	if (!envelope_clean(r->msg)) {
+		req_fail(r, 501, "5.5.4", "invalid envelope");
+		return;
+	}
+	if (r->msg->nrcpt <= 0) {
+		req_fail(r, 503, "5.5.1", "no valid recipients");
+		return;
+	}
+	req_next_target(r);
+}
+
+/* ---- public interface --------------------------------------------------- */
+
+/* relay_send - start delivery; done() runs later, exactly once. */
+struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg,
+			     relay_done_fn *done, void *arg)
+{
+	struct relay_loop *rl = rl_get(loop);
+	struct relay_req *r = xcalloc(1, sizeof(*r));
+
+	r->rl = rl;
+	r->msg = msg;
+	r->done = done;
+	r->arg = arg;
+	r->target = -1;
+	r->has8bit = -1;
+	r->t_start = r->t_attempt = ev_now(loop);
+	rl->nreq++;
+	ev_defer(loop, &r->startd, req_start, r);
+	return r;
+}
+
+/* relay_cancel - the session is gone: abandon the request. */
+void relay_cancel(struct relay_req *r)
+{
+	if (!r || r->in_done)
+		return;
+	if (r->b) {
+		/* Mid-transaction or mid-setup: the state is unknown to a
+		 * future user, so the connection is closed, not pooled. */
+		req_detach(r, 0);
+	}
+	req_free(r);
+}
+
+/* relay_loop_shutdown - close this loop's idle pooled connections. */
+void relay_loop_shutdown(struct ev_loop *loop)
+{
+	struct relay_loop *rl = *ev_slot(loop, EV_SLOT_RELAY);
+
+	if (!rl)
+		return;
+	rl->shutdown = 1;
+	for (struct pool *p = rl->pools; p; p = p->next) {
+		ev_defer_cancel(loop, &p->kick);
+		while (!TAILQ_EMPTY(&p->idle)) {
+			rl->nreq++; /* keep rl alive while closing */
+			bconn_close(TAILQ_FIRST(&p->idle), 0);
+			rl->nreq--;
+		}
+	}
+	rl_maybe_free(rl);
+}
