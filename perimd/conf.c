@@ -7,9 +7,11 @@
  * only when every value has expanded and parsed, so a struct conf is always
  * complete and valid: STR/ENUM/MAP fields are never NULL, lists always have
  * v[n] == NULL. A published struct conf is never modified; readers hold a
- * reference (atomic count) and the last conf_release() frees it. conf_dump()
- * prints canonical values (the same text for equal values, '$' written as
- * "$$") so that what it prints reads back to the same configuration.
+ * reference (atomic count) and the last conf_release() frees it. A conf
+ * keeps each parameter's text before expansion: conf_dump() prints that
+ * text (as Postfix's postconf does), so what it prints reads back to the
+ * same configuration, and compares canonical forms ("300" = "5m") to tell
+ * a changed value from a default.
  */
 #include "conf.h"
 #include "log.h"
@@ -268,8 +270,6 @@ static void load_override(struct loader *L, const char *o)
 	free(value);
 }
 
-static size_t myhostname_index(void);
-
 /*
  * expand - the value of parameter i with "$name", "${name}" replaced by the
  * (expanded) value of that parameter and "$$" by "$". NULL on error (an
@@ -330,7 +330,7 @@ static const char *expand(struct loader *L, size_t i)
 			goto fail;
 		sb_add(&out, v, strlen(v));
 	}
-	if (i == myhostname_index() && out.len == 0) {
+	if (params[i].off == offsetof(struct conf, myhostname) && out.len == 0) {
 		char host[256];
 		if (gethostname(host, sizeof host) != 0) {
 			lerr(L, "%s: cannot get the system host name: %s", L->where[i],
@@ -347,15 +347,6 @@ fail:
 	L->busy[i] = 0;
 	free(out.s);
 	return NULL;
-}
-
-/* myhostname_index - where myhostname sits in the table. */
-static size_t myhostname_index(void)
-{
-	for (size_t i = 0; i < NPARAMS; i++)
-		if (params[i].off == offsetof(struct conf, myhostname))
-			return i;
-	fatal("conf: no myhostname in the parameter table");
 }
 
 /* parse_number - a non-negative decimal number and what follows it. */
@@ -632,10 +623,9 @@ static void escape_dollar(struct sbuf *b, const char *s)
 	sb_add(b, s, strlen(s));
 }
 
-/* format_value - the canonical text of parameter p's value in c. */
-static char *format_value(const struct param *p, const struct conf *c)
+/* format_value - the canonical text of a value of parameter p stored at src. */
+static char *format_value(const struct param *p, const void *src)
 {
-	const void *src = (const char *)c + p->off;
 	struct sbuf b = { 0 };
 
 	switch (p->type) {
@@ -664,25 +654,73 @@ static char *format_value(const struct param *p, const struct conf *c)
 	return sb_str(&b);
 }
 
+/* free_value - free what a value of parameter p stored at f owns. */
+static void free_value(const struct param *p, void *f)
+{
+	switch (p->type) {
+	case T_STR:
+	case T_ENUM:
+	case T_MAP:
+		free(*(char **)f);
+		*(char **)f = NULL;
+		break;
+	case T_LIST:
+	case T_MAPLIST:
+		list_free(f);
+		break;
+	default:
+		break;
+	}
+}
+
+/*
+ * print_text - raw text as conf_dump prints it: as written, but a list's
+ * items joined with ", " (names in $name and ${name} hold no separator, so
+ * splitting never cuts a reference).
+ */
+static char *print_text(const struct param *p, const char *raw)
+{
+	if (p->type != T_LIST && p->type != T_MAPLIST)
+		return xstrdup(raw);
+	struct conf_list l = list_split(raw);
+	struct sbuf b = { 0 };
+	for (int k = 0; k < l.n; k++) {
+		if (k)
+			sb_add(&b, ", ", 2);
+		sb_add(&b, l.v[k], strlen(l.v[k]));
+	}
+	list_free(&l);
+	return sb_str(&b);
+}
+
+/*
+ * canon_text - raw text in a form where equal values compare equal, to
+ * tell a default from a changed value: text without '$' is parsed and
+ * formatted ("300" and "5m" are the same time); text with references
+ * stays as printed, since its value depends on other parameters.
+ */
+static char *canon_text(const struct param *p, const char *raw)
+{
+	struct conf scratch;  /* only p's field is used */
+	void *f = (char *)&scratch + p->off;
+	char why[256];
+
+	if (*raw == 0 || strchr(raw, '$') || parse_value(p, raw, f, why, sizeof why) < 0)
+		return print_text(p, raw);
+	char *t = format_value(p, f);
+	free_value(p, f);
+	return t;
+}
+
 /* conf_free - free a conf and everything in it (fields may be unset). */
 static void conf_free(struct conf *c)
 {
 	for (size_t i = 0; i < NPARAMS; i++) {
-		void *f = (char *)c + params[i].off;
-		switch (params[i].type) {
-		case T_STR:
-		case T_ENUM:
-		case T_MAP:
-			free(*(char **)f);
-			break;
-		case T_LIST:
-		case T_MAPLIST:
-			list_free(f);
-			break;
-		default:
-			break;
-		}
+		free_value(&params[i], (char *)c + params[i].off);
+		if (c->raw)
+			free(c->raw[i]);
 	}
+	free(c->raw);
 	free(c->path);
 	free(c);
 }
@@ -721,6 +759,11 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides,
 	if (c) {
 		c->path = xstrdup(path && !missing ? path : "");
 		c->refs = 1;
+		c->raw = xcalloc(NPARAMS, sizeof *c->raw);
+		for (size_t i = 0; i < NPARAMS; i++) {
+			c->raw[i] = L.raw[i];
+			L.raw[i] = NULL;
+		}
 	}
 	for (size_t i = 0; i < NPARAMS; i++) {
 		free(L.raw[i]);
@@ -730,24 +773,28 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides,
 	return c;
 }
 
-/* conf_dump - see conf.h. */
+/*
+ * conf_dump - see conf.h. A conf not made by conf_load() (no raw text) is
+ * printed from its values, after expansion, which reads back the same too.
+ */
 void conf_dump(FILE *out, const struct conf *c, int defaults_too)
 {
-	struct conf *d = NULL;
-	char err[512];
-
-	if (!defaults_too && !(d = conf_load(NULL, 0, NULL, 0, err, sizeof err)))
-		fatal("built-in defaults: %s", err);
 	for (size_t i = 0; i < NPARAMS; i++) {
-		char *v = format_value(&params[i], c);
-		char *dv = d ? format_value(&params[i], d) : NULL;
-		if (!dv || strcmp(v, dv) != 0)
-			fprintf(out, "%s =%s%s\n", params[i].name, *v ? " " : "", v);
+		const struct param *p = &params[i];
+		char *v = c->raw ? print_text(p, c->raw[i])
+				 : format_value(p, (const char *)c + p->off);
+		int show = defaults_too;
+		if (!show) {
+			char *cv = c->raw ? canon_text(p, c->raw[i]) : xstrdup(v);
+			char *dv = canon_text(p, p->def);
+			show = strcmp(cv, dv) != 0;
+			free(cv);
+			free(dv);
+		}
+		if (show)
+			fprintf(out, "%s =%s%s\n", p->name, *v ? " " : "", v);
 		free(v);
-		free(dv);
 	}
-	if (d)
-		conf_release(d);
 }
 
 static pthread_mutex_t conf_cur_lock = PTHREAD_MUTEX_INITIALIZER;

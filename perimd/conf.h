@@ -35,6 +35,8 @@ struct conf {
 #undef PARAM
 	char *path;      /* file it was read from ("" = defaults only) */
 	int refs;        /* private */
+	char **raw;      /* private: each parameter's text before $name
+			  * expansion, in table order, for conf_dump() */
 };
 
 /* conf_load - defaults, then the file (path may be NULL: defaults only; a
@@ -46,7 +48,9 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides,
 
 /* conf_dump - print parameters as a readable config file: all of them
  * (defaults_too = 1, for -d on a default conf) or only those whose value
- * differs from the default (-n). The output reads back to the same conf. */
+ * differs from the default (-n). Values are printed as written, before
+ * $name expansion (lists joined with ", "), as Postfix's postconf does.
+ * The output reads back to the same conf. */
 void conf_dump(FILE *out, const struct conf *c, int defaults_too);
 
 /* conf_install - make c the current configuration (takes the caller's

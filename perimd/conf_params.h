@@ -3,7 +3,9 @@
  *
  * PARAM(type, name, default, min, max, choices, doc)
  *   type: BOOL INT TIME SIZE STR ENUM LIST MAP MAPLIST (see conf.h)
- *   min/max: bounds for INT/TIME/SIZE (TIME in ms, SIZE in bytes), 0,0 = none
+ *   min/max: bounds for INT/TIME/SIZE (TIME in ms, SIZE in bytes); 0,0 = none,
+ *            max 0 alone = no upper bound
+ *   default: text as written in the file ("300s", "$myhostname ESMTP")
  *   choices: "a|b" for ENUM, else NULL
  * Included with PARAM defined; no include guard on purpose.
  */

@@ -395,44 +395,89 @@ TEST(dump_roundtrip)
 		"relay_domains = example.com,\n .example.org, file:/etc/perimd/relay domains\n"
 		"relay_backends = [127.0.0.1]:10026\n"
 		"smtpd_timeout = 600\n"
+		"shutdown_timeout = 30\n"           /* = the default 30s: not printed */
 		"relay_connect_timeout = 1500ms\n"
 		"message_size_limit = 10240k\n"
-		"body_memory_limit = 1000\n"
+		"body_memory_limit = 1024k\n"       /* = the default 1m: not printed */
+		"body_spool_limit = 100000\n"
 		"smtpd_forbid_bare_newline = reject\n"
-		"transport_maps = file:./transport\n");
+		"data_directory = /srv/perimd\n"
+		"body_spool_directory = ${data_directory}/spool\n"
+		"transport_maps = file:$data_directory/transport\n");
 	CHECK(c != NULL);
 	if (!c) {
 		fprintf(stderr, "%s\n", err);
 		return;
 	}
+	/* -n: what was written, before expansion; lists joined with ", ". */
 	char *n = dump_str(c, 0);
-	CHECK(strstr(n, "smtpd_banner = mx.example.com ESMTP  ready, willing # and able\n"));
+	CHECK(strstr(n, "myhostname = mx.example.com\n"));
+	CHECK(strstr(n, "smtpd_banner = $myhostname ESMTP  ready, willing # and able\n"));
 	CHECK(strstr(n, "mail_owner = odd$$name\n"));
 	CHECK(strstr(n, "smtpd_listen = 127.0.0.1:10025, [::1]:10025\n"));
 	CHECK(strstr(n, "relay_domains = example.com, .example.org, file:/etc/perimd/relay, domains\n"));
-	CHECK(strstr(n, "smtpd_timeout = 10m\n"));
+	CHECK(strstr(n, "smtpd_timeout = 600\n"));
 	CHECK(strstr(n, "relay_connect_timeout = 1500ms\n"));
-	CHECK(strstr(n, "message_size_limit = 10m\n"));
-	CHECK(strstr(n, "body_memory_limit = 1000\n"));
+	CHECK(strstr(n, "message_size_limit = 10240k\n"));
+	CHECK(strstr(n, "body_spool_limit = 100000\n"));
+	CHECK(strstr(n, "body_spool_directory = ${data_directory}/spool\n"));
+	CHECK(strstr(n, "transport_maps = file:$data_directory/transport\n"));
 	CHECK(!strstr(n, "max_sessions"));
+	CHECK(!strstr(n, "shutdown_timeout"));
+	CHECK(!strstr(n, "body_memory_limit"));
 	free(n);
 	roundtrip(c, 0);
 	roundtrip(c, 1);
 	conf_release(c);
 
-	/* -d: every parameter, once, and it reads back. */
+	/* Setting a parameter to its default text, or myhostname's expansion
+	 * alone, changes nothing -n shows. */
+	c = load_text("smtpd_banner = $myhostname ESMTP\nsmtpd_listen = 0.0.0.0:25 [::]:25\n"
+		      "smtpd_timeout = 5m\n");
+	n = c ? dump_str(c, 0) : NULL;
+	CHECK_STR(n, "");
+	free(n);
+	conf_release(c);
+
+	/* -d: every parameter once, with the table's text, and it reads back. */
 	c = conf_load(NULL, 0, NULL, 0, err, sizeof err);
 	char *d = dump_str(c, 1);
 	const char *const *names = conf_param_names();
-	for (int k = 0; names[k]; k++) {
+	int lines = 0;
+	for (const char *q = d; (q = strchr(q, '\n')); q++)
+		lines++;
+	int k = 0;
+	for (; names[k]; k++) {
 		char line[128];
 		snprintf(line, sizeof line, "\n%s =", names[k]);
 		CHECK(strncmp(d, line + 1, strlen(line + 1)) == 0 || strstr(d, line));
 	}
-	CHECK(strstr(d, "\nsmtpd_timeout = 5m\n"));
+	CHECK_INT(lines, k);
+	CHECK(strstr(d, "\nsmtpd_timeout = 300s\n"));
+	CHECK(strstr(d, "\nmyhostname =\n"));
+	CHECK(strstr(d, "\nsmtpd_banner = $myhostname ESMTP\n"));
+	CHECK(strstr(d, "smtpd_listen = 0.0.0.0:25, [::]:25\n"));
 	CHECK(strstr(d, "\nrelay_domains =\n"));
 	free(d);
 	roundtrip(c, 1);
+	conf_release(c);
+}
+
+/* A conf built by hand (no raw text) dumps its expanded values. */
+TEST(dump_without_raw)
+{
+	struct conf *c = load_o("smtpd_timeout=600");
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	char **raw = c->raw;
+	c->raw = NULL;
+	char *n = dump_str(c, 0);
+	CHECK(strstr(n, "smtpd_timeout = 10m\n"));
+	CHECK(strstr(n, "smtpd_banner = ")); /* expanded: differs from "$myhostname ESMTP" */
+	CHECK(!strstr(n, "max_sessions"));
+	free(n);
+	c->raw = raw;
 	conf_release(c);
 }
 
@@ -509,6 +554,7 @@ int main(void)
 	RUN(expansion);
 	RUN(overrides);
 	RUN(dump_roundtrip);
+	RUN(dump_without_raw);
 	RUN(snapshot_refcount);
 	char cmd[128];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
