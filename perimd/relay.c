@@ -1177,6 +1177,18 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 		int i = r->nreplies - 1;
 
 		r->nreplies++;
+		if (rep->code == 421 && r->mail_rep.code / 100 == 2) {
+			/* RFC 5321 §3.8: the backend is closing; what it said
+			 * about the other recipients no longer counts. */
+			req_pass_on(r, rep, said, NULL);
+			copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
+			m->rcpts[i].code = rep->code;
+			copy_str(m->rcpts[i].reply, sizeof(m->rcpts[i].reply), said);
+			req_detach(r, 0);
+			req_log(r, "deferred", said);
+			req_finish(r);
+			return -1;
+		}
 		if (r->mail_rep.code / 100 == 2) {
 			struct relay_rcpt *rc = &m->rcpts[i];
 
