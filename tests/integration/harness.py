@@ -388,8 +388,9 @@ class Perimd:
         if report:
             problems.append("sanitizer report:\n" + report)
         if problems:
-            raise AssertionError("\n".join(problems) + "\n--- perimd.log (tail):\n"
-                                 + _tail(self.log_text()))
+            if not report:
+                problems.append("--- perimd.log (tail):\n" + _tail(self.log_text()))
+            raise AssertionError("\n".join(problems))
 
     def kill(self):
         """SIGKILL, no checks (for tests that kill on purpose)."""
