@@ -10,6 +10,7 @@ code (DESIGN.md "Replies" and "Data integrity rules").
 
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from backend import Backend  # noqa: E402
-from harness import Client, free_port, known_params  # noqa: E402
+from harness import PERIMD_BIN, Client, free_port, known_params  # noqa: E402
 
 SENDER = "a@client.test"
 RCPT = "b@example.com"
@@ -97,6 +98,40 @@ def wait_for(cond, timeout=10):
             return True
         time.sleep(0.05)
     return bool(cond())
+
+
+# ---- backend targets ------------------------------------------------------
+
+
+@pytest.mark.parametrize("target, why", [
+    ("[127.0.0.1]:2525", None),
+    ("127.0.0.1:2525", None),
+    ("[10.1.1.5]", None),
+    ("[::1]:25", None),
+    ("[IPv6:2001:db8::5]:25", None),
+    ("mx.example.com", "host names need MX lookup"),
+    ("mx.example.com:25", "host names need MX lookup"),
+    ("::1:25", "IPv6 addresses must be in brackets"),
+    ("[127.0.0.1]:0", "bad port"),
+    ("[127.0.0.1]:65536", "bad port"),
+    ("[127.0.0.1", "missing"),
+    ("[999.1.1.1]:25", "not an IPv4 or IPv6 address"),
+])
+def test_backend_target_syntax(tmp_path, target, why):
+    """relay_backends entries are checked at configuration time."""
+    p = subprocess.run([PERIMD_BIN, "-t", "-c", "/dev/null", "-o", "relay_backends=" + target,
+                        "-o", "relay_domains=example.com",
+                        "-o", "data_directory=%s" % tmp_path,
+                        "-o", "body_spool_directory=%s" % tmp_path],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=30,
+                       env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
+    out = p.stdout.decode("utf-8", "replace")
+    if why is None:
+        assert "relay_backends" not in out, out
+    else:
+        assert re.search(r"relay_backends: .*%s" % re.escape(why), out), out
+        assert p.returncode != 0
 
 
 # ---- 250 only after the backend's 250 ------------------------------------
@@ -282,6 +317,30 @@ def test_hang_after_dot_not_replayed(perimd_factory, backend_factory):
     assert 1.5 <= elapsed < 8, elapsed
     assert b1.stats()["transactions"] == 1
     assert b2.stats()["connections"] == 0 and b2.messages() == []
+
+
+def test_relay_cancelled_at_shutdown(perimd_factory, backend_factory):
+    """perimd stops (SIGTERM, shutdown_timeout 3s) while a message hangs at
+    a backend after the dot: the drain gives up, the relay is cancelled and
+    its backend connection closed, and perimd exits cleanly (no sanitizer
+    report: nothing touched after the cancel)."""
+    b = backend_factory(hang=["eod"])
+    p = start(perimd_factory, [b], relay_data_done_timeout="60s")
+    c = Client(p.port, timeout=10)
+    try:
+        expect(c.cmd("EHLO client.test"), 250)
+        expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        expect(c.cmd("RCPT TO:<%s>" % RCPT), 250)
+        expect(c.cmd("DATA"), 354)
+        c.send(stuff(BODY) + b".\r\n")
+        assert wait_for(lambda: b.stats()["transactions"] == 1)
+        t0 = time.monotonic()
+        p.stop(timeout=20)
+        assert time.monotonic() - t0 < 15
+        assert wait_for(lambda: b.stats()["open"] == 0, timeout=5)
+        assert b.messages() == []
+    finally:
+        c.close()
 
 
 def test_hang_before_dot_times_out_and_fails_over(perimd_factory, backend_factory):
