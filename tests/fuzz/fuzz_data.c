@@ -153,8 +153,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    !same(&whole, &other) || whole.bytes != whole.outlen)
 		abort();
 
+	/* a header field is counted at its ':', maybe on an unfinished line */
 	lines = check_canonical(whole.out, whole.outlen);
-	if (whole.received > lines)
+	if (whole.received > lines + 1)
 		abort();
 	if (whole.res == PARSE_OK) {
 		size_t c = whole.consumed;

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# check_fuzz_smoke.sh - a short libFuzzer run of every tests/fuzz/fuzz_*.c
+# target: build them (make -C perimd fuzz), then fuzz each for
+# FUZZ_SECONDS (default 20) on a scratch copy of its seed corpus
+# tests/fuzz/corpus/NAME/, so the committed corpus is never modified.
+# Exit status 1 on a build failure or any crash, leak, timeout or abort;
+# the input that did it is kept under build/fuzz/artifacts/. Skipped
+# (status 0) when clang cannot build libFuzzer programs here.
+# Run from the repository root. Long runs are the same command with a
+# bigger FUZZ_SECONDS, or build/fuzz/fuzz_X DIR by hand.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SECONDS_EACH=${FUZZ_SECONDS:-20}
+
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+
+# Does clang link a libFuzzer program on this machine?
+printf '#include <stdint.h>\n#include <stddef.h>\nint LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }\n' \
+	>"$scratch/probe.c"
+if ! command -v clang >/dev/null ||
+	! clang -fsanitize=fuzzer -o "$scratch/probe" "$scratch/probe.c" 2>/dev/null; then
+	echo "skip: clang with libFuzzer is not available"
+	exit 0
+fi
+
+if ! make -C perimd fuzz -j"$(nproc 2>/dev/null || echo 2)" >"$scratch/build.log" 2>&1; then
+	echo "FAIL: make -C perimd fuzz"
+	tail -n 40 "$scratch/build.log"
+	exit 1
+fi
+
+artifacts=$ROOT/build/fuzz/artifacts
+mkdir -p "$artifacts"
+failed=0
+for src in tests/fuzz/fuzz_*.c; do
+	name=$(basename "$src" .c)
+	target=${name#fuzz_}
+	bin=$ROOT/build/fuzz/$name
+	corpus=$scratch/corpus-$target
+	mkdir -p "$corpus"
+	if [ -d "tests/fuzz/corpus/$target" ]; then
+		cp -r "tests/fuzz/corpus/$target/." "$corpus/"
+	fi
+	if [ ! -x "$bin" ]; then
+		echo "FAIL $name: not built"
+		failed=1
+		continue
+	fi
+	log=$scratch/$name.log
+	"$bin" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
+		-print_final_stats=1 -artifact_prefix="$artifacts/$name-" \
+		"$corpus" >"$log" 2>&1
+	rc=$?
+	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+	if [ "$rc" -ne 0 ]; then
+		echo "FAIL $name (rc=$rc, ${execs:-?} runs)"
+		grep -E 'ERROR|SUMMARY|Test unit written|^==' "$log" | head -n 20
+		failed=1
+	else
+		echo "ok $name: ${execs:-?} runs in ${SECONDS_EACH}s, corpus $(find "$corpus" -type f | wc -l) inputs"
+	fi
+done
+exit "$failed"
