@@ -129,7 +129,7 @@ enum parse_result smtp_line_find(const char *buf, size_t len, size_t limit,
 	 * bytes is accepted however its CRLF is split across reads. */
 	if (len > limit + (len > 0 && buf[len - 1] == '\r')) {
 		*consumed = len;
-		*linelen = SIZE_MAX;
+		*linelen = 0; /* not SIZE_MAX: the terminator is still to come */
 		return PARSE_TOO_LONG;
 	}
 	*consumed = 0;

@@ -23,7 +23,8 @@ enum parse_result { PARSE_OK, PARSE_AGAIN, PARSE_BAD, PARSE_TOO_LONG };
  * PARSE_TOO_LONG: more than `limit` bytes without a terminator; the caller
  *   discards input up to and including the next LF, then replies 500 5.5.2.
  *   *consumed = bytes that may be dropped now (all of buf, or through the
- *   terminator when it is in buf, with *linelen = SIZE_MAX in that case). */
+ *   terminator when it is in buf, with *linelen = SIZE_MAX in that case;
+ *   *linelen = 0 when the terminator is still to come). */
 enum parse_result smtp_line_find(const char *buf, size_t len, size_t limit,
 				 size_t *linelen, size_t *consumed);
 

@@ -139,10 +139,12 @@ static uint64_t run(const char *data, size_t size, size_t limit, size_t step)
 						abort();
 					h = mix(h, on_line(buf, ll));
 				} else if (r == PARSE_TOO_LONG) {
-					if (ll != SIZE_MAX)
+					/* SIZE_MAX iff consumed through the LF */
+					if ((ll == SIZE_MAX) != (buf[c - 1] == '\n') ||
+					    (ll != SIZE_MAX && (ll != 0 || c != blen)))
 						abort();
 					h = mix(h, 0xdead);
-					discarding = buf[c - 1] != '\n';
+					discarding = ll != SIZE_MAX;
 				} else {
 					abort();
 				}
