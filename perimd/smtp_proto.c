@@ -425,8 +425,10 @@ static enum parse_result parse_params(char *s, struct smtp_path *p,
 				unsigned char c = (unsigned char)*s;
 				size_t k = 1;
 
+				/* n = 4 is safe on a C string: the NUL
+				 * stops utf8_seq before it reads past it */
 				if (c >= 0x80)
-					k = utf8_seq((unsigned char *)s, strlen(s));
+					k = utf8_seq((unsigned char *)s, 4);
 				else if (c < 33 || c > 126 || c == '=')
 					k = 0;
 				if (!k)

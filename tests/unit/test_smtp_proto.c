@@ -540,6 +540,13 @@ TEST(test_path_params)
 	CHECK_INT(path("<a@b.example> X_Y=1", 1, &why), PARSE_BAD);
 	CHECK_INT(path("<a@b.example> X=\x01", 1, &why), PARSE_BAD);
 	CHECK_INT(path("<a@b.example> X=a\tb", 1, &why), PARSE_BAD);
+	/* RFC 6531 §3.3 lets values hold UTF-8, well-formed only */
+	CHECK_INT(path("<a@b.example> X=caf\xc3\xa9", 1, &why), PARSE_OK);
+	CHECK_STR(P.params[0].value, "caf\xc3\xa9");
+	CHECK_INT(P.utf8, 0);
+	CHECK_INT(path("<a@b.example> X=caf\xc3", 1, &why), PARSE_BAD);
+	CHECK_STR(why, "bad parameter value");
+	CHECK_INT(path("<a@b.example> X=\xe2\x82", 1, &why), PARSE_BAD);
 
 	char buf[512] = "<a@b.example>";
 	for (int i = 0; i < SMTP_MAX_PARAMS; i++)
