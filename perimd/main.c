@@ -41,6 +41,10 @@ struct io_thread {
 
 static struct io_thread *threads;
 static int nthreads;
+/* Process-lifetime allocations of main() (reachable, never reported). */
+static char **ov;
+static struct sockaddr_storage *addrs;
+static socklen_t *alens;
 
 /* usage - the command line, to stderr; exit 1. */
 static _Noreturn void usage(void)
@@ -109,7 +113,7 @@ static void raise_nofile(long long sessions)
 }
 
 /* reload - SIGHUP: a new configuration and policy, or keep the old. */
-static void reload(const char *path, char **ov, int nov)
+static void reload(const char *path, int nov)
 {
 	char err[1024];
 	struct conf *c = conf_load(path, 0, ov, nov, err, sizeof err);
@@ -139,7 +143,6 @@ static void reload(const char *path, char **ov, int nov)
 int main(int argc, char **argv)
 {
 	const char *path = NULL;
-	char **ov = NULL;
 	int nov = 0, fg = 0, verbose = 0, check = 0, dump_n = 0, dump_d = 0;
 	int opt;
 
@@ -195,8 +198,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	/* Listening addresses are checked by -t too. */
-	struct sockaddr_storage *addrs = xcalloc((size_t)c->smtpd_listen.n + 1, sizeof *addrs);
-	socklen_t *alens = xcalloc((size_t)c->smtpd_listen.n + 1, sizeof *alens);
+	addrs = xcalloc((size_t)c->smtpd_listen.n + 1, sizeof *addrs);
+	alens = xcalloc((size_t)c->smtpd_listen.n + 1, sizeof *alens);
 	for (int i = 0; i < c->smtpd_listen.n; i++) {
 		const char *why;
 		if (net_parse_addr(c->smtpd_listen.v[i], 25, &addrs[i], &alens[i], &why) < 0) {
@@ -237,8 +240,6 @@ int main(int argc, char **argv)
 			threads[t].fds[threads[t].nfds++] = fd;
 		}
 	}
-	free(addrs);
-	free(alens);
 	policy_install(pol);
 
 	sigset_t set;
@@ -261,7 +262,7 @@ int main(int argc, char **argv)
 		if (sigwait(&set, &sig) != 0)
 			continue;
 		if (sig == SIGHUP) {
-			reload(path, ov, nov);
+			reload(path, nov);
 		} else if (sig == SIGTERM || sig == SIGINT) {
 			log_info("stopping: draining sessions");
 			for (int t = 0; t < nthreads; t++)
@@ -272,7 +273,6 @@ int main(int argc, char **argv)
 	for (int t = 0; t < nthreads; t++)
 		pthread_join(threads[t].tid, NULL);
 	jobs_stop();
-	free(ov);
 	log_info("stopped");
 	return 0;
 }

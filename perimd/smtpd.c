@@ -650,9 +650,7 @@ static void data_end(struct session *s)
 /* data_input - feed DATA bytes through the parser into the spool. */
 static void data_input(struct session *s, const char *buf, size_t len)
 {
-	static __thread char *out;
-	if (!out)
-		out = xmalloc(2 * DATA_CHUNK + 2);
+	static __thread char out[2 * DATA_CHUNK + 2];
 	size_t chunk = len > DATA_CHUNK ? DATA_CHUNK : len, consumed = 0, outlen = 0;
 	enum parse_result r = smtp_data_feed(&s->dp, buf, chunk, &consumed, out, &outlen);
 	if (outlen && s->data_err == DE_NONE) {
@@ -879,6 +877,11 @@ static void session_close(struct session *s)
 	if (s->state == ST_CLOSING)
 		return;
 	s->state = ST_CLOSING;
+	/* The client is done with us: it may connect again at once. */
+	if (s->counted) {
+		climit_leave(s->addr);
+		s->counted = 0;
+	}
 	conn_shutdown(s->conn);
 }
 
