@@ -114,7 +114,6 @@ static uint64_t run(const char *data, size_t size, size_t limit, size_t step)
 		pos += n;
 		for (;;) {
 			size_t ll, c;
-			enum parse_result r;
 
 			if (discarding) {
 				char *lf = memchr(buf, '\n', blen);
@@ -126,7 +125,8 @@ static uint64_t run(const char *data, size_t size, size_t limit, size_t step)
 				c = (size_t)(lf - buf) + 1;
 				discarding = 0;
 			} else {
-				r = smtp_line_find(buf, blen, limit, &ll, &c);
+				enum parse_result r =
+					smtp_line_find(buf, blen, limit, &ll, &c);
 				if (r == PARSE_AGAIN) {
 					if (c != 0 || blen > limit + 1)
 						abort();

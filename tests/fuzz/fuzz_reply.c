@@ -50,7 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	smtp_reply_init(&r);
 	while (pos < size) {
-		size_t c = 0, c2, k;
+		size_t c = 0, c2;
 		enum parse_result res = smtp_reply_feed(&r, buf + pos, size - pos, &c);
 		unsigned seed = (unsigned)size;
 
@@ -61,6 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		/* some prefixes, and the one just before the end */
 		for (int i = 0; i < 8; i++) {
 			enum parse_result pr;
+			size_t k;
 
 			seed = seed * 1103515245u + 12345u;
 			k = (seed >> 8) % (size - pos + 1);

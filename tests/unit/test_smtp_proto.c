@@ -180,6 +180,27 @@ TEST(test_line_find_limit)
 	CHECK(ll == SIZE_MAX);
 }
 
+/* record_cmd - describe how a found line parses: "=VERB" and, for
+ * MAIL/RCPT, the parsed address or the reason it was refused */
+static size_t record_cmd(const char *line, size_t len, char *rec, size_t recsz)
+{
+	enum smtp_verb v;
+	const char *args, *why = NULL;
+	size_t al;
+	char arg[256];
+	struct smtp_path p;
+	enum parse_result r = smtp_cmd_parse(line, len, &v, &args, &al);
+
+	if (r != PARSE_OK || (v != SMTP_MAIL && v != SMTP_RCPT) || al >= sizeof(arg))
+		return (size_t)snprintf(rec, recsz, "=%d%s|", (int)v,
+					r == PARSE_OK ? "" : " bad");
+	memcpy(arg, args, al);
+	arg[al] = '\0';
+	if (smtp_path_parse(arg, 1, &p, &why) == PARSE_OK)
+		return (size_t)snprintf(rec, recsz, "=%d <%s>|", (int)v, p.addr);
+	return (size_t)snprintf(rec, recsz, "=%d %s|", (int)v, why);
+}
+
 /* trickle_lines - simulate a session's input buffer fed in chunks; record
  * each result as text: "L:<line>" or "T" (too long, then discard to LF) */
 static void trickle_lines(const char *in, size_t len, int split, size_t limit,
@@ -218,10 +239,11 @@ static void trickle_lines(const char *in, size_t len, int split, size_t limit,
 			res = smtp_line_find(buf, blen, limit, &ll, &c);
 			if (res == PARSE_AGAIN)
 				break;
-			if (res == PARSE_OK)
-				r += (size_t)snprintf(rec + r, recsz - r, "L:%.*s|",
+			if (res == PARSE_OK) {
+				r += (size_t)snprintf(rec + r, recsz - r, "L:%.*s",
 						      (int)ll, buf);
-			else {
+				r += record_cmd(buf, ll, rec + r, recsz - r);
+			} else {
 				r += (size_t)snprintf(rec + r, recsz - r, "T|");
 				/* SIZE_MAX: the LF was in buf and is consumed */
 				if (ll != SIZE_MAX)
@@ -237,11 +259,13 @@ TEST(test_line_find_trickle)
 {
 	static const char in[] = "EHLO a.example\r\nMAIL FROM:<a@b>\n"
 				 "THIS LINE IS FAR TOO LONG FOR THE LIMIT\r\n"
-				 "NOOP\r\nTOOLONGAGAIN1234567890\nQUIT\r\n";
+				 "NOOP\r\nTOOLONGAGAIN1234567890\n"
+				 "RCPT TO: <x>\nQUIT\r\n";
 	char whole[512], part[512];
 
 	trickle_lines(in, sizeof(in) - 1, 0, 20, whole, sizeof(whole));
-	CHECK_STR(whole, "L:EHLO a.example|L:MAIL FROM:<a@b>|T|L:NOOP|T|L:QUIT|");
+	CHECK_STR(whole, "L:EHLO a.example=2|L:MAIL FROM:<a@b>=3 <a@b>|T|"
+			 "L:NOOP=7|T|L:RCPT TO: <x>=4 missing domain|L:QUIT=8|");
 	for (int split = 1; split < 20; split++) {
 		trickle_lines(in, sizeof(in) - 1, split, 20, part, sizeof(part));
 		CHECK_STR(part, whole);
@@ -799,6 +823,7 @@ TEST(test_data_smuggling)
 		/* the next command after the real end must be left alone */
 		memcpy(in + n, "QUIT\r\n", 6);
 
+		data_check(in, n, PARSE_OK, n, NULL, 0, ANY_FLAGS);
 		data_check(in, n + 6, PARSE_OK, n, NULL, 0, ANY_FLAGS);
 		if (dw.consumed != n)
 			fprintf(stderr, "smuggle case %zu ended early\n", i);
@@ -865,6 +890,7 @@ TEST(test_dot_stuff)
 	/* state carries over a split right after LF */
 	ls = 1;
 	n = smtp_dot_stuff(S("x\r\n"), &ls, out);
+	CHECK_INT(n, 3);
 	CHECK_INT(ls, 1);
 	n = smtp_dot_stuff(S(".y"), &ls, out);
 	CHECK(n == 3 && memcmp(out, "..y", 3) == 0);
