@@ -98,6 +98,7 @@ struct session {
 
 	/* transaction */
 	unsigned in_mail : 1;
+	unsigned rcpt_tried : 1;    /* a RCPT was sent, accepted or not */
 	unsigned body8 : 1;
 	unsigned smtputf8 : 1;
 	char *sender;
@@ -240,7 +241,7 @@ static void txn_reset(struct session *s)
 	free(s->route);
 	s->route = NULL;
 	s->route_set = 0;
-	s->in_mail = s->body8 = s->smtputf8 = 0;
+	s->in_mail = s->rcpt_tried = s->body8 = s->smtputf8 = 0;
 	spool_free(s->spool);
 	s->spool = NULL;
 	s->data_err = DE_NONE;
@@ -414,6 +415,7 @@ static void cmd_rcpt(struct session *s, char *arg)
 		reply_error(s, "503 5.5.1 Error: need MAIL command");
 		return;
 	}
+	s->rcpt_tried = 1;
 	struct smtp_path *p = xmalloc(sizeof *p);
 	const char *why = "syntax error";
 	if (smtp_path_parse(arg, 1, p, &why) != PARSE_OK) {
@@ -544,7 +546,10 @@ static void cmd_data(struct session *s, char *arg)
 	}
 	if (!s->nrcpt) {
 		/* With PIPELINING all RCPTs may have failed (RFC 2920 §3.1). */
-		reply_error(s, "554 5.5.1 Error: no valid recipients");
+		if (s->rcpt_tried)
+			reply_error(s, "554 5.5.1 Error: no valid recipients");
+		else
+			reply_error(s, "503 5.5.1 Error: need RCPT command");
 		return;
 	}
 	gen_id(s->msgid);

@@ -225,11 +225,11 @@ def test_syntax_errors(perimd_factory, sink):
     with Client(p.port) as c:
         expect(c.cmd("EHLO"), 501, "5.5.4")
         ehlo(c)
-        expect(c.cmd("MAIL FROM:<a@client.test"), 501, "5.5.4")
+        expect(c.cmd("MAIL FROM:<a@client.test"), 501, "5.1.7")
         expect(c.cmd("MAIL TO:<a@client.test>"), 501, "5.5.4")
         expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250, "2.1.0")
-        expect(c.cmd("RCPT TO:<b@example.com"), 501, "5.5.4")
-        expect(c.cmd("RCPT TO:"), 501, "5.5.4")
+        expect(c.cmd("RCPT TO:<b@example.com"), 501, "5.1.3")
+        expect(c.cmd("RCPT TO:"), 501, "5.1.3")
         expect(c.cmd("RCPT TO:<%s>" % RCPT), 250, "2.1.5")
 
 
