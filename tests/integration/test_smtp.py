@@ -352,10 +352,11 @@ def test_idle_timeout(perimd_factory, sink):
 
 def test_error_limit_closes_session(perimd_factory, sink):
     p = start(perimd_factory, sink, smtpd_soft_error_limit="2", smtpd_hard_error_limit="4",
-              smtpd_error_sleep_time="0s")
+              smtpd_error_sleep_time="1s")
     with Client(p.port) as c:
         ehlo(c)
         replies = []
+        t0 = time.monotonic()
         for _ in range(8):
             try:
                 c.line("BOGUS")
@@ -367,6 +368,7 @@ def test_error_limit_closes_session(perimd_factory, sink):
             replies.append(r)
             if r[0] == 421:
                 break
+        elapsed = time.monotonic() - t0
         codes = [r[0] for r in replies]
         assert 421 in codes, "no 421 after %d errors: %r" % (len(replies), replies)
         # The errors below the hard limit get their normal reply ...
@@ -375,6 +377,8 @@ def test_error_limit_closes_session(perimd_factory, sink):
         assert len(replies) <= 5, replies
         assert replies[-1][1].startswith("4."), replies[-1]
         assert c.wait_closed(10), "connection still open after the 421"
+        # Past the soft limit the error replies were delayed (tarpit).
+        assert elapsed >= 1.0, "no error reply was delayed (%.2f s in all)" % elapsed
 
 
 # --- pipelining (RFC 2920) -------------------------------------------------
