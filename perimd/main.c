@@ -20,7 +20,9 @@
 #include "verify.h"
 
 #include <errno.h>
+#include <grp.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,6 +112,29 @@ static void raise_nofile(long long sessions)
 	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want)
 		log_warn("file descriptor limit %llu is below the %llu that max_sessions = %lld needs",
 			 (unsigned long long)rl.rlim_cur, (unsigned long long)want, sessions);
+}
+
+/* drop_privileges - after binding: become mail_owner (only when started
+ * as root; mail_owner = root keeps root, with a warning). */
+static void drop_privileges(const struct conf *c)
+{
+	if (geteuid() != 0)
+		return;
+	struct passwd *pw = getpwnam(c->mail_owner);
+	if (!pw)
+		fatal("mail_owner %s: no such user", c->mail_owner);
+	if (pw->pw_uid == 0) {
+		log_warn("mail_owner = %s: running as root", c->mail_owner);
+		return;
+	}
+	if (chown(c->data_directory, pw->pw_uid, pw->pw_gid) < 0 ||
+	    chown(c->body_spool_directory, pw->pw_uid, pw->pw_gid) < 0)
+		fatal("cannot give the state directories to %s: %s", c->mail_owner, strerror(errno));
+	if (setgroups(1, &pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
+		fatal("cannot become %s: %s", c->mail_owner, strerror(errno));
+	if (setuid(0) == 0)
+		fatal("could regain root after dropping to %s", c->mail_owner);
+	log_info("running as %s (uid %d)", c->mail_owner, (int)pw->pw_uid);
 }
 
 /* reload - SIGHUP: a new configuration and policy, or keep the old. */
@@ -241,6 +266,7 @@ int main(int argc, char **argv)
 		}
 	}
 	policy_install(pol);
+	drop_privileges(c);
 
 	sigset_t set;
 	sigemptyset(&set);
