@@ -761,15 +761,26 @@ static size_t enh_len(const char *t, size_t n, char cls)
 	return i == n || t[i] == ' ' ? i : 0;
 }
 
-/* reply_text_add - append one line's text to r->text (truncating); control
- * characters are replaced so a backend cannot inject line breaks into the
- * reply we pass on (RFC 5321 §4.2 textstring is HT and %d32-126, plus
- * UTF-8 under RFC 6531 §3.7.4). */
+/* reply_text_add - append one line's text to r->text. Control characters
+ * are replaced so a backend cannot inject line breaks into the reply we
+ * pass on (RFC 5321 §4.2 textstring is HT and %d32-126, plus UTF-8 under
+ * RFC 6531 §3.7.4). Only the first line may be cut short; a later line
+ * that does not fit is dropped with all after it, so that a cut can never
+ * turn "SIZE 10240000" into "SIZE 102" for smtp_ehlo_caps(). */
 static void reply_text_add(struct smtp_reply *r, const char *t, size_t n)
 {
-	if (r->nlines > 1 && r->text_len < SMTP_REPLY_TEXT_MAX - 1)
+	const size_t room = SMTP_REPLY_TEXT_MAX - 1;
+
+	if (r->text_full)
+		return;
+	if (r->nlines > 1) {
+		if (r->text_len + 1 + n > room) {
+			r->text_full = 1;
+			return;
+		}
 		r->text[r->text_len++] = '\n';
-	for (size_t i = 0; i < n && r->text_len < SMTP_REPLY_TEXT_MAX - 1; i++) {
+	}
+	for (size_t i = 0; i < n && r->text_len < room; i++) {
 		unsigned char c = (unsigned char)t[i];
 
 		r->text[r->text_len++] = (c < 32 && c != '\t') || c == 127 ? '?' : (char)c;

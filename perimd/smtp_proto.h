@@ -141,11 +141,14 @@ struct smtp_reply {
 	int code;                     /* 200..599 */
 	char enh[16];                 /* "2.1.0" when the reply had one, else "" */
 	char text[SMTP_REPLY_TEXT_MAX]; /* lines joined by '\n', without code,
-				         enhanced code and CRLF; truncated */
+				         enhanced code and CRLF; truncated:
+				         the first line may be cut, later
+				         lines are kept whole or dropped */
 	int nlines;
 	/* private: multi-line accumulation state */
 	size_t text_len;
 	int first_code;
+	int text_full;    /* a line did not fit: later lines are dropped */
 };
 
 void smtp_reply_init(struct smtp_reply *r);

@@ -1047,6 +1047,44 @@ TEST(test_reply_sanitized)
 	CHECK_STR(R.text, "a?b?c?\td\xc3\xa9");
 }
 
+TEST(test_reply_truncated_at_line)
+{
+	static char buf[4096];
+	size_t n = 0, c, tlen = 10;
+	uint64_t size = 1;
+	int with = 0, without = 0;
+
+	/* pad the text so that "\nSIZE 10240000" (14 bytes) ends 20 bytes
+	 * before the limit; then the greeting grows past it */
+	n += (size_t)sprintf(buf + n, "250-mx.example\r\n");
+	while (tlen + 6 + 14 <= SMTP_REPLY_TEXT_MAX - 1 - 20) {
+		n += (size_t)sprintf(buf + n, "250-X-PAD\r\n");
+		tlen += 6;
+	}
+	n += (size_t)sprintf(buf + n, "250-SIZE 10240000\r\n250 PIPELINING\r\n");
+	for (int shift = 0; shift < 40; shift++) {
+		char *b = buf;
+
+		/* widen the greeting one byte at a time */
+		memmove(b + 4 + 1, b + 4, n - 4);
+		b[4] = 'g';
+		n++;
+		CHECK_INT(smtp_reply_feed(&R, b, n, &c), PARSE_OK);
+		CHECK(strlen(R.text) < SMTP_REPLY_TEXT_MAX);
+		unsigned caps = smtp_ehlo_caps(&R, &size);
+		if (caps & SMTP_CAP_SIZE) {
+			CHECK_INT(size, 10240000);
+			with++;
+		} else {
+			CHECK_INT(size, 0);
+			without++;
+		}
+		if (!(caps & SMTP_CAP_SIZE))
+			CHECK(!(caps & SMTP_CAP_PIPELINING));
+	}
+	CHECK(with > 0 && without > 0);
+}
+
 TEST(test_ehlo_caps)
 {
 	size_t c;
@@ -1108,6 +1146,7 @@ int main(void)
 	RUN(test_reply_multi);
 	RUN(test_reply_bad);
 	RUN(test_reply_sanitized);
+	RUN(test_reply_truncated_at_line);
 	RUN(test_ehlo_caps);
 	return t_done();
 }
