@@ -137,6 +137,8 @@ enum parse_result smtp_line_find(const char *buf, size_t len, size_t limit,
 	return PARSE_AGAIN;
 }
 
+/* verb_names - the command words, by enum smtp_verb (RFC 5321 §4.1.1;
+ * STARTTLS RFC 3207, BDAT RFC 3030, AUTH RFC 4954) */
 static const char *const verb_names[SMTP_VERB_COUNT] = {
 	[SMTP_HELO] = "HELO", [SMTP_EHLO] = "EHLO", [SMTP_MAIL] = "MAIL",
 	[SMTP_RCPT] = "RCPT", [SMTP_DATA] = "DATA", [SMTP_RSET] = "RSET",
