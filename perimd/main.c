@@ -97,21 +97,30 @@ static int make_dir(const char *path)
 	return 0;
 }
 
-/* raise_nofile - file descriptors for max_sessions clients and backends. */
-static void raise_nofile(long long sessions)
+/* raise_nofile - file descriptors for max_sessions clients, the backend
+ * connections and the rest (listeners, spool files, logs). */
+static void raise_nofile(const struct conf *c)
 {
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
 		return;
-	rlim_t want = (rlim_t)(sessions * 2 + 1024);
+	rlim_t want = (rlim_t)(c->max_sessions + c->relay_destination_concurrency_limit *
+				   (c->relay_backends.n + 1) + 1024);
 	if (rl.rlim_cur >= want)
 		return;
+	if (rl.rlim_max < want && geteuid() == 0)
+		rl.rlim_max = want;
 	rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
-	if (rl.rlim_cur < want && getuid() == 0)
-		rl.rlim_max = rl.rlim_cur = want;
-	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want)
-		log_warn("file descriptor limit %llu is below the %llu that max_sessions = %lld needs",
-			 (unsigned long long)rl.rlim_cur, (unsigned long long)want, sessions);
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+		getrlimit(RLIMIT_NOFILE, &rl);
+		rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	getrlimit(RLIMIT_NOFILE, &rl);
+	if (rl.rlim_cur < want)
+		log_warn("file descriptor limit is %llu, below the %llu that max_sessions = %lld needs; "
+			 "raise the hard limit (ulimit -Hn, LimitNOFILE=)",
+			 (unsigned long long)rl.rlim_cur, (unsigned long long)want, c->max_sessions);
 }
 
 /* drop_privileges - after binding: become mail_owner (only when started
@@ -245,7 +254,7 @@ int main(int argc, char **argv)
 	spool_global_init(c->body_spool_directory, (uint64_t)c->body_memory_limit,
 			  (uint64_t)c->body_spool_limit);
 	verify_init(100000);
-	raise_nofile(c->max_sessions);
+	raise_nofile(c);
 
 	nthreads = (int)c->io_threads;
 	if (nthreads <= 0) {
