@@ -10,6 +10,7 @@
 #include "log.h"
 #include "maps.h"
 #include "relay.h"
+#include "verify.h"
 
 #include <ctype.h>
 #include <pthread.h>
@@ -187,4 +188,34 @@ int policy_route(const struct policy *p, const char *domain, const char **route)
 		}
 	}
 	return 0;
+}
+
+/* policy_rcpt - the RCPT checks, in order. Each check either passes (go
+ * on), decides (fill v, return 1), or suspends (return 0; its completion
+ * resumes the chain through done()). Only synchronous checks exist so far. */
+int policy_rcpt(const struct policy_env *env, struct policy_verdict *v,
+		policy_done_fn *done, void *arg, struct policy_req **req)
+{
+	(void)done;
+	(void)arg;
+	*req = NULL;
+	v->code = 0;
+	v->reply[0] = 0;
+	v->rule = "accept";
+	/* Refusals a backend gave during replay (and, later, callouts). */
+	char cached[300];
+	int code;
+	if (verify_get(env->rcpt, &code, cached, sizeof cached)) {
+		v->code = code;
+		snprintf(v->reply, sizeof v->reply, "%s", cached);
+		v->rule = "verify_cache";
+		return 1;
+	}
+	return 1;
+}
+
+/* policy_cancel - abandon an asynchronous check. */
+void policy_cancel(struct policy_req *req)
+{
+	(void)req;
 }

@@ -40,6 +40,42 @@ int policy_relay_domain(const struct policy *p, const char *domain);
  * stays valid while p lives. Returns 0, or -1 on lookup failure. */
 int policy_route(const struct policy *p, const char *domain, const char **route);
 
+/* ---- verdicts at RCPT ------------------------------------------------ */
+
+/* What a check may read of the session and the recipient (read-only, valid
+ * until the check's done() ran or it was cancelled). */
+struct policy_env {
+	struct ev_loop *loop;
+	const struct policy *pol;
+	const char *session_id;
+	const char *client_addr;   /* "192.0.2.1" / "2001:db8::1" */
+	const char *helo;          /* "" before HELO/EHLO */
+	const char *sender;        /* "" for the null sender */
+	const char *rcpt;          /* "user@domain" or "Postmaster" */
+	const char *rcpt_local;
+	const char *rcpt_domain;   /* lower case; "" for bare Postmaster */
+};
+
+/* A verdict: code 0 = accept the recipient; else the reply to give. */
+struct policy_verdict {
+	int code;                  /* 0, or 4xx/5xx */
+	char reply[512];           /* full reply line without CRLF */
+	const char *rule;          /* short name of the check that decided */
+};
+
+typedef void policy_done_fn(void *arg, const struct policy_verdict *v);
+struct policy_req;
+
+/* policy_rcpt - run the ordered RCPT checks (DESIGN.md "The path of one
+ * message": role accounts, recipient validation, client/HELO/sender
+ * verdicts, DNSBL, greylisting). Returns 1 when decided at once (*v filled,
+ * done() never called), or 0 when a check went asynchronous: done(arg, v)
+ * then runs later on env->loop, unless policy_cancel(*req) came first.
+ * env MUST stay valid until then. */
+int policy_rcpt(const struct policy_env *env, struct policy_verdict *v,
+		policy_done_fn *done, void *arg, struct policy_req **req);
+void policy_cancel(struct policy_req *req);
+
 /* policy_split_list - split "a, b c" into l (free with policy_list_free). */
 void policy_split_list(const char *s, struct conf_list *l);
 void policy_list_free(struct conf_list *l);

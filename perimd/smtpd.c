@@ -75,6 +75,13 @@ struct rcpt {
 	char *orcpt;
 };
 
+/* A recipient between RCPT and its verdict (checks may be asynchronous). */
+struct rcpt_pending {
+	char *addr, *local, *domain, *notify, *orcpt, *route;
+	struct policy_env env;
+	struct policy_req *req;
+};
+
 struct session {
 	struct session *next, *prev;
 	struct smtpd_loop *sl;
@@ -107,6 +114,7 @@ struct session {
 	int nrcpt, caprcpt;
 	int route_set;
 	char *route;                /* backend list text; NULL = relay_backends */
+	struct rcpt_pending *rcpt_pending;
 
 	/* DATA */
 	struct spool *spool;
@@ -175,6 +183,7 @@ static void reply(struct session *s, const char *fmt, ...)
 
 static void session_close(struct session *s);
 static void session_resume(struct session *s);
+static void rcpt_pending_free(struct rcpt_pending *rp);
 
 /* tarpit_fire - the delayed error reply goes out; input resumes. */
 static void tarpit_fire(void *arg)
@@ -241,6 +250,8 @@ static void txn_reset(struct session *s)
 	free(s->route);
 	s->route = NULL;
 	s->route_set = 0;
+	rcpt_pending_free(s->rcpt_pending);
+	s->rcpt_pending = NULL;
 	s->in_mail = s->rcpt_tried = s->body8 = s->smtputf8 = 0;
 	spool_free(s->spool);
 	s->spool = NULL;
@@ -406,6 +417,62 @@ static void rcpt_refuse(struct session *s, const char *to, const char *fmt, ...)
 	reply_error(s, "%s", buf);
 }
 
+/* rcpt_pending_free - a recipient whose checks ended. */
+static void rcpt_pending_free(struct rcpt_pending *rp)
+{
+	if (!rp)
+		return;
+	if (rp->req)
+		policy_cancel(rp->req);
+	free(rp->addr);
+	free(rp->local);
+	free(rp->domain);
+	free(rp->notify);
+	free(rp->orcpt);
+	free(rp->route);
+	free(rp);
+}
+
+/* rcpt_finish - the verdict on the pending recipient: add it or refuse. */
+static void rcpt_finish(struct session *s, const struct policy_verdict *v)
+{
+	struct rcpt_pending *rp = s->rcpt_pending;
+	rp->req = NULL;
+	s->rcpt_pending = NULL;
+	if (v->code) {
+		log_reject(s, "RCPT", v->reply, rp->addr);
+		reply_error(s, "%s", v->reply);
+		rcpt_pending_free(rp);
+		return;
+	}
+	if (!s->route_set) {
+		s->route_set = 1;
+		s->route = rp->route;
+		rp->route = NULL;
+	}
+	if (s->nrcpt == s->caprcpt) {
+		s->caprcpt = s->caprcpt ? 2 * s->caprcpt : 4;
+		s->rcpts = xrealloc(s->rcpts, (size_t)s->caprcpt * sizeof *s->rcpts);
+	}
+	struct rcpt *r = &s->rcpts[s->nrcpt++];
+	r->addr = rp->addr;
+	r->notify = rp->notify;
+	r->orcpt = rp->orcpt;
+	rp->addr = rp->notify = rp->orcpt = NULL;
+	rcpt_pending_free(rp);
+	reply(s, "250 2.1.5 Ok");
+}
+
+/* rcpt_verdict - an asynchronous check finished: answer, read on. */
+static void rcpt_verdict(void *arg, const struct policy_verdict *v)
+{
+	struct session *s = arg;
+	s->state = ST_CMD;
+	rcpt_finish(s, v);
+	if (s->state == ST_CMD)
+		session_resume(s);
+}
+
 /* cmd_rcpt - RCPT TO (RFC 5321 §4.1.1.3): relay control, verdict cache,
  * routing (one backend list per transaction), limits. */
 static void cmd_rcpt(struct session *s, char *arg)
@@ -468,12 +535,6 @@ static void cmd_rcpt(struct session *s, char *arg)
 			goto out;
 		}
 	}
-	int vcode;
-	char vreply[300];
-	if (verify_get(p->addr, &vcode, vreply, sizeof vreply)) {
-		rcpt_refuse(s, p->addr, "%s", vreply);
-		goto out;
-	}
 	const char *route = NULL;
 	if (!bare_postmaster && policy_route(s->pol, p->domain, &route) < 0) {
 		rcpt_refuse(s, p->addr, "451 4.3.0 <%s>: temporary lookup failure", p->addr);
@@ -490,19 +551,30 @@ static void cmd_rcpt(struct session *s, char *arg)
 			reply(s, "452 4.5.3 Error: too many recipients for this transaction; send in a new one");
 			goto out;
 		}
+	}
+	/* The recipient passed the envelope checks: now the verdict chain. */
+	struct rcpt_pending *rp = xcalloc(1, sizeof *rp);
+	rp->addr = xstrdup(p->addr);
+	rp->local = xstrdup(p->local);
+	rp->domain = xstrdup(p->domain);
+	for (char *d = rp->domain; *d; d++)
+		*d = (char)tolower((unsigned char)*d);
+	rp->notify = notify ? xstrdup(notify) : NULL;
+	rp->orcpt = orcpt ? xstrdup(orcpt) : NULL;
+	rp->route = route ? xstrdup(route) : NULL;
+	rp->env = (struct policy_env){
+		.loop = s->loop, .pol = s->pol, .session_id = s->id, .client_addr = s->addr,
+		.helo = s->helo ? s->helo : "", .sender = s->sender, .rcpt = rp->addr,
+		.rcpt_local = rp->local, .rcpt_domain = rp->domain,
+	};
+	s->rcpt_pending = rp;
+	struct policy_verdict v;
+	if (policy_rcpt(&rp->env, &v, rcpt_verdict, s, &rp->req)) {
+		rcpt_finish(s, &v);
 	} else {
-		s->route_set = 1;
-		s->route = route ? xstrdup(route) : NULL;
+		s->state = ST_BUSY;
+		conn_read_enable(s->conn, 0);
 	}
-	if (s->nrcpt == s->caprcpt) {
-		s->caprcpt = s->caprcpt ? 2 * s->caprcpt : 4;
-		s->rcpts = xrealloc(s->rcpts, (size_t)s->caprcpt * sizeof *s->rcpts);
-	}
-	struct rcpt *r = &s->rcpts[s->nrcpt++];
-	r->addr = xstrdup(p->addr);
-	r->notify = notify ? xstrdup(notify) : NULL;
-	r->orcpt = orcpt ? xstrdup(orcpt) : NULL;
-	reply(s, "250 2.1.5 Ok");
 out:
 	free(p);
 }
