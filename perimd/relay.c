@@ -764,7 +764,9 @@ static void bconn_free(struct bconn *b)
 }
 
 /* bconn_close - stop using a connection: QUIT politely when it is in a
- * known state (RFC 5321 §4.1.1.10), else drop it. Its slot is free now. */
+ * known state (RFC 5321 §4.1.1.10), else drop it. The slot is given back
+ * when the socket is closed (after the backend's close, for QUIT), so the
+ * backend never sees more connections than the limit. */
 static void bconn_close(struct bconn *b, int quit)
 {
 	struct relay_loop *rl = b->pool->rl;
@@ -783,7 +785,6 @@ static void bconn_close(struct bconn *b, int quit)
 	ev_timer_stop(rl->loop, &b->tmr);
 	conn_write(b->c, "QUIT\r\n", 6);
 	conn_shutdown(b->c); /* on_error(0) follows and frees */
-	slot_release(b);
 }
 
 /* bconn_release_ok - a clean connection: to a local waiter, else idle in

@@ -27,7 +27,8 @@ JSON control file re-read when it changes (--control-file):
   lenient: bool - like vulnerable servers, end lines on CR, LF or CRLF and end
            DATA on "." alone on any such line; transactions are counted so a
            test can see a split happen.
-Stats: connections, transactions (DATA ends seen), accepted, commands (verb
+Stats: connections, open, max_open (most open at once), transactions (DATA
+ends seen), accepted, commands (verb
 counts), rset, pipelining_violations (commands sent ahead without PIPELINING),
 log (recent command lines).
 """
@@ -74,7 +75,7 @@ class State:
         self.reset_stats()
 
     def reset_stats(self):
-        self.stats = {"connections": 0, "open": 0, "transactions": 0,
+        self.stats = {"connections": 0, "open": 0, "max_open": 0, "transactions": 0,
                       "accepted": 0, "commands": {}, "rset": 0,
                       "pipelining_violations": 0, "log": []}
 
@@ -214,6 +215,7 @@ class Session:
         st = self.st
         st.stats["connections"] += 1
         st.stats["open"] += 1
+        st.stats["max_open"] = max(st.stats["max_open"], st.stats["open"])
         try:
             st.reload()
             if not await self.act("greeting", self.reply_for(
