@@ -142,7 +142,6 @@ struct relay_req {
 	struct relay_dest *dest;
 	int target;                   /* index in msg->backends */
 	int stale;                    /* retries after a dead reused conn */
-	int tried;                    /* targets actually attempted */
 	int has8bit;                  /* -1 unknown, else body has 8-bit bytes */
 	int send_body8;               /* BODY=8BITMIME goes with MAIL */
 	/* the current transaction */
@@ -381,7 +380,7 @@ static void dest_adjust(struct relay_dest *d, struct ev_loop *loop,
 }
 
 /* dest_others_waiting - does another loop wait for a slot of d? */
-static int dest_others_waiting(struct relay_dest *d, struct ev_loop *loop)
+static int dest_others_waiting(struct relay_dest *d, const struct ev_loop *loop)
 {
 	int n = 0;
 
@@ -394,7 +393,7 @@ static int dest_others_waiting(struct relay_dest *d, struct ev_loop *loop)
 }
 
 /* pool_find - this loop's pool for d, or NULL. */
-static struct pool *pool_find(struct relay_loop *rl, struct relay_dest *d)
+static struct pool *pool_find(const struct relay_loop *rl, const struct relay_dest *d)
 {
 	struct pool *p;
 
@@ -950,7 +949,6 @@ static void txn_start(struct relay_req *r)
 	const struct relay_msg *m = r->msg;
 	char size[40] = "";
 
-	r->tried++;
 	r->nreplies = 0;
 	r->naccept = 0;
 	b->idle_ms = (uint64_t)m->conf->relay_idle_timeout;

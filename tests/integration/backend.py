@@ -18,7 +18,8 @@ Behaviour, settable on the command line and at run time (control port, JSON
 lines: {"op": "set", ...}, {"op": "stats"}, {"op": "reset_stats"}), or via a
 JSON control file re-read when it changes (--control-file):
   reply   {stage: "CODE text"}  for stage in greeting ehlo helo mail rcpt data
-                                eod rset ("\n" separates lines of a multi-line reply)
+                                eod rset ("\n" separates lines of a multi-line reply;
+                                in a 2xx eod reply "{qid}" is the stored queue id)
   rcpt_reply {fnmatch-pattern: "CODE text"}  per recipient (first match wins)
   hang    [stage...]   never reply at that stage (stages above plus "body":
                        after the first chunk of the body)
@@ -337,14 +338,14 @@ class Session:
         data = b"".join(x + b"\r\n" for x in lines)
         env = {"mail_from": self.mail_from, "mail_params": self.mail_params,
                "rcpts": self.rcpts, "helo": self.helo, "conn": self.id}
-        eod = self.reply_for("eod", "250")
+        eod = self.reply_for("eod", "250 2.0.0 Ok: queued as {qid}")
         if "eod" in o["drop"] + o["hang"] or not eod.startswith("2"):
             self.reset()
             return await self.act("eod", eod)
         qid = self.st.store(env, data)
         self.st.stats["accepted"] += 1
         self.reset()
-        return await self.act("eod", "250 2.0.0 Ok: queued as %s" % qid)
+        return await self.act("eod", eod.replace("{qid}", qid))
 
 
 async def control_client(st, reader, writer):

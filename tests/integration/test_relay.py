@@ -156,6 +156,24 @@ def test_250_after_backend_250(perimd_factory, backend_factory):
                % (re.escape(perimd_id), b.port))
 
 
+@pytest.mark.parametrize("eod, qid", [
+    ("250 2.0.0 Ok: queued as {qid}", "{qid}"),                          # Postfix
+    ("250 2.6.0 <{qid}@mbx.example.com> [InternalId=123] Queued Mail for delivery",
+     "{qid}@mbx.example.com"),                                          # Exchange
+    ("250 2.0.0 OK 1700000000 a1b2c3d4e5-{qid}.123 - gsmtp", "1700000000"),  # Gmail
+    ("250 Ok {qid}", "{qid}"),
+    ("250 2.0.0 message {qid} accepted", "{qid}"),
+])
+def test_backend_queue_id(perimd_factory, backend_factory, eod, qid):
+    """The backend's queue id is taken from the usual 250 forms and logged
+    beside perimd's id."""
+    b = backend_factory(reply={"eod": eod})
+    p = start(perimd_factory, [b])
+    r = send(p.port)
+    expect(r, 250, "2.0.0", re.escape(eod.replace("{qid}", "Q000001")))
+    p.wait_log(r"backend_id=%s," % re.escape(qid.replace("{qid}", "Q000001")))
+
+
 @pytest.mark.parametrize("eod, code, enh", [
     ("451 4.3.0 try again later", 451, "4.3.0"),
     ("554 5.7.1 spam", 554, "5.7.1"),
