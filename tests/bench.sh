@@ -35,6 +35,7 @@ PY=/usr/bin/python3
 TICK=$(getconf CLK_TCK)
 
 [ -x "$PERIMD" ] || { echo "bench: $PERIMD missing (run ./build.sh first)" >&2; exit 1; }
+PARAMS=$("$PERIMD" -d 2>/dev/null || true)
 
 WORK=$(mktemp -d /tmp/perimd-bench.XXXXXX)
 PIDS=()
@@ -51,6 +52,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# has_param NAME - the binary knows parameter NAME (unknown names are errors).
+has_param() { grep -Eq "^$1 *=" <<<"$PARAMS"; }
 
 free_port() {
 	"$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -110,9 +114,8 @@ start_perimd() {
 		echo "smtpd_client_connection_count_limit = 0"
 		echo "log_to = stderr"
 		# Checks that would need DNS or a database, where the binary has them.
-		"$PERIMD" -d 2>/dev/null | grep -Eq '^greylist *=' && echo "greylist = no"
-		"$PERIMD" -d 2>/dev/null | grep -Eq '^reject_unknown_sender_domain *=' &&
-			echo "reject_unknown_sender_domain = no"
+		has_param greylist && echo "greylist = no"
+		has_param reject_unknown_sender_domain && echo "reject_unknown_sender_domain = no"
 		true
 	} >"$d/perimd.conf"
 	"$PERIMD" -f -c "$d/perimd.conf" >"$d/perimd.log" 2>&1 &
@@ -146,7 +149,7 @@ peers() {
 	mkdir -p "$d/lib" "$d/spool"
 	printf 'data_directory = %s\nbody_spool_directory = %s\nmail_owner = %s\nmax_sessions = 4000\nsmtpd_client_connection_count_limit = 0\nmyhostname = perimd.bench.test\n' \
 		"$d/lib" "$d/spool" "$(id -un)" >"$d/perimd.conf"
-	"$PERIMD" -d 2>/dev/null | grep -Eq '^greylist *=' && echo "greylist = no" >>"$d/perimd.conf"
+	if has_param greylist; then echo "greylist = no" >>"$d/perimd.conf"; fi
 	export PERIMD_CMD="$PERIMD -f -c $d/perimd.conf -o smtpd_listen=127.0.0.1:{PORT} -o relay_backends=[127.0.0.1]:{SINK_PORT} -o relay_domains=bench.test"
 	export OUT=${OUT:-/tmp/peer-bench.$(date +%Y%m%d-%H%M%S)}
 	echo "bench peers: $peer (results in $OUT)"
