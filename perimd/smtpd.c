@@ -18,6 +18,7 @@
  *   body is canonical, so no stray CR or bare LF can reach a backend.
  */
 #include "smtpd.h"
+#include "av.h"
 #include "climit.h"
 #include "conf.h"
 #include "conn.h"
@@ -28,6 +29,8 @@
 #include "relay.h"
 #include "smtp_proto.h"
 #include "spool.h"
+#include "stats.h"
+#include "tls.h"
 #include "verify.h"
 
 #include <arpa/inet.h>
@@ -96,6 +99,8 @@ struct session {
 	unsigned skip_line : 1;     /* discarding an over-long command line */
 	unsigned wblocked : 1;      /* paused until replies drain */
 	unsigned counted : 1;       /* in climit */
+	unsigned tls : 1;           /* STARTTLS done (RFC 3207) */
+	unsigned need_ehlo : 1;     /* after STARTTLS, until HELO/EHLO */
 	enum sstate state;
 	int errors;
 	unsigned ncmds, nmsgs;
@@ -125,6 +130,7 @@ struct session {
 
 	/* relay */
 	struct relay_req *relay;
+	struct av_req *av;          /* content scan in flight */
 	struct relay_msg msg;
 	struct relay_rcpt *rr;
 	struct conf_list backends;
@@ -183,6 +189,8 @@ static void reply(struct session *s, const char *fmt, ...)
 
 static void session_close(struct session *s);
 static void session_resume(struct session *s);
+static void session_free(struct session *s);
+static int starttls_offered(struct session *s);
 static void rcpt_pending_free(struct rcpt_pending *rp);
 
 /* tarpit_fire - the delayed error reply goes out; input resumes. */
@@ -212,6 +220,7 @@ static void reply_error(struct session *s, const char *fmt, ...)
 	vsnprintf(buf, sizeof buf, fmt, ap);
 	va_end(ap);
 	s->errors++;
+	stats_inc(ST_smtp_errors);
 	const struct conf *cf = s->cf;
 	if (s->errors >= cf->smtpd_hard_error_limit) {
 		log_info("%s: too many errors from [%s] after %u commands", s->id, s->addr, s->ncmds);
@@ -259,6 +268,10 @@ static void txn_reset(struct session *s)
 	free(s->rr);
 	s->rr = NULL;
 	policy_list_free(&s->backends);
+	if (s->t_data_end) {    /* the message in flight has its answer */
+		stats_add(ST_inflight, -1);
+		s->t_data_end = 0;
+	}
 }
 
 /* log_reject - one Postfix-like line per refusal. */
@@ -292,6 +305,7 @@ static void cmd_helo(struct session *s, enum smtp_verb v, char *arg)
 	free(s->helo);
 	s->helo = xstrdup(arg);
 	s->esmtp = v == SMTP_EHLO;
+	s->need_ehlo = 0;
 	const struct conf *cf = s->cf;
 	if (!s->esmtp) {
 		reply(s, "250 %s", cf->myhostname);
@@ -303,6 +317,8 @@ static void cmd_helo(struct session *s, enum smtp_verb v, char *arg)
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-8BITMIME");
 	reply(s, "250-DSN");
+	if (!s->tls && starttls_offered(s))
+		reply(s, "250-STARTTLS");
 	reply(s, "250 SMTPUTF8");
 }
 
@@ -337,9 +353,15 @@ static void cmd_mail(struct session *s, char *arg)
 		reply_error(s, "503 5.5.1 Error: nested MAIL command");
 		return;
 	}
+	if (s->need_ehlo) {
+		/* RFC 3207 §4.2: the client starts over with EHLO. */
+		reply_error(s, "503 5.5.1 Error: send HELO/EHLO first");
+		return;
+	}
 	struct smtp_path *p = xmalloc(sizeof *p);
 	const char *why = "syntax error";
 	if (smtp_path_parse(arg, 1, p, &why) != PARSE_OK) {
+		stats_inc(ST_rej_rfc);
 		reply_error(s, "501 5.1.7 Bad sender address syntax: %s", why);
 		goto out;
 	}
@@ -354,6 +376,7 @@ static void cmd_mail(struct session *s, char *arg)
 			}
 			unsigned long long sz = strtoull(v, NULL, 10);
 			if (sz > (unsigned long long)cf->message_size_limit) {
+				stats_inc(ST_rej_size);
 				log_reject(s, "MAIL", "552 5.3.4 Message size exceeds fixed limit", NULL);
 				reply(s, "552 5.3.4 Message size exceeds fixed limit");
 				goto out;
@@ -440,6 +463,7 @@ static void rcpt_finish(struct session *s, const struct policy_verdict *v)
 	rp->req = NULL;
 	s->rcpt_pending = NULL;
 	if (v->code) {
+		stats_reject_rule(v->rule);
 		log_reject(s, "RCPT", v->reply, rp->addr);
 		reply_error(s, "%s", v->reply);
 		rcpt_pending_free(rp);
@@ -486,6 +510,7 @@ static void cmd_rcpt(struct session *s, char *arg)
 	struct smtp_path *p = xmalloc(sizeof *p);
 	const char *why = "syntax error";
 	if (smtp_path_parse(arg, 1, p, &why) != PARSE_OK) {
+		stats_inc(ST_rej_rfc);
 		reply_error(s, "501 5.1.3 Bad recipient address syntax: %s", why);
 		goto out;
 	}
@@ -531,6 +556,7 @@ static void cmd_rcpt(struct session *s, char *arg)
 			goto out;
 		}
 		if (r == 0) {
+			stats_inc(ST_rej_relay_denied);
 			rcpt_refuse(s, p->addr, "550 5.7.1 <%s>: relay access denied", p->addr);
 			goto out;
 		}
@@ -587,16 +613,23 @@ static void received_header(struct session *s)
 	struct tm tm;
 	localtime_r(&now, &tm);
 	strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
-	const char *proto = s->smtputf8 ? (s->esmtp ? "UTF8ESMTP" : "UTF8SMTP")
-					: (s->esmtp ? "ESMTP" : "SMTP");
+	/* RFC 3848 §2 / RFC 6531 §3.7.3: the S says TLS was used. */
+	const char *proto = s->smtputf8 ? (s->esmtp ? (s->tls ? "UTF8SMTPS" : "UTF8SMTP") : "UTF8SMTP")
+					: (s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP");
 	char helo[256];
 	size_t j = 0;
 	for (const char *h = s->helo ? s->helo : "unknown"; *h && j < sizeof helo - 1; h++)
 		helo[j++] = (*h > ' ' && *h < 127 && *h != '(' && *h != ')') ? *h : '_';
 	helo[j] = 0;
+	char tls[160] = "";
+	if (s->tls) {
+		char desc[128];
+		conn_tls_describe(s->conn, desc, sizeof desc);
+		snprintf(tls, sizeof tls, "\r\n\t(using %s)", desc);
+	}
 	int n = snprintf(buf, sizeof buf,
-			 "Received: from %s (unknown [%s%s])\r\n\tby %s (perimd) with %s id %s",
-			 helo, strchr(s->addr, ':') ? "IPv6:" : "", s->addr,
+			 "Received: from %s (unknown [%s%s])%s\r\n\tby %s (perimd) with %s id %s",
+			 helo, strchr(s->addr, ':') ? "IPv6:" : "", s->addr, tls,
 			 s->cf->myhostname, proto, s->msgid);
 	if (s->nrcpt == 1 && strlen(s->rcpts[0].addr) < 300)
 		n += snprintf(buf + n, sizeof buf - (size_t)n, "\r\n\tfor <%s>", s->rcpts[0].addr);
@@ -629,6 +662,7 @@ static void cmd_data(struct session *s, char *arg)
 	s->data_err = DE_NONE;
 	received_header(s);
 	if (s->data_err == DE_SPOOL_FULL) {
+		stats_inc(ST_rej_spool_full);
 		log_reject(s, "DATA", "452 4.3.1 insufficient system storage", NULL);
 		reply(s, "452 4.3.1 Insufficient system storage");
 		txn_reset(s);
@@ -646,6 +680,7 @@ static void relay_done(void *arg, const struct relay_result *r)
 	struct session *s = arg;
 	s->relay = NULL;
 	uint64_t ms = ev_now(s->loop) - s->t_data_end;
+	stats_message_done(r->code, ms);
 	const char *status = r->code < 300 ? "sent" : r->code < 500 ? "deferred" : "bounced";
 	for (int i = 0; i < s->nrcpt; i++) {
 		const struct relay_rcpt *rr = &s->rr[i];
@@ -670,12 +705,31 @@ static void relay_done(void *arg, const struct relay_result *r)
 	session_resume(s);
 }
 
-/* data_end - the final dot: refuse, or hand the stored message on. */
+static void data_relay(struct session *s);
+
+/* av_done - the content scanner's verdict (refusal NULL: pass it on). */
+static void av_done(void *arg, const char *refusal)
+{
+	struct session *s = arg;
+	s->av = NULL;
+	if (!refusal) {
+		data_relay(s);
+		return;
+	}
+	log_reject(s, "END-OF-MESSAGE", refusal, NULL);
+	reply(s, "%s", refusal);
+	txn_reset(s);
+	s->state = ST_CMD;
+	session_resume(s);
+}
+
+/* data_end - the final dot: refuse, or scan and hand the stored message on. */
 static void data_end(struct session *s)
 {
 	const struct conf *cf = s->cf;
 	s->state = ST_CMD;
 	spool_finish(s->spool);
+	stats_inc(ST_msg_received);
 	const char *refusal = NULL;
 	if (s->data_err == DE_TOO_BIG)
 		refusal = "552 5.3.4 Message size exceeds fixed limit";
@@ -689,13 +743,29 @@ static void data_end(struct session *s)
 	else if (s->dp.received_count > MAX_RECEIVED)
 		refusal = "554 5.4.6 Too many hops";
 	if (refusal) {
+		stats_refusal(refusal);
 		log_reject(s, "END-OF-MESSAGE", refusal, NULL);
 		reply(s, "%s", refusal);
 		txn_reset(s);
 		return;
 	}
-	/* Store, then replay: the message goes to a backend only now. */
 	s->t_data_end = ev_now(s->loop);
+	stats_inc(ST_inflight);
+	if (av_enabled(cf)) {
+		/* Store, scan, replay: nothing reaches a backend unscanned. */
+		s->state = ST_BUSY;
+		conn_read_enable(s->conn, 0);
+		s->av = av_scan(s->loop, cf, s->spool, s->msgid, av_done, s);
+		return;
+	}
+	data_relay(s);
+}
+
+/* data_relay - hand the stored (and scanned) message to a backend. */
+static void data_relay(struct session *s)
+{
+	const struct conf *cf = s->cf;
+	/* Store, then replay: the message goes to a backend only now. */
 	if (s->route)
 		policy_split_list(s->route, &s->backends);
 	s->rr = xcalloc((size_t)s->nrcpt, sizeof *s->rr);
@@ -742,6 +812,66 @@ static void data_input(struct session *s, const char *buf, size_t len)
 		data_end(s);
 }
 
+/* starttls_offered - STARTTLS is advertised and accepted when the level
+ * is "may" and a certificate and key are loaded. */
+static int starttls_offered(struct session *s)
+{
+	return !strcmp(s->cf->smtpd_tls_security_level, "may") && tls_server_available();
+}
+
+/* tls_done - the handshake after STARTTLS ended. */
+static void tls_done(void *arg, int ok, const char *why)
+{
+	struct session *s = arg;
+	if (!ok) {
+		int err = conn_tls_error(s->conn);
+		log_info("%s: TLS handshake failed from [%s]: reason=%s (%s)", s->id, s->addr,
+			 err ? tls_error_class(err) : "io", why);
+		log_info("%s: disconnect from [%s] commands=%u messages=%u errors=%d", s->id, s->addr,
+			 s->ncmds, s->nmsgs, s->errors);
+		session_free(s);
+		return;
+	}
+	char desc[128];
+	conn_tls_describe(s->conn, desc, sizeof desc);
+	log_info("%s: TLS established from [%s]: %s", s->id, s->addr, desc);
+	s->tls = 1;
+	s->state = ST_CMD;
+	session_resume(s);
+}
+
+/* cmd_starttls - STARTTLS (RFC 3207 §4): 220, then the handshake; the
+ * SMTP state is forgotten and any pipelined input thrown away (§4.2). */
+static void cmd_starttls(struct session *s, char *arg)
+{
+	if (*arg) {
+		reply_error(s, "501 5.5.4 Syntax: STARTTLS takes no argument");
+		return;
+	}
+	if (s->tls) {
+		reply_error(s, "503 5.5.1 Error: TLS already active");
+		return;
+	}
+	struct tls_server *ts = starttls_offered(s) ? tls_server_acquire() : NULL;
+	if (!ts) {
+		reply_error(s, "502 5.5.1 Error: command not implemented");
+		return;
+	}
+	reply(s, "220 2.0.0 Ready to start TLS");
+	/* CVE-2011-0411: what came after the STARTTLS line is never run. */
+	conn_discard_input(s->conn);
+	txn_reset(s);
+	free(s->helo);
+	s->helo = NULL;
+	s->esmtp = 0;
+	s->need_ehlo = 1;
+	s->state = ST_BUSY;
+	conn_read_enable(s->conn, 0);
+	if (conn_starttls(s->conn, tls_new_server(s->loop, ts), tls_done) < 0)
+		session_close(s);
+	tls_server_release(ts);
+}
+
 /* cmd_simple - RSET, NOOP, VRFY, HELP, QUIT and the unsupported ones. */
 static void cmd_simple(struct session *s, enum smtp_verb v, char *arg)
 {
@@ -771,6 +901,8 @@ static void cmd_simple(struct session *s, enum smtp_verb v, char *arg)
 		session_close(s);
 		break;
 	case SMTP_STARTTLS:
+		cmd_starttls(s, arg);
+		break;
 	case SMTP_BDAT:
 	case SMTP_AUTH:
 		reply_error(s, "502 5.5.1 Error: command not implemented");
@@ -788,16 +920,16 @@ static void command(struct session *s, char *line, size_t len)
 	const char *args;
 	size_t alen;
 	s->ncmds++;
+	if (memchr(line, 0, len)) {
+		reply_error(s, "500 5.5.2 Error: NUL in command");
+		return;
+	}
 	if (smtp_cmd_parse(line, len, &v, &args, &alen) != PARSE_OK) {
 		reply_error(s, "501 5.5.4 Syntax error in parameters");
 		return;
 	}
 	char *arg = (char *)args;
 	arg[alen] = 0;
-	if (memchr(line, 0, len)) {
-		reply_error(s, "500 5.5.2 Error: NUL in command");
-		return;
-	}
 	switch (v) {
 	case SMTP_HELO:
 	case SMTP_EHLO:
@@ -902,6 +1034,11 @@ static void session_free(struct session *s)
 		s->relay = NULL;
 		log_info("%s: client [%s] gone while its message %s was being relayed", s->id, s->addr, s->msgid);
 	}
+	if (s->av) {
+		av_cancel(s->av);
+		s->av = NULL;
+		log_info("%s: client [%s] gone while its message %s was being scanned", s->id, s->addr, s->msgid);
+	}
 	ev_timer_stop(s->loop, &s->tarpit);
 	free(s->pending);
 	txn_reset(s);
@@ -982,6 +1119,7 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	if (__atomic_add_fetch(&sessions_total, 1, __ATOMIC_RELAXED) > cf->max_sessions) {
 		__atomic_sub_fetch(&sessions_total, 1, __ATOMIC_RELAXED);
 		log_warn("refused connection from [%s]: max_sessions (%lld) reached", addr, cf->max_sessions);
+		stats_inc(ST_conn_refused_max);
 		snprintf(msg, sizeof msg, "421 4.3.2 %s Service temporarily unavailable, too many sessions\r\n",
 			 cf->myhostname);
 		refuse_now(fd, msg);
@@ -991,6 +1129,7 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	if (climit_enter(addr, (int)cf->smtpd_client_connection_count_limit) < 0) {
 		__atomic_sub_fetch(&sessions_total, 1, __ATOMIC_RELAXED);
 		log_warn("refused connection from [%s]: too many connections from this client", addr);
+		stats_inc(ST_conn_refused_client);
 		snprintf(msg, sizeof msg, "421 4.7.0 %s Error: too many connections from %s\r\n",
 			 cf->myhostname, addr);
 		refuse_now(fd, msg);
@@ -1013,6 +1152,7 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	sl->sessions = s;
 	sl->nsessions++;
 	log_info("%s: connect from [%s]:%d", s->id, addr, net_port(sa));
+	stats_inc(ST_conn_accepted);
 	reply(s, "220 %s", cf->smtpd_banner);
 }
 
@@ -1075,6 +1215,10 @@ static void drain_expired(void *arg)
 			if (s->relay) {
 				relay_cancel(s->relay);
 				s->relay = NULL;
+			}
+			if (s->av) {
+				av_cancel(s->av);
+				s->av = NULL;
 			}
 			ev_timer_stop(s->loop, &s->tarpit);
 			s->state = ST_CMD;
