@@ -45,4 +45,5 @@ PARAM(TIME, relay_idle_timeout, "30s", 0, 3600000, NULL, "an idle pooled backend
 PARAM(TIME, relay_verify_negative_ttl, "3h", 0, 0, NULL, "how long a recipient refused by a backend is refused at RCPT")
 
 /* Observability */
+PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)")
 PARAM(ENUM, log_to, "syslog", 0, 0, "syslog|stderr", "where to log (-f implies stderr)")

@@ -17,6 +17,7 @@
 #include "relay.h"
 #include "smtpd.h"
 #include "spool.h"
+#include "stats.h"
 #include "verify.h"
 
 #include <errno.h>
@@ -43,6 +44,7 @@ struct io_thread {
 
 static struct io_thread *threads;
 static int nthreads;
+static int stats_fd = -1;
 /* Process-lifetime allocations of main() (reachable, never reported). */
 static char **ov;
 static struct sockaddr_storage *addrs;
@@ -56,7 +58,8 @@ static _Noreturn void usage(void)
 		"       perimd -t [-c FILE] [-o NAME=VALUE]...          check the configuration\n"
 		"       perimd -n [-c FILE] [-o NAME=VALUE]...          print non-default parameters\n"
 		"       perimd -d                                       print every parameter's default\n"
-		"       perimd -V                                       version and features\n");
+		"       perimd -V                                       version and features\n"
+		"       perimd stats [-c FILE]                          live counters of the running daemon\n");
 	exit(1);
 }
 
@@ -65,7 +68,10 @@ static void *io_main(void *arg)
 {
 	struct io_thread *t = arg;
 	smtpd_loop_start(t->loop, t->fds, t->nfds);
+	if (ev_loop_index(t->loop) == 0)
+		stats_loop_start(t->loop, stats_fd, nthreads);
 	ev_run(t->loop);
+	stats_loop_finished(t->loop);
 	relay_loop_shutdown(t->loop);
 	return NULL;
 }
@@ -180,6 +186,8 @@ int main(int argc, char **argv)
 	int nov = 0, fg = 0, verbose = 0, check = 0, dump_n = 0, dump_d = 0;
 	int opt;
 
+	if (argc > 1 && (!strcmp(argv[1], "stats") || !strcmp(argv[1], "healthcheck")))
+		return stats_command(argc - 1, argv + 1, DEFAULT_CONF);
 	while ((opt = getopt(argc, argv, "c:o:fvtndV")) != -1) {
 		switch (opt) {
 		case 'c': path = optarg; break;
@@ -241,6 +249,10 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	if (stats_check(c, err, sizeof err) < 0) {
+		fprintf(stderr, "perimd: %s\n", err);
+		return 1;
+	}
 	if (check) {
 		policy_release(pol);
 		return 0;
@@ -274,6 +286,8 @@ int main(int argc, char **argv)
 			threads[t].fds[threads[t].nfds++] = fd;
 		}
 	}
+	stats_init(c, nthreads);
+	stats_fd = stats_listen_open(c);
 	policy_install(pol);
 	drop_privileges(c);
 
@@ -291,6 +305,7 @@ int main(int argc, char **argv)
 			fatal("cannot start io thread");
 	log_info("perimd %s started: %d io threads, listening on %d address(es)", PERIMD_VERSION,
 		 nthreads, c->smtpd_listen.n);
+	stats_health_set(STATS_UP);
 
 	for (;;) {
 		int sig;
@@ -300,6 +315,7 @@ int main(int argc, char **argv)
 			reload(path, nov);
 		} else if (sig == SIGTERM || sig == SIGINT) {
 			log_info("stopping: draining sessions");
+			stats_health_set(STATS_DRAINING);
 			for (int t = 0; t < nthreads; t++)
 				ev_post(threads[t].loop, drain_loop, &threads[t]);
 			break;

@@ -43,6 +43,7 @@
 #include "relay.h"
 #include "smtp_proto.h"
 #include "spool.h"
+#include "stats.h"
 #include "verify.h"
 
 #define RELAY_WINDOW (64 * 1024)   /* body bytes kept in the output buffer */
@@ -686,6 +687,7 @@ static void req_finish(struct relay_req *r)
 {
 	if (r->res.backend[0] == '\0' && r->dest)
 		copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
+	stats_observe_since(SH_backend, r->t_attempt, ev_now(r->rl->loop));
 	r->in_done = 1;
 	r->done(r->arg, &r->res);
 	req_free(r);
@@ -886,6 +888,7 @@ static void bconn_on_connect(void *arg)
 	struct relay_req *r = b->req;
 
 	conn_read_enable(b->c, 1);
+	stats_backend_connected(b->pool->dest->name, 1);
 	bconn_stage(b, B_GREET, r ? remaining(r, (uint64_t)r->msg->conf->relay_connect_timeout) : 1000);
 }
 
@@ -905,6 +908,8 @@ static void bconn_on_error(void *arg, int err)
 		snprintf(why, sizeof(why), "timeout");
 	else
 		copy_str(why, sizeof(why), strerror(err));
+	if (b->state == B_CONNECT)
+		stats_backend_connected(b->pool->dest->name, 0);
 	bconn_fail(b, why);
 }
 
@@ -1117,6 +1122,8 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 	char why[600];
 	int pipelined = (b->caps & SMTP_CAP_PIPELINING) != 0;
 
+	stats_backend_reply(bstate_name[b->state], rep->code);
+
 	switch (b->state) {
 	case B_GREET:
 		if (rep->code != 220) {
@@ -1313,6 +1320,7 @@ static void req_wait_timeout(void *arg)
 	char text[300];
 
 	snprintf(text, sizeof(text), "no backend connection available (%s)", r->dest->name);
+	stats_inc(ST_pool_timeouts);
 	req_fail(r, 451, "4.4.5", text);
 }
 
@@ -1342,6 +1350,7 @@ static void req_acquire(struct relay_req *r)
 	}
 	TAILQ_INSERT_TAIL(&p->waiters, r, wlink);
 	r->waiting = p;
+	stats_inc(ST_pool_waits);
 	ev_timer_start(rl->loop, &r->waitt,
 		       remaining(r, (uint64_t)r->msg->conf->relay_pool_wait),
 		       req_wait_timeout, r);

@@ -271,7 +271,8 @@ def _conf_value(v):
 class Perimd:
     """perimd on 127.0.0.1 with a generated config in tmpdir.
 
-    Defaults (each overridable by a keyword): smtpd_listen on a free port,
+    Defaults (each overridable by a keyword): smtpd_listen and stats_listen
+    on free ports,
     data_directory=tmpdir/lib, body_spool_directory=tmpdir/spool,
     log_to=stderr, myhostname=perimd.test, io_threads=2,
     relay_domains=example.com, shutdown_timeout=3s (so stop() is not held by
@@ -290,6 +291,7 @@ class Perimd:
             "myhostname": "perimd.test",
             "io_threads": "2",
             "relay_domains": "example.com",
+            "stats_listen": "127.0.0.1:%d" % free_port(),
             "shutdown_timeout": "3s",
             "mail_owner": pwd.getpwuid(os.geteuid()).pw_name,
         }

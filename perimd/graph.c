@@ -1,0 +1,265 @@
+/*
+ * graph.c - the per-minute history (what the cacti graphs of old showed)
+ * and its drawing as inline SVG: messages received, greylisted, rejected
+ * and viruses per minute, sessions and in-flight transactions (maxima),
+ * over the last hour, day and week.
+ *
+ * Invariants: a history slot holds one minute (minute % HIST_MINUTES) and
+ * says which; a slot holding an older minute is stale and reads as zero.
+ * Drawing is pure (history and "now" in, text out) and self-contained: no
+ * script, no external font or stylesheet, so the page works offline and
+ * the SVGs parse as XML on their own. Each series' plotted values are also
+ * in its data-values attribute (tests and curious admins read them).
+ */
+#include "stats.h"
+#include "log.h"
+
+#include <math.h>  /* isfinite */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *const series_name[HS__COUNT] = {
+	"received", "greylisted", "rejected", "viruses", "sessions", "inflight",
+};
+static const char *const series_color[HS__COUNT] = {
+	"#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#2ca02c", "#8c564b",
+};
+
+/* history_sample - see stats.h. */
+void history_sample(struct history *h, uint64_t now_min, const double cur[HS__COUNT],
+		    double last[HS__COUNT])
+{
+	size_t slot = now_min % HIST_MINUTES;
+	if (h->minute[slot] != now_min) {
+		h->minute[slot] = now_min;
+		memset(h->v[slot], 0, sizeof h->v[slot]);
+	}
+	for (int i = 0; i < HS__COUNT; i++) {
+		if (i < HS_SESSIONS) {
+			/* Counters: what came since the last sample. */
+			double d = cur[i] >= last[i] ? cur[i] - last[i] : cur[i];
+			h->v[slot][i] += d;
+			last[i] = cur[i];
+		} else if (cur[i] > h->v[slot][i]) {
+			h->v[slot][i] = cur[i];
+		}
+	}
+}
+
+/* history_serialize - see stats.h. */
+void history_serialize(const struct history *h, struct strbuf *out)
+{
+	sb_printf(out, "perimd-history 1\n");
+	for (size_t s = 0; s < HIST_MINUTES; s++) {
+		if (!h->minute[s])
+			continue;
+		sb_printf(out, "%llu", (unsigned long long)h->minute[s]);
+		for (int i = 0; i < HS__COUNT; i++)
+			sb_printf(out, " %.17g", h->v[s][i]);
+		sb_add(out, "\n", 1);
+	}
+}
+
+/* history_parse - see stats.h; lines that do not parse are skipped. */
+int history_parse(struct history *h, const char *text, size_t len)
+{
+	const char *p = text, *end = text + len;
+	const char *nl = memchr(p, '\n', len);
+	if (!nl || (size_t)(nl - p) != 16 || memcmp(p, "perimd-history 1", 16))
+		return -1;
+	p = nl + 1;
+	while (p < end) {
+		nl = memchr(p, '\n', (size_t)(end - p));
+		size_t l = nl ? (size_t)(nl - p) : (size_t)(end - p);
+		char line[512];
+		if (l < sizeof line) {
+			memcpy(line, p, l);
+			line[l] = 0;
+			unsigned long long m;
+			double v[HS__COUNT];
+			int used = 0;
+			if (sscanf(line, "%llu %lf %lf %lf %lf %lf %lf%n", &m, &v[0], &v[1], &v[2], &v[3],
+				   &v[4], &v[5], &used) == 7 && line[used] == 0 && m > 0) {
+				size_t s = m % HIST_MINUTES;
+				int ok = 1;
+				for (int i = 0; i < HS__COUNT; i++)
+					ok &= isfinite(v[i]) && v[i] >= 0;
+				if (ok && m >= h->minute[s]) {
+					h->minute[s] = m;
+					memcpy(h->v[s], v, sizeof v);
+				}
+			}
+		}
+		p += l + 1;
+	}
+	return 0;
+}
+
+struct period {
+	const char *name, *title;
+	int points, step;     /* step: minutes per point */
+	const char *tfmt;     /* strftime for the time axis */
+};
+
+static const struct period periods[] = {
+	{"hour", "last hour", 60, 1, "%H:%M"},
+	{"day", "last day", 288, 5, "%H:%M"},
+	{"week", "last week", 336, 30, "%a %Hh"},
+};
+
+/* value - one point: counters per minute (average over the step), gauges
+ * the maximum; stale slots are zero. */
+static double value(const struct history *h, uint64_t first, int step, int s)
+{
+	double acc = 0;
+	for (int k = 0; k < step; k++) {
+		uint64_t m = first + (uint64_t)k;
+		size_t slot = m % HIST_MINUTES;
+		double v = h->minute[slot] == m ? h->v[slot][s] : 0;
+		if (s < HS_SESSIONS)
+			acc += v;
+		else if (v > acc)
+			acc = v;
+	}
+	return s < HS_SESSIONS ? acc / step : acc;
+}
+
+/* nice_max - a round upper bound for the y axis (1, 2, 2.5, 5 x 10^k). */
+static double nice_max(double v)
+{
+	static const double m[] = {1, 2, 2.5, 5, 10};
+	if (v <= 1)
+		return 1;
+	double e = 1;
+	while (e * 10 < v)
+		e *= 10;
+	for (size_t k = 0; k < sizeof m / sizeof m[0]; k++)
+		if (m[k] * e >= v)
+			return m[k] * e;
+	return 10 * e;
+}
+
+/* graph_svg - see stats.h. */
+int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min,
+	      const char *which, const char *period)
+{
+	int first_s, last_s;
+	const char *title, *unit;
+	if (!strcmp(which, "messages")) {
+		first_s = HS_RECEIVED, last_s = HS_VIRUSES;
+		title = "Messages", unit = "per minute";
+	} else if (!strcmp(which, "sessions")) {
+		first_s = HS_SESSIONS, last_s = HS_INFLIGHT;
+		title = "Sessions and transactions in flight", unit = "maximum";
+	} else {
+		return -1;
+	}
+	const struct period *pd = NULL;
+	for (size_t i = 0; i < sizeof periods / sizeof periods[0]; i++)
+		if (!strcmp(periods[i].name, period))
+			pd = &periods[i];
+	if (!pd)
+		return -1;
+
+	enum { W = 720, H = 260, L = 64, R = 16, T = 34, B = 64 };
+	const double pw = W - L - R, ph = H - T - B;
+	int n = pd->points;
+	/* Point i covers the step minutes ending with now (the last point). */
+	uint64_t start = now_min + 1 - (uint64_t)n * (uint64_t)pd->step;
+	double *vals = xcalloc((size_t)n * HS__COUNT, sizeof *vals);
+	double vmax = 0;
+	for (int s = first_s; s <= last_s; s++)
+		for (int i = 0; i < n; i++) {
+			double v = value(h, start + (uint64_t)i * (uint64_t)pd->step, pd->step, s);
+			vals[s * n + i] = v;
+			if (v > vmax)
+				vmax = v;
+		}
+	double ymax = nice_max(vmax);
+
+	sb_printf(out,
+		  "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+		  "viewBox=\"0 0 %d %d\" font-family=\"sans-serif\" font-size=\"11\" "
+		  "data-graph=\"%s-%s\">\n<title>%s, %s</title>\n"
+		  "<rect x=\"0\" y=\"0\" width=\"%d\" height=\"%d\" fill=\"#ffffff\"/>\n"
+		  "<text x=\"%d\" y=\"18\" font-size=\"14\" font-weight=\"bold\">%s, %s</text>\n",
+		  W, H, W, H, which, period, title, pd->title, W, H, L, title, pd->title);
+	/* Y axis: 5 grid lines with labels. */
+	for (int k = 0; k <= 4; k++) {
+		double y = T + ph - ph * k / 4.0;
+		sb_printf(out,
+			  "<line x1=\"%d\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"#dddddd\"/>\n"
+			  "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%g</text>\n",
+			  L, y, L + pw, y, L - 6, y + 4, ymax * k / 4.0);
+	}
+	sb_printf(out,
+		  "<text transform=\"translate(14 %.0f) rotate(-90)\" text-anchor=\"middle\">%s</text>\n",
+		  T + ph / 2, unit);
+	/* X axis: 6 time labels, local time. */
+	for (int k = 0; k <= 5; k++) {
+		double x = L + pw * k / 5.0;
+		uint64_t m = start + (uint64_t)((double)(n * pd->step) * k / 5.0);
+		time_t t = (time_t)(m * 60);
+		struct tm tm;
+		char lab[32];
+		localtime_r(&t, &tm);
+		strftime(lab, sizeof lab, pd->tfmt, &tm);
+		sb_printf(out,
+			  "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%.0f\" stroke=\"#eeeeee\"/>\n"
+			  "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%s</text>\n",
+			  x, T, x, T + ph, x, T + ph + 16, lab);
+	}
+	sb_printf(out, "<rect x=\"%d\" y=\"%d\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
+		       "stroke=\"#888888\"/>\n", L, T, pw, ph);
+	/* The series, and a legend under the axis. */
+	int lx = L;
+	for (int s = first_s; s <= last_s; s++) {
+		sb_printf(out, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" "
+			       "data-series=\"%s\" data-values=\"", series_color[s], series_name[s]);
+		for (int i = 0; i < n; i++)
+			sb_printf(out, "%s%g", i ? " " : "", vals[s * n + i]);
+		sb_add(out, "\" points=\"", 10);
+		for (int i = 0; i < n; i++) {
+			double x = L + (n > 1 ? pw * i / (n - 1) : 0);
+			double y = T + ph - ph * vals[s * n + i] / ymax;
+			sb_printf(out, "%s%.1f,%.1f", i ? " " : "", x, y);
+		}
+		sb_add(out, "\"/>\n", 4);
+		sb_printf(out,
+			  "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"10\" fill=\"%s\"/>"
+			  "<text x=\"%d\" y=\"%d\">%s</text>\n",
+			  lx, H - 22, series_color[s], lx + 14, H - 13, series_name[s]);
+		lx += 110;
+	}
+	sb_add(out, "</svg>\n", 7);
+	free(vals);
+	return 0;
+}
+
+/* graph_page - see stats.h: every graph, inline. */
+void graph_page(struct strbuf *out, const struct history *h, uint64_t now_min)
+{
+	time_t t = (time_t)(now_min * 60);
+	struct tm tm;
+	char when[64];
+	localtime_r(&t, &tm);
+	strftime(when, sizeof when, "%Y-%m-%d %H:%M", &tm);
+	sb_printf(out,
+		  "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+		  "<title>perimd statistics</title>\n<style>body{font-family:sans-serif;"
+		  "margin:1em 2em;color:#222}h2{margin-top:1.5em}svg{display:block;margin:.5em 0;"
+		  "border:1px solid #ccc}</style></head>\n<body>\n<h1>perimd statistics</h1>\n"
+		  "<p>As of %s. Most sessions open this minute: %lld. Health: <a href=\"/healthz\">%s</a>. "
+		  "Counters: <a href=\"/metrics\">/metrics</a>.</p>\n",
+		  when, h->minute[now_min % HIST_MINUTES] == now_min
+				? (long long)h->v[now_min % HIST_MINUTES][HS_SESSIONS] : 0LL,
+		  stats_healthy() ? "ok" : "not accepting mail");
+	for (size_t p = 0; p < sizeof periods / sizeof periods[0]; p++) {
+		sb_printf(out, "<h2>The %s</h2>\n", periods[p].title);
+		graph_svg(out, h, now_min, "messages", periods[p].name);
+		graph_svg(out, h, now_min, "sessions", periods[p].name);
+	}
+	sb_printf(out, "</body></html>\n");
+}

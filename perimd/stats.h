@@ -1,0 +1,181 @@
+/*
+ * stats.h - counters, gauges and histograms of every module, the per-minute
+ * history behind the graphs, and the health state; served over HTTP on
+ * stats_listen (http.c): /metrics, /healthz, / (graph.c).
+ *
+ * Adding a metric to your module (one line each):
+ *   - a fixed counter or gauge: one STAT(...) row in stats_names.h, then
+ *       stats_inc(ST_my_counter);          or stats_add(ST_my_gauge, -1);
+ *   - a histogram of milliseconds: one HIST(...) row, then
+ *       stats_observe(SH_my_hist, ms);
+ *   - a series labelled at run time (viruses by name, per-backend state):
+ *       stats_family_add("perimd_viruses_total", "name", virus_name, 1);
+ *       stats_family_set("perimd_backend_up", "backend", "10.1.1.5:25", 1);
+ *     (declare its type and help once, from any thread, before or after:
+ *       stats_family_declare("perimd_viruses_total", "counter", "viruses found");
+ *     these take a mutex: for events counted per message or rarer).
+ *   - a refusal at RCPT from a policy check: smtpd.c counts it by the
+ *     verdict's rule name (stats_reject_rule(): "greylist...", "dnsbl...",
+ *     "rbl...", "access...", "recipient...", "verify...", "virus..."; any
+ *     other name counts as reason="policy").
+ *
+ * Cost: stats_inc() is a plain add into the calling thread's own block (no
+ * lock, no atomic read-modify-write: a relaxed store the reader may see a
+ * moment late); a thread's block is made and registered (under a mutex)
+ * on its first count. Readers sum the blocks of every thread. Building
+ * with -DPERIMD_NO_STATS turns every count into nothing (tests/bench.sh
+ * measures the difference).
+ */
+#ifndef PERIMD_STATS_H
+#define PERIMD_STATS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct ev_loop;
+struct conf;
+
+enum stats_id {
+#define STAT(id, type, name, labels, help) ST_##id,
+#define HIST(id, name, help)
+#include "stats_names.h"
+#undef STAT
+#undef HIST
+	ST__COUNT
+};
+
+enum stats_hist {
+#define STAT(id, type, name, labels, help)
+#define HIST(id, name, help) SH_##id,
+#include "stats_names.h"
+#undef STAT
+#undef HIST
+	SH__COUNT
+};
+
+/* Histogram buckets (upper bounds, ms); one more for +Inf. */
+#define STATS_NBUCKETS 16
+/* Backend reply stages known to stats_backend_reply(). */
+#define STATS_MAX_STAGES 16
+
+/* A thread's counters. Private: use the functions below. */
+struct stats_block {
+	struct stats_block *next;
+	uint64_t v[ST__COUNT];
+	uint64_t hb[SH__COUNT][STATS_NBUCKETS + 1];
+	uint64_t hsum[SH__COUNT];
+	uint64_t breply[STATS_MAX_STAGES][3];  /* 2xx-3xx, 4xx, 5xx */
+};
+
+extern __thread struct stats_block *stats_tl;
+/* stats_block_new - this thread's block (made and registered once). */
+struct stats_block *stats_block_new(void);
+
+/* stats_add - add n (may be negative, for gauges) to a fixed metric. */
+static inline void stats_add(enum stats_id id, int64_t n)
+{
+#ifndef PERIMD_NO_STATS
+	struct stats_block *b = stats_tl ? stats_tl : stats_block_new();
+	__atomic_store_n(&b->v[id], b->v[id] + (uint64_t)n, __ATOMIC_RELAXED);
+#else
+	(void)id;
+	(void)n;
+#endif
+}
+#define stats_inc(id) stats_add((id), 1)
+
+/* stats_observe - one observation of ms milliseconds. */
+void stats_observe(enum stats_hist h, uint64_t ms);
+/* stats_backend_reply - a backend's reply code at a stage; `stage` MUST be
+ * a string that lives for the process (relay.c's state names). */
+void stats_backend_reply(const char *stage, int code);
+/* stats_reject_rule - count a RCPT refusal decided by a policy rule. */
+void stats_reject_rule(const char *rule);
+/* stats_refusal - count a refusal at the final dot by its enhanced code
+ * ("552 5.3.4 ..." is size, 5.5.2 smuggling, 5.4.6 loop, 4.3.1 spool full,
+ * 5.7.x with "virus" in the text a virus, other 4.x.x tempfail). */
+void stats_refusal(const char *reply);
+/* stats_message_done - the client got the relay's verdict on a message,
+ * ms after its final dot: latency, and relayed or refused by the backend. */
+void stats_message_done(int code, uint64_t ms);
+/* stats_backend_connected - a backend connection came up (ok = 1) or
+ * failed to; sets perimd_backend_up{backend=name}. */
+void stats_backend_connected(const char *name, int ok);
+/* stats_observe_since - observe now - start (nothing when start is 0). */
+void stats_observe_since(enum stats_hist h, uint64_t start, uint64_t now);
+
+/* Labelled series (mutex; see above). value is a counter delta or the
+ * gauge's new value. Label values are escaped on output. */
+void stats_family_declare(const char *name, const char *type, const char *help);
+void stats_family_add(const char *name, const char *label, const char *value, int64_t n);
+void stats_family_set(const char *name, const char *label, const char *value, int64_t v);
+
+/* stats_value - a fixed metric summed over threads. */
+int64_t stats_value(enum stats_id id);
+
+/* Health (/healthz): 200 only while UP and nothing holds readiness. */
+enum stats_health { STATS_STARTING, STATS_UP, STATS_DRAINING };
+void stats_health_set(enum stats_health h);
+enum stats_health stats_health_get(void);
+/* stats_ready_hold / release - a module still loading (e.g. virus
+ * signatures) keeps /healthz at 503 between the two calls. */
+void stats_ready_hold(void);
+void stats_ready_release(void);
+/* stats_healthy - 1 when /healthz says 200. */
+int stats_healthy(void);
+
+/* A growable text buffer (NUL-terminated). */
+struct strbuf {
+	char *p;
+	size_t len, cap;
+};
+void sb_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sb_add(struct strbuf *b, const char *s, size_t n);
+void sb_free(struct strbuf *b);
+
+/* stats_render_metrics - the Prometheus text exposition format (0.0.4). */
+void stats_render_metrics(struct strbuf *out);
+
+/* stats_check - is stats_listen usable (for -t)? 0, or -1 with err. */
+int stats_check(const struct conf *c, char *err, size_t errlen);
+/* stats_init - from main, before the io threads: nloops io loops will
+ * run; remember the data directory and load the saved history (a missing
+ * file is no error). */
+void stats_init(const struct conf *c, int nloops);
+/* stats_listen_open - bind stats_listen (before dropping privileges; no
+ * SO_REUSEPORT, so a second daemon cannot silently share the port).
+ * Returns the fd, -1 when stats_listen is empty; fatal() on failure. */
+int stats_listen_open(const struct conf *c);
+/* stats_command - `perimd stats [-c FILE]` / `perimd healthcheck [-c FILE]`
+ * (argv[0] is the command); returns the exit status. */
+int stats_command(int argc, char **argv, const char *default_conf);
+/* stats_loop_start - on io loop 0: history ticks, the HTTP server on
+ * listen_fd (-1: none); nloops io loops run in all. */
+void stats_loop_start(struct ev_loop *loop, int listen_fd, int nloops);
+/* stats_loop_finished - every io thread, after its ev_run() returned. On
+ * loop 0 it keeps the loop running (HTTP answering 503) until every io
+ * loop has drained, then saves the history and closes the listener. */
+void stats_loop_finished(struct ev_loop *loop);
+
+/* Per-minute history (graph.c). */
+enum hist_series { HS_RECEIVED, HS_GREYLISTED, HS_REJECTED, HS_VIRUSES, HS_SESSIONS, HS_INFLIGHT, HS__COUNT };
+#define HIST_MINUTES (7 * 24 * 60)
+struct history {
+	uint64_t minute[HIST_MINUTES];    /* the minute (epoch / 60) a slot holds; 0 = empty */
+	double v[HIST_MINUTES][HS__COUNT];
+};
+/* history_sample - fold the counts since the last sample into the minute
+ * `now_min` (sums for counters, maxima for gauges). Loop 0 only. */
+void history_sample(struct history *h, uint64_t now_min, const double cur[HS__COUNT],
+		    double last[HS__COUNT]);
+/* history_save / history_load - text, one "minute v0 v1 ..." line per slot. */
+void history_serialize(const struct history *h, struct strbuf *out);
+int history_parse(struct history *h, const char *text, size_t len);
+/* graph_page - the status page (HTML with inline SVG). */
+void graph_page(struct strbuf *out, const struct history *h, uint64_t now_min);
+/* graph_svg - one graph: which = "messages" or "sessions", period = "hour",
+ * "day" or "week". Returns -1 for an unknown name. */
+int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min,
+	      const char *which, const char *period);
+
+#endif

@@ -1,0 +1,51 @@
+/*
+ * stats_names.h - THE table of fixed metrics, one line each, nothing else.
+ *
+ * STAT(id, type, name, labels, help)
+ *   id:     C name; the counter is ST_<id> (stats_inc(ST_<id>))
+ *   type:   COUNTER (only goes up) or GAUGE (stats_add() +1 / -1; the value
+ *           shown is the sum over threads, so add and subtract anywhere)
+ *   name:   the Prometheus metric name, perimd_...; rows sharing a name
+ *           MUST be adjacent (one HELP/TYPE block, one row per label set)
+ *   labels: "" or the label set without braces: "reason=\"size\""
+ * HIST(id, name, help): a histogram (SH_<id>) of milliseconds, shown in
+ *   seconds with the buckets of stats.c.
+ * Included with STAT and HIST defined; no include guard on purpose.
+ */
+
+/* Connections and sessions (smtpd.c) */
+STAT(conn_accepted, COUNTER, "perimd_connections_accepted_total", "", "SMTP connections accepted and greeted")
+STAT(conn_refused_max, COUNTER, "perimd_connections_refused_total", "reason=\"max_sessions\"", "SMTP connections refused at connect")
+STAT(conn_refused_client, COUNTER, "perimd_connections_refused_total", "reason=\"client_limit\"", "")
+STAT(conn_refused_early, COUNTER, "perimd_connections_refused_total", "reason=\"early_talker\"", "")
+STAT(inflight, GAUGE, "perimd_transactions_in_flight", "", "messages between the final dot and the reply to the client")
+STAT(smtp_errors, COUNTER, "perimd_smtp_error_replies_total", "", "error replies counted toward smtpd_soft/hard_error_limit")
+
+/* Messages (smtpd.c) */
+STAT(msg_received, COUNTER, "perimd_messages_received_total", "", "messages whose final dot was received")
+STAT(msg_relayed, COUNTER, "perimd_messages_relayed_total", "", "messages a backend accepted (2xx given to the client)")
+STAT(rej_relay_denied, COUNTER, "perimd_messages_rejected_total", "reason=\"relay_denied\"", "refusals by reason (RCPT-stage reasons count recipients, the others messages)")
+STAT(rej_unknown_recipient, COUNTER, "perimd_messages_rejected_total", "reason=\"unknown_recipient\"", "")
+STAT(rej_access, COUNTER, "perimd_messages_rejected_total", "reason=\"access\"", "")
+STAT(rej_rfc, COUNTER, "perimd_messages_rejected_total", "reason=\"rfc\"", "")
+STAT(rej_dnsbl, COUNTER, "perimd_messages_rejected_total", "reason=\"dnsbl\"", "")
+STAT(rej_size, COUNTER, "perimd_messages_rejected_total", "reason=\"size\"", "")
+STAT(rej_smuggling, COUNTER, "perimd_messages_rejected_total", "reason=\"smuggling\"", "")
+STAT(rej_loop, COUNTER, "perimd_messages_rejected_total", "reason=\"loop\"", "")
+STAT(rej_spool_full, COUNTER, "perimd_messages_rejected_total", "reason=\"spool_full\"", "")
+STAT(rej_virus, COUNTER, "perimd_messages_rejected_total", "reason=\"virus\"", "")
+STAT(rej_greylist, COUNTER, "perimd_messages_rejected_total", "reason=\"greylist\"", "")
+STAT(rej_tempfail, COUNTER, "perimd_messages_rejected_total", "reason=\"tempfail\"", "")
+STAT(rej_policy, COUNTER, "perimd_messages_rejected_total", "reason=\"policy\"", "")
+STAT(rej_backend_reject, COUNTER, "perimd_messages_rejected_total", "reason=\"backend_reject\"", "")
+STAT(rej_backend_tempfail, COUNTER, "perimd_messages_rejected_total", "reason=\"backend_tempfail\"", "")
+
+/* Backends (relay.c) */
+STAT(backend_connects, COUNTER, "perimd_backend_connections_total", "result=\"opened\"", "backend connections opened (TCP up) or failed")
+STAT(backend_connect_fail, COUNTER, "perimd_backend_connections_total", "result=\"failed\"", "")
+STAT(pool_waits, COUNTER, "perimd_backend_pool_waits_total", "", "messages that waited for a free backend connection")
+STAT(pool_timeouts, COUNTER, "perimd_backend_pool_timeouts_total", "", "messages that waited relay_pool_wait in vain")
+
+/* Histograms */
+HIST(latency, "perimd_message_latency_seconds", "end to end: final dot received to reply sent")
+HIST(backend, "perimd_backend_transaction_seconds", "backend attempt that decided a message: connection taken to verdict")
