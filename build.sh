@@ -17,7 +17,7 @@ ROOT=$(pwd)
 
 DEPS=(build-essential clang libclang-rt-14-dev mandoc postfix swaks
       python3-aiosmtpd python3-pytest libsqlite3-dev libc-ares-dev
-      libbearssl-dev pkg-config)
+      libbearssl-dev pkg-config libclamav-dev clamav-daemon)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {
@@ -37,9 +37,18 @@ deps() {
 	# (smtp-source, smtp-sink), so no configuration and no service.
 	echo "postfix postfix/main_mailer_type select No configuration" |
 		"${sudo[@]}" debconf-set-selections
+	# clamav-daemon is only a test peer (tests start their own clamd):
+	# policy-rc.d keeps apt from starting a system clamd or freshclam.
+	local prc=/usr/sbin/policy-rc.d made_prc=
+	if [ ! -e "$prc" ]; then
+		printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$prc" >/dev/null
+		"${sudo[@]}" chmod 755 "$prc"
+		made_prc=1
+	fi
 	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
 	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+	[ -z "$made_prc" ] || "${sudo[@]}" rm -f "$prc"
 }
 
 ncpu() { nproc 2>/dev/null || echo 2; }

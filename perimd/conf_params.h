@@ -44,6 +44,15 @@ PARAM(TIME, relay_data_done_timeout, "300s", 100, 540000, NULL, "backend reply t
 PARAM(TIME, relay_idle_timeout, "30s", 0, 3600000, NULL, "an idle pooled backend connection is closed after this")
 PARAM(TIME, relay_verify_negative_ttl, "3h", 0, 0, NULL, "how long a recipient refused by a backend is refused at RCPT")
 
+/* Content scanning */
+PARAM(STR, av_scanner, "none", 0, 0, NULL, "none, libclamav (a scanner process), clamd:/path/to/socket or clamd:HOST:PORT")
+PARAM(STR, clamav_database_directory, "/var/lib/clamav", 0, 0, NULL, "signature database of av_scanner = libclamav")
+PARAM(INT, av_threads, "0", 0, 256, NULL, "scanning threads of the scanner process; 0 = one per CPU")
+PARAM(TIME, av_timeout, "120s", 1000, 540000, NULL, "per scan; a scanner hung past it is restarted")
+PARAM(SIZE, av_max_size, "50m", 1024, 4294967295LL, NULL, "larger messages are not scanned but follow av_oversize_action")
+PARAM(ENUM, av_oversize_action, "reject", 0, 0, "reject|tempfail|accept", "a message over av_max_size: reject (552 5.3.4), tempfail (451 4.3.0) or accept (logged)")
+PARAM(ENUM, av_fail_action, "tempfail", 0, 0, "tempfail|accept", "scanner error, timeout or not running: tempfail (451 4.3.0) or accept (logged)")
+
 /* Observability */
 PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)")
 PARAM(ENUM, log_to, "syslog", 0, 0, "syslog|stderr", "where to log (-f implies stderr)")

@@ -8,6 +8,7 @@
  * plain code, never in a signal handler. Reloads swap in a new policy
  * snapshot; SIGTERM asks every loop to drain and joins them.
  */
+#include "av.h"
 #include "conf.h"
 #include "ev.h"
 #include "jobs.h"
@@ -15,6 +16,7 @@
 #include "net.h"
 #include "policy.h"
 #include "relay.h"
+#include "scanner.h"
 #include "smtpd.h"
 #include "spool.h"
 #include "stats.h"
@@ -177,6 +179,7 @@ static void reload(const char *path, int nov)
 		policy_release(old);
 	}
 	policy_install(p);
+	av_reload(c);
 	log_info("configuration reloaded from %s", path);
 }
 
@@ -186,6 +189,9 @@ int main(int argc, char **argv)
 	int nov = 0, fg = 0, verbose = 0, check = 0, dump_n = 0, dump_d = 0;
 	int opt;
 
+	/* The scanner process is perimd re-executed (av.c, scanner.h). */
+	if (argc > 1 && !strcmp(argv[1], SCANNER_ARG))
+		return scanner_main(argc, argv);
 	if (argc > 1 && (!strcmp(argv[1], "stats") || !strcmp(argv[1], "healthcheck")))
 		return stats_command(argc - 1, argv + 1, DEFAULT_CONF);
 	while ((opt = getopt(argc, argv, "c:o:fvtndV")) != -1) {
@@ -203,6 +209,7 @@ int main(int argc, char **argv)
 		case 'V':
 			printf("perimd %s\nfeatures: smtp pipelining 8bitmime smtputf8 dsn relay-pool\n",
 			       PERIMD_VERSION);
+			printf("libclamav %s\n", scanner_version());
 			return 0;
 		default: usage();
 		}
@@ -300,6 +307,15 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
 	jobs_start(2);
+	{
+		/* No mail before the virus scanner has its engine loaded. */
+		struct ev_loop **loops = xcalloc((size_t)nthreads, sizeof *loops);
+		for (int t = 0; t < nthreads; t++)
+			loops[t] = threads[t].loop;
+		if (av_start(c, loops, nthreads, err, sizeof err) < 0)
+			fatal("%s", err);
+		free(loops);
+	}
 	for (int t = 0; t < nthreads; t++)
 		if (pthread_create(&threads[t].tid, NULL, io_main, &threads[t]) != 0)
 			fatal("cannot start io thread");
@@ -324,6 +340,7 @@ int main(int argc, char **argv)
 	for (int t = 0; t < nthreads; t++)
 		pthread_join(threads[t].tid, NULL);
 	jobs_stop();
+	av_stop();
 	log_info("stopped");
 	return 0;
 }

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 struct spool {
@@ -173,6 +174,40 @@ size_t spool_peek(struct spool *s, uint64_t off, const void **p)
 		return 0;
 	*p = s->mem + off;
 	return s->len - (size_t)off;
+}
+
+/* spool_fd - the body as a file: a spilled body is already one; an
+ * in-memory body moves into a memfd (its heap copy is freed, so the bytes
+ * are not held twice while a scanner reads them). */
+int spool_fd(struct spool *s)
+{
+	if (s->fd >= 0)
+		return s->fd;
+	if (s->failed) {
+		errno = EINVAL;
+		return -1;
+	}
+	int fd = memfd_create("perimd-body", MFD_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	size_t off = 0;
+	while (off < s->len) {
+		ssize_t n = write(fd, s->mem + off, s->len - off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			int e = errno;
+			close(fd);
+			errno = e;
+			return -1;
+		}
+		off += (size_t)n;
+	}
+	free(s->mem);
+	s->mem = NULL;
+	s->len = s->cap = 0;
+	s->fd = fd;
+	return fd;
 }
 
 /* spool_free - release everything and the accounted bytes. */

@@ -36,6 +36,11 @@ ssize_t spool_read(struct spool *s, uint64_t off, void *buf, size_t len);
 /* spool_peek - zero-copy view at off when the body is in memory: sets *p
  * and returns the contiguous length available; returns 0 when on file. */
 size_t spool_peek(struct spool *s, uint64_t off, const void **p);
+/* spool_fd - the body as a readable file descriptor (an in-memory body
+ * moves into a memfd first), owned by the spool: valid until spool_free(),
+ * never to be closed by the caller; readers use pread() or their own dup.
+ * Call after spool_finish(). Returns -1 with errno on failure. */
+int spool_fd(struct spool *s);
 /* spool_free - releases memory, file and the accounted bytes. */
 void spool_free(struct spool *s);
 

@@ -1,0 +1,424 @@
+/*
+ * scanner.c - the scanner process: one libclamav engine, av_threads worker
+ * threads, the io loops' request sockets and the supervisor's control
+ * socket (see scanner.h for the protocol).
+ *
+ * Invariants:
+ * - This process holds no network socket and no key: it is started by
+ *   re-executing perimd (so nothing of the threaded parent's state is
+ *   inherited), closes every descriptor but its own sockets, and limits
+ *   itself (no core files, bounded temporary file size, no new privileges).
+ *   It dies with the thread that started it (PR_SET_PDEATHSIG).
+ * - The engine in use is reference-counted: a scan holds a reference from
+ *   start to end, so a reload swaps a new compiled engine in while scans in
+ *   flight finish on the old one, which is freed by the last of them. A
+ *   database that fails to load or compile leaves the old engine in place.
+ * - Every request gets exactly one answer on its own socket; the main
+ *   thread only reads requests and control messages, the workers scan and
+ *   answer. The process never exits through exit(): _exit() skips atexit
+ *   work (and libclamav's global state) that the parent does not need.
+ */
+#include "scanner.h"
+#include "log.h"
+
+#include <clamav.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DIRCHECK_MS 5000
+
+struct engine {
+	struct cl_engine *cl;
+	unsigned sigs;
+	int refs;            /* under eng_mu */
+};
+
+struct job {
+	struct job *next;
+	int sock;
+	int fd;
+	uint64_t id;
+};
+
+static const char *db_dir, *tmp_dir;
+static long long max_size, timeout_ms;
+static int nthreads;
+
+static pthread_mutex_t eng_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct engine *engine;     /* current; holds one reference */
+
+static pthread_mutex_t q_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t q_cv = PTHREAD_COND_INITIALIZER;
+static struct job *q_head, *q_tail;
+
+static pthread_mutex_t ctl_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t *busy_since;      /* per worker: ms when its scan began, 0 idle */
+static int reloading;             /* atomic: a reload thread runs */
+
+/* now_ms - monotonic milliseconds. */
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ctl_send - one control message to the supervisor. */
+static void ctl_send(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void ctl_send(const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof buf)
+		n = sizeof buf - 1;
+	pthread_mutex_lock(&ctl_mu);
+	while (send(SCANNER_CTL_FD, buf, (size_t)n, MSG_NOSIGNAL) < 0 && errno == EINTR)
+		;
+	pthread_mutex_unlock(&ctl_mu);
+}
+
+/* engine_build - load and compile a new engine from db_dir. */
+static struct engine *engine_build(char *err, size_t errlen)
+{
+	struct cl_engine *cl = cl_engine_new();
+	if (!cl) {
+		snprintf(err, errlen, "cl_engine_new failed");
+		return NULL;
+	}
+	/* libclamav aborts a scan itself a little before av_timeout, so a
+	 * slow message is an error answer, not a killed scanner. */
+	long long scantime = timeout_ms > 2000 ? timeout_ms - 1000 : timeout_ms;
+	cl_engine_set_num(cl, CL_ENGINE_MAX_SCANTIME, scantime);
+	cl_engine_set_num(cl, CL_ENGINE_MAX_FILESIZE, max_size);
+	/* Decoded attachments and archive members add up beyond the message. */
+	cl_engine_set_num(cl, CL_ENGINE_MAX_SCANSIZE, max_size * 4);
+	if (*tmp_dir)
+		cl_engine_set_str(cl, CL_ENGINE_TMPDIR, tmp_dir);
+	unsigned sigs = 0;
+	cl_error_t rc = cl_load(db_dir, cl, &sigs, CL_DB_STDOPT);
+	if (rc == CL_SUCCESS)
+		rc = cl_engine_compile(cl);
+	if (rc != CL_SUCCESS) {
+		snprintf(err, errlen, "%s: %s", db_dir, cl_strerror(rc));
+		cl_engine_free(cl);
+		return NULL;
+	}
+	if (sigs == 0) {
+		snprintf(err, errlen, "%s: no signatures", db_dir);
+		cl_engine_free(cl);
+		return NULL;
+	}
+	struct engine *e = xcalloc(1, sizeof *e);
+	e->cl = cl;
+	e->sigs = sigs;
+	e->refs = 1;
+	return e;
+}
+
+/* engine_get - the current engine, with a reference. */
+static struct engine *engine_get(void)
+{
+	pthread_mutex_lock(&eng_mu);
+	struct engine *e = engine;
+	e->refs++;
+	pthread_mutex_unlock(&eng_mu);
+	return e;
+}
+
+/* engine_put - drop a reference; the last one frees the engine. */
+static void engine_put(struct engine *e)
+{
+	pthread_mutex_lock(&eng_mu);
+	int last = --e->refs == 0;
+	pthread_mutex_unlock(&eng_mu);
+	if (last) {
+		cl_engine_free(e->cl);
+		free(e);
+	}
+}
+
+/* reload_main - build a new engine and swap it in; report the outcome. */
+static void *reload_main(void *arg)
+{
+	char err[512];
+	uint64_t t0 = now_ms();
+	struct engine *e = engine_build(err, sizeof err);
+	if (!e) {
+		ctl_send("reload-failed %s", err);
+	} else {
+		pthread_mutex_lock(&eng_mu);
+		struct engine *old = engine;
+		engine = e;
+		pthread_mutex_unlock(&eng_mu);
+		engine_put(old);
+		ctl_send("reloaded %u %llu", e->sigs, (unsigned long long)(now_ms() - t0));
+	}
+	__atomic_store_n(&reloading, 0, __ATOMIC_RELEASE);
+	return arg;
+}
+
+/* reload_start - start a reload unless one runs already. */
+static void reload_start(void)
+{
+	if (__atomic_exchange_n(&reloading, 1, __ATOMIC_ACQ_REL))
+		return;
+	pthread_t t;
+	pthread_attr_t a;
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&t, &a, reload_main, NULL) != 0) {
+		__atomic_store_n(&reloading, 0, __ATOMIC_RELEASE);
+		ctl_send("reload-failed cannot start a thread");
+	}
+	pthread_attr_destroy(&a);
+}
+
+/* answer - send one answer on the request's socket. */
+static void answer(int sock, uint64_t id, int status, uint32_t ms, const char *name)
+{
+	struct scanner_ans a;
+	memset(&a, 0, sizeof a);
+	a.id = id;
+	a.status = status;
+	a.ms = ms;
+	snprintf(a.name, sizeof a.name, "%s", name ? name : "");
+	while (send(sock, &a, sizeof a, MSG_NOSIGNAL) < 0 && errno == EINTR)
+		;
+}
+
+/* scan_one - scan a descriptor with the current engine. */
+static void scan_one(struct job *j, uint64_t *busy)
+{
+	struct cl_scan_options o;
+	memset(&o, 0, sizeof o);
+	/* Heuristics (phishing, broken media) as clamd's defaults; every
+	 * parser, so MIME parts are decoded and archives opened. The whole
+	 * message is scanned raw first by libclamav itself. */
+	o.general = CL_SCAN_GENERAL_HEURISTICS;
+	o.parse = ~0u;
+	uint64_t t0 = now_ms();
+	__atomic_store_n(busy, t0, __ATOMIC_RELAXED);
+	struct engine *e = engine_get();
+	const char *virname = NULL;
+	unsigned long scanned = 0;
+	cl_error_t rc = cl_scandesc(j->fd, NULL, &virname, &scanned, e->cl, &o);
+	uint32_t ms = (uint32_t)(now_ms() - t0);
+	if (rc == CL_VIRUS)
+		answer(j->sock, j->id, SCANNER_VIRUS, ms, virname ? virname : "unknown");
+	else if (rc == CL_CLEAN)
+		answer(j->sock, j->id, SCANNER_CLEAN, ms, NULL);
+	else
+		answer(j->sock, j->id, SCANNER_ERROR, ms, cl_strerror(rc));
+	engine_put(e);
+	__atomic_store_n(busy, 0, __ATOMIC_RELAXED);
+}
+
+/* worker_main - take requests off the queue and scan them. */
+static void *worker_main(void *arg)
+{
+	uint64_t *busy = arg;
+	for (;;) {
+		pthread_mutex_lock(&q_mu);
+		while (!q_head)
+			pthread_cond_wait(&q_cv, &q_mu);
+		struct job *j = q_head;
+		q_head = j->next;
+		if (!q_head)
+			q_tail = NULL;
+		pthread_mutex_unlock(&q_mu);
+		scan_one(j, busy);
+		close(j->fd);
+		free(j);
+	}
+	return NULL;
+}
+
+/* read_request - one request from a loop socket; -1 when it is closed. */
+static int read_request(int sock)
+{
+	struct scanner_req r;
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} cm;
+	struct iovec iov = { &r, sizeof r };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cm.buf, .msg_controllen = sizeof cm.buf };
+	ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	if (n < 0)
+		return errno == EINTR || errno == EAGAIN ? 0 : -1;
+	if (n == 0)
+		return -1;
+	int fd = -1;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+		    c->cmsg_len == CMSG_LEN(sizeof(int)))
+			memcpy(&fd, CMSG_DATA(c), sizeof fd);
+	if ((size_t)n != sizeof r || fd < 0 || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+		if (fd >= 0)
+			close(fd);
+		answer(sock, (size_t)n >= sizeof r.id ? r.id : 0, SCANNER_ERROR, 0, "bad request");
+		return 0;
+	}
+	struct job *j = xcalloc(1, sizeof *j);
+	j->sock = sock;
+	j->fd = fd;
+	j->id = r.id;
+	pthread_mutex_lock(&q_mu);
+	if (q_tail)
+		q_tail->next = j;
+	else
+		q_head = j;
+	q_tail = j;
+	pthread_cond_signal(&q_cv);
+	pthread_mutex_unlock(&q_mu);
+	return 0;
+}
+
+/* control - one message from the supervisor; -1 when it is gone. */
+static int control(void)
+{
+	char buf[256];
+	ssize_t n = recv(SCANNER_CTL_FD, buf, sizeof buf - 1, MSG_DONTWAIT);
+	if (n < 0)
+		return errno == EINTR || errno == EAGAIN ? 0 : -1;
+	if (n == 0)
+		return -1;
+	buf[n] = 0;
+	if (!strcmp(buf, "ping")) {
+		uint64_t now = now_ms(), oldest = 0;
+		int inflight = 0;
+		for (int i = 0; i < nthreads; i++) {
+			uint64_t b = __atomic_load_n(&busy_since[i], __ATOMIC_RELAXED);
+			if (b) {
+				inflight++;
+				if (now - b > oldest)
+					oldest = now - b;
+			}
+		}
+		ctl_send("pong %llu %d", (unsigned long long)oldest, inflight);
+	} else if (!strcmp(buf, "reload")) {
+		reload_start();
+	}
+	return 0;
+}
+
+/* confine - drop what a scanner does not need. */
+static void confine(int nfds)
+{
+	/* Only our sockets (and stdio for the log) stay open. */
+	close_range(SCANNER_LOOP_FD + (unsigned)nfds, ~0u, 0);
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+	struct rlimit rl = { 0, 0 };
+	setrlimit(RLIMIT_CORE, &rl);
+	/* Temporary files of decoded parts: bounded; EFBIG instead of a signal. */
+	signal(SIGXFSZ, SIG_IGN);
+	rl.rlim_cur = rl.rlim_max = (rlim_t)(max_size * 4 + (64 << 20));
+	setrlimit(RLIMIT_FSIZE, &rl);
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
+	signal(SIGINT, SIG_IGN);
+}
+
+/* scanner_version - the libclamav version. */
+const char *scanner_version(void)
+{
+	return cl_retver();
+}
+
+/* scanner_main - the scanner process (see scanner.h). */
+int scanner_main(int argc, char **argv)
+{
+	if (argc != 8) {
+		fprintf(stderr, "perimd: %s is internal\n", SCANNER_ARG);
+		_exit(2);
+	}
+	db_dir = argv[2];
+	tmp_dir = argv[3];
+	nthreads = atoi(argv[4]);
+	max_size = atoll(argv[5]);
+	timeout_ms = atoll(argv[6]);
+	int nloops = atoi(argv[7]);
+	if (nthreads <= 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		nthreads = n > 0 ? (int)n : 1;
+	}
+	if (nloops < 1 || nloops > 1024)
+		_exit(2);
+	confine(nloops);
+	if (getppid() == 1)
+		_exit(0);
+
+	char err[512];
+	uint64_t t0 = now_ms();
+	cl_error_t rc = cl_init(CL_INIT_DEFAULT);
+	if (rc != CL_SUCCESS) {
+		ctl_send("error cl_init: %s", cl_strerror(rc));
+		_exit(1);
+	}
+	engine = engine_build(err, sizeof err);
+	if (!engine) {
+		ctl_send("error %s", err);
+		_exit(1);
+	}
+	struct cl_stat dirstat;
+	memset(&dirstat, 0, sizeof dirstat);
+	cl_statinidir(db_dir, &dirstat);
+
+	busy_since = xcalloc((size_t)nthreads, sizeof *busy_since);
+	for (int i = 0; i < nthreads; i++) {
+		pthread_t t;
+		if (pthread_create(&t, NULL, worker_main, &busy_since[i]) != 0) {
+			ctl_send("error cannot start scanning threads");
+			_exit(1);
+		}
+	}
+	ctl_send("ready %u %llu %d", engine->sigs, (unsigned long long)(now_ms() - t0), nthreads);
+
+	struct pollfd *pf = xcalloc((size_t)nloops + 1, sizeof *pf);
+	pf[0].fd = SCANNER_CTL_FD;
+	pf[0].events = POLLIN;
+	for (int i = 0; i < nloops; i++) {
+		pf[i + 1].fd = SCANNER_LOOP_FD + i;
+		pf[i + 1].events = POLLIN;
+	}
+	uint64_t next_check = now_ms() + DIRCHECK_MS;
+	for (;;) {
+		int n = poll(pf, (nfds_t)nloops + 1, DIRCHECK_MS);
+		if (n < 0 && errno != EINTR)
+			_exit(1);
+		if (pf[0].revents && control() < 0)
+			_exit(0);   /* the supervisor is gone */
+		for (int i = 1; i <= nloops; i++)
+			if (pf[i].revents && pf[i].fd >= 0 && read_request(pf[i].fd) < 0)
+				pf[i].fd = -1;
+		if (now_ms() >= next_check) {
+			next_check = now_ms() + DIRCHECK_MS;
+			/* A changed database directory reloads, as SIGHUP does. */
+			if (cl_statchkdir(&dirstat) == 1) {
+				cl_statfree(&dirstat);
+				cl_statinidir(db_dir, &dirstat);
+				ctl_send("log %s changed, reloading signatures", db_dir);
+				reload_start();
+			}
+		}
+	}
+}

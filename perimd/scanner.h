@@ -1,0 +1,56 @@
+/*
+ * scanner.h - the scanner process: owns the libclamav engine and scans the
+ * message file descriptors the io loops pass it; and its wire protocol.
+ *
+ * The process is perimd itself, re-executed (never a bare fork of the
+ * threaded parent) as `perimd --scanner ARGS` with its sockets at fixed
+ * descriptors: SCANNER_CTL_FD is the control socket to the supervisor
+ * (av.c), SCANNER_LOOP_FD + i the request socket of io loop i. All are
+ * AF_UNIX SOCK_SEQPACKET, so every message arrives whole or not at all.
+ *
+ * Requests: a struct scanner_req with exactly one descriptor attached
+ * (SCM_RIGHTS), read-only use, any file offset (the scanner reads with
+ * pread). Answers: one struct scanner_ans per request, on the socket the
+ * request came from, in completion order (match them by id).
+ *
+ * Control, text messages: the scanner sends "ready N MS THREADS" (N
+ * signatures loaded in MS ms) once its first engine is compiled, or "error
+ * TEXT" and exits; "log TEXT" is a line for perimd's log (the scanner does
+ * not log itself, so its lines go wherever perimd's go). The supervisor
+ * sends "ping" (answered "pong AGE INFLIGHT": AGE = ms the oldest running
+ * scan has taken, 0 when idle) and "reload" (answered "reloaded N" or
+ * "reload-failed TEXT"; the scanner also reloads on its own when the
+ * database directory changes, and reports the same way).
+ */
+#ifndef PERIMD_SCANNER_H
+#define PERIMD_SCANNER_H
+
+#include <stdint.h>
+
+#define SCANNER_ARG "--scanner"
+#define SCANNER_CTL_FD 3
+#define SCANNER_LOOP_FD 4
+#define SCANNER_NAME_MAX 160
+
+enum scanner_status { SCANNER_CLEAN = 0, SCANNER_VIRUS = 1, SCANNER_ERROR = 2 };
+
+struct scanner_req {
+	uint64_t id;
+};
+
+struct scanner_ans {
+	uint64_t id;
+	int32_t status;              /* enum scanner_status */
+	uint32_t ms;                 /* time spent scanning */
+	char name[SCANNER_NAME_MAX]; /* virus name or error text, NUL-terminated */
+};
+
+/* scanner_main - the hidden mode: argv is
+ *   perimd --scanner DBDIR TMPDIR THREADS MAX_SIZE TIMEOUT_MS NLOOPS
+ * Never returns to the caller's code: exits the process. */
+int scanner_main(int argc, char **argv);
+
+/* scanner_version - the libclamav version linked in. */
+const char *scanner_version(void);
+
+#endif
