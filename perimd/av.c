@@ -78,6 +78,7 @@ struct av_req {
 	struct spool *sp;
 	char msgid[16];
 	uint64_t id, t0;
+	long engine_us;          /* scanner's own time; -1 unknown */
 	int fd;                  /* spool's, not ours */
 	av_done_fn *done;
 	void *arg;
@@ -265,12 +266,15 @@ static void finish(struct av_req *r, enum av_outcome o, const char *text)
 {
 	const struct conf *cf = r->cf;
 	double secs = (double)(ev_now(r->loop) - r->t0) / 1000.0;
+	char eng[48] = "";
+	if (r->engine_us >= 0)
+		snprintf(eng, sizeof eng, ", engine=%.6f", (double)r->engine_us / 1e6);
 	const char *refusal = NULL;
 	count_time(ev_now(r->loop) - r->t0);
 	switch (o) {
 	case AVO_CLEAN:
 		__atomic_add_fetch(&counters.scanned, 1, __ATOMIC_RELAXED);
-		log_info("%s: av: clean, scan=%.3f", r->msgid, secs);
+		log_info("%s: av: clean, scan=%.3f%s", r->msgid, secs, eng);
 		break;
 	case AVO_VIRUS:
 		__atomic_add_fetch(&counters.scanned, 1, __ATOMIC_RELAXED);
@@ -279,15 +283,15 @@ static void finish(struct av_req *r, enum av_outcome o, const char *text)
 			snprintf(r->text, sizeof r->text, "%s", text);
 		clean_name(r->text);
 		count_virus(r->text);
-		log_info("%s: av: virus found: %s, scan=%.3f", r->msgid, r->text, secs);
+		log_info("%s: av: virus found: %s, scan=%.3f%s", r->msgid, r->text, secs, eng);
 		snprintf(r->refusal, sizeof r->refusal, "554 5.7.1 message rejected: virus found: %s",
 			 r->text);
 		refusal = r->refusal;
 		break;
 	case AVO_FAIL:
 		__atomic_add_fetch(&counters.errors, 1, __ATOMIC_RELAXED);
-		log_warn("%s: av: scan failed: %s, scan=%.3f, av_fail_action=%s", r->msgid, text, secs,
-			 cf->av_fail_action);
+		log_warn("%s: av: scan failed: %s, scan=%.3f%s, av_fail_action=%s", r->msgid, text, secs,
+			 eng, cf->av_fail_action);
 		if (strcmp(cf->av_fail_action, "accept") != 0)
 			refusal = "451 4.3.0 content scanner unavailable";
 		break;
@@ -415,6 +419,7 @@ static void al_io(void *arg, unsigned events)
 			r = r->next;
 		if (!r)
 			continue;   /* cancelled or timed out meanwhile */
+		r->engine_us = a.us;
 		finish(r, a.status == SCANNER_VIRUS ? AVO_VIRUS : a.status == SCANNER_CLEAN ? AVO_CLEAN : AVO_FAIL,
 		       a.name);
 	}
@@ -577,6 +582,7 @@ struct av_req *av_scan(struct ev_loop *loop, const struct conf *cf, struct spool
 	r->done = done;
 	r->arg = arg;
 	r->t0 = ev_now(loop);
+	r->engine_us = -1;
 	snprintf(r->msgid, sizeof r->msgid, "%s", msgid);
 	ev_timer_start(loop, &r->timer, (uint64_t)cf->av_timeout, on_timeout, r);
 	struct sockaddr_storage ss;

@@ -67,6 +67,14 @@ static pthread_mutex_t ctl_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t *busy_since;      /* per worker: ms when its scan began, 0 idle */
 static int reloading;             /* atomic: a reload thread runs */
 
+/* now_us - monotonic microseconds. */
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 /* now_ms - monotonic milliseconds. */
 static uint64_t now_ms(void)
 {
@@ -191,13 +199,13 @@ static void reload_start(void)
 }
 
 /* answer - send one answer on the request's socket. */
-static void answer(int sock, uint64_t id, int status, uint32_t ms, const char *name)
+static void answer(int sock, uint64_t id, int status, uint32_t us, const char *name)
 {
 	struct scanner_ans a;
 	memset(&a, 0, sizeof a);
 	a.id = id;
 	a.status = status;
-	a.ms = ms;
+	a.us = us;
 	snprintf(a.name, sizeof a.name, "%s", name ? name : "");
 	while (send(sock, &a, sizeof a, MSG_NOSIGNAL) < 0 && errno == EINTR)
 		;
@@ -213,19 +221,21 @@ static void scan_one(struct job *j, uint64_t *busy)
 	 * message is scanned raw first by libclamav itself. */
 	o.general = CL_SCAN_GENERAL_HEURISTICS;
 	o.parse = ~0u;
-	uint64_t t0 = now_ms();
-	__atomic_store_n(busy, t0, __ATOMIC_RELAXED);
+	uint64_t t0 = now_us();
+	__atomic_store_n(busy, now_ms(), __ATOMIC_RELAXED);
 	struct engine *e = engine_get();
 	const char *virname = NULL;
 	unsigned long scanned = 0;
 	cl_error_t rc = cl_scandesc(j->fd, NULL, &virname, &scanned, e->cl, &o);
-	uint32_t ms = (uint32_t)(now_ms() - t0);
+	uint64_t us = now_us() - t0;
+	if (us > UINT32_MAX)
+		us = UINT32_MAX;
 	if (rc == CL_VIRUS)
-		answer(j->sock, j->id, SCANNER_VIRUS, ms, virname ? virname : "unknown");
+		answer(j->sock, j->id, SCANNER_VIRUS, (uint32_t)us, virname ? virname : "unknown");
 	else if (rc == CL_CLEAN)
-		answer(j->sock, j->id, SCANNER_CLEAN, ms, NULL);
+		answer(j->sock, j->id, SCANNER_CLEAN, (uint32_t)us, NULL);
 	else
-		answer(j->sock, j->id, SCANNER_ERROR, ms, cl_strerror(rc));
+		answer(j->sock, j->id, SCANNER_ERROR, (uint32_t)us, cl_strerror(rc));
 	engine_put(e);
 	__atomic_store_n(busy, 0, __ATOMIC_RELAXED);
 }

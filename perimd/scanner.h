@@ -41,7 +41,7 @@ struct scanner_req {
 struct scanner_ans {
 	uint64_t id;
 	int32_t status;              /* enum scanner_status */
-	uint32_t ms;                 /* time spent scanning */
+	uint32_t us;                 /* time spent scanning, microseconds */
 	char name[SCANNER_NAME_MAX]; /* virus name or error text, NUL-terminated */
 };
 

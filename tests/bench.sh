@@ -5,6 +5,12 @@
 #   tests/bench.sh          smtp-source -> smtp-sink directly, then
 #                           smtp-source -> perimd (build/dev) -> smtp-sink, same run,
 #                           for each of CONC sessions x SIZES bytes; then 512 idle sessions
+#   tests/bench.sh av       virus scanning (av_scanner = libclamav, a test database):
+#                           SMTP throughput at AV_CONC sessions with scanning off and on
+#                           (same run), scan latency p50/p99 (end of DATA to verdict)
+#                           and engine time per message, scan capacity (messages/s and
+#                           MB/s over av_threads), scanner CPU per message, and the
+#                           scanner process's memory (VmHWM, engine included)
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -116,6 +122,7 @@ start_perimd() {
 		# Checks that would need DNS or a database, where the binary has them.
 		has_param greylist && echo "greylist = no"
 		has_param reject_unknown_sender_domain && echo "reject_unknown_sender_domain = no"
+		for l in "${EXTRA_CONF[@]}"; do echo "$l"; done
 		true
 	} >"$d/perimd.conf"
 	"$PERIMD" -f -c "$d/perimd.conf" >"$d/perimd.log" 2>&1 &
@@ -157,6 +164,67 @@ peers() {
 	bash "$peer" run direct postfix haraka perimd
 	bash "$peer" idle postfix haraka perimd
 }
+
+EXTRA_CONF=()
+
+# av_bench - scanning off and on, same run (./build.sh bench av).
+av_bench() {
+	local conc=${AV_CONC:-100} msgs=${AV_MSGS:-3000} threads=${AV_THREADS:-0} db=$WORK/avdb
+	mkdir -p "$db"
+	# The EICAR string is built here from pieces (no file holds it whole).
+	"$PY" - "$db" <<'EOF'
+import os, sys
+e = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*").encode()
+with open(os.path.join(sys.argv[1], "bench.ndb"), "w") as f:
+    f.write("Bench.EICAR:0:*:%s\nBench.Marker:0:*:%s\n" % (e.hex(), b"perimd-bench-marker".hex()))
+EOF
+	local common=("max_sessions = 4000")
+	has_param stats_listen && common+=("stats_listen =")
+	echo "perimd bench av: $conc sessions, $msgs messages per size, SIZES=\"$SIZES\", av_threads=$threads, $(nproc) CPUs"
+	start_sink
+	printf '%-8s %9s %9s %6s %8s %8s %9s %10s %9s %14s %14s\n' bytes off/s on/s ratio \
+		p50_ms p99_ms engine_ms scan_msg/s scan_MB/s scanner_cpu_ms scanner_hwm_kB
+	local s toff ton log spid nthr skip c0 c1 p50 p99 eng
+	for s in $SIZES; do
+		EXTRA_CONF=("${common[@]}")
+		start_perimd
+		source_run "$PERIMD_PORT" 10 "$WARMUP" "$s" >/dev/null
+		toff=$(source_run "$PERIMD_PORT" "$conc" "$msgs" "$s")
+		kill -TERM "$PERIMD_PID"
+		wait "$PERIMD_PID" 2>/dev/null || true
+		EXTRA_CONF=("${common[@]}" "av_scanner = libclamav" "clamav_database_directory = $db"
+			"av_threads = $threads")
+		start_perimd
+		log=$WORK/perimd.$PERIMD_PORT/perimd.log
+		spid=$(sed -n 's/.*scanner process \([0-9]*\) ready.*/\1/p' "$log" | head -1)
+		nthr=$(sed -n 's/.*scanner process .* ms, \([0-9]*\) threads.*/\1/p' "$log" | head -1)
+		source_run "$PERIMD_PORT" 10 "$WARMUP" "$s" >/dev/null
+		skip=$(grep -c 'av: clean' "$log" || true)
+		c0=$(cpu_ticks "$spid")
+		ton=$(source_run "$PERIMD_PORT" "$conc" "$msgs" "$s")
+		c1=$(cpu_ticks "$spid")
+		# Latency: end of DATA to verdict (queueing included); engine: the scan itself.
+		tail -n +"$((skip + 1))" "$log" | grep 'av: clean' |
+			sed 's/.*scan=\([0-9.]*\), engine=\([0-9.]*\).*/\1 \2/' | sort -n >"$WORK/lat"
+		read -r p50 p99 eng <<<"$(awk '{ l[NR] = $1 * 1000; e += $2 * 1000 } END {
+			if (!NR) { print "NA NA NA"; exit }
+			i50 = int(NR * 0.5); i99 = int(NR * 0.99); if (i50 < 1) i50 = 1; if (i99 < 1) i99 = 1
+			printf "%.1f %.1f %.3f\n", l[i50], l[i99], e / NR }' "$WORK/lat")"
+		printf '%-8s %9s %9s %6s %8s %8s %9s %10s %9s %14s %14s\n' "$s" \
+			"$(fdiv "$msgs" "$toff")" "$(fdiv "$msgs" "$ton")" "$(fdiv "$toff" "$ton" %.2f)" \
+			"$p50" "$p99" "$eng" "$(fdiv $((nthr * 1000)) "$eng" %.0f)" \
+			"$(awk -v t="$nthr" -v e="$eng" -v b="$s" 'BEGIN { if (e + 0 == 0) print "NA"; else printf "%.1f", t * 1000 / e * b / 1048576 }')" \
+			"$(fdiv $(((c1 - c0) * 1000)) $((TICK * msgs)) %.3f)" "$(status_kb "$spid" VmHWM)"
+		kill -TERM "$PERIMD_PID"
+		wait "$PERIMD_PID" 2>/dev/null || true
+	done
+	echo "ratio = on/s over off/s; scan_msg/s, scan_MB/s = scanner threads / mean engine time (the scanner alone)"
+}
+
+if [ "${1:-}" = av ]; then
+	av_bench
+	exit 0
+fi
 
 if [ "${1:-}" = peers ]; then
 	peers
