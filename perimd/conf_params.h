@@ -26,6 +26,9 @@ PARAM(INT, smtpd_soft_error_limit, "10", 0, 1000, NULL, "errors after which each
 PARAM(INT, smtpd_hard_error_limit, "20", 1, 1000, NULL, "errors after which the session is closed")
 PARAM(TIME, smtpd_error_sleep_time, "1s", 0, 60000, NULL, "delay of each error reply past the soft limit")
 PARAM(TIME, shutdown_timeout, "30s", 0, 3600000, NULL, "on SIGTERM, how long open sessions may finish")
+PARAM(ENUM, smtpd_tls_security_level, "may", 0, 0, "none|may", "may: offer STARTTLS when smtpd_tls_cert_file and smtpd_tls_key_file are set; none: never")
+PARAM(STR, smtpd_tls_cert_file, "", 0, 0, NULL, "PEM file: the server certificate, then its chain")
+PARAM(STR, smtpd_tls_key_file, "", 0, 0, NULL, "PEM file: the RSA or EC private key of smtpd_tls_cert_file")
 PARAM(STR, mail_owner, "perimd", 0, 0, NULL, "user to run as after binding ports")
 PARAM(STR, data_directory, "/var/lib/perimd", 0, 0, NULL, "state: databases, statistics history")
 PARAM(STR, body_spool_directory, "/dev/shm/perimd", 0, 0, NULL, "where bodies over body_memory_limit spill")
@@ -43,6 +46,9 @@ PARAM(TIME, relay_timeout, "120s", 100, 540000, NULL, "backend reply timeout for
 PARAM(TIME, relay_data_done_timeout, "300s", 100, 540000, NULL, "backend reply timeout after the final dot")
 PARAM(TIME, relay_idle_timeout, "30s", 0, 3600000, NULL, "an idle pooled backend connection is closed after this")
 PARAM(TIME, relay_verify_negative_ttl, "3h", 0, 0, NULL, "how long a recipient refused by a backend is refused at RCPT")
+PARAM(ENUM, relay_tls_security_level, "may", 0, 0, "none|may|encrypt|verify", "STARTTLS to backends: none, may (when offered), encrypt (required), verify (required, certificate checked)")
+PARAM(STR, relay_tls_CAfile, "", 0, 0, NULL, "PEM file of trust anchors for relay_tls_security_level = verify")
+PARAM(STR, relay_tls_verify_name, "", 0, 0, NULL, "name the backend certificate must carry when the backend is written as an address")
 
 /* Content scanning */
 PARAM(STR, av_scanner, "none", 0, 0, NULL, "none, libclamav (a scanner process), clamd:/path/to/socket or clamd:HOST:PORT")

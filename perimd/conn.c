@@ -14,10 +14,17 @@
  *   stack: conn_free() then only marks the connection dead.
  * - End of input from the peer is reported (on_error 0) only after the owner
  *   had the chance to process everything buffered before it.
+ * - TLS (optional, after conn_starttls()) sits under both buffers: the
+ *   owner reads and writes plaintext exactly as before; conn_tls_pump()
+ *   moves bytes socket <-> engine <-> buffers. Input buffered when TLS
+ *   starts is dropped (RFC 3207 §4.2, CVE-2011-0411), output queued before
+ *   it leaves in plaintext first (the "220 Ready to start TLS"). The engine
+ *   and its ~33 KB buffer exist only for TLS connections.
  */
 #include "conn.h"
 #include "ev.h"
 #include "log.h"
+#include "tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -61,11 +68,20 @@ struct conn {
 	unsigned reported : 1;    /* on_error already called */
 	int busy;
 	int pending_err;          /* connect() failed at once: reported later */
+	struct tls *tls;          /* NULL: plaintext */
+	conn_tls_fn *tls_cb;      /* handshake outcome, owed while tls_hs */
+	size_t tls_raw;           /* output bytes still to leave in plaintext */
+	int tls_err;              /* BearSSL error of a failed session */
+	unsigned tls_hs : 1;      /* handshake in progress */
+	unsigned tls_closing : 1; /* close_notify queued */
 	char peer[INET6_ADDRSTRLEN];
 };
 
 static void conn_io(void *arg, unsigned events);
 static void conn_update(struct conn *c);
+static void conn_tls_fail(struct conn *c, int err, const char *why);
+static int conn_tls_pump(struct conn *c, int can_read);
+static int conn_out_pending(struct conn *c);
 
 /* conn_release - free now, or when the outermost conn.c frame returns. */
 static void conn_release(struct conn *c)
@@ -82,6 +98,7 @@ static void conn_release(struct conn *c)
 		close(c->fd);
 	free(c->rbuf);
 	free(c->wbuf);
+	tls_free(c->tls);
 	free(c);
 }
 
@@ -103,7 +120,9 @@ static void conn_timeout(void *arg)
 {
 	struct conn *c = arg;
 	c->busy++;
-	if (c->pending_err || c->shutting || c->connecting) {
+	if (c->tls_hs && !c->reported && !c->shutting) {
+		conn_tls_fail(c, 0, "timeout");
+	} else if (c->pending_err || c->shutting || c->connecting) {
 		conn_error(c, c->pending_err ? c->pending_err : c->shutting ? 0 : ETIMEDOUT);
 	} else if (!c->reported) {
 		/* Idle timeout: the owner may still write a last reply and
@@ -205,15 +224,23 @@ static void conn_update(struct conn *c)
 	if (c->fd < 0 || c->reported || c->connecting)
 		return;
 	unsigned want = 0;
-	int want_read = (c->reading || c->shutting) && !c->eof && c->rlen < CONN_RMAX;
-	if (want_read)
-		want |= EV_READ;
-	if (c->wlen > c->woff)
-		want |= EV_WRITE;
+	int want_read = (c->reading || c->shutting || c->tls_hs) && !c->eof && c->rlen < CONN_RMAX;
+	if (c->tls) {
+		unsigned st = br_ssl_engine_current_state(tls_engine(c->tls));
+		if (want_read && (st & (BR_SSL_RECVREC | BR_SSL_CLOSED)))
+			want |= EV_READ;
+		if (c->tls_raw || (st & BR_SSL_SENDREC))
+			want |= EV_WRITE;
+	} else {
+		if (want_read)
+			want |= EV_READ;
+		if (c->wlen > c->woff)
+			want |= EV_WRITE;
+	}
 	ev_io_set(c->loop, &c->io, want);
 	if (c->shutting)
 		return;
-	if (c->reading && c->timeout_ms && !c->eof) {
+	if ((c->reading || c->tls_hs) && c->timeout_ms && !c->eof) {
 		if (!ev_timer_active(&c->tmr))
 			ev_timer_start(c->loop, &c->tmr, c->timeout_ms, conn_timeout, c);
 	} else {
@@ -224,6 +251,8 @@ static void conn_update(struct conn *c)
 /* conn_flush_now - write what we can; 0 ok, -1 error reported. */
 static int conn_flush_now(struct conn *c)
 {
+	if (c->tls)
+		return conn_tls_pump(c, 0);
 	while (c->wlen > c->woff) {
 		ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL);
 		if (n < 0) {
@@ -250,8 +279,15 @@ static int conn_flush_now(struct conn *c)
 /* conn_after_flush - drain notification and shutdown progress. */
 static void conn_after_flush(struct conn *c)
 {
-	if (c->wlen)
+	if (conn_out_pending(c))
 		return;
+	if (c->shutting && !c->wrshut && c->tls && !c->tls_closing && !c->tls_hs) {
+		/* RFC 5246 §7.2.1: close_notify before our FIN. */
+		c->tls_closing = 1;
+		br_ssl_engine_close(tls_engine(c->tls));
+		if (conn_tls_pump(c, 0) < 0 || conn_out_pending(c))
+			return;
+	}
 	if (c->shutting && !c->wrshut) {
 		c->wrshut = 1;
 		shutdown(c->fd, SHUT_WR);
@@ -351,6 +387,256 @@ static void conn_do_read(struct conn *c)
 	conn_dispatch_read(c);
 }
 
+/* ---- TLS ---------------------------------------------------------------- */
+
+/* conn_out_pending - output not yet handed to the kernel. */
+static int conn_out_pending(struct conn *c)
+{
+	if (c->wlen)
+		return 1;
+	if (!c->tls)
+		return 0;
+	return c->tls_raw || (br_ssl_engine_current_state(tls_engine(c->tls)) & BR_SSL_SENDREC);
+}
+
+/* conn_tls_fail - the handshake failed: tell the owner, who frees. */
+static void conn_tls_fail(struct conn *c, int err, const char *why)
+{
+	char buf[64];
+	if (!c->tls_hs || c->reported)
+		return;
+	c->tls_err = err;
+	c->tls_hs = 0;
+	c->reported = 1;
+	c->reading = 0;
+	ev_timer_stop(c->loop, &c->tmr);
+	ev_io_stop(c->loop, &c->io);
+	conn_tls_fn *cb = c->tls_cb;
+	c->tls_cb = NULL;
+	cb(c->arg, 0, why ? why : tls_error_text(err, buf, sizeof buf));
+}
+
+/* conn_tls_ioerr - a socket error under TLS. */
+static void conn_tls_ioerr(struct conn *c, int err)
+{
+	if (c->tls_hs)
+		conn_tls_fail(c, 0, strerror(err));
+	else
+		conn_error(c, err);
+}
+
+/* conn_tls_append - decrypted input into the input buffer. */
+static void conn_tls_append(struct conn *c, const unsigned char *p, size_t n)
+{
+	if (c->rcap - c->rlen < n) {
+		size_t ncap = c->rcap ? c->rcap : CONN_RCHUNK;
+		while (ncap - c->rlen < n)
+			ncap *= 2;
+		c->rbuf = xrealloc(c->rbuf, ncap);
+		c->rcap = ncap;
+	}
+	memcpy(c->rbuf + c->rlen, p, n);
+	c->rlen += n;
+}
+
+/* conn_tls_pump - move bytes socket <-> engine <-> buffers until nothing
+ * moves (BearSSL's four-buffer state machine, bearssl_ssl.h). Reads from
+ * the socket only with can_read. Returns -1 once an error was reported or
+ * the owner freed the connection. */
+static int conn_tls_pump(struct conn *c, int can_read)
+{
+	br_ssl_engine_context *eng = tls_engine(c->tls);
+	for (;;) {
+		int progress = 0;
+		if (c->tls_raw) {
+			/* Plaintext queued before STARTTLS (the 220) goes first. */
+			ssize_t n = send(c->fd, c->wbuf + c->woff, c->tls_raw, MSG_NOSIGNAL);
+			if (n < 0) {
+				if (errno == EINTR)
+					continue;
+				if (errno == EAGAIN)
+					return 0;
+				conn_tls_ioerr(c, errno);
+				return -1;
+			}
+			c->woff += (size_t)n;
+			c->tls_raw -= (size_t)n;
+			if (c->woff == c->wlen)
+				c->woff = c->wlen = 0;
+			continue;
+		}
+		unsigned st = br_ssl_engine_current_state(eng);
+		if (st & BR_SSL_CLOSED) {
+			int err = br_ssl_engine_last_error(eng);
+			if (c->tls_hs) {
+				conn_tls_fail(c, err, err ? NULL : "closed during handshake");
+				return -1;
+			}
+			if (c->shutting) {
+				/* Our close_notify is out: wait for the peer's FIN. */
+				char tmp[4096];
+				ssize_t n = -1;
+				while (can_read && (n = recv(c->fd, tmp, sizeof tmp, 0)) != 0) {
+					if (n < 0 && errno != EINTR)
+						break;
+				}
+				if (can_read && n == 0)
+					c->eof = 1;
+				return 0;
+			}
+			if (err && !c->reported) {
+				c->tls_err = err;
+				conn_error(c, EPROTO);
+				return -1;
+			}
+			c->eof = 1; /* close_notify from the peer */
+			return 0;
+		}
+		if (c->tls_hs && (st & (BR_SSL_SENDAPP | BR_SSL_RECVAPP))) {
+			c->tls_hs = 0;
+			conn_tls_fn *cb = c->tls_cb;
+			c->tls_cb = NULL;
+			cb(c->arg, 1, NULL);
+			if (c->dead || c->reported)
+				return -1;
+			continue;
+		}
+		if (st & BR_SSL_SENDREC) {
+			size_t len;
+			unsigned char *buf = br_ssl_engine_sendrec_buf(eng, &len);
+			ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+			if (n > 0) {
+				br_ssl_engine_sendrec_ack(eng, (size_t)n);
+				progress = 1;
+			} else if (n < 0 && errno == EINTR) {
+				progress = 1;
+			} else if (n < 0 && errno != EAGAIN) {
+				conn_tls_ioerr(c, errno);
+				return -1;
+			}
+		}
+		if (st & BR_SSL_RECVAPP) {
+			size_t len;
+			unsigned char *buf = br_ssl_engine_recvapp_buf(eng, &len);
+			conn_tls_append(c, buf, len);
+			br_ssl_engine_recvapp_ack(eng, len);
+			progress = 1;
+		}
+		if ((st & BR_SSL_SENDAPP) && c->wlen > c->woff) {
+			size_t len;
+			unsigned char *buf = br_ssl_engine_sendapp_buf(eng, &len);
+			if (len > c->wlen - c->woff)
+				len = c->wlen - c->woff;
+			memcpy(buf, c->wbuf + c->woff, len);
+			br_ssl_engine_sendapp_ack(eng, len);
+			c->woff += len;
+			if (c->woff == c->wlen) {
+				c->woff = c->wlen = 0;
+				br_ssl_engine_flush(eng, 0);
+			}
+			progress = 1;
+		}
+		if (can_read && (st & BR_SSL_RECVREC) && !c->eof &&
+		    (c->rlen < CONN_RMAX || c->tls_hs || c->shutting)) {
+			size_t len;
+			unsigned char *buf = br_ssl_engine_recvrec_buf(eng, &len);
+			ssize_t n = recv(c->fd, buf, len, 0);
+			if (n > 0) {
+				br_ssl_engine_recvrec_ack(eng, (size_t)n);
+				progress = 1;
+			} else if (n == 0) {
+				if (c->tls_hs) {
+					conn_tls_fail(c, 0, "connection closed during handshake");
+					return -1;
+				}
+				c->eof = 1;
+			} else if (errno == EINTR) {
+				progress = 1;
+			} else if (errno == EAGAIN) {
+				can_read = 0;
+			} else {
+				conn_tls_ioerr(c, errno);
+				return -1;
+			}
+		}
+		if (!progress)
+			break;
+	}
+	if (c->wlen == 0 && c->wcap > 64 * 1024) {
+		free(c->wbuf);
+		c->wbuf = NULL;
+		c->wcap = 0;
+	}
+	return 0;
+}
+
+/* conn_tls_io - readiness on a TLS connection. */
+static void conn_tls_io(struct conn *c, unsigned events)
+{
+	size_t before = c->rlen;
+	int was_eof = c->eof;
+	if (conn_tls_pump(c, (events & EV_READ) != 0) < 0)
+		return;
+	if (c->shutting)
+		c->rlen = 0;
+	if (c->rlen == 0 && c->rbuf) {
+		free(c->rbuf);
+		c->rbuf = NULL;
+		c->rcap = 0;
+	}
+	if ((events & EV_READ) && c->timeout_ms && (c->reading || c->tls_hs) && !c->shutting)
+		ev_timer_start(c->loop, &c->tmr, c->timeout_ms, conn_timeout, c);
+	conn_after_flush(c);
+	if (c->dead || c->reported)
+		return;
+	if (c->rlen != before || c->eof != was_eof || (c->shutting && c->eof))
+		conn_dispatch_read(c);
+}
+
+/* conn_starttls - TLS from now on (see conn.h). */
+int conn_starttls(struct conn *c, struct tls *t, conn_tls_fn *cb)
+{
+	if (c->tls || c->reported || c->shutting || c->connecting || c->fd < 0) {
+		tls_free(t);
+		return -1;
+	}
+	c->tls = t;
+	c->tls_cb = cb;
+	c->tls_hs = 1;
+	c->tls_raw = c->wlen - c->woff;
+	/* RFC 3207 §4.2 / CVE-2011-0411: nothing read before the handshake
+	 * may be taken as a command inside TLS. */
+	conn_discard_input(c);
+	ev_defer(c->loop, &c->flushd, conn_flush_deferred, c);
+	if (!c->busy)
+		conn_update(c);
+	return 0;
+}
+
+/* conn_tls_active - is TLS on (handshake done)? */
+int conn_tls_active(const struct conn *c)
+{
+	return c->tls && !c->tls_hs;
+}
+
+/* conn_tls_describe - negotiated protocol and cipher, or "". */
+void conn_tls_describe(struct conn *c, char *buf, size_t len)
+{
+	if (!c->tls || c->tls_hs) {
+		if (len)
+			buf[0] = 0;
+		return;
+	}
+	tls_describe(c->tls, buf, len);
+}
+
+/* conn_tls_error - the BearSSL error that ended TLS (0: none, or a
+ * socket error / timeout / EOF). */
+int conn_tls_error(const struct conn *c)
+{
+	return c->tls_err;
+}
+
 /* conn_io - readiness on the socket. */
 static void conn_io(void *arg, unsigned events)
 {
@@ -375,6 +661,11 @@ static void conn_io(void *arg, unsigned events)
 	if ((events & EV_WRITE) && !c->reported) {
 		if (conn_flush_now(c) == 0)
 			conn_after_flush(c);
+	}
+	if (c->tls) {
+		if (!c->reported && !c->dead)
+			conn_tls_io(c, events);
+		goto out;
 	}
 	if ((events & EV_READ) && !c->reported && !c->dead)
 		conn_do_read(c);

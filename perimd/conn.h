@@ -70,6 +70,27 @@ void conn_shutdown(struct conn *c);
  * is enabled (0 = none). Re-armed by every read. */
 void conn_set_timeout(struct conn *c, uint64_t ms);
 
+/* TLS (RFC 3207 STARTTLS, both sides). conn_starttls - from now on the
+ * connection speaks TLS through engine t (tls.h), which it takes over (and
+ * frees even on failure, returning -1). Output already queued leaves in
+ * plaintext first; buffered input is discarded (RFC 3207 §4.2). During the
+ * handshake the connection reads by itself, whatever conn_read_enable()
+ * says, and the idle timeout bounds the handshake. Later cb(arg, 1, NULL)
+ * reports success: on_read/conn_write then carry plaintext as before. Or
+ * cb(arg, 0, why) reports failure (EOF, socket error, timeout, TLS alert):
+ * no other callback follows and the owner frees. cb never runs inside
+ * conn_starttls(). */
+struct tls;
+typedef void conn_tls_fn(void *arg, int ok, const char *why);
+int conn_starttls(struct conn *c, struct tls *t, conn_tls_fn *cb);
+/* conn_tls_active - 1 once the handshake has completed. */
+int conn_tls_active(const struct conn *c);
+/* conn_tls_describe - "TLSv1.2 with cipher ...", or "" without TLS. */
+void conn_tls_describe(struct conn *c, char *buf, size_t len);
+/* conn_tls_error - the BearSSL error code that ended TLS (0 = none, or the
+ * failure was EOF, a socket error or a timeout); see tls_error_class(). */
+int conn_tls_error(const struct conn *c);
+
 int conn_fd(const struct conn *c);
 /* conn_peer - the peer address as text ("192.0.2.1" / "2001:db8::1"). */
 const char *conn_peer(const struct conn *c);

@@ -20,6 +20,7 @@
 #include "smtpd.h"
 #include "spool.h"
 #include "stats.h"
+#include "tls.h"
 #include "verify.h"
 
 #include <errno.h>
@@ -168,6 +169,12 @@ static void reload(const char *path, int nov)
 		log_err("reload refused, keeping the running configuration: %s", err);
 		return;
 	}
+	/* Certificates: the old ones stay unless the new ones all load (after
+	 * the privilege drop, the key must be readable by mail_owner). */
+	if (tls_configure(c, err, sizeof err) < 0)
+		log_err("reload: TLS certificates and keys not reloaded, keeping the old ones: %s", err);
+	else
+		log_info("reload: TLS certificates and keys reloaded");
 	struct policy *old = policy_acquire();
 	if (old) {
 		const struct conf *oc = old->conf;
@@ -244,6 +251,11 @@ int main(int argc, char **argv)
 	struct policy *pol = policy_load(c, err, sizeof err);
 	if (!pol) {
 		fprintf(stderr, "perimd: %s\n", err);
+		return 1;
+	}
+	if (tls_configure(c, err, sizeof err) < 0) {
+		fprintf(stderr, "perimd: %s\n", err);
+		policy_release(pol);
 		return 1;
 	}
 	/* Listening addresses are checked by -t too. */
@@ -341,6 +353,7 @@ int main(int argc, char **argv)
 		pthread_join(threads[t].tid, NULL);
 	jobs_stop();
 	av_stop();
+	tls_shutdown();
 	log_info("stopped");
 	return 0;
 }

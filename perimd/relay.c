@@ -44,6 +44,7 @@
 #include "smtp_proto.h"
 #include "spool.h"
 #include "stats.h"
+#include "tls.h"
 #include "verify.h"
 
 #define RELAY_WINDOW (64 * 1024)   /* body bytes kept in the output buffer */
@@ -101,6 +102,8 @@ enum bstate {
 	B_GREET,     /* waiting for 220 */
 	B_EHLO,      /* waiting for the EHLO reply */
 	B_HELO,      /* waiting for the HELO reply (EHLO refused) */
+	B_STARTTLS,  /* waiting for the reply to STARTTLS */
+	B_TLS,       /* TLS handshake */
 	B_READY,     /* attached, between transactions */
 	B_MAIL,      /* waiting for the MAIL reply */
 	B_RCPT,      /* waiting for RCPT replies */
@@ -113,7 +116,7 @@ enum bstate {
 };
 
 static const char *const bstate_name[] = {
-	"connect", "greeting", "EHLO", "HELO", "ready", "MAIL FROM", "RCPT TO",
+	"connect", "greeting", "EHLO", "HELO", "STARTTLS", "TLS handshake", "ready", "MAIL FROM", "RCPT TO",
 	"DATA", "message body", "end of data", "RSET", "idle", "QUIT"
 };
 
@@ -124,6 +127,7 @@ struct bconn {
 	struct relay_req *req;
 	enum bstate state;
 	unsigned caps;
+	int tls;                      /* STARTTLS done (RFC 3207) */
 	int ntxn;                     /* transactions started on it */
 	int slot;                     /* holds one of dest->open */
 	uint64_t idle_ms;             /* relay_idle_timeout of its last user */
@@ -1113,6 +1117,100 @@ static void mail_refused(struct bconn *b)
 	req_failover(r, why);
 }
 
+/* bconn_tls_begin - after EHLO: STARTTLS per relay_tls_security_level.
+ * Returns 1 when STARTTLS was sent, 0 to go on in plaintext, -1 when the
+ * request failed over. */
+static int bconn_tls_begin(struct bconn *b, struct relay_req *r)
+{
+	const struct conf *cf = r->msg->conf;
+	enum tls_level lv = tls_level_parse(cf->relay_tls_security_level);
+
+	if (lv == TLS_NONE)
+		return 0;
+	if (!(b->caps & SMTP_CAP_STARTTLS)) {
+		if (lv == TLS_MAY)
+			return 0;
+		req_failover(r, "STARTTLS not offered, and relay_tls_security_level requires TLS");
+		return -1;
+	}
+	conn_write(b->c, "STARTTLS\r\n", 10);
+	bconn_stage(b, B_STARTTLS, remaining(r, (uint64_t)cf->relay_timeout));
+	return 1;
+}
+
+/* bconn_tls_done - the handshake with the backend ended: EHLO again
+ * (RFC 3207 §4.2: the server forgot everything), or fail over. */
+static void bconn_tls_done(void *arg, int ok, const char *why)
+{
+	struct bconn *b = arg;
+	struct relay_req *r = b->req;
+	char text[300];
+
+	if (!ok) {
+		int err = conn_tls_error(b->c);
+
+		log_info("%s: backend %s: TLS handshake failed: reason=%s (%s)",
+			 r && r->msg->id ? r->msg->id : "-", b->pool->dest->name,
+			 err ? tls_error_class(err) : "io", why);
+		snprintf(text, sizeof(text), "TLS handshake failed: %s", why);
+		bconn_fail(b, text);
+		return;
+	}
+	b->tls = 1;
+	conn_tls_describe(b->c, text, sizeof(text));
+	log_info("%s: backend %s: TLS established: %s", r && r->msg->id ? r->msg->id : "-",
+		 b->pool->dest->name, text);
+	if (!r) {
+		bconn_close(b, 0);
+		return;
+	}
+	conn_printf(b->c, "EHLO %s\r\n", r->msg->conf->myhostname[0] ? r->msg->conf->myhostname : "localhost");
+	bconn_stage(b, B_EHLO, remaining(r, (uint64_t)r->msg->conf->relay_timeout));
+}
+
+/* bconn_tls_reply - the reply to STARTTLS: start the handshake (anything
+ * the backend sent after its 220 is dropped), go on in plaintext (may), or
+ * fail over. Returns 0 to read on, -1 to stop reading. */
+static int bconn_tls_reply(struct bconn *b, struct relay_req *r, const struct smtp_reply *rep,
+			   const char *said)
+{
+	const struct conf *cf = r->msg->conf;
+	enum tls_level lv = tls_level_parse(cf->relay_tls_security_level);
+	char why[600];
+
+	if (rep->code != 220) {
+		if (lv == TLS_MAY) {
+			b->state = B_READY;
+			ev_timer_stop(r->rl->loop, &b->tmr);
+			txn_start(r);
+			return 0;
+		}
+		snprintf(why, sizeof(why), "STARTTLS: %s", said);
+		req_failover(r, why);
+		return -1;
+	}
+	if (lv == TLS_VERIFY && !cf->relay_tls_verify_name[0]) {
+		req_failover(r, "no name to verify the certificate against (set relay_tls_verify_name)");
+		return -1;
+	}
+	struct tls_client *tc = tls_client_acquire();
+
+	if (!tc) {
+		req_failover(r, "TLS is not configured");
+		return -1;
+	}
+	struct tls *t = tls_new_client(tc, lv == TLS_VERIFY ? TLS_VERIFY : TLS_ENCRYPT,
+				       cf->relay_tls_verify_name);
+
+	tls_client_release(tc);
+	bconn_stage(b, B_TLS, remaining(r, (uint64_t)cf->relay_timeout));
+	if (conn_starttls(b->c, t, bconn_tls_done) < 0) {
+		req_failover(r, "cannot start TLS");
+		return -1;
+	}
+	return -1;
+}
+
 /* txn_reply - one backend reply while attached. Returns -1 when b is gone. */
 static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *said)
 {
@@ -1137,8 +1235,11 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 	case B_EHLO:
 		if (rep->code == 250) {
 			uint64_t maxsize; /* the backend's own SIZE check decides */
+			int t;
 
 			b->caps = smtp_ehlo_caps(rep, &maxsize);
+			if (!b->tls && (t = bconn_tls_begin(b, r)) != 0)
+				return t > 0 ? 0 : -1;
 			b->state = B_READY;
 			ev_timer_stop(r->rl->loop, &b->tmr);
 			txn_start(r);
@@ -1153,6 +1254,8 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 		snprintf(why, sizeof(why), "EHLO: %s", said);
 		req_failover(r, why);
 		return -1;
+	case B_STARTTLS:
+		return bconn_tls_reply(b, r, rep, said);
 	case B_HELO:
 		if (rep->code != 250) {
 			snprintf(why, sizeof(why), "HELO: %s", said);
