@@ -1152,11 +1152,13 @@ static void bconn_tls_done(void *arg, int ok, const char *why)
 		log_info("%s: backend %s: TLS handshake failed: reason=%s (%s)",
 			 r && r->msg->id ? r->msg->id : "-", b->pool->dest->name,
 			 err ? tls_error_class(err) : "io", why);
+		tls_count(0, 0, err ? tls_error_class(err) : "io");
 		snprintf(text, sizeof(text), "TLS handshake failed: %s", why);
 		bconn_fail(b, text);
 		return;
 	}
 	b->tls = 1;
+	tls_count(0, 1, NULL);
 	conn_tls_describe(b->c, text, sizeof(text));
 	log_info("%s: backend %s: TLS established: %s", r && r->msg->id ? r->msg->id : "-",
 		 b->pool->dest->name, text);

@@ -827,6 +827,7 @@ static void tls_done(void *arg, int ok, const char *why)
 		int err = conn_tls_error(s->conn);
 		log_info("%s: TLS handshake failed from [%s]: reason=%s (%s)", s->id, s->addr,
 			 err ? tls_error_class(err) : "io", why);
+		tls_count(1, 0, err ? tls_error_class(err) : "io");
 		log_info("%s: disconnect from [%s] commands=%u messages=%u errors=%d", s->id, s->addr,
 			 s->ncmds, s->nmsgs, s->errors);
 		session_free(s);
@@ -835,6 +836,7 @@ static void tls_done(void *arg, int ok, const char *why)
 	char desc[128];
 	conn_tls_describe(s->conn, desc, sizeof desc);
 	log_info("%s: TLS established from [%s]: %s", s->id, s->addr, desc);
+	tls_count(1, 1, NULL);
 	s->tls = 1;
 	s->state = ST_CMD;
 	session_resume(s);

@@ -20,6 +20,7 @@
 #include "conf.h"
 #include "ev.h"
 #include "log.h"
+#include "stats.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -104,6 +105,41 @@ struct tls_cache {
 };
 
 static pthread_mutex_t cur_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t stats_once = PTHREAD_ONCE_INIT;
+
+/* stats_declare - the TLS metric families (once). */
+static void stats_declare(void)
+{
+	stats_family_declare("perimd_tls_sessions_total", "counter",
+			     "TLS handshakes completed, by side (client: STARTTLS from SMTP clients)");
+	stats_family_declare("perimd_tls_handshake_failures_total", "counter",
+			     "failed TLS handshakes with SMTP clients, by reason");
+	stats_family_declare("perimd_relay_tls_handshake_failures_total", "counter",
+			     "failed TLS handshakes with backends, by reason");
+	stats_family_declare("perimd_tls_memory_bytes", "gauge",
+			     "memory held by TLS engines of open connections");
+}
+
+/* tls_count - one handshake outcome into the statistics. */
+void tls_count(int server, int ok, const char *reason)
+{
+	pthread_once(&stats_once, stats_declare);
+	if (ok)
+		stats_family_add("perimd_tls_sessions_total", "side", server ? "client" : "backend", 1);
+	else
+		stats_family_add(server ? "perimd_tls_handshake_failures_total"
+					: "perimd_relay_tls_handshake_failures_total",
+				 "reason", reason, 1);
+}
+
+/* tls_memory - account an engine's memory (+1 made, -1 freed). */
+static void tls_memory(struct tls *t, int sign)
+{
+	int64_t n = (int64_t)sizeof *t + (t->x ? (int64_t)sizeof *t->x : 0);
+	pthread_once(&stats_once, stats_declare);
+	stats_family_add("perimd_tls_memory_bytes", "side", t->is_server ? "client" : "backend",
+			 sign * n);
+}
 static struct tls_server *cur_server;
 static struct tls_client *cur_client;
 
@@ -598,6 +634,7 @@ struct tls *tls_new_server(struct ev_loop *loop, struct tls_server *ts)
 		br_ssl_server_set_cache(sc, &loop_cache(loop)->vtable);
 	if (!br_ssl_server_reset(sc))
 		fatal("br_ssl_server_reset failed: %d", br_ssl_engine_last_error(&sc->eng));
+	tls_memory(t, 1);
 	return t;
 }
 
@@ -673,6 +710,7 @@ struct tls *tls_new_client(struct tls_client *tc, enum tls_level level, const ch
 	engine_common(t, &cc->eng);
 	if (!br_ssl_client_reset(cc, level == TLS_VERIFY ? verify_name : NULL, 0))
 		fatal("br_ssl_client_reset failed: %d", br_ssl_engine_last_error(&cc->eng));
+	tls_memory(t, 1);
 	return t;
 }
 
@@ -681,6 +719,7 @@ void tls_free(struct tls *t)
 {
 	if (!t)
 		return;
+	tls_memory(t, -1);
 	if (t->ts)
 		tls_server_release(t->ts);
 	if (t->tc)

@@ -78,6 +78,10 @@ const char *tls_error_text(int err, char *buf, size_t len);
  * "protocol", "version", "cipher", "certificate", "alert", "other". */
 const char *tls_error_class(int err);
 
+/* tls_count - count a handshake outcome (server: with an SMTP client;
+ * else with a backend); reason is tls_error_class() or "io". */
+void tls_count(int server, int ok, const char *reason);
+
 /* tls_session_bytes - the memory one TLS connection adds (server side). */
 size_t tls_session_bytes(void);
 

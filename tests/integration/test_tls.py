@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from harness import Client, smtp_dialogue, swaks, sink_message
+from harness import Client, free_port, known_params, smtp_dialogue, swaks, sink_message
 from tls_backend import TlsBackend
 
 
@@ -42,6 +42,28 @@ def certs(tmp_path_factory):
              "-CAcreateserial", "-out", "backend.crt", "-days", "2", "-extfile", "ext.cnf", cwd=d)
     return {k: str(d / k) for k in ("rsa.key", "rsa.crt", "ec.key", "ec.crt", "ca.crt",
                                      "backend.key", "backend.crt")} | {"dir": str(d)}
+
+
+@pytest.fixture
+def perimd_factory(perimd_factory):
+    """conftest's factory, with no fixed statistics port (suites run side
+    by side); a test that reads /metrics passes its own stats_listen."""
+    def make(start=True, **params):
+        if "stats_listen" in known_params():
+            params.setdefault("stats_listen", "")
+        return perimd_factory(start=start, **params)
+    return make
+
+
+def metrics(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return data.decode("utf-8", "replace")
+            data += d
 
 
 def tls_params(certs, kind="rsa", **extra):
@@ -152,7 +174,9 @@ def test_no_plaintext_injection(perimd_factory, certs, injected):
 
 
 def test_garbage_instead_of_client_hello(perimd_factory, sink, certs):
-    p = perimd_factory(relay_backends="[127.0.0.1]:%d" % sink.port, **tls_params(certs))
+    sport = free_port()
+    p = perimd_factory(relay_backends="[127.0.0.1]:%d" % sink.port,
+                       stats_listen="127.0.0.1:%d" % sport, **tls_params(certs))
     other = Client(p.port)
     try:
         assert other.cmd("EHLO other.test")[0] == 250
@@ -171,6 +195,10 @@ def test_garbage_instead_of_client_hello(perimd_factory, sink, certs):
         assert other.cmd("DATA")[0] == 354
         other.send(b"Subject: beside\r\n\r\nok\r\n.\r\n")
         assert other.reply()[0] == 250
+        m = metrics(sport)
+        assert re.search(r'perimd_tls_handshake_failures_total\{reason="(protocol|version)"\} 1', m), m
+        assert re.search(r'perimd_tls_sessions_total\{side="client"\} 1', m), m
+        assert re.search(r'perimd_tls_memory_bytes\{side="client"\} [1-9]', m), m
     finally:
         other.close()
     assert sink.wait_count(1)
