@@ -122,7 +122,7 @@ static int nstages;
 static pthread_mutex_t stages_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* stage_index - the slot of a stage name (by pointer), added on first use. */
-static int stage_index(const char *stage)
+static __attribute__((unused)) int stage_index(const char *stage)
 {
 	int n = __atomic_load_n(&nstages, __ATOMIC_ACQUIRE);
 	for (int i = 0; i < n; i++)

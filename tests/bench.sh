@@ -11,6 +11,8 @@
 #                           and engine time per message, scan capacity (messages/s and
 #                           MB/s over av_threads), scanner CPU per message, and the
 #                           scanner process's memory (VmHWM, engine included)
+#   tests/bench.sh stats    counting on vs compiled out, same run; /metrics render
+#                           time with STATS_IDLE (10000) sessions open
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -221,8 +223,135 @@ EOF
 	echo "ratio = on/s over off/s; scan_msg/s, scan_MB/s = scanner threads / mean engine time (the scanner alone)"
 }
 
+# tls_bench - STARTTLS handshakes/s with an ECDSA P-256 and an RSA-2048
+# key, SMTP throughput at TLS_CONC sessions with and without STARTTLS (same
+# perimd, same run), and RSS per idle session with and without TLS
+# (./build.sh bench tls; clients in tests/bench_tls.py).
+tls_bench() {
+	local conc=${TLS_CONC:-100} msgs=${TLS_MSGS:-5000} secs=${TLS_SECS:-10} idle=${TLS_IDLE:-500}
+	local kind plain tls
+	echo "perimd bench tls: $conc sessions, $msgs messages of ~500 bytes, handshakes for ${secs}s, $(nproc) CPUs"
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/rsa.key" -out "$WORK/rsa.crt" \
+		-days 2 -subj /CN=perimd.bench.test >/dev/null 2>&1
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/ec.key" \
+		-out "$WORK/ec.crt" -days 2 -subj /CN=perimd.bench.test >/dev/null 2>&1
+	start_sink
+	for kind in ec rsa; do
+		EXTRA_CONF=("smtpd_tls_cert_file = $WORK/$kind.crt" "smtpd_tls_key_file = $WORK/$kind.key")
+		has_param stats_listen && EXTRA_CONF+=("stats_listen =")
+		start_perimd
+		local c0 c1
+		c0=$(cpu_ticks "$PERIMD_PID")
+		local hs
+		hs=$("$PY" "$ROOT/tests/bench_tls.py" handshakes "$PERIMD_PORT" "$secs" 4)
+		c1=$(cpu_ticks "$PERIMD_PID")
+		echo "$kind: handshakes/s $hs; perimd CPU per handshake $(fdiv "$(( (c1 - c0) * 1000 ))" "$(awk -v h="$hs" -v s="$secs" 'BEGIN{print h*s*'"$TICK"'}')" %.2f) ms"
+		if [ "$kind" = ec ]; then
+			plain=$("$PY" "$ROOT/tests/bench_tls.py" throughput "$PERIMD_PORT" "$msgs" "$conc" plain)
+			tls=$("$PY" "$ROOT/tests/bench_tls.py" throughput "$PERIMD_PORT" "$msgs" "$conc" tls)
+			echo "throughput at $conc sessions: plaintext $plain msg/s, STARTTLS $tls msg/s, ratio $(fdiv "${tls%% *}" "${plain%% *}" %.2f)"
+			kill -TERM "$PERIMD_PID"
+			wait "$PERIMD_PID" 2>/dev/null || true
+			start_perimd
+			plain=$("$PY" "$ROOT/tests/bench_tls.py" idle "$PERIMD_PID" "$PERIMD_PORT" "$idle" plain)
+			tls=$("$PY" "$ROOT/tests/bench_tls.py" idle "$PERIMD_PID" "$PERIMD_PORT" "$idle" tls)
+			echo "idle sessions ($idle each): plaintext $plain kB, TLS $tls kB of RSS per session"
+		fi
+		kill -TERM "$PERIMD_PID"
+		wait "$PERIMD_PID" 2>/dev/null || true
+	done
+	EXTRA_CONF=()
+	echo "the Python clients share the 2 CPUs with perimd: compare the ratio and perimd's CPU per handshake"
+}
+
+# stats_bench - counting on vs compiled out (-DPERIMD_NO_STATS), alternated
+# in the same run; then /metrics render time with STATS_IDLE sessions open
+# (./build.sh bench stats).
+stats_bench() {
+	local conc=${STATS_CONC:-50} msgs=${STATS_MSGS:-4000} rounds=${STATS_ROUNDS:-3}
+	local idle=${STATS_IDLE:-10000} nostats=$ROOT/build/nostats/perimd
+	make -s -C "$ROOT/perimd" BUILD=../build/nostats EXTRA_CFLAGS=-DPERIMD_NO_STATS >/dev/null
+	local on_bin=$PERIMD
+	echo "perimd bench stats: $conc sessions, $msgs messages of 512 bytes, $rounds rounds each, $(nproc) CPUs"
+	start_sink
+	printf '%-6s %-9s %10s %11s\n' round counting msgs/s cpu_ms/msg
+	local r mode t c0 c1 sum_on=0 sum_off=0 cpu_on=0 cpu_off=0
+	for r in $(seq 1 "$rounds"); do
+		for mode in on off; do
+			EXTRA_CONF=("stats_listen = 127.0.0.1:$(free_port)")
+			if [ "$mode" = on ]; then PERIMD=$on_bin; else PERIMD=$nostats; fi
+			start_perimd
+			source_run "$PERIMD_PORT" 10 "$WARMUP" 512 >/dev/null
+			c0=$(cpu_ticks "$PERIMD_PID")
+			t=$(source_run "$PERIMD_PORT" "$conc" "$msgs" 512)
+			c1=$(cpu_ticks "$PERIMD_PID")
+			printf '%-6s %-9s %10s %11s\n' "$r" "$mode" "$(fdiv "$msgs" "$t")" \
+				"$(fdiv $(((c1 - c0) * 1000)) $((TICK * msgs)) %.4f)"
+			if [ "$mode" = on ]; then
+				sum_on=$(awk -v a="$sum_on" -v b="$t" 'BEGIN { print a + b }')
+				cpu_on=$((cpu_on + c1 - c0))
+			else
+				sum_off=$(awk -v a="$sum_off" -v b="$t" 'BEGIN { print a + b }')
+				cpu_off=$((cpu_off + c1 - c0))
+			fi
+			kill -TERM "$PERIMD_PID"
+			wait "$PERIMD_PID" 2>/dev/null || true
+		done
+	done
+	PERIMD=$on_bin
+	echo "throughput on/off: $(fdiv "$sum_off" "$sum_on" %.3f) (1.000 = no cost); CPU on/off: $(fdiv "$cpu_on" "$cpu_off" %.3f)"
+	# /metrics with many sessions open.
+	local sp
+	sp=$(free_port)
+	EXTRA_CONF=("stats_listen = 127.0.0.1:$sp" "max_sessions = $((idle + 100))")
+	start_perimd
+	"$PY" - "$PERIMD_PORT" "$sp" "$idle" <<'EOF'
+import resource, socket, statistics, sys, time
+port, sp, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1000), hard))
+socks = []
+for _ in range(n):
+    socks.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+for s in socks:
+    s.recv(512)
+def get():
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", sp), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            data += c
+    return (time.perf_counter() - t0) * 1000, data
+ms = []
+for _ in range(50):
+    t, data = get()
+    ms.append(t)
+line = [l for l in data.decode().splitlines() if l.startswith("perimd_sessions_active ")]
+print("/metrics with %s: median %.2f ms, max %.2f ms over 50 GETs (%d bytes; round trip on loopback)"
+      % (line[0] if line else "?", statistics.median(ms), max(ms), len(data)))
+for s in socks:
+    s.close()
+EOF
+	kill -TERM "$PERIMD_PID"
+	wait "$PERIMD_PID" 2>/dev/null || true
+}
+
+if [ "${1:-}" = stats ]; then
+	stats_bench
+	exit 0
+fi
+
 if [ "${1:-}" = av ]; then
 	av_bench
+	exit 0
+fi
+
+if [ "${1:-}" = tls ]; then
+	tls_bench
 	exit 0
 fi
 
