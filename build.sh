@@ -15,9 +15,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 
-DEPS=(build-essential clang libclang-rt-14-dev mandoc postfix swaks
-      python3-aiosmtpd python3-pytest libsqlite3-dev libc-ares-dev
-      libbearssl-dev pkg-config libclamav-dev clamav-daemon)
+# Build: compilers, sanitizer runtimes, libraries perimd links. Tests: the
+# real peers (Postfix's smtp-source/smtp-sink, swaks, clamd, openssl) and
+# pytest with Debian's python3.
+DEPS=(build-essential clang libclang-rt-14-dev mandoc pkg-config
+      libsqlite3-dev libc-ares-dev libbearssl-dev libclamav-dev
+      postfix swaks clamav-daemon openssl python3-aiosmtpd python3-pytest)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {
