@@ -13,6 +13,10 @@
 #                           scanner process's memory (VmHWM, engine included)
 #   tests/bench.sh stats    counting on vs compiled out, same run; /metrics render
 #                           time with STATS_IDLE (10000) sessions open
+#   tests/bench.sh tls      STARTTLS handshakes/s (ECDSA P-256, RSA-2048) and perimd CPU
+#                           per handshake, throughput at TLS_CONC sessions with and
+#                           without STARTTLS (same run), RSS per idle session with and
+#                           without TLS (clients: tests/bench_tls.py)
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
