@@ -190,32 +190,111 @@ int policy_route(const struct policy *p, const char *domain, const char **route)
 	return 0;
 }
 
-/* policy_rcpt - the RCPT checks, in order. Each check either passes (go
- * on), decides (fill v, return 1), or suspends (return 0; its completion
- * resumes the chain through done()). Only synchronous checks exist so far. */
-int policy_rcpt(const struct policy_env *env, struct policy_verdict *v,
-		policy_done_fn *done, void *arg, struct policy_req **req)
+/* ---- the RCPT chain ----------------------------------------------------
+ *
+ * Steps run in table order. A step returns STEP_PASS (go on), STEP_DECIDED
+ * (v filled: the chain ends), or STEP_ASYNC: it started something and will
+ * call policy_step_done() exactly once later, on the same loop, unless
+ * policy_cancel() came first (then its cancel function, registered with
+ * policy_step_async(), is called instead and it MUST NOT call back).
+ * req->exempt marks a recipient (role account) that later steps such as
+ * DNSBL and greylisting skip.
+ */
+
+/* step_verify_cache - refusals a backend gave during replay (and callouts). */
+static enum policy_step step_verify_cache(struct policy_req *r, struct policy_verdict *v)
 {
-	(void)done;
-	(void)arg;
-	*req = NULL;
-	v->code = 0;
-	v->reply[0] = 0;
-	v->rule = "accept";
-	/* Refusals a backend gave during replay (and, later, callouts). */
 	char cached[300];
 	int code;
-	if (verify_get(env->rcpt, &code, cached, sizeof cached)) {
+	if (verify_get(r->env->rcpt, &code, cached, sizeof cached)) {
 		v->code = code;
 		snprintf(v->reply, sizeof v->reply, "%s", cached);
 		v->rule = "verify_cache";
-		return 1;
+		return STEP_DECIDED;
 	}
+	return STEP_PASS;
+}
+
+static const struct policy_step_def {
+	const char *name;
+	enum policy_step (*run)(struct policy_req *r, struct policy_verdict *v);
+} policy_steps[] = {
+	{ "verify_cache", step_verify_cache },
+};
+#define NSTEPS ((int)(sizeof policy_steps / sizeof policy_steps[0]))
+
+/* chain_run - run steps from r->step on; 1 = decided (v final), 0 = async. */
+static int chain_run(struct policy_req *r, struct policy_verdict *v)
+{
+	while (r->step < NSTEPS) {
+		enum policy_step st = policy_steps[r->step].run(r, v);
+		r->step++;
+		if (st == STEP_DECIDED)
+			return 1;
+		if (st == STEP_ASYNC) {
+			r->async = 1;
+			return 0;
+		}
+	}
+	v->code = 0;
+	v->reply[0] = 0;
+	v->rule = "accept";
 	return 1;
 }
 
-/* policy_cancel - abandon an asynchronous check. */
-void policy_cancel(struct policy_req *req)
+/* policy_rcpt - run the RCPT chain; see policy.h. */
+int policy_rcpt(const struct policy_env *env, struct policy_verdict *v,
+		policy_done_fn *done, void *arg, struct policy_req **req)
 {
-	(void)req;
+	struct policy_req *r = xcalloc(1, sizeof *r);
+	r->env = env;
+	r->done = done;
+	r->arg = arg;
+	v->code = 0;
+	v->reply[0] = 0;
+	v->rule = "accept";
+	if (chain_run(r, v)) {
+		free(r);
+		*req = NULL;
+		return 1;
+	}
+	*req = r;
+	return 0;
+}
+
+/* policy_step_async - the running step went asynchronous; cancel(handle)
+ * undoes it if the session goes away first. */
+void policy_step_async(struct policy_req *r, void (*cancel)(void *handle), void *handle)
+{
+	r->cancel = cancel;
+	r->handle = handle;
+}
+
+/* policy_step_done - an asynchronous step finished: decided (v filled) or
+ * passed (decided = 0); the chain goes on and may finish now. */
+void policy_step_done(struct policy_req *r, int decided, const struct policy_verdict *v)
+{
+	struct policy_verdict out;
+	r->cancel = NULL;
+	r->handle = NULL;
+	r->async = 0;
+	if (decided) {
+		out = *v;
+	} else if (!chain_run(r, &out)) {
+		return;   /* the next step went asynchronous */
+	}
+	policy_done_fn *done = r->done;
+	void *arg = r->arg;
+	free(r);
+	done(arg, &out);
+}
+
+/* policy_cancel - abandon the chain (the session is gone or reset). */
+void policy_cancel(struct policy_req *r)
+{
+	if (!r)
+		return;
+	if (r->cancel)
+		r->cancel(r->handle);
+	free(r);
 }

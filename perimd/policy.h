@@ -64,7 +64,25 @@ struct policy_verdict {
 };
 
 typedef void policy_done_fn(void *arg, const struct policy_verdict *v);
-struct policy_req;
+
+/* One recipient's run through the chain (private to policy.c and the
+ * modules whose steps it calls). */
+struct policy_req {
+	const struct policy_env *env;
+	policy_done_fn *done;
+	void *arg;
+	int step;                  /* next step to run */
+	int async;                 /* a step is in flight */
+	int exempt;                /* role account: skip DNSBL, greylisting, ... */
+	void (*cancel)(void *handle);
+	void *handle;
+};
+
+enum policy_step { STEP_PASS, STEP_DECIDED, STEP_ASYNC };
+
+/* For asynchronous steps (see policy.c). */
+void policy_step_async(struct policy_req *r, void (*cancel)(void *handle), void *handle);
+void policy_step_done(struct policy_req *r, int decided, const struct policy_verdict *v);
 
 /* policy_rcpt - run the ordered RCPT checks (DESIGN.md "The path of one
  * message": role accounts, recipient validation, client/HELO/sender
