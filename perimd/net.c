@@ -154,3 +154,36 @@ int net_port(const struct sockaddr *sa)
 		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
 	return 0;
 }
+
+/* net_addr_match - exact address or CIDR membership. */
+int net_addr_match(const char *addr, const char *pattern)
+{
+	unsigned char a[16], p[16];
+	char pat[64];
+	int af = strchr(addr, ':') ? AF_INET6 : AF_INET;
+	int alen = af == AF_INET ? 4 : 16;
+	if (inet_pton(af, addr, a) != 1)
+		return 0;
+	snprintf(pat, sizeof pat, "%s", pattern);
+	char *slash = strchr(pat, '/');
+	int bits = alen * 8;
+	if (slash) {
+		*slash = 0;
+		char *end;
+		long b = strtol(slash + 1, &end, 10);
+		if (*end || b < 0 || b > bits)
+			return 0;
+		bits = (int)b;
+	}
+	if (inet_pton(af, pat, p) != 1)
+		return 0;
+	int full = bits / 8, rest = bits % 8;
+	if (memcmp(a, p, (size_t)full))
+		return 0;
+	if (rest) {
+		unsigned char mask = (unsigned char)(0xff << (8 - rest));
+		if ((a[full] & mask) != (p[full] & mask))
+			return 0;
+	}
+	return 1;
+}

@@ -24,4 +24,8 @@ const char *net_ntop(const struct sockaddr *sa, char *buf, size_t len);
 /* net_port - the port of an AF_INET/AF_INET6 address. */
 int net_port(const struct sockaddr *sa);
 
+/* net_addr_match - addr (numeric text) equals pattern, or lies in the
+ * pattern's CIDR network ("10.0.0.0/8", "2001:db8::/32"). */
+int net_addr_match(const char *addr, const char *pattern);
+
 #endif
