@@ -24,9 +24,6 @@ PARAM(INT, smtpd_command_line_limit, "2048", 512, 1048576, NULL, "longer command
 PARAM(ENUM, smtpd_forbid_bare_newline, "normalize", 0, 0, "normalize|reject", "bare LF in DATA: normalize to CRLF, or reject")
 PARAM(INT, smtpd_soft_error_limit, "10", 0, 1000, NULL, "errors after which each error reply is delayed")
 PARAM(INT, smtpd_hard_error_limit, "20", 1, 1000, NULL, "errors after which the session is closed")
-PARAM(ENUM, smtpd_upstream_proxy_protocol, "", 0, 0, "|haproxy", "empty, or haproxy: PROXY v1/v2 header from smtpd_upstream_proxy_clients")
-PARAM(LIST, smtpd_upstream_proxy_clients, "127.0.0.1", 0, 0, NULL, "addresses (or CIDR networks) allowed to send a PROXY header")
-PARAM(TIME, smtpd_upstream_proxy_timeout, "5s", 100, 3600000, NULL, "how long the PROXY header may take to arrive")
 PARAM(TIME, smtpd_error_sleep_time, "1s", 0, 60000, NULL, "delay of each error reply past the soft limit")
 PARAM(TIME, shutdown_timeout, "30s", 0, 3600000, NULL, "on SIGTERM, how long open sessions may finish")
 PARAM(ENUM, smtpd_tls_security_level, "may", 0, 0, "none|may", "may: offer STARTTLS when smtpd_tls_cert_file and smtpd_tls_key_file are set; none: never")
@@ -61,6 +58,20 @@ PARAM(TIME, av_timeout, "120s", 1000, 540000, NULL, "per scan; a scanner hung pa
 PARAM(SIZE, av_max_size, "50m", 1024, 4294967295LL, NULL, "larger messages are not scanned but follow av_oversize_action")
 PARAM(ENUM, av_oversize_action, "reject", 0, 0, "reject|tempfail|accept", "a message over av_max_size: reject (552 5.3.4), tempfail (451 4.3.0) or accept (logged)")
 PARAM(ENUM, av_fail_action, "tempfail", 0, 0, "tempfail|accept", "scanner error, timeout or not running: tempfail (451 4.3.0) or accept (logged)")
+
+/* DNS */
+PARAM(LIST, dns_servers, "", 0, 0, NULL, "DNS servers (address or address:port); empty = /etc/resolv.conf")
+PARAM(TIME, dns_timeout, "5s", 100, 60000, NULL, "wait for one DNS server's answer")
+PARAM(INT, dns_retries, "2", 0, 10, NULL, "tries after the first; a lookup gives up after dns_timeout x (dns_retries + 1)")
+PARAM(INT, dns_cache_size, "100000", 0, 100000000, NULL, "DNS answers cached (0 = no cache)")
+PARAM(TIME, dns_cache_min_ttl, "30s", 0, 86400000, NULL, "shortest time a DNS answer is cached")
+PARAM(TIME, dns_cache_max_ttl, "1d", 1000, 604800000, NULL, "longest time a DNS answer is cached")
+PARAM(BOOL, reject_unknown_sender_domain, "yes", 0, 0, NULL, "refuse a sender domain with neither MX nor A/AAAA, or with a null MX")
+PARAM(BOOL, reject_unknown_reverse_client_hostname, "no", 0, 0, NULL, "refuse a client address without a PTR record")
+PARAM(BOOL, reject_unknown_client_hostname, "no", 0, 0, NULL, "refuse a client whose PTR name does not resolve back to its address (FCrDNS)")
+PARAM(LIST, dnsbl_sites, "", 0, 0, NULL, "DNS block lists: zone[=filter][*weight]")
+PARAM(INT, dnsbl_threshold, "1", 1, 1000000, NULL, "summed weight of the listing block lists that refuses a client")
+PARAM(LIST, dnswl_sites, "", 0, 0, NULL, "DNS allow lists: zone[=filter]; a listed client skips DNSBL and greylisting")
 
 /* Observability */
 PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)")

@@ -7,6 +7,7 @@
  */
 #include "policy.h"
 #include "conf.h"
+#include "dnscheck.h"
 #include "log.h"
 #include "maps.h"
 #include "relay.h"
@@ -94,6 +95,8 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 		p->relay_maps[p->nrelay_maps++] = m;
 	}
 	if (c->transport_maps[0] && !(p->transport = map_open(c->transport_maps, err, errlen)))
+		goto fail;
+	if (dnscheck_conf_check(c, err, errlen) < 0)
 		goto fail;
 	for (int i = 0; i < c->relay_backends.n; i++) {
 		if (relay_target_valid(c->relay_backends.v[i], &why) < 0) {
@@ -220,6 +223,9 @@ static const struct policy_step_def {
 	enum policy_step (*run)(struct policy_req *r, struct policy_verdict *v);
 } policy_steps[] = {
 	{ "verify_cache", step_verify_cache },
+	{ "client_dns", dnscheck_step_client },
+	{ "sender_domain", dnscheck_step_sender },
+	{ "dnsbl", dnscheck_step_dnsbl },
 };
 #define NSTEPS ((int)(sizeof policy_steps / sizeof policy_steps[0]))
 

@@ -13,6 +13,7 @@
 
 struct conf;
 struct conf_list;
+struct dnscheck;
 
 struct policy {
 	struct conf *conf;     /* the snapshot this policy was built from */
@@ -54,6 +55,7 @@ struct policy_env {
 	const char *rcpt;          /* "user@domain" or "Postmaster" */
 	const char *rcpt_local;
 	const char *rcpt_domain;   /* lower case; "" for bare Postmaster */
+	struct dnscheck *dns;      /* the session's DNS checks (dnscheck.h) or NULL */
 };
 
 /* A verdict: code 0 = accept the recipient; else the reply to give. */
@@ -74,6 +76,8 @@ struct policy_req {
 	int step;                  /* next step to run */
 	int async;                 /* a step is in flight */
 	int exempt;                /* role account: skip DNSBL, greylisting, ... */
+	int dnswl;                 /* client on a dnswl_sites list (set by the DNSBL
+				    * step): greylisting skips it */
 	void (*cancel)(void *handle);
 	void *handle;
 };

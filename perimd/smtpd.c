@@ -22,6 +22,7 @@
 #include "climit.h"
 #include "conf.h"
 #include "conn.h"
+#include "dnscheck.h"
 #include "ev.h"
 #include "log.h"
 #include "net.h"
@@ -131,6 +132,7 @@ struct session {
 	/* relay */
 	struct relay_req *relay;
 	struct av_req *av;          /* content scan in flight */
+	struct dnscheck *dns;       /* PTR/FCrDNS, DNSBL, sender domain lookups */
 	struct relay_msg msg;
 	struct relay_rcpt *rr;
 	struct conf_list backends;
@@ -421,6 +423,7 @@ static void cmd_mail(struct session *s, char *arg)
 	s->ret = ret ? xstrdup(ret) : NULL;
 	s->envid = envid ? xstrdup(envid) : NULL;
 	s->in_mail = 1;
+	dnscheck_mail(s->dns, s->sender);   /* looked up now, refused at RCPT */
 	reply(s, "250 2.1.0 Ok");
 out:
 	free(p);
@@ -591,7 +594,7 @@ static void cmd_rcpt(struct session *s, char *arg)
 	rp->env = (struct policy_env){
 		.loop = s->loop, .pol = s->pol, .session_id = s->id, .client_addr = s->addr,
 		.helo = s->helo ? s->helo : "", .sender = s->sender, .rcpt = rp->addr,
-		.rcpt_local = rp->local, .rcpt_domain = rp->domain,
+		.rcpt_local = rp->local, .rcpt_domain = rp->domain, .dns = s->dns,
 	};
 	s->rcpt_pending = rp;
 	struct policy_verdict v;
@@ -1044,6 +1047,7 @@ static void session_free(struct session *s)
 	ev_timer_stop(s->loop, &s->tarpit);
 	free(s->pending);
 	txn_reset(s);
+	dnscheck_free(s->dns);
 	free(s->helo);
 	conn_free(s->conn);
 	if (s->counted)
@@ -1155,6 +1159,8 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	sl->nsessions++;
 	log_info("%s: connect from [%s]:%d", s->id, addr, net_port(sa));
 	stats_inc(ST_conn_accepted);
+	/* DNS checks start now, in the background: the banner does not wait. */
+	s->dns = dnscheck_connect(s->loop, cf, s->addr);
 	reply(s, "220 %s", cf->smtpd_banner);
 }
 

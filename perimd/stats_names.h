@@ -46,6 +46,13 @@ STAT(backend_connect_fail, COUNTER, "perimd_backend_connections_total", "result=
 STAT(pool_waits, COUNTER, "perimd_backend_pool_waits_total", "", "messages that waited for a free backend connection")
 STAT(pool_timeouts, COUNTER, "perimd_backend_pool_timeouts_total", "", "messages that waited relay_pool_wait in vain")
 
+/* DNS (dns.c, dnscache.c) */
+STAT(dns_queries, COUNTER, "perimd_dns_queries_total", "", "DNS questions sent to the servers (cache misses not joined to one in flight)")
+STAT(dns_cache_hits, COUNTER, "perimd_dns_cache_total", "result=\"hit\"", "DNS lookups answered from the cache, or not")
+STAT(dns_cache_misses, COUNTER, "perimd_dns_cache_total", "result=\"miss\"", "")
+STAT(dns_timeouts, COUNTER, "perimd_dns_timeouts_total", "", "DNS lookups that got no answer in time")
+STAT(dns_failures, COUNTER, "perimd_dns_failures_total", "", "DNS lookups that failed otherwise (SERVFAIL, refused, malformed)")
+
 /* Histograms */
 HIST(latency, "perimd_message_latency_seconds", "end to end: final dot received to reply sent")
 HIST(backend, "perimd_backend_transaction_seconds", "backend attempt that decided a message: connection taken to verdict")

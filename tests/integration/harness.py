@@ -277,7 +277,8 @@ class Perimd:
     log_to=stderr, myhostname=perimd.test, io_threads=2,
     relay_domains=example.com, shutdown_timeout=3s (so stop() is not held by
     a client a test left open), mail_owner = the user running the tests (so
-    the test directories stay usable when run as root).
+    the test directories stay usable when run as root), and
+    reject_unknown_sender_domain=no where the binary has it.
     """
 
     def __init__(self, tmpdir, **params):
@@ -295,6 +296,10 @@ class Perimd:
             "shutdown_timeout": "3s",
             "mail_owner": pwd.getpwuid(os.geteuid()).pw_name,
         }
+        # The test senders' domains (client.test ...) are in no DNS: the
+        # sender-domain check is off unless a test turns it on.
+        if "reject_unknown_sender_domain" in known_params():
+            conf["reject_unknown_sender_domain"] = "no"
         conf.update({k: _conf_value(v) for k, v in params.items()})
         self.params = conf
         for key in ("data_directory", "body_spool_directory"):
