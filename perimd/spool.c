@@ -55,6 +55,39 @@ struct spool *spool_new(void)
 	return s;
 }
 
+/* write_all - write len bytes or fail. */
+static int write_all(int fd, const char *p, size_t len)
+{
+	while (len) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* spool_move_to - the in-memory bytes go to fd, which the spool then owns
+ * (fd is closed on failure). */
+static int spool_move_to(struct spool *s, int fd)
+{
+	if (write_all(fd, s->mem, s->len) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	free(s->mem);
+	s->mem = NULL;
+	s->len = s->cap = 0;
+	s->fd = fd;
+	return 0;
+}
+
 /* spool_spill - move the in-memory part to an unlinked file. */
 static int spool_spill(struct spool *s)
 {
@@ -68,23 +101,8 @@ static int spool_spill(struct spool *s)
 			return -1;
 		unlink(path);
 	}
-	size_t off = 0;
-	while (off < s->len) {
-		ssize_t n = write(fd, s->mem + off, s->len - off);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			int e = errno;
-			close(fd);
-			errno = e;
-			return -1;
-		}
-		off += (size_t)n;
-	}
-	free(s->mem);
-	s->mem = NULL;
-	s->len = s->cap = 0;
-	s->fd = fd;
+	if (spool_move_to(s, fd) < 0)
+		return -1;
 	return 0;
 }
 
@@ -108,17 +126,8 @@ int spool_append(struct spool *s, const void *data, size_t len)
 	if (s->fd < 0 && s->size > spool_mem_limit && spool_spill(s) < 0)
 		goto fail;
 	if (s->fd >= 0) {
-		const char *p = data;
-		while (len) {
-			ssize_t n = write(s->fd, p, len);
-			if (n < 0) {
-				if (errno == EINTR)
-					continue;
-				goto fail;
-			}
-			p += n;
-			len -= (size_t)n;
-		}
+		if (write_all(s->fd, data, len) < 0)
+			goto fail;
 		return 0;
 	}
 	if (s->cap - s->len < len) {
@@ -190,23 +199,8 @@ int spool_fd(struct spool *s)
 	int fd = memfd_create("perimd-body", MFD_CLOEXEC);
 	if (fd < 0)
 		return -1;
-	size_t off = 0;
-	while (off < s->len) {
-		ssize_t n = write(fd, s->mem + off, s->len - off);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			int e = errno;
-			close(fd);
-			errno = e;
-			return -1;
-		}
-		off += (size_t)n;
-	}
-	free(s->mem);
-	s->mem = NULL;
-	s->len = s->cap = 0;
-	s->fd = fd;
+	if (spool_move_to(s, fd) < 0)
+		return -1;
 	return fd;
 }
 
