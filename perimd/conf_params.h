@@ -73,6 +73,21 @@ PARAM(LIST, dnsbl_sites, "", 0, 0, NULL, "DNS block lists: zone[=filter][*weight
 PARAM(INT, dnsbl_threshold, "1", 1, 1000000, NULL, "summed weight of the listing block lists that refuses a client")
 PARAM(LIST, dnswl_sites, "", 0, 0, NULL, "DNS allow lists: zone[=filter]; a listed client skips DNSBL and greylisting")
 
+/* Greylisting (grey.c) */
+PARAM(BOOL, greylist, "yes", 0, 0, NULL, "greylist (client network, sender, recipient) triplets at RCPT")
+PARAM(STR, greylist_database, "sqlite:$data_directory/greylist.db", 0, 0, NULL, "sqlite:PATH (WAL mode) or mysql:FILE (hosts, port, user, password, dbname), shared by a fleet")
+PARAM(TIME, greylist_delay, "300s", 0, 86400000, NULL, "a triplet must wait this long before a retry passes")
+PARAM(TIME, greylist_max_age, "2d", 1000, 0, NULL, "a retry after this long starts over")
+PARAM(TIME, greylist_retention, "35d", 1000, 0, NULL, "how long a passed triplet or auto-whitelisted client network is remembered")
+PARAM(INT, greylist_ipv4_netmask, "24", 8, 32, NULL, "IPv4 clients are grouped per network of this prefix length")
+PARAM(INT, greylist_ipv6_netmask, "64", 16, 128, NULL, "IPv6 clients are grouped per network of this prefix length")
+PARAM(INT, greylist_auto_whitelist_count, "5", 0, 1000000, NULL, "accepted messages after which a client network is no longer greylisted (0 = never)")
+PARAM(TIME, greylist_auto_whitelist_interval, "1h", 0, 0, NULL, "at most one accepted message per client network counts per this interval")
+PARAM(STR, greylist_whitelist_clients, "", 0, 0, NULL, "file of clients never greylisted (postgrey format: host name suffixes, /regex/, CIDR)")
+PARAM(STR, greylist_whitelist_recipients, "", 0, 0, NULL, "file of recipients never greylisted (postgrey format: user@, domain, user@domain, /regex/)")
+PARAM(ENUM, greylist_fail_action, "accept", 0, 0, "accept|tempfail", "when the greylist database fails: accept, or tempfail (451 4.3.0)")
+PARAM(STR, policy_listen, "", 0, 0, NULL, "address for the Postfix policy delegation protocol (check_policy_service), e.g. 127.0.0.1:2525; empty = none")
+
 /* Observability */
 PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)")
 PARAM(ENUM, log_to, "syslog", 0, 0, "syslog|stderr", "where to log (-f implies stderr)")

@@ -15,6 +15,7 @@
 #include "log.h"
 #include "net.h"
 #include "policy.h"
+#include "policyd.h"
 #include "relay.h"
 #include "scanner.h"
 #include "smtpd.h"
@@ -48,6 +49,7 @@ struct io_thread {
 static struct io_thread *threads;
 static int nthreads;
 static int stats_fd = -1;
+static int policyd_fd = -1;   /* policy_listen (policyd.h) */
 /* Process-lifetime allocations of main() (reachable, never reported). */
 static char **ov;
 static struct sockaddr_storage *addrs;
@@ -71,8 +73,10 @@ static void *io_main(void *arg)
 {
 	struct io_thread *t = arg;
 	smtpd_loop_start(t->loop, t->fds, t->nfds);
-	if (ev_loop_index(t->loop) == 0)
+	if (ev_loop_index(t->loop) == 0) {
 		stats_loop_start(t->loop, stats_fd, nthreads);
+		policyd_loop_start(t->loop, policyd_fd);
+	}
 	ev_run(t->loop);
 	stats_loop_finished(t->loop);
 	relay_loop_shutdown(t->loop);
@@ -84,6 +88,7 @@ static void drain_loop(void *arg)
 {
 	struct io_thread *t = arg;
 	struct policy *p = policy_acquire();
+	policyd_drain(t->loop);
 	smtpd_loop_drain(t->loop, (uint64_t)p->conf->shutdown_timeout);
 	policy_release(p);
 }
@@ -307,6 +312,7 @@ int main(int argc, char **argv)
 	}
 	stats_init(c, nthreads);
 	stats_fd = stats_listen_open(c);
+	policyd_fd = policyd_listen_open(c);
 	policy_install(pol);
 	drop_privileges(c);
 

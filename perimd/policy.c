@@ -8,6 +8,7 @@
 #include "policy.h"
 #include "conf.h"
 #include "dnscheck.h"
+#include "grey.h"
 #include "log.h"
 #include "maps.h"
 #include "relay.h"
@@ -73,6 +74,10 @@ static void policy_free(struct policy *p)
 	free(p->relay_maps);
 	if (p->transport)
 		map_free(p->transport);
+	if (p->grey) {
+		grey_policy_free(p->grey);
+		free(p->grey);
+	}
 	conf_release(p->conf);
 	free(p);
 }
@@ -97,6 +102,9 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 	if (c->transport_maps[0] && !(p->transport = map_open(c->transport_maps, err, errlen)))
 		goto fail;
 	if (dnscheck_conf_check(c, err, errlen) < 0)
+		goto fail;
+	p->grey = xcalloc(1, sizeof *p->grey);
+	if (grey_policy_load(c, p->grey, err, errlen) < 0)
 		goto fail;
 	for (int i = 0; i < c->relay_backends.n; i++) {
 		if (relay_target_valid(c->relay_backends.v[i], &why) < 0) {
@@ -226,6 +234,7 @@ static const struct policy_step_def {
 	{ "client_dns", dnscheck_step_client },
 	{ "sender_domain", dnscheck_step_sender },
 	{ "dnsbl", dnscheck_step_dnsbl },
+	{ "greylist", grey_step },     /* last: only what all else accepts */
 };
 #define NSTEPS ((int)(sizeof policy_steps / sizeof policy_steps[0]))
 

@@ -21,6 +21,7 @@ struct policy {
 	struct map **relay_maps;
 	int nrelay_maps;
 	struct map *transport;
+	struct grey_policy *grey;      /* greylisting whitelists (grey.h) */
 	int refs;
 };
 

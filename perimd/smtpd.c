@@ -24,6 +24,7 @@
 #include "conn.h"
 #include "dnscheck.h"
 #include "ev.h"
+#include "grey.h"
 #include "log.h"
 #include "net.h"
 #include "policy.h"
@@ -114,6 +115,7 @@ struct session {
 	unsigned rcpt_tried : 1;    /* a RCPT was sent, accepted or not */
 	unsigned body8 : 1;
 	unsigned smtputf8 : 1;
+	unsigned grey_pass : 1;     /* a recipient passed greylisting (grey.h) */
 	char *sender;
 	char *ret, *envid;
 	struct rcpt *rcpts;
@@ -264,6 +266,7 @@ static void txn_reset(struct session *s)
 	rcpt_pending_free(s->rcpt_pending);
 	s->rcpt_pending = NULL;
 	s->in_mail = s->rcpt_tried = s->body8 = s->smtputf8 = 0;
+	s->grey_pass = 0;
 	spool_free(s->spool);
 	s->spool = NULL;
 	s->data_err = DE_NONE;
@@ -472,6 +475,8 @@ static void rcpt_finish(struct session *s, const struct policy_verdict *v)
 		rcpt_pending_free(rp);
 		return;
 	}
+	if (v->rule && !strcmp(v->rule, GREY_RULE_PASS))
+		s->grey_pass = 1;
 	if (!s->route_set) {
 		s->route_set = 1;
 		s->route = rp->route;
@@ -684,6 +689,10 @@ static void relay_done(void *arg, const struct relay_result *r)
 	s->relay = NULL;
 	uint64_t ms = ev_now(s->loop) - s->t_data_end;
 	stats_message_done(r->code, ms);
+	/* A greylisting pass counts toward the auto-whitelist once its
+	 * message is accepted. */
+	if (r->code < 300 && s->grey_pass)
+		grey_accepted(s->loop, s->pol, s->addr, s->sender);
 	const char *status = r->code < 300 ? "sent" : r->code < 500 ? "deferred" : "bounced";
 	for (int i = 0; i < s->nrcpt; i++) {
 		const struct relay_rcpt *rr = &s->rr[i];

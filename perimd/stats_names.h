@@ -53,6 +53,14 @@ STAT(dns_cache_misses, COUNTER, "perimd_dns_cache_total", "result=\"miss\"", "")
 STAT(dns_timeouts, COUNTER, "perimd_dns_timeouts_total", "", "DNS lookups that got no answer in time")
 STAT(dns_failures, COUNTER, "perimd_dns_failures_total", "", "DNS lookups that failed otherwise (SERVFAIL, refused, malformed)")
 
+/* Greylisting (grey.c) */
+STAT(grey_new, COUNTER, "perimd_greylist_decisions_total", "result=\"new\"", "greylisting decisions by outcome (recipients)")
+STAT(grey_early, COUNTER, "perimd_greylist_decisions_total", "result=\"early\"", "")
+STAT(grey_passed, COUNTER, "perimd_greylist_decisions_total", "result=\"passed\"", "")
+STAT(grey_awl, COUNTER, "perimd_greylist_decisions_total", "result=\"auto_whitelisted\"", "")
+STAT(grey_whitelisted, COUNTER, "perimd_greylist_decisions_total", "result=\"whitelisted\"", "")
+STAT(grey_db_errors, COUNTER, "perimd_greylist_db_errors_total", "", "greylist database calls that failed")
+
 /* Histograms */
 HIST(latency, "perimd_message_latency_seconds", "end to end: final dot received to reply sent")
 HIST(backend, "perimd_backend_transaction_seconds", "backend attempt that decided a message: connection taken to verdict")

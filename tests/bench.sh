@@ -17,6 +17,10 @@
 #                           per handshake, throughput at TLS_CONC sessions with and
 #                           without STARTTLS (same run), RSS per idle session with and
 #                           without TLS (clients: tests/bench_tls.py)
+#   tests/bench.sh grey     greylisting: raw store decisions/s on SQLite (WAL) and on a
+#                           private MariaDB (tests/bench_grey.c, one thread), SMTP
+#                           throughput with greylisting on and every triplet passed vs
+#                           off (same run)
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -343,6 +347,87 @@ EOF
 	kill -TERM "$PERIMD_PID"
 	wait "$PERIMD_PID" 2>/dev/null || true
 }
+
+# grey_bench - raw store decisions/s on SQLite (WAL, a file in $WORK) and on
+# a private MariaDB (when mariadb-server is installed), one thread each;
+# then SMTP throughput with greylisting on and every triplet already passed
+# vs greylisting off, alternated in the same run (./build.sh bench grey).
+grey_bench() {
+	local n=${GREY_N:-200000} keys=${GREY_KEYS:-50000} myn=${GREY_MYSQL_N:-20000}
+	local conc=${GREY_CONC:-50} msgs=${GREY_MSGS:-4000} rounds=${GREY_ROUNDS:-3}
+	local bin=$WORK/bench_grey libs
+	# The store code of the perimd under test (its build's library).
+	libs=$(make -s -C "$ROOT/perimd" -pn 2>/dev/null | sed -n 's/^LIBS := //p')
+	# shellcheck disable=SC2086
+	cc -std=gnu11 -O2 -D_GNU_SOURCE -I"$ROOT/perimd" -o "$bin" "$ROOT/tests/bench_grey.c" \
+		"$(dirname "$PERIMD")/libperimd.a" $libs
+	echo "perimd bench grey: $(nproc) CPUs"
+	printf 'store   sqlite (WAL):  %s\n' "$("$bin" "sqlite:$WORK/greylist.db" "$n" "$keys")"
+	if command -v mariadb-install-db >/dev/null && [ -x /usr/sbin/mariadbd ]; then
+		local md=$WORK/mariadb myport user=()
+		myport=$(free_port)
+		mkdir -p "$md/data"
+		[ "$(id -u)" -eq 0 ] && user=(--user=root)
+		mariadb-install-db --no-defaults --datadir="$md/data" --skip-test-db "${user[@]}" \
+			>"$md/install.log" 2>&1
+		/usr/sbin/mariadbd --no-defaults --datadir="$md/data" --socket="$md/sock" \
+			--port="$myport" --bind-address=127.0.0.1 --pid-file="$md/pid" \
+			--log-error="$md/err.log" --skip-log-bin --skip-grant-tables \
+			--innodb-buffer-pool-size=64M --innodb-flush-log-at-trx-commit=2 "${user[@]}" &
+		PIDS+=("$!")
+		for _ in $(seq 1 300); do
+			mariadb --no-defaults -S "$md/sock" -u root -e "CREATE DATABASE IF NOT EXISTS grey" \
+				2>/dev/null && break
+			sleep 0.2
+		done
+		printf 'hosts = 127.0.0.1\nport = %s\nuser = root\npassword =\ndbname = grey\n' \
+			"$myport" >"$md/grey.cf"
+		printf 'store   mariadb:       %s\n' "$("$bin" "mysql:$md/grey.cf" "$myn" "$((myn / 4))")"
+		echo "        (innodb_flush_log_at_trx_commit = 2; each decision is one round trip)"
+	else
+		echo "store   mariadb:       skipped (mariadb-server not installed)"
+	fi
+	start_sink
+	printf '%-6s %-9s %10s %11s\n' round greylist msgs/s cpu_ms/msg
+	local r mode t c0 c1 sum_on=0 sum_off=0 cpu_on=0 cpu_off=0
+	for r in $(seq 1 "$rounds"); do
+		for mode in on off; do
+			EXTRA_CONF=("stats_listen = 127.0.0.1:$(free_port)")
+			[ "$mode" = on ] && EXTRA_CONF+=("greylist = yes" "greylist_delay = 0"
+				"greylist_auto_whitelist_count = 0")
+			start_perimd
+			if [ "$mode" = on ]; then
+				# First sight of the one triplet (451), then its pass.
+				timeout 30 smtp-source -A -s 1 -m 2 -f a@client.bench.test -t rcpt@bench.test \
+					-M client.bench.test "127.0.0.1:$PERIMD_PORT" >/dev/null 2>&1 || true
+				sleep 1.1
+			fi
+			source_run "$PERIMD_PORT" 10 "$WARMUP" 512 >/dev/null
+			c0=$(cpu_ticks "$PERIMD_PID")
+			t=$(source_run "$PERIMD_PORT" "$conc" "$msgs" 512)
+			c1=$(cpu_ticks "$PERIMD_PID")
+			printf '%-6s %-9s %10s %11s\n' "$r" "$mode" "$(fdiv "$msgs" "$t")" \
+				"$(fdiv $(((c1 - c0) * 1000)) $((TICK * msgs)) %.4f)"
+			if [ "$mode" = on ]; then
+				sum_on=$(awk -v a="$sum_on" -v b="$t" 'BEGIN { print a + b }')
+				cpu_on=$((cpu_on + c1 - c0))
+				grep -q "greylist" "$WORK/perimd.$PERIMD_PORT/perimd.log" ||
+					echo "bench grey: no greylisting seen in the log" >&2
+			else
+				sum_off=$(awk -v a="$sum_off" -v b="$t" 'BEGIN { print a + b }')
+				cpu_off=$((cpu_off + c1 - c0))
+			fi
+			kill -TERM "$PERIMD_PID"
+			wait "$PERIMD_PID" 2>/dev/null || true
+		done
+	done
+	echo "SMTP throughput greylisting on (all passed) / off: $(fdiv "$sum_off" "$sum_on" %.3f) (target >= 0.90); CPU on/off: $(fdiv "$cpu_on" "$cpu_off" %.3f)"
+}
+
+if [ "${1:-}" = grey ]; then
+	grey_bench
+	exit 0
+fi
 
 if [ "${1:-}" = stats ]; then
 	stats_bench

@@ -67,9 +67,12 @@ class Client:
     c.wait_closed(timeout)      -> True once the peer has closed the connection
     """
 
-    def __init__(self, port, timeout=10, read_banner=True):
+    def __init__(self, port, timeout=10, read_banner=True, source=None):
         self.timeout = timeout
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        # source: a local address to connect from ("127.0.1.2": all of
+        # 127.0.0.0/8 is local), for tests that tell clients apart.
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
         self.eof = False
         self.banner = self.reply() if read_banner else None
@@ -277,8 +280,8 @@ class Perimd:
     log_to=stderr, myhostname=perimd.test, io_threads=2,
     relay_domains=example.com, shutdown_timeout=3s (so stop() is not held by
     a client a test left open), mail_owner = the user running the tests (so
-    the test directories stay usable when run as root), and
-    reject_unknown_sender_domain=no where the binary has it.
+    the test directories stay usable when run as root), greylist=no and
+    reject_unknown_sender_domain=no (where the binary has them).
     """
 
     def __init__(self, tmpdir, **params):
@@ -296,6 +299,9 @@ class Perimd:
             "shutdown_timeout": "3s",
             "mail_owner": pwd.getpwuid(os.geteuid()).pw_name,
         }
+        # Mail passes at once unless a test turns greylisting on.
+        if "greylist" in known_params():
+            conf["greylist"] = "no"
         # The test senders' domains (client.test ...) are in no DNS: the
         # sender-domain check is off unless a test turns it on.
         if "reject_unknown_sender_domain" in known_params():

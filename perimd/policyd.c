@@ -1,0 +1,290 @@
+/*
+ * policyd.c - the Postfix policy delegation listener on the event loop.
+ *
+ * Invariants: it runs on io loop 0 only. A connection answers one request
+ * at a time: while its greylisting decision is in flight, reading is off
+ * (Postfix waits for each answer anyway), and the decision holds a
+ * reference to the policy it was started with. A connection closed while
+ * its decision runs cancels it (grey_cancel); the operation is then freed
+ * by grey.c and never calls back. Every connection is on a list so drain
+ * and exit find them. Nothing a client sends crashes the listener: an
+ * over-long or malformed request closes that connection with a log line.
+ */
+#include "policyd.h"
+#include "conf.h"
+#include "conn.h"
+#include "ev.h"
+#include "grey.h"
+#include "log.h"
+#include "net.h"
+#include "policy.h"
+#include "smtp_proto.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct pconn {
+	struct pconn *next, *prev;
+	struct conn *conn;
+	struct policy *pol;        /* held while a decision runs */
+	struct grey_op *op;
+	char rcpt[512];
+};
+
+struct pd_listener {
+	struct ev_loop *loop;
+	struct ev_io io;
+	int fd;
+	struct pconn *conns;
+};
+
+static struct pd_listener *pd_lis;   /* loop 0's listener (or NULL) */
+
+/* set_attr - copy a value into a fixed field; -1 when it does not fit. */
+static int set_attr(char *dst, size_t dlen, const char *v, size_t vl)
+{
+	if (vl >= dlen)
+		return -1;
+	memcpy(dst, v, vl);
+	dst[vl] = 0;
+	return 0;
+}
+
+/* policyd_parse - see policyd.h. */
+int policyd_parse(const char *buf, size_t len, struct policyd_req *req, size_t *used)
+{
+	memset(req, 0, sizeof *req);
+	size_t pos = 0;
+	for (;;) {
+		const char *nl = memchr(buf + pos, '\n', len - pos);
+		if (!nl)
+			return len > POLICYD_MAX_REQUEST ? PARSE_TOO_LONG : PARSE_AGAIN;
+		size_t end = (size_t)(nl - buf);
+		if (end + 1 > POLICYD_MAX_REQUEST)
+			return PARSE_TOO_LONG;
+		size_t ll = end - pos;
+		if (ll && buf[end - 1] == '\r')
+			ll--;
+		const char *line = buf + pos;
+		pos = end + 1;
+		if (ll == 0) {
+			*used = pos;
+			return PARSE_OK;
+		}
+		if (memchr(line, 0, ll))
+			return PARSE_BAD;
+		const char *eq = memchr(line, '=', ll);
+		if (!eq || eq == line)
+			return PARSE_BAD;
+		size_t kl = (size_t)(eq - line), vl = ll - kl - 1;
+		const char *v = eq + 1;
+		static const struct {
+			const char *name;
+			size_t off, size;
+		} attrs[] = {
+			{ "request", offsetof(struct policyd_req, request), sizeof req->request },
+			{ "protocol_state", offsetof(struct policyd_req, protocol_state), sizeof req->protocol_state },
+			{ "client_address", offsetof(struct policyd_req, client_address), sizeof req->client_address },
+			{ "client_name", offsetof(struct policyd_req, client_name), sizeof req->client_name },
+			{ "sender", offsetof(struct policyd_req, sender), sizeof req->sender },
+			{ "recipient", offsetof(struct policyd_req, recipient), sizeof req->recipient },
+		};
+		for (size_t i = 0; i < sizeof attrs / sizeof attrs[0]; i++) {
+			if (strlen(attrs[i].name) == kl && !memcmp(attrs[i].name, line, kl)) {
+				if (set_attr((char *)req + attrs[i].off, attrs[i].size, v, vl) < 0)
+					return PARSE_BAD;
+				break;
+			}
+		}
+	}
+}
+
+/* policyd_action - the action for a greylisting result. */
+void policyd_action(const struct grey_result *res, const char *rcpt, char *out, size_t outlen)
+{
+	switch (res->outcome) {
+	case GREY_DEFER:
+		snprintf(out, outlen, "action=DEFER_IF_PERMIT 4.7.1 <%s>: greylisted, try again in %lld seconds",
+			 rcpt, (long long)res->wait);
+		break;
+	case GREY_PASSED:
+		snprintf(out, outlen, "action=PREPEND X-Greylist: passed greylisting (perimd)");
+		break;
+	case GREY_FAIL:
+		if (res->tempfail) {
+			snprintf(out, outlen, "action=DEFER_IF_PERMIT 4.3.0 greylisting temporarily unavailable");
+			break;
+		}
+		/* fall through */
+	default:
+		snprintf(out, outlen, "action=DUNNO");
+		break;
+	}
+}
+
+static void pc_read(void *arg);
+
+/* pc_free - close a connection; cancels its decision. */
+static void pc_free(struct pconn *pc)
+{
+	if (pc->op)
+		grey_cancel(pc->op);
+	if (pc->pol)
+		policy_release(pc->pol);
+	conn_free(pc->conn);
+	if (pc->prev)
+		pc->prev->next = pc->next;
+	else if (pd_lis)
+		pd_lis->conns = pc->next;
+	if (pc->next)
+		pc->next->prev = pc->prev;
+	free(pc);
+}
+
+/* pc_answer - send one answer and read the next request. */
+static void pc_answer(struct pconn *pc, const char *action)
+{
+	conn_printf(pc->conn, "%s\n\n", action);
+	conn_read_enable(pc->conn, 1);
+}
+
+/* pc_decided - the engine's verdict arrived. */
+static void pc_decided(void *arg, const struct grey_result *res)
+{
+	struct pconn *pc = arg;
+	char action[700];
+	pc->op = NULL;
+	policy_release(pc->pol);
+	pc->pol = NULL;
+	policyd_action(res, pc->rcpt, action, sizeof action);
+	pc_answer(pc, action);
+}
+
+/* pc_request - one parsed request. */
+static void pc_request(struct pconn *pc, const struct policyd_req *req)
+{
+	if (strcmp(req->request, "smtpd_access_policy") || strcasecmp(req->protocol_state, "RCPT") ||
+	    !req->recipient[0] || !req->client_address[0]) {
+		pc_answer(pc, "action=DUNNO");
+		return;
+	}
+	struct policy *pol = policy_acquire();
+	struct grey_result res;
+	snprintf(pc->rcpt, sizeof pc->rcpt, "%s", req->recipient);
+	const char *name = req->client_name[0] && strcmp(req->client_name, "unknown") ? req->client_name : NULL;
+	conn_read_enable(pc->conn, 0);
+	if (grey_decide(pd_lis->loop, pol, req->client_address, name, req->sender, req->recipient, &res,
+			pc_decided, pc, &pc->op)) {
+		policy_release(pol);
+		char action[700];
+		policyd_action(&res, pc->rcpt, action, sizeof action);
+		pc_answer(pc, action);
+		return;
+	}
+	pc->pol = pol;
+}
+
+/* pc_read - parse what arrived; one request at a time. */
+static void pc_read(void *arg)
+{
+	struct pconn *pc = arg;
+	if (pc->op)
+		return;
+	size_t len, used;
+	const char *buf = conn_rbuf(pc->conn, &len);
+	struct policyd_req req;
+	int r = policyd_parse(buf, len, &req, &used);
+	if (r == PARSE_AGAIN)
+		return;
+	if (r != PARSE_OK) {
+		log_warn("policy client %s: %s request, closing", conn_peer(pc->conn),
+			 r == PARSE_TOO_LONG ? "over-long" : "malformed");
+		pc_free(pc);
+		return;
+	}
+	conn_consume(pc->conn, used);
+	pc_request(pc, &req);
+}
+
+/* pc_error - EOF or error: the client is gone. */
+static void pc_error(void *arg, int err)
+{
+	(void)err;
+	pc_free(arg);
+}
+
+static const struct conn_ops pc_ops = {
+	.on_read = pc_read,
+	.on_error = pc_error,
+};
+
+/* pd_accept - take every pending connection. */
+static void pd_accept(void *arg, unsigned events)
+{
+	struct pd_listener *l = arg;
+	(void)events;
+	for (int i = 0; i < 64; i++) {
+		int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			return;
+		}
+		struct pconn *pc = xcalloc(1, sizeof *pc);
+		pc->conn = conn_new(l->loop, fd, &pc_ops, pc);
+		conn_set_timeout(pc->conn, 3600 * 1000);
+		pc->next = l->conns;
+		if (l->conns)
+			l->conns->prev = pc;
+		l->conns = pc;
+	}
+}
+
+/* policyd_listen_open - bind policy_listen. */
+int policyd_listen_open(const struct conf *c)
+{
+	if (!c->policy_listen[0])
+		return -1;
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	const char *why;
+	char err[256];
+	if (net_parse_addr(c->policy_listen, -1, &ss, &sl, &why) < 0)
+		fatal("policy_listen %s: %s", c->policy_listen, why);
+	int fd = net_listen((struct sockaddr *)&ss, sl, 512, err, sizeof err);
+	if (fd < 0)
+		fatal("policy_listen %s: %s", c->policy_listen, err);
+	return fd;
+}
+
+/* policyd_loop_start - watch the listener on loop. */
+void policyd_loop_start(struct ev_loop *loop, int fd)
+{
+	if (fd < 0)
+		return;
+	pd_lis = xcalloc(1, sizeof *pd_lis);
+	pd_lis->loop = loop;
+	pd_lis->fd = fd;
+	ev_io_init(&pd_lis->io, fd, pd_accept, pd_lis);
+	ev_io_set(loop, &pd_lis->io, EV_READ);
+	log_info("policy service listening on fd %d", fd);
+}
+
+/* policyd_drain - stop listening, close the connections. */
+void policyd_drain(struct ev_loop *loop)
+{
+	if (!pd_lis || pd_lis->loop != loop)
+		return;
+	while (pd_lis->conns)
+		pc_free(pd_lis->conns);
+	ev_io_stop(loop, &pd_lis->io);
+	close(pd_lis->fd);
+	free(pd_lis);
+	pd_lis = NULL;
+}

@@ -1,0 +1,382 @@
+/*
+ * test_grey.c - greylisting: sender normalisation, netmask grouping, keys,
+ * the store's state machine on SQLite :memory: with a fake clock (new,
+ * early, pass, expired, retention, auto-whitelist with its interval and
+ * expiry), and the postgrey-format whitelists (whole and line by line).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "grey.h"
+#include "policyd.h"
+#include "smtp_proto.h"
+#include "t.h"
+
+/* norm - normalise into a static buffer. */
+static const char *norm(const char *s)
+{
+	static char out[512];
+	grey_normalize_sender(s, out, sizeof out);
+	return out;
+}
+
+/* test_normalize - lower case, BATV, SRS, +ext, VERP numbers. */
+TEST(test_normalize)
+{
+	CHECK_STR(norm(""), "");
+	CHECK_STR(norm("User@Example.COM"), "user@example.com");
+	CHECK_STR(norm("prvs=1234abcdef=user@example.com"), "user@example.com");
+	CHECK_STR(norm("PRVS=0123456789=User@Example.com"), "user@example.com");
+	CHECK_STR(norm("msprvs1=18079Kz2tyOa=bounces@example.com"), "bounces@example.com");
+	CHECK_STR(norm("btv1==0123456789==user@example.com"), "user@example.com");
+	CHECK_STR(norm("SRS0=HHH=TT=orig.example=alice@forwarder.example"), "alice@orig.example");
+	CHECK_STR(norm("SRS1=HHH=fwd1.example==HHH=TT=orig.example=bob@fwd2.example"),
+		  "bob@orig.example");
+	CHECK_STR(norm("srs0+hhh=tt=orig.example=carol@fwd.example"), "carol@orig.example");
+	CHECK_STR(norm("user+list@example.com"), "user@example.com");
+	CHECK_STR(norm("list-bounces+bob=example.org@lists.example.com"), "list-bounces@lists.example.com");
+	CHECK_STR(norm("bounce-12345-678@example.com"), "bounce-#-#@example.com");
+	CHECK_STR(norm("bounce.99@example.com"), "bounce.#@example.com");
+	/* Digits inside a word are part of a name, not a tag. */
+	CHECK_STR(norm("user2@example.com"), "user2@example.com");
+	CHECK_STR(norm("123abc@example.com"), "123abc@example.com");
+	CHECK_STR(norm("42@example.com"), "#@example.com");
+	/* BATV around an SRS address, and an SRS address with a +tag. */
+	CHECK_STR(norm("prvs=0123456789=SRS0=H=TT=orig.example=dave@fwd.example"), "dave@orig.example");
+	/* Malformed forms stay as they are (lower case). */
+	CHECK_STR(norm("prvs=@example.com"), "prvs=@example.com");
+	CHECK_STR(norm("SRS0=broken@fwd.example"), "srs0=broken@fwd.example");
+	CHECK_STR(norm("+@example.com"), "+@example.com");
+	CHECK_STR(norm("no-at-sign"), "no-at-sign");
+	/* Truncation keeps a terminated prefix. */
+	char small[8];
+	size_t n = grey_normalize_sender("someone@example.com", small, sizeof small);
+	CHECK_INT(n, 7);
+	CHECK_STR(small, "someone");
+	/* Every prefix of a tricky address normalises without fault. */
+	const char *tricky = "SRS1=a=b==c=d=e=f+g-1-2@h";
+	char buf[64];
+	for (size_t i = 0; i <= strlen(tricky); i++) {
+		char part[64];
+		memcpy(part, tricky, i);
+		part[i] = 0;
+		grey_normalize_sender(part, buf, sizeof buf);
+		CHECK(strlen(buf) < sizeof buf);
+	}
+}
+
+/* net - the network of addr with /24 and /64. */
+static const char *net(const char *addr, int v4, int v6)
+{
+	static char out[64];
+	if (grey_client_net(addr, v4, v6, out, sizeof out) < 0)
+		return "ERR";
+	return out;
+}
+
+/* test_netmask - grouping by prefix length, IPv4-mapped, bad input. */
+TEST(test_netmask)
+{
+	CHECK_STR(net("192.0.2.77", 24, 64), "192.0.2.0/24");
+	CHECK_STR(net("192.0.2.255", 24, 64), "192.0.2.0/24");
+	CHECK_STR(net("192.0.3.1", 24, 64), "192.0.3.0/24");
+	CHECK_STR(net("192.0.2.77", 32, 64), "192.0.2.77/32");
+	CHECK_STR(net("192.0.2.77", 20, 64), "192.0.0.0/20");
+	CHECK_STR(net("10.255.255.255", 8, 64), "10.0.0.0/8");
+	CHECK_STR(net("2001:db8:1:2:3:4:5:6", 24, 64), "2001:db8:1:2::/64");
+	CHECK_STR(net("2001:db8:1:2:3:4:5:6", 24, 48), "2001:db8:1::/48");
+	CHECK_STR(net("2001:db8:1:2:3:4:5:6", 24, 60), "2001:db8:1::/60");
+	CHECK_STR(net("2001:db8:1:12:3:4:5:6", 24, 60), "2001:db8:1:10::/60");
+	CHECK_STR(net("::ffff:192.0.2.9", 24, 64), "192.0.2.0/24");
+	CHECK_STR(net("not-an-ip", 24, 64), "ERR");
+	CHECK_STR(net("", 24, 64), "ERR");
+	CHECK_STR(net("192.0.2.1/24", 24, 64), "ERR");
+}
+
+/* test_keys - same triplet, same key; any part changed, another key. */
+TEST(test_keys)
+{
+	struct grey_key a, b, c, d, n1, n2;
+	grey_triplet_key("192.0.2.0/24", "a@x.example", "Rcpt@Example.com", &a);
+	grey_triplet_key("192.0.2.0/24", "a@x.example", "rcpt@example.com", &b);
+	CHECK(!memcmp(&a, &b, sizeof a));
+	grey_triplet_key("192.0.3.0/24", "a@x.example", "rcpt@example.com", &c);
+	CHECK(memcmp(&a, &c, sizeof a));
+	/* The parts are separated: moving a character between them differs. */
+	grey_triplet_key("192.0.2.0/24", "a@x.exampler", "cpt@example.com", &d);
+	CHECK(memcmp(&a, &d, sizeof a));
+	grey_net_key("192.0.2.0/24", &n1);
+	grey_net_key("192.0.3.0/24", &n2);
+	CHECK(memcmp(&n1, &n2, sizeof n1));
+	CHECK(memcmp(&n1, &a, sizeof n1));
+}
+
+#define S 1000LL
+#define DELAY (300 * S)
+#define MAXAGE (2 * 86400 * S)
+#define RETAIN (35 * 86400 * S)
+
+/* check_at - one decision at fake time t. */
+static enum grey_state check_at(struct grey_store *st, const char *trip, int64_t t,
+				struct grey_answer *a)
+{
+	struct grey_query q = { .now = t, .delay = DELAY, .max_age = MAXAGE, .retention = RETAIN };
+	char err[256];
+	grey_triplet_key("192.0.2.0/24", "a@x.example", trip, &q.triplet);
+	grey_net_key("192.0.2.0/24", &q.net);
+	memset(a, 0, sizeof *a);
+	CHECK_INT(st->ops->check(st, &q, a, err, sizeof err), 0);
+	return a->state;
+}
+
+/* test_states - new, early, pass, remembered, expired, retention. */
+TEST(test_states)
+{
+	char err[256];
+	struct grey_store *st = grey_sqlite_open(":memory:", err, sizeof err);
+	CHECK(st != NULL);
+	if (!st)
+		return;
+	struct grey_answer a;
+	int64_t t0 = 1700000000 * S;
+	CHECK_INT(check_at(st, "r1@example.com", t0, &a), GREY_NEW);
+	CHECK_INT(a.first, t0);
+	CHECK_INT(a.now, t0);
+	CHECK_INT(a.awl_count, 0);
+	CHECK_INT(check_at(st, "r1@example.com", t0 + 1 * S, &a), GREY_EARLY);
+	CHECK_INT(a.first, t0);
+	CHECK_INT(check_at(st, "r1@example.com", t0 + DELAY - 1, &a), GREY_EARLY);
+	CHECK_INT(check_at(st, "r1@example.com", t0 + DELAY, &a), GREY_PASS);
+	CHECK_INT(check_at(st, "r1@example.com", t0 + DELAY + 10 * S, &a), GREY_PASS);
+	/* Remembered for the retention after the last pass, not the first. */
+	int64_t t1 = t0 + DELAY + 10 * S + RETAIN - 1;
+	CHECK_INT(check_at(st, "r1@example.com", t1, &a), GREY_PASS);
+	CHECK_INT(check_at(st, "r1@example.com", t1 + RETAIN, &a), GREY_NEW);
+	CHECK_INT(a.first, t1 + RETAIN);
+	/* Another recipient is its own triplet. */
+	CHECK_INT(check_at(st, "r2@example.com", t0 + DELAY, &a), GREY_NEW);
+	/* A retry after max_age starts over, then passes after the delay. */
+	CHECK_INT(check_at(st, "r3@example.com", t0, &a), GREY_NEW);
+	CHECK_INT(check_at(st, "r3@example.com", t0 + MAXAGE + 1, &a), GREY_NEW);
+	CHECK_INT(a.first, t0 + MAXAGE + 1);
+	CHECK_INT(check_at(st, "r3@example.com", t0 + MAXAGE + 2, &a), GREY_EARLY);
+	CHECK_INT(check_at(st, "r3@example.com", t0 + MAXAGE + 1 + DELAY, &a), GREY_PASS);
+	/* Expiry deletes only what has expired, bounded per call. */
+	for (int i = 0; i < 5; i++) {
+		char r[64];
+		snprintf(r, sizeof r, "x%d@example.com", i);
+		check_at(st, r, t0, &a);
+	}
+	CHECK_INT(st->ops->expire(st, t0 + MAXAGE, 3, err, sizeof err), 3);
+	CHECK_INT(st->ops->expire(st, t0 + MAXAGE, 3, err, sizeof err), 2);
+	CHECK_INT(st->ops->expire(st, t0 + MAXAGE, 3, err, sizeof err), 0);
+	CHECK_INT(check_at(st, "r3@example.com", t0 + MAXAGE + 2 + DELAY, &a), GREY_PASS);
+	st->ops->close(st);
+}
+
+/* test_awl - counted passes, at most one per interval, and expiry. */
+TEST(test_awl)
+{
+	char err[256];
+	struct grey_store *st = grey_sqlite_open(":memory:", err, sizeof err);
+	CHECK(st != NULL);
+	if (!st)
+		return;
+	struct grey_key n;
+	grey_net_key("192.0.2.0/24", &n);
+	int64_t t0 = 1700000000 * S, cnt = -1, hour = 3600 * S;
+	CHECK_INT(st->ops->awl_pass(st, &n, t0, hour, RETAIN, &cnt, err, sizeof err), 0);
+	CHECK_INT(cnt, 1);
+	CHECK_INT(st->ops->awl_pass(st, &n, t0 + 10 * S, hour, RETAIN, &cnt, err, sizeof err), 0);
+	CHECK_INT(cnt, 1);  /* within the interval: not counted */
+	CHECK_INT(st->ops->awl_pass(st, &n, t0 + hour, hour, RETAIN, &cnt, err, sizeof err), 0);
+	CHECK_INT(cnt, 2);
+	/* The decision reads the count of the client's network. */
+	struct grey_answer a;
+	check_at(st, "r@example.com", t0 + hour, &a);
+	CHECK_INT(a.awl_count, 2);
+	/* Interval 0: every accepted message counts. */
+	for (int i = 0; i < 3; i++)
+		st->ops->awl_pass(st, &n, t0 + hour + i, 0, RETAIN, &cnt, err, sizeof err);
+	CHECK_INT(cnt, 5);
+	/* After the retention without a pass the network starts over. */
+	int64_t late = t0 + hour + 2 + RETAIN + 1;
+	check_at(st, "r@example.com", late, &a);
+	CHECK_INT(a.awl_count, 0);
+	CHECK_INT(st->ops->awl_pass(st, &n, late, hour, RETAIN, &cnt, err, sizeof err), 0);
+	CHECK_INT(cnt, 1);
+	st->ops->close(st);
+}
+
+/* test_wal - a file database is in WAL mode. */
+TEST(test_wal)
+{
+	char path[] = "/tmp/test_grey_XXXXXX";
+	int fd = mkstemp(path);
+	CHECK(fd >= 0);
+	close(fd);
+	char err[256];
+	struct grey_store *st = grey_sqlite_open(path, err, sizeof err);
+	CHECK(st != NULL);
+	if (st) {
+		struct grey_answer a;
+		CHECK_INT(check_at(st, "w@example.com", 1000, &a), GREY_NEW);
+		st->ops->close(st);
+	}
+	FILE *f = fopen(path, "rb");
+	unsigned char hdr[20] = { 0 };
+	CHECK(f && fread(hdr, 1, sizeof hdr, f) == sizeof hdr);
+	if (f)
+		fclose(f);
+	/* File format bytes 18 and 19 are 2 in WAL mode. */
+	CHECK_INT(hdr[18], 2);
+	CHECK_INT(hdr[19], 2);
+	unlink(path);
+	char p2[300];
+	snprintf(p2, sizeof p2, "%s-wal", path);
+	unlink(p2);
+	snprintf(p2, sizeof p2, "%s-shm", path);
+	unlink(p2);
+	CHECK(grey_sqlite_open("/nonexistent-dir/x.db", err, sizeof err) == NULL);
+	CHECK(grey_store_open("postgres:x", err, sizeof err) == NULL);
+}
+
+static const char wl_text[] =
+	"# comment\n"
+	"\n"
+	"mail.example.net\n"
+	"/^mx[0-9]+\\.bulk\\.example$/\n"
+	"192.0.2.0/24   # trailing comment\n"
+	"2001:db8::/32\n"
+	"198.51.100.7\n"
+	"10.1.\n"
+	"postmaster@\n"
+	"abuse@Example.org\n"
+	"lists.example.com\n"
+	"/^noreply-[a-z]+@/\n";
+
+/* check_wl - the assertions shared by whole and line-by-line parsing. */
+static void check_wl(const struct greywl *w)
+{
+	CHECK(w != NULL);
+	if (!w)
+		return;
+	CHECK_INT(greywl_client(w, "203.0.113.5", "mail.example.net"), 1);
+	CHECK_INT(greywl_client(w, "203.0.113.5", "out.MAIL.example.net"), 1);
+	CHECK_INT(greywl_client(w, "203.0.113.5", "evilmail.example.net"), 0);
+	CHECK_INT(greywl_client(w, "203.0.113.5", "example.net"), 0);
+	CHECK_INT(greywl_client(w, "203.0.113.5", NULL), 0);
+	CHECK_INT(greywl_client(w, "203.0.113.5", "mx12.bulk.example"), 1);
+	CHECK_INT(greywl_client(w, "203.0.113.5", "mx12.bulk.example.evil"), 0);
+	CHECK_INT(greywl_client(w, "192.0.2.200", NULL), 1);
+	CHECK_INT(greywl_client(w, "192.0.3.1", NULL), 0);
+	CHECK_INT(greywl_client(w, "2001:db8:ffff::1", NULL), 1);
+	CHECK_INT(greywl_client(w, "2001:db9::1", NULL), 0);
+	CHECK_INT(greywl_client(w, "198.51.100.7", NULL), 1);
+	CHECK_INT(greywl_client(w, "198.51.100.8", NULL), 0);
+	CHECK_INT(greywl_client(w, "10.1.2.3", NULL), 1);
+	CHECK_INT(greywl_client(w, "10.10.2.3", NULL), 0);
+	CHECK_INT(greywl_rcpt(w, "Postmaster@any.example"), 1);
+	CHECK_INT(greywl_rcpt(w, "postmasterx@any.example"), 0);
+	CHECK_INT(greywl_rcpt(w, "abuse@example.org"), 1);
+	CHECK_INT(greywl_rcpt(w, "abuse@example.com"), 0);
+	CHECK_INT(greywl_rcpt(w, "anyone@lists.example.com"), 1);
+	CHECK_INT(greywl_rcpt(w, "anyone@sub.lists.example.com"), 1);
+	CHECK_INT(greywl_rcpt(w, "anyone@otherlists.example.com"), 0);
+	CHECK_INT(greywl_rcpt(w, "noreply-abc@x.example"), 1);
+	CHECK_INT(greywl_rcpt(w, "user@x.example"), 0);
+}
+
+/* test_whitelist - postgrey format, whole and as it grows line by line. */
+TEST(test_whitelist)
+{
+	char err[256];
+	struct greywl *w = greywl_parse(wl_text, strlen(wl_text), err, sizeof err);
+	check_wl(w);
+	greywl_free(w);
+	/* Every prefix parses (a truncated file is no crash), and byte by
+	 * byte growth ends in the same list. */
+	for (size_t i = 0; i <= strlen(wl_text); i++) {
+		w = greywl_parse(wl_text, i, err, sizeof err);
+		greywl_free(w);
+	}
+	w = greywl_parse(wl_text, strlen(wl_text), err, sizeof err);
+	check_wl(w);
+	greywl_free(w);
+	/* Errors name the line. */
+	CHECK(greywl_parse("ok.example\n/unterminated\n", 25, err, sizeof err) == NULL);
+	CHECK(strstr(err, "line 2") != NULL);
+	CHECK(greywl_parse("/([/\n", 5, err, sizeof err) == NULL);
+	CHECK(strstr(err, "line 1") != NULL);
+	CHECK(greywl_client(NULL, "192.0.2.1", NULL) == 0);
+	CHECK(greywl_load("/nonexistent/file", err, sizeof err) == NULL);
+}
+
+static const char pd_req[] =
+	"request=smtpd_access_policy\r\n"
+	"protocol_state=RCPT\n"
+	"client_address=192.0.2.1\n"
+	"client_name=mx.example.net\n"
+	"sender=\n"
+	"recipient=bob@example.com\n"
+	"unknown_attr=x=y\n"
+	"\n"
+	"request=next\n";
+
+/* test_policyd_parse - whole, byte by byte, and refusals. */
+TEST(test_policyd_parse)
+{
+	struct policyd_req r;
+	size_t used = 0, len = strlen(pd_req);
+	size_t end = strstr(pd_req, "\n\n") - pd_req + 2;
+	CHECK_INT(policyd_parse(pd_req, len, &r, &used), PARSE_OK);
+	CHECK_INT(used, end);
+	CHECK_STR(r.request, "smtpd_access_policy");
+	CHECK_STR(r.protocol_state, "RCPT");
+	CHECK_STR(r.client_address, "192.0.2.1");
+	CHECK_STR(r.client_name, "mx.example.net");
+	CHECK_STR(r.sender, "");
+	CHECK_STR(r.recipient, "bob@example.com");
+	for (size_t i = 0; i < end; i++)
+		CHECK_INT(policyd_parse(pd_req, i, &r, &used), PARSE_AGAIN);
+	CHECK_INT(policyd_parse("novalue\n\n", 10, &r, &used), PARSE_BAD);
+	CHECK_INT(policyd_parse("=x\n\n", 4, &r, &used), PARSE_BAD);
+	CHECK_INT(policyd_parse("a=b\0c\n\n", 7, &r, &used), PARSE_BAD);
+	char big[POLICYD_MAX_REQUEST + 10];
+	memset(big, 'a', sizeof big);
+	CHECK_INT(policyd_parse(big, sizeof big, &r, &used), PARSE_TOO_LONG);
+	big[0] = 's';
+	memcpy(big, "sender=", 7);
+	big[700] = '\n';
+	big[701] = '\n';
+	CHECK_INT(policyd_parse(big, 702, &r, &used), PARSE_BAD);  /* value too long */
+	/* Answers. */
+	char out[600];
+	struct grey_result g = { .outcome = GREY_DEFER, .wait = 42 };
+	policyd_action(&g, "b@example.com", out, sizeof out);
+	CHECK_STR(out, "action=DEFER_IF_PERMIT 4.7.1 <b@example.com>: greylisted, try again in 42 seconds");
+	g.outcome = GREY_WHITELISTED;
+	policyd_action(&g, "b@example.com", out, sizeof out);
+	CHECK_STR(out, "action=DUNNO");
+	g.outcome = GREY_FAIL;
+	policyd_action(&g, "b@example.com", out, sizeof out);
+	CHECK_STR(out, "action=DUNNO");
+	g.tempfail = 1;
+	policyd_action(&g, "b@example.com", out, sizeof out);
+	CHECK(!strncmp(out, "action=DEFER_IF_PERMIT 4.3.0", 28));
+}
+
+int main(void)
+{
+	RUN(test_normalize);
+	RUN(test_netmask);
+	RUN(test_keys);
+	RUN(test_states);
+	RUN(test_awl);
+	RUN(test_wal);
+	RUN(test_whitelist);
+	RUN(test_policyd_parse);
+	return t_done();
+}
