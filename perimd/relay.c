@@ -38,6 +38,7 @@
 
 #include "conf.h"
 #include "conn.h"
+#include "dnsmx.h"
 #include "ev.h"
 #include "log.h"
 #include "relay.h"
@@ -161,6 +162,9 @@ struct relay_req {
 	uint64_t t_start, t_attempt;
 	char last_error[300];
 	int in_done;
+	struct dnsmx_req *mxq;        /* a host-name backend being resolved */
+	struct dnsmx_list *mx;        /* its addresses, tried before the next entry */
+	int mxi;
 	struct relay_result res;
 };
 
@@ -269,7 +273,7 @@ static int target_parse(const char *target, struct sockaddr_storage *ss,
 		return 0;
 	}
 	*why = bracket ? "not an IPv4 or IPv6 address"
-		       : "host names need MX lookup (not built yet); write [address]:port";
+		       : "not an address (host names are looked up by MX)";
 	return -1;
 }
 
@@ -280,7 +284,16 @@ int relay_target_valid(const char *target, const char **why)
 	socklen_t sl;
 	char name[INET6_ADDRSTRLEN + 16];
 
-	return target_parse(target, &ss, &sl, name, sizeof(name), why);
+	char host[256];
+	int port;
+
+	if (target_parse(target, &ss, &sl, name, sizeof(name), why) == 0)
+		return 0;
+	/* Without brackets a name is a host looked up by MX, then A/AAAA. */
+	if (target[strspn(target, " \t")] != '[' &&
+	    dnsmx_target_host(target, host, sizeof(host), &port) == 0)
+		return 0;
+	return -1;
 }
 
 /* dest_get - the process-wide record of a target, created on first use. */
@@ -674,6 +687,8 @@ static void req_free(struct relay_req *r)
 
 	ev_defer_cancel(rl->loop, &r->startd);
 	ev_timer_stop(rl->loop, &r->waitt);
+	dnsmx_cancel(r->mxq);
+	dnsmx_list_free(r->mx);
 	if (r->waiting) {
 		TAILQ_REMOVE(&r->waiting->waiters, r, wlink);
 		dest_adjust(r->waiting->dest, rl->loop, -1, 0);
@@ -1533,15 +1548,27 @@ static void req_failover(struct relay_req *r, const char *why)
 	req_next_target(r);
 }
 
-/* req_next_target - move to the next usable backend, or give up. */
+static void req_mx_done(void *arg, struct dnsmx_list *mx);
+
+/* req_next_target - move to the next usable backend (the next address of
+ * a host-name backend first), or give up. */
 static void req_next_target(struct relay_req *r)
 {
 	const struct conf_list *l = r->msg->backends;
 
 	for (;;) {
 		const char *why = NULL;
+		const char *t = NULL;
+		char host[256];
+		int port;
 
-		r->target++;
+		if (r->mx && r->mxi < r->mx->n) {
+			t = r->mx->v[r->mxi++];
+		} else {
+			dnsmx_list_free(r->mx);
+			r->mx = NULL;
+			r->target++;
+		}
 		if (ev_now(r->rl->loop) >= r->msg->deadline) {
 			char text[400];
 
@@ -1550,7 +1577,7 @@ static void req_next_target(struct relay_req *r)
 			req_fail(r, 451, "4.4.1", text);
 			return;
 		}
-		if (!l || r->target >= l->n) {
+		if (!t && (!l || r->target >= l->n)) {
 			char text[400];
 
 			if (!l || l->n == 0)
@@ -1561,16 +1588,40 @@ static void req_next_target(struct relay_req *r)
 			req_fail(r, 451, "4.4.1", text);
 			return;
 		}
-		r->dest = dest_get(l->v[r->target], &why);
+		if (!t) {
+			t = l->v[r->target];
+			if (t[strspn(t, " \t")] != '[' &&
+			    dnsmx_target_host(t, host, sizeof(host), &port) == 0) {
+				r->mxq = dnsmx_resolve(r->rl->loop, r->msg->conf, host, port,
+						       req_mx_done, r);
+				return;
+			}
+		}
+		r->dest = dest_get(t, &why);
 		if (r->dest) {
 			r->stale = 0;
 			req_acquire(r);
 			return;
 		}
-		snprintf(r->last_error, sizeof(r->last_error), "backend %s: %s",
-			 l->v[r->target], why);
-		log_warn("%s: skipping backend %s: %s", r->msg->id, l->v[r->target], why);
+		snprintf(r->last_error, sizeof(r->last_error), "backend %s: %s", t, why);
+		log_warn("%s: skipping backend %s: %s", r->msg->id, t, why);
 	}
+}
+
+/* req_mx_done - a host-name backend's addresses, in MX order: try them,
+ * or note why there are none and go on with the next entry. */
+static void req_mx_done(void *arg, struct dnsmx_list *mx)
+{
+	struct relay_req *r = arg;
+
+	r->mxq = NULL;
+	if (mx->why[0] && mx->n == 0) {
+		snprintf(r->last_error, sizeof(r->last_error), "backend %.280s", mx->why);
+		log_warn("%s: skipping backend %s", r->msg->id, mx->why);
+	}
+	r->mx = mx;
+	r->mxi = 0;
+	req_next_target(r);
 }
 
 /* req_start - deferred start, so done() never runs inside relay_send(). */

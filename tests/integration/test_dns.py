@@ -8,6 +8,8 @@ Clients connect from different 127.x addresses (all of 127/8 is local):
              a "query refused" code outside the filter: not listed
   127.0.0.6  listed in bl.test (127.0.0.2)
   127.0.0.5  listed in wl.test and in bl.test: the allow list wins
+Backends: relay.test (MX 10 -> 127.0.0.7, MX 20 -> 127.0.0.1), self.test
+(no MX, A 127.0.0.1: perimd's own address).
 Sender domains: mx.test (MX), a-only.test (A only), nullmx.test (MX 0 "."),
 nx.test (NXDOMAIN), slow.test (forwarded to a server that never answers).
 dnsmasq's query log shows what reached the server, so the cache and the
@@ -62,6 +64,12 @@ class Dnsmasq:
             "--address=/4.0.0.127.bl.test/127.255.255.254",
             "--address=/5.0.0.127.wl.test/127.0.0.2",
             "--server=/slow.test/127.0.0.1#%d" % hole_port,
+            # Backends by MX: the preferred MX host has nothing listening.
+            "--mx-host=relay.test,mx2.relay.test,20",
+            "--mx-host=relay.test,mx1.relay.test,10",
+            "--host-record=mx1.relay.test,127.0.0.7",
+            "--host-record=mx2.relay.test,127.0.0.1",
+            "--host-record=self.test,127.0.0.1",
         ]
         if os.geteuid() == 0:
             args.append("--user=root")   # keep the right to write its log
@@ -256,3 +264,45 @@ def test_bad_dns_settings(perimd_factory, tmp_path):
                        stderr=subprocess.STDOUT, timeout=30)
     assert r.returncode != 0
     assert b"dnsbl_sites" in r.stdout
+
+
+def send_message(port, rcpt_to="user@example.com"):
+    """A whole transaction; the reply to the final dot."""
+    with Client(port) as c:
+        assert c.cmd("EHLO client.test")[0] == 250
+        assert c.cmd("MAIL FROM:<a@client.test>")[0] == 250
+        assert c.cmd("RCPT TO:<%s>" % rcpt_to)[0] == 250
+        assert c.cmd("DATA")[0] == 354
+        c.send(b"Subject: mx\r\n\r\nrouted by MX\r\n.\r\n")
+        r = c.reply(timeout=30)
+        c.cmd("QUIT")
+        return r
+
+
+def test_backend_by_mx(perimd_factory, dnsmasq, sink):
+    # MX 10 (127.0.0.7) refuses the connection; MX 20 (127.0.0.1) is the sink.
+    p = dns_perimd(perimd_factory, dnsmasq, relay_backends="relay.test:%d" % sink.port)
+    r = send_message(p.port)
+    assert r[0] == 250, r
+    assert sink.wait_count(1)
+    assert "127.0.0.1:%d" % sink.port in r[1]
+    log = p.log_text()
+    assert log.index("127.0.0.7:%d" % sink.port) < log.index("127.0.0.1:%d" % sink.port), log
+    assert send_message(p.port)[0] == 250
+    assert sink.wait_count(2)
+    assert dnsmasq.queries("MX", "relay.test") == 1   # the second one was cached
+
+
+def test_backend_by_mx_loop(perimd_factory, dnsmasq):
+    # self.test's address is perimd's own listener: refused, never relayed.
+    port = free_port()
+    p = dns_perimd(perimd_factory, dnsmasq, smtpd_listen="127.0.0.1:%d" % port,
+                   relay_backends="self.test:%d" % port)
+    r = send_message(p.port)
+    assert r[0] == 451 and r[1].startswith("4.4.1 "), r
+    assert "mail loop" in r[1], r
+    assert "perimd itself" in p.log_text()
+    # A host that does not exist.
+    q = dns_perimd(perimd_factory, dnsmasq, relay_backends="nx.test:25")
+    r = send_message(q.port)
+    assert r[0] == 451 and "nx.test: host not found" in r[1], r

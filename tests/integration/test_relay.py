@@ -110,8 +110,10 @@ def wait_for(cond, timeout=10):
     ("[10.1.1.5]", None),
     ("[::1]:25", None),
     ("[IPv6:2001:db8::5]:25", None),
-    ("mx.example.com", "host names need MX lookup"),
-    ("mx.example.com:25", "host names need MX lookup"),
+    ("mx.example.com", None),            # looked up by MX (test_dns.py)
+    ("mx.example.com:2525", None),
+    ("mx.example.com:0", "bad port"),
+    ("mx example!", "not an address"),
     ("::1:25", "IPv6 addresses must be in brackets"),
     ("[127.0.0.1]:0", "bad port"),
     ("[127.0.0.1]:65536", "bad port"),
