@@ -20,7 +20,8 @@ ROOT=$(pwd)
 # pytest with Debian's python3.
 DEPS=(build-essential clang libclang-rt-14-dev mandoc pkg-config
       libsqlite3-dev libc-ares-dev libbearssl-dev libclamav-dev
-      postfix swaks clamav-daemon openssl python3-aiosmtpd python3-pytest dnsmasq-base)
+      postfix swaks clamav-daemon openssl python3-aiosmtpd python3-pytest dnsmasq-base
+      mariadb-server)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {
