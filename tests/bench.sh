@@ -424,6 +424,79 @@ grey_bench() {
 	echo "SMTP throughput greylisting on (all passed) / off: $(fdiv "$sum_off" "$sum_on" %.3f) (target >= 0.90); CPU on/off: $(fdiv "$cpu_on" "$cpu_off" %.3f)"
 }
 
+# dns_bench - cached lookups/s across threads (tests/bench_dns.c), then
+# SMTP throughput at 512 sessions with PTR/FCrDNS and sender-domain checks
+# on (against dnsmasq on a loopback port) and off, with the cache hit rate.
+dns_bench() {
+	local conc=${DNS_CONC:-512} msgs=${DNS_MSGS:-6000} rounds=${DNS_ROUNDS:-3}
+	local bin=$WORK/bench_dns libs
+	libs=$(make -s -C "$ROOT/perimd" -pn 2>/dev/null | sed -n 's/^LIBS := //p')
+	# shellcheck disable=SC2086
+	cc -std=gnu11 -O2 -D_GNU_SOURCE -I"$ROOT/perimd" -o "$bin" "$ROOT/tests/bench_dns.c" \
+		"$(dirname "$PERIMD")/libperimd.a" $libs
+	echo "perimd bench dns: $(nproc) CPUs"
+	local t
+	for t in 1 "$(nproc)" 8; do
+		printf 'cache   %s\n' "$("$bin" "$t" 2 10000)"
+	done
+	echo "        (target >= 1000000 lookups/s across threads)"
+	local dport dlog user=()
+	dport=$(free_port)
+	dlog=$WORK/dnsmasq.log
+	[ "$(id -u)" -eq 0 ] && user=(--user=root)
+	dnsmasq -k --port="$dport" --listen-address=127.0.0.1 --bind-interfaces --no-resolv \
+		--no-hosts --conf-file=/dev/null --pid-file= --log-queries --log-facility="$dlog" \
+		--local=/bench.test/ --host-record=client.bench.test,127.0.0.1 \
+		--mx-host=client.bench.test,mail.client.bench.test,10 \
+		--host-record=mail.client.bench.test,192.0.2.25 "${user[@]}" >"$WORK/dnsmasq.out" 2>&1 &
+	PIDS+=("$!")
+	sleep 0.5
+	start_sink
+	printf '%-6s %-9s %10s %11s %9s\n' round dns msgs/s cpu_ms/msg hit_rate
+	local r mode tt c0 c1 sum_on=0 sum_off=0 cpu_on=0 cpu_off=0 sport hr
+	for r in $(seq 1 "$rounds"); do
+		for mode in on off; do
+			sport=$(free_port)
+			EXTRA_CONF=("stats_listen = 127.0.0.1:$sport")
+			[ "$mode" = on ] && EXTRA_CONF+=("dns_servers = 127.0.0.1:$dport"
+				"reject_unknown_sender_domain = yes" "reject_unknown_client_hostname = yes"
+				"reject_unknown_reverse_client_hostname = yes")
+			start_perimd
+			source_run "$PERIMD_PORT" 10 "$WARMUP" 512 >/dev/null
+			c0=$(cpu_ticks "$PERIMD_PID")
+			tt=$(source_run "$PERIMD_PORT" "$conc" "$msgs" 512)
+			c1=$(cpu_ticks "$PERIMD_PID")
+			hr=$("$PY" - "$sport" <<'EOF'
+import re, sys, urllib.request
+t = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode()
+h = re.search(r'perimd_dns_cache_total\{result="hit"\} (\d+)', t)
+m = re.search(r'perimd_dns_cache_total\{result="miss"\} (\d+)', t)
+h, m = int(h.group(1)) if h else 0, int(m.group(1)) if m else 0
+print("%.4f" % (h / (h + m)) if h + m else "-")
+EOF
+)
+			printf '%-6s %-9s %10s %11s %9s\n' "$r" "$mode" "$(fdiv "$msgs" "$tt")" \
+				"$(fdiv $(((c1 - c0) * 1000)) $((TICK * msgs)) %.4f)" "$hr"
+			if [ "$mode" = on ]; then
+				sum_on=$(awk -v a="$sum_on" -v b="$tt" 'BEGIN { print a + b }')
+				cpu_on=$((cpu_on + c1 - c0))
+			else
+				sum_off=$(awk -v a="$sum_off" -v b="$tt" 'BEGIN { print a + b }')
+				cpu_off=$((cpu_off + c1 - c0))
+			fi
+			kill -TERM "$PERIMD_PID"
+			wait "$PERIMD_PID" 2>/dev/null || true
+		done
+	done
+	echo "queries that reached dnsmasq: $(grep -c 'query\[' "$dlog")"
+	echo "SMTP throughput DNS checks on / off at $conc sessions: $(fdiv "$sum_off" "$sum_on" %.3f) (target >= 0.80); CPU on/off: $(fdiv "$cpu_on" "$cpu_off" %.3f)"
+}
+
+if [ "${1:-}" = dns ]; then
+	dns_bench
+	exit 0
+fi
+
 if [ "${1:-}" = grey ]; then
 	grey_bench
 	exit 0
