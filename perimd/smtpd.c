@@ -51,6 +51,10 @@
 #define WBACKLOG_MAX (64 * 1024)
 #define RELAY_DEADLINE_MS (9 * 60 * 1000)   /* RFC 5321 §4.5.3.2.6 gives 10 */
 #define MAX_RECEIVED 50
+/* A command "line" that never ends is garbage, not a command: each further
+ * SKIP_ERROR_BYTES of it counts as one more error, so the hard error limit
+ * ends the session (legitimate over-long lines get exactly one reply). */
+#define SKIP_ERROR_BYTES (64 * 1024)
 
 enum sstate { ST_CMD, ST_DATA, ST_BUSY, ST_CLOSING };
 enum data_err { DE_NONE, DE_TOO_BIG, DE_SPOOL_FULL, DE_IO };
@@ -99,6 +103,7 @@ struct session {
 	char *helo;
 	unsigned esmtp : 1;
 	unsigned skip_line : 1;     /* discarding an over-long command line */
+	size_t skipped;             /* bytes of it discarded since its last error */
 	unsigned wblocked : 1;      /* paused until replies drain */
 	unsigned counted : 1;       /* in climit */
 	unsigned tls : 1;           /* STARTTLS done (RFC 3207) */
@@ -120,6 +125,7 @@ struct session {
 	char *ret, *envid;
 	struct rcpt *rcpts;
 	int nrcpt, caprcpt;
+	long long overshoot;        /* RCPTs refused for smtpd_recipient_limit */
 	int route_set;
 	char *route;                /* backend list text; NULL = relay_backends */
 	struct rcpt_pending *rcpt_pending;
@@ -135,6 +141,7 @@ struct session {
 	struct relay_req *relay;
 	struct av_req *av;          /* content scan in flight */
 	struct dnscheck *dns;       /* PTR/FCrDNS, DNSBL, sender domain lookups */
+	struct ev_timer deadline;   /* smtpd_timeout per command (request_deadline) */
 	struct relay_msg msg;
 	struct relay_rcpt *rr;
 	struct conf_list backends;
@@ -197,6 +204,34 @@ static void session_free(struct session *s);
 static int starttls_offered(struct session *s);
 static void rcpt_pending_free(struct rcpt_pending *rp);
 
+/* deadline_expired - a command (or DATA line) did not arrive whole within
+ * smtpd_timeout. conn.c's idle timeout is re-armed by every byte, so a
+ * client trickling one byte at a time (slowloris), or one that pipelines
+ * and never reads our replies (reading paused, no idle timer), would hold
+ * its session for ever; this deadline, as Postfix's
+ * smtpd_per_request_deadline, ends both. Only while we wait for the
+ * client: asynchronous steps (relay, scan, checks) have their own bounds. */
+static void deadline_expired(void *arg)
+{
+	struct session *s = arg;
+	if (s->state != ST_CMD && s->state != ST_DATA)
+		return;   /* re-armed when the step ends (session_resume) */
+	log_info("%s: timeout after %u commands from [%s]%s", s->id, s->ncmds, s->addr,
+		 s->wblocked ? " (client not reading replies)" : " (incomplete command)");
+	reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cf->myhostname);
+	stats_inc(ST_close_timeout);
+	session_close(s);
+}
+
+/* deadline_arm - the client has smtpd_timeout from now for its next
+ * complete command line (or the next DATA line). */
+static void deadline_arm(struct session *s)
+{
+	if (s->cf->smtpd_timeout > 0)
+		ev_timer_start(s->loop, &s->deadline, (uint64_t)s->cf->smtpd_timeout,
+			       deadline_expired, s);
+}
+
 /* tarpit_fire - the delayed error reply goes out; input resumes. */
 static void tarpit_fire(void *arg)
 {
@@ -230,6 +265,7 @@ static void reply_error(struct session *s, const char *fmt, ...)
 		log_info("%s: too many errors from [%s] after %u commands", s->id, s->addr, s->ncmds);
 		reply(s, "%s", buf);
 		reply(s, "421 4.7.0 %s Error: too many errors", cf->myhostname);
+		stats_inc(ST_close_errors);
 		session_close(s);
 		return;
 	}
@@ -266,6 +302,7 @@ static void txn_reset(struct session *s)
 	rcpt_pending_free(s->rcpt_pending);
 	s->rcpt_pending = NULL;
 	s->in_mail = s->rcpt_tried = s->body8 = s->smtputf8 = 0;
+	s->overshoot = 0;
 	s->grey_pass = 0;
 	spool_free(s->spool);
 	s->spool = NULL;
@@ -552,7 +589,13 @@ static void cmd_rcpt(struct session *s, char *arg)
 	}
 	if (s->nrcpt >= cf->smtpd_recipient_limit) {
 		log_reject(s, "RCPT", "452 4.5.3 Error: too many recipients", p->addr);
-		reply(s, "452 4.5.3 Error: too many recipients");
+		/* As Postfix's smtpd_recipient_overshoot_limit: a client that
+		 * keeps sending far past the limit (the overshoot is as large
+		 * as the limit itself) is an error each time, so it ends. */
+		if (++s->overshoot > cf->smtpd_recipient_limit)
+			reply_error(s, "452 4.5.3 Error: too many recipients");
+		else
+			reply(s, "452 4.5.3 Error: too many recipients");
 		goto out;
 	}
 	/* RFC 5321 §4.5.1: <Postmaster> without a domain is always ours. */
@@ -820,6 +863,8 @@ static void data_input(struct session *s, const char *buf, size_t len)
 			s->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 	}
 	conn_consume(s->conn, consumed);
+	if (outlen)
+		deadline_arm(s);   /* a whole line came: the client makes progress */
 	if (r == PARSE_OK)
 		data_end(s);
 }
@@ -840,6 +885,7 @@ static void tls_done(void *arg, int ok, const char *why)
 		log_info("%s: TLS handshake failed from [%s]: reason=%s (%s)", s->id, s->addr,
 			 err ? tls_error_class(err) : "io", why);
 		tls_count(1, 0, err ? tls_error_class(err) : "io");
+		stats_inc(ST_close_protocol);
 		log_info("%s: disconnect from [%s] commands=%u messages=%u errors=%d", s->id, s->addr,
 			 s->ncmds, s->nmsgs, s->errors);
 		session_free(s);
@@ -912,6 +958,7 @@ static void cmd_simple(struct session *s, enum smtp_verb v, char *arg)
 		break;
 	case SMTP_QUIT:
 		reply(s, "221 2.0.0 Bye");
+		stats_inc(ST_close_quit);
 		session_close(s);
 		break;
 	case SMTP_STARTTLS:
@@ -986,9 +1033,17 @@ static void session_process(struct session *s)
 		}
 		if (s->skip_line) {
 			const char *nl = memchr(buf, '\n', len);
-			conn_consume(s->conn, nl ? (size_t)(nl - buf) + 1 : len);
+			size_t n = nl ? (size_t)(nl - buf) + 1 : len;
+			conn_consume(s->conn, n);
 			if (nl) {
-				s->skip_line = 0;
+				s->skip_line = 0;   /* its 500 went out when it began */
+				continue;
+			}
+			s->skipped += n;
+			/* One read may bring many times SKIP_ERROR_BYTES; stop at a
+			 * tarpit or the close (the state leaves ST_CMD). */
+			while (s->skipped >= SKIP_ERROR_BYTES && s->state == ST_CMD) {
+				s->skipped -= SKIP_ERROR_BYTES;
 				reply_error(s, "500 5.5.2 Error: line too long");
 			}
 			continue;
@@ -1000,10 +1055,12 @@ static void session_process(struct session *s)
 			return;
 		if (r == PARSE_TOO_LONG) {
 			conn_consume(s->conn, consumed);
-			if (linelen == SIZE_MAX)
-				reply_error(s, "500 5.5.2 Error: line too long");
-			else
+			if (linelen != SIZE_MAX) {
+				/* Answered now, not at its end: the end may never come. */
 				s->skip_line = 1;
+				s->skipped = 0;
+			}
+			reply_error(s, "500 5.5.2 Error: line too long");
 			continue;
 		}
 		char *line = xmalloc(linelen + 1);
@@ -1012,6 +1069,8 @@ static void session_process(struct session *s)
 		conn_consume(s->conn, consumed);
 		command(s, line, linelen);
 		free(line);
+		if (s->state != ST_CLOSING)
+			deadline_arm(s);
 	}
 }
 
@@ -1020,6 +1079,7 @@ static void session_resume(struct session *s)
 {
 	if (s->state == ST_CLOSING)
 		return;
+	deadline_arm(s);
 	conn_read_enable(s->conn, 1);
 }
 
@@ -1054,6 +1114,7 @@ static void session_free(struct session *s)
 		log_info("%s: client [%s] gone while its message %s was being scanned", s->id, s->addr, s->msgid);
 	}
 	ev_timer_stop(s->loop, &s->tarpit);
+	ev_timer_stop(s->loop, &s->deadline);
 	free(s->pending);
 	txn_reset(s);
 	dnscheck_free(s->dns);
@@ -1084,9 +1145,12 @@ static void on_error(void *arg, int err)
 	if (err == ETIMEDOUT && s->state != ST_CLOSING) {
 		log_info("%s: timeout after %u commands from [%s]", s->id, s->ncmds, s->addr);
 		reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cf->myhostname);
+		stats_inc(ST_close_timeout);
 		session_close(s);
 		return;
 	}
+	if (s->state != ST_CLOSING)   /* EOF or error before we chose to close */
+		stats_inc(ST_close_eof);
 	if (err && err != ETIMEDOUT)
 		log_info("%s: lost connection from [%s]: %s", s->id, s->addr, strerror(err));
 	log_info("%s: disconnect from [%s] commands=%u messages=%u errors=%d", s->id, s->addr,
@@ -1106,6 +1170,7 @@ static void session_close(struct session *s)
 	if (s->state == ST_CLOSING)
 		return;
 	s->state = ST_CLOSING;
+	ev_timer_stop(s->loop, &s->deadline);
 	/* The client is done with us: it may connect again at once. */
 	if (s->counted) {
 		climit_leave(s->addr);
@@ -1240,6 +1305,7 @@ static void drain_expired(void *arg)
 			ev_timer_stop(s->loop, &s->tarpit);
 			s->state = ST_CMD;
 			reply(s, "421 4.3.2 %s Service shutting down", s->cf->myhostname);
+			stats_inc(ST_close_shutdown);
 			session_close(s);
 		}
 		s = next;
