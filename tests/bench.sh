@@ -162,17 +162,35 @@ peers() {
 		echo "bench peers: $peer not found; skipped"
 		return 0
 	fi
-	local d=$WORK/peer
+	# The peer script's output directory lives on (results.txt), not $WORK.
+	local d=/tmp/perimd-peer-conf.$$
 	mkdir -p "$d/lib" "$d/spool"
-	printf 'data_directory = %s\nbody_spool_directory = %s\nmail_owner = %s\nmax_sessions = 4000\nsmtpd_client_connection_count_limit = 0\nmyhostname = perimd.bench.test\n' \
-		"$d/lib" "$d/spool" "$(id -un)" >"$d/perimd.conf"
-	if has_param greylist; then echo "greylist = no" >>"$d/perimd.conf"; fi
+	{
+		echo "data_directory = $d/lib"
+		echo "body_spool_directory = $d/spool"
+		echo "mail_owner = $(id -un)"
+		echo "max_sessions = 10000"
+		echo "smtpd_client_connection_count_limit = 0"
+		echo "myhostname = perimd.bench.test"
+		echo "io_threads = $IO_THREADS"
+		# No port fixed for /metrics (the peer script owns 2525-2528), no
+		# greylisting or sender-domain DNS: the peers do neither.
+		has_param stats_listen && echo "stats_listen ="
+		has_param greylist && echo "greylist = no"
+		has_param reject_unknown_sender_domain && echo "reject_unknown_sender_domain = no"
+		true
+	} >"$d/perimd.conf"
 	export PERIMD_CMD="$PERIMD -f -c $d/perimd.conf -o smtpd_listen=127.0.0.1:{PORT} -o relay_backends=[127.0.0.1]:{SINK_PORT} -o relay_domains=bench.test"
 	export OUT=${OUT:-/tmp/peer-bench.$(date +%Y%m%d-%H%M%S)}
-	echo "bench peers: $peer (results in $OUT)"
+	# Short runs by default: the machine is shared (PEER_* to change).
+	export CONC=${PEER_CONC:-"10 100 512"} SIZES=${PEER_SIZES:-"512 102400"}
+	export MSGS=${PEER_MSGS:-2000} REPS=${PEER_REPS:-1} WARMUP=${PEER_WARMUP:-100}
+	export IDLE_COUNTS=${PEER_IDLE:-"512 2000"} IDLE_BATCH=${PEER_IDLE_BATCH:-100} IDLE_HOLD=${PEER_IDLE_HOLD:-5}
+	echo "bench peers: $peer (results in $OUT; CONC=\"$CONC\" SIZES=\"$SIZES\" MSGS=$MSGS REPS=$REPS)"
 	bash "$peer" setup
 	bash "$peer" run direct postfix haraka perimd
 	bash "$peer" idle postfix haraka perimd
+	rm -rf "$d"
 }
 
 EXTRA_CONF=()
