@@ -17,6 +17,8 @@ PARAM(STR, smtpd_banner, "$myhostname ESMTP", 0, 0, NULL, "text after 220 in the
 PARAM(INT, max_sessions, "512", 1, 1000000, NULL, "concurrent SMTP sessions in all; beyond it new clients get 421 4.3.2")
 PARAM(INT, io_threads, "0", 0, 256, NULL, "event-loop threads; 0 = one per CPU")
 PARAM(INT, smtpd_client_connection_count_limit, "50", 0, 1000000, NULL, "concurrent sessions per client IP (0 = no limit)")
+PARAM(INT, smtpd_client_connection_rate_limit, "0", 0, 1000000, NULL, "new sessions per client IP per minute (0 = no limit); beyond it 421 4.7.0")
+PARAM(TIME, smtpd_greet_pause, "0s", 0, 60000, NULL, "wait before the banner; a client that talks first gets 554 5.5.1 and is disconnected")
 PARAM(TIME, smtpd_timeout, "300s", 1000, 86400000, NULL, "idle time allowed while waiting for the client")
 PARAM(INT, smtpd_recipient_limit, "1000", 1, 1000000, NULL, "recipients per transaction")
 PARAM(SIZE, message_size_limit, "25m", 1024, 4294967295LL, NULL, "largest message accepted; advertised in EHLO SIZE")
@@ -48,10 +50,22 @@ PARAM(TIME, relay_connect_timeout, "30s", 100, 540000, NULL, "backend connect an
 PARAM(TIME, relay_timeout, "120s", 100, 540000, NULL, "backend reply timeout for each command stage")
 PARAM(TIME, relay_data_done_timeout, "300s", 100, 540000, NULL, "backend reply timeout after the final dot")
 PARAM(TIME, relay_idle_timeout, "30s", 0, 3600000, NULL, "an idle pooled backend connection is closed after this")
+PARAM(BOOL, relay_recipient_verify, "no", 0, 0, NULL, "verify a recipient that relay_recipient_maps does not settle by a callout to its backend, cached")
+PARAM(TIME, relay_verify_positive_ttl, "7d", 0, 0, NULL, "how long a recipient a callout accepted is accepted without a new callout")
 PARAM(TIME, relay_verify_negative_ttl, "3h", 0, 0, NULL, "how long a recipient refused by a backend is refused at RCPT")
 PARAM(ENUM, relay_tls_security_level, "may", 0, 0, "none|may|encrypt|verify", "STARTTLS to backends: none, may (when offered), encrypt (required), verify (required, certificate checked)")
 PARAM(STR, relay_tls_CAfile, "", 0, 0, NULL, "PEM file of trust anchors for relay_tls_security_level = verify")
 PARAM(STR, relay_tls_verify_name, "", 0, 0, NULL, "name the backend certificate must carry when the backend is written as an address")
+
+/* Recipient and client rules */
+PARAM(LIST, role_accounts, "postmaster, abuse, hostmaster, webmaster", 0, 0, NULL, "local parts always accepted for relay domains, exempt from client, HELO, sender, DNSBL and greylisting checks (RFC 2142)")
+PARAM(MAP, relay_recipient_maps, "", 0, 0, NULL, "when set, a recipient must be found here (or verified), else 550 5.1.1")
+PARAM(MAP, client_access_maps, "", 0, 0, NULL, "client IP (CIDR keys in file: maps) to OK, REJECT [text] or DUNNO")
+PARAM(MAP, sender_access_maps, "", 0, 0, NULL, "sender address (user@domain, user@, domain, parents) to OK, REJECT [text] or DUNNO")
+PARAM(MAP, recipient_access_maps, "", 0, 0, NULL, "recipient address to OK (exempt, as a role account), REJECT [text] or DUNNO")
+PARAM(BOOL, strict_rfc821_envelopes, "yes", 0, 0, NULL, "MAIL FROM and RCPT TO addresses must be in angle brackets")
+PARAM(BOOL, smtpd_helo_required, "yes", 0, 0, NULL, "MAIL before HELO/EHLO gets 503 5.5.1")
+PARAM(BOOL, reject_invalid_helo_hostname, "yes", 0, 0, NULL, "a HELO name that is neither a domain nor an address literal is refused at RCPT with 501 5.5.2")
 
 /* Content scanning */
 PARAM(STR, av_scanner, "none", 0, 0, NULL, "none, libclamav (a scanner process), clamd:/path/to/socket or clamd:HOST:PORT")

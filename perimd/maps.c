@@ -1,43 +1,99 @@
 /*
- * maps.c - lookup tables named "type:path"; the only type so far is file:.
+ * maps.c - lookup tables named "type:path": file: here, sqlite: and mysql:
+ * through maps_sql.c; the registry that makes reloads safe; the lookup
+ * orders; the asynchronous front with its answer cache.
  *
- * Invariants: a map is fully built by map_open() and never modified after,
- * so any number of threads may look it up without locks; a reload opens a
- * new map and frees the old one when no reader holds it. Keys are stored
- * lower-cased (ASCII) and lookups fold case the same way, so "Postmaster"
- * finds "postmaster". A duplicate key keeps the first entry and logs a
- * warning naming both lines, as Postfix's postmap does.
+ * Invariants: a map is fully built by map_open() and never modified after
+ * (except its answer cache, under its own mutex), so any number of threads
+ * may look it up without locks. Reference counts and the registry (one
+ * entry per spec: the newest map opened from it) are guarded by reg_mu. A
+ * reload opens every map anew: an unchanged file (same device, inode, size
+ * and mtime) gives the registered map back; a changed one is loaded, and if
+ * that fails the registered map is given back and the error logged, so a
+ * broken file never replaces a working table. Keys are stored lower-cased
+ * (ASCII) and lookups fold case the same way, so "Postmaster" finds
+ * "postmaster". A duplicate key keeps the first entry and logs a warning
+ * naming both lines, as Postfix's postmap does.
  *
  * File syntax, as Postfix's source files for postmap: "key value" per
  * logical line (the value may be empty, or hold spaces); a line starting
  * with whitespace continues the previous logical line (joined with one
  * space); blank lines and lines whose first non-whitespace character is
- * '#' are ignored.
+ * '#' are ignored. A key "address/bits" is a CIDR block (RFC 4632).
+ *
+ * Asynchronous maps: a query takes a reference on the map, runs every
+ * candidate key on a worker (jobs.h) and comes back on the loop; a cached
+ * answer comes back through ev_defer. Lookup failures are never cached.
  */
 #include "maps.h"
+#include "ev.h"
+#include "jobs.h"
 #include "log.h"
+#include "maps_sql.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define CACHE_BUCKETS 1024
+#define CACHE_MAX 50000          /* answers per map; the cache is emptied past it */
+#define KEY_MAX 1024
+
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct map *registry;
 
 struct map_entry {
 	char *key;               /* lower-cased */
 	char *value;             /* "" when the line had a key only */
 	int line;                /* where it was defined, for duplicate warnings */
 	uint32_t hash;
+	uint32_t klen;
 	struct map_entry *next;  /* same bucket */
+};
+
+struct map_cidr {
+	unsigned char addr[16];  /* IPv4 as ::ffff:a.b.c.d */
+	int bits;                /* prefix length over the 128 bits */
+	int order;               /* position in the file */
+	char *value;
+};
+
+struct cache_entry {
+	struct cache_entry *next;
+	uint64_t expires;        /* monotonic ms */
+	int result;              /* 1 found, 0 not found */
+	char *value;
+	char key[];              /* kind byte, then the key */
 };
 
 struct map {
 	char *spec;
+	int refs;                /* under reg_mu */
+	int registered;          /* the registry's entry for spec */
+	struct map *reg_next;
+	dev_t dev;               /* identity of the file it was loaded from */
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+	/* file: */
 	size_t nbuckets;         /* a power of two */
 	size_t n;
 	struct map_entry **buckets;
+	struct map_cidr *cidr;   /* longest prefix first */
+	int ncidr;
+	/* sqlite: / mysql: */
+	struct map_sql *sql;
+	pthread_mutex_t cache_mu;
+	struct cache_entry *cache[CACHE_BUCKETS];
+	int ncache;
 };
 
 /* key_hash - FNV-1a over the n bytes of key, folded to lower case. */
@@ -56,7 +112,7 @@ static struct map_entry *map_find(const struct map *m, const char *key, size_t n
 {
 	uint32_t h = key_hash(key, n);
 	for (struct map_entry *e = m->buckets[h & (m->nbuckets - 1)]; e; e = e->next)
-		if (e->hash == h && strlen(e->key) == n && strncasecmp(e->key, key, n) == 0)
+		if (e->hash == h && e->klen == n && strncasecmp(e->key, key, n) == 0)
 			return e;
 	return NULL;
 }
@@ -86,6 +142,17 @@ static void map_add(struct map *m, const char *path, int line, const char *text)
 	const char *v = text + kn;
 	v += strspn(v, " \t");
 
+	unsigned char a[16];
+	int bits;
+	if (memchr(text, '/', kn) && map_cidr_parse(text, kn, a, &bits) == 0) {
+		m->cidr = xrealloc(m->cidr, (size_t)(m->ncidr + 1) * sizeof *m->cidr);
+		struct map_cidr *c = &m->cidr[m->ncidr++];
+		memcpy(c->addr, a, 16);
+		c->bits = bits;
+		c->order = m->ncidr;
+		c->value = xstrdup(v);
+		return;
+	}
 	struct map_entry *old = map_find(m, text, kn);
 	if (old) {
 		log_warn("%s:%d: duplicate key \"%.*s\": keeping the entry of line %d",
@@ -101,6 +168,7 @@ static void map_add(struct map *m, const char *path, int line, const char *text)
 	e->value = xstrdup(v);
 	e->line = line;
 	e->hash = key_hash(e->key, kn);
+	e->klen = (uint32_t)kn;
 	e->next = m->buckets[e->hash & (m->nbuckets - 1)];
 	m->buckets[e->hash & (m->nbuckets - 1)] = e;
 	m->n++;
@@ -166,6 +234,147 @@ static int file_load(struct map *m, const char *path, char *err, size_t errlen)
 	return rc;
 }
 
+
+/* map_cidr_parse - see maps.h. */
+int map_cidr_parse(const char *text, size_t n, unsigned char addr[16], int *bits)
+{
+	char buf[64];
+	const char *slash = memchr(text, '/', n);
+	if (!slash || (size_t)(slash - text) >= sizeof buf || slash + 1 == text + n)
+		return -1;
+	memcpy(buf, text, (size_t)(slash - text));
+	buf[slash - text] = 0;
+	int b = 0;
+	for (const char *p = slash + 1; p < text + n; p++) {
+		if (!isdigit((unsigned char)*p) || b > 128)
+			return -1;
+		b = b * 10 + (*p - '0');
+	}
+	memset(addr, 0, 16);
+	if (inet_pton(AF_INET, buf, addr + 12) == 1) {
+		if (b > 32)
+			return -1;
+		addr[10] = addr[11] = 0xff;
+		b += 96;
+	} else if (inet_pton(AF_INET6, buf, addr) != 1 || b > 128) {
+		return -1;
+	}
+	*bits = b;
+	return 0;
+}
+
+/* ip_parse - an address as 16 bytes (IPv4 mapped); -1 if it is none. */
+static int ip_parse(const char *ip, unsigned char addr[16])
+{
+	memset(addr, 0, 16);
+	if (inet_pton(AF_INET, ip, addr + 12) == 1) {
+		addr[10] = addr[11] = 0xff;
+		return 0;
+	}
+	return inet_pton(AF_INET6, ip, addr) == 1 ? 0 : -1;
+}
+
+/* prefix_match - the first bits of a and b agree. */
+static int prefix_match(const unsigned char *a, const unsigned char *b, int bits)
+{
+	int full = bits / 8, rest = bits % 8;
+	if (memcmp(a, b, (size_t)full) != 0)
+		return 0;
+	if (!rest)
+		return 1;
+	unsigned char mask = (unsigned char)(0xff << (8 - rest));
+	return (a[full] & mask) == (b[full] & mask);
+}
+
+/* cidr_cmp - longer prefixes first, else file order. */
+static int cidr_cmp(const void *a, const void *b)
+{
+	const struct map_cidr *x = a, *y = b;
+	if (x->bits != y->bits)
+		return y->bits - x->bits;
+	return x->order - y->order;
+}
+
+/* file_stat - the identity of path; 0 or -1 with err. */
+static int file_stat(const char *path, struct stat *st, char *err, size_t errlen)
+{
+	if (stat(path, st) < 0) {
+		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* same_file - the map was loaded from exactly this version of the file. */
+static int same_file(const struct map *m, const struct stat *st)
+{
+	return m->dev == st->st_dev && m->ino == st->st_ino && m->size == st->st_size &&
+	       m->mtime.tv_sec == st->st_mtim.tv_sec && m->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+/* map_destroy - free a map that nobody holds. */
+static void map_destroy(struct map *m)
+{
+	for (size_t i = 0; i < m->nbuckets; i++) {
+		struct map_entry *e = m->buckets[i], *next;
+		for (; e; e = next) {
+			next = e->next;
+			free(e->key);
+			free(e->value);
+			free(e);
+		}
+	}
+	for (int i = 0; i < m->ncidr; i++)
+		free(m->cidr[i].value);
+	free(m->cidr);
+	free(m->buckets);
+	if (m->sql) {
+		map_sql_free(m->sql);
+		for (int i = 0; i < CACHE_BUCKETS; i++) {
+			struct cache_entry *e = m->cache[i], *next;
+			for (; e; e = next) {
+				next = e->next;
+				free(e->value);
+				free(e);
+			}
+		}
+		pthread_mutex_destroy(&m->cache_mu);
+	}
+	free(m->spec);
+	free(m);
+}
+
+/* map_load - build a new map from spec's file; NULL with err. */
+static struct map *map_load(const char *spec, const char *type, const char *path,
+			    const struct stat *st, char *err, size_t errlen)
+{
+	struct map *m = xcalloc(1, sizeof *m);
+	m->spec = xstrdup(spec);
+	m->refs = 1;
+	m->dev = st->st_dev;
+	m->ino = st->st_ino;
+	m->size = st->st_size;
+	m->mtime = st->st_mtim;
+	m->nbuckets = 16;
+	m->buckets = xcalloc(m->nbuckets, sizeof *m->buckets);
+	if (!strcmp(type, "file")) {
+		if (file_load(m, path, err, errlen) < 0) {
+			map_destroy(m);
+			return NULL;
+		}
+		if (m->ncidr > 1)
+			qsort(m->cidr, (size_t)m->ncidr, sizeof *m->cidr, cidr_cmp);
+		return m;
+	}
+	m->sql = map_sql_open(type, path, err, errlen);
+	if (!m->sql) {
+		map_destroy(m);
+		return NULL;
+	}
+	pthread_mutex_init(&m->cache_mu, NULL);
+	return m;
+}
+
 /* map_open - see maps.h. */
 struct map *map_open(const char *spec, char *err, size_t errlen)
 {
@@ -174,26 +383,111 @@ struct map *map_open(const char *spec, char *err, size_t errlen)
 		snprintf(err, errlen, "\"%s\": not a map (expected type:path)", spec);
 		return NULL;
 	}
+	char type[16];
 	size_t tn = (size_t)(colon - spec);
-	if (tn != 4 || strncmp(spec, "file", 4) != 0) {
-		snprintf(err, errlen, "\"%s\": unknown map type \"%.*s\" (supported: file)",
-			 spec, (int)tn, spec);
+	if (tn >= sizeof type) {
+		snprintf(err, errlen, "\"%s\": unknown map type", spec);
 		return NULL;
 	}
-	struct map *m = xcalloc(1, sizeof *m);
-	m->spec = xstrdup(spec);
-	m->nbuckets = 16;
-	m->buckets = xcalloc(m->nbuckets, sizeof *m->buckets);
-	if (file_load(m, colon + 1, err, errlen) < 0) {
-		map_free(m);
+	memcpy(type, spec, tn);
+	type[tn] = 0;
+	if (strcmp(type, "file") && strcmp(type, "sqlite") && strcmp(type, "mysql")) {
+		snprintf(err, errlen, "\"%s\": unknown map type \"%s\" (supported: file, sqlite, mysql)",
+			 spec, type);
 		return NULL;
 	}
+	const char *path = colon + 1;
+	struct stat st;
+	int have = file_stat(path, &st, err, errlen) == 0;
+
+	pthread_mutex_lock(&reg_mu);
+	struct map *old = registry;
+	while (old && strcmp(old->spec, spec))
+		old = old->reg_next;
+	if (old && have && same_file(old, &st)) {
+		old->refs++;
+		pthread_mutex_unlock(&reg_mu);
+		return old;
+	}
+	pthread_mutex_unlock(&reg_mu);
+
+	struct map *m = have ? map_load(spec, type, path, &st, err, errlen) : NULL;
+
+	pthread_mutex_lock(&reg_mu);
+	struct map **pp = &registry;
+	while (*pp && strcmp((*pp)->spec, spec))
+		pp = &(*pp)->reg_next;
+	if (!m) {
+		if (*pp) {
+			/* A reload with a broken file: keep serving the table we have. */
+			log_err("map %s not reloaded, keeping the previous table: %s", spec, err);
+			(*pp)->refs++;
+			m = *pp;
+		}
+		pthread_mutex_unlock(&reg_mu);
+		return m;
+	}
+	if (*pp) {
+		struct map *prev = *pp;
+		*pp = prev->reg_next;
+		prev->registered = 0;
+		prev->reg_next = NULL;
+	}
+	m->registered = 1;
+	m->reg_next = registry;
+	registry = m;
+	pthread_mutex_unlock(&reg_mu);
+	if (old)
+		log_info("map %s reloaded", spec);
 	return m;
+}
+
+/* map_ref - one more holder. */
+static void map_ref(const struct map *cm)
+{
+	struct map *m = (struct map *)cm;
+	pthread_mutex_lock(&reg_mu);
+	m->refs++;
+	pthread_mutex_unlock(&reg_mu);
+}
+
+/* map_free - drop a holder; the last one frees the map (NULL is ignored). */
+void map_free(struct map *m)
+{
+	if (!m)
+		return;
+	pthread_mutex_lock(&reg_mu);
+	if (--m->refs > 0) {
+		pthread_mutex_unlock(&reg_mu);
+		return;
+	}
+	if (m->registered) {
+		struct map **pp = &registry;
+		while (*pp != m)
+			pp = &(*pp)->reg_next;
+		*pp = m->reg_next;
+	}
+	pthread_mutex_unlock(&reg_mu);
+	map_destroy(m);
+}
+
+/* map_spec - the "type:path" the map was opened with. */
+const char *map_spec(const struct map *m)
+{
+	return m->spec;
+}
+
+/* map_is_async - see maps.h. */
+int map_is_async(const struct map *m)
+{
+	return m->sql != NULL;
 }
 
 /* map_lookup - see maps.h. */
 int map_lookup(const struct map *m, const char *key, const char **value)
 {
+	if (m->sql)
+		return -1;
 	struct map_entry *e = map_find(m, key, strlen(key));
 	if (!e)
 		return 0;
@@ -208,6 +502,8 @@ int map_lookup(const struct map *m, const char *key, const char **value)
  */
 int map_lookup_domain(const struct map *m, const char *domain, const char **value)
 {
+	if (m->sql)
+		return -1;
 	size_t n = strlen(domain);
 	if (n > 0 && domain[n - 1] == '.')
 		n--;
@@ -223,27 +519,264 @@ int map_lookup_domain(const struct map *m, const char *domain, const char **valu
 	return 1;
 }
 
-/* map_free - free a map and its entries (NULL is ignored). */
-void map_free(struct map *m)
+/* ---- lookup orders -------------------------------------------------------- */
+
+struct probe {
+	const struct map *m;
+	char *val;
+	size_t vallen;
+	char *err;
+	size_t errlen;
+};
+
+/* probe_key - one candidate key: 1 found (value copied), 0, -1. */
+static int probe_key(struct probe *p, const char *k, size_t kn)
 {
-	if (!m)
-		return;
-	for (size_t i = 0; i < m->nbuckets; i++) {
-		struct map_entry *e = m->buckets[i], *next;
-		for (; e; e = next) {
-			next = e->next;
-			free(e->key);
-			free(e->value);
-			free(e);
-		}
-	}
-	free(m->buckets);
-	free(m->spec);
-	free(m);
+	if (kn == 0 || kn >= KEY_MAX)
+		return 0;
+	if (p->m->sql)
+		return map_sql_lookup(p->m->sql, k, kn, p->val, p->vallen, p->err, p->errlen);
+	struct map_entry *e = map_find(p->m, k, kn);
+	if (!e)
+		return 0;
+	snprintf(p->val, p->vallen, "%s", e->value);
+	return 1;
 }
 
-/* map_spec - the "type:path" the map was opened with. */
-const char *map_spec(const struct map *m)
+/* probe_parents - ".b.example.com", ".example.com", ".com" of domain d. */
+static int probe_parents(struct probe *p, const char *d, size_t n)
 {
-	return m->spec;
+	for (size_t i = 1; i < n; i++)
+		if (d[i] == '.' && i + 1 < n) {
+			int r = probe_key(p, d + i, n - i);
+			if (r)
+				return r;
+		}
+	return 0;
+}
+
+/* probe_client - IP: itself, CIDR blocks, IPv4 octet prefixes. */
+static int probe_client(struct probe *p, const char *ip)
+{
+	size_t n = strlen(ip);
+	int r = probe_key(p, ip, n);
+	if (r)
+		return r;
+	unsigned char a[16];
+	if (p->m->ncidr && ip_parse(ip, a) == 0)
+		for (int i = 0; i < p->m->ncidr; i++)
+			if (prefix_match(a, p->m->cidr[i].addr, p->m->cidr[i].bits)) {
+				snprintf(p->val, p->vallen, "%s", p->m->cidr[i].value);
+				return 1;
+			}
+	if (strchr(ip, ':'))
+		return 0;
+	for (size_t i = n; i > 0; i--)
+		if (ip[i - 1] == '.' && (r = probe_key(p, ip, i - 1)) != 0)
+			return r;
+	return 0;
+}
+
+/* map_query - see maps.h. */
+int map_query(const struct map *m, enum map_kind kind, const char *key,
+	      char *val, size_t vallen, char *err, size_t errlen)
+{
+	struct probe p = { m, val, vallen, err, errlen };
+	size_t n = strlen(key);
+	int r;
+	if (vallen)
+		val[0] = 0;
+	switch (kind) {
+	case MAP_KEY:
+		return probe_key(&p, key, n);
+	case MAP_DOMAIN:
+		if (n > 0 && key[n - 1] == '.')
+			n--;
+		if ((r = probe_key(&p, key, n)) != 0)
+			return r;
+		return probe_parents(&p, key, n);
+	case MAP_ADDR:
+	case MAP_ADDR_PARENT: {
+		if ((r = probe_key(&p, key, n)) != 0)
+			return r;
+		const char *at = strrchr(key, '@');
+		if (!at)
+			return 0;
+		if ((r = probe_key(&p, key, (size_t)(at - key) + 1)) != 0)
+			return r;
+		const char *d = at + 1;
+		size_t dn = strlen(d);
+		if ((r = probe_key(&p, d, dn)) != 0)
+			return r;
+		return kind == MAP_ADDR_PARENT ? probe_parents(&p, d, dn) : 0;
+	}
+	case MAP_CLIENT:
+		return probe_client(&p, key);
+	}
+	return 0;
+}
+
+/* ---- the asynchronous front ------------------------------------------------ */
+
+struct map_req {
+	const struct map *m;
+	struct ev_loop *loop;
+	map_done_fn *cb;
+	void *arg;
+	struct job *job;
+	struct ev_defer d;       /* a cached answer */
+	enum map_kind kind;
+	int result;
+	char *key;
+	char val[1024];
+	char err[256];
+};
+
+/* mono_ms - monotonic milliseconds (the cache is shared by all loops). */
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* cache_hash - FNV-1a of the kind and the (lower-cased) key. */
+static uint32_t cache_hash(enum map_kind kind, const char *key)
+{
+	return key_hash(key, strlen(key)) ^ (uint32_t)kind * 2654435761u;
+}
+
+/* cache_get - a live cached answer for (kind, key): 1 with result/val. */
+static int cache_get(struct map *m, enum map_kind kind, const char *key, int *result,
+		     char *val, size_t vallen)
+{
+	uint32_t h = cache_hash(kind, key) % CACHE_BUCKETS;
+	uint64_t now = mono_ms();
+	int hit = 0;
+	pthread_mutex_lock(&m->cache_mu);
+	for (struct cache_entry *e = m->cache[h]; e; e = e->next)
+		if (e->key[0] == (char)kind && !strcasecmp(e->key + 1, key) && e->expires > now) {
+			*result = e->result;
+			snprintf(val, vallen, "%s", e->value);
+			hit = 1;
+			break;
+		}
+	pthread_mutex_unlock(&m->cache_mu);
+	return hit;
+}
+
+/* cache_put - remember an answer (never a failure) for cache_ttl. */
+static void cache_put(struct map *m, enum map_kind kind, const char *key, int result,
+		      const char *val)
+{
+	long long ttl = map_sql_cache_ttl(m->sql);
+	if (ttl <= 0 || result < 0)
+		return;
+	uint32_t h = cache_hash(kind, key) % CACHE_BUCKETS;
+	size_t kn = strlen(key);
+	struct cache_entry *e = xmalloc(sizeof *e + kn + 2);
+	e->expires = mono_ms() + (uint64_t)ttl;
+	e->result = result;
+	e->value = xstrdup(val);
+	e->key[0] = (char)kind;
+	memcpy(e->key + 1, key, kn + 1);
+	pthread_mutex_lock(&m->cache_mu);
+	if (m->ncache >= CACHE_MAX) {
+		for (int i = 0; i < CACHE_BUCKETS; i++) {
+			struct cache_entry *c = m->cache[i], *next;
+			for (; c; c = next) {
+				next = c->next;
+				free(c->value);
+				free(c);
+			}
+			m->cache[i] = NULL;
+		}
+		m->ncache = 0;
+	}
+	/* Drop an older answer for the same key, so chains stay short. */
+	for (struct cache_entry **pp = &m->cache[h]; *pp; pp = &(*pp)->next)
+		if ((*pp)->key[0] == (char)kind && !strcasecmp((*pp)->key + 1, key)) {
+			struct cache_entry *old = *pp;
+			*pp = old->next;
+			free(old->value);
+			free(old);
+			m->ncache--;
+			break;
+		}
+	e->next = m->cache[h];
+	m->cache[h] = e;
+	m->ncache++;
+	pthread_mutex_unlock(&m->cache_mu);
+}
+
+/* req_free - drop the request and its hold on the map. */
+static void req_free(struct map_req *q)
+{
+	map_free((struct map *)q->m);
+	free(q->key);
+	free(q);
+}
+
+/* req_work - on a worker: every candidate key against the database. */
+static void req_work(void *arg)
+{
+	struct map_req *q = arg;
+	q->result = map_query(q->m, q->kind, q->key, q->val, sizeof q->val, q->err, sizeof q->err);
+	cache_put((struct map *)q->m, q->kind, q->key, q->result, q->val);
+}
+
+/* req_done - back on the loop: report, unless cancelled. */
+static void req_done(void *arg, int cancelled)
+{
+	struct map_req *q = arg;
+	if (!cancelled) {
+		if (q->result < 0)
+			log_warn("map %s: lookup of \"%s\" failed: %s", q->m->spec, q->key, q->err);
+		q->cb(q->arg, q->result, q->val);
+	}
+	req_free(q);
+}
+
+/* req_cached - a cached or synchronous answer, one iteration later. */
+static void req_cached(void *arg)
+{
+	struct map_req *q = arg;
+	q->cb(q->arg, q->result, q->val);
+	req_free(q);
+}
+
+/* map_query_async - see maps.h. */
+struct map_req *map_query_async(const struct map *m, enum map_kind kind, const char *key,
+				struct ev_loop *loop, map_done_fn *cb, void *arg)
+{
+	struct map_req *q = xcalloc(1, sizeof *q);
+	map_ref(m);
+	q->m = m;
+	q->loop = loop;
+	q->cb = cb;
+	q->arg = arg;
+	q->kind = kind;
+	q->key = xstrdup(key);
+	if (!m->sql) {
+		q->result = map_query(m, kind, key, q->val, sizeof q->val, q->err, sizeof q->err);
+		ev_defer(loop, &q->d, req_cached, q);
+	} else if (cache_get((struct map *)m, kind, key, &q->result, q->val, sizeof q->val)) {
+		ev_defer(loop, &q->d, req_cached, q);
+	} else {
+		q->job = jobs_submit(loop, req_work, req_done, q);
+	}
+	return q;
+}
+
+/* map_cancel - see maps.h. */
+void map_cancel(struct map_req *q)
+{
+	if (!q)
+		return;
+	if (q->job) {
+		jobs_cancel(q->job);   /* req_done frees it */
+		return;
+	}
+	ev_defer_cancel(q->loop, &q->d);
+	req_free(q);
 }

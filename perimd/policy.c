@@ -12,6 +12,7 @@
 #include "log.h"
 #include "maps.h"
 #include "relay.h"
+#include "rules.h"
 #include "verify.h"
 
 #include <ctype.h>
@@ -78,6 +79,7 @@ static void policy_free(struct policy *p)
 		grey_policy_free(p->grey);
 		free(p->grey);
 	}
+	rules_free(p);
 	conf_release(p->conf);
 	free(p);
 }
@@ -100,6 +102,17 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 		p->relay_maps[p->nrelay_maps++] = m;
 	}
 	if (c->transport_maps[0] && !(p->transport = map_open(c->transport_maps, err, errlen)))
+		goto fail;
+	/* Relay control and routing answer at once in cmd_rcpt. */
+	for (int i = 0; i < p->nrelay_maps + 1; i++) {
+		struct map *m = i < p->nrelay_maps ? p->relay_maps[i] : p->transport;
+		if (m && map_is_async(m)) {
+			snprintf(err, errlen, "%s: relay_domains and transport_maps take file: maps only",
+				 map_spec(m));
+			goto fail;
+		}
+	}
+	if (rules_load(p, err, errlen) < 0)
 		goto fail;
 	if (dnscheck_conf_check(c, err, errlen) < 0)
 		goto fail;
@@ -212,12 +225,17 @@ int policy_route(const struct policy *p, const char *domain, const char **route)
  * DNSBL and greylisting skip.
  */
 
-/* step_verify_cache - refusals a backend gave during replay (and callouts). */
+/* step_verify_cache - refusals a backend gave during replay (and callouts);
+ * a callout's acceptance marks the recipient verified (no new callout). */
 static enum policy_step step_verify_cache(struct policy_req *r, struct policy_verdict *v)
 {
 	char cached[300];
 	int code;
 	if (verify_get(r->env->rcpt, &code, cached, sizeof cached)) {
+		if (code < 400) {
+			r->verified = 1;
+			return STEP_PASS;
+		}
 		v->code = code;
 		snprintf(v->reply, sizeof v->reply, "%s", cached);
 		v->rule = "verify_cache";
@@ -231,6 +249,9 @@ static const struct policy_step_def {
 	enum policy_step (*run)(struct policy_req *r, struct policy_verdict *v);
 } policy_steps[] = {
 	{ "verify_cache", step_verify_cache },
+	{ "role_accounts", rules_step_role },      /* sets exempt */
+	{ "recipient", rules_step_recipient },     /* relay_recipient_maps, callout */
+	{ "delayed", rules_step_delayed },         /* access maps, client/HELO/sender */
 	{ "client_dns", dnscheck_step_client },
 	{ "sender_domain", dnscheck_step_sender },
 	{ "dnsbl", dnscheck_step_dnsbl },

@@ -1083,6 +1083,16 @@ static void rcpts_done(struct bconn *b)
 	struct relay_msg *m = r->msg;
 	const struct conf *cf = m->conf;
 
+	if (m->verify_only) {
+		/* A callout: the RCPT reply is the verdict; RSET and pool. */
+		if (r->naccept == m->nrcpt)
+			req_set(r, 250, "2.1.5", "recipient verified by backend %s", r->dest->name);
+		else
+			req_pass_on(r, &r->refusal, m->rcpts[0].reply, NULL);
+		req_detach(r, r->naccept == m->nrcpt || m->rcpts[0].code != 421);
+		req_finish(r);
+		return;
+	}
 	if (r->naccept == m->nrcpt) {
 		conn_write(b->c, "DATA\r\n", 6);
 		bconn_stage(b, B_DATA, remaining(r, (uint64_t)cf->relay_timeout));
@@ -1691,4 +1701,82 @@ void relay_loop_shutdown(struct ev_loop *loop)
 		}
 	}
 	rl_maybe_free(rl);
+}
+
+/* ---- callouts ------------------------------------------------------------ */
+
+struct relay_verify {
+	struct relay_msg msg;
+	struct relay_rcpt rc;
+	struct conf_list backends;
+	char *addr;
+	char *id;
+	struct relay_req *req;
+	relay_verify_fn *done;
+	void *arg;
+};
+
+/* verify_free - a finished or cancelled callout. */
+static void verify_free(struct relay_verify *v)
+{
+	for (int i = 0; i < v->backends.n; i++)
+		free(v->backends.v[i]);
+	free(v->backends.v);
+	free(v->addr);
+	free(v->id);
+	free(v);
+}
+
+/* verify_done - the relay's outcome, as the RCPT reply or 0. */
+static void verify_done(void *arg, const struct relay_result *res)
+{
+	struct relay_verify *v = arg;
+	int code = v->rc.code;
+	char why[600];
+
+	if (code >= 200 && code < 600) {
+		v->done(v->arg, code, v->rc.reply);
+	} else {
+		snprintf(why, sizeof(why), "%d %s %s", res->code, res->enh, res->text);
+		v->done(v->arg, 0, why);
+	}
+	verify_free(v);
+}
+
+/* relay_verify - see relay.h. */
+struct relay_verify *relay_verify(struct ev_loop *loop, const struct conf_list *backends,
+				  const char *rcpt, const struct conf *conf, const char *id,
+				  relay_verify_fn *done, void *arg)
+{
+	struct relay_verify *v = xcalloc(1, sizeof(*v));
+
+	v->backends.n = backends->n;
+	v->backends.v = xcalloc((size_t)backends->n + 1, sizeof(char *));
+	for (int i = 0; i < backends->n; i++)
+		v->backends.v[i] = xstrdup(backends->v[i]);
+	v->addr = xstrdup(rcpt);
+	v->id = xstrdup(id ? id : "callout");
+	v->done = done;
+	v->arg = arg;
+	v->rc.addr = v->addr;
+	v->msg.id = v->id;
+	v->msg.sender = "";
+	v->msg.nrcpt = 1;
+	v->msg.rcpts = &v->rc;
+	v->msg.backends = &v->backends;
+	v->msg.conf = conf;
+	v->msg.verify_only = 1;
+	v->msg.deadline = ev_now(loop) + (uint64_t)conf->relay_connect_timeout +
+			  (uint64_t)conf->relay_timeout;
+	v->req = relay_send(loop, &v->msg, verify_done, v);
+	return v;
+}
+
+/* relay_verify_cancel - the session is gone: abandon the callout. */
+void relay_verify_cancel(struct relay_verify *v)
+{
+	if (!v)
+		return;
+	relay_cancel(v->req);
+	verify_free(v);
 }

@@ -49,6 +49,7 @@ struct relay_msg {
 	const struct conf_list *backends; /* targets in failover order */
 	uint64_t deadline;    /* ev_now() ms by which done() MUST have run */
 	const struct conf *conf;
+	int verify_only;      /* a callout: MAIL, RCPT, then RSET; no DATA */
 };
 
 struct relay_result {
@@ -74,6 +75,20 @@ struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg,
 /* relay_cancel - the session is gone: abandon the request (its backend
  * connection is closed, not reused, if mid-transaction). */
 void relay_cancel(struct relay_req *r);
+
+/* relay_verify - a callout for one recipient (RCPT at the recipient's
+ * backend over a pooled connection: MAIL FROM:<>, RCPT, RSET; no DATA), with
+ * the same failover as relay_send(). done(arg, code, reply) runs later,
+ * exactly once, unless relay_verify_cancel() came first: code is the
+ * backend's reply to RCPT (2xx accepted, 4xx/5xx refused, reply its line),
+ * or 0 when the callout could not complete (reply says why). backends is
+ * copied; id names the session in logs. */
+struct relay_verify;
+typedef void relay_verify_fn(void *arg, int code, const char *reply);
+struct relay_verify *relay_verify(struct ev_loop *loop, const struct conf_list *backends,
+				  const char *rcpt, const struct conf *conf, const char *id,
+				  relay_verify_fn *done, void *arg);
+void relay_verify_cancel(struct relay_verify *v);
 
 /* relay_loop_shutdown - close this loop's idle pooled connections. */
 void relay_loop_shutdown(struct ev_loop *loop);

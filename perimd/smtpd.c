@@ -22,6 +22,7 @@
 #include "climit.h"
 #include "conf.h"
 #include "conn.h"
+#include "crate.h"
 #include "dnscheck.h"
 #include "ev.h"
 #include "grey.h"
@@ -56,7 +57,7 @@
  * ends the session (legitimate over-long lines get exactly one reply). */
 #define SKIP_ERROR_BYTES (64 * 1024)
 
-enum sstate { ST_CMD, ST_DATA, ST_BUSY, ST_CLOSING };
+enum sstate { ST_CMD, ST_DATA, ST_BUSY, ST_CLOSING, ST_GREET };
 enum data_err { DE_NONE, DE_TOO_BIG, DE_SPOOL_FULL, DE_IO };
 
 struct smtpd_loop;
@@ -145,6 +146,9 @@ struct session {
 	struct relay_msg msg;
 	struct relay_rcpt *rr;
 	struct conf_list backends;
+
+	struct policy_sess *ps;     /* delayed client/HELO/sender verdicts (rules.c) */
+	struct ev_timer greet;      /* smtpd_greet_pause (state ST_GREET) */
 };
 
 static int sessions_total;  /* atomic: all loops */
@@ -203,6 +207,7 @@ static void session_resume(struct session *s);
 static void session_free(struct session *s);
 static int starttls_offered(struct session *s);
 static void rcpt_pending_free(struct rcpt_pending *rp);
+static void early_talker(struct session *s);
 
 /* deadline_expired - a command (or DATA line) did not arrive whole within
  * smtpd_timeout. conn.c's idle timeout is re-armed by every byte, so a
@@ -346,6 +351,7 @@ static void cmd_helo(struct session *s, enum smtp_verb v, char *arg)
 	txn_reset(s);
 	free(s->helo);
 	s->helo = xstrdup(arg);
+	policy_helo(s->ps, arg);   /* judged now, refused at RCPT */
 	s->esmtp = v == SMTP_EHLO;
 	s->need_ehlo = 0;
 	const struct conf *cf = s->cf;
@@ -400,9 +406,16 @@ static void cmd_mail(struct session *s, char *arg)
 		reply_error(s, "503 5.5.1 Error: send HELO/EHLO first");
 		return;
 	}
+	if (!s->helo && cf->smtpd_helo_required) {
+		stats_inc(ST_rej_rfc);
+		log_reject(s, "MAIL", "503 5.5.1 Error: send HELO/EHLO first", NULL);
+		reply_error(s, "503 5.5.1 Error: send HELO/EHLO first");
+		return;
+	}
 	struct smtp_path *p = xmalloc(sizeof *p);
 	const char *why = "syntax error";
-	if (smtp_path_parse(arg, 1, p, &why) != PARSE_OK) {
+	if (smtp_path_parse(arg, cf->strict_rfc821_envelopes, p, &why) != PARSE_OK ||
+	    (why = policy_addr_check(p->local, p->domain)) != NULL) {
 		stats_inc(ST_rej_rfc);
 		reply_error(s, "501 5.1.7 Bad sender address syntax: %s", why);
 		goto out;
@@ -458,6 +471,7 @@ static void cmd_mail(struct session *s, char *arg)
 		goto out;
 	}
 	s->sender = xstrdup(p->addr);
+	policy_mail(s->ps, s->sender);
 	s->body8 = body8;
 	s->smtputf8 = utf8;
 	s->ret = ret ? xstrdup(ret) : NULL;
@@ -554,7 +568,8 @@ static void cmd_rcpt(struct session *s, char *arg)
 	s->rcpt_tried = 1;
 	struct smtp_path *p = xmalloc(sizeof *p);
 	const char *why = "syntax error";
-	if (smtp_path_parse(arg, 1, p, &why) != PARSE_OK) {
+	if (smtp_path_parse(arg, cf->strict_rfc821_envelopes, p, &why) != PARSE_OK ||
+	    (why = policy_addr_check(p->local, p->domain)) != NULL) {
 		stats_inc(ST_rej_rfc);
 		reply_error(s, "501 5.1.3 Bad recipient address syntax: %s", why);
 		goto out;
@@ -643,6 +658,7 @@ static void cmd_rcpt(struct session *s, char *arg)
 		.loop = s->loop, .pol = s->pol, .session_id = s->id, .client_addr = s->addr,
 		.helo = s->helo ? s->helo : "", .sender = s->sender, .rcpt = rp->addr,
 		.rcpt_local = rp->local, .rcpt_domain = rp->domain, .dns = s->dns,
+		.sess = s->ps, .route = rp->route,
 	};
 	s->rcpt_pending = rp;
 	struct policy_verdict v;
@@ -1086,7 +1102,11 @@ static void session_resume(struct session *s)
 /* on_read - input arrived. */
 static void on_read(void *arg)
 {
-	session_process(arg);
+	struct session *s = arg;
+	if (s->state == ST_GREET)
+		early_talker(s);
+	else
+		session_process(s);
 }
 
 /* on_drain - replies left; resume a client that out-pipelined us. */
@@ -1118,6 +1138,8 @@ static void session_free(struct session *s)
 	free(s->pending);
 	txn_reset(s);
 	dnscheck_free(s->dns);
+	policy_session_free(s->ps);   /* after txn_reset cancelled any chain */
+	ev_timer_stop(s->loop, &s->greet);
 	free(s->helo);
 	conn_free(s->conn);
 	if (s->counted)
@@ -1188,6 +1210,27 @@ static void refuse_now(int fd, const char *msg)
 	close(fd);
 }
 
+/* greet_fire - smtpd_greet_pause is over and the client kept quiet. */
+static void greet_fire(void *arg)
+{
+	struct session *s = arg;
+	s->state = ST_CMD;
+	reply(s, "220 %s", s->cf->smtpd_banner);
+}
+
+/* early_talker - input before the banner: a client that does not wait
+ * for the greeting is no SMTP client (RFC 5321 §3.1, §4.3.1). */
+static void early_talker(struct session *s)
+{
+	ev_timer_stop(s->loop, &s->greet);
+	s->state = ST_CMD;
+	stats_inc(ST_conn_refused_early);
+	log_info("%s: reject: CONNECT from [%s]: 554 5.5.1 early talker (data before the greeting)",
+		 s->id, s->addr);
+	reply(s, "554 5.5.1 %s Error: talking before the greeting", s->cf->myhostname);
+	session_close(s);
+}
+
 /* session_start - a new client: limits, then the greeting. */
 static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *sa)
 {
@@ -1216,6 +1259,19 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 		policy_release(pol);
 		return;
 	}
+	if (cf->smtpd_client_connection_rate_limit > 0 &&
+	    crate_hit(addr, (int)cf->smtpd_client_connection_rate_limit, ev_wallclock() / 60) < 0) {
+		__atomic_sub_fetch(&sessions_total, 1, __ATOMIC_RELAXED);
+		climit_leave(addr);
+		log_warn("refused connection from [%s]: more than %lld connections per minute", addr,
+			 cf->smtpd_client_connection_rate_limit);
+		stats_inc(ST_conn_refused_rate);
+		snprintf(msg, sizeof msg, "421 4.7.0 %s Error: too many connections from %s\r\n",
+			 cf->myhostname, addr);
+		refuse_now(fd, msg);
+		policy_release(pol);
+		return;
+	}
 	struct session *s = xcalloc(1, sizeof *s);
 	s->counted = 1;
 	s->sl = sl;
@@ -1224,6 +1280,7 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	s->cf = cf;
 	memcpy(s->addr, addr, sizeof addr);
 	gen_id(s->id);
+	s->ps = policy_session_new(pol, s->id, s->addr);
 	s->conn = conn_new(sl->loop, fd, &session_ops, s);
 	conn_set_timeout(s->conn, (uint64_t)cf->smtpd_timeout);
 	s->next = sl->sessions;
@@ -1235,6 +1292,12 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	stats_inc(ST_conn_accepted);
 	/* DNS checks start now, in the background: the banner does not wait. */
 	s->dns = dnscheck_connect(s->loop, cf, s->addr);
+	if (cf->smtpd_greet_pause > 0) {
+		/* Legitimate clients wait for the banner (RFC 5321 §3.1). */
+		s->state = ST_GREET;
+		ev_timer_start(s->loop, &s->greet, (uint64_t)cf->smtpd_greet_pause, greet_fire, s);
+		return;
+	}
 	reply(s, "220 %s", cf->smtpd_banner);
 }
 

@@ -170,7 +170,8 @@ void stats_reject_rule(const char *rule)
 		{"grey", ST_rej_greylist}, {"dnsbl", ST_rej_dnsbl},
 		{"rbl", ST_rej_dnsbl}, {"access", ST_rej_access},
 		{"recipient", ST_rej_unknown_recipient}, {"verify", ST_rej_unknown_recipient},
-		{"virus", ST_rej_virus},
+		{"virus", ST_rej_virus}, {"helo", ST_rej_rfc},
+		{"tempfail", ST_rej_tempfail},
 	};
 	for (size_t i = 0; rule && i < sizeof map / sizeof map[0]; i++)
 		if (!strncmp(rule, map[i].prefix, strlen(map[i].prefix))) {

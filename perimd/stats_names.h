@@ -18,6 +18,7 @@ STAT(conn_accepted, COUNTER, "perimd_connections_accepted_total", "", "SMTP conn
 STAT(conn_refused_max, COUNTER, "perimd_connections_refused_total", "reason=\"max_sessions\"", "SMTP connections refused at connect")
 STAT(conn_refused_client, COUNTER, "perimd_connections_refused_total", "reason=\"client_limit\"", "")
 STAT(conn_refused_early, COUNTER, "perimd_connections_refused_total", "reason=\"early_talker\"", "")
+STAT(conn_refused_rate, COUNTER, "perimd_connections_refused_total", "reason=\"client_rate\"", "")
 STAT(inflight, GAUGE, "perimd_transactions_in_flight", "", "messages between the final dot and the reply to the client")
 STAT(smtp_errors, COUNTER, "perimd_smtp_error_replies_total", "", "error replies counted toward smtpd_soft/hard_error_limit")
 

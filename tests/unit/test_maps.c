@@ -7,6 +7,9 @@
 #include "t.h"
 
 #include <stdlib.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static char tmpdir[64];
@@ -159,8 +162,11 @@ TEST(open_errors)
 {
 	CHECK(map_open("file:/nonexistent/map", err, sizeof err) == NULL);
 	CHECK_STR(err, "/nonexistent/map: cannot open: No such file or directory");
-	CHECK(map_open("sqlite:/etc/perimd/x.sqlite", err, sizeof err) == NULL);
-	CHECK(strstr(err, "unknown map type \"sqlite\"") != NULL);
+	CHECK(map_open("ldap:/etc/perimd/x.cf", err, sizeof err) == NULL);
+	CHECK(strstr(err, "unknown map type \"ldap\"") != NULL);
+	CHECK(map_open("sqlite:/nonexistent/x.sqlite", err, sizeof err) == NULL);
+	CHECK(map_open("mysql:/nonexistent/x.cf", err, sizeof err) == NULL);
+	CHECK(strstr(err, "/nonexistent/x.cf: cannot open") != NULL);
 	CHECK(map_open("/etc/perimd/relay", err, sizeof err) == NULL);
 	CHECK(strstr(err, "not a map (expected type:path)") != NULL);
 	CHECK(map_open("file:", err, sizeof err) == NULL);
@@ -186,6 +192,120 @@ TEST(open_errors)
 	map_free(m);
 }
 
+/* q - map_query's value for kind/key, "(none)" or "(fail)". */
+static const char *q(const struct map *m, enum map_kind kind, const char *key)
+{
+	static char val[256];
+	char e[128];
+	int r = map_query(m, kind, key, val, sizeof val, e, sizeof e);
+	return r == 1 ? val : r == 0 ? "(none)" : "(fail)";
+}
+
+TEST(lookup_orders)
+{
+	struct map *m = map_open(write_map("a@example.com full\n"
+					   "postmaster@ user-any-domain\n"
+					   "example.org domain\n"
+					   ".example.net parent\n"
+					   "192.0.2.7 exact\n"
+					   "192.0.2.0/24 net24\n"
+					   "192.0.0.0/16 net16\n"
+					   "198.51 octets\n"
+					   "2001:db8::/32 v6net\n"),
+				 err, sizeof err);
+	CHECK(m != NULL);
+	if (!m)
+		return;
+	CHECK_STR(q(m, MAP_ADDR, "A@Example.com"), "full");
+	CHECK_STR(q(m, MAP_ADDR, "postmaster@example.com"), "user-any-domain");
+	CHECK_STR(q(m, MAP_ADDR, "b@example.org"), "domain");
+	CHECK_STR(q(m, MAP_ADDR, "b@x.example.net"), "(none)");
+	CHECK_STR(q(m, MAP_ADDR_PARENT, "b@x.example.net"), "parent");
+	CHECK_STR(q(m, MAP_CLIENT, "192.0.2.7"), "exact");
+	CHECK_STR(q(m, MAP_CLIENT, "192.0.2.8"), "net24");
+	CHECK_STR(q(m, MAP_CLIENT, "192.0.3.8"), "net16");
+	CHECK_STR(q(m, MAP_CLIENT, "198.51.100.1"), "octets");
+	CHECK_STR(q(m, MAP_CLIENT, "2001:db8::25"), "v6net");
+	CHECK_STR(q(m, MAP_CLIENT, "2001:db9::25"), "(none)");
+	CHECK_STR(q(m, MAP_CLIENT, "203.0.113.1"), "(none)");
+	map_free(m);
+	unsigned char a[16];
+	int bits;
+	CHECK_INT(map_cidr_parse("10.0.0.0/8", 10, a, &bits), 0);
+	CHECK_INT(bits, 104);
+	CHECK_INT(map_cidr_parse("10.0.0.0/33", 11, a, &bits), -1);
+	CHECK_INT(map_cidr_parse("10.0.0.0/", 9, a, &bits), -1);
+	CHECK_INT(map_cidr_parse("x/8", 3, a, &bits), -1);
+}
+
+TEST(reload_keeps_old_on_error)
+{
+	const char *spec = write_map("k1 v1\n");
+	char path[160];
+	snprintf(path, sizeof path, "%s", spec + 5);
+	struct map *a = map_open(spec, err, sizeof err);
+	struct map *b = map_open(spec, err, sizeof err);
+	CHECK(a != NULL && a == b);   /* unchanged file: the same table */
+	FILE *f = fopen(path, "w");
+	fputs("  continuation first\n", f);
+	fclose(f);
+	struct timespec ts[2] = { { 0, UTIME_NOW }, { time(NULL) + 10, 0 } };
+	utimensat(AT_FDCWD, path, ts, 0);
+	struct map *c = map_open(spec, err, sizeof err);
+	CHECK(c == a);               /* broken: the old table stays */
+	if (c)
+		CHECK_STR(get(c, "k1"), "v1");
+	f = fopen(path, "w");
+	fputs("k2 v2\n", f);
+	fclose(f);
+	ts[1].tv_sec += 10;
+	utimensat(AT_FDCWD, path, ts, 0);
+	struct map *d = map_open(spec, err, sizeof err);
+	CHECK(d != NULL && d != a);
+	if (d)
+		CHECK_STR(get(d, "k2"), "v2");
+	map_free(a);
+	map_free(b);
+	map_free(c);
+	map_free(d);
+}
+
+TEST(sqlite_map)
+{
+	char db[128], cf[128], cmd[512];
+	snprintf(db, sizeof db, "%s/t.sqlite", tmpdir);
+	snprintf(cf, sizeof cf, "%s/t.cf", tmpdir);
+	snprintf(cmd, sizeof cmd,
+		 "sqlite3 %s \"CREATE TABLE map (key TEXT, value TEXT);"
+		 "INSERT INTO map VALUES ('a@example.com', 'OK'), ('example.org', 'REJECT go');\"",
+		 db);
+	if (system(cmd) != 0) {
+		fprintf(stderr, "sqlite3 not available; skipped\n");
+		return;
+	}
+	char spec[160];
+	snprintf(spec, sizeof spec, "sqlite:%s", db);
+	struct map *m = map_open(spec, err, sizeof err);
+	CHECK(m != NULL);
+	if (m) {
+		CHECK(map_is_async(m));
+		CHECK_STR(q(m, MAP_ADDR, "a@example.com"), "OK");
+		CHECK_STR(q(m, MAP_ADDR, "b@example.org"), "REJECT go");
+		CHECK_STR(q(m, MAP_ADDR, "x' OR '1'='1"), "(none)");
+		map_free(m);
+	}
+	FILE *f = fopen(cf, "w");
+	fprintf(f, "dbpath = %s\nquery = SELECT value FROM map WHERE key = '%%u@%%d'\n", db);
+	fclose(f);
+	snprintf(spec, sizeof spec, "sqlite:%s", cf);
+	CHECK(map_open(spec, err, sizeof err) == NULL);   /* two params, one placeholder: bad SQL */
+	f = fopen(cf, "w");
+	fprintf(f, "dbpath = %s\nquery = SELECT value FROM map WHERE key = %%s\nbogus = 1\n", db);
+	fclose(f);
+	CHECK(map_open(spec, err, sizeof err) == NULL);
+	CHECK(strstr(err, "t.cf:3: bogus") != NULL);
+}
+
 int main(void)
 {
 	snprintf(tmpdir, sizeof tmpdir, "/tmp/test_maps.XXXXXX");
@@ -199,6 +319,9 @@ int main(void)
 	RUN(many_keys);
 	RUN(parent_domains);
 	RUN(open_errors);
+	RUN(lookup_orders);
+	RUN(reload_keeps_old_on_error);
+	RUN(sqlite_map);
 	char cmd[128];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
 	if (system(cmd) != 0)

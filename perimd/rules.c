@@ -1,0 +1,497 @@
+/*
+ * rules.c - role accounts, recipient validation (maps, then a cached
+ * callout), access maps and the delayed client/HELO/sender verdicts.
+ *
+ * Invariants:
+ * - Client, HELO and sender verdicts are made once (the HELO check at
+ *   HELO, the client lookup once per session, the sender lookup once per
+ *   transaction) and given only at RCPT, only to recipients that are not
+ *   exempt (role accounts, recipient_access_maps OK): postmaster@ and
+ *   abuse@ can always be reached (RFC 2142, RFC 5321 §4.5.1).
+ * - A recipient has at most one lookup or callout in flight; its handle is
+ *   in the session state and the chain's cancel function drops it, so a
+ *   session freed meanwhile is never called back.
+ * - Infrastructure failures (a map that cannot answer, a callout that
+ *   cannot complete) give 4xx, never 5xx: only an answer refuses for good.
+ */
+#include "rules.h"
+#include "conf.h"
+#include "log.h"
+#include "maps.h"
+#include "relay.h"
+#include "smtp_proto.h"
+#include "verify.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+typedef enum policy_step lookup_next_fn(struct policy_req *r, int result, const char *value,
+					struct policy_verdict *v);
+
+/* ---- maps ------------------------------------------------------------------ */
+
+/* open_one - one MAP parameter ("" = none). */
+static int open_one(const char *spec, struct map **m, const char *name, char *err, size_t errlen)
+{
+	char why[512];
+	*m = NULL;
+	if (!spec[0])
+		return 0;
+	if (!(*m = map_open(spec, why, sizeof why))) {
+		snprintf(err, errlen, "%s: %s", name, why);
+		return -1;
+	}
+	return 0;
+}
+
+/* rules_load - see rules.h. */
+int rules_load(struct policy *p, char *err, size_t errlen)
+{
+	const struct conf *c = p->conf;
+	if (open_one(c->relay_recipient_maps, &p->rcpt_maps, "relay_recipient_maps", err, errlen) ||
+	    open_one(c->client_access_maps, &p->client_access, "client_access_maps", err, errlen) ||
+	    open_one(c->sender_access_maps, &p->sender_access, "sender_access_maps", err, errlen) ||
+	    open_one(c->recipient_access_maps, &p->rcpt_access, "recipient_access_maps", err, errlen))
+		return -1;
+	return 0;
+}
+
+/* rules_free - see rules.h. */
+void rules_free(struct policy *p)
+{
+	map_free(p->rcpt_maps);
+	map_free(p->client_access);
+	map_free(p->sender_access);
+	map_free(p->rcpt_access);
+}
+
+/* ---- session state ------------------------------------------------------------ */
+
+/* policy_session_new - see policy.h. */
+struct policy_sess *policy_session_new(const struct policy *p, const char *session_id,
+				       const char *client_addr)
+{
+	struct policy_sess *ps = xcalloc(1, sizeof *ps);
+	ps->pol = p;
+	ps->session_id = session_id;
+	ps->client_addr = client_addr;
+	return ps;
+}
+
+/* policy_session_free - see policy.h. */
+void policy_session_free(struct policy_sess *ps)
+{
+	if (!ps)
+		return;
+	map_cancel(ps->q);
+	relay_verify_cancel(ps->callout);
+	free(ps->client_name);
+	free(ps->helo);
+	free(ps->sender);
+	free(ps);
+}
+
+/* set_delayed - a delayed verdict: code, enhanced code and text; the
+ * reply is completed with the recipient at RCPT. */
+static void set_delayed(struct policy_verdict *dv, int code, const char *rule, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void set_delayed(struct policy_verdict *dv, int code, const char *rule, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(dv->reply, sizeof dv->reply, fmt, ap);
+	va_end(ap);
+	dv->code = code;
+	dv->rule = rule;
+}
+
+/* helo_valid - a domain (RFC 5321 §4.1.1.1) or an address literal, the
+ * only forms a HELO name may take. */
+static int helo_valid(const char *h)
+{
+	size_t n = strlen(h);
+	if (n > 0 && h[n - 1] == '.')    /* an absolute name */
+		n--;
+	return n > 0 && smtp_domain_valid(h, n, 0);
+}
+
+/* policy_helo - see policy.h. */
+void policy_helo(struct policy_sess *ps, const char *helo)
+{
+	free(ps->helo);
+	ps->helo = xstrdup(helo);
+	ps->helo_v.code = 0;
+	if (ps->pol->conf->reject_invalid_helo_hostname && !helo_valid(helo))
+		set_delayed(&ps->helo_v, 501, "helo_invalid",
+			    "5.5.2 Helo command rejected: invalid name <%.255s>", helo);
+}
+
+/* policy_mail - see policy.h. */
+void policy_mail(struct policy_sess *ps, const char *sender)
+{
+	free(ps->sender);
+	ps->sender = sender ? xstrdup(sender) : NULL;
+	ps->sender_done = 0;
+	ps->sender_v.code = 0;
+}
+
+/* policy_is_role - see policy.h. */
+int policy_is_role(const struct policy *p, const char *local)
+{
+	return conf_list_has(&p->conf->role_accounts, local);
+}
+
+/* policy_addr_check - see policy.h (RFC 5321 §4.5.3.1.1-3). */
+const char *policy_addr_check(const char *local, const char *domain)
+{
+	size_t ln = strlen(local), dn = strlen(domain);
+	if (ln > 64)
+		return "local part longer than 64 octets";
+	if (dn > 255)
+		return "domain longer than 255 octets";
+	if (ln + (dn ? dn + 1 : 0) + 2 > 256)
+		return "path longer than 256 octets";
+	return NULL;
+}
+
+/* ---- lookups in the chain ---------------------------------------------------- */
+
+/* lookup_cancel - the chain was abandoned while a lookup ran. */
+static void lookup_cancel(void *handle)
+{
+	struct policy_sess *ps = handle;
+	map_cancel(ps->q);
+	ps->q = NULL;
+}
+
+/* lookup_done - an asynchronous lookup answered: continue the step. */
+static void lookup_done(void *arg, int result, const char *value)
+{
+	struct policy_req *r = arg;
+	struct policy_sess *ps = r->env->sess;
+	struct policy_verdict v = { 0 };
+	ps->q = NULL;
+	enum policy_step st = ps->q_next(r, result, value, &v);
+	if (st != STEP_ASYNC)
+		policy_step_done(r, st == STEP_DECIDED, &v);
+}
+
+/* lookup - key in m, then next(r, result, value, v): at once for an
+ * in-memory map, else asynchronously (STEP_ASYNC). */
+static enum policy_step lookup(struct policy_req *r, const struct map *m, enum map_kind kind,
+			       const char *key, lookup_next_fn *next, struct policy_verdict *v)
+{
+	struct policy_sess *ps = r->env->sess;
+	if (!map_is_async(m) || !ps) {
+		char val[1024], err[256];
+		int res = map_query(m, kind, key, val, sizeof val, err, sizeof err);
+		if (res < 0)
+			log_warn("%s: map %s: lookup of \"%s\" failed: %s", r->env->session_id,
+				 map_spec(m), key, err);
+		return next(r, res, val, v);
+	}
+	ps->q_next = next;
+	ps->q = map_query_async(m, kind, key, r->env->loop, lookup_done, r);
+	policy_step_async(r, lookup_cancel, ps);
+	return STEP_ASYNC;
+}
+
+/* decide - fill the verdict: "CODE ENH <rcpt>: text". */
+static enum policy_step decide(struct policy_req *r, struct policy_verdict *v, int code,
+			       const char *enh, const char *rule, const char *text)
+{
+	v->code = code;
+	v->rule = rule;
+	snprintf(v->reply, sizeof v->reply, "%d %.15s <%.300s>: %.180s", code, enh, r->env->rcpt,
+		 text);
+	return STEP_DECIDED;
+}
+
+/* decide_delayed - give a delayed verdict ("ENH text") for this rcpt. */
+static enum policy_step decide_delayed(struct policy_req *r, struct policy_verdict *v,
+				       const struct policy_verdict *dv)
+{
+	char enh[16];
+	const char *sp = strchr(dv->reply, ' ');
+	size_t n = sp ? (size_t)(sp - dv->reply) : 0;
+	if (n >= sizeof enh)
+		n = 0;
+	memcpy(enh, dv->reply, n);
+	enh[n] = 0;
+	return decide(r, v, dv->code, enh, dv->rule, sp ? sp + 1 : dv->reply);
+}
+
+/* tempfail - a map could not answer (DESIGN.md: 451 4.3.0, never 5xx). */
+static enum policy_step tempfail(struct policy_req *r, struct policy_verdict *v)
+{
+	return decide(r, v, 451, "4.3.0", "tempfail_lookup", "temporary lookup failure");
+}
+
+/* rules_access_action - see rules.h (Postfix access(5) actions). */
+int rules_access_action(const char *value, char *text, size_t textlen)
+{
+	size_t n = strcspn(value, " \t");
+	const char *rest = value + n + strspn(value + n, " \t");
+	if (textlen)
+		text[0] = 0;
+	if (n == 2 && !strncasecmp(value, "OK", 2) && !*rest)
+		return 1;
+	if (n == 5 && !strncasecmp(value, "DUNNO", 5) && !*rest)
+		return 0;
+	if (n == 6 && !strncasecmp(value, "REJECT", 6)) {
+		size_t j = 0;
+		/* The text goes into a reply line: printable ASCII only. */
+		for (; *rest && j + 1 < textlen && j < 400; rest++)
+			text[j++] = (*rest >= ' ' && *rest < 127) ? *rest : '?';
+		if (textlen)
+			text[j] = 0;
+		return 2;
+	}
+	return -1;
+}
+
+/* ---- role accounts ------------------------------------------------------------ */
+
+/* rules_step_role - see rules.h. Relay control already ran in smtpd.c, so
+ * the domain is ours (or the recipient is the bare Postmaster). */
+enum policy_step rules_step_role(struct policy_req *r, struct policy_verdict *v)
+{
+	(void)v;
+	if (policy_is_role(r->env->pol, r->env->rcpt_local))
+		r->exempt = 1;
+	return STEP_PASS;
+}
+
+/* ---- recipient validation ----------------------------------------------------- */
+
+/* unknown - the recipient does not exist (DESIGN.md "Replies"). */
+static enum policy_step unknown(struct policy_req *r, struct policy_verdict *v, const char *rule)
+{
+	return decide(r, v, 550, "5.1.1", rule, "recipient unknown");
+}
+
+/* callout_cancel - the chain was abandoned during a callout. */
+static void callout_cancel(void *handle)
+{
+	struct policy_sess *ps = handle;
+	relay_verify_cancel(ps->callout);
+	ps->callout = NULL;
+}
+
+/* callout_done - the backend's answer to RCPT (0: no answer). Answers
+ * are cached: accepted for relay_verify_positive_ttl, refused (5xx) for
+ * relay_verify_negative_ttl; anything else is 451 4.4.1, not cached. */
+static void callout_done(void *arg, int code, const char *reply)
+{
+	struct policy_req *r = arg;
+	const struct policy_env *env = r->env;
+	const struct conf *cf = env->pol->conf;
+	struct policy_verdict v = { 0 };
+	env->sess->callout = NULL;
+	if (code >= 200 && code < 300) {
+		log_info("%s: callout: <%s> accepted by the backend", env->session_id, env->rcpt);
+		verify_put(env->rcpt, 250, "250 2.1.5 verified", (uint64_t)cf->relay_verify_positive_ttl);
+		policy_step_done(r, 0, &v);
+		return;
+	}
+	if (code >= 500) {
+		log_info("%s: callout: <%s> refused by the backend: %s", env->session_id, env->rcpt, reply);
+		unknown(r, &v, "verify_callout");
+		verify_put(env->rcpt, v.code, v.reply, (uint64_t)cf->relay_verify_negative_ttl);
+		policy_step_done(r, 1, &v);
+		return;
+	}
+	log_warn("%s: callout for <%s> did not complete: %s", env->session_id, env->rcpt,
+		 code ? reply : reply);
+	decide(r, &v, 451, "4.4.1", "tempfail_verify", "recipient verification failed, try again later");
+	policy_step_done(r, 1, &v);
+}
+
+/* callout - verify the recipient at its backend (STEP_ASYNC). */
+static enum policy_step callout(struct policy_req *r, struct policy_verdict *v)
+{
+	const struct policy_env *env = r->env;
+	const struct conf *cf = env->pol->conf;
+	struct conf_list route = { 0, NULL };
+	if (!env->sess)
+		return unknown(r, v, "recipient_unknown");
+	if (env->route)
+		policy_split_list(env->route, &route);
+	env->sess->callout = relay_verify(env->loop, env->route ? &route : &cf->relay_backends,
+					  env->rcpt, cf, env->session_id, callout_done, r);
+	if (env->route)
+		policy_list_free(&route);
+	policy_step_async(r, callout_cancel, env->sess);
+	return STEP_ASYNC;
+}
+
+/* recipient_found - relay_recipient_maps answered. A value starting with
+ * REJECT settles the recipient as unknown; any other entry as known; no
+ * entry leaves it to the callout when relay_recipient_verify is on. */
+static enum policy_step recipient_found(struct policy_req *r, int result, const char *value,
+					struct policy_verdict *v)
+{
+	if (result < 0)
+		return tempfail(r, v);
+	if (result > 0) {
+		char text[8];
+		if (rules_access_action(value, text, sizeof text) == 2)
+			return unknown(r, v, "recipient_unknown");
+		return STEP_PASS;
+	}
+	if (r->env->pol->conf->relay_recipient_verify)
+		return callout(r, v);
+	return unknown(r, v, "recipient_unknown");
+}
+
+/* rules_step_recipient - see rules.h. Role accounts are accepted without
+ * a lookup (even when the maps do not list them, or cannot answer) and are
+ * never called out. */
+enum policy_step rules_step_recipient(struct policy_req *r, struct policy_verdict *v)
+{
+	const struct policy *p = r->env->pol;
+	if (r->exempt || r->verified || !r->env->rcpt_domain[0])
+		return STEP_PASS;
+	if (p->rcpt_maps)
+		return lookup(r, p->rcpt_maps, MAP_ADDR, r->env->rcpt, recipient_found, v);
+	if (p->conf->relay_recipient_verify)
+		return callout(r, v);
+	return STEP_PASS;
+}
+
+/* ---- access maps and delayed verdicts ------------------------------------------- */
+
+enum { DS_RCPT, DS_CLIENT, DS_HELO, DS_SENDER, DS_END };
+
+static enum policy_step delayed_run(struct policy_req *r, struct policy_verdict *v);
+
+/* access_result - an access map's answer into a verdict: 1 OK, 0 DUNNO or
+ * not found, 2 refused (dv filled), 3 lookup failure. */
+static int access_result(int result, const char *value, const char *what, const char *rule,
+			 const char *map, struct policy_verdict *dv)
+{
+	char text[420];
+	if (result < 0)
+		return 3;
+	if (result == 0)
+		return 0;
+	int a = rules_access_action(value, text, sizeof text);
+	if (a < 0) {
+		log_warn("%s: unknown action \"%s\" (expected OK, REJECT [text] or DUNNO)", map, value);
+		set_delayed(dv, 451, "tempfail_config", "4.3.5 server configuration error");
+		return 2;
+	}
+	if (a == 2)
+		set_delayed(dv, 550, rule, "5.7.1 %s", text[0] ? text : what);
+	return a;
+}
+
+/* rcpt_access_done - recipient_access_maps answered. */
+static enum policy_step rcpt_access_done(struct policy_req *r, int result, const char *value,
+					 struct policy_verdict *v)
+{
+	struct policy_verdict dv = { 0 };
+	switch (access_result(result, value, "Recipient address rejected: access denied",
+			      "access_recipient", map_spec(r->env->pol->rcpt_access), &dv)) {
+	case 1:
+		r->exempt = 1;   /* as a role account: later checks skip it */
+		return STEP_PASS;
+	case 2:
+		return decide_delayed(r, v, &dv);
+	case 3:
+		return tempfail(r, v);
+	}
+	r->env->sess->stage = DS_CLIENT;
+	return delayed_run(r, v);
+}
+
+/* client_access_done - client_access_maps answered (once per session). */
+static enum policy_step client_access_done(struct policy_req *r, int result, const char *value,
+					   struct policy_verdict *v)
+{
+	struct policy_sess *ps = r->env->sess;
+	char what[128];
+	snprintf(what, sizeof what, "Client host [%s] rejected: access denied", ps->client_addr);
+	int a = access_result(result, value, what, "access_client",
+			      map_spec(r->env->pol->client_access), &ps->client_v);
+	if (a == 3)
+		return tempfail(r, v);
+	ps->client_done = 1;
+	ps->stage = DS_CLIENT;   /* gives client_v, if any */
+	return delayed_run(r, v);
+}
+
+/* sender_access_done - sender_access_maps answered (once per transaction). */
+static enum policy_step sender_access_done(struct policy_req *r, int result, const char *value,
+					   struct policy_verdict *v)
+{
+	struct policy_sess *ps = r->env->sess;
+	char what[400];
+	snprintf(what, sizeof what, "Sender address <%.300s> rejected: access denied",
+		 ps->sender ? ps->sender : "");
+	int a = access_result(result, value, what, "access_sender",
+			      map_spec(r->env->pol->sender_access), &ps->sender_v);
+	if (a == 3)
+		return tempfail(r, v);
+	ps->sender_done = 1;
+	ps->stage = DS_END;
+	return delayed_run(r, v);
+}
+
+/* delayed_run - the stages from ps->stage on: recipient access, then the
+ * client, HELO and sender verdicts (Postfix's order, with smtpd_delay_reject). */
+static enum policy_step delayed_run(struct policy_req *r, struct policy_verdict *v)
+{
+	struct policy_sess *ps = r->env->sess;
+	const struct policy *p = r->env->pol;
+	for (;;) {
+		switch (ps->stage) {
+		case DS_RCPT:
+			ps->stage = DS_CLIENT;
+			if (p->rcpt_access)
+				return lookup(r, p->rcpt_access, MAP_ADDR_PARENT, r->env->rcpt,
+					      rcpt_access_done, v);
+			break;
+		case DS_CLIENT:
+			if (!ps->client_done && p->client_access)
+				return lookup(r, p->client_access, MAP_CLIENT, ps->client_addr,
+					      client_access_done, v);
+			ps->client_done = 1;
+			if (ps->client_v.code)
+				return decide_delayed(r, v, &ps->client_v);
+			ps->stage = DS_HELO;
+			break;
+		case DS_HELO:
+			if (ps->helo_v.code)
+				return decide_delayed(r, v, &ps->helo_v);
+			ps->stage = DS_SENDER;
+			break;
+		case DS_SENDER:
+			/* The null sender is looked up as "<>", as Postfix's
+			 * smtpd_null_access_lookup_key. */
+			if (!ps->sender_done && p->sender_access && ps->sender)
+				return lookup(r, p->sender_access, MAP_ADDR_PARENT,
+					      ps->sender[0] ? ps->sender : "<>", sender_access_done, v);
+			ps->sender_done = 1;
+			ps->stage = DS_END;
+			break;
+		default:
+			if (ps->sender_v.code)
+				return decide_delayed(r, v, &ps->sender_v);
+			return STEP_PASS;
+		}
+	}
+}
+
+/* rules_step_delayed - see rules.h. */
+enum policy_step rules_step_delayed(struct policy_req *r, struct policy_verdict *v)
+{
+	if (r->exempt || !r->env->sess)
+		return STEP_PASS;
+	r->env->sess->stage = DS_RCPT;
+	return delayed_run(r, v);
+}
+
