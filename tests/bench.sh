@@ -21,6 +21,8 @@
 #                           private MariaDB (tests/bench_grey.c, one thread), SMTP
 #                           throughput with greylisting on and every triplet passed vs
 #                           off (same run)
+#   tests/bench.sh maps     file: maps: load time of 1,000,000 recipients and lookups/s
+#                           (tests/bench_maps.c), Postfix postmap hash: as a peer
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -509,6 +511,48 @@ EOF
 	echo "queries that reached dnsmasq: $(grep -c 'query\[' "$dlog")"
 	echo "SMTP throughput DNS checks on / off at $conc sessions: $(fdiv "$sum_off" "$sum_on" %.3f) (target >= 0.80); CPU on/off: $(fdiv "$cpu_on" "$cpu_off" %.3f)"
 }
+
+# maps_bench - file: maps (tests/bench_maps.c on the build's libperimd.a):
+# load time of MAPS_N recipients (issue target < 2 s) and lookups/s (target
+# >= 1,000,000), best of MAPS_ROUNDS; then Postfix's postmap on the same
+# keys as a peer in the same run (building hash:, and `postmap -q -` over
+# MAPS_PEER_Q keys: a process reading keys from a pipe, so the ratio shows
+# in-process lookups against a table server's, not like for like).
+maps_bench() {
+	local n=${MAPS_N:-1000000} nl=${MAPS_LOOKUPS:-5000000} rounds=${MAPS_ROUNDS:-3}
+	local pq=${MAPS_PEER_Q:-200000} bin=$WORK/bench_maps libs r
+	libs=$(make -s -C "$ROOT/perimd" -pn 2>/dev/null | sed -n 's/^LIBS := //p')
+	# shellcheck disable=SC2086
+	cc -std=gnu11 -O2 -D_GNU_SOURCE -I"$ROOT/perimd" -o "$bin" "$ROOT/tests/bench_maps.c" \
+		"$(dirname "$PERIMD")/libperimd.a" $libs -lsqlite3 -lmariadb -lcares -lbearssl -lclamav -lpthread
+	echo "perimd bench maps: $(nproc) CPUs, $n recipients, load average $(cut -d' ' -f1 /proc/loadavg)"
+	for r in $(seq 1 "$rounds"); do
+		echo "round $r:"
+		"$bin" "$WORK" "$n" "$nl" | sed 's/^/  /'
+	done
+	if command -v postmap >/dev/null; then
+		awk -v n="$n" 'BEGIN { for (i = 0; i < n; i++)
+			printf "user%d.%x@example%d.com OK\n", i, (i * 2654435761) % 4294967296, i % 97 }' \
+			>"$WORK/peer"
+		local t0 t1
+		t0=$(date +%s.%N)
+		postmap -c /etc/postfix "hash:$WORK/peer" 2>/dev/null || postmap "hash:$WORK/peer"
+		t1=$(date +%s.%N)
+		echo "peer postmap hash: build $n keys in $(fdiv "$(echo "$t1 - $t0" | bc)" 1 %.3f) s"
+		awk -v q="$pq" -v n="$n" 'BEGIN { srand(1); for (i = 0; i < q; i++) { k = int(rand() * n);
+			printf "user%d.%x@example%d.com\n", k, (k * 2654435761) % 4294967296, k % 97 } }' \
+			>"$WORK/peer.q"
+		t0=$(date +%s.%N)
+		postmap -q - "hash:$WORK/peer" <"$WORK/peer.q" | wc -l | sed 's/^/peer postmap -q -: found /'
+		t1=$(date +%s.%N)
+		echo "peer postmap -q -: $(fdiv "$pq" "$(echo "$t1 - $t0" | bc)" %.0f) lookups/s"
+	fi
+}
+
+if [ "${1:-}" = maps ]; then
+	maps_bench
+	exit 0
+fi
 
 if [ "${1:-}" = dns ]; then
 	dns_bench
