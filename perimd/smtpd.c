@@ -29,6 +29,7 @@
 #include "log.h"
 #include "net.h"
 #include "policy.h"
+#include "proxy.h"
 #include "relay.h"
 #include "smtp_proto.h"
 #include "spool.h"
@@ -57,7 +58,7 @@
  * ends the session (legitimate over-long lines get exactly one reply). */
 #define SKIP_ERROR_BYTES (64 * 1024)
 
-enum sstate { ST_CMD, ST_DATA, ST_BUSY, ST_CLOSING, ST_GREET };
+enum sstate { ST_CMD, ST_DATA, ST_BUSY, ST_CLOSING, ST_PROXY, ST_GREET };
 enum data_err { DE_NONE, DE_TOO_BIG, DE_SPOOL_FULL, DE_IO };
 
 struct smtpd_loop;
@@ -142,13 +143,12 @@ struct session {
 	struct relay_req *relay;
 	struct av_req *av;          /* content scan in flight */
 	struct dnscheck *dns;       /* PTR/FCrDNS, DNSBL, sender domain lookups */
+	struct policy_sess *ps;     /* delayed client/HELO/sender verdicts (rules.c) */
+	struct ev_timer greet;      /* smtpd_greet_pause (state ST_GREET) */
 	struct ev_timer deadline;   /* smtpd_timeout per command (request_deadline) */
 	struct relay_msg msg;
 	struct relay_rcpt *rr;
 	struct conf_list backends;
-
-	struct policy_sess *ps;     /* delayed client/HELO/sender verdicts (rules.c) */
-	struct ev_timer greet;      /* smtpd_greet_pause (state ST_GREET) */
 };
 
 static int sessions_total;  /* atomic: all loops */
@@ -207,6 +207,7 @@ static void session_resume(struct session *s);
 static void session_free(struct session *s);
 static int starttls_offered(struct session *s);
 static void rcpt_pending_free(struct rcpt_pending *rp);
+static void proxy_input(struct session *s);
 static void early_talker(struct session *s);
 
 /* deadline_expired - a command (or DATA line) did not arrive whole within
@@ -1007,6 +1008,13 @@ static void command(struct session *s, char *line, size_t len)
 	}
 	char *arg = (char *)args;
 	arg[alen] = 0;
+	if (v == SMTP_UNKNOWN && s->cf->smtpd_upstream_proxy_protocol[0] && !strncmp(line, "PROXY ", 6)) {
+		log_warn("%s: PROXY header from [%s], which is not in smtpd_upstream_proxy_clients; "
+			 "disconnecting", s->id, s->addr);
+		stats_inc(ST_close_protocol);
+		session_close(s);
+		return;
+	}
 	switch (v) {
 	case SMTP_HELO:
 	case SMTP_EHLO:
@@ -1103,7 +1111,9 @@ static void session_resume(struct session *s)
 static void on_read(void *arg)
 {
 	struct session *s = arg;
-	if (s->state == ST_GREET)
+	if (s->state == ST_PROXY)
+		proxy_input(s);
+	else if (s->state == ST_GREET)
 		early_talker(s);
 	else
 		session_process(s);
@@ -1134,12 +1144,12 @@ static void session_free(struct session *s)
 		log_info("%s: client [%s] gone while its message %s was being scanned", s->id, s->addr, s->msgid);
 	}
 	ev_timer_stop(s->loop, &s->tarpit);
+	ev_timer_stop(s->loop, &s->greet);
 	ev_timer_stop(s->loop, &s->deadline);
 	free(s->pending);
 	txn_reset(s);
 	dnscheck_free(s->dns);
 	policy_session_free(s->ps);   /* after txn_reset cancelled any chain */
-	ev_timer_stop(s->loop, &s->greet);
 	free(s->helo);
 	conn_free(s->conn);
 	if (s->counted)
@@ -1164,6 +1174,12 @@ static void session_free(struct session *s)
 static void on_error(void *arg, int err)
 {
 	struct session *s = arg;
+	if (err == ETIMEDOUT && s->state == ST_PROXY) {
+		log_warn("%s: no PROXY header from [%s] in time; disconnecting", s->id, s->addr);
+		stats_inc(ST_close_timeout);
+		session_free(s);
+		return;
+	}
 	if (err == ETIMEDOUT && s->state != ST_CLOSING) {
 		log_info("%s: timeout after %u commands from [%s]", s->id, s->ncmds, s->addr);
 		reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cf->myhostname);
@@ -1231,7 +1247,86 @@ static void early_talker(struct session *s)
 	session_close(s);
 }
 
-/* session_start - a new client: limits, then the greeting. */
+/* session_greet - the client is known (directly or through PROXY): its
+ * limits, then the greeting. */
+static void session_greet(struct session *s)
+{
+	const struct conf *cf = s->cf;
+	if (climit_enter(s->addr, (int)cf->smtpd_client_connection_count_limit) < 0) {
+		log_warn("%s: refused connection from [%s]: too many connections from this client",
+			 s->id, s->addr);
+		stats_inc(ST_conn_refused_client);
+		reply(s, "421 4.7.0 %s Error: too many connections from %s", cf->myhostname, s->addr);
+		session_close(s);
+		return;
+	}
+	s->counted = 1;
+	if (cf->smtpd_client_connection_rate_limit > 0 &&
+	    crate_hit(s->addr, (int)cf->smtpd_client_connection_rate_limit, ev_wallclock() / 60) < 0) {
+		log_warn("%s: refused connection from [%s]: more than %lld connections per minute",
+			 s->id, s->addr, cf->smtpd_client_connection_rate_limit);
+		stats_inc(ST_conn_refused_rate);
+		reply(s, "421 4.7.0 %s Error: too many connections from %s", cf->myhostname, s->addr);
+		session_close(s);
+		return;
+	}
+	s->state = ST_CMD;
+	conn_set_timeout(s->conn, (uint64_t)cf->smtpd_timeout);
+	deadline_arm(s);
+	/* DNS checks start now, in the background: the banner does not wait. */
+	s->dns = dnscheck_connect(s->loop, cf, s->addr);
+	if (cf->smtpd_greet_pause > 0) {
+		/* Legitimate clients wait for the banner (RFC 5321 §3.1). */
+		s->state = ST_GREET;
+		ev_timer_start(s->loop, &s->greet, (uint64_t)cf->smtpd_greet_pause, greet_fire, s);
+		return;
+	}
+	reply(s, "220 %s", cf->smtpd_banner);
+}
+
+/* proxy_input - the PROXY header from the load balancer names the client. */
+static void proxy_input(struct session *s)
+{
+	size_t len, used;
+	const char *buf = conn_rbuf(s->conn, &len);
+	struct proxy_hdr h;
+	enum parse_result r = proxy_parse((const unsigned char *)buf, len, &h, &used);
+	if (r == PARSE_AGAIN)
+		return;
+	if (r != PARSE_OK) {
+		log_warn("%s: bad PROXY header from [%s]; disconnecting", s->id, s->addr);
+		stats_inc(ST_close_protocol);
+		s->state = ST_CLOSING;
+		conn_shutdown(s->conn);
+		return;
+	}
+	conn_consume(s->conn, used);
+	if (h.local) {
+		log_info("%s: PROXY v%d LOCAL from [%s]", s->id, h.version, s->addr);
+	} else {
+		log_info("%s: PROXY v%d from [%s]: client [%s]:%d", s->id, h.version, s->addr, h.src,
+			 h.sport);
+		snprintf(s->addr, sizeof s->addr, "%s", h.src);
+	}
+	session_greet(s);
+	/* What followed the header in the same read is the client's. */
+	if (s->state == ST_CMD)
+		session_process(s);
+}
+
+/* proxy_expected - does this peer have to start with a PROXY header? */
+static int proxy_expected(const struct conf *cf, const char *peer)
+{
+	if (!cf->smtpd_upstream_proxy_protocol[0])
+		return 0;
+	for (int i = 0; i < cf->smtpd_upstream_proxy_clients.n; i++)
+		if (net_addr_match(peer, cf->smtpd_upstream_proxy_clients.v[i]))
+			return 1;
+	return 0;
+}
+
+/* session_start - a new connection: the global limit, then the greeting
+ * (or first the PROXY header when it comes from the load balancer). */
 static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *sa)
 {
 	char addr[INET6_ADDRSTRLEN];
@@ -1249,31 +1344,7 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 		policy_release(pol);
 		return;
 	}
-	if (climit_enter(addr, (int)cf->smtpd_client_connection_count_limit) < 0) {
-		__atomic_sub_fetch(&sessions_total, 1, __ATOMIC_RELAXED);
-		log_warn("refused connection from [%s]: too many connections from this client", addr);
-		stats_inc(ST_conn_refused_client);
-		snprintf(msg, sizeof msg, "421 4.7.0 %s Error: too many connections from %s\r\n",
-			 cf->myhostname, addr);
-		refuse_now(fd, msg);
-		policy_release(pol);
-		return;
-	}
-	if (cf->smtpd_client_connection_rate_limit > 0 &&
-	    crate_hit(addr, (int)cf->smtpd_client_connection_rate_limit, ev_wallclock() / 60) < 0) {
-		__atomic_sub_fetch(&sessions_total, 1, __ATOMIC_RELAXED);
-		climit_leave(addr);
-		log_warn("refused connection from [%s]: more than %lld connections per minute", addr,
-			 cf->smtpd_client_connection_rate_limit);
-		stats_inc(ST_conn_refused_rate);
-		snprintf(msg, sizeof msg, "421 4.7.0 %s Error: too many connections from %s\r\n",
-			 cf->myhostname, addr);
-		refuse_now(fd, msg);
-		policy_release(pol);
-		return;
-	}
 	struct session *s = xcalloc(1, sizeof *s);
-	s->counted = 1;
 	s->sl = sl;
 	s->loop = sl->loop;
 	s->pol = pol;
@@ -1282,7 +1353,6 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	gen_id(s->id);
 	s->ps = policy_session_new(pol, s->id, s->addr);
 	s->conn = conn_new(sl->loop, fd, &session_ops, s);
-	conn_set_timeout(s->conn, (uint64_t)cf->smtpd_timeout);
 	s->next = sl->sessions;
 	if (s->next)
 		s->next->prev = s;
@@ -1290,15 +1360,12 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	sl->nsessions++;
 	log_info("%s: connect from [%s]:%d", s->id, addr, net_port(sa));
 	stats_inc(ST_conn_accepted);
-	/* DNS checks start now, in the background: the banner does not wait. */
-	s->dns = dnscheck_connect(s->loop, cf, s->addr);
-	if (cf->smtpd_greet_pause > 0) {
-		/* Legitimate clients wait for the banner (RFC 5321 §3.1). */
-		s->state = ST_GREET;
-		ev_timer_start(s->loop, &s->greet, (uint64_t)cf->smtpd_greet_pause, greet_fire, s);
+	if (proxy_expected(cf, addr)) {
+		s->state = ST_PROXY;
+		conn_set_timeout(s->conn, (uint64_t)cf->smtpd_upstream_proxy_timeout);
 		return;
 	}
-	reply(s, "220 %s", cf->smtpd_banner);
+	session_greet(s);
 }
 
 /* listener_retry - accept again after running out of descriptors. */
