@@ -6,6 +6,9 @@
 #   ./build.sh run        dev build, then perimd in the foreground (conf/perimd.conf)
 #   ./build.sh bench      throughput and memory figures (tests/bench.sh; never run by tests)
 #   ./build.sh bench peers   also run ../shared/bench/peer-bench.sh with perimd, if present
+#   ./build.sh static     fully static musl binary from Debian sources (vendor/):
+#                         build/static/perimd; `static noclamav`: without libclamav
+#                         (clamd mode), build/static-noclamav/perimd
 #   ./build.sh clean      remove build/
 #
 # Packages are installed only when missing (dpkg-query), so a prepared machine
@@ -21,7 +24,11 @@ ROOT=$(pwd)
 DEPS=(build-essential clang libclang-rt-14-dev mandoc pkg-config
       libsqlite3-dev libc-ares-dev libbearssl-dev libclamav-dev
       postfix swaks clamav-daemon openssl python3-aiosmtpd python3-pytest dnsmasq-base
-      mariadb-server)
+      mariadb-server libmariadb-dev)
+# Static build (vendor/static.sh): musl, the source unpacker and the build
+# tools of the vendored libraries. Deployment tests: HAProxy (PROXY
+# protocol), podman and runc (the FROM-scratch image).
+DEPS+=(musl-tools cmake ninja-build tcl dpkg-dev haproxy podman runc)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {
@@ -89,11 +96,16 @@ bench)
 	shift
 	exec bash tests/bench.sh "$@"
 	;;
+static)
+	deps
+	shift
+	exec bash vendor/static.sh "$@"
+	;;
 clean)
 	rm -rf "$ROOT/build"
 	;;
 *)
-	echo "usage: $0 [test|run|bench [peers]|clean]" >&2
+	echo "usage: $0 [test|run|bench [peers]|static [noclamav]|clean]" >&2
 	exit 2
 	;;
 esac
