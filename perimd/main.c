@@ -13,6 +13,7 @@
 #include "ev.h"
 #include "jobs.h"
 #include "log.h"
+#include "maps.h"
 #include "net.h"
 #include "policy.h"
 #include "policyd.h"
@@ -160,8 +161,9 @@ static void drop_privileges(const struct conf *c)
 	log_info("running as %s (uid %d)", c->mail_owner, (int)pw->pw_uid);
 }
 
-/* reload - SIGHUP: a new configuration and policy, or keep the old. */
-static void reload(const char *path, int nov)
+/* reload - SIGHUP (full: certificates and signatures too) or a changed map
+ * file: a new configuration and policy, or keep the old. */
+static void reload(const char *path, int nov, int full)
 {
 	char err[1024];
 	struct conf *c = conf_load(path, 0, ov, nov, err, sizeof err);
@@ -176,7 +178,9 @@ static void reload(const char *path, int nov)
 	}
 	/* Certificates: the old ones stay unless the new ones all load (after
 	 * the privilege drop, the key must be readable by mail_owner). */
-	if (tls_configure(c, err, sizeof err) < 0)
+	if (!full)
+		;   /* a map file changed: certificates and signatures stay */
+	else if (tls_configure(c, err, sizeof err) < 0)
 		log_err("reload: TLS certificates and keys not reloaded, keeping the old ones: %s", err);
 	else
 		log_info("reload: TLS certificates and keys reloaded");
@@ -191,7 +195,8 @@ static void reload(const char *path, int nov)
 		policy_release(old);
 	}
 	policy_install(p);
-	av_reload(c);
+	if (full)
+		av_reload(c);
 	log_info("configuration reloaded from %s", path);
 }
 
@@ -342,11 +347,19 @@ int main(int argc, char **argv)
 	stats_health_set(STATS_UP);
 
 	for (;;) {
-		int sig;
-		if (sigwait(&set, &sig) != 0)
+		/* Every 2 s without a signal, look for changed map files: an
+		 * admin who edits a map does not need to send SIGHUP. */
+		struct timespec tick = { 2, 0 };
+		int sig = sigtimedwait(&set, NULL, &tick);
+		if (sig < 0) {
+			if (errno == EAGAIN && maps_changed()) {
+				log_info("a map file changed: reloading");
+				reload(path, nov, 0);
+			}
 			continue;
+		}
 		if (sig == SIGHUP) {
-			reload(path, nov);
+			reload(path, nov, 1);
 		} else if (sig == SIGTERM || sig == SIGINT) {
 			log_info("stopping: draining sessions");
 			stats_health_set(STATS_DRAINING);

@@ -83,6 +83,7 @@ struct map {
 	ino_t ino;
 	off_t size;
 	struct timespec mtime;
+	struct stat seen;        /* the file as maps_changed() last saw it (reg_mu) */
 	/* file: */
 	size_t nbuckets;         /* a power of two */
 	size_t n;
@@ -355,6 +356,7 @@ static struct map *map_load(const char *spec, const char *type, const char *path
 	m->ino = st->st_ino;
 	m->size = st->st_size;
 	m->mtime = st->st_mtim;
+	m->seen = *st;
 	m->nbuckets = 16;
 	m->buckets = xcalloc(m->nbuckets, sizeof *m->buckets);
 	if (!strcmp(type, "file")) {
@@ -779,4 +781,27 @@ void map_cancel(struct map_req *q)
 	}
 	ev_defer_cancel(q->loop, &q->d);
 	req_free(q);
+}
+
+/* maps_changed - has a file behind a registered map changed since it was
+ * loaded, or since the last call saw it? Each version of a file is
+ * reported once, so a broken file is retried once per change, not forever. */
+int maps_changed(void)
+{
+	int changed = 0;
+	pthread_mutex_lock(&reg_mu);
+	for (struct map *m = registry; m; m = m->reg_next) {
+		const char *colon = strchr(m->spec, ':');
+		struct stat st;
+		if (!colon || strncmp(m->spec, "file:", 5) || stat(colon + 1, &st) < 0)
+			continue;
+		if (st.st_dev != m->seen.st_dev || st.st_ino != m->seen.st_ino ||
+		    st.st_size != m->seen.st_size || st.st_mtim.tv_sec != m->seen.st_mtim.tv_sec ||
+		    st.st_mtim.tv_nsec != m->seen.st_mtim.tv_nsec) {
+			m->seen = st;
+			changed = 1;
+		}
+	}
+	pthread_mutex_unlock(&reg_mu);
+	return changed;
 }

@@ -41,6 +41,9 @@ int map_lookup(const struct map *m, const char *key, const char **value);
  * returns as map_lookup. */
 int map_lookup_domain(const struct map *m, const char *domain, const char **value);
 void map_free(struct map *m);
+/* maps_changed - 1 when a file: map's file changed since it was loaded
+ * (or since the last call reported it): the caller reloads. */
+int maps_changed(void);
 const char *map_spec(const struct map *m);
 /* map_is_async - lookups must go through map_query_async(). */
 int map_is_async(const struct map *m);
