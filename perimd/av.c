@@ -837,8 +837,8 @@ static void *sup_main(void *arg)
 	return arg;
 }
 
-/* av_start - start and supervise the scanner (av_scanner = libclamav). */
-int av_start(const struct conf *cf, struct ev_loop **loops, int nloops, char *err, size_t errlen)
+/* av_check - av_scanner's syntax, and whether this build can honour it. */
+int av_check(const struct conf *cf, char *err, size_t errlen)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
@@ -848,6 +848,25 @@ int av_start(const struct conf *cf, struct ev_loop **loops, int nloops, char *er
 			 "clamd:HOST:PORT", cf->av_scanner);
 		return -1;
 	}
+#ifdef PERIMD_NO_CLAMAV
+	/* Refused at -t and at start, never discovered at the first message. */
+	if (k == AVK_LIBCLAMAV) {
+		snprintf(err, errlen, "av_scanner = libclamav: this perimd is built without libclamav "
+			 "(perimd -V); use clamd:/path/to/socket or clamd:HOST:PORT");
+		return -1;
+	}
+#endif
+	return 0;
+}
+
+/* av_start - start and supervise the scanner (av_scanner = libclamav). */
+int av_start(const struct conf *cf, struct ev_loop **loops, int nloops, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	if (av_check(cf, err, errlen) < 0)
+		return -1;
+	enum av_kind k = av_parse(cf->av_scanner, &ss, &len);
 	if (k != AVK_LIBCLAMAV)
 		return 0;
 	av_nloops = nloops;

@@ -26,6 +26,9 @@ typedef void av_done_fn(void *arg, const char *refusal);
 /* av_enabled - whether cf asks for scanning (av_scanner != none). */
 int av_enabled(const struct conf *cf);
 
+/* av_check - is cf's av_scanner usable by this build (perimd -t)? Returns
+ * 0, or -1 with err filled (bad syntax; libclamav in a build without it). */
+int av_check(const struct conf *cf, char *err, size_t errlen);
 /* av_start - before the io loops run: with av_scanner = libclamav, start
  * the scanner process and wait (bounded) until its engine is loaded, then
  * supervise it (restart on crash or hang). loops[i] is the loop with

@@ -24,6 +24,7 @@
 #include "stats.h"
 #include "tls.h"
 #include "verify.h"
+#include "version.h"
 
 #include <errno.h>
 #include <grp.h>
@@ -67,6 +68,12 @@ static _Noreturn void usage(void)
 		"       perimd -V                                       version and features\n"
 		"       perimd stats [-c FILE]                          live counters of the running daemon\n");
 	exit(1);
+}
+
+/* sig_unused - installed, never run (see main()'s sigwait set). */
+static void sig_unused(int sig)
+{
+	(void)sig;
 }
 
 /* io_main - one io thread: run its loop until drained. */
@@ -138,15 +145,41 @@ static void raise_nofile(const struct conf *c)
 			 (unsigned long long)rl.rlim_cur, (unsigned long long)want, c->max_sessions);
 }
 
+/* owner_lookup - mail_owner by name, or numeric "UID" / "UID:GID" (a
+ * scratch image or an empty chroot has no /etc/passwd; a lone UID uses
+ * the group of the same number). Returns pw, *num or NULL. */
+static struct passwd *owner_lookup(const char *s, struct passwd *num)
+{
+	char *end;
+	errno = 0;
+	unsigned long u = strtoul(s, &end, 10), g = u;
+	if (end != s && *s >= '0' && *s <= '9' && errno == 0 && u <= 0x7fffffff) {
+		if (*end == ':') {
+			const char *gs = end + 1;
+			g = strtoul(gs, &end, 10);
+			if (end == gs || *gs < '0' || *gs > '9' || g > 0x7fffffff)
+				return NULL;
+		}
+		if (*end)
+			return NULL;
+		memset(num, 0, sizeof *num);
+		num->pw_uid = (uid_t)u;
+		num->pw_gid = (gid_t)g;
+		return num;
+	}
+	return getpwnam(s);
+}
+
 /* drop_privileges - after binding: become mail_owner (only when started
  * as root; mail_owner = root keeps root, with a warning). */
 static void drop_privileges(const struct conf *c)
 {
 	if (geteuid() != 0)
 		return;
-	struct passwd *pw = getpwnam(c->mail_owner);
+	struct passwd pwnum, *pw = owner_lookup(c->mail_owner, &pwnum);
 	if (!pw)
-		fatal("mail_owner %s: no such user", c->mail_owner);
+		fatal("mail_owner %s: no such user (in a chroot or scratch image without "
+		      "/etc/passwd, give a numeric uid[:gid])", c->mail_owner);
 	if (pw->pw_uid == 0) {
 		log_warn("mail_owner = %s: running as root", c->mail_owner);
 		return;
@@ -224,9 +257,7 @@ int main(int argc, char **argv)
 		case 'n': dump_n = 1; break;
 		case 'd': dump_d = 1; break;
 		case 'V':
-			printf("perimd %s\nfeatures: smtp pipelining 8bitmime smtputf8 dsn relay-pool\n",
-			       PERIMD_VERSION);
-			printf("libclamav %s\n", scanner_version());
+			version_print(stdout);
 			return 0;
 		default: usage();
 		}
@@ -278,7 +309,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	if (stats_check(c, err, sizeof err) < 0) {
+	if (stats_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0) {
 		fprintf(stderr, "perimd: %s\n", err);
 		return 1;
 	}
@@ -288,6 +319,9 @@ int main(int argc, char **argv)
 	}
 
 	log_open("perimd", fg || !strcmp(c->log_to, "stderr"), verbose);
+	/* Spooled bodies, databases and statistics hold other people's mail:
+	 * nothing perimd creates is readable by group or others. */
+	umask(077);
 	if (make_dir(c->data_directory) < 0)
 		fatal("data_directory %s: %s", c->data_directory, strerror(errno));
 	if (make_dir(c->body_spool_directory) < 0)
@@ -328,6 +362,16 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGPIPE);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	/* As PID 1 of a container (or of unshare -p), the kernel discards
+	 * every signal whose action is the default, even a blocked one that
+	 * sigwait() would take: `podman stop` would never drain. A handler
+	 * (never run: the signals stay blocked) makes them deliverable. */
+	{
+		struct sigaction sa = { .sa_handler = sig_unused };
+		sigaction(SIGHUP, &sa, NULL);
+		sigaction(SIGTERM, &sa, NULL);
+		sigaction(SIGINT, &sa, NULL);
+	}
 
 	jobs_start(2);
 	{

@@ -18,6 +18,7 @@
  *   answer. The process never exits through exit(): _exit() skips atexit
  *   work (and libclamav's global state) that the parent does not need.
  */
+#ifndef PERIMD_NO_CLAMAV   /* else scanner_none.c */
 #include "scanner.h"
 #include "log.h"
 
@@ -432,3 +433,4 @@ int scanner_main(int argc, char **argv)
 		}
 	}
 }
+#endif /* PERIMD_NO_CLAMAV */

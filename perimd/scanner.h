@@ -50,7 +50,8 @@ struct scanner_ans {
  * Never returns to the caller's code: exits the process. */
 int scanner_main(int argc, char **argv);
 
-/* scanner_version - the libclamav version linked in. */
+/* scanner_version - the libclamav version linked in; NULL in a build
+ * without libclamav (scanner_none.c). */
 const char *scanner_version(void);
 
 #endif
