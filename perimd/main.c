@@ -38,7 +38,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define PERIMD_VERSION "0.1.0"
 #define DEFAULT_CONF "/etc/perimd/perimd.conf"
 
 struct io_thread {
