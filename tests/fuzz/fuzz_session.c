@@ -191,8 +191,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size > INPUT_MAX)
 		return 0;
 	struct client cl = {.data = data, .len = size};
-	cl.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (cl.fd < 0 || connect(cl.fd, (struct sockaddr *)&srv, sizeof srv) < 0) {
+	/* Non-blocking: libFuzzer's timer signal would interrupt a blocking
+	 * connect (EINTR); the loop waits for writability anyway. */
+	cl.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (cl.fd < 0 || (connect(cl.fd, (struct sockaddr *)&srv, sizeof srv) < 0 &&
+			  errno != EINPROGRESS && errno != EINTR)) {
 		perror("fuzz_session: connect");
 		abort();
 	}
