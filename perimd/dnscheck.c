@@ -31,7 +31,7 @@
 
 enum dstate { D_OFF, D_PENDING, D_OK, D_TEMP, D_HARD };
 enum lkind { LK_PTR, LK_FWD, LK_SENDER, LK_LIST };
-enum wait_for { W_NONE, W_CLIENT, W_SENDER, W_LISTS };
+enum wait_for { W_NONE, W_CLIENT, W_SENDER, W_LISTS, W_NAME };
 
 struct dnscheck;
 
@@ -71,6 +71,7 @@ struct dnscheck {
 	/* the step waiting for a result */
 	struct policy_req *waiter;
 	enum wait_for wait_for;
+	void (*name_resume)(struct policy_req *r);   /* W_NAME */
 };
 
 /* ---- block list entries (pure) --------------------------------------------- */
@@ -215,15 +216,26 @@ int dnscheck_conf_check(const struct conf *c, char *err, size_t errlen)
 static int decide_client(struct dnscheck *d, struct policy_req *r, struct policy_verdict *v);
 static int decide_sender(struct dnscheck *d, struct policy_req *r, struct policy_verdict *v);
 static int decide_lists(struct dnscheck *d, struct policy_req *r, struct policy_verdict *v);
+static int decide_name(const struct dnscheck *d);
 
 /* wake - a result came: if the waiting step waited for it, it decides now. */
 static void wake(struct dnscheck *d, enum wait_for what)
 {
-	if (!d->waiter || d->wait_for != what)
+	/* A step waiting for the client's name waits on the client lookups. */
+	if (!d->waiter || (d->wait_for != what && !(d->wait_for == W_NAME && what == W_CLIENT)))
 		return;
 	struct policy_req *r = d->waiter;
 	struct policy_verdict v;
 	memset(&v, 0, sizeof v);
+	what = d->wait_for;
+	if (what == W_NAME) {
+		if (decide_name(d) == STEP_ASYNC)
+			return;
+		d->waiter = NULL;
+		d->wait_for = W_NONE;
+		d->name_resume(r);   /* the waiting step goes on by itself */
+		return;
+	}
 	int st = what == W_CLIENT ? decide_client(d, r, &v) : what == W_SENDER ? decide_sender(d, r, &v)
 									      : decide_lists(d, r, &v);
 	if (st == STEP_ASYNC)
@@ -390,7 +402,11 @@ struct dnscheck *dnscheck_connect(struct ev_loop *loop, const struct conf *c, co
 		d->v6 = 1;
 	}
 	char rname[300];
-	if (c->reject_unknown_client_hostname || c->reject_unknown_reverse_client_hostname) {
+	/* The client's name is looked up when a check needs it: the
+	 * reject_unknown_* rules, host-name keys of client_access_maps and
+	 * host-name entries of greylist_whitelist_clients. */
+	if (c->reject_unknown_client_hostname || c->reject_unknown_reverse_client_hostname ||
+	    c->client_access_maps[0] || (c->greylist && c->greylist_whitelist_clients[0])) {
 		if (dns_reverse_name(client_addr, NULL, rname, sizeof rname) == 0) {
 			d->rev = d->fwd = D_PENDING;
 			start(d, &d->ptr, LK_PTR, 0, rname, DNS_T_PTR);
@@ -552,6 +568,25 @@ static int decide_lists(struct dnscheck *d, struct policy_req *r, struct policy_
 		return STEP_DECIDED;
 	}
 	return STEP_PASS;
+}
+
+/* decide_name - the client's name is settled (confirmed, or not to be had). */
+static int decide_name(const struct dnscheck *d)
+{
+	return d->rev == D_PENDING || d->fwd == D_PENDING ? STEP_ASYNC : STEP_PASS;
+}
+
+/* dnscheck_wait_client_name - see dnscheck.h. */
+enum policy_step dnscheck_wait_client_name(struct policy_req *r, void (*resume)(struct policy_req *r))
+{
+	struct dnscheck *d = r->env->dns;
+	if (!d || decide_name(d) == STEP_PASS)
+		return STEP_PASS;
+	d->waiter = r;
+	d->wait_for = W_NAME;
+	d->name_resume = resume;
+	policy_step_async(r, cancel_wait, d);
+	return STEP_ASYNC;
 }
 
 /* run_step - decide now, or wait for the lookup. */

@@ -31,6 +31,12 @@ void dnscheck_free(struct dnscheck *d);
  * known, else NULL. */
 const char *dnscheck_client_name(const struct dnscheck *d);
 
+/* dnscheck_wait_client_name - for a step that needs the client's name
+ * (dnscheck_client_name) settled: STEP_PASS when it is (confirmed or not
+ * to be had), else STEP_ASYNC (registered with policy_step_async): once it
+ * is, resume(r) runs and the step goes on, ending with policy_step_done(). */
+enum policy_step dnscheck_wait_client_name(struct policy_req *r, void (*resume)(struct policy_req *r));
+
 /* The RCPT steps (policy.c's table; env->dns is the session's dnscheck).
  * Role accounts (r->exempt) pass all three. step_dnsbl sets r->dnswl for
  * a client on a dnswl_sites list (the greylist step skips it). */

@@ -76,6 +76,7 @@ struct policy_sess {
 	 * check at HELO, the client and sender access lookups at the first
 	 * RCPT that needs them (per session / per transaction). */
 	int client_done, sender_done;
+	int client_name_tried;     /* client_access_maps also asked by host name */
 	struct policy_verdict client_v, helo_v, sender_v;
 	/* An asynchronous map lookup or callout of the RCPT being checked. */
 	struct map_req *q;

@@ -15,6 +15,7 @@
  *   cannot complete) give 4xx, never 5xx: only an answer refuses for good.
  */
 #include "rules.h"
+#include "dnscheck.h"
 #include "conf.h"
 #include "log.h"
 #include "maps.h"
@@ -408,7 +409,11 @@ static enum policy_step rcpt_access_done(struct policy_req *r, int result, const
 	return delayed_run(r, v);
 }
 
-/* client_access_done - client_access_maps answered (once per session). */
+static enum policy_step client_name_lookup(struct policy_req *r, struct policy_verdict *v);
+static void client_name_resume(struct policy_req *r);
+
+/* client_access_done - client_access_maps answered (once per session):
+ * first for the address, then (not listed) for the host name. */
 static enum policy_step client_access_done(struct policy_req *r, int result, const char *value,
 					   struct policy_verdict *v)
 {
@@ -419,9 +424,36 @@ static enum policy_step client_access_done(struct policy_req *r, int result, con
 			      map_spec(r->env->pol->client_access), &ps->client_v);
 	if (a == 3)
 		return tempfail(r, v);
+	if (a == 0 && !ps->client_name_tried && r->env->dns) {
+		/* Not listed by address: then by the client's confirmed host
+		 * name and its parent domains, once the lookups settled. */
+		ps->client_name_tried = 1;
+		enum policy_step st = dnscheck_wait_client_name(r, client_name_resume);
+		if (st == STEP_ASYNC)
+			return st;
+		return client_name_lookup(r, v);
+	}
 	ps->client_done = 1;
 	ps->stage = DS_CLIENT;   /* gives client_v, if any */
 	return delayed_run(r, v);
+}
+
+/* client_name_lookup - client_access_maps by host name (when confirmed). */
+static enum policy_step client_name_lookup(struct policy_req *r, struct policy_verdict *v)
+{
+	const char *name = dnscheck_client_name(r->env->dns);
+	if (!name)
+		return client_access_done(r, 0, NULL, v);
+	return lookup(r, r->env->pol->client_access, MAP_DOMAIN, name, client_access_done, v);
+}
+
+/* client_name_resume - the client's name lookups settled: go on. */
+static void client_name_resume(struct policy_req *r)
+{
+	struct policy_verdict v = { 0 };
+	enum policy_step st = client_name_lookup(r, &v);
+	if (st != STEP_ASYNC)
+		policy_step_done(r, st == STEP_DECIDED, &v);
 }
 
 /* sender_access_done - sender_access_maps answered (once per transaction). */

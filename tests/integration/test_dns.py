@@ -306,3 +306,24 @@ def test_backend_by_mx_loop(perimd_factory, dnsmasq):
     q = dns_perimd(perimd_factory, dnsmasq, relay_backends="nx.test:25")
     r = send_message(q.port)
     assert r[0] == 451 and "nx.test: host not found" in r[1], r
+
+
+def test_client_access_by_host_name(tmp_path, perimd_factory, dnsmasq):
+    """client_access_maps keys may be host names (and parent domains): they
+    match the client's confirmed (FCrDNS) name, never an unconfirmed PTR."""
+    m = tmp_path / "client_access"
+    m.write_text("good.test REJECT listed by host name\nliar.test REJECT never used\n"
+                 "127.0.0.6 REJECT listed by address\n")
+    p = dns_perimd(perimd_factory, dnsmasq, client_access_maps="file:%s" % m)
+    code, text = rcpt(p, "127.0.0.2")
+    assert code == 550 and "listed by host name" in text, (code, text)
+    # 127.0.0.3's PTR says liar.test, which does not resolve back to it.
+    assert rcpt(p, "127.0.0.3")[0] == 250
+    code, text = rcpt(p, "127.0.0.6")
+    assert code == 550 and "listed by address" in text, (code, text)
+    # A parent-domain key.
+    m.write_text(".test REJECT whole domain\n")
+    q = dns_perimd(perimd_factory, dnsmasq, client_access_maps="file:%s" % m)
+    assert rcpt(q, "127.0.0.2")[0] == 550
+    if roles_built():
+        assert rcpt(q, "127.0.0.2", to="postmaster@example.com")[0] == 250
