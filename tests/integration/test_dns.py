@@ -64,6 +64,9 @@ class Dnsmasq:
             "--address=/4.0.0.127.bl.test/127.255.255.254",
             "--address=/5.0.0.127.wl.test/127.0.0.2",
             "--server=/slow.test/127.0.0.1#%d" % hole_port,
+            # 127.0.0.8's PTR question goes to the hole too (more specific
+            # than the --local zone above).
+            "--server=/8.0.0.127.in-addr.arpa/127.0.0.1#%d" % hole_port,
             # Backends by MX: the preferred MX host has nothing listening.
             "--mx-host=relay.test,mx2.relay.test,20",
             "--mx-host=relay.test,mx1.relay.test,10",
@@ -327,3 +330,13 @@ def test_client_access_by_host_name(tmp_path, perimd_factory, dnsmasq):
     assert rcpt(q, "127.0.0.2")[0] == 550
     if roles_built():
         assert rcpt(q, "127.0.0.2", to="postmaster@example.com")[0] == 250
+
+
+def test_client_ptr_timeout_is_temporary(perimd_factory, dnsmasq):
+    """A PTR lookup that times out is a temporary failure: 450 4.7.25."""
+    p = dns_perimd(perimd_factory, dnsmasq, reject_unknown_reverse_client_hostname="yes")
+    code, text = rcpt(p, "127.0.0.8")
+    assert code == 450, (code, text)
+    assert text.startswith("4.7.25 ") and "[127.0.0.8]" in text, text
+    # A client beside it is not held up by the lookup that hangs.
+    assert rcpt(p, "127.0.0.2")[0] == 250
