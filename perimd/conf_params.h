@@ -34,7 +34,7 @@ PARAM(TIME, shutdown_timeout, "30s", 0, 3600000, NULL, "on SIGTERM, how long ope
 PARAM(ENUM, smtpd_tls_security_level, "may", 0, 0, "none|may", "may: offer STARTTLS when smtpd_tls_cert_file and smtpd_tls_key_file are set; none: never")
 PARAM(STR, smtpd_tls_cert_file, "", 0, 0, NULL, "PEM file: the server certificate, then its chain")
 PARAM(STR, smtpd_tls_key_file, "", 0, 0, NULL, "PEM file: the RSA or EC private key of smtpd_tls_cert_file")
-PARAM(STR, mail_owner, "perimd", 0, 0, NULL, "user to run as after binding ports")
+PARAM(STR, mail_owner, "perimd", 0, 0, NULL, "user (or numeric uid[:gid]) to run as after binding ports")
 PARAM(STR, data_directory, "/var/lib/perimd", 0, 0, NULL, "state: databases, statistics history")
 PARAM(STR, body_spool_directory, "/dev/shm/perimd", 0, 0, NULL, "where bodies over body_memory_limit spill")
 PARAM(SIZE, body_memory_limit, "1m", 0, 4294967295LL, NULL, "per message, kept in memory below this")
