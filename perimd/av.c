@@ -20,6 +20,7 @@
  *   failures follow av_oversize_action / av_fail_action and are logged.
  */
 #include "av.h"
+#include "stats.h"
 #include "conf.h"
 #include "conn.h"
 #include "ev.h"
@@ -166,6 +167,7 @@ static void count_time(uint64_t ms)
 	while (i < 7 && ms > le[i])
 		i++;
 	__atomic_add_fetch(&counters.ms_hist[i], 1, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&counters.ms_sum, ms, __ATOMIC_RELAXED);
 }
 
 /* count_virus - one more find of name. */
@@ -194,6 +196,53 @@ void av_counters(struct av_counters *out)
 	out->oversize = __atomic_load_n(&counters.oversize, __ATOMIC_RELAXED);
 	for (int i = 0; i < 8; i++)
 		out->ms_hist[i] = __atomic_load_n(&counters.ms_hist[i], __ATOMIC_RELAXED);
+	out->ms_sum = __atomic_load_n(&counters.ms_sum, __ATOMIC_RELAXED);
+}
+
+/* av_render_metrics - see av.h. Virus names come from signatures (and
+ * clamd): label values are escaped as the exposition format asks. */
+void av_render_metrics(struct strbuf *out)
+{
+	struct av_counters c;
+	av_counters(&c);
+	sb_printf(out, "# HELP perimd_av_scans_total messages scanned, by verdict\n"
+		       "# TYPE perimd_av_scans_total counter\n"
+		       "perimd_av_scans_total{verdict=\"clean\"} %llu\n"
+		       "perimd_av_scans_total{verdict=\"virus\"} %llu\n",
+		  (unsigned long long)(c.scanned - c.viruses), (unsigned long long)c.viruses);
+	sb_printf(out, "# HELP perimd_av_errors_total scans that failed (scanner down, timeout, error)\n"
+		       "# TYPE perimd_av_errors_total counter\nperimd_av_errors_total %llu\n",
+		  (unsigned long long)c.errors);
+	sb_printf(out, "# HELP perimd_av_oversize_total messages over av_max_size (not scanned)\n"
+		       "# TYPE perimd_av_oversize_total counter\nperimd_av_oversize_total %llu\n",
+		  (unsigned long long)c.oversize);
+	sb_printf(out, "# HELP perimd_viruses_total viruses found, by name\n"
+		       "# TYPE perimd_viruses_total counter\n");
+	pthread_mutex_lock(&names_mu);
+	for (int i = 0; i < nnames; i++) {
+		char esc[2 * SCANNER_NAME_MAX + 1];
+		size_t k = 0;
+		for (const char *p = names[i].name; *p && k < sizeof esc - 3; p++) {
+			if (*p == '\\' || *p == '"')
+				esc[k++] = '\\';
+			esc[k++] = *p == '\n' ? 'n' : *p;
+		}
+		esc[k] = 0;
+		sb_printf(out, "perimd_viruses_total{name=\"%s\"} %llu\n", esc,
+			  (unsigned long long)names[i].n);
+	}
+	pthread_mutex_unlock(&names_mu);
+	static const char *const le[] = { "0.01", "0.05", "0.1", "0.5", "1", "5", "30", "+Inf" };
+	sb_printf(out, "# HELP perimd_av_scan_seconds time to a scan verdict\n"
+		       "# TYPE perimd_av_scan_seconds histogram\n");
+	uint64_t cum = 0;
+	for (int i = 0; i < 8; i++) {
+		cum += c.ms_hist[i];
+		sb_printf(out, "perimd_av_scan_seconds_bucket{le=\"%s\"} %llu\n", le[i],
+			  (unsigned long long)cum);
+	}
+	sb_printf(out, "perimd_av_scan_seconds_sum %.3f\nperimd_av_scan_seconds_count %llu\n",
+		  (double)c.ms_sum / 1000.0, (unsigned long long)cum);
 }
 
 /* av_virus_count - finds of one virus name. */

@@ -788,6 +788,7 @@ static void av_done(void *arg, const char *refusal)
 		data_relay(s);
 		return;
 	}
+	stats_refusal(refusal);
 	log_reject(s, "END-OF-MESSAGE", refusal, NULL);
 	reply(s, "%s", refusal);
 	txn_reset(s);

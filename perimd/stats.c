@@ -16,6 +16,7 @@
  *   periodic save still running on a worker.
  */
 #include "stats.h"
+#include "av.h"
 #include "conf.h"
 #include "ev.h"
 #include "http.h"
@@ -468,6 +469,8 @@ void stats_render_metrics(struct strbuf *out)
 		sb_printf(out, "%s_sum %.3f\n", hrows[h].name, (double)sum / 1000.0);
 		sb_printf(out, "%s_count %llu\n", hrows[h].name, (unsigned long long)acc);
 	}
+
+	av_render_metrics(out);   /* content scanning: av.c owns those counters */
 
 	head(out, "perimd_backend_replies_total", "counter", "backend replies by stage and class");
 	static const char *const cls[3] = {"2xx", "4xx", "5xx"};

@@ -1,0 +1,75 @@
+"""test_stats_mix.py - the whole mix the issue names at once: accepted,
+greylisted, rejected and virus traffic through one perimd with
+greylisting and libclamav scanning on; /metrics shows exactly those
+counts (viruses by name, scans by verdict, the scan time histogram) and
+promtool accepts the exposition."""
+
+import subprocess
+
+import pytest
+
+from harness import Client, known_params
+from test_av import EICAR, SIG_EICAR, write_db
+from test_stats import metrics, promtool
+
+CLEAN = b"Subject: clean\r\n\r\nnothing to see\r\n"
+
+
+def transaction(c, rcpt, body):
+    """MAIL, RCPT; if accepted DATA and body. The last reply's code."""
+    assert c.cmd("MAIL FROM:<a@client.test>")[0] == 250
+    r = c.cmd("RCPT TO:<%s>" % rcpt)
+    if r[0] != 250:
+        c.cmd("RSET")
+        return r[0]
+    assert c.cmd("DATA")[0] == 354
+    c.send(body + b".\r\n")
+    return c.reply(30)[0]
+
+
+def test_known_mix_counts_exactly(perimd_factory, sink, tmp_path):
+    if "av_scanner" not in known_params() or "greylist" not in known_params():
+        pytest.skip("built without scanning or greylisting")
+    db = write_db(str(tmp_path / "db"))
+    p = perimd_factory(relay_backends="[127.0.0.1]:%d" % sink.port, relay_domains="example.com",
+                       greylist="yes", greylist_delay="1h", av_scanner="libclamav",
+                       clamav_database_directory=db, av_threads=1)
+    with Client(p.port, timeout=30) as c:
+        assert c.cmd("EHLO client.test")[0] == 250
+        # Role accounts skip greylisting: two clean messages are relayed.
+        assert transaction(c, "postmaster@example.com", CLEAN) == 250
+        assert transaction(c, "abuse@example.com", CLEAN) == 250
+        # A new triplet, then its early retry: greylisted twice.
+        assert transaction(c, "bob@example.com", CLEAN) == 451
+        assert transaction(c, "bob@example.com", CLEAN) == 451
+        # Relay denied.
+        assert transaction(c, "x@elsewhere.test", CLEAN) == 550
+        # A virus, to a role account (scanning is never exempted).
+        assert transaction(c, "hostmaster@example.com",
+                           b"Subject: eicar\r\n\r\n" + EICAR + b"\r\n") == 554
+    assert sink.wait_count(2, 10)
+    m = metrics(p)
+    want = {
+        "perimd_messages_relayed_total": 2,
+        'perimd_messages_rejected_total{reason="greylist"}': 2,
+        'perimd_messages_rejected_total{reason="relay_denied"}': 1,
+        'perimd_messages_rejected_total{reason="virus"}': 1,
+        'perimd_greylist_decisions_total{result="new"}': 1,
+        'perimd_greylist_decisions_total{result="early"}': 1,
+        'perimd_viruses_total{name="%s"}' % SIG_EICAR: 1,
+        'perimd_av_scans_total{verdict="clean"}': 2,
+        'perimd_av_scans_total{verdict="virus"}': 1,
+        "perimd_av_errors_total": 0,
+        "perimd_av_scan_seconds_count": 3,
+        'perimd_av_scan_seconds_bucket{le="+Inf"}': 3,
+    }
+    got = {k: m.get(k) for k in want}
+    assert got == want, got
+    tool = promtool()
+    if tool:
+        import urllib.request
+        body = urllib.request.urlopen("http://%s/metrics" % p.params["stats_listen"],
+                                      timeout=10).read()
+        r = subprocess.run([tool, "check", "metrics"], input=body, capture_output=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
