@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -349,6 +350,62 @@ void stats_ready_release(void)
 int stats_healthy(void)
 {
 	return stats_health_get() == STATS_UP && __atomic_load_n(&ready_holds, __ATOMIC_SEQ_CST) == 0;
+}
+
+/* ---- while starting ----------------------------------------------------- *
+ * Until the io loops run (the virus engine may take minutes to load), a
+ * small thread answers every request on the stats listener with 503, so a
+ * load balancer's health check gets a clear "not yet" instead of a hang. */
+
+static pthread_t starting_tid;
+static int starting_fd = -1;
+static int starting_stop;   /* atomic */
+
+/* starting_main - accept, read a little, answer 503, close; until told. */
+static void *starting_main(void *arg)
+{
+	(void)arg;
+	static const char ans[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+				  "Content-Length: 9\r\nConnection: close\r\n\r\nstarting\n";
+	while (!__atomic_load_n(&starting_stop, __ATOMIC_SEQ_CST)) {
+		struct pollfd pf = { .fd = starting_fd, .events = POLLIN };
+		if (poll(&pf, 1, 100) <= 0)
+			continue;
+		int c = accept4(starting_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			continue;
+		/* The request is not parsed: every answer is the same. */
+		struct pollfd cf = { .fd = c, .events = POLLIN };
+		char buf[2048];
+		if (poll(&cf, 1, 1000) > 0) {
+			ssize_t n = recv(c, buf, sizeof buf, MSG_DONTWAIT);
+			(void)n;
+		}
+		ssize_t w = send(c, ans, sizeof ans - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		(void)w;
+		close(c);
+	}
+	return NULL;
+}
+
+/* stats_starting_begin - see stats.h. */
+void stats_starting_begin(int listen_fd)
+{
+	if (listen_fd < 0)
+		return;
+	starting_fd = listen_fd;
+	if (pthread_create(&starting_tid, NULL, starting_main, NULL) != 0)
+		starting_fd = -1;
+}
+
+/* stats_starting_end - see stats.h. */
+void stats_starting_end(void)
+{
+	if (starting_fd < 0)
+		return;
+	__atomic_store_n(&starting_stop, 1, __ATOMIC_SEQ_CST);
+	pthread_join(starting_tid, NULL);
+	starting_fd = -1;
 }
 
 /* ---- text buffers ------------------------------------------------------- */

@@ -149,6 +149,12 @@ int stats_listen_open(const struct conf *c);
 /* stats_command - `perimd stats [-c FILE]` / `perimd healthcheck [-c FILE]`
  * (argv[0] is the command); returns the exit status. */
 int stats_command(int argc, char **argv, const char *default_conf);
+/* stats_starting_begin - from main, before the slow part of the start
+ * (loading the virus engine): a thread answers 503 "starting" on
+ * listen_fd (-1: none) until stats_starting_end(), called before the io
+ * loops take the listener over. */
+void stats_starting_begin(int listen_fd);
+void stats_starting_end(void);
 /* stats_loop_start - on io loop 0: history ticks, the HTTP server on
  * listen_fd (-1: none); nloops io loops run in all. */
 void stats_loop_start(struct ev_loop *loop, int listen_fd, int nloops);

@@ -73,3 +73,48 @@ def test_known_mix_counts_exactly(perimd_factory, sink, tmp_path):
         r = subprocess.run([tool, "check", "metrics"], input=body, capture_output=True,
                            timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_healthz_503_while_loading_signatures(perimd_factory, sink, tmp_path):
+    """/healthz answers 503 "starting" while the virus engine loads (a
+    database of 300,000 signatures the test writes), then 200."""
+    if "av_scanner" not in known_params():
+        pytest.skip("built without scanning")
+    import hashlib
+    import socket
+    import threading
+    import time
+    db = write_db(str(tmp_path / "db"))
+    with open(tmp_path / "db" / "big.hdb", "w") as f:
+        for i in range(300000):
+            f.write("%s:%d:Perimd.Big.%d\n" % (hashlib.md5(str(i).encode()).hexdigest(),
+                                                1000 + i % 5000, i))
+    p = perimd_factory(start=False, relay_backends="[127.0.0.1]:%d" % sink.port,
+                       relay_domains="example.com", av_scanner="libclamav",
+                       clamav_database_directory=db, av_threads=1)
+    port = int(p.params["stats_listen"].rsplit(":", 1)[1])
+    starter = threading.Thread(target=lambda: p.start(timeout=60))
+    starter.start()
+    seen = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                data = b""
+                while True:
+                    d = s.recv(4096)
+                    if not d:
+                        break
+                    data += d
+            code = int(data.split(b" ")[1])
+            if not seen or seen[-1] != code:
+                seen.append(code)
+            if code == 200:
+                break
+        except (OSError, IndexError, ValueError):
+            pass   # not bound yet
+        time.sleep(0.01)
+    starter.join(60)
+    assert seen and seen[0] == 503 and seen[-1] == 200, seen
+    assert "no mail is accepted until it is ready" in p.log_text()
