@@ -35,6 +35,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -334,8 +335,9 @@ static int control(void)
 /* confine - drop what a scanner does not need. */
 static void confine(int nfds)
 {
-	/* Only our sockets (and stdio for the log) stay open. */
-	close_range(SCANNER_LOOP_FD + (unsigned)nfds, ~0u, 0);
+	/* Only our sockets (and stdio for the log) stay open. The raw system
+	 * call: musl (the static build) has no close_range() wrapper. */
+	syscall(SYS_close_range, SCANNER_LOOP_FD + (unsigned)nfds, ~0u, 0u);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 	struct rlimit rl = { 0, 0 };
