@@ -295,3 +295,60 @@ def test_container_image(tmp_path, sink):
             podman("rm", "-f", name, conf=conf, check=False)
     finally:
         podman("rmi", "-f", tag, conf=conf, check=False)
+
+
+def healthz(port):
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", "/healthz")
+        return c.getresponse().status
+    finally:
+        c.close()
+
+
+def test_sigterm_drain_sequence(perimd_factory, sink):
+    """SIGTERM: /healthz 503 and no new sessions at once; a transaction in
+    progress finishes (250, at the backend); an idle session gets
+    421 4.3.2 when shutdown_timeout ends; then exit 0."""
+    p = perimd_factory(relay_backends="127.0.0.1:%d" % sink.port, shutdown_timeout="2s")
+    stats_port = int(p.params["stats_listen"].rsplit(":", 1)[1])
+    assert healthz(stats_port) == 200
+    idle = Client(p.port)
+    assert idle.cmd("EHLO idle.test")[0] == 250
+    busy = Client(p.port)
+    assert busy.cmd("EHLO busy.test")[0] == 250
+    assert busy.cmd("MAIL FROM:<a@client.test>")[0] == 250
+    assert busy.cmd("RCPT TO:<b@example.com>")[0] == 250
+    stop_errors = []
+
+    def stop():
+        try:
+            p.stop(timeout=20)     # SIGTERM; fails on a bad exit status
+        except AssertionError as e:
+            stop_errors.append(str(e))
+
+    stopper = threading.Thread(target=stop)
+    t0 = time.monotonic()
+    stopper.start()
+    try:
+        p.wait_log(r"stopping: draining sessions")
+        assert healthz(stats_port) == 503
+        # The transaction in progress still completes.
+        assert busy.cmd("DATA")[0] == 354
+        busy.send(b"Subject: during-drain\r\n\r\nbody\r\n.\r\n")
+        r = busy.reply(15)
+        assert r and r[0] == 250, r
+        # The idle session is told at the end of shutdown_timeout.
+        r = idle.reply(10)
+        assert r and r[0] == 421 and "4.3.2" in r[1], r
+        assert 1.5 <= time.monotonic() - t0 < 8
+        assert idle.wait_closed(5)
+    finally:
+        stopper.join(30)
+        idle.close()
+        busy.close()
+    assert not stopper.is_alive()
+    assert not stop_errors, stop_errors
+    assert sink.wait_count(1, 10)
+    assert b"during-drain" in sink.messages()[0]
