@@ -23,6 +23,9 @@
 #                           off (same run)
 #   tests/bench.sh maps     file: maps: load time of 1,000,000 recipients and lookups/s
 #                           (tests/bench_maps.c), Postfix postmap hash: as a peer
+#   tests/bench.sh threads  io_threads = 1 vs 2 (THREADS_LIST) at THREADS_CONC (100 512)
+#                           sessions: messages/s, CPU and futex calls per message, and
+#                           a perf profile (lock symbols) of the run with most threads
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -556,6 +559,69 @@ fi
 
 if [ "${1:-}" = dns ]; then
 	dns_bench
+	exit 0
+fi
+
+# threads_bench - the same load with io_threads = 1, then 2 (THREADS_LIST),
+# at THREADS_CONC sessions: messages/s, perimd CPU per message, futex
+# system calls per message (a lock that contends shows up here: an
+# uncontended mutex never enters the kernel), then a perf profile of the
+# last run with the share of lock and atomic symbols (./build.sh bench threads).
+threads_bench() {
+	local conc=${THREADS_CONC:-"100 512"} msgs=${THREADS_MSGS:-3000} list=${THREADS_LIST:-"1 2"}
+	local t c tm c0 c1 perfout futex
+	echo "perimd bench threads: $msgs messages of 512 bytes, io_threads in ($list), $(nproc) CPUs"
+	start_sink
+	printf '%-10s %-9s %10s %11s %12s\n' io_threads sessions msgs/s cpu_ms/msg futex/msg
+	for t in $list; do
+		IO_THREADS=$t
+		EXTRA_CONF=("stats_listen =")
+		start_perimd
+		source_run "$PERIMD_PORT" 10 "$WARMUP" 512 >/dev/null
+		for c in $conc; do
+			perfout=$WORK/perf.$t.$c
+			futex=NA
+			if command -v perf >/dev/null; then
+				perf stat -x, -e syscalls:sys_enter_futex -p "$PERIMD_PID" -o "$perfout" &
+				local pp=$!
+				sleep 0.2
+			fi
+			c0=$(cpu_ticks "$PERIMD_PID")
+			tm=$(source_run "$PERIMD_PORT" "$c" "$msgs" 512)
+			c1=$(cpu_ticks "$PERIMD_PID")
+			if [ -n "${pp:-}" ]; then
+				kill -INT "$pp" 2>/dev/null
+				wait "$pp" 2>/dev/null || true
+				futex=$(awk -F, -v m="$msgs" '/sys_enter_futex/ { printf "%.3f", $1 / m }' "$perfout")
+				pp=
+			fi
+			printf '%-10s %-9s %10s %11s %12s\n' "$t" "$c" "$(fdiv "$msgs" "$tm")" \
+				"$(fdiv $(((c1 - c0) * 1000)) $((TICK * msgs)) %.3f)" "${futex:-NA}"
+		done
+		if [ "$t" = "${list##* }" ] && command -v perf >/dev/null; then
+			# Where the time goes with the most threads, at the most sessions.
+			perf record -q -g -o "$WORK/perf.data" -p "$PERIMD_PID" 2>/dev/null &
+			local pr=$!
+			sleep 0.2
+			source_run "$PERIMD_PORT" "${conc##* }" "$msgs" 512 >/dev/null
+			kill -INT "$pr" 2>/dev/null
+			wait "$pr" 2>/dev/null || true
+			perf report -q -i "$WORK/perf.data" --no-children -g none --sort symbol 2>/dev/null |
+				grep -v '^$' >"$WORK/perf.txt" || true
+			echo "perf profile (io_threads=$t, ${conc##* } sessions), top symbols:"
+			head -15 "$WORK/perf.txt"
+			echo "lock/atomic symbols (mutex, futex, spin, rwlock, __lll):"
+			grep -Ei 'mutex|futex|spin|rwlock|__lll' "$WORK/perf.txt" | head -10 || echo "  none above perf's threshold"
+		fi
+		kill -TERM "$PERIMD_PID"
+		wait "$PERIMD_PID" 2>/dev/null || true
+	done
+	IO_THREADS=0
+	echo "smtp-source and smtp-sink share the $(nproc) CPUs with perimd: compare io_threads rows in this run only"
+}
+
+if [ "${1:-}" = threads ]; then
+	threads_bench
 	exit 0
 fi
 
