@@ -385,3 +385,37 @@ def test_half_closed_mid_command_and_mid_data(site):
     assert closed(m, "client_gone") >= closed(before, "client_gone") + 2
     # Nothing of the cut message reached the backend.
     assert not any(b"Subject: cut" in msg for msg in sink.messages())
+
+
+def test_nofile_limit_below_max_sessions_warns(perimd_factory):
+    """max_sessions above what the descriptor hard limit allows: perimd
+    says so clearly at start (and still serves)."""
+    import resource
+    import shutil
+    import signal
+    import subprocess
+    from harness import PERIMD_BIN, wait_banner
+    p = perimd_factory(start=False, max_sessions="10000")
+    cmd = [PERIMD_BIN, "-f", "-c", p.conf_path]
+    if os.geteuid() == 0:
+        # root could raise the hard limit itself: take that right away.
+        setpriv = shutil.which("setpriv")
+        if not setpriv:
+            pytest.skip("setpriv (util-linux) missing")
+        cmd = [setpriv, "--bounding-set=-sys_resource", "--inh-caps=-sys_resource"] + cmd
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096))
+
+    with open(p.log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, preexec_fn=low_limit)
+        try:
+            wait_banner(p.port, 20, proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+    text = p.log_text()
+    assert "file descriptor limit is 4096, below the" in text, text[-2000:]
+    assert "max_sessions = 10000" in text and "raise the hard limit" in text, text[-2000:]
+    assert p.sanitizer_report() is None, p.sanitizer_report()
