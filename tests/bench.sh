@@ -131,7 +131,7 @@ start_perimd() {
 		echo "body_spool_directory = $d/spool"
 		echo "mail_owner = $(id -un)"
 		echo "io_threads = $IO_THREADS"
-		echo "max_sessions = 4000"
+		echo "max_sessions = $((IDLE > 4000 ? IDLE + 100 : 4000))"
 		echo "smtpd_client_connection_count_limit = 0"
 		echo "log_to = stderr"
 		# Checks that would need DNS or a database, where the binary has them.
@@ -677,8 +677,11 @@ kill -TERM "$PERIMD_PID"
 wait "$PERIMD_PID" 2>/dev/null || true
 start_perimd
 "$PY" - "$PERIMD_PID" "$PERIMD_PORT" "$IDLE" <<'EOF'
-import socket, sys, time
+import resource, socket, sys, time
 pid, port, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+# IDLE=10000 needs the descriptors (and client ports: 4 source addresses).
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 1000)), hard))
 def rss():
     for l in open("/proc/%d/status" % pid):
         if l.startswith("VmRSS:"):
@@ -687,7 +690,8 @@ before = rss()
 socks = []
 deadline = time.monotonic() + 60
 for _ in range(n):
-    s = socket.create_connection(("127.0.0.1", port), timeout=max(1, deadline - time.monotonic()))
+    s = socket.create_connection(("127.0.0.1", port), timeout=max(1, deadline - time.monotonic()),
+                                 source_address=("127.0.0.%d" % (2 + len(socks) % 4), 0))
     socks.append(s)
 greeted = 0
 for s in socks:
