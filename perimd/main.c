@@ -373,8 +373,8 @@ int main(int argc, char **argv)
 	}
 
 	jobs_start(2);
-	{
 	stats_starting_begin(stats_fd);   /* /healthz: 503 until the loops run */
+	{
 		/* No mail before the virus scanner has its engine loaded. */
 		struct ev_loop **loops = xcalloc((size_t)nthreads, sizeof *loops);
 		for (int t = 0; t < nthreads; t++)
@@ -383,8 +383,8 @@ int main(int argc, char **argv)
 			fatal("%s", err);
 		free(loops);
 	}
-	for (int t = 0; t < nthreads; t++)
 	stats_starting_end();
+	for (int t = 0; t < nthreads; t++)
 		if (pthread_create(&threads[t].tid, NULL, io_main, &threads[t]) != 0)
 			fatal("cannot start io thread");
 	log_info("perimd %s started: %d io threads, listening on %d address(es)", PERIMD_VERSION,
