@@ -26,6 +26,9 @@
 #   tests/bench.sh threads  io_threads = 1 vs 2 (THREADS_LIST) at THREADS_CONC (100 512)
 #                           sessions: messages/s, CPU and futex calls per message, and
 #                           a perf profile (lock symbols) of the run with most threads
+#   tests/bench.sh abuse    throughput at ABUSE_CONC (100) sessions alone and beside
+#                           hostile clients (tests/bench_abuse.py: slowloris, floods
+#                           that never read, garbage), same run; CPU and RSS
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -619,6 +622,57 @@ threads_bench() {
 	IO_THREADS=0
 	echo "smtp-source and smtp-sink share the $(nproc) CPUs with perimd: compare io_threads rows in this run only"
 }
+
+# abuse_bench - smtp-source throughput at ABUSE_CONC sessions alone, then
+# with hostile clients beside it (tests/bench_abuse.py: ABUSE_SLOW
+# slowloris, ABUSE_FLOOD pipelining flooders that never read, ABUSE_GARBAGE
+# garbage streams), same perimd (smtpd_timeout = 10s), same run; perimd's
+# CPU per relayed message and RSS (./build.sh bench abuse).
+abuse_bench() {
+	local conc=${ABUSE_CONC:-100} msgs=${ABUSE_MSGS:-10000} slow=${ABUSE_SLOW:-1000}
+	local flood=${ABUSE_FLOOD:-4} garbage=${ABUSE_GARBAGE:-4}
+	local t0 t1 c0 c1 c2 c3 ap r0 r1
+	echo "perimd bench abuse: $msgs messages of 512 bytes at $conc sessions; abuse: $slow slowloris," \
+		"$flood flooders, $garbage garbage streams; $(nproc) CPUs"
+	start_sink
+	EXTRA_CONF=("stats_listen =" "smtpd_timeout = 10s" "max_sessions = $((slow + conc + 500))")
+	start_perimd
+	source_run "$PERIMD_PORT" 10 "$WARMUP" 512 >/dev/null
+	c0=$(cpu_ticks "$PERIMD_PID")
+	t0=$(source_run "$PERIMD_PORT" "$conc" "$msgs" 512)
+	c1=$(cpu_ticks "$PERIMD_PID")
+	r0=$(status_kb "$PERIMD_PID" VmRSS)
+	"$PY" "$ROOT/tests/bench_abuse.py" "$PERIMD_PORT" "$slow" "$flood" "$garbage" 2>"$WORK/abuse.log" &
+	ap=$!
+	PIDS+=("$ap")
+	# Past smtpd_timeout: the first slowloris have been cut and come back,
+	# the garbage streams have reached the error limit and reconnected.
+	sleep 12
+	c2=$(cpu_ticks "$PERIMD_PID")
+	local a0 a1
+	a0=$(cpu_ticks "$ap")
+	t1=$(source_run "$PERIMD_PORT" "$conc" "$msgs" 512)
+	c3=$(cpu_ticks "$PERIMD_PID")
+	a1=$(cpu_ticks "$ap")
+	r1=$(status_kb "$PERIMD_PID" VmRSS)
+	kill -TERM "$ap" 2>/dev/null
+	wait "$ap" 2>/dev/null || true
+	printf '%-14s %10s %11s %9s\n' "" msgs/s cpu_ms/msg rss_kB
+	printf '%-14s %10s %11s %9s\n' alone "$(fdiv "$msgs" "$t0")" \
+		"$(fdiv $(((c1 - c0) * 1000)) $((TICK * msgs)) %.3f)" "$r0"
+	printf '%-14s %10s %11s %9s\n' "under abuse" "$(fdiv "$msgs" "$t1")" \
+		"$(fdiv $(((c3 - c2) * 1000)) $((TICK * msgs)) %.3f)" "$r1"
+	echo "throughput under abuse / alone: $(fdiv "$t0" "$t1" %.2f); abusers: $(tail -1 "$WORK/abuse.log")"
+	echo "(CPU under abuse includes serving the abusers; the Python abuser used" \
+		"$(fdiv $((a1 - a0)) "$TICK" %.2f) CPU s of the $(fdiv "$t1" 1 %.2f) s run on the same CPUs)"
+	kill -TERM "$PERIMD_PID"
+	wait "$PERIMD_PID" 2>/dev/null || true
+}
+
+if [ "${1:-}" = abuse ]; then
+	abuse_bench
+	exit 0
+fi
 
 if [ "${1:-}" = threads ]; then
 	threads_bench
