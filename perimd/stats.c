@@ -501,9 +501,9 @@ void stats_render_metrics(struct strbuf *out)
 	}
 	head(out, "perimd_sessions_active", "gauge", "SMTP sessions open");
 	sb_printf(out, "perimd_sessions_active %d\n", smtpd_sessions());
-	head(out, "perimd_accepting_mail", "gauge", "1 while /healthz says 200");
 	head(out, "perimd_spool_bytes", "gauge", "message bodies held in memory and spool files");
 	sb_printf(out, "perimd_spool_bytes %llu\n", (unsigned long long)spool_bytes_in_use());
+	head(out, "perimd_accepting_mail", "gauge", "1 while /healthz says 200");
 	sb_printf(out, "perimd_accepting_mail %d\n", stats_healthy());
 
 	for (int h = 0; h < SH__COUNT; h++) {

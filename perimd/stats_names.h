@@ -21,13 +21,13 @@ STAT(conn_refused_early, COUNTER, "perimd_connections_refused_total", "reason=\"
 STAT(conn_refused_rate, COUNTER, "perimd_connections_refused_total", "reason=\"client_rate\"", "")
 STAT(inflight, GAUGE, "perimd_transactions_in_flight", "", "messages between the final dot and the reply to the client")
 STAT(smtp_errors, COUNTER, "perimd_smtp_error_replies_total", "", "error replies counted toward smtpd_soft/hard_error_limit")
-
 STAT(close_quit, COUNTER, "perimd_sessions_closed_total", "reason=\"quit\"", "SMTP sessions ended, by why (refusals at connect are in perimd_connections_refused_total)")
 STAT(close_eof, COUNTER, "perimd_sessions_closed_total", "reason=\"client_gone\"", "")
 STAT(close_timeout, COUNTER, "perimd_sessions_closed_total", "reason=\"timeout\"", "")
 STAT(close_errors, COUNTER, "perimd_sessions_closed_total", "reason=\"error_limit\"", "")
 STAT(close_protocol, COUNTER, "perimd_sessions_closed_total", "reason=\"protocol\"", "")
 STAT(close_shutdown, COUNTER, "perimd_sessions_closed_total", "reason=\"shutdown\"", "")
+
 /* Messages (smtpd.c) */
 STAT(msg_received, COUNTER, "perimd_messages_received_total", "", "messages whose final dot was received")
 STAT(msg_relayed, COUNTER, "perimd_messages_relayed_total", "", "messages a backend accepted (2xx given to the client)")
