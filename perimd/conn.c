@@ -224,7 +224,11 @@ static void conn_update(struct conn *c)
 	if (c->fd < 0 || c->reported || c->connecting)
 		return;
 	unsigned want = 0;
-	int want_read = (c->reading || c->shutting || c->tls_hs) && !c->eof && c->rlen < CONN_RMAX;
+	/* While closing, input is read (and dropped) only once our last reply
+	 * is out, to see the peer's EOF: a peer that does not read its replies
+	 * gets nothing more read from it. */
+	int want_read = (c->reading || (c->shutting && c->wrshut) || c->tls_hs) && !c->eof &&
+			c->rlen < CONN_RMAX;
 	if (c->tls) {
 		unsigned st = br_ssl_engine_current_state(tls_engine(c->tls));
 		if (want_read && (st & (BR_SSL_RECVREC | BR_SSL_CLOSED)))
