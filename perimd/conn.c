@@ -296,6 +296,7 @@ static void conn_after_flush(struct conn *c)
 		c->wrshut = 1;
 		shutdown(c->fd, SHUT_WR);
 		ev_timer_start(c->loop, &c->tmr, CONN_SHUTDOWN_WAIT, conn_timeout, c);
+		conn_update(c);   /* now read, to see the peer's EOF */
 	}
 	if (c->had_output && !c->shutting) {
 		c->had_output = 0;
