@@ -65,7 +65,8 @@ static _Noreturn void usage(void)
 		"       perimd -n [-c FILE] [-o NAME=VALUE]...          print non-default parameters\n"
 		"       perimd -d                                       print every parameter's default\n"
 		"       perimd -V                                       version and features\n"
-		"       perimd stats [-c FILE]                          live counters of the running daemon\n");
+		"       perimd stats [-c FILE]                          live counters of the running daemon\n"
+		"       perimd healthcheck [-c FILE]                    exit 0 if it accepts mail, else 1\n");
 	exit(1);
 }
 
