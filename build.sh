@@ -98,7 +98,20 @@ run)
 	deps
 	build_dev
 	mkdir -p var/lib var/spool
-	exec build/dev/perimd -f -c conf/perimd.conf
+	args=()
+	if [ "$(id -u)" -eq 0 ]; then
+		# perimd drops root for mail_owner (default: perimd) after binding.
+		id perimd >/dev/null 2>&1 ||
+			useradd --system --no-create-home --home-dir /nonexistent \
+				--shell /usr/sbin/nologin perimd
+		# A checkout the perimd user cannot reach (under /root, say):
+		# keep root for this development run, and say so.
+		if ! runuser -u perimd -- test -x "$ROOT/var" 2>/dev/null; then
+			echo "build.sh: $ROOT/var is not reachable by user perimd; running as root" >&2
+			args=(-o mail_owner=root)
+		fi
+	fi
+	exec build/dev/perimd -f -c conf/perimd.conf "${args[@]}"
 	;;
 bench)
 	deps
