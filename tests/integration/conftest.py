@@ -56,3 +56,13 @@ def sink_factory(tmp_path):
 def sink(sink_factory):
     """A started smtp-sink."""
     return sink_factory()
+
+
+@pytest.fixture
+def backend(tmp_path):
+    """A started tests/integration/backend.py Backend, stopped at teardown."""
+    from backend import Backend
+    b = Backend(tmp_path, name="backend")
+    b.start()
+    yield b
+    b.stop()

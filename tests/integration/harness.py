@@ -569,3 +569,24 @@ def known_params():
             pass
         _KNOWN_PARAMS = names
     return _KNOWN_PARAMS
+
+
+def expect(reply, code, enh=None, text=None):
+    """Assert a (code, text) reply: code, enhanced code, optional text
+    (a regex searched in the text after the enhanced code)."""
+    assert reply is not None, "no reply (connection closed or timed out)"
+    assert reply[0] == code, "expected %d %s, got %r" % (code, enh or "", reply)
+    if enh is not None:
+        assert reply[1].split(" ", 1)[0] == enh, "expected %d %s, got %r" % (code, enh, reply)
+    if text is not None:
+        assert re.search(text, reply[1]), "expected /%s/ in %r" % (text, reply)
+
+
+def wait_for(cond, timeout=10.0):
+    """Poll cond() until it is true or the timeout passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(0.05)

@@ -28,7 +28,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Client, free_port, known_params, smtp_source  # noqa: E402
+from harness import Client, free_port, known_params, smtp_source, expect  # noqa: E402
 
 EICAR = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*").encode()
 MARKER = b"perimd-decoded-only-" + b"7f3a9c1e5b"
@@ -68,13 +68,6 @@ def zipped(name, data):
     return buf.getvalue()
 
 
-def expect(reply, code, enh=None, text=None):
-    assert reply is not None, "no reply (connection closed or timed out)"
-    assert reply[0] == code, "expected %d %s, got %r" % (code, enh or "", reply)
-    if enh is not None:
-        assert reply[1].split(" ", 1)[0] == enh, "expected %d %s, got %r" % (code, enh, reply)
-    if text is not None:
-        assert re.search(text, reply[1]), "expected /%s/ in %r" % (text, reply)
 
 
 def send(c, body, timeout=30):

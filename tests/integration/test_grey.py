@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from harness import Client, free_port, known_params
+from harness import Client, free_port, known_params, wait_for
 
 SENDER = "alice@sender.example"
 RCPT = "bob@example.com"
@@ -72,14 +72,6 @@ def grey_count(p, result):
     return metrics(p).get('perimd_greylist_decisions_total{result="%s"}' % result, 0)
 
 
-def wait_for(fn, timeout=5.0):
-    """Poll fn() until it is true; its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(0.1)
 
 
 def test_delay_neighbour_and_other_network(perimd_factory, sink):

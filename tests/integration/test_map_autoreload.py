@@ -6,18 +6,7 @@ poll."""
 import os
 import time
 
-import pytest
-
-from backend import Backend
 from harness import Client
-
-
-@pytest.fixture
-def backend(tmp_path):
-    b = Backend(tmp_path, name="backend")
-    b.start()
-    yield b
-    b.stop()
 
 
 def write(path, text, mtime_offset=0):

@@ -16,20 +16,13 @@ import time
 
 import pytest
 
-from harness import Client, free_port, known_params
+from harness import Client, free_port, known_params, wait_for
 
 SENDER = "alice@sender.example"
 RCPT = "bob@example.com"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 
 
-def wait_for(fn, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(0.1)
 
 
 class PrivatePostfix:

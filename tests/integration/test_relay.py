@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from backend import Backend  # noqa: E402
-from harness import PERIMD_BIN, Client, free_port, known_params  # noqa: E402
+from harness import PERIMD_BIN, Client, free_port, known_params, expect, wait_for  # noqa: E402
 
 SENDER = "a@client.test"
 RCPT = "b@example.com"
@@ -57,14 +57,6 @@ def start(perimd_factory, backends, **params):
     return perimd_factory(**base)
 
 
-def expect(reply, code, enh=None, text=None):
-    """Assert a (code, text) reply: code, enhanced code, optional regex."""
-    assert reply is not None, "no reply (connection closed or timed out)"
-    assert reply[0] == code, "expected %d %s, got %r" % (code, enh or "", reply)
-    if enh is not None:
-        assert reply[1].split(" ", 1)[0] == enh, "expected %d %s, got %r" % (code, enh, reply)
-    if text is not None:
-        assert re.search(text, reply[1]), "expected /%s/ in %r" % (text, reply)
 
 
 def transaction(c, rcpts=(RCPT,), body=BODY, mail_params="", rcpt_params="",
@@ -91,14 +83,6 @@ def send(port, **kw):
         return transaction(c, **kw)
 
 
-def wait_for(cond, timeout=10):
-    """Poll cond() until true; False at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return bool(cond())
 
 
 # ---- backend targets ------------------------------------------------------

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from backend import Backend
 from harness import Client, free_port, swaks
 
 
@@ -35,14 +34,6 @@ def rcpt(port, to, helo="client.test", sender="<sender@client.test>", more=()):
             out.append(c.cmd(line))
         c.cmd("QUIT")
         return out
-
-
-@pytest.fixture
-def backend(tmp_path):
-    b = Backend(tmp_path, name="backend")
-    b.start()
-    yield b
-    b.stop()
 
 
 def test_role_account_passes_where_client_is_rejected(tmp_path, perimd_factory, backend):

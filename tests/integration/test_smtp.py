@@ -10,7 +10,7 @@ import re
 import smtplib
 import time
 
-from harness import Client, known_params, sink_message, smtp_dialogue, swaks
+from harness import Client, known_params, sink_message, smtp_dialogue, swaks, expect
 
 SENDER = "a@client.test"
 RCPT = "b@example.com"
@@ -26,15 +26,6 @@ def start(perimd_factory, sink, **params):
     return perimd_factory(**base)
 
 
-def expect(reply, code, enh=None, text=None):
-    """Assert a (code, text) reply: code, enhanced code, optional text
-    (a regex searched in the text after the enhanced code)."""
-    assert reply is not None, "no reply (connection closed or timed out)"
-    assert reply[0] == code, "expected %d %s, got %r" % (code, enh or "", reply)
-    if enh is not None:
-        assert reply[1].split(" ", 1)[0] == enh, "expected %d %s, got %r" % (code, enh, reply)
-    if text is not None:
-        assert re.search(text, reply[1]), "expected /%s/ in %r" % (text, reply)
 
 
 def ehlo(c, name="client.test"):
