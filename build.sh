@@ -6,6 +6,8 @@
 #   ./build.sh run        dev build, then perimd in the foreground (conf/perimd.conf)
 #   ./build.sh bench      throughput and memory figures (tests/bench.sh; never run by tests)
 #   ./build.sh bench peers   also run ../shared/bench/peer-bench.sh with perimd, if present
+#   ./build.sh bench peers-features   the same, at 100 sessions: direct, Postfix, perimd with
+#                         greylisting (all passed) and ClamAV (test signatures) off and on
 #   ./build.sh static     fully static musl binary from Debian sources (vendor/):
 #                         build/static/perimd; `static noclamav`: without libclamav
 #                         (clamd mode), build/static-noclamav/perimd
@@ -128,7 +130,7 @@ clean)
 	rm -rf "$ROOT/build"
 	;;
 *)
-	echo "usage: $0 [test|run|bench [peers]|static [noclamav]|clean]" >&2
+	echo "usage: $0 [test|run|bench [peers|peers-features]|static [noclamav]|clean]" >&2
 	exit 2
 	;;
 esac

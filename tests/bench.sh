@@ -32,6 +32,10 @@
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
+#   tests/bench.sh peers-features  the same script in one run: direct, Postfix, and perimd
+#                           with greylisting (every triplet passed) and ClamAV (libclamav,
+#                           a test database) each off and on; PF_CONC (100), PF_SIZES,
+#                           PF_MSGS (2000); a table with ratios against direct and Postfix
 #
 # Knobs (environment): MSGS=5000 CONC="10 100" SIZES="512 102400" WARMUP=200
 #   IDLE=512 RUN_TIMEOUT=600 PERIMD=build/dev/perimd IO_THREADS=0 (perimd's default)
@@ -203,17 +207,153 @@ peers() {
 
 EXTRA_CONF=()
 
-# av_bench - scanning off and on, same run (./build.sh bench av).
-av_bench() {
-	local conc=${AV_CONC:-100} msgs=${AV_MSGS:-3000} threads=${AV_THREADS:-0} db=$WORK/avdb
-	mkdir -p "$db"
+# write_av_db DIR - a test signature database (EICAR and a marker) in DIR.
+write_av_db() {
+	mkdir -p "$1"
 	# The EICAR string is built here from pieces (no file holds it whole).
-	"$PY" - "$db" <<'EOF'
+	"$PY" - "$1" <<'EOF'
 import os, sys
 e = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*").encode()
 with open(os.path.join(sys.argv[1], "bench.ndb"), "w") as f:
     f.write("Bench.EICAR:0:*:%s\nBench.Marker:0:*:%s\n" % (e.hex(), b"perimd-bench-marker".hex()))
 EOF
+}
+
+# peers_features - ../shared/bench/peer-bench.sh in one run: direct,
+# Postfix, then perimd with greylisting (every triplet passed) and ClamAV
+# (libclamav, the test database) each off and on (./build.sh bench
+# peers-features; PF_CONC, PF_SIZES, PF_MSGS, PF_VARIANTS to change).
+# smtp-source sends one triplet (127.0.0.1, bench@client.bench.test,
+# rcpt@bench.test): it is passed beforehand by a priming perimd on the same
+# data_directory (first sight 451, the pass after greylist_delay = 1s), so
+# the measured runs look it up in SQLite once and then hit the pass cache.
+peers_features() {
+	local peer=$ROOT/../shared/bench/peer-bench.sh
+	[ -f "$peer" ] || { echo "bench peers-features: $peer not found; skipped"; return 0; }
+	local base=${OUT:-/tmp/peer-bench-features.$(date +%Y%m%d-%H%M%S)} d v port pid
+	d=/tmp/perimd-peer-features.$$
+	mkdir -p "$base" "$d"
+	write_av_db "$d/avdb"
+	export CONC=${PF_CONC:-100} SIZES=${PF_SIZES:-"512 102400"} MSGS=${PF_MSGS:-2000}
+	export REPS=1 WARMUP=${PF_WARMUP:-100}
+	local variants=${PF_VARIANTS:-"plain grey av grey+av"}
+	for v in $variants; do
+		mkdir -p "$d/$v/lib" "$d/$v/spool"
+		{
+			echo "data_directory = $d/$v/lib"
+			echo "body_spool_directory = $d/$v/spool"
+			echo "mail_owner = $(id -un)"
+			echo "max_sessions = 10000"
+			echo "smtpd_client_connection_count_limit = 0"
+			echo "myhostname = perimd.bench.test"
+			echo "io_threads = $IO_THREADS"
+			echo "log_to = stderr"
+			has_param stats_listen && echo "stats_listen ="
+			has_param reject_unknown_sender_domain && echo "reject_unknown_sender_domain = no"
+			case $v in
+			*grey*) echo "greylist = yes"; echo "greylist_delay = 1s"
+				echo "greylist_auto_whitelist_count = 0" ;;
+			*) has_param greylist && echo "greylist = no" ;;
+			esac
+			case $v in
+			*av*) echo "av_scanner = libclamav"; echo "clamav_database_directory = $d/avdb" ;;
+			esac
+			true
+		} >"$d/$v/perimd.conf"
+		case $v in *grey*) ;; *) continue ;; esac
+		# Prime: pass the triplet smtp-source will send (RCPT only, no backend).
+		port=$(free_port)
+		"$PERIMD" -f -c "$d/$v/perimd.conf" -o "smtpd_listen=127.0.0.1:$port" \
+			-o "relay_backends=[127.0.0.1]:9" -o relay_domains=bench.test \
+			>"$d/$v/prime.log" 2>&1 &
+		pid=$!
+		PIDS+=("$pid")
+		wait_banner "$port" || { tail -20 "$d/$v/prime.log" >&2; exit 1; }
+		"$PY" - "$port" <<'EOF' || { tail -20 "$d/$v/prime.log" >&2; exit 1; }
+import socket, sys, time
+def rcpt(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        f = s.makefile("rb")
+        def cmd(line):
+            if line:
+                s.sendall(line.encode() + b"\r\n")
+            while True:
+                r = f.readline().decode()
+                if r[3:4] != "-":
+                    return r
+        cmd(None); cmd("EHLO client.bench.test"); cmd("MAIL FROM:<bench@client.bench.test>")
+        r = cmd("RCPT TO:<rcpt@bench.test>")
+        cmd("QUIT")
+        return r
+port = int(sys.argv[1])
+first = rcpt(port)
+if not first.startswith("451"):
+    sys.exit("bench peers-features: greylisting did not defer a new triplet: %s" % first.strip())
+deadline = time.monotonic() + 10
+time.sleep(1.1)
+while not rcpt(port).startswith("250"):
+    if time.monotonic() > deadline:
+        sys.exit("bench peers-features: the triplet never passed (first: %s)" % first.strip())
+    time.sleep(0.2)
+EOF
+		kill -TERM "$pid"
+		wait "$pid" 2>/dev/null || true
+	done
+	echo "bench peers-features: $peer (results under $base; CONC=\"$CONC\" SIZES=\"$SIZES\" MSGS=$MSGS REPS=1; variants: $variants)"
+	bash "$peer" setup
+	OUT=$base/peers bash "$peer" run direct postfix
+	for v in $variants; do
+		export PERIMD_CMD="$PERIMD -f -c $d/$v/perimd.conf -o smtpd_listen=127.0.0.1:{PORT} -o relay_backends=[127.0.0.1]:{SINK_PORT} -o relay_domains=bench.test"
+		OUT=$base/perimd-$v bash "$peer" run perimd
+	done
+	rm -rf "$d"
+	# One table: delivered messages/s, CPU ms per message, peak PSS; ratios
+	# against direct and Postfix of the same run.
+	"$PY" - "$base" $variants <<'EOF' | tee "$base/table.txt"
+import os, sys
+base, variants = sys.argv[1], sys.argv[2:]
+def runs(path, name=None):
+    out = {}
+    for line in open(os.path.join(base, path, "results.txt")):
+        if line.startswith("run "):
+            d = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+            out[(name or d["sut"], int(d["size"]), int(d["conc"]))] = d
+    return out
+def f(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+r = runs("peers")
+for v in variants:
+    r.update(runs("perimd-" + v, "perimd-" + v))
+print("delivered msgs/s / SUT CPU ms per msg / peak PSS MB; ratios = perimd's msgs/s over direct's, Postfix's")
+print("%-6s %5s %9s %-22s %-9s %-22s %8s %8s %s" % ("bytes", "sess", "direct/s", "Postfix", "perimd",
+      "", "/direct", "/Postfix", "status"))
+for (_, size, conc) in sorted(k for k in r if k[0] == "direct"):
+    dm = f(r[("direct", size, conc)].get("deliver_mps"))
+    pf = r.get(("postfix", size, conc), {})
+    pm = f(pf.get("deliver_mps"))
+    cell = lambda x: "%6.0f / %5s / %4.0f" % (f(x.get("deliver_mps")) or 0, x.get("sut_cpu_ms_per_msg", "-"),
+                                             (f(x.get("sut_peak_pss_kb")) or 0) / 1024)
+    first = True
+    for v in variants:
+        x = r.get(("perimd-" + v, size, conc))
+        if not x:
+            continue
+        m = f(x.get("deliver_mps")) or 0
+        print("%-6s %5s %9s %-22s %-9s %-22s %8s %8s %s" % (
+            size if first else "", conc if first else "", "%.0f" % dm if first else "",
+            cell(pf) if first and pf else "", v, cell(x),
+            "%.2f" % (m / dm) if dm else "NA", "%.1fx" % (m / pm) if pm else "NA", x.get("status")))
+        first = False
+EOF
+}
+
+# av_bench - scanning off and on, same run (./build.sh bench av).
+av_bench() {
+	local conc=${AV_CONC:-100} msgs=${AV_MSGS:-3000} threads=${AV_THREADS:-0} db=$WORK/avdb
+	write_av_db "$db"
 	local common=("max_sessions = 4000")
 	has_param stats_listen && common+=("stats_listen =")
 	echo "perimd bench av: $conc sessions, $msgs messages per size, SIZES=\"$SIZES\", av_threads=$threads, $(nproc) CPUs"
@@ -696,6 +836,11 @@ fi
 
 if [ "${1:-}" = tls ]; then
 	tls_bench
+	exit 0
+fi
+
+if [ "${1:-}" = peers-features ]; then
+	peers_features
 	exit 0
 fi
 
