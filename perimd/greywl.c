@@ -41,7 +41,10 @@ struct greywl {
 	int n;
 };
 
-/* is_cidr - a numeric address with an optional /bits. */
+/* is_cidr - 1 for a numeric address with an optional /bits, -1 for an
+ * address whose /bits is no prefix length (not a digit string, or longer
+ * than the address: such an entry would never match, or with "/" alone
+ * match everything), 0 for anything else. */
 static int is_cidr(const char *s)
 {
 	char buf[64];
@@ -53,7 +56,101 @@ static int is_cidr(const char *s)
 	char *slash = strchr(buf, '/');
 	if (slash)
 		*slash = 0;
-	return inet_pton(AF_INET, buf, a) == 1 || inet_pton(AF_INET6, buf, a) == 1;
+	int maxbits = inet_pton(AF_INET, buf, a) == 1 ? 32 : inet_pton(AF_INET6, buf, a) == 1 ? 128 : 0;
+	if (!maxbits)
+		return 0;
+	if (!slash)
+		return 1;
+	const char *b = slash + 1;
+	size_t bl = strlen(b);
+	if (bl == 0 || bl > 3 || strspn(b, "0123456789") != bl || atoi(b) > maxbits)
+		return -1;
+	return 1;
+}
+
+#define RE_COST_MAX 10000   /* nodes: far above any real whitelist entry */
+#define RE_DEPTH_MAX 32
+
+/*
+ * re_too_costly - whether glibc's regcomp() would build an outsized tree
+ * for re: it copies the operand of each '+' and {m,n} (a+ is aa*), so
+ * stacked or nested repetitions grow exponentially ("a++++++++++++++++++++++"
+ * takes gigabytes, and regcomp crashes when malloc fails: found by
+ * fuzz_greywl). Estimates the node count, a repeated operand counting once
+ * per copy, and refuses past RE_COST_MAX or RE_DEPTH_MAX nested groups.
+ */
+static int re_too_costly(const char *re)
+{
+	double sum[RE_DEPTH_MAX + 1] = { 0 }, last[RE_DEPTH_MAX + 1] = { 0 };
+	int d = 0;
+
+	for (const char *p = re; *p; p++) {
+		double k = 0;
+		switch (*p) {
+		case '(':
+			if (++d > RE_DEPTH_MAX)
+				return 1;
+			sum[d] = last[d] = 0;
+			continue;
+		case ')':
+			if (d == 0)
+				break;
+			last[d - 1] = sum[d] + 1;
+			sum[d - 1] += last[d - 1];
+			d--;
+			continue;
+		case '|':
+			last[d] = 0;
+			continue;
+		case '*':
+		case '?':
+			continue;
+		case '+':
+			k = 2;
+			break;
+		case '{':
+			if (!isdigit((unsigned char)p[1]))
+				break;
+			k = strtod(p + 1, NULL);
+			p += strspn(p + 1, "0123456789");
+			if (p[1] == ',' && isdigit((unsigned char)p[2])) {
+				k = strtod(p + 2, NULL);
+				p += 1 + strspn(p + 2, "0123456789");
+			} else if (p[1] == ',') {
+				p++;
+			}
+			k += 1;
+			break;
+		case '\\':
+			if (p[1])
+				p++;
+			break;
+		case '[':
+			/* a bracket expression is one node: skip to its ']' (a
+			 * ']' first, after an optional '^', is a member) */
+			p += 1 + (p[1] == '^');
+			p += (*p == ']');
+			while (*p && *p != ']')
+				p += (*p == '[' && (p[1] == ':' || p[1] == '.' || p[1] == '=') &&
+				      strchr(p + 2, ']')) ? (size_t)(strchr(p + 2, ']') - p) + 1 : 1;
+			if (!*p)
+				return 0;  /* unterminated: regcomp refuses it */
+			break;
+		default:
+			break;
+		}
+		if (k > 0) {
+			/* a repetition: its operand, the last atom, k times */
+			sum[d] += last[d] * (k - 1);
+			last[d] *= k;
+		} else {
+			last[d] = 1;
+			sum[d] += 1;
+		}
+		if (sum[d] > RE_COST_MAX || last[d] > RE_COST_MAX)
+			return 1;
+	}
+	return 0;
 }
 
 /* greywl_free - free a list (NULL is fine). */
@@ -91,6 +188,10 @@ struct greywl *greywl_parse(const char *text, size_t len, char *err, size_t errl
 		memcpy(line, text + pos, l);
 		line[l] = 0;
 		pos = e + 1;
+		/* A line with a NUL byte is ignored (not cut at the NUL: the
+		 * text before it is not what the line says). */
+		if (memchr(line, 0, l) != NULL)
+			continue;
 		char *h = strchr(line, '#');
 		if (h && line[0] != '/')
 			*h = 0;
@@ -102,9 +203,8 @@ struct greywl *greywl_parse(const char *text, size_t len, char *err, size_t errl
 			s[--sl] = 0;
 		if (!sl)
 			continue;
-		if (memchr(s, 0, sl) != NULL)
-			continue;
 		struct wl_ent ent = { 0 };
+		int cidr;
 		if (s[0] == '/') {
 			if (sl < 3 || s[sl - 1] != '/') {
 				snprintf(err, errlen, "line %d: unterminated /regex/", ln);
@@ -112,6 +212,11 @@ struct greywl *greywl_parse(const char *text, size_t len, char *err, size_t errl
 				return NULL;
 			}
 			s[sl - 1] = 0;
+			if (re_too_costly(s + 1)) {
+				snprintf(err, errlen, "line %d: regex too complex", ln);
+				greywl_free(w);
+				return NULL;
+			}
 			int rc = regcomp(&ent.re, s + 1, REG_EXTENDED | REG_ICASE | REG_NOSUB);
 			if (rc) {
 				char why[128];
@@ -121,7 +226,12 @@ struct greywl *greywl_parse(const char *text, size_t len, char *err, size_t errl
 				return NULL;
 			}
 			ent.type = WL_REGEX;
-		} else if (is_cidr(s)) {
+		} else if ((cidr = is_cidr(s)) != 0) {
+			if (cidr < 0) {
+				snprintf(err, errlen, "line %d: bad network \"%s\"", ln, s);
+				greywl_free(w);
+				return NULL;
+			}
 			ent.type = WL_CIDR;
 		} else if (s[sl - 1] == '.' && isdigit((unsigned char)s[0]) &&
 			   strspn(s, "0123456789.") == sl) {

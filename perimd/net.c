@@ -168,12 +168,18 @@ int net_addr_match(const char *addr, const char *pattern)
 	char *slash = strchr(pat, '/');
 	int bits = alen * 8;
 	if (slash) {
+		/* Digits only: strtol() alone would take "10.0.0.0/" (or "/ 8",
+		 * "/+8") as /0, a pattern that matches every address. */
+		const char *q = slash + 1;
+		int b = 0;
 		*slash = 0;
-		char *end;
-		long b = strtol(slash + 1, &end, 10);
-		if (*end || b < 0 || b > bits)
+		if (*q == 0 || strspn(q, "0123456789") != strlen(q) || strlen(q) > 3)
 			return 0;
-		bits = (int)b;
+		for (; *q; q++)
+			b = b * 10 + (*q - '0');
+		if (b > bits)
+			return 0;
+		bits = b;
 	}
 	if (inet_pton(af, pat, p) != 1)
 		return 0;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "grey.h"
+#include "net.h"
 #include "policyd.h"
 #include "smtp_proto.h"
 #include "t.h"
@@ -312,6 +313,61 @@ TEST(test_whitelist)
 	CHECK(strstr(err, "line 1") != NULL);
 	CHECK(greywl_client(NULL, "192.0.2.1", NULL) == 0);
 	CHECK(greywl_load("/nonexistent/file", err, sizeof err) == NULL);
+	/* A network whose /bits is no prefix length is refused: "10.0.0.0/"
+	 * used to whitelist every IPv4 client (strtol read "" as /0), and
+	 * "/99" matched nothing (found by fuzz_greywl). */
+	static const char *const bad_nets[] = {
+		"10.0.0.0/\n", "10.0.0.0/99\n", "10.0.0.0/ 8\n", "10.0.0.0/+8\n",
+		"10.0.0.0/-0\n", "2001:db8::/129\n", "10.0.0.0/0008\n",
+	};
+	for (size_t i = 0; i < sizeof bad_nets / sizeof bad_nets[0]; i++) {
+		w = greywl_parse(bad_nets[i], strlen(bad_nets[i]), err, sizeof err);
+		CHECK(w == NULL);
+		greywl_free(w);
+		if (!w)
+			CHECK(strstr(err, "line 1: bad network") != NULL);
+	}
+	w = greywl_parse("10.0.0.0/8\n::/0\n", 16, err, sizeof err);
+	CHECK(w != NULL);
+	CHECK_INT(greywl_client(w, "10.9.9.9", NULL), 1);
+	CHECK_INT(greywl_client(w, "192.0.2.1", NULL), 0);
+	CHECK_INT(greywl_client(w, "2001:db8::1", NULL), 1);
+	greywl_free(w);
+	/* A regex whose compiled tree would blow up is refused before
+	 * regcomp(), which took gigabytes and crashed on the first (found by
+	 * fuzz_greywl); ordinary repetitions still load. */
+	static const char *const costly[] = {
+		"/a++++++++++++++++++++++/\n",
+		"/((((((((((((((((((((a+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+/\n",
+		"/((a{100}){100}){100}/\n",
+		"/a{99999999999999999999}/\n",
+	};
+	for (size_t i = 0; i < sizeof costly / sizeof costly[0]; i++) {
+		w = greywl_parse(costly[i], strlen(costly[i]), err, sizeof err);
+		CHECK(w == NULL);
+		greywl_free(w);
+		if (!w)
+			CHECK(strstr(err, "line 1: regex too complex") != NULL);
+	}
+	static const char ok_re[] = "/^mx[0-9]{1,3}\\.(a|b)+[]{}+]\\+{2}x{5,}$/\n";
+	w = greywl_parse(ok_re, strlen(ok_re), err, sizeof err);
+	CHECK(w != NULL);
+	CHECK_INT(greywl_client(w, "192.0.2.1", "mx12.ab}++xxxxx"), 1);
+	greywl_free(w);
+	/* A line with a NUL is ignored, not cut short at the NUL. */
+	w = greywl_parse("10.0.0.1\0junk\n", 14, err, sizeof err);
+	CHECK(w != NULL);
+	CHECK_INT(greywl_client(w, "10.0.0.1", NULL), 0);
+	greywl_free(w);
+	/* net_addr_match (also smtpd_upstream_proxy_clients): digits only. */
+	CHECK_INT(net_addr_match("192.0.2.1", "10.0.0.0/"), 0);
+	CHECK_INT(net_addr_match("192.0.2.1", "10.0.0.0/ 0"), 0);
+	CHECK_INT(net_addr_match("192.0.2.1", "10.0.0.0/+0"), 0);
+	CHECK_INT(net_addr_match("192.0.2.1", "0.0.0.0/0"), 1);
+	CHECK_INT(net_addr_match("192.0.2.1", "192.0.2.0/24"), 1);
+	CHECK_INT(net_addr_match("192.0.2.1", "192.0.2.0/33"), 0);
+	CHECK_INT(net_addr_match("2001:db8::1", "2001:db8::/32"), 1);
+	CHECK_INT(net_addr_match("2001:db8::1", "2001:db8::/"), 0);
 }
 
 static const char pd_req[] =
