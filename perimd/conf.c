@@ -775,7 +775,9 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides,
 
 /*
  * conf_dump - see conf.h. A conf not made by conf_load() (no raw text) is
- * printed from its values, after expansion, which reads back the same too.
+ * printed from its values, after expansion; that reads back the same
+ * unless a value begins with white space, which no file can express
+ * (only conf_load() output is dumped by perimd itself).
  */
 void conf_dump(FILE *out, const struct conf *c, int defaults_too)
 {
