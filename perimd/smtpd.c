@@ -152,6 +152,17 @@ struct session {
 };
 
 static int sessions_total;  /* atomic: all loops */
+static int sessions_peak;   /* atomic: most open since the last smtpd_sessions_peak() */
+
+/* smtpd_sessions_peak - the most sessions open at once since the last
+ * call (then restarting from the current count): the graphs' per-minute
+ * maximum sees a burst that came and went between two samples. */
+int smtpd_sessions_peak(void)
+{
+	int now = __atomic_load_n(&sessions_total, __ATOMIC_RELAXED);
+	int peak = __atomic_exchange_n(&sessions_peak, now, __ATOMIC_RELAXED);
+	return peak > now ? peak : now;
+}
 
 /* smtpd_sessions - process-wide session count. */
 int smtpd_sessions(void)
@@ -1335,7 +1346,8 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	struct policy *pol = policy_acquire();
 	const struct conf *cf = pol->conf;
 	char msg[512];
-	if (__atomic_add_fetch(&sessions_total, 1, __ATOMIC_RELAXED) > cf->max_sessions) {
+	int open_now = __atomic_add_fetch(&sessions_total, 1, __ATOMIC_RELAXED);
+	if (open_now > cf->max_sessions) {
 		__atomic_sub_fetch(&sessions_total, 1, __ATOMIC_RELAXED);
 		log_warn("refused connection from [%s]: max_sessions (%lld) reached", addr, cf->max_sessions);
 		stats_inc(ST_conn_refused_max);
@@ -1345,6 +1357,10 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 		policy_release(pol);
 		return;
 	}
+	int peak = __atomic_load_n(&sessions_peak, __ATOMIC_RELAXED);
+	while (open_now > peak && !__atomic_compare_exchange_n(&sessions_peak, &peak, open_now, 1,
+							       __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
 	struct session *s = xcalloc(1, sizeof *s);
 	s->sl = sl;
 	s->loop = sl->loop;

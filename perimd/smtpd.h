@@ -21,5 +21,7 @@ void smtpd_loop_drain(struct ev_loop *loop, uint64_t timeout_ms);
 
 /* smtpd_sessions - sessions open in the whole process. */
 int smtpd_sessions(void);
+/* smtpd_sessions_peak - most sessions open at once since the last call. */
+int smtpd_sessions_peak(void);
 
 #endif

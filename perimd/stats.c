@@ -576,7 +576,7 @@ static void current(double cur[HS__COUNT])
 	cur[HS_GREYLISTED] = (double)stats_value(ST_rej_greylist);
 	cur[HS_REJECTED] = (double)rej;
 	cur[HS_VIRUSES] = (double)stats_value(ST_rej_virus);
-	cur[HS_SESSIONS] = smtpd_sessions();
+	cur[HS_SESSIONS] = smtpd_sessions_peak();   /* bursts between samples too */
 	cur[HS_INFLIGHT] = (double)stats_value(ST_inflight);
 }
 
