@@ -118,3 +118,29 @@ def test_healthz_503_while_loading_signatures(perimd_factory, sink, tmp_path):
     starter.join(60)
     assert seen and seen[0] == 503 and seen[-1] == 200, seen
     assert "no mail is accepted until it is ready" in p.log_text()
+
+
+def test_sessions_peak_between_samples(perimd_factory, sink):
+    """The graphs' per-minute sessions maximum sees a burst that opened and
+    closed between two history samples (taken every 5 s)."""
+    import re
+    import time
+    import urllib.request
+    p = perimd_factory(relay_backends="[127.0.0.1]:%d" % sink.port, relay_domains="example.com")
+    clients = [Client(p.port) for _ in range(12)]
+    for c in clients:
+        assert c.banner[0] == 220
+    for c in clients:
+        c.cmd("QUIT")
+        c.close()
+    url = "http://%s/" % p.params["stats_listen"]
+    deadline = time.monotonic() + 15
+    most = 0
+    while time.monotonic() < deadline:
+        page = urllib.request.urlopen(url, timeout=5).read().decode()
+        m = re.search(r"Most sessions open this minute: (\d+)", page)
+        most = int(m.group(1)) if m else 0
+        if most >= 12:
+            break
+        time.sleep(0.2)
+    assert most >= 12, most
