@@ -36,11 +36,43 @@ def _tool(name):
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin") or name
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_next_port = [0]
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago, taken below the
+    kernel's ephemeral range: a port from that range (bind to port 0) can
+    be handed to some client's outgoing connection before the server the
+    test starts binds it. Ports rotate per process (pid-based start) so
+    concurrent test runs rarely meet."""
+    lo, hi = 20000, min(_EPHEMERAL[0], 32768) - 1
+    if hi - lo < 1000:   # an odd range: fall back to the kernel's choice
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    span = hi - lo + 1
+    if not _next_port[0]:
+        _next_port[0] = (os.getpid() * 7919) % span
+    for _ in range(span):
+        port = lo + _next_port[0] % span
+        _next_port[0] += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in %d-%d" % (lo, hi))
 
 
 def _tail(text, n=60):
