@@ -66,3 +66,19 @@ def backend(tmp_path):
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def backend_factory(tmp_path):
+    """backend_factory(**opts) -> a started Backend; all stopped at teardown."""
+    from backend import Backend
+    made = []
+
+    def make(**opts):
+        b = Backend(tmp_path, name="backend%d" % len(made), **opts)
+        made.append(b)
+        return b.start()
+
+    yield make
+    for b in made:
+        b.stop()

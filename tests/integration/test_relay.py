@@ -27,21 +27,6 @@ RCPT = "b@example.com"
 BODY = b"Subject: relay test\r\n\r\nline one\r\n.leading dot\r\nlast line\r\n"
 
 
-@pytest.fixture
-def backend_factory(tmp_path):
-    """backend_factory(**opts) -> a started Backend; all stopped at teardown."""
-    made = []
-
-    def make(**opts):
-        b = Backend(tmp_path, name="backend%d" % len(made), **opts)
-        made.append(b)
-        return b.start()
-
-    yield make
-    for b in made:
-        b.stop()
-
-
 def start(perimd_factory, backends, **params):
     """perimd relaying example.com to `backends` (Backend objects or target
     strings, in failover order); checks needing DNS or a database off."""

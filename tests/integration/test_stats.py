@@ -22,25 +22,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from backend import Backend  # noqa: E402
 from harness import PERIMD_BIN, REPO, Client, smtp_dialogue  # noqa: E402
 
 SVG = "{http://www.w3.org/2000/svg}"
 BODY = b"Subject: stats\r\n\r\nhello\r\n"
-
-
-@pytest.fixture
-def backend_factory(tmp_path):
-    made = []
-
-    def make(**opts):
-        b = Backend(tmp_path, name="backend%d" % len(made), **opts)
-        made.append(b)
-        return b.start()
-
-    yield make
-    for b in made:
-        b.stop()
 
 
 def http(port, raw, timeout=10):
