@@ -674,23 +674,14 @@ static void free_value(const struct param *p, void *f)
 }
 
 /*
- * print_text - raw text as conf_dump prints it: as written, but a list's
- * items joined with ", " (names in $name and ${name} hold no separator, so
- * splitting never cuts a reference).
+ * print_text - raw text as conf_dump prints it: exactly as written (one
+ * logical line, trimmed). Lists are not re-joined: another parameter may
+ * use this one as "$name", and its expansion is the text as written.
  */
 static char *print_text(const struct param *p, const char *raw)
 {
-	if (p->type != T_LIST && p->type != T_MAPLIST)
-		return xstrdup(raw);
-	struct conf_list l = list_split(raw);
-	struct sbuf b = { 0 };
-	for (int k = 0; k < l.n; k++) {
-		if (k)
-			sb_add(&b, ", ", 2);
-		sb_add(&b, l.v[k], strlen(l.v[k]));
-	}
-	list_free(&l);
-	return sb_str(&b);
+	(void)p;
+	return xstrdup(raw);
 }
 
 /*

@@ -3,6 +3,8 @@
 # target: build them (make -C perimd fuzz), then fuzz each for
 # FUZZ_SECONDS (default 20) on a scratch copy of its seed corpus
 # tests/fuzz/corpus/NAME/, so the committed corpus is never modified.
+# The random seed is fixed (FUZZ_SEED, default 1) so that a failure in CI
+# can be replayed; FUZZ_SEED=0 lets libFuzzer pick one per run.
 # Exit status 1 on a build failure or any crash, leak, timeout or abort;
 # the input that did it is kept under build/fuzz/artifacts/. Skipped
 # (status 0) when clang cannot build libFuzzer programs here.
@@ -13,6 +15,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 SECONDS_EACH=${FUZZ_SECONDS:-20}
+SEED=${FUZZ_SEED:-1}
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -50,7 +53,7 @@ for src in tests/fuzz/fuzz_*.c; do
 		continue
 	fi
 	log=$scratch/$name.log
-	"$bin" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
+	"$bin" -seed="$SEED" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
 		-print_final_stats=1 -artifact_prefix="$artifacts/$name-" \
 		"$corpus" >"$log" 2>&1
 	rc=$?
