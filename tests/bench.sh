@@ -38,7 +38,12 @@
 #                           PF_MSGS (2000); a table with ratios against direct and Postfix
 #
 # Knobs (environment): MSGS=5000 CONC="10 100" SIZES="512 102400" WARMUP=200
-#   IDLE=512 RUN_TIMEOUT=600 PERIMD=build/dev/perimd IO_THREADS=0 (perimd's default)
+#   IDLE=512 MIXED=0 RUN_TIMEOUT=600 PERIMD=build/dev/perimd IO_THREADS=0 (perimd's default)
+#   MIXED=N: while the IDLE sessions are held, smtp-source runs MIXED_MSGS (5000)
+#   messages of 512 B over N more sessions (idle and active mixed: IDLE=9400
+#   MIXED=500 is 9,900 at once under max_sessions = IDLE + MIXED + 100 = 10000,
+#   the 100 for sessions still closing when smtp-source reconnects), then
+#   every idle session must still answer NOOP
 #
 # Printed per run: messages/s direct and through perimd, their ratio,
 # perimd's CPU seconds for the run (utime+stime from /proc/PID/stat) and per
@@ -56,6 +61,8 @@ CONC=${CONC:-"10 100"}
 SIZES=${SIZES:-"512 102400"}
 WARMUP=${WARMUP:-200}
 IDLE=${IDLE:-512}
+MIXED=${MIXED:-0}
+MIXED_MSGS=${MIXED_MSGS:-5000}
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 PERIMD=${PERIMD:-$ROOT/build/dev/perimd}
 IO_THREADS=${IO_THREADS:-0}
@@ -138,7 +145,7 @@ start_perimd() {
 		echo "body_spool_directory = $d/spool"
 		echo "mail_owner = $(id -un)"
 		echo "io_threads = $IO_THREADS"
-		echo "max_sessions = $((IDLE > 4000 ? IDLE + 100 : 4000))"
+		echo "max_sessions = $((MIXED > 0 ? IDLE + MIXED + 100 : IDLE > 4000 ? IDLE + 100 : 4000))"
 		echo "smtpd_client_connection_count_limit = 0"
 		echo "log_to = stderr"
 		# Checks that would need DNS or a database, where the binary has them.
@@ -875,9 +882,10 @@ done
 kill -TERM "$PERIMD_PID"
 wait "$PERIMD_PID" 2>/dev/null || true
 start_perimd
-"$PY" - "$PERIMD_PID" "$PERIMD_PORT" "$IDLE" <<'EOF'
-import resource, socket, sys, time
+"$PY" - "$PERIMD_PID" "$PERIMD_PORT" "$IDLE" "$MIXED" "$MIXED_MSGS" "$RUN_TIMEOUT" <<'EOF'
+import os, resource, socket, subprocess, sys, time
 pid, port, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+mixed, mixed_msgs, run_timeout = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 # IDLE=10000 needs the descriptors (and client ports: 4 source addresses).
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 1000)), hard))
@@ -900,6 +908,35 @@ time.sleep(0.5)  # let the loops settle; RSS is sampled, not asserted
 after = rss()
 print("idle sessions: %d greeted of %d; RSS %d kB -> %d kB; %.1f kB per session"
       % (greeted, n, before, after, (after - before) / n))
+if mixed:
+    # Active sessions beside the idle ones: smtp-source over more client
+    # addresses, while every idle session stays open.
+    def ticks():
+        f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12])
+    c0, t0 = ticks(), time.monotonic()
+    r = subprocess.run(["timeout", "-k", "5", str(run_timeout), "smtp-source", "-s", str(mixed),
+                        "-m", str(mixed_msgs), "-l", "512", "-f", "a@client.bench.test",
+                        "-t", "rcpt@bench.test", "-M", "client.bench.test",
+                        "127.0.0.1:%d" % port], capture_output=True, text=True)
+    t1, c1 = time.monotonic(), ticks()
+    peak = 0
+    for l in open("/proc/%d/status" % pid):
+        if l.startswith("VmHWM:"):
+            peak = int(l.split()[1])
+    alive = 0
+    for s in socks:
+        try:
+            s.sendall(b"NOOP\r\n")
+            if s.makefile("rb").readline().startswith(b"250"):
+                alive += 1
+        except OSError:
+            pass
+    hz = float(os.sysconf("SC_CLK_TCK"))
+    print("mixed: %d idle + %d active sessions (%d at once); smtp-source %s: %d messages in %.1f s = %.0f/s, "
+          "perimd CPU %.3f ms/msg, RSS %d kB now, peak %d kB; idle sessions answering NOOP after: %d of %d"
+          % (n, mixed, n + mixed, "ok" if r.returncode == 0 else "FAILED rc=%d %s" % (r.returncode, (r.stdout + r.stderr)[-300:]),
+             mixed_msgs, t1 - t0, mixed_msgs / (t1 - t0), (c1 - c0) / hz * 1000 / mixed_msgs, rss(), peak, alive, n))
 for s in socks:
     s.close()
 EOF
