@@ -563,9 +563,9 @@ peers_av() {
 	# One table: per size, each system's delivered messages/s, SUT CPU ms per
 	# message (clamd, clamav-milter and perimd's scanner included), peak PSS;
 	# ratios against direct and against Postfix + ClamAV of the same run.
-	"$PY" - "$base" <<'EOF' | tee "$base/table.txt"
+	"$PY" - "$base" "$(( $(wc -w <<<"$SIZES") * (WARMUP + MSGS) ))" <<'EOF' | tee "$base/table.txt"
 import os, sys
-base = sys.argv[1]
+base, expect = sys.argv[1], int(sys.argv[2])
 systems = [("direct", "peers", "direct"), ("Postfix", "peers", "postfix"),
            ("Postfix+ClamAV", "postfix-clamav", "postfix"), ("perimd", "perimd-plain", "perimd"),
            ("perimd-libclamav", "perimd-libclamav", "perimd"), ("perimd-clamd", "perimd-clamd", "perimd")]
@@ -608,15 +608,17 @@ for (_, size, conc) in sorted(k for k in r if k[0] == "direct"):
             "%.2fx" % (c / pac) if c and pac and name.startswith("perimd-") else "",
             x.get("lost"), x.get("status")))
         first = False
-# Scans clamd logged (LogClean): warm-up, measured and check messages of both sizes.
+# Scans clamd logged (LogClean): warm-up, measured and check messages of every
+# size; fewer clean scans than messages means some were not scanned.
 for name, path in (("Postfix+ClamAV", "postfix-clamav"), ("perimd-clamd", "perimd-clamd")):
     try:
         log = open(os.path.join(base, path, "clamd.log"), errors="replace").read().splitlines()
     except OSError:
-        continue
+        log = []
     ok = sum(1 for l in log if l.endswith(": OK"))
     found = sum(1 for l in log if l.endswith(" FOUND"))
-    print("clamd scans during %s: %d clean, %d infected" % (name, ok, found))
+    print("clamd scans during %s: %d clean, %d infected (messages sent: %d)%s" % (
+        name, ok, found, expect, "" if ok >= expect else "  WARNING: not every message was scanned"))
 EOF
 }
 
