@@ -8,6 +8,8 @@
 #   ./build.sh bench peers   also run ../shared/bench/peer-bench.sh with perimd, if present
 #   ./build.sh bench peers-features   the same, at 100 sessions: direct, Postfix, perimd with
 #                         greylisting (all passed) and ClamAV (test signatures) off and on
+#   ./build.sh bench peers-av   direct, Postfix, Postfix + clamav-milter + clamd, perimd
+#                         plain, with libclamav and with the same clamd (test signatures)
 #   ./build.sh static     fully static musl binary from Debian sources (vendor/):
 #                         build/static/perimd; `static noclamav`: without libclamav
 #                         (clamd mode), build/static-noclamav/perimd

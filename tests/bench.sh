@@ -36,6 +36,15 @@
 #                           with greylisting (every triplet passed) and ClamAV (libclamav,
 #                           a test database) each off and on; PF_CONC (100), PF_SIZES,
 #                           PF_MSGS (2000); a table with ratios against direct and Postfix
+#   tests/bench.sh peers-av the same script in one run, scanning peers on the same test
+#                           database: direct, Postfix, Postfix + clamav-milter + clamd
+#                           (smtpd_milters, OnInfected Reject), perimd plain, perimd
+#                           av_scanner = libclamav and = clamd:SOCKET (same clamd config);
+#                           PA_CONC (100), PA_SIZES ("512 102400"), PA_MSGS (2000). clamd,
+#                           clamav-milter and perimd's scanner count into their system's
+#                           CPU and PSS; EICAR must be refused by each scanning system
+#                           before the runs. Needs clamav-daemon and clamav-milter; puts
+#                           /etc/postfix/main.cf and master.cf back as found.
 #
 # Knobs (environment): MSGS=5000 CONC="10 100" SIZES="512 102400" WARMUP=200
 #   IDLE=512 MIXED=0 RUN_TIMEOUT=600 PERIMD=build/dev/perimd IO_THREADS=0 (perimd's default)
@@ -75,6 +84,18 @@ PARAMS=$("$PERIMD" -d 2>/dev/null || true)
 WORK=$(mktemp -d /tmp/perimd-bench.XXXXXX)
 PIDS=()
 
+PF_SAVED=""
+PA_DIR=""
+
+# restore_postfix_conf - put back /etc/postfix/main.cf and master.cf as
+# peers-av found them (the peer script rewrites both; postconf -e adds the
+# milter), once.
+restore_postfix_conf() {
+	[ -n "$PF_SAVED" ] && [ -f "$PF_SAVED/main.cf" ] || return 0
+	cp -p "$PF_SAVED/main.cf" "$PF_SAVED/master.cf" /etc/postfix/
+	PF_SAVED=""
+}
+
 # cleanup - stop what this script started, by PID.
 cleanup() {
 	local p
@@ -83,6 +104,8 @@ cleanup() {
 		for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
 		kill -KILL "$p" 2>/dev/null || true
 	done
+	restore_postfix_conf
+	[ -n "$PA_DIR" ] && rm -rf "$PA_DIR"
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -354,6 +377,255 @@ for (_, size, conc) in sorted(k for k in r if k[0] == "direct"):
             cell(pf) if first and pf else "", v, cell(x),
             "%.2f" % (m / dm) if dm else "NA", "%.1fx" % (m / pm) if pm else "NA", x.get("status")))
         first = False
+EOF
+}
+
+# peers_av - ../shared/bench/peer-bench.sh in one run with the fair peer for
+# scanning: Postfix with clamav-milter (smtpd_milters) and clamd, all on the
+# test database perimd uses (./build.sh bench peers-av; PA_CONC, PA_SIZES,
+# PA_MSGS to change). Systems: direct, Postfix, Postfix + clamav-milter +
+# clamd, perimd plain, perimd av_scanner = libclamav, perimd av_scanner =
+# clamd:SOCKET (a clamd with the same configuration). clamd and clamav-milter
+# are started inside the SUT's cgroup (by a `postfix` wrapper first in PATH
+# for the Postfix run, by a wrapper around PERIMD_CMD for perimd's clamd run),
+# so their CPU and PSS count into the system they serve and the peer script
+# ends them with the SUT. The Postfix wrapper adds smtpd_milters and
+# milter_default_action = tempfail with postconf -e after the peer script has
+# written main.cf, then refuses to start unless EICAR is rejected (5xx) and a
+# clean message accepted; perimd variants are checked the same way before the
+# runs. /etc/postfix/main.cf and master.cf are put back as found.
+peers_av() {
+	local peer=$ROOT/../shared/bench/peer-bench.sh
+	[ -f "$peer" ] || { echo "bench peers-av: $peer not found; skipped"; return 0; }
+	local m
+	for m in clamd clamav-milter postfix smtp-source; do
+		command -v "$m" >/dev/null || { echo "bench peers-av: $m missing (apt-get install clamav-daemon clamav-milter postfix)" >&2; exit 1; }
+	done
+	local base=${OUT:-/tmp/peer-bench-av.$(date +%Y%m%d-%H%M%S)} d v port pid
+	d=/tmp/perimd-peer-av.$$
+	PA_DIR=$d
+	mkdir -p "$base" "$d/tmp" "$d/pfbin"
+	PF_SAVED=$d/etc-postfix
+	mkdir -p "$PF_SAVED"
+	cp -p /etc/postfix/main.cf /etc/postfix/master.cf "$PF_SAVED/"
+	write_av_db "$d/avdb"
+	export POSTFIX_PORT=${POSTFIX_PORT:-2526}
+	local milter_port
+	milter_port=$(free_port)
+	# clamd: upstream defaults (MaxThreads 10, MaxConnectionQueueLength 200,
+	# StreamMaxLength 25M, every parser on) but the test database only; one
+	# log line per scan, counted after the runs (did every message reach it?).
+	cat >"$d/clamd.conf" <<-EOF
+	Foreground yes
+	LocalSocket $d/clamd.sock
+	FixStaleSocket yes
+	DatabaseDirectory $d/avdb
+	TemporaryDirectory $d/tmp
+	LogFile $d/clamd.log
+	LogClean yes
+	User root
+	EOF
+	# clamav-milter: reject infected mail, defer when clamd fails, no
+	# X-Virus-* headers (perimd adds none either).
+	cat >"$d/clamav-milter.conf" <<-EOF
+	Foreground yes
+	MilterSocket inet:$milter_port@127.0.0.1
+	ClamdSocket unix:$d/clamd.sock
+	OnClean Accept
+	OnInfected Reject
+	OnFail Defer
+	AddHeader No
+	ReadTimeout 120
+	MaxFileSize 25M
+	TemporaryDirectory $d/tmp
+	LogFile $d/clamav-milter.log
+	LogInfected Basic
+	EOF
+	# clamav-start.sh clamd|milter - start one in the background (log in $d),
+	# print its PID, return once it answers (60 s at most).
+	cat >"$d/clamav-start.sh" <<-EOF
+	#!/usr/bin/env bash
+	case \$1 in
+	clamd) rm -f "$d/clamd.sock"; /usr/sbin/clamd -c "$d/clamd.conf" </dev/null >>"$d/clamd.out" 2>&1 & ;;
+	milter) /usr/sbin/clamav-milter -c "$d/clamav-milter.conf" </dev/null >>"$d/clamav-milter.out" 2>&1 & ;;
+	*) exit 2 ;;
+	esac
+	pid=\$!
+	echo "\$pid"
+	exec $PY - "\$1" "\$pid" "$d/clamd.sock" "$milter_port" <<'PYEOF'
+	import os, socket, sys, time
+	what, pid, sock, port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+	deadline = time.monotonic() + 60
+	while time.monotonic() < deadline:
+	    try:
+	        if what == "clamd":
+	            with socket.socket(socket.AF_UNIX) as s:
+	                s.settimeout(5); s.connect(sock); s.sendall(b"zPING\0")
+	                if s.recv(16).startswith(b"PONG"):
+	                    sys.exit(0)
+	        else:
+	            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+	            sys.exit(0)
+	    except OSError:
+	        pass
+	    try:
+	        os.kill(pid, 0)
+	    except OSError:
+	        sys.exit("clamav-start: %s exited (see its log)" % what)
+	    time.sleep(0.1)
+	sys.exit("clamav-start: %s not ready after 60 s" % what)
+	PYEOF
+	EOF
+	# with-clamd.sh CMD... - clamd in the background, then exec CMD (perimd).
+	cat >"$d/with-clamd.sh" <<-EOF
+	#!/usr/bin/env bash
+	"$d/clamav-start.sh" clamd >/dev/null || exit 1
+	exec "\$@"
+	EOF
+	# pfbin/postfix - only "postfix start" differs: clamd and clamav-milter
+	# first (same cgroup as Postfix), the milter settings on the main.cf the
+	# peer script has just written, then Postfix, the EICAR/clean check, and
+	# a wait for the clean message to leave the queue (so the sink's count
+	# before the warm-up is settled).
+	cat >"$d/pfbin/postfix" <<-EOF
+	#!/usr/bin/env bash
+	[ "\${1:-}" = start ] || exec /usr/sbin/postfix "\$@"
+	"$d/clamav-start.sh" clamd >/dev/null && "$d/clamav-start.sh" milter >/dev/null || exit 1
+	/usr/sbin/postconf -e "smtpd_milters = inet:127.0.0.1:$milter_port" "milter_default_action = tempfail" || exit 1
+	/usr/sbin/postfix start || exit 1
+	if ! $PY "$ROOT/tests/bench_avcheck.py" "$POSTFIX_PORT" "Postfix + clamav-milter" >>"$base/avcheck.txt" 2>&1; then
+	  /usr/sbin/postfix stop; exit 1
+	fi
+	for i in \$(seq 1 300); do
+	  /usr/sbin/postqueue -p 2>/dev/null | grep -q 'Mail queue is empty' && exit 0
+	  sleep 0.1
+	done
+	echo "the check message is still queued after 30 s" >&2; /usr/sbin/postfix stop; exit 1
+	EOF
+	chmod 755 "$d/clamav-start.sh" "$d/with-clamd.sh" "$d/pfbin/postfix"
+	local variants="plain libclamav clamd"
+	for v in $variants; do
+		mkdir -p "$d/$v/lib" "$d/$v/spool"
+		{
+			echo "data_directory = $d/$v/lib"
+			echo "body_spool_directory = $d/$v/spool"
+			echo "mail_owner = $(id -un)"
+			echo "max_sessions = 10000"
+			echo "smtpd_client_connection_count_limit = 0"
+			echo "myhostname = perimd.bench.test"
+			echo "io_threads = $IO_THREADS"
+			echo "log_to = stderr"
+			has_param stats_listen && echo "stats_listen ="
+			has_param reject_unknown_sender_domain && echo "reject_unknown_sender_domain = no"
+			has_param greylist && echo "greylist = no"
+			case $v in
+			libclamav) echo "av_scanner = libclamav"; echo "clamav_database_directory = $d/avdb" ;;
+			clamd) echo "av_scanner = clamd:$d/clamd.sock" ;;
+			esac
+			true
+		} >"$d/$v/perimd.conf"
+	done
+	# perimd scans: EICAR refused, a clean message relayed (own sink and clamd).
+	: >"$base/avcheck.txt"
+	start_sink
+	pid=$("$d/clamav-start.sh" clamd) || { tail -20 "$d/clamd.log" >&2; exit 1; }
+	PIDS+=("$pid")
+	for v in libclamav clamd; do
+		port=$(free_port)
+		"$PERIMD" -f -c "$d/$v/perimd.conf" -o "smtpd_listen=127.0.0.1:$port" \
+			-o "relay_backends=[127.0.0.1]:$SINK_PORT" -o relay_domains=bench.test \
+			>"$d/$v/check.log" 2>&1 &
+		PERIMD_PID=$!
+		PIDS+=("$PERIMD_PID")
+		wait_banner "$port" || { tail -20 "$d/$v/check.log" >&2; exit 1; }
+		"$PY" "$ROOT/tests/bench_avcheck.py" "$port" "perimd av_scanner=$v" >>"$base/avcheck.txt" 2>&1 ||
+			{ cat "$base/avcheck.txt"; tail -20 "$d/$v/check.log" >&2; exit 1; }
+		kill -TERM "$PERIMD_PID"
+		wait "$PERIMD_PID" 2>/dev/null || true
+	done
+	kill -TERM "$pid" "$SINK_PID"
+	wait "$SINK_PID" 2>/dev/null || true
+	for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+	export CONC=${PA_CONC:-100} SIZES=${PA_SIZES:-"512 102400"} MSGS=${PA_MSGS:-2000}
+	export REPS=1 WARMUP=${PA_WARMUP:-100}
+	echo "bench peers-av: $peer (results under $base; CONC=\"$CONC\" SIZES=\"$SIZES\" MSGS=$MSGS REPS=1)"
+	echo "bench peers-av: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$base/load.txt"
+	bash "$peer" setup
+	OUT=$base/peers bash "$peer" run direct postfix
+	rm -f "$d/clamd.log"
+	PATH=$d/pfbin:$PATH OUT=$base/postfix-clamav bash "$peer" run postfix
+	mv "$d/clamd.log" "$d/clamav-milter.log" "$base/postfix-clamav/" 2>/dev/null || true
+	for v in $variants; do
+		export PERIMD_CMD="$PERIMD -f -c $d/$v/perimd.conf -o smtpd_listen=127.0.0.1:{PORT} -o relay_backends=[127.0.0.1]:{SINK_PORT} -o relay_domains=bench.test"
+		[ "$v" = clamd ] && PERIMD_CMD="$d/with-clamd.sh $PERIMD_CMD"
+		OUT=$base/perimd-$v bash "$peer" run perimd
+	done
+	mv "$d/clamd.log" "$base/perimd-clamd/" 2>/dev/null || true
+	echo "bench peers-av: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$base/load.txt"
+	cp "$d/clamd.conf" "$d/clamav-milter.conf" "$base/"
+	cat "$base/avcheck.txt"
+	restore_postfix_conf
+	rm -rf "$d"
+	PA_DIR=""
+	# One table: per size, each system's delivered messages/s, SUT CPU ms per
+	# message (clamd, clamav-milter and perimd's scanner included), peak PSS;
+	# ratios against direct and against Postfix + ClamAV of the same run.
+	"$PY" - "$base" "$(( $(wc -w <<<"$SIZES") * (WARMUP + MSGS) ))" <<'EOF' | tee "$base/table.txt"
+import os, sys
+base, expect = sys.argv[1], int(sys.argv[2])
+systems = [("direct", "peers", "direct"), ("Postfix", "peers", "postfix"),
+           ("Postfix+ClamAV", "postfix-clamav", "postfix"), ("perimd", "perimd-plain", "perimd"),
+           ("perimd-libclamav", "perimd-libclamav", "perimd"), ("perimd-clamd", "perimd-clamd", "perimd")]
+def f(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+r = {}
+for name, path, sut in systems:
+    try:
+        lines = open(os.path.join(base, path, "results.txt"))
+    except OSError:
+        continue
+    for line in lines:
+        if line.startswith("run "):
+            d = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+            if d.get("sut") == sut:
+                r[(name, int(d["size"]), int(d["conc"]))] = d
+print("delivered msgs/s, SUT CPU ms per msg, peak PSS MB (clamd, clamav-milter, perimd's scanner counted in);")
+print("/direct = msgs/s over direct's; vs Pf+AV = msgs/s and CPU per msg over Postfix+ClamAV's")
+print("%-6s %5s %-17s %8s %8s %7s %5s %8s %9s %10s %5s %s" % ("bytes", "sess", "system", "msgs/s", "CPUms/m",
+      "PSS_MB", "procs", "/direct", "vsPf+AV/s", "vsPf+AVcpu", "lost", "status"))
+for (_, size, conc) in sorted(k for k in r if k[0] == "direct"):
+    dm = f(r[("direct", size, conc)].get("deliver_mps"))
+    pa = r.get(("Postfix+ClamAV", size, conc), {})
+    pam, pac = f(pa.get("deliver_mps")), f(pa.get("sut_cpu_ms_per_msg"))
+    first = True
+    for name, _, _ in systems:
+        x = r.get((name, size, conc))
+        if not x:
+            continue
+        m, c, p = f(x.get("deliver_mps")), f(x.get("sut_cpu_ms_per_msg")), f(x.get("sut_peak_pss_kb"))
+        print("%-6s %5s %-17s %8s %8s %7s %5s %8s %9s %10s %5s %s" % (
+            size if first else "", conc if first else "", name, "%.0f" % m if m else "NA",
+            "%.3f" % c if c is not None else "-", "%.1f" % (p / 1024) if p is not None else "-",
+            x.get("sut_peak_procs", "-"),
+            "%.2f" % (m / dm) if m and dm else "-",
+            "%.2fx" % (m / pam) if m and pam and name.startswith("perimd-") else "",
+            "%.2fx" % (c / pac) if c and pac and name.startswith("perimd-") else "",
+            x.get("lost"), x.get("status")))
+        first = False
+# Scans clamd logged (LogClean): warm-up, measured and check messages of every
+# size; fewer clean scans than messages means some were not scanned.
+for name, path in (("Postfix+ClamAV", "postfix-clamav"), ("perimd-clamd", "perimd-clamd")):
+    try:
+        log = open(os.path.join(base, path, "clamd.log"), errors="replace").read().splitlines()
+    except OSError:
+        log = []
+    ok = sum(1 for l in log if l.endswith(": OK"))
+    found = sum(1 for l in log if l.endswith(" FOUND"))
+    print("clamd scans during %s: %d clean, %d infected (messages sent: %d)%s" % (
+        name, ok, found, expect, "" if ok >= expect else "  WARNING: not every message was scanned"))
 EOF
 }
 
@@ -848,6 +1120,11 @@ fi
 
 if [ "${1:-}" = peers-features ]; then
 	peers_features
+	exit 0
+fi
+
+if [ "${1:-}" = peers-av ]; then
+	peers_av
 	exit 0
 fi
 
