@@ -5,6 +5,8 @@
  * the same result; its output must be canonical (CRLF only, no bare CR or
  * LF, no NUL), end DATA only at a literal CRLF "." CRLF, and survive
  * dot-stuffing and re-parsing unchanged, ending exactly at the new end.
+ * A byte-at-a-time reference of the same rules (ref_parse, ref_stuff)
+ * must agree with the parser's and stuffer's word-at-a-time fast paths.
  */
 #include "smtp_proto.h"
 
@@ -129,6 +131,139 @@ static void check_reparse(const char *canon, size_t n)
 	free(wire);
 }
 
+/* ---- reference: the DATA rules one byte at a time, no fast path ---- */
+
+struct ref {
+	int state;        /* 0 line start, 1 after a first '.', 2 text, 3 done */
+	int cr, real, junk, empty, hdr, rcv;
+	unsigned flags, received;
+	size_t o;
+	char *out;
+};
+
+static void ref_emit(struct ref *r, char c)
+{
+	r->out[r->o++] = c;
+	if (r->hdr && r->rcv != 9) {
+		if (r->rcv < 8) {
+			char l = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
+			r->rcv = l == "received"[r->rcv] ? r->rcv + 1 : 9;
+		} else if (c == ':') {
+			r->received++;
+			r->rcv = 9;
+		} else if (c != ' ' && c != '\t') {
+			r->rcv = 9;
+		}
+	}
+	r->empty = 0;
+}
+
+static int ref_eol(struct ref *r, int real)
+{
+	if (r->state == 1) {
+		if (real && r->real && !r->junk) {
+			r->state = 3;
+			return 1;
+		}
+		ref_emit(r, '.');
+	}
+	if (r->empty)
+		r->hdr = 0;
+	r->out[r->o++] = '\r';
+	r->out[r->o++] = '\n';
+	r->state = 0;
+	r->real = real;
+	r->junk = 0;
+	r->empty = 1;
+	r->rcv = 0;
+	return 0;
+}
+
+/* ref_parse - the whole input; returns bytes consumed (len if no end) */
+static size_t ref_parse(const unsigned char *in, size_t len, struct ref *r)
+{
+	memset(r, 0, sizeof *r);
+	r->real = r->empty = r->hdr = 1;
+	r->out = malloc(2 * len + 8);
+	if (!r->out)
+		abort();
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = in[i];
+
+		if (r->cr) {
+			r->cr = 0;
+			if (c == '\n') {
+				if (ref_eol(r, 1))
+					return i + 1;
+				continue;
+			}
+			r->flags |= SMTP_DATA_BARE_CR;
+			r->junk = 1;
+		}
+		if (c == '\r') {
+			r->cr = 1;
+		} else if (c == '\n') {
+			r->flags |= SMTP_DATA_BARE_LF;
+			ref_eol(r, 0);
+		} else if (c == 0) {
+			r->flags |= SMTP_DATA_NUL;
+			r->junk = 1;
+		} else {
+			if (c >= 0x80)
+				r->flags |= SMTP_DATA_8BIT;
+			if (r->state == 0 && c == '.') {
+				r->state = 1;
+			} else {
+				r->state = 2;
+				ref_emit(r, (char)c);
+			}
+		}
+	}
+	return len;
+}
+
+/* ref_stuff - a '.' after a line feed (or at the start) is doubled */
+static size_t ref_stuff(const char *in, size_t len, int ls, char *out)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		if (ls && in[i] == '.')
+			out[o++] = '.';
+		out[o++] = in[i];
+		ls = in[i] == '\n';
+	}
+	return o;
+}
+
+/* check_reference - the parser and the stuffer agree with the reference */
+static void check_reference(const char *in, size_t len, const struct result *w)
+{
+	struct ref r;
+	size_t c = ref_parse((const unsigned char *)in, len, &r);
+
+	if (c != w->consumed || r.o != w->outlen || r.flags != w->flags ||
+	    r.received != w->received || memcmp(r.out, w->out, r.o) != 0 ||
+	    (w->res == PARSE_OK) != (r.state == 3))
+		abort();
+	free(r.out);
+	/* the stuffer on the raw input, from either line state */
+	for (int ls = 0; ls < 2; ls++) {
+		char *a = malloc(2 * len + 1), *b = malloc(2 * len + 1);
+		int l2 = ls;
+
+		if (!a || !b)
+			abort();
+		size_t na = ref_stuff(in, len, ls, a);
+		size_t nb = smtp_dot_stuff(in, len, &l2, b);
+		if (na != nb || memcmp(a, b, na) != 0 ||
+		    l2 != (len ? in[len - 1] == '\n' : ls))
+			abort();
+		free(a);
+		free(b);
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const char *in = (const char *)data + 2;
@@ -152,6 +287,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!same(&whole, &bytes) || !same(&whole, &split) ||
 	    !same(&whole, &other) || whole.bytes != whole.outlen)
 		abort();
+	if (mode == SMTP_BARE_NORMALIZE)
+		check_reference(in, len, &whole);
 
 	/* a header field is counted at its ':', maybe on an unfinished line */
 	lines = check_canonical(whole.out, whole.outlen);

@@ -786,6 +786,73 @@ TEST(test_data_received_count)
 	CHECK_INT(dw.received, 0);
 }
 
+/* The word-at-a-time fast paths: a CR, LF, NUL or 8-bit byte at every
+ * offset of a long line (so at every position within an 8-byte word), a
+ * "Received:" header after a long one, and the end marker right after. */
+TEST(test_data_long_lines)
+{
+	static const char specials[] = { '\r', '\n', '\0', (char)0xc3, '.' };
+	static const char mid[] = "\r\nReceived: x\r\n\r\n";
+	char in[600], exp[1400];
+
+	for (size_t k = 0; k < sizeof specials; k++) {
+		for (size_t at = 0; at < 40; at++) {
+			size_t n = 0, e = 0;
+			n += (size_t)sprintf(in + n, "X-Long: ");
+			for (size_t i = 0; i < 100; i++)
+				in[n++] = i == at ? specials[k] : (char)('a' + i % 26);
+			memcpy(in + n, mid, strlen(mid));
+			n += strlen(mid);
+			for (size_t i = 0; i < 64; i++)
+				in[n++] = 'B';
+			memcpy(in + n, "\r\n.\r\n", 5);
+			n += 5;
+
+			/* expected: the same, with the special byte handled */
+			e += (size_t)sprintf(exp + e, "X-Long: ");
+			for (size_t i = 0; i < 100; i++) {
+				if (i != at)
+					exp[e++] = (char)('a' + i % 26);
+				else if (specials[k] == '\n')
+					exp[e++] = '\r', exp[e++] = '\n';
+				else if (specials[k] == (char)0xc3 || specials[k] == '.')
+					exp[e++] = specials[k];
+				/* a stray CR or NUL is dropped */
+			}
+			memcpy(exp + e, mid, strlen(mid));
+			e += strlen(mid);
+			for (size_t i = 0; i < 64; i++)
+				exp[e++] = 'B';
+			memcpy(exp + e, "\r\n", 2);
+			e += 2;
+			unsigned fl = specials[k] == '\r' ? SMTP_DATA_BARE_CR
+				      : specials[k] == '\n' ? SMTP_DATA_BARE_LF
+				      : specials[k] == '\0' ? SMTP_DATA_NUL
+				      : specials[k] == '.' ? 0 : SMTP_DATA_8BIT;
+			data_check(in, n, PARSE_OK, n, exp, e, fl);
+			CHECK_INT(dw.received, 1);
+		}
+	}
+	/* dot-stuffing a long body split at every offset */
+	char body[300], out[700];
+	size_t bn = 0;
+	for (int l = 0; l < 5; l++) {
+		body[bn++] = '.';
+		for (int i = 0; i < 50; i++)
+			body[bn++] = (char)('a' + (l + i) % 26);
+		body[bn++] = '\r';
+		body[bn++] = '\n';
+	}
+	for (size_t cut = 0; cut <= bn; cut++) {
+		int ls = 1;
+		size_t o = smtp_dot_stuff(body, cut, &ls, out);
+		o += smtp_dot_stuff(body + cut, bn - cut, &ls, out + o);
+		CHECK_INT(o, bn + 5);
+		CHECK_INT(ls, 1);
+		CHECK(memcmp(out, "..a", 3) == 0);
+	}
+}
+
 /* The SMTP smuggling sequences: each would end DATA on some lenient
  * server. Followed by a forged transaction, none may end DATA here. */
 static const struct {
@@ -1138,6 +1205,7 @@ int main(void)
 	RUN(test_data_reject_mode_same_output);
 	RUN(test_data_after_end);
 	RUN(test_data_received_count);
+	RUN(test_data_long_lines);
 	RUN(test_data_smuggling);
 	RUN(test_data_smuggle_outputs);
 	RUN(test_data_random_roundtrip);
