@@ -171,6 +171,9 @@ start_perimd() {
 		echo "max_sessions = $((MIXED > 0 ? IDLE + MIXED + 100 : IDLE > 4000 ? IDLE + 100 : 4000))"
 		echo "smtpd_client_connection_count_limit = 0"
 		echo "log_to = stderr"
+		# No fixed /metrics port (another perimd may hold 9125); modes that
+		# read it set one in EXTRA_CONF, which comes later and wins.
+		has_param stats_listen && echo "stats_listen ="
 		# Checks that would need DNS or a database, where the binary has them.
 		has_param greylist && echo "greylist = no"
 		has_param reject_unknown_sender_domain && echo "reject_unknown_sender_domain = no"
