@@ -636,7 +636,12 @@ static void cmd_rcpt(struct session *s, char *arg)
 			rcpt_refuse(s, p->addr, "451 4.3.0 <%s>: temporary lookup failure", p->addr);
 			goto out;
 		}
-		if (r == 0) {
+		/* Sender-specified routing (user%remote@ours, remote!user@ours,
+		 * "user@remote"@ours): a backend that honours the percent hack
+		 * or a bang path would relay it on, making the site an open
+		 * relay through us. Refused as relaying, as Postfix does by
+		 * default (allow_untrusted_routing = no). */
+		if (r == 0 || strpbrk(p->local, "@%!")) {
 			stats_inc(ST_rej_relay_denied);
 			rcpt_refuse(s, p->addr, "550 5.7.1 <%s>: relay access denied", p->addr);
 			goto out;

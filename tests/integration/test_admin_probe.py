@@ -7,7 +7,11 @@ admin or an attacker would, with real clients (smtplib, raw sockets):
   duplicate) and frees the backend connection at once instead of holding it
   for relay_timeout;
 - a client that pipelines QUIT after the dot and half-closes still gets
-  both replies and its message delivered (its input was not all answered).
+  both replies and its message delivered (its input was not all answered);
+- sender-specified routing to a relay domain (user%remote@ours,
+  remote!user@ours, "user@remote"@ours) is relay access denied, as Postfix
+  refuses it by default (allow_untrusted_routing = no): a backend honouring
+  the percent hack would otherwise relay it on.
 """
 
 import os
@@ -126,3 +130,28 @@ def test_pipelined_quit_and_half_close_still_delivered(perimd_factory, backend_f
     subjects = [m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in b.messages()]
     assert subjects == [b"half"], subjects
     assert gone_count(p) == 0
+
+
+def test_sender_specified_routing_is_relay_denied(perimd_factory, backend_factory):
+    """user%remote@ours, remote!user@ours and "user@remote"@ours: 550 5.7.1
+    relay access denied; plain local parts (with + and =) still pass."""
+    b = backend_factory()
+    p = start(perimd_factory, [b])
+    s = smtplib.SMTP("127.0.0.1", p.port, timeout=20)
+    try:
+        s.ehlo("probe.test")
+        assert s.mail(SENDER)[0] == 250
+        for rcpt in ("u%victim.test@example.com", "victim.test!u@example.com",
+                     '"u@victim.test"@example.com', "@relay.test:u%victim.test@example.com"):
+            code, text = s.rcpt(rcpt)
+            assert (code, text.split(b" ", 1)[0]) == (550, b"5.7.1"), (rcpt, code, text)
+            assert b"relay access denied" in text, (rcpt, text)
+        assert s.rcpt("u+tag=x@example.com")[0] == 250
+        assert s.rcpt("Postmaster")[0] == 250
+        s.data(b"Subject: routed\r\n\r\nbody\r\n")
+        s.quit()
+    finally:
+        s.close()
+    (m,) = b.messages()
+    assert m.rcpts == ["u+tag=x@example.com", "Postmaster"]
+    assert "relay access denied" in p.log_text()
