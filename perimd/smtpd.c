@@ -407,6 +407,13 @@ static int dsn_notify_valid(const char *v)
 	return *v != 0;
 }
 
+/* why_is_param - smtp_path_parse() refused the ESMTP parameters, not the
+ * address: that is 5.5.4 (RFC 3463), not a bad mailbox (5.1.7 / 5.1.3). */
+static int why_is_param(const char *why)
+{
+	return why && strstr(why, "parameter") != NULL;
+}
+
 /* cmd_mail - MAIL FROM (RFC 5321 §4.1.1.2) with SIZE, BODY, SMTPUTF8, RET,
  * ENVID (RFC 1870, 6152, 6531, 3461). */
 static void cmd_mail(struct session *s, char *arg)
@@ -432,7 +439,10 @@ static void cmd_mail(struct session *s, char *arg)
 	if (smtp_path_parse(arg, cf->strict_rfc821_envelopes, p, &why) != PARSE_OK ||
 	    (why = policy_addr_check(p->local, p->domain)) != NULL) {
 		stats_inc(ST_rej_rfc);
-		reply_error(s, "501 5.1.7 Bad sender address syntax: %s", why);
+		if (why_is_param(why))
+			reply_error(s, "501 5.5.4 Syntax error in parameters: %s", why);
+		else
+			reply_error(s, "501 5.1.7 Bad sender address syntax: %s", why);
 		goto out;
 	}
 	int body8 = 0, utf8 = 0;
@@ -586,7 +596,10 @@ static void cmd_rcpt(struct session *s, char *arg)
 	if (smtp_path_parse(arg, cf->strict_rfc821_envelopes, p, &why) != PARSE_OK ||
 	    (why = policy_addr_check(p->local, p->domain)) != NULL) {
 		stats_inc(ST_rej_rfc);
-		reply_error(s, "501 5.1.3 Bad recipient address syntax: %s", why);
+		if (why_is_param(why))
+			reply_error(s, "501 5.5.4 Syntax error in parameters: %s", why);
+		else
+			reply_error(s, "501 5.1.3 Bad recipient address syntax: %s", why);
 		goto out;
 	}
 	if (!p->addr[0]) {

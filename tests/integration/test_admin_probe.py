@@ -11,7 +11,8 @@ admin or an attacker would, with real clients (smtplib, raw sockets):
 - sender-specified routing to a relay domain (user%remote@ours,
   remote!user@ours, "user@remote"@ours) is relay access denied, as Postfix
   refuses it by default (allow_untrusted_routing = no): a backend honouring
-  the percent hack would otherwise relay it on.
+  the percent hack would otherwise relay it on;
+- a malformed ESMTP parameter is 501 5.5.4, not a bad-address reply.
 """
 
 import os
@@ -155,3 +156,26 @@ def test_sender_specified_routing_is_relay_denied(perimd_factory, backend_factor
     (m,) = b.messages()
     assert m.rcpts == ["u+tag=x@example.com", "Postmaster"]
     assert "relay access denied" in p.log_text()
+
+
+def test_malformed_esmtp_parameter_is_5_5_4(perimd_factory, backend_factory):
+    """An empty or ill-formed ESMTP parameter is a parameter error (501
+    5.5.4), not 'bad sender/recipient address' (5.1.7 / 5.1.3)."""
+    b = backend_factory()
+    p = start(perimd_factory, [b])
+    s = smtplib.SMTP("127.0.0.1", p.port, timeout=20)
+    try:
+        s.ehlo("probe.test")
+        for args in ("<%s> SIZE=" % SENDER, "<%s> =x" % SENDER, "<%s> SIZE=1=2" % SENDER):
+            code, text = s.docmd("MAIL FROM:" + args)
+            assert code == 501 and text.startswith(b"5.5.4 Syntax error in parameters"), (args, code, text)
+        code, text = s.docmd("MAIL FROM:<a b@client.test>")
+        assert code == 501 and text.startswith(b"5.1.7"), (code, text)
+        assert s.mail(SENDER)[0] == 250
+        code, text = s.docmd("RCPT TO:<%s> NOTIFY=" % RCPT)
+        assert code == 501 and text.startswith(b"5.5.4 Syntax error in parameters"), (code, text)
+        code, text = s.docmd("RCPT TO:<b@exa mple.com>")
+        assert code == 501 and text.startswith(b"5.1.3"), (code, text)
+        s.quit()
+    finally:
+        s.close()
