@@ -215,7 +215,7 @@ static void reload(const char *path, int nov, int full)
 		;   /* a map file changed: certificates and signatures stay */
 	else if (tls_configure(c, err, sizeof err) < 0)
 		log_err("reload: TLS certificates and keys not reloaded, keeping the old ones: %s", err);
-	else
+	else if (c->smtpd_tls_cert_file[0] || c->relay_tls_CAfile[0])
 		log_info("reload: TLS certificates and keys reloaded");
 	struct policy *old = policy_acquire();
 	if (old) {

@@ -179,3 +179,18 @@ def test_malformed_esmtp_parameter_is_5_5_4(perimd_factory, backend_factory):
         s.quit()
     finally:
         s.close()
+
+
+def test_sighup_without_tls_does_not_claim_certificates_reloaded(perimd_factory, backend_factory):
+    """SIGHUP on a configuration with no certificate and no CA file: the
+    log says the configuration was reloaded, and no TLS reload it did not
+    do; mail still passes."""
+    import signal
+    b = backend_factory()
+    p = start(perimd_factory, [b])
+    os.kill(p.pid, signal.SIGHUP)
+    p.wait_log(r"configuration reloaded from ")
+    assert "TLS certificates and keys reloaded" not in p.log_text()
+    with Client(p.port, timeout=30) as c:
+        begin(c, b"after reload")
+        expect(c.reply(30), 250, "2.0.0")
