@@ -543,6 +543,9 @@ static void reply_format(const struct smtp_reply *rep, char *out, size_t outlen)
 	for (n = 0; out[n]; n++)
 		if ((unsigned char)out[n] < 0x20 || out[n] == 0x7f)
 			out[n] = ' ';
+	/* A bare "250" has no text: no trailing blank ("said: 250 )"). */
+	while (n > 0 && out[n - 1] == ' ')
+		out[--n] = '\0';
 }
 
 /* queue_id_parse - best-effort backend queue id from a 250 text:

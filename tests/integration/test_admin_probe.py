@@ -194,3 +194,14 @@ def test_sighup_without_tls_does_not_claim_certificates_reloaded(perimd_factory,
     with Client(p.port, timeout=30) as c:
         begin(c, b"after reload")
         expect(c.reply(30), 250, "2.0.0")
+
+
+def test_backend_reply_without_text_passed_on_cleanly(perimd_factory, backend_factory):
+    """A backend answering the final dot with a bare "250" (no text, legal
+    per RFC 5321 §4.2): the client's 250 quotes it without a stray blank."""
+    b = backend_factory(reply={"eod": "250"})
+    p = start(perimd_factory, [b])
+    with Client(p.port, timeout=30) as c:
+        begin(c, b"bare")
+        expect(c.reply(30), 250, "2.0.0", r"\(backend 127\.0\.0\.1:%d said: 250\)$" % b.port)
+    p.wait_log(r"status=sent \(250\)")
