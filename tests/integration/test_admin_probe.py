@@ -205,3 +205,28 @@ def test_backend_reply_without_text_passed_on_cleanly(perimd_factory, backend_fa
         begin(c, b"bare")
         expect(c.reply(30), 250, "2.0.0", r"\(backend 127\.0\.0\.1:%d said: 250\)$" % b.port)
     p.wait_log(r"status=sent \(250\)")
+
+
+def test_check_names_the_tls_parameter_at_fault(perimd_factory, tmp_path):
+    """perimd -t with a missing or wrong TLS file: exit 1, and the reason
+    names the parameter to fix, not only the file."""
+    import subprocess
+    from harness import PERIMD_BIN
+    p = perimd_factory(start=False)
+    pem = tmp_path / "junk.pem"
+    pem.write_text("not a PEM file\n")
+    cases = [
+        ({"smtpd_tls_cert_file": str(tmp_path / "missing.pem"),
+          "smtpd_tls_key_file": str(pem)}, "smtpd_tls_cert_file: "),
+        ({"smtpd_tls_cert_file": str(pem), "smtpd_tls_key_file": str(pem)},
+         "smtpd_tls_cert_file: %s: no PEM object" % pem),
+        ({"relay_tls_CAfile": str(tmp_path / "missing.pem")}, "relay_tls_CAfile: "),
+    ]
+    for params, want in cases:
+        cmd = [PERIMD_BIN, "-t", "-c", p.conf_path]
+        for k, v in params.items():
+            cmd += ["-o", "%s=%s" % (k, v)]
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        err = r.stderr.decode()
+        assert r.returncode == 1, (params, r.returncode, err)
+        assert want in err, (params, err)
