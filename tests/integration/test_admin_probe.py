@@ -230,3 +230,17 @@ def test_check_names_the_tls_parameter_at_fault(perimd_factory, tmp_path):
         err = r.stderr.decode()
         assert r.returncode == 1, (params, r.returncode, err)
         assert want in err, (params, err)
+
+
+def test_check_blames_the_option_for_a_bad_listen_address(perimd_factory):
+    """perimd -t -o smtpd_listen=...:99999: the reason names the -o option,
+    not the configuration file (whose own smtpd_listen is fine)."""
+    import subprocess
+    from harness import PERIMD_BIN
+    p = perimd_factory(start=False)
+    r = subprocess.run([PERIMD_BIN, "-t", "-c", p.conf_path, "-o", "smtpd_listen=127.0.0.1:99999"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert "-o smtpd_listen=127.0.0.1:99999: smtpd_listen: 127.0.0.1:99999: bad port" in err, err
+    assert p.conf_path not in err, err
