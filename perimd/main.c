@@ -215,7 +215,7 @@ static void reload(const char *path, int nov, int full)
 		;   /* a map file changed: certificates and signatures stay */
 	else if (tls_configure(c, err, sizeof err) < 0)
 		log_err("reload: TLS certificates and keys not reloaded, keeping the old ones: %s", err);
-	else
+	else if (c->smtpd_tls_cert_file[0] || c->relay_tls_CAfile[0])
 		log_info("reload: TLS certificates and keys reloaded");
 	struct policy *old = policy_acquire();
 	if (old) {
@@ -305,7 +305,18 @@ int main(int argc, char **argv)
 	for (int i = 0; i < c->smtpd_listen.n; i++) {
 		const char *why;
 		if (net_parse_addr(c->smtpd_listen.v[i], 25, &addrs[i], &alens[i], &why) < 0) {
-			fprintf(stderr, "perimd: %s: smtpd_listen: %s: %s\n", c->path, c->smtpd_listen.v[i], why);
+			/* Blame the -o that set it (the last one wins), else the file. */
+			const char *from = NULL;
+			for (int k = 0; k < nov; k++)
+				if (!strncmp(ov[k], "smtpd_listen", 12) &&
+				    (ov[k][12] == '=' || ov[k][12] == ' '))
+					from = ov[k];
+			if (from)
+				fprintf(stderr, "perimd: -o %s: smtpd_listen: %s: %s\n", from,
+					c->smtpd_listen.v[i], why);
+			else
+				fprintf(stderr, "perimd: %s: smtpd_listen: %s: %s\n", c->path,
+					c->smtpd_listen.v[i], why);
 			return 1;
 		}
 	}

@@ -543,6 +543,9 @@ static void reply_format(const struct smtp_reply *rep, char *out, size_t outlen)
 	for (n = 0; out[n]; n++)
 		if ((unsigned char)out[n] < 0x20 || out[n] == 0x7f)
 			out[n] = ' ';
+	/* A bare "250" has no text: no trailing blank ("said: 250 )"). */
+	while (n > 0 && out[n - 1] == ' ')
+		out[--n] = '\0';
 }
 
 /* queue_id_parse - best-effort backend queue id from a 250 text:
@@ -1677,8 +1680,14 @@ void relay_cancel(struct relay_req *r)
 	if (!r || r->in_done)
 		return;
 	if (r->b) {
+		/* The final dot gone to the backend cannot be called back:
+		 * say so, since the client (gone) will send the message again. */
+		if (r->b->state == B_DOT && !conn_wpending(r->b->c))
+			log_warn("%s: abandoned after the final dot went to %s: the backend may still deliver it",
+				 r->msg->id, r->dest ? r->dest->name : "the backend");
 		/* Mid-transaction or mid-setup: the state is unknown to a
-		 * future user, so the connection is closed, not pooled. */
+		 * future user, so the connection is closed, not pooled; output
+		 * still queued (the rest of the body, the dot) is dropped. */
 		req_detach(r, 0);
 	}
 	req_free(r);

@@ -71,7 +71,8 @@ struct smtp_path {
  * NUL-terminated. strict: the address MUST be in angle brackets.
  * PARSE_BAD with *why set to a short static reason on a syntax error
  * (bad address, missing brackets, too many params, > SMTP_PATH_MAX,
- * ill-formed UTF-8). A source route is checked and dropped; "<Postmaster>"
+ * ill-formed UTF-8); a reason about the ESMTP parameters rather than the
+ * address contains the word "parameter". A source route is checked and dropped; "<Postmaster>"
  * (any case) gives addr = local = "Postmaster"; a quoted local part whose
  * content is a plain Dot-string is unquoted ("\"joe\"@x" -> "joe@x"),
  * any other is kept as sent, quotes included. */

@@ -51,6 +51,9 @@
 
 #define DATA_CHUNK (64 * 1024)
 #define WBACKLOG_MAX (64 * 1024)
+#ifndef CONN_READ_WATCH_EOF
+#define CONN_READ_WATCH_EOF 2   /* conn_read_enable(): paused, the peer's close reported (conn.c) */
+#endif
 #define RELAY_DEADLINE_MS (9 * 60 * 1000)   /* RFC 5321 §4.5.3.2.6 gives 10 */
 #define MAX_RECEIVED 50
 /* A command "line" that never ends is garbage, not a command: each further
@@ -404,6 +407,13 @@ static int dsn_notify_valid(const char *v)
 	return *v != 0;
 }
 
+/* why_is_param - smtp_path_parse() refused the ESMTP parameters, not the
+ * address: that is 5.5.4 (RFC 3463), not a bad mailbox (5.1.7 / 5.1.3). */
+static int why_is_param(const char *why)
+{
+	return why && strstr(why, "parameter") != NULL;
+}
+
 /* cmd_mail - MAIL FROM (RFC 5321 §4.1.1.2) with SIZE, BODY, SMTPUTF8, RET,
  * ENVID (RFC 1870, 6152, 6531, 3461). */
 static void cmd_mail(struct session *s, char *arg)
@@ -429,7 +439,10 @@ static void cmd_mail(struct session *s, char *arg)
 	if (smtp_path_parse(arg, cf->strict_rfc821_envelopes, p, &why) != PARSE_OK ||
 	    (why = policy_addr_check(p->local, p->domain)) != NULL) {
 		stats_inc(ST_rej_rfc);
-		reply_error(s, "501 5.1.7 Bad sender address syntax: %s", why);
+		if (why_is_param(why))
+			reply_error(s, "501 5.5.4 Syntax error in parameters: %s", why);
+		else
+			reply_error(s, "501 5.1.7 Bad sender address syntax: %s", why);
 		goto out;
 	}
 	int body8 = 0, utf8 = 0;
@@ -583,7 +596,10 @@ static void cmd_rcpt(struct session *s, char *arg)
 	if (smtp_path_parse(arg, cf->strict_rfc821_envelopes, p, &why) != PARSE_OK ||
 	    (why = policy_addr_check(p->local, p->domain)) != NULL) {
 		stats_inc(ST_rej_rfc);
-		reply_error(s, "501 5.1.3 Bad recipient address syntax: %s", why);
+		if (why_is_param(why))
+			reply_error(s, "501 5.5.4 Syntax error in parameters: %s", why);
+		else
+			reply_error(s, "501 5.1.3 Bad recipient address syntax: %s", why);
 		goto out;
 	}
 	if (!p->addr[0]) {
@@ -633,7 +649,12 @@ static void cmd_rcpt(struct session *s, char *arg)
 			rcpt_refuse(s, p->addr, "451 4.3.0 <%s>: temporary lookup failure", p->addr);
 			goto out;
 		}
-		if (r == 0) {
+		/* Sender-specified routing (user%remote@ours, remote!user@ours,
+		 * "user@remote"@ours): a backend that honours the percent hack
+		 * or a bang path would relay it on, making the site an open
+		 * relay through us. Refused as relaying, as Postfix does by
+		 * default (allow_untrusted_routing = no). */
+		if (r == 0 || strpbrk(p->local, "@%!")) {
 			stats_inc(ST_rej_relay_denied);
 			rcpt_refuse(s, p->addr, "550 5.7.1 <%s>: relay access denied", p->addr);
 			goto out;
@@ -838,7 +859,7 @@ static void data_end(struct session *s)
 	if (av_enabled(cf)) {
 		/* Store, scan, replay: nothing reaches a backend unscanned. */
 		s->state = ST_BUSY;
-		conn_read_enable(s->conn, 0);
+		conn_read_enable(s->conn, CONN_READ_WATCH_EOF);
 		s->av = av_scan(s->loop, cf, s->spool, s->msgid, av_done, s);
 		return;
 	}
@@ -873,8 +894,11 @@ static void data_relay(struct session *s)
 	m->backends = s->route ? &s->backends : &cf->relay_backends;
 	m->deadline = s->t_data_end + RELAY_DEADLINE_MS;
 	m->conf = cf;
+	/* A client that closes while it waits for our reply has given up
+	 * (it will retry): the message is abandoned, and if the backend has
+	 * not yet had the final dot it is never delivered (no duplicate). */
 	s->state = ST_BUSY;
-	conn_read_enable(s->conn, 0);
+	conn_read_enable(s->conn, CONN_READ_WATCH_EOF);
 	s->relay = relay_send(s->loop, m, relay_done, s);
 }
 

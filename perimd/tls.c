@@ -308,13 +308,25 @@ static int key_matches(struct tls_server *ts, const br_x509_pkey *pk)
 	       !memcmp(q, pk->key.ec.q, ql);
 }
 
+/* err_param - prefix an error with the parameter that named the file, so
+ * `perimd -t` and a refused reload say which setting to fix. */
+static void err_param(char *err, size_t errlen, const char *param)
+{
+	char tmp[1024];
+	snprintf(tmp, sizeof tmp, "%s", err);
+	snprintf(err, errlen, "%s: %s", param, tmp);
+}
+
 /* server_load - certificate chain and key; NULL with err. */
 static struct tls_server *server_load(const char *certf, const char *keyf, char *err, size_t errlen)
 {
 	struct pem_obj *objs;
 	size_t n;
-	if (pem_read(certf, &objs, &n, err, errlen) < 0)
+	const char *param = "smtpd_tls_cert_file";
+	if (pem_read(certf, &objs, &n, err, errlen) < 0) {
+		err_param(err, errlen, param);
 		return NULL;
+	}
 	struct tls_server *ts = xcalloc(1, sizeof *ts);
 	ts->refs = 1;
 	for (size_t i = 0; i < n; i++) {
@@ -331,6 +343,7 @@ static struct tls_server *server_load(const char *certf, const char *keyf, char 
 		snprintf(err, errlen, "%s: no CERTIFICATE in the file", certf);
 		goto fail;
 	}
+	param = "smtpd_tls_key_file";
 	if (pem_read(keyf, &objs, &n, err, errlen) < 0)
 		goto fail;
 	int found = 0;
@@ -362,6 +375,7 @@ static struct tls_server *server_load(const char *certf, const char *keyf, char 
 	br_x509_decoder_push(dc, ts->chain[0].data, ts->chain[0].data_len);
 	const br_x509_pkey *pk = br_x509_decoder_get_pkey(dc);
 	if (!pk) {
+		param = "smtpd_tls_cert_file";
 		snprintf(err, errlen, "%s: cannot decode the first certificate (error %d)", certf,
 			 br_x509_decoder_last_error(dc));
 		free(dc);
@@ -378,6 +392,7 @@ static struct tls_server *server_load(const char *certf, const char *keyf, char 
 	free(dc);
 	return ts;
 fail:
+	err_param(err, errlen, param);
 	server_free(ts);
 	return NULL;
 }
@@ -492,6 +507,7 @@ int tls_configure(const struct conf *c, char *err, size_t errlen)
 	}
 	struct tls_client *tc = client_load(c->relay_tls_CAfile, err, errlen);
 	if (!tc) {
+		err_param(err, errlen, "relay_tls_CAfile");
 		server_free(ts);
 		return -1;
 	}

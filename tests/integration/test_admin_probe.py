@@ -1,0 +1,246 @@
+"""test_admin_probe.py - cases found by trying perimd from outside as a mail
+admin or an attacker would, with real clients (smtplib, raw sockets):
+
+- a client that closes its connection while it waits for the reply to its
+  final dot has given up and will send the message again: perimd abandons
+  the message (before a backend has the dot, it is never delivered, so no
+  duplicate) and frees the backend connection at once instead of holding it
+  for relay_timeout;
+- a client that pipelines QUIT after the dot and half-closes still gets
+  both replies and its message delivered (its input was not all answered);
+- sender-specified routing to a relay domain (user%remote@ours,
+  remote!user@ours, "user@remote"@ours) is relay access denied, as Postfix
+  refuses it by default (allow_untrusted_routing = no): a backend honouring
+  the percent hack would otherwise relay it on;
+- a malformed ESMTP parameter is 501 5.5.4, not a bad-address reply.
+"""
+
+import os
+import smtplib
+import socket
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from backend import Backend  # noqa: E402
+from harness import Client, expect, known_params, wait_for  # noqa: E402
+
+SENDER = "a@client.test"
+RCPT = "b@example.com"
+GONE = r"client \[127\.0\.0\.1\] gone while its message \S+ was being relayed"
+
+
+def start(perimd_factory, backends, **params):
+    base = {
+        "relay_backends": ", ".join(b.target if isinstance(b, Backend) else b for b in backends),
+        "relay_domains": "example.com",
+    }
+    off = {"greylist": "no", "reject_unknown_sender_domain": "no", "stats_listen": ""}
+    base.update({k: v for k, v in off.items() if k in known_params()})
+    base.update(params)
+    return perimd_factory(**base)
+
+
+def begin(c, subject):
+    """EHLO, MAIL, RCPT, DATA and the body with its dot on a greeted Client;
+    the reply to the dot is left to the caller."""
+    expect(c.cmd("EHLO probe.test"), 250)
+    expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+    expect(c.cmd("RCPT TO:<%s>" % RCPT), 250)
+    expect(c.cmd("DATA"), 354)
+    c.send(b"Subject: " + subject + b"\r\n\r\nbody\r\n.\r\n")
+
+
+def gone_count(p):
+    import re
+    return len(re.findall(GONE, p.log_text()))
+
+
+def test_client_gone_before_backend_has_dot_is_not_delivered(perimd_factory, backend_factory):
+    """One backend connection allowed. A holds it (the backend hangs at
+    DATA); B's message waits for the pool; B closes. perimd notices at once,
+    drops B's message from the pool queue and, when A closes too, frees the
+    backend connection. The backend, healthy again, then gets only the next
+    client's message, never B's."""
+    b = backend_factory(hang=["data"])
+    p = start(perimd_factory, [b], relay_destination_concurrency_limit=1,
+              relay_pool_wait="60s", relay_timeout="120s")
+    a = Client(p.port, timeout=30)
+    try:
+        begin(a, b"A")
+        assert wait_for(lambda: b.stats()["commands"].get("DATA", 0) == 1), b.stats()
+        with Client(p.port, timeout=30) as c:
+            begin(c, b"B")
+        # B closed while its message waited for a backend connection.
+        assert wait_for(lambda: gone_count(p) == 1, 10), p.log_text()[-2000:]
+        a.close()
+        # A's backend connection is closed now, not after relay_timeout.
+        assert wait_for(lambda: gone_count(p) == 2, 10), p.log_text()[-2000:]
+        assert wait_for(lambda: b.stats()["open"] == 0, 10), b.stats()
+    finally:
+        a.close()
+    b.set(hang=[])
+    with Client(p.port, timeout=30) as c:
+        begin(c, b"C")
+        expect(c.reply(30), 250, "2.0.0")
+    subjects = [m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in b.messages()]
+    assert subjects == [b"C"], subjects
+
+
+def test_client_gone_after_dot_sent_is_logged(perimd_factory, backend_factory):
+    """The backend has the dot and never answers; the client gives up. The
+    backend connection is closed at once, and the log says the backend may
+    still deliver the message (the client will send it again)."""
+    b = backend_factory(hang=["eod"])
+    p = start(perimd_factory, [b])
+    with Client(p.port, timeout=30) as c:
+        begin(c, b"gone")
+        assert wait_for(lambda: b.stats()["transactions"] == 1, 10), b.stats()
+    p.wait_log(GONE, 10)
+    p.wait_log(r"abandoned after the final dot went to 127\.0\.0\.1:%d: the backend may still deliver it"
+               % b.port, 10)
+    assert wait_for(lambda: b.stats()["open"] == 0, 10), b.stats()
+
+
+def test_pipelined_quit_and_half_close_still_delivered(perimd_factory, backend_factory):
+    """A client that sends the dot and QUIT in one write and shuts down its
+    sending side, while the message waits for the only backend connection,
+    still hears 250 then 221, and the message is delivered once."""
+    b = backend_factory(hang=["data"])
+    p = start(perimd_factory, [b], relay_destination_concurrency_limit=1,
+              relay_pool_wait="60s", relay_timeout="2s")
+    a = Client(p.port, timeout=30)
+    try:
+        begin(a, b"blocker")
+        assert wait_for(lambda: b.stats()["commands"].get("DATA", 0) == 1), b.stats()
+        b.set(hang=[])
+        with Client(p.port, timeout=30) as c:
+            expect(c.cmd("EHLO probe.test"), 250)
+            expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+            expect(c.cmd("RCPT TO:<%s>" % RCPT), 250)
+            expect(c.cmd("DATA"), 354)
+            c.send(b"Subject: half\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+            c.sock.shutdown(socket.SHUT_WR)
+            # The blocker's DATA stage times out (2s), then ours runs.
+            expect(c.reply(30), 250, "2.0.0")
+            expect(c.reply(10), 221)
+            assert c.wait_closed(10)
+        expect(a.reply(20), 451, "4.4.1")
+    finally:
+        a.close()
+    subjects = [m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in b.messages()]
+    assert subjects == [b"half"], subjects
+    assert gone_count(p) == 0
+
+
+def test_sender_specified_routing_is_relay_denied(perimd_factory, backend_factory):
+    """user%remote@ours, remote!user@ours and "user@remote"@ours: 550 5.7.1
+    relay access denied; plain local parts (with + and =) still pass."""
+    b = backend_factory()
+    p = start(perimd_factory, [b])
+    s = smtplib.SMTP("127.0.0.1", p.port, timeout=20)
+    try:
+        s.ehlo("probe.test")
+        assert s.mail(SENDER)[0] == 250
+        for rcpt in ("u%victim.test@example.com", "victim.test!u@example.com",
+                     '"u@victim.test"@example.com', "@relay.test:u%victim.test@example.com"):
+            code, text = s.rcpt(rcpt)
+            assert (code, text.split(b" ", 1)[0]) == (550, b"5.7.1"), (rcpt, code, text)
+            assert b"relay access denied" in text, (rcpt, text)
+        assert s.rcpt("u+tag=x@example.com")[0] == 250
+        assert s.rcpt("Postmaster")[0] == 250
+        s.data(b"Subject: routed\r\n\r\nbody\r\n")
+        s.quit()
+    finally:
+        s.close()
+    (m,) = b.messages()
+    assert m.rcpts == ["u+tag=x@example.com", "Postmaster"]
+    assert "relay access denied" in p.log_text()
+
+
+def test_malformed_esmtp_parameter_is_5_5_4(perimd_factory, backend_factory):
+    """An empty or ill-formed ESMTP parameter is a parameter error (501
+    5.5.4), not 'bad sender/recipient address' (5.1.7 / 5.1.3)."""
+    b = backend_factory()
+    p = start(perimd_factory, [b])
+    s = smtplib.SMTP("127.0.0.1", p.port, timeout=20)
+    try:
+        s.ehlo("probe.test")
+        for args in ("<%s> SIZE=" % SENDER, "<%s> =x" % SENDER, "<%s> SIZE=1=2" % SENDER):
+            code, text = s.docmd("MAIL FROM:" + args)
+            assert code == 501 and text.startswith(b"5.5.4 Syntax error in parameters"), (args, code, text)
+        code, text = s.docmd("MAIL FROM:<a b@client.test>")
+        assert code == 501 and text.startswith(b"5.1.7"), (code, text)
+        assert s.mail(SENDER)[0] == 250
+        code, text = s.docmd("RCPT TO:<%s> NOTIFY=" % RCPT)
+        assert code == 501 and text.startswith(b"5.5.4 Syntax error in parameters"), (code, text)
+        code, text = s.docmd("RCPT TO:<b@exa mple.com>")
+        assert code == 501 and text.startswith(b"5.1.3"), (code, text)
+        s.quit()
+    finally:
+        s.close()
+
+
+def test_sighup_without_tls_does_not_claim_certificates_reloaded(perimd_factory, backend_factory):
+    """SIGHUP on a configuration with no certificate and no CA file: the
+    log says the configuration was reloaded, and no TLS reload it did not
+    do; mail still passes."""
+    import signal
+    b = backend_factory()
+    p = start(perimd_factory, [b])
+    os.kill(p.pid, signal.SIGHUP)
+    p.wait_log(r"configuration reloaded from ")
+    assert "TLS certificates and keys reloaded" not in p.log_text()
+    with Client(p.port, timeout=30) as c:
+        begin(c, b"after reload")
+        expect(c.reply(30), 250, "2.0.0")
+
+
+def test_backend_reply_without_text_passed_on_cleanly(perimd_factory, backend_factory):
+    """A backend answering the final dot with a bare "250" (no text, legal
+    per RFC 5321 §4.2): the client's 250 quotes it without a stray blank."""
+    b = backend_factory(reply={"eod": "250"})
+    p = start(perimd_factory, [b])
+    with Client(p.port, timeout=30) as c:
+        begin(c, b"bare")
+        expect(c.reply(30), 250, "2.0.0", r"\(backend 127\.0\.0\.1:%d said: 250\)$" % b.port)
+    p.wait_log(r"status=sent \(250\)")
+
+
+def test_check_names_the_tls_parameter_at_fault(perimd_factory, tmp_path):
+    """perimd -t with a missing or wrong TLS file: exit 1, and the reason
+    names the parameter to fix, not only the file."""
+    import subprocess
+    from harness import PERIMD_BIN
+    p = perimd_factory(start=False)
+    pem = tmp_path / "junk.pem"
+    pem.write_text("not a PEM file\n")
+    cases = [
+        ({"smtpd_tls_cert_file": str(tmp_path / "missing.pem"),
+          "smtpd_tls_key_file": str(pem)}, "smtpd_tls_cert_file: "),
+        ({"smtpd_tls_cert_file": str(pem), "smtpd_tls_key_file": str(pem)},
+         "smtpd_tls_cert_file: %s: no PEM object" % pem),
+        ({"relay_tls_CAfile": str(tmp_path / "missing.pem")}, "relay_tls_CAfile: "),
+    ]
+    for params, want in cases:
+        cmd = [PERIMD_BIN, "-t", "-c", p.conf_path]
+        for k, v in params.items():
+            cmd += ["-o", "%s=%s" % (k, v)]
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        err = r.stderr.decode()
+        assert r.returncode == 1, (params, r.returncode, err)
+        assert want in err, (params, err)
+
+
+def test_check_blames_the_option_for_a_bad_listen_address(perimd_factory):
+    """perimd -t -o smtpd_listen=...:99999: the reason names the -o option,
+    not the configuration file (whose own smtpd_listen is fine)."""
+    import subprocess
+    from harness import PERIMD_BIN
+    p = perimd_factory(start=False)
+    r = subprocess.run([PERIMD_BIN, "-t", "-c", p.conf_path, "-o", "smtpd_listen=127.0.0.1:99999"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert "-o smtpd_listen=127.0.0.1:99999: smtpd_listen: 127.0.0.1:99999: bad port" in err, err
+    assert p.conf_path not in err, err
