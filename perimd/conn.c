@@ -14,12 +14,6 @@
  *   stack: conn_free() then only marks the connection dead.
  * - End of input from the peer is reported (on_error 0) only after the owner
  *   had the chance to process everything buffered before it.
- * - conn_read_enable(c, CONN_READ_WATCH_EOF) pauses the owner's input but
- *   keeps an eye on the socket while nothing is buffered: a peer that closes
- *   then (nothing left for the owner to answer) is reported at once
- *   (on_error 0), a peer that sends more stops the watch (its bytes wait for
- *   the owner as with 0). A session waiting on a backend for a client that
- *   has gone can so abandon the message before the backend has it.
  * - TLS (optional, after conn_starttls()) sits under both buffers: the
  *   owner reads and writes plaintext exactly as before; conn_tls_pump()
  *   moves bytes socket <-> engine <-> buffers. Input buffered when TLS
@@ -46,9 +40,6 @@
 #define CONN_RCHUNK (16 * 1024)
 #define CONN_RMAX (256 * 1024)
 #define CONN_SHUTDOWN_WAIT 2000
-#ifndef CONN_READ_WATCH_EOF
-#define CONN_READ_WATCH_EOF 2   /* conn_read_enable(): paused, peer close reported */
-#endif
 
 struct conn {
 	struct ev_loop *loop;
@@ -75,7 +66,6 @@ struct conn {
 	unsigned had_output : 1;  /* on_drain owed */
 	unsigned dead : 1;        /* freed while busy */
 	unsigned reported : 1;    /* on_error already called */
-	unsigned watch_eof : 1;   /* paused, but a close with nothing buffered is reported */
 	int busy;
 	int pending_err;          /* connect() failed at once: reported later */
 	struct tls *tls;          /* NULL: plaintext */
@@ -237,8 +227,7 @@ static void conn_update(struct conn *c)
 	/* While closing, input is read (and dropped) only once our last reply
 	 * is out, to see the peer's EOF: a peer that does not read its replies
 	 * gets nothing more read from it. */
-	int want_read = (c->reading || (c->shutting && c->wrshut) || c->tls_hs ||
-			 (c->watch_eof && !c->shutting && c->rlen == 0)) && !c->eof &&
+	int want_read = (c->reading || (c->shutting && c->wrshut) || c->tls_hs) && !c->eof &&
 			c->rlen < CONN_RMAX;
 	if (c->tls) {
 		unsigned st = br_ssl_engine_current_state(tls_engine(c->tls));
@@ -346,7 +335,7 @@ static void conn_dispatch_read(struct conn *c)
 		c->ops->on_read(c->arg);
 	if (c->dead || c->reported)
 		return;
-	if (c->eof && (c->reading || (c->watch_eof && c->rlen == 0)))
+	if (c->eof && c->reading)
 		conn_error(c, 0);
 }
 
@@ -723,20 +712,8 @@ void conn_discard_input(struct conn *c)
 /* conn_read_enable - pause or resume the owner's input. */
 void conn_read_enable(struct conn *c, int on)
 {
-	/* CONN_READ_WATCH_EOF (2): paused, watching for the peer's close. */
-	unsigned watch = on == CONN_READ_WATCH_EOF;
-	if (watch)
-		on = 0;
-	if (c->reading == (unsigned)!!on && c->watch_eof == watch)
+	if (c->reading == (unsigned)!!on)
 		return;
-	c->watch_eof = watch;
-	if (watch && c->eof && !c->rlen && !c->reported)
-		ev_defer(c->loop, &c->readd, conn_read_deferred, c);
-	if (c->reading == (unsigned)!!on) {
-		if (!c->busy)
-			conn_update(c);
-		return;
-	}
 	c->reading = !!on;
 	if (on && (c->rlen || c->eof))
 		ev_defer(c->loop, &c->readd, conn_read_deferred, c);

@@ -1680,14 +1680,8 @@ void relay_cancel(struct relay_req *r)
 	if (!r || r->in_done)
 		return;
 	if (r->b) {
-		/* The final dot gone to the backend cannot be called back:
-		 * say so, since the client (gone) will send the message again. */
-		if (r->b->state == B_DOT && !conn_wpending(r->b->c))
-			log_warn("%s: abandoned after the final dot went to %s: the backend may still deliver it",
-				 r->msg->id, r->dest ? r->dest->name : "the backend");
 		/* Mid-transaction or mid-setup: the state is unknown to a
-		 * future user, so the connection is closed, not pooled; output
-		 * still queued (the rest of the body, the dot) is dropped. */
+		 * future user, so the connection is closed, not pooled. */
 		req_detach(r, 0);
 	}
 	req_free(r);

@@ -51,9 +51,6 @@
 
 #define DATA_CHUNK (64 * 1024)
 #define WBACKLOG_MAX (64 * 1024)
-#ifndef CONN_READ_WATCH_EOF
-#define CONN_READ_WATCH_EOF 2   /* conn_read_enable(): paused, the peer's close reported (conn.c) */
-#endif
 #define RELAY_DEADLINE_MS (9 * 60 * 1000)   /* RFC 5321 §4.5.3.2.6 gives 10 */
 #define MAX_RECEIVED 50
 /* A command "line" that never ends is garbage, not a command: each further
@@ -859,7 +856,7 @@ static void data_end(struct session *s)
 	if (av_enabled(cf)) {
 		/* Store, scan, replay: nothing reaches a backend unscanned. */
 		s->state = ST_BUSY;
-		conn_read_enable(s->conn, CONN_READ_WATCH_EOF);
+		conn_read_enable(s->conn, 0);
 		s->av = av_scan(s->loop, cf, s->spool, s->msgid, av_done, s);
 		return;
 	}
@@ -894,11 +891,8 @@ static void data_relay(struct session *s)
 	m->backends = s->route ? &s->backends : &cf->relay_backends;
 	m->deadline = s->t_data_end + RELAY_DEADLINE_MS;
 	m->conf = cf;
-	/* A client that closes while it waits for our reply has given up
-	 * (it will retry): the message is abandoned, and if the backend has
-	 * not yet had the final dot it is never delivered (no duplicate). */
 	s->state = ST_BUSY;
-	conn_read_enable(s->conn, CONN_READ_WATCH_EOF);
+	conn_read_enable(s->conn, 0);
 	s->relay = relay_send(s->loop, m, relay_done, s);
 }
 

@@ -1,13 +1,11 @@
 """test_admin_probe.py - cases found by trying perimd from outside as a mail
 admin or an attacker would, with real clients (smtplib, raw sockets):
 
-- a client that closes its connection while it waits for the reply to its
-  final dot has given up and will send the message again: perimd abandons
-  the message (before a backend has the dot, it is never delivered, so no
-  duplicate) and frees the backend connection at once instead of holding it
-  for relay_timeout;
+- a client that half-closes after its final dot (no QUIT) can still read
+  its reply: the message is relayed and the client hears 250 (a FIN is not
+  a disconnect; perimd never abandons a message the client may think sent);
 - a client that pipelines QUIT after the dot and half-closes still gets
-  both replies and its message delivered (its input was not all answered);
+  both replies and its message delivered;
 - sender-specified routing to a relay domain (user%remote@ours,
   remote!user@ours, "user@remote"@ours) is relay access denied, as Postfix
   refuses it by default (allow_untrusted_routing = no): a backend honouring
@@ -27,7 +25,6 @@ from harness import Client, expect, known_params, wait_for  # noqa: E402
 
 SENDER = "a@client.test"
 RCPT = "b@example.com"
-GONE = r"client \[127\.0\.0\.1\] gone while its message \S+ was being relayed"
 
 
 def start(perimd_factory, backends, **params):
@@ -51,55 +48,21 @@ def begin(c, subject):
     c.send(b"Subject: " + subject + b"\r\n\r\nbody\r\n.\r\n")
 
 
-def gone_count(p):
-    import re
-    return len(re.findall(GONE, p.log_text()))
-
-
-def test_client_gone_before_backend_has_dot_is_not_delivered(perimd_factory, backend_factory):
-    """One backend connection allowed. A holds it (the backend hangs at
-    DATA); B's message waits for the pool; B closes. perimd notices at once,
-    drops B's message from the pool queue and, when A closes too, frees the
-    backend connection. The backend, healthy again, then gets only the next
-    client's message, never B's."""
-    b = backend_factory(hang=["data"])
-    p = start(perimd_factory, [b], relay_destination_concurrency_limit=1,
-              relay_pool_wait="60s", relay_timeout="120s")
-    a = Client(p.port, timeout=30)
-    try:
-        begin(a, b"A")
-        assert wait_for(lambda: b.stats()["commands"].get("DATA", 0) == 1), b.stats()
-        with Client(p.port, timeout=30) as c:
-            begin(c, b"B")
-        # B closed while its message waited for a backend connection.
-        assert wait_for(lambda: gone_count(p) == 1, 10), p.log_text()[-2000:]
-        a.close()
-        # A's backend connection is closed now, not after relay_timeout.
-        assert wait_for(lambda: gone_count(p) == 2, 10), p.log_text()[-2000:]
-        assert wait_for(lambda: b.stats()["open"] == 0, 10), b.stats()
-    finally:
-        a.close()
-    b.set(hang=[])
-    with Client(p.port, timeout=30) as c:
-        begin(c, b"C")
-        expect(c.reply(30), 250, "2.0.0")
-    subjects = [m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in b.messages()]
-    assert subjects == [b"C"], subjects
-
-
-def test_client_gone_after_dot_sent_is_logged(perimd_factory, backend_factory):
-    """The backend has the dot and never answers; the client gives up. The
-    backend connection is closed at once, and the log says the backend may
-    still deliver the message (the client will send it again)."""
-    b = backend_factory(hang=["eod"])
+def test_half_close_after_dot_still_delivered(perimd_factory, backend_factory):
+    """A client that sends the dot and shuts down its sending side without
+    QUIT (printf ... | nc -N) can still read: a half-close is not a
+    disconnect. perimd relays the message, the client hears 250 and the
+    backend has the message once (abandoning it would lose mail that such
+    a client never sends again)."""
+    b = backend_factory()
     p = start(perimd_factory, [b])
     with Client(p.port, timeout=30) as c:
-        begin(c, b"gone")
-        assert wait_for(lambda: b.stats()["transactions"] == 1, 10), b.stats()
-    p.wait_log(GONE, 10)
-    p.wait_log(r"abandoned after the final dot went to 127\.0\.0\.1:%d: the backend may still deliver it"
-               % b.port, 10)
-    assert wait_for(lambda: b.stats()["open"] == 0, 10), b.stats()
+        begin(c, b"halfclose")
+        c.sock.shutdown(socket.SHUT_WR)
+        expect(c.reply(30), 250, "2.0.0")
+        assert c.wait_closed(10)
+    subjects = [m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in b.messages()]
+    assert subjects == [b"halfclose"], subjects
 
 
 def test_pipelined_quit_and_half_close_still_delivered(perimd_factory, backend_factory):
@@ -130,7 +93,6 @@ def test_pipelined_quit_and_half_close_still_delivered(perimd_factory, backend_f
         a.close()
     subjects = [m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in b.messages()]
     assert subjects == [b"half"], subjects
-    assert gone_count(p) == 0
 
 
 def test_sender_specified_routing_is_relay_denied(perimd_factory, backend_factory):
