@@ -223,7 +223,10 @@ static int addr_literal_valid(const char *d, size_t len)
 /* smtp_domain_valid - RFC 5321 §4.1.2 Domain: sub-domain = Let-dig
  * [Ldh-str], labels of 1..63 octets, at most 255 in all (RFC 1035 §2.3.4);
  * or an address literal. With allow_utf8, well-formed UTF-8 is allowed in
- * labels (RFC 6531 §3.3 U-labels). */
+ * labels (RFC 6531 §3.3 U-labels). '_' is accepted like a letter: the RFC
+ * has no room for it, but real host and mail domains carry it (Windows
+ * host names, "mail_out.example.org"), and Postfix accepts it too, so an
+ * MX refusing it would refuse real mail. */
 int smtp_domain_valid(const char *d, size_t len, int allow_utf8)
 {
 	const unsigned char *s = (const unsigned char *)d;
@@ -250,7 +253,7 @@ int smtp_domain_valid(const char *d, size_t len, int allow_utf8)
 				return 0;
 			i += n;
 			label += n;
-		} else if (is_alpha(c) || is_digit(c) || (c == '-' && label > 0)) {
+		} else if (is_alpha(c) || is_digit(c) || c == '_' || (c == '-' && label > 0)) {
 			i++;
 			label++;
 		} else {
