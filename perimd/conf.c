@@ -262,7 +262,9 @@ static void load_override(struct loader *L, const char *o)
 	char *name = xstrndup(o, (size_t)(eq - o)), *n = trim(name);
 	char *value = xstrdup(eq + 1);
 	int i = param_find(n, strlen(n));
-	if (i < 0)
+	if (!*n)
+		lerr(L, "-o %s: no parameter name before '='", o);
+	else if (i < 0)
 		lerr(L, "-o %s: unknown parameter %s", o, n);
 	else
 		lset(L, i, trim(value), xasprintf("-o %s", o));
@@ -535,6 +537,14 @@ static int parse_value(const struct param *p, const char *s, void *dst, char *wh
 	const char *rest;
 	char *str;
 
+	/* myhostname goes into the banner, EHLO and Received: a host name
+	 * (letters, digits, '-', '_', dots), never text with blanks. */
+	if (p->off == offsetof(struct conf, myhostname) &&
+	    (!*s || strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			      "0123456789-_.") != strlen(s))) {
+		snprintf(why, wl, "\"%s\" is not a host name", s);
+		return -1;
+	}
 	switch (p->type) {
 	case T_BOOL:
 		if (conf_parse_bool(s, dst) < 0) {

@@ -95,14 +95,22 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 		const char *item = c->relay_domains.v[i];
 		if (!is_map_spec(item))
 			continue;
-		struct map *m = map_open(item, err, errlen);
-		if (!m)
+		char merr[512];
+		struct map *m = map_open(item, merr, sizeof merr);
+		if (!m) {
+			snprintf(err, errlen, "relay_domains: %s", merr);
 			goto fail;
+		}
 		p->relay_maps = xrealloc(p->relay_maps, (size_t)(p->nrelay_maps + 1) * sizeof *p->relay_maps);
 		p->relay_maps[p->nrelay_maps++] = m;
 	}
-	if (c->transport_maps[0] && !(p->transport = map_open(c->transport_maps, err, errlen)))
-		goto fail;
+	if (c->transport_maps[0]) {
+		char merr[512];
+		if (!(p->transport = map_open(c->transport_maps, merr, sizeof merr))) {
+			snprintf(err, errlen, "transport_maps: %s", merr);
+			goto fail;
+		}
+	}
 	/* Relay control and routing answer at once in cmd_rcpt. */
 	for (int i = 0; i < p->nrelay_maps + 1; i++) {
 		struct map *m = i < p->nrelay_maps ? p->relay_maps[i] : p->transport;

@@ -143,6 +143,27 @@ def test_malformed_esmtp_parameter_is_5_5_4(perimd_factory, backend_factory):
         s.close()
 
 
+def test_underscore_in_helo_and_sender_domain_accepted(perimd_factory, backend_factory):
+    """Real mail carries '_' in HELO names and sender domains (Windows host
+    names, mail_out.example.org). Postfix accepts them; so does perimd, even
+    with reject_invalid_helo_hostname on. Other junk is still refused."""
+    b = backend_factory()
+    p = start(perimd_factory, [b], reject_invalid_helo_hostname="yes")
+    with Client(p.port, timeout=30) as c:
+        expect(c.cmd("EHLO win_host.corp.example"), 250)
+        expect(c.cmd("MAIL FROM:<b@mail_out.example.org>"), 250)
+        expect(c.cmd("RCPT TO:<%s>" % RCPT), 250)
+        expect(c.cmd("DATA"), 354)
+        c.send(b"Subject: underscore\r\n\r\nbody\r\n.\r\n")
+        expect(c.reply(30), 250, "2.0.0")
+        expect(c.cmd("MAIL FROM:<b@mail+out.example.org>"), 501, "5.1.7")
+    assert len(b.messages()) == 1
+    with Client(p.port, timeout=30) as c:
+        expect(c.cmd("EHLO bad!name"), 250)
+        expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        expect(c.cmd("RCPT TO:<%s>" % RCPT), 501, "5.5.2")
+
+
 def test_sighup_without_tls_does_not_claim_certificates_reloaded(perimd_factory, backend_factory):
     """SIGHUP on a configuration with no certificate and no CA file: the
     log says the configuration was reloaded, and no TLS reload it did not
@@ -206,3 +227,30 @@ def test_check_blames_the_option_for_a_bad_listen_address(perimd_factory):
     assert r.returncode == 1, err
     assert "-o smtpd_listen=127.0.0.1:99999: smtpd_listen: 127.0.0.1:99999: bad port" in err, err
     assert p.conf_path not in err, err
+
+
+def test_check_names_the_parameter_for_bad_values(perimd_factory, tmp_path):
+    """perimd -t: a map that cannot be opened names relay_domains or
+    transport_maps; a myhostname with a blank is refused (it would go into
+    the banner and every Received:); '-o =x' says the name is missing."""
+    import subprocess
+    from harness import PERIMD_BIN
+    p = perimd_factory(start=False)
+    missing = str(tmp_path / "missing")
+    cases = [
+        (["relay_domains=example.com, file:" + missing], "relay_domains: %s: cannot open" % missing),
+        (["transport_maps=file:" + missing], "transport_maps: %s: cannot open" % missing),
+        (["myhostname=mx example.com"], '-o myhostname=mx example.com: "mx example.com" is not a host name'),
+        (["=x"], "-o =x: no parameter name before '='"),
+    ]
+    for opts, want in cases:
+        cmd = [PERIMD_BIN, "-t", "-c", p.conf_path]
+        for o in opts:
+            cmd += ["-o", o]
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        err = r.stderr.decode()
+        assert r.returncode == 1, (opts, r.returncode, err)
+        assert want in err, (opts, err)
+    r = subprocess.run([PERIMD_BIN, "-t", "-c", p.conf_path, "-o", "myhostname=mx_1.example.com"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
