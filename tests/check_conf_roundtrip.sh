@@ -60,7 +60,7 @@ if "$PERIMD_BIN" -n -c conf/perimd.conf -o 'smtpd_banner=$myhostname ESMTP hi th
 	"$PERIMD_BIN" -n -c "$tmp/o1" >"$tmp/o2" 2>&1; then
 	grep -qx 'smtpd_banner = $myhostname ESMTP hi there' "$tmp/o1" ||
 		{ bad "-o smtpd_banner not in -n output:"; cat "$tmp/o1"; }
-	grep -qx 'relay_domains = a.example, b.example' "$tmp/o1" ||
+	grep -qx 'relay_domains = a.example b.example' "$tmp/o1" ||
 		{ bad "-o relay_domains not in -n output:"; cat "$tmp/o1"; }
 	cmp -s "$tmp/o1" "$tmp/o2" || { bad "-n with -o does not read back the same:"; diff -u "$tmp/o1" "$tmp/o2"; }
 else

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # check_fuzz_smoke.sh - a short libFuzzer run of every tests/fuzz/fuzz_*.c
 # target: build them (make -C perimd fuzz), then fuzz each for
-# FUZZ_SECONDS (default 20) on a scratch copy of its seed corpus
+# FUZZ_SECONDS (default 15) on a scratch copy of its seed corpus
 # tests/fuzz/corpus/NAME/, so the committed corpus is never modified.
 # The random seed is fixed (FUZZ_SEED, default 1) so that a failure in CI
 # can be replayed; FUZZ_SEED=0 lets libFuzzer pick one per run.
@@ -14,7 +14,7 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-SECONDS_EACH=${FUZZ_SECONDS:-20}
+SECONDS_EACH=${FUZZ_SECONDS:-15}
 SEED=${FUZZ_SEED:-1}
 
 scratch=$(mktemp -d)

@@ -98,7 +98,7 @@ done
 for c in "$ROOT"/tests/check_*.sh; do
 	[ -f "$c" ] || continue
 	name=$(basename "$c")
-	if out=$(timeout -k 5 300 bash "$c" </dev/null 2>&1); then
+	if out=$(timeout -k 5 600 bash "$c" </dev/null 2>&1); then
 		passed=$((passed + 1))
 	else
 		fail "$name (rc=$?)"
