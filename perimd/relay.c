@@ -1,7 +1,9 @@
 /*
  * relay.c - the SMTP client to the backends: targets, per-loop connection
- * pools with a process-wide limit per backend, replay of one stored
- * message, failover.
+ * pools with a process-wide limit per backend, requests and their
+ * outcome, failover, callouts. The dialogue on one backend connection
+ * (envelope, body, STARTTLS, replies) is relay_smtp.c's; relay_int.h is
+ * what the two share.
  *
  * Invariants:
  * - A struct relay_dest exists once per backend address for the life of
@@ -42,143 +44,25 @@
 #include "ev.h"
 #include "log.h"
 #include "relay.h"
+#include "relay_int.h"
 #include "smtp_proto.h"
 #include "spool.h"
 #include "stats.h"
 #include "tls.h"
 #include "verify.h"
 
-#define RELAY_WINDOW (64 * 1024)   /* body bytes kept in the output buffer */
-#define RELAY_CHUNK (16 * 1024)    /* body bytes read per step */
-#define RELAY_STALE_RETRIES 2      /* reused connections found dead */
+static void req_next_target(struct relay_req *r);
+static void req_acquire(struct relay_req *r);
+static void pool_kick(void *arg);
+static void rl_maybe_free(struct relay_loop *rl);
 
-/* ---- process-wide backend table ----------------------------------------- */
-
-struct dest_loop {
-	struct ev_loop *loop;
-	int waiting;                  /* requests waiting for a slot there */
-	int idle;                     /* idle pooled connections there */
-};
-
-struct relay_dest {
-	struct relay_dest *next;
-	char name[INET6_ADDRSTRLEN + 16]; /* "10.1.1.5:25", "[::1]:25" */
-	struct sockaddr_storage sa;
-	socklen_t salen;
-	atomic_int open;              /* connections holding a slot */
-	atomic_int limit;             /* relay_destination_concurrency_limit */
-	pthread_mutex_t mu;           /* guards loops[] */
-	struct dest_loop *loops;
-	int nloops, caploops;
-};
-
-static pthread_mutex_t dests_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct relay_dest *dests;
-
-/* ---- per-loop state ----------------------------------------------------- */
-
-struct bconn;
-TAILQ_HEAD(bconn_list, bconn);
-TAILQ_HEAD(req_list, relay_req);
-
-struct pool {
-	struct pool *next;
-	struct relay_loop *rl;
-	struct relay_dest *dest;
-	struct bconn_list idle;       /* most recently used first */
-	struct req_list waiters;      /* oldest first */
-	struct ev_defer kick;
-};
-
-struct relay_loop {
-	struct ev_loop *loop;
-	struct pool *pools;
-	int nconn;                    /* bconns alive on this loop */
-	int nreq;                     /* requests alive on this loop */
-	int shutdown;
-};
-
-enum bstate {
-	B_CONNECT,   /* TCP connect in progress */
-	B_GREET,     /* waiting for 220 */
-	B_EHLO,      /* waiting for the EHLO reply */
-	B_HELO,      /* waiting for the HELO reply (EHLO refused) */
-	B_STARTTLS,  /* waiting for the reply to STARTTLS */
-	B_TLS,       /* TLS handshake */
-	B_READY,     /* attached, between transactions */
-	B_MAIL,      /* waiting for the MAIL reply */
-	B_RCPT,      /* waiting for RCPT replies */
-	B_DATA,      /* waiting for 354 */
-	B_BODY,      /* sending the body */
-	B_DOT,       /* waiting for the reply to the final dot */
-	B_RSET,      /* unattached, waiting for 250 to RSET */
-	B_IDLE,      /* unattached, in the pool */
-	B_QUIT       /* closing */
-};
-
-static const char *const bstate_name[] = {
+const char *const relay_bstate_name[] = {
 	"connect", "greeting", "EHLO", "HELO", "STARTTLS", "TLS handshake", "ready", "MAIL FROM", "RCPT TO",
 	"DATA", "message body", "end of data", "RSET", "idle", "QUIT"
 };
 
-struct bconn {
-	TAILQ_ENTRY(bconn) link;      /* in pool->idle while B_IDLE */
-	struct pool *pool;
-	struct conn *c;
-	struct relay_req *req;
-	enum bstate state;
-	unsigned caps;
-	int tls;                      /* STARTTLS done (RFC 3207) */
-	int ntxn;                     /* transactions started on it */
-	int slot;                     /* holds one of dest->open */
-	uint64_t idle_ms;             /* relay_idle_timeout of its last user */
-	struct ev_timer tmr;          /* stage or idle timer */
-};
-
-struct relay_req {
-	TAILQ_ENTRY(relay_req) wlink; /* in pool->waiters */
-	struct relay_loop *rl;
-	struct relay_msg *msg;
-	relay_done_fn *done;
-	void *arg;
-	struct ev_defer startd;
-	struct ev_timer waitt;        /* pool wait */
-	struct pool *waiting;         /* the pool whose waiters hold us */
-	struct bconn *b;
-	struct relay_dest *dest;
-	int target;                   /* index in msg->backends */
-	int stale;                    /* retries after a dead reused conn */
-	int has8bit;                  /* -1 unknown, else body has 8-bit bytes */
-	int send_body8;               /* BODY=8BITMIME goes with MAIL */
-	/* the current transaction */
-	int nreplies;                 /* MAIL + RCPT replies received */
-	struct smtp_reply mail_rep;   /* the reply to MAIL */
-	char mail_said[512];
-	struct smtp_reply refusal;    /* the first refused RCPT's reply */
-	int naccept, first_refused;
-	uint64_t body_off;
-	int body_lstart;
-	char *scratch;                /* RELAY_CHUNK in + 2 * RELAY_CHUNK out */
-	uint64_t t_start, t_attempt;
-	char last_error[300];
-	int in_done;
-	struct dnsmx_req *mxq;        /* a host-name backend being resolved */
-	struct dnsmx_list *mx;        /* its addresses, tried before the next entry */
-	int mxi;
-	struct relay_result res;
-};
-
-static void req_next_target(struct relay_req *r);
-static void req_acquire(struct relay_req *r);
-static void req_failover(struct relay_req *r, const char *why);
-static void txn_start(struct relay_req *r);
-static void bconn_close(struct bconn *b, int quit);
-static void bconn_release_ok(struct bconn *b);
-static void pool_kick(void *arg);
-static void rl_maybe_free(struct relay_loop *rl);
-static void body_fill(struct bconn *b);
-static void bconn_stage(struct bconn *b, enum bstate st, uint64_t ms);
-static void copy_str(char *dst, size_t dstlen, const char *src);
+static pthread_mutex_t dests_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct relay_dest *dests;
 
 /* ---- targets ------------------------------------------------------------ */
 
@@ -312,7 +196,7 @@ static struct relay_dest *dest_get(const char *target, const char **why)
 			break;
 	if (!d) {
 		d = xcalloc(1, sizeof(*d));
-		copy_str(d->name, sizeof(d->name), name);
+		relay_copy_str(d->name, sizeof(d->name), name);
 		d->sa = ss;
 		d->salen = sl;
 		atomic_init(&d->open, 0);
@@ -509,8 +393,8 @@ static void rl_maybe_free(struct relay_loop *rl)
 
 /* ---- small helpers ------------------------------------------------------ */
 
-/* copy_str - bounded copy, always terminated, truncating. */
-static void copy_str(char *dst, size_t dstlen, const char *src)
+/* relay_copy_str - bounded copy, always terminated, truncating. */
+void relay_copy_str(char *dst, size_t dstlen, const char *src)
 {
 	size_t n = strlen(src);
 
@@ -520,8 +404,8 @@ static void copy_str(char *dst, size_t dstlen, const char *src)
 	dst[n] = '\0';
 }
 
-/* remaining - ms left until the deadline, at most `stage`. */
-static uint64_t remaining(struct relay_req *r, uint64_t stage)
+/* req_remaining - ms left until the deadline, at most `stage`. */
+uint64_t req_remaining(struct relay_req *r, uint64_t stage)
 {
 	uint64_t now = ev_now(r->rl->loop);
 
@@ -530,8 +414,8 @@ static uint64_t remaining(struct relay_req *r, uint64_t stage)
 	return r->msg->deadline - now < stage ? r->msg->deadline - now : stage;
 }
 
-/* reply_format - "550 5.1.1 text" on one line, control bytes replaced. */
-static void reply_format(const struct smtp_reply *rep, char *out, size_t outlen)
+/* relay_reply_format - "550 5.1.1 text" on one line, control bytes replaced. */
+void relay_reply_format(const struct smtp_reply *rep, char *out, size_t outlen)
 {
 	int k = snprintf(out, outlen, "%d %s%s", rep->code, rep->enh,
 			 rep->enh[0] ? " " : "");
@@ -539,7 +423,7 @@ static void reply_format(const struct smtp_reply *rep, char *out, size_t outlen)
 
 	if (k < 0 || (size_t)k >= outlen)
 		k = 0;
-	copy_str(out + k, outlen - (size_t)k, rep->text);
+	relay_copy_str(out + k, outlen - (size_t)k, rep->text);
 	for (n = 0; out[n]; n++)
 		if ((unsigned char)out[n] < 0x20 || out[n] == 0x7f)
 			out[n] = ' ';
@@ -548,10 +432,10 @@ static void reply_format(const struct smtp_reply *rep, char *out, size_t outlen)
 		out[--n] = '\0';
 }
 
-/* queue_id_parse - best-effort backend queue id from a 250 text:
+/* relay_queue_id_parse - best-effort backend queue id from a 250 text:
  * Postfix "Ok: queued as X", Exchange "<id@host> Queued Mail for
  * delivery", Gmail "OK 1234 - gsmtp", else the last token with a digit. */
-static void queue_id_parse(const char *text, char *out, size_t outlen)
+void relay_queue_id_parse(const char *text, char *out, size_t outlen)
 {
 	const char *p, *best = NULL;
 	size_t n = 0;
@@ -588,8 +472,8 @@ static void queue_id_parse(const char *text, char *out, size_t outlen)
 	out[n] = '\0';
 }
 
-/* body_has_8bit - does the stored message hold a byte >= 0x80 (RFC 6152)? */
-static int body_has_8bit(struct relay_req *r)
+/* req_body_has_8bit - does the stored message hold a byte >= 0x80 (RFC 6152)? */
+int req_body_has_8bit(struct relay_req *r)
 {
 	struct spool *s = r->msg->body;
 	uint64_t off = 0, size = spool_size(s);
@@ -637,15 +521,13 @@ static int envelope_clean(const struct relay_msg *m)
 /* ---- requests: outcome -------------------------------------------------- */
 
 /* req_set - fill the result for the client. */
-static void req_set(struct relay_req *r, int code, const char *enh,
-		    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void req_set(struct relay_req *r, int code, const char *enh,
+void req_set(struct relay_req *r, int code, const char *enh,
 		    const char *fmt, ...)
 {
 	va_list ap;
 
 	r->res.code = code;
-	copy_str(r->res.enh, sizeof(r->res.enh), enh);
+	relay_copy_str(r->res.enh, sizeof(r->res.enh), enh);
 	va_start(ap, fmt);
 	vsnprintf(r->res.text, sizeof(r->res.text), fmt, ap);
 	va_end(ap);
@@ -654,7 +536,7 @@ static void req_set(struct relay_req *r, int code, const char *enh,
 /* req_pass_on - the backend's reply, for the client: its code and enhanced
  * code (added when missing), a 421 turned into 451 4.4.2 (421 obliges us
  * to close, which the client must not take as ours, RFC 5321 §3.8). */
-static void req_pass_on(struct relay_req *r, const struct smtp_reply *rep,
+void req_pass_on(struct relay_req *r, const struct smtp_reply *rep,
 			const char *said, const char *default_enh)
 {
 	char enh[16];
@@ -664,16 +546,16 @@ static void req_pass_on(struct relay_req *r, const struct smtp_reply *rep,
 		return;
 	}
 	if (rep->enh[0] && rep->enh[0] == '0' + rep->code / 100)
-		copy_str(enh, sizeof(enh), rep->enh);
+		relay_copy_str(enh, sizeof(enh), rep->enh);
 	else if (default_enh && default_enh[0] == '0' + rep->code / 100)
-		copy_str(enh, sizeof(enh), default_enh);
+		relay_copy_str(enh, sizeof(enh), default_enh);
 	else
 		snprintf(enh, sizeof(enh), "%d.0.0", rep->code / 100);
 	req_set(r, rep->code, enh, "backend %s said: %s", r->dest->name, said);
 }
 
 /* req_log - one line per delivery attempt outcome. */
-static void req_log(struct relay_req *r, const char *status, const char *reply)
+void req_log(struct relay_req *r, const char *status, const char *reply)
 {
 	uint64_t now = ev_now(r->rl->loop);
 
@@ -705,10 +587,10 @@ static void req_free(struct relay_req *r)
 
 /* req_finish - give the result to the session (the connection was already
  * detached or handed on) and free the request. */
-static void req_finish(struct relay_req *r)
+void req_finish(struct relay_req *r)
 {
 	if (r->res.backend[0] == '\0' && r->dest)
-		copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
+		relay_copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
 	stats_observe_since(SH_backend, r->t_attempt, ev_now(r->rl->loop));
 	r->in_done = 1;
 	r->done(r->arg, &r->res);
@@ -716,7 +598,7 @@ static void req_finish(struct relay_req *r)
 }
 
 /* req_fail - finish without a backend's verdict. */
-static void req_fail(struct relay_req *r, int code, const char *enh, const char *text)
+void req_fail(struct relay_req *r, int code, const char *enh, const char *text)
 {
 	req_set(r, code, enh, "%s", text);
 	req_log(r, "deferred", text);
@@ -725,7 +607,7 @@ static void req_fail(struct relay_req *r, int code, const char *enh, const char 
 
 /* req_detach - take the connection off the request: RSET and pool it
  * (release = 1), or close it. */
-static void req_detach(struct relay_req *r, int release)
+void req_detach(struct relay_req *r, int release)
 {
 	struct bconn *b = r->b;
 
@@ -750,7 +632,7 @@ static void req_detach(struct relay_req *r, int release)
 /* ---- backend connections ------------------------------------------------ */
 
 static void bconn_on_connect(void *arg);
-static void bconn_on_read(void *arg);
+void bconn_on_read(void *arg);
 static void bconn_on_drain(void *arg);
 static void bconn_on_error(void *arg, int err);
 static void bconn_timeout(void *arg);
@@ -763,7 +645,7 @@ static const struct conn_ops bconn_ops = {
 };
 
 /* bconn_stage - enter a state and arm its timer. */
-static void bconn_stage(struct bconn *b, enum bstate st, uint64_t ms)
+void bconn_stage(struct bconn *b, enum bstate st, uint64_t ms)
 {
 	b->state = st;
 	ev_timer_start(b->pool->rl->loop, &b->tmr, ms, bconn_timeout, b);
@@ -790,7 +672,7 @@ static void bconn_free(struct bconn *b)
  * known state (RFC 5321 §4.1.1.10), else drop it. The slot is given back
  * when the socket is closed (after the backend's close, for QUIT), so the
  * backend never sees more connections than the limit. */
-static void bconn_close(struct bconn *b, int quit)
+void bconn_close(struct bconn *b, int quit)
 {
 	struct relay_loop *rl = b->pool->rl;
 
@@ -812,7 +694,7 @@ static void bconn_close(struct bconn *b, int quit)
 
 /* bconn_release_ok - a clean connection: to a local waiter, else idle in
  * the pool; closed instead when another loop waits for a slot. */
-static void bconn_release_ok(struct bconn *b)
+void bconn_release_ok(struct bconn *b)
 {
 	struct pool *p = b->pool;
 	struct relay_loop *rl = p->rl;
@@ -846,7 +728,7 @@ static int bconn_open(struct pool *p, struct relay_req *r)
 {
 	struct relay_loop *rl = p->rl;
 	struct bconn *b = xcalloc(1, sizeof(*b));
-	uint64_t ms = remaining(r, (uint64_t)r->msg->conf->relay_connect_timeout);
+	uint64_t ms = req_remaining(r, (uint64_t)r->msg->conf->relay_connect_timeout);
 
 	b->pool = p;
 	b->slot = 1;
@@ -867,7 +749,7 @@ static int bconn_open(struct pool *p, struct relay_req *r)
 }
 
 /* bconn_fail - the connection failed (error, EOF, timeout, garbage). */
-static void bconn_fail(struct bconn *b, const char *why)
+void bconn_fail(struct bconn *b, const char *why)
 {
 	struct relay_req *r = b->req;
 	char text[400];
@@ -888,7 +770,7 @@ static void bconn_fail(struct bconn *b, const char *why)
 		req_finish(r);
 		return;
 	}
-	snprintf(text, sizeof(text), "%s at %s", why, bstate_name[b->state]);
+	snprintf(text, sizeof(text), "%s at %s", why, relay_bstate_name[b->state]);
 	/* A pooled connection the backend closed while idle shows up as an
 	 * error before its first reply: try the same backend again. */
 	if (b->ntxn > 1 && b->state == B_MAIL && r->nreplies == 0 &&
@@ -911,7 +793,7 @@ static void bconn_on_connect(void *arg)
 
 	conn_read_enable(b->c, 1);
 	stats_backend_connected(b->pool->dest->name, 1);
-	bconn_stage(b, B_GREET, r ? remaining(r, (uint64_t)r->msg->conf->relay_connect_timeout) : 1000);
+	bconn_stage(b, B_GREET, r ? req_remaining(r, (uint64_t)r->msg->conf->relay_connect_timeout) : 1000);
 }
 
 /* bconn_on_error - EOF, socket error or connect timeout from conn.c. */
@@ -929,7 +811,7 @@ static void bconn_on_error(void *arg, int err)
 	else if (err == ETIMEDOUT)
 		snprintf(why, sizeof(why), "timeout");
 	else
-		copy_str(why, sizeof(why), strerror(err));
+		relay_copy_str(why, sizeof(why), strerror(err));
 	if (b->state == B_CONNECT)
 		stats_backend_connected(b->pool->dest->name, 0);
 	bconn_fail(b, why);
@@ -954,494 +836,6 @@ static void bconn_on_drain(void *arg)
 
 	if (b->state == B_BODY && b->req)
 		body_fill(b);
-}
-
-/* ---- the transaction ---------------------------------------------------- */
-
-/* send_rcpt - RCPT TO with DSN parameters when offered (RFC 3461 §4). */
-static void send_rcpt(struct bconn *b, const struct relay_rcpt *rc)
-{
-	if (b->caps & SMTP_CAP_DSN)
-		conn_printf(b->c, "RCPT TO:<%s>%s%s%s%s\r\n", rc->addr,
-			    rc->notify ? " NOTIFY=" : "", rc->notify ? rc->notify : "",
-			    rc->orcpt ? " ORCPT=" : "", rc->orcpt ? rc->orcpt : "");
-	else
-		conn_printf(b->c, "RCPT TO:<%s>\r\n", rc->addr);
-}
-
-/* txn_start - replay the envelope on an attached, ready connection. */
-static void txn_start(struct relay_req *r)
-{
-	struct bconn *b = r->b;
-	const struct relay_msg *m = r->msg;
-	char size[40] = "";
-
-	r->nreplies = 0;
-	r->naccept = 0;
-	b->idle_ms = (uint64_t)m->conf->relay_idle_timeout;
-	r->first_refused = -1;
-	r->body_off = 0;
-	r->body_lstart = 1;
-	for (int i = 0; i < m->nrcpt; i++) {
-		m->rcpts[i].code = 0;
-		m->rcpts[i].reply[0] = '\0';
-	}
-	/* RFC 6531 §3.4: no SMTPUTF8 downgrade; the client must be told. */
-	if (m->smtputf8 && !(b->caps & SMTP_CAP_SMTPUTF8)) {
-		req_detach(r, 1);
-		req_set(r, 553, "5.6.7", "backend %s does not support SMTPUTF8",
-			r->dest->name);
-		req_log(r, "bounced", "no SMTPUTF8");
-		req_finish(r);
-		return;
-	}
-	/* RFC 6152 §3: 8-bit content only to a server that offers 8BITMIME. */
-	r->send_body8 = 0;
-	if (m->body_8bit) {
-		if (b->caps & SMTP_CAP_8BITMIME) {
-			r->send_body8 = 1;
-		} else {
-			if (r->has8bit < 0)
-				r->has8bit = body_has_8bit(r);
-			if (r->has8bit) {
-				req_detach(r, 1);
-				req_set(r, 554, "5.6.3",
-					"8-bit message, and backend %s does not support 8BITMIME",
-					r->dest->name);
-				req_log(r, "bounced", "no 8BITMIME");
-				req_finish(r);
-				return;
-			}
-		}
-	}
-	b->ntxn++;
-	if (b->caps & SMTP_CAP_SIZE) /* RFC 1870 §6 */
-		snprintf(size, sizeof(size), " SIZE=%llu", (unsigned long long)m->size);
-	conn_printf(b->c, "MAIL FROM:<%s>%s%s%s%s%s%s%s\r\n", m->sender, size,
-		    r->send_body8 ? " BODY=8BITMIME" : "",
-		    m->smtputf8 ? " SMTPUTF8" : "",
-		    (b->caps & SMTP_CAP_DSN) && m->ret ? " RET=" : "",
-		    (b->caps & SMTP_CAP_DSN) && m->ret ? m->ret : "",
-		    (b->caps & SMTP_CAP_DSN) && m->envid ? " ENVID=" : "",
-		    (b->caps & SMTP_CAP_DSN) && m->envid ? m->envid : "");
-	/* RFC 2920 §3.1: MAIL and RCPT may be grouped; DATA is sent only once
-	 * every RCPT reply is in, so a partly refused envelope never gets a
-	 * body. */
-	if (b->caps & SMTP_CAP_PIPELINING)
-		for (int i = 0; i < m->nrcpt; i++)
-			send_rcpt(b, &m->rcpts[i]);
-	bconn_stage(b, B_MAIL, remaining(r, (uint64_t)m->conf->relay_timeout));
-}
-
-/* body_fill - stream the stored body, dot-stuffed (RFC 5321 §4.5.2), keeping
- * about RELAY_WINDOW bytes queued; the final ".\r\n" goes with the last
- * chunk. Each refill re-arms the stage timer. */
-static void body_fill(struct bconn *b)
-{
-	struct relay_req *r = b->req;
-	struct spool *s = r->msg->body;
-	uint64_t size = spool_size(s);
-	const struct conf *cf = r->msg->conf;
-
-	if (!r->scratch)
-		r->scratch = xmalloc(3 * RELAY_CHUNK);
-	while (conn_wpending(b->c) < RELAY_WINDOW && r->body_off < size) {
-		const void *p;
-		size_t n = spool_peek(s, r->body_off, &p);
-
-		if (n == 0) {
-			ssize_t k = spool_read(s, r->body_off, r->scratch, RELAY_CHUNK);
-
-			if (k <= 0) {
-				req_detach(r, 0);
-				req_fail(r, 451, "4.3.0", "local error reading the stored message");
-				return;
-			}
-			p = r->scratch;
-			n = (size_t)k;
-		}
-		if (n > RELAY_CHUNK)
-			n = RELAY_CHUNK;
-		size_t out = smtp_dot_stuff(p, n, &r->body_lstart, r->scratch + RELAY_CHUNK);
-		conn_write(b->c, r->scratch + RELAY_CHUNK, out);
-		r->body_off += n;
-	}
-	if (r->body_off < size) {
-		bconn_stage(b, B_BODY, remaining(r, (uint64_t)cf->relay_timeout));
-		return;
-	}
-	/* The canonical body ends in CRLF; one that does not gets it, so the
-	 * dot is on a line of its own (RFC 5321 §4.1.1.4). */
-	if (!r->body_lstart)
-		conn_write(b->c, "\r\n.\r\n", 5);
-	else
-		conn_write(b->c, ".\r\n", 3);
-	bconn_stage(b, B_DOT, remaining(r, (uint64_t)cf->relay_data_done_timeout));
-}
-
-/* rcpts_done - every RCPT reply is in: DATA, or the verdict. */
-static void rcpts_done(struct bconn *b)
-{
-	struct relay_req *r = b->req;
-	struct relay_msg *m = r->msg;
-	const struct conf *cf = m->conf;
-
-	if (m->verify_only) {
-		/* A callout: the RCPT reply is the verdict; RSET and pool. */
-		if (r->naccept == m->nrcpt)
-			req_set(r, 250, "2.1.5", "recipient verified by backend %s", r->dest->name);
-		else
-			req_pass_on(r, &r->refusal, m->rcpts[0].reply, NULL);
-		req_detach(r, r->naccept == m->nrcpt || m->rcpts[0].code != 421);
-		req_finish(r);
-		return;
-	}
-	if (r->naccept == m->nrcpt) {
-		conn_write(b->c, "DATA\r\n", 6);
-		bconn_stage(b, B_DATA, remaining(r, (uint64_t)cf->relay_timeout));
-		return;
-	}
-	/* Refusals with 5xx are cached so the client's retry meets them at
-	 * RCPT (DESIGN.md "Replies"); 4xx ones may pass next time. */
-	for (int i = 0; i < m->nrcpt; i++)
-		if (m->rcpts[i].code >= 500)
-			verify_put(m->rcpts[i].addr, m->rcpts[i].code, m->rcpts[i].reply,
-				   (uint64_t)cf->relay_verify_negative_ttl);
-	if (r->naccept > 0) {
-		req_detach(r, 1);
-		req_set(r, 451, "4.5.0",
-			"some recipients were refused by backend %s; retry",
-			r->dest->name);
-		req_log(r, "deferred", "recipients partly refused");
-		req_finish(r);
-		return;
-	}
-	/* All refused: pass the first refusal on. */
-	struct relay_rcpt *rc = &m->rcpts[r->first_refused];
-	req_pass_on(r, &r->refusal, rc->reply, rc->code == 550 ? "5.1.1" : NULL);
-	copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), rc->reply);
-	req_detach(r, rc->code != 421);
-	req_log(r, rc->code >= 500 ? "bounced" : "deferred", rc->reply);
-	req_finish(r);
-}
-
-/* mail_refused - the MAIL reply was not 2xx (all replies consumed). */
-static void mail_refused(struct bconn *b)
-{
-	struct relay_req *r = b->req;
-	char why[600];
-
-	/* 5xx is the backend's verdict on the sender: pass it on. 4xx (421
-	 * too) says nothing about the message: another backend may take it. */
-	if (r->mail_rep.code >= 500) {
-		req_pass_on(r, &r->mail_rep, r->mail_said, NULL);
-		copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), r->mail_said);
-		req_detach(r, 1);
-		req_log(r, "bounced", r->mail_said);
-		req_finish(r);
-		return;
-	}
-	snprintf(why, sizeof(why), "MAIL FROM refused: %s", r->mail_said);
-	req_failover(r, why);
-}
-
-/* bconn_tls_begin - after EHLO: STARTTLS per relay_tls_security_level.
- * Returns 1 when STARTTLS was sent, 0 to go on in plaintext, -1 when the
- * request failed over. */
-static int bconn_tls_begin(struct bconn *b, struct relay_req *r)
-{
-	const struct conf *cf = r->msg->conf;
-	enum tls_level lv = tls_level_parse(cf->relay_tls_security_level);
-
-	if (lv == TLS_NONE)
-		return 0;
-	if (!(b->caps & SMTP_CAP_STARTTLS)) {
-		if (lv == TLS_MAY)
-			return 0;
-		req_failover(r, "STARTTLS not offered, and relay_tls_security_level requires TLS");
-		return -1;
-	}
-	conn_write(b->c, "STARTTLS\r\n", 10);
-	bconn_stage(b, B_STARTTLS, remaining(r, (uint64_t)cf->relay_timeout));
-	return 1;
-}
-
-/* bconn_tls_done - the handshake with the backend ended: EHLO again
- * (RFC 3207 §4.2: the server forgot everything), or fail over. */
-static void bconn_tls_done(void *arg, int ok, const char *why)
-{
-	struct bconn *b = arg;
-	struct relay_req *r = b->req;
-	char text[300];
-
-	if (!ok) {
-		int err = conn_tls_error(b->c);
-
-		log_info("%s: backend %s: TLS handshake failed: reason=%s (%s)",
-			 r && r->msg->id ? r->msg->id : "-", b->pool->dest->name,
-			 err ? tls_error_class(err) : "io", why);
-		tls_count(0, 0, err ? tls_error_class(err) : "io");
-		snprintf(text, sizeof(text), "TLS handshake failed: %s", why);
-		bconn_fail(b, text);
-		return;
-	}
-	b->tls = 1;
-	tls_count(0, 1, NULL);
-	conn_tls_describe(b->c, text, sizeof(text));
-	log_info("%s: backend %s: TLS established: %s", r && r->msg->id ? r->msg->id : "-",
-		 b->pool->dest->name, text);
-	if (!r) {
-		bconn_close(b, 0);
-		return;
-	}
-	conn_printf(b->c, "EHLO %s\r\n", r->msg->conf->myhostname[0] ? r->msg->conf->myhostname : "localhost");
-	bconn_stage(b, B_EHLO, remaining(r, (uint64_t)r->msg->conf->relay_timeout));
-}
-
-/* bconn_tls_reply - the reply to STARTTLS: start the handshake (anything
- * the backend sent after its 220 is dropped), go on in plaintext (may), or
- * fail over. Returns 0 to read on, -1 to stop reading. */
-static int bconn_tls_reply(struct bconn *b, struct relay_req *r, const struct smtp_reply *rep,
-			   const char *said)
-{
-	const struct conf *cf = r->msg->conf;
-	enum tls_level lv = tls_level_parse(cf->relay_tls_security_level);
-	char why[600];
-
-	if (rep->code != 220) {
-		if (lv == TLS_MAY) {
-			b->state = B_READY;
-			ev_timer_stop(r->rl->loop, &b->tmr);
-			txn_start(r);
-			return 0;
-		}
-		snprintf(why, sizeof(why), "STARTTLS: %s", said);
-		req_failover(r, why);
-		return -1;
-	}
-	if (lv == TLS_VERIFY && !cf->relay_tls_verify_name[0]) {
-		req_failover(r, "no name to verify the certificate against (set relay_tls_verify_name)");
-		return -1;
-	}
-	struct tls_client *tc = tls_client_acquire();
-
-	if (!tc) {
-		req_failover(r, "TLS is not configured");
-		return -1;
-	}
-	struct tls *t = tls_new_client(tc, lv == TLS_VERIFY ? TLS_VERIFY : TLS_ENCRYPT,
-				       cf->relay_tls_verify_name);
-
-	tls_client_release(tc);
-	bconn_stage(b, B_TLS, remaining(r, (uint64_t)cf->relay_timeout));
-	if (conn_starttls(b->c, t, bconn_tls_done) < 0) {
-		req_failover(r, "cannot start TLS");
-		return -1;
-	}
-	return -1;
-}
-
-/* txn_reply - one backend reply while attached. Returns -1 when b is gone. */
-static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *said)
-{
-	struct relay_req *r = b->req;
-	struct relay_msg *m = r->msg;
-	const struct conf *cf = m->conf;
-	char why[600];
-	int pipelined = (b->caps & SMTP_CAP_PIPELINING) != 0;
-
-	stats_backend_reply(bstate_name[b->state], rep->code);
-
-	switch (b->state) {
-	case B_GREET:
-		if (rep->code != 220) {
-			snprintf(why, sizeof(why), "greeting: %s", said);
-			req_failover(r, why);
-			return -1;
-		}
-		conn_printf(b->c, "EHLO %s\r\n", cf->myhostname[0] ? cf->myhostname : "localhost");
-		bconn_stage(b, B_EHLO, remaining(r, (uint64_t)cf->relay_timeout));
-		return 0;
-	case B_EHLO:
-		if (rep->code == 250) {
-			uint64_t maxsize; /* the backend's own SIZE check decides */
-			int t;
-
-			b->caps = smtp_ehlo_caps(rep, &maxsize);
-			if (!b->tls && (t = bconn_tls_begin(b, r)) != 0)
-				return t > 0 ? 0 : -1;
-			b->state = B_READY;
-			ev_timer_stop(r->rl->loop, &b->tmr);
-			txn_start(r);
-			return 0;
-		}
-		if (rep->code >= 500 && rep->code != 554) {
-			/* RFC 5321 §3.2: fall back to HELO. */
-			conn_printf(b->c, "HELO %s\r\n", cf->myhostname[0] ? cf->myhostname : "localhost");
-			bconn_stage(b, B_HELO, remaining(r, (uint64_t)cf->relay_timeout));
-			return 0;
-		}
-		snprintf(why, sizeof(why), "EHLO: %s", said);
-		req_failover(r, why);
-		return -1;
-	case B_STARTTLS:
-		return bconn_tls_reply(b, r, rep, said);
-	case B_HELO:
-		if (rep->code != 250) {
-			snprintf(why, sizeof(why), "HELO: %s", said);
-			req_failover(r, why);
-			return -1;
-		}
-		b->caps = 0;
-		b->state = B_READY;
-		ev_timer_stop(r->rl->loop, &b->tmr);
-		txn_start(r);
-		return 0;
-	case B_MAIL:
-		r->nreplies = 1;
-		r->mail_rep = *rep;
-		copy_str(r->mail_said, sizeof(r->mail_said), said);
-		if (pipelined && m->nrcpt > 0) {
-			bconn_stage(b, B_RCPT, remaining(r, (uint64_t)cf->relay_timeout));
-			return 0;
-		}
-		if (rep->code / 100 != 2) {
-			mail_refused(b);
-			return -1;
-		}
-		send_rcpt(b, &m->rcpts[0]);
-		bconn_stage(b, B_RCPT, remaining(r, (uint64_t)cf->relay_timeout));
-		return 0;
-	case B_RCPT: {
-		int i = r->nreplies - 1;
-
-		r->nreplies++;
-		if (rep->code == 421 && r->mail_rep.code / 100 == 2) {
-			/* RFC 5321 §3.8: the backend is closing; what it said
-			 * about the other recipients no longer counts. */
-			req_pass_on(r, rep, said, NULL);
-			copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
-			m->rcpts[i].code = rep->code;
-			copy_str(m->rcpts[i].reply, sizeof(m->rcpts[i].reply), said);
-			req_detach(r, 0);
-			req_log(r, "deferred", said);
-			req_finish(r);
-			return -1;
-		}
-		if (r->mail_rep.code / 100 == 2) {
-			struct relay_rcpt *rc = &m->rcpts[i];
-
-			rc->code = rep->code;
-			copy_str(rc->reply, sizeof(rc->reply), said);
-			if (rep->code / 100 == 2) {
-				r->naccept++;
-			} else if (r->first_refused < 0) {
-				r->first_refused = i;
-				r->refusal = *rep;
-			}
-		}
-		if (i + 1 < m->nrcpt) {
-			if (!pipelined)
-				send_rcpt(b, &m->rcpts[i + 1]);
-			bconn_stage(b, B_RCPT, remaining(r, (uint64_t)cf->relay_timeout));
-			return 0;
-		}
-		if (r->mail_rep.code / 100 != 2) {
-			mail_refused(b);
-			return -1;
-		}
-		rcpts_done(b);
-		return -1;
-	}
-	case B_DATA:
-		if (rep->code == 354) {
-			b->state = B_BODY;
-			body_fill(b);
-			return -1;
-		}
-		if (rep->code >= 500) {
-			req_pass_on(r, rep, said, NULL);
-			copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
-			req_detach(r, 1);
-			req_log(r, "bounced", said);
-			req_finish(r);
-			return -1;
-		}
-		snprintf(why, sizeof(why), "DATA: %s", said);
-		req_failover(r, why);
-		return -1;
-	case B_BODY:
-		/* A reply before the dot: the backend gave up on the body. */
-		snprintf(why, sizeof(why), "reply during the message body: %s", said);
-		req_failover(r, why);
-		return -1;
-	case B_DOT:
-		copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
-		if (rep->code / 100 == 2) {
-			queue_id_parse(rep->text, r->res.queue_id, sizeof(r->res.queue_id));
-			req_set(r, 250, "2.0.0", "Ok: queued as %s (backend %s said: %s)",
-				m->id ? m->id : "?", r->dest->name, said);
-			req_detach(r, 1);
-			req_log(r, "sent", said);
-			req_finish(r);
-			return -1;
-		}
-		req_pass_on(r, rep, said, NULL);
-		req_detach(r, rep->code != 421);
-		req_log(r, rep->code >= 500 ? "bounced" : "deferred", said);
-		req_finish(r);
-		return -1;
-	default:
-		bconn_fail(b, "unexpected reply");
-		return -1;
-	}
-}
-
-/* bconn_on_read - parse every complete reply buffered. */
-static void bconn_on_read(void *arg)
-{
-	struct bconn *b = arg;
-	struct smtp_reply rep;
-	char said[512];
-
-	for (;;) {
-		size_t len, used = 0;
-		const char *buf = conn_rbuf(b->c, &len);
-		enum parse_result pr;
-
-		if (len == 0)
-			return;
-		if (b->state == B_QUIT) {
-			conn_consume(b->c, len);
-			return;
-		}
-		smtp_reply_init(&rep);
-		pr = smtp_reply_feed(&rep, buf, len, &used);
-		if (pr == PARSE_AGAIN)
-			return;
-		if (pr != PARSE_OK) {
-			bconn_fail(b, "malformed reply");
-			return;
-		}
-		conn_consume(b->c, used);
-		reply_format(&rep, said, sizeof(said));
-		if (b->state == B_RSET) {
-			if (rep.code == 250) {
-				ev_timer_stop(b->pool->rl->loop, &b->tmr);
-				bconn_release_ok(b);
-				continue;
-			}
-			bconn_close(b, 0);
-			return;
-		}
-		if (!b->req || b->state == B_IDLE) {
-			/* Unsolicited (e.g. 421 on an idle connection): drop it. */
-			bconn_close(b, 0);
-			return;
-		}
-		if (txn_reply(b, &rep, said) < 0)
-			return;
-	}
 }
 
 /* ---- requests: routing and waiting -------------------------------------- */
@@ -1485,7 +879,7 @@ static void req_acquire(struct relay_req *r)
 	r->waiting = p;
 	stats_inc(ST_pool_waits);
 	ev_timer_start(rl->loop, &r->waitt,
-		       remaining(r, (uint64_t)r->msg->conf->relay_pool_wait),
+		       req_remaining(r, (uint64_t)r->msg->conf->relay_pool_wait),
 		       req_wait_timeout, r);
 }
 
@@ -1550,12 +944,12 @@ static void dest_post_cb(void *arg)
 
 /* req_failover - this backend failed before accepting the body: log, close,
  * and replay to the next one (DESIGN.md "Data integrity rules"). */
-static void req_failover(struct relay_req *r, const char *why)
+void req_failover(struct relay_req *r, const char *why)
 {
 	snprintf(r->last_error, sizeof(r->last_error), "backend %s: %s",
 		 r->dest->name, why);
-	copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
-	copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), why);
+	relay_copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
+	relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), why);
 	req_log(r, "failover", why);
 	req_detach(r, 0);
 	req_next_target(r);

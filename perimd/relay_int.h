@@ -1,0 +1,165 @@
+/*
+ * relay_int.h - what relay.c (targets, pools, requests, failover) and
+ * relay_smtp.c (the SMTP dialogue with one backend connection) share.
+ * Internal to those two files; everyone else uses relay.h.
+ */
+#ifndef PERIMD_RELAY_INT_H
+#define PERIMD_RELAY_INT_H
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include "ev.h"
+#include "relay.h"
+#include "smtp_proto.h"
+
+#define RELAY_WINDOW (64 * 1024)   /* body bytes kept in the output buffer */
+#define RELAY_CHUNK (16 * 1024)    /* body bytes read per step */
+#define RELAY_STALE_RETRIES 2      /* reused connections found dead */
+
+/* ---- process-wide backend table ----------------------------------------- */
+
+struct dest_loop {
+	struct ev_loop *loop;
+	int waiting;                  /* requests waiting for a slot there */
+	int idle;                     /* idle pooled connections there */
+};
+
+struct relay_dest {
+	struct relay_dest *next;
+	char name[INET6_ADDRSTRLEN + 16]; /* "10.1.1.5:25", "[::1]:25" */
+	struct sockaddr_storage sa;
+	socklen_t salen;
+	atomic_int open;              /* connections holding a slot */
+	atomic_int limit;             /* relay_destination_concurrency_limit */
+	pthread_mutex_t mu;           /* guards loops[] */
+	struct dest_loop *loops;
+	int nloops, caploops;
+};
+
+
+/* ---- per-loop state ----------------------------------------------------- */
+
+struct bconn;
+TAILQ_HEAD(bconn_list, bconn);
+TAILQ_HEAD(req_list, relay_req);
+
+struct pool {
+	struct pool *next;
+	struct relay_loop *rl;
+	struct relay_dest *dest;
+	struct bconn_list idle;       /* most recently used first */
+	struct req_list waiters;      /* oldest first */
+	struct ev_defer kick;
+};
+
+struct relay_loop {
+	struct ev_loop *loop;
+	struct pool *pools;
+	int nconn;                    /* bconns alive on this loop */
+	int nreq;                     /* requests alive on this loop */
+	int shutdown;
+};
+
+enum bstate {
+	B_CONNECT,   /* TCP connect in progress */
+	B_GREET,     /* waiting for 220 */
+	B_EHLO,      /* waiting for the EHLO reply */
+	B_HELO,      /* waiting for the HELO reply (EHLO refused) */
+	B_STARTTLS,  /* waiting for the reply to STARTTLS */
+	B_TLS,       /* TLS handshake */
+	B_READY,     /* attached, between transactions */
+	B_MAIL,      /* waiting for the MAIL reply */
+	B_RCPT,      /* waiting for RCPT replies */
+	B_DATA,      /* waiting for 354 */
+	B_BODY,      /* sending the body */
+	B_DOT,       /* waiting for the reply to the final dot */
+	B_RSET,      /* unattached, waiting for 250 to RSET */
+	B_IDLE,      /* unattached, in the pool */
+	B_QUIT       /* closing */
+};
+
+/* bstate names for logs and metrics (relay.c) */
+extern const char *const relay_bstate_name[];
+
+struct bconn {
+	TAILQ_ENTRY(bconn) link;      /* in pool->idle while B_IDLE */
+	struct pool *pool;
+	struct conn *c;
+	struct relay_req *req;
+	enum bstate state;
+	unsigned caps;
+	int tls;                      /* STARTTLS done (RFC 3207) */
+	int ntxn;                     /* transactions started on it */
+	int slot;                     /* holds one of dest->open */
+	uint64_t idle_ms;             /* relay_idle_timeout of its last user */
+	struct ev_timer tmr;          /* stage or idle timer */
+};
+
+struct relay_req {
+	TAILQ_ENTRY(relay_req) wlink; /* in pool->waiters */
+	struct relay_loop *rl;
+	struct relay_msg *msg;
+	relay_done_fn *done;
+	void *arg;
+	struct ev_defer startd;
+	struct ev_timer waitt;        /* pool wait */
+	struct pool *waiting;         /* the pool whose waiters hold us */
+	struct bconn *b;
+	struct relay_dest *dest;
+	int target;                   /* index in msg->backends */
+	int stale;                    /* retries after a dead reused conn */
+	int has8bit;                  /* -1 unknown, else body has 8-bit bytes */
+	int send_body8;               /* BODY=8BITMIME goes with MAIL */
+	/* the current transaction */
+	int nreplies;                 /* MAIL + RCPT replies received */
+	struct smtp_reply mail_rep;   /* the reply to MAIL */
+	char mail_said[512];
+	struct smtp_reply refusal;    /* the first refused RCPT's reply */
+	int naccept, first_refused;
+	uint64_t body_off;
+	int body_lstart;
+	char *scratch;                /* RELAY_CHUNK in + 2 * RELAY_CHUNK out */
+	uint64_t t_start, t_attempt;
+	char last_error[300];
+	int in_done;
+	struct dnsmx_req *mxq;        /* a host-name backend being resolved */
+	struct dnsmx_list *mx;        /* its addresses, tried before the next entry */
+	int mxi;
+	struct relay_result res;
+};
+
+/* ---- relay.c, for relay_smtp.c ------------------------------------------ */
+
+void bconn_close(struct bconn *b, int quit);
+void bconn_fail(struct bconn *b, const char *why);
+void bconn_release_ok(struct bconn *b);
+void bconn_stage(struct bconn *b, enum bstate st, uint64_t ms);
+int req_body_has_8bit(struct relay_req *r);
+void relay_copy_str(char *dst, size_t dstlen, const char *src);
+void relay_queue_id_parse(const char *text, char *out, size_t outlen);
+uint64_t req_remaining(struct relay_req *r, uint64_t stage);
+void relay_reply_format(const struct smtp_reply *rep, char *out, size_t outlen);
+void req_detach(struct relay_req *r, int release);
+void req_fail(struct relay_req *r, int code, const char *enh, const char *text);
+void req_failover(struct relay_req *r, const char *why);
+void req_finish(struct relay_req *r);
+void req_log(struct relay_req *r, const char *status, const char *reply);
+void req_pass_on(struct relay_req *r, const struct smtp_reply *rep, const char *said, const char *default_enh);
+void req_set(struct relay_req *r, int code, const char *enh, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/* ---- relay_smtp.c, for relay.c ------------------------------------------ */
+
+/* txn_start - replay the envelope on an attached, ready connection. */
+void txn_start(struct relay_req *r);
+/* body_fill - keep the body flowing (on_drain of a connection in B_BODY). */
+void body_fill(struct bconn *b);
+/* bconn_on_read - backend replies, by connection state (conn on_read). */
+void bconn_on_read(void *arg);
+
+#endif

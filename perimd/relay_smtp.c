@@ -1,0 +1,517 @@
+/*
+ * relay_smtp.c - the SMTP dialogue with one backend connection: the
+ * envelope replayed (pipelined when offered), the body streamed
+ * dot-stuffed, STARTTLS on the way, and each reply turned into the next
+ * step or the request's outcome. Routing, pools and failover are relay.c's
+ * (relay_int.h is what the two share).
+ *
+ * Invariants (see also relay.c):
+ * - Every reply is read in the state that asked for it; an unexpected one
+ *   puts the connection in an unknown state, so it is closed, not pooled.
+ * - The body is sent only after every RCPT reply is in, so a partly
+ *   refused envelope never gets a body; once the final dot is written the
+ *   message is never replayed.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "conf.h"
+#include "conn.h"
+#include "log.h"
+#include "relay_int.h"
+#include "smtp_proto.h"
+#include "spool.h"
+#include "stats.h"
+#include "tls.h"
+#include "verify.h"
+
+/* ---- the transaction ---------------------------------------------------- */
+
+/* send_rcpt - RCPT TO with DSN parameters when offered (RFC 3461 §4). */
+static void send_rcpt(struct bconn *b, const struct relay_rcpt *rc)
+{
+	if (b->caps & SMTP_CAP_DSN)
+		conn_printf(b->c, "RCPT TO:<%s>%s%s%s%s\r\n", rc->addr,
+			    rc->notify ? " NOTIFY=" : "", rc->notify ? rc->notify : "",
+			    rc->orcpt ? " ORCPT=" : "", rc->orcpt ? rc->orcpt : "");
+	else
+		conn_printf(b->c, "RCPT TO:<%s>\r\n", rc->addr);
+}
+
+/* txn_start - replay the envelope on an attached, ready connection. */
+void txn_start(struct relay_req *r)
+{
+	struct bconn *b = r->b;
+	const struct relay_msg *m = r->msg;
+	char size[40] = "";
+
+	r->nreplies = 0;
+	r->naccept = 0;
+	b->idle_ms = (uint64_t)m->conf->relay_idle_timeout;
+	r->first_refused = -1;
+	r->body_off = 0;
+	r->body_lstart = 1;
+	for (int i = 0; i < m->nrcpt; i++) {
+		m->rcpts[i].code = 0;
+		m->rcpts[i].reply[0] = '\0';
+	}
+	/* RFC 6531 §3.4: no SMTPUTF8 downgrade; the client must be told. */
+	if (m->smtputf8 && !(b->caps & SMTP_CAP_SMTPUTF8)) {
+		req_detach(r, 1);
+		req_set(r, 553, "5.6.7", "backend %s does not support SMTPUTF8",
+			r->dest->name);
+		req_log(r, "bounced", "no SMTPUTF8");
+		req_finish(r);
+		return;
+	}
+	/* RFC 6152 §3: 8-bit content only to a server that offers 8BITMIME. */
+	r->send_body8 = 0;
+	if (m->body_8bit) {
+		if (b->caps & SMTP_CAP_8BITMIME) {
+			r->send_body8 = 1;
+		} else {
+			if (r->has8bit < 0)
+				r->has8bit = req_body_has_8bit(r);
+			if (r->has8bit) {
+				req_detach(r, 1);
+				req_set(r, 554, "5.6.3",
+					"8-bit message, and backend %s does not support 8BITMIME",
+					r->dest->name);
+				req_log(r, "bounced", "no 8BITMIME");
+				req_finish(r);
+				return;
+			}
+		}
+	}
+	b->ntxn++;
+	if (b->caps & SMTP_CAP_SIZE) /* RFC 1870 §6 */
+		snprintf(size, sizeof(size), " SIZE=%llu", (unsigned long long)m->size);
+	conn_printf(b->c, "MAIL FROM:<%s>%s%s%s%s%s%s%s\r\n", m->sender, size,
+		    r->send_body8 ? " BODY=8BITMIME" : "",
+		    m->smtputf8 ? " SMTPUTF8" : "",
+		    (b->caps & SMTP_CAP_DSN) && m->ret ? " RET=" : "",
+		    (b->caps & SMTP_CAP_DSN) && m->ret ? m->ret : "",
+		    (b->caps & SMTP_CAP_DSN) && m->envid ? " ENVID=" : "",
+		    (b->caps & SMTP_CAP_DSN) && m->envid ? m->envid : "");
+	/* RFC 2920 §3.1: MAIL and RCPT may be grouped; DATA is sent only once
+	 * every RCPT reply is in, so a partly refused envelope never gets a
+	 * body. */
+	if (b->caps & SMTP_CAP_PIPELINING)
+		for (int i = 0; i < m->nrcpt; i++)
+			send_rcpt(b, &m->rcpts[i]);
+	bconn_stage(b, B_MAIL, req_remaining(r, (uint64_t)m->conf->relay_timeout));
+}
+
+/* body_fill - stream the stored body, dot-stuffed (RFC 5321 §4.5.2), keeping
+ * about RELAY_WINDOW bytes queued; the final ".\r\n" goes with the last
+ * chunk. Each refill re-arms the stage timer. */
+void body_fill(struct bconn *b)
+{
+	struct relay_req *r = b->req;
+	struct spool *s = r->msg->body;
+	uint64_t size = spool_size(s);
+	const struct conf *cf = r->msg->conf;
+
+	if (!r->scratch)
+		r->scratch = xmalloc(3 * RELAY_CHUNK);
+	while (conn_wpending(b->c) < RELAY_WINDOW && r->body_off < size) {
+		const void *p;
+		size_t n = spool_peek(s, r->body_off, &p);
+
+		if (n == 0) {
+			ssize_t k = spool_read(s, r->body_off, r->scratch, RELAY_CHUNK);
+
+			if (k <= 0) {
+				req_detach(r, 0);
+				req_fail(r, 451, "4.3.0", "local error reading the stored message");
+				return;
+			}
+			p = r->scratch;
+			n = (size_t)k;
+		}
+		if (n > RELAY_CHUNK)
+			n = RELAY_CHUNK;
+		size_t out = smtp_dot_stuff(p, n, &r->body_lstart, r->scratch + RELAY_CHUNK);
+		conn_write(b->c, r->scratch + RELAY_CHUNK, out);
+		r->body_off += n;
+	}
+	if (r->body_off < size) {
+		bconn_stage(b, B_BODY, req_remaining(r, (uint64_t)cf->relay_timeout));
+		return;
+	}
+	/* The canonical body ends in CRLF; one that does not gets it, so the
+	 * dot is on a line of its own (RFC 5321 §4.1.1.4). */
+	if (!r->body_lstart)
+		conn_write(b->c, "\r\n.\r\n", 5);
+	else
+		conn_write(b->c, ".\r\n", 3);
+	bconn_stage(b, B_DOT, req_remaining(r, (uint64_t)cf->relay_data_done_timeout));
+}
+
+/* rcpts_done - every RCPT reply is in: DATA, or the verdict. */
+static void rcpts_done(struct bconn *b)
+{
+	struct relay_req *r = b->req;
+	struct relay_msg *m = r->msg;
+	const struct conf *cf = m->conf;
+
+	if (m->verify_only) {
+		/* A callout: the RCPT reply is the verdict; RSET and pool. */
+		if (r->naccept == m->nrcpt)
+			req_set(r, 250, "2.1.5", "recipient verified by backend %s", r->dest->name);
+		else
+			req_pass_on(r, &r->refusal, m->rcpts[0].reply, NULL);
+		req_detach(r, r->naccept == m->nrcpt || m->rcpts[0].code != 421);
+		req_finish(r);
+		return;
+	}
+	if (r->naccept == m->nrcpt) {
+		conn_write(b->c, "DATA\r\n", 6);
+		bconn_stage(b, B_DATA, req_remaining(r, (uint64_t)cf->relay_timeout));
+		return;
+	}
+	/* Refusals with 5xx are cached so the client's retry meets them at
+	 * RCPT (DESIGN.md "Replies"); 4xx ones may pass next time. */
+	for (int i = 0; i < m->nrcpt; i++)
+		if (m->rcpts[i].code >= 500)
+			verify_put(m->rcpts[i].addr, m->rcpts[i].code, m->rcpts[i].reply,
+				   (uint64_t)cf->relay_verify_negative_ttl);
+	if (r->naccept > 0) {
+		req_detach(r, 1);
+		req_set(r, 451, "4.5.0",
+			"some recipients were refused by backend %s; retry",
+			r->dest->name);
+		req_log(r, "deferred", "recipients partly refused");
+		req_finish(r);
+		return;
+	}
+	/* All refused: pass the first refusal on. */
+	struct relay_rcpt *rc = &m->rcpts[r->first_refused];
+	req_pass_on(r, &r->refusal, rc->reply, rc->code == 550 ? "5.1.1" : NULL);
+	relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), rc->reply);
+	req_detach(r, rc->code != 421);
+	req_log(r, rc->code >= 500 ? "bounced" : "deferred", rc->reply);
+	req_finish(r);
+}
+
+/* mail_refused - the MAIL reply was not 2xx (all replies consumed). */
+static void mail_refused(struct bconn *b)
+{
+	struct relay_req *r = b->req;
+	char why[600];
+
+	/* 5xx is the backend's verdict on the sender: pass it on. 4xx (421
+	 * too) says nothing about the message: another backend may take it. */
+	if (r->mail_rep.code >= 500) {
+		req_pass_on(r, &r->mail_rep, r->mail_said, NULL);
+		relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), r->mail_said);
+		req_detach(r, 1);
+		req_log(r, "bounced", r->mail_said);
+		req_finish(r);
+		return;
+	}
+	snprintf(why, sizeof(why), "MAIL FROM refused: %s", r->mail_said);
+	req_failover(r, why);
+}
+
+/* bconn_tls_begin - after EHLO: STARTTLS per relay_tls_security_level.
+ * Returns 1 when STARTTLS was sent, 0 to go on in plaintext, -1 when the
+ * request failed over. */
+static int bconn_tls_begin(struct bconn *b, struct relay_req *r)
+{
+	const struct conf *cf = r->msg->conf;
+	enum tls_level lv = tls_level_parse(cf->relay_tls_security_level);
+
+	if (lv == TLS_NONE)
+		return 0;
+	if (!(b->caps & SMTP_CAP_STARTTLS)) {
+		if (lv == TLS_MAY)
+			return 0;
+		req_failover(r, "STARTTLS not offered, and relay_tls_security_level requires TLS");
+		return -1;
+	}
+	conn_write(b->c, "STARTTLS\r\n", 10);
+	bconn_stage(b, B_STARTTLS, req_remaining(r, (uint64_t)cf->relay_timeout));
+	return 1;
+}
+
+/* bconn_tls_done - the handshake with the backend ended: EHLO again
+ * (RFC 3207 §4.2: the server forgot everything), or fail over. */
+static void bconn_tls_done(void *arg, int ok, const char *why)
+{
+	struct bconn *b = arg;
+	struct relay_req *r = b->req;
+	char text[300];
+
+	if (!ok) {
+		int err = conn_tls_error(b->c);
+
+		log_info("%s: backend %s: TLS handshake failed: reason=%s (%s)",
+			 r && r->msg->id ? r->msg->id : "-", b->pool->dest->name,
+			 err ? tls_error_class(err) : "io", why);
+		tls_count(0, 0, err ? tls_error_class(err) : "io");
+		snprintf(text, sizeof(text), "TLS handshake failed: %s", why);
+		bconn_fail(b, text);
+		return;
+	}
+	b->tls = 1;
+	tls_count(0, 1, NULL);
+	conn_tls_describe(b->c, text, sizeof(text));
+	log_info("%s: backend %s: TLS established: %s", r && r->msg->id ? r->msg->id : "-",
+		 b->pool->dest->name, text);
+	if (!r) {
+		bconn_close(b, 0);
+		return;
+	}
+	conn_printf(b->c, "EHLO %s\r\n", r->msg->conf->myhostname[0] ? r->msg->conf->myhostname : "localhost");
+	bconn_stage(b, B_EHLO, req_remaining(r, (uint64_t)r->msg->conf->relay_timeout));
+}
+
+/* bconn_tls_reply - the reply to STARTTLS: start the handshake (anything
+ * the backend sent after its 220 is dropped), go on in plaintext (may), or
+ * fail over. Returns 0 to read on, -1 to stop reading. */
+static int bconn_tls_reply(struct bconn *b, struct relay_req *r, const struct smtp_reply *rep,
+			   const char *said)
+{
+	const struct conf *cf = r->msg->conf;
+	enum tls_level lv = tls_level_parse(cf->relay_tls_security_level);
+	char why[600];
+
+	if (rep->code != 220) {
+		if (lv == TLS_MAY) {
+			b->state = B_READY;
+			ev_timer_stop(r->rl->loop, &b->tmr);
+			txn_start(r);
+			return 0;
+		}
+		snprintf(why, sizeof(why), "STARTTLS: %s", said);
+		req_failover(r, why);
+		return -1;
+	}
+	if (lv == TLS_VERIFY && !cf->relay_tls_verify_name[0]) {
+		req_failover(r, "no name to verify the certificate against (set relay_tls_verify_name)");
+		return -1;
+	}
+	struct tls_client *tc = tls_client_acquire();
+
+	if (!tc) {
+		req_failover(r, "TLS is not configured");
+		return -1;
+	}
+	struct tls *t = tls_new_client(tc, lv == TLS_VERIFY ? TLS_VERIFY : TLS_ENCRYPT,
+				       cf->relay_tls_verify_name);
+
+	tls_client_release(tc);
+	bconn_stage(b, B_TLS, req_remaining(r, (uint64_t)cf->relay_timeout));
+	if (conn_starttls(b->c, t, bconn_tls_done) < 0) {
+		req_failover(r, "cannot start TLS");
+		return -1;
+	}
+	return -1;
+}
+
+/* txn_reply - one backend reply while attached. Returns -1 when b is gone. */
+static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *said)
+{
+	struct relay_req *r = b->req;
+	struct relay_msg *m = r->msg;
+	const struct conf *cf = m->conf;
+	char why[600];
+	int pipelined = (b->caps & SMTP_CAP_PIPELINING) != 0;
+
+	stats_backend_reply(relay_bstate_name[b->state], rep->code);
+
+	switch (b->state) {
+	case B_GREET:
+		if (rep->code != 220) {
+			snprintf(why, sizeof(why), "greeting: %s", said);
+			req_failover(r, why);
+			return -1;
+		}
+		conn_printf(b->c, "EHLO %s\r\n", cf->myhostname[0] ? cf->myhostname : "localhost");
+		bconn_stage(b, B_EHLO, req_remaining(r, (uint64_t)cf->relay_timeout));
+		return 0;
+	case B_EHLO:
+		if (rep->code == 250) {
+			uint64_t maxsize; /* the backend's own SIZE check decides */
+			int t;
+
+			b->caps = smtp_ehlo_caps(rep, &maxsize);
+			if (!b->tls && (t = bconn_tls_begin(b, r)) != 0)
+				return t > 0 ? 0 : -1;
+			b->state = B_READY;
+			ev_timer_stop(r->rl->loop, &b->tmr);
+			txn_start(r);
+			return 0;
+		}
+		if (rep->code >= 500 && rep->code != 554) {
+			/* RFC 5321 §3.2: fall back to HELO. */
+			conn_printf(b->c, "HELO %s\r\n", cf->myhostname[0] ? cf->myhostname : "localhost");
+			bconn_stage(b, B_HELO, req_remaining(r, (uint64_t)cf->relay_timeout));
+			return 0;
+		}
+		snprintf(why, sizeof(why), "EHLO: %s", said);
+		req_failover(r, why);
+		return -1;
+	case B_STARTTLS:
+		return bconn_tls_reply(b, r, rep, said);
+	case B_HELO:
+		if (rep->code != 250) {
+			snprintf(why, sizeof(why), "HELO: %s", said);
+			req_failover(r, why);
+			return -1;
+		}
+		b->caps = 0;
+		b->state = B_READY;
+		ev_timer_stop(r->rl->loop, &b->tmr);
+		txn_start(r);
+		return 0;
+	case B_MAIL:
+		r->nreplies = 1;
+		r->mail_rep = *rep;
+		relay_copy_str(r->mail_said, sizeof(r->mail_said), said);
+		if (pipelined && m->nrcpt > 0) {
+			bconn_stage(b, B_RCPT, req_remaining(r, (uint64_t)cf->relay_timeout));
+			return 0;
+		}
+		if (rep->code / 100 != 2) {
+			mail_refused(b);
+			return -1;
+		}
+		send_rcpt(b, &m->rcpts[0]);
+		bconn_stage(b, B_RCPT, req_remaining(r, (uint64_t)cf->relay_timeout));
+		return 0;
+	case B_RCPT: {
+		int i = r->nreplies - 1;
+
+		r->nreplies++;
+		if (rep->code == 421 && r->mail_rep.code / 100 == 2) {
+			/* RFC 5321 §3.8: the backend is closing; what it said
+			 * about the other recipients no longer counts. */
+			req_pass_on(r, rep, said, NULL);
+			relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
+			m->rcpts[i].code = rep->code;
+			relay_copy_str(m->rcpts[i].reply, sizeof(m->rcpts[i].reply), said);
+			req_detach(r, 0);
+			req_log(r, "deferred", said);
+			req_finish(r);
+			return -1;
+		}
+		if (r->mail_rep.code / 100 == 2) {
+			struct relay_rcpt *rc = &m->rcpts[i];
+
+			rc->code = rep->code;
+			relay_copy_str(rc->reply, sizeof(rc->reply), said);
+			if (rep->code / 100 == 2) {
+				r->naccept++;
+			} else if (r->first_refused < 0) {
+				r->first_refused = i;
+				r->refusal = *rep;
+			}
+		}
+		if (i + 1 < m->nrcpt) {
+			if (!pipelined)
+				send_rcpt(b, &m->rcpts[i + 1]);
+			bconn_stage(b, B_RCPT, req_remaining(r, (uint64_t)cf->relay_timeout));
+			return 0;
+		}
+		if (r->mail_rep.code / 100 != 2) {
+			mail_refused(b);
+			return -1;
+		}
+		rcpts_done(b);
+		return -1;
+	}
+	case B_DATA:
+		if (rep->code == 354) {
+			b->state = B_BODY;
+			body_fill(b);
+			return -1;
+		}
+		if (rep->code >= 500) {
+			req_pass_on(r, rep, said, NULL);
+			relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
+			req_detach(r, 1);
+			req_log(r, "bounced", said);
+			req_finish(r);
+			return -1;
+		}
+		snprintf(why, sizeof(why), "DATA: %s", said);
+		req_failover(r, why);
+		return -1;
+	case B_BODY:
+		/* A reply before the dot: the backend gave up on the body. */
+		snprintf(why, sizeof(why), "reply during the message body: %s", said);
+		req_failover(r, why);
+		return -1;
+	case B_DOT:
+		relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
+		if (rep->code / 100 == 2) {
+			relay_queue_id_parse(rep->text, r->res.queue_id, sizeof(r->res.queue_id));
+			req_set(r, 250, "2.0.0", "Ok: queued as %s (backend %s said: %s)",
+				m->id ? m->id : "?", r->dest->name, said);
+			req_detach(r, 1);
+			req_log(r, "sent", said);
+			req_finish(r);
+			return -1;
+		}
+		req_pass_on(r, rep, said, NULL);
+		req_detach(r, rep->code != 421);
+		req_log(r, rep->code >= 500 ? "bounced" : "deferred", said);
+		req_finish(r);
+		return -1;
+	default:
+		bconn_fail(b, "unexpected reply");
+		return -1;
+	}
+}
+
+/* bconn_on_read - parse every complete reply buffered. */
+void bconn_on_read(void *arg)
+{
+	struct bconn *b = arg;
+	struct smtp_reply rep;
+	char said[512];
+
+	for (;;) {
+		size_t len, used = 0;
+		const char *buf = conn_rbuf(b->c, &len);
+		enum parse_result pr;
+
+		if (len == 0)
+			return;
+		if (b->state == B_QUIT) {
+			conn_consume(b->c, len);
+			return;
+		}
+		smtp_reply_init(&rep);
+		pr = smtp_reply_feed(&rep, buf, len, &used);
+		if (pr == PARSE_AGAIN)
+			return;
+		if (pr != PARSE_OK) {
+			bconn_fail(b, "malformed reply");
+			return;
+		}
+		conn_consume(b->c, used);
+		relay_reply_format(&rep, said, sizeof(said));
+		if (b->state == B_RSET) {
+			if (rep.code == 250) {
+				ev_timer_stop(b->pool->rl->loop, &b->tmr);
+				bconn_release_ok(b);
+				continue;
+			}
+			bconn_close(b, 0);
+			return;
+		}
+		if (!b->req || b->state == B_IDLE) {
+			/* Unsolicited (e.g. 421 on an idle connection): drop it. */
+			bconn_close(b, 0);
+			return;
+		}
+		if (txn_reply(b, &rep, said) < 0)
+			return;
+	}
+}
+
