@@ -1,0 +1,145 @@
+/*
+ * smtpd_int.h - what smtpd.c (the session: connection, replies, HELO,
+ * STARTTLS and the other commands, dispatch, accept) and smtpd_txn.c (the
+ * mail transaction: MAIL, RCPT with its asynchronous policy verdicts,
+ * DATA, the scan and the relay) share. Internal to those two files;
+ * everyone else uses smtpd.h.
+ */
+#ifndef PERIMD_SMTPD_INT_H
+#define PERIMD_SMTPD_INT_H
+
+#include <arpa/inet.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "conf.h"
+#include "ev.h"
+#include "policy.h"
+#include "relay.h"
+#include "smtp_proto.h"
+
+#define DATA_CHUNK (64 * 1024)
+#define WBACKLOG_MAX (64 * 1024)
+#define RELAY_DEADLINE_MS (9 * 60 * 1000)   /* RFC 5321 §4.5.3.2.6 gives 10 */
+#define MAX_RECEIVED 50
+/* A command "line" that never ends is garbage, not a command: each further
+ * SKIP_ERROR_BYTES of it counts as one more error, so the hard error limit
+ * ends the session (legitimate over-long lines get exactly one reply). */
+#define SKIP_ERROR_BYTES (64 * 1024)
+
+enum sstate { ST_CMD, ST_DATA, ST_BUSY, ST_CLOSING, ST_PROXY, ST_GREET };
+enum data_err { DE_NONE, DE_TOO_BIG, DE_SPOOL_FULL, DE_IO };
+
+struct smtpd_loop;
+
+struct listener {
+	struct ev_io io;
+	struct ev_timer retry;
+	struct smtpd_loop *sl;
+	int fd;
+};
+
+struct smtpd_loop {
+	struct ev_loop *loop;
+	struct listener *lis;
+	int nlis;
+	struct session *sessions;
+	int nsessions;
+	int draining;
+	struct ev_timer drain_timer;
+};
+
+struct rcpt {
+	char *addr;
+	char *notify;
+	char *orcpt;
+};
+
+/* A recipient between RCPT and its verdict (checks may be asynchronous). */
+struct rcpt_pending {
+	char *addr, *local, *domain, *notify, *orcpt, *route;
+	struct policy_env env;
+	struct policy_req *req;
+};
+
+struct session {
+	struct session *next, *prev;
+	struct smtpd_loop *sl;
+	struct ev_loop *loop;
+	struct conn *conn;
+	struct policy *pol;
+	const struct conf *cf;
+	char id[16];
+	char addr[INET6_ADDRSTRLEN];
+	char *helo;
+	unsigned esmtp : 1;
+	unsigned skip_line : 1;     /* discarding an over-long command line */
+	size_t skipped;             /* bytes of it discarded since its last error */
+	unsigned wblocked : 1;      /* paused until replies drain */
+	unsigned counted : 1;       /* in climit */
+	unsigned tls : 1;           /* STARTTLS done (RFC 3207) */
+	unsigned need_ehlo : 1;     /* after STARTTLS, until HELO/EHLO */
+	enum sstate state;
+	int errors;
+	unsigned ncmds, nmsgs;
+	struct ev_timer tarpit;
+	char *pending;              /* error reply held by the tarpit */
+	int pending_close;
+
+	/* transaction */
+	unsigned in_mail : 1;
+	unsigned rcpt_tried : 1;    /* a RCPT was sent, accepted or not */
+	unsigned body8 : 1;
+	unsigned smtputf8 : 1;
+	unsigned grey_pass : 1;     /* a recipient passed greylisting (grey.h) */
+	char *sender;
+	char *ret, *envid;
+	struct rcpt *rcpts;
+	int nrcpt, caprcpt;
+	long long overshoot;        /* RCPTs refused for smtpd_recipient_limit */
+	int route_set;
+	char *route;                /* backend list text; NULL = relay_backends */
+	struct rcpt_pending *rcpt_pending;
+
+	/* DATA */
+	struct spool *spool;
+	struct smtp_data_parser dp;
+	enum data_err data_err;
+	char msgid[16];
+	uint64_t t_data_end;
+
+	/* relay */
+	struct relay_req *relay;
+	struct av_req *av;          /* content scan in flight */
+	struct dnscheck *dns;       /* PTR/FCrDNS, DNSBL, sender domain lookups */
+	struct policy_sess *ps;     /* delayed client/HELO/sender verdicts (rules.c) */
+	struct ev_timer greet;      /* smtpd_greet_pause (state ST_GREET) */
+	struct ev_timer deadline;   /* smtpd_timeout per command (request_deadline) */
+	struct relay_msg msg;
+	struct relay_rcpt *rr;
+	struct conf_list backends;
+};
+
+
+/* ---- smtpd.c, for smtpd_txn.c ------------------------------------------- */
+
+void smtpd_reply(struct session *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+void smtpd_reply_error(struct session *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+void smtpd_gen_id(char out[16]);
+void smtpd_log_reject(struct session *s, const char *stage, const char *what, const char *to);
+void smtpd_txn_reset(struct session *s);
+void smtpd_deadline_arm(struct session *s);
+void smtpd_session_resume(struct session *s);
+
+/* ---- smtpd_txn.c, for smtpd.c ------------------------------------------- */
+
+void smtpd_data_input(struct session *s, const char *buf, size_t len);
+void smtpd_cmd_data(struct session *s, char *arg);
+void smtpd_cmd_mail(struct session *s, char *arg);
+void smtpd_cmd_rcpt(struct session *s, char *arg);
+void smtpd_rcpt_pending_free(struct rcpt_pending *rp);
+
+#endif

@@ -1,0 +1,565 @@
+/*
+ * smtpd_txn.c - the mail transaction of a session: MAIL FROM, RCPT TO with
+ * its asynchronous policy verdicts (answered in order, RFC 2920), DATA
+ * parsed into the spool, then the scan and the relay while the client
+ * waits for its reply to the final dot. The session itself (connection,
+ * replies, other commands) is smtpd.c's; smtpd_int.h is what they share.
+ *
+ * Invariants (see also smtpd.c):
+ * - The client hears 250 for a message only after a backend said 250 for
+ *   it; the relay runs under a deadline of 9 minutes from the final dot.
+ * - DATA is parsed by smtp_data_feed(): only CRLF.CRLF ends it; the stored
+ *   body is canonical, so no stray CR or bare LF can reach a backend.
+ */
+#include "smtpd.h"
+#include "smtpd_int.h"
+#include "av.h"
+#include "conn.h"
+#include "dnscheck.h"
+#include "grey.h"
+#include "log.h"
+#include "spool.h"
+#include "stats.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* dsn_notify_valid - NEVER, or a list of SUCCESS/FAILURE/DELAY (RFC 3461 §4.1). */
+static int dsn_notify_valid(const char *v)
+{
+	if (!strcasecmp(v, "NEVER"))
+		return 1;
+	const char *p = v;
+	while (*p) {
+		const char *c = strchr(p, ',');
+		size_t l = c ? (size_t)(c - p) : strlen(p);
+		if (!((l == 7 && !strncasecmp(p, "SUCCESS", 7)) ||
+		      (l == 7 && !strncasecmp(p, "FAILURE", 7)) ||
+		      (l == 5 && !strncasecmp(p, "DELAY", 5))))
+			return 0;
+		p += l;
+		if (*p == ',')
+			p++;
+		if (c && !*p)
+			return 0;
+	}
+	return *v != 0;
+}
+
+/* why_is_param - smtp_path_parse() refused the ESMTP parameters, not the
+ * address: that is 5.5.4 (RFC 3463), not a bad mailbox (5.1.7 / 5.1.3). */
+static int why_is_param(const char *why)
+{
+	return why && strstr(why, "parameter") != NULL;
+}
+
+/* smtpd_cmd_mail - MAIL FROM (RFC 5321 §4.1.1.2) with SIZE, BODY, SMTPUTF8, RET,
+ * ENVID (RFC 1870, 6152, 6531, 3461). */
+void smtpd_cmd_mail(struct session *s, char *arg)
+{
+	const struct conf *cf = s->cf;
+	if (s->in_mail) {
+		smtpd_reply_error(s, "503 5.5.1 Error: nested MAIL command");
+		return;
+	}
+	if (s->need_ehlo) {
+		/* RFC 3207 §4.2: the client starts over with EHLO. */
+		smtpd_reply_error(s, "503 5.5.1 Error: send HELO/EHLO first");
+		return;
+	}
+	if (!s->helo && cf->smtpd_helo_required) {
+		stats_inc(ST_rej_rfc);
+		smtpd_log_reject(s, "MAIL", "503 5.5.1 Error: send HELO/EHLO first", NULL);
+		smtpd_reply_error(s, "503 5.5.1 Error: send HELO/EHLO first");
+		return;
+	}
+	struct smtp_path *p = xmalloc(sizeof *p);
+	const char *why = "syntax error";
+	if (smtp_path_parse(arg, cf->strict_rfc821_envelopes, p, &why) != PARSE_OK ||
+	    (why = policy_addr_check(p->local, p->domain)) != NULL) {
+		stats_inc(ST_rej_rfc);
+		if (why_is_param(why))
+			smtpd_reply_error(s, "501 5.5.4 Syntax error in parameters: %s", why);
+		else
+			smtpd_reply_error(s, "501 5.1.7 Bad sender address syntax: %s", why);
+		goto out;
+	}
+	int body8 = 0, utf8 = 0;
+	const char *ret = NULL, *envid = NULL;
+	for (int i = 0; i < p->nparams; i++) {
+		const char *k = p->params[i].key, *v = p->params[i].value;
+		if (!strcasecmp(k, "SIZE")) {
+			if (!v || !*v || strspn(v, "0123456789") != strlen(v) || strlen(v) > 19) {
+				smtpd_reply_error(s, "501 5.5.4 Bad SIZE parameter");
+				goto out;
+			}
+			unsigned long long sz = strtoull(v, NULL, 10);
+			if (sz > (unsigned long long)cf->message_size_limit) {
+				stats_inc(ST_rej_size);
+				smtpd_log_reject(s, "MAIL", "552 5.3.4 Message size exceeds fixed limit", NULL);
+				smtpd_reply(s, "552 5.3.4 Message size exceeds fixed limit");
+				goto out;
+			}
+		} else if (!strcasecmp(k, "BODY")) {
+			if (v && !strcasecmp(v, "8BITMIME"))
+				body8 = 1;
+			else if (!v || strcasecmp(v, "7BIT")) {
+				smtpd_reply_error(s, "501 5.5.4 Unsupported BODY type");
+				goto out;
+			}
+		} else if (!strcasecmp(k, "SMTPUTF8")) {
+			if (v) {
+				smtpd_reply_error(s, "501 5.5.4 SMTPUTF8 takes no value");
+				goto out;
+			}
+			utf8 = 1;
+		} else if (!strcasecmp(k, "RET")) {
+			if (!v || (strcasecmp(v, "FULL") && strcasecmp(v, "HDRS")) || ret) {
+				smtpd_reply_error(s, "501 5.5.4 Bad RET parameter");
+				goto out;
+			}
+			ret = v;
+		} else if (!strcasecmp(k, "ENVID")) {
+			if (!v || strlen(v) > 100 || !smtp_xtext_valid(v) || envid) {
+				smtpd_reply_error(s, "501 5.5.4 Bad ENVID parameter");
+				goto out;
+			}
+			envid = v;
+		} else {
+			smtpd_reply_error(s, "555 5.5.4 Unsupported option: %s", k);
+			goto out;
+		}
+	}
+	if (p->utf8 && !utf8) {
+		smtpd_reply_error(s, "553 5.6.7 Non-ASCII sender address needs SMTPUTF8");
+		goto out;
+	}
+	s->sender = xstrdup(p->addr);
+	policy_mail(s->ps, s->sender);
+	s->body8 = body8;
+	s->smtputf8 = utf8;
+	s->ret = ret ? xstrdup(ret) : NULL;
+	s->envid = envid ? xstrdup(envid) : NULL;
+	s->in_mail = 1;
+	dnscheck_mail(s->dns, s->sender);   /* looked up now, refused at RCPT */
+	smtpd_reply(s, "250 2.1.0 Ok");
+out:
+	free(p);
+}
+
+/* rcpt_refuse - a refused recipient: logged, counted as an error. */
+static void rcpt_refuse(struct session *s, const char *to, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void rcpt_refuse(struct session *s, const char *to, const char *fmt, ...)
+{
+	char buf[768];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	smtpd_log_reject(s, "RCPT", buf, to);
+	smtpd_reply_error(s, "%s", buf);
+}
+
+/* smtpd_rcpt_pending_free - a recipient whose checks ended. */
+void smtpd_rcpt_pending_free(struct rcpt_pending *rp)
+{
+	if (!rp)
+		return;
+	if (rp->req)
+		policy_cancel(rp->req);
+	free(rp->addr);
+	free(rp->local);
+	free(rp->domain);
+	free(rp->notify);
+	free(rp->orcpt);
+	free(rp->route);
+	free(rp);
+}
+
+/* rcpt_finish - the verdict on the pending recipient: add it or refuse. */
+static void rcpt_finish(struct session *s, const struct policy_verdict *v)
+{
+	struct rcpt_pending *rp = s->rcpt_pending;
+	rp->req = NULL;
+	s->rcpt_pending = NULL;
+	if (v->code) {
+		stats_reject_rule(v->rule);
+		smtpd_log_reject(s, "RCPT", v->reply, rp->addr);
+		smtpd_reply_error(s, "%s", v->reply);
+		smtpd_rcpt_pending_free(rp);
+		return;
+	}
+	if (v->rule && !strcmp(v->rule, GREY_RULE_PASS))
+		s->grey_pass = 1;
+	if (!s->route_set) {
+		s->route_set = 1;
+		s->route = rp->route;
+		rp->route = NULL;
+	}
+	if (s->nrcpt == s->caprcpt) {
+		s->caprcpt = s->caprcpt ? 2 * s->caprcpt : 4;
+		s->rcpts = xrealloc(s->rcpts, (size_t)s->caprcpt * sizeof *s->rcpts);
+	}
+	struct rcpt *r = &s->rcpts[s->nrcpt++];
+	r->addr = rp->addr;
+	r->notify = rp->notify;
+	r->orcpt = rp->orcpt;
+	rp->addr = rp->notify = rp->orcpt = NULL;
+	smtpd_rcpt_pending_free(rp);
+	smtpd_reply(s, "250 2.1.5 Ok");
+}
+
+/* rcpt_verdict - an asynchronous check finished: answer, read on. */
+static void rcpt_verdict(void *arg, const struct policy_verdict *v)
+{
+	struct session *s = arg;
+	s->state = ST_CMD;
+	rcpt_finish(s, v);
+	if (s->state == ST_CMD)
+		smtpd_session_resume(s);
+}
+
+/* smtpd_cmd_rcpt - RCPT TO (RFC 5321 §4.1.1.3): relay control, verdict cache,
+ * routing (one backend list per transaction), limits. */
+void smtpd_cmd_rcpt(struct session *s, char *arg)
+{
+	const struct conf *cf = s->cf;
+	if (!s->in_mail) {
+		smtpd_reply_error(s, "503 5.5.1 Error: need MAIL command");
+		return;
+	}
+	s->rcpt_tried = 1;
+	struct smtp_path *p = xmalloc(sizeof *p);
+	const char *why = "syntax error";
+	if (smtp_path_parse(arg, cf->strict_rfc821_envelopes, p, &why) != PARSE_OK ||
+	    (why = policy_addr_check(p->local, p->domain)) != NULL) {
+		stats_inc(ST_rej_rfc);
+		if (why_is_param(why))
+			smtpd_reply_error(s, "501 5.5.4 Syntax error in parameters: %s", why);
+		else
+			smtpd_reply_error(s, "501 5.1.3 Bad recipient address syntax: %s", why);
+		goto out;
+	}
+	if (!p->addr[0]) {
+		smtpd_reply_error(s, "501 5.1.3 Bad recipient address syntax: null recipient");
+		goto out;
+	}
+	const char *notify = NULL, *orcpt = NULL;
+	for (int i = 0; i < p->nparams; i++) {
+		const char *k = p->params[i].key, *v = p->params[i].value;
+		if (!strcasecmp(k, "NOTIFY") && v && !notify && dsn_notify_valid(v)) {
+			notify = v;
+		} else if (!strcasecmp(k, "ORCPT") && v && !orcpt) {
+			const char *semi = strchr(v, ';');
+			if (!semi || semi == v || !smtp_xtext_valid(semi + 1) || strlen(v) > 500) {
+				smtpd_reply_error(s, "501 5.5.4 Bad ORCPT parameter");
+				goto out;
+			}
+			orcpt = v;
+		} else if (!strcasecmp(k, "NOTIFY") || !strcasecmp(k, "ORCPT")) {
+			smtpd_reply_error(s, "501 5.5.4 Bad %s parameter", k);
+			goto out;
+		} else {
+			smtpd_reply_error(s, "555 5.5.4 Unsupported option: %s", k);
+			goto out;
+		}
+	}
+	if (p->utf8 && !s->smtputf8) {
+		smtpd_reply_error(s, "553 5.6.7 Non-ASCII recipient address needs SMTPUTF8");
+		goto out;
+	}
+	if (s->nrcpt >= cf->smtpd_recipient_limit) {
+		smtpd_log_reject(s, "RCPT", "452 4.5.3 Error: too many recipients", p->addr);
+		/* As Postfix's smtpd_recipient_overshoot_limit: a client that
+		 * keeps sending far past the limit (the overshoot is as large
+		 * as the limit itself) is an error each time, so it ends. */
+		if (++s->overshoot > cf->smtpd_recipient_limit)
+			smtpd_reply_error(s, "452 4.5.3 Error: too many recipients");
+		else
+			smtpd_reply(s, "452 4.5.3 Error: too many recipients");
+		goto out;
+	}
+	/* RFC 5321 §4.5.1: <Postmaster> without a domain is always ours. */
+	int bare_postmaster = !p->domain[0];
+	if (!bare_postmaster) {
+		int r = policy_relay_domain(s->pol, p->domain);
+		if (r < 0) {
+			rcpt_refuse(s, p->addr, "451 4.3.0 <%s>: temporary lookup failure", p->addr);
+			goto out;
+		}
+		/* Sender-specified routing (user%remote@ours, remote!user@ours,
+		 * "user@remote"@ours): a backend that honours the percent hack
+		 * or a bang path would relay it on, making the site an open
+		 * relay through us. Refused as relaying, as Postfix does by
+		 * default (allow_untrusted_routing = no). */
+		if (r == 0 || strpbrk(p->local, "@%!")) {
+			stats_inc(ST_rej_relay_denied);
+			rcpt_refuse(s, p->addr, "550 5.7.1 <%s>: relay access denied", p->addr);
+			goto out;
+		}
+	}
+	const char *route = NULL;
+	if (!bare_postmaster && policy_route(s->pol, p->domain, &route) < 0) {
+		rcpt_refuse(s, p->addr, "451 4.3.0 <%s>: temporary lookup failure", p->addr);
+		goto out;
+	}
+	if (!route && cf->relay_backends.n == 0) {
+		rcpt_refuse(s, p->addr, "451 4.3.5 <%s>: no backend configured", p->addr);
+		goto out;
+	}
+	if (s->route_set) {
+		int same = (!route && !s->route) || (route && s->route && !strcmp(route, s->route));
+		if (!same) {
+			smtpd_log_reject(s, "RCPT", "452 4.5.3 Error: too many recipients (other backend)", p->addr);
+			smtpd_reply(s, "452 4.5.3 Error: too many recipients for this transaction; send in a new one");
+			goto out;
+		}
+	}
+	/* The recipient passed the envelope checks: now the verdict chain. */
+	struct rcpt_pending *rp = xcalloc(1, sizeof *rp);
+	rp->addr = xstrdup(p->addr);
+	rp->local = xstrdup(p->local);
+	rp->domain = xstrdup(p->domain);
+	for (char *d = rp->domain; *d; d++)
+		*d = (char)tolower((unsigned char)*d);
+	rp->notify = notify ? xstrdup(notify) : NULL;
+	rp->orcpt = orcpt ? xstrdup(orcpt) : NULL;
+	rp->route = route ? xstrdup(route) : NULL;
+	rp->env = (struct policy_env){
+		.loop = s->loop, .pol = s->pol, .session_id = s->id, .client_addr = s->addr,
+		.helo = s->helo ? s->helo : "", .sender = s->sender, .rcpt = rp->addr,
+		.rcpt_local = rp->local, .rcpt_domain = rp->domain, .dns = s->dns,
+		.sess = s->ps, .route = rp->route,
+	};
+	s->rcpt_pending = rp;
+	struct policy_verdict v;
+	if (policy_rcpt(&rp->env, &v, rcpt_verdict, s, &rp->req)) {
+		rcpt_finish(s, &v);
+	} else {
+		s->state = ST_BUSY;
+		conn_read_enable(s->conn, 0);
+	}
+out:
+	free(p);
+}
+
+/* received_header - perimd's trace field (RFC 5321 §4.4). */
+static void received_header(struct session *s)
+{
+	char date[64], buf[1536];
+	time_t now = time(NULL);
+	struct tm tm;
+	localtime_r(&now, &tm);
+	strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+	/* RFC 3848 §2 / RFC 6531 §3.7.3: the S says TLS was used. */
+	const char *proto = s->smtputf8 ? (s->esmtp ? (s->tls ? "UTF8SMTPS" : "UTF8SMTP") : "UTF8SMTP")
+					: (s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP");
+	char helo[256];
+	size_t j = 0;
+	for (const char *h = s->helo ? s->helo : "unknown"; *h && j < sizeof helo - 1; h++)
+		helo[j++] = (*h > ' ' && *h < 127 && *h != '(' && *h != ')') ? *h : '_';
+	helo[j] = 0;
+	char tls[160] = "";
+	if (s->tls) {
+		char desc[128];
+		conn_tls_describe(s->conn, desc, sizeof desc);
+		snprintf(tls, sizeof tls, "\r\n\t(using %s)", desc);
+	}
+	int n = snprintf(buf, sizeof buf,
+			 "Received: from %s (unknown [%s%s])%s\r\n\tby %s (perimd) with %s id %s",
+			 helo, strchr(s->addr, ':') ? "IPv6:" : "", s->addr, tls,
+			 s->cf->myhostname, proto, s->msgid);
+	if (s->nrcpt == 1 && strlen(s->rcpts[0].addr) < 300)
+		n += snprintf(buf + n, sizeof buf - (size_t)n, "\r\n\tfor <%s>", s->rcpts[0].addr);
+	n += snprintf(buf + n, sizeof buf - (size_t)n, "; %s\r\n", date);
+	if (spool_append(s->spool, buf, (size_t)n) < 0)
+		s->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
+}
+
+/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): start storing the body. */
+void smtpd_cmd_data(struct session *s, char *arg)
+{
+	if (*arg) {
+		smtpd_reply_error(s, "501 5.5.4 Syntax: DATA takes no argument");
+		return;
+	}
+	if (!s->in_mail) {
+		smtpd_reply_error(s, "503 5.5.1 Error: need MAIL command");
+		return;
+	}
+	if (!s->nrcpt) {
+		/* With PIPELINING all RCPTs may have failed (RFC 2920 §3.1). */
+		if (s->rcpt_tried)
+			smtpd_reply_error(s, "554 5.5.1 Error: no valid recipients");
+		else
+			smtpd_reply_error(s, "503 5.5.1 Error: need RCPT command");
+		return;
+	}
+	smtpd_gen_id(s->msgid);
+	s->spool = spool_new();
+	s->data_err = DE_NONE;
+	received_header(s);
+	if (s->data_err == DE_SPOOL_FULL) {
+		stats_inc(ST_rej_spool_full);
+		smtpd_log_reject(s, "DATA", "452 4.3.1 insufficient system storage", NULL);
+		smtpd_reply(s, "452 4.3.1 Insufficient system storage");
+		smtpd_txn_reset(s);
+		return;
+	}
+	smtp_data_init(&s->dp, strcmp(s->cf->smtpd_forbid_bare_newline, "reject") ? SMTP_BARE_NORMALIZE
+										     : SMTP_BARE_REJECT);
+	s->state = ST_DATA;
+	smtpd_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+/* relay_done - the backend's verdict: the client hears it now. */
+static void relay_done(void *arg, const struct relay_result *r)
+{
+	struct session *s = arg;
+	s->relay = NULL;
+	uint64_t ms = ev_now(s->loop) - s->t_data_end;
+	stats_message_done(r->code, ms);
+	/* A greylisting pass counts toward the auto-whitelist once its
+	 * message is accepted. */
+	if (r->code < 300 && s->grey_pass)
+		grey_accepted(s->loop, s->pol, s->addr, s->sender);
+	const char *status = r->code < 300 ? "sent" : r->code < 500 ? "deferred" : "bounced";
+	for (int i = 0; i < s->nrcpt; i++) {
+		const struct relay_rcpt *rr = &s->rr[i];
+		log_info("%s: to=<%s>, relay=%s, delay=%.3f, status=%s (%s)", s->msgid, rr->addr,
+			 r->backend[0] ? r->backend : "none", (double)ms / 1000.0,
+			 rr->code && rr->code >= 400 ? (rr->code < 500 ? "deferred" : "bounced") : status,
+			 rr->code >= 400 ? rr->reply : r->backend_reply[0] ? r->backend_reply : r->text);
+	}
+	log_info("%s: from=<%s>, size=%llu, nrcpt=%d, client=[%s], helo=<%s>, backend=%s, backend_id=%s, "
+		 "result=%d %s %s, delay=%.3f",
+		 s->msgid, s->sender, (unsigned long long)spool_size(s->spool), s->nrcpt, s->addr,
+		 s->helo ? s->helo : "", r->backend[0] ? r->backend : "none",
+		 r->queue_id[0] ? r->queue_id : "-", r->code, r->enh, r->text, (double)ms / 1000.0);
+	if (r->enh[0])
+		smtpd_reply(s, "%d %s %s", r->code, r->enh, r->text);
+	else
+		smtpd_reply(s, "%d %s", r->code, r->text);
+	if (r->code < 300)
+		s->nmsgs++;
+	smtpd_txn_reset(s);
+	s->state = ST_CMD;
+	smtpd_session_resume(s);
+}
+
+static void data_relay(struct session *s);
+
+/* av_done - the content scanner's verdict (refusal NULL: pass it on). */
+static void av_done(void *arg, const char *refusal)
+{
+	struct session *s = arg;
+	s->av = NULL;
+	if (!refusal) {
+		data_relay(s);
+		return;
+	}
+	stats_refusal(refusal);
+	smtpd_log_reject(s, "END-OF-MESSAGE", refusal, NULL);
+	smtpd_reply(s, "%s", refusal);
+	smtpd_txn_reset(s);
+	s->state = ST_CMD;
+	smtpd_session_resume(s);
+}
+
+/* data_end - the final dot: refuse, or scan and hand the stored message on. */
+static void data_end(struct session *s)
+{
+	const struct conf *cf = s->cf;
+	s->state = ST_CMD;
+	spool_finish(s->spool);
+	stats_inc(ST_msg_received);
+	const char *refusal = NULL;
+	if (s->data_err == DE_TOO_BIG)
+		refusal = "552 5.3.4 Message size exceeds fixed limit";
+	else if (s->data_err == DE_SPOOL_FULL)
+		refusal = "452 4.3.1 Insufficient system storage";
+	else if (s->data_err == DE_IO)
+		refusal = "451 4.3.0 Error: queue file write error";
+	else if ((s->dp.flags & (SMTP_DATA_BARE_LF | SMTP_DATA_BARE_CR | SMTP_DATA_NUL)) &&
+		 !strcmp(cf->smtpd_forbid_bare_newline, "reject"))
+		refusal = "550 5.5.2 Error: bare LF / CR not allowed";
+	else if (s->dp.received_count > MAX_RECEIVED)
+		refusal = "554 5.4.6 Too many hops";
+	if (refusal) {
+		stats_refusal(refusal);
+		smtpd_log_reject(s, "END-OF-MESSAGE", refusal, NULL);
+		smtpd_reply(s, "%s", refusal);
+		smtpd_txn_reset(s);
+		return;
+	}
+	s->t_data_end = ev_now(s->loop);
+	stats_inc(ST_inflight);
+	if (av_enabled(cf)) {
+		/* Store, scan, replay: nothing reaches a backend unscanned. */
+		s->state = ST_BUSY;
+		conn_read_enable(s->conn, 0);
+		s->av = av_scan(s->loop, cf, s->spool, s->msgid, av_done, s);
+		return;
+	}
+	data_relay(s);
+}
+
+/* data_relay - hand the stored (and scanned) message to a backend. */
+static void data_relay(struct session *s)
+{
+	const struct conf *cf = s->cf;
+	/* Store, then replay: the message goes to a backend only now. */
+	if (s->route)
+		policy_split_list(s->route, &s->backends);
+	s->rr = xcalloc((size_t)s->nrcpt, sizeof *s->rr);
+	for (int i = 0; i < s->nrcpt; i++) {
+		s->rr[i].addr = s->rcpts[i].addr;
+		s->rr[i].notify = s->rcpts[i].notify;
+		s->rr[i].orcpt = s->rcpts[i].orcpt;
+	}
+	struct relay_msg *m = &s->msg;
+	memset(m, 0, sizeof *m);
+	m->id = s->msgid;
+	m->sender = s->sender;
+	m->size = spool_size(s->spool);
+	m->body_8bit = s->body8 || (s->dp.flags & SMTP_DATA_8BIT);
+	m->smtputf8 = s->smtputf8;
+	m->ret = s->ret;
+	m->envid = s->envid;
+	m->nrcpt = s->nrcpt;
+	m->rcpts = s->rr;
+	m->body = s->spool;
+	m->backends = s->route ? &s->backends : &cf->relay_backends;
+	m->deadline = s->t_data_end + RELAY_DEADLINE_MS;
+	m->conf = cf;
+	s->state = ST_BUSY;
+	conn_read_enable(s->conn, 0);
+	s->relay = relay_send(s->loop, m, relay_done, s);
+}
+
+/* smtpd_data_input - feed DATA bytes through the parser into the spool. */
+void smtpd_data_input(struct session *s, const char *buf, size_t len)
+{
+	static __thread char out[2 * DATA_CHUNK + 2];
+	size_t chunk = len > DATA_CHUNK ? DATA_CHUNK : len, consumed = 0, outlen = 0;
+	enum parse_result r = smtp_data_feed(&s->dp, buf, chunk, &consumed, out, &outlen);
+	if (outlen && s->data_err == DE_NONE) {
+		if (spool_size(s->spool) + outlen > (uint64_t)s->cf->message_size_limit + 4096 ||
+		    s->dp.bytes > (uint64_t)s->cf->message_size_limit)
+			s->data_err = DE_TOO_BIG;
+		else if (spool_append(s->spool, out, outlen) < 0)
+			s->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
+	}
+	conn_consume(s->conn, consumed);
+	if (outlen)
+		smtpd_deadline_arm(s);   /* a whole line came: the client makes progress */
+	if (r == PARSE_OK)
+		data_end(s);
+}
+
