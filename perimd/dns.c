@@ -9,9 +9,13 @@
  *   valid) and its timeouts through one ev_timer re-armed from
  *   ares_timeout() after every call into c-ares. ares_process_fd() runs
  *   only on readiness or that timer: nothing blocks the loop.
- * - A flight is one question sent to the servers for (type, name) on this
- *   loop; every lookup for the same key made while it is in flight waits
- *   on it instead of sending another. A flight ends once, when c-ares
+ * - A flight is one question sent to the servers for (type, name); every
+ *   lookup for the same key made while it is in flight waits on it instead
+ *   of sending another, on this loop directly and from other loops
+ *   through the process-wide table of questions out (flights_out, one mutex,
+ *   taken only on cache misses): another loop makes a follower flight,
+ *   which sends nothing and is ended by the owner posting the result to
+ *   its loop (ev_post), so waiters are still told on their own thread. A flight ends once, when c-ares
  *   answers or its deadline (dns_timeout x (dns_retries + 1), bounding
  *   c-ares's exponential back-off) passes; c-ares may still call back
  *   after the deadline, and only then is the flight freed.
@@ -50,8 +54,20 @@ struct flight {
 	struct dns_query *waiters;
 	struct ev_timer deadline;
 	int ended;                   /* waiters told; c-ares may still answer */
+	/* cross-loop coalescing, under out_mu (flights_out) */
+	struct flight *onext;        /* in flights_out[]: the owner of a question */
+	struct flight *followers;    /* owner: flights of other loops waiting */
+	struct flight *fnext;        /* follower: next in the owner's list */
+	struct flight *owner;        /* follower: whose list, until posted to */
+	int follower;                /* sends nothing; freed when posted to */
+	int registered;              /* owner: in flights_out[] */
+	const struct dns_result *posted;   /* follower: the owner's result */
 	char key[];
 };
+
+/* The questions out in the whole process, by key bucket: owner flights. */
+static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct flight *flights_out[FLIGHT_BUCKETS];
 
 struct dns_query {
 	struct dns_query *next, *prev;   /* in the flight's waiters */
@@ -480,11 +496,43 @@ static void flight_unlink(struct flight *fl)
 		*pp = fl->hnext;
 }
 
+static void follower_posted(void *arg);
+
+/* out_release - an owner's question is answered (or given up): out of the
+ * process-wide table, and res posted to every follower's loop. */
+static void out_release(struct flight *fl, const struct dns_result *res)
+{
+	pthread_mutex_lock(&out_mu);
+	struct flight *f = NULL;
+	if (fl->registered) {
+		struct flight **pp = &flights_out[key_bucket(fl->key)];
+		while (*pp && *pp != fl)
+			pp = &(*pp)->onext;
+		if (*pp)
+			*pp = fl->onext;
+		fl->registered = 0;
+		f = fl->followers;
+		fl->followers = NULL;
+		for (struct flight *x = f; x; x = x->fnext)
+			x->owner = NULL;
+	}
+	pthread_mutex_unlock(&out_mu);
+	while (f) {
+		struct flight *next = f->fnext;
+		dns_result_ref(res);
+		f->posted = res;
+		ev_post(f->dl->loop, follower_posted, f);
+		f = next;
+	}
+}
+
 /* flight_end - give res to every waiter; the key is no longer in flight. */
 static void flight_end(struct flight *fl, const struct dns_result *res)
 {
 	fl->ended = 1;
 	flight_unlink(fl);
+	if (!fl->follower)
+		out_release(fl, res);
 	ev_timer_stop(fl->dl->loop, &fl->deadline);
 	while (fl->waiters) {
 		struct dns_query *q = fl->waiters;
@@ -505,6 +553,18 @@ static void flight_expired(void *arg)
 	struct dns_result *r = dns_result_new(DNS_TEMPFAIL, 0);
 	flight_end(fl, r);
 	dns_result_unref(r);
+}
+
+/* follower_posted - on the follower's loop: the owner's result. A follower
+ * whose own deadline already ended it is only freed. */
+static void follower_posted(void *arg)
+{
+	struct flight *fl = arg;
+	const struct dns_result *r = fl->posted;
+	if (!fl->ended)
+		flight_end(fl, r);
+	dns_result_unref(r);
+	free(fl);
 }
 
 /* ares_done - c-ares's answer (or failure) for a flight. */
@@ -568,6 +628,26 @@ struct dns_query *dns_lookup(struct ev_loop *loop, const struct conf *c, const c
 			       flight_expired, fl);
 		fl->waiters = q;
 		q->fl = fl;
+		/* Out already from another loop: follow it. Else own it. */
+		pthread_mutex_lock(&out_mu);
+		struct flight *o = flights_out[b];
+		while (o && strcmp(o->key, key))
+			o = o->onext;
+		if (o) {
+			fl->follower = 1;
+			fl->owner = o;
+			fl->fnext = o->followers;
+			o->followers = fl;
+		} else {
+			fl->registered = 1;
+			fl->onext = flights_out[b];
+			flights_out[b] = fl;
+		}
+		pthread_mutex_unlock(&out_mu);
+		if (fl->follower) {
+			stats_inc(ST_dns_joined);
+			return q;
+		}
 		stats_inc(ST_dns_queries);
 		dl->inflight++;
 		/* May call ares_done() at once (bad name, no servers): the
@@ -576,6 +656,7 @@ struct dns_query *dns_lookup(struct ev_loop *loop, const struct conf *c, const c
 		dl_arm(dl);
 		return q;
 	}
+	stats_inc(ST_dns_joined);
 	q->fl = fl;
 	q->next = fl->waiters;
 	if (fl->waiters)
@@ -614,6 +695,43 @@ void dns_loop_shutdown(struct ev_loop *loop)
 	if (dl->have_ch)
 		ares_destroy(dl->ch);
 	dl->have_ch = 0;
+	/* Followers still on an owner's list: off it, so nothing is posted
+	 * here any more, and freed (one already posted to is freed when that
+	 * post runs, if this loop runs again). */
+	for (int b = 0; b < FLIGHT_BUCKETS; b++) {
+		struct flight **pp = &dl->flights[b];
+		while (*pp) {
+			struct flight *fl = *pp;
+			int drop = 0;
+			if (fl->follower) {
+				pthread_mutex_lock(&out_mu);
+				if (fl->owner) {
+					struct flight **fp = &fl->owner->followers;
+					while (*fp && *fp != fl)
+						fp = &(*fp)->fnext;
+					if (*fp)
+						*fp = fl->fnext;
+					fl->owner = NULL;
+					drop = 1;
+				}
+				pthread_mutex_unlock(&out_mu);
+			}
+			if (!drop) {
+				pp = &fl->hnext;
+				continue;
+			}
+			*pp = fl->hnext;
+			ev_timer_stop(loop, &fl->deadline);
+			while (fl->waiters) {
+				struct dns_query *q = fl->waiters;
+				fl->waiters = q->next;
+				q->fl = NULL;
+				q->res = dns_result_new(DNS_TEMPFAIL, 0);
+				ev_defer(loop, &q->tell, tell, q);
+			}
+			free(fl);
+		}
+	}
 	ev_timer_stop(loop, &dl->tmr);
 	while (dl->socks) {
 		struct sockw *w = dl->socks;

@@ -57,6 +57,7 @@ STAT(pool_timeouts, COUNTER, "perimd_backend_pool_timeouts_total", "", "messages
 STAT(dns_queries, COUNTER, "perimd_dns_queries_total", "", "DNS questions sent to the servers (cache misses not joined to one in flight)")
 STAT(dns_cache_hits, COUNTER, "perimd_dns_cache_total", "result=\"hit\"", "DNS lookups answered from the cache, or not")
 STAT(dns_cache_misses, COUNTER, "perimd_dns_cache_total", "result=\"miss\"", "")
+STAT(dns_joined, COUNTER, "perimd_dns_joined_total", "", "cache misses that joined the same question already out, from this loop or another")
 STAT(dns_timeouts, COUNTER, "perimd_dns_timeouts_total", "", "DNS lookups that got no answer in time")
 STAT(dns_failures, COUNTER, "perimd_dns_failures_total", "", "DNS lookups that failed otherwise (SERVFAIL, refused, malformed)")
 

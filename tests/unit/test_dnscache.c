@@ -3,7 +3,8 @@
  * negative caching, LRU, threads), the DNS message parser (whole, every
  * truncation, compression loops), reverse names, DNSBL reply filters, and
  * the resolver on a real loop against a fake server on loopback:
- * coalescing of identical lookups, cancellation, the timeout path.
+ * coalescing of identical lookups, cancellation, the timeout path, and
+ * coalescing across two loops on two threads.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -11,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conf.h"
@@ -588,6 +591,125 @@ TEST(test_resolver_coalescing)
 	dnscache_flush();
 }
 
+/* ---- two loops, two threads, one question ------------------------------- */
+
+struct slow_server {
+	int fd, port, queries;
+	int stop;
+};
+
+/* slow_server_main - answer A questions with 192.0.2.7 after 200 ms, so
+ * lookups made on both loops in the meantime overlap one question. */
+static void *slow_server_main(void *arg)
+{
+	struct slow_server *sv = arg;
+	while (!__atomic_load_n(&sv->stop, __ATOMIC_ACQUIRE)) {
+		struct pollfd pf = { .fd = sv->fd, .events = POLLIN };
+		if (poll(&pf, 1, 50) <= 0)
+			continue;
+		unsigned char b[512];
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof ss;
+		ssize_t n = recvfrom(sv->fd, b, sizeof b - 32, 0, (struct sockaddr *)&ss, &sl);
+		if (n <= 12)
+			continue;
+		__atomic_add_fetch(&sv->queries, 1, __ATOMIC_RELAXED);
+		struct timespec ts = { 0, 200 * 1000000L };
+		nanosleep(&ts, NULL);
+		b[2] |= 0x80;
+		b[3] = 0x80;
+		b[6] = 0;
+		b[7] = 1;
+		size_t o = (size_t)n;
+		static const unsigned char ans[] = { 0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 192, 0, 2, 7 };
+		memcpy(b + o, ans, sizeof ans);
+		o += sizeof ans;
+		sendto(sv->fd, b, o, 0, (struct sockaddr *)&ss, sl);
+	}
+	return NULL;
+}
+
+struct two {
+	struct ev_loop *loop;
+	struct conf *c;
+	int results, ok;      /* atomic */
+};
+
+static void two_result(void *arg, const struct dns_result *res)
+{
+	struct two *t = arg;
+	if (res->status == DNS_OK && !strcmp(res->rr[0].data, "192.0.2.7"))
+		__atomic_add_fetch(&t->ok, 1, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&t->results, 1, __ATOMIC_RELEASE);
+}
+
+/* two_ask - on the loop's own thread: five lookups of one name. */
+static void two_ask(void *arg)
+{
+	struct two *t = arg;
+	for (int i = 0; i < 5; i++)
+		dns_lookup(t->loop, t->c, "both.example", DNS_T_A, two_result, t);
+}
+
+static void *two_run(void *arg)
+{
+	ev_run(arg);
+	return NULL;
+}
+
+TEST(test_resolver_coalescing_across_loops)
+{
+	struct slow_server sv = { 0 };
+	sv.fd = socket(AF_INET, SOCK_DGRAM, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	CHECK(bind(sv.fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+	socklen_t sl = sizeof sa;
+	getsockname(sv.fd, (struct sockaddr *)&sa, &sl);
+	sv.port = ntohs(sa.sin_port);
+	char o1[64], o2[] = "dns_timeout=2s", o3[] = "dns_retries=0";
+	snprintf(o1, sizeof o1, "dns_servers=127.0.0.1:%d", sv.port);
+	char *ov[] = { o1, o2, o3 };
+	char err[256];
+	struct conf *c = conf_load(NULL, 1, ov, 3, err, sizeof err);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	dnscache_flush();
+	pthread_t st, lt[2];
+	pthread_create(&st, NULL, slow_server_main, &sv);
+	struct two t[2];
+	for (int i = 0; i < 2; i++) {
+		t[i] = (struct two){ .loop = ev_loop_new(i), .c = c };
+		pthread_create(&lt[i], NULL, two_run, t[i].loop);
+	}
+	for (int i = 0; i < 2; i++)
+		ev_post(t[i].loop, two_ask, &t[i]);
+	/* Both loops' lookups are made within the server's 200 ms delay. */
+	for (int w = 0; w < 300; w++) {
+		if (__atomic_load_n(&t[0].results, __ATOMIC_ACQUIRE) == 5 &&
+		    __atomic_load_n(&t[1].results, __ATOMIC_ACQUIRE) == 5)
+			break;
+		struct timespec ts = { 0, 10 * 1000000L };
+		nanosleep(&ts, NULL);
+	}
+	CHECK_INT(t[0].results, 5);
+	CHECK_INT(t[1].results, 5);
+	CHECK_INT(t[0].ok, 5);
+	CHECK_INT(t[1].ok, 5);
+	CHECK_INT(__atomic_load_n(&sv.queries, __ATOMIC_RELAXED), 1);
+	for (int i = 0; i < 2; i++) {
+		ev_post(t[i].loop, stop_loop, t[i].loop);
+		pthread_join(lt[i], NULL);
+		dns_loop_shutdown(t[i].loop);
+		ev_loop_free(t[i].loop);
+	}
+	__atomic_store_n(&sv.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(st, NULL);
+	close(sv.fd);
+	conf_release(c);
+	dnscache_flush();
+}
+
 int main(void)
 {
 	RUN(test_parse_a);
@@ -600,5 +722,6 @@ int main(void)
 	RUN(test_cache_lru);
 	RUN(test_cache_threads);
 	RUN(test_resolver_coalescing);
+	RUN(test_resolver_coalescing_across_loops);
 	return t_done();
 }
