@@ -345,6 +345,11 @@ static void cmd_simple(struct session *s, enum smtp_verb v, char *arg)
 {
 	switch (v) {
 	case SMTP_RSET:
+		/* RFC 5321 §4.1.1.5: no parameters. */
+		if (*arg) {
+			smtpd_reply_error(s, "501 5.5.4 Syntax: RSET");
+			break;
+		}
 		smtpd_txn_reset(s);
 		smtpd_reply(s, "250 2.0.0 Ok");
 		break;

@@ -254,3 +254,17 @@ def test_check_names_the_parameter_for_bad_values(perimd_factory, tmp_path):
     r = subprocess.run([PERIMD_BIN, "-t", "-c", p.conf_path, "-o", "myhostname=mx_1.example.com"],
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+def test_rset_with_an_argument_is_a_syntax_error(perimd_factory, backend_factory):
+    """RSET takes no parameters (RFC 5321 §4.1.1.5): 'RSET x' gets 501
+    5.5.4 and leaves the transaction alone; a plain RSET resets it."""
+    b = backend_factory()
+    p = start(perimd_factory, [b])
+    with Client(p.port, timeout=30) as c:
+        expect(c.cmd("EHLO probe.test"), 250)
+        expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        expect(c.cmd("RSET now"), 501, "5.5.4")
+        expect(c.cmd("MAIL FROM:<%s>" % SENDER), 503, "5.5.1")
+        expect(c.cmd("RSET"), 250)
+        expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
