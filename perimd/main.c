@@ -317,11 +317,13 @@ int main(int argc, char **argv)
 			else
 				fprintf(stderr, "perimd: %s: smtpd_listen: %s: %s\n", c->path,
 					c->smtpd_listen.v[i], why);
+			policy_release(pol);
 			return 1;
 		}
 	}
 	if (stats_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0) {
 		fprintf(stderr, "perimd: %s\n", err);
+		policy_release(pol);
 		return 1;
 	}
 	if (check) {
