@@ -108,19 +108,36 @@ static int re_too_costly(const char *re)
 		case '+':
 			k = 2;
 			break;
-		case '{':
-			if (!isdigit((unsigned char)p[1]))
+		case '{': {
+			/* an interval {m}, {m,}, {m,n} or {,n} (glibc reads
+			 * it as {0,n}): the operand copied up to max(m, n)
+			 * times. The '}' is part of it, not a new atom, so a
+			 * repetition after it repeats the same operand
+			 * ("a{100}{100}{100}{10}"). Anything else is a
+			 * literal '{'. */
+			const char *q = p + 1;
+			double lo = 0, hi;
+			if (!isdigit((unsigned char)q[0]) &&
+			    !(q[0] == ',' && isdigit((unsigned char)q[1])))
 				break;
-			k = strtod(p + 1, NULL);
-			p += strspn(p + 1, "0123456789");
-			if (p[1] == ',' && isdigit((unsigned char)p[2])) {
-				k = strtod(p + 2, NULL);
-				p += 1 + strspn(p + 2, "0123456789");
-			} else if (p[1] == ',') {
-				p++;
+			if (isdigit((unsigned char)q[0])) {
+				lo = strtod(q, NULL);
+				q += strspn(q, "0123456789");
 			}
-			k += 1;
+			hi = lo;
+			if (*q == ',') {
+				q++;
+				if (isdigit((unsigned char)*q)) {
+					hi = strtod(q, NULL);
+					q += strspn(q, "0123456789");
+				}
+			}
+			if (*q != '}')
+				break;
+			k = (hi > lo ? hi : lo) + 1;
+			p = q;
 			break;
+		}
 		case '\\':
 			if (p[1])
 				p++;
