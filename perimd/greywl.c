@@ -69,61 +69,126 @@ static int is_cidr(const char *s)
 }
 
 #define RE_COST_MAX 10000   /* nodes: far above any real whitelist entry */
+#define RE_EPS_MAX 1000     /* empty-matching nodes ('*', '?', '|', anchors, ...) */
 #define RE_DEPTH_MAX 32
 
 /*
- * re_too_costly - whether glibc's regcomp() would build an outsized tree
- * for re: it copies the operand of each '+' and {m,n} (a+ is aa*), so
+ * re_too_costly - why glibc's regcomp() or regexec() would cost too much
+ * on re (NULL when it will not): regcomp copies the operand of each '+' and {m,n} (a+ is aa*), so
  * stacked or nested repetitions grow exponentially ("a++++++++++++++++++++++"
  * takes gigabytes, and regcomp crashes when malloc fails: found by
  * fuzz_greywl). Estimates the node count, a repeated operand counting once
  * per copy, and refuses past RE_COST_MAX or RE_DEPTH_MAX nested groups.
+ * It also counts the nodes that match the empty string (each '*', '?',
+ * '|', anchor and empty group, the star of '+' and {m,}, the optional
+ * copies of {m,n}), copies included, and refuses past RE_EPS_MAX: regcomp
+ * computes each node's epsilon closure, quadratic in them, so
+ * "a*+*+*+*+*+*+*+*+*+*+*+" (4,000 nodes) took 2 s and 600 MB, "(){9000}"
+ * over a gigabyte, and "a++*+++++++++++" a 10 s timeout in fuzz_greywl.
+ * An unbounded repetition ('*', '+', {m,}) of an anchor is refused: its
+ * closure takes regcomp exponential time ("(($)*){25}" 12 s, fuzz_greywl
+ * found "(a|$)*"-like stacks). Back-references are refused: regexec()
+ * backtracks on them without bound.
  */
-static int re_too_costly(const char *re)
+static const char *re_too_costly(const char *re)
 {
+	/* per group level: nodes, and empty-matching nodes, of the whole
+	 * level (sum, esum) and of its last atom (last, elast) */
 	double sum[RE_DEPTH_MAX + 1] = { 0 }, last[RE_DEPTH_MAX + 1] = { 0 };
+	double esum[RE_DEPTH_MAX + 1] = { 0 }, elast[RE_DEPTH_MAX + 1] = { 0 };
+	/* the level, and its last atom, hold an anchor */
+	int anch[RE_DEPTH_MAX + 1] = { 0 }, lanch[RE_DEPTH_MAX + 1] = { 0 };
 	int d = 0;
 
 	for (const char *p = re; *p; p++) {
-		double k = 0;
+		double k = 0, ek = 0;
+		int eps = 0;     /* an atom that matches the empty string */
+		int anchor = 0;  /* an atom that is an anchor */
+		int star = 0;    /* a repetition without an upper bound */
 		switch (*p) {
 		case '(':
 			if (++d > RE_DEPTH_MAX)
-				return 1;
-			sum[d] = last[d] = 0;
+				return "too complex";
+			sum[d] = last[d] = esum[d] = elast[d] = 0;
+			anch[d] = lanch[d] = 0;
 			continue;
 		case ')':
 			if (d == 0)
 				break;
 			last[d - 1] = sum[d] + 1;
 			sum[d - 1] += last[d - 1];
+			/* an empty group keeps its two (empty) group nodes */
+			elast[d - 1] = esum[d] + (sum[d] == 0 ? 2 : 0);
+			esum[d - 1] += elast[d - 1];
+			lanch[d - 1] = anch[d];
+			anch[d - 1] |= anch[d];
 			d--;
-			continue;
+			goto check;
 		case '|':
-			last[d] = 0;
-			continue;
+			last[d] = elast[d] = 0;
+			lanch[d] = 0;
+			esum[d] += 1;
+			goto check;
 		case '*':
+			if (lanch[d])
+				return "too complex";
+			/* fall through */
 		case '?':
-			continue;
+			elast[d] += 1;
+			esum[d] += 1;
+			goto check;
+		case '^':
+		case '$':
+			eps = anchor = 1;
+			break;
 		case '+':
 			k = 2;
+			ek = 1;
+			star = 1;
 			break;
-		case '{':
-			if (!isdigit((unsigned char)p[1]))
+		case '{': {
+			/* an interval {m}, {m,}, {m,n} or {,n} (glibc reads
+			 * it as {0,n}): the operand copied up to max(m, n)
+			 * times. The '}' is part of it, not a new atom, so a
+			 * repetition after it repeats the same operand
+			 * ("a{100}{100}{100}{10}"). Anything else is a
+			 * literal '{'. */
+			const char *q = p + 1;
+			double lo = 0, hi;
+			if (!isdigit((unsigned char)q[0]) &&
+			    !(q[0] == ',' && isdigit((unsigned char)q[1])))
 				break;
-			k = strtod(p + 1, NULL);
-			p += strspn(p + 1, "0123456789");
-			if (p[1] == ',' && isdigit((unsigned char)p[2])) {
-				k = strtod(p + 2, NULL);
-				p += 1 + strspn(p + 2, "0123456789");
-			} else if (p[1] == ',') {
-				p++;
+			if (isdigit((unsigned char)q[0])) {
+				lo = strtod(q, NULL);
+				q += strspn(q, "0123456789");
 			}
-			k += 1;
+			hi = lo;
+			if (*q == ',') {
+				q++;
+				if (isdigit((unsigned char)*q)) {
+					hi = strtod(q, NULL);
+					q += strspn(q, "0123456789");
+				} else {
+					star = 1;
+				}
+			}
+			if (*q != '}')
+				break;
+			k = (hi > lo ? hi : lo) + 1;
+			ek = (hi > lo ? hi - lo : 0) + 1;
+			p = q;
 			break;
+		}
 		case '\\':
-			if (p[1])
-				p++;
+			if (!p[1])
+				break;
+			p++;
+			/* glibc takes \1..\9 as back-references even in an
+			 * ERE, and matching them backtracks without bound:
+			 * "(x*)(\1){4000}" ran for minutes on one name */
+			if (*p >= '1' && *p <= '9')
+				return "back-references are not supported";
+			eps = anchor = strchr("bB<>`'", *p) != NULL;
 			break;
 		case '[':
 			/* a bracket expression is one node: skip to its ']' (a
@@ -134,23 +199,35 @@ static int re_too_costly(const char *re)
 				p += (*p == '[' && (p[1] == ':' || p[1] == '.' || p[1] == '=') &&
 				      strchr(p + 2, ']')) ? (size_t)(strchr(p + 2, ']') - p) + 1 : 1;
 			if (!*p)
-				return 0;  /* unterminated: regcomp refuses it */
+				return NULL;  /* unterminated: regcomp refuses it */
 			break;
 		default:
 			break;
 		}
 		if (k > 0) {
-			/* a repetition: its operand, the last atom, k times */
+			/* a repetition: its operand, the last atom, k times,
+			 * and ek empty-matching nodes of its own; a star over
+			 * an anchor makes regcomp's closure exponential */
+			if (star && lanch[d])
+				return "too complex";
 			sum[d] += last[d] * (k - 1);
 			last[d] *= k;
+			esum[d] += elast[d] * (k - 1) + ek;
+			elast[d] = elast[d] * k + ek;
 		} else {
 			last[d] = 1;
 			sum[d] += 1;
+			elast[d] = eps;
+			esum[d] += eps;
+			lanch[d] = anchor;
+			anch[d] |= anchor;
 		}
-		if (sum[d] > RE_COST_MAX || last[d] > RE_COST_MAX)
-			return 1;
+	check:
+		if (sum[d] > RE_COST_MAX || last[d] > RE_COST_MAX || esum[d] > RE_EPS_MAX ||
+		    elast[d] > RE_EPS_MAX)
+			return "too complex";
 	}
-	return 0;
+	return NULL;
 }
 
 /* greywl_free - free a list (NULL is fine). */
@@ -212,8 +289,9 @@ struct greywl *greywl_parse(const char *text, size_t len, char *err, size_t errl
 				return NULL;
 			}
 			s[sl - 1] = 0;
-			if (re_too_costly(s + 1)) {
-				snprintf(err, errlen, "line %d: regex too complex", ln);
+			const char *cost = re_too_costly(s + 1);
+			if (cost) {
+				snprintf(err, errlen, "line %d: regex %s", ln, cost);
 				greywl_free(w);
 				return NULL;
 			}

@@ -341,6 +341,23 @@ TEST(test_whitelist)
 		"/((((((((((((((((((((a+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+/\n",
 		"/((a{100}){100}){100}/\n",
 		"/a{99999999999999999999}/\n",
+		/* stacked intervals: the '}' was counted as a new atom, so
+		 * each interval repeated one node, not what came before */
+		"/a{100}{100}{100}{10}/\n",
+		"/a{255}{255}{255}/\n",
+		/* {,n} is glibc's {0,n}: it was not counted at all */
+		"/a{,32767}{,32767}/\n",
+		"/(((a{,20}){,20}){,20}){,20}/\n",
+		/* empty-matching nodes: regcomp's closures are quadratic in
+		 * them (the first, found by fuzz_greywl, a 10 s timeout) */
+		"/a++*+++++++++++/\n",
+		"/a*+*+*+*+*+*+*+*+*+*+*+/\n",
+		"/(){9000}/\n",
+		"/(\\b){9000}/\n",
+		/* a star over an anchor: exponential time in regcomp */
+		"/(($)*){25}/\n",
+		"/((a|^)+){25}/\n",
+		"/x\\b{2,}/\n",
 	};
 	for (size_t i = 0; i < sizeof costly / sizeof costly[0]; i++) {
 		w = greywl_parse(costly[i], strlen(costly[i]), err, sizeof err);
@@ -353,6 +370,24 @@ TEST(test_whitelist)
 	w = greywl_parse(ok_re, strlen(ok_re), err, sizeof err);
 	CHECK(w != NULL);
 	CHECK_INT(greywl_client(w, "192.0.2.1", "mx12.ab}++xxxxx"), 1);
+	greywl_free(w);
+	/* back-references: regexec backtracks on them without bound */
+	static const char backref[] = "/(x*)(\\1){4000}/\n";
+	w = greywl_parse(backref, strlen(backref), err, sizeof err);
+	CHECK(w == NULL);
+	if (!w)
+		CHECK(strstr(err, "line 1: regex back-references are not supported") != NULL);
+	greywl_free(w);
+	static const char no_backref[] = "/[\\1]\\\\1(^|\\.)?(a?){400}$/\n";
+	w = greywl_parse(no_backref, strlen(no_backref), err, sizeof err);
+	CHECK(w != NULL);
+	CHECK_INT(greywl_rcpt(w, "1\\1"), 1);
+	greywl_free(w);
+	static const char ok_re2[] = "/^x{,3}y{2}{3}z{1,2}{,2}[{]{2}$/\n";
+	w = greywl_parse(ok_re2, strlen(ok_re2), err, sizeof err);
+	CHECK(w != NULL);
+	CHECK_INT(greywl_rcpt(w, "xxyyyyyyzz{{"), 1);
+	CHECK_INT(greywl_rcpt(w, "xxxxyyyyyyzz{{"), 0);
 	greywl_free(w);
 	/* A line with a NUL is ignored, not cut short at the NUL. */
 	w = greywl_parse("10.0.0.1\0junk\n", 14, err, sizeof err);
