@@ -53,8 +53,11 @@
 #                           delivered and accepted messages/s; LAT_CONC ("10 100")
 #                           sessions x LAT_SIZES ("512 102400") bytes, LAT_MSGS (2000),
 #                           LAT_WARMUP (100); LAT_SINGLE=1: one message per connection
-#                           (default: each session reuses its connection). Leaves
-#                           /etc/postfix as the peer script does (see its header).
+#                           (default: each session reuses its connection); LAT_SYSTEMS
+#                           (direct postfix haraka perimd); LAT_HARAKA_NODELAY=1: Haraka
+#                           with TCP_NODELAY (preloaded module; Haraka 3 keeps Nagle on
+#                           and waits ~40 ms per relayed message). Leaves /etc/postfix
+#                           as the peer script does (see its header).
 #
 # Knobs (environment): MSGS=5000 CONC="10 100" SIZES="512 102400" WARMUP=200
 #   IDLE=512 MIXED=0 RUN_TIMEOUT=600 PERIMD=build/dev/perimd IO_THREADS=0 (perimd's default)
@@ -650,7 +653,11 @@ EOF
 # at the sink and stops what it started; tests/bench_latency.py stands in
 # for smtp-source (first in PATH under that name), so each run's source.out
 # holds its latency line. Sessions reuse their connection unless
-# LAT_SINGLE=1 (one message per connection).
+# LAT_SINGLE=1 (one message per connection). LAT_SYSTEMS picks the systems;
+# LAT_HARAKA_NODELAY=1 preloads into Haraka (NODE_OPTIONS, which the peer
+# script passes through) a module that sets TCP_NODELAY on every socket:
+# Haraka 3 leaves Nagle on, and its relayed final dot then waits for the
+# sink's delayed ACK (about 40 ms per message at one session).
 latency_bench() {
 	local peer=$ROOT/../shared/bench/peer-bench.sh
 	[ -f "$peer" ] || { echo "bench latency: $peer not found; skipped"; return 0; }
@@ -675,6 +682,22 @@ latency_bench() {
 	[ "${LAT_SINGLE:-0}" = 1 ] && flags=-1
 	printf '#!/bin/sh\nexec %s %s %s "$@"\n' "$PY" "$ROOT/tests/bench_latency.py" "$flags" >"$d/bin/smtp-source"
 	chmod 755 "$d/bin/smtp-source"
+	local nodelay=${LAT_HARAKA_NODELAY:-0}
+	if [ "$nodelay" = 1 ]; then
+		cat >"$d/nodelay.js" <<-'EOF'
+		// bench latency: TCP_NODELAY on every socket Haraka opens or accepts.
+		const net = require('net');
+		const connect = net.Socket.prototype.connect;
+		net.Socket.prototype.connect = function (...a) { this.setNoDelay(true); return connect.apply(this, a); };
+		const emit = net.Server.prototype.emit;
+		net.Server.prototype.emit = function (ev, s, ...r) {
+		    if (ev === 'connection' && s && s.setNoDelay) s.setNoDelay(true);
+		    return emit.call(this, ev, s, ...r);
+		};
+		EOF
+		export NODE_OPTIONS="${NODE_OPTIONS:+$NODE_OPTIONS }--require $d/nodelay.js"
+	fi
+	local systems=${LAT_SYSTEMS:-"direct postfix haraka perimd"}
 	export PERIMD_CMD="$PERIMD -f -c $d/perimd.conf -o smtpd_listen=127.0.0.1:{PORT} -o relay_backends=[127.0.0.1]:{SINK_PORT} -o relay_domains=bench.test"
 	export CONC=${LAT_CONC:-"10 100"} SIZES=${LAT_SIZES:-"512 102400"} MSGS=${LAT_MSGS:-2000}
 	export REPS=1 WARMUP=${LAT_WARMUP:-100}
@@ -682,17 +705,19 @@ latency_bench() {
 	# script's (its master.cf names it).
 	export SINK_PORT=${SINK_PORT:-$(free_port)} HARAKA_PORT=${HARAKA_PORT:-$(free_port)}
 	export PERIMD_PORT=${PERIMD_PORT:-$(free_port)}
-	echo "bench latency: $peer (results under $base; CONC=\"$CONC\" SIZES=\"$SIZES\" MSGS=$MSGS WARMUP=$WARMUP conn=$([ -n "$flags" ] && echo single || echo reuse))"
+	echo "bench latency: $peer (results under $base; $systems; CONC=\"$CONC\" SIZES=\"$SIZES\" MSGS=$MSGS WARMUP=$WARMUP conn=$([ -n "$flags" ] && echo single || echo reuse) haraka_nodelay=$nodelay)"
 	OUT=$base/setup bash "$peer" setup
 	echo "bench latency: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$base/load.txt"
-	PATH=$d/bin:$PATH OUT=$base/peers bash "$peer" run direct postfix haraka perimd
+	# shellcheck disable=SC2086
+	PATH=$d/bin:$PATH OUT=$base/peers bash "$peer" run $systems
 	echo "bench latency: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$base/load.txt"
 	rm -rf "$d"
 	PA_DIR=""
-	"$PY" - "$base/peers" <<'EOF' | tee "$base/table.txt"
-import glob, os, sys
-base = sys.argv[1]
-systems = [("direct", "direct"), ("Postfix", "postfix"), ("Haraka", "haraka"), ("perimd", "perimd")]
+	"$PY" - "$base/peers" "$nodelay" <<'EOF' | tee "$base/table.txt"
+import os, sys
+base, nodelay = sys.argv[1], sys.argv[2] == "1"
+systems = [("direct", "direct"), ("Postfix", "postfix"),
+           ("Haraka, TCP_NODELAY" if nodelay else "Haraka", "haraka"), ("perimd", "perimd")]
 def kv(line):
     return dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
 runs, lat = {}, {}
@@ -749,6 +774,8 @@ print("Postfix answers 250 once the message is queued, before it is delivered: i
 print("not include the relay to the sink, its dlv/s does. Haraka (smtp_forward) and perimd answer")
 print("after the sink's 250. Client: tests/bench_latency.py (Python asyncio, one core); its own")
 print("event-loop delay is in every figure, the direct row shows that floor.")
+if nodelay:
+    print("Haraka ran with TCP_NODELAY set on its sockets by a preloaded module (LAT_HARAKA_NODELAY=1).")
 for b in bad:
     print("NOT CLEAN: " + b)
 if not bad:
