@@ -56,8 +56,9 @@
 #                           (default: each session reuses its connection); LAT_SYSTEMS
 #                           (direct postfix haraka perimd); LAT_HARAKA_NODELAY=1: Haraka
 #                           with TCP_NODELAY (preloaded module; Haraka 3 keeps Nagle on
-#                           and waits ~40 ms per relayed message). Leaves /etc/postfix
-#                           as the peer script does (see its header).
+#                           and waits ~40 ms per small relayed message, but with it off
+#                           100 KB messages got slower). Leaves /etc/postfix as the
+#                           peer script does (see its header).
 #
 # Knobs (environment): MSGS=5000 CONC="10 100" SIZES="512 102400" WARMUP=200
 #   IDLE=512 MIXED=0 RUN_TIMEOUT=600 PERIMD=build/dev/perimd IO_THREADS=0 (perimd's default)
@@ -657,7 +658,9 @@ EOF
 # LAT_HARAKA_NODELAY=1 preloads into Haraka (NODE_OPTIONS, which the peer
 # script passes through) a module that sets TCP_NODELAY on every socket:
 # Haraka 3 leaves Nagle on, and its relayed final dot then waits for the
-# sink's delayed ACK (about 40 ms per message at one session).
+# sink's delayed ACK (about 40 ms per message at one session). Off by
+# default (stock Haraka): with it, 512 B messages went 4-5x faster, 100 KB
+# ones 2x slower (Haraka then sends the body in many small segments).
 latency_bench() {
 	local peer=$ROOT/../shared/bench/peer-bench.sh
 	[ -f "$peer" ] || { echo "bench latency: $peer not found; skipped"; return 0; }
