@@ -10,6 +10,8 @@
 #                         greylisting (all passed) and ClamAV (test signatures) off and on
 #   ./build.sh bench peers-av   direct, Postfix, Postfix + clamav-milter + clamd, perimd
 #                         plain, with libclamav and with the same clamd (test signatures)
+#   ./build.sh bench latency   client-side latency (final dot -> reply, p50/p99) and
+#                         messages/s of direct, Postfix, Haraka and perimd (tests/bench_latency.py)
 #   ./build.sh static     fully static musl binary from Debian sources (vendor/):
 #                         build/static/perimd; `static noclamav`: without libclamav
 #                         (clamd mode), build/static-noclamav/perimd

@@ -45,6 +45,20 @@
 #                           CPU and PSS; EICAR must be refused by each scanning system
 #                           before the runs. Needs clamav-daemon and clamav-milter; puts
 #                           /etc/postfix/main.cf and master.cf back as found.
+#   tests/bench.sh latency  client-side latency in one run, the same script doing setup,
+#                           the sink (counting every message) and the peers: direct,
+#                           Postfix, Haraka (smtp_forward) and perimd (as in `peers`),
+#                           driven by tests/bench_latency.py standing in for smtp-source;
+#                           final dot -> reply and MAIL -> final reply p50/p99 in ms,
+#                           delivered and accepted messages/s; LAT_CONC ("10 100")
+#                           sessions x LAT_SIZES ("512 102400") bytes, LAT_MSGS (2000),
+#                           LAT_WARMUP (100); LAT_SINGLE=1: one message per connection
+#                           (default: each session reuses its connection); LAT_SYSTEMS
+#                           (direct postfix haraka perimd); LAT_HARAKA_NODELAY=1: Haraka
+#                           with TCP_NODELAY (preloaded module; Haraka 3 keeps Nagle on
+#                           and waits ~40 ms per small relayed message, but with it off
+#                           100 KB messages got slower). Leaves /etc/postfix as the
+#                           peer script does (see its header).
 #
 # Knobs (environment): MSGS=5000 CONC="10 100" SIZES="512 102400" WARMUP=200
 #   IDLE=512 MIXED=0 RUN_TIMEOUT=600 PERIMD=build/dev/perimd IO_THREADS=0 (perimd's default)
@@ -632,6 +646,146 @@ for name, path in (("Postfix+ClamAV", "postfix-clamav"), ("perimd-clamd", "perim
 EOF
 }
 
+# latency_bench - client-side latency of every peer in one run (./build.sh
+# bench latency; LAT_CONC, LAT_SIZES, LAT_MSGS, LAT_WARMUP, LAT_SINGLE to
+# change). ../shared/bench/peer-bench.sh does the setup, starts smtp-sink
+# (-c, backlog 1024), Postfix (relayhost = the sink), Haraka (smtp_forward
+# to the sink) and perimd (configured as in `peers`), counts every message
+# at the sink and stops what it started; tests/bench_latency.py stands in
+# for smtp-source (first in PATH under that name), so each run's source.out
+# holds its latency line. Sessions reuse their connection unless
+# LAT_SINGLE=1 (one message per connection). LAT_SYSTEMS picks the systems;
+# LAT_HARAKA_NODELAY=1 preloads into Haraka (NODE_OPTIONS, which the peer
+# script passes through) a module that sets TCP_NODELAY on every socket:
+# Haraka 3 leaves Nagle on, and its relayed final dot then waits for the
+# sink's delayed ACK (about 40 ms per message at one session). Off by
+# default (stock Haraka): with it, 512 B messages went 4-5x faster, 100 KB
+# ones 2x slower (Haraka then sends the body in many small segments).
+latency_bench() {
+	local peer=$ROOT/../shared/bench/peer-bench.sh
+	[ -f "$peer" ] || { echo "bench latency: $peer not found; skipped"; return 0; }
+	local base=${OUT:-/tmp/perimd-bench-latency.$(date +%Y%m%d-%H%M%S)} d
+	d=/tmp/perimd-latency.$$
+	PA_DIR=$d
+	mkdir -p "$base" "$d/lib" "$d/spool" "$d/bin"
+	{
+		echo "data_directory = $d/lib"
+		echo "body_spool_directory = $d/spool"
+		echo "mail_owner = $(id -un)"
+		echo "max_sessions = 10000"
+		echo "smtpd_client_connection_count_limit = 0"
+		echo "myhostname = perimd.bench.test"
+		echo "io_threads = $IO_THREADS"
+		has_param stats_listen && echo "stats_listen ="
+		has_param greylist && echo "greylist = no"
+		has_param reject_unknown_sender_domain && echo "reject_unknown_sender_domain = no"
+		true
+	} >"$d/perimd.conf"
+	local flags=""
+	[ "${LAT_SINGLE:-0}" = 1 ] && flags=-1
+	printf '#!/bin/sh\nexec %s %s %s "$@"\n' "$PY" "$ROOT/tests/bench_latency.py" "$flags" >"$d/bin/smtp-source"
+	chmod 755 "$d/bin/smtp-source"
+	local nodelay=${LAT_HARAKA_NODELAY:-0}
+	if [ "$nodelay" = 1 ]; then
+		cat >"$d/nodelay.js" <<-'EOF'
+		// bench latency: TCP_NODELAY on every socket Haraka opens or accepts.
+		const net = require('net');
+		const connect = net.Socket.prototype.connect;
+		net.Socket.prototype.connect = function (...a) { this.setNoDelay(true); return connect.apply(this, a); };
+		const emit = net.Server.prototype.emit;
+		net.Server.prototype.emit = function (ev, s, ...r) {
+		    if (ev === 'connection' && s && s.setNoDelay) s.setNoDelay(true);
+		    return emit.call(this, ev, s, ...r);
+		};
+		EOF
+		export NODE_OPTIONS="${NODE_OPTIONS:+$NODE_OPTIONS }--require $d/nodelay.js"
+	fi
+	local systems=${LAT_SYSTEMS:-"direct postfix haraka perimd"}
+	export PERIMD_CMD="$PERIMD -f -c $d/perimd.conf -o smtpd_listen=127.0.0.1:{PORT} -o relay_backends=[127.0.0.1]:{SINK_PORT} -o relay_domains=bench.test"
+	export CONC=${LAT_CONC:-"10 100"} SIZES=${LAT_SIZES:-"512 102400"} MSGS=${LAT_MSGS:-2000}
+	export REPS=1 WARMUP=${LAT_WARMUP:-100}
+	# Free ports for the sink, Haraka and perimd; Postfix keeps the peer
+	# script's (its master.cf names it).
+	export SINK_PORT=${SINK_PORT:-$(free_port)} HARAKA_PORT=${HARAKA_PORT:-$(free_port)}
+	export PERIMD_PORT=${PERIMD_PORT:-$(free_port)}
+	echo "bench latency: $peer (results under $base; $systems; CONC=\"$CONC\" SIZES=\"$SIZES\" MSGS=$MSGS WARMUP=$WARMUP conn=$([ -n "$flags" ] && echo single || echo reuse) haraka_nodelay=$nodelay)"
+	OUT=$base/setup bash "$peer" setup
+	echo "bench latency: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$base/load.txt"
+	# shellcheck disable=SC2086
+	PATH=$d/bin:$PATH OUT=$base/peers bash "$peer" run $systems
+	echo "bench latency: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$base/load.txt"
+	rm -rf "$d"
+	PA_DIR=""
+	"$PY" - "$base/peers" "$nodelay" <<'EOF' | tee "$base/table.txt"
+import os, sys
+base, nodelay = sys.argv[1], sys.argv[2] == "1"
+systems = [("direct", "direct"), ("Postfix", "postfix"),
+           ("Haraka, TCP_NODELAY" if nodelay else "Haraka", "haraka"), ("perimd", "perimd")]
+def kv(line):
+    return dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
+runs, lat = {}, {}
+for line in open(os.path.join(base, "results.txt")):
+    if line.startswith("run "):
+        d = kv(line)
+        runs[(d["sut"], int(d["size"]), int(d["conc"]))] = d
+for (sut, size, conc), d in runs.items():
+    try:
+        for line in open(os.path.join(base, "%s-s%d-l%d-r%s" % (sut, conc, size, d["rep"]), "source.out")):
+            if line.startswith("latency "):
+                lat[(sut, size, conc)] = kv(line)
+    except OSError:
+        pass
+keys = sorted({(s, c) for (_, s, c) in runs})
+def row(title, cols):
+    print(title)
+    print("%-7s %4s" % ("bytes", "sess") + "".join(" | %-22s" % n for n, _ in systems))
+    print("%-7s %4s" % ("", "") + "".join(" | %6s %6s %8s" % cols[0] for _ in systems))
+    for size, conc in keys:
+        out = "%-7d %4d" % (size, conc)
+        for _, sut in systems:
+            r, l = runs.get((sut, size, conc), {}), lat.get((sut, size, conc))
+            if not l:
+                out += " | %6s %6s %8s" % ("-", "-", "-")
+                continue
+            a, b, c = cols[1](r, l)
+            out += " | %6s %6s %8s" % (a, b, c)
+        print(out)
+def num(x, f="%.1f"):
+    try:
+        return f % float(x)
+    except (TypeError, ValueError):
+        return "NA"
+row("dot -> final reply latency (ms, p50 / p99) and delivered msgs/s (all at the sink)",
+    (("p50", "p99", "dlv/s"), lambda r, l: (num(l.get("dot_p50_ms")), num(l.get("dot_p99_ms")),
+                                            num(r.get("deliver_mps"), "%.0f"))))
+print()
+row("whole transaction, MAIL .. final reply (ms, p50 / p99) and msgs/s as the client saw them",
+    (("p50", "p99", "acc/s"), lambda r, l: (num(l.get("txn_p50_ms")), num(l.get("txn_p99_ms")),
+                                            num(l.get("mps"), "%.0f"))))
+bad = []
+for k in sorted(runs):
+    r, l = runs[k], lat.get(k, {})
+    if r.get("status") != "ok" or r.get("lost") != "0" or l.get("errors") != "0":
+        bad.append("%s %s B %s sessions: status=%s lost=%s client errors=%s %s" % (
+            k[0], k[1], k[2], r.get("status"), r.get("lost"), l.get("errors", "NA"), l.get("first_error", "")))
+print()
+conn = next(iter(lat.values())).get("conn") if lat else None
+print("%s messages per row after a warm-up, %s; every message counted at the sink." % (
+      next(iter(runs.values()))["msgs"] if runs else "?",
+      "one message per connection" if conn == "single" else "each session reuses its connection"))
+print("Postfix answers 250 once the message is queued, before it is delivered: its latency does")
+print("not include the relay to the sink, its dlv/s does. Haraka (smtp_forward) and perimd answer")
+print("after the sink's 250. Client: tests/bench_latency.py (Python asyncio, one core); its own")
+print("event-loop delay is in every figure, the direct row shows that floor.")
+if nodelay:
+    print("Haraka ran with TCP_NODELAY set on its sockets by a preloaded module (LAT_HARAKA_NODELAY=1).")
+for b in bad:
+    print("NOT CLEAN: " + b)
+if not bad:
+    print("all runs clean: no client errors, nothing lost at the sink")
+EOF
+}
+
 # av_bench - scanning off and on, same run (./build.sh bench av).
 av_bench() {
 	local conc=${AV_CONC:-100} msgs=${AV_MSGS:-3000} threads=${AV_THREADS:-0} db=$WORK/avdb
@@ -1133,6 +1287,11 @@ fi
 
 if [ "${1:-}" = peers ]; then
 	peers
+	exit 0
+fi
+
+if [ "${1:-}" = latency ]; then
+	latency_bench
 	exit 0
 fi
 
