@@ -58,6 +58,23 @@ static int why_is_param(const char *why)
 	return why && strstr(why, "parameter") != NULL;
 }
 
+/* path_parse - the path of MAIL or RCPT and its parameters; on an error
+ * the 501 is sent (5.5.4 for a parameter, else "<who> address syntax":
+ * "5.1.7 Bad sender", "5.1.3 Bad recipient") and -1 returned. */
+static int path_parse(struct session *s, char *arg, struct smtp_path *p, const char *who)
+{
+	const char *why = "syntax error";
+	if (smtp_path_parse(arg, s->cf->strict_rfc821_envelopes, p, &why) == PARSE_OK &&
+	    (why = policy_addr_check(p->local, p->domain)) == NULL)
+		return 0;
+	stats_inc(ST_rej_rfc);
+	if (why_is_param(why))
+		smtpd_reply_error(s, "501 5.5.4 Syntax error in parameters: %s", why);
+	else
+		smtpd_reply_error(s, "501 %s address syntax: %s", who, why);
+	return -1;
+}
+
 /* smtpd_cmd_mail - MAIL FROM (RFC 5321 §4.1.1.2) with SIZE, BODY, SMTPUTF8, RET,
  * ENVID (RFC 1870, 6152, 6531, 3461). */
 void smtpd_cmd_mail(struct session *s, char *arg)
@@ -79,16 +96,8 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 		return;
 	}
 	struct smtp_path *p = xmalloc(sizeof *p);
-	const char *why = "syntax error";
-	if (smtp_path_parse(arg, cf->strict_rfc821_envelopes, p, &why) != PARSE_OK ||
-	    (why = policy_addr_check(p->local, p->domain)) != NULL) {
-		stats_inc(ST_rej_rfc);
-		if (why_is_param(why))
-			smtpd_reply_error(s, "501 5.5.4 Syntax error in parameters: %s", why);
-		else
-			smtpd_reply_error(s, "501 5.1.7 Bad sender address syntax: %s", why);
+	if (path_parse(s, arg, p, "5.1.7 Bad sender") < 0)
 		goto out;
-	}
 	int body8 = 0, utf8 = 0;
 	const char *ret = NULL, *envid = NULL;
 	for (int i = 0; i < p->nparams; i++) {
@@ -236,16 +245,8 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 	}
 	s->rcpt_tried = 1;
 	struct smtp_path *p = xmalloc(sizeof *p);
-	const char *why = "syntax error";
-	if (smtp_path_parse(arg, cf->strict_rfc821_envelopes, p, &why) != PARSE_OK ||
-	    (why = policy_addr_check(p->local, p->domain)) != NULL) {
-		stats_inc(ST_rej_rfc);
-		if (why_is_param(why))
-			smtpd_reply_error(s, "501 5.5.4 Syntax error in parameters: %s", why);
-		else
-			smtpd_reply_error(s, "501 5.1.3 Bad recipient address syntax: %s", why);
+	if (path_parse(s, arg, p, "5.1.3 Bad recipient") < 0)
 		goto out;
-	}
 	if (!p->addr[0]) {
 		smtpd_reply_error(s, "501 5.1.3 Bad recipient address syntax: null recipient");
 		goto out;
