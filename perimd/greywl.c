@@ -88,7 +88,12 @@ static int is_cidr(const char *s)
  * An unbounded repetition ('*', '+', {m,}) of an anchor is refused: its
  * closure takes regcomp exponential time ("(($)*){25}" 12 s, fuzz_greywl
  * found "(a|$)*"-like stacks). Back-references are refused: regexec()
- * backtracks on them without bound.
+ * backtracks on them without bound. Above all, a repetition may not apply
+ * to something that already holds one: no stacked ("a{2}{3}", "a+*") and
+ * no nested ("(a?){25}", "($()*){25}": exponential in regcomp, found by
+ * CI's fuzz_greywl smoke run after the counts above let it through)
+ * repetitions. Whitelist entries ("^mx[0-9]+\.example\.com$") need
+ * neither, and without them the counts above bound the rest.
  */
 static const char *re_too_costly(const char *re)
 {
@@ -98,6 +103,8 @@ static const char *re_too_costly(const char *re)
 	double esum[RE_DEPTH_MAX + 1] = { 0 }, elast[RE_DEPTH_MAX + 1] = { 0 };
 	/* the level, and its last atom, hold an anchor */
 	int anch[RE_DEPTH_MAX + 1] = { 0 }, lanch[RE_DEPTH_MAX + 1] = { 0 };
+	/* the level, and its last atom, hold a repetition */
+	int rep[RE_DEPTH_MAX + 1] = { 0 }, lrep[RE_DEPTH_MAX + 1] = { 0 };
 	int d = 0;
 
 	for (const char *p = re; *p; p++) {
@@ -111,6 +118,7 @@ static const char *re_too_costly(const char *re)
 				return "too complex";
 			sum[d] = last[d] = esum[d] = elast[d] = 0;
 			anch[d] = lanch[d] = 0;
+			rep[d] = lrep[d] = 0;
 			continue;
 		case ')':
 			if (d == 0)
@@ -122,11 +130,13 @@ static const char *re_too_costly(const char *re)
 			esum[d - 1] += elast[d - 1];
 			lanch[d - 1] = anch[d];
 			anch[d - 1] |= anch[d];
+			lrep[d - 1] = rep[d];
+			rep[d - 1] |= rep[d];
 			d--;
 			goto check;
 		case '|':
 			last[d] = elast[d] = 0;
-			lanch[d] = 0;
+			lanch[d] = lrep[d] = 0;
 			esum[d] += 1;
 			goto check;
 		case '*':
@@ -134,6 +144,9 @@ static const char *re_too_costly(const char *re)
 				return "too complex";
 			/* fall through */
 		case '?':
+			if (lrep[d])
+				return "too complex";  /* stacked or nested */
+			lrep[d] = rep[d] = 1;
 			elast[d] += 1;
 			esum[d] += 1;
 			goto check;
@@ -208,8 +221,9 @@ static const char *re_too_costly(const char *re)
 			/* a repetition: its operand, the last atom, k times,
 			 * and ek empty-matching nodes of its own; a star over
 			 * an anchor makes regcomp's closure exponential */
-			if (star && lanch[d])
+			if ((star && lanch[d]) || lrep[d])
 				return "too complex";
+			lrep[d] = rep[d] = 1;
 			sum[d] += last[d] * (k - 1);
 			last[d] *= k;
 			esum[d] += elast[d] * (k - 1) + ek;
@@ -221,6 +235,7 @@ static const char *re_too_costly(const char *re)
 			esum[d] += eps;
 			lanch[d] = anchor;
 			anch[d] |= anchor;
+			lrep[d] = 0;
 		}
 	check:
 		if (sum[d] > RE_COST_MAX || last[d] > RE_COST_MAX || esum[d] > RE_EPS_MAX ||

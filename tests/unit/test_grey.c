@@ -358,6 +358,13 @@ TEST(test_whitelist)
 		"/(($)*){25}/\n",
 		"/((a|^)+){25}/\n",
 		"/x\\b{2,}/\n",
+		/* nested or stacked repetitions are refused outright (the
+		 * first, found by CI's smoke run, is exponential in regcomp) */
+		"/($()*){25}/\n",
+		"/(a?){2}/\n",
+		"/(x+)*/\n",
+		"/y{2}{3}/\n",
+		"/a*?/\n",
 	};
 	for (size_t i = 0; i < sizeof costly / sizeof costly[0]; i++) {
 		w = greywl_parse(costly[i], strlen(costly[i]), err, sizeof err);
@@ -378,12 +385,12 @@ TEST(test_whitelist)
 	if (!w)
 		CHECK(strstr(err, "line 1: regex back-references are not supported") != NULL);
 	greywl_free(w);
-	static const char no_backref[] = "/[\\1]\\\\1(^|\\.)?(a?){400}$/\n";
+	static const char no_backref[] = "/[\\1]\\\\1(^|\\.)?a{0,40}$/\n";
 	w = greywl_parse(no_backref, strlen(no_backref), err, sizeof err);
 	CHECK(w != NULL);
 	CHECK_INT(greywl_rcpt(w, "1\\1"), 1);
 	greywl_free(w);
-	static const char ok_re2[] = "/^x{,3}y{2}{3}z{1,2}{,2}[{]{2}$/\n";
+	static const char ok_re2[] = "/^x{,3}y{6}z{1,4}[{]{2}$/\n";
 	w = greywl_parse(ok_re2, strlen(ok_re2), err, sizeof err);
 	CHECK(w != NULL);
 	CHECK_INT(greywl_rcpt(w, "xxyyyyyyzz{{"), 1);
