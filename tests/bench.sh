@@ -215,6 +215,23 @@ source_run() {
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
 }
 
+# peer_conf DIR - the perimd settings every peer-bench mode shares: state
+# under DIR/lib and DIR/spool, room for the idle tests, no /metrics port
+# (the peer script owns 2525-2528), no sender-domain DNS (the peers do
+# none); each mode adds its own lines after it.
+peer_conf() {
+	echo "data_directory = $1/lib"
+	echo "body_spool_directory = $1/spool"
+	echo "mail_owner = $(id -un)"
+	echo "max_sessions = 10000"
+	echo "smtpd_client_connection_count_limit = 0"
+	echo "myhostname = perimd.bench.test"
+	echo "io_threads = $IO_THREADS"
+	has_param stats_listen && echo "stats_listen ="
+	has_param reject_unknown_sender_domain && echo "reject_unknown_sender_domain = no"
+	true
+}
+
 peers() {
 	local peer=$ROOT/../shared/bench/peer-bench.sh
 	if [ ! -f "$peer" ]; then
@@ -225,18 +242,9 @@ peers() {
 	local d=/tmp/perimd-peer-conf.$$
 	mkdir -p "$d/lib" "$d/spool"
 	{
-		echo "data_directory = $d/lib"
-		echo "body_spool_directory = $d/spool"
-		echo "mail_owner = $(id -un)"
-		echo "max_sessions = 10000"
-		echo "smtpd_client_connection_count_limit = 0"
-		echo "myhostname = perimd.bench.test"
-		echo "io_threads = $IO_THREADS"
-		# No port fixed for /metrics (the peer script owns 2525-2528), no
-		# greylisting or sender-domain DNS: the peers do neither.
-		has_param stats_listen && echo "stats_listen ="
+		peer_conf "$d"
+		# No greylisting: the peers do none.
 		has_param greylist && echo "greylist = no"
-		has_param reject_unknown_sender_domain && echo "reject_unknown_sender_domain = no"
 		true
 	} >"$d/perimd.conf"
 	export PERIMD_CMD="$PERIMD -f -c $d/perimd.conf -o smtpd_listen=127.0.0.1:{PORT} -o relay_backends=[127.0.0.1]:{SINK_PORT} -o relay_domains=bench.test"
@@ -287,16 +295,8 @@ peers_features() {
 	for v in $variants; do
 		mkdir -p "$d/$v/lib" "$d/$v/spool"
 		{
-			echo "data_directory = $d/$v/lib"
-			echo "body_spool_directory = $d/$v/spool"
-			echo "mail_owner = $(id -un)"
-			echo "max_sessions = 10000"
-			echo "smtpd_client_connection_count_limit = 0"
-			echo "myhostname = perimd.bench.test"
-			echo "io_threads = $IO_THREADS"
+			peer_conf "$d/$v"
 			echo "log_to = stderr"
-			has_param stats_listen && echo "stats_listen ="
-			has_param reject_unknown_sender_domain && echo "reject_unknown_sender_domain = no"
 			case $v in
 			*grey*) echo "greylist = yes"; echo "greylist_delay = 1s"
 				echo "greylist_auto_whitelist_count = 0" ;;
@@ -524,16 +524,8 @@ peers_av() {
 	for v in $variants; do
 		mkdir -p "$d/$v/lib" "$d/$v/spool"
 		{
-			echo "data_directory = $d/$v/lib"
-			echo "body_spool_directory = $d/$v/spool"
-			echo "mail_owner = $(id -un)"
-			echo "max_sessions = 10000"
-			echo "smtpd_client_connection_count_limit = 0"
-			echo "myhostname = perimd.bench.test"
-			echo "io_threads = $IO_THREADS"
+			peer_conf "$d/$v"
 			echo "log_to = stderr"
-			has_param stats_listen && echo "stats_listen ="
-			has_param reject_unknown_sender_domain && echo "reject_unknown_sender_domain = no"
 			has_param greylist && echo "greylist = no"
 			case $v in
 			libclamav) echo "av_scanner = libclamav"; echo "clamav_database_directory = $d/avdb" ;;
@@ -669,16 +661,8 @@ latency_bench() {
 	PA_DIR=$d
 	mkdir -p "$base" "$d/lib" "$d/spool" "$d/bin"
 	{
-		echo "data_directory = $d/lib"
-		echo "body_spool_directory = $d/spool"
-		echo "mail_owner = $(id -un)"
-		echo "max_sessions = 10000"
-		echo "smtpd_client_connection_count_limit = 0"
-		echo "myhostname = perimd.bench.test"
-		echo "io_threads = $IO_THREADS"
-		has_param stats_listen && echo "stats_listen ="
+		peer_conf "$d"
 		has_param greylist && echo "greylist = no"
-		has_param reject_unknown_sender_domain && echo "reject_unknown_sender_domain = no"
 		true
 	} >"$d/perimd.conf"
 	local flags=""
