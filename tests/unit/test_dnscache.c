@@ -456,6 +456,19 @@ struct fake {
 	char last[64];
 };
 
+/* answer_a - turn the question in b[0..n) into its answer, one A record
+ * 192.0.2.7 (TTL 300); returns the answer's length (b has 32 spare). */
+static size_t answer_a(unsigned char *b, size_t n)
+{
+	static const unsigned char ans[] = { 0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 192, 0, 2, 7 };
+	b[2] |= 0x80;
+	b[3] = 0x80;
+	b[6] = 0;
+	b[7] = 1;
+	memcpy(b + n, ans, sizeof ans);
+	return n + sizeof ans;
+}
+
 /* fake_read - answer A questions with 192.0.2.7 (TTL 300), except names
  * starting with "slow", which never get an answer. */
 static void fake_read(void *arg, unsigned ev)
@@ -470,14 +483,7 @@ static void fake_read(void *arg, unsigned ev)
 		f->queries++;
 		if (!memcmp(b + 13, "slow", 4))
 			continue;
-		b[2] |= 0x80;
-		b[3] = 0x80;
-		b[6] = 0;
-		b[7] = 1;
-		size_t o = (size_t)n;
-		static const unsigned char ans[] = { 0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 192, 0, 2, 7 };
-		memcpy(b + o, ans, sizeof ans);
-		o += sizeof ans;
+		size_t o = answer_a(b, (size_t)n);
 		sendto(f->fd, b, o, 0, (struct sockaddr *)&ss, sl);
 		f->answered++;
 	}
@@ -616,14 +622,7 @@ static void *slow_server_main(void *arg)
 		__atomic_add_fetch(&sv->queries, 1, __ATOMIC_RELAXED);
 		struct timespec ts = { 0, 200 * 1000000L };
 		nanosleep(&ts, NULL);
-		b[2] |= 0x80;
-		b[3] = 0x80;
-		b[6] = 0;
-		b[7] = 1;
-		size_t o = (size_t)n;
-		static const unsigned char ans[] = { 0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 192, 0, 2, 7 };
-		memcpy(b + o, ans, sizeof ans);
-		o += sizeof ans;
+		size_t o = answer_a(b, (size_t)n);
 		sendto(sv->fd, b, o, 0, (struct sockaddr *)&ss, sl);
 	}
 	return NULL;
