@@ -1,7 +1,8 @@
 /*
  * av.c - the scanner front: per-loop requests to the scanner process (fd
  * passing over a SOCK_SEQPACKET socket), or to a clamd over zINSTREAM, and
- * the supervisor thread that keeps the scanner process alive.
+ * the counters. The supervisor thread that keeps the scanner process alive
+ * is av_sup.c's; av_int.h is what the two share.
  *
  * Invariants:
  * - Only io loops talk to the scanner about messages, each over its own
@@ -12,15 +13,15 @@
  *   on the socket: all of that loop's requests get av_fail_action), or
  *   av_cancel(). Results known at once (oversize, no scanner) are still
  *   delivered through an ev_defer, never inside av_scan().
- * - The supervisor thread alone starts, pings, reloads and restarts the
- *   scanner process; it hands new sockets to the loops with ev_post(). A
- *   process is started by re-executing perimd (posix_spawn), never by a
- *   bare fork() of this threaded process.
+ * - The supervisor thread (av_sup.c) alone starts, pings, reloads and
+ *   restarts the scanner process; it hands new sockets to the loops with
+ *   ev_post(). A process is started by re-executing perimd (posix_spawn),
+ *   never by a bare fork() of this threaded process.
  * - A verdict is never "clean" unless a scanner said so: oversize and
  *   failures follow av_oversize_action / av_fail_action and are logged.
  */
 #include "av.h"
-#include "stats.h"
+#include "av_int.h"
 #include "conf.h"
 #include "conn.h"
 #include "ev.h"
@@ -28,88 +29,21 @@
 #include "net.h"
 #include "scanner.h"
 #include "spool.h"
+#include "stats.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define CLAMD_CHUNK (64 * 1024)
-#define CLAMD_WBUF (256 * 1024)
-#define READY_WAIT_MS (600 * 1000)   /* a full signature set loads in ~1 min */
-#define PONG_WAIT_MS 15000
-#define HANG_GRACE_MS 5000
-#define NAMES_MAX 256
-
-extern char **environ;
-
-enum av_kind { AVK_NONE, AVK_LIBCLAMAV, AVK_CLAMD, AVK_BAD };
-enum av_outcome { AVO_CLEAN, AVO_VIRUS, AVO_FAIL, AVO_OVERSIZE };
-
-struct av_list {
-	struct av_req *head, *tail;
-};
-
-struct av_loop {
-	struct ev_loop *loop;
-	int fd;                  /* -1: no scanner */
-	int registered;          /* io watcher in the loop */
-	struct ev_io io;
-	struct av_list queued, sent;
-	uint64_t next_id;
-};
-
-struct av_req {
-	struct av_req *next, *prev;
-	struct av_list *list;    /* queued / sent, or NULL */
-	struct av_loop *al;
-	struct ev_loop *loop;
-	const struct conf *cf;
-	struct spool *sp;
-	char msgid[16];
-	uint64_t id, t0;
-	long engine_us;          /* scanner's own time; -1 unknown */
-	int fd;                  /* spool's, not ours */
-	av_done_fn *done;
-	void *arg;
-	struct ev_timer timer;
-	struct ev_defer defer;
-	enum av_outcome dout;    /* deferred outcome */
-	char text[SCANNER_NAME_MAX];
-	char refusal[256];
-	/* clamd */
-	struct conn *c;
-	uint64_t off;
-	int sent_end;
-	char rbuf[256];
-	size_t rlen;
-};
-
-static struct av_loop *av_loops;
-static int av_nloops;
-
-static struct {
-	pthread_t tid;
-	int running;
-	int wake[2];
-	pid_t pid;
-	int ctl;
-	char *dbdir, *tmpdir;
-	long long threads, max_size, timeout;
-	int stop, reload;        /* atomic */
-	uint64_t started;
-} sup = { .wake = { -1, -1 }, .pid = -1, .ctl = -1 };
+struct av_loop *av_loops;
+int av_nloops;
 
 static struct av_counters counters;   /* atomic fields */
 static pthread_mutex_t names_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -119,16 +53,16 @@ static struct {
 } names[NAMES_MAX];
 static int nnames;
 
-/* mono_ms - monotonic milliseconds. */
-static uint64_t mono_ms(void)
+/* av_mono_ms - monotonic milliseconds. */
+uint64_t av_mono_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* av_parse - the kind of av_scanner, and clamd's address. */
-static enum av_kind av_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+/* av_kind_parse - the kind of av_scanner, and clamd's address. */
+enum av_kind av_kind_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len)
 {
 	if (!strcmp(s, "none") || !*s)
 		return AVK_NONE;
@@ -272,8 +206,8 @@ static void list_add(struct av_list *l, struct av_req *r)
 	l->tail = r;
 }
 
-/* list_del - take r off its list, if any. */
-static void list_del(struct av_req *r)
+/* av_list_del - take r off its list, if any. */
+void av_list_del(struct av_req *r)
 {
 	struct av_list *l = r->list;
 	if (!l)
@@ -293,7 +227,7 @@ static void list_del(struct av_req *r)
 /* req_free - release a request (off every list, no callback pending). */
 static void req_free(struct av_req *r)
 {
-	list_del(r);
+	av_list_del(r);
 	ev_timer_stop(r->loop, &r->timer);
 	ev_defer_cancel(r->loop, &r->defer);
 	if (r->c)
@@ -355,7 +289,7 @@ static void finish(struct av_req *r, enum av_outcome o, const char *text)
 			refusal = "451 4.3.0 message too large for the content scanner";
 		break;
 	}
-	list_del(r);
+	av_list_del(r);
 	ev_timer_stop(r->loop, &r->timer);
 	ev_defer_cancel(r->loop, &r->defer);
 	if (r->c) {
@@ -436,7 +370,7 @@ static void al_flush(struct av_loop *al)
 			al_down(al, why);
 			return;
 		}
-		list_del(r);
+		av_list_del(r);
 		list_add(&al->sent, r);
 	}
 	if (al->fd >= 0)
@@ -474,8 +408,8 @@ static void al_io(void *arg, unsigned events)
 	}
 }
 
-/* al_attach - on the loop: a restarted scanner's socket replaces the old. */
-static void al_attach(void *arg)
+/* av_loop_attach - on the loop: a restarted scanner's socket replaces the old. */
+void av_loop_attach(void *arg)
 {
 	int *p = arg;
 	struct av_loop *al = &av_loops[p[0]];
@@ -636,7 +570,7 @@ struct av_req *av_scan(struct ev_loop *loop, const struct conf *cf, struct spool
 	ev_timer_start(loop, &r->timer, (uint64_t)cf->av_timeout, on_timeout, r);
 	struct sockaddr_storage ss;
 	socklen_t len = 0;
-	enum av_kind k = av_parse(cf->av_scanner, &ss, &len);
+	enum av_kind k = av_kind_parse(cf->av_scanner, &ss, &len);
 	if (spool_size(sp) > (uint64_t)cf->av_max_size)
 		finish_later(r, AVO_OVERSIZE, "");
 	else if (k == AVK_LIBCLAMAV && av_loops && ev_loop_index(loop) < av_nloops)
@@ -654,354 +588,3 @@ void av_cancel(struct av_req *r)
 	req_free(r);
 }
 
-/* ---- the supervisor --------------------------------------------------------- */
-
-/* sup_spawn - start a scanner process; fills fds[nloops] with the loops'
- * ends of their sockets. Returns 0 or -1 with err. */
-static int sup_spawn(int *fds, char *err, size_t errlen)
-{
-	int n = av_nloops;
-	int (*sv)[2] = xcalloc((size_t)n + 1, sizeof *sv);
-	int made = 0, rc = -1;
-	for (; made <= n; made++)
-		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv[made]) < 0) {
-			snprintf(err, errlen, "socketpair: %s", strerror(errno));
-			goto out;
-		}
-	char a_threads[24], a_max[24], a_timeout[24], a_n[24];
-	snprintf(a_threads, sizeof a_threads, "%lld", sup.threads);
-	snprintf(a_max, sizeof a_max, "%lld", sup.max_size);
-	snprintf(a_timeout, sizeof a_timeout, "%lld", sup.timeout);
-	snprintf(a_n, sizeof a_n, "%d", n);
-	char *argv[] = { "perimd-scanner", SCANNER_ARG, sup.dbdir, sup.tmpdir, a_threads,
-			 a_max, a_timeout, a_n, NULL };
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	/* Fixed descriptors in the child; dup2 clears their close-on-exec. A
-	 * source that already sits on a target number is moved away first. */
-	for (int i = 0; i <= n; i++) {
-		int want = i == 0 ? SCANNER_CTL_FD : SCANNER_LOOP_FD + i - 1;
-		if (sv[i][1] <= SCANNER_LOOP_FD + n) {
-			int moved = fcntl(sv[i][1], F_DUPFD_CLOEXEC, SCANNER_LOOP_FD + n + 1);
-			if (moved < 0) {
-				snprintf(err, errlen, "fcntl: %s", strerror(errno));
-				posix_spawn_file_actions_destroy(&fa);
-				goto out;
-			}
-			close(sv[i][1]);
-			sv[i][1] = moved;
-		}
-		posix_spawn_file_actions_adddup2(&fa, sv[i][1], want);
-	}
-	posix_spawnattr_t at;
-	posix_spawnattr_init(&at);
-	sigset_t none, all;
-	sigemptyset(&none);
-	sigfillset(&all);
-	posix_spawnattr_setsigmask(&at, &none);
-	posix_spawnattr_setsigdefault(&at, &all);
-	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-	pid_t pid;
-	int e = posix_spawn(&pid, "/proc/self/exe", &fa, &at, argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	posix_spawnattr_destroy(&at);
-	if (e != 0) {
-		snprintf(err, errlen, "cannot start the scanner process: %s", strerror(e));
-		goto out;
-	}
-	sup.pid = pid;
-	sup.ctl = sv[0][0];
-	sup.started = mono_ms();
-	for (int i = 0; i < n; i++) {
-		fds[i] = sv[i + 1][0];
-		fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
-	}
-	for (int i = 0; i <= n; i++)
-		close(sv[i][1]);
-	free(sv);
-	return 0;
-out:
-	for (int i = 0; i < made; i++) {
-		close(sv[i][0]);
-		close(sv[i][1]);
-	}
-	free(sv);
-	return rc;
-}
-
-/* sup_reap - the scanner is dead or must die: kill, wait, log. */
-static void sup_reap(const char *why)
-{
-	if (sup.ctl >= 0)
-		close(sup.ctl);
-	sup.ctl = -1;
-	if (sup.pid <= 0)
-		return;
-	kill(sup.pid, SIGKILL);
-	int st = 0;
-	while (waitpid(sup.pid, &st, 0) < 0 && errno == EINTR)
-		;
-	if (why)
-		log_err("scanner process %d: %s (%s %d); restarting it", (int)sup.pid, why,
-			WIFSIGNALED(st) ? "signal" : "exit status",
-			WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
-	sup.pid = -1;
-}
-
-/* sup_wait - poll the control socket and the wake pipe up to ms; returns
- * 1 if ctl is readable (or hung up), 0 otherwise. */
-static int sup_wait(int ms)
-{
-	struct pollfd pf[2] = { { sup.ctl, POLLIN, 0 }, { sup.wake[0], POLLIN, 0 } };
-	if (poll(pf, 2, ms) <= 0)
-		return 0;
-	if (pf[1].revents) {
-		char b[64];
-		while (read(sup.wake[0], b, sizeof b) > 0)
-			;
-	}
-	return pf[0].revents != 0;
-}
-
-/* sup_ready - wait (bounded) for "ready"; 0 or -1 with err. */
-static int sup_ready(char *err, size_t errlen)
-{
-	uint64_t deadline = mono_ms() + READY_WAIT_MS;
-	while (!__atomic_load_n(&sup.stop, __ATOMIC_RELAXED)) {
-		uint64_t now = mono_ms();
-		if (now >= deadline) {
-			snprintf(err, errlen, "the scanner did not load %s within %d s", sup.dbdir,
-				 READY_WAIT_MS / 1000);
-			return -1;
-		}
-		if (!sup_wait((int)(deadline - now < 1000 ? deadline - now : 1000)))
-			continue;
-		char buf[512];
-		ssize_t n = recv(sup.ctl, buf, sizeof buf - 1, MSG_DONTWAIT);
-		if (n < 0 && (errno == EAGAIN || errno == EINTR))
-			continue;
-		if (n <= 0) {
-			snprintf(err, errlen, "the scanner process ended while loading %s", sup.dbdir);
-			return -1;
-		}
-		buf[n] = 0;
-		unsigned sigs = 0;
-		unsigned long long ms = 0;
-		int th = 0;
-		if (sscanf(buf, "ready %u %llu %d", &sigs, &ms, &th) == 3) {
-			log_info("scanner process %d ready: libclamav %s, %u signatures from %s in %llu ms, "
-				 "%d threads", (int)sup.pid, scanner_version(), sigs, sup.dbdir, ms, th);
-			return 0;
-		}
-		if (!strncmp(buf, "error ", 6)) {
-			snprintf(err, errlen, "scanner: %s", buf + 6);
-			return -1;
-		}
-	}
-	snprintf(err, errlen, "stopping");
-	return -1;
-}
-
-/* sup_restart - replace a dead scanner; the loops get the new sockets. */
-static void sup_restart(const char *why)
-{
-	sup_reap(why);
-	int *fds = xcalloc((size_t)av_nloops, sizeof *fds);
-	while (!__atomic_load_n(&sup.stop, __ATOMIC_RELAXED)) {
-		/* No faster than one start a second when it keeps dying. */
-		uint64_t since = mono_ms() - sup.started;
-		if (since < 1000)
-			sup_wait((int)(1000 - since));
-		char err[512];
-		if (sup_spawn(fds, err, sizeof err) < 0) {
-			log_err("%s", err);
-			sup.started = mono_ms();
-			continue;
-		}
-		if (sup_ready(err, sizeof err) == 0) {
-			for (int i = 0; i < av_nloops; i++) {
-				int *p = xmalloc(2 * sizeof *p);
-				p[0] = i;
-				p[1] = fds[i];
-				ev_post(av_loops[i].loop, al_attach, p);
-			}
-			break;
-		}
-		log_err("%s", err);
-		for (int i = 0; i < av_nloops; i++)
-			close(fds[i]);
-		sup_reap(NULL);
-	}
-	free(fds);
-}
-
-/* sup_main - the supervisor thread: ping, reload, restart. */
-static void *sup_main(void *arg)
-{
-	uint64_t last_ping = 0, last_pong = mono_ms();
-	while (!__atomic_load_n(&sup.stop, __ATOMIC_RELAXED)) {
-		int readable = sup_wait(1000);
-		if (__atomic_load_n(&sup.stop, __ATOMIC_RELAXED))
-			break;
-		const char *dead = NULL;
-		char buf[512];
-		if (__atomic_exchange_n(&sup.reload, 0, __ATOMIC_ACQ_REL)) {
-			log_info("scanner: reloading signatures from %s", sup.dbdir);
-			send(sup.ctl, "reload", 6, MSG_NOSIGNAL);
-		}
-		if (readable) {
-			ssize_t n = recv(sup.ctl, buf, sizeof buf - 1, MSG_DONTWAIT);
-			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
-				dead = "ended";
-			if (n > 0) {
-				buf[n] = 0;
-				unsigned long long age = 0, ms = 0;
-				unsigned sigs = 0;
-				int inflight = 0;
-				if (sscanf(buf, "pong %llu %d", &age, &inflight) == 2) {
-					last_pong = mono_ms();
-					if (age > (unsigned long long)sup.timeout + HANG_GRACE_MS)
-						dead = "a scan hangs past av_timeout";
-				} else if (sscanf(buf, "reloaded %u %llu", &sigs, &ms) == 2) {
-					log_info("scanner: signatures reloaded: %u signatures in %llu ms", sigs, ms);
-				} else if (!strncmp(buf, "reload-failed ", 14)) {
-					log_err("scanner: signature reload failed, keeping the old engine: %s", buf + 14);
-				} else if (!strncmp(buf, "log ", 4)) {
-					log_info("scanner: %s", buf + 4);
-				}
-			}
-		}
-		uint64_t now = mono_ms();
-		if (!dead && now - last_pong > PONG_WAIT_MS)
-			dead = "not answering";
-		if (!dead && now - last_ping >= 1000) {
-			send(sup.ctl, "ping", 4, MSG_NOSIGNAL);
-			last_ping = now;
-		}
-		if (dead) {
-			sup_restart(dead);
-			last_pong = mono_ms();
-		}
-	}
-	return arg;
-}
-
-/* av_check - av_scanner's syntax, and whether this build can honour it. */
-int av_check(const struct conf *cf, char *err, size_t errlen)
-{
-	struct sockaddr_storage ss;
-	socklen_t len;
-	enum av_kind k = av_parse(cf->av_scanner, &ss, &len);
-	if (k == AVK_BAD) {
-		snprintf(err, errlen, "av_scanner = %s: expected none, libclamav, clamd:/path or "
-			 "clamd:HOST:PORT", cf->av_scanner);
-		return -1;
-	}
-#ifdef PERIMD_NO_CLAMAV
-	/* Refused at -t and at start, never discovered at the first message. */
-	if (k == AVK_LIBCLAMAV) {
-		snprintf(err, errlen, "av_scanner = libclamav: this perimd is built without libclamav "
-			 "(perimd -V); use clamd:/path/to/socket or clamd:HOST:PORT");
-		return -1;
-	}
-#endif
-	return 0;
-}
-
-/* av_start - start and supervise the scanner (av_scanner = libclamav). */
-int av_start(const struct conf *cf, struct ev_loop **loops, int nloops, char *err, size_t errlen)
-{
-	struct sockaddr_storage ss;
-	socklen_t len;
-	if (av_check(cf, err, errlen) < 0)
-		return -1;
-	enum av_kind k = av_parse(cf->av_scanner, &ss, &len);
-	if (k != AVK_LIBCLAMAV)
-		return 0;
-	av_nloops = nloops;
-	av_loops = xcalloc((size_t)nloops, sizeof *av_loops);
-	for (int i = 0; i < nloops; i++) {
-		av_loops[i].loop = loops[i];
-		av_loops[i].fd = -1;
-	}
-	sup.dbdir = xstrdup(cf->clamav_database_directory);
-	sup.tmpdir = xstrdup(cf->body_spool_directory);
-	sup.threads = cf->av_threads;
-	sup.max_size = cf->av_max_size;
-	sup.timeout = cf->av_timeout;
-	if (pipe2(sup.wake, O_CLOEXEC | O_NONBLOCK) < 0) {
-		snprintf(err, errlen, "pipe: %s", strerror(errno));
-		return -1;
-	}
-	int *fds = xcalloc((size_t)nloops, sizeof *fds);
-	log_info("scanner: loading signatures from %s; no mail is accepted until it is ready",
-		 sup.dbdir);
-	if (sup_spawn(fds, err, errlen) < 0 || sup_ready(err, errlen) < 0) {
-		free(fds);
-		sup_reap(NULL);
-		return -1;
-	}
-	for (int i = 0; i < nloops; i++)
-		av_loops[i].fd = fds[i];
-	free(fds);
-	if (pthread_create(&sup.tid, NULL, sup_main, NULL) != 0) {
-		snprintf(err, errlen, "cannot start the scanner supervisor thread");
-		return -1;
-	}
-	sup.running = 1;
-	return 0;
-}
-
-/* av_reload - SIGHUP: new signatures, in the background. */
-void av_reload(const struct conf *cf)
-{
-	if (!sup.running) {
-		if (!strcmp(cf->av_scanner, "libclamav"))
-			log_warn("reload: av_scanner = libclamav needs a restart of perimd");
-		return;
-	}
-	if (strcmp(cf->av_scanner, "libclamav") || strcmp(cf->clamav_database_directory, sup.dbdir) ||
-	    cf->av_threads != sup.threads)
-		log_warn("reload: av_scanner, clamav_database_directory and av_threads changes need a "
-			 "restart; reloading the signatures of %s", sup.dbdir);
-	__atomic_store_n(&sup.reload, 1, __ATOMIC_RELEASE);
-	if (write(sup.wake[1], "r", 1) < 0 && errno != EAGAIN)
-		log_warn("av: cannot wake the supervisor: %s", strerror(errno));
-}
-
-/* av_stop - stop the supervisor and the scanner; free the loops' state. */
-void av_stop(void)
-{
-	if (sup.running) {
-		__atomic_store_n(&sup.stop, 1, __ATOMIC_RELEASE);
-		if (write(sup.wake[1], "s", 1) < 0)
-			log_warn("av: cannot wake the supervisor: %s", strerror(errno));
-		pthread_join(sup.tid, NULL);
-		sup.running = 0;
-	}
-	sup_reap(NULL);
-	for (int i = 0; i < av_nloops; i++) {
-		struct av_loop *al = &av_loops[i];
-		/* The loops have ended; what is left is only freed. */
-		struct av_list *ls[2] = { &al->sent, &al->queued };
-		for (int j = 0; j < 2; j++)
-			while (ls[j]->head) {
-				struct av_req *r = ls[j]->head;
-				list_del(r);
-				free(r);
-			}
-		if (al->fd >= 0)
-			close(al->fd);
-	}
-	free(av_loops);
-	av_loops = NULL;
-	av_nloops = 0;
-	free(sup.dbdir);
-	free(sup.tmpdir);
-	sup.dbdir = sup.tmpdir = NULL;
-	if (sup.wake[0] >= 0) {
-		close(sup.wake[0]);
-		close(sup.wake[1]);
-		sup.wake[0] = sup.wake[1] = -1;
-	}
-}

@@ -1,0 +1,78 @@
+/*
+ * av_int.h - what av.c (requests from the io loops to the scanner process
+ * or clamd) and av_sup.c (the supervisor thread that starts, pings,
+ * reloads and restarts the scanner process) share. Internal to the two;
+ * everyone else uses av.h.
+ */
+#ifndef PERIMD_AV_INT_H
+#define PERIMD_AV_INT_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "av.h"
+#include "conf.h"
+#include "ev.h"
+#include "scanner.h"
+
+#define CLAMD_CHUNK (64 * 1024)
+#define CLAMD_WBUF (256 * 1024)
+#define READY_WAIT_MS (600 * 1000)   /* a full signature set loads in ~1 min */
+#define PONG_WAIT_MS 15000
+#define HANG_GRACE_MS 5000
+#define NAMES_MAX 256
+
+enum av_kind { AVK_NONE, AVK_LIBCLAMAV, AVK_CLAMD, AVK_BAD };
+enum av_outcome { AVO_CLEAN, AVO_VIRUS, AVO_FAIL, AVO_OVERSIZE };
+
+struct av_list {
+	struct av_req *head, *tail;
+};
+
+struct av_loop {
+	struct ev_loop *loop;
+	int fd;                  /* -1: no scanner */
+	int registered;          /* io watcher in the loop */
+	struct ev_io io;
+	struct av_list queued, sent;
+	uint64_t next_id;
+};
+
+struct av_req {
+	struct av_req *next, *prev;
+	struct av_list *list;    /* queued / sent, or NULL */
+	struct av_loop *al;
+	struct ev_loop *loop;
+	const struct conf *cf;
+	struct spool *sp;
+	char msgid[16];
+	uint64_t id, t0;
+	long engine_us;          /* scanner's own time; -1 unknown */
+	int fd;                  /* spool's, not ours */
+	av_done_fn *done;
+	void *arg;
+	struct ev_timer timer;
+	struct ev_defer defer;
+	enum av_outcome dout;    /* deferred outcome */
+	char text[SCANNER_NAME_MAX];
+	char refusal[256];
+	/* clamd */
+	struct conn *c;
+	uint64_t off;
+	int sent_end;
+	char rbuf[256];
+	size_t rlen;
+};
+
+/* the io loops' scanner state, indexed by ev_loop_index() (av.c) */
+extern struct av_loop *av_loops;
+extern int av_nloops;
+
+/* ---- av.c, for av_sup.c ------------------------------------------------- */
+
+uint64_t av_mono_ms(void);
+enum av_kind av_kind_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+void av_list_del(struct av_req *r);
+void av_loop_attach(void *arg);
+
+#endif

@@ -1,0 +1,394 @@
+/*
+ * av_sup.c - the supervisor of the scanner process (av_scanner =
+ * libclamav): one thread that starts it by re-executing perimd
+ * (posix_spawn, never a bare fork() of this threaded process), waits for
+ * its engine, pings it, asks it to reload, restarts it when it dies or
+ * hangs, and hands each io loop its new socket with ev_post(). The
+ * requests themselves are av.c's; av_int.h is what the two share.
+ */
+#include "av.h"
+#include "av_int.h"
+#include "conf.h"
+#include "ev.h"
+#include "log.h"
+#include "scanner.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* The supervisor's state: its thread, the process, its control socket. */
+static struct {
+	pthread_t tid;
+	int running;
+	int wake[2];
+	pid_t pid;
+	int ctl;
+	char *dbdir, *tmpdir;
+	long long threads, max_size, timeout;
+	int stop, reload;        /* atomic */
+	uint64_t started;
+} sup = { .wake = { -1, -1 }, .pid = -1, .ctl = -1 };
+
+/* ---- the supervisor --------------------------------------------------------- */
+
+/* sup_spawn - start a scanner process; fills fds[nloops] with the loops'
+ * ends of their sockets. Returns 0 or -1 with err. */
+static int sup_spawn(int *fds, char *err, size_t errlen)
+{
+	int n = av_nloops;
+	int (*sv)[2] = xcalloc((size_t)n + 1, sizeof *sv);
+	int made = 0, rc = -1;
+	for (; made <= n; made++)
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv[made]) < 0) {
+			snprintf(err, errlen, "socketpair: %s", strerror(errno));
+			goto out;
+		}
+	char a_threads[24], a_max[24], a_timeout[24], a_n[24];
+	snprintf(a_threads, sizeof a_threads, "%lld", sup.threads);
+	snprintf(a_max, sizeof a_max, "%lld", sup.max_size);
+	snprintf(a_timeout, sizeof a_timeout, "%lld", sup.timeout);
+	snprintf(a_n, sizeof a_n, "%d", n);
+	char *argv[] = { "perimd-scanner", SCANNER_ARG, sup.dbdir, sup.tmpdir, a_threads,
+			 a_max, a_timeout, a_n, NULL };
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	/* Fixed descriptors in the child; dup2 clears their close-on-exec. A
+	 * source that already sits on a target number is moved away first. */
+	for (int i = 0; i <= n; i++) {
+		int want = i == 0 ? SCANNER_CTL_FD : SCANNER_LOOP_FD + i - 1;
+		if (sv[i][1] <= SCANNER_LOOP_FD + n) {
+			int moved = fcntl(sv[i][1], F_DUPFD_CLOEXEC, SCANNER_LOOP_FD + n + 1);
+			if (moved < 0) {
+				snprintf(err, errlen, "fcntl: %s", strerror(errno));
+				posix_spawn_file_actions_destroy(&fa);
+				goto out;
+			}
+			close(sv[i][1]);
+			sv[i][1] = moved;
+		}
+		posix_spawn_file_actions_adddup2(&fa, sv[i][1], want);
+	}
+	posix_spawnattr_t at;
+	posix_spawnattr_init(&at);
+	sigset_t none, all;
+	sigemptyset(&none);
+	sigfillset(&all);
+	posix_spawnattr_setsigmask(&at, &none);
+	posix_spawnattr_setsigdefault(&at, &all);
+	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	pid_t pid;
+	int e = posix_spawn(&pid, "/proc/self/exe", &fa, &at, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&at);
+	if (e != 0) {
+		snprintf(err, errlen, "cannot start the scanner process: %s", strerror(e));
+		goto out;
+	}
+	sup.pid = pid;
+	sup.ctl = sv[0][0];
+	sup.started = av_mono_ms();
+	for (int i = 0; i < n; i++) {
+		fds[i] = sv[i + 1][0];
+		fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+	}
+	for (int i = 0; i <= n; i++)
+		close(sv[i][1]);
+	free(sv);
+	return 0;
+out:
+	for (int i = 0; i < made; i++) {
+		close(sv[i][0]);
+		close(sv[i][1]);
+	}
+	free(sv);
+	return rc;
+}
+
+/* sup_reap - the scanner is dead or must die: kill, wait, log. */
+static void sup_reap(const char *why)
+{
+	if (sup.ctl >= 0)
+		close(sup.ctl);
+	sup.ctl = -1;
+	if (sup.pid <= 0)
+		return;
+	kill(sup.pid, SIGKILL);
+	int st = 0;
+	while (waitpid(sup.pid, &st, 0) < 0 && errno == EINTR)
+		;
+	if (why)
+		log_err("scanner process %d: %s (%s %d); restarting it", (int)sup.pid, why,
+			WIFSIGNALED(st) ? "signal" : "exit status",
+			WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+	sup.pid = -1;
+}
+
+/* sup_wait - poll the control socket and the wake pipe up to ms; returns
+ * 1 if ctl is readable (or hung up), 0 otherwise. */
+static int sup_wait(int ms)
+{
+	struct pollfd pf[2] = { { sup.ctl, POLLIN, 0 }, { sup.wake[0], POLLIN, 0 } };
+	if (poll(pf, 2, ms) <= 0)
+		return 0;
+	if (pf[1].revents) {
+		char b[64];
+		while (read(sup.wake[0], b, sizeof b) > 0)
+			;
+	}
+	return pf[0].revents != 0;
+}
+
+/* sup_ready - wait (bounded) for "ready"; 0 or -1 with err. */
+static int sup_ready(char *err, size_t errlen)
+{
+	uint64_t deadline = av_mono_ms() + READY_WAIT_MS;
+	while (!__atomic_load_n(&sup.stop, __ATOMIC_RELAXED)) {
+		uint64_t now = av_mono_ms();
+		if (now >= deadline) {
+			snprintf(err, errlen, "the scanner did not load %s within %d s", sup.dbdir,
+				 READY_WAIT_MS / 1000);
+			return -1;
+		}
+		if (!sup_wait((int)(deadline - now < 1000 ? deadline - now : 1000)))
+			continue;
+		char buf[512];
+		ssize_t n = recv(sup.ctl, buf, sizeof buf - 1, MSG_DONTWAIT);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n <= 0) {
+			snprintf(err, errlen, "the scanner process ended while loading %s", sup.dbdir);
+			return -1;
+		}
+		buf[n] = 0;
+		unsigned sigs = 0;
+		unsigned long long ms = 0;
+		int th = 0;
+		if (sscanf(buf, "ready %u %llu %d", &sigs, &ms, &th) == 3) {
+			log_info("scanner process %d ready: libclamav %s, %u signatures from %s in %llu ms, "
+				 "%d threads", (int)sup.pid, scanner_version(), sigs, sup.dbdir, ms, th);
+			return 0;
+		}
+		if (!strncmp(buf, "error ", 6)) {
+			snprintf(err, errlen, "scanner: %s", buf + 6);
+			return -1;
+		}
+	}
+	snprintf(err, errlen, "stopping");
+	return -1;
+}
+
+/* sup_restart - replace a dead scanner; the loops get the new sockets. */
+static void sup_restart(const char *why)
+{
+	sup_reap(why);
+	int *fds = xcalloc((size_t)av_nloops, sizeof *fds);
+	while (!__atomic_load_n(&sup.stop, __ATOMIC_RELAXED)) {
+		/* No faster than one start a second when it keeps dying. */
+		uint64_t since = av_mono_ms() - sup.started;
+		if (since < 1000)
+			sup_wait((int)(1000 - since));
+		char err[512];
+		if (sup_spawn(fds, err, sizeof err) < 0) {
+			log_err("%s", err);
+			sup.started = av_mono_ms();
+			continue;
+		}
+		if (sup_ready(err, sizeof err) == 0) {
+			for (int i = 0; i < av_nloops; i++) {
+				int *p = xmalloc(2 * sizeof *p);
+				p[0] = i;
+				p[1] = fds[i];
+				ev_post(av_loops[i].loop, av_loop_attach, p);
+			}
+			break;
+		}
+		log_err("%s", err);
+		for (int i = 0; i < av_nloops; i++)
+			close(fds[i]);
+		sup_reap(NULL);
+	}
+	free(fds);
+}
+
+/* sup_main - the supervisor thread: ping, reload, restart. */
+static void *sup_main(void *arg)
+{
+	uint64_t last_ping = 0, last_pong = av_mono_ms();
+	while (!__atomic_load_n(&sup.stop, __ATOMIC_RELAXED)) {
+		int readable = sup_wait(1000);
+		if (__atomic_load_n(&sup.stop, __ATOMIC_RELAXED))
+			break;
+		const char *dead = NULL;
+		char buf[512];
+		if (__atomic_exchange_n(&sup.reload, 0, __ATOMIC_ACQ_REL)) {
+			log_info("scanner: reloading signatures from %s", sup.dbdir);
+			send(sup.ctl, "reload", 6, MSG_NOSIGNAL);
+		}
+		if (readable) {
+			ssize_t n = recv(sup.ctl, buf, sizeof buf - 1, MSG_DONTWAIT);
+			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+				dead = "ended";
+			if (n > 0) {
+				buf[n] = 0;
+				unsigned long long age = 0, ms = 0;
+				unsigned sigs = 0;
+				int inflight = 0;
+				if (sscanf(buf, "pong %llu %d", &age, &inflight) == 2) {
+					last_pong = av_mono_ms();
+					if (age > (unsigned long long)sup.timeout + HANG_GRACE_MS)
+						dead = "a scan hangs past av_timeout";
+				} else if (sscanf(buf, "reloaded %u %llu", &sigs, &ms) == 2) {
+					log_info("scanner: signatures reloaded: %u signatures in %llu ms", sigs, ms);
+				} else if (!strncmp(buf, "reload-failed ", 14)) {
+					log_err("scanner: signature reload failed, keeping the old engine: %s", buf + 14);
+				} else if (!strncmp(buf, "log ", 4)) {
+					log_info("scanner: %s", buf + 4);
+				}
+			}
+		}
+		uint64_t now = av_mono_ms();
+		if (!dead && now - last_pong > PONG_WAIT_MS)
+			dead = "not answering";
+		if (!dead && now - last_ping >= 1000) {
+			send(sup.ctl, "ping", 4, MSG_NOSIGNAL);
+			last_ping = now;
+		}
+		if (dead) {
+			sup_restart(dead);
+			last_pong = av_mono_ms();
+		}
+	}
+	return arg;
+}
+
+/* av_check - av_scanner's syntax, and whether this build can honour it. */
+int av_check(const struct conf *cf, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	enum av_kind k = av_kind_parse(cf->av_scanner, &ss, &len);
+	if (k == AVK_BAD) {
+		snprintf(err, errlen, "av_scanner = %s: expected none, libclamav, clamd:/path or "
+			 "clamd:HOST:PORT", cf->av_scanner);
+		return -1;
+	}
+#ifdef PERIMD_NO_CLAMAV
+	/* Refused at -t and at start, never discovered at the first message. */
+	if (k == AVK_LIBCLAMAV) {
+		snprintf(err, errlen, "av_scanner = libclamav: this perimd is built without libclamav "
+			 "(perimd -V); use clamd:/path/to/socket or clamd:HOST:PORT");
+		return -1;
+	}
+#endif
+	return 0;
+}
+
+/* av_start - start and supervise the scanner (av_scanner = libclamav). */
+int av_start(const struct conf *cf, struct ev_loop **loops, int nloops, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	if (av_check(cf, err, errlen) < 0)
+		return -1;
+	enum av_kind k = av_kind_parse(cf->av_scanner, &ss, &len);
+	if (k != AVK_LIBCLAMAV)
+		return 0;
+	av_nloops = nloops;
+	av_loops = xcalloc((size_t)nloops, sizeof *av_loops);
+	for (int i = 0; i < nloops; i++) {
+		av_loops[i].loop = loops[i];
+		av_loops[i].fd = -1;
+	}
+	sup.dbdir = xstrdup(cf->clamav_database_directory);
+	sup.tmpdir = xstrdup(cf->body_spool_directory);
+	sup.threads = cf->av_threads;
+	sup.max_size = cf->av_max_size;
+	sup.timeout = cf->av_timeout;
+	if (pipe2(sup.wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+		snprintf(err, errlen, "pipe: %s", strerror(errno));
+		return -1;
+	}
+	int *fds = xcalloc((size_t)nloops, sizeof *fds);
+	log_info("scanner: loading signatures from %s; no mail is accepted until it is ready",
+		 sup.dbdir);
+	if (sup_spawn(fds, err, errlen) < 0 || sup_ready(err, errlen) < 0) {
+		free(fds);
+		sup_reap(NULL);
+		return -1;
+	}
+	for (int i = 0; i < nloops; i++)
+		av_loops[i].fd = fds[i];
+	free(fds);
+	if (pthread_create(&sup.tid, NULL, sup_main, NULL) != 0) {
+		snprintf(err, errlen, "cannot start the scanner supervisor thread");
+		return -1;
+	}
+	sup.running = 1;
+	return 0;
+}
+
+/* av_reload - SIGHUP: new signatures, in the background. */
+void av_reload(const struct conf *cf)
+{
+	if (!sup.running) {
+		if (!strcmp(cf->av_scanner, "libclamav"))
+			log_warn("reload: av_scanner = libclamav needs a restart of perimd");
+		return;
+	}
+	if (strcmp(cf->av_scanner, "libclamav") || strcmp(cf->clamav_database_directory, sup.dbdir) ||
+	    cf->av_threads != sup.threads)
+		log_warn("reload: av_scanner, clamav_database_directory and av_threads changes need a "
+			 "restart; reloading the signatures of %s", sup.dbdir);
+	__atomic_store_n(&sup.reload, 1, __ATOMIC_RELEASE);
+	if (write(sup.wake[1], "r", 1) < 0 && errno != EAGAIN)
+		log_warn("av: cannot wake the supervisor: %s", strerror(errno));
+}
+
+/* av_stop - stop the supervisor and the scanner; free the loops' state. */
+void av_stop(void)
+{
+	if (sup.running) {
+		__atomic_store_n(&sup.stop, 1, __ATOMIC_RELEASE);
+		if (write(sup.wake[1], "s", 1) < 0)
+			log_warn("av: cannot wake the supervisor: %s", strerror(errno));
+		pthread_join(sup.tid, NULL);
+		sup.running = 0;
+	}
+	sup_reap(NULL);
+	for (int i = 0; i < av_nloops; i++) {
+		struct av_loop *al = &av_loops[i];
+		/* The loops have ended; what is left is only freed. */
+		struct av_list *ls[2] = { &al->sent, &al->queued };
+		for (int j = 0; j < 2; j++)
+			while (ls[j]->head) {
+				struct av_req *r = ls[j]->head;
+				av_list_del(r);
+				free(r);
+			}
+		if (al->fd >= 0)
+			close(al->fd);
+	}
+	free(av_loops);
+	av_loops = NULL;
+	av_nloops = 0;
+	free(sup.dbdir);
+	free(sup.tmpdir);
+	sup.dbdir = sup.tmpdir = NULL;
+	if (sup.wake[0] >= 0) {
+		close(sup.wake[0]);
+		close(sup.wake[1]);
+		sup.wake[0] = sup.wake[1] = -1;
+	}
+}
