@@ -71,10 +71,15 @@ static int is_cidr(const char *s)
 #define RE_COST_MAX 10000   /* nodes: far above any real whitelist entry */
 #define RE_EPS_MAX 1000     /* empty-matching nodes ('*', '?', '|', anchors, ...) */
 #define RE_DEPTH_MAX 32
+/* All the regexes of one file together: each compiled regex stays in
+ * memory, and the worst one the limits above let through takes ~40 MB. */
+#define RE_FILE_COST_MAX 100000
+#define RE_FILE_EPS_MAX 5000
 
 /*
  * re_too_costly - why glibc's regcomp() or regexec() would cost too much
- * on re (NULL when it will not): regcomp copies the operand of each '+' and {m,n} (a+ is aa*), so
+ * on re (NULL when it will not, with its estimated nodes and empty-matching
+ * nodes in *nodes, *enodes, which greywl_parse() adds up per file): regcomp copies the operand of each '+' and {m,n} (a+ is aa*), so
  * stacked or nested repetitions grow exponentially ("a++++++++++++++++++++++"
  * takes gigabytes, and regcomp crashes when malloc fails: found by
  * fuzz_greywl). Estimates the node count, a repeated operand counting once
@@ -95,7 +100,7 @@ static int is_cidr(const char *s)
  * repetitions. Whitelist entries ("^mx[0-9]+\.example\.com$") need
  * neither, and without them the counts above bound the rest.
  */
-static const char *re_too_costly(const char *re)
+static const char *re_too_costly(const char *re, double *nodes, double *enodes)
 {
 	/* per group level: nodes, and empty-matching nodes, of the whole
 	 * level (sum, esum) and of its last atom (last, elast) */
@@ -242,6 +247,11 @@ static const char *re_too_costly(const char *re)
 		    elast[d] > RE_EPS_MAX)
 			return "too complex";
 	}
+	/* unclosed groups count too (regcomp refuses them anyway) */
+	for (*nodes = *enodes = 0; d >= 0; d--) {
+		*nodes += sum[d];
+		*enodes += esum[d];
+	}
 	return NULL;
 }
 
@@ -265,6 +275,7 @@ struct greywl *greywl_parse(const char *text, size_t len, char *err, size_t errl
 	struct greywl *w = xcalloc(1, sizeof *w);
 	size_t pos = 0;
 	int ln = 0;
+	double file_nodes = 0, file_enodes = 0;   /* all its regexes */
 	while (pos < len) {
 		size_t e = pos;
 		while (e < len && text[e] != '\n')
@@ -304,7 +315,14 @@ struct greywl *greywl_parse(const char *text, size_t len, char *err, size_t errl
 				return NULL;
 			}
 			s[sl - 1] = 0;
-			const char *cost = re_too_costly(s + 1);
+			double nodes = 0, enodes = 0;
+			const char *cost = re_too_costly(s + 1, &nodes, &enodes);
+			if (!cost) {
+				file_nodes += nodes;
+				file_enodes += enodes;
+				if (file_nodes > RE_FILE_COST_MAX || file_enodes > RE_FILE_EPS_MAX)
+					cost = "too complex, with the regexes before it";
+			}
 			if (cost) {
 				snprintf(err, errlen, "line %d: regex %s", ln, cost);
 				greywl_free(w);

@@ -396,6 +396,21 @@ TEST(test_whitelist)
 	CHECK_INT(greywl_rcpt(w, "xxyyyyyyzz{{"), 1);
 	CHECK_INT(greywl_rcpt(w, "xxxxyyyyyyzz{{"), 0);
 	greywl_free(w);
+	/* The regexes of a file add up: six of the costliest one allowed
+	 * alone ((\b){900}: ~40 MB compiled) are refused at the sixth. */
+	{
+		char many[256] = "";
+		for (int i = 0; i < 6; i++)
+			strcat(many, "/x(\\b){900}/\n");
+		w = greywl_parse(many, strlen(many), err, sizeof err);
+		CHECK(w == NULL);
+		greywl_free(w);
+		if (!w)
+			CHECK(strstr(err, "line 6: regex too complex, with the regexes before it") != NULL);
+		w = greywl_parse(many, strlen(many) / 6 * 5, err, sizeof err);
+		CHECK(w != NULL);
+		greywl_free(w);
+	}
 	/* A line with a NUL is ignored, not cut short at the NUL. */
 	w = greywl_parse("10.0.0.1\0junk\n", 14, err, sizeof err);
 	CHECK(w != NULL);
