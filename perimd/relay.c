@@ -597,6 +597,15 @@ void req_finish(struct relay_req *r)
 	req_free(r);
 }
 
+/* req_end - the outcome is set: take the connection off (pooled when
+ * release, else closed), log the attempt and give the result. */
+void req_end(struct relay_req *r, int release, const char *status, const char *reply)
+{
+	req_detach(r, release);
+	req_log(r, status, reply);
+	req_finish(r);
+}
+
 /* req_fail - finish without a backend's verdict. */
 void req_fail(struct relay_req *r, int code, const char *enh, const char *text)
 {
@@ -762,12 +771,10 @@ void bconn_fail(struct bconn *b, const char *why)
 		/* The body is out: whatever happened, never replay it. */
 		snprintf(r->res.backend_reply, sizeof(r->res.backend_reply),
 			 "%s after end of data", why);
-		req_detach(r, 0);
 		req_set(r, 451, "4.4.2",
 			"no reply from backend %s after end of data; not retried",
 			r->dest->name);
-		req_log(r, "deferred", r->res.backend_reply);
-		req_finish(r);
+		req_end(r, 0, "deferred", r->res.backend_reply);
 		return;
 	}
 	snprintf(text, sizeof(text), "%s at %s", why, relay_bstate_name[b->state]);

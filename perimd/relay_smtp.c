@@ -59,11 +59,9 @@ void txn_start(struct relay_req *r)
 	}
 	/* RFC 6531 §3.4: no SMTPUTF8 downgrade; the client must be told. */
 	if (m->smtputf8 && !(b->caps & SMTP_CAP_SMTPUTF8)) {
-		req_detach(r, 1);
 		req_set(r, 553, "5.6.7", "backend %s does not support SMTPUTF8",
 			r->dest->name);
-		req_log(r, "bounced", "no SMTPUTF8");
-		req_finish(r);
+		req_end(r, 1, "bounced", "no SMTPUTF8");
 		return;
 	}
 	/* RFC 6152 §3: 8-bit content only to a server that offers 8BITMIME. */
@@ -75,12 +73,10 @@ void txn_start(struct relay_req *r)
 			if (r->has8bit < 0)
 				r->has8bit = req_body_has_8bit(r);
 			if (r->has8bit) {
-				req_detach(r, 1);
 				req_set(r, 554, "5.6.3",
 					"8-bit message, and backend %s does not support 8BITMIME",
 					r->dest->name);
-				req_log(r, "bounced", "no 8BITMIME");
-				req_finish(r);
+				req_end(r, 1, "bounced", "no 8BITMIME");
 				return;
 			}
 		}
@@ -179,21 +175,17 @@ static void rcpts_done(struct bconn *b)
 			verify_put(m->rcpts[i].addr, m->rcpts[i].code, m->rcpts[i].reply,
 				   (uint64_t)cf->relay_verify_negative_ttl);
 	if (r->naccept > 0) {
-		req_detach(r, 1);
 		req_set(r, 451, "4.5.0",
 			"some recipients were refused by backend %s; retry",
 			r->dest->name);
-		req_log(r, "deferred", "recipients partly refused");
-		req_finish(r);
+		req_end(r, 1, "deferred", "recipients partly refused");
 		return;
 	}
 	/* All refused: pass the first refusal on. */
 	struct relay_rcpt *rc = &m->rcpts[r->first_refused];
 	req_pass_on(r, &r->refusal, rc->reply, rc->code == 550 ? "5.1.1" : NULL);
 	relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), rc->reply);
-	req_detach(r, rc->code != 421);
-	req_log(r, rc->code >= 500 ? "bounced" : "deferred", rc->reply);
-	req_finish(r);
+	req_end(r, rc->code != 421, rc->code >= 500 ? "bounced" : "deferred", rc->reply);
 }
 
 /* mail_refused - the MAIL reply was not 2xx (all replies consumed). */
@@ -207,9 +199,7 @@ static void mail_refused(struct bconn *b)
 	if (r->mail_rep.code >= 500) {
 		req_pass_on(r, &r->mail_rep, r->mail_said, NULL);
 		relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), r->mail_said);
-		req_detach(r, 1);
-		req_log(r, "bounced", r->mail_said);
-		req_finish(r);
+		req_end(r, 1, "bounced", r->mail_said);
 		return;
 	}
 	snprintf(why, sizeof(why), "MAIL FROM refused: %s", r->mail_said);
@@ -394,9 +384,7 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 			relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
 			m->rcpts[i].code = rep->code;
 			relay_copy_str(m->rcpts[i].reply, sizeof(m->rcpts[i].reply), said);
-			req_detach(r, 0);
-			req_log(r, "deferred", said);
-			req_finish(r);
+			req_end(r, 0, "deferred", said);
 			return -1;
 		}
 		if (r->mail_rep.code / 100 == 2) {
@@ -433,9 +421,7 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 		if (rep->code >= 500) {
 			req_pass_on(r, rep, said, NULL);
 			relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
-			req_detach(r, 1);
-			req_log(r, "bounced", said);
-			req_finish(r);
+			req_end(r, 1, "bounced", said);
 			return -1;
 		}
 		snprintf(why, sizeof(why), "DATA: %s", said);
@@ -452,15 +438,11 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 			relay_queue_id_parse(rep->text, r->res.queue_id, sizeof(r->res.queue_id));
 			req_set(r, 250, "2.0.0", "Ok: queued as %s (backend %s said: %s)",
 				m->id ? m->id : "?", r->dest->name, said);
-			req_detach(r, 1);
-			req_log(r, "sent", said);
-			req_finish(r);
+			req_end(r, 1, "sent", said);
 			return -1;
 		}
 		req_pass_on(r, rep, said, NULL);
-		req_detach(r, rep->code != 421);
-		req_log(r, rep->code >= 500 ? "bounced" : "deferred", said);
-		req_finish(r);
+		req_end(r, rep->code != 421, rep->code >= 500 ? "bounced" : "deferred", said);
 		return -1;
 	default:
 		bconn_fail(b, "unexpected reply");
