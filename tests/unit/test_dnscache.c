@@ -456,6 +456,35 @@ struct fake {
 	char last[64];
 };
 
+/* udp_server - a UDP socket on 127.0.0.1, a port of the kernel's
+ * choosing in *port; flags such as SOCK_NONBLOCK. */
+static int udp_server(int flags, int *port)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | flags, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	CHECK_INT(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	socklen_t sl = sizeof sa;
+	getsockname(fd, (struct sockaddr *)&sa, &sl);
+	*port = ntohs(sa.sin_port);
+	return fd;
+}
+
+/* resolver_conf - the defaults with dns_servers = that port, dns_timeout
+ * and dns_retries; NULL (the reason printed) if it does not load. */
+static struct conf *resolver_conf(int port, const char *timeout, int retries)
+{
+	char o1[64], o2[64], o3[64], err[256];
+	snprintf(o1, sizeof o1, "dns_servers=127.0.0.1:%d", port);
+	snprintf(o2, sizeof o2, "dns_timeout=%s", timeout);
+	snprintf(o3, sizeof o3, "dns_retries=%d", retries);
+	char *ov[] = { o1, o2, o3 };
+	struct conf *c = conf_load(NULL, 1, ov, 3, err, sizeof err);
+	CHECK(c != NULL);
+	if (!c)
+		fprintf(stderr, "%s\n", err);
+	return c;
+}
+
 /* answer_a - turn the question in b[0..n) into its answer, one A record
  * 192.0.2.7 (TTL 300); returns the answer's length (b has 32 spare). */
 static size_t answer_a(unsigned char *b, size_t n)
@@ -523,22 +552,10 @@ static void flag_result(void *arg, const struct dns_result *res)
 TEST(test_resolver_coalescing)
 {
 	memset(&fk, 0, sizeof fk);
-	fk.fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
-	CHECK_INT(bind(fk.fd, (struct sockaddr *)&sa, sizeof sa), 0);
-	socklen_t sl = sizeof sa;
-	getsockname(fk.fd, (struct sockaddr *)&sa, &sl);
-	fk.port = ntohs(sa.sin_port);
-	char o1[64], o2[] = "dns_timeout=200ms", o3[] = "dns_retries=1";
-	snprintf(o1, sizeof o1, "dns_servers=127.0.0.1:%d", fk.port);
-	char *ov[] = { o1, o2, o3 };
-	char err[256];
-	struct conf *c = conf_load(NULL, 1, ov, 3, err, sizeof err);
-	CHECK(c != NULL);
-	if (!c) {
-		fprintf(stderr, "%s\n", err);
+	fk.fd = udp_server(SOCK_NONBLOCK, &fk.port);
+	struct conf *c = resolver_conf(fk.port, "200ms", 1);
+	if (!c)
 		return;
-	}
 	dnscache_flush();
 	struct ev_loop *loop = ev_loop_new(0);
 	fk.loop = loop;
@@ -659,18 +676,8 @@ static void *two_run(void *arg)
 TEST(test_resolver_coalescing_across_loops)
 {
 	struct slow_server sv = { 0 };
-	sv.fd = socket(AF_INET, SOCK_DGRAM, 0);
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	CHECK(bind(sv.fd, (struct sockaddr *)&sa, sizeof sa) == 0);
-	socklen_t sl = sizeof sa;
-	getsockname(sv.fd, (struct sockaddr *)&sa, &sl);
-	sv.port = ntohs(sa.sin_port);
-	char o1[64], o2[] = "dns_timeout=2s", o3[] = "dns_retries=0";
-	snprintf(o1, sizeof o1, "dns_servers=127.0.0.1:%d", sv.port);
-	char *ov[] = { o1, o2, o3 };
-	char err[256];
-	struct conf *c = conf_load(NULL, 1, ov, 3, err, sizeof err);
-	CHECK(c != NULL);
+	sv.fd = udp_server(0, &sv.port);
+	struct conf *c = resolver_conf(sv.port, "2s", 0);
 	if (!c)
 		return;
 	dnscache_flush();
