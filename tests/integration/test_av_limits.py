@@ -185,6 +185,39 @@ def test_within_limits(perimd_factory, sink, tmp_path):
     assert "not fully scanned" not in p.log_text()
 
 
+def test_virus_beside_limit(perimd_factory, sink, tmp_path):
+    """A message past a limit that also holds a virus libclamav did find:
+    the virus is what the client hears (a limit does not hide a find)."""
+    p = start(perimd_factory, sink, tmp_path, av_max_recursion=3)
+    both = (b"Subject: both\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n--outer\r\n" +
+            zip_mail(nested(5, b"harmless\n")) + b"\r\n--outer\r\n" +
+            zip_mail(nested(1, EICAR), "plain.zip") + b"\r\n--outer--\r\n")
+    with session(p.port) as c:
+        expect(send(c, both), 554, "5.7.1", SIG_EICAR)
+    nothing_relayed(sink)
+
+
+def test_limit_names(perimd_factory, sink, tmp_path):
+    """Any "Heuristics.Limits.Exceeded." name is a limit, never a virus:
+    libclamav's mail parser names (Email...) are the mail structure limit,
+    names perimd does not know are "scanner limit" (counted as other).
+    Built with signatures so named (a hostile clamd could answer the same)."""
+    a, b = b"perimd-limit-name-" + b"a1b2c3", b"perimd-limit-name-" + b"d4e5f6"
+    db = write_db(str(tmp_path / "db2"), [("Heuristics.Limits.Exceeded.EmailHeaders", a),
+                                          ("Heuristics.Limits.Exceeded.SomethingNew", b)])
+    p = start(perimd_factory, sink, tmp_path, clamav_database_directory=db)
+    with session(p.port) as c:
+        expect(send(c, b"Subject: a\r\n\r\n" + a + b"\r\n"), 554, "5.7.0",
+               r" message not fully scanned: mail structure limit$")
+        expect(send(c, b"Subject: b\r\n\r\n" + b + b"\r\n"), 554, "5.7.0",
+               r" message not fully scanned: scanner limit$")
+    nothing_relayed(sink)
+    assert incomplete(p, "email") == 1 and incomplete(p, "other") == 1
+    m = metrics(p)
+    assert not [k for k in m if k.startswith("perimd_viruses_total{")], m
+
+
 def test_message_over_file_size(perimd_factory, sink, tmp_path):
     """A message larger than av_max_file_size (but under av_max_size):
     libclamav 1.4 answers it "virus" with no name; it is a file size limit,
@@ -248,25 +281,51 @@ def test_check_scan_time_below_timeout(tmp_path, timeout, scan_time, ok):
         assert re.search(r"av_max_scan_time \(\d+ ms\) must be below av_timeout", r.stderr), r.stderr
 
 
-@pytest.mark.parametrize("setting,refused", [("archive", True), ("yes", True), ("document", False),
-                                             ("no", False)])
-def test_encrypted_archive(perimd_factory, sink, tmp_path, setting, refused):
-    """An encrypted zip (EICAR inside, unseen): refused as unscannable by
-    av_alert_encrypted = archive (the default) or yes, relayed by document
-    or no."""
+def encrypted_pdf():
+    """A one-page PDF encrypted with the standard handler (revision 2) and a
+    user password that is not empty (random /U): nothing in it is readable."""
+    objs = [b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Contents 4 0 R >>",
+            b"<< /Length 40 >>\nstream\n" + os.urandom(40) + b"\nendstream",
+            b"<< /Filter /Standard /V 1 /R 2 /O <" + os.urandom(32).hex().encode() +
+            b"> /U <" + os.urandom(32).hex().encode() + b"> /P -44 >>"]
+    out, offs = b"%PDF-1.4\n", []
+    for i, o in enumerate(objs):
+        offs.append(len(out))
+        out += b"%d 0 obj\n" % (i + 1) + o + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offs)
+    ident = os.urandom(16).hex().encode()
+    out += (b"trailer\n<< /Size %d /Root 1 0 R /Encrypt 5 0 R /ID [<%s> <%s>] >>\n"
+            b"startxref\n%d\n%%%%EOF\n" % (len(objs) + 1, ident, ident, xref))
+    return out
+
+
+@pytest.mark.parametrize("setting,zip_refused,pdf_refused",
+                         [("archive", True, False), ("yes", True, True),
+                          ("document", False, True), ("no", False, False)])
+def test_encrypted(perimd_factory, sink, tmp_path, setting, zip_refused, pdf_refused):
+    """An encrypted zip (EICAR inside, unseen) and an encrypted PDF: refused
+    as unscannable as av_alert_encrypted says (archive, the default: the
+    zip only), relayed otherwise."""
     params = {} if setting == "archive" else {"av_alert_encrypted": setting}
     p = start(perimd_factory, sink, tmp_path, **params)
-    body = zip_mail(zipcrypto("invoice.exe", EICAR), "invoice.zip")
+    cases = [(zip_mail(zipcrypto("invoice.exe", EICAR), "invoice.zip"), zip_refused, "Zip"),
+             (attachment(encrypted_pdf(), "statement.pdf", "application/pdf"), pdf_refused, "PDF")]
     with session(p.port) as c:
-        r = send(c, body)
-        if refused:
-            expect(r, 554, "5.7.1", r"encrypted content cannot be scanned: Heuristics\.Encrypted\.Zip")
-        else:
-            expect(r, 250)
-    if refused:
-        nothing_relayed(sink)
-    else:
-        assert sink.wait_count(1, 10)
+        for body, refused, kind in cases:
+            r = send(c, body)
+            if refused:
+                expect(r, 554, "5.7.1",
+                       r"encrypted content cannot be scanned: Heuristics\.Encrypted\.%s" % kind)
+            else:
+                expect(r, 250)
+    passed = sum(1 for _, refused, _ in cases if not refused)
+    if passed:
+        assert sink.wait_count(passed, 10)
+    assert not sink.wait_count(passed + 1, 0.3) and sink.count() == passed
 
 
 def test_encrypted_default_is_archive():
