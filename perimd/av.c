@@ -623,9 +623,11 @@ static void clamd_error(void *arg, int err)
 			if (n > 0)
 				r->rlen += (size_t)n;
 	}
-	if (r->rlen) {
-		/* A last answer came with the close (NUL or not). */
-		r->rbuf[r->rlen] = 0;
+	r->rbuf[r->rlen] = 0;
+	const char *t = !strncmp(r->rbuf, "stream: ", 8) ? r->rbuf + 8 : r->rbuf;
+	if (!strncmp(t, "INSTREAM size limit exceeded", 28)) {
+		/* Only that answer is taken from a connection that failed: a
+		 * cut "stream: OK" is no verdict. */
 		clamd_answer(r);
 		return;
 	}
