@@ -19,6 +19,10 @@
  *   never by a bare fork() of this threaded process.
  * - A verdict is never "clean" unless a scanner said so: oversize and
  *   failures follow av_oversize_action / av_fail_action and are logged.
+ * - A scan that stopped at a scanner limit (libclamav's or clamd's
+ *   "Heuristics.Limits.Exceeded.*" name, clamd's StreamMaxLength) is "not
+ *   fully scanned": neither clean nor a virus; it follows
+ *   av_oversize_action and is counted per limit.
  */
 #include "av.h"
 #include "av_int.h"
@@ -52,6 +56,26 @@ static struct {
 	uint64_t n;
 } names[NAMES_MAX];
 static int nnames;
+
+/* The limits a scan can stop at: libclamav's heuristic names (after
+ * SCANNER_LIMIT_PREFIX; "Email" covers its fixed mail parser limits
+ * EmailHeaders, EmailMIMEPartsPerMessage, ...), clamd's StreamMaxLength,
+ * and anything else. The label is perimd_av_incomplete_total's. */
+enum { LIM_RECURSION, LIM_FILES, LIM_FILE_SIZE, LIM_SCAN_SIZE, LIM_SCAN_TIME, LIM_EMAIL,
+       LIM_STREAM, LIM_OTHER, LIM_N };
+static const struct {
+	const char *name, *label, *what;
+} limits[LIM_N] = {
+	{ "MaxRecursion", "max_recursion", "archive recursion limit" },
+	{ "MaxFiles", "max_files", "file count limit" },
+	{ "MaxFileSize", "max_file_size", "file size limit" },
+	{ "MaxScanSize", "max_scan_size", "scan size limit" },
+	{ "MaxScanTime", "max_scan_time", "scan time limit" },
+	{ "Email", "email", "mail structure limit" },
+	{ "", "stream_max_length", "clamd stream size limit" },
+	{ "", "other", "scanner limit" },
+};
+static uint64_t incomplete[LIM_N];   /* atomic */
 
 /* av_mono_ms - monotonic milliseconds. */
 uint64_t av_mono_ms(void)
@@ -104,6 +128,16 @@ static void count_time(uint64_t ms)
 	__atomic_add_fetch(&counters.ms_sum, ms, __ATOMIC_RELAXED);
 }
 
+/* limit_of - which limit a "Heuristics.Limits.Exceeded." name reports. */
+static int limit_of(const char *name)
+{
+	const char *n = name + strlen(SCANNER_LIMIT_PREFIX);
+	for (int i = 0; i < LIM_STREAM; i++)
+		if (!strncmp(n, limits[i].name, strlen(limits[i].name)))
+			return i;
+	return LIM_OTHER;
+}
+
 /* count_virus - one more find of name. */
 static void count_virus(const char *name)
 {
@@ -150,6 +184,12 @@ void av_render_metrics(struct strbuf *out)
 	sb_printf(out, "# HELP perimd_av_oversize_total messages over av_max_size (not scanned)\n"
 		       "# TYPE perimd_av_oversize_total counter\nperimd_av_oversize_total %llu\n",
 		  (unsigned long long)c.oversize);
+	sb_printf(out, "# HELP perimd_av_incomplete_total messages not fully scanned (a scanner "
+		       "limit reached), by limit; they follow av_oversize_action\n"
+		       "# TYPE perimd_av_incomplete_total counter\n");
+	for (int i = 0; i < LIM_N; i++)
+		sb_printf(out, "perimd_av_incomplete_total{limit=\"%s\"} %llu\n", limits[i].label,
+			  (unsigned long long)__atomic_load_n(&incomplete[i], __ATOMIC_RELAXED));
 	sb_printf(out, "# HELP perimd_viruses_total viruses found, by name\n"
 		       "# TYPE perimd_viruses_total counter\n");
 	pthread_mutex_lock(&names_mu);
@@ -254,6 +294,16 @@ static void finish(struct av_req *r, enum av_outcome o, const char *text)
 		snprintf(eng, sizeof eng, ", engine=%.6f", (double)r->engine_us / 1e6);
 	const char *refusal = NULL;
 	count_time(ev_now(r->loop) - r->t0);
+	if (o == AVO_VIRUS || o == AVO_INCOMPLETE) {
+		/* Names come from signatures or a clamd: fit for a reply line. */
+		if (text != r->text)
+			snprintf(r->text, sizeof r->text, "%s", text);
+		clean_name(r->text);
+		text = r->text;
+		/* A limit's heuristic name is not a virus: the scanner stopped early. */
+		if (!strncmp(text, SCANNER_LIMIT_PREFIX, strlen(SCANNER_LIMIT_PREFIX)))
+			o = AVO_INCOMPLETE;
+	}
 	switch (o) {
 	case AVO_CLEAN:
 		__atomic_add_fetch(&counters.scanned, 1, __ATOMIC_RELAXED);
@@ -262,15 +312,35 @@ static void finish(struct av_req *r, enum av_outcome o, const char *text)
 	case AVO_VIRUS:
 		__atomic_add_fetch(&counters.scanned, 1, __ATOMIC_RELAXED);
 		__atomic_add_fetch(&counters.viruses, 1, __ATOMIC_RELAXED);
-		if (text != r->text)
-			snprintf(r->text, sizeof r->text, "%s", text);
-		clean_name(r->text);
 		count_virus(r->text);
 		log_info("%s: av: virus found: %s, scan=%.3f%s", r->msgid, r->text, secs, eng);
-		snprintf(r->refusal, sizeof r->refusal, "554 5.7.1 message rejected: virus found: %s",
-			 r->text);
+		if (!strncmp(r->text, "Heuristics.Encrypted.", 21))
+			/* av_alert_encrypted (clamd: AlertEncrypted): what cannot be
+			 * decrypted cannot be scanned. */
+			snprintf(r->refusal, sizeof r->refusal,
+				 "554 5.7.1 message rejected: encrypted content cannot be scanned: %s", r->text);
+		else
+			snprintf(r->refusal, sizeof r->refusal, "554 5.7.1 message rejected: virus found: %s",
+				 r->text);
 		refusal = r->refusal;
 		break;
+	case AVO_INCOMPLETE: {
+		/* text: a SCANNER_LIMIT_PREFIX name, or "" for clamd's StreamMaxLength */
+		int lim = *text ? limit_of(text) : LIM_STREAM;
+		__atomic_add_fetch(&incomplete[lim], 1, __ATOMIC_RELAXED);
+		log_warn("%s: av: not fully scanned: limit=%s (%s), scan=%.3f%s, av_oversize_action=%s",
+			 r->msgid, limits[lim].label, *text ? text : "clamd: INSTREAM size limit exceeded",
+			 secs, eng, cf->av_oversize_action);
+		if (!strcmp(cf->av_oversize_action, "reject"))
+			snprintf(r->refusal, sizeof r->refusal, "554 5.7.0 message not fully scanned: %s",
+				 limits[lim].what);
+		else if (!strcmp(cf->av_oversize_action, "tempfail"))
+			snprintf(r->refusal, sizeof r->refusal, "451 4.7.0 message not fully scanned: %s",
+				 limits[lim].what);
+		if (strcmp(cf->av_oversize_action, "accept") != 0)
+			refusal = r->refusal;
+		break;
+	}
 	case AVO_FAIL:
 		__atomic_add_fetch(&counters.errors, 1, __ATOMIC_RELAXED);
 		log_warn("%s: av: scan failed: %s, scan=%.3f%s, av_fail_action=%s", r->msgid, text, secs,
@@ -494,6 +564,8 @@ static void clamd_drain(void *arg)
 		clamd_pump(r);
 }
 
+static void clamd_answer(struct av_req *r);
+
 /* clamd_read - the reply: "stream: OK" or "stream: NAME FOUND", NUL-ended. */
 static void clamd_read(void *arg)
 {
@@ -507,6 +579,16 @@ static void clamd_read(void *arg)
 	r->rbuf[r->rlen] = 0;
 	if (strlen(r->rbuf) == r->rlen && r->rlen < sizeof r->rbuf - 1)
 		return;   /* no NUL yet */
+	clamd_answer(r);
+}
+
+/* clamd_answer - the reply in rbuf: "stream: OK", "stream: NAME FOUND" (a
+ * "Heuristics.Limits.Exceeded.*" NAME is a limit: finish() knows), or an
+ * error; "INSTREAM size limit exceeded" is clamd's StreamMaxLength, a
+ * message too large for that clamd: not fully scanned, not a failure
+ * answered 451 on every retry. */
+static void clamd_answer(struct av_req *r)
+{
 	char *t = r->rbuf;
 	t[strcspn(t, "\r\n")] = 0;
 	if (!strncmp(t, "stream: ", 8))
@@ -517,6 +599,8 @@ static void clamd_read(void *arg)
 	} else if (tl > 6 && !strcmp(t + tl - 6, " FOUND")) {
 		t[tl - 6] = 0;
 		finish(r, AVO_VIRUS, t);
+	} else if (!strncmp(t, "INSTREAM size limit exceeded", 28)) {
+		finish(r, AVO_INCOMPLETE, "");
 	} else {
 		char why[300];
 		snprintf(why, sizeof why, "clamd: %s", t);
@@ -528,6 +612,25 @@ static void clamd_read(void *arg)
 static void clamd_error(void *arg, int err)
 {
 	struct av_req *r = arg;
+	if (err == EPIPE || err == ECONNRESET) {
+		/* clamd answers StreamMaxLength and closes while we still send:
+		 * our write fails before its answer is read. Read it now. */
+		ssize_t n;
+		while (r->rlen < sizeof r->rbuf - 1 &&
+		       ((n = recv(conn_fd(r->c), r->rbuf + r->rlen, sizeof r->rbuf - 1 - r->rlen,
+				  MSG_DONTWAIT)) > 0 ||
+			(n < 0 && errno == EINTR)))
+			if (n > 0)
+				r->rlen += (size_t)n;
+	}
+	r->rbuf[r->rlen] = 0;
+	const char *t = !strncmp(r->rbuf, "stream: ", 8) ? r->rbuf + 8 : r->rbuf;
+	if (!strncmp(t, "INSTREAM size limit exceeded", 28)) {
+		/* Only that answer is taken from a connection that failed: a
+		 * cut "stream: OK" is no verdict. */
+		clamd_answer(r);
+		return;
+	}
 	char why[128];
 	snprintf(why, sizeof why, "clamd %s: %s", r->cf->av_scanner + 6,
 		 err ? strerror(err) : "connection closed");

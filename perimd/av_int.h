@@ -23,7 +23,7 @@
 #define NAMES_MAX 256
 
 enum av_kind { AVK_NONE, AVK_LIBCLAMAV, AVK_CLAMD, AVK_BAD };
-enum av_outcome { AVO_CLEAN, AVO_VIRUS, AVO_FAIL, AVO_OVERSIZE };
+enum av_outcome { AVO_CLEAN, AVO_VIRUS, AVO_FAIL, AVO_OVERSIZE, AVO_INCOMPLETE };
 
 struct av_list {
 	struct av_req *head, *tail;
@@ -67,6 +67,10 @@ struct av_req {
 /* the io loops' scanner state, indexed by ev_loop_index() (av.c) */
 extern struct av_loop *av_loops;
 extern int av_nloops;
+
+/* ---- av_sup.c, for av.c ------------------------------------------------- */
+
+long long av_scan_time(const struct conf *cf);
 
 /* ---- av.c, for av_sup.c ------------------------------------------------- */
 

@@ -36,10 +36,37 @@ static struct {
 	pid_t pid;
 	int ctl;
 	char *dbdir, *tmpdir;
-	long long threads, max_size, timeout;
+	long long threads;
+	long long timeout;       /* atomic: av_timeout, for the hang check */
+	pthread_mutex_t mu;      /* guards limits: av_reload() writes them */
+	char limits[192];        /* the scanner's LIMITS (scanner.h) */
 	int stop, reload;        /* atomic */
 	uint64_t started;
-} sup = { .wake = { -1, -1 }, .pid = -1, .ctl = -1 };
+} sup = { .wake = { -1, -1 }, .pid = -1, .ctl = -1, .mu = PTHREAD_MUTEX_INITIALIZER };
+
+/* av_scan_time - the MaxScanTime cf gives: av_max_scan_time, or with 0 a
+ * second below av_timeout (half of it when that is 2 s or less). */
+long long av_scan_time(const struct conf *cf)
+{
+	if (cf->av_max_scan_time > 0)
+		return cf->av_max_scan_time;
+	return cf->av_timeout > 2000 ? cf->av_timeout - 1000 : cf->av_timeout / 2;
+}
+
+/* limits_format - the LIMITS argument of the scanner (scanner.h) from cf. */
+static void limits_format(const struct conf *cf, char *buf, size_t len)
+{
+	unsigned enc = 0;
+	if (!strcmp(cf->av_alert_encrypted, "archive") || !strcmp(cf->av_alert_encrypted, "yes"))
+		enc |= SCANNER_ENC_ARCHIVE;
+	if (!strcmp(cf->av_alert_encrypted, "document") || !strcmp(cf->av_alert_encrypted, "yes"))
+		enc |= SCANNER_ENC_DOC;
+	long long st = av_scan_time(cf);
+	if (st >= cf->av_timeout)   /* refused by -t; a reload may bring it */
+		st = cf->av_timeout > 2000 ? cf->av_timeout - 1000 : cf->av_timeout / 2;
+	snprintf(buf, len, "%lld %lld %lld %lld %lld %u %lld", cf->av_max_recursion, cf->av_max_files,
+		 cf->av_max_scan_size, cf->av_max_file_size, st, enc, cf->av_max_size);
+}
 
 /* ---- the supervisor --------------------------------------------------------- */
 
@@ -55,13 +82,14 @@ static int sup_spawn(int *fds, char *err, size_t errlen)
 			snprintf(err, errlen, "socketpair: %s", strerror(errno));
 			goto out;
 		}
-	char a_threads[24], a_max[24], a_timeout[24], a_n[24];
+	char a_threads[24], a_n[24], a_limits[sizeof sup.limits];
 	snprintf(a_threads, sizeof a_threads, "%lld", sup.threads);
-	snprintf(a_max, sizeof a_max, "%lld", sup.max_size);
-	snprintf(a_timeout, sizeof a_timeout, "%lld", sup.timeout);
 	snprintf(a_n, sizeof a_n, "%d", n);
+	pthread_mutex_lock(&sup.mu);
+	memcpy(a_limits, sup.limits, sizeof a_limits);
+	pthread_mutex_unlock(&sup.mu);
 	char *argv[] = { "perimd-scanner", SCANNER_ARG, sup.dbdir, sup.tmpdir, a_threads,
-			 a_max, a_timeout, a_n, NULL };
+			 a_n, a_limits, NULL };
 	posix_spawn_file_actions_t fa;
 	posix_spawn_file_actions_init(&fa);
 	/* Fixed descriptors in the child; dup2 clears their close-on-exec. A
@@ -233,8 +261,12 @@ static void *sup_main(void *arg)
 		const char *dead = NULL;
 		char buf[512];
 		if (__atomic_exchange_n(&sup.reload, 0, __ATOMIC_ACQ_REL)) {
+			char cmd[16 + sizeof sup.limits];
+			pthread_mutex_lock(&sup.mu);
+			snprintf(cmd, sizeof cmd, "reload %s", sup.limits);
+			pthread_mutex_unlock(&sup.mu);
 			log_info("scanner: reloading signatures from %s", sup.dbdir);
-			send(sup.ctl, "reload", 6, MSG_NOSIGNAL);
+			send(sup.ctl, cmd, strlen(cmd), MSG_NOSIGNAL);
 		}
 		if (readable) {
 			ssize_t n = recv(sup.ctl, buf, sizeof buf - 1, MSG_DONTWAIT);
@@ -247,7 +279,8 @@ static void *sup_main(void *arg)
 				int inflight = 0;
 				if (sscanf(buf, "pong %llu %d", &age, &inflight) == 2) {
 					last_pong = av_mono_ms();
-					if (age > (unsigned long long)sup.timeout + HANG_GRACE_MS)
+					if (age > (unsigned long long)__atomic_load_n(&sup.timeout, __ATOMIC_RELAXED) +
+							  HANG_GRACE_MS)
 						dead = "a scan hangs past av_timeout";
 				} else if (sscanf(buf, "reloaded %u %llu", &sigs, &ms) == 2) {
 					log_info("scanner: signatures reloaded: %u signatures in %llu ms", sigs, ms);
@@ -292,6 +325,13 @@ int av_check(const struct conf *cf, char *err, size_t errlen)
 		return -1;
 	}
 #endif
+	/* libclamav must give up (and say so) before av.c's own deadline
+	 * and the supervisor's hang check end the scan as a failure. */
+	if (k != AVK_NONE && av_scan_time(cf) >= cf->av_timeout) {
+		snprintf(err, errlen, "av_max_scan_time (%lld ms) must be below av_timeout (%lld ms): a "
+			 "longer scan is ended as a failure first", av_scan_time(cf), cf->av_timeout);
+		return -1;
+	}
 	return 0;
 }
 
@@ -314,8 +354,8 @@ int av_start(const struct conf *cf, struct ev_loop **loops, int nloops, char *er
 	sup.dbdir = xstrdup(cf->clamav_database_directory);
 	sup.tmpdir = xstrdup(cf->body_spool_directory);
 	sup.threads = cf->av_threads;
-	sup.max_size = cf->av_max_size;
 	sup.timeout = cf->av_timeout;
+	limits_format(cf, sup.limits, sizeof sup.limits);
 	if (pipe2(sup.wake, O_CLOEXEC | O_NONBLOCK) < 0) {
 		snprintf(err, errlen, "pipe: %s", strerror(errno));
 		return -1;
@@ -351,6 +391,15 @@ void av_reload(const struct conf *cf)
 	    cf->av_threads != sup.threads)
 		log_warn("reload: av_scanner, clamav_database_directory and av_threads changes need a "
 			 "restart; reloading the signatures of %s", sup.dbdir);
+	if (av_scan_time(cf) >= cf->av_timeout)
+		log_err("reload: av_max_scan_time (%lld ms) is not below av_timeout (%lld ms); the scanner "
+			"uses %lld ms", av_scan_time(cf), cf->av_timeout,
+			cf->av_timeout > 2000 ? cf->av_timeout - 1000 : cf->av_timeout / 2);
+	/* The new limits go with the reload: the next engine is built with them. */
+	pthread_mutex_lock(&sup.mu);
+	limits_format(cf, sup.limits, sizeof sup.limits);
+	pthread_mutex_unlock(&sup.mu);
+	__atomic_store_n(&sup.timeout, cf->av_timeout, __ATOMIC_RELAXED);
 	__atomic_store_n(&sup.reload, 1, __ATOMIC_RELEASE);
 	if (write(sup.wake[1], "r", 1) < 0 && errno != EAGAIN)
 		log_warn("av: cannot wake the supervisor: %s", strerror(errno));

@@ -75,6 +75,12 @@ PARAM(TIME, av_timeout, "120s", 1000, 540000, NULL, "per scan; a scanner hung pa
 PARAM(SIZE, av_max_size, "50m", 1024, 4294967295LL, NULL, "larger messages are not scanned but follow av_oversize_action")
 PARAM(ENUM, av_oversize_action, "reject", 0, 0, "reject|tempfail|accept", "a message over av_max_size: reject (552 5.3.4), tempfail (451 4.3.0) or accept (logged)")
 PARAM(ENUM, av_fail_action, "tempfail", 0, 0, "tempfail|accept", "scanner error, timeout or not running: tempfail (451 4.3.0) or accept (logged)")
+PARAM(INT, av_max_recursion, "17", 1, 100, NULL, "libclamav MaxRecursion: archive nesting depth scanned; deeper follows av_oversize_action")
+PARAM(INT, av_max_files, "10000", 1, 1000000, NULL, "libclamav MaxFiles: files scanned inside one message; more follows av_oversize_action")
+PARAM(SIZE, av_max_scan_size, "400m", 1024, 4294967295LL, NULL, "libclamav MaxScanSize: data scanned per message, decoded parts and archive members added up")
+PARAM(SIZE, av_max_file_size, "100m", 1024, 2147483647LL, NULL, "libclamav MaxFileSize: largest decoded part or archive member scanned")
+PARAM(TIME, av_max_scan_time, "0", 0, 540000, NULL, "libclamav MaxScanTime; 0 = a second below av_timeout (libclamav's own 120s is not below the default av_timeout)")
+PARAM(ENUM, av_alert_encrypted, "archive", 0, 0, "no|archive|document|yes", "encrypted archives (archive), documents (document), both (yes) or none (no) are refused as unscannable")
 
 /* DNS */
 PARAM(LIST, dns_servers, "", 0, 0, NULL, "DNS servers (address or address:port); empty = /etc/resolv.conf")

@@ -35,6 +35,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,6 +45,8 @@
 struct engine {
 	struct cl_engine *cl;
 	unsigned sigs;
+	unsigned heuristic;  /* cl_scan_options.heuristic of scans on it */
+	uint64_t max_file;   /* its MaxFileSize */
 	int refs;            /* under eng_mu */
 };
 
@@ -55,8 +58,12 @@ struct job {
 };
 
 static const char *db_dir, *tmp_dir;
-static long long max_size, timeout_ms;
 static int nthreads;
+
+/* The limits the next engine is built with (scanner_limits_parse); the
+ * main thread writes them on "reload LIMITS", a reload thread reads them. */
+static pthread_mutex_t lim_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct scanner_limits limits;
 
 static pthread_mutex_t eng_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct engine *engine;     /* current; holds one reference */
@@ -68,6 +75,7 @@ static struct job *q_head, *q_tail;
 static pthread_mutex_t ctl_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t *busy_since;      /* per worker: ms when its scan began, 0 idle */
 static int reloading;             /* atomic: a reload thread runs */
+static int reload_again;          /* atomic: asked again while it ran */
 
 /* now_us - monotonic microseconds. */
 static uint64_t now_us(void)
@@ -104,6 +112,27 @@ static void ctl_send(const char *fmt, ...)
 	pthread_mutex_unlock(&ctl_mu);
 }
 
+/* scanner_limits_parse - "RECURSION FILES SCAN_SIZE FILE_SIZE SCAN_TIME_MS
+ * ENCRYPTED MAX_SIZE" (as av_sup.c writes it) into l; 0 or -1. */
+static int scanner_limits_parse(const char *s, struct scanner_limits *l)
+{
+	unsigned long long v[7];
+	int end = 0;
+	if (sscanf(s, "%llu %llu %llu %llu %llu %llu %llu%n", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+		   &v[6], &end) != 7 || s[end] != 0)
+		return -1;
+	if (!v[0] || v[0] > 1000 || !v[1] || v[1] > UINT32_MAX || !v[4] || v[4] > UINT32_MAX || v[5] > 3)
+		return -1;
+	l->recursion = (uint32_t)v[0];
+	l->files = (uint32_t)v[1];
+	l->scan_size = v[2];
+	l->file_size = v[3];
+	l->scan_time = (uint32_t)v[4];
+	l->encrypted = (unsigned)v[5];
+	l->max_size = v[6];
+	return 0;
+}
+
 /* engine_build - load and compile a new engine from db_dir. */
 static struct engine *engine_build(char *err, size_t errlen)
 {
@@ -112,13 +141,17 @@ static struct engine *engine_build(char *err, size_t errlen)
 		snprintf(err, errlen, "cl_engine_new failed");
 		return NULL;
 	}
-	/* libclamav aborts a scan itself a little before av_timeout, so a
-	 * slow message is an error answer, not a killed scanner. */
-	long long scantime = timeout_ms > 2000 ? timeout_ms - 1000 : timeout_ms;
-	cl_engine_set_num(cl, CL_ENGINE_MAX_SCANTIME, scantime);
-	cl_engine_set_num(cl, CL_ENGINE_MAX_FILESIZE, max_size);
-	/* Decoded attachments and archive members add up beyond the message. */
-	cl_engine_set_num(cl, CL_ENGINE_MAX_SCANSIZE, max_size * 4);
+	pthread_mutex_lock(&lim_mu);
+	struct scanner_limits l = limits;
+	pthread_mutex_unlock(&lim_mu);
+	/* The supervisor has made the scan time limit shorter than
+	 * av_timeout: a slow message ends as "not fully scanned"
+	 * (Heuristics.Limits.Exceeded.MaxScanTime), not as a killed scanner. */
+	cl_engine_set_num(cl, CL_ENGINE_MAX_SCANTIME, (long long)l.scan_time);
+	cl_engine_set_num(cl, CL_ENGINE_MAX_FILESIZE, (long long)l.file_size);
+	cl_engine_set_num(cl, CL_ENGINE_MAX_SCANSIZE, (long long)l.scan_size);
+	cl_engine_set_num(cl, CL_ENGINE_MAX_RECURSION, (long long)l.recursion);
+	cl_engine_set_num(cl, CL_ENGINE_MAX_FILES, (long long)l.files);
 	if (*tmp_dir)
 		cl_engine_set_str(cl, CL_ENGINE_TMPDIR, tmp_dir);
 	unsigned sigs = 0;
@@ -138,6 +171,14 @@ static struct engine *engine_build(char *err, size_t errlen)
 	struct engine *e = xcalloc(1, sizeof *e);
 	e->cl = cl;
 	e->sigs = sigs;
+	/* A scan that stops at a limit is reported, never clean (clamd's
+	 * AlertExceedsMax); encrypted content as av_alert_encrypted asks. */
+	e->heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX;
+	if (l.encrypted & SCANNER_ENC_ARCHIVE)
+		e->heuristic |= CL_SCAN_HEURISTIC_ENCRYPTED_ARCHIVE;
+	if (l.encrypted & SCANNER_ENC_DOC)
+		e->heuristic |= CL_SCAN_HEURISTIC_ENCRYPTED_DOC;
+	e->max_file = l.file_size;
 	e->refs = 1;
 	return e;
 }
@@ -164,6 +205,8 @@ static void engine_put(struct engine *e)
 	}
 }
 
+static void reload_start(void);
+
 /* reload_main - build a new engine and swap it in; report the outcome. */
 static void *reload_main(void *arg)
 {
@@ -181,14 +224,19 @@ static void *reload_main(void *arg)
 		ctl_send("reloaded %u %llu", e->sigs, (unsigned long long)(now_ms() - t0));
 	}
 	__atomic_store_n(&reloading, 0, __ATOMIC_RELEASE);
+	/* New limits that came while this engine was built get their own. */
+	if (__atomic_exchange_n(&reload_again, 0, __ATOMIC_ACQ_REL))
+		reload_start();
 	return arg;
 }
 
 /* reload_start - start a reload unless one runs already. */
 static void reload_start(void)
 {
-	if (__atomic_exchange_n(&reloading, 1, __ATOMIC_ACQ_REL))
+	if (__atomic_exchange_n(&reloading, 1, __ATOMIC_ACQ_REL)) {
+		__atomic_store_n(&reload_again, 1, __ATOMIC_RELEASE);
 		return;
+	}
 	pthread_t t;
 	pthread_attr_t a;
 	pthread_attr_init(&a);
@@ -226,12 +274,32 @@ static void scan_one(struct job *j, uint64_t *busy)
 	uint64_t t0 = now_us();
 	__atomic_store_n(busy, now_ms(), __ATOMIC_RELAXED);
 	struct engine *e = engine_get();
+	o.heuristic = e->heuristic;
 	const char *virname = NULL;
 	unsigned long scanned = 0;
 	cl_error_t rc = cl_scandesc(j->fd, NULL, &virname, &scanned, e->cl, &o);
 	uint64_t us = now_us() - t0;
 	if (us > UINT32_MAX)
 		us = UINT32_MAX;
+	/* Limits reached on a path that returns an error instead of the
+	 * heuristic's name are the same "not fully scanned" (av.c). */
+	if (rc == CL_ETIMEOUT)
+		virname = SCANNER_LIMIT_PREFIX "MaxScanTime";
+	else if (rc == CL_EMAXREC)
+		virname = SCANNER_LIMIT_PREFIX "MaxRecursion";
+	else if (rc == CL_EMAXFILES)
+		virname = SCANNER_LIMIT_PREFIX "MaxFiles";
+	else if (rc == CL_EMAXSIZE)
+		virname = SCANNER_LIMIT_PREFIX "MaxScanSize";
+	if (rc == CL_ETIMEOUT || rc == CL_EMAXREC || rc == CL_EMAXFILES || rc == CL_EMAXSIZE)
+		rc = CL_VIRUS;
+	if (rc == CL_VIRUS && !virname) {
+		/* libclamav 1.4 answers a message larger than MaxFileSize
+		 * itself with CL_VIRUS but no name. */
+		struct stat st;
+		if (fstat(j->fd, &st) == 0 && (uint64_t)st.st_size > e->max_file)
+			virname = SCANNER_LIMIT_PREFIX "MaxFileSize";
+	}
 	if (rc == CL_VIRUS)
 		answer(j->sock, j->id, SCANNER_VIRUS, (uint32_t)us, virname ? virname : "unknown");
 	else if (rc == CL_CLEAN)
@@ -304,6 +372,8 @@ static int read_request(int sock)
 	return 0;
 }
 
+static void fsize_limit(void);
+
 /* control - one message from the supervisor; -1 when it is gone. */
 static int control(void)
 {
@@ -326,10 +396,40 @@ static int control(void)
 			}
 		}
 		ctl_send("pong %llu %d", (unsigned long long)oldest, inflight);
+	} else if (!strncmp(buf, "reload ", 7)) {
+		/* "reload LIMITS": the next engine is built with these. */
+		struct scanner_limits l;
+		if (scanner_limits_parse(buf + 7, &l) == 0) {
+			pthread_mutex_lock(&lim_mu);
+			limits = l;
+			pthread_mutex_unlock(&lim_mu);
+			fsize_limit();
+		} else {
+			ctl_send("log bad limits in reload: %s; keeping the old ones", buf + 7);
+		}
+		reload_start();
 	} else if (!strcmp(buf, "reload")) {
 		reload_start();
 	}
 	return 0;
+}
+
+/* fsize_limit - temporary files bounded by what a scan may write: the
+ * larger of the scan size and four times the message size (decoded parts
+ * add up beyond the message), plus room. */
+static void fsize_limit(void)
+{
+	pthread_mutex_lock(&lim_mu);
+	uint64_t want = limits.scan_size > limits.max_size * 4 ? limits.scan_size : limits.max_size * 4;
+	pthread_mutex_unlock(&lim_mu);
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_FSIZE, &rl) < 0)
+		return;
+	want += 64u << 20;
+	if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max)
+		want = rl.rlim_max;
+	rl.rlim_cur = (rlim_t)want;
+	setrlimit(RLIMIT_FSIZE, &rl);
 }
 
 /* confine - drop what a scanner does not need. */
@@ -342,10 +442,11 @@ static void confine(int nfds)
 	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 	struct rlimit rl = { 0, 0 };
 	setrlimit(RLIMIT_CORE, &rl);
-	/* Temporary files of decoded parts: bounded; EFBIG instead of a signal. */
+	/* Temporary files of decoded parts: bounded; EFBIG instead of a
+	 * signal. Only the soft limit: a reload with larger scan limits
+	 * raises it again (fsize_limit()). */
 	signal(SIGXFSZ, SIG_IGN);
-	rl.rlim_cur = rl.rlim_max = (rlim_t)(max_size * 4 + (64 << 20));
-	setrlimit(RLIMIT_FSIZE, &rl);
+	fsize_limit();
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
 	signal(SIGINT, SIG_IGN);
@@ -360,16 +461,14 @@ const char *scanner_version(void)
 /* scanner_main - the scanner process (see scanner.h). */
 int scanner_main(int argc, char **argv)
 {
-	if (argc != 8) {
+	if (argc != 7 || scanner_limits_parse(argv[6], &limits) < 0) {
 		fprintf(stderr, "perimd: %s is internal\n", SCANNER_ARG);
 		_exit(2);
 	}
 	db_dir = argv[2];
 	tmp_dir = argv[3];
 	nthreads = atoi(argv[4]);
-	max_size = atoll(argv[5]);
-	timeout_ms = atoll(argv[6]);
-	int nloops = atoi(argv[7]);
+	int nloops = atoi(argv[5]);
 	if (nthreads <= 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		nthreads = n > 0 ? (int)n : 1;

@@ -18,9 +18,17 @@
  * TEXT" and exits; "log TEXT" is a line for perimd's log (the scanner does
  * not log itself, so its lines go wherever perimd's go). The supervisor
  * sends "ping" (answered "pong AGE INFLIGHT": AGE = ms the oldest running
- * scan has taken, 0 when idle) and "reload" (answered "reloaded N" or
- * "reload-failed TEXT"; the scanner also reloads on its own when the
- * database directory changes, and reports the same way).
+ * scan has taken, 0 when idle) and "reload LIMITS" (answered "reloaded N"
+ * or "reload-failed TEXT"; the scanner also reloads on its own when the
+ * database directory changes, and reports the same way). LIMITS, also the
+ * last argument at start, is "RECURSION FILES SCAN_SIZE FILE_SIZE
+ * SCAN_TIME_MS ENCRYPTED MAX_SIZE" in decimal (struct scanner_limits); an
+ * engine is built with the limits last received.
+ *
+ * A scan that stopped at a limit is answered SCANNER_VIRUS with a name
+ * starting SCANNER_LIMIT_PREFIX (libclamav's CL_SCAN_HEURISTIC_EXCEEDS_MAX
+ * names, also given to the limit errors CL_ETIMEOUT, CL_EMAXREC, ...);
+ * av.c turns those into "not fully scanned", never clean.
  */
 #ifndef PERIMD_SCANNER_H
 #define PERIMD_SCANNER_H
@@ -34,6 +42,21 @@
 
 enum scanner_status { SCANNER_CLEAN = 0, SCANNER_VIRUS = 1, SCANNER_ERROR = 2 };
 
+#define SCANNER_LIMIT_PREFIX "Heuristics.Limits.Exceeded."
+#define SCANNER_ENC_ARCHIVE 1   /* CL_SCAN_HEURISTIC_ENCRYPTED_ARCHIVE */
+#define SCANNER_ENC_DOC 2       /* CL_SCAN_HEURISTIC_ENCRYPTED_DOC */
+
+/* The engine's limits, named after clamd.conf (av_max_* parameters). */
+struct scanner_limits {
+	uint32_t recursion;      /* MaxRecursion */
+	uint32_t files;          /* MaxFiles */
+	uint64_t scan_size;      /* MaxScanSize, bytes */
+	uint64_t file_size;      /* MaxFileSize, bytes */
+	uint32_t scan_time;      /* MaxScanTime, ms (below av_timeout) */
+	unsigned encrypted;      /* SCANNER_ENC_* */
+	uint64_t max_size;       /* av_max_size: bounds temporary files */
+};
+
 struct scanner_req {
 	uint64_t id;
 };
@@ -46,7 +69,7 @@ struct scanner_ans {
 };
 
 /* scanner_main - the hidden mode: argv is
- *   perimd --scanner DBDIR TMPDIR THREADS MAX_SIZE TIMEOUT_MS NLOOPS
+ *   perimd --scanner DBDIR TMPDIR THREADS NLOOPS LIMITS
  * Never returns to the caller's code: exits the process. */
 int scanner_main(int argc, char **argv);
 
