@@ -34,7 +34,11 @@ DEPS=(build-essential clang libclang-rt-14-dev mandoc pkg-config
 # Static build (vendor/static.sh): musl, the source unpacker and the build
 # tools of the vendored libraries. Deployment tests: HAProxy (PROXY
 # protocol), podman and runc (the FROM-scratch image).
-DEPS+=(musl-tools cmake ninja-build tcl dpkg-dev haproxy podman runc)
+DEPS+=(musl-tools cmake ninja-build tcl dpkg-dev file haproxy podman runc)
+# Operations files (tests/integration/test_packaging.py): systemd-analyze,
+# setpriv (util-linux), docker-compose (compose file), a real Prometheus and
+# promtool, fail2ban-regex; swaks' STARTTLS needs Net::SSLeay.
+DEPS+=(systemd util-linux docker-compose python3-yaml prometheus fail2ban libnet-ssleay-perl)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {
