@@ -15,6 +15,10 @@
 #   ./build.sh static     fully static musl binary from Debian sources (vendor/):
 #                         build/static/perimd; `static noclamav`: without libclamav
 #                         (clamd mode), build/static-noclamav/perimd
+#   ./build.sh check-fresh  the README's test command in a fresh minbase Debian root
+#                         (debootstrap chroot, a clean clone of HEAD, nothing else):
+#                         proves build.sh installs everything the tests use. About
+#                         twice the suite's time; not part of `test`
 #   ./build.sh clean      remove build/
 #
 # Packages are installed only when missing (dpkg-query), so a prepared machine
@@ -73,6 +77,59 @@ deps() {
 }
 
 ncpu() { nproc 2>/dev/null || echo 2; }
+
+# check_fresh - run `./build.sh test` from a clean clone of HEAD in a new
+# debootstrap --variant=minbase root of this machine's Debian release and
+# mirror, with /proc, /sys and /dev from the host (the tests' network is the
+# host's loopback). Everything the build and the tests call must then come
+# from build.sh's own DEPS. Exit status: the suite's.
+check_fresh() {
+	[ "$(id -u)" -eq 0 ] || { echo "check-fresh: needs root (debootstrap, chroot)" >&2; exit 2; }
+	local saved=("${DEPS[@]}")
+	DEPS=(debootstrap git)
+	deps
+	DEPS=("${saved[@]}")
+	local suite mirror root rc=0
+	suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
+	mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null)
+	[ -n "$mirror" ] || mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
+	[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+	root=$(mktemp -d /var/tmp/perimd-fresh.XXXXXX)
+	# shellcheck disable=SC2064
+	trap "fresh_cleanup '$root'" EXIT
+	echo "check-fresh: debootstrap --variant=minbase $suite $root $mirror"
+	debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$root.debootstrap.log" 2>&1 || {
+		tail -n 20 "$root.debootstrap.log"; echo "check-fresh: debootstrap failed"; exit 1; }
+	# The host's apt sources (the release's updates and security suites);
+	# build.sh adds deb-src itself where the static build needs it.
+	if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+		cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/"
+		rm -f "$root/etc/apt/sources.list"
+	fi
+	cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+	mount -t proc proc "$root/proc"
+	mount --rbind /sys "$root/sys"
+	mount --rbind /dev "$root/dev"
+	git clone -q "$ROOT" "$root/src"
+	# shared/ beside the work tree, as CI lays it (benchmarks read it).
+	[ -d "$ROOT/../shared" ] && cp -r "$ROOT/../shared" "$root/shared"
+	echo "check-fresh: ./build.sh test in the chroot (clone of $(git -C "$ROOT" rev-parse --short HEAD))"
+	chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI="${CI:-}" \
+		PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+		bash -c 'cd /src && ./build.sh test </dev/null' || rc=$?
+	exit "$rc"
+}
+
+# fresh_cleanup ROOT - unmount what check_fresh mounted and remove the root.
+fresh_cleanup() {
+	local root=$1
+	umount -R "$root/dev" "$root/sys" "$root/proc" 2>/dev/null ||
+		umount -lR "$root/dev" "$root/sys" "$root/proc" 2>/dev/null || true
+	# Only remove once nothing is mounted below it any more.
+	if ! grep -q " $root/" /proc/mounts; then
+		rm -rf "$root" "$root.debootstrap.log"
+	fi
+}
 
 build_dev() { make -C perimd -j"$(ncpu)"; }
 build_test() { make -C perimd MODE=test -j"$(ncpu)"; }
@@ -134,11 +191,14 @@ static)
 	shift
 	exec bash vendor/static.sh "$@"
 	;;
+check-fresh)
+	check_fresh
+	;;
 clean)
 	rm -rf "$ROOT/build"
 	;;
 *)
-	echo "usage: $0 [test|run|bench [peers|peers-features]|static [noclamav]|clean]" >&2
+	echo "usage: $0 [test|run|bench [MODE]|static [noclamav]|check-fresh|clean]" >&2
 	exit 2
 	;;
 esac
