@@ -532,6 +532,18 @@ static void on_drain(void *arg)
 	}
 }
 
+/* log_cut - the summary line of a message that ended without a backend's
+ * answer (relay_done() logs the others), so that every message's outcome
+ * is found under its id. */
+static void log_cut(struct session *s, const char *backend, const char *result, const char *why)
+{
+	uint64_t ms = s->t_data_end ? ev_now(s->loop) - s->t_data_end : 0;
+	log_info("%s: from=<%s>, size=%llu, nrcpt=%d, client=[%s], helo=<%s>, backend=%s, "
+		 "backend_id=-, result=%s (%s), delay=%.3f",
+		 s->msgid, s->sender ? s->sender : "", (unsigned long long)spool_size(s->spool),
+		 s->nrcpt, s->addr, s->helo ? s->helo : "", backend, result, why, (double)ms / 1000.0);
+}
+
 /* session_free - end of session: cancel and release everything. */
 static void session_free(struct session *s)
 {
@@ -540,11 +552,16 @@ static void session_free(struct session *s)
 		relay_cancel(s->relay);
 		s->relay = NULL;
 		log_info("%s: client [%s] gone while its message %s was being relayed", s->id, s->addr, s->msgid);
+		log_cut(s, "unknown", "none",
+			"client gone during the relay; cancelled, a backend may have it if the final dot went out");
 	}
 	if (s->av) {
 		av_cancel(s->av);
 		s->av = NULL;
 		log_info("%s: client [%s] gone while its message %s was being scanned", s->id, s->addr, s->msgid);
+		log_cut(s, "none", "none", "client gone during the scan; not relayed");
+	} else if (s->state == ST_DATA) {
+		log_cut(s, "none", "none", "client gone during DATA; not relayed");
 	}
 	ev_timer_stop(s->loop, &s->tarpit);
 	ev_timer_stop(s->loop, &s->greet);
@@ -824,17 +841,6 @@ void smtpd_loop_start(struct ev_loop *loop, const int *fds, int nfds)
 	*ev_slot(loop, EV_SLOT_SMTPD) = sl;
 }
 
-/* log_cut - the summary line of a message the shutdown ended before a
- * backend had it (the relay's own summary line is relay_done()'s). */
-static void log_cut(struct session *s, const char *why)
-{
-	uint64_t ms = s->t_data_end ? ev_now(s->loop) - s->t_data_end : 0;
-	log_info("%s: from=<%s>, size=%llu, nrcpt=%d, client=[%s], helo=<%s>, backend=none, "
-		 "backend_id=-, result=421 4.3.2 Service shutting down (%s), delay=%.3f",
-		 s->msgid, s->sender ? s->sender : "", (unsigned long long)spool_size(s->spool),
-		 s->nrcpt, s->addr, s->helo ? s->helo : "", why, (double)ms / 1000.0);
-}
-
 /* smtpd_drain_deadline - the latest a relay may end once the drain limit
  * passed: relay_data_done_timeout after it, else UINT64_MAX. */
 uint64_t smtpd_drain_deadline(const struct session *s)
@@ -868,7 +874,7 @@ static void drain_expired(void *arg)
 				 s->relay ? "relayed" : "scanned");
 		} else if (s->state != ST_CLOSING) {
 			if (s->state == ST_DATA) {
-				log_cut(s, "DATA cut at shutdown");
+				log_cut(s, "none", "421 4.3.2 Service shutting down", "DATA cut at shutdown");
 			}
 			ev_timer_stop(s->loop, &s->tarpit);
 			s->state = ST_CMD;

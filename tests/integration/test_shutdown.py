@@ -255,3 +255,53 @@ def test_new_message_after_relay_outcome_is_not_taken(perimd_factory):
         assert wait_for(lambda: len(b.messages) == 1, 5)
     finally:
         b.stop()
+
+
+def test_relay_before_the_dot_bounded_from_drain_limit(perimd_factory, backend_factory):
+    """The relay is still before the dot (the first backend hangs at MAIL)
+    when shutdown_timeout ends: its deadline becomes relay_data_done_timeout
+    from then, so when the stage in progress times out there is no failover
+    to the second backend; the client gets 451 4.4.1 (no backend has the
+    message), not 421 and not a late 250; both outcomes are logged."""
+    b1 = backend_factory(hang=["mail"])
+    b2 = backend_factory()
+    p = perimd_factory(relay_backends="%s, %s" % (b1.target, b2.target), shutdown_timeout="1s",
+                       relay_timeout="4s", relay_data_done_timeout="1s")
+    c = Client(p.port, timeout=30)
+    try:
+        send_until_dot(c, "before-dot")
+        assert wait_for(lambda: b1.stats()["commands"].get("MAIL", 0) == 1)
+        t0 = time.monotonic()
+        stopper, errors = stop_in_background(p, 30)
+        r = c.reply(20)
+        expect(r, 451, "4.4.1", r"time limit")
+        assert time.monotonic() - t0 < 8
+        expect(c.reply(10), 421, "4.3.2")
+        stopper.join(30)
+        assert not stopper.is_alive() and not errors, errors
+    finally:
+        c.close()
+    msgid = summary_line(p, 451)
+    assert re.search(r"%s: shutdown: message of client .* still being relayed" % msgid,
+                     p.log_text())
+    assert b2.stats()["connections"] == 0 and b2.messages() == []
+
+
+def test_client_gone_during_data_is_logged(perimd_factory):
+    """A client that disconnects in the middle of DATA: the message's
+    summary line says so under its id."""
+    b = StallBackend()
+    try:
+        p = perimd_factory(relay_backends="127.0.0.1:%d" % b.port)
+        c = Client(p.port, timeout=10)
+        expect(c.cmd("EHLO client.test"), 250)
+        expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        expect(c.cmd("RCPT TO:<%s>" % RCPT), 250)
+        expect(c.cmd("DATA"), 354)
+        c.send(b"Subject: half\r\n\r\nfirst line\r\n")
+        c.close()
+        p.wait_log(r"\w+: from=<%s>, .*backend=none, backend_id=-, result=none \(client gone "
+                   r"during DATA; not relayed\)" % re.escape(SENDER))
+        assert b.messages == []
+    finally:
+        b.stop()
