@@ -305,3 +305,95 @@ def test_client_gone_during_data_is_logged(perimd_factory):
         assert b.messages == []
     finally:
         b.stop()
+
+
+class StallClamd:
+    """A clamd on 127.0.0.1 (zINSTREAM only) that holds its verdict until
+    release(), then says the stream is clean."""
+
+    def __init__(self):
+        self.got_stream = threading.Event()
+        self.released = threading.Event()
+        self.stop_ev = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stop_ev.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _read(self, f, n):
+        data = f.read(n)
+        if len(data) != n:
+            raise OSError("short read")
+        return data
+
+    def _serve(self, c):
+        f = c.makefile("rb")
+        try:
+            cmd = b""
+            while not cmd.endswith(b"\0"):
+                cmd += self._read(f, 1)
+            if cmd != b"zINSTREAM\0":
+                c.sendall(b"UNKNOWN COMMAND\0")
+                return
+            while True:
+                n = int.from_bytes(self._read(f, 4), "big")
+                if n == 0:
+                    break
+                self._read(f, n)
+            self.got_stream.set()
+            while not self.released.wait(0.1):
+                if self.stop_ev.is_set():
+                    return
+            c.sendall(b"stream: OK\0")
+        except OSError:
+            return
+        finally:
+            c.close()
+
+    def stop(self):
+        self.stop_ev.set()
+        self.sock.close()
+        self.thread.join(5)
+
+
+def test_message_being_scanned_at_drain_limit_is_relayed(perimd_factory):
+    """The scanner holds its verdict past shutdown_timeout: the scan is not
+    cancelled; once clean, the message is relayed and the client gets the
+    backend's 250, then 421."""
+    b = StallBackend()
+    b.release()          # the backend answers at once
+    av = StallClamd()
+    try:
+        p = perimd_factory(relay_backends="127.0.0.1:%d" % b.port, shutdown_timeout="1s",
+                           av_scanner="clamd:127.0.0.1:%d" % av.port)
+        c = Client(p.port, timeout=30)
+        try:
+            send_until_dot(c, "scanned")
+            assert av.got_stream.wait(10)
+            stopper, errors = stop_in_background(p, 40)
+            m = p.wait_log(r"(\w+): shutdown: message of client \[127\.0\.0\.1\] still being "
+                           r"scanned; waiting for its outcome", timeout=10)
+            assert p.proc.poll() is None
+            av.released.set()
+            expect(c.reply(15), 250, "2.0.0", r"queued as STALL1")
+            expect(c.reply(10), 421, "4.3.2")
+            stopper.join(30)
+            assert not stopper.is_alive() and not errors, errors
+        finally:
+            c.close()
+        assert summary_line(p, 250) == m.group(1)
+        assert len(b.messages) == 1 and b"scanned" in b.messages[0]
+    finally:
+        av.stop()
+        b.stop()
