@@ -27,6 +27,7 @@
 #include "version.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -36,6 +37,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define DEFAULT_CONF "/etc/perimd/perimd.conf"
@@ -170,6 +172,95 @@ static struct passwd *owner_lookup(const char *s, struct passwd *num)
 	return getpwnam(s);
 }
 
+/* owner_read_check - which TLS files mail_owner could not open: after
+ * the privilege drop every SIGHUP reloads them as mail_owner, and a file
+ * only root can read makes each reload fail while the old certificate
+ * stays until it expires. A child process becomes mail_owner (as
+ * drop_privileges() does) and opens each file, so modes, owners, groups
+ * and ACLs all count as they will. Only when started as root with another
+ * mail_owner; before any thread starts. say() gets each warning. */
+static void owner_read_check(const struct conf *c, void (*say)(const char *))
+{
+	const char *names[] = { "smtpd_tls_cert_file", "smtpd_tls_key_file", "relay_tls_CAfile" };
+	const char *files[] = { c->smtpd_tls_cert_file, c->smtpd_tls_key_file, c->relay_tls_CAfile };
+	enum { NF = 3 };
+	int errs[NF] = { 0 };
+	if (geteuid() != 0 || !(files[0][0] || files[1][0] || files[2][0]))
+		return;
+	struct passwd pwnum, *pw = owner_lookup(c->mail_owner, &pwnum);
+	if (!pw || pw->pw_uid == 0)
+		return;   /* an unknown owner is drop_privileges()'s fatal error */
+	uid_t uid = pw->pw_uid;
+	gid_t gid = pw->pw_gid;
+	int pfd[2];
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return;
+	pid_t pid = fork();
+	if (pid < 0) {
+		close(pfd[0]);
+		close(pfd[1]);
+		return;
+	}
+	if (pid == 0) {
+		close(pfd[0]);
+		if (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
+			_exit(2);
+		for (int i = 0; i < NF; i++) {
+			if (!files[i][0])
+				continue;
+			int fd = open(files[i], O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				errs[i] = errno;
+			else
+				close(fd);
+		}
+		ssize_t w = write(pfd[1], errs, sizeof errs);
+		_exit(w == (ssize_t)sizeof errs ? 0 : 2);
+	}
+	close(pfd[1]);
+	ssize_t got = read(pfd[0], errs, sizeof errs);
+	close(pfd[0]);
+	int st;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	if (got != (ssize_t)sizeof errs)
+		return;
+	for (int i = 0; i < NF; i++) {
+		if (!errs[i])
+			continue;
+		char msg[1400];
+		snprintf(msg, sizeof msg, "mail_owner %s cannot read %s %s: %s; a SIGHUP will not "
+			 "reload it (the old one stays until it expires): give %s read access",
+			 c->mail_owner, names[i], files[i], strerror(errs[i]), c->mail_owner);
+		say(msg);
+	}
+}
+
+/* say_stderr, say_log - where owner_read_check() warns (-t, start). */
+static void say_stderr(const char *msg)
+{
+	fprintf(stderr, "perimd: warning: %s\n", msg);
+}
+
+static void say_log(const char *msg)
+{
+	log_warn("%s", msg);
+}
+
+/* probe_addr - refuse to start when another process listens on a
+ * param's address (net_bind_probe()); empty: none. */
+static void probe_addr(const char *param, const char *text, int default_port)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	const char *why;
+	char err[256];
+	if (!text[0] || net_parse_addr(text, default_port, &ss, &sl, &why) < 0)
+		return;   /* checked, with its message, where it is bound */
+	if (net_bind_probe((struct sockaddr *)&ss, sl, err, sizeof err) < 0)
+		fatal("%s %s: cannot listen on %s; not starting", param, text, err);
+}
+
 /* drop_privileges - after binding: become mail_owner (only when started
  * as root; mail_owner = root keeps root, with a warning). */
 static void drop_privileges(const struct conf *c)
@@ -276,12 +367,20 @@ int main(int argc, char **argv)
 		conf_release(c);
 		return 0;
 	}
+	/* The default file must exist: running on the built-in defaults
+	 * because a file went missing would be a silent surprise (-d shows
+	 * them; -c /dev/null or an empty file runs on them on purpose). */
 	int explicit = path != NULL;
 	if (!path)
 		path = DEFAULT_CONF;
-	struct conf *c = conf_load(path, !explicit, ov, nov, err, sizeof err);
+	struct conf *c = conf_load(path, 0, ov, nov, err, sizeof err);
 	if (!c) {
-		fprintf(stderr, "perimd: %s\n", err);
+		if (!explicit && access(path, F_OK) < 0 && errno == ENOENT)
+			fprintf(stderr, "perimd: the default configuration file %s does not exist; "
+				"give one with -c FILE (an empty file runs on the built-in defaults, "
+				"which perimd -d prints)\n", path);
+		else
+			fprintf(stderr, "perimd: %s\n", err);
 		return 1;
 	}
 	if (dump_n) {
@@ -327,6 +426,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (check) {
+		owner_read_check(c, say_stderr);
 		policy_release(pol);
 		return 0;
 	}
@@ -343,12 +443,19 @@ int main(int argc, char **argv)
 			  (uint64_t)c->body_spool_limit);
 	verify_init(100000);
 	raise_nofile(c);
+	owner_read_check(c, say_log);
 
 	nthreads = (int)c->io_threads;
 	if (nthreads <= 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		nthreads = n > 0 ? (int)n : 1;
 	}
+	/* Another daemon on one of our addresses: refuse, naming it, before
+	 * SO_REUSEPORT would let us share its clients. */
+	for (int i = 0; i < c->smtpd_listen.n; i++)
+		probe_addr("smtpd_listen", c->smtpd_listen.v[i], 25);
+	probe_addr("stats_listen", c->stats_listen, 9125);
+	probe_addr("policy_listen", c->policy_listen, -1);
 	/* Bind everything before anything runs: one socket per address per
 	 * io thread (SO_REUSEPORT spreads connections over them). */
 	threads = xcalloc((size_t)nthreads, sizeof *threads);

@@ -133,6 +133,34 @@ int net_listen(const struct sockaddr *sa, socklen_t len, int backlog,
 	return fd;
 }
 
+/* net_bind_probe - is the address free for us alone? A socket without
+ * SO_REUSEPORT cannot bind where another process listens with it, so a
+ * second daemon is refused here instead of sharing the first one's
+ * clients through SO_REUSEPORT. SO_REUSEADDR stays: connections of a
+ * stopped predecessor in TIME_WAIT do not block a restart. */
+int net_bind_probe(const struct sockaddr *sa, socklen_t len, char *err, size_t errlen)
+{
+	char a[64];
+	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		snprintf(err, errlen, "socket: %s", strerror(errno));
+		return -1;
+	}
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (sa->sa_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+	if (bind(fd, sa, len) < 0) {
+		int e = errno;
+		snprintf(err, errlen, "[%s]:%d: %s%s", net_ntop(sa, a, sizeof a), net_port(sa),
+			 strerror(e), e == EADDRINUSE ? " (another perimd, or another server, listens there)" : "");
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
 /* net_ntop - address text. */
 const char *net_ntop(const struct sockaddr *sa, char *buf, size_t len)
 {

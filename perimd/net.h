@@ -19,6 +19,11 @@ int net_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss,
 int net_listen(const struct sockaddr *sa, socklen_t len, int backlog,
 	       char *err, size_t errlen);
 
+/* net_bind_probe - 0 when sa can be bound without SO_REUSEPORT (the
+ * probe socket is closed again), else -1 with err naming the address
+ * (EADDRINUSE: someone listens there). Before net_listen() at start. */
+int net_bind_probe(const struct sockaddr *sa, socklen_t len, char *err, size_t errlen);
+
 /* net_ntop - address (without port) as text into buf; returns buf. */
 const char *net_ntop(const struct sockaddr *sa, char *buf, size_t len);
 /* net_port - the port of an AF_INET/AF_INET6 address. */

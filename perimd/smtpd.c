@@ -494,11 +494,18 @@ static void session_process(struct session *s)
 	}
 }
 
-/* smtpd_session_resume - accept input again after an asynchronous step. */
+/* smtpd_session_resume - accept input again after an asynchronous step;
+ * past the drain limit, the step's reply was the session's last. */
 void smtpd_session_resume(struct session *s)
 {
 	if (s->state == ST_CLOSING)
 		return;
+	if (s->sl->drain_cut) {
+		smtpd_reply(s, "421 4.3.2 %s Service shutting down", s->cf->myhostname);
+		stats_inc(ST_close_shutdown);
+		session_close(s);
+		return;
+	}
 	smtpd_deadline_arm(s);
 	conn_read_enable(s->conn, 1);
 }
@@ -525,6 +532,18 @@ static void on_drain(void *arg)
 	}
 }
 
+/* log_cut - the summary line of a message that ended without a backend's
+ * answer (relay_done() logs the others), so that every message's outcome
+ * is found under its id. */
+static void log_cut(struct session *s, const char *backend, const char *result, const char *why)
+{
+	uint64_t ms = s->t_data_end ? ev_now(s->loop) - s->t_data_end : 0;
+	log_info("%s: from=<%s>, size=%llu, nrcpt=%d, client=[%s], helo=<%s>, backend=%s, "
+		 "backend_id=-, result=%s (%s), delay=%.3f",
+		 s->msgid, s->sender ? s->sender : "", (unsigned long long)spool_size(s->spool),
+		 s->nrcpt, s->addr, s->helo ? s->helo : "", backend, result, why, (double)ms / 1000.0);
+}
+
 /* session_free - end of session: cancel and release everything. */
 static void session_free(struct session *s)
 {
@@ -533,11 +552,16 @@ static void session_free(struct session *s)
 		relay_cancel(s->relay);
 		s->relay = NULL;
 		log_info("%s: client [%s] gone while its message %s was being relayed", s->id, s->addr, s->msgid);
+		log_cut(s, "unknown", "none",
+			"client gone during the relay; cancelled, a backend may have it if the final dot went out");
 	}
 	if (s->av) {
 		av_cancel(s->av);
 		s->av = NULL;
 		log_info("%s: client [%s] gone while its message %s was being scanned", s->id, s->addr, s->msgid);
+		log_cut(s, "none", "none", "client gone during the scan; not relayed");
+	} else if (s->state == ST_DATA) {
+		log_cut(s, "none", "none", "client gone during DATA; not relayed");
 	}
 	ev_timer_stop(s->loop, &s->tarpit);
 	ev_timer_stop(s->loop, &s->greet);
@@ -817,21 +841,40 @@ void smtpd_loop_start(struct ev_loop *loop, const int *fds, int nfds)
 	*ev_slot(loop, EV_SLOT_SMTPD) = sl;
 }
 
-/* drain_expired - shutdown_timeout passed: close what is left. */
+/* smtpd_drain_deadline - the latest a relay may end once the drain limit
+ * passed: relay_data_done_timeout after it, else UINT64_MAX. */
+uint64_t smtpd_drain_deadline(const struct session *s)
+{
+	if (!s->sl->drain_cut)
+		return UINT64_MAX;
+	return s->sl->cut_at + (uint64_t)s->cf->relay_data_done_timeout;
+}
+
+/* drain_expired - shutdown_timeout passed: close what is left. A session
+ * whose message is being scanned or relayed keeps it: after the final dot
+ * the backend may already have it, so a 421 now could make the client send
+ * a delivered message again, and nothing would log its outcome. The scan
+ * ends by av_timeout; the relay by its own deadline, lowered here to
+ * relay_data_done_timeout from now (the relay reads msg.deadline at every
+ * stage; data_relay() applies it to a relay that starts later). The
+ * outcome goes to the client, then smtpd_session_resume() closes. */
 static void drain_expired(void *arg)
 {
 	struct smtpd_loop *sl = arg;
 	struct session *s = sl->sessions;
+	sl->drain_cut = 1;
+	sl->cut_at = ev_now(sl->loop);
 	while (s) {
 		struct session *next = s->next;
-		if (s->state != ST_CLOSING) {
-			if (s->relay) {
-				relay_cancel(s->relay);
-				s->relay = NULL;
-			}
-			if (s->av) {
-				av_cancel(s->av);
-				s->av = NULL;
+		if (s->state != ST_CLOSING && (s->relay || s->av)) {
+			if (s->relay && s->msg.deadline > smtpd_drain_deadline(s))
+				s->msg.deadline = smtpd_drain_deadline(s);
+			log_info("%s: shutdown: message of client [%s] still being %s; "
+				 "waiting for its outcome", s->msgid, s->addr,
+				 s->relay ? "relayed" : "scanned");
+		} else if (s->state != ST_CLOSING) {
+			if (s->state == ST_DATA) {
+				log_cut(s, "none", "421 4.3.2 Service shutting down", "DATA cut at shutdown");
 			}
 			ev_timer_stop(s->loop, &s->tarpit);
 			s->state = ST_CMD;

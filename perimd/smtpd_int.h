@@ -47,6 +47,8 @@ struct smtpd_loop {
 	struct session *sessions;
 	int nsessions;
 	int draining;
+	int drain_cut;              /* shutdown_timeout passed: messages in flight finish, then 421 */
+	uint64_t cut_at;            /* ev_now() when it passed */
 	struct ev_timer drain_timer;
 };
 
@@ -133,6 +135,7 @@ void smtpd_log_reject(struct session *s, const char *stage, const char *what, co
 void smtpd_txn_reset(struct session *s);
 void smtpd_deadline_arm(struct session *s);
 void smtpd_session_resume(struct session *s);
+uint64_t smtpd_drain_deadline(const struct session *s);
 
 /* ---- smtpd_txn.c, for smtpd.c ------------------------------------------- */
 

@@ -538,6 +538,8 @@ static void data_relay(struct session *s)
 	m->body = s->spool;
 	m->backends = s->route ? &s->backends : &cf->relay_backends;
 	m->deadline = s->t_data_end + RELAY_DEADLINE_MS;
+	if (m->deadline > smtpd_drain_deadline(s))   /* scanned past the drain limit */
+		m->deadline = smtpd_drain_deadline(s);
 	m->conf = cf;
 	s->state = ST_BUSY;
 	conn_read_enable(s->conn, 0);

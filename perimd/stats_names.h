@@ -61,6 +61,10 @@ STAT(dns_joined, COUNTER, "perimd_dns_joined_total", "", "cache misses that join
 STAT(dns_timeouts, COUNTER, "perimd_dns_timeouts_total", "", "DNS lookups that got no answer in time")
 STAT(dns_failures, COUNTER, "perimd_dns_failures_total", "", "DNS lookups that failed otherwise (SERVFAIL, refused, malformed)")
 
+/* TLS credentials (tls.c): set at start and on every SIGHUP */
+STAT(tls_reload_time, GAUGE, "perimd_tls_reload_last_timestamp_seconds", "", "when the TLS certificates and keys were last loaded or reloaded (start, SIGHUP), Unix time")
+STAT(tls_reload_ok, GAUGE, "perimd_tls_reload_success", "", "1 when that last load succeeded, 0 when it failed and the old certificates stayed")
+
 /* Greylisting (grey.c) */
 STAT(grey_new, COUNTER, "perimd_greylist_decisions_total", "result=\"new\"", "greylisting decisions by outcome (recipients)")
 STAT(grey_early, COUNTER, "perimd_greylist_decisions_total", "result=\"early\"", "")

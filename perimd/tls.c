@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PEM_FILE_MAX (1024 * 1024)
@@ -64,6 +65,7 @@ struct tls_server {
 	int key_type;                  /* BR_KEYTYPE_RSA or BR_KEYTYPE_EC */
 	int issuer_type;               /* key type of the certificate's signer */
 	br_skey_decoder_context skey;  /* holds the private key */
+	int64_t not_after;             /* the first certificate's notAfter, Unix time */
 };
 
 struct tls_client {
@@ -118,6 +120,15 @@ static void stats_declare(void)
 			     "failed TLS handshakes with backends, by reason");
 	stats_family_declare("perimd_tls_memory_bytes", "gauge",
 			     "memory held by TLS engines of open connections");
+	stats_family_declare("perimd_tls_certificate_expiry_timestamp_seconds", "gauge",
+			     "notAfter of the loaded server certificate (smtpd_tls_cert_file), Unix time");
+}
+
+/* gauge_set - set a fixed GAUGE row (stats_names.h) from the only thread
+ * that writes it: add the difference. */
+static void gauge_set(enum stats_id id, int64_t v)
+{
+	stats_add(id, v - stats_value(id));
 }
 
 /* tls_count - one handshake outcome into the statistics. */
@@ -389,6 +400,9 @@ static struct tls_server *server_load(const char *certf, const char *keyf, char 
 	ts->issuer_type = br_x509_decoder_get_signer_key_type(dc);
 	if (ts->issuer_type != BR_KEYTYPE_RSA && ts->issuer_type != BR_KEYTYPE_EC)
 		ts->issuer_type = ts->key_type;
+	/* BearSSL counts days from 1 January of year 0; 719528 of them end
+	 * on 1 January 1970 (as its own x509_minimal.c converts time()). */
+	ts->not_after = ((int64_t)dc->notafter_days - 719528) * 86400 + (int64_t)dc->notafter_seconds;
 	free(dc);
 	return ts;
 fail:
@@ -486,8 +500,20 @@ static struct tls_client *client_load(const char *cafile, char *err, size_t errl
 
 /* ---- current credentials ------------------------------------------------ */
 
-/* tls_configure - load and install, or keep the old on any error. */
+static int configure(const struct conf *c, char *err, size_t errlen);
+
+/* tls_configure - load and install, or keep the old on any error; the
+ * time and result of the attempt go to the statistics. */
 int tls_configure(const struct conf *c, char *err, size_t errlen)
+{
+	int r = configure(c, err, errlen);
+	gauge_set(ST_tls_reload_time, (int64_t)time(NULL));
+	gauge_set(ST_tls_reload_ok, r == 0);
+	return r;
+}
+
+/* configure - tls_configure()'s work. */
+static int configure(const struct conf *c, char *err, size_t errlen)
 {
 	struct tls_server *ts = NULL;
 	int want_server = strcmp(c->smtpd_tls_security_level, "none") != 0;
@@ -510,6 +536,11 @@ int tls_configure(const struct conf *c, char *err, size_t errlen)
 		err_param(err, errlen, "relay_tls_CAfile");
 		server_free(ts);
 		return -1;
+	}
+	if (ts) {
+		pthread_once(&stats_once, stats_declare);
+		stats_family_set("perimd_tls_certificate_expiry_timestamp_seconds", "file",
+				 c->smtpd_tls_cert_file, ts->not_after);
 	}
 	pthread_mutex_lock(&cur_mu);
 	struct tls_server *ots = cur_server;
