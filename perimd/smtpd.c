@@ -191,49 +191,12 @@ void smtpd_reply_error(struct session *s, const char *fmt, ...)
 	smtpd_reply(s, "%s", buf);
 }
 
-/* ---- transaction state ------------------------------------------------ */
-
-/* smtpd_txn_reset - forget the envelope and body (RSET, HELO, after a message). */
-void smtpd_txn_reset(struct session *s)
-{
-	free(s->sender);
-	free(s->ret);
-	free(s->envid);
-	s->sender = s->ret = s->envid = NULL;
-	for (int i = 0; i < s->nrcpt; i++) {
-		free(s->rcpts[i].addr);
-		free(s->rcpts[i].notify);
-		free(s->rcpts[i].orcpt);
-	}
-	free(s->rcpts);
-	s->rcpts = NULL;
-	s->nrcpt = s->caprcpt = 0;
-	free(s->route);
-	s->route = NULL;
-	s->route_set = 0;
-	smtpd_rcpt_pending_free(s->rcpt_pending);
-	s->rcpt_pending = NULL;
-	s->in_mail = s->rcpt_tried = s->body8 = s->smtputf8 = 0;
-	s->overshoot = 0;
-	s->grey_pass = 0;
-	spool_free(s->spool);
-	s->spool = NULL;
-	s->data_err = DE_NONE;
-	free(s->rr);
-	s->rr = NULL;
-	policy_list_free(&s->backends);
-	if (s->t_data_end) {    /* the message in flight has its answer */
-		stats_add(ST_inflight, -1);
-		s->t_data_end = 0;
-	}
-}
-
 /* smtpd_log_reject - one Postfix-like line per refusal. */
 void smtpd_log_reject(struct session *s, const char *stage, const char *what,
 		       const char *to)
 {
 	log_info("%s: reject: %s from [%s]: %s; from=<%s>%s%s%s helo=<%s>", s->id, stage,
-		 s->addr, what, s->sender ? s->sender : "", to ? " to=<" : "",
+		 s->addr, what, s->tx && s->tx->sender ? s->tx->sender : "", to ? " to=<" : "",
 		 to ? to : "", to ? ">" : "", s->helo ? s->helo : "");
 }
 
@@ -532,12 +495,12 @@ static void session_free(struct session *s)
 	if (s->relay) {
 		relay_cancel(s->relay);
 		s->relay = NULL;
-		log_info("%s: client [%s] gone while its message %s was being relayed", s->id, s->addr, s->msgid);
+		log_info("%s: client [%s] gone while its message %s was being relayed", s->id, s->addr, s->tx->msgid);
 	}
 	if (s->av) {
 		av_cancel(s->av);
 		s->av = NULL;
-		log_info("%s: client [%s] gone while its message %s was being scanned", s->id, s->addr, s->msgid);
+		log_info("%s: client [%s] gone while its message %s was being scanned", s->id, s->addr, s->tx->msgid);
 	}
 	ev_timer_stop(s->loop, &s->tarpit);
 	ev_timer_stop(s->loop, &s->greet);

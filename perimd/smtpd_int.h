@@ -63,6 +63,36 @@ struct rcpt_pending {
 	struct policy_req *req;
 };
 
+/* The mail transaction (RFC 5321 §3.3): created by an accepted MAIL,
+ * freed by smtpd_txn_reset() at its end (RSET, HELO/EHLO, STARTTLS, the
+ * reply to the final dot, a refusal at DATA, the end of the session). */
+struct txn {
+	unsigned rcpt_tried : 1;    /* a RCPT was sent, accepted or not */
+	unsigned body8 : 1;
+	unsigned smtputf8 : 1;
+	unsigned grey_pass : 1;     /* a recipient passed greylisting (grey.h) */
+	char *sender;
+	char *ret, *envid;
+	struct rcpt *rcpts;
+	int nrcpt, caprcpt;
+	long long overshoot;        /* RCPTs refused for smtpd_recipient_limit */
+	int route_set;
+	char *route;                /* backend list text; NULL = relay_backends */
+	struct rcpt_pending *rcpt_pending;
+
+	/* DATA */
+	struct spool *spool;
+	struct smtp_data_parser dp;
+	enum data_err data_err;
+	char msgid[16];
+	uint64_t t_data_end;        /* the final dot; nonzero: counted in ST_inflight */
+
+	/* relay */
+	struct relay_msg msg;
+	struct relay_rcpt *rr;
+	struct conf_list backends;
+};
+
 struct session {
 	struct session *next, *prev;
 	struct smtpd_loop *sl;
@@ -87,38 +117,14 @@ struct session {
 	char *pending;              /* error reply held by the tarpit */
 	int pending_close;
 
-	/* transaction */
-	unsigned in_mail : 1;
-	unsigned rcpt_tried : 1;    /* a RCPT was sent, accepted or not */
-	unsigned body8 : 1;
-	unsigned smtputf8 : 1;
-	unsigned grey_pass : 1;     /* a recipient passed greylisting (grey.h) */
-	char *sender;
-	char *ret, *envid;
-	struct rcpt *rcpts;
-	int nrcpt, caprcpt;
-	long long overshoot;        /* RCPTs refused for smtpd_recipient_limit */
-	int route_set;
-	char *route;                /* backend list text; NULL = relay_backends */
-	struct rcpt_pending *rcpt_pending;
+	struct txn *tx;             /* the mail transaction; NULL outside one */
 
-	/* DATA */
-	struct spool *spool;
-	struct smtp_data_parser dp;
-	enum data_err data_err;
-	char msgid[16];
-	uint64_t t_data_end;
-
-	/* relay */
-	struct relay_req *relay;
+	struct relay_req *relay;    /* the relay of tx's message in flight */
 	struct av_req *av;          /* content scan in flight */
 	struct dnscheck *dns;       /* PTR/FCrDNS, DNSBL, sender domain lookups */
 	struct policy_sess *ps;     /* delayed client/HELO/sender verdicts (rules.c) */
 	struct ev_timer greet;      /* smtpd_greet_pause (state ST_GREET) */
 	struct ev_timer deadline;   /* smtpd_timeout per command (request_deadline) */
-	struct relay_msg msg;
-	struct relay_rcpt *rr;
-	struct conf_list backends;
 };
 
 
@@ -130,7 +136,6 @@ void smtpd_reply_error(struct session *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void smtpd_gen_id(char out[16]);
 void smtpd_log_reject(struct session *s, const char *stage, const char *what, const char *to);
-void smtpd_txn_reset(struct session *s);
 void smtpd_deadline_arm(struct session *s);
 void smtpd_session_resume(struct session *s);
 
@@ -141,5 +146,6 @@ void smtpd_cmd_data(struct session *s, char *arg);
 void smtpd_cmd_mail(struct session *s, char *arg);
 void smtpd_cmd_rcpt(struct session *s, char *arg);
 void smtpd_rcpt_pending_free(struct rcpt_pending *rp);
+void smtpd_txn_reset(struct session *s);
 
 #endif
