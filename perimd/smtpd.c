@@ -157,7 +157,6 @@ static void tarpit_fire(void *arg)
 		session_close(s);
 		return;
 	}
-	s->state = ST_CMD;
 	smtpd_session_resume(s);
 }
 
@@ -183,8 +182,7 @@ void smtpd_reply_error(struct session *s, const char *fmt, ...)
 	}
 	if (s->errors > cf->smtpd_soft_error_limit && cf->smtpd_error_sleep_time > 0) {
 		s->pending = xstrdup(buf);
-		s->state = ST_BUSY;
-		conn_read_enable(s->conn, 0);
+		smtpd_session_pause(s);
 		ev_timer_start(s->loop, &s->tarpit, (uint64_t)cf->smtpd_error_sleep_time, tarpit_fire, s);
 		return;
 	}
@@ -267,7 +265,6 @@ static void tls_done(void *arg, int ok, const char *why)
 	log_info("%s: TLS established from [%s]: %s", s->id, s->addr, desc);
 	tls_count(1, 1, NULL);
 	s->tls = 1;
-	s->state = ST_CMD;
 	smtpd_session_resume(s);
 }
 
@@ -296,8 +293,7 @@ static void cmd_starttls(struct session *s, char *arg)
 	s->helo = NULL;
 	s->esmtp = 0;
 	s->need_ehlo = 1;
-	s->state = ST_BUSY;
-	conn_read_enable(s->conn, 0);
+	smtpd_session_pause(s);
 	if (conn_starttls(s->conn, tls_new_server(s->loop, ts), tls_done) < 0)
 		session_close(s);
 	tls_server_release(ts);
@@ -457,11 +453,37 @@ static void session_process(struct session *s)
 	}
 }
 
-/* smtpd_session_resume - accept input again after an asynchronous step. */
+/* smtpd_enter_state - the one place that changes s->state. The states:
+ * ST_PROXY (waiting for the load balancer's PROXY header), ST_GREET
+ * (smtpd_greet_pause), ST_CMD (reading commands), ST_DATA (reading the
+ * body), ST_BUSY (an asynchronous step runs; input is not read),
+ * ST_CLOSING (the last reply is flushed, then the connection ends; final).
+ * Where the session is inside its SMTP dialogue (HELO, MAIL, RCPT) is
+ * smtpd_phase()'s, not this state's. */
+void smtpd_enter_state(struct session *s, enum sstate st)
+{
+	s->state = st;
+}
+
+/* smtpd_session_pause - an asynchronous step begins (a recipient check,
+ * the tarpit, the TLS handshake, the scan, the relay): ST_BUSY and no
+ * reading, so no later pipelined command runs before this one has its
+ * reply (RFC 2920 §3.2). smtpd_session_resume() ends it. */
+void smtpd_session_pause(struct session *s)
+{
+	smtpd_enter_state(s, ST_BUSY);
+	conn_read_enable(s->conn, 0);
+}
+
+/* smtpd_session_resume - accept input again after an asynchronous step
+ * (ST_BUSY becomes ST_CMD) or once our replies drained (the state stays):
+ * a new deadline for the next command. Never once closing. */
 void smtpd_session_resume(struct session *s)
 {
 	if (s->state == ST_CLOSING)
 		return;
+	if (s->state == ST_BUSY)
+		smtpd_enter_state(s, ST_CMD);
 	smtpd_deadline_arm(s);
 	conn_read_enable(s->conn, 1);
 }
@@ -566,7 +588,7 @@ static void session_close(struct session *s)
 {
 	if (s->state == ST_CLOSING)
 		return;
-	s->state = ST_CLOSING;
+	smtpd_enter_state(s, ST_CLOSING);
 	ev_timer_stop(s->loop, &s->deadline);
 	/* The client is done with us: it may connect again at once. */
 	if (s->counted) {
@@ -589,7 +611,7 @@ static void refuse_now(int fd, const char *msg)
 static void greet_fire(void *arg)
 {
 	struct session *s = arg;
-	s->state = ST_CMD;
+	smtpd_enter_state(s, ST_CMD);
 	smtpd_reply(s, "220 %s", s->cf->smtpd_banner);
 }
 
@@ -598,7 +620,7 @@ static void greet_fire(void *arg)
 static void early_talker(struct session *s)
 {
 	ev_timer_stop(s->loop, &s->greet);
-	s->state = ST_CMD;
+	smtpd_enter_state(s, ST_CMD);
 	stats_inc(ST_conn_refused_early);
 	log_info("%s: reject: CONNECT from [%s]: 554 5.5.1 early talker (data before the greeting)",
 		 s->id, s->addr);
@@ -629,14 +651,14 @@ static void session_greet(struct session *s)
 		session_close(s);
 		return;
 	}
-	s->state = ST_CMD;
+	smtpd_enter_state(s, ST_CMD);
 	conn_set_timeout(s->conn, (uint64_t)cf->smtpd_timeout);
 	smtpd_deadline_arm(s);
 	/* DNS checks start now, in the background: the banner does not wait. */
 	s->dns = dnscheck_connect(s->loop, cf, s->addr);
 	if (cf->smtpd_greet_pause > 0) {
 		/* Legitimate clients wait for the banner (RFC 5321 §3.1). */
-		s->state = ST_GREET;
+		smtpd_enter_state(s, ST_GREET);
 		ev_timer_start(s->loop, &s->greet, (uint64_t)cf->smtpd_greet_pause, greet_fire, s);
 		return;
 	}
@@ -655,7 +677,7 @@ static void proxy_input(struct session *s)
 	if (r != PARSE_OK) {
 		log_warn("%s: bad PROXY header from [%s]; disconnecting", s->id, s->addr);
 		stats_inc(ST_close_protocol);
-		s->state = ST_CLOSING;
+		smtpd_enter_state(s, ST_CLOSING);
 		conn_shutdown(s->conn);
 		return;
 	}
@@ -725,7 +747,7 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	log_info("%s: connect from [%s]:%d", s->id, addr, net_port(sa));
 	stats_inc(ST_conn_accepted);
 	if (proxy_expected(cf, addr)) {
-		s->state = ST_PROXY;
+		smtpd_enter_state(s, ST_PROXY);
 		conn_set_timeout(s->conn, (uint64_t)cf->smtpd_upstream_proxy_timeout);
 		return;
 	}
@@ -797,7 +819,7 @@ static void drain_expired(void *arg)
 				s->av = NULL;
 			}
 			ev_timer_stop(s->loop, &s->tarpit);
-			s->state = ST_CMD;
+			smtpd_enter_state(s, ST_CMD);
 			smtpd_reply(s, "421 4.3.2 %s Service shutting down", s->cf->myhostname);
 			stats_inc(ST_close_shutdown);
 			session_close(s);

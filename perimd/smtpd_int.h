@@ -137,6 +137,8 @@ void smtpd_reply_error(struct session *s, const char *fmt, ...)
 void smtpd_gen_id(char out[16]);
 void smtpd_log_reject(struct session *s, const char *stage, const char *what, const char *to);
 void smtpd_deadline_arm(struct session *s);
+void smtpd_enter_state(struct session *s, enum sstate st);
+void smtpd_session_pause(struct session *s);
 void smtpd_session_resume(struct session *s);
 
 /* ---- smtpd_txn.c, for smtpd.c ------------------------------------------- */

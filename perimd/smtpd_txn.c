@@ -263,7 +263,7 @@ static void rcpt_finish(struct session *s, const struct policy_verdict *v)
 static void rcpt_verdict(void *arg, const struct policy_verdict *v)
 {
 	struct session *s = arg;
-	s->state = ST_CMD;
+	smtpd_enter_state(s, ST_CMD);
 	rcpt_finish(s, v);
 	if (s->state == ST_CMD)
 		smtpd_session_resume(s);
@@ -378,8 +378,7 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 	if (policy_rcpt(&rp->env, &v, rcpt_verdict, s, &rp->req)) {
 		rcpt_finish(s, &v);
 	} else {
-		s->state = ST_BUSY;
-		conn_read_enable(s->conn, 0);
+		smtpd_session_pause(s);
 	}
 out:
 	free(p);
@@ -450,7 +449,7 @@ void smtpd_cmd_data(struct session *s, char *arg)
 	}
 	smtp_data_init(&s->tx->dp, strcmp(s->cf->smtpd_forbid_bare_newline, "reject") ? SMTP_BARE_NORMALIZE
 										     : SMTP_BARE_REJECT);
-	s->state = ST_DATA;
+	smtpd_enter_state(s, ST_DATA);
 	smtpd_reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
 
@@ -485,7 +484,6 @@ static void relay_done(void *arg, const struct relay_result *r)
 	if (r->code < 300)
 		s->nmsgs++;
 	smtpd_txn_reset(s);
-	s->state = ST_CMD;
 	smtpd_session_resume(s);
 }
 
@@ -504,7 +502,6 @@ static void av_done(void *arg, const char *refusal)
 	smtpd_log_reject(s, "END-OF-MESSAGE", refusal, NULL);
 	smtpd_reply(s, "%s", refusal);
 	smtpd_txn_reset(s);
-	s->state = ST_CMD;
 	smtpd_session_resume(s);
 }
 
@@ -512,7 +509,7 @@ static void av_done(void *arg, const char *refusal)
 static void data_end(struct session *s)
 {
 	const struct conf *cf = s->cf;
-	s->state = ST_CMD;
+	smtpd_enter_state(s, ST_CMD);
 	spool_finish(s->tx->spool);
 	stats_inc(ST_msg_received);
 	const char *refusal = NULL;
@@ -538,8 +535,7 @@ static void data_end(struct session *s)
 	stats_inc(ST_inflight);
 	if (av_enabled(cf)) {
 		/* Store, scan, replay: nothing reaches a backend unscanned. */
-		s->state = ST_BUSY;
-		conn_read_enable(s->conn, 0);
+		smtpd_session_pause(s);
 		s->av = av_scan(s->loop, cf, s->tx->spool, s->tx->msgid, av_done, s);
 		return;
 	}
@@ -574,8 +570,7 @@ static void data_relay(struct session *s)
 	m->backends = s->tx->route ? &s->tx->backends : &cf->relay_backends;
 	m->deadline = s->tx->t_data_end + RELAY_DEADLINE_MS;
 	m->conf = cf;
-	s->state = ST_BUSY;
-	conn_read_enable(s->conn, 0);
+	smtpd_session_pause(s);
 	s->relay = relay_send(s->loop, m, relay_done, s);
 }
 
