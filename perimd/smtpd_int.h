@@ -1,9 +1,10 @@
 /*
- * smtpd_int.h - what smtpd.c (the session: connection, replies, HELO,
- * STARTTLS and the other commands, dispatch, accept) and smtpd_txn.c (the
- * mail transaction: MAIL, RCPT with its asynchronous policy verdicts,
- * DATA, the scan and the relay) share. Internal to those two files;
- * everyone else uses smtpd.h.
+ * smtpd_int.h - what smtpd.c (the session: connection, replies, the
+ * command table and dispatch, HELO, STARTTLS and the other commands,
+ * accept) and smtpd_txn.c (the mail transaction, struct txn: MAIL, RCPT
+ * with its asynchronous policy verdicts, DATA, the scan and the relay)
+ * share. Internal to those two files and their unit test
+ * (tests/unit/test_smtpd_table.c); everyone else uses smtpd.h.
  */
 #ifndef PERIMD_SMTPD_INT_H
 #define PERIMD_SMTPD_INT_H
@@ -127,6 +128,70 @@ struct session {
 	struct ev_timer deadline;   /* smtpd_timeout per command (request_deadline) */
 };
 
+
+/* ---- the command table (smtpd.c) ----------------------------------------
+ * Where a session is in its SMTP dialogue (RFC 5321 §4.1.4, RFC 3207
+ * §4.2), as smtpd_phase() reads it from the session. */
+enum smtpd_phase {
+	PH_CONNECTED,   /* no HELO/EHLO yet */
+	PH_TLS_STARTED, /* TLS began after STARTTLS; no EHLO since */
+	PH_GREETED,     /* HELO/EHLO done, no transaction */
+	PH_MAIL,        /* MAIL accepted, no RCPT yet */
+	PH_RCPT_NONE,   /* RCPTs sent, none accepted (yet) */
+	PH_RCPT,        /* at least one recipient accepted */
+	PH_COUNT
+};
+#define PH_BIT(p) (1u << (p))
+#define PH_ANY ((1u << PH_COUNT) - 1)
+#define PH_TXN (PH_BIT(PH_MAIL) | PH_BIT(PH_RCPT_NONE) | PH_BIT(PH_RCPT))
+
+/* Flags of a command (in the manner of Postfix's smtpd command table). */
+#define CMD_F_NOARG    0x01u  /* takes no argument: arg_refusal if one is given */
+#define CMD_F_NEEDARG  0x02u  /* needs an argument: arg_refusal if none */
+#define CMD_F_HELO_REQ 0x04u  /* refused in PH_CONNECTED (refusal[PH_CONNECTED],
+			       * logged) when smtpd_helo_required */
+#define CMD_F_PRE_TLS  0x08u  /* allowed before STARTTLS where TLS is required
+			       * (RFC 3207 §4: NOOP, EHLO, STARTTLS, QUIT); no
+			       * smtpd_tls_security_level requires TLS yet */
+#define CMD_F_LAST     0x10u  /* ends a pipelined group (RFC 2920 §3.1, RFC 3207
+			       * §4); replies go out together at the end of the
+			       * loop iteration whatever the command */
+#define CMD_F_PAUSES   0x20u  /* may pause reading for an asynchronous step
+			       * (besides the tarpit, which any error may start) */
+
+/* The session context smtpd_cmd_check() needs besides the phase. */
+#define CMD_CTX_TLS          0x01u  /* TLS is active */
+#define CMD_CTX_HELO_REQUIRED 0x02u /* smtpd_helo_required = yes */
+
+struct session;
+
+/* One row per command verb. */
+struct smtpd_cmd {
+	const char *name;
+	unsigned phases;               /* PH_BIT()s in which it runs */
+	unsigned flags;                /* CMD_F_* */
+	const char *arg_refusal;       /* the 501 of CMD_F_NOARG / CMD_F_NEEDARG */
+	const char *refusal[PH_COUNT]; /* the reply where it is refused (503 ...) */
+	const char *tls_refusal;       /* set: refused so once TLS is active */
+	void (*run)(struct session *s, char *arg);
+};
+
+enum smtpd_check {
+	CMD_OK,            /* run it */
+	CMD_BAD_ARG,       /* 501: argument given or missing */
+	CMD_BAD_PHASE,     /* out of sequence: refusal[phase] */
+	CMD_HELO_REQUIRED, /* MAIL before HELO/EHLO under smtpd_helo_required */
+	CMD_TLS_ACTIVE     /* not once TLS is active */
+};
+
+/* smtpd_cmd_find - the row of a verb; NULL for one we do not know. */
+const struct smtpd_cmd *smtpd_cmd_find(enum smtp_verb v);
+/* smtpd_cmd_check - may c run now (in phase ph, context CMD_CTX_*, with
+ * this argument)? Anything but CMD_OK sets *reply to the refusal. */
+enum smtpd_check smtpd_cmd_check(const struct smtpd_cmd *c, enum smtpd_phase ph,
+				 unsigned ctx, const char *arg, const char **reply);
+/* smtpd_phase - the session's phase (from HELO, STARTTLS and s->tx). */
+enum smtpd_phase smtpd_phase(const struct session *s);
 
 /* ---- smtpd.c, for smtpd_txn.c ------------------------------------------- */
 

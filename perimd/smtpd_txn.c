@@ -111,25 +111,12 @@ static int path_parse(struct session *s, char *arg, struct smtp_path *p, const c
 }
 
 /* smtpd_cmd_mail - MAIL FROM (RFC 5321 §4.1.1.2) with SIZE, BODY, SMTPUTF8, RET,
- * ENVID (RFC 1870, 6152, 6531, 3461). */
+ * ENVID (RFC 1870, 6152, 6531, 3461); the transaction begins. Its place
+ * in the sequence (no transaction yet, HELO/EHLO first) is the command
+ * table's (smtpd.c). */
 void smtpd_cmd_mail(struct session *s, char *arg)
 {
 	const struct conf *cf = s->cf;
-	if (s->tx) {
-		smtpd_reply_error(s, "503 5.5.1 Error: nested MAIL command");
-		return;
-	}
-	if (s->need_ehlo) {
-		/* RFC 3207 §4.2: the client starts over with EHLO. */
-		smtpd_reply_error(s, "503 5.5.1 Error: send HELO/EHLO first");
-		return;
-	}
-	if (!s->helo && cf->smtpd_helo_required) {
-		stats_inc(ST_rej_rfc);
-		smtpd_log_reject(s, "MAIL", "503 5.5.1 Error: send HELO/EHLO first", NULL);
-		smtpd_reply_error(s, "503 5.5.1 Error: send HELO/EHLO first");
-		return;
-	}
 	struct smtp_path *p = xmalloc(sizeof *p);
 	if (path_parse(s, arg, p, "5.1.7 Bad sender") < 0)
 		goto out;
@@ -270,14 +257,11 @@ static void rcpt_verdict(void *arg, const struct policy_verdict *v)
 }
 
 /* smtpd_cmd_rcpt - RCPT TO (RFC 5321 §4.1.1.3): relay control, verdict cache,
- * routing (one backend list per transaction), limits. */
+ * routing (one backend list per transaction), limits. The command table
+ * runs it only inside a transaction. */
 void smtpd_cmd_rcpt(struct session *s, char *arg)
 {
 	const struct conf *cf = s->cf;
-	if (!s->tx) {
-		smtpd_reply_error(s, "503 5.5.1 Error: need MAIL command");
-		return;
-	}
 	s->tx->rcpt_tried = 1;
 	struct smtp_path *p = xmalloc(sizeof *p);
 	if (path_parse(s, arg, p, "5.1.3 Bad recipient") < 0)
@@ -417,25 +401,10 @@ static void received_header(struct session *s)
 		s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 }
 
-/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): start storing the body. */
+/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): start storing the body. The
+ * command table runs it only once a recipient was accepted. */
 void smtpd_cmd_data(struct session *s, char *arg)
 {
-	if (*arg) {
-		smtpd_reply_error(s, "501 5.5.4 Syntax: DATA takes no argument");
-		return;
-	}
-	if (!s->tx) {
-		smtpd_reply_error(s, "503 5.5.1 Error: need MAIL command");
-		return;
-	}
-	if (!s->tx->nrcpt) {
-		/* With PIPELINING all RCPTs may have failed (RFC 2920 §3.1). */
-		if (s->tx->rcpt_tried)
-			smtpd_reply_error(s, "554 5.5.1 Error: no valid recipients");
-		else
-			smtpd_reply_error(s, "503 5.5.1 Error: need RCPT command");
-		return;
-	}
 	smtpd_gen_id(s->tx->msgid);
 	s->tx->spool = spool_new();
 	s->tx->data_err = DE_NONE;
