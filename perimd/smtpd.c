@@ -1,10 +1,27 @@
 /*
- * smtpd.c - the SMTP server session (RFC 5321) as a state machine with one
- * table of commands, in the manner of OpenSMTPD's smtp_session.c: the
- * connection, greeting, replies and error limits, HELO/EHLO, STARTTLS and
- * the simple commands, dispatch and accept. The mail transaction (MAIL,
- * RCPT, DATA, scan and relay) is smtpd_txn.c's; smtpd_int.h is what the
- * two share.
+ * smtpd.c - the SMTP server session (RFC 5321): the connection, greeting,
+ * replies and error limits, the command table and dispatch, HELO/EHLO,
+ * STARTTLS and the simple commands, accept and drain. The mail
+ * transaction (MAIL, RCPT, DATA, scan and relay; struct txn) is
+ * smtpd_txn.c's; smtpd_int.h is what the two share.
+ *
+ * The session as a state machine, in the manner of OpenSMTPD's
+ * smtp_session.c:
+ * - s->state says what the session does with input (ST_PROXY, ST_GREET,
+ *   ST_CMD, ST_DATA, ST_BUSY, ST_CLOSING); smtpd_enter_state() is its
+ *   only writer. smtpd_session_pause() / smtpd_session_resume() bracket
+ *   every asynchronous step (ST_BUSY, reading paused).
+ * - smtpd_phase() says where the SMTP dialogue is (PH_CONNECTED,
+ *   PH_TLS_STARTED, PH_GREETED, PH_MAIL, PH_RCPT_NONE, PH_RCPT), read
+ *   from HELO, STARTTLS and the transaction s->tx.
+ * - smtpd_cmds[] has one row per command: the phases in which it runs,
+ *   the reply (503 ...) where it does not, its flags (argument rules,
+ *   smtpd_helo_required, allowed before TLS, ends a pipelined group,
+ *   pauses reading) and its handler. smtpd_cmd_check() applies a row;
+ *   the handlers check only their own syntax and policy. The table is
+ *   tested as data by tests/unit/test_smtpd_table.c.
+ * - The transaction is an object (struct txn): an accepted MAIL creates
+ *   it, smtpd_txn_reset() frees it at its end.
  *
  * Invariants:
  * - A session lives on the loop that accepted it and is touched by that
@@ -157,7 +174,6 @@ static void tarpit_fire(void *arg)
 		session_close(s);
 		return;
 	}
-	s->state = ST_CMD;
 	smtpd_session_resume(s);
 }
 
@@ -183,49 +199,11 @@ void smtpd_reply_error(struct session *s, const char *fmt, ...)
 	}
 	if (s->errors > cf->smtpd_soft_error_limit && cf->smtpd_error_sleep_time > 0) {
 		s->pending = xstrdup(buf);
-		s->state = ST_BUSY;
-		conn_read_enable(s->conn, 0);
+		smtpd_session_pause(s);
 		ev_timer_start(s->loop, &s->tarpit, (uint64_t)cf->smtpd_error_sleep_time, tarpit_fire, s);
 		return;
 	}
 	smtpd_reply(s, "%s", buf);
-}
-
-/* ---- transaction state ------------------------------------------------ */
-
-/* smtpd_txn_reset - forget the envelope and body (RSET, HELO, after a message). */
-void smtpd_txn_reset(struct session *s)
-{
-	free(s->sender);
-	free(s->ret);
-	free(s->envid);
-	s->sender = s->ret = s->envid = NULL;
-	for (int i = 0; i < s->nrcpt; i++) {
-		free(s->rcpts[i].addr);
-		free(s->rcpts[i].notify);
-		free(s->rcpts[i].orcpt);
-	}
-	free(s->rcpts);
-	s->rcpts = NULL;
-	s->nrcpt = s->caprcpt = 0;
-	free(s->route);
-	s->route = NULL;
-	s->route_set = 0;
-	smtpd_rcpt_pending_free(s->rcpt_pending);
-	s->rcpt_pending = NULL;
-	s->in_mail = s->rcpt_tried = s->body8 = s->smtputf8 = 0;
-	s->overshoot = 0;
-	s->grey_pass = 0;
-	spool_free(s->spool);
-	s->spool = NULL;
-	s->data_err = DE_NONE;
-	free(s->rr);
-	s->rr = NULL;
-	policy_list_free(&s->backends);
-	if (s->t_data_end) {    /* the message in flight has its answer */
-		stats_add(ST_inflight, -1);
-		s->t_data_end = 0;
-	}
 }
 
 /* smtpd_log_reject - one Postfix-like line per refusal. */
@@ -233,14 +211,14 @@ void smtpd_log_reject(struct session *s, const char *stage, const char *what,
 		       const char *to)
 {
 	log_info("%s: reject: %s from [%s]: %s; from=<%s>%s%s%s helo=<%s>", s->id, stage,
-		 s->addr, what, s->sender ? s->sender : "", to ? " to=<" : "",
+		 s->addr, what, s->tx && s->tx->sender ? s->tx->sender : "", to ? " to=<" : "",
 		 to ? to : "", to ? ">" : "", s->helo ? s->helo : "");
 }
 
 /* ---- commands --------------------------------------------------------- */
 
-/* cmd_helo - HELO/EHLO (RFC 5321 §4.1.1.1); EHLO lists our extensions. */
-static void cmd_helo(struct session *s, enum smtp_verb v, char *arg)
+/* helo_ehlo - HELO/EHLO (RFC 5321 §4.1.1.1); EHLO lists our extensions. */
+static void helo_ehlo(struct session *s, enum smtp_verb v, char *arg)
 {
 	while (*arg == ' ')
 		arg++;
@@ -304,22 +282,14 @@ static void tls_done(void *arg, int ok, const char *why)
 	log_info("%s: TLS established from [%s]: %s", s->id, s->addr, desc);
 	tls_count(1, 1, NULL);
 	s->tls = 1;
-	s->state = ST_CMD;
 	smtpd_session_resume(s);
 }
 
 /* cmd_starttls - STARTTLS (RFC 3207 §4): 220, then the handshake; the
- * SMTP state is forgotten and any pipelined input thrown away (§4.2). */
+ * SMTP state is forgotten and any pipelined input thrown away (§4.2).
+ * The table refuses an argument and a second STARTTLS. */
 static void cmd_starttls(struct session *s, char *arg)
 {
-	if (*arg) {
-		smtpd_reply_error(s, "501 5.5.4 Syntax: STARTTLS takes no argument");
-		return;
-	}
-	if (s->tls) {
-		smtpd_reply_error(s, "503 5.5.1 Error: TLS already active");
-		return;
-	}
 	struct tls_server *ts = starttls_offered(s) ? tls_server_acquire() : NULL;
 	if (!ts) {
 		smtpd_reply_error(s, "502 5.5.1 Error: command not implemented");
@@ -333,58 +303,179 @@ static void cmd_starttls(struct session *s, char *arg)
 	s->helo = NULL;
 	s->esmtp = 0;
 	s->need_ehlo = 1;
-	s->state = ST_BUSY;
-	conn_read_enable(s->conn, 0);
+	smtpd_session_pause(s);
 	if (conn_starttls(s->conn, tls_new_server(s->loop, ts), tls_done) < 0)
 		session_close(s);
 	tls_server_release(ts);
 }
 
-/* cmd_simple - RSET, NOOP, VRFY, HELP, QUIT and the unsupported ones. */
-static void cmd_simple(struct session *s, enum smtp_verb v, char *arg)
+/* cmd_helo - HELO. */
+static void cmd_helo(struct session *s, char *arg)
 {
-	switch (v) {
-	case SMTP_RSET:
-		/* RFC 5321 §4.1.1.5: no parameters. */
-		if (*arg) {
-			smtpd_reply_error(s, "501 5.5.4 Syntax: RSET");
-			break;
-		}
-		smtpd_txn_reset(s);
-		smtpd_reply(s, "250 2.0.0 Ok");
-		break;
-	case SMTP_NOOP:
-		smtpd_reply(s, "250 2.0.0 Ok");
-		break;
-	case SMTP_VRFY:
-		/* RFC 5321 §3.5.3: 252 when we will not verify but will try. */
-		if (!*arg)
-			smtpd_reply_error(s, "501 5.5.4 Syntax: VRFY address");
-		else
-			smtpd_reply(s, "252 2.0.0 Cannot VRFY user; send some mail and we will try");
-		break;
-	case SMTP_EXPN:
-		smtpd_reply_error(s, "502 5.5.1 Error: EXPN not supported");
-		break;
-	case SMTP_HELP:
-		smtpd_reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
-		break;
-	case SMTP_QUIT:
-		smtpd_reply(s, "221 2.0.0 Bye");
-		stats_inc(ST_close_quit);
-		session_close(s);
-		break;
-	case SMTP_STARTTLS:
-		cmd_starttls(s, arg);
-		break;
-	case SMTP_BDAT:
-	case SMTP_AUTH:
-		smtpd_reply_error(s, "502 5.5.1 Error: command not implemented");
+	helo_ehlo(s, SMTP_HELO, arg);
+}
+
+/* cmd_ehlo - EHLO. */
+static void cmd_ehlo(struct session *s, char *arg)
+{
+	helo_ehlo(s, SMTP_EHLO, arg);
+}
+
+/* cmd_rset - RSET (RFC 5321 §4.1.1.5; the table refuses an argument). */
+static void cmd_rset(struct session *s, char *arg)
+{
+	smtpd_txn_reset(s);
+	smtpd_reply(s, "250 2.0.0 Ok");
+}
+
+/* cmd_noop - NOOP (RFC 5321 §4.1.1.9). */
+static void cmd_noop(struct session *s, char *arg)
+{
+	smtpd_reply(s, "250 2.0.0 Ok");
+}
+
+/* cmd_vrfy - VRFY (RFC 5321 §3.5.3): 252 when we will not verify but
+ * will try. */
+static void cmd_vrfy(struct session *s, char *arg)
+{
+	smtpd_reply(s, "252 2.0.0 Cannot VRFY user; send some mail and we will try");
+}
+
+/* cmd_expn - EXPN: we expand no lists. */
+static void cmd_expn(struct session *s, char *arg)
+{
+	smtpd_reply_error(s, "502 5.5.1 Error: EXPN not supported");
+}
+
+/* cmd_help - HELP. */
+static void cmd_help(struct session *s, char *arg)
+{
+	smtpd_reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
+}
+
+/* cmd_quit - QUIT: 221, then close. */
+static void cmd_quit(struct session *s, char *arg)
+{
+	smtpd_reply(s, "221 2.0.0 Bye");
+	stats_inc(ST_close_quit);
+	session_close(s);
+}
+
+/* cmd_not_implemented - BDAT, AUTH: known verbs we do not offer. */
+static void cmd_not_implemented(struct session *s, char *arg)
+{
+	smtpd_reply_error(s, "502 5.5.1 Error: command not implemented");
+}
+
+/* ---- the command table ------------------------------------------------ */
+
+#define R_HELO_FIRST "503 5.5.1 Error: send HELO/EHLO first"
+#define R_NESTED_MAIL "503 5.5.1 Error: nested MAIL command"
+#define R_NEED_MAIL "503 5.5.1 Error: need MAIL command"
+#define R_NEED_RCPT "503 5.5.1 Error: need RCPT command"
+/* With PIPELINING all RCPTs may have failed (RFC 2920 §3.1). */
+#define R_NO_RCPT "554 5.5.1 Error: no valid recipients"
+
+/* The commands: where each may run, its flags, its handler. The checks
+ * here (argument, sequence, TLS) run before the handler, in that order;
+ * the handler does the rest (syntax of its argument, policy). HELO/EHLO
+ * end a transaction; STARTTLS ends it and wants a new EHLO (RFC 3207
+ * §4.2); MAIL starts one. */
+static const struct smtpd_cmd smtpd_cmds[SMTP_VERB_COUNT] = {
+	[SMTP_HELO] = {"HELO", PH_ANY, CMD_F_LAST, NULL, {0}, NULL, cmd_helo},
+	[SMTP_EHLO] = {"EHLO", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, {0}, NULL, cmd_ehlo},
+	[SMTP_MAIL] = {"MAIL", PH_BIT(PH_CONNECTED) | PH_BIT(PH_GREETED), CMD_F_HELO_REQ, NULL,
+		       {[PH_CONNECTED] = R_HELO_FIRST, [PH_TLS_STARTED] = R_HELO_FIRST,
+			[PH_MAIL] = R_NESTED_MAIL, [PH_RCPT_NONE] = R_NESTED_MAIL,
+			[PH_RCPT] = R_NESTED_MAIL},
+		       NULL, smtpd_cmd_mail},
+	[SMTP_RCPT] = {"RCPT", PH_TXN, CMD_F_PAUSES, NULL,
+		       {[PH_CONNECTED] = R_NEED_MAIL, [PH_TLS_STARTED] = R_NEED_MAIL,
+			[PH_GREETED] = R_NEED_MAIL},
+		       NULL, smtpd_cmd_rcpt},
+	/* DATA pauses at its final dot, for the scan and the relay. */
+	[SMTP_DATA] = {"DATA", PH_BIT(PH_RCPT), CMD_F_NOARG | CMD_F_LAST | CMD_F_PAUSES,
+		       "501 5.5.4 Syntax: DATA takes no argument",
+		       {[PH_CONNECTED] = R_NEED_MAIL, [PH_TLS_STARTED] = R_NEED_MAIL,
+			[PH_GREETED] = R_NEED_MAIL, [PH_MAIL] = R_NEED_RCPT,
+			[PH_RCPT_NONE] = R_NO_RCPT},
+		       NULL, smtpd_cmd_data},
+	[SMTP_RSET] = {"RSET", PH_ANY, CMD_F_NOARG, "501 5.5.4 Syntax: RSET", {0}, NULL, cmd_rset},
+	[SMTP_NOOP] = {"NOOP", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, {0}, NULL, cmd_noop},
+	[SMTP_QUIT] = {"QUIT", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, {0}, NULL, cmd_quit},
+	[SMTP_VRFY] = {"VRFY", PH_ANY, CMD_F_NEEDARG | CMD_F_LAST, "501 5.5.4 Syntax: VRFY address",
+		       {0}, NULL, cmd_vrfy},
+	[SMTP_EXPN] = {"EXPN", PH_ANY, CMD_F_LAST, NULL, {0}, NULL, cmd_expn},
+	[SMTP_HELP] = {"HELP", PH_ANY, 0, NULL, {0}, NULL, cmd_help},
+	[SMTP_STARTTLS] = {"STARTTLS", PH_ANY, CMD_F_NOARG | CMD_F_PRE_TLS | CMD_F_LAST | CMD_F_PAUSES,
+			   "501 5.5.4 Syntax: STARTTLS takes no argument", {0},
+			   "503 5.5.1 Error: TLS already active", cmd_starttls},
+	[SMTP_BDAT] = {"BDAT", PH_ANY, 0, NULL, {0}, NULL, cmd_not_implemented},
+	[SMTP_AUTH] = {"AUTH", PH_ANY, 0, NULL, {0}, NULL, cmd_not_implemented},
+};
+
+/* smtpd_cmd_find - the table's row for v. */
+const struct smtpd_cmd *smtpd_cmd_find(enum smtp_verb v)
+{
+	if ((unsigned)v >= SMTP_VERB_COUNT || !smtpd_cmds[v].name)
+		return NULL;
+	return &smtpd_cmds[v];
+}
+
+/* smtpd_cmd_check - the table's rules, in order: the argument, the
+ * sequence (the phase; smtpd_helo_required), TLS. */
+enum smtpd_check smtpd_cmd_check(const struct smtpd_cmd *c, enum smtpd_phase ph,
+				 unsigned ctx, const char *arg, const char **reply)
+{
+	if (((c->flags & CMD_F_NOARG) && *arg) || ((c->flags & CMD_F_NEEDARG) && !*arg)) {
+		*reply = c->arg_refusal;
+		return CMD_BAD_ARG;
+	}
+	if (!(c->phases & PH_BIT(ph))) {
+		*reply = c->refusal[ph];
+		return CMD_BAD_PHASE;
+	}
+	if (ph == PH_CONNECTED && (c->flags & CMD_F_HELO_REQ) && (ctx & CMD_CTX_HELO_REQUIRED)) {
+		*reply = c->refusal[ph];
+		return CMD_HELO_REQUIRED;
+	}
+	if (c->tls_refusal && (ctx & CMD_CTX_TLS)) {
+		*reply = c->tls_refusal;
+		return CMD_TLS_ACTIVE;
+	}
+	return CMD_OK;
+}
+
+/* smtpd_phase - where the session is: a transaction (s->tx) and its
+ * recipients, else STARTTLS awaiting EHLO, else HELO given or not. */
+enum smtpd_phase smtpd_phase(const struct session *s)
+{
+	if (s->tx)
+		return s->tx->nrcpt ? PH_RCPT : s->tx->rcpt_tried ? PH_RCPT_NONE : PH_MAIL;
+	if (s->need_ehlo)
+		return PH_TLS_STARTED;
+	return s->helo ? PH_GREETED : PH_CONNECTED;
+}
+
+/* command_run - a known command: the table's checks, then its handler. */
+static void command_run(struct session *s, const struct smtpd_cmd *c, char *arg)
+{
+	unsigned ctx = (s->tls ? CMD_CTX_TLS : 0) |
+		       (s->cf->smtpd_helo_required ? CMD_CTX_HELO_REQUIRED : 0);
+	const char *reply = NULL;
+	switch (smtpd_cmd_check(c, smtpd_phase(s), ctx, arg, &reply)) {
+	case CMD_OK:
+		c->run(s, arg);
+		return;
+	case CMD_HELO_REQUIRED:
+		/* A policy refusal, logged as one (Postfix's smtpd_helo_required). */
+		stats_inc(ST_rej_rfc);
+		smtpd_log_reject(s, c->name, reply, NULL);
 		break;
 	default:
-		smtpd_reply_error(s, "500 5.5.2 Error: command not recognized");
 		break;
 	}
+	smtpd_reply_error(s, "%s", reply);
 }
 
 /* command - parse one command line and run it. */
@@ -411,24 +502,12 @@ static void command(struct session *s, char *line, size_t len)
 		session_close(s);
 		return;
 	}
-	switch (v) {
-	case SMTP_HELO:
-	case SMTP_EHLO:
-		cmd_helo(s, v, arg);
-		break;
-	case SMTP_MAIL:
-		smtpd_cmd_mail(s, arg);
-		break;
-	case SMTP_RCPT:
-		smtpd_cmd_rcpt(s, arg);
-		break;
-	case SMTP_DATA:
-		smtpd_cmd_data(s, arg);
-		break;
-	default:
-		cmd_simple(s, v, arg);
-		break;
+	const struct smtpd_cmd *c = smtpd_cmd_find(v);
+	if (!c) {
+		smtpd_reply_error(s, "500 5.5.2 Error: command not recognized");
+		return;
 	}
+	command_run(s, c, arg);
 }
 
 /* session_process - run the buffered commands, in order, until input is
@@ -494,8 +573,31 @@ static void session_process(struct session *s)
 	}
 }
 
-/* smtpd_session_resume - accept input again after an asynchronous step;
- * past the drain limit, the step's reply was the session's last. */
+/* smtpd_enter_state - the one place that changes s->state. The states:
+ * ST_PROXY (waiting for the load balancer's PROXY header), ST_GREET
+ * (smtpd_greet_pause), ST_CMD (reading commands), ST_DATA (reading the
+ * body), ST_BUSY (an asynchronous step runs; input is not read),
+ * ST_CLOSING (the last reply is flushed, then the connection ends; final).
+ * Where the session is inside its SMTP dialogue (HELO, MAIL, RCPT) is
+ * smtpd_phase()'s, not this state's. */
+void smtpd_enter_state(struct session *s, enum sstate st)
+{
+	s->state = st;
+}
+
+/* smtpd_session_pause - an asynchronous step begins (a recipient check,
+ * the tarpit, the TLS handshake, the scan, the relay): ST_BUSY and no
+ * reading, so no later pipelined command runs before this one has its
+ * reply (RFC 2920 §3.2). smtpd_session_resume() ends it. */
+void smtpd_session_pause(struct session *s)
+{
+	smtpd_enter_state(s, ST_BUSY);
+	conn_read_enable(s->conn, 0);
+}
+
+/* smtpd_session_resume - accept input again after an asynchronous step
+ * (ST_BUSY becomes ST_CMD) or once our replies drained (the state stays):
+ * a new deadline for the next command. Never once closing. */
 void smtpd_session_resume(struct session *s)
 {
 	if (s->state == ST_CLOSING)
@@ -506,6 +608,8 @@ void smtpd_session_resume(struct session *s)
 		session_close(s);
 		return;
 	}
+	if (s->state == ST_BUSY)
+		smtpd_enter_state(s, ST_CMD);
 	smtpd_deadline_arm(s);
 	conn_read_enable(s->conn, 1);
 }
@@ -537,11 +641,14 @@ static void on_drain(void *arg)
  * is found under its id. */
 static void log_cut(struct session *s, const char *backend, const char *result, const char *why)
 {
-	uint64_t ms = s->t_data_end ? ev_now(s->loop) - s->t_data_end : 0;
+	const struct txn *tx = s->tx;
+	if (!tx)
+		return;
+	uint64_t ms = tx->t_data_end ? ev_now(s->loop) - tx->t_data_end : 0;
 	log_info("%s: from=<%s>, size=%llu, nrcpt=%d, client=[%s], helo=<%s>, backend=%s, "
 		 "backend_id=-, result=%s (%s), delay=%.3f",
-		 s->msgid, s->sender ? s->sender : "", (unsigned long long)spool_size(s->spool),
-		 s->nrcpt, s->addr, s->helo ? s->helo : "", backend, result, why, (double)ms / 1000.0);
+		 tx->msgid, tx->sender ? tx->sender : "", (unsigned long long)spool_size(tx->spool),
+		 tx->nrcpt, s->addr, s->helo ? s->helo : "", backend, result, why, (double)ms / 1000.0);
 }
 
 /* session_free - end of session: cancel and release everything. */
@@ -551,14 +658,14 @@ static void session_free(struct session *s)
 	if (s->relay) {
 		relay_cancel(s->relay);
 		s->relay = NULL;
-		log_info("%s: client [%s] gone while its message %s was being relayed", s->id, s->addr, s->msgid);
+		log_info("%s: client [%s] gone while its message %s was being relayed", s->id, s->addr, s->tx->msgid);
 		log_cut(s, "unknown", "none",
 			"client gone during the relay; cancelled, a backend may have it if the final dot went out");
 	}
 	if (s->av) {
 		av_cancel(s->av);
 		s->av = NULL;
-		log_info("%s: client [%s] gone while its message %s was being scanned", s->id, s->addr, s->msgid);
+		log_info("%s: client [%s] gone while its message %s was being scanned", s->id, s->addr, s->tx->msgid);
 		log_cut(s, "none", "none", "client gone during the scan; not relayed");
 	} else if (s->state == ST_DATA) {
 		log_cut(s, "none", "none", "client gone during DATA; not relayed");
@@ -627,7 +734,7 @@ static void session_close(struct session *s)
 {
 	if (s->state == ST_CLOSING)
 		return;
-	s->state = ST_CLOSING;
+	smtpd_enter_state(s, ST_CLOSING);
 	ev_timer_stop(s->loop, &s->deadline);
 	/* The client is done with us: it may connect again at once. */
 	if (s->counted) {
@@ -650,7 +757,7 @@ static void refuse_now(int fd, const char *msg)
 static void greet_fire(void *arg)
 {
 	struct session *s = arg;
-	s->state = ST_CMD;
+	smtpd_enter_state(s, ST_CMD);
 	smtpd_reply(s, "220 %s", s->cf->smtpd_banner);
 }
 
@@ -659,7 +766,7 @@ static void greet_fire(void *arg)
 static void early_talker(struct session *s)
 {
 	ev_timer_stop(s->loop, &s->greet);
-	s->state = ST_CMD;
+	smtpd_enter_state(s, ST_CMD);
 	stats_inc(ST_conn_refused_early);
 	log_info("%s: reject: CONNECT from [%s]: 554 5.5.1 early talker (data before the greeting)",
 		 s->id, s->addr);
@@ -690,14 +797,14 @@ static void session_greet(struct session *s)
 		session_close(s);
 		return;
 	}
-	s->state = ST_CMD;
+	smtpd_enter_state(s, ST_CMD);
 	conn_set_timeout(s->conn, (uint64_t)cf->smtpd_timeout);
 	smtpd_deadline_arm(s);
 	/* DNS checks start now, in the background: the banner does not wait. */
 	s->dns = dnscheck_connect(s->loop, cf, s->addr);
 	if (cf->smtpd_greet_pause > 0) {
 		/* Legitimate clients wait for the banner (RFC 5321 §3.1). */
-		s->state = ST_GREET;
+		smtpd_enter_state(s, ST_GREET);
 		ev_timer_start(s->loop, &s->greet, (uint64_t)cf->smtpd_greet_pause, greet_fire, s);
 		return;
 	}
@@ -716,7 +823,7 @@ static void proxy_input(struct session *s)
 	if (r != PARSE_OK) {
 		log_warn("%s: bad PROXY header from [%s]; disconnecting", s->id, s->addr);
 		stats_inc(ST_close_protocol);
-		s->state = ST_CLOSING;
+		smtpd_enter_state(s, ST_CLOSING);
 		conn_shutdown(s->conn);
 		return;
 	}
@@ -786,7 +893,7 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	log_info("%s: connect from [%s]:%d", s->id, addr, net_port(sa));
 	stats_inc(ST_conn_accepted);
 	if (proxy_expected(cf, addr)) {
-		s->state = ST_PROXY;
+		smtpd_enter_state(s, ST_PROXY);
 		conn_set_timeout(s->conn, (uint64_t)cf->smtpd_upstream_proxy_timeout);
 		return;
 	}
@@ -867,17 +974,17 @@ static void drain_expired(void *arg)
 	while (s) {
 		struct session *next = s->next;
 		if (s->state != ST_CLOSING && (s->relay || s->av)) {
-			if (s->relay && s->msg.deadline > smtpd_drain_deadline(s))
-				s->msg.deadline = smtpd_drain_deadline(s);
+			if (s->relay && s->tx->msg.deadline > smtpd_drain_deadline(s))
+				s->tx->msg.deadline = smtpd_drain_deadline(s);
 			log_info("%s: shutdown: message of client [%s] still being %s; "
-				 "waiting for its outcome", s->msgid, s->addr,
+				 "waiting for its outcome", s->tx->msgid, s->addr,
 				 s->relay ? "relayed" : "scanned");
 		} else if (s->state != ST_CLOSING) {
 			if (s->state == ST_DATA) {
 				log_cut(s, "none", "421 4.3.2 Service shutting down", "DATA cut at shutdown");
 			}
 			ev_timer_stop(s->loop, &s->tarpit);
-			s->state = ST_CMD;
+			smtpd_enter_state(s, ST_CMD);
 			smtpd_reply(s, "421 4.3.2 %s Service shutting down", s->cf->myhostname);
 			stats_inc(ST_close_shutdown);
 			session_close(s);

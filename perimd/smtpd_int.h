@@ -1,9 +1,10 @@
 /*
- * smtpd_int.h - what smtpd.c (the session: connection, replies, HELO,
- * STARTTLS and the other commands, dispatch, accept) and smtpd_txn.c (the
- * mail transaction: MAIL, RCPT with its asynchronous policy verdicts,
- * DATA, the scan and the relay) share. Internal to those two files;
- * everyone else uses smtpd.h.
+ * smtpd_int.h - what smtpd.c (the session: connection, replies, the
+ * command table and dispatch, HELO, STARTTLS and the other commands,
+ * accept) and smtpd_txn.c (the mail transaction, struct txn: MAIL, RCPT
+ * with its asynchronous policy verdicts, DATA, the scan and the relay)
+ * share. Internal to those two files and their unit test
+ * (tests/unit/test_smtpd_table.c); everyone else uses smtpd.h.
  */
 #ifndef PERIMD_SMTPD_INT_H
 #define PERIMD_SMTPD_INT_H
@@ -65,6 +66,36 @@ struct rcpt_pending {
 	struct policy_req *req;
 };
 
+/* The mail transaction (RFC 5321 §3.3): created by an accepted MAIL,
+ * freed by smtpd_txn_reset() at its end (RSET, HELO/EHLO, STARTTLS, the
+ * reply to the final dot, a refusal at DATA, the end of the session). */
+struct txn {
+	unsigned rcpt_tried : 1;    /* a RCPT was sent, accepted or not */
+	unsigned body8 : 1;
+	unsigned smtputf8 : 1;
+	unsigned grey_pass : 1;     /* a recipient passed greylisting (grey.h) */
+	char *sender;
+	char *ret, *envid;
+	struct rcpt *rcpts;
+	int nrcpt, caprcpt;
+	long long overshoot;        /* RCPTs refused for smtpd_recipient_limit */
+	int route_set;
+	char *route;                /* backend list text; NULL = relay_backends */
+	struct rcpt_pending *rcpt_pending;
+
+	/* DATA */
+	struct spool *spool;
+	struct smtp_data_parser dp;
+	enum data_err data_err;
+	char msgid[16];
+	uint64_t t_data_end;        /* the final dot; nonzero: counted in ST_inflight */
+
+	/* relay */
+	struct relay_msg msg;
+	struct relay_rcpt *rr;
+	struct conf_list backends;
+};
+
 struct session {
 	struct session *next, *prev;
 	struct smtpd_loop *sl;
@@ -89,40 +120,80 @@ struct session {
 	char *pending;              /* error reply held by the tarpit */
 	int pending_close;
 
-	/* transaction */
-	unsigned in_mail : 1;
-	unsigned rcpt_tried : 1;    /* a RCPT was sent, accepted or not */
-	unsigned body8 : 1;
-	unsigned smtputf8 : 1;
-	unsigned grey_pass : 1;     /* a recipient passed greylisting (grey.h) */
-	char *sender;
-	char *ret, *envid;
-	struct rcpt *rcpts;
-	int nrcpt, caprcpt;
-	long long overshoot;        /* RCPTs refused for smtpd_recipient_limit */
-	int route_set;
-	char *route;                /* backend list text; NULL = relay_backends */
-	struct rcpt_pending *rcpt_pending;
+	struct txn *tx;             /* the mail transaction; NULL outside one */
 
-	/* DATA */
-	struct spool *spool;
-	struct smtp_data_parser dp;
-	enum data_err data_err;
-	char msgid[16];
-	uint64_t t_data_end;
-
-	/* relay */
-	struct relay_req *relay;
+	struct relay_req *relay;    /* the relay of tx's message in flight */
 	struct av_req *av;          /* content scan in flight */
 	struct dnscheck *dns;       /* PTR/FCrDNS, DNSBL, sender domain lookups */
 	struct policy_sess *ps;     /* delayed client/HELO/sender verdicts (rules.c) */
 	struct ev_timer greet;      /* smtpd_greet_pause (state ST_GREET) */
 	struct ev_timer deadline;   /* smtpd_timeout per command (request_deadline) */
-	struct relay_msg msg;
-	struct relay_rcpt *rr;
-	struct conf_list backends;
 };
 
+
+/* ---- the command table (smtpd.c) ----------------------------------------
+ * Where a session is in its SMTP dialogue (RFC 5321 §4.1.4, RFC 3207
+ * §4.2), as smtpd_phase() reads it from the session. */
+enum smtpd_phase {
+	PH_CONNECTED,   /* no HELO/EHLO yet */
+	PH_TLS_STARTED, /* TLS began after STARTTLS; no EHLO since */
+	PH_GREETED,     /* HELO/EHLO done, no transaction */
+	PH_MAIL,        /* MAIL accepted, no RCPT yet */
+	PH_RCPT_NONE,   /* RCPTs sent, none accepted (yet) */
+	PH_RCPT,        /* at least one recipient accepted */
+	PH_COUNT
+};
+#define PH_BIT(p) (1u << (p))
+#define PH_ANY ((1u << PH_COUNT) - 1)
+#define PH_TXN (PH_BIT(PH_MAIL) | PH_BIT(PH_RCPT_NONE) | PH_BIT(PH_RCPT))
+
+/* Flags of a command (in the manner of Postfix's smtpd command table). */
+#define CMD_F_NOARG    0x01u  /* takes no argument: arg_refusal if one is given */
+#define CMD_F_NEEDARG  0x02u  /* needs an argument: arg_refusal if none */
+#define CMD_F_HELO_REQ 0x04u  /* refused in PH_CONNECTED (refusal[PH_CONNECTED],
+			       * logged) when smtpd_helo_required */
+#define CMD_F_PRE_TLS  0x08u  /* allowed before STARTTLS where TLS is required
+			       * (RFC 3207 §4: NOOP, EHLO, STARTTLS, QUIT); no
+			       * smtpd_tls_security_level requires TLS yet */
+#define CMD_F_LAST     0x10u  /* ends a pipelined group (RFC 2920 §3.1, RFC 3207
+			       * §4); replies go out together at the end of the
+			       * loop iteration whatever the command */
+#define CMD_F_PAUSES   0x20u  /* may pause reading for an asynchronous step
+			       * (besides the tarpit, which any error may start) */
+
+/* The session context smtpd_cmd_check() needs besides the phase. */
+#define CMD_CTX_TLS          0x01u  /* TLS is active */
+#define CMD_CTX_HELO_REQUIRED 0x02u /* smtpd_helo_required = yes */
+
+struct session;
+
+/* One row per command verb. */
+struct smtpd_cmd {
+	const char *name;
+	unsigned phases;               /* PH_BIT()s in which it runs */
+	unsigned flags;                /* CMD_F_* */
+	const char *arg_refusal;       /* the 501 of CMD_F_NOARG / CMD_F_NEEDARG */
+	const char *refusal[PH_COUNT]; /* the reply where it is refused (503 ...) */
+	const char *tls_refusal;       /* set: refused so once TLS is active */
+	void (*run)(struct session *s, char *arg);
+};
+
+enum smtpd_check {
+	CMD_OK,            /* run it */
+	CMD_BAD_ARG,       /* 501: argument given or missing */
+	CMD_BAD_PHASE,     /* out of sequence: refusal[phase] */
+	CMD_HELO_REQUIRED, /* MAIL before HELO/EHLO under smtpd_helo_required */
+	CMD_TLS_ACTIVE     /* not once TLS is active */
+};
+
+/* smtpd_cmd_find - the row of a verb; NULL for one we do not know. */
+const struct smtpd_cmd *smtpd_cmd_find(enum smtp_verb v);
+/* smtpd_cmd_check - may c run now (in phase ph, context CMD_CTX_*, with
+ * this argument)? Anything but CMD_OK sets *reply to the refusal. */
+enum smtpd_check smtpd_cmd_check(const struct smtpd_cmd *c, enum smtpd_phase ph,
+				 unsigned ctx, const char *arg, const char **reply);
+/* smtpd_phase - the session's phase (from HELO, STARTTLS and s->tx). */
+enum smtpd_phase smtpd_phase(const struct session *s);
 
 /* ---- smtpd.c, for smtpd_txn.c ------------------------------------------- */
 
@@ -132,8 +203,9 @@ void smtpd_reply_error(struct session *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void smtpd_gen_id(char out[16]);
 void smtpd_log_reject(struct session *s, const char *stage, const char *what, const char *to);
-void smtpd_txn_reset(struct session *s);
 void smtpd_deadline_arm(struct session *s);
+void smtpd_enter_state(struct session *s, enum sstate st);
+void smtpd_session_pause(struct session *s);
 void smtpd_session_resume(struct session *s);
 uint64_t smtpd_drain_deadline(const struct session *s);
 
@@ -144,5 +216,6 @@ void smtpd_cmd_data(struct session *s, char *arg);
 void smtpd_cmd_mail(struct session *s, char *arg);
 void smtpd_cmd_rcpt(struct session *s, char *arg);
 void smtpd_rcpt_pending_free(struct rcpt_pending *rp);
+void smtpd_txn_reset(struct session *s);
 
 #endif

@@ -29,6 +29,41 @@
 #include <string.h>
 #include <time.h>
 
+/* ---- the transaction object ------------------------------------------- */
+
+/* txn_new - the transaction an accepted MAIL begins. */
+static struct txn *txn_new(void)
+{
+	return xcalloc(1, sizeof(struct txn));
+}
+
+/* smtpd_txn_reset - end the transaction, if any: forget the envelope and
+ * body (RSET, HELO, STARTTLS, after a message, end of session). */
+void smtpd_txn_reset(struct session *s)
+{
+	struct txn *t = s->tx;
+	if (!t)
+		return;
+	s->tx = NULL;
+	free(t->sender);
+	free(t->ret);
+	free(t->envid);
+	for (int i = 0; i < t->nrcpt; i++) {
+		free(t->rcpts[i].addr);
+		free(t->rcpts[i].notify);
+		free(t->rcpts[i].orcpt);
+	}
+	free(t->rcpts);
+	free(t->route);
+	smtpd_rcpt_pending_free(t->rcpt_pending);
+	spool_free(t->spool);
+	free(t->rr);
+	policy_list_free(&t->backends);
+	if (t->t_data_end)      /* the message in flight has its answer */
+		stats_add(ST_inflight, -1);
+	free(t);
+}
+
 /* dsn_notify_valid - NEVER, or a list of SUCCESS/FAILURE/DELAY (RFC 3461 §4.1). */
 static int dsn_notify_valid(const char *v)
 {
@@ -76,25 +111,12 @@ static int path_parse(struct session *s, char *arg, struct smtp_path *p, const c
 }
 
 /* smtpd_cmd_mail - MAIL FROM (RFC 5321 §4.1.1.2) with SIZE, BODY, SMTPUTF8, RET,
- * ENVID (RFC 1870, 6152, 6531, 3461). */
+ * ENVID (RFC 1870, 6152, 6531, 3461); the transaction begins. Its place
+ * in the sequence (no transaction yet, HELO/EHLO first) is the command
+ * table's (smtpd.c). */
 void smtpd_cmd_mail(struct session *s, char *arg)
 {
 	const struct conf *cf = s->cf;
-	if (s->in_mail) {
-		smtpd_reply_error(s, "503 5.5.1 Error: nested MAIL command");
-		return;
-	}
-	if (s->need_ehlo) {
-		/* RFC 3207 §4.2: the client starts over with EHLO. */
-		smtpd_reply_error(s, "503 5.5.1 Error: send HELO/EHLO first");
-		return;
-	}
-	if (!s->helo && cf->smtpd_helo_required) {
-		stats_inc(ST_rej_rfc);
-		smtpd_log_reject(s, "MAIL", "503 5.5.1 Error: send HELO/EHLO first", NULL);
-		smtpd_reply_error(s, "503 5.5.1 Error: send HELO/EHLO first");
-		return;
-	}
 	struct smtp_path *p = xmalloc(sizeof *p);
 	if (path_parse(s, arg, p, "5.1.7 Bad sender") < 0)
 		goto out;
@@ -148,14 +170,14 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 		smtpd_reply_error(s, "553 5.6.7 Non-ASCII sender address needs SMTPUTF8");
 		goto out;
 	}
-	s->sender = xstrdup(p->addr);
-	policy_mail(s->ps, s->sender);
-	s->body8 = body8;
-	s->smtputf8 = utf8;
-	s->ret = ret ? xstrdup(ret) : NULL;
-	s->envid = envid ? xstrdup(envid) : NULL;
-	s->in_mail = 1;
-	dnscheck_mail(s->dns, s->sender);   /* looked up now, refused at RCPT */
+	s->tx = txn_new();
+	s->tx->sender = xstrdup(p->addr);
+	policy_mail(s->ps, s->tx->sender);
+	s->tx->body8 = body8;
+	s->tx->smtputf8 = utf8;
+	s->tx->ret = ret ? xstrdup(ret) : NULL;
+	s->tx->envid = envid ? xstrdup(envid) : NULL;
+	dnscheck_mail(s->dns, s->tx->sender);   /* looked up now, refused at RCPT */
 	smtpd_reply(s, "250 2.1.0 Ok");
 out:
 	free(p);
@@ -194,9 +216,9 @@ void smtpd_rcpt_pending_free(struct rcpt_pending *rp)
 /* rcpt_finish - the verdict on the pending recipient: add it or refuse. */
 static void rcpt_finish(struct session *s, const struct policy_verdict *v)
 {
-	struct rcpt_pending *rp = s->rcpt_pending;
+	struct rcpt_pending *rp = s->tx->rcpt_pending;
 	rp->req = NULL;
-	s->rcpt_pending = NULL;
+	s->tx->rcpt_pending = NULL;
 	if (v->code) {
 		stats_reject_rule(v->rule);
 		smtpd_log_reject(s, "RCPT", v->reply, rp->addr);
@@ -205,17 +227,17 @@ static void rcpt_finish(struct session *s, const struct policy_verdict *v)
 		return;
 	}
 	if (v->rule && !strcmp(v->rule, GREY_RULE_PASS))
-		s->grey_pass = 1;
-	if (!s->route_set) {
-		s->route_set = 1;
-		s->route = rp->route;
+		s->tx->grey_pass = 1;
+	if (!s->tx->route_set) {
+		s->tx->route_set = 1;
+		s->tx->route = rp->route;
 		rp->route = NULL;
 	}
-	if (s->nrcpt == s->caprcpt) {
-		s->caprcpt = s->caprcpt ? 2 * s->caprcpt : 4;
-		s->rcpts = xrealloc(s->rcpts, (size_t)s->caprcpt * sizeof *s->rcpts);
+	if (s->tx->nrcpt == s->tx->caprcpt) {
+		s->tx->caprcpt = s->tx->caprcpt ? 2 * s->tx->caprcpt : 4;
+		s->tx->rcpts = xrealloc(s->tx->rcpts, (size_t)s->tx->caprcpt * sizeof *s->tx->rcpts);
 	}
-	struct rcpt *r = &s->rcpts[s->nrcpt++];
+	struct rcpt *r = &s->tx->rcpts[s->tx->nrcpt++];
 	r->addr = rp->addr;
 	r->notify = rp->notify;
 	r->orcpt = rp->orcpt;
@@ -228,22 +250,19 @@ static void rcpt_finish(struct session *s, const struct policy_verdict *v)
 static void rcpt_verdict(void *arg, const struct policy_verdict *v)
 {
 	struct session *s = arg;
-	s->state = ST_CMD;
+	smtpd_enter_state(s, ST_CMD);
 	rcpt_finish(s, v);
 	if (s->state == ST_CMD)
 		smtpd_session_resume(s);
 }
 
 /* smtpd_cmd_rcpt - RCPT TO (RFC 5321 §4.1.1.3): relay control, verdict cache,
- * routing (one backend list per transaction), limits. */
+ * routing (one backend list per transaction), limits. The command table
+ * runs it only inside a transaction. */
 void smtpd_cmd_rcpt(struct session *s, char *arg)
 {
 	const struct conf *cf = s->cf;
-	if (!s->in_mail) {
-		smtpd_reply_error(s, "503 5.5.1 Error: need MAIL command");
-		return;
-	}
-	s->rcpt_tried = 1;
+	s->tx->rcpt_tried = 1;
 	struct smtp_path *p = xmalloc(sizeof *p);
 	if (path_parse(s, arg, p, "5.1.3 Bad recipient") < 0)
 		goto out;
@@ -271,16 +290,16 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 			goto out;
 		}
 	}
-	if (p->utf8 && !s->smtputf8) {
+	if (p->utf8 && !s->tx->smtputf8) {
 		smtpd_reply_error(s, "553 5.6.7 Non-ASCII recipient address needs SMTPUTF8");
 		goto out;
 	}
-	if (s->nrcpt >= cf->smtpd_recipient_limit) {
+	if (s->tx->nrcpt >= cf->smtpd_recipient_limit) {
 		smtpd_log_reject(s, "RCPT", "452 4.5.3 Error: too many recipients", p->addr);
 		/* As Postfix's smtpd_recipient_overshoot_limit: a client that
 		 * keeps sending far past the limit (the overshoot is as large
 		 * as the limit itself) is an error each time, so it ends. */
-		if (++s->overshoot > cf->smtpd_recipient_limit)
+		if (++s->tx->overshoot > cf->smtpd_recipient_limit)
 			smtpd_reply_error(s, "452 4.5.3 Error: too many recipients");
 		else
 			smtpd_reply(s, "452 4.5.3 Error: too many recipients");
@@ -314,8 +333,8 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 		rcpt_refuse(s, p->addr, "451 4.3.5 <%s>: no backend configured", p->addr);
 		goto out;
 	}
-	if (s->route_set) {
-		int same = (!route && !s->route) || (route && s->route && !strcmp(route, s->route));
+	if (s->tx->route_set) {
+		int same = (!route && !s->tx->route) || (route && s->tx->route && !strcmp(route, s->tx->route));
 		if (!same) {
 			smtpd_log_reject(s, "RCPT", "452 4.5.3 Error: too many recipients (other backend)", p->addr);
 			smtpd_reply(s, "452 4.5.3 Error: too many recipients for this transaction; send in a new one");
@@ -334,17 +353,16 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 	rp->route = route ? xstrdup(route) : NULL;
 	rp->env = (struct policy_env){
 		.loop = s->loop, .pol = s->pol, .session_id = s->id, .client_addr = s->addr,
-		.helo = s->helo ? s->helo : "", .sender = s->sender, .rcpt = rp->addr,
+		.helo = s->helo ? s->helo : "", .sender = s->tx->sender, .rcpt = rp->addr,
 		.rcpt_local = rp->local, .rcpt_domain = rp->domain, .dns = s->dns,
 		.sess = s->ps, .route = rp->route,
 	};
-	s->rcpt_pending = rp;
+	s->tx->rcpt_pending = rp;
 	struct policy_verdict v;
 	if (policy_rcpt(&rp->env, &v, rcpt_verdict, s, &rp->req)) {
 		rcpt_finish(s, &v);
 	} else {
-		s->state = ST_BUSY;
-		conn_read_enable(s->conn, 0);
+		smtpd_session_pause(s);
 	}
 out:
 	free(p);
@@ -359,7 +377,7 @@ static void received_header(struct session *s)
 	localtime_r(&now, &tm);
 	strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
 	/* RFC 3848 §2 / RFC 6531 §3.7.3: the S says TLS was used. */
-	const char *proto = s->smtputf8 ? (s->esmtp ? (s->tls ? "UTF8SMTPS" : "UTF8SMTP") : "UTF8SMTP")
+	const char *proto = s->tx->smtputf8 ? (s->esmtp ? (s->tls ? "UTF8SMTPS" : "UTF8SMTP") : "UTF8SMTP")
 					: (s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP");
 	char helo[256];
 	size_t j = 0;
@@ -375,47 +393,32 @@ static void received_header(struct session *s)
 	int n = snprintf(buf, sizeof buf,
 			 "Received: from %s (unknown [%s%s])%s\r\n\tby %s (perimd) with %s id %s",
 			 helo, strchr(s->addr, ':') ? "IPv6:" : "", s->addr, tls,
-			 s->cf->myhostname, proto, s->msgid);
-	if (s->nrcpt == 1 && strlen(s->rcpts[0].addr) < 300)
-		n += snprintf(buf + n, sizeof buf - (size_t)n, "\r\n\tfor <%s>", s->rcpts[0].addr);
+			 s->cf->myhostname, proto, s->tx->msgid);
+	if (s->tx->nrcpt == 1 && strlen(s->tx->rcpts[0].addr) < 300)
+		n += snprintf(buf + n, sizeof buf - (size_t)n, "\r\n\tfor <%s>", s->tx->rcpts[0].addr);
 	n += snprintf(buf + n, sizeof buf - (size_t)n, "; %s\r\n", date);
-	if (spool_append(s->spool, buf, (size_t)n) < 0)
-		s->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
+	if (spool_append(s->tx->spool, buf, (size_t)n) < 0)
+		s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 }
 
-/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): start storing the body. */
+/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): start storing the body. The
+ * command table runs it only once a recipient was accepted. */
 void smtpd_cmd_data(struct session *s, char *arg)
 {
-	if (*arg) {
-		smtpd_reply_error(s, "501 5.5.4 Syntax: DATA takes no argument");
-		return;
-	}
-	if (!s->in_mail) {
-		smtpd_reply_error(s, "503 5.5.1 Error: need MAIL command");
-		return;
-	}
-	if (!s->nrcpt) {
-		/* With PIPELINING all RCPTs may have failed (RFC 2920 §3.1). */
-		if (s->rcpt_tried)
-			smtpd_reply_error(s, "554 5.5.1 Error: no valid recipients");
-		else
-			smtpd_reply_error(s, "503 5.5.1 Error: need RCPT command");
-		return;
-	}
-	smtpd_gen_id(s->msgid);
-	s->spool = spool_new();
-	s->data_err = DE_NONE;
+	smtpd_gen_id(s->tx->msgid);
+	s->tx->spool = spool_new();
+	s->tx->data_err = DE_NONE;
 	received_header(s);
-	if (s->data_err == DE_SPOOL_FULL) {
+	if (s->tx->data_err == DE_SPOOL_FULL) {
 		stats_inc(ST_rej_spool_full);
 		smtpd_log_reject(s, "DATA", "452 4.3.1 insufficient system storage", NULL);
 		smtpd_reply(s, "452 4.3.1 Insufficient system storage");
 		smtpd_txn_reset(s);
 		return;
 	}
-	smtp_data_init(&s->dp, strcmp(s->cf->smtpd_forbid_bare_newline, "reject") ? SMTP_BARE_NORMALIZE
+	smtp_data_init(&s->tx->dp, strcmp(s->cf->smtpd_forbid_bare_newline, "reject") ? SMTP_BARE_NORMALIZE
 										     : SMTP_BARE_REJECT);
-	s->state = ST_DATA;
+	smtpd_enter_state(s, ST_DATA);
 	smtpd_reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
 
@@ -424,23 +427,23 @@ static void relay_done(void *arg, const struct relay_result *r)
 {
 	struct session *s = arg;
 	s->relay = NULL;
-	uint64_t ms = ev_now(s->loop) - s->t_data_end;
+	uint64_t ms = ev_now(s->loop) - s->tx->t_data_end;
 	stats_message_done(r->code, ms);
 	/* A greylisting pass counts toward the auto-whitelist once its
 	 * message is accepted. */
-	if (r->code < 300 && s->grey_pass)
-		grey_accepted(s->loop, s->pol, s->addr, s->sender);
+	if (r->code < 300 && s->tx->grey_pass)
+		grey_accepted(s->loop, s->pol, s->addr, s->tx->sender);
 	const char *status = r->code < 300 ? "sent" : r->code < 500 ? "deferred" : "bounced";
-	for (int i = 0; i < s->nrcpt; i++) {
-		const struct relay_rcpt *rr = &s->rr[i];
-		log_info("%s: to=<%s>, relay=%s, delay=%.3f, status=%s (%s)", s->msgid, rr->addr,
+	for (int i = 0; i < s->tx->nrcpt; i++) {
+		const struct relay_rcpt *rr = &s->tx->rr[i];
+		log_info("%s: to=<%s>, relay=%s, delay=%.3f, status=%s (%s)", s->tx->msgid, rr->addr,
 			 r->backend[0] ? r->backend : "none", (double)ms / 1000.0,
 			 rr->code && rr->code >= 400 ? (rr->code < 500 ? "deferred" : "bounced") : status,
 			 rr->code >= 400 ? rr->reply : r->backend_reply[0] ? r->backend_reply : r->text);
 	}
 	log_info("%s: from=<%s>, size=%llu, nrcpt=%d, client=[%s], helo=<%s>, backend=%s, backend_id=%s, "
 		 "result=%d %s %s, delay=%.3f",
-		 s->msgid, s->sender, (unsigned long long)spool_size(s->spool), s->nrcpt, s->addr,
+		 s->tx->msgid, s->tx->sender, (unsigned long long)spool_size(s->tx->spool), s->tx->nrcpt, s->addr,
 		 s->helo ? s->helo : "", r->backend[0] ? r->backend : "none",
 		 r->queue_id[0] ? r->queue_id : "-", r->code, r->enh, r->text, (double)ms / 1000.0);
 	if (r->enh[0])
@@ -450,7 +453,6 @@ static void relay_done(void *arg, const struct relay_result *r)
 	if (r->code < 300)
 		s->nmsgs++;
 	smtpd_txn_reset(s);
-	s->state = ST_CMD;
 	smtpd_session_resume(s);
 }
 
@@ -469,7 +471,6 @@ static void av_done(void *arg, const char *refusal)
 	smtpd_log_reject(s, "END-OF-MESSAGE", refusal, NULL);
 	smtpd_reply(s, "%s", refusal);
 	smtpd_txn_reset(s);
-	s->state = ST_CMD;
 	smtpd_session_resume(s);
 }
 
@@ -477,20 +478,20 @@ static void av_done(void *arg, const char *refusal)
 static void data_end(struct session *s)
 {
 	const struct conf *cf = s->cf;
-	s->state = ST_CMD;
-	spool_finish(s->spool);
+	smtpd_enter_state(s, ST_CMD);
+	spool_finish(s->tx->spool);
 	stats_inc(ST_msg_received);
 	const char *refusal = NULL;
-	if (s->data_err == DE_TOO_BIG)
+	if (s->tx->data_err == DE_TOO_BIG)
 		refusal = "552 5.3.4 Message size exceeds fixed limit";
-	else if (s->data_err == DE_SPOOL_FULL)
+	else if (s->tx->data_err == DE_SPOOL_FULL)
 		refusal = "452 4.3.1 Insufficient system storage";
-	else if (s->data_err == DE_IO)
+	else if (s->tx->data_err == DE_IO)
 		refusal = "451 4.3.0 Error: queue file write error";
-	else if ((s->dp.flags & (SMTP_DATA_BARE_LF | SMTP_DATA_BARE_CR | SMTP_DATA_NUL)) &&
+	else if ((s->tx->dp.flags & (SMTP_DATA_BARE_LF | SMTP_DATA_BARE_CR | SMTP_DATA_NUL)) &&
 		 !strcmp(cf->smtpd_forbid_bare_newline, "reject"))
 		refusal = "550 5.5.2 Error: bare LF / CR not allowed";
-	else if (s->dp.received_count > MAX_RECEIVED)
+	else if (s->tx->dp.received_count > MAX_RECEIVED)
 		refusal = "554 5.4.6 Too many hops";
 	if (refusal) {
 		stats_refusal(refusal);
@@ -499,13 +500,12 @@ static void data_end(struct session *s)
 		smtpd_txn_reset(s);
 		return;
 	}
-	s->t_data_end = ev_now(s->loop);
+	s->tx->t_data_end = ev_now(s->loop);
 	stats_inc(ST_inflight);
 	if (av_enabled(cf)) {
 		/* Store, scan, replay: nothing reaches a backend unscanned. */
-		s->state = ST_BUSY;
-		conn_read_enable(s->conn, 0);
-		s->av = av_scan(s->loop, cf, s->spool, s->msgid, av_done, s);
+		smtpd_session_pause(s);
+		s->av = av_scan(s->loop, cf, s->tx->spool, s->tx->msgid, av_done, s);
 		return;
 	}
 	data_relay(s);
@@ -516,33 +516,32 @@ static void data_relay(struct session *s)
 {
 	const struct conf *cf = s->cf;
 	/* Store, then replay: the message goes to a backend only now. */
-	if (s->route)
-		policy_split_list(s->route, &s->backends);
-	s->rr = xcalloc((size_t)s->nrcpt, sizeof *s->rr);
-	for (int i = 0; i < s->nrcpt; i++) {
-		s->rr[i].addr = s->rcpts[i].addr;
-		s->rr[i].notify = s->rcpts[i].notify;
-		s->rr[i].orcpt = s->rcpts[i].orcpt;
+	if (s->tx->route)
+		policy_split_list(s->tx->route, &s->tx->backends);
+	s->tx->rr = xcalloc((size_t)s->tx->nrcpt, sizeof *s->tx->rr);
+	for (int i = 0; i < s->tx->nrcpt; i++) {
+		s->tx->rr[i].addr = s->tx->rcpts[i].addr;
+		s->tx->rr[i].notify = s->tx->rcpts[i].notify;
+		s->tx->rr[i].orcpt = s->tx->rcpts[i].orcpt;
 	}
-	struct relay_msg *m = &s->msg;
+	struct relay_msg *m = &s->tx->msg;
 	memset(m, 0, sizeof *m);
-	m->id = s->msgid;
-	m->sender = s->sender;
-	m->size = spool_size(s->spool);
-	m->body_8bit = s->body8 || (s->dp.flags & SMTP_DATA_8BIT);
-	m->smtputf8 = s->smtputf8;
-	m->ret = s->ret;
-	m->envid = s->envid;
-	m->nrcpt = s->nrcpt;
-	m->rcpts = s->rr;
-	m->body = s->spool;
-	m->backends = s->route ? &s->backends : &cf->relay_backends;
-	m->deadline = s->t_data_end + RELAY_DEADLINE_MS;
+	m->id = s->tx->msgid;
+	m->sender = s->tx->sender;
+	m->size = spool_size(s->tx->spool);
+	m->body_8bit = s->tx->body8 || (s->tx->dp.flags & SMTP_DATA_8BIT);
+	m->smtputf8 = s->tx->smtputf8;
+	m->ret = s->tx->ret;
+	m->envid = s->tx->envid;
+	m->nrcpt = s->tx->nrcpt;
+	m->rcpts = s->tx->rr;
+	m->body = s->tx->spool;
+	m->backends = s->tx->route ? &s->tx->backends : &cf->relay_backends;
+	m->deadline = s->tx->t_data_end + RELAY_DEADLINE_MS;
 	if (m->deadline > smtpd_drain_deadline(s))   /* scanned past the drain limit */
 		m->deadline = smtpd_drain_deadline(s);
 	m->conf = cf;
-	s->state = ST_BUSY;
-	conn_read_enable(s->conn, 0);
+	smtpd_session_pause(s);
 	s->relay = relay_send(s->loop, m, relay_done, s);
 }
 
@@ -551,13 +550,13 @@ void smtpd_data_input(struct session *s, const char *buf, size_t len)
 {
 	static __thread char out[2 * DATA_CHUNK + 2];
 	size_t chunk = len > DATA_CHUNK ? DATA_CHUNK : len, consumed = 0, outlen = 0;
-	enum parse_result r = smtp_data_feed(&s->dp, buf, chunk, &consumed, out, &outlen);
-	if (outlen && s->data_err == DE_NONE) {
-		if (spool_size(s->spool) + outlen > (uint64_t)s->cf->message_size_limit + 4096 ||
-		    s->dp.bytes > (uint64_t)s->cf->message_size_limit)
-			s->data_err = DE_TOO_BIG;
-		else if (spool_append(s->spool, out, outlen) < 0)
-			s->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
+	enum parse_result r = smtp_data_feed(&s->tx->dp, buf, chunk, &consumed, out, &outlen);
+	if (outlen && s->tx->data_err == DE_NONE) {
+		if (spool_size(s->tx->spool) + outlen > (uint64_t)s->cf->message_size_limit + 4096 ||
+		    s->tx->dp.bytes > (uint64_t)s->cf->message_size_limit)
+			s->tx->data_err = DE_TOO_BIG;
+		else if (spool_append(s->tx->spool, out, outlen) < 0)
+			s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 	}
 	conn_consume(s->conn, consumed);
 	if (outlen)
