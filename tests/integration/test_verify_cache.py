@@ -70,6 +70,10 @@ class HostileBackend:
                     "(complaint by victim@third.test)" % sender)
         if sender.endswith("@nodomain.test"):
             return "550 5.1.8 <%s>: Sender address rejected: Domain not found" % sender
+        if sender.endswith("@partner.test") and local == "ceo":
+            # Exchange-style per-recipient sender restriction.
+            return ("550 5.7.1 <%s>: %s is not authorized to send to this recipient"
+                    % (rcpt, sender))
         if sender == "" and local == "guarded":
             return "550 5.7.1 <>: null sender not accepted for this list"
         if sender == "" and local == "sdomain":
@@ -210,19 +214,31 @@ def test_sender_refusal_closes_nothing_for_others(perimd_factory, hostile):
         ("", ["ceo@example.com", "postmaster@example.com", "abuse@example.com"])]
 
 
-def test_attacker_partial_refusal_no_loop(perimd_factory, hostile):
-    """A sender refused for one recipient while the backend took others:
-    451 4.5.0 now, refused at RCPT on the retry, the others delivered once
-    (no loop); another sender is not affected."""
+def test_partial_refusal_no_loop(perimd_factory, hostile):
+    """A recipient refused for this sender (5.7.1) or unknown (5.1.1) while
+    the backend took the others: 451 4.5.0 now, refused at RCPT on the
+    retry, the others delivered once (no 451 loop); the 5.7.1 is not
+    answered to another sender."""
     p = start(perimd_factory, hostile)
-    # A relay that refuses per sender and per recipient at once.
-    got, final = attempt(p.port, GOOD, ["alice@example.com", "unknown1@example.com"])
+    partner = "boss@partner.test"
+    got, final = attempt(p.port, partner, ["alice@example.com", "ceo@example.com",
+                                           "unknown1@example.com"])
     expect(final, 451, "4.5.0")
-    got, final = attempt(p.port, GOOD, ["alice@example.com", "unknown1@example.com"])
+    assert hostile.delivered() == []
+    got, final = attempt(p.port, partner, ["alice@example.com", "ceo@example.com",
+                                           "unknown1@example.com"])
+    expect(got["ceo@example.com"], 550, "5.7.1",
+           r"^5\.7\.1 <ceo@example\.com>: recipient refused by the backend$")
     expect(got["unknown1@example.com"], 550, "5.1.1",
            r"^5\.1\.1 <unknown1@example\.com>: recipient unknown$")
     expect(final, 250, "2.0.0")
-    assert hostile.delivered() == [(GOOD, ["alice@example.com"])]
+    assert hostile.delivered() == [(partner, ["alice@example.com"])]
+    # Another sender: ceo@ open, unknown1@ refused for everyone.
+    got, final = attempt(p.port, GOOD, ["ceo@example.com", "unknown1@example.com"])
+    assert got["ceo@example.com"][0] == 250
+    expect(got["unknown1@example.com"], 550, "5.1.1")
+    expect(final, 250, "2.0.0")
+    assert hostile.delivered()[1] == (GOOD, ["ceo@example.com"])
 
 
 def test_mailbox_code_for_every_sender(perimd_factory, hostile):
