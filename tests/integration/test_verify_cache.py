@@ -39,6 +39,7 @@ class HostileBackend:
     recipient (see rcpt_reply). Records accepted messages and every RCPT."""
 
     def __init__(self):
+        self.refuse_null_sender = False   # 550 5.7.1 to MAIL FROM:<>
         self.messages = []     # (sender, [rcpts])
         self.rcpts = []        # (sender, rcpt, reply code) of every RCPT
         self.lock = threading.Lock()
@@ -76,6 +77,8 @@ class HostileBackend:
                     % (rcpt, sender))
         if sender == "" and local == "guarded":
             return "550 5.7.1 <>: null sender not accepted for this list"
+        if sender == "" and local == "callgrey":
+            return "450 4.7.1 <>: greylisted, try later"
         if sender == "" and local == "sdomain":
             return "550 5.1.8 <>: sender address rejected"
         if local.startswith("unknown") or local == "webmaster":
@@ -109,6 +112,10 @@ class HostileBackend:
                 # smtpd_delay_reject: MAIL always passes, refusals come at RCPT.
                 sender = cmd[cmd.index("<") + 1:cmd.index(">")]
                 rcpts, n = [], 0
+                if sender == "" and self.refuse_null_sender:
+                    sender = None
+                    out("550 5.7.1 <>: null sender refused here")
+                    continue
                 out("250 2.1.0 Ok")
             elif verb == "RCPT":
                 rcpt = cmd[cmd.index("<") + 1:cmd.index(">")]
@@ -363,6 +370,17 @@ def test_callout_only_mailbox_codes_unknown(perimd_factory, hostile):
     got, _ = attempt(p.port, GOOD, ["full@example.com"])
     expect(got["full@example.com"], 452, "4.2.2", r"mailbox full")
     assert "(message from" not in got["full@example.com"][1]
+    # A callout that gets another 4xx, or whose MAIL FROM:<> is refused,
+    # did not complete: 451 4.4.1, never 5xx, not cached.
+    got, _ = attempt(p.port, GOOD, ["callgrey@example.com"])
+    expect(got["callgrey@example.com"], 451, "4.4.1")
+    hostile.refuse_null_sender = True
+    got, _ = attempt(p.port, GOOD, ["newbie@example.com"])
+    expect(got["newbie@example.com"], 451, "4.4.1")
+    hostile.refuse_null_sender = False
+    got, final = attempt(p.port, GOOD, ["newbie@example.com"])
+    assert got["newbie@example.com"][0] == 250
+    expect(final, 250, "2.0.0")
     # The attacker's own refusal at relay time still stays its own.
     got, final = attempt(p.port, EVIL, ["ceo@example.com"])
     expect(final, 550, "5.7.1")
