@@ -1,6 +1,6 @@
 /*
  * verify.c - the recipient verdict cache: a key (the recipient, or the
- * sender and the recipient, lower-cased) to a backend's code and enhanced
+ * sender and the recipient, domains lower-cased) to a backend's code and enhanced
  * code, until an expiry time. What is kept under which key, and for how
  * long, is decided here (verify_learn); the reply given from an entry is
  * built here too (verify_format), never copied from the backend.
@@ -41,7 +41,7 @@ struct ventry {
 	int code;                      /* 250 = verified, else the refusal */
 	char enh[VERIFY_ENH_MAX];      /* its enhanced code, or "" */
 	int once;                      /* answered once, then dropped */
-	char key[];                    /* kind, lower-cased address(es) */
+	char key[];                    /* kind, address(es) (verify_key) */
 };
 
 struct vshard {
@@ -79,8 +79,20 @@ static uint64_t verify_now(void)
 #define KIND_RCPT 'R'
 #define KIND_PAIR 'P'
 
+/* addr_copy - address a into key at *n: the domain (after the last '@')
+ * lower-cased, the local part as it is. RFC 5321 §2.4: a local part MAY be
+ * case-sensitive, and a backend that treats it so would otherwise let one
+ * RCPT TO:<CEO@...> it refuses close ceo@ for everyone. */
+static void addr_copy(const char *a, char *key, size_t *n)
+{
+	const char *at = strrchr(a, '@');
+
+	for (const char *p = a; *p; p++)
+		key[(*n)++] = at && p > at ? (char)tolower((unsigned char)*p) : *p;
+}
+
 /* verify_key - kind, then rcpt (and for KIND_PAIR '\001' and the sender),
- * lower-cased, into key; its hash, or 0 with key "" when it does not fit. */
+ * into key (addr_copy); its hash, or 0 with key "" when it does not fit. */
 static uint64_t verify_key(int kind, const char *sender, const char *rcpt,
 			   char *key, size_t keylen)
 {
@@ -93,12 +105,10 @@ static uint64_t verify_key(int kind, const char *sender, const char *rcpt,
 		return 0;
 	}
 	key[n++] = (char)kind;
-	for (i = 0; i < rl; i++)
-		key[n++] = (char)tolower((unsigned char)rcpt[i]);
+	addr_copy(rcpt, key, &n);
 	if (kind == KIND_PAIR) {
 		key[n++] = '\001';
-		for (i = 0; i + 1 < sl; i++)
-			key[n++] = (char)tolower((unsigned char)sender[i]);
+		addr_copy(sender, key, &n);
 	}
 	key[n] = '\0';
 	for (i = 0; i < n; i++) {

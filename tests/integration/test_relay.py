@@ -196,7 +196,7 @@ def test_some_refused_then_cached(perimd_factory, backend_factory):
         expect(c.cmd("EHLO client.test"), 250)
         expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
         expect(c.cmd("RCPT TO:<good@example.com>"), 250)
-        expect(c.cmd("RCPT TO:<BAD@example.com>"), 550, "5.1.1", r"unknown")
+        expect(c.cmd("RCPT TO:<bad@EXAMPLE.com>"), 550, "5.1.1", r"unknown")
         expect(c.cmd("DATA"), 354)
         c.send(stuff(BODY) + b".\r\n")
         expect(c.reply(20), 250, "2.0.0")

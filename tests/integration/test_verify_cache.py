@@ -81,6 +81,9 @@ class HostileBackend:
             return "450 4.7.1 <>: greylisted, try later"
         if sender == "" and local == "sdomain":
             return "550 5.1.8 <>: sender address rejected"
+        if rcpt.split("@")[0] == "CEO":
+            # Case-sensitive local parts (RFC 5321 §2.4): only ceo@ exists.
+            return "550 5.1.1 <%s>: User unknown" % rcpt
         if local.startswith("unknown") or local == "webmaster":
             return ("550 5.1.1 <%s>: Recipient address rejected: User unknown in "
                     "virtual mailbox table (asked by %s)" % (rcpt, sender or "<>"))
@@ -257,12 +260,27 @@ def test_mailbox_code_for_every_sender(perimd_factory, hostile):
     expect(final, 451, "4.5.0")
     asked = hostile.rcpt_count("unknown2@example.com")
     for sender in (OTHER, "", EVIL):
-        got, final = attempt(p.port, sender, ["UNKNOWN2@example.com"])
-        expect(got["UNKNOWN2@example.com"], 550, "5.1.1",
-               r"^5\.1\.1 <UNKNOWN2@example\.com>: recipient unknown$")
-        assert GOOD not in got["UNKNOWN2@example.com"][1]
+        got, final = attempt(p.port, sender, ["Unknown2@EXAMPLE.com"])
+        expect(got["Unknown2@EXAMPLE.com"], 550, "5.1.1",
+               r"^5\.1\.1 <Unknown2@EXAMPLE\.com>: recipient unknown$")
+        assert GOOD not in got["Unknown2@EXAMPLE.com"][1]
         assert final is None
     assert hostile.rcpt_count("unknown2@example.com") == asked
+
+
+def test_case_variant_closes_nothing(perimd_factory, hostile):
+    """A backend with case-sensitive local parts refuses CEO@ (5.1.1) but
+    has ceo@: the refusal of the variant does not close ceo@ (the cache
+    folds the domain's case, not the local part's)."""
+    p = start(perimd_factory, hostile)
+    got, final = attempt(p.port, "x@case.test", ["CEO@example.com", "alice@example.com"])
+    expect(final, 451, "4.5.0")
+    got, final = attempt(p.port, OTHER, ["CEO@example.com"])
+    expect(got["CEO@example.com"], 550, "5.1.1")
+    got, final = attempt(p.port, GOOD, ["ceo@example.com"])
+    assert got["ceo@example.com"][0] == 250, got
+    expect(final, 250, "2.0.0")
+    assert hostile.delivered() == [(GOOD, ["ceo@example.com"])]
 
 
 def test_role_account_not_closed_by_other_sender(perimd_factory, hostile):
