@@ -234,20 +234,28 @@ int policy_route(const struct policy *p, const char *domain, const char **route)
  */
 
 /* step_verify_cache - refusals a backend gave during replay (and callouts);
- * a callout's acceptance marks the recipient verified (no new callout). */
+ * a callout's acceptance marks the recipient verified (no new callout). A
+ * role account is refused only from what its own sender met (verify.h). */
 static enum policy_step step_verify_cache(struct policy_req *r, struct policy_verdict *v)
 {
-	char cached[300];
-	int code;
-	if (verify_get(r->env->rcpt, &code, cached, sizeof cached)) {
-		if (code < 400) {
-			r->verified = 1;
-			return STEP_PASS;
-		}
+	int code = 0;
+	switch (verify_lookup(r->env->sender, r->env->rcpt,
+			      policy_is_role(r->env->pol, r->env->rcpt_local),
+			      &code, v->reply, sizeof v->reply)) {
+	case VERIFY_VERIFIED:
+		r->verified = 1;
+		return STEP_PASS;
+	case VERIFY_REFUSED: {
+		/* The rule names the kind, for the log and the counters. */
+		char enh[16];
+		verify_enh(v->reply, enh, sizeof enh);
 		v->code = code;
-		snprintf(v->reply, sizeof v->reply, "%s", cached);
-		v->rule = "verify_cache";
+		v->rule = code < 500 ? "tempfail_verify_cache"
+			  : verify_mailbox_code(code, enh) ? "verify_cache" : "backend_cache";
 		return STEP_DECIDED;
+	}
+	case VERIFY_NONE:
+		break;
 	}
 	return STEP_PASS;
 }

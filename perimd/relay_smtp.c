@@ -168,12 +168,11 @@ static void rcpts_done(struct bconn *b)
 		bconn_stage(b, B_DATA, req_remaining(r, (uint64_t)cf->relay_timeout));
 		return;
 	}
-	/* Refusals with 5xx are cached so the client's retry meets them at
-	 * RCPT (DESIGN.md "Replies"); 4xx ones may pass next time. */
+	/* Refusals are cached so the client's retry meets them at RCPT
+	 * (DESIGN.md "Replies"; what is kept for whom: verify.h). */
 	for (int i = 0; i < m->nrcpt; i++)
-		if (m->rcpts[i].code >= 500)
-			verify_put(m->rcpts[i].addr, m->rcpts[i].code, m->rcpts[i].reply,
-				   (uint64_t)cf->relay_verify_negative_ttl);
+		verify_learn(m->sender, m->rcpts[i].addr, m->rcpts[i].code, m->rcpts[i].reply,
+			     r->naccept > 0 ? VERIFY_OTHERS_ACCEPTED : 0, cf);
 	if (r->naccept > 0) {
 		req_set(r, 451, "4.5.0",
 			"some recipients were refused by backend %s; retry",

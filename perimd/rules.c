@@ -282,9 +282,13 @@ static void callout_cancel(void *handle)
 	ps->callout = NULL;
 }
 
-/* callout_done - the backend's answer to RCPT (0: no answer). Answers
- * are cached: accepted for relay_verify_positive_ttl, refused (5xx) for
- * relay_verify_negative_ttl; anything else is 451 4.4.1, not cached. */
+/* callout_done - the backend's answer to RCPT (0: no answer). An
+ * acceptance is cached for relay_verify_positive_ttl; a refusal whose
+ * enhanced code names the mailbox (verify.h's allow-list) is the verdict
+ * for every sender, cached. Any other 5xx was said to MAIL FROM:<>, not to
+ * this sender (5.7.1, 5.1.8 ... are about the sender or client): the
+ * recipient goes on unverified and the replay, with the real sender, gets
+ * the backend's real answer. Anything else is 451 4.4.1, not cached. */
 static void callout_done(void *arg, int code, const char *reply)
 {
 	struct policy_req *r = arg;
@@ -294,15 +298,25 @@ static void callout_done(void *arg, int code, const char *reply)
 	env->sess->callout = NULL;
 	if (code >= 200 && code < 300) {
 		log_info("%s: callout: <%s> accepted by the backend", env->session_id, env->rcpt);
-		verify_put(env->rcpt, 250, "250 2.1.5 verified", (uint64_t)cf->relay_verify_positive_ttl);
+		verify_accepted(env->rcpt, cf);
 		policy_step_done(r, 0, &v);
 		return;
 	}
-	if (code >= 500) {
+	if (code >= 400 && code != 421 &&
+	    verify_learn("", env->rcpt, code, reply, VERIFY_CALLOUT, cf) == VERIFY_KEPT_RCPT) {
+		char enh[16];
 		log_info("%s: callout: <%s> refused by the backend: %s", env->session_id, env->rcpt, reply);
-		unknown(r, &v, "verify_callout");
-		verify_put(env->rcpt, v.code, v.reply, (uint64_t)cf->relay_verify_negative_ttl);
+		verify_enh(reply, enh, sizeof enh);
+		v.code = code;
+		v.rule = code >= 500 ? "verify_callout" : "tempfail_verify";
+		verify_format(code, enh, env->rcpt, v.reply, sizeof v.reply);
 		policy_step_done(r, 1, &v);
+		return;
+	}
+	if (code >= 500) {
+		log_info("%s: callout: <%s> refused to MAIL FROM:<> without a mailbox code, "
+			 "left to the replay: %s", env->session_id, env->rcpt, reply);
+		policy_step_done(r, 0, &v);
 		return;
 	}
 	log_warn("%s: callout for <%s> did not complete: %s", env->session_id, env->rcpt,

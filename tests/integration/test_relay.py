@@ -196,7 +196,7 @@ def test_some_refused_then_cached(perimd_factory, backend_factory):
         expect(c.cmd("EHLO client.test"), 250)
         expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
         expect(c.cmd("RCPT TO:<good@example.com>"), 250)
-        expect(c.cmd("RCPT TO:<BAD@example.com>"), 550, "5.1.1", r"unknown")
+        expect(c.cmd("RCPT TO:<bad@EXAMPLE.com>"), 550, "5.1.1", r"unknown")
         expect(c.cmd("DATA"), 354)
         c.send(stuff(BODY) + b".\r\n")
         expect(c.reply(20), 250, "2.0.0")
@@ -204,14 +204,25 @@ def test_some_refused_then_cached(perimd_factory, backend_factory):
     assert len(msgs) == 1 and msgs[0].rcpts == ["good@example.com"]
 
 
-def test_temporary_refusal_not_cached(perimd_factory, backend_factory):
+def test_temporary_refusal_answered_once(perimd_factory, backend_factory):
+    """A 4xx for one recipient while others were taken: the retry gets it at
+    RCPT once (the others are delivered), the next try asks the backend
+    (test_verify_cache.py has the rest)."""
     b = backend_factory(rcpt_reply={"busy@example.com": "450 4.2.1 mailbox busy"})
     p = start(perimd_factory, [b])
     r = send(p.port, rcpts=("good@example.com", "busy@example.com"))
     expect(r, 451, "4.5.0")
     b.set(rcpt_reply={})
-    expect(send(p.port, rcpts=("good@example.com", "busy@example.com")), 250, "2.0.0")
-    assert b.messages()[0].rcpts == ["good@example.com", "busy@example.com"]
+    with Client(p.port) as c:
+        expect(c.cmd("EHLO client.test"), 250)
+        expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        expect(c.cmd("RCPT TO:<good@example.com>"), 250)
+        expect(c.cmd("RCPT TO:<busy@example.com>"), 450, "4.2.1", r"deferred by the backend")
+        expect(c.cmd("DATA"), 354)
+        c.send(stuff(BODY) + b".\r\n")
+        expect(c.reply(20), 250, "2.0.0")
+    expect(send(p.port, rcpts=("busy@example.com",)), 250, "2.0.0")
+    assert [m.rcpts for m in b.messages()] == [["good@example.com"], ["busy@example.com"]]
 
 
 def test_mail_refused_passed_on(perimd_factory, backend_factory):
