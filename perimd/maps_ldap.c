@@ -116,7 +116,7 @@ static const char *cf_set(struct ldap_cf *cf, struct cf_raw *raw, int line, cons
 	}
 	if (!strcmp(name, "server_port")) {
 		if (cf_num(v, 65535, &cf->port) < 0 || cf->port == 0)
-			return "server_port: expected a port number";
+			return "expected a port number";
 		return NULL;
 	}
 	if (!strcmp(name, "search_base"))
@@ -146,39 +146,39 @@ static const char *cf_set(struct ldap_cf *cf, struct cf_raw *raw, int line, cons
 		else if (!strcmp(v, "one"))
 			cf->scope = LDAP_CF_ONE;
 		else
-			return "scope: expected sub, base or one";
+			return "expected sub, base or one";
 		return NULL;
 	}
 	if (!strcmp(name, "result_attribute")) {
 		if (cf_split(v, cf->attrs, LDAP_CF_MAX_ATTRS, &cf->nattrs) < 0)
-			return "result_attribute: too many attributes";
+			return "too many attributes";
 		for (int i = 0; i < cf->nattrs; i++)
 			for (const char *p = cf->attrs[i]; *p; p++)
 				if (!isalnum((unsigned char)*p) && *p != '-' && *p != ';' && *p != '.')
-					return "result_attribute: not an attribute name";
+					return "not an attribute name";
 		return NULL;
 	}
 	if (!strcmp(name, "domain")) {
 		if (cf_split(v, cf->domains, LDAP_CF_MAX_DOMAINS, &cf->ndomains) < 0)
-			return "domain: too many domains";
+			return "too many domains";
 		for (int i = 0; i < cf->ndomains; i++)
 			if (strchr(cf->domains[i], ':') || strchr(cf->domains[i], '/') ||
 			    strchr(cf->domains[i], '@'))
-				return "domain: only domain names are supported (no files or tables)";
+				return "only domain names are supported (no files or tables)";
 		return NULL;
 	}
 	if (!strcmp(name, "bind")) {
 		if (!strcasecmp(v, "sasl"))
-			return "bind = sasl: SASL binds are not supported (use yes: a simple bind)";
+			return "SASL binds are not supported (bind = yes: a simple bind)";
 		if ((b = cf_bool(v)) < 0)
-			return "bind: expected yes or no";
+			return "expected yes or no";
 		cf->bind = b;
 		raw->bind_line = line;
 		return NULL;
 	}
 	if (!strcmp(name, "version")) {
 		if (strcmp(v, "2") && strcmp(v, "3"))
-			return "version: expected 2 or 3";
+			return "expected 2 or 3";
 		cf->version = v[0] - '0';
 		raw->version_line = line;
 		return NULL;
@@ -190,7 +190,7 @@ static const char *cf_set(struct ldap_cf *cf, struct cf_raw *raw, int line, cons
 		if (conf_parse_time(v, t) < 0 || *t > 86400000LL)
 			return "expected a time (\"10\" seconds, \"500ms\", \"1m\")";
 		if (name[0] == 't' && *t == 0)
-			return "timeout: must be more than 0";
+			return "must be more than 0";
 		return NULL;
 	}
 	if (!strcmp(name, "start_tls") || !strcmp(name, "tls_require_cert")) {
@@ -206,18 +206,18 @@ static const char *cf_set(struct ldap_cf *cf, struct cf_raw *raw, int line, cons
 	}
 	if (!strcmp(name, "size_limit")) {
 		if (cf_num(v, 1000000000, &cf->size_limit) < 0)
-			return "size_limit: expected a number";
+			return "expected a number";
 		return NULL;
 	}
 	if (!strcmp(name, "dereference")) {
 		if (cf_num(v, 3, &x) < 0)
-			return "dereference: expected 0 (never), 1 (searching), 2 (finding) or 3 (always)";
+			return "expected 0 (never), 1 (searching), 2 (finding) or 3 (always)";
 		cf->dereference = (int)x;
 		return NULL;
 	}
 	if (!strcmp(name, "connection_limit")) {
 		if (cf_num(v, 1000, &cf->connection_limit) < 0 || cf->connection_limit == 0)
-			return "connection_limit: expected 1 to 1000";
+			return "expected 1 to 1000";
 		return NULL;
 	}
 	for (int i = 0; cf_unsupported[i]; i++)
