@@ -248,6 +248,23 @@ def test_ldap_active_directory_proxyaddresses(tmp_path, perimd_factory, slapd):
                        "bob@example.com", "sip-bob@example.com", "carol@example.com",
                        "abuse@example.com"])
     assert [x[0] for x in r] == [250, 250, 250, 250, 550, 550, 250], r
+    # With `domain` set, an unknown recipient costs one search, not three
+    # (no "user@" or bare domain keys).
+    key = 'perimd_ldap_lookups_total{result="notfound"}'
+    before = metrics(p)[key]
+    assert rcpts(p.port, ["dave@example.com"])[0][0] == 550
+    assert metrics(p)[key] == before + 1
+
+
+def test_ldap_size_limit(tmp_path, perimd_factory, slapd):
+    # More entries than size_limit: a lookup failure (451), not an answer.
+    cf = write_cf(tmp_path / "ldap-size.cf", cf_text(
+        slapd.uri, query_filter="(|(mail=%s)(uid=u1*))", size_limit="2", domain="example.com"))
+    p = perimd_factory(relay_backends="127.0.0.1:9", relay_recipient_maps="ldap:" + cf)
+    r = rcpts(p.port, ["alice@example.com", "postmaster@example.com"])
+    assert [x[0] for x in r] == [451, 250], r
+    p.wait_log(r"ldap-size\.cf: lookup of \"alice@example\.com\" failed: ldap://127\.0\.0\.1:\d+: "
+               r"search: Size limit exceeded")
 
 
 def test_ldap_failover_and_start_tls_refused_cleanly(tmp_path, perimd_factory, slapd):
@@ -300,7 +317,7 @@ def test_ldap_check_errors_and_warnings(tmp_path, perimd_factory, slapd):
 
 
 def test_ldap_outage_under_load(tmp_path, perimd_factory, sink, slapd):
-    cf = write_cf(tmp_path / "ldap-rcpt.cf", cf_text(slapd.uri, timeout="2"))
+    cf = write_cf(tmp_path / "ldap-rcpt.cf", cf_text(slapd.uri, timeout="2", connection_limit="1"))
     p = perimd_factory(relay_backends="127.0.0.1:%d" % sink.port,
                        relay_recipient_maps="ldap:" + cf)
     results = []          # (t, rcpt code, final code, marker)
@@ -374,6 +391,8 @@ def test_ldap_outage_under_load(tmp_path, perimd_factory, sink, slapd):
     m = metrics(p)
     assert m['perimd_ldap_lookups_total{result="error"}'] >= 1, m
     assert m["perimd_ldap_errors_total"] >= 1, m
+    # connection_limit = 1 held under load (two worker threads).
+    assert m['perimd_ldap_connections{server="%s"}' % slapd.uri] == 1, m
 
 
 # ---- TLS -------------------------------------------------------------------------
@@ -432,5 +451,12 @@ def test_ldaps_and_start_tls(tmp_path, perimd_factory):
         r = rcpts(q.port, ["alice@example.com", "nobody@example.com", "postmaster@example.com"])
         assert [x[0] for x in r] == [451, 451, 250], r
         assert r[0][1] == "4.3.0 <alice@example.com>: temporary lookup failure", r
+        # The same server with tls_require_cert = no: the certificate is
+        # not checked (Postfix's default; perimd's is yes).
+        cf4 = write_cf(tmp_path / "nocheck.cf", cf_text(ldaps, tls_ca_cert_file=other["ca"],
+                                                         tls_require_cert="no"))
+        q2 = perimd_factory(relay_backends="127.0.0.1:9", relay_recipient_maps="ldap:" + cf4)
+        r = rcpts(q2.port, ["alice@example.com", "nobody@example.com"])
+        assert [x[0] for x in r] == [250, 550], r
     finally:
         s.stop()
