@@ -11,7 +11,8 @@
  *   from its server's pool under l->mu, given back after a lookup that got
  *   an answer; after a connection-level error it is closed. A failed search
  *   on a pooled connection is retried once on a fresh one (the server may
- *   have closed an idle connection, or restarted).
+ *   have closed an idle connection, or restarted), after closing the other
+ *   idle connections of that server, which the same cause broke.
  * - A server whose connection or bind failed is skipped for a back-off
  *   (1 s, doubling to 30 s); the first lookup after it tries again, so a
  *   directory that comes back is used again without a reload. While every
@@ -823,6 +824,21 @@ static void conn_put(struct map_ldap *l, struct ldap_server *s, struct ldap_conn
 	pthread_mutex_unlock(&l->mu);
 }
 
+/* pool_drain - close s's idle connections: one of them broke, so the
+ * others (opened before the same restart or network cut) are suspect. */
+static void pool_drain(struct map_ldap *l, struct ldap_server *s)
+{
+	pthread_mutex_lock(&l->mu);
+	struct ldap_conn *c = s->idle;
+	s->idle = NULL;
+	pthread_mutex_unlock(&l->mu);
+	while (c) {
+		struct ldap_conn *next = c->next;
+		conn_close(l, s, c);
+		c = next;
+	}
+}
+
 /* server_failed - a connection to s could not be made or broke: back off. */
 static void server_failed(struct map_ldap *l, struct ldap_server *s)
 {
@@ -1005,6 +1021,7 @@ int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *va
 				server_failed(l, s);
 				break;
 			}
+			pool_drain(l, s);
 			/* A pooled connection may simply have been closed by the
 			 * server (idle timeout, restart): once more on a new one. */
 		}

@@ -32,7 +32,7 @@ struct ldap_cf {
 	char *search_base;
 	enum ldap_cf_scope scope;
 	char *query_filter;
-	char *attrs[LDAP_CF_MAX_ATTRS];   /* result_attribute */
+	char *attrs[LDAP_CF_MAX_ATTRS + 1];  /* result_attribute, NULL-terminated */
 	int nattrs;
 	char *result_format;
 	char *domains[LDAP_CF_MAX_DOMAINS];

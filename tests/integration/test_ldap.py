@@ -395,6 +395,49 @@ def test_ldap_outage_under_load(tmp_path, perimd_factory, sink, slapd):
     assert m['perimd_ldap_connections{server="%s"}' % slapd.uri] == 1, m
 
 
+def test_ldap_slow_directory(tmp_path, perimd_factory, slapd):
+    # A directory that stops answering (SIGSTOP: connections still open,
+    # no replies) costs at most `timeout` per try and gives 451, never 550;
+    # once it answers again, lookups resume by themselves.
+    cf = write_cf(tmp_path / "ldap-slow.cf", cf_text(slapd.uri, timeout="1"))
+    p = perimd_factory(relay_backends="127.0.0.1:9", relay_recipient_maps="ldap:" + cf)
+    assert [x[0] for x in rcpts(p.port, ["alice@example.com"])] == [250]
+    os.kill(slapd.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r = rcpts(p.port, ["alice@example.com", "nobody@example.com", "postmaster@example.com"])
+        assert [x[0] for x in r] == [451, 451, 250], r
+        assert time.monotonic() - t0 < 8
+    finally:
+        os.kill(slapd.proc.pid, signal.SIGCONT)
+    assert wait_for(lambda: rcpts(p.port, ["alice@example.com", "nobody@example.com"])
+                    == [(250, "2.1.5 Ok"), (550, "5.1.1 <nobody@example.com>: recipient unknown")]
+                    or None, 40), rcpts(p.port, ["alice@example.com", "nobody@example.com"])
+
+
+def test_loadtest_reports_ldap(tmp_path, slapd):
+    # tests/loadtest.sh with the LDAP map kept: a line per step with the
+    # directory's searches per second, p50/p99 and errors.
+    cf = write_cf(tmp_path / "ldap-load.cf", cf_text(slapd.uri, domain="example.com"))
+    conf = tmp_path / "perimd.conf"
+    conf.write_text("myhostname = perimd.test\nrelay_domains = example.com\n"
+                    "relay_recipient_maps = ldap:%s\ngreylist = no\n"
+                    "reject_unknown_sender_domain = no\n" % cf)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, STEPS="1 4", STEP_MSGS="20", SIZE="1000", LOADTEST_CHECKS="keep",
+               LOADTEST_RCPT="u1@example.com")
+    p = subprocess.run(["bash", os.path.join(root, "tests", "loadtest.sh"), "-c", str(conf),
+                        "-b", PERIMD_BIN], env=env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    out = p.stdout.decode("utf-8", "replace")
+    assert p.returncode == 0, out
+    steps = re.findall(r"^(\d+) +\d+ +(\d+) +(\d+) ", out, re.M)
+    assert [s[0] for s in steps] == ["1", "4"], out
+    assert all(s[1] == "20" and s[2] == "0" for s in steps), out
+    ldap = re.findall(r"^  ldap: (\d+) searches/s, p50 (\S+), p99 (\S+), (\d+) errors$", out, re.M)
+    assert len(ldap) == 2 and all(int(x[0]) > 0 and x[3] == "0" for x in ldap), out
+
+
 # ---- TLS -------------------------------------------------------------------------
 
 
