@@ -812,16 +812,20 @@ static void conn_close(struct map_ldap *l, struct ldap_server *s, struct ldap_co
 	pthread_mutex_unlock(&l->mu);
 }
 
-/* conn_put - give a good connection back to its pool. */
+/* conn_put - give a good connection back to its pool (the server
+ * answered: its back-off ends). */
 static void conn_put(struct map_ldap *l, struct ldap_server *s, struct ldap_conn *c)
 {
 	pthread_mutex_lock(&l->mu);
 	c->next = s->idle;
 	s->idle = c;
+	int fails = s->fails;
 	s->fails = 0;
 	s->down_until = 0;
 	pthread_cond_broadcast(&l->freed);
 	pthread_mutex_unlock(&l->mu);
+	if (fails)
+		log_info("%s: %s answers again (after %d failed attempts)", l->path, s->uri, fails);
 }
 
 /* pool_drain - close s's idle connections: one of them broke, so the

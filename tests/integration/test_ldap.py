@@ -360,6 +360,7 @@ def test_ldap_outage_under_load(tmp_path, perimd_factory, sink, slapd):
         # accepted again within the longest back-off (30 s).
         assert wait_for(lambda: any(r[1] == 250 and r[0] > t_start for r in results), 40)
         t_ok = min(r[0] for r in results if r[1] == 250 and r[0] > t_start)
+        p.wait_log(r"ldap-rcpt\.cf: ldap://127\.0\.0\.1:\d+ answers again \(after \d+ failed attempts\)")
         n_ok = len(results)
         assert wait_for(lambda: len(results) >= n_ok + 20, 30)
     finally:
