@@ -34,7 +34,7 @@ ROOT=$(pwd)
 DEPS=(build-essential clang libclang-rt-14-dev mandoc pkg-config
       libsqlite3-dev libc-ares-dev libbearssl-dev libclamav-dev
       postfix swaks clamav-daemon openssl python3-aiosmtpd python3-pytest dnsmasq-base
-      mariadb-server libmariadb-dev)
+      mariadb-server libmariadb-dev libldap-dev slapd ldap-utils)
 # Static build (vendor/static.sh): musl, the source unpacker and the build
 # tools of the vendored libraries. Deployment tests: HAProxy (PROXY
 # protocol), podman and runc (the FROM-scratch image).

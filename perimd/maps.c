@@ -1,6 +1,6 @@
 /*
  * maps.c - lookup tables named "type:path": file: here, sqlite: and mysql:
- * through maps_sql.c; the registry that makes reloads safe; the lookup
+ * through maps_sql.c, ldap: through maps_ldap.c; the registry that makes reloads safe; the lookup
  * orders; the asynchronous front with its answer cache.
  *
  * Invariants: a map is fully built by map_open() and never modified after
@@ -29,6 +29,7 @@
 #include "ev.h"
 #include "jobs.h"
 #include "log.h"
+#include "maps_ldap.h"
 #include "maps_sql.h"
 
 #include <arpa/inet.h>
@@ -92,6 +93,8 @@ struct map {
 	int ncidr;
 	/* sqlite: / mysql: */
 	struct map_sql *sql;
+	/* ldap: (also asynchronous: sql or ldap set means the answer cache is used) */
+	struct map_ldap *ldap;
 	pthread_mutex_t cache_mu;
 	struct cache_entry *cache[CACHE_BUCKETS];
 	int ncache;
@@ -329,8 +332,9 @@ static void map_destroy(struct map *m)
 		free(m->cidr[i].value);
 	free(m->cidr);
 	free(m->buckets);
-	if (m->sql) {
+	if (m->sql || m->ldap) {
 		map_sql_free(m->sql);
+		map_ldap_free(m->ldap);
 		for (int i = 0; i < CACHE_BUCKETS; i++) {
 			struct cache_entry *e = m->cache[i], *next;
 			for (; e; e = next) {
@@ -368,8 +372,11 @@ static struct map *map_load(const char *spec, const char *type, const char *path
 			qsort(m->cidr, (size_t)m->ncidr, sizeof *m->cidr, cidr_cmp);
 		return m;
 	}
-	m->sql = map_sql_open(type, path, err, errlen);
-	if (!m->sql) {
+	if (!strcmp(type, "ldap"))
+		m->ldap = map_ldap_open(path, err, errlen);
+	else
+		m->sql = map_sql_open(type, path, err, errlen);
+	if (!m->sql && !m->ldap) {
 		map_destroy(m);
 		return NULL;
 	}
@@ -393,8 +400,9 @@ struct map *map_open(const char *spec, char *err, size_t errlen)
 	}
 	memcpy(type, spec, tn);
 	type[tn] = 0;
-	if (strcmp(type, "file") && strcmp(type, "sqlite") && strcmp(type, "mysql")) {
-		snprintf(err, errlen, "\"%s\": unknown map type \"%s\" (supported: file, sqlite, mysql)",
+	if (strcmp(type, "file") && strcmp(type, "sqlite") && strcmp(type, "mysql") &&
+	    strcmp(type, "ldap")) {
+		snprintf(err, errlen, "\"%s\": unknown map type \"%s\" (supported: file, sqlite, mysql, ldap)",
 			 spec, type);
 		return NULL;
 	}
@@ -482,13 +490,13 @@ const char *map_spec(const struct map *m)
 /* map_is_async - see maps.h. */
 int map_is_async(const struct map *m)
 {
-	return m->sql != NULL;
+	return m->sql != NULL || m->ldap != NULL;
 }
 
 /* map_lookup - see maps.h. */
 int map_lookup(const struct map *m, const char *key, const char **value)
 {
-	if (m->sql)
+	if (m->sql || m->ldap)
 		return -1;
 	struct map_entry *e = map_find(m, key, strlen(key));
 	if (!e)
@@ -504,7 +512,7 @@ int map_lookup(const struct map *m, const char *key, const char **value)
  */
 int map_lookup_domain(const struct map *m, const char *domain, const char **value)
 {
-	if (m->sql)
+	if (m->sql || m->ldap)
 		return -1;
 	size_t n = strlen(domain);
 	if (n > 0 && domain[n - 1] == '.')
@@ -538,6 +546,8 @@ static int probe_key(struct probe *p, const char *k, size_t kn)
 		return 0;
 	if (p->m->sql)
 		return map_sql_lookup(p->m->sql, k, kn, p->val, p->vallen, p->err, p->errlen);
+	if (p->m->ldap)
+		return map_ldap_lookup(p->m->ldap, k, kn, p->val, p->vallen, p->err, p->errlen);
 	struct map_entry *e = map_find(p->m, k, kn);
 	if (!e)
 		return 0;
@@ -671,8 +681,10 @@ static int cache_get(struct map *m, enum map_kind kind, const char *key, int *re
 static void cache_put(struct map *m, enum map_kind kind, const char *key, int result,
 		      const char *val)
 {
-	long long ttl = map_sql_cache_ttl(m->sql);
-	if (ttl <= 0 || result < 0)
+	if (result < 0)
+		return;
+	long long ttl = m->ldap ? map_ldap_cache_ttl(m->ldap, result) : map_sql_cache_ttl(m->sql);
+	if (ttl <= 0)
 		return;
 	uint32_t h = cache_hash(kind, key) % CACHE_BUCKETS;
 	size_t kn = strlen(key);
@@ -759,7 +771,7 @@ struct map_req *map_query_async(const struct map *m, enum map_kind kind, const c
 	q->arg = arg;
 	q->kind = kind;
 	q->key = xstrdup(key);
-	if (!m->sql) {
+	if (!map_is_async(m)) {
 		q->result = map_query(m, kind, key, q->val, sizeof q->val, q->err, sizeof q->err);
 		ev_defer(loop, &q->d, req_cached, q);
 	} else if (cache_get((struct map *)m, kind, key, &q->result, q->val, sizeof q->val)) {

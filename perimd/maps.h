@@ -10,7 +10,10 @@
  *                or a ".cf" file naming one (dbpath, query).
  *   mysql:PATH   a ".cf" file: hosts, port, user, password, dbname, query,
  *                timeout, cache_ttl (MariaDB Connector/C).
- * sqlite: and mysql: maps are asynchronous (map_is_async): their lookups
+ *   ldap:PATH    a ".cf" file in the shape of Postfix's ldap_table(5)
+ *                (maps_ldap.h; OpenLDAP's libldap), asynchronous like
+ *                mysql:, with positive and negative cache TTLs.
+ * sqlite:, mysql: and ldap: maps are asynchronous (map_is_async): their lookups
  * run on jobs.h workers, over a small pool of connections per map, and the
  * answers are cached for cache_ttl. Queries take the key as bound
  * parameters: '%s' (the key), '%u' (its local part), '%d' (its domain).

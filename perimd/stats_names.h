@@ -73,6 +73,13 @@ STAT(grey_awl, COUNTER, "perimd_greylist_decisions_total", "result=\"auto_whitel
 STAT(grey_whitelisted, COUNTER, "perimd_greylist_decisions_total", "result=\"whitelisted\"", "")
 STAT(grey_db_errors, COUNTER, "perimd_greylist_db_errors_total", "", "greylist database calls that failed")
 
+/* LDAP maps (maps_ldap.c; open connections per server: the family perimd_ldap_connections) */
+STAT(ldap_found, COUNTER, "perimd_ldap_lookups_total", "result=\"found\"", "directory searches of ldap: maps by answer (cached answers and keys not eligible are not searched)")
+STAT(ldap_notfound, COUNTER, "perimd_ldap_lookups_total", "result=\"notfound\"", "")
+STAT(ldap_error, COUNTER, "perimd_ldap_lookups_total", "result=\"error\"", "")
+STAT(ldap_errors, COUNTER, "perimd_ldap_errors_total", "", "failed LDAP operations: connects, binds and searches (a lookup retried or failed over counts each)")
+
 /* Histograms */
 HIST(latency, "perimd_message_latency_seconds", "end to end: final dot received to reply sent")
 HIST(backend, "perimd_backend_transaction_seconds", "backend attempt that decided a message: connection taken to verdict")
+HIST(ldap_lookup, "perimd_ldap_lookup_seconds", "an ldap: map lookup of one key: pool, connects, failover and search")

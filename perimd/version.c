@@ -9,6 +9,9 @@
 #include <ares.h>
 #include <mysql.h>
 #include <sqlite3.h>
+#ifndef PERIMD_NO_LDAP
+#include <ldap.h>
+#endif
 
 /* version_print - see version.h. */
 void version_print(FILE *f)
@@ -16,7 +19,13 @@ void version_print(FILE *f)
 	const char *clam = scanner_version();
 	fprintf(f, "perimd %s\n", PERIMD_VERSION);
 	fprintf(f, "features: smtp pipelining 8bitmime smtputf8 dsn relay-pool starttls "
-		   "proxy-protocol sqlite mysql clamd%s\n", clam ? " libclamav" : "");
+		   "proxy-protocol sqlite mysql%s clamd%s\n",
+#ifndef PERIMD_NO_LDAP
+		   " ldap",
+#else
+		   "",
+#endif
+		   clam ? " libclamav" : "");
 #ifdef PERIMD_STATIC
 	fprintf(f, "build: static (musl)\n");
 #else
@@ -24,6 +33,22 @@ void version_print(FILE *f)
 #endif
 	fprintf(f, "bearssl\nc-ares %s\nsqlite %s\nmariadb-connector-c %s\n", ares_version(NULL),
 		sqlite3_libversion(), mysql_get_client_info());
+#ifndef PERIMD_NO_LDAP
+	{
+		LDAPAPIInfo api = { .ldapai_info_version = LDAP_API_INFO_VERSION };
+		if (ldap_get_option(NULL, LDAP_OPT_API_INFO, &api) == LDAP_OPT_SUCCESS) {
+			fprintf(f, "openldap %s %d\n", api.ldapai_vendor_name, api.ldapai_vendor_version);
+			ldap_memfree(api.ldapai_vendor_name);
+			if (api.ldapai_extensions) {
+				for (int i = 0; api.ldapai_extensions[i]; i++)
+					ldap_memfree(api.ldapai_extensions[i]);
+				ldap_memfree(api.ldapai_extensions);
+			}
+		}
+	}
+#else
+	fprintf(f, "libldap: not built in (ldap: maps refused)\n");
+#endif
 	if (clam)
 		fprintf(f, "libclamav %s\n", clam);
 	else

@@ -52,8 +52,15 @@ mkdir -p "$R"
 cp "$BIN" "$R/perimd"
 v=$(timeout 20 unshare -m -p -f chroot "$R" /perimd -V) || fail "-V in the empty chroot"
 grep -q '^build: static' <<<"$v" || fail "-V does not say static: $v"
-grep -q 'not built in' <<<"$v" || fail "-V does not say libclamav is absent: $v"
+grep -q '^libclamav: not built in' <<<"$v" || fail "-V does not say libclamav is absent: $v"
 grep -q '^features:.* clamd' <<<"$v" || fail "-V features: $v"
+# No libldap in the static builds (README): an ldap: map is refused by -t.
+grep -q '^libldap: not built in' <<<"$v" || fail "-V does not say libldap is absent: $v"
+printf 'server_host = ldap://127.0.0.1:1\n' >"$R/ldap.cf"
+printf 'relay_domains = example.com\nrelay_backends = 127.0.0.1:9\nmail_owner = 0\nrelay_recipient_maps = ldap:/ldap.cf\n' >"$R/ldap.conf"
+o=$(timeout 20 unshare -m -p -f chroot "$R" /perimd -t -c /ldap.conf 2>&1) && fail "-t accepted an ldap: map"
+grep -q 'ldap: maps are not built into this perimd' <<<"$o" || fail "-t on an ldap: map: $o"
+rm -f "$R/ldap.cf" "$R/ldap.conf"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)

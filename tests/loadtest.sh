@@ -16,7 +16,11 @@
 # sender-domain DNS, no per-client limit (every session comes from
 # 127.0.0.1). Virus scanning, DNSBL and the rest stay as you configured them,
 # so the figures include them. With LOADTEST_CHECKS=keep, set LOADTEST_RCPT
-# and LOADTEST_FROM to addresses your rules accept.
+# and LOADTEST_FROM to addresses your rules accept. With an ldap: map
+# kept this way, each step also prints the directory's share: LDAP
+# searches per second, their p50/p99 (perimd's histogram) and errors; give
+# the map's .cf cache_ttl = 0 and negative_cache_ttl = 0 (a copy of it) to
+# see the directory's worst case rather than perimd's cache.
 #
 # Knobs (environment):
 #   STEPS="1 10 50 100 200 500 1000"  concurrent sessions per step
@@ -157,6 +161,10 @@ for line in data.decode().splitlines():
         print(line.split('"')[1], line.rsplit(" ", 1)[1])
     elif sys.argv[2] == "relayed" and line.startswith("perimd_messages_relayed_total "):
         print(line.split()[1])
+    elif sys.argv[2] == "ldaphist" and line.startswith('perimd_ldap_lookup_seconds_bucket{le="'):
+        print(line.split('"')[1], line.rsplit(" ", 1)[1])
+    elif sys.argv[2] == "ldaperr" and line.startswith('perimd_ldap_lookups_total{result="error"}'):
+        print(line.split()[1])
 EOF
 }
 latency_hist() { metrics hist; }
@@ -192,6 +200,8 @@ for step in $STEPS; do
 	opts[1]=$step
 	opts[3]=$msgs
 	latency_hist >"$WORK/h0"
+	metrics ldaphist >"$WORK/l0"
+	le0=$(metrics ldaperr)
 	c0=$(cpu_ticks "$PID")
 	t0=$EPOCHREALTIME
 	rel0=$(relayed)
@@ -201,12 +211,20 @@ for step in $STEPS; do
 	t1=$EPOCHREALTIME
 	c1=$(cpu_ticks "$PID")
 	latency_hist >"$WORK/h1"
+	metrics ldaphist >"$WORK/l1"
+	le1=$(metrics ldaperr)
 	el=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
 	mps=$(fdiv "$msgs" "$el" %.0f)
 	rel=$(($(relayed) - rel0))
 	read -r p50 p99 <<<"$(quantiles "$WORK/h0" "$WORK/h1")"
 	printf '%-9s %9s %8s %8s %10s %10s %11s %9s\n' "$step" "$mps" "$rel" "$((msgs - rel))" "$p50" "$p99" \
 		"$(fdiv $(((c1 - c0) * 1000)) $((TICK * msgs)) %.3f)" "$(fdiv "$(rss_kb "$PID")" 1024 %.1f)"
+	# The directory's share, when ldap: maps searched during the step.
+	ln=$(($(awk 'END { print $2 + 0 }' "$WORK/l1") - $(awk 'END { print $2 + 0 }' "$WORK/l0")))
+	if [ "$ln" -gt 0 ]; then
+		read -r l50 l99 <<<"$(quantiles "$WORK/l0" "$WORK/l1")"
+		echo "  ldap: $(fdiv "$ln" "$el" %.0f) searches/s, p50 $l50, p99 $l99, $((${le1:-0} - ${le0:-0})) errors"
+	fi
 	if [ "$rc" -ne 0 ]; then
 		echo "  smtp-source ended with status $rc: $(tail -1 "$WORK/src.err")"
 		break

@@ -162,8 +162,10 @@ TEST(open_errors)
 {
 	CHECK(map_open("file:/nonexistent/map", err, sizeof err) == NULL);
 	CHECK_STR(err, "/nonexistent/map: cannot open: No such file or directory");
-	CHECK(map_open("ldap:/etc/perimd/x.cf", err, sizeof err) == NULL);
-	CHECK(strstr(err, "unknown map type \"ldap\"") != NULL);
+	CHECK(map_open("pgsql:/etc/perimd/x.cf", err, sizeof err) == NULL);
+	CHECK(strstr(err, "unknown map type \"pgsql\"") != NULL);
+	CHECK(map_open("ldap:/nonexistent/x.cf", err, sizeof err) == NULL);
+	CHECK(strstr(err, "/nonexistent/x.cf: cannot open") != NULL);
 	CHECK(map_open("sqlite:/nonexistent/x.sqlite", err, sizeof err) == NULL);
 	CHECK(map_open("mysql:/nonexistent/x.cf", err, sizeof err) == NULL);
 	CHECK(strstr(err, "/nonexistent/x.cf: cannot open") != NULL);
