@@ -167,8 +167,9 @@ def test_eviction_keeps_passed_and_awl(perimd_factory, sink):
     assert sq(p, "SELECT count(*) FROM awl") == 1
     m = tg.metrics(p)
     assert m["perimd_greylist_evicted_total"] == 3
-    # P is still trusted: any triplet passes.
-    assert rcpts(p, "127.0.0.9", ["new@example.com"], sender="x@other.example")[0][0] == 250
+    # P is still trusted: any triplet passes, past its quota too.
+    r = rcpts(p, "127.0.0.9", ["new%d@example.com" % i for i in range(4)], sender="x@other.example")
+    assert [x[0] for x in r] == [250] * 4, r
 
 
 def test_store_full_of_passed(perimd_factory, sink):
