@@ -144,17 +144,33 @@ static int my_cf_parse(struct my_store *s, const char *path, char *err, size_t e
 	return rc;
 }
 
-/* my_rows_init - the 'rows' row of grey_meta, counted once when missing. */
-static int my_rows_init(MYSQL *db, char *err, size_t errlen)
+/* my_exists - 1 when the query gives a row, 0 when not, -1 on error. */
+static int my_exists(MYSQL *db, const char *q)
 {
-	if (mysql_query(db, "SELECT 1 FROM grey_meta WHERE name = 'rows'"))
-		goto fail;
+	if (mysql_query(db, q))
+		return -1;
 	MYSQL_RES *res = mysql_store_result(db);
 	if (!res)
-		goto fail;
+		return -1;
 	int have = mysql_num_rows(res) > 0;
 	mysql_free_result(res);
-	if (!have && mysql_query(db, "INSERT IGNORE INTO grey_meta SELECT 'rows', COUNT(*) FROM grey"))
+	return have;
+}
+
+/* my_migrate - the net column on a grey table made before it (looked up
+ * first: an ALTER TABLE would wait for every open transaction on grey),
+ * and the 'rows' row of grey_meta, counted once when missing. */
+static int my_migrate(MYSQL *db, char *err, size_t errlen)
+{
+	int col = my_exists(db, "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA ="
+				" DATABASE() AND TABLE_NAME = 'grey' AND COLUMN_NAME = 'net'");
+	if (col < 0 ||
+	    (!col && mysql_query(db, "ALTER TABLE grey ADD COLUMN net BINARY(16) NULL, ADD KEY grey_net (net)") &&
+	     mysql_errno(db) != 1060))
+		goto fail;
+	int rows = my_exists(db, "SELECT 1 FROM grey_meta WHERE name = 'rows'");
+	if (rows < 0 ||
+	    (!rows && mysql_query(db, "INSERT IGNORE INTO grey_meta SELECT 'rows', COUNT(*) FROM grey")))
 		goto fail;
 	return 0;
 fail:
@@ -212,16 +228,9 @@ static int my_connect_to(struct my_store *s, int probe, char *err, size_t errlen
 				break;
 			}
 		}
-		/* Tables made before the net column get it (1060: it is
-		 * there); the row count starts as the table's. */
-		if (db && !probe && mysql_query(db, "ALTER TABLE grey ADD COLUMN net BINARY(16) NULL,"
-					  " ADD KEY grey_net (net)") &&
-		    mysql_errno(db) != 1060 && mysql_errno(db) != 1061) {
-			snprintf(err, errlen, "mysql: schema: %s", mysql_error(db));
-			mysql_close(db);
-			db = NULL;
-		}
-		if (db && !probe && my_rows_init(db, err, errlen) < 0) {
+		/* Tables made before the net column get it; the row count
+		 * starts as the table's. */
+		if (db && !probe && my_migrate(db, err, errlen) < 0) {
 			mysql_close(db);
 			db = NULL;
 		}

@@ -412,3 +412,36 @@ def test_mariadb_quota_and_eviction(perimd_factory, sink, mariadb, tmp_path):
         assert rc == 0 and "warning: greylist database" in err, err
     finally:
         mariadb.start()
+
+
+def test_mariadb_old_schema_gets_the_new_column(perimd_factory, sink, mariadb, tmp_path):
+    """A grey table made before the abuse bounds: the net column and the
+    row count are added at connect, the old rows are kept and counted."""
+    mariadb.sql("CREATE DATABASE greyold")
+    mariadb.sql("CREATE TABLE greyold.grey (k BINARY(16) NOT NULL PRIMARY KEY,"
+                " first BIGINT NOT NULL, last BIGINT NOT NULL, prev BIGINT NOT NULL,"
+                " passed TINYINT NOT NULL, expires BIGINT NOT NULL, KEY grey_expires (expires))"
+                " ENGINE=InnoDB")
+    mariadb.sql("INSERT INTO greyold.grey VALUES (X'00', 1, 1, 0, 1, 9000000000000000),"
+                " (X'01', 1, 1, 0, 0, 9000000000000000)")
+    cf = tmp_path / "old.cf"
+    cf.write_text("hosts = 127.0.0.1\nport = %d\nuser = root\npassword =\ndbname = greyold\n"
+                  % mariadb.port)
+    p = start(perimd_factory, sink, greylist_database="mysql:%s" % cf,
+              greylist_fail_action="tempfail", greylist_max_entries="3")
+    r = rcpts(p, "127.0.0.2", ["x@example.com"])[0]
+    assert r[0] == 451 and re.match(GREYLISTED, r[1]), r
+
+    def val(q):
+        out = subprocess.run(["mariadb", "--no-defaults", "-S", mariadb.sock, "-u", "root", "-N",
+                              "-B", "greyold", "-e", q], capture_output=True, timeout=30)
+        return out.stdout.decode().strip()
+    assert val("SELECT count(*) FROM grey WHERE net IS NOT NULL") == "1"
+    assert val("SELECT until FROM grey_meta WHERE name = 'rows'") == "3"
+    # Full at 3: an unpassed row goes (old or new), the old passed one stays.
+    r = rcpts(p, "127.0.0.2", ["y@example.com"])[0]
+    assert r[0] == 451 and re.match(GREYLISTED, r[1]), r
+    assert val("SELECT count(*) FROM grey") == "3"
+    assert val("SELECT count(*) FROM grey WHERE hex(k) = '%s' AND passed = 1" % ('0' * 32)) == "1"
+    assert val("SELECT count(*) FROM grey WHERE passed = 0") == "2"
+    assert tg.metrics(p)["perimd_greylist_evicted_total"] == 1
