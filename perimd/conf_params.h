@@ -111,6 +111,9 @@ PARAM(TIME, greylist_auto_whitelist_interval, "1h", 0, 0, NULL, "at most one acc
 PARAM(STR, greylist_whitelist_clients, "", 0, 0, NULL, "file of clients never greylisted (postgrey format: host name suffixes, /regex/, CIDR)")
 PARAM(STR, greylist_whitelist_recipients, "", 0, 0, NULL, "file of recipients never greylisted (postgrey format: user@, domain, user@domain, /regex/)")
 PARAM(ENUM, greylist_fail_action, "accept", 0, 0, "accept|tempfail", "when the greylist database fails: accept, or tempfail (451 4.3.0)")
+PARAM(INT, greylist_new_triplet_limit, "1000", 0, 100000000, NULL, "new triplets a client network (greylist_ipv4_netmask / greylist_ipv6_netmask) may create per greylist_new_triplet_interval; past it 451 4.7.1 (0 = no limit)")
+PARAM(TIME, greylist_new_triplet_interval, "1h", 1000, 0, NULL, "the window of greylist_new_triplet_limit")
+PARAM(INT, greylist_max_entries, "2000000", 0, 1000000000, NULL, "triplets the store holds at most; past it unpassed entries are evicted, over-quota networks' first (0 = no bound)")
 PARAM(STR, policy_listen, "", 0, 0, NULL, "address for the Postfix policy delegation protocol (check_policy_service), e.g. 127.0.0.1:2525; empty = none")
 
 /* Observability */

@@ -348,6 +348,21 @@ static void db_state(int failed, const char *err)
 		log_info("greylist database working again");
 }
 
+static int grey_store_full;   /* atomic */
+
+/* full_state - a new triplet found the store full (or not): one log line
+ * per change. Only passed triplets are left then: greylist_max_entries is
+ * too small for this site. */
+static void full_state(int full)
+{
+	int was = __atomic_exchange_n(&grey_store_full, full, __ATOMIC_ACQ_REL);
+	if (full && !was)
+		log_err("greylist database full of passed triplets (greylist_max_entries): new "
+			"triplets get 451 4.7.1 until entries expire");
+	else if (!full && was)
+		log_info("greylist database has room again");
+}
+
 /* now_ms - the wall clock in milliseconds. */
 static int64_t now_ms(void)
 {
@@ -464,12 +479,23 @@ static void answer_result(struct grey_op *op, struct grey_result *res)
 		res->outcome = GREY_AWL;
 		return;
 	}
+	if (a->evicted > 0)
+		stats_add(ST_grey_evicted, a->evicted);
 	if (a->state == GREY_PASS) {
 		cache_put(&op->q.triplet, until);
 		stats_inc(ST_grey_passed);
 		res->outcome = GREY_PASSED;
 		return;
 	}
+	if (a->state == GREY_OVER_QUOTA || a->state == GREY_FULL) {
+		res->outcome = GREY_LIMIT;
+		res->full = a->state == GREY_FULL;
+		stats_inc(res->full ? ST_grey_full : ST_grey_quota);
+		full_state(res->full);
+		return;
+	}
+	if (a->state == GREY_NEW)
+		full_state(0);
 	res->outcome = GREY_DEFER;
 	res->first = a->state == GREY_NEW;
 	int64_t left = a->first + op->q.delay - a->now;
@@ -536,6 +562,9 @@ int grey_decide(struct ev_loop *loop, const struct policy *pol, const char *clie
 	o->q.delay = c->greylist_delay;
 	o->q.max_age = c->greylist_max_age;
 	o->q.retention = c->greylist_retention;
+	o->q.new_limit = c->greylist_new_triplet_limit;
+	o->q.new_interval = c->greylist_new_triplet_interval;
+	o->q.max_entries = c->greylist_max_entries;
 	o->awl_count = (int)c->greylist_auto_whitelist_count;
 	o->tempfail = !strcmp(c->greylist_fail_action, "tempfail");
 	o->null_sender = !*sender;
@@ -571,6 +600,18 @@ static int result_verdict(const struct policy_req *r, const struct grey_result *
 		snprintf(v->reply, sizeof v->reply, "451 4.7.1 <%s>: greylisted, try again in %lld seconds",
 			 r->env->rcpt, (long long)res->wait);
 		v->rule = res->first ? "greylist" : "greylist_early";
+		return 1;
+	case GREY_LIMIT:
+		v->code = 451;
+		if (res->full)
+			snprintf(v->reply, sizeof v->reply,
+				 "451 4.7.1 <%s>: greylisting cannot take new entries now, try again later",
+				 r->env->rcpt);
+		else
+			snprintf(v->reply, sizeof v->reply,
+				 "451 4.7.1 <%s>: too many new greylisting entries from your network, "
+				 "try again later", r->env->rcpt);
+		v->rule = res->full ? "greylist_full" : "greylist_quota";
 		return 1;
 	case GREY_FAIL:
 		if (!res->tempfail)
@@ -672,6 +713,39 @@ void grey_accepted(struct ev_loop *loop, const struct policy *pol, const char *c
 	j->threshold = c->greylist_auto_whitelist_count;
 	j->cache_ttl = c->greylist_retention < GREY_CACHE_TTL ? c->greylist_retention : GREY_CACHE_TTL;
 	jobs_submit(loop, awl_work, awl_done, j);
+}
+
+/* ---- configuration check and start ---------------------------------------- */
+
+/* grey_check - see grey.h. */
+int grey_check(const struct conf *c, char *err, size_t errlen)
+{
+	if (!c->greylist)
+		return 0;
+	const char *spec = c->greylist_database;
+	if (!strncmp(spec, "sqlite:", 7))
+		return grey_sqlite_check(spec + 7, c->data_directory, err, errlen);
+	if (!strncmp(spec, "mysql:", 6)) {
+		char e[512];
+		if (grey_mysql_check(spec + 6, e, sizeof e) == 0)
+			return 0;
+		snprintf(err, errlen, "greylist_database: %s", e);
+		return -1;
+	}
+	snprintf(err, errlen, "greylist_database: %s: expected sqlite:PATH or mysql:FILE", spec);
+	return -1;
+}
+
+/* grey_announce - see grey.h. */
+void grey_announce(const struct conf *c)
+{
+	if (!c->greylist)
+		return;
+	log_info("greylisting: database %s; greylist_fail_action = %s (%s)", c->greylist_database,
+		 c->greylist_fail_action,
+		 !strcmp(c->greylist_fail_action, "tempfail")
+			 ? "while the database fails, recipients get 451 4.3.0"
+			 : "while the database fails, recipients are accepted without greylisting");
 }
 
 /* ---- whitelists of the policy snapshot ----------------------------------- */

@@ -56,7 +56,11 @@ void grey_net_key(const char *net, struct grey_key *k);
 
 /* ---- stores ------------------------------------------------------------ */
 
-enum grey_state { GREY_NEW, GREY_EARLY, GREY_PASS };
+/* GREY_OVER_QUOTA: the triplet is new and its client network already
+ * created new_limit new triplets this new_interval (nothing was stored);
+ * GREY_FULL: the store holds max_entries triplets and none could be evicted
+ * (nothing was stored). Both are answered 451, never a pass. */
+enum grey_state { GREY_NEW, GREY_EARLY, GREY_PASS, GREY_OVER_QUOTA, GREY_FULL };
 
 /* One decision: what the store is told and what it answers. Times are
  * milliseconds since the epoch; `now` is the caller's clock (a store with its own clock, such
@@ -64,11 +68,18 @@ enum grey_state { GREY_NEW, GREY_EARLY, GREY_PASS };
 struct grey_query {
 	struct grey_key triplet, net;
 	int64_t now, delay, max_age, retention;
+	/* Abuse bounds (0: none): new triplets per network per new_interval
+	 * ms, and triplets in the store. When a new triplet finds the store
+	 * full, unpassed entries are evicted: first those of networks that
+	 * went over their quota within max_age, then those never retried,
+	 * then any unpassed one; never a passed triplet or an awl row. */
+	int64_t new_limit, new_interval, max_entries;
 };
 struct grey_answer {
 	enum grey_state state;
 	int64_t first, now;    /* first sight of the triplet, store's clock */
 	int64_t awl_count;     /* the network's counted passes (0: none) */
+	int64_t evicted;       /* entries evicted to make room */
 };
 
 struct grey_store;
@@ -96,6 +107,17 @@ struct grey_store *grey_store_open(const char *spec, char *err, size_t errlen);
 struct grey_store *grey_sqlite_open(const char *path, char *err, size_t errlen);
 struct grey_store *grey_mysql_open(const char *cf_path, char *err, size_t errlen);
 
+/* grey_check - for -t and start: 0 when the store named by c can work
+ * (an SQLite file that can be opened or created, a well-formed mysql .cf),
+ * else -1 with err. Changes nothing on disk. A MySQL server that does not
+ * answer is only a warning (logged): an outage must not stop a restart. */
+int grey_check(const struct conf *c, char *err, size_t errlen);
+int grey_sqlite_check(const char *path, const char *made_dir, char *err, size_t errlen);
+int grey_mysql_check(const char *cf_path, char *err, size_t errlen);
+
+/* grey_announce - log, at start, the store and the fail action in force. */
+void grey_announce(const struct conf *c);
+
 /* ---- the engine -------------------------------------------------------- */
 
 enum grey_outcome {
@@ -105,6 +127,8 @@ enum grey_outcome {
 	GREY_PASSED,       /* triplet passed (now, or remembered) */
 	GREY_DEFER,        /* new or early: wait `wait` more seconds */
 	GREY_FAIL,         /* store failed; greylist_fail_action applies */
+	GREY_LIMIT,        /* over the network's new-triplet quota, or the
+			    * store full: 451 4.7.1, never a pass */
 };
 
 struct grey_result {
@@ -112,6 +136,7 @@ struct grey_result {
 	int64_t wait;      /* GREY_DEFER: seconds until a retry passes (>= 1) */
 	int first;         /* GREY_DEFER: first sight (else an early retry) */
 	int tempfail;      /* GREY_FAIL: greylist_fail_action = tempfail */
+	int full;          /* GREY_LIMIT: the store is full (else the quota) */
 };
 
 typedef void grey_done_fn(void *arg, const struct grey_result *res);

@@ -11,6 +11,7 @@
 #include "av.h"
 #include "conf.h"
 #include "ev.h"
+#include "grey.h"
 #include "jobs.h"
 #include "log.h"
 #include "maps.h"
@@ -420,7 +421,8 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	if (stats_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0) {
+	if (stats_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0 ||
+	    grey_check(c, err, sizeof err) < 0) {
 		fprintf(stderr, "perimd: %s\n", err);
 		policy_release(pol);
 		return 1;
@@ -510,6 +512,7 @@ int main(int argc, char **argv)
 			fatal("cannot start io thread");
 	log_info("perimd %s started: %d io threads, listening on %d address(es)", PERIMD_VERSION,
 		 nthreads, c->smtpd_listen.n);
+	grey_announce(c);
 	stats_health_set(STATS_UP);
 
 	for (;;) {

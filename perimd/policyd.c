@@ -116,6 +116,11 @@ void policyd_action(const struct grey_result *res, const char *rcpt, char *out, 
 	case GREY_PASSED:
 		snprintf(out, outlen, "action=PREPEND X-Greylist: passed greylisting (perimd)");
 		break;
+	case GREY_LIMIT:
+		snprintf(out, outlen, "action=DEFER_IF_PERMIT 4.7.1 <%s>: %s, try again later", rcpt,
+			 res->full ? "greylisting cannot take new entries now"
+				   : "too many new greylisting entries from your network");
+		break;
 	case GREY_FAIL:
 		if (res->tempfail) {
 			snprintf(out, outlen, "action=DEFER_IF_PERMIT 4.3.0 greylisting temporarily unavailable");

@@ -71,6 +71,9 @@ STAT(grey_early, COUNTER, "perimd_greylist_decisions_total", "result=\"early\"",
 STAT(grey_passed, COUNTER, "perimd_greylist_decisions_total", "result=\"passed\"", "")
 STAT(grey_awl, COUNTER, "perimd_greylist_decisions_total", "result=\"auto_whitelisted\"", "")
 STAT(grey_whitelisted, COUNTER, "perimd_greylist_decisions_total", "result=\"whitelisted\"", "")
+STAT(grey_quota, COUNTER, "perimd_greylist_decisions_total", "result=\"over_quota\"", "")
+STAT(grey_full, COUNTER, "perimd_greylist_decisions_total", "result=\"store_full\"", "")
+STAT(grey_evicted, COUNTER, "perimd_greylist_evicted_total", "", "unpassed greylist entries evicted to keep the store under greylist_max_entries")
 STAT(grey_db_errors, COUNTER, "perimd_greylist_db_errors_total", "", "greylist database calls that failed")
 
 /* LDAP maps (maps_ldap.c; open connections per server: the family perimd_ldap_connections) */

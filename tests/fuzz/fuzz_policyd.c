@@ -52,8 +52,9 @@ static void check_req(const char *buf, size_t len, const struct policyd_req *r, 
 	    memcmp(&r2, r, sizeof r2) != 0)
 		abort();
 	static const struct grey_result results[] = {
-		{ GREY_DEFER, 300, 1, 0 }, { GREY_PASSED, 0, 0, 0 },
-		{ GREY_FAIL, 0, 0, 1 }, { GREY_FAIL, 0, 0, 0 }, { GREY_OFF, 0, 0, 0 },
+		{ GREY_DEFER, 300, 1, 0, 0 }, { GREY_PASSED, 0, 0, 0, 0 },
+		{ GREY_FAIL, 0, 0, 1, 0 }, { GREY_FAIL, 0, 0, 0, 0 }, { GREY_OFF, 0, 0, 0, 0 },
+		{ GREY_LIMIT, 0, 0, 0, 0 }, { GREY_LIMIT, 0, 0, 0, 1 },
 	};
 	for (size_t i = 0; i < sizeof results / sizeof results[0]; i++) {
 		char out[1024];

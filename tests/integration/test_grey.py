@@ -182,8 +182,20 @@ def test_whitelist_files_and_reload(perimd_factory, sink, tmp_path):
 
 @pytest.mark.parametrize("action", ["tempfail", "accept"])
 def test_database_failure(perimd_factory, sink, action):
-    p = start(perimd_factory, sink, greylist_database="sqlite:/nonexistent-dir/grey.db",
-              greylist_fail_action=action)
+    # A path that cannot be opened stops the start (test_grey_abuse.py):
+    # here the file becomes a directory under the running perimd.
+    p = start(perimd_factory, sink, greylist_fail_action=action)
+    assert rcpt(p, "127.0.0.2", to="first@example.com")[0] == 451
+    db = os.path.join(p.params["data_directory"], "greylist.db")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db + suffix):
+            os.unlink(db + suffix)
+    os.mkdir(db)
+    n = iter(range(1000))
+    want = (451, "4.3.0") if action == "tempfail" else (250, "2.")
+    assert wait_for(lambda: rcpt(p, "127.0.1.2", to="x%d@example.com" % next(n))[:1] == want[:1]
+                    and "greylist database failing" in p.log_text(), timeout=15)
+    time.sleep(1.1)   # every worker's connection looks at the path once a second
     for _ in range(3):
         r = rcpt(p, "127.0.0.2")
         if action == "tempfail":

@@ -2,11 +2,15 @@
  * test_grey.c - greylisting: sender normalisation, netmask grouping, keys,
  * the store's state machine on SQLite :memory: with a fake clock (new,
  * early, pass, expired, retention, auto-whitelist with its interval and
- * expiry), and the postgrey-format whitelists (whole and line by line).
+ * expiry), the abuse bounds (the new-triplet quota per network, eviction
+ * order under the size bound, a database file deleted under the store),
+ * and the postgrey-format whitelists (whole and line by line).
  */
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "grey.h"
@@ -244,6 +248,247 @@ TEST(test_wal)
 	CHECK(grey_store_open("postgres:x", err, sizeof err) == NULL);
 }
 
+/* qcheck - one decision from net at fake time t with the abuse bounds. */
+static enum grey_state qcheck(struct grey_store *st, const char *netname, const char *rcpt, int64_t t,
+			      int64_t limit, int64_t max, struct grey_answer *a)
+{
+	struct grey_query q = { .now = t, .delay = DELAY, .max_age = MAXAGE, .retention = RETAIN,
+				.new_limit = limit, .new_interval = 3600 * S, .max_entries = max };
+	char err[256];
+	grey_triplet_key(netname, "a@x.example", rcpt, &q.triplet);
+	grey_net_key(netname, &q.net);
+	memset(a, 0, sizeof *a);
+	CHECK_INT(st->ops->check(st, &q, a, err, sizeof err), 0);
+	return a->state;
+}
+
+/* db_count - one count(*) over the file (a second connection). */
+static int64_t db_count(const char *path, const char *sql)
+{
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	int64_t n = -1;
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+		if (sqlite3_step(st) == SQLITE_ROW)
+			n = sqlite3_column_int64(st, 0);
+		sqlite3_finalize(st);
+	}
+	sqlite3_close(db);
+	return n;
+}
+
+/* temp_db - a fresh path for a database file (none there yet). */
+static void temp_db(char *path, size_t len, const char *name)
+{
+	snprintf(path, len, "/tmp/test_grey_%s_%d.db", name, (int)getpid());
+	unlink(path);
+}
+
+/* rm_db - the file and its WAL companions. */
+static void rm_db(const char *path)
+{
+	char p[300];
+	unlink(path);
+	snprintf(p, sizeof p, "%s-wal", path);
+	unlink(p);
+	snprintf(p, sizeof p, "%s-shm", path);
+	unlink(p);
+}
+
+/* test_quota - new triplets per network per interval; known triplets and
+ * other networks are not affected; nothing is stored past the quota. */
+TEST(test_quota)
+{
+	char err[256], path[128];
+	temp_db(path, sizeof path, "quota");
+	struct grey_store *st = grey_sqlite_open(path, err, sizeof err);
+	CHECK(st != NULL);
+	if (!st)
+		return;
+	struct grey_answer a;
+	int64_t t0 = 1700000000 * S, hour = 3600 * S;
+	const char *A = "192.0.2.0/24", *B = "198.51.100.0/24";
+	CHECK_INT(qcheck(st, A, "r1@example.com", t0, 3, 0, &a), GREY_NEW);
+	CHECK_INT(qcheck(st, A, "r2@example.com", t0 + 1, 3, 0, &a), GREY_NEW);
+	CHECK_INT(qcheck(st, A, "r3@example.com", t0 + 2, 3, 0, &a), GREY_NEW);
+	CHECK_INT(qcheck(st, A, "r4@example.com", t0 + 3, 3, 0, &a), GREY_OVER_QUOTA);
+	CHECK_INT(qcheck(st, A, "r5@example.com", t0 + 4, 3, 0, &a), GREY_OVER_QUOTA);
+	/* Refused triplets were not stored: still refused, not "early". */
+	CHECK_INT(qcheck(st, A, "r4@example.com", t0 + 5, 3, 0, &a), GREY_OVER_QUOTA);
+	CHECK_INT(db_count(path, "SELECT count(*) FROM grey"), 3);
+	CHECK_INT(db_count(path, "SELECT v FROM grey_meta WHERE name = 'rows'"), 3);
+	/* Known triplets go on as before: early, then pass. */
+	CHECK_INT(qcheck(st, A, "r1@example.com", t0 + 10 * S, 3, 0, &a), GREY_EARLY);
+	CHECK_INT(qcheck(st, A, "r1@example.com", t0 + DELAY, 3, 0, &a), GREY_PASS);
+	/* Another network has its own quota. */
+	CHECK_INT(qcheck(st, B, "r4@example.com", t0 + 6, 3, 0, &a), GREY_NEW);
+	/* Next window: three more. */
+	CHECK_INT(qcheck(st, A, "r4@example.com", t0 + hour - 1, 3, 0, &a), GREY_OVER_QUOTA);
+	CHECK_INT(qcheck(st, A, "r4@example.com", t0 + hour, 3, 0, &a), GREY_NEW);
+	CHECK_INT(qcheck(st, A, "r5@example.com", t0 + hour + 1, 3, 0, &a), GREY_NEW);
+	/* Limit 0: no quota. */
+	for (int i = 0; i < 10; i++) {
+		char r[64];
+		snprintf(r, sizeof r, "many%d@example.com", i);
+		CHECK_INT(qcheck(st, B, r, t0 + 7 + i, 0, 0, &a), GREY_NEW);
+	}
+	/* Expiry removes the quota rows with the rest. */
+	CHECK(db_count(path, "SELECT count(*) FROM gnet") >= 2);
+	CHECK(st->ops->expire(st, t0 + 10 * MAXAGE, 1000, err, sizeof err) >= 0);
+	CHECK_INT(db_count(path, "SELECT count(*) FROM gnet"), 0);
+	CHECK_INT(db_count(path, "SELECT v FROM grey_meta WHERE name = 'rows'"),
+		  db_count(path, "SELECT count(*) FROM grey"));
+	st->ops->close(st);
+	rm_db(path);
+}
+
+/* test_evict - under the size bound: over-quota networks' unpassed rows
+ * first, then never retried ones, then any unpassed; never a passed
+ * triplet or an auto-whitelist row; full when only those are left. */
+TEST(test_evict)
+{
+	char err[256], path[128];
+	temp_db(path, sizeof path, "evict");
+	struct grey_store *st = grey_sqlite_open(path, err, sizeof err);
+	CHECK(st != NULL);
+	if (!st)
+		return;
+	struct grey_answer a;
+	int64_t t0 = 1700000000 * S, cnt = 0;
+	const char *P = "203.0.113.0/24", *A = "192.0.2.0/24", *B = "198.51.100.0/24",
+		   *C = "10.1.0.0/24", *D = "10.2.0.0/24";
+	const int64_t L = 3, M = 6;
+	/* P: a passed triplet and an auto-whitelist row. */
+	CHECK_INT(qcheck(st, P, "p@example.com", t0, L, M, &a), GREY_NEW);
+	CHECK_INT(qcheck(st, P, "p@example.com", t0 + DELAY, L, M, &a), GREY_PASS);
+	struct grey_key pn;
+	grey_net_key(P, &pn);
+	CHECK_INT(st->ops->awl_pass(st, &pn, t0 + DELAY, 0, RETAIN, &cnt, err, sizeof err), 0);
+	/* A: over its quota (three rows stored). */
+	for (int i = 0; i < 4; i++) {
+		char r[64];
+		snprintf(r, sizeof r, "a%d@example.com", i);
+		CHECK_INT(qcheck(st, A, r, t0 + 1 + i, L, M, &a), i < 3 ? GREY_NEW : GREY_OVER_QUOTA);
+	}
+	/* B: one retried (early), one never retried. */
+	CHECK_INT(qcheck(st, B, "b1@example.com", t0 + 10, L, M, &a), GREY_NEW);
+	CHECK_INT(qcheck(st, B, "b1@example.com", t0 + 20, L, M, &a), GREY_EARLY);
+	CHECK_INT(qcheck(st, B, "b2@example.com", t0 + 30, L, M, &a), GREY_NEW);
+	CHECK_INT(db_count(path, "SELECT count(*) FROM grey"), 6);
+	/* Full: each new triplet of C evicts one of A's rows, none else. */
+	for (int i = 0; i < 3; i++) {
+		char r[64];
+		snprintf(r, sizeof r, "c%d@example.com", i);
+		CHECK_INT(qcheck(st, C, r, t0 + 40 + i, L, M, &a), GREY_NEW);
+		CHECK_INT(a.evicted, 1);
+		CHECK_INT(db_count(path, "SELECT count(*) FROM grey"), 6);
+		CHECK_INT(db_count(path, "SELECT count(*) FROM grey WHERE prev = 0 AND passed = 0 AND"
+					 " net = (SELECT net FROM grey WHERE prev > 0 AND passed = 0)"), 1);
+	}
+	char sql[256];
+	struct grey_key an;
+	grey_net_key(A, &an);
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM grey WHERE hex(net) = '");
+	for (int i = 0; i < 16; i++)
+		snprintf(sql + strlen(sql), sizeof sql - strlen(sql), "%02X", an.b[i]);
+	strcat(sql, "'");
+	CHECK_INT(db_count(path, sql), 0);
+	/* Then the never retried ones (b2, c0..c2), not b1 (retried). */
+	for (int i = 0; i < 4; i++) {
+		char r[64];
+		snprintf(r, sizeof r, "d%d@example.com", i);
+		CHECK_INT(qcheck(st, i < 2 ? D : P, r, t0 + 50 + i, L, M, &a), GREY_NEW);
+		CHECK_INT(a.evicted, 1);
+		/* b1 and the passed triplet stay while never-retried rows remain. */
+		CHECK_INT(db_count(path, "SELECT count(*) FROM grey WHERE prev > 0"), 2);
+	}
+	/* Only b1 is unpassed and retried among the old rows; next, rows
+	 * never retried are the new ones (d0..d3): they go before b1. */
+	CHECK_INT(db_count(path, "SELECT count(*) FROM grey WHERE passed = 1"), 1);
+	/* With the bound at 1, every unpassed row goes, the passed one and
+	 * the auto-whitelist row stay, and the new triplet finds it full. */
+	CHECK_INT(qcheck(st, D, "last@example.com", t0 + 60, 0, 1, &a), GREY_FULL);
+	CHECK_INT(a.evicted, 5);
+	CHECK_INT(db_count(path, "SELECT count(*) FROM grey"), 1);
+	CHECK_INT(db_count(path, "SELECT count(*) FROM grey WHERE passed = 1"), 1);
+	CHECK_INT(db_count(path, "SELECT count(*) FROM awl"), 1);
+	CHECK_INT(qcheck(st, D, "last@example.com", t0 + 61, 0, 1, &a), GREY_FULL);
+	CHECK_INT(a.evicted, 0);
+	CHECK_INT(qcheck(st, P, "p@example.com", t0 + 62, 0, 1, &a), GREY_PASS);
+	CHECK_INT(a.awl_count, 1);
+	/* The row count follows deletions made by hand (triggers). */
+	sqlite3 *db;
+	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+	CHECK(sqlite3_exec(db, "DELETE FROM grey", NULL, NULL, NULL) == SQLITE_OK);
+	sqlite3_close(db);
+	CHECK_INT(db_count(path, "SELECT v FROM grey_meta WHERE name = 'rows'"), 0);
+	CHECK_INT(qcheck(st, D, "last@example.com", t0 + 63, 0, 1, &a), GREY_NEW);
+	st->ops->close(st);
+	rm_db(path);
+}
+
+/* test_reopen - a database file deleted under an open store is noticed
+ * (within a second) and created anew; one made by an older perimd gets
+ * the new column. */
+TEST(test_reopen)
+{
+	char err[256], path[128];
+	temp_db(path, sizeof path, "reopen");
+	struct grey_store *st = grey_sqlite_open(path, err, sizeof err);
+	CHECK(st != NULL);
+	if (!st)
+		return;
+	struct grey_answer a;
+	CHECK_INT(check_at(st, "r@example.com", 1000, &a), GREY_NEW);
+	CHECK_INT(check_at(st, "r@example.com", 2000, &a), GREY_EARLY);
+	rm_db(path);
+	/* The path is looked at once a second at most. */
+	usleep(1100 * 1000);
+	CHECK_INT(check_at(st, "r@example.com", 3000, &a), GREY_NEW);
+	struct stat sb;
+	CHECK(stat(path, &sb) == 0);
+	CHECK_INT(db_count(path, "SELECT count(*) FROM grey"), 1);
+	st->ops->close(st);
+	rm_db(path);
+	/* A file of the old schema (no net column, no row count). */
+	sqlite3 *db;
+	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+	CHECK(sqlite3_exec(db, "CREATE TABLE grey (k BLOB PRIMARY KEY, first INTEGER NOT NULL,"
+			       " last INTEGER NOT NULL, prev INTEGER NOT NULL, passed INTEGER NOT NULL,"
+			       " expires INTEGER NOT NULL) WITHOUT ROWID;"
+			       "INSERT INTO grey VALUES (x'00', 1, 1, 0, 1, 9e15), (x'01', 1, 1, 0, 0, 9e15);",
+			       NULL, NULL, NULL) == SQLITE_OK);
+	sqlite3_close(db);
+	st = grey_sqlite_open(path, err, sizeof err);
+	CHECK(st != NULL);
+	if (st) {
+		CHECK_INT(db_count(path, "SELECT v FROM grey_meta WHERE name = 'rows'"), 2);
+		CHECK_INT(qcheck(st, "192.0.2.0/24", "n@example.com", 5000, 10, 2, &a), GREY_NEW);
+		CHECK_INT(a.evicted, 1);
+		CHECK_INT(db_count(path, "SELECT count(*) FROM grey WHERE k = x'00'"), 1);
+		st->ops->close(st);
+	}
+	rm_db(path);
+	/* -t: looked at, never written. */
+	CHECK_INT(grey_sqlite_check("/nonexistent-dir/x.db", NULL, err, sizeof err), -1);
+	CHECK(strstr(err, "cannot be created: /nonexistent-dir") != NULL);
+	CHECK_INT(grey_sqlite_check("/nonexistent-dir/x.db", "/nonexistent-dir", err, sizeof err), 0);
+	CHECK_INT(grey_sqlite_check("/tmp", NULL, err, sizeof err), -1);
+	CHECK(strstr(err, "not a regular file") != NULL);
+	CHECK_INT(grey_sqlite_check(path, NULL, err, sizeof err), 0);
+	CHECK(stat(path, &sb) < 0);   /* not created by the check */
+	FILE *f = fopen(path, "w");
+	CHECK(f != NULL);
+	if (f) {
+		fputs("this is not a database at all\n", f);
+		fclose(f);
+	}
+	CHECK_INT(grey_sqlite_check(path, NULL, err, sizeof err), -1);
+	CHECK(strstr(err, "not an SQLite database") != NULL);
+	rm_db(path);
+}
+
 static const char wl_text[] =
 	"# comment\n"
 	"\n"
@@ -479,6 +724,14 @@ TEST(test_policyd_parse)
 	g.tempfail = 1;
 	policyd_action(&g, "b@example.com", out, sizeof out);
 	CHECK(!strncmp(out, "action=DEFER_IF_PERMIT 4.3.0", 28));
+	/* Over quota or full: deferred, never DUNNO. */
+	struct grey_result q = { .outcome = GREY_LIMIT };
+	policyd_action(&q, "b@example.com", out, sizeof out);
+	CHECK_STR(out, "action=DEFER_IF_PERMIT 4.7.1 <b@example.com>: too many new greylisting entries "
+		       "from your network, try again later");
+	q.full = 1;
+	policyd_action(&q, "b@example.com", out, sizeof out);
+	CHECK(!strncmp(out, "action=DEFER_IF_PERMIT 4.7.1", 28));
 }
 
 int main(void)
@@ -489,6 +742,9 @@ int main(void)
 	RUN(test_states);
 	RUN(test_awl);
 	RUN(test_wal);
+	RUN(test_quota);
+	RUN(test_evict);
+	RUN(test_reopen);
 	RUN(test_whitelist);
 	RUN(test_policyd_parse);
 	return t_done();
