@@ -119,10 +119,11 @@ def test_long_ehlo_keeps_keywords(perimd_factory, hostile):
         and "SIZE=" in mail[0], mail
     assert b.messages[0]["data"].endswith(BODY8)
     assert sum(len(x) for x in b.raw[0]) > 0
-    # and a second message on the pooled connection still has them
+    # and a second message (pooled connection or a new one: another loop's
+    # pool, or the first still in RSET) still has them
     r, _ = send(p.port, body=BODY8, mail_params=" BODY=8BITMIME")
     expect(r, 250, "2.0.0")
-    assert b.connections == 1 and "BODY=8BITMIME" in b.commands_of("MAIL")[1]
+    assert "BODY=8BITMIME" in b.commands_of("MAIL")[1]
 
 
 def test_ehlo_over_bound_fails_over(perimd_factory, hostile):
