@@ -52,6 +52,7 @@
 #include "verify.h"
 
 static void req_next_target(struct relay_req *r);
+static void req_capmiss_final(struct relay_req *r);
 static void req_acquire(struct relay_req *r);
 static void pool_kick(void *arg);
 static void rl_maybe_free(struct relay_loop *rl);
@@ -533,6 +534,34 @@ void req_set(struct relay_req *r, int code, const char *enh,
 	va_end(ap);
 }
 
+/* req_who - how a reply to the client names the backend: "" (the backend's
+ * address stays in the log: issue 13, internal addresses are not told to
+ * the internet), or " 10.1.1.5:25" with relay_reply_show_backend. */
+const char *req_who(const struct relay_req *r)
+{
+	struct relay_req *w = (struct relay_req *)r;
+
+	w->who[0] = '\0';
+	if (r->dest && r->msg->conf->relay_reply_show_backend)
+		snprintf(w->who, sizeof(w->who), " %s", r->dest->name);
+	return w->who;
+}
+
+/* relay_class_ok - is a reply of this class due in this state? RFC 5321
+ * §4.2.1 / §4.3.2: 354 (3yz) only to DATA, which has no 2yz; 1yz never
+ * (no SMTP command here asks for a preliminary reply). Anything else is a
+ * backend out of step with the dialogue. */
+int relay_class_ok(enum bstate st, int code)
+{
+	int cls = code / 100;
+
+	if (cls == 4 || cls == 5)
+		return 1;
+	if (st == B_DATA)
+		return cls == 3;
+	return cls == 2;
+}
+
 /* req_pass_on - the backend's reply, for the client: its code and enhanced
  * code (added when missing), a 421 turned into 451 4.4.2 (421 obliges us
  * to close, which the client must not take as ours, RFC 5321 §3.8). */
@@ -542,7 +571,7 @@ void req_pass_on(struct relay_req *r, const struct smtp_reply *rep,
 	char enh[16];
 
 	if (rep->code == 421) {
-		req_set(r, 451, "4.4.2", "backend %s said: %s", r->dest->name, said);
+		req_set(r, 451, "4.4.2", "backend%s said: %s", req_who(r), said);
 		return;
 	}
 	if (rep->enh[0] && rep->enh[0] == '0' + rep->code / 100)
@@ -551,7 +580,7 @@ void req_pass_on(struct relay_req *r, const struct smtp_reply *rep,
 		relay_copy_str(enh, sizeof(enh), default_enh);
 	else
 		snprintf(enh, sizeof(enh), "%d.0.0", rep->code / 100);
-	req_set(r, rep->code, enh, "backend %s said: %s", r->dest->name, said);
+	req_set(r, rep->code, enh, "backend%s said: %s", req_who(r), said);
 }
 
 /* req_log - one line per delivery attempt outcome. */
@@ -589,7 +618,9 @@ static void req_free(struct relay_req *r)
  * detached or handed on) and free the request. */
 void req_finish(struct relay_req *r)
 {
-	if (r->res.backend[0] == '\0' && r->dest)
+	/* The backend that answered last: after a failover, the one that
+	 * took (or last refused) the message, not the first that failed. */
+	if (r->dest)
 		relay_copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
 	stats_observe_since(SH_backend, r->t_attempt, ev_now(r->rl->loop));
 	r->in_done = 1;
@@ -749,6 +780,7 @@ static int bconn_open(struct pool *p, struct relay_req *r)
 	if (!b->c) {
 		snprintf(r->last_error, sizeof(r->last_error), "backend %s: socket: %s",
 			 p->dest->name, strerror(errno));
+		snprintf(r->last_why, sizeof(r->last_why), "socket: %s", strerror(errno));
 		b->req = NULL;
 		bconn_free(b);
 		return -1;
@@ -772,8 +804,8 @@ void bconn_fail(struct bconn *b, const char *why)
 		snprintf(r->res.backend_reply, sizeof(r->res.backend_reply),
 			 "%s after end of data", why);
 		req_set(r, 451, "4.4.2",
-			"no reply from backend %s after end of data; not retried",
-			r->dest->name);
+			"no reply from backend%s after end of data; not retried",
+			req_who(r));
 		req_end(r, 0, "deferred", r->res.backend_reply);
 		return;
 	}
@@ -853,7 +885,12 @@ static void req_wait_timeout(void *arg)
 	struct relay_req *r = arg;
 	char text[300];
 
-	snprintf(text, sizeof(text), "no backend connection available (%s)", r->dest->name);
+	if (r->msg->conf->relay_reply_show_backend)
+		snprintf(text, sizeof(text), "no backend connection available (%s)", r->dest->name);
+	else
+		snprintf(text, sizeof(text), "no backend connection available");
+	log_info("%s: backend %s: no connection free within relay_pool_wait",
+		 r->msg->id ? r->msg->id : "-", r->dest->name);
 	stats_inc(ST_pool_timeouts);
 	req_fail(r, 451, "4.4.5", text);
 }
@@ -949,12 +986,45 @@ static void dest_post_cb(void *arg)
 	free(dp);
 }
 
+/* req_capmiss - the backend lacks an extension the message needs (RFC 6531
+ * §3.4: no SMTPUTF8 downgrade; RFC 6152 §3: 8-bit content only with
+ * 8BITMIME): its connection is clean, so it goes back to the pool, and the
+ * next backend is tried; refused only when none can take it. */
+void req_capmiss(struct relay_req *r, unsigned need)
+{
+	const char *what = need & SMTP_CAP_SMTPUTF8 ? "SMTPUTF8" : "8BITMIME";
+	char why[100];
+
+	r->capmiss |= need;
+	snprintf(why, sizeof(why), "backend does not support %s; trying the next backend", what);
+	req_log(r, "skipped", why);
+	req_detach(r, 1);
+	req_next_target(r);
+}
+
+/* req_capmiss_final - every backend reached lacked what the message needs. */
+static void req_capmiss_final(struct relay_req *r)
+{
+	char why[100];
+
+	if (r->capmiss & SMTP_CAP_SMTPUTF8)
+		req_set(r, 553, "5.6.7", "SMTPUTF8 message, and no backend supports SMTPUTF8");
+	else
+		req_set(r, 554, "5.6.3", "8-bit message, and no backend supports 8BITMIME");
+	snprintf(why, sizeof(why), "no backend supports %s",
+		 r->capmiss & SMTP_CAP_SMTPUTF8 ? "SMTPUTF8" : "8BITMIME");
+	relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), why);
+	req_log(r, "bounced", why);
+	req_finish(r);
+}
+
 /* req_failover - this backend failed before accepting the body: log, close,
  * and replay to the next one (DESIGN.md "Data integrity rules"). */
 void req_failover(struct relay_req *r, const char *why)
 {
 	snprintf(r->last_error, sizeof(r->last_error), "backend %s: %s",
 		 r->dest->name, why);
+	relay_copy_str(r->last_why, sizeof(r->last_why), why);
 	relay_copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
 	relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), why);
 	req_log(r, "failover", why);
@@ -983,22 +1053,29 @@ static void req_next_target(struct relay_req *r)
 			r->mx = NULL;
 			r->target++;
 		}
+		const char *last = r->msg->conf->relay_reply_show_backend ? r->last_error
+									  : r->last_why;
+
 		if (ev_now(r->rl->loop) >= r->msg->deadline) {
 			char text[400];
 
 			snprintf(text, sizeof(text), "time limit reached%s%s",
-				 r->last_error[0] ? "; " : "", r->last_error);
+				 last[0] ? "; " : "", last);
 			req_fail(r, 451, "4.4.1", text);
 			return;
 		}
 		if (!t && (!l || r->target >= l->n)) {
 			char text[400];
 
+			if (r->capmiss && !r->last_error[0]) {
+				req_capmiss_final(r);
+				return;
+			}
 			if (!l || l->n == 0)
 				snprintf(text, sizeof(text), "no backend configured");
 			else
 				snprintf(text, sizeof(text), "no backend accepted the message: %s",
-					 r->last_error[0] ? r->last_error : "none usable");
+					 last[0] ? last : "none usable");
 			req_fail(r, 451, "4.4.1", text);
 			return;
 		}
@@ -1018,6 +1095,7 @@ static void req_next_target(struct relay_req *r)
 			return;
 		}
 		snprintf(r->last_error, sizeof(r->last_error), "backend %s: %s", t, why);
+		snprintf(r->last_why, sizeof(r->last_why), "backend not usable: %s", why);
 		log_warn("%s: skipping backend %s: %s", r->msg->id, t, why);
 	}
 }
@@ -1030,7 +1108,11 @@ static void req_mx_done(void *arg, struct dnsmx_list *mx)
 
 	r->mxq = NULL;
 	if (mx->why[0] && mx->n == 0) {
+		const char *colon = strstr(mx->why, ": ");
+
 		snprintf(r->last_error, sizeof(r->last_error), "backend %.280s", mx->why);
+		snprintf(r->last_why, sizeof(r->last_why), "backend host: %.280s",
+			 colon ? colon + 2 : mx->why);
 		log_warn("%s: skipping backend %s", r->msg->id, mx->why);
 	}
 	r->mx = mx;

@@ -8,8 +8,12 @@
  * when the backend offers PIPELINING), sends the body dot-stuffed, and
  * calls done() with the outcome to give the client. A backend that is
  * unreachable or fails before it accepted the body is replaced by the next
- * one with a full replay; once the final dot went out the message is never
- * sent again. All of it finishes before msg->deadline.
+ * one with a full replay; so is one that lacks 8BITMIME or SMTPUTF8 for a
+ * message that needs it (refused only when every backend lacks it), or
+ * that answers with a reply of the wrong class. Once the final dot went
+ * out the message is never sent again. All of it finishes before
+ * msg->deadline. Replies for the client name no backend address unless
+ * relay_reply_show_backend is set; the log always does.
  *
  * Pools: one per backend address per loop for idle connections; the
  * relay_destination_concurrency_limit is process-wide (atomic count).

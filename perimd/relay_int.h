@@ -94,6 +94,8 @@ struct bconn {
 	enum bstate state;
 	unsigned caps;
 	int tls;                      /* STARTTLS done (RFC 3207) */
+	size_t rseen;                 /* input bytes already seen to hold no
+					 complete reply (a long one in bits) */
 	int ntxn;                     /* transactions started on it */
 	int slot;                     /* holds one of dest->open */
 	uint64_t idle_ms;             /* relay_idle_timeout of its last user */
@@ -122,10 +124,13 @@ struct relay_req {
 	struct smtp_reply refusal;    /* the first refused RCPT's reply */
 	int naccept, first_refused;
 	uint64_t body_off;
-	int body_lstart;
+	struct smtp_stuff stuff;      /* dot-stuffing and smtp_line_length_limit */
+	unsigned capmiss;             /* SMTP_CAP_* a skipped backend lacked */
 	char *scratch;                /* RELAY_CHUNK in + 2 * RELAY_CHUNK out */
 	uint64_t t_start, t_attempt;
-	char last_error[300];
+	char last_error[300];         /* for the log: "backend X: why" */
+	char last_why[300];           /* the same without X, for the client */
+	char who[INET6_ADDRSTRLEN + 20]; /* req_who()'s answer */
 	int in_done;
 	struct dnsmx_req *mxq;        /* a host-name backend being resolved */
 	struct dnsmx_list *mx;        /* its addresses, tried before the next entry */
@@ -144,6 +149,9 @@ void relay_copy_str(char *dst, size_t dstlen, const char *src);
 void relay_queue_id_parse(const char *text, char *out, size_t outlen);
 uint64_t req_remaining(struct relay_req *r, uint64_t stage);
 void relay_reply_format(const struct smtp_reply *rep, char *out, size_t outlen);
+const char *req_who(const struct relay_req *r);
+void req_capmiss(struct relay_req *r, unsigned need);
+int relay_class_ok(enum bstate st, int code);
 void req_detach(struct relay_req *r, int release);
 void req_fail(struct relay_req *r, int code, const char *enh, const char *text);
 void req_failover(struct relay_req *r, const char *why);

@@ -52,19 +52,21 @@ void txn_start(struct relay_req *r)
 	b->idle_ms = (uint64_t)m->conf->relay_idle_timeout;
 	r->first_refused = -1;
 	r->body_off = 0;
-	r->body_lstart = 1;
+	r->stuff = (struct smtp_stuff){ .at_line_start = 1 };
+	/* A failed backend's reply is not this one's (the to= log lines). */
+	r->res.backend_reply[0] = '\0';
 	for (int i = 0; i < m->nrcpt; i++) {
 		m->rcpts[i].code = 0;
 		m->rcpts[i].reply[0] = '\0';
 	}
-	/* RFC 6531 §3.4: no SMTPUTF8 downgrade; the client must be told. */
+	/* RFC 6531 §3.4: no SMTPUTF8 downgrade. RFC 6152 §3: 8-bit content
+	 * only to a server that offers 8BITMIME. A backend without them is
+	 * skipped for this message; the client is refused only when no
+	 * backend has them (req_capmiss). */
 	if (m->smtputf8 && !(b->caps & SMTP_CAP_SMTPUTF8)) {
-		req_set(r, 553, "5.6.7", "backend %s does not support SMTPUTF8",
-			r->dest->name);
-		req_end(r, 1, "bounced", "no SMTPUTF8");
+		req_capmiss(r, SMTP_CAP_SMTPUTF8);
 		return;
 	}
-	/* RFC 6152 §3: 8-bit content only to a server that offers 8BITMIME. */
 	r->send_body8 = 0;
 	if (m->body_8bit) {
 		if (b->caps & SMTP_CAP_8BITMIME) {
@@ -73,10 +75,7 @@ void txn_start(struct relay_req *r)
 			if (r->has8bit < 0)
 				r->has8bit = req_body_has_8bit(r);
 			if (r->has8bit) {
-				req_set(r, 554, "5.6.3",
-					"8-bit message, and backend %s does not support 8BITMIME",
-					r->dest->name);
-				req_end(r, 1, "bounced", "no 8BITMIME");
+				req_capmiss(r, SMTP_CAP_8BITMIME);
 				return;
 			}
 		}
@@ -129,9 +128,13 @@ void body_fill(struct bconn *b)
 		}
 		if (n > RELAY_CHUNK)
 			n = RELAY_CHUNK;
-		size_t out = smtp_dot_stuff(p, n, &r->body_lstart, r->scratch + RELAY_CHUNK);
+		/* Lines over smtp_line_length_limit are folded on the way. */
+		size_t used;
+		size_t out = smtp_dot_stuff_fold(p, n, &used, &r->stuff,
+						 (size_t)cf->smtp_line_length_limit,
+						 r->scratch + RELAY_CHUNK, 2 * RELAY_CHUNK);
 		conn_write(b->c, r->scratch + RELAY_CHUNK, out);
-		r->body_off += n;
+		r->body_off += used;
 	}
 	if (r->body_off < size) {
 		bconn_stage(b, B_BODY, req_remaining(r, (uint64_t)cf->relay_timeout));
@@ -139,7 +142,7 @@ void body_fill(struct bconn *b)
 	}
 	/* The canonical body ends in CRLF; one that does not gets it, so the
 	 * dot is on a line of its own (RFC 5321 §4.1.1.4). */
-	if (!r->body_lstart)
+	if (!r->stuff.at_line_start)
 		conn_write(b->c, "\r\n.\r\n", 5);
 	else
 		conn_write(b->c, ".\r\n", 3);
@@ -156,7 +159,7 @@ static void rcpts_done(struct bconn *b)
 	if (m->verify_only) {
 		/* A callout: the RCPT reply is the verdict; RSET and pool. */
 		if (r->naccept == m->nrcpt)
-			req_set(r, 250, "2.1.5", "recipient verified by backend %s", r->dest->name);
+			req_set(r, 250, "2.1.5", "recipient verified by backend%s", req_who(r));
 		else
 			req_pass_on(r, &r->refusal, m->rcpts[0].reply, NULL);
 		req_detach(r, r->naccept == m->nrcpt || m->rcpts[0].code != 421);
@@ -175,8 +178,8 @@ static void rcpts_done(struct bconn *b)
 			     r->naccept > 0 ? VERIFY_OTHERS_ACCEPTED : 0, cf);
 	if (r->naccept > 0) {
 		req_set(r, 451, "4.5.0",
-			"some recipients were refused by backend %s; retry",
-			r->dest->name);
+			"some recipients were refused by the backend%s; retry",
+			req_who(r));
 		req_end(r, 1, "deferred", "recipients partly refused");
 		return;
 	}
@@ -246,6 +249,7 @@ static void bconn_tls_done(void *arg, int ok, const char *why)
 		return;
 	}
 	b->tls = 1;
+	b->rseen = 0; /* what was buffered before the handshake is gone */
 	tls_count(0, 1, NULL);
 	conn_tls_describe(b->c, text, sizeof(text));
 	log_info("%s: backend %s: TLS established: %s", r && r->msg->id ? r->msg->id : "-",
@@ -301,6 +305,34 @@ static int bconn_tls_reply(struct bconn *b, struct relay_req *r, const struct sm
 	return -1;
 }
 
+/* wrong_class - a reply of a class not due now (a 354 to RCPT or after the
+ * final dot, any 1yz): the backend is out of step, so nothing it said is
+ * passed on and the connection is closed. Before the final dot the next
+ * backend is tried (nothing was delivered); after it, the client gets 451
+ * and the message is not sent again (RFC 5321 §4.1.1.4 leaves its fate at
+ * the backend unknown). Always -1. */
+static int wrong_class(struct bconn *b, const char *said)
+{
+	struct relay_req *r = b->req;
+	char why[600];
+
+	log_warn("%s: backend %s: reply of the wrong class at %s: %s",
+		 r->msg->id ? r->msg->id : "-", r->dest->name, relay_bstate_name[b->state], said);
+	if (b->state == B_DOT) {
+		snprintf(r->res.backend_reply, sizeof(r->res.backend_reply),
+			 "reply of the wrong class after end of data: %.400s", said);
+		req_set(r, 451, "4.5.0",
+			"unexpected reply from backend%s after end of data; not retried",
+			req_who(r));
+		req_end(r, 0, "deferred", r->res.backend_reply);
+		return -1;
+	}
+	snprintf(why, sizeof(why), "reply of the wrong class at %s: %s",
+		 relay_bstate_name[b->state], said);
+	req_failover(r, why);
+	return -1;
+}
+
 /* txn_reply - one backend reply while attached. Returns -1 when b is gone. */
 static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *said)
 {
@@ -311,6 +343,8 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 	int pipelined = (b->caps & SMTP_CAP_PIPELINING) != 0;
 
 	stats_backend_reply(relay_bstate_name[b->state], rep->code);
+	if (!relay_class_ok(b->state, rep->code))
+		return wrong_class(b, said);
 
 	switch (b->state) {
 	case B_GREET:
@@ -352,7 +386,15 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 			req_failover(r, why);
 			return -1;
 		}
+		/* No extensions after HELO, so no STARTTLS: a policy that
+		 * requires TLS fails over (bconn_tls_begin), never plaintext. */
 		b->caps = 0;
+		if (!b->tls) {
+			int t = bconn_tls_begin(b, r);
+
+			if (t != 0)
+				return t > 0 ? 0 : -1;
+		}
 		b->state = B_READY;
 		ev_timer_stop(r->rl->loop, &b->tmr);
 		txn_start(r);
@@ -435,8 +477,8 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 		relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
 		if (rep->code / 100 == 2) {
 			relay_queue_id_parse(rep->text, r->res.queue_id, sizeof(r->res.queue_id));
-			req_set(r, 250, "2.0.0", "Ok: queued as %s (backend %s said: %s)",
-				m->id ? m->id : "?", r->dest->name, said);
+			req_set(r, 250, "2.0.0", "Ok: queued as %s (backend%s said: %s)",
+				m->id ? m->id : "?", req_who(r), said);
 			req_end(r, 1, "sent", said);
 			return -1;
 		}
@@ -467,10 +509,25 @@ void bconn_on_read(void *arg)
 			conn_consume(b->c, len);
 			return;
 		}
+		/* A reply arriving in many bits is parsed again only once a
+		 * line is complete (the parser restarts at its first line). */
+		if (b->rseen == len ||
+		    (b->rseen && b->rseen < len && !memchr(buf + b->rseen, '\n', len - b->rseen)))
+			return;
 		smtp_reply_init(&rep);
 		pr = smtp_reply_feed(&rep, buf, len, &used);
-		if (pr == PARSE_AGAIN)
+		if (pr == PARSE_AGAIN) {
+			b->rseen = len;
 			return;
+		}
+		b->rseen = 0;
+		if (pr == PARSE_TOO_LONG) {
+			char why[80];
+
+			snprintf(why, sizeof(why), "reply longer than %d bytes", SMTP_REPLY_MAX);
+			bconn_fail(b, why);
+			return;
+		}
 		if (pr != PARSE_OK) {
 			bconn_fail(b, "malformed reply");
 			return;

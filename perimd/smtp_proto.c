@@ -784,9 +784,51 @@ size_t smtp_dot_stuff(const char *in, size_t len, int *at_line_start, char *out)
 	return o;
 }
 
+/* smtp_dot_stuff_fold - dot-stuffing and line folding, see smtp_proto.h.
+ * Postfix's smtp_line_length_limit (default 998, RFC 5321 §4.5.3.1.6 and
+ * RFC 5322 §2.1.1) breaks a long line by inserting CR LF SP, which keeps a
+ * header line a folded header (RFC 5322 §2.2.3) and does the least damage
+ * to a body line; the same is done here, header and body alike. */
+size_t smtp_dot_stuff_fold(const char *in, size_t len, size_t *used, struct smtp_stuff *st,
+			   size_t limit, char *out, size_t outcap)
+{
+	size_t o = 0, i = 0;
+
+	while (i < len && outcap - o >= 5) {
+		char c = in[i++];
+
+		if (c == '\n') {
+			out[o++] = c;
+			st->at_line_start = 1;
+			st->folded = 0;
+			st->col = 0;
+			continue;
+		}
+		if (c == '\r') {
+			out[o++] = c;
+			continue;
+		}
+		if (limit && st->col >= limit && !(st->folded && st->col == 1)) {
+			out[o++] = '\r';
+			out[o++] = '\n';
+			out[o++] = ' ';
+			st->folded = 1;
+			st->col = 1;
+		}
+		if (st->at_line_start && c == '.')
+			out[o++] = '.'; /* not counted, RFC 5321 §4.5.3.1.6 */
+		st->at_line_start = 0;
+		out[o++] = c;
+		st->col++;
+	}
+	*used = i;
+	return o;
+}
+
 /* ---- replies ------------------------------------------------------------ */
 
-#define REPLY_LINE_MAX 4096
+
+static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size);
 
 /* smtp_reply_init - an empty reply */
 void smtp_reply_init(struct smtp_reply *r)
@@ -865,8 +907,10 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf,
 
 		/* Validate what is there even when the line is incomplete,
 		 * so that a prefix of a bad reply is already PARSE_BAD. */
+		/* RFC 5321 §4.2.1: the first digit is 1 to 5; a 1yz or 3yz
+		 * where none is due is the relay's to judge, not the parser's. */
 		for (k = 0; k < 3 && k < avail; k++)
-			if (!is_digit(line[k]) || (k == 0 && (line[0] < '2' || line[0] > '5')))
+			if (!is_digit(line[k]) || (k == 0 && (line[0] < '1' || line[0] > '5')))
 				return PARSE_BAD;
 		if (avail > 3 && line[3] != ' ' && line[3] != '-' &&
 		    line[3] != '\r' && line[3] != '\n')
@@ -881,13 +925,17 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf,
 		lf = memchr(line, '\n', avail);
 		if (!lf) {
 			n = avail - (avail > 0 && line[avail - 1] == '\r');
-			return n > REPLY_LINE_MAX ? PARSE_BAD : PARSE_AGAIN;
+			if (n > SMTP_REPLY_LINE_MAX)
+				return PARSE_BAD;
+			return pos + n > SMTP_REPLY_MAX ? PARSE_TOO_LONG : PARSE_AGAIN;
 		}
 		n = (size_t)(lf - line);
 		if (n > 0 && line[n - 1] == '\r')
 			n--;
-		if (n < 3 || n > REPLY_LINE_MAX)
+		if (n < 3 || n > SMTP_REPLY_LINE_MAX)
 			return PARSE_BAD;
+		if (pos + n > SMTP_REPLY_MAX)
+			return PARSE_TOO_LONG;
 		r->first_code = code;
 		r->code = code;
 		r->nlines++;
@@ -903,6 +951,8 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf,
 				k++;
 		}
 		reply_text_add(r, line + 4 + k, tlen - k);
+		if (r->nlines > 1)
+			r->caps |= ehlo_line_caps(line + 4 + k, tlen - k, &r->size);
 		pos = (size_t)(lf - buf) + 1;
 		if (last) {
 			*consumed = pos;
@@ -911,10 +961,10 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf,
 	}
 }
 
-/* smtp_ehlo_caps - capability flags from an EHLO reply's text (RFC 5321
- * §4.1.1.1: the first line is the greeting, each further line an
- * ehlo-keyword and its parameters; keywords are case-insensitive) */
-unsigned smtp_ehlo_caps(const struct smtp_reply *r, uint64_t *size)
+/* ehlo_line_caps - the capability flag of one ehlo-line t[0..n) (RFC 5321
+ * §4.1.1.1: an ehlo-keyword and its parameters; keywords are
+ * case-insensitive); a valid SIZE value goes to *size. */
+static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size)
 {
 	static const struct {
 		const char *name;
@@ -929,33 +979,49 @@ unsigned smtp_ehlo_caps(const struct smtp_reply *r, uint64_t *size)
 		{ "ENHANCEDSTATUSCODES", SMTP_CAP_ENHANCEDSTATUSCODES }, /* 2034 */
 		{ "CHUNKING", SMTP_CAP_CHUNKING },         /* RFC 3030 */
 	};
-	const char *t = r->text, *nl;
-	unsigned flags = 0;
+	size_t kw = 0;
 
+	while (kw < n && t[kw] != ' ')
+		kw++;
+	for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
+		if (strlen(caps[i].name) != kw || !mem_ieq(t, caps[i].name, kw))
+			continue;
+		if (caps[i].flag == SMTP_CAP_SIZE && kw < n) {
+			/* RFC 1870 §4: "SIZE" [SP number], 0 = no limit */
+			uint64_t v = 0;
+			size_t d = kw + 1;
+
+			while (d < n && is_digit(t[d]) && v <= (UINT64_MAX - 9) / 10)
+				v = v * 10 + (uint64_t)(t[d++] - '0');
+			if (d > kw + 1 && (d == n || t[d] == ' '))
+				*size = v;
+		}
+		return caps[i].flag;
+	}
+	return 0;
+}
+
+/* smtp_ehlo_caps - capability flags of a 250 reply, collected line by line
+ * by smtp_reply_feed() (so a text cut at SMTP_REPLY_TEXT_MAX loses none) */
+unsigned smtp_ehlo_caps(const struct smtp_reply *r, uint64_t *size)
+{
 	*size = 0;
 	if (r->code != 250)
 		return 0;
+	*size = r->size;
+	return r->caps;
+}
+
+/* smtp_ehlo_caps_text - the same from a reply text, lines joined by '\n' */
+unsigned smtp_ehlo_caps_text(const char *text, uint64_t *size)
+{
+	const char *t = text, *nl;
+	unsigned flags = 0;
+
+	*size = 0;
 	while ((nl = strchr(t, '\n')) != NULL) {
-		size_t kw = 0;
-
 		t = nl + 1;
-		while (t[kw] && t[kw] != ' ' && t[kw] != '\n')
-			kw++;
-		for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
-			if (strlen(caps[i].name) != kw || !mem_ieq(t, caps[i].name, kw))
-				continue;
-			flags |= caps[i].flag;
-			if (caps[i].flag == SMTP_CAP_SIZE && t[kw] == ' ') {
-				/* RFC 1870 §4: "SIZE" [SP number], 0 = no limit */
-				uint64_t v = 0;
-				const char *d = t + kw + 1;
-
-				while (is_digit(*d) && v <= (UINT64_MAX - 9) / 10)
-					v = v * 10 + (uint64_t)(*d++ - '0');
-				if (d > t + kw + 1 && (!*d || *d == '\n' || *d == ' '))
-					*size = v;
-			}
-		}
+		flags |= ehlo_line_caps(t, strcspn(t, "\n"), size);
 	}
 	return flags;
 }

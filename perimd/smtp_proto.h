@@ -134,18 +134,43 @@ enum parse_result smtp_data_feed(struct smtp_data_parser *p, const char *in,
  * calls (start at 1). out MUST hold 2 * len bytes. Returns bytes written. */
 size_t smtp_dot_stuff(const char *in, size_t len, int *at_line_start, char *out);
 
+/* State of smtp_dot_stuff_fold() between calls: start with
+ * { .at_line_start = 1 }. */
+struct smtp_stuff {
+	int at_line_start;  /* the next byte starts a line */
+	int folded;         /* the current wire line began with an inserted SP */
+	size_t col;         /* octets on the current wire line, CRLF and a
+			       doubled dot not counted */
+};
+
+/* smtp_dot_stuff_fold - smtp_dot_stuff() that also breaks lines longer
+ * than `limit` octets (0 = never) by inserting CR LF SP, as Postfix's
+ * smtp_line_length_limit does, in header and body alike: the SP counts
+ * toward the next wire line, and a wire line holds at least one octet of
+ * the message after the SP, so any limit ends. Consumes input while at
+ * least 5 bytes of out (capacity outcap) are free; *used = input bytes
+ * consumed (all of them when outcap >= 5 * len). Returns bytes written.
+ * The input is canonical (every CR is part of a CRLF). */
+size_t smtp_dot_stuff_fold(const char *in, size_t len, size_t *used, struct smtp_stuff *st,
+			   size_t limit, char *out, size_t outcap);
+
 /* ---- replies (backend side) ------------------------------------------ */
 
 #define SMTP_REPLY_TEXT_MAX 1024
+#define SMTP_REPLY_LINE_MAX 4096    /* octets of one reply line, CRLF not counted */
+#define SMTP_REPLY_MAX (64 * 1024)  /* octets of one reply, all its lines */
 
 struct smtp_reply {
-	int code;                     /* 200..599 */
+	int code;                     /* 100..599 */
 	char enh[16];                 /* "2.1.0" when the reply had one, else "" */
 	char text[SMTP_REPLY_TEXT_MAX]; /* lines joined by '\n', without code,
 				         enhanced code and CRLF; truncated:
 				         the first line may be cut, later
 				         lines are kept whole or dropped */
 	int nlines;
+	unsigned caps;                /* SMTP_CAP_* of every line after the
+					 first, truncated text or not */
+	uint64_t size;                /* the SIZE keyword's value, 0 if none */
 	/* private: multi-line accumulation state */
 	size_t text_len;
 	int first_code;
@@ -156,10 +181,15 @@ void smtp_reply_init(struct smtp_reply *r);
 /* smtp_reply_feed - parse one complete reply from buf. PARSE_OK: *consumed
  * bytes used (all its lines); PARSE_AGAIN: incomplete (feed again later with
  * the same buffer start: the parser restarts from the reply's first line);
- * PARSE_BAD: not an SMTP reply (bad code, codes differ between lines, a
- * line over 4096 bytes). Control characters in the text become '?'. The
- * enhanced code is taken from the first line having one (its class MUST
- * equal the reply's first digit) and stripped from every line's text. */
+ * PARSE_BAD: not an SMTP reply (bad code, first digit not 1-5, codes differ
+ * between lines, a line over SMTP_REPLY_LINE_MAX); PARSE_TOO_LONG: the
+ * reply's lines so far exceed SMTP_REPLY_MAX octets (an EHLO reply listing
+ * hundreds of keywords is still well within it). Control characters in the
+ * text become '?'. The enhanced code is taken from the first line having
+ * one (its class MUST equal the reply's first digit, 2, 4 or 5) and
+ * stripped from every line's text. The EHLO keywords of every line are
+ * collected in caps and size whatever the reply code (RFC 5321 §4.1.1.1:
+ * the first line is the greeting); smtp_ehlo_caps() gives them for a 250. */
 enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf,
 				  size_t len, size_t *consumed);
 
@@ -173,7 +203,12 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf,
 #define SMTP_CAP_ENHANCEDSTATUSCODES 0x0040u
 #define SMTP_CAP_CHUNKING     0x0080u
 
-/* smtp_ehlo_caps - capability flags; *size = SIZE value (0 = none given). */
+/* smtp_ehlo_caps - capability flags of a 250 reply (0 for any other);
+ * *size = SIZE value (0 = none given). */
 unsigned smtp_ehlo_caps(const struct smtp_reply *r, uint64_t *size);
+/* smtp_ehlo_caps_text - the same from a reply text (lines joined by '\n',
+ * the first one the greeting); only sound on an untruncated text (the fuzz
+ * target compares the two). */
+unsigned smtp_ehlo_caps_text(const char *text, uint64_t *size);
 
 #endif

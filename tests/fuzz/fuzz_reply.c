@@ -2,7 +2,10 @@
  * fuzz_reply.c - libFuzzer target for backend replies: smtp_reply_feed on
  * a stream of replies (each parsed again from its start, as the relay
  * does), its prefixes (never a different answer than AGAIN before the end
- * of a reply), the fields' invariants, and smtp_ehlo_caps on each reply.
+ * of a reply), the fields' invariants, and smtp_ehlo_caps on each reply:
+ * the capabilities collected line by line (whatever the reply's length,
+ * up to SMTP_REPLY_MAX) equal those read from the text whenever the text
+ * was not cut; past SMTP_REPLY_MAX the answer is PARSE_TOO_LONG.
  */
 #include "smtp_proto.h"
 
@@ -18,7 +21,7 @@ static void check_reply(const struct smtp_reply *r, const char *buf,
 	uint64_t size;
 	unsigned caps;
 
-	if (r->code < 200 || r->code > 599 || r->nlines < 1 ||
+	if (r->code < 100 || r->code > 599 || r->nlines < 1 || consumed > SMTP_REPLY_MAX + 2 ||
 	    tl >= sizeof(r->text) || consumed < 4 || buf[consumed - 1] != '\n')
 		abort();
 	for (size_t i = 0; i < tl; i++) {
@@ -40,6 +43,13 @@ static void check_reply(const struct smtp_reply *r, const char *buf,
 		abort();
 	if (size && !(caps & SMTP_CAP_SIZE))
 		abort();
+	if (r->code == 250 && !r->text_full && tl < sizeof(r->text) - 1) {
+		/* nothing cut: the per-line collection and the text agree */
+		uint64_t tsize;
+
+		if (smtp_ehlo_caps_text(r->text, &tsize) != caps || tsize != size)
+			abort();
+	}
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -58,6 +68,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		if (res != PARSE_OK && c != 0)
 			abort();
+		/* a reply over the bound is refused as such, not half-read */
+		if (res == PARSE_TOO_LONG && size - pos <= SMTP_REPLY_MAX)
+			abort();
 		/* some prefixes, and the one just before the end */
 		for (int i = 0; i < 8; i++) {
 			enum parse_result pr;
@@ -75,6 +88,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			     strcmp(r2.text, r.text) != 0))
 				abort();
 			if (res == PARSE_AGAIN && pr != PARSE_AGAIN)
+				abort();
+			if (pr == PARSE_TOO_LONG && res != PARSE_TOO_LONG && res != PARSE_BAD)
 				abort();
 			if (res == PARSE_BAD && pr == PARSE_OK)
 				abort();

@@ -186,7 +186,7 @@ def test_backend_reply_without_text_passed_on_cleanly(perimd_factory, backend_fa
     p = start(perimd_factory, [b])
     with Client(p.port, timeout=30) as c:
         begin(c, b"bare")
-        expect(c.reply(30), 250, "2.0.0", r"\(backend 127\.0\.0\.1:%d said: 250\)$" % b.port)
+        expect(c.reply(30), 250, "2.0.0", r"\(backend said: 250\)$")
     p.wait_log(r"status=sent \(250\)")
 
 

@@ -284,7 +284,8 @@ def send_message(port, rcpt_to="user@example.com"):
 
 def test_backend_by_mx(perimd_factory, dnsmasq, sink):
     # MX 10 (127.0.0.7) refuses the connection; MX 20 (127.0.0.1) is the sink.
-    p = dns_perimd(perimd_factory, dnsmasq, relay_backends="relay.test:%d" % sink.port)
+    p = dns_perimd(perimd_factory, dnsmasq, relay_backends="relay.test:%d" % sink.port,
+                   relay_reply_show_backend="yes")
     r = send_message(p.port)
     assert r[0] == 250, r
     assert sink.wait_count(1)
@@ -308,7 +309,9 @@ def test_backend_by_mx_loop(perimd_factory, dnsmasq):
     # A host that does not exist.
     q = dns_perimd(perimd_factory, dnsmasq, relay_backends="nx.test:25")
     r = send_message(q.port)
-    assert r[0] == 451 and "nx.test: host not found" in r[1], r
+    assert r[0] == 451 and "backend host: host not found" in r[1], r
+    assert "nx.test" not in r[1], r   # the backend's name stays in the log
+    assert "nx.test: host not found" in q.log_text()
 
 
 def test_client_access_by_host_name(tmp_path, perimd_factory, dnsmasq):

@@ -1088,7 +1088,7 @@ TEST(test_reply_bad)
 	CHECK_INT(reply_check(S("25\r\n"), &c), PARSE_BAD);
 	CHECK_INT(reply_check(S("2500 x\r\n"), &c), PARSE_BAD);
 	CHECK_INT(reply_check(S("250x\r\n"), &c), PARSE_BAD);
-	CHECK_INT(reply_check(S("150 x\r\n"), &c), PARSE_BAD);
+	CHECK_INT(reply_check(S("050 x\r\n"), &c), PARSE_BAD);
 	CHECK_INT(reply_check(S("650 x\r\n"), &c), PARSE_BAD);
 	CHECK_INT(reply_check(S("\r\n"), &c), PARSE_BAD);
 	CHECK_INT(reply_check(S("250\rx\r\n"), &c), PARSE_BAD);
@@ -1140,7 +1140,11 @@ TEST(test_reply_truncated_at_line)
 		n++;
 		CHECK_INT(smtp_reply_feed(&R, b, n, &c), PARSE_OK);
 		CHECK(strlen(R.text) < SMTP_REPLY_TEXT_MAX);
-		unsigned caps = smtp_ehlo_caps(&R, &size);
+		/* the keywords are collected per line: none lost at the cut */
+		CHECK_INT(smtp_ehlo_caps(&R, &size), SMTP_CAP_SIZE | SMTP_CAP_PIPELINING);
+		CHECK_INT(size, 10240000);
+		/* the text alone loses them, never half a SIZE value */
+		unsigned caps = smtp_ehlo_caps_text(R.text, &size);
 		if (caps & SMTP_CAP_SIZE) {
 			CHECK_INT(size, 10240000);
 			with++;
@@ -1152,6 +1156,102 @@ TEST(test_reply_truncated_at_line)
 			CHECK(!(caps & SMTP_CAP_PIPELINING));
 	}
 	CHECK(with > 0 && without > 0);
+}
+
+TEST(test_reply_long_ehlo)
+{
+	static char buf[SMTP_REPLY_MAX + 4096];
+	size_t n = 0, c;
+	uint64_t size;
+
+	/* 400 keywords (~9 KB), the ones that matter last (issue 13 item 4) */
+	n += (size_t)sprintf(buf + n, "250-mx.example\r\n");
+	for (int i = 0; i < 400; i++)
+		n += (size_t)sprintf(buf + n, "250-X-KEYWORD-%04d some params\r\n", i);
+	n += (size_t)sprintf(buf + n, "250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n");
+	CHECK(n > 8192);
+	CHECK_INT(reply_check(buf, n, &c), PARSE_OK);
+	CHECK_INT(c, n);
+	CHECK_INT(R.nlines, 404);
+	CHECK_INT(smtp_ehlo_caps(&R, &size), SMTP_CAP_SIZE | SMTP_CAP_8BITMIME | SMTP_CAP_SMTPUTF8);
+	CHECK_INT(size, 1000);
+	/* the same keywords in a 5xx reply are no capabilities */
+	buf[0] = '5';
+	for (size_t i = 0; i + 4 < n; i++)
+		if (buf[i] == '\n')
+			buf[i + 1] = '5';
+	CHECK_INT(reply_check(buf, n, &c), PARSE_OK);
+	CHECK_INT(smtp_ehlo_caps(&R, &size), 0);
+
+	/* past SMTP_REPLY_MAX: TOO_LONG, complete lines or not */
+	n = 0;
+	while (n < SMTP_REPLY_MAX + 100)
+		n += (size_t)sprintf(buf + n, "250-%s\r\n", "0123456789012345678901234567890123456789");
+	CHECK_INT(smtp_reply_feed(&R, buf, n, &c), PARSE_TOO_LONG);
+	CHECK_INT(c, 0);
+	CHECK_INT(smtp_reply_feed(&R, buf, SMTP_REPLY_MAX + 1, &c), PARSE_TOO_LONG);
+	CHECK_INT(smtp_reply_feed(&R, buf, SMTP_REPLY_MAX - 100, &c), PARSE_AGAIN);
+}
+
+TEST(test_reply_1xx_3xx)
+{
+	size_t c;
+	uint64_t size;
+
+	/* parsed: the relay judges the class (issue 13 item 5) */
+	CHECK_INT(reply_check(S("150 x\r\n"), &c), PARSE_OK);
+	CHECK_INT(R.code, 150);
+	CHECK_STR(R.enh, "");
+	CHECK_INT(reply_check(S("354-go\r\n354 ahead\r\n"), &c), PARSE_OK);
+	CHECK_INT(R.code, 354);
+	CHECK_INT(reply_check(S("199 1.0.0 x\r\n"), &c), PARSE_OK);
+	CHECK_STR(R.enh, "");
+	CHECK_INT(smtp_ehlo_caps(&R, &size), 0);
+}
+
+TEST(test_dot_stuff_fold)
+{
+	static char in[5000], out[25000];
+	struct smtp_stuff st = { .at_line_start = 1 };
+	size_t used, o;
+
+	/* a 2500-octet line at 998: 998 | SP + 997 | SP + 505 */
+	memset(in, 'a', 2500);
+	memcpy(in + 2500, "\r\n", 2);
+	o = smtp_dot_stuff_fold(in, 2502, &used, &st, 998, out, sizeof(out));
+	CHECK_INT(used, 2502);
+	CHECK_INT(o, 2502 + 6);
+	CHECK(memcmp(out + 998, "\r\n a", 4) == 0);
+	CHECK(memcmp(out + 998 + 3 + 997, "\r\n a", 4) == 0);
+	CHECK(st.at_line_start);
+	/* exactly 998 octets: unchanged; a leading dot is doubled, not counted */
+	st = (struct smtp_stuff){ .at_line_start = 1 };
+	in[0] = '.';
+	memset(in + 1, 'b', 997);
+	memcpy(in + 998, "\r\n", 2);
+	o = smtp_dot_stuff_fold(in, 1000, &used, &st, 998, out, sizeof(out));
+	CHECK_INT(o, 1001);
+	CHECK(memcmp(out, "..b", 3) == 0);
+	CHECK(memcmp(out + 999, "\r\n", 2) == 0);
+	/* 0 = off; a line split over calls keeps its column */
+	st = (struct smtp_stuff){ .at_line_start = 1 };
+	memset(in, 'c', 1500);
+	o = smtp_dot_stuff_fold(in, 1500, &used, &st, 0, out, sizeof(out));
+	CHECK_INT(o, 1500);
+	st = (struct smtp_stuff){ .at_line_start = 1 };
+	o = smtp_dot_stuff_fold(in, 600, &used, &st, 998, out, sizeof(out));
+	o += smtp_dot_stuff_fold(in, 600, &used, &st, 998, out + o, sizeof(out) - o);
+	CHECK_INT(o, 1203);
+	CHECK(memcmp(out + 998, "\r\n c", 4) == 0);
+	/* a small out: stops with 5 bytes free, consumed counted */
+	st = (struct smtp_stuff){ .at_line_start = 1 };
+	o = smtp_dot_stuff_fold(in, 1500, &used, &st, 998, out, 100);
+	CHECK(used == o && o >= 95 && o <= 100);
+	/* limit 1 still ends: every wire line has a message octet */
+	st = (struct smtp_stuff){ .at_line_start = 1 };
+	o = smtp_dot_stuff_fold("xyz\r\n", 5, &used, &st, 1, out, sizeof(out));
+	CHECK_INT(o, 11);
+	CHECK(memcmp(out, "x\r\n y\r\n z\r\n", 11) == 0 || memcmp(out, "x\r\n y\r\n z", 10) == 0);
 }
 
 TEST(test_ehlo_caps)
@@ -1217,6 +1317,9 @@ int main(void)
 	RUN(test_reply_bad);
 	RUN(test_reply_sanitized);
 	RUN(test_reply_truncated_at_line);
+	RUN(test_reply_long_ehlo);
+	RUN(test_reply_1xx_3xx);
+	RUN(test_dot_stuff_fold);
 	RUN(test_ehlo_caps);
 	return t_done();
 }

@@ -1,0 +1,201 @@
+#!/usr/bin/python3
+"""hostile_backend.py - an SMTP backend that misbehaves on purpose, for
+test_relay_hostile.py (issue 13: capabilities, reply classes, log names,
+addresses in replies, long lines).
+
+In-process, one thread per connection:
+    b = HostileBackend(ehlo_filler=400, caps=["8BITMIME"]).start()
+    ... b.target ("127.0.0.1:PORT"), b.messages, b.commands, b.raw ...
+    b.stop()
+
+Settings (attributes, changeable while it runs):
+  caps         EHLO keywords after the greeting line (default PIPELINING,
+               8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES)
+  ehlo_filler  that many "X-FILLER-nnnn ..." keywords before caps (a reply
+               of several KB)
+  reply        {stage: "CODE text"} overriding the normal reply at stage
+               greeting ehlo helo mail rcpt data eod rset; "\\n" separates
+               the lines of a multi-line reply; a list is used one item per
+               command (the last repeats)
+  stall        stages where it never replies (it keeps reading until the
+               peer closes)
+Recorded: raw (every byte received, per connection), commands (command
+lines, all connections), messages (dicts: mail, rcpts, wire = the DATA
+bytes exactly as received, dot-stuffing and all, up to the final dot;
+data = the same unstuffed), connections.
+"""
+
+import socket
+import threading
+
+DEFAULT_CAPS = ["PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+
+
+class HostileBackend:
+    def __init__(self, caps=None, ehlo_filler=0, reply=None, stall=()):
+        self.caps = list(DEFAULT_CAPS if caps is None else caps)
+        self.ehlo_filler = ehlo_filler
+        self.reply = dict(reply or {})
+        self.stall = set(stall)
+        self.raw = []
+        self.commands = []
+        self.messages = []
+        self.connections = 0
+        self._counts = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._socks = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.target = "127.0.0.1:%d" % self.port
+
+    # -- life ------------------------------------------------------------
+    def start(self):
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self.sock.close()
+        for s in list(self._socks):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                self._socks.append(c)
+            threading.Thread(target=self._session, args=(c,), daemon=True).start()
+
+    # -- helpers ---------------------------------------------------------
+    def commands_of(self, verb):
+        with self._lock:
+            return [c for c in self.commands if c.upper().startswith(verb)]
+
+    def _answer(self, stage, default):
+        """The reply text for a stage: an override (one per command when a
+        list), else the default."""
+        v = self.reply.get(stage, default)
+        if isinstance(v, list):
+            with self._lock:
+                i = self._counts.get(stage, 0)
+                self._counts[stage] = i + 1
+            v = v[min(i, len(v) - 1)]
+        return v
+
+    def _ehlo_text(self):
+        lines = ["250 hostile.test greets you"]
+        lines += ["250 X-FILLER-%04d some-parameter=%d" % (i, i) for i in range(self.ehlo_filler)]
+        lines += ["250 " + c for c in self.caps]
+        return "\n".join(lines)
+
+    class _Conn:
+        def __init__(self, sock, raw):
+            self.sock = sock
+            self.buf = b""
+            self.raw = raw
+
+        def read(self):
+            d = self.sock.recv(65536)
+            if not d:
+                raise EOFError
+            self.raw.append(d)
+            self.buf += d
+
+        def line(self):
+            while b"\r\n" not in self.buf:
+                self.read()
+            ln, self.buf = self.buf.split(b"\r\n", 1)
+            return ln
+
+        def data(self):
+            """Bytes up to and including CRLF . CRLF (the wire form)."""
+            while True:
+                i = (b"\r\n" + self.buf).find(b"\r\n.\r\n")
+                if i >= 0:
+                    end = i + 3  # in buf: through ".\r\n"
+                    d, self.buf = self.buf[:end], self.buf[end:]
+                    return d
+                self.read()
+
+        def send(self, text):
+            out = b""
+            lines = text.split("\n")
+            for i, ln in enumerate(lines):
+                sep = "-" if i + 1 < len(lines) else " "
+                out += ("%s%s%s\r\n" % (ln[:3], sep, ln[4:])).encode()
+            self.sock.sendall(out)
+
+    def _say(self, conn, stage, default):
+        if stage in self.stall:
+            while True:
+                conn.read()
+        conn.send(self._answer(stage, default))
+
+    def _session(self, sock):
+        raw = []
+        with self._lock:
+            self.raw.append(raw)
+        conn = self._Conn(sock, raw)
+        mail, rcpts = None, []
+        try:
+            self._say(conn, "greeting", "220 hostile.test ESMTP")
+            while not self._stop.is_set():
+                ln = conn.line().decode("utf-8", "replace")
+                with self._lock:
+                    self.commands.append(ln)
+                verb = ln.split(" ", 1)[0].split(":", 1)[0].upper()
+                if verb == "EHLO":
+                    self._say(conn, "ehlo", self._ehlo_text())
+                elif verb == "HELO":
+                    self._say(conn, "helo", "250 hostile.test")
+                elif verb == "MAIL":
+                    mail, rcpts = ln, []
+                    self._say(conn, "mail", "250 2.1.0 Ok")
+                elif verb == "RCPT":
+                    rcpts.append(ln)
+                    self._say(conn, "rcpt", "250 2.1.5 Ok")
+                elif verb == "DATA":
+                    ans = self._answer("data", "354 End data with <CR><LF>.<CR><LF>")
+                    if "data" in self.stall:
+                        self._say(conn, "data", ans)
+                    conn.send(ans)
+                    if not ans.startswith("354"):
+                        continue
+                    wire = conn.data()
+                    body = wire[:-3]
+                    data = b"\r\n".join(x[1:] if x.startswith(b".") else x
+                                        for x in body.split(b"\r\n"))
+                    with self._lock:
+                        self.messages.append({"mail": mail, "rcpts": rcpts, "wire": wire,
+                                              "data": data})
+                    self._say(conn, "eod", "250 2.0.0 Ok: queued as H%d" % len(self.messages))
+                elif verb == "RSET":
+                    self._say(conn, "rset", "250 2.0.0 Ok")
+                elif verb == "QUIT":
+                    conn.send("221 2.0.0 Bye")
+                    return
+                elif verb == "NOOP":
+                    conn.send("250 2.0.0 Ok")
+                else:
+                    conn.send("502 5.5.2 Error: command not recognized")
+        except (EOFError, OSError):
+            pass
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
