@@ -14,7 +14,7 @@
 #ifndef PERIMD_GREY_H
 #define PERIMD_GREY_H
 
-#include "policy.h"
+#include "policy_step.h"
 
 #include <stddef.h>
 #include <stdint.h>

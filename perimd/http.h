@@ -11,7 +11,7 @@
 #define PERIMD_HTTP_H
 
 #include "smtp_proto.h"  /* enum parse_result */
-#include "stats.h"       /* struct strbuf */
+#include "buf.h"         /* struct strbuf */
 
 #include <stddef.h>
 

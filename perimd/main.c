@@ -8,6 +8,7 @@
  * plain code, never in a signal handler. Reloads swap in a new policy
  * snapshot; SIGTERM asks every loop to drain and joins them.
  */
+#include "admin.h"
 #include "av.h"
 #include "conf.h"
 #include "ev.h"
@@ -82,11 +83,11 @@ static void *io_main(void *arg)
 	struct io_thread *t = arg;
 	smtpd_loop_start(t->loop, t->fds, t->nfds);
 	if (ev_loop_index(t->loop) == 0) {
-		stats_loop_start(t->loop, stats_fd, nthreads);
+		admin_loop_start(t->loop, stats_fd, nthreads);
 		policyd_loop_start(t->loop, policyd_fd);
 	}
 	ev_run(t->loop);
-	stats_loop_finished(t->loop);
+	admin_loop_finished(t->loop);
 	relay_loop_shutdown(t->loop);
 	return NULL;
 }
@@ -243,7 +244,7 @@ int main(int argc, char **argv)
 	if (argc > 1 && !strcmp(argv[1], SCANNER_ARG))
 		return scanner_main(argc, argv);
 	if (argc > 1 && (!strcmp(argv[1], "stats") || !strcmp(argv[1], "healthcheck")))
-		return stats_command(argc - 1, argv + 1, DEFAULT_CONF);
+		return admin_command(argc - 1, argv + 1, DEFAULT_CONF);
 	while ((opt = getopt(argc, argv, "c:o:fvtndV")) != -1) {
 		switch (opt) {
 		case 'c': path = optarg; break;
@@ -321,7 +322,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	if (stats_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0) {
+	if (admin_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0) {
 		fprintf(stderr, "perimd: %s\n", err);
 		policy_release(pol);
 		return 1;
@@ -362,8 +363,8 @@ int main(int argc, char **argv)
 			threads[t].fds[threads[t].nfds++] = fd;
 		}
 	}
-	stats_init(c, nthreads);
-	stats_fd = stats_listen_open(c);
+	admin_init(c, nthreads);
+	stats_fd = admin_listen_open(c);
 	policyd_fd = policyd_listen_open(c);
 	policy_install(pol);
 	drop_privileges(c);
@@ -387,7 +388,7 @@ int main(int argc, char **argv)
 	}
 
 	jobs_start(2);
-	stats_starting_begin(stats_fd);   /* /healthz: 503 until the loops run */
+	admin_starting_begin(stats_fd);   /* /healthz: 503 until the loops run */
 	{
 		/* No mail before the virus scanner has its engine loaded. */
 		struct ev_loop **loops = xcalloc((size_t)nthreads, sizeof *loops);
@@ -397,7 +398,7 @@ int main(int argc, char **argv)
 			fatal("%s", err);
 		free(loops);
 	}
-	stats_starting_end();
+	admin_starting_end();
 	for (int t = 0; t < nthreads; t++)
 		if (pthread_create(&threads[t].tid, NULL, io_main, &threads[t]) != 0)
 			fatal("cannot start io thread");
