@@ -211,13 +211,14 @@ static void reload(const char *path, int nov, int full)
 		return;
 	}
 	/* Certificates: the old ones stay unless the new ones all load (after
-	 * the privilege drop, the key must be readable by mail_owner). */
-	if (!full)
-		;   /* a map file changed: certificates and signatures stay */
-	else if (tls_configure(c, err, sizeof err) < 0)
-		log_err("reload: TLS certificates and keys not reloaded, keeping the old ones: %s", err);
-	else if (c->smtpd_tls_cert_file[0] || c->relay_tls_CAfile[0])
-		log_info("reload: TLS certificates and keys reloaded");
+	 * the privilege drop, the key must be readable by mail_owner). When
+	 * only a map file changed (!full), certificates and signatures stay. */
+	if (full) {
+		if (tls_configure(c, err, sizeof err) < 0)
+			log_err("reload: TLS certificates and keys not reloaded, keeping the old ones: %s", err);
+		else if (c->smtpd_tls_cert_file[0] || c->relay_tls_CAfile[0])
+			log_info("reload: TLS certificates and keys reloaded");
+	}
 	struct policy *old = policy_acquire();
 	if (old) {
 		const struct conf *oc = old->conf;

@@ -88,8 +88,6 @@ void policy_helo(struct policy_sess *ps, const char *helo);
 /* policy_mail - a transaction starts with this sender ("" = <>), or ends
  * (NULL): the sender's verdict is forgotten. */
 void policy_mail(struct policy_sess *ps, const char *sender);
-/* policy_is_role - local part is one of role_accounts (any case). */
-int policy_is_role(const struct policy *p, const char *local);
 /* policy_addr_check - RFC 5321 §4.5.3.1 size limits of an address (local
  * part 64, domain 255, path 256 octets): NULL, or why it is refused. */
 const char *policy_addr_check(const char *local, const char *domain);

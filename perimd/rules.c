@@ -139,8 +139,8 @@ void policy_mail(struct policy_sess *ps, const char *sender)
 	ps->sender_v.code = 0;
 }
 
-/* policy_is_role - see policy_step.h. */
-int policy_is_role(const struct policy *p, const char *local)
+/* policy_is_role - local part is one of role_accounts (any case). */
+static int policy_is_role(const struct policy *p, const char *local)
 {
 	return conf_list_has(&p->conf->role_accounts, local);
 }
