@@ -35,6 +35,8 @@ DEPS=(build-essential clang libclang-rt-14-dev mandoc pkg-config
 # tools of the vendored libraries. Deployment tests: HAProxy (PROXY
 # protocol), podman and runc (the FROM-scratch image).
 DEPS+=(musl-tools cmake ninja-build tcl dpkg-dev haproxy podman runc)
+# Style checks (tests/check_style.sh).
+DEPS+=(clang-format cppcheck)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {

@@ -39,8 +39,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define TICK_MS 5000            /* history sample period */
-#define SAVE_TICKS 60           /* save every 5 minutes */
+#define TICK_MS 5000  /* history sample period */
+#define SAVE_TICKS 60 /* save every 5 minutes */
 
 /* render_gauges - the gauges other modules keep, read now (/metrics). */
 static void render_gauges(struct strbuf *out)
@@ -60,7 +60,7 @@ static void render_gauges(struct strbuf *out)
 
 static pthread_t starting_tid;
 static int starting_fd = -1;
-static int starting_stop;   /* atomic */
+static int starting_stop; /* atomic */
 
 /* starting_main - accept, read a little, answer 503, close; until told. */
 static void *starting_main(void *arg)
@@ -131,7 +131,7 @@ static void current(double cur[HS__COUNT])
 	cur[HS_GREYLISTED] = (double)stats_value(ST_rej_greylist);
 	cur[HS_REJECTED] = (double)rej;
 	cur[HS_VIRUSES] = (double)stats_value(ST_rej_virus);
-	cur[HS_SESSIONS] = smtpd_sessions_peak();   /* bursts between samples too */
+	cur[HS_SESSIONS] = smtpd_sessions_peak(); /* bursts between samples too */
 	cur[HS_INFLIGHT] = (double)stats_value(ST_inflight);
 }
 
@@ -266,7 +266,7 @@ void admin_init(const struct conf *c, int nloops)
 	stats_family_declare("perimd_backend_up", "gauge",
 			     "1 after a successful connection to the backend, 0 after a failed one");
 	stats_render_register(STATS_AFTER_FIXED, render_gauges);
-	stats_render_register(STATS_AFTER_HISTOGRAMS, av_render_metrics);  /* av.c owns those */
+	stats_render_register(STATS_AFTER_HISTOGRAMS, av_render_metrics); /* av.c owns those */
 	loops_running = nloops;
 	hist = xcalloc(1, sizeof *hist);
 	size_t n = strlen(c->data_directory) + 16;
@@ -275,7 +275,7 @@ void admin_init(const struct conf *c, int nloops)
 	FILE *f = fopen(hist_path, "re");
 	if (!f)
 		return;
-	struct strbuf text = {0};
+	struct strbuf text = { 0 };
 	char buf[65536];
 	size_t r;
 	while ((r = fread(buf, 1, sizeof buf, f)) > 0 && text.len < (64u << 20))
@@ -330,7 +330,7 @@ void admin_loop_finished(struct ev_loop *loop)
 		return;
 	}
 	if (left > 0)
-		ev_run(loop);  /* /healthz keeps saying 503 until all have drained */
+		ev_run(loop); /* /healthz keeps saying 503 until all have drained */
 	http_server_stop(loop);
 	ev_timer_stop(loop, &tick_timer);
 	if (hist) {
@@ -368,9 +368,8 @@ int admin_command(int argc, char **argv, const char *default_conf)
 		return 1;
 	}
 	int status = 0;
-	struct strbuf body = {0};
-	int r = http_get(c->stats_listen, hc ? "/healthz" : "/metrics", 5000, &status, &body,
-			 err, sizeof err);
+	struct strbuf body = { 0 };
+	int r = http_get(c->stats_listen, hc ? "/healthz" : "/metrics", 5000, &status, &body, err, sizeof err);
 	conf_release(c);
 	int rc = 1;
 	if (r < 0) {

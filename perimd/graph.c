@@ -25,14 +25,14 @@ static const char *const series_color[HS__COUNT] = {
 
 struct period {
 	const char *name, *title;
-	int points, step;     /* step: minutes per point */
-	const char *tfmt;     /* strftime for the time axis */
+	int points, step; /* step: minutes per point */
+	const char *tfmt; /* strftime for the time axis */
 };
 
 static const struct period periods[] = {
-	{"hour", "last hour", 60, 1, "%H:%M"},
-	{"day", "last day", 288, 5, "%H:%M"},
-	{"week", "last week", 336, 30, "%a %Hh"},
+	{ "hour", "last hour", 60, 1, "%H:%M" },
+	{ "day", "last day", 288, 5, "%H:%M" },
+	{ "week", "last week", 336, 30, "%a %Hh" },
 };
 
 /* value - one point: counters per minute (average over the step), gauges
@@ -55,7 +55,7 @@ static double value(const struct history *h, uint64_t first, int step, int s)
 /* nice_max - a round upper bound for the y axis (1, 2, 2.5, 5 x 10^k). */
 static double nice_max(double v)
 {
-	static const double m[] = {1, 2, 2.5, 5, 10};
+	static const double m[] = { 1, 2, 2.5, 5, 10 };
 	if (v <= 1)
 		return 1;
 	double e = 1;
@@ -68,8 +68,8 @@ static double nice_max(double v)
 }
 
 /* graph_svg - see graph.h. */
-int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min,
-	      const char *which, const char *period)
+int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min, const char *which,
+	      const char *period)
 {
 	int first_s, last_s;
 	const char *title, *unit;
@@ -120,8 +120,7 @@ int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min,
 			  "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%g</text>\n",
 			  L, y, L + pw, y, L - 6, y + 4, ymax * k / 4.0);
 	}
-	sb_printf(out,
-		  "<text transform=\"translate(14 %.0f) rotate(-90)\" text-anchor=\"middle\">%s</text>\n",
+	sb_printf(out, "<text transform=\"translate(14 %.0f) rotate(-90)\" text-anchor=\"middle\">%s</text>\n",
 		  T + ph / 2, unit);
 	/* X axis: 6 time labels, local time. */
 	for (int k = 0; k <= 5; k++) {
@@ -137,13 +136,17 @@ int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min,
 			  "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%s</text>\n",
 			  x, T, x, T + ph, x, T + ph + 16, lab);
 	}
-	sb_printf(out, "<rect x=\"%d\" y=\"%d\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
-		       "stroke=\"#888888\"/>\n", L, T, pw, ph);
+	sb_printf(out,
+		  "<rect x=\"%d\" y=\"%d\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
+		  "stroke=\"#888888\"/>\n",
+		  L, T, pw, ph);
 	/* The series, and a legend under the axis. */
 	int lx = L;
 	for (int s = first_s; s <= last_s; s++) {
-		sb_printf(out, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" "
-			       "data-series=\"%s\" data-values=\"", series_color[s], series_name[s]);
+		sb_printf(out,
+			  "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" "
+			  "data-series=\"%s\" data-values=\"",
+			  series_color[s], series_name[s]);
 		for (int i = 0; i < n; i++)
 			sb_printf(out, "%s%g", i ? " " : "", vals[s * n + i]);
 		sb_add(out, "\" points=\"", 10);
@@ -179,8 +182,10 @@ void graph_page(struct strbuf *out, const struct history *h, uint64_t now_min, i
 		  "border:1px solid #ccc}</style></head>\n<body>\n<h1>perimd statistics</h1>\n"
 		  "<p>As of %s. Most sessions open this minute: %lld. Health: <a href=\"/healthz\">%s</a>. "
 		  "Counters: <a href=\"/metrics\">/metrics</a>.</p>\n",
-		  when, h->minute[now_min % HIST_MINUTES] == now_min
-				? (long long)h->v[now_min % HIST_MINUTES][HS_SESSIONS] : 0LL,
+		  when,
+		  h->minute[now_min % HIST_MINUTES] == now_min
+		      ? (long long)h->v[now_min % HIST_MINUTES][HS_SESSIONS]
+		      : 0LL,
 		  healthy ? "ok" : "not accepting mail");
 	for (size_t p = 0; p < sizeof periods / sizeof periods[0]; p++) {
 		sb_printf(out, "<h2>The %s</h2>\n", periods[p].title);

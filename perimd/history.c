@@ -9,14 +9,13 @@
  */
 #include "history.h"
 
-#include <math.h>  /* isfinite */
+#include <math.h> /* isfinite */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* history_sample - see history.h. */
-void history_sample(struct history *h, uint64_t now_min, const double cur[HS__COUNT],
-		    double last[HS__COUNT])
+void history_sample(struct history *h, uint64_t now_min, const double cur[HS__COUNT], double last[HS__COUNT])
 {
 	size_t slot = now_min % HIST_MINUTES;
 	if (h->minute[slot] != now_min) {
@@ -68,7 +67,8 @@ int history_parse(struct history *h, const char *text, size_t len)
 			double v[HS__COUNT];
 			int used = 0;
 			if (sscanf(line, "%llu %lf %lf %lf %lf %lf %lf%n", &m, &v[0], &v[1], &v[2], &v[3],
-				   &v[4], &v[5], &used) == 7 && line[used] == 0 && m > 0) {
+				   &v[4], &v[5], &used) == 7 &&
+			    line[used] == 0 && m > 0) {
 				size_t s = m % HIST_MINUTES;
 				int ok = 1;
 				for (int i = 0; i < HS__COUNT; i++)
@@ -83,4 +83,3 @@ int history_parse(struct history *h, const char *text, size_t len)
 	}
 	return 0;
 }
-

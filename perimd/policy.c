@@ -224,13 +224,13 @@ static const struct policy_step_def {
 	enum policy_step (*run)(struct policy_req *r, struct policy_verdict *v);
 } policy_steps[] = {
 	{ "verify_cache", step_verify_cache },
-	{ "role_accounts", rules_step_role },      /* sets exempt */
-	{ "recipient", rules_step_recipient },     /* relay_recipient_maps, callout */
-	{ "delayed", rules_step_delayed },         /* access maps, client/HELO/sender */
+	{ "role_accounts", rules_step_role },  /* sets exempt */
+	{ "recipient", rules_step_recipient }, /* relay_recipient_maps, callout */
+	{ "delayed", rules_step_delayed },     /* access maps, client/HELO/sender */
 	{ "client_dns", dnscheck_step_client },
 	{ "sender_domain", dnscheck_step_sender },
 	{ "dnsbl", dnscheck_step_dnsbl },
-	{ "greylist", grey_step },     /* last: only what all else accepts */
+	{ "greylist", grey_step }, /* last: only what all else accepts */
 };
 #define NSTEPS ((int)(sizeof policy_steps / sizeof policy_steps[0]))
 
@@ -254,8 +254,8 @@ static int chain_run(struct policy_req *r, struct policy_verdict *v)
 }
 
 /* policy_rcpt - run the RCPT chain; see policy.h. */
-int policy_rcpt(const struct policy_env *env, struct policy_verdict *v,
-		policy_done_fn *done, void *arg, struct policy_req **req)
+int policy_rcpt(const struct policy_env *env, struct policy_verdict *v, policy_done_fn *done, void *arg,
+		struct policy_req **req)
 {
 	struct policy_req *r = xcalloc(1, sizeof *r);
 	r->env = env;

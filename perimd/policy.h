@@ -39,8 +39,8 @@ int policy_route(const struct policy *p, const char *domain, const char **route)
  * done() never called), or 0 when a check went asynchronous: done(arg, v)
  * then runs later on env->loop, unless policy_cancel(*req) came first.
  * env MUST stay valid until then. */
-int policy_rcpt(const struct policy_env *env, struct policy_verdict *v,
-		policy_done_fn *done, void *arg, struct policy_req **req);
+int policy_rcpt(const struct policy_env *env, struct policy_verdict *v, policy_done_fn *done, void *arg,
+		struct policy_req **req);
 void policy_cancel(struct policy_req *req);
 
 #endif

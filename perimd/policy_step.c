@@ -59,11 +59,10 @@ void policy_step_done(struct policy_req *r, int decided, const struct policy_ver
 	if (decided) {
 		out = *v;
 	} else if (!r->resume(r, &out)) {
-		return;   /* the next step went asynchronous */
+		return; /* the next step went asynchronous */
 	}
 	policy_done_fn *done = r->done;
 	void *arg = r->arg;
 	free(r);
 	done(arg, &out);
 }
-

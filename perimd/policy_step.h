@@ -26,14 +26,14 @@ struct map_req;
 struct relay_verify;
 
 struct policy {
-	struct conf *conf;     /* the snapshot this policy was built from */
+	struct conf *conf; /* the snapshot this policy was built from */
 	/* private */
 	struct map **relay_maps;
 	int nrelay_maps;
 	struct map *transport;
-	struct map *rcpt_maps;         /* relay_recipient_maps */
+	struct map *rcpt_maps; /* relay_recipient_maps */
 	struct map *client_access, *sender_access, *rcpt_access;
-	struct grey_policy *grey;      /* greylisting whitelists (grey.h) */
+	struct grey_policy *grey; /* greylisting whitelists (grey.h) */
 	int refs;
 };
 
@@ -41,9 +41,9 @@ struct policy {
 
 /* A verdict: code 0 = accept the recipient; else the reply to give. */
 struct policy_verdict {
-	int code;                  /* 0, or 4xx/5xx */
-	char reply[512];           /* full reply line without CRLF */
-	const char *rule;          /* short name of the check that decided */
+	int code;         /* 0, or 4xx/5xx */
+	char reply[512];  /* full reply line without CRLF */
+	const char *rule; /* short name of the check that decided */
 };
 
 struct policy_req;
@@ -58,28 +58,27 @@ enum policy_step { STEP_PASS, STEP_DECIDED, STEP_ASYNC };
 struct policy_sess {
 	const struct policy *pol;
 	const char *session_id;
-	const char *client_addr;   /* the session's (after any PROXY header) */
-	char *client_name;         /* verified client host name (DNS), or NULL */
-	char *helo;                /* NULL before HELO/EHLO */
-	char *sender;              /* NULL outside a transaction; "" = <> */
+	const char *client_addr; /* the session's (after any PROXY header) */
+	char *client_name;       /* verified client host name (DNS), or NULL */
+	char *helo;              /* NULL before HELO/EHLO */
+	char *sender;            /* NULL outside a transaction; "" = <> */
 	/* Delayed verdicts (code 0 = none). Each is settled once: the HELO
 	 * check at HELO, the client and sender access lookups at the first
 	 * RCPT that needs them (per session / per transaction). */
 	int client_done, sender_done;
-	int client_name_tried;     /* client_access_maps also asked by host name */
+	int client_name_tried; /* client_access_maps also asked by host name */
 	struct policy_verdict client_v, helo_v, sender_v;
 	/* An asynchronous map lookup or callout of the RCPT being checked. */
 	struct map_req *q;
 	struct relay_verify *callout;
 	enum policy_step (*q_next)(struct policy_req *r, int result, const char *value,
 				   struct policy_verdict *v);
-	int stage;                 /* where the delayed-verdict step is */
+	int stage; /* where the delayed-verdict step is */
 };
 
 /* policy_session_new - state for a new session; client_addr and
  * session_id MUST outlive it. */
-struct policy_sess *policy_session_new(const struct policy *p, const char *session_id,
-				       const char *client_addr);
+struct policy_sess *policy_session_new(const struct policy *p, const char *session_id, const char *client_addr);
 /* policy_session_free - NULL is ignored; any RCPT chain of the session
  * MUST have been cancelled or finished first. */
 void policy_session_free(struct policy_sess *ps);
@@ -95,19 +94,19 @@ const char *policy_addr_check(const char *local, const char *domain);
 /* What a check may read of the session and the recipient (read-only, valid
  * until the check's done() ran or it was cancelled). */
 struct policy_env {
-	struct policy_sess *sess;  /* the session's delayed verdicts, or NULL */
-	const char *route;         /* the recipient's backends (transport_maps
+	struct policy_sess *sess; /* the session's delayed verdicts, or NULL */
+	const char *route;        /* the recipient's backends (transport_maps
 				    * value), NULL for relay_backends */
 	struct ev_loop *loop;
 	const struct policy *pol;
 	const char *session_id;
-	const char *client_addr;   /* "192.0.2.1" / "2001:db8::1" */
-	const char *helo;          /* "" before HELO/EHLO */
-	const char *sender;        /* "" for the null sender */
-	const char *rcpt;          /* "user@domain" or "Postmaster" */
+	const char *client_addr; /* "192.0.2.1" / "2001:db8::1" */
+	const char *helo;        /* "" before HELO/EHLO */
+	const char *sender;      /* "" for the null sender */
+	const char *rcpt;        /* "user@domain" or "Postmaster" */
 	const char *rcpt_local;
-	const char *rcpt_domain;   /* lower case; "" for bare Postmaster */
-	struct dnscheck *dns;      /* the session's DNS checks (dnscheck.h) or NULL */
+	const char *rcpt_domain; /* lower case; "" for bare Postmaster */
+	struct dnscheck *dns;    /* the session's DNS checks (dnscheck.h) or NULL */
 };
 
 
@@ -119,12 +118,12 @@ struct policy_req {
 	const struct policy_env *env;
 	policy_done_fn *done;
 	void *arg;
-	int step;                  /* next step to run */
-	int async;                 /* a step is in flight */
-	int exempt;                /* role account: skip DNSBL, greylisting, ... */
-	int dnswl;                 /* client on a dnswl_sites list (set by the DNSBL
+	int step;     /* next step to run */
+	int async;    /* a step is in flight */
+	int exempt;   /* role account: skip DNSBL, greylisting, ... */
+	int dnswl;    /* client on a dnswl_sites list (set by the DNSBL
 				    * step): greylisting skips it */
-	int verified;              /* the verify cache says the backend takes it */
+	int verified; /* the verify cache says the backend takes it */
 	void (*cancel)(void *handle);
 	void *handle;
 	/* The chain's runner (policy.c): policy_step_done() goes on with it,

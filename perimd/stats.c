@@ -23,7 +23,7 @@
 #include <string.h>
 
 __thread struct stats_block *stats_tl;
-static struct stats_block *blocks;     /* published with release stores */
+static struct stats_block *blocks; /* published with release stores */
 static pthread_mutex_t blocks_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static const uint64_t bounds_ms[STATS_NBUCKETS] = {
@@ -34,7 +34,7 @@ static const struct {
 	const char *name, *labels, *help;
 	int gauge;
 } rows[ST__COUNT] = {
-#define STAT(id, type, name, labels, help) {name, labels, help, STATS_##type},
+#define STAT(id, type, name, labels, help) { name, labels, help, STATS_##type },
 #define HIST(id, name, help)
 #define STATS_COUNTER 0
 #define STATS_GAUGE 1
@@ -47,7 +47,7 @@ static const struct {
 	const char *name, *help;
 } hrows[SH__COUNT] = {
 #define STAT(id, type, name, labels, help)
-#define HIST(id, name, help) {name, help},
+#define HIST(id, name, help) { name, help },
 #include "stats_names.h"
 #undef STAT
 #undef HIST
@@ -81,8 +81,7 @@ static inline uint64_t rd(const uint64_t *slot)
 	return __atomic_load_n(slot, __ATOMIC_RELAXED);
 }
 
-#define FOR_BLOCKS(b) \
-	for (struct stats_block *b = __atomic_load_n(&blocks, __ATOMIC_ACQUIRE); b; b = b->next)
+#define FOR_BLOCKS(b) for (struct stats_block *b = __atomic_load_n(&blocks, __ATOMIC_ACQUIRE); b; b = b->next)
 
 /* stats_observe - one histogram observation. */
 void stats_observe(enum stats_hist h, uint64_t ms)
@@ -149,11 +148,15 @@ void stats_reject_rule(const char *rule)
 		const char *prefix;
 		enum stats_id id;
 	} map[] = {
-		{"grey", ST_rej_greylist}, {"dnsbl", ST_rej_dnsbl},
-		{"rbl", ST_rej_dnsbl}, {"access", ST_rej_access},
-		{"recipient", ST_rej_unknown_recipient}, {"verify", ST_rej_unknown_recipient},
-		{"virus", ST_rej_virus}, {"helo", ST_rej_rfc},
-		{"tempfail", ST_rej_tempfail},
+		{ "grey", ST_rej_greylist },
+		{ "dnsbl", ST_rej_dnsbl },
+		{ "rbl", ST_rej_dnsbl },
+		{ "access", ST_rej_access },
+		{ "recipient", ST_rej_unknown_recipient },
+		{ "verify", ST_rej_unknown_recipient },
+		{ "virus", ST_rej_virus },
+		{ "helo", ST_rej_rfc },
+		{ "tempfail", ST_rej_tempfail },
 	};
 	for (size_t i = 0; rule && i < sizeof map / sizeof map[0]; i++)
 		if (!strncmp(rule, map[i].prefix, strlen(map[i].prefix))) {
@@ -269,8 +272,8 @@ void stats_family_declare(const char *name, const char *type, const char *help)
 }
 
 /* family_update - add to or set one series. */
-static void family_update(const char *name, const char *type, const char *label,
-			  const char *value, int64_t n, int set)
+static void family_update(const char *name, const char *type, const char *label, const char *value, int64_t n,
+			  int set)
 {
 	pthread_mutex_lock(&fam_mu);
 	struct family *f = family_get(name, type);
@@ -379,7 +382,7 @@ void stats_render_metrics(struct strbuf *out)
 		renderers[STATS_AFTER_FIXED][k](out);
 
 	for (int h = 0; h < SH__COUNT; h++) {
-		uint64_t cnt[STATS_NBUCKETS + 1] = {0}, sum = 0;
+		uint64_t cnt[STATS_NBUCKETS + 1] = { 0 }, sum = 0;
 		FOR_BLOCKS(b)
 		{
 			for (int k = 0; k <= STATS_NBUCKETS; k++)
@@ -403,7 +406,7 @@ void stats_render_metrics(struct strbuf *out)
 		renderers[STATS_AFTER_HISTOGRAMS][k](out);
 
 	stats_render_head(out, "perimd_backend_replies_total", "counter", "backend replies by stage and class");
-	static const char *const cls[3] = {"2xx", "4xx", "5xx"};
+	static const char *const cls[3] = { "2xx", "4xx", "5xx" };
 	int n = __atomic_load_n(&nstages, __ATOMIC_ACQUIRE);
 	for (int i = 0; i < n; i++)
 		for (int k = 0; k < 3; k++) {
@@ -426,4 +429,3 @@ void stats_render_metrics(struct strbuf *out)
 	}
 	pthread_mutex_unlock(&fam_mu);
 }
-

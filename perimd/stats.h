@@ -64,7 +64,7 @@ struct stats_block {
 	uint64_t v[ST__COUNT];
 	uint64_t hb[SH__COUNT][STATS_NBUCKETS + 1];
 	uint64_t hsum[SH__COUNT];
-	uint64_t breply[STATS_MAX_STAGES][3];  /* 2xx-3xx, 4xx, 5xx */
+	uint64_t breply[STATS_MAX_STAGES][3]; /* 2xx-3xx, 4xx, 5xx */
 };
 
 extern __thread struct stats_block *stats_tl;
