@@ -43,6 +43,8 @@ DEPS+=(musl-tools cmake ninja-build tcl dpkg-dev file haproxy podman runc)
 # setpriv (util-linux), docker-compose (compose file), a real Prometheus and
 # promtool, fail2ban-regex; swaks' STARTTLS needs Net::SSLeay.
 DEPS+=(systemd util-linux docker-compose python3-yaml prometheus fail2ban libnet-ssleay-perl)
+# Style checks (tests/check_style.sh).
+DEPS+=(clang-format cppcheck)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {

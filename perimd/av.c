@@ -156,7 +156,7 @@ static void count_virus(const char *name)
 }
 
 /* av_counters - a snapshot of the counters. */
-void av_counters(struct av_counters *out)
+static void av_counters(struct av_counters *out)
 {
 	out->scanned = __atomic_load_n(&counters.scanned, __ATOMIC_RELAXED);
 	out->viruses = __atomic_load_n(&counters.viruses, __ATOMIC_RELAXED);
@@ -217,18 +217,6 @@ void av_render_metrics(struct strbuf *out)
 	}
 	sb_printf(out, "perimd_av_scan_seconds_sum %.3f\nperimd_av_scan_seconds_count %llu\n",
 		  (double)c.ms_sum / 1000.0, (unsigned long long)cum);
-}
-
-/* av_virus_count - finds of one virus name. */
-uint64_t av_virus_count(const char *name)
-{
-	uint64_t n = 0;
-	pthread_mutex_lock(&names_mu);
-	for (int i = 0; i < nnames; i++)
-		if (!strcmp(names[i].name, name))
-			n = names[i].n;
-	pthread_mutex_unlock(&names_mu);
-	return n;
 }
 
 /* ---- requests ------------------------------------------------------------ */

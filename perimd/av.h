@@ -52,11 +52,8 @@ struct av_counters {
 	uint64_t ms_hist[8];   /* scan time <=10, 50, 100, 500 ms, 1, 5, 30 s, more */
 	uint64_t ms_sum;       /* all scan times together */
 };
-void av_counters(struct av_counters *out);
-/* av_virus_count - times the virus called name was found (0 if never). */
-uint64_t av_virus_count(const char *name);
 /* av_render_metrics - the scanning counters, viruses by name and the scan
- * time histogram in the Prometheus text format (for stats.c). */
+ * time histogram in the Prometheus text format (registered by admin.c). */
 struct strbuf;
 void av_render_metrics(struct strbuf *out);
 

@@ -14,6 +14,7 @@
  * a changed value from a default.
  */
 #include "conf.h"
+#include "buf.h"
 #include "log.h"
 
 #include <ctype.h>
@@ -53,32 +54,6 @@ static const char *const param_names[] = {
 #undef PARAM
 	NULL
 };
-
-/* A growable string. */
-struct sbuf {
-	char *s;
-	size_t len, cap;
-};
-
-/* sb_add - append n bytes. */
-static void sb_add(struct sbuf *b, const char *s, size_t n)
-{
-	if (b->len + n + 1 > b->cap) {
-		b->cap = (b->len + n + 1) * 2;
-		b->s = xrealloc(b->s, b->cap);
-	}
-	memcpy(b->s + b->len, s, n);
-	b->len += n;
-	b->s[b->len] = 0;
-}
-
-/* sb_str - the string built so far (an empty string when nothing was added). */
-static char *sb_str(struct sbuf *b)
-{
-	if (!b->s)
-		sb_add(b, "", 0);
-	return b->s;
-}
 
 /* xasprintf - asprintf or die. */
 static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -210,7 +185,7 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 	size_t cap = 0;
 	ssize_t len;
 	int lineno = 0, start = 0;
-	struct sbuf cur = { 0 };
+	struct strbuf cur = { 0 };
 
 	while (!L->failed && (len = getline(&line, &cap, f)) >= 0) {
 		lineno++;
@@ -241,7 +216,7 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 		lerr(L, "%s: read error: %s", path, strerror(errno));
 	if (!L->failed && start)
 		load_line(L, path, start, sb_str(&cur));
-	free(cur.s);
+	sb_free(&cur);
 	free(line);
 	fclose(f);
 	return L->failed ? -1 : 0;
@@ -287,7 +262,7 @@ static const char *expand(struct loader *L, size_t i)
 		return NULL;
 	}
 	L->busy[i] = 1;
-	struct sbuf out = { 0 };
+	struct strbuf out = { 0 };
 	const char *p = L->raw[i];
 	while (*p) {
 		const char *d = strchr(p, '$');
@@ -347,7 +322,7 @@ static const char *expand(struct loader *L, size_t i)
 	return L->val[i];
 fail:
 	L->busy[i] = 0;
-	free(out.s);
+	sb_free(&out);
 	return NULL;
 }
 
@@ -621,7 +596,7 @@ static int parse_value(const struct param *p, const char *s, void *dst, char *wh
 }
 
 /* escape_dollar - s with each '$' doubled, so it reads back unexpanded. */
-static void escape_dollar(struct sbuf *b, const char *s)
+static void escape_dollar(struct strbuf *b, const char *s)
 {
 	const char *d;
 
@@ -636,7 +611,7 @@ static void escape_dollar(struct sbuf *b, const char *s)
 /* format_value - the canonical text of a value of parameter p stored at src. */
 static char *format_value(const struct param *p, const void *src)
 {
-	struct sbuf b = { 0 };
+	struct strbuf b = { 0 };
 
 	switch (p->type) {
 	case T_BOOL:

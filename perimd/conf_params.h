@@ -9,6 +9,8 @@
  *   choices: "a|b" for ENUM, else NULL
  * Included with PARAM defined; no include guard on purpose.
  */
+/* One row per line, however long: */
+/* clang-format off */
 
 /* Listening and sessions */
 PARAM(LIST, smtpd_listen, "0.0.0.0:25, [::]:25", 0, 0, NULL, "addresses to accept SMTP on")

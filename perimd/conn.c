@@ -211,13 +211,6 @@ void conn_free(struct conn *c)
 	conn_release(c);
 }
 
-/* conn_set_owner - hand the connection to another owner. */
-void conn_set_owner(struct conn *c, const struct conn_ops *ops, void *arg)
-{
-	c->ops = ops;
-	c->arg = arg;
-}
-
 /* conn_update - epoll interest and idle timer from the current state. */
 static void conn_update(struct conn *c)
 {
@@ -618,12 +611,6 @@ int conn_starttls(struct conn *c, struct tls *t, conn_tls_fn *cb)
 	return 0;
 }
 
-/* conn_tls_active - is TLS on (handshake done)? */
-int conn_tls_active(const struct conn *c)
-{
-	return c->tls && !c->tls_hs;
-}
-
 /* conn_tls_describe - negotiated protocol and cipher, or "". */
 void conn_tls_describe(struct conn *c, char *buf, size_t len)
 {
@@ -797,7 +784,7 @@ void conn_set_timeout(struct conn *c, uint64_t ms)
 	}
 }
 
-/* conn_fd - the socket. */
+/* conn_fd - the socket (av.c reads clamd's last words after a failed write). */
 int conn_fd(const struct conn *c)
 {
 	return c->fd;

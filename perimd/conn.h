@@ -44,8 +44,6 @@ struct conn *conn_connect(struct ev_loop *loop, const struct sockaddr *sa,
 			  const struct conn_ops *ops, void *arg);
 /* conn_free - close the fd and free; pending output is dropped. */
 void conn_free(struct conn *c);
-/* conn_set_owner - change the callback target (for pooled connections). */
-void conn_set_owner(struct conn *c, const struct conn_ops *ops, void *arg);
 
 /* Input. */
 const char *conn_rbuf(struct conn *c, size_t *len);
@@ -83,15 +81,14 @@ void conn_set_timeout(struct conn *c, uint64_t ms);
 struct tls;
 typedef void conn_tls_fn(void *arg, int ok, const char *why);
 int conn_starttls(struct conn *c, struct tls *t, conn_tls_fn *cb);
-/* conn_tls_active - 1 once the handshake has completed. */
-int conn_tls_active(const struct conn *c);
 /* conn_tls_describe - "TLSv1.2 with cipher ...", or "" without TLS. */
 void conn_tls_describe(struct conn *c, char *buf, size_t len);
 /* conn_tls_error - the BearSSL error code that ended TLS (0 = none, or the
  * failure was EOF, a socket error or a timeout); see tls_error_class(). */
 int conn_tls_error(const struct conn *c);
-
+/* conn_fd - the socket, for a last non-blocking read after an error. */
 int conn_fd(const struct conn *c);
+
 /* conn_peer - the peer address as text ("192.0.2.1" / "2001:db8::1"). */
 const char *conn_peer(const struct conn *c);
 

@@ -12,7 +12,7 @@
 #ifndef PERIMD_DNSCHECK_H
 #define PERIMD_DNSCHECK_H
 
-#include "policy.h"
+#include "policy_step.h"
 
 #include <stddef.h>
 

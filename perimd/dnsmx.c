@@ -104,8 +104,9 @@ static int is_local(int af, const void *a)
 	return ok;
 }
 
-/* dnsmx_is_self - does (addr, port) reach one of our listeners? */
-int dnsmx_is_self(const struct conf *c, const char *addr, int port)
+/* dnsmx_is_self - does (addr, port) reach one of our listeners? (A
+ * wildcard listener matches every local address.) */
+static int dnsmx_is_self(const struct conf *c, const char *addr, int port)
 {
 	unsigned char a[16], l[16];
 	int af = strchr(addr, ':') ? AF_INET6 : AF_INET;

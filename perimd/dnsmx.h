@@ -36,8 +36,4 @@ struct dnsmx_req *dnsmx_resolve(struct ev_loop *loop, const struct conf *c, cons
 void dnsmx_cancel(struct dnsmx_req *q);
 void dnsmx_list_free(struct dnsmx_list *l);
 
-/* dnsmx_is_self - would (addr, port) reach one of c's smtpd_listen
- * sockets? (A wildcard listener matches every local address.) */
-int dnsmx_is_self(const struct conf *c, const char *addr, int port);
-
 #endif

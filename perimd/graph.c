@@ -1,20 +1,16 @@
 /*
- * graph.c - the per-minute history (what the cacti graphs of old showed)
- * and its drawing as inline SVG: messages received, greylisted, rejected
- * and viruses per minute, sessions and in-flight transactions (maxima),
- * over the last hour, day and week.
+ * graph.c - the per-minute history (history.c) drawn as inline SVG:
+ * messages received, greylisted, rejected and viruses per minute, sessions
+ * and in-flight transactions (maxima), over the last hour, day and week.
  *
- * Invariants: a history slot holds one minute (minute % HIST_MINUTES) and
- * says which; a slot holding an older minute is stale and reads as zero.
  * Drawing is pure (history and "now" in, text out) and self-contained: no
  * script, no external font or stylesheet, so the page works offline and
  * the SVGs parse as XML on their own. Each series' plotted values are also
  * in its data-values attribute (tests and curious admins read them).
  */
-#include "stats.h"
+#include "graph.h"
 #include "log.h"
 
-#include <math.h>  /* isfinite */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,86 +23,16 @@ static const char *const series_color[HS__COUNT] = {
 	"#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#2ca02c", "#8c564b",
 };
 
-/* history_sample - see stats.h. */
-void history_sample(struct history *h, uint64_t now_min, const double cur[HS__COUNT],
-		    double last[HS__COUNT])
-{
-	size_t slot = now_min % HIST_MINUTES;
-	if (h->minute[slot] != now_min) {
-		h->minute[slot] = now_min;
-		memset(h->v[slot], 0, sizeof h->v[slot]);
-	}
-	for (int i = 0; i < HS__COUNT; i++) {
-		if (i < HS_SESSIONS) {
-			/* Counters: what came since the last sample. */
-			double d = cur[i] >= last[i] ? cur[i] - last[i] : cur[i];
-			h->v[slot][i] += d;
-			last[i] = cur[i];
-		} else if (cur[i] > h->v[slot][i]) {
-			h->v[slot][i] = cur[i];
-		}
-	}
-}
-
-/* history_serialize - see stats.h. */
-void history_serialize(const struct history *h, struct strbuf *out)
-{
-	sb_printf(out, "perimd-history 1\n");
-	for (size_t s = 0; s < HIST_MINUTES; s++) {
-		if (!h->minute[s])
-			continue;
-		sb_printf(out, "%llu", (unsigned long long)h->minute[s]);
-		for (int i = 0; i < HS__COUNT; i++)
-			sb_printf(out, " %.17g", h->v[s][i]);
-		sb_add(out, "\n", 1);
-	}
-}
-
-/* history_parse - see stats.h; lines that do not parse are skipped. */
-int history_parse(struct history *h, const char *text, size_t len)
-{
-	const char *p = text, *end = text + len;
-	const char *nl = memchr(p, '\n', len);
-	if (!nl || (size_t)(nl - p) != 16 || memcmp(p, "perimd-history 1", 16))
-		return -1;
-	p = nl + 1;
-	while (p < end) {
-		nl = memchr(p, '\n', (size_t)(end - p));
-		size_t l = nl ? (size_t)(nl - p) : (size_t)(end - p);
-		char line[512];
-		if (l < sizeof line) {
-			memcpy(line, p, l);
-			line[l] = 0;
-			unsigned long long m;
-			double v[HS__COUNT];
-			int used = 0;
-			if (sscanf(line, "%llu %lf %lf %lf %lf %lf %lf%n", &m, &v[0], &v[1], &v[2], &v[3],
-				   &v[4], &v[5], &used) == 7 && line[used] == 0 && m > 0) {
-				size_t s = m % HIST_MINUTES;
-				int ok = 1;
-				for (int i = 0; i < HS__COUNT; i++)
-					ok &= isfinite(v[i]) && v[i] >= 0;
-				if (ok && m >= h->minute[s]) {
-					h->minute[s] = m;
-					memcpy(h->v[s], v, sizeof v);
-				}
-			}
-		}
-		p += l + 1;
-	}
-	return 0;
-}
-
 struct period {
 	const char *name, *title;
-	int points, step;     /* step: minutes per point */
-	const char *tfmt;     /* strftime for the time axis */
+	int points, step; /* step: minutes per point */
+	const char *tfmt; /* strftime for the time axis */
 };
 
 static const struct period periods[] = {
-	{"hour", "last hour", 60, 1, "%H:%M"},
-	{"day", "last day", 288, 5, "%H:%M"},
-	{"week", "last week", 336, 30, "%a %Hh"},
+	{ "hour", "last hour", 60, 1, "%H:%M" },
+	{ "day", "last day", 288, 5, "%H:%M" },
+	{ "week", "last week", 336, 30, "%a %Hh" },
 };
 
 /* value - one point: counters per minute (average over the step), gauges
@@ -129,7 +55,7 @@ static double value(const struct history *h, uint64_t first, int step, int s)
 /* nice_max - a round upper bound for the y axis (1, 2, 2.5, 5 x 10^k). */
 static double nice_max(double v)
 {
-	static const double m[] = {1, 2, 2.5, 5, 10};
+	static const double m[] = { 1, 2, 2.5, 5, 10 };
 	if (v <= 1)
 		return 1;
 	double e = 1;
@@ -141,9 +67,9 @@ static double nice_max(double v)
 	return 10 * e;
 }
 
-/* graph_svg - see stats.h. */
-int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min,
-	      const char *which, const char *period)
+/* graph_svg - see graph.h. */
+int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min, const char *which,
+	      const char *period)
 {
 	int first_s, last_s;
 	const char *title, *unit;
@@ -194,8 +120,7 @@ int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min,
 			  "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%g</text>\n",
 			  L, y, L + pw, y, L - 6, y + 4, ymax * k / 4.0);
 	}
-	sb_printf(out,
-		  "<text transform=\"translate(14 %.0f) rotate(-90)\" text-anchor=\"middle\">%s</text>\n",
+	sb_printf(out, "<text transform=\"translate(14 %.0f) rotate(-90)\" text-anchor=\"middle\">%s</text>\n",
 		  T + ph / 2, unit);
 	/* X axis: 6 time labels, local time. */
 	for (int k = 0; k <= 5; k++) {
@@ -211,13 +136,17 @@ int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min,
 			  "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%s</text>\n",
 			  x, T, x, T + ph, x, T + ph + 16, lab);
 	}
-	sb_printf(out, "<rect x=\"%d\" y=\"%d\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
-		       "stroke=\"#888888\"/>\n", L, T, pw, ph);
+	sb_printf(out,
+		  "<rect x=\"%d\" y=\"%d\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
+		  "stroke=\"#888888\"/>\n",
+		  L, T, pw, ph);
 	/* The series, and a legend under the axis. */
 	int lx = L;
 	for (int s = first_s; s <= last_s; s++) {
-		sb_printf(out, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" "
-			       "data-series=\"%s\" data-values=\"", series_color[s], series_name[s]);
+		sb_printf(out,
+			  "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" "
+			  "data-series=\"%s\" data-values=\"",
+			  series_color[s], series_name[s]);
 		for (int i = 0; i < n; i++)
 			sb_printf(out, "%s%g", i ? " " : "", vals[s * n + i]);
 		sb_add(out, "\" points=\"", 10);
@@ -238,8 +167,8 @@ int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min,
 	return 0;
 }
 
-/* graph_page - see stats.h: every graph, inline. */
-void graph_page(struct strbuf *out, const struct history *h, uint64_t now_min)
+/* graph_page - see graph.h: every graph, inline. */
+void graph_page(struct strbuf *out, const struct history *h, uint64_t now_min, int healthy)
 {
 	time_t t = (time_t)(now_min * 60);
 	struct tm tm;
@@ -253,9 +182,11 @@ void graph_page(struct strbuf *out, const struct history *h, uint64_t now_min)
 		  "border:1px solid #ccc}</style></head>\n<body>\n<h1>perimd statistics</h1>\n"
 		  "<p>As of %s. Most sessions open this minute: %lld. Health: <a href=\"/healthz\">%s</a>. "
 		  "Counters: <a href=\"/metrics\">/metrics</a>.</p>\n",
-		  when, h->minute[now_min % HIST_MINUTES] == now_min
-				? (long long)h->v[now_min % HIST_MINUTES][HS_SESSIONS] : 0LL,
-		  stats_healthy() ? "ok" : "not accepting mail");
+		  when,
+		  h->minute[now_min % HIST_MINUTES] == now_min
+		      ? (long long)h->v[now_min % HIST_MINUTES][HS_SESSIONS]
+		      : 0LL,
+		  healthy ? "ok" : "not accepting mail");
 	for (size_t p = 0; p < sizeof periods / sizeof periods[0]; p++) {
 		sb_printf(out, "<h2>The %s</h2>\n", periods[p].title);
 		graph_svg(out, h, now_min, "messages", periods[p].name);

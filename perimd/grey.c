@@ -256,17 +256,6 @@ static void cache_put(const struct grey_key *k, int64_t until)
 	pthread_mutex_unlock(mu);
 }
 
-/* grey_cache_reset - empty the cache. */
-void grey_cache_reset(void)
-{
-	for (size_t i = 0; i < GREY_CACHE_SIZE; i++) {
-		pthread_mutex_t *mu = &grey_cache_mu[i % GREY_CACHE_SHARDS];
-		pthread_mutex_lock(mu);
-		grey_cache[i].until = 0;
-		pthread_mutex_unlock(mu);
-	}
-}
-
 /* ---- per-worker store connections --------------------------------------- */
 
 struct grey_tls {

@@ -14,7 +14,7 @@
 #ifndef PERIMD_GREY_H
 #define PERIMD_GREY_H
 
-#include "policy.h"
+#include "policy_step.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -179,8 +179,5 @@ struct grey_policy {
 };
 int grey_policy_load(const struct conf *c, struct grey_policy *gp, char *err, size_t errlen);
 void grey_policy_free(struct grey_policy *gp);
-
-/* grey_cache_reset - forget the in-process cache (tests, reload). */
-void grey_cache_reset(void);
 
 #endif

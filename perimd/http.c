@@ -39,7 +39,7 @@
 static int is_tchar(unsigned char c)
 {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-	       (c && strchr("!#$%&'*+-.^_`|~", c));
+	    (c && strchr("!#$%&'*+-.^_`|~", c));
 }
 
 /* line_end - the end of the line starting at p (index of LF), or -1. */
@@ -50,8 +50,7 @@ static long line_end(const char *buf, size_t len, size_t p)
 }
 
 /* http_request_parse - see http.h. */
-enum parse_result http_request_parse(const char *buf, size_t len, struct http_req *rq,
-				     size_t *consumed)
+enum parse_result http_request_parse(const char *buf, size_t len, struct http_req *rq, size_t *consumed)
 {
 	size_t scan = len > HTTP_REQ_MAX ? HTTP_REQ_MAX : len;
 	long e = line_end(buf, scan, 0);
@@ -178,15 +177,13 @@ static void hconn_free(struct hconn *h)
 }
 
 /* respond - the whole answer, then close once it is flushed. */
-static void respond(struct hconn *h, int status, const char *ctype, const struct strbuf *body,
-		    int head_only)
+static void respond(struct hconn *h, int status, const char *ctype, const struct strbuf *body, int head_only)
 {
 	char hdr[512];
 	int n = snprintf(hdr, sizeof hdr,
 			 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
 			 "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
-			 status, reason(status), ctype, body->len,
-			 status == 405 ? "Allow: GET, HEAD\r\n" : "");
+			 status, reason(status), ctype, body->len, status == 405 ? "Allow: GET, HEAD\r\n" : "");
 	conn_write(h->c, hdr, (size_t)n);
 	if (!head_only && body->len)
 		conn_write(h->c, body->p, body->len);
@@ -197,7 +194,7 @@ static void respond(struct hconn *h, int status, const char *ctype, const struct
 /* respond_text - a short plain-text answer. */
 static void respond_text(struct hconn *h, int status, const char *text)
 {
-	struct strbuf b = {0};
+	struct strbuf b = { 0 };
 	sb_printf(&b, "%s\n", text);
 	respond(h, status, "text/plain; charset=utf-8", &b, 0);
 	sb_free(&b);
@@ -227,7 +224,7 @@ static void hconn_read(void *arg)
 		respond_text(h, 405, "only GET");
 		return;
 	}
-	struct strbuf body = {0};
+	struct strbuf body = { 0 };
 	const char *ctype = "text/plain; charset=utf-8";
 	int status = h->srv->handler(&rq, &body, &ctype);
 	respond(h, status, ctype, &body, head);
@@ -314,7 +311,7 @@ static int wait_fd(int fd, short ev, long long deadline)
 		long long left = deadline - mono_ms();
 		if (left <= 0)
 			return -1;
-		struct pollfd p = {.fd = fd, .events = ev};
+		struct pollfd p = { .fd = fd, .events = ev };
 		int r = poll(&p, 1, (int)left);
 		if (r > 0)
 			return 0;
@@ -324,8 +321,8 @@ static int wait_fd(int fd, short ev, long long deadline)
 }
 
 /* http_get - see http.h. */
-int http_get(const char *addr, const char *path, int timeout_ms, int *status,
-	     struct strbuf *body, char *err, size_t errlen)
+int http_get(const char *addr, const char *path, int timeout_ms, int *status, struct strbuf *body, char *err,
+	     size_t errlen)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl;
@@ -351,15 +348,15 @@ int http_get(const char *addr, const char *path, int timeout_ms, int *status,
 		return -1;
 	}
 	int rc = -1;
-	struct strbuf in = {0};
+	struct strbuf in = { 0 };
 	if (connect(fd, (struct sockaddr *)&ss, sl) < 0 && errno != EINPROGRESS) {
 		snprintf(err, errlen, "connect %s: %s", addr, strerror(errno));
 		goto out;
 	}
 	int soerr = 0;
 	socklen_t elen = sizeof soerr;
-	if (wait_fd(fd, POLLOUT, deadline) < 0 ||
-	    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &elen) < 0 || soerr) {
+	if (wait_fd(fd, POLLOUT, deadline) < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &elen) < 0 ||
+	    soerr) {
 		snprintf(err, errlen, "connect %s: %s", addr, soerr ? strerror(soerr) : "timeout");
 		goto out;
 	}

@@ -10,8 +10,8 @@
 #ifndef PERIMD_HTTP_H
 #define PERIMD_HTTP_H
 
-#include "smtp_proto.h"  /* enum parse_result */
-#include "stats.h"       /* struct strbuf */
+#include "smtp_proto.h" /* enum parse_result */
+#include "buf.h"        /* struct strbuf */
 
 #include <stddef.h>
 
@@ -22,8 +22,8 @@ struct ev_loop;
 
 struct http_req {
 	char method[16];
-	char path[512];     /* without the query */
-	int minor;          /* HTTP/1.minor */
+	char path[512]; /* without the query */
+	int minor;      /* HTTP/1.minor */
 };
 
 /* http_request_parse - one request head (RFC 9112 §2-§5): request line,
@@ -31,8 +31,7 @@ struct http_req {
  * PARSE_AGAIN: need more bytes; PARSE_TOO_LONG: no end within
  * HTTP_REQ_MAX; PARSE_BAD: malformed, or a request with a body. Accepts
  * CRLF or a bare LF as line end (RFC 9112 §2.2). Pure. */
-enum parse_result http_request_parse(const char *buf, size_t len, struct http_req *rq,
-				     size_t *consumed);
+enum parse_result http_request_parse(const char *buf, size_t len, struct http_req *rq, size_t *consumed);
 
 /* A request handler: fills body, returns the status; *ctype is the
  * Content-Type (a static string). */
@@ -46,7 +45,7 @@ void http_server_stop(struct ev_loop *loop);
 /* http_get - blocking client (command line only, never on a loop):
  * GET path from addr ("127.0.0.1:9125", "[::1]:9125"; a wildcard address
  * is asked on loopback). Returns 0 with *status and body, or -1 + err. */
-int http_get(const char *addr, const char *path, int timeout_ms, int *status,
-	     struct strbuf *body, char *err, size_t errlen);
+int http_get(const char *addr, const char *path, int timeout_ms, int *status, struct strbuf *body, char *err,
+	     size_t errlen);
 
 #endif

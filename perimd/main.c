@@ -8,6 +8,7 @@
  * plain code, never in a signal handler. Reloads swap in a new policy
  * snapshot; SIGTERM asks every loop to drain and joins them.
  */
+#include "admin.h"
 #include "av.h"
 #include "conf.h"
 #include "ev.h"
@@ -85,11 +86,11 @@ static void *io_main(void *arg)
 	struct io_thread *t = arg;
 	smtpd_loop_start(t->loop, t->fds, t->nfds);
 	if (ev_loop_index(t->loop) == 0) {
-		stats_loop_start(t->loop, stats_fd, nthreads);
+		admin_loop_start(t->loop, stats_fd, nthreads);
 		policyd_loop_start(t->loop, policyd_fd);
 	}
 	ev_run(t->loop);
-	stats_loop_finished(t->loop);
+	admin_loop_finished(t->loop);
 	relay_loop_shutdown(t->loop);
 	return NULL;
 }
@@ -302,13 +303,14 @@ static void reload(const char *path, int nov, int full)
 		return;
 	}
 	/* Certificates: the old ones stay unless the new ones all load (after
-	 * the privilege drop, the key must be readable by mail_owner). */
-	if (!full)
-		;   /* a map file changed: certificates and signatures stay */
-	else if (tls_configure(c, err, sizeof err) < 0)
-		log_err("reload: TLS certificates and keys not reloaded, keeping the old ones: %s", err);
-	else if (c->smtpd_tls_cert_file[0] || c->relay_tls_CAfile[0])
-		log_info("reload: TLS certificates and keys reloaded");
+	 * the privilege drop, the key must be readable by mail_owner). When
+	 * only a map file changed (!full), certificates and signatures stay. */
+	if (full) {
+		if (tls_configure(c, err, sizeof err) < 0)
+			log_err("reload: TLS certificates and keys not reloaded, keeping the old ones: %s", err);
+		else if (c->smtpd_tls_cert_file[0] || c->relay_tls_CAfile[0])
+			log_info("reload: TLS certificates and keys reloaded");
+	}
 	struct policy *old = policy_acquire();
 	if (old) {
 		const struct conf *oc = old->conf;
@@ -335,7 +337,7 @@ int main(int argc, char **argv)
 	if (argc > 1 && !strcmp(argv[1], SCANNER_ARG))
 		return scanner_main(argc, argv);
 	if (argc > 1 && (!strcmp(argv[1], "stats") || !strcmp(argv[1], "healthcheck")))
-		return stats_command(argc - 1, argv + 1, DEFAULT_CONF);
+		return admin_command(argc - 1, argv + 1, DEFAULT_CONF);
 	while ((opt = getopt(argc, argv, "c:o:fvtndV")) != -1) {
 		switch (opt) {
 		case 'c': path = optarg; break;
@@ -421,7 +423,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	if (stats_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0 ||
+	if (admin_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0 ||
 	    grey_check(c, err, sizeof err) < 0) {
 		fprintf(stderr, "perimd: %s\n", err);
 		policy_release(pol);
@@ -471,8 +473,8 @@ int main(int argc, char **argv)
 			threads[t].fds[threads[t].nfds++] = fd;
 		}
 	}
-	stats_init(c, nthreads);
-	stats_fd = stats_listen_open(c);
+	admin_init(c, nthreads);
+	stats_fd = admin_listen_open(c);
 	policyd_fd = policyd_listen_open(c);
 	policy_install(pol);
 	drop_privileges(c);
@@ -496,7 +498,7 @@ int main(int argc, char **argv)
 	}
 
 	jobs_start(2);
-	stats_starting_begin(stats_fd);   /* /healthz: 503 until the loops run */
+	admin_starting_begin(stats_fd);   /* /healthz: 503 until the loops run */
 	{
 		/* No mail before the virus scanner has its engine loaded. */
 		struct ev_loop **loops = xcalloc((size_t)nthreads, sizeof *loops);
@@ -506,7 +508,7 @@ int main(int argc, char **argv)
 			fatal("%s", err);
 		free(loops);
 	}
-	stats_starting_end();
+	admin_starting_end();
 	for (int t = 0; t < nthreads; t++)
 		if (pthread_create(&threads[t].tid, NULL, io_main, &threads[t]) != 0)
 			fatal("cannot start io thread");

@@ -37,36 +37,6 @@ static int is_map_spec(const char *s)
 	return 1;
 }
 
-/* policy_split_list - comma/space separated items. */
-void policy_split_list(const char *s, struct conf_list *l)
-{
-	l->n = 0;
-	l->v = xcalloc(1, sizeof *l->v);
-	while (*s) {
-		while (*s == ',' || isspace((unsigned char)*s))
-			s++;
-		if (!*s)
-			break;
-		const char *e = s;
-		while (*e && *e != ',' && !isspace((unsigned char)*e))
-			e++;
-		l->v = xrealloc(l->v, (size_t)(l->n + 2) * sizeof *l->v);
-		l->v[l->n++] = xstrndup(s, (size_t)(e - s));
-		l->v[l->n] = NULL;
-		s = e;
-	}
-}
-
-/* policy_list_free - free a split list. */
-void policy_list_free(struct conf_list *l)
-{
-	for (int i = 0; i < l->n; i++)
-		free(l->v[i]);
-	free(l->v);
-	l->v = NULL;
-	l->n = 0;
-}
-
 /* policy_free - close maps, drop the conf. */
 static void policy_free(struct policy *p)
 {
@@ -224,12 +194,9 @@ int policy_route(const struct policy *p, const char *domain, const char **route)
 
 /* ---- the RCPT chain ----------------------------------------------------
  *
- * Steps run in table order. A step returns STEP_PASS (go on), STEP_DECIDED
- * (v filled: the chain ends), or STEP_ASYNC: it started something and will
- * call policy_step_done() exactly once later, on the same loop, unless
- * policy_cancel() came first (then its cancel function, registered with
- * policy_step_async(), is called instead and it MUST NOT call back).
- * req->exempt marks a recipient (role account) that later steps such as
+ * Steps run in table order, under the contract of policy_step.h; an
+ * asynchronous step's policy_step_done() (policy_step.c) resumes the chain
+ * through req->resume. req->exempt marks a recipient (role account) that later steps such as
  * DNSBL and greylisting skip.
  */
 
@@ -265,13 +232,13 @@ static const struct policy_step_def {
 	enum policy_step (*run)(struct policy_req *r, struct policy_verdict *v);
 } policy_steps[] = {
 	{ "verify_cache", step_verify_cache },
-	{ "role_accounts", rules_step_role },      /* sets exempt */
-	{ "recipient", rules_step_recipient },     /* relay_recipient_maps, callout */
-	{ "delayed", rules_step_delayed },         /* access maps, client/HELO/sender */
+	{ "role_accounts", rules_step_role },  /* sets exempt */
+	{ "recipient", rules_step_recipient }, /* relay_recipient_maps, callout */
+	{ "delayed", rules_step_delayed },     /* access maps, client/HELO/sender */
 	{ "client_dns", dnscheck_step_client },
 	{ "sender_domain", dnscheck_step_sender },
 	{ "dnsbl", dnscheck_step_dnsbl },
-	{ "greylist", grey_step },     /* last: only what all else accepts */
+	{ "greylist", grey_step }, /* last: only what all else accepts */
 };
 #define NSTEPS ((int)(sizeof policy_steps / sizeof policy_steps[0]))
 
@@ -295,13 +262,14 @@ static int chain_run(struct policy_req *r, struct policy_verdict *v)
 }
 
 /* policy_rcpt - run the RCPT chain; see policy.h. */
-int policy_rcpt(const struct policy_env *env, struct policy_verdict *v,
-		policy_done_fn *done, void *arg, struct policy_req **req)
+int policy_rcpt(const struct policy_env *env, struct policy_verdict *v, policy_done_fn *done, void *arg,
+		struct policy_req **req)
 {
 	struct policy_req *r = xcalloc(1, sizeof *r);
 	r->env = env;
 	r->done = done;
 	r->arg = arg;
+	r->resume = chain_run;
 	v->code = 0;
 	v->reply[0] = 0;
 	v->rule = "accept";
@@ -312,33 +280,6 @@ int policy_rcpt(const struct policy_env *env, struct policy_verdict *v,
 	}
 	*req = r;
 	return 0;
-}
-
-/* policy_step_async - the running step went asynchronous; cancel(handle)
- * undoes it if the session goes away first. */
-void policy_step_async(struct policy_req *r, void (*cancel)(void *handle), void *handle)
-{
-	r->cancel = cancel;
-	r->handle = handle;
-}
-
-/* policy_step_done - an asynchronous step finished: decided (v filled) or
- * passed (decided = 0); the chain goes on and may finish now. */
-void policy_step_done(struct policy_req *r, int decided, const struct policy_verdict *v)
-{
-	struct policy_verdict out;
-	r->cancel = NULL;
-	r->handle = NULL;
-	r->async = 0;
-	if (decided) {
-		out = *v;
-	} else if (!chain_run(r, &out)) {
-		return;   /* the next step went asynchronous */
-	}
-	policy_done_fn *done = r->done;
-	void *arg = r->arg;
-	free(r);
-	done(arg, &out);
 }
 
 /* policy_cancel - abandon the chain (the session is gone or reset). */

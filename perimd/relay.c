@@ -584,7 +584,7 @@ void req_pass_on(struct relay_req *r, const struct smtp_reply *rep,
 }
 
 /* req_log - one line per delivery attempt outcome. */
-void req_log(struct relay_req *r, const char *status, const char *reply)
+static void req_log(struct relay_req *r, const char *status, const char *reply)
 {
 	uint64_t now = ev_now(r->rl->loop);
 

@@ -157,7 +157,6 @@ void req_fail(struct relay_req *r, int code, const char *enh, const char *text);
 void req_failover(struct relay_req *r, const char *why);
 void req_finish(struct relay_req *r);
 void req_end(struct relay_req *r, int release, const char *status, const char *reply);
-void req_log(struct relay_req *r, const char *status, const char *reply);
 void req_pass_on(struct relay_req *r, const struct smtp_reply *rep, const char *said, const char *default_enh);
 void req_set(struct relay_req *r, int code, const char *enh, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));

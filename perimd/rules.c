@@ -71,7 +71,7 @@ void rules_free(struct policy *p)
 
 /* ---- session state ------------------------------------------------------------ */
 
-/* policy_session_new - see policy.h. */
+/* policy_session_new - see policy_step.h. */
 struct policy_sess *policy_session_new(const struct policy *p, const char *session_id,
 				       const char *client_addr)
 {
@@ -82,7 +82,7 @@ struct policy_sess *policy_session_new(const struct policy *p, const char *sessi
 	return ps;
 }
 
-/* policy_session_free - see policy.h. */
+/* policy_session_free - see policy_step.h. */
 void policy_session_free(struct policy_sess *ps)
 {
 	if (!ps)
@@ -119,7 +119,7 @@ static int helo_valid(const char *h)
 	return n > 0 && smtp_domain_valid(h, n, 0);
 }
 
-/* policy_helo - see policy.h. */
+/* policy_helo - see policy_step.h. */
 void policy_helo(struct policy_sess *ps, const char *helo)
 {
 	free(ps->helo);
@@ -130,7 +130,7 @@ void policy_helo(struct policy_sess *ps, const char *helo)
 			    "5.5.2 Helo command rejected: invalid name <%.255s>", helo);
 }
 
-/* policy_mail - see policy.h. */
+/* policy_mail - see policy_step.h. */
 void policy_mail(struct policy_sess *ps, const char *sender)
 {
 	free(ps->sender);
@@ -139,13 +139,13 @@ void policy_mail(struct policy_sess *ps, const char *sender)
 	ps->sender_v.code = 0;
 }
 
-/* policy_is_role - see policy.h. */
+/* policy_is_role - local part is one of role_accounts (any case). */
 int policy_is_role(const struct policy *p, const char *local)
 {
 	return conf_list_has(&p->conf->role_accounts, local);
 }
 
-/* policy_addr_check - see policy.h (RFC 5321 §4.5.3.1.1-3). */
+/* policy_addr_check - see policy_step.h (RFC 5321 §4.5.3.1.1-3). */
 const char *policy_addr_check(const char *local, const char *domain)
 {
 	size_t ln = strlen(local), dn = strlen(domain);

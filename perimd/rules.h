@@ -1,12 +1,12 @@
 /*
  * rules.h - the client, HELO, sender and recipient rules of the RCPT chain
- * (policy.c's table calls these steps; see policy.h for the step contract)
+ * (policy.c's table calls these steps; see policy_step.h for the step contract)
  * and the maps they use.
  */
 #ifndef PERIMD_RULES_H
 #define PERIMD_RULES_H
 
-#include "policy.h"
+#include "policy_step.h"
 
 #include <stddef.h>
 

@@ -1,7 +1,8 @@
 /*
- * stats.h - counters, gauges and histograms of every module, the per-minute
- * history behind the graphs, and the health state; served over HTTP on
- * stats_listen (http.c): /metrics, /healthz, / (graph.c).
+ * stats.h - counters, gauges and histograms of every module, and the health
+ * state: the ground floor every module may count into (it uses only log.h
+ * and buf.h). admin.c serves them on stats_listen: /metrics, /healthz, and
+ * the graphs of the per-minute history.
  *
  * Adding a metric to your module (one line each):
  *   - a fixed counter or gauge: one STAT(...) row in stats_names.h, then
@@ -29,11 +30,10 @@
 #ifndef PERIMD_STATS_H
 #define PERIMD_STATS_H
 
+#include "buf.h"
+
 #include <stddef.h>
 #include <stdint.h>
-
-struct ev_loop;
-struct conf;
 
 enum stats_id {
 #define STAT(id, type, name, labels, help) ST_##id,
@@ -64,7 +64,7 @@ struct stats_block {
 	uint64_t v[ST__COUNT];
 	uint64_t hb[SH__COUNT][STATS_NBUCKETS + 1];
 	uint64_t hsum[SH__COUNT];
-	uint64_t breply[STATS_MAX_STAGES][3];  /* 2xx-3xx, 4xx, 5xx */
+	uint64_t breply[STATS_MAX_STAGES][3]; /* 2xx-3xx, 4xx, 5xx */
 };
 
 extern __thread struct stats_block *stats_tl;
@@ -113,75 +113,23 @@ void stats_family_set(const char *name, const char *label, const char *value, in
 /* stats_value - a fixed metric summed over threads. */
 int64_t stats_value(enum stats_id id);
 
-/* Health (/healthz): 200 only while UP and nothing holds readiness. */
+/* Health (/healthz): 200 only while UP. */
 enum stats_health { STATS_STARTING, STATS_UP, STATS_DRAINING };
 void stats_health_set(enum stats_health h);
 enum stats_health stats_health_get(void);
-/* stats_ready_hold / release - a module still loading (e.g. virus
- * signatures) keeps /healthz at 503 between the two calls. */
-void stats_ready_hold(void);
-void stats_ready_release(void);
 /* stats_healthy - 1 when /healthz says 200. */
 int stats_healthy(void);
-
-/* A growable text buffer (NUL-terminated). */
-struct strbuf {
-	char *p;
-	size_t len, cap;
-};
-void sb_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void sb_add(struct strbuf *b, const char *s, size_t n);
-void sb_free(struct strbuf *b);
 
 /* stats_render_metrics - the Prometheus text exposition format (0.0.4). */
 void stats_render_metrics(struct strbuf *out);
 
-/* stats_check - is stats_listen usable (for -t)? 0, or -1 with err. */
-int stats_check(const struct conf *c, char *err, size_t errlen);
-/* stats_init - from main, before the io threads: nloops io loops will
- * run; remember the data directory and load the saved history (a missing
- * file is no error). */
-void stats_init(const struct conf *c, int nloops);
-/* stats_listen_open - bind stats_listen (before dropping privileges; no
- * SO_REUSEPORT, so a second daemon cannot silently share the port).
- * Returns the fd, -1 when stats_listen is empty; fatal() on failure. */
-int stats_listen_open(const struct conf *c);
-/* stats_command - `perimd stats [-c FILE]` / `perimd healthcheck [-c FILE]`
- * (argv[0] is the command); returns the exit status. */
-int stats_command(int argc, char **argv, const char *default_conf);
-/* stats_starting_begin - from main, before the slow part of the start
- * (loading the virus engine): a thread answers 503 "starting" on
- * listen_fd (-1: none) until stats_starting_end(), called before the io
- * loops take the listener over. */
-void stats_starting_begin(int listen_fd);
-void stats_starting_end(void);
-/* stats_loop_start - on io loop 0: history ticks, the HTTP server on
- * listen_fd (-1: none); nloops io loops run in all. */
-void stats_loop_start(struct ev_loop *loop, int listen_fd, int nloops);
-/* stats_loop_finished - every io thread, after its ev_run() returned. On
- * loop 0 it keeps the loop running (HTTP answering 503) until every io
- * loop has drained, then saves the history and closes the listener. */
-void stats_loop_finished(struct ev_loop *loop);
-
-/* Per-minute history (graph.c). */
-enum hist_series { HS_RECEIVED, HS_GREYLISTED, HS_REJECTED, HS_VIRUSES, HS_SESSIONS, HS_INFLIGHT, HS__COUNT };
-#define HIST_MINUTES (7 * 24 * 60)
-struct history {
-	uint64_t minute[HIST_MINUTES];    /* the minute (epoch / 60) a slot holds; 0 = empty */
-	double v[HIST_MINUTES][HS__COUNT];
-};
-/* history_sample - fold the counts since the last sample into the minute
- * `now_min` (sums for counters, maxima for gauges). Loop 0 only. */
-void history_sample(struct history *h, uint64_t now_min, const double cur[HS__COUNT],
-		    double last[HS__COUNT]);
-/* history_save / history_load - text, one "minute v0 v1 ..." line per slot. */
-void history_serialize(const struct history *h, struct strbuf *out);
-int history_parse(struct history *h, const char *text, size_t len);
-/* graph_page - the status page (HTML with inline SVG). */
-void graph_page(struct strbuf *out, const struct history *h, uint64_t now_min);
-/* graph_svg - one graph: which = "messages" or "sessions", period = "hour",
- * "day" or "week". Returns -1 for an unknown name. */
-int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min,
-	      const char *which, const char *period);
+/* Metrics kept outside stats (gauges read on demand, av.c's counters) are
+ * rendered by functions registered once, before the threads start; they
+ * appear after the fixed metrics or after the histograms, in the order
+ * registered. stats_render_head() writes a metric's HELP and TYPE lines. */
+typedef void stats_render_fn(struct strbuf *out);
+enum stats_render_at { STATS_AFTER_FIXED, STATS_AFTER_HISTOGRAMS };
+void stats_render_register(enum stats_render_at at, stats_render_fn *fn);
+void stats_render_head(struct strbuf *out, const char *name, const char *type, const char *help);
 
 #endif

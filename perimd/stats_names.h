@@ -12,6 +12,8 @@
  *   seconds with the buckets of stats.c.
  * Included with STAT and HIST defined; no include guard on purpose.
  */
+/* One row per line, however long: */
+/* clang-format off */
 
 /* Connections and sessions (smtpd.c) */
 STAT(conn_accepted, COUNTER, "perimd_connections_accepted_total", "", "SMTP connections accepted and greeted")

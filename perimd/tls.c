@@ -854,9 +854,3 @@ const char *tls_error_class(int err)
 		return "protocol";
 	return "other";
 }
-
-/* tls_session_bytes - heap bytes one server-side TLS connection adds. */
-size_t tls_session_bytes(void)
-{
-	return sizeof(struct tls);
-}

@@ -82,7 +82,4 @@ const char *tls_error_class(int err);
  * else with a backend); reason is tls_error_class() or "io". */
 void tls_count(int server, int ok, const char *reason);
 
-/* tls_session_bytes - the memory one TLS connection adds (server side). */
-size_t tls_session_bytes(void);
-
 #endif

@@ -6,7 +6,7 @@
  * history_parse on the same bytes.
  */
 #include "http.h"
-#include "stats.h"
+#include "history.h"
 
 #include <stdint.h>
 #include <stdlib.h>

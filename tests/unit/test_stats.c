@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "graph.h"
+#include "history.h"
 #include "http.h"
 #include "stats.h"
 #include "t.h"

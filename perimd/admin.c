@@ -1,0 +1,398 @@
+/*
+ * admin.c - the operator's side of the counters, on top of every module:
+ * the stats_listen HTTP endpoints (/metrics, /healthz, the status page and
+ * its graphs), the gauges read on demand from smtpd, spool and av, the
+ * per-minute history's clock and file, the 503 answerer while starting,
+ * and the `perimd stats` / `perimd healthcheck` commands.
+ *
+ * Invariants:
+ * - The history and the HTTP server live on io loop 0 only. The history
+ *   file is written whole then renamed; a write never replaces a newer
+ *   snapshot (sequence numbers), so the final save at exit wins over a
+ *   periodic save still running on a worker.
+ * - Nothing below calls up into admin.c: it reads the others' getters and
+ *   registers its renderers with stats.c at admin_init().
+ */
+#include "admin.h"
+#include "av.h"
+#include "buf.h"
+#include "conf.h"
+#include "ev.h"
+#include "graph.h"
+#include "history.h"
+#include "http.h"
+#include "jobs.h"
+#include "log.h"
+#include "net.h"
+#include "smtpd.h"
+#include "spool.h"
+#include "stats.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define TICK_MS 5000  /* history sample period */
+#define SAVE_TICKS 60 /* save every 5 minutes */
+
+/* render_gauges - the gauges other modules keep, read now (/metrics). */
+static void render_gauges(struct strbuf *out)
+{
+	stats_render_head(out, "perimd_sessions_active", "gauge", "SMTP sessions open");
+	sb_printf(out, "perimd_sessions_active %d\n", smtpd_sessions());
+	stats_render_head(out, "perimd_spool_bytes", "gauge", "message bodies held in memory and spool files");
+	sb_printf(out, "perimd_spool_bytes %llu\n", (unsigned long long)spool_bytes_in_use());
+	stats_render_head(out, "perimd_accepting_mail", "gauge", "1 while /healthz says 200");
+	sb_printf(out, "perimd_accepting_mail %d\n", stats_healthy());
+}
+
+/* ---- while starting ----------------------------------------------------- *
+ * Until the io loops run (the virus engine may take minutes to load), a
+ * small thread answers every request on the stats listener with 503, so a
+ * load balancer's health check gets a clear "not yet" instead of a hang. */
+
+static pthread_t starting_tid;
+static int starting_fd = -1;
+static int starting_stop; /* atomic */
+
+/* starting_main - accept, read a little, answer 503, close; until told. */
+static void *starting_main(void *arg)
+{
+	(void)arg;
+	static const char ans[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+				  "Content-Length: 9\r\nConnection: close\r\n\r\nstarting\n";
+	while (!__atomic_load_n(&starting_stop, __ATOMIC_SEQ_CST)) {
+		struct pollfd pf = { .fd = starting_fd, .events = POLLIN };
+		if (poll(&pf, 1, 100) <= 0)
+			continue;
+		int c = accept4(starting_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			continue;
+		/* The request is not parsed: every answer is the same. */
+		struct pollfd cf = { .fd = c, .events = POLLIN };
+		char buf[2048];
+		if (poll(&cf, 1, 1000) > 0) {
+			ssize_t n = recv(c, buf, sizeof buf, MSG_DONTWAIT);
+			(void)n;
+		}
+		ssize_t w = send(c, ans, sizeof ans - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		(void)w;
+		close(c);
+	}
+	return NULL;
+}
+
+/* admin_starting_begin - see admin.h. */
+void admin_starting_begin(int listen_fd)
+{
+	if (listen_fd < 0)
+		return;
+	starting_fd = listen_fd;
+	if (pthread_create(&starting_tid, NULL, starting_main, NULL) != 0)
+		starting_fd = -1;
+}
+
+/* admin_starting_end - see admin.h. */
+void admin_starting_end(void)
+{
+	if (starting_fd < 0)
+		return;
+	__atomic_store_n(&starting_stop, 1, __ATOMIC_SEQ_CST);
+	pthread_join(starting_tid, NULL);
+	starting_fd = -1;
+}
+
+/* ---- history, on loop 0 ------------------------------------------------- */
+
+static struct history *hist;
+static double hist_last[HS__COUNT];
+static char *hist_path;
+static pthread_mutex_t save_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t save_seq, saved_seq;
+static int loops_running;
+static struct ev_loop *loop0;
+static struct ev_timer tick_timer;
+static int ticks;
+
+/* current - the values the history samples now. */
+static void current(double cur[HS__COUNT])
+{
+	int64_t rej = 0;
+	for (int i = ST_rej_relay_denied; i <= ST_rej_backend_tempfail; i++)
+		rej += stats_value((enum stats_id)i);
+	cur[HS_RECEIVED] = (double)stats_value(ST_msg_received);
+	cur[HS_GREYLISTED] = (double)stats_value(ST_rej_greylist);
+	cur[HS_REJECTED] = (double)rej;
+	cur[HS_VIRUSES] = (double)stats_value(ST_rej_virus);
+	cur[HS_SESSIONS] = smtpd_sessions_peak(); /* bursts between samples too */
+	cur[HS_INFLIGHT] = (double)stats_value(ST_inflight);
+}
+
+/* sample_now - fold the counts since the last sample into this minute. */
+static void sample_now(void)
+{
+	if (!hist)
+		return;
+	double cur[HS__COUNT];
+	current(cur);
+	history_sample(hist, ev_wallclock() / 60, cur, hist_last);
+}
+
+struct save {
+	uint64_t seq;
+	struct strbuf text;
+};
+
+/* save_write - write a snapshot (tmp + rename) unless a newer one was. */
+static void save_write(void *arg)
+{
+	struct save *s = arg;
+	pthread_mutex_lock(&save_mu);
+	if (s->seq > saved_seq) {
+		char tmp[4200];
+		snprintf(tmp, sizeof tmp, "%s.tmp", hist_path);
+		int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0) {
+			log_warn("statistics history %s: %s", tmp, strerror(errno));
+		} else {
+			size_t off = 0;
+			while (off < s->text.len) {
+				ssize_t w = write(fd, s->text.p + off, s->text.len - off);
+				if (w <= 0)
+					break;
+				off += (size_t)w;
+			}
+			if (close(fd) < 0 || off != s->text.len || rename(tmp, hist_path) < 0)
+				log_warn("statistics history %s: cannot write: %s", hist_path, strerror(errno));
+			else
+				saved_seq = s->seq;
+		}
+	}
+	pthread_mutex_unlock(&save_mu);
+}
+
+/* save_done - the snapshot's memory goes. */
+static void save_done(void *arg, int cancelled)
+{
+	(void)cancelled;
+	struct save *s = arg;
+	sb_free(&s->text);
+	free(s);
+}
+
+/* snapshot - the history as text, numbered. */
+static struct save *snapshot(void)
+{
+	struct save *s = xcalloc(1, sizeof *s);
+	s->seq = ++save_seq;
+	history_serialize(hist, &s->text);
+	return s;
+}
+
+/* tick - sample; every few minutes, save on a worker. */
+static void tick(void *arg)
+{
+	(void)arg;
+	sample_now();
+	if (++ticks % SAVE_TICKS == 0)
+		jobs_submit(loop0, save_write, save_done, snapshot());
+	ev_timer_start(loop0, &tick_timer, TICK_MS, tick, NULL);
+}
+
+/* ---- HTTP --------------------------------------------------------------- */
+
+/* handle - the stats_listen pages. */
+static int handle(const struct http_req *rq, struct strbuf *body, const char **ctype)
+{
+	if (!strcmp(rq->path, "/metrics")) {
+		*ctype = "text/plain; version=0.0.4; charset=utf-8";
+		stats_render_metrics(body);
+		return 200;
+	}
+	if (!strcmp(rq->path, "/healthz")) {
+		if (stats_healthy()) {
+			sb_printf(body, "ok\n");
+			return 200;
+		}
+		sb_printf(body, "%s\n", stats_health_get() == STATS_DRAINING ? "draining" : "starting");
+		return 503;
+	}
+	uint64_t now_min = ev_wallclock() / 60;
+	if (!strcmp(rq->path, "/") && hist) {
+		sample_now();
+		*ctype = "text/html; charset=utf-8";
+		graph_page(body, hist, now_min, stats_healthy());
+		return 200;
+	}
+	char which[32], period[32];
+	if (hist && sscanf(rq->path, "/graph/%31[a-z]-%31[a-z].sv%*[g]", which, period) == 2 &&
+	    strlen(rq->path) == 7 + strlen(which) + 1 + strlen(period) + 4) {
+		sample_now();
+		if (graph_svg(body, hist, now_min, which, period) == 0) {
+			*ctype = "image/svg+xml";
+			return 200;
+		}
+		sb_free(body);
+	}
+	sb_printf(body, "not found\n");
+	return 404;
+}
+
+/* ---- life cycle --------------------------------------------------------- */
+
+/* admin_check - see admin.h. */
+int admin_check(const struct conf *c, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	const char *why;
+	if (c->stats_listen[0] && net_parse_addr(c->stats_listen, 9125, &ss, &sl, &why) < 0) {
+		snprintf(err, errlen, "%s: stats_listen: %s: %s", c->path, c->stats_listen, why);
+		return -1;
+	}
+	return 0;
+}
+
+/* admin_init - see admin.h. */
+void admin_init(const struct conf *c, int nloops)
+{
+	stats_family_declare("perimd_backend_up", "gauge",
+			     "1 after a successful connection to the backend, 0 after a failed one");
+	stats_render_register(STATS_AFTER_FIXED, render_gauges);
+	stats_render_register(STATS_AFTER_HISTOGRAMS, av_render_metrics); /* av.c owns those */
+	loops_running = nloops;
+	hist = xcalloc(1, sizeof *hist);
+	size_t n = strlen(c->data_directory) + 16;
+	hist_path = xmalloc(n);
+	snprintf(hist_path, n, "%s/stats.history", c->data_directory);
+	FILE *f = fopen(hist_path, "re");
+	if (!f)
+		return;
+	struct strbuf text = { 0 };
+	char buf[65536];
+	size_t r;
+	while ((r = fread(buf, 1, sizeof buf, f)) > 0 && text.len < (64u << 20))
+		sb_add(&text, buf, r);
+	fclose(f);
+	if (history_parse(hist, text.p ? text.p : "", text.len) < 0)
+		log_warn("statistics history %s: unreadable, starting afresh", hist_path);
+	sb_free(&text);
+}
+
+/* admin_listen_open - see admin.h. */
+int admin_listen_open(const struct conf *c)
+{
+	if (!c->stats_listen[0])
+		return -1;
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	const char *why;
+	if (net_parse_addr(c->stats_listen, 9125, &ss, &sl, &why) < 0)
+		fatal("stats_listen %s: %s", c->stats_listen, why);
+	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int one = 1;
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+	    bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 64) < 0)
+		fatal("stats_listen %s: %s", c->stats_listen, strerror(errno));
+	return fd;
+}
+
+/* admin_loop_start - see admin.h. */
+void admin_loop_start(struct ev_loop *loop, int listen_fd, int nloops)
+{
+	(void)nloops;
+	__atomic_store_n(&loop0, loop, __ATOMIC_SEQ_CST);
+	if (listen_fd >= 0)
+		http_server_start(loop, listen_fd, handle);
+	ev_timer_start(loop, &tick_timer, TICK_MS, tick, NULL);
+}
+
+/* stop_loop0 - posted by the last io loop to drain. */
+static void stop_loop0(void *arg)
+{
+	ev_stop(arg);
+}
+
+/* admin_loop_finished - see admin.h. */
+void admin_loop_finished(struct ev_loop *loop)
+{
+	int left = __atomic_sub_fetch(&loops_running, 1, __ATOMIC_SEQ_CST);
+	if (ev_loop_index(loop) != 0) {
+		if (left == 0)
+			ev_post(__atomic_load_n(&loop0, __ATOMIC_SEQ_CST), stop_loop0, loop0);
+		return;
+	}
+	if (left > 0)
+		ev_run(loop); /* /healthz keeps saying 503 until all have drained */
+	http_server_stop(loop);
+	ev_timer_stop(loop, &tick_timer);
+	if (hist) {
+		sample_now();
+		struct save *s = snapshot();
+		save_write(s);
+		save_done(s, 0);
+	}
+}
+
+/* ---- the command line --------------------------------------------------- */
+
+/* admin_command - see admin.h. */
+int admin_command(int argc, char **argv, const char *default_conf)
+{
+	const char *path = NULL;
+	int hc = !strcmp(argv[0], "healthcheck");
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-c") && i + 1 < argc) {
+			path = argv[++i];
+		} else {
+			fprintf(stderr, "usage: perimd %s [-c FILE]\n", argv[0]);
+			return 2;
+		}
+	}
+	char err[1024];
+	struct conf *c = conf_load(path ? path : default_conf, path == NULL, NULL, 0, err, sizeof err);
+	if (!c) {
+		fprintf(stderr, "perimd: %s\n", err);
+		return 1;
+	}
+	if (!c->stats_listen[0]) {
+		fprintf(stderr, "perimd: stats_listen is empty: no statistics to ask for\n");
+		conf_release(c);
+		return 1;
+	}
+	int status = 0;
+	struct strbuf body = { 0 };
+	int r = http_get(c->stats_listen, hc ? "/healthz" : "/metrics", 5000, &status, &body, err, sizeof err);
+	conf_release(c);
+	int rc = 1;
+	if (r < 0) {
+		fprintf(stderr, "perimd: %s\n", err);
+	} else if (hc) {
+		printf("%s", body.p ? body.p : "");
+		rc = status == 200 ? 0 : 1;
+	} else if (status != 200) {
+		fprintf(stderr, "perimd: /metrics answered %d\n", status);
+	} else {
+		/* The table: one line per series, the name padded to a column. */
+		char *save = NULL;
+		for (char *ln = strtok_r(body.p, "\n", &save); ln; ln = strtok_r(NULL, "\n", &save)) {
+			if (ln[0] == '#' || !ln[0])
+				continue;
+			char *sp = strrchr(ln, ' ');
+			if (!sp)
+				continue;
+			*sp = 0;
+			printf("%-64s %s\n", ln, sp + 1);
+		}
+		rc = 0;
+	}
+	sb_free(&body);
+	return rc;
+}

@@ -1,0 +1,69 @@
+/*
+ * buf.c - the growable text buffer (buf.h). Capacity doubles from 256
+ * bytes, so appending n bytes one piece at a time costs O(n).
+ */
+#include "buf.h"
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* sb_grow - room for n more bytes and a NUL. */
+static void sb_grow(struct strbuf *b, size_t n)
+{
+	if (b->len + n + 1 <= b->cap)
+		return;
+	size_t cap = b->cap ? b->cap : 256;
+	while (cap < b->len + n + 1)
+		cap *= 2;
+	b->p = xrealloc(b->p, cap);
+	b->cap = cap;
+}
+
+/* sb_add - see buf.h. */
+void sb_add(struct strbuf *b, const char *s, size_t n)
+{
+	sb_grow(b, n);
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = 0;
+}
+
+/* sb_printf - see buf.h; short texts go through a stack buffer. */
+void sb_printf(struct strbuf *b, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char tmp[512];
+	int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n < sizeof tmp) {
+		sb_add(b, tmp, (size_t)n);
+		return;
+	}
+	sb_grow(b, (size_t)n);
+	va_start(ap, fmt);
+	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	b->len += (size_t)n;
+}
+
+/* sb_str - see buf.h. */
+char *sb_str(struct strbuf *b)
+{
+	if (!b->p)
+		sb_add(b, "", 0);
+	return b->p;
+}
+
+/* sb_free - see buf.h. */
+void sb_free(struct strbuf *b)
+{
+	free(b->p);
+	b->p = NULL;
+	b->len = b->cap = 0;
+}
