@@ -43,6 +43,7 @@ STAT(rej_smuggling, COUNTER, "perimd_messages_rejected_total", "reason=\"smuggli
 STAT(rej_loop, COUNTER, "perimd_messages_rejected_total", "reason=\"loop\"", "")
 STAT(rej_spool_full, COUNTER, "perimd_messages_rejected_total", "reason=\"spool_full\"", "")
 STAT(rej_virus, COUNTER, "perimd_messages_rejected_total", "reason=\"virus\"", "")
+STAT(rej_unscanned, COUNTER, "perimd_messages_rejected_total", "reason=\"not_fully_scanned\"", "")
 STAT(rej_greylist, COUNTER, "perimd_messages_rejected_total", "reason=\"greylist\"", "")
 STAT(rej_tempfail, COUNTER, "perimd_messages_rejected_total", "reason=\"tempfail\"", "")
 STAT(rej_policy, COUNTER, "perimd_messages_rejected_total", "reason=\"policy\"", "")

@@ -161,6 +161,11 @@ def test_limit_not_clean(perimd_factory, sink, tmp_path, label, params, body, wh
         nothing_relayed(sink)
     assert incomplete(p, label) == 1
     assert incomplete(p, "other") == 0
+    # Counted as its own refusal reason, not as a virus or "policy".
+    m = metrics(p)
+    assert m['perimd_messages_rejected_total{reason="not_fully_scanned"}'] == 1
+    assert m['perimd_messages_rejected_total{reason="virus"}'] == 0
+    assert m['perimd_messages_rejected_total{reason="policy"}'] == 0
 
 
 def test_within_limits(perimd_factory, sink, tmp_path):
