@@ -49,7 +49,7 @@
 struct av_loop *av_loops;
 int av_nloops;
 
-static struct av_counters counters;   /* atomic fields */
+static struct av_counters counters; /* atomic fields */
 static pthread_mutex_t names_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
 	char name[SCANNER_NAME_MAX];
@@ -61,8 +61,17 @@ static int nnames;
  * SCANNER_LIMIT_PREFIX; "Email" covers its fixed mail parser limits
  * EmailHeaders, EmailMIMEPartsPerMessage, ...), clamd's StreamMaxLength,
  * and anything else. The label is perimd_av_incomplete_total's. */
-enum { LIM_RECURSION, LIM_FILES, LIM_FILE_SIZE, LIM_SCAN_SIZE, LIM_SCAN_TIME, LIM_EMAIL,
-       LIM_STREAM, LIM_OTHER, LIM_N };
+enum {
+	LIM_RECURSION,
+	LIM_FILES,
+	LIM_FILE_SIZE,
+	LIM_SCAN_SIZE,
+	LIM_SCAN_TIME,
+	LIM_EMAIL,
+	LIM_STREAM,
+	LIM_OTHER,
+	LIM_N
+};
 static const struct {
 	const char *name, *label, *what;
 } limits[LIM_N] = {
@@ -75,7 +84,7 @@ static const struct {
 	{ "", "stream_max_length", "clamd stream size limit" },
 	{ "", "other", "scanner limit" },
 };
-static uint64_t incomplete[LIM_N];   /* atomic */
+static uint64_t incomplete[LIM_N]; /* atomic */
 
 /* av_mono_ms - monotonic milliseconds. */
 uint64_t av_mono_ms(void)
@@ -173,25 +182,30 @@ void av_render_metrics(struct strbuf *out)
 {
 	struct av_counters c;
 	av_counters(&c);
-	sb_printf(out, "# HELP perimd_av_scans_total messages scanned, by verdict\n"
-		       "# TYPE perimd_av_scans_total counter\n"
-		       "perimd_av_scans_total{verdict=\"clean\"} %llu\n"
-		       "perimd_av_scans_total{verdict=\"virus\"} %llu\n",
+	sb_printf(out,
+		  "# HELP perimd_av_scans_total messages scanned, by verdict\n"
+		  "# TYPE perimd_av_scans_total counter\n"
+		  "perimd_av_scans_total{verdict=\"clean\"} %llu\n"
+		  "perimd_av_scans_total{verdict=\"virus\"} %llu\n",
 		  (unsigned long long)(c.scanned - c.viruses), (unsigned long long)c.viruses);
-	sb_printf(out, "# HELP perimd_av_errors_total scans that failed (scanner down, timeout, error)\n"
-		       "# TYPE perimd_av_errors_total counter\nperimd_av_errors_total %llu\n",
+	sb_printf(out,
+		  "# HELP perimd_av_errors_total scans that failed (scanner down, timeout, error)\n"
+		  "# TYPE perimd_av_errors_total counter\nperimd_av_errors_total %llu\n",
 		  (unsigned long long)c.errors);
-	sb_printf(out, "# HELP perimd_av_oversize_total messages over av_max_size (not scanned)\n"
-		       "# TYPE perimd_av_oversize_total counter\nperimd_av_oversize_total %llu\n",
+	sb_printf(out,
+		  "# HELP perimd_av_oversize_total messages over av_max_size (not scanned)\n"
+		  "# TYPE perimd_av_oversize_total counter\nperimd_av_oversize_total %llu\n",
 		  (unsigned long long)c.oversize);
-	sb_printf(out, "# HELP perimd_av_incomplete_total messages not fully scanned (a scanner "
-		       "limit reached), by limit; they follow av_oversize_action\n"
-		       "# TYPE perimd_av_incomplete_total counter\n");
+	sb_printf(out,
+		  "# HELP perimd_av_incomplete_total messages not fully scanned (a scanner "
+		  "limit reached), by limit; they follow av_oversize_action\n"
+		  "# TYPE perimd_av_incomplete_total counter\n");
 	for (int i = 0; i < LIM_N; i++)
 		sb_printf(out, "perimd_av_incomplete_total{limit=\"%s\"} %llu\n", limits[i].label,
 			  (unsigned long long)__atomic_load_n(&incomplete[i], __ATOMIC_RELAXED));
-	sb_printf(out, "# HELP perimd_viruses_total viruses found, by name\n"
-		       "# TYPE perimd_viruses_total counter\n");
+	sb_printf(out,
+		  "# HELP perimd_viruses_total viruses found, by name\n"
+		  "# TYPE perimd_viruses_total counter\n");
 	pthread_mutex_lock(&names_mu);
 	for (int i = 0; i < nnames; i++) {
 		char esc[2 * SCANNER_NAME_MAX + 1];
@@ -202,13 +216,13 @@ void av_render_metrics(struct strbuf *out)
 			esc[k++] = *p == '\n' ? 'n' : *p;
 		}
 		esc[k] = 0;
-		sb_printf(out, "perimd_viruses_total{name=\"%s\"} %llu\n", esc,
-			  (unsigned long long)names[i].n);
+		sb_printf(out, "perimd_viruses_total{name=\"%s\"} %llu\n", esc, (unsigned long long)names[i].n);
 	}
 	pthread_mutex_unlock(&names_mu);
 	static const char *const le[] = { "0.01", "0.05", "0.1", "0.5", "1", "5", "30", "+Inf" };
-	sb_printf(out, "# HELP perimd_av_scan_seconds time to a scan verdict\n"
-		       "# TYPE perimd_av_scan_seconds histogram\n");
+	sb_printf(out,
+		  "# HELP perimd_av_scan_seconds time to a scan verdict\n"
+		  "# TYPE perimd_av_scan_seconds histogram\n");
 	uint64_t cum = 0;
 	for (int i = 0; i < 8; i++) {
 		cum += c.ms_hist[i];
@@ -306,7 +320,8 @@ static void finish(struct av_req *r, enum av_outcome o, const char *text)
 			/* av_alert_encrypted (clamd: AlertEncrypted): what cannot be
 			 * decrypted cannot be scanned. */
 			snprintf(r->refusal, sizeof r->refusal,
-				 "554 5.7.1 message rejected: encrypted content cannot be scanned: %s", r->text);
+				 "554 5.7.1 message rejected: encrypted content cannot be scanned: %s",
+				 r->text);
 		else
 			snprintf(r->refusal, sizeof r->refusal, "554 5.7.1 message rejected: virus found: %s",
 				 r->text);
@@ -331,8 +346,8 @@ static void finish(struct av_req *r, enum av_outcome o, const char *text)
 	}
 	case AVO_FAIL:
 		__atomic_add_fetch(&counters.errors, 1, __ATOMIC_RELAXED);
-		log_warn("%s: av: scan failed: %s, scan=%.3f%s, av_fail_action=%s", r->msgid, text, secs,
-			 eng, cf->av_fail_action);
+		log_warn("%s: av: scan failed: %s, scan=%.3f%s, av_fail_action=%s", r->msgid, text, secs, eng,
+			 cf->av_fail_action);
 		if (strcmp(cf->av_fail_action, "accept") != 0)
 			refusal = "451 4.3.0 content scanner unavailable";
 		break;
@@ -409,8 +424,9 @@ static void al_flush(struct av_loop *al)
 		} cm;
 		memset(&cm, 0, sizeof cm);
 		struct iovec iov = { &m, sizeof m };
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-				     .msg_control = cm.buf, .msg_controllen = sizeof cm.buf };
+		struct msghdr mh = {
+			.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf
+		};
 		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
 		c->cmsg_level = SOL_SOCKET;
 		c->cmsg_type = SCM_RIGHTS;
@@ -459,9 +475,12 @@ static void al_io(void *arg, unsigned events)
 		while (r && r->id != a.id)
 			r = r->next;
 		if (!r)
-			continue;   /* cancelled or timed out meanwhile */
+			continue; /* cancelled or timed out meanwhile */
 		r->engine_us = a.us;
-		finish(r, a.status == SCANNER_VIRUS ? AVO_VIRUS : a.status == SCANNER_CLEAN ? AVO_CLEAN : AVO_FAIL,
+		finish(r,
+		       a.status == SCANNER_VIRUS       ? AVO_VIRUS
+			   : a.status == SCANNER_CLEAN ? AVO_CLEAN
+						       : AVO_FAIL,
 		       a.name);
 	}
 }
@@ -540,7 +559,7 @@ static void clamd_pump(struct av_req *r)
 static void clamd_connected(void *arg)
 {
 	struct av_req *r = arg;
-	conn_write(r->c, "zINSTREAM", 10);   /* with its NUL */
+	conn_write(r->c, "zINSTREAM", 10); /* with its NUL */
 	clamd_pump(r);
 }
 
@@ -566,7 +585,7 @@ static void clamd_read(void *arg)
 	conn_consume(r->c, len);
 	r->rbuf[r->rlen] = 0;
 	if (strlen(r->rbuf) == r->rlen && r->rlen < sizeof r->rbuf - 1)
-		return;   /* no NUL yet */
+		return; /* no NUL yet */
 	clamd_answer(r);
 }
 
@@ -645,8 +664,8 @@ static void scan_clamd(struct av_req *r, const struct sockaddr_storage *ss, sock
 }
 
 /* av_scan - start scanning a stored message. */
-struct av_req *av_scan(struct ev_loop *loop, const struct conf *cf, struct spool *sp,
-		       const char *msgid, av_done_fn *done, void *arg)
+struct av_req *av_scan(struct ev_loop *loop, const struct conf *cf, struct spool *sp, const char *msgid,
+		       av_done_fn *done, void *arg)
 {
 	struct av_req *r = xcalloc(1, sizeof *r);
 	r->loop = loop;
@@ -678,4 +697,3 @@ void av_cancel(struct av_req *r)
 {
 	req_free(r);
 }
-

@@ -33,24 +33,23 @@ int av_check(const struct conf *cf, char *err, size_t errlen);
  * the scanner process and wait (bounded) until its engine is loaded, then
  * supervise it (restart on crash or hang). loops[i] is the loop with
  * ev_loop_index() i. Returns 0, or -1 with err filled. */
-int av_start(const struct conf *cf, struct ev_loop **loops, int nloops,
-	     char *err, size_t errlen);
+int av_start(const struct conf *cf, struct ev_loop **loops, int nloops, char *err, size_t errlen);
 /* av_reload - SIGHUP: the scanner builds a new engine and swaps it in. */
 void av_reload(const struct conf *cf);
 /* av_stop - after the io loops have ended: stop the scanner. */
 void av_stop(void);
 
 /* av_scan - scan the finished spool sp of message msgid per cf. */
-struct av_req *av_scan(struct ev_loop *loop, const struct conf *cf, struct spool *sp,
-		       const char *msgid, av_done_fn *done, void *arg);
+struct av_req *av_scan(struct ev_loop *loop, const struct conf *cf, struct spool *sp, const char *msgid,
+		       av_done_fn *done, void *arg);
 /* av_cancel - the session is going away: forget the request. */
 void av_cancel(struct av_req *r);
 
 /* Counters, process-wide (summed over loops). */
 struct av_counters {
 	uint64_t scanned, viruses, errors, oversize;
-	uint64_t ms_hist[8];   /* scan time <=10, 50, 100, 500 ms, 1, 5, 30 s, more */
-	uint64_t ms_sum;       /* all scan times together */
+	uint64_t ms_hist[8]; /* scan time <=10, 50, 100, 500 ms, 1, 5, 30 s, more */
+	uint64_t ms_sum;     /* all scan times together */
 };
 /* av_render_metrics - the scanning counters, viruses by name and the scan
  * time histogram in the Prometheus text format (registered by admin.c). */

@@ -17,7 +17,7 @@
 
 #define CLAMD_CHUNK (64 * 1024)
 #define CLAMD_WBUF (256 * 1024)
-#define READY_WAIT_MS (600 * 1000)   /* a full signature set loads in ~1 min */
+#define READY_WAIT_MS (600 * 1000) /* a full signature set loads in ~1 min */
 #define PONG_WAIT_MS 15000
 #define HANG_GRACE_MS 5000
 #define NAMES_MAX 256
@@ -31,8 +31,8 @@ struct av_list {
 
 struct av_loop {
 	struct ev_loop *loop;
-	int fd;                  /* -1: no scanner */
-	int registered;          /* io watcher in the loop */
+	int fd;         /* -1: no scanner */
+	int registered; /* io watcher in the loop */
 	struct ev_io io;
 	struct av_list queued, sent;
 	uint64_t next_id;
@@ -40,20 +40,20 @@ struct av_loop {
 
 struct av_req {
 	struct av_req *next, *prev;
-	struct av_list *list;    /* queued / sent, or NULL */
+	struct av_list *list; /* queued / sent, or NULL */
 	struct av_loop *al;
 	struct ev_loop *loop;
 	const struct conf *cf;
 	struct spool *sp;
 	char msgid[16];
 	uint64_t id, t0;
-	long engine_us;          /* scanner's own time; -1 unknown */
-	int fd;                  /* spool's, not ours */
+	long engine_us; /* scanner's own time; -1 unknown */
+	int fd;         /* spool's, not ours */
 	av_done_fn *done;
 	void *arg;
 	struct ev_timer timer;
 	struct ev_defer defer;
-	enum av_outcome dout;    /* deferred outcome */
+	enum av_outcome dout; /* deferred outcome */
 	char text[SCANNER_NAME_MAX];
 	char refusal[256];
 	/* clamd */

@@ -37,10 +37,10 @@ static struct {
 	int ctl;
 	char *dbdir, *tmpdir;
 	long long threads;
-	long long timeout;       /* atomic: av_timeout, for the hang check */
-	pthread_mutex_t mu;      /* guards limits: av_reload() writes them */
-	char limits[192];        /* the scanner's LIMITS (scanner.h) */
-	int stop, reload;        /* atomic */
+	long long timeout;  /* atomic: av_timeout, for the hang check */
+	pthread_mutex_t mu; /* guards limits: av_reload() writes them */
+	char limits[192];   /* the scanner's LIMITS (scanner.h) */
+	int stop, reload;   /* atomic */
 	uint64_t started;
 } sup = { .wake = { -1, -1 }, .pid = -1, .ctl = -1, .mu = PTHREAD_MUTEX_INITIALIZER };
 
@@ -62,7 +62,7 @@ static void limits_format(const struct conf *cf, char *buf, size_t len)
 	if (!strcmp(cf->av_alert_encrypted, "document") || !strcmp(cf->av_alert_encrypted, "yes"))
 		enc |= SCANNER_ENC_DOC;
 	long long st = av_scan_time(cf);
-	if (st >= cf->av_timeout)   /* refused by -t; a reload may bring it */
+	if (st >= cf->av_timeout) /* refused by -t; a reload may bring it */
 		st = cf->av_timeout > 2000 ? cf->av_timeout - 1000 : cf->av_timeout / 2;
 	snprintf(buf, len, "%lld %lld %lld %lld %lld %u %lld", cf->av_max_recursion, cf->av_max_files,
 		 cf->av_max_scan_size, cf->av_max_file_size, st, enc, cf->av_max_size);
@@ -75,7 +75,7 @@ static void limits_format(const struct conf *cf, char *buf, size_t len)
 static int sup_spawn(int *fds, char *err, size_t errlen)
 {
 	int n = av_nloops;
-	int (*sv)[2] = xcalloc((size_t)n + 1, sizeof *sv);
+	int(*sv)[2] = xcalloc((size_t)n + 1, sizeof *sv);
 	int made = 0, rc = -1;
 	for (; made <= n; made++)
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv[made]) < 0) {
@@ -88,8 +88,7 @@ static int sup_spawn(int *fds, char *err, size_t errlen)
 	pthread_mutex_lock(&sup.mu);
 	memcpy(a_limits, sup.limits, sizeof a_limits);
 	pthread_mutex_unlock(&sup.mu);
-	char *argv[] = { "perimd-scanner", SCANNER_ARG, sup.dbdir, sup.tmpdir, a_threads,
-			 a_n, a_limits, NULL };
+	char *argv[] = { "perimd-scanner", SCANNER_ARG, sup.dbdir, sup.tmpdir, a_threads, a_n, a_limits, NULL };
 	posix_spawn_file_actions_t fa;
 	posix_spawn_file_actions_init(&fa);
 	/* Fixed descriptors in the child; dup2 clears their close-on-exec. A
@@ -205,7 +204,8 @@ static int sup_ready(char *err, size_t errlen)
 		int th = 0;
 		if (sscanf(buf, "ready %u %llu %d", &sigs, &ms, &th) == 3) {
 			log_info("scanner process %d ready: libclamav %s, %u signatures from %s in %llu ms, "
-				 "%d threads", (int)sup.pid, scanner_version(), sigs, sup.dbdir, ms, th);
+				 "%d threads",
+				 (int)sup.pid, scanner_version(), sigs, sup.dbdir, ms, th);
 			return 0;
 		}
 		if (!strncmp(buf, "error ", 6)) {
@@ -279,13 +279,17 @@ static void *sup_main(void *arg)
 				int inflight = 0;
 				if (sscanf(buf, "pong %llu %d", &age, &inflight) == 2) {
 					last_pong = av_mono_ms();
-					if (age > (unsigned long long)__atomic_load_n(&sup.timeout, __ATOMIC_RELAXED) +
-							  HANG_GRACE_MS)
+					if (age > (unsigned long long)__atomic_load_n(&sup.timeout,
+										      __ATOMIC_RELAXED) +
+						HANG_GRACE_MS)
 						dead = "a scan hangs past av_timeout";
 				} else if (sscanf(buf, "reloaded %u %llu", &sigs, &ms) == 2) {
-					log_info("scanner: signatures reloaded: %u signatures in %llu ms", sigs, ms);
+					log_info("scanner: signatures reloaded: %u signatures in %llu ms",
+						 sigs, ms);
 				} else if (!strncmp(buf, "reload-failed ", 14)) {
-					log_err("scanner: signature reload failed, keeping the old engine: %s", buf + 14);
+					log_err(
+					    "scanner: signature reload failed, keeping the old engine: %s",
+					    buf + 14);
 				} else if (!strncmp(buf, "log ", 4)) {
 					log_info("scanner: %s", buf + 4);
 				}
@@ -313,14 +317,17 @@ int av_check(const struct conf *cf, char *err, size_t errlen)
 	socklen_t len;
 	enum av_kind k = av_kind_parse(cf->av_scanner, &ss, &len);
 	if (k == AVK_BAD) {
-		snprintf(err, errlen, "av_scanner = %s: expected none, libclamav, clamd:/path or "
-			 "clamd:HOST:PORT", cf->av_scanner);
+		snprintf(err, errlen,
+			 "av_scanner = %s: expected none, libclamav, clamd:/path or "
+			 "clamd:HOST:PORT",
+			 cf->av_scanner);
 		return -1;
 	}
 #ifdef PERIMD_NO_CLAMAV
 	/* Refused at -t and at start, never discovered at the first message. */
 	if (k == AVK_LIBCLAMAV) {
-		snprintf(err, errlen, "av_scanner = libclamav: this perimd is built without libclamav "
+		snprintf(err, errlen,
+			 "av_scanner = libclamav: this perimd is built without libclamav "
 			 "(perimd -V); use clamd:/path/to/socket or clamd:HOST:PORT");
 		return -1;
 	}
@@ -328,8 +335,10 @@ int av_check(const struct conf *cf, char *err, size_t errlen)
 	/* libclamav must give up (and say so) before av.c's own deadline
 	 * and the supervisor's hang check end the scan as a failure. */
 	if (k != AVK_NONE && av_scan_time(cf) >= cf->av_timeout) {
-		snprintf(err, errlen, "av_max_scan_time (%lld ms) must be below av_timeout (%lld ms): a "
-			 "longer scan is ended as a failure first", av_scan_time(cf), cf->av_timeout);
+		snprintf(err, errlen,
+			 "av_max_scan_time (%lld ms) must be below av_timeout (%lld ms): a "
+			 "longer scan is ended as a failure first",
+			 av_scan_time(cf), cf->av_timeout);
 		return -1;
 	}
 	return 0;
@@ -361,8 +370,7 @@ int av_start(const struct conf *cf, struct ev_loop **loops, int nloops, char *er
 		return -1;
 	}
 	int *fds = xcalloc((size_t)nloops, sizeof *fds);
-	log_info("scanner: loading signatures from %s; no mail is accepted until it is ready",
-		 sup.dbdir);
+	log_info("scanner: loading signatures from %s; no mail is accepted until it is ready", sup.dbdir);
 	if (sup_spawn(fds, err, errlen) < 0 || sup_ready(err, errlen) < 0) {
 		free(fds);
 		sup_reap(NULL);
@@ -390,10 +398,12 @@ void av_reload(const struct conf *cf)
 	if (strcmp(cf->av_scanner, "libclamav") || strcmp(cf->clamav_database_directory, sup.dbdir) ||
 	    cf->av_threads != sup.threads)
 		log_warn("reload: av_scanner, clamav_database_directory and av_threads changes need a "
-			 "restart; reloading the signatures of %s", sup.dbdir);
+			 "restart; reloading the signatures of %s",
+			 sup.dbdir);
 	if (av_scan_time(cf) >= cf->av_timeout)
 		log_err("reload: av_max_scan_time (%lld ms) is not below av_timeout (%lld ms); the scanner "
-			"uses %lld ms", av_scan_time(cf), cf->av_timeout,
+			"uses %lld ms",
+			av_scan_time(cf), cf->av_timeout,
 			cf->av_timeout > 2000 ? cf->av_timeout - 1000 : cf->av_timeout / 2);
 	/* The new limits go with the reload: the next engine is built with them. */
 	pthread_mutex_lock(&sup.mu);

@@ -198,8 +198,8 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 			continue;
 		if (isspace((unsigned char)line[0])) {
 			if (!start) {
-				lerr(L, "%s:%d: continuation line without a parameter line before it",
-				     path, lineno);
+				lerr(L, "%s:%d: continuation line without a parameter line before it", path,
+				     lineno);
 				break;
 			}
 			sb_add(&cur, " ", 1);
@@ -293,8 +293,7 @@ static const char *expand(struct loader *L, size_t i)
 			n = (size_t)(p - name);
 		}
 		if (n == 0) {
-			lerr(L, "%s: '$' must be followed by a parameter name, {name} or '$'",
-			     L->where[i]);
+			lerr(L, "%s: '$' must be followed by a parameter name, {name} or '$'", L->where[i]);
 			goto fail;
 		}
 		int j = param_find(name, n);
@@ -310,8 +309,7 @@ static const char *expand(struct loader *L, size_t i)
 	if (params[i].off == offsetof(struct conf, myhostname) && out.len == 0) {
 		char host[256];
 		if (gethostname(host, sizeof host) != 0) {
-			lerr(L, "%s: cannot get the system host name: %s", L->where[i],
-			     strerror(errno));
+			lerr(L, "%s: cannot get the system host name: %s", L->where[i], strerror(errno));
 			goto fail;
 		}
 		host[sizeof host - 1] = 0;
@@ -350,13 +348,22 @@ static int scale(long long v, long long mult, long long *out)
 	return 0;
 }
 
-static const struct { const char *sfx; long long ms; } time_units[] = {
-	{ "w", 604800000LL }, { "d", 86400000LL }, { "h", 3600000LL },
-	{ "m", 60000LL }, { "s", 1000LL }, { "ms", 1LL }, { "", 1000LL },
+static const struct {
+	const char *sfx;
+	long long ms;
+} time_units[] = {
+	{ "w", 604800000LL }, { "d", 86400000LL }, { "h", 3600000LL }, { "m", 60000LL },
+	{ "s", 1000LL },      { "ms", 1LL },       { "", 1000LL },
 };
 
-static const struct { const char *sfx; long long n; } size_units[] = {
-	{ "g", 1024LL * 1024 * 1024 }, { "m", 1024LL * 1024 }, { "k", 1024LL }, { "", 1LL },
+static const struct {
+	const char *sfx;
+	long long n;
+} size_units[] = {
+	{ "g", 1024LL * 1024 * 1024 },
+	{ "m", 1024LL * 1024 },
+	{ "k", 1024LL },
+	{ "", 1LL },
 };
 
 /* conf_parse_time - "300", "300s", "5m", "2h", "2d", "1w", "500ms" into ms. */
@@ -515,8 +522,10 @@ static int parse_value(const struct param *p, const char *s, void *dst, char *wh
 	/* myhostname goes into the banner, EHLO and Received: a host name
 	 * (letters, digits, '-', '_', dots), never text with blanks. */
 	if (p->off == offsetof(struct conf, myhostname) &&
-	    (!*s || strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-			      "0123456789-_.") != strlen(s))) {
+	    (!*s ||
+	     strspn(s,
+		    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		    "0123456789-_.") != strlen(s))) {
 		snprintf(why, wl, "\"%s\" is not a host name", s);
 		return -1;
 	}
@@ -537,21 +546,23 @@ static int parse_value(const struct param *p, const char *s, void *dst, char *wh
 		break;
 	case T_TIME:
 		if (conf_parse_time(s, &v) < 0) {
-			snprintf(why, wl, "\"%s\" is not a time (a number with "
-				 "s, m, h, d or w; a bare number is seconds)", s);
+			snprintf(why, wl,
+				 "\"%s\" is not a time (a number with "
+				 "s, m, h, d or w; a bare number is seconds)",
+				 s);
 			return -1;
 		}
 		break;
 	case T_SIZE:
 		if (conf_parse_size(s, &v) < 0) {
-			snprintf(why, wl, "\"%s\" is not a size (a number with "
-				 "k, m or g; a bare number is bytes)", s);
+			snprintf(why, wl,
+				 "\"%s\" is not a size (a number with "
+				 "k, m or g; a bare number is bytes)",
+				 s);
 			return -1;
 		}
 		break;
-	case T_STR:
-		*(char **)dst = xstrdup(s);
-		return 0;
+	case T_STR: *(char **)dst = xstrdup(s); return 0;
 	case T_ENUM:
 		if (!(str = enum_choice(p, s))) {
 			snprintf(why, wl, "\"%s\" is not one of %s", s, p->choices);
@@ -571,8 +582,7 @@ static int parse_value(const struct param *p, const char *s, void *dst, char *wh
 		struct conf_list l = list_split(s);
 		for (int k = 0; p->type == T_MAPLIST && k < l.n; k++)
 			if (strchr(l.v[k], ':') ? !map_spec_ok(l.v[k]) : !domain_ok(l.v[k])) {
-				snprintf(why, wl, "\"%s\" is neither a domain nor a map (type:path)",
-					 l.v[k]);
+				snprintf(why, wl, "\"%s\" is neither a domain nor a map (type:path)", l.v[k]);
 				list_free(&l);
 				return -1;
 			}
@@ -614,17 +624,13 @@ static char *format_value(const struct param *p, const void *src)
 	struct strbuf b = { 0 };
 
 	switch (p->type) {
-	case T_BOOL:
-		return xstrdup(*(const int *)src ? "yes" : "no");
+	case T_BOOL: return xstrdup(*(const int *)src ? "yes" : "no");
 	case T_INT:
 	case T_TIME:
-	case T_SIZE:
-		return format_num(p, *(const long long *)src);
+	case T_SIZE: return format_num(p, *(const long long *)src);
 	case T_STR:
 	case T_ENUM:
-	case T_MAP:
-		escape_dollar(&b, *(char *const *)src);
-		break;
+	case T_MAP: escape_dollar(&b, *(char *const *)src); break;
 	case T_LIST:
 	case T_MAPLIST: {
 		const struct conf_list *l = src;
@@ -650,11 +656,8 @@ static void free_value(const struct param *p, void *f)
 		*(char **)f = NULL;
 		break;
 	case T_LIST:
-	case T_MAPLIST:
-		list_free(f);
-		break;
-	default:
-		break;
+	case T_MAPLIST: list_free(f); break;
+	default: break;
 	}
 }
 
@@ -677,7 +680,7 @@ static char *print_text(const struct param *p, const char *raw)
  */
 static char *canon_text(const struct param *p, const char *raw)
 {
-	struct conf scratch;  /* only p's field is used */
+	struct conf scratch; /* only p's field is used */
 	void *f = (char *)&scratch + p->off;
 	char why[256];
 
@@ -702,8 +705,8 @@ static void conf_free(struct conf *c)
 }
 
 /* conf_load - see conf.h. */
-struct conf *conf_load(const char *path, int missing_ok, char **overrides,
-		       int n_overrides, char *err, size_t errlen)
+struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n_overrides, char *err,
+		       size_t errlen)
 {
 	struct loader L = { .err = err, .errlen = errlen };
 	struct conf *c = NULL;
@@ -723,8 +726,7 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides,
 		c = xcalloc(1, sizeof *c);
 		for (size_t i = 0; i < NPARAMS; i++) {
 			char why[512];
-			if (parse_value(&params[i], L.val[i], (char *)c + params[i].off, why,
-					sizeof why) < 0) {
+			if (parse_value(&params[i], L.val[i], (char *)c + params[i].off, why, sizeof why) < 0) {
 				lerr(&L, "%s: %s", L.where[i], why);
 				conf_free(c);
 				c = NULL;
@@ -759,8 +761,7 @@ void conf_dump(FILE *out, const struct conf *c, int defaults_too)
 {
 	for (size_t i = 0; i < NPARAMS; i++) {
 		const struct param *p = &params[i];
-		char *v = c->raw ? print_text(p, c->raw[i])
-				 : format_value(p, (const char *)c + p->off);
+		char *v = c->raw ? print_text(p, c->raw[i]) : format_value(p, (const char *)c + p->off);
 		int show = defaults_too;
 		if (!show) {
 			char *cv = c->raw ? canon_text(p, c->raw[i]) : xstrdup(v);

@@ -21,21 +21,21 @@ struct conf_list {
 
 #define CONF_CTYPE_BOOL int
 #define CONF_CTYPE_INT long long
-#define CONF_CTYPE_TIME long long      /* milliseconds */
-#define CONF_CTYPE_SIZE long long      /* bytes */
-#define CONF_CTYPE_STR char *          /* never NULL ("" when empty) */
-#define CONF_CTYPE_ENUM char *         /* one of the listed choices */
+#define CONF_CTYPE_TIME long long /* milliseconds */
+#define CONF_CTYPE_SIZE long long /* bytes */
+#define CONF_CTYPE_STR char *     /* never NULL ("" when empty) */
+#define CONF_CTYPE_ENUM char *    /* one of the listed choices */
 #define CONF_CTYPE_LIST struct conf_list
-#define CONF_CTYPE_MAP char *          /* "type:path" or "" */
+#define CONF_CTYPE_MAP char *               /* "type:path" or "" */
 #define CONF_CTYPE_MAPLIST struct conf_list /* list items, or one "type:path" */
 
 struct conf {
 #define PARAM(type, name, def, min, max, choices, doc) CONF_CTYPE_##type name;
 #include "conf_params.h"
 #undef PARAM
-	char *path;      /* file it was read from ("" = defaults only) */
-	int refs;        /* private */
-	char **raw;      /* private: each parameter's text before $name
+	char *path; /* file it was read from ("" = defaults only) */
+	int refs;   /* private */
+	char **raw; /* private: each parameter's text before $name
 			  * expansion, in table order, for conf_dump() */
 };
 
@@ -43,8 +43,8 @@ struct conf {
  * missing file is an error unless missing_ok), then overrides ("name=value"
  * strings, as from -o). $name references are expanded after all is read.
  * Returns NULL and fills err ("FILE:LINE: NAME: reason") on error. */
-struct conf *conf_load(const char *path, int missing_ok, char **overrides,
-		       int n_overrides, char *err, size_t errlen);
+struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n_overrides, char *err,
+		       size_t errlen);
 
 /* conf_dump - print parameters as a readable config file: all of them
  * (defaults_too = 1, for -d on a default conf) or only those whose value

@@ -55,17 +55,17 @@ struct conn {
 
 	uint64_t timeout_ms;
 	struct ev_timer tmr;
-	struct ev_defer flushd;   /* flush output */
-	struct ev_defer readd;    /* re-run on_read after resume / report eof */
+	struct ev_defer flushd; /* flush output */
+	struct ev_defer readd;  /* re-run on_read after resume / report eof */
 
-	unsigned reading : 1;     /* owner wants input */
+	unsigned reading : 1; /* owner wants input */
 	unsigned connecting : 1;
-	unsigned eof : 1;         /* peer closed its side */
-	unsigned shutting : 1;    /* conn_shutdown() called */
-	unsigned wrshut : 1;      /* our write side is shut */
-	unsigned had_output : 1;  /* on_drain owed */
-	unsigned dead : 1;        /* freed while busy */
-	unsigned reported : 1;    /* on_error already called */
+	unsigned eof : 1;        /* peer closed its side */
+	unsigned shutting : 1;   /* conn_shutdown() called */
+	unsigned wrshut : 1;     /* our write side is shut */
+	unsigned had_output : 1; /* on_drain owed */
+	unsigned dead : 1;       /* freed while busy */
+	unsigned reported : 1;   /* on_error already called */
 	int busy;
 	int pending_err;          /* connect() failed at once: reported later */
 	struct tls *tls;          /* NULL: plaintext */
@@ -137,8 +137,7 @@ static void conn_timeout(void *arg)
 }
 
 /* conn_alloc - common part of conn_new / conn_connect. */
-static struct conn *conn_alloc(struct ev_loop *loop, int fd,
-			       const struct conn_ops *ops, void *arg)
+static struct conn *conn_alloc(struct ev_loop *loop, int fd, const struct conn_ops *ops, void *arg)
 {
 	struct conn *c = xcalloc(1, sizeof *c);
 	c->loop = loop;
@@ -164,8 +163,7 @@ static void conn_fill_peer(struct conn *c)
 }
 
 /* conn_new - wrap an accepted socket. */
-struct conn *conn_new(struct ev_loop *loop, int fd, const struct conn_ops *ops,
-		      void *arg)
+struct conn *conn_new(struct ev_loop *loop, int fd, const struct conn_ops *ops, void *arg)
 {
 	struct conn *c = conn_alloc(loop, fd, ops, arg);
 	int one = 1;
@@ -177,9 +175,8 @@ struct conn *conn_new(struct ev_loop *loop, int fd, const struct conn_ops *ops,
 }
 
 /* conn_connect - start a non-blocking connect. */
-struct conn *conn_connect(struct ev_loop *loop, const struct sockaddr *sa,
-			  socklen_t salen, uint64_t timeout_ms,
-			  const struct conn_ops *ops, void *arg)
+struct conn *conn_connect(struct ev_loop *loop, const struct sockaddr *sa, socklen_t salen,
+			  uint64_t timeout_ms, const struct conn_ops *ops, void *arg)
 {
 	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -220,8 +217,8 @@ static void conn_update(struct conn *c)
 	/* While closing, input is read (and dropped) only once our last reply
 	 * is out, to see the peer's EOF: a peer that does not read its replies
 	 * gets nothing more read from it. */
-	int want_read = (c->reading || (c->shutting && c->wrshut) || c->tls_hs) && !c->eof &&
-			c->rlen < CONN_RMAX;
+	int want_read =
+	    (c->reading || (c->shutting && c->wrshut) || c->tls_hs) && !c->eof && c->rlen < CONN_RMAX;
 	if (c->tls) {
 		unsigned st = br_ssl_engine_current_state(tls_engine(c->tls));
 		if (want_read && (st & (BR_SSL_RECVREC | BR_SSL_CLOSED)))
@@ -289,7 +286,7 @@ static void conn_after_flush(struct conn *c)
 		c->wrshut = 1;
 		shutdown(c->fd, SHUT_WR);
 		ev_timer_start(c->loop, &c->tmr, CONN_SHUTDOWN_WAIT, conn_timeout, c);
-		conn_update(c);   /* now read, to see the peer's EOF */
+		conn_update(c); /* now read, to see the peer's EOF */
 	}
 	if (c->had_output && !c->shutting) {
 		c->had_output = 0;

@@ -27,21 +27,19 @@ struct ev_loop;
 struct conn;
 
 struct conn_ops {
-	void (*on_connect)(void *arg);          /* conn_connect() completed */
+	void (*on_connect)(void *arg); /* conn_connect() completed */
 	void (*on_read)(void *arg);
-	void (*on_drain)(void *arg);            /* may be NULL */
-	void (*on_error)(void *arg, int err);   /* 0 = EOF, ETIMEDOUT, errno */
+	void (*on_drain)(void *arg);          /* may be NULL */
+	void (*on_error)(void *arg, int err); /* 0 = EOF, ETIMEDOUT, errno */
 };
 
 /* conn_new - wrap an accepted, non-blocking fd. Reading starts enabled. */
-struct conn *conn_new(struct ev_loop *loop, int fd, const struct conn_ops *ops,
-		      void *arg);
+struct conn *conn_new(struct ev_loop *loop, int fd, const struct conn_ops *ops, void *arg);
 /* conn_connect - non-blocking connect; on_connect or on_error(errno) follow
  * within timeout_ms (ETIMEDOUT). Returns NULL with errno set if the socket
  * cannot even be created. Sets TCP_NODELAY. */
-struct conn *conn_connect(struct ev_loop *loop, const struct sockaddr *sa,
-			  socklen_t salen, uint64_t timeout_ms,
-			  const struct conn_ops *ops, void *arg);
+struct conn *conn_connect(struct ev_loop *loop, const struct sockaddr *sa, socklen_t salen,
+			  uint64_t timeout_ms, const struct conn_ops *ops, void *arg);
 /* conn_free - close the fd and free; pending output is dropped. */
 void conn_free(struct conn *c);
 
@@ -57,8 +55,7 @@ void conn_discard_input(struct conn *c);
 
 /* Output. */
 void conn_write(struct conn *c, const void *data, size_t len);
-void conn_printf(struct conn *c, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+void conn_printf(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 size_t conn_wpending(const struct conn *c);
 /* conn_shutdown - stop reading; once pending output is flushed (or
  * after 10 s), on_error(0) is reported and the owner frees. */

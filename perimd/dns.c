@@ -53,15 +53,15 @@ struct flight {
 	struct dns_loop *dl;
 	struct dns_query *waiters;
 	struct ev_timer deadline;
-	int ended;                   /* waiters told; c-ares may still answer */
+	int ended; /* waiters told; c-ares may still answer */
 	/* cross-loop coalescing, under out_mu (flights_out) */
-	struct flight *onext;        /* in flights_out[]: the owner of a question */
-	struct flight *followers;    /* owner: flights of other loops waiting */
-	struct flight *fnext;        /* follower: next in the owner's list */
-	struct flight *owner;        /* follower: whose list, until posted to */
-	int follower;                /* sends nothing; freed when posted to */
-	int registered;              /* owner: in flights_out[] */
-	const struct dns_result *posted;   /* follower: the owner's result */
+	struct flight *onext;            /* in flights_out[]: the owner of a question */
+	struct flight *followers;        /* owner: flights of other loops waiting */
+	struct flight *fnext;            /* follower: next in the owner's list */
+	struct flight *owner;            /* follower: whose list, until posted to */
+	int follower;                    /* sends nothing; freed when posted to */
+	int registered;                  /* owner: in flights_out[] */
+	const struct dns_result *posted; /* follower: the owner's result */
 	char key[];
 };
 
@@ -70,9 +70,9 @@ static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct flight *flights_out[FLIGHT_BUCKETS];
 
 struct dns_query {
-	struct dns_query *next, *prev;   /* in the flight's waiters */
+	struct dns_query *next, *prev; /* in the flight's waiters */
 	struct dns_loop *dl;
-	struct flight *fl;           /* NULL once the result is known */
+	struct flight *fl; /* NULL once the result is known */
 	const struct dns_result *res;
 	struct ev_defer tell;
 	dns_done_fn *done;
@@ -83,9 +83,9 @@ struct dns_loop {
 	struct ev_loop *loop;
 	ares_channel ch;
 	int have_ch;
-	char *servers;               /* settings the channel was made with */
+	char *servers; /* settings the channel was made with */
 	long long timeout, retries;
-	int inflight;                /* c-ares queries outstanding */
+	int inflight; /* c-ares queries outstanding */
 	struct sockw *socks;
 	struct ev_timer tmr;
 	struct flight *flights[FLIGHT_BUCKETS];
@@ -158,7 +158,10 @@ int dns_reverse_name(const char *addr, const char *zone, char *out, size_t outle
 }
 
 /* get16 / get32 - big-endian reads. */
-static unsigned get16(const unsigned char *p) { return (unsigned)p[0] << 8 | p[1]; }
+static unsigned get16(const unsigned char *p)
+{
+	return (unsigned)p[0] << 8 | p[1];
+}
 static uint32_t get32(const unsigned char *p)
 {
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
@@ -211,8 +214,7 @@ static int name_read(const unsigned char *m, size_t len, size_t *off, char *out,
 }
 
 /* dns_parse_response - see dns.h. */
-int dns_parse_response(const unsigned char *m, size_t len, enum dns_type type,
-		       struct dns_result **out)
+int dns_parse_response(const unsigned char *m, size_t len, enum dns_type type, struct dns_result **out)
 {
 	char names[DNS_MAX_RR][256];
 	unsigned prefs[DNS_MAX_RR];
@@ -223,7 +225,7 @@ int dns_parse_response(const unsigned char *m, size_t len, enum dns_type type,
 		return -1;
 	unsigned rcode = m[3] & 15, qd = get16(m + 4), an = get16(m + 6), ns = get16(m + 8);
 	if (!(m[2] & 0x80))
-		return -1;   /* not a response */
+		return -1; /* not a response */
 	size_t off = 12;
 	for (unsigned i = 0; i < qd; i++) {
 		if (name_read(m, len, &off, NULL, 0) < 0 || off + 4 > len)
@@ -242,15 +244,15 @@ int dns_parse_response(const unsigned char *m, size_t len, enum dns_type type,
 			return -1;
 		size_t rd = off, end = off + rdlen;
 		off = end;
-		if (rttl > 0x7fffffff)   /* RFC 2181 §8 */
+		if (rttl > 0x7fffffff) /* RFC 2181 §8 */
 			rttl = 0;
 		if (cls != 1)
 			continue;
 		if (!answer) {
-			if (t == 6) {    /* SOA: MNAME RNAME SERIAL REFRESH RETRY EXPIRE MINIMUM */
+			if (t == 6) { /* SOA: MNAME RNAME SERIAL REFRESH RETRY EXPIRE MINIMUM */
 				size_t p = rd;
-				if (name_read(m, end, &p, NULL, 0) < 0 || name_read(m, end, &p, NULL, 0) < 0 ||
-				    p + 20 > end)
+				if (name_read(m, end, &p, NULL, 0) < 0 ||
+				    name_read(m, end, &p, NULL, 0) < 0 || p + 20 > end)
 					return -1;
 				uint32_t mn = get32(m + p + 16);
 				negttl = mn < rttl ? mn : rttl;
@@ -258,7 +260,7 @@ int dns_parse_response(const unsigned char *m, size_t len, enum dns_type type,
 			}
 			continue;
 		}
-		if (t == 5) {            /* CNAME: its TTL bounds the answer's */
+		if (t == 5) { /* CNAME: its TTL bounds the answer's */
 			if (rttl < ttl)
 				ttl = rttl;
 			continue;
@@ -451,7 +453,7 @@ static struct dns_loop *dl_get(struct ev_loop *loop, const struct conf *c)
 	if (dl->have_ch && dl->inflight == 0) {
 		char *csv = servers_csv(&c->dns_servers);
 		int same = !strcmp(csv, dl->servers) && dl->timeout == c->dns_timeout &&
-			   dl->retries == c->dns_retries;
+		    dl->retries == c->dns_retries;
 		free(csv);
 		if (!same) {
 			ares_destroy(dl->ch);
@@ -596,8 +598,8 @@ static void ares_done(void *arg, int status, int timeouts, unsigned char *abuf, 
 }
 
 /* dns_lookup - cached, joined, or sent. */
-struct dns_query *dns_lookup(struct ev_loop *loop, const struct conf *c, const char *name,
-			     enum dns_type type, dns_done_fn *done, void *arg)
+struct dns_query *dns_lookup(struct ev_loop *loop, const struct conf *c, const char *name, enum dns_type type,
+			     dns_done_fn *done, void *arg)
 {
 	char key[300];
 	struct dns_query *q = xcalloc(1, sizeof *q);
@@ -763,8 +765,8 @@ int dns_conf_check(const struct conf *c, char *err, size_t errlen)
 	int rc = ares_set_servers_ports_csv(ch, csv);
 	ares_destroy(ch);
 	if (rc != ARES_SUCCESS) {
-		snprintf(err, errlen, "dns_servers: %s: %s (write address or address:port, [IPv6]:port)",
-			 csv, ares_strerror(rc));
+		snprintf(err, errlen, "dns_servers: %s: %s (write address or address:port, [IPv6]:port)", csv,
+			 ares_strerror(rc));
 		free(csv);
 		return -1;
 	}

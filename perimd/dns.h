@@ -25,10 +25,10 @@ struct conf;
 enum dns_type { DNS_T_A = 1, DNS_T_PTR = 12, DNS_T_MX = 15, DNS_T_AAAA = 28 };
 
 enum dns_status {
-	DNS_OK,        /* n >= 1 records */
-	DNS_NXDOMAIN,  /* the name does not exist (RFC 1035 RCODE 3) */
-	DNS_NODATA,    /* the name exists, no record of this type (RFC 2308 §2.2) */
-	DNS_TEMPFAIL   /* timeout, SERVFAIL, refused, malformed: try again later */
+	DNS_OK,       /* n >= 1 records */
+	DNS_NXDOMAIN, /* the name does not exist (RFC 1035 RCODE 3) */
+	DNS_NODATA,   /* the name exists, no record of this type (RFC 2308 §2.2) */
+	DNS_TEMPFAIL  /* timeout, SERVFAIL, refused, malformed: try again later */
 };
 
 /* One record: A/AAAA the address as text ("192.0.2.1", "2001:db8::1");
@@ -40,22 +40,22 @@ struct dns_rr {
 };
 
 struct dns_result {
-	int refs;                 /* private */
+	int refs; /* private */
 	enum dns_status status;
-	uint32_t ttl;             /* seconds: answer TTL, or SOA minimum */
+	uint32_t ttl; /* seconds: answer TTL, or SOA minimum */
 	int n;
 	struct dns_rr rr[];
 };
 
-#define DNS_MAX_RR 32         /* records kept per answer */
+#define DNS_MAX_RR 32 /* records kept per answer */
 
 typedef void dns_done_fn(void *arg, const struct dns_result *res);
 struct dns_query;
 
 /* dns_lookup - look name up (type A, AAAA, PTR or MX); conf gives
  * dns_servers, dns_timeout, dns_retries and the cache bounds. */
-struct dns_query *dns_lookup(struct ev_loop *loop, const struct conf *c, const char *name,
-			     enum dns_type type, dns_done_fn *done, void *arg);
+struct dns_query *dns_lookup(struct ev_loop *loop, const struct conf *c, const char *name, enum dns_type type,
+			     dns_done_fn *done, void *arg);
 /* dns_cancel - done() will not run; the query itself may still finish
  * (its answer then goes to the cache and to other waiters). */
 void dns_cancel(struct dns_query *q);
@@ -76,8 +76,7 @@ struct dns_result *dns_result_new(enum dns_status st, uint32_t ttl);
  * negative TTL of RFC 2308 §5 (min of the SOA's TTL and MINIMUM, 0 when
  * there is no SOA). Returns 0 with *out (one reference), or -1 when the
  * message is malformed or truncated. */
-int dns_parse_response(const unsigned char *buf, size_t len, enum dns_type type,
-		       struct dns_result **out);
+int dns_parse_response(const unsigned char *buf, size_t len, enum dns_type type, struct dns_result **out);
 
 /* dns_reverse_name - "d.c.b.a.ZONE" for IPv4, 32 nibbles for IPv6 (RFC
  * 3596 §2.5); zone NULL = in-addr.arpa / ip6.arpa. 0 or -1. */

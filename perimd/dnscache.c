@@ -20,13 +20,13 @@
 #include <time.h>
 
 #define DNSCACHE_SHARDS 64
-#define DNSCACHE_BUCKETS 4096      /* per shard; chains grow past it */
+#define DNSCACHE_BUCKETS 4096 /* per shard; chains grow past it */
 
 struct centry {
-	struct centry *hnext;          /* hash chain */
-	struct centry *lprev, *lnext;  /* LRU: head = most recent */
+	struct centry *hnext;         /* hash chain */
+	struct centry *lprev, *lnext; /* LRU: head = most recent */
 	uint64_t hash;
-	uint64_t expires;              /* ms, monotonic */
+	uint64_t expires; /* ms, monotonic */
 	const struct dns_result *res;
 	char key[];
 };

@@ -71,7 +71,7 @@ struct dnscheck {
 	/* the step waiting for a result */
 	struct policy_req *waiter;
 	enum wait_for wait_for;
-	void (*name_resume)(struct policy_req *r);   /* W_NAME */
+	void (*name_resume)(struct policy_req *r); /* W_NAME */
 };
 
 /* ---- block list entries (pure) --------------------------------------------- */
@@ -185,7 +185,7 @@ int dnsbl_site_match(const struct dnsbl_site *s, const char *addr)
 	unsigned char b[4];
 	if (inet_pton(AF_INET, addr, b) != 1)
 		return 0;
-	if (!s->filtered)   /* 127/8 but the lists' error codes 127.255.255/24 */
+	if (!s->filtered) /* 127/8 but the lists' error codes 127.255.255/24 */
 		return b[0] == 127 && !(b[1] == 255 && b[2] == 255);
 	for (int o = 0; o < 4; o++)
 		if (!(s->allow[o][b[o] >> 3] & (1u << (b[o] & 7))))
@@ -233,13 +233,14 @@ static void wake(struct dnscheck *d, enum wait_for what)
 			return;
 		d->waiter = NULL;
 		d->wait_for = W_NONE;
-		d->name_resume(r);   /* the waiting step goes on by itself */
+		d->name_resume(r); /* the waiting step goes on by itself */
 		return;
 	}
-	int st = what == W_CLIENT ? decide_client(d, r, &v) : what == W_SENDER ? decide_sender(d, r, &v)
-									      : decide_lists(d, r, &v);
+	int st = what == W_CLIENT ? decide_client(d, r, &v)
+	    : what == W_SENDER    ? decide_sender(d, r, &v)
+				  : decide_lists(d, r, &v);
 	if (st == STEP_ASYNC)
-		return;    /* still waiting (the other half of FCrDNS) */
+		return; /* still waiting (the other half of FCrDNS) */
 	d->waiter = NULL;
 	d->wait_for = W_NONE;
 	policy_step_done(r, st == STEP_DECIDED, &v);
@@ -398,7 +399,7 @@ struct dnscheck *dnscheck_connect(struct ev_loop *loop, const struct conf *c, co
 	snprintf(d->addr, sizeof d->addr, "%s", client_addr);
 	if (inet_pton(AF_INET, client_addr, d->abin) != 1) {
 		if (inet_pton(AF_INET6, client_addr, d->abin) != 1)
-			return d;   /* not an address: nothing to look up */
+			return d; /* not an address: nothing to look up */
 		d->v6 = 1;
 	}
 	char rname[300];
@@ -453,7 +454,7 @@ void dnscheck_mail(struct dnscheck *d, const char *sender)
 		return;
 	const char *at = strrchr(sender, '@');
 	if (!at || !at[1] || at[1] == '[' || strlen(at + 1) > 253)
-		return;    /* null sender, or an address literal: no domain */
+		return; /* null sender, or an address literal: no domain */
 	snprintf(d->sdomain, sizeof d->sdomain, "%s", at + 1);
 	d->snd = D_PENDING;
 	d->sphase = DNS_T_MX;
@@ -526,8 +527,7 @@ static int decide_sender(struct dnscheck *d, struct policy_req *r, struct policy
 {
 	const char *sender = r->env->sender ? r->env->sender : "";
 	switch (d->snd) {
-	case D_PENDING:
-		return STEP_ASYNC;
+	case D_PENDING: return STEP_ASYNC;
 	case D_TEMP:
 		v->code = 450;
 		snprintf(v->reply, sizeof v->reply,
@@ -536,15 +536,15 @@ static int decide_sender(struct dnscheck *d, struct policy_req *r, struct policy
 	case D_HARD:
 		v->code = 550;
 		if (d->snd_nullmx)
-			snprintf(v->reply, sizeof v->reply,
-				 "550 5.7.27 <%s>: Sender address rejected: Domain does not accept mail (null MX)",
-				 sender);
+			snprintf(
+			    v->reply, sizeof v->reply,
+			    "550 5.7.27 <%s>: Sender address rejected: Domain does not accept mail (null MX)",
+			    sender);
 		else
 			snprintf(v->reply, sizeof v->reply,
 				 "550 5.1.8 <%s>: Sender address rejected: Domain not found", sender);
 		break;
-	default:
-		return STEP_PASS;
+	default: return STEP_PASS;
 	}
 	v->rule = "sender_domain";
 	return STEP_DECIDED;
@@ -595,8 +595,9 @@ static enum policy_step run_step(struct policy_req *r, struct policy_verdict *v,
 	struct dnscheck *d = r->env->dns;
 	if (!d || r->exempt)
 		return STEP_PASS;
-	int st = what == W_CLIENT ? decide_client(d, r, v) : what == W_SENDER ? decide_sender(d, r, v)
-									      : decide_lists(d, r, v);
+	int st = what == W_CLIENT ? decide_client(d, r, v)
+	    : what == W_SENDER    ? decide_sender(d, r, v)
+				  : decide_lists(d, r, v);
 	if (st == STEP_ASYNC) {
 		d->waiter = r;
 		d->wait_for = what;

@@ -50,8 +50,8 @@ enum policy_step dnscheck_step_dnsbl(struct policy_req *r, struct policy_verdict
  * lists' error codes) counts. */
 struct dnsbl_site {
 	char zone[256];
-	unsigned char allow[4][32];   /* bitmap of allowed values per octet */
-	int filtered;                 /* a filter was given */
+	unsigned char allow[4][32]; /* bitmap of allowed values per octet */
+	int filtered;               /* a filter was given */
 	int weight;
 };
 /* dnsbl_site_parse - pure; 0, or -1 with *why. */

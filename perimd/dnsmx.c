@@ -43,7 +43,7 @@ struct dnsmx_req {
 	struct sub mx;
 	char *names[MAX_MX];
 	int nnames;
-	struct sub addr[2 * MAX_MX];   /* [2i] A, [2i+1] AAAA of names[i] */
+	struct sub addr[2 * MAX_MX]; /* [2i] A, [2i+1] AAAA of names[i] */
 	int pending;
 };
 
@@ -196,7 +196,8 @@ static void assemble(struct dnsmx_req *q)
 			if (dnsmx_is_self(q->c, a, q->port)) {
 				self = 1;
 				log_warn("relay: backend %s resolves to [%s]:%d, which is perimd itself "
-					 "(a mail loop): skipped", q->host, a, q->port);
+					 "(a mail loop): skipped",
+					 q->host, a, q->port);
 				continue;
 			}
 			char t[INET6_ADDRSTRLEN + 16];
@@ -214,8 +215,9 @@ static void assemble(struct dnsmx_req *q)
 	if (l->n == 0) {
 		l->temp = temp && !self;
 		snprintf(l->why, sizeof l->why, "%.200s: %s", q->host,
-			 self ? "resolves to perimd itself (mail loop)"
-			 : temp ? "address lookup failed" : "no address for its MX hosts");
+			 self       ? "resolves to perimd itself (mail loop)"
+			     : temp ? "address lookup failed"
+				    : "no address for its MX hosts");
 	} else if (self) {
 		snprintf(l->why, sizeof l->why, "%.200s: an address of perimd itself left out", q->host);
 	}
@@ -251,14 +253,10 @@ static void on_mx(void *arg, const struct dns_result *res)
 	struct dnsmx_req *q = ((struct sub *)arg)->q;
 	q->mx.dq = NULL;
 	switch (res->status) {
-	case DNS_TEMPFAIL:
-		fail(q, 1, "MX lookup failed");
-		return;
-	case DNS_NXDOMAIN:
-		fail(q, 0, "host not found");
-		return;
+	case DNS_TEMPFAIL: fail(q, 1, "MX lookup failed"); return;
+	case DNS_NXDOMAIN: fail(q, 0, "host not found"); return;
 	case DNS_NODATA:
-		add_name(q, q->host);   /* RFC 5321 §5.1: the implicit MX */
+		add_name(q, q->host); /* RFC 5321 §5.1: the implicit MX */
 		break;
 	case DNS_OK: {
 		if (res->n == 1 && !res->rr[0].data[0]) {
@@ -296,8 +294,8 @@ static void on_mx(void *arg, const struct dns_result *res)
 }
 
 /* dnsmx_resolve - start with the MX lookup. */
-struct dnsmx_req *dnsmx_resolve(struct ev_loop *loop, const struct conf *c, const char *host,
-				int port, dnsmx_done_fn *done, void *arg)
+struct dnsmx_req *dnsmx_resolve(struct ev_loop *loop, const struct conf *c, const char *host, int port,
+				dnsmx_done_fn *done, void *arg)
 {
 	struct dnsmx_req *q = xcalloc(1, sizeof *q);
 	q->loop = loop;

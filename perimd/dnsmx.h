@@ -19,9 +19,9 @@ struct conf;
 
 struct dnsmx_list {
 	int n;
-	char **v;            /* "[192.0.2.1]:25", "[2001:db8::1]:25" */
-	int temp;            /* n == 0 because a lookup failed for now */
-	char why[300];       /* n == 0: the reason; else what was left out */
+	char **v;      /* "[192.0.2.1]:25", "[2001:db8::1]:25" */
+	int temp;      /* n == 0 because a lookup failed for now */
+	char why[300]; /* n == 0: the reason; else what was left out */
 };
 
 typedef void dnsmx_done_fn(void *arg, struct dnsmx_list *l);
@@ -31,8 +31,8 @@ struct dnsmx_req;
  * case) and port (25 by default); 0 = yes, -1 = not a valid host name. */
 int dnsmx_target_host(const char *target, char *host, size_t hostlen, int *port);
 
-struct dnsmx_req *dnsmx_resolve(struct ev_loop *loop, const struct conf *c, const char *host,
-				int port, dnsmx_done_fn *done, void *arg);
+struct dnsmx_req *dnsmx_resolve(struct ev_loop *loop, const struct conf *c, const char *host, int port,
+				dnsmx_done_fn *done, void *arg);
 void dnsmx_cancel(struct dnsmx_req *q);
 void dnsmx_list_free(struct dnsmx_list *l);
 

@@ -170,8 +170,7 @@ void ev_io_set(struct ev_loop *loop, struct ev_io *w, unsigned events)
 		return;
 	}
 	struct epoll_event ee = { 0 };
-	ee.events = (events & EV_READ ? EPOLLIN | EPOLLRDHUP : 0) |
-		    (events & EV_WRITE ? EPOLLOUT : 0);
+	ee.events = (events & EV_READ ? EPOLLIN | EPOLLRDHUP : 0) | (events & EV_WRITE ? EPOLLOUT : 0);
 	ee.data.ptr = w;
 	int op = w->added ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
 	if (epoll_ctl(loop->epfd, op, w->fd, &ee) < 0)
@@ -247,8 +246,7 @@ void ev_timer_stop(struct ev_loop *loop, struct ev_timer *t)
 }
 
 /* ev_timer_start - arm, replacing any earlier arming. */
-void ev_timer_start(struct ev_loop *loop, struct ev_timer *t, uint64_t ms,
-		    ev_cb *cb, void *arg)
+void ev_timer_start(struct ev_loop *loop, struct ev_timer *t, uint64_t ms, ev_cb *cb, void *arg)
 {
 	ev_timer_stop(loop, t);
 	t->when = loop->now + ms;

@@ -25,16 +25,16 @@ typedef void ev_cb(void *arg);
 /* An fd watcher. Fields are private; embed it, zero it, use ev_io_*(). */
 struct ev_io {
 	int fd;
-	unsigned want;   /* EV_READ|EV_WRITE currently registered */
-	int added;       /* registered in the epoll set */
+	unsigned want; /* EV_READ|EV_WRITE currently registered */
+	int added;     /* registered in the epoll set */
 	ev_io_cb *cb;
 	void *arg;
 };
 
 /* A one-shot timer. Fields are private. */
 struct ev_timer {
-	uint64_t when;   /* ms, monotonic */
-	size_t slot;     /* index in the heap + 1; 0 = not armed */
+	uint64_t when; /* ms, monotonic */
+	size_t slot;   /* index in the heap + 1; 0 = not armed */
 	ev_cb *cb;
 	void *arg;
 };
@@ -70,10 +70,12 @@ void ev_io_set(struct ev_loop *loop, struct ev_io *w, unsigned events);
 void ev_io_stop(struct ev_loop *loop, struct ev_io *w);
 
 /* ev_timer_start - (re)arm to fire after ms milliseconds. */
-void ev_timer_start(struct ev_loop *loop, struct ev_timer *t, uint64_t ms,
-		    ev_cb *cb, void *arg);
+void ev_timer_start(struct ev_loop *loop, struct ev_timer *t, uint64_t ms, ev_cb *cb, void *arg);
 void ev_timer_stop(struct ev_loop *loop, struct ev_timer *t);
-static inline int ev_timer_active(const struct ev_timer *t) { return t->slot != 0; }
+static inline int ev_timer_active(const struct ev_timer *t)
+{
+	return t->slot != 0;
+}
 
 /* ev_defer - queue cb(arg) for the next iteration; no-op if already queued. */
 void ev_defer(struct ev_loop *loop, struct ev_defer *d, ev_cb *cb, void *arg);
@@ -81,8 +83,7 @@ void ev_defer_cancel(struct ev_loop *loop, struct ev_defer *d);
 
 /* Per-loop state of other modules, without globals: each module owns one
  * slot and stores its per-loop pointer there. */
-enum ev_slot { EV_SLOT_RELAY, EV_SLOT_SMTPD, EV_SLOT_DNS, EV_SLOT_STATS, EV_SLOT_TLS,
-	       EV_SLOT_COUNT };
+enum ev_slot { EV_SLOT_RELAY, EV_SLOT_SMTPD, EV_SLOT_DNS, EV_SLOT_STATS, EV_SLOT_TLS, EV_SLOT_COUNT };
 void **ev_slot(struct ev_loop *loop, enum ev_slot s);
 
 /* ev_post - thread-safe: run cb(arg) on loop's thread soon. Allocates. */

@@ -28,12 +28,12 @@
 #include <string.h>
 #include <strings.h>
 
-#define GREY_CACHE_SIZE 65536              /* entries, direct-mapped */
+#define GREY_CACHE_SIZE 65536 /* entries, direct-mapped */
 #define GREY_CACHE_SHARDS 64
-#define GREY_CACHE_TTL (10 * 60 * 1000LL)  /* ms */
-#define GREY_EXPIRE_PERIOD (60 * 1000LL)   /* ms between expiry runs */
-#define GREY_EXPIRE_BATCH 1000             /* rows per DELETE */
-#define GREY_EXPIRE_ROUNDS 100             /* DELETEs per run at most */
+#define GREY_CACHE_TTL (10 * 60 * 1000LL) /* ms */
+#define GREY_EXPIRE_PERIOD (60 * 1000LL)  /* ms between expiry runs */
+#define GREY_EXPIRE_BATCH 1000            /* rows per DELETE */
+#define GREY_EXPIRE_ROUNDS 100            /* DELETEs per run at most */
 
 /* ---- normalisation ------------------------------------------------------ */
 
@@ -219,7 +219,7 @@ void grey_net_key(const char *net, struct grey_key *k)
 
 struct cache_ent {
 	struct grey_key k;
-	int64_t until;   /* wall ms; 0 = empty */
+	int64_t until; /* wall ms; 0 = empty */
 };
 static struct cache_ent grey_cache[GREY_CACHE_SIZE];
 static pthread_mutex_t grey_cache_mu[GREY_CACHE_SHARDS];
@@ -261,7 +261,7 @@ static void cache_put(const struct grey_key *k, int64_t until)
 struct grey_tls {
 	struct grey_store *st;
 	char *spec;
-	int64_t retry_at;   /* after a failed open, wall ms */
+	int64_t retry_at; /* after a failed open, wall ms */
 };
 
 /* tls_free - a worker exits: close its connection. */
@@ -323,7 +323,7 @@ static struct grey_store *worker_store(const char *spec, char *err, size_t errle
 
 /* ---- database health: one log line per change --------------------------- */
 
-static int grey_db_failing;   /* atomic */
+static int grey_db_failing; /* atomic */
 
 /* db_state - record the outcome of a store call. */
 static void db_state(int failed, const char *err)
@@ -337,7 +337,7 @@ static void db_state(int failed, const char *err)
 		log_info("greylist database working again");
 }
 
-static int grey_store_full;   /* atomic */
+static int grey_store_full; /* atomic */
 
 /* full_state - a new triplet found the store full (or not): one log line
  * per change. Only passed triplets are left then: greylist_max_entries is
@@ -362,7 +362,7 @@ static int64_t now_ms(void)
 
 /* ---- expiry in the background ------------------------------------------- */
 
-static int64_t grey_next_expire;   /* atomic, wall ms */
+static int64_t grey_next_expire; /* atomic, wall ms */
 
 struct expire_job {
 	char *spec;
@@ -411,7 +411,7 @@ static void maybe_expire(struct ev_loop *loop, const struct conf *c, int64_t now
 					 __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
 		return;
 	if (next == 0)
-		return;   /* the first decision only arms the period */
+		return; /* the first decision only arms the period */
 	struct expire_job *e = xcalloc(1, sizeof *e);
 	e->spec = xstrdup(c->greylist_database);
 	e->now = now;
@@ -518,15 +518,16 @@ int grey_decide(struct ev_loop *loop, const struct policy *pol, const char *clie
 		return 1;
 	}
 	const struct grey_policy *gp = pol->grey;
-	if (gp && ((gp->clients && greywl_client(gp->clients, client_addr, client_name)) ||
-		   (gp->rcpts && greywl_rcpt(gp->rcpts, rcpt)))) {
+	if (gp &&
+	    ((gp->clients && greywl_client(gp->clients, client_addr, client_name)) ||
+	     (gp->rcpts && greywl_rcpt(gp->rcpts, rcpt)))) {
 		stats_inc(ST_grey_whitelisted);
 		res->outcome = GREY_WHITELISTED;
 		return 1;
 	}
 	char net[64], ns[1024];
-	if (grey_client_net(client_addr, (int)c->greylist_ipv4_netmask, (int)c->greylist_ipv6_netmask,
-			    net, sizeof net) < 0)
+	if (grey_client_net(client_addr, (int)c->greylist_ipv4_netmask, (int)c->greylist_ipv6_netmask, net,
+			    sizeof net) < 0)
 		snprintf(net, sizeof net, "%s", client_addr);
 	grey_normalize_sender(sender, ns, sizeof ns);
 	struct grey_op *o = xcalloc(1, sizeof *o);
@@ -575,8 +576,7 @@ void grey_cancel(struct grey_op *op)
 /* ---- the RCPT step ------------------------------------------------------- */
 
 /* result_verdict - a result as the chain sees it: 1 decided (v filled). */
-static int result_verdict(const struct policy_req *r, const struct grey_result *res,
-			  struct policy_verdict *v)
+static int result_verdict(const struct policy_req *r, const struct grey_result *res, struct policy_verdict *v)
 {
 	switch (res->outcome) {
 	case GREY_PASSED:
@@ -599,7 +599,8 @@ static int result_verdict(const struct policy_req *r, const struct grey_result *
 		else
 			snprintf(v->reply, sizeof v->reply,
 				 "451 4.7.1 <%s>: too many new greylisting entries from your network, "
-				 "try again later", r->env->rcpt);
+				 "try again later",
+				 r->env->rcpt);
 		v->rule = res->full ? "greylist_full" : "greylist_quota";
 		return 1;
 	case GREY_FAIL:
@@ -610,8 +611,7 @@ static int result_verdict(const struct policy_req *r, const struct grey_result *
 			 r->env->rcpt);
 		v->rule = "greylist_dbfail";
 		return 1;
-	default:
-		return 0;
+	default: return 0;
 	}
 }
 
@@ -641,8 +641,8 @@ enum policy_step grey_step(struct policy_req *r, struct policy_verdict *v)
 	struct grey_result res;
 	struct grey_op *op;
 	const char *name = env->dns ? dnscheck_client_name(env->dns) : NULL;
-	if (grey_decide(env->loop, env->pol, env->client_addr, name, env->sender, env->rcpt, &res,
-			step_done, r, &op))
+	if (grey_decide(env->loop, env->pol, env->client_addr, name, env->sender, env->rcpt, &res, step_done,
+			r, &op))
 		return result_verdict(r, &res, v) ? STEP_DECIDED : STEP_PASS;
 	policy_step_async(r, step_cancel, op);
 	return STEP_ASYNC;
@@ -682,16 +682,15 @@ static void awl_done(void *arg, int cancelled)
 }
 
 /* grey_accepted - see grey.h. */
-void grey_accepted(struct ev_loop *loop, const struct policy *pol, const char *client_addr,
-		   const char *sender)
+void grey_accepted(struct ev_loop *loop, const struct policy *pol, const char *client_addr, const char *sender)
 {
 	const struct conf *c = pol->conf;
 	if (!c->greylist || c->greylist_auto_whitelist_count <= 0 || !sender || !*sender)
 		return;
 	pthread_once(&grey_once, grey_init_once);
 	char net[64];
-	if (grey_client_net(client_addr, (int)c->greylist_ipv4_netmask, (int)c->greylist_ipv6_netmask,
-			    net, sizeof net) < 0)
+	if (grey_client_net(client_addr, (int)c->greylist_ipv4_netmask, (int)c->greylist_ipv6_netmask, net,
+			    sizeof net) < 0)
 		return;
 	struct awl_job *j = xcalloc(1, sizeof *j);
 	j->spec = xstrdup(c->greylist_database);
@@ -733,8 +732,8 @@ void grey_announce(const struct conf *c)
 	log_info("greylisting: database %s; greylist_fail_action = %s (%s)", c->greylist_database,
 		 c->greylist_fail_action,
 		 !strcmp(c->greylist_fail_action, "tempfail")
-			 ? "while the database fails, recipients get 451 4.3.0"
-			 : "while the database fails, recipients are accepted without greylisting");
+		     ? "while the database fails, recipients get 451 4.3.0"
+		     : "while the database fails, recipients are accepted without greylisting");
 }
 
 /* ---- whitelists of the policy snapshot ----------------------------------- */

@@ -77,21 +77,21 @@ struct grey_query {
 };
 struct grey_answer {
 	enum grey_state state;
-	int64_t first, now;    /* first sight of the triplet, store's clock */
-	int64_t awl_count;     /* the network's counted passes (0: none) */
-	int64_t evicted;       /* entries evicted to make room */
+	int64_t first, now; /* first sight of the triplet, store's clock */
+	int64_t awl_count;  /* the network's counted passes (0: none) */
+	int64_t evicted;    /* entries evicted to make room */
 };
 
 struct grey_store;
 struct grey_store_ops {
 	/* check - one round trip: upsert the triplet (new / early / pass /
 	 * expired → new) and read the network's auto-whitelist count. */
-	int (*check)(struct grey_store *s, const struct grey_query *q, struct grey_answer *a,
-		     char *err, size_t errlen);
+	int (*check)(struct grey_store *s, const struct grey_query *q, struct grey_answer *a, char *err,
+		     size_t errlen);
 	/* awl_pass - count an accepted message from net (at most once per
 	 * interval ms); *count gets the network's count. */
-	int (*awl_pass)(struct grey_store *s, const struct grey_key *net, int64_t now,
-			int64_t interval, int64_t retention, int64_t *count, char *err, size_t errlen);
+	int (*awl_pass)(struct grey_store *s, const struct grey_key *net, int64_t now, int64_t interval,
+			int64_t retention, int64_t *count, char *err, size_t errlen);
 	/* expire - delete up to `limit` expired rows; returns how many, or -1.
 	 * A shared store runs it on one node at a time (returns 0 elsewhere). */
 	int (*expire)(struct grey_store *s, int64_t now, int limit, char *err, size_t errlen);
@@ -121,22 +121,22 @@ void grey_announce(const struct conf *c);
 /* ---- the engine -------------------------------------------------------- */
 
 enum grey_outcome {
-	GREY_OFF,          /* greylisting is off, or the recipient is exempt */
-	GREY_WHITELISTED,  /* whitelist file (client or recipient) */
-	GREY_AWL,          /* auto-whitelisted client network */
-	GREY_PASSED,       /* triplet passed (now, or remembered) */
-	GREY_DEFER,        /* new or early: wait `wait` more seconds */
-	GREY_FAIL,         /* store failed; greylist_fail_action applies */
-	GREY_LIMIT,        /* over the network's new-triplet quota, or the
+	GREY_OFF,         /* greylisting is off, or the recipient is exempt */
+	GREY_WHITELISTED, /* whitelist file (client or recipient) */
+	GREY_AWL,         /* auto-whitelisted client network */
+	GREY_PASSED,      /* triplet passed (now, or remembered) */
+	GREY_DEFER,       /* new or early: wait `wait` more seconds */
+	GREY_FAIL,        /* store failed; greylist_fail_action applies */
+	GREY_LIMIT,       /* over the network's new-triplet quota, or the
 			    * store full: 451 4.7.1, never a pass */
 };
 
 struct grey_result {
 	enum grey_outcome outcome;
-	int64_t wait;      /* GREY_DEFER: seconds until a retry passes (>= 1) */
-	int first;         /* GREY_DEFER: first sight (else an early retry) */
-	int tempfail;      /* GREY_FAIL: greylist_fail_action = tempfail */
-	int full;          /* GREY_LIMIT: the store is full (else the quota) */
+	int64_t wait; /* GREY_DEFER: seconds until a retry passes (>= 1) */
+	int first;    /* GREY_DEFER: first sight (else an early retry) */
+	int tempfail; /* GREY_FAIL: greylist_fail_action = tempfail */
+	int full;     /* GREY_LIMIT: the store is full (else the quota) */
 };
 
 typedef void grey_done_fn(void *arg, const struct grey_result *res);
@@ -158,8 +158,7 @@ enum policy_step grey_step(struct policy_req *r, struct policy_verdict *v);
 /* grey_accepted - a backend accepted a message from client_addr holding
  * a recipient that passed greylisting (GREY_RULE_PASS): count it toward
  * the auto-whitelist (never for the null sender). Asynchronous, no reply. */
-void grey_accepted(struct ev_loop *loop, const struct policy *pol, const char *client_addr,
-		   const char *sender);
+void grey_accepted(struct ev_loop *loop, const struct policy *pol, const char *client_addr, const char *sender);
 
 /* Whitelists of the postgrey format (greywl.c), part of the policy
  * snapshot (loaded by policy_load, so SIGHUP reloads them). */

@@ -39,16 +39,16 @@
 #include <string.h>
 #include <time.h>
 
-#define MY_EXPIRE_LEASE 50000   /* ms a node holds the expiry lease */
-#define MY_EVICT_MAX 10000      /* rows evicted for one insert at most */
+#define MY_EXPIRE_LEASE 50000 /* ms a node holds the expiry lease */
+#define MY_EVICT_MAX 10000    /* rows evicted for one insert at most */
 
 struct my_store {
 	struct grey_store base;
 	MYSQL *db;
 	char hosts[512], user[128], password[128], dbname[128];
 	int port;
-	time_t retry_at;         /* no reconnect attempt before (after a failure) */
-	int64_t lease_until;     /* db clock: this node runs expiry until then */
+	time_t retry_at;     /* no reconnect attempt before (after a failure) */
+	int64_t lease_until; /* db clock: this node runs expiry until then */
 };
 
 static const char *const my_schema[] = {
@@ -123,8 +123,7 @@ static int my_cf_parse(struct my_store *s, const char *path, char *err, size_t e
 				break;
 			}
 			s->port = (int)pt;
-		}
-		else if (!strcmp(p, "user"))
+		} else if (!strcmp(p, "user"))
 			snprintf(s->user, sizeof s->user, "%s", v);
 		else if (!strcmp(p, "password"))
 			snprintf(s->password, sizeof s->password, "%s", v);
@@ -162,8 +161,9 @@ static int my_exists(MYSQL *db, const char *q)
  * and the 'rows' row of grey_meta, counted once when missing. */
 static int my_migrate(MYSQL *db, char *err, size_t errlen)
 {
-	int col = my_exists(db, "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA ="
-				" DATABASE() AND TABLE_NAME = 'grey' AND COLUMN_NAME = 'net'");
+	int col = my_exists(db,
+			    "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA ="
+			    " DATABASE() AND TABLE_NAME = 'grey' AND COLUMN_NAME = 'net'");
 	if (col < 0 ||
 	    (!col && mysql_query(db, "ALTER TABLE grey ADD COLUMN net BINARY(16) NULL, ADD KEY grey_net (net)") &&
 	     mysql_errno(db) != 1060))
@@ -253,15 +253,15 @@ static int my_connect(struct my_store *s, char *err, size_t errlen)
 static int is_conn_error(unsigned e)
 {
 	return e == CR_SERVER_GONE_ERROR || e == CR_SERVER_LOST || e == CR_CONNECTION_ERROR ||
-	       e == CR_CONN_HOST_ERROR || e == CR_COMMANDS_OUT_OF_SYNC || e == 1927 /* ER_CONNECTION_KILLED */ ||
-	       e == 1053 /* ER_SERVER_SHUTDOWN */;
+	    e == CR_CONN_HOST_ERROR || e == CR_COMMANDS_OUT_OF_SYNC || e == 1927 /* ER_CONNECTION_KILLED */ ||
+	    e == 1053 /* ER_SERVER_SHUTDOWN */;
 }
 
 /* my_run - run a multi-statement query; rows of its result sets go to
  * row(arg, row, nfields). Reconnects and tries once more on a lost
  * connection. Returns 0 or -1 with err. */
-static int my_run(struct my_store *s, const char *q, void (*row)(void *, MYSQL_ROW, unsigned),
-		  void *arg, char *err, size_t errlen)
+static int my_run(struct my_store *s, const char *q, void (*row)(void *, MYSQL_ROW, unsigned), void *arg,
+		  char *err, size_t errlen)
 {
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (!s->db && my_connect(s, err, errlen) < 0)
@@ -340,9 +340,9 @@ static void ints_row(void *arg, MYSQL_ROW r, unsigned nf)
 
 /* The triplet's row and the network's auto-whitelist count, one row
  * always (NULLs when the triplet is not there). */
-#define MY_SELECT_ROW                                                                  \
-	"SELECT g.first, g.prev, g.passed, @n,"                                        \
-	" (SELECT cnt FROM awl WHERE k = X'%s' AND expires > @n)"                      \
+#define MY_SELECT_ROW \
+	"SELECT g.first, g.prev, g.passed, @n," \
+	" (SELECT cnt FROM awl WHERE k = X'%s' AND expires > @n)" \
 	" FROM (SELECT 1) AS one LEFT JOIN grey g ON g.k = X'%s'"
 
 /* my_evict - make room for need rows: unpassed ones only, of over-quota
@@ -395,8 +395,8 @@ static int my_new(struct my_store *s, const struct grey_query *q, struct grey_an
 				 "UPDATE gnet SET over_at = @n, expires = GREATEST(expires, @n + %lld)"
 				 " WHERE k = X'%s' AND cnt > %lld;",
 				 n, (long long)q->new_interval, (long long)q->new_interval,
-				 (long long)q->new_interval, (long long)q->new_interval, (long long)q->max_age,
-				 (long long)q->max_age, n, (long long)q->new_limit);
+				 (long long)q->new_interval, (long long)q->new_interval,
+				 (long long)q->max_age, (long long)q->max_age, n, (long long)q->new_limit);
 		snprintf(sql, sizeof sql,
 			 MY_NOW "%sSELECT (SELECT cnt FROM gnet WHERE k = X'%s'),"
 				" (SELECT until FROM grey_meta WHERE name = 'rows')",
@@ -423,11 +423,11 @@ static int my_new(struct my_store *s, const struct grey_query *q, struct grey_an
 		}
 	}
 	snprintf(sql, sizeof sql,
-		 MY_NOW "INSERT IGNORE INTO grey (k, first, last, prev, passed, expires, net)"
-			" VALUES (X'%s', @n, @n, 0, 0, @n + %lld, X'%s');"
-			"SET @i = ROW_COUNT();"
-			"UPDATE grey_meta SET until = until + GREATEST(@i, 0) WHERE name = 'rows';"
-			MY_SELECT_ROW,
+		 MY_NOW
+		 "INSERT IGNORE INTO grey (k, first, last, prev, passed, expires, net)"
+		 " VALUES (X'%s', @n, @n, 0, 0, @n + %lld, X'%s');"
+		 "SET @i = ROW_COUNT();"
+		 "UPDATE grey_meta SET until = until + GREATEST(@i, 0) WHERE name = 'rows';" MY_SELECT_ROW,
 		 k, (long long)q->max_age, n, n, k);
 	int64_t evicted = a->evicted;
 	memset(a, 0, sizeof *a);
@@ -444,22 +444,20 @@ static int my_new(struct my_store *s, const struct grey_query *q, struct grey_an
 
 /* my_check - one round trip for a known triplet (the clock, the update,
  * the row); a new one goes on to my_new. */
-static int my_check(struct grey_store *gs, const struct grey_query *q, struct grey_answer *a,
-		    char *err, size_t errlen)
+static int my_check(struct grey_store *gs, const struct grey_query *q, struct grey_answer *a, char *err,
+		    size_t errlen)
 {
 	struct my_store *s = (struct my_store *)gs;
 	char k[33], n[33], sql[2048];
 	hex(&q->triplet, k);
 	hex(&q->net, n);
 	snprintf(sql, sizeof sql,
-		 MY_NOW
-		 "UPDATE grey SET"
-		 " prev = IF(expires <= @n, 0, last),"
-		 " passed = IF(prev = 0, 0, IF(passed = 1 OR @n - first >= %lld, 1, 0)),"
-		 " expires = IF(prev = 0, @n + %lld, IF(passed = 1, @n + %lld, expires)),"
-		 " first = IF(prev = 0, @n, first),"
-		 " last = @n WHERE k = X'%s';"
-		 MY_SELECT_ROW,
+		 MY_NOW "UPDATE grey SET"
+			" prev = IF(expires <= @n, 0, last),"
+			" passed = IF(prev = 0, 0, IF(passed = 1 OR @n - first >= %lld, 1, 0)),"
+			" expires = IF(prev = 0, @n + %lld, IF(passed = 1, @n + %lld, expires)),"
+			" first = IF(prev = 0, @n, first),"
+			" last = @n WHERE k = X'%s';" MY_SELECT_ROW,
 		 (long long)q->delay, (long long)q->max_age, (long long)q->retention, k, n, k);
 	memset(a, 0, sizeof *a);
 	a->now = -1;
@@ -483,21 +481,20 @@ static void count_row(void *arg, MYSQL_ROW r, unsigned nf)
 }
 
 /* my_awl_pass - count an accepted message (database clock). */
-static int my_awl_pass(struct grey_store *gs, const struct grey_key *net, int64_t now,
-		       int64_t interval, int64_t retention, int64_t *count, char *err, size_t errlen)
+static int my_awl_pass(struct grey_store *gs, const struct grey_key *net, int64_t now, int64_t interval,
+		       int64_t retention, int64_t *count, char *err, size_t errlen)
 {
 	(void)now;
 	struct my_store *s = (struct my_store *)gs;
 	char n[33], sql[1024];
 	hex(net, n);
 	snprintf(sql, sizeof sql,
-		 MY_NOW
-		 "INSERT INTO awl (k, cnt, last, expires) VALUES (X'%s', 1, @n, @n + %lld)"
-		 " ON DUPLICATE KEY UPDATE"
-		 " cnt = IF(expires <= @n, 1, IF(@n - last >= %lld, cnt + 1, cnt)),"
-		 " last = IF(expires <= @n OR @n - last >= %lld, @n, last),"
-		 " expires = @n + %lld;"
-		 "SELECT cnt FROM awl WHERE k = X'%s'",
+		 MY_NOW "INSERT INTO awl (k, cnt, last, expires) VALUES (X'%s', 1, @n, @n + %lld)"
+			" ON DUPLICATE KEY UPDATE"
+			" cnt = IF(expires <= @n, 1, IF(@n - last >= %lld, cnt + 1, cnt)),"
+			" last = IF(expires <= @n OR @n - last >= %lld, @n, last),"
+			" expires = @n + %lld;"
+			"SELECT cnt FROM awl WHERE k = X'%s'",
 		 n, (long long)retention, (long long)interval, (long long)interval, (long long)retention, n);
 	*count = 0;
 	return my_run(s, sql, count_row, count, err, errlen);
@@ -530,12 +527,12 @@ static int my_expire(struct grey_store *gs, int64_t now, int limit, char *err, s
 	if (v[0] == 1)
 		s->lease_until = v[1] + MY_EXPIRE_LEASE;
 	if (v[1] >= s->lease_until)
-		return 0;   /* another node holds the lease */
+		return 0; /* another node holds the lease */
 	/* The lease was taken now: once a run, the row count is made
 	 * exact again (a delete by hand, a race between nodes). */
 	if (v[0] == 1 &&
-	    my_run(s, "UPDATE grey_meta SET until = (SELECT COUNT(*) FROM grey) WHERE name = 'rows'",
-		   NULL, NULL, err, errlen) < 0)
+	    my_run(s, "UPDATE grey_meta SET until = (SELECT COUNT(*) FROM grey) WHERE name = 'rows'", NULL,
+		   NULL, err, errlen) < 0)
 		return -1;
 	int total = 0;
 	const char *tables[3] = { "grey", "awl", "gnet" };
@@ -563,7 +560,10 @@ static void my_close(struct grey_store *gs)
 }
 
 static const struct grey_store_ops my_ops = {
-	.check = my_check, .awl_pass = my_awl_pass, .expire = my_expire, .close = my_close,
+	.check = my_check,
+	.awl_pass = my_awl_pass,
+	.expire = my_expire,
+	.close = my_close,
 };
 
 /* grey_mysql_check - the .cf file parses; a server that does not answer
@@ -577,7 +577,8 @@ int grey_mysql_check(const char *cf_path, char *err, size_t errlen)
 		char e[256];
 		if (my_connect_to(s, 1, e, sizeof e) < 0)
 			log_warn("greylist database %s: %s (perimd starts anyway; greylist_fail_action "
-				 "applies until it answers)", cf_path, e);
+				 "applies until it answers)",
+				 cf_path, e);
 		my_disconnect(s);
 	}
 	free(s);

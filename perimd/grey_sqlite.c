@@ -60,20 +60,20 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SQ_STAT_PERIOD 1000    /* ms between checks of the path */
-#define SQ_EVICT_MAX 10000     /* rows evicted for one insert at most */
+#define SQ_STAT_PERIOD 1000 /* ms between checks of the path */
+#define SQ_EVICT_MAX 10000  /* rows evicted for one insert at most */
 
 struct sq_store {
 	struct grey_store base;
 	sqlite3 *db;
 	char *path;
-	sqlite3_stmt *begin, *commit, *rollback, *upd, *ins, *awl_get, *awl_pass, *del_grey,
-		*del_awl, *del_gnet, *q_up, *q_over, *rows, *ev_over, *ev_from, *ev_below;
-	int sweep;         /* next key range of the expiry sweep (0..255) */
-	int watch;         /* a file path: its identity is watched */
+	sqlite3_stmt *begin, *commit, *rollback, *upd, *ins, *awl_get, *awl_pass, *del_grey, *del_awl,
+	    *del_gnet, *q_up, *q_over, *rows, *ev_over, *ev_from, *ev_below;
+	int sweep; /* next key range of the expiry sweep (0..255) */
+	int watch; /* a file path: its identity is watched */
 	dev_t dev;
 	ino_t ino;
-	int64_t stat_at;   /* monotonic ms of the next look at the path */
+	int64_t stat_at; /* monotonic ms of the next look at the path */
 };
 
 /* The identity of the file last opened at a path, process-wide: a path
@@ -84,73 +84,71 @@ static dev_t sq_file_dev;
 static ino_t sq_file_ino;
 
 static const char schema[] =
-	"CREATE TABLE IF NOT EXISTS grey (k BLOB PRIMARY KEY, first INTEGER NOT NULL,"
-	" last INTEGER NOT NULL, prev INTEGER NOT NULL, passed INTEGER NOT NULL,"
-	" expires INTEGER NOT NULL, net BLOB) WITHOUT ROWID;"
-	"DROP INDEX IF EXISTS grey_expires;"
-	"CREATE TABLE IF NOT EXISTS awl (k BLOB PRIMARY KEY, cnt INTEGER NOT NULL,"
-	" last INTEGER NOT NULL, expires INTEGER NOT NULL) WITHOUT ROWID;"
-	"CREATE INDEX IF NOT EXISTS awl_expires ON awl(expires);"
-	"CREATE TABLE IF NOT EXISTS gnet (k BLOB PRIMARY KEY, start INTEGER NOT NULL,"
-	" cnt INTEGER NOT NULL, over_at INTEGER NOT NULL, expires INTEGER NOT NULL) WITHOUT ROWID;"
-	"CREATE TABLE IF NOT EXISTS grey_meta (name TEXT PRIMARY KEY, v INTEGER NOT NULL);";
+    "CREATE TABLE IF NOT EXISTS grey (k BLOB PRIMARY KEY, first INTEGER NOT NULL,"
+    " last INTEGER NOT NULL, prev INTEGER NOT NULL, passed INTEGER NOT NULL,"
+    " expires INTEGER NOT NULL, net BLOB) WITHOUT ROWID;"
+    "DROP INDEX IF EXISTS grey_expires;"
+    "CREATE TABLE IF NOT EXISTS awl (k BLOB PRIMARY KEY, cnt INTEGER NOT NULL,"
+    " last INTEGER NOT NULL, expires INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS awl_expires ON awl(expires);"
+    "CREATE TABLE IF NOT EXISTS gnet (k BLOB PRIMARY KEY, start INTEGER NOT NULL,"
+    " cnt INTEGER NOT NULL, over_at INTEGER NOT NULL, expires INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS grey_meta (name TEXT PRIMARY KEY, v INTEGER NOT NULL);";
 
 /* After the net column exists (older files get it by ALTER TABLE). */
-static const char schema2[] =
-	"CREATE INDEX IF NOT EXISTS grey_net ON grey(net);"
-	"INSERT OR IGNORE INTO grey_meta SELECT 'rows', count(*) FROM grey;"
-	"CREATE TRIGGER IF NOT EXISTS grey_rows_ins AFTER INSERT ON grey BEGIN"
-	" UPDATE grey_meta SET v = v + 1 WHERE name = 'rows'; END;"
-	"CREATE TRIGGER IF NOT EXISTS grey_rows_del AFTER DELETE ON grey BEGIN"
-	" UPDATE grey_meta SET v = v - 1 WHERE name = 'rows'; END;";
+static const char schema2[] = "CREATE INDEX IF NOT EXISTS grey_net ON grey(net);"
+			      "INSERT OR IGNORE INTO grey_meta SELECT 'rows', count(*) FROM grey;"
+			      "CREATE TRIGGER IF NOT EXISTS grey_rows_ins AFTER INSERT ON grey BEGIN"
+			      " UPDATE grey_meta SET v = v + 1 WHERE name = 'rows'; END;"
+			      "CREATE TRIGGER IF NOT EXISTS grey_rows_del AFTER DELETE ON grey BEGIN"
+			      " UPDATE grey_meta SET v = v - 1 WHERE name = 'rows'; END;";
 
 /* ?1 key, ?2 now, ?3 delay, ?4 max_age, ?5 retention. A row past its
  * expiry starts over; a waiting row passes once delay has elapsed. */
 static const char sql_upd[] =
-	"UPDATE grey SET"
-	" first = CASE WHEN expires <= ?2 THEN ?2 ELSE first END,"
-	" prev = CASE WHEN expires <= ?2 THEN 0 ELSE last END,"
-	" passed = CASE WHEN expires <= ?2 THEN 0 WHEN passed = 1 OR ?2 - first >= ?3 THEN 1 ELSE 0 END,"
-	" expires = CASE WHEN expires <= ?2 THEN ?2 + ?4"
-	"  WHEN passed = 1 OR ?2 - first >= ?3 THEN ?2 + ?5 ELSE expires END,"
-	" last = ?2"
-	" WHERE k = ?1 RETURNING first, prev, passed";
+    "UPDATE grey SET"
+    " first = CASE WHEN expires <= ?2 THEN ?2 ELSE first END,"
+    " prev = CASE WHEN expires <= ?2 THEN 0 ELSE last END,"
+    " passed = CASE WHEN expires <= ?2 THEN 0 WHEN passed = 1 OR ?2 - first >= ?3 THEN 1 ELSE 0 END,"
+    " expires = CASE WHEN expires <= ?2 THEN ?2 + ?4"
+    "  WHEN passed = 1 OR ?2 - first >= ?3 THEN ?2 + ?5 ELSE expires END,"
+    " last = ?2"
+    " WHERE k = ?1 RETURNING first, prev, passed";
 /* ?1 key, ?2 now, ?3 max_age, ?4 net. */
 static const char sql_ins[] =
-	"INSERT INTO grey (k, first, last, prev, passed, expires, net) VALUES (?1, ?2, ?2, 0, 0, ?2 + ?3, ?4)";
+    "INSERT INTO grey (k, first, last, prev, passed, expires, net) VALUES (?1, ?2, ?2, 0, 0, ?2 + ?3, ?4)";
 /* ?1 net, ?2 now, ?3 interval, ?4 max_age: count one new triplet in the
  * network's window (a window older than interval starts over). */
 static const char sql_q_up[] =
-	"INSERT INTO gnet (k, start, cnt, over_at, expires) VALUES (?1, ?2, 1, 0, ?2 + ?3)"
-	" ON CONFLICT (k) DO UPDATE SET"
-	" cnt = CASE WHEN ?2 - start >= ?3 THEN 1 ELSE cnt + 1 END,"
-	" start = CASE WHEN ?2 - start >= ?3 THEN ?2 ELSE start END,"
-	" expires = max(CASE WHEN ?2 - start >= ?3 THEN ?2 ELSE start END + ?3, over_at + ?4)"
-	" RETURNING cnt";
+    "INSERT INTO gnet (k, start, cnt, over_at, expires) VALUES (?1, ?2, 1, 0, ?2 + ?3)"
+    " ON CONFLICT (k) DO UPDATE SET"
+    " cnt = CASE WHEN ?2 - start >= ?3 THEN 1 ELSE cnt + 1 END,"
+    " start = CASE WHEN ?2 - start >= ?3 THEN ?2 ELSE start END,"
+    " expires = max(CASE WHEN ?2 - start >= ?3 THEN ?2 ELSE start END + ?3, over_at + ?4)"
+    " RETURNING cnt";
 /* ?1 net, ?2 now, ?3 max_age: the network went over its quota. */
-static const char sql_q_over[] =
-	"UPDATE gnet SET over_at = ?2, expires = max(expires, ?2 + ?3) WHERE k = ?1";
+static const char sql_q_over[] = "UPDATE gnet SET over_at = ?2, expires = max(expires, ?2 + ?3) WHERE k = ?1";
 static const char sql_rows[] = "SELECT v FROM grey_meta WHERE name = 'rows'";
 /* ?1 over quota since, ?2 limit. */
 static const char sql_ev_over[] =
-	"DELETE FROM grey WHERE k IN (SELECT g.k FROM gnet q JOIN grey g ON g.net = q.k"
-	" WHERE q.over_at > 0 AND q.over_at > ?1 AND g.passed = 0 LIMIT ?2)";
+    "DELETE FROM grey WHERE k IN (SELECT g.k FROM gnet q JOIN grey g ON g.net = q.k"
+    " WHERE q.over_at > 0 AND q.over_at > ?1 AND g.passed = 0 LIMIT ?2)";
 /* ?1 start key, ?2 limit, ?3 1: any unpassed row, 0: never retried. */
 static const char sql_ev_from[] =
-	"DELETE FROM grey WHERE k IN (SELECT k FROM grey WHERE k >= ?1 AND passed = 0"
-	" AND (?3 OR prev = 0) LIMIT ?2)";
+    "DELETE FROM grey WHERE k IN (SELECT k FROM grey WHERE k >= ?1 AND passed = 0"
+    " AND (?3 OR prev = 0) LIMIT ?2)";
 static const char sql_ev_below[] =
-	"DELETE FROM grey WHERE k IN (SELECT k FROM grey WHERE k < ?1 AND passed = 0"
-	" AND (?3 OR prev = 0) LIMIT ?2)";
+    "DELETE FROM grey WHERE k IN (SELECT k FROM grey WHERE k < ?1 AND passed = 0"
+    " AND (?3 OR prev = 0) LIMIT ?2)";
 static const char sql_awl_get[] = "SELECT cnt FROM awl WHERE k = ?1 AND expires > ?2";
 /* ?1 key, ?2 now, ?3 interval, ?4 retention. */
 static const char sql_awl_pass[] =
-	"INSERT INTO awl (k, cnt, last, expires) VALUES (?1, 1, ?2, ?2 + ?4)"
-	" ON CONFLICT (k) DO UPDATE SET"
-	" cnt = CASE WHEN expires <= ?2 THEN 1 WHEN ?2 - last >= ?3 THEN cnt + 1 ELSE cnt END,"
-	" last = CASE WHEN expires <= ?2 OR ?2 - last >= ?3 THEN ?2 ELSE last END,"
-	" expires = ?2 + ?4"
-	" RETURNING cnt";
+    "INSERT INTO awl (k, cnt, last, expires) VALUES (?1, 1, ?2, ?2 + ?4)"
+    " ON CONFLICT (k) DO UPDATE SET"
+    " cnt = CASE WHEN expires <= ?2 THEN 1 WHEN ?2 - last >= ?3 THEN cnt + 1 ELSE cnt END,"
+    " last = CASE WHEN expires <= ?2 OR ?2 - last >= ?3 THEN ?2 ELSE last END,"
+    " expires = ?2 + ?4"
+    " RETURNING cnt";
 /* ?1 now, ?2 range start, ?3 range end (keys are 16-byte blobs). */
 static const char sql_del_grey[] = "DELETE FROM grey WHERE k >= ?2 AND k < ?3 AND expires <= ?1";
 static const char sql_del_awl[] = "DELETE FROM awl WHERE expires <= ?1 LIMIT ?2";
@@ -197,9 +195,10 @@ static int first_int(sqlite3_stmt *st, int64_t *v)
 /* sq_db_close - finalize the statements and close the connection. */
 static void sq_db_close(struct sq_store *s)
 {
-	sqlite3_stmt **sts[] = { &s->begin, &s->commit, &s->rollback, &s->upd, &s->ins, &s->awl_get,
-				 &s->awl_pass, &s->del_grey, &s->del_awl, &s->del_gnet, &s->q_up,
-				 &s->q_over, &s->rows, &s->ev_over, &s->ev_from, &s->ev_below };
+	sqlite3_stmt **sts[] = { &s->begin,   &s->commit,   &s->rollback, &s->upd,
+				 &s->ins,     &s->awl_get,  &s->awl_pass, &s->del_grey,
+				 &s->del_awl, &s->del_gnet, &s->q_up,     &s->q_over,
+				 &s->rows,    &s->ev_over,  &s->ev_from,  &s->ev_below };
 	for (size_t i = 0; i < sizeof sts / sizeof sts[0]; i++) {
 		sqlite3_finalize(*sts[i]);
 		*sts[i] = NULL;
@@ -213,8 +212,8 @@ static void sq_db_close(struct sq_store *s)
 static int has_net_column(sqlite3 *db)
 {
 	sqlite3_stmt *st;
-	if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info('grey') WHERE name = 'net'",
-			       -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info('grey') WHERE name = 'net'", -1,
+			       &st, NULL) != SQLITE_OK)
 		return -1;
 	int64_t n = -1;
 	int rc = first_int(st, &n);
@@ -237,12 +236,11 @@ static int sq_db_open(struct sq_store *s, char *err, size_t errlen)
 	}
 	sqlite3_busy_timeout(s->db, 5000);
 	int hn = -1;
-	if (sqlite3_exec(s->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL, NULL,
-			 NULL) != SQLITE_OK ||
+	if (sqlite3_exec(s->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL, NULL, NULL) !=
+		SQLITE_OK ||
 	    sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
 		goto fail;
-	if (sqlite3_exec(s->db, schema, NULL, NULL, NULL) != SQLITE_OK ||
-	    (hn = has_net_column(s->db)) < 0 ||
+	if (sqlite3_exec(s->db, schema, NULL, NULL, NULL) != SQLITE_OK || (hn = has_net_column(s->db)) < 0 ||
 	    (!hn && sqlite3_exec(s->db, "ALTER TABLE grey ADD COLUMN net BLOB", NULL, NULL, NULL) != SQLITE_OK) ||
 	    sqlite3_exec(s->db, schema2, NULL, NULL, NULL) != SQLITE_OK ||
 	    sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
@@ -255,11 +253,21 @@ static int sq_db_open(struct sq_store *s, char *err, size_t errlen)
 		sqlite3_stmt **st;
 		const char *sql;
 	} const stmts[] = {
-		{ &s->begin, "BEGIN IMMEDIATE" }, { &s->commit, "COMMIT" }, { &s->rollback, "ROLLBACK" },
-		{ &s->upd, sql_upd }, { &s->ins, sql_ins }, { &s->awl_get, sql_awl_get },
-		{ &s->awl_pass, sql_awl_pass }, { &s->del_grey, sql_del_grey }, { &s->del_awl, sql_del_awl },
-		{ &s->del_gnet, sql_del_gnet }, { &s->q_up, sql_q_up }, { &s->q_over, sql_q_over },
-		{ &s->rows, sql_rows }, { &s->ev_over, sql_ev_over }, { &s->ev_from, sql_ev_from },
+		{ &s->begin, "BEGIN IMMEDIATE" },
+		{ &s->commit, "COMMIT" },
+		{ &s->rollback, "ROLLBACK" },
+		{ &s->upd, sql_upd },
+		{ &s->ins, sql_ins },
+		{ &s->awl_get, sql_awl_get },
+		{ &s->awl_pass, sql_awl_pass },
+		{ &s->del_grey, sql_del_grey },
+		{ &s->del_awl, sql_del_awl },
+		{ &s->del_gnet, sql_del_gnet },
+		{ &s->q_up, sql_q_up },
+		{ &s->q_over, sql_q_over },
+		{ &s->rows, sql_rows },
+		{ &s->ev_over, sql_ev_over },
+		{ &s->ev_from, sql_ev_from },
 		{ &s->ev_below, sql_ev_below },
 	};
 	for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
@@ -413,8 +421,8 @@ static int sq_new(struct sq_store *s, const struct grey_query *q, struct grey_an
 
 /* sq_check - the decision (one IMMEDIATE transaction) and the
  * auto-whitelist read. */
-static int sq_check(struct grey_store *gs, const struct grey_query *q, struct grey_answer *a,
-		    char *err, size_t errlen)
+static int sq_check(struct grey_store *gs, const struct grey_query *q, struct grey_answer *a, char *err,
+		    size_t errlen)
 {
 	struct sq_store *s = (struct sq_store *)gs;
 	if (sq_fresh(s, err, errlen) < 0)
@@ -463,8 +471,8 @@ fail:
 }
 
 /* sq_awl_pass - count one accepted message from a network. */
-static int sq_awl_pass(struct grey_store *gs, const struct grey_key *net, int64_t now,
-		       int64_t interval, int64_t retention, int64_t *count, char *err, size_t errlen)
+static int sq_awl_pass(struct grey_store *gs, const struct grey_key *net, int64_t now, int64_t interval,
+		       int64_t retention, int64_t *count, char *err, size_t errlen)
 {
 	struct sq_store *s = (struct sq_store *)gs;
 	*count = 0;
@@ -531,7 +539,10 @@ static void sq_close(struct grey_store *gs)
 }
 
 static const struct grey_store_ops sq_ops = {
-	.check = sq_check, .awl_pass = sq_awl_pass, .expire = sq_expire, .close = sq_close,
+	.check = sq_check,
+	.awl_pass = sq_awl_pass,
+	.expire = sq_expire,
+	.close = sq_close,
 };
 
 /* grey_sqlite_open - open (creating) the database in WAL mode. */
@@ -621,8 +632,8 @@ int grey_sqlite_check(const char *path, const char *made_dir, char *err, size_t 
 			*slash = 0;
 	}
 	if (!S_ISDIR(sb.st_mode)) {
-		snprintf(err, errlen, "greylist_database: %s: cannot be created: %s is not a directory",
-			 path, dir);
+		snprintf(err, errlen, "greylist_database: %s: cannot be created: %s is not a directory", path,
+			 dir);
 		return -1;
 	}
 	if (access(dir, W_OK | X_OK) < 0) {

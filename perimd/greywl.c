@@ -68,8 +68,8 @@ static int is_cidr(const char *s)
 	return 1;
 }
 
-#define RE_COST_MAX 10000   /* nodes: far above any real whitelist entry */
-#define RE_EPS_MAX 1000     /* empty-matching nodes ('*', '?', '|', anchors, ...) */
+#define RE_COST_MAX 10000 /* nodes: far above any real whitelist entry */
+#define RE_EPS_MAX 1000   /* empty-matching nodes ('*', '?', '|', anchors, ...) */
 #define RE_DEPTH_MAX 32
 /* All the regexes of one file together: each compiled regex stays in
  * memory, and the worst one the limits above let through takes ~40 MB. */
@@ -114,9 +114,9 @@ static const char *re_too_costly(const char *re, double *nodes, double *enodes)
 
 	for (const char *p = re; *p; p++) {
 		double k = 0, ek = 0;
-		int eps = 0;     /* an atom that matches the empty string */
-		int anchor = 0;  /* an atom that is an anchor */
-		int star = 0;    /* a repetition without an upper bound */
+		int eps = 0;    /* an atom that matches the empty string */
+		int anchor = 0; /* an atom that is an anchor */
+		int star = 0;   /* a repetition without an upper bound */
 		switch (*p) {
 		case '(':
 			if (++d > RE_DEPTH_MAX)
@@ -150,15 +150,13 @@ static const char *re_too_costly(const char *re, double *nodes, double *enodes)
 			/* fall through */
 		case '?':
 			if (lrep[d])
-				return "too complex";  /* stacked or nested */
+				return "too complex"; /* stacked or nested */
 			lrep[d] = rep[d] = 1;
 			elast[d] += 1;
 			esum[d] += 1;
 			goto check;
 		case '^':
-		case '$':
-			eps = anchor = 1;
-			break;
+		case '$': eps = anchor = 1; break;
 		case '+':
 			k = 2;
 			ek = 1;
@@ -173,8 +171,7 @@ static const char *re_too_costly(const char *re, double *nodes, double *enodes)
 			 * literal '{'. */
 			const char *q = p + 1;
 			double lo = 0, hi;
-			if (!isdigit((unsigned char)q[0]) &&
-			    !(q[0] == ',' && isdigit((unsigned char)q[1])))
+			if (!isdigit((unsigned char)q[0]) && !(q[0] == ',' && isdigit((unsigned char)q[1])))
 				break;
 			if (isdigit((unsigned char)q[0])) {
 				lo = strtod(q, NULL);
@@ -215,12 +212,13 @@ static const char *re_too_costly(const char *re, double *nodes, double *enodes)
 			p += (*p == ']');
 			while (*p && *p != ']')
 				p += (*p == '[' && (p[1] == ':' || p[1] == '.' || p[1] == '=') &&
-				      strchr(p + 2, ']')) ? (size_t)(strchr(p + 2, ']') - p) + 1 : 1;
+				      strchr(p + 2, ']'))
+				    ? (size_t)(strchr(p + 2, ']') - p) + 1
+				    : 1;
 			if (!*p)
-				return NULL;  /* unterminated: regcomp refuses it */
+				return NULL; /* unterminated: regcomp refuses it */
 			break;
-		default:
-			break;
+		default: break;
 		}
 		if (k > 0) {
 			/* a repetition: its operand, the last atom, k times,
@@ -275,7 +273,7 @@ struct greywl *greywl_parse(const char *text, size_t len, char *err, size_t errl
 	struct greywl *w = xcalloc(1, sizeof *w);
 	size_t pos = 0;
 	int ln = 0;
-	double file_nodes = 0, file_enodes = 0;   /* all its regexes */
+	double file_nodes = 0, file_enodes = 0; /* all its regexes */
 	while (pos < len) {
 		size_t e = pos;
 		while (e < len && text[e] != '\n')
@@ -344,8 +342,7 @@ struct greywl *greywl_parse(const char *text, size_t len, char *err, size_t errl
 				return NULL;
 			}
 			ent.type = WL_CIDR;
-		} else if (s[sl - 1] == '.' && isdigit((unsigned char)s[0]) &&
-			   strspn(s, "0123456789.") == sl) {
+		} else if (s[sl - 1] == '.' && isdigit((unsigned char)s[0]) && strspn(s, "0123456789.") == sl) {
 			ent.type = WL_PREFIX;
 		} else if (s[sl - 1] == '@') {
 			s[sl - 1] = 0;
@@ -424,8 +421,7 @@ int greywl_client(const struct greywl *w, const char *addr, const char *name)
 			if (name && *name && name_suffix(name, e->text))
 				return 1;
 			break;
-		default:
-			break;
+		default: break;
 		}
 	}
 	return 0;
@@ -458,8 +454,7 @@ int greywl_rcpt(const struct greywl *w, const char *rcpt)
 			if (*domain && name_suffix(domain, e->text))
 				return 1;
 			break;
-		default:
-			break;
+		default: break;
 		}
 	}
 	return 0;

@@ -86,8 +86,7 @@ void jobs_stop(void)
 }
 
 /* jobs_submit - queue work for a worker. */
-struct job *jobs_submit(struct ev_loop *loop, job_work_fn *work,
-			job_done_fn *done, void *arg)
+struct job *jobs_submit(struct ev_loop *loop, job_work_fn *work, job_done_fn *done, void *arg)
 {
 	struct job *j = xcalloc(1, sizeof *j);
 	j->loop = loop;

@@ -22,8 +22,7 @@ void jobs_start(int n);
 void jobs_stop(void);
 
 /* jobs_submit - queue work; returns a handle valid until done() has run. */
-struct job *jobs_submit(struct ev_loop *loop, job_work_fn *work,
-			job_done_fn *done, void *arg);
+struct job *jobs_submit(struct ev_loop *loop, job_work_fn *work, job_done_fn *done, void *arg);
 /* jobs_cancel - from the submitting loop's thread only. */
 void jobs_cancel(struct job *j);
 

@@ -49,8 +49,7 @@ static void log_vmsg(enum log_level lvl, const char *fmt, va_list ap)
 		clock_gettime(CLOCK_REALTIME, &ts);
 		localtime_r(&ts.tv_sec, &tm);
 		n = strftime(buf, sizeof buf, "%b %e %H:%M:%S ", &tm);
-		n += (size_t)snprintf(buf + n, sizeof buf - n, "%s[%d]: ",
-				      log_ident, (int)getpid());
+		n += (size_t)snprintf(buf + n, sizeof buf - n, "%s[%d]: ", log_ident, (int)getpid());
 	}
 	n += (size_t)snprintf(buf + n, sizeof buf - n, "%s", lvl_name[lvl]);
 	if (n < sizeof buf) {

@@ -14,12 +14,15 @@ enum log_level { LOG_LVL_ERR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 void log_open(const char *ident, int to_stderr, int verbose);
 int log_verbose(void);
 
-void log_msg(enum log_level lvl, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define log_err(...) log_msg(LOG_LVL_ERR, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_LVL_WARN, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)
-#define log_debug(...) do { if (log_verbose()) log_msg(LOG_LVL_DEBUG, __VA_ARGS__); } while (0)
+#define log_debug(...) \
+	do { \
+		if (log_verbose()) \
+			log_msg(LOG_LVL_DEBUG, __VA_ARGS__); \
+	} while (0)
 
 /* fatal - log and exit(1): out of memory, impossible states. */
 _Noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -54,7 +54,7 @@ struct io_thread {
 static struct io_thread *threads;
 static int nthreads;
 static int stats_fd = -1;
-static int policyd_fd = -1;   /* policy_listen (policyd.h) */
+static int policyd_fd = -1; /* policy_listen (policyd.h) */
 /* Process-lifetime allocations of main() (reachable, never reported). */
 static char **ov;
 static struct sockaddr_storage *addrs;
@@ -130,8 +130,8 @@ static void raise_nofile(const struct conf *c)
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
 		return;
-	rlim_t want = (rlim_t)(c->max_sessions + c->relay_destination_concurrency_limit *
-				   (c->relay_backends.n + 1) + 1024);
+	rlim_t want = (rlim_t)(c->max_sessions +
+			       c->relay_destination_concurrency_limit * (c->relay_backends.n + 1) + 1024);
 	if (rl.rlim_cur >= want)
 		return;
 	if (rl.rlim_max < want && geteuid() == 0)
@@ -191,7 +191,7 @@ static void owner_read_check(const struct conf *c, void (*say)(const char *))
 		return;
 	struct passwd pwnum, *pw = owner_lookup(c->mail_owner, &pwnum);
 	if (!pw || pw->pw_uid == 0)
-		return;   /* an unknown owner is drop_privileges()'s fatal error */
+		return; /* an unknown owner is drop_privileges()'s fatal error */
 	uid_t uid = pw->pw_uid;
 	gid_t gid = pw->pw_gid;
 	int pfd[2];
@@ -231,7 +231,8 @@ static void owner_read_check(const struct conf *c, void (*say)(const char *))
 		if (!errs[i])
 			continue;
 		char msg[1400];
-		snprintf(msg, sizeof msg, "mail_owner %s cannot read %s %s: %s; a SIGHUP will not "
+		snprintf(msg, sizeof msg,
+			 "mail_owner %s cannot read %s %s: %s; a SIGHUP will not "
 			 "reload it (the old one stays until it expires): give %s read access",
 			 c->mail_owner, names[i], files[i], strerror(errs[i]), c->mail_owner);
 		say(msg);
@@ -258,7 +259,7 @@ static void probe_addr(const char *param, const char *text, int default_port)
 	const char *why;
 	char err[256];
 	if (!text[0] || net_parse_addr(text, default_port, &ss, &sl, &why) < 0)
-		return;   /* checked, with its message, where it is bound */
+		return; /* checked, with its message, where it is bound */
 	if (net_bind_probe((struct sockaddr *)&ss, sl, err, sizeof err) < 0)
 		fatal("%s %s: cannot listen on %s; not starting", param, text, err);
 }
@@ -272,7 +273,8 @@ static void drop_privileges(const struct conf *c)
 	struct passwd pwnum, *pw = owner_lookup(c->mail_owner, &pwnum);
 	if (!pw)
 		fatal("mail_owner %s: no such user (in a chroot or scratch image without "
-		      "/etc/passwd, give a numeric uid[:gid])", c->mail_owner);
+		      "/etc/passwd, give a numeric uid[:gid])",
+		      c->mail_owner);
 	if (pw->pw_uid == 0) {
 		log_warn("mail_owner = %s: running as root", c->mail_owner);
 		return;
@@ -307,7 +309,8 @@ static void reload(const char *path, int nov, int full)
 	 * only a map file changed (!full), certificates and signatures stay. */
 	if (full) {
 		if (tls_configure(c, err, sizeof err) < 0)
-			log_err("reload: TLS certificates and keys not reloaded, keeping the old ones: %s", err);
+			log_err("reload: TLS certificates and keys not reloaded, keeping the old ones: %s",
+				err);
 		else if (c->smtpd_tls_cert_file[0] || c->relay_tls_CAfile[0])
 			log_info("reload: TLS certificates and keys reloaded");
 	}
@@ -350,9 +353,7 @@ int main(int argc, char **argv)
 		case 't': check = 1; break;
 		case 'n': dump_n = 1; break;
 		case 'd': dump_d = 1; break;
-		case 'V':
-			version_print(stdout);
-			return 0;
+		case 'V': version_print(stdout); return 0;
 		default: usage();
 		}
 	}
@@ -379,9 +380,11 @@ int main(int argc, char **argv)
 	struct conf *c = conf_load(path, 0, ov, nov, err, sizeof err);
 	if (!c) {
 		if (!explicit && access(path, F_OK) < 0 && errno == ENOENT)
-			fprintf(stderr, "perimd: the default configuration file %s does not exist; "
+			fprintf(stderr,
+				"perimd: the default configuration file %s does not exist; "
 				"give one with -c FILE (an empty file runs on the built-in defaults, "
-				"which perimd -d prints)\n", path);
+				"which perimd -d prints)\n",
+				path);
 		else
 			fprintf(stderr, "perimd: %s\n", err);
 		return 1;
@@ -498,7 +501,7 @@ int main(int argc, char **argv)
 	}
 
 	jobs_start(2);
-	admin_starting_begin(stats_fd);   /* /healthz: 503 until the loops run */
+	admin_starting_begin(stats_fd); /* /healthz: 503 until the loops run */
 	{
 		/* No mail before the virus scanner has its engine loaded. */
 		struct ev_loop **loops = xcalloc((size_t)nthreads, sizeof *loops);
@@ -512,8 +515,8 @@ int main(int argc, char **argv)
 	for (int t = 0; t < nthreads; t++)
 		if (pthread_create(&threads[t].tid, NULL, io_main, &threads[t]) != 0)
 			fatal("cannot start io thread");
-	log_info("perimd %s started: %d io threads, listening on %d address(es)", PERIMD_VERSION,
-		 nthreads, c->smtpd_listen.n);
+	log_info("perimd %s started: %d io threads, listening on %d address(es)", PERIMD_VERSION, nthreads,
+		 c->smtpd_listen.n);
 	grey_announce(c);
 	stats_health_set(STATS_UP);
 

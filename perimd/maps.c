@@ -45,51 +45,51 @@
 #include <time.h>
 
 #define CACHE_BUCKETS 1024
-#define CACHE_MAX 50000          /* answers per map; the cache is emptied past it */
+#define CACHE_MAX 50000 /* answers per map; the cache is emptied past it */
 #define KEY_MAX 1024
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct map *registry;
 
 struct map_entry {
-	char *key;               /* lower-cased */
-	char *value;             /* "" when the line had a key only */
-	int line;                /* where it was defined, for duplicate warnings */
+	char *key;   /* lower-cased */
+	char *value; /* "" when the line had a key only */
+	int line;    /* where it was defined, for duplicate warnings */
 	uint32_t hash;
 	uint32_t klen;
-	struct map_entry *next;  /* same bucket */
+	struct map_entry *next; /* same bucket */
 };
 
 struct map_cidr {
-	unsigned char addr[16];  /* IPv4 as ::ffff:a.b.c.d */
-	int bits;                /* prefix length over the 128 bits */
-	int order;               /* position in the file */
+	unsigned char addr[16]; /* IPv4 as ::ffff:a.b.c.d */
+	int bits;               /* prefix length over the 128 bits */
+	int order;              /* position in the file */
 	char *value;
 };
 
 struct cache_entry {
 	struct cache_entry *next;
-	uint64_t expires;        /* monotonic ms */
-	int result;              /* 1 found, 0 not found */
+	uint64_t expires; /* monotonic ms */
+	int result;       /* 1 found, 0 not found */
 	char *value;
-	char key[];              /* kind byte, then the key */
+	char key[]; /* kind byte, then the key */
 };
 
 struct map {
 	char *spec;
-	int refs;                /* under reg_mu */
-	int registered;          /* the registry's entry for spec */
+	int refs;       /* under reg_mu */
+	int registered; /* the registry's entry for spec */
 	struct map *reg_next;
-	dev_t dev;               /* identity of the file it was loaded from */
+	dev_t dev; /* identity of the file it was loaded from */
 	ino_t ino;
 	off_t size;
 	struct timespec mtime;
-	struct stat seen;        /* the file as maps_changed() last saw it (reg_mu) */
+	struct stat seen; /* the file as maps_changed() last saw it (reg_mu) */
 	/* file: */
-	size_t nbuckets;         /* a power of two */
+	size_t nbuckets; /* a power of two */
 	size_t n;
 	struct map_entry **buckets;
-	struct map_cidr *cidr;   /* longest prefix first */
+	struct map_cidr *cidr; /* longest prefix first */
 	int ncidr;
 	/* sqlite: / mysql: */
 	struct map_sql *sql;
@@ -159,8 +159,8 @@ static void map_add(struct map *m, const char *path, int line, const char *text)
 	}
 	struct map_entry *old = map_find(m, text, kn);
 	if (old) {
-		log_warn("%s:%d: duplicate key \"%.*s\": keeping the entry of line %d",
-			 path, line, (int)kn, text, old->line);
+		log_warn("%s:%d: duplicate key \"%.*s\": keeping the entry of line %d", path, line, (int)kn,
+			 text, old->line);
 		return;
 	}
 	if (m->n >= m->nbuckets)
@@ -207,8 +207,7 @@ static int file_load(struct map *m, const char *path, char *err, size_t errlen)
 			continue;
 		if (isspace((unsigned char)line[0])) {
 			if (!start) {
-				snprintf(err, errlen,
-					 "%s:%d: continuation line without a key line before it",
+				snprintf(err, errlen, "%s:%d: continuation line without a key line before it",
 					 path, lineno);
 				rc = -1;
 				break;
@@ -313,7 +312,7 @@ static int file_stat(const char *path, struct stat *st, char *err, size_t errlen
 static int same_file(const struct map *m, const struct stat *st)
 {
 	return m->dev == st->st_dev && m->ino == st->st_ino && m->size == st->st_size &&
-	       m->mtime.tv_sec == st->st_mtim.tv_sec && m->mtime.tv_nsec == st->st_mtim.tv_nsec;
+	    m->mtime.tv_sec == st->st_mtim.tv_sec && m->mtime.tv_nsec == st->st_mtim.tv_nsec;
 }
 
 /* map_destroy - free a map that nobody holds. */
@@ -350,8 +349,8 @@ static void map_destroy(struct map *m)
 }
 
 /* map_load - build a new map from spec's file; NULL with err. */
-static struct map *map_load(const char *spec, const char *type, const char *path,
-			    const struct stat *st, char *err, size_t errlen)
+static struct map *map_load(const char *spec, const char *type, const char *path, const struct stat *st,
+			    char *err, size_t errlen)
 {
 	struct map *m = xcalloc(1, sizeof *m);
 	m->spec = xstrdup(spec);
@@ -400,10 +399,9 @@ struct map *map_open(const char *spec, char *err, size_t errlen)
 	}
 	memcpy(type, spec, tn);
 	type[tn] = 0;
-	if (strcmp(type, "file") && strcmp(type, "sqlite") && strcmp(type, "mysql") &&
-	    strcmp(type, "ldap")) {
-		snprintf(err, errlen, "\"%s\": unknown map type \"%s\" (supported: file, sqlite, mysql, ldap)",
-			 spec, type);
+	if (strcmp(type, "file") && strcmp(type, "sqlite") && strcmp(type, "mysql") && strcmp(type, "ldap")) {
+		snprintf(err, errlen,
+			 "\"%s\": unknown map type \"%s\" (supported: file, sqlite, mysql, ldap)", spec, type);
 		return NULL;
 	}
 	const char *path = colon + 1;
@@ -590,8 +588,8 @@ static int probe_client(struct probe *p, const char *ip)
 }
 
 /* map_query - see maps.h. */
-int map_query(const struct map *m, enum map_kind kind, const char *key,
-	      char *val, size_t vallen, char *err, size_t errlen)
+int map_query(const struct map *m, enum map_kind kind, const char *key, char *val, size_t vallen, char *err,
+	      size_t errlen)
 {
 	struct probe p = { m, val, vallen, err, errlen };
 	size_t n = strlen(key);
@@ -599,8 +597,7 @@ int map_query(const struct map *m, enum map_kind kind, const char *key,
 	if (vallen)
 		val[0] = 0;
 	switch (kind) {
-	case MAP_KEY:
-		return probe_key(&p, key, n);
+	case MAP_KEY: return probe_key(&p, key, n);
 	case MAP_DOMAIN:
 		if (n > 0 && key[n - 1] == '.')
 			n--;
@@ -622,8 +619,7 @@ int map_query(const struct map *m, enum map_kind kind, const char *key,
 			return r;
 		return kind == MAP_ADDR_PARENT ? probe_parents(&p, d, dn) : 0;
 	}
-	case MAP_CLIENT:
-		return probe_client(&p, key);
+	case MAP_CLIENT: return probe_client(&p, key);
 	}
 	return 0;
 }
@@ -636,7 +632,7 @@ struct map_req {
 	map_done_fn *cb;
 	void *arg;
 	struct job *job;
-	struct ev_defer d;       /* a cached answer */
+	struct ev_defer d; /* a cached answer */
 	enum map_kind kind;
 	int result;
 	char *key;
@@ -659,8 +655,7 @@ static uint32_t cache_hash(enum map_kind kind, const char *key)
 }
 
 /* cache_get - a live cached answer for (kind, key): 1 with result/val. */
-static int cache_get(struct map *m, enum map_kind kind, const char *key, int *result,
-		     char *val, size_t vallen)
+static int cache_get(struct map *m, enum map_kind kind, const char *key, int *result, char *val, size_t vallen)
 {
 	uint32_t h = cache_hash(kind, key) % CACHE_BUCKETS;
 	uint64_t now = mono_ms();
@@ -678,8 +673,7 @@ static int cache_get(struct map *m, enum map_kind kind, const char *key, int *re
 }
 
 /* cache_put - remember an answer (never a failure) for cache_ttl. */
-static void cache_put(struct map *m, enum map_kind kind, const char *key, int result,
-		      const char *val)
+static void cache_put(struct map *m, enum map_kind kind, const char *key, int result, const char *val)
 {
 	if (result < 0)
 		return;
@@ -788,7 +782,7 @@ void map_cancel(struct map_req *q)
 	if (!q)
 		return;
 	if (q->job) {
-		jobs_cancel(q->job);   /* req_done frees it */
+		jobs_cancel(q->job); /* req_done frees it */
 		return;
 	}
 	ev_defer_cancel(q->loop, &q->d);

@@ -64,8 +64,8 @@ enum map_kind { MAP_KEY, MAP_DOMAIN, MAP_ADDR, MAP_ADDR_PARENT, MAP_CLIENT };
 /* map_query - a synchronous lookup of kind: returns as map_lookup; the
  * value (up to vallen - 1 bytes) is copied to val. On an asynchronous map
  * it blocks: worker threads and tests only. err gets a reason on -1. */
-int map_query(const struct map *m, enum map_kind kind, const char *key,
-	      char *val, size_t vallen, char *err, size_t errlen);
+int map_query(const struct map *m, enum map_kind kind, const char *key, char *val, size_t vallen, char *err,
+	      size_t errlen);
 
 /* map_query_async - the same on a worker thread (or from the cache); cb
  * runs later on loop, never inside this call, with result 1/0/-1 and the

@@ -48,13 +48,26 @@
 
 /* Postfix ldap_table(5) settings perimd knows but does not implement: each
  * is refused with its line rather than silently ignored. */
-static const char *const cf_unsupported[] = {
-	"special_result_attribute", "terminal_result_attribute", "leaf_result_attribute",
-	"chase_referrals", "expansion_limit", "recursion_limit", "debuglevel", "cache",
-	"cache_expiry", "cache_size", "result_filter", "sasl_mechs", "sasl_realm",
-	"sasl_authz_id", "sasl_minssf", "tls_cert", "tls_key", "tls_random_file",
-	"tls_cipher_suite", NULL
-};
+static const char *const cf_unsupported[] = { "special_result_attribute",
+					      "terminal_result_attribute",
+					      "leaf_result_attribute",
+					      "chase_referrals",
+					      "expansion_limit",
+					      "recursion_limit",
+					      "debuglevel",
+					      "cache",
+					      "cache_expiry",
+					      "cache_size",
+					      "result_filter",
+					      "sasl_mechs",
+					      "sasl_realm",
+					      "sasl_authz_id",
+					      "sasl_minssf",
+					      "tls_cert",
+					      "tls_key",
+					      "tls_random_file",
+					      "tls_cipher_suite",
+					      NULL };
 
 struct cf_raw {
 	char *hosts;
@@ -103,8 +116,7 @@ static int cf_split(const char *value, char **v, int max, int *n)
 }
 
 /* cf_set - one "name = value"; NULL, or the reason it is refused. */
-static const char *cf_set(struct ldap_cf *cf, struct cf_raw *raw, int line, const char *name,
-			  const char *v)
+static const char *cf_set(struct ldap_cf *cf, struct cf_raw *raw, int line, const char *name, const char *v)
 {
 	char **str = NULL;
 	int b;
@@ -184,10 +196,10 @@ static const char *cf_set(struct ldap_cf *cf, struct cf_raw *raw, int line, cons
 		raw->version_line = line;
 		return NULL;
 	}
-	if (!strcmp(name, "timeout") || !strcmp(name, "cache_ttl") ||
-	    !strcmp(name, "negative_cache_ttl")) {
+	if (!strcmp(name, "timeout") || !strcmp(name, "cache_ttl") || !strcmp(name, "negative_cache_ttl")) {
 		long long *t = name[0] == 't' ? &cf->timeout_ms
-			       : name[0] == 'c' ? &cf->cache_ttl_ms : &cf->negative_cache_ttl_ms;
+		    : name[0] == 'c'          ? &cf->cache_ttl_ms
+					      : &cf->negative_cache_ttl_ms;
 		if (conf_parse_time(v, t) < 0 || *t > 86400000LL)
 			return "expected a time (\"10\" seconds, \"500ms\", \"1m\")";
 		if (name[0] == 't' && *t == 0)
@@ -265,8 +277,8 @@ static const char *uri_norm(const char *item, long long port, char *out, size_t 
 		return "server_host: a DN or options in the URI are not supported";
 	/* host, host:port, [v6], [v6]:port */
 	const char *close = p[0] == '[' ? memchr(p, ']', n) : NULL;
-	const char *colon = close ? (close + 1 < p + n && close[1] == ':' ? close + 1 : NULL)
-			    : memchr(p, ':', n);
+	const char *colon =
+	    close ? (close + 1 < p + n && close[1] == ':' ? close + 1 : NULL) : memchr(p, ':', n);
 	size_t hn = colon ? (size_t)(colon - p) : n;
 	if (colon) {
 		char pb[8];
@@ -322,8 +334,7 @@ void map_ldap_cf_free(struct ldap_cf *cf)
 /* map_ldap_cf_parse - see maps_ldap.h. The file has main.cf's syntax: a
  * line starting with whitespace continues the previous one, '#' lines and
  * blank lines are ignored; values are taken literally (no $expansion). */
-int map_ldap_cf_parse(struct ldap_cf *cf, const char *path, const char *text, size_t n,
-		      char *err, size_t errlen)
+int map_ldap_cf_parse(struct ldap_cf *cf, const char *path, const char *text, size_t n, char *err, size_t errlen)
 {
 	memset(cf, 0, sizeof *cf);
 	cf->port = 389;
@@ -445,10 +456,11 @@ int map_ldap_cf_parse(struct ldap_cf *cf, const char *path, const char *text, si
 	}
 	char probe[1024];
 	const char *f = cf->query_filter;
-	if (!f[0] || filter_check(f) < 0 ||
-	    map_ldap_expand(f, "u@d", NULL, 1, probe, sizeof probe) < 0) {
-		snprintf(err, errlen, "%s:%d: query_filter: not a filter with %%s, %%u, %%d "
-			 "(and %%%% for a %%)", path, raw.filter_line);
+	if (!f[0] || filter_check(f) < 0 || map_ldap_expand(f, "u@d", NULL, 1, probe, sizeof probe) < 0) {
+		snprintf(err, errlen,
+			 "%s:%d: query_filter: not a filter with %%s, %%u, %%d "
+			 "(and %%%% for a %%)",
+			 path, raw.filter_line);
 		goto out;
 	}
 	int has_key = 0;
@@ -461,13 +473,17 @@ int map_ldap_cf_parse(struct ldap_cf *cf, const char *path, const char *text, si
 				cf->filter_needs_domain = 1;
 		}
 	if (!has_key) {
-		snprintf(err, errlen, "%s:%d: query_filter: no %%s, %%u or %%d: every key would "
-			 "give the same answer", path, raw.filter_line);
+		snprintf(err, errlen,
+			 "%s:%d: query_filter: no %%s, %%u or %%d: every key would "
+			 "give the same answer",
+			 path, raw.filter_line);
 		goto out;
 	}
 	if (map_ldap_expand(cf->result_format, "u@d", "v@w", 0, probe, sizeof probe) < 0) {
-		snprintf(err, errlen, "%s:%d: result_format: only %%s %%u %%d %%S %%U %%D and %%%% "
-			 "are supported", path, raw.format_line);
+		snprintf(err, errlen,
+			 "%s:%d: result_format: only %%s %%u %%d %%S %%U %%D and %%%% "
+			 "are supported",
+			 path, raw.format_line);
 		goto out;
 	}
 	if (cf->start_tls && cf->version < 3) {
@@ -476,13 +492,12 @@ int map_ldap_cf_parse(struct ldap_cf *cf, const char *path, const char *text, si
 	}
 	for (int i = 0; cf->start_tls && i < cf->nuris; i++)
 		if (!strncmp(cf->uris[i], "ldaps:", 6)) {
-			snprintf(err, errlen, "%s:%d: start_tls with an ldaps:// server (TLS twice)",
-				 path, raw.tls_line);
+			snprintf(err, errlen, "%s:%d: start_tls with an ldaps:// server (TLS twice)", path,
+				 raw.tls_line);
 			goto out;
 		}
 	if (!cf->bind && (cf->bind_dn || cf->bind_pw)) {
-		snprintf(err, errlen, "%s:%d: bind = no, but bind_dn or bind_pw is set", path,
-			 raw.bind_line);
+		snprintf(err, errlen, "%s:%d: bind = no, but bind_dn or bind_pw is set", path, raw.bind_line);
 		goto out;
 	}
 	if (cf->bind_pw && !cf->bind_dn) {
@@ -547,8 +562,7 @@ static int key_part(const char *s, char kind, const char **p, size_t *n)
 }
 
 /* map_ldap_expand - see maps_ldap.h. */
-int map_ldap_expand(const char *fmt, const char *key, const char *res, int filter,
-		    char *out, size_t outlen)
+int map_ldap_expand(const char *fmt, const char *key, const char *res, int filter, char *out, size_t outlen)
 {
 	size_t o = 0;
 	if (outlen == 0)
@@ -624,13 +638,15 @@ struct map_ldap {
 
 struct map_ldap *map_ldap_open(const char *path, char *err, size_t errlen)
 {
-	snprintf(err, errlen, "%s: ldap: maps are not built into this perimd "
-		 "(a build without libldap; see perimd -V)", path);
+	snprintf(err, errlen,
+		 "%s: ldap: maps are not built into this perimd "
+		 "(a build without libldap; see perimd -V)",
+		 path);
 	return NULL;
 }
 
-int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *val, size_t vallen,
-		    char *err, size_t errlen)
+int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *val, size_t vallen, char *err,
+		    size_t errlen)
 {
 	snprintf(err, errlen, "ldap: not built in");
 	return -1;
@@ -662,16 +678,16 @@ struct ldap_conn {
 struct ldap_server {
 	const char *uri;
 	struct ldap_conn *idle;
-	int nopen;               /* idle + in use */
-	int fails;               /* consecutive connection failures */
-	uint64_t down_until;     /* monotonic ms: skipped before this */
+	int nopen;           /* idle + in use */
+	int fails;           /* consecutive connection failures */
+	uint64_t down_until; /* monotonic ms: skipped before this */
 };
 
 struct map_ldap {
 	struct ldap_cf cf;
 	char *path;
 	pthread_mutex_t mu;
-	pthread_cond_t freed;    /* a connection went back or was closed */
+	pthread_cond_t freed; /* a connection went back or was closed */
 	struct ldap_server srv[LDAP_CF_MAX_HOSTS];
 };
 
@@ -729,15 +745,14 @@ static void ld_error(LDAP *ld, int rc, const char *what, const char *uri, char *
 	char *diag = NULL;
 	if (ld)
 		ldap_get_option(ld, LDAP_OPT_DIAGNOSTIC_MESSAGE, &diag);
-	snprintf(err, errlen, "%s: %s: %s%s%s", uri, what, ldap_err2string(rc),
-		 diag && *diag ? ": " : "", diag && *diag ? diag : "");
+	snprintf(err, errlen, "%s: %s: %s%s%s", uri, what, ldap_err2string(rc), diag && *diag ? ": " : "",
+		 diag && *diag ? diag : "");
 	ldap_memfree(diag);
 }
 
 /* conn_open - connect, StartTLS, bind; NULL with err and *rcp (the LDAP
  * result code: LDAP_INVALID_CREDENTIALS tells a refused bind). */
-static struct ldap_conn *conn_open(struct map_ldap *l, const char *uri, int *rcp, char *err,
-				   size_t errlen)
+static struct ldap_conn *conn_open(struct map_ldap *l, const char *uri, int *rcp, char *err, size_t errlen)
 {
 	const struct ldap_cf *cf = &l->cf;
 	LDAP *ld = NULL;
@@ -750,8 +765,8 @@ static struct ldap_conn *conn_open(struct map_ldap *l, const char *uri, int *rcp
 	struct timeval tv = { (time_t)(cf->timeout_ms / 1000), (suseconds_t)(cf->timeout_ms % 1000) * 1000 };
 	int v = cf->version, deref = cf->dereference, size = (int)cf->size_limit;
 	ldap_set_option(ld, LDAP_OPT_PROTOCOL_VERSION, &v);
-	ldap_set_option(ld, LDAP_OPT_NETWORK_TIMEOUT, &tv);   /* connect */
-	ldap_set_option(ld, LDAP_OPT_TIMEOUT, &tv);           /* every synchronous call */
+	ldap_set_option(ld, LDAP_OPT_NETWORK_TIMEOUT, &tv); /* connect */
+	ldap_set_option(ld, LDAP_OPT_TIMEOUT, &tv);         /* every synchronous call */
 	ldap_set_option(ld, LDAP_OPT_REFERRALS, LDAP_OPT_OFF);
 	ldap_set_option(ld, LDAP_OPT_DEREF, &deref);
 	ldap_set_option(ld, LDAP_OPT_SIZELIMIT, &size);
@@ -763,7 +778,7 @@ static struct ldap_conn *conn_open(struct map_ldap *l, const char *uri, int *rcp
 		if (cf->tls_ca_cert_dir)
 			ldap_set_option(ld, LDAP_OPT_X_TLS_CACERTDIR, cf->tls_ca_cert_dir);
 		ldap_set_option(ld, LDAP_OPT_X_TLS_REQUIRE_CERT, &req);
-		int zero = 0;   /* a context of this handle's own, with these settings */
+		int zero = 0; /* a context of this handle's own, with these settings */
 		ldap_set_option(ld, LDAP_OPT_X_TLS_NEWCTX, &zero);
 	}
 	const char *what = "connect";
@@ -781,8 +796,8 @@ static struct ldap_conn *conn_open(struct map_ldap *l, const char *uri, int *rcp
 			cred.bv_len = strlen(cf->bind_pw);
 		}
 		what = cf->bind_dn ? "bind" : "anonymous bind";
-		rc = ldap_sasl_bind_s(ld, cf->bind_dn ? cf->bind_dn : "", LDAP_SASL_SIMPLE, &cred,
-				      NULL, NULL, NULL);
+		rc = ldap_sasl_bind_s(ld, cf->bind_dn ? cf->bind_dn : "", LDAP_SASL_SIMPLE, &cred, NULL, NULL,
+				      NULL);
 	}
 	if (rc != LDAP_SUCCESS) {
 		if (rc == LDAP_INVALID_CREDENTIALS && cf->bind_dn)
@@ -876,8 +891,8 @@ static struct ldap_conn *conn_get(struct map_ldap *l, struct ldap_server *s, int
 	for (;;) {
 		if (s->down_until > mono_ms()) {
 			pthread_mutex_unlock(&l->mu);
-			snprintf(err, errlen, "%s: not tried: failed %d times in a row, backing off",
-				 s->uri, s->fails);
+			snprintf(err, errlen, "%s: not tried: failed %d times in a row, backing off", s->uri,
+				 s->fails);
 			return NULL;
 		}
 		if (s->idle) {
@@ -891,8 +906,8 @@ static struct ldap_conn *conn_get(struct map_ldap *l, struct ldap_server *s, int
 			break;
 		if (pthread_cond_timedwait(&l->freed, &l->mu, &until) == ETIMEDOUT) {
 			pthread_mutex_unlock(&l->mu);
-			snprintf(err, errlen, "%s: all %lld connections busy for the whole timeout",
-				 s->uri, l->cf.connection_limit);
+			snprintf(err, errlen, "%s: all %lld connections busy for the whole timeout", s->uri,
+				 l->cf.connection_limit);
 			return NULL;
 		}
 	}
@@ -916,8 +931,8 @@ static struct ldap_conn *conn_get(struct map_ldap *l, struct ldap_server *s, int
 static int conn_error(int rc)
 {
 	return rc == LDAP_SERVER_DOWN || rc == LDAP_TIMEOUT || rc == LDAP_CONNECT_ERROR ||
-	       rc == LDAP_UNAVAILABLE || rc == LDAP_BUSY || rc == LDAP_LOCAL_ERROR ||
-	       rc == LDAP_ENCODING_ERROR || rc == LDAP_DECODING_ERROR || rc == LDAP_TIMELIMIT_EXCEEDED;
+	    rc == LDAP_UNAVAILABLE || rc == LDAP_BUSY || rc == LDAP_LOCAL_ERROR ||
+	    rc == LDAP_ENCODING_ERROR || rc == LDAP_DECODING_ERROR || rc == LDAP_TIMELIMIT_EXCEEDED;
 }
 
 /* append - one result value into val, comma-separated (Postfix's joining). */
@@ -941,8 +956,8 @@ static int search(struct map_ldap *l, struct ldap_conn *c, const char *uri, cons
 	static const int scopes[] = { LDAP_SCOPE_SUBTREE, LDAP_SCOPE_BASE, LDAP_SCOPE_ONELEVEL };
 	struct timeval tv = { (time_t)(cf->timeout_ms / 1000), (suseconds_t)(cf->timeout_ms % 1000) * 1000 };
 	LDAPMessage *res = NULL;
-	int rc = ldap_search_ext_s(c->ld, cf->search_base, scopes[cf->scope], filter,
-				   (char **)cf->attrs, 0, NULL, NULL, &tv, (int)cf->size_limit, &res);
+	int rc = ldap_search_ext_s(c->ld, cf->search_base, scopes[cf->scope], filter, (char **)cf->attrs, 0,
+				   NULL, NULL, &tv, (int)cf->size_limit, &res);
 	*rcp = rc;
 	if (rc == LDAP_NO_SUCH_OBJECT) {
 		/* The search base does not exist: no entry (Postfix: not found). */
@@ -965,7 +980,7 @@ static int search(struct map_ldap *l, struct ldap_conn *c, const char *uri, cons
 				size_t n = vals[i]->bv_len < sizeof v - 1 ? vals[i]->bv_len : sizeof v - 1;
 				memcpy(v, vals[i]->bv_val, n);
 				v[n] = 0;
-				if (strlen(v) != n)   /* a NUL inside: not a mail value */
+				if (strlen(v) != n) /* a NUL inside: not a mail value */
 					continue;
 				if (map_ldap_expand(cf->result_format, key, v, 0, out, sizeof out) == 1) {
 					append(val, vallen, &o, out);
@@ -979,8 +994,8 @@ static int search(struct map_ldap *l, struct ldap_conn *c, const char *uri, cons
 }
 
 /* map_ldap_lookup - see maps_ldap.h. */
-int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *val, size_t vallen,
-		    char *err, size_t errlen)
+int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *val, size_t vallen, char *err,
+		    size_t errlen)
 {
 	char k[1024], filter[FILTER_MAX];
 	if (keylen >= sizeof k)
@@ -1010,13 +1025,13 @@ int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *va
 			int pooled, rc;
 			struct ldap_conn *c = conn_get(l, s, &pooled, err, errlen);
 			if (!c)
-				break;   /* the next server */
+				break; /* the next server */
 			result = search(l, c, s->uri, filter, k, val, vallen, &rc, err, errlen);
 			if (result >= 0 || !conn_error(rc)) {
 				conn_put(l, s, c);
 				if (result < 0)
 					stats_inc(ST_ldap_errors);
-				i = l->cf.nuris;   /* an answer, or an error every server would give */
+				i = l->cf.nuris; /* an answer, or an error every server would give */
 				break;
 			}
 			stats_inc(ST_ldap_errors);
@@ -1079,7 +1094,8 @@ struct map_ldap *map_ldap_open(const char *path, char *err, size_t errlen)
 	/* The password must stay between the file's owner (mail_owner) and perimd. */
 	if (l->cf.bind_pw && (st.st_mode & 077))
 		log_warn("%s: holds bind_pw but is readable by others than its owner (mode %04o): "
-			 "chown it to mail_owner and chmod 600 it", path, (unsigned)(st.st_mode & 07777));
+			 "chown it to mail_owner and chmod 600 it",
+			 path, (unsigned)(st.st_mode & 07777));
 	/* Try the servers now: a refused bind is a configuration error; an
 	 * unreachable directory is not (an outage must not stop a restart). */
 	char why[512] = "";
@@ -1101,8 +1117,7 @@ struct map_ldap *map_ldap_open(const char *path, char *err, size_t errlen)
 			map_ldap_free(l);
 			return NULL;
 		}
-		log_warn("%s: %s (lookups through this server fail with 451 until it answers)",
-			 path, why);
+		log_warn("%s: %s (lookups through this server fail with 451 until it answers)", path, why);
 	}
 	return l;
 }

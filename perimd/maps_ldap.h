@@ -26,37 +26,37 @@ enum ldap_cf_scope { LDAP_CF_SUB, LDAP_CF_BASE, LDAP_CF_ONE };
 
 /* The settings of one .cf file, as parsed. */
 struct ldap_cf {
-	char *uris[LDAP_CF_MAX_HOSTS];    /* "ldap://host:port" / "ldaps://host:port" */
+	char *uris[LDAP_CF_MAX_HOSTS]; /* "ldap://host:port" / "ldaps://host:port" */
 	int nuris;
-	long long port;                   /* server_port: for hosts without one */
+	long long port; /* server_port: for hosts without one */
 	char *search_base;
 	enum ldap_cf_scope scope;
 	char *query_filter;
-	char *attrs[LDAP_CF_MAX_ATTRS + 1];  /* result_attribute, NULL-terminated */
+	char *attrs[LDAP_CF_MAX_ATTRS + 1]; /* result_attribute, NULL-terminated */
 	int nattrs;
 	char *result_format;
 	char *domains[LDAP_CF_MAX_DOMAINS];
 	int ndomains;
-	int bind;                         /* bind = yes: simple bind (anonymous without bind_dn) */
+	int bind; /* bind = yes: simple bind (anonymous without bind_dn) */
 	char *bind_dn, *bind_pw;
-	int version;                      /* 2 or 3 */
+	int version; /* 2 or 3 */
 	long long timeout_ms;
 	int start_tls;
 	char *tls_ca_cert_file, *tls_ca_cert_dir;
 	int tls_require_cert;
-	long long size_limit;             /* 0: no limit */
-	int dereference;                  /* 0 never .. 3 always (LDAP_DEREF_*) */
-	long long connection_limit;       /* perimd: connections per server */
-	long long cache_ttl_ms, negative_cache_ttl_ms;  /* perimd */
-	int filter_needs_domain;          /* query_filter uses %d: keys without one are not looked up */
+	long long size_limit;                          /* 0: no limit */
+	int dereference;                               /* 0 never .. 3 always (LDAP_DEREF_*) */
+	long long connection_limit;                    /* perimd: connections per server */
+	long long cache_ttl_ms, negative_cache_ttl_ms; /* perimd */
+	int filter_needs_domain; /* query_filter uses %d: keys without one are not looked up */
 };
 
 /* map_ldap_cf_parse - the n bytes of a .cf file named path into cf (which
  * it initialises: map_ldap_cf_free() it in every case); 0, or -1 with err
  * "PATH:LINE: reason" (a setting perimd does not support is an error, never
  * ignored). Pure: no I/O. */
-int map_ldap_cf_parse(struct ldap_cf *cf, const char *path, const char *text, size_t n,
-		      char *err, size_t errlen);
+int map_ldap_cf_parse(struct ldap_cf *cf, const char *path, const char *text, size_t n, char *err,
+		      size_t errlen);
 void map_ldap_cf_free(struct ldap_cf *cf);
 
 /* map_ldap_escape - the n bytes at in as an RFC 4515 assertion value:
@@ -72,8 +72,7 @@ size_t map_ldap_escape(const char *in, size_t n, char *out, size_t outlen);
  * %s %u %d the same parts of res and %S %U %D those of the key. Returns 1,
  * 0 when the expansion is suppressed (%d of a key or value without a
  * domain, as Postfix), -1 when out is too small or the format is bad. */
-int map_ldap_expand(const char *fmt, const char *key, const char *res, int filter,
-		    char *out, size_t outlen);
+int map_ldap_expand(const char *fmt, const char *key, const char *res, int filter, char *out, size_t outlen);
 
 /* map_ldap_key_eligible - 1 when the key may be looked up at all: not
  * empty, and with `domain` set, "user@domain" with a local part and one
@@ -90,8 +89,8 @@ struct map_ldap *map_ldap_open(const char *path, char *err, size_t errlen);
 /* map_ldap_lookup - one key: 1 found (value in val: the result values,
  * comma-separated, as Postfix), 0 not found, -1 the lookup failed (no
  * server answered, timeout, error) with err filled. */
-int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *val, size_t vallen,
-		    char *err, size_t errlen);
+int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *val, size_t vallen, char *err,
+		    size_t errlen);
 /* map_ldap_cache_ttl - how long an answer (1 found, 0 not found) may be
  * cached, in ms. */
 long long map_ldap_cache_ttl(const struct map_ldap *l, int result);

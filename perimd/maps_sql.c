@@ -42,8 +42,8 @@ struct map_sql {
 	char *path;
 	char *dbpath, *hosts, *user, *password, *dbname, *query;
 	long long port, timeout_ms, cache_ttl_ms;
-	char *sql;                     /* the query with '?' */
-	char params[SQL_MAX_PARAMS];   /* 's', 'u' or 'd' per '?' */
+	char *sql;                   /* the query with '?' */
+	char params[SQL_MAX_PARAMS]; /* 's', 'u' or 'd' per '?' */
 	int nparams;
 	pthread_mutex_t mu;
 	struct sql_conn *idle;
@@ -140,7 +140,7 @@ static int query_compile(struct map_sql *s, char *err, size_t errlen)
 	s->nparams = 0;
 	for (size_t i = 0; i < n; i++) {
 		int quoted = (q[i] == '\'' || q[i] == '"') && i + 3 < n + 0 && q[i + 1] == '%' &&
-			     strchr("sud", q[i + 2]) && q[i + 3] == q[i];
+		    strchr("sud", q[i + 2]) && q[i + 3] == q[i];
 		if (q[i] != '%' && !quoted) {
 			*o++ = q[i];
 			continue;
@@ -217,8 +217,8 @@ static struct sql_conn *conn_open(struct map_sql *s, char *err, size_t errlen)
 {
 	struct sql_conn *c = xcalloc(1, sizeof *c);
 	if (s->type == SQL_SQLITE) {
-		if (sqlite3_open_v2(s->dbpath, &c->lite, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
-				    NULL) != SQLITE_OK ||
+		if (sqlite3_open_v2(s->dbpath, &c->lite, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+			SQLITE_OK ||
 		    sqlite3_prepare_v2(c->lite, s->sql, -1, &c->lst, NULL) != SQLITE_OK) {
 			snprintf(err, errlen, "%s: %s", s->dbpath,
 				 c->lite ? sqlite3_errmsg(c->lite) : "cannot open");
@@ -228,8 +228,10 @@ static struct sql_conn *conn_open(struct map_sql *s, char *err, size_t errlen)
 		sqlite3_busy_timeout(c->lite, (int)s->timeout_ms);
 		if (sqlite3_bind_parameter_count(c->lst) != s->nparams) {
 			/* e.g. '%u@%d' inside one literal: no parameters at all */
-			snprintf(err, errlen, "%s: query: %%s, %%u and %%d must each stand alone "
-				 "(quoted or not)", s->path);
+			snprintf(err, errlen,
+				 "%s: query: %%s, %%u and %%d must each stand alone "
+				 "(quoted or not)",
+				 s->path);
 			conn_close(c);
 			return NULL;
 		}
@@ -240,8 +242,7 @@ static struct sql_conn *conn_open(struct map_sql *s, char *err, size_t errlen)
 	snprintf(hosts, sizeof hosts, "%s", s->hosts);
 	unsigned tmo = (unsigned)((s->timeout_ms + 999) / 1000);
 	snprintf(err, errlen, "%s: no hosts", s->path);
-	for (char *save = NULL, *h = strtok_r(hosts, " ,\t", &save); h;
-	     h = strtok_r(NULL, " ,\t", &save)) {
+	for (char *save = NULL, *h = strtok_r(hosts, " ,\t", &save); h; h = strtok_r(NULL, " ,\t", &save)) {
 		c->my = mysql_init(NULL);
 		if (!c->my)
 			fatal("out of memory");
@@ -281,8 +282,8 @@ static struct sql_conn *conn_open(struct map_sql *s, char *err, size_t errlen)
 }
 
 /* lite_lookup - one key on a SQLite connection: 1, 0 or -1. */
-static int lite_lookup(struct map_sql *s, struct sql_conn *c, const char *key, size_t keylen,
-		       char *val, size_t vallen, char *err, size_t errlen)
+static int lite_lookup(struct map_sql *s, struct sql_conn *c, const char *key, size_t keylen, char *val,
+		       size_t vallen, char *err, size_t errlen)
 {
 	sqlite3_reset(c->lst);
 	sqlite3_clear_bindings(c->lst);
@@ -309,8 +310,8 @@ static int lite_lookup(struct map_sql *s, struct sql_conn *c, const char *key, s
 }
 
 /* my_lookup - one key on a MariaDB connection: 1, 0 or -1. */
-static int my_lookup(struct map_sql *s, struct sql_conn *c, const char *key, size_t keylen,
-		     char *val, size_t vallen, char *err, size_t errlen)
+static int my_lookup(struct map_sql *s, struct sql_conn *c, const char *key, size_t keylen, char *val,
+		     size_t vallen, char *err, size_t errlen)
 {
 	MYSQL_BIND in[SQL_MAX_PARAMS], out;
 	unsigned long inlen[SQL_MAX_PARAMS], outlen = 0;
@@ -358,8 +359,8 @@ static int my_lookup(struct map_sql *s, struct sql_conn *c, const char *key, siz
 }
 
 /* map_sql_lookup - see maps_sql.h. */
-int map_sql_lookup(struct map_sql *s, const char *key, size_t keylen, char *val, size_t vallen,
-		   char *err, size_t errlen)
+int map_sql_lookup(struct map_sql *s, const char *key, size_t keylen, char *val, size_t vallen, char *err,
+		   size_t errlen)
 {
 	for (int attempt = 0; attempt < 2; attempt++) {
 		pthread_mutex_lock(&s->mu);

@@ -18,8 +18,8 @@ struct map_sql;
 struct map_sql *map_sql_open(const char *type, const char *path, char *err, size_t errlen);
 /* map_sql_lookup - one key: 1 found (value in val), 0 not found, -1 the
  * lookup failed (database down, query error) with err filled. */
-int map_sql_lookup(struct map_sql *s, const char *key, size_t keylen, char *val, size_t vallen,
-		   char *err, size_t errlen);
+int map_sql_lookup(struct map_sql *s, const char *key, size_t keylen, char *val, size_t vallen, char *err,
+		   size_t errlen);
 /* map_sql_cache_ttl - how long answers may be cached, in ms. */
 long long map_sql_cache_ttl(const struct map_sql *s);
 void map_sql_free(struct map_sql *s);

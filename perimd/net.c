@@ -30,8 +30,8 @@ static int parse_port(const char *p)
 }
 
 /* net_parse_addr - numeric address with optional port. */
-int net_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss,
-		   socklen_t *len, const char **why)
+int net_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss, socklen_t *len,
+		   const char **why)
 {
 	char host[256];
 	const char *portstr = NULL;
@@ -110,8 +110,7 @@ int net_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss,
 }
 
 /* net_listen - bind and listen, shared per port among io threads. */
-int net_listen(const struct sockaddr *sa, socklen_t len, int backlog,
-	       char *err, size_t errlen)
+int net_listen(const struct sockaddr *sa, socklen_t len, int backlog, char *err, size_t errlen)
 {
 	char a[64];
 	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -125,8 +124,8 @@ int net_listen(const struct sockaddr *sa, socklen_t len, int backlog,
 	if (sa->sa_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
 	if (bind(fd, sa, len) < 0 || listen(fd, backlog) < 0) {
-		snprintf(err, errlen, "bind/listen [%s]:%d: %s",
-			 net_ntop(sa, a, sizeof a), net_port(sa), strerror(errno));
+		snprintf(err, errlen, "bind/listen [%s]:%d: %s", net_ntop(sa, a, sizeof a), net_port(sa),
+			 strerror(errno));
 		close(fd);
 		return -1;
 	}
@@ -152,8 +151,8 @@ int net_bind_probe(const struct sockaddr *sa, socklen_t len, char *err, size_t e
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
 	if (bind(fd, sa, len) < 0) {
 		int e = errno;
-		snprintf(err, errlen, "[%s]:%d: %s%s", net_ntop(sa, a, sizeof a), net_port(sa),
-			 strerror(e), e == EADDRINUSE ? " (another perimd, or another server, listens there)" : "");
+		snprintf(err, errlen, "[%s]:%d: %s%s", net_ntop(sa, a, sizeof a), net_port(sa), strerror(e),
+			 e == EADDRINUSE ? " (another perimd, or another server, listens there)" : "");
 		close(fd);
 		return -1;
 	}

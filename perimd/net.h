@@ -10,14 +10,13 @@
 /* net_parse_addr - "1.2.3.4:25", "[::1]:25", "[1.2.3.4]:25", "*:25",
  * "[addr]" or "addr" (port = default_port; -1 = port required). Numeric
  * only. Returns 0, or -1 with *why set. */
-int net_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss,
-		   socklen_t *len, const char **why);
+int net_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss, socklen_t *len,
+		   const char **why);
 
 /* net_listen - a non-blocking listening socket with SO_REUSEADDR and
  * SO_REUSEPORT (one per io thread on the same address), IPV6_V6ONLY for
  * IPv6. Returns the fd, or -1 with err filled. */
-int net_listen(const struct sockaddr *sa, socklen_t len, int backlog,
-	       char *err, size_t errlen);
+int net_listen(const struct sockaddr *sa, socklen_t len, int backlog, char *err, size_t errlen);
 
 /* net_bind_probe - 0 when sa can be bound without SO_REUSEPORT (the
  * probe socket is closed again), else -1 with err naming the address

@@ -206,23 +206,20 @@ int policy_route(const struct policy *p, const char *domain, const char **route)
 static enum policy_step step_verify_cache(struct policy_req *r, struct policy_verdict *v)
 {
 	int code = 0;
-	switch (verify_lookup(r->env->sender, r->env->rcpt,
-			      policy_is_role(r->env->pol, r->env->rcpt_local),
+	switch (verify_lookup(r->env->sender, r->env->rcpt, policy_is_role(r->env->pol, r->env->rcpt_local),
 			      &code, v->reply, sizeof v->reply)) {
-	case VERIFY_VERIFIED:
-		r->verified = 1;
-		return STEP_PASS;
+	case VERIFY_VERIFIED: r->verified = 1; return STEP_PASS;
 	case VERIFY_REFUSED: {
 		/* The rule names the kind, for the log and the counters. */
 		char enh[16];
 		verify_enh(v->reply, enh, sizeof enh);
 		v->code = code;
-		v->rule = code < 500 ? "tempfail_verify_cache"
-			  : verify_mailbox_code(code, enh) ? "verify_cache" : "backend_cache";
+		v->rule = code < 500                 ? "tempfail_verify_cache"
+		    : verify_mailbox_code(code, enh) ? "verify_cache"
+						     : "backend_cache";
 		return STEP_DECIDED;
 	}
-	case VERIFY_NONE:
-		break;
+	case VERIFY_NONE: break;
 	}
 	return STEP_PASS;
 }

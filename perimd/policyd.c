@@ -32,7 +32,7 @@
 struct pconn {
 	struct pconn *next, *prev;
 	struct conn *conn;
-	struct policy *pol;        /* held while a decision runs */
+	struct policy *pol; /* held while a decision runs */
 	struct grey_op *op;
 	char rcpt[512];
 };
@@ -44,7 +44,7 @@ struct pd_listener {
 	struct pconn *conns;
 };
 
-static struct pd_listener *pd_lis;   /* loop 0's listener (or NULL) */
+static struct pd_listener *pd_lis; /* loop 0's listener (or NULL) */
 
 /* set_attr - copy a value into a fixed field; -1 when it does not fit. */
 static int set_attr(char *dst, size_t dlen, const char *v, size_t vl)
@@ -89,8 +89,10 @@ int policyd_parse(const char *buf, size_t len, struct policyd_req *req, size_t *
 			size_t off, size;
 		} attrs[] = {
 			{ "request", offsetof(struct policyd_req, request), sizeof req->request },
-			{ "protocol_state", offsetof(struct policyd_req, protocol_state), sizeof req->protocol_state },
-			{ "client_address", offsetof(struct policyd_req, client_address), sizeof req->client_address },
+			{ "protocol_state", offsetof(struct policyd_req, protocol_state),
+			  sizeof req->protocol_state },
+			{ "client_address", offsetof(struct policyd_req, client_address),
+			  sizeof req->client_address },
 			{ "client_name", offsetof(struct policyd_req, client_name), sizeof req->client_name },
 			{ "sender", offsetof(struct policyd_req, sender), sizeof req->sender },
 			{ "recipient", offsetof(struct policyd_req, recipient), sizeof req->recipient },
@@ -110,8 +112,9 @@ void policyd_action(const struct grey_result *res, const char *rcpt, char *out, 
 {
 	switch (res->outcome) {
 	case GREY_DEFER:
-		snprintf(out, outlen, "action=DEFER_IF_PERMIT 4.7.1 <%s>: greylisted, try again in %lld seconds",
-			 rcpt, (long long)res->wait);
+		snprintf(out, outlen,
+			 "action=DEFER_IF_PERMIT 4.7.1 <%s>: greylisted, try again in %lld seconds", rcpt,
+			 (long long)res->wait);
 		break;
 	case GREY_PASSED:
 		snprintf(out, outlen, "action=PREPEND X-Greylist: passed greylisting (perimd)");
@@ -123,13 +126,12 @@ void policyd_action(const struct grey_result *res, const char *rcpt, char *out, 
 		break;
 	case GREY_FAIL:
 		if (res->tempfail) {
-			snprintf(out, outlen, "action=DEFER_IF_PERMIT 4.3.0 greylisting temporarily unavailable");
+			snprintf(out, outlen,
+				 "action=DEFER_IF_PERMIT 4.3.0 greylisting temporarily unavailable");
 			break;
 		}
 		/* fall through */
-	default:
-		snprintf(out, outlen, "action=DUNNO");
-		break;
+	default: snprintf(out, outlen, "action=DUNNO"); break;
 	}
 }
 

@@ -42,8 +42,7 @@ static int canon_addr(int af, const char *in, char out[46])
 }
 
 /* parse_v1 - "PROXY TCP4|TCP6|UNKNOWN ... CRLF". */
-static enum parse_result parse_v1(const unsigned char *buf, size_t len,
-				  struct proxy_hdr *h, size_t *consumed)
+static enum parse_result parse_v1(const unsigned char *buf, size_t len, struct proxy_hdr *h, size_t *consumed)
 {
 	size_t i;
 	for (i = 0; i < len && i < PROXY_V1_MAX; i++) {
@@ -90,8 +89,7 @@ static enum parse_result parse_v1(const unsigned char *buf, size_t len,
 }
 
 /* parse_v2 - the binary header. */
-static enum parse_result parse_v2(const unsigned char *buf, size_t len,
-				  struct proxy_hdr *h, size_t *consumed)
+static enum parse_result parse_v2(const unsigned char *buf, size_t len, struct proxy_hdr *h, size_t *consumed)
 {
 	if (len < 16)
 		return PARSE_AGAIN;
@@ -105,7 +103,7 @@ static enum parse_result parse_v2(const unsigned char *buf, size_t len,
 	memset(h, 0, sizeof *h);
 	h->version = 2;
 	*consumed = 16 + body;
-	if (cmd == 0) {   /* LOCAL: the proxy's own connection (health check) */
+	if (cmd == 0) { /* LOCAL: the proxy's own connection (health check) */
 		h->local = 1;
 		return PARSE_OK;
 	}
@@ -125,16 +123,15 @@ static enum parse_result parse_v2(const unsigned char *buf, size_t len,
 		h->sport = (a[32] << 8) | a[33];
 		h->dport = (a[34] << 8) | a[35];
 	} else if (fam == 0) {
-		h->local = 1;   /* UNSPEC: no address information */
+		h->local = 1; /* UNSPEC: no address information */
 	} else {
-		return PARSE_BAD;  /* UNIX sockets or datagrams: not for SMTP */
+		return PARSE_BAD; /* UNIX sockets or datagrams: not for SMTP */
 	}
 	return PARSE_OK;
 }
 
 /* proxy_parse - v1 or v2, by the first bytes. */
-enum parse_result proxy_parse(const unsigned char *buf, size_t len,
-			      struct proxy_hdr *h, size_t *consumed)
+enum parse_result proxy_parse(const unsigned char *buf, size_t len, struct proxy_hdr *h, size_t *consumed)
 {
 	size_t n = len < 12 ? len : 12;
 	if (n && !memcmp(buf, v2sig, n))

@@ -7,17 +7,17 @@
 
 #include <stddef.h>
 
-#include "smtp_proto.h"   /* enum parse_result */
+#include "smtp_proto.h" /* enum parse_result */
 
 #define PROXY_V1_MAX 107  /* longest v1 line, CRLF included */
 #define PROXY_V2_MAX 1024 /* our bound on a v2 header with its TLVs */
 
 struct proxy_hdr {
-	int version;        /* 1 or 2 */
-	int local;          /* v2 LOCAL or v1 UNKNOWN: use the connection's own address */
-	char src[46];       /* original client address (when !local) */
+	int version;  /* 1 or 2 */
+	int local;    /* v2 LOCAL or v1 UNKNOWN: use the connection's own address */
+	char src[46]; /* original client address (when !local) */
 	int sport;
-	char dst[46];       /* address the client connected to */
+	char dst[46]; /* address the client connected to */
 	int dport;
 };
 
@@ -25,7 +25,6 @@ struct proxy_hdr {
  * bytes are the header (the SMTP stream follows); PARSE_AGAIN: incomplete;
  * PARSE_BAD: not a valid PROXY header (including a v1 line over
  * PROXY_V1_MAX or a v2 header over PROXY_V2_MAX). */
-enum parse_result proxy_parse(const unsigned char *buf, size_t len,
-			      struct proxy_hdr *h, size_t *consumed);
+enum parse_result proxy_parse(const unsigned char *buf, size_t len, struct proxy_hdr *h, size_t *consumed);
 
 #endif

@@ -57,10 +57,9 @@ static void req_acquire(struct relay_req *r);
 static void pool_kick(void *arg);
 static void rl_maybe_free(struct relay_loop *rl);
 
-const char *const relay_bstate_name[] = {
-	"connect", "greeting", "EHLO", "HELO", "STARTTLS", "TLS handshake", "ready", "MAIL FROM", "RCPT TO",
-	"DATA", "message body", "end of data", "RSET", "idle", "QUIT"
-};
+const char *const relay_bstate_name[] = { "connect",       "greeting",    "EHLO",      "HELO",    "STARTTLS",
+					  "TLS handshake", "ready",       "MAIL FROM", "RCPT TO", "DATA",
+					  "message body",  "end of data", "RSET",      "idle",    "QUIT" };
 
 static pthread_mutex_t dests_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct relay_dest *dests;
@@ -83,9 +82,8 @@ static int parse_port(const char *s)
 
 /* target_parse - "[addr]:port", "addr:port", "[addr]" (port 25) into a
  * socket address and its display name; -1 with *why on error. */
-static int target_parse(const char *target, struct sockaddr_storage *ss,
-			socklen_t *sslen, char *name, size_t namelen,
-			const char **why)
+static int target_parse(const char *target, struct sockaddr_storage *ss, socklen_t *sslen, char *name,
+			size_t namelen, const char **why)
 {
 	char host[128];
 	const char *p = target, *portp = NULL;
@@ -157,8 +155,7 @@ static int target_parse(const char *target, struct sockaddr_storage *ss,
 		snprintf(name, namelen, "[%s]:%d", abuf, port);
 		return 0;
 	}
-	*why = bracket ? "not an IPv4 or IPv6 address"
-		       : "not an address (host names are looked up by MX)";
+	*why = bracket ? "not an IPv4 or IPv6 address" : "not an address (host names are looked up by MX)";
 	return -1;
 }
 
@@ -175,8 +172,7 @@ int relay_target_valid(const char *target, const char **why)
 	if (target_parse(target, &ss, &sl, name, sizeof(name), why) == 0)
 		return 0;
 	/* Without brackets a name is a host looked up by MX, then A/AAAA. */
-	if (target[strspn(target, " \t")] != '[' &&
-	    dnsmx_target_host(target, host, sizeof(host), &port) == 0)
+	if (target[strspn(target, " \t")] != '[' && dnsmx_target_host(target, host, sizeof(host), &port) == 0)
 		return 0;
 	return -1;
 }
@@ -227,7 +223,7 @@ static struct dest_loop *dest_loop_get(struct relay_dest *d, struct ev_loop *loo
 struct dest_post {
 	struct ev_loop *loop;
 	struct relay_dest *dest;
-	int shed;                     /* 1: close an idle conn; 0: serve waiters */
+	int shed; /* 1: close an idle conn; 0: serve waiters */
 };
 
 static void dest_post_cb(void *arg);
@@ -247,8 +243,7 @@ static void dest_post_to(struct ev_loop *loop, struct relay_dest *d, int shed)
  * queues behind existing waiters; with `waiter` the caller already waits.
  * On failure and register_wait, this loop's waiting count goes up and a
  * loop holding idle connections is asked to shed one. */
-static int dest_reserve(struct relay_dest *d, struct ev_loop *loop,
-			int waiter, int register_wait)
+static int dest_reserve(struct relay_dest *d, struct ev_loop *loop, int waiter, int register_wait)
 {
 	struct ev_loop *shed = NULL;
 	int ok = 0, others = 0;
@@ -272,8 +267,7 @@ static int dest_reserve(struct relay_dest *d, struct ev_loop *loop,
 }
 
 /* dest_adjust - change this loop's waiting / idle counts. */
-static void dest_adjust(struct relay_dest *d, struct ev_loop *loop,
-			int dwait, int didle)
+static void dest_adjust(struct relay_dest *d, struct ev_loop *loop, int dwait, int didle)
 {
 	pthread_mutex_lock(&d->mu);
 	struct dest_loop *dl = dest_loop_get(d, loop);
@@ -418,8 +412,7 @@ uint64_t req_remaining(struct relay_req *r, uint64_t stage)
 /* relay_reply_format - "550 5.1.1 text" on one line, control bytes replaced. */
 void relay_reply_format(const struct smtp_reply *rep, char *out, size_t outlen)
 {
-	int k = snprintf(out, outlen, "%d %s%s", rep->code, rep->enh,
-			 rep->enh[0] ? " " : "");
+	int k = snprintf(out, outlen, "%d %s%s", rep->code, rep->enh, rep->enh[0] ? " " : "");
 	size_t n;
 
 	if (k < 0 || (size_t)k >= outlen)
@@ -511,8 +504,7 @@ static int envelope_clean(const struct relay_msg *m)
 	for (int i = 0; i < m->nrcpt; i++) {
 		const struct relay_rcpt *rc = &m->rcpts[i];
 
-		if (!rc->addr || strpbrk(rc->addr, "\r\n") ||
-		    (rc->notify && strpbrk(rc->notify, "\r\n")) ||
+		if (!rc->addr || strpbrk(rc->addr, "\r\n") || (rc->notify && strpbrk(rc->notify, "\r\n")) ||
 		    (rc->orcpt && strpbrk(rc->orcpt, "\r\n")))
 			return 0;
 	}
@@ -522,8 +514,7 @@ static int envelope_clean(const struct relay_msg *m)
 /* ---- requests: outcome -------------------------------------------------- */
 
 /* req_set - fill the result for the client. */
-void req_set(struct relay_req *r, int code, const char *enh,
-		    const char *fmt, ...)
+void req_set(struct relay_req *r, int code, const char *enh, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -565,8 +556,7 @@ int relay_class_ok(enum bstate st, int code)
 /* req_pass_on - the backend's reply, for the client: its code and enhanced
  * code (added when missing), a 421 turned into 451 4.4.2 (421 obliges us
  * to close, which the client must not take as ours, RFC 5321 §3.8). */
-void req_pass_on(struct relay_req *r, const struct smtp_reply *rep,
-			const char *said, const char *default_enh)
+void req_pass_on(struct relay_req *r, const struct smtp_reply *rep, const char *said, const char *default_enh)
 {
 	char enh[16];
 
@@ -589,9 +579,8 @@ static void req_log(struct relay_req *r, const char *status, const char *reply)
 	uint64_t now = ev_now(r->rl->loop);
 
 	log_info("%s: relay=%s, rcpts=%d, delay=%.3f, attempt=%.3f, status=%s (%s)",
-		 r->msg->id ? r->msg->id : "-", r->dest ? r->dest->name : "none",
-		 r->msg->nrcpt, (double)(now - r->t_start) / 1000.0,
-		 (double)(now - r->t_attempt) / 1000.0, status, reply);
+		 r->msg->id ? r->msg->id : "-", r->dest ? r->dest->name : "none", r->msg->nrcpt,
+		 (double)(now - r->t_start) / 1000.0, (double)(now - r->t_attempt) / 1000.0, status, reply);
 }
 
 /* req_free - release a finished or cancelled request. */
@@ -775,11 +764,11 @@ static int bconn_open(struct pool *p, struct relay_req *r)
 	b->req = r;
 	b->state = B_CONNECT;
 	rl->nconn++;
-	b->c = conn_connect(rl->loop, (struct sockaddr *)&p->dest->sa,
-			    p->dest->salen, ms ? ms : 1, &bconn_ops, b);
+	b->c = conn_connect(rl->loop, (struct sockaddr *)&p->dest->sa, p->dest->salen, ms ? ms : 1,
+			    &bconn_ops, b);
 	if (!b->c) {
-		snprintf(r->last_error, sizeof(r->last_error), "backend %s: socket: %s",
-			 p->dest->name, strerror(errno));
+		snprintf(r->last_error, sizeof(r->last_error), "backend %s: socket: %s", p->dest->name,
+			 strerror(errno));
 		snprintf(r->last_why, sizeof(r->last_why), "socket: %s", strerror(errno));
 		b->req = NULL;
 		bconn_free(b);
@@ -801,23 +790,19 @@ void bconn_fail(struct bconn *b, const char *why)
 	}
 	if (b->state == B_DOT) {
 		/* The body is out: whatever happened, never replay it. */
-		snprintf(r->res.backend_reply, sizeof(r->res.backend_reply),
-			 "%s after end of data", why);
-		req_set(r, 451, "4.4.2",
-			"no reply from backend%s after end of data; not retried",
-			req_who(r));
+		snprintf(r->res.backend_reply, sizeof(r->res.backend_reply), "%s after end of data", why);
+		req_set(r, 451, "4.4.2", "no reply from backend%s after end of data; not retried", req_who(r));
 		req_end(r, 0, "deferred", r->res.backend_reply);
 		return;
 	}
 	snprintf(text, sizeof(text), "%s at %s", why, relay_bstate_name[b->state]);
 	/* A pooled connection the backend closed while idle shows up as an
 	 * error before its first reply: try the same backend again. */
-	if (b->ntxn > 1 && b->state == B_MAIL && r->nreplies == 0 &&
-	    r->stale < RELAY_STALE_RETRIES) {
+	if (b->ntxn > 1 && b->state == B_MAIL && r->nreplies == 0 && r->stale < RELAY_STALE_RETRIES) {
 		r->stale++;
 		req_detach(r, 0);
-		log_debug("%s: backend %s: reused connection dead (%s), retrying",
-			  r->msg->id, r->dest->name, text);
+		log_debug("%s: backend %s: reused connection dead (%s), retrying", r->msg->id, r->dest->name,
+			  text);
 		req_acquire(r);
 		return;
 	}
@@ -889,8 +874,8 @@ static void req_wait_timeout(void *arg)
 		snprintf(text, sizeof(text), "no backend connection available (%s)", r->dest->name);
 	else
 		snprintf(text, sizeof(text), "no backend connection available");
-	log_info("%s: backend %s: no connection free within relay_pool_wait",
-		 r->msg->id ? r->msg->id : "-", r->dest->name);
+	log_info("%s: backend %s: no connection free within relay_pool_wait", r->msg->id ? r->msg->id : "-",
+		 r->dest->name);
 	stats_inc(ST_pool_timeouts);
 	req_fail(r, 451, "4.4.5", text);
 }
@@ -922,8 +907,7 @@ static void req_acquire(struct relay_req *r)
 	TAILQ_INSERT_TAIL(&p->waiters, r, wlink);
 	r->waiting = p;
 	stats_inc(ST_pool_waits);
-	ev_timer_start(rl->loop, &r->waitt,
-		       req_remaining(r, (uint64_t)r->msg->conf->relay_pool_wait),
+	ev_timer_start(rl->loop, &r->waitt, req_remaining(r, (uint64_t)r->msg->conf->relay_pool_wait),
 		       req_wait_timeout, r);
 }
 
@@ -1022,8 +1006,7 @@ static void req_capmiss_final(struct relay_req *r)
  * and replay to the next one (DESIGN.md "Data integrity rules"). */
 void req_failover(struct relay_req *r, const char *why)
 {
-	snprintf(r->last_error, sizeof(r->last_error), "backend %s: %s",
-		 r->dest->name, why);
+	snprintf(r->last_error, sizeof(r->last_error), "backend %s: %s", r->dest->name, why);
 	relay_copy_str(r->last_why, sizeof(r->last_why), why);
 	relay_copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
 	relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), why);
@@ -1053,14 +1036,12 @@ static void req_next_target(struct relay_req *r)
 			r->mx = NULL;
 			r->target++;
 		}
-		const char *last = r->msg->conf->relay_reply_show_backend ? r->last_error
-									  : r->last_why;
+		const char *last = r->msg->conf->relay_reply_show_backend ? r->last_error : r->last_why;
 
 		if (ev_now(r->rl->loop) >= r->msg->deadline) {
 			char text[400];
 
-			snprintf(text, sizeof(text), "time limit reached%s%s",
-				 last[0] ? "; " : "", last);
+			snprintf(text, sizeof(text), "time limit reached%s%s", last[0] ? "; " : "", last);
 			req_fail(r, 451, "4.4.1", text);
 			return;
 		}
@@ -1081,10 +1062,8 @@ static void req_next_target(struct relay_req *r)
 		}
 		if (!t) {
 			t = l->v[r->target];
-			if (t[strspn(t, " \t")] != '[' &&
-			    dnsmx_target_host(t, host, sizeof(host), &port) == 0) {
-				r->mxq = dnsmx_resolve(r->rl->loop, r->msg->conf, host, port,
-						       req_mx_done, r);
+			if (t[strspn(t, " \t")] != '[' && dnsmx_target_host(t, host, sizeof(host), &port) == 0) {
+				r->mxq = dnsmx_resolve(r->rl->loop, r->msg->conf, host, port, req_mx_done, r);
 				return;
 			}
 		}
@@ -1111,8 +1090,7 @@ static void req_mx_done(void *arg, struct dnsmx_list *mx)
 		const char *colon = strstr(mx->why, ": ");
 
 		snprintf(r->last_error, sizeof(r->last_error), "backend %.280s", mx->why);
-		snprintf(r->last_why, sizeof(r->last_why), "backend host: %.280s",
-			 colon ? colon + 2 : mx->why);
+		snprintf(r->last_why, sizeof(r->last_why), "backend host: %.280s", colon ? colon + 2 : mx->why);
 		log_warn("%s: skipping backend %s", r->msg->id, mx->why);
 	}
 	r->mx = mx;
@@ -1139,8 +1117,7 @@ static void req_start(void *arg)
 /* ---- public interface --------------------------------------------------- */
 
 /* relay_send - start delivery; done() runs later, exactly once. */
-struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg,
-			     relay_done_fn *done, void *arg)
+struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_done_fn *done, void *arg)
 {
 	struct relay_loop *rl = rl_get(loop);
 	struct relay_req *r = xcalloc(1, sizeof(*r));
@@ -1230,9 +1207,8 @@ static void verify_done(void *arg, const struct relay_result *res)
 }
 
 /* relay_verify - see relay.h. */
-struct relay_verify *relay_verify(struct ev_loop *loop, const struct conf_list *backends,
-				  const char *rcpt, const struct conf *conf, const char *id,
-				  relay_verify_fn *done, void *arg)
+struct relay_verify *relay_verify(struct ev_loop *loop, const struct conf_list *backends, const char *rcpt,
+				  const struct conf *conf, const char *id, relay_verify_fn *done, void *arg)
 {
 	struct relay_verify *v = xcalloc(1, sizeof(*v));
 
@@ -1252,8 +1228,7 @@ struct relay_verify *relay_verify(struct ev_loop *loop, const struct conf_list *
 	v->msg.backends = &v->backends;
 	v->msg.conf = conf;
 	v->msg.verify_only = 1;
-	v->msg.deadline = ev_now(loop) + (uint64_t)conf->relay_connect_timeout +
-			  (uint64_t)conf->relay_timeout;
+	v->msg.deadline = ev_now(loop) + (uint64_t)conf->relay_connect_timeout + (uint64_t)conf->relay_timeout;
 	v->req = relay_send(loop, &v->msg, verify_done, v);
 	return v;
 }

@@ -31,38 +31,38 @@ struct conf;
 struct conf_list;
 
 struct relay_rcpt {
-	const char *addr;     /* "user@domain" */
-	const char *notify;   /* DSN NOTIFY= value or NULL */
-	const char *orcpt;    /* DSN ORCPT= value or NULL */
+	const char *addr;   /* "user@domain" */
+	const char *notify; /* DSN NOTIFY= value or NULL */
+	const char *orcpt;  /* DSN ORCPT= value or NULL */
 	/* out: the backend's reply to this RCPT (0 = not tried) */
 	int code;
-	char reply[256];      /* "550 5.1.1 text" as the backend said it */
+	char reply[256]; /* "550 5.1.1 text" as the backend said it */
 };
 
 struct relay_msg {
-	const char *id;       /* perimd message id, for logs */
-	const char *sender;   /* "" for the null sender */
-	uint64_t size;        /* spool size, for SIZE= */
-	int body_8bit;        /* client declared BODY=8BITMIME */
-	int smtputf8;         /* client declared SMTPUTF8 */
-	const char *ret;      /* DSN RET= or NULL */
-	const char *envid;    /* DSN ENVID= or NULL */
+	const char *id;     /* perimd message id, for logs */
+	const char *sender; /* "" for the null sender */
+	uint64_t size;      /* spool size, for SIZE= */
+	int body_8bit;      /* client declared BODY=8BITMIME */
+	int smtputf8;       /* client declared SMTPUTF8 */
+	const char *ret;    /* DSN RET= or NULL */
+	const char *envid;  /* DSN ENVID= or NULL */
 	int nrcpt;
 	struct relay_rcpt *rcpts;
-	struct spool *body;   /* finished spool, canonical form */
+	struct spool *body;               /* finished spool, canonical form */
 	const struct conf_list *backends; /* targets in failover order */
-	uint64_t deadline;    /* ev_now() ms by which done() MUST have run */
+	uint64_t deadline;                /* ev_now() ms by which done() MUST have run */
 	const struct conf *conf;
-	int verify_only;      /* a callout: MAIL, RCPT, then RSET; no DATA */
+	int verify_only; /* a callout: MAIL, RCPT, then RSET; no DATA */
 };
 
 struct relay_result {
-	int code;             /* for the client: 250, 451, 550 ... */
-	char enh[16];         /* enhanced status code for the client */
-	char text[512];       /* reply text for the client (no code) */
-	char backend[128];    /* backend that answered last ("" if none) */
+	int code;                /* for the client: 250, 451, 550 ... */
+	char enh[16];            /* enhanced status code for the client */
+	char text[512];          /* reply text for the client (no code) */
+	char backend[128];       /* backend that answered last ("" if none) */
 	char backend_reply[512]; /* its reply to the final dot or the failure */
-	char queue_id[64];    /* backend queue id parsed from its 250, or "" */
+	char queue_id[64];       /* backend queue id parsed from its 250, or "" */
 };
 
 typedef void relay_done_fn(void *arg, const struct relay_result *r);
@@ -74,8 +74,7 @@ int relay_target_valid(const char *target, const char **why);
 /* relay_send - start delivery; done() runs later, exactly once, unless
  * relay_cancel() was called first. msg and everything it points to MUST
  * stay valid until then. */
-struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg,
-			     relay_done_fn *done, void *arg);
+struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_done_fn *done, void *arg);
 /* relay_cancel - the session is gone: abandon the request (its backend
  * connection is closed, not reused, if mid-transaction). */
 void relay_cancel(struct relay_req *r);
@@ -89,9 +88,8 @@ void relay_cancel(struct relay_req *r);
  * copied; id names the session in logs. */
 struct relay_verify;
 typedef void relay_verify_fn(void *arg, int code, const char *reply);
-struct relay_verify *relay_verify(struct ev_loop *loop, const struct conf_list *backends,
-				  const char *rcpt, const struct conf *conf, const char *id,
-				  relay_verify_fn *done, void *arg);
+struct relay_verify *relay_verify(struct ev_loop *loop, const struct conf_list *backends, const char *rcpt,
+				  const struct conf *conf, const char *id, relay_verify_fn *done, void *arg);
 void relay_verify_cancel(struct relay_verify *v);
 
 /* relay_loop_shutdown - close this loop's idle pooled connections. */

@@ -17,16 +17,16 @@
 #include "relay.h"
 #include "smtp_proto.h"
 
-#define RELAY_WINDOW (64 * 1024)   /* body bytes kept in the output buffer */
-#define RELAY_CHUNK (16 * 1024)    /* body bytes read per step */
-#define RELAY_STALE_RETRIES 2      /* reused connections found dead */
+#define RELAY_WINDOW (64 * 1024) /* body bytes kept in the output buffer */
+#define RELAY_CHUNK (16 * 1024)  /* body bytes read per step */
+#define RELAY_STALE_RETRIES 2    /* reused connections found dead */
 
 /* ---- process-wide backend table ----------------------------------------- */
 
 struct dest_loop {
 	struct ev_loop *loop;
-	int waiting;                  /* requests waiting for a slot there */
-	int idle;                     /* idle pooled connections there */
+	int waiting; /* requests waiting for a slot there */
+	int idle;    /* idle pooled connections there */
 };
 
 struct relay_dest {
@@ -34,9 +34,9 @@ struct relay_dest {
 	char name[INET6_ADDRSTRLEN + 16]; /* "10.1.1.5:25", "[::1]:25" */
 	struct sockaddr_storage sa;
 	socklen_t salen;
-	atomic_int open;              /* connections holding a slot */
-	atomic_int limit;             /* relay_destination_concurrency_limit */
-	pthread_mutex_t mu;           /* guards loops[] */
+	atomic_int open;    /* connections holding a slot */
+	atomic_int limit;   /* relay_destination_concurrency_limit */
+	pthread_mutex_t mu; /* guards loops[] */
 	struct dest_loop *loops;
 	int nloops, caploops;
 };
@@ -52,54 +52,54 @@ struct pool {
 	struct pool *next;
 	struct relay_loop *rl;
 	struct relay_dest *dest;
-	struct bconn_list idle;       /* most recently used first */
-	struct req_list waiters;      /* oldest first */
+	struct bconn_list idle;  /* most recently used first */
+	struct req_list waiters; /* oldest first */
 	struct ev_defer kick;
 };
 
 struct relay_loop {
 	struct ev_loop *loop;
 	struct pool *pools;
-	int nconn;                    /* bconns alive on this loop */
-	int nreq;                     /* requests alive on this loop */
+	int nconn; /* bconns alive on this loop */
+	int nreq;  /* requests alive on this loop */
 	int shutdown;
 };
 
 enum bstate {
-	B_CONNECT,   /* TCP connect in progress */
-	B_GREET,     /* waiting for 220 */
-	B_EHLO,      /* waiting for the EHLO reply */
-	B_HELO,      /* waiting for the HELO reply (EHLO refused) */
-	B_STARTTLS,  /* waiting for the reply to STARTTLS */
-	B_TLS,       /* TLS handshake */
-	B_READY,     /* attached, between transactions */
-	B_MAIL,      /* waiting for the MAIL reply */
-	B_RCPT,      /* waiting for RCPT replies */
-	B_DATA,      /* waiting for 354 */
-	B_BODY,      /* sending the body */
-	B_DOT,       /* waiting for the reply to the final dot */
-	B_RSET,      /* unattached, waiting for 250 to RSET */
-	B_IDLE,      /* unattached, in the pool */
-	B_QUIT       /* closing */
+	B_CONNECT,  /* TCP connect in progress */
+	B_GREET,    /* waiting for 220 */
+	B_EHLO,     /* waiting for the EHLO reply */
+	B_HELO,     /* waiting for the HELO reply (EHLO refused) */
+	B_STARTTLS, /* waiting for the reply to STARTTLS */
+	B_TLS,      /* TLS handshake */
+	B_READY,    /* attached, between transactions */
+	B_MAIL,     /* waiting for the MAIL reply */
+	B_RCPT,     /* waiting for RCPT replies */
+	B_DATA,     /* waiting for 354 */
+	B_BODY,     /* sending the body */
+	B_DOT,      /* waiting for the reply to the final dot */
+	B_RSET,     /* unattached, waiting for 250 to RSET */
+	B_IDLE,     /* unattached, in the pool */
+	B_QUIT      /* closing */
 };
 
 /* bstate names for logs and metrics (relay.c) */
 extern const char *const relay_bstate_name[];
 
 struct bconn {
-	TAILQ_ENTRY(bconn) link;      /* in pool->idle while B_IDLE */
+	TAILQ_ENTRY(bconn) link; /* in pool->idle while B_IDLE */
 	struct pool *pool;
 	struct conn *c;
 	struct relay_req *req;
 	enum bstate state;
 	unsigned caps;
-	int tls;                      /* STARTTLS done (RFC 3207) */
-	size_t rseen;                 /* input bytes already seen to hold no
+	int tls;             /* STARTTLS done (RFC 3207) */
+	size_t rseen;        /* input bytes already seen to hold no
 					 complete reply (a long one in bits) */
-	int ntxn;                     /* transactions started on it */
-	int slot;                     /* holds one of dest->open */
-	uint64_t idle_ms;             /* relay_idle_timeout of its last user */
-	struct ev_timer tmr;          /* stage or idle timer */
+	int ntxn;            /* transactions started on it */
+	int slot;            /* holds one of dest->open */
+	uint64_t idle_ms;    /* relay_idle_timeout of its last user */
+	struct ev_timer tmr; /* stage or idle timer */
 };
 
 struct relay_req {
@@ -109,31 +109,31 @@ struct relay_req {
 	relay_done_fn *done;
 	void *arg;
 	struct ev_defer startd;
-	struct ev_timer waitt;        /* pool wait */
-	struct pool *waiting;         /* the pool whose waiters hold us */
+	struct ev_timer waitt; /* pool wait */
+	struct pool *waiting;  /* the pool whose waiters hold us */
 	struct bconn *b;
 	struct relay_dest *dest;
-	int target;                   /* index in msg->backends */
-	int stale;                    /* retries after a dead reused conn */
-	int has8bit;                  /* -1 unknown, else body has 8-bit bytes */
-	int send_body8;               /* BODY=8BITMIME goes with MAIL */
+	int target;     /* index in msg->backends */
+	int stale;      /* retries after a dead reused conn */
+	int has8bit;    /* -1 unknown, else body has 8-bit bytes */
+	int send_body8; /* BODY=8BITMIME goes with MAIL */
 	/* the current transaction */
-	int nreplies;                 /* MAIL + RCPT replies received */
-	struct smtp_reply mail_rep;   /* the reply to MAIL */
+	int nreplies;               /* MAIL + RCPT replies received */
+	struct smtp_reply mail_rep; /* the reply to MAIL */
 	char mail_said[512];
-	struct smtp_reply refusal;    /* the first refused RCPT's reply */
+	struct smtp_reply refusal; /* the first refused RCPT's reply */
 	int naccept, first_refused;
 	uint64_t body_off;
-	struct smtp_stuff stuff;      /* dot-stuffing and smtp_line_length_limit */
-	unsigned capmiss;             /* SMTP_CAP_* a skipped backend lacked */
-	char *scratch;                /* RELAY_CHUNK in + 2 * RELAY_CHUNK out */
+	struct smtp_stuff stuff; /* dot-stuffing and smtp_line_length_limit */
+	unsigned capmiss;        /* SMTP_CAP_* a skipped backend lacked */
+	char *scratch;           /* RELAY_CHUNK in + 2 * RELAY_CHUNK out */
 	uint64_t t_start, t_attempt;
-	char last_error[300];         /* for the log: "backend X: why" */
-	char last_why[300];           /* the same without X, for the client */
+	char last_error[300];            /* for the log: "backend X: why" */
+	char last_why[300];              /* the same without X, for the client */
 	char who[INET6_ADDRSTRLEN + 20]; /* req_who()'s answer */
 	int in_done;
-	struct dnsmx_req *mxq;        /* a host-name backend being resolved */
-	struct dnsmx_list *mx;        /* its addresses, tried before the next entry */
+	struct dnsmx_req *mxq; /* a host-name backend being resolved */
+	struct dnsmx_list *mx; /* its addresses, tried before the next entry */
 	int mxi;
 	struct relay_result res;
 };
@@ -159,7 +159,7 @@ void req_finish(struct relay_req *r);
 void req_end(struct relay_req *r, int release, const char *status, const char *reply);
 void req_pass_on(struct relay_req *r, const struct smtp_reply *rep, const char *said, const char *default_enh);
 void req_set(struct relay_req *r, int code, const char *enh, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 /* ---- relay_smtp.c, for relay.c ------------------------------------------ */
 

@@ -33,9 +33,9 @@
 static void send_rcpt(struct bconn *b, const struct relay_rcpt *rc)
 {
 	if (b->caps & SMTP_CAP_DSN)
-		conn_printf(b->c, "RCPT TO:<%s>%s%s%s%s\r\n", rc->addr,
-			    rc->notify ? " NOTIFY=" : "", rc->notify ? rc->notify : "",
-			    rc->orcpt ? " ORCPT=" : "", rc->orcpt ? rc->orcpt : "");
+		conn_printf(b->c, "RCPT TO:<%s>%s%s%s%s\r\n", rc->addr, rc->notify ? " NOTIFY=" : "",
+			    rc->notify ? rc->notify : "", rc->orcpt ? " ORCPT=" : "",
+			    rc->orcpt ? rc->orcpt : "");
 	else
 		conn_printf(b->c, "RCPT TO:<%s>\r\n", rc->addr);
 }
@@ -84,8 +84,7 @@ void txn_start(struct relay_req *r)
 	if (b->caps & SMTP_CAP_SIZE) /* RFC 1870 §6 */
 		snprintf(size, sizeof(size), " SIZE=%llu", (unsigned long long)m->size);
 	conn_printf(b->c, "MAIL FROM:<%s>%s%s%s%s%s%s%s\r\n", m->sender, size,
-		    r->send_body8 ? " BODY=8BITMIME" : "",
-		    m->smtputf8 ? " SMTPUTF8" : "",
+		    r->send_body8 ? " BODY=8BITMIME" : "", m->smtputf8 ? " SMTPUTF8" : "",
 		    (b->caps & SMTP_CAP_DSN) && m->ret ? " RET=" : "",
 		    (b->caps & SMTP_CAP_DSN) && m->ret ? m->ret : "",
 		    (b->caps & SMTP_CAP_DSN) && m->envid ? " ENVID=" : "",
@@ -130,8 +129,7 @@ void body_fill(struct bconn *b)
 			n = RELAY_CHUNK;
 		/* Lines over smtp_line_length_limit are folded on the way. */
 		size_t used;
-		size_t out = smtp_dot_stuff_fold(p, n, &used, &r->stuff,
-						 (size_t)cf->smtp_line_length_limit,
+		size_t out = smtp_dot_stuff_fold(p, n, &used, &r->stuff, (size_t)cf->smtp_line_length_limit,
 						 r->scratch + RELAY_CHUNK, 2 * RELAY_CHUNK);
 		conn_write(b->c, r->scratch + RELAY_CHUNK, out);
 		r->body_off += used;
@@ -177,9 +175,7 @@ static void rcpts_done(struct bconn *b)
 		verify_learn(m->sender, m->rcpts[i].addr, m->rcpts[i].code, m->rcpts[i].reply,
 			     r->naccept > 0 ? VERIFY_OTHERS_ACCEPTED : 0, cf);
 	if (r->naccept > 0) {
-		req_set(r, 451, "4.5.0",
-			"some recipients were refused by the backend%s; retry",
-			req_who(r));
+		req_set(r, 451, "4.5.0", "some recipients were refused by the backend%s; retry", req_who(r));
 		req_end(r, 1, "deferred", "recipients partly refused");
 		return;
 	}
@@ -265,8 +261,7 @@ static void bconn_tls_done(void *arg, int ok, const char *why)
 /* bconn_tls_reply - the reply to STARTTLS: start the handshake (anything
  * the backend sent after its 220 is dropped), go on in plaintext (may), or
  * fail over. Returns 0 to read on, -1 to stop reading. */
-static int bconn_tls_reply(struct bconn *b, struct relay_req *r, const struct smtp_reply *rep,
-			   const char *said)
+static int bconn_tls_reply(struct bconn *b, struct relay_req *r, const struct smtp_reply *rep, const char *said)
 {
 	const struct conf *cf = r->msg->conf;
 	enum tls_level lv = tls_level_parse(cf->relay_tls_security_level);
@@ -293,8 +288,8 @@ static int bconn_tls_reply(struct bconn *b, struct relay_req *r, const struct sm
 		req_failover(r, "TLS is not configured");
 		return -1;
 	}
-	struct tls *t = tls_new_client(tc, lv == TLS_VERIFY ? TLS_VERIFY : TLS_ENCRYPT,
-				       cf->relay_tls_verify_name);
+	struct tls *t =
+	    tls_new_client(tc, lv == TLS_VERIFY ? TLS_VERIFY : TLS_ENCRYPT, cf->relay_tls_verify_name);
 
 	tls_client_release(tc);
 	bconn_stage(b, B_TLS, req_remaining(r, (uint64_t)cf->relay_timeout));
@@ -316,19 +311,17 @@ static int wrong_class(struct bconn *b, const char *said)
 	struct relay_req *r = b->req;
 	char why[600];
 
-	log_warn("%s: backend %s: reply of the wrong class at %s: %s",
-		 r->msg->id ? r->msg->id : "-", r->dest->name, relay_bstate_name[b->state], said);
+	log_warn("%s: backend %s: reply of the wrong class at %s: %s", r->msg->id ? r->msg->id : "-",
+		 r->dest->name, relay_bstate_name[b->state], said);
 	if (b->state == B_DOT) {
 		snprintf(r->res.backend_reply, sizeof(r->res.backend_reply),
 			 "reply of the wrong class after end of data: %.400s", said);
-		req_set(r, 451, "4.5.0",
-			"unexpected reply from backend%s after end of data; not retried",
+		req_set(r, 451, "4.5.0", "unexpected reply from backend%s after end of data; not retried",
 			req_who(r));
 		req_end(r, 0, "deferred", r->res.backend_reply);
 		return -1;
 	}
-	snprintf(why, sizeof(why), "reply of the wrong class at %s: %s",
-		 relay_bstate_name[b->state], said);
+	snprintf(why, sizeof(why), "reply of the wrong class at %s: %s", relay_bstate_name[b->state], said);
 	req_failover(r, why);
 	return -1;
 }
@@ -378,8 +371,7 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 		snprintf(why, sizeof(why), "EHLO: %s", said);
 		req_failover(r, why);
 		return -1;
-	case B_STARTTLS:
-		return bconn_tls_reply(b, r, rep, said);
+	case B_STARTTLS: return bconn_tls_reply(b, r, rep, said);
 	case B_HELO:
 		if (rep->code != 250) {
 			snprintf(why, sizeof(why), "HELO: %s", said);
@@ -477,17 +469,15 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 		relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
 		if (rep->code / 100 == 2) {
 			relay_queue_id_parse(rep->text, r->res.queue_id, sizeof(r->res.queue_id));
-			req_set(r, 250, "2.0.0", "Ok: queued as %s (backend%s said: %s)",
-				m->id ? m->id : "?", req_who(r), said);
+			req_set(r, 250, "2.0.0", "Ok: queued as %s (backend%s said: %s)", m->id ? m->id : "?",
+				req_who(r), said);
 			req_end(r, 1, "sent", said);
 			return -1;
 		}
 		req_pass_on(r, rep, said, NULL);
 		req_end(r, rep->code != 421, rep->code >= 500 ? "bounced" : "deferred", said);
 		return -1;
-	default:
-		bconn_fail(b, "unexpected reply");
-		return -1;
+	default: bconn_fail(b, "unexpected reply"); return -1;
 	}
 }
 
@@ -552,4 +542,3 @@ void bconn_on_read(void *arg)
 			return;
 	}
 }
-

@@ -72,8 +72,7 @@ void rules_free(struct policy *p)
 /* ---- session state ------------------------------------------------------------ */
 
 /* policy_session_new - see policy_step.h. */
-struct policy_sess *policy_session_new(const struct policy *p, const char *session_id,
-				       const char *client_addr)
+struct policy_sess *policy_session_new(const struct policy *p, const char *session_id, const char *client_addr)
 {
 	struct policy_sess *ps = xcalloc(1, sizeof *ps);
 	ps->pol = p;
@@ -98,7 +97,7 @@ void policy_session_free(struct policy_sess *ps)
 /* set_delayed - a delayed verdict: code, enhanced code and text; the
  * reply is completed with the recipient at RCPT. */
 static void set_delayed(struct policy_verdict *dv, int code, const char *rule, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 static void set_delayed(struct policy_verdict *dv, int code, const char *rule, const char *fmt, ...)
 {
 	va_list ap;
@@ -114,7 +113,7 @@ static void set_delayed(struct policy_verdict *dv, int code, const char *rule, c
 static int helo_valid(const char *h)
 {
 	size_t n = strlen(h);
-	if (n > 0 && h[n - 1] == '.')    /* an absolute name */
+	if (n > 0 && h[n - 1] == '.') /* an absolute name */
 		n--;
 	return n > 0 && smtp_domain_valid(h, n, 0);
 }
@@ -182,16 +181,16 @@ static void lookup_done(void *arg, int result, const char *value)
 
 /* lookup - key in m, then next(r, result, value, v): at once for an
  * in-memory map, else asynchronously (STEP_ASYNC). */
-static enum policy_step lookup(struct policy_req *r, const struct map *m, enum map_kind kind,
-			       const char *key, lookup_next_fn *next, struct policy_verdict *v)
+static enum policy_step lookup(struct policy_req *r, const struct map *m, enum map_kind kind, const char *key,
+			       lookup_next_fn *next, struct policy_verdict *v)
 {
 	struct policy_sess *ps = r->env->sess;
 	if (!map_is_async(m) || !ps) {
 		char val[1024], err[256];
 		int res = map_query(m, kind, key, val, sizeof val, err, sizeof err);
 		if (res < 0)
-			log_warn("%s: map %s: lookup of \"%s\" failed: %s", r->env->session_id,
-				 map_spec(m), key, err);
+			log_warn("%s: map %s: lookup of \"%s\" failed: %s", r->env->session_id, map_spec(m),
+				 key, err);
 		return next(r, res, val, v);
 	}
 	ps->q_next = next;
@@ -201,13 +200,12 @@ static enum policy_step lookup(struct policy_req *r, const struct map *m, enum m
 }
 
 /* decide - fill the verdict: "CODE ENH <rcpt>: text". */
-static enum policy_step decide(struct policy_req *r, struct policy_verdict *v, int code,
-			       const char *enh, const char *rule, const char *text)
+static enum policy_step decide(struct policy_req *r, struct policy_verdict *v, int code, const char *enh,
+			       const char *rule, const char *text)
 {
 	v->code = code;
 	v->rule = rule;
-	snprintf(v->reply, sizeof v->reply, "%d %.15s <%.300s>: %.180s", code, enh, r->env->rcpt,
-		 text);
+	snprintf(v->reply, sizeof v->reply, "%d %.15s <%.300s>: %.180s", code, enh, r->env->rcpt, text);
 	return STEP_DECIDED;
 }
 
@@ -315,12 +313,12 @@ static void callout_done(void *arg, int code, const char *reply)
 	}
 	if (code >= 500) {
 		log_info("%s: callout: <%s> refused to MAIL FROM:<> without a mailbox code, "
-			 "left to the replay: %s", env->session_id, env->rcpt, reply);
+			 "left to the replay: %s",
+			 env->session_id, env->rcpt, reply);
 		policy_step_done(r, 0, &v);
 		return;
 	}
-	log_warn("%s: callout for <%s> did not complete: %s", env->session_id, env->rcpt,
-		 code ? reply : reply);
+	log_warn("%s: callout for <%s> did not complete: %s", env->session_id, env->rcpt, code ? reply : reply);
 	decide(r, &v, 451, "4.4.1", "tempfail_verify", "recipient verification failed, try again later");
 	policy_step_done(r, 1, &v);
 }
@@ -335,8 +333,8 @@ static enum policy_step callout(struct policy_req *r, struct policy_verdict *v)
 		return unknown(r, v, "recipient_unknown");
 	if (env->route)
 		policy_split_list(env->route, &route);
-	env->sess->callout = relay_verify(env->loop, env->route ? &route : &cf->relay_backends,
-					  env->rcpt, cf, env->session_id, callout_done, r);
+	env->sess->callout = relay_verify(env->loop, env->route ? &route : &cf->relay_backends, env->rcpt, cf,
+					  env->session_id, callout_done, r);
 	if (env->route)
 		policy_list_free(&route);
 	policy_step_async(r, callout_cancel, env->sess);
@@ -385,8 +383,8 @@ static enum policy_step delayed_run(struct policy_req *r, struct policy_verdict 
 
 /* access_result - an access map's answer into a verdict: 1 OK, 0 DUNNO or
  * not found, 2 refused (dv filled), 3 lookup failure. */
-static int access_result(int result, const char *value, const char *what, const char *rule,
-			 const char *map, struct policy_verdict *dv)
+static int access_result(int result, const char *value, const char *what, const char *rule, const char *map,
+			 struct policy_verdict *dv)
 {
 	char text[420];
 	if (result < 0)
@@ -409,15 +407,13 @@ static enum policy_step rcpt_access_done(struct policy_req *r, int result, const
 					 struct policy_verdict *v)
 {
 	struct policy_verdict dv = { 0 };
-	switch (access_result(result, value, "Recipient address rejected: access denied",
-			      "access_recipient", map_spec(r->env->pol->rcpt_access), &dv)) {
+	switch (access_result(result, value, "Recipient address rejected: access denied", "access_recipient",
+			      map_spec(r->env->pol->rcpt_access), &dv)) {
 	case 1:
-		r->exempt = 1;   /* as a role account: later checks skip it */
+		r->exempt = 1; /* as a role account: later checks skip it */
 		return STEP_PASS;
-	case 2:
-		return decide_delayed(r, v, &dv);
-	case 3:
-		return tempfail(r, v);
+	case 2: return decide_delayed(r, v, &dv);
+	case 3: return tempfail(r, v);
 	}
 	r->env->sess->stage = DS_CLIENT;
 	return delayed_run(r, v);
@@ -434,8 +430,8 @@ static enum policy_step client_access_done(struct policy_req *r, int result, con
 	struct policy_sess *ps = r->env->sess;
 	char what[128];
 	snprintf(what, sizeof what, "Client host [%s] rejected: access denied", ps->client_addr);
-	int a = access_result(result, value, what, "access_client",
-			      map_spec(r->env->pol->client_access), &ps->client_v);
+	int a = access_result(result, value, what, "access_client", map_spec(r->env->pol->client_access),
+			      &ps->client_v);
 	if (a == 3)
 		return tempfail(r, v);
 	if (a == 0 && !ps->client_name_tried && r->env->dns) {
@@ -448,7 +444,7 @@ static enum policy_step client_access_done(struct policy_req *r, int result, con
 		return client_name_lookup(r, v);
 	}
 	ps->client_done = 1;
-	ps->stage = DS_CLIENT;   /* gives client_v, if any */
+	ps->stage = DS_CLIENT; /* gives client_v, if any */
 	return delayed_run(r, v);
 }
 
@@ -478,8 +474,8 @@ static enum policy_step sender_access_done(struct policy_req *r, int result, con
 	char what[400];
 	snprintf(what, sizeof what, "Sender address <%.300s> rejected: access denied",
 		 ps->sender ? ps->sender : "");
-	int a = access_result(result, value, what, "access_sender",
-			      map_spec(r->env->pol->sender_access), &ps->sender_v);
+	int a = access_result(result, value, what, "access_sender", map_spec(r->env->pol->sender_access),
+			      &ps->sender_v);
 	if (a == 3)
 		return tempfail(r, v);
 	ps->sender_done = 1;
@@ -540,4 +536,3 @@ enum policy_step rules_step_delayed(struct policy_req *r, struct policy_verdict 
 	r->env->sess->stage = DS_RCPT;
 	return delayed_run(r, v);
 }
-

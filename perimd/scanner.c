@@ -18,7 +18,7 @@
  *   answer. The process never exits through exit(): _exit() skips atexit
  *   work (and libclamav's global state) that the parent does not need.
  */
-#ifndef PERIMD_NO_CLAMAV   /* else scanner_none.c */
+#ifndef PERIMD_NO_CLAMAV /* else scanner_none.c */
 #include "scanner.h"
 #include "log.h"
 
@@ -45,9 +45,9 @@
 struct engine {
 	struct cl_engine *cl;
 	unsigned sigs;
-	unsigned heuristic;  /* cl_scan_options.heuristic of scans on it */
-	uint64_t max_file;   /* its MaxFileSize */
-	int refs;            /* under eng_mu */
+	unsigned heuristic; /* cl_scan_options.heuristic of scans on it */
+	uint64_t max_file;  /* its MaxFileSize */
+	int refs;           /* under eng_mu */
 };
 
 struct job {
@@ -66,16 +66,16 @@ static pthread_mutex_t lim_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct scanner_limits limits;
 
 static pthread_mutex_t eng_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct engine *engine;     /* current; holds one reference */
+static struct engine *engine; /* current; holds one reference */
 
 static pthread_mutex_t q_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t q_cv = PTHREAD_COND_INITIALIZER;
 static struct job *q_head, *q_tail;
 
 static pthread_mutex_t ctl_mu = PTHREAD_MUTEX_INITIALIZER;
-static uint64_t *busy_since;      /* per worker: ms when its scan began, 0 idle */
-static int reloading;             /* atomic: a reload thread runs */
-static int reload_again;          /* atomic: asked again while it ran */
+static uint64_t *busy_since; /* per worker: ms when its scan began, 0 idle */
+static int reloading;        /* atomic: a reload thread runs */
+static int reload_again;     /* atomic: asked again while it ran */
 
 /* now_us - monotonic microseconds. */
 static uint64_t now_us(void)
@@ -118,8 +118,9 @@ static int scanner_limits_parse(const char *s, struct scanner_limits *l)
 {
 	unsigned long long v[7];
 	int end = 0;
-	if (sscanf(s, "%llu %llu %llu %llu %llu %llu %llu%n", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
-		   &v[6], &end) != 7 || s[end] != 0)
+	if (sscanf(s, "%llu %llu %llu %llu %llu %llu %llu%n", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+		   &end) != 7 ||
+	    s[end] != 0)
 		return -1;
 	if (!v[0] || v[0] > 1000 || !v[1] || v[1] > UINT32_MAX || !v[4] || v[4] > UINT32_MAX || v[5] > 3)
 		return -1;
@@ -339,8 +340,9 @@ static int read_request(int sock)
 		struct cmsghdr align;
 	} cm;
 	struct iovec iov = { &r, sizeof r };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-			     .msg_control = cm.buf, .msg_controllen = sizeof cm.buf };
+	struct msghdr mh = {
+		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf
+	};
 	ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
 	if (n < 0)
 		return errno == EINTR || errno == EAGAIN ? 0 : -1;
@@ -518,7 +520,7 @@ int scanner_main(int argc, char **argv)
 		if (n < 0 && errno != EINTR)
 			_exit(1);
 		if (pf[0].revents && control() < 0)
-			_exit(0);   /* the supervisor is gone */
+			_exit(0); /* the supervisor is gone */
 		for (int i = 1; i <= nloops; i++)
 			if (pf[i].revents && pf[i].fd >= 0 && read_request(pf[i].fd) < 0)
 				pf[i].fd = -1;

@@ -43,18 +43,18 @@
 enum scanner_status { SCANNER_CLEAN = 0, SCANNER_VIRUS = 1, SCANNER_ERROR = 2 };
 
 #define SCANNER_LIMIT_PREFIX "Heuristics.Limits.Exceeded."
-#define SCANNER_ENC_ARCHIVE 1   /* CL_SCAN_HEURISTIC_ENCRYPTED_ARCHIVE */
-#define SCANNER_ENC_DOC 2       /* CL_SCAN_HEURISTIC_ENCRYPTED_DOC */
+#define SCANNER_ENC_ARCHIVE 1 /* CL_SCAN_HEURISTIC_ENCRYPTED_ARCHIVE */
+#define SCANNER_ENC_DOC 2     /* CL_SCAN_HEURISTIC_ENCRYPTED_DOC */
 
 /* The engine's limits, named after clamd.conf (av_max_* parameters). */
 struct scanner_limits {
-	uint32_t recursion;      /* MaxRecursion */
-	uint32_t files;          /* MaxFiles */
-	uint64_t scan_size;      /* MaxScanSize, bytes */
-	uint64_t file_size;      /* MaxFileSize, bytes */
-	uint32_t scan_time;      /* MaxScanTime, ms (below av_timeout) */
-	unsigned encrypted;      /* SCANNER_ENC_* */
-	uint64_t max_size;       /* av_max_size: bounds temporary files */
+	uint32_t recursion; /* MaxRecursion */
+	uint32_t files;     /* MaxFiles */
+	uint64_t scan_size; /* MaxScanSize, bytes */
+	uint64_t file_size; /* MaxFileSize, bytes */
+	uint32_t scan_time; /* MaxScanTime, ms (below av_timeout) */
+	unsigned encrypted; /* SCANNER_ENC_* */
+	uint64_t max_size;  /* av_max_size: bounds temporary files */
 };
 
 struct scanner_req {

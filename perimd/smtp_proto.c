@@ -106,8 +106,7 @@ static int utf8_valid(const unsigned char *s, size_t n, int *seen)
 /* ---- command lines ---------------------------------------------------- */
 
 /* smtp_line_find - find the end of the next command line (see header) */
-enum parse_result smtp_line_find(const char *buf, size_t len, size_t limit,
-				 size_t *linelen, size_t *consumed)
+enum parse_result smtp_line_find(const char *buf, size_t len, size_t limit, size_t *linelen, size_t *consumed)
 {
 	const char *lf = memchr(buf, '\n', len);
 
@@ -140,17 +139,15 @@ enum parse_result smtp_line_find(const char *buf, size_t len, size_t limit,
 /* verb_names - the command words, by enum smtp_verb (RFC 5321 §4.1.1;
  * STARTTLS RFC 3207, BDAT RFC 3030, AUTH RFC 4954) */
 static const char *const verb_names[SMTP_VERB_COUNT] = {
-	[SMTP_HELO] = "HELO", [SMTP_EHLO] = "EHLO", [SMTP_MAIL] = "MAIL",
-	[SMTP_RCPT] = "RCPT", [SMTP_DATA] = "DATA", [SMTP_RSET] = "RSET",
-	[SMTP_NOOP] = "NOOP", [SMTP_QUIT] = "QUIT", [SMTP_VRFY] = "VRFY",
-	[SMTP_EXPN] = "EXPN", [SMTP_HELP] = "HELP",
-	[SMTP_STARTTLS] = "STARTTLS", [SMTP_BDAT] = "BDAT", [SMTP_AUTH] = "AUTH",
+	[SMTP_HELO] = "HELO", [SMTP_EHLO] = "EHLO", [SMTP_MAIL] = "MAIL", [SMTP_RCPT] = "RCPT",
+	[SMTP_DATA] = "DATA", [SMTP_RSET] = "RSET", [SMTP_NOOP] = "NOOP", [SMTP_QUIT] = "QUIT",
+	[SMTP_VRFY] = "VRFY", [SMTP_EXPN] = "EXPN", [SMTP_HELP] = "HELP", [SMTP_STARTTLS] = "STARTTLS",
+	[SMTP_BDAT] = "BDAT", [SMTP_AUTH] = "AUTH",
 };
 
 /* smtp_cmd_parse - split a command line into verb and arguments (RFC 5321
  * §4.1.1: verb, then SP and arguments, or nothing). */
-enum parse_result smtp_cmd_parse(const char *line, size_t len,
-				 enum smtp_verb *verb, const char **args,
+enum parse_result smtp_cmd_parse(const char *line, size_t len, enum smtp_verb *verb, const char **args,
 				 size_t *args_len)
 {
 	size_t vlen = 0, i;
@@ -166,8 +163,7 @@ enum parse_result smtp_cmd_parse(const char *line, size_t len,
 	while (vlen < len && line[vlen] != ' ')
 		vlen++;
 	for (i = 1; i < SMTP_VERB_COUNT; i++)
-		if (strlen(verb_names[i]) == vlen &&
-		    mem_ieq(line, verb_names[i], vlen))
+		if (strlen(verb_names[i]) == vlen && mem_ieq(line, verb_names[i], vlen))
 			break;
 	if (i == SMTP_VERB_COUNT)
 		return PARSE_OK;
@@ -396,8 +392,7 @@ static size_t scan_domain_end(const char *s, int bracket, int route)
 {
 	size_t i = 0;
 
-	while (s[i] && s[i] != ' ' && !(bracket && s[i] == '>') &&
-	       !(route && (s[i] == ',' || s[i] == ':')))
+	while (s[i] && s[i] != ' ' && !(bracket && s[i] == '>') && !(route && (s[i] == ',' || s[i] == ':')))
 		i++;
 	return i;
 }
@@ -406,8 +401,7 @@ static size_t scan_domain_end(const char *s, int bracket, int route)
  * esmtp-param); esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-");
  * esmtp-value = 1*(%d33-60 / %d62-126), extended by UTF8-non-ascii in RFC
  * 6531 §3.3. Keys and values are NUL-terminated in place. */
-static enum parse_result parse_params(char *s, struct smtp_path *p,
-				      const char **why)
+static enum parse_result parse_params(char *s, struct smtp_path *p, const char **why)
 {
 	for (;;) {
 		char *key, *value = NULL;
@@ -481,8 +475,7 @@ static enum parse_result parse_route(char **sp, int bracket, const char **why)
 }
 
 /* smtp_path_parse - parse "<addr> [SP param[=value]]..." (see header) */
-enum parse_result smtp_path_parse(char *args, int strict, struct smtp_path *p,
-				  const char **why)
+enum parse_result smtp_path_parse(char *args, int strict, struct smtp_path *p, const char **why)
 {
 	char *s = args, *local, *dom = NULL;
 	size_t llen, dlen = 0, plain_len = 0, alen, n;
@@ -616,10 +609,8 @@ static void data_emit(struct smtp_data_parser *p, char *out, size_t *o, char c)
 	p->bytes++;
 	if (p->in_headers && p->rcv_match != RCV_NO) {
 		if (p->rcv_match < RCV_COLON)
-			p->rcv_match = lower((unsigned char)c) ==
-						       "received"[p->rcv_match]
-					       ? p->rcv_match + 1
-					       : RCV_NO;
+			p->rcv_match =
+			    lower((unsigned char)c) == "received"[p->rcv_match] ? p->rcv_match + 1 : RCV_NO;
 		else if (c == ':')
 			p->received_count++, p->rcv_match = RCV_NO;
 		else if (c != ' ' && c != '\t')
@@ -660,7 +651,7 @@ static int data_eol(struct smtp_data_parser *p, char *out, size_t *o, int real)
  * the bit positions past the first match are not used). */
 #define ONES 0x0101010101010101ull
 #define HIGHS 0x8080808080808080ull
-#define HAS_ZERO(v) (((v) - ONES) & ~(v) & HIGHS)
+#define HAS_ZERO(v) (((v)-ONES) & ~(v)&HIGHS)
 #define HAS_BYTE(v, b) HAS_ZERO((v) ^ (ONES * (unsigned char)(b)))
 
 /* plain_span - how many bytes from s on are ordinary line content: no CR,
@@ -692,9 +683,8 @@ static size_t plain_span(const unsigned char *s, size_t n, int *high)
  * a lone "." content line, or a stuffing dot (RFC 5321 §4.5.2) to drop.
  * Inside a line, once the Received: match is settled, runs of ordinary
  * bytes are copied whole (plain_span) instead of one data_emit each. */
-enum parse_result smtp_data_feed(struct smtp_data_parser *p, const char *in,
-				 size_t len, size_t *consumed, char *out,
-				 size_t *outlen)
+enum parse_result smtp_data_feed(struct smtp_data_parser *p, const char *in, size_t len, size_t *consumed,
+				 char *out, size_t *outlen)
 {
 	size_t o = 0, i = 0;
 
@@ -704,8 +694,7 @@ enum parse_result smtp_data_feed(struct smtp_data_parser *p, const char *in,
 		return PARSE_OK;
 	}
 	while (i < len) {
-		if (p->state == DS_TEXT && !p->cr_pending &&
-		    (!p->in_headers || p->rcv_match == RCV_NO)) {
+		if (p->state == DS_TEXT && !p->cr_pending && (!p->in_headers || p->rcv_match == RCV_NO)) {
 			int high = 0;
 			size_t n = plain_span((const unsigned char *)in + i, len - i, &high);
 
@@ -789,8 +778,8 @@ size_t smtp_dot_stuff(const char *in, size_t len, int *at_line_start, char *out)
  * RFC 5322 §2.1.1) breaks a long line by inserting CR LF SP, which keeps a
  * header line a folded header (RFC 5322 §2.2.3) and does the least damage
  * to a body line; the same is done here, header and body alike. */
-size_t smtp_dot_stuff_fold(const char *in, size_t len, size_t *used, struct smtp_stuff *st,
-			   size_t limit, char *out, size_t outcap)
+size_t smtp_dot_stuff_fold(const char *in, size_t len, size_t *used, struct smtp_stuff *st, size_t limit,
+			   char *out, size_t outcap)
 {
 	size_t o = 0, i = 0;
 
@@ -844,8 +833,7 @@ static size_t enh_len(const char *t, size_t n, char cls)
 {
 	size_t i = 2;
 
-	if (n < 5 || t[0] != cls || (cls != '2' && cls != '4' && cls != '5') ||
-	    t[1] != '.')
+	if (n < 5 || t[0] != cls || (cls != '2' && cls != '4' && cls != '5') || t[1] != '.')
 		return 0;
 	for (int part = 0; part < 2; part++) {
 		size_t d = 0;
@@ -893,8 +881,7 @@ static void reply_text_add(struct smtp_reply *r, const char *t, size_t n)
 /* smtp_reply_feed - parse one complete (possibly multi-line) reply, RFC
  * 5321 §4.2: Reply-line = *( Reply-code "-" [ textstring ] CRLF )
  * Reply-code [ SP textstring ] CRLF. Rescans from buf[0] on each call. */
-enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf,
-				  size_t len, size_t *consumed)
+enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf, size_t len, size_t *consumed)
 {
 	size_t pos = 0;
 
@@ -912,8 +899,7 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf,
 		for (k = 0; k < 3 && k < avail; k++)
 			if (!is_digit(line[k]) || (k == 0 && (line[0] < '1' || line[0] > '5')))
 				return PARSE_BAD;
-		if (avail > 3 && line[3] != ' ' && line[3] != '-' &&
-		    line[3] != '\r' && line[3] != '\n')
+		if (avail > 3 && line[3] != ' ' && line[3] != '-' && line[3] != '\r' && line[3] != '\n')
 			return PARSE_BAD;
 		if (avail > 4 && line[3] == '\r' && line[4] != '\n')
 			return PARSE_BAD; /* "250\rx": a CR is no separator */
@@ -970,14 +956,14 @@ static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size)
 		const char *name;
 		unsigned flag;
 	} caps[] = {
-		{ "PIPELINING", SMTP_CAP_PIPELINING },     /* RFC 2920 */
-		{ "8BITMIME", SMTP_CAP_8BITMIME },         /* RFC 6152 */
-		{ "SMTPUTF8", SMTP_CAP_SMTPUTF8 },         /* RFC 6531 */
-		{ "DSN", SMTP_CAP_DSN },                   /* RFC 3461 */
-		{ "SIZE", SMTP_CAP_SIZE },                 /* RFC 1870 */
-		{ "STARTTLS", SMTP_CAP_STARTTLS },         /* RFC 3207 */
+		{ "PIPELINING", SMTP_CAP_PIPELINING },                   /* RFC 2920 */
+		{ "8BITMIME", SMTP_CAP_8BITMIME },                       /* RFC 6152 */
+		{ "SMTPUTF8", SMTP_CAP_SMTPUTF8 },                       /* RFC 6531 */
+		{ "DSN", SMTP_CAP_DSN },                                 /* RFC 3461 */
+		{ "SIZE", SMTP_CAP_SIZE },                               /* RFC 1870 */
+		{ "STARTTLS", SMTP_CAP_STARTTLS },                       /* RFC 3207 */
 		{ "ENHANCEDSTATUSCODES", SMTP_CAP_ENHANCEDSTATUSCODES }, /* 2034 */
-		{ "CHUNKING", SMTP_CAP_CHUNKING },         /* RFC 3030 */
+		{ "CHUNKING", SMTP_CAP_CHUNKING },                       /* RFC 3030 */
 	};
 	size_t kw = 0;
 

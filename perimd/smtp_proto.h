@@ -25,13 +25,24 @@ enum parse_result { PARSE_OK, PARSE_AGAIN, PARSE_BAD, PARSE_TOO_LONG };
  *   *consumed = bytes that may be dropped now (all of buf, or through the
  *   terminator when it is in buf, with *linelen = SIZE_MAX in that case;
  *   *linelen = 0 when the terminator is still to come). */
-enum parse_result smtp_line_find(const char *buf, size_t len, size_t limit,
-				 size_t *linelen, size_t *consumed);
+enum parse_result smtp_line_find(const char *buf, size_t len, size_t limit, size_t *linelen, size_t *consumed);
 
 enum smtp_verb {
-	SMTP_UNKNOWN = 0, SMTP_HELO, SMTP_EHLO, SMTP_MAIL, SMTP_RCPT, SMTP_DATA,
-	SMTP_RSET, SMTP_NOOP, SMTP_QUIT, SMTP_VRFY, SMTP_EXPN, SMTP_HELP,
-	SMTP_STARTTLS, SMTP_BDAT, SMTP_AUTH,
+	SMTP_UNKNOWN = 0,
+	SMTP_HELO,
+	SMTP_EHLO,
+	SMTP_MAIL,
+	SMTP_RCPT,
+	SMTP_DATA,
+	SMTP_RSET,
+	SMTP_NOOP,
+	SMTP_QUIT,
+	SMTP_VRFY,
+	SMTP_EXPN,
+	SMTP_HELP,
+	SMTP_STARTTLS,
+	SMTP_BDAT,
+	SMTP_AUTH,
 	SMTP_VERB_COUNT
 };
 
@@ -43,12 +54,11 @@ enum smtp_verb {
  * PARSE_BAD: MAIL/RCPT without FROM:/TO:, or a line holding a NUL or a CR
  * (*verb is SMTP_UNKNOWN for the latter). Unknown verbs, and verbs not
  * followed by SP or the end ("NOOPX"), give PARSE_OK with SMTP_UNKNOWN. */
-enum parse_result smtp_cmd_parse(const char *line, size_t len,
-				 enum smtp_verb *verb, const char **args,
+enum parse_result smtp_cmd_parse(const char *line, size_t len, enum smtp_verb *verb, const char **args,
 				 size_t *args_len);
 
 #define SMTP_MAX_PARAMS 16
-#define SMTP_PATH_MAX 512  /* bytes of an address, well over RFC 5321 §4.5.3.1 */
+#define SMTP_PATH_MAX 512 /* bytes of an address, well over RFC 5321 §4.5.3.1 */
 
 struct smtp_param {
 	const char *key;   /* NUL-terminated, as sent (compare case-insensitively) */
@@ -76,8 +86,7 @@ struct smtp_path {
  * (any case) gives addr = local = "Postmaster"; a quoted local part whose
  * content is a plain Dot-string is unquoted ("\"joe\"@x" -> "joe@x"),
  * any other is kept as sent, quotes included. */
-enum parse_result smtp_path_parse(char *args, int strict, struct smtp_path *p,
-				  const char **why);
+enum parse_result smtp_path_parse(char *args, int strict, struct smtp_path *p, const char **why);
 
 /* smtp_domain_valid - RFC 5321 domain (LDH labels, dots) or address
  * literal ([1.2.3.4], [IPv6:...]); allow_utf8 permits U-labels. */
@@ -91,25 +100,25 @@ int smtp_xtext_valid(const char *s);
 enum smtp_bare_mode { SMTP_BARE_NORMALIZE, SMTP_BARE_REJECT };
 
 /* Flags collected while parsing DATA. */
-#define SMTP_DATA_BARE_LF   0x01u  /* a line ended in LF without CR */
-#define SMTP_DATA_BARE_CR   0x02u  /* a CR not followed by LF (removed) */
-#define SMTP_DATA_NUL       0x04u  /* a NUL byte (removed) */
-#define SMTP_DATA_8BIT      0x08u  /* a byte >= 0x80 */
+#define SMTP_DATA_BARE_LF 0x01u /* a line ended in LF without CR */
+#define SMTP_DATA_BARE_CR 0x02u /* a CR not followed by LF (removed) */
+#define SMTP_DATA_NUL 0x04u     /* a NUL byte (removed) */
+#define SMTP_DATA_8BIT 0x08u    /* a byte >= 0x80 */
 
 struct smtp_data_parser {
 	/* private */
-	int state;       /* line start, after a first '.', in a line, done */
-	int cr_pending;  /* last byte was a CR, not yet known to start CRLF */
-	int line_real;   /* this line began at DATA start or after a CRLF */
-	int line_junk;   /* this line held a stray CR or NUL (removed) */
-	int line_empty;  /* no content byte emitted for this line yet */
-	int in_headers;  /* still in the header section */
-	int rcv_match;   /* progress matching "Received" SP* ":" */
+	int state;      /* line start, after a first '.', in a line, done */
+	int cr_pending; /* last byte was a CR, not yet known to start CRLF */
+	int line_real;  /* this line began at DATA start or after a CRLF */
+	int line_junk;  /* this line held a stray CR or NUL (removed) */
+	int line_empty; /* no content byte emitted for this line yet */
+	int in_headers; /* still in the header section */
+	int rcv_match;  /* progress matching "Received" SP* ":" */
 	int mode;
 	/* public, read after any feed */
 	unsigned flags;
-	unsigned received_count;  /* "Received:" header fields in the header */
-	uint64_t bytes;           /* canonical bytes produced so far */
+	unsigned received_count; /* "Received:" header fields in the header */
+	uint64_t bytes;          /* canonical bytes produced so far */
 };
 
 void smtp_data_init(struct smtp_data_parser *p, enum smtp_bare_mode mode);
@@ -125,9 +134,8 @@ void smtp_data_init(struct smtp_data_parser *p, enum smtp_bare_mode mode);
  * does not end DATA: it is the content line "." (smuggling defence). The
  * output never holds a bare CR, a bare LF or a NUL. Feeding after PARSE_OK
  * returns PARSE_OK with nothing consumed. */
-enum parse_result smtp_data_feed(struct smtp_data_parser *p, const char *in,
-				 size_t len, size_t *consumed, char *out,
-				 size_t *outlen);
+enum parse_result smtp_data_feed(struct smtp_data_parser *p, const char *in, size_t len, size_t *consumed,
+				 char *out, size_t *outlen);
 
 /* smtp_dot_stuff - canonical message bytes to the wire (RFC 5321 §4.5.2):
  * a '.' at a line start is doubled. *at_line_start carries state between
@@ -137,9 +145,9 @@ size_t smtp_dot_stuff(const char *in, size_t len, int *at_line_start, char *out)
 /* State of smtp_dot_stuff_fold() between calls: start with
  * { .at_line_start = 1 }. */
 struct smtp_stuff {
-	int at_line_start;  /* the next byte starts a line */
-	int folded;         /* the current wire line began with an inserted SP */
-	size_t col;         /* octets on the current wire line, CRLF and a
+	int at_line_start; /* the next byte starts a line */
+	int folded;        /* the current wire line began with an inserted SP */
+	size_t col;        /* octets on the current wire line, CRLF and a
 			       doubled dot not counted */
 };
 
@@ -151,30 +159,30 @@ struct smtp_stuff {
  * least 5 bytes of out (capacity outcap) are free; *used = input bytes
  * consumed (all of them when outcap >= 5 * len). Returns bytes written.
  * The input is canonical (every CR is part of a CRLF). */
-size_t smtp_dot_stuff_fold(const char *in, size_t len, size_t *used, struct smtp_stuff *st,
-			   size_t limit, char *out, size_t outcap);
+size_t smtp_dot_stuff_fold(const char *in, size_t len, size_t *used, struct smtp_stuff *st, size_t limit,
+			   char *out, size_t outcap);
 
 /* ---- replies (backend side) ------------------------------------------ */
 
 #define SMTP_REPLY_TEXT_MAX 1024
-#define SMTP_REPLY_LINE_MAX 4096    /* octets of one reply line, CRLF not counted */
-#define SMTP_REPLY_MAX (64 * 1024)  /* octets of one reply, all its lines */
+#define SMTP_REPLY_LINE_MAX 4096   /* octets of one reply line, CRLF not counted */
+#define SMTP_REPLY_MAX (64 * 1024) /* octets of one reply, all its lines */
 
 struct smtp_reply {
-	int code;                     /* 100..599 */
-	char enh[16];                 /* "2.1.0" when the reply had one, else "" */
+	int code;                       /* 100..599 */
+	char enh[16];                   /* "2.1.0" when the reply had one, else "" */
 	char text[SMTP_REPLY_TEXT_MAX]; /* lines joined by '\n', without code,
 				         enhanced code and CRLF; truncated:
 				         the first line may be cut, later
 				         lines are kept whole or dropped */
 	int nlines;
-	unsigned caps;                /* SMTP_CAP_* of every line after the
+	unsigned caps; /* SMTP_CAP_* of every line after the
 					 first, truncated text or not */
-	uint64_t size;                /* the SIZE keyword's value, 0 if none */
+	uint64_t size; /* the SIZE keyword's value, 0 if none */
 	/* private: multi-line accumulation state */
 	size_t text_len;
 	int first_code;
-	int text_full;    /* a line did not fit: later lines are dropped */
+	int text_full; /* a line did not fit: later lines are dropped */
 };
 
 void smtp_reply_init(struct smtp_reply *r);
@@ -190,18 +198,17 @@ void smtp_reply_init(struct smtp_reply *r);
  * stripped from every line's text. The EHLO keywords of every line are
  * collected in caps and size whatever the reply code (RFC 5321 §4.1.1.1:
  * the first line is the greeting); smtp_ehlo_caps() gives them for a 250. */
-enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf,
-				  size_t len, size_t *consumed);
+enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf, size_t len, size_t *consumed);
 
 /* EHLO capabilities (from the text of a 250 reply to EHLO). */
-#define SMTP_CAP_PIPELINING   0x0001u
-#define SMTP_CAP_8BITMIME     0x0002u
-#define SMTP_CAP_SMTPUTF8     0x0004u
-#define SMTP_CAP_DSN          0x0008u
-#define SMTP_CAP_SIZE         0x0010u
-#define SMTP_CAP_STARTTLS     0x0020u
+#define SMTP_CAP_PIPELINING 0x0001u
+#define SMTP_CAP_8BITMIME 0x0002u
+#define SMTP_CAP_SMTPUTF8 0x0004u
+#define SMTP_CAP_DSN 0x0008u
+#define SMTP_CAP_SIZE 0x0010u
+#define SMTP_CAP_STARTTLS 0x0020u
 #define SMTP_CAP_ENHANCEDSTATUSCODES 0x0040u
-#define SMTP_CAP_CHUNKING     0x0080u
+#define SMTP_CAP_CHUNKING 0x0080u
 
 /* smtp_ehlo_caps - capability flags of a 250 reply (0 for any other);
  * *size = SIZE value (0 = none given). */

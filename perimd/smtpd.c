@@ -67,8 +67,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static int sessions_total;  /* atomic: all loops */
-static int sessions_peak;   /* atomic: most open since the last smtpd_sessions_peak() */
+static int sessions_total; /* atomic: all loops */
+static int sessions_peak;  /* atomic: most open since the last smtpd_sessions_peak() */
 
 /* smtpd_sessions_peak - the most sessions open at once since the last
  * call (then restarting from the current count): the graphs' per-minute
@@ -146,7 +146,7 @@ static void deadline_expired(void *arg)
 {
 	struct session *s = arg;
 	if (s->state != ST_CMD && s->state != ST_DATA)
-		return;   /* re-armed when the step ends (session_resume) */
+		return; /* re-armed when the step ends (session_resume) */
 	log_info("%s: timeout after %u commands from [%s]%s", s->id, s->ncmds, s->addr,
 		 s->wblocked ? " (client not reading replies)" : " (incomplete command)");
 	smtpd_reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cf->myhostname);
@@ -159,8 +159,7 @@ static void deadline_expired(void *arg)
 void smtpd_deadline_arm(struct session *s)
 {
 	if (s->cf->smtpd_timeout > 0)
-		ev_timer_start(s->loop, &s->deadline, (uint64_t)s->cf->smtpd_timeout,
-			       deadline_expired, s);
+		ev_timer_start(s->loop, &s->deadline, (uint64_t)s->cf->smtpd_timeout, deadline_expired, s);
 }
 
 /* tarpit_fire - the delayed error reply goes out; input resumes. */
@@ -207,12 +206,11 @@ void smtpd_reply_error(struct session *s, const char *fmt, ...)
 }
 
 /* smtpd_log_reject - one Postfix-like line per refusal. */
-void smtpd_log_reject(struct session *s, const char *stage, const char *what,
-		       const char *to)
+void smtpd_log_reject(struct session *s, const char *stage, const char *what, const char *to)
 {
-	log_info("%s: reject: %s from [%s]: %s; from=<%s>%s%s%s helo=<%s>", s->id, stage,
-		 s->addr, what, s->tx && s->tx->sender ? s->tx->sender : "", to ? " to=<" : "",
-		 to ? to : "", to ? ">" : "", s->helo ? s->helo : "");
+	log_info("%s: reject: %s from [%s]: %s; from=<%s>%s%s%s helo=<%s>", s->id, stage, s->addr, what,
+		 s->tx && s->tx->sender ? s->tx->sender : "", to ? " to=<" : "", to ? to : "", to ? ">" : "",
+		 s->helo ? s->helo : "");
 }
 
 /* ---- commands --------------------------------------------------------- */
@@ -236,7 +234,7 @@ static void helo_ehlo(struct session *s, enum smtp_verb v, char *arg)
 	smtpd_txn_reset(s);
 	free(s->helo);
 	s->helo = xstrdup(arg);
-	policy_helo(s->ps, arg);   /* judged now, refused at RCPT */
+	policy_helo(s->ps, arg); /* judged now, refused at RCPT */
 	s->esmtp = v == SMTP_EHLO;
 	s->need_ehlo = 0;
 	const struct conf *cf = s->cf;
@@ -382,36 +380,59 @@ static void cmd_not_implemented(struct session *s, char *arg)
  * end a transaction; STARTTLS ends it and wants a new EHLO (RFC 3207
  * §4.2); MAIL starts one. */
 static const struct smtpd_cmd smtpd_cmds[SMTP_VERB_COUNT] = {
-	[SMTP_HELO] = {"HELO", PH_ANY, CMD_F_LAST, NULL, {0}, NULL, cmd_helo},
-	[SMTP_EHLO] = {"EHLO", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, {0}, NULL, cmd_ehlo},
-	[SMTP_MAIL] = {"MAIL", PH_BIT(PH_CONNECTED) | PH_BIT(PH_GREETED), CMD_F_HELO_REQ, NULL,
-		       {[PH_CONNECTED] = R_HELO_FIRST, [PH_TLS_STARTED] = R_HELO_FIRST,
-			[PH_MAIL] = R_NESTED_MAIL, [PH_RCPT_NONE] = R_NESTED_MAIL,
-			[PH_RCPT] = R_NESTED_MAIL},
-		       NULL, smtpd_cmd_mail},
-	[SMTP_RCPT] = {"RCPT", PH_TXN, CMD_F_PAUSES, NULL,
-		       {[PH_CONNECTED] = R_NEED_MAIL, [PH_TLS_STARTED] = R_NEED_MAIL,
-			[PH_GREETED] = R_NEED_MAIL},
-		       NULL, smtpd_cmd_rcpt},
+	[SMTP_HELO] = { "HELO", PH_ANY, CMD_F_LAST, NULL, { 0 }, NULL, cmd_helo },
+	[SMTP_EHLO] = { "EHLO", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, { 0 }, NULL, cmd_ehlo },
+	[SMTP_MAIL] = { "MAIL",
+			PH_BIT(PH_CONNECTED) | PH_BIT(PH_GREETED),
+			CMD_F_HELO_REQ,
+			NULL,
+			{ [PH_CONNECTED] = R_HELO_FIRST,
+			  [PH_TLS_STARTED] = R_HELO_FIRST,
+			  [PH_MAIL] = R_NESTED_MAIL,
+			  [PH_RCPT_NONE] = R_NESTED_MAIL,
+			  [PH_RCPT] = R_NESTED_MAIL },
+			NULL,
+			smtpd_cmd_mail },
+	[SMTP_RCPT] = { "RCPT",
+			PH_TXN,
+			CMD_F_PAUSES,
+			NULL,
+			{ [PH_CONNECTED] = R_NEED_MAIL, [PH_TLS_STARTED] = R_NEED_MAIL, [PH_GREETED] = R_NEED_MAIL },
+			NULL,
+			smtpd_cmd_rcpt },
 	/* DATA pauses at its final dot, for the scan and the relay. */
-	[SMTP_DATA] = {"DATA", PH_BIT(PH_RCPT), CMD_F_NOARG | CMD_F_LAST | CMD_F_PAUSES,
-		       "501 5.5.4 Syntax: DATA takes no argument",
-		       {[PH_CONNECTED] = R_NEED_MAIL, [PH_TLS_STARTED] = R_NEED_MAIL,
-			[PH_GREETED] = R_NEED_MAIL, [PH_MAIL] = R_NEED_RCPT,
-			[PH_RCPT_NONE] = R_NO_RCPT},
-		       NULL, smtpd_cmd_data},
-	[SMTP_RSET] = {"RSET", PH_ANY, CMD_F_NOARG, "501 5.5.4 Syntax: RSET", {0}, NULL, cmd_rset},
-	[SMTP_NOOP] = {"NOOP", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, {0}, NULL, cmd_noop},
-	[SMTP_QUIT] = {"QUIT", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, {0}, NULL, cmd_quit},
-	[SMTP_VRFY] = {"VRFY", PH_ANY, CMD_F_NEEDARG | CMD_F_LAST, "501 5.5.4 Syntax: VRFY address",
-		       {0}, NULL, cmd_vrfy},
-	[SMTP_EXPN] = {"EXPN", PH_ANY, CMD_F_LAST, NULL, {0}, NULL, cmd_expn},
-	[SMTP_HELP] = {"HELP", PH_ANY, 0, NULL, {0}, NULL, cmd_help},
-	[SMTP_STARTTLS] = {"STARTTLS", PH_ANY, CMD_F_NOARG | CMD_F_PRE_TLS | CMD_F_LAST | CMD_F_PAUSES,
-			   "501 5.5.4 Syntax: STARTTLS takes no argument", {0},
-			   "503 5.5.1 Error: TLS already active", cmd_starttls},
-	[SMTP_BDAT] = {"BDAT", PH_ANY, 0, NULL, {0}, NULL, cmd_not_implemented},
-	[SMTP_AUTH] = {"AUTH", PH_ANY, 0, NULL, {0}, NULL, cmd_not_implemented},
+	[SMTP_DATA] = { "DATA",
+			PH_BIT(PH_RCPT),
+			CMD_F_NOARG | CMD_F_LAST | CMD_F_PAUSES,
+			"501 5.5.4 Syntax: DATA takes no argument",
+			{ [PH_CONNECTED] = R_NEED_MAIL,
+			  [PH_TLS_STARTED] = R_NEED_MAIL,
+			  [PH_GREETED] = R_NEED_MAIL,
+			  [PH_MAIL] = R_NEED_RCPT,
+			  [PH_RCPT_NONE] = R_NO_RCPT },
+			NULL,
+			smtpd_cmd_data },
+	[SMTP_RSET] = { "RSET", PH_ANY, CMD_F_NOARG, "501 5.5.4 Syntax: RSET", { 0 }, NULL, cmd_rset },
+	[SMTP_NOOP] = { "NOOP", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, { 0 }, NULL, cmd_noop },
+	[SMTP_QUIT] = { "QUIT", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, { 0 }, NULL, cmd_quit },
+	[SMTP_VRFY] = { "VRFY",
+			PH_ANY,
+			CMD_F_NEEDARG | CMD_F_LAST,
+			"501 5.5.4 Syntax: VRFY address",
+			{ 0 },
+			NULL,
+			cmd_vrfy },
+	[SMTP_EXPN] = { "EXPN", PH_ANY, CMD_F_LAST, NULL, { 0 }, NULL, cmd_expn },
+	[SMTP_HELP] = { "HELP", PH_ANY, 0, NULL, { 0 }, NULL, cmd_help },
+	[SMTP_STARTTLS] = { "STARTTLS",
+			    PH_ANY,
+			    CMD_F_NOARG | CMD_F_PRE_TLS | CMD_F_LAST | CMD_F_PAUSES,
+			    "501 5.5.4 Syntax: STARTTLS takes no argument",
+			    { 0 },
+			    "503 5.5.1 Error: TLS already active",
+			    cmd_starttls },
+	[SMTP_BDAT] = { "BDAT", PH_ANY, 0, NULL, { 0 }, NULL, cmd_not_implemented },
+	[SMTP_AUTH] = { "AUTH", PH_ANY, 0, NULL, { 0 }, NULL, cmd_not_implemented },
 };
 
 /* smtpd_cmd_find - the table's row for v. */
@@ -424,8 +445,8 @@ const struct smtpd_cmd *smtpd_cmd_find(enum smtp_verb v)
 
 /* smtpd_cmd_check - the table's rules, in order: the argument, the
  * sequence (the phase; smtpd_helo_required), TLS. */
-enum smtpd_check smtpd_cmd_check(const struct smtpd_cmd *c, enum smtpd_phase ph,
-				 unsigned ctx, const char *arg, const char **reply)
+enum smtpd_check smtpd_cmd_check(const struct smtpd_cmd *c, enum smtpd_phase ph, unsigned ctx,
+				 const char *arg, const char **reply)
 {
 	if (((c->flags & CMD_F_NOARG) && *arg) || ((c->flags & CMD_F_NEEDARG) && !*arg)) {
 		*reply = c->arg_refusal;
@@ -460,20 +481,16 @@ enum smtpd_phase smtpd_phase(const struct session *s)
 /* command_run - a known command: the table's checks, then its handler. */
 static void command_run(struct session *s, const struct smtpd_cmd *c, char *arg)
 {
-	unsigned ctx = (s->tls ? CMD_CTX_TLS : 0) |
-		       (s->cf->smtpd_helo_required ? CMD_CTX_HELO_REQUIRED : 0);
+	unsigned ctx = (s->tls ? CMD_CTX_TLS : 0) | (s->cf->smtpd_helo_required ? CMD_CTX_HELO_REQUIRED : 0);
 	const char *reply = NULL;
 	switch (smtpd_cmd_check(c, smtpd_phase(s), ctx, arg, &reply)) {
-	case CMD_OK:
-		c->run(s, arg);
-		return;
+	case CMD_OK: c->run(s, arg); return;
 	case CMD_HELO_REQUIRED:
 		/* A policy refusal, logged as one (Postfix's smtpd_helo_required). */
 		stats_inc(ST_rej_rfc);
 		smtpd_log_reject(s, c->name, reply, NULL);
 		break;
-	default:
-		break;
+	default: break;
 	}
 	smtpd_reply_error(s, "%s", reply);
 }
@@ -497,7 +514,8 @@ static void command(struct session *s, char *line, size_t len)
 	arg[alen] = 0;
 	if (v == SMTP_UNKNOWN && s->cf->smtpd_upstream_proxy_protocol[0] && !strncmp(line, "PROXY ", 6)) {
 		log_warn("%s: PROXY header from [%s], which is not in smtpd_upstream_proxy_clients; "
-			 "disconnecting", s->id, s->addr);
+			 "disconnecting",
+			 s->id, s->addr);
 		stats_inc(ST_close_protocol);
 		session_close(s);
 		return;
@@ -535,7 +553,7 @@ static void session_process(struct session *s)
 			size_t n = nl ? (size_t)(nl - buf) + 1 : len;
 			conn_consume(s->conn, n);
 			if (nl) {
-				s->skip_line = 0;   /* its 500 went out when it began */
+				s->skip_line = 0; /* its 500 went out when it began */
 				continue;
 			}
 			s->skipped += n;
@@ -548,8 +566,8 @@ static void session_process(struct session *s)
 			continue;
 		}
 		size_t linelen, consumed;
-		enum parse_result r = smtp_line_find(buf, len, (size_t)cf->smtpd_command_line_limit,
-						     &linelen, &consumed);
+		enum parse_result r =
+		    smtp_line_find(buf, len, (size_t)cf->smtpd_command_line_limit, &linelen, &consumed);
 		if (r == PARSE_AGAIN)
 			return;
 		if (r == PARSE_TOO_LONG) {
@@ -658,14 +676,17 @@ static void session_free(struct session *s)
 	if (s->relay) {
 		relay_cancel(s->relay);
 		s->relay = NULL;
-		log_info("%s: client [%s] gone while its message %s was being relayed", s->id, s->addr, s->tx->msgid);
-		log_cut(s, "unknown", "none",
-			"client gone during the relay; cancelled, a backend may have it if the final dot went out");
+		log_info("%s: client [%s] gone while its message %s was being relayed", s->id, s->addr,
+			 s->tx->msgid);
+		log_cut(
+		    s, "unknown",
+		    "none", "client gone during the relay; cancelled, a backend may have it if the final dot went out");
 	}
 	if (s->av) {
 		av_cancel(s->av);
 		s->av = NULL;
-		log_info("%s: client [%s] gone while its message %s was being scanned", s->id, s->addr, s->tx->msgid);
+		log_info("%s: client [%s] gone while its message %s was being scanned", s->id, s->addr,
+			 s->tx->msgid);
 		log_cut(s, "none", "none", "client gone during the scan; not relayed");
 	} else if (s->state == ST_DATA) {
 		log_cut(s, "none", "none", "client gone during DATA; not relayed");
@@ -676,7 +697,7 @@ static void session_free(struct session *s)
 	free(s->pending);
 	smtpd_txn_reset(s);
 	dnscheck_free(s->dns);
-	policy_session_free(s->ps);   /* after txn_reset cancelled any chain */
+	policy_session_free(s->ps); /* after txn_reset cancelled any chain */
 	free(s->helo);
 	conn_free(s->conn);
 	if (s->counted)
@@ -714,12 +735,12 @@ static void on_error(void *arg, int err)
 		session_close(s);
 		return;
 	}
-	if (s->state != ST_CLOSING)   /* EOF or error before we chose to close */
+	if (s->state != ST_CLOSING) /* EOF or error before we chose to close */
 		stats_inc(ST_close_eof);
 	if (err && err != ETIMEDOUT)
 		log_info("%s: lost connection from [%s]: %s", s->id, s->addr, strerror(err));
-	log_info("%s: disconnect from [%s] commands=%u messages=%u errors=%d", s->id, s->addr,
-		 s->ncmds, s->nmsgs, s->errors);
+	log_info("%s: disconnect from [%s] commands=%u messages=%u errors=%d", s->id, s->addr, s->ncmds,
+		 s->nmsgs, s->errors);
 	session_free(s);
 }
 
@@ -768,8 +789,8 @@ static void early_talker(struct session *s)
 	ev_timer_stop(s->loop, &s->greet);
 	smtpd_enter_state(s, ST_CMD);
 	stats_inc(ST_conn_refused_early);
-	log_info("%s: reject: CONNECT from [%s]: 554 5.5.1 early talker (data before the greeting)",
-		 s->id, s->addr);
+	log_info("%s: reject: CONNECT from [%s]: 554 5.5.1 early talker (data before the greeting)", s->id,
+		 s->addr);
 	smtpd_reply(s, "554 5.5.1 %s Error: talking before the greeting", s->cf->myhostname);
 	session_close(s);
 }
@@ -780,8 +801,8 @@ static void session_greet(struct session *s)
 {
 	const struct conf *cf = s->cf;
 	if (climit_enter(s->addr, (int)cf->smtpd_client_connection_count_limit) < 0) {
-		log_warn("%s: refused connection from [%s]: too many connections from this client",
-			 s->id, s->addr);
+		log_warn("%s: refused connection from [%s]: too many connections from this client", s->id,
+			 s->addr);
 		stats_inc(ST_conn_refused_client);
 		smtpd_reply(s, "421 4.7.0 %s Error: too many connections from %s", cf->myhostname, s->addr);
 		session_close(s);
@@ -790,8 +811,8 @@ static void session_greet(struct session *s)
 	s->counted = 1;
 	if (cf->smtpd_client_connection_rate_limit > 0 &&
 	    crate_hit(s->addr, (int)cf->smtpd_client_connection_rate_limit, ev_wallclock() / 60) < 0) {
-		log_warn("%s: refused connection from [%s]: more than %lld connections per minute",
-			 s->id, s->addr, cf->smtpd_client_connection_rate_limit);
+		log_warn("%s: refused connection from [%s]: more than %lld connections per minute", s->id,
+			 s->addr, cf->smtpd_client_connection_rate_limit);
 		stats_inc(ST_conn_refused_rate);
 		smtpd_reply(s, "421 4.7.0 %s Error: too many connections from %s", cf->myhostname, s->addr);
 		session_close(s);
@@ -831,8 +852,7 @@ static void proxy_input(struct session *s)
 	if (h.local) {
 		log_info("%s: PROXY v%d LOCAL from [%s]", s->id, h.version, s->addr);
 	} else {
-		log_info("%s: PROXY v%d from [%s]: client [%s]:%d", s->id, h.version, s->addr, h.src,
-			 h.sport);
+		log_info("%s: PROXY v%d from [%s]: client [%s]:%d", s->id, h.version, s->addr, h.src, h.sport);
 		snprintf(s->addr, sizeof s->addr, "%s", h.src);
 	}
 	session_greet(s);
@@ -866,15 +886,16 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 		__atomic_sub_fetch(&sessions_total, 1, __ATOMIC_RELAXED);
 		log_warn("refused connection from [%s]: max_sessions (%lld) reached", addr, cf->max_sessions);
 		stats_inc(ST_conn_refused_max);
-		snprintf(msg, sizeof msg, "421 4.3.2 %s Service temporarily unavailable, too many sessions\r\n",
-			 cf->myhostname);
+		snprintf(msg, sizeof msg,
+			 "421 4.3.2 %s Service temporarily unavailable, too many sessions\r\n", cf->myhostname);
 		refuse_now(fd, msg);
 		policy_release(pol);
 		return;
 	}
 	int peak = __atomic_load_n(&sessions_peak, __ATOMIC_RELAXED);
-	while (open_now > peak && !__atomic_compare_exchange_n(&sessions_peak, &peak, open_now, 1,
-							       __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+	while (open_now > peak &&
+	       !__atomic_compare_exchange_n(&sessions_peak, &peak, open_now, 1, __ATOMIC_RELAXED,
+					    __ATOMIC_RELAXED))
 		;
 	struct session *s = xcalloc(1, sizeof *s);
 	s->sl = sl;
@@ -977,8 +998,8 @@ static void drain_expired(void *arg)
 			if (s->relay && s->tx->msg.deadline > smtpd_drain_deadline(s))
 				s->tx->msg.deadline = smtpd_drain_deadline(s);
 			log_info("%s: shutdown: message of client [%s] still being %s; "
-				 "waiting for its outcome", s->tx->msgid, s->addr,
-				 s->relay ? "relayed" : "scanned");
+				 "waiting for its outcome",
+				 s->tx->msgid, s->addr, s->relay ? "relayed" : "scanned");
 		} else if (s->state != ST_CLOSING) {
 			if (s->state == ST_DATA) {
 				log_cut(s, "none", "421 4.3.2 Service shutting down", "DATA cut at shutdown");

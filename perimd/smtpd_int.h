@@ -22,7 +22,7 @@
 
 #define DATA_CHUNK (64 * 1024)
 #define WBACKLOG_MAX (64 * 1024)
-#define RELAY_DEADLINE_MS (9 * 60 * 1000)   /* RFC 5321 §4.5.3.2.6 gives 10 */
+#define RELAY_DEADLINE_MS (9 * 60 * 1000) /* RFC 5321 §4.5.3.2.6 gives 10 */
 #define MAX_RECEIVED 50
 /* A command "line" that never ends is garbage, not a command: each further
  * SKIP_ERROR_BYTES of it counts as one more error, so the hard error limit
@@ -48,8 +48,8 @@ struct smtpd_loop {
 	struct session *sessions;
 	int nsessions;
 	int draining;
-	int drain_cut;              /* shutdown_timeout passed: messages in flight finish, then 421 */
-	uint64_t cut_at;            /* ev_now() when it passed */
+	int drain_cut;   /* shutdown_timeout passed: messages in flight finish, then 421 */
+	uint64_t cut_at; /* ev_now() when it passed */
 	struct ev_timer drain_timer;
 };
 
@@ -70,17 +70,17 @@ struct rcpt_pending {
  * freed by smtpd_txn_reset() at its end (RSET, HELO/EHLO, STARTTLS, the
  * reply to the final dot, a refusal at DATA, the end of the session). */
 struct txn {
-	unsigned rcpt_tried : 1;    /* a RCPT was sent, accepted or not */
+	unsigned rcpt_tried : 1; /* a RCPT was sent, accepted or not */
 	unsigned body8 : 1;
 	unsigned smtputf8 : 1;
-	unsigned grey_pass : 1;     /* a recipient passed greylisting (grey.h) */
+	unsigned grey_pass : 1; /* a recipient passed greylisting (grey.h) */
 	char *sender;
 	char *ret, *envid;
 	struct rcpt *rcpts;
 	int nrcpt, caprcpt;
-	long long overshoot;        /* RCPTs refused for smtpd_recipient_limit */
+	long long overshoot; /* RCPTs refused for smtpd_recipient_limit */
 	int route_set;
-	char *route;                /* backend list text; NULL = relay_backends */
+	char *route; /* backend list text; NULL = relay_backends */
 	struct rcpt_pending *rcpt_pending;
 
 	/* DATA */
@@ -88,7 +88,7 @@ struct txn {
 	struct smtp_data_parser dp;
 	enum data_err data_err;
 	char msgid[16];
-	uint64_t t_data_end;        /* the final dot; nonzero: counted in ST_inflight */
+	uint64_t t_data_end; /* the final dot; nonzero: counted in ST_inflight */
 
 	/* relay */
 	struct relay_msg msg;
@@ -107,27 +107,27 @@ struct session {
 	char addr[INET6_ADDRSTRLEN];
 	char *helo;
 	unsigned esmtp : 1;
-	unsigned skip_line : 1;     /* discarding an over-long command line */
-	size_t skipped;             /* bytes of it discarded since its last error */
-	unsigned wblocked : 1;      /* paused until replies drain */
-	unsigned counted : 1;       /* in climit */
-	unsigned tls : 1;           /* STARTTLS done (RFC 3207) */
-	unsigned need_ehlo : 1;     /* after STARTTLS, until HELO/EHLO */
+	unsigned skip_line : 1; /* discarding an over-long command line */
+	size_t skipped;         /* bytes of it discarded since its last error */
+	unsigned wblocked : 1;  /* paused until replies drain */
+	unsigned counted : 1;   /* in climit */
+	unsigned tls : 1;       /* STARTTLS done (RFC 3207) */
+	unsigned need_ehlo : 1; /* after STARTTLS, until HELO/EHLO */
 	enum sstate state;
 	int errors;
 	unsigned ncmds, nmsgs;
 	struct ev_timer tarpit;
-	char *pending;              /* error reply held by the tarpit */
+	char *pending; /* error reply held by the tarpit */
 	int pending_close;
 
-	struct txn *tx;             /* the mail transaction; NULL outside one */
+	struct txn *tx; /* the mail transaction; NULL outside one */
 
-	struct relay_req *relay;    /* the relay of tx's message in flight */
-	struct av_req *av;          /* content scan in flight */
-	struct dnscheck *dns;       /* PTR/FCrDNS, DNSBL, sender domain lookups */
-	struct policy_sess *ps;     /* delayed client/HELO/sender verdicts (rules.c) */
-	struct ev_timer greet;      /* smtpd_greet_pause (state ST_GREET) */
-	struct ev_timer deadline;   /* smtpd_timeout per command (request_deadline) */
+	struct relay_req *relay;  /* the relay of tx's message in flight */
+	struct av_req *av;        /* content scan in flight */
+	struct dnscheck *dns;     /* PTR/FCrDNS, DNSBL, sender domain lookups */
+	struct policy_sess *ps;   /* delayed client/HELO/sender verdicts (rules.c) */
+	struct ev_timer greet;    /* smtpd_greet_pause (state ST_GREET) */
+	struct ev_timer deadline; /* smtpd_timeout per command (request_deadline) */
 };
 
 
@@ -148,21 +148,25 @@ enum smtpd_phase {
 #define PH_TXN (PH_BIT(PH_MAIL) | PH_BIT(PH_RCPT_NONE) | PH_BIT(PH_RCPT))
 
 /* Flags of a command (in the manner of Postfix's smtpd command table). */
-#define CMD_F_NOARG    0x01u  /* takes no argument: arg_refusal if one is given */
-#define CMD_F_NEEDARG  0x02u  /* needs an argument: arg_refusal if none */
-#define CMD_F_HELO_REQ 0x04u  /* refused in PH_CONNECTED (refusal[PH_CONNECTED],
+#define CMD_F_NOARG 0x01u   /* takes no argument: arg_refusal if one is given */
+#define CMD_F_NEEDARG 0x02u /* needs an argument: arg_refusal if none */
+#define CMD_F_HELO_REQ \
+	0x04u /* refused in PH_CONNECTED (refusal[PH_CONNECTED],
 			       * logged) when smtpd_helo_required */
-#define CMD_F_PRE_TLS  0x08u  /* allowed before STARTTLS where TLS is required
+#define CMD_F_PRE_TLS \
+	0x08u /* allowed before STARTTLS where TLS is required
 			       * (RFC 3207 §4: NOOP, EHLO, STARTTLS, QUIT); no
 			       * smtpd_tls_security_level requires TLS yet */
-#define CMD_F_LAST     0x10u  /* ends a pipelined group (RFC 2920 §3.1, RFC 3207
+#define CMD_F_LAST \
+	0x10u /* ends a pipelined group (RFC 2920 §3.1, RFC 3207
 			       * §4); replies go out together at the end of the
 			       * loop iteration whatever the command */
-#define CMD_F_PAUSES   0x20u  /* may pause reading for an asynchronous step
+#define CMD_F_PAUSES \
+	0x20u /* may pause reading for an asynchronous step
 			       * (besides the tarpit, which any error may start) */
 
 /* The session context smtpd_cmd_check() needs besides the phase. */
-#define CMD_CTX_TLS          0x01u  /* TLS is active */
+#define CMD_CTX_TLS 0x01u           /* TLS is active */
 #define CMD_CTX_HELO_REQUIRED 0x02u /* smtpd_helo_required = yes */
 
 struct session;
@@ -190,17 +194,15 @@ enum smtpd_check {
 const struct smtpd_cmd *smtpd_cmd_find(enum smtp_verb v);
 /* smtpd_cmd_check - may c run now (in phase ph, context CMD_CTX_*, with
  * this argument)? Anything but CMD_OK sets *reply to the refusal. */
-enum smtpd_check smtpd_cmd_check(const struct smtpd_cmd *c, enum smtpd_phase ph,
-				 unsigned ctx, const char *arg, const char **reply);
+enum smtpd_check smtpd_cmd_check(const struct smtpd_cmd *c, enum smtpd_phase ph, unsigned ctx,
+				 const char *arg, const char **reply);
 /* smtpd_phase - the session's phase (from HELO, STARTTLS and s->tx). */
 enum smtpd_phase smtpd_phase(const struct session *s);
 
 /* ---- smtpd.c, for smtpd_txn.c ------------------------------------------- */
 
-void smtpd_reply(struct session *s, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-void smtpd_reply_error(struct session *s, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+void smtpd_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void smtpd_reply_error(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void smtpd_gen_id(char out[16]);
 void smtpd_log_reject(struct session *s, const char *stage, const char *what, const char *to);
 void smtpd_deadline_arm(struct session *s);

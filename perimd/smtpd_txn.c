@@ -59,7 +59,7 @@ void smtpd_txn_reset(struct session *s)
 	spool_free(t->spool);
 	free(t->rr);
 	policy_list_free(&t->backends);
-	if (t->t_data_end)      /* the message in flight has its answer */
+	if (t->t_data_end) /* the message in flight has its answer */
 		stats_add(ST_inflight, -1);
 	free(t);
 }
@@ -74,8 +74,7 @@ static int dsn_notify_valid(const char *v)
 		const char *c = strchr(p, ',');
 		size_t l = c ? (size_t)(c - p) : strlen(p);
 		if (!((l == 7 && !strncasecmp(p, "SUCCESS", 7)) ||
-		      (l == 7 && !strncasecmp(p, "FAILURE", 7)) ||
-		      (l == 5 && !strncasecmp(p, "DELAY", 5))))
+		      (l == 7 && !strncasecmp(p, "FAILURE", 7)) || (l == 5 && !strncasecmp(p, "DELAY", 5))))
 			return 0;
 		p += l;
 		if (*p == ',')
@@ -177,7 +176,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 	s->tx->smtputf8 = utf8;
 	s->tx->ret = ret ? xstrdup(ret) : NULL;
 	s->tx->envid = envid ? xstrdup(envid) : NULL;
-	dnscheck_mail(s->dns, s->tx->sender);   /* looked up now, refused at RCPT */
+	dnscheck_mail(s->dns, s->tx->sender); /* looked up now, refused at RCPT */
 	smtpd_reply(s, "250 2.1.0 Ok");
 out:
 	free(p);
@@ -185,7 +184,7 @@ out:
 
 /* rcpt_refuse - a refused recipient: logged, counted as an error. */
 static void rcpt_refuse(struct session *s, const char *to, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static void rcpt_refuse(struct session *s, const char *to, const char *fmt, ...)
 {
 	char buf[768];
@@ -336,8 +335,10 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 	if (s->tx->route_set) {
 		int same = (!route && !s->tx->route) || (route && s->tx->route && !strcmp(route, s->tx->route));
 		if (!same) {
-			smtpd_log_reject(s, "RCPT", "452 4.5.3 Error: too many recipients (other backend)", p->addr);
-			smtpd_reply(s, "452 4.5.3 Error: too many recipients for this transaction; send in a new one");
+			smtpd_log_reject(s, "RCPT", "452 4.5.3 Error: too many recipients (other backend)",
+					 p->addr);
+			smtpd_reply(
+			    s, "452 4.5.3 Error: too many recipients for this transaction; send in a new one");
 			goto out;
 		}
 	}
@@ -352,10 +353,18 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 	rp->orcpt = orcpt ? xstrdup(orcpt) : NULL;
 	rp->route = route ? xstrdup(route) : NULL;
 	rp->env = (struct policy_env){
-		.loop = s->loop, .pol = s->pol, .session_id = s->id, .client_addr = s->addr,
-		.helo = s->helo ? s->helo : "", .sender = s->tx->sender, .rcpt = rp->addr,
-		.rcpt_local = rp->local, .rcpt_domain = rp->domain, .dns = s->dns,
-		.sess = s->ps, .route = rp->route,
+		.loop = s->loop,
+		.pol = s->pol,
+		.session_id = s->id,
+		.client_addr = s->addr,
+		.helo = s->helo ? s->helo : "",
+		.sender = s->tx->sender,
+		.rcpt = rp->addr,
+		.rcpt_local = rp->local,
+		.rcpt_domain = rp->domain,
+		.dns = s->dns,
+		.sess = s->ps,
+		.route = rp->route,
 	};
 	s->tx->rcpt_pending = rp;
 	struct policy_verdict v;
@@ -378,7 +387,7 @@ static void received_header(struct session *s)
 	strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
 	/* RFC 3848 §2 / RFC 6531 §3.7.3: the S says TLS was used. */
 	const char *proto = s->tx->smtputf8 ? (s->esmtp ? (s->tls ? "UTF8SMTPS" : "UTF8SMTP") : "UTF8SMTP")
-					: (s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP");
+					    : (s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP");
 	char helo[256];
 	size_t j = 0;
 	for (const char *h = s->helo ? s->helo : "unknown"; *h && j < sizeof helo - 1; h++)
@@ -390,10 +399,9 @@ static void received_header(struct session *s)
 		conn_tls_describe(s->conn, desc, sizeof desc);
 		snprintf(tls, sizeof tls, "\r\n\t(using %s)", desc);
 	}
-	int n = snprintf(buf, sizeof buf,
-			 "Received: from %s (unknown [%s%s])%s\r\n\tby %s (perimd) with %s id %s",
-			 helo, strchr(s->addr, ':') ? "IPv6:" : "", s->addr, tls,
-			 s->cf->myhostname, proto, s->tx->msgid);
+	int n = snprintf(
+	    buf, sizeof buf, "Received: from %s (unknown [%s%s])%s\r\n\tby %s (perimd) with %s id %s", helo,
+	    strchr(s->addr, ':') ? "IPv6:" : "", s->addr, tls, s->cf->myhostname, proto, s->tx->msgid);
 	if (s->tx->nrcpt == 1 && strlen(s->tx->rcpts[0].addr) < 300)
 		n += snprintf(buf + n, sizeof buf - (size_t)n, "\r\n\tfor <%s>", s->tx->rcpts[0].addr);
 	n += snprintf(buf + n, sizeof buf - (size_t)n, "; %s\r\n", date);
@@ -416,8 +424,9 @@ void smtpd_cmd_data(struct session *s, char *arg)
 		smtpd_txn_reset(s);
 		return;
 	}
-	smtp_data_init(&s->tx->dp, strcmp(s->cf->smtpd_forbid_bare_newline, "reject") ? SMTP_BARE_NORMALIZE
-										     : SMTP_BARE_REJECT);
+	smtp_data_init(&s->tx->dp,
+		       strcmp(s->cf->smtpd_forbid_bare_newline, "reject") ? SMTP_BARE_NORMALIZE
+									  : SMTP_BARE_REJECT);
 	smtpd_enter_state(s, ST_DATA);
 	smtpd_reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
@@ -439,12 +448,14 @@ static void relay_done(void *arg, const struct relay_result *r)
 		log_info("%s: to=<%s>, relay=%s, delay=%.3f, status=%s (%s)", s->tx->msgid, rr->addr,
 			 r->backend[0] ? r->backend : "none", (double)ms / 1000.0,
 			 rr->code && rr->code >= 400 ? (rr->code < 500 ? "deferred" : "bounced") : status,
-			 rr->code >= 400 ? rr->reply : r->backend_reply[0] ? r->backend_reply : r->text);
+			 rr->code >= 400           ? rr->reply
+			     : r->backend_reply[0] ? r->backend_reply
+						   : r->text);
 	}
 	log_info("%s: from=<%s>, size=%llu, nrcpt=%d, client=[%s], helo=<%s>, backend=%s, backend_id=%s, "
 		 "result=%d %s %s, delay=%.3f",
-		 s->tx->msgid, s->tx->sender, (unsigned long long)spool_size(s->tx->spool), s->tx->nrcpt, s->addr,
-		 s->helo ? s->helo : "", r->backend[0] ? r->backend : "none",
+		 s->tx->msgid, s->tx->sender, (unsigned long long)spool_size(s->tx->spool), s->tx->nrcpt,
+		 s->addr, s->helo ? s->helo : "", r->backend[0] ? r->backend : "none",
 		 r->queue_id[0] ? r->queue_id : "-", r->code, r->enh, r->text, (double)ms / 1000.0);
 	if (r->enh[0])
 		smtpd_reply(s, "%d %s %s", r->code, r->enh, r->text);
@@ -538,7 +549,7 @@ static void data_relay(struct session *s)
 	m->body = s->tx->spool;
 	m->backends = s->tx->route ? &s->tx->backends : &cf->relay_backends;
 	m->deadline = s->tx->t_data_end + RELAY_DEADLINE_MS;
-	if (m->deadline > smtpd_drain_deadline(s))   /* scanned past the drain limit */
+	if (m->deadline > smtpd_drain_deadline(s)) /* scanned past the drain limit */
 		m->deadline = smtpd_drain_deadline(s);
 	m->conf = cf;
 	smtpd_session_pause(s);
@@ -560,8 +571,7 @@ void smtpd_data_input(struct session *s, const char *buf, size_t len)
 	}
 	conn_consume(s->conn, consumed);
 	if (outlen)
-		smtpd_deadline_arm(s);   /* a whole line came: the client makes progress */
+		smtpd_deadline_arm(s); /* a whole line came: the client makes progress */
 	if (r == PARSE_OK)
 		data_end(s);
 }
-

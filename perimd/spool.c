@@ -20,9 +20,9 @@
 
 struct spool {
 	char *mem;
-	size_t len, cap;     /* in memory */
-	int fd;              /* -1 while in memory */
-	uint64_t size;       /* total bytes */
+	size_t len, cap; /* in memory */
+	int fd;          /* -1 while in memory */
+	uint64_t size;   /* total bytes */
 	int failed;
 	int finished;
 };
@@ -30,7 +30,7 @@ struct spool {
 static char *spool_dir;
 static uint64_t spool_mem_limit = 1024 * 1024;
 static uint64_t spool_total_limit = UINT64_MAX;
-static uint64_t spool_total;  /* atomic */
+static uint64_t spool_total; /* atomic */
 
 /* spool_global_init - limits and spill directory. */
 void spool_global_init(const char *dir, uint64_t memory_limit, uint64_t total_limit)

@@ -180,7 +180,7 @@ void stats_refusal(const char *reply)
 	else if (!strncmp(enh, "4.3.1", 5))
 		stats_inc(ST_rej_spool_full);
 	else if (strcasestr(reply, "not fully scanned") || strcasestr(reply, "cannot be scanned"))
-		stats_inc(ST_rej_unscanned);   /* av.c: a scanner limit, encrypted content */
+		stats_inc(ST_rej_unscanned); /* av.c: a scanner limit, encrypted content */
 	else if (strcasestr(reply, "virus") || strcasestr(reply, "infected"))
 		stats_inc(ST_rej_virus);
 	else if (reply[0] == '4')

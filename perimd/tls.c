@@ -34,16 +34,13 @@
 #include <unistd.h>
 
 #define PEM_FILE_MAX (1024 * 1024)
-#define TLS_CACHE_BYTES (100 * 1000)   /* 1000 sessions of 100 bytes per loop */
+#define TLS_CACHE_BYTES (100 * 1000) /* 1000 sessions of 100 bytes per loop */
 
 /* TLS 1.2, forward secrecy and AEAD only, server's order (RFC 7525 §4.2). */
 static const uint16_t TLS_SUITES[] = {
-	BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-	BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-	BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-	BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-	BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-	BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+	BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,       BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,       BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 };
 
 static const struct {
@@ -62,10 +59,10 @@ struct tls_server {
 	int refs;
 	br_x509_certificate *chain;
 	size_t nchain;
-	int key_type;                  /* BR_KEYTYPE_RSA or BR_KEYTYPE_EC */
-	int issuer_type;               /* key type of the certificate's signer */
-	br_skey_decoder_context skey;  /* holds the private key */
-	int64_t not_after;             /* the first certificate's notAfter, Unix time */
+	int key_type;                 /* BR_KEYTYPE_RSA or BR_KEYTYPE_EC */
+	int issuer_type;              /* key type of the certificate's signer */
+	br_skey_decoder_context skey; /* holds the private key */
+	int64_t not_after;            /* the first certificate's notAfter, Unix time */
 };
 
 struct tls_client {
@@ -93,7 +90,7 @@ struct tls {
 	int is_server;
 	struct tls_server *ts;
 	struct tls_client *tc;
-	struct tls_x509 *x;            /* client only */
+	struct tls_x509 *x; /* client only */
 	union {
 		br_ssl_server_context s;
 		br_ssl_client_context c;
@@ -148,8 +145,7 @@ static void tls_memory(struct tls *t, int sign)
 {
 	int64_t n = (int64_t)sizeof *t + (t->x ? (int64_t)sizeof *t->x : 0);
 	pthread_once(&stats_once, stats_declare);
-	stats_family_add("perimd_tls_memory_bytes", "side", t->is_server ? "client" : "backend",
-			 sign * n);
+	stats_family_add("perimd_tls_memory_bytes", "side", t->is_server ? "client" : "backend", sign * n);
 }
 static struct tls_server *cur_server;
 static struct tls_client *cur_client;
@@ -315,8 +311,7 @@ static int key_matches(struct tls_server *ts, const br_x509_pkey *pk)
 	unsigned char q[BR_EC_KBUF_PUB_MAX_SIZE];
 	br_ec_public_key pub;
 	size_t ql = br_ec_compute_pub(br_ec_get_default(), &pub, q, sk);
-	return ql && sk->curve == pk->key.ec.curve && ql == pk->key.ec.qlen &&
-	       !memcmp(q, pk->key.ec.q, ql);
+	return ql && sk->curve == pk->key.ec.curve && ql == pk->key.ec.qlen && !memcmp(q, pk->key.ec.q, ql);
 }
 
 /* err_param - prefix an error with the parameter that named the file, so
@@ -367,8 +362,8 @@ static struct tls_server *server_load(const char *certf, const char *keyf, char 
 		br_skey_decoder_push(&ts->skey, objs[i].data, objs[i].len);
 		int e = br_skey_decoder_last_error(&ts->skey);
 		if (e) {
-			snprintf(err, errlen, "%s: cannot decode the private key (error %d; RSA or EC keys only)",
-				 keyf, e);
+			snprintf(err, errlen,
+				 "%s: cannot decode the private key (error %d; RSA or EC keys only)", keyf, e);
 			pem_free(objs, n);
 			goto fail;
 		}
@@ -376,7 +371,8 @@ static struct tls_server *server_load(const char *certf, const char *keyf, char 
 	}
 	pem_free(objs, n);
 	if (!found) {
-		snprintf(err, errlen, "%s: no RSA PRIVATE KEY, EC PRIVATE KEY or PRIVATE KEY in the file", keyf);
+		snprintf(err, errlen, "%s: no RSA PRIVATE KEY, EC PRIVATE KEY or PRIVATE KEY in the file",
+			 keyf);
 		goto fail;
 	}
 	/* The first certificate is ours: its key must match, and its signer's
@@ -737,8 +733,8 @@ static const br_x509_pkey *any_get_pkey(const br_x509_class *const *ctx, unsigne
 }
 
 static const br_x509_class x509_any_vtable = {
-	sizeof(struct x509_any), any_start_chain, any_start_cert, any_append,
-	any_end_cert, any_end_chain, any_get_pkey,
+	sizeof(struct x509_any), any_start_chain, any_start_cert, any_append, any_end_cert,
+	any_end_chain,           any_get_pkey,
 };
 
 /* tls_new_client - a client engine for one backend connection. */

@@ -34,20 +34,20 @@
 #define VERIFY_ENH_MAX 16
 
 struct ventry {
-	struct ventry *chain;          /* hash bucket chain */
-	struct ventry *older, *newer;  /* insertion order within the shard */
+	struct ventry *chain;         /* hash bucket chain */
+	struct ventry *older, *newer; /* insertion order within the shard */
 	uint64_t hash;
-	uint64_t expires;              /* monotonic ms */
-	int code;                      /* 250 = verified, else the refusal */
-	char enh[VERIFY_ENH_MAX];      /* its enhanced code, or "" */
-	int once;                      /* answered once, then dropped */
-	char key[];                    /* kind, address(es) (verify_key) */
+	uint64_t expires;         /* monotonic ms */
+	int code;                 /* 250 = verified, else the refusal */
+	char enh[VERIFY_ENH_MAX]; /* its enhanced code, or "" */
+	int once;                 /* answered once, then dropped */
+	char key[];               /* kind, address(es) (verify_key) */
 };
 
 struct vshard {
 	pthread_mutex_t mu;
 	struct ventry **buckets;
-	size_t nbuckets;               /* power of two */
+	size_t nbuckets; /* power of two */
 	size_t count, cap;
 	struct ventry *oldest, *newest;
 };
@@ -93,8 +93,7 @@ static void addr_copy(const char *a, char *key, size_t *n)
 
 /* verify_key - kind, then rcpt (and for KIND_PAIR '\001' and the sender),
  * into key (addr_copy); its hash, or 0 with key "" when it does not fit. */
-static uint64_t verify_key(int kind, const char *sender, const char *rcpt,
-			   char *key, size_t keylen)
+static uint64_t verify_key(int kind, const char *sender, const char *rcpt, char *key, size_t keylen)
 {
 	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
 	size_t rl = strlen(rcpt), sl = kind == KIND_PAIR ? strlen(sender) + 1 : 0;
@@ -189,8 +188,7 @@ void verify_init(size_t max_entries)
 }
 
 /* verify_find - the live entry for key in s, dropping an expired one. */
-static struct ventry *verify_find(struct vshard *s, const char *key,
-				  uint64_t h, uint64_t now)
+static struct ventry *verify_find(struct vshard *s, const char *key, uint64_t h, uint64_t now)
 {
 	struct ventry *e = s->buckets[(h >> 6) & (s->nbuckets - 1)];
 
@@ -208,8 +206,8 @@ static struct ventry *verify_find(struct vshard *s, const char *key,
 
 /* verify_store - keep (code, enh) under the key for ttl_ms (0: nothing),
  * replacing what was there. */
-static void verify_store(int kind, const char *sender, const char *rcpt, int code,
-			 const char *enh, int once, uint64_t ttl_ms)
+static void verify_store(int kind, const char *sender, const char *rcpt, int code, const char *enh, int once,
+			 uint64_t ttl_ms)
 {
 	char key[VERIFY_KEY_MAX];
 	uint64_t h, now;
@@ -255,8 +253,7 @@ static void verify_store(int kind, const char *sender, const char *rcpt, int cod
 
 /* verify_fetch - the live entry's code and enhanced code under the key; 1
  * found (a once-only entry is dropped as it is answered), 0 not. */
-static int verify_fetch(int kind, const char *sender, const char *rcpt, int *code,
-			char *enh, size_t enhlen)
+static int verify_fetch(int kind, const char *sender, const char *rcpt, int *code, char *enh, size_t enhlen)
 {
 	char key[VERIFY_KEY_MAX];
 	uint64_t h, now;
@@ -389,8 +386,8 @@ static uint64_t ttl_ms(long long v)
  * other recipients (else the backend's reply reached the client whole and
  * its retry goes to the backend again): kept for the pair and answered once,
  * which is what lets the co-recipients through on the client's next try. */
-enum verify_kept verify_learn(const char *sender, const char *rcpt, int code,
-			      const char *reply, unsigned flags, const struct conf *cf)
+enum verify_kept verify_learn(const char *sender, const char *rcpt, int code, const char *reply,
+			      unsigned flags, const struct conf *cf)
 {
 	char enh[VERIFY_ENH_MAX];
 	int callout = (flags & VERIFY_CALLOUT) != 0;
@@ -403,14 +400,14 @@ enum verify_kept verify_learn(const char *sender, const char *rcpt, int code,
 	verify_enh(reply, enh, sizeof(enh));
 	mailbox = verify_mailbox_code(code, enh);
 	if (mailbox) {
-		uint64_t life = ttl_ms(code >= 500 ? cf->relay_verify_negative_ttl
-						   : cf->relay_verify_defer_ttl);
+		uint64_t life =
+		    ttl_ms(code >= 500 ? cf->relay_verify_negative_ttl : cf->relay_verify_defer_ttl);
 
 		verify_store(KIND_RCPT, "", rcpt, code, enh, 0, life);
 		if (!callout)
-			verify_store(KIND_PAIR, sender, rcpt, code, enh, 0,
-				     ttl_ms(code >= 500 ? cf->relay_verify_pair_ttl
-							: cf->relay_verify_defer_ttl));
+			verify_store(
+			    KIND_PAIR, sender, rcpt, code, enh, 0,
+			    ttl_ms(code >= 500 ? cf->relay_verify_pair_ttl : cf->relay_verify_defer_ttl));
 		return VERIFY_KEPT_RCPT;
 	}
 	/* A callout asked as <>: its other refusals say nothing about the
@@ -435,8 +432,8 @@ void verify_accepted(const char *rcpt, const struct conf *cf)
 }
 
 /* verify_lookup - see verify.h. The pair first: it is this sender's own. */
-enum verify_verdict verify_lookup(const char *sender, const char *rcpt, int is_role,
-				  int *code, char *reply, size_t replylen)
+enum verify_verdict verify_lookup(const char *sender, const char *rcpt, int is_role, int *code, char *reply,
+				  size_t replylen)
 {
 	char enh[VERIFY_ENH_MAX];
 	int c = 0;

@@ -40,7 +40,7 @@ void verify_format(int code, const char *enh, const char *rcpt, char *out, size_
 
 /* Flags of verify_learn(). */
 #define VERIFY_OTHERS_ACCEPTED 0x1u /* replay: the backend took co-recipients */
-#define VERIFY_CALLOUT         0x2u /* a callout's answer (MAIL FROM:<>) */
+#define VERIFY_CALLOUT 0x2u         /* a callout's answer (MAIL FROM:<>) */
 
 enum verify_kept { VERIFY_NOT_KEPT, VERIFY_KEPT_RCPT, VERIFY_KEPT_PAIR };
 
@@ -49,8 +49,8 @@ enum verify_kept { VERIFY_NOT_KEPT, VERIFY_KEPT_RCPT, VERIFY_KEPT_PAIR };
  * and per pair (everything else 5xx; 4xx only with VERIFY_OTHERS_ACCEPTED,
  * answered once); a callout's non-mailbox refusal, 421 and non-refusals are
  * not kept. Lifetimes from cf's relay_verify_*_ttl. */
-enum verify_kept verify_learn(const char *sender, const char *rcpt, int code,
-			      const char *reply, unsigned flags, const struct conf *cf);
+enum verify_kept verify_learn(const char *sender, const char *rcpt, int code, const char *reply,
+			      unsigned flags, const struct conf *cf);
 /* verify_accepted - a callout's 2xx: rcpt exists (relay_verify_positive_ttl). */
 void verify_accepted(const char *rcpt, const struct conf *cf);
 
@@ -58,7 +58,7 @@ enum verify_verdict { VERIFY_NONE, VERIFY_REFUSED, VERIFY_VERIFIED };
 /* verify_lookup - the cached verdict for RCPT rcpt from sender: REFUSED
  * with *code and reply (verify_format) filled, VERIFIED (a callout accepted
  * it), or NONE. is_role: only entries this sender filled count. */
-enum verify_verdict verify_lookup(const char *sender, const char *rcpt, int is_role,
-				  int *code, char *reply, size_t replylen);
+enum verify_verdict verify_lookup(const char *sender, const char *rcpt, int is_role, int *code, char *reply,
+				  size_t replylen);
 
 #endif

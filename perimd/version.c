@@ -18,14 +18,15 @@ void version_print(FILE *f)
 {
 	const char *clam = scanner_version();
 	fprintf(f, "perimd %s\n", PERIMD_VERSION);
-	fprintf(f, "features: smtp pipelining 8bitmime smtputf8 dsn relay-pool starttls "
-		   "proxy-protocol sqlite mysql%s clamd%s\n",
+	fprintf(f,
+		"features: smtp pipelining 8bitmime smtputf8 dsn relay-pool starttls "
+		"proxy-protocol sqlite mysql%s clamd%s\n",
 #ifndef PERIMD_NO_LDAP
-		   " ldap",
+		" ldap",
 #else
-		   "",
+		"",
 #endif
-		   clam ? " libclamav" : "");
+		clam ? " libclamav" : "");
 #ifdef PERIMD_STATIC
 	fprintf(f, "build: static (musl)\n");
 #else
