@@ -6,6 +6,7 @@
  * holds at most one entry per open session.
  */
 #include "climit.h"
+#include "hash.h"
 #include "log.h"
 
 #include <pthread.h>
@@ -34,20 +35,11 @@ static void cl_init(void)
 		pthread_mutex_init(&cl_shards[i].mu, NULL);
 }
 
-/* cl_hash - FNV-1a. */
-static unsigned cl_hash(const char *s)
-{
-	unsigned h = 2166136261u;
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
-}
-
 /* climit_enter - count a session, or refuse past the limit. */
 int climit_enter(const char *addr, int limit)
 {
 	pthread_once(&cl_once, cl_init);
-	unsigned h = cl_hash(addr);
+	unsigned h = hash_str32(addr);
 	struct cl_shard *sh = &cl_shards[h % CL_SHARDS];
 	struct cl_entry **pp = &sh->b[(h / CL_SHARDS) % CL_BUCKETS];
 	int n;
@@ -80,7 +72,7 @@ int climit_enter(const char *addr, int limit)
 void climit_leave(const char *addr)
 {
 	pthread_once(&cl_once, cl_init);
-	unsigned h = cl_hash(addr);
+	unsigned h = hash_str32(addr);
 	struct cl_shard *sh = &cl_shards[h % CL_SHARDS];
 	struct cl_entry **pp = &sh->b[(h / CL_SHARDS) % CL_BUCKETS];
 	pthread_mutex_lock(&sh->mu);

@@ -9,6 +9,7 @@
  * minute, so memory stays bounded by the clients of the last minute.
  */
 #include "crate.h"
+#include "hash.h"
 #include "log.h"
 
 #include <pthread.h>
@@ -40,15 +41,6 @@ static void cr_init(void)
 		pthread_mutex_init(&cr_shards[i].mu, NULL);
 }
 
-/* cr_hash - FNV-1a. */
-static unsigned cr_hash(const char *s)
-{
-	unsigned h = 2166136261u;
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
-}
-
 /* cr_sweep - drop the entries of minutes before `minute`. */
 static void cr_sweep(struct cr_shard *sh, uint64_t minute)
 {
@@ -69,7 +61,7 @@ static void cr_sweep(struct cr_shard *sh, uint64_t minute)
 int crate_hit(const char *addr, int limit, uint64_t minute)
 {
 	pthread_once(&cr_once, cr_init);
-	unsigned h = cr_hash(addr);
+	unsigned h = hash_str32(addr);
 	struct cr_shard *sh = &cr_shards[h % CR_SHARDS];
 	struct cr_entry **pp = &sh->b[(h / CR_SHARDS) % CR_BUCKETS];
 	int n;

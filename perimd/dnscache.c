@@ -10,6 +10,7 @@
  */
 #include "dnscache.h"
 #include "dns.h"
+#include "hash.h"
 #include "log.h"
 #include "stats.h"
 
@@ -64,17 +65,6 @@ static void shards_init(void)
 	shards = xcalloc(DNSCACHE_SHARDS, sizeof *shards);
 	for (int i = 0; i < DNSCACHE_SHARDS; i++)
 		pthread_mutex_init(&shards[i].mu, NULL);
-}
-
-/* key_hash - FNV-1a, 64 bits. */
-static uint64_t key_hash(const char *k)
-{
-	uint64_t h = 1469598103934665603ULL;
-	for (; *k; k++) {
-		h ^= (unsigned char)*k;
-		h *= 1099511628211ULL;
-	}
-	return h;
 }
 
 /* dnscache_configure - new bounds. */
@@ -144,7 +134,7 @@ static struct centry *find(struct shard *s, uint64_t h, const char *key)
 const struct dns_result *dnscache_get(const char *key)
 {
 	pthread_once(&shards_once, shards_init);
-	uint64_t h = key_hash(key);
+	uint64_t h = hash_str64(key);
 	struct shard *s = &shards[(h >> 32) % DNSCACHE_SHARDS];
 	const struct dns_result *r = NULL;
 	uint64_t now = now_ms();
@@ -185,7 +175,7 @@ void dnscache_put(const char *key, const struct dns_result *res)
 		return;
 	/* Each shard gets its share, at least one entry. */
 	size_t per = (size_t)((size + DNSCACHE_SHARDS - 1) / DNSCACHE_SHARDS);
-	uint64_t h = key_hash(key);
+	uint64_t h = hash_str64(key);
 	struct shard *s = &shards[(h >> 32) % DNSCACHE_SHARDS];
 	size_t kl = strlen(key);
 	struct centry *ne = xmalloc(sizeof *ne + kl + 1);
@@ -211,7 +201,7 @@ void dnscache_put(const char *key, const struct dns_result *res)
 /* dnscache_shard - see dnscache.h. */
 int dnscache_shard(const char *key)
 {
-	return (int)((key_hash(key) >> 32) % DNSCACHE_SHARDS);
+	return (int)((hash_str64(key) >> 32) % DNSCACHE_SHARDS);
 }
 
 /* dnscache_count - entries held now (summed without a global lock). */

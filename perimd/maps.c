@@ -27,6 +27,7 @@
  */
 #include "maps.h"
 #include "ev.h"
+#include "hash.h"
 #include "jobs.h"
 #include "log.h"
 #include "maps_ldap.h"
@@ -100,21 +101,10 @@ struct map {
 	int ncache;
 };
 
-/* key_hash - FNV-1a over the n bytes of key, folded to lower case. */
-static uint32_t key_hash(const char *key, size_t n)
-{
-	uint32_t h = 2166136261u;
-	for (size_t i = 0; i < n; i++) {
-		h ^= (uint32_t)tolower((unsigned char)key[i]);
-		h *= 16777619u;
-	}
-	return h;
-}
-
 /* map_find - the entry for the n bytes at key (any case), or NULL. */
 static struct map_entry *map_find(const struct map *m, const char *key, size_t n)
 {
-	uint32_t h = key_hash(key, n);
+	uint32_t h = hash_lower32(key, n);
 	for (struct map_entry *e = m->buckets[h & (m->nbuckets - 1)]; e; e = e->next)
 		if (e->hash == h && e->klen == n && strncasecmp(e->key, key, n) == 0)
 			return e;
@@ -171,7 +161,7 @@ static void map_add(struct map *m, const char *path, int line, const char *text)
 		*k = (char)tolower((unsigned char)*k);
 	e->value = xstrdup(v);
 	e->line = line;
-	e->hash = key_hash(e->key, kn);
+	e->hash = hash_lower32(e->key, kn);
 	e->klen = (uint32_t)kn;
 	e->next = m->buckets[e->hash & (m->nbuckets - 1)];
 	m->buckets[e->hash & (m->nbuckets - 1)] = e;
@@ -651,7 +641,7 @@ static uint64_t mono_ms(void)
 /* cache_hash - FNV-1a of the kind and the (lower-cased) key. */
 static uint32_t cache_hash(enum map_kind kind, const char *key)
 {
-	return key_hash(key, strlen(key)) ^ (uint32_t)kind * 2654435761u;
+	return hash_lower32(key, strlen(key)) ^ (uint32_t)kind * 2654435761u;
 }
 
 /* cache_get - a live cached answer for (kind, key): 1 with result/val. */

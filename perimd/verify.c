@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "conf.h"
+#include "hash.h"
 #include "log.h"
 #include "verify.h"
 
@@ -95,9 +96,9 @@ static void addr_copy(const char *a, char *key, size_t *n)
  * into key (addr_copy); its hash, or 0 with key "" when it does not fit. */
 static uint64_t verify_key(int kind, const char *sender, const char *rcpt, char *key, size_t keylen)
 {
-	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+	uint64_t h;
 	size_t rl = strlen(rcpt), sl = kind == KIND_PAIR ? strlen(sender) + 1 : 0;
-	size_t i, n = 0;
+	size_t n = 0;
 
 	if (1 + rl + sl + 1 > keylen) {
 		key[0] = '\0';
@@ -110,10 +111,7 @@ static uint64_t verify_key(int kind, const char *sender, const char *rcpt, char 
 		addr_copy(sender, key, &n);
 	}
 	key[n] = '\0';
-	for (i = 0; i < n; i++) {
-		h ^= (unsigned char)key[i];
-		h *= 1099511628211ULL;
-	}
+	h = hash_mem64(key, n);
 	return h ? h : 1;
 }
 
