@@ -86,14 +86,6 @@ static const struct {
 };
 static uint64_t incomplete[LIM_N]; /* atomic */
 
-/* av_mono_ms - monotonic milliseconds. */
-uint64_t av_mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* av_kind_parse - the kind of av_scanner, and clamd's address. */
 enum av_kind av_kind_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len)
 {

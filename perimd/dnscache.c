@@ -10,6 +10,7 @@
  */
 #include "dnscache.h"
 #include "dns.h"
+#include "clock.h"
 #include "hash.h"
 #include "log.h"
 #include "stats.h"
@@ -44,19 +45,11 @@ static pthread_once_t shards_once = PTHREAD_ONCE_INIT;
 static long long lim_size = 100000, lim_min = 30000, lim_max = 86400000;
 static uint64_t (*clock_fn)(void);
 
-/* real_now - CLOCK_MONOTONIC in ms. */
-static uint64_t real_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* now_ms - the cache's clock (fake in tests). */
 static uint64_t now_ms(void)
 {
 	uint64_t (*f)(void) = __atomic_load_n(&clock_fn, __ATOMIC_ACQUIRE);
-	return f ? f() : real_now();
+	return f ? f() : clock_coarse_ms();
 }
 
 /* shards_init - allocate the shards once. */

@@ -14,6 +14,7 @@
  *   http_server_stop(); nothing outlives the loop.
  */
 #include "http.h"
+#include "clock.h"
 #include "conn.h"
 #include "ev.h"
 #include "log.h"
@@ -296,19 +297,11 @@ void http_server_stop(struct ev_loop *loop)
 
 /* ---- the client --------------------------------------------------------- */
 
-/* mono_ms - a monotonic clock for the client's deadline. */
-static long long mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* wait_fd - poll one fd until the deadline; 0 ready, -1 timeout/error. */
 static int wait_fd(int fd, short ev, long long deadline)
 {
 	for (;;) {
-		long long left = deadline - mono_ms();
+		long long left = deadline - clock_ms();
 		if (left <= 0)
 			return -1;
 		struct pollfd p = { .fd = fd, .events = ev };
@@ -341,7 +334,7 @@ int http_get(const char *addr, const char *path, int timeout_ms, int *status, st
 		if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
 			a->sin6_addr = in6addr_loopback;
 	}
-	long long deadline = mono_ms() + timeout_ms;
+	long long deadline = clock_ms() + timeout_ms;
 	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		snprintf(err, errlen, "socket: %s", strerror(errno));

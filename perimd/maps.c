@@ -26,6 +26,7 @@
  * answer comes back through ev_defer. Lookup failures are never cached.
  */
 #include "maps.h"
+#include "clock.h"
 #include "ev.h"
 #include "hash.h"
 #include "jobs.h"
@@ -630,14 +631,6 @@ struct map_req {
 	char err[256];
 };
 
-/* mono_ms - monotonic milliseconds (the cache is shared by all loops). */
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* cache_hash - FNV-1a of the kind and the (lower-cased) key. */
 static uint32_t cache_hash(enum map_kind kind, const char *key)
 {
@@ -648,7 +641,7 @@ static uint32_t cache_hash(enum map_kind kind, const char *key)
 static int cache_get(struct map *m, enum map_kind kind, const char *key, int *result, char *val, size_t vallen)
 {
 	uint32_t h = cache_hash(kind, key) % CACHE_BUCKETS;
-	uint64_t now = mono_ms();
+	uint64_t now = clock_ms();
 	int hit = 0;
 	pthread_mutex_lock(&m->cache_mu);
 	for (struct cache_entry *e = m->cache[h]; e; e = e->next)
@@ -673,7 +666,7 @@ static void cache_put(struct map *m, enum map_kind kind, const char *key, int re
 	uint32_t h = cache_hash(kind, key) % CACHE_BUCKETS;
 	size_t kn = strlen(key);
 	struct cache_entry *e = xmalloc(sizeof *e + kn + 2);
-	e->expires = mono_ms() + (uint64_t)ttl;
+	e->expires = clock_ms() + (uint64_t)ttl;
 	e->result = result;
 	e->value = xstrdup(val);
 	e->key[0] = (char)kind;

@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "conf.h"
+#include "clock.h"
 #include "hash.h"
 #include "log.h"
 #include "verify.h"
@@ -68,12 +69,9 @@ void verify_set_clock(uint64_t (*now_ms)(void))
 /* verify_now - monotonic milliseconds (or the test clock). */
 static uint64_t verify_now(void)
 {
-	struct timespec ts;
-
 	if (verify_clock)
 		return verify_clock();
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return clock_ms();
 }
 
 /* Key kinds: a recipient alone, or a (sender, recipient) pair. */
