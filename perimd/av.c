@@ -200,15 +200,9 @@ void av_render_metrics(struct strbuf *out)
 		  "# TYPE perimd_viruses_total counter\n");
 	pthread_mutex_lock(&names_mu);
 	for (int i = 0; i < nnames; i++) {
-		char esc[2 * SCANNER_NAME_MAX + 1];
-		size_t k = 0;
-		for (const char *p = names[i].name; *p && k < sizeof esc - 3; p++) {
-			if (*p == '\\' || *p == '"')
-				esc[k++] = '\\';
-			esc[k++] = *p == '\n' ? 'n' : *p;
-		}
-		esc[k] = 0;
-		sb_printf(out, "perimd_viruses_total{name=\"%s\"} %llu\n", esc, (unsigned long long)names[i].n);
+		sb_add(out, "perimd_viruses_total{name=\"", strlen("perimd_viruses_total{name=\""));
+		stats_escape_label(out, names[i].name);
+		sb_printf(out, "\"} %llu\n", (unsigned long long)names[i].n);
 	}
 	pthread_mutex_unlock(&names_mu);
 	static const char *const le[] = { "0.01", "0.05", "0.1", "0.5", "1", "5", "30", "+Inf" };

@@ -177,17 +177,25 @@ static void hconn_free(struct hconn *h)
 	free(h);
 }
 
+/* http_response - see http.h. */
+void http_response(struct strbuf *out, int status, const char *ctype, const char *body, size_t len,
+		   int head_only)
+{
+	sb_printf(out,
+		  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+		  "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
+		  status, reason(status), ctype, len, status == 405 ? "Allow: GET, HEAD\r\n" : "");
+	if (!head_only && len)
+		sb_add(out, body, len);
+}
+
 /* respond - the whole answer, then close once it is flushed. */
 static void respond(struct hconn *h, int status, const char *ctype, const struct strbuf *body, int head_only)
 {
-	char hdr[512];
-	int n = snprintf(hdr, sizeof hdr,
-			 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-			 "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
-			 status, reason(status), ctype, body->len, status == 405 ? "Allow: GET, HEAD\r\n" : "");
-	conn_write(h->c, hdr, (size_t)n);
-	if (!head_only && body->len)
-		conn_write(h->c, body->p, body->len);
+	struct strbuf ans = { 0 };
+	http_response(&ans, status, ctype, body->p, body->len, head_only);
+	conn_write(h->c, ans.p, ans.len);
+	sb_free(&ans);
 	h->answered = 1;
 	conn_shutdown(h->c);
 }
