@@ -58,9 +58,9 @@ long long av_scan_time(const struct conf *cf)
 static void limits_format(const struct conf *cf, char *buf, size_t len)
 {
 	unsigned enc = 0;
-	if (!strcmp(cf->av_alert_encrypted, "archive") || !strcmp(cf->av_alert_encrypted, "yes"))
+	if (cf->av_alert_encrypted_e == AV_ENC_ARCHIVE || cf->av_alert_encrypted_e == AV_ENC_YES)
 		enc |= SCANNER_ENC_ARCHIVE;
-	if (!strcmp(cf->av_alert_encrypted, "document") || !strcmp(cf->av_alert_encrypted, "yes"))
+	if (cf->av_alert_encrypted_e == AV_ENC_DOCUMENT || cf->av_alert_encrypted_e == AV_ENC_YES)
 		enc |= SCANNER_ENC_DOC;
 	long long st = av_scan_time(cf);
 	if (st >= cf->av_timeout) /* refused by -t; a reload may bring it */
