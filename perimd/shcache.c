@@ -96,12 +96,18 @@ static void entry_drop(struct shcache *c, struct shc_shard *s, struct shc_entry 
 	free(e);
 }
 
-/* shard_make_room - before adding to a full shard: drop the expired
- * entries, then, with evict, the oldest until there is room. */
+/* shard_make_room - before adding to a full shard: with evict, drop the
+ * oldest until there is room (O(1) each, expired or not); without, sweep
+ * the expired entries (O(shard)) and grow if none were. */
 static void shard_make_room(struct shcache *c, struct shc_shard *s, uint64_t now)
 {
 	if (!c->cf.max || s->count < c->cf.max)
 		return;
+	if (c->cf.evict) {
+		while (s->count >= c->cf.max && s->oldest)
+			entry_drop(c, s, NULL, s->oldest);
+		return;
+	}
 	for (unsigned i = 0; i < c->cf.buckets; i++)
 		for (struct shc_entry **pp = &s->b[i]; *pp;) {
 			struct shc_entry *e = *pp;
@@ -110,8 +116,6 @@ static void shard_make_room(struct shcache *c, struct shc_shard *s, uint64_t now
 			else
 				pp = &e->chain;
 		}
-	while (c->cf.evict && s->count >= c->cf.max && s->oldest)
-		entry_drop(c, s, NULL, s->oldest);
 }
 
 /* find - key's entry in s (chain slot in *ppp), expired or not, or NULL. */

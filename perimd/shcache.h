@@ -9,8 +9,9 @@
  * insertion, or of use with touch). An entry whose expiry (in the caller's
  * units of now; 0 = never) is <= now is absent: a lookup does not see it
  * and an update starts it again, zeroed. A shard that holds max entries
- * drops its expired ones before adding; if it is still full it drops its
- * oldest (evict) or grows (no evict: the caller bounds it). Values are
+ * makes room before adding: with evict it drops its oldest (a bounded
+ * cache, O(1)); without, it sweeps its expired entries and grows when none
+ * were (a table whose entries all expire, like crate's minutes). Values are
  * changed only inside the update callback, under the shard's lock; the
  * callback must not call into the same cache.
  */
@@ -27,7 +28,7 @@ struct shcache_conf {
 	unsigned buckets; /* chains per shard, > 0 */
 	size_t valsize;   /* bytes of each value (zeroed when created) */
 	size_t max;       /* entries per shard before a sweep; 0 = no bound */
-	int evict;        /* full after the sweep: 1 drop the oldest, 0 grow */
+	int evict;        /* full: 1 drop the oldest, 0 sweep the expired, or grow */
 	int touch;        /* 1: an update makes the entry the newest (LRU) */
 };
 

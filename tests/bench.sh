@@ -38,7 +38,8 @@
 #                           prints per size msg/s and perimd CPU ms/msg (all threads,
 #                           from /proc/PID/task/*/schedstat) of each, summed over the
 #                           rounds, and the ratios NEW/OLD (> 1 msg/s, < 1 CPU: NEW is
-#                           better), with the spread of the per-round CPU ratios
+#                           better), with the spread of the per-round CPU ratios;
+#                           AB_CACHE=DIR keeps the binaries (DIR/COMMIT/perimd) for reuse
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -280,13 +281,25 @@ EXTRA_CONF=()
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ t += $1 } END { printf "%d", t }'; }
 
 # ab_build REV TAG - the dev binary of git revision REV, built in a
-# temporary worktree; prints its path.
+# temporary worktree; prints its path. With AB_CACHE=DIR, binaries are kept
+# as DIR/COMMIT/perimd and reused.
 ab_build() {
-	local t=$WORK/tree-$2
+	local t=$WORK/tree-$2 sha
+	sha=$(git -C "$ROOT" rev-parse "$1^{commit}") || exit 1
+	if [ -n "${AB_CACHE:-}" ] && [ -x "$AB_CACHE/$sha/perimd" ]; then
+		echo "$AB_CACHE/$sha/perimd"
+		return
+	fi
 	git -C "$ROOT" worktree add --detach "$t" "$1" >/dev/null 2>&1 || { echo "bench ab: cannot check out $1" >&2; exit 1; }
 	AB_TREES+=("$t")
 	make -s -C "$t/perimd" -j"$(nproc)" BUILD="$t/build/dev" "$t/build/dev/perimd" >"$WORK/build-$2.log" 2>&1 ||
 		{ tail -20 "$WORK/build-$2.log" >&2; echo "bench ab: build of $1 failed" >&2; exit 1; }
+	if [ -n "${AB_CACHE:-}" ]; then
+		mkdir -p "$AB_CACHE/$sha"
+		cp "$t/build/dev/perimd" "$AB_CACHE/$sha/perimd"
+		echo "$AB_CACHE/$sha/perimd"
+		return
+	fi
 	echo "$t/build/dev/perimd"
 }
 

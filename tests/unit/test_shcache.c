@@ -70,8 +70,9 @@ TEST(test_expiry)
 	shcache_free(c);
 }
 
-/* test_bound - one shard of max 3: sweep the expired first, then evict
- * the oldest; with touch the least recently used; without evict, grow. */
+/* test_bound - one shard of max 3: evict the oldest (by insertion; with
+ * touch the least recently used); without evict, sweep the expired, and
+ * grow when nothing expired. */
 TEST(test_bound)
 {
 	struct shcache_conf cf = { .shards = 1, .buckets = 2, .valsize = sizeof(int), .max = 3, .evict = 1 };
@@ -80,13 +81,26 @@ TEST(test_bound)
 	shcache_update(c, "a", 0, 1, add, live);
 	shcache_update(c, "b", 0, 1, add, dying);
 	shcache_update(c, "c", 0, 1, add, live);
-	shcache_update(c, "d", 60, 1, add, live); /* b expired: swept */
+	shcache_update(c, "a", 0, 1, add, live);  /* no touch: a stays oldest */
+	shcache_update(c, "d", 60, 1, add, live); /* a evicted */
 	CHECK_INT(shcache_count(c), 3);
-	CHECK_INT(val(c, "a", 60), 1);
-	shcache_update(c, "e", 60, 1, add, live); /* a is the oldest */
 	CHECK_INT(val(c, "a", 60), -1);
+	CHECK_INT(val(c, "b", 60), -1); /* expired */
 	CHECK_INT(val(c, "c", 60), 1);
 	shcache_free(c);
+
+	cf.evict = 0;
+	c = shcache_new(&cf);
+	shcache_update(c, "a", 0, 1, add, live);
+	shcache_update(c, "b", 0, 1, add, dying);
+	shcache_update(c, "c", 0, 1, add, live);
+	shcache_update(c, "d", 60, 1, add, live); /* b swept */
+	CHECK_INT(shcache_count(c), 3);
+	CHECK_INT(val(c, "a", 60), 1);
+	shcache_update(c, "e", 60, 1, add, live); /* nothing expired: grows */
+	CHECK_INT(shcache_count(c), 4);
+	shcache_free(c);
+	cf.evict = 1;
 
 	cf.touch = 1;
 	c = shcache_new(&cf);
