@@ -13,17 +13,10 @@ import time
 
 import pytest
 
-from harness import PERIMD_BIN, Client, free_port
+from harness import PERIMD_BIN, free_port
+from test_deploy import banner, rewrite_conf
 
 WARN = "changed value takes effect after restart"
-
-
-def rewrite_conf(p, **changes):
-    """Rewrite p's config file with some parameters changed or added."""
-    p.params.update(changes)
-    with open(p.conf_path, "w") as f:
-        for k, v in p.params.items():
-            f.write("%s = %s\n" % (k, v))
 
 
 def hup_and_wait(p, n, timeout=20):
@@ -33,11 +26,6 @@ def hup_and_wait(p, n, timeout=20):
     while p.log_text().count("configuration reloaded") < n:
         assert time.monotonic() < deadline, "reload %d never logged:\n%s" % (n, p.log_text()[-2000:])
         time.sleep(0.05)
-
-
-def banner(port):
-    with Client(port) as c:
-        return c.banner
 
 
 def test_sighup_warns_restart_only_changes(perimd_factory):
