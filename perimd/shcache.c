@@ -93,6 +93,8 @@ static void entry_drop(struct shcache *c, struct shc_shard *s, struct shc_entry 
 	*pp = e->chain;
 	age_unlink(s, e);
 	s->count--;
+	if (c->cf.drop)
+		c->cf.drop(e->data);
 	free(e);
 }
 
@@ -101,10 +103,11 @@ static void entry_drop(struct shcache *c, struct shc_shard *s, struct shc_entry 
  * the expired entries (O(shard)) and grow if none were. */
 static void shard_make_room(struct shcache *c, struct shc_shard *s, uint64_t now)
 {
-	if (!c->cf.max || s->count < c->cf.max)
+	size_t max = __atomic_load_n(&c->cf.max, __ATOMIC_RELAXED);
+	if (!max || s->count < max)
 		return;
 	if (c->cf.evict) {
-		while (s->count >= c->cf.max && s->oldest)
+		while (s->count >= max && s->oldest)
 			entry_drop(c, s, NULL, s->oldest);
 		return;
 	}
@@ -161,6 +164,8 @@ int shcache_update(struct shcache *c, const char *key, uint64_t now, int create,
 			entry_drop(c, s, pp, e);
 			e = NULL;
 		} else {
+			if (c->cf.drop)
+				c->cf.drop(e->data);
 			memset(e->data, 0, c->cf.valsize);
 			e->expires = 0;
 			fresh = 1;
@@ -219,6 +224,18 @@ int shcache_del(struct shcache *c, const char *key)
 		entry_drop(c, s, pp, e);
 	pthread_mutex_unlock(&s->mu);
 	return e != NULL;
+}
+
+/* shcache_set_max - see shcache.h. */
+void shcache_set_max(struct shcache *c, size_t max)
+{
+	__atomic_store_n(&c->cf.max, max, __ATOMIC_RELAXED);
+}
+
+/* shcache_shard - see shcache.h. */
+unsigned shcache_shard(const struct shcache *c, const char *key)
+{
+	return hash_str32(key) % c->cf.shards;
 }
 
 /* shcache_count - see shcache.h. */

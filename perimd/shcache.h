@@ -30,6 +30,9 @@ struct shcache_conf {
 	size_t max;       /* entries per shard before a sweep; 0 = no bound */
 	int evict;        /* full: 1 drop the oldest, 0 sweep the expired, or grow */
 	int touch;        /* 1: an update makes the entry the newest (LRU) */
+	/* drop: called with the value of each entry as it goes (dropped,
+	 * evicted, expired, cleared), under the shard's lock; NULL = none */
+	void (*drop)(void *val);
 };
 
 /* What an update callback leaves behind. */
@@ -53,6 +56,11 @@ int shcache_update(struct shcache *c, const char *key, uint64_t now, int create,
 int shcache_get(struct shcache *c, const char *key, uint64_t now, void *out);
 /* shcache_del - drop key's entry; 1 if there was one. */
 int shcache_del(struct shcache *c, const char *key);
+/* shcache_set_max - a new bound per shard (0 = none), applied as entries
+ * are added. */
+void shcache_set_max(struct shcache *c, size_t max);
+/* shcache_shard - the shard key falls in (for tests). */
+unsigned shcache_shard(const struct shcache *c, const char *key);
 /* shcache_count - entries held now, expired ones included. */
 size_t shcache_count(struct shcache *c);
 /* shcache_clear - drop every entry. */
