@@ -127,6 +127,41 @@ TEST(test_bound)
 	shcache_free(c);
 }
 
+static int drops;
+
+/* count_drop - drop callback: count the values that went. */
+static void count_drop(void *val)
+{
+	drops += *(int *)val;
+}
+
+/* test_drop_max - every value that goes meets the drop callback once
+ * (deleted, evicted, expired and restarted, cleared); a lowered bound
+ * applies at the next add. */
+TEST(test_drop_max)
+{
+	struct shcache_conf cf = { .shards = 1, .buckets = 4, .valsize = sizeof(int), .max = 4, .evict = 1 };
+	cf.drop = count_drop;
+	struct shcache *c = shcache_new(&cf);
+	int one[2] = { 1, 0 }, short_lived[2] = { 1, 10 };
+	drops = 0;
+	shcache_update(c, "a", 0, 1, add, one);
+	shcache_update(c, "b", 0, 1, add, short_lived);
+	shcache_update(c, "c", 0, 1, add, one);
+	CHECK_INT(shcache_del(c, "a"), 1);
+	CHECK_INT(drops, 1);
+	shcache_update(c, "b", 20, 1, add, one); /* expired: restarted from 0 */
+	CHECK_INT(drops, 2);
+	CHECK_INT(val(c, "b", 20), 1);
+	shcache_set_max(c, 1);
+	shcache_update(c, "d", 20, 1, add, one); /* evicts c and b */
+	CHECK_INT(drops, 4);
+	CHECK_INT(shcache_count(c), 1);
+	CHECK(shcache_shard(c, "d") == 0);
+	shcache_free(c);
+	CHECK_INT(drops, 5);
+}
+
 static struct shcache *shared;
 
 /* counter - 4 threads add 1 to 16 keys, 2000 times each. */
@@ -191,6 +226,7 @@ int main(void)
 	RUN(test_basic);
 	RUN(test_expiry);
 	RUN(test_bound);
+	RUN(test_drop_max);
 	RUN(test_threads);
 	RUN(test_climit_crate);
 	return t_done();
