@@ -281,13 +281,13 @@ EXTRA_CONF=()
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ t += $1 } END { printf "%d", t }'; }
 
 # ab_build REV TAG - the dev binary of git revision REV, built in a
-# temporary worktree; prints its path. With AB_CACHE=DIR, binaries are kept
-# as DIR/COMMIT/perimd and reused.
+# temporary worktree (removed at exit); its path in AB_BIN[TAG]. With
+# AB_CACHE=DIR, binaries are kept as DIR/COMMIT/perimd and reused.
 ab_build() {
 	local t=$WORK/tree-$2 sha
 	sha=$(git -C "$ROOT" rev-parse "$1^{commit}") || exit 1
 	if [ -n "${AB_CACHE:-}" ] && [ -x "$AB_CACHE/$sha/perimd" ]; then
-		echo "$AB_CACHE/$sha/perimd"
+		AB_BIN[$2]=$AB_CACHE/$sha/perimd
 		return
 	fi
 	git -C "$ROOT" worktree add --detach "$t" "$1" >/dev/null 2>&1 || { echo "bench ab: cannot check out $1" >&2; exit 1; }
@@ -297,10 +297,10 @@ ab_build() {
 	if [ -n "${AB_CACHE:-}" ]; then
 		mkdir -p "$AB_CACHE/$sha"
 		cp "$t/build/dev/perimd" "$AB_CACHE/$sha/perimd"
-		echo "$AB_CACHE/$sha/perimd"
+		AB_BIN[$2]=$AB_CACHE/$sha/perimd
 		return
 	fi
-	echo "$t/build/dev/perimd"
+	AB_BIN[$2]=$t/build/dev/perimd
 }
 
 # ab_run TAG SIZE - one round on perimd TAG: appends "secs cpu_ns" to a file.
@@ -317,8 +317,8 @@ ab_bench() {
 	local old=${1:?usage: bench.sh ab OLD NEW} new=${2:?usage: bench.sh ab OLD NEW} tag r s first second
 	AB_CONC=${AB_CONC:-10} AB_MSGS=${AB_MSGS:-2000} AB_REPS=${AB_REPS:-5} AB_SIZES=${AB_SIZES:-"512 102400"}
 	declare -gA AB_PORT AB_PID AB_BIN
-	AB_BIN[old]=$(ab_build "$old" old)
-	AB_BIN[new]=$(ab_build "$new" new)
+	ab_build "$old" old
+	ab_build "$new" new
 	echo "perimd bench ab: OLD=$old ($(git -C "$ROOT" rev-parse --short "$old")) NEW=$new ($(git -C "$ROOT" rev-parse --short "$new")); $AB_REPS rounds x $AB_MSGS messages x $AB_CONC sessions, sizes $AB_SIZES, on $(nproc) CPUs"
 	start_sink
 	for tag in old new; do
