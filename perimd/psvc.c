@@ -371,7 +371,8 @@ static int prepend_add(struct psvc_txn *t, const char *h)
 struct preq;
 
 struct pconn {
-	struct pconn *next; /* on the idle list */
+	struct pconn *next;  /* on the idle list */
+	struct pconn *anext; /* on the pool's list of all */
 	struct pool *pool;
 	struct conn *conn;
 	struct preq *req; /* the request it answers, or NULL */
@@ -394,6 +395,7 @@ struct pool {
 	struct sockaddr_storage sa;
 	socklen_t salen;
 	struct pconn *idle;
+	struct pconn *all;                  /* every open one (freed at shutdown) */
 	int nconn;                          /* open: idle, busy or connecting */
 	struct preq *wait_head, *wait_tail; /* requests waiting for one */
 };
@@ -425,7 +427,6 @@ struct preq {
 	/* what the answers so far leave pending */
 	int has_dip, has_dir;
 	char dip[512], dir[512];
-	int dip_code;
 };
 
 static void try_start(struct preq *q);
@@ -479,14 +480,26 @@ static void idle_unlink(struct pconn *pc)
 
 static void pool_kick(struct pool *p);
 
+/* pconn_drop - close and free a connection (off every list). */
+static void pconn_drop(struct pconn *pc)
+{
+	struct pool *p = pc->pool;
+	idle_unlink(pc);
+	for (struct pconn **pp = &p->all; *pp; pp = &(*pp)->anext)
+		if (*pp == pc) {
+			*pp = pc->anext;
+			break;
+		}
+	conn_free(pc->conn);
+	p->nconn--;
+	free(pc);
+}
+
 /* pconn_close - close a connection; waiting requests may open another. */
 static void pconn_close(struct pconn *pc)
 {
 	struct pool *p = pc->pool;
-	idle_unlink(pc);
-	conn_free(pc->conn);
-	p->nconn--;
-	free(pc);
+	pconn_drop(pc);
 	pool_kick(p);
 }
 
@@ -504,6 +517,8 @@ static struct pconn *pconn_open(struct pool *p, const struct conf *cf)
 		return NULL;
 	}
 	p->nconn++;
+	pc->anext = p->all;
+	p->all = pc;
 	return pc;
 }
 
@@ -559,10 +574,7 @@ static void acquire(struct preq *q)
 	while (p->idle) {
 		struct pconn *pc = p->idle;
 		if (ev_now(p->pl->loop) - pc->born >= (uint64_t)q->cf->smtpd_policy_service_max_ttl) {
-			idle_unlink(pc);
-			conn_free(pc->conn);
-			p->nconn--;
-			free(pc);
+			pconn_drop(pc);
 			continue;
 		}
 		attach(q, pc);
@@ -715,12 +727,8 @@ void psvc_loop_shutdown(struct ev_loop *loop)
 	while (pl->pools) {
 		struct pool *p = pl->pools;
 		pl->pools = p->next;
-		while (p->idle) {
-			struct pconn *pc = p->idle;
-			p->idle = pc->next;
-			conn_free(pc->conn);
-			free(pc);
-		}
+		while (p->all) /* idle ones, and any a cancelled request left */
+			pconn_drop(p->all);
 		free(p->name);
 		free(p);
 	}
@@ -827,12 +835,15 @@ static void count(const struct preq *q, const char *result)
 #define LOG_CTX(q, what) \
 	(q)->env->session_id, (q)->sc->v[(q)->svc].name, (what), (q)->env->sender, (q)->env->rcpt
 
-/* apply - one service's action. 1 = decided (v filled), 0 = ask the next. */
-static int apply(struct preq *q, const char *action, int failed, struct policy_verdict *v)
+/* apply - one service's action (how = ANS_*). 1 = decided (v filled),
+ * 0 = ask the next. */
+enum { ANS_ANSWER, ANS_FAILED, ANS_CACHED };
+static int apply(struct preq *q, const char *action, int how, struct policy_verdict *v)
 {
 	struct psvc_action a;
 	psvc_action_parse(action, q->env->rcpt, &a);
-	count(q, failed ? "failed" : a.name);
+	if (how != ANS_CACHED) /* the cached one was counted when it came */
+		count(q, how == ANS_FAILED ? "failed" : a.name);
 	switch (a.kind) {
 	case PSVC_DUNNO: return 0;
 	case PSVC_OK:
@@ -925,7 +936,7 @@ static enum policy_step run(struct preq *q, struct policy_verdict *v)
 			return STEP_ASYNC;
 		}
 		stats_inc(ST_psvc_cached);
-		if (apply(q, cached, 0, v)) {
+		if (apply(q, cached, ANS_CACHED, v)) {
 			preq_free(q);
 			return STEP_DECIDED;
 		}
@@ -942,7 +953,7 @@ static void answer(struct preq *q, const char *action, int failed)
 	if (!failed)
 		cache_add(q->tx, q->svc, q->text, action);
 	enum policy_step st;
-	if (apply(q, action, failed, &v)) {
+	if (apply(q, action, failed ? ANS_FAILED : ANS_ANSWER, &v)) {
 		preq_free(q);
 		st = STEP_DECIDED;
 	} else {

@@ -95,11 +95,15 @@ class PolicyServer:
     the connection it came on) is recorded; decide(req) gives the action,
     after `delay` seconds. Runs in threads of the test process."""
 
-    def __init__(self, decide, delay=0.0):
+    def __init__(self, decide, delay=0.0, close_after=False):
         self.decide = decide
         self.delay = delay
+        # close_after: a connection answers one request; the next one sent
+        # on it finds it closed (as a service that dropped an idle client)
+        self.close_after = close_after
         self.requests = []
         self.connections = 0
+        self.open_now = self.max_open = 0
         self.stopping = threading.Event()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -124,10 +128,21 @@ class PolicyServer:
                 self.connections += 1
                 no = self.connections
                 self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c, no), daemon=True).start()
+                self.open_now += 1
+                self.max_open = max(self.max_open, self.open_now)
+            threading.Thread(target=self._serve_counted, args=(c, no), daemon=True).start()
+
+    def _serve_counted(self, c, no):
+        try:
+            self._serve(c, no)
+        finally:
+            with self.lock:
+                self.open_now -= 1
+            c.close()
 
     def _serve(self, c, no):
         buf = b""
+        answered = 0
         c.settimeout(0.2)
         while not self.stopping.is_set():
             try:
@@ -141,6 +156,9 @@ class PolicyServer:
             buf += data
             while b"\n\n" in buf:
                 raw, buf = buf.split(b"\n\n", 1)
+                if self.close_after and answered:
+                    return
+                answered += 1
                 req = dict(line.split("=", 1) for line in raw.decode().split("\n"))
                 req["_conn"] = no
                 with self.lock:
@@ -176,8 +194,8 @@ def dnsmasq(tmp_path_factory):
 def servers():
     made = []
 
-    def make(decide, delay=0.0):
-        s = PolicyServer(decide, delay)
+    def make(decide, delay=0.0, close_after=False):
+        s = PolicyServer(decide, delay, close_after)
         made.append(s)
         return s
     yield make
@@ -281,7 +299,7 @@ def test_attributes_pooling_cache_prepend(perimd_factory, sink, dnsmasq, servers
     p.wait_log(r"%s: to=<pre@example.com>" % r["queue_id"])
     m = metrics(p)
     key = 'perimd_policy_service_requests_total{service="inet:127.0.0.1:%d",result="prepend"}' % srv.port
-    assert m.get(key) == 3, {k: v for k, v in m.items() if "policy_service" in k}
+    assert m.get(key) == 2, {k: v for k, v in m.items() if "policy_service" in k}
     assert m.get("perimd_policy_service_cached_total") == 1
 
 
@@ -378,6 +396,60 @@ def test_slow_service_timeout(perimd_factory, sink, dnsmasq, servers):
     assert 1.8 < took < 6, took
     p.wait_log(r"policy service inet:127.0.0.1:%d: timeout \(try 2 of 2\); default action" % slow.port)
     assert metrics(p).get('perimd_policy_service_errors_total{reason="timeout"}') == 2
+
+
+def test_cancelled_request_pool_limits(perimd_factory, sink, dnsmasq, servers):
+    """A client that leaves while its request is out: the answer still
+    comes, is dropped, and the connection serves the next request (one
+    connection allowed); concurrent sessions wait their turn for the
+    bounded connections."""
+    srv = servers(lambda r: "DUNNO", delay=0.8)
+    p = start(perimd_factory, sink, dnsmasq, "inet:127.0.0.1:%d" % srv.port,
+              smtpd_policy_service_connection_limit=2)
+    c = Client(p.port)
+    assert c.cmd("EHLO client.test")[0] == 250
+    assert c.cmd("MAIL FROM:<alice@sender.example>")[0] == 250
+    c.line("RCPT TO:<gone@example.com>")
+    assert wait_for(lambda: srv.asked("gone@example.com"), 5)
+    c.close()
+    p.wait_log(r"disconnect from \[127\.0\.0\.1\]")
+    box = []
+    ths = [threading.Thread(target=lambda i=i: box.append(session(p, ["u%d@example.com" % i])[0]))
+           for i in range(6)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(20)
+    assert box == [(250, "2.1.5 Ok")] * 6, box
+    assert srv.max_open <= 2 and srv.connections == 2, (srv.max_open, srv.connections)
+    assert len(srv.requests) == 7
+
+
+def test_connection_lifetime(perimd_factory, sink, dnsmasq, servers):
+    """smtpd_policy_service_request_limit and _max_idle close connections;
+    a pooled connection the service closed is replaced at once without
+    using up a try."""
+    srv = servers(lambda r: "DUNNO")
+    p = start(perimd_factory, sink, dnsmasq, "inet:127.0.0.1:%d" % srv.port,
+              smtpd_policy_service_request_limit=2, smtpd_policy_service_max_idle="1s")
+    for i in range(4):
+        assert session(p, ["a%d@example.com" % i])[0][0] == 250
+    assert srv.connections == 2, srv.connections
+    assert wait_for(lambda: srv.open_now == 0, 5)      # closed after 2 requests
+    assert session(p, ["b@example.com"])[0][0] == 250
+    assert srv.connections == 3
+    assert wait_for(lambda: srv.open_now == 0, 5)      # closed after max_idle
+    p.stop()
+    closer = servers(lambda r: "REJECT closer", close_after=True)
+    p2 = start(perimd_factory, sink, dnsmasq, "inet:127.0.0.1:%d" % closer.port,
+               smtpd_policy_service_try_limit=1)
+    for i in range(3):
+        r = session(p2, ["c%d@example.com" % i])[0]
+        assert r[0] == 554, r
+    assert closer.connections == 3 and len(closer.requests) == 3
+    m = metrics(p2)
+    assert m.get("perimd_policy_service_default_actions_total", 0) == 0
+    assert m.get('perimd_policy_service_errors_total{reason="closed"}', 0) == 0, m
 
 
 def test_unix_socket_and_bad_config(perimd_factory, sink, dnsmasq, tmp_path):
