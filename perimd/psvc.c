@@ -52,40 +52,52 @@ static void copy_value(const char *v, size_t vl, char *out, size_t alen)
 	out[n] = 0;
 }
 
+/* psvc_attr_next - see psvc.h. */
+int psvc_attr_next(const char *buf, size_t len, size_t *pos, size_t limit, const char **name, size_t *nlen,
+		   const char **value, size_t *vlen)
+{
+	const char *nl = memchr(buf + *pos, '\n', len - *pos);
+	if (!nl)
+		return len > limit ? PARSE_TOO_LONG : PARSE_AGAIN;
+	size_t end = (size_t)(nl - buf);
+	if (end + 1 > limit)
+		return PARSE_TOO_LONG;
+	size_t ll = end - *pos;
+	if (ll && buf[end - 1] == '\r')
+		ll--;
+	const char *line = buf + *pos;
+	*pos = end + 1;
+	*nlen = *vlen = 0;
+	if (ll == 0)
+		return PARSE_OK;
+	const char *eq = memchr(line, '=', ll);
+	if (memchr(line, 0, ll) || !eq || eq == line)
+		return PARSE_BAD;
+	*name = line;
+	*nlen = (size_t)(eq - line);
+	*value = eq + 1;
+	*vlen = ll - *nlen - 1;
+	return PARSE_OK;
+}
+
 /* psvc_reply_parse - see psvc.h. */
 int psvc_reply_parse(const char *buf, size_t len, char *action, size_t alen, size_t *used)
 {
-	size_t pos = 0;
-	int have = 0;
+	size_t pos = 0, nl, vl;
+	const char *n, *v;
+	int have = 0, rc;
 	action[0] = 0;
-	for (;;) {
-		const char *nl = memchr(buf + pos, '\n', len - pos);
-		if (!nl)
-			return len > PSVC_MAX_REPLY ? PARSE_TOO_LONG : PARSE_AGAIN;
-		size_t end = (size_t)(nl - buf);
-		if (end + 1 > PSVC_MAX_REPLY)
-			return PARSE_TOO_LONG;
-		size_t ll = end - pos;
-		if (ll && buf[end - 1] == '\r')
-			ll--;
-		const char *line = buf + pos;
-		pos = end + 1;
-		if (ll == 0) {
-			if (!have)
-				return PARSE_BAD;
+	while ((rc = psvc_attr_next(buf, len, &pos, PSVC_MAX_REPLY, &n, &nl, &v, &vl)) == PARSE_OK) {
+		if (nl == 0) { /* the empty line */
 			*used = pos;
-			return PARSE_OK;
+			return have ? PARSE_OK : PARSE_BAD;
 		}
-		if (memchr(line, 0, ll))
-			return PARSE_BAD;
-		const char *eq = memchr(line, '=', ll);
-		if (!eq || eq == line)
-			return PARSE_BAD;
-		if (eq - line == 6 && !memcmp(line, "action", 6)) {
-			copy_value(eq + 1, ll - 7, action, alen);
+		if (nl == 6 && !memcmp(n, "action", 6)) {
+			copy_value(v, vl, action, alen);
 			have = 1;
 		}
 	}
+	return rc;
 }
 
 /* dsn_take - an RFC 3463 code (class.subject.detail, 1-3 digits each) at

@@ -88,6 +88,16 @@ void psvc_loop_shutdown(struct ev_loop *loop);
 
 #define PSVC_MAX_REPLY 4096 /* an answer longer than this is a protocol error */
 
+/* psvc_attr_next - the next line of a Postfix attribute message
+ * ("name=value" lines, then an empty line) in buf[*pos..len), for the
+ * client here and the server (policyd.c): PARSE_OK, *pos moved past the
+ * line, with the name and value (not terminated; *nlen = 0 for the empty
+ * line that ends the message); PARSE_AGAIN (no line end yet, len <=
+ * limit); PARSE_TOO_LONG (the message runs past limit bytes); PARSE_BAD
+ * (no '=', an empty name, or a NUL). Lines end in LF or CRLF. */
+int psvc_attr_next(const char *buf, size_t len, size_t *pos, size_t limit, const char **name, size_t *nlen,
+		   const char **value, size_t *vlen);
+
 /* psvc_reply_parse - one answer from buf[0..len): PARSE_OK (the action
  * value, NUL-terminated and without control characters, in action, which
  * holds alen >= 2 bytes; *used = bytes through the empty line), PARSE_AGAIN,

@@ -231,6 +231,15 @@ def session(p, rcpts, sender="alice@sender.example", data=False, source=None, ma
         return replies, d
 
 
+def listening(port):
+    """Something accepts connections on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def metrics(p):
     url = "http://%s/metrics" % p.params["stats_listen"]
     text = urllib.request.urlopen(url, timeout=5).read().decode()
@@ -515,13 +524,7 @@ def test_postgrey(perimd_factory, sink, dnsmasq, tmp_path):
                              "--auto-whitelist-clients=0"],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
-        def up():
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-        assert wait_for(up, 20), open(tmp_path / "postgrey.log").read()
+        assert wait_for(lambda: listening(port), 20), open(tmp_path / "postgrey.log").read()
         p = start(perimd_factory, sink, dnsmasq, "check_policy_service inet:127.0.0.1:%d" % port)
         r = session(p, ["bob@example.com"])[0]
         assert r[0] == 450 and "Greylisted" in r[1], r
@@ -572,13 +575,7 @@ def test_policyd_spf(perimd_factory, sink, dnsmasq, tmp_path):
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=open(tmp_path / "socat.err", "wb"))
     try:
-        def up():
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-        assert wait_for(up, 10)
+        assert wait_for(lambda: listening(port), 10)
         p = start(perimd_factory, sink, dnsmasq, "inet:127.0.0.1:%d" % port)
         r = session(p, ["bob@example.com"], sender="someone@example.test", source="127.0.0.9")[0]
         assert r[0] == 550 and r[1].startswith("5.7.23 <bob@example.com>: Recipient address rejected:"), r
