@@ -240,10 +240,7 @@ static int service_addr(const char *item, struct psvc_service *s, char *err, siz
 	const char *hp = !strncasecmp(item, "inet:", 5) ? item + 5 : item;
 	const char *colon = strrchr(hp, ':');
 	if (!colon || colon == hp || !colon[1] || strchr(item, '{') || strchr(item, '}')) {
-		snprintf(err, errlen,
-			 "%s: not inet:HOST:PORT or unix:/path (per-service { } settings are "
-			 "not supported: use the smtpd_policy_service_* parameters)",
-			 item);
+		snprintf(err, errlen, "%s: not inet:HOST:PORT, HOST:PORT or unix:/path", item);
 		return -1;
 	}
 	char host[256];
@@ -268,6 +265,155 @@ static int service_addr(const char *item, struct psvc_service *s, char *err, siz
 	return 0;
 }
 
+/* default_action_valid - an action a default may be: NULL, or why not. */
+static const char *default_action_valid(const char *v)
+{
+	struct psvc_action a;
+	psvc_action_parse(v, "recipient", &a);
+	if (a.kind != PSVC_DUNNO && a.kind != PSVC_OK && a.kind != PSVC_REFUSE)
+		return "not DUNNO, OK, REJECT, DEFER or a 4NN/5NN reply";
+	return NULL;
+}
+
+/* Postfix's per-service settings, and where they go. */
+static const char *const setting_names[] = { "timeout",       "default_action", "max_idle",  "max_ttl",
+					     "request_limit", "retry_delay",    "try_limit", "policy_context" };
+#define NSETTINGS ((int)(sizeof setting_names / sizeof setting_names[0]))
+
+/* setting_at - the setting named at s ("name =" or "name="): its index,
+ * *val just past the '='; -1 when s starts no setting. */
+static int setting_at(const char *s, const char **val)
+{
+	for (int k = 0; k < NSETTINGS; k++) {
+		size_t n = strlen(setting_names[k]);
+		if (strncasecmp(s, setting_names[k], n))
+			continue;
+		const char *p = s + n;
+		while (*p == ' ')
+			p++;
+		if (*p == '=') {
+			*val = p + 1;
+			return k;
+		}
+	}
+	return -1;
+}
+
+/* setting_set - one "name = value" of a service's { } settings. */
+static int setting_set(struct psvc_service *s, int k, const char *v, char *err, size_t errlen)
+{
+	long long t = 0;
+	const char *why = NULL;
+	char *end = NULL;
+	if (k == 1) {
+		why = default_action_valid(v);
+		if (!why) {
+			free(s->default_action);
+			s->default_action = xstrdup(v);
+		}
+	} else if (k == 7) {
+		free(s->policy_context);
+		s->policy_context = xstrdup(v);
+	} else if (k == 4 || k == 6) {
+		t = strtoll(v, &end, 10);
+		if (!*v || *end || t < (k == 6 ? 1 : 0) || t > 1000000000)
+			why = k == 6 ? "not a number from 1" : "not a number from 0";
+		else
+			*(k == 4 ? &s->request_limit : &s->try_limit) = t;
+	} else if (conf_parse_time(v, &t) < 0 || t < (k == 5 ? 0 : 100)) {
+		why = "not a time (\"10s\", \"500ms\")";
+	} else {
+		long long *f[] = { &s->timeout, NULL, &s->max_idle, &s->max_ttl, NULL, &s->retry_delay };
+		*f[k] = t;
+	}
+	if (why)
+		snprintf(err, errlen, "%s: %s = %s: %s", s->name, setting_names[k], v, why);
+	return why ? -1 : 0;
+}
+
+/* psvc_settings_parse - see psvc.h. */
+int psvc_settings_parse(struct psvc_service *s, const char *text, char *err, size_t errlen)
+{
+	const char *p = text, *val;
+	while (*p == ' ')
+		p++;
+	if (!*p)
+		return 0;
+	int k = setting_at(p, &val);
+	if (k < 0) {
+		snprintf(err, errlen,
+			 "%s: unknown setting \"%s\" (timeout, default_action, max_idle, max_ttl, "
+			 "request_limit, retry_delay, try_limit, policy_context)",
+			 s->name, p);
+		return -1;
+	}
+	for (;;) {
+		while (*val == ' ')
+			val++;
+		const char *e = val, *nval = NULL;
+		int nk = -1;
+		while (*e && (nk = (e[-1] == ' ' ? setting_at(e, &nval) : -1)) < 0)
+			e++;
+		size_t vl = (size_t)(e - val);
+		while (vl && val[vl - 1] == ' ')
+			vl--;
+		char *v = xstrndup(val, vl);
+		int rc = setting_set(s, k, v, err, errlen);
+		free(v);
+		if (rc < 0 || nk < 0)
+			return rc;
+		k = nk;
+		val = nval;
+	}
+}
+
+/* service_add - one service and its settings (settings may be NULL). */
+static int service_add(const struct conf *c, struct psvc_conf *pc, const char *item, const char *settings,
+		       char *err, size_t errlen)
+{
+	struct psvc_service s = { 0 };
+	if (service_addr(item, &s, err, errlen) < 0)
+		return -1;
+	s.name = xstrdup(item);
+	s.timeout = c->smtpd_policy_service_timeout;
+	s.max_idle = c->smtpd_policy_service_max_idle;
+	s.max_ttl = c->smtpd_policy_service_max_ttl;
+	s.retry_delay = c->smtpd_policy_service_retry_delay;
+	s.request_limit = c->smtpd_policy_service_request_limit;
+	s.try_limit = c->smtpd_policy_service_try_limit;
+	s.default_action = xstrdup(c->smtpd_policy_service_default_action);
+	s.policy_context = xstrdup("");
+	pc->v = xrealloc(pc->v, (size_t)(pc->n + 1) * sizeof *pc->v);
+	pc->v[pc->n++] = s;
+	return settings ? psvc_settings_parse(&pc->v[pc->n - 1], settings, err, errlen) : 0;
+}
+
+/* braced - the items of "{ SERVICE, settings }" from l->v[*i] on (the
+ * list was split at commas and blanks): the service, the settings joined
+ * by spaces, *i left on the closing item. -1 without the '}'. */
+static int braced(const struct conf_list *l, int *i, char **svc, struct strbuf *settings)
+{
+	*svc = NULL;
+	for (; *i < l->n; (*i)++) {
+		const char *t = l->v[*i];
+		size_t n = strlen(t);
+		int close = n && t[n - 1] == '}';
+		if (t[0] == '{')
+			t++, n--;
+		if (close && n)
+			n--;
+		if (n && !*svc)
+			*svc = xstrndup(t, n);
+		else if (n) {
+			sb_add(settings, " ", 1);
+			sb_add(settings, t, n);
+		}
+		if (close)
+			return 0;
+	}
+	return -1;
+}
+
 /* psvc_load - see psvc.h. */
 int psvc_load(const struct conf *c, struct psvc_conf *pc, char *err, size_t errlen)
 {
@@ -275,29 +421,39 @@ int psvc_load(const struct conf *c, struct psvc_conf *pc, char *err, size_t errl
 	stats_family_declare(
 	    "perimd_policy_service_requests_total", "counter",
 	    "policy service answers by service and result (failed: no answer, the default action)");
-	struct psvc_action a;
-	psvc_action_parse(c->smtpd_policy_service_default_action, "recipient", &a);
-	if (a.kind != PSVC_DUNNO && a.kind != PSVC_OK && a.kind != PSVC_REFUSE) {
-		snprintf(
-		    err,
-		    errlen, "smtpd_policy_service_default_action: %s: not DUNNO, OK, REJECT, DEFER or a 4NN/5NN reply",
-		    c->smtpd_policy_service_default_action);
+	const char *why = default_action_valid(c->smtpd_policy_service_default_action);
+	if (why) {
+		snprintf(err, errlen, "smtpd_policy_service_default_action: %s: %s",
+			 c->smtpd_policy_service_default_action, why);
 		return -1;
 	}
 	const struct conf_list *l = &c->smtpd_policy_services;
+	char e2[512];
 	for (int i = 0; i < l->n; i++) {
 		if (!strcasecmp(l->v[i], "check_policy_service"))
 			continue;
-		char e2[512];
-		struct psvc_service s = { 0 };
-		if (service_addr(l->v[i], &s, e2, sizeof e2) < 0) {
+		int rc;
+		if (l->v[i][0] == '{') {
+			char *svc;
+			struct strbuf set = { 0 };
+			rc = braced(l, &i, &svc, &set);
+			if (rc < 0 || !svc)
+				snprintf(e2, sizeof e2, "%s",
+					 rc < 0 ? "\"{\" without \"}\"" : "\"{ }\" names no service");
+			else
+				rc = service_add(c, pc, svc, sb_str(&set), e2, sizeof e2);
+			if (!svc)
+				rc = -1;
+			free(svc);
+			sb_free(&set);
+		} else {
+			rc = service_add(c, pc, l->v[i], NULL, e2, sizeof e2);
+		}
+		if (rc < 0) {
 			snprintf(err, errlen, "smtpd_policy_services: %s", e2);
 			psvc_conf_free(pc);
 			return -1;
 		}
-		s.name = xstrdup(l->v[i]);
-		pc->v = xrealloc(pc->v, (size_t)(pc->n + 1) * sizeof *pc->v);
-		pc->v[pc->n++] = s;
 	}
 	return 0;
 }
@@ -305,8 +461,11 @@ int psvc_load(const struct conf *c, struct psvc_conf *pc, char *err, size_t errl
 /* psvc_conf_free - forget the services. */
 void psvc_conf_free(struct psvc_conf *pc)
 {
-	for (int i = 0; i < pc->n; i++)
+	for (int i = 0; i < pc->n; i++) {
 		free(pc->v[i].name);
+		free(pc->v[i].default_action);
+		free(pc->v[i].policy_context);
+	}
 	free(pc->v);
 	pc->v = NULL;
 	pc->n = 0;
@@ -424,7 +583,7 @@ struct preq {
 	const struct conf *cf;
 	const struct psvc_conf *sc;
 	struct psvc_txn *tx;
-	char *text; /* the request (the same for every service) */
+	char *text; /* the request to the current service */
 	size_t len;
 	int svc;   /* the service being asked */
 	int tries; /* of this service */
@@ -440,6 +599,9 @@ struct preq {
 	int has_dip, has_dir;
 	char dip[512], dir[512];
 };
+
+/* SVC - the service q asks now, with its settings. */
+#define SVC(q) (&(q)->sc->v[(q)->svc])
 
 static void try_start(struct preq *q);
 static void try_failed(struct preq *q, const char *why);
@@ -517,13 +679,13 @@ static void pconn_close(struct pconn *pc)
 
 /* pconn_open - a new connection for p. NULL (errno set) when the socket
  * cannot even be made. */
-static struct pconn *pconn_open(struct pool *p, const struct conf *cf)
+static struct pconn *pconn_open(struct pool *p, uint64_t timeout)
 {
 	struct pconn *pc = xcalloc(1, sizeof *pc);
 	pc->pool = p;
 	pc->born = ev_now(p->pl->loop);
-	pc->conn = conn_connect(p->pl->loop, (const struct sockaddr *)&p->sa, p->salen,
-				(uint64_t)cf->smtpd_policy_service_timeout, &pconn_ops, pc);
+	pc->conn =
+	    conn_connect(p->pl->loop, (const struct sockaddr *)&p->sa, p->salen, timeout, &pconn_ops, pc);
 	if (!pc->conn) {
 		free(pc);
 		return NULL;
@@ -552,9 +714,9 @@ static void attach(struct preq *q, struct pconn *pc)
 	pc->req = q;
 	pc->sent = 0;
 	pc->got = 0;
-	pc->max_idle = (uint64_t)q->cf->smtpd_policy_service_max_idle;
-	pc->max_ttl = (uint64_t)q->cf->smtpd_policy_service_max_ttl;
-	pc->req_limit = q->cf->smtpd_policy_service_request_limit;
+	pc->max_idle = (uint64_t)SVC(q)->max_idle;
+	pc->max_ttl = (uint64_t)SVC(q)->max_ttl;
+	pc->req_limit = SVC(q)->request_limit;
 	q->pc = pc;
 	conn_set_timeout(pc->conn, 0); /* q's timer bounds it now */
 	pconn_send(pc);
@@ -585,7 +747,7 @@ static void acquire(struct preq *q)
 	struct pool *p = q->pool;
 	while (p->idle) {
 		struct pconn *pc = p->idle;
-		if (ev_now(p->pl->loop) - pc->born >= (uint64_t)q->cf->smtpd_policy_service_max_ttl) {
+		if (ev_now(p->pl->loop) - pc->born >= (uint64_t)SVC(q)->max_ttl) {
 			pconn_drop(pc);
 			continue;
 		}
@@ -593,7 +755,7 @@ static void acquire(struct preq *q)
 		return;
 	}
 	if (p->nconn < q->cf->smtpd_policy_service_connection_limit) {
-		struct pconn *pc = pconn_open(p, q->cf);
+		struct pconn *pc = pconn_open(p, (uint64_t)SVC(q)->timeout);
 		if (!pc) {
 			/* Reported from the loop, never inside the step. */
 			q->fail_err = errno;
@@ -762,7 +924,8 @@ static void attr(struct strbuf *sb, const char *name, const char *value)
 }
 
 /* build_request - the attributes Postfix's smtpd sends at RCPT. */
-static char *build_request(const struct policy_env *e, const struct psvc_txn *t, size_t *len)
+static char *build_request(const struct policy_env *e, const struct psvc_txn *t, const char *context,
+			   size_t *len)
 {
 	struct strbuf sb = { 0 };
 	const char *cname = dnscheck_client_name(e->dns);
@@ -800,7 +963,7 @@ static char *build_request(const struct policy_env *e, const struct psvc_txn *t,
 	attr(&sb, "server_address", t->server_address);
 	snprintf(num, sizeof num, "%d", t->server_port);
 	attr(&sb, "server_port", num);
-	attr(&sb, "policy_context", "");
+	attr(&sb, "policy_context", context);
 	sb_add(&sb, "\n", 1);
 	*len = sb.len;
 	return sb_str(&sb);
@@ -829,7 +992,7 @@ static void psvc_cancel(void *handle)
 		pc->req = NULL;
 		if (pc->sent) {
 			pc->orphan = 1;
-			conn_set_timeout(pc->conn, (uint64_t)q->cf->smtpd_policy_service_timeout);
+			conn_set_timeout(pc->conn, (uint64_t)SVC(q)->timeout);
 		}
 	}
 	preq_free(q);
@@ -938,6 +1101,8 @@ static enum policy_step finish(struct preq *q, struct policy_verdict *v)
 static enum policy_step run(struct preq *q, struct policy_verdict *v)
 {
 	while (q->svc < q->sc->n) {
+		free(q->text); /* the same but for the service's policy_context */
+		q->text = build_request(q->env, q->tx, SVC(q)->policy_context, &q->len);
 		const char *cached = cache_find(q->tx, q->svc, q->text);
 		if (!cached) {
 			q->tries = 0;
@@ -1009,8 +1174,7 @@ static void try_start(struct preq *q)
 {
 	q->tries++;
 	q->tstate = T_TRY;
-	ev_timer_start(q->pool->pl->loop, &q->timer, (uint64_t)q->cf->smtpd_policy_service_timeout, on_timer,
-		       q);
+	ev_timer_start(q->pool->pl->loop, &q->timer, (uint64_t)SVC(q)->timeout, on_timer, q);
 	acquire(q);
 }
 
@@ -1019,17 +1183,16 @@ static void try_failed(struct preq *q, const char *why)
 {
 	ev_timer_stop(q->pool->pl->loop, &q->timer);
 	q->tstate = T_NONE;
-	long long limit = q->cf->smtpd_policy_service_try_limit;
+	long long limit = SVC(q)->try_limit;
 	log_warn("%s: policy service %s: %s (try %d of %lld)%s", q->env->session_id, q->sc->v[q->svc].name,
 		 why, q->tries, limit, q->tries < limit ? "" : "; default action");
 	if (q->tries < limit) {
 		q->tstate = T_DELAY;
-		ev_timer_start(q->pool->pl->loop, &q->timer,
-			       (uint64_t)q->cf->smtpd_policy_service_retry_delay, on_timer, q);
+		ev_timer_start(q->pool->pl->loop, &q->timer, (uint64_t)SVC(q)->retry_delay, on_timer, q);
 		return;
 	}
 	stats_inc(ST_psvc_default);
-	answer(q, q->cf->smtpd_policy_service_default_action, 1);
+	answer(q, SVC(q)->default_action, 1);
 }
 
 /* start - the client's names are settled: ask. */
@@ -1041,7 +1204,6 @@ static enum policy_step start(struct policy_req *r, struct policy_verdict *v)
 	q->cf = r->env->pol->conf;
 	q->sc = r->env->pol->psvc;
 	q->tx = r->env->psvc;
-	q->text = build_request(r->env, q->tx, &q->len);
 	return run(q, v);
 }
 

@@ -34,10 +34,16 @@ struct ev_loop;
 
 /* ---- the configured services (part of the policy snapshot) ----------- */
 
+/* One service with its settings: the smtpd_policy_service_* parameters,
+ * or what its Postfix-style { } settings say. */
 struct psvc_service {
 	char *name; /* "inet:127.0.0.1:10023", "unix:/path" as written */
 	struct sockaddr_storage sa;
 	socklen_t salen;
+	long long timeout, max_idle, max_ttl, retry_delay; /* ms */
+	long long request_limit, try_limit;
+	char *default_action;
+	char *policy_context; /* "" unless set in { } */
 };
 
 struct psvc_conf {
@@ -47,10 +53,18 @@ struct psvc_conf {
 
 /* psvc_load - parse smtpd_policy_services (inet:HOST:PORT, unix:/path,
  * HOST:PORT; the word check_policy_service before an item is allowed, as
- * Postfix's restriction lists write it; host names are resolved now) and
- * smtpd_policy_service_default_action. 0, or -1 with err filled. */
+ * Postfix's restriction lists write it; host names are resolved now),
+ * each item alone or as Postfix 3.0's "{ SERVICE, name = value, ... }"
+ * with timeout, default_action, max_idle, max_ttl, request_limit,
+ * retry_delay, try_limit and policy_context, and the
+ * smtpd_policy_service_* defaults. 0, or -1 with err filled. */
 int psvc_load(const struct conf *c, struct psvc_conf *pc, char *err, size_t errlen);
 void psvc_conf_free(struct psvc_conf *pc);
+/* psvc_settings_parse - a service's { } settings, "name = value ..." (the
+ * items joined by spaces; a value runs to the next setting's name) into
+ * s (name, default_action and policy_context set, freed by the caller).
+ * 0, or -1 with err filled. Pure; fuzzed. */
+int psvc_settings_parse(struct psvc_service *s, const char *text, char *err, size_t errlen);
 
 /* ---- per transaction --------------------------------------------------- */
 

@@ -5,7 +5,9 @@
  * sizes come from the input (both must see the same answers), every prefix
  * of an answer (never complete before its empty line), and
  * psvc_action_parse on each action: a refusal is always a 4xx/5xx reply
- * line with an enhanced code of its class, texts carry no line break.
+ * line with an enhanced code of its class, texts carry no line break. The
+ * input is also a service's { } settings (psvc_settings_parse): accepted
+ * or refused with a reason, the values in their bounds.
  */
 #include "psvc.h"
 #include "smtp_proto.h"
@@ -31,9 +33,11 @@ static void check_line(const char *s, size_t size)
 /* check_action - what an action means is well formed */
 static void check_action(const char *action)
 {
-	static const char *const rcpts[] = { "bob@example.com", "Postmaster",
-					     "a-very-long-local-part-of-sixty-four-characters-xxxxxxxxxxxxxxx@"
-					     "example.com" };
+	static const char *const rcpts[] = {
+		"bob@example.com", "Postmaster",
+		"a-very-long-local-part-of-sixty-four-characters-xxxxxxxxxxxxxxx@"
+		"example.com"
+	};
 	for (size_t i = 0; i < sizeof rcpts / sizeof rcpts[0]; i++) {
 		struct psvc_action a;
 		psvc_action_parse(action, rcpts[i], &a);
@@ -120,6 +124,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (*p == '\n' || *p == '\r' || !*p)
 			*p = ' ';
 	check_action(s);
+	struct psvc_service svc = { .name = "inet:127.0.0.1:9", .try_limit = 2, .timeout = 1000 };
+	svc.default_action = strdup("DUNNO");
+	svc.policy_context = strdup("");
+	char err[512] = "";
+	if (psvc_settings_parse(&svc, s, err, sizeof err) < 0) {
+		if (!err[0])
+			abort();
+	} else if (svc.try_limit < 1 || svc.timeout < 100 || svc.request_limit < 0 || svc.retry_delay < 0) {
+		abort();
+	}
+	free(svc.default_action);
+	free(svc.policy_context);
 	free(s);
 
 	size_t have = 0, start = 0;

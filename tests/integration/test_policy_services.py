@@ -261,7 +261,8 @@ def test_attributes_pooling_cache_prepend(perimd_factory, sink, dnsmasq, servers
     lands in the backend's copy above perimd's Received:."""
     srv = servers(lambda r: "PREPEND X-Policy-Test: seen %s" % r["recipient"]
                   if r["recipient"].startswith("pre") else "DUNNO")
-    p = start(perimd_factory, sink, dnsmasq, "inet:127.0.0.1:%d" % srv.port)
+    p = start(perimd_factory, sink, dnsmasq,
+              "{ inet:127.0.0.1:%d, policy_context = perimeter mx }" % srv.port)
     with Client(p.port) as c:
         assert c.cmd("EHLO client.test")[0] == 250
         assert c.cmd("MAIL FROM:<alice@sender.example> SIZE=1234")[0] == 250
@@ -285,7 +286,7 @@ def test_attributes_pooling_cache_prepend(perimd_factory, sink, dnsmasq, servers
               "client_port": str(client_port), "client_name": "unknown",
               "reverse_client_name": "unknown", "server_address": "127.0.0.1",
               "server_port": str(p.port), "size": "1234", "recipient_count": "0",
-              "encryption_protocol": "", "stress": ""}
+              "encryption_protocol": "", "stress": "", "policy_context": "perimeter mx"}
     for k, v in expect.items():
         assert r.get(k) == v, (k, r)
     for k in ("instance", "queue_id", "sasl_username", "ccert_subject", "encryption_cipher"):
@@ -377,9 +378,19 @@ def test_service_down_default_action(perimd_factory, sink, dnsmasq):
     assert m.get('perimd_policy_service_errors_total{reason="connect"}') == 2, m
     assert m.get("perimd_policy_service_default_actions_total") == 1
     p.stop()
-    p2 = start(perimd_factory, sink, dnsmasq, "inet:127.0.0.1:%d" % dead,
-               smtpd_policy_service_default_action="DUNNO", smtpd_policy_service_try_limit=1)
-    replies, d = session(p2, ["bob@example.com"], data=True)
+    # Postfix 3.0's per-service settings: this one passes mail when down,
+    # the second keeps the global default, with a text of its own
+    dead2 = free_port()
+    p2 = start(perimd_factory, sink, dnsmasq,
+               "check_policy_service { inet:127.0.0.1:%d, default_action = DUNNO, try_limit=1 }, "
+               "check_policy_service { inet:127.0.0.1:%d, try_limit = 1, "
+               "default_action = 450 4.7.0 Try again later }" % (dead, dead2))
+    r = session(p2, ["bob@example.com"])[0]
+    assert r == (450, "4.7.0 <bob@example.com>: Recipient address rejected: Try again later"), r
+    p2.wait_log(r"policy service inet:127.0.0.1:%d: .*\(try 1 of 1\); default action" % dead)
+    p2.stop()
+    p3 = start(perimd_factory, sink, dnsmasq, "{ inet:127.0.0.1:%d, default_action=DUNNO }" % dead)
+    replies, d = session(p3, ["bob@example.com"], data=True)
     assert replies[0][0] == 250 and d[0] == 250, (replies, d)
 
 
@@ -487,7 +498,12 @@ def test_unix_socket_and_bad_config(perimd_factory, sink, dnsmasq, tmp_path):
     assert "recipient=bob@example.com" in seen[0]
     from harness import PERIMD_BIN
     for bad in ("smtpd_policy_services = inet:127.0.0.1", "smtpd_policy_services = private/policy",
-                "smtpd_policy_service_default_action = FROB"):
+                "smtpd_policy_service_default_action = FROB",
+                "smtpd_policy_services = { inet:127.0.0.1:9, frob = 1 }",
+                "smtpd_policy_services = { inet:127.0.0.1:9, timeout = 10x }",
+                "smtpd_policy_services = { inet:127.0.0.1:9, default_action = HOLD }",
+                "smtpd_policy_services = { inet:127.0.0.1:9, try_limit = 0 }",
+                "smtpd_policy_services = { inet:127.0.0.1:9"):
         conf = tmp_path / "bad.conf"
         conf.write_text("relay_domains = example.com\nrelay_backends = [127.0.0.1]:25\n%s\n" % bad)
         r = subprocess.run([PERIMD_BIN, "-t", "-c", str(conf)], capture_output=True, text=True,
