@@ -418,6 +418,46 @@ def test_slow_service_timeout(perimd_factory, sink, dnsmasq, servers):
     assert metrics(p).get('perimd_policy_service_errors_total{reason="timeout"}') == 2
 
 
+def test_tls_and_proxy_attributes(perimd_factory, sink, dnsmasq, servers, tmp_path):
+    """After STARTTLS the requests carry the protocol and cipher; behind a
+    PROXY header, the client's and the server's addresses and ports the
+    header names."""
+    import ssl
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", "k.pem", "-out", "c.pem", "-days", "2", "-subj",
+                    "/CN=perimd.test"], cwd=tmp_path, check=True, timeout=60,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    srv = servers(lambda r: "DUNNO")
+    p = start(perimd_factory, sink, dnsmasq, "inet:127.0.0.1:%d" % srv.port,
+              smtpd_tls_cert_file=tmp_path / "c.pem", smtpd_tls_key_file=tmp_path / "k.pem",
+              smtpd_upstream_proxy_protocol="haproxy", smtpd_upstream_proxy_clients="127.0.0.2")
+    with Client(p.port) as c:
+        assert c.cmd("EHLO client.test")[0] == 250
+        assert c.cmd("STARTTLS")[0] == 220
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        c.sock = ctx.wrap_socket(c.sock, server_hostname="perimd.test")
+        assert c.cmd("EHLO client.test")[0] == 250
+        assert c.cmd("MAIL FROM:<alice@sender.example>")[0] == 250
+        assert c.cmd("RCPT TO:<tls@example.com>")[0] == 250
+        c.cmd("QUIT")
+    r = srv.asked("tls@example.com")[0]
+    assert r["encryption_protocol"] == "TLSv1.2", r
+    assert "ECDHE-ECDSA" in r["encryption_cipher"] and r["encryption_keysize"] in ("128", "256"), r
+    with Client(p.port, source="127.0.0.2", read_banner=False) as c:
+        c.send(b"PROXY TCP4 192.0.2.7 192.0.2.25 4567 2525\r\n")
+        assert c.reply()[0] == 220
+        assert c.cmd("EHLO client.test")[0] == 250
+        assert c.cmd("MAIL FROM:<alice@sender.example>")[0] == 250
+        assert c.cmd("RCPT TO:<proxied@example.com>")[0] == 250
+        c.cmd("QUIT")
+    r = srv.asked("proxied@example.com")[0]
+    assert (r["client_address"], r["client_port"], r["server_address"], r["server_port"]) == \
+        ("192.0.2.7", "4567", "192.0.2.25", "2525"), r
+    assert r["encryption_protocol"] == "" and r["encryption_keysize"] == "0", r
+
+
 def test_cancelled_request_pool_limits(perimd_factory, sink, dnsmasq, servers):
     """A client that leaves while its request is out: the answer still
     comes, is dropped, and the connection serves the next request (one
