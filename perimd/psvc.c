@@ -421,6 +421,8 @@ int psvc_load(const struct conf *c, struct psvc_conf *pc, char *err, size_t errl
 	stats_family_declare(
 	    "perimd_policy_service_requests_total", "counter",
 	    "policy service answers by service and result (failed: no answer, the default action)");
+	stats_family_declare("perimd_policy_service_failed_tries_total", "counter",
+			     "policy service tries without an answer, by service and why");
 	const char *why = default_action_valid(c->smtpd_policy_service_default_action);
 	if (why) {
 		snprintf(err, errlen, "smtpd_policy_service_default_action: %s: %s",
@@ -604,7 +606,8 @@ struct preq {
 #define SVC(q) (&(q)->sc->v[(q)->svc])
 
 static void try_start(struct preq *q);
-static void try_failed(struct preq *q, const char *why);
+enum fail { F_CONNECT, F_TIMEOUT, F_CLOSED, F_PROTOCOL };
+static void try_failed(struct preq *q, enum fail f, const char *why);
 static void answer(struct preq *q, const char *action, int failed);
 static void on_timer(void *arg);
 
@@ -837,8 +840,7 @@ static void pconn_read(void *arg)
 		}
 		pconn_close(pc);
 		if (q) {
-			stats_inc(ST_psvc_err_protocol);
-			try_failed(q, "malformed answer");
+			try_failed(q, F_PROTOCOL, "malformed answer");
 		}
 		return;
 	}
@@ -876,13 +878,7 @@ static void pconn_error(void *arg, int err)
 	}
 	char why[128];
 	snprintf(why, sizeof why, "%s", err == 0 ? "connection closed" : strerror(err));
-	if (err == ETIMEDOUT)
-		stats_inc(ST_psvc_err_timeout);
-	else if (err == 0)
-		stats_inc(ST_psvc_err_closed);
-	else
-		stats_inc(ST_psvc_err_connect);
-	try_failed(q, why);
+	try_failed(q, err == ETIMEDOUT ? F_TIMEOUT : err == 0 ? F_CLOSED : F_CONNECT, why);
 }
 
 static const struct conn_ops pconn_ops = {
@@ -1153,8 +1149,7 @@ static void on_timer(void *arg)
 		return;
 	}
 	if (what == T_FAIL) {
-		stats_inc(ST_psvc_err_connect);
-		try_failed(q, strerror(q->fail_err));
+		try_failed(q, F_CONNECT, strerror(q->fail_err));
 		return;
 	}
 	if (q->waiting)
@@ -1165,8 +1160,7 @@ static void on_timer(void *arg)
 		pc->req = NULL;
 		pconn_close(pc);
 	}
-	stats_inc(ST_psvc_err_timeout);
-	try_failed(q, "timeout");
+	try_failed(q, F_TIMEOUT, "timeout");
 }
 
 /* try_start - one try at the current service. */
@@ -1178,9 +1172,16 @@ static void try_start(struct preq *q)
 	acquire(q);
 }
 
-/* try_failed - no answer this time: try again, or the default action. */
-static void try_failed(struct preq *q, const char *why)
+/* try_failed - no answer this time (counted by why, in all and for the
+ * service): try again, or the default action. */
+static void try_failed(struct preq *q, enum fail f, const char *why)
 {
+	static const enum stats_id ids[] = { ST_psvc_err_connect, ST_psvc_err_timeout, ST_psvc_err_closed,
+					     ST_psvc_err_protocol };
+	static const char *const names[] = { "connect", "timeout", "closed", "protocol" };
+	stats_inc(ids[f]);
+	stats_family_add2("perimd_policy_service_failed_tries_total", "service", SVC(q)->name, "reason",
+			  names[f], 1);
 	ev_timer_stop(q->pool->pl->loop, &q->timer);
 	q->tstate = T_NONE;
 	long long limit = SVC(q)->try_limit;

@@ -376,6 +376,8 @@ def test_service_down_default_action(perimd_factory, sink, dnsmasq):
     p.wait_log(r"policy service inet:127.0.0.1:%d: .*\(try 2 of 2\); default action" % dead)
     m = metrics(p)
     assert m.get('perimd_policy_service_errors_total{reason="connect"}') == 2, m
+    assert m.get('perimd_policy_service_failed_tries_total{service="inet:127.0.0.1:%d",reason="connect"}'
+                 % dead) == 2, m
     assert m.get("perimd_policy_service_default_actions_total") == 1
     p.stop()
     # Postfix 3.0's per-service settings: this one passes mail when down,
