@@ -130,6 +130,7 @@ PARAM(INT, smtpd_policy_service_request_limit, "0", 0, 1000000000, NULL, "reques
 PARAM(INT, smtpd_policy_service_try_limit, "2", 1, 100, NULL, "tries of a request to a policy service before smtpd_policy_service_default_action")
 PARAM(TIME, smtpd_policy_service_retry_delay, "1s", 0, 600000, NULL, "wait between two tries of a request to a policy service")
 PARAM(INT, smtpd_policy_service_connection_limit, "20", 1, 10000, NULL, "connections to each policy service per io thread; further requests wait their turn (within smtpd_policy_service_timeout)")
+PARAM(STR, smtpd_policy_service_policy_context, "", 0, 0, NULL, "sent to policy services as the policy_context attribute (one service may set its own in { })")
 
 /* Observability */
 PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)")

@@ -382,7 +382,7 @@ static int service_add(const struct conf *c, struct psvc_conf *pc, const char *i
 	s.request_limit = c->smtpd_policy_service_request_limit;
 	s.try_limit = c->smtpd_policy_service_try_limit;
 	s.default_action = xstrdup(c->smtpd_policy_service_default_action);
-	s.policy_context = xstrdup("");
+	s.policy_context = xstrdup(c->smtpd_policy_service_policy_context);
 	pc->v = xrealloc(pc->v, (size_t)(pc->n + 1) * sizeof *pc->v);
 	pc->v[pc->n++] = s;
 	return settings ? psvc_settings_parse(&pc->v[pc->n - 1], settings, err, errlen) : 0;

@@ -432,7 +432,8 @@ def test_tls_and_proxy_attributes(perimd_factory, sink, dnsmasq, servers, tmp_pa
     srv = servers(lambda r: "DUNNO")
     p = start(perimd_factory, sink, dnsmasq, "inet:127.0.0.1:%d" % srv.port,
               smtpd_tls_cert_file=tmp_path / "c.pem", smtpd_tls_key_file=tmp_path / "k.pem",
-              smtpd_upstream_proxy_protocol="haproxy", smtpd_upstream_proxy_clients="127.0.0.2")
+              smtpd_upstream_proxy_protocol="haproxy", smtpd_upstream_proxy_clients="127.0.0.2",
+              smtpd_policy_service_policy_context="edge")
     with Client(p.port) as c:
         assert c.cmd("EHLO client.test")[0] == 250
         assert c.cmd("STARTTLS")[0] == 220
@@ -445,7 +446,7 @@ def test_tls_and_proxy_attributes(perimd_factory, sink, dnsmasq, servers, tmp_pa
         assert c.cmd("RCPT TO:<tls@example.com>")[0] == 250
         c.cmd("QUIT")
     r = srv.asked("tls@example.com")[0]
-    assert r["encryption_protocol"] == "TLSv1.2", r
+    assert r["encryption_protocol"] == "TLSv1.2" and r["policy_context"] == "edge", r
     assert "ECDHE-ECDSA" in r["encryption_cipher"] and r["encryption_keysize"] in ("128", "256"), r
     with Client(p.port, source="127.0.0.2", read_banner=False) as c:
         c.send(b"PROXY TCP4 192.0.2.7 192.0.2.25 4567 2525\r\n")
