@@ -191,8 +191,9 @@ void psvc_action_parse(const char *action, const char *rcpt, struct psvc_action 
 		a->kind = PSVC_REFUSE, a->name = "reject";
 		set_reply(a, num ? atoi(s) : 554, rest, "Access denied", rcpt);
 	} else if (IS("DEFER") || num) {
+		/* 421 would have to close the session (RFC 5321 §3.8): 450. */
 		a->kind = PSVC_REFUSE, a->name = "defer";
-		set_reply(a, num ? atoi(s) : 450, rest, "Access denied", rcpt);
+		set_reply(a, num && atoi(s) != 421 ? atoi(s) : 450, rest, "Access denied", rcpt);
 	} else if (IS("DEFER_IF_PERMIT") || IS("DEFER_IF_REJECT")) {
 		a->kind = IS("DEFER_IF_PERMIT") ? PSVC_DEFER_IF_PERMIT : PSVC_DEFER_IF_REJECT;
 		a->name = a->kind == PSVC_DEFER_IF_PERMIT ? "defer_if_permit" : "defer_if_reject";
