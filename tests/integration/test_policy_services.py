@@ -13,7 +13,7 @@ services started by the test:
   is not there (default action);
 - postgrey (--inet, its own dbdir, --delay=2): a new triplet gets
   postgrey's 450, the retry after the delay passes and reaches the backend
-  with postgrey's X-Greylist header;
+  with postgrey's X-Greylist header; postgrey stopped, the default action;
 - policyd-spf (postfix-policyd-spf-python) served on TCP through socat,
   each connection a policyd-spf process reading many requests, resolving
   through a dnsmasq the test starts: an SPF fail gets its 550 5.7.23, a
@@ -584,7 +584,8 @@ def test_postgrey(perimd_factory, sink, dnsmasq, tmp_path):
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
         assert wait_for(lambda: listening(port), 20), open(tmp_path / "postgrey.log").read()
-        p = start(perimd_factory, sink, dnsmasq, "check_policy_service inet:127.0.0.1:%d" % port)
+        p = start(perimd_factory, sink, dnsmasq, "check_policy_service inet:127.0.0.1:%d" % port,
+                  smtpd_policy_service_retry_delay="200ms")
         r = session(p, ["bob@example.com"])[0]
         assert r[0] == 450 and "Greylisted" in r[1], r
         assert r[1].startswith("4."), r
@@ -594,6 +595,11 @@ def test_postgrey(perimd_factory, sink, dnsmasq, tmp_path):
         assert sink.wait_count(1)
         msg = sink.messages()[0].decode()
         assert re.search(r"(?m)^X-Greylist: delayed \d+ seconds by postgrey", msg), msg
+        # postgrey stopped: the default action
+        stop_proc(proc)
+        r = session(p, ["carol@example.com"])[0]
+        assert r == (451, "4.3.5 <carol@example.com>: Recipient address rejected: "
+                          "Server configuration problem"), r
     finally:
         stop_proc(proc)
         log.close()
