@@ -1072,6 +1072,8 @@ static int apply(struct preq *q, const char *action, int how, struct policy_verd
 		q->has_dip = 0;
 		return 0;
 	}
+	log_info("%s: policy service %s refuses <%s>: \"%s\"", q->env->session_id, SVC(q)->name, q->env->rcpt,
+		 action);
 	v->code = code;
 	snprintf(v->reply, sizeof v->reply, "%s", reply);
 	v->rule = "policy_service";
