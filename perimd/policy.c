@@ -11,6 +11,7 @@
 #include "grey.h"
 #include "log.h"
 #include "maps.h"
+#include "net.h"
 #include "relay.h"
 #include "rules.h"
 #include "verify.h"
@@ -100,6 +101,16 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 	for (int i = 0; i < c->relay_backends.n; i++) {
 		if (relay_target_valid(c->relay_backends.v[i], &why) < 0) {
 			snprintf(err, errlen, "relay_backends: %s: %s", c->relay_backends.v[i], why);
+			goto fail;
+		}
+	}
+	/* An address or CIDR network matches its own address. */
+	for (int i = 0; i < c->relay_xforward_hosts.n; i++) {
+		char a[64];
+		const char *h = c->relay_xforward_hosts.v[i];
+		snprintf(a, sizeof a, "%.*s", (int)strcspn(h, "/"), h);
+		if (!net_addr_match(a, h)) {
+			snprintf(err, errlen, "relay_xforward_hosts: %s: not an address or CIDR network", h);
 			goto fail;
 		}
 	}

@@ -92,6 +92,7 @@ struct txn {
 
 	/* relay */
 	struct relay_msg msg;
+	struct relay_client client; /* for XFORWARD */
 	struct relay_rcpt *rr;
 	struct conf_list backends;
 };
@@ -105,6 +106,7 @@ struct session {
 	const struct conf *cf;
 	char id[16];
 	char addr[INET6_ADDRSTRLEN];
+	int port; /* the client's TCP port */
 	char *helo;
 	unsigned esmtp : 1;
 	unsigned skip_line : 1; /* discarding an over-long command line */
