@@ -105,13 +105,17 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 		}
 	}
 	/* An address or CIDR network matches its own address. */
-	for (int i = 0; i < c->relay_xforward_hosts.n; i++) {
-		char a[64];
-		const char *h = c->relay_xforward_hosts.v[i];
-		snprintf(a, sizeof a, "%.*s", (int)strcspn(h, "/"), h);
-		if (!net_addr_match(a, h)) {
-			snprintf(err, errlen, "relay_xforward_hosts: %s: not an address or CIDR network", h);
-			goto fail;
+	const struct conf_list *hosts[] = { &c->relay_xforward_hosts, &c->relay_xclient_hosts };
+	for (int k = 0; k < 2; k++) {
+		for (int i = 0; i < hosts[k]->n; i++) {
+			char a[64];
+			const char *h = hosts[k]->v[i];
+			snprintf(a, sizeof a, "%.*s", (int)strcspn(h, "/"), h);
+			if (!net_addr_match(a, h)) {
+				snprintf(err, errlen, "%s: %s: not an address or CIDR network",
+					 k ? "relay_xclient_hosts" : "relay_xforward_hosts", h);
+				goto fail;
+			}
 		}
 	}
 	return p;

@@ -58,10 +58,11 @@ static void req_acquire(struct relay_req *r);
 static void pool_kick(void *arg);
 static void rl_maybe_free(struct relay_loop *rl);
 
-const char *const relay_bstate_name[] = { "connect",     "greeting",      "EHLO",  "HELO",
-					  "STARTTLS",    "TLS handshake", "ready", "XFORWARD",
-					  "MAIL FROM",   "RCPT TO",       "DATA",  "message body",
-					  "end of data", "RSET",          "idle",  "QUIT" };
+const char *const relay_bstate_name[] = { "connect",      "greeting",      "EHLO",    "HELO",
+					  "STARTTLS",     "TLS handshake", "XCLIENT", "ready",
+					  "XFORWARD",     "MAIL FROM",     "RCPT TO", "DATA",
+					  "message body", "end of data",   "RSET",    "idle",
+					  "QUIT" };
 
 static pthread_mutex_t dests_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct relay_dest *dests;
@@ -649,8 +650,10 @@ void req_detach(struct relay_req *r, int release)
 	r->b = NULL;
 	b->req = NULL;
 	ev_timer_stop(r->rl->loop, &b->tmr);
-	if (!release) {
-		bconn_close(b, 0);
+	/* After XCLIENT the backend takes it for this client's connection:
+	 * no other client's message may use it. */
+	if (!release || b->xclient > 0) {
+		bconn_close(b, release);
 		return;
 	}
 	if (b->state == B_READY) {

@@ -40,7 +40,9 @@ struct relay_rcpt {
 };
 
 /* The client a message came from, for backends allowed XFORWARD
- * (relay_xforward_hosts). NULL strings are sent as [UNAVAILABLE]. */
+ * (relay_xforward_hosts, before each MAIL) or, where XFORWARD is not to be
+ * had, XCLIENT (relay_xclient_hosts, once per connection, which is then
+ * not pooled). NULL strings are sent as [UNAVAILABLE]. */
 struct relay_client {
 	const char *name; /* confirmed (FCrDNS) host name, or "unknown" */
 	const char *addr; /* numeric address, without brackets */

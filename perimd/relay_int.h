@@ -73,6 +73,7 @@ enum bstate {
 	B_HELO,     /* waiting for the HELO reply (EHLO refused) */
 	B_STARTTLS, /* waiting for the reply to STARTTLS */
 	B_TLS,      /* TLS handshake */
+	B_XCLIENT,  /* waiting for the reply to XCLIENT */
 	B_READY,    /* attached, between transactions */
 	B_XFORWARD, /* waiting for XFORWARD replies */
 	B_MAIL,     /* waiting for the MAIL reply */
@@ -97,6 +98,8 @@ struct bconn {
 	unsigned caps;
 	unsigned xfattrs;    /* SMTP_XF_BIT()s its XFORWARD offers */
 	int xf_refused;      /* it refused XFORWARD: not sent again */
+	unsigned xcattrs;    /* SMTP_XF_BIT()s its XCLIENT offers */
+	int xclient;         /* 1: XCLIENT accepted (never pooled), -1 refused */
 	int tls;             /* STARTTLS done (RFC 3207) */
 	size_t rseen;        /* input bytes already seen to hold no
 					 complete reply (a long one in bits) */

@@ -817,7 +817,7 @@ size_t smtp_dot_stuff_fold(const char *in, size_t len, size_t *used, struct smtp
 /* ---- replies ------------------------------------------------------------ */
 
 
-static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size, unsigned *xf);
+static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size, unsigned *xf, unsigned *xc);
 
 /* smtp_reply_init - an empty reply */
 void smtp_reply_init(struct smtp_reply *r)
@@ -938,7 +938,7 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf, size_t 
 		}
 		reply_text_add(r, line + 4 + k, tlen - k);
 		if (r->nlines > 1)
-			r->caps |= ehlo_line_caps(line + 4 + k, tlen - k, &r->size, &r->xforward);
+			r->caps |= ehlo_line_caps(line + 4 + k, tlen - k, &r->size, &r->xforward, &r->xclient);
 		pos = (size_t)(lf - buf) + 1;
 		if (last) {
 			*consumed = pos;
@@ -950,8 +950,8 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf, size_t 
 /* ehlo_line_caps - the capability flag of one ehlo-line t[0..n) (RFC 5321
  * §4.1.1.1: an ehlo-keyword and its parameters; keywords are
  * case-insensitive); a valid SIZE value goes to *size, XFORWARD's
- * attributes to *xf. */
-static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size, unsigned *xf)
+ * attributes to *xf, XCLIENT's to *xc. */
+static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size, unsigned *xf, unsigned *xc)
 {
 	static const struct {
 		const char *name;
@@ -966,6 +966,7 @@ static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size, unsigned
 		{ "ENHANCEDSTATUSCODES", SMTP_CAP_ENHANCEDSTATUSCODES }, /* 2034 */
 		{ "CHUNKING", SMTP_CAP_CHUNKING },                       /* RFC 3030 */
 		{ "XFORWARD", SMTP_CAP_XFORWARD },                       /* Postfix */
+		{ "XCLIENT", SMTP_CAP_XCLIENT },                         /* Postfix */
 	};
 	size_t kw = 0;
 
@@ -986,6 +987,8 @@ static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size, unsigned
 		}
 		if (caps[i].flag == SMTP_CAP_XFORWARD && kw < n)
 			*xf |= smtp_xforward_attrs(t + kw + 1, n - kw - 1);
+		if (caps[i].flag == SMTP_CAP_XCLIENT && kw < n)
+			*xc |= smtp_xforward_attrs(t + kw + 1, n - kw - 1);
 		return caps[i].flag;
 	}
 	return 0;
@@ -1006,12 +1009,12 @@ unsigned smtp_ehlo_caps(const struct smtp_reply *r, uint64_t *size)
 unsigned smtp_ehlo_caps_text(const char *text, uint64_t *size)
 {
 	const char *t = text, *nl;
-	unsigned flags = 0, xf = 0;
+	unsigned flags = 0, xf = 0, xc = 0;
 
 	*size = 0;
 	while ((nl = strchr(t, '\n')) != NULL) {
 		t = nl + 1;
-		flags |= ehlo_line_caps(t, strcspn(t, "\n"), size, &xf);
+		flags |= ehlo_line_caps(t, strcspn(t, "\n"), size, &xf, &xc);
 	}
 	return flags;
 }
@@ -1076,9 +1079,12 @@ static size_t xf_encode(const char *v, char *out)
 	return n;
 }
 
-/* smtp_xforward_format - the XFORWARD commands for the offered attributes. */
-int smtp_xforward_format(const char *const val[SMTP_XF_COUNT], unsigned offered, char *out, size_t outlen)
+/* smtp_xforward_format - the verb's commands for the offered attributes. */
+int smtp_xforward_format(const char *verb, const char *const val[SMTP_XF_COUNT], unsigned offered, char *out,
+			 size_t outlen)
 {
+	size_t vlen = strlen(verb);
+
 	char enc[SMTP_XFORWARD_VALUE_MAX + 1];
 	size_t pos = 0, line = 0; /* start of the command being built */
 	int ncmd = 0;
@@ -1092,7 +1098,7 @@ int smtp_xforward_format(const char *const val[SMTP_XF_COUNT], unsigned offered,
 		size_t vl = xf_encode(val[a], enc);
 		size_t need = 1 + strlen(xf_names[a]) + 1 + vl; /* " NAME=value" */
 
-		/* "XFORWARD" + attributes + CRLF within the command limit */
+		/* the verb, the attributes and CRLF within the command limit */
 		if (ncmd == 0 || (pos - line) + need + 2 > SMTP_XFORWARD_LINE_MAX) {
 			if (ncmd > 0) {
 				if (pos + 2 >= outlen)
@@ -1100,11 +1106,11 @@ int smtp_xforward_format(const char *const val[SMTP_XF_COUNT], unsigned offered,
 				memcpy(out + pos, "\r\n", 2);
 				pos += 2;
 			}
-			if (pos + 8 >= outlen)
+			if (pos + vlen >= outlen)
 				return -1;
 			line = pos;
-			memcpy(out + pos, "XFORWARD", 8);
-			pos += 8;
+			memcpy(out + pos, verb, vlen);
+			pos += vlen;
 			ncmd++;
 		}
 		if (pos + need >= outlen)

@@ -1,10 +1,11 @@
 /*
- * fuzz_xforward.c - libFuzzer target for XFORWARD (Postfix
- * XFORWARD_README): smtp_xforward_attrs on the first input line (an EHLO
+ * fuzz_xforward.c - libFuzzer target for XFORWARD and XCLIENT (Postfix
+ * XFORWARD_README, XCLIENT_README; the verb by the last byte's low bit):
+ * smtp_xforward_attrs on the first input line (an EHLO
  * keyword's parameters), smtp_xforward_format on the values that follow
  * (one per line, in enum smtp_xf_attr order; a missing line is NULL).
  * The commands: each at most SMTP_XFORWARD_LINE_MAX octets with its CRLF,
- * "XFORWARD" and " NAME=value" items only, every offered attribute once
+ * the verb and " NAME=value" items only, every offered attribute once
  * and no other, each value [UNAVAILABLE] or valid xtext of at most
  * SMTP_XFORWARD_VALUE_MAX octets whose decoding is the input value with
  * the characters XFORWARD forbids turned into '?'. A smaller buffer gives
@@ -66,8 +67,11 @@ static void check_value(const char *v, size_t n, const char *in)
 }
 
 /* check_commands - the commands in out for the values val, offered mask */
-static void check_commands(const char *out, int ncmd, const char *const val[], unsigned offered)
+static void check_commands(const char *verb, const char *out, int ncmd, const char *const val[],
+			   unsigned offered)
 {
+	size_t vl = strlen(verb);
+
 	unsigned seen = 0;
 	int lines = 0;
 	const char *p = out;
@@ -75,10 +79,11 @@ static void check_commands(const char *out, int ncmd, const char *const val[], u
 	while (*p) {
 		const char *crlf = strstr(p, "\r\n");
 
-		if (!crlf || (size_t)(crlf - p) + 2 > SMTP_XFORWARD_LINE_MAX || strncmp(p, "XFORWARD ", 9) != 0)
+		if (!crlf || (size_t)(crlf - p) + 2 > SMTP_XFORWARD_LINE_MAX || strncmp(p, verb, vl) != 0 ||
+		    p[vl] != ' ')
 			abort();
 		lines++;
-		for (const char *q = p + 8; q < crlf;) {
+		for (const char *q = p + vl; q < crlf;) {
 			const char *item = q + 1, *eq, *end;
 
 			if (*q != ' ')
@@ -127,14 +132,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	for (int a = 0; a < SMTP_XF_COUNT; a++)
 		val[a] = lines[1 + a];
-	int ncmd = smtp_xforward_format(val, offered, out, sizeof(out));
+	const char *verb = size && (data[size - 1] & 1) ? "XCLIENT" : "XFORWARD";
+	int ncmd = smtp_xforward_format(verb, val, offered, out, sizeof(out));
 
 	if (ncmd < 0 || (ncmd == 0) != (offered == 0) || ncmd > SMTP_XF_COUNT)
 		abort();
-	check_commands(out, ncmd, val, offered);
+	check_commands(verb, out, ncmd, val, offered);
 	/* a buffer too small: -1 or the same, within its bounds */
 	size_t cut = size ? (size_t)data[0] * 8 % sizeof(small) : 0;
-	int k = smtp_xforward_format(val, offered, small, cut);
+	int k = smtp_xforward_format(verb, val, offered, small, cut);
 
 	if (k >= 0 && (k != ncmd || strcmp(small, out) != 0))
 		abort();

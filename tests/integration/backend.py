@@ -30,6 +30,10 @@ JSON control file re-read when it changes (--control-file):
            received (xtext decoded) go into the envelope as "xforward" and
            are reset after each transaction (DATA end, RSET), as Postfix does;
            its reply is reply["xforward"] (default 250)
+  xclient: "" or the attribute names offered: the XCLIENT keyword in EHLO;
+           the attributes received go into every later envelope of the
+           connection as "xclient"; reply["xclient"] (default a new 220
+           greeting, after which the client must EHLO again)
   lenient: bool - like vulnerable servers, end lines on CR, LF or CRLF and end
            DATA on "." alone on any such line; transactions are counted so a
            test can see a split happen.
@@ -51,7 +55,7 @@ import sys
 import time
 
 LINE_END = re.compile(b"[\r\n]")
-STAGES = ("greeting", "ehlo", "helo", "xforward", "mail", "rcpt", "data", "body", "eod", "rset")
+STAGES = ("greeting", "ehlo", "helo", "xforward", "xclient", "mail", "rcpt", "data", "body", "eod", "rset")
 
 DEFAULTS = {
     "reply": {},
@@ -65,6 +69,7 @@ DEFAULTS = {
     "size": True,
     "lenient": False,
     "xforward": "",
+    "xclient": "",
 }
 
 
@@ -142,6 +147,7 @@ class Session:
         self.id = st.conn_seq
         self.helo = None
         self.xforward = {}
+        self.xclient = {}
         self.reset()
 
     def reset(self):
@@ -273,6 +279,8 @@ class Session:
             caps.append("ENHANCEDSTATUSCODES")
             if o["xforward"]:
                 caps.append("XFORWARD " + o["xforward"])
+            if o["xclient"] and not self.xclient:
+                caps.append("XCLIENT " + o["xclient"])
             return await self.act("ehlo", self.reply_for(
                 "ehlo", "\n".join("250 " + c for c in caps)))
         if verb == "HELO":
@@ -318,6 +326,16 @@ class Session:
                     self.xforward[k.upper()] = re.sub(
                         r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), v)
             return await self.act("xforward", rep)
+        if verb == "XCLIENT" and o["xclient"]:
+            rep = self.reply_for("xclient", "220 backend.test ESMTP after XCLIENT")
+            if rep.startswith("2"):
+                self.helo = None
+                self.reset()
+                for item in arg.split():
+                    k, _, v = item.partition("=")
+                    self.xclient[k.upper()] = re.sub(
+                        r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), v)
+            return await self.act("xclient", rep)
         if verb == "RSET":
             self.st.stats["rset"] += 1
             self.xforward = {}
@@ -356,7 +374,7 @@ class Session:
         data = b"".join(x + b"\r\n" for x in lines)
         env = {"mail_from": self.mail_from, "mail_params": self.mail_params,
                "rcpts": self.rcpts, "helo": self.helo, "conn": self.id,
-               "xforward": self.xforward}
+               "xforward": self.xforward, "xclient": self.xclient}
         self.xforward = {}
         eod = self.reply_for("eod", "250 2.0.0 Ok: queued as {qid}")
         if "eod" in o["drop"] + o["hang"] or not eod.startswith("2"):
@@ -437,6 +455,7 @@ def parse_args(argv):
     ap.add_argument("--no-size", action="store_true")
     ap.add_argument("--lenient", action="store_true")
     ap.add_argument("--xforward", default="", metavar="ATTRS")
+    ap.add_argument("--xclient", default="", metavar="ATTRS")
     args = ap.parse_args(argv)
     opts = {
         "reply": dict(x.split("=", 1) for x in args.reply),
@@ -448,6 +467,7 @@ def parse_args(argv):
         "dsn": not args.no_dsn, "size": not args.no_size,
         "lenient": args.lenient,
         "xforward": args.xforward,
+        "xclient": args.xclient,
     }
     for s in opts["reply"]:
         if s not in STAGES:
@@ -473,6 +493,7 @@ class Message:
         self.conn = env["conn"]
         self.queue_id = env["queue_id"]
         self.xforward = env.get("xforward", {})
+        self.xclient = env.get("xclient", {})
 
     def __repr__(self):
         return "Message(%s from=%s to=%s %d bytes)" % (
@@ -495,8 +516,8 @@ def _opts_to_args(opts):
         elif k == "lenient":
             if v:
                 out.append("--lenient")
-        elif k == "xforward":
-            out += ["--xforward", v]
+        elif k in ("xforward", "xclient"):
+            out += ["--" + k, v]
         else:
             raise ValueError("unknown backend option %r" % k)
     return out

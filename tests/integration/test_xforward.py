@@ -11,6 +11,9 @@
 - a backend not in relay_xforward_hosts, or one that does not offer
   XFORWARD, gets no XFORWARD command and the message as before;
 - a 5xx to XFORWARD is logged and the message goes on without it;
+- XCLIENT (relay_xclient_hosts) only to a backend that does not take
+  XFORWARD: EHLO again after its 220, the connection never pooled; a
+  real Postfix then logs and stamps the client as its own;
 - perimd -t refuses an entry that is no address or network."""
 
 import re
@@ -161,5 +164,86 @@ smtp_send_xforward_command = yes
         assert re.search(r"client=localhost\[127\.0\.0\.1\], orig_queue_id=%s, "
                          r"orig_client=unknown\[%s\]" % (ids[0], re.escape(CLIENT_ADDR)),
                          log), log[-2000:]
+    finally:
+        pf.stop()
+
+
+# ---- XCLIENT: only where XFORWARD is not to be had ---------------------------
+
+XCL = "NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT"
+
+
+def test_xclient_when_no_xforward(perimd_factory, backend_factory):
+    b = backend_factory(xclient=XCL)
+    p = perimd_factory(relay_backends=b.target, relay_xclient_hosts="127.0.0.0/8", io_threads=1)
+    ids, sport = send(p.port, helo="real-client.test")
+    ids2, sport2 = send(p.port, helo="real-client.test", ehlo=False)
+    m1, m2 = b.messages()
+    assert m1.xclient == {"NAME": "unknown", "ADDR": CLIENT_ADDR, "PORT": str(sport),
+                          "PROTO": "ESMTP", "HELO": "real-client.test"}, m1.xclient
+    assert m2.xclient["PROTO"] == "SMTP" and m2.xclient["PORT"] == str(sport2)
+    assert m1.xforward == {} and m1.helo == "perimd.test"  # EHLO again after the 220
+    # a connection that took XCLIENT serves no other client: never pooled
+    assert wait_for(lambda: b.stats()["commands"].get("QUIT") == 2, 10), b.stats()
+    st = b.stats()
+    assert st["connections"] == 2 and st["commands"]["XCLIENT"] == 2, st
+    assert st["commands"]["EHLO"] == 4, st
+
+
+@pytest.mark.parametrize("case", ["both_offered", "not_listed", "refused"])
+def test_xclient_not_used(perimd_factory, backend_factory, case):
+    opts = {"xclient": XCL}
+    params = {"relay_xclient_hosts": "127.0.0.0/8"}
+    if case == "both_offered":
+        opts["xforward"] = ALL
+        params["relay_xforward_hosts"] = "127.0.0.1"
+    elif case == "not_listed":
+        params["relay_xclient_hosts"] = "10.0.0.0/8"
+    else:
+        opts["reply"] = {"xclient": "550 5.7.0 Error: insufficient authorization"}
+    b = backend_factory(**opts)
+    p = perimd_factory(relay_backends=b.target, **params)
+    send(p.port)
+    (m,) = b.messages()
+    assert m.xclient == {}
+    if case == "both_offered":
+        assert m.xforward["ADDR"] == CLIENT_ADDR  # XFORWARD preferred
+        assert "XCLIENT" not in b.stats()["commands"]
+    elif case == "not_listed":
+        assert "XCLIENT" not in b.stats()["commands"]
+    else:
+        p.wait_log(r"XCLIENT refused, going on without it: 550 5\.7\.0")
+
+
+def test_check_refuses_bad_xclient_entry(perimd_factory):
+    p = perimd_factory(start=False, relay_xclient_hosts="example.com")
+    r = subprocess.run([PERIMD_BIN, "-t", "-c", p.conf_path], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode != 0 and "relay_xclient_hosts: example.com" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(not postfix_available(), reason="postfix not installed")
+def test_postfix_backend_xclient(perimd_factory, backend_factory):
+    # XCLIENT: Postfix takes the connection as the client's own (its log,
+    # its Received field, and its restrictions: mynetworks must cover the
+    # client for the relay to pass)
+    nxt = backend_factory()
+    pf = PostfixInstance(free_port(), """mynetworks = 127.0.0.0/8
+relay_domains = example.com
+relayhost = [127.0.0.1]:{nxt}
+smtpd_authorized_xclient_hosts = 127.0.0.1
+smtpd_recipient_restrictions = permit_mynetworks, reject
+""".format(nxt=nxt.port))
+    pf.start()
+    try:
+        p = perimd_factory(relay_backends="[127.0.0.1]:%d" % pf.port,
+                           relay_xclient_hosts="127.0.0.0/8")
+        send(p.port, helo="real-client.test")
+        assert wait_for(lambda: nxt.messages(), 30), pf.log_text()[-2000:]
+        (m,) = nxt.messages()
+        assert b"Received: from real-client.test (unknown [%s])" % CLIENT_ADDR.encode() \
+            in m.data, m.data[:800]
+        assert re.search(r"\]: [0-9A-F]+: client=unknown\[%s\]" % re.escape(CLIENT_ADDR),
+                         pf.log_text()), pf.log_text()[-2000:]
     finally:
         pf.stop()
