@@ -15,6 +15,7 @@
 #include "grey.h"
 #include "jobs.h"
 #include "log.h"
+#include "milter.h"
 #include "maps.h"
 #include "net.h"
 #include "policy.h"
@@ -500,7 +501,7 @@ int main(int argc, char **argv)
 		sigaction(SIGINT, &sa, NULL);
 	}
 
-	jobs_start(2);
+	jobs_start(milter_enabled(c) ? 64 : 2); /* a milter conversation holds a worker */
 	admin_starting_begin(stats_fd); /* /healthz: 503 until the loops run */
 	{
 		/* No mail before the virus scanner has its engine loaded. */

@@ -384,7 +384,7 @@ static const struct smtpd_cmd smtpd_cmds[SMTP_VERB_COUNT] = {
 	[SMTP_EHLO] = { "EHLO", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, { 0 }, NULL, cmd_ehlo },
 	[SMTP_MAIL] = { "MAIL",
 			PH_BIT(PH_CONNECTED) | PH_BIT(PH_GREETED),
-			CMD_F_HELO_REQ,
+			CMD_F_HELO_REQ | CMD_F_PAUSES, /* milters (milter.h) answer asynchronously */
 			NULL,
 			{ [PH_CONNECTED] = R_HELO_FIRST,
 			  [PH_TLS_STARTED] = R_HELO_FIRST,
@@ -854,6 +854,7 @@ static void proxy_input(struct session *s)
 	} else {
 		log_info("%s: PROXY v%d from [%s]: client [%s]:%d", s->id, h.version, s->addr, h.src, h.sport);
 		snprintf(s->addr, sizeof s->addr, "%s", h.src);
+		s->port = h.sport;
 	}
 	session_greet(s);
 	/* What followed the header in the same read is the client's. */
@@ -903,6 +904,7 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	s->pol = pol;
 	s->cf = cf;
 	memcpy(s->addr, addr, sizeof addr);
+	s->port = net_port(sa);
 	smtpd_gen_id(s->id);
 	s->ps = policy_session_new(pol, s->id, s->addr);
 	s->conn = conn_new(sl->loop, fd, &session_ops, s);
