@@ -1,0 +1,238 @@
+"""test_milter.py - perimd as a milter host (smtpd_milters), end to end:
+the real binary, a milter written for the test (milter_peer.py, the wire
+protocol spoken directly) and real filters (clamav-milter with clamd,
+opendkim, rspamd) started here, backend.py as the backend. What the
+backend stores is compared with what each milter asked for.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import Client, expect, wait_for  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Peer:
+    """milter_peer.py as a process; events() are the commands it saw."""
+
+    def __init__(self, tmp_path, pflags="0", actions="1ff"):
+        self.events_path = str(tmp_path / ("milter-events-%s.jsonl" % pflags))
+        open(self.events_path, "w").close()
+        self.proc = subprocess.Popen(
+            ["/usr/bin/python3", os.path.join(HERE, "milter_peer.py"), "--events",
+             self.events_path, "--pflags", pflags, "--actions", actions],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        line = self.proc.stdout.readline().decode()
+        assert line.startswith("READY port="), line
+        self.port = int(line.split("=")[1])
+        self.spec = "inet:127.0.0.1:%d" % self.port
+
+    def events(self):
+        with open(self.events_path) as f:
+            return [json.loads(l) for l in f if l.strip()]
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def peer(tmp_path):
+    p = Peer(tmp_path)
+    yield p
+    p.stop()
+
+
+def start(perimd_factory, backend, milters, **params):
+    conf = dict(relay_backends=backend.target, smtpd_milters=milters,
+                milter_command_timeout="2s", milter_content_timeout="3s",
+                milter_connect_timeout="2s")
+    conf.update(params)
+    return perimd_factory(**conf)
+
+
+def send(port, sender, rcpts, body, expect_rcpt=None):
+    """One session, one transaction; the reply to the final dot (or to the
+    command that ended it)."""
+    with Client(port) as c:
+        expect(c.cmd("EHLO client.test"), 250)
+        r = c.cmd("MAIL FROM:<%s>" % sender)
+        if r[0] != 250:
+            return r
+        ok = 0
+        for i, rc in enumerate(rcpts):
+            r = c.cmd("RCPT TO:<%s>" % rc)
+            if expect_rcpt:
+                assert r[0] == expect_rcpt[i], (rc, r)
+            ok += r[0] == 250
+        if not ok:
+            return r
+        expect(c.cmd("DATA"), 354)
+        c.send(body + b".\r\n")
+        return c.reply(timeout=20)
+
+
+MSG = (b"Subject: hello\r\nX-Remove-Me: bye\r\nX-Twice: one\r\nX-Twice: two\r\n"
+       b"From: a@client.test\r\n\r\noriginal body\r\n")
+
+
+def headers_of(data):
+    head = data.split(b"\r\n\r\n", 1)[0].decode()
+    return head.split("\r\n")
+
+
+def metric(p, name):
+    port = p.params["stats_listen"].rsplit(":", 1)[1]
+    text = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % port, timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_every_modification(perimd_factory, backend, peer):
+    p = start(perimd_factory, backend, peer.spec)
+    r = send(p.port, "mods@client.test", ["keep@example.com", "del@example.com"], MSG)
+    expect(r, 250)
+    msgs = backend.messages()
+    assert len(msgs) == 1
+    m = msgs[0]
+    assert m.mail_from == "newsender@example.org"
+    assert sorted(m.rcpts) == ["added@example.com", "keep@example.com"]
+    hdrs = headers_of(m.data)
+    assert hdrs[0] == "X-Inserted: at the top"
+    assert hdrs[1].startswith("Received: from client.test")
+    assert "Subject: changed subject" in hdrs
+    assert "Subject: hello" not in hdrs
+    assert not any(h.startswith("X-Remove-Me") for h in hdrs)
+    assert "X-Twice: one" in hdrs and "X-Twice: second changed" in hdrs
+    assert hdrs[-1] == "X-Added: yes, added"
+    body = m.data.split(b"\r\n\r\n", 1)[1]
+    assert body == b"replaced body line 1\r\nreplaced body line 2\r\n.leading dot\r\n"
+    log = p.log_text()
+    for what in ("add header X-Added", "insert header 0 X-Inserted", "change header 1 Subject",
+                 "delete header 1 X-Remove-Me", "replace body", "add recipient <added@example.com>",
+                 "delete recipient <del@example.com>", "change sender <newsender@example.org>"):
+        assert what in log, what
+    # The milter saw the stages in order, with perimd's macros.
+    ev = peer.events()
+    cmds = [e["cmd"] for e in ev]
+    assert cmds[:4] == ["O", "C", "H", "M"], cmds
+    mail = ev[3]
+    msgid = mail["macros"]["i"]
+    assert mail["args"][0] == "<mods@client.test>"
+    assert mail["macros"]["{mail_addr}"] == "mods@client.test"
+    assert ("%s: milter" % msgid) in log
+    conn = next(e for e in ev if e["cmd"] == "C")
+    assert conn["macros"]["j"] == "perimd.test"
+    assert "[127.0.0.1]" in conn["macros"]["_"]
+    rcpt = [e for e in ev if e["cmd"] == "R"]
+    assert [e["macros"]["{rcpt_addr}"] for e in rcpt] == ["keep@example.com", "del@example.com"]
+    seen = next(e for e in ev if e["cmd"] == "headers")
+    assert ["Subject", "hello"] in seen["headers"]
+    assert seen["body"] == "original body\r\n"
+
+
+def test_verdicts(perimd_factory, backend, peer):
+    p = start(perimd_factory, backend, peer.spec)
+    # discard: 250, nothing relayed, counted
+    expect(send(p.port, "discard@client.test", ["a@example.com"], MSG), 250)
+    expect(send(p.port, "discardmail@client.test", ["a@example.com"], MSG), 250)
+    assert wait_for(lambda: metric(p, "perimd_messages_discarded_total") == 2)
+    assert "discarded by milter" in p.log_text()
+    # custom multi-line reply
+    with Client(p.port) as c:
+        expect(c.cmd("EHLO client.test"), 250)
+        expect(c.cmd("MAIL FROM:<reply@client.test>"), 250)
+        expect(c.cmd("RCPT TO:<a@example.com>"), 250)
+        expect(c.cmd("DATA"), 354)
+        c.send(MSG + b".\r\n")
+        r = c.reply(timeout=20)
+        assert r == (550, "5.7.1 first line\n5.7.1 second line"), r
+    # tempfail at end of message; reject at MAIL
+    expect(send(p.port, "tempfail@client.test", ["a@example.com"], MSG), 451, "4.7.1")
+    expect(send(p.port, "rejectmail@client.test", ["a@example.com"], MSG), 550, "5.7.1")
+    # an invalid reply code is a broken milter: milter_default_action
+    expect(send(p.port, "badreply@client.test", ["a@example.com"], MSG), 451, "4.3.5")
+    # quarantine was never negotiated: broken
+    expect(send(p.port, "quarantine@client.test", ["a@example.com"], MSG), 451, "4.3.5")
+    assert backend.messages() == []
+    # RCPT refusals, pipelined, and the role account exemption
+    with Client(p.port) as c:
+        expect(c.cmd("EHLO client.test"), 250)
+        c.send(b"MAIL FROM:<rejectrcpt@client.test>\r\nRCPT TO:<a@example.com>\r\n"
+               b"RCPT TO:<postmaster@example.com>\r\nDATA\r\n")
+        expect(c.reply(), 250)
+        expect(c.reply(), 550, "5.7.1")
+        expect(c.reply(), 250)
+        expect(c.reply(), 354)
+        c.send(MSG + b".\r\n")
+        expect(c.reply(timeout=20), 250)
+    msgs = backend.messages()
+    assert len(msgs) == 1 and msgs[0].rcpts == ["postmaster@example.com"]
+    assert any(h == "X-Peer: seen" for h in headers_of(msgs[0].data))
+    r = send(p.port, "tempme@client.test", ["a@example.com"], MSG)
+    expect(r, 450, "4.2.0")
+
+
+def test_added_recipient_relay_control(perimd_factory, backend, peer):
+    p = start(perimd_factory, backend, peer.spec)
+    expect(send(p.port, "relay@client.test", ["a@example.com"], MSG), 250)
+    m = backend.messages()[0]
+    assert sorted(m.rcpts) == ["a@example.com", "added@example.com"]
+    assert "added recipient <x@elsewhere.org> refused: relay access denied" in p.log_text()
+
+
+def test_failures_default_action(perimd_factory, backend, peer, tmp_path):
+    p = start(perimd_factory, backend, peer.spec)
+    t0 = time.monotonic()
+    expect(send(p.port, "hang@client.test", ["a@example.com"], MSG), 451, "4.3.5")
+    assert time.monotonic() - t0 < 10
+    expect(send(p.port, "broken@client.test", ["a@example.com"], MSG), 451, "4.3.5")
+    log = p.log_text()
+    assert "read: timeout" in log and "bad packet length" in log
+    # a milter that is not there: tempfail, reject, accept
+    from harness import free_port
+    down = "inet:127.0.0.1:%d" % free_port()
+    p2 = start(perimd_factory, backend, down)
+    expect(send(p2.port, "a@client.test", ["a@example.com"], MSG), 451, "4.3.5")
+    p3 = start(perimd_factory, backend, down, milter_default_action="reject")
+    expect(send(p3.port, "a@client.test", ["a@example.com"], MSG), 550, "5.5.0")
+    p4 = start(perimd_factory, backend, down + ", " + peer.spec, milter_default_action="accept")
+    expect(send(p4.port, "a@client.test", ["a@example.com"], MSG), 250)
+    assert any("X-Peer: seen" == h for h in headers_of(backend.messages()[0].data))
+    assert backend.messages()[0].rcpts == ["a@example.com"]
+
+
+def test_negotiated_skips(perimd_factory, backend, tmp_path):
+    # NOCONNECT|NOHELO|NOBODY|NOHDRS + NR_RCPT: those stages are not sent,
+    # RCPT gets no reply read
+    peer = Peer(tmp_path, pflags=hex(0x1 | 0x2 | 0x10 | 0x20 | 0x8000)[2:])
+    try:
+        p = start(perimd_factory, backend, peer.spec)
+        expect(send(p.port, "plain@client.test", ["a@example.com", "b@example.com"], MSG), 250)
+        cmds = [e["cmd"] for e in peer.events()]
+        assert "C" not in cmds and "H" not in cmds and "B" not in cmds and "L" not in cmds
+        assert cmds.count("R") == 2 and "E" in cmds and "N" in cmds
+        assert sorted(backend.messages()[0].rcpts) == ["a@example.com", "b@example.com"]
+    finally:
+        peer.stop()
+
+
+def test_idle_sessions_hold_no_milter(perimd_factory, backend, peer):
+    p = start(perimd_factory, backend, peer.spec)
+    clients = [Client(p.port) for _ in range(20)]
+    for c in clients:
+        expect(c.cmd("EHLO client.test"), 250)
+    assert [e for e in peer.events() if e["cmd"] == "O"] == []
+    for c in clients:
+        c.close()
