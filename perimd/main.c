@@ -502,7 +502,7 @@ int main(int argc, char **argv)
 	}
 
 	jobs_start(milter_enabled(c) ? 64 : 2); /* a milter conversation holds a worker */
-	admin_starting_begin(stats_fd); /* /healthz: 503 until the loops run */
+	admin_starting_begin(stats_fd);         /* /healthz: 503 until the loops run */
 	{
 		/* No mail before the virus scanner has its engine loaded. */
 		struct ev_loop **loops = xcalloc((size_t)nthreads, sizeof *loops);

@@ -66,8 +66,8 @@
 /* What perimd offers to skip or not answer, by protocol version. */
 #define PFLAGS_V2 0x7fu
 #define PFLAGS_V4 (PFLAGS_V2 | SMFIP_NOUNKNOWN | SMFIP_NODATA)
-#define PFLAGS_V6                                                                                  \
-	(PFLAGS_V4 | SMFIP_SKIP | SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_MAIL | SMFIP_NR_RCPT |     \
+#define PFLAGS_V6 \
+	(PFLAGS_V4 | SMFIP_SKIP | SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_MAIL | SMFIP_NR_RCPT | \
 	 SMFIP_NR_DATA | SMFIP_NR_UNKN | SMFIP_NR_EOH | SMFIP_NR_BODY)
 
 /* Actions perimd honours (SMFIF_*): add/change headers, body, add and
@@ -80,9 +80,9 @@
 #define SMFIF_CHGHDRS 0x10u
 #define SMFIF_CHGFROM 0x40u
 #define SMFIF_ADDRCPT_PAR 0x80u
-#define ACTIONS_HONOURED                                                                           \
-	(SMFIF_ADDHDRS | SMFIF_CHGBODY | SMFIF_ADDRCPT | SMFIF_DELRCPT | SMFIF_CHGHDRS |            \
-	 SMFIF_CHGFROM | SMFIF_ADDRCPT_PAR)
+#define ACTIONS_HONOURED \
+	(SMFIF_ADDHDRS | SMFIF_CHGBODY | SMFIF_ADDRCPT | SMFIF_DELRCPT | SMFIF_CHGHDRS | SMFIF_CHGFROM | \
+	 SMFIF_ADDRCPT_PAR)
 
 #define BODY_CHUNK 65535
 
@@ -118,8 +118,15 @@ int milter_pkt_parse(const char *p, size_t n, struct milter_pkt *out)
 	p++, n--;
 	size_t off = 0;
 	switch (out->cmd) {
-	case 'a': case 'c': case 'd': case 'r': case 't': case 'p': case 's': case 'f': case '4':
-		return 0; /* accept, continue, discard, reject, tempfail, progress, skip, ... */
+	case 'a':
+	case 'c':
+	case 'd':
+	case 'r':
+	case 't':
+	case 'p':
+	case 's':
+	case 'f':
+	case '4': return 0; /* accept, continue, discard, reject, tempfail, progress, skip, ... */
 	case 'O':
 		if (n < 12)
 			return -1;
@@ -136,9 +143,7 @@ int milter_pkt_parse(const char *p, size_t n, struct milter_pkt *out)
 	case 'y':
 	case 'q':
 	case '+':
-	case '-':
-		out->s1 = str_at(p, n, &off);
-		return out->s1 ? 0 : -1;
+	case '-': out->s1 = str_at(p, n, &off); return out->s1 ? 0 : -1;
 	case '2':
 	case 'e':
 		out->s1 = str_at(p, n, &off);
@@ -159,8 +164,7 @@ int milter_pkt_parse(const char *p, size_t n, struct milter_pkt *out)
 		out->s1 = str_at(p, n, &off);
 		out->s2 = out->s1 ? str_at(p, n, &off) : NULL;
 		return out->s2 && out->s1[0] ? 0 : -1;
-	default:
-		return -1;
+	default: return -1;
 	}
 }
 
@@ -177,6 +181,26 @@ static int reply_line_ok(const char *l, size_t n, char cls, const char *code)
 		if ((unsigned char)l[i] < 32 && l[i] != '\t')
 			return 0;
 	return 1;
+}
+
+/* enh_valid - text begins with an enhanced status code of class cls
+ * (RFC 3463: class.subject.detail, 1-3 digits each) ending in a space
+ * or the end of the line. */
+static int enh_valid(const char *t, size_t n, char cls)
+{
+	if (n < 5 || t[0] != cls || t[1] != '.')
+		return 0;
+	size_t i = 2;
+	for (int part = 0; part < 2; part++) {
+		size_t d = 0;
+		while (i < n && t[i] >= '0' && t[i] <= '9' && d < 4)
+			i++, d++;
+		if (d < 1 || d > 3)
+			return 0;
+		if (part == 0 && (i >= n || t[i++] != '.'))
+			return 0;
+	}
+	return i == n || t[i] == ' ';
 }
 
 /* milter_reply_text - see milter.h. */
@@ -200,7 +224,7 @@ int milter_reply_text(const char *in, char *out, size_t outlen)
 		if (*next == '\n')
 			next++;
 		int last = !*next;
-		int has_enh = tn >= 5 && text[0] == cls && text[1] == '.';
+		int has_enh = enh_valid(text, tn, cls);
 		int w = snprintf(out + o, outlen - o, "%.3s%c%s%.*s%s", in, last ? ' ' : '-',
 				 has_enh ? "" : (cls == '4' ? "4.7.1 " : "5.7.1 "), (int)tn, text,
 				 last ? "" : "\r\n");
@@ -225,7 +249,7 @@ static int wait_fd(int fd, short ev, uint64_t deadline)
 			errno = ETIMEDOUT;
 			return -1;
 		}
-		struct pollfd pf = {.fd = fd, .events = ev};
+		struct pollfd pf = { .fd = fd, .events = ev };
 		int r = poll(&pf, 1, (int)(deadline - now));
 		if (r > 0)
 			return 0;
@@ -325,15 +349,15 @@ static int milter_open(struct milter *m)
 	const char *spec = m->name;
 	int fd = -1;
 	if (!strncmp(spec, "unix:", 5)) {
-		struct sockaddr_un sun = {.sun_family = AF_UNIX};
+		struct sockaddr_un sun = { .sun_family = AF_UNIX };
 		if (strlen(spec + 5) >= sizeof sun.sun_path) {
 			snprintf(m->err, sizeof m->err, "socket path too long");
 			return -1;
 		}
 		strcpy(sun.sun_path, spec + 5);
 		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 &&
-		    errno != EINPROGRESS && errno != EAGAIN) {
+		if (fd >= 0 && connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 && errno != EINPROGRESS &&
+		    errno != EAGAIN) {
 			snprintf(m->err, sizeof m->err, "connect: %s", strerror(errno));
 			close(fd);
 			return -1;
@@ -353,7 +377,7 @@ static int milter_open(struct milter *m)
 			h[strlen(h) - 1] = 0;
 			h++;
 		}
-		struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+		struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
 		int rc = getaddrinfo(h, colon + 1, &hints, &ai);
 		if (rc) {
 			snprintf(m->err, sizeof m->err, "resolve: %s", gai_strerror(rc));
@@ -377,7 +401,9 @@ static int milter_open(struct milter *m)
 	if (wait_fd(fd, POLLOUT, now_ms() + m->conn_timeout) < 0 ||
 	    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr) {
 		snprintf(m->err, sizeof m->err, "connect: %s",
-			 soerr ? strerror(soerr) : errno == ETIMEDOUT ? "timeout" : strerror(errno));
+			 soerr                    ? strerror(soerr)
+			     : errno == ETIMEDOUT ? "timeout"
+						  : strerror(errno));
 		close(fd);
 		return -1;
 	}
@@ -405,8 +431,8 @@ static int negotiate(struct milter *m, int version)
 	if (send_pkt(m, SMFIC_OPTNEG, b, sizeof b) < 0 || milter_recv(m, m->cmd_timeout, &pk) < 0)
 		return -1;
 	if (pk.cmd != 'O' || pk.idx < 2 || pk.idx > 6) {
-		snprintf(m->err, sizeof m->err, "bad negotiation reply (command %c, version %u)",
-			 pk.cmd, pk.idx);
+		snprintf(m->err, sizeof m->err, "bad negotiation reply (command %c, version %u)", pk.cmd,
+			 pk.idx);
 		return -1;
 	}
 	if (pk.pflags & ~offer) {
@@ -454,13 +480,9 @@ static int send_macros(struct milter *m, struct milter_txn *mt, char cmd, const 
 int milter_verdict(struct milter *m, const struct milter_pkt *pk, struct milter_result *res)
 {
 	switch (pk->cmd) {
-	case 'c':
-		return 0;
-	case 's':
-		return 0; /* skip: the caller stops sending body */
-	case 'a':
-		m->done = 1;
-		return 1;
+	case 'c': return 0;
+	case 's': return 0; /* skip: the caller stops sending body */
+	case 'a': m->done = 1; return 1;
 	case 'r':
 		res->act = MILTER_REJECT;
 		snprintf(res->reply, sizeof res->reply, "550 5.7.1 Command rejected");
@@ -482,9 +504,7 @@ int milter_verdict(struct milter *m, const struct milter_pkt *pk, struct milter_
 		res->act = cls == 4 ? MILTER_TEMPFAIL : MILTER_REJECT;
 		break;
 	}
-	default:
-		snprintf(m->err, sizeof m->err, "unexpected reply '%c'", pk->cmd);
-		return -1;
+	default: snprintf(m->err, sizeof m->err, "unexpected reply '%c'", pk->cmd); return -1;
 	}
 	snprintf(res->which, sizeof res->which, "%s", m->name);
 	return 2;
@@ -561,14 +581,13 @@ static int session_start(struct milter *m, struct milter_txn *mt, struct milter_
 		memcpy(b + n, &port, 2);
 		n += 2;
 		n += (size_t)snprintf(b + n, sizeof b - n, "%s", mt->client_addr) + 1;
-		int r = milter_cmd(m, mt, SMFIC_CONNECT, &cf->milter_connect_macros, b, n, SMFIP_NR_CONN,
-				   res);
+		int r = milter_cmd(m, mt, SMFIC_CONNECT, &cf->milter_connect_macros, b, n, SMFIP_NR_CONN, res);
 		if (r)
 			return r;
 	}
 	if (!(m->pflags & SMFIP_NOHELO) && mt->helo[0])
-		return milter_cmd(m, mt, SMFIC_HELO, &cf->milter_helo_macros, mt->helo,
-				  strlen(mt->helo) + 1, SMFIP_NR_HELO, res);
+		return milter_cmd(m, mt, SMFIC_HELO, &cf->milter_helo_macros, mt->helo, strlen(mt->helo) + 1,
+				  SMFIP_NR_HELO, res);
 	return 0;
 }
 
@@ -577,8 +596,8 @@ static int session_start(struct milter *m, struct milter_txn *mt, struct milter_
 struct milter_req {
 	struct milter_txn *mt;
 	struct job *job;
-	char stage;     /* 'M', 'R', 'E' */
-	char *arg;      /* sender / recipient */
+	char stage; /* 'M', 'R', 'E' */
+	char *arg;  /* sender / recipient */
 	struct spool *sp;
 	milter_done_fn *done;
 	void *done_arg;
@@ -645,8 +664,8 @@ static void job_done(void *arg, int cancelled)
 }
 
 /* submit - start a stage on the worker pool. */
-static struct milter_req *submit(struct ev_loop *loop, struct milter_txn *mt, char stage,
-				 const char *a, struct spool *sp, milter_done_fn *done, void *arg)
+static struct milter_req *submit(struct ev_loop *loop, struct milter_txn *mt, char stage, const char *a,
+				 struct spool *sp, milter_done_fn *done, void *arg)
 {
 	struct milter_req *rq = xcalloc(1, sizeof *rq);
 	rq->mt = mt;
@@ -776,7 +795,7 @@ void milter_txn_free(struct milter_txn *mt, struct spool *sp)
 	for (int i = 0; i < mt->n; i++) {
 		if (mt->m[i].fd >= 0) {
 			/* SMFIC_QUIT, without waiting: a socket buffer takes 5 bytes */
-			static const char quit[5] = {0, 0, 0, 1, SMFIC_QUIT};
+			static const char quit[5] = { 0, 0, 0, 1, SMFIC_QUIT };
 			(void)!send(mt->m[i].fd, quit, sizeof quit, MSG_NOSIGNAL | MSG_DONTWAIT);
 			close(mt->m[i].fd);
 		}

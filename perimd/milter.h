@@ -46,8 +46,8 @@ struct milter_env_mod {
 
 struct milter_result {
 	enum milter_act act;
-	char reply[1024]; /* REJECT/TEMPFAIL: CRLF-separated lines, no final CRLF */
-	char which[128];  /* the milter that decided, "" */
+	char reply[1024];    /* REJECT/TEMPFAIL: CRLF-separated lines, no final CRLF */
+	char which[128];     /* the milter that decided, "" */
 	struct spool *spool; /* end of message: the modified copy, or NULL */
 	struct milter_env_mod *mods;
 	int nmods;
@@ -93,11 +93,11 @@ void milter_txn_free(struct milter_txn *mt, struct spool *sp);
  * 'O', ...); s1/s2 point into the packet (NUL-terminated there). */
 struct milter_pkt {
 	char cmd;
-	uint32_t idx;         /* insheader/chgheader index; OPTNEG version */
-	uint32_t actions;     /* OPTNEG */
-	uint32_t pflags;      /* OPTNEG */
-	const char *s1, *s2;  /* header name/value, address/args, reply text */
-	const char *data;     /* replbody: the bytes */
+	uint32_t idx;        /* insheader/chgheader index; OPTNEG version */
+	uint32_t actions;    /* OPTNEG */
+	uint32_t pflags;     /* OPTNEG */
+	const char *s1, *s2; /* header name/value, address/args, reply text */
+	const char *data;    /* replbody: the bytes */
 	size_t datalen;
 };
 

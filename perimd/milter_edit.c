@@ -30,8 +30,8 @@ struct msg {
 	int owned;        /* sp is ours (a copy made here) */
 	struct hdr *h;
 	int nh, caph;
-	uint64_t body_off; /* where the body begins in sp */
-	int has_sep;       /* an empty line separates headers and body */
+	uint64_t body_off;     /* where the body begins in sp */
+	int has_sep;           /* an empty line separates headers and body */
 	struct spool *newbody; /* a replaced body (SMFIR_REPLBODY) */
 	int newbody_cr;        /* canonicalizing: a CR is pending */
 	int changed;
@@ -47,7 +47,7 @@ static void hdr_add(struct msg *g, int pos, const char *name, char *raw)
 	if (pos < 0 || pos > g->nh)
 		pos = g->nh;
 	memmove(g->h + pos + 1, g->h + pos, (size_t)(g->nh - pos) * sizeof *g->h);
-	g->h[pos] = (struct hdr){.name = xstrdup(name), .raw = raw};
+	g->h[pos] = (struct hdr){ .name = xstrdup(name), .raw = raw };
 	g->nh++;
 }
 
@@ -196,7 +196,7 @@ static int copy_body(struct msg *g, struct spool *out)
 	struct spool *src = g->newbody ? g->newbody : g->sp;
 	uint64_t off = g->newbody ? 0 : g->body_off, size = spool_size(src);
 	char buf[65536];
-	char last[2] = {'\r', '\n'};
+	char last[2] = { '\r', '\n' };
 	while (off < size) {
 		ssize_t r = spool_read(src, off, buf, sizeof buf);
 		if (r <= 0)
@@ -227,8 +227,7 @@ static int msg_rebuild(struct msg *g)
 		if (g->h[i].deleted)
 			continue;
 		if (spool_append(out, g->h[i].name, strlen(g->h[i].name)) < 0 ||
-		    spool_append(out, ":", 1) < 0 ||
-		    spool_append(out, g->h[i].raw, strlen(g->h[i].raw)) < 0 ||
+		    spool_append(out, ":", 1) < 0 || spool_append(out, g->h[i].raw, strlen(g->h[i].raw)) < 0 ||
 		    spool_append(out, "\r\n", 2) < 0)
 			goto fail;
 	}
@@ -258,8 +257,7 @@ fail:
 
 /* send_header - SMFIC_HEADER: name, value without leading white space,
  * folded lines joined by LF (as Postfix sends them). */
-static int send_header(struct milter *m, struct milter_txn *mt, const struct hdr *h,
-		       struct milter_result *res)
+static int send_header(struct milter *m, struct milter_txn *mt, const struct hdr *h, struct milter_result *res)
 {
 	size_t nl = strlen(h->name);
 	const char *v = h->raw;
@@ -356,23 +354,15 @@ static void env_mod(struct milter_result *res, char op, const char *addr, const 
 static uint32_t needs(char cmd)
 {
 	switch (cmd) {
-	case 'h':
-		return 0x1u;
+	case 'h': return 0x1u;
 	case 'i':
-	case 'm':
-		return 0x10u | 0x1u; /* CHGHDRS (insheader: ADDHDRS suffices) */
-	case 'b':
-		return 0x2u;
-	case '+':
-		return 0x4u;
-	case '2':
-		return 0x80u;
-	case '-':
-		return 0x8u;
-	case 'e':
-		return 0x40u;
-	default:
-		return 0;
+	case 'm': return 0x10u | 0x1u; /* CHGHDRS (insheader: ADDHDRS suffices) */
+	case 'b': return 0x2u;
+	case '+': return 0x4u;
+	case '2': return 0x80u;
+	case '-': return 0x8u;
+	case 'e': return 0x40u;
+	default: return 0;
 	}
 }
 
@@ -408,8 +398,7 @@ static int apply(struct milter *m, struct milter_txn *mt, struct msg *g, const s
 				 pk->idx, pk->s1, pk->s1, pk->s2);
 			hdr_add(g, g->nh, pk->s1, canon_value(pk->s2));
 		} else {
-			log_info("%s: milter %s: change header %u %s:%s", id, m->name, pk->idx, pk->s1,
-				 pk->s2);
+			log_info("%s: milter %s: change header %u %s:%s", id, m->name, pk->idx, pk->s1, pk->s2);
 			free(g->h[i].raw);
 			g->h[i].raw = canon_value(pk->s2);
 		}
@@ -427,8 +416,8 @@ static int apply(struct milter *m, struct milter_txn *mt, struct msg *g, const s
 		return 0;
 	case '+':
 	case '2':
-		log_info("%s: milter %s: add recipient %s%s%s", id, m->name, pk->s1,
-			 pk->s2 ? " " : "", pk->s2 ? pk->s2 : "");
+		log_info("%s: milter %s: add recipient %s%s%s", id, m->name, pk->s1, pk->s2 ? " " : "",
+			 pk->s2 ? pk->s2 : "");
 		env_mod(res, '+', pk->s1, m->name);
 		return 0;
 	case '-':
@@ -440,9 +429,7 @@ static int apply(struct milter *m, struct milter_txn *mt, struct msg *g, const s
 			 pk->s2 ? pk->s2 : "");
 		env_mod(res, 'e', pk->s1, m->name);
 		return 0;
-	default:
-		snprintf(m->err, sizeof m->err, "change '%c' not supported", pk->cmd);
-		return -1;
+	default: snprintf(m->err, sizeof m->err, "change '%c' not supported", pk->cmd); return -1;
 	}
 }
 
@@ -474,7 +461,7 @@ static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struc
 /* milter_stage_eom - see milter_int.h. */
 void milter_stage_eom(struct milter_txn *mt, struct spool *sp, struct milter_result *res)
 {
-	struct msg g = {0};
+	struct msg g = { 0 };
 	if (msg_load(&g, sp) < 0) {
 		res->act = MILTER_TEMPFAIL;
 		snprintf(res->reply, sizeof res->reply, "451 4.3.0 Error: queue file read error");

@@ -18,8 +18,8 @@ struct conf_list;
 
 /* One milter of smtpd_milters within a transaction. */
 struct milter {
-	const char *name; /* "inet:host:port" / "unix:/path" (the conf's) */
-	int fd;           /* -1: not connected */
+	const char *name;     /* "inet:host:port" / "unix:/path" (the conf's) */
+	int fd;               /* -1: not connected */
 	unsigned started : 1; /* connect was tried */
 	unsigned done : 1;    /* accepted, or left out: not asked again */
 	unsigned broken : 1;  /* failed (milter_default_action applied) */
@@ -35,8 +35,8 @@ struct milter_txn {
 	const struct conf *cf;
 	struct milter *m;
 	int n;
-	struct milter_req *busy; /* the stage in flight */
-	int orphan;              /* freed by the loop while busy */
+	struct milter_req *busy;    /* the stage in flight */
+	int orphan;                 /* freed by the loop while busy */
 	struct spool *orphan_spool; /* to free with it */
 	struct {
 		char *name, *value;

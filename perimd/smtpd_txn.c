@@ -132,8 +132,7 @@ static void reply_lines(struct session *s, const char *text, int err)
 }
 
 /* milter_refused - a milter's reject or tempfail: logged, counted. */
-static void milter_refused(struct session *s, const char *stage, const struct milter_result *r,
-			   const char *to)
+static void milter_refused(struct session *s, const char *stage, const struct milter_result *r, const char *to)
 {
 	char what[1200];
 	snprintf(what, sizeof what, "%s (milter %s)", r->reply, r->which);
@@ -339,8 +338,8 @@ static void rcpt_milter_done(void *arg, struct milter_result *r)
 	struct rcpt_pending *rp = s->tx->rcpt_pending;
 	smtpd_enter_state(s, ST_CMD);
 	if ((r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) && policy_is_role(s->pol, rp->local)) {
-		log_info("%s: milter %s refused role account <%s> (%s): accepted", s->id, r->which,
-			 rp->addr, r->reply);
+		log_info("%s: milter %s refused role account <%s> (%s): accepted", s->id, r->which, rp->addr,
+			 r->reply);
 	} else if (r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) {
 		s->tx->rcpt_pending = NULL;
 		stats_refusal(r->reply);
@@ -659,8 +658,8 @@ static int added_rcpt(struct session *s, const struct milter_env_mod *e, char *r
 	const char *route = NULL;
 	if (policy_route(s->pol, domain, &route) < 0 ||
 	    !((!route && !t->route) || (route && t->route && !strcmp(route, t->route)))) {
-		snprintf(refusal, rl,
-			 "451 4.3.5 Recipient <%s> added by a milter routes to another backend", e->addr);
+		snprintf(refusal, rl, "451 4.3.5 Recipient <%s> added by a milter routes to another backend",
+			 e->addr);
 		return -1;
 	}
 	for (int i = 0; i < t->nrcpt; i++)
@@ -670,7 +669,7 @@ static int added_rcpt(struct session *s, const struct milter_env_mod *e, char *r
 		t->caprcpt = t->caprcpt ? 2 * t->caprcpt : 4;
 		t->rcpts = xrealloc(t->rcpts, (size_t)t->caprcpt * sizeof *t->rcpts);
 	}
-	t->rcpts[t->nrcpt++] = (struct rcpt){.addr = xstrdup(e->addr)};
+	t->rcpts[t->nrcpt++] = (struct rcpt){ .addr = xstrdup(e->addr) };
 	return 0;
 }
 
