@@ -604,7 +604,7 @@ struct milter_req {
 	struct milter_result res;
 };
 
-/* stage_envelope - MAIL or RCPT for each milter still in the transaction:
+/* stage_envelope - MAIL, RCPT or DATA for each milter still in the transaction:
  * the first stage connects. A verdict of one milter ends the stage. */
 static void stage_envelope(struct milter_req *rq)
 {
@@ -619,7 +619,7 @@ static void stage_envelope(struct milter_req *rq)
 			r = session_start(m, mt, &rq->res);
 		if (r == 0 && !m->done) {
 			char b[1024];
-			size_t n = (size_t)snprintf(b, sizeof b, "<%s>", rq->arg) + 1;
+			size_t n = (size_t)snprintf(b, sizeof b, "<%s>", rq->arg ? rq->arg : "") + 1;
 			if (n > sizeof b)
 				n = sizeof b;
 			if (rq->stage == 'M' && !(m->pflags & SMFIP_NOMAIL))
@@ -628,6 +628,9 @@ static void stage_envelope(struct milter_req *rq)
 			else if (rq->stage == 'R' && !(m->pflags & SMFIP_NORCPT))
 				r = milter_cmd(m, mt, SMFIC_RCPT, &cf->milter_rcpt_macros, b, n,
 					       SMFIP_NR_RCPT, &rq->res);
+			else if (rq->stage == 'T' && !(m->pflags & SMFIP_NODATA))
+				r = milter_cmd(m, mt, SMFIC_DATA, &cf->milter_data_macros, NULL, 0,
+					       SMFIP_NR_DATA, &rq->res);
 		}
 		if (r < 0)
 			r = milter_fail(m, mt, &rq->res);
@@ -689,6 +692,11 @@ struct milter_req *milter_rcpt(struct ev_loop *loop, struct milter_txn *mt, cons
 			       milter_done_fn *done, void *arg)
 {
 	return submit(loop, mt, 'R', rcpt, NULL, done, arg);
+}
+
+struct milter_req *milter_data(struct ev_loop *loop, struct milter_txn *mt, milter_done_fn *done, void *arg)
+{
+	return submit(loop, mt, 'T', NULL, NULL, done, arg);
 }
 
 struct milter_req *milter_eom(struct ev_loop *loop, struct milter_txn *mt, struct spool *sp,

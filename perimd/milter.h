@@ -74,7 +74,8 @@ struct milter_req *milter_mail(struct ev_loop *loop, struct milter_txn *mt, cons
 			       milter_done_fn *done, void *arg);
 struct milter_req *milter_rcpt(struct ev_loop *loop, struct milter_txn *mt, const char *rcpt,
 			       milter_done_fn *done, void *arg);
-/* milter_eom - DATA, headers, end of headers, body, end of message of the
+struct milter_req *milter_data(struct ev_loop *loop, struct milter_txn *mt, milter_done_fn *done, void *arg);
+/* milter_eom - headers, end of headers, body, end of message of the
  * stored message sp (finished; read only). */
 struct milter_req *milter_eom(struct ev_loop *loop, struct milter_txn *mt, struct spool *sp,
 			      milter_done_fn *done, void *arg);

@@ -1,6 +1,6 @@
 /*
  * milter_edit.c - the end-of-message stage (milter.h): each milter in
- * turn gets DATA, the headers, end of headers, the body in chunks of at
+ * turn gets the headers, end of headers, the body in chunks of at
  * most 65535 bytes and end of message, then answers with changes and a
  * verdict. Header and body changes make a new stored copy that the next
  * milter sees; envelope changes are collected for the session. Every
@@ -294,13 +294,11 @@ static int send_body(struct milter *m, struct milter_txn *mt, struct msg *g, str
 	return 0;
 }
 
-/* stream - DATA, headers, EOH and body for one milter, as negotiated. */
+/* stream - headers, EOH and body for one milter, as negotiated. */
 static int stream(struct milter *m, struct milter_txn *mt, struct msg *g, struct milter_result *res)
 {
 	const struct conf *cf = mt->cf;
-	int r = 0;
-	if (!(m->pflags & 0x200u /* NODATA */))
-		r = milter_cmd(m, mt, 'T', &cf->milter_data_macros, NULL, 0, 0x10000u, res);
+	int r = 0; /* DATA itself was sent at the DATA command (milter_data) */
 	for (int i = 0; !r && i < g->nh && !(m->pflags & 0x20u /* NOHDRS */); i++)
 		if (!g->h[i].deleted)
 			r = send_header(m, mt, &g->h[i], res);

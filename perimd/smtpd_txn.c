@@ -549,9 +549,8 @@ static void received_header(struct session *s)
 		s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 }
 
-/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): start storing the body. The
- * command table runs it only once a recipient was accepted. */
-void smtpd_cmd_data(struct session *s, char *arg)
+/* data_begin - the 354: start storing the body. */
+static void data_begin(struct session *s)
 {
 	if (!s->tx->msgid[0]) /* with milters it was made at MAIL */
 		smtpd_gen_id(s->tx->msgid);
@@ -570,6 +569,40 @@ void smtpd_cmd_data(struct session *s, char *arg)
 									  : SMTP_BARE_REJECT);
 	smtpd_enter_state(s, ST_DATA);
 	smtpd_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+/* data_milter_done - the milters' answer to DATA. */
+static void data_milter_done(void *arg, struct milter_result *r)
+{
+	struct session *s = arg;
+	smtpd_enter_state(s, ST_CMD);
+	if (r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) {
+		stats_refusal(r->reply);
+		milter_refused(s, "DATA", r, NULL);
+		reply_lines(s, r->reply, 1);
+		smtpd_txn_reset(s);
+	} else {
+		if (r->act == MILTER_DISCARD) {
+			log_info("%s: milter %s: discard at DATA", s->tx->msgid, r->which);
+			s->tx->discard = 1;
+		}
+		data_begin(s);
+	}
+	milter_result_free(r);
+	smtpd_session_resume(s);
+}
+
+/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): the milters are asked, then
+ * the body is stored. The command table runs it only once a recipient
+ * was accepted. */
+void smtpd_cmd_data(struct session *s, char *arg)
+{
+	if (s->tx->milter && !s->tx->discard) {
+		smtpd_session_pause(s);
+		milter_data(s->loop, s->tx->milter, data_milter_done, s);
+		return;
+	}
+	data_begin(s);
 }
 
 /* relay_done - the backend's verdict: the client hears it now. */

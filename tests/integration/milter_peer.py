@@ -18,6 +18,7 @@ What it does is chosen by the sender's local part (MAIL FROM):
     rejectmail  MAIL: SMFIR_REJECT
     rejectrcpt  each RCPT: SMFIR_REJECT
     tempme      each RCPT: SMFIR_REPLYCODE 450
+    rejectdata  DATA: SMFIR_REPLYCODE 554
     hang        MAIL: no answer for 60 s
     broken      MAIL: a packet with an impossible length
     relay       end of message: add <x@elsewhere.org> and <added@example.com>
@@ -75,6 +76,7 @@ class Handler(socketserver.BaseRequestHandler):
 
     def handle(self):
         self.mode = ""
+        self.pf = 0
         macros = {}
         body = b""
         headers = []
@@ -85,8 +87,8 @@ class Handler(socketserver.BaseRequestHandler):
             if cmd == b"O":
                 ver, act, pf = struct.unpack(">III", data[:12])
                 self.record("O", version=ver, actions=act, pflags=pf)
-                self.send(b"O", struct.pack(">III", 6, self.server.actions & act,
-                                            self.server.pflags & pf))
+                self.pf = self.server.pflags & pf
+                self.send(b"O", struct.pack(">III", 6, self.server.actions & act, self.pf))
                 continue
             if cmd == b"D":
                 parts = data[1:].split(b"\0")
@@ -128,12 +130,17 @@ class Handler(socketserver.BaseRequestHandler):
                 if self.mode == "tempme":
                     self.send(b"y", z("450 4.2.0 <%s> try later" % args[0].strip("<>")))
                     continue
+            if cmd == b"T" and self.mode == "rejectdata":
+                self.send(b"y", z("554 5.7.0 no data today"))
+                continue
             if cmd == b"E":
                 self.record("headers", headers=headers, body=body.decode("utf-8", "replace"))
                 self.eom()
                 headers, body = [], b""
                 continue
-            if cmd in (b"C", b"H", b"M", b"R", b"T", b"L", b"N", b"B"):
+            nr = {b"C": 0x1000, b"H": 0x2000, b"M": 0x4000, b"R": 0x8000, b"T": 0x10000,
+                  b"L": 0x80, b"N": 0x40000, b"B": 0x80000}
+            if cmd in nr and not self.pf & nr[cmd]:  # SMFIP_NR_*: no reply
                 self.send(b"c")
 
     def eom(self):

@@ -127,6 +127,8 @@ def test_every_modification(perimd_factory, backend, peer):
     ev = peer.events()
     cmds = [e["cmd"] for e in ev]
     assert cmds[:4] == ["O", "C", "H", "M"], cmds
+    assert cmds[4:7] == ["R", "R", "T"] and cmds[7] == "L" and cmds[-4:] == ["B", "E", "headers", "Q"], cmds
+    assert cmds.index("N") > cmds.index("L") and cmds.index("B") > cmds.index("N")
     mail = ev[3]
     msgid = mail["macros"]["i"]
     assert mail["args"][0] == "<mods@client.test>"
@@ -161,6 +163,12 @@ def test_verdicts(perimd_factory, backend, peer):
     # tempfail at end of message; reject at MAIL
     expect(send(p.port, "tempfail@client.test", ["a@example.com"], MSG), 451, "4.7.1")
     expect(send(p.port, "rejectmail@client.test", ["a@example.com"], MSG), 550, "5.7.1")
+    with Client(p.port) as c:
+        expect(c.cmd("EHLO client.test"), 250)
+        expect(c.cmd("MAIL FROM:<rejectdata@client.test>"), 250)
+        expect(c.cmd("RCPT TO:<a@example.com>"), 250)
+        expect(c.cmd("DATA"), 554, "5.7.0", "no data today")
+        expect(c.cmd("RSET"), 250)
     # an invalid reply code is a broken milter: milter_default_action
     expect(send(p.port, "badreply@client.test", ["a@example.com"], MSG), 451, "4.3.5")
     # quarantine was never negotiated: broken
