@@ -71,18 +71,23 @@
 	 SMFIP_NR_DATA | SMFIP_NR_UNKN | SMFIP_NR_EOH | SMFIP_NR_BODY)
 
 /* Actions perimd honours (SMFIF_*): add/change headers, body, add and
- * delete recipients, change sender, add recipient with args. Not
- * QUARANTINE (perimd has no queue to hold a message in) nor SETSYMLIST. */
+ * delete recipients, change sender, add recipient with args, and
+ * quarantine, which perimd (no queue to hold a message in) answers as a
+ * refusal, 554 5.7.1 (milter_edit.c); libmilter drops the connection of
+ * a filter registered for an action the MTA does not offer, and
+ * clamav-milter registers for quarantine. Not SETSYMLIST: the macros
+ * sent are the milter_*_macros parameters'. */
 #define SMFIF_ADDHDRS 0x1u
 #define SMFIF_CHGBODY 0x2u
 #define SMFIF_ADDRCPT 0x4u
 #define SMFIF_DELRCPT 0x8u
 #define SMFIF_CHGHDRS 0x10u
+#define SMFIF_QUARANTINE 0x20u
 #define SMFIF_CHGFROM 0x40u
 #define SMFIF_ADDRCPT_PAR 0x80u
 #define ACTIONS_HONOURED \
 	(SMFIF_ADDHDRS | SMFIF_CHGBODY | SMFIF_ADDRCPT | SMFIF_DELRCPT | SMFIF_CHGHDRS | SMFIF_CHGFROM | \
-	 SMFIF_ADDRCPT_PAR)
+	 SMFIF_ADDRCPT_PAR | SMFIF_QUARANTINE)
 
 #define BODY_CHUNK 65535
 
@@ -441,9 +446,8 @@ static int negotiate(struct milter *m, int version)
 		return -1;
 	}
 	if (pk.actions & ~ACTIONS_HONOURED)
-		log_info("milter %s: asked for actions 0x%x perimd does not grant (quarantine, symbol "
-			 "lists)",
-			 m->name, pk.actions & ~ACTIONS_HONOURED);
+		log_info("milter %s: asked for actions 0x%x perimd does not grant (symbol lists)", m->name,
+			 pk.actions & ~ACTIONS_HONOURED);
 	m->actions = pk.actions & ACTIONS_HONOURED;
 	m->pflags = pk.pflags;
 	return 0;

@@ -35,6 +35,7 @@ struct msg {
 	struct spool *newbody; /* a replaced body (SMFIR_REPLBODY) */
 	int newbody_cr;        /* canonicalizing: a CR is pending */
 	int changed;
+	int quarantined; /* SMFIR_QUARANTINE: refused (no queue) */
 };
 
 /* hdr_add - insert a header at position pos (nh: append). */
@@ -360,6 +361,7 @@ static uint32_t needs(char cmd)
 	case '2': return 0x80u;
 	case '-': return 0x8u;
 	case 'e': return 0x40u;
+	case 'q': return 0x20u;
 	default: return 0;
 	}
 }
@@ -427,6 +429,11 @@ static int apply(struct milter *m, struct milter_txn *mt, struct msg *g, const s
 			 pk->s2 ? pk->s2 : "");
 		env_mod(res, 'e', pk->s1, m->name);
 		return 0;
+	case 'q': /* no queue to hold it in: refused once the milter is done */
+		log_info("%s: milter %s: quarantine \"%.200s\": refused (perimd has no queue)", id, m->name,
+			 pk->s1);
+		g->quarantined = 1;
+		return 0;
 	default: snprintf(m->err, sizeof m->err, "change '%c' not supported", pk->cmd); return -1;
 	}
 }
@@ -452,6 +459,13 @@ static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struc
 		r = milter_verdict(m, &pk, res);
 		if (r != 2)
 			m->done = 1; /* the message is past this milter */
+		if (r >= 0 && r != 2 && g->quarantined) {
+			res->act = MILTER_REJECT;
+			snprintf(res->reply, sizeof res->reply,
+				 "554 5.7.1 Message quarantined by a content filter");
+			snprintf(res->which, sizeof res->which, "%s", m->name);
+			return 2;
+		}
 		return r == 2 || r < 0 ? r : 0;
 	}
 }

@@ -22,7 +22,7 @@ What it does is chosen by the sender's local part (MAIL FROM):
     hang        MAIL: no answer for 60 s
     broken      MAIL: a packet with an impossible length
     relay       end of message: add <x@elsewhere.org> and <added@example.com>
-    quarantine  end of message: SMFIR_QUARANTINE (never negotiated)
+    quarantine  end of message: SMFIR_QUARANTINE, then accept
 anything else: continue at every stage, accept at end of message.
 """
 

@@ -171,8 +171,9 @@ def test_verdicts(perimd_factory, backend, peer):
         expect(c.cmd("RSET"), 250)
     # an invalid reply code is a broken milter: milter_default_action
     expect(send(p.port, "badreply@client.test", ["a@example.com"], MSG), 451, "4.3.5")
-    # quarantine was never negotiated: broken
-    expect(send(p.port, "quarantine@client.test", ["a@example.com"], MSG), 451, "4.3.5")
+    # quarantine: perimd has no queue to hold it in, so it is refused
+    expect(send(p.port, "quarantine@client.test", ["a@example.com"], MSG), 554, "5.7.1",
+           "quarantined")
     assert backend.messages() == []
     # RCPT refusals, pipelined, and the role account exemption
     with Client(p.port) as c:
@@ -244,3 +245,138 @@ def test_idle_sessions_hold_no_milter(perimd_factory, backend, peer):
     assert [e for e in peer.events() if e["cmd"] == "O"] == []
     for c in clients:
         c.close()
+
+
+# ---- real filters --------------------------------------------------------
+
+
+def wait_port(port, proc, logf, timeout=60):
+    """Until something listens on 127.0.0.1:port (proc must stay alive)."""
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError("exited %s:\n%s" % (proc.returncode, _tail(logf)))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("not listening on %d:\n%s" % (port, _tail(logf)))
+
+
+def _tail(path):
+    try:
+        return open(path, errors="replace").read()[-3000:]
+    except OSError:
+        return ""
+
+
+def stop_proc(proc):
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_clamav_milter(perimd_factory, backend, tmp_path):
+    from harness import free_port
+    from test_av import Clamd, EICAR, write_db
+    clamd = Clamd(tmp_path, write_db(str(tmp_path / "clamdb"))).start()
+    d = tmp_path / "clamav-milter"
+    d.mkdir()
+    port = free_port()
+    conf, log = str(d / "clamav-milter.conf"), str(d / "clamav-milter.log")
+    with open(conf, "w") as f:
+        f.write("Foreground yes\nMilterSocket inet:%d@127.0.0.1\nClamdSocket unix:%s\n"
+                "OnInfected Reject\nOnFail Defer\nAddHeader Replace\nLogFile %s\n"
+                "LogVerbose yes\nPidFile %s\n%s"
+                % (port, clamd.sock, log, d / "pid", "User root\n" if os.geteuid() == 0 else ""))
+    proc = subprocess.Popen(["/usr/sbin/clamav-milter", "-c", conf], stdin=subprocess.DEVNULL,
+                            stdout=open(str(d / "out"), "w"), stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, proc, str(d / "out"))
+        p = start(perimd_factory, backend, "inet:127.0.0.1:%d" % port,
+                  milter_content_timeout="30s")
+        r = send(p.port, "a@client.test", ["a@example.com"],
+                 b"Subject: eicar\r\n\r\n" + EICAR + b"\r\n")
+        expect(r, 550)
+        assert backend.messages() == []
+        expect(send(p.port, "a@client.test", ["a@example.com"], MSG), 250)
+        m = backend.messages()
+        assert len(m) == 1
+        hdrs = headers_of(m[0].data)
+        assert any(h.startswith("X-Virus-Scanned: clamav-milter") for h in hdrs), hdrs
+        assert any(h.startswith("X-Virus-Status: Clean") for h in hdrs), hdrs
+    finally:
+        stop_proc(proc)
+        clamd.stop()
+
+
+def dkim_keys(d):
+    """A key pair from opendkim-genkey; the TXT record's text."""
+    import re
+    subprocess.run(["/usr/sbin/opendkim-genkey", "-D", str(d), "-d", "signed.test", "-s", "sel",
+                    "-b", "1024"], check=True, timeout=60)
+    txt = open(str(d / "sel.txt")).read()
+    return "".join(re.findall(r'"([^"]*)"', txt))
+
+
+def opendkim(d, name, port, extra):
+    conf = str(d / (name + ".conf"))
+    with open(conf, "w") as f:
+        f.write("Socket inet:%d@127.0.0.1\nSyslog no\nPidFile %s\n"
+                "Canonicalization relaxed/relaxed\nRequireSafeKeys no\n%s"
+                % (port, d / (name + ".pid"), extra))
+    out = str(d / (name + ".out"))
+    proc = subprocess.Popen(["/usr/sbin/opendkim", "-f", "-x", conf], stdin=subprocess.DEVNULL,
+                            stdout=open(out, "w"), stderr=subprocess.STDOUT)
+    wait_port(port, proc, out)
+    return proc
+
+
+def test_opendkim(perimd_factory, backend, tmp_path):
+    """Two real opendkims as a chain: the first signs for signed.test, the
+    second verifies what the first left (the changed copy goes on) and
+    adds Authentication-Results; the backend gets both headers."""
+    from harness import free_port
+    d = tmp_path / "dkim"
+    d.mkdir()
+    txt = dkim_keys(d)
+    with open(str(d / "dns"), "w") as f:
+        f.write("sel._domainkey.signed.test %s\n" % txt)
+    with open(str(d / "internal"), "w") as f:
+        f.write("192.0.2.1\n")
+    sp, vp = free_port(), free_port()
+    procs = []
+    try:
+        procs.append(opendkim(d, "sign", sp, "Mode s\nDomain signed.test\nSelector sel\n"
+                              "KeyFile %s\n" % (d / "sel.private")))
+        procs.append(opendkim(d, "verify", vp, "Mode v\nAlwaysAddARHeader yes\n"
+                              "AuthservID perimd.test\nInternalHosts %s\nTestDNSData file:%s\n"
+                              % (d / "internal", d / "dns")))
+        p = start(perimd_factory, backend, "inet:127.0.0.1:%d, inet:127.0.0.1:%d" % (sp, vp),
+                  milter_content_timeout="30s")
+        body = (b"From: someone@signed.test\r\nTo: a@example.com\r\nSubject: signed\r\n"
+                b"Date: Thu, 03 Dec 2026 06:00:00 +0000\r\nMessage-ID: <1@signed.test>\r\n\r\n"
+                b"a signed body\r\n")
+        expect(send(p.port, "someone@signed.test", ["a@example.com"], body), 250)
+        m = backend.messages()[0]
+        head = m.data.split(b"\r\n\r\n", 1)[0].decode()
+        assert "DKIM-Signature:" in head, head
+        ar = [h for h in head.split("\r\n") if h.startswith("Authentication-Results:")]
+        assert ar, head
+        unfolded = head.replace("\r\n\t", " ").replace("\r\n ", " ")
+        assert "dkim=pass" in unfolded, unfolded
+        # a message without a signature: the AR header still comes (AlwaysAddARHeader)
+        p2 = start(perimd_factory, backend, "inet:127.0.0.1:%d" % vp)
+        expect(send(p2.port, "a@client.test", ["a@example.com"], MSG), 250)
+        m2 = backend.messages()[1]
+        head2 = m2.data.split(b"\r\n\r\n", 1)[0].decode()
+        assert "Authentication-Results: perimd.test" in head2, head2
+    finally:
+        for pr in procs:
+            stop_proc(pr)
