@@ -380,3 +380,77 @@ def test_opendkim(perimd_factory, backend, tmp_path):
     finally:
         for pr in procs:
             stop_proc(pr)
+
+
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+class Rspamd:
+    """rspamd with a configuration written here: its proxy worker in milter
+    mode scanning by itself (self_scan), no normal worker, no fuzzy, its
+    controller on a free port, DNS lookups kept short (no network)."""
+
+    def __init__(self, tmp_path):
+        from harness import free_port
+        self.dir = tmp_path / "rspamd"
+        for sub in ("local.d", "override.d", "db", "run"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        files = {
+            "local.d/worker-proxy.inc":
+                'bind_socket = "127.0.0.1:%d";\nmilter = yes;\ntimeout = 30s;\n'
+                'upstream "local" { default = yes; self_scan = yes; }\ncount = 1;\n' % self.port,
+            "override.d/worker-normal.inc": "enabled = false;\n",
+            "override.d/worker-fuzzy.inc": "enabled = false;\n",
+            "override.d/worker-controller.inc": 'bind_socket = "127.0.0.1:%d";\n' % free_port(),
+            "local.d/logging.inc": 'type = "file";\nfilename = "%s";\nlevel = "info";\n'
+                                   % (self.dir / "rspamd.log"),
+            "local.d/options.inc": "dns { timeout = 0.3s; retransmits = 1; }\nlocal_addrs = [];\n",
+            "local.d/milter_headers.conf":
+                'use = ["x-spamd-result", "x-spam-status"];\nskip_local = false;\n'
+                'skip_authenticated = false;\n',
+        }
+        for name, text in files.items():
+            (self.dir / name).write_text(text)
+        self.proc = None
+
+    def start(self, timeout=120):
+        d = str(self.dir)
+        out = str(self.dir / "out")
+        self.proc = subprocess.Popen(
+            ["/usr/bin/rspamd", "-f", "-i", "-u", "root", "-g", "root",
+             "--var=LOCAL_CONFDIR=" + d, "--var=DBDIR=" + d + "/db", "--var=RUNDIR=" + d + "/run",
+             "--var=LOGDIR=" + d],
+            stdin=subprocess.DEVNULL, stdout=open(out, "w"), stderr=subprocess.STDOUT)
+        wait_port(self.port, self.proc, str(self.dir / "rspamd.log"), timeout=timeout)
+        return self
+
+    def stop(self):
+        stop_proc(self.proc)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="rspamd -u root: the test runs it as root")
+def test_rspamd(perimd_factory, backend, tmp_path):
+    rs = Rspamd(tmp_path).start()
+    try:
+        p = start(perimd_factory, backend, "inet:127.0.0.1:%d" % rs.port,
+                  milter_content_timeout="60s", milter_command_timeout="30s")
+        r = send(p.port, "a@client.test", ["a@example.com"],
+                 b"Subject: gtube\r\nFrom: a@client.test\r\n\r\n" + GTUBE + b"\r\n")
+        expect(r, 554, "5.7.1")
+        assert backend.messages() == []
+        clean = (b"From: a@client.test\r\nTo: a@example.com\r\nSubject: lunch\r\n"
+                 b"Date: Thu, 03 Dec 2026 06:00:00 +0000\r\nMessage-ID: <2@client.test>\r\n\r\n"
+                 b"Shall we have lunch at noon?\r\n")
+        expect(send(p.port, "a@client.test", ["a@example.com"], clean), 250)
+        head = backend.messages()[0].data.split(b"\r\n\r\n", 1)[0].decode()
+        assert "X-Spamd-Result:" in head and "X-Spam-Status:" in head, head
+        # rspamd gone: milter_default_action (tempfail), then accept
+        rs.stop()
+        expect(send(p.port, "a@client.test", ["a@example.com"], clean), 451, "4.3.5")
+        p2 = start(perimd_factory, backend, "inet:127.0.0.1:%d" % rs.port,
+                   milter_default_action="accept")
+        expect(send(p2.port, "a@client.test", ["a@example.com"], clean), 250)
+        assert len(backend.messages()) == 2
+    finally:
+        rs.stop()
