@@ -110,6 +110,13 @@ PA_DIR=""
 # peers-av found them (the peer script rewrites both; postconf -e adds the
 # milter), once.
 restore_postfix_conf() {
+	if [ -n "$PF_SAVED" ] && [ -f "$PF_SAVED/main.cf.absent" ]; then
+		# There was no main.cf (bench milter): master.cf back, main.cf gone.
+		cp -p "$PF_SAVED/master.cf" /etc/postfix/
+		rm -f /etc/postfix/main.cf /etc/postfix/*.pre-peer-bench
+		PF_SAVED=""
+		return 0
+	fi
 	[ -n "$PF_SAVED" ] && [ -f "$PF_SAVED/main.cf" ] || return 0
 	cp -p "$PF_SAVED/main.cf" "$PF_SAVED/master.cf" /etc/postfix/
 	PF_SAVED=""
@@ -1291,9 +1298,14 @@ milter_bench() {
 	d=/tmp/perimd-milter-bench.$$
 	PA_DIR=$d
 	mkdir -p "$base" "$d/rs/local.d" "$d/rs/override.d" "$d/rs/db" "$d/rs/run" "$d/pfbin" "$d/p/lib" "$d/p/spool"
+	# /etc/postfix as found: main.cf put back, or removed if there was none.
+	local pf_had_main=0
+	[ -f /etc/postfix/main.cf ] && pf_had_main=1
 	PF_SAVED=$d/etc-postfix
 	mkdir -p "$PF_SAVED"
-	cp -p /etc/postfix/main.cf /etc/postfix/master.cf "$PF_SAVED/"
+	cp -p /etc/postfix/master.cf "$PF_SAVED/"
+	[ "$pf_had_main" = 1 ] && cp -p /etc/postfix/main.cf "$PF_SAVED/"
+	[ "$pf_had_main" = 1 ] || : >"$PF_SAVED/main.cf.absent"
 	rport=$(free_port)
 	cat >"$d/rs/local.d/worker-proxy.inc" <<-EOF
 	bind_socket = "127.0.0.1:$rport";
@@ -1365,7 +1377,6 @@ milter_bench() {
 	local sizes=${MI_SIZES:-"512 102400"}
 	echo "bench milter: $peer, rspamd on 127.0.0.1:$rport (results under $base; CONC=$CONC SIZES=\"$sizes\" MSGS=$MSGS)"
 	echo "bench milter: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$base/load.txt"
-	bash "$peer" setup >"$base/setup.out" 2>&1 || { tail -20 "$base/setup.out" >&2; exit 1; }
 	: >"$base/rspamd_cpu.txt"
 	for size in $sizes; do
 		for sys in postfix perimd; do
@@ -1411,7 +1422,8 @@ milter_bench() {
 	          "%.2fx" % (c / pc) if s != "postfix" and pc == pc and pc else "", x.get("lost"), x.get("status")))
 	EOF
 	kill -TERM "$rpid" 2>/dev/null || true
-	rm -rf "$d"
+	for _ in $(seq 1 100); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
+	rm -rf "$d" 2>/dev/null || true
 	PA_DIR=""
 }
 
