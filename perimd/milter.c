@@ -450,6 +450,9 @@ static int negotiate(struct milter *m, int version)
 			 pk.actions & ~ACTIONS_HONOURED);
 	m->actions = pk.actions & ACTIONS_HONOURED;
 	m->pflags = pk.pflags;
+	m->version = pk.idx < (uint32_t)version ? (int)pk.idx : version;
+	if (m->version < 4) /* SMFIC_DATA came with version 4 */
+		m->pflags |= SMFIP_NODATA;
 	return 0;
 }
 

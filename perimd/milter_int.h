@@ -25,6 +25,7 @@ struct milter {
 	unsigned broken : 1;  /* failed (milter_default_action applied) */
 	unsigned skip_body : 1;
 	uint32_t actions, pflags; /* negotiated */
+	int version;              /* negotiated: the lower of the two */
 	uint64_t conn_timeout, cmd_timeout, content_timeout;
 	char *rbuf; /* the last packet read */
 	uint32_t rcap;

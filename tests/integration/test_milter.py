@@ -123,7 +123,9 @@ def test_every_modification(perimd_factory, backend, peer):
                  "delete header 1 X-Remove-Me", "replace body", "add recipient <added@example.com>",
                  "delete recipient <del@example.com>", "change sender <newsender@example.org>"):
         assert what in log, what
-    # The milter saw the stages in order, with perimd's macros.
+    # The milter saw the stages in order, with perimd's macros, and the
+    # transaction's end (SMFIC_QUIT, sent once the client has its reply).
+    assert wait_for(lambda: peer.events()[-1]["cmd"] == "Q")
     ev = peer.events()
     cmds = [e["cmd"] for e in ev]
     assert cmds[:4] == ["O", "C", "H", "M"], cmds
@@ -235,6 +237,19 @@ def test_negotiated_skips(perimd_factory, backend, tmp_path):
         assert sorted(backend.messages()[0].rcpts) == ["a@example.com", "b@example.com"]
     finally:
         peer.stop()
+
+
+def test_protocol_version_2(perimd_factory, backend, peer):
+    # milter_protocol = 2: version 2 offered with its stages only (no
+    # no-reply flags), and no DATA command (it came with version 4)
+    p = start(perimd_factory, backend, peer.spec, milter_protocol="2")
+    expect(send(p.port, "plain@client.test", ["a@example.com"], MSG), 250)
+    ev = peer.events()
+    opt = ev[0]
+    assert opt["cmd"] == "O" and opt["version"] == 2 and opt["pflags"] == 0x7f, opt
+    cmds = [e["cmd"] for e in ev]
+    assert "T" not in cmds and "M" in cmds and "E" in cmds, cmds
+    assert "X-Peer: seen" in headers_of(backend.messages()[0].data)
 
 
 def test_idle_sessions_hold_no_milter(perimd_factory, backend, peer):
