@@ -142,23 +142,32 @@ static void milter_refused(struct session *s, const char *stage, const struct mi
 	smtpd_log_reject(s, stage, what, to);
 }
 
+/* stage_refused - the milters' verdict on MAIL or DATA: a refusal ends
+ * the transaction (1); a discard marks it, to be answered 250 and
+ * dropped at its end (0, as continue). */
+static int stage_refused(struct session *s, const char *stage, const struct milter_result *r)
+{
+	if (r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) {
+		stats_refusal(r->reply);
+		milter_refused(s, stage, r, NULL);
+		reply_lines(s, r->reply, 1);
+		smtpd_txn_reset(s);
+		return 1;
+	}
+	if (r->act == MILTER_DISCARD) {
+		log_info("%s: milter %s: discard at %s", s->tx->msgid, r->which, stage);
+		s->tx->discard = 1;
+	}
+	return 0;
+}
+
 /* mail_done - the milters' answer to connect, HELO and MAIL. */
 static void mail_done(void *arg, struct milter_result *r)
 {
 	struct session *s = arg;
 	smtpd_enter_state(s, ST_CMD);
-	if (r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) {
-		stats_refusal(r->reply);
-		milter_refused(s, "MAIL", r, NULL);
-		reply_lines(s, r->reply, 1);
-		smtpd_txn_reset(s);
-	} else {
-		if (r->act == MILTER_DISCARD) {
-			log_info("%s: milter %s: discard at MAIL", s->tx->msgid, r->which);
-			s->tx->discard = 1;
-		}
+	if (!stage_refused(s, "MAIL", r))
 		smtpd_reply(s, "250 2.1.0 Ok");
-	}
 	milter_result_free(r);
 	if (s->state == ST_CMD)
 		smtpd_session_resume(s);
@@ -576,18 +585,8 @@ static void data_milter_done(void *arg, struct milter_result *r)
 {
 	struct session *s = arg;
 	smtpd_enter_state(s, ST_CMD);
-	if (r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) {
-		stats_refusal(r->reply);
-		milter_refused(s, "DATA", r, NULL);
-		reply_lines(s, r->reply, 1);
-		smtpd_txn_reset(s);
-	} else {
-		if (r->act == MILTER_DISCARD) {
-			log_info("%s: milter %s: discard at DATA", s->tx->msgid, r->which);
-			s->tx->discard = 1;
-		}
+	if (!stage_refused(s, "DATA", r))
 		data_begin(s);
-	}
 	milter_result_free(r);
 	smtpd_session_resume(s);
 }
