@@ -545,6 +545,7 @@ int main(int argc, char **argv)
 	}
 	for (int t = 0; t < nthreads; t++)
 		pthread_join(threads[t].tid, NULL);
+	milter_stop();
 	jobs_stop();
 	av_stop();
 	tls_shutdown();

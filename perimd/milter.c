@@ -243,19 +243,28 @@ int milter_reply_text(const char *in, char *out, size_t outlen)
 
 /* ---- blocking I/O with deadlines (worker threads only) ------------------- */
 
-/* wait_fd - poll fd for ev until deadline (ms, CLOCK_MONOTONIC); 0 or -1. */
+static int stopping; /* milter_stop(): conversations end at once */
+
+/* milter_stop - see milter.h. */
+void milter_stop(void)
+{
+	__atomic_store_n(&stopping, 1, __ATOMIC_RELAXED);
+}
+
+/* wait_fd - poll fd for ev until deadline (ms, CLOCK_MONOTONIC); 0 or -1.
+ * Waits in slices of 200 ms so that milter_stop() is seen. */
 static int wait_fd(int fd, short ev, uint64_t deadline)
 {
 	for (;;) {
 		struct timespec ts;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-		if (now >= deadline) {
+		if (now >= deadline || __atomic_load_n(&stopping, __ATOMIC_RELAXED)) {
 			errno = ETIMEDOUT;
 			return -1;
 		}
 		struct pollfd pf = { .fd = fd, .events = ev };
-		int r = poll(&pf, 1, (int)(deadline - now));
+		int r = poll(&pf, 1, deadline - now > 200 ? 200 : (int)(deadline - now));
 		if (r > 0)
 			return 0;
 		if (r < 0 && errno != EINTR)

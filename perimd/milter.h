@@ -86,6 +86,11 @@ void milter_result_free(struct milter_result *r);
  * cancelled (its done() never runs) and all freed when it ends. */
 void milter_txn_free(struct milter_txn *mt, struct spool *sp);
 
+/* milter_stop - at shutdown, before jobs_stop(): conversations still on
+ * a worker (their sessions are gone) end at once instead of waiting for
+ * their timeouts. */
+void milter_stop(void);
+
 /* ---- the wire (pure; tests/fuzz/fuzz_milter.c) -------------------------- */
 
 #define MILTER_PKT_MAX (1024 * 1024) /* largest packet accepted from a milter */

@@ -469,3 +469,19 @@ def test_rspamd(perimd_factory, backend, tmp_path):
         assert len(backend.messages()) == 2
     finally:
         rs.stop()
+
+
+def test_stop_with_a_hung_milter(perimd_factory, backend, peer):
+    """A session waiting for a hung milter (timeouts far away): the client
+    goes, SIGTERM ends perimd promptly, the worker does not wait out the
+    milter's timeout."""
+    p = start(perimd_factory, backend, peer.spec, milter_command_timeout="300s",
+              milter_content_timeout="300s")
+    c = Client(p.port)
+    expect(c.cmd("EHLO client.test"), 250)
+    c.line("MAIL FROM:<hang@client.test>")
+    assert wait_for(lambda: any(e["cmd"] == "M" for e in peer.events()))
+    c.close()
+    t0 = time.monotonic()
+    p.stop(timeout=15)
+    assert time.monotonic() - t0 < 8
