@@ -19,6 +19,7 @@
 #include "grey.h"
 #include "log.h"
 #include "milter.h"
+#include "net.h"
 #include "spool.h"
 #include "stats.h"
 
@@ -189,6 +190,12 @@ static void mail_milters(struct session *s)
 	milter_macro(t->milter, "j", cf->myhostname);
 	milter_macro(t->milter, "v", "perimd");
 	milter_macro(t->milter, "daemon_name", "perimd");
+	struct sockaddr_storage local;
+	socklen_t ll = sizeof local;
+	char laddr[INET6_ADDRSTRLEN];
+	if (getsockname(conn_fd(s->conn), (struct sockaddr *)&local, &ll) == 0)
+		milter_macro(t->milter, "daemon_addr",
+			     net_ntop((struct sockaddr *)&local, laddr, sizeof laddr));
 	milter_macro(t->milter, "_", client);
 	milter_macro(t->milter, "client_addr", s->addr);
 	milter_macro(t->milter, "client_port", port);

@@ -21,6 +21,7 @@ What it does is chosen by the sender's local part (MAIL FROM):
     rejectdata  DATA: SMFIR_REPLYCODE 554
     hang        MAIL: no answer for 60 s
     broken      MAIL: a packet with an impossible length
+    skip        first body chunk: SMFIR_SKIP
     relay       end of message: add <x@elsewhere.org> and <added@example.com>
     quarantine  end of message: SMFIR_QUARANTINE, then accept
 anything else: continue at every stage, accept at end of message.
@@ -106,6 +107,10 @@ class Handler(socketserver.BaseRequestHandler):
                 headers.append(args)
             if cmd == b"B":
                 body += data
+                if self.mode == "skip":  # SMFIR_SKIP: no more body, please
+                    self.record("B", args=[], size=len(data), macros={})
+                    self.send(b"s")
+                    continue
             self.record(cmd.decode(), args=args if cmd not in (b"B", b"C") else [],
                         macros=macros)
             macros = {}
@@ -154,6 +159,7 @@ class Handler(socketserver.BaseRequestHandler):
             self.send(b"b", b"replaced body line 1\r\n")
             self.send(b"b", b"replaced body line 2\n.leading dot\r\n")
             self.send(b"+", z("<added@example.com>"))
+            self.send(b"2", z("<par@example.com>", "NOTIFY=NEVER"))
             self.send(b"-", z("<del@example.com>"))
             self.send(b"e", z("<newsender@example.org>"))
             self.send(b"c")

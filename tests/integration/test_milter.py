@@ -107,7 +107,7 @@ def test_every_modification(perimd_factory, backend, peer):
     assert len(msgs) == 1
     m = msgs[0]
     assert m.mail_from == "newsender@example.org"
-    assert sorted(m.rcpts) == ["added@example.com", "keep@example.com"]
+    assert sorted(m.rcpts) == ["added@example.com", "keep@example.com", "par@example.com"]
     hdrs = headers_of(m.data)
     assert hdrs[0] == "X-Inserted: at the top"
     assert hdrs[1].startswith("Received: from client.test")
@@ -138,6 +138,7 @@ def test_every_modification(perimd_factory, backend, peer):
     assert ("%s: milter" % msgid) in log
     conn = next(e for e in ev if e["cmd"] == "C")
     assert conn["macros"]["j"] == "perimd.test"
+    assert conn["macros"]["{daemon_addr}"] == "127.0.0.1"
     assert "[127.0.0.1]" in conn["macros"]["_"]
     rcpt = [e for e in ev if e["cmd"] == "R"]
     assert [e["macros"]["{rcpt_addr}"] for e in rcpt] == ["keep@example.com", "del@example.com"]
@@ -485,3 +486,34 @@ def test_stop_with_a_hung_milter(perimd_factory, backend, peer):
     t0 = time.monotonic()
     p.stop(timeout=15)
     assert time.monotonic() - t0 < 8
+
+
+def test_body_chunks_skip_and_proxy(perimd_factory, backend, peer):
+    """Body chunks of at most 65535 bytes; SMFIR_SKIP stops them (end of
+    message still comes); connect names the client of the PROXY header."""
+    p = start(perimd_factory, backend, peer.spec, smtpd_upstream_proxy_protocol="haproxy",
+              smtpd_upstream_proxy_clients="127.0.0.2")
+    big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 200
+    with Client(p.port, read_banner=False, source="127.0.0.2") as c:
+        c.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n")
+        expect(c.reply(), 220)
+        expect(c.cmd("EHLO client.test"), 250)
+        for sender in ("plain@client.test", "skip@client.test"):
+            expect(c.cmd("MAIL FROM:<%s>" % sender), 250)
+            expect(c.cmd("RCPT TO:<a@example.com>"), 250)
+            expect(c.cmd("DATA"), 354)
+            c.send(big + b".\r\n")
+            expect(c.reply(timeout=20), 250)
+    assert wait_for(lambda: [e["cmd"] for e in peer.events()].count("Q") == 2)
+    ev = peer.events()
+    conns = [e for e in ev if e["cmd"] == "C"]
+    assert all("[192.0.2.7]" in e["macros"]["_"] for e in conns), conns
+    first = ev[:[e["cmd"] for e in ev].index("Q")]
+    second = ev[len(first) + 1:]
+    chunks = [e for e in first if e["cmd"] == "B"]
+    assert len(chunks) == 4  # 200,000 bytes of body in chunks of 65535
+    seen = next(e for e in first if e["cmd"] == "headers")
+    assert len(seen["body"]) == 200 * 1000
+    assert [e["cmd"] for e in second].count("B") == 1 and "E" in [e["cmd"] for e in second]
+    assert len(backend.messages()) == 2
+    assert all(m.data.endswith(b"x" * 998 + b"\r\n") for m in backend.messages())
