@@ -356,68 +356,71 @@ int milter_recv(struct milter *m, uint64_t timeout_ms, struct milter_pkt *pk)
 
 /* ---- connecting and negotiating ------------------------------------------ */
 
-/* milter_open - a socket to "inet:host:port" or "unix:/path", connected
- * within the connect timeout; -1 with m->err. */
-static int milter_open(struct milter *m)
+/* milter_addr - the address of "inet:host:port" (host a name, an IPv4
+ * address or [IPv6]) or "unix:/path"; 0, or -1 with m->err. */
+static int milter_addr(struct milter *m, struct sockaddr_storage *ss, socklen_t *len)
 {
 	const char *spec = m->name;
-	int fd = -1;
+	memset(ss, 0, sizeof *ss);
 	if (!strncmp(spec, "unix:", 5)) {
-		struct sockaddr_un sun = { .sun_family = AF_UNIX };
-		if (strlen(spec + 5) >= sizeof sun.sun_path) {
+		struct sockaddr_un *sun = (struct sockaddr_un *)ss;
+		if (strlen(spec + 5) >= sizeof sun->sun_path) {
 			snprintf(m->err, sizeof m->err, "socket path too long");
 			return -1;
 		}
-		strcpy(sun.sun_path, spec + 5);
-		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 && errno != EINPROGRESS &&
-		    errno != EAGAIN) {
-			snprintf(m->err, sizeof m->err, "connect: %s", strerror(errno));
-			close(fd);
-			return -1;
-		}
-	} else {
-		const char *hp = !strncmp(spec, "inet:", 5) ? spec + 5 : spec;
-		char host[256];
-		const char *colon = strrchr(hp, ':');
-		if (!colon || (size_t)(colon - hp) >= sizeof host) {
-			snprintf(m->err, sizeof m->err, "bad milter address");
-			return -1;
-		}
-		memcpy(host, hp, (size_t)(colon - hp));
-		host[colon - hp] = 0;
-		char *h = host;
-		if (h[0] == '[' && h[strlen(h) - 1] == ']') {
-			h[strlen(h) - 1] = 0;
-			h++;
-		}
-		struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
-		int rc = getaddrinfo(h, colon + 1, &hints, &ai);
-		if (rc) {
-			snprintf(m->err, sizeof m->err, "resolve: %s", gai_strerror(rc));
-			return -1;
-		}
-		fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
-			snprintf(m->err, sizeof m->err, "connect: %s", strerror(errno));
-			close(fd);
-			freeaddrinfo(ai);
-			return -1;
-		}
-		freeaddrinfo(ai);
+		sun->sun_family = AF_UNIX;
+		strcpy(sun->sun_path, spec + 5);
+		*len = sizeof *sun;
+		return 0;
 	}
+	const char *hp = !strncmp(spec, "inet:", 5) ? spec + 5 : spec;
+	const char *colon = strrchr(hp, ':');
+	char host[256];
+	if (!colon || (size_t)(colon - hp) >= sizeof host) {
+		snprintf(m->err, sizeof m->err, "bad milter address");
+		return -1;
+	}
+	snprintf(host, sizeof host, "%.*s", (int)(colon - hp), hp);
+	char *h = host;
+	if (h[0] == '[' && h[strlen(h) - 1] == ']') {
+		h[strlen(h) - 1] = 0;
+		h++;
+	}
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
+	int rc = getaddrinfo(h, colon + 1, &hints, &ai); /* a worker thread may block */
+	if (rc) {
+		snprintf(m->err, sizeof m->err, "resolve: %s", gai_strerror(rc));
+		return -1;
+	}
+	memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+	*len = ai->ai_addrlen;
+	freeaddrinfo(ai);
+	return 0;
+}
+
+/* milter_open - a socket to the milter, connected within the connect
+ * timeout; -1 with m->err. */
+static int milter_open(struct milter *m)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	if (milter_addr(m, &ss, &len) < 0)
+		return -1;
+	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		snprintf(m->err, sizeof m->err, "socket: %s", strerror(errno));
 		return -1;
 	}
 	int soerr = 0;
 	socklen_t sl = sizeof soerr;
-	if (wait_fd(fd, POLLOUT, now_ms() + m->conn_timeout) < 0 ||
-	    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr) {
+	if (connect(fd, (struct sockaddr *)&ss, len) < 0 && errno != EINPROGRESS && errno != EAGAIN)
+		soerr = errno;
+	else if (wait_fd(fd, POLLOUT, now_ms() + m->conn_timeout) < 0 ||
+		 getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+		soerr = errno;
+	if (soerr) {
 		snprintf(m->err, sizeof m->err, "connect: %s",
-			 soerr                    ? strerror(soerr)
-			     : errno == ETIMEDOUT ? "timeout"
-						  : strerror(errno));
+			 soerr == ETIMEDOUT ? "timeout" : strerror(soerr));
 		close(fd);
 		return -1;
 	}

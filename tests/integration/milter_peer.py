@@ -2,7 +2,7 @@
 wire protocol (version 6) directly, no libmilter, and does what the
 envelope tells it to, so test_milter.py can exercise every action.
 
-    python3 milter_peer.py --port N --events FILE [--pflags HEX] [--actions HEX]
+    python3 milter_peer.py --port N|--unix PATH --events FILE [--pflags HEX] [--actions HEX]
 
 Prints "READY port=N" once listening. Every command it receives (with the
 macros sent before it) is appended to FILE as one JSON line.
@@ -188,18 +188,23 @@ class Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
 
+class UnixServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--events", required=True)
     ap.add_argument("--pflags", default="0")
     ap.add_argument("--actions", default="1ff")
+    ap.add_argument("--unix", help="listen on this unix socket instead")
     a = ap.parse_args()
-    srv = Server(("127.0.0.1", a.port), Handler)
+    srv = UnixServer(a.unix, Handler) if a.unix else Server(("127.0.0.1", a.port), Handler)
     srv.events = a.events
     srv.pflags = int(a.pflags, 16)
     srv.actions = int(a.actions, 16)
-    print("READY port=%d" % srv.server_address[1], flush=True)
+    print("READY port=%d" % (0 if a.unix else srv.server_address[1]), flush=True)
     srv.serve_forever()
 
 

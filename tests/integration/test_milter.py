@@ -24,17 +24,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class Peer:
     """milter_peer.py as a process; events() are the commands it saw."""
 
-    def __init__(self, tmp_path, pflags="0", actions="1ff"):
-        self.events_path = str(tmp_path / ("milter-events-%s.jsonl" % pflags))
+    def __init__(self, tmp_path, pflags="0", actions="1ff", unix=False):
+        self.events_path = str(tmp_path / ("milter-events-%s-%d.jsonl" % (pflags, unix)))
         open(self.events_path, "w").close()
+        sock = str(tmp_path / "milter.sock")
         self.proc = subprocess.Popen(
             ["/usr/bin/python3", os.path.join(HERE, "milter_peer.py"), "--events",
-             self.events_path, "--pflags", pflags, "--actions", actions],
+             self.events_path, "--pflags", pflags, "--actions", actions] +
+            (["--unix", sock] if unix else []),
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         line = self.proc.stdout.readline().decode()
         assert line.startswith("READY port="), line
         self.port = int(line.split("=")[1])
-        self.spec = "inet:127.0.0.1:%d" % self.port
+        self.spec = "unix:" + sock if unix else "inet:127.0.0.1:%d" % self.port
 
     def events(self):
         with open(self.events_path) as f:
@@ -517,3 +519,13 @@ def test_body_chunks_skip_and_proxy(perimd_factory, backend, peer):
     assert [e["cmd"] for e in second].count("B") == 1 and "E" in [e["cmd"] for e in second]
     assert len(backend.messages()) == 2
     assert all(m.data.endswith(b"x" * 998 + b"\r\n") for m in backend.messages())
+
+
+def test_unix_socket(perimd_factory, backend, tmp_path):
+    peer = Peer(tmp_path, unix=True)
+    try:
+        p = start(perimd_factory, backend, peer.spec)
+        expect(send(p.port, "plain@client.test", ["a@example.com"], MSG), 250)
+        assert "X-Peer: seen" in headers_of(backend.messages()[0].data)
+    finally:
+        peer.stop()
