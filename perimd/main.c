@@ -300,7 +300,7 @@ static void reload(const char *path, int nov, int full)
 		log_err("reload refused, keeping the running configuration: %s", err);
 		return;
 	}
-	struct policy *p = policy_load(c, err, sizeof err);
+	struct policy *p = milter_check(c, err, sizeof err) < 0 ? NULL : policy_load(c, err, sizeof err);
 	if (!p) {
 		log_err("reload refused, keeping the running configuration: %s", err);
 		return;
@@ -428,7 +428,7 @@ int main(int argc, char **argv)
 		}
 	}
 	if (admin_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0 ||
-	    grey_check(c, err, sizeof err) < 0) {
+	    grey_check(c, err, sizeof err) < 0 || milter_check(c, err, sizeof err) < 0) {
 		fprintf(stderr, "perimd: %s\n", err);
 		policy_release(pol);
 		return 1;

@@ -732,6 +732,26 @@ int milter_enabled(const struct conf *cf)
 	return cf->smtpd_milters.n > 0;
 }
 
+/* milter_check - see milter.h. */
+int milter_check(const struct conf *cf, char *err, size_t errlen)
+{
+	for (int i = 0; i < cf->smtpd_milters.n; i++) {
+		const char *v = cf->smtpd_milters.v[i];
+		const char *colon = strrchr(v, ':');
+		if (!strncmp(v, "unix:", 5) && v[5] == '/' &&
+		    strlen(v + 5) < sizeof(struct sockaddr_un){ 0 }.sun_path)
+			continue;
+		if (!strncmp(v, "inet:", 5) && colon > v + 5 &&
+		    strspn(colon + 1, "0123456789") == strlen(colon + 1) && atoi(colon + 1) > 0 &&
+		    atoi(colon + 1) < 65536 && strlen(colon + 1) <= 5)
+			continue;
+		snprintf(err, errlen,
+			 "smtpd_milters: \"%s\" is not inet:HOST:PORT or unix:/path (perimd.conf(5))", v);
+		return -1;
+	}
+	return 0;
+}
+
 /* milter_txn_new - see milter.h. */
 struct milter_txn *milter_txn_new(const struct conf *cf)
 {

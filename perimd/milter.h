@@ -57,6 +57,9 @@ typedef void milter_done_fn(void *arg, struct milter_result *r);
 
 /* milter_enabled - smtpd_milters is set. */
 int milter_enabled(const struct conf *cf);
+/* milter_check - every smtpd_milters entry is inet:HOST:PORT or
+ * unix:/path (perimd -t, start, reload); -1 with err. */
+int milter_check(const struct conf *cf, char *err, size_t errlen);
 
 /* milter_txn_new - a transaction's milters, not yet connected. */
 struct milter_txn *milter_txn_new(const struct conf *cf);

@@ -529,3 +529,13 @@ def test_unix_socket(perimd_factory, backend, tmp_path):
         assert "X-Peer: seen" in headers_of(backend.messages()[0].data)
     finally:
         peer.stop()
+
+
+@pytest.mark.parametrize("param,value", [
+    ("smtpd_milters", "foo"), ("smtpd_milters", "inet:host"), ("smtpd_milters", "unix:relative"),
+    ("milter_default_action", "quarantine"), ("milter_protocol", "7")])
+def test_check_refuses(param, value):
+    from harness import PERIMD_BIN
+    r = subprocess.run([PERIMD_BIN, "-c", "/dev/null", "-t", "-o", "%s=%s" % (param, value)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and param in r.stderr, r.stderr
