@@ -568,6 +568,15 @@ int milter_fail(struct milter *m, struct milter_txn *mt, struct milter_result *r
 	m->fd = -1;
 	m->done = 1;
 	m->broken = 1;
+	return milter_failed(m, mt, res);
+}
+
+/* milter_failed - the verdict of a milter that broke earlier in the
+ * transaction, at each later stage: milter_default_action again (so a
+ * failure at one RCPT does not let the message pass unfiltered), or 1
+ * (left out) for accept. */
+int milter_failed(struct milter *m, struct milter_txn *mt, struct milter_result *res)
+{
 	if (!strcmp(mt->cf->milter_default_action, "accept"))
 		return 1;
 	snprintf(res->which, sizeof res->which, "%s", m->name);
@@ -631,6 +640,8 @@ static void stage_envelope(struct milter_req *rq)
 	const struct conf *cf = mt->cf;
 	for (int i = 0; i < mt->n; i++) {
 		struct milter *m = &mt->m[i];
+		if (m->broken && milter_failed(m, mt, &rq->res) == 2)
+			return;
 		if (m->done)
 			continue;
 		int r = 0;

@@ -481,6 +481,8 @@ void milter_stage_eom(struct milter_txn *mt, struct spool *sp, struct milter_res
 	}
 	for (int i = 0; i < mt->n; i++) {
 		struct milter *m = &mt->m[i];
+		if (m->broken && milter_failed(m, mt, res) == 2)
+			break;
 		if (m->done || m->fd < 0)
 			continue;
 		int r = eom_one(m, mt, &g, res);

@@ -55,6 +55,7 @@ int milter_cmd(struct milter *m, struct milter_txn *mt, char cmd, const struct c
 	       const void *data, size_t len, uint32_t nr, struct milter_result *res);
 int milter_verdict(struct milter *m, const struct milter_pkt *pk, struct milter_result *res);
 int milter_fail(struct milter *m, struct milter_txn *mt, struct milter_result *res);
+int milter_failed(struct milter *m, struct milter_txn *mt, struct milter_result *res);
 int milter_recv(struct milter *m, uint64_t timeout_ms, struct milter_pkt *pk);
 /* milter_stage_eom - the end-of-message stage on a worker thread. */
 void milter_stage_eom(struct milter_txn *mt, struct spool *sp, struct milter_result *res);

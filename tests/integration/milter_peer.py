@@ -21,6 +21,7 @@ What it does is chosen by the sender's local part (MAIL FROM):
     rejectdata  DATA: SMFIR_REPLYCODE 554
     hang        MAIL: no answer for 60 s
     broken      MAIL: a packet with an impossible length
+    brokenrcpt  first RCPT: the same, then the connection closes
     skip        first body chunk: SMFIR_SKIP
     relay       end of message: add <x@elsewhere.org> and <added@example.com>
     quarantine  end of message: SMFIR_QUARANTINE, then accept
@@ -129,6 +130,9 @@ class Handler(socketserver.BaseRequestHandler):
                     self.send(b"d")
                     continue
             if cmd == b"R":
+                if self.mode == "brokenrcpt":
+                    self.request.sendall(b"\xff\xff\xff\xffgarbage")
+                    return
                 if self.mode == "rejectrcpt":
                     self.send(b"r")
                     continue

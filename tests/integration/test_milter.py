@@ -214,6 +214,16 @@ def test_failures_default_action(perimd_factory, backend, peer, tmp_path):
     expect(send(p.port, "broken@client.test", ["a@example.com"], MSG), 451, "4.3.5")
     log = p.log_text()
     assert "read: timeout" in log and "bad packet length" in log
+    # broken at the first RCPT (a role account: exempt); the milter stays
+    # failed for the transaction: the next RCPT and the message get the
+    # default action too, nothing passes unfiltered
+    with Client(p.port) as c:
+        expect(c.cmd("EHLO client.test"), 250)
+        expect(c.cmd("MAIL FROM:<brokenrcpt@client.test>"), 250)
+        expect(c.cmd("RCPT TO:<postmaster@example.com>"), 250)
+        expect(c.cmd("RCPT TO:<a@example.com>"), 451, "4.3.5")
+        expect(c.cmd("DATA"), 451, "4.3.5")
+    assert backend.messages() == []
     # a milter that is not there: tempfail, reject, accept
     from harness import free_port
     down = "inet:127.0.0.1:%d" % free_port()
