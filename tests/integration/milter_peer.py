@@ -24,6 +24,7 @@ What it does is chosen by the sender's local part (MAIL FROM):
     brokenrcpt  first RCPT: the same, then the connection closes
     skip        first body chunk: SMFIR_SKIP
     relay       end of message: add <x@elsewhere.org> and <added@example.com>
+    otherroute  end of message: add <x@other.example>
     quarantine  end of message: SMFIR_QUARANTINE, then accept
 anything else: continue at every stage, accept at end of message.
 """
@@ -178,6 +179,9 @@ class Handler(socketserver.BaseRequestHandler):
         elif m == "relay":
             self.send(b"+", z("<x@elsewhere.org>"))
             self.send(b"+", z("<added@example.com>"))
+            self.send(b"a")
+        elif m == "otherroute":
+            self.send(b"+", z("<x@other.example>"))
             self.send(b"a")
         elif m == "quarantine":
             self.send(b"q", z("held"))

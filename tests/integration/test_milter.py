@@ -206,6 +206,18 @@ def test_added_recipient_relay_control(perimd_factory, backend, peer):
     assert "added recipient <x@elsewhere.org> refused: relay access denied" in p.log_text()
 
 
+
+def test_added_recipient_other_backend(perimd_factory, backend_factory, peer, tmp_path):
+    b1, b2 = backend_factory(), backend_factory()
+    tmap = tmp_path / "transport"
+    tmap.write_text("other.example  %s\n" % b2.target)
+    p = start(perimd_factory, b1, peer.spec, relay_domains="example.com, other.example",
+              transport_maps="file:%s" % tmap)
+    expect(send(p.port, "otherroute@client.test", ["a@example.com"], MSG), 451, "4.3.5",
+           "routes to another backend")
+    assert b1.messages() == [] and b2.messages() == []
+
+
 def test_failures_default_action(perimd_factory, backend, peer, tmp_path):
     p = start(perimd_factory, backend, peer.spec)
     t0 = time.monotonic()
