@@ -24,6 +24,7 @@ What it does is chosen by the sender's local part (MAIL FROM):
     brokenrcpt  first RCPT: the same, then the connection closes
     skip        first body chunk: SMFIR_SKIP
     relay       end of message: add <x@elsewhere.org> and <added@example.com>
+    eicar       end of message: the body replaced by the EICAR test string
     otherroute  end of message: add <x@other.example>
     quarantine  end of message: SMFIR_QUARANTINE, then accept
 anything else: continue at every stage, accept at end of message.
@@ -39,6 +40,8 @@ import threading
 import time
 
 LOCK = threading.Lock()
+# The EICAR test string, from pieces so that no file holds it whole.
+EICAR = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*").encode()
 
 
 def pkt(cmd, data=b""):
@@ -180,6 +183,9 @@ class Handler(socketserver.BaseRequestHandler):
             self.send(b"+", z("<x@elsewhere.org>"))
             self.send(b"+", z("<added@example.com>"))
             self.send(b"a")
+        elif m == "eicar":
+            self.send(b"b", EICAR + b"\r\n")
+            self.send(b"c")
         elif m == "otherroute":
             self.send(b"+", z("<x@other.example>"))
             self.send(b"a")

@@ -356,6 +356,22 @@ def test_clamav_milter(perimd_factory, backend, tmp_path):
         clamd.stop()
 
 
+def test_scan_sees_the_milters_copy(perimd_factory, backend, peer, tmp_path):
+    """Milters first, then the scan of the copy they left: a body a milter
+    replaces with EICAR is refused by av_scanner (a real clamd); the
+    original copy passes."""
+    from test_av import Clamd, write_db
+    clamd = Clamd(tmp_path, write_db(str(tmp_path / "clamdb"))).start()
+    try:
+        p = start(perimd_factory, backend, peer.spec, av_scanner="clamd:" + clamd.sock)
+        expect(send(p.port, "eicar@client.test", ["a@example.com"], MSG), 554, "5.7.1", "virus")
+        assert backend.messages() == []
+        expect(send(p.port, "plain@client.test", ["a@example.com"], MSG), 250)
+        assert len(backend.messages()) == 1
+    finally:
+        clamd.stop()
+
+
 def dkim_keys(d):
     """A key pair from opendkim-genkey; the TXT record's text."""
     import re
