@@ -1318,7 +1318,11 @@ milter_bench() {
 	echo "enabled = false;" >"$d/rs/override.d/worker-fuzzy.inc"
 	echo "bind_socket = \"127.0.0.1:$(free_port)\";" >"$d/rs/override.d/worker-controller.inc"
 	printf 'type = "file";\nfilename = "%s";\nlevel = "warning";\n' "$d/rs/rspamd.log" >"$d/rs/local.d/logging.inc"
-	printf 'dns { timeout = 0.3s; retransmits = 1; }\nlocal_addrs = [];\n' >"$d/rs/local.d/options.inc"
+	# hs_cache_dir: rspamd's compiled hyperscan databases, kept between runs
+	# (the tests use the same directory; keyed by content).
+	mkdir -p /var/tmp/perimd-test-rspamd-hs
+	printf 'dns { timeout = 0.3s; retransmits = 1; }\nlocal_addrs = [];\nhs_cache_dir = "%s";\n' \
+		/var/tmp/perimd-test-rspamd-hs >"$d/rs/local.d/options.inc"
 	printf 'use = ["x-spamd-result", "x-spam-status"];\nskip_local = false;\nskip_authenticated = false;\n' \
 		>"$d/rs/local.d/milter_headers.conf"
 	rspamd -f -i -u root -g root "--var=LOCAL_CONFDIR=$d/rs" "--var=DBDIR=$d/rs/db" \

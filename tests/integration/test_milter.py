@@ -441,12 +441,19 @@ def test_opendkim(perimd_factory, backend, tmp_path):
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
+# rspamd compiles its hyperscan databases (the TLD list alone takes half a
+# minute on this machine) into hs_cache_dir; kept between runs, keyed by
+# content, so only the first run pays.
+RSPAMD_HS_CACHE = "/var/tmp/perimd-test-rspamd-hs"
+
+
 class Rspamd:
     """rspamd with a configuration written here: its proxy worker in milter
     mode scanning by itself (self_scan), no normal worker, no fuzzy, its
     controller on a free port, DNS lookups kept short (no network)."""
 
     def __init__(self, tmp_path):
+        os.makedirs(RSPAMD_HS_CACHE, exist_ok=True)
         from harness import free_port
         self.dir = tmp_path / "rspamd"
         for sub in ("local.d", "override.d", "db", "run"):
@@ -461,7 +468,8 @@ class Rspamd:
             "override.d/worker-controller.inc": 'bind_socket = "127.0.0.1:%d";\n' % free_port(),
             "local.d/logging.inc": 'type = "file";\nfilename = "%s";\nlevel = "info";\n'
                                    % (self.dir / "rspamd.log"),
-            "local.d/options.inc": "dns { timeout = 0.3s; retransmits = 1; }\nlocal_addrs = [];\n",
+            "local.d/options.inc": "dns { timeout = 0.3s; retransmits = 1; }\nlocal_addrs = [];\n"
+                                   'hs_cache_dir = "%s";\n' % RSPAMD_HS_CACHE,
             "local.d/milter_headers.conf":
                 'use = ["x-spamd-result", "x-spam-status"];\nskip_local = false;\n'
                 'skip_authenticated = false;\n',
