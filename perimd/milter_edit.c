@@ -62,6 +62,14 @@ static size_t field_name_len(const char *l, size_t n)
 	return i > 0 && i < n && l[i] == ':' ? i : 0;
 }
 
+/* line_len - the length of the line at l (n bytes left) without its
+ * CRLF; n when there is no CRLF. */
+static size_t line_len(const char *l, size_t n)
+{
+	const char *e = memmem(l, n, "\r\n", 2);
+	return e ? (size_t)(e - l) : n;
+}
+
 /* msg_load - read the header section of sp into g. */
 static int msg_load(struct msg *g, struct spool *sp)
 {
@@ -80,44 +88,43 @@ static int msg_load(struct msg *g, struct spool *sp)
 			free(buf);
 			return -1;
 		}
+		size_t from = len > 3 ? len - 3 : 0; /* the end may straddle two reads */
 		len += (size_t)r;
 		off += (uint64_t)r;
 		buf[len] = 0;
-		if ((len >= 2 && !memcmp(buf, "\r\n", 2)) || (end = strstr(buf, "\r\n\r\n")))
+		if ((len >= 2 && !memcmp(buf, "\r\n", 2)) ||
+		    (end = memmem(buf + from, len - from, "\r\n\r\n", 4)))
 			break;
 	}
 	size_t p = 0;
 	g->body_off = size;
 	while (p < len) {
 		const char *l = buf + p;
-		const char *e = strstr(l, "\r\n");
-		size_t ln = e ? (size_t)(e - l) : len - p;
+		size_t ln = line_len(l, len - p), nl;
 		if (ln == 0) {
 			g->has_sep = 1;
 			g->body_off = p + 2;
 			break;
 		}
-		if ((l[0] == ' ' || l[0] == '\t') && g->nh) {
-			struct hdr *h = &g->h[g->nh - 1];
-			size_t ol = strlen(h->raw);
-			h->raw = xrealloc(h->raw, ol + ln + 3);
-			memcpy(h->raw + ol, "\r\n", 2);
-			memcpy(h->raw + ol + 2, l, ln);
-			h->raw[ol + 2 + ln] = 0;
-		} else {
-			size_t nl = field_name_len(l, ln);
-			if (!nl) { /* not a header: the body begins here */
-				g->body_off = p;
-				break;
-			}
-			char name[1024];
-			snprintf(name, sizeof name, "%.*s", (int)(nl < 1000 ? nl : 1000), l);
-			char *raw = xmalloc(ln - nl);
-			memcpy(raw, l + nl + 1, ln - nl - 1);
-			raw[ln - nl - 1] = 0;
-			hdr_add(g, g->nh, name, raw);
+		if (!(nl = field_name_len(l, ln))) { /* not a header: the body begins here */
+			g->body_off = p;
+			break;
 		}
-		p += ln + (e ? 2 : 0);
+		/* The field with its continuation lines, folding kept. */
+		size_t fend = p + ln, q = p + ln + 2;
+		while (q < len && (buf[q] == ' ' || buf[q] == '\t')) {
+			size_t cl = line_len(buf + q, len - q);
+			fend = q + cl;
+			q += cl + 2;
+		}
+		char name[1024];
+		snprintf(name, sizeof name, "%.*s", (int)(nl < 1000 ? nl : 1000), l);
+		size_t rl = fend - (p + nl + 1);
+		char *raw = xmalloc(rl + 1);
+		memcpy(raw, l + nl + 1, rl);
+		raw[rl] = 0;
+		hdr_add(g, g->nh, name, raw);
+		p = q;
 	}
 	free(buf);
 	return 0;

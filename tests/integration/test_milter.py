@@ -83,7 +83,7 @@ def send(port, sender, rcpts, body, expect_rcpt=None):
         return c.reply(timeout=20)
 
 
-MSG = (b"Subject: hello\r\nX-Remove-Me: bye\r\nX-Twice: one\r\nX-Twice: two\r\n"
+MSG = (b"Subject: hello\r\nX-Folded: a\r\n\tb\r\n  c\r\nX-Remove-Me: bye\r\nX-Twice: one\r\nX-Twice: two\r\n"
        b"From: a@client.test\r\n\r\noriginal body\r\n")
 
 
@@ -147,6 +147,8 @@ def test_every_modification(perimd_factory, backend, peer):
     seen = next(e for e in ev if e["cmd"] == "headers")
     assert ["Subject", "hello"] in seen["headers"]
     assert seen["body"] == "original body\r\n"
+    assert ["X-Folded", "a\n\tb\n  c"] in seen["headers"]  # folded lines joined by LF
+    assert b"\r\nX-Folded: a\r\n\tb\r\n  c\r\nX-Twice: one\r\n" in m.data  # kept as received
 
 
 def test_verdicts(perimd_factory, backend, peer):
