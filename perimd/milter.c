@@ -13,6 +13,7 @@
 #include "jobs.h"
 #include "log.h"
 #include "spool.h"
+#include "stats.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -563,6 +564,7 @@ int milter_fail(struct milter *m, struct milter_txn *mt, struct milter_result *r
 {
 	log_warn("%s: milter %s: %s; milter_default_action = %s", mt->msgid_or_sess, m->name, m->err,
 		 mt->cf->milter_default_action);
+	stats_inc(ST_milter_errors);
 	if (m->fd >= 0)
 		close(m->fd);
 	m->fd = -1;

@@ -86,6 +86,9 @@ STAT(ldap_notfound, COUNTER, "perimd_ldap_lookups_total", "result=\"notfound\"",
 STAT(ldap_error, COUNTER, "perimd_ldap_lookups_total", "result=\"error\"", "")
 STAT(ldap_errors, COUNTER, "perimd_ldap_errors_total", "", "failed LDAP operations: connects, binds and searches (a lookup retried or failed over counts each)")
 
+/* Milters (milter.c) */
+STAT(milter_errors, COUNTER, "perimd_milter_errors_total", "", "milter conversations that failed (down, timeout, broken protocol): milter_default_action applied")
+
 /* Histograms */
 HIST(latency, "perimd_message_latency_seconds", "end to end: final dot received to reply sent")
 HIST(backend, "perimd_backend_transaction_seconds", "backend attempt that decided a message: connection taken to verdict")

@@ -228,6 +228,7 @@ def test_failures_default_action(perimd_factory, backend, peer, tmp_path):
     expect(send(p.port, "broken@client.test", ["a@example.com"], MSG), 451, "4.3.5")
     log = p.log_text()
     assert "read: timeout" in log and "bad packet length" in log
+    assert metric(p, "perimd_milter_errors_total") == 2
     # broken at the first RCPT (a role account: exempt); the milter stays
     # failed for the transaction: the next RCPT and the message get the
     # default action too, nothing passes unfiltered
