@@ -626,8 +626,9 @@ static int session_start(struct milter *m, struct milter_txn *mt, struct milter_
 struct milter_req {
 	struct milter_txn *mt;
 	struct job *job;
-	char stage; /* 'M', 'R', 'E' */
-	char *arg;  /* sender / recipient */
+	char stage; /* 'M', 'R', 'T', 'E' */
+	char *arg;  /* MAIL, RCPT: "<address>\0" and each ESMTP argument "\0"-ended */
+	size_t arglen;
 	struct spool *sp;
 	milter_done_fn *done;
 	void *done_arg;
@@ -650,10 +651,8 @@ static void stage_envelope(struct milter_req *rq)
 		if (!m->started)
 			r = session_start(m, mt, &rq->res);
 		if (r == 0 && !m->done) {
-			char b[1024];
-			size_t n = (size_t)snprintf(b, sizeof b, "<%s>", rq->arg ? rq->arg : "") + 1;
-			if (n > sizeof b)
-				n = sizeof b;
+			const char *b = rq->arg;
+			size_t n = rq->arglen;
 			if (rq->stage == 'M' && !(m->pflags & SMFIP_NOMAIL))
 				r = milter_cmd(m, mt, SMFIC_MAIL, &cf->milter_mail_macros, b, n,
 					       SMFIP_NR_MAIL, &rq->res);
@@ -700,12 +699,25 @@ static void job_done(void *arg, int cancelled)
 
 /* submit - start a stage on the worker pool. */
 static struct milter_req *submit(struct ev_loop *loop, struct milter_txn *mt, char stage, const char *a,
-				 struct spool *sp, milter_done_fn *done, void *arg)
+				 const char *esmtp, struct spool *sp, milter_done_fn *done, void *arg)
 {
 	struct milter_req *rq = xcalloc(1, sizeof *rq);
 	rq->mt = mt;
 	rq->stage = stage;
-	rq->arg = a ? xstrdup(a) : NULL;
+	if (a) { /* "<address>", then the ESMTP arguments, each NUL-ended */
+		size_t al = strlen(a), el = esmtp ? strlen(esmtp) : 0;
+		rq->arg = xmalloc(al + el + 4);
+		rq->arglen = (size_t)sprintf(rq->arg, "<%s>", a) + 1;
+		for (const char *e = esmtp; e && *e;) {
+			size_t tl = strcspn(e, " ");
+			if (tl) {
+				memcpy(rq->arg + rq->arglen, e, tl);
+				rq->arglen += tl;
+				rq->arg[rq->arglen++] = 0;
+			}
+			e += tl + (e[tl] == ' ');
+		}
+	}
 	rq->sp = sp;
 	rq->done = done;
 	rq->done_arg = arg;
@@ -715,26 +727,26 @@ static struct milter_req *submit(struct ev_loop *loop, struct milter_txn *mt, ch
 }
 
 struct milter_req *milter_mail(struct ev_loop *loop, struct milter_txn *mt, const char *sender,
-			       milter_done_fn *done, void *arg)
+			       const char *esmtp, milter_done_fn *done, void *arg)
 {
-	return submit(loop, mt, 'M', sender, NULL, done, arg);
+	return submit(loop, mt, 'M', sender, esmtp, NULL, done, arg);
 }
 
 struct milter_req *milter_rcpt(struct ev_loop *loop, struct milter_txn *mt, const char *rcpt,
-			       milter_done_fn *done, void *arg)
+			       const char *esmtp, milter_done_fn *done, void *arg)
 {
-	return submit(loop, mt, 'R', rcpt, NULL, done, arg);
+	return submit(loop, mt, 'R', rcpt, esmtp, NULL, done, arg);
 }
 
 struct milter_req *milter_data(struct ev_loop *loop, struct milter_txn *mt, milter_done_fn *done, void *arg)
 {
-	return submit(loop, mt, 'T', NULL, NULL, done, arg);
+	return submit(loop, mt, 'T', NULL, NULL, NULL, done, arg);
 }
 
 struct milter_req *milter_eom(struct ev_loop *loop, struct milter_txn *mt, struct spool *sp,
 			      milter_done_fn *done, void *arg)
 {
-	return submit(loop, mt, 'E', NULL, sp, done, arg);
+	return submit(loop, mt, 'E', NULL, NULL, sp, done, arg);
 }
 
 /* ---- the transaction ------------------------------------------------------- */

@@ -72,11 +72,13 @@ void milter_macro(struct milter_txn *mt, const char *name, const char *value);
 void milter_connect_info(struct milter_txn *mt, const char *client_name, const char *addr, int port,
 			 const char *helo);
 
-/* The stages; each returns the request (cancelled by milter_txn_free). */
+/* The stages; each returns the request (cancelled by milter_txn_free).
+ * esmtp: the command's ESMTP arguments, "SIZE=123 BODY=8BITMIME" (may be
+ * NULL), sent after the address as Postfix does. */
 struct milter_req *milter_mail(struct ev_loop *loop, struct milter_txn *mt, const char *sender,
-			       milter_done_fn *done, void *arg);
+			       const char *esmtp, milter_done_fn *done, void *arg);
 struct milter_req *milter_rcpt(struct ev_loop *loop, struct milter_txn *mt, const char *rcpt,
-			       milter_done_fn *done, void *arg);
+			       const char *esmtp, milter_done_fn *done, void *arg);
 struct milter_req *milter_data(struct ev_loop *loop, struct milter_txn *mt, milter_done_fn *done, void *arg);
 /* milter_eom - headers, end of headers, body, end of message of the
  * stored message sp (finished; read only). */

@@ -14,6 +14,7 @@
 #include "smtpd.h"
 #include "smtpd_int.h"
 #include "av.h"
+#include "buf.h"
 #include "conn.h"
 #include "dnscheck.h"
 #include "grey.h"
@@ -175,8 +176,9 @@ static void mail_done(void *arg, struct milter_result *r)
 }
 
 /* mail_milters - a transaction with milters: its id now (the milters'
- * macro i), connect lazily, then connect, HELO and MAIL to each. */
-static void mail_milters(struct session *s)
+ * macro i), connect lazily, then connect, HELO and MAIL (with its ESMTP
+ * arguments) to each. */
+static void mail_milters(struct session *s, const struct smtp_path *p)
 {
 	struct txn *t = s->tx;
 	const struct conf *cf = s->cf;
@@ -212,8 +214,13 @@ static void mail_milters(struct session *s)
 		}
 		milter_macro(t->milter, "tls_version", desc);
 	}
+	struct strbuf esmtp = { 0 };
+	for (int i = 0; i < p->nparams; i++)
+		sb_printf(&esmtp, "%s%s%s%s", i ? " " : "", p->params[i].key, p->params[i].value ? "=" : "",
+			  p->params[i].value ? p->params[i].value : "");
 	smtpd_session_pause(s);
-	milter_mail(s->loop, t->milter, t->sender, mail_done, s);
+	milter_mail(s->loop, t->milter, t->sender, sb_str(&esmtp), mail_done, s);
+	sb_free(&esmtp);
 }
 
 /* smtpd_cmd_mail - MAIL FROM (RFC 5321 §4.1.1.2) with SIZE, BODY, SMTPUTF8, RET,
@@ -285,7 +292,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 	s->tx->envid = envid ? xstrdup(envid) : NULL;
 	dnscheck_mail(s->dns, s->tx->sender); /* looked up now, refused at RCPT */
 	if (milter_enabled(cf))
-		mail_milters(s);
+		mail_milters(s, p);
 	else
 		smtpd_reply(s, "250 2.1.0 Ok");
 out:
@@ -392,7 +399,11 @@ static int rcpt_finish(struct session *s, const struct policy_verdict *v)
 		s->tx->grey_pass = 1;
 	if (s->tx->milter && !s->tx->discard) {
 		milter_macro(s->tx->milter, "rcpt_addr", rp->addr);
-		milter_rcpt(s->loop, s->tx->milter, rp->addr, rcpt_milter_done, s);
+		char esmtp[1100];
+		snprintf(esmtp, sizeof esmtp, "%s%s%s%s", rp->notify ? "NOTIFY=" : "",
+			 rp->notify ? rp->notify : "", rp->orcpt ? (rp->notify ? " ORCPT=" : "ORCPT=") : "",
+			 rp->orcpt ? rp->orcpt : "");
+		milter_rcpt(s->loop, s->tx->milter, rp->addr, esmtp, rcpt_milter_done, s);
 		return 1;
 	}
 	rcpt_add(s);

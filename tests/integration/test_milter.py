@@ -588,3 +588,23 @@ def test_check_refuses(param, value):
     r = subprocess.run([PERIMD_BIN, "-c", "/dev/null", "-t", "-o", "%s=%s" % (param, value)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and param in r.stderr, r.stderr
+
+
+def test_esmtp_arguments(perimd_factory, backend, peer):
+    """MAIL and RCPT reach the milter with their ESMTP arguments after the
+    address, as Postfix sends them."""
+    p = start(perimd_factory, backend, peer.spec)
+    with Client(p.port) as c:
+        expect(c.cmd("EHLO client.test"), 250)
+        expect(c.cmd("MAIL FROM:<plain@client.test> SIZE=100 BODY=8BITMIME"), 250)
+        expect(c.cmd("RCPT TO:<a@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@example.com"), 250)
+        expect(c.cmd("RCPT TO:<b@example.com>"), 250)
+        expect(c.cmd("DATA"), 354)
+        c.send(MSG + b".\r\n")
+        expect(c.reply(timeout=20), 250)
+    ev = peer.events()
+    assert next(e for e in ev if e["cmd"] == "M")["args"] == [
+        "<plain@client.test>", "SIZE=100", "BODY=8BITMIME"]
+    assert [e["args"] for e in ev if e["cmd"] == "R"] == [
+        ["<a@example.com>", "NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;a@example.com"],
+        ["<b@example.com>"]]
