@@ -86,6 +86,7 @@ struct txn {
 	struct rcpt_pending *rcpt_pending;
 	struct milter_txn *milter; /* smtpd_milters of this transaction (milter.h) */
 	unsigned discard : 1;      /* a milter discarded the message */
+	struct psvc_txn *psvc;     /* smtpd_policy_services state (psvc.h) or NULL */
 
 	/* DATA */
 	struct spool *spool;
@@ -96,6 +97,7 @@ struct txn {
 
 	/* relay */
 	struct relay_msg msg;
+	struct relay_client client; /* for XFORWARD */
 	struct relay_rcpt *rr;
 	struct conf_list backends;
 };
@@ -109,7 +111,9 @@ struct session {
 	const struct conf *cf;
 	char id[16];
 	char addr[INET6_ADDRSTRLEN];
-	int port; /* the client's (after PROXY) */
+	int port;                        /* the client's (after any PROXY header) */
+	char srv_addr[INET6_ADDRSTRLEN]; /* the address the client connected to */
+	int srv_port;
 	char *helo;
 	unsigned esmtp : 1;
 	unsigned skip_line : 1; /* discarding an over-long command line */

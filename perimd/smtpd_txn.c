@@ -20,7 +20,7 @@
 #include "grey.h"
 #include "log.h"
 #include "milter.h"
-#include "net.h"
+#include "psvc.h"
 #include "spool.h"
 #include "stats.h"
 
@@ -59,6 +59,7 @@ void smtpd_txn_reset(struct session *s)
 	free(t->rcpts);
 	free(t->route);
 	smtpd_rcpt_pending_free(t->rcpt_pending);
+	psvc_txn_free(t->psvc);
 	if (t->milter) /* a stage in flight may still read the spool */
 		milter_txn_free(t->milter, t->spool);
 	else
@@ -182,7 +183,10 @@ static void mail_milters(struct session *s, const struct smtp_path *p)
 {
 	struct txn *t = s->tx;
 	const struct conf *cf = s->cf;
-	smtpd_gen_id(t->msgid);
+	if (t->psvc) /* one id for the policy services and the milters */
+		memcpy(t->msgid, t->psvc->queue_id, sizeof t->msgid);
+	else
+		smtpd_gen_id(t->msgid);
 	t->milter = milter_txn_new(cf);
 	char port[16], client[300];
 	snprintf(port, sizeof port, "%d", s->port);
@@ -192,12 +196,8 @@ static void mail_milters(struct session *s, const struct smtp_path *p)
 	milter_macro(t->milter, "j", cf->myhostname);
 	milter_macro(t->milter, "v", "perimd");
 	milter_macro(t->milter, "daemon_name", "perimd");
-	struct sockaddr_storage local;
-	socklen_t ll = sizeof local;
-	char laddr[INET6_ADDRSTRLEN];
-	if (getsockname(conn_fd(s->conn), (struct sockaddr *)&local, &ll) == 0)
-		milter_macro(t->milter, "daemon_addr",
-			     net_ntop((struct sockaddr *)&local, laddr, sizeof laddr));
+	if (s->srv_addr[0]) /* the address the client connected to (PROXY: its dst) */
+		milter_macro(t->milter, "daemon_addr", s->srv_addr);
 	milter_macro(t->milter, "_", client);
 	milter_macro(t->milter, "client_addr", s->addr);
 	milter_macro(t->milter, "client_port", port);
@@ -223,6 +223,42 @@ static void mail_milters(struct session *s, const struct smtp_path *p)
 	sb_free(&esmtp);
 }
 
+/* tls_split - "TLSv1.2 with cipher X" (conn_tls_describe) into the
+ * protocol, the cipher and its key size in bits. */
+static void tls_split(const char *desc, struct psvc_txn *t)
+{
+	const char *w = strstr(desc, " with cipher ");
+	if (!w)
+		return;
+	snprintf(t->tls_protocol, sizeof t->tls_protocol, "%.*s", (int)(w - desc), desc);
+	snprintf(t->tls_cipher, sizeof t->tls_cipher, "%s", w + 13);
+	t->tls_bits = strstr(t->tls_cipher, "128")                              ? 128
+	    : strstr(t->tls_cipher, "256") || strstr(t->tls_cipher, "CHACHA20") ? 256
+										: 0;
+}
+
+/* psvc_begin - what the policy services' requests of this transaction
+ * carry (smtpd_policy_services); the queue id is the message id. */
+static void psvc_begin(struct session *s, unsigned long long size)
+{
+	if (!s->pol->psvc || !s->pol->psvc->n)
+		return;
+	struct psvc_txn *t = xcalloc(1, sizeof *t);
+	smtpd_gen_id(t->queue_id);
+	snprintf(t->instance, sizeof t->instance, "%s.%s", s->id, t->queue_id);
+	t->protocol_name = s->esmtp ? "ESMTP" : "SMTP";
+	t->client_port = s->port;
+	snprintf(t->server_address, sizeof t->server_address, "%s", s->srv_addr);
+	t->server_port = s->srv_port;
+	t->size = size;
+	if (s->tls) {
+		char desc[128];
+		conn_tls_describe(s->conn, desc, sizeof desc);
+		tls_split(desc, t);
+	}
+	s->tx->psvc = t;
+}
+
 /* smtpd_cmd_mail - MAIL FROM (RFC 5321 §4.1.1.2) with SIZE, BODY, SMTPUTF8, RET,
  * ENVID (RFC 1870, 6152, 6531, 3461); the transaction begins. Its place
  * in the sequence (no transaction yet, HELO/EHLO first) is the command
@@ -234,6 +270,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 	if (path_parse(s, arg, p, "5.1.7 Bad sender") < 0)
 		goto out;
 	int body8 = 0, utf8 = 0;
+	unsigned long long size = 0;
 	const char *ret = NULL, *envid = NULL;
 	for (int i = 0; i < p->nparams; i++) {
 		const char *k = p->params[i].key, *v = p->params[i].value;
@@ -243,6 +280,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 				goto out;
 			}
 			unsigned long long sz = strtoull(v, NULL, 10);
+			size = sz;
 			if (sz > (unsigned long long)cf->message_size_limit) {
 				stats_inc(ST_rej_size);
 				smtpd_log_reject(s, "MAIL", "552 5.3.4 Message size exceeds fixed limit", NULL);
@@ -290,6 +328,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 	s->tx->smtputf8 = utf8;
 	s->tx->ret = ret ? xstrdup(ret) : NULL;
 	s->tx->envid = envid ? xstrdup(envid) : NULL;
+	psvc_begin(s, size);
 	dnscheck_mail(s->dns, s->tx->sender); /* looked up now, refused at RCPT */
 	if (milter_enabled(cf))
 		mail_milters(s, p);
@@ -531,6 +570,7 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 		.dns = s->dns,
 		.sess = s->ps,
 		.route = rp->route,
+		.psvc = s->tx->psvc,
 	};
 	s->tx->rcpt_pending = rp;
 	struct policy_verdict v;
@@ -576,13 +616,29 @@ static void received_header(struct session *s)
 		s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 }
 
+/* prepend_headers - the PREPEND answers of the policy services, above
+ * perimd's Received: field, as Postfix's smtpd writes them. */
+static void prepend_headers(struct session *s)
+{
+	const struct psvc_txn *t = s->tx->psvc;
+	for (int i = 0; t && i < t->nprepend && s->tx->data_err == DE_NONE; i++) {
+		log_info("%s: prepend: header %s; from=<%s>", s->tx->msgid, t->prepend[i], s->tx->sender);
+		if (spool_append(s->tx->spool, t->prepend[i], strlen(t->prepend[i])) < 0 ||
+		    spool_append(s->tx->spool, "\r\n", 2) < 0)
+			s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
+	}
+}
+
 /* data_begin - the 354: start storing the body. */
 static void data_begin(struct session *s)
 {
-	if (!s->tx->msgid[0]) /* with milters it was made at MAIL */
+	if (!s->tx->msgid[0] && s->tx->psvc) /* the id the policy services were told */
+		memcpy(s->tx->msgid, s->tx->psvc->queue_id, sizeof s->tx->msgid);
+	else if (!s->tx->msgid[0]) /* with milters it was made at MAIL */
 		smtpd_gen_id(s->tx->msgid);
 	s->tx->spool = spool_new();
 	s->tx->data_err = DE_NONE;
+	prepend_headers(s);
 	received_header(s);
 	if (s->tx->data_err == DE_SPOOL_FULL) {
 		stats_inc(ST_rej_spool_full);
@@ -883,6 +939,15 @@ static void data_relay(struct session *s)
 	if (m->deadline > smtpd_drain_deadline(s)) /* scanned past the drain limit */
 		m->deadline = smtpd_drain_deadline(s);
 	m->conf = cf;
+	const char *name = s->dns ? dnscheck_client_name(s->dns) : NULL;
+	s->tx->client = (struct relay_client){
+		.name = name ? name : "unknown",
+		.addr = s->addr,
+		.port = s->port,
+		.helo = s->helo,
+		.esmtp = s->esmtp,
+	};
+	m->client = &s->tx->client;
 	smtpd_session_pause(s);
 	s->relay = relay_send(s->loop, m, relay_done, s);
 }
