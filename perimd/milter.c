@@ -495,7 +495,7 @@ static int send_macros(struct milter *m, struct milter_txn *mt, char cmd, const 
 
 /* ---- one stage, one milter ----------------------------------------------- */
 
-/* verdict - the answer to a stage: 0 continue, 1 this milter accepted,
+/* milter_verdict - the answer to a stage: 0 continue, 1 this milter accepted,
  * 2 a verdict for the transaction (in res), -1 broken (m->err). */
 int milter_verdict(struct milter *m, const struct milter_pkt *pk, struct milter_result *res)
 {
@@ -726,23 +726,27 @@ static struct milter_req *submit(struct ev_loop *loop, struct milter_txn *mt, ch
 	return rq;
 }
 
+/* milter_mail - see milter.h. */
 struct milter_req *milter_mail(struct ev_loop *loop, struct milter_txn *mt, const char *sender,
 			       const char *esmtp, milter_done_fn *done, void *arg)
 {
 	return submit(loop, mt, 'M', sender, esmtp, NULL, done, arg);
 }
 
+/* milter_rcpt - see milter.h. */
 struct milter_req *milter_rcpt(struct ev_loop *loop, struct milter_txn *mt, const char *rcpt,
 			       const char *esmtp, milter_done_fn *done, void *arg)
 {
 	return submit(loop, mt, 'R', rcpt, esmtp, NULL, done, arg);
 }
 
+/* milter_data - see milter.h. */
 struct milter_req *milter_data(struct ev_loop *loop, struct milter_txn *mt, milter_done_fn *done, void *arg)
 {
 	return submit(loop, mt, 'T', NULL, NULL, NULL, done, arg);
 }
 
+/* milter_eom - see milter.h. */
 struct milter_req *milter_eom(struct ev_loop *loop, struct milter_txn *mt, struct spool *sp,
 			      milter_done_fn *done, void *arg)
 {
