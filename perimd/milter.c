@@ -579,10 +579,10 @@ int milter_fail(struct milter *m, struct milter_txn *mt, struct milter_result *r
  * (left out) for accept. */
 int milter_failed(struct milter *m, struct milter_txn *mt, struct milter_result *res)
 {
-	if (!strcmp(mt->cf->milter_default_action, "accept"))
+	if (mt->cf->milter_default_action_e == MILTER_DEFAULT_ACCEPT)
 		return 1;
 	snprintf(res->which, sizeof res->which, "%s", m->name);
-	if (!strcmp(mt->cf->milter_default_action, "reject")) {
+	if (mt->cf->milter_default_action_e == MILTER_DEFAULT_REJECT) {
 		res->act = MILTER_REJECT;
 		snprintf(res->reply, sizeof res->reply, "550 5.5.0 Service unavailable");
 	} else {
