@@ -45,6 +45,9 @@ DEPS+=(musl-tools cmake ninja-build tcl dpkg-dev file haproxy podman runc)
 DEPS+=(systemd util-linux docker-compose python3-yaml prometheus fail2ban libnet-ssleay-perl)
 # Style checks (tests/check_style.sh).
 DEPS+=(clang-format cppcheck)
+# The fleet on MariaDB Galera (tests/integration/test_galera.py): the provider
+# and the rsync state transfer of a joining node (its script uses ss).
+DEPS+=(galera-4 rsync iproute2)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {
