@@ -120,6 +120,9 @@ PARAM(TIME, greylist_new_triplet_interval, "1h", 1000, 0, NULL, "the window of g
 PARAM(INT, greylist_max_entries, "2000000", 0, 1000000000, NULL, "triplets the store holds at most; past it unpassed entries are evicted, over-quota networks' first (0 = no bound)")
 PARAM(STR, policy_listen, "", 0, 0, NULL, "address for the Postfix policy delegation protocol (check_policy_service), e.g. 127.0.0.1:2525; empty = none")
 
+/* The fleet (policy.c) */
+PARAM(LIST, shadow_checks, "", 0, 0, NULL, "RCPT checks that only log and count what they would refuse and let the recipient pass: dnsbl, greylist, recipient_maps, recipient_verify, client_access, sender_access, recipient_access, helo, client_hostname, sender_domain (never the virus scanner)")
+
 /* Observability */
 PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)")
 PARAM(ENUM, log_to, "syslog", 0, 0, "syslog|stderr", "where to log (-f implies stderr)")

@@ -68,6 +68,18 @@ STAT(dns_failures, COUNTER, "perimd_dns_failures_total", "", "DNS lookups that f
 STAT(tls_reload_time, GAUGE, "perimd_tls_reload_last_timestamp_seconds", "", "when the TLS certificates and keys were last loaded or reloaded (start, SIGHUP), Unix time")
 STAT(tls_reload_ok, GAUGE, "perimd_tls_reload_success", "", "1 when that last load succeeded, 0 when it failed and the old certificates stayed")
 
+/* Shadow checks (policy.c) */
+STAT(shadow_dnsbl, COUNTER, "perimd_shadow_rejects_total", "check=\"dnsbl\"", "recipients a check named in shadow_checks would have refused: logged, counted here, and let pass")
+STAT(shadow_greylist, COUNTER, "perimd_shadow_rejects_total", "check=\"greylist\"", "")
+STAT(shadow_recipient_maps, COUNTER, "perimd_shadow_rejects_total", "check=\"recipient_maps\"", "")
+STAT(shadow_recipient_verify, COUNTER, "perimd_shadow_rejects_total", "check=\"recipient_verify\"", "")
+STAT(shadow_client_access, COUNTER, "perimd_shadow_rejects_total", "check=\"client_access\"", "")
+STAT(shadow_sender_access, COUNTER, "perimd_shadow_rejects_total", "check=\"sender_access\"", "")
+STAT(shadow_recipient_access, COUNTER, "perimd_shadow_rejects_total", "check=\"recipient_access\"", "")
+STAT(shadow_helo, COUNTER, "perimd_shadow_rejects_total", "check=\"helo\"", "")
+STAT(shadow_client_hostname, COUNTER, "perimd_shadow_rejects_total", "check=\"client_hostname\"", "")
+STAT(shadow_sender_domain, COUNTER, "perimd_shadow_rejects_total", "check=\"sender_domain\"", "")
+
 /* Greylisting (grey.c) */
 STAT(grey_new, COUNTER, "perimd_greylist_decisions_total", "result=\"new\"", "greylisting decisions by outcome (recipients)")
 STAT(grey_early, COUNTER, "perimd_greylist_decisions_total", "result=\"early\"", "")
