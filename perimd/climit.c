@@ -26,6 +26,23 @@ static struct cl_shard {
 	struct cl_entry *b[CL_BUCKETS];
 } cl_shards[CL_SHARDS];
 static pthread_once_t cl_once = PTHREAD_ONCE_INIT;
+static void (*cl_publish)(const char *addr, int count);
+static int (*cl_remote)(const char *addr);
+
+/* climit_set_fleet - see climit.h. */
+void climit_set_fleet(void (*publish)(const char *addr, int count), int (*remote)(const char *addr))
+{
+	__atomic_store_n(&cl_publish, publish, __ATOMIC_RELEASE);
+	__atomic_store_n(&cl_remote, remote, __ATOMIC_RELEASE);
+}
+
+/* cl_changed - a count changed: tell the fleet. */
+static void cl_changed(const char *addr, int count)
+{
+	void (*fn)(const char *, int) = __atomic_load_n(&cl_publish, __ATOMIC_ACQUIRE);
+	if (fn)
+		fn(addr, count);
+}
 
 /* cl_init - mutexes. */
 static void cl_init(void)
@@ -51,6 +68,8 @@ int climit_enter(const char *addr, int limit)
 	struct cl_shard *sh = &cl_shards[h % CL_SHARDS];
 	struct cl_entry **pp = &sh->b[(h / CL_SHARDS) % CL_BUCKETS];
 	int n;
+	int (*rfn)(const char *) = __atomic_load_n(&cl_remote, __ATOMIC_ACQUIRE);
+	int others = rfn ? rfn(addr) : 0;
 	pthread_mutex_lock(&sh->mu);
 	struct cl_entry *e = *pp;
 	while (e && strcmp(e->addr, addr))
@@ -63,7 +82,7 @@ int climit_enter(const char *addr, int limit)
 		e->next = *pp;
 		*pp = e;
 	}
-	if (limit > 0 && e->count >= limit) {
+	if (limit > 0 && e->count + others >= limit) {
 		n = -1;
 		if (e->count == 0) {
 			*pp = e->next;
@@ -73,6 +92,8 @@ int climit_enter(const char *addr, int limit)
 		n = ++e->count;
 	}
 	pthread_mutex_unlock(&sh->mu);
+	if (n > 0)
+		cl_changed(addr, n);
 	return n;
 }
 
@@ -87,9 +108,13 @@ void climit_leave(const char *addr)
 	while (*pp && strcmp((*pp)->addr, addr))
 		pp = &(*pp)->next;
 	struct cl_entry *e = *pp;
-	if (e && --e->count <= 0) {
+	int n = -1;
+	if (e && (n = --e->count) <= 0) {
 		*pp = e->next;
 		free(e);
+		n = 0;
 	}
 	pthread_mutex_unlock(&sh->mu);
+	if (n >= 0)
+		cl_changed(addr, n);
 }

@@ -32,6 +32,16 @@ static struct cr_shard {
 	struct cr_entry *b[CR_BUCKETS];
 } cr_shards[CR_SHARDS];
 static pthread_once_t cr_once = PTHREAD_ONCE_INIT;
+static void (*cr_publish)(const char *addr, uint64_t minute, int count);
+static int (*cr_remote)(const char *addr, uint64_t minute);
+
+/* crate_set_fleet - see crate.h. */
+void crate_set_fleet(void (*publish)(const char *addr, uint64_t minute, int count),
+		     int (*remote)(const char *addr, uint64_t minute))
+{
+	__atomic_store_n(&cr_publish, publish, __ATOMIC_RELEASE);
+	__atomic_store_n(&cr_remote, remote, __ATOMIC_RELEASE);
+}
 
 /* cr_init - mutexes. */
 static void cr_init(void)
@@ -73,6 +83,8 @@ int crate_hit(const char *addr, int limit, uint64_t minute)
 	struct cr_shard *sh = &cr_shards[h % CR_SHARDS];
 	struct cr_entry **pp = &sh->b[(h / CR_SHARDS) % CR_BUCKETS];
 	int n;
+	int (*rfn)(const char *, uint64_t) = __atomic_load_n(&cr_remote, __ATOMIC_ACQUIRE);
+	int others = rfn ? rfn(addr, minute) : 0;
 	pthread_mutex_lock(&sh->mu);
 	struct cr_entry *e = *pp;
 	while (e && strcmp(e->addr, addr))
@@ -93,10 +105,13 @@ int crate_hit(const char *addr, int limit, uint64_t minute)
 		e->minute = minute;
 		e->count = 0;
 	}
-	if (limit > 0 && e->count >= limit)
+	if (limit > 0 && e->count + others >= limit)
 		n = -1;
 	else
 		n = ++e->count;
 	pthread_mutex_unlock(&sh->mu);
+	void (*pfn)(const char *, uint64_t, int) = __atomic_load_n(&cr_publish, __ATOMIC_ACQUIRE);
+	if (n > 0 && pfn)
+		pfn(addr, minute, n);
 	return n;
 }

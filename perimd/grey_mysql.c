@@ -44,6 +44,7 @@
  * the one last used, each "host" or "host:port"), port (3306), user,
  * password, dbname.
  */
+#include "buf.h"
 #include "grey.h"
 #include "log.h"
 #include "stats.h"
@@ -89,6 +90,7 @@ struct my_store {
 	int64_t att;         /* the attempt id of the call in progress */
 	time_t retry_at;     /* no reconnect attempt before (after a failure) */
 	int64_t lease_until; /* db clock: this node runs expiry until then */
+	int fleet_ready;     /* the fleet's tables exist */
 };
 
 static const char *const my_schema[] = {
@@ -790,6 +792,150 @@ static int my_expire(struct grey_store *gs, int64_t now, int limit, char *err, s
 	return my_retry((struct my_store *)gs, expire_call, &limit, err, errlen);
 }
 
+/* The fleet's tables (made at a box's first sync, so a site that shares
+ * nothing never has them): per-recipient verdicts, the boxes' heartbeats,
+ * their session counts and their sessions per minute. */
+static const char *const my_fleet_schema[] = {
+	"CREATE TABLE IF NOT EXISTS fleet_rcpt (k VARBINARY(320) NOT NULL PRIMARY KEY, code INT NOT NULL,"
+	" enh VARCHAR(16) NOT NULL, expires BIGINT NOT NULL, updated BIGINT NOT NULL, box BINARY(8) NOT NULL,"
+	" KEY fleet_rcpt_updated (updated), KEY fleet_rcpt_expires (expires)) ENGINE=InnoDB",
+	"CREATE TABLE IF NOT EXISTS fleet_box (box BINARY(8) NOT NULL PRIMARY KEY, updated BIGINT NOT NULL)"
+	" ENGINE=InnoDB",
+	"CREATE TABLE IF NOT EXISTS fleet_conn (box BINARY(8) NOT NULL, addr VARBINARY(64) NOT NULL,"
+	" n INT NOT NULL, PRIMARY KEY (box, addr)) ENGINE=InnoDB",
+	"CREATE TABLE IF NOT EXISTS fleet_rate (box BINARY(8) NOT NULL, addr VARBINARY(64) NOT NULL,"
+	" minute BIGINT NOT NULL, n INT NOT NULL, PRIMARY KEY (box, addr, minute), KEY fleet_rate_minute"
+	" (minute)) ENGINE=InnoDB",
+};
+
+/* sb_hex - s as a hex literal X'...' ("" as X''). */
+static void sb_hex(struct strbuf *b, const char *s)
+{
+	static const char d[] = "0123456789abcdef";
+	sb_add(b, "X'", 2);
+	for (; *s; s++) {
+		char x[2] = { d[(unsigned char)*s >> 4], d[(unsigned char)*s & 15] };
+		sb_add(b, x, 2);
+	}
+	sb_add(b, "'", 1);
+}
+
+/* enh_ok - an enhanced status code: digits and dots only. */
+static int enh_ok(const char *e)
+{
+	return strspn(e, "0123456789.") == strlen(e) && strlen(e) < 16;
+}
+
+/* fleet_writes - this box's news as statements: its heartbeat, verdicts
+ * and counts (absolute values: a retry writes the same again). */
+static void fleet_writes(struct strbuf *b, const struct grey_fleet_sync *fs)
+{
+	sb_printf(b, "INSERT INTO fleet_box VALUES (X'%s', @n) ON DUPLICATE KEY UPDATE updated = @n;", fs->box);
+	int rows = 0;
+	for (int i = 0; i < fs->nrcpts; i++) {
+		const struct grey_fleet_rcpt *r = &fs->rcpts[i];
+		if (!enh_ok(r->enh))
+			continue;
+		sb_printf(b, rows++ ? ", (" : "INSERT INTO fleet_rcpt VALUES (");
+		sb_hex(b, r->rcpt);
+		sb_printf(b, ", %d, '%s', @n + %lld, @n, X'%s')", r->code, r->enh, (long long)r->ttl, fs->box);
+	}
+	if (rows)
+		sb_printf(b,
+			  " ON DUPLICATE KEY UPDATE code = VALUES(code), enh = VALUES(enh),"
+			  " expires = VALUES(expires), updated = @n, box = VALUES(box);");
+	for (int i = 0; i < fs->nconns; i++) {
+		sb_printf(b, i ? ", (X'%s', " : "INSERT INTO fleet_conn VALUES (X'%s', ", fs->box);
+		sb_hex(b, fs->conns[i].addr);
+		sb_printf(b, ", %d)", fs->conns[i].n);
+		if (i == fs->nconns - 1)
+			sb_printf(b,
+				  " ON DUPLICATE KEY UPDATE n = VALUES(n);"
+				  "DELETE FROM fleet_conn WHERE box = X'%s' AND n = 0;",
+				  fs->box);
+	}
+	for (int i = 0; i < fs->nrates; i++) {
+		sb_printf(b, i ? ", (X'%s', " : "INSERT INTO fleet_rate VALUES (X'%s', ", fs->box);
+		sb_hex(b, fs->rates[i].addr);
+		sb_printf(b, ", %lld, %d)", (long long)fs->minute, fs->rates[i].n);
+		if (i == fs->nrates - 1)
+			sb_printf(b, " ON DUPLICATE KEY UPDATE n = GREATEST(n, VALUES(n));");
+	}
+	/* Each box clears its own old minutes; expired verdicts go too. */
+	sb_printf(b,
+		  "DELETE FROM fleet_rate WHERE box = X'%s' AND minute < %lld;"
+		  "DELETE FROM fleet_rcpt WHERE expires <= @n LIMIT 1000;",
+		  fs->box, (long long)fs->minute - 1);
+}
+
+/* fleet_row - one row of the reads: a tag, then its fields. */
+static void fleet_row(void *arg, MYSQL_ROW r, unsigned nf)
+{
+	struct grey_fleet_sync *fs = arg;
+	if (nf < 5 || !r[0] || !r[1])
+		return;
+	switch (r[0][0]) {
+	case 'n': fs->now = strtoll(r[1], NULL, 10); break;
+	case 'r':
+		if (r[2] && r[3] && r[4] && fs->rcpt_in)
+			fs->rcpt_in(fs->arg, r[1], atoi(r[2]), r[3], strtoll(r[4], NULL, 10));
+		break;
+	case 'c':
+		if (r[2] && fs->conn_in)
+			fs->conn_in(fs->arg, r[1], atoi(r[2]));
+		break;
+	case 'm':
+		if (r[2] && fs->rate_in)
+			fs->rate_in(fs->arg, r[1], atoi(r[2]));
+		break;
+	}
+}
+
+/* fleet_call - one try of a sync: the writes, then what the other boxes
+ * wrote, in one multi-statement round trip. */
+static int fleet_call(struct my_store *s, void *arg, char *err, size_t errlen)
+{
+	struct grey_fleet_sync *fs = arg;
+	if (!s->fleet_ready) {
+		if (!s->db && my_connect(s, err, errlen) < 0)
+			return -1;
+		for (size_t i = 0; i < sizeof my_fleet_schema / sizeof my_fleet_schema[0]; i++)
+			if (my_setup_query(s->db, my_fleet_schema[i])) {
+				snprintf(err, errlen, "mysql: fleet schema: %s", mysql_error(s->db));
+				s->fail = my_classify(mysql_errno(s->db));
+				my_disconnect(s);
+				return -1;
+			}
+		s->fleet_ready = 1;
+	}
+	struct strbuf b = { 0 };
+	sb_printf(&b, MY_NOW);
+	fleet_writes(&b, fs);
+	if (fs->want_rcpts)
+		sb_printf(&b,
+			  "SELECT 'r', k, code, enh, expires - @n FROM fleet_rcpt WHERE updated > %lld"
+			  " AND expires > @n AND box <> X'%s';",
+			  (long long)fs->rcpt_since, fs->box);
+	if (fs->want_limits)
+		sb_printf(
+		    &b,
+		    "SELECT 'c', c.addr, SUM(c.n), 0, 0 FROM fleet_conn c JOIN fleet_box x ON x.box = c.box"
+		    " WHERE c.box <> X'%s' AND x.updated > @n - %lld AND c.n > 0 GROUP BY c.addr;"
+		    "SELECT 'm', addr, SUM(n), 0, 0 FROM fleet_rate WHERE minute = %lld AND box <> X'%s'"
+		    " GROUP BY addr;",
+		    fs->box, (long long)fs->stale, (long long)fs->minute, fs->box);
+	sb_printf(&b, "SELECT 'n', @n, 0, 0, 0");
+	int rc = my_run(s, sb_str(&b), fleet_row, fs, err, errlen);
+	sb_free(&b);
+	return rc;
+}
+
+/* my_fleet_sync - a sync, tried as a whole. */
+static int my_fleet_sync(struct grey_store *gs, struct grey_fleet_sync *fs, char *err, size_t errlen)
+{
+	return my_retry((struct my_store *)gs, fleet_call, fs, err, errlen);
+}
+
 /* my_close - close the connection. */
 static void my_close(struct grey_store *gs)
 {
@@ -803,6 +949,7 @@ static const struct grey_store_ops my_ops = {
 	.awl_pass = my_awl_pass,
 	.expire = my_expire,
 	.close = my_close,
+	.fleet_sync = my_fleet_sync,
 };
 
 /* grey_mysql_check - the .cf file parses; a server that does not answer

@@ -12,6 +12,7 @@
 #include "av.h"
 #include "conf.h"
 #include "ev.h"
+#include "fleet.h"
 #include "grey.h"
 #include "jobs.h"
 #include "log.h"
@@ -427,7 +428,7 @@ int main(int argc, char **argv)
 		}
 	}
 	if (admin_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0 ||
-	    grey_check(c, err, sizeof err) < 0) {
+	    grey_check(c, err, sizeof err) < 0 || fleet_check(c, err, sizeof err) < 0) {
 		fprintf(stderr, "perimd: %s\n", err);
 		policy_release(pol);
 		return 1;
@@ -501,6 +502,7 @@ int main(int argc, char **argv)
 	}
 
 	jobs_start(2);
+	fleet_start();
 	admin_starting_begin(stats_fd); /* /healthz: 503 until the loops run */
 	{
 		/* No mail before the virus scanner has its engine loaded. */
@@ -544,6 +546,7 @@ int main(int argc, char **argv)
 	}
 	for (int t = 0; t < nthreads; t++)
 		pthread_join(threads[t].tid, NULL);
+	fleet_stop();
 	jobs_stop();
 	av_stop();
 	tls_shutdown();

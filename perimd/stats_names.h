@@ -68,6 +68,13 @@ STAT(dns_failures, COUNTER, "perimd_dns_failures_total", "", "DNS lookups that f
 STAT(tls_reload_time, GAUGE, "perimd_tls_reload_last_timestamp_seconds", "", "when the TLS certificates and keys were last loaded or reloaded (start, SIGHUP), Unix time")
 STAT(tls_reload_ok, GAUGE, "perimd_tls_reload_success", "", "1 when that last load succeeded, 0 when it failed and the old certificates stayed")
 
+/* The fleet's shared state (fleet.c) */
+STAT(fleet_sync_ok, COUNTER, "perimd_fleet_syncs_total", "result=\"ok\"", "syncs of the state shared with the other boxes (fleet_share_*), by outcome")
+STAT(fleet_sync_failed, COUNTER, "perimd_fleet_syncs_total", "result=\"failed\"", "")
+STAT(fleet_verdicts_written, COUNTER, "perimd_fleet_verdicts_total", "direction=\"written\"", "per-recipient verdicts written for the other boxes, or read from them")
+STAT(fleet_verdicts_read, COUNTER, "perimd_fleet_verdicts_total", "direction=\"read\"", "")
+STAT(fleet_dropped, COUNTER, "perimd_fleet_dropped_total", "", "verdicts or counts not shared: the queue between two syncs was full")
+
 /* Shadow checks (policy.c) */
 STAT(shadow_dnsbl, COUNTER, "perimd_shadow_rejects_total", "check=\"dnsbl\"", "recipients a check named in shadow_checks would have refused: logged, counted here, and let pass")
 STAT(shadow_greylist, COUNTER, "perimd_shadow_rejects_total", "check=\"greylist\"", "")
