@@ -71,6 +71,8 @@ static _Noreturn void usage(void)
 		"       perimd -d                                       print every parameter's default\n"
 		"       perimd -V                                       version and features\n"
 		"       perimd stats [-c FILE]                          live counters of the running daemon\n"
+		"       perimd stats ADDR...                            a fleet's totals: every box's "
+		"/metrics summed\n"
 		"       perimd healthcheck [-c FILE]                    exit 0 if it accepts mail, else 1\n");
 	exit(1);
 }

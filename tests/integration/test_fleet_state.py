@@ -172,3 +172,38 @@ def test_sharing_needs_mysql(perimd_factory, tmp_path):
     assert r.returncode == 1
     assert b"fleet_share_client_limits: the fleet shares through the greylist store: " \
            b"greylist_database must be mysql:FILE" in r.stderr, r.stderr
+
+
+def test_stats_of_a_fleet(perimd_factory, sink):
+    import subprocess
+    from harness import PERIMD_BIN, free_port
+    a = perimd_factory(relay_backends="[127.0.0.1]:%d" % sink.port)
+    c = perimd_factory(relay_backends="[127.0.0.1]:%d" % sink.port)
+    for p, n in ((a, 1), (c, 2)):
+        for _ in range(n):
+            with Client(p.port) as x:
+                assert x.cmd("EHLO client.test")[0] == 250
+                assert x.cmd("MAIL FROM:<a@client.test>")[0] == 250
+                assert x.cmd("RCPT TO:<b@example.com>")[0] == 250
+                assert x.cmd("DATA")[0] == 354
+                assert x.cmd("Subject: t\r\n\r\nx\r\n.")[0] == 250
+                x.cmd("QUIT")
+    assert sink.wait_count(3, 10)
+
+    def stats(*addrs):
+        r = subprocess.run([PERIMD_BIN, "stats"] + list(addrs), capture_output=True, timeout=30)
+        table = {}
+        for line in r.stdout.decode().splitlines():
+            if not line.startswith("#"):
+                k, v = line.rsplit(None, 1)
+                table[k] = float(v)
+        return r.returncode, r.stdout.decode(), r.stderr.decode(), table
+    rc, out, err, t = stats(a.params["stats_listen"], "http://%s/metrics" % c.params["stats_listen"])
+    assert rc == 0 and out.startswith("# 2 of 2 boxes answered"), (out, err)
+    assert t["perimd_messages_relayed_total"] == 3
+    assert t['perimd_connections_accepted_total'] >= 3
+    # A box that does not answer: named, the others still summed.
+    dead = "127.0.0.1:%d" % free_port()
+    rc, out, err, t = stats(a.params["stats_listen"], dead)
+    assert rc == 1 and dead in err and out.startswith("# 1 of 2 boxes answered"), (out, err)
+    assert t["perimd_messages_relayed_total"] == 1
