@@ -421,6 +421,7 @@ static int my_run(struct my_store *s, const char *q, void (*row)(void *, MYSQL_R
 	s->fail = MY_FAIL_NONE;
 	if (!s->db && my_connect(s, err, errlen) < 0)
 		return -1;
+	stats_inc(ST_grey_db_queries);
 	if (!mysql_real_query(s->db, q, strlen(q)) && !my_results(s->db, row, arg))
 		return 0;
 	unsigned e = mysql_errno(s->db);
