@@ -48,6 +48,9 @@ DEPS+=(clang-format cppcheck)
 # The fleet on MariaDB Galera (tests/integration/test_galera.py): the provider
 # and the rsync state transfer of a joining node (its script uses ss).
 DEPS+=(galera-4 rsync iproute2)
+# The fleet's store against its peers (tests/bench_fleet.py): sqlgrey on MariaDB
+# through DBD::mysql, and postgrey.
+DEPS+=(sqlgrey libdbd-mysql-perl postgrey)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {

@@ -327,8 +327,11 @@ static MYSQL *my_open_host(struct my_store *s, const char *host, int port, int p
 		}
 	}
 	/* Tables made before a column get it; the row count starts as the
-	 * table's. */
-	if (!probe && my_migrate(db, err, errlen) < 0) {
+	 * table's. A decision's transaction reads what others committed
+	 * (READ COMMITTED): a triplet another box inserted meanwhile is seen. */
+	if (!probe &&
+	    (my_migrate(db, err, errlen) < 0 ||
+	     my_setup_query(db, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"))) {
 		mysql_close(db);
 		return NULL;
 	}
@@ -637,36 +640,97 @@ static int my_new(struct my_store *s, const struct grey_query *q, struct grey_an
 	return 0;
 }
 
-/* A decision: what my_retry passes to check_call. */
+/* A decision: what my_retry passes to check_call, and what the round
+ * trip said about a new triplet (found, its network's count, the rows). */
 struct my_decision {
 	const struct grey_query *q;
 	struct grey_answer *a;
+	int64_t found, quota, rows;
 };
 
-/* check_call - one try of a decision: one round trip for a known triplet
- * (the clock, the update, the row); a new one goes on to my_new. A row
- * that already carries this attempt's id is not updated again: an
- * earlier try committed it, and the row tells what that try decided. */
+/* decide_row - the triplet's row (check_row) and the new-triplet facts. */
+static void decide_row(void *arg, MYSQL_ROW r, unsigned nf)
+{
+	struct my_decision *d = arg;
+	check_row(d->a, r, nf);
+	if (nf >= 8) {
+		d->found = r[5] ? strtoll(r[5], NULL, 10) : 0;
+		d->quota = r[6] ? strtoll(r[6], NULL, 10) : 0;
+		d->rows = r[7] ? strtoll(r[7], NULL, 10) : 0;
+	}
+}
+
+/* decide_sql - the whole decision as one transaction in one round trip:
+ * the update of a known triplet; for a new one (@f = 0) the network's
+ * quota, the size bound and the insert with its count, each statement
+ * doing nothing when it does not apply; then the row. A row that already
+ * carries this attempt's id is not changed again: an earlier try
+ * committed it, and the row tells what that try decided. */
+static void decide_sql(struct strbuf *b, const struct my_store *s, const struct grey_query *q, const char *k,
+		       const char *n)
+{
+	long long att = (long long)s->att, iv = (long long)q->new_interval;
+	sb_printf(b,
+		  MY_NOW "START TRANSACTION;"
+			 "UPDATE grey SET prev = IF(expires <= @n, 0, last),"
+			 " passed = IF(prev = 0, 0, IF(passed = 1 OR @n - first >= %lld, 1, 0)),"
+			 " expires = IF(prev = 0, @n + %lld, IF(passed = 1, @n + %lld, expires)),"
+			 " first = IF(prev = 0, @n, first), last = @n, att = %lld"
+			 " WHERE k = X'%s' AND att <> %lld;"
+			 "SET @f = (SELECT COUNT(*) FROM grey WHERE k = X'%s');",
+		  (long long)q->delay, (long long)q->max_age, (long long)q->retention, att, k, att, k);
+	if (q->new_limit > 0)
+		sb_printf(
+		    b,
+		    "INSERT INTO gnet (k, start, cnt, over_at, expires, att)"
+		    " SELECT X'%s', @n, 1, 0, @n + %lld, %lld FROM DUAL WHERE @f = 0 ON DUPLICATE KEY UPDATE"
+		    " cnt = IF(att = %lld, cnt, IF(@n - start >= %lld, 1, cnt + 1)),"
+		    " start = IF(att = %lld, start, IF(@n - start >= %lld, @n, start)),"
+		    " expires = GREATEST(start + %lld, over_at + %lld), att = %lld;"
+		    "UPDATE gnet SET over_at = @n, expires = GREATEST(expires, @n + %lld)"
+		    " WHERE @f = 0 AND k = X'%s' AND cnt > %lld;"
+		    "SET @q = IF(@f = 0, (SELECT cnt FROM gnet WHERE k = X'%s'), 0);",
+		    n, iv, att, att, iv, att, iv, iv, (long long)q->max_age, att, (long long)q->max_age, n,
+		    (long long)q->new_limit, n);
+	else
+		sb_printf(b, "SET @q = 0;");
+	if (q->max_entries > 0)
+		sb_printf(b, "SET @r = IF(@f = 0, " MY_ROWS ", 0);");
+	else
+		sb_printf(b, "SET @r = 0;");
+	sb_printf(
+	    b,
+	    "INSERT IGNORE INTO grey (k, first, last, prev, passed, expires, net, att)"
+	    " SELECT X'%s', @n, @n, 0, 0, @n + %lld, X'%s', %lld FROM DUAL"
+	    " WHERE @f = 0 AND (%lld = 0 OR @q <= %lld) AND (%lld = 0 OR @r < %lld);"
+	    "SET @i = ROW_COUNT();"
+	    "UPDATE grey_meta SET until = until + @i WHERE @i > 0 AND name = '%s';"
+	    "COMMIT;"
+	    "SELECT g.first, g.prev, g.passed, @n, (SELECT cnt FROM awl WHERE k = X'%s' AND expires > @n),"
+	    " @f, @q, @r FROM (SELECT 1) AS one LEFT JOIN grey g ON g.k = X'%s'",
+	    k, (long long)q->max_age, n, att, (long long)q->new_limit, (long long)q->new_limit,
+	    (long long)q->max_entries, (long long)q->max_entries, s->shard, n, k);
+}
+
+/* check_call - one try of a decision: one round trip (decide_sql); only
+ * a new triplet that finds the store full goes on to my_new's eviction
+ * (its quota already counted by this attempt: not counted again). */
 static int check_call(struct my_store *s, void *arg, char *err, size_t errlen)
 {
 	struct my_decision *d = arg;
 	const struct grey_query *q = d->q;
 	struct grey_answer *a = d->a;
-	char k[33], n[33], sql[2048];
+	char k[33], n[33];
 	hex(&q->triplet, k);
 	hex(&q->net, n);
-	snprintf(sql, sizeof sql,
-		 MY_NOW "UPDATE grey SET"
-			" prev = IF(expires <= @n, 0, last),"
-			" passed = IF(prev = 0, 0, IF(passed = 1 OR @n - first >= %lld, 1, 0)),"
-			" expires = IF(prev = 0, @n + %lld, IF(passed = 1, @n + %lld, expires)),"
-			" first = IF(prev = 0, @n, first),"
-			" last = @n, att = %lld WHERE k = X'%s' AND att <> %lld;" MY_SELECT_ROW,
-		 (long long)q->delay, (long long)q->max_age, (long long)q->retention, (long long)s->att, k,
-		 (long long)s->att, n, k);
+	struct strbuf b = { 0 };
+	decide_sql(&b, s, q, k, n);
 	memset(a, 0, sizeof *a);
 	a->now = -1;
-	if (my_run(s, sql, check_row, a, err, errlen) < 0)
+	d->found = d->quota = d->rows = 0;
+	int rc = my_run(s, sb_str(&b), decide_row, d, err, errlen);
+	sb_free(&b);
+	if (rc < 0)
 		return -1;
 	if (a->now < 0) {
 		snprintf(err, errlen, "mysql: no answer to the decision");
@@ -676,14 +740,22 @@ static int check_call(struct my_store *s, void *arg, char *err, size_t errlen)
 	if (a->first >= 0)
 		return 0;
 	a->first = a->now;
-	return my_new(s, q, a, k, n, err, errlen);
+	if (q->new_limit > 0 && d->quota > q->new_limit) {
+		a->state = GREY_OVER_QUOTA;
+		return 0;
+	}
+	if (q->max_entries > 0 && d->rows >= q->max_entries)
+		return my_new(s, q, a, k, n, err, errlen);
+	snprintf(err, errlen, "mysql: no row after insert");
+	s->fail = MY_FAIL_CONFLICT; /* deleted under us: try again */
+	return -1;
 }
 
 /* my_check - a decision, tried as a whole (my_retry). */
 static int my_check(struct grey_store *gs, const struct grey_query *q, struct grey_answer *a, char *err,
 		    size_t errlen)
 {
-	struct my_decision d = { q, a };
+	struct my_decision d = { q, a, 0, 0, 0 };
 	return my_retry((struct my_store *)gs, check_call, &d, err, errlen);
 }
 
