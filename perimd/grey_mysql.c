@@ -4,9 +4,11 @@
  *
  * Invariants: one connection per worker thread. Time comes from the
  * database (one clock for the whole fleet), fetched in the same round trip
- * as the decision: SET @n, the upsert, and the SELECT of the new row with
- * the network's auto-whitelist count travel as one multi-statement query.
- * MySQL evaluates ON DUPLICATE KEY UPDATE assignments left to right, each
+ * as the decision: a decision is one multi-statement query holding one
+ * transaction (READ COMMITTED): SET @n, the update of a known triplet, for
+ * a new one the quota, the size bound and the insert (statements that do
+ * nothing when they do not apply), and the SELECT of the row with the
+ * network's auto-whitelist count. MySQL evaluates ON DUPLICATE KEY UPDATE assignments left to right, each
  * seeing the columns already assigned; the order below relies on that
  * (prev first marks a restart, first last of the row's own fields). Keys
  * are written as hex literals we make ourselves; nothing a peer sends is
@@ -30,11 +32,12 @@
  * fails at once, and greylist_fail_action applies (never a 5xx).
  *
  * Abuse bounds (grey.h): a triplet not in the table is inserted only
- * after the network's quota row (gnet) and the row count (grey_meta
- * 'rows': kept by the statements that insert and delete, and recounted by
- * the expiry lease holder each run) allow it. These take a few more round
- * trips, on the path of new triplets only; two nodes racing may both let
- * one more triplet in than the bounds say, never a pass.
+ * when the network's quota row (gnet) and the row count (grey_meta 'rows':
+ * kept by the statements that insert and delete, and recounted by the
+ * expiry lease holder each run) allow it, in the decision's round trip;
+ * only a store found full takes more round trips (my_new: eviction, then
+ * the insert). Two nodes racing may both let one more triplet in than
+ * the bounds say, never a pass.
  *
  * The triplet count (grey_meta 'rows') is kept in MY_SHARDS rows ('rows',
  * 'rows1' ... ) summed when read: each connection adds to its own, so
