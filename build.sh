@@ -49,8 +49,14 @@ DEPS+=(clang-format cppcheck)
 # and the rsync state transfer of a joining node (its script uses ss).
 DEPS+=(galera-4 rsync iproute2)
 # The fleet's store against its peers (tests/bench_fleet.py): sqlgrey on MariaDB
-# through DBD::mysql, and postgrey.
-DEPS+=(sqlgrey libdbd-mysql-perl postgrey)
+# through DBD::mysql (postgrey: below).
+DEPS+=(sqlgrey libdbd-mysql-perl)
+# tests/run.sh: a per-test time bound (pytest --timeout).
+DEPS+=(python3-pytest-timeout)
+# Policy services (tests/integration/test_policy_services.py): postgrey, policyd-spf and socat to serve it.
+DEPS+=(postgrey postfix-policyd-spf-python socat)
+# The migration guide's Postfix side (tests/integration/test_migration.py).
+DEPS+=(clamav-milter)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {

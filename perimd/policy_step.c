@@ -29,6 +29,7 @@ static const struct {
 	{ "helo", ST_shadow_helo },
 	{ "client_hostname", ST_shadow_client_hostname },
 	{ "sender_domain", ST_shadow_sender_domain },
+	{ "policy_services", ST_shadow_policy_services },
 };
 #define NSHADOW (sizeof shadow_names / sizeof shadow_names[0])
 

@@ -35,6 +35,7 @@ struct policy {
 	struct map *client_access, *sender_access, *rcpt_access;
 	struct grey_policy *grey; /* greylisting whitelists (grey.h) */
 	unsigned shadow;          /* checks of shadow_checks (policy_shadow) */
+	struct psvc_conf *psvc;   /* smtpd_policy_services (psvc.h) */
 	int refs;
 };
 
@@ -48,6 +49,8 @@ struct policy_verdict {
 };
 
 struct policy_req;
+struct psvc_conf;
+struct psvc_txn;
 enum policy_step { STEP_PASS, STEP_DECIDED, STEP_ASYNC };
 
 /* ---- per-session state: delayed verdicts (rules.c) -------------------
@@ -110,6 +113,8 @@ struct policy_env {
 	const char *rcpt_local;
 	const char *rcpt_domain; /* lower case; "" for bare Postmaster */
 	struct dnscheck *dns;    /* the session's DNS checks (dnscheck.h) or NULL */
+	struct psvc_txn *psvc;   /* the transaction's policy-service state
+				  * (psvc.h), NULL without smtpd_policy_services */
 };
 
 
@@ -149,7 +154,8 @@ void policy_step_done(struct policy_req *r, int decided, const struct policy_ver
  * is only logged and counted (perimd_shadow_rejects_total{check}); the
  * recipient goes on through the chain as if the check had passed. The
  * names: dnsbl, greylist, recipient_maps, recipient_verify, client_access,
- * sender_access, recipient_access, helo, client_hostname, sender_domain.
+ * sender_access, recipient_access, helo, client_hostname, sender_domain,
+ * policy_services.
  * The virus scanner is never one. */
 
 /* policy_shadow_load - p->shadow from c's shadow_checks: 0, or -1 with err

@@ -86,6 +86,16 @@ STAT(shadow_recipient_access, COUNTER, "perimd_shadow_rejects_total", "check=\"r
 STAT(shadow_helo, COUNTER, "perimd_shadow_rejects_total", "check=\"helo\"", "")
 STAT(shadow_client_hostname, COUNTER, "perimd_shadow_rejects_total", "check=\"client_hostname\"", "")
 STAT(shadow_sender_domain, COUNTER, "perimd_shadow_rejects_total", "check=\"sender_domain\"", "")
+STAT(shadow_policy_services, COUNTER, "perimd_shadow_rejects_total", "check=\"policy_services\"", "")
+
+/* Policy services (psvc.c); requests by service and result are the
+ * labelled perimd_policy_service_requests_total{service,result} */
+STAT(psvc_err_connect, COUNTER, "perimd_policy_service_errors_total", "reason=\"connect\"", "policy service tries that got no answer, by why")
+STAT(psvc_err_timeout, COUNTER, "perimd_policy_service_errors_total", "reason=\"timeout\"", "")
+STAT(psvc_err_closed, COUNTER, "perimd_policy_service_errors_total", "reason=\"closed\"", "")
+STAT(psvc_err_protocol, COUNTER, "perimd_policy_service_errors_total", "reason=\"protocol\"", "")
+STAT(psvc_default, COUNTER, "perimd_policy_service_default_actions_total", "", "requests answered by smtpd_policy_service_default_action after the last try failed")
+STAT(psvc_cached, COUNTER, "perimd_policy_service_cached_total", "", "answers reused for the very same request in a transaction")
 
 /* Greylisting (grey.c) */
 STAT(grey_new, COUNTER, "perimd_greylist_decisions_total", "result=\"new\"", "greylisting decisions by outcome (recipients)")

@@ -177,3 +177,49 @@ def test_scanner_never_shadowed_and_unknown_names(perimd_factory):
     q.proc.send_signal(signal.SIGHUP)
     q.wait_log(r"reload refused.*shadow_checks: av: the virus scanner is never a shadow check")
     assert q.proc.poll() is None
+
+
+def test_policy_service_in_shadow(perimd_factory, backend):
+    """A policy service that refuses everything, in shadow: logged and
+    counted, the recipient passes; without shadow it is refused."""
+    import threading
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+    asked = []
+
+    def serve(c):
+        buf = b""
+        with c:
+            while True:
+                data = c.recv(4096)
+                if not data:
+                    return
+                buf += data
+                while b"\n\n" in buf:
+                    req, buf = buf.split(b"\n\n", 1)
+                    asked.append(req)
+                    c.sendall(b"action=REJECT not today\n\n")
+
+    def accept():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        conf = dict(relay_backends=backend.target, smtpd_policy_services="inet:127.0.0.1:%d" % port)
+        p = perimd_factory(shadow_checks="policy_services", **conf)
+        r = dialogue(p, "127.0.0.2", ["user@example.com"], data=True)
+        assert r[0][0] == 250 and r[1][0] == 250, r
+        assert asked, "the policy service was never asked"
+        p.wait_log(r"shadow: policy_services would refuse RCPT from \[127\.0\.0\.2\]: 554 5\.7\.1 "
+                   r"<user@example\.com>: Recipient address rejected: not today")
+        assert shadowed(p, "policy_services") == 1
+        q = perimd_factory(**conf)
+        assert dialogue(q, "127.0.0.2", ["user@example.com"])[0][0] == 554
+    finally:
+        srv.close()
