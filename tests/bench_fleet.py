@@ -197,6 +197,21 @@ def wait_port(port, proc, what, timeout=30):
     raise RuntimeError("%s did not listen" % what)
 
 
+def bench_daemon(m, d, args, name, cmd, port):
+    """A peer's policy daemon: start it, warm it, measure it, stop it."""
+    log = open(os.path.join(d, "%s.log" % cmd[0]), "wb")
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        wait_port(port, p, cmd[0])
+        known = known_triplets(args.known)
+        warm([port], known, min(args.sessions, 50), 1.0)
+        measure(name, m, [port], [p.pid], args, known, args.sessions)
+    finally:
+        p.terminate()
+        p.wait(10)
+        log.close()
+
+
 def bench_sqlgrey(m, d, args):
     if not shutil.which("sqlgrey"):
         print("sqlgrey: not installed (Debian package sqlgrey, libdbd-mysql-perl)")
@@ -214,17 +229,7 @@ def bench_sqlgrey(m, d, args):
                 "db_user = root\ndb_pass = x\nreconnect_delay = 0\nmax_connect_age = 24\n"
                 "awl_age = 60\ngroup_domain_level = 1000000\nlog_override = whitelist:0,grey:0,"
                 "spam:0\nadmin_mail = \nclean_method = sync\n" % (sd, port, sd, m.port))
-    log = open(os.path.join(d, "sqlgrey.log"), "wb")
-    p = subprocess.Popen(["sqlgrey", "-f", conf], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    try:
-        wait_port(port, p, "sqlgrey")
-        known = known_triplets(args.known)
-        warm([port], known, min(args.sessions, 50), 1.0)
-        measure("sqlgrey", m, [port], [p.pid], args, known, args.sessions)
-    finally:
-        p.terminate()
-        p.wait(10)
-        log.close()
+    bench_daemon(m, d, args, "sqlgrey", ["sqlgrey", "-f", conf], port)
 
 
 def bench_postgrey(m, d, args):
@@ -237,20 +242,10 @@ def bench_postgrey(m, d, args):
     shutil.chown(pg, "postgrey", "postgrey")
     empty = os.path.join(d, "empty")
     open(empty, "w").close()
-    log = open(os.path.join(d, "postgrey.log"), "wb")
-    p = subprocess.Popen(["postgrey", "--inet=127.0.0.1:%d" % port, "--dbdir=" + pg, "--delay=1",
-                          "--user=postgrey", "--group=postgrey", "--whitelist-clients=" + empty,
-                          "--whitelist-recipients=" + empty, "--auto-whitelist-clients=0"],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    try:
-        wait_port(port, p, "postgrey")
-        known = known_triplets(args.known)
-        warm([port], known, min(args.sessions, 50), 1.0)
-        measure("postgrey (BDB)", m, [port], [p.pid], args, known, args.sessions)
-    finally:
-        p.terminate()
-        p.wait(10)
-        log.close()
+    bench_daemon(m, d, args, "postgrey (BDB)",
+                 ["postgrey", "--inet=127.0.0.1:%d" % port, "--dbdir=" + pg, "--delay=1",
+                  "--user=postgrey", "--group=postgrey", "--whitelist-clients=" + empty,
+                  "--whitelist-recipients=" + empty, "--auto-whitelist-clients=0"], port)
 
 
 def main():

@@ -6,32 +6,17 @@ gets one callout instead of one per box), and per-client session counts
 and rates (fleet_share_client_limits: a client spread over two boxes meets
 one limit). Off, each box counts alone."""
 
-import os
 import time
 
-import pytest
-
-import test_grey as tg
 from backend import Backend
 from harness import Client
 from test_faults import metrics, wait_for
-
-
-@pytest.fixture(scope="module")
-def mariadb(tmp_path_factory):
-    if not tg.INSTALL_DB or not os.path.exists(tg.MARIADBD):
-        pytest.skip("mariadb-server is not installed")
-    m = tg.MariaDB(tmp_path_factory.mktemp("mariadb"))
-    m.install()
-    m.start()
-    m.sql("CREATE DATABASE fleetstate")
-    yield m
-    m.stop()
+from test_grey import mariadb  # noqa: F401 (the fixture: a MariaDB with database greytest)
 
 
 def boxes(perimd_factory, tmp_path, mariadb, backend, **params):
     cf = tmp_path / "fleet.cf"
-    cf.write_text("hosts = 127.0.0.1:%d\nuser = root\npassword =\ndbname = fleetstate\n" % mariadb.port)
+    cf.write_text("hosts = 127.0.0.1:%d\nuser = root\npassword =\ndbname = greytest\n" % mariadb.port)
     conf = dict(relay_backends=backend.target, greylist="no", greylist_database="mysql:%s" % cf,
                 fleet_sync_interval="200ms")
     conf.update(params)

@@ -17,7 +17,6 @@ another order, share one greylist store.
 Skipped only where galera-4 (or mariadb-server, rsync) is not installed.
 """
 
-import os
 import re
 import socket
 import subprocess
@@ -29,7 +28,7 @@ import pytest
 import galera
 from backend import Backend
 from harness import Client, _tool
-from test_faults import grey_triplet_key, message_ids, metrics, wait_for
+from test_faults import TaggedLoad, grey_triplet_key, message_ids, metrics, wait_for
 
 SENDER = "a@client.test"
 DB = "greyfleet"
@@ -264,70 +263,18 @@ def test_injected_retry_is_not_a_second_sighting(perimd_factory, tmp_path, clust
         proxy.stop()
 
 
-class FleetLoad:
-    """Client threads on one box sending tagged messages until stopped:
-    even tags to a recipient whose triplet passed beforehand (250 wanted),
-    odd tags to a new one (the greylist 451 wanted)."""
+def fleet_rcpt(tag):
+    """Even tags: a recipient whose triplet passed beforehand (250 wanted);
+    odd tags: a new one (the greylist 451 wanted)."""
+    n = int(tag.rsplit("-", 1)[1])
+    return "%s%s@example.com" % ("p" if n % 2 == 0 else "n", tag)
 
-    def __init__(self, box, port, threads=2):
-        self.box, self.port = box, port
-        self.results, self.errors = [], []
-        self.lock = threading.Lock()
-        self.stop_ev = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
-                        for i in range(threads)]
 
-    @staticmethod
-    def rcpt(tag):
-        n = int(tag.rsplit("-", 1)[1])
-        return "%s%s@example.com" % ("p" if n % 2 == 0 else "n", tag)
-
-    def _one(self, c, tag):
-        assert c.cmd("MAIL FROM:<%s>" % SENDER)[0] == 250
-        r = c.cmd("RCPT TO:<%s>" % self.rcpt(tag), timeout=60)
-        if r is None:
-            raise AssertionError("no reply to RCPT (%s)" % tag)
-        if r[0] != 250:
-            c.cmd("RSET")
-            return ("rcpt", r[0], r[1])
-        r = c.cmd("DATA")
-        if r is None or r[0] != 354:
-            raise AssertionError("DATA -> %r" % (r,))
-        r = c.cmd("Message-Id: <%s@fleet.test>\r\nSubject: %s\r\n\r\nbody\r\n." % (tag, tag),
-                  timeout=60)
-        if r is None:
-            raise AssertionError("no reply after the final dot (%s)" % tag)
-        return ("data", r[0], r[1])
-
-    def _run(self, w):
-        i = 0
-        while not self.stop_ev.is_set():
-            try:
-                with Client(self.port, timeout=60) as c:
-                    assert c.cmd("EHLO w%d.fleet.test" % w)[0] == 250
-                    for _ in range(5):
-                        tag = "b%dw%d-%d" % (self.box, w, i)
-                        i += 1
-                        res = self._one(c, tag)
-                        with self.lock:
-                            self.results.append((tag,) + res)
-                        if self.stop_ev.wait(0.02):
-                            break
-                    c.cmd("QUIT")
-            except (OSError, AssertionError) as e:
-                self.errors.append(repr(e))
-                return
-
-    def start(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def stop(self):
-        self.stop_ev.set()
-        for t in self.threads:
-            t.join(90)
-        assert not [t for t in self.threads if t.is_alive()], "a client thread is stuck"
+def fleet_load(box, port):
+    """Client threads on one box sending tagged messages (b<box>w<n>-<i>)
+    until stopped (test_faults.TaggedLoad)."""
+    return TaggedLoad(port, threads=2, sender=SENDER, rcpt=fleet_rcpt, pause=0.02,
+                      prefix="b%dw" % box)
 
 
 def test_node_killed_under_load(perimd_factory, tmp_path, cluster):
@@ -338,7 +285,7 @@ def test_node_killed_under_load(perimd_factory, tmp_path, cluster):
         # beforehand, straight in the table (each even RCPT still costs a
         # database round trip: its triplet is not in perimd's cache yet).
         net = "127.0.0.0/24"
-        keys = [grey_triplet_key(net, SENDER, FleetLoad.rcpt("b%dw%d-%d" % (bx, w, i)))
+        keys = [grey_triplet_key(net, SENDER, fleet_rcpt("b%dw%d-%d" % (bx, w, i)))
                 for bx in range(3) for w in range(2) for i in range(0, 1200, 2)]
         keys.append(grey_triplet_key(net, SENDER, "src@example.com"))
         rows = ",".join("(X'%s', @n - 60000, @n - 60000, @n - 60000, 1, @n + 86400000)" % k
@@ -353,7 +300,7 @@ def test_node_killed_under_load(perimd_factory, tmp_path, cluster):
                                 "127.0.0.1:%d" % ps[1].port],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
-        loads = [FleetLoad(i, p.port).start() for i, p in enumerate(ps)]
+        loads = [fleet_load(i, p.port).__enter__() for i, p in enumerate(ps)]
         assert wait_for(lambda: all(len(ld.results) >= 10 for ld in loads), 30), \
             "too little got through before the kill"
         assert src.poll() is None, "smtp-source finished before the kill: raise n"
@@ -369,7 +316,8 @@ def test_node_killed_under_load(perimd_factory, tmp_path, cluster):
         for ld in loads:
             ld.stop_ev.set()
         for ld in loads:
-            ld.stop()
+            ld.__exit__(None, None, None)
+            assert not [t for t in ld.threads if t.is_alive()], "a client thread is stuck"
         if src is not None and src.poll() is None:
             src.kill()
             src.wait(10)
@@ -392,7 +340,7 @@ def test_node_killed_under_load(perimd_factory, tmp_path, cluster):
     ids = message_ids(stored)
     dups = {i for i in ids if ids.count(i) > 1}
     assert not dups, "stored twice: %r" % sorted(dups)[:5]
-    missing = set("<%s@fleet.test>" % r[0] for r in even) - set(ids)
+    missing = set("<%s@faults.test>" % r[0] for r in even) - set(ids)
     assert not missing, sorted(missing)[:5]
     assert len(stored) == n + len(even), (len(stored), n, len(even))
     assert sum(metrics(p)["perimd_messages_relayed_total"] for p in ps) == len(stored)

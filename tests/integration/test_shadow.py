@@ -10,13 +10,13 @@ import re
 import signal
 import socket
 import sqlite3
-import subprocess
 
 import pytest
 
 import test_dns
-from harness import PERIMD_BIN, free_port
+from harness import free_port
 from test_faults import metrics
+from test_grey_abuse import check
 
 
 def shadowed(p, check):
@@ -147,14 +147,6 @@ def test_recipient_and_access_maps_in_shadow(perimd_factory, backend, tmp_path):
     assert [x[0] for x in r] == [250, 550], r
     assert dialogue(q, "127.0.7.2", ["alice@example.com"])[0][0] == 550
     assert shadowed(q, "recipient_maps") == 0 and shadowed(q, "client_access") == 0
-
-
-def check(p, **over):
-    cmd = [PERIMD_BIN, "-t", "-c", p.conf_path]
-    for k, v in over.items():
-        cmd += ["-o", "%s=%s" % (k, v)]
-    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-    return r.returncode, r.stderr.decode()
 
 
 def test_scanner_never_shadowed_and_unknown_names(perimd_factory):
