@@ -351,14 +351,20 @@ static int my_connect_to(struct my_store *s, int probe, char *err, size_t errlen
 		snprintf(err, errlen, "mysql: server unreachable (retrying)");
 		return -1;
 	}
+	/* err names every host's failure, in the order tried. */
+	if (errlen)
+		err[0] = 0;
 	for (int i = 0; i < s->nhosts; i++) {
 		int h = (s->host_at + i) % s->nhosts, port;
-		char host[256];
+		char host[256], e[512];
 		if (my_host(s, h, host, sizeof host, &port) < 0)
 			continue;
-		MYSQL *db = my_open_host(s, host, port, probe, err, errlen);
-		if (!db)
+		MYSQL *db = my_open_host(s, host, port, probe, e, sizeof e);
+		if (!db) {
+			size_t used = strlen(err);
+			snprintf(err + used, errlen - used, "%s%s", used ? "; " : "", e);
 			continue;
+		}
 		s->db = db;
 		s->host_cur = s->host_at = h;
 		s->fail = MY_FAIL_NONE;

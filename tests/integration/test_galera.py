@@ -348,3 +348,12 @@ def test_node_killed_under_load(perimd_factory, tmp_path, cluster):
     print("RCPTs: %d (%d passed, %d greylisted); retries: node %d, conflict %d"
           % (len(results), len(even), len(odd), sum(retries(p, "node") for p in ps),
              sum(retries(p, "conflict") for p in ps)))
+    # A second node killed: node 0 alone is no primary component and
+    # answers every statement with 1047 ("WSREP has not yet prepared
+    # node"); no host is usable: greylist_fail_action (451 4.3.0), no 5xx.
+    cluster.kill(2)
+    assert wait_for(lambda: cluster.status(0, "wsrep_cluster_status") == "non-Primary", 30)
+    r = rcpt_once(ps[0].port, "127.0.77.2", "lone@example.com")
+    assert r[0] == 451 and r[1].startswith("4.3.0"), r
+    ps[0].wait_log(r"greylist database .*127\.0\.0\.1:%d: .*WSREP has not yet prepared node"
+                   % cluster.port(0))
