@@ -343,14 +343,8 @@ void admin_loop_finished(struct ev_loop *loop)
 
 /* ---- the command line --------------------------------------------------- */
 
-/* One series of the fleet's totals. */
-struct fleet_series {
-	char *name; /* name{labels} */
-	double sum;
-};
-
 /* series_add - add value to the series name (kept in first-seen order). */
-static void series_add(struct fleet_series **v, int *n, const char *name, double value)
+static void series_add(struct admin_series **v, int *n, const char *name, double value)
 {
 	for (int i = 0; i < *n; i++)
 		if (!strcmp((*v)[i].name, name)) {
@@ -362,19 +356,27 @@ static void series_add(struct fleet_series **v, int *n, const char *name, double
 	(*v)[(*n)++].sum = value;
 }
 
-/* metrics_add - every series of a /metrics body into the totals. */
-static void metrics_add(char *body, struct fleet_series **v, int *n)
+/* admin_metrics_sum - see admin.h. */
+void admin_metrics_sum(char *body, struct admin_series **v, int *n)
 {
 	char *save = NULL;
 	for (char *ln = strtok_r(body, "\n", &save); ln; ln = strtok_r(NULL, "\n", &save)) {
 		char *sp = strrchr(ln, ' '), *end;
-		if (ln[0] == '#' || !sp)
+		if (ln[0] == '#' || !sp || sp == ln)
 			continue;
 		*sp = 0;
 		double value = strtod(sp + 1, &end);
-		if (end != sp + 1)
+		if (end != sp + 1 && (!*end || (*end == '\r' && !end[1])))
 			series_add(v, n, ln, value);
 	}
+}
+
+/* admin_series_free - see admin.h. */
+void admin_series_free(struct admin_series *v, int n)
+{
+	for (int i = 0; i < n; i++)
+		free(v[i].name);
+	free(v);
 }
 
 /* fleet_stats - perimd stats ADDR...: every box's /metrics (ADDR as
@@ -383,7 +385,7 @@ static void metrics_add(char *body, struct fleet_series **v, int *n)
  * printed all the same). */
 static int fleet_stats(int naddr, char **addrs)
 {
-	struct fleet_series *v = NULL;
+	struct admin_series *v = NULL;
 	int n = 0, answered = 0, rc = 0;
 	for (int i = 0; i < naddr; i++) {
 		char addr[256], err[512];
@@ -397,17 +399,15 @@ static int fleet_stats(int naddr, char **addrs)
 			fprintf(stderr, "perimd: %s: %s\n", addr, err);
 			rc = 1;
 		} else {
-			metrics_add(body.p ? body.p : (char *)"", &v, &n);
+			admin_metrics_sum(body.p ? body.p : (char *)"", &v, &n);
 			answered++;
 		}
 		sb_free(&body);
 	}
 	printf("# %d of %d boxes answered; each series summed over them\n", answered, naddr);
-	for (int i = 0; i < n; i++) {
+	for (int i = 0; i < n; i++)
 		printf("%-64s %.15g\n", v[i].name, v[i].sum);
-		free(v[i].name);
-	}
-	free(v);
+	admin_series_free(v, n);
 	return answered ? rc : 1;
 }
 
