@@ -21,6 +21,7 @@
 #include "crate.h"
 #include "ev.h"
 #include "grey.h"
+#include "hash.h"
 #include "log.h"
 #include "policy.h"
 #include "stats.h"
@@ -50,19 +51,10 @@ struct fmap {
 	int size;
 };
 
-/* fhash - FNV-1a. */
-static unsigned fhash(const char *s)
-{
-	unsigned h = 2166136261u;
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
-}
-
 /* fmap_find - the entry of key, or NULL. */
 static struct fent *fmap_find(const struct fmap *m, const char *key)
 {
-	struct fent *e = m->b[fhash(key) % FLEET_BUCKETS];
+	struct fent *e = m->b[hash_str32(key) % FLEET_BUCKETS];
 	while (e && strcmp(e->key, key))
 		e = e->next;
 	return e;
@@ -74,7 +66,7 @@ static void fmap_set(struct fmap *m, const char *key, int n)
 	struct fent *e = fmap_find(m, key);
 	if (!e) {
 		size_t l = strlen(key);
-		struct fent **pp = &m->b[fhash(key) % FLEET_BUCKETS];
+		struct fent **pp = &m->b[hash_str32(key) % FLEET_BUCKETS];
 		e = xmalloc(sizeof *e + l + 1);
 		memcpy(e->key, key, l + 1);
 		e->next = *pp;

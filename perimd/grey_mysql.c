@@ -48,6 +48,7 @@
  * password, dbname.
  */
 #include "buf.h"
+#include "clock.h"
 #include "grey.h"
 #include "log.h"
 #include "stats.h"
@@ -457,14 +458,6 @@ static int64_t my_random(void)
 	return v ? (int64_t)v : 1;
 }
 
-/* mono_ms - the monotonic clock in milliseconds. */
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* One call of the store, tried as a whole (see my_retry). */
 typedef int my_call_fn(struct my_store *s, void *arg, char *err, size_t errlen);
 
@@ -474,7 +467,7 @@ typedef int my_call_fn(struct my_store *s, void *arg, char *err, size_t errlen);
  * MY_TRIES tries within MY_RETRY_MS; no retry when no host answers. */
 static int my_retry(struct my_store *s, my_call_fn *call, void *arg, char *err, size_t errlen)
 {
-	int64_t t0 = mono_ms(), wait = MY_BACKOFF_MS;
+	int64_t t0 = (int64_t)clock_ms(), wait = MY_BACKOFF_MS;
 	s->att = my_random();
 	for (int n = 1;; n++) {
 		int rc = call(s, arg, err, errlen);
@@ -494,7 +487,7 @@ static int my_retry(struct my_store *s, my_call_fn *call, void *arg, char *err, 
 			stats_inc(ST_grey_db_retry_conflict);
 		}
 		int64_t d = wait / 2 + my_random() % (wait / 2 + 1);
-		if (mono_ms() - t0 + d > MY_RETRY_MS)
+		if ((int64_t)clock_ms() - t0 + d > MY_RETRY_MS)
 			return rc;
 		my_sleep_ms(d);
 		wait = wait * 2 > MY_BACKOFF_MAX ? MY_BACKOFF_MAX : wait * 2;
