@@ -110,20 +110,24 @@ struct loader {
 	size_t errlen;
 };
 
-/* lerr - record the first error of a load. */
+/* lerr - record an error of a load: every one is kept, a line each (the
+ * same line once), so `perimd -t` reports them all. */
 static void lerr(struct loader *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void lerr(struct loader *L, const char *fmt, ...)
 {
 	va_list ap;
+	char line[1024];
 
-	if (L->failed)
-		return;
 	L->failed = 1;
 	if (L->errlen == 0)
 		return;
 	va_start(ap, fmt);
-	vsnprintf(L->err, L->errlen, fmt, ap);
+	vsnprintf(line, sizeof line, fmt, ap);
 	va_end(ap);
+	for (const char *p = L->err; (p = strstr(p, line)); p++)
+		if ((p == L->err || p[-1] == '\n') && (p[strlen(line)] == 0 || p[strlen(line)] == '\n'))
+			return;
+	log_err_add(L->err, L->errlen, "%s", line);
 }
 
 /* lset - give parameter i the raw value v, set at the place named by where. */
@@ -187,7 +191,7 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 	int lineno = 0, start = 0;
 	struct strbuf cur = { 0 };
 
-	while (!L->failed && (len = getline(&line, &cap, f)) >= 0) {
+	while ((len = getline(&line, &cap, f)) >= 0) {
 		lineno++;
 		if (strlen(line) != (size_t)len) {
 			lerr(L, "%s:%d: NUL byte in line", path, lineno);
@@ -200,7 +204,7 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 			if (!start) {
 				lerr(L, "%s:%d: continuation line without a parameter line before it", path,
 				     lineno);
-				break;
+				continue;
 			}
 			sb_add(&cur, " ", 1);
 			sb_add(&cur, t, strlen(t));
@@ -212,9 +216,9 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 		sb_add(&cur, t, strlen(t));
 		start = lineno;
 	}
-	if (!L->failed && ferror(f))
+	if (ferror(f))
 		lerr(L, "%s: read error: %s", path, strerror(errno));
-	if (!L->failed && start)
+	else if (start)
 		load_line(L, path, start, sb_str(&cur));
 	sb_free(&cur);
 	free(line);
@@ -718,21 +722,20 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
 		lset(&L, (int)i, params[i].def, xasprintf("%s (default)", params[i].name));
 	if (path)
 		missing = load_file(&L, path, missing_ok) == 1;
-	for (int k = 0; !L.failed && k < n_overrides; k++)
+	for (int k = 0; k < n_overrides; k++)
 		load_override(&L, overrides[k]);
-	for (size_t i = 0; !L.failed && i < NPARAMS; i++)
+	for (size_t i = 0; i < NPARAMS; i++)
 		expand(&L, i);
-	if (!L.failed) {
-		c = xcalloc(1, sizeof *c);
-		for (size_t i = 0; i < NPARAMS; i++) {
-			char why[512];
-			if (parse_value(&params[i], L.val[i], (char *)c + params[i].off, why, sizeof why) < 0) {
-				lerr(&L, "%s: %s", L.where[i], why);
-				conf_free(c);
-				c = NULL;
-				break;
-			}
-		}
+	c = xcalloc(1, sizeof *c);
+	for (size_t i = 0; i < NPARAMS; i++) {
+		char why[512];
+		if (L.val[i] &&
+		    parse_value(&params[i], L.val[i], (char *)c + params[i].off, why, sizeof why) < 0)
+			lerr(&L, "%s: %s", L.where[i], why);
+	}
+	if (L.failed) {
+		conf_free(c);
+		c = NULL;
 	}
 	if (c) {
 		c->path = xstrdup(path && !missing ? path : "");
@@ -787,6 +790,12 @@ void conf_install(struct conf *c)
 	conf_cur = c;
 	pthread_mutex_unlock(&conf_cur_lock);
 	conf_release(old);
+}
+
+/* conf_ref - see conf.h. */
+void conf_ref(struct conf *c)
+{
+	__atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
 }
 
 /* conf_acquire - see conf.h; NULL before the first conf_install(). */

@@ -56,6 +56,8 @@ void conf_dump(FILE *out, const struct conf *c, int defaults_too);
 /* conf_install - make c the current configuration (takes the caller's
  * reference). */
 void conf_install(struct conf *c);
+/* conf_ref - one more reference on c (dropped with conf_release). */
+void conf_ref(struct conf *c);
 /* conf_acquire - the current configuration, with a reference. */
 struct conf *conf_acquire(void);
 void conf_release(struct conf *c);

@@ -98,6 +98,11 @@ struct map {
 	pthread_mutex_t cache_mu;
 	struct cache_entry *cache[CACHE_BUCKETS];
 	int ncache;
+	/* while loading: the caller's check of each value, and its verdicts */
+	map_value_check_fn *check;
+	char *err;
+	size_t errlen;
+	int nbad;
 };
 
 /* key_hash - FNV-1a over the n bytes of key, folded to lower case. */
@@ -145,7 +150,14 @@ static void map_add(struct map *m, const char *path, int line, const char *text)
 	size_t kn = strcspn(text, " \t");
 	const char *v = text + kn;
 	v += strspn(v, " \t");
+	char why[400];
 
+	if (m->check && m->check(v, why, sizeof why) < 0) {
+		log_err_add(m->err, m->errlen, "%s:%d: %.*s: %s", path, line, (int)(kn > 200 ? 200 : kn),
+			    text, why);
+		m->nbad++;
+		return;
+	}
 	unsigned char a[16];
 	int bits;
 	if (memchr(text, '/', kn) && map_cidr_parse(text, kn, a, &bits) == 0) {
@@ -231,6 +243,8 @@ static int file_load(struct map *m, const char *path, char *err, size_t errlen)
 	}
 	if (rc == 0 && start)
 		map_add(m, path, start, cur);
+	if (rc == 0 && m->nbad)
+		rc = -1;
 	free(cur);
 	free(line);
 	fclose(f);
@@ -350,9 +364,14 @@ static void map_destroy(struct map *m)
 
 /* map_load - build a new map from spec's file; NULL with err. */
 static struct map *map_load(const char *spec, const char *type, const char *path, const struct stat *st,
-			    char *err, size_t errlen)
+			    map_value_check_fn *check, char *err, size_t errlen)
 {
 	struct map *m = xcalloc(1, sizeof *m);
+	m->check = check;
+	m->err = err;
+	m->errlen = errlen;
+	if (errlen)
+		err[0] = 0;
 	m->spec = xstrdup(spec);
 	m->refs = 1;
 	m->dev = st->st_dev;
@@ -363,7 +382,10 @@ static struct map *map_load(const char *spec, const char *type, const char *path
 	m->nbuckets = 16;
 	m->buckets = xcalloc(m->nbuckets, sizeof *m->buckets);
 	if (!strcmp(type, "file")) {
-		if (file_load(m, path, err, errlen) < 0) {
+		int rc = file_load(m, path, err, errlen);
+		m->check = NULL;
+		m->err = NULL;
+		if (rc < 0) {
 			map_destroy(m);
 			return NULL;
 		}
@@ -385,6 +407,12 @@ static struct map *map_load(const char *spec, const char *type, const char *path
 
 /* map_open - see maps.h. */
 struct map *map_open(const char *spec, char *err, size_t errlen)
+{
+	return map_open_checked(spec, NULL, err, errlen);
+}
+
+/* map_open_checked - see maps.h. */
+struct map *map_open_checked(const char *spec, map_value_check_fn *check, char *err, size_t errlen)
 {
 	const char *colon = strchr(spec, ':');
 	if (!colon || colon == spec || colon[1] == 0) {
@@ -419,7 +447,7 @@ struct map *map_open(const char *spec, char *err, size_t errlen)
 	}
 	pthread_mutex_unlock(&reg_mu);
 
-	struct map *m = have ? map_load(spec, type, path, &st, err, errlen) : NULL;
+	struct map *m = have ? map_load(spec, type, path, &st, check, err, errlen) : NULL;
 
 	pthread_mutex_lock(&reg_mu);
 	struct map **pp = &registry;
@@ -620,6 +648,12 @@ int map_query(const struct map *m, enum map_kind kind, const char *key, char *va
 		return kind == MAP_ADDR_PARENT ? probe_parents(&p, d, dn) : 0;
 	}
 	case MAP_CLIENT: return probe_client(&p, key);
+	case MAP_RCPT: {
+		if ((r = probe_key(&p, key, n)) != 0)
+			return r;
+		const char *at = strrchr(key, '@');
+		return at && at != key && at[1] ? probe_key(&p, at, strlen(at)) : 0;
+	}
 	}
 	return 0;
 }

@@ -35,6 +35,15 @@ struct ev_loop;
 /* map_open - NULL on error with err filled ("PATH:LINE: reason"). Each
  * successful open MUST be matched by one map_free(). */
 struct map *map_open(const char *spec, char *err, size_t errlen);
+/* map_value_check_fn - 0 when value is one the map's user can act on, else
+ * -1 with why ("... (write X instead)"). */
+typedef int map_value_check_fn(const char *value, char *why, size_t whylen);
+/* map_open_checked - map_open, and every value of a file: (or regexp:)
+ * map is checked when it is loaded (at -t, start and each reload): a
+ * file with a bad value does not load, and err names each bad line
+ * ("PATH:LINE: key: why", one per line). Values of database and
+ * directory maps are checked by the caller at lookup. */
+struct map *map_open_checked(const char *spec, map_value_check_fn *check, char *err, size_t errlen);
 /* map_lookup - 1 found (*value set, valid while the map lives; "" when
  * the line had a key only), 0 not found, -1 lookup failure. For
  * synchronous maps only (-1 on an asynchronous one). */
@@ -58,8 +67,11 @@ int map_is_async(const struct map *m);
  *   MAP_ADDR         user@domain, user@, domain (Postfix access(5) order)
  *   MAP_ADDR_PARENT  the same, then ".parent" domains of domain
  *   MAP_CLIENT       an IP address: itself, the CIDR entries (longest
- *                    prefix first), then IPv4 "a.b.c", "a.b", "a" */
-enum map_kind { MAP_KEY, MAP_DOMAIN, MAP_ADDR, MAP_ADDR_PARENT, MAP_CLIENT };
+ *                    prefix first), then IPv4 "a.b.c", "a.b", "a"
+ *   MAP_RCPT         user@domain, then "@domain" (the catch-all of a
+ *                    domain): Postfix's order for relay_recipient_maps
+ *                    and virtual(5) tables */
+enum map_kind { MAP_KEY, MAP_DOMAIN, MAP_ADDR, MAP_ADDR_PARENT, MAP_CLIENT, MAP_RCPT };
 
 /* map_query - a synchronous lookup of kind: returns as map_lookup; the
  * value (up to vallen - 1 bytes) is copied to val. On an asynchronous map

@@ -68,8 +68,18 @@ struct relay_result {
 typedef void relay_done_fn(void *arg, const struct relay_result *r);
 
 /* relay_target_valid - check a backend list entry ("[addr]:port",
- * "addr:port", "[addr]" = port 25). Returns 0 or -1 with a reason. */
+ * "addr:port", "[addr]" = port 25, "host[:port]" looked up by MX,
+ * "[host][:port]" by A/AAAA only, each optionally in Postfix's
+ * transport(5) form "smtp:..." or "relay:..."). Returns 0 or -1 with a
+ * reason that says what to write instead. */
 int relay_target_valid(const char *target, const char **why);
+/* relay_target_nexthop - target without a Postfix "smtp:"/"relay:"
+ * transport; NULL with *why for a transport perimd cannot be (lmtp:,
+ * local:, error:, discard: ...) or none at all. */
+const char *relay_target_nexthop(const char *target, const char **why);
+/* relay_route_check - a transport_maps value: a list of targets, each
+ * relay_target_valid (map_value_check_fn of maps.h). */
+int relay_route_check(const char *value, char *why, size_t whylen);
 
 /* relay_send - start delivery; done() runs later, exactly once, unless
  * relay_cancel() was called first. msg and everything it points to MUST

@@ -57,6 +57,7 @@ struct rcpt {
 	char *addr;
 	char *notify;
 	char *orcpt;
+	int discard; /* an access map said DISCARD: accepted, not relayed */
 };
 
 /* A recipient between RCPT and its verdict (checks may be asynchronous). */
@@ -82,6 +83,7 @@ struct txn {
 	int route_set;
 	char *route; /* backend list text; NULL = relay_backends */
 	struct rcpt_pending *rcpt_pending;
+	char *prepend; /* access maps' PREPEND headers ("Name: value\r\n"...) or NULL */
 
 	/* DATA */
 	struct spool *spool;

@@ -55,6 +55,7 @@ void smtpd_txn_reset(struct session *s)
 	}
 	free(t->rcpts);
 	free(t->route);
+	free(t->prepend);
 	smtpd_rcpt_pending_free(t->rcpt_pending);
 	spool_free(t->spool);
 	free(t->rr);
@@ -212,6 +213,29 @@ void smtpd_rcpt_pending_free(struct rcpt_pending *rp)
 	free(rp);
 }
 
+/* prepend_add - PREPEND header lines of a verdict, each once per message. */
+static void prepend_add(struct txn *t, const char *lines)
+{
+	while (*lines) {
+		const char *e = strstr(lines, "\r\n");
+		size_t n = e ? (size_t)(e - lines) + 2 : strlen(lines);
+		size_t have = t->prepend ? strlen(t->prepend) : 0;
+		int dup = 0;
+		for (const char *p = t->prepend; p && *p && !dup;) {
+			const char *pe = strstr(p, "\r\n");
+			size_t pn = pe ? (size_t)(pe - p) + 2 : strlen(p);
+			dup = pn == n && !memcmp(p, lines, n);
+			p += pn;
+		}
+		if (!dup && have + n < 8192) {
+			t->prepend = xrealloc(t->prepend, have + n + 1);
+			memcpy(t->prepend + have, lines, n);
+			t->prepend[have + n] = 0;
+		}
+		lines += n;
+	}
+}
+
 /* rcpt_finish - the verdict on the pending recipient: add it or refuse. */
 static void rcpt_finish(struct session *s, const struct policy_verdict *v)
 {
@@ -240,6 +264,11 @@ static void rcpt_finish(struct session *s, const struct policy_verdict *v)
 	r->addr = rp->addr;
 	r->notify = rp->notify;
 	r->orcpt = rp->orcpt;
+	r->discard = v->discard;
+	if (v->discard)
+		log_info("%s: discard: RCPT from [%s]: <%s>: %s", s->id, s->addr, rp->addr,
+			 v->rule ? v->rule : "access");
+	prepend_add(s->tx, v->prepend);
 	rp->addr = rp->notify = rp->orcpt = NULL;
 	smtpd_rcpt_pending_free(rp);
 	smtpd_reply(s, "250 2.1.5 Ok");
@@ -416,6 +445,9 @@ void smtpd_cmd_data(struct session *s, char *arg)
 	smtpd_gen_id(s->tx->msgid);
 	s->tx->spool = spool_new();
 	s->tx->data_err = DE_NONE;
+	/* Access maps' PREPEND headers go above our Received, as Postfix's. */
+	if (s->tx->prepend && spool_append(s->tx->spool, s->tx->prepend, strlen(s->tx->prepend)) < 0)
+		s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 	received_header(s);
 	if (s->tx->data_err == DE_SPOOL_FULL) {
 		stats_inc(ST_rej_spool_full);
@@ -443,7 +475,7 @@ static void relay_done(void *arg, const struct relay_result *r)
 	if (r->code < 300 && s->tx->grey_pass)
 		grey_accepted(s->loop, s->pol, s->addr, s->tx->sender);
 	const char *status = r->code < 300 ? "sent" : r->code < 500 ? "deferred" : "bounced";
-	for (int i = 0; i < s->tx->nrcpt; i++) {
+	for (int i = 0; i < s->tx->msg.nrcpt; i++) {
 		const struct relay_rcpt *rr = &s->tx->rr[i];
 		log_info("%s: to=<%s>, relay=%s, delay=%.3f, status=%s (%s)", s->tx->msgid, rr->addr,
 			 r->backend[0] ? r->backend : "none", (double)ms / 1000.0,
@@ -485,6 +517,27 @@ static void av_done(void *arg, const char *refusal)
 	smtpd_session_resume(s);
 }
 
+/* all_discarded - no recipient of the transaction is to be relayed. */
+static int all_discarded(const struct session *s)
+{
+	for (int i = 0; i < s->tx->nrcpt; i++)
+		if (!s->tx->rcpts[i].discard)
+			return 0;
+	return 1;
+}
+
+/* discard_message - DISCARD: the client hears 250 as for a relayed
+ * message; nothing goes to a backend; logged and counted. */
+static void discard_message(struct session *s, const char *why)
+{
+	stats_inc(ST_msg_discarded);
+	log_info("%s: discarded: from=<%s>, nrcpt=%d, client=[%s], size=%llu: %s", s->tx->msgid,
+		 s->tx->sender, s->tx->nrcpt, s->addr, (unsigned long long)spool_size(s->tx->spool), why);
+	smtpd_reply(s, "250 2.0.0 Ok: queued as %s", s->tx->msgid);
+	s->nmsgs++;
+	smtpd_txn_reset(s);
+}
+
 /* data_end - the final dot: refuse, or scan and hand the stored message on. */
 static void data_end(struct session *s)
 {
@@ -513,6 +566,10 @@ static void data_end(struct session *s)
 	}
 	s->tx->t_data_end = ev_now(s->loop);
 	stats_inc(ST_inflight);
+	if (all_discarded(s)) {
+		discard_message(s, "every recipient DISCARDed by an access map");
+		return;
+	}
 	if (av_enabled(cf)) {
 		/* Store, scan, replay: nothing reaches a backend unscanned. */
 		smtpd_session_pause(s);
@@ -530,10 +587,14 @@ static void data_relay(struct session *s)
 	if (s->tx->route)
 		policy_split_list(s->tx->route, &s->tx->backends);
 	s->tx->rr = xcalloc((size_t)s->tx->nrcpt, sizeof *s->tx->rr);
+	int n = 0;
 	for (int i = 0; i < s->tx->nrcpt; i++) {
-		s->tx->rr[i].addr = s->tx->rcpts[i].addr;
-		s->tx->rr[i].notify = s->tx->rcpts[i].notify;
-		s->tx->rr[i].orcpt = s->tx->rcpts[i].orcpt;
+		if (s->tx->rcpts[i].discard)
+			continue; /* DISCARD: accepted, relayed to nobody */
+		s->tx->rr[n].addr = s->tx->rcpts[i].addr;
+		s->tx->rr[n].notify = s->tx->rcpts[i].notify;
+		s->tx->rr[n].orcpt = s->tx->rcpts[i].orcpt;
+		n++;
 	}
 	struct relay_msg *m = &s->tx->msg;
 	memset(m, 0, sizeof *m);
@@ -544,7 +605,7 @@ static void data_relay(struct session *s)
 	m->smtputf8 = s->tx->smtputf8;
 	m->ret = s->tx->ret;
 	m->envid = s->tx->envid;
-	m->nrcpt = s->tx->nrcpt;
+	m->nrcpt = n;
 	m->rcpts = s->tx->rr;
 	m->body = s->tx->spool;
 	m->backends = s->tx->route ? &s->tx->backends : &cf->relay_backends;

@@ -1,0 +1,241 @@
+"""test_postfix_forms.py - configuration a migrating Postfix admin writes
+(issue 17, "Configuration that passes -t must work live"): what `perimd -t`
+accepts works for real mail, end to end (swaks and the harness Client ->
+perimd -> tests/integration/backend.py), and what perimd cannot do is
+refused by -t with file:line and the form to write instead.
+
+  - transport values in Postfix's form (smtp:[addr]:port, relay:[addr],
+    [addr], smtp:addr:port) and perimd's own;
+  - a "@domain" catch-all key in relay_recipient_maps;
+  - access(5) actions: 4NN/5NN text, DEFER, DEFER_IF_PERMIT,
+    DEFER_IF_REJECT, PERMIT, WARN, DISCARD, PREPEND (and HOLD, FILTER,
+    REDIRECT, BCC refused);
+  - every error of a configuration reported by one -t run.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import PERIMD_BIN, Client, expect, known_params, swaks, wait_for  # noqa: E402
+
+BODY = b"Subject: forms\r\n\r\nhello\r\n"
+
+
+def conf_for(backend, **params):
+    """perimd parameters relaying to backend, checks needing DNS off."""
+    base = {"relay_backends": backend.target}
+    off = {"greylist": "no", "reject_unknown_sender_domain": "no"}
+    base.update({k: v for k, v in off.items() if k in known_params()})
+    base.update(params)
+    return base
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def check(conf_path):
+    """perimd -t on a configuration file: (exit status, stderr text)."""
+    p = subprocess.run([PERIMD_BIN, "-t", "-c", conf_path], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    return p.returncode, p.stderr.decode("utf-8", "replace")
+
+
+def send(port, sender, rcpts, body=BODY):
+    """One transaction on a new session: the replies to each RCPT and to
+    the final dot (None when no RCPT was accepted)."""
+    with Client(port) as c:
+        expect(c.cmd("EHLO client.test"), 250)
+        expect(c.cmd("MAIL FROM:<%s>" % sender), 250)
+        rr = [c.cmd("RCPT TO:<%s>" % r) for r in rcpts]
+        if not any(r[0] == 250 for r in rr):
+            c.cmd("QUIT")
+            return rr, None
+        expect(c.cmd("DATA"), 354)
+        c.send(body + b".\r\n")
+        final = c.reply(20)
+        c.cmd("QUIT")
+        return rr, final
+
+
+def metric(p, name):
+    """A counter of perimd's /metrics (0 when absent)."""
+    url = "http://%s/metrics" % p.params["stats_listen"]
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    m = re.search(r"^%s(?:\{\})? (\d+)" % re.escape(name), text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+# ---- transport values ---------------------------------------------------
+
+def test_transport_postfix_forms_deliver(perimd_factory, backend_factory, tmp_path):
+    b = backend_factory()
+    forms = {
+        "a.example": "smtp:[127.0.0.1]:%d" % b.port,
+        "b.example": "relay:[127.0.0.1]:%d" % b.port,
+        "c.example": "[127.0.0.1]:%d" % b.port,          # perimd's own
+        "d.example": "smtp:127.0.0.1:%d" % b.port,       # an address: no MX lookup either
+        "e.example": "SMTP:[IPv6:127.0.0.1]:%d, [127.0.0.1]:%d" % (b.port, b.port),
+    }
+    tmap = write(tmp_path, "transport", "".join("%s %s\n" % kv for kv in forms.items()))
+    p = perimd_factory(**conf_for(b, relay_domains=", ".join(forms), transport_maps="file:" + tmap,
+                                  relay_backends="[127.0.0.1]:1"))
+    rc, out = check(p.conf_path)
+    assert rc == 0, out
+    # swaks, as the admin would try it
+    rc, out = swaks("--server", "127.0.0.1", "--port", p.port, "--from", "a@client.test",
+                    "--to", "user@a.example", "--helo", "client.test")
+    assert rc == 0 and re.search(r"<-  250 2.0.0 Ok: queued", out), out
+    for dom in list(forms)[1:]:
+        rr, final = send(p.port, "a@client.test", ["user@" + dom])
+        expect(final, 250)
+    got = sorted(m.rcpts[0] for m in b.messages())
+    assert got == sorted("user@" + d for d in forms)
+
+
+def test_transport_refused_forms_at_t(perimd_factory, backend_factory, tmp_path):
+    b = backend_factory()
+    tmap = write(tmp_path, "transport",
+                 "ok.example smtp:[127.0.0.1]:%d\n"
+                 "l.example lmtp:unix:/var/run/lmtp\n"
+                 "e.example error:5.1.1 mailbox unavailable\n"
+                 "d.example discard:\n"
+                 "n.example smtp:\n"
+                 "v6.example ::1:25\n"
+                 "ok2.example smtp:[::1]:25\n"
+                 "ok3.example [mx.example.net]\n" % b.port)
+    p = perimd_factory(start=False, **conf_for(b, transport_maps="file:" + tmap))
+    rc, err = check(p.conf_path)
+    assert rc != 0
+    # every bad line, with its file:line and what to write instead
+    for line, word in ((2, "smtp:\\[host\\]:port"), (3, "REJECT"), (4, "DISCARD"),
+                       (5, "next hop"), (6, "brackets")):
+        assert re.search(r"%s:%d: .*%s" % (re.escape(tmap), line, word), err), (line, err)
+    for line in (1, 7, 8):
+        assert "%s:%d:" % (tmap, line) not in err, err
+
+
+def test_relay_backends_postfix_form(perimd_factory, backend_factory):
+    b = backend_factory()
+    p = perimd_factory(**conf_for(b, relay_backends="relay:[127.0.0.1]:%d" % b.port))
+    rr, final = send(p.port, "a@client.test", ["x@example.com"])
+    expect(final, 250)
+    assert [m.rcpts for m in b.messages()] == [["x@example.com"]]
+
+
+# ---- recipient maps: the @domain catch-all ------------------------------
+
+def test_recipient_catchall(perimd_factory, backend_factory, tmp_path):
+    b = backend_factory()
+    rmap = write(tmp_path, "rcpts", "user@example.com OK\n@example.net OK\n"
+                 "gone@example.net REJECT\n")
+    p = perimd_factory(**conf_for(b, relay_domains="example.com, example.net",
+                                  relay_recipient_maps="file:" + rmap))
+    rr, final = send(p.port, "a@client.test",
+                     ["anyone@example.net", "user@example.com", "nobody@example.com",
+                      "gone@example.net", "postmaster@example.com"])
+    assert [r[0] for r in rr] == [250, 250, 550, 550, 250], rr
+    expect(rr[2], 550, "5.1.1")
+    expect(final, 250)
+    assert b.messages()[0].rcpts == ["anyone@example.net", "user@example.com",
+                                     "postmaster@example.com"]
+
+
+# ---- access(5) actions ----------------------------------------------------
+
+ACCESS = (
+    "s554@client.test 554 5.7.1 go away\n"
+    "s450@client.test 450 come back later\n"
+    "sdefer@client.test DEFER busy\n"
+    "sdip@client.test DEFER_IF_PERMIT not yet\n"
+    "sdir@client.test DEFER_IF_REJECT maybe\n"
+    "spermit@client.test PERMIT\n"
+    "swarn@client.test WARN looks odd\n"
+    "sdiscard@client.test DISCARD into the void\n"
+    "sprepend@client.test PREPEND X-Perim-Tag: migrated\n"
+    "sreject@client.test REJECT\n"
+)
+
+
+def test_access_actions_live(perimd_factory, backend_factory, tmp_path):
+    b = backend_factory()
+    smap = write(tmp_path, "sender_access", ACCESS)
+    rmap = write(tmp_path, "rcpt_access", "void@example.com DISCARD\n")
+    p = perimd_factory(**conf_for(b, sender_access_maps="file:" + smap,
+                                  recipient_access_maps="file:" + rmap))
+    rc, err = check(p.conf_path)
+    assert rc == 0, err
+    cases = {
+        "s554": (554, "5.7.1", "go away"),
+        "s450": (450, "4.7.1", "come back later"),
+        "sdefer": (450, "4.7.1", "busy"),
+        "sdip": (450, "4.7.1", "not yet"),
+        "sreject": (550, "5.7.1", "access denied"),
+    }
+    for who, (code, enh, text) in cases.items():
+        rr, final = send(p.port, who + "@client.test", ["user@example.com", "postmaster@example.com"])
+        expect(rr[0], code, enh, text)
+        expect(rr[1], 250)    # role accounts keep their exemption
+        expect(final, 250)
+    assert "server configuration error" not in p.log_text()
+    n = len(b.messages())
+    assert n == len(cases) and all(m.rcpts == ["postmaster@example.com"] for m in b.messages())
+    # accepted and relayed
+    for who in ("spermit", "swarn", "sdir"):
+        rr, final = send(p.port, who + "@client.test", ["user@example.com"])
+        expect(final, 250)
+    p.wait_log(r"warn: access_sender: .*looks odd")
+    assert len(b.messages()) == n + 3
+    # PREPEND: the header is on the relayed copy
+    rr, final = send(p.port, "sprepend@client.test", ["user@example.com"])
+    expect(final, 250)
+    msg = b.messages()[-1]
+    head = msg.data.split(b"\r\n\r\n", 1)[0]
+    assert b"X-Perim-Tag: migrated\r\n" in head
+    assert head.index(b"X-Perim-Tag") < head.index(b"Received:")
+    # DISCARD: 250 to the client, nothing to the backend, logged and counted
+    before = len(b.messages())
+    rr, final = send(p.port, "sdiscard@client.test", ["user@example.com"])
+    expect(rr[0], 250)
+    expect(final, 250)
+    p.wait_log(r"discarded: from=<sdiscard@client.test>")
+    assert len(b.messages()) == before
+    assert metric(p, "perimd_messages_discarded_total") == 1
+    # DISCARD of one recipient: the others are relayed
+    rr, final = send(p.port, "a@client.test", ["void@example.com", "user@example.com"])
+    expect(final, 250)
+    assert b.messages()[-1].rcpts == ["user@example.com"]
+
+
+def test_access_refused_actions_at_t(perimd_factory, backend_factory, tmp_path):
+    b = backend_factory()
+    smap = write(tmp_path, "sender_access",
+                 "a@x.test OK\nb@x.test HOLD\nc@x.test FILTER smtp:[10.0.0.1]\n"
+                 "d@x.test REDIRECT x@y.test\ne@x.test BCC x@y.test\nf@x.test permit_mynetworks\n"
+                 "g@x.test PREPEND nonsense\n")
+    cmap = write(tmp_path, "client_access", "192.0.2.1 HOLD\n")
+    p = perimd_factory(start=False, **conf_for(b, sender_access_maps="file:" + smap,
+                                               client_access_maps="file:" + cmap))
+    rc, err = check(p.conf_path)
+    assert rc != 0
+    for line in range(2, 8):
+        assert "%s:%d:" % (smap, line) in err, (line, err)
+    assert "%s:1:" % smap not in err
+    assert re.search(r"%s:1: .*HOLD.*DEFER" % re.escape(cmap), err), err
+    # and a running perimd refuses the same file at reload, keeping the old one
+    write(tmp_path, "sender_access", "a@x.test REJECT first\n")
+    write(tmp_path, "client_access", "192.0.2.1 OK\n")
+    p.start()
+    write(tmp_path, "sender_access", "a@x.test HOLD\n")
+    os.kill(p.pid, 1)
+    p.wait_log(r"not reloaded, keeping the previous table: .*sender_access:1: .*HOLD")
+    rr, final = send(p.port, "a@x.test", ["user@example.com"])
+    expect(rr[0], 550, "5.7.1", "first")
+    wait_for(lambda: True)
