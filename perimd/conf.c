@@ -754,6 +754,25 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
 	return c;
 }
 
+/* dump_one - "name = value" of parameter i; unless defaults_too, only
+ * when it differs from the default. */
+static void dump_one(FILE *out, const struct conf *c, size_t i, int defaults_too)
+{
+	const struct param *p = &params[i];
+	char *v = c->raw ? print_text(p, c->raw[i]) : format_value(p, (const char *)c + p->off);
+	int show = defaults_too;
+	if (!show) {
+		char *cv = c->raw ? canon_text(p, c->raw[i]) : xstrdup(v);
+		char *dv = canon_text(p, p->def);
+		show = strcmp(cv, dv) != 0;
+		free(cv);
+		free(dv);
+	}
+	if (show)
+		fprintf(out, "%s =%s%s\n", p->name, *v ? " " : "", v);
+	free(v);
+}
+
 /*
  * conf_dump - see conf.h. A conf not made by conf_load() (no raw text) is
  * printed from its values, after expansion; that reads back the same
@@ -762,21 +781,22 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
  */
 void conf_dump(FILE *out, const struct conf *c, int defaults_too)
 {
-	for (size_t i = 0; i < NPARAMS; i++) {
-		const struct param *p = &params[i];
-		char *v = c->raw ? print_text(p, c->raw[i]) : format_value(p, (const char *)c + p->off);
-		int show = defaults_too;
-		if (!show) {
-			char *cv = c->raw ? canon_text(p, c->raw[i]) : xstrdup(v);
-			char *dv = canon_text(p, p->def);
-			show = strcmp(cv, dv) != 0;
-			free(cv);
-			free(dv);
+	for (size_t i = 0; i < NPARAMS; i++)
+		dump_one(out, c, i, defaults_too);
+}
+
+/* conf_dump_names - see conf.h. */
+int conf_dump_names(FILE *out, const struct conf *c, int defaults_too, char *const *names, int n)
+{
+	int bad = 0;
+	for (int k = 0; k < n; k++)
+		if (param_find(names[k], strlen(names[k])) < 0) {
+			fprintf(stderr, "perimd: %s: unknown parameter\n", names[k]);
+			bad = 1;
 		}
-		if (show)
-			fprintf(out, "%s =%s%s\n", p->name, *v ? " " : "", v);
-		free(v);
-	}
+	for (int k = 0; !bad && k < n; k++)
+		dump_one(out, c, (size_t)param_find(names[k], strlen(names[k])), defaults_too);
+	return bad ? -1 : 0;
 }
 
 static pthread_mutex_t conf_cur_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -66,8 +66,8 @@ static _Noreturn void usage(void)
 	fprintf(stderr,
 		"usage: perimd [-c FILE] [-o NAME=VALUE]... [-f] [-v]   run\n"
 		"       perimd -t [-c FILE] [-o NAME=VALUE]...          check the configuration\n"
-		"       perimd -n [-c FILE] [-o NAME=VALUE]...          print non-default parameters\n"
-		"       perimd -d                                       print every parameter's default\n"
+		"       perimd -n [-c FILE] [-o NAME=VALUE]... [NAME...] print non-default parameters\n"
+		"       perimd -d [NAME...]                             print parameters' defaults\n"
 		"       perimd -V                                       version and features\n"
 		"       perimd stats [-c FILE]                          live counters of the running daemon\n"
 		"       perimd healthcheck [-c FILE]                    exit 0 if it accepts mail, else 1\n");
@@ -367,8 +367,11 @@ int main(int argc, char **argv)
 		default: usage();
 		}
 	}
-	if (optind != argc)
+	/* Names after -d or -n: those parameters only, as postconf does. */
+	if (optind != argc && !dump_d && !dump_n)
 		usage();
+	char *const *names = argv + optind;
+	int nnames = argc - optind;
 
 	char err[16384];
 	if (dump_d) {
@@ -377,9 +380,9 @@ int main(int argc, char **argv)
 			fprintf(stderr, "perimd: %s\n", err);
 			return 1;
 		}
-		conf_dump(stdout, c, 1);
+		int rc = nnames ? conf_dump_names(stdout, c, 1, names, nnames) : (conf_dump(stdout, c, 1), 0);
 		conf_release(c);
-		return 0;
+		return rc < 0 ? 1 : 0;
 	}
 	/* The default file must exist: running on the built-in defaults
 	 * because a file went missing would be a silent surprise (-d shows
@@ -400,9 +403,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (dump_n) {
-		conf_dump(stdout, c, 0);
+		int rc = nnames ? conf_dump_names(stdout, c, 0, names, nnames) : (conf_dump(stdout, c, 0), 0);
 		conf_release(c);
-		return 0;
+		return rc < 0 ? 1 : 0;
 	}
 	/* Every check runs, and every error is printed (a line each), so one
 	 * `perimd -t` shows all that is wrong. */

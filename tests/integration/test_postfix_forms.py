@@ -239,3 +239,90 @@ def test_access_refused_actions_at_t(perimd_factory, backend_factory, tmp_path):
     rr, final = send(p.port, "a@x.test", ["user@example.com"])
     expect(rr[0], 550, "5.7.1", "first")
     wait_for(lambda: True)
+
+
+# ---- policy_listen in Postfix's check_policy_service forms ---------------
+
+def ask_policy(sock):
+    """One Postfix policy delegation request (SMTPD_POLICY_README): the
+    action line of the answer."""
+    sock.sendall(b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.7\n"
+                 b"sender=a@client.test\nrecipient=user@example.com\n\n")
+    buf = b""
+    while not buf.endswith(b"\n\n"):
+        chunk = sock.recv(4096)
+        assert chunk, buf
+        buf += chunk
+    return buf.decode().split("\n")[0]
+
+
+def test_policy_listen_inet_and_unix(perimd_factory, backend_factory, tmp_path):
+    import socket
+    from harness import free_port
+    b = backend_factory()
+    pport = free_port()
+    p = perimd_factory(**conf_for(b, policy_listen="inet:127.0.0.1:%d" % pport, greylist="yes"))
+    with socket.create_connection(("127.0.0.1", pport), timeout=10) as s:
+        assert ask_policy(s).startswith("action=DEFER_IF_PERMIT"), "greylisted"
+    path = str(tmp_path / "policy.sock")
+    q = perimd_factory(**conf_for(b, policy_listen="unix:" + path, greylist="yes"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        assert ask_policy(s).startswith("action=DEFER_IF_PERMIT")
+    # forms that cannot work are refused by -t, saying what to write
+    r = perimd_factory(start=False, **conf_for(b, policy_listen="inet:127.0.0.1"))
+    rc, err = check(r.conf_path)
+    assert rc != 0 and "inet:127.0.0.1:2525" in err, err
+    r = perimd_factory(start=False, **conf_for(b, policy_listen="unix:private/policy"))
+    rc, err = check(r.conf_path)
+    assert rc != 0 and "absolute path" in err, err
+    del p, q
+
+
+# ---- -t reports every error; -d/-n NAME ----------------------------------
+
+def test_check_reports_every_error(tmp_path):
+    amap = write(tmp_path, "access", "a@x.test HOLD\nb@x.test OK\nc@x.test BOGUS\n")
+    conf = write(tmp_path, "perimd.conf",
+                 "smtpd_timeout = soon\n"
+                 "no_such_parameter = 1\n"
+                 "relay_domains = example.com\n"
+                 "sender_access_maps = file:%s\n"
+                 "relay_backends = lmtp:[127.0.0.1]:24\n"
+                 "message_size_limit = 1\n"
+                 "policy_listen = inet:127.0.0.1\n" % amap)
+    rc, err = check(conf)
+    assert rc != 0
+    # the file's own errors, each with its line
+    for line in (1, 2, 6):
+        assert "%s:%d:" % (conf, line) in err, (line, err)
+    # with those fixed, the errors found past the parameters: all of them
+    conf = write(tmp_path, "perimd.conf",
+                 "relay_domains = example.com\n"
+                 "sender_access_maps = file:%s\n"
+                 "relay_backends = lmtp:[127.0.0.1]:24\n"
+                 "policy_listen = inet:127.0.0.1\n" % amap)
+    rc, err = check(conf)
+    assert rc != 0
+    assert "%s:1:" % amap in err and "%s:3:" % amap in err and "%s:2:" % amap not in err, err
+    assert "relay_backends: lmtp:" in err and "policy_listen" in err, err
+    assert all(ln.startswith("perimd: ") for ln in err.splitlines()), err
+
+
+def run(*args):
+    p = subprocess.run([PERIMD_BIN, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=30)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+def test_print_named_parameters(tmp_path):
+    rc, out, err = run("-d", "smtpd_timeout", "relay_domains")
+    assert rc == 0 and out == "smtpd_timeout = 300s\nrelay_domains =\n", (out, err)
+    rc, out, err = run("-d", "smtpd_timeout", "no_such_thing")
+    assert rc == 1 and out == "" and "no_such_thing: unknown parameter" in err
+    conf = write(tmp_path, "perimd.conf", "relay_domains = example.com\nsmtpd_timeout = 5m\n")
+    rc, out, err = run("-n", "-c", conf, "relay_domains", "smtpd_timeout", "myhostname")
+    assert rc == 0 and out == "relay_domains = example.com\n", (out, err)
+    rc, out, err = run("-n", "-c", conf, "bogus")
+    assert rc == 1 and "bogus: unknown parameter" in err
