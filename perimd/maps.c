@@ -30,6 +30,7 @@
 #include "jobs.h"
 #include "log.h"
 #include "maps_ldap.h"
+#include "maps_regexp.h"
 #include "maps_sql.h"
 
 #include <arpa/inet.h>
@@ -91,6 +92,8 @@ struct map {
 	struct map_entry **buckets;
 	struct map_cidr *cidr; /* longest prefix first */
 	int ncidr;
+	/* regexp: */
+	struct map_regexp *rx;
 	/* sqlite: / mysql: */
 	struct map_sql *sql;
 	/* ldap: (also asynchronous: sql or ldap set means the answer cache is used) */
@@ -345,6 +348,7 @@ static void map_destroy(struct map *m)
 		free(m->cidr[i].value);
 	free(m->cidr);
 	free(m->buckets);
+	map_regexp_free(m->rx);
 	if (m->sql || m->ldap) {
 		map_sql_free(m->sql);
 		map_ldap_free(m->ldap);
@@ -393,6 +397,16 @@ static struct map *map_load(const char *spec, const char *type, const char *path
 			qsort(m->cidr, (size_t)m->ncidr, sizeof *m->cidr, cidr_cmp);
 		return m;
 	}
+	if (!strcmp(type, "regexp")) {
+		m->rx = map_regexp_open(path, check, err, errlen);
+		m->check = NULL;
+		m->err = NULL;
+		if (!m->rx) {
+			map_destroy(m);
+			return NULL;
+		}
+		return m;
+	}
 	if (!strcmp(type, "ldap"))
 		m->ldap = map_ldap_open(path, err, errlen);
 	else
@@ -427,9 +441,11 @@ struct map *map_open_checked(const char *spec, map_value_check_fn *check, char *
 	}
 	memcpy(type, spec, tn);
 	type[tn] = 0;
-	if (strcmp(type, "file") && strcmp(type, "sqlite") && strcmp(type, "mysql") && strcmp(type, "ldap")) {
+	if (strcmp(type, "file") && strcmp(type, "regexp") && strcmp(type, "sqlite") &&
+	    strcmp(type, "mysql") && strcmp(type, "ldap")) {
 		snprintf(err, errlen,
-			 "\"%s\": unknown map type \"%s\" (supported: file, sqlite, mysql, ldap)", spec, type);
+			 "\"%s\": unknown map type \"%s\" (supported: file, regexp, sqlite, mysql, ldap)",
+			 spec, type);
 		return NULL;
 	}
 	const char *path = colon + 1;
@@ -522,7 +538,7 @@ int map_is_async(const struct map *m)
 /* map_lookup - see maps.h. */
 int map_lookup(const struct map *m, const char *key, const char **value)
 {
-	if (m->sql || m->ldap)
+	if (m->sql || m->ldap || m->rx)
 		return -1;
 	struct map_entry *e = map_find(m, key, strlen(key));
 	if (!e)
@@ -538,7 +554,7 @@ int map_lookup(const struct map *m, const char *key, const char **value)
  */
 int map_lookup_domain(const struct map *m, const char *domain, const char **value)
 {
-	if (m->sql || m->ldap)
+	if (m->sql || m->ldap || m->rx)
 		return -1;
 	size_t n = strlen(domain);
 	if (n > 0 && domain[n - 1] == '.')
@@ -624,6 +640,10 @@ int map_query(const struct map *m, enum map_kind kind, const char *key, char *va
 	int r;
 	if (vallen)
 		val[0] = 0;
+	/* A regexp: table is asked once, with the whole key, whatever the
+	 * kind (as Postfix's regexp tables in access(5)). */
+	if (m->rx)
+		return n < KEY_MAX ? map_regexp_lookup(m->rx, key, val, vallen) : 0;
 	switch (kind) {
 	case MAP_KEY: return probe_key(&p, key, n);
 	case MAP_DOMAIN:
@@ -833,7 +853,8 @@ int maps_changed(void)
 	for (struct map *m = registry; m; m = m->reg_next) {
 		const char *colon = strchr(m->spec, ':');
 		struct stat st;
-		if (!colon || strncmp(m->spec, "file:", 5) || stat(colon + 1, &st) < 0)
+		if (!colon || (strncmp(m->spec, "file:", 5) && strncmp(m->spec, "regexp:", 7)) ||
+		    stat(colon + 1, &st) < 0)
 			continue;
 		if (st.st_dev != m->seen.st_dev || st.st_ino != m->seen.st_ino ||
 		    st.st_size != m->seen.st_size || st.st_mtim.tv_sec != m->seen.st_mtim.tv_sec ||

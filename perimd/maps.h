@@ -6,6 +6,8 @@
  *                keys case-insensitive), loaded into a hash table; keys that
  *                are CIDR blocks ("192.0.2.0/24", "2001:db8::/32") go to a
  *                list searched by map_query(MAP_CLIENT). Answers at once.
+ *   regexp:PATH  Postfix's regexp_table(5): "/pattern/flags result" lines
+ *                tried in order against the whole key (maps_regexp.h).
  *   sqlite:PATH  a SQLite database (table "map", columns "key", "value"),
  *                or a ".cf" file naming one (dbpath, query).
  *   mysql:PATH   a ".cf" file: hosts, port, user, password, dbname, query,

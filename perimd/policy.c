@@ -87,7 +87,7 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 	/* Relay control and routing answer at once in cmd_rcpt. */
 	for (int i = 0; i < p->nrelay_maps + 1; i++) {
 		struct map *m = i < p->nrelay_maps ? p->relay_maps[i] : p->transport;
-		if (m && map_is_async(m)) {
+		if (m && strncmp(map_spec(m), "file:", 5)) {
 			log_err_add(err, errlen, "%s: relay_domains and transport_maps take file: maps only",
 				    map_spec(m));
 			bad = 1;

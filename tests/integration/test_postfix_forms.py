@@ -326,3 +326,38 @@ def test_print_named_parameters(tmp_path):
     assert rc == 0 and out == "relay_domains = example.com\n", (out, err)
     rc, out, err = run("-n", "-c", conf, "bogus")
     assert rc == 1 and "bogus: unknown parameter" in err
+
+
+# ---- regexp: maps in access maps ------------------------------------------
+
+def test_regexp_access_map(perimd_factory, backend_factory, tmp_path):
+    b = backend_factory()
+    smap = write(tmp_path, "sender_access.regexp",
+                 "# Postfix regexp_table(5)\n"
+                 "/^spam([0-9]+)@client\\.test$/ 554 5.7.1 spammer number $1\n"
+                 "if /@client\\.test$/\n"
+                 "!/^(a|spam[0-9]+|tag)@/ REJECT only a@ here\n"
+                 "endif\n"
+                 "/^tag@/ PREPEND X-Regexp: tagged\n")
+    cmap = write(tmp_path, "client_access.regexp", "/^127\\.0\\.0\\.1$/ WARN loopback client\n")
+    p = perimd_factory(**conf_for(b, sender_access_maps="regexp:" + smap,
+                                  client_access_maps="regexp:" + cmap))
+    rr, final = send(p.port, "spam12@client.test", ["user@example.com"])
+    expect(rr[0], 554, "5.7.1", "spammer number 12")
+    rr, final = send(p.port, "other@client.test", ["user@example.com", "abuse@example.com"])
+    expect(rr[0], 550, "5.7.1", "only a@ here")
+    expect(rr[1], 250)
+    rr, final = send(p.port, "a@client.test", ["user@example.com"])
+    expect(final, 250)
+    rr, final = send(p.port, "tag@client.test", ["user@example.com"])
+    expect(final, 250)
+    assert b"X-Regexp: tagged\r\n" in b.messages()[-1].data
+    p.wait_log(r"warn: access_client: regexp:.* from \[127\.0\.0\.1\]: loopback client")
+    # refused at -t with every bad line: syntax, cost (greylisting's limits), action
+    write(tmp_path, "sender_access.regexp",
+          "/ok/ OK\n/a{2}{3}/ OK\n/[/ OK\n/x/ HOLD\nif /y/\n")
+    rc, err = check(p.conf_path)
+    assert rc != 0
+    for line, what in ((2, "too complex"), (3, "bad pattern"), (4, "HOLD"), (5, "if without endif")):
+        assert re.search(r"%s:%d: .*%s" % (re.escape(smap), line, what), err), (line, err)
+    assert "%s:1:" % smap not in err
