@@ -69,6 +69,7 @@ PARAM(MAP, relay_recipient_maps, "", 0, 0, NULL, "when set, a recipient must be 
 PARAM(MAP, client_access_maps, "", 0, 0, NULL, "client IP (CIDR keys in file: maps) to an access(5) action: OK, PERMIT, DUNNO, REJECT [text], 4NN/5NN text, DEFER, DEFER_IF_PERMIT, DEFER_IF_REJECT, WARN, DISCARD, PREPEND")
 PARAM(MAP, sender_access_maps, "", 0, 0, NULL, "sender address (user@domain, user@, domain, parents) to an access(5) action, as client_access_maps")
 PARAM(MAP, recipient_access_maps, "", 0, 0, NULL, "recipient address to an access(5) action, as client_access_maps; OK exempts it as a role account")
+PARAM(MAP, header_checks, "", 0, 0, NULL, "regexp: table (Postfix header_checks(5)) applied to each message header after DATA, before the virus scan: REJECT [text], WARN, IGNORE, PREPEND, DISCARD, DUNNO")
 PARAM(BOOL, strict_rfc821_envelopes, "yes", 0, 0, NULL, "MAIL FROM and RCPT TO addresses must be in angle brackets")
 PARAM(BOOL, smtpd_helo_required, "yes", 0, 0, NULL, "MAIL before HELO/EHLO gets 503 5.5.1")
 PARAM(BOOL, reject_invalid_helo_hostname, "yes", 0, 0, NULL, "a HELO name that is neither a domain nor an address literal is refused at RCPT with 501 5.5.2")

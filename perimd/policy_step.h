@@ -33,7 +33,8 @@ struct policy {
 	struct map *transport;
 	struct map *rcpt_maps; /* relay_recipient_maps */
 	struct map *client_access, *sender_access, *rcpt_access;
-	struct grey_policy *grey; /* greylisting whitelists (grey.h) */
+	struct map *header_checks; /* a regexp: table, after DATA (rules.h) */
+	struct grey_policy *grey;  /* greylisting whitelists (grey.h) */
 	int refs;
 };
 

@@ -62,6 +62,13 @@ int rules_load(struct policy *p, char *err, size_t errlen)
 			err, errlen);
 	bad |= open_one(c->recipient_access_maps, &p->rcpt_access, "recipient_access_maps",
 			rules_access_check, err, errlen);
+	bad |= open_one(c->header_checks, &p->header_checks, "header_checks", rules_header_check, err, errlen);
+	if (p->header_checks && strncmp(c->header_checks, "regexp:", 7)) {
+		log_err_add(err, errlen,
+			    "header_checks = %s: takes a regexp: table (Postfix's header_checks(5))",
+			    c->header_checks);
+		bad = 1;
+	}
 	return bad ? -1 : 0;
 }
 
@@ -72,6 +79,7 @@ void rules_free(struct policy *p)
 	map_free(p->client_access);
 	map_free(p->sender_access);
 	map_free(p->rcpt_access);
+	map_free(p->header_checks);
 }
 
 /* ---- session state ------------------------------------------------------------ */

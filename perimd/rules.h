@@ -46,6 +46,26 @@ struct rules_action {
 	char text[420]; /* reply text (may be ""), log text or header */
 };
 
+/* ---- header_checks (rules_header.c) ---- */
+
+struct map;
+struct spool;
+
+enum { RULES_HC_PASS, RULES_HC_REFUSE, RULES_HC_DISCARD };
+struct rules_hc {
+	int verdict;             /* RULES_HC_* */
+	char reply[512];         /* RULES_HC_REFUSE: "550 5.7.1 text" */
+	struct spool *rewritten; /* IGNORE/PREPEND changed the headers: the
+				  * message to relay instead (the caller's
+				  * to free); NULL when unchanged */
+};
+
+/* rules_header_checks - header_checks table m (a regexp: map) on each
+ * logical header of the finished spool sp: the first REJECT or DISCARD
+ * decides; WARN is logged; IGNORE drops the header, PREPEND adds one
+ * above it. 0, or -1 when the spool cannot be read or rewritten. */
+int rules_header_checks(const struct map *m, struct spool *sp, const char *msgid, struct rules_hc *out);
+
 /* rules_action_parse - one table value of kind RULES_ACCESS or
  * RULES_HEADER into a; 0, or -1 with why saying what to write instead
  * (HOLD, FILTER, REDIRECT, BCC, unknown words, OK with text ...). */

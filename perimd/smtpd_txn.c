@@ -18,6 +18,7 @@
 #include "dnscheck.h"
 #include "grey.h"
 #include "log.h"
+#include "rules.h"
 #include "spool.h"
 #include "stats.h"
 
@@ -538,6 +539,37 @@ static void discard_message(struct session *s, const char *why)
 	smtpd_txn_reset(s);
 }
 
+/* header_checks - header_checks on the stored message, before the scan:
+ * 1 go on (the message maybe rewritten), 0 answered (refused or
+ * discarded; the transaction is over). */
+static int header_checks(struct session *s)
+{
+	struct rules_hc hc;
+	const char *refusal = NULL;
+	if (rules_header_checks(s->pol->header_checks, s->tx->spool, s->tx->msgid, &hc) < 0)
+		refusal = "451 4.3.0 Error: queue file write error";
+	else if (hc.verdict == RULES_HC_REFUSE)
+		refusal = hc.reply;
+	if (refusal) {
+		stats_add(ST_inflight, -1);
+		s->tx->t_data_end = 0;
+		stats_refusal(refusal);
+		smtpd_log_reject(s, "END-OF-MESSAGE", refusal, NULL);
+		smtpd_reply(s, "%s", refusal);
+		smtpd_txn_reset(s);
+		return 0;
+	}
+	if (hc.verdict == RULES_HC_DISCARD) {
+		discard_message(s, "header_checks DISCARD");
+		return 0;
+	}
+	if (hc.rewritten) {
+		spool_free(s->tx->spool);
+		s->tx->spool = hc.rewritten;
+	}
+	return 1;
+}
+
 /* data_end - the final dot: refuse, or scan and hand the stored message on. */
 static void data_end(struct session *s)
 {
@@ -570,6 +602,8 @@ static void data_end(struct session *s)
 		discard_message(s, "every recipient DISCARDed by an access map");
 		return;
 	}
+	if (s->pol->header_checks && !header_checks(s))
+		return;
 	if (av_enabled(cf)) {
 		/* Store, scan, replay: nothing reaches a backend unscanned. */
 		smtpd_session_pause(s);

@@ -361,3 +361,55 @@ def test_regexp_access_map(perimd_factory, backend_factory, tmp_path):
     for line, what in ((2, "too complex"), (3, "bad pattern"), (4, "HOLD"), (5, "if without endif")):
         assert re.search(r"%s:%d: .*%s" % (re.escape(smap), line, what), err), (line, err)
     assert "%s:1:" % smap not in err
+
+
+# ---- header_checks --------------------------------------------------------
+
+HEADER_CHECKS = (
+    "/^Subject: .*viagra/ REJECT 5.7.1 no pills here\n"
+    "/^Subject: .*lottery/ DISCARD\n"
+    "/^X-Internal-Secret:/ IGNORE\n"
+    "/^Subject: .*invoice/ PREPEND X-Checked: invoice\n"
+    "/^X-Mailer: .*oldmailer/ WARN old mailer\n"
+    "/^X-Folded: a[[:space:]]+b$/ REJECT folded header seen whole\n"
+)
+
+
+def test_header_checks(perimd_factory, backend_factory, tmp_path):
+    b = backend_factory()
+    hc = write(tmp_path, "header_checks", HEADER_CHECKS)
+    p = perimd_factory(**conf_for(b, header_checks="regexp:" + hc))
+    # REJECT: 5xx at the final dot, nothing reaches the backend
+    rr, final = send(p.port, "a@client.test", ["user@example.com"],
+                     b"Subject: cheap viagra\r\n\r\nbody\r\n")
+    expect(final, 550, "5.7.1", "no pills here")
+    rr, final = send(p.port, "a@client.test", ["user@example.com"],
+                     b"Subject: x\r\nX-Folded: a\r\n b\r\n\r\nbody\r\n")
+    expect(final, 550, "5.7.1", "folded header seen whole")
+    assert b.messages() == []
+    # DISCARD: 250, nothing relayed, counted
+    rr, final = send(p.port, "a@client.test", ["user@example.com"],
+                     b"Subject: you won the lottery\r\n\r\nbody\r\n")
+    expect(final, 250)
+    p.wait_log(r"discarded: .*header_checks DISCARD")
+    assert b.messages() == []
+    assert metric(p, "perimd_messages_discarded_total") == 1
+    # IGNORE, PREPEND, WARN: relayed, headers edited, body intact
+    body = (b"Subject: your invoice\r\nX-Internal-Secret: 42\r\n\tcontinued\r\n"
+            b"X-Mailer: oldmailer 1.0\r\n\r\nline one\r\nX-Internal-Secret: in the body stays\r\n")
+    rr, final = send(p.port, "a@client.test", ["user@example.com"], body)
+    expect(final, 250)
+    data = b.messages()[-1].data
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert b"X-Internal-Secret: 42" not in head and b"continued" not in head
+    assert b"X-Checked: invoice\r\nSubject: your invoice\r\n" in head + b"\r\n"
+    assert rest == b"line one\r\nX-Internal-Secret: in the body stays\r\n"
+    p.wait_log(r"warning: header X-Mailer: oldmailer 1\.0: old mailer")
+    # HOLD and friends refused at -t with file:line; a file: map is no header_checks table
+    write(tmp_path, "header_checks", "/^Subject:/ HOLD\n/^From:/ REDIRECT x@y.test\n")
+    rc, err = check(p.conf_path)
+    assert rc != 0 and "%s:1:" % hc in err and "%s:2:" % hc in err, err
+    q = perimd_factory(start=False, **conf_for(b, header_checks="file:" + hc))
+    write(tmp_path, "header_checks", "/^Subject:/ REJECT\n")
+    rc, err = check(q.conf_path)
+    assert rc != 0 and "takes a regexp: table" in err, err
