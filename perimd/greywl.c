@@ -17,6 +17,7 @@
  * glibc's regexec() is thread-safe); reloading builds a new one.
  */
 #include "grey.h"
+#include "buf.h"
 #include "log.h"
 #include "net.h"
 #include "recost.h"
@@ -171,26 +172,15 @@ struct greywl *greywl_parse(const char *text, size_t len, char *err, size_t errl
 /* greywl_load - read and parse a file. */
 struct greywl *greywl_load(const char *path, char *err, size_t errlen)
 {
-	FILE *f = fopen(path, "r");
-	if (!f) {
+	struct strbuf text = { 0 };
+	if (sb_read_file(&text, path) < 0) {
 		snprintf(err, errlen, "%s: cannot open", path);
+		sb_free(&text);
 		return NULL;
 	}
-	char *buf = NULL;
-	size_t len = 0, cap = 0, n;
-	char chunk[8192];
-	while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-		if (len + n > cap) {
-			cap = (len + n) * 2;
-			buf = xrealloc(buf, cap);
-		}
-		memcpy(buf + len, chunk, n);
-		len += n;
-	}
-	fclose(f);
 	char e[200];
-	struct greywl *w = greywl_parse(buf ? buf : "", len, e, sizeof e);
-	free(buf);
+	struct greywl *w = greywl_parse(text.p ? text.p : "", text.len, e, sizeof e);
+	sb_free(&text);
 	if (!w)
 		snprintf(err, errlen, "%s: %s", path, e);
 	return w;

@@ -9,6 +9,7 @@
  * with any bad line does not load; every bad line is reported.
  */
 #include "maps_regexp.h"
+#include "buf.h"
 #include "log.h"
 #include "recost.h"
 
@@ -241,30 +242,13 @@ struct map_regexp *map_regexp_parse(const char *text, size_t len, const char *na
 /* map_regexp_open - see maps_regexp.h. */
 struct map_regexp *map_regexp_open(const char *path, map_regexp_check_fn *check, char *err, size_t errlen)
 {
-	FILE *f = fopen(path, "r");
-	if (!f) {
-		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-		return NULL;
-	}
-	char *text = NULL;
-	size_t len = 0, cap = 0, n;
-	char buf[8192];
-	while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
-		if (len + n > cap) {
-			cap = (len + n) * 2;
-			text = xrealloc(text, cap);
-		}
-		memcpy(text + len, buf, n);
-		len += n;
-	}
-	int failed = ferror(f);
-	fclose(f);
+	struct strbuf text = { 0 };
 	struct map_regexp *t = NULL;
-	if (failed)
-		snprintf(err, errlen, "%s: read error", path);
+	if (sb_read_file(&text, path) < 0)
+		snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
 	else
-		t = map_regexp_parse(text ? text : "", len, path, check, err, errlen);
-	free(text);
+		t = map_regexp_parse(text.p ? text.p : "", text.len, path, check, err, errlen);
+	sb_free(&text);
 	return t;
 }
 
