@@ -413,3 +413,31 @@ def test_header_checks(perimd_factory, backend_factory, tmp_path):
     write(tmp_path, "header_checks", "/^Subject:/ REJECT\n")
     rc, err = check(q.conf_path)
     assert rc != 0 and "takes a regexp: table" in err, err
+
+
+# ---- [host]: A/AAAA only, no MX lookup (needs dnsmasq, as test_dns.py) -----
+
+def test_bracketed_host_skips_mx(perimd_factory, backend_factory, tmp_path):
+    import shutil as _sh
+    import pytest
+    from test_dns import DNSMASQ, Dnsmasq
+    if not os.path.exists(DNSMASQ) and not _sh.which("dnsmasq"):
+        pytest.skip("dnsmasq (dnsmasq-base) missing")
+    d = Dnsmasq(tmp_path / "dnsmasq").start()
+    try:
+        b = backend_factory()
+        tmap = write(tmp_path, "transport",
+                     "a.example smtp:[mx2.relay.test]:%d\n"     # A 127.0.0.1: the backend
+                     "b.example relay:[relay.test]:%d\n" % (b.port, b.port))  # MX only, no A
+        p = perimd_factory(**conf_for(b, relay_domains="a.example, b.example",
+                                      transport_maps="file:" + tmap,
+                                      dns_servers="127.0.0.1:%d" % d.port, dns_timeout="500ms"))
+        rr, final = send(p.port, "a@client.test", ["user@a.example"])
+        expect(final, 250)
+        rr, final = send(p.port, "a@client.test", ["user@b.example"])
+        assert final[0] == 451, final
+        assert [m.rcpts for m in b.messages()] == [["user@a.example"]]
+        assert d.queries("A", "mx2.relay.test") >= 1
+        assert d.queries("MX", "mx2.relay.test") == 0 and d.queries("MX", "relay.test") == 0
+    finally:
+        d.stop()
