@@ -419,6 +419,25 @@ static struct map *map_load(const char *spec, const char *type, const char *path
 	return m;
 }
 
+/* foreign_type - what to write instead of a Postfix map type perimd does
+ * not read, or NULL. */
+static const char *foreign_type(const char *type)
+{
+	static const char *const indexed[] = { "hash", "btree", "cdb", "lmdb", "dbm", "sdbm", "texthash" };
+	for (size_t i = 0; i < sizeof indexed / sizeof indexed[0]; i++)
+		if (!strcmp(type, indexed[i]))
+			return "write file: and the source text file that postmap reads (not the .db), "
+			       "e.g. file:/etc/postfix/transport";
+	if (!strcmp(type, "pcre"))
+		return "write regexp: (POSIX extended regexes; PCRE-only syntax such as \\d or "
+		       "lookarounds does not match as in PCRE)";
+	if (!strcmp(type, "proxy"))
+		return "drop the proxy: prefix (perimd keeps its own connection pool): ldap:, mysql:";
+	if (!strcmp(type, "cidr"))
+		return "write file: (a file: map takes address/bits keys for client_access_maps)";
+	return NULL;
+}
+
 /* map_open - see maps.h. */
 struct map *map_open(const char *spec, char *err, size_t errlen)
 {
@@ -443,6 +462,11 @@ struct map *map_open_checked(const char *spec, map_value_check_fn *check, char *
 	type[tn] = 0;
 	if (strcmp(type, "file") && strcmp(type, "regexp") && strcmp(type, "sqlite") &&
 	    strcmp(type, "mysql") && strcmp(type, "ldap")) {
+		const char *instead = foreign_type(type);
+		if (instead) {
+			snprintf(err, errlen, "\"%s\": map type \"%s\" is Postfix's: %s", spec, type, instead);
+			return NULL;
+		}
 		snprintf(err, errlen,
 			 "\"%s\": unknown map type \"%s\" (supported: file, regexp, sqlite, mysql, ldap)",
 			 spec, type);

@@ -308,6 +308,16 @@ def test_check_reports_every_error(tmp_path):
     assert "%s:1:" % amap in err and "%s:3:" % amap in err and "%s:2:" % amap not in err, err
     assert "relay_backends: lmtp:" in err and "policy_listen" in err, err
     assert all(ln.startswith("perimd: ") for ln in err.splitlines()), err
+    # Postfix's map types: what to write instead
+    conf = write(tmp_path, "perimd.conf",
+                 "relay_domains = example.com\ntransport_maps = hash:/etc/postfix/transport\n"
+                 "sender_access_maps = pcre:/etc/postfix/sender.pcre\n"
+                 "client_access_maps = proxy:ldap:/etc/postfix/ldap.cf\n")
+    rc, err = check(conf)
+    assert rc != 0
+    assert re.search(r"transport_maps: .*hash.*write file: .*source text file", err), err
+    assert re.search(r"sender_access_maps: .*pcre.*write regexp:", err), err
+    assert re.search(r"client_access_maps: .*proxy.*drop the proxy: prefix", err), err
 
 
 def run(*args):
