@@ -274,6 +274,16 @@ static void say_errors(const char *err)
 	}
 }
 
+/* log_errors - each line of err as an error log line, after prefix. */
+static void log_errors(const char *prefix, const char *err)
+{
+	while (*err) {
+		size_t n = strcspn(err, "\n");
+		log_err("%s%.*s", prefix, (int)n, err);
+		err += n + (err[n] == '\n');
+	}
+}
+
 /* drop_privileges - after binding: become mail_owner (only when started
  * as root; mail_owner = root keeps root, with a warning). */
 static void drop_privileges(const struct conf *c)
@@ -306,12 +316,12 @@ static void reload(const char *path, int nov, int full)
 	char err[8192];
 	struct conf *c = conf_load(path, 0, ov, nov, err, sizeof err);
 	if (!c) {
-		log_err("reload refused, keeping the running configuration: %s", err);
+		log_errors("reload refused, keeping the running configuration: ", err);
 		return;
 	}
 	struct policy *p = policy_load(c, err, sizeof err);
 	if (!p) {
-		log_err("reload refused, keeping the running configuration: %s", err);
+		log_errors("reload refused, keeping the running configuration: ", err);
 		return;
 	}
 	/* Certificates: the old ones stay unless the new ones all load (after

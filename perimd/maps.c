@@ -496,7 +496,12 @@ struct map *map_open_checked(const char *spec, map_value_check_fn *check, char *
 	if (!m) {
 		if (*pp) {
 			/* A reload with a broken file: keep serving the table we have. */
-			log_err("map %s not reloaded, keeping the previous table: %s", spec, err);
+			for (const char *e = err; *e;) {
+				size_t n = strcspn(e, "\n");
+				log_err("map %s not reloaded, keeping the previous table: %.*s", spec, (int)n,
+					e);
+				e += n + (e[n] == '\n');
+			}
 			(*pp)->refs++;
 			m = *pp;
 		}
