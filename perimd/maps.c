@@ -683,18 +683,20 @@ int map_query(const struct map *m, enum map_kind kind, const char *key, char *va
 		return probe_parents(&p, key, n);
 	case MAP_ADDR:
 	case MAP_ADDR_PARENT: {
+		/* Postfix access(5): user@domain, domain (and its parents),
+		 * then user@. */
 		if ((r = probe_key(&p, key, n)) != 0)
 			return r;
 		const char *at = strrchr(key, '@');
 		if (!at)
 			return 0;
-		if ((r = probe_key(&p, key, (size_t)(at - key) + 1)) != 0)
-			return r;
 		const char *d = at + 1;
 		size_t dn = strlen(d);
 		if ((r = probe_key(&p, d, dn)) != 0)
 			return r;
-		return kind == MAP_ADDR_PARENT ? probe_parents(&p, d, dn) : 0;
+		if (kind == MAP_ADDR_PARENT && (r = probe_parents(&p, d, dn)) != 0)
+			return r;
+		return probe_key(&p, key, (size_t)(at - key) + 1);
 	}
 	case MAP_CLIENT: return probe_client(&p, key);
 	case MAP_RCPT: {

@@ -66,8 +66,8 @@ int map_is_async(const struct map *m);
  * one found wins):
  *   MAP_KEY          the key as given
  *   MAP_DOMAIN       domain, then ".parent" domains (map_lookup_domain)
- *   MAP_ADDR         user@domain, user@, domain (Postfix access(5) order)
- *   MAP_ADDR_PARENT  the same, then ".parent" domains of domain
+ *   MAP_ADDR         user@domain, domain, user@ (Postfix access(5) order)
+ *   MAP_ADDR_PARENT  user@domain, domain, its ".parent" domains, user@
  *   MAP_CLIENT       an IP address: itself, the CIDR entries (longest
  *                    prefix first), then IPv4 "a.b.c", "a.b", "a"
  *   MAP_RCPT         user@domain, then "@domain" (the catch-all of a

@@ -215,7 +215,8 @@ TEST(lookup_orders)
 					   "192.0.2.0/24 net24\n"
 					   "192.0.0.0/16 net16\n"
 					   "198.51 octets\n"
-					   "2001:db8::/32 v6net\n"),
+					   "2001:db8::/32 v6net\n"
+					   "@catch.test all\n"),
 				 err, sizeof err);
 	CHECK(m != NULL);
 	if (!m)
@@ -225,6 +226,14 @@ TEST(lookup_orders)
 	CHECK_STR(q(m, MAP_ADDR, "b@example.org"), "domain");
 	CHECK_STR(q(m, MAP_ADDR, "b@x.example.net"), "(none)");
 	CHECK_STR(q(m, MAP_ADDR_PARENT, "b@x.example.net"), "parent");
+	/* Postfix's order: the domain (and its parents) before user@ */
+	CHECK_STR(q(m, MAP_ADDR, "postmaster@example.org"), "domain");
+	CHECK_STR(q(m, MAP_ADDR_PARENT, "postmaster@x.example.net"), "parent");
+	CHECK_STR(q(m, MAP_ADDR, "postmaster@x.example.net"), "user-any-domain");
+	CHECK_STR(q(m, MAP_RCPT, "a@example.com"), "full");
+	CHECK_STR(q(m, MAP_RCPT, "b@example.org"), "(none)");
+	CHECK_STR(q(m, MAP_RCPT, "anyone@catch.test"), "all");
+	CHECK_STR(q(m, MAP_RCPT, "postmaster@x.test"), "(none)");
 	CHECK_STR(q(m, MAP_CLIENT, "192.0.2.7"), "exact");
 	CHECK_STR(q(m, MAP_CLIENT, "192.0.2.8"), "net24");
 	CHECK_STR(q(m, MAP_CLIENT, "192.0.3.8"), "net16");
