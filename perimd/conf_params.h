@@ -67,7 +67,7 @@ PARAM(INT, smtp_line_length_limit, "998", 0, 1000000, NULL, "message lines longe
 PARAM(LIST, role_accounts, "postmaster, abuse, hostmaster, webmaster", 0, 0, NULL, "local parts always accepted for relay domains, exempt from client, HELO, sender, DNSBL and greylisting checks (RFC 2142)")
 PARAM(MAP, relay_recipient_maps, "", 0, 0, NULL, "when set, a recipient must be found here (user@domain, then the @domain catch-all) or verified, else 550 5.1.1")
 PARAM(MAP, client_access_maps, "", 0, 0, NULL, "client IP (CIDR keys in file: maps) to an access(5) action: OK, PERMIT, DUNNO, REJECT [text], 4NN/5NN text, DEFER, DEFER_IF_PERMIT, DEFER_IF_REJECT, WARN, DISCARD, PREPEND")
-PARAM(MAP, sender_access_maps, "", 0, 0, NULL, "sender address (user@domain, user@, domain, parents) to an access(5) action, as client_access_maps")
+PARAM(MAP, sender_access_maps, "", 0, 0, NULL, "sender address (user@domain, domain, parents, user@) to an access(5) action, as client_access_maps")
 PARAM(MAP, recipient_access_maps, "", 0, 0, NULL, "recipient address to an access(5) action, as client_access_maps; OK exempts it as a role account")
 PARAM(MAP, header_checks, "", 0, 0, NULL, "regexp: table (Postfix header_checks(5)) applied to each message header after DATA, before the virus scan: REJECT [text], WARN, IGNORE, PREPEND, DISCARD, DUNNO")
 PARAM(BOOL, strict_rfc821_envelopes, "yes", 0, 0, NULL, "MAIL FROM and RCPT TO addresses must be in angle brackets")
