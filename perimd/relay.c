@@ -90,8 +90,6 @@ static const struct {
 	{ "local", "perimd delivers to no mailbox: route the domain to the mail server, smtp:[host]:port" },
 	{ "virtual", "perimd delivers to no mailbox: route the domain to the mail server, smtp:[host]:port" },
 	{ "discard", "write DISCARD for the recipient or domain in recipient_access_maps" },
-	{ "error", "write \"5.1.1 text\" (or REJECT text) for it in recipient_access_maps" },
-	{ "retry", "write DEFER text for it in recipient_access_maps" },
 	{ "pipe", "perimd runs no commands: route to an SMTP backend, smtp:[host]:port" },
 	{ "uucp", "perimd relays over SMTP only: write smtp:[host]:port" },
 	{ "maildrop", "perimd delivers to no mailbox: route to an SMTP backend, smtp:[host]:port" },
@@ -247,9 +245,44 @@ int relay_target_valid(const char *target, const char **why)
 	return -1;
 }
 
+/* relay_route_refusal - see relay.h. */
+int relay_route_refusal(const char *route, int *code, char *enh, size_t enhlen, char *text, size_t textlen)
+{
+	int retry = !strncasecmp(route, "retry:", 6);
+	if (!retry && strncasecmp(route, "error:", 6))
+		return 0;
+	const char *t = route + 6;
+	char cls = retry ? '4' : '5';
+	size_t e = 0;
+	if (t[0] == cls && t[1] == '.') {
+		e = 2 + strspn(t + 2, "0123456789.");
+		if (t[e] && t[e] != ' ')
+			e = 0;
+	}
+	*code = retry ? 450 : 550;
+	if (e && e < enhlen)
+		snprintf(enh, enhlen, "%.*s", (int)e, t);
+	else
+		snprintf(enh, enhlen, "%c.0.0", cls);
+	t += e && e < enhlen ? e : 0;
+	t += strspn(t, " ");
+	size_t j = 0;
+	for (; *t && j + 1 < textlen && j < 300; t++)
+		text[j++] = (*t >= ' ' && *t < 127) ? *t : '?';
+	if (textlen)
+		text[j] = 0;
+	if (!j)
+		snprintf(text, textlen, "%s", retry ? "try again later" : "recipient rejected");
+	return 1;
+}
+
 /* relay_route_check - see relay.h. */
 int relay_route_check(const char *value, char *why, size_t whylen)
 {
+	int code;
+	char enh[16], text[8];
+	if (relay_route_refusal(value, &code, enh, sizeof enh, text, sizeof text))
+		return 0;
 	char item[300];
 	const char *p = value;
 	int n = 0;

@@ -77,6 +77,11 @@ int relay_target_valid(const char *target, const char **why);
  * transport; NULL with *why for a transport perimd cannot be (lmtp:,
  * local:, error:, discard: ...) or none at all. */
 const char *relay_target_nexthop(const char *target, const char **why);
+/* relay_route_refusal - a transport_maps value in the form of Postfix's
+ * error(8) ("error:5.1.1 text", "retry:4.4.1 text"): 1 with the RCPT
+ * reply to give (550 or 450, the enhanced code given or x.0.0, the
+ * text), else 0. */
+int relay_route_refusal(const char *route, int *code, char *enh, size_t enhlen, char *text, size_t textlen);
 /* relay_route_check - a transport_maps value: a list of targets, each
  * relay_target_valid (map_value_check_fn of maps.h). */
 int relay_route_check(const char *value, char *why, size_t whylen);

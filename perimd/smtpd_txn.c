@@ -18,6 +18,7 @@
 #include "dnscheck.h"
 #include "grey.h"
 #include "log.h"
+#include "relay.h"
 #include "rules.h"
 #include "spool.h"
 #include "stats.h"
@@ -356,6 +357,15 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 	const char *route = NULL;
 	if (!bare_postmaster && policy_route(s->pol, p->domain, &route) < 0) {
 		rcpt_refuse(s, p->addr, "451 4.3.0 <%s>: temporary lookup failure", p->addr);
+		goto out;
+	}
+	int rcode;
+	char renh[16], rtext[320];
+	if (route && relay_route_refusal(route, &rcode, renh, sizeof renh, rtext, sizeof rtext)) {
+		/* transport_maps error: / retry:, as Postfix's error(8), but
+		 * refused now: perimd never bounces. */
+		stats_reject_rule("access_transport");
+		rcpt_refuse(s, p->addr, "%d %s <%s>: %s", rcode, renh, p->addr, rtext);
 		goto out;
 	}
 	if (!route && cf->relay_backends.n == 0) {
