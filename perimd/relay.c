@@ -89,7 +89,6 @@ static const struct {
 	{ "lmtp", "perimd relays over SMTP only: write smtp:[host]:port for an SMTP backend" },
 	{ "local", "perimd delivers to no mailbox: route the domain to the mail server, smtp:[host]:port" },
 	{ "virtual", "perimd delivers to no mailbox: route the domain to the mail server, smtp:[host]:port" },
-	{ "discard", "write DISCARD for the recipient or domain in recipient_access_maps" },
 	{ "pipe", "perimd runs no commands: route to an SMTP backend, smtp:[host]:port" },
 	{ "uucp", "perimd relays over SMTP only: write smtp:[host]:port" },
 	{ "maildrop", "perimd delivers to no mailbox: route to an SMTP backend, smtp:[host]:port" },
@@ -276,12 +275,18 @@ int relay_route_refusal(const char *route, int *code, char *enh, size_t enhlen, 
 	return 1;
 }
 
+/* relay_route_discard - see relay.h. */
+int relay_route_discard(const char *route)
+{
+	return !strncasecmp(route, "discard:", 8);
+}
+
 /* relay_route_check - see relay.h. */
 int relay_route_check(const char *value, char *why, size_t whylen)
 {
 	int code;
 	char enh[16], text[8];
-	if (relay_route_refusal(value, &code, enh, sizeof enh, text, sizeof text))
+	if (relay_route_refusal(value, &code, enh, sizeof enh, text, sizeof text) || relay_route_discard(value))
 		return 0;
 	char item[300];
 	const char *p = value;

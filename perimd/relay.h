@@ -82,6 +82,9 @@ const char *relay_target_nexthop(const char *target, const char **why);
  * reply to give (550 or 450, the enhanced code given or x.0.0, the
  * text), else 0. */
 int relay_route_refusal(const char *route, int *code, char *enh, size_t enhlen, char *text, size_t textlen);
+/* relay_route_discard - a transport_maps value "discard:[text]"
+ * (Postfix's discard(8)): its recipients are accepted, relayed to nobody. */
+int relay_route_discard(const char *route);
 /* relay_route_check - a transport_maps value: a list of targets, each
  * relay_target_valid (map_value_check_fn of maps.h). */
 int relay_route_check(const char *value, char *why, size_t whylen);

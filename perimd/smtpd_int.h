@@ -65,6 +65,7 @@ struct rcpt_pending {
 	char *addr, *local, *domain, *notify, *orcpt, *route;
 	struct policy_env env;
 	struct policy_req *req;
+	int discard; /* transport_maps said discard: (accepted, not relayed) */
 };
 
 /* The mail transaction (RFC 5321 §3.3): created by an accepted MAIL,

@@ -266,10 +266,12 @@ static void rcpt_finish(struct session *s, const struct policy_verdict *v)
 	r->addr = rp->addr;
 	r->notify = rp->notify;
 	r->orcpt = rp->orcpt;
-	r->discard = v->discard;
-	if (v->discard)
+	r->discard = v->discard || rp->discard;
+	if (r->discard)
 		log_info("%s: discard: RCPT from [%s]: <%s>: %s", s->id, s->addr, rp->addr,
-			 v->rule ? v->rule : "access");
+			 rp->discard   ? "transport_maps"
+			     : v->rule ? v->rule
+				       : "access");
 	prepend_add(s->tx, v->prepend);
 	rp->addr = rp->notify = rp->orcpt = NULL;
 	smtpd_rcpt_pending_free(rp);
@@ -392,6 +394,7 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 	rp->notify = notify ? xstrdup(notify) : NULL;
 	rp->orcpt = orcpt ? xstrdup(orcpt) : NULL;
 	rp->route = route ? xstrdup(route) : NULL;
+	rp->discard = route && relay_route_discard(route);
 	rp->env = (struct policy_env){
 		.loop = s->loop,
 		.pol = s->pol,

@@ -115,10 +115,9 @@ def test_transport_refused_forms_at_t(perimd_factory, backend_factory, tmp_path)
     rc, err = check(p.conf_path)
     assert rc != 0
     # every bad line, with its file:line and what to write instead
-    for line, word in ((2, "smtp:\\[host\\]:port"), (4, "DISCARD"),
-                       (5, "next hop"), (6, "brackets")):
+    for line, word in ((2, "smtp:\\[host\\]:port"), (5, "next hop"), (6, "brackets")):
         assert re.search(r"%s:%d: .*%s" % (re.escape(tmap), line, word), err), (line, err)
-    for line in (1, 3, 7, 8):
+    for line in (1, 3, 4, 7, 8):
         assert "%s:%d:" % (tmap, line) not in err, err
 
 
@@ -129,9 +128,10 @@ def test_transport_error_and_retry(perimd_factory, backend_factory, tmp_path):
     tmap = write(tmp_path, "transport",
                  "gone.example error:5.1.1 this domain is gone\n"
                  "later.example retry:4.4.1 moving house\n"
-                 "plain.example error:\n")
+                 "plain.example error:\n"
+                 "void.example discard:\n")
     p = perimd_factory(**conf_for(b, relay_domains="gone.example, later.example, plain.example, "
-                                  "example.com", transport_maps="file:" + tmap))
+                                  "void.example, example.com", transport_maps="file:" + tmap))
     rr, final = send(p.port, "a@client.test", ["x@gone.example", "x@later.example",
                                                 "x@plain.example", "x@example.com"])
     expect(rr[0], 550, "5.1.1", "this domain is gone")
@@ -139,6 +139,13 @@ def test_transport_error_and_retry(perimd_factory, backend_factory, tmp_path):
     expect(rr[2], 550, "5.0.0", "recipient rejected")
     expect(final, 250)
     assert [m.rcpts for m in b.messages()] == [["x@example.com"]]
+    # discard: (Postfix's discard(8)): 250, relayed to nobody, counted
+    rr, final = send(p.port, "a@client.test", ["x@void.example"])
+    expect(rr[0], 250)
+    expect(final, 250)
+    p.wait_log(r"discard: RCPT from .*<x@void\.example>: transport_maps")
+    assert len(b.messages()) == 1
+    assert metric(p, "perimd_messages_discarded_total") == 1
 
 
 def test_relay_backends_postfix_form(perimd_factory, backend_factory):
