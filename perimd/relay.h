@@ -23,6 +23,7 @@
 #ifndef PERIMD_RELAY_H
 #define PERIMD_RELAY_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct ev_loop;

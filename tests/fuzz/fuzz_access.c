@@ -4,8 +4,11 @@
  * value of each kind. Checks: a refusal says why; a refusal action has a
  * 4xx or 5xx code (never 421) and an enhanced code of its class; text is
  * printable ASCII and terminated; PREPEND holds "Name:"; IGNORE only in
- * header_checks.
+ * header_checks. The same input as a transport_maps value
+ * (relay_route_check, relay_route_refusal): a refusal says why; an error:
+ * or retry: value gives a 550/450 with a terminated text.
  */
+#include "relay.h"
 #include "rules.h"
 
 #include <stdint.h>
@@ -50,6 +53,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (a.act == RA_IGNORE && kind != RULES_HEADER)
 			bad("IGNORE in an access map", value);
 	}
+	char why[300] = "";
+	if (relay_route_check(value, why, sizeof why) < 0 && !why[0])
+		bad("transport value refused without a reason", value);
+	int code = 0;
+	char enh[16], text[64];
+	if (relay_route_refusal(value, &code, enh, sizeof enh, text, sizeof text) &&
+	    ((code != 550 && code != 450) || !memchr(text, 0, sizeof text) || !memchr(enh, 0, sizeof enh)))
+		bad("bad error: route", value);
 	free(value);
 	return 0;
 }
