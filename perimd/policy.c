@@ -11,6 +11,7 @@
 #include "grey.h"
 #include "log.h"
 #include "maps.h"
+#include "psvc.h"
 #include "relay.h"
 #include "rules.h"
 #include "verify.h"
@@ -48,6 +49,10 @@ static void policy_free(struct policy *p)
 	if (p->grey) {
 		grey_policy_free(p->grey);
 		free(p->grey);
+	}
+	if (p->psvc) {
+		psvc_conf_free(p->psvc);
+		free(p->psvc);
 	}
 	rules_free(p);
 	conf_release(p->conf);
@@ -96,6 +101,11 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 	if (rules_load(p, err, errlen) < 0)
 		bad = 1;
 	if (dnscheck_conf_check(c, one, sizeof one) < 0) {
+		log_err_add(err, errlen, "%s", one);
+		bad = 1;
+	}
+	p->psvc = xcalloc(1, sizeof *p->psvc);
+	if (psvc_load(c, p->psvc, one, sizeof one) < 0) {
 		log_err_add(err, errlen, "%s", one);
 		bad = 1;
 	}
@@ -242,7 +252,8 @@ static const struct policy_step_def {
 	{ "client_dns", dnscheck_step_client },
 	{ "sender_domain", dnscheck_step_sender },
 	{ "dnsbl", dnscheck_step_dnsbl },
-	{ "greylist", grey_step }, /* last: only what all else accepts */
+	{ "policy_services", psvc_step }, /* smtpd_policy_services */
+	{ "greylist", grey_step },        /* last: only what all else accepts */
 };
 #define NSTEPS ((int)(sizeof policy_steps / sizeof policy_steps[0]))
 

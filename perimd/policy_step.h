@@ -35,6 +35,7 @@ struct policy {
 	struct map *client_access, *sender_access, *rcpt_access;
 	struct map *header_checks; /* a regexp: table, after DATA (rules.h) */
 	struct grey_policy *grey;  /* greylisting whitelists (grey.h) */
+	struct psvc_conf *psvc;    /* smtpd_policy_services (psvc.h) */
 	int refs;
 };
 
@@ -57,6 +58,8 @@ struct policy_verdict {
 enum { POLICY_IF_PERMIT = 1, POLICY_IF_REJECT = 2 };
 
 struct policy_req;
+struct psvc_conf;
+struct psvc_txn;
 enum policy_step { STEP_PASS, STEP_DECIDED, STEP_ASYNC };
 
 /* ---- per-session state: delayed verdicts (rules.c) -------------------
@@ -119,6 +122,8 @@ struct policy_env {
 	const char *rcpt_local;
 	const char *rcpt_domain; /* lower case; "" for bare Postmaster */
 	struct dnscheck *dns;    /* the session's DNS checks (dnscheck.h) or NULL */
+	struct psvc_txn *psvc;   /* the transaction's policy-service state
+				  * (psvc.h), NULL without smtpd_policy_services */
 };
 
 

@@ -84,7 +84,8 @@ struct txn {
 	int route_set;
 	char *route; /* backend list text; NULL = relay_backends */
 	struct rcpt_pending *rcpt_pending;
-	char *prepend; /* access maps' PREPEND headers ("Name: value\r\n"...) or NULL */
+	char *prepend;         /* access maps' PREPEND headers ("Name: value\r\n"...) or NULL */
+	struct psvc_txn *psvc; /* smtpd_policy_services state (psvc.h) or NULL */
 
 	/* DATA */
 	struct spool *spool;
@@ -108,6 +109,9 @@ struct session {
 	const struct conf *cf;
 	char id[16];
 	char addr[INET6_ADDRSTRLEN];
+	int port;                        /* the client's (after any PROXY header) */
+	char srv_addr[INET6_ADDRSTRLEN]; /* the address the client connected to */
+	int srv_port;
 	char *helo;
 	unsigned esmtp : 1;
 	unsigned skip_line : 1; /* discarding an over-long command line */

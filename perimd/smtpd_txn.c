@@ -18,6 +18,7 @@
 #include "dnscheck.h"
 #include "grey.h"
 #include "log.h"
+#include "psvc.h"
 #include "relay.h"
 #include "rules.h"
 #include "spool.h"
@@ -59,6 +60,7 @@ void smtpd_txn_reset(struct session *s)
 	free(t->route);
 	free(t->prepend);
 	smtpd_rcpt_pending_free(t->rcpt_pending);
+	psvc_txn_free(t->psvc);
 	spool_free(t->spool);
 	free(t->rr);
 	policy_list_free(&t->backends);
@@ -112,6 +114,42 @@ static int path_parse(struct session *s, char *arg, struct smtp_path *p, const c
 	return -1;
 }
 
+/* tls_split - "TLSv1.2 with cipher X" (conn_tls_describe) into the
+ * protocol, the cipher and its key size in bits. */
+static void tls_split(const char *desc, struct psvc_txn *t)
+{
+	const char *w = strstr(desc, " with cipher ");
+	if (!w)
+		return;
+	snprintf(t->tls_protocol, sizeof t->tls_protocol, "%.*s", (int)(w - desc), desc);
+	snprintf(t->tls_cipher, sizeof t->tls_cipher, "%s", w + 13);
+	t->tls_bits = strstr(t->tls_cipher, "128")                              ? 128
+	    : strstr(t->tls_cipher, "256") || strstr(t->tls_cipher, "CHACHA20") ? 256
+										: 0;
+}
+
+/* psvc_begin - what the policy services' requests of this transaction
+ * carry (smtpd_policy_services); the queue id is the message id. */
+static void psvc_begin(struct session *s, unsigned long long size)
+{
+	if (!s->pol->psvc || !s->pol->psvc->n)
+		return;
+	struct psvc_txn *t = xcalloc(1, sizeof *t);
+	smtpd_gen_id(t->queue_id);
+	snprintf(t->instance, sizeof t->instance, "%s.%s", s->id, t->queue_id);
+	t->protocol_name = s->esmtp ? "ESMTP" : "SMTP";
+	t->client_port = s->port;
+	snprintf(t->server_address, sizeof t->server_address, "%s", s->srv_addr);
+	t->server_port = s->srv_port;
+	t->size = size;
+	if (s->tls) {
+		char desc[128];
+		conn_tls_describe(s->conn, desc, sizeof desc);
+		tls_split(desc, t);
+	}
+	s->tx->psvc = t;
+}
+
 /* smtpd_cmd_mail - MAIL FROM (RFC 5321 §4.1.1.2) with SIZE, BODY, SMTPUTF8, RET,
  * ENVID (RFC 1870, 6152, 6531, 3461); the transaction begins. Its place
  * in the sequence (no transaction yet, HELO/EHLO first) is the command
@@ -123,6 +161,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 	if (path_parse(s, arg, p, "5.1.7 Bad sender") < 0)
 		goto out;
 	int body8 = 0, utf8 = 0;
+	unsigned long long size = 0;
 	const char *ret = NULL, *envid = NULL;
 	for (int i = 0; i < p->nparams; i++) {
 		const char *k = p->params[i].key, *v = p->params[i].value;
@@ -132,6 +171,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 				goto out;
 			}
 			unsigned long long sz = strtoull(v, NULL, 10);
+			size = sz;
 			if (sz > (unsigned long long)cf->message_size_limit) {
 				stats_inc(ST_rej_size);
 				smtpd_log_reject(s, "MAIL", "552 5.3.4 Message size exceeds fixed limit", NULL);
@@ -179,6 +219,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 	s->tx->smtputf8 = utf8;
 	s->tx->ret = ret ? xstrdup(ret) : NULL;
 	s->tx->envid = envid ? xstrdup(envid) : NULL;
+	psvc_begin(s, size);
 	dnscheck_mail(s->dns, s->tx->sender); /* looked up now, refused at RCPT */
 	smtpd_reply(s, "250 2.1.0 Ok");
 out:
@@ -408,6 +449,7 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 		.dns = s->dns,
 		.sess = s->ps,
 		.route = rp->route,
+		.psvc = s->tx->psvc,
 	};
 	s->tx->rcpt_pending = rp;
 	struct policy_verdict v;
@@ -452,16 +494,34 @@ static void received_header(struct session *s)
 		s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 }
 
+/* prepend_headers - the PREPEND answers of the policy services and the
+ * access maps, above perimd's Received: field, as Postfix's smtpd writes
+ * them. */
+static void prepend_headers(struct session *s)
+{
+	const struct psvc_txn *t = s->tx->psvc;
+	for (int i = 0; t && i < t->nprepend && s->tx->data_err == DE_NONE; i++) {
+		log_info("%s: prepend: header %s; from=<%s>", s->tx->msgid, t->prepend[i], s->tx->sender);
+		if (spool_append(s->tx->spool, t->prepend[i], strlen(t->prepend[i])) < 0 ||
+		    spool_append(s->tx->spool, "\r\n", 2) < 0)
+			s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
+	}
+	if (s->tx->prepend && s->tx->data_err == DE_NONE &&
+	    spool_append(s->tx->spool, s->tx->prepend, strlen(s->tx->prepend)) < 0)
+		s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
+}
+
 /* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): start storing the body. The
  * command table runs it only once a recipient was accepted. */
 void smtpd_cmd_data(struct session *s, char *arg)
 {
-	smtpd_gen_id(s->tx->msgid);
+	if (s->tx->psvc) /* the id the policy services were told */
+		memcpy(s->tx->msgid, s->tx->psvc->queue_id, sizeof s->tx->msgid);
+	else
+		smtpd_gen_id(s->tx->msgid);
 	s->tx->spool = spool_new();
 	s->tx->data_err = DE_NONE;
-	/* Access maps' PREPEND headers go above our Received, as Postfix's. */
-	if (s->tx->prepend && spool_append(s->tx->spool, s->tx->prepend, strlen(s->tx->prepend)) < 0)
-		s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
+	prepend_headers(s);
 	received_header(s);
 	if (s->tx->data_err == DE_SPOOL_FULL) {
 		stats_inc(ST_rej_spool_full);
