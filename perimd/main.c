@@ -411,7 +411,7 @@ int main(int argc, char **argv)
 				"which perimd -d prints)\n",
 				path);
 		else
-			fprintf(stderr, "perimd: %s\n", err);
+			say_errors(err);
 		return 1;
 	}
 	if (dump_n) {

@@ -101,6 +101,10 @@ struct map {
 	pthread_mutex_t cache_mu;
 	struct cache_entry *cache[CACHE_BUCKETS];
 	int ncache;
+	/* the check its values passed: a map is shared (registry) only by
+	 * users of the same check, so a file used as a transport map and an
+	 * access map is checked as both */
+	map_value_check_fn *checked;
 	/* while loading: the caller's check of each value, and its verdicts */
 	map_value_check_fn *check;
 	char *err;
@@ -372,6 +376,7 @@ static struct map *map_load(const char *spec, const char *type, const char *path
 {
 	struct map *m = xcalloc(1, sizeof *m);
 	m->check = check;
+	m->checked = check;
 	m->err = err;
 	m->errlen = errlen;
 	if (errlen)
@@ -478,7 +483,7 @@ struct map *map_open_checked(const char *spec, map_value_check_fn *check, char *
 
 	pthread_mutex_lock(&reg_mu);
 	struct map *old = registry;
-	while (old && strcmp(old->spec, spec))
+	while (old && (strcmp(old->spec, spec) || old->checked != check))
 		old = old->reg_next;
 	if (old && have && same_file(old, &st)) {
 		old->refs++;
@@ -491,7 +496,7 @@ struct map *map_open_checked(const char *spec, map_value_check_fn *check, char *
 
 	pthread_mutex_lock(&reg_mu);
 	struct map **pp = &registry;
-	while (*pp && strcmp((*pp)->spec, spec))
+	while (*pp && (strcmp((*pp)->spec, spec) || (*pp)->checked != check))
 		pp = &(*pp)->reg_next;
 	if (!m) {
 		if (*pp) {

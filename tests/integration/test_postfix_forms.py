@@ -334,6 +334,12 @@ def test_check_reports_every_error(tmp_path):
     assert "%s:1:" % amap in err and "%s:3:" % amap in err and "%s:2:" % amap not in err, err
     assert "relay_backends: lmtp:" in err and "policy_listen" in err, err
     assert all(ln.startswith("perimd: ") for ln in err.splitlines()), err
+    # one file as two kinds of map: checked as each
+    both = write(tmp_path, "both", "x.test HOLD\n")
+    conf = write(tmp_path, "perimd.conf", "relay_domains = example.com\n"
+                 "transport_maps = file:%s\nsender_access_maps = file:%s\n" % (both, both))
+    rc, err = check(conf)
+    assert rc != 0 and re.search(r"sender_access_maps: %s:1: .*HOLD" % re.escape(both), err), err
     # Postfix's map types: what to write instead
     conf = write(tmp_path, "perimd.conf",
                  "relay_domains = example.com\ntransport_maps = hash:/etc/postfix/transport\n"
