@@ -49,6 +49,8 @@ DEPS+=(clang-format cppcheck)
 DEPS+=(python3-pytest-timeout)
 # Policy services (tests/integration/test_policy_services.py): postgrey, policyd-spf and socat to serve it.
 DEPS+=(postgrey postfix-policyd-spf-python socat)
+# The migration guide's Postfix side (tests/integration/test_migration.py).
+DEPS+=(clamav-milter)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {

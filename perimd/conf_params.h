@@ -62,6 +62,8 @@ PARAM(STR, relay_tls_CAfile, "", 0, 0, NULL, "PEM file of trust anchors for rela
 PARAM(STR, relay_tls_verify_name, "", 0, 0, NULL, "name the backend certificate must carry when the backend is written as an address")
 PARAM(BOOL, relay_reply_show_backend, "no", 0, 0, NULL, "name the backend's address in replies to clients (for testing; the log always has it)")
 PARAM(INT, smtp_line_length_limit, "998", 0, 1000000, NULL, "message lines longer than this (CRLF not counted) are folded with CR LF SP on the way to a backend, as Postfix does; 0 = never")
+PARAM(LIST, relay_xclient_hosts, "", 0, 0, NULL, "backend addresses (or CIDR networks) that get the client by XCLIENT when they offer it and do not take XFORWARD; the backend then judges the client itself, and the connection is not reused (Postfix: smtpd_authorized_xclient_hosts)")
+PARAM(LIST, relay_xforward_hosts, "", 0, 0, NULL, "backend addresses (or CIDR networks) that get the client's name, address, port, HELO and protocol by XFORWARD before each MAIL when they offer it (Postfix: smtpd_authorized_xforward_hosts on the backend)")
 
 /* Recipient and client rules */
 PARAM(LIST, role_accounts, "postmaster, abuse, hostmaster, webmaster", 0, 0, NULL, "local parts always accepted for relay domains, exempt from client, HELO, sender, DNSBL and greylisting checks (RFC 2142)")

@@ -11,6 +11,7 @@
 #include "grey.h"
 #include "log.h"
 #include "maps.h"
+#include "net.h"
 #include "psvc.h"
 #include "relay.h"
 #include "rules.h"
@@ -118,6 +119,20 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 		if (relay_target_valid(c->relay_backends.v[i], &why) < 0) {
 			log_err_add(err, errlen, "relay_backends: %s: %s", c->relay_backends.v[i], why);
 			bad = 1;
+		}
+	}
+	/* An address or CIDR network matches its own address. */
+	const struct conf_list *hosts[] = { &c->relay_xforward_hosts, &c->relay_xclient_hosts };
+	for (int k = 0; k < 2; k++) {
+		for (int i = 0; i < hosts[k]->n; i++) {
+			char a[64];
+			const char *h = hosts[k]->v[i];
+			snprintf(a, sizeof a, "%.*s", (int)strcspn(h, "/"), h);
+			if (!net_addr_match(a, h)) {
+				log_err_add(err, errlen, "%s: %s: not an address or CIDR network",
+					    k ? "relay_xclient_hosts" : "relay_xforward_hosts", h);
+				bad = 1;
+			}
 		}
 	}
 	if (!bad)

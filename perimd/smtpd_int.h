@@ -96,6 +96,7 @@ struct txn {
 
 	/* relay */
 	struct relay_msg msg;
+	struct relay_client client; /* for XFORWARD */
 	struct relay_rcpt *rr;
 	struct conf_list backends;
 };

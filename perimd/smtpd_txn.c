@@ -720,6 +720,15 @@ static void data_relay(struct session *s)
 	if (m->deadline > smtpd_drain_deadline(s)) /* scanned past the drain limit */
 		m->deadline = smtpd_drain_deadline(s);
 	m->conf = cf;
+	const char *name = s->dns ? dnscheck_client_name(s->dns) : NULL;
+	s->tx->client = (struct relay_client){
+		.name = name ? name : "unknown",
+		.addr = s->addr,
+		.port = s->port,
+		.helo = s->helo,
+		.esmtp = s->esmtp,
+	};
+	m->client = &s->tx->client;
 	smtpd_session_pause(s);
 	s->relay = relay_send(s->loop, m, relay_done, s);
 }
