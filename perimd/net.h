@@ -12,6 +12,9 @@
  * only. Returns 0, or -1 with *why set. */
 int net_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss, socklen_t *len,
 		   const char **why);
+/* net_parse_unix - an absolute socket path (the part after "unix:") as
+ * a socket address; 0, or -1 with why. */
+int net_parse_unix(const char *path, struct sockaddr_storage *ss, socklen_t *len, const char **why);
 
 /* net_listen - a non-blocking listening socket with SO_REUSEADDR and
  * SO_REUSEPORT (one per io thread on the same address), IPV6_V6ONLY for

@@ -244,23 +244,8 @@ static void pd_accept(void *arg, unsigned events)
  * "unix:/absolute/path". 0, or -1 with why. */
 static int listen_addr(const char *text, struct sockaddr_storage *ss, socklen_t *sl, const char **why)
 {
-	if (!strncmp(text, "unix:", 5)) {
-		struct sockaddr_un *su = (struct sockaddr_un *)ss;
-		const char *path = text + 5;
-		if (path[0] != '/') {
-			*why = "unix: needs an absolute path (unix:/run/perimd/policy)";
-			return -1;
-		}
-		if (strlen(path) >= sizeof su->sun_path) {
-			*why = "socket path too long";
-			return -1;
-		}
-		memset(ss, 0, sizeof *ss);
-		su->sun_family = AF_UNIX;
-		memcpy(su->sun_path, path, strlen(path) + 1);
-		*sl = (socklen_t)sizeof *su;
-		return 0;
-	}
+	if (!strncmp(text, "unix:", 5))
+		return net_parse_unix(text + 5, ss, sl, why);
 	if (!strncmp(text, "inet:", 5))
 		text += 5;
 	if (net_parse_addr(text, -1, ss, sl, why) < 0) {
