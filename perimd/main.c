@@ -311,6 +311,12 @@ static void drop_privileges(const struct conf *c)
 	log_info("running as %s (uid %d)", c->mail_owner, (int)pw->pw_uid);
 }
 
+/* warn_restart - a reload changed a restart-only parameter. */
+static void warn_restart(const char *name)
+{
+	log_warn("reload: %s: changed value takes effect after restart", name);
+}
+
 /* reload - SIGHUP (full: certificates and signatures too) or a changed map
  * file: a new configuration and policy, or keep the old. */
 static void reload(const char *path, int nov, int full)
@@ -338,12 +344,7 @@ static void reload(const char *path, int nov, int full)
 	}
 	struct policy *old = policy_acquire();
 	if (old) {
-		const struct conf *oc = old->conf;
-		int changed = oc->smtpd_listen.n != c->smtpd_listen.n || oc->io_threads != c->io_threads;
-		for (int i = 0; !changed && i < c->smtpd_listen.n; i++)
-			changed = strcmp(oc->smtpd_listen.v[i], c->smtpd_listen.v[i]) != 0;
-		if (changed)
-			log_warn("reload: smtpd_listen or io_threads changed; this needs a restart");
+		conf_restart_changes(old->conf, c, warn_restart);
 		policy_release(old);
 	}
 	policy_install(p);
@@ -475,7 +476,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 
-	log_open("perimd", fg || !strcmp(c->log_to, "stderr"), verbose);
+	log_open("perimd", fg || c->log_to_e == LOG_TO_STDERR, verbose);
 	/* Spooled bodies, databases and statistics hold other people's mail:
 	 * nothing perimd creates is readable by group or others. */
 	umask(077);

@@ -70,20 +70,6 @@ static struct relay_dest *dests;
 
 /* ---- targets ------------------------------------------------------------ */
 
-/* parse_port - "25" into 1..65535, or -1. */
-static int parse_port(const char *s)
-{
-	char *end;
-	long v;
-
-	if (*s < '0' || *s > '9')
-		return -1;
-	v = strtol(s, &end, 10);
-	if (*end != '\0' || v < 1 || v > 65535)
-		return -1;
-	return (int)v;
-}
-
 /* Postfix transports perimd cannot be, and what to write instead. */
 static const struct {
 	const char *name;
@@ -198,7 +184,7 @@ static int target_parse(const char *target, struct sockaddr_storage *ss, socklen
 	}
 	memcpy(host, p, hl);
 	host[hl] = '\0';
-	if (portp && (port = parse_port(portp)) < 0) {
+	if (portp && (port = net_parse_port(portp)) < 0) {
 		*why = "bad port (1-65535)";
 		return -1;
 	}
