@@ -51,6 +51,8 @@ DEPS+=(python3-pytest-timeout)
 DEPS+=(postgrey postfix-policyd-spf-python socat)
 # The migration guide's Postfix side (tests/integration/test_migration.py).
 DEPS+=(clamav-milter)
+# tests/bench_seed.py (./build.sh bench seed): the seed stack beside perimd
+DEPS+=(amavisd-new clamav-daemon postgrey postfix)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {

@@ -59,6 +59,23 @@
 #                           and waits ~40 ms per small relayed message, but with it off
 #                           100 KB messages got slower). Leaves /etc/postfix as the
 #                           peer script does (see its header).
+#                           LAT_PROXY=1 adds a row "postfix-proxy": a private Postfix
+#                           (own config and queue directories, loopback ports; /etc/postfix
+#                           untouched) with smtpd_proxy_filter to a second private Postfix
+#                           smtpd that relays to the same sink, so it answers after the
+#                           next hop as perimd does (tests/bench_proxy.py)
+#   tests/bench.sh seed     the seed's stack (tests/bench_seed.py): private Postfix with
+#                           smtpd_proxy_filter to amavisd-new ($max_servers = 16, the
+#                           proxied smtpd's process limit 16) scanning through clamd,
+#                           postgrey as policy service (--delay=0, no auto-whitelist:
+#                           every triplet passed, every message looked up) beside perimd
+#                           (greylisting, every triplet passed; libclamav), same test
+#                           signatures, same run, EICAR refused by both first; SEED_CONC
+#                           ("100 512") x SEED_SIZES ("512 102400"), SEED_MSGS (2000),
+#                           SEED_WARMUP (100): delivered msgs/s, whole-system CPU per
+#                           message (cgroup), peak PSS sum, client p50/p99, ratios.
+#                           Needs root, postfix, amavisd-new, clamav-daemon, postgrey;
+#                           changes nothing under /etc.
 #
 # Knobs (environment): MSGS=5000 CONC="10 100" SIZES="512 102400" WARMUP=200
 #   IDLE=512 MIXED=0 RUN_TIMEOUT=600 PERIMD=build/dev/perimd IO_THREADS=0 (perimd's default)
@@ -697,26 +714,40 @@ latency_bench() {
 	echo "bench latency: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$base/load.txt"
 	# shellcheck disable=SC2086
 	PATH=$d/bin:$PATH OUT=$base/peers bash "$peer" run $systems
+	if [ "${LAT_PROXY:-1}" = 1 ]; then
+		# Postfix answering after the next hop: smtpd_proxy_filter to the sink,
+		# a private instance started as the peer script's "perimd" command.
+		PERIMD_CMD="$PY $ROOT/tests/bench_proxy.py {PORT} {SINK_PORT}" PATH=$d/bin:$PATH \
+			OUT=$base/proxy bash "$peer" run perimd
+	fi
 	echo "bench latency: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$base/load.txt"
 	rm -rf "$d"
 	PA_DIR=""
-	"$PY" - "$base/peers" "$nodelay" <<'EOF' | tee "$base/table.txt"
+	"$PY" - "$base" "$nodelay" <<'EOF' | tee "$base/table.txt"
 import os, sys
-base, nodelay = sys.argv[1], sys.argv[2] == "1"
-systems = [("direct", "direct"), ("Postfix", "postfix"),
+top, nodelay = sys.argv[1], sys.argv[2] == "1"
+systems = [("direct", "direct"), ("Postfix", "postfix"), ("Postfix-proxy", "postfix-proxy"),
            ("Haraka, TCP_NODELAY" if nodelay else "Haraka", "haraka"), ("perimd", "perimd")]
 def kv(line):
     return dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
-runs, lat = {}, {}
-for line in open(os.path.join(base, "results.txt")):
-    if line.startswith("run "):
-        d = kv(line)
-        runs[(d["sut"], int(d["size"]), int(d["conc"]))] = d
-for (sut, size, conc), d in runs.items():
+runs, lat, dirs = {}, {}, {}
+for sub, rename in (("peers", None), ("proxy", "postfix-proxy")):
     try:
-        for line in open(os.path.join(base, "%s-s%d-l%d-r%s" % (sut, conc, size, d["rep"]), "source.out")):
+        lines = open(os.path.join(top, sub, "results.txt")).readlines()
+    except OSError:
+        continue
+    for line in lines:
+        if line.startswith("run "):
+            d = kv(line)
+            k = (rename or d["sut"], int(d["size"]), int(d["conc"]))
+            runs[k] = d
+            dirs[k] = os.path.join(top, sub, "%s-s%d-l%d-r%s" % (d["sut"], k[2], k[1], d["rep"]))
+systems = [s for s in systems if any(k[0] == s[1] for k in runs)]
+for k, d in runs.items():
+    try:
+        for line in open(os.path.join(dirs[k], "source.out")):
             if line.startswith("latency "):
-                lat[(sut, size, conc)] = kv(line)
+                lat[k] = kv(line)
     except OSError:
         pass
 keys = sorted({(s, c) for (_, s, c) in runs})
@@ -758,8 +789,8 @@ print("%s messages per row after a warm-up, %s; every message counted at the sin
       next(iter(runs.values()))["msgs"] if runs else "?",
       "one message per connection" if conn == "single" else "each session reuses its connection"))
 print("Postfix answers 250 once the message is queued, before it is delivered: its latency does")
-print("not include the relay to the sink, its dlv/s does. Haraka (smtp_forward) and perimd answer")
-print("after the sink's 250. Client: tests/bench_latency.py (Python asyncio, one core); its own")
+print("not include the relay to the sink, its dlv/s does. Postfix-proxy (smtpd_proxy_filter to the")
+print("sink, nothing queued), Haraka (smtp_forward) and perimd answer after the sink's 250. Client: tests/bench_latency.py (Python asyncio, one core); its own")
 print("event-loop delay is in every figure, the direct row shows that floor.")
 if nodelay:
     print("Haraka ran with TCP_NODELAY set on its sockets by a preloaded module (LAT_HARAKA_NODELAY=1).")
@@ -1272,6 +1303,11 @@ fi
 if [ "${1:-}" = peers ]; then
 	peers
 	exit 0
+fi
+
+if [ "${1:-}" = seed ]; then
+	rm -rf "$WORK"
+	exec "$PY" "$ROOT/tests/bench_seed.py"
 fi
 
 if [ "${1:-}" = latency ]; then
