@@ -67,7 +67,7 @@
 #   tests/bench.sh seed     the seed's stack (tests/bench_seed.py): private Postfix with
 #                           smtpd_proxy_filter to amavisd-new ($max_servers = 16, the
 #                           proxied smtpd's process limit 16) scanning through clamd,
-#                           postgrey as policy service (--delay=0, no auto-whitelist:
+#                           postgrey as policy service (primed, --delay=1, no auto-whitelist:
 #                           every triplet passed, every message looked up) beside perimd
 #                           (greylisting, every triplet passed; libclamav), same test
 #                           signatures, same run, EICAR refused by both first; SEED_CONC
