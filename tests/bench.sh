@@ -64,6 +64,10 @@
 #                           untouched) with smtpd_proxy_filter to a second private Postfix
 #                           smtpd that relays to the same sink, so it answers after the
 #                           next hop as perimd does (tests/bench_proxy.py)
+#   tests/bench.sh cap      relay_destination_concurrency_limit at CAP_CONC (512) sessions
+#                           of CAP_SIZE (512) bytes: direct vs perimd with each limit of
+#                           CAP_LIST ("100 1000"), CAP_ROUNDS (2) alternating, CAP_MSGS
+#                           (5000): msgs/s, ratio, CPU/msg, pool waits per message
 #   tests/bench.sh seed     the seed's stack (tests/bench_seed.py): private Postfix with
 #                           smtpd_proxy_filter to amavisd-new ($max_servers = 16, the
 #                           proxied smtpd's process limit 16) scanning through clamd,
@@ -1259,6 +1263,59 @@ abuse_bench() {
 	kill -TERM "$PERIMD_PID"
 	wait "$PERIMD_PID" 2>/dev/null || true
 }
+
+# cap_bench - relay_destination_concurrency_limit (connections per backend)
+# at CAP_CONC (512) sessions of CAP_SIZE (512) bytes: direct, then perimd
+# with each limit of CAP_LIST ("100 1000"; 100 is the default), ROUNDS
+# (CAP_ROUNDS, 2) alternating in one run, CAP_MSGS (5000) messages per run:
+# msgs/s, the ratio to the direct run just before, perimd's CPU per
+# message, and the pool waits per message (perimd_backend_pool_waits_total
+# on /metrics: a message that found every connection of the backend busy)
+# and the backend connections open at the end (./build.sh bench cap).
+cap_bench() {
+	local conc=${CAP_CONC:-512} size=${CAP_SIZE:-512} msgs=${CAP_MSGS:-5000}
+	local list=${CAP_LIST:-"100 1000"} rounds=${CAP_ROUNDS:-2} r cap td tp c0 c1 w0 w1 sport conns
+	echo "perimd bench cap: $msgs messages of $size bytes at $conc sessions, limits ($list), $rounds rounds, $(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg)"
+	start_sink
+	printf '%-6s %-7s %10s %10s %7s %11s %11s %9s\n' round cap direct/s perimd/s ratio cpu_ms/msg waits/msg conns
+	for r in $(seq 1 "$rounds"); do
+		for cap in $list; do
+			sport=$(free_port)
+			EXTRA_CONF=("stats_listen = 127.0.0.1:$sport" "relay_destination_concurrency_limit = $cap")
+			start_perimd
+			source_run "$PERIMD_PORT" 10 "$WARMUP" "$size" >/dev/null
+			td=$(source_run "$SINK_PORT" "$conc" "$msgs" "$size")
+			w0=$(metric "$sport" perimd_backend_pool_waits_total)
+			c0=$(cpu_ticks "$PERIMD_PID")
+			tp=$(source_run "$PERIMD_PORT" "$conc" "$msgs" "$size")
+			c1=$(cpu_ticks "$PERIMD_PID")
+			w1=$(metric "$sport" perimd_backend_pool_waits_total)
+			conns=$(ss -Htn state established "( dport = :$SINK_PORT )" 2>/dev/null | wc -l)
+			printf '%-6s %-7s %10s %10s %7s %11s %11s %9s\n' "$r" "$cap" "$(fdiv "$msgs" "$td")" \
+				"$(fdiv "$msgs" "$tp")" "$(fdiv "$td" "$tp" %.2f)" \
+				"$(fdiv $(((c1 - c0) * 1000)) $((TICK * msgs)) %.3f)" \
+				"$(fdiv "$((w1 - w0))" "$msgs" %.3f)" "$conns"
+			kill -TERM "$PERIMD_PID"
+			wait "$PERIMD_PID" 2>/dev/null || true
+		done
+	done
+	echo "shared machine (smtp-source, smtp-sink and perimd on the same $(nproc) CPUs): compare ratios within a round"
+}
+
+# metric PORT NAME - the value of an unlabelled counter on /metrics (0 if absent).
+metric() {
+	"$PY" - "$1" "$2" <<'PYEOF'
+import sys, urllib.request
+t = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode()
+v = [l.split()[-1] for l in t.splitlines() if l.split(" ")[0] == sys.argv[2]]
+print(int(float(v[0])) if v else 0)
+PYEOF
+}
+
+if [ "${1:-}" = cap ]; then
+	cap_bench
+	exit 0
+fi
 
 if [ "${1:-}" = abuse ]; then
 	abuse_bench
