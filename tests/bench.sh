@@ -57,8 +57,8 @@
 #                           (direct postfix haraka perimd); LAT_HARAKA_NODELAY=1: Haraka
 #                           with TCP_NODELAY (preloaded module; Haraka 3 keeps Nagle on
 #                           and waits ~40 ms per small relayed message, but with it off
-#                           100 KB messages got slower). Leaves /etc/postfix as the
-#                           peer script does (see its header).
+#                           100 KB messages got slower). Puts /etc/postfix/main.cf and
+#                           master.cf back as found (the peer script rewrites them).
 #                           LAT_PROXY=1 adds a row "postfix-proxy": a private Postfix
 #                           (own config and queue directories, loopback ports; /etc/postfix
 #                           untouched) with smtpd_proxy_filter to a second private Postfix
@@ -128,7 +128,24 @@ PA_DIR=""
 restore_postfix_conf() {
 	[ -n "$PF_SAVED" ] && [ -f "$PF_SAVED/main.cf" ] || return 0
 	cp -p "$PF_SAVED/main.cf" "$PF_SAVED/master.cf" /etc/postfix/
+	# The peer script's one-time copies, when they were not there before.
+	local f
+	for f in main.cf master.cf; do
+		[ -f "$PF_SAVED/$f.pre-peer-bench.absent" ] && rm -f "/etc/postfix/$f.pre-peer-bench"
+	done
 	PF_SAVED=""
+}
+
+# save_postfix_conf DIR - keep /etc/postfix/main.cf and master.cf in DIR for
+# restore_postfix_conf (the peer script rewrites both).
+save_postfix_conf() {
+	PF_SAVED=$1
+	mkdir -p "$PF_SAVED"
+	cp -p /etc/postfix/main.cf /etc/postfix/master.cf "$PF_SAVED/"
+	local f
+	for f in main.cf master.cf; do
+		[ -e "/etc/postfix/$f.pre-peer-bench" ] || : >"$PF_SAVED/$f.pre-peer-bench.absent"
+	done
 }
 
 # cleanup - stop what this script started, by PID.
@@ -443,9 +460,7 @@ peers_av() {
 	d=/tmp/perimd-peer-av.$$
 	PA_DIR=$d
 	mkdir -p "$base" "$d/tmp" "$d/pfbin"
-	PF_SAVED=$d/etc-postfix
-	mkdir -p "$PF_SAVED"
-	cp -p /etc/postfix/main.cf /etc/postfix/master.cf "$PF_SAVED/"
+	save_postfix_conf "$d/etc-postfix"
 	write_av_db "$d/avdb"
 	export POSTFIX_PORT=${POSTFIX_PORT:-2526}
 	local milter_port
@@ -681,6 +696,7 @@ latency_bench() {
 	d=/tmp/perimd-latency.$$
 	PA_DIR=$d
 	mkdir -p "$base" "$d/lib" "$d/spool" "$d/bin"
+	save_postfix_conf "$d/etc-postfix"
 	{
 		peer_conf "$d"
 		has_param greylist && echo "greylist = no"
@@ -725,6 +741,7 @@ latency_bench() {
 			OUT=$base/proxy bash "$peer" run perimd
 	fi
 	echo "bench latency: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$base/load.txt"
+	restore_postfix_conf
 	rm -rf "$d"
 	PA_DIR=""
 	"$PY" - "$base" "$nodelay" <<'EOF' | tee "$base/table.txt"
@@ -802,6 +819,26 @@ for b in bad:
     print("NOT CLEAN: " + b)
 if not bad:
     print("all runs clean: no client errors, nothing lost at the sink")
+# perimd's own split of each message's delay (its log, -f: stderr, kept as
+# perimd.log): final dot to reply as perimd measured it, then scan, wait
+# for a backend connection, and the rest (relay transaction, hand-offs).
+import re
+for k in sorted(k for k in runs if k[0] == "perimd"):
+    try:
+        text = open(os.path.join(dirs[k], "perimd.log"), errors="replace").read()
+    except OSError:
+        continue
+    rows = [tuple(float(x) for x in m) for m in
+            re.findall(r"delay=([0-9.]+), delays=([0-9.]+)/([0-9.]+)/([0-9.]+)", text)]
+    if not rows:
+        continue
+    def pc(i, p):
+        v = sorted(r[i] for r in rows)
+        return v[min(len(v) - 1, max(0, int(p / 100.0 * len(v) + 0.999) - 1))] * 1000
+    print("perimd %d B %d sessions, own delays over %d messages (ms, p50/p99): total %.1f/%.1f "
+          "scan %.1f/%.1f pool wait %.1f/%.1f relay+rest %.1f/%.1f" % (
+              k[1], k[2], len(rows), pc(0, 50), pc(0, 99), pc(1, 50), pc(1, 99), pc(2, 50),
+              pc(2, 99), pc(3, 50), pc(3, 99)))
 EOF
 }
 
