@@ -82,6 +82,7 @@
 #                           changes nothing under /etc.
 #
 # Knobs (environment): MSGS=5000 CONC="10 100" SIZES="512 102400" WARMUP=200
+#   PEER_BENCH=../shared/bench/peer-bench.sh (modes peers*, latency)
 #   IDLE=512 MIXED=0 RUN_TIMEOUT=600 PERIMD=build/dev/perimd IO_THREADS=0 (perimd's default)
 #   MIXED=N: while the IDLE sessions are held, smtp-source runs MIXED_MSGS (5000)
 #   messages of 512 B over N more sessions (idle and active mixed: IDLE=9400
@@ -111,6 +112,8 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 PERIMD=${PERIMD:-$ROOT/build/dev/perimd}
 IO_THREADS=${IO_THREADS:-0}
 PY=/usr/bin/python3
+# The peer script (modes peers*, latency): shared/ beside the tree, as CI lays it.
+PEER_BENCH=${PEER_BENCH:-$ROOT/../shared/bench/peer-bench.sh}
 TICK=$(getconf CLK_TCK)
 
 [ -x "$PERIMD" ] || { echo "bench: $PERIMD missing (run ./build.sh first)" >&2; exit 1; }
@@ -126,25 +129,31 @@ PA_DIR=""
 # peers-av found them (the peer script rewrites both; postconf -e adds the
 # milter), once.
 restore_postfix_conf() {
-	[ -n "$PF_SAVED" ] && [ -f "$PF_SAVED/main.cf" ] || return 0
-	cp -p "$PF_SAVED/main.cf" "$PF_SAVED/master.cf" /etc/postfix/
-	# The peer script's one-time copies, when they were not there before.
+	[ -n "$PF_SAVED" ] && [ -d "$PF_SAVED" ] || return 0
 	local f
-	for f in main.cf master.cf; do
-		[ -f "$PF_SAVED/$f.pre-peer-bench.absent" ] && rm -f "/etc/postfix/$f.pre-peer-bench"
+	for f in main.cf master.cf main.cf.pre-peer-bench master.cf.pre-peer-bench; do
+		if [ -f "$PF_SAVED/$f" ]; then
+			cp -p "$PF_SAVED/$f" /etc/postfix/
+		elif [ -f "$PF_SAVED/$f.absent" ]; then
+			rm -f "/etc/postfix/$f"
+		fi
 	done
 	PF_SAVED=""
 }
 
-# save_postfix_conf DIR - keep /etc/postfix/main.cf and master.cf in DIR for
-# restore_postfix_conf (the peer script rewrites both).
+# save_postfix_conf DIR - keep /etc/postfix/main.cf and master.cf (and the
+# peer script's one-time copies of them) in DIR for restore_postfix_conf,
+# noting those that do not exist (removed again on restore).
 save_postfix_conf() {
 	PF_SAVED=$1
 	mkdir -p "$PF_SAVED"
-	cp -p /etc/postfix/main.cf /etc/postfix/master.cf "$PF_SAVED/"
 	local f
-	for f in main.cf master.cf; do
-		[ -e "/etc/postfix/$f.pre-peer-bench" ] || : >"$PF_SAVED/$f.pre-peer-bench.absent"
+	for f in main.cf master.cf main.cf.pre-peer-bench master.cf.pre-peer-bench; do
+		if [ -f "/etc/postfix/$f" ]; then
+			cp -p "/etc/postfix/$f" "$PF_SAVED/"
+		else
+			: >"$PF_SAVED/$f.absent"
+		fi
 	done
 }
 
@@ -271,7 +280,7 @@ peer_conf() {
 }
 
 peers() {
-	local peer=$ROOT/../shared/bench/peer-bench.sh
+	local peer=$PEER_BENCH
 	if [ ! -f "$peer" ]; then
 		echo "bench peers: $peer not found; skipped"
 		return 0
@@ -321,7 +330,7 @@ EOF
 # data_directory (first sight 451, the pass after greylist_delay = 1s), so
 # the measured runs look it up in SQLite once and then hit the pass cache.
 peers_features() {
-	local peer=$ROOT/../shared/bench/peer-bench.sh
+	local peer=$PEER_BENCH
 	[ -f "$peer" ] || { echo "bench peers-features: $peer not found; skipped"; return 0; }
 	local base=${OUT:-/tmp/peer-bench-features.$(date +%Y%m%d-%H%M%S)} d v port pid
 	d=/tmp/perimd-peer-features.$$
@@ -450,7 +459,7 @@ EOF
 # clean message accepted; perimd variants are checked the same way before the
 # runs. /etc/postfix/main.cf and master.cf are put back as found.
 peers_av() {
-	local peer=$ROOT/../shared/bench/peer-bench.sh
+	local peer=$PEER_BENCH
 	[ -f "$peer" ] || { echo "bench peers-av: $peer not found; skipped"; return 0; }
 	local m
 	for m in clamd clamav-milter postfix smtp-source; do
@@ -690,7 +699,7 @@ EOF
 # default (stock Haraka): with it, 512 B messages went 4-5x faster, 100 KB
 # ones 2x slower (Haraka then sends the body in many small segments).
 latency_bench() {
-	local peer=$ROOT/../shared/bench/peer-bench.sh
+	local peer=$PEER_BENCH
 	[ -f "$peer" ] || { echo "bench latency: $peer not found; skipped"; return 0; }
 	local base=${OUT:-/tmp/perimd-bench-latency.$(date +%Y%m%d-%H%M%S)} d
 	d=/tmp/perimd-latency.$$
@@ -730,7 +739,9 @@ latency_bench() {
 	export SINK_PORT=${SINK_PORT:-$(free_port)} HARAKA_PORT=${HARAKA_PORT:-$(free_port)}
 	export PERIMD_PORT=${PERIMD_PORT:-$(free_port)}
 	echo "bench latency: $peer (results under $base; $systems; CONC=\"$CONC\" SIZES=\"$SIZES\" MSGS=$MSGS WARMUP=$WARMUP conn=$([ -n "$flags" ] && echo single || echo reuse) haraka_nodelay=$nodelay)"
-	OUT=$base/setup bash "$peer" setup
+	# The peer script's setup installs and configures Haraka too: only when
+	# it is measured (Postfix's main.cf is rewritten before each start anyway).
+	case " $systems " in *" haraka "*) OUT=$base/setup bash "$peer" setup ;; esac
 	echo "bench latency: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$base/load.txt"
 	# shellcheck disable=SC2086
 	PATH=$d/bin:$PATH OUT=$base/peers bash "$peer" run $systems
