@@ -59,7 +59,8 @@
 #                           and waits ~40 ms per small relayed message, but with it off
 #                           100 KB messages got slower). Puts /etc/postfix/main.cf and
 #                           master.cf back as found (the peer script rewrites them).
-#                           LAT_PROXY=1 adds a row "postfix-proxy": a private Postfix
+#                           LAT_PERIMD_CONF="name = value; ...": more perimd settings.
+#                           LAT_PROXY=1 (default) adds a row "postfix-proxy": a private Postfix
 #                           (own config and queue directories, loopback ports; /etc/postfix
 #                           untouched) with smtpd_proxy_filter to a second private Postfix
 #                           smtpd that relays to the same sink, so it answers after the
@@ -709,6 +710,8 @@ latency_bench() {
 	{
 		peer_conf "$d"
 		has_param greylist && echo "greylist = no"
+		# LAT_PERIMD_CONF: more lines for perimd, separated by ";".
+		tr ';' '\n' <<<"${LAT_PERIMD_CONF:-}" | sed 's/^ *//; /^$/d'
 		true
 	} >"$d/perimd.conf"
 	local flags=""
