@@ -11,7 +11,11 @@
 #   ./build.sh bench peers-av   direct, Postfix, Postfix + clamav-milter + clamd, perimd
 #                         plain, with libclamav and with the same clamd (test signatures)
 #   ./build.sh bench latency   client-side latency (final dot -> reply, p50/p99) and
-#                         messages/s of direct, Postfix, Haraka and perimd (tests/bench_latency.py)
+#                         messages/s of direct, Postfix, Postfix with smtpd_proxy_filter to the
+#                         sink (private instance), Haraka and perimd (tests/bench_latency.py)
+#   ./build.sh bench seed   the seed's stack (private Postfix + smtpd_proxy_filter to amavisd-new
+#                         + clamd, postgrey) beside perimd with greylisting and libclamav
+#   ./build.sh bench cap    perimd vs direct at 512 sessions, per-backend connection limits
 #   ./build.sh static     fully static musl binary from Debian sources (vendor/):
 #                         build/static/perimd; `static noclamav`: without libclamav
 #                         (clamd mode), build/static-noclamav/perimd
