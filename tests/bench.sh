@@ -364,33 +364,7 @@ peers_features() {
 		pid=$!
 		PIDS+=("$pid")
 		wait_banner "$port" || { tail -20 "$d/$v/prime.log" >&2; exit 1; }
-		"$PY" - "$port" <<'EOF' || { tail -20 "$d/$v/prime.log" >&2; exit 1; }
-import socket, sys, time
-def rcpt(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        f = s.makefile("rb")
-        def cmd(line):
-            if line:
-                s.sendall(line.encode() + b"\r\n")
-            while True:
-                r = f.readline().decode()
-                if r[3:4] != "-":
-                    return r
-        cmd(None); cmd("EHLO client.bench.test"); cmd("MAIL FROM:<bench@client.bench.test>")
-        r = cmd("RCPT TO:<rcpt@bench.test>")
-        cmd("QUIT")
-        return r
-port = int(sys.argv[1])
-first = rcpt(port)
-if not first.startswith("451"):
-    sys.exit("bench peers-features: greylisting did not defer a new triplet: %s" % first.strip())
-deadline = time.monotonic() + 10
-time.sleep(1.1)
-while not rcpt(port).startswith("250"):
-    if time.monotonic() > deadline:
-        sys.exit("bench peers-features: the triplet never passed (first: %s)" % first.strip())
-    time.sleep(0.2)
-EOF
+		"$PY" "$ROOT/tests/bench_seed.py" prime "$port" 1.1 || { tail -20 "$d/$v/prime.log" >&2; exit 1; }
 		kill -TERM "$pid"
 		wait "$pid" 2>/dev/null || true
 	done

@@ -38,7 +38,8 @@ Environment: SEED_CONC ("100 512") SEED_SIZES ("512 102400") SEED_MSGS
 (2000) SEED_WARMUP (100) SEED_SERVERS (16) SEED_SAMPLE (0.25) PERIMD
 (build/dev/perimd) OUT (/tmp/perimd-bench-seed.<time>: table.txt, logs).
 Needs root (cgroups, users amavis and postgrey) and the packages postfix,
-amavisd-new, clamav-daemon, postgrey.
+amavisd-new, clamav-daemon, postgrey. `bench_seed.py prime PORT PAUSE` only
+primes a greylisting server on 127.0.0.1:PORT (tests/bench.sh peers-features).
 """
 import os
 import re
@@ -623,4 +624,12 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["prime"]:
+        # bench_seed.py prime PORT PAUSE: the priming alone (tests/bench.sh
+        # peers-features primes its perimd so).
+        try:
+            prime(int(sys.argv[2]), "127.0.0.1:" + sys.argv[2], float(sys.argv[3]))
+        except (RuntimeError, OSError) as e:
+            sys.exit("bench prime: %s" % e)
+    else:
+        main()
