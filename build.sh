@@ -16,6 +16,8 @@
 #   ./build.sh bench seed   the seed's stack (private Postfix + smtpd_proxy_filter to amavisd-new
 #                         + clamd, postgrey) beside perimd with greylisting and libclamav
 #   ./build.sh bench cap    perimd vs direct at 512 sessions, per-backend connection limits
+#   ./build.sh bench ab OLD NEW   two git revisions built and run alternately on the same
+#                         load: msg/s and CPU ms/msg ratios NEW/OLD at 512 B and 100 KB
 #   ./build.sh static     fully static musl binary from Debian sources (vendor/):
 #                         build/static/perimd; `static noclamav`: without libclamav
 #                         (clamd mode), build/static-noclamav/perimd
@@ -55,6 +57,8 @@ DEPS+=(python3-pytest-timeout)
 DEPS+=(postgrey postfix-policyd-spf-python socat)
 # The migration guide's Postfix side (tests/integration/test_migration.py).
 DEPS+=(clamav-milter)
+# test_milter.py: real milters (rspamd proxy worker, opendkim sign/verify, clamav-milter with clamd)
+DEPS+=(rspamd opendkim opendkim-tools clamav-milter)
 # tests/bench_seed.py (./build.sh bench seed): the seed stack beside perimd
 DEPS+=(amavisd-new clamav-daemon postgrey postfix)
 

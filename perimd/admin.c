@@ -66,8 +66,8 @@ static int starting_stop; /* atomic */
 static void *starting_main(void *arg)
 {
 	(void)arg;
-	static const char ans[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-				  "Content-Length: 9\r\nConnection: close\r\n\r\nstarting\n";
+	struct strbuf ans = { 0 };
+	http_response(&ans, 503, "text/plain", "starting\n", strlen("starting\n"), 0);
 	while (!__atomic_load_n(&starting_stop, __ATOMIC_SEQ_CST)) {
 		struct pollfd pf = { .fd = starting_fd, .events = POLLIN };
 		if (poll(&pf, 1, 100) <= 0)
@@ -82,10 +82,11 @@ static void *starting_main(void *arg)
 			ssize_t n = recv(c, buf, sizeof buf, MSG_DONTWAIT);
 			(void)n;
 		}
-		ssize_t w = send(c, ans, sizeof ans - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t w = send(c, ans.p, ans.len, MSG_NOSIGNAL | MSG_DONTWAIT);
 		(void)w;
 		close(c);
 	}
+	sb_free(&ans);
 	return NULL;
 }
 
