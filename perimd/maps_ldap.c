@@ -342,7 +342,7 @@ int map_ldap_cf_parse(struct ldap_cf *cf, const char *path, const char *text, si
 	cf->version = 3;
 	cf->timeout_ms = 10000;
 	cf->tls_require_cert = 1;
-	cf->connection_limit = 4;
+	cf->connection_limit = 8;
 	cf->cache_ttl_ms = 60000;
 	cf->negative_cache_ttl_ms = 10000;
 	struct cf_raw raw = { 0 };
@@ -655,6 +655,11 @@ int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *va
 long long map_ldap_cache_ttl(const struct map_ldap *l, int result)
 {
 	return 0;
+}
+
+int map_ldap_workers(const struct map_ldap *l)
+{
+	return 1;
 }
 
 void map_ldap_free(struct map_ldap *l)
@@ -1126,6 +1131,12 @@ struct map_ldap *map_ldap_open(const char *path, char *err, size_t errlen)
 long long map_ldap_cache_ttl(const struct map_ldap *l, int result)
 {
 	return result > 0 ? l->cf.cache_ttl_ms : l->cf.negative_cache_ttl_ms;
+}
+
+/* map_ldap_workers - see maps_ldap.h. */
+int map_ldap_workers(const struct map_ldap *l)
+{
+	return (int)l->cf.connection_limit;
 }
 
 /* map_ldap_free - close the pools, free the settings. */

@@ -439,6 +439,121 @@ def test_loadtest_reports_ldap(tmp_path, slapd):
     assert len(ldap) == 2 and all(int(x[0]) > 0 and x[3] == "0" for x in ldap), out
 
 
+class SlowProxy:
+    """A TCP proxy in front of slapd that holds every request chunk `delay`
+    seconds before passing it on: a slow directory whose concurrency can be
+    counted. `max_busy` is the most requests held at once (one per LDAP
+    connection that has a search out), `max_conns` the most connections
+    open at once, `conns` the connections ever accepted."""
+
+    def __init__(self, target_port, delay):
+        import socket
+        self.delay, self.target = delay, target_port
+        self.lock = threading.Lock()
+        self.busy = self.max_busy = self.open = self.max_conns = self.conns = 0
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(256)
+        self.port = self.lsock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def uri(self):
+        return "ldap://127.0.0.1:%d" % self.port
+
+    def _count(self, attr, d):
+        with self.lock:
+            v = getattr(self, attr) + d
+            setattr(self, attr, v)
+            top = "max_busy" if attr == "busy" else "max_conns"
+            if d > 0 and v > getattr(self, top):
+                setattr(self, top, v)
+
+    def _accept(self):
+        import socket
+        while not self.stopped:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            s = socket.create_connection(("127.0.0.1", self.target), 5)
+            with self.lock:
+                self.conns += 1
+            self._count("open", 1)
+            threading.Thread(target=self._pump, args=(c, s, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(s, c, False), daemon=True).start()
+
+    def _pump(self, src, dst, slow):
+        try:
+            while True:
+                b = src.recv(65536)
+                if not b:
+                    break
+                if slow:
+                    self._count("busy", 1)
+                    time.sleep(self.delay)
+                    self._count("busy", -1)
+                dst.sendall(b)
+        except OSError:
+            pass
+        finally:
+            for x in (src, dst):
+                try:
+                    x.shutdown(2)
+                except OSError:
+                    pass
+            if slow:
+                self._count("open", -1)
+
+    def stop(self):
+        self.stopped = True
+        self.lsock.close()
+
+
+def test_ldap_lookups_run_concurrently(tmp_path, perimd_factory, sink, slapd):
+    # A slow directory (every request held 0.25 s by SlowProxy) under
+    # smtp-source load, 16 sessions: the lookups of one map run
+    # connection_limit at a time over that many persistent connections
+    # (not capped by the shared worker threads), the bound holds, and the
+    # event loops stay free (a session that needs no lookup answers fast).
+    proxy = SlowProxy(slapd.port, 0.25)
+    try:
+        cf = write_cf(tmp_path / "ldap-wide.cf", cf_text(proxy.uri, connection_limit="8"))
+        p = perimd_factory(relay_backends="127.0.0.1:%d" % sink.port,
+                           relay_recipient_maps="ldap:" + cf)
+        out = {}
+
+        def load():
+            t0 = time.monotonic()
+            out["rc"] = smtp_source("-s", "16", "-m", "64", "-f", "load@client.test",
+                                    "-t", "u1@example.com", "127.0.0.1:%d" % p.port)
+            out["t"] = time.monotonic() - t0
+        th = threading.Thread(target=load)
+        th.start()
+        assert wait_for(lambda: proxy.busy >= 4, 20)
+        t0 = time.monotonic()
+        assert rcpts(p.port, ["postmaster@example.com"])[0][0] == 250
+        quick = time.monotonic() - t0
+        th.join(120)
+        assert out["rc"][0] == 0, out
+        assert sink.wait_count(64, 30)
+        m = metrics(p)
+    finally:
+        proxy.stop()
+    print("64 lookups at 0.25 s: %.2f s, most at once %d, connections %d (max open %d), "
+          "an EHLO..RCPT postmaster meanwhile %.3f s" % (out["t"], proxy.max_busy, proxy.conns,
+                                                          proxy.max_conns, quick))
+    assert proxy.max_busy == 8, proxy.max_busy          # as wide as connection_limit
+    assert proxy.max_conns <= 8 and proxy.conns <= 8, (proxy.max_conns, proxy.conns)
+    assert m['perimd_ldap_connections{server="%s"}' % proxy.uri] == 8, m
+    assert m['perimd_ldap_lookups_total{result="found"}'] >= 64, m
+    # 64 searches at 0.25 s: 16 s one at a time, 8 s two at a time (the
+    # old shared workers), 2 s eight at a time.
+    assert out["t"] < 6, out["t"]
+    assert quick < 1.0, quick
+
+
 # ---- TLS -------------------------------------------------------------------------
 
 
