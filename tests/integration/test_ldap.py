@@ -60,6 +60,14 @@ def user(uid, mail, proxies=()):
     return "\n".join(lines) + "\n"
 
 
+def domain_entry(domain, how):
+    """A mail domain of the site (cosine's associatedDomain), for
+    relay_domains and transport_maps; description says how it is routed."""
+    return ("dn: cn=%s,ou=domains,%s\nobjectClass: applicationProcess\n"
+            "objectClass: domainRelatedObject\ncn: %s\nassociatedDomain: %s\n"
+            "description: %s\n" % (domain, SUFFIX, domain, domain, how))
+
+
 ENTRIES = "\n".join([
     "dn: %s\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n"
     % SUFFIX,
@@ -70,6 +78,9 @@ ENTRIES = "\n".join([
          ["SMTP:Alice.Smith@example.com", "smtp:alice@example.com", "smtp:al@example.com",
           "X500:/o=Example/ou=Exchange/cn=alice"]),
     user("bob", "bob@example.com", ["SMTP:bob@example.com", "sip:bob@example.com"]),
+    "dn: ou=domains,%s\nobjectClass: organizationalUnit\nou: domains\n" % SUFFIX,
+    domain_entry("example.com", "routed"),
+    domain_entry("example.net", "plain"),
 ] + [user("u%d" % i, "u%d@example.com" % i, ["SMTP:u%d@example.com" % i])
      for i in range(20)])
 
@@ -437,6 +448,39 @@ def test_loadtest_reports_ldap(tmp_path, slapd):
     assert all(s[1] == "20" and s[2] == "0" for s in steps), out
     ldap = re.findall(r"^  ldap: (\d+) searches/s, p50 (\S+), p99 (\S+), (\d+) errors$", out, re.M)
     assert len(ldap) == 2 and all(int(x[0]) > 0 and x[3] == "0" for x in ldap), out
+
+
+def test_ldap_relay_domains_and_transport_maps(tmp_path, perimd_factory, sink_factory, slapd):
+    # relay_domains and transport_maps as ldap: maps (asynchronous lookups
+    # before the verdict chain): a domain in the directory is ours, one
+    # marked "routed" goes to its own backend, others to relay_backends;
+    # a domain not there is relaying (550); a directory down is 451.
+    main_sink, routed_sink = sink_factory(), sink_factory()
+    dom = dict(search_base="ou=domains," + SUFFIX, result_attribute="associatedDomain")
+    rd = write_cf(tmp_path / "ldap-domains.cf", cf_text(
+        slapd.uri, query_filter="(&(objectClass=domainRelatedObject)(associatedDomain=%s))",
+        **dom))
+    tr = write_cf(tmp_path / "ldap-transport.cf", cf_text(
+        slapd.uri, query_filter="(&(associatedDomain=%s)(description=routed))",
+        result_format="127.0.0.1:%d" % routed_sink.port, **dom))
+    p = perimd_factory(relay_backends="127.0.0.1:%d" % main_sink.port,
+                       relay_domains="ldap:" + rd, transport_maps="ldap:" + tr)
+    r = rcpts(p.port, ["a@example.com", "b@Example.COM", "c@example.net",
+                       "d@nowhere.test", "e@sub.example.com"])
+    # c@example.net: ours, but the transaction already goes to the routed
+    # backend (one backend list per transaction).
+    assert [x[0] for x in r] == [250, 250, 452, 550, 550], r
+    assert r[3][1] == "5.7.1 <d@nowhere.test>: relay access denied", r
+    assert send(p.port, "x@example.com", "ldap-routed") == (250, 250)
+    assert send(p.port, "y@example.net", "ldap-plain") == (250, 250)
+    assert routed_sink.wait_count(1) and main_sink.wait_count(1)
+    assert b"ldap-routed" in routed_sink.messages()[0]
+    assert b"ldap-plain" in main_sink.messages()[0]
+    assert metrics(p)['perimd_ldap_lookups_total{result="found"}'] >= 6
+    slapd.stop()
+    r = rcpts(p.port, ["a@example.com", "postmaster"])
+    assert [x[0] for x in r] == [451, 250], r
+    assert r[0][1] == "4.3.0 <a@example.com>: temporary lookup failure", r
 
 
 class SlowProxy:
