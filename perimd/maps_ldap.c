@@ -729,6 +729,7 @@ static void count_conn(const char *uri, int delta)
 	}
 	c->n += delta;
 	stats_family_set("perimd_ldap_connections", "server", uri, c->n);
+	stats_add(ST_ldap_conns, delta);
 	pthread_mutex_unlock(&count_mu);
 }
 

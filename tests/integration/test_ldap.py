@@ -230,6 +230,20 @@ def metrics(p):
     return out
 
 
+def page(p, path):
+    port = int(p.params["stats_listen"].rsplit(":", 1)[1])
+    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as r:
+        return r.read().decode()
+
+
+def series(p, graph, name):
+    """The plotted values of one series of /graph/GRAPH-hour.svg."""
+    svg = page(p, "/graph/%s-hour.svg" % graph)
+    m = re.search(r'data-series="%s" data-values="([^"]*)"' % name, svg)
+    assert m, svg[:2000]
+    return [float(x) for x in m.group(1).split()]
+
+
 def test_ldap_recipients(tmp_path, perimd_factory, sink, slapd):
     cf = write_cf(tmp_path / "ldap-rcpt.cf", cf_text(slapd.uri))
     p = perimd_factory(relay_backends="127.0.0.1:%d" % sink.port,
@@ -579,6 +593,9 @@ def test_ldap_lookups_run_concurrently(tmp_path, perimd_factory, sink, slapd):
         t0 = time.monotonic()
         assert rcpts(p.port, ["postmaster@example.com"])[0][0] == 250
         quick = time.monotonic() - t0
+        # The graphs of the status page move under the load.
+        assert wait_for(lambda: sum(series(p, "ldap", "ldap_lookups")) >= 8, 20)
+        during = sum(series(p, "ldap", "ldap_lookups"))
         th.join(120)
         assert out["rc"][0] == 0, out
         assert sink.wait_count(64, 30)
@@ -596,6 +613,11 @@ def test_ldap_lookups_run_concurrently(tmp_path, perimd_factory, sink, slapd):
     # old shared workers), 2 s eight at a time.
     assert out["t"] < 6, out["t"]
     assert quick < 1.0, quick
+    after = series(p, "ldap", "ldap_lookups")
+    assert sum(after) > during and sum(after) >= 64, (during, after[-3:])
+    assert max(series(p, "ldapconn", "ldap_connections")) == 8
+    home = page(p, "/")
+    assert 'data-graph="ldap-day"' in home and 'data-graph="ldapconn-week"' in home
 
 
 # ---- TLS -------------------------------------------------------------------------
