@@ -10,6 +10,8 @@
 #                         greylisting (all passed) and ClamAV (test signatures) off and on
 #   ./build.sh bench peers-av   direct, Postfix, Postfix + clamav-milter + clamd, perimd
 #                         plain, with libclamav and with the same clamd (test signatures)
+#   ./build.sh bench ldap   relay_recipient_maps over LDAP: Postfix proxy:ldap: vs perimd ldap:,
+#                         same slapd, 100 sessions, a recipient of its own per message
 #   ./build.sh bench latency   client-side latency (final dot -> reply, p50/p99) and
 #                         messages/s of direct, Postfix, Haraka and perimd (tests/bench_latency.py)
 #   ./build.sh static     fully static musl binary from Debian sources (vendor/):
@@ -47,6 +49,8 @@ DEPS+=(systemd util-linux docker-compose python3-yaml prometheus fail2ban libnet
 DEPS+=(clang-format cppcheck)
 # tests/run.sh: a per-test time bound (pytest --timeout).
 DEPS+=(python3-pytest-timeout)
+# tests/bench.sh ldap: the peer, Postfix with proxy:ldap: (slapd is above).
+DEPS+=(postfix-ldap)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {
