@@ -1142,6 +1142,7 @@ ldap_slapd() {
 		echo "rootdn \"cn=admin,dc=bench,dc=test\""
 		echo "directory $d/db"
 		echo "maxsize 1073741824"
+		echo "index objectClass eq"
 		echo "index mail eq"
 		echo "access to * by * read"
 	} >"$d/slapd.conf"
