@@ -685,3 +685,13 @@ def test_ldaps_and_start_tls(tmp_path, perimd_factory):
         assert [x[0] for x in r] == [250, 550], r
     finally:
         s.stop()
+
+
+def test_version_lists_ldap():
+    # perimd -V: the ldap feature and the libldap it was built with.
+    out = subprocess.run([PERIMD_BIN, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         timeout=30).stdout.decode()
+    features = re.search(r"^features: (.*)$", out, re.M).group(1).split()
+    assert "ldap" in features, out
+    assert re.search(r"^libldap 2\.\d+\.\d+ \(OpenLDAP; ldap: maps, ldaps:// and StartTLS\)$", out,
+                     re.M), out
