@@ -37,6 +37,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/time.h> /* struct timeval (musl) */
 #include <time.h>
 
 #ifndef PERIMD_NO_LDAP
@@ -630,7 +631,7 @@ int map_ldap_key_eligible(const struct ldap_cf *cf, const char *key)
 
 #ifdef PERIMD_NO_LDAP
 
-/* Without libldap (the static build): the parser stays (and is fuzzed),
+/* Without libldap (make NO_LDAP=1): the parser stays (and is fuzzed),
  * an ldap: map is refused when it is opened, at -t as at start-up. */
 struct map_ldap {
 	int unused;
