@@ -11,6 +11,8 @@
 #include "grey.h"
 #include "log.h"
 #include "maps.h"
+#include "net.h"
+#include "psvc.h"
 #include "relay.h"
 #include "rules.h"
 #include "verify.h"
@@ -49,6 +51,10 @@ static void policy_free(struct policy *p)
 		grey_policy_free(p->grey);
 		free(p->grey);
 	}
+	if (p->psvc) {
+		psvc_conf_free(p->psvc);
+		free(p->psvc);
+	}
 	rules_free(p);
 	conf_release(p->conf);
 	free(p);
@@ -85,6 +91,11 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 		goto fail;
 	if (dnscheck_conf_check(c, err, errlen) < 0)
 		goto fail;
+	if (policy_shadow_load(p, c, err, errlen) < 0)
+		goto fail;
+	p->psvc = xcalloc(1, sizeof *p->psvc);
+	if (psvc_load(c, p->psvc, err, errlen) < 0)
+		goto fail;
 	p->grey = xcalloc(1, sizeof *p->grey);
 	if (grey_policy_load(c, p->grey, err, errlen) < 0)
 		goto fail;
@@ -92,6 +103,20 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 		if (relay_target_valid(c->relay_backends.v[i], &why) < 0) {
 			snprintf(err, errlen, "relay_backends: %s: %s", c->relay_backends.v[i], why);
 			goto fail;
+		}
+	}
+	/* An address or CIDR network matches its own address. */
+	const struct conf_list *hosts[] = { &c->relay_xforward_hosts, &c->relay_xclient_hosts };
+	for (int k = 0; k < 2; k++) {
+		for (int i = 0; i < hosts[k]->n; i++) {
+			char a[64];
+			const char *h = hosts[k]->v[i];
+			snprintf(a, sizeof a, "%.*s", (int)strcspn(h, "/"), h);
+			if (!net_addr_match(a, h)) {
+				snprintf(err, errlen, "%s: %s: not an address or CIDR network",
+					 k ? "relay_xclient_hosts" : "relay_xforward_hosts", h);
+				goto fail;
+			}
 		}
 	}
 	return p;
@@ -162,6 +187,22 @@ int policy_relay_domain(const struct policy *p, const char *domain)
 		int r = map_lookup_domain(p->relay_maps[i], domain, &v);
 		if (r != 0)
 			return r;
+	}
+	return 0;
+}
+
+/* policy_route - transport_maps value or the default backends (a
+ * synchronous map; an asynchronous one answers -1). */
+int policy_route(const struct policy *p, const char *domain, const char **route)
+{
+	*route = NULL;
+	if (p->transport && *domain) {
+		const char *v;
+		int r = map_lookup_domain(p->transport, domain, &v);
+		if (r < 0)
+			return -1;
+		if (r > 0)
+			*route = v;
 	}
 	return 0;
 }
@@ -306,9 +347,41 @@ static const struct policy_step_def {
 	{ "client_dns", dnscheck_step_client },
 	{ "sender_domain", dnscheck_step_sender },
 	{ "dnsbl", dnscheck_step_dnsbl },
-	{ "greylist", grey_step }, /* last: only what all else accepts */
+	{ "policy_services", psvc_step }, /* smtpd_policy_services */
+	{ "greylist", grey_step },        /* last: only what all else accepts */
 };
 #define NSTEPS ((int)(sizeof policy_steps / sizeof policy_steps[0]))
+
+/* The shadow check a step's refusal belongs to: by the step, and where a
+ * step holds two checks by the verdict's rule (NULL: any). The delayed
+ * step (access maps, HELO) asks policy_shadow() itself, per verdict. */
+static const struct {
+	const char *step, *rule, *check;
+} shadow_of[] = {
+	{ "dnsbl", NULL, "dnsbl" },
+	{ "greylist", NULL, "greylist" },
+	{ "client_dns", NULL, "client_hostname" },
+	{ "sender_domain", NULL, "sender_domain" },
+	{ "policy_services", NULL, "policy_services" },
+	{ "recipient", "recipient_unknown", "recipient_maps" },
+	{ "recipient", "tempfail_lookup", "recipient_maps" },
+	{ "recipient", "verify_callout", "recipient_verify" },
+	{ "recipient", "tempfail_verify", "recipient_verify" },
+};
+
+/* chain_shadowed - the step just run refused (v): 1 when its check is in
+ * shadow_checks (logged and counted: the chain goes on). */
+static int chain_shadowed(struct policy_req *r, const struct policy_verdict *v)
+{
+	if (!r->env->pol->shadow || !v->code || r->step < 1)
+		return 0;
+	const char *step = policy_steps[r->step - 1].name;
+	for (size_t i = 0; i < sizeof shadow_of / sizeof shadow_of[0]; i++)
+		if (!strcmp(shadow_of[i].step, step) &&
+		    (!shadow_of[i].rule || (v->rule && !strcmp(shadow_of[i].rule, v->rule))))
+			return policy_shadow(r, shadow_of[i].check, v);
+	return 0;
+}
 
 /* chain_run - run steps from r->step on; 1 = decided (v final), 0 = async. */
 static int chain_run(struct policy_req *r, struct policy_verdict *v)
@@ -316,6 +389,8 @@ static int chain_run(struct policy_req *r, struct policy_verdict *v)
 	while (r->step < NSTEPS) {
 		enum policy_step st = policy_steps[r->step].run(r, v);
 		r->step++;
+		if (st == STEP_DECIDED && chain_shadowed(r, v))
+			continue;
 		if (st == STEP_DECIDED)
 			return 1;
 		if (st == STEP_ASYNC) {
@@ -338,6 +413,7 @@ int policy_rcpt(const struct policy_env *env, struct policy_verdict *v, policy_d
 	r->done = done;
 	r->arg = arg;
 	r->resume = chain_run;
+	r->shadowed = chain_shadowed;
 	v->code = 0;
 	v->reply[0] = 0;
 	v->rule = "accept";

@@ -28,6 +28,15 @@ void policy_release(struct policy *p);
  * match subdomains. */
 int policy_relay_domain(const struct policy *p, const char *domain);
 
+/* policy_route - backend list text for a recipient domain: the
+ * transport_maps value, or NULL for the relay_backends default. *route
+ * stays valid while p lives. Returns 0, or -1 on lookup failure.
+ * policy_relay_domain and policy_route answer at once, so with an
+ * asynchronous relay_domains or transport_maps map (sqlite:, mysql:,
+ * ldap:) they answer -1: RCPT uses policy_domain; a recipient a milter
+ * adds is still checked with these two. */
+int policy_route(const struct policy *p, const char *domain, const char **route);
+
 /* policy_domain - relay control and routing for a recipient domain, with
  * maps of any type (relay_domains and transport_maps may be sqlite:,
  * mysql: or ldap: maps): res->relay as policy_relay_domain, and for a

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "net.h"
 #include "policy.h"
+#include "psvc.h"
 #include "smtp_proto.h"
 
 #include <errno.h>
@@ -34,6 +35,7 @@ struct pconn {
 	struct conn *conn;
 	struct policy *pol; /* held while a decision runs */
 	struct grey_op *op;
+	int shadow; /* greylist is in shadow_checks for this request */
 	char rcpt[512];
 };
 
@@ -59,52 +61,35 @@ static int set_attr(char *dst, size_t dlen, const char *v, size_t vl)
 /* policyd_parse - see policyd.h. */
 int policyd_parse(const char *buf, size_t len, struct policyd_req *req, size_t *used)
 {
+	static const struct {
+		const char *name;
+		size_t off, size;
+	} attrs[] = {
+		{ "request", offsetof(struct policyd_req, request), sizeof req->request },
+		{ "protocol_state", offsetof(struct policyd_req, protocol_state), sizeof req->protocol_state },
+		{ "client_address", offsetof(struct policyd_req, client_address), sizeof req->client_address },
+		{ "client_name", offsetof(struct policyd_req, client_name), sizeof req->client_name },
+		{ "sender", offsetof(struct policyd_req, sender), sizeof req->sender },
+		{ "recipient", offsetof(struct policyd_req, recipient), sizeof req->recipient },
+	};
 	memset(req, 0, sizeof *req);
-	size_t pos = 0;
-	for (;;) {
-		const char *nl = memchr(buf + pos, '\n', len - pos);
-		if (!nl)
-			return len > POLICYD_MAX_REQUEST ? PARSE_TOO_LONG : PARSE_AGAIN;
-		size_t end = (size_t)(nl - buf);
-		if (end + 1 > POLICYD_MAX_REQUEST)
-			return PARSE_TOO_LONG;
-		size_t ll = end - pos;
-		if (ll && buf[end - 1] == '\r')
-			ll--;
-		const char *line = buf + pos;
-		pos = end + 1;
-		if (ll == 0) {
+	size_t pos = 0, kl, vl;
+	const char *k, *v;
+	int rc;
+	while ((rc = psvc_attr_next(buf, len, &pos, POLICYD_MAX_REQUEST, &k, &kl, &v, &vl)) == PARSE_OK) {
+		if (kl == 0) { /* the empty line */
 			*used = pos;
 			return PARSE_OK;
 		}
-		if (memchr(line, 0, ll))
-			return PARSE_BAD;
-		const char *eq = memchr(line, '=', ll);
-		if (!eq || eq == line)
-			return PARSE_BAD;
-		size_t kl = (size_t)(eq - line), vl = ll - kl - 1;
-		const char *v = eq + 1;
-		static const struct {
-			const char *name;
-			size_t off, size;
-		} attrs[] = {
-			{ "request", offsetof(struct policyd_req, request), sizeof req->request },
-			{ "protocol_state", offsetof(struct policyd_req, protocol_state),
-			  sizeof req->protocol_state },
-			{ "client_address", offsetof(struct policyd_req, client_address),
-			  sizeof req->client_address },
-			{ "client_name", offsetof(struct policyd_req, client_name), sizeof req->client_name },
-			{ "sender", offsetof(struct policyd_req, sender), sizeof req->sender },
-			{ "recipient", offsetof(struct policyd_req, recipient), sizeof req->recipient },
-		};
 		for (size_t i = 0; i < sizeof attrs / sizeof attrs[0]; i++) {
-			if (strlen(attrs[i].name) == kl && !memcmp(attrs[i].name, line, kl)) {
+			if (strlen(attrs[i].name) == kl && !memcmp(attrs[i].name, k, kl)) {
 				if (set_attr((char *)req + attrs[i].off, attrs[i].size, v, vl) < 0)
 					return PARSE_BAD;
 				break;
 			}
 		}
 	}
+	return rc;
 }
 
 /* policyd_action - the action for a greylisting result. */
@@ -154,9 +139,17 @@ static void pc_free(struct pconn *pc)
 	free(pc);
 }
 
-/* pc_answer - send one answer and read the next request. */
+/* pc_answer - send one answer and read the next request. With greylist
+ * in shadow_checks a deferral is only logged and counted: DUNNO. */
 static void pc_answer(struct pconn *pc, const char *action)
 {
+	if (pc->shadow && !strncmp(action, "action=DEFER_IF_PERMIT ", 23)) {
+		policy_shadow_count("greylist");
+		log_info("policy client %s: shadow: greylist would refuse <%s>: %s", conn_peer(pc->conn),
+			 pc->rcpt, action + 23);
+		action = "action=DUNNO";
+	}
+	pc->shadow = 0;
 	conn_printf(pc->conn, "%s\n\n", action);
 	conn_read_enable(pc->conn, 1);
 }
@@ -184,6 +177,7 @@ static void pc_request(struct pconn *pc, const struct policyd_req *req)
 	struct policy *pol = policy_acquire();
 	struct grey_result res;
 	snprintf(pc->rcpt, sizeof pc->rcpt, "%s", req->recipient);
+	pc->shadow = policy_shadow_on(pol, "greylist");
 	const char *name = req->client_name[0] && strcmp(req->client_name, "unknown") ? req->client_name : NULL;
 	conn_read_enable(pc->conn, 0);
 	if (grey_decide(pd_lis->loop, pol, req->client_address, name, req->sender, req->recipient, &res,

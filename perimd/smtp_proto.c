@@ -773,42 +773,89 @@ size_t smtp_dot_stuff(const char *in, size_t len, int *at_line_start, char *out)
 	return o;
 }
 
+/* fold_byte - smtp_dot_stuff_fold() for one byte c (at most 5 out). */
+static size_t fold_byte(char c, struct smtp_stuff *st, size_t limit, char *out)
+{
+	size_t o = 0;
+
+	if (c == '\n') {
+		out[o++] = c;
+		st->at_line_start = 1;
+		st->folded = 0;
+		st->col = 0;
+		return o;
+	}
+	if (c == '\r') {
+		out[o++] = c;
+		return o;
+	}
+	if (limit && st->col >= limit && !(st->folded && st->col == 1)) {
+		out[o++] = '\r';
+		out[o++] = '\n';
+		out[o++] = ' ';
+		st->folded = 1;
+		st->col = 1;
+	}
+	if (st->at_line_start && c == '.')
+		out[o++] = '.'; /* not counted, RFC 5321 §4.5.3.1.6 */
+	st->at_line_start = 0;
+	out[o++] = c;
+	st->col++;
+	return o;
+}
+
+/* fold_span - the fast path: the n bytes at in up to and including the
+ * next LF (or the end), copied whole when no fold falls inside them and
+ * they fit in out; returns the bytes written, or 0 (nothing consumed) to
+ * go byte by byte. */
+static size_t fold_span(const char *in, size_t n, struct smtp_stuff *st, size_t limit, char *out, size_t room)
+{
+	size_t m = n, o = 0;
+	int lf = in[n - 1] == '\n';
+
+	for (const char *cr = in; (cr = memchr(cr, '\r', (size_t)(in + n - cr))); cr++)
+		m--; /* octets that count toward the line (and the LF) */
+	if ((limit && st->col + m - lf > limit) || n + 1 + 5 > room || (st->at_line_start && in[0] == '\r'))
+		return 0;
+	if (st->at_line_start && in[0] == '.')
+		out[o++] = '.'; /* not counted, RFC 5321 §4.5.3.1.6 */
+	memcpy(out + o, in, n);
+	o += n;
+	if (lf) {
+		st->at_line_start = 1;
+		st->folded = 0;
+		st->col = 0;
+	} else if (m) {
+		st->at_line_start = 0;
+		st->col += m;
+	}
+	return o;
+}
+
 /* smtp_dot_stuff_fold - dot-stuffing and line folding, see smtp_proto.h.
  * Postfix's smtp_line_length_limit (default 998, RFC 5321 §4.5.3.1.6 and
  * RFC 5322 §2.1.1) breaks a long line by inserting CR LF SP, which keeps a
  * header line a folded header (RFC 5322 §2.2.3) and does the least damage
- * to a body line; the same is done here, header and body alike. */
+ * to a body line; the same is done here, header and body alike. A line
+ * that needs no fold is copied whole (fold_span, memchr and memcpy, as
+ * smtp_dot_stuff); the rest goes byte by byte (fold_byte): the output is
+ * the same. */
 size_t smtp_dot_stuff_fold(const char *in, size_t len, size_t *used, struct smtp_stuff *st, size_t limit,
 			   char *out, size_t outcap)
 {
 	size_t o = 0, i = 0;
 
 	while (i < len && outcap - o >= 5) {
-		char c = in[i++];
+		const char *nl = memchr(in + i, '\n', len - i);
+		size_t n = nl ? (size_t)(nl - in) + 1 - i : len - i, w;
 
-		if (c == '\n') {
-			out[o++] = c;
-			st->at_line_start = 1;
-			st->folded = 0;
-			st->col = 0;
+		if ((w = fold_span(in + i, n, st, limit, out + o, outcap - o))) {
+			o += w;
+			i += n;
 			continue;
 		}
-		if (c == '\r') {
-			out[o++] = c;
-			continue;
-		}
-		if (limit && st->col >= limit && !(st->folded && st->col == 1)) {
-			out[o++] = '\r';
-			out[o++] = '\n';
-			out[o++] = ' ';
-			st->folded = 1;
-			st->col = 1;
-		}
-		if (st->at_line_start && c == '.')
-			out[o++] = '.'; /* not counted, RFC 5321 §4.5.3.1.6 */
-		st->at_line_start = 0;
-		out[o++] = c;
-		st->col++;
+		for (size_t end = i + n; i < end && outcap - o >= 5;)
+			o += fold_byte(in[i++], st, limit, out + o);
 	}
 	*used = i;
 	return o;
@@ -817,7 +864,7 @@ size_t smtp_dot_stuff_fold(const char *in, size_t len, size_t *used, struct smtp
 /* ---- replies ------------------------------------------------------------ */
 
 
-static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size);
+static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size, unsigned *xf, unsigned *xc);
 
 /* smtp_reply_init - an empty reply */
 void smtp_reply_init(struct smtp_reply *r)
@@ -938,7 +985,7 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf, size_t 
 		}
 		reply_text_add(r, line + 4 + k, tlen - k);
 		if (r->nlines > 1)
-			r->caps |= ehlo_line_caps(line + 4 + k, tlen - k, &r->size);
+			r->caps |= ehlo_line_caps(line + 4 + k, tlen - k, &r->size, &r->xforward, &r->xclient);
 		pos = (size_t)(lf - buf) + 1;
 		if (last) {
 			*consumed = pos;
@@ -949,8 +996,9 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf, size_t 
 
 /* ehlo_line_caps - the capability flag of one ehlo-line t[0..n) (RFC 5321
  * §4.1.1.1: an ehlo-keyword and its parameters; keywords are
- * case-insensitive); a valid SIZE value goes to *size. */
-static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size)
+ * case-insensitive); a valid SIZE value goes to *size, XFORWARD's
+ * attributes to *xf, XCLIENT's to *xc. */
+static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size, unsigned *xf, unsigned *xc)
 {
 	static const struct {
 		const char *name;
@@ -964,6 +1012,8 @@ static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size)
 		{ "STARTTLS", SMTP_CAP_STARTTLS },                       /* RFC 3207 */
 		{ "ENHANCEDSTATUSCODES", SMTP_CAP_ENHANCEDSTATUSCODES }, /* 2034 */
 		{ "CHUNKING", SMTP_CAP_CHUNKING },                       /* RFC 3030 */
+		{ "XFORWARD", SMTP_CAP_XFORWARD },                       /* Postfix */
+		{ "XCLIENT", SMTP_CAP_XCLIENT },                         /* Postfix */
 	};
 	size_t kw = 0;
 
@@ -982,6 +1032,10 @@ static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size)
 			if (d > kw + 1 && (d == n || t[d] == ' '))
 				*size = v;
 		}
+		if (caps[i].flag == SMTP_CAP_XFORWARD && kw < n)
+			*xf |= smtp_xforward_attrs(t + kw + 1, n - kw - 1);
+		if (caps[i].flag == SMTP_CAP_XCLIENT && kw < n)
+			*xc |= smtp_xforward_attrs(t + kw + 1, n - kw - 1);
 		return caps[i].flag;
 	}
 	return 0;
@@ -1002,12 +1056,124 @@ unsigned smtp_ehlo_caps(const struct smtp_reply *r, uint64_t *size)
 unsigned smtp_ehlo_caps_text(const char *text, uint64_t *size)
 {
 	const char *t = text, *nl;
-	unsigned flags = 0;
+	unsigned flags = 0, xf = 0, xc = 0;
 
 	*size = 0;
 	while ((nl = strchr(t, '\n')) != NULL) {
 		t = nl + 1;
-		flags |= ehlo_line_caps(t, strcspn(t, "\n"), size);
+		flags |= ehlo_line_caps(t, strcspn(t, "\n"), size, &xf, &xc);
 	}
 	return flags;
+}
+
+/* ---- XFORWARD ----------------------------------------------------------- */
+
+static const char *const xf_names[SMTP_XF_COUNT] = { "NAME", "ADDR",  "PORT",  "PROTO",
+						     "HELO", "IDENT", "SOURCE" };
+
+/* smtp_xforward_attrs - the attributes listed after the XFORWARD keyword. */
+unsigned smtp_xforward_attrs(const char *params, size_t n)
+{
+	unsigned mask = 0;
+	size_t i = 0;
+
+	while (i < n) {
+		size_t w;
+
+		while (i < n && params[i] == ' ')
+			i++;
+		for (w = 0; i + w < n && params[i + w] != ' ';)
+			w++;
+		for (int a = 0; a < SMTP_XF_COUNT && w; a++)
+			if (strlen(xf_names[a]) == w && mem_ieq(params + i, xf_names[a], w))
+				mask |= SMTP_XF_BIT(a);
+		i += w;
+	}
+	return mask;
+}
+
+/* xf_encode - one attribute's value, neutered and xtext-encoded, into
+ * out[0..SMTP_XFORWARD_VALUE_MAX]; "[UNAVAILABLE]" for NULL or too long.
+ * Returns its length. */
+static size_t xf_encode(const char *v, char *out)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = 0;
+
+	for (; v && *v; v++) {
+		unsigned char c = (unsigned char)*v;
+
+		/* XFORWARD_README note 1: nothing special in a header. */
+		if (c <= ' ' || c >= 127 || strchr("<>()\\\";@", c))
+			c = '?';
+		if (n + 3 > SMTP_XFORWARD_VALUE_MAX) {
+			v = NULL;
+			break;
+		}
+		if (c == '+' || c == '=') {
+			out[n++] = '+';
+			out[n++] = hex[c >> 4];
+			out[n++] = hex[c & 15];
+		} else {
+			out[n++] = (char)c;
+		}
+	}
+	if (!v || n == 0) {
+		memcpy(out, "[UNAVAILABLE]", 14);
+		return 13;
+	}
+	out[n] = '\0';
+	return n;
+}
+
+/* smtp_xforward_format - the verb's commands for the offered attributes. */
+int smtp_xforward_format(const char *verb, const char *const val[SMTP_XF_COUNT], unsigned offered, char *out,
+			 size_t outlen)
+{
+	size_t vlen = strlen(verb);
+
+	char enc[SMTP_XFORWARD_VALUE_MAX + 1];
+	size_t pos = 0, line = 0; /* start of the command being built */
+	int ncmd = 0;
+
+	if (outlen < 1)
+		return -1;
+	out[0] = '\0';
+	for (int a = 0; a < SMTP_XF_COUNT; a++) {
+		if (!(offered & SMTP_XF_BIT(a)))
+			continue;
+		size_t vl = xf_encode(val[a], enc);
+		size_t need = 1 + strlen(xf_names[a]) + 1 + vl; /* " NAME=value" */
+
+		/* the verb, the attributes and CRLF within the command limit */
+		if (ncmd == 0 || (pos - line) + need + 2 > SMTP_XFORWARD_LINE_MAX) {
+			if (ncmd > 0) {
+				if (pos + 2 >= outlen)
+					return -1;
+				memcpy(out + pos, "\r\n", 2);
+				pos += 2;
+			}
+			if (pos + vlen >= outlen)
+				return -1;
+			line = pos;
+			memcpy(out + pos, verb, vlen);
+			pos += vlen;
+			ncmd++;
+		}
+		if (pos + need >= outlen)
+			return -1;
+		out[pos++] = ' ';
+		memcpy(out + pos, xf_names[a], strlen(xf_names[a]));
+		pos += strlen(xf_names[a]);
+		out[pos++] = '=';
+		memcpy(out + pos, enc, vl);
+		pos += vl;
+		out[pos] = '\0';
+	}
+	if (ncmd > 0) {
+		if (pos + 2 >= outlen)
+			return -1;
+		memcpy(out + pos, "\r\n", 3);
+	}
+	return ncmd;
 }

@@ -257,7 +257,7 @@ static void helo_ehlo(struct session *s, enum smtp_verb v, char *arg)
  * is "may" and a certificate and key are loaded. */
 static int starttls_offered(struct session *s)
 {
-	return !strcmp(s->cf->smtpd_tls_security_level, "may") && tls_server_available();
+	return s->cf->smtpd_tls_security_level_e == SMTPD_TLS_MAY && tls_server_available();
 }
 
 /* tls_done - the handshake after STARTTLS ended. */
@@ -384,7 +384,7 @@ static const struct smtpd_cmd smtpd_cmds[SMTP_VERB_COUNT] = {
 	[SMTP_EHLO] = { "EHLO", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, { 0 }, NULL, cmd_ehlo },
 	[SMTP_MAIL] = { "MAIL",
 			PH_BIT(PH_CONNECTED) | PH_BIT(PH_GREETED),
-			CMD_F_HELO_REQ,
+			CMD_F_HELO_REQ | CMD_F_PAUSES, /* milters (milter.h) answer asynchronously */
 			NULL,
 			{ [PH_CONNECTED] = R_HELO_FIRST,
 			  [PH_TLS_STARTED] = R_HELO_FIRST,
@@ -512,7 +512,8 @@ static void command(struct session *s, char *line, size_t len)
 	}
 	char *arg = (char *)args;
 	arg[alen] = 0;
-	if (v == SMTP_UNKNOWN && s->cf->smtpd_upstream_proxy_protocol[0] && !strncmp(line, "PROXY ", 6)) {
+	if (v == SMTP_UNKNOWN && s->cf->smtpd_upstream_proxy_protocol_e == UPSTREAM_PROXY_HAPROXY &&
+	    !strncmp(line, "PROXY ", 6)) {
 		log_warn("%s: PROXY header from [%s], which is not in smtpd_upstream_proxy_clients; "
 			 "disconnecting",
 			 s->id, s->addr);
@@ -854,6 +855,9 @@ static void proxy_input(struct session *s)
 	} else {
 		log_info("%s: PROXY v%d from [%s]: client [%s]:%d", s->id, h.version, s->addr, h.src, h.sport);
 		snprintf(s->addr, sizeof s->addr, "%s", h.src);
+		s->port = h.sport;
+		snprintf(s->srv_addr, sizeof s->srv_addr, "%s", h.dst);
+		s->srv_port = h.dport;
 	}
 	session_greet(s);
 	/* What followed the header in the same read is the client's. */
@@ -864,7 +868,7 @@ static void proxy_input(struct session *s)
 /* proxy_expected - does this peer have to start with a PROXY header? */
 static int proxy_expected(const struct conf *cf, const char *peer)
 {
-	if (!cf->smtpd_upstream_proxy_protocol[0])
+	if (cf->smtpd_upstream_proxy_protocol_e == UPSTREAM_PROXY_NONE)
 		return 0;
 	for (int i = 0; i < cf->smtpd_upstream_proxy_clients.n; i++)
 		if (net_addr_match(peer, cf->smtpd_upstream_proxy_clients.v[i]))
@@ -903,6 +907,13 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	s->pol = pol;
 	s->cf = cf;
 	memcpy(s->addr, addr, sizeof addr);
+	s->port = net_port(sa);
+	struct sockaddr_storage local;
+	socklen_t llen = sizeof local;
+	if (getsockname(fd, (struct sockaddr *)&local, &llen) == 0) {
+		net_ntop((struct sockaddr *)&local, s->srv_addr, sizeof s->srv_addr);
+		s->srv_port = net_port((struct sockaddr *)&local);
+	}
 	smtpd_gen_id(s->id);
 	s->ps = policy_session_new(pol, s->id, s->addr);
 	s->conn = conn_new(sl->loop, fd, &session_ops, s);

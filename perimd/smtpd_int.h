@@ -20,6 +20,8 @@
 #include "relay.h"
 #include "smtp_proto.h"
 
+struct milter_txn;
+
 #define DATA_CHUNK (64 * 1024)
 #define WBACKLOG_MAX (64 * 1024)
 #define RELAY_DEADLINE_MS (9 * 60 * 1000) /* RFC 5321 §4.5.3.2.6 gives 10 */
@@ -83,6 +85,9 @@ struct txn {
 	int route_set;
 	char *route; /* backend list text; NULL = relay_backends */
 	struct rcpt_pending *rcpt_pending;
+	struct milter_txn *milter; /* smtpd_milters of this transaction (milter.h) */
+	unsigned discard : 1;      /* a milter discarded the message */
+	struct psvc_txn *psvc;     /* smtpd_policy_services state (psvc.h) or NULL */
 
 	/* DATA */
 	struct spool *spool;
@@ -93,6 +98,7 @@ struct txn {
 
 	/* relay */
 	struct relay_msg msg;
+	struct relay_client client; /* for XFORWARD */
 	struct relay_rcpt *rr;
 	struct conf_list backends;
 };
@@ -106,6 +112,9 @@ struct session {
 	const struct conf *cf;
 	char id[16];
 	char addr[INET6_ADDRSTRLEN];
+	int port;                        /* the client's (after any PROXY header) */
+	char srv_addr[INET6_ADDRSTRLEN]; /* the address the client connected to */
+	int srv_port;
 	char *helo;
 	unsigned esmtp : 1;
 	unsigned skip_line : 1; /* discarding an over-long command line */

@@ -109,6 +109,9 @@ void stats_observe_since(enum stats_hist h, uint64_t start, uint64_t now);
 void stats_family_declare(const char *name, const char *type, const char *help);
 void stats_family_add(const char *name, const char *label, const char *value, int64_t n);
 void stats_family_set(const char *name, const char *label, const char *value, int64_t v);
+/* stats_family_add2 - a counter series with two labels ("service", "result"). */
+void stats_family_add2(const char *name, const char *label, const char *value, const char *label2,
+		       const char *value2, int64_t n);
 
 /* stats_value - a fixed metric summed over threads. */
 int64_t stats_value(enum stats_id id);
@@ -131,5 +134,9 @@ typedef void stats_render_fn(struct strbuf *out);
 enum stats_render_at { STATS_AFTER_FIXED, STATS_AFTER_HISTOGRAMS };
 void stats_render_register(enum stats_render_at at, stats_render_fn *fn);
 void stats_render_head(struct strbuf *out, const char *name, const char *type, const char *help);
+/* stats_escape_label - append v as a label value of the exposition format
+ * (backslash, double quote and newline escaped; the quotes are the
+ * caller's). Every label value that is not a constant goes through it. */
+void stats_escape_label(struct strbuf *out, const char *v);
 
 #endif

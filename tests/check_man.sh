@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/check_man.sh - the manual pages are `mandoc -Tlint` clean (nothing
+# tests/check_man.sh - the manual pages (man/*.N) are `mandoc -Tlint` clean (nothing
 # ignored), and man/perimd.conf.5 documents exactly the parameters that
 # `perimd -d` prints, each once, with the default of perimd/conf_params.h.
 # Run from the top of the tree; PERIMD_BIN defaults to build/test/perimd.
@@ -20,7 +20,7 @@ if ! command -v mandoc >/dev/null; then
 	echo "check_man: mandoc is not installed"
 	exit 1
 fi
-lint=$(mandoc -Tlint man/perimd.8 "$PAGE" 2>&1)
+lint=$(mandoc -Tlint man/*.[1-9] 2>&1)
 rc=$?
 if [ "$rc" -ne 0 ] || [ -n "$lint" ]; then
 	bad "mandoc -Tlint is not clean (rc=$rc):"
@@ -68,6 +68,14 @@ if ! diff -u "$tmp/tabdef" "$tmp/mandef" >"$tmp/ddiff"; then
 	bad "defaults in perimd/conf_params.h (-) and $PAGE (+) differ:"
 	grep '^[-+][^-+]' "$tmp/ddiff"
 fi
+
+# The RESTART column: each restart-only parameter's entry says a change
+# takes effect at restart.
+for p in $(sed -n 's/^PARAM(.*) RESTART(\([A-Za-z0-9_]*\)).*/\1/p' perimd/conf_params.h); do
+	awk -v p="$p" '/^\.It Cm / { on = $3 == p } on && /takes effect at restart/ { found = 1 }
+		END { exit !found }' "$PAGE" ||
+		bad "$p is RESTART in perimd/conf_params.h, but its entry in $PAGE does not say 'takes effect at restart'"
+done
 
 [ "$status" -eq 0 ] && echo "check_man: ok ($(wc -l <"$tmp/man") parameters documented)"
 exit "$status"
