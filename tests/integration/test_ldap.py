@@ -154,6 +154,16 @@ class Slapd:
         self.proc = None
 
 
+@pytest.fixture(autouse=True)
+def lsan_libldap(monkeypatch):
+    """libldap's own leak when a server dies mid-answer (lsan_libldap.supp)."""
+    supp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsan_libldap.supp")
+    monkeypatch.setenv("LSAN_OPTIONS", "suppressions=" + supp)
+    # Full stacks, so the suppressions see libldap's frames (the fast
+    # unwinder stops in liblber, built without frame pointers).
+    monkeypatch.setenv("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0")
+
+
 @pytest.fixture
 def slapd(tmp_path):
     if not os.path.exists(SLAPD):
