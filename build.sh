@@ -10,6 +10,8 @@
 #                         greylisting (all passed) and ClamAV (test signatures) off and on
 #   ./build.sh bench peers-av   direct, Postfix, Postfix + clamav-milter + clamd, perimd
 #                         plain, with libclamav and with the same clamd (test signatures)
+#   ./build.sh bench ldap   relay_recipient_maps over LDAP: Postfix proxy:ldap: vs perimd ldap:,
+#                         same slapd, 100 sessions, a recipient of its own per message
 #   ./build.sh bench latency   client-side latency (final dot -> reply, p50/p99) and
 #                         messages/s of direct, Postfix, Postfix with smtpd_proxy_filter to the
 #                         sink (private instance), Haraka and perimd (tests/bench_latency.py)
@@ -67,6 +69,8 @@ DEPS+=(clamav-milter)
 DEPS+=(rspamd opendkim opendkim-tools clamav-milter)
 # tests/bench_seed.py (./build.sh bench seed): the seed stack beside perimd
 DEPS+=(amavisd-new clamav-daemon postgrey postfix)
+# tests/bench.sh ldap: the peer, Postfix with proxy:ldap: (slapd is above).
+DEPS+=(postfix-ldap)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {

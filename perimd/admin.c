@@ -134,6 +134,9 @@ static void current(double cur[HS__COUNT])
 	cur[HS_VIRUSES] = (double)stats_value(ST_rej_virus);
 	cur[HS_SESSIONS] = smtpd_sessions_peak(); /* bursts between samples too */
 	cur[HS_INFLIGHT] = (double)stats_value(ST_inflight);
+	cur[HS_LDAP_LOOKUPS] =
+	    (double)(stats_value(ST_ldap_found) + stats_value(ST_ldap_notfound) + stats_value(ST_ldap_error));
+	cur[HS_LDAP_CONNS] = (double)stats_value(ST_ldap_conns);
 }
 
 /* sample_now - fold the counts since the last sample into this minute. */

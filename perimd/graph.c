@@ -1,7 +1,9 @@
 /*
  * graph.c - the per-minute history (history.c) drawn as inline SVG:
  * messages received, greylisted, rejected and viruses per minute, sessions
- * and in-flight transactions (maxima), over the last hour, day and week.
+ * and in-flight transactions (maxima), LDAP lookups per minute and LDAP
+ * connections open (maxima; as the seed graphed its directory's), over the
+ * last hour, day and week.
  *
  * Drawing is pure (history and "now" in, text out) and self-contained: no
  * script, no external font or stylesheet, so the page works offline and
@@ -17,10 +19,11 @@
 #include <time.h>
 
 static const char *const series_name[HS__COUNT] = {
-	"received", "greylisted", "rejected", "viruses", "sessions", "inflight",
+	"received", "greylisted", "rejected",     "viruses",
+	"sessions", "inflight",   "ldap_lookups", "ldap_connections",
 };
 static const char *const series_color[HS__COUNT] = {
-	"#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#2ca02c", "#8c564b",
+	"#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#2ca02c", "#8c564b", "#17becf", "#bcbd22",
 };
 
 struct period {
@@ -44,12 +47,12 @@ static double value(const struct history *h, uint64_t first, int step, int s)
 		uint64_t m = first + (uint64_t)k;
 		size_t slot = m % HIST_MINUTES;
 		double v = h->minute[slot] == m ? h->v[slot][s] : 0;
-		if (s < HS_SESSIONS)
+		if (history_is_counter(s))
 			acc += v;
 		else if (v > acc)
 			acc = v;
 	}
-	return s < HS_SESSIONS ? acc / step : acc;
+	return history_is_counter(s) ? acc / step : acc;
 }
 
 /* nice_max - a round upper bound for the y axis (1, 2, 2.5, 5 x 10^k). */
@@ -79,6 +82,12 @@ int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min, con
 	} else if (!strcmp(which, "sessions")) {
 		first_s = HS_SESSIONS, last_s = HS_INFLIGHT;
 		title = "Sessions and transactions in flight", unit = "maximum";
+	} else if (!strcmp(which, "ldap")) {
+		first_s = last_s = HS_LDAP_LOOKUPS;
+		title = "LDAP lookups (directory searches)", unit = "per minute";
+	} else if (!strcmp(which, "ldapconn")) {
+		first_s = last_s = HS_LDAP_CONNS;
+		title = "LDAP connections open", unit = "maximum";
 	} else {
 		return -1;
 	}
@@ -167,7 +176,18 @@ int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min, con
 	return 0;
 }
 
-/* graph_page - see graph.h: every graph, inline. */
+/* ldap_used - the last week has LDAP lookups or connections. */
+static int ldap_used(const struct history *h, uint64_t now_min)
+{
+	for (size_t i = 0; i < HIST_MINUTES; i++)
+		if (h->minute[i] && h->minute[i] + HIST_MINUTES > now_min &&
+		    (h->v[i][HS_LDAP_LOOKUPS] > 0 || h->v[i][HS_LDAP_CONNS] > 0))
+			return 1;
+	return 0;
+}
+
+/* graph_page - see graph.h: every graph, inline (the LDAP ones once
+ * ldap: maps were used in the last week). */
 void graph_page(struct strbuf *out, const struct history *h, uint64_t now_min, int healthy)
 {
 	time_t t = (time_t)(now_min * 60);
@@ -187,10 +207,15 @@ void graph_page(struct strbuf *out, const struct history *h, uint64_t now_min, i
 		      ? (long long)h->v[now_min % HIST_MINUTES][HS_SESSIONS]
 		      : 0LL,
 		  healthy ? "ok" : "not accepting mail");
+	int ldap = ldap_used(h, now_min);
 	for (size_t p = 0; p < sizeof periods / sizeof periods[0]; p++) {
 		sb_printf(out, "<h2>The %s</h2>\n", periods[p].title);
 		graph_svg(out, h, now_min, "messages", periods[p].name);
 		graph_svg(out, h, now_min, "sessions", periods[p].name);
+		if (ldap) {
+			graph_svg(out, h, now_min, "ldap", periods[p].name);
+			graph_svg(out, h, now_min, "ldapconn", periods[p].name);
+		}
 	}
 	sb_printf(out, "</body></html>\n");
 }

@@ -14,6 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* history_is_counter - see history.h. */
+int history_is_counter(int s)
+{
+	return s < HS_SESSIONS || s == HS_LDAP_LOOKUPS;
+}
+
 /* history_sample - see history.h. */
 void history_sample(struct history *h, uint64_t now_min, const double cur[HS__COUNT], double last[HS__COUNT])
 {
@@ -23,7 +29,7 @@ void history_sample(struct history *h, uint64_t now_min, const double cur[HS__CO
 		memset(h->v[slot], 0, sizeof h->v[slot]);
 	}
 	for (int i = 0; i < HS__COUNT; i++) {
-		if (i < HS_SESSIONS) {
+		if (history_is_counter(i)) {
 			/* Counters: what came since the last sample. */
 			double d = cur[i] >= last[i] ? cur[i] - last[i] : cur[i];
 			h->v[slot][i] += d;
@@ -64,16 +70,22 @@ int history_parse(struct history *h, const char *text, size_t len)
 			memcpy(line, p, l);
 			line[l] = 0;
 			unsigned long long m;
-			double v[HS__COUNT];
-			int used = 0;
-			if (sscanf(line, "%llu %lf %lf %lf %lf %lf %lf%n", &m, &v[0], &v[1], &v[2], &v[3],
-				   &v[4], &v[5], &used) == 7 &&
-			    line[used] == 0 && m > 0) {
+			double v[HS__COUNT] = { 0 };
+			int n = 0, ok = sscanf(line, "%llu", &m) == 1 && m > 0;
+			const char *q = line + strspn(line, "0123456789");
+			/* HS__COUNT values, or the HS_V1_COUNT of an older file. */
+			while (ok && *q && n < HS__COUNT) {
+				char *e;
+				if (*q != ' ')
+					break;
+				v[n] = strtod(q + 1, &e);
+				ok = e != q + 1 && isfinite(v[n]) && v[n] >= 0;
+				q = e;
+				n++;
+			}
+			if (ok && !*q && (n == HS__COUNT || n == HS_V1_COUNT)) {
 				size_t s = m % HIST_MINUTES;
-				int ok = 1;
-				for (int i = 0; i < HS__COUNT; i++)
-					ok &= isfinite(v[i]) && v[i] >= 0;
-				if (ok && m >= h->minute[s]) {
+				if (m >= h->minute[s]) {
 					h->minute[s] = m;
 					memcpy(h->v[s], v, sizeof v);
 				}

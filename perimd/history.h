@@ -10,7 +10,23 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum hist_series { HS_RECEIVED, HS_GREYLISTED, HS_REJECTED, HS_VIRUSES, HS_SESSIONS, HS_INFLIGHT, HS__COUNT };
+/* The series: counters (a sum per minute) and gauges (the minute's
+ * maximum). New ones go at the end: a saved history holds them in this
+ * order (a file from before they existed has only the first ones). */
+enum hist_series {
+	HS_RECEIVED,
+	HS_GREYLISTED,
+	HS_REJECTED,
+	HS_VIRUSES,
+	HS_SESSIONS,
+	HS_INFLIGHT,
+	HS_LDAP_LOOKUPS, /* directory searches of ldap: maps (counter) */
+	HS_LDAP_CONNS,   /* open LDAP connections, all servers (gauge) */
+	HS__COUNT
+};
+#define HS_V1_COUNT 6 /* the series of a "perimd-history 1" line before the LDAP ones */
+/* history_is_counter - s is summed per minute (else a gauge's maximum). */
+int history_is_counter(int s);
 #define HIST_MINUTES (7 * 24 * 60)
 struct history {
 	uint64_t minute[HIST_MINUTES]; /* the minute (epoch / 60) a slot holds; 0 = empty */

@@ -1,11 +1,18 @@
 /*
- * jobs.c - a pool of worker threads for blocking calls.
+ * jobs.c - pools of worker threads for blocking calls.
  *
- * A job is queued by a loop, run by a worker, then handed back to the same
- * loop with ev_post(), where done() runs. The job is freed after done().
- * jobs_cancel() only sets a flag (the submitter's thread owns that field
- * from then on being read by the done step, on the same thread), so no
- * lock is needed for it: work() never reads it.
+ * A job is queued by a loop, run by a worker of its pool, then handed back
+ * to the same loop with ev_post(), where done() runs. The job is freed
+ * after done(). jobs_cancel() only sets a flag (the submitter's thread owns
+ * that field from then on being read by the done step, on the same
+ * thread), so no lock is needed for it: work() never reads it.
+ *
+ * The shared pool (jobs_start/jobs_submit) serves the SQL maps, greylisting
+ * and the scanners; a pool of its own (jobs_pool_new) lets one kind of
+ * work (an ldap: map: one thread per connection it may open) run as wide
+ * as it may without waiting behind the others or capping them. A pool's
+ * threads start with its first job, so a pool made at -t, or before the
+ * process forks, has none.
  */
 #include "jobs.h"
 #include "ev.h"
@@ -23,12 +30,17 @@ struct job {
 	int cancelled;
 };
 
-static pthread_mutex_t jobs_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t jobs_cv = PTHREAD_COND_INITIALIZER;
-static struct job *jobs_head, *jobs_tail;
-static int jobs_quit;
-static pthread_t *jobs_threads;
-static int jobs_nthreads;
+struct jobs_pool {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct job *head, *tail;
+	int quit;
+	int want; /* threads to start with the first job */
+	pthread_t *threads;
+	int nthreads;
+};
+
+static struct jobs_pool shared = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 
 /* job_finish - on the submitting loop: report and free. */
 static void job_finish(void *arg)
@@ -38,70 +50,116 @@ static void job_finish(void *arg)
 	free(j);
 }
 
-/* job_worker - take jobs until told to quit and the queue is empty. */
-static void *job_worker(void *unused)
+/* job_worker - take jobs of pool p until told to quit and its queue is empty. */
+static void *job_worker(void *arg)
 {
-	(void)unused;
+	struct jobs_pool *p = arg;
 	for (;;) {
-		pthread_mutex_lock(&jobs_mu);
-		while (!jobs_head && !jobs_quit)
-			pthread_cond_wait(&jobs_cv, &jobs_mu);
-		struct job *j = jobs_head;
+		pthread_mutex_lock(&p->mu);
+		while (!p->head && !p->quit)
+			pthread_cond_wait(&p->cv, &p->mu);
+		struct job *j = p->head;
 		if (!j) {
-			pthread_mutex_unlock(&jobs_mu);
+			pthread_mutex_unlock(&p->mu);
 			return NULL;
 		}
-		jobs_head = j->next;
-		if (!jobs_head)
-			jobs_tail = NULL;
-		pthread_mutex_unlock(&jobs_mu);
+		p->head = j->next;
+		if (!p->head)
+			p->tail = NULL;
+		pthread_mutex_unlock(&p->mu);
 		j->work(j->arg);
 		ev_post(j->loop, job_finish, j);
 	}
 }
 
-/* jobs_start - start n workers. */
-void jobs_start(int n)
+/* pool_run - start p's threads (under p->mu). */
+static void pool_run(struct jobs_pool *p)
 {
-	jobs_nthreads = n < 1 ? 1 : n;
-	jobs_threads = xcalloc((size_t)jobs_nthreads, sizeof *jobs_threads);
-	for (int i = 0; i < jobs_nthreads; i++)
-		if (pthread_create(&jobs_threads[i], NULL, job_worker, NULL) != 0)
+	p->threads = xcalloc((size_t)p->want, sizeof *p->threads);
+	for (p->nthreads = 0; p->nthreads < p->want; p->nthreads++)
+		if (pthread_create(&p->threads[p->nthreads], NULL, job_worker, p) != 0)
 			fatal("cannot start worker thread");
 }
 
-/* jobs_stop - drain the queue and join the workers. */
-void jobs_stop(void)
+/* pool_stop - drain p's queue and join its workers. */
+static void pool_stop(struct jobs_pool *p)
 {
-	pthread_mutex_lock(&jobs_mu);
-	jobs_quit = 1;
-	pthread_cond_broadcast(&jobs_cv);
-	pthread_mutex_unlock(&jobs_mu);
-	for (int i = 0; i < jobs_nthreads; i++)
-		pthread_join(jobs_threads[i], NULL);
-	free(jobs_threads);
-	jobs_threads = NULL;
-	jobs_nthreads = 0;
-	jobs_quit = 0;
+	pthread_mutex_lock(&p->mu);
+	p->quit = 1;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; i < p->nthreads; i++)
+		pthread_join(p->threads[i], NULL);
+	free(p->threads);
+	p->threads = NULL;
+	p->nthreads = 0;
+	p->quit = 0;
 }
 
-/* jobs_submit - queue work for a worker. */
-struct job *jobs_submit(struct ev_loop *loop, job_work_fn *work, job_done_fn *done, void *arg)
+/* jobs_start - start n shared workers. */
+void jobs_start(int n)
 {
+	pthread_mutex_lock(&shared.mu);
+	shared.want = n < 1 ? 1 : n;
+	pool_run(&shared);
+	pthread_mutex_unlock(&shared.mu);
+}
+
+/* jobs_stop - drain the shared queue and join its workers. */
+void jobs_stop(void)
+{
+	pool_stop(&shared);
+}
+
+/* jobs_pool_new - see jobs.h. */
+struct jobs_pool *jobs_pool_new(int n)
+{
+	struct jobs_pool *p = xcalloc(1, sizeof *p);
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	p->want = n < 1 ? 1 : n;
+	return p;
+}
+
+/* jobs_pool_free - see jobs.h. */
+void jobs_pool_free(struct jobs_pool *p)
+{
+	if (!p)
+		return;
+	pool_stop(p);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->cv);
+	free(p);
+}
+
+/* jobs_pool_submit - see jobs.h: queue work on p (NULL: the shared pool). */
+struct job *jobs_pool_submit(struct jobs_pool *p, struct ev_loop *loop, job_work_fn *work, job_done_fn *done,
+			     void *arg)
+{
+	if (!p)
+		p = &shared;
 	struct job *j = xcalloc(1, sizeof *j);
 	j->loop = loop;
 	j->work = work;
 	j->done = done;
 	j->arg = arg;
-	pthread_mutex_lock(&jobs_mu);
-	if (jobs_tail)
-		jobs_tail->next = j;
+	pthread_mutex_lock(&p->mu);
+	if (!p->threads && p != &shared)
+		pool_run(p);
+	if (p->tail)
+		p->tail->next = j;
 	else
-		jobs_head = j;
-	jobs_tail = j;
-	pthread_cond_signal(&jobs_cv);
-	pthread_mutex_unlock(&jobs_mu);
+		p->head = j;
+	p->tail = j;
+	pthread_cond_signal(&p->cv);
+	pthread_mutex_unlock(&p->mu);
 	return j;
+}
+
+/* jobs_submit - queue work for a shared worker. */
+struct job *jobs_submit(struct ev_loop *loop, job_work_fn *work, job_done_fn *done, void *arg)
+{
+	return jobs_pool_submit(NULL, loop, work, done, arg);
 }
 
 /* jobs_cancel - the submitter no longer wants the result. */

@@ -23,6 +23,15 @@ void jobs_stop(void);
 
 /* jobs_submit - queue work; returns a handle valid until done() has run. */
 struct job *jobs_submit(struct ev_loop *loop, job_work_fn *work, job_done_fn *done, void *arg);
+/* jobs_pool_new - a pool of n workers of its own (n >= 1), started with
+ * its first job. jobs_pool_free - drain its queue, join its workers; never
+ * from one of them. */
+struct jobs_pool;
+struct jobs_pool *jobs_pool_new(int n);
+void jobs_pool_free(struct jobs_pool *p);
+/* jobs_pool_submit - jobs_submit on pool p (NULL: the shared pool). */
+struct job *jobs_pool_submit(struct jobs_pool *p, struct ev_loop *loop, job_work_fn *work, job_done_fn *done,
+			     void *arg);
 /* jobs_cancel - from the submitting loop's thread only. */
 void jobs_cancel(struct job *j);
 

@@ -24,6 +24,9 @@
  * Asynchronous maps: a query takes a reference on the map, runs every
  * candidate key on a worker (jobs.h) and comes back on the loop; a cached
  * answer comes back through ev_defer. Lookup failures are never cached.
+ * An ldap: map has a worker pool of its own, as wide as its connection
+ * pool (connection_limit), so its lookups are neither capped by the
+ * shared workers nor queued behind SQL statements.
  */
 #include "maps.h"
 #include "clock.h"
@@ -101,6 +104,7 @@ struct map {
 	struct map_sql *sql;
 	/* ldap: (also asynchronous: sql or ldap set means the answer cache is used) */
 	struct map_ldap *ldap;
+	struct jobs_pool *pool; /* ldap: its own workers, one per connection it may open */
 	struct shcache *cache;
 	/* the check its values passed: a map is shared (registry) only by
 	 * users of the same check, so a file used as a transport map and an
@@ -346,6 +350,7 @@ static void map_destroy(struct map *m)
 	free(m->buckets);
 	map_regexp_free(m->rx);
 	if (m->sql || m->ldap) {
+		jobs_pool_free(m->pool);
 		map_sql_free(m->sql);
 		map_ldap_free(m->ldap);
 		shcache_free(m->cache);
@@ -405,6 +410,8 @@ static struct map *map_load(const char *spec, const char *type, const char *path
 		return NULL;
 	}
 	m->cache = cache_new();
+	if (m->ldap)
+		m->pool = jobs_pool_new(map_ldap_workers(m->ldap));
 	return m;
 }
 
@@ -866,7 +873,7 @@ struct map_req *map_query_async(const struct map *m, enum map_kind kind, const c
 	} else if (cache_get((struct map *)m, kind, key, &q->result, q->val, sizeof q->val)) {
 		ev_defer(loop, &q->d, req_cached, q);
 	} else {
-		q->job = jobs_submit(loop, req_work, req_done, q);
+		q->job = jobs_pool_submit(((const struct map *)m)->pool, loop, req_work, req_done, q);
 	}
 	return q;
 }

@@ -16,7 +16,8 @@
  *                (maps_ldap.h; OpenLDAP's libldap), asynchronous like
  *                mysql:, with positive and negative cache TTLs.
  * sqlite:, mysql: and ldap: maps are asynchronous (map_is_async): their lookups
- * run on jobs.h workers, over a small pool of connections per map, and the
+ * run on jobs.h workers (an ldap: map on its own pool, as wide as its
+ * connection_limit), over a bounded pool of connections per map, and the
  * answers are cached for cache_ttl. Queries take the key as bound
  * parameters: '%s' (the key), '%u' (its local part), '%d' (its domain).
  *

@@ -38,6 +38,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/time.h> /* struct timeval (musl) */
 #include <time.h>
 
 #ifndef PERIMD_NO_LDAP
@@ -343,7 +344,7 @@ int map_ldap_cf_parse(struct ldap_cf *cf, const char *path, const char *text, si
 	cf->version = 3;
 	cf->timeout_ms = 10000;
 	cf->tls_require_cert = 1;
-	cf->connection_limit = 4;
+	cf->connection_limit = 8;
 	cf->cache_ttl_ms = 60000;
 	cf->negative_cache_ttl_ms = 10000;
 	struct cf_raw raw = { 0 };
@@ -633,7 +634,7 @@ int map_ldap_key_eligible(const struct ldap_cf *cf, const char *key)
 
 #ifdef PERIMD_NO_LDAP
 
-/* Without libldap (the static build): the parser stays (and is fuzzed),
+/* Without libldap (make NO_LDAP=1): the parser stays (and is fuzzed),
  * an ldap: map is refused when it is opened, at -t as at start-up. */
 struct map_ldap {
 	int unused;
@@ -658,6 +659,11 @@ int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *va
 long long map_ldap_cache_ttl(const struct map_ldap *l, int result)
 {
 	return 0;
+}
+
+int map_ldap_workers(const struct map_ldap *l)
+{
+	return 1;
 }
 
 void map_ldap_free(struct map_ldap *l)
@@ -719,6 +725,7 @@ static void count_conn(const char *uri, int delta)
 	}
 	c->n += delta;
 	stats_family_set("perimd_ldap_connections", "server", uri, c->n);
+	stats_add(ST_ldap_conns, delta);
 	pthread_mutex_unlock(&count_mu);
 }
 
@@ -1121,6 +1128,12 @@ struct map_ldap *map_ldap_open(const char *path, char *err, size_t errlen)
 long long map_ldap_cache_ttl(const struct map_ldap *l, int result)
 {
 	return result > 0 ? l->cf.cache_ttl_ms : l->cf.negative_cache_ttl_ms;
+}
+
+/* map_ldap_workers - see maps_ldap.h. */
+int map_ldap_workers(const struct map_ldap *l)
+{
+	return (int)l->cf.connection_limit;
 }
 
 /* map_ldap_free - close the pools, free the settings. */

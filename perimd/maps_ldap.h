@@ -4,8 +4,8 @@
  *
  * An ldap: map is a .cf file in the shape of Postfix's ldap_table(5) (same
  * parameter names and meanings; the differences are in perimd.conf(5)).
- * map_ldap_lookup() blocks and is called from worker threads only (jobs.h),
- * any number at once: each server_host URI has its own bounded pool of
+ * map_ldap_lookup() blocks and is called from worker threads only (the
+ * map's own jobs.h pool of map_ldap_workers() threads), any number at once: each server_host URI has its own bounded pool of
  * persistent connections (connection_limit), taken in server_host order;
  * a server that failed is skipped for a growing back-off, then tried again
  * by the next lookup, so lookups resume by themselves.
@@ -94,6 +94,9 @@ int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *va
 /* map_ldap_cache_ttl - how long an answer (1 found, 0 not found) may be
  * cached, in ms. */
 long long map_ldap_cache_ttl(const struct map_ldap *l, int result);
+/* map_ldap_workers - how many lookups may usefully run at once: the
+ * threads of the map's own worker pool (maps.c), connection_limit. */
+int map_ldap_workers(const struct map_ldap *l);
 void map_ldap_free(struct map_ldap *l);
 
 #endif

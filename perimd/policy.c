@@ -90,15 +90,6 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 		log_err_add(err, errlen, "transport_maps: %s", merr);
 		bad = 1;
 	}
-	/* Relay control and routing answer at once in cmd_rcpt. */
-	for (int i = 0; i < p->nrelay_maps + 1; i++) {
-		struct map *m = i < p->nrelay_maps ? p->relay_maps[i] : p->transport;
-		if (m && strncmp(map_spec(m), "file:", 5)) {
-			log_err_add(err, errlen, "%s: relay_domains and transport_maps take file: maps only",
-				    map_spec(m));
-			bad = 1;
-		}
-	}
 	if (rules_load(p, err, errlen) < 0)
 		bad = 1;
 	if (dnscheck_conf_check(c, one, sizeof one) < 0) {
@@ -211,7 +202,8 @@ int policy_relay_domain(const struct policy *p, const char *domain)
 	return 0;
 }
 
-/* policy_route - transport_maps value or the default backends. */
+/* policy_route - transport_maps value or the default backends (a
+ * synchronous map; an asynchronous one answers -1). */
 int policy_route(const struct policy *p, const char *domain, const char **route)
 {
 	*route = NULL;
@@ -220,12 +212,107 @@ int policy_route(const struct policy *p, const char *domain, const char **route)
 		int r = map_lookup_domain(p->transport, domain, &v);
 		if (r < 0)
 			return -1;
-		if (r > 0) {
+		if (r > 0)
 			*route = v;
-			return 0;
-		}
 	}
 	return 0;
+}
+
+/* ---- relay control and routing with asynchronous maps ------------------- */
+
+struct policy_dom {
+	const struct policy *p;
+	char *domain;
+	struct ev_loop *loop;
+	policy_dom_fn *cb;
+	void *arg;
+	int next;          /* the map to ask next: relay maps, then transport */
+	struct map_req *q; /* a lookup out */
+	struct policy_dom_result res;
+};
+
+static int dom_step(struct policy_dom *d);
+
+/* dom_answer - one map's answer (result, value) for the current map. */
+static void dom_answer(struct policy_dom *d, int result, const char *value)
+{
+	const struct policy *p = d->p;
+	if (d->next < p->nrelay_maps) {
+		d->next = result != 0 ? p->nrelay_maps : d->next + 1;
+		d->res.relay = result;
+		return;
+	}
+	d->next++;
+	if (result < 0)
+		d->res.route_failed = 1;
+	else if (result > 0)
+		snprintf(d->res.route, sizeof d->res.route, "%s", value);
+	d->res.have_route = result > 0;
+}
+
+/* dom_done - an asynchronous lookup answered: go on, report when done. */
+static void dom_done(void *arg, int result, const char *value)
+{
+	struct policy_dom *d = arg;
+	d->q = NULL;
+	dom_answer(d, result, value);
+	if (dom_step(d))
+		d->cb(d->arg, &d->res);
+}
+
+/* dom_step - ask the maps in order until one is asynchronous (0) or the
+ * answer is complete (1): the relay maps until one answers, then, for a
+ * domain we relay, transport_maps. */
+static int dom_step(struct policy_dom *d)
+{
+	const struct policy *p = d->p;
+	for (;;) {
+		const struct map *m = NULL;
+		if (d->next < p->nrelay_maps && d->res.relay == 0)
+			m = p->relay_maps[d->next];
+		else if (d->next <= p->nrelay_maps && d->res.relay == 1 && p->transport)
+			m = p->transport, d->next = p->nrelay_maps;
+		if (!m)
+			return 1;
+		if (map_is_async(m)) {
+			d->q = map_query_async(m, MAP_DOMAIN, d->domain, d->loop, dom_done, d);
+			return 0;
+		}
+		const char *v = NULL;
+		int r = map_lookup_domain(m, d->domain, &v);
+		dom_answer(d, r, v ? v : "");
+	}
+}
+
+/* policy_domain - see policy.h. */
+int policy_domain(const struct policy *p, const char *domain, struct ev_loop *loop, policy_dom_fn *cb,
+		  void *arg, struct policy_dom_result *res, struct policy_dom **dp)
+{
+	struct policy_dom *d = xcalloc(1, sizeof *d);
+	d->p = p;
+	d->domain = xstrdup(domain);
+	d->loop = loop;
+	d->cb = cb;
+	d->arg = arg;
+	d->res.relay = domain[0] && domain_in_list(&p->conf->relay_domains, domain);
+	*dp = NULL;
+	if (!domain[0] || dom_step(d)) {
+		*res = d->res;
+		policy_domain_free(d);
+		return 1;
+	}
+	*dp = d;
+	return 0;
+}
+
+/* policy_domain_free - see policy.h. */
+void policy_domain_free(struct policy_dom *d)
+{
+	if (!d)
+		return;
+	map_cancel(d->q);
+	free(d->domain);
+	free(d);
 }
 
 /* ---- the RCPT chain ----------------------------------------------------

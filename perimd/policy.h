@@ -30,8 +30,32 @@ int policy_relay_domain(const struct policy *p, const char *domain);
 
 /* policy_route - backend list text for a recipient domain: the
  * transport_maps value, or NULL for the relay_backends default. *route
- * stays valid while p lives. Returns 0, or -1 on lookup failure. */
+ * stays valid while p lives. Returns 0, or -1 on lookup failure.
+ * policy_relay_domain and policy_route answer at once, so with an
+ * asynchronous relay_domains or transport_maps map (sqlite:, mysql:,
+ * ldap:) they answer -1: RCPT uses policy_domain; a recipient a milter
+ * adds is still checked with these two. */
 int policy_route(const struct policy *p, const char *domain, const char **route);
+
+/* policy_domain - relay control and routing for a recipient domain, with
+ * maps of any type (relay_domains and transport_maps may be sqlite:,
+ * mysql: or ldap: maps): res->relay as policy_relay_domain, and for a
+ * domain we relay the transport_maps value (have_route; route_failed on a
+ * lookup failure). Returns 1 when answered at once (*res filled, cb never
+ * called), else 0: cb(arg, res) runs later on loop, unless
+ * policy_domain_free(*dp) came first (which the caller calls after cb
+ * too). p MUST outlive the request. */
+struct ev_loop;
+struct policy_dom;
+struct policy_dom_result {
+	int relay; /* 1 ours, 0 not, -1 a lookup failed */
+	int have_route, route_failed;
+	char route[1024];
+};
+typedef void policy_dom_fn(void *arg, const struct policy_dom_result *res);
+int policy_domain(const struct policy *p, const char *domain, struct ev_loop *loop, policy_dom_fn *cb,
+		  void *arg, struct policy_dom_result *res, struct policy_dom **dp);
+void policy_domain_free(struct policy_dom *d);
 
 /* policy_rcpt - run the ordered RCPT checks (in policy.c's table order:
  * verify cache, role accounts, recipient validation, client/HELO/sender

@@ -67,7 +67,8 @@ struct rcpt_pending {
 	char *addr, *local, *domain, *notify, *orcpt, *route;
 	struct policy_env env;
 	struct policy_req *req;
-	int discard; /* transport_maps said discard: (accepted, not relayed) */
+	int discard;            /* transport_maps said discard: (accepted, not relayed) */
+	struct policy_dom *dom; /* relay_domains / transport_maps lookup out */
 };
 
 /* The mail transaction (RFC 5321 §3.3): created by an accepted MAIL,

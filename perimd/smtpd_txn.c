@@ -362,6 +362,7 @@ void smtpd_rcpt_pending_free(struct rcpt_pending *rp)
 		return;
 	if (rp->req)
 		policy_cancel(rp->req);
+	policy_domain_free(rp->dom);
 	free(rp->addr);
 	free(rp->local);
 	free(rp->domain);
@@ -494,6 +495,97 @@ static void rcpt_verdict(void *arg, const struct policy_verdict *v)
 		smtpd_session_resume(s);
 }
 
+/* rcpt_routed - relay control and routing answered (res) for the pending
+ * recipient: refuse it, or run the verdict chain. 1 when it is decided
+ * (the reply given), 0 when the chain or the milters went asynchronous. */
+static int rcpt_routed(struct session *s, const struct policy_dom_result *res)
+{
+	const struct conf *cf = s->cf;
+	struct rcpt_pending *rp = s->tx->rcpt_pending;
+	/* RFC 5321 §4.5.1: <Postmaster> without a domain is always ours. */
+	if (rp->domain[0]) {
+		if (res->relay < 0 || (res->relay > 0 && res->route_failed)) {
+			rcpt_refuse(s, rp->addr, "451 4.3.0 <%s>: temporary lookup failure", rp->addr);
+			goto drop;
+		}
+		/* Sender-specified routing (user%remote@ours, remote!user@ours,
+		 * "user@remote"@ours): a backend that honours the percent hack
+		 * or a bang path would relay it on, making the site an open
+		 * relay through us. Refused as relaying, as Postfix does by
+		 * default (allow_untrusted_routing = no). */
+		if (res->relay == 0 || strpbrk(rp->local, "@%!")) {
+			stats_inc(ST_rej_relay_denied);
+			rcpt_refuse(s, rp->addr, "550 5.7.1 <%s>: relay access denied", rp->addr);
+			goto drop;
+		}
+	}
+	const char *route = res->have_route ? res->route : NULL;
+	int rcode;
+	char renh[16], rtext[320];
+	if (route && relay_route_refusal(route, &rcode, renh, sizeof renh, rtext, sizeof rtext)) {
+		/* transport_maps error: / retry:, as Postfix's error(8), but
+		 * refused now: perimd never bounces. */
+		stats_reject_rule("access_transport");
+		rcpt_refuse(s, rp->addr, "%d %s <%s>: %s", rcode, renh, rp->addr, rtext);
+		goto drop;
+	}
+	if (!route && cf->relay_backends.n == 0) {
+		rcpt_refuse(s, rp->addr, "451 4.3.5 <%s>: no backend configured", rp->addr);
+		goto drop;
+	}
+	if (s->tx->route_set) {
+		int same = (!route && !s->tx->route) || (route && s->tx->route && !strcmp(route, s->tx->route));
+		if (!same) {
+			smtpd_log_reject(s, "RCPT", "452 4.5.3 Error: too many recipients (other backend)",
+					 rp->addr);
+			smtpd_reply(
+			    s, "452 4.5.3 Error: too many recipients for this transaction; send in a new one");
+			goto drop;
+		}
+	}
+	rp->route = route ? xstrdup(route) : NULL;
+	rp->discard = route && relay_route_discard(route);
+	rp->env = (struct policy_env){
+		.loop = s->loop,
+		.pol = s->pol,
+		.session_id = s->id,
+		.client_addr = s->addr,
+		.helo = s->helo ? s->helo : "",
+		.sender = s->tx->sender,
+		.rcpt = rp->addr,
+		.rcpt_local = rp->local,
+		.rcpt_domain = rp->domain,
+		.dns = s->dns,
+		.sess = s->ps,
+		.route = rp->route,
+		.psvc = s->tx->psvc,
+	};
+	struct policy_verdict v;
+	if (!policy_rcpt(&rp->env, &v, rcpt_verdict, s, &rp->req))
+		return 0;
+	return !rcpt_finish(s, &v); /* 1 while the milters are asked */
+drop:
+	s->tx->rcpt_pending = NULL;
+	smtpd_rcpt_pending_free(rp);
+	return 1;
+}
+
+/* rcpt_domain_done - an asynchronous relay_domains or transport_maps
+ * lookup answered: go on with the recipient, read on once it is decided. */
+static void rcpt_domain_done(void *arg, const struct policy_dom_result *res)
+{
+	struct session *s = arg;
+	struct rcpt_pending *rp = s->tx->rcpt_pending;
+	struct policy_dom_result r = *res;
+	policy_domain_free(rp->dom); /* res pointed into it */
+	rp->dom = NULL;
+	smtpd_enter_state(s, ST_CMD);
+	if (!rcpt_routed(s, &r))
+		smtpd_session_pause(s);
+	else if (s->state == ST_CMD)
+		smtpd_session_resume(s);
+}
+
 /* smtpd_cmd_rcpt - RCPT TO (RFC 5321 §4.1.1.3): relay control, verdict cache,
  * routing (one backend list per transaction), limits. The command table
  * runs it only inside a transaction. */
@@ -543,54 +635,9 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 			smtpd_reply(s, "452 4.5.3 Error: too many recipients");
 		goto out;
 	}
-	/* RFC 5321 §4.5.1: <Postmaster> without a domain is always ours. */
-	int bare_postmaster = !p->domain[0];
-	if (!bare_postmaster) {
-		int r = policy_relay_domain(s->pol, p->domain);
-		if (r < 0) {
-			rcpt_refuse(s, p->addr, "451 4.3.0 <%s>: temporary lookup failure", p->addr);
-			goto out;
-		}
-		/* Sender-specified routing (user%remote@ours, remote!user@ours,
-		 * "user@remote"@ours): a backend that honours the percent hack
-		 * or a bang path would relay it on, making the site an open
-		 * relay through us. Refused as relaying, as Postfix does by
-		 * default (allow_untrusted_routing = no). */
-		if (r == 0 || strpbrk(p->local, "@%!")) {
-			stats_inc(ST_rej_relay_denied);
-			rcpt_refuse(s, p->addr, "550 5.7.1 <%s>: relay access denied", p->addr);
-			goto out;
-		}
-	}
-	const char *route = NULL;
-	if (!bare_postmaster && policy_route(s->pol, p->domain, &route) < 0) {
-		rcpt_refuse(s, p->addr, "451 4.3.0 <%s>: temporary lookup failure", p->addr);
-		goto out;
-	}
-	int rcode;
-	char renh[16], rtext[320];
-	if (route && relay_route_refusal(route, &rcode, renh, sizeof renh, rtext, sizeof rtext)) {
-		/* transport_maps error: / retry:, as Postfix's error(8), but
-		 * refused now: perimd never bounces. */
-		stats_reject_rule("access_transport");
-		rcpt_refuse(s, p->addr, "%d %s <%s>: %s", rcode, renh, p->addr, rtext);
-		goto out;
-	}
-	if (!route && cf->relay_backends.n == 0) {
-		rcpt_refuse(s, p->addr, "451 4.3.5 <%s>: no backend configured", p->addr);
-		goto out;
-	}
-	if (s->tx->route_set) {
-		int same = (!route && !s->tx->route) || (route && s->tx->route && !strcmp(route, s->tx->route));
-		if (!same) {
-			smtpd_log_reject(s, "RCPT", "452 4.5.3 Error: too many recipients (other backend)",
-					 p->addr);
-			smtpd_reply(
-			    s, "452 4.5.3 Error: too many recipients for this transaction; send in a new one");
-			goto out;
-		}
-	}
-	/* The recipient passed the envelope checks: now the verdict chain. */
+	/* The recipient passed the syntax checks: relay control and routing
+	 * (maps of any type: asynchronous ones pause the session), then the
+	 * verdict chain. */
 	struct rcpt_pending *rp = xcalloc(1, sizeof *rp);
 	rp->addr = xstrdup(p->addr);
 	rp->local = xstrdup(p->local);
@@ -599,31 +646,11 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 		*d = (char)tolower((unsigned char)*d);
 	rp->notify = notify ? xstrdup(notify) : NULL;
 	rp->orcpt = orcpt ? xstrdup(orcpt) : NULL;
-	rp->route = route ? xstrdup(route) : NULL;
-	rp->discard = route && relay_route_discard(route);
-	rp->env = (struct policy_env){
-		.loop = s->loop,
-		.pol = s->pol,
-		.session_id = s->id,
-		.client_addr = s->addr,
-		.helo = s->helo ? s->helo : "",
-		.sender = s->tx->sender,
-		.rcpt = rp->addr,
-		.rcpt_local = rp->local,
-		.rcpt_domain = rp->domain,
-		.dns = s->dns,
-		.sess = s->ps,
-		.route = rp->route,
-		.psvc = s->tx->psvc,
-	};
 	s->tx->rcpt_pending = rp;
-	struct policy_verdict v;
-	if (policy_rcpt(&rp->env, &v, rcpt_verdict, s, &rp->req)) {
-		if (rcpt_finish(s, &v))
-			smtpd_session_pause(s);
-	} else {
+	struct policy_dom_result res;
+	if (!policy_domain(s->pol, rp->domain, s->loop, rcpt_domain_done, s, &res, &rp->dom) ||
+	    !rcpt_routed(s, &res))
 		smtpd_session_pause(s);
-	}
 out:
 	free(p);
 }

@@ -117,6 +117,7 @@ STAT(ldap_found, COUNTER, "perimd_ldap_lookups_total", "result=\"found\"", "dire
 STAT(ldap_notfound, COUNTER, "perimd_ldap_lookups_total", "result=\"notfound\"", "")
 STAT(ldap_error, COUNTER, "perimd_ldap_lookups_total", "result=\"error\"", "")
 STAT(ldap_errors, COUNTER, "perimd_ldap_errors_total", "", "failed LDAP operations: connects, binds and searches (a lookup retried or failed over counts each)")
+STAT(ldap_conns, GAUGE, "perimd_ldap_open_connections", "", "open connections to LDAP servers, all maps and servers (the sum of perimd_ldap_connections; graphed)")
 
 /* Milters (milter.c) */
 STAT(milter_errors, COUNTER, "perimd_milter_errors_total", "", "milter conversations that failed (down, timeout, broken protocol): milter_default_action applied")

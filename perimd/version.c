@@ -38,7 +38,10 @@ void version_print(FILE *f)
 	{
 		LDAPAPIInfo api = { .ldapai_info_version = LDAP_API_INFO_VERSION };
 		if (ldap_get_option(NULL, LDAP_OPT_API_INFO, &api) == LDAP_OPT_SUCCESS) {
-			fprintf(f, "openldap %s %d\n", api.ldapai_vendor_name, api.ldapai_vendor_version);
+			/* vendor_version is major * 10000 + minor * 100 + patch. */
+			int v = api.ldapai_vendor_version;
+			fprintf(f, "libldap %d.%d.%d (%s; ldap: maps, ldaps:// and StartTLS)\n", v / 10000,
+				v / 100 % 100, v % 100, api.ldapai_vendor_name);
 			ldap_memfree(api.ldapai_vendor_name);
 			if (api.ldapai_extensions) {
 				for (int i = 0; api.ldapai_extensions[i]; i++)

@@ -23,6 +23,11 @@
 #                           off (same run)
 #   tests/bench.sh maps     file: maps: load time of 1,000,000 recipients and lookups/s
 #                           (tests/bench_maps.c), Postfix postmap hash: as a peer
+#   tests/bench.sh ldap     relay_recipient_maps over LDAP: a private Postfix instance
+#                           (proxy:ldap:, postfix-ldap) vs perimd (ldap:), the same
+#                           slapd and .cf, same run, LDAP_CONC (100) sessions, LDAP_MSGS
+#                           (3000) messages each to a listed recipient of its own:
+#                           delivered msgs/s, slapd searches per message, slapd CPU
 #   tests/bench.sh threads  io_threads = 1 vs 2 (THREADS_LIST) at THREADS_CONC (100 512)
 #                           sessions: messages/s, CPU and futex calls per message, and
 #                           a perf profile (lock symbols) of the run with most threads
@@ -1267,6 +1272,211 @@ maps_bench() {
 
 if [ "${1:-}" = maps ]; then
 	maps_bench
+	exit 0
+fi
+
+# ldap_slapd DIR N - a private slapd on a loopback port (LDAP_PORT) with N
+# users uI@bench.test (I from 0), its stats log (one line per operation)
+# in DIR/slapd.log; LDAP_SLAPD_PID.
+ldap_slapd() {
+	local d=$1 n=$2 s
+	mkdir -p "$d/db"
+	LDAP_PORT=$(free_port)
+	{
+		for s in core cosine inetorgperson; do echo "include /etc/ldap/schema/$s.schema"; done
+		echo "pidfile $d/slapd.pid"
+		echo "modulepath /usr/lib/ldap"
+		echo "moduleload back_mdb"
+		echo "database mdb"
+		echo "suffix \"dc=bench,dc=test\""
+		echo "rootdn \"cn=admin,dc=bench,dc=test\""
+		echo "directory $d/db"
+		echo "maxsize 1073741824"
+		echo "index objectClass eq"
+		echo "index mail eq"
+		echo "access to * by * read"
+	} >"$d/slapd.conf"
+	{
+		printf 'dn: dc=bench,dc=test\nobjectClass: dcObject\nobjectClass: organization\no: Bench\ndc: bench\n\n'
+		printf 'dn: ou=people,dc=bench,dc=test\nobjectClass: organizationalUnit\nou: people\n\n'
+		awk -v n="$n" 'BEGIN { for (i = 0; i < n; i++)
+			printf "dn: uid=u%d,ou=people,dc=bench,dc=test\nobjectClass: inetOrgPerson\nuid: u%d\ncn: u%d\nsn: u%d\nmail: u%d@bench.test\n\n", i, i, i, i, i }'
+	} >"$d/users.ldif"
+	slapadd -q -f "$d/slapd.conf" -l "$d/users.ldif" >"$d/slapadd.log" 2>&1 ||
+		{ cat "$d/slapadd.log" >&2; return 1; }
+	# -d 256: the stats log on stderr, one "SRCH base=" line per search.
+	slapd -d 256 -f "$d/slapd.conf" -h "ldap://127.0.0.1:$LDAP_PORT/" >"$d/slapd.log" 2>&1 &
+	LDAP_SLAPD_PID=$!
+	PIDS+=("$LDAP_SLAPD_PID")
+	for _ in $(seq 1 100); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$LDAP_PORT") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "bench: slapd did not start" >&2
+	tail -5 "$d/slapd.log" >&2
+	return 1
+}
+
+# ldap_postfix DIR PORT CF - a private Postfix instance (its own
+# config_directory DIR/etc, queue_directory DIR/spool; /etc/postfix is not
+# touched) on 127.0.0.1:PORT relaying bench.test to the sink, with
+# relay_recipient_maps = proxy:ldap:CF.
+ldap_postfix() {
+	local d=$1 port=$2 cf=$3
+	mkdir -p "$d/etc" "$d/spool" "$d/data"
+	chown postfix "$d/data"
+	{
+		echo "compatibility_level = 3.6"
+		echo "queue_directory = $d/spool"
+		echo "data_directory = $d/data"
+		echo "mail_owner = postfix"
+		echo "setgid_group = postdrop"
+		echo "myhostname = postfix.bench.test"
+		echo "mydestination ="
+		echo "inet_interfaces = 127.0.0.1"
+		echo "inet_protocols = ipv4"
+		echo "mynetworks = 127.0.0.0/8"
+		echo "relay_domains = bench.test"
+		echo "relay_recipient_maps = proxy:ldap:$cf"
+		echo "relayhost = [127.0.0.1]:$SINK_PORT"
+		echo "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination"
+		echo "smtpd_client_connection_count_limit = 0"
+		echo "smtpd_client_connection_rate_limit = 0"
+		echo "default_process_limit = 250"
+		echo "default_destination_concurrency_limit = 100"
+		echo "alias_maps ="
+		echo "alias_database ="
+		echo "local_recipient_maps ="
+		echo "smtp_tls_security_level = none"
+		echo "smtpd_tls_security_level = none"
+		echo "maillog_file_prefixes = $d"
+		echo "maillog_file = $d/maillog"
+	} >"$d/etc/main.cf"
+	cat >"$d/etc/master.cf" <<MASTER
+127.0.0.1:$port inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+MASTER
+	postfix -c "$d/etc" check >"$d/check.log" 2>&1 || { cat "$d/check.log" >&2; return 1; }
+	postfix -c "$d/etc" start >"$d/start.log" 2>&1 || { cat "$d/start.log" "$d/maillog" >&2; return 1; }
+	LDAP_PF_DIR=$d
+	wait_banner "$port"
+}
+
+# ldap_queue_len DIR - messages in a Postfix queue not yet delivered.
+ldap_queue_len() {
+	find "$1/spool/maildrop" "$1/spool/incoming" "$1/spool/active" "$1/spool/deferred" \
+		"$1/spool/hold" -type f 2>/dev/null | wc -l
+}
+
+# ldap_searches LOG - searches slapd logged so far.
+ldap_searches() { grep -c ' SRCH base=' "$1" || true; }
+
+# ldap_run NAME PORT FIRST - LDAP_WARMUP then LDAP_MSGS messages through
+# PORT at LDAP_CONC sessions, each to a recipient of its own (uFIRST...):
+# prints a result row. For Postfix (LDAP_PF_DIR set) a message counts as
+# delivered when its queue is empty again.
+ldap_run() {
+	local name=$1 port=$2 first=$3 n=$LDAP_MSGS out t0 t1 s0 s1 c0 c1 q
+	$PY "$ROOT/tests/bench_latency.py" -s 10 -m "$LDAP_WARMUP" -l 512 -t "u%d@bench.test" \
+		--rcpt-from=$((first + n)) "127.0.0.1:$port" >"$WORK/warm.$name" ||
+		{ echo "bench: warm-up of $name failed: $(cat "$WORK/warm.$name")" >&2; return 1; }
+	if [ -n "${LDAP_PF_DIR:-}" ]; then
+		for _ in $(seq 1 300); do [ "$(ldap_queue_len "$LDAP_PF_DIR")" -eq 0 ] && break; sleep 0.1; done
+	fi
+	s0=$(ldap_searches "$WORK/slapd/slapd.log")
+	c0=$(cpu_ticks "$LDAP_SLAPD_PID")
+	t0=$(now)
+	out=$($PY "$ROOT/tests/bench_latency.py" -s "$LDAP_CONC" -m "$n" -l 512 -t "u%d@bench.test" \
+		--rcpt-from="$first" "127.0.0.1:$port") || echo "bench: $name: $out" >&2
+	if [ -n "${LDAP_PF_DIR:-}" ]; then
+		for _ in $(seq 1 6000); do
+			q=$(ldap_queue_len "$LDAP_PF_DIR")
+			[ "$q" -eq 0 ] && break
+			sleep 0.05
+		done
+	fi
+	t1=$(now)
+	c1=$(cpu_ticks "$LDAP_SLAPD_PID")
+	sleep 0.5 # slapd writes its last log lines
+	s1=$(ldap_searches "$WORK/slapd/slapd.log")
+	local el ok
+	el=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+	ok=$(sed -n 's/.* ok=\([0-9]*\) .*/\1/p' <<<"$out")
+	printf '%-8s %9s %8s %10s %13s %12s %14s %10s\n' "$name" "${ok:-0}" "$el" "$(fdiv "${ok:-0}" "$el")" \
+		"$(fdiv $((s1 - s0)) "${ok:-0}" %.2f)" "$(fdiv $(((c1 - c0) * 1000)) "$TICK" %.0f)" \
+		"$(fdiv $(((c1 - c0) * 1000)) $((TICK * ${ok:-1})) %.3f)" \
+		"$(sed -n 's/.* txn_p99_ms=\([0-9.]*\).*/\1/p' <<<"$out")"
+	eval "LDAP_MPS_$name=$(fdiv "${ok:-0}" "$el")"
+}
+
+# ldap_bench - relay_recipient_maps over LDAP (./build.sh bench ldap):
+# Postfix with proxy:ldap: (a private instance, postfix-ldap) against
+# perimd with ldap:, the same slapd and .cf, same run, LDAP_CONC (100)
+# sessions, LDAP_MSGS (3000) messages of 512 bytes each to a listed
+# recipient of its own (no cache can answer), relayed to smtp-sink:
+# delivered messages/s, LDAP searches per message (slapd's stats log),
+# slapd CPU in all and per message, client-side p99 of a transaction.
+ldap_bench() {
+	LDAP_MSGS=${LDAP_MSGS:-3000}
+	LDAP_CONC=${LDAP_CONC:-100}
+	LDAP_WARMUP=${LDAP_WARMUP:-200}
+	command -v slapd >/dev/null || { echo "bench ldap: slapd is not installed" >&2; return 1; }
+	[ -f /usr/lib/postfix/postfix-ldap.so ] || { echo "bench ldap: postfix-ldap is not installed" >&2; return 1; }
+	chmod 755 "$WORK"
+	echo "perimd bench ldap: $LDAP_MSGS messages of 512 bytes at $LDAP_CONC sessions, each to its own" \
+		"listed recipient; $(nproc) CPUs (shared: compare within this run), load $(cut -d' ' -f1 /proc/loadavg)"
+	ldap_slapd "$WORK/slapd" $((2 * (LDAP_MSGS + LDAP_WARMUP)))
+	start_sink
+	local cf=$WORK/ldap-recipients.cf
+	{
+		echo "server_host = ldap://127.0.0.1:$LDAP_PORT"
+		echo "search_base = ou=people,dc=bench,dc=test"
+		echo "query_filter = (mail=%s)"
+		echo "result_attribute = mail"
+		echo "domain = bench.test"
+		echo "version = 3"
+		echo "timeout = 10"
+	} >"$cf"
+	chmod 644 "$cf"
+	printf '%-8s %9s %8s %10s %13s %12s %14s %10s\n' system delivered seconds msgs/s ldap_srch/msg \
+		slapd_cpu_ms slapd_ms/msg p99_ms
+	local pfport
+	pfport=$(free_port)
+	ldap_postfix "$WORK/pf" "$pfport" "$cf" || return 1
+	ldap_run postfix "$pfport" 0
+	postfix -c "$WORK/pf/etc" stop >/dev/null 2>&1 || true
+	LDAP_PF_DIR=
+	EXTRA_CONF=("relay_recipient_maps = ldap:$cf")
+	start_perimd
+	ldap_run perimd "$PERIMD_PORT" $((LDAP_MSGS + LDAP_WARMUP))
+	kill -TERM "$PERIMD_PID"
+	wait "$PERIMD_PID" 2>/dev/null || true
+	echo "perimd/postfix: $(fdiv "$LDAP_MPS_perimd" "$LDAP_MPS_postfix" %.2f)x messages/s" \
+		"(both with the Python client tests/bench_latency.py, which shares the CPUs)"
+}
+
+if [ "${1:-}" = ldap ]; then
+	ldap_bench
 	exit 0
 fi
 

@@ -23,6 +23,9 @@ Options are a subset of smtp-source's, so the script can stand in for it
   before dot-stuffing; 512)  -f FROM  -t TO  -M HELO-NAME  -1 (one message
   per connection; default: connections are reused, as an MTA does)
   --timeout SECONDS (per reply, 120)  HOST:PORT (host defaults to 127.0.0.1)
+  --rcpt-from=K: TO holds "%d", and message i (0, 1, ... in the order the
+  sessions take them) goes to TO with K + i in its place, so every message
+  has a recipient of its own (tests/bench.sh ldap: no cache hits)
 smtp-source's other options (-c -d -N -o -v -4 -6, -C -L -r -R -S -T -w with
 their argument) are accepted and ignored.
 
@@ -81,15 +84,19 @@ class Bench:
         self.size = size
         self.body = build_body(size, sender, rcpt)
         self.next = 0
+        self.rcpt_from = None  # set: self.rcpt is a "%d" template
         self.dot, self.txn = [], []
         self.errors = 0
         self.first_error = None
 
     def take(self):
+        """The next message's recipient, or None when all are taken."""
         if self.next >= self.msgs:
-            return False
+            return None
         self.next += 1
-        return True
+        if self.rcpt_from is None:
+            return self.rcpt
+        return self.rcpt % (self.rcpt_from + self.next - 1)
 
     def fail(self, what):
         self.errors += 1
@@ -119,7 +126,7 @@ class Bench:
             raise ConnectionError("EHLO: " + line.decode("latin-1").strip())
         return r, w
 
-    async def message(self, r, w):
+    async def message(self, r, w, rcpt):
         """One transaction; True when the final reply was 250."""
         now = time.perf_counter
         t0 = now()
@@ -130,7 +137,7 @@ class Bench:
             w.write(b"RSET\r\n")
             await self.reply(r)
             return False
-        w.write(b"RCPT TO:<" + self.rcpt.encode() + b">\r\n")
+        w.write(b"RCPT TO:<" + rcpt.encode() + b">\r\n")
         code, line = await self.reply(r)
         if code[:1] != b"2":
             self.fail("RCPT: " + line.decode("latin-1").strip())
@@ -172,12 +179,15 @@ class Bench:
 
     async def session(self):
         conn = None
-        while self.take():
+        while True:
+            rcpt = self.take()
+            if rcpt is None:
+                break
             counted = self.errors
             try:
                 if conn is None:
                     conn = await self.connect()
-                await self.message(*conn)
+                await self.message(*conn, rcpt)
                 if self.single:
                     await self.close(*conn)
                     conn = None
@@ -202,7 +212,7 @@ class Bench:
 def main(argv):
     try:
         opts, args = getopt.getopt(argv, "146cdNovs:m:l:f:t:M:C:L:r:R:S:T:w:",
-                                   ["single", "timeout="])
+                                   ["single", "timeout=", "rcpt-from="])
     except getopt.GetoptError as e:
         sys.stderr.write("bench_latency: %s\n" % e)
         return 2
@@ -221,6 +231,8 @@ def main(argv):
               o.get("-f", "bench@client.bench.test"), o.get("-t", "rcpt@bench.test"),
               o.get("-M", "client.bench.test"), "-1" in o or "--single" in o,
               float(o.get("--timeout", 120)))
+    if "--rcpt-from" in o:
+        b.rcpt_from = int(o["--rcpt-from"])
     elapsed = asyncio.run(b.run())
     ok = len(b.dot)
     out = ["latency", "sessions=%d" % sessions, "size=%d" % size, "msgs=%d" % msgs,

@@ -2,9 +2,9 @@
 # tests/check_static.sh - the static musl binary without libclamav
 # (./build.sh static noclamav) is really static and runs alone: in an empty
 # chroot (no /etc, /dev, /proc, /tmp) it prints its features, passes -t,
-# drops to a numeric mail_owner (no /etc/passwd there), and relays a
-# message to a sink on the host's loopback (the chroot shares the network
-# namespace); as PID 1 of its own PID namespace, SIGTERM still stops it.
+# drops to a numeric mail_owner (no /etc/passwd there), checks recipients
+# with an ldap: map against a slapd on the host's loopback and relays a
+# message to a sink there (the chroot shares the network namespace); as PID 1 of its own PID namespace, SIGTERM still stops it.
 #
 # The dependency build is cached (vendor/static.sh, keyed by vendor/):
 # ./build.sh test builds it first, so this normally only relinks. Needs
@@ -54,17 +54,44 @@ v=$(timeout 20 unshare -m -p -f chroot "$R" /perimd -V) || fail "-V in the empty
 grep -q '^build: static' <<<"$v" || fail "-V does not say static: $v"
 grep -q '^libclamav: not built in' <<<"$v" || fail "-V does not say libclamav is absent: $v"
 grep -q '^features:.* clamd' <<<"$v" || fail "-V features: $v"
-# No libldap in the static builds (README): an ldap: map is refused by -t.
-grep -q '^libldap: not built in' <<<"$v" || fail "-V does not say libldap is absent: $v"
-printf 'server_host = ldap://127.0.0.1:1\n' >"$R/ldap.cf"
-printf 'relay_domains = example.com\nrelay_backends = 127.0.0.1:9\nmail_owner = 0\nrelay_recipient_maps = ldap:/ldap.cf\n' >"$R/ldap.conf"
-o=$(timeout 20 unshare -m -p -f chroot "$R" /perimd -t -c /ldap.conf 2>&1) && fail "-t accepted an ldap: map"
-grep -q 'ldap: maps are not built into this perimd' <<<"$o" || fail "-t on an ldap: map: $o"
-rm -f "$R/ldap.cf" "$R/ldap.conf"
+# libldap is in (vendor/recipes/openldap.sh, TLS through OpenSSL).
+grep -q '^libldap 2\.[0-9]*\.[0-9]* (OpenLDAP; ldap: maps, ldaps:// and StartTLS)' <<<"$v" ||
+	fail "-V does not list libldap: $v"
+grep -q '^features:.* ldap' <<<"$v" || fail "-V features without ldap: $v"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
 SINK=$(free_port)
+LDAP=$(free_port)
+
+# A directory on the host's loopback: relay_recipient_maps = ldap: inside
+# the chroot (no /etc/ldap, no /etc/hosts) lists b@example.com only.
+mkdir -p "$T/slapd/db"
+{
+	for s in core cosine inetorgperson; do echo "include /etc/ldap/schema/$s.schema"; done
+	echo "modulepath /usr/lib/ldap"
+	echo "moduleload back_mdb"
+	echo "database mdb"
+	echo "suffix \"dc=example,dc=com\""
+	echo "directory $T/slapd/db"
+	echo "access to * by * read"
+} >"$T/slapd/slapd.conf"
+{
+	printf 'dn: dc=example,dc=com\nobjectClass: dcObject\nobjectClass: organization\no: E\ndc: example\n\n'
+	printf 'dn: uid=b,dc=example,dc=com\nobjectClass: inetOrgPerson\nuid: b\ncn: b\nsn: b\nmail: b@example.com\n'
+} >"$T/slapd/users.ldif"
+slapadd -q -f "$T/slapd/slapd.conf" -l "$T/slapd/users.ldif" >"$T/slapd/slapadd.log" 2>&1 ||
+	fail "slapadd: $(cat "$T/slapd/slapadd.log")"
+slapd -d 0 -f "$T/slapd/slapd.conf" -h "ldap://127.0.0.1:$LDAP/" >"$T/slapd/slapd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$LDAP") 2>/dev/null && break; sleep 0.1; done
+{
+	echo "server_host = ldap://127.0.0.1:$LDAP"
+	echo "search_base = dc=example,dc=com"
+	echo "query_filter = (mail=%s)"
+	echo "result_attribute = mail"
+	echo "bind = no"
+} >"$R/ldap.cf"
 mkdir -p "$T/sink"
 chmod 711 "$T"   # smtp-sink runs as nobody
 chown nobody "$T/sink"
@@ -86,6 +113,7 @@ stats_listen =
 greylist = no
 reject_unknown_sender_domain = no
 shutdown_timeout = 2s
+relay_recipient_maps = ldap:/ldap.cf
 EOF
 timeout 20 unshare -m -p -f chroot "$R" /perimd -t -c /perimd.conf || fail "-t in the chroot"
 if timeout 20 unshare -m -p -f chroot "$R" /perimd -t -c /perimd.conf -o av_scanner=libclamav 2>"$T/t.err"; then
@@ -115,6 +143,11 @@ timeout 30 swaks --server 127.0.0.1 --port "$PORT" --from a@client.test --to b@e
 	--helo client.test --header "Subject: $marker" --body "body $marker" >"$T/swaks.log" 2>&1 ||
 	{ cat "$T/swaks.log"; fail "swaks through the chrooted perimd"; }
 grep -q '^<-  250 .*queued as' "$T/swaks.log" || fail "no 250 for the message"
+# A recipient the directory does not list: 550 (the lookup answered).
+timeout 30 swaks --server 127.0.0.1 --port "$PORT" --from a@client.test --to nobody@example.com \
+	--helo client.test --quit-after RCPT >"$T/swaks2.log" 2>&1 || true # swaks exits 24 on the 550
+grep -q '^<\*\* 550 5\.1\.1 <nobody@example.com>: recipient unknown' "$T/swaks2.log" ||
+	{ cat "$T/swaks2.log"; fail "no 550 from the ldap: map for an unlisted recipient"; }
 n=0
 for _ in $(seq 50); do
 	n=$(grep -l "$marker" "$T/sink"/* 2>/dev/null | wc -l)

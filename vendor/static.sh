@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # vendor/static.sh - the fully static (musl) perimd: ./build.sh static [noclamav]
 #
-#   ./build.sh static            BearSSL, c-ares, SQLite, Connector/C, libclamav
-#                                (and its zlib/OpenSSL/bzip2/PCRE2/libxml2/json-c/
-#                                libmspack) -> build/static/perimd
+#   ./build.sh static            BearSSL, c-ares, SQLite, Connector/C, libldap
+#                                (with OpenSSL for ldaps:// and StartTLS), libclamav
+#                                (and its zlib/bzip2/PCRE2/libxml2/json-c/libmspack)
+#                                -> build/static/perimd
 #   ./build.sh static noclamav   the same without libclamav (av_scanner = clamd
 #                                only) -> build/static-noclamav/perimd
 #
@@ -174,8 +175,8 @@ for d in "$PERIMD_STATIC_CACHE"/deps-*; do
 	[ "$d" = "$P" ] || rm -rf "$d"
 done
 
-BASE="bearssl c-ares sqlite3 zlib mariadb"
-CLAM="openssl bzip2 pcre2 libxml2 json-c libmspack clamav"
+BASE="bearssl c-ares sqlite3 zlib mariadb openssl openldap"
+CLAM="bzip2 pcre2 libxml2 json-c libmspack clamav"
 for l in $BASE; do lib "$l"; done
 if [ "$VARIANT" = full ]; then
 	command -v cargo >/dev/null || { echo "static: libclamav needs Rust (cargo); try ./build.sh static noclamav" >&2; exit 1; }

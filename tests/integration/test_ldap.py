@@ -60,6 +60,14 @@ def user(uid, mail, proxies=()):
     return "\n".join(lines) + "\n"
 
 
+def domain_entry(domain, how):
+    """A mail domain of the site (cosine's associatedDomain), for
+    relay_domains and transport_maps; description says how it is routed."""
+    return ("dn: cn=%s,ou=domains,%s\nobjectClass: applicationProcess\n"
+            "objectClass: domainRelatedObject\ncn: %s\nassociatedDomain: %s\n"
+            "description: %s\n" % (domain, SUFFIX, domain, domain, how))
+
+
 ENTRIES = "\n".join([
     "dn: %s\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n"
     % SUFFIX,
@@ -70,6 +78,9 @@ ENTRIES = "\n".join([
          ["SMTP:Alice.Smith@example.com", "smtp:alice@example.com", "smtp:al@example.com",
           "X500:/o=Example/ou=Exchange/cn=alice"]),
     user("bob", "bob@example.com", ["SMTP:bob@example.com", "sip:bob@example.com"]),
+    "dn: ou=domains,%s\nobjectClass: organizationalUnit\nou: domains\n" % SUFFIX,
+    domain_entry("example.com", "routed"),
+    domain_entry("example.net", "plain"),
 ] + [user("u%d" % i, "u%d@example.com" % i, ["SMTP:u%d@example.com" % i])
      for i in range(20)])
 
@@ -141,6 +152,16 @@ class Slapd:
             self.log.close()
             self.log = None
         self.proc = None
+
+
+@pytest.fixture(autouse=True)
+def lsan_libldap(monkeypatch):
+    """libldap's own leak when a server dies mid-answer (lsan_libldap.supp)."""
+    supp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsan_libldap.supp")
+    monkeypatch.setenv("LSAN_OPTIONS", "suppressions=" + supp)
+    # Full stacks, so the suppressions see libldap's frames (the fast
+    # unwinder stops in liblber, built without frame pointers).
+    monkeypatch.setenv("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0")
 
 
 @pytest.fixture
@@ -217,6 +238,20 @@ def metrics(p):
             k, v = line.rsplit(" ", 1)
             out[k] = float(v)
     return out
+
+
+def page(p, path):
+    port = int(p.params["stats_listen"].rsplit(":", 1)[1])
+    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as r:
+        return r.read().decode()
+
+
+def series(p, graph, name):
+    """The plotted values of one series of /graph/GRAPH-hour.svg."""
+    svg = page(p, "/graph/%s-hour.svg" % graph)
+    m = re.search(r'data-series="%s" data-values="([^"]*)"' % name, svg)
+    assert m, svg[:2000]
+    return [float(x) for x in m.group(1).split()]
 
 
 def test_ldap_recipients(tmp_path, perimd_factory, sink, slapd):
@@ -439,6 +474,162 @@ def test_loadtest_reports_ldap(tmp_path, slapd):
     assert len(ldap) == 2 and all(int(x[0]) > 0 and x[3] == "0" for x in ldap), out
 
 
+def test_ldap_relay_domains_and_transport_maps(tmp_path, perimd_factory, sink_factory, slapd):
+    # relay_domains and transport_maps as ldap: maps (asynchronous lookups
+    # before the verdict chain): a domain in the directory is ours, one
+    # marked "routed" goes to its own backend, others to relay_backends;
+    # a domain not there is relaying (550); a directory down is 451.
+    main_sink, routed_sink = sink_factory(), sink_factory()
+    dom = dict(search_base="ou=domains," + SUFFIX, result_attribute="associatedDomain")
+    rd = write_cf(tmp_path / "ldap-domains.cf", cf_text(
+        slapd.uri, query_filter="(&(objectClass=domainRelatedObject)(associatedDomain=%s))",
+        **dom))
+    tr = write_cf(tmp_path / "ldap-transport.cf", cf_text(
+        slapd.uri, query_filter="(&(associatedDomain=%s)(description=routed))",
+        result_format="127.0.0.1:%d" % routed_sink.port, **dom))
+    p = perimd_factory(relay_backends="127.0.0.1:%d" % main_sink.port,
+                       relay_domains="ldap:" + rd, transport_maps="ldap:" + tr)
+    r = rcpts(p.port, ["a@example.com", "b@Example.COM", "c@example.net",
+                       "d@nowhere.test", "e@sub.example.com"])
+    # c@example.net: ours, but the transaction already goes to the routed
+    # backend (one backend list per transaction).
+    assert [x[0] for x in r] == [250, 250, 452, 550, 550], r
+    assert r[3][1] == "5.7.1 <d@nowhere.test>: relay access denied", r
+    assert send(p.port, "x@example.com", "ldap-routed") == (250, 250)
+    assert send(p.port, "y@example.net", "ldap-plain") == (250, 250)
+    assert routed_sink.wait_count(1) and main_sink.wait_count(1)
+    assert b"ldap-routed" in routed_sink.messages()[0]
+    assert b"ldap-plain" in main_sink.messages()[0]
+    assert metrics(p)['perimd_ldap_lookups_total{result="found"}'] >= 6
+    slapd.stop()
+    r = rcpts(p.port, ["a@example.com", "postmaster"])
+    assert [x[0] for x in r] == [451, 250], r
+    assert r[0][1] == "4.3.0 <a@example.com>: temporary lookup failure", r
+
+
+class SlowProxy:
+    """A TCP proxy in front of slapd that holds every request chunk `delay`
+    seconds before passing it on: a slow directory whose concurrency can be
+    counted. `max_busy` is the most requests held at once (one per LDAP
+    connection that has a search out), `max_conns` the most connections
+    open at once, `conns` the connections ever accepted."""
+
+    def __init__(self, target_port, delay):
+        import socket
+        self.delay, self.target = delay, target_port
+        self.lock = threading.Lock()
+        self.busy = self.max_busy = self.open = self.max_conns = self.conns = 0
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(256)
+        self.port = self.lsock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def uri(self):
+        return "ldap://127.0.0.1:%d" % self.port
+
+    def _count(self, attr, d):
+        with self.lock:
+            v = getattr(self, attr) + d
+            setattr(self, attr, v)
+            top = "max_busy" if attr == "busy" else "max_conns"
+            if d > 0 and v > getattr(self, top):
+                setattr(self, top, v)
+
+    def _accept(self):
+        import socket
+        while not self.stopped:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            s = socket.create_connection(("127.0.0.1", self.target), 5)
+            with self.lock:
+                self.conns += 1
+            self._count("open", 1)
+            threading.Thread(target=self._pump, args=(c, s, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(s, c, False), daemon=True).start()
+
+    def _pump(self, src, dst, slow):
+        try:
+            while True:
+                b = src.recv(65536)
+                if not b:
+                    break
+                if slow:
+                    self._count("busy", 1)
+                    time.sleep(self.delay)
+                    self._count("busy", -1)
+                dst.sendall(b)
+        except OSError:
+            pass
+        finally:
+            for x in (src, dst):
+                try:
+                    x.shutdown(2)
+                except OSError:
+                    pass
+            if slow:
+                self._count("open", -1)
+
+    def stop(self):
+        self.stopped = True
+        self.lsock.close()
+
+
+def test_ldap_lookups_run_concurrently(tmp_path, perimd_factory, sink, slapd):
+    # A slow directory (every request held 0.25 s by SlowProxy) under
+    # smtp-source load, 16 sessions: the lookups of one map run
+    # connection_limit at a time over that many persistent connections
+    # (not capped by the shared worker threads), the bound holds, and the
+    # event loops stay free (a session that needs no lookup answers fast).
+    proxy = SlowProxy(slapd.port, 0.25)
+    try:
+        cf = write_cf(tmp_path / "ldap-wide.cf", cf_text(proxy.uri, connection_limit="8"))
+        p = perimd_factory(relay_backends="127.0.0.1:%d" % sink.port,
+                           relay_recipient_maps="ldap:" + cf)
+        out = {}
+
+        def load():
+            t0 = time.monotonic()
+            out["rc"] = smtp_source("-s", "16", "-m", "64", "-f", "load@client.test",
+                                    "-t", "u1@example.com", "127.0.0.1:%d" % p.port)
+            out["t"] = time.monotonic() - t0
+        th = threading.Thread(target=load)
+        th.start()
+        assert wait_for(lambda: proxy.busy >= 4, 20)
+        t0 = time.monotonic()
+        assert rcpts(p.port, ["postmaster@example.com"])[0][0] == 250
+        quick = time.monotonic() - t0
+        # The graphs of the status page move under the load.
+        assert wait_for(lambda: sum(series(p, "ldap", "ldap_lookups")) >= 8, 20)
+        during = sum(series(p, "ldap", "ldap_lookups"))
+        th.join(120)
+        assert out["rc"][0] == 0, out
+        assert sink.wait_count(64, 30)
+        m = metrics(p)
+    finally:
+        proxy.stop()
+    print("64 lookups at 0.25 s: %.2f s, most at once %d, connections %d (max open %d), "
+          "an EHLO..RCPT postmaster meanwhile %.3f s" % (out["t"], proxy.max_busy, proxy.conns,
+                                                          proxy.max_conns, quick))
+    assert proxy.max_busy == 8, proxy.max_busy          # as wide as connection_limit
+    assert proxy.max_conns <= 8 and proxy.conns <= 8, (proxy.max_conns, proxy.conns)
+    assert m['perimd_ldap_connections{server="%s"}' % proxy.uri] == 8, m
+    assert m['perimd_ldap_lookups_total{result="found"}'] >= 64, m
+    # 64 searches at 0.25 s: 16 s one at a time, 8 s two at a time (the
+    # old shared workers), 2 s eight at a time.
+    assert out["t"] < 6, out["t"]
+    assert quick < 1.0, quick
+    after = series(p, "ldap", "ldap_lookups")
+    assert sum(after) > during and sum(after) >= 64, (during, after[-3:])
+    assert max(series(p, "ldapconn", "ldap_connections")) == 8
+    home = page(p, "/")
+    assert 'data-graph="ldap-day"' in home and 'data-graph="ldapconn-week"' in home
+
+
 # ---- TLS -------------------------------------------------------------------------
 
 
@@ -504,3 +695,13 @@ def test_ldaps_and_start_tls(tmp_path, perimd_factory):
         assert [x[0] for x in r] == [250, 550], r
     finally:
         s.stop()
+
+
+def test_version_lists_ldap():
+    # perimd -V: the ldap feature and the libldap it was built with.
+    out = subprocess.run([PERIMD_BIN, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         timeout=30).stdout.decode()
+    features = re.search(r"^features: (.*)$", out, re.M).group(1).split()
+    assert "ldap" in features, out
+    assert re.search(r"^libldap 2\.\d+\.\d+ \(OpenLDAP; ldap: maps, ldaps:// and StartTLS\)$", out,
+                     re.M), out

@@ -41,7 +41,7 @@ TEST(defaults)
 	CHECK_INT(cf.start_tls, 0);
 	CHECK_INT(cf.size_limit, 0);
 	CHECK_INT(cf.dereference, 0);
-	CHECK_INT(cf.connection_limit, 4);
+	CHECK_INT(cf.connection_limit, 8);
 	CHECK_INT(cf.cache_ttl_ms, 60000);
 	CHECK_INT(cf.negative_cache_ttl_ms, 10000);
 	map_ldap_cf_free(&cf);

@@ -174,6 +174,20 @@ TEST(test_history)
 	CHECK_INT(history_parse(h3, mixed, strlen(mixed)), 0);
 	CHECK(h3->minute[29000000 % HIST_MINUTES] == 29000000);
 	CHECK(h3->minute[5] == 0 && h3->minute[1] == 0);
+	/* A line with the LDAP series, and one with 7 values (neither form). */
+	const char *v2 = "perimd-history 1\n29000001 1 2 3 4 5 6 70 8\n29000002 1 2 3 4 5 6 7\n";
+	CHECK_INT(history_parse(h3, v2, strlen(v2)), 0);
+	CHECK(h3->v[29000001 % HIST_MINUTES][HS_LDAP_LOOKUPS] == 70);
+	CHECK(h3->v[29000001 % HIST_MINUTES][HS_LDAP_CONNS] == 8);
+	CHECK(h3->v[29000000 % HIST_MINUTES][HS_LDAP_LOOKUPS] == 0);
+	CHECK(h3->minute[29000002 % HIST_MINUTES] == 0);
+	/* LDAP lookups are summed per minute, connections are a maximum. */
+	cur[HS_LDAP_LOOKUPS] = 10, cur[HS_LDAP_CONNS] = 3;
+	history_sample(h, m + 2, cur, last);
+	cur[HS_LDAP_LOOKUPS] = 25, cur[HS_LDAP_CONNS] = 1;
+	history_sample(h, m + 2, cur, last);
+	CHECK(h->v[(m + 2) % HIST_MINUTES][HS_LDAP_LOOKUPS] == 25);
+	CHECK(h->v[(m + 2) % HIST_MINUTES][HS_LDAP_CONNS] == 3);
 
 	struct strbuf svg = {0};
 	CHECK_INT(graph_svg(&svg, h, m + 1, "messages", "hour"), 0);
@@ -181,6 +195,11 @@ TEST(test_history)
 	/* The last two points of the hour: 8 then 5. */
 	char *vals = strstr(svg.p, "data-series=\"received\" data-values=\"");
 	CHECK(vals && strstr(vals, " 8 5\"") != NULL);
+	CHECK_INT(graph_svg(&svg, h, m + 2, "ldap", "hour"), 0);
+	CHECK(strstr(svg.p, "data-series=\"ldap_lookups\"") != NULL);
+	CHECK_INT(graph_svg(&svg, h, m + 2, "ldapconn", "hour"), 0);
+	vals = strstr(svg.p, "data-series=\"ldap_connections\" data-values=\"");
+	CHECK(vals && strstr(vals, " 0 3\"") != NULL);
 	CHECK_INT(graph_svg(&svg, h, m, "nothing", "hour"), -1);
 	CHECK_INT(graph_svg(&svg, h, m, "sessions", "year"), -1);
 	sb_free(&svg);
