@@ -45,7 +45,7 @@ struct av_req {
 	struct ev_loop *loop;
 	const struct conf *cf;
 	struct spool *sp;
-	char msgid[16];
+	char msgid[24];
 	uint64_t id, t0;
 	long engine_us; /* scanner's own time; -1 unknown */
 	int fd;         /* spool's, not ours */

@@ -998,7 +998,7 @@ static void req_capmiss_final(struct relay_req *r)
 	snprintf(why, sizeof(why), "no backend supports %s",
 		 r->capmiss & SMTP_CAP_SMTPUTF8 ? "SMTPUTF8" : "8BITMIME");
 	relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), why);
-	req_log(r, "bounced", why);
+	req_log(r, "rejected", why);
 	req_finish(r);
 }
 

@@ -170,6 +170,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 		goto out;
 	}
 	s->tx = txn_new();
+	snprintf(s->tx->msgid, sizeof s->tx->msgid, "%s.%04u", s->id, ++s->ntx % 10000);
 	s->tx->sender = xstrdup(p->addr);
 	policy_mail(s->ps, s->tx->sender);
 	s->tx->body8 = body8;
@@ -177,6 +178,9 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 	s->tx->ret = ret ? xstrdup(ret) : NULL;
 	s->tx->envid = envid ? xstrdup(envid) : NULL;
 	dnscheck_mail(s->dns, s->tx->sender); /* looked up now, refused at RCPT */
+	/* The transaction's first line, as Postfix's "QUEUEID: client=". */
+	log_info("%s: client=[%s], helo=<%s>, from=<%s>", s->tx->msgid, s->addr, s->helo ? s->helo : "",
+		 s->tx->sender);
 	smtpd_reply(s, "250 2.1.0 Ok");
 out:
 	free(p);
@@ -413,7 +417,6 @@ static void received_header(struct session *s)
  * command table runs it only once a recipient was accepted. */
 void smtpd_cmd_data(struct session *s, char *arg)
 {
-	smtpd_gen_id(s->tx->msgid);
 	s->tx->spool = spool_new();
 	s->tx->data_err = DE_NONE;
 	received_header(s);
@@ -442,12 +445,16 @@ static void relay_done(void *arg, const struct relay_result *r)
 	 * message is accepted. */
 	if (r->code < 300 && s->tx->grey_pass)
 		grey_accepted(s->loop, s->pol, s->addr, s->tx->sender);
-	const char *status = r->code < 300 ? "sent" : r->code < 500 ? "deferred" : "bounced";
+	/* perimd never bounces: a 5xx is the client's to bounce ("rejected"),
+	 * a 4xx the client's to retry ("deferred"). */
 	for (int i = 0; i < s->tx->nrcpt; i++) {
 		const struct relay_rcpt *rr = &s->tx->rr[i];
+		int code = rr->code >= 400 ? rr->code : r->code;
 		log_info("%s: to=<%s>, relay=%s, delay=%.3f, status=%s (%s)", s->tx->msgid, rr->addr,
 			 r->backend[0] ? r->backend : "none", (double)ms / 1000.0,
-			 rr->code && rr->code >= 400 ? (rr->code < 500 ? "deferred" : "bounced") : status,
+			 code < 300       ? "sent"
+			     : code < 500 ? "deferred"
+					  : "rejected",
 			 rr->code >= 400           ? rr->reply
 			     : r->backend_reply[0] ? r->backend_reply
 						   : r->text);
@@ -485,12 +492,28 @@ static void av_done(void *arg, const char *refusal)
 	smtpd_session_resume(s);
 }
 
+/* log_message_id - the message's Message-ID header field, logged as
+ * Postfix's cleanup does ("message-id=<>" when it has none); only the
+ * first MSGID_SCAN bytes are read. */
+#define MSGID_SCAN (32 * 1024)
+static void log_message_id(struct session *s)
+{
+	char *head = xmalloc(MSGID_SCAN), mid[256];
+	ssize_t n = spool_read(s->tx->spool, 0, head, MSGID_SCAN);
+	smtp_header_value(head, n > 0 ? (size_t)n : 0, "Message-ID", mid, sizeof mid);
+	free(head);
+	size_t l = strlen(mid);
+	int bracketed = l >= 2 && mid[0] == '<' && mid[l - 1] == '>';
+	log_info("%s: message-id=%s%s%s", s->tx->msgid, bracketed ? "" : "<", mid, bracketed ? "" : ">");
+}
+
 /* data_end - the final dot: refuse, or scan and hand the stored message on. */
 static void data_end(struct session *s)
 {
 	const struct conf *cf = s->cf;
 	smtpd_enter_state(s, ST_CMD);
 	spool_finish(s->tx->spool);
+	log_message_id(s);
 	stats_inc(ST_msg_received);
 	const char *refusal = NULL;
 	if (s->tx->data_err == DE_TOO_BIG)

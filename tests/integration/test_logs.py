@@ -1,0 +1,124 @@
+"""test_logs.py - logs a site can use: one message traced end to end by
+one grep (session id, transaction ids that begin with it, fixed widths so
+no id matches the next session), message-id= from the header, the status
+words (sent, deferred, rejected; never bounced), and log_format = json
+(every line one object that json.loads parses, under odd input).
+"""
+
+import json
+import os
+import re
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import smtp_dialogue, wait_for  # noqa: E402
+
+ID = r"[0-9B-DF-HJ-NP-TV-Z]{12}"  # smtpd_gen_id's alphabet, fixed width
+
+
+class ProxySMTP(smtplib.SMTP):
+    """smtplib.SMTP that sends a PROXY v1 header before the greeting."""
+
+    proxy_src = "203.0.113.7"
+
+    def _get_socket(self, host, port, timeout):
+        s = socket.create_connection((host, port), timeout, source_address=("127.0.0.2", 0))
+        s.sendall(("PROXY TCP4 %s 127.0.0.1 40000 25\r\n" % self.proxy_src).encode())
+        return s
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(d / "k.pem"), "-out",
+                    str(d / "c.pem"), "-days", "30", "-subj", "/CN=perimd.test"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    return str(d / "c.pem"), str(d / "k.pem")
+
+
+def lines_with(log, needle):
+    return [ln for ln in log.splitlines() if needle in ln]
+
+
+def test_one_message_traced_by_one_grep(perimd_factory, backend_factory, cert):
+    """A session through PROXY and STARTTLS with two transactions: one
+    grep of the session id finds connect, PROXY, TLS, EHLO, the refusal,
+    the client= / message-id= / to= / from= lines of both messages and the
+    relay's line, and the disconnect; nothing of the next session. A grep
+    of a transaction id finds that transaction only. The recipient the
+    backend refused is status=rejected, the accepted one status=sent."""
+    b = backend_factory(rcpt_reply={"nobody@*": "550 5.1.1 no such user"})
+    # PROXY from 127.0.0.2 only: the harness's start probe (127.0.0.1) goes without.
+    p = perimd_factory(relay_backends=b.target, smtpd_upstream_proxy_protocol="haproxy",
+                       smtpd_upstream_proxy_clients="127.0.0.2",
+                       smtpd_tls_cert_file=cert[0], smtpd_tls_key_file=cert[1])
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with ProxySMTP("127.0.0.1", p.port, timeout=20) as c:
+        c.ehlo("client.test")
+        c.starttls(context=ctx)
+        c.ehlo("client.test")
+        c.mail("a@client.test")
+        assert c.rcpt("x@other.test")[0] == 550  # relay denied: a refusal line
+        assert c.rcpt("b@example.com")[0] == 250
+        assert c.rcpt("nobody@example.com")[0] == 250  # perimd does not know
+        c.data(b"Message-ID: <trace-1@client.test>\r\nSubject: one\r\n\r\nhello\r\n")
+        c.mail("a@client.test")
+        c.rcpt("b@example.com")
+        c.data(b"Subject: two, no message-id\r\n\r\nhello\r\n")
+    # The next session: many sessions later, its id must not match.
+    for _ in range(3):
+        smtp_dialogue(p.port, ["EHLO next.test", "QUIT"])
+    m = p.wait_log(r"^.*(%s): disconnect from \[203\.0\.113\.7\]" % ID)
+    assert wait_for(lambda: p.log_text().count("ehlo=<next.test>") == 3)
+    sid = m.group(1)
+    log = p.log_text()
+    mine = lines_with(log, sid)
+    text = "\n".join(mine)
+    for what in (r"%s: connect from \[127\.0\.0\.2\]" % sid,
+                 r"%s: PROXY v1 from \[127\.0\.0\.2\]: client \[203\.0\.113\.7\]" % sid,
+                 r"%s: ehlo=<client\.test> from \[203\.0\.113\.7\]" % sid,
+                 r"%s: TLS established from \[203\.0\.113\.7\]" % sid,
+                 r"%s\.0001: client=\[203\.0\.113\.7\], helo=<client\.test>, from=<a@client\.test>" % sid,
+                 r"%s\.0001: reject: RCPT from \[203\.0\.113\.7\]: 550 5\.7\.1 .*to=<x@other\.test>" % sid,
+                 r"%s\.0001: message-id=<trace-1@client\.test>" % sid,
+                 # Not all recipients taken: the client gets a 451 for all.
+                 r"%s\.0001: to=<b@example\.com>, relay=.*status=deferred" % sid,
+                 r"%s\.0001: to=<nobody@example\.com>, relay=.*status=rejected \(550 5\.1\.1 no such user\)"
+                 % sid,
+                 r"%s\.0001: relay=\S+, rcpts=2, .*status=deferred" % sid,
+                 r"%s\.0001: from=<a@client\.test>, size=\d+, nrcpt=2, client=\[203\.0\.113\.7\]" % sid,
+                 r"%s\.0002: message-id=<>" % sid,
+                 r"%s\.0002: to=<b@example\.com>, .*status=sent \(250" % sid,
+                 r"%s: disconnect from \[203\.0\.113\.7\] commands=\d+ messages=1" % sid):
+        assert re.search(what, text), "%r not in the session's lines:\n%s" % (what, text)
+    # Nothing else matches: not the next sessions, and no line that is not ours.
+    assert "next.test" not in text
+    for ln in mine:
+        assert re.search(r"perimd\[\d+\]: (?:warning: )?%s(?:\.\d{4})?: " % sid, ln), ln
+    # The first transaction's grep is that transaction only.
+    t1 = lines_with(log, sid + ".0001")
+    assert t1 and not any("message-id=<>" in ln for ln in t1)
+    assert not re.search(r"status=bounced", log)
+    # Every session id in the log has the same width.
+    ids = set(re.findall(r"perimd\[\d+\]: (?:warning: )?([0-9A-Z]+)(?:\.\d{4})?: ", log))
+    assert ids and all(re.fullmatch(ID, i) for i in ids), ids
+    assert len(ids) >= 5  # the start probe, ours, the next 3
+
+
+def test_backend_tempfail_is_deferred(perimd_factory, backend_factory):
+    b = backend_factory(rcpt_reply={"later@*": "451 4.3.0 try later"})
+    p = perimd_factory(relay_backends=b.target)
+    r = smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@client.test>", "RCPT TO:<later@example.com>",
+                               "DATA", "Subject: t", "", "x", ".", "QUIT"])
+    assert r[-2][0] == 451, r
+    p.wait_log(r"to=<later@example\.com>, .*status=deferred \(451 4\.3\.0 try later\)")
