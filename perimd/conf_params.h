@@ -123,3 +123,4 @@ PARAM(STR, policy_listen, "", 0, 0, NULL, "address for the Postfix policy delega
 /* Observability */
 PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)")
 PARAM(ENUM, log_to, "syslog", 0, 0, "syslog|stderr", "where to log (-f implies stderr)")
+PARAM(ENUM, log_format, "text", 0, 0, "text|json", "log lines as Postfix-like text, or one JSON object per line")

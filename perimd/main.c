@@ -325,6 +325,7 @@ static void reload(const char *path, int nov, int full)
 		policy_release(old);
 	}
 	policy_install(p);
+	log_set_json(!strcmp(c->log_format, "json"));
 	if (full)
 		av_reload(c);
 	log_info("configuration reloaded from %s", path);
@@ -439,6 +440,7 @@ int main(int argc, char **argv)
 	}
 
 	log_open("perimd", fg || !strcmp(c->log_to, "stderr"), verbose);
+	log_set_json(!strcmp(c->log_format, "json"));
 	/* Spooled bodies, databases and statistics hold other people's mail:
 	 * nothing perimd creates is readable by group or others. */
 	umask(077);

@@ -122,3 +122,75 @@ def test_backend_tempfail_is_deferred(perimd_factory, backend_factory):
                                "DATA", "Subject: t", "", "x", ".", "QUIT"])
     assert r[-2][0] == 451, r
     p.wait_log(r"to=<later@example\.com>, .*status=deferred \(451 4\.3\.0 try later\)")
+
+
+ODD_HELO = [b'q"uo\\te.test', "h\u00e9llo-\u4e16\u754c.test".encode(), b"bad\xff\xfeutf8.test",
+            b"ctl\x01\x1b[31m\x7f.test", b"tab\there.test"]
+
+
+def test_json_log_lines_parse_under_odd_input(perimd_factory, backend_factory):
+    """log_format = json: every line of a run with quotes, backslashes,
+    control characters, valid and invalid UTF-8 in HELO, addresses,
+    Message-ID and refusals parses with json.loads (the file read as strict
+    UTF-8) and carries the text line's fields: id, msg, from, to, status,
+    relay, message-id, client."""
+    b = backend_factory(rcpt_reply={"nobody@*": "550 5.1.1 no \"such\" user"})
+    p = perimd_factory(relay_backends=b.target, log_format="json", reject_invalid_helo_hostname=False,
+                       smtpd_error_sleep_time="0")
+    sent = 0
+    for i, helo in enumerate(ODD_HELO):
+        r = smtp_dialogue(p.port, [
+            b"EHLO " + helo,
+            b'MAIL FROM:<"we\\"ird\\\\x"@client.test>',
+            b"RCPT TO:<x\x01y@other.test>",
+            b'RCPT TO:<"q\\"x"@other.test>',
+            "RCPT TO:<\u00fc\u00e9@other.test> SMTPUTF8".encode(),
+            b"RCPT TO:<b@example.com>",
+            b"DATA",
+            b"Message-ID: <odd-" + str(i).encode() + b'-"q"\\\x02\xc3\xa9\xff@client.test>',
+            b"Subject: odd", b"", b"x", b".",
+            b"MAIL FROM:<a@client.test>", b"RCPT TO:<nobody@example.com>", b"DATA",
+            b"Subject: refused", b"", b"x", b".", b"QUIT"])
+        assert 250 in [x[0] for x in r]
+        sent += 1
+    assert wait_for(lambda: p.log_text().count('"msg":"disconnect from') >= sent + 1, 20)
+    p.stop()
+    raw = open(p.log_path, "rb").read()
+    objs = []
+    for ln in raw.split(b"\n"):
+        if not ln:
+            continue
+        if b"AddressSanitizer" in ln or b"runtime error" in ln:
+            pytest.fail(ln.decode("utf-8", "replace"))
+        o = json.loads(ln.decode("utf-8"))  # strict: every byte valid UTF-8
+        assert isinstance(o, dict)
+        for k in ("time", "level", "ident", "pid", "msg"):
+            assert k in o, o
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", o["time"])
+        objs.append(o)
+    assert len(objs) > 50
+    helos = [o["msg"] for o in objs if o["msg"].startswith("ehlo=")]
+    assert any('q"uo\\te.test' in h for h in helos), helos
+    assert any("h\u00e9llo-\u4e16\u754c.test" in h for h in helos), helos
+    assert any("bad\ufffd\ufffdutf8.test" in h for h in helos), helos
+    assert any("ctl\x01\x1b[31m\x7f.test" in h for h in helos), helos
+    ids = {o.get("id") for o in objs if "id" in o}
+    assert all(re.fullmatch(ID + r"(\.\d{4})?", i) for i in ids), ids
+    sent_lines = [o for o in objs if o.get("status") == "sent" and "to" in o]
+    assert len(sent_lines) == sent
+    for o in sent_lines:
+        assert o["to"] == "b@example.com" and o["relay"] and o["status_detail"].startswith("250")
+        assert re.fullmatch(ID + r"\.0001", o["id"])
+    # The backend's refusal; then the verdict cache refuses at RCPT.
+    rej = [o for o in objs if o.get("status") == "rejected" and "to" in o]
+    assert len(rej) >= 1 and all(o["to"] == "nobody@example.com" for o in rej)
+    assert all(o["status_detail"] == '550 5.1.1 no "such" user' for o in rej), rej
+    mids = [o["message-id"] for o in objs
+            if o["msg"].startswith("message-id=")]
+    assert len([m for m in mids if m.startswith("odd-")]) == sent, mids
+    assert all(m.endswith('-"q"\\?\u00e9\ufffd@client.test') for m in mids if m), mids
+    refusals = [o for o in objs if o["msg"].startswith("reject: RCPT")]
+    assert len([o for o in refusals if o.get("to") == '"q\\"x"@other.test']) == sent, refusals
+    clients = [o for o in objs if o["msg"].startswith("client=")]
+    assert len(clients) == 2 * sent and all(o["client"] == "127.0.0.1" for o in clients)
+    assert len([o for o in clients if o["from"] == '"we\\"ird\\\\x"@client.test']) == sent
