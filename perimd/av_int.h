@@ -21,6 +21,9 @@
 #define PONG_WAIT_MS 15000
 #define HANG_GRACE_MS 5000
 #define NAMES_MAX 256
+/* av_names_cap_set - the most distinct virus names counted by name
+ * (stats_virus_names_max, 1 to NAMES_MAX - 1: one slot stays for "other"). */
+void av_names_cap_set(int cap);
 
 enum av_kind { AVK_NONE, AVK_LIBCLAMAV, AVK_CLAMD, AVK_BAD };
 enum av_outcome { AVO_CLEAN, AVO_VIRUS, AVO_FAIL, AVO_OVERSIZE, AVO_INCOMPLETE };

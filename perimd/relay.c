@@ -60,6 +60,10 @@ static void rl_maybe_free(struct relay_loop *rl);
 const char *const relay_bstate_name[] = { "connect",       "greeting",    "EHLO",      "HELO",    "STARTTLS",
 					  "TLS handshake", "ready",       "MAIL FROM", "RCPT TO", "DATA",
 					  "message body",  "end of data", "RSET",      "idle",    "QUIT" };
+/* The same as metric label values (snake_case). */
+const char *const relay_bstate_label[] = { "connect",       "greeting",    "ehlo",      "helo",    "starttls",
+					   "tls_handshake", "ready",       "mail_from", "rcpt_to", "data",
+					   "message_body",  "end_of_data", "rset",      "idle",    "quit" };
 
 static pthread_mutex_t dests_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct relay_dest *dests;

@@ -335,7 +335,7 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 	char why[600];
 	int pipelined = (b->caps & SMTP_CAP_PIPELINING) != 0;
 
-	stats_backend_reply(relay_bstate_name[b->state], rep->code);
+	stats_backend_reply(relay_bstate_label[b->state], rep->code);
 	if (!relay_class_ok(b->state, rep->code))
 		return wrong_class(b, said);
 

@@ -487,7 +487,7 @@ static void command_run(struct session *s, const struct smtpd_cmd *c, char *arg)
 	case CMD_OK: c->run(s, arg); return;
 	case CMD_HELO_REQUIRED:
 		/* A policy refusal, logged as one (Postfix's smtpd_helo_required). */
-		stats_inc(ST_rej_rfc);
+		stats_inc(strcmp(c->name, "RCPT") ? ST_rej_rfc : ST_rej_rcpt_rfc);
 		smtpd_log_reject(s, c->name, reply, NULL);
 		break;
 	default: break;

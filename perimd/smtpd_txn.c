@@ -101,7 +101,7 @@ static int path_parse(struct session *s, char *arg, struct smtp_path *p, const c
 	if (smtp_path_parse(arg, s->cf->strict_rfc821_envelopes, p, &why) == PARSE_OK &&
 	    (why = policy_addr_check(p->local, p->domain)) == NULL)
 		return 0;
-	stats_inc(ST_rej_rfc);
+	stats_inc(strstr(who, "recipient") ? ST_rej_rcpt_rfc : ST_rej_rfc);
 	if (why_is_param(why))
 		smtpd_reply_error(s, "501 5.5.4 Syntax error in parameters: %s", why);
 	else

@@ -125,8 +125,11 @@ def test_metrics_count_known_traffic(perimd_factory, backend_factory):
     m = metrics(p)
     assert m["perimd_messages_received_total"] == 4
     assert m["perimd_messages_relayed_total"] == 3
+    # Refused recipients and refused messages are counted apart.
+    rej = {k: v for k, v in m.items() if k.startswith("perimd_recipients_rejected_total")}
+    assert rej.pop('perimd_recipients_rejected_total{reason="relay_denied"}') == 2
+    assert set(rej.values()) == {0}, rej
     rej = {k: v for k, v in m.items() if k.startswith("perimd_messages_rejected_total")}
-    assert rej.pop('perimd_messages_rejected_total{reason="relay_denied"}') == 2
     assert rej.pop('perimd_messages_rejected_total{reason="size"}') == 1
     assert rej.pop('perimd_messages_rejected_total{reason="backend_reject"}') == 1
     assert set(rej.values()) == {0}, rej
@@ -136,8 +139,8 @@ def test_metrics_count_known_traffic(perimd_factory, backend_factory):
     assert m["perimd_message_latency_seconds_count"] == 4
     assert m['perimd_message_latency_seconds_bucket{le="+Inf"}'] == 4
     assert m["perimd_transactions_in_flight"] == 0
-    assert m['perimd_backend_replies_total{stage="end of data",class="2xx"}'] == 3
-    assert m['perimd_backend_replies_total{stage="end of data",class="5xx"}'] == 1
+    assert m['perimd_backend_replies_total{stage="end_of_data",class="2xx"}'] == 3
+    assert m['perimd_backend_replies_total{stage="end_of_data",class="5xx"}'] == 1
     assert m['perimd_backend_up{backend="127.0.0.1:%d"}' % b.port] == 1
     assert m['perimd_backend_connections_total{result="failed"}'] == 0
     assert m["perimd_sessions_active"] == 0
