@@ -325,6 +325,7 @@ static void reload(const char *path, int nov, int full)
 		policy_release(old);
 	}
 	policy_install(p);
+	admin_config_loaded(c);
 	log_set_json(!strcmp(c->log_format, "json"));
 	if (full)
 		av_reload(c);
@@ -479,6 +480,7 @@ int main(int argc, char **argv)
 		}
 	}
 	admin_init(c, nthreads);
+	admin_config_loaded(c);
 	stats_fd = admin_listen_open(c);
 	policyd_fd = policyd_listen_open(c);
 	policy_install(pol);
