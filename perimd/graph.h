@@ -14,7 +14,7 @@
  * /healthz says (1: 200). */
 void graph_page(struct strbuf *out, const struct history *h, uint64_t now_min, int healthy);
 /* graph_svg - one graph: which = "messages" or "sessions", period = "hour",
- * "day" or "week". Returns -1 for an unknown name. */
+ * "day", "week", "month" or "year". Returns -1 for an unknown name. */
 int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min, const char *which,
 	      const char *period);
 
