@@ -6,6 +6,7 @@ words (sent, deferred, rejected; never bounced), and log_format = json
 """
 
 import json
+import shutil
 import os
 import re
 import smtplib
@@ -18,7 +19,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import smtp_dialogue, wait_for  # noqa: E402
+from harness import REPO, smtp_dialogue, wait_for  # noqa: E402
 
 ID = r"[0-9B-DF-HJ-NP-TV-Z]{12}"  # smtpd_gen_id's alphabet, fixed width
 
@@ -194,3 +195,77 @@ def test_json_log_lines_parse_under_odd_input(perimd_factory, backend_factory):
     clients = [o for o in objs if o["msg"].startswith("client=")]
     assert len(clients) == 2 * sent and all(o["client"] == "127.0.0.1" for o in clients)
     assert len([o for o in clients if o["from"] == '"we\\"ird\\\\x"@client.test']) == sent
+
+
+def readme_reports():
+    """The report commands of the README (the indented block after
+    "checks its answer):"), each (comment, command)."""
+    text = open(os.path.join(REPO, "README")).read()
+    block = text.split("checks its answer):\n\n", 1)[1]
+    out, comment = [], None
+    for ln in block.splitlines():
+        if not ln.startswith("    "):
+            break
+        ln = ln.strip()
+        if ln.startswith("#"):
+            comment = ln
+        else:
+            out.append((comment, ln))
+    return out
+
+
+def test_reports_pflogsumm_and_readme_greps(perimd_factory, backend_factory, tmp_path):
+    """README's claim about pflogsumm (Debian's, on the log as rsyslog
+    writes it: every figure 0) and its grep recipes, each run on a log of
+    known traffic and checked."""
+    b = backend_factory(rcpt_reply={"nobody@*": "550 5.1.1 no such user",
+                                    "later@*": "451 4.3.0 try later"})
+    p = perimd_factory(relay_backends=b.target, relay_domains="example.com, example.net")
+
+    def msg(rcpt):
+        return smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@client.test>", "RCPT TO:<%s>" % rcpt,
+                                      "DATA", "Subject: r", "", "x" * 100, ".", "QUIT"])[-2][0]
+    assert [msg(r) for r in ("b@example.com", "c@example.com", "d@example.net")] == [250] * 3
+    assert msg("nobody@example.com") == 550
+    assert msg("later@example.com") == 451
+    r = smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@client.test>", "RCPT TO:<x@other.test>",
+                               "RCPT TO:<y@other.test>", "QUIT"])
+    assert [x[0] for x in r] == [220, 250, 250, 550, 550, 221]
+    r = smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@client.test> SIZE=999999999999", "QUIT"])
+    assert r[2][0] == 552
+    p.stop()
+    log = p.log_path
+    text = open(log).read()
+    sizes = [int(x) for x in re.findall(r": from=<.*, size=(\d+), .*, result=250 ", text)]
+    assert len(sizes) == 3
+    want = {
+        "2": "3", "4": "1", "5": "1",
+        "refusals": "2 RCPT 550 5.7.1\n1 MAIL 552 5.3.4",
+        "clients": "6 : client=[127.0.0.1]",
+        "domains": "2 example.com\n1 example.net",
+        "bytes": str(sum(sizes)),
+    }
+    cmds = readme_reports()
+    assert len(cmds) == 7, cmds
+    got = []
+    for comment, cmd in cmds:
+        r = subprocess.run(["bash", "-c", cmd.replace(" LOG", " " + log)], capture_output=True,
+                           text=True, timeout=30)
+        got.append("\n".join(" ".join(ln.split()) for ln in r.stdout.strip().splitlines()))
+    assert got[0:3] == [want["2"], want["4"], want["5"]], got
+    assert got[3] == want["refusals"], got[3]
+    assert got[4] == want["clients"], got[4]
+    assert got[5] == want["domains"], got[5]
+    assert got[6] == want["bytes"], got[6]
+    # pflogsumm, on the same lines as rsyslog writes them (with a host).
+    if not shutil.which("pflogsumm"):
+        pytest.skip("pflogsumm (build.sh DEPS) is not installed")
+    syslog = tmp_path / "mail.log"
+    syslog.write_text(re.sub(r"^(\w{3} [ \d]\d \d\d:\d\d:\d\d) ", r"\1 mx1 ", text, flags=re.M))
+    for extra in ([], ["--syslog-name=perimd"]):
+        r = subprocess.run(["pflogsumm", *extra, str(syslog)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        for what in ("received", "delivered", "deferred", "bounced", "rejected"):
+            m = re.search(r"^\s+(\d+)\s+%s\b" % what, r.stdout, re.M)
+            assert m and m.group(1) == "0", (what, r.stdout[:1500])
