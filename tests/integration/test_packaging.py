@@ -326,28 +326,38 @@ def test_prometheus_scrapes_perimd(tmp_path, perimd_factory, sink):
 # fail2ban
 
 
-def test_fail2ban_filter_counts_refusals(tmp_path, perimd_factory, sink):
-    """fail2ban-regex with the shipped filter on a log perimd wrote: every
-    permanent refusal and the error-limit cut count, with the client's
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_fail2ban_filter_counts_refusals(tmp_path, perimd_factory, sink, log_format):
+    """fail2ban-regex with the shipped filter on a log perimd wrote, in
+    either log_format: every permanent refusal (at RCPT and at
+    END-OF-MESSAGE) and the error-limit cut count, with the client's
     address; greylisting, size refusals and accepted mail do not."""
-    p = perimd_factory(relay_backends="127.0.0.1:%d" % sink.port, smtpd_hard_error_limit=3)
+    p = perimd_factory(relay_backends="127.0.0.1:%d" % sink.port, smtpd_hard_error_limit=3,
+                       smtpd_forbid_bare_newline="reject", log_format=log_format)
     # Accepted: 2 messages.
     for _ in range(2):
         r = smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@client.test>", "RCPT TO:<b@example.com>",
                                    "DATA", "Subject: ok", "", "x", ".", "QUIT"])
         assert [x[0] for x in r][-2:] == [250, 221]
-    # Counted: 2 relay denials, and an error-limit cut.
+    # Counted: 2 relay denials, a bare LF refused at the end of the
+    # message (550 5.5.2 at END-OF-MESSAGE), and an error-limit cut.
     r = smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@client.test>", "RCPT TO:<x@other.test>",
                                "RCPT TO:<y@other.test>", "QUIT"])
     assert [x[0] for x in r] == [220, 250, 250, 550, 550, 221]
+    r = smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@client.test>", "RCPT TO:<b@example.com>",
+                               "DATA", b"Subject: lf\nbare\r\n", ".", "QUIT"])
+    assert [x[0] for x in r][-2:] == [550, 221], r
     r = smtp_dialogue(p.port, ["EHLO c", "BOGUS1", "BOGUS2", "BOGUS3", "BOGUS4", "QUIT"])
     # Not counted: a size refusal at MAIL.
     r = smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@client.test> SIZE=999999999999", "QUIT"])
     assert [x[0] for x in r] == [220, 250, 552, 221]
     p.wait_log(r"too many errors from \[127\.0\.0\.1\]")
     log = p.log_text()
-    refusals = len(re.findall(r": reject: RCPT from \[127\.0\.0\.1\]: 550 ", log))
+    refusals = len(re.findall(r"reject: RCPT from \[127\.0\.0\.1\]: 550 ", log))
     assert refusals == 2
+    assert len(re.findall(r"reject: END-OF-MESSAGE from \[127\.0\.0\.1\]: 550 5\.5\.2", log)) == 1
+    if log_format == "json":
+        assert all(ln.startswith("{") for ln in log.splitlines() if ln)
     # The filter as installed: beside fail2ban's own common.conf.
     fdir = tmp_path / "fail2ban" / "filter.d"
     fdir.mkdir(parents=True)
@@ -358,7 +368,7 @@ def test_fail2ban_filter_counts_refusals(tmp_path, perimd_factory, sink):
     assert r.returncode == 0, r.stdout
     m = re.search(r"^Lines: (\d+) lines, (\d+) ignored, (\d+) matched, (\d+) missed", r.stdout, re.M)
     assert m, r.stdout
-    assert int(m.group(3)) == 3, r.stdout
+    assert int(m.group(3)) == 4, r.stdout
     assert re.search(r"^\|\s+127\.0\.0\.1\s", r.stdout, re.M) or "127.0.0.1" in r.stdout
     matched = r.stdout.split("|- Matched line(s):", 1)[1].split("|- Missed line(s):", 1)[0]
     assert "552" not in matched and "status=sent" not in matched and "relay=" not in matched
