@@ -359,7 +359,7 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 	rp->env = (struct policy_env){
 		.loop = s->loop,
 		.pol = s->pol,
-		.session_id = s->id,
+		.session_id = s->tx->msgid, /* its lines carry the transaction id */
 		.client_addr = s->addr,
 		.helo = s->helo ? s->helo : "",
 		.sender = s->tx->sender,
