@@ -208,6 +208,20 @@ size_t log_json_line(char *out, size_t cap, enum log_level lvl, const char *m)
 	return j.n;
 }
 
+/* emit - write one formatted line of n bytes (buf has room for one more):
+ * one write(2) on stderr, or one syslog(3) call. */
+static void emit(enum log_level lvl, char *buf, size_t n)
+{
+	if (log_stderr) {
+		buf[n++] = '\n';
+		ssize_t w = write(2, buf, n);
+		(void)w;
+	} else {
+		buf[n] = 0;
+		syslog(lvl_syslog[lvl], "%s", buf);
+	}
+}
+
 /* log_vmsg - format and emit one line. */
 static void log_vmsg(enum log_level lvl, const char *fmt, va_list ap)
 {
@@ -217,15 +231,7 @@ static void log_vmsg(enum log_level lvl, const char *fmt, va_list ap)
 	if (__atomic_load_n(&log_json, __ATOMIC_RELAXED)) {
 		char m[2048], out[16384];
 		vsnprintf(m, sizeof m, fmt, ap);
-		n = log_json_line(out, sizeof out, lvl, m);
-		if (log_stderr) {
-			out[n++] = '\n';
-			ssize_t w = write(2, out, n);
-			(void)w;
-		} else {
-			out[n] = 0;
-			syslog(lvl_syslog[lvl], "%s", out);
-		}
+		emit(lvl, out, log_json_line(out, sizeof out, lvl, m));
 		return;
 	}
 	if (log_stderr) {
@@ -248,14 +254,7 @@ static void log_vmsg(enum log_level lvl, const char *fmt, va_list ap)
 	for (size_t i = 0; i < n; i++)
 		if ((unsigned char)buf[i] < 0x20 && buf[i] != '\t')
 			buf[i] = '?';
-	if (log_stderr) {
-		buf[n++] = '\n';
-		ssize_t w = write(2, buf, n);
-		(void)w;
-	} else {
-		buf[n] = 0;
-		syslog(lvl_syslog[lvl], "%s", buf);
-	}
+	emit(lvl, buf, n);
 }
 
 /* log_msg - log one line at a level. */
