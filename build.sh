@@ -45,6 +45,8 @@ DEPS+=(musl-tools cmake ninja-build tcl dpkg-dev file haproxy podman runc)
 DEPS+=(systemd util-linux docker-compose python3-yaml prometheus fail2ban libnet-ssleay-perl)
 # Style checks (tests/check_style.sh).
 DEPS+=(clang-format cppcheck)
+# tests/run.sh: a per-test time bound (pytest --timeout).
+DEPS+=(python3-pytest-timeout)
 # test_logs.py: the README's claim about pflogsumm, checked with Debian's.
 DEPS+=(pflogsumm)
 

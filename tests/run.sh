@@ -109,8 +109,11 @@ done
 # --- integration tests (pytest) ------------------------------------------
 if compgen -G "$ROOT/tests/integration/test_*.py" >/dev/null; then
 	junit=$(mktemp)
-	timeout -k 10 900 /usr/bin/python3 -m pytest -q -p no:cacheprovider \
-		-rfEs --junitxml="$junit" tests/integration </dev/null
+	# --timeout: one hung test fails alone (pytest-timeout) instead of the
+	# whole run hitting the outer bound; --durations shows where time goes.
+	timeout -k 10 1500 /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+		-rfEs --timeout=300 --durations=15 --junitxml="$junit" \
+		tests/integration </dev/null
 	rc=$?
 	# The JUnit report names every test with its outcome.
 	counts=$(/usr/bin/python3 - "$junit" 2>"$junit.names" <<'EOF'
