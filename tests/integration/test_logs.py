@@ -7,6 +7,7 @@ words (sent, deferred, rejected; never bounced), and log_format = json
 
 import json
 import shutil
+from collections import Counter
 import os
 import re
 import smtplib
@@ -269,3 +270,47 @@ def test_reports_pflogsumm_and_readme_greps(perimd_factory, backend_factory, tmp
         for what in ("received", "delivered", "deferred", "bounced", "rejected"):
             m = re.search(r"^\s+(\d+)\s+%s\b" % what, r.stdout, re.M)
             assert m and m.group(1) == "0", (what, r.stdout[:1500])
+
+
+def test_json_and_text_say_the_same(perimd_factory, backend_factory):
+    """The same traffic through a text and a json perimd: the same lines
+    (level, id, message; compared as multisets, ids and numbers aside, as
+    threads interleave differently), and every key=value of a message is
+    a field of its object."""
+    b = backend_factory(rcpt_reply={"nobody@*": "550 5.1.1 no such user"})
+    logs = {}
+    for fmt in ("text", "json"):
+        p = perimd_factory(relay_backends=b.target, log_format=fmt)
+        for rcpt in ("b@example.com", "nobody@example.com"):
+            smtp_dialogue(p.port, ["EHLO c.test", "MAIL FROM:<a@client.test>",
+                                   "RCPT TO:<x@other.test>", "RCPT TO:<%s>" % rcpt, "DATA",
+                                   "Message-ID: <same@client.test>", "", "x", ".", "QUIT"])
+        assert wait_for(lambda: p.log_text().count("disconnect from") >= 3)
+        p.stop()
+        logs[fmt] = p.log_text().splitlines()
+    text = [re.match(r"^\w{3} [ \d]\d [\d:]{8} perimd\[\d+\]: (?:(warning|error|debug): )?(.*)$", ln)
+            for ln in logs["text"]]
+    assert all(text), logs["text"]
+    objs = [json.loads(ln) for ln in logs["json"]]
+    assert len(text) == len(objs)
+
+    def norm(s):  # ids, ports, delays and queue ids differ between the runs
+        s = re.sub(ID + r"(\.\d{4})?", "ID", s)
+        return re.sub(r"\d+(\.\d+)?", "N", s)
+    # Threads interleave differently in the two runs: compare as multisets.
+    tkeys = Counter()
+    for t in text:
+        msg, tid = t.group(2), re.match(r"^(%s(?:\.\d{4})?): (.*)$" % ID, t.group(2))
+        if tid:
+            msg = tid.group(2)
+        tkeys[(t.group(1) or "info", bool(tid), norm(msg))] += 1
+    okeys = Counter((o["level"], "id" in o, norm(o["msg"])) for o in objs)
+    assert tkeys == okeys, (tkeys - okeys, okeys - tkeys)
+    for o in objs:
+        if "id" in o:
+            assert re.fullmatch(ID + r"(\.\d{4})?", o["id"]), o
+        for k, v in re.findall(r"(?:^|[ ,;])([a-z_-]+)=(<[^>]*>|\[[^]]*\]|[^ ,;]*)", o["msg"]):
+            want = v[1:-1] if v[:1] in "<[" and v[-1:] in ">]" else v
+            assert k in o, (k, o)
+            if k not in ("time", "level", "ident", "pid", "id", "msg"):
+                assert o[k] == want, (k, o[k], want, o)
