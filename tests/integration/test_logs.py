@@ -6,15 +6,15 @@ words (sent, deferred, rejected; never bounced), and log_format = json
 """
 
 import json
-import shutil
-from collections import Counter
 import os
 import re
+import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
