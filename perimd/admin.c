@@ -2,7 +2,7 @@
  * admin.c - the operator's side of the counters, on top of every module:
  * the stats_listen HTTP endpoints (/metrics, /healthz, the status page and
  * its graphs), the gauges read on demand from smtpd, spool and av, the
- * per-minute history's clock and file, the 503 answerer while starting,
+ * history's clock and file, the 503 answerer while starting,
  * and the `perimd stats` / `perimd healthcheck` commands.
  *
  * Invariants:

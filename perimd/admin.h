@@ -1,7 +1,7 @@
 /*
  * admin.h - the operator's view, the top floor beside main.c: the HTTP
  * endpoints on stats_listen (/metrics, /healthz, /, /graph/NAME.svg), the
- * per-minute history behind the graphs, and the `perimd stats` and
+ * history behind the graphs, and the `perimd stats` and
  * `perimd healthcheck` commands. It reads the counters (stats.h) and the
  * getters of smtpd, spool and av; nothing includes it but main.c.
  */

@@ -1,6 +1,6 @@
 /*
  * graph.h - the status page and its graphs (graph.c), drawn from the
- * per-minute history; pure: history and "now" in, text out.
+ * history (per minute, 2 hours, day); pure: history and "now" in, text out.
  */
 #ifndef PERIMD_GRAPH_H
 #define PERIMD_GRAPH_H

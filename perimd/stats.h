@@ -2,7 +2,7 @@
  * stats.h - counters, gauges and histograms of every module, and the health
  * state: the ground floor every module may count into (it uses only log.h
  * and buf.h). admin.c serves them on stats_listen: /metrics, /healthz, and
- * the graphs of the per-minute history.
+ * the graphs of the history.
  *
  * Adding a metric to your module (one line each):
  *   - a fixed counter or gauge: one STAT(...) row in stats_names.h, then
