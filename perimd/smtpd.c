@@ -884,7 +884,10 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	int open_now = __atomic_add_fetch(&sessions_total, 1, __ATOMIC_RELAXED);
 	if (open_now > cf->max_sessions) {
 		__atomic_sub_fetch(&sessions_total, 1, __ATOMIC_RELAXED);
-		log_warn("refused connection from [%s]: max_sessions (%lld) reached", addr, cf->max_sessions);
+		char id[16];
+		smtpd_gen_id(id); /* a session of one line, but an id as every other */
+		log_warn("%s: refused connection from [%s]: max_sessions (%lld) reached", id, addr,
+			 cf->max_sessions);
 		stats_inc(ST_conn_refused_max);
 		snprintf(msg, sizeof msg,
 			 "421 4.3.2 %s Service temporarily unavailable, too many sessions\r\n", cf->myhostname);

@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import REPO, smtp_dialogue, wait_for  # noqa: E402
+from harness import REPO, Client, smtp_dialogue, wait_for  # noqa: E402
 
 ID = r"[0-9B-DF-HJ-NP-TV-Z]{12}"  # smtpd_gen_id's alphabet, fixed width
 
@@ -314,3 +314,17 @@ def test_json_and_text_say_the_same(perimd_factory, backend_factory):
             assert k in o, (k, o)
             if k not in ("time", "level", "ident", "pid", "id", "msg"):
                 assert o[k] == want, (k, o[k], want, o)
+
+
+def test_refused_at_connect_has_an_id(perimd_factory):
+    """A connection refused for max_sessions is a session of one line,
+    with an id like any other."""
+    p = perimd_factory(max_sessions=1)
+    with Client(p.port) as c:
+        c2 = Client(p.port, read_banner=False)
+        assert c2.wait_closed(10)
+        c2.close()
+        m = p.wait_log(r"perimd\[\d+\]: warning: (\S+): refused connection from \[127\.0\.0\.1\]: "
+                       r"max_sessions \(1\) reached")
+        assert re.fullmatch(ID, m.group(1)), m.group(1)
+        c.cmd("QUIT")
