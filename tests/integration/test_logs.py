@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -127,7 +128,8 @@ def test_backend_tempfail_is_deferred(perimd_factory, backend_factory):
 
 
 ODD_HELO = [b'q"uo\\te.test', "h\u00e9llo-\u4e16\u754c.test".encode(), b"bad\xff\xfeutf8.test",
-            b"ctl\x01\x1b[31m\x7f.test", b"tab\there.test"]
+            b"ctl\x01\x1b[31m\x7f.test", b"tab\there.test",
+            b'\x01"\\\xff' * 60 + b".test"]  # 245 bytes, up to 4x once escaped
 
 
 def test_json_log_lines_parse_under_odd_input(perimd_factory, backend_factory):
@@ -139,8 +141,7 @@ def test_json_log_lines_parse_under_odd_input(perimd_factory, backend_factory):
     b = backend_factory(rcpt_reply={"nobody@*": "550 5.1.1 no \"such\" user"})
     p = perimd_factory(relay_backends=b.target, log_format="json", reject_invalid_helo_hostname=False,
                        smtpd_error_sleep_time="0")
-    sent = 0
-    for i, helo in enumerate(ODD_HELO):
+    def one(i, helo):
         r = smtp_dialogue(p.port, [
             b"EHLO " + helo,
             b'MAIL FROM:<"we\\"ird\\\\x"@client.test>',
@@ -152,9 +153,14 @@ def test_json_log_lines_parse_under_odd_input(perimd_factory, backend_factory):
             b"Message-ID: <odd-" + str(i).encode() + b'-"q"\\\x02\xc3\xa9\xff@client.test>',
             b"Subject: odd", b"", b"x", b".",
             b"MAIL FROM:<a@client.test>", b"RCPT TO:<nobody@example.com>", b"DATA",
-            b"Subject: refused", b"", b"x", b".", b"QUIT"])
+            b"Subject: refused", b"", b"x", b".", b"QUIT"], timeout=30)
         assert 250 in [x[0] for x in r]
-        sent += 1
+    # Under load: the sessions at once (each line is one write, so lines
+    # from different threads never mix).
+    helos = ODD_HELO * 4
+    with ThreadPoolExecutor(max_workers=8) as ex:
+        list(ex.map(lambda a: one(*a), [(i % len(ODD_HELO), h) for i, h in enumerate(helos)]))
+    sent = len(helos)
     assert wait_for(lambda: p.log_text().count('"msg":"disconnect from') >= sent + 1, 20)
     p.stop()
     raw = open(p.log_path, "rb").read()
@@ -176,6 +182,7 @@ def test_json_log_lines_parse_under_odd_input(perimd_factory, backend_factory):
     assert any("h\u00e9llo-\u4e16\u754c.test" in h for h in helos), helos
     assert any("bad\ufffd\ufffdutf8.test" in h for h in helos), helos
     assert any("ctl\x01\x1b[31m\x7f.test" in h for h in helos), helos
+    assert any(('\x01"\\\ufffd' * 60 + ".test") in h for h in helos), helos
     ids = {o.get("id") for o in objs if "id" in o}
     assert all(re.fullmatch(ID + r"(\.\d{4})?", i) for i in ids), ids
     sent_lines = [o for o in objs if o.get("status") == "sent" and "to" in o]
