@@ -47,6 +47,10 @@ DEPS+=(systemd util-linux docker-compose python3-yaml prometheus fail2ban libnet
 DEPS+=(clang-format cppcheck)
 # tests/run.sh: a per-test time bound (pytest --timeout).
 DEPS+=(python3-pytest-timeout)
+# Policy services (tests/integration/test_policy_services.py): postgrey, policyd-spf and socat to serve it.
+DEPS+=(postgrey postfix-policyd-spf-python socat)
+# The migration guide's Postfix side (tests/integration/test_migration.py).
+DEPS+=(clamav-milter)
 # test_logs.py: the README's claim about pflogsumm, checked with Debian's.
 DEPS+=(pflogsumm)
 

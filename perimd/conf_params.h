@@ -62,6 +62,8 @@ PARAM(STR, relay_tls_CAfile, "", 0, 0, NULL, "PEM file of trust anchors for rela
 PARAM(STR, relay_tls_verify_name, "", 0, 0, NULL, "name the backend certificate must carry when the backend is written as an address")
 PARAM(BOOL, relay_reply_show_backend, "no", 0, 0, NULL, "name the backend's address in replies to clients (for testing; the log always has it)")
 PARAM(INT, smtp_line_length_limit, "998", 0, 1000000, NULL, "message lines longer than this (CRLF not counted) are folded with CR LF SP on the way to a backend, as Postfix does; 0 = never")
+PARAM(LIST, relay_xclient_hosts, "", 0, 0, NULL, "backend addresses (or CIDR networks) that get the client by XCLIENT when they offer it and do not take XFORWARD; the backend then judges the client itself, and the connection is not reused (Postfix: smtpd_authorized_xclient_hosts)")
+PARAM(LIST, relay_xforward_hosts, "", 0, 0, NULL, "backend addresses (or CIDR networks) that get the client's name, address, port, HELO and protocol by XFORWARD before each MAIL when they offer it (Postfix: smtpd_authorized_xforward_hosts on the backend)")
 
 /* Recipient and client rules */
 PARAM(LIST, role_accounts, "postmaster, abuse, hostmaster, webmaster", 0, 0, NULL, "local parts always accepted for relay domains, exempt from client, HELO, sender, DNSBL and greylisting checks (RFC 2142)")
@@ -120,6 +122,18 @@ PARAM(INT, greylist_new_triplet_limit, "1000", 0, 100000000, NULL, "new triplets
 PARAM(TIME, greylist_new_triplet_interval, "1h", 1000, 0, NULL, "the window of greylist_new_triplet_limit")
 PARAM(INT, greylist_max_entries, "2000000", 0, 1000000000, NULL, "triplets the store holds at most; past it unpassed entries are evicted, over-quota networks' first (0 = no bound)")
 PARAM(STR, policy_listen, "", 0, 0, NULL, "address for the Postfix policy delegation protocol (check_policy_service), e.g. 127.0.0.1:2525; empty = none")
+
+/* Policy services asked at RCPT (psvc.c), as Postfix's check_policy_service */
+PARAM(LIST, smtpd_policy_services, "", 0, 0, NULL, "Postfix policy delegation services asked at RCPT, in order: inet:HOST:PORT, HOST:PORT or unix:/path (a preceding check_policy_service is allowed); the first answer other than DUNNO decides")
+PARAM(TIME, smtpd_policy_service_timeout, "100s", 100, 3600000, NULL, "time a policy service has for one try: waiting for a connection, connecting, the request and its answer")
+PARAM(STR, smtpd_policy_service_default_action, "451 4.3.5 Server configuration problem", 0, 0, NULL, "the action taken when a policy service gave no answer after smtpd_policy_service_try_limit tries: DUNNO, OK, REJECT, DEFER or a 4NN/5NN reply")
+PARAM(TIME, smtpd_policy_service_max_idle, "300s", 1000, 86400000, NULL, "an idle pooled connection to a policy service is closed after this")
+PARAM(TIME, smtpd_policy_service_max_ttl, "1000s", 1000, 86400000, NULL, "a connection to a policy service is not used for new requests once this old")
+PARAM(INT, smtpd_policy_service_request_limit, "0", 0, 1000000000, NULL, "requests per connection to a policy service, then it is closed (0 = no limit)")
+PARAM(INT, smtpd_policy_service_try_limit, "2", 1, 100, NULL, "tries of a request to a policy service before smtpd_policy_service_default_action")
+PARAM(TIME, smtpd_policy_service_retry_delay, "1s", 0, 600000, NULL, "wait between two tries of a request to a policy service")
+PARAM(INT, smtpd_policy_service_connection_limit, "20", 1, 10000, NULL, "connections to each policy service per io thread; further requests wait their turn (within smtpd_policy_service_timeout)")
+PARAM(STR, smtpd_policy_service_policy_context, "", 0, 0, NULL, "sent to policy services as the policy_context attribute (one service may set its own in { })")
 
 /* Observability */
 PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)")

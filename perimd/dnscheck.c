@@ -404,10 +404,12 @@ struct dnscheck *dnscheck_connect(struct ev_loop *loop, const struct conf *c, co
 	}
 	char rname[300];
 	/* The client's name is looked up when a check needs it: the
-	 * reject_unknown_* rules, host-name keys of client_access_maps and
-	 * host-name entries of greylist_whitelist_clients. */
+	 * reject_unknown_* rules, host-name keys of client_access_maps,
+	 * host-name entries of greylist_whitelist_clients and the requests
+	 * to smtpd_policy_services (client_name, reverse_client_name). */
 	if (c->reject_unknown_client_hostname || c->reject_unknown_reverse_client_hostname ||
-	    c->client_access_maps[0] || (c->greylist && c->greylist_whitelist_clients[0])) {
+	    c->client_access_maps[0] || (c->greylist && c->greylist_whitelist_clients[0]) ||
+	    c->smtpd_policy_services.n) {
 		if (dns_reverse_name(client_addr, NULL, rname, sizeof rname) == 0) {
 			d->rev = d->fwd = D_PENDING;
 			start(d, &d->ptr, LK_PTR, 0, rname, DNS_T_PTR);
@@ -486,6 +488,12 @@ const char *dnscheck_client_name(const struct dnscheck *d)
 }
 
 /* ---- verdicts ------------------------------------------------------------- */
+
+/* dnscheck_reverse_name - the PTR name, if any. */
+const char *dnscheck_reverse_name(const struct dnscheck *d)
+{
+	return d && d->rev == D_OK && d->name[0] ? d->name : NULL;
+}
 
 /* decide_client - reject_unknown_reverse_client_hostname, then
  * reject_unknown_client_hostname (Postfix's replies, RFC 8601's 7.25). */

@@ -30,6 +30,9 @@ void dnscheck_free(struct dnscheck *d);
 /* dnscheck_client_name - the client's confirmed (FCrDNS) host name once
  * known, else NULL. */
 const char *dnscheck_client_name(const struct dnscheck *d);
+/* dnscheck_reverse_name - the client's PTR name (confirmed or not) once
+ * known, else NULL. */
+const char *dnscheck_reverse_name(const struct dnscheck *d);
 
 /* dnscheck_wait_client_name - for a step that needs the client's name
  * (dnscheck_client_name) settled: STEP_PASS when it is (confirmed or not

@@ -83,7 +83,15 @@ void ev_defer_cancel(struct ev_loop *loop, struct ev_defer *d);
 
 /* Per-loop state of other modules, without globals: each module owns one
  * slot and stores its per-loop pointer there. */
-enum ev_slot { EV_SLOT_RELAY, EV_SLOT_SMTPD, EV_SLOT_DNS, EV_SLOT_STATS, EV_SLOT_TLS, EV_SLOT_COUNT };
+enum ev_slot {
+	EV_SLOT_RELAY,
+	EV_SLOT_SMTPD,
+	EV_SLOT_DNS,
+	EV_SLOT_STATS,
+	EV_SLOT_TLS,
+	EV_SLOT_PSVC,
+	EV_SLOT_COUNT
+};
 void **ev_slot(struct ev_loop *loop, enum ev_slot s);
 
 /* ev_post - thread-safe: run cb(arg) on loop's thread soon. Allocates. */

@@ -19,6 +19,7 @@
 #include "net.h"
 #include "policy.h"
 #include "policyd.h"
+#include "psvc.h"
 #include "relay.h"
 #include "scanner.h"
 #include "smtpd.h"
@@ -92,6 +93,7 @@ static void *io_main(void *arg)
 	ev_run(t->loop);
 	admin_loop_finished(t->loop);
 	relay_loop_shutdown(t->loop);
+	psvc_loop_shutdown(t->loop);
 	return NULL;
 }
 

@@ -11,6 +11,8 @@
 #include "grey.h"
 #include "log.h"
 #include "maps.h"
+#include "net.h"
+#include "psvc.h"
 #include "relay.h"
 #include "rules.h"
 #include "verify.h"
@@ -48,6 +50,10 @@ static void policy_free(struct policy *p)
 	if (p->grey) {
 		grey_policy_free(p->grey);
 		free(p->grey);
+	}
+	if (p->psvc) {
+		psvc_conf_free(p->psvc);
+		free(p->psvc);
 	}
 	rules_free(p);
 	conf_release(p->conf);
@@ -94,6 +100,9 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 		goto fail;
 	if (dnscheck_conf_check(c, err, errlen) < 0)
 		goto fail;
+	p->psvc = xcalloc(1, sizeof *p->psvc);
+	if (psvc_load(c, p->psvc, err, errlen) < 0)
+		goto fail;
 	p->grey = xcalloc(1, sizeof *p->grey);
 	if (grey_policy_load(c, p->grey, err, errlen) < 0)
 		goto fail;
@@ -101,6 +110,20 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 		if (relay_target_valid(c->relay_backends.v[i], &why) < 0) {
 			snprintf(err, errlen, "relay_backends: %s: %s", c->relay_backends.v[i], why);
 			goto fail;
+		}
+	}
+	/* An address or CIDR network matches its own address. */
+	const struct conf_list *hosts[] = { &c->relay_xforward_hosts, &c->relay_xclient_hosts };
+	for (int k = 0; k < 2; k++) {
+		for (int i = 0; i < hosts[k]->n; i++) {
+			char a[64];
+			const char *h = hosts[k]->v[i];
+			snprintf(a, sizeof a, "%.*s", (int)strcspn(h, "/"), h);
+			if (!net_addr_match(a, h)) {
+				snprintf(err, errlen, "%s: %s: not an address or CIDR network",
+					 k ? "relay_xclient_hosts" : "relay_xforward_hosts", h);
+				goto fail;
+			}
 		}
 	}
 	return p;
@@ -235,7 +258,8 @@ static const struct policy_step_def {
 	{ "client_dns", dnscheck_step_client },
 	{ "sender_domain", dnscheck_step_sender },
 	{ "dnsbl", dnscheck_step_dnsbl },
-	{ "greylist", grey_step }, /* last: only what all else accepts */
+	{ "policy_services", psvc_step }, /* smtpd_policy_services */
+	{ "greylist", grey_step },        /* last: only what all else accepts */
 };
 #define NSTEPS ((int)(sizeof policy_steps / sizeof policy_steps[0]))
 

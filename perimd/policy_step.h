@@ -34,6 +34,7 @@ struct policy {
 	struct map *rcpt_maps; /* relay_recipient_maps */
 	struct map *client_access, *sender_access, *rcpt_access;
 	struct grey_policy *grey; /* greylisting whitelists (grey.h) */
+	struct psvc_conf *psvc;   /* smtpd_policy_services (psvc.h) */
 	int refs;
 };
 
@@ -47,6 +48,8 @@ struct policy_verdict {
 };
 
 struct policy_req;
+struct psvc_conf;
+struct psvc_txn;
 enum policy_step { STEP_PASS, STEP_DECIDED, STEP_ASYNC };
 
 /* ---- per-session state: delayed verdicts (rules.c) -------------------
@@ -109,6 +112,8 @@ struct policy_env {
 	const char *rcpt_local;
 	const char *rcpt_domain; /* lower case; "" for bare Postmaster */
 	struct dnscheck *dns;    /* the session's DNS checks (dnscheck.h) or NULL */
+	struct psvc_txn *psvc;   /* the transaction's policy-service state
+				  * (psvc.h), NULL without smtpd_policy_services */
 };
 
 

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "net.h"
 #include "policy.h"
+#include "psvc.h"
 #include "smtp_proto.h"
 
 #include <errno.h>
@@ -59,52 +60,35 @@ static int set_attr(char *dst, size_t dlen, const char *v, size_t vl)
 /* policyd_parse - see policyd.h. */
 int policyd_parse(const char *buf, size_t len, struct policyd_req *req, size_t *used)
 {
+	static const struct {
+		const char *name;
+		size_t off, size;
+	} attrs[] = {
+		{ "request", offsetof(struct policyd_req, request), sizeof req->request },
+		{ "protocol_state", offsetof(struct policyd_req, protocol_state), sizeof req->protocol_state },
+		{ "client_address", offsetof(struct policyd_req, client_address), sizeof req->client_address },
+		{ "client_name", offsetof(struct policyd_req, client_name), sizeof req->client_name },
+		{ "sender", offsetof(struct policyd_req, sender), sizeof req->sender },
+		{ "recipient", offsetof(struct policyd_req, recipient), sizeof req->recipient },
+	};
 	memset(req, 0, sizeof *req);
-	size_t pos = 0;
-	for (;;) {
-		const char *nl = memchr(buf + pos, '\n', len - pos);
-		if (!nl)
-			return len > POLICYD_MAX_REQUEST ? PARSE_TOO_LONG : PARSE_AGAIN;
-		size_t end = (size_t)(nl - buf);
-		if (end + 1 > POLICYD_MAX_REQUEST)
-			return PARSE_TOO_LONG;
-		size_t ll = end - pos;
-		if (ll && buf[end - 1] == '\r')
-			ll--;
-		const char *line = buf + pos;
-		pos = end + 1;
-		if (ll == 0) {
+	size_t pos = 0, kl, vl;
+	const char *k, *v;
+	int rc;
+	while ((rc = psvc_attr_next(buf, len, &pos, POLICYD_MAX_REQUEST, &k, &kl, &v, &vl)) == PARSE_OK) {
+		if (kl == 0) { /* the empty line */
 			*used = pos;
 			return PARSE_OK;
 		}
-		if (memchr(line, 0, ll))
-			return PARSE_BAD;
-		const char *eq = memchr(line, '=', ll);
-		if (!eq || eq == line)
-			return PARSE_BAD;
-		size_t kl = (size_t)(eq - line), vl = ll - kl - 1;
-		const char *v = eq + 1;
-		static const struct {
-			const char *name;
-			size_t off, size;
-		} attrs[] = {
-			{ "request", offsetof(struct policyd_req, request), sizeof req->request },
-			{ "protocol_state", offsetof(struct policyd_req, protocol_state),
-			  sizeof req->protocol_state },
-			{ "client_address", offsetof(struct policyd_req, client_address),
-			  sizeof req->client_address },
-			{ "client_name", offsetof(struct policyd_req, client_name), sizeof req->client_name },
-			{ "sender", offsetof(struct policyd_req, sender), sizeof req->sender },
-			{ "recipient", offsetof(struct policyd_req, recipient), sizeof req->recipient },
-		};
 		for (size_t i = 0; i < sizeof attrs / sizeof attrs[0]; i++) {
-			if (strlen(attrs[i].name) == kl && !memcmp(attrs[i].name, line, kl)) {
+			if (strlen(attrs[i].name) == kl && !memcmp(attrs[i].name, k, kl)) {
 				if (set_attr((char *)req + attrs[i].off, attrs[i].size, v, vl) < 0)
 					return PARSE_BAD;
 				break;
 			}
 		}
 	}
+	return rc;
 }
 
 /* policyd_action - the action for a greylisting result. */

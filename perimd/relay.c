@@ -43,6 +43,7 @@
 #include "dnsmx.h"
 #include "ev.h"
 #include "log.h"
+#include "net.h"
 #include "relay.h"
 #include "relay_int.h"
 #include "smtp_proto.h"
@@ -57,13 +58,17 @@ static void req_acquire(struct relay_req *r);
 static void pool_kick(void *arg);
 static void rl_maybe_free(struct relay_loop *rl);
 
-const char *const relay_bstate_name[] = { "connect",       "greeting",    "EHLO",      "HELO",    "STARTTLS",
-					  "TLS handshake", "ready",       "MAIL FROM", "RCPT TO", "DATA",
-					  "message body",  "end of data", "RSET",      "idle",    "QUIT" };
+const char *const relay_bstate_name[] = { "connect",      "greeting",      "EHLO",    "HELO",
+					  "STARTTLS",     "TLS handshake", "XCLIENT", "ready",
+					  "XFORWARD",     "MAIL FROM",     "RCPT TO", "DATA",
+					  "message body", "end of data",   "RSET",    "idle",
+					  "QUIT" };
 /* The same as metric label values (snake_case). */
-const char *const relay_bstate_label[] = { "connect",       "greeting",    "ehlo",      "helo",    "starttls",
-					   "tls_handshake", "ready",       "mail_from", "rcpt_to", "data",
-					   "message_body",  "end_of_data", "rset",      "idle",    "quit" };
+const char *const relay_bstate_label[] = { "connect",      "greeting",      "ehlo",    "helo",
+					   "starttls",     "tls_handshake", "xclient", "ready",
+					   "xforward",     "mail_from",     "rcpt_to", "data",
+					   "message_body", "end_of_data",   "rset",    "idle",
+					   "quit" };
 
 static pthread_mutex_t dests_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct relay_dest *dests;
@@ -198,6 +203,7 @@ static struct relay_dest *dest_get(const char *target, const char **why)
 	if (!d) {
 		d = xcalloc(1, sizeof(*d));
 		relay_copy_str(d->name, sizeof(d->name), name);
+		net_ntop((struct sockaddr *)&ss, d->addr, sizeof(d->addr));
 		d->sa = ss;
 		d->salen = sl;
 		atomic_init(&d->open, 0);
@@ -602,6 +608,7 @@ static void req_free(struct relay_req *r)
 		r->waiting = NULL;
 	}
 	free(r->scratch);
+	free(r->xf_buf);
 	free(r);
 	rl->nreq--;
 	rl_maybe_free(rl);
@@ -649,8 +656,10 @@ void req_detach(struct relay_req *r, int release)
 	r->b = NULL;
 	b->req = NULL;
 	ev_timer_stop(r->rl->loop, &b->tmr);
-	if (!release) {
-		bconn_close(b, 0);
+	/* After XCLIENT the backend takes it for this client's connection:
+	 * no other client's message may use it. */
+	if (!release || b->xclient > 0) {
+		bconn_close(b, release);
 		return;
 	}
 	if (b->state == B_READY) {
@@ -802,7 +811,9 @@ void bconn_fail(struct bconn *b, const char *why)
 	snprintf(text, sizeof(text), "%s at %s", why, relay_bstate_name[b->state]);
 	/* A pooled connection the backend closed while idle shows up as an
 	 * error before its first reply: try the same backend again. */
-	if (b->ntxn > 1 && b->state == B_MAIL && r->nreplies == 0 && r->stale < RELAY_STALE_RETRIES) {
+	if (b->ntxn > 1 &&
+	    ((b->state == B_MAIL && r->nreplies == 0) || (b->state == B_XFORWARD && r->xf_replies == 0)) &&
+	    r->stale < RELAY_STALE_RETRIES) {
 		r->stale++;
 		req_detach(r, 0);
 		log_debug("%s: backend %s: reused connection dead (%s), retrying", r->msg->id, r->dest->name,

@@ -39,6 +39,18 @@ struct relay_rcpt {
 	char reply[256]; /* "550 5.1.1 text" as the backend said it */
 };
 
+/* The client a message came from, for backends allowed XFORWARD
+ * (relay_xforward_hosts, before each MAIL) or, where XFORWARD is not to be
+ * had, XCLIENT (relay_xclient_hosts, once per connection, which is then
+ * not pooled). NULL strings are sent as [UNAVAILABLE]. */
+struct relay_client {
+	const char *name; /* confirmed (FCrDNS) host name, or "unknown" */
+	const char *addr; /* numeric address, without brackets */
+	int port;         /* its TCP port, 0 = unknown */
+	const char *helo; /* its HELO/EHLO argument */
+	int esmtp;        /* it said EHLO (PROTO=ESMTP), else SMTP */
+};
+
 struct relay_msg {
 	const char *id;     /* perimd message id, for logs */
 	const char *sender; /* "" for the null sender */
@@ -53,7 +65,8 @@ struct relay_msg {
 	const struct conf_list *backends; /* targets in failover order */
 	uint64_t deadline;                /* ev_now() ms by which done() MUST have run */
 	const struct conf *conf;
-	int verify_only; /* a callout: MAIL, RCPT, then RSET; no DATA */
+	int verify_only;                   /* a callout: MAIL, RCPT, then RSET; no DATA */
+	const struct relay_client *client; /* for XFORWARD, or NULL */
 };
 
 struct relay_result {

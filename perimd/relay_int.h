@@ -32,6 +32,7 @@ struct dest_loop {
 struct relay_dest {
 	struct relay_dest *next;
 	char name[INET6_ADDRSTRLEN + 16]; /* "10.1.1.5:25", "[::1]:25" */
+	char addr[INET6_ADDRSTRLEN];      /* "10.1.1.5", "::1" */
 	struct sockaddr_storage sa;
 	socklen_t salen;
 	atomic_int open;    /* connections holding a slot */
@@ -72,7 +73,9 @@ enum bstate {
 	B_HELO,     /* waiting for the HELO reply (EHLO refused) */
 	B_STARTTLS, /* waiting for the reply to STARTTLS */
 	B_TLS,      /* TLS handshake */
+	B_XCLIENT,  /* waiting for the reply to XCLIENT */
 	B_READY,    /* attached, between transactions */
+	B_XFORWARD, /* waiting for XFORWARD replies */
 	B_MAIL,     /* waiting for the MAIL reply */
 	B_RCPT,     /* waiting for RCPT replies */
 	B_DATA,     /* waiting for 354 */
@@ -94,6 +97,10 @@ struct bconn {
 	struct relay_req *req;
 	enum bstate state;
 	unsigned caps;
+	unsigned xfattrs;    /* SMTP_XF_BIT()s its XFORWARD offers */
+	int xf_refused;      /* it refused XFORWARD: not sent again */
+	unsigned xcattrs;    /* SMTP_XF_BIT()s its XCLIENT offers */
+	int xclient;         /* 1: XCLIENT accepted (never pooled), -1 refused */
 	int tls;             /* STARTTLS done (RFC 3207) */
 	size_t rseen;        /* input bytes already seen to hold no
 					 complete reply (a long one in bits) */
@@ -119,6 +126,8 @@ struct relay_req {
 	int has8bit;    /* -1 unknown, else body has 8-bit bytes */
 	int send_body8; /* BODY=8BITMIME goes with MAIL */
 	/* the current transaction */
+	int xf_cmds, xf_replies;    /* XFORWARD commands sent, answered */
+	char *xf_buf;               /* the XFORWARD commands, while unsent */
 	int nreplies;               /* MAIL + RCPT replies received */
 	struct smtp_reply mail_rep; /* the reply to MAIL */
 	char mail_said[512];

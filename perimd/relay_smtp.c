@@ -20,6 +20,7 @@
 #include "conf.h"
 #include "conn.h"
 #include "log.h"
+#include "net.h"
 #include "relay_int.h"
 #include "smtp_proto.h"
 #include "spool.h"
@@ -40,12 +41,204 @@ static void send_rcpt(struct bconn *b, const struct relay_rcpt *rc)
 		conn_printf(b->c, "RCPT TO:<%s>\r\n", rc->addr);
 }
 
+/* send_mail - MAIL FROM, and with PIPELINING every RCPT after it (RFC
+ * 2920 §3.1: MAIL and RCPT may be grouped; DATA is sent only once every
+ * RCPT reply is in, so a partly refused envelope never gets a body). */
+static void send_mail(struct relay_req *r)
+{
+	struct bconn *b = r->b;
+	const struct relay_msg *m = r->msg;
+	char size[40] = "";
+
+	if (b->caps & SMTP_CAP_SIZE) /* RFC 1870 §6 */
+		snprintf(size, sizeof(size), " SIZE=%llu", (unsigned long long)m->size);
+	conn_printf(b->c, "MAIL FROM:<%s>%s%s%s%s%s%s%s\r\n", m->sender, size,
+		    r->send_body8 ? " BODY=8BITMIME" : "", m->smtputf8 ? " SMTPUTF8" : "",
+		    (b->caps & SMTP_CAP_DSN) && m->ret ? " RET=" : "",
+		    (b->caps & SMTP_CAP_DSN) && m->ret ? m->ret : "",
+		    (b->caps & SMTP_CAP_DSN) && m->envid ? " ENVID=" : "",
+		    (b->caps & SMTP_CAP_DSN) && m->envid ? m->envid : "");
+	if (b->caps & SMTP_CAP_PIPELINING)
+		for (int i = 0; i < m->nrcpt; i++)
+			send_rcpt(b, &m->rcpts[i]);
+}
+
+/* host_listed - is the backend in l (relay_xforward_hosts, relay_xclient_hosts)? */
+static int host_listed(const struct conf_list *l, const struct relay_dest *d)
+{
+	for (int i = 0; i < l->n; i++)
+		if (net_addr_match(d->addr, l->v[i]))
+			return 1;
+	return 0;
+}
+
+/* client_values - the client's attributes for XFORWARD and XCLIENT, by
+ * enum smtp_xf_attr (addr and port hold the formatted values). */
+static void client_values(const struct relay_req *r, const char *val[SMTP_XF_COUNT], char *addr,
+			  size_t addrlen, char *port, size_t portlen)
+{
+	const struct relay_client *cl = r->msg->client;
+
+	snprintf(addr, addrlen, "%s%s", cl->addr && strchr(cl->addr, ':') ? "IPv6:" : "",
+		 cl->addr ? cl->addr : "");
+	snprintf(port, portlen, "%d", cl->port);
+	val[SMTP_XF_NAME] = cl->name;
+	val[SMTP_XF_ADDR] = cl->addr ? addr : NULL;
+	val[SMTP_XF_PORT] = cl->port > 0 ? port : NULL;
+	val[SMTP_XF_PROTO] = cl->esmtp ? "ESMTP" : "SMTP";
+	val[SMTP_XF_HELO] = cl->helo && cl->helo[0] ? cl->helo : NULL;
+	val[SMTP_XF_IDENT] = r->msg->id;
+	val[SMTP_XF_SOURCE] = "REMOTE";
+}
+
+/* xforward_usable - will this transaction send XFORWARD? */
+static int xforward_usable(const struct bconn *b, const struct relay_req *r)
+{
+	return r->msg->client && (b->caps & SMTP_CAP_XFORWARD) && b->xfattrs && !b->xf_refused &&
+	    host_listed(&r->msg->conf->relay_xforward_hosts, r->dest);
+}
+
+/* xforward_start - the client's attributes by XFORWARD before MAIL, when
+ * the backend offers it and is allowed to get it (Postfix XFORWARD_README:
+ * they are reset at the end of each transaction, so every transaction on
+ * a pooled connection sends them again). With PIPELINING the commands,
+ * MAIL and the RCPTs go together; without it one command at a time.
+ * Returns 1 when XFORWARD went out (state B_XFORWARD), 0 when not. */
+static int xforward_start(struct relay_req *r)
+{
+	struct bconn *b = r->b;
+	const struct relay_msg *m = r->msg;
+	char addr[INET6_ADDRSTRLEN + 8], port[16];
+	const char *val[SMTP_XF_COUNT];
+
+	if (!xforward_usable(b, r))
+		return 0;
+	client_values(r, val, addr, sizeof(addr), port, sizeof(port));
+	if (!r->xf_buf)
+		r->xf_buf = xmalloc(SMTP_XFORWARD_BUF);
+	r->xf_cmds = smtp_xforward_format("XFORWARD", val, b->xfattrs, r->xf_buf, SMTP_XFORWARD_BUF);
+	r->xf_replies = 0;
+	if (r->xf_cmds <= 0)
+		return 0;
+	if (b->caps & SMTP_CAP_PIPELINING) {
+		conn_write(b->c, r->xf_buf, strlen(r->xf_buf));
+		send_mail(r);
+	} else {
+		conn_write(b->c, r->xf_buf, strcspn(r->xf_buf, "\n") + 1);
+	}
+	bconn_stage(b, B_XFORWARD, req_remaining(r, (uint64_t)m->conf->relay_timeout));
+	return 1;
+}
+
+/* xclient_start - after EHLO on a new connection: XCLIENT (Postfix
+ * XCLIENT_README) when the backend offers it, is in relay_xclient_hosts
+ * and does not take XFORWARD, which is preferred (XCLIENT makes the
+ * backend judge the client itself, and the connection can serve no other
+ * client). One command only: the backend's next one comes from the new
+ * identity; HELO, then NAME, are left out when all does not fit in 512
+ * octets. Returns 1 when XCLIENT went out (state B_XCLIENT). */
+static int xclient_start(struct bconn *b, struct relay_req *r)
+{
+	const struct conf *cf = r->msg->conf;
+	char addr[INET6_ADDRSTRLEN + 8], port[16], buf[SMTP_XFORWARD_BUF];
+	const char *val[SMTP_XF_COUNT];
+	unsigned attrs = b->xcattrs & ~(SMTP_XF_BIT(SMTP_XF_IDENT) | SMTP_XF_BIT(SMTP_XF_SOURCE));
+	int n;
+
+	if (!r->msg->client || b->xclient || !(b->caps & SMTP_CAP_XCLIENT) || !attrs ||
+	    xforward_usable(b, r) || !host_listed(&cf->relay_xclient_hosts, r->dest))
+		return 0;
+	client_values(r, val, addr, sizeof(addr), port, sizeof(port));
+	n = smtp_xforward_format("XCLIENT", val, attrs, buf, sizeof(buf));
+	if (n > 1) {
+		attrs &= ~SMTP_XF_BIT(SMTP_XF_HELO);
+		n = smtp_xforward_format("XCLIENT", val, attrs, buf, sizeof(buf));
+	}
+	if (n > 1) {
+		attrs &= ~SMTP_XF_BIT(SMTP_XF_NAME);
+		n = smtp_xforward_format("XCLIENT", val, attrs, buf, sizeof(buf));
+	}
+	if (n != 1)
+		return 0;
+	conn_write(b->c, buf, strlen(buf));
+	bconn_stage(b, B_XCLIENT, req_remaining(r, (uint64_t)cf->relay_timeout));
+	return 1;
+}
+
+/* xclient_reply - the reply to XCLIENT: 220 is a new greeting, so EHLO
+ * again; a refusal is logged and the message goes on without; 421 fails
+ * over. Returns -1 when b is gone. */
+static int xclient_reply(struct bconn *b, struct relay_req *r, const struct smtp_reply *rep, const char *said)
+{
+	const struct conf *cf = r->msg->conf;
+	char why[600];
+
+	if (rep->code == 421) {
+		snprintf(why, sizeof(why), "XCLIENT: %s", said);
+		req_failover(r, why);
+		return -1;
+	}
+	if (rep->code / 100 == 2) {
+		b->xclient = 1;
+		conn_printf(b->c, "EHLO %s\r\n", cf->myhostname[0] ? cf->myhostname : "localhost");
+		bconn_stage(b, B_EHLO, req_remaining(r, (uint64_t)cf->relay_timeout));
+		return 0;
+	}
+	log_warn("%s: backend %s: XCLIENT refused, going on without it: %s", r->msg->id ? r->msg->id : "-",
+		 r->dest->name, said);
+	b->xclient = -1;
+	b->state = B_READY;
+	ev_timer_stop(r->rl->loop, &b->tmr);
+	txn_start(r);
+	return 0;
+}
+
+/* xforward_reply - one reply to XFORWARD. A refusal is logged and the
+ * message goes on without (the backend then logs perimd as the client);
+ * 421 means the backend is closing: the next backend is tried. Returns -1
+ * when b is gone. */
+static int xforward_reply(struct bconn *b, const struct smtp_reply *rep, const char *said)
+{
+	struct relay_req *r = b->req;
+	int pipelined = (b->caps & SMTP_CAP_PIPELINING) != 0;
+	char why[600];
+
+	r->xf_replies++;
+	if (rep->code == 421) {
+		snprintf(why, sizeof(why), "XFORWARD: %s", said);
+		req_failover(r, why);
+		return -1;
+	}
+	if (rep->code / 100 != 2 && !b->xf_refused) {
+		log_warn("%s: backend %s: XFORWARD refused, going on without it: %s",
+			 r->msg->id ? r->msg->id : "-", r->dest->name, said);
+		b->xf_refused = 1;
+	}
+	if (r->xf_replies < r->xf_cmds) {
+		if (!pipelined && !b->xf_refused) {
+			/* the next command: after the r->xf_replies-th line */
+			const char *p = r->xf_buf;
+
+			for (int i = 0; i < r->xf_replies; i++)
+				p = strchr(p, '\n') + 1;
+			conn_write(b->c, p, strcspn(p, "\n") + 1);
+		}
+		if (pipelined || !b->xf_refused) {
+			bconn_stage(b, B_XFORWARD, req_remaining(r, (uint64_t)r->msg->conf->relay_timeout));
+			return 0;
+		}
+	}
+	if (!pipelined)
+		send_mail(r);
+	bconn_stage(b, B_MAIL, req_remaining(r, (uint64_t)r->msg->conf->relay_timeout));
+	return 0;
+}
+
 /* txn_start - replay the envelope on an attached, ready connection. */
 void txn_start(struct relay_req *r)
 {
 	struct bconn *b = r->b;
 	const struct relay_msg *m = r->msg;
-	char size[40] = "";
 
 	r->nreplies = 0;
 	r->naccept = 0;
@@ -81,20 +274,9 @@ void txn_start(struct relay_req *r)
 		}
 	}
 	b->ntxn++;
-	if (b->caps & SMTP_CAP_SIZE) /* RFC 1870 §6 */
-		snprintf(size, sizeof(size), " SIZE=%llu", (unsigned long long)m->size);
-	conn_printf(b->c, "MAIL FROM:<%s>%s%s%s%s%s%s%s\r\n", m->sender, size,
-		    r->send_body8 ? " BODY=8BITMIME" : "", m->smtputf8 ? " SMTPUTF8" : "",
-		    (b->caps & SMTP_CAP_DSN) && m->ret ? " RET=" : "",
-		    (b->caps & SMTP_CAP_DSN) && m->ret ? m->ret : "",
-		    (b->caps & SMTP_CAP_DSN) && m->envid ? " ENVID=" : "",
-		    (b->caps & SMTP_CAP_DSN) && m->envid ? m->envid : "");
-	/* RFC 2920 §3.1: MAIL and RCPT may be grouped; DATA is sent only once
-	 * every RCPT reply is in, so a partly refused envelope never gets a
-	 * body. */
-	if (b->caps & SMTP_CAP_PIPELINING)
-		for (int i = 0; i < m->nrcpt; i++)
-			send_rcpt(b, &m->rcpts[i]);
+	if (xforward_start(r))
+		return;
+	send_mail(r);
 	bconn_stage(b, B_MAIL, req_remaining(r, (uint64_t)m->conf->relay_timeout));
 }
 
@@ -355,8 +537,12 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 			int t;
 
 			b->caps = smtp_ehlo_caps(rep, &maxsize);
+			b->xfattrs = rep->xforward;
+			b->xcattrs = rep->xclient;
 			if (!b->tls && (t = bconn_tls_begin(b, r)) != 0)
 				return t > 0 ? 0 : -1;
+			if (xclient_start(b, r))
+				return 0;
 			b->state = B_READY;
 			ev_timer_stop(r->rl->loop, &b->tmr);
 			txn_start(r);
@@ -372,6 +558,8 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 		req_failover(r, why);
 		return -1;
 	case B_STARTTLS: return bconn_tls_reply(b, r, rep, said);
+	case B_XFORWARD: return xforward_reply(b, rep, said);
+	case B_XCLIENT: return xclient_reply(b, r, rep, said);
 	case B_HELO:
 		if (rep->code != 250) {
 			snprintf(why, sizeof(why), "HELO: %s", said);
@@ -381,6 +569,7 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 		/* No extensions after HELO, so no STARTTLS: a policy that
 		 * requires TLS fails over (bconn_tls_begin), never plaintext. */
 		b->caps = 0;
+		b->xfattrs = 0;
 		if (!b->tls) {
 			int t = bconn_tls_begin(b, r);
 

@@ -818,7 +818,7 @@ size_t smtp_dot_stuff_fold(const char *in, size_t len, size_t *used, struct smtp
 /* ---- replies ------------------------------------------------------------ */
 
 
-static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size);
+static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size, unsigned *xf, unsigned *xc);
 
 /* smtp_reply_init - an empty reply */
 void smtp_reply_init(struct smtp_reply *r)
@@ -939,7 +939,7 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf, size_t 
 		}
 		reply_text_add(r, line + 4 + k, tlen - k);
 		if (r->nlines > 1)
-			r->caps |= ehlo_line_caps(line + 4 + k, tlen - k, &r->size);
+			r->caps |= ehlo_line_caps(line + 4 + k, tlen - k, &r->size, &r->xforward, &r->xclient);
 		pos = (size_t)(lf - buf) + 1;
 		if (last) {
 			*consumed = pos;
@@ -950,8 +950,9 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf, size_t 
 
 /* ehlo_line_caps - the capability flag of one ehlo-line t[0..n) (RFC 5321
  * §4.1.1.1: an ehlo-keyword and its parameters; keywords are
- * case-insensitive); a valid SIZE value goes to *size. */
-static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size)
+ * case-insensitive); a valid SIZE value goes to *size, XFORWARD's
+ * attributes to *xf, XCLIENT's to *xc. */
+static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size, unsigned *xf, unsigned *xc)
 {
 	static const struct {
 		const char *name;
@@ -965,6 +966,8 @@ static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size)
 		{ "STARTTLS", SMTP_CAP_STARTTLS },                       /* RFC 3207 */
 		{ "ENHANCEDSTATUSCODES", SMTP_CAP_ENHANCEDSTATUSCODES }, /* 2034 */
 		{ "CHUNKING", SMTP_CAP_CHUNKING },                       /* RFC 3030 */
+		{ "XFORWARD", SMTP_CAP_XFORWARD },                       /* Postfix */
+		{ "XCLIENT", SMTP_CAP_XCLIENT },                         /* Postfix */
 	};
 	size_t kw = 0;
 
@@ -983,6 +986,10 @@ static unsigned ehlo_line_caps(const char *t, size_t n, uint64_t *size)
 			if (d > kw + 1 && (d == n || t[d] == ' '))
 				*size = v;
 		}
+		if (caps[i].flag == SMTP_CAP_XFORWARD && kw < n)
+			*xf |= smtp_xforward_attrs(t + kw + 1, n - kw - 1);
+		if (caps[i].flag == SMTP_CAP_XCLIENT && kw < n)
+			*xc |= smtp_xforward_attrs(t + kw + 1, n - kw - 1);
 		return caps[i].flag;
 	}
 	return 0;
@@ -1003,12 +1010,12 @@ unsigned smtp_ehlo_caps(const struct smtp_reply *r, uint64_t *size)
 unsigned smtp_ehlo_caps_text(const char *text, uint64_t *size)
 {
 	const char *t = text, *nl;
-	unsigned flags = 0;
+	unsigned flags = 0, xf = 0, xc = 0;
 
 	*size = 0;
 	while ((nl = strchr(t, '\n')) != NULL) {
 		t = nl + 1;
-		flags |= ehlo_line_caps(t, strcspn(t, "\n"), size);
+		flags |= ehlo_line_caps(t, strcspn(t, "\n"), size, &xf, &xc);
 	}
 	return flags;
 }
@@ -1064,4 +1071,116 @@ int smtp_header_value(const char *hdr, size_t len, const char *name, char *out, 
 		n--;
 	out[n] = 0;
 	return found;
+}
+
+/* ---- XFORWARD ----------------------------------------------------------- */
+
+static const char *const xf_names[SMTP_XF_COUNT] = { "NAME", "ADDR",  "PORT",  "PROTO",
+						     "HELO", "IDENT", "SOURCE" };
+
+/* smtp_xforward_attrs - the attributes listed after the XFORWARD keyword. */
+unsigned smtp_xforward_attrs(const char *params, size_t n)
+{
+	unsigned mask = 0;
+	size_t i = 0;
+
+	while (i < n) {
+		size_t w;
+
+		while (i < n && params[i] == ' ')
+			i++;
+		for (w = 0; i + w < n && params[i + w] != ' ';)
+			w++;
+		for (int a = 0; a < SMTP_XF_COUNT && w; a++)
+			if (strlen(xf_names[a]) == w && mem_ieq(params + i, xf_names[a], w))
+				mask |= SMTP_XF_BIT(a);
+		i += w;
+	}
+	return mask;
+}
+
+/* xf_encode - one attribute's value, neutered and xtext-encoded, into
+ * out[0..SMTP_XFORWARD_VALUE_MAX]; "[UNAVAILABLE]" for NULL or too long.
+ * Returns its length. */
+static size_t xf_encode(const char *v, char *out)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = 0;
+
+	for (; v && *v; v++) {
+		unsigned char c = (unsigned char)*v;
+
+		/* XFORWARD_README note 1: nothing special in a header. */
+		if (c <= ' ' || c >= 127 || strchr("<>()\\\";@", c))
+			c = '?';
+		if (n + 3 > SMTP_XFORWARD_VALUE_MAX) {
+			v = NULL;
+			break;
+		}
+		if (c == '+' || c == '=') {
+			out[n++] = '+';
+			out[n++] = hex[c >> 4];
+			out[n++] = hex[c & 15];
+		} else {
+			out[n++] = (char)c;
+		}
+	}
+	if (!v || n == 0) {
+		memcpy(out, "[UNAVAILABLE]", 14);
+		return 13;
+	}
+	out[n] = '\0';
+	return n;
+}
+
+/* smtp_xforward_format - the verb's commands for the offered attributes. */
+int smtp_xforward_format(const char *verb, const char *const val[SMTP_XF_COUNT], unsigned offered, char *out,
+			 size_t outlen)
+{
+	size_t vlen = strlen(verb);
+
+	char enc[SMTP_XFORWARD_VALUE_MAX + 1];
+	size_t pos = 0, line = 0; /* start of the command being built */
+	int ncmd = 0;
+
+	if (outlen < 1)
+		return -1;
+	out[0] = '\0';
+	for (int a = 0; a < SMTP_XF_COUNT; a++) {
+		if (!(offered & SMTP_XF_BIT(a)))
+			continue;
+		size_t vl = xf_encode(val[a], enc);
+		size_t need = 1 + strlen(xf_names[a]) + 1 + vl; /* " NAME=value" */
+
+		/* the verb, the attributes and CRLF within the command limit */
+		if (ncmd == 0 || (pos - line) + need + 2 > SMTP_XFORWARD_LINE_MAX) {
+			if (ncmd > 0) {
+				if (pos + 2 >= outlen)
+					return -1;
+				memcpy(out + pos, "\r\n", 2);
+				pos += 2;
+			}
+			if (pos + vlen >= outlen)
+				return -1;
+			line = pos;
+			memcpy(out + pos, verb, vlen);
+			pos += vlen;
+			ncmd++;
+		}
+		if (pos + need >= outlen)
+			return -1;
+		out[pos++] = ' ';
+		memcpy(out + pos, xf_names[a], strlen(xf_names[a]));
+		pos += strlen(xf_names[a]);
+		out[pos++] = '=';
+		memcpy(out + pos, enc, vl);
+		pos += vl;
+		out[pos] = '\0';
+	}
+	if (ncmd > 0) {
+		if (pos + 2 >= outlen)
+			return -1;
+		memcpy(out + pos, "\r\n", 3);
+	}
+	return ncmd;
 }

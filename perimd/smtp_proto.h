@@ -176,9 +176,11 @@ struct smtp_reply {
 				         the first line may be cut, later
 				         lines are kept whole or dropped */
 	int nlines;
-	unsigned caps; /* SMTP_CAP_* of every line after the
+	unsigned caps;     /* SMTP_CAP_* of every line after the
 					 first, truncated text or not */
-	uint64_t size; /* the SIZE keyword's value, 0 if none */
+	uint64_t size;     /* the SIZE keyword's value, 0 if none */
+	unsigned xforward; /* SMTP_XF_BIT()s the XFORWARD keyword lists */
+	unsigned xclient;  /* SMTP_XF_BIT()s the XCLIENT keyword lists */
 	/* private: multi-line accumulation state */
 	size_t text_len;
 	int first_code;
@@ -209,6 +211,8 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf, size_t 
 #define SMTP_CAP_STARTTLS 0x0020u
 #define SMTP_CAP_ENHANCEDSTATUSCODES 0x0040u
 #define SMTP_CAP_CHUNKING 0x0080u
+#define SMTP_CAP_XFORWARD 0x0100u /* Postfix XFORWARD_README */
+#define SMTP_CAP_XCLIENT 0x0200u  /* Postfix XCLIENT_README */
 
 /* smtp_ehlo_caps - capability flags of a 250 reply (0 for any other);
  * *size = SIZE value (0 = none given). */
@@ -226,5 +230,42 @@ unsigned smtp_ehlo_caps_text(const char *text, uint64_t *size);
  * characters turned into '?'; the value is cut to outlen - 1 bytes and
  * NUL-terminated (outlen >= 1). Returns 1 when found, else 0 (out = ""). */
 int smtp_header_value(const char *hdr, size_t len, const char *name, char *out, size_t outlen);
+
+/* ---- XFORWARD and XCLIENT (Postfix's XFORWARD_README, XCLIENT_README) -- */
+
+/* The attributes, in the order they are sent (XCLIENT has no IDENT and no
+ * SOURCE: a server never lists them for it). */
+enum smtp_xf_attr {
+	SMTP_XF_NAME,   /* the client's host name */
+	SMTP_XF_ADDR,   /* its address, "IPv6:" before an IPv6 one */
+	SMTP_XF_PORT,   /* its TCP port */
+	SMTP_XF_PROTO,  /* SMTP or ESMTP */
+	SMTP_XF_HELO,   /* the name it gave in HELO/EHLO */
+	SMTP_XF_IDENT,  /* the message's id here */
+	SMTP_XF_SOURCE, /* LOCAL or REMOTE */
+	SMTP_XF_COUNT
+};
+#define SMTP_XF_BIT(a) (1u << (a))
+#define SMTP_XFORWARD_VALUE_MAX 255 /* octets of one encoded value */
+#define SMTP_XFORWARD_LINE_MAX 512  /* octets of one command, CRLF included */
+#define SMTP_XFORWARD_BUF 2048      /* holds the commands for every attribute */
+
+/* smtp_xforward_attrs - the attributes an EHLO line's XFORWARD (or
+ * XCLIENT) keyword offers: params[0..n) is what follows the keyword ("NAME
+ * ADDR PROTO HELO"), names case-insensitive, unknown ones ignored. */
+unsigned smtp_xforward_attrs(const char *params, size_t n);
+
+/* smtp_xforward_format - the `verb` ("XFORWARD" or "XCLIENT") commands
+ * carrying val[] (indexed by enum smtp_xf_attr; NULL = [UNAVAILABLE]) for
+ * the attributes in `offered`, into out (NUL-terminated, each command
+ * ending in CRLF).
+ * Values are neutered as XFORWARD_README asks (a control, non-ASCII,
+ * space or one of <>()\";@ becomes '?') and xtext-encoded (RFC 3461 §4);
+ * one longer than SMTP_XFORWARD_VALUE_MAX encoded is sent as
+ * [UNAVAILABLE]. Attributes are packed into as few commands as fit in
+ * SMTP_XFORWARD_LINE_MAX. Returns the number of commands (0: nothing
+ * offered), or -1 when outlen is too small (SMTP_XFORWARD_BUF never is). */
+int smtp_xforward_format(const char *verb, const char *const val[SMTP_XF_COUNT], unsigned offered, char *out,
+			 size_t outlen);
 
 #endif

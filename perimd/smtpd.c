@@ -854,6 +854,9 @@ static void proxy_input(struct session *s)
 	} else {
 		log_info("%s: PROXY v%d from [%s]: client [%s]:%d", s->id, h.version, s->addr, h.src, h.sport);
 		snprintf(s->addr, sizeof s->addr, "%s", h.src);
+		s->port = h.sport;
+		snprintf(s->srv_addr, sizeof s->srv_addr, "%s", h.dst);
+		s->srv_port = h.dport;
 	}
 	session_greet(s);
 	/* What followed the header in the same read is the client's. */
@@ -906,6 +909,13 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	s->pol = pol;
 	s->cf = cf;
 	memcpy(s->addr, addr, sizeof addr);
+	s->port = net_port(sa);
+	struct sockaddr_storage local;
+	socklen_t llen = sizeof local;
+	if (getsockname(fd, (struct sockaddr *)&local, &llen) == 0) {
+		net_ntop((struct sockaddr *)&local, s->srv_addr, sizeof s->srv_addr);
+		s->srv_port = net_port((struct sockaddr *)&local);
+	}
 	smtpd_gen_id(s->id);
 	s->ps = policy_session_new(pol, s->id, s->addr);
 	s->conn = conn_new(sl->loop, fd, &session_ops, s);

@@ -82,6 +82,7 @@ struct txn {
 	int route_set;
 	char *route; /* backend list text; NULL = relay_backends */
 	struct rcpt_pending *rcpt_pending;
+	struct psvc_txn *psvc; /* smtpd_policy_services state (psvc.h) or NULL */
 
 	/* DATA */
 	struct spool *spool;
@@ -92,6 +93,7 @@ struct txn {
 
 	/* relay */
 	struct relay_msg msg;
+	struct relay_client client; /* for XFORWARD */
 	struct relay_rcpt *rr;
 	struct conf_list backends;
 };
@@ -105,6 +107,9 @@ struct session {
 	const struct conf *cf;
 	char id[16];
 	char addr[INET6_ADDRSTRLEN];
+	int port;                        /* the client's (after any PROXY header) */
+	char srv_addr[INET6_ADDRSTRLEN]; /* the address the client connected to */
+	int srv_port;
 	char *helo;
 	unsigned esmtp : 1;
 	unsigned skip_line : 1; /* discarding an over-long command line */

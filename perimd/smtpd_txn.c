@@ -18,6 +18,7 @@
 #include "dnscheck.h"
 #include "grey.h"
 #include "log.h"
+#include "psvc.h"
 #include "spool.h"
 #include "stats.h"
 
@@ -56,6 +57,7 @@ void smtpd_txn_reset(struct session *s)
 	free(t->rcpts);
 	free(t->route);
 	smtpd_rcpt_pending_free(t->rcpt_pending);
+	psvc_txn_free(t->psvc);
 	spool_free(t->spool);
 	free(t->rr);
 	policy_list_free(&t->backends);
@@ -109,6 +111,44 @@ static int path_parse(struct session *s, char *arg, struct smtp_path *p, const c
 	return -1;
 }
 
+/* tls_split - "TLSv1.2 with cipher X" (conn_tls_describe) into the
+ * protocol, the cipher and its key size in bits. */
+static void tls_split(const char *desc, struct psvc_txn *t)
+{
+	const char *w = strstr(desc, " with cipher ");
+	if (!w)
+		return;
+	snprintf(t->tls_protocol, sizeof t->tls_protocol, "%.*s", (int)(w - desc), desc);
+	snprintf(t->tls_cipher, sizeof t->tls_cipher, "%s", w + 13);
+	t->tls_bits = strstr(t->tls_cipher, "128")                              ? 128
+	    : strstr(t->tls_cipher, "256") || strstr(t->tls_cipher, "CHACHA20") ? 256
+										: 0;
+}
+
+/* psvc_begin - what the policy services' requests of this transaction
+ * carry (smtpd_policy_services); the queue id is the message id. */
+static void psvc_begin(struct session *s, unsigned long long size)
+{
+	if (!s->pol->psvc || !s->pol->psvc->n)
+		return;
+	struct psvc_txn *t = xcalloc(1, sizeof *t);
+	/* The transaction's id (given at MAIL) is both: unique, and what
+	 * perimd's log lines of the message carry. */
+	snprintf(t->queue_id, sizeof t->queue_id, "%s", s->tx->msgid);
+	snprintf(t->instance, sizeof t->instance, "%s", s->tx->msgid);
+	t->protocol_name = s->esmtp ? "ESMTP" : "SMTP";
+	t->client_port = s->port;
+	snprintf(t->server_address, sizeof t->server_address, "%s", s->srv_addr);
+	t->server_port = s->srv_port;
+	t->size = size;
+	if (s->tls) {
+		char desc[128];
+		conn_tls_describe(s->conn, desc, sizeof desc);
+		tls_split(desc, t);
+	}
+	s->tx->psvc = t;
+}
+
 /* smtpd_cmd_mail - MAIL FROM (RFC 5321 §4.1.1.2) with SIZE, BODY, SMTPUTF8, RET,
  * ENVID (RFC 1870, 6152, 6531, 3461); the transaction begins. Its place
  * in the sequence (no transaction yet, HELO/EHLO first) is the command
@@ -120,6 +160,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 	if (path_parse(s, arg, p, "5.1.7 Bad sender") < 0)
 		goto out;
 	int body8 = 0, utf8 = 0;
+	unsigned long long size = 0;
 	const char *ret = NULL, *envid = NULL;
 	for (int i = 0; i < p->nparams; i++) {
 		const char *k = p->params[i].key, *v = p->params[i].value;
@@ -129,6 +170,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 				goto out;
 			}
 			unsigned long long sz = strtoull(v, NULL, 10);
+			size = sz;
 			if (sz > (unsigned long long)cf->message_size_limit) {
 				stats_inc(ST_rej_size);
 				smtpd_log_reject(s, "MAIL", "552 5.3.4 Message size exceeds fixed limit", NULL);
@@ -177,6 +219,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 	s->tx->smtputf8 = utf8;
 	s->tx->ret = ret ? xstrdup(ret) : NULL;
 	s->tx->envid = envid ? xstrdup(envid) : NULL;
+	psvc_begin(s, size);
 	dnscheck_mail(s->dns, s->tx->sender); /* looked up now, refused at RCPT */
 	/* The transaction's first line, as Postfix's "QUEUEID: client=". */
 	log_info("%s: client=[%s], helo=<%s>, from=<%s>", s->tx->msgid, s->addr, s->helo ? s->helo : "",
@@ -369,6 +412,7 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 		.dns = s->dns,
 		.sess = s->ps,
 		.route = rp->route,
+		.psvc = s->tx->psvc,
 	};
 	s->tx->rcpt_pending = rp;
 	struct policy_verdict v;
@@ -413,12 +457,26 @@ static void received_header(struct session *s)
 		s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 }
 
+/* prepend_headers - the PREPEND answers of the policy services, above
+ * perimd's Received: field, as Postfix's smtpd writes them. */
+static void prepend_headers(struct session *s)
+{
+	const struct psvc_txn *t = s->tx->psvc;
+	for (int i = 0; t && i < t->nprepend && s->tx->data_err == DE_NONE; i++) {
+		log_info("%s: prepend: header %s; from=<%s>", s->tx->msgid, t->prepend[i], s->tx->sender);
+		if (spool_append(s->tx->spool, t->prepend[i], strlen(t->prepend[i])) < 0 ||
+		    spool_append(s->tx->spool, "\r\n", 2) < 0)
+			s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
+	}
+}
+
 /* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): start storing the body. The
  * command table runs it only once a recipient was accepted. */
 void smtpd_cmd_data(struct session *s, char *arg)
 {
 	s->tx->spool = spool_new();
 	s->tx->data_err = DE_NONE;
+	prepend_headers(s);
 	received_header(s);
 	if (s->tx->data_err == DE_SPOOL_FULL) {
 		stats_inc(ST_rej_spool_full);
@@ -575,6 +633,15 @@ static void data_relay(struct session *s)
 	if (m->deadline > smtpd_drain_deadline(s)) /* scanned past the drain limit */
 		m->deadline = smtpd_drain_deadline(s);
 	m->conf = cf;
+	const char *name = s->dns ? dnscheck_client_name(s->dns) : NULL;
+	s->tx->client = (struct relay_client){
+		.name = name ? name : "unknown",
+		.addr = s->addr,
+		.port = s->port,
+		.helo = s->helo,
+		.esmtp = s->esmtp,
+	};
+	m->client = &s->tx->client;
 	smtpd_session_pause(s);
 	s->relay = relay_send(s->loop, m, relay_done, s);
 }

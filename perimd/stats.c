@@ -228,6 +228,7 @@ int64_t stats_value(enum stats_id id)
 struct fseries {
 	struct fseries *next;
 	char *label, *value;
+	char *label2, *value2; /* a second label, or NULL */
 	int64_t v;
 };
 
@@ -272,22 +273,35 @@ void stats_family_declare(const char *name, const char *type, const char *help)
 	pthread_mutex_unlock(&fam_mu);
 }
 
-/* family_update - add to or set one series. */
-static void family_update(const char *name, const char *type, const char *label, const char *value, int64_t n,
-			  int set)
+/* series_cmp - order of series: by value, then second value. */
+static int series_cmp(const struct fseries *s, const char *value, const char *value2)
+{
+	int c = strcmp(s->value, value);
+	if (c || (!s->value2 && !value2))
+		return c;
+	return strcmp(s->value2 ? s->value2 : "", value2 ? value2 : "");
+}
+
+/* family_update - add to or set one series (label2 NULL: one label). */
+static void family_update(const char *name, const char *type, const char *label, const char *value,
+			  const char *label2, const char *value2, int64_t n, int set)
 {
 	pthread_mutex_lock(&fam_mu);
 	struct family *f = family_get(name, type);
 	struct fseries *s;
 	for (s = f->series; s; s = s->next)
-		if (!strcmp(s->label, label) && !strcmp(s->value, value))
+		if (!strcmp(s->label, label) && !series_cmp(s, value, value2))
 			break;
 	if (!s) {
 		s = xcalloc(1, sizeof *s);
 		s->label = xstrdup(label);
 		s->value = xstrdup(value);
+		if (label2) {
+			s->label2 = xstrdup(label2);
+			s->value2 = xstrdup(value2);
+		}
 		struct fseries **pp = &f->series;
-		while (*pp && strcmp((*pp)->value, value) < 0)
+		while (*pp && series_cmp(*pp, value, value2) < 0)
 			pp = &(*pp)->next;
 		s->next = *pp;
 		*pp = s;
@@ -298,12 +312,18 @@ static void family_update(const char *name, const char *type, const char *label,
 
 void stats_family_add(const char *name, const char *label, const char *value, int64_t n)
 {
-	family_update(name, "counter", label, value, n, 0);
+	family_update(name, "counter", label, value, NULL, NULL, n, 0);
 }
 
 void stats_family_set(const char *name, const char *label, const char *value, int64_t v)
 {
-	family_update(name, "gauge", label, value, v, 1);
+	family_update(name, "gauge", label, value, NULL, NULL, v, 1);
+}
+
+void stats_family_add2(const char *name, const char *label, const char *value, const char *label2,
+		       const char *value2, int64_t n)
+{
+	family_update(name, "counter", label, value, label2, value2, n, 0);
 }
 
 /* ---- health ------------------------------------------------------------- */
@@ -425,6 +445,10 @@ void stats_render_metrics(struct strbuf *out)
 		for (struct fseries *s = f->series; s; s = s->next) {
 			sb_printf(out, "%s{%s=\"", f->name, s->label);
 			escape_label(out, s->value);
+			if (s->label2) {
+				sb_printf(out, "\",%s=\"", s->label2);
+				escape_label(out, s->value2);
+			}
 			sb_printf(out, "\"} %lld\n", (long long)s->v);
 		}
 	}

@@ -112,6 +112,9 @@ void stats_observe_since(enum stats_hist h, uint64_t start, uint64_t now);
 void stats_family_declare(const char *name, const char *type, const char *help);
 void stats_family_add(const char *name, const char *label, const char *value, int64_t n);
 void stats_family_set(const char *name, const char *label, const char *value, int64_t v);
+/* stats_family_add2 - a counter series with two labels ("service", "result"). */
+void stats_family_add2(const char *name, const char *label, const char *value, const char *label2,
+		       const char *value2, int64_t n);
 
 /* stats_value - a fixed metric summed over threads. */
 int64_t stats_value(enum stats_id id);

@@ -71,6 +71,15 @@ STAT(dns_failures, COUNTER, "perimd_dns_failures_total", "", "DNS lookups that f
 STAT(tls_reload_time, GAUGE, "perimd_tls_reload_last_timestamp_seconds", "", "when the TLS certificates and keys were last loaded or reloaded (start, SIGHUP), Unix time")
 STAT(tls_reload_ok, GAUGE, "perimd_tls_reload_success", "", "1 when that last load succeeded, 0 when it failed and the old certificates stayed")
 
+/* Policy services (psvc.c); requests by service and result are the
+ * labelled perimd_policy_service_requests_total{service,result} */
+STAT(psvc_err_connect, COUNTER, "perimd_policy_service_errors_total", "reason=\"connect\"", "policy service tries that got no answer, by why")
+STAT(psvc_err_timeout, COUNTER, "perimd_policy_service_errors_total", "reason=\"timeout\"", "")
+STAT(psvc_err_closed, COUNTER, "perimd_policy_service_errors_total", "reason=\"closed\"", "")
+STAT(psvc_err_protocol, COUNTER, "perimd_policy_service_errors_total", "reason=\"protocol\"", "")
+STAT(psvc_default, COUNTER, "perimd_policy_service_default_actions_total", "", "requests answered by smtpd_policy_service_default_action after the last try failed")
+STAT(psvc_cached, COUNTER, "perimd_policy_service_cached_total", "", "answers reused for the very same request in a transaction")
+
 /* Greylisting (grey.c) */
 STAT(grey_new, COUNTER, "perimd_greylist_decisions_total", "result=\"new\"", "greylisting decisions by outcome (recipients)")
 STAT(grey_early, COUNTER, "perimd_greylist_decisions_total", "result=\"early\"", "")

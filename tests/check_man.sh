@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/check_man.sh - the manual pages are `mandoc -Tlint` clean (nothing
+# tests/check_man.sh - the manual pages (man/*.N) are `mandoc -Tlint` clean (nothing
 # ignored), and man/perimd.conf.5 documents exactly the parameters that
 # `perimd -d` prints, each once, with the default of perimd/conf_params.h.
 # Run from the top of the tree; PERIMD_BIN defaults to build/test/perimd.
@@ -20,7 +20,7 @@ if ! command -v mandoc >/dev/null; then
 	echo "check_man: mandoc is not installed"
 	exit 1
 fi
-lint=$(mandoc -Tlint man/perimd.8 "$PAGE" 2>&1)
+lint=$(mandoc -Tlint man/*.[1-9] 2>&1)
 rc=$?
 if [ "$rc" -ne 0 ] || [ -n "$lint" ]; then
 	bad "mandoc -Tlint is not clean (rc=$rc):"

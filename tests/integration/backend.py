@@ -25,6 +25,15 @@ JSON control file re-read when it changes (--control-file):
                        after the first chunk of the body)
   drop    [stage...]   close the connection instead of replying
   pipelining / eightbitmime / smtputf8 / dsn / size: bool, advertised in EHLO
+  xforward: "" or the attribute names offered ("NAME ADDR PORT PROTO HELO
+           IDENT SOURCE"): the XFORWARD keyword in EHLO; the attributes
+           received (xtext decoded) go into the envelope as "xforward" and
+           are reset after each transaction (DATA end, RSET), as Postfix does;
+           its reply is reply["xforward"] (default 250)
+  xclient: "" or the attribute names offered: the XCLIENT keyword in EHLO;
+           the attributes received go into every later envelope of the
+           connection as "xclient"; reply["xclient"] (default a new 220
+           greeting, after which the client must EHLO again)
   lenient: bool - like vulnerable servers, end lines on CR, LF or CRLF and end
            DATA on "." alone on any such line; transactions are counted so a
            test can see a split happen.
@@ -46,7 +55,7 @@ import sys
 import time
 
 LINE_END = re.compile(b"[\r\n]")
-STAGES = ("greeting", "ehlo", "helo", "mail", "rcpt", "data", "body", "eod", "rset")
+STAGES = ("greeting", "ehlo", "helo", "xforward", "xclient", "mail", "rcpt", "data", "body", "eod", "rset")
 
 DEFAULTS = {
     "reply": {},
@@ -59,6 +68,8 @@ DEFAULTS = {
     "dsn": True,
     "size": True,
     "lenient": False,
+    "xforward": "",
+    "xclient": "",
 }
 
 
@@ -135,6 +146,8 @@ class Session:
         st.conn_seq += 1
         self.id = st.conn_seq
         self.helo = None
+        self.xforward = {}
+        self.xclient = {}
         self.reset()
 
     def reset(self):
@@ -264,6 +277,10 @@ class Session:
             if o["dsn"]:
                 caps.append("DSN")
             caps.append("ENHANCEDSTATUSCODES")
+            if o["xforward"]:
+                caps.append("XFORWARD " + o["xforward"])
+            if o["xclient"] and not self.xclient:
+                caps.append("XCLIENT " + o["xclient"])
             return await self.act("ehlo", self.reply_for(
                 "ehlo", "\n".join("250 " + c for c in caps)))
         if verb == "HELO":
@@ -301,8 +318,27 @@ class Session:
             if not r.startswith("354"):
                 return True
             return await self.data()
+        if verb == "XFORWARD" and o["xforward"]:
+            rep = self.reply_for("xforward", "250 2.0.0 Ok")
+            if rep.startswith("2"):
+                for item in arg.split():
+                    k, _, v = item.partition("=")
+                    self.xforward[k.upper()] = re.sub(
+                        r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), v)
+            return await self.act("xforward", rep)
+        if verb == "XCLIENT" and o["xclient"]:
+            rep = self.reply_for("xclient", "220 backend.test ESMTP after XCLIENT")
+            if rep.startswith("2"):
+                self.helo = None
+                self.reset()
+                for item in arg.split():
+                    k, _, v = item.partition("=")
+                    self.xclient[k.upper()] = re.sub(
+                        r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), v)
+            return await self.act("xclient", rep)
         if verb == "RSET":
             self.st.stats["rset"] += 1
+            self.xforward = {}
             self.reset()
             return await self.act("rset", self.reply_for("rset", "250 2.0.0 Ok"))
         if verb == "NOOP":
@@ -337,7 +373,9 @@ class Session:
         self.st.log(self.id, "end of data (%d lines)" % len(lines))
         data = b"".join(x + b"\r\n" for x in lines)
         env = {"mail_from": self.mail_from, "mail_params": self.mail_params,
-               "rcpts": self.rcpts, "helo": self.helo, "conn": self.id}
+               "rcpts": self.rcpts, "helo": self.helo, "conn": self.id,
+               "xforward": self.xforward, "xclient": self.xclient}
+        self.xforward = {}
         eod = self.reply_for("eod", "250 2.0.0 Ok: queued as {qid}")
         if "eod" in o["drop"] + o["hang"] or not eod.startswith("2"):
             self.reset()
@@ -416,6 +454,8 @@ def parse_args(argv):
     ap.add_argument("--no-dsn", action="store_true")
     ap.add_argument("--no-size", action="store_true")
     ap.add_argument("--lenient", action="store_true")
+    ap.add_argument("--xforward", default="", metavar="ATTRS")
+    ap.add_argument("--xclient", default="", metavar="ATTRS")
     args = ap.parse_args(argv)
     opts = {
         "reply": dict(x.split("=", 1) for x in args.reply),
@@ -426,6 +466,8 @@ def parse_args(argv):
         "smtputf8": not args.no_smtputf8,
         "dsn": not args.no_dsn, "size": not args.no_size,
         "lenient": args.lenient,
+        "xforward": args.xforward,
+        "xclient": args.xclient,
     }
     for s in opts["reply"]:
         if s not in STAGES:
@@ -450,6 +492,8 @@ class Message:
         self.helo = env["helo"]
         self.conn = env["conn"]
         self.queue_id = env["queue_id"]
+        self.xforward = env.get("xforward", {})
+        self.xclient = env.get("xclient", {})
 
     def __repr__(self):
         return "Message(%s from=%s to=%s %d bytes)" % (
@@ -472,6 +516,8 @@ def _opts_to_args(opts):
         elif k == "lenient":
             if v:
                 out.append("--lenient")
+        elif k in ("xforward", "xclient"):
+            out += ["--" + k, v]
         else:
             raise ValueError("unknown backend option %r" % k)
     return out

@@ -1308,6 +1308,55 @@ TEST(test_header_value)
 	CHECK_STR(v, "<yes>");
 }
 
+TEST(test_xforward)
+{
+	size_t c;
+	char out[SMTP_XFORWARD_BUF], longv[400];
+	static const char ehlo[] = "250-mx.example\r\n250-XFORWARD NAME ADDR PROTO HELO\r\n250 8BITMIME\r\n";
+	uint64_t size;
+	const char *v[SMTP_XF_COUNT] = { "mail.example.com", "IPv6:2001:db8::1", "4711", "ESMTP",
+					 "a+b=c d@e", "15RTLJ7T89Y9", "REMOTE" };
+
+	CHECK_INT(reply_check(S(ehlo), &c), PARSE_OK);
+	CHECK_INT(smtp_ehlo_caps(&R, &size), SMTP_CAP_XFORWARD | SMTP_CAP_8BITMIME);
+	CHECK_INT(R.xforward, SMTP_XF_BIT(SMTP_XF_NAME) | SMTP_XF_BIT(SMTP_XF_ADDR) |
+				  SMTP_XF_BIT(SMTP_XF_PROTO) | SMTP_XF_BIT(SMTP_XF_HELO));
+	CHECK_INT(smtp_xforward_attrs(S("  ident Source XNAME  port")),
+		  SMTP_XF_BIT(SMTP_XF_IDENT) | SMTP_XF_BIT(SMTP_XF_SOURCE) | SMTP_XF_BIT(SMTP_XF_PORT));
+	CHECK_INT(smtp_xforward_format("XFORWARD", v, R.xforward, out, sizeof(out)), 1);
+	CHECK_STR(out, "XFORWARD NAME=mail.example.com ADDR=IPv6:2001:db8::1 PROTO=ESMTP HELO=a+2Bb+3Dc?d?e\r\n");
+	CHECK_INT(smtp_xforward_format("XFORWARD", v, 0, out, sizeof(out)), 0);
+	CHECK_STR(out, "");
+	CHECK_INT(smtp_xforward_format("XCLIENT", v, SMTP_XF_BIT(SMTP_XF_ADDR) | SMTP_XF_BIT(SMTP_XF_PORT), out,
+				       sizeof(out)),
+		  1);
+	CHECK_STR(out, "XCLIENT ADDR=IPv6:2001:db8::1 PORT=4711\r\n");
+	CHECK_INT(reply_check(S("250-mx\r\n250 XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR\r\n"), &c),
+		  PARSE_OK);
+	CHECK_INT(smtp_ehlo_caps(&R, &size), SMTP_CAP_XCLIENT);
+	CHECK_INT(R.xclient, SMTP_XF_BIT(SMTP_XF_NAME) | SMTP_XF_BIT(SMTP_XF_ADDR) | SMTP_XF_BIT(SMTP_XF_PORT) |
+				 SMTP_XF_BIT(SMTP_XF_PROTO) | SMTP_XF_BIT(SMTP_XF_HELO));
+	CHECK_INT(R.xforward, 0);
+	/* NULL, empty and too long values are [UNAVAILABLE]; 512 octets a command */
+	memset(longv, 'x', sizeof(longv) - 1);
+	longv[sizeof(longv) - 1] = '\0';
+	v[SMTP_XF_NAME] = NULL;
+	v[SMTP_XF_HELO] = longv;
+	v[SMTP_XF_PORT] = "";
+	CHECK_INT(smtp_xforward_format("XFORWARD", v, SMTP_XF_BIT(SMTP_XF_NAME) | SMTP_XF_BIT(SMTP_XF_HELO) |
+						  SMTP_XF_BIT(SMTP_XF_PORT),
+				       out, sizeof(out)),
+		  1);
+	CHECK_STR(out, "XFORWARD NAME=[UNAVAILABLE] PORT=[UNAVAILABLE] HELO=[UNAVAILABLE]\r\n");
+	longv[250] = '\0';
+	v[SMTP_XF_NAME] = longv;
+	CHECK_INT(smtp_xforward_format("XFORWARD", v, SMTP_XF_BIT(SMTP_XF_NAME) | SMTP_XF_BIT(SMTP_XF_HELO), out,
+				       sizeof(out)),
+		  2);
+	CHECK(strlen(out) == 2 * (8 + 1 + 5 + 250 + 2));
+	CHECK_INT(smtp_xforward_format("XFORWARD", v, SMTP_XF_BIT(SMTP_XF_NAME), out, 100), -1);
+}
+
 int main(void)
 {
 	RUN(test_header_value);
@@ -1347,5 +1396,6 @@ int main(void)
 	RUN(test_reply_1xx_3xx);
 	RUN(test_dot_stuff_fold);
 	RUN(test_ehlo_caps);
+	RUN(test_xforward);
 	return t_done();
 }
