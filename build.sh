@@ -12,6 +12,8 @@
 #                         plain, with libclamav and with the same clamd (test signatures)
 #   ./build.sh bench latency   client-side latency (final dot -> reply, p50/p99) and
 #                         messages/s of direct, Postfix, Haraka and perimd (tests/bench_latency.py)
+#   ./build.sh bench ab OLD NEW   two git revisions built and run alternately on the same
+#                         load: msg/s and CPU ms/msg ratios NEW/OLD at 512 B and 100 KB
 #   ./build.sh static     fully static musl binary from Debian sources (vendor/):
 #                         build/static/perimd; `static noclamav`: without libclamav
 #                         (clamd mode), build/static-noclamav/perimd

@@ -19,6 +19,7 @@
 #include "conf.h"
 #include "ev.h"
 #include "graph.h"
+#include "hash.h"
 #include "history.h"
 #include "http.h"
 #include "jobs.h"
@@ -65,23 +66,12 @@ static void render_gauges(struct strbuf *out)
 static pthread_mutex_t fp_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t fp_value; /* under fp_mu; 0: none yet */
 
-/* fnv - FNV-1a 64 over n bytes, continuing from h. */
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-	const unsigned char *b = p;
-	for (size_t i = 0; i < n; i++) {
-		h ^= b[i];
-		h *= 1099511628211ull;
-	}
-	return h;
-}
-
 /* fp_map - a map item ("type:path") into the hash: its text, and the
  * bytes of the file it names when there is one (file:, cidr:, regexp:,
  * an ldap: or mysql: configuration file). */
 static uint64_t fp_map(uint64_t h, const char *item)
 {
-	h = fnv(h, item, strlen(item) + 1);
+	h = hash_more64(h, item, strlen(item) + 1);
 	const char *colon = strchr(item, ':');
 	FILE *f = colon ? fopen(colon + 1, "re") : NULL;
 	if (!f)
@@ -89,7 +79,7 @@ static uint64_t fp_map(uint64_t h, const char *item)
 	char buf[8192];
 	size_t n;
 	while ((n = fread(buf, 1, sizeof buf, f)) > 0)
-		h = fnv(h, buf, n);
+		h = hash_more64(h, buf, n);
 	fclose(f);
 	return h;
 }
@@ -110,14 +100,14 @@ static uint64_t fp_map(uint64_t h, const char *item)
 /* admin_config_loaded - see admin.h. */
 void admin_config_loaded(const struct conf *c)
 {
-	uint64_t h = 14695981039346656037ull;
+	uint64_t h = HASH_FNV64_BASIS;
 	char *text = NULL;
 	size_t len = 0;
 	FILE *m = open_memstream(&text, &len);
 	if (m) {
 		conf_dump(m, c, 1); /* every parameter, defaults too: the effective set */
 		fclose(m);
-		h = fnv(h, text, len);
+		h = hash_more64(h, text, len);
 		free(text);
 	}
 #define PARAM(type, name, def, min, max, choices, doc) FP_##type(h, c->name);
@@ -253,8 +243,8 @@ static int starting_stop; /* atomic */
 static void *starting_main(void *arg)
 {
 	(void)arg;
-	static const char ans[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-				  "Content-Length: 9\r\nConnection: close\r\n\r\nstarting\n";
+	struct strbuf ans = { 0 };
+	http_response(&ans, 503, "text/plain", "starting\n", strlen("starting\n"), 0);
 	while (!__atomic_load_n(&starting_stop, __ATOMIC_SEQ_CST)) {
 		struct pollfd pf = { .fd = starting_fd, .events = POLLIN };
 		if (poll(&pf, 1, 100) <= 0)
@@ -269,10 +259,11 @@ static void *starting_main(void *arg)
 			ssize_t n = recv(c, buf, sizeof buf, MSG_DONTWAIT);
 			(void)n;
 		}
-		ssize_t w = send(c, ans, sizeof ans - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t w = send(c, ans.p, ans.len, MSG_NOSIGNAL | MSG_DONTWAIT);
 		(void)w;
 		close(c);
 	}
+	sb_free(&ans);
 	return NULL;
 }
 

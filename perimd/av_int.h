@@ -77,7 +77,6 @@ long long av_scan_time(const struct conf *cf);
 
 /* ---- av.c, for av_sup.c ------------------------------------------------- */
 
-uint64_t av_mono_ms(void);
 enum av_kind av_kind_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 void av_list_del(struct av_req *r);
 void av_loop_attach(void *arg);

@@ -1,95 +1,70 @@
 /*
  * climit.c - concurrent sessions per client address.
  *
- * A hash table split into shards, each with its own mutex and chains of
- * entries; an entry exists only while its count is positive, so the table
- * holds at most one entry per open session.
+ * A sharded cache (shcache.h) of one count per address; an entry exists
+ * only while its count is positive, so the table holds at most one entry
+ * per open session (no bound, no expiry).
  */
 #include "climit.h"
-#include "log.h"
+#include "shcache.h"
 
 #include <pthread.h>
-#include <stdlib.h>
-#include <string.h>
+#include <stddef.h>
 
-#define CL_SHARDS 64
-#define CL_BUCKETS 256
-
-struct cl_entry {
-	struct cl_entry *next;
-	int count;
-	char addr[];
-};
-
-static struct cl_shard {
-	pthread_mutex_t mu;
-	struct cl_entry *b[CL_BUCKETS];
-} cl_shards[CL_SHARDS];
+static struct shcache *cl_cache;
 static pthread_once_t cl_once = PTHREAD_ONCE_INIT;
 
-/* cl_init - mutexes. */
+/* cl_init - the table: 64 shards of 256 chains. */
 static void cl_init(void)
 {
-	for (int i = 0; i < CL_SHARDS; i++)
-		pthread_mutex_init(&cl_shards[i].mu, NULL);
+	const struct shcache_conf cf = { .shards = 64, .buckets = 256, .valsize = sizeof(int) };
+	cl_cache = shcache_new(&cf);
 }
 
-/* cl_hash - FNV-1a. */
-static unsigned cl_hash(const char *s)
+/* What climit_enter asks cl_enter. */
+struct cl_arg {
+	int limit;
+	int n;
+};
+
+/* cl_enter - count one more unless at the limit (a new entry at the limit
+ * is dropped again). */
+static enum shcache_act cl_enter(void *val, uint64_t *expires, int fresh, void *arg)
 {
-	unsigned h = 2166136261u;
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
+	int *count = val;
+	struct cl_arg *a = arg;
+	(void)expires;
+	(void)fresh;
+	if (a->limit > 0 && *count >= a->limit) {
+		a->n = -1;
+		return *count == 0 ? SHCACHE_DROP : SHCACHE_KEEP;
+	}
+	a->n = ++*count;
+	return SHCACHE_KEEP;
 }
 
 /* climit_enter - count a session, or refuse past the limit. */
 int climit_enter(const char *addr, int limit)
 {
 	pthread_once(&cl_once, cl_init);
-	unsigned h = cl_hash(addr);
-	struct cl_shard *sh = &cl_shards[h % CL_SHARDS];
-	struct cl_entry **pp = &sh->b[(h / CL_SHARDS) % CL_BUCKETS];
-	int n;
-	pthread_mutex_lock(&sh->mu);
-	struct cl_entry *e = *pp;
-	while (e && strcmp(e->addr, addr))
-		e = e->next;
-	if (!e) {
-		size_t l = strlen(addr);
-		e = xmalloc(sizeof *e + l + 1);
-		memcpy(e->addr, addr, l + 1);
-		e->count = 0;
-		e->next = *pp;
-		*pp = e;
-	}
-	if (limit > 0 && e->count >= limit) {
-		n = -1;
-		if (e->count == 0) {
-			*pp = e->next;
-			free(e);
-		}
-	} else {
-		n = ++e->count;
-	}
-	pthread_mutex_unlock(&sh->mu);
-	return n;
+	struct cl_arg a = { limit, 0 };
+	shcache_update(cl_cache, addr, 0, 1, cl_enter, &a);
+	return a.n;
+}
+
+/* cl_leave - one less; the entry goes with its last session. */
+static enum shcache_act cl_leave(void *val, uint64_t *expires, int fresh, void *arg)
+{
+	int *count = val;
+	(void)expires;
+	(void)fresh;
+	(void)arg;
+	return --*count <= 0 ? SHCACHE_DROP : SHCACHE_KEEP;
 }
 
 /* climit_leave - uncount a session. */
 void climit_leave(const char *addr)
 {
 	pthread_once(&cl_once, cl_init);
-	unsigned h = cl_hash(addr);
-	struct cl_shard *sh = &cl_shards[h % CL_SHARDS];
-	struct cl_entry **pp = &sh->b[(h / CL_SHARDS) % CL_BUCKETS];
-	pthread_mutex_lock(&sh->mu);
-	while (*pp && strcmp((*pp)->addr, addr))
-		pp = &(*pp)->next;
-	struct cl_entry *e = *pp;
-	if (e && --e->count <= 0) {
-		*pp = e->next;
-		free(e);
-	}
-	pthread_mutex_unlock(&sh->mu);
+	shcache_update(cl_cache, addr, 0, 0, cl_leave, NULL);
 }

@@ -6,18 +6,30 @@
  *   min/max: bounds for INT/TIME/SIZE (TIME in ms, SIZE in bytes); 0,0 = none,
  *            max 0 alone = no upper bound
  *   default: text as written in the file ("300s", "$myhostname ESMTP")
- *   choices: "a|b" for ENUM, else NULL
- * Included with PARAM defined; no include guard on purpose.
+ *   choices: "a|b" for ENUM, else NULL; each ENUM has its C enum in
+ *            conf_enum.h (enumerators in this order), set at load as NAME_e
+ *
+ * RESTART(name), after a row on its line: the parameter is read once at
+ * start (sockets, threads, directories, the spool); a SIGHUP that changes
+ * it logs "reload: NAME: changed value takes effect after restart" and the
+ * running value stays. A row without it is applied by a reload.
+ *
+ * Included with PARAM (and RESTART, or it is ignored) defined; no include
+ * guard on purpose.
  */
+#ifndef RESTART
+#define RESTART(name)
+#define CONF_PARAMS_RESTART_LOCAL
+#endif
 /* One row per line, however long: */
 /* clang-format off */
 
 /* Listening and sessions */
-PARAM(LIST, smtpd_listen, "0.0.0.0:25, [::]:25", 0, 0, NULL, "addresses to accept SMTP on")
+PARAM(LIST, smtpd_listen, "0.0.0.0:25, [::]:25", 0, 0, NULL, "addresses to accept SMTP on") RESTART(smtpd_listen)
 PARAM(STR, myhostname, "", 0, 0, NULL, "host name used in the banner, EHLO and Received (default: the system host name)")
 PARAM(STR, smtpd_banner, "$myhostname ESMTP", 0, 0, NULL, "text after 220 in the greeting")
 PARAM(INT, max_sessions, "512", 1, 1000000, NULL, "concurrent SMTP sessions in all; beyond it new clients get 421 4.3.2")
-PARAM(INT, io_threads, "0", 0, 256, NULL, "event-loop threads; 0 = one per CPU")
+PARAM(INT, io_threads, "0", 0, 256, NULL, "event-loop threads; 0 = one per CPU") RESTART(io_threads)
 PARAM(INT, smtpd_client_connection_count_limit, "50", 0, 1000000, NULL, "concurrent sessions per client IP (0 = no limit)")
 PARAM(INT, smtpd_client_connection_rate_limit, "0", 0, 1000000, NULL, "new sessions per client IP per minute (0 = no limit); beyond it 421 4.7.0")
 PARAM(TIME, smtpd_greet_pause, "0s", 0, 60000, NULL, "wait before the banner; a client that talks first gets 554 5.5.1 and is disconnected")
@@ -36,11 +48,11 @@ PARAM(TIME, shutdown_timeout, "30s", 0, 3600000, NULL, "on SIGTERM, how long ope
 PARAM(ENUM, smtpd_tls_security_level, "may", 0, 0, "none|may", "may: offer STARTTLS when smtpd_tls_cert_file and smtpd_tls_key_file are set; none: never")
 PARAM(STR, smtpd_tls_cert_file, "", 0, 0, NULL, "PEM file: the server certificate, then its chain")
 PARAM(STR, smtpd_tls_key_file, "", 0, 0, NULL, "PEM file: the RSA or EC private key of smtpd_tls_cert_file")
-PARAM(STR, mail_owner, "perimd", 0, 0, NULL, "user (or numeric uid[:gid]) to run as after binding ports")
-PARAM(STR, data_directory, "/var/lib/perimd", 0, 0, NULL, "state: databases, statistics history")
-PARAM(STR, body_spool_directory, "/dev/shm/perimd", 0, 0, NULL, "where bodies over body_memory_limit spill")
-PARAM(SIZE, body_memory_limit, "1m", 0, 4294967295LL, NULL, "per message, kept in memory below this")
-PARAM(SIZE, body_spool_limit, "1g", 1024, 0, NULL, "all bodies together; beyond it new DATA gets 452 4.3.1")
+PARAM(STR, mail_owner, "perimd", 0, 0, NULL, "user (or numeric uid[:gid]) to run as after binding ports") RESTART(mail_owner)
+PARAM(STR, data_directory, "/var/lib/perimd", 0, 0, NULL, "state: databases, statistics history") RESTART(data_directory)
+PARAM(STR, body_spool_directory, "/dev/shm/perimd", 0, 0, NULL, "where bodies over body_memory_limit spill") RESTART(body_spool_directory)
+PARAM(SIZE, body_memory_limit, "1m", 0, 4294967295LL, NULL, "per message, kept in memory below this") RESTART(body_memory_limit)
+PARAM(SIZE, body_spool_limit, "1g", 1024, 0, NULL, "all bodies together; beyond it new DATA gets 452 4.3.1") RESTART(body_spool_limit)
 
 /* Relay control and routing */
 PARAM(MAPLIST, relay_domains, "", 0, 0, NULL, "domains this MX accepts mail for (list or map)")
@@ -121,7 +133,7 @@ PARAM(ENUM, greylist_fail_action, "accept", 0, 0, "accept|tempfail", "when the g
 PARAM(INT, greylist_new_triplet_limit, "1000", 0, 100000000, NULL, "new triplets a client network (greylist_ipv4_netmask / greylist_ipv6_netmask) may create per greylist_new_triplet_interval; past it 451 4.7.1 (0 = no limit)")
 PARAM(TIME, greylist_new_triplet_interval, "1h", 1000, 0, NULL, "the window of greylist_new_triplet_limit")
 PARAM(INT, greylist_max_entries, "2000000", 0, 1000000000, NULL, "triplets the store holds at most; past it unpassed entries are evicted, over-quota networks' first (0 = no bound)")
-PARAM(STR, policy_listen, "", 0, 0, NULL, "address for the Postfix policy delegation protocol (check_policy_service), e.g. 127.0.0.1:2525; empty = none")
+PARAM(STR, policy_listen, "", 0, 0, NULL, "address for the Postfix policy delegation protocol (check_policy_service), e.g. 127.0.0.1:2525; empty = none") RESTART(policy_listen)
 
 /* Policy services asked at RCPT (psvc.c), as Postfix's check_policy_service */
 PARAM(LIST, smtpd_policy_services, "", 0, 0, NULL, "Postfix policy delegation services asked at RCPT, in order: inet:HOST:PORT, HOST:PORT or unix:/path (a preceding check_policy_service is allowed); the first answer other than DUNNO decides")
@@ -136,6 +148,12 @@ PARAM(INT, smtpd_policy_service_connection_limit, "20", 1, 10000, NULL, "connect
 PARAM(STR, smtpd_policy_service_policy_context, "", 0, 0, NULL, "sent to policy services as the policy_context attribute (one service may set its own in { })")
 
 /* Observability */
-PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)")
-PARAM(ENUM, log_to, "syslog", 0, 0, "syslog|stderr", "where to log (-f implies stderr)")
+PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)") RESTART(stats_listen)
+PARAM(ENUM, log_to, "syslog", 0, 0, "syslog|stderr", "where to log (-f implies stderr)") RESTART(log_to)
 PARAM(ENUM, log_format, "text", 0, 0, "text|json", "log lines as Postfix-like text, or one JSON object per line")
+
+/* clang-format on */
+#ifdef CONF_PARAMS_RESTART_LOCAL
+#undef RESTART
+#undef CONF_PARAMS_RESTART_LOCAL
+#endif

@@ -556,7 +556,7 @@ int grey_decide(struct ev_loop *loop, const struct policy *pol, const char *clie
 	o->q.new_interval = c->greylist_new_triplet_interval;
 	o->q.max_entries = c->greylist_max_entries;
 	o->awl_count = (int)c->greylist_auto_whitelist_count;
-	o->tempfail = !strcmp(c->greylist_fail_action, "tempfail");
+	o->tempfail = c->greylist_fail_action_e == GREY_FAIL_TEMPFAIL;
 	o->null_sender = !*sender;
 	o->cache_ttl = c->greylist_retention < GREY_CACHE_TTL ? c->greylist_retention : GREY_CACHE_TTL;
 	o->done = done;
@@ -731,7 +731,7 @@ void grey_announce(const struct conf *c)
 		return;
 	log_info("greylisting: database %s; greylist_fail_action = %s (%s)", c->greylist_database,
 		 c->greylist_fail_action,
-		 !strcmp(c->greylist_fail_action, "tempfail")
+		 c->greylist_fail_action_e == GREY_FAIL_TEMPFAIL
 		     ? "while the database fails, recipients get 451 4.3.0"
 		     : "while the database fails, recipients are accepted without greylisting");
 }

@@ -291,6 +291,12 @@ static void drop_privileges(const struct conf *c)
 	log_info("running as %s (uid %d)", c->mail_owner, (int)pw->pw_uid);
 }
 
+/* warn_restart - a reload changed a restart-only parameter. */
+static void warn_restart(const char *name)
+{
+	log_warn("reload: %s: changed value takes effect after restart", name);
+}
+
 /* reload - SIGHUP (full: certificates and signatures too) or a changed map
  * file: a new configuration and policy, or keep the old. */
 static void reload(const char *path, int nov, int full)
@@ -318,17 +324,12 @@ static void reload(const char *path, int nov, int full)
 	}
 	struct policy *old = policy_acquire();
 	if (old) {
-		const struct conf *oc = old->conf;
-		int changed = oc->smtpd_listen.n != c->smtpd_listen.n || oc->io_threads != c->io_threads;
-		for (int i = 0; !changed && i < c->smtpd_listen.n; i++)
-			changed = strcmp(oc->smtpd_listen.v[i], c->smtpd_listen.v[i]) != 0;
-		if (changed)
-			log_warn("reload: smtpd_listen or io_threads changed; this needs a restart");
+		conf_restart_changes(old->conf, c, warn_restart);
 		policy_release(old);
 	}
 	policy_install(p);
 	admin_config_loaded(c);
-	log_set_json(!strcmp(c->log_format, "json"));
+	log_set_json(c->log_format_e == LOG_FORMAT_JSON);
 	if (full)
 		av_reload(c);
 	log_info("configuration reloaded from %s", path);
@@ -442,8 +443,8 @@ int main(int argc, char **argv)
 		return 0;
 	}
 
-	log_open("perimd", fg || !strcmp(c->log_to, "stderr"), verbose);
-	log_set_json(!strcmp(c->log_format, "json"));
+	log_open("perimd", fg || c->log_to_e == LOG_TO_STDERR, verbose);
+	log_set_json(c->log_format_e == LOG_FORMAT_JSON);
 	/* Spooled bodies, databases and statistics hold other people's mail:
 	 * nothing perimd creates is readable by group or others. */
 	umask(077);

@@ -486,8 +486,8 @@ void smtpd_cmd_data(struct session *s, char *arg)
 		return;
 	}
 	smtp_data_init(&s->tx->dp,
-		       strcmp(s->cf->smtpd_forbid_bare_newline, "reject") ? SMTP_BARE_NORMALIZE
-									  : SMTP_BARE_REJECT);
+		       s->cf->smtpd_forbid_bare_newline_e == BARE_NEWLINE_REJECT ? SMTP_BARE_REJECT
+										 : SMTP_BARE_NORMALIZE);
 	smtpd_enter_state(s, ST_DATA);
 	smtpd_reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
@@ -581,7 +581,7 @@ static void data_end(struct session *s)
 	else if (s->tx->data_err == DE_IO)
 		refusal = "451 4.3.0 Error: queue file write error";
 	else if ((s->tx->dp.flags & (SMTP_DATA_BARE_LF | SMTP_DATA_BARE_CR | SMTP_DATA_NUL)) &&
-		 !strcmp(cf->smtpd_forbid_bare_newline, "reject"))
+		 cf->smtpd_forbid_bare_newline_e == BARE_NEWLINE_REJECT)
 		refusal = "550 5.5.2 Error: bare LF / CR not allowed";
 	else if (s->tx->dp.received_count > MAX_RECEIVED)
 		refusal = "554 5.4.6 Too many hops";

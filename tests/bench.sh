@@ -29,6 +29,17 @@
 #   tests/bench.sh abuse    throughput at ABUSE_CONC (100) sessions alone and beside
 #                           hostile clients (tests/bench_abuse.py: slowloris, floods
 #                           that never read, garbage), same run; CPU and RSS
+#   tests/bench.sh ab OLD NEW  "no slowdown" between two git revisions: builds each one's
+#                           dev binary in a temporary worktree (git worktree, removed at
+#                           exit), starts both beside one smtp-sink and runs the same
+#                           smtp-source load on each in turn, alternating which goes
+#                           first, AB_REPS (5) rounds of AB_MSGS (2000) messages over
+#                           AB_CONC (10) sessions for each of AB_SIZES ("512 102400");
+#                           prints per size msg/s and perimd CPU ms/msg (all threads,
+#                           from /proc/PID/task/*/schedstat) of each, summed over the
+#                           rounds, and the ratios NEW/OLD (> 1 msg/s, < 1 CPU: NEW is
+#                           better), with the spread of the per-round CPU ratios;
+#                           AB_CACHE=DIR keeps the binaries (DIR/COMMIT/perimd) for reuse
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -92,7 +103,8 @@ IO_THREADS=${IO_THREADS:-0}
 PY=/usr/bin/python3
 TICK=$(getconf CLK_TCK)
 
-[ -x "$PERIMD" ] || { echo "bench: $PERIMD missing (run ./build.sh first)" >&2; exit 1; }
+# ab builds its own binaries.
+[ "${1:-}" = ab ] || [ -x "$PERIMD" ] || { echo "bench: $PERIMD missing (run ./build.sh first)" >&2; exit 1; }
 PARAMS=$("$PERIMD" -d 2>/dev/null || true)
 
 WORK=$(mktemp -d /tmp/perimd-bench.XXXXXX)
@@ -110,15 +122,18 @@ restore_postfix_conf() {
 	PF_SAVED=""
 }
 
+AB_TREES=()
+
 # cleanup - stop what this script started, by PID.
 cleanup() {
-	local p
+	local p t
 	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	for p in "${PIDS[@]}"; do
 		for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
 		kill -KILL "$p" 2>/dev/null || true
 	done
 	restore_postfix_conf
+	for t in "${AB_TREES[@]}"; do git -C "$ROOT" worktree remove --force "$t" 2>/dev/null || true; done
 	[ -n "$PA_DIR" ] && rm -rf "$PA_DIR"
 	rm -rf "$WORK"
 }
@@ -261,6 +276,76 @@ peers() {
 }
 
 EXTRA_CONF=()
+
+# cpu_ns PID - CPU time of all of a process's threads, in ns (schedstat).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ t += $1 } END { printf "%d", t }'; }
+
+# ab_build REV TAG - the dev binary of git revision REV, built in a
+# temporary worktree (removed at exit); its path in AB_BIN[TAG]. With
+# AB_CACHE=DIR, binaries are kept as DIR/COMMIT/perimd and reused.
+ab_build() {
+	local t=$WORK/tree-$2 sha
+	sha=$(git -C "$ROOT" rev-parse "$1^{commit}") || exit 1
+	if [ -n "${AB_CACHE:-}" ] && [ -x "$AB_CACHE/$sha/perimd" ]; then
+		AB_BIN[$2]=$AB_CACHE/$sha/perimd
+		return
+	fi
+	git -C "$ROOT" worktree add --detach "$t" "$1" >/dev/null 2>&1 || { echo "bench ab: cannot check out $1" >&2; exit 1; }
+	AB_TREES+=("$t")
+	make -s -C "$t/perimd" -j"$(nproc)" BUILD="$t/build/dev" "$t/build/dev/perimd" >"$WORK/build-$2.log" 2>&1 ||
+		{ tail -20 "$WORK/build-$2.log" >&2; echo "bench ab: build of $1 failed" >&2; exit 1; }
+	if [ -n "${AB_CACHE:-}" ]; then
+		mkdir -p "$AB_CACHE/$sha"
+		cp "$t/build/dev/perimd" "$AB_CACHE/$sha/perimd"
+		AB_BIN[$2]=$AB_CACHE/$sha/perimd
+		return
+	fi
+	AB_BIN[$2]=$t/build/dev/perimd
+}
+
+# ab_run TAG SIZE - one round on perimd TAG: appends "secs cpu_ns" to a file.
+ab_run() {
+	local port=${AB_PORT[$1]} pid=${AB_PID[$1]} c0 c1 t
+	c0=$(cpu_ns "$pid")
+	t=$(source_run "$port" "$AB_CONC" "$AB_MSGS" "$2")
+	c1=$(cpu_ns "$pid")
+	echo "$t $((c1 - c0))" >>"$WORK/ab-$1-$2"
+}
+
+# ab_bench OLD NEW - see the header.
+ab_bench() {
+	local old=${1:?usage: bench.sh ab OLD NEW} new=${2:?usage: bench.sh ab OLD NEW} tag r s first second
+	AB_CONC=${AB_CONC:-10} AB_MSGS=${AB_MSGS:-2000} AB_REPS=${AB_REPS:-5} AB_SIZES=${AB_SIZES:-"512 102400"}
+	declare -gA AB_PORT AB_PID AB_BIN
+	ab_build "$old" old
+	ab_build "$new" new
+	echo "perimd bench ab: OLD=$old ($(git -C "$ROOT" rev-parse --short "$old")) NEW=$new ($(git -C "$ROOT" rev-parse --short "$new")); $AB_REPS rounds x $AB_MSGS messages x $AB_CONC sessions, sizes $AB_SIZES, on $(nproc) CPUs"
+	start_sink
+	for tag in old new; do
+		PERIMD=${AB_BIN[$tag]}
+		PARAMS=$("$PERIMD" -d 2>/dev/null || true)
+		start_perimd
+		AB_PORT[$tag]=$PERIMD_PORT
+		AB_PID[$tag]=$PERIMD_PID
+		source_run "$PERIMD_PORT" 10 "$WARMUP" 512 >/dev/null
+	done
+	for r in $(seq 1 "$AB_REPS"); do
+		if [ $((r % 2)) -eq 1 ]; then first=old second=new; else first=new second=old; fi
+		for s in $AB_SIZES; do
+			ab_run "$first" "$s"
+			ab_run "$second" "$s"
+		done
+	done
+	printf '%-7s %10s %10s %8s %12s %12s %8s %s\n' bytes old_msg/s new_msg/s ratio old_cpu_ms new_cpu_ms ratio "cpu ratio per round (min..max)"
+	for s in $AB_SIZES; do
+		paste "$WORK/ab-old-$s" "$WORK/ab-new-$s" | awk -v m="$AB_MSGS" -v s="$s" '
+			{ to += $1; co += $2; tn += $3; cn += $4; q = $4 / $2
+			  if (NR == 1 || q < lo) lo = q; if (NR == 1 || q > hi) hi = q }
+			END { n = NR * m
+			      printf "%-7s %10.0f %10.0f %8.3f %12.4f %12.4f %8.3f %.3f..%.3f\n", s, n / to, n / tn,
+				(n / tn) / (n / to), co / n / 1e6, cn / n / 1e6, cn / co, lo, hi }'
+	done
+}
 
 # write_av_db DIR - a test signature database (EICAR and a marker) in DIR.
 write_av_db() {
@@ -1271,6 +1356,12 @@ fi
 
 if [ "${1:-}" = peers ]; then
 	peers
+	exit 0
+fi
+
+if [ "${1:-}" = ab ]; then
+	shift
+	ab_bench "$@"
 	exit 0
 fi
 
