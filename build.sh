@@ -53,6 +53,8 @@ DEPS+=(python3-pytest-timeout)
 DEPS+=(postgrey postfix-policyd-spf-python socat)
 # The migration guide's Postfix side (tests/integration/test_migration.py).
 DEPS+=(clamav-milter)
+# test_milter.py: real milters (rspamd proxy worker, opendkim sign/verify, clamav-milter with clamd)
+DEPS+=(rspamd opendkim opendkim-tools clamav-milter)
 # test_logs.py: the README's claim about pflogsumm, checked with Debian's.
 DEPS+=(pflogsumm)
 

@@ -59,6 +59,7 @@ static const struct {
 	{ "greylist_fail_action", GREY_FAIL_TEMPFAIL + 1 },
 	{ "log_to", LOG_TO_STDERR + 1 },
 	{ "log_format", LOG_FORMAT_JSON + 1 },
+	{ "milter_default_action", MILTER_DEFAULT_REJECT + 1 },
 };
 
 /* conf_enum_size - see conf_enum.h. */

@@ -103,6 +103,21 @@ PARAM(SIZE, av_max_file_size, "100m", 1024, 2147483647LL, NULL, "libclamav MaxFi
 PARAM(TIME, av_max_scan_time, "0", 0, 540000, NULL, "libclamav MaxScanTime; 0 = a second below av_timeout (libclamav's own 120s is not below the default av_timeout)")
 PARAM(ENUM, av_alert_encrypted, "archive", 0, 0, "no|archive|document|yes", "encrypted archives (archive), documents (document), both (yes) or none (no) are refused as unscannable")
 
+/* Milters (milter.c), with Postfix's names and defaults */
+PARAM(LIST, smtpd_milters, "", 0, 0, NULL, "content filters speaking the milter protocol, inet:HOST:PORT or unix:/path, asked in order at each SMTP stage")
+PARAM(ENUM, milter_default_action, "tempfail", 0, 0, "tempfail|accept|reject", "a milter that is down, times out or breaks the protocol: tempfail (451 4.3.5), reject (550 5.5.0) or accept (left out of the transaction); quarantine is refused (perimd has no queue)")
+PARAM(INT, milter_protocol, "6", 2, 6, NULL, "milter protocol version offered (2 to 6)")
+PARAM(TIME, milter_connect_timeout, "30s", 100, 540000, NULL, "time to connect to a milter")
+PARAM(TIME, milter_command_timeout, "30s", 100, 540000, NULL, "time a milter may take to answer a command")
+PARAM(TIME, milter_content_timeout, "300s", 100, 540000, NULL, "time a milter may take to answer a body chunk or end of message")
+PARAM(LIST, milter_connect_macros, "j {daemon_name} {daemon_addr} v _", 0, 0, NULL, "macros sent with connect")
+PARAM(LIST, milter_helo_macros, "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}", 0, 0, NULL, "macros sent with HELO")
+PARAM(LIST, milter_mail_macros, "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}", 0, 0, NULL, "macros sent with MAIL FROM")
+PARAM(LIST, milter_rcpt_macros, "i {rcpt_addr} {rcpt_host} {rcpt_mailer}", 0, 0, NULL, "macros sent with RCPT TO")
+PARAM(LIST, milter_data_macros, "i", 0, 0, NULL, "macros sent with DATA")
+PARAM(LIST, milter_end_of_header_macros, "i", 0, 0, NULL, "macros sent at the end of the headers")
+PARAM(LIST, milter_end_of_data_macros, "i", 0, 0, NULL, "macros sent at the end of the message")
+
 /* DNS */
 PARAM(LIST, dns_servers, "", 0, 0, NULL, "DNS servers (address or address:port); empty = /etc/resolv.conf")
 PARAM(TIME, dns_timeout, "5s", 100, 60000, NULL, "wait for one DNS server's answer")

@@ -104,11 +104,14 @@ struct put_arg {
 	uint64_t expires;
 };
 
-/* put - dnscache_put's callback: the fresh entry holds the result. */
+/* put - dnscache_put's callback: the entry holds the result. Another
+ * thread may have put the key between our delete and this update: its
+ * result is then given back, not overwritten (a leaked reference). */
 static enum shcache_act put(void *val, uint64_t *expires, int fresh, void *arg)
 {
 	const struct put_arg *a = arg;
-	(void)fresh;
+	if (!fresh)
+		dns_result_unref(*(const struct dns_result **)val);
 	*(const struct dns_result **)val = a->res;
 	*expires = a->expires;
 	return SHCACHE_KEEP;

@@ -15,6 +15,7 @@
 #include "grey.h"
 #include "jobs.h"
 #include "log.h"
+#include "milter.h"
 #include "maps.h"
 #include "net.h"
 #include "policy.h"
@@ -307,7 +308,7 @@ static void reload(const char *path, int nov, int full)
 		log_err("reload refused, keeping the running configuration: %s", err);
 		return;
 	}
-	struct policy *p = policy_load(c, err, sizeof err);
+	struct policy *p = milter_check(c, err, sizeof err) < 0 ? NULL : policy_load(c, err, sizeof err);
 	if (!p) {
 		log_err("reload refused, keeping the running configuration: %s", err);
 		return;
@@ -432,7 +433,7 @@ int main(int argc, char **argv)
 		}
 	}
 	if (admin_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0 ||
-	    grey_check(c, err, sizeof err) < 0) {
+	    grey_check(c, err, sizeof err) < 0 || milter_check(c, err, sizeof err) < 0) {
 		fprintf(stderr, "perimd: %s\n", err);
 		policy_release(pol);
 		return 1;
@@ -507,8 +508,8 @@ int main(int argc, char **argv)
 		sigaction(SIGINT, &sa, NULL);
 	}
 
-	jobs_start(2);
-	admin_starting_begin(stats_fd); /* /healthz: 503 until the loops run */
+	jobs_start(milter_enabled(c) ? 64 : 2); /* a milter conversation holds a worker */
+	admin_starting_begin(stats_fd);         /* /healthz: 503 until the loops run */
 	{
 		/* No mail before the virus scanner has its engine loaded. */
 		struct ev_loop **loops = xcalloc((size_t)nthreads, sizeof *loops);
@@ -551,6 +552,7 @@ int main(int argc, char **argv)
 	}
 	for (int t = 0; t < nthreads; t++)
 		pthread_join(threads[t].tid, NULL);
+	milter_stop();
 	jobs_stop();
 	av_stop();
 	tls_shutdown();

@@ -670,12 +670,15 @@ static int cache_get(struct map *m, enum map_kind kind, const char *key, int *re
 	return hit;
 }
 
-/* cache_write - cache_put's callback: the fresh entry gets the answer. */
+/* cache_write - cache_put's callback: the entry gets the answer. An
+ * entry another thread put between our delete and this update gives
+ * its value back first. */
 static enum shcache_act cache_write(void *val, uint64_t *expires, int fresh, void *arg)
 {
 	struct cached *c = val;
 	const struct cache_arg *a = arg;
-	(void)fresh;
+	if (!fresh)
+		free(c->value);
 	c->result = a->result;
 	c->value = xstrdup(a->value);
 	*expires = a->expires;

@@ -384,7 +384,7 @@ static const struct smtpd_cmd smtpd_cmds[SMTP_VERB_COUNT] = {
 	[SMTP_EHLO] = { "EHLO", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, { 0 }, NULL, cmd_ehlo },
 	[SMTP_MAIL] = { "MAIL",
 			PH_BIT(PH_CONNECTED) | PH_BIT(PH_GREETED),
-			CMD_F_HELO_REQ,
+			CMD_F_HELO_REQ | CMD_F_PAUSES, /* milters (milter.h) answer asynchronously */
 			NULL,
 			{ [PH_CONNECTED] = R_HELO_FIRST,
 			  [PH_TLS_STARTED] = R_HELO_FIRST,

@@ -32,6 +32,7 @@ STAT(close_shutdown, COUNTER, "perimd_sessions_closed_total", "reason=\"shutdown
 
 /* Messages (smtpd.c) */
 STAT(msg_received, COUNTER, "perimd_messages_received_total", "", "messages whose final dot was received")
+STAT(msg_discarded, COUNTER, "perimd_messages_discarded_total", "", "messages a milter discarded: the client heard 250, nothing was relayed")
 STAT(msg_relayed, COUNTER, "perimd_messages_relayed_total", "", "messages a backend accepted (2xx given to the client)")
 STAT(rej_relay_denied, COUNTER, "perimd_recipients_rejected_total", "reason=\"relay_denied\"", "recipients refused at RCPT, by reason (one per RCPT refused)")
 STAT(rej_unknown_recipient, COUNTER, "perimd_recipients_rejected_total", "reason=\"unknown_recipient\"", "")
@@ -96,6 +97,9 @@ STAT(ldap_found, COUNTER, "perimd_ldap_lookups_total", "result=\"found\"", "dire
 STAT(ldap_notfound, COUNTER, "perimd_ldap_lookups_total", "result=\"notfound\"", "")
 STAT(ldap_error, COUNTER, "perimd_ldap_lookups_total", "result=\"error\"", "")
 STAT(ldap_errors, COUNTER, "perimd_ldap_errors_total", "", "failed LDAP operations: connects, binds and searches (a lookup retried or failed over counts each)")
+
+/* Milters (milter.c) */
+STAT(milter_errors, COUNTER, "perimd_milter_errors_total", "", "milter conversations that failed (down, timeout, broken protocol): milter_default_action applied")
 
 /* Histograms */
 HIST(latency, "perimd_message_latency_seconds", "end to end: final dot received to reply sent")

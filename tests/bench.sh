@@ -56,6 +56,11 @@
 #                           CPU and PSS; EICAR must be refused by each scanning system
 #                           before the runs. Needs clamav-daemon and clamav-milter; puts
 #                           /etc/postfix/main.cf and master.cf back as found.
+#   tests/bench.sh milter   the same rspamd milter (proxy worker, milter mode) behind Postfix
+#                           (smtpd_milters) and behind perimd (smtpd_milters), MI_CONC (100)
+#                           sessions x MI_SIZES ("512 102400"), MI_MSGS (1000): delivered
+#                           msgs/s, each system's CPU per message and rspamd's beside it
+#                           (PEER_BENCH: the peer script; puts /etc/postfix back as found)
 #   tests/bench.sh latency  client-side latency in one run, the same script doing setup,
 #                           the sink (counting every message) and the peers: direct,
 #                           Postfix, Haraka (smtp_forward) and perimd (as in `peers`),
@@ -117,6 +122,13 @@ PA_DIR=""
 # peers-av found them (the peer script rewrites both; postconf -e adds the
 # milter), once.
 restore_postfix_conf() {
+	if [ -n "$PF_SAVED" ] && [ -f "$PF_SAVED/main.cf.absent" ]; then
+		# There was no main.cf (bench milter): master.cf back, main.cf gone.
+		cp -p "$PF_SAVED/master.cf" /etc/postfix/
+		rm -f /etc/postfix/main.cf /etc/postfix/*.pre-peer-bench
+		PF_SAVED=""
+		return 0
+	fi
 	[ -n "$PF_SAVED" ] && [ -f "$PF_SAVED/main.cf" ] || return 0
 	cp -p "$PF_SAVED/main.cf" "$PF_SAVED/master.cf" /etc/postfix/
 	PF_SAVED=""
@@ -1346,6 +1358,166 @@ fi
 
 if [ "${1:-}" = peers-features ]; then
 	peers_features
+	exit 0
+fi
+
+# milter_bench - the same rspamd milter behind Postfix (smtpd_milters) and
+# behind perimd (smtpd_milters), one run (./build.sh bench milter; MI_CONC
+# (100), MI_SIZES ("512 102400"), MI_MSGS (1000), MI_WARMUP (50)). The peer
+# script (../shared/bench/peer-bench.sh, or PEER_BENCH) does the setup, the
+# sink and the SUT's CPU accounting (its cgroup); rspamd (proxy worker in
+# milter mode, self_scan, a configuration written here, DNS kept short:
+# loopback only) runs outside the SUT, and its own CPU per message (master
+# and workers, /proc) is reported beside each system's. Postfix gets the
+# milter through a `postfix` wrapper first in PATH (postconf -e after the
+# peer script wrote main.cf). /etc/postfix/main.cf and master.cf are put
+# back as found. The machine is shared: compare same-run ratios.
+milter_bench() {
+	local peer=${PEER_BENCH:-$ROOT/../shared/bench/peer-bench.sh}
+	[ -f "$peer" ] || { echo "bench milter: $peer not found; skipped (PEER_BENCH=...)"; return 0; }
+	local m
+	for m in rspamd postfix smtp-source; do
+		command -v "$m" >/dev/null || { echo "bench milter: $m missing (apt-get install rspamd postfix)" >&2; exit 1; }
+	done
+	local base=${OUT:-/tmp/perimd-bench-milter.$(date +%Y%m%d-%H%M%S)} d rport size sys t0 t1
+	d=/tmp/perimd-milter-bench.$$
+	PA_DIR=$d
+	mkdir -p "$base" "$d/rs/local.d" "$d/rs/override.d" "$d/rs/db" "$d/rs/run" "$d/pfbin" "$d/p/lib" "$d/p/spool"
+	# /etc/postfix as found: main.cf put back, or removed if there was none.
+	local pf_had_main=0
+	[ -f /etc/postfix/main.cf ] && pf_had_main=1
+	PF_SAVED=$d/etc-postfix
+	mkdir -p "$PF_SAVED"
+	cp -p /etc/postfix/master.cf "$PF_SAVED/"
+	[ "$pf_had_main" = 1 ] && cp -p /etc/postfix/main.cf "$PF_SAVED/"
+	[ "$pf_had_main" = 1 ] || : >"$PF_SAVED/main.cf.absent"
+	rport=$(free_port)
+	cat >"$d/rs/local.d/worker-proxy.inc" <<-EOF
+	bind_socket = "127.0.0.1:$rport";
+	milter = yes;
+	timeout = 120s;
+	upstream "local" { default = yes; self_scan = yes; }
+	count = 1;
+	EOF
+	echo "enabled = false;" >"$d/rs/override.d/worker-normal.inc"
+	echo "enabled = false;" >"$d/rs/override.d/worker-fuzzy.inc"
+	echo "bind_socket = \"127.0.0.1:$(free_port)\";" >"$d/rs/override.d/worker-controller.inc"
+	printf 'type = "file";\nfilename = "%s";\nlevel = "warning";\n' "$d/rs/rspamd.log" >"$d/rs/local.d/logging.inc"
+	# hs_cache_dir: rspamd's compiled hyperscan databases, kept between runs
+	# (the tests use the same directory; keyed by content).
+	mkdir -p /var/tmp/perimd-test-rspamd-hs
+	printf 'dns { timeout = 0.3s; retransmits = 1; }\nlocal_addrs = [];\nhs_cache_dir = "%s";\n' \
+		/var/tmp/perimd-test-rspamd-hs >"$d/rs/local.d/options.inc"
+	printf 'use = ["x-spamd-result", "x-spam-status"];\nskip_local = false;\nskip_authenticated = false;\n' \
+		>"$d/rs/local.d/milter_headers.conf"
+	rspamd -f -i -u root -g root "--var=LOCAL_CONFDIR=$d/rs" "--var=DBDIR=$d/rs/db" \
+		"--var=RUNDIR=$d/rs/run" "--var=LOGDIR=$d/rs" </dev/null >"$d/rs/out" 2>&1 &
+	local rpid=$!
+	PIDS+=("$rpid")
+	"$PY" - "$rport" "$rpid" <<-'EOF' || { tail -20 "$d/rs/rspamd.log" >&2; exit 1; }
+	import os, socket, sys, time
+	port, pid, deadline = int(sys.argv[1]), int(sys.argv[2]), time.monotonic() + 180
+	while time.monotonic() < deadline:
+	    try:
+	        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+	        sys.exit(0)
+	    except OSError:
+	        os.kill(pid, 0)
+	        time.sleep(0.2)
+	sys.exit("rspamd not listening after 180 s")
+	EOF
+	# rs_ticks - CPU ticks of rspamd's master and its workers.
+	rs_ticks() {
+		"$PY" - "$rpid" <<-'EOF'
+		import os, sys
+		master, total = int(sys.argv[1]), 0
+		for p in os.listdir("/proc"):
+		    if not p.isdigit():
+		        continue
+		    try:
+		        f = open("/proc/%s/stat" % p).read().rsplit(")", 1)[1].split()
+		    except OSError:
+		        continue
+		    if int(p) == master or int(f[1]) == master:
+		        total += int(f[11]) + int(f[12])
+		print(total)
+		EOF
+	}
+	cat >"$d/pfbin/postfix" <<-EOF
+	#!/usr/bin/env bash
+	[ "\${1:-}" = start ] || exec /usr/sbin/postfix "\$@"
+	/usr/sbin/postconf -e "smtpd_milters = inet:127.0.0.1:$rport" "milter_default_action = tempfail" \
+	  "milter_content_timeout = 120s" || exit 1
+	exec /usr/sbin/postfix start
+	EOF
+	chmod 755 "$d/pfbin/postfix"
+	{
+		peer_conf "$d/p"
+		echo "log_to = stderr"
+		has_param greylist && echo "greylist = no"
+		echo "smtpd_milters = inet:127.0.0.1:$rport"
+		echo "milter_content_timeout = 120s"
+	} >"$d/p/perimd.conf"
+	export PERIMD_CMD="$PERIMD -f -c $d/p/perimd.conf -o smtpd_listen=127.0.0.1:{PORT} -o relay_backends=[127.0.0.1]:{SINK_PORT} -o relay_domains=bench.test"
+	export CONC=${MI_CONC:-100} MSGS=${MI_MSGS:-1000} REPS=1 WARMUP=${MI_WARMUP:-50} NO_INSTALL=1
+	# Free ports, not the peer script's fixed 2525-2528 (the machine is shared).
+	export SINK_PORT=${SINK_PORT:-$(free_port)} POSTFIX_PORT=${POSTFIX_PORT:-$(free_port)}
+	export PERIMD_PORT=${PERIMD_PORT:-$(free_port)} HARAKA_PORT=${HARAKA_PORT:-$(free_port)}
+	local sizes=${MI_SIZES:-"512 102400"}
+	echo "bench milter: $peer, rspamd on 127.0.0.1:$rport (results under $base; CONC=$CONC SIZES=\"$sizes\" MSGS=$MSGS)"
+	echo "bench milter: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$base/load.txt"
+	: >"$base/rspamd_cpu.txt"
+	for size in $sizes; do
+		for sys in postfix perimd; do
+			t0=$(rs_ticks)
+			if [ "$sys" = postfix ]; then
+				PATH=$d/pfbin:$PATH SIZES=$size OUT=$base/$sys-$size bash "$peer" run postfix
+			else
+				SIZES=$size OUT=$base/$sys-$size bash "$peer" run perimd
+			fi
+			t1=$(rs_ticks)
+			echo "$sys $size $((t1 - t0))" >>"$base/rspamd_cpu.txt"
+		done
+	done
+	echo "bench milter: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$base/load.txt"
+	restore_postfix_conf
+	"$PY" - "$base" "$TICK" "$WARMUP" "$MSGS" <<-'EOF' | tee "$base/table.txt"
+	import os, sys
+	base, hz, warm, msgs = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+	rs = {}
+	for l in open(os.path.join(base, "rspamd_cpu.txt")):
+	    s, size, t = l.split()
+	    rs[(s, int(size))] = int(t)
+	print("delivered msgs/s; SUT CPU ms per msg (rspamd excluded); rspamd CPU ms per msg (warm-up included)")
+	print("%-6s %-8s %8s %9s %11s %9s %5s %s" % ("bytes", "system", "msgs/s", "SUTcpu", "rspamdcpu", "vsPf_cpu", "lost", "status"))
+	rows = {}
+	for (s, size) in sorted(rs, key=lambda k: (k[1], k[0] != "postfix")):
+	    try:
+	        lines = open(os.path.join(base, "%s-%d" % (s, size), "results.txt"))
+	    except OSError:
+	        continue
+	    for line in lines:
+	        if line.startswith("run "):
+	            dd = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+	            if dd.get("sut") == s:
+	                rows[(s, size)] = dd
+	for (s, size) in sorted(rows, key=lambda k: (k[1], k[0] != "postfix")):
+	    x = rows[(s, size)]
+	    c = float(x.get("sut_cpu_ms_per_msg", "nan"))
+	    pf = rows.get(("postfix", size), {})
+	    pc = float(pf.get("sut_cpu_ms_per_msg", "nan"))
+	    r = rs[(s, size)] / hz * 1000 / (warm + msgs)
+	    print("%-6d %-8s %8s %9.3f %11.3f %9s %5s %s" % (size, s, x.get("deliver_mps"), c, r,
+	          "%.2fx" % (c / pc) if s != "postfix" and pc == pc and pc else "", x.get("lost"), x.get("status")))
+	EOF
+	kill -TERM "$rpid" 2>/dev/null || true
+	for _ in $(seq 1 100); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
+	rm -rf "$d" 2>/dev/null || true
+	PA_DIR=""
+}
+
+if [ "${1:-}" = milter ]; then
+	milter_bench
 	exit 0
 fi
 
