@@ -47,6 +47,12 @@ DEPS+=(musl-tools cmake ninja-build tcl dpkg-dev file haproxy podman runc)
 DEPS+=(systemd util-linux docker-compose python3-yaml prometheus fail2ban libnet-ssleay-perl)
 # Style checks (tests/check_style.sh).
 DEPS+=(clang-format cppcheck)
+# The fleet on MariaDB Galera (tests/integration/test_galera.py): the provider
+# and the rsync state transfer of a joining node (its script uses ss).
+DEPS+=(galera-4 rsync iproute2)
+# The fleet's store against its peers (tests/bench_fleet.py): sqlgrey on MariaDB
+# through DBD::mysql (postgrey: below).
+DEPS+=(sqlgrey libdbd-mysql-perl)
 # tests/run.sh: a per-test time bound (pytest --timeout).
 DEPS+=(python3-pytest-timeout)
 # Policy services (tests/integration/test_policy_services.py): postgrey, policyd-spf and socat to serve it.

@@ -13,6 +13,23 @@
 
 static struct shcache *cl_cache;
 static pthread_once_t cl_once = PTHREAD_ONCE_INIT;
+static void (*cl_publish)(const char *addr, int count);
+static int (*cl_remote)(const char *addr);
+
+/* climit_set_fleet - see climit.h. */
+void climit_set_fleet(void (*publish)(const char *addr, int count), int (*remote)(const char *addr))
+{
+	__atomic_store_n(&cl_publish, publish, __ATOMIC_RELEASE);
+	__atomic_store_n(&cl_remote, remote, __ATOMIC_RELEASE);
+}
+
+/* cl_changed - a count changed: tell the fleet. */
+static void cl_changed(const char *addr, int count)
+{
+	void (*fn)(const char *, int) = __atomic_load_n(&cl_publish, __ATOMIC_ACQUIRE);
+	if (fn)
+		fn(addr, count);
+}
 
 /* cl_init - the table: 64 shards of 256 chains. */
 static void cl_init(void)
@@ -24,6 +41,7 @@ static void cl_init(void)
 /* What climit_enter asks cl_enter. */
 struct cl_arg {
 	int limit;
+	int others; /* the client's sessions on the other boxes (fleet) */
 	int n;
 };
 
@@ -35,7 +53,7 @@ static enum shcache_act cl_enter(void *val, uint64_t *expires, int fresh, void *
 	struct cl_arg *a = arg;
 	(void)expires;
 	(void)fresh;
-	if (a->limit > 0 && *count >= a->limit) {
+	if (a->limit > 0 && *count + a->others >= a->limit) {
 		a->n = -1;
 		return *count == 0 ? SHCACHE_DROP : SHCACHE_KEEP;
 	}
@@ -47,8 +65,11 @@ static enum shcache_act cl_enter(void *val, uint64_t *expires, int fresh, void *
 int climit_enter(const char *addr, int limit)
 {
 	pthread_once(&cl_once, cl_init);
-	struct cl_arg a = { limit, 0 };
+	int (*rfn)(const char *) = __atomic_load_n(&cl_remote, __ATOMIC_ACQUIRE);
+	struct cl_arg a = { limit, rfn ? rfn(addr) : 0, 0 };
 	shcache_update(cl_cache, addr, 0, 1, cl_enter, &a);
+	if (a.n > 0)
+		cl_changed(addr, a.n);
 	return a.n;
 }
 
@@ -58,13 +79,16 @@ static enum shcache_act cl_leave(void *val, uint64_t *expires, int fresh, void *
 	int *count = val;
 	(void)expires;
 	(void)fresh;
-	(void)arg;
-	return --*count <= 0 ? SHCACHE_DROP : SHCACHE_KEEP;
+	*(int *)arg = --*count > 0 ? *count : 0;
+	return *count <= 0 ? SHCACHE_DROP : SHCACHE_KEEP;
 }
 
 /* climit_leave - uncount a session. */
 void climit_leave(const char *addr)
 {
 	pthread_once(&cl_once, cl_init);
-	shcache_update(cl_cache, addr, 0, 0, cl_leave, NULL);
+	int n = -1;
+	shcache_update(cl_cache, addr, 0, 0, cl_leave, &n);
+	if (n >= 0)
+		cl_changed(addr, n);
 }

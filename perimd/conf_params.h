@@ -150,6 +150,12 @@ PARAM(TIME, greylist_new_triplet_interval, "1h", 1000, 0, NULL, "the window of g
 PARAM(INT, greylist_max_entries, "2000000", 0, 1000000000, NULL, "triplets the store holds at most; past it unpassed entries are evicted, over-quota networks' first (0 = no bound)")
 PARAM(STR, policy_listen, "", 0, 0, NULL, "address for the Postfix policy delegation protocol (check_policy_service), e.g. 127.0.0.1:2525; empty = none") RESTART(policy_listen)
 
+/* The fleet (policy.c, fleet.c) */
+PARAM(BOOL, fleet_share_recipient_verdicts, "no", 0, 0, NULL, "share per-recipient verdicts (a callout's acceptance, a mailbox refusal) with the other boxes through the mysql: greylist_database")
+PARAM(BOOL, fleet_share_client_limits, "no", 0, 0, NULL, "apply smtpd_client_connection_count_limit and _rate_limit to a client's sessions on all boxes, through the mysql: greylist_database")
+PARAM(TIME, fleet_sync_interval, "1s", 100, 60000, NULL, "how often a box writes its news and reads the other boxes' (one database round trip)")
+PARAM(LIST, shadow_checks, "", 0, 0, NULL, "RCPT checks that only log and count what they would refuse and let the recipient pass: dnsbl, greylist, recipient_maps, recipient_verify, client_access, sender_access, recipient_access, helo, client_hostname, sender_domain, policy_services (never the virus scanner)")
+
 /* Policy services asked at RCPT (psvc.c), as Postfix's check_policy_service */
 PARAM(LIST, smtpd_policy_services, "", 0, 0, NULL, "Postfix policy delegation services asked at RCPT, in order: inet:HOST:PORT, HOST:PORT or unix:/path (a preceding check_policy_service is allowed); the first answer other than DUNNO decides")
 PARAM(TIME, smtpd_policy_service_timeout, "100s", 100, 3600000, NULL, "time a policy service has for one try: waiting for a connection, connecting, the request and its answer")

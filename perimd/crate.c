@@ -25,6 +25,16 @@ struct cr_count {
 
 static struct shcache *cr_cache;
 static pthread_once_t cr_once = PTHREAD_ONCE_INIT;
+static void (*cr_publish)(const char *addr, uint64_t minute, int count);
+static int (*cr_remote)(const char *addr, uint64_t minute);
+
+/* crate_set_fleet - see crate.h. */
+void crate_set_fleet(void (*publish)(const char *addr, uint64_t minute, int count),
+		     int (*remote)(const char *addr, uint64_t minute))
+{
+	__atomic_store_n(&cr_publish, publish, __ATOMIC_RELEASE);
+	__atomic_store_n(&cr_remote, remote, __ATOMIC_RELEASE);
+}
 
 /* cr_init - the table: 64 shards of 256 chains, swept past CR_SWEEP. */
 static void cr_init(void)
@@ -39,6 +49,7 @@ static void cr_init(void)
 struct cr_arg {
 	int limit;
 	uint64_t minute;
+	int others; /* the other boxes' count this minute (fleet) */
 	int n;
 };
 
@@ -54,7 +65,7 @@ static enum shcache_act cr_hit(void *val, uint64_t *expires, int fresh, void *ar
 		c->count = 0;
 	}
 	*expires = a->minute + 1;
-	if (a->limit > 0 && c->count >= a->limit)
+	if (a->limit > 0 && c->count + a->others >= a->limit)
 		a->n = -1;
 	else
 		a->n = ++c->count;
@@ -65,7 +76,11 @@ static enum shcache_act cr_hit(void *val, uint64_t *expires, int fresh, void *ar
 int crate_hit(const char *addr, int limit, uint64_t minute)
 {
 	pthread_once(&cr_once, cr_init);
-	struct cr_arg a = { limit, minute, 0 };
+	int (*rfn)(const char *, uint64_t) = __atomic_load_n(&cr_remote, __ATOMIC_ACQUIRE);
+	struct cr_arg a = { limit, minute, rfn ? rfn(addr, minute) : 0, 0 };
 	shcache_update(cr_cache, addr, minute, 1, cr_hit, &a);
+	void (*pfn)(const char *, uint64_t, int) = __atomic_load_n(&cr_publish, __ATOMIC_ACQUIRE);
+	if (a.n > 0 && pfn)
+		pfn(addr, minute, a.n);
 	return a.n;
 }

@@ -321,6 +321,20 @@ static struct grey_store *worker_store(const char *spec, char *err, size_t errle
 	return t->st;
 }
 
+/* grey_fleet_sync - see grey.h. */
+int grey_fleet_sync(const char *spec, struct grey_fleet_sync *fs, char *err, size_t errlen)
+{
+	pthread_once(&grey_once, grey_init_once);
+	struct grey_store *st = worker_store(spec, err, errlen);
+	if (!st)
+		return -1;
+	if (!st->ops->fleet_sync) {
+		snprintf(err, errlen, "%s: only a mysql: store is shared by a fleet", spec);
+		return -1;
+	}
+	return st->ops->fleet_sync(st, fs, err, errlen);
+}
+
 /* ---- database health: one log line per change --------------------------- */
 
 static int grey_db_failing; /* atomic */

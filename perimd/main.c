@@ -12,6 +12,7 @@
 #include "av.h"
 #include "conf.h"
 #include "ev.h"
+#include "fleet.h"
 #include "grey.h"
 #include "jobs.h"
 #include "log.h"
@@ -72,6 +73,8 @@ static _Noreturn void usage(void)
 		"       perimd -d                                       print every parameter's default\n"
 		"       perimd -V                                       version and features\n"
 		"       perimd stats [-c FILE]                          live counters of the running daemon\n"
+		"       perimd stats ADDR...                            a fleet's totals: every box's "
+		"/metrics summed\n"
 		"       perimd healthcheck [-c FILE]                    exit 0 if it accepts mail, else 1\n");
 	exit(1);
 }
@@ -433,7 +436,8 @@ int main(int argc, char **argv)
 		}
 	}
 	if (admin_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0 ||
-	    grey_check(c, err, sizeof err) < 0 || milter_check(c, err, sizeof err) < 0) {
+	    grey_check(c, err, sizeof err) < 0 || milter_check(c, err, sizeof err) < 0 ||
+	    fleet_check(c, err, sizeof err) < 0) {
 		fprintf(stderr, "perimd: %s\n", err);
 		policy_release(pol);
 		return 1;
@@ -509,7 +513,8 @@ int main(int argc, char **argv)
 	}
 
 	jobs_start(milter_enabled(c) ? 64 : 2); /* a milter conversation holds a worker */
-	admin_starting_begin(stats_fd);         /* /healthz: 503 until the loops run */
+	fleet_start();
+	admin_starting_begin(stats_fd); /* /healthz: 503 until the loops run */
 	{
 		/* No mail before the virus scanner has its engine loaded. */
 		struct ev_loop **loops = xcalloc((size_t)nthreads, sizeof *loops);
@@ -553,6 +558,7 @@ int main(int argc, char **argv)
 	for (int t = 0; t < nthreads; t++)
 		pthread_join(threads[t].tid, NULL);
 	milter_stop();
+	fleet_stop();
 	jobs_stop();
 	av_stop();
 	tls_shutdown();

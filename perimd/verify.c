@@ -47,6 +47,22 @@ static struct shcache *cache;
 static pthread_once_t verify_once = PTHREAD_ONCE_INIT;
 
 static uint64_t (*verify_clock)(void);
+static void (*verify_publish)(const char *rcpt, int code, const char *enh, uint64_t ttl_ms);
+
+/* verify_set_publish - see verify.h. */
+void verify_set_publish(void (*fn)(const char *rcpt, int code, const char *enh, uint64_t ttl_ms))
+{
+	__atomic_store_n(&verify_publish, fn, __ATOMIC_RELEASE);
+}
+
+/* publish - tell the fleet about a per-recipient verdict. */
+static void publish(const char *rcpt, int code, const char *enh, uint64_t ttl)
+{
+	void (*fn)(const char *, int, const char *, uint64_t) =
+	    __atomic_load_n(&verify_publish, __ATOMIC_ACQUIRE);
+	if (fn && ttl)
+		fn(rcpt, code, enh, ttl);
+}
 
 /* verify_set_clock - see verify.h. */
 void verify_set_clock(uint64_t (*now_ms)(void))
@@ -320,6 +336,7 @@ enum verify_kept verify_learn(const char *sender, const char *rcpt, int code, co
 		    ttl_ms(code >= 500 ? cf->relay_verify_negative_ttl : cf->relay_verify_defer_ttl);
 
 		verify_store(KIND_RCPT, "", rcpt, code, enh, 0, life);
+		publish(rcpt, code, enh, life);
 		if (!callout)
 			verify_store(
 			    KIND_PAIR, sender, rcpt, code, enh, 0,
@@ -345,6 +362,15 @@ enum verify_kept verify_learn(const char *sender, const char *rcpt, int code, co
 void verify_accepted(const char *rcpt, const struct conf *cf)
 {
 	verify_store(KIND_RCPT, "", rcpt, 250, "2.1.5", 0, ttl_ms(cf->relay_verify_positive_ttl));
+	publish(rcpt, 250, "2.1.5", ttl_ms(cf->relay_verify_positive_ttl));
+}
+
+/* verify_remote - see verify.h. */
+void verify_remote(const char *rcpt, int code, const char *enh, uint64_t ttl_ms)
+{
+	if (code == 250 ? strcmp(enh, "2.1.5") != 0 : !verify_mailbox_code(code, enh))
+		return;
+	verify_store(KIND_RCPT, "", rcpt, code, enh, 0, ttl_ms);
 }
 
 /* verify_lookup - see verify.h. The pair first: it is this sender's own. */
