@@ -327,7 +327,9 @@ def test_refused_at_connect_has_an_id(perimd_factory):
     """A connection refused for max_sessions is a session of one line,
     with an id like any other."""
     p = perimd_factory(max_sessions=1)
+    p.wait_log(r"disconnect from \[127\.0\.0\.1\]")  # the start probe's session is gone
     with Client(p.port) as c:
+        assert c.banner and c.banner[0] == 220, c.banner
         c2 = Client(p.port, read_banner=False)
         assert c2.wait_closed(10)
         c2.close()
