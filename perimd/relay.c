@@ -867,6 +867,7 @@ void bconn_release_ok(struct bconn *b)
 	if (w) {
 		TAILQ_REMOVE(&p->waiters, w, wlink);
 		w->waiting = NULL;
+		w->res.waited_ms += ev_now(rl->loop) - w->t_attempt;
 		ev_timer_stop(rl->loop, &w->waitt);
 		dest_adjust(p->dest, rl->loop, -1, 0);
 		w->b = b;

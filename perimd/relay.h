@@ -77,6 +77,7 @@ struct relay_result {
 	char backend[128];       /* backend that answered last ("" if none) */
 	char backend_reply[512]; /* its reply to the final dot or the failure */
 	char queue_id[64];       /* backend queue id parsed from its 250, or "" */
+	uint64_t waited_ms;      /* time spent waiting for a free backend connection */
 };
 
 typedef void relay_done_fn(void *arg, const struct relay_result *r);

@@ -97,6 +97,7 @@ struct txn {
 	enum data_err data_err;
 	char msgid[24];      /* the transaction's id (SMTPD_ID_LEN above) */
 	uint64_t t_data_end; /* the final dot; nonzero: counted in ST_inflight */
+	uint64_t t_scanned;  /* the scanner's verdict (0: no scan) */
 
 	/* relay */
 	struct relay_msg msg;

@@ -731,6 +731,10 @@ static void relay_done(void *arg, const struct relay_result *r)
 	struct session *s = arg;
 	s->relay = NULL;
 	uint64_t ms = ev_now(s->loop) - s->tx->t_data_end;
+	/* Where the time went: scan, wait for a backend connection, the rest. */
+	uint64_t scan_ms = s->tx->t_scanned > s->tx->t_data_end ? s->tx->t_scanned - s->tx->t_data_end : 0;
+	if (scan_ms > ms)
+		scan_ms = ms;
 	stats_message_done(r->code, ms);
 	/* A greylisting pass counts toward the auto-whitelist once its
 	 * message is accepted. */
@@ -751,10 +755,12 @@ static void relay_done(void *arg, const struct relay_result *r)
 						   : r->text);
 	}
 	log_info("%s: from=<%s>, size=%llu, nrcpt=%d, client=[%s], helo=<%s>, backend=%s, backend_id=%s, "
-		 "result=%d %s %s, delay=%.3f",
+		 "result=%d %s %s, delay=%.3f, delays=%.3f/%.3f/%.3f",
 		 s->tx->msgid, s->tx->sender, (unsigned long long)spool_size(s->tx->spool), s->tx->nrcpt,
 		 s->addr, s->helo ? s->helo : "", r->backend[0] ? r->backend : "none",
-		 r->queue_id[0] ? r->queue_id : "-", r->code, r->enh, r->text, (double)ms / 1000.0);
+		 r->queue_id[0] ? r->queue_id : "-", r->code, r->enh, r->text, (double)ms / 1000.0,
+		 (double)scan_ms / 1000.0, (double)r->waited_ms / 1000.0,
+		 (double)(ms - scan_ms - (r->waited_ms < ms - scan_ms ? r->waited_ms : ms - scan_ms)) / 1000.0);
 	if (r->enh[0])
 		smtpd_reply(s, "%d %s %s", r->code, r->enh, r->text);
 	else
@@ -773,6 +779,7 @@ static void av_done(void *arg, const char *refusal)
 {
 	struct session *s = arg;
 	s->av = NULL;
+	s->tx->t_scanned = ev_now(s->loop);
 	if (!refusal) {
 		data_relay(s);
 		return;
