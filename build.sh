@@ -71,6 +71,8 @@ DEPS+=(rspamd opendkim opendkim-tools clamav-milter)
 DEPS+=(amavisd-new clamav-daemon postgrey postfix)
 # tests/bench.sh ldap: the peer, Postfix with proxy:ldap: (slapd is above).
 DEPS+=(postfix-ldap)
+# test_logs.py: the README's claim about pflogsumm, checked with Debian's.
+DEPS+=(pflogsumm)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {

@@ -2,7 +2,7 @@
  * admin.c - the operator's side of the counters, on top of every module:
  * the stats_listen HTTP endpoints (/metrics, /healthz, the status page and
  * its graphs), the gauges read on demand from smtpd, spool and av, the
- * per-minute history's clock and file, the 503 answerer while starting,
+ * history's clock and file, the 503 answerer while starting,
  * and the `perimd stats` / `perimd healthcheck` commands.
  *
  * Invariants:
@@ -19,15 +19,19 @@
 #include "conf.h"
 #include "ev.h"
 #include "graph.h"
+#include "hash.h"
 #include "history.h"
 #include "http.h"
 #include "jobs.h"
 #include "log.h"
 #include "net.h"
+#include "scanner.h"
 #include "smtpd.h"
 #include "spool.h"
 #include "stats.h"
+#include "version.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -35,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -51,6 +56,178 @@ static void render_gauges(struct strbuf *out)
 	sb_printf(out, "perimd_spool_bytes %llu\n", (unsigned long long)spool_bytes_in_use());
 	stats_render_head(out, "perimd_accepting_mail", "gauge", "1 while /healthz says 200");
 	sb_printf(out, "perimd_accepting_mail %d\n", stats_healthy());
+}
+
+/* ---- build, process and configuration ----------------------------------
+ * perimd_build_info, Prometheus' standard process_* metrics (read from
+ * /proc/self on each scrape, as the client libraries do) and the
+ * configuration fingerprint. */
+
+static pthread_mutex_t fp_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t fp_value; /* under fp_mu; 0: none yet */
+
+/* fp_map - a map item ("type:path") into the hash: its text, and the
+ * bytes of the file it names when there is one (file:, cidr:, regexp:,
+ * an ldap: or mysql: configuration file). */
+static uint64_t fp_map(uint64_t h, const char *item)
+{
+	h = hash_more64(h, item, strlen(item) + 1);
+	const char *colon = strchr(item, ':');
+	FILE *f = colon ? fopen(colon + 1, "re") : NULL;
+	if (!f)
+		return h;
+	char buf[8192];
+	size_t n;
+	while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+		h = hash_more64(h, buf, n);
+	fclose(f);
+	return h;
+}
+
+#define FP_BOOL(h, v)
+#define FP_INT(h, v)
+#define FP_TIME(h, v)
+#define FP_SIZE(h, v)
+#define FP_STR(h, v)
+#define FP_ENUM(h, v)
+#define FP_LIST(h, v)
+#define FP_MAP(h, v) (h) = (v)[0] ? fp_map((h), (v)) : (h)
+#define FP_MAPLIST(h, l) \
+	for (int i_ = 0; i_ < (l).n; i_++) \
+		if (strchr((l).v[i_], ':')) \
+	(h) = fp_map((h), (l).v[i_])
+
+/* admin_config_loaded - see admin.h. */
+void admin_config_loaded(const struct conf *c)
+{
+	uint64_t h = HASH_FNV64_BASIS;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *m = open_memstream(&text, &len);
+	if (m) {
+		conf_dump(m, c, 1); /* every parameter, defaults too: the effective set */
+		fclose(m);
+		h = hash_more64(h, text, len);
+		free(text);
+	}
+#define PARAM(type, name, def, min, max, choices, doc) FP_##type(h, c->name);
+#include "conf_params.h"
+#undef PARAM
+	pthread_mutex_lock(&fp_mu);
+	fp_value = h ? h : 1;
+	pthread_mutex_unlock(&fp_mu);
+}
+
+/* proc_stat - utime + stime (clock ticks), start time (ticks after boot)
+ * and virtual size (bytes) from /proc/self/stat; -1 when unreadable. */
+static int proc_stat(unsigned long long *cpu, unsigned long long *start, unsigned long long *vsize)
+{
+	char buf[1024];
+	FILE *f = fopen("/proc/self/stat", "re");
+	if (!f)
+		return -1;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+	unsigned long long ut, st;
+	if (!p ||
+	    sscanf(p + 2,
+		   "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d %*d %llu %llu",
+		   &ut, &st, start, vsize) != 4)
+		return -1;
+	*cpu = ut + st;
+	return 0;
+}
+
+/* boot_time - the btime line of /proc/stat (seconds), 0 when unknown. */
+static unsigned long long boot_time(void)
+{
+	char line[256];
+	unsigned long long bt = 0;
+	FILE *f = fopen("/proc/stat", "re");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "btime %llu", &bt) == 1)
+			break;
+	fclose(f);
+	return bt;
+}
+
+/* open_fds - the entries of /proc/self/fd (but the one reading it). */
+static long open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return -1;
+	long n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1;
+}
+
+/* render_process - build info, process_*, configuration fingerprint. */
+static void render_process(struct strbuf *out)
+{
+	const char *clam = scanner_version();
+	stats_render_head(out, "perimd_build_info", "gauge",
+			  "1, labelled with the version and build of this binary");
+	sb_printf(out, "perimd_build_info{version=\"%s\",build=\"%s\",libclamav=\"%s\"} 1\n", PERIMD_VERSION,
+#ifdef PERIMD_STATIC
+		  "static",
+#else
+		  "dynamic",
+#endif
+		  clam ? clam : "none");
+	pthread_mutex_lock(&fp_mu);
+	uint64_t fp = fp_value;
+	pthread_mutex_unlock(&fp_mu);
+	if (fp) {
+		stats_render_head(
+		    out, "perimd_config_fingerprint", "gauge",
+		    "hash of the effective configuration and the map files it names, as of the last "
+		    "(re)load; the value is its low 53 bits");
+		sb_printf(out, "perimd_config_fingerprint{fingerprint=\"%016llx\"} %llu\n",
+			  (unsigned long long)fp, (unsigned long long)(fp & ((1ull << 53) - 1)));
+	}
+	unsigned long long cpu, start, vsize;
+	long tck = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+	if (tck > 0 && proc_stat(&cpu, &start, &vsize) == 0) {
+		stats_render_head(out, "process_cpu_seconds_total", "counter",
+				  "user and system CPU time spent, seconds");
+		sb_printf(out, "process_cpu_seconds_total %.2f\n", (double)cpu / (double)tck);
+		unsigned long long bt = boot_time();
+		if (bt) {
+			stats_render_head(out, "process_start_time_seconds", "gauge",
+					  "start time of the process since the Unix epoch, seconds");
+			sb_printf(out, "process_start_time_seconds %.2f\n",
+				  (double)bt + (double)start / (double)tck);
+		}
+		stats_render_head(out, "process_virtual_memory_bytes", "gauge", "virtual memory size, bytes");
+		sb_printf(out, "process_virtual_memory_bytes %llu\n", vsize);
+	}
+	FILE *f = fopen("/proc/self/statm", "re");
+	unsigned long long size, rss;
+	if (f && page > 0 && fscanf(f, "%llu %llu", &size, &rss) == 2) {
+		stats_render_head(out, "process_resident_memory_bytes", "gauge", "resident memory size, bytes");
+		sb_printf(out, "process_resident_memory_bytes %llu\n", rss * (unsigned long long)page);
+	}
+	if (f)
+		fclose(f);
+	long fds = open_fds();
+	if (fds >= 0) {
+		stats_render_head(out, "process_open_fds", "gauge", "open file descriptors");
+		sb_printf(out, "process_open_fds %ld\n", fds);
+	}
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		stats_render_head(out, "process_max_fds", "gauge", "the most open file descriptors allowed");
+		sb_printf(out, "process_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+	}
 }
 
 /* ---- while starting ----------------------------------------------------- *
@@ -271,6 +448,7 @@ void admin_init(const struct conf *c, int nloops)
 			     "1 after a successful connection to the backend, 0 after a failed one");
 	stats_render_register(STATS_AFTER_FIXED, render_gauges);
 	stats_render_register(STATS_AFTER_HISTOGRAMS, av_render_metrics); /* av.c owns those */
+	stats_render_register(STATS_AFTER_HISTOGRAMS, render_process);
 	loops_running = nloops;
 	hist = xcalloc(1, sizeof *hist);
 	size_t n = strlen(c->data_directory) + 16;

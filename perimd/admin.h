@@ -1,7 +1,7 @@
 /*
  * admin.h - the operator's view, the top floor beside main.c: the HTTP
  * endpoints on stats_listen (/metrics, /healthz, /, /graph/NAME.svg), the
- * per-minute history behind the graphs, and the `perimd stats` and
+ * history behind the graphs, and the `perimd stats` and
  * `perimd healthcheck` commands. It reads the counters (stats.h) and the
  * getters of smtpd, spool and av; nothing includes it but main.c.
  */
@@ -20,6 +20,10 @@ int admin_check(const struct conf *c, char *err, size_t errlen);
  * remember the data directory and load the saved history (a missing file
  * is no error). */
 void admin_init(const struct conf *c, int nloops);
+/* admin_config_loaded - from main, at start and after every successful
+ * reload: the configuration fingerprint (perimd_config_fingerprint) is
+ * made of c's effective parameters and the map files they name. */
+void admin_config_loaded(const struct conf *c);
 /* admin_listen_open - bind stats_listen (before dropping privileges; no
  * SO_REUSEPORT, so a second daemon cannot silently share the port).
  * Returns the fd, -1 when stats_listen is empty; fatal() on failure. */

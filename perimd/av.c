@@ -161,7 +161,22 @@ static int limit_of(const char *name)
 	return LIM_OTHER;
 }
 
-/* count_virus - one more find of name. */
+/* The most virus names perimd_viruses_total keeps (av_names_cap_set());
+ * finds of names beyond it count as name="other", so a flood of distinct
+ * names cannot grow the metrics without bound. */
+static int names_cap = NAMES_MAX;
+
+/* av_names_cap_set - see av_int.h. */
+void av_names_cap_set(int cap)
+{
+	__atomic_store_n(&names_cap,
+			 cap < 1                   ? 1
+			     : cap > NAMES_MAX - 1 ? NAMES_MAX - 1
+						   : cap,
+			 __ATOMIC_RELAXED);
+}
+
+/* count_virus - one more find of name ("other" once the set is full). */
 static void count_virus(const char *name)
 {
 	pthread_mutex_lock(&names_mu);
@@ -169,6 +184,11 @@ static void count_virus(const char *name)
 	for (i = 0; i < nnames; i++)
 		if (!strcmp(names[i].name, name))
 			break;
+	if (i == nnames && nnames >= __atomic_load_n(&names_cap, __ATOMIC_RELAXED)) {
+		name = "other";
+		for (i = 0; i < nnames && strcmp(names[i].name, name); i++)
+			;
+	}
 	if (i == nnames && nnames < NAMES_MAX) {
 		snprintf(names[i].name, sizeof names[i].name, "%s", name);
 		nnames++;

@@ -21,6 +21,9 @@
 #define PONG_WAIT_MS 15000
 #define HANG_GRACE_MS 5000
 #define NAMES_MAX 256
+/* av_names_cap_set - the most distinct virus names counted by name
+ * (stats_virus_names_max, 1 to NAMES_MAX - 1: one slot stays for "other"). */
+void av_names_cap_set(int cap);
 
 enum av_kind { AVK_NONE, AVK_LIBCLAMAV, AVK_CLAMD, AVK_BAD };
 enum av_outcome { AVO_CLEAN, AVO_VIRUS, AVO_FAIL, AVO_OVERSIZE, AVO_INCOMPLETE };
@@ -45,7 +48,7 @@ struct av_req {
 	struct ev_loop *loop;
 	const struct conf *cf;
 	struct spool *sp;
-	char msgid[16];
+	char msgid[24];
 	uint64_t id, t0;
 	long engine_us; /* scanner's own time; -1 unknown */
 	int fd;         /* spool's, not ours */

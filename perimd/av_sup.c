@@ -352,6 +352,7 @@ int av_start(const struct conf *cf, struct ev_loop **loops, int nloops, char *er
 	socklen_t len;
 	if (av_check(cf, err, errlen) < 0)
 		return -1;
+	av_names_cap_set((int)cf->stats_virus_names_max);
 	enum av_kind k = av_kind_parse(cf->av_scanner, &ss, &len);
 	if (k != AVK_LIBCLAMAV)
 		return 0;
@@ -391,6 +392,7 @@ int av_start(const struct conf *cf, struct ev_loop **loops, int nloops, char *er
 /* av_reload - SIGHUP: new signatures, in the background. */
 void av_reload(const struct conf *cf)
 {
+	av_names_cap_set((int)cf->stats_virus_names_max);
 	if (!sup.running) {
 		if (!strcmp(cf->av_scanner, "libclamav"))
 			log_warn("reload: av_scanner = libclamav needs a restart of perimd");

@@ -58,6 +58,7 @@ static const struct {
 	{ "av_alert_encrypted", AV_ENC_YES + 1 },
 	{ "greylist_fail_action", GREY_FAIL_TEMPFAIL + 1 },
 	{ "log_to", LOG_TO_STDERR + 1 },
+	{ "log_format", LOG_FORMAT_JSON + 1 },
 	{ "milter_default_action", MILTER_DEFAULT_REJECT + 1 },
 };
 

@@ -32,6 +32,8 @@ enum conf_av_alert_encrypted { AV_ENC_NO, AV_ENC_ARCHIVE, AV_ENC_DOCUMENT, AV_EN
 enum conf_greylist_fail_action { GREY_FAIL_ACCEPT, GREY_FAIL_TEMPFAIL };
 /* log_to: syslog|stderr */
 enum conf_log_to { LOG_TO_SYSLOG, LOG_TO_STDERR };
+/* log_format: text|json */
+enum conf_log_format { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
 /* milter_default_action: tempfail|accept|reject */
 enum conf_milter_default_action { MILTER_DEFAULT_TEMPFAIL, MILTER_DEFAULT_ACCEPT, MILTER_DEFAULT_REJECT };
 

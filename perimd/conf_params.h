@@ -91,6 +91,7 @@ PARAM(BOOL, reject_invalid_helo_hostname, "yes", 0, 0, NULL, "a HELO name that i
 /* Content scanning */
 PARAM(STR, av_scanner, "none", 0, 0, NULL, "none, libclamav (a scanner process), clamd:/path/to/socket or clamd:HOST:PORT")
 PARAM(STR, clamav_database_directory, "/var/lib/clamav", 0, 0, NULL, "signature database of av_scanner = libclamav")
+PARAM(INT, stats_virus_names_max, "200", 1, 255, NULL, "most virus names perimd_viruses_total counts by name; the rest count as name=\"other\"")
 PARAM(INT, av_threads, "0", 0, 256, NULL, "scanning threads of the scanner process; 0 = one per CPU")
 PARAM(TIME, av_timeout, "120s", 1000, 540000, NULL, "per scan; a scanner hung past it is restarted")
 PARAM(SIZE, av_max_size, "50m", 1024, 4294967295LL, NULL, "larger messages are not scanned but follow av_oversize_action")
@@ -171,6 +172,7 @@ PARAM(STR, smtpd_policy_service_policy_context, "", 0, 0, NULL, "sent to policy 
 /* Observability */
 PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)") RESTART(stats_listen)
 PARAM(ENUM, log_to, "syslog", 0, 0, "syslog|stderr", "where to log (-f implies stderr)") RESTART(log_to)
+PARAM(ENUM, log_format, "text", 0, 0, "text|json", "log lines as Postfix-like text, or one JSON object per line")
 
 /* clang-format on */
 #ifdef CONF_PARAMS_RESTART_LOCAL

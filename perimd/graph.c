@@ -3,7 +3,8 @@
  * messages received, greylisted, rejected and viruses per minute, sessions
  * and in-flight transactions (maxima), LDAP lookups per minute and LDAP
  * connections open (maxima; as the seed graphed its directory's), over the
- * last hour, day and week.
+ * last hour, day and week (the minute ring), month (2-hour slots) and year
+ * (daily slots).
  *
  * Drawing is pure (history and "now" in, text out) and self-contained: no
  * script, no external font or stylesheet, so the page works offline and
@@ -28,31 +29,34 @@ static const char *const series_color[HS__COUNT] = {
 
 struct period {
 	const char *name, *title;
-	int points, step; /* step: minutes per point */
-	const char *tfmt; /* strftime for the time axis */
+	int points, step;    /* step: minutes per point */
+	enum hist_ring ring; /* read from; step is a multiple of its slots */
+	const char *tfmt;    /* strftime for the time axis */
 };
 
 static const struct period periods[] = {
-	{ "hour", "last hour", 60, 1, "%H:%M" },
-	{ "day", "last day", 288, 5, "%H:%M" },
-	{ "week", "last week", 336, 30, "%a %Hh" },
+	{ "hour", "last hour", 60, 1, HR_MINUTE, "%H:%M" },
+	{ "day", "last day", 288, 5, HR_MINUTE, "%H:%M" },
+	{ "week", "last week", 336, 30, HR_MINUTE, "%a %Hh" },
+	{ "month", "last month", 360, HIST_2H_MIN, HR_2H, "%d %b" },
+	{ "year", "last year", 365, HIST_DAY_MIN, HR_DAY, "%b %Y" },
 };
 
-/* value - one point: counters per minute (average over the step), gauges
+/* value - one point of step minutes from minute `first` (a multiple of
+ * the ring's slot): counters per minute (average over the step), gauges
  * the maximum; stale slots are zero. */
-static double value(const struct history *h, uint64_t first, int step, int s)
+static double value(const struct history *h, const struct period *pd, uint64_t first, int s)
 {
+	unsigned res = history_ring(h, pd->ring).res;
 	double acc = 0;
-	for (int k = 0; k < step; k++) {
-		uint64_t m = first + (uint64_t)k;
-		size_t slot = m % HIST_MINUTES;
-		double v = h->minute[slot] == m ? h->v[slot][s] : 0;
+	for (uint64_t m = first; m < first + (uint64_t)pd->step; m += res) {
+		double v = history_get(h, pd->ring, m / res, s);
 		if (history_is_counter(s))
 			acc += v;
 		else if (v > acc)
 			acc = v;
 	}
-	return history_is_counter(s) ? acc / step : acc;
+	return history_is_counter(s) ? acc / pd->step : acc;
 }
 
 /* nice_max - a round upper bound for the y axis (1, 2, 2.5, 5 x 10^k). */
@@ -101,13 +105,15 @@ int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min, con
 	enum { W = 720, H = 260, L = 64, R = 16, T = 34, B = 64 };
 	const double pw = W - L - R, ph = H - T - B;
 	int n = pd->points;
-	/* Point i covers the step minutes ending with now (the last point). */
-	uint64_t start = now_min + 1 - (uint64_t)n * (uint64_t)pd->step;
+	/* Point i covers step minutes; the last one holds now. Points on a
+	 * coarse ring start where its slots do. */
+	uint64_t res = history_ring(h, pd->ring).res;
+	uint64_t start = (now_min / res + 1) * res - (uint64_t)n * (uint64_t)pd->step;
 	double *vals = xcalloc((size_t)n * HS__COUNT, sizeof *vals);
 	double vmax = 0;
 	for (int s = first_s; s <= last_s; s++)
 		for (int i = 0; i < n; i++) {
-			double v = value(h, start + (uint64_t)i * (uint64_t)pd->step, pd->step, s);
+			double v = value(h, pd, start + (uint64_t)i * (uint64_t)pd->step, s);
 			vals[s * n + i] = v;
 			if (v > vmax)
 				vmax = v;

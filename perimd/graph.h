@@ -1,6 +1,6 @@
 /*
  * graph.h - the status page and its graphs (graph.c), drawn from the
- * per-minute history; pure: history and "now" in, text out.
+ * history (per minute, 2 hours, day); pure: history and "now" in, text out.
  */
 #ifndef PERIMD_GRAPH_H
 #define PERIMD_GRAPH_H
@@ -14,7 +14,7 @@
  * /healthz says (1: 200). */
 void graph_page(struct strbuf *out, const struct history *h, uint64_t now_min, int healthy);
 /* graph_svg - one graph: which = "messages" or "sessions", period = "hour",
- * "day" or "week". Returns -1 for an unknown name. */
+ * "day", "week", "month" or "year". Returns -1 for an unknown name. */
 int graph_svg(struct strbuf *out, const struct history *h, uint64_t now_min, const char *which,
 	      const char *period);
 

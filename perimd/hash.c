@@ -6,5 +6,6 @@
 
 extern inline uint32_t hash_str32(const char *s);
 extern inline uint32_t hash_lower32(const char *p, size_t n);
+extern inline uint64_t hash_more64(uint64_t h, const void *p, size_t n);
 extern inline uint64_t hash_mem64(const void *p, size_t n);
 extern inline uint64_t hash_str64(const char *s);

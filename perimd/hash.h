@@ -41,14 +41,20 @@ inline uint32_t hash_lower32(const char *p, size_t n)
 	return h;
 }
 
-/* hash_mem64 - 64-bit FNV-1a of n bytes. */
-inline uint64_t hash_mem64(const void *p, size_t n)
+/* hash_more64 - 64-bit FNV-1a of n more bytes after those hashed into h
+ * (start with HASH_FNV64_BASIS): a hash of pieces read one at a time. */
+inline uint64_t hash_more64(uint64_t h, const void *p, size_t n)
 {
 	const unsigned char *b = p;
-	uint64_t h = HASH_FNV64_BASIS;
 	for (size_t i = 0; i < n; i++)
 		h = (h ^ b[i]) * HASH_FNV64_PRIME;
 	return h;
+}
+
+/* hash_mem64 - 64-bit FNV-1a of n bytes. */
+inline uint64_t hash_mem64(const void *p, size_t n)
+{
+	return hash_more64(HASH_FNV64_BASIS, p, n);
 }
 
 /* hash_str64 - 64-bit FNV-1a of the NUL-terminated s. */

@@ -7,12 +7,20 @@
 #define PERIMD_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 enum log_level { LOG_LVL_ERR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
 /* log_open - to_stderr: 1 = stderr, 0 = syslog (facility mail). */
 void log_open(const char *ident, int to_stderr, int verbose);
 int log_verbose(void);
+/* log_set_json - 1: each line one JSON object (log_format = json; see
+ * perimd(8) LOGGING), 0: text lines. Any thread, any time. */
+void log_set_json(int on);
+/* log_json_line - the JSON object (no newline, not terminated) of a
+ * message at a level into out (cap >= 512); returns its length <= cap - 1.
+ * What log_format = json writes; exported for the fuzz target. */
+size_t log_json_line(char *out, size_t cap, enum log_level lvl, const char *msg);
 
 void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define log_err(...) log_msg(LOG_LVL_ERR, __VA_ARGS__)

@@ -352,6 +352,8 @@ static void reload(const char *path, int nov, int full)
 		policy_release(old);
 	}
 	policy_install(p);
+	admin_config_loaded(c);
+	log_set_json(c->log_format_e == LOG_FORMAT_JSON);
 	if (full)
 		av_reload(c);
 	log_info("configuration reloaded from %s", path);
@@ -482,6 +484,7 @@ int main(int argc, char **argv)
 	}
 
 	log_open("perimd", fg || c->log_to_e == LOG_TO_STDERR, verbose);
+	log_set_json(c->log_format_e == LOG_FORMAT_JSON);
 	/* Spooled bodies, databases and statistics hold other people's mail:
 	 * nothing perimd creates is readable by group or others. */
 	umask(077);
@@ -520,6 +523,7 @@ int main(int argc, char **argv)
 		}
 	}
 	admin_init(c, nthreads);
+	admin_config_loaded(c);
 	stats_fd = admin_listen_open(c);
 	policyd_fd = policyd_listen_open(c);
 	policy_install(pol);

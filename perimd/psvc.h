@@ -72,8 +72,8 @@ int psvc_settings_parse(struct psvc_service *s, const char *text, char *err, siz
  * and what the answers leave for the message (PREPEND). smtpd_txn.c makes
  * one per transaction when services are configured. */
 struct psvc_txn {
-	char instance[48]; /* unique per transaction */
-	char queue_id[16];
+	char instance[48];         /* unique per transaction */
+	char queue_id[24];         /* the transaction's id (smtpd_int.h) */
 	const char *protocol_name; /* "SMTP" / "ESMTP" */
 	int client_port;
 	char server_address[46];

@@ -64,6 +64,12 @@ const char *const relay_bstate_name[] = { "connect",      "greeting",      "EHLO
 					  "XFORWARD",     "MAIL FROM",     "RCPT TO", "DATA",
 					  "message body", "end of data",   "RSET",    "idle",
 					  "QUIT" };
+/* The same as metric label values (snake_case). */
+const char *const relay_bstate_label[] = { "connect",      "greeting",      "ehlo",    "helo",
+					   "starttls",     "tls_handshake", "xclient", "ready",
+					   "xforward",     "mail_from",     "rcpt_to", "data",
+					   "message_body", "end_of_data",   "rset",    "idle",
+					   "quit" };
 
 static pthread_mutex_t dests_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct relay_dest *dests;
@@ -1129,7 +1135,7 @@ static void req_capmiss_final(struct relay_req *r)
 	snprintf(why, sizeof(why), "no backend supports %s",
 		 r->capmiss & SMTP_CAP_SMTPUTF8 ? "SMTPUTF8" : "8BITMIME");
 	relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), why);
-	req_log(r, "bounced", why);
+	req_log(r, "rejected", why);
 	req_finish(r);
 }
 

@@ -88,6 +88,7 @@ enum bstate {
 
 /* bstate names for logs and metrics (relay.c) */
 extern const char *const relay_bstate_name[];
+extern const char *const relay_bstate_label[];
 
 struct bconn {
 	TAILQ_ENTRY(bconn) link; /* in pool->idle while B_IDLE */

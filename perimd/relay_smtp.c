@@ -365,7 +365,7 @@ static void rcpts_done(struct bconn *b)
 	struct relay_rcpt *rc = &m->rcpts[r->first_refused];
 	req_pass_on(r, &r->refusal, rc->reply, rc->code == 550 ? "5.1.1" : NULL);
 	relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), rc->reply);
-	req_end(r, rc->code != 421, rc->code >= 500 ? "bounced" : "deferred", rc->reply);
+	req_end(r, rc->code != 421, rc->code >= 500 ? "rejected" : "deferred", rc->reply);
 }
 
 /* mail_refused - the MAIL reply was not 2xx (all replies consumed). */
@@ -379,7 +379,7 @@ static void mail_refused(struct bconn *b)
 	if (r->mail_rep.code >= 500) {
 		req_pass_on(r, &r->mail_rep, r->mail_said, NULL);
 		relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), r->mail_said);
-		req_end(r, 1, "bounced", r->mail_said);
+		req_end(r, 1, "rejected", r->mail_said);
 		return;
 	}
 	snprintf(why, sizeof(why), "MAIL FROM refused: %s", r->mail_said);
@@ -517,7 +517,7 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 	char why[600];
 	int pipelined = (b->caps & SMTP_CAP_PIPELINING) != 0;
 
-	stats_backend_reply(relay_bstate_name[b->state], rep->code);
+	stats_backend_reply(relay_bstate_label[b->state], rep->code);
 	if (!relay_class_ok(b->state, rep->code))
 		return wrong_class(b, said);
 
@@ -643,7 +643,7 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 		if (rep->code >= 500) {
 			req_pass_on(r, rep, said, NULL);
 			relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
-			req_end(r, 1, "bounced", said);
+			req_end(r, 1, "rejected", said);
 			return -1;
 		}
 		snprintf(why, sizeof(why), "DATA: %s", said);
@@ -664,7 +664,7 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 			return -1;
 		}
 		req_pass_on(r, rep, said, NULL);
-		req_end(r, rep->code != 421, rep->code >= 500 ? "bounced" : "deferred", said);
+		req_end(r, rep->code != 421, rep->code >= 500 ? "rejected" : "deferred", said);
 		return -1;
 	default: bconn_fail(b, "unexpected reply"); return -1;
 	}

@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 #include <stddef.h>
 #include <string.h>
+#include <strings.h>
 
 /* ---- small character helpers ------------------------------------------ */
 
@@ -1064,6 +1065,59 @@ unsigned smtp_ehlo_caps_text(const char *text, uint64_t *size)
 		flags |= ehlo_line_caps(t, strcspn(t, "\n"), size, &xf, &xc);
 	}
 	return flags;
+}
+
+/* header_copy - append a field body's bytes to out: controls become '?',
+ * runs of white space one space (leading ones dropped). */
+static void header_copy(const char *p, const char *end, char *out, size_t outlen, size_t *n)
+{
+	for (; p < end && *n + 1 < outlen; p++) {
+		unsigned char c = (unsigned char)*p;
+		if (c == ' ' || c == '\t') {
+			if (*n && out[*n - 1] != ' ')
+				out[(*n)++] = ' ';
+		} else {
+			out[(*n)++] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+		}
+	}
+}
+
+/* smtp_header_value - see smtp_proto.h. */
+int smtp_header_value(const char *hdr, size_t len, const char *name, char *out, size_t outlen)
+{
+	size_t nl = strlen(name), n = 0;
+	const char *p = hdr, *end = hdr + len;
+	int found = 0;
+	out[0] = 0;
+	while (p < end) {
+		const char *eol = memchr(p, '\n', (size_t)(end - p));
+		if (!eol) {
+			out[0] = 0; /* a line cut by the end of what we have */
+			return 0;
+		}
+		const char *le = eol > p && eol[-1] == '\r' ? eol - 1 : eol;
+		if (le == p)
+			break; /* the empty line: end of the header section */
+		int cont = *p == ' ' || *p == '\t';
+		if (found && !cont)
+			break;
+		if (found)
+			header_copy(p, le, out, outlen, &n);
+		else if (!cont && (size_t)(le - p) > nl && !strncasecmp(p, name, nl)) {
+			const char *c = p + nl;
+			while (c < le && (*c == ' ' || *c == '\t'))
+				c++;
+			if (c < le && *c == ':') {
+				found = 1;
+				header_copy(c + 1, le, out, outlen, &n);
+			}
+		}
+		p = eol + 1;
+	}
+	while (n && out[n - 1] == ' ')
+		n--;
+	out[n] = 0;
+	return found;
 }
 
 /* ---- XFORWARD ----------------------------------------------------------- */

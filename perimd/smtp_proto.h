@@ -222,6 +222,15 @@ unsigned smtp_ehlo_caps(const struct smtp_reply *r, uint64_t *size);
  * target compares the two). */
 unsigned smtp_ehlo_caps_text(const char *text, uint64_t *size);
 
+/* smtp_header_value - the value of the first header field `name` (no
+ * colon, case-insensitive) in the header section of a message (RFC 5322
+ * §2.2: lines up to the first empty line; hdr need not hold the whole
+ * message, a field cut by its end is not found). Folded lines are joined
+ * with one space, leading and trailing white space dropped, control
+ * characters turned into '?'; the value is cut to outlen - 1 bytes and
+ * NUL-terminated (outlen >= 1). Returns 1 when found, else 0 (out = ""). */
+int smtp_header_value(const char *hdr, size_t len, const char *name, char *out, size_t outlen);
+
 /* ---- XFORWARD and XCLIENT (Postfix's XFORWARD_README, XCLIENT_README) -- */
 
 /* The attributes, in the order they are sent (XCLIENT has no IDENT and no

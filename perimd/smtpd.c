@@ -86,22 +86,20 @@ int smtpd_sessions(void)
 	return __atomic_load_n(&sessions_total, __ATOMIC_RELAXED);
 }
 
-/* smtpd_gen_id - a short unique id: seconds and a counter, base 32. */
+/* smtpd_gen_id - a session id: seconds and a counter, base 31, always
+ * SMTPD_ID_LEN characters (zero-padded), so no id is a prefix of another
+ * and `grep ID` finds one session and its transactions (ID.NNN). */
 void smtpd_gen_id(char out[16])
 {
 	static uint64_t ctr;
 	static const char a[] = "0123456789BCDFGHJKLMNPQRSTVWXYZ";
 	uint64_t n = __atomic_add_fetch(&ctr, 1, __ATOMIC_RELAXED);
 	uint64_t v = ((uint64_t)time(NULL) << 24) ^ (n & 0xffffff) ^ ((n >> 24) << 40);
-	int i = 0;
-	char tmp[16];
-	do {
-		tmp[i++] = a[v % 31];
+	for (int j = SMTPD_ID_LEN - 1; j >= 0; j--) {
+		out[j] = a[v % 31];
 		v /= 31;
-	} while (v && i < 15);
-	for (int j = 0; j < i; j++)
-		out[j] = tmp[i - 1 - j];
-	out[i] = 0;
+	}
+	out[SMTPD_ID_LEN] = 0;
 }
 
 /* ---- replies ---------------------------------------------------------- */
@@ -205,12 +203,13 @@ void smtpd_reply_error(struct session *s, const char *fmt, ...)
 	smtpd_reply(s, "%s", buf);
 }
 
-/* smtpd_log_reject - one Postfix-like line per refusal. */
+/* smtpd_log_reject - one Postfix-like line per refusal, with the
+ * transaction's id inside one (it begins with the session's). */
 void smtpd_log_reject(struct session *s, const char *stage, const char *what, const char *to)
 {
-	log_info("%s: reject: %s from [%s]: %s; from=<%s>%s%s%s helo=<%s>", s->id, stage, s->addr, what,
-		 s->tx && s->tx->sender ? s->tx->sender : "", to ? " to=<" : "", to ? to : "", to ? ">" : "",
-		 s->helo ? s->helo : "");
+	log_info("%s: reject: %s from [%s]: %s; from=<%s>%s%s%s helo=<%s>", s->tx ? s->tx->msgid : s->id,
+		 stage, s->addr, what, s->tx && s->tx->sender ? s->tx->sender : "", to ? " to=<" : "",
+		 to ? to : "", to ? ">" : "", s->helo ? s->helo : "");
 }
 
 /* ---- commands --------------------------------------------------------- */
@@ -237,6 +236,7 @@ static void helo_ehlo(struct session *s, enum smtp_verb v, char *arg)
 	policy_helo(s->ps, arg); /* judged now, refused at RCPT */
 	s->esmtp = v == SMTP_EHLO;
 	s->need_ehlo = 0;
+	log_info("%s: %s=<%s> from [%s]", s->id, s->esmtp ? "ehlo" : "helo", arg, s->addr);
 	const struct conf *cf = s->cf;
 	if (!s->esmtp) {
 		smtpd_reply(s, "250 %s", cf->myhostname);
@@ -487,7 +487,7 @@ static void command_run(struct session *s, const struct smtpd_cmd *c, char *arg)
 	case CMD_OK: c->run(s, arg); return;
 	case CMD_HELO_REQUIRED:
 		/* A policy refusal, logged as one (Postfix's smtpd_helo_required). */
-		stats_inc(ST_rej_rfc);
+		stats_inc(strcmp(c->name, "RCPT") ? ST_rej_rfc : ST_rej_rcpt_rfc);
 		smtpd_log_reject(s, c->name, reply, NULL);
 		break;
 	default: break;
@@ -888,7 +888,10 @@ static void session_start(struct smtpd_loop *sl, int fd, const struct sockaddr *
 	int open_now = __atomic_add_fetch(&sessions_total, 1, __ATOMIC_RELAXED);
 	if (open_now > cf->max_sessions) {
 		__atomic_sub_fetch(&sessions_total, 1, __ATOMIC_RELAXED);
-		log_warn("refused connection from [%s]: max_sessions (%lld) reached", addr, cf->max_sessions);
+		char id[16];
+		smtpd_gen_id(id); /* a session of one line, but an id as every other */
+		log_warn("%s: refused connection from [%s]: max_sessions (%lld) reached", id, addr,
+			 cf->max_sessions);
 		stats_inc(ST_conn_refused_max);
 		snprintf(msg, sizeof msg,
 			 "421 4.3.2 %s Service temporarily unavailable, too many sessions\r\n", cf->myhostname);

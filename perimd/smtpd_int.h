@@ -96,7 +96,7 @@ struct txn {
 	struct spool *spool;
 	struct smtp_data_parser dp;
 	enum data_err data_err;
-	char msgid[16];
+	char msgid[24];      /* the transaction's id (SMTPD_ID_LEN above) */
 	uint64_t t_data_end; /* the final dot; nonzero: counted in ST_inflight */
 	uint64_t t_scanned;  /* the scanner's verdict (0: no scan) */
 
@@ -130,6 +130,7 @@ struct session {
 	enum sstate state;
 	int errors;
 	unsigned ncmds, nmsgs;
+	unsigned ntx; /* transactions begun: the last one's number */
 	struct ev_timer tarpit;
 	char *pending; /* error reply held by the tarpit */
 	int pending_close;
@@ -217,6 +218,11 @@ enum smtpd_phase smtpd_phase(const struct session *s);
 
 void smtpd_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void smtpd_reply_error(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Session ids are SMTPD_ID_LEN characters; a transaction's id is its
+ * session's, a dot and its number in the session in 4 digits (modulo
+ * 10000), "4XKQ2F1B7CDM.0001": fixed widths, so no id is a prefix of
+ * another. Log lines carry one or the other. */
+#define SMTPD_ID_LEN 12
 void smtpd_gen_id(char out[16]);
 void smtpd_log_reject(struct session *s, const char *stage, const char *what, const char *to);
 void smtpd_deadline_arm(struct session *s);

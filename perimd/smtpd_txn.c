@@ -111,7 +111,7 @@ static int path_parse(struct session *s, char *arg, struct smtp_path *p, const c
 	if (smtp_path_parse(arg, s->cf->strict_rfc821_envelopes, p, &why) == PARSE_OK &&
 	    (why = policy_addr_check(p->local, p->domain)) == NULL)
 		return 0;
-	stats_inc(ST_rej_rfc);
+	stats_inc(strstr(who, "recipient") ? ST_rej_rcpt_rfc : ST_rej_rfc);
 	if (why_is_param(why))
 		smtpd_reply_error(s, "501 5.5.4 Syntax error in parameters: %s", why);
 	else
@@ -179,17 +179,14 @@ static void mail_done(void *arg, struct milter_result *r)
 		smtpd_session_resume(s);
 }
 
-/* mail_milters - a transaction with milters: its id now (the milters'
- * macro i), connect lazily, then connect, HELO and MAIL (with its ESMTP
- * arguments) to each. */
+/* mail_milters - a transaction with milters: connect lazily, then
+ * connect, HELO and MAIL (with its ESMTP arguments) to each. */
 static void mail_milters(struct session *s, const struct smtp_path *p)
 {
 	struct txn *t = s->tx;
 	const struct conf *cf = s->cf;
-	if (t->psvc) /* one id for the policy services and the milters */
-		memcpy(t->msgid, t->psvc->queue_id, sizeof t->msgid);
-	else
-		smtpd_gen_id(t->msgid);
+	/* t->msgid, given at MAIL, is the milters' i as the policy services'
+	 * queue_id. */
 	t->milter = milter_txn_new(cf);
 	char port[16], client[300];
 	snprintf(port, sizeof port, "%d", s->port);
@@ -247,8 +244,10 @@ static void psvc_begin(struct session *s, unsigned long long size)
 	if (!s->pol->psvc || !s->pol->psvc->n)
 		return;
 	struct psvc_txn *t = xcalloc(1, sizeof *t);
-	smtpd_gen_id(t->queue_id);
-	snprintf(t->instance, sizeof t->instance, "%s.%s", s->id, t->queue_id);
+	/* The transaction's id (given at MAIL) is both: unique, and what
+	 * perimd's log lines of the message carry. */
+	snprintf(t->queue_id, sizeof t->queue_id, "%s", s->tx->msgid);
+	snprintf(t->instance, sizeof t->instance, "%s", s->tx->msgid);
 	t->protocol_name = s->esmtp ? "ESMTP" : "SMTP";
 	t->client_port = s->port;
 	snprintf(t->server_address, sizeof t->server_address, "%s", s->srv_addr);
@@ -325,6 +324,7 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 		goto out;
 	}
 	s->tx = txn_new();
+	snprintf(s->tx->msgid, sizeof s->tx->msgid, "%s.%04u", s->id, ++s->ntx % 10000);
 	s->tx->sender = xstrdup(p->addr);
 	policy_mail(s->ps, s->tx->sender);
 	s->tx->body8 = body8;
@@ -333,6 +333,9 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 	s->tx->envid = envid ? xstrdup(envid) : NULL;
 	psvc_begin(s, size);
 	dnscheck_mail(s->dns, s->tx->sender); /* looked up now, refused at RCPT */
+	/* The transaction's first line, as Postfix's "QUEUEID: client=". */
+	log_info("%s: client=[%s], helo=<%s>, from=<%s>", s->tx->msgid, s->addr, s->helo ? s->helo : "",
+		 s->tx->sender);
 	if (milter_enabled(cf))
 		mail_milters(s, p);
 	else
@@ -428,11 +431,11 @@ static void rcpt_milter_done(void *arg, struct milter_result *r)
 	struct rcpt_pending *rp = s->tx->rcpt_pending;
 	smtpd_enter_state(s, ST_CMD);
 	if ((r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) && policy_is_role(s->pol, rp->local)) {
-		log_info("%s: milter %s refused role account <%s> (%s): accepted", s->id, r->which, rp->addr,
-			 r->reply);
+		log_info("%s: milter %s refused role account <%s> (%s): accepted", s->tx->msgid, r->which,
+			 rp->addr, r->reply);
 	} else if (r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) {
 		s->tx->rcpt_pending = NULL;
-		stats_refusal(r->reply);
+		stats_reject_rule(r->reply[0] == '4' ? "tempfail_milter" : "milter"); /* a recipient */
 		milter_refused(s, "RCPT", r, rp->addr);
 		reply_lines(s, r->reply, 1);
 		smtpd_rcpt_pending_free(rp);
@@ -465,7 +468,7 @@ static int rcpt_finish(struct session *s, const struct policy_verdict *v)
 	if (v->rule && !strcmp(v->rule, GREY_RULE_PASS))
 		s->tx->grey_pass = 1;
 	if (v->discard || rp->discard)
-		log_info("%s: discard: RCPT from [%s]: <%s>: %s", s->id, s->addr, rp->addr,
+		log_info("%s: discard: RCPT from [%s]: <%s>: %s", s->tx->msgid, s->addr, rp->addr,
 			 rp->discard   ? "transport_maps"
 			     : v->rule ? v->rule
 				       : "access");
@@ -548,7 +551,7 @@ static int rcpt_routed(struct session *s, const struct policy_dom_result *res)
 	rp->env = (struct policy_env){
 		.loop = s->loop,
 		.pol = s->pol,
-		.session_id = s->id,
+		.session_id = s->tx->msgid, /* its lines carry the transaction id */
 		.client_addr = s->addr,
 		.helo = s->helo ? s->helo : "",
 		.sender = s->tx->sender,
@@ -707,10 +710,6 @@ static void prepend_headers(struct session *s)
 /* data_begin - the 354: start storing the body. */
 static void data_begin(struct session *s)
 {
-	if (!s->tx->msgid[0] && s->tx->psvc) /* the id the policy services were told */
-		memcpy(s->tx->msgid, s->tx->psvc->queue_id, sizeof s->tx->msgid);
-	else if (!s->tx->msgid[0]) /* with milters it was made at MAIL */
-		smtpd_gen_id(s->tx->msgid);
 	s->tx->spool = spool_new();
 	s->tx->data_err = DE_NONE;
 	prepend_headers(s);
@@ -768,12 +767,16 @@ static void relay_done(void *arg, const struct relay_result *r)
 	 * message is accepted. */
 	if (r->code < 300 && s->tx->grey_pass)
 		grey_accepted(s->loop, s->pol, s->addr, s->tx->sender);
-	const char *status = r->code < 300 ? "sent" : r->code < 500 ? "deferred" : "bounced";
+	/* perimd never bounces: a 5xx is the client's to bounce ("rejected"),
+	 * a 4xx the client's to retry ("deferred"). */
 	for (int i = 0; i < s->tx->msg.nrcpt; i++) {
 		const struct relay_rcpt *rr = &s->tx->rr[i];
+		int code = rr->code >= 400 ? rr->code : r->code;
 		log_info("%s: to=<%s>, relay=%s, delay=%.3f, status=%s (%s)", s->tx->msgid, rr->addr,
 			 r->backend[0] ? r->backend : "none", (double)ms / 1000.0,
-			 rr->code && rr->code >= 400 ? (rr->code < 500 ? "deferred" : "bounced") : status,
+			 code < 300       ? "sent"
+			     : code < 500 ? "deferred"
+					  : "rejected",
 			 rr->code >= 400           ? rr->reply
 			     : r->backend_reply[0] ? r->backend_reply
 						   : r->text);
@@ -813,6 +816,21 @@ static void av_done(void *arg, const char *refusal)
 	smtpd_reply(s, "%s", refusal);
 	smtpd_txn_reset(s);
 	smtpd_session_resume(s);
+}
+
+/* log_message_id - the message's Message-ID header field, logged as
+ * Postfix's cleanup does ("message-id=<>" when it has none); only the
+ * first MSGID_SCAN bytes are read. */
+#define MSGID_SCAN (32 * 1024)
+static void log_message_id(struct session *s)
+{
+	char *head = xmalloc(MSGID_SCAN), mid[256];
+	ssize_t n = spool_read(s->tx->spool, 0, head, MSGID_SCAN);
+	smtp_header_value(head, n > 0 ? (size_t)n : 0, "Message-ID", mid, sizeof mid);
+	free(head);
+	size_t l = strlen(mid);
+	int bracketed = l >= 2 && mid[0] == '<' && mid[l - 1] == '>';
+	log_info("%s: message-id=%s%s%s", s->tx->msgid, bracketed ? "" : "<", mid, bracketed ? "" : ">");
 }
 
 /* message_discard - DISCARD (a milter, an access map, header_checks):
@@ -986,6 +1004,7 @@ static void data_end(struct session *s)
 	const struct conf *cf = s->cf;
 	smtpd_enter_state(s, ST_CMD);
 	spool_finish(s->tx->spool);
+	log_message_id(s);
 	stats_inc(ST_msg_received);
 	const char *refusal = NULL;
 	if (s->tx->data_err == DE_TOO_BIG)

@@ -154,16 +154,15 @@ void stats_reject_rule(const char *rule)
 		{ "access", ST_rej_access },
 		{ "recipient", ST_rej_unknown_recipient },
 		{ "verify", ST_rej_unknown_recipient },
-		{ "virus", ST_rej_virus },
-		{ "helo", ST_rej_rfc },
-		{ "tempfail", ST_rej_tempfail },
+		{ "helo", ST_rej_rcpt_rfc },
+		{ "tempfail", ST_rej_rcpt_tempfail },
 	};
 	for (size_t i = 0; rule && i < sizeof map / sizeof map[0]; i++)
 		if (!strncmp(rule, map[i].prefix, strlen(map[i].prefix))) {
 			stats_inc(map[i].id);
 			return;
 		}
-	stats_inc(ST_rej_policy);
+	stats_inc(ST_rej_rcpt_policy);
 }
 
 /* stats_refusal - see stats.h. */

@@ -2,7 +2,7 @@
  * stats.h - counters, gauges and histograms of every module, and the health
  * state: the ground floor every module may count into (it uses only log.h
  * and buf.h). admin.c serves them on stats_listen: /metrics, /healthz, and
- * the graphs of the per-minute history.
+ * the graphs of the history.
  *
  * Adding a metric to your module (one line each):
  *   - a fixed counter or gauge: one STAT(...) row in stats_names.h, then
@@ -16,9 +16,12 @@
  *       stats_family_declare("perimd_viruses_total", "counter", "viruses found");
  *     these take a mutex: for events counted per message or rarer).
  *   - a refusal at RCPT from a policy check: smtpd.c counts it by the
- *     verdict's rule name (stats_reject_rule(): "greylist...", "dnsbl...",
- *     "rbl...", "access...", "recipient...", "verify...", "virus..."; any
- *     other name counts as reason="policy").
+ *     verdict's rule name into perimd_recipients_rejected_total
+ *     (stats_reject_rule(): "greylist...", "dnsbl...", "rbl...",
+ *     "access...", "recipient...", "verify...", "helo...", "tempfail...";
+ *     any other name counts as reason="policy"). Refusals of a whole
+ *     message (MAIL, DATA, the final dot) go to
+ *     perimd_messages_rejected_total (stats_refusal()).
  *
  * Cost: stats_inc() is a plain add into the calling thread's own block (no
  * lock, no atomic read-modify-write: a relaxed store the reader may see a

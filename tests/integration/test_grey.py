@@ -101,7 +101,7 @@ def test_delay_neighbour_and_other_network(perimd_factory, sink):
     assert m['perimd_greylist_decisions_total{result="new"}'] == 3
     assert m['perimd_greylist_decisions_total{result="early"}'] == 1
     assert m['perimd_greylist_decisions_total{result="passed"}'] == 3
-    assert m['perimd_messages_rejected_total{reason="greylist"}'] == 4
+    assert m['perimd_recipients_rejected_total{reason="greylist"}'] == 4
     # The SQLite file is in WAL mode.
     db = os.path.join(p.params["data_directory"], "greylist.db")
     con = sqlite3.connect(db)

@@ -82,7 +82,7 @@ def test_flood_over_quota_and_other_network(perimd_factory, sink):
     m = tg.metrics(p)
     assert m['perimd_greylist_decisions_total{result="over_quota"}'] == 7
     assert m['perimd_greylist_decisions_total{result="new"}'] == 5
-    assert m['perimd_messages_rejected_total{reason="greylist"}'] >= 12
+    assert m['perimd_recipients_rejected_total{reason="greylist"}'] >= 12
     # Never a pass on the way: the backend got nothing.
     assert sink.files() == []
 

@@ -227,7 +227,7 @@ def test_compose_perimd_conf_passes_check(tmp_path):
 def test_alert_rules_check_and_unit_tests():
     r = run("promtool", "check", "rules", RULES)
     assert r.returncode == 0, r.stdout
-    assert "SUCCESS: 10 rules found" in r.stdout, r.stdout
+    assert "SUCCESS: 11 rules found" in r.stdout, r.stdout
     r = run("promtool", "test", "rules", RULES_TEST, cwd=os.path.dirname(RULES_TEST))
     assert r.returncode == 0, r.stdout
     assert "SUCCESS" in r.stdout
@@ -299,12 +299,19 @@ def test_prometheus_scrapes_perimd(tmp_path, perimd_factory, sink):
         assert up and up[0]["value"][1] == "1"
         groups = prom_get(port, "/api/v1/rules")["data"]["groups"]
         rules_loaded = [r for g in groups for r in g["rules"]]
-        assert len(rules_loaded) == 10
+        assert len(rules_loaded) == 11
         assert all(r["health"] != "err" for r in rules_loaded), rules_loaded
         for title, expr in dashboard_queries():
             q = expr.replace("$instance", ".*").replace("$__rate_interval", "1m")
             r = prom_get(port, "/api/v1/query", query=q)
             assert r["status"] == "success", (title, q, r)
+        # Build, process and configuration metrics, as Prometheus stored them.
+        for q in ('perimd_build_info{job="perimd"} == 1', 'process_open_fds{job="perimd"} > 0',
+                  'process_resident_memory_bytes{job="perimd"} > 0',
+                  'time() - process_start_time_seconds{job="perimd"} < 3600',
+                  'count(count by (fingerprint) (perimd_config_fingerprint{job="perimd"})) == 1'):
+            res = prom_get(port, "/api/v1/query", query=q)["data"]["result"]
+            assert len(res) == 1, (q, res)
         # A query the dashboard must show data for: the relayed messages.
         cert_days = prom_get(port, "/api/v1/query",
                              query="(perimd_tls_certificate_expiry_timestamp_seconds - time()) / 86400")
@@ -319,28 +326,38 @@ def test_prometheus_scrapes_perimd(tmp_path, perimd_factory, sink):
 # fail2ban
 
 
-def test_fail2ban_filter_counts_refusals(tmp_path, perimd_factory, sink):
-    """fail2ban-regex with the shipped filter on a log perimd wrote: every
-    permanent refusal and the error-limit cut count, with the client's
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_fail2ban_filter_counts_refusals(tmp_path, perimd_factory, sink, log_format):
+    """fail2ban-regex with the shipped filter on a log perimd wrote, in
+    either log_format: every permanent refusal (at RCPT and at
+    END-OF-MESSAGE) and the error-limit cut count, with the client's
     address; greylisting, size refusals and accepted mail do not."""
-    p = perimd_factory(relay_backends="127.0.0.1:%d" % sink.port, smtpd_hard_error_limit=3)
+    p = perimd_factory(relay_backends="127.0.0.1:%d" % sink.port, smtpd_hard_error_limit=3,
+                       smtpd_forbid_bare_newline="reject", log_format=log_format)
     # Accepted: 2 messages.
     for _ in range(2):
         r = smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@client.test>", "RCPT TO:<b@example.com>",
                                    "DATA", "Subject: ok", "", "x", ".", "QUIT"])
         assert [x[0] for x in r][-2:] == [250, 221]
-    # Counted: 2 relay denials, and an error-limit cut.
+    # Counted: 2 relay denials, a bare LF refused at the end of the
+    # message (550 5.5.2 at END-OF-MESSAGE), and an error-limit cut.
     r = smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@client.test>", "RCPT TO:<x@other.test>",
                                "RCPT TO:<y@other.test>", "QUIT"])
     assert [x[0] for x in r] == [220, 250, 250, 550, 550, 221]
+    r = smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@client.test>", "RCPT TO:<b@example.com>",
+                               "DATA", b"Subject: lf\nbare\r\n", ".", "QUIT"])
+    assert [x[0] for x in r][-2:] == [550, 221], r
     r = smtp_dialogue(p.port, ["EHLO c", "BOGUS1", "BOGUS2", "BOGUS3", "BOGUS4", "QUIT"])
     # Not counted: a size refusal at MAIL.
     r = smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@client.test> SIZE=999999999999", "QUIT"])
     assert [x[0] for x in r] == [220, 250, 552, 221]
     p.wait_log(r"too many errors from \[127\.0\.0\.1\]")
     log = p.log_text()
-    refusals = len(re.findall(r": reject: RCPT from \[127\.0\.0\.1\]: 550 ", log))
+    refusals = len(re.findall(r"reject: RCPT from \[127\.0\.0\.1\]: 550 ", log))
     assert refusals == 2
+    assert len(re.findall(r"reject: END-OF-MESSAGE from \[127\.0\.0\.1\]: 550 5\.5\.2", log)) == 1
+    if log_format == "json":
+        assert all(ln.startswith("{") for ln in log.splitlines() if ln)
     # The filter as installed: beside fail2ban's own common.conf.
     fdir = tmp_path / "fail2ban" / "filter.d"
     fdir.mkdir(parents=True)
@@ -351,7 +368,7 @@ def test_fail2ban_filter_counts_refusals(tmp_path, perimd_factory, sink):
     assert r.returncode == 0, r.stdout
     m = re.search(r"^Lines: (\d+) lines, (\d+) ignored, (\d+) matched, (\d+) missed", r.stdout, re.M)
     assert m, r.stdout
-    assert int(m.group(3)) == 3, r.stdout
+    assert int(m.group(3)) == 4, r.stdout
     assert re.search(r"^\|\s+127\.0\.0\.1\s", r.stdout, re.M) or "127.0.0.1" in r.stdout
     matched = r.stdout.split("|- Matched line(s):", 1)[1].split("|- Missed line(s):", 1)[0]
     assert "552" not in matched and "status=sent" not in matched and "relay=" not in matched

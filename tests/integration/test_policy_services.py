@@ -291,7 +291,7 @@ def test_attributes_pooling_cache_prepend(perimd_factory, sink, dnsmasq, servers
         assert r.get(k) == v, (k, r)
     for k in ("instance", "queue_id", "sasl_username", "ccert_subject", "encryption_cipher"):
         assert k in r, (k, r)
-    assert re.fullmatch(r"[0-9A-Z]+", r["queue_id"]), r
+    assert re.fullmatch(r"[0-9A-Z]{12}\.\d{4}", r["queue_id"]), r  # the transaction id
     # instance: one per transaction
     first = [q for q in srv.requests if q["sender"] and q.get("size") == "1234"]
     assert len({q["instance"] for q in first}) == 1, first

@@ -209,7 +209,7 @@ def test_no_backend_has_the_extension(perimd_factory, hostile, params, code, enh
     expect(r, code, enh, r"no backend supports %s" % what)
     assert a.commands_of("MAIL") == [] and b.commands_of("MAIL") == []
     no_address(seen, a.port)
-    p.wait_log(r"relay=%s, .*status=bounced \(no backend supports %s\)" % (re.escape(b.target), what))
+    p.wait_log(r"relay=%s, .*status=rejected \(no backend supports %s\)" % (re.escape(b.target), what))
 
 
 def test_8bit_lacking_and_other_backend_down_is_temporary(perimd_factory, hostile):
@@ -325,7 +325,7 @@ def test_log_names_the_last_backend_when_it_refuses(perimd_factory, hostile):
     p = start(perimd_factory, [bad, refuser])
     r, seen = send(p.port)
     expect(r, 550, "5.1.1", r"^5\.1\.1 backend said: 550 5\.1\.1 no such user$")
-    p.wait_log(r"to=<%s>, relay=%s, .*status=bounced \(550 5\.1\.1 no such user\)"
+    p.wait_log(r"to=<%s>, relay=%s, .*status=rejected \(550 5\.1\.1 no such user\)"
                % (re.escape(RCPT), re.escape(refuser.target)))
     p.wait_log(r"backend=%s, backend_id=-, result=550" % re.escape(refuser.target))
 

@@ -64,7 +64,7 @@ def test_dnsbl_in_shadow(perimd_factory, backend, dnsmasq):
     m = metrics(p)
     assert m['perimd_shadow_rejects_total{check="dnsbl"}'] == 1
     assert m['perimd_shadow_rejects_total{check="greylist"}'] == 0
-    assert m.get('perimd_messages_rejected_total{reason="dnsbl"}', 0) == 0
+    assert m.get('perimd_recipients_rejected_total{reason="dnsbl"}', 0) == 0
     # The same list on a box without shadow_checks refuses.
     q = perimd_factory(**conf)
     r = dialogue(q, "127.0.0.6", ["user@example.com"])
@@ -96,7 +96,7 @@ def test_greylist_in_shadow(perimd_factory, backend):
     assert m['perimd_greylist_decisions_total{result="new"}'] == 1
     assert m['perimd_greylist_decisions_total{result="early"}'] == 1
     assert m['perimd_shadow_rejects_total{check="greylist"}'] == 2
-    assert m.get('perimd_messages_rejected_total{reason="greylist"}', 0) == 0
+    assert m.get('perimd_recipients_rejected_total{reason="greylist"}', 0) == 0
     assert len(backend.messages()) == 1
     # The Postfix policy service: DUNNO instead of DEFER_IF_PERMIT.
     port = int(p.params["policy_listen"].rsplit(":", 1)[1])

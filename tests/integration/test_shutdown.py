@@ -129,7 +129,7 @@ def stop_in_background(p, timeout):
 
 def summary_line(p, code):
     """The message's summary line (from=..., result=CODE ...): its id."""
-    m = p.wait_log(r"^.*?(\w+): from=<%s>, size=\d+, nrcpt=1, .*result=%d " %
+    m = p.wait_log(r"^.*?([\w.]+): from=<%s>, size=\d+, nrcpt=1, .*result=%d " %
                    (re.escape(SENDER), code), timeout=15)
     return m.group(1)
 
@@ -149,7 +149,7 @@ def test_backend_answers_after_drain_limit(perimd_factory):
             t0 = time.monotonic()
             stopper, errors = stop_in_background(p, 40)
             # The drain limit passes while the backend still stalls.
-            m = p.wait_log(r"(\w+): shutdown: message of client \[127\.0\.0\.1\] still being "
+            m = p.wait_log(r"([\w.]+): shutdown: message of client \[127\.0\.0\.1\] still being "
                            r"relayed; waiting for its outcome", timeout=10)
             assert time.monotonic() - t0 >= 0.9
             assert p.proc.poll() is None, "perimd stopped with the message in flight"
@@ -382,7 +382,7 @@ def test_message_being_scanned_at_drain_limit_is_relayed(perimd_factory):
             send_until_dot(c, "scanned")
             assert av.got_stream.wait(10)
             stopper, errors = stop_in_background(p, 40)
-            m = p.wait_log(r"(\w+): shutdown: message of client \[127\.0\.0\.1\] still being "
+            m = p.wait_log(r"([\w.]+): shutdown: message of client \[127\.0\.0\.1\] still being "
                            r"scanned; waiting for its outcome", timeout=10)
             assert p.proc.poll() is None
             av.released.set()

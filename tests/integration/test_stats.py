@@ -125,8 +125,11 @@ def test_metrics_count_known_traffic(perimd_factory, backend_factory):
     m = metrics(p)
     assert m["perimd_messages_received_total"] == 4
     assert m["perimd_messages_relayed_total"] == 3
+    # Refused recipients and refused messages are counted apart.
+    rej = {k: v for k, v in m.items() if k.startswith("perimd_recipients_rejected_total")}
+    assert rej.pop('perimd_recipients_rejected_total{reason="relay_denied"}') == 2
+    assert set(rej.values()) == {0}, rej
     rej = {k: v for k, v in m.items() if k.startswith("perimd_messages_rejected_total")}
-    assert rej.pop('perimd_messages_rejected_total{reason="relay_denied"}') == 2
     assert rej.pop('perimd_messages_rejected_total{reason="size"}') == 1
     assert rej.pop('perimd_messages_rejected_total{reason="backend_reject"}') == 1
     assert set(rej.values()) == {0}, rej
@@ -136,8 +139,8 @@ def test_metrics_count_known_traffic(perimd_factory, backend_factory):
     assert m["perimd_message_latency_seconds_count"] == 4
     assert m['perimd_message_latency_seconds_bucket{le="+Inf"}'] == 4
     assert m["perimd_transactions_in_flight"] == 0
-    assert m['perimd_backend_replies_total{stage="end of data",class="2xx"}'] == 3
-    assert m['perimd_backend_replies_total{stage="end of data",class="5xx"}'] == 1
+    assert m['perimd_backend_replies_total{stage="end_of_data",class="2xx"}'] == 3
+    assert m['perimd_backend_replies_total{stage="end_of_data",class="5xx"}'] == 1
     assert m['perimd_backend_up{backend="127.0.0.1:%d"}' % b.port] == 1
     assert m['perimd_backend_connections_total{result="failed"}'] == 0
     assert m["perimd_sessions_active"] == 0
@@ -231,7 +234,9 @@ def test_graphs_and_history_survive_restart(perimd_factory, backend_factory, tmp
     r = smtp_dialogue(p.port, ["EHLO c", "MAIL FROM:<a@c.test>", "RCPT TO:<x@other.test>", "QUIT"])
     assert [x[0] for x in r] == [220, 250, 250, 550, 221]
     expect = {("messages", "hour"): 60, ("messages", "day"): 288, ("messages", "week"): 336,
-              ("sessions", "hour"): 60, ("sessions", "day"): 288, ("sessions", "week"): 336}
+              ("messages", "month"): 360, ("messages", "year"): 365,
+              ("sessions", "hour"): 60, ("sessions", "day"): 288, ("sessions", "week"): 336,
+              ("sessions", "month"): 360, ("sessions", "year"): 365}
     for (which, period), n in expect.items():
         status, head, body = get(stats_port(p), "/graph/%s-%s.svg" % (which, period))
         assert status == 200 and "image/svg+xml" in head
@@ -251,9 +256,17 @@ def test_graphs_and_history_survive_restart(perimd_factory, backend_factory, tmp
     assert metrics(p2)["perimd_messages_received_total"] == 0
     hour = svg_series(get(stats_port(p2), "/graph/messages-hour.svg")[2])
     assert sum(hour["received"]) == 2 and sum(hour["rejected"]) == 1
-    # The page holds all six graphs inline.
+    # The month (2-hour points) and year (daily points) views hold them too
+    # (per minute: 2 received in a 120- or 1440-minute point).
+    month = svg_series(get(stats_port(p2), "/graph/messages-month.svg")[2])
+    assert round(sum(month["received"]) * 120, 3) == 2, month["received"][-3:]
+    year = svg_series(get(stats_port(p2), "/graph/messages-year.svg")[2])
+    assert round(sum(year["received"]) * 1440, 2) == 2, year["received"][-3:]
+    # The page holds all ten graphs inline: hour, day, week, month, year.
     status, head, page = get(stats_port(p2), "/")
-    assert status == 200 and page.count(b"<svg ") == 6 and b"<script" not in page
+    assert status == 200 and page.count(b"<svg ") == 10 and b"<script" not in page
+    for period in (b"last month", b"last year"):
+        assert page.count(period) >= 2, period
 
 
 def test_malformed_requests_get_400(perimd_factory):
@@ -343,5 +356,36 @@ def test_chromium_renders_status_page(perimd_factory, backend_factory, tmp_path)
     with open(shot, "rb") as f:
         png = f.read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    # A blank page compresses to a few kB; six labelled graphs do not.
+    # A blank page compresses to a few kB; ten labelled graphs do not.
     assert len(png) > 20000, len(png)
+
+
+def test_month_and_year_views_from_old_history(perimd_factory, backend_factory, tmp_path):
+    """A history file of the previous format (minutes only) with traffic
+    20 and 200 days ago: the week view no longer shows it, the month view
+    shows the first, the year view both, and after a restart (the file now
+    in the new format) the same."""
+    b = backend_factory()
+    data = tmp_path / "old-lib"
+    data.mkdir()
+    now_min = int(time.time()) // 60
+    m20, m200 = now_min - 20 * 1440, now_min - 200 * 1440
+    (data / "stats.history").write_text(
+        "perimd-history 1\n%d 240 0 12 0 30 2\n%d 1440 0 0 0 5 0\n" % (m20, m200))
+    for restart in range(2):
+        p = start(perimd_factory, [b], data_directory=str(data))
+        week = svg_series(get(stats_port(p), "/graph/messages-week.svg")[2])
+        assert sum(week["received"]) == 0
+        month = svg_series(get(stats_port(p), "/graph/messages-month.svg")[2])
+        assert [round(v * 120) for v in month["received"] if v] == [240], restart
+        assert [round(v * 120) for v in month["rejected"] if v] == [12]
+        sess = svg_series(get(stats_port(p), "/graph/sessions-month.svg")[2])
+        assert max(sess["sessions"]) == 30
+        year = svg_series(get(stats_port(p), "/graph/messages-year.svg")[2])
+        assert sorted(round(v * 1440) for v in year["received"] if v) == [240, 1440], restart
+        # The first point of the year view is 364 days back, the last today.
+        assert len(year["received"]) == 365
+        i20 = [i for i, v in enumerate(year["received"]) if round(v * 1440) == 240][0]
+        assert 364 - i20 in (19, 20, 21), i20
+        p.stop()
+    assert (data / "stats.history").read_text().startswith("perimd-history 2\n")

@@ -51,8 +51,8 @@ def test_known_mix_counts_exactly(perimd_factory, sink, tmp_path):
     m = metrics(p)
     want = {
         "perimd_messages_relayed_total": 2,
-        'perimd_messages_rejected_total{reason="greylist"}': 2,
-        'perimd_messages_rejected_total{reason="relay_denied"}': 1,
+        'perimd_recipients_rejected_total{reason="greylist"}': 2,
+        'perimd_recipients_rejected_total{reason="relay_denied"}': 1,
         'perimd_messages_rejected_total{reason="virus"}': 1,
         'perimd_greylist_decisions_total{result="new"}': 1,
         'perimd_greylist_decisions_total{result="early"}': 1,

@@ -1366,6 +1366,31 @@ TEST(test_ehlo_caps)
 	CHECK_INT(smtp_ehlo_caps(&R, &size), 0);
 }
 
+/* test_header_value - the Message-ID perimd logs: found case-insensitively
+ * in the header only, unfolded, trimmed, cut to the buffer; not found when
+ * absent, in the body, or on a line cut by the end of the data. */
+TEST(test_header_value)
+{
+	char v[64];
+	const char *m = "Received: x\r\nmessage-ID :  <a@b>\r\n\t (c)\r\nSubject: s\r\n\r\nMessage-ID: <body>\r\n";
+	CHECK_INT(smtp_header_value(m, strlen(m), "Message-ID", v, sizeof v), 1);
+	CHECK_STR(v, "<a@b> (c)");
+	CHECK_INT(smtp_header_value(m, strlen(m), "Subject", v, sizeof v), 1);
+	CHECK_STR(v, "s");
+	CHECK_INT(smtp_header_value(m, strlen(m), "X-None", v, sizeof v), 0);
+	CHECK_STR(v, "");
+	const char *b = "Subject: s\n\nMessage-ID: <in-body>\n";
+	CHECK_INT(smtp_header_value(b, strlen(b), "Message-ID", v, sizeof v), 0);
+	const char *cut = "Message-ID: <cut";
+	CHECK_INT(smtp_header_value(cut, strlen(cut), "Message-ID", v, sizeof v), 0);
+	const char *ctl = "Message-ID: <a\x01" "b>\n\n";
+	CHECK_INT(smtp_header_value(ctl, strlen(ctl), "Message-ID", v, 5), 1);
+	CHECK_STR(v, "<a?b");
+	const char *pre = "Message-IDX: <no>\nMessage-ID:<yes>\n\n";
+	CHECK_INT(smtp_header_value(pre, strlen(pre), "Message-ID", v, sizeof v), 1);
+	CHECK_STR(v, "<yes>");
+}
+
 TEST(test_xforward)
 {
 	size_t c;
@@ -1417,6 +1442,7 @@ TEST(test_xforward)
 
 int main(void)
 {
+	RUN(test_header_value);
 	RUN(test_line_find_basic);
 	RUN(test_line_find_limit);
 	RUN(test_line_find_trickle);

@@ -201,8 +201,32 @@ TEST(test_history)
 	vals = strstr(svg.p, "data-series=\"ldap_connections\" data-values=\"");
 	CHECK(vals && strstr(vals, " 0 3\"") != NULL);
 	CHECK_INT(graph_svg(&svg, h, m, "nothing", "hour"), -1);
-	CHECK_INT(graph_svg(&svg, h, m, "sessions", "year"), -1);
+	CHECK_INT(graph_svg(&svg, h, m, "sessions", "decade"), -1);
 	sb_free(&svg);
+	/* The coarse rings hold the same minutes: 8 + 5 received, sessions 7. */
+	CHECK(history_get(h, HR_2H, m / HIST_2H_MIN, HS_RECEIVED) == 13 ||
+	      history_get(h, HR_2H, (m + 1) / HIST_2H_MIN, HS_RECEIVED) +
+		      history_get(h, HR_2H, m / HIST_2H_MIN, HS_RECEIVED) ==
+		  13);
+	CHECK(history_get(h, HR_DAY, m / HIST_DAY_MIN, HS_SESSIONS) == 7);
+	CHECK(memcmp(h->p2h, h2->p2h, sizeof h->p2h) == 0 && memcmp(h->vday, h2->vday, sizeof h->vday) == 0);
+	/* A year later the day ring still has it; the minute ring does not. */
+	CHECK_INT(graph_svg(&svg, h, m + 300 * 1440, "messages", "year"), 0);
+	vals = strstr(svg.p, "data-series=\"received\" data-values=\"");
+	CHECK(vals && strstr(vals, " 0.00902778") != NULL); /* 13 a day: 13 / 1440 per minute */
+	sb_free(&svg);
+	CHECK_INT(graph_svg(&svg, h, m + 20 * 1440, "messages", "month"), 0);
+	vals = strstr(svg.p, "data-series=\"received\" data-values=\"");
+	CHECK(vals && strstr(vals, " 0.108333") != NULL); /* 13 in 2 hours */
+	sb_free(&svg);
+	/* A version 1 file (minutes only) fills the coarse rings too. */
+	struct history *h4 = calloc(1, sizeof *h4);
+	const char *v1 = "perimd-history 1\n29000000 3 0 1 0 4 0\n29000001 2 0 0 0 9 1\n";
+	CHECK_INT(history_parse(h4, v1, strlen(v1)), 0);
+	CHECK(history_get(h4, HR_MINUTE, 29000001, HS_RECEIVED) == 2);
+	CHECK(history_get(h4, HR_2H, 29000000 / HIST_2H_MIN, HS_RECEIVED) == 5);
+	CHECK(history_get(h4, HR_DAY, 29000000 / HIST_DAY_MIN, HS_SESSIONS) == 9);
+	free(h4);
 	free(h);
 	free(h2);
 	free(h3);
