@@ -12,6 +12,8 @@
 #                         plain, with libclamav and with the same clamd (test signatures)
 #   ./build.sh bench latency   client-side latency (final dot -> reply, p50/p99) and
 #                         messages/s of direct, Postfix, Haraka and perimd (tests/bench_latency.py)
+#   ./build.sh bench ab OLD NEW   two git revisions built and run alternately on the same
+#                         load: msg/s and CPU ms/msg ratios NEW/OLD at 512 B and 100 KB
 #   ./build.sh static     fully static musl binary from Debian sources (vendor/):
 #                         build/static/perimd; `static noclamav`: without libclamav
 #                         (clamd mode), build/static-noclamav/perimd
@@ -45,12 +47,20 @@ DEPS+=(musl-tools cmake ninja-build tcl dpkg-dev file haproxy podman runc)
 DEPS+=(systemd util-linux docker-compose python3-yaml prometheus fail2ban libnet-ssleay-perl)
 # Style checks (tests/check_style.sh).
 DEPS+=(clang-format cppcheck)
+# The fleet on MariaDB Galera (tests/integration/test_galera.py): the provider
+# and the rsync state transfer of a joining node (its script uses ss).
+DEPS+=(galera-4 rsync iproute2)
+# The fleet's store against its peers (tests/bench_fleet.py): sqlgrey on MariaDB
+# through DBD::mysql (postgrey: below).
+DEPS+=(sqlgrey libdbd-mysql-perl)
 # tests/run.sh: a per-test time bound (pytest --timeout).
 DEPS+=(python3-pytest-timeout)
 # Policy services (tests/integration/test_policy_services.py): postgrey, policyd-spf and socat to serve it.
 DEPS+=(postgrey postfix-policyd-spf-python socat)
 # The migration guide's Postfix side (tests/integration/test_migration.py).
 DEPS+=(clamav-milter)
+# test_milter.py: real milters (rspamd proxy worker, opendkim sign/verify, clamav-milter with clamd)
+DEPS+=(rspamd opendkim opendkim-tools clamav-milter)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {

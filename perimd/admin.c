@@ -66,8 +66,8 @@ static int starting_stop; /* atomic */
 static void *starting_main(void *arg)
 {
 	(void)arg;
-	static const char ans[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-				  "Content-Length: 9\r\nConnection: close\r\n\r\nstarting\n";
+	struct strbuf ans = { 0 };
+	http_response(&ans, 503, "text/plain", "starting\n", strlen("starting\n"), 0);
 	while (!__atomic_load_n(&starting_stop, __ATOMIC_SEQ_CST)) {
 		struct pollfd pf = { .fd = starting_fd, .events = POLLIN };
 		if (poll(&pf, 1, 100) <= 0)
@@ -82,10 +82,11 @@ static void *starting_main(void *arg)
 			ssize_t n = recv(c, buf, sizeof buf, MSG_DONTWAIT);
 			(void)n;
 		}
-		ssize_t w = send(c, ans, sizeof ans - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t w = send(c, ans.p, ans.len, MSG_NOSIGNAL | MSG_DONTWAIT);
 		(void)w;
 		close(c);
 	}
+	sb_free(&ans);
 	return NULL;
 }
 
@@ -343,6 +344,74 @@ void admin_loop_finished(struct ev_loop *loop)
 
 /* ---- the command line --------------------------------------------------- */
 
+/* series_add - add value to the series name (kept in first-seen order). */
+static void series_add(struct admin_series **v, int *n, const char *name, double value)
+{
+	for (int i = 0; i < *n; i++)
+		if (!strcmp((*v)[i].name, name)) {
+			(*v)[i].sum += value;
+			return;
+		}
+	*v = xrealloc(*v, (size_t)(*n + 1) * sizeof **v);
+	(*v)[*n].name = xstrdup(name);
+	(*v)[(*n)++].sum = value;
+}
+
+/* admin_metrics_sum - see admin.h. */
+void admin_metrics_sum(char *body, struct admin_series **v, int *n)
+{
+	char *save = NULL;
+	for (char *ln = strtok_r(body, "\n", &save); ln; ln = strtok_r(NULL, "\n", &save)) {
+		char *sp = strrchr(ln, ' '), *end;
+		if (ln[0] == '#' || !sp || sp == ln)
+			continue;
+		*sp = 0;
+		double value = strtod(sp + 1, &end);
+		if (end != sp + 1 && (!*end || (*end == '\r' && !end[1])))
+			series_add(v, n, ln, value);
+	}
+}
+
+/* admin_series_free - see admin.h. */
+void admin_series_free(struct admin_series *v, int n)
+{
+	for (int i = 0; i < n; i++)
+		free(v[i].name);
+	free(v);
+}
+
+/* fleet_stats - perimd stats ADDR...: every box's /metrics (ADDR as
+ * "host:port" or "http://host:port/..."), each series summed over the
+ * boxes that answered. 0, or 1 when one did not (the others' totals are
+ * printed all the same). */
+static int fleet_stats(int naddr, char **addrs)
+{
+	struct admin_series *v = NULL;
+	int n = 0, answered = 0, rc = 0;
+	for (int i = 0; i < naddr; i++) {
+		char addr[256], err[512];
+		const char *a = strncmp(addrs[i], "http://", 7) ? addrs[i] : addrs[i] + 7;
+		snprintf(addr, sizeof addr, "%.*s", (int)strcspn(a, "/"), a);
+		int status = 0;
+		struct strbuf body = { 0 };
+		if (http_get(addr, "/metrics", 5000, &status, &body, err, sizeof err) < 0 || status != 200) {
+			if (status && status != 200)
+				snprintf(err, sizeof err, "/metrics answered %d", status);
+			fprintf(stderr, "perimd: %s: %s\n", addr, err);
+			rc = 1;
+		} else {
+			admin_metrics_sum(body.p ? body.p : (char *)"", &v, &n);
+			answered++;
+		}
+		sb_free(&body);
+	}
+	printf("# %d of %d boxes answered; each series summed over them\n", answered, naddr);
+	for (int i = 0; i < n; i++)
+		printf("%-64s %.15g\n", v[i].name, v[i].sum);
+	admin_series_free(v, n);
+	return answered ? rc : 1;
+}
+
 /* admin_command - see admin.h. */
 int admin_command(int argc, char **argv, const char *default_conf)
 {
@@ -351,8 +420,11 @@ int admin_command(int argc, char **argv, const char *default_conf)
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "-c") && i + 1 < argc) {
 			path = argv[++i];
+		} else if (!hc && argv[i][0] != '-' && !path) {
+			return fleet_stats(argc - i, argv + i);
 		} else {
-			fprintf(stderr, "usage: perimd %s [-c FILE]\n", argv[0]);
+			fprintf(stderr, "usage: perimd %s [-c FILE]%s\n", argv[0],
+				hc ? "" : " | perimd stats ADDR...");
 			return 2;
 		}
 	}

@@ -41,4 +41,15 @@ void admin_loop_start(struct ev_loop *loop, int listen_fd, int nloops);
  * loop has drained, then saves the history and closes the listener. */
 void admin_loop_finished(struct ev_loop *loop);
 
+/* perimd stats ADDR...: a fleet's totals. admin_metrics_sum - add each
+ * series ("name{labels} value" lines; comments, blank and malformed lines
+ * skipped) of a /metrics body (changed in place) to v[0..n), in first-seen
+ * order; admin_series_free - the totals. */
+struct admin_series {
+	char *name; /* name{labels} */
+	double sum;
+};
+void admin_metrics_sum(char *body, struct admin_series **v, int *n);
+void admin_series_free(struct admin_series *v, int n);
+
 #endif

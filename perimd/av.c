@@ -86,14 +86,6 @@ static const struct {
 };
 static uint64_t incomplete[LIM_N]; /* atomic */
 
-/* av_mono_ms - monotonic milliseconds. */
-uint64_t av_mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* av_kind_parse - the kind of av_scanner, and clamd's address. */
 enum av_kind av_kind_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len)
 {
@@ -116,6 +108,28 @@ enum av_kind av_kind_parse(const char *s, struct sockaddr_storage *ss, socklen_t
 	}
 	const char *why;
 	return net_parse_addr(a, -1, ss, len, &why) < 0 ? AVK_BAD : AVK_CLAMD;
+}
+
+/* av_scanner parsed: once per loaded configuration and thread, not per
+ * message (a conf's gen is unique and never 0). */
+struct av_target {
+	unsigned long long gen;
+	enum av_kind kind;
+	struct sockaddr_storage ss;
+	socklen_t len;
+};
+static __thread struct av_target av_target_cur;
+
+/* av_target_of - cf's av_scanner, parsed when cf is new to this thread. */
+static const struct av_target *av_target_of(const struct conf *cf)
+{
+	struct av_target *t = &av_target_cur;
+	if (t->gen != cf->gen || !cf->gen) {
+		t->len = 0;
+		t->kind = av_kind_parse(cf->av_scanner, &t->ss, &t->len);
+		t->gen = cf->gen;
+	}
+	return t;
 }
 
 /* av_enabled - scanning on? */
@@ -208,15 +222,9 @@ void av_render_metrics(struct strbuf *out)
 		  "# TYPE perimd_viruses_total counter\n");
 	pthread_mutex_lock(&names_mu);
 	for (int i = 0; i < nnames; i++) {
-		char esc[2 * SCANNER_NAME_MAX + 1];
-		size_t k = 0;
-		for (const char *p = names[i].name; *p && k < sizeof esc - 3; p++) {
-			if (*p == '\\' || *p == '"')
-				esc[k++] = '\\';
-			esc[k++] = *p == '\n' ? 'n' : *p;
-		}
-		esc[k] = 0;
-		sb_printf(out, "perimd_viruses_total{name=\"%s\"} %llu\n", esc, (unsigned long long)names[i].n);
+		sb_add(out, "perimd_viruses_total{name=\"", strlen("perimd_viruses_total{name=\""));
+		stats_escape_label(out, names[i].name);
+		sb_printf(out, "\"} %llu\n", (unsigned long long)names[i].n);
 	}
 	pthread_mutex_unlock(&names_mu);
 	static const char *const le[] = { "0.01", "0.05", "0.1", "0.5", "1", "5", "30", "+Inf" };
@@ -334,13 +342,13 @@ static void finish(struct av_req *r, enum av_outcome o, const char *text)
 		log_warn("%s: av: not fully scanned: limit=%s (%s), scan=%.3f%s, av_oversize_action=%s",
 			 r->msgid, limits[lim].label, *text ? text : "clamd: INSTREAM size limit exceeded",
 			 secs, eng, cf->av_oversize_action);
-		if (!strcmp(cf->av_oversize_action, "reject"))
+		if (cf->av_oversize_action_e == AV_OVERSIZE_REJECT)
 			snprintf(r->refusal, sizeof r->refusal, "554 5.7.0 message not fully scanned: %s",
 				 limits[lim].what);
-		else if (!strcmp(cf->av_oversize_action, "tempfail"))
+		else if (cf->av_oversize_action_e == AV_OVERSIZE_TEMPFAIL)
 			snprintf(r->refusal, sizeof r->refusal, "451 4.7.0 message not fully scanned: %s",
 				 limits[lim].what);
-		if (strcmp(cf->av_oversize_action, "accept") != 0)
+		if (cf->av_oversize_action_e != AV_OVERSIZE_ACCEPT)
 			refusal = r->refusal;
 		break;
 	}
@@ -348,7 +356,7 @@ static void finish(struct av_req *r, enum av_outcome o, const char *text)
 		__atomic_add_fetch(&counters.errors, 1, __ATOMIC_RELAXED);
 		log_warn("%s: av: scan failed: %s, scan=%.3f%s, av_fail_action=%s", r->msgid, text, secs, eng,
 			 cf->av_fail_action);
-		if (strcmp(cf->av_fail_action, "accept") != 0)
+		if (cf->av_fail_action_e != AV_FAIL_ACCEPT)
 			refusal = "451 4.3.0 content scanner unavailable";
 		break;
 	case AVO_OVERSIZE:
@@ -356,9 +364,9 @@ static void finish(struct av_req *r, enum av_outcome o, const char *text)
 		log_info("%s: av: not scanned: size %llu over av_max_size %lld, av_oversize_action=%s",
 			 r->msgid, (unsigned long long)spool_size(r->sp), cf->av_max_size,
 			 cf->av_oversize_action);
-		if (!strcmp(cf->av_oversize_action, "reject"))
+		if (cf->av_oversize_action_e == AV_OVERSIZE_REJECT)
 			refusal = "552 5.3.4 message size exceeds the content scanning limit";
-		else if (!strcmp(cf->av_oversize_action, "tempfail"))
+		else if (cf->av_oversize_action_e == AV_OVERSIZE_TEMPFAIL)
 			refusal = "451 4.3.0 message too large for the content scanner";
 		break;
 	}
@@ -691,15 +699,13 @@ struct av_req *av_scan(struct ev_loop *loop, const struct conf *cf, struct spool
 	r->engine_us = -1;
 	snprintf(r->msgid, sizeof r->msgid, "%s", msgid);
 	ev_timer_start(loop, &r->timer, (uint64_t)cf->av_timeout, on_timeout, r);
-	struct sockaddr_storage ss;
-	socklen_t len = 0;
-	enum av_kind k = av_kind_parse(cf->av_scanner, &ss, &len);
+	const struct av_target *t = av_target_of(cf);
 	if (spool_size(sp) > (uint64_t)cf->av_max_size)
 		finish_later(r, AVO_OVERSIZE, "");
-	else if (k == AVK_LIBCLAMAV && av_loops && ev_loop_index(loop) < av_nloops)
+	else if (t->kind == AVK_LIBCLAMAV && av_loops && ev_loop_index(loop) < av_nloops)
 		scan_local(r);
-	else if (k == AVK_CLAMD)
-		scan_clamd(r, &ss, len);
+	else if (t->kind == AVK_CLAMD)
+		scan_clamd(r, &t->ss, t->len);
 	else
 		finish_later(r, AVO_FAIL, "scanner not running (av_scanner changed: restart perimd)");
 	return r;

@@ -71,7 +71,7 @@ extern int av_nloops;
 /* ---- av_sup.c, for av.c ------------------------------------------------- */
 
 /* An inplace signature load (av_reload_mode = inplace) runs: 1 while the
- * scanner has no engine; av_load_end, av_mono_ms() when the last one
+ * scanner has no engine; av_load_end, clock_ms() when the last one
  * ended. Scans do not time out while one runs (atomic). */
 extern int av_loading;
 extern uint64_t av_load_end;
@@ -80,7 +80,6 @@ long long av_scan_time(const struct conf *cf);
 
 /* ---- av.c, for av_sup.c ------------------------------------------------- */
 
-uint64_t av_mono_ms(void);
 enum av_kind av_kind_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 void av_list_del(struct av_req *r);
 void av_loop_attach(void *arg);

@@ -7,6 +7,7 @@
  * requests themselves are av.c's; av_int.h is what the two share.
  */
 #include "av.h"
+#include "clock.h"
 #include "av_int.h"
 #include "conf.h"
 #include "ev.h"
@@ -51,7 +52,7 @@ uint64_t av_load_end;
 static void load_ended(void)
 {
 	if (__atomic_load_n(&av_loading, __ATOMIC_ACQUIRE)) {
-		__atomic_store_n(&av_load_end, av_mono_ms(), __ATOMIC_RELEASE);
+		__atomic_store_n(&av_load_end, clock_ms(), __ATOMIC_RELEASE);
 		__atomic_store_n(&av_loading, 0, __ATOMIC_RELEASE);
 	}
 }
@@ -69,16 +70,16 @@ long long av_scan_time(const struct conf *cf)
 static void limits_format(const struct conf *cf, char *buf, size_t len)
 {
 	unsigned enc = 0;
-	if (!strcmp(cf->av_alert_encrypted, "archive") || !strcmp(cf->av_alert_encrypted, "yes"))
+	if (cf->av_alert_encrypted_e == AV_ENC_ARCHIVE || cf->av_alert_encrypted_e == AV_ENC_YES)
 		enc |= SCANNER_ENC_ARCHIVE;
-	if (!strcmp(cf->av_alert_encrypted, "document") || !strcmp(cf->av_alert_encrypted, "yes"))
+	if (cf->av_alert_encrypted_e == AV_ENC_DOCUMENT || cf->av_alert_encrypted_e == AV_ENC_YES)
 		enc |= SCANNER_ENC_DOC;
 	long long st = av_scan_time(cf);
 	if (st >= cf->av_timeout) /* refused by -t; a reload may bring it */
 		st = cf->av_timeout > 2000 ? cf->av_timeout - 1000 : cf->av_timeout / 2;
 	snprintf(buf, len, "%lld %lld %lld %lld %lld %u %lld %d", cf->av_max_recursion, cf->av_max_files,
 		 cf->av_max_scan_size, cf->av_max_file_size, st, enc, cf->av_max_size,
-		 !strcmp(cf->av_reload_mode, "inplace"));
+		 cf->av_reload_mode_e == AV_RELOAD_INPLACE);
 }
 
 /* ---- the supervisor --------------------------------------------------------- */
@@ -138,7 +139,7 @@ static int sup_spawn(int *fds, char *err, size_t errlen)
 	}
 	sup.pid = pid;
 	sup.ctl = sv[0][0];
-	sup.started = av_mono_ms();
+	sup.started = clock_ms();
 	for (int i = 0; i < n; i++) {
 		fds[i] = sv[i + 1][0];
 		fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
@@ -193,9 +194,9 @@ static int sup_wait(int ms)
 /* sup_ready - wait (bounded) for "ready"; 0 or -1 with err. */
 static int sup_ready(char *err, size_t errlen)
 {
-	uint64_t deadline = av_mono_ms() + READY_WAIT_MS;
+	uint64_t deadline = clock_ms() + READY_WAIT_MS;
 	while (!__atomic_load_n(&sup.stop, __ATOMIC_RELAXED)) {
-		uint64_t now = av_mono_ms();
+		uint64_t now = clock_ms();
 		if (now >= deadline) {
 			snprintf(err, errlen, "the scanner did not load %s within %d s", sup.dbdir,
 				 READY_WAIT_MS / 1000);
@@ -237,13 +238,13 @@ static void sup_restart(const char *why)
 	int *fds = xcalloc((size_t)av_nloops, sizeof *fds);
 	while (!__atomic_load_n(&sup.stop, __ATOMIC_RELAXED)) {
 		/* No faster than one start a second when it keeps dying. */
-		uint64_t since = av_mono_ms() - sup.started;
+		uint64_t since = clock_ms() - sup.started;
 		if (since < 1000)
 			sup_wait((int)(1000 - since));
 		char err[512];
 		if (sup_spawn(fds, err, sizeof err) < 0) {
 			log_err("%s", err);
-			sup.started = av_mono_ms();
+			sup.started = clock_ms();
 			continue;
 		}
 		if (sup_ready(err, sizeof err) == 0) {
@@ -266,7 +267,7 @@ static void sup_restart(const char *why)
 /* sup_main - the supervisor thread: ping, reload, restart. */
 static void *sup_main(void *arg)
 {
-	uint64_t last_ping = 0, last_pong = av_mono_ms();
+	uint64_t last_ping = 0, last_pong = clock_ms();
 	while (!__atomic_load_n(&sup.stop, __ATOMIC_RELAXED)) {
 		int readable = sup_wait(1000);
 		if (__atomic_load_n(&sup.stop, __ATOMIC_RELAXED))
@@ -291,7 +292,7 @@ static void *sup_main(void *arg)
 				unsigned sigs = 0;
 				int inflight = 0;
 				if (sscanf(buf, "pong %llu %d", &age, &inflight) == 2) {
-					last_pong = av_mono_ms();
+					last_pong = clock_ms();
 					if (age > (unsigned long long)__atomic_load_n(&sup.timeout,
 										      __ATOMIC_RELAXED) +
 						HANG_GRACE_MS)
@@ -315,7 +316,7 @@ static void *sup_main(void *arg)
 				}
 			}
 		}
-		uint64_t now = av_mono_ms();
+		uint64_t now = clock_ms();
 		if (!dead && now - last_pong > PONG_WAIT_MS)
 			dead = "not answering";
 		if (!dead && now - last_ping >= 1000) {
@@ -325,7 +326,7 @@ static void *sup_main(void *arg)
 		if (dead) {
 			load_ended();
 			sup_restart(dead);
-			last_pong = av_mono_ms();
+			last_pong = clock_ms();
 		}
 	}
 	return arg;

@@ -12,4 +12,10 @@ int climit_enter(const char *addr, int limit);
 /* climit_leave - one session of addr ended. */
 void climit_leave(const char *addr);
 
+/* climit_set_fleet - the fleet (fleet.c) shares the counts: publish(addr,
+ * count) after every change of a count here (no lock held), remote(addr)
+ * the sessions other boxes hold, added before the limit is applied.
+ * NULLs stop it. */
+void climit_set_fleet(void (*publish)(const char *addr, int count), int (*remote)(const char *addr));
+
 #endif

@@ -37,12 +37,34 @@ struct param {
 	long long min, max;
 	const char *choices;
 	size_t off;
+	size_t eoff; /* ENUM: the offset of NAME_e */
 };
+
+/* The offset of an ENUM's NAME_e field (0 for other types). */
+#define EOFF_BOOL(name) 0
+#define EOFF_INT(name) 0
+#define EOFF_TIME(name) 0
+#define EOFF_SIZE(name) 0
+#define EOFF_STR(name) 0
+#define EOFF_ENUM(name) offsetof(struct conf, name##_e)
+#define EOFF_LIST(name) 0
+#define EOFF_MAP(name) 0
+#define EOFF_MAPLIST(name) 0
 
 static const struct param params[] = {
 #define PARAM(type, name, def, min, max, choices, doc) \
-	{ #name, T_##type, def, min, max, choices, offsetof(struct conf, name) },
+	{ #name, T_##type, def, min, max, choices, offsetof(struct conf, name), EOFF_##type(name) },
 #include "conf_params.h"
+#undef PARAM
+};
+
+/* The restart-only parameters (RESTART column of conf_params.h): their
+ * offsets. */
+static const size_t restart_offs[] = {
+#define PARAM(type, name, def, min, max, choices, doc)
+#define RESTART(name) offsetof(struct conf, name),
+#include "conf_params.h"
+#undef RESTART
 #undef PARAM
 };
 
@@ -495,29 +517,17 @@ static int domain_ok(const char *s)
 	return *s != 0;
 }
 
-/* enum_choice - the choice of p matching s (case-insensitive), or NULL. */
-static char *enum_choice(const struct param *p, const char *s)
-{
-	const char *c = p->choices;
-	size_t n = strlen(s);
-	while (c && *c) {
-		size_t k = strcspn(c, "|");
-		if (k == n && strncasecmp(c, s, n) == 0)
-			return xstrndup(c, k);
-		c += k + (c[k] == '|');
-	}
-	return NULL;
-}
-
 /*
- * parse_value - parse the expanded text s for parameter p into dst (its
- * field in a struct conf). Returns 0, or -1 with why filled.
+ * parse_value - parse the expanded text s for parameter p into its
+ * field(s) of c. Returns 0, or -1 with why filled.
  */
-static int parse_value(const struct param *p, const char *s, void *dst, char *why, size_t wl)
+static int parse_value(const struct param *p, const char *s, struct conf *c, char *why, size_t wl)
 {
+	void *dst = (char *)c + p->off;
 	long long v = 0;
 	const char *rest;
-	char *str;
+	int e;
+	char text[128];
 
 	/* myhostname goes into the banner, EHLO and Received: a host name
 	 * (letters, digits, '-', '_', dots), never text with blanks. */
@@ -564,11 +574,12 @@ static int parse_value(const struct param *p, const char *s, void *dst, char *wh
 		break;
 	case T_STR: *(char **)dst = xstrdup(s); return 0;
 	case T_ENUM:
-		if (!(str = enum_choice(p, s))) {
+		if ((e = conf_enum_parse(p->choices, s)) < 0) {
 			snprintf(why, wl, "\"%s\" is not one of %s", s, p->choices);
 			return -1;
 		}
-		*(char **)dst = str;
+		*(char **)dst = xstrdup(conf_enum_text(p->choices, e, text, sizeof text));
+		*(int *)(void *)((char *)c + p->eoff) = e;
 		return 0;
 	case T_MAP:
 		if (*s && !map_spec_ok(s)) {
@@ -684,7 +695,7 @@ static char *canon_text(const struct param *p, const char *raw)
 	void *f = (char *)&scratch + p->off;
 	char why[256];
 
-	if (*raw == 0 || strchr(raw, '$') || parse_value(p, raw, f, why, sizeof why) < 0)
+	if (*raw == 0 || strchr(raw, '$') || parse_value(p, raw, &scratch, why, sizeof why) < 0)
 		return print_text(p, raw);
 	char *t = format_value(p, f);
 	free_value(p, f);
@@ -703,6 +714,8 @@ static void conf_free(struct conf *c)
 	free(c->path);
 	free(c);
 }
+
+static unsigned long long conf_gen; /* atomic: the last conf's gen */
 
 /* conf_load - see conf.h. */
 struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n_overrides, char *err,
@@ -726,7 +739,7 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
 		c = xcalloc(1, sizeof *c);
 		for (size_t i = 0; i < NPARAMS; i++) {
 			char why[512];
-			if (parse_value(&params[i], L.val[i], (char *)c + params[i].off, why, sizeof why) < 0) {
+			if (parse_value(&params[i], L.val[i], c, why, sizeof why) < 0) {
 				lerr(&L, "%s: %s", L.where[i], why);
 				conf_free(c);
 				c = NULL;
@@ -737,6 +750,7 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
 	if (c) {
 		c->path = xstrdup(path && !missing ? path : "");
 		c->refs = 1;
+		c->gen = __atomic_add_fetch(&conf_gen, 1, __ATOMIC_RELAXED);
 		c->raw = xcalloc(NPARAMS, sizeof *c->raw);
 		for (size_t i = 0; i < NPARAMS; i++) {
 			c->raw[i] = L.raw[i];
@@ -820,4 +834,56 @@ int conf_list_has(const struct conf_list *l, const char *s)
 const char *const *conf_param_names(void)
 {
 	return param_names;
+}
+
+/* conf_param_restart - whether parameter i is restart-only. */
+static int conf_param_restart(size_t i)
+{
+	for (size_t k = 0; k < sizeof restart_offs / sizeof restart_offs[0]; k++)
+		if (restart_offs[k] == params[i].off)
+			return 1;
+	return 0;
+}
+
+/* conf_restart_changes - see conf.h. */
+int conf_restart_changes(const struct conf *old, const struct conf *c, void (*fn)(const char *name))
+{
+	int n = 0;
+	for (size_t i = 0; i < NPARAMS; i++) {
+		if (!conf_param_restart(i))
+			continue;
+		char *a = format_value(&params[i], (const char *)old + params[i].off);
+		char *b = format_value(&params[i], (const char *)c + params[i].off);
+		if (strcmp(a, b)) {
+			fn(params[i].name);
+			n++;
+		}
+		free(a);
+		free(b);
+	}
+	return n;
+}
+
+/* conf_is_restart - see conf.h. */
+int conf_is_restart(const char *name)
+{
+	int i = param_find(name, strlen(name));
+	return i >= 0 && conf_param_restart((size_t)i);
+}
+
+/* conf_enum_check - see conf.h. */
+int conf_enum_check(char *err, size_t errlen)
+{
+	for (size_t i = 0; i < NPARAMS; i++) {
+		const struct param *p = &params[i];
+		if (p->type != T_ENUM)
+			continue;
+		int n = conf_enum_size(p->name), want = conf_enum_count(p->choices);
+		if (n != want) {
+			snprintf(err, errlen, "%s: %d choices (%s), enum conf_%s has %d", p->name, want,
+				 p->choices, p->name, n);
+			return -1;
+		}
+	}
+	return 0;
 }

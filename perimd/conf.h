@@ -11,6 +11,8 @@
 #ifndef PERIMD_CONF_H
 #define PERIMD_CONF_H
 
+#include "conf_enum.h"
+
 #include <stdio.h>
 
 /* A list value ("a, b c"): n items, v[n] == NULL. */
@@ -24,18 +26,34 @@ struct conf_list {
 #define CONF_CTYPE_TIME long long /* milliseconds */
 #define CONF_CTYPE_SIZE long long /* bytes */
 #define CONF_CTYPE_STR char *     /* never NULL ("" when empty) */
-#define CONF_CTYPE_ENUM char *    /* one of the listed choices */
+#define CONF_CTYPE_ENUM char *    /* one of the listed choices, and NAME_e */
 #define CONF_CTYPE_LIST struct conf_list
 #define CONF_CTYPE_MAP char *               /* "type:path" or "" */
 #define CONF_CTYPE_MAPLIST struct conf_list /* list items, or one "type:path" */
 
+/* The fields of one parameter: its value; an ENUM also its choice as the
+ * C enum of conf_enum.h (NAME_e), which code compares. */
+#define CONF_FIELD_BOOL(name) CONF_CTYPE_BOOL name;
+#define CONF_FIELD_INT(name) CONF_CTYPE_INT name;
+#define CONF_FIELD_TIME(name) CONF_CTYPE_TIME name;
+#define CONF_FIELD_SIZE(name) CONF_CTYPE_SIZE name;
+#define CONF_FIELD_STR(name) CONF_CTYPE_STR name;
+#define CONF_FIELD_ENUM(name) \
+	CONF_CTYPE_ENUM name; \
+	enum conf_##name name##_e;
+#define CONF_FIELD_LIST(name) CONF_CTYPE_LIST name;
+#define CONF_FIELD_MAP(name) CONF_CTYPE_MAP name;
+#define CONF_FIELD_MAPLIST(name) CONF_CTYPE_MAPLIST name;
+
 struct conf {
-#define PARAM(type, name, def, min, max, choices, doc) CONF_CTYPE_##type name;
+#define PARAM(type, name, def, min, max, choices, doc) CONF_FIELD_##type(name)
 #include "conf_params.h"
 #undef PARAM
-	char *path; /* file it was read from ("" = defaults only) */
-	int refs;   /* private */
-	char **raw; /* private: each parameter's text before $name
+	unsigned long long gen; /* unique per conf_load(): a key for what
+				 * code derives from a conf once (av.c) */
+	char *path;             /* file it was read from ("" = defaults only) */
+	int refs;               /* private */
+	char **raw;             /* private: each parameter's text before $name
 			  * expansion, in table order, for conf_dump() */
 };
 
@@ -59,6 +77,17 @@ void conf_install(struct conf *c);
 /* conf_acquire - the current configuration, with a reference. */
 struct conf *conf_acquire(void);
 void conf_release(struct conf *c);
+
+/* conf_restart_changes - call fn with the name of each restart-only
+ * parameter (RESTART in conf_params.h) whose value differs between old
+ * and c (after expansion); returns how many. A reload warns with it. */
+int conf_restart_changes(const struct conf *old, const struct conf *c, void (*fn)(const char *name));
+/* conf_enum_check - each ENUM parameter's choices column has as many
+ * entries as its C enum (conf_enum.h): 0, or -1 naming the first that
+ * does not in err. */
+int conf_enum_check(char *err, size_t errlen);
+/* conf_is_restart - whether the parameter named is restart-only. */
+int conf_is_restart(const char *name);
 
 /* conf_list_has - case-insensitive membership. */
 int conf_list_has(const struct conf_list *l, const char *s);

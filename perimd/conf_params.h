@@ -6,18 +6,30 @@
  *   min/max: bounds for INT/TIME/SIZE (TIME in ms, SIZE in bytes); 0,0 = none,
  *            max 0 alone = no upper bound
  *   default: text as written in the file ("300s", "$myhostname ESMTP")
- *   choices: "a|b" for ENUM, else NULL
- * Included with PARAM defined; no include guard on purpose.
+ *   choices: "a|b" for ENUM, else NULL; each ENUM has its C enum in
+ *            conf_enum.h (enumerators in this order), set at load as NAME_e
+ *
+ * RESTART(name), after a row on its line: the parameter is read once at
+ * start (sockets, threads, directories, the spool); a SIGHUP that changes
+ * it logs "reload: NAME: changed value takes effect after restart" and the
+ * running value stays. A row without it is applied by a reload.
+ *
+ * Included with PARAM (and RESTART, or it is ignored) defined; no include
+ * guard on purpose.
  */
+#ifndef RESTART
+#define RESTART(name)
+#define CONF_PARAMS_RESTART_LOCAL
+#endif
 /* One row per line, however long: */
 /* clang-format off */
 
 /* Listening and sessions */
-PARAM(LIST, smtpd_listen, "0.0.0.0:25, [::]:25", 0, 0, NULL, "addresses to accept SMTP on")
+PARAM(LIST, smtpd_listen, "0.0.0.0:25, [::]:25", 0, 0, NULL, "addresses to accept SMTP on") RESTART(smtpd_listen)
 PARAM(STR, myhostname, "", 0, 0, NULL, "host name used in the banner, EHLO and Received (default: the system host name)")
 PARAM(STR, smtpd_banner, "$myhostname ESMTP", 0, 0, NULL, "text after 220 in the greeting")
 PARAM(INT, max_sessions, "512", 1, 1000000, NULL, "concurrent SMTP sessions in all; beyond it new clients get 421 4.3.2")
-PARAM(INT, io_threads, "0", 0, 256, NULL, "event-loop threads; 0 = one per CPU")
+PARAM(INT, io_threads, "0", 0, 256, NULL, "event-loop threads; 0 = one per CPU") RESTART(io_threads)
 PARAM(INT, smtpd_client_connection_count_limit, "50", 0, 1000000, NULL, "concurrent sessions per client IP (0 = no limit)")
 PARAM(INT, smtpd_client_connection_rate_limit, "0", 0, 1000000, NULL, "new sessions per client IP per minute (0 = no limit); beyond it 421 4.7.0")
 PARAM(TIME, smtpd_greet_pause, "0s", 0, 60000, NULL, "wait before the banner; a client that talks first gets 554 5.5.1 and is disconnected")
@@ -36,11 +48,11 @@ PARAM(TIME, shutdown_timeout, "30s", 0, 3600000, NULL, "on SIGTERM, how long ope
 PARAM(ENUM, smtpd_tls_security_level, "may", 0, 0, "none|may", "may: offer STARTTLS when smtpd_tls_cert_file and smtpd_tls_key_file are set; none: never")
 PARAM(STR, smtpd_tls_cert_file, "", 0, 0, NULL, "PEM file: the server certificate, then its chain")
 PARAM(STR, smtpd_tls_key_file, "", 0, 0, NULL, "PEM file: the RSA or EC private key of smtpd_tls_cert_file")
-PARAM(STR, mail_owner, "perimd", 0, 0, NULL, "user (or numeric uid[:gid]) to run as after binding ports")
-PARAM(STR, data_directory, "/var/lib/perimd", 0, 0, NULL, "state: databases, statistics history")
-PARAM(STR, body_spool_directory, "/dev/shm/perimd", 0, 0, NULL, "where bodies over body_memory_limit spill")
-PARAM(SIZE, body_memory_limit, "1m", 0, 4294967295LL, NULL, "per message, kept in memory below this")
-PARAM(SIZE, body_spool_limit, "1g", 1024, 0, NULL, "all bodies together; beyond it new DATA gets 452 4.3.1")
+PARAM(STR, mail_owner, "perimd", 0, 0, NULL, "user (or numeric uid[:gid]) to run as after binding ports") RESTART(mail_owner)
+PARAM(STR, data_directory, "/var/lib/perimd", 0, 0, NULL, "state: databases, statistics history") RESTART(data_directory)
+PARAM(STR, body_spool_directory, "/dev/shm/perimd", 0, 0, NULL, "where bodies over body_memory_limit spill") RESTART(body_spool_directory)
+PARAM(SIZE, body_memory_limit, "1m", 0, 4294967295LL, NULL, "per message, kept in memory below this") RESTART(body_memory_limit)
+PARAM(SIZE, body_spool_limit, "1g", 1024, 0, NULL, "all bodies together; beyond it new DATA gets 452 4.3.1") RESTART(body_spool_limit)
 
 /* Relay control and routing */
 PARAM(MAPLIST, relay_domains, "", 0, 0, NULL, "domains this MX accepts mail for (list or map)")
@@ -91,6 +103,21 @@ PARAM(TIME, av_max_scan_time, "0", 0, 540000, NULL, "libclamav MaxScanTime; 0 = 
 PARAM(ENUM, av_alert_encrypted, "archive", 0, 0, "no|archive|document|yes", "encrypted archives (archive), documents (document), both (yes) or none (no) are refused as unscannable")
 PARAM(ENUM, av_reload_mode, "swap", 0, 0, "swap|inplace", "signature reload: swap (new engine built beside the old; memory doubles for the load) or inplace (old engine freed first; scans wait for the new one)")
 
+/* Milters (milter.c), with Postfix's names and defaults */
+PARAM(LIST, smtpd_milters, "", 0, 0, NULL, "content filters speaking the milter protocol, inet:HOST:PORT or unix:/path, asked in order at each SMTP stage")
+PARAM(ENUM, milter_default_action, "tempfail", 0, 0, "tempfail|accept|reject", "a milter that is down, times out or breaks the protocol: tempfail (451 4.3.5), reject (550 5.5.0) or accept (left out of the transaction); quarantine is refused (perimd has no queue)")
+PARAM(INT, milter_protocol, "6", 2, 6, NULL, "milter protocol version offered (2 to 6)")
+PARAM(TIME, milter_connect_timeout, "30s", 100, 540000, NULL, "time to connect to a milter")
+PARAM(TIME, milter_command_timeout, "30s", 100, 540000, NULL, "time a milter may take to answer a command")
+PARAM(TIME, milter_content_timeout, "300s", 100, 540000, NULL, "time a milter may take to answer a body chunk or end of message")
+PARAM(LIST, milter_connect_macros, "j {daemon_name} {daemon_addr} v _", 0, 0, NULL, "macros sent with connect")
+PARAM(LIST, milter_helo_macros, "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}", 0, 0, NULL, "macros sent with HELO")
+PARAM(LIST, milter_mail_macros, "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}", 0, 0, NULL, "macros sent with MAIL FROM")
+PARAM(LIST, milter_rcpt_macros, "i {rcpt_addr} {rcpt_host} {rcpt_mailer}", 0, 0, NULL, "macros sent with RCPT TO")
+PARAM(LIST, milter_data_macros, "i", 0, 0, NULL, "macros sent with DATA")
+PARAM(LIST, milter_end_of_header_macros, "i", 0, 0, NULL, "macros sent at the end of the headers")
+PARAM(LIST, milter_end_of_data_macros, "i", 0, 0, NULL, "macros sent at the end of the message")
+
 /* DNS */
 PARAM(LIST, dns_servers, "", 0, 0, NULL, "DNS servers (address or address:port); empty = /etc/resolv.conf")
 PARAM(TIME, dns_timeout, "5s", 100, 60000, NULL, "wait for one DNS server's answer")
@@ -121,7 +148,13 @@ PARAM(ENUM, greylist_fail_action, "accept", 0, 0, "accept|tempfail", "when the g
 PARAM(INT, greylist_new_triplet_limit, "1000", 0, 100000000, NULL, "new triplets a client network (greylist_ipv4_netmask / greylist_ipv6_netmask) may create per greylist_new_triplet_interval; past it 451 4.7.1 (0 = no limit)")
 PARAM(TIME, greylist_new_triplet_interval, "1h", 1000, 0, NULL, "the window of greylist_new_triplet_limit")
 PARAM(INT, greylist_max_entries, "2000000", 0, 1000000000, NULL, "triplets the store holds at most; past it unpassed entries are evicted, over-quota networks' first (0 = no bound)")
-PARAM(STR, policy_listen, "", 0, 0, NULL, "address for the Postfix policy delegation protocol (check_policy_service), e.g. 127.0.0.1:2525; empty = none")
+PARAM(STR, policy_listen, "", 0, 0, NULL, "address for the Postfix policy delegation protocol (check_policy_service), e.g. 127.0.0.1:2525; empty = none") RESTART(policy_listen)
+
+/* The fleet (policy.c, fleet.c) */
+PARAM(BOOL, fleet_share_recipient_verdicts, "no", 0, 0, NULL, "share per-recipient verdicts (a callout's acceptance, a mailbox refusal) with the other boxes through the mysql: greylist_database")
+PARAM(BOOL, fleet_share_client_limits, "no", 0, 0, NULL, "apply smtpd_client_connection_count_limit and _rate_limit to a client's sessions on all boxes, through the mysql: greylist_database")
+PARAM(TIME, fleet_sync_interval, "1s", 100, 60000, NULL, "how often a box writes its news and reads the other boxes' (one database round trip)")
+PARAM(LIST, shadow_checks, "", 0, 0, NULL, "RCPT checks that only log and count what they would refuse and let the recipient pass: dnsbl, greylist, recipient_maps, recipient_verify, client_access, sender_access, recipient_access, helo, client_hostname, sender_domain, policy_services (never the virus scanner)")
 
 /* Policy services asked at RCPT (psvc.c), as Postfix's check_policy_service */
 PARAM(LIST, smtpd_policy_services, "", 0, 0, NULL, "Postfix policy delegation services asked at RCPT, in order: inet:HOST:PORT, HOST:PORT or unix:/path (a preceding check_policy_service is allowed); the first answer other than DUNNO decides")
@@ -136,5 +169,11 @@ PARAM(INT, smtpd_policy_service_connection_limit, "20", 1, 10000, NULL, "connect
 PARAM(STR, smtpd_policy_service_policy_context, "", 0, 0, NULL, "sent to policy services as the policy_context attribute (one service may set its own in { })")
 
 /* Observability */
-PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)")
-PARAM(ENUM, log_to, "syslog", 0, 0, "syslog|stderr", "where to log (-f implies stderr)")
+PARAM(STR, stats_listen, "127.0.0.1:9125", 0, 0, NULL, "HTTP address for /metrics, /healthz and the graphs (empty = none)") RESTART(stats_listen)
+PARAM(ENUM, log_to, "syslog", 0, 0, "syslog|stderr", "where to log (-f implies stderr)") RESTART(log_to)
+
+/* clang-format on */
+#ifdef CONF_PARAMS_RESTART_LOCAL
+#undef RESTART
+#undef CONF_PARAMS_RESTART_LOCAL
+#endif

@@ -3,100 +3,84 @@
  * one-minute window (as Postfix anvil's smtpd_client_connection_rate_limit,
  * with a window of a minute).
  *
- * Invariants: a hash table split into shards, each with its own mutex; an
- * entry holds the minute it counts for and is reset when a later minute
- * comes. A shard past CR_SWEEP entries drops every entry of an older
- * minute, so memory stays bounded by the clients of the last minute.
+ * Invariants: a sharded cache (shcache.h) keyed by address, whose clock is
+ * the minute: an entry counts for one minute and expires at the next, when
+ * it starts again from zero. A shard past CR_SWEEP entries drops every
+ * entry of an older minute before adding, so memory stays bounded by the
+ * clients of the last minute (the cache never evicts a live count).
  */
 #include "crate.h"
-#include "log.h"
+#include "shcache.h"
 
 #include <pthread.h>
-#include <stdlib.h>
-#include <string.h>
+#include <stddef.h>
 
-#define CR_SHARDS 64
-#define CR_BUCKETS 256
 #define CR_SWEEP 4096
 
-struct cr_entry {
-	struct cr_entry *next;
+/* One address's count and the minute it counts for. */
+struct cr_count {
 	uint64_t minute;
 	int count;
-	char addr[];
 };
 
-static struct cr_shard {
-	pthread_mutex_t mu;
-	int n;
-	struct cr_entry *b[CR_BUCKETS];
-} cr_shards[CR_SHARDS];
+static struct shcache *cr_cache;
 static pthread_once_t cr_once = PTHREAD_ONCE_INIT;
+static void (*cr_publish)(const char *addr, uint64_t minute, int count);
+static int (*cr_remote)(const char *addr, uint64_t minute);
 
-/* cr_init - mutexes. */
+/* crate_set_fleet - see crate.h. */
+void crate_set_fleet(void (*publish)(const char *addr, uint64_t minute, int count),
+		     int (*remote)(const char *addr, uint64_t minute))
+{
+	__atomic_store_n(&cr_publish, publish, __ATOMIC_RELEASE);
+	__atomic_store_n(&cr_remote, remote, __ATOMIC_RELEASE);
+}
+
+/* cr_init - the table: 64 shards of 256 chains, swept past CR_SWEEP. */
 static void cr_init(void)
 {
-	for (int i = 0; i < CR_SHARDS; i++)
-		pthread_mutex_init(&cr_shards[i].mu, NULL);
+	const struct shcache_conf cf = {
+		.shards = 64, .buckets = 256, .valsize = sizeof(struct cr_count), .max = CR_SWEEP
+	};
+	cr_cache = shcache_new(&cf);
 }
 
-/* cr_hash - FNV-1a. */
-static unsigned cr_hash(const char *s)
-{
-	unsigned h = 2166136261u;
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
-}
+/* What crate_hit asks cr_hit. */
+struct cr_arg {
+	int limit;
+	uint64_t minute;
+	int others; /* the other boxes' count this minute (fleet) */
+	int n;
+};
 
-/* cr_sweep - drop the entries of minutes before `minute`. */
-static void cr_sweep(struct cr_shard *sh, uint64_t minute)
+/* cr_hit - count one more in this minute unless at the limit (another
+ * minute, even an earlier one after a clock step, starts from zero). */
+static enum shcache_act cr_hit(void *val, uint64_t *expires, int fresh, void *arg)
 {
-	for (int i = 0; i < CR_BUCKETS; i++)
-		for (struct cr_entry **pp = &sh->b[i]; *pp;) {
-			struct cr_entry *e = *pp;
-			if (e->minute < minute) {
-				*pp = e->next;
-				free(e);
-				sh->n--;
-			} else {
-				pp = &e->next;
-			}
-		}
+	struct cr_count *c = val;
+	struct cr_arg *a = arg;
+	(void)fresh;
+	if (c->minute != a->minute) {
+		c->minute = a->minute;
+		c->count = 0;
+	}
+	*expires = a->minute + 1;
+	if (a->limit > 0 && c->count + a->others >= a->limit)
+		a->n = -1;
+	else
+		a->n = ++c->count;
+	return SHCACHE_KEEP;
 }
 
 /* crate_hit - see crate.h. */
 int crate_hit(const char *addr, int limit, uint64_t minute)
 {
 	pthread_once(&cr_once, cr_init);
-	unsigned h = cr_hash(addr);
-	struct cr_shard *sh = &cr_shards[h % CR_SHARDS];
-	struct cr_entry **pp = &sh->b[(h / CR_SHARDS) % CR_BUCKETS];
-	int n;
-	pthread_mutex_lock(&sh->mu);
-	struct cr_entry *e = *pp;
-	while (e && strcmp(e->addr, addr))
-		e = e->next;
-	if (!e) {
-		if (sh->n >= CR_SWEEP)
-			cr_sweep(sh, minute);
-		size_t l = strlen(addr);
-		e = xmalloc(sizeof *e + l + 1);
-		memcpy(e->addr, addr, l + 1);
-		e->minute = minute;
-		e->count = 0;
-		e->next = *pp;
-		*pp = e;
-		sh->n++;
-	}
-	if (e->minute != minute) {
-		e->minute = minute;
-		e->count = 0;
-	}
-	if (limit > 0 && e->count >= limit)
-		n = -1;
-	else
-		n = ++e->count;
-	pthread_mutex_unlock(&sh->mu);
-	return n;
+	int (*rfn)(const char *, uint64_t) = __atomic_load_n(&cr_remote, __ATOMIC_ACQUIRE);
+	struct cr_arg a = { limit, minute, rfn ? rfn(addr, minute) : 0, 0 };
+	shcache_update(cr_cache, addr, minute, 1, cr_hit, &a);
+	void (*pfn)(const char *, uint64_t, int) = __atomic_load_n(&cr_publish, __ATOMIC_ACQUIRE);
+	if (a.n > 0 && pfn)
+		pfn(addr, minute, a.n);
+	return a.n;
 }

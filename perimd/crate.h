@@ -12,4 +12,11 @@
  * when limit > 0 and it is already reached (the session is not counted). */
 int crate_hit(const char *addr, int limit, uint64_t minute);
 
+/* crate_set_fleet - the fleet (fleet.c) shares the counts: publish(addr,
+ * minute, count) after every counted session (no lock held), remote(addr,
+ * minute) the sessions other boxes counted in that minute, added before
+ * the limit is applied. NULLs stop it. */
+void crate_set_fleet(void (*publish)(const char *addr, uint64_t minute, int count),
+		     int (*remote)(const char *addr, uint64_t minute));
+
 #endif

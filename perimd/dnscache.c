@@ -1,89 +1,74 @@
 /*
  * dnscache.c - the shared DNS answer cache (see dnscache.h).
  *
- * Invariants: DNSCACHE_SHARDS shards chosen by the key's hash; a shard's
- * hash chains, LRU list and count change only under its mutex. An entry
- * holds one reference to its immutable result, so a reader that took its
- * own reference under the lock keeps a valid result after eviction. An
- * entry is never served past its expiry (checked on every get). Bounds are
- * read with relaxed atomics: a reload changes them without a lock.
+ * Invariants: a sharded cache (shcache.h) of DNSCACHE_SHARDS shards, each
+ * with its own mutex, chains and LRU list (a hit makes an entry the most
+ * recent; a full shard evicts its least recent). An entry holds one
+ * reference to its immutable result, dropped when the entry goes, so a
+ * reader that took its own reference under the lock keeps a valid result
+ * after eviction. An entry is never served past its expiry (checked on
+ * every get). Bounds are read with relaxed atomics: a reload changes them
+ * without a lock.
  */
 #include "dnscache.h"
 #include "dns.h"
+#include "clock.h"
 #include "log.h"
+#include "shcache.h"
 #include "stats.h"
 
-#include <ctype.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define DNSCACHE_SHARDS 64
 #define DNSCACHE_BUCKETS 4096 /* per shard; chains grow past it */
 
-struct centry {
-	struct centry *hnext;         /* hash chain */
-	struct centry *lprev, *lnext; /* LRU: head = most recent */
-	uint64_t hash;
-	uint64_t expires; /* ms, monotonic */
-	const struct dns_result *res;
-	char key[];
-};
-
-struct shard {
-	pthread_mutex_t mu;
-	struct centry *buckets[DNSCACHE_BUCKETS];
-	struct centry *head, *tail;
-	size_t count;
-} __attribute__((aligned(64)));
-
-static struct shard *shards;
-static pthread_once_t shards_once = PTHREAD_ONCE_INIT;
+static struct shcache *cache;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 static long long lim_size = 100000, lim_min = 30000, lim_max = 86400000;
 static uint64_t (*clock_fn)(void);
-
-/* real_now - CLOCK_MONOTONIC in ms. */
-static uint64_t real_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* now_ms - the cache's clock (fake in tests). */
 static uint64_t now_ms(void)
 {
 	uint64_t (*f)(void) = __atomic_load_n(&clock_fn, __ATOMIC_ACQUIRE);
-	return f ? f() : real_now();
+	return f ? f() : clock_coarse_ms();
 }
 
-/* shards_init - allocate the shards once. */
-static void shards_init(void)
+/* unref - an entry goes: its reference to the result with it. */
+static void unref(void *val)
 {
-	shards = xcalloc(DNSCACHE_SHARDS, sizeof *shards);
-	for (int i = 0; i < DNSCACHE_SHARDS; i++)
-		pthread_mutex_init(&shards[i].mu, NULL);
+	dns_result_unref(*(const struct dns_result **)val);
 }
 
-/* key_hash - FNV-1a, 64 bits. */
-static uint64_t key_hash(const char *k)
+/* per_shard - each shard's share of size entries, at least one. */
+static size_t per_shard(long long size)
 {
-	uint64_t h = 1469598103934665603ULL;
-	for (; *k; k++) {
-		h ^= (unsigned char)*k;
-		h *= 1099511628211ULL;
-	}
-	return h;
+	return size > 0 ? (size_t)((size + DNSCACHE_SHARDS - 1) / DNSCACHE_SHARDS) : 1;
+}
+
+/* cache_init - the cache, once. */
+static void cache_init(void)
+{
+	const struct shcache_conf cf = { .shards = DNSCACHE_SHARDS,
+					 .buckets = DNSCACHE_BUCKETS,
+					 .valsize = sizeof(const struct dns_result *),
+					 .max = per_shard(lim_size),
+					 .evict = 1,
+					 .touch = 1,
+					 .drop = unref };
+	cache = shcache_new(&cf);
 }
 
 /* dnscache_configure - new bounds. */
 void dnscache_configure(long long size, long long min_ttl_ms, long long max_ttl_ms)
 {
-	pthread_once(&shards_once, shards_init);
+	pthread_once(&cache_once, cache_init);
 	__atomic_store_n(&lim_size, size, __ATOMIC_RELAXED);
 	__atomic_store_n(&lim_min, min_ttl_ms, __ATOMIC_RELAXED);
 	__atomic_store_n(&lim_max, max_ttl_ms, __ATOMIC_RELAXED);
+	shcache_set_max(cache, per_shard(size));
 }
 
 /* dnscache_set_clock - tests only. */
@@ -92,85 +77,50 @@ void dnscache_set_clock(uint64_t (*f)(void))
 	__atomic_store_n(&clock_fn, f, __ATOMIC_RELEASE);
 }
 
-/* lru_unlink - take e out of the LRU list (mu held). */
-static void lru_unlink(struct shard *s, struct centry *e)
+/* take - dnscache_get's callback: a reference to the cached result. */
+static enum shcache_act take(void *val, uint64_t *expires, int fresh, void *arg)
 {
-	if (e->lprev)
-		e->lprev->lnext = e->lnext;
-	else
-		s->head = e->lnext;
-	if (e->lnext)
-		e->lnext->lprev = e->lprev;
-	else
-		s->tail = e->lprev;
-	e->lprev = e->lnext = NULL;
-}
-
-/* lru_front - make e the most recently used (mu held). */
-static void lru_front(struct shard *s, struct centry *e)
-{
-	e->lnext = s->head;
-	e->lprev = NULL;
-	if (s->head)
-		s->head->lprev = e;
-	s->head = e;
-	if (!s->tail)
-		s->tail = e;
-}
-
-/* entry_remove - unlink e from its chain and the LRU and free it (mu held). */
-static void entry_remove(struct shard *s, struct centry *e)
-{
-	struct centry **pp = &s->buckets[e->hash % DNSCACHE_BUCKETS];
-	while (*pp != e)
-		pp = &(*pp)->hnext;
-	*pp = e->hnext;
-	lru_unlink(s, e);
-	s->count--;
-	dns_result_unref(e->res);
-	free(e);
-}
-
-/* find - the entry for key in s, or NULL (mu held). */
-static struct centry *find(struct shard *s, uint64_t h, const char *key)
-{
-	for (struct centry *e = s->buckets[h % DNSCACHE_BUCKETS]; e; e = e->hnext)
-		if (e->hash == h && !strcmp(e->key, key))
-			return e;
-	return NULL;
+	const struct dns_result *r = *(const struct dns_result **)val;
+	(void)expires;
+	(void)fresh;
+	dns_result_ref(r);
+	*(const struct dns_result **)arg = r;
+	return SHCACHE_KEEP;
 }
 
 /* dnscache_get - cached answer or NULL. */
 const struct dns_result *dnscache_get(const char *key)
 {
-	pthread_once(&shards_once, shards_init);
-	uint64_t h = key_hash(key);
-	struct shard *s = &shards[(h >> 32) % DNSCACHE_SHARDS];
+	pthread_once(&cache_once, cache_init);
 	const struct dns_result *r = NULL;
-	uint64_t now = now_ms();
-	pthread_mutex_lock(&s->mu);
-	struct centry *e = find(s, h, key);
-	if (e && e->expires <= now) {
-		entry_remove(s, e);
-		e = NULL;
-	}
-	if (e) {
-		if (s->head != e) {
-			lru_unlink(s, e);
-			lru_front(s, e);
-		}
-		r = e->res;
-		dns_result_ref(r);
-	}
-	pthread_mutex_unlock(&s->mu);
+	shcache_update(cache, key, now_ms(), 0, take, &r);
 	stats_inc(r ? ST_dns_cache_hits : ST_dns_cache_misses);
 	return r;
+}
+
+/* What dnscache_put stores. */
+struct put_arg {
+	const struct dns_result *res;
+	uint64_t expires;
+};
+
+/* put - dnscache_put's callback: the entry holds the result. Another
+ * thread may have put the key between our delete and this update: its
+ * result is then given back, not overwritten (a leaked reference). */
+static enum shcache_act put(void *val, uint64_t *expires, int fresh, void *arg)
+{
+	const struct put_arg *a = arg;
+	if (!fresh)
+		dns_result_unref(*(const struct dns_result **)val);
+	*(const struct dns_result **)val = a->res;
+	*expires = a->expires;
+	return SHCACHE_KEEP;
 }
 
 /* dnscache_put - insert or replace, evicting the least recently used. */
 void dnscache_put(const char *key, const struct dns_result *res)
 {
-	pthread_once(&shards_once, shards_init);
+	pthread_once(&cache_once, cache_init);
 	long long size = __atomic_load_n(&lim_size, __ATOMIC_RELAXED);
 	long long mn = __atomic_load_n(&lim_min, __ATOMIC_RELAXED);
 	long long mx = __atomic_load_n(&lim_max, __ATOMIC_RELAXED);
@@ -183,59 +133,30 @@ void dnscache_put(const char *key, const struct dns_result *res)
 		ttl = mx;
 	if (ttl <= 0)
 		return;
-	/* Each shard gets its share, at least one entry. */
-	size_t per = (size_t)((size + DNSCACHE_SHARDS - 1) / DNSCACHE_SHARDS);
-	uint64_t h = key_hash(key);
-	struct shard *s = &shards[(h >> 32) % DNSCACHE_SHARDS];
-	size_t kl = strlen(key);
-	struct centry *ne = xmalloc(sizeof *ne + kl + 1);
-	memset(ne, 0, sizeof *ne);
-	memcpy(ne->key, key, kl + 1);
-	ne->hash = h;
-	ne->res = res;
+	uint64_t now = now_ms();
+	struct put_arg a = { res, now + (uint64_t)ttl };
 	dns_result_ref(res);
-	pthread_mutex_lock(&s->mu);
-	ne->expires = now_ms() + (uint64_t)ttl;
-	struct centry *old = find(s, h, key);
-	if (old)
-		entry_remove(s, old);
-	while (s->count >= per && s->tail)
-		entry_remove(s, s->tail);
-	ne->hnext = s->buckets[h % DNSCACHE_BUCKETS];
-	s->buckets[h % DNSCACHE_BUCKETS] = ne;
-	lru_front(s, ne);
-	s->count++;
-	pthread_mutex_unlock(&s->mu);
+	shcache_del(cache, key);
+	shcache_update(cache, key, now, 1, put, &a);
 }
 
 /* dnscache_shard - see dnscache.h. */
 int dnscache_shard(const char *key)
 {
-	return (int)((key_hash(key) >> 32) % DNSCACHE_SHARDS);
+	pthread_once(&cache_once, cache_init);
+	return (int)shcache_shard(cache, key);
 }
 
-/* dnscache_count - entries held now (summed without a global lock). */
+/* dnscache_count - entries held now. */
 size_t dnscache_count(void)
 {
-	pthread_once(&shards_once, shards_init);
-	size_t n = 0;
-	for (int i = 0; i < DNSCACHE_SHARDS; i++) {
-		pthread_mutex_lock(&shards[i].mu);
-		n += shards[i].count;
-		pthread_mutex_unlock(&shards[i].mu);
-	}
-	return n;
+	pthread_once(&cache_once, cache_init);
+	return shcache_count(cache);
 }
 
 /* dnscache_flush - drop everything. */
 void dnscache_flush(void)
 {
-	pthread_once(&shards_once, shards_init);
-	for (int i = 0; i < DNSCACHE_SHARDS; i++) {
-		struct shard *s = &shards[i];
-		pthread_mutex_lock(&s->mu);
-		while (s->head)
-			entry_remove(s, s->head);
-		pthread_mutex_unlock(&s->mu);
-	}
+	pthread_once(&cache_once, cache_init);
+	shcache_clear(cache);
 }

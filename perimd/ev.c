@@ -12,6 +12,7 @@
  * ev_io_stop() marks the fd dead for the rest of the batch.
  */
 #include "ev.h"
+#include "clock.h"
 #include "log.h"
 
 #include <errno.h>
@@ -52,14 +53,6 @@ struct ev_loop {
 	void *slots[EV_SLOT_COUNT];
 };
 
-/* mono_ms - monotonic clock in milliseconds. */
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* ev_wallclock - seconds since the epoch. */
 uint64_t ev_wallclock(void)
 {
@@ -99,7 +92,7 @@ struct ev_loop *ev_loop_new(int index)
 		fatal("eventfd: %s", strerror(errno));
 	pthread_mutex_init(&loop->postmu, NULL);
 	loop->batch = xcalloc(EV_BATCH, sizeof *loop->batch);
-	loop->now = mono_ms();
+	loop->now = clock_ms();
 	ev_io_init(&loop->postw, loop->postfd, post_drain, loop);
 	ev_io_set(loop, &loop->postw, EV_READ);
 	return loop;
@@ -349,7 +342,7 @@ void ev_run(struct ev_loop *loop)
 {
 	loop->stop = 0;
 	while (!loop->stop) {
-		loop->now = mono_ms();
+		loop->now = clock_ms();
 		run_defers(loop);
 		run_timers(loop);
 		if (loop->stop)
@@ -367,7 +360,7 @@ void ev_run(struct ev_loop *loop)
 				continue;
 			fatal("epoll_wait: %s", strerror(errno));
 		}
-		loop->now = mono_ms();
+		loop->now = clock_ms();
 		loop->nbatch = n;
 		for (int i = 0; i < n; i++) {
 			struct ev_io *w = loop->batch[i].data.ptr;

@@ -321,6 +321,20 @@ static struct grey_store *worker_store(const char *spec, char *err, size_t errle
 	return t->st;
 }
 
+/* grey_fleet_sync - see grey.h. */
+int grey_fleet_sync(const char *spec, struct grey_fleet_sync *fs, char *err, size_t errlen)
+{
+	pthread_once(&grey_once, grey_init_once);
+	struct grey_store *st = worker_store(spec, err, errlen);
+	if (!st)
+		return -1;
+	if (!st->ops->fleet_sync) {
+		snprintf(err, errlen, "%s: only a mysql: store is shared by a fleet", spec);
+		return -1;
+	}
+	return st->ops->fleet_sync(st, fs, err, errlen);
+}
+
 /* ---- database health: one log line per change --------------------------- */
 
 static int grey_db_failing; /* atomic */
@@ -556,7 +570,7 @@ int grey_decide(struct ev_loop *loop, const struct policy *pol, const char *clie
 	o->q.new_interval = c->greylist_new_triplet_interval;
 	o->q.max_entries = c->greylist_max_entries;
 	o->awl_count = (int)c->greylist_auto_whitelist_count;
-	o->tempfail = !strcmp(c->greylist_fail_action, "tempfail");
+	o->tempfail = c->greylist_fail_action_e == GREY_FAIL_TEMPFAIL;
 	o->null_sender = !*sender;
 	o->cache_ttl = c->greylist_retention < GREY_CACHE_TTL ? c->greylist_retention : GREY_CACHE_TTL;
 	o->done = done;
@@ -731,7 +745,7 @@ void grey_announce(const struct conf *c)
 		return;
 	log_info("greylisting: database %s; greylist_fail_action = %s (%s)", c->greylist_database,
 		 c->greylist_fail_action,
-		 !strcmp(c->greylist_fail_action, "tempfail")
+		 c->greylist_fail_action_e == GREY_FAIL_TEMPFAIL
 		     ? "while the database fails, recipients get 451 4.3.0"
 		     : "while the database fails, recipients are accepted without greylisting");
 }

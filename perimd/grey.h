@@ -82,6 +82,40 @@ struct grey_answer {
 	int64_t evicted;    /* entries evicted to make room */
 };
 
+/* State a fleet shares through a MySQL store (fleet.c): one round trip
+ * per sync writes this box's news and reads the other boxes'. Addresses
+ * and recipients travel hex-encoded; nothing is ever part of a statement. */
+struct grey_fleet_rcpt {
+	char rcpt[320];
+	int code; /* 250: a callout's acceptance; else a mailbox refusal */
+	char enh[16];
+	int64_t ttl; /* ms */
+};
+struct grey_fleet_count {
+	char addr[64];
+	int n;
+};
+struct grey_fleet_sync {
+	/* in */
+	char box[17];                        /* this box's id (hex) */
+	const struct grey_fleet_rcpt *rcpts; /* verdicts learned here */
+	int nrcpts;
+	const struct grey_fleet_count *conns; /* this box's session counts */
+	int nconns;
+	const struct grey_fleet_count *rates; /* this box's sessions in minute */
+	int nrates;
+	int64_t minute;     /* wall clock / 60 s */
+	int64_t rcpt_since; /* db ms: read verdicts written after this */
+	int want_rcpts, want_limits;
+	int64_t stale; /* ms: a box silent this long holds no sessions */
+	/* out: rows of the other boxes, as they arrive */
+	void (*rcpt_in)(void *arg, const char *rcpt, int code, const char *enh, int64_t ttl);
+	void (*conn_in)(void *arg, const char *addr, int n);
+	void (*rate_in)(void *arg, const char *addr, int n);
+	void *arg;
+	int64_t now; /* the database clock, ms */
+};
+
 struct grey_store;
 struct grey_store_ops {
 	/* check - one round trip: upsert the triplet (new / early / pass /
@@ -96,6 +130,9 @@ struct grey_store_ops {
 	 * A shared store runs it on one node at a time (returns 0 elsewhere). */
 	int (*expire)(struct grey_store *s, int64_t now, int limit, char *err, size_t errlen);
 	void (*close)(struct grey_store *s);
+	/* fleet_sync - one sync of the fleet's shared state (NULL: this
+	 * store cannot share, SQLite). */
+	int (*fleet_sync)(struct grey_store *s, struct grey_fleet_sync *fs, char *err, size_t errlen);
 };
 struct grey_store {
 	const struct grey_store_ops *ops;
@@ -114,6 +151,10 @@ struct grey_store *grey_mysql_open(const char *cf_path, char *err, size_t errlen
 int grey_check(const struct conf *c, char *err, size_t errlen);
 int grey_sqlite_check(const char *path, const char *made_dir, char *err, size_t errlen);
 int grey_mysql_check(const char *cf_path, char *err, size_t errlen);
+
+/* grey_fleet_sync - run fs on the store named by spec, with the calling
+ * thread's own connection (blocking). 0, or -1 with err. */
+int grey_fleet_sync(const char *spec, struct grey_fleet_sync *fs, char *err, size_t errlen);
 
 /* grey_announce - log, at start, the store and the fail action in force. */
 void grey_announce(const struct conf *c);

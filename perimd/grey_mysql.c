@@ -4,30 +4,54 @@
  *
  * Invariants: one connection per worker thread. Time comes from the
  * database (one clock for the whole fleet), fetched in the same round trip
- * as the decision: SET @n, the upsert, and the SELECT of the new row with
- * the network's auto-whitelist count travel as one multi-statement query.
- * MySQL evaluates ON DUPLICATE KEY UPDATE assignments left to right, each
+ * as the decision: a decision is one multi-statement query holding one
+ * transaction (READ COMMITTED): SET @n, the update of a known triplet, for
+ * a new one the quota, the size bound and the insert (statements that do
+ * nothing when they do not apply), and the SELECT of the row with the
+ * network's auto-whitelist count. MySQL evaluates ON DUPLICATE KEY UPDATE assignments left to right, each
  * seeing the columns already assigned; the order below relies on that
  * (prev first marks a restart, first last of the row's own fields). Keys
  * are written as hex literals we make ourselves; nothing a peer sends is
- * ever part of a statement. A connection error closes the connection, and
- * the call is tried once more on a new one (the server restarted); while
- * the server stays down every call fails fast and greylist_fail_action
- * applies. Expiry runs on one node at a time: a lease row in grey_meta,
- * taken by compare-and-swap (UPDATE ... WHERE until <= now).
+ * ever part of a statement. Expiry runs on one node at a time: a lease
+ * row in grey_meta, taken by compare-and-swap (UPDATE ... WHERE until <=
+ * now).
+ *
+ * Retries (a Galera cluster, or one server that restarts): a call (one
+ * decision, one auto-whitelist count, one expiry round) is one attempt
+ * with an attempt id, a random number written into every row the call
+ * changes (column att). A statement that meets a write conflict (deadlock
+ * 1213: Galera's certification failure; lock wait timeout 1205) is tried
+ * again on the same connection after a bounded, jittered backoff; a node
+ * that is unusable (the connection lost, server shutting down, "WSREP has
+ * not yet prepared node" 1047) is left for the next host of the list, and
+ * the call starts again there. Because the call's first try may have
+ * committed before its answer was lost, every write skips a row that
+ * already carries the call's attempt id: the retry reads what the first
+ * try committed instead of counting a second sighting. The retries stop
+ * after MY_TRIES or MY_RETRY_MS; when no host answers at all the call
+ * fails at once, and greylist_fail_action applies (never a 5xx).
  *
  * Abuse bounds (grey.h): a triplet not in the table is inserted only
- * after the network's quota row (gnet) and the row count (grey_meta
- * 'rows': kept by the statements that insert and delete, and recounted by
- * the expiry lease holder each run) allow it. These take a few more round
- * trips, on the path of new triplets only; two nodes racing may both let
- * one more triplet in than the bounds say, never a pass.
+ * when the network's quota row (gnet) and the row count (grey_meta 'rows':
+ * kept by the statements that insert and delete, and recounted by the
+ * expiry lease holder each run) allow it, in the decision's round trip;
+ * only a store found full takes more round trips (my_new: eviction, then
+ * the insert). Two nodes racing may both let one more triplet in than
+ * the bounds say, never a pass.
  *
- * The .cf file (Postfix mysql_table shape): hosts (tried in order, each
- * "host" or "host:port"), port (3306), user, password, dbname.
+ * The triplet count (grey_meta 'rows') is kept in MY_SHARDS rows ('rows',
+ * 'rows1' ... ) summed when read: each connection adds to its own, so
+ * boxes on different Galera nodes do not all write one hot row.
+ *
+ * The .cf file (Postfix mysql_table shape): hosts (tried in order from
+ * the one last used, each "host" or "host:port"), port (3306), user,
+ * password, dbname.
  */
+#include "buf.h"
+#include "clock.h"
 #include "grey.h"
 #include "log.h"
+#include "stats.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -37,36 +61,71 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #define MY_EXPIRE_LEASE 50000 /* ms a node holds the expiry lease */
 #define MY_EVICT_MAX 10000    /* rows evicted for one insert at most */
+#define MY_TRIES 8            /* tries of one call at most */
+#define MY_RETRY_MS 15000     /* and no new try after this long */
+#define MY_BACKOFF_MS 10      /* first wait after a conflict; doubles */
+#define MY_BACKOFF_MAX 1000   /* longest wait between tries */
+#define MY_SHARDS 8           /* rows of the triplet count */
+
+/* Why the last statement failed: what a retry may do about it. */
+enum my_fail {
+	MY_FAIL_NONE,
+	MY_FAIL_HARD,     /* an error a retry cannot mend */
+	MY_FAIL_DOWN,     /* no host could be reached: fail fast */
+	MY_FAIL_NODE,     /* this node is unusable: the next host */
+	MY_FAIL_CONFLICT, /* a write conflict: the same node, after a wait */
+};
 
 struct my_store {
 	struct grey_store base;
 	MYSQL *db;
 	char hosts[512], user[128], password[128], dbname[128];
 	int port;
+	int nhosts;          /* entries of hosts */
+	int host_at;         /* the next connect starts with this host */
+	int host_cur;        /* the host of db */
+	char shard[8];       /* this connection's row of the triplet count */
+	enum my_fail fail;   /* the last statement's failure */
+	int64_t att;         /* the attempt id of the call in progress */
 	time_t retry_at;     /* no reconnect attempt before (after a failure) */
 	int64_t lease_until; /* db clock: this node runs expiry until then */
+	int fleet_ready;     /* the fleet's tables exist */
 };
 
 static const char *const my_schema[] = {
 	"CREATE TABLE IF NOT EXISTS grey (k BINARY(16) NOT NULL PRIMARY KEY,"
 	" first BIGINT NOT NULL, last BIGINT NOT NULL, prev BIGINT NOT NULL,"
 	" passed TINYINT NOT NULL, expires BIGINT NOT NULL, net BINARY(16) NULL,"
-	" KEY grey_expires (expires), KEY grey_net (net)) ENGINE=InnoDB",
+	" att BIGINT NOT NULL DEFAULT 0, KEY grey_expires (expires), KEY grey_net (net)) ENGINE=InnoDB",
 	"CREATE TABLE IF NOT EXISTS gnet (k BINARY(16) NOT NULL PRIMARY KEY,"
 	" start BIGINT NOT NULL, cnt BIGINT NOT NULL, over_at BIGINT NOT NULL,"
-	" expires BIGINT NOT NULL, KEY gnet_expires (expires), KEY gnet_over (over_at))"
-	" ENGINE=InnoDB",
+	" expires BIGINT NOT NULL, att BIGINT NOT NULL DEFAULT 0, KEY gnet_expires (expires),"
+	" KEY gnet_over (over_at)) ENGINE=InnoDB",
 	"CREATE TABLE IF NOT EXISTS awl (k BINARY(16) NOT NULL PRIMARY KEY,"
 	" cnt BIGINT NOT NULL, last BIGINT NOT NULL, expires BIGINT NOT NULL,"
-	" KEY awl_expires (expires)) ENGINE=InnoDB",
+	" att BIGINT NOT NULL DEFAULT 0, KEY awl_expires (expires)) ENGINE=InnoDB",
 	"CREATE TABLE IF NOT EXISTS grey_meta (name VARCHAR(32) NOT NULL PRIMARY KEY,"
 	" until BIGINT NOT NULL) ENGINE=InnoDB",
 	"INSERT IGNORE INTO grey_meta VALUES ('expire', 0)",
+	"INSERT IGNORE INTO grey_meta VALUES ('rows1', 0), ('rows2', 0), ('rows3', 0), ('rows4', 0),"
+	" ('rows5', 0), ('rows6', 0), ('rows7', 0)",
 };
+
+/* Columns added to tables made by older versions: table, column, DDL. */
+static const char *const my_columns[][3] = {
+	{ "grey", "net", "ALTER TABLE grey ADD COLUMN net BINARY(16) NULL, ADD KEY grey_net (net)" },
+	{ "grey", "att", "ALTER TABLE grey ADD COLUMN att BIGINT NOT NULL DEFAULT 0" },
+	{ "gnet", "att", "ALTER TABLE gnet ADD COLUMN att BIGINT NOT NULL DEFAULT 0" },
+	{ "awl", "att", "ALTER TABLE awl ADD COLUMN att BIGINT NOT NULL DEFAULT 0" },
+};
+
+/* The triplet count: the sum of its rows. */
+#define MY_ROWS "(SELECT SUM(until) FROM grey_meta WHERE name LIKE 'rows%%')"
 
 #define MY_NOW "SET @n = CAST(ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED);"
 
@@ -77,6 +136,8 @@ static void my_lib_init(void)
 {
 	mysql_library_init(0, NULL, NULL);
 }
+
+static int my_host(const struct my_store *s, int idx, char *host, size_t hostlen, int *port);
 
 /* my_cf_parse - "name = value" lines of the .cf file. */
 static int my_cf_parse(struct my_store *s, const char *path, char *err, size_t errlen)
@@ -136,7 +197,11 @@ static int my_cf_parse(struct my_store *s, const char *path, char *err, size_t e
 		}
 	}
 	fclose(f);
-	if (!rc && (!s->hosts[0] || !s->dbname[0])) {
+	char host[256];
+	int port;
+	while (my_host(s, s->nhosts, host, sizeof host, &port) == 0)
+		s->nhosts++;
+	if (!rc && (!s->nhosts || !s->dbname[0])) {
 		snprintf(err, errlen, "mysql: %s: hosts and dbname are required", path);
 		rc = -1;
 	}
@@ -156,21 +221,53 @@ static int my_exists(MYSQL *db, const char *q)
 	return have;
 }
 
-/* my_migrate - the net column on a grey table made before it (looked up
- * first: an ALTER TABLE would wait for every open transaction on grey),
- * and the 'rows' row of grey_meta, counted once when missing. */
+/* is_conflict - a write conflict: Galera's certification failure and
+ * InnoDB's deadlock (1213), a lock wait timeout (1205). */
+static int is_conflict(unsigned e)
+{
+	return e == 1213 || e == 1205;
+}
+
+/* my_sleep_ms - wait ms milliseconds (a worker thread, between tries). */
+static void my_sleep_ms(int64_t ms)
+{
+	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* my_setup_query - a statement of the connection's setup; the boxes of a
+ * fleet starting together on Galera may conflict: a few tries. */
+static int my_setup_query(MYSQL *db, const char *q)
+{
+	for (int i = 0;; i++) {
+		if (!mysql_query(db, q))
+			return 0;
+		if (i >= 4 || !is_conflict(mysql_errno(db)))
+			return -1;
+		my_sleep_ms(20LL << i);
+	}
+}
+
+/* my_migrate - the columns of my_columns on tables made before them
+ * (looked up first: an ALTER TABLE would wait for every open transaction
+ * on the table), and the 'rows' row of grey_meta, counted once when
+ * missing. */
 static int my_migrate(MYSQL *db, char *err, size_t errlen)
 {
-	int col = my_exists(db,
-			    "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA ="
-			    " DATABASE() AND TABLE_NAME = 'grey' AND COLUMN_NAME = 'net'");
-	if (col < 0 ||
-	    (!col && mysql_query(db, "ALTER TABLE grey ADD COLUMN net BINARY(16) NULL, ADD KEY grey_net (net)") &&
-	     mysql_errno(db) != 1060))
-		goto fail;
+	for (size_t i = 0; i < sizeof my_columns / sizeof my_columns[0]; i++) {
+		char q[256];
+		snprintf(q, sizeof q,
+			 "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+			 " AND TABLE_NAME = '%s' AND COLUMN_NAME = '%s'",
+			 my_columns[i][0], my_columns[i][1]);
+		int col = my_exists(db, q);
+		if (col < 0 || (!col && my_setup_query(db, my_columns[i][2]) && mysql_errno(db) != 1060))
+			goto fail;
+	}
 	int rows = my_exists(db, "SELECT 1 FROM grey_meta WHERE name = 'rows'");
 	if (rows < 0 ||
-	    (!rows && mysql_query(db, "INSERT IGNORE INTO grey_meta SELECT 'rows', COUNT(*) FROM grey")))
+	    (!rows && my_setup_query(db, "INSERT IGNORE INTO grey_meta SELECT 'rows', COUNT(*) FROM grey")))
 		goto fail;
 	return 0;
 fail:
@@ -186,57 +283,92 @@ static void my_disconnect(struct my_store *s)
 	s->db = NULL;
 }
 
-/* my_connect - try each host in order; create the schema (unless
- * probe: perimd -t only looks). */
+/* my_host - entry idx of the hosts list as host and port; 0, or -1 past
+ * the end. */
+static int my_host(const struct my_store *s, int idx, char *host, size_t hostlen, int *port)
+{
+	char hosts[512];
+	snprintf(hosts, sizeof hosts, "%s", s->hosts);
+	char *save = NULL;
+	int i = 0;
+	for (char *h = strtok_r(hosts, ", \t", &save); h; h = strtok_r(NULL, ", \t", &save), i++) {
+		if (i != idx)
+			continue;
+		snprintf(host, hostlen, "%s", h);
+		*port = s->port;
+		char *colon = strrchr(host, ':');
+		if (colon && !strchr(colon + 1, ']') && strchr(host, ':') == colon) {
+			*colon = 0;
+			*port = atoi(colon + 1);
+		}
+		return 0;
+	}
+	return -1;
+}
+
+/* my_open_host - connect to one host and set up the schema (unless probe:
+ * perimd -t only looks); NULL with err. */
+static MYSQL *my_open_host(struct my_store *s, const char *host, int port, int probe, char *err, size_t errlen)
+{
+	MYSQL *db = mysql_init(NULL);
+	if (!db)
+		fatal("out of memory");
+	unsigned int ct = 2, rt = 5;
+	mysql_options(db, MYSQL_OPT_CONNECT_TIMEOUT, &ct);
+	mysql_options(db, MYSQL_OPT_READ_TIMEOUT, &rt);
+	mysql_options(db, MYSQL_OPT_WRITE_TIMEOUT, &rt);
+	if (!mysql_real_connect(db, host, s->user, s->password, s->dbname, (unsigned)port, NULL,
+				CLIENT_MULTI_STATEMENTS)) {
+		snprintf(err, errlen, "mysql: %s:%d: %s", host, port, mysql_error(db));
+		mysql_close(db);
+		return NULL;
+	}
+	for (size_t i = 0; !probe && i < sizeof my_schema / sizeof my_schema[0]; i++) {
+		if (my_setup_query(db, my_schema[i])) {
+			snprintf(err, errlen, "mysql: %s:%d: schema: %s", host, port, mysql_error(db));
+			mysql_close(db);
+			return NULL;
+		}
+	}
+	/* Tables made before a column get it; the row count starts as the
+	 * table's. A decision's transaction reads what others committed
+	 * (READ COMMITTED): a triplet another box inserted meanwhile is seen. */
+	if (!probe &&
+	    (my_migrate(db, err, errlen) < 0 ||
+	     my_setup_query(db, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"))) {
+		mysql_close(db);
+		return NULL;
+	}
+	return db;
+}
+
+/* my_connect_to - try each host once, from host_at on (wrapping). On
+ * failure s->fail is MY_FAIL_DOWN and calls fail fast for a second. */
 static int my_connect_to(struct my_store *s, int probe, char *err, size_t errlen)
 {
 	time_t now = time(NULL);
+	s->fail = MY_FAIL_DOWN;
 	if (now < s->retry_at) {
 		snprintf(err, errlen, "mysql: server unreachable (retrying)");
 		return -1;
 	}
-	char hosts[512];
-	snprintf(hosts, sizeof hosts, "%s", s->hosts);
-	char *save = NULL;
-	for (char *h = strtok_r(hosts, ", \t", &save); h; h = strtok_r(NULL, ", \t", &save)) {
-		char host[256];
-		int port = s->port;
-		snprintf(host, sizeof host, "%s", h);
-		char *colon = strrchr(host, ':');
-		if (colon && !strchr(colon + 1, ']') && strchr(host, ':') == colon) {
-			*colon = 0;
-			port = atoi(colon + 1);
-		}
-		MYSQL *db = mysql_init(NULL);
-		if (!db)
-			fatal("out of memory");
-		unsigned int ct = 2, rt = 5;
-		mysql_options(db, MYSQL_OPT_CONNECT_TIMEOUT, &ct);
-		mysql_options(db, MYSQL_OPT_READ_TIMEOUT, &rt);
-		mysql_options(db, MYSQL_OPT_WRITE_TIMEOUT, &rt);
-		if (!mysql_real_connect(db, host, s->user, s->password, s->dbname, (unsigned)port, NULL,
-					CLIENT_MULTI_STATEMENTS)) {
-			snprintf(err, errlen, "mysql: %s:%d: %s", host, port, mysql_error(db));
-			mysql_close(db);
+	/* err names every host's failure, in the order tried. */
+	if (errlen)
+		err[0] = 0;
+	for (int i = 0; i < s->nhosts; i++) {
+		int h = (s->host_at + i) % s->nhosts, port;
+		char host[256], e[512];
+		if (my_host(s, h, host, sizeof host, &port) < 0)
+			continue;
+		MYSQL *db = my_open_host(s, host, port, probe, e, sizeof e);
+		if (!db) {
+			size_t used = strlen(err);
+			snprintf(err + used, errlen - used, "%s%s", used ? "; " : "", e);
 			continue;
 		}
-		for (size_t i = 0; !probe && i < sizeof my_schema / sizeof my_schema[0]; i++) {
-			if (mysql_query(db, my_schema[i])) {
-				snprintf(err, errlen, "mysql: schema: %s", mysql_error(db));
-				mysql_close(db);
-				db = NULL;
-				break;
-			}
-		}
-		/* Tables made before the net column get it; the row count
-		 * starts as the table's. */
-		if (db && !probe && my_migrate(db, err, errlen) < 0) {
-			mysql_close(db);
-			db = NULL;
-		}
-		if (!db)
-			continue;
 		s->db = db;
+		s->host_cur = s->host_at = h;
+		s->fail = MY_FAIL_NONE;
 		return 0;
 	}
 	s->retry_at = now + 1;
@@ -257,48 +389,109 @@ static int is_conn_error(unsigned e)
 	    e == 1053 /* ER_SERVER_SHUTDOWN */;
 }
 
-/* my_run - run a multi-statement query; rows of its result sets go to
- * row(arg, row, nfields). Reconnects and tries once more on a lost
- * connection. Returns 0 or -1 with err. */
+/* my_classify - what a retry may do about error e. 1047 is Galera's
+ * "WSREP has not yet prepared node for application use" (a node out of
+ * the primary component, or still joining); 1180, an error during
+ * COMMIT, is what a node says when replication failed under it. */
+static enum my_fail my_classify(unsigned e)
+{
+	if (is_conflict(e))
+		return MY_FAIL_CONFLICT;
+	if (is_conn_error(e) || e == 1047 || e == 1180)
+		return MY_FAIL_NODE;
+	return MY_FAIL_HARD;
+}
+
+/* my_results - read every result set of the query just sent; rows go to
+ * row(). 0, or -1 when a statement failed. */
+static int my_results(MYSQL *db, void (*row)(void *, MYSQL_ROW, unsigned), void *arg)
+{
+	int st;
+	do {
+		MYSQL_RES *res = mysql_store_result(db);
+		if (res) {
+			MYSQL_ROW r;
+			unsigned nf = mysql_num_fields(res);
+			while ((r = mysql_fetch_row(res)))
+				if (row)
+					row(arg, r, nf);
+			mysql_free_result(res);
+		} else if (mysql_field_count(db)) {
+			return -1;
+		}
+		st = mysql_next_result(db);
+	} while (st == 0);
+	return st > 0 ? -1 : 0;
+}
+
+/* my_run - run a multi-statement query once; rows of its result sets go
+ * to row(arg, row, nfields). Returns 0, or -1 with err and s->fail set.
+ * After a conflict the connection is kept (its transaction rolled back);
+ * after any other failure it is closed (results may be pending). */
 static int my_run(struct my_store *s, const char *q, void (*row)(void *, MYSQL_ROW, unsigned), void *arg,
 		  char *err, size_t errlen)
 {
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (!s->db && my_connect(s, err, errlen) < 0)
-			return -1;
-		int failed = 0;
-		if (mysql_real_query(s->db, q, strlen(q))) {
-			failed = 1;
-		} else {
-			int st;
-			do {
-				MYSQL_RES *res = mysql_store_result(s->db);
-				if (res) {
-					MYSQL_ROW r;
-					unsigned nf = mysql_num_fields(res);
-					while ((r = mysql_fetch_row(res)))
-						if (row)
-							row(arg, r, nf);
-					mysql_free_result(res);
-				} else if (mysql_field_count(s->db)) {
-					failed = 1;
-					break;
-				}
-				st = mysql_next_result(s->db);
-			} while (st == 0);
-			if (st > 0)
-				failed = 1;
-		}
-		if (!failed)
-			return 0;
-		unsigned e = mysql_errno(s->db);
-		snprintf(err, errlen, "mysql: %s", mysql_error(s->db));
-		/* Any failure may leave results pending: start afresh. */
+	s->fail = MY_FAIL_NONE;
+	if (!s->db && my_connect(s, err, errlen) < 0)
+		return -1;
+	stats_inc(ST_grey_db_queries);
+	if (!mysql_real_query(s->db, q, strlen(q)) && !my_results(s->db, row, arg))
+		return 0;
+	unsigned e = mysql_errno(s->db);
+	snprintf(err, errlen, "mysql: %s", mysql_error(s->db));
+	s->fail = my_classify(e);
+	if (s->fail != MY_FAIL_CONFLICT || mysql_query(s->db, "ROLLBACK"))
 		my_disconnect(s);
-		if (!is_conn_error(e))
-			return -1;
-	}
 	return -1;
+}
+
+/* my_random - 63 random bits, never 0 (attempt ids, backoff jitter). */
+static int64_t my_random(void)
+{
+	uint64_t v = 0;
+	if (getrandom(&v, sizeof v, 0) != sizeof v) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		v = ((uint64_t)ts.tv_sec * 1000000007u) ^ (uint64_t)ts.tv_nsec ^ (uint64_t)(uintptr_t)&v;
+	}
+	v &= INT64_MAX;
+	return v ? (int64_t)v : 1;
+}
+
+/* One call of the store, tried as a whole (see my_retry). */
+typedef int my_call_fn(struct my_store *s, void *arg, char *err, size_t errlen);
+
+/* my_retry - run call with a fresh attempt id; after a conflict run it
+ * again on the same node after a jittered, doubling wait; after a node
+ * failure at once on the next host (later ones wait too). At most
+ * MY_TRIES tries within MY_RETRY_MS; no retry when no host answers. */
+static int my_retry(struct my_store *s, my_call_fn *call, void *arg, char *err, size_t errlen)
+{
+	int64_t t0 = (int64_t)clock_ms(), wait = MY_BACKOFF_MS;
+	s->att = my_random();
+	for (int n = 1;; n++) {
+		int rc = call(s, arg, err, errlen);
+		if (rc >= 0 || (s->fail != MY_FAIL_NODE && s->fail != MY_FAIL_CONFLICT) || n >= MY_TRIES)
+			return rc;
+		if (s->fail == MY_FAIL_NODE) {
+			char host[256] = "?";
+			int port = 0;
+			my_host(s, s->host_cur, host, sizeof host, &port);
+			s->host_at = (s->host_cur + 1) % s->nhosts;
+			stats_inc(ST_grey_db_retry_node);
+			log_warn("greylist database %s:%d: %s (trying %s)", host, port, err,
+				 s->nhosts > 1 ? "the next host" : "again");
+			if (n == 1)
+				continue;
+		} else {
+			stats_inc(ST_grey_db_retry_conflict);
+		}
+		int64_t d = wait / 2 + my_random() % (wait / 2 + 1);
+		if ((int64_t)clock_ms() - t0 + d > MY_RETRY_MS)
+			return rc;
+		my_sleep_ms(d);
+		wait = wait * 2 > MY_BACKOFF_MAX ? MY_BACKOFF_MAX : wait * 2;
+	}
 }
 
 /* hex - 16 bytes as 32 hex digits. */
@@ -365,9 +558,9 @@ static int64_t my_evict(struct my_store *s, const struct grey_query *q, const ch
 		snprintf(sql, sizeof sql,
 			 MY_NOW "DELETE FROM grey WHERE passed = 0 AND %s LIMIT %lld;"
 				"SET @d = ROW_COUNT();"
-				"UPDATE grey_meta SET until = until - GREATEST(@d, 0) WHERE name = 'rows';"
+				"UPDATE grey_meta SET until = until - GREATEST(@d, 0) WHERE name = '%s';"
 				"SELECT @d",
-			 where, (long long)(need - done));
+			 where, (long long)(need - done), s->shard);
 		int64_t v[4] = { 0 };
 		if (my_run(s, sql, ints_row, v, err, errlen) < 0)
 			return -1;
@@ -376,32 +569,38 @@ static int64_t my_evict(struct my_store *s, const struct grey_query *q, const ch
 	return done;
 }
 
+/* my_quota - count the new triplet against its network's quota (once per
+ * attempt) and read the store's row count: v[0] the network's count, v[1]
+ * the rows. */
+static int my_quota(struct my_store *s, const struct grey_query *q, const char *n, int64_t v[4], char *err,
+		    size_t errlen)
+{
+	char quota[1024] = "", sql[2048];
+	long long att = (long long)s->att, iv = (long long)q->new_interval;
+	if (q->new_limit > 0)
+		snprintf(quota, sizeof quota,
+			 "INSERT INTO gnet (k, start, cnt, over_at, expires, att)"
+			 " VALUES (X'%s', @n, 1, 0, @n + %lld, %lld) ON DUPLICATE KEY UPDATE"
+			 " cnt = IF(att = %lld, cnt, IF(@n - start >= %lld, 1, cnt + 1)),"
+			 " start = IF(att = %lld, start, IF(@n - start >= %lld, @n, start)),"
+			 " expires = GREATEST(start + %lld, over_at + %lld), att = %lld;"
+			 "UPDATE gnet SET over_at = @n, expires = GREATEST(expires, @n + %lld)"
+			 " WHERE k = X'%s' AND cnt > %lld;",
+			 n, iv, att, att, iv, att, iv, iv, (long long)q->max_age, att, (long long)q->max_age,
+			 n, (long long)q->new_limit);
+	snprintf(sql, sizeof sql, MY_NOW "%sSELECT (SELECT cnt FROM gnet WHERE k = X'%s'), " MY_ROWS, quota, n);
+	return my_run(s, sql, ints_row, v, err, errlen);
+}
+
 /* my_new - a triplet not in the table: the network's quota, the size
- * bound, then the insert. */
+ * bound, then the insert (with its count, one transaction). */
 static int my_new(struct my_store *s, const struct grey_query *q, struct grey_answer *a, const char *k,
 		  const char *n, char *err, size_t errlen)
 {
 	char sql[2048];
 	int64_t v[4] = { 0 };
 	if (q->new_limit > 0 || q->max_entries > 0) {
-		char quota[1024] = "";
-		if (q->new_limit > 0)
-			snprintf(quota, sizeof quota,
-				 "INSERT INTO gnet (k, start, cnt, over_at, expires)"
-				 " VALUES (X'%s', @n, 1, 0, @n + %lld) ON DUPLICATE KEY UPDATE"
-				 " cnt = IF(@n - start >= %lld, 1, cnt + 1),"
-				 " start = IF(@n - start >= %lld, @n, start),"
-				 " expires = GREATEST(start + %lld, over_at + %lld);"
-				 "UPDATE gnet SET over_at = @n, expires = GREATEST(expires, @n + %lld)"
-				 " WHERE k = X'%s' AND cnt > %lld;",
-				 n, (long long)q->new_interval, (long long)q->new_interval,
-				 (long long)q->new_interval, (long long)q->new_interval,
-				 (long long)q->max_age, (long long)q->max_age, n, (long long)q->new_limit);
-		snprintf(sql, sizeof sql,
-			 MY_NOW "%sSELECT (SELECT cnt FROM gnet WHERE k = X'%s'),"
-				" (SELECT until FROM grey_meta WHERE name = 'rows')",
-			 quota, n);
-		if (my_run(s, sql, ints_row, v, err, errlen) < 0)
+		if (my_quota(s, q, n, v, err, errlen) < 0)
 			return -1;
 		if (q->new_limit > 0 && v[0] > q->new_limit) {
 			a->state = GREY_OVER_QUOTA;
@@ -423,12 +622,13 @@ static int my_new(struct my_store *s, const struct grey_query *q, struct grey_an
 		}
 	}
 	snprintf(sql, sizeof sql,
-		 MY_NOW
-		 "INSERT IGNORE INTO grey (k, first, last, prev, passed, expires, net)"
-		 " VALUES (X'%s', @n, @n, 0, 0, @n + %lld, X'%s');"
-		 "SET @i = ROW_COUNT();"
-		 "UPDATE grey_meta SET until = until + GREATEST(@i, 0) WHERE name = 'rows';" MY_SELECT_ROW,
-		 k, (long long)q->max_age, n, n, k);
+		 MY_NOW "START TRANSACTION;"
+			"INSERT IGNORE INTO grey (k, first, last, prev, passed, expires, net, att)"
+			" VALUES (X'%s', @n, @n, 0, 0, @n + %lld, X'%s', %lld);"
+			"SET @i = ROW_COUNT();"
+			"UPDATE grey_meta SET until = until + GREATEST(@i, 0) WHERE name = '%s';"
+			"COMMIT;" MY_SELECT_ROW,
+		 k, (long long)q->max_age, n, (long long)s->att, s->shard, n, k);
 	int64_t evicted = a->evicted;
 	memset(a, 0, sizeof *a);
 	a->now = -1;
@@ -442,35 +642,123 @@ static int my_new(struct my_store *s, const struct grey_query *q, struct grey_an
 	return 0;
 }
 
-/* my_check - one round trip for a known triplet (the clock, the update,
- * the row); a new one goes on to my_new. */
-static int my_check(struct grey_store *gs, const struct grey_query *q, struct grey_answer *a, char *err,
-		    size_t errlen)
+/* A decision: what my_retry passes to check_call, and what the round
+ * trip said about a new triplet (found, its network's count, the rows). */
+struct my_decision {
+	const struct grey_query *q;
+	struct grey_answer *a;
+	int64_t found, quota, rows;
+};
+
+/* decide_row - the triplet's row (check_row) and the new-triplet facts. */
+static void decide_row(void *arg, MYSQL_ROW r, unsigned nf)
 {
-	struct my_store *s = (struct my_store *)gs;
-	char k[33], n[33], sql[2048];
+	struct my_decision *d = arg;
+	check_row(d->a, r, nf);
+	if (nf >= 8) {
+		d->found = r[5] ? strtoll(r[5], NULL, 10) : 0;
+		d->quota = r[6] ? strtoll(r[6], NULL, 10) : 0;
+		d->rows = r[7] ? strtoll(r[7], NULL, 10) : 0;
+	}
+}
+
+/* decide_sql - the whole decision as one transaction in one round trip:
+ * the update of a known triplet; for a new one (@f = 0) the network's
+ * quota, the size bound and the insert with its count, each statement
+ * doing nothing when it does not apply; then the row. A row that already
+ * carries this attempt's id is not changed again: an earlier try
+ * committed it, and the row tells what that try decided. */
+static void decide_sql(struct strbuf *b, const struct my_store *s, const struct grey_query *q, const char *k,
+		       const char *n)
+{
+	long long att = (long long)s->att, iv = (long long)q->new_interval;
+	sb_printf(b,
+		  MY_NOW "START TRANSACTION;"
+			 "UPDATE grey SET prev = IF(expires <= @n, 0, last),"
+			 " passed = IF(prev = 0, 0, IF(passed = 1 OR @n - first >= %lld, 1, 0)),"
+			 " expires = IF(prev = 0, @n + %lld, IF(passed = 1, @n + %lld, expires)),"
+			 " first = IF(prev = 0, @n, first), last = @n, att = %lld"
+			 " WHERE k = X'%s' AND att <> %lld;"
+			 "SET @f = (SELECT COUNT(*) FROM grey WHERE k = X'%s');",
+		  (long long)q->delay, (long long)q->max_age, (long long)q->retention, att, k, att, k);
+	if (q->new_limit > 0)
+		sb_printf(
+		    b,
+		    "INSERT INTO gnet (k, start, cnt, over_at, expires, att)"
+		    " SELECT X'%s', @n, 1, 0, @n + %lld, %lld FROM DUAL WHERE @f = 0 ON DUPLICATE KEY UPDATE"
+		    " cnt = IF(att = %lld, cnt, IF(@n - start >= %lld, 1, cnt + 1)),"
+		    " start = IF(att = %lld, start, IF(@n - start >= %lld, @n, start)),"
+		    " expires = GREATEST(start + %lld, over_at + %lld), att = %lld;"
+		    "UPDATE gnet SET over_at = @n, expires = GREATEST(expires, @n + %lld)"
+		    " WHERE @f = 0 AND k = X'%s' AND cnt > %lld;"
+		    "SET @q = IF(@f = 0, (SELECT cnt FROM gnet WHERE k = X'%s'), 0);",
+		    n, iv, att, att, iv, att, iv, iv, (long long)q->max_age, att, (long long)q->max_age, n,
+		    (long long)q->new_limit, n);
+	else
+		sb_printf(b, "SET @q = 0;");
+	if (q->max_entries > 0)
+		sb_printf(b, "SET @r = IF(@f = 0, " MY_ROWS ", 0);");
+	else
+		sb_printf(b, "SET @r = 0;");
+	sb_printf(
+	    b,
+	    "INSERT IGNORE INTO grey (k, first, last, prev, passed, expires, net, att)"
+	    " SELECT X'%s', @n, @n, 0, 0, @n + %lld, X'%s', %lld FROM DUAL"
+	    " WHERE @f = 0 AND (%lld = 0 OR @q <= %lld) AND (%lld = 0 OR @r < %lld);"
+	    "SET @i = ROW_COUNT();"
+	    "UPDATE grey_meta SET until = until + @i WHERE @i > 0 AND name = '%s';"
+	    "COMMIT;"
+	    "SELECT g.first, g.prev, g.passed, @n, (SELECT cnt FROM awl WHERE k = X'%s' AND expires > @n),"
+	    " @f, @q, @r FROM (SELECT 1) AS one LEFT JOIN grey g ON g.k = X'%s'",
+	    k, (long long)q->max_age, n, att, (long long)q->new_limit, (long long)q->new_limit,
+	    (long long)q->max_entries, (long long)q->max_entries, s->shard, n, k);
+}
+
+/* check_call - one try of a decision: one round trip (decide_sql); only
+ * a new triplet that finds the store full goes on to my_new's eviction
+ * (its quota already counted by this attempt: not counted again). */
+static int check_call(struct my_store *s, void *arg, char *err, size_t errlen)
+{
+	struct my_decision *d = arg;
+	const struct grey_query *q = d->q;
+	struct grey_answer *a = d->a;
+	char k[33], n[33];
 	hex(&q->triplet, k);
 	hex(&q->net, n);
-	snprintf(sql, sizeof sql,
-		 MY_NOW "UPDATE grey SET"
-			" prev = IF(expires <= @n, 0, last),"
-			" passed = IF(prev = 0, 0, IF(passed = 1 OR @n - first >= %lld, 1, 0)),"
-			" expires = IF(prev = 0, @n + %lld, IF(passed = 1, @n + %lld, expires)),"
-			" first = IF(prev = 0, @n, first),"
-			" last = @n WHERE k = X'%s';" MY_SELECT_ROW,
-		 (long long)q->delay, (long long)q->max_age, (long long)q->retention, k, n, k);
+	struct strbuf b = { 0 };
+	decide_sql(&b, s, q, k, n);
 	memset(a, 0, sizeof *a);
 	a->now = -1;
-	if (my_run(s, sql, check_row, a, err, errlen) < 0)
+	d->found = d->quota = d->rows = 0;
+	int rc = my_run(s, sb_str(&b), decide_row, d, err, errlen);
+	sb_free(&b);
+	if (rc < 0)
 		return -1;
 	if (a->now < 0) {
 		snprintf(err, errlen, "mysql: no answer to the decision");
+		s->fail = MY_FAIL_HARD;
 		return -1;
 	}
 	if (a->first >= 0)
 		return 0;
 	a->first = a->now;
-	return my_new(s, q, a, k, n, err, errlen);
+	if (q->new_limit > 0 && d->quota > q->new_limit) {
+		a->state = GREY_OVER_QUOTA;
+		return 0;
+	}
+	if (q->max_entries > 0 && d->rows >= q->max_entries)
+		return my_new(s, q, a, k, n, err, errlen);
+	snprintf(err, errlen, "mysql: no row after insert");
+	s->fail = MY_FAIL_CONFLICT; /* deleted under us: try again */
+	return -1;
+}
+
+/* my_check - a decision, tried as a whole (my_retry). */
+static int my_check(struct grey_store *gs, const struct grey_query *q, struct grey_answer *a, char *err,
+		    size_t errlen)
+{
+	struct my_decision d = { q, a, 0, 0, 0 };
+	return my_retry((struct my_store *)gs, check_call, &d, err, errlen);
 }
 
 /* count_row - the auto-whitelist count. */
@@ -480,24 +768,40 @@ static void count_row(void *arg, MYSQL_ROW r, unsigned nf)
 		*(int64_t *)arg = strtoll(r[0], NULL, 10);
 }
 
-/* my_awl_pass - count an accepted message (database clock). */
+/* An accepted message: what my_retry passes to awl_call. */
+struct my_awl {
+	const struct grey_key *net;
+	int64_t interval, retention, *count;
+};
+
+/* awl_call - one try of counting an accepted message (database clock);
+ * a row this attempt already counted is left as it is. */
+static int awl_call(struct my_store *s, void *arg, char *err, size_t errlen)
+{
+	struct my_awl *w = arg;
+	char n[33], sql[1024];
+	long long att = (long long)s->att, iv = (long long)w->interval, rt = (long long)w->retention;
+	hex(w->net, n);
+	snprintf(sql, sizeof sql,
+		 MY_NOW
+		 "INSERT INTO awl (k, cnt, last, expires, att) VALUES (X'%s', 1, @n, @n + %lld, %lld)"
+		 " ON DUPLICATE KEY UPDATE"
+		 " cnt = IF(att = %lld, cnt, IF(expires <= @n, 1, IF(@n - last >= %lld, cnt + 1, cnt))),"
+		 " last = IF(att = %lld, last, IF(expires <= @n OR @n - last >= %lld, @n, last)),"
+		 " expires = IF(att = %lld, expires, @n + %lld), att = %lld;"
+		 "SELECT cnt FROM awl WHERE k = X'%s'",
+		 n, rt, att, att, iv, att, iv, att, rt, att, n);
+	*w->count = 0;
+	return my_run(s, sql, count_row, w->count, err, errlen);
+}
+
+/* my_awl_pass - count an accepted message, tried as a whole. */
 static int my_awl_pass(struct grey_store *gs, const struct grey_key *net, int64_t now, int64_t interval,
 		       int64_t retention, int64_t *count, char *err, size_t errlen)
 {
 	(void)now;
-	struct my_store *s = (struct my_store *)gs;
-	char n[33], sql[1024];
-	hex(net, n);
-	snprintf(sql, sizeof sql,
-		 MY_NOW "INSERT INTO awl (k, cnt, last, expires) VALUES (X'%s', 1, @n, @n + %lld)"
-			" ON DUPLICATE KEY UPDATE"
-			" cnt = IF(expires <= @n, 1, IF(@n - last >= %lld, cnt + 1, cnt)),"
-			" last = IF(expires <= @n OR @n - last >= %lld, @n, last),"
-			" expires = @n + %lld;"
-			"SELECT cnt FROM awl WHERE k = X'%s'",
-		 n, (long long)retention, (long long)interval, (long long)interval, (long long)retention, n);
-	*count = 0;
-	return my_run(s, sql, count_row, count, err, errlen);
+	struct my_awl w = { net, interval, retention, count };
+	return my_retry((struct my_store *)gs, awl_call, &w, err, errlen);
 }
 
 /* lease_row - the lease query's answer: taken (1/0) and the db clock. */
@@ -510,11 +814,11 @@ static void lease_row(void *arg, MYSQL_ROW r, unsigned nf)
 	}
 }
 
-/* my_expire - take the fleet's expiry lease if free, then delete. */
-static int my_expire(struct grey_store *gs, int64_t now, int limit, char *err, size_t errlen)
+/* expire_call - take the fleet's expiry lease if free, then delete (a
+ * retry after a lost answer finds the lease taken: it does nothing). */
+static int expire_call(struct my_store *s, void *arg, char *err, size_t errlen)
 {
-	(void)now;
-	struct my_store *s = (struct my_store *)gs;
+	int limit = *(int *)arg;
 	char sql[512];
 	int64_t v[2] = { 0, 0 };
 	/* ROW_COUNT() is read right after the UPDATE (1: the lease is ours). */
@@ -531,24 +835,180 @@ static int my_expire(struct grey_store *gs, int64_t now, int limit, char *err, s
 	/* The lease was taken now: once a run, the row count is made
 	 * exact again (a delete by hand, a race between nodes). */
 	if (v[0] == 1 &&
-	    my_run(s, "UPDATE grey_meta SET until = (SELECT COUNT(*) FROM grey) WHERE name = 'rows'", NULL,
-		   NULL, err, errlen) < 0)
+	    my_run(s,
+		   "UPDATE grey_meta SET until = IF(name = 'rows', (SELECT COUNT(*) FROM grey), 0)"
+		   " WHERE name LIKE 'rows%'",
+		   NULL, NULL, err, errlen) < 0)
 		return -1;
 	int total = 0;
 	const char *tables[3] = { "grey", "awl", "gnet" };
 	for (int i = 0; i < 3; i++) {
 		int64_t d[4] = { 0 };
+		char count[128] = "";
+		if (i == 0)
+			snprintf(count, sizeof count,
+				 " UPDATE grey_meta SET until = until - GREATEST(@d, 0) WHERE name = '%s';",
+				 s->shard);
 		snprintf(sql, sizeof sql,
 			 "DELETE FROM %s WHERE expires <= %lld LIMIT %d; SET @d = ROW_COUNT();%s SELECT @d",
-			 tables[i], (long long)v[1], limit,
-			 i == 0 ? " UPDATE grey_meta SET until = until - GREATEST(@d, 0) WHERE name = 'rows';"
-				: "");
+			 tables[i], (long long)v[1], limit, count);
 		if (my_run(s, sql, ints_row, d, err, errlen) < 0)
 			return -1;
 		if (d[0] > total)
 			total = (int)d[0];
 	}
 	return total;
+}
+
+/* my_expire - one expiry round, tried as a whole. */
+static int my_expire(struct grey_store *gs, int64_t now, int limit, char *err, size_t errlen)
+{
+	(void)now;
+	return my_retry((struct my_store *)gs, expire_call, &limit, err, errlen);
+}
+
+/* The fleet's tables (made at a box's first sync, so a site that shares
+ * nothing never has them): per-recipient verdicts, the boxes' heartbeats,
+ * their session counts and their sessions per minute. */
+static const char *const my_fleet_schema[] = {
+	"CREATE TABLE IF NOT EXISTS fleet_rcpt (k VARBINARY(320) NOT NULL PRIMARY KEY, code INT NOT NULL,"
+	" enh VARCHAR(16) NOT NULL, expires BIGINT NOT NULL, updated BIGINT NOT NULL, box BINARY(8) NOT NULL,"
+	" KEY fleet_rcpt_updated (updated), KEY fleet_rcpt_expires (expires)) ENGINE=InnoDB",
+	"CREATE TABLE IF NOT EXISTS fleet_box (box BINARY(8) NOT NULL PRIMARY KEY, updated BIGINT NOT NULL)"
+	" ENGINE=InnoDB",
+	"CREATE TABLE IF NOT EXISTS fleet_conn (box BINARY(8) NOT NULL, addr VARBINARY(64) NOT NULL,"
+	" n INT NOT NULL, PRIMARY KEY (box, addr)) ENGINE=InnoDB",
+	"CREATE TABLE IF NOT EXISTS fleet_rate (box BINARY(8) NOT NULL, addr VARBINARY(64) NOT NULL,"
+	" minute BIGINT NOT NULL, n INT NOT NULL, PRIMARY KEY (box, addr, minute), KEY fleet_rate_minute"
+	" (minute)) ENGINE=InnoDB",
+};
+
+/* sb_hex - s as a hex literal X'...' ("" as X''). */
+static void sb_hex(struct strbuf *b, const char *s)
+{
+	static const char d[] = "0123456789abcdef";
+	sb_add(b, "X'", 2);
+	for (; *s; s++) {
+		char x[2] = { d[(unsigned char)*s >> 4], d[(unsigned char)*s & 15] };
+		sb_add(b, x, 2);
+	}
+	sb_add(b, "'", 1);
+}
+
+/* enh_ok - an enhanced status code: digits and dots only. */
+static int enh_ok(const char *e)
+{
+	return strspn(e, "0123456789.") == strlen(e) && strlen(e) < 16;
+}
+
+/* fleet_writes - this box's news as statements: its heartbeat, verdicts
+ * and counts (absolute values: a retry writes the same again). */
+static void fleet_writes(struct strbuf *b, const struct grey_fleet_sync *fs)
+{
+	sb_printf(b, "INSERT INTO fleet_box VALUES (X'%s', @n) ON DUPLICATE KEY UPDATE updated = @n;", fs->box);
+	int rows = 0;
+	for (int i = 0; i < fs->nrcpts; i++) {
+		const struct grey_fleet_rcpt *r = &fs->rcpts[i];
+		if (!enh_ok(r->enh))
+			continue;
+		sb_printf(b, rows++ ? ", (" : "INSERT INTO fleet_rcpt VALUES (");
+		sb_hex(b, r->rcpt);
+		sb_printf(b, ", %d, '%s', @n + %lld, @n, X'%s')", r->code, r->enh, (long long)r->ttl, fs->box);
+	}
+	if (rows)
+		sb_printf(b,
+			  " ON DUPLICATE KEY UPDATE code = VALUES(code), enh = VALUES(enh),"
+			  " expires = VALUES(expires), updated = @n, box = VALUES(box);");
+	for (int i = 0; i < fs->nconns; i++) {
+		sb_printf(b, i ? ", (X'%s', " : "INSERT INTO fleet_conn VALUES (X'%s', ", fs->box);
+		sb_hex(b, fs->conns[i].addr);
+		sb_printf(b, ", %d)", fs->conns[i].n);
+		if (i == fs->nconns - 1)
+			sb_printf(b,
+				  " ON DUPLICATE KEY UPDATE n = VALUES(n);"
+				  "DELETE FROM fleet_conn WHERE box = X'%s' AND n = 0;",
+				  fs->box);
+	}
+	for (int i = 0; i < fs->nrates; i++) {
+		sb_printf(b, i ? ", (X'%s', " : "INSERT INTO fleet_rate VALUES (X'%s', ", fs->box);
+		sb_hex(b, fs->rates[i].addr);
+		sb_printf(b, ", %lld, %d)", (long long)fs->minute, fs->rates[i].n);
+		if (i == fs->nrates - 1)
+			sb_printf(b, " ON DUPLICATE KEY UPDATE n = GREATEST(n, VALUES(n));");
+	}
+	/* Each box clears its own old minutes; expired verdicts go too. */
+	sb_printf(b,
+		  "DELETE FROM fleet_rate WHERE box = X'%s' AND minute < %lld;"
+		  "DELETE FROM fleet_rcpt WHERE expires <= @n LIMIT 1000;",
+		  fs->box, (long long)fs->minute - 1);
+}
+
+/* fleet_row - one row of the reads: a tag, then its fields. */
+static void fleet_row(void *arg, MYSQL_ROW r, unsigned nf)
+{
+	struct grey_fleet_sync *fs = arg;
+	if (nf < 5 || !r[0] || !r[1])
+		return;
+	switch (r[0][0]) {
+	case 'n': fs->now = strtoll(r[1], NULL, 10); break;
+	case 'r':
+		if (r[2] && r[3] && r[4] && fs->rcpt_in)
+			fs->rcpt_in(fs->arg, r[1], atoi(r[2]), r[3], strtoll(r[4], NULL, 10));
+		break;
+	case 'c':
+		if (r[2] && fs->conn_in)
+			fs->conn_in(fs->arg, r[1], atoi(r[2]));
+		break;
+	case 'm':
+		if (r[2] && fs->rate_in)
+			fs->rate_in(fs->arg, r[1], atoi(r[2]));
+		break;
+	}
+}
+
+/* fleet_call - one try of a sync: the writes, then what the other boxes
+ * wrote, in one multi-statement round trip. */
+static int fleet_call(struct my_store *s, void *arg, char *err, size_t errlen)
+{
+	struct grey_fleet_sync *fs = arg;
+	if (!s->fleet_ready) {
+		if (!s->db && my_connect(s, err, errlen) < 0)
+			return -1;
+		for (size_t i = 0; i < sizeof my_fleet_schema / sizeof my_fleet_schema[0]; i++)
+			if (my_setup_query(s->db, my_fleet_schema[i])) {
+				snprintf(err, errlen, "mysql: fleet schema: %s", mysql_error(s->db));
+				s->fail = my_classify(mysql_errno(s->db));
+				my_disconnect(s);
+				return -1;
+			}
+		s->fleet_ready = 1;
+	}
+	struct strbuf b = { 0 };
+	sb_printf(&b, MY_NOW);
+	fleet_writes(&b, fs);
+	if (fs->want_rcpts)
+		sb_printf(&b,
+			  "SELECT 'r', k, code, enh, expires - @n FROM fleet_rcpt WHERE updated > %lld"
+			  " AND expires > @n AND box <> X'%s';",
+			  (long long)fs->rcpt_since, fs->box);
+	if (fs->want_limits)
+		sb_printf(
+		    &b,
+		    "SELECT 'c', c.addr, SUM(c.n), 0, 0 FROM fleet_conn c JOIN fleet_box x ON x.box = c.box"
+		    " WHERE c.box <> X'%s' AND x.updated > @n - %lld AND c.n > 0 GROUP BY c.addr;"
+		    "SELECT 'm', addr, SUM(n), 0, 0 FROM fleet_rate WHERE minute = %lld AND box <> X'%s'"
+		    " GROUP BY addr;",
+		    fs->box, (long long)fs->stale, (long long)fs->minute, fs->box);
+	sb_printf(&b, "SELECT 'n', @n, 0, 0, 0");
+	int rc = my_run(s, sb_str(&b), fleet_row, fs, err, errlen);
+	sb_free(&b);
+	return rc;
+}
+
+/* my_fleet_sync - a sync, tried as a whole. */
+static int my_fleet_sync(struct grey_store *gs, struct grey_fleet_sync *fs, char *err, size_t errlen)
+{
+	return my_retry((struct my_store *)gs, fleet_call, fs, err, errlen);
 }
 
 /* my_close - close the connection. */
@@ -564,6 +1024,7 @@ static const struct grey_store_ops my_ops = {
 	.awl_pass = my_awl_pass,
 	.expire = my_expire,
 	.close = my_close,
+	.fleet_sync = my_fleet_sync,
 };
 
 /* grey_mysql_check - the .cf file parses; a server that does not answer
@@ -596,6 +1057,11 @@ struct grey_store *grey_mysql_open(const char *cf_path, char *err, size_t errlen
 		free(s);
 		return NULL;
 	}
+	int shard = (int)(my_random() % MY_SHARDS);
+	if (shard)
+		snprintf(s->shard, sizeof s->shard, "rows%d", shard);
+	else
+		snprintf(s->shard, sizeof s->shard, "rows");
 	char e[256];
 	if (my_connect(s, e, sizeof e) < 0)
 		log_warn("greylist database: %s", e);

@@ -47,6 +47,7 @@
  * close never deletes the new file's WAL by name), leave them alone.
  */
 #include "grey.h"
+#include "clock.h"
 #include "conf.h"
 #include "log.h"
 
@@ -153,14 +154,6 @@ static const char sql_awl_pass[] =
 static const char sql_del_grey[] = "DELETE FROM grey WHERE k >= ?2 AND k < ?3 AND expires <= ?1";
 static const char sql_del_awl[] = "DELETE FROM awl WHERE expires <= ?1 LIMIT ?2";
 static const char sql_del_gnet[] = "DELETE FROM gnet WHERE expires <= ?1 LIMIT ?2";
-
-/* mono_ms - the monotonic clock in milliseconds. */
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* sq_err - the connection's last error into err; returns -1. */
 static int sq_err(struct sq_store *s, const char *what, char *err, size_t errlen)
@@ -308,7 +301,7 @@ static int sq_file_open(struct sq_store *s, int *replaced, char *err, size_t err
 		sq_file_ino = sb.st_ino;
 	}
 	pthread_mutex_unlock(&sq_file_mu);
-	s->stat_at = mono_ms() + SQ_STAT_PERIOD;
+	s->stat_at = clock_ms() + SQ_STAT_PERIOD;
 	return rc;
 }
 
@@ -318,7 +311,7 @@ static int sq_fresh(struct sq_store *s, char *err, size_t errlen)
 {
 	if (!s->watch)
 		return s->db ? 0 : sq_err(s, "open", err, errlen);
-	int64_t now = mono_ms();
+	int64_t now = clock_ms();
 	if (now < s->stat_at)
 		return s->db ? 0 : sq_err(s, s->path, err, errlen);
 	s->stat_at = now + SQ_STAT_PERIOD;

@@ -14,6 +14,7 @@
  *   http_server_stop(); nothing outlives the loop.
  */
 #include "http.h"
+#include "clock.h"
 #include "conn.h"
 #include "ev.h"
 #include "log.h"
@@ -176,17 +177,25 @@ static void hconn_free(struct hconn *h)
 	free(h);
 }
 
+/* http_response - see http.h. */
+void http_response(struct strbuf *out, int status, const char *ctype, const char *body, size_t len,
+		   int head_only)
+{
+	sb_printf(out,
+		  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+		  "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
+		  status, reason(status), ctype, len, status == 405 ? "Allow: GET, HEAD\r\n" : "");
+	if (!head_only && len)
+		sb_add(out, body, len);
+}
+
 /* respond - the whole answer, then close once it is flushed. */
 static void respond(struct hconn *h, int status, const char *ctype, const struct strbuf *body, int head_only)
 {
-	char hdr[512];
-	int n = snprintf(hdr, sizeof hdr,
-			 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-			 "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
-			 status, reason(status), ctype, body->len, status == 405 ? "Allow: GET, HEAD\r\n" : "");
-	conn_write(h->c, hdr, (size_t)n);
-	if (!head_only && body->len)
-		conn_write(h->c, body->p, body->len);
+	struct strbuf ans = { 0 };
+	http_response(&ans, status, ctype, body->p, body->len, head_only);
+	conn_write(h->c, ans.p, ans.len);
+	sb_free(&ans);
 	h->answered = 1;
 	conn_shutdown(h->c);
 }
@@ -296,19 +305,11 @@ void http_server_stop(struct ev_loop *loop)
 
 /* ---- the client --------------------------------------------------------- */
 
-/* mono_ms - a monotonic clock for the client's deadline. */
-static long long mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* wait_fd - poll one fd until the deadline; 0 ready, -1 timeout/error. */
 static int wait_fd(int fd, short ev, long long deadline)
 {
 	for (;;) {
-		long long left = deadline - mono_ms();
+		long long left = deadline - clock_ms();
 		if (left <= 0)
 			return -1;
 		struct pollfd p = { .fd = fd, .events = ev };
@@ -341,7 +342,7 @@ int http_get(const char *addr, const char *path, int timeout_ms, int *status, st
 		if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
 			a->sin6_addr = in6addr_loopback;
 	}
-	long long deadline = mono_ms() + timeout_ms;
+	long long deadline = clock_ms() + timeout_ms;
 	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		snprintf(err, errlen, "socket: %s", strerror(errno));

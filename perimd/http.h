@@ -37,6 +37,13 @@ enum parse_result http_request_parse(const char *buf, size_t len, struct http_re
  * Content-Type (a static string). */
 typedef int http_handler(const struct http_req *rq, struct strbuf *body, const char **ctype);
 
+/* http_response - append the whole answer to out: status line, headers
+ * (Content-Type ctype, Content-Length len, no caching, Connection: close;
+ * Allow with 405) and, unless head_only, the len bytes of body. The one
+ * writer of responses: the server's and admin.c's "starting" 503. */
+void http_response(struct strbuf *out, int status, const char *ctype, const char *body, size_t len,
+		   int head_only);
+
 /* http_server_start - serve fd (listening, non-blocking) on loop. */
 void http_server_start(struct ev_loop *loop, int fd, http_handler *h);
 /* http_server_stop - close the listener and every open connection. */

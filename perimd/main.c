@@ -12,9 +12,11 @@
 #include "av.h"
 #include "conf.h"
 #include "ev.h"
+#include "fleet.h"
 #include "grey.h"
 #include "jobs.h"
 #include "log.h"
+#include "milter.h"
 #include "maps.h"
 #include "net.h"
 #include "policy.h"
@@ -71,6 +73,8 @@ static _Noreturn void usage(void)
 		"       perimd -d                                       print every parameter's default\n"
 		"       perimd -V                                       version and features\n"
 		"       perimd stats [-c FILE]                          live counters of the running daemon\n"
+		"       perimd stats ADDR...                            a fleet's totals: every box's "
+		"/metrics summed\n"
 		"       perimd healthcheck [-c FILE]                    exit 0 if it accepts mail, else 1\n");
 	exit(1);
 }
@@ -291,6 +295,12 @@ static void drop_privileges(const struct conf *c)
 	log_info("running as %s (uid %d)", c->mail_owner, (int)pw->pw_uid);
 }
 
+/* warn_restart - a reload changed a restart-only parameter. */
+static void warn_restart(const char *name)
+{
+	log_warn("reload: %s: changed value takes effect after restart", name);
+}
+
 /* reload - SIGHUP (full: certificates and signatures too) or a changed map
  * file: a new configuration and policy, or keep the old. */
 static void reload(const char *path, int nov, int full)
@@ -301,7 +311,7 @@ static void reload(const char *path, int nov, int full)
 		log_err("reload refused, keeping the running configuration: %s", err);
 		return;
 	}
-	struct policy *p = policy_load(c, err, sizeof err);
+	struct policy *p = milter_check(c, err, sizeof err) < 0 ? NULL : policy_load(c, err, sizeof err);
 	if (!p) {
 		log_err("reload refused, keeping the running configuration: %s", err);
 		return;
@@ -318,12 +328,7 @@ static void reload(const char *path, int nov, int full)
 	}
 	struct policy *old = policy_acquire();
 	if (old) {
-		const struct conf *oc = old->conf;
-		int changed = oc->smtpd_listen.n != c->smtpd_listen.n || oc->io_threads != c->io_threads;
-		for (int i = 0; !changed && i < c->smtpd_listen.n; i++)
-			changed = strcmp(oc->smtpd_listen.v[i], c->smtpd_listen.v[i]) != 0;
-		if (changed)
-			log_warn("reload: smtpd_listen or io_threads changed; this needs a restart");
+		conf_restart_changes(old->conf, c, warn_restart);
 		policy_release(old);
 	}
 	policy_install(p);
@@ -429,7 +434,8 @@ int main(int argc, char **argv)
 		}
 	}
 	if (admin_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0 ||
-	    grey_check(c, err, sizeof err) < 0) {
+	    grey_check(c, err, sizeof err) < 0 || milter_check(c, err, sizeof err) < 0 ||
+	    fleet_check(c, err, sizeof err) < 0) {
 		fprintf(stderr, "perimd: %s\n", err);
 		policy_release(pol);
 		return 1;
@@ -440,7 +446,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 
-	log_open("perimd", fg || !strcmp(c->log_to, "stderr"), verbose);
+	log_open("perimd", fg || c->log_to_e == LOG_TO_STDERR, verbose);
 	/* Spooled bodies, databases and statistics hold other people's mail:
 	 * nothing perimd creates is readable by group or others. */
 	umask(077);
@@ -502,7 +508,8 @@ int main(int argc, char **argv)
 		sigaction(SIGINT, &sa, NULL);
 	}
 
-	jobs_start(2);
+	jobs_start(milter_enabled(c) ? 64 : 2); /* a milter conversation holds a worker */
+	fleet_start();
 	admin_starting_begin(stats_fd); /* /healthz: 503 until the loops run */
 	{
 		/* No mail before the virus scanner has its engine loaded. */
@@ -546,6 +553,8 @@ int main(int argc, char **argv)
 	}
 	for (int t = 0; t < nthreads; t++)
 		pthread_join(threads[t].tid, NULL);
+	milter_stop();
+	fleet_stop();
 	jobs_stop();
 	av_stop();
 	tls_shutdown();

@@ -26,11 +26,14 @@
  * answer comes back through ev_defer. Lookup failures are never cached.
  */
 #include "maps.h"
+#include "clock.h"
 #include "ev.h"
+#include "hash.h"
 #include "jobs.h"
 #include "log.h"
 #include "maps_ldap.h"
 #include "maps_sql.h"
+#include "shcache.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -45,7 +48,7 @@
 #include <time.h>
 
 #define CACHE_BUCKETS 1024
-#define CACHE_MAX 50000 /* answers per map; the cache is emptied past it */
+#define CACHE_MAX 50000 /* answers per map; the oldest go past it */
 #define KEY_MAX 1024
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -67,12 +70,12 @@ struct map_cidr {
 	char *value;
 };
 
-struct cache_entry {
-	struct cache_entry *next;
-	uint64_t expires; /* monotonic ms */
-	int result;       /* 1 found, 0 not found */
+/* A cached answer of an sql/ldap map: the value of its answer cache, a
+ * shcache keyed by the kind byte and the lower-cased key, expiring in
+ * monotonic ms. */
+struct cached {
+	int result; /* 1 found, 0 not found */
 	char *value;
-	char key[]; /* kind byte, then the key */
 };
 
 struct map {
@@ -95,26 +98,15 @@ struct map {
 	struct map_sql *sql;
 	/* ldap: (also asynchronous: sql or ldap set means the answer cache is used) */
 	struct map_ldap *ldap;
-	pthread_mutex_t cache_mu;
-	struct cache_entry *cache[CACHE_BUCKETS];
-	int ncache;
+	struct shcache *cache;
 };
 
-/* key_hash - FNV-1a over the n bytes of key, folded to lower case. */
-static uint32_t key_hash(const char *key, size_t n)
-{
-	uint32_t h = 2166136261u;
-	for (size_t i = 0; i < n; i++) {
-		h ^= (uint32_t)tolower((unsigned char)key[i]);
-		h *= 16777619u;
-	}
-	return h;
-}
+static struct shcache *cache_new(void);
 
 /* map_find - the entry for the n bytes at key (any case), or NULL. */
 static struct map_entry *map_find(const struct map *m, const char *key, size_t n)
 {
-	uint32_t h = key_hash(key, n);
+	uint32_t h = hash_lower32(key, n);
 	for (struct map_entry *e = m->buckets[h & (m->nbuckets - 1)]; e; e = e->next)
 		if (e->hash == h && e->klen == n && strncasecmp(e->key, key, n) == 0)
 			return e;
@@ -171,7 +163,7 @@ static void map_add(struct map *m, const char *path, int line, const char *text)
 		*k = (char)tolower((unsigned char)*k);
 	e->value = xstrdup(v);
 	e->line = line;
-	e->hash = key_hash(e->key, kn);
+	e->hash = hash_lower32(e->key, kn);
 	e->klen = (uint32_t)kn;
 	e->next = m->buckets[e->hash & (m->nbuckets - 1)];
 	m->buckets[e->hash & (m->nbuckets - 1)] = e;
@@ -334,15 +326,7 @@ static void map_destroy(struct map *m)
 	if (m->sql || m->ldap) {
 		map_sql_free(m->sql);
 		map_ldap_free(m->ldap);
-		for (int i = 0; i < CACHE_BUCKETS; i++) {
-			struct cache_entry *e = m->cache[i], *next;
-			for (; e; e = next) {
-				next = e->next;
-				free(e->value);
-				free(e);
-			}
-		}
-		pthread_mutex_destroy(&m->cache_mu);
+		shcache_free(m->cache);
 	}
 	free(m->spec);
 	free(m);
@@ -379,7 +363,7 @@ static struct map *map_load(const char *spec, const char *type, const char *path
 		map_destroy(m);
 		return NULL;
 	}
-	pthread_mutex_init(&m->cache_mu, NULL);
+	m->cache = cache_new();
 	return m;
 }
 
@@ -640,39 +624,88 @@ struct map_req {
 	char err[256];
 };
 
-/* mono_ms - monotonic milliseconds (the cache is shared by all loops). */
-static uint64_t mono_ms(void)
+/* cache_key - the kind byte and the key folded to lower case, into buf
+ * when it fits, else allocated (the caller frees what is not buf). */
+static char *cache_key(enum map_kind kind, const char *key, char *buf, size_t buflen)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	size_t kn = strlen(key);
+	char *k = kn + 2 <= buflen ? buf : xmalloc(kn + 2);
+	k[0] = (char)kind;
+	for (size_t i = 0; i <= kn; i++)
+		k[i + 1] = (char)tolower((unsigned char)key[i]);
+	return k;
 }
 
-/* cache_hash - FNV-1a of the kind and the (lower-cased) key. */
-static uint32_t cache_hash(enum map_kind kind, const char *key)
+/* What cache_get and cache_put pass to their callbacks. */
+struct cache_arg {
+	int result;
+	const char *value; /* cache_put */
+	uint64_t expires;  /* cache_put */
+	char *out;         /* cache_get */
+	size_t outlen;
+};
+
+/* cache_read - cache_get's callback: copy the answer out. */
+static enum shcache_act cache_read(void *val, uint64_t *expires, int fresh, void *arg)
 {
-	return key_hash(key, strlen(key)) ^ (uint32_t)kind * 2654435761u;
+	const struct cached *c = val;
+	struct cache_arg *a = arg;
+	(void)expires;
+	(void)fresh;
+	a->result = c->result;
+	snprintf(a->out, a->outlen, "%s", c->value);
+	return SHCACHE_KEEP;
 }
 
 /* cache_get - a live cached answer for (kind, key): 1 with result/val. */
 static int cache_get(struct map *m, enum map_kind kind, const char *key, int *result, char *val, size_t vallen)
 {
-	uint32_t h = cache_hash(kind, key) % CACHE_BUCKETS;
-	uint64_t now = mono_ms();
-	int hit = 0;
-	pthread_mutex_lock(&m->cache_mu);
-	for (struct cache_entry *e = m->cache[h]; e; e = e->next)
-		if (e->key[0] == (char)kind && !strcasecmp(e->key + 1, key) && e->expires > now) {
-			*result = e->result;
-			snprintf(val, vallen, "%s", e->value);
-			hit = 1;
-			break;
-		}
-	pthread_mutex_unlock(&m->cache_mu);
+	char buf[512], *k = cache_key(kind, key, buf, sizeof buf);
+	struct cache_arg a = { .out = val, .outlen = vallen };
+	int hit = shcache_update(m->cache, k, clock_ms(), 0, cache_read, &a);
+	if (k != buf)
+		free(k);
+	if (hit)
+		*result = a.result;
 	return hit;
 }
 
-/* cache_put - remember an answer (never a failure) for cache_ttl. */
+/* cache_write - cache_put's callback: the entry gets the answer. An
+ * entry another thread put between our delete and this update gives
+ * its value back first. */
+static enum shcache_act cache_write(void *val, uint64_t *expires, int fresh, void *arg)
+{
+	struct cached *c = val;
+	const struct cache_arg *a = arg;
+	if (!fresh)
+		free(c->value);
+	c->result = a->result;
+	c->value = xstrdup(a->value);
+	*expires = a->expires;
+	return SHCACHE_KEEP;
+}
+
+/* cache_drop - an answer goes: its value with it. */
+static void cache_drop(void *val)
+{
+	free(((struct cached *)val)->value);
+}
+
+/* cache_new - the answer cache of one map: 16 shards of 64 chains, at most
+ * CACHE_MAX answers, the oldest evicted first. */
+static struct shcache *cache_new(void)
+{
+	const struct shcache_conf cf = { .shards = 16,
+					 .buckets = CACHE_BUCKETS / 16,
+					 .valsize = sizeof(struct cached),
+					 .max = CACHE_MAX / 16,
+					 .evict = 1,
+					 .drop = cache_drop };
+	return shcache_new(&cf);
+}
+
+/* cache_put - remember an answer (never a failure) for cache_ttl,
+ * replacing an older answer for the same key. */
 static void cache_put(struct map *m, enum map_kind kind, const char *key, int result, const char *val)
 {
 	if (result < 0)
@@ -680,41 +713,13 @@ static void cache_put(struct map *m, enum map_kind kind, const char *key, int re
 	long long ttl = m->ldap ? map_ldap_cache_ttl(m->ldap, result) : map_sql_cache_ttl(m->sql);
 	if (ttl <= 0)
 		return;
-	uint32_t h = cache_hash(kind, key) % CACHE_BUCKETS;
-	size_t kn = strlen(key);
-	struct cache_entry *e = xmalloc(sizeof *e + kn + 2);
-	e->expires = mono_ms() + (uint64_t)ttl;
-	e->result = result;
-	e->value = xstrdup(val);
-	e->key[0] = (char)kind;
-	memcpy(e->key + 1, key, kn + 1);
-	pthread_mutex_lock(&m->cache_mu);
-	if (m->ncache >= CACHE_MAX) {
-		for (int i = 0; i < CACHE_BUCKETS; i++) {
-			struct cache_entry *c = m->cache[i], *next;
-			for (; c; c = next) {
-				next = c->next;
-				free(c->value);
-				free(c);
-			}
-			m->cache[i] = NULL;
-		}
-		m->ncache = 0;
-	}
-	/* Drop an older answer for the same key, so chains stay short. */
-	for (struct cache_entry **pp = &m->cache[h]; *pp; pp = &(*pp)->next)
-		if ((*pp)->key[0] == (char)kind && !strcasecmp((*pp)->key + 1, key)) {
-			struct cache_entry *old = *pp;
-			*pp = old->next;
-			free(old->value);
-			free(old);
-			m->ncache--;
-			break;
-		}
-	e->next = m->cache[h];
-	m->cache[h] = e;
-	m->ncache++;
-	pthread_mutex_unlock(&m->cache_mu);
+	char buf[512], *k = cache_key(kind, key, buf, sizeof buf);
+	uint64_t now = clock_ms();
+	struct cache_arg a = { .result = result, .value = val, .expires = now + (uint64_t)ttl };
+	shcache_del(m->cache, k);
+	shcache_update(m->cache, k, now, 1, cache_write, &a);
+	if (k != buf)
+		free(k);
 }
 
 /* req_free - drop the request and its hold on the map. */

@@ -24,6 +24,7 @@
  *   (or noSuchObject: the search base does not exist) answers 0.
  */
 #include "maps_ldap.h"
+#include "clock.h"
 #include "conf.h"
 #include "log.h"
 #include "stats.h"
@@ -691,14 +692,6 @@ struct map_ldap {
 	struct ldap_server srv[LDAP_CF_MAX_HOSTS];
 };
 
-/* mono_ms - monotonic milliseconds. */
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Open connections per server URI, over all maps (the gauge
  * perimd_ldap_connections{server=URI}). */
 struct srv_count {
@@ -868,7 +861,7 @@ static void server_failed(struct map_ldap *l, struct ldap_server *s)
 	if (wait > BACKOFF_MAX_MS)
 		wait = BACKOFF_MAX_MS;
 	s->fails++;
-	s->down_until = mono_ms() + wait;
+	s->down_until = clock_ms() + wait;
 	pthread_mutex_unlock(&l->mu);
 }
 
@@ -889,7 +882,7 @@ static struct ldap_conn *conn_get(struct map_ldap *l, struct ldap_server *s, int
 	}
 	pthread_mutex_lock(&l->mu);
 	for (;;) {
-		if (s->down_until > mono_ms()) {
+		if (s->down_until > clock_ms()) {
 			pthread_mutex_unlock(&l->mu);
 			snprintf(err, errlen, "%s: not tried: failed %d times in a row, backing off", s->uri,
 				 s->fails);
@@ -1016,7 +1009,7 @@ int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *va
 		stats_inc(ST_ldap_error);
 		return -1;
 	}
-	uint64_t t0 = mono_ms();
+	uint64_t t0 = clock_ms();
 	int result = -1;
 	snprintf(err, errlen, "%s: no server", l->path);
 	for (int i = 0; i < l->cf.nuris && result < 0; i++) {
@@ -1045,7 +1038,7 @@ int map_ldap_lookup(struct map_ldap *l, const char *key, size_t keylen, char *va
 			 * server (idle timeout, restart): once more on a new one. */
 		}
 	}
-	stats_observe(SH_ldap_lookup, mono_ms() - t0);
+	stats_observe(SH_ldap_lookup, clock_ms() - t0);
 	stats_inc(result > 0 ? ST_ldap_found : result == 0 ? ST_ldap_notfound : ST_ldap_error);
 	return result;
 }

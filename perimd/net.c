@@ -13,20 +13,18 @@
 #include <string.h>
 #include <unistd.h>
 
-/* parse_port - decimal 1..65535. */
-static int parse_port(const char *p)
+/* net_parse_port - see net.h. */
+int net_parse_port(const char *s)
 {
-	if (!*p)
+	int v = 0;
+	if (*s < '1' || *s > '9')
 		return -1;
-	long v = 0;
-	for (; *p; p++) {
-		if (*p < '0' || *p > '9')
+	for (int i = 0; s[i]; i++) {
+		if (i == 5 || s[i] < '0' || s[i] > '9')
 			return -1;
-		v = v * 10 + (*p - '0');
-		if (v > 65535)
-			return -1;
+		v = v * 10 + (s[i] - '0');
 	}
-	return v ? (int)v : -1;
+	return v <= 65535 ? v : -1;
 }
 
 /* net_parse_addr - numeric address with optional port. */
@@ -75,7 +73,7 @@ int net_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss,
 	}
 	int port = default_port;
 	if (portstr) {
-		port = parse_port(portstr);
+		port = net_parse_port(portstr);
 		if (port < 0) {
 			*why = "bad port";
 			return -1;

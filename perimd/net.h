@@ -13,6 +13,12 @@
 int net_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss, socklen_t *len,
 		   const char **why);
 
+/* net_parse_port - a TCP port: decimal digits only, no sign, space or
+ * leading zero, 1..65535 ("25"; not "025", "+25", "0", "65536"). The one
+ * rule of every port perimd reads: listen and backend addresses, relay
+ * targets, the PROXY header. Returns the port, or -1. */
+int net_parse_port(const char *s);
+
 /* net_listen - a non-blocking listening socket with SO_REUSEADDR and
  * SO_REUSEPORT (one per io thread on the same address), IPV6_V6ONLY for
  * IPv6. Returns the fd, or -1 with err filled. */

@@ -100,6 +100,8 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 		goto fail;
 	if (dnscheck_conf_check(c, err, errlen) < 0)
 		goto fail;
+	if (policy_shadow_load(p, c, err, errlen) < 0)
+		goto fail;
 	p->psvc = xcalloc(1, sizeof *p->psvc);
 	if (psvc_load(c, p->psvc, err, errlen) < 0)
 		goto fail;
@@ -263,12 +265,45 @@ static const struct policy_step_def {
 };
 #define NSTEPS ((int)(sizeof policy_steps / sizeof policy_steps[0]))
 
+/* The shadow check a step's refusal belongs to: by the step, and where a
+ * step holds two checks by the verdict's rule (NULL: any). The delayed
+ * step (access maps, HELO) asks policy_shadow() itself, per verdict. */
+static const struct {
+	const char *step, *rule, *check;
+} shadow_of[] = {
+	{ "dnsbl", NULL, "dnsbl" },
+	{ "greylist", NULL, "greylist" },
+	{ "client_dns", NULL, "client_hostname" },
+	{ "sender_domain", NULL, "sender_domain" },
+	{ "policy_services", NULL, "policy_services" },
+	{ "recipient", "recipient_unknown", "recipient_maps" },
+	{ "recipient", "tempfail_lookup", "recipient_maps" },
+	{ "recipient", "verify_callout", "recipient_verify" },
+	{ "recipient", "tempfail_verify", "recipient_verify" },
+};
+
+/* chain_shadowed - the step just run refused (v): 1 when its check is in
+ * shadow_checks (logged and counted: the chain goes on). */
+static int chain_shadowed(struct policy_req *r, const struct policy_verdict *v)
+{
+	if (!r->env->pol->shadow || !v->code || r->step < 1)
+		return 0;
+	const char *step = policy_steps[r->step - 1].name;
+	for (size_t i = 0; i < sizeof shadow_of / sizeof shadow_of[0]; i++)
+		if (!strcmp(shadow_of[i].step, step) &&
+		    (!shadow_of[i].rule || (v->rule && !strcmp(shadow_of[i].rule, v->rule))))
+			return policy_shadow(r, shadow_of[i].check, v);
+	return 0;
+}
+
 /* chain_run - run steps from r->step on; 1 = decided (v final), 0 = async. */
 static int chain_run(struct policy_req *r, struct policy_verdict *v)
 {
 	while (r->step < NSTEPS) {
 		enum policy_step st = policy_steps[r->step].run(r, v);
 		r->step++;
+		if (st == STEP_DECIDED && chain_shadowed(r, v))
+			continue;
 		if (st == STEP_DECIDED)
 			return 1;
 		if (st == STEP_ASYNC) {
@@ -291,6 +326,7 @@ int policy_rcpt(const struct policy_env *env, struct policy_verdict *v, policy_d
 	r->done = done;
 	r->arg = arg;
 	r->resume = chain_run;
+	r->shadowed = chain_shadowed;
 	v->code = 0;
 	v->reply[0] = 0;
 	v->rule = "accept";

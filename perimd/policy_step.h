@@ -34,6 +34,7 @@ struct policy {
 	struct map *rcpt_maps; /* relay_recipient_maps */
 	struct map *client_access, *sender_access, *rcpt_access;
 	struct grey_policy *grey; /* greylisting whitelists (grey.h) */
+	unsigned shadow;          /* checks of shadow_checks (policy_shadow) */
 	struct psvc_conf *psvc;   /* smtpd_policy_services (psvc.h) */
 	int refs;
 };
@@ -136,6 +137,9 @@ struct policy_req {
 	/* The chain's runner (policy.c): policy_step_done() goes on with it,
 	 * so this floor needs no knowledge of the steps. 1 = decided. */
 	int (*resume)(struct policy_req *r, struct policy_verdict *v);
+	/* ... and asks it whether a step's refusal is shadowed: 1 = it was
+	 * (policy_step_done() then resumes the chain instead of ending it). */
+	int (*shadowed)(struct policy_req *r, const struct policy_verdict *v);
 };
 
 /* For asynchronous steps: policy_step_async() registers how to undo the
@@ -143,6 +147,28 @@ struct policy_req {
  * verdict; 0: it passed) and runs the rest of the chain. */
 void policy_step_async(struct policy_req *r, void (*cancel)(void *handle), void *handle);
 void policy_step_done(struct policy_req *r, int decided, const struct policy_verdict *v);
+
+/* ---- shadow checks ----------------------------------------------------
+ *
+ * A check named in shadow_checks runs as usual, but a refusal it decides
+ * is only logged and counted (perimd_shadow_rejects_total{check}); the
+ * recipient goes on through the chain as if the check had passed. The
+ * names: dnsbl, greylist, recipient_maps, recipient_verify, client_access,
+ * sender_access, recipient_access, helo, client_hostname, sender_domain,
+ * policy_services.
+ * The virus scanner is never one. */
+
+/* policy_shadow_load - p->shadow from c's shadow_checks: 0, or -1 with err
+ * (an unknown name, or the virus scanner). */
+int policy_shadow_load(struct policy *p, const struct conf *c, char *err, size_t errlen);
+/* policy_shadow - v is a refusal by check: 1 when check is shadowed (it
+ * was logged and counted; the caller goes on as if it passed), else 0. */
+int policy_shadow(const struct policy_req *r, const char *check, const struct policy_verdict *v);
+/* policy_shadow_on - check is in p's shadow_checks; policy_shadow_count -
+ * count one refusal of check in shadow (for callers without a chain: the
+ * Postfix policy service, which logs its own line). */
+int policy_shadow_on(const struct policy *p, const char *check);
+void policy_shadow_count(const char *check);
 
 /* policy_split_list - split "a, b c" into l (free with policy_list_free). */
 void policy_split_list(const char *s, struct conf_list *l);

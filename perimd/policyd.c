@@ -35,6 +35,7 @@ struct pconn {
 	struct conn *conn;
 	struct policy *pol; /* held while a decision runs */
 	struct grey_op *op;
+	int shadow; /* greylist is in shadow_checks for this request */
 	char rcpt[512];
 };
 
@@ -138,9 +139,17 @@ static void pc_free(struct pconn *pc)
 	free(pc);
 }
 
-/* pc_answer - send one answer and read the next request. */
+/* pc_answer - send one answer and read the next request. With greylist
+ * in shadow_checks a deferral is only logged and counted: DUNNO. */
 static void pc_answer(struct pconn *pc, const char *action)
 {
+	if (pc->shadow && !strncmp(action, "action=DEFER_IF_PERMIT ", 23)) {
+		policy_shadow_count("greylist");
+		log_info("policy client %s: shadow: greylist would refuse <%s>: %s", conn_peer(pc->conn),
+			 pc->rcpt, action + 23);
+		action = "action=DUNNO";
+	}
+	pc->shadow = 0;
 	conn_printf(pc->conn, "%s\n\n", action);
 	conn_read_enable(pc->conn, 1);
 }
@@ -168,6 +177,7 @@ static void pc_request(struct pconn *pc, const struct policyd_req *req)
 	struct policy *pol = policy_acquire();
 	struct grey_result res;
 	snprintf(pc->rcpt, sizeof pc->rcpt, "%s", req->recipient);
+	pc->shadow = policy_shadow_on(pol, "greylist");
 	const char *name = req->client_name[0] && strcmp(req->client_name, "unknown") ? req->client_name : NULL;
 	conn_read_enable(pc->conn, 0);
 	if (grey_decide(pd_lis->loop, pol, req->client_address, name, req->sender, req->recipient, &res,

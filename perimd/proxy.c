@@ -8,6 +8,7 @@
  * the peer's raw text.
  */
 #include "proxy.h"
+#include "net.h"
 
 #include <arpa/inet.h>
 #include <stdint.h>
@@ -17,20 +18,6 @@
 
 static const unsigned char v2sig[12] = { 0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
 					 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A };
-
-/* parse_port - decimal 0..65535 without leading zeros; -1 if bad. */
-static int parse_port(const char *s)
-{
-	if (!*s || strlen(s) > 5 || (s[0] == '0' && s[1]))
-		return -1;
-	long v = 0;
-	for (; *s; s++) {
-		if (*s < '0' || *s > '9')
-			return -1;
-		v = v * 10 + (*s - '0');
-	}
-	return v > 65535 ? -1 : (int)v;
-}
 
 /* canon_addr - validate an address of family af and write it canonically. */
 static int canon_addr(int af, const char *in, char out[46])
@@ -82,7 +69,7 @@ static enum parse_result parse_v1(const unsigned char *buf, size_t len, struct p
 	else
 		return PARSE_BAD;
 	if (n != 6 || canon_addr(af, f[2], h->src) < 0 || canon_addr(af, f[3], h->dst) < 0 ||
-	    (h->sport = parse_port(f[4])) < 0 || (h->dport = parse_port(f[5])) < 0)
+	    (h->sport = net_parse_port(f[4])) < 0 || (h->dport = net_parse_port(f[5])) < 0)
 		return PARSE_BAD;
 	*consumed = i + 1;
 	return PARSE_OK;

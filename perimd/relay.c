@@ -69,20 +69,6 @@ static struct relay_dest *dests;
 
 /* ---- targets ------------------------------------------------------------ */
 
-/* parse_port - "25" into 1..65535, or -1. */
-static int parse_port(const char *s)
-{
-	char *end;
-	long v;
-
-	if (*s < '0' || *s > '9')
-		return -1;
-	v = strtol(s, &end, 10);
-	if (*end != '\0' || v < 1 || v > 65535)
-		return -1;
-	return (int)v;
-}
-
 /* target_parse - "[addr]:port", "addr:port", "[addr]" (port 25) into a
  * socket address and its display name; -1 with *why on error. */
 static int target_parse(const char *target, struct sockaddr_storage *ss, socklen_t *sslen, char *name,
@@ -137,7 +123,7 @@ static int target_parse(const char *target, struct sockaddr_storage *ss, socklen
 	}
 	memcpy(host, p, hl);
 	host[hl] = '\0';
-	if (portp && (port = parse_port(portp)) < 0) {
+	if (portp && (port = net_parse_port(portp)) < 0) {
 		*why = "bad port (1-65535)";
 		return -1;
 	}

@@ -392,7 +392,7 @@ static void mail_refused(struct bconn *b)
 static int bconn_tls_begin(struct bconn *b, struct relay_req *r)
 {
 	const struct conf *cf = r->msg->conf;
-	enum tls_level lv = tls_level_parse(cf->relay_tls_security_level);
+	enum tls_level lv = tls_level_of(cf->relay_tls_security_level_e);
 
 	if (lv == TLS_NONE)
 		return 0;
@@ -446,7 +446,7 @@ static void bconn_tls_done(void *arg, int ok, const char *why)
 static int bconn_tls_reply(struct bconn *b, struct relay_req *r, const struct smtp_reply *rep, const char *said)
 {
 	const struct conf *cf = r->msg->conf;
-	enum tls_level lv = tls_level_parse(cf->relay_tls_security_level);
+	enum tls_level lv = tls_level_of(cf->relay_tls_security_level_e);
 	char why[600];
 
 	if (rep->code != 220) {

@@ -223,6 +223,15 @@ static enum policy_step decide_delayed(struct policy_req *r, struct policy_verdi
 	return decide(r, v, dv->code, enh, dv->rule, sp ? sp + 1 : dv->reply);
 }
 
+/* delayed_give - the delayed verdict dv of check as v: 1, or 0 when the
+ * check is in shadow_checks (logged and counted; the caller goes on). */
+static int delayed_give(struct policy_req *r, struct policy_verdict *v, const struct policy_verdict *dv,
+			const char *check)
+{
+	decide_delayed(r, v, dv);
+	return !policy_shadow(r, check, v);
+}
+
 /* tempfail - a map could not answer (DESIGN.md: 451 4.3.0, never 5xx). */
 static enum policy_step tempfail(struct policy_req *r, struct policy_verdict *v)
 {
@@ -412,7 +421,10 @@ static enum policy_step rcpt_access_done(struct policy_req *r, int result, const
 	case 1:
 		r->exempt = 1; /* as a role account: later checks skip it */
 		return STEP_PASS;
-	case 2: return decide_delayed(r, v, &dv);
+	case 2:
+		if (delayed_give(r, v, &dv, "recipient_access"))
+			return STEP_DECIDED;
+		break;
 	case 3: return tempfail(r, v);
 	}
 	r->env->sess->stage = DS_CLIENT;
@@ -502,13 +514,13 @@ static enum policy_step delayed_run(struct policy_req *r, struct policy_verdict 
 				return lookup(r, p->client_access, MAP_CLIENT, ps->client_addr,
 					      client_access_done, v);
 			ps->client_done = 1;
-			if (ps->client_v.code)
-				return decide_delayed(r, v, &ps->client_v);
+			if (ps->client_v.code && delayed_give(r, v, &ps->client_v, "client_access"))
+				return STEP_DECIDED;
 			ps->stage = DS_HELO;
 			break;
 		case DS_HELO:
-			if (ps->helo_v.code)
-				return decide_delayed(r, v, &ps->helo_v);
+			if (ps->helo_v.code && delayed_give(r, v, &ps->helo_v, "helo"))
+				return STEP_DECIDED;
 			ps->stage = DS_SENDER;
 			break;
 		case DS_SENDER:
@@ -521,8 +533,8 @@ static enum policy_step delayed_run(struct policy_req *r, struct policy_verdict 
 			ps->stage = DS_END;
 			break;
 		default:
-			if (ps->sender_v.code)
-				return decide_delayed(r, v, &ps->sender_v);
+			if (ps->sender_v.code && delayed_give(r, v, &ps->sender_v, "sender_access"))
+				return STEP_DECIDED;
 			return STEP_PASS;
 		}
 	}

@@ -28,6 +28,7 @@
  */
 #ifndef PERIMD_NO_CLAMAV /* else scanner_none.c */
 #include "scanner.h"
+#include "clock.h"
 #include "log.h"
 
 #include <clamav.h>
@@ -90,22 +91,6 @@ static pthread_mutex_t ctl_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t *busy_since; /* per worker: ms when its scan began, 0 idle */
 static int reloading;        /* atomic: a reload thread runs */
 static int reload_again;     /* atomic: asked again while it ran */
-
-/* now_us - monotonic microseconds. */
-static uint64_t now_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-/* now_ms - monotonic milliseconds. */
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* ctl_send - one control message to the supervisor. */
 static void ctl_send(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -275,7 +260,7 @@ static void *reload_main(void *arg)
 	pthread_mutex_lock(&lim_mu);
 	int inplace = limits.inplace != 0;
 	pthread_mutex_unlock(&lim_mu);
-	uint64_t t0 = now_ms();
+	uint64_t t0 = clock_ms();
 	if (inplace) {
 		ctl_send("loading");
 		engine_drop();
@@ -289,7 +274,7 @@ static void *reload_main(void *arg)
 		ctl_send("reload-failed %s%s", err,
 			 inplace ? "; no engine: scans fail until a load succeeds" : "");
 	else
-		ctl_send("reloaded %u %llu", e->sigs, (unsigned long long)(now_ms() - t0));
+		ctl_send("reloaded %u %llu", e->sigs, (unsigned long long)(clock_ms() - t0));
 	__atomic_store_n(&reloading, 0, __ATOMIC_RELEASE);
 	/* New limits that came while this engine was built get their own. */
 	if (__atomic_exchange_n(&reload_again, 0, __ATOMIC_ACQ_REL))
@@ -339,17 +324,17 @@ static void scan_one(struct job *j, uint64_t *busy)
 	o.general = CL_SCAN_GENERAL_HEURISTICS;
 	o.parse = ~0u;
 	struct engine *e = engine_get(); /* an inplace load: waits, not busy */
-	uint64_t t0 = now_us();
+	uint64_t t0 = clock_us();
 	if (!e) {
 		answer(j->sock, j->id, SCANNER_ERROR, 0, "no signatures loaded (reload failed)");
 		return;
 	}
-	__atomic_store_n(busy, now_ms(), __ATOMIC_RELAXED);
+	__atomic_store_n(busy, clock_ms(), __ATOMIC_RELAXED);
 	o.heuristic = e->heuristic;
 	const char *virname = NULL;
 	unsigned long scanned = 0;
 	cl_error_t rc = cl_scandesc(j->fd, NULL, &virname, &scanned, e->cl, &o);
-	uint64_t us = now_us() - t0;
+	uint64_t us = clock_us() - t0;
 	if (us > UINT32_MAX)
 		us = UINT32_MAX;
 	/* Limits reached on a path that returns an error instead of the
@@ -457,7 +442,7 @@ static int control(void)
 		return -1;
 	buf[n] = 0;
 	if (!strcmp(buf, "ping")) {
-		uint64_t now = now_ms(), oldest = 0;
+		uint64_t now = clock_ms(), oldest = 0;
 		int inflight = 0;
 		for (int i = 0; i < nthreads; i++) {
 			uint64_t b = __atomic_load_n(&busy_since[i], __ATOMIC_RELAXED);
@@ -566,7 +551,7 @@ int scanner_main(int argc, char **argv)
 		_exit(0);
 
 	char err[512];
-	uint64_t t0 = now_ms();
+	uint64_t t0 = clock_ms();
 	cl_error_t rc = cl_init(CL_INIT_DEFAULT);
 	if (rc != CL_SUCCESS) {
 		ctl_send("error cl_init: %s", cl_strerror(rc));
@@ -590,7 +575,7 @@ int scanner_main(int argc, char **argv)
 			_exit(1);
 		}
 	}
-	ctl_send("ready %u %llu %d", first->sigs, (unsigned long long)(now_ms() - t0), nthreads);
+	ctl_send("ready %u %llu %d", first->sigs, (unsigned long long)(clock_ms() - t0), nthreads);
 
 	struct pollfd *pf = xcalloc((size_t)nloops + 1, sizeof *pf);
 	pf[0].fd = SCANNER_CTL_FD;
@@ -599,7 +584,7 @@ int scanner_main(int argc, char **argv)
 		pf[i + 1].fd = SCANNER_LOOP_FD + i;
 		pf[i + 1].events = POLLIN;
 	}
-	uint64_t next_check = now_ms() + DIRCHECK_MS;
+	uint64_t next_check = clock_ms() + DIRCHECK_MS;
 	for (;;) {
 		int n = poll(pf, (nfds_t)nloops + 1, DIRCHECK_MS);
 		if (n < 0 && errno != EINTR)
@@ -609,8 +594,8 @@ int scanner_main(int argc, char **argv)
 		for (int i = 1; i <= nloops; i++)
 			if (pf[i].revents && pf[i].fd >= 0 && read_request(pf[i].fd) < 0)
 				pf[i].fd = -1;
-		if (now_ms() >= next_check) {
-			next_check = now_ms() + DIRCHECK_MS;
+		if (clock_ms() >= next_check) {
+			next_check = clock_ms() + DIRCHECK_MS;
 			/* A changed database directory reloads, as SIGHUP does. */
 			if (cl_statchkdir(&dirstat) == 1) {
 				cl_statfree(&dirstat);

@@ -773,42 +773,89 @@ size_t smtp_dot_stuff(const char *in, size_t len, int *at_line_start, char *out)
 	return o;
 }
 
+/* fold_byte - smtp_dot_stuff_fold() for one byte c (at most 5 out). */
+static size_t fold_byte(char c, struct smtp_stuff *st, size_t limit, char *out)
+{
+	size_t o = 0;
+
+	if (c == '\n') {
+		out[o++] = c;
+		st->at_line_start = 1;
+		st->folded = 0;
+		st->col = 0;
+		return o;
+	}
+	if (c == '\r') {
+		out[o++] = c;
+		return o;
+	}
+	if (limit && st->col >= limit && !(st->folded && st->col == 1)) {
+		out[o++] = '\r';
+		out[o++] = '\n';
+		out[o++] = ' ';
+		st->folded = 1;
+		st->col = 1;
+	}
+	if (st->at_line_start && c == '.')
+		out[o++] = '.'; /* not counted, RFC 5321 §4.5.3.1.6 */
+	st->at_line_start = 0;
+	out[o++] = c;
+	st->col++;
+	return o;
+}
+
+/* fold_span - the fast path: the n bytes at in up to and including the
+ * next LF (or the end), copied whole when no fold falls inside them and
+ * they fit in out; returns the bytes written, or 0 (nothing consumed) to
+ * go byte by byte. */
+static size_t fold_span(const char *in, size_t n, struct smtp_stuff *st, size_t limit, char *out, size_t room)
+{
+	size_t m = n, o = 0;
+	int lf = in[n - 1] == '\n';
+
+	for (const char *cr = in; (cr = memchr(cr, '\r', (size_t)(in + n - cr))); cr++)
+		m--; /* octets that count toward the line (and the LF) */
+	if ((limit && st->col + m - lf > limit) || n + 1 + 5 > room || (st->at_line_start && in[0] == '\r'))
+		return 0;
+	if (st->at_line_start && in[0] == '.')
+		out[o++] = '.'; /* not counted, RFC 5321 §4.5.3.1.6 */
+	memcpy(out + o, in, n);
+	o += n;
+	if (lf) {
+		st->at_line_start = 1;
+		st->folded = 0;
+		st->col = 0;
+	} else if (m) {
+		st->at_line_start = 0;
+		st->col += m;
+	}
+	return o;
+}
+
 /* smtp_dot_stuff_fold - dot-stuffing and line folding, see smtp_proto.h.
  * Postfix's smtp_line_length_limit (default 998, RFC 5321 §4.5.3.1.6 and
  * RFC 5322 §2.1.1) breaks a long line by inserting CR LF SP, which keeps a
  * header line a folded header (RFC 5322 §2.2.3) and does the least damage
- * to a body line; the same is done here, header and body alike. */
+ * to a body line; the same is done here, header and body alike. A line
+ * that needs no fold is copied whole (fold_span, memchr and memcpy, as
+ * smtp_dot_stuff); the rest goes byte by byte (fold_byte): the output is
+ * the same. */
 size_t smtp_dot_stuff_fold(const char *in, size_t len, size_t *used, struct smtp_stuff *st, size_t limit,
 			   char *out, size_t outcap)
 {
 	size_t o = 0, i = 0;
 
 	while (i < len && outcap - o >= 5) {
-		char c = in[i++];
+		const char *nl = memchr(in + i, '\n', len - i);
+		size_t n = nl ? (size_t)(nl - in) + 1 - i : len - i, w;
 
-		if (c == '\n') {
-			out[o++] = c;
-			st->at_line_start = 1;
-			st->folded = 0;
-			st->col = 0;
+		if ((w = fold_span(in + i, n, st, limit, out + o, outcap - o))) {
+			o += w;
+			i += n;
 			continue;
 		}
-		if (c == '\r') {
-			out[o++] = c;
-			continue;
-		}
-		if (limit && st->col >= limit && !(st->folded && st->col == 1)) {
-			out[o++] = '\r';
-			out[o++] = '\n';
-			out[o++] = ' ';
-			st->folded = 1;
-			st->col = 1;
-		}
-		if (st->at_line_start && c == '.')
-			out[o++] = '.'; /* not counted, RFC 5321 §4.5.3.1.6 */
-		st->at_line_start = 0;
-		out[o++] = c;
-		st->col++;
+		for (size_t end = i + n; i < end && outcap - o >= 5;)
+			o += fold_byte(in[i++], st, limit, out + o);
 	}
 	*used = i;
 	return o;

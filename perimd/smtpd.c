@@ -257,7 +257,7 @@ static void helo_ehlo(struct session *s, enum smtp_verb v, char *arg)
  * is "may" and a certificate and key are loaded. */
 static int starttls_offered(struct session *s)
 {
-	return !strcmp(s->cf->smtpd_tls_security_level, "may") && tls_server_available();
+	return s->cf->smtpd_tls_security_level_e == SMTPD_TLS_MAY && tls_server_available();
 }
 
 /* tls_done - the handshake after STARTTLS ended. */
@@ -384,7 +384,7 @@ static const struct smtpd_cmd smtpd_cmds[SMTP_VERB_COUNT] = {
 	[SMTP_EHLO] = { "EHLO", PH_ANY, CMD_F_PRE_TLS | CMD_F_LAST, NULL, { 0 }, NULL, cmd_ehlo },
 	[SMTP_MAIL] = { "MAIL",
 			PH_BIT(PH_CONNECTED) | PH_BIT(PH_GREETED),
-			CMD_F_HELO_REQ,
+			CMD_F_HELO_REQ | CMD_F_PAUSES, /* milters (milter.h) answer asynchronously */
 			NULL,
 			{ [PH_CONNECTED] = R_HELO_FIRST,
 			  [PH_TLS_STARTED] = R_HELO_FIRST,
@@ -512,7 +512,8 @@ static void command(struct session *s, char *line, size_t len)
 	}
 	char *arg = (char *)args;
 	arg[alen] = 0;
-	if (v == SMTP_UNKNOWN && s->cf->smtpd_upstream_proxy_protocol[0] && !strncmp(line, "PROXY ", 6)) {
+	if (v == SMTP_UNKNOWN && s->cf->smtpd_upstream_proxy_protocol_e == UPSTREAM_PROXY_HAPROXY &&
+	    !strncmp(line, "PROXY ", 6)) {
 		log_warn("%s: PROXY header from [%s], which is not in smtpd_upstream_proxy_clients; "
 			 "disconnecting",
 			 s->id, s->addr);
@@ -867,7 +868,7 @@ static void proxy_input(struct session *s)
 /* proxy_expected - does this peer have to start with a PROXY header? */
 static int proxy_expected(const struct conf *cf, const char *peer)
 {
-	if (!cf->smtpd_upstream_proxy_protocol[0])
+	if (cf->smtpd_upstream_proxy_protocol_e == UPSTREAM_PROXY_NONE)
 		return 0;
 	for (int i = 0; i < cf->smtpd_upstream_proxy_clients.n; i++)
 		if (net_addr_match(peer, cf->smtpd_upstream_proxy_clients.v[i]))

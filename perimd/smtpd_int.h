@@ -20,6 +20,8 @@
 #include "relay.h"
 #include "smtp_proto.h"
 
+struct milter_txn;
+
 #define DATA_CHUNK (64 * 1024)
 #define WBACKLOG_MAX (64 * 1024)
 #define RELAY_DEADLINE_MS (9 * 60 * 1000) /* RFC 5321 §4.5.3.2.6 gives 10 */
@@ -82,7 +84,9 @@ struct txn {
 	int route_set;
 	char *route; /* backend list text; NULL = relay_backends */
 	struct rcpt_pending *rcpt_pending;
-	struct psvc_txn *psvc; /* smtpd_policy_services state (psvc.h) or NULL */
+	struct milter_txn *milter; /* smtpd_milters of this transaction (milter.h) */
+	unsigned discard : 1;      /* a milter discarded the message */
+	struct psvc_txn *psvc;     /* smtpd_policy_services state (psvc.h) or NULL */
 
 	/* DATA */
 	struct spool *spool;

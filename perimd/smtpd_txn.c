@@ -14,10 +14,12 @@
 #include "smtpd.h"
 #include "smtpd_int.h"
 #include "av.h"
+#include "buf.h"
 #include "conn.h"
 #include "dnscheck.h"
 #include "grey.h"
 #include "log.h"
+#include "milter.h"
 #include "psvc.h"
 #include "spool.h"
 #include "stats.h"
@@ -58,7 +60,10 @@ void smtpd_txn_reset(struct session *s)
 	free(t->route);
 	smtpd_rcpt_pending_free(t->rcpt_pending);
 	psvc_txn_free(t->psvc);
-	spool_free(t->spool);
+	if (t->milter) /* a stage in flight may still read the spool */
+		milter_txn_free(t->milter, t->spool);
+	else
+		spool_free(t->spool);
 	free(t->rr);
 	policy_list_free(&t->backends);
 	if (t->t_data_end) /* the message in flight has its answer */
@@ -109,6 +114,113 @@ static int path_parse(struct session *s, char *arg, struct smtp_path *p, const c
 	else
 		smtpd_reply_error(s, "501 %s address syntax: %s", who, why);
 	return -1;
+}
+
+/* reply_lines - a reply of one or more CRLF-separated lines (a milter's);
+ * the last one counts as an error when err. */
+static void reply_lines(struct session *s, const char *text, int err)
+{
+	const char *l = text;
+	for (;;) {
+		const char *e = strstr(l, "\r\n");
+		if (!e)
+			break;
+		smtpd_reply(s, "%.*s", (int)(e - l), l);
+		l = e + 2;
+	}
+	if (err)
+		smtpd_reply_error(s, "%s", l);
+	else
+		smtpd_reply(s, "%s", l);
+}
+
+/* milter_refused - a milter's reject or tempfail: logged, counted. */
+static void milter_refused(struct session *s, const char *stage, const struct milter_result *r, const char *to)
+{
+	char what[1200];
+	snprintf(what, sizeof what, "%s (milter %s)", r->reply, r->which);
+	for (char *c = what; *c; c++)
+		if (*c == '\r' || *c == '\n')
+			*c = ' ';
+	smtpd_log_reject(s, stage, what, to);
+}
+
+/* stage_refused - the milters' verdict on MAIL or DATA: a refusal ends
+ * the transaction (1); a discard marks it, to be answered 250 and
+ * dropped at its end (0, as continue). */
+static int stage_refused(struct session *s, const char *stage, const struct milter_result *r)
+{
+	if (r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) {
+		stats_refusal(r->reply);
+		milter_refused(s, stage, r, NULL);
+		reply_lines(s, r->reply, 1);
+		smtpd_txn_reset(s);
+		return 1;
+	}
+	if (r->act == MILTER_DISCARD) {
+		log_info("%s: milter %s: discard at %s", s->tx->msgid, r->which, stage);
+		s->tx->discard = 1;
+	}
+	return 0;
+}
+
+/* mail_done - the milters' answer to connect, HELO and MAIL. */
+static void mail_done(void *arg, struct milter_result *r)
+{
+	struct session *s = arg;
+	smtpd_enter_state(s, ST_CMD);
+	if (!stage_refused(s, "MAIL", r))
+		smtpd_reply(s, "250 2.1.0 Ok");
+	milter_result_free(r);
+	if (s->state == ST_CMD)
+		smtpd_session_resume(s);
+}
+
+/* mail_milters - a transaction with milters: its id now (the milters'
+ * macro i), connect lazily, then connect, HELO and MAIL (with its ESMTP
+ * arguments) to each. */
+static void mail_milters(struct session *s, const struct smtp_path *p)
+{
+	struct txn *t = s->tx;
+	const struct conf *cf = s->cf;
+	if (t->psvc) /* one id for the policy services and the milters */
+		memcpy(t->msgid, t->psvc->queue_id, sizeof t->msgid);
+	else
+		smtpd_gen_id(t->msgid);
+	t->milter = milter_txn_new(cf);
+	char port[16], client[300];
+	snprintf(port, sizeof port, "%d", s->port);
+	const char *name = dnscheck_client_name(s->dns);
+	snprintf(client, sizeof client, "%s [%s]", name && *name ? name : "unknown", s->addr);
+	milter_connect_info(t->milter, name, s->addr, s->port, s->helo);
+	milter_macro(t->milter, "j", cf->myhostname);
+	milter_macro(t->milter, "v", "perimd");
+	milter_macro(t->milter, "daemon_name", "perimd");
+	if (s->srv_addr[0]) /* the address the client connected to (PROXY: its dst) */
+		milter_macro(t->milter, "daemon_addr", s->srv_addr);
+	milter_macro(t->milter, "_", client);
+	milter_macro(t->milter, "client_addr", s->addr);
+	milter_macro(t->milter, "client_port", port);
+	milter_macro(t->milter, "client_name", name && *name ? name : "unknown");
+	milter_macro(t->milter, "i", t->msgid);
+	milter_macro(t->milter, "mail_addr", t->sender);
+	if (s->tls) {
+		char desc[128];
+		conn_tls_describe(s->conn, desc, sizeof desc);
+		char *w = strstr(desc, " with cipher ");
+		if (w) {
+			milter_macro(t->milter, "cipher", w + 13);
+			*w = 0;
+		}
+		milter_macro(t->milter, "tls_version", desc);
+	}
+	struct strbuf esmtp = { 0 };
+	for (int i = 0; i < p->nparams; i++)
+		sb_printf(&esmtp, "%s%s%s%s", i ? " " : "", p->params[i].key, p->params[i].value ? "=" : "",
+			  p->params[i].value ? p->params[i].value : "");
+	smtpd_session_pause(s);
+	milter_mail(s->loop, t->milter, t->sender, sb_str(&esmtp), mail_done, s);
+	sb_free(&esmtp);
 }
 
 /* tls_split - "TLSv1.2 with cipher X" (conn_tls_describe) into the
@@ -218,7 +330,10 @@ void smtpd_cmd_mail(struct session *s, char *arg)
 	s->tx->envid = envid ? xstrdup(envid) : NULL;
 	psvc_begin(s, size);
 	dnscheck_mail(s->dns, s->tx->sender); /* looked up now, refused at RCPT */
-	smtpd_reply(s, "250 2.1.0 Ok");
+	if (milter_enabled(cf))
+		mail_milters(s, p);
+	else
+		smtpd_reply(s, "250 2.1.0 Ok");
 out:
 	free(p);
 }
@@ -253,21 +368,11 @@ void smtpd_rcpt_pending_free(struct rcpt_pending *rp)
 	free(rp);
 }
 
-/* rcpt_finish - the verdict on the pending recipient: add it or refuse. */
-static void rcpt_finish(struct session *s, const struct policy_verdict *v)
+/* rcpt_add - the pending recipient passed every check: add it. */
+static void rcpt_add(struct session *s)
 {
 	struct rcpt_pending *rp = s->tx->rcpt_pending;
-	rp->req = NULL;
 	s->tx->rcpt_pending = NULL;
-	if (v->code) {
-		stats_reject_rule(v->rule);
-		smtpd_log_reject(s, "RCPT", v->reply, rp->addr);
-		smtpd_reply_error(s, "%s", v->reply);
-		smtpd_rcpt_pending_free(rp);
-		return;
-	}
-	if (v->rule && !strcmp(v->rule, GREY_RULE_PASS))
-		s->tx->grey_pass = 1;
 	if (!s->tx->route_set) {
 		s->tx->route_set = 1;
 		s->tx->route = rp->route;
@@ -286,13 +391,72 @@ static void rcpt_finish(struct session *s, const struct policy_verdict *v)
 	smtpd_reply(s, "250 2.1.5 Ok");
 }
 
+/* rcpt_milter_done - the milters' verdict on the pending recipient; a
+ * role account (RFC 2142) is exempt from their refusals, as from the
+ * client and sender checks. */
+static void rcpt_milter_done(void *arg, struct milter_result *r)
+{
+	struct session *s = arg;
+	struct rcpt_pending *rp = s->tx->rcpt_pending;
+	smtpd_enter_state(s, ST_CMD);
+	if ((r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) && policy_is_role(s->pol, rp->local)) {
+		log_info("%s: milter %s refused role account <%s> (%s): accepted", s->id, r->which, rp->addr,
+			 r->reply);
+	} else if (r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) {
+		s->tx->rcpt_pending = NULL;
+		stats_refusal(r->reply);
+		milter_refused(s, "RCPT", r, rp->addr);
+		reply_lines(s, r->reply, 1);
+		smtpd_rcpt_pending_free(rp);
+		goto out;
+	} else if (r->act == MILTER_DISCARD) {
+		log_info("%s: milter %s: discard at RCPT <%s>", s->tx->msgid, r->which, rp->addr);
+		s->tx->discard = 1;
+	}
+	rcpt_add(s);
+out:
+	milter_result_free(r);
+	if (s->state == ST_CMD)
+		smtpd_session_resume(s);
+}
+
+/* rcpt_finish - the verdict on the pending recipient: refuse it, ask the
+ * milters, or add it. Returns 1 while the milters are asked. */
+static int rcpt_finish(struct session *s, const struct policy_verdict *v)
+{
+	struct rcpt_pending *rp = s->tx->rcpt_pending;
+	rp->req = NULL;
+	if (v->code) {
+		s->tx->rcpt_pending = NULL;
+		stats_reject_rule(v->rule);
+		smtpd_log_reject(s, "RCPT", v->reply, rp->addr);
+		smtpd_reply_error(s, "%s", v->reply);
+		smtpd_rcpt_pending_free(rp);
+		return 0;
+	}
+	if (v->rule && !strcmp(v->rule, GREY_RULE_PASS))
+		s->tx->grey_pass = 1;
+	if (s->tx->milter && !s->tx->discard) {
+		milter_macro(s->tx->milter, "rcpt_addr", rp->addr);
+		char esmtp[1100];
+		snprintf(esmtp, sizeof esmtp, "%s%s%s%s", rp->notify ? "NOTIFY=" : "",
+			 rp->notify ? rp->notify : "", rp->orcpt ? (rp->notify ? " ORCPT=" : "ORCPT=") : "",
+			 rp->orcpt ? rp->orcpt : "");
+		milter_rcpt(s->loop, s->tx->milter, rp->addr, esmtp, rcpt_milter_done, s);
+		return 1;
+	}
+	rcpt_add(s);
+	return 0;
+}
+
 /* rcpt_verdict - an asynchronous check finished: answer, read on. */
 static void rcpt_verdict(void *arg, const struct policy_verdict *v)
 {
 	struct session *s = arg;
 	smtpd_enter_state(s, ST_CMD);
-	rcpt_finish(s, v);
-	if (s->state == ST_CMD)
+	if (rcpt_finish(s, v))
+		smtpd_session_pause(s);
+	else if (s->state == ST_CMD)
 		smtpd_session_resume(s);
 }
 
@@ -411,7 +575,8 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 	s->tx->rcpt_pending = rp;
 	struct policy_verdict v;
 	if (policy_rcpt(&rp->env, &v, rcpt_verdict, s, &rp->req)) {
-		rcpt_finish(s, &v);
+		if (rcpt_finish(s, &v))
+			smtpd_session_pause(s);
 	} else {
 		smtpd_session_pause(s);
 	}
@@ -464,13 +629,12 @@ static void prepend_headers(struct session *s)
 	}
 }
 
-/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): start storing the body. The
- * command table runs it only once a recipient was accepted. */
-void smtpd_cmd_data(struct session *s, char *arg)
+/* data_begin - the 354: start storing the body. */
+static void data_begin(struct session *s)
 {
-	if (s->tx->psvc) /* the id the policy services were told */
+	if (!s->tx->msgid[0] && s->tx->psvc) /* the id the policy services were told */
 		memcpy(s->tx->msgid, s->tx->psvc->queue_id, sizeof s->tx->msgid);
-	else
+	else if (!s->tx->msgid[0]) /* with milters it was made at MAIL */
 		smtpd_gen_id(s->tx->msgid);
 	s->tx->spool = spool_new();
 	s->tx->data_err = DE_NONE;
@@ -484,10 +648,34 @@ void smtpd_cmd_data(struct session *s, char *arg)
 		return;
 	}
 	smtp_data_init(&s->tx->dp,
-		       strcmp(s->cf->smtpd_forbid_bare_newline, "reject") ? SMTP_BARE_NORMALIZE
-									  : SMTP_BARE_REJECT);
+		       s->cf->smtpd_forbid_bare_newline_e == BARE_NEWLINE_REJECT ? SMTP_BARE_REJECT
+										 : SMTP_BARE_NORMALIZE);
 	smtpd_enter_state(s, ST_DATA);
 	smtpd_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+/* data_milter_done - the milters' answer to DATA. */
+static void data_milter_done(void *arg, struct milter_result *r)
+{
+	struct session *s = arg;
+	smtpd_enter_state(s, ST_CMD);
+	if (!stage_refused(s, "DATA", r))
+		data_begin(s);
+	milter_result_free(r);
+	smtpd_session_resume(s);
+}
+
+/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): the milters are asked, then
+ * the body is stored. The command table runs it only once a recipient
+ * was accepted. */
+void smtpd_cmd_data(struct session *s, char *arg)
+{
+	if (s->tx->milter && !s->tx->discard) {
+		smtpd_session_pause(s);
+		milter_data(s->loop, s->tx->milter, data_milter_done, s);
+		return;
+	}
+	data_begin(s);
 }
 
 /* relay_done - the backend's verdict: the client hears it now. */
@@ -527,6 +715,7 @@ static void relay_done(void *arg, const struct relay_result *r)
 }
 
 static void data_relay(struct session *s);
+static void scan_or_relay(struct session *s);
 
 /* av_done - the content scanner's verdict (refusal NULL: pass it on). */
 static void av_done(void *arg, const char *refusal)
@@ -540,6 +729,128 @@ static void av_done(void *arg, const char *refusal)
 	stats_refusal(refusal);
 	smtpd_log_reject(s, "END-OF-MESSAGE", refusal, NULL);
 	smtpd_reply(s, "%s", refusal);
+	smtpd_txn_reset(s);
+	smtpd_session_resume(s);
+}
+
+/* message_discard - a milter discarded the message: the client hears
+ * 250 and nothing is relayed (the one exception to "250 only after a
+ * backend's 250"; logged and counted). */
+static void message_discard(struct session *s, const char *which)
+{
+	stats_inc(ST_msg_discarded);
+	log_info("%s: discarded by milter %s: from=<%s>, nrcpt=%d, client=[%s]", s->tx->msgid, which,
+		 s->tx->sender, s->tx->nrcpt, s->addr);
+	smtpd_reply(s, "250 2.0.0 Ok: queued as %s", s->tx->msgid);
+	smtpd_txn_reset(s);
+	smtpd_session_resume(s);
+}
+
+/* added_rcpt - a recipient a milter added: relay control and routing as
+ * for the client's own. 0 added, 1 dropped (not ours: logged), -1 the
+ * message is refused (reply in refusal). */
+static int added_rcpt(struct session *s, const struct milter_env_mod *e, char *refusal, size_t rl)
+{
+	struct txn *t = s->tx;
+	const char *at = strrchr(e->addr, '@');
+	const char *domain = at ? at + 1 : "";
+	int ours = at && at != e->addr ? policy_relay_domain(s->pol, domain) : 0;
+	if (ours <= 0 || strpbrk(e->addr, "%!") || strchr(e->addr, '@') != at) {
+		stats_inc(ST_rej_relay_denied);
+		log_warn("%s: milter %s: added recipient <%s> refused: relay access denied", t->msgid,
+			 e->which, e->addr);
+		return 1;
+	}
+	const char *route = NULL;
+	if (policy_route(s->pol, domain, &route) < 0 ||
+	    !((!route && !t->route) || (route && t->route && !strcmp(route, t->route)))) {
+		snprintf(refusal, rl, "451 4.3.5 Recipient <%s> added by a milter routes to another backend",
+			 e->addr);
+		return -1;
+	}
+	for (int i = 0; i < t->nrcpt; i++)
+		if (!strcasecmp(t->rcpts[i].addr, e->addr))
+			return 0;
+	if (t->nrcpt == t->caprcpt) {
+		t->caprcpt = t->caprcpt ? 2 * t->caprcpt : 4;
+		t->rcpts = xrealloc(t->rcpts, (size_t)t->caprcpt * sizeof *t->rcpts);
+	}
+	t->rcpts[t->nrcpt++] = (struct rcpt){ .addr = xstrdup(e->addr) };
+	return 0;
+}
+
+/* env_mods - the milters' envelope changes, in order; 0, or -1 with the
+ * refusal of the message. */
+static int env_mods(struct session *s, const struct milter_result *r, char *refusal, size_t rl)
+{
+	struct txn *t = s->tx;
+	for (int k = 0; k < r->nmods; k++) {
+		const struct milter_env_mod *e = &r->mods[k];
+		if (e->op == '+' && added_rcpt(s, e, refusal, rl) < 0)
+			return -1;
+		if (e->op == '-')
+			for (int i = 0; i < t->nrcpt; i++)
+				if (!strcasecmp(t->rcpts[i].addr, e->addr)) {
+					free(t->rcpts[i].addr);
+					free(t->rcpts[i].notify);
+					free(t->rcpts[i].orcpt);
+					t->rcpts[i--] = t->rcpts[--t->nrcpt];
+				}
+		if (e->op == 'e') {
+			char buf[1100];
+			struct smtp_path *p = xmalloc(sizeof *p);
+			const char *why;
+			snprintf(buf, sizeof buf, "<%s>", e->addr);
+			if (smtp_path_parse(buf, 1, p, &why) != PARSE_OK) {
+				log_warn("%s: milter %s: sender <%s> refused: %s", t->msgid, e->which,
+					 e->addr, why);
+			} else {
+				free(t->sender);
+				t->sender = xstrdup(p->addr);
+			}
+			free(p);
+		}
+	}
+	return 0;
+}
+
+/* eom_done - the milters' verdict on the message, their changed copy. */
+static void eom_done(void *arg, struct milter_result *r)
+{
+	struct session *s = arg;
+	char refusal[256];
+	smtpd_enter_state(s, ST_CMD);
+	if (r->act == MILTER_DISCARD) {
+		milter_result_free(r);
+		message_discard(s, r->which);
+		return;
+	}
+	if (r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) {
+		stats_refusal(r->reply);
+		milter_refused(s, "END-OF-MESSAGE", r, NULL);
+		reply_lines(s, r->reply, 0);
+		goto refused;
+	}
+	if (r->spool) { /* the changed copy is the one scanned and relayed */
+		spool_free(s->tx->spool);
+		s->tx->spool = r->spool;
+		r->spool = NULL;
+	}
+	if (env_mods(s, r, refusal, sizeof refusal) < 0) {
+		stats_refusal(refusal);
+		smtpd_log_reject(s, "END-OF-MESSAGE", refusal, NULL);
+		smtpd_reply(s, "%s", refusal);
+		goto refused;
+	}
+	milter_result_free(r);
+	if (s->tx->nrcpt == 0) {
+		message_discard(s, "(every recipient deleted)");
+		return;
+	}
+	scan_or_relay(s);
+	return;
+refused:
+	milter_result_free(r);
 	smtpd_txn_reset(s);
 	smtpd_session_resume(s);
 }
@@ -559,7 +870,7 @@ static void data_end(struct session *s)
 	else if (s->tx->data_err == DE_IO)
 		refusal = "451 4.3.0 Error: queue file write error";
 	else if ((s->tx->dp.flags & (SMTP_DATA_BARE_LF | SMTP_DATA_BARE_CR | SMTP_DATA_NUL)) &&
-		 !strcmp(cf->smtpd_forbid_bare_newline, "reject"))
+		 cf->smtpd_forbid_bare_newline_e == BARE_NEWLINE_REJECT)
 		refusal = "550 5.5.2 Error: bare LF / CR not allowed";
 	else if (s->tx->dp.received_count > MAX_RECEIVED)
 		refusal = "554 5.4.6 Too many hops";
@@ -572,6 +883,23 @@ static void data_end(struct session *s)
 	}
 	s->tx->t_data_end = ev_now(s->loop);
 	stats_inc(ST_inflight);
+	if (s->tx->discard) {
+		message_discard(s, "a milter at MAIL or RCPT");
+		return;
+	}
+	if (s->tx->milter) { /* milters first; the scan sees their copy */
+		smtpd_session_pause(s);
+		milter_eom(s->loop, s->tx->milter, s->tx->spool, eom_done, s);
+		return;
+	}
+	scan_or_relay(s);
+}
+
+/* scan_or_relay - the message as stored (and changed by the milters):
+ * scanned, then relayed. */
+static void scan_or_relay(struct session *s)
+{
+	const struct conf *cf = s->cf;
 	if (av_enabled(cf)) {
 		/* Store, scan, replay: nothing reaches a backend unscanned. */
 		smtpd_session_pause(s);

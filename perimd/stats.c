@@ -360,8 +360,8 @@ void stats_render_register(enum stats_render_at at, stats_render_fn *fn)
 	renderers[at][nrenderers[at]++] = fn;
 }
 
-/* escape_label - a label value as the exposition format wants it. */
-static void escape_label(struct strbuf *out, const char *v)
+/* stats_escape_label - see stats.h. */
+void stats_escape_label(struct strbuf *out, const char *v)
 {
 	for (; *v; v++) {
 		if (*v == '\\' || *v == '"')
@@ -436,7 +436,7 @@ void stats_render_metrics(struct strbuf *out)
 			FOR_BLOCKS(b)
 			s += rd(&b->breply[i][k]);
 			sb_add(out, "perimd_backend_replies_total{stage=\"", 36);
-			escape_label(out, stages[i]);
+			stats_escape_label(out, stages[i]);
 			sb_printf(out, "\",class=\"%s\"} %llu\n", cls[k], (unsigned long long)s);
 		}
 
@@ -445,10 +445,10 @@ void stats_render_metrics(struct strbuf *out)
 		stats_render_head(out, f->name, f->type, f->help);
 		for (struct fseries *s = f->series; s; s = s->next) {
 			sb_printf(out, "%s{%s=\"", f->name, s->label);
-			escape_label(out, s->value);
+			stats_escape_label(out, s->value);
 			if (s->label2) {
 				sb_printf(out, "\",%s=\"", s->label2);
-				escape_label(out, s->value2);
+				stats_escape_label(out, s->value2);
 			}
 			sb_printf(out, "\"} %lld\n", (long long)s->v);
 		}

@@ -134,5 +134,9 @@ typedef void stats_render_fn(struct strbuf *out);
 enum stats_render_at { STATS_AFTER_FIXED, STATS_AFTER_HISTOGRAMS };
 void stats_render_register(enum stats_render_at at, stats_render_fn *fn);
 void stats_render_head(struct strbuf *out, const char *name, const char *type, const char *help);
+/* stats_escape_label - append v as a label value of the exposition format
+ * (backslash, double quote and newline escaped; the quotes are the
+ * caller's). Every label value that is not a constant goes through it. */
+void stats_escape_label(struct strbuf *out, const char *v);
 
 #endif

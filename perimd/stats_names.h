@@ -32,6 +32,7 @@ STAT(close_shutdown, COUNTER, "perimd_sessions_closed_total", "reason=\"shutdown
 
 /* Messages (smtpd.c) */
 STAT(msg_received, COUNTER, "perimd_messages_received_total", "", "messages whose final dot was received")
+STAT(msg_discarded, COUNTER, "perimd_messages_discarded_total", "", "messages a milter discarded: the client heard 250, nothing was relayed")
 STAT(msg_relayed, COUNTER, "perimd_messages_relayed_total", "", "messages a backend accepted (2xx given to the client)")
 STAT(rej_relay_denied, COUNTER, "perimd_messages_rejected_total", "reason=\"relay_denied\"", "refusals by reason (RCPT-stage reasons count recipients, the others messages)")
 STAT(rej_unknown_recipient, COUNTER, "perimd_messages_rejected_total", "reason=\"unknown_recipient\"", "")
@@ -68,6 +69,26 @@ STAT(dns_failures, COUNTER, "perimd_dns_failures_total", "", "DNS lookups that f
 STAT(tls_reload_time, GAUGE, "perimd_tls_reload_last_timestamp_seconds", "", "when the TLS certificates and keys were last loaded or reloaded (start, SIGHUP), Unix time")
 STAT(tls_reload_ok, GAUGE, "perimd_tls_reload_success", "", "1 when that last load succeeded, 0 when it failed and the old certificates stayed")
 
+/* The fleet's shared state (fleet.c) */
+STAT(fleet_sync_ok, COUNTER, "perimd_fleet_syncs_total", "result=\"ok\"", "syncs of the state shared with the other boxes (fleet_share_*), by outcome")
+STAT(fleet_sync_failed, COUNTER, "perimd_fleet_syncs_total", "result=\"failed\"", "")
+STAT(fleet_verdicts_written, COUNTER, "perimd_fleet_verdicts_total", "direction=\"written\"", "per-recipient verdicts written for the other boxes, or read from them")
+STAT(fleet_verdicts_read, COUNTER, "perimd_fleet_verdicts_total", "direction=\"read\"", "")
+STAT(fleet_dropped, COUNTER, "perimd_fleet_dropped_total", "", "verdicts or counts not shared: the queue between two syncs was full")
+
+/* Shadow checks (policy.c) */
+STAT(shadow_dnsbl, COUNTER, "perimd_shadow_rejects_total", "check=\"dnsbl\"", "recipients a check named in shadow_checks would have refused: logged, counted here, and let pass")
+STAT(shadow_greylist, COUNTER, "perimd_shadow_rejects_total", "check=\"greylist\"", "")
+STAT(shadow_recipient_maps, COUNTER, "perimd_shadow_rejects_total", "check=\"recipient_maps\"", "")
+STAT(shadow_recipient_verify, COUNTER, "perimd_shadow_rejects_total", "check=\"recipient_verify\"", "")
+STAT(shadow_client_access, COUNTER, "perimd_shadow_rejects_total", "check=\"client_access\"", "")
+STAT(shadow_sender_access, COUNTER, "perimd_shadow_rejects_total", "check=\"sender_access\"", "")
+STAT(shadow_recipient_access, COUNTER, "perimd_shadow_rejects_total", "check=\"recipient_access\"", "")
+STAT(shadow_helo, COUNTER, "perimd_shadow_rejects_total", "check=\"helo\"", "")
+STAT(shadow_client_hostname, COUNTER, "perimd_shadow_rejects_total", "check=\"client_hostname\"", "")
+STAT(shadow_sender_domain, COUNTER, "perimd_shadow_rejects_total", "check=\"sender_domain\"", "")
+STAT(shadow_policy_services, COUNTER, "perimd_shadow_rejects_total", "check=\"policy_services\"", "")
+
 /* Policy services (psvc.c); requests by service and result are the
  * labelled perimd_policy_service_requests_total{service,result} */
 STAT(psvc_err_connect, COUNTER, "perimd_policy_service_errors_total", "reason=\"connect\"", "policy service tries that got no answer, by why")
@@ -87,12 +108,18 @@ STAT(grey_quota, COUNTER, "perimd_greylist_decisions_total", "result=\"over_quot
 STAT(grey_full, COUNTER, "perimd_greylist_decisions_total", "result=\"store_full\"", "")
 STAT(grey_evicted, COUNTER, "perimd_greylist_evicted_total", "", "unpassed greylist entries evicted to keep the store under greylist_max_entries")
 STAT(grey_db_errors, COUNTER, "perimd_greylist_db_errors_total", "", "greylist database calls that failed")
+STAT(grey_db_queries, COUNTER, "perimd_greylist_db_queries_total", "", "round trips to a mysql: greylist database (a multi-statement query is one)")
+STAT(grey_db_retry_conflict, COUNTER, "perimd_greylist_db_retries_total", "reason=\"conflict\"", "greylist database statements tried again: a write conflict (deadlock 1213, Galera certification) or lock wait, or a node unusable (connection lost, WSREP not ready 1047: the next host)")
+STAT(grey_db_retry_node, COUNTER, "perimd_greylist_db_retries_total", "reason=\"node\"", "")
 
 /* LDAP maps (maps_ldap.c; open connections per server: the family perimd_ldap_connections) */
 STAT(ldap_found, COUNTER, "perimd_ldap_lookups_total", "result=\"found\"", "directory searches of ldap: maps by answer (cached answers and keys not eligible are not searched)")
 STAT(ldap_notfound, COUNTER, "perimd_ldap_lookups_total", "result=\"notfound\"", "")
 STAT(ldap_error, COUNTER, "perimd_ldap_lookups_total", "result=\"error\"", "")
 STAT(ldap_errors, COUNTER, "perimd_ldap_errors_total", "", "failed LDAP operations: connects, binds and searches (a lookup retried or failed over counts each)")
+
+/* Milters (milter.c) */
+STAT(milter_errors, COUNTER, "perimd_milter_errors_total", "", "milter conversations that failed (down, timeout, broken protocol): milter_default_action applied")
 
 /* Histograms */
 HIST(latency, "perimd_message_latency_seconds", "end to end: final dot received to reply sent")

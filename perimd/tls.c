@@ -512,7 +512,7 @@ int tls_configure(const struct conf *c, char *err, size_t errlen)
 static int configure(const struct conf *c, char *err, size_t errlen)
 {
 	struct tls_server *ts = NULL;
-	int want_server = strcmp(c->smtpd_tls_security_level, "none") != 0;
+	int want_server = c->smtpd_tls_security_level_e != SMTPD_TLS_NONE;
 	if (want_server && (c->smtpd_tls_cert_file[0] || c->smtpd_tls_key_file[0])) {
 		if (!c->smtpd_tls_cert_file[0] || !c->smtpd_tls_key_file[0]) {
 			snprintf(err, errlen, "smtpd_tls_cert_file and smtpd_tls_key_file must both be set");
@@ -522,7 +522,7 @@ static int configure(const struct conf *c, char *err, size_t errlen)
 		if (!ts)
 			return -1;
 	}
-	if (!strcmp(c->relay_tls_security_level, "verify") && !c->relay_tls_CAfile[0]) {
+	if (c->relay_tls_security_level_e == RELAY_TLS_VERIFY && !c->relay_tls_CAfile[0]) {
 		snprintf(err, errlen, "relay_tls_security_level = verify needs relay_tls_CAfile");
 		server_free(ts);
 		return -1;
@@ -607,16 +607,15 @@ void tls_client_release(struct tls_client *tc)
 		client_free(tc);
 }
 
-/* tls_level_parse - relay_tls_security_level text. */
-enum tls_level tls_level_parse(const char *s)
+/* tls_level_of - relay_tls_security_level as a tls_level. */
+enum tls_level tls_level_of(enum conf_relay_tls_security_level v)
 {
-	if (!strcmp(s, "verify"))
-		return TLS_VERIFY;
-	if (!strcmp(s, "encrypt"))
-		return TLS_ENCRYPT;
-	if (!strcmp(s, "may"))
-		return TLS_MAY;
-	return TLS_NONE;
+	switch (v) {
+	case RELAY_TLS_VERIFY: return TLS_VERIFY;
+	case RELAY_TLS_ENCRYPT: return TLS_ENCRYPT;
+	case RELAY_TLS_MAY: return TLS_MAY;
+	default: return TLS_NONE;
+	}
 }
 
 /* ---- engines ------------------------------------------------------------ */

@@ -20,6 +20,8 @@
 #ifndef PERIMD_TLS_H
 #define PERIMD_TLS_H
 
+#include "conf_enum.h"
+
 #include <stddef.h>
 
 #include <bearssl.h>
@@ -52,8 +54,8 @@ int tls_server_available(void);
 struct tls_client *tls_client_acquire(void);
 void tls_client_release(struct tls_client *tc);
 
-/* tls_level_parse - "none" | "may" | "encrypt" | "verify". */
-enum tls_level tls_level_parse(const char *s);
+/* tls_level_of - relay_tls_security_level (parsed at load) as a level. */
+enum tls_level tls_level_of(enum conf_relay_tls_security_level v);
 
 /* tls_new_server - an engine for one accepted connection; takes its own
  * reference to ts. loop gives the per-loop session resumption cache (may

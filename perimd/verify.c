@@ -5,9 +5,10 @@
  * long, is decided here (verify_learn); the reply given from an entry is
  * built here too (verify_format), never copied from the backend.
  *
- * Invariants: the table is split into VERIFY_SHARDS shards, each with its
- * own mutex, hash chains and an insertion-ordered list; a shard never holds
- * more than its share of max_entries (the oldest entry is evicted first),
+ * Invariants: the table is a sharded cache (shcache.h) of VERIFY_SHARDS
+ * shards, each with its own mutex, hash chains and an insertion-ordered
+ * list; a shard never holds more than its share of max_entries (the
+ * oldest entry is evicted first),
  * so memory is bounded whatever recipients the internet sends. Expired
  * entries are never returned and are dropped when met. Times come from
  * CLOCK_MONOTONIC, not from any loop, because every thread shares the
@@ -22,7 +23,9 @@
 #include <time.h>
 
 #include "conf.h"
+#include "clock.h"
 #include "log.h"
+#include "shcache.h"
 #include "verify.h"
 
 #define VERIFY_SHARDS 64
@@ -33,30 +36,33 @@
 #define VERIFY_KEY_MAX 600
 #define VERIFY_ENH_MAX 16
 
-struct ventry {
-	struct ventry *chain;         /* hash bucket chain */
-	struct ventry *older, *newer; /* insertion order within the shard */
-	uint64_t hash;
-	uint64_t expires;         /* monotonic ms */
+/* One verdict: the value of a cache entry (its key: verify_key). */
+struct verdict {
 	int code;                 /* 250 = verified, else the refusal */
 	char enh[VERIFY_ENH_MAX]; /* its enhanced code, or "" */
 	int once;                 /* answered once, then dropped */
-	char key[];               /* kind, address(es) (verify_key) */
 };
 
-struct vshard {
-	pthread_mutex_t mu;
-	struct ventry **buckets;
-	size_t nbuckets; /* power of two */
-	size_t count, cap;
-	struct ventry *oldest, *newest;
-};
-
-static struct vshard shards[VERIFY_SHARDS];
-static int verify_ready;
+static struct shcache *cache;
 static pthread_once_t verify_once = PTHREAD_ONCE_INIT;
 
 static uint64_t (*verify_clock)(void);
+static void (*verify_publish)(const char *rcpt, int code, const char *enh, uint64_t ttl_ms);
+
+/* verify_set_publish - see verify.h. */
+void verify_set_publish(void (*fn)(const char *rcpt, int code, const char *enh, uint64_t ttl_ms))
+{
+	__atomic_store_n(&verify_publish, fn, __ATOMIC_RELEASE);
+}
+
+/* publish - tell the fleet about a per-recipient verdict. */
+static void publish(const char *rcpt, int code, const char *enh, uint64_t ttl)
+{
+	void (*fn)(const char *, int, const char *, uint64_t) =
+	    __atomic_load_n(&verify_publish, __ATOMIC_ACQUIRE);
+	if (fn && ttl)
+		fn(rcpt, code, enh, ttl);
+}
 
 /* verify_set_clock - see verify.h. */
 void verify_set_clock(uint64_t (*now_ms)(void))
@@ -67,12 +73,9 @@ void verify_set_clock(uint64_t (*now_ms)(void))
 /* verify_now - monotonic milliseconds (or the test clock). */
 static uint64_t verify_now(void)
 {
-	struct timespec ts;
-
 	if (verify_clock)
 		return verify_clock();
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return clock_ms();
 }
 
 /* Key kinds: a recipient alone, or a (sender, recipient) pair. */
@@ -92,16 +95,15 @@ static void addr_copy(const char *a, char *key, size_t *n)
 }
 
 /* verify_key - kind, then rcpt (and for KIND_PAIR '\001' and the sender),
- * into key (addr_copy); its hash, or 0 with key "" when it does not fit. */
-static uint64_t verify_key(int kind, const char *sender, const char *rcpt, char *key, size_t keylen)
+ * into key (addr_copy); key is "" when it does not fit. */
+static void verify_key(int kind, const char *sender, const char *rcpt, char *key, size_t keylen)
 {
-	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
 	size_t rl = strlen(rcpt), sl = kind == KIND_PAIR ? strlen(sender) + 1 : 0;
-	size_t i, n = 0;
+	size_t n = 0;
 
 	if (1 + rl + sl + 1 > keylen) {
 		key[0] = '\0';
-		return 0;
+		return;
 	}
 	key[n++] = (char)kind;
 	addr_copy(rcpt, key, &n);
@@ -110,71 +112,32 @@ static uint64_t verify_key(int kind, const char *sender, const char *rcpt, char 
 		addr_copy(sender, key, &n);
 	}
 	key[n] = '\0';
-	for (i = 0; i < n; i++) {
-		h ^= (unsigned char)key[i];
-		h *= 1099511628211ULL;
-	}
-	return h ? h : 1;
 }
 
-/* ventry_unlink - remove e from its shard's chain and order list, free it. */
-static void ventry_unlink(struct vshard *s, struct ventry *e)
-{
-	struct ventry **pp = &s->buckets[(e->hash >> 6) & (s->nbuckets - 1)];
-
-	while (*pp != e)
-		pp = &(*pp)->chain;
-	*pp = e->chain;
-	if (e->older)
-		e->older->newer = e->newer;
-	else
-		s->oldest = e->newer;
-	if (e->newer)
-		e->newer->older = e->older;
-	else
-		s->newest = e->older;
-	s->count--;
-	free(e);
-}
-
-/* verify_clear - drop every entry of every shard (init / re-init only). */
-static void verify_clear(void)
-{
-	for (int i = 0; i < VERIFY_SHARDS; i++) {
-		struct vshard *s = &shards[i];
-
-		while (s->oldest)
-			ventry_unlink(s, s->oldest);
-	}
-}
-
-/* verify_setup - size the shards for max_entries in all. */
+/* verify_setup - a new, empty cache for max_entries in all: VERIFY_SHARDS
+ * shards of max_entries / VERIFY_SHARDS entries (at least 1), each
+ * evicting its oldest (by insertion) when full. */
 static void verify_setup(size_t max_entries)
 {
-	size_t cap = max_entries / VERIFY_SHARDS;
+	size_t cap = max_entries / VERIFY_SHARDS, nb = 16;
 
 	if (cap < 1)
 		cap = 1;
-	for (int i = 0; i < VERIFY_SHARDS; i++) {
-		struct vshard *s = &shards[i];
-		size_t nb = 16;
-
-		if (!verify_ready)
-			pthread_mutex_init(&s->mu, NULL);
-		while (nb < cap && nb < ((size_t)1 << 20))
-			nb <<= 1;
-		free(s->buckets);
-		s->buckets = xcalloc(nb, sizeof(*s->buckets));
-		s->nbuckets = nb;
-		s->cap = cap;
-	}
-	verify_ready = 1;
+	while (nb < cap && nb < ((size_t)1 << 20))
+		nb <<= 1;
+	const struct shcache_conf cf = { .shards = VERIFY_SHARDS,
+					 .buckets = (unsigned)nb,
+					 .valsize = sizeof(struct verdict),
+					 .max = cap,
+					 .evict = 1 };
+	shcache_free(cache);
+	cache = shcache_new(&cf);
 }
 
 /* verify_default_init - used when nobody called verify_init() first. */
 static void verify_default_init(void)
 {
-	if (!verify_ready)
+	if (!cache)
 		verify_setup(VERIFY_DEFAULT_MAX);
 }
 
@@ -183,72 +146,54 @@ static void verify_default_init(void)
 void verify_init(size_t max_entries)
 {
 	pthread_once(&verify_once, verify_default_init);
-	verify_clear();
 	verify_setup(max_entries);
 }
 
-/* verify_find - the live entry for key in s, dropping an expired one. */
-static struct ventry *verify_find(struct vshard *s, const char *key, uint64_t h, uint64_t now)
-{
-	struct ventry *e = s->buckets[(h >> 6) & (s->nbuckets - 1)];
+/* What verify_store puts and verify_fetch takes. */
+struct verify_arg {
+	struct verdict v;
+	uint64_t expires;
+};
 
-	for (; e; e = e->chain) {
-		if (e->hash == h && strcmp(e->key, key) == 0)
-			break;
-	}
-	if (e && e->expires <= now) {
-		ventry_unlink(s, e);
-		e = NULL;
-	}
-	return e;
+/* put - verify_store's callback: the fresh entry gets the verdict. */
+static enum shcache_act put(void *val, uint64_t *expires, int fresh, void *arg)
+{
+	const struct verify_arg *a = arg;
+	(void)fresh;
+	memcpy(val, &a->v, sizeof a->v);
+	*expires = a->expires;
+	return SHCACHE_KEEP;
 }
 
+/* take - verify_fetch's callback: copy the verdict; a once-only one goes. */
+static enum shcache_act take(void *val, uint64_t *expires, int fresh, void *arg)
+{
+	struct verify_arg *a = arg;
+	(void)expires;
+	(void)fresh;
+	memcpy(&a->v, val, sizeof a->v);
+	return a->v.once ? SHCACHE_DROP : SHCACHE_KEEP;
+}
 
 /* verify_store - keep (code, enh) under the key for ttl_ms (0: nothing),
- * replacing what was there. */
+ * replacing what was there (as the newest entry of its shard). */
 static void verify_store(int kind, const char *sender, const char *rcpt, int code, const char *enh, int once,
 			 uint64_t ttl_ms)
 {
 	char key[VERIFY_KEY_MAX];
-	uint64_t h, now;
-	struct vshard *s;
-	struct ventry *e;
-	size_t klen;
+	struct verify_arg a = { .v = { .code = code, .once = once } };
 
 	pthread_once(&verify_once, verify_default_init);
 	if (ttl_ms == 0)
 		return;
-	h = verify_key(kind, sender, rcpt, key, sizeof(key));
+	verify_key(kind, sender, rcpt, key, sizeof(key));
 	if (!key[0])
 		return;
-	now = verify_now();
-	klen = strlen(key);
-	s = &shards[h % VERIFY_SHARDS];
-	pthread_mutex_lock(&s->mu);
-	e = verify_find(s, key, h, now);
-	if (e)
-		ventry_unlink(s, e);
-	/* Bounded: evict the oldest entries (expired or not) to make room. */
-	while (s->count >= s->cap && s->oldest)
-		ventry_unlink(s, s->oldest);
-	e = xmalloc(sizeof(*e) + klen + 1);
-	memcpy(e->key, key, klen + 1);
-	e->hash = h;
-	e->expires = now + ttl_ms;
-	e->code = code;
-	snprintf(e->enh, sizeof(e->enh), "%s", enh ? enh : "");
-	e->once = once;
-	e->chain = s->buckets[(h >> 6) & (s->nbuckets - 1)];
-	s->buckets[(h >> 6) & (s->nbuckets - 1)] = e;
-	e->newer = NULL;
-	e->older = s->newest;
-	if (s->newest)
-		s->newest->newer = e;
-	else
-		s->oldest = e;
-	s->newest = e;
-	s->count++;
-	pthread_mutex_unlock(&s->mu);
+	snprintf(a.v.enh, sizeof(a.v.enh), "%s", enh ? enh : "");
+	uint64_t now = verify_now();
+	a.expires = now + ttl_ms;
+	shcache_del(cache, key);
+	shcache_update(cache, key, now, 1, put, &a);
 }
 
 /* verify_fetch - the live entry's code and enhanced code under the key; 1
@@ -256,28 +201,15 @@ static void verify_store(int kind, const char *sender, const char *rcpt, int cod
 static int verify_fetch(int kind, const char *sender, const char *rcpt, int *code, char *enh, size_t enhlen)
 {
 	char key[VERIFY_KEY_MAX];
-	uint64_t h, now;
-	struct vshard *s;
-	struct ventry *e;
-	int found = 0;
+	struct verify_arg a;
 
 	pthread_once(&verify_once, verify_default_init);
-	h = verify_key(kind, sender, rcpt, key, sizeof(key));
-	if (!key[0])
+	verify_key(kind, sender, rcpt, key, sizeof(key));
+	if (!key[0] || !shcache_update(cache, key, verify_now(), 0, take, &a))
 		return 0;
-	now = verify_now();
-	s = &shards[h % VERIFY_SHARDS];
-	pthread_mutex_lock(&s->mu);
-	e = verify_find(s, key, h, now);
-	if (e) {
-		found = 1;
-		*code = e->code;
-		snprintf(enh, enhlen, "%s", e->enh);
-		if (e->once)
-			ventry_unlink(s, e);
-	}
-	pthread_mutex_unlock(&s->mu);
-	return found;
+	*code = a.v.code;
+	snprintf(enh, enhlen, "%s", a.v.enh);
+	return 1;
 }
 
 /* verify_enh - see verify.h. RFC 3463 §2: class "." subject "." detail,
@@ -404,6 +336,7 @@ enum verify_kept verify_learn(const char *sender, const char *rcpt, int code, co
 		    ttl_ms(code >= 500 ? cf->relay_verify_negative_ttl : cf->relay_verify_defer_ttl);
 
 		verify_store(KIND_RCPT, "", rcpt, code, enh, 0, life);
+		publish(rcpt, code, enh, life);
 		if (!callout)
 			verify_store(
 			    KIND_PAIR, sender, rcpt, code, enh, 0,
@@ -429,6 +362,15 @@ enum verify_kept verify_learn(const char *sender, const char *rcpt, int code, co
 void verify_accepted(const char *rcpt, const struct conf *cf)
 {
 	verify_store(KIND_RCPT, "", rcpt, 250, "2.1.5", 0, ttl_ms(cf->relay_verify_positive_ttl));
+	publish(rcpt, 250, "2.1.5", ttl_ms(cf->relay_verify_positive_ttl));
+}
+
+/* verify_remote - see verify.h. */
+void verify_remote(const char *rcpt, int code, const char *enh, uint64_t ttl_ms)
+{
+	if (code == 250 ? strcmp(enh, "2.1.5") != 0 : !verify_mailbox_code(code, enh))
+		return;
+	verify_store(KIND_RCPT, "", rcpt, code, enh, 0, ttl_ms);
 }
 
 /* verify_lookup - see verify.h. The pair first: it is this sender's own. */

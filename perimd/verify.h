@@ -61,4 +61,13 @@ enum verify_verdict { VERIFY_NONE, VERIFY_REFUSED, VERIFY_VERIFIED };
 enum verify_verdict verify_lookup(const char *sender, const char *rcpt, int is_role, int *code, char *reply,
 				  size_t replylen);
 
+/* The fleet (fleet.c) shares the per-recipient verdicts through the
+ * database. verify_set_publish - fn(rcpt, code, enh, ttl_ms) is called
+ * (on the learning thread, no lock held) for every per-recipient verdict
+ * learned here (a callout's acceptance: 250 "2.1.5"); NULL stops it.
+ * verify_remote - a verdict another box learned: kept per recipient for
+ * ttl_ms when it is an acceptance or a mailbox code, never published. */
+void verify_set_publish(void (*fn)(const char *rcpt, int code, const char *enh, uint64_t ttl_ms));
+void verify_remote(const char *rcpt, int code, const char *enh, uint64_t ttl_ms);
+
 #endif

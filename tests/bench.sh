@@ -37,6 +37,17 @@
 #   tests/bench.sh abuse    throughput at ABUSE_CONC (100) sessions alone and beside
 #                           hostile clients (tests/bench_abuse.py: slowloris, floods
 #                           that never read, garbage), same run; CPU and RSS
+#   tests/bench.sh ab OLD NEW  "no slowdown" between two git revisions: builds each one's
+#                           dev binary in a temporary worktree (git worktree, removed at
+#                           exit), starts both beside one smtp-sink and runs the same
+#                           smtp-source load on each in turn, alternating which goes
+#                           first, AB_REPS (5) rounds of AB_MSGS (2000) messages over
+#                           AB_CONC (10) sessions for each of AB_SIZES ("512 102400");
+#                           prints per size msg/s and perimd CPU ms/msg (all threads,
+#                           from /proc/PID/task/*/schedstat) of each, summed over the
+#                           rounds, and the ratios NEW/OLD (> 1 msg/s, < 1 CPU: NEW is
+#                           better), with the spread of the per-round CPU ratios;
+#                           AB_CACHE=DIR keeps the binaries (DIR/COMMIT/perimd) for reuse
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -53,6 +64,11 @@
 #                           CPU and PSS; EICAR must be refused by each scanning system
 #                           before the runs. Needs clamav-daemon and clamav-milter; puts
 #                           /etc/postfix/main.cf and master.cf back as found.
+#   tests/bench.sh milter   the same rspamd milter (proxy worker, milter mode) behind Postfix
+#                           (smtpd_milters) and behind perimd (smtpd_milters), MI_CONC (100)
+#                           sessions x MI_SIZES ("512 102400"), MI_MSGS (1000): delivered
+#                           msgs/s, each system's CPU per message and rspamd's beside it
+#                           (PEER_BENCH: the peer script; puts /etc/postfix back as found)
 #   tests/bench.sh latency  client-side latency in one run, the same script doing setup,
 #                           the sink (counting every message) and the peers: direct,
 #                           Postfix, Haraka (smtp_forward) and perimd (as in `peers`),
@@ -100,7 +116,8 @@ IO_THREADS=${IO_THREADS:-0}
 PY=/usr/bin/python3
 TICK=$(getconf CLK_TCK)
 
-[ -x "$PERIMD" ] || { echo "bench: $PERIMD missing (run ./build.sh first)" >&2; exit 1; }
+# ab builds its own binaries.
+[ "${1:-}" = ab ] || [ -x "$PERIMD" ] || { echo "bench: $PERIMD missing (run ./build.sh first)" >&2; exit 1; }
 PARAMS=$("$PERIMD" -d 2>/dev/null || true)
 
 WORK=$(mktemp -d /tmp/perimd-bench.XXXXXX)
@@ -113,20 +130,30 @@ PA_DIR=""
 # peers-av found them (the peer script rewrites both; postconf -e adds the
 # milter), once.
 restore_postfix_conf() {
+	if [ -n "$PF_SAVED" ] && [ -f "$PF_SAVED/main.cf.absent" ]; then
+		# There was no main.cf (bench milter): master.cf back, main.cf gone.
+		cp -p "$PF_SAVED/master.cf" /etc/postfix/
+		rm -f /etc/postfix/main.cf /etc/postfix/*.pre-peer-bench
+		PF_SAVED=""
+		return 0
+	fi
 	[ -n "$PF_SAVED" ] && [ -f "$PF_SAVED/main.cf" ] || return 0
 	cp -p "$PF_SAVED/main.cf" "$PF_SAVED/master.cf" /etc/postfix/
 	PF_SAVED=""
 }
 
+AB_TREES=()
+
 # cleanup - stop what this script started, by PID.
 cleanup() {
-	local p
+	local p t
 	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	for p in "${PIDS[@]}"; do
 		for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
 		kill -KILL "$p" 2>/dev/null || true
 	done
 	restore_postfix_conf
+	for t in "${AB_TREES[@]}"; do git -C "$ROOT" worktree remove --force "$t" 2>/dev/null || true; done
 	[ -n "$PA_DIR" ] && rm -rf "$PA_DIR"
 	rm -rf "$WORK"
 }
@@ -269,6 +296,76 @@ peers() {
 }
 
 EXTRA_CONF=()
+
+# cpu_ns PID - CPU time of all of a process's threads, in ns (schedstat).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ t += $1 } END { printf "%d", t }'; }
+
+# ab_build REV TAG - the dev binary of git revision REV, built in a
+# temporary worktree (removed at exit); its path in AB_BIN[TAG]. With
+# AB_CACHE=DIR, binaries are kept as DIR/COMMIT/perimd and reused.
+ab_build() {
+	local t=$WORK/tree-$2 sha
+	sha=$(git -C "$ROOT" rev-parse "$1^{commit}") || exit 1
+	if [ -n "${AB_CACHE:-}" ] && [ -x "$AB_CACHE/$sha/perimd" ]; then
+		AB_BIN[$2]=$AB_CACHE/$sha/perimd
+		return
+	fi
+	git -C "$ROOT" worktree add --detach "$t" "$1" >/dev/null 2>&1 || { echo "bench ab: cannot check out $1" >&2; exit 1; }
+	AB_TREES+=("$t")
+	make -s -C "$t/perimd" -j"$(nproc)" BUILD="$t/build/dev" "$t/build/dev/perimd" >"$WORK/build-$2.log" 2>&1 ||
+		{ tail -20 "$WORK/build-$2.log" >&2; echo "bench ab: build of $1 failed" >&2; exit 1; }
+	if [ -n "${AB_CACHE:-}" ]; then
+		mkdir -p "$AB_CACHE/$sha"
+		cp "$t/build/dev/perimd" "$AB_CACHE/$sha/perimd"
+		AB_BIN[$2]=$AB_CACHE/$sha/perimd
+		return
+	fi
+	AB_BIN[$2]=$t/build/dev/perimd
+}
+
+# ab_run TAG SIZE - one round on perimd TAG: appends "secs cpu_ns" to a file.
+ab_run() {
+	local port=${AB_PORT[$1]} pid=${AB_PID[$1]} c0 c1 t
+	c0=$(cpu_ns "$pid")
+	t=$(source_run "$port" "$AB_CONC" "$AB_MSGS" "$2")
+	c1=$(cpu_ns "$pid")
+	echo "$t $((c1 - c0))" >>"$WORK/ab-$1-$2"
+}
+
+# ab_bench OLD NEW - see the header.
+ab_bench() {
+	local old=${1:?usage: bench.sh ab OLD NEW} new=${2:?usage: bench.sh ab OLD NEW} tag r s first second
+	AB_CONC=${AB_CONC:-10} AB_MSGS=${AB_MSGS:-2000} AB_REPS=${AB_REPS:-5} AB_SIZES=${AB_SIZES:-"512 102400"}
+	declare -gA AB_PORT AB_PID AB_BIN
+	ab_build "$old" old
+	ab_build "$new" new
+	echo "perimd bench ab: OLD=$old ($(git -C "$ROOT" rev-parse --short "$old")) NEW=$new ($(git -C "$ROOT" rev-parse --short "$new")); $AB_REPS rounds x $AB_MSGS messages x $AB_CONC sessions, sizes $AB_SIZES, on $(nproc) CPUs"
+	start_sink
+	for tag in old new; do
+		PERIMD=${AB_BIN[$tag]}
+		PARAMS=$("$PERIMD" -d 2>/dev/null || true)
+		start_perimd
+		AB_PORT[$tag]=$PERIMD_PORT
+		AB_PID[$tag]=$PERIMD_PID
+		source_run "$PERIMD_PORT" 10 "$WARMUP" 512 >/dev/null
+	done
+	for r in $(seq 1 "$AB_REPS"); do
+		if [ $((r % 2)) -eq 1 ]; then first=old second=new; else first=new second=old; fi
+		for s in $AB_SIZES; do
+			ab_run "$first" "$s"
+			ab_run "$second" "$s"
+		done
+	done
+	printf '%-7s %10s %10s %8s %12s %12s %8s %s\n' bytes old_msg/s new_msg/s ratio old_cpu_ms new_cpu_ms ratio "cpu ratio per round (min..max)"
+	for s in $AB_SIZES; do
+		paste "$WORK/ab-old-$s" "$WORK/ab-new-$s" | awk -v m="$AB_MSGS" -v s="$s" '
+			{ to += $1; co += $2; tn += $3; cn += $4; q = $4 / $2
+			  if (NR == 1 || q < lo) lo = q; if (NR == 1 || q > hi) hi = q }
+			END { n = NR * m
+			      printf "%-7s %10.0f %10.0f %8.3f %12.4f %12.4f %8.3f %.3f..%.3f\n", s, n / to, n / tn,
+				(n / tn) / (n / to), co / n / 1e6, cn / n / 1e6, cn / co, lo, hi }'
+	done
+}
 
 # write_av_db DIR - a test signature database (EICAR and a marker) in DIR.
 write_av_db() {
@@ -1276,6 +1373,166 @@ if [ "${1:-}" = peers-features ]; then
 	exit 0
 fi
 
+# milter_bench - the same rspamd milter behind Postfix (smtpd_milters) and
+# behind perimd (smtpd_milters), one run (./build.sh bench milter; MI_CONC
+# (100), MI_SIZES ("512 102400"), MI_MSGS (1000), MI_WARMUP (50)). The peer
+# script (../shared/bench/peer-bench.sh, or PEER_BENCH) does the setup, the
+# sink and the SUT's CPU accounting (its cgroup); rspamd (proxy worker in
+# milter mode, self_scan, a configuration written here, DNS kept short:
+# loopback only) runs outside the SUT, and its own CPU per message (master
+# and workers, /proc) is reported beside each system's. Postfix gets the
+# milter through a `postfix` wrapper first in PATH (postconf -e after the
+# peer script wrote main.cf). /etc/postfix/main.cf and master.cf are put
+# back as found. The machine is shared: compare same-run ratios.
+milter_bench() {
+	local peer=${PEER_BENCH:-$ROOT/../shared/bench/peer-bench.sh}
+	[ -f "$peer" ] || { echo "bench milter: $peer not found; skipped (PEER_BENCH=...)"; return 0; }
+	local m
+	for m in rspamd postfix smtp-source; do
+		command -v "$m" >/dev/null || { echo "bench milter: $m missing (apt-get install rspamd postfix)" >&2; exit 1; }
+	done
+	local base=${OUT:-/tmp/perimd-bench-milter.$(date +%Y%m%d-%H%M%S)} d rport size sys t0 t1
+	d=/tmp/perimd-milter-bench.$$
+	PA_DIR=$d
+	mkdir -p "$base" "$d/rs/local.d" "$d/rs/override.d" "$d/rs/db" "$d/rs/run" "$d/pfbin" "$d/p/lib" "$d/p/spool"
+	# /etc/postfix as found: main.cf put back, or removed if there was none.
+	local pf_had_main=0
+	[ -f /etc/postfix/main.cf ] && pf_had_main=1
+	PF_SAVED=$d/etc-postfix
+	mkdir -p "$PF_SAVED"
+	cp -p /etc/postfix/master.cf "$PF_SAVED/"
+	[ "$pf_had_main" = 1 ] && cp -p /etc/postfix/main.cf "$PF_SAVED/"
+	[ "$pf_had_main" = 1 ] || : >"$PF_SAVED/main.cf.absent"
+	rport=$(free_port)
+	cat >"$d/rs/local.d/worker-proxy.inc" <<-EOF
+	bind_socket = "127.0.0.1:$rport";
+	milter = yes;
+	timeout = 120s;
+	upstream "local" { default = yes; self_scan = yes; }
+	count = 1;
+	EOF
+	echo "enabled = false;" >"$d/rs/override.d/worker-normal.inc"
+	echo "enabled = false;" >"$d/rs/override.d/worker-fuzzy.inc"
+	echo "bind_socket = \"127.0.0.1:$(free_port)\";" >"$d/rs/override.d/worker-controller.inc"
+	printf 'type = "file";\nfilename = "%s";\nlevel = "warning";\n' "$d/rs/rspamd.log" >"$d/rs/local.d/logging.inc"
+	# hs_cache_dir: rspamd's compiled hyperscan databases, kept between runs
+	# (the tests use the same directory; keyed by content).
+	mkdir -p /var/tmp/perimd-test-rspamd-hs
+	printf 'dns { timeout = 0.3s; retransmits = 1; }\nlocal_addrs = [];\nhs_cache_dir = "%s";\n' \
+		/var/tmp/perimd-test-rspamd-hs >"$d/rs/local.d/options.inc"
+	printf 'use = ["x-spamd-result", "x-spam-status"];\nskip_local = false;\nskip_authenticated = false;\n' \
+		>"$d/rs/local.d/milter_headers.conf"
+	rspamd -f -i -u root -g root "--var=LOCAL_CONFDIR=$d/rs" "--var=DBDIR=$d/rs/db" \
+		"--var=RUNDIR=$d/rs/run" "--var=LOGDIR=$d/rs" </dev/null >"$d/rs/out" 2>&1 &
+	local rpid=$!
+	PIDS+=("$rpid")
+	"$PY" - "$rport" "$rpid" <<-'EOF' || { tail -20 "$d/rs/rspamd.log" >&2; exit 1; }
+	import os, socket, sys, time
+	port, pid, deadline = int(sys.argv[1]), int(sys.argv[2]), time.monotonic() + 180
+	while time.monotonic() < deadline:
+	    try:
+	        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+	        sys.exit(0)
+	    except OSError:
+	        os.kill(pid, 0)
+	        time.sleep(0.2)
+	sys.exit("rspamd not listening after 180 s")
+	EOF
+	# rs_ticks - CPU ticks of rspamd's master and its workers.
+	rs_ticks() {
+		"$PY" - "$rpid" <<-'EOF'
+		import os, sys
+		master, total = int(sys.argv[1]), 0
+		for p in os.listdir("/proc"):
+		    if not p.isdigit():
+		        continue
+		    try:
+		        f = open("/proc/%s/stat" % p).read().rsplit(")", 1)[1].split()
+		    except OSError:
+		        continue
+		    if int(p) == master or int(f[1]) == master:
+		        total += int(f[11]) + int(f[12])
+		print(total)
+		EOF
+	}
+	cat >"$d/pfbin/postfix" <<-EOF
+	#!/usr/bin/env bash
+	[ "\${1:-}" = start ] || exec /usr/sbin/postfix "\$@"
+	/usr/sbin/postconf -e "smtpd_milters = inet:127.0.0.1:$rport" "milter_default_action = tempfail" \
+	  "milter_content_timeout = 120s" || exit 1
+	exec /usr/sbin/postfix start
+	EOF
+	chmod 755 "$d/pfbin/postfix"
+	{
+		peer_conf "$d/p"
+		echo "log_to = stderr"
+		has_param greylist && echo "greylist = no"
+		echo "smtpd_milters = inet:127.0.0.1:$rport"
+		echo "milter_content_timeout = 120s"
+	} >"$d/p/perimd.conf"
+	export PERIMD_CMD="$PERIMD -f -c $d/p/perimd.conf -o smtpd_listen=127.0.0.1:{PORT} -o relay_backends=[127.0.0.1]:{SINK_PORT} -o relay_domains=bench.test"
+	export CONC=${MI_CONC:-100} MSGS=${MI_MSGS:-1000} REPS=1 WARMUP=${MI_WARMUP:-50} NO_INSTALL=1
+	# Free ports, not the peer script's fixed 2525-2528 (the machine is shared).
+	export SINK_PORT=${SINK_PORT:-$(free_port)} POSTFIX_PORT=${POSTFIX_PORT:-$(free_port)}
+	export PERIMD_PORT=${PERIMD_PORT:-$(free_port)} HARAKA_PORT=${HARAKA_PORT:-$(free_port)}
+	local sizes=${MI_SIZES:-"512 102400"}
+	echo "bench milter: $peer, rspamd on 127.0.0.1:$rport (results under $base; CONC=$CONC SIZES=\"$sizes\" MSGS=$MSGS)"
+	echo "bench milter: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$base/load.txt"
+	: >"$base/rspamd_cpu.txt"
+	for size in $sizes; do
+		for sys in postfix perimd; do
+			t0=$(rs_ticks)
+			if [ "$sys" = postfix ]; then
+				PATH=$d/pfbin:$PATH SIZES=$size OUT=$base/$sys-$size bash "$peer" run postfix
+			else
+				SIZES=$size OUT=$base/$sys-$size bash "$peer" run perimd
+			fi
+			t1=$(rs_ticks)
+			echo "$sys $size $((t1 - t0))" >>"$base/rspamd_cpu.txt"
+		done
+	done
+	echo "bench milter: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$base/load.txt"
+	restore_postfix_conf
+	"$PY" - "$base" "$TICK" "$WARMUP" "$MSGS" <<-'EOF' | tee "$base/table.txt"
+	import os, sys
+	base, hz, warm, msgs = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+	rs = {}
+	for l in open(os.path.join(base, "rspamd_cpu.txt")):
+	    s, size, t = l.split()
+	    rs[(s, int(size))] = int(t)
+	print("delivered msgs/s; SUT CPU ms per msg (rspamd excluded); rspamd CPU ms per msg (warm-up included)")
+	print("%-6s %-8s %8s %9s %11s %9s %5s %s" % ("bytes", "system", "msgs/s", "SUTcpu", "rspamdcpu", "vsPf_cpu", "lost", "status"))
+	rows = {}
+	for (s, size) in sorted(rs, key=lambda k: (k[1], k[0] != "postfix")):
+	    try:
+	        lines = open(os.path.join(base, "%s-%d" % (s, size), "results.txt"))
+	    except OSError:
+	        continue
+	    for line in lines:
+	        if line.startswith("run "):
+	            dd = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+	            if dd.get("sut") == s:
+	                rows[(s, size)] = dd
+	for (s, size) in sorted(rows, key=lambda k: (k[1], k[0] != "postfix")):
+	    x = rows[(s, size)]
+	    c = float(x.get("sut_cpu_ms_per_msg", "nan"))
+	    pf = rows.get(("postfix", size), {})
+	    pc = float(pf.get("sut_cpu_ms_per_msg", "nan"))
+	    r = rs[(s, size)] / hz * 1000 / (warm + msgs)
+	    print("%-6d %-8s %8s %9.3f %11.3f %9s %5s %s" % (size, s, x.get("deliver_mps"), c, r,
+	          "%.2fx" % (c / pc) if s != "postfix" and pc == pc and pc else "", x.get("lost"), x.get("status")))
+	EOF
+	kill -TERM "$rpid" 2>/dev/null || true
+	for _ in $(seq 1 100); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
+	rm -rf "$d" 2>/dev/null || true
+	PA_DIR=""
+}
+
+if [ "${1:-}" = milter ]; then
+	milter_bench
+	exit 0
+fi
+
 if [ "${1:-}" = peers-av ]; then
 	peers_av
 	exit 0
@@ -1283,6 +1540,12 @@ fi
 
 if [ "${1:-}" = peers ]; then
 	peers
+	exit 0
+fi
+
+if [ "${1:-}" = ab ]; then
+	shift
+	ab_bench "$@"
 	exit 0
 fi
 

@@ -69,5 +69,13 @@ if ! diff -u "$tmp/tabdef" "$tmp/mandef" >"$tmp/ddiff"; then
 	grep '^[-+][^-+]' "$tmp/ddiff"
 fi
 
+# The RESTART column: each restart-only parameter's entry says a change
+# takes effect at restart.
+for p in $(sed -n 's/^PARAM(.*) RESTART(\([A-Za-z0-9_]*\)).*/\1/p' perimd/conf_params.h); do
+	awk -v p="$p" '/^\.It Cm / { on = $3 == p } on && /takes effect at restart/ { found = 1 }
+		END { exit !found }' "$PAGE" ||
+		bad "$p is RESTART in perimd/conf_params.h, but its entry in $PAGE does not say 'takes effect at restart'"
+done
+
 [ "$status" -eq 0 ] && echo "check_man: ok ($(wc -l <"$tmp/man") parameters documented)"
 exit "$status"

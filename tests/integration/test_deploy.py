@@ -148,7 +148,7 @@ def test_reload_refuses_bad_config_and_listen_change(perimd_factory):
     other = free_port()
     rewrite_conf(p, smtpd_listen="127.0.0.1:%d" % other, smtpd_banner="$myhostname ESMTP moved")
     p.proc.send_signal(signal.SIGHUP)
-    p.wait_log(r"smtpd_listen or io_threads changed; this needs a restart")
+    p.wait_log(r"reload: smtpd_listen: changed value takes effect after restart")
     wait_reloads(p, 2)
     assert "moved" in banner(p.port)[1]
     with pytest.raises(OSError):

@@ -60,8 +60,8 @@ class TaggedLoad:
     """Client threads sending tagged messages until stopped; each result is
     (tag, stage, code, text) with stage "rcpt" or "data"."""
 
-    def __init__(self, port, threads=3, sender=SENDER, rcpt=None, pause=0.0):
-        self.port, self.sender = port, sender
+    def __init__(self, port, threads=3, sender=SENDER, rcpt=None, pause=0.0, prefix="t"):
+        self.port, self.sender, self.prefix = port, sender, prefix
         # rcpt(tag) -> the recipient of that message; pause: seconds
         # between a thread's messages (bounds how many tags a run uses).
         self.rcpt = rcpt or (lambda tag: RCPT)
@@ -99,7 +99,7 @@ class TaggedLoad:
                     if c.cmd("EHLO w%d.faults.test" % w)[0] != 250:
                         raise AssertionError("EHLO refused")
                     for _ in range(5):
-                        tag = "t%d-%d" % (w, i)
+                        tag = "%s%d-%d" % (self.prefix, w, i)
                         i += 1
                         stage, code, text = self._one(c, tag)
                         with self.lock:

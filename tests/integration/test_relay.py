@@ -418,12 +418,21 @@ def test_connection_reuse(perimd_factory, backend_factory):
     """Messages in a row share one backend connection, reset with RSET."""
     b = backend_factory()
     p = start(perimd_factory, [b], io_threads=1)
+    # After each message perimd pools the connection with RSET; the next
+    # message goes on it once the backend has answered that RSET (one
+    # sent before then takes a new connection, by design). Wait for the
+    # backend to have seen each RSET so the test measures reuse, not a race.
+    def rset_seen(n):
+        assert wait_for(lambda: b.stats()["rset"] >= n, timeout=10), b.stats()
+
     with Client(p.port, timeout=30) as c:
         expect(c.cmd("EHLO client.test"), 250)
         for i in range(3):
             expect(transaction(c, body=b"Subject: %d\r\n\r\nx\r\n" % i), 250, "2.0.0")
+            rset_seen(i + 1)
     for i in range(2):
         expect(send(p.port), 250, "2.0.0")
+        rset_seen(4 + i)
     st = b.stats()
     assert st["connections"] == 1, st
     assert st["commands"].get("EHLO") == 1

@@ -1254,6 +1254,89 @@ TEST(test_dot_stuff_fold)
 	CHECK(memcmp(out, "x\r\n y\r\n z\r\n", 11) == 0 || memcmp(out, "x\r\n y\r\n z", 10) == 0);
 }
 
+/* ref_fold - the byte-by-byte smtp_dot_stuff_fold the fast path must
+ * match (the loop of the first version). */
+static size_t ref_fold(const char *in, size_t len, size_t *used, struct smtp_stuff *st, size_t limit, char *out,
+		       size_t outcap)
+{
+	size_t o = 0, i = 0;
+
+	while (i < len && outcap - o >= 5) {
+		char c = in[i++];
+
+		if (c == '\n') {
+			out[o++] = c;
+			st->at_line_start = 1;
+			st->folded = 0;
+			st->col = 0;
+			continue;
+		}
+		if (c == '\r') {
+			out[o++] = c;
+			continue;
+		}
+		if (limit && st->col >= limit && !(st->folded && st->col == 1)) {
+			out[o++] = '\r';
+			out[o++] = '\n';
+			out[o++] = ' ';
+			st->folded = 1;
+			st->col = 1;
+		}
+		if (st->at_line_start && c == '.')
+			out[o++] = '.';
+		st->at_line_start = 0;
+		out[o++] = c;
+		st->col++;
+	}
+	*used = i;
+	return o;
+}
+
+/* test_dot_stuff_fold_same - random bodies (dots, CRLF, bare CR and LF,
+ * lines about the limit), limits, chunks and output room: the fast path's
+ * output, consumption and state equal the byte-by-byte reference's. */
+TEST(test_dot_stuff_fold_same)
+{
+	static char in[8192], a[50000], b[50000];
+	static const size_t limits[] = { 0, 1, 2, 3, 7, 10, 998 };
+	unsigned seed = 12345;
+
+	for (int round = 0; round < 3000; round++) {
+		size_t len = 0, want = (seed = seed * 1103515245u + 12345u) >> 16 & 4095;
+		while (len < want) {
+			unsigned r = (seed = seed * 1103515245u + 12345u) >> 16;
+			size_t run = r % 7 == 0 ? 990 + r % 20 : r % 13;
+			for (size_t k = 0; k < run && len < sizeof in; k++)
+				in[len++] = "ab.c"[((r >> (k & 15)) ^ k) & 3];
+			if (len + 2 <= sizeof in)
+				len += (size_t)(memcpy(in + len, r % 11 == 0 ? "\r." : r % 5 == 0 ? "\n" : "\r\n", 2), 2);
+		}
+		size_t limit = limits[round % 7];
+		struct smtp_stuff sa = { .at_line_start = 1 }, sb = sa;
+		size_t oa = 0, ob = 0, ia = 0, ib = 0;
+		while (ia < len || ib < len) {
+			unsigned r = (seed = seed * 1103515245u + 12345u) >> 16;
+			size_t chunk = 1 + r % 3000, room = 5 + r % 9000, ua = 0, ub = 0;
+			if (ia != ib)
+				break;
+			if (chunk > len - ia)
+				chunk = len - ia;
+			oa += ref_fold(in + ia, chunk, &ua, &sa, limit, a + oa, room);
+			ob += smtp_dot_stuff_fold(in + ib, chunk, &ub, &sb, limit, b + ob, room);
+			ia += ua;
+			ib += ub;
+			CHECK(ua == ub);
+		}
+		CHECK(ia == len && ib == len);
+		CHECK(oa == ob && memcmp(a, b, oa) == 0);
+		CHECK(sa.at_line_start == sb.at_line_start && sa.folded == sb.folded && sa.col == sb.col);
+		if (t_cur_failed) {
+			fprintf(stderr, "round %d: len %zu limit %zu\n", round, len, limit);
+			return;
+		}
+	}
+}
+
 TEST(test_ehlo_caps)
 {
 	size_t c;
@@ -1369,6 +1452,7 @@ int main(void)
 	RUN(test_reply_long_ehlo);
 	RUN(test_reply_1xx_3xx);
 	RUN(test_dot_stuff_fold);
+	RUN(test_dot_stuff_fold_same);
 	RUN(test_ehlo_caps);
 	RUN(test_xforward);
 	return t_done();

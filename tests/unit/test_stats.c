@@ -189,8 +189,40 @@ TEST(test_history)
 	free(h3);
 }
 
+/* test_escape_label - backslash, quote and newline escaped, the rest as is. */
+TEST(test_escape_label)
+{
+	struct strbuf b = { 0 };
+	stats_escape_label(&b, "Eicar-Test\\x\"y\nz");
+	CHECK_STR(b.p, "Eicar-Test\\\\x\\\"y\\nz");
+	sb_free(&b);
+	stats_escape_label(&b, "");
+	CHECK_INT(b.len, 0);
+	sb_free(&b);
+}
+
+/* test_http_response - status line, headers, body; HEAD without body. */
+TEST(test_http_response)
+{
+	struct strbuf b = { 0 };
+	http_response(&b, 503, "text/plain", "starting\n", 9, 0);
+	CHECK_STR(b.p,
+		  "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n"
+		  "Cache-Control: no-store\r\nConnection: close\r\n\r\nstarting\n");
+	sb_free(&b);
+	http_response(&b, 405, "text/plain", "x\n", 2, 1);
+	CHECK(strstr(b.p, "HTTP/1.1 405 Method Not Allowed\r\n") == b.p);
+	CHECK(strstr(b.p, "Allow: GET, HEAD\r\n") != NULL);
+	CHECK(strstr(b.p, "Content-Length: 2\r\n") != NULL);
+	CHECK_INT(b.p[b.len - 1], '\n');
+	CHECK(strstr(b.p, "\r\n\r\n") == b.p + b.len - 4);
+	sb_free(&b);
+}
+
 int main(void)
 {
+	RUN(test_escape_label);
+	RUN(test_http_response);
 	RUN(test_http_good);
 	RUN(test_http_bad);
 	RUN(test_http_too_long);

@@ -1,0 +1,886 @@
+/*
+ * milter.c - the milter protocol client (see milter.h): connections,
+ * negotiation, the stages, the replies. The blocking conversation runs on
+ * the worker pool; milter_edit.c applies header and body changes.
+ *
+ * Wire format (Sendmail's libmilter protocol, version 6): each packet is
+ * a 32-bit big-endian length (the command byte included), a command byte
+ * and its data; strings are NUL-terminated.
+ */
+#include "milter.h"
+#include "milter_int.h"
+#include "conf.h"
+#include "jobs.h"
+#include "log.h"
+#include "spool.h"
+#include "stats.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Commands (MTA to milter). */
+#define SMFIC_ABORT 'A'
+#define SMFIC_BODY 'B'
+#define SMFIC_CONNECT 'C'
+#define SMFIC_MACRO 'D'
+#define SMFIC_BODYEOB 'E'
+#define SMFIC_HELO 'H'
+#define SMFIC_HEADER 'L'
+#define SMFIC_MAIL 'M'
+#define SMFIC_EOH 'N'
+#define SMFIC_OPTNEG 'O'
+#define SMFIC_QUIT 'Q'
+#define SMFIC_RCPT 'R'
+#define SMFIC_DATA 'T'
+
+/* Protocol flags (SMFIP_*). */
+#define SMFIP_NOCONNECT 0x1u
+#define SMFIP_NOHELO 0x2u
+#define SMFIP_NOMAIL 0x4u
+#define SMFIP_NORCPT 0x8u
+#define SMFIP_NOBODY 0x10u
+#define SMFIP_NOHDRS 0x20u
+#define SMFIP_NOEOH 0x40u
+#define SMFIP_NR_HDR 0x80u
+#define SMFIP_NOUNKNOWN 0x100u
+#define SMFIP_NODATA 0x200u
+#define SMFIP_SKIP 0x400u
+#define SMFIP_NR_CONN 0x1000u
+#define SMFIP_NR_HELO 0x2000u
+#define SMFIP_NR_MAIL 0x4000u
+#define SMFIP_NR_RCPT 0x8000u
+#define SMFIP_NR_DATA 0x10000u
+#define SMFIP_NR_UNKN 0x20000u
+#define SMFIP_NR_EOH 0x40000u
+#define SMFIP_NR_BODY 0x80000u
+
+/* What perimd offers to skip or not answer, by protocol version. */
+#define PFLAGS_V2 0x7fu
+#define PFLAGS_V4 (PFLAGS_V2 | SMFIP_NR_HDR | SMFIP_NOUNKNOWN | SMFIP_NODATA)
+#define PFLAGS_V6 \
+	(PFLAGS_V4 | SMFIP_SKIP | SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_MAIL | SMFIP_NR_RCPT | \
+	 SMFIP_NR_DATA | SMFIP_NR_UNKN | SMFIP_NR_EOH | SMFIP_NR_BODY)
+
+/* Actions perimd honours (SMFIF_*): add/change headers, body, add and
+ * delete recipients, change sender, add recipient with args, and
+ * quarantine, which perimd (no queue to hold a message in) answers as a
+ * refusal, 554 5.7.1 (milter_edit.c); libmilter drops the connection of
+ * a filter registered for an action the MTA does not offer, and
+ * clamav-milter registers for quarantine. Not SETSYMLIST: the macros
+ * sent are the milter_*_macros parameters'. */
+#define SMFIF_ADDHDRS 0x1u
+#define SMFIF_CHGBODY 0x2u
+#define SMFIF_ADDRCPT 0x4u
+#define SMFIF_DELRCPT 0x8u
+#define SMFIF_CHGHDRS 0x10u
+#define SMFIF_QUARANTINE 0x20u
+#define SMFIF_CHGFROM 0x40u
+#define SMFIF_ADDRCPT_PAR 0x80u
+#define ACTIONS_HONOURED \
+	(SMFIF_ADDHDRS | SMFIF_CHGBODY | SMFIF_ADDRCPT | SMFIF_DELRCPT | SMFIF_CHGHDRS | SMFIF_CHGFROM | \
+	 SMFIF_ADDRCPT_PAR | SMFIF_QUARANTINE)
+
+#define BODY_CHUNK 65535
+
+/* ---- the packet parser (pure) ------------------------------------------ */
+
+/* str_at - a NUL-terminated string at p[*off] within n; advances *off. */
+static const char *str_at(const char *p, size_t n, size_t *off)
+{
+	if (*off >= n)
+		return NULL;
+	const char *z = memchr(p + *off, 0, n - *off);
+	if (!z)
+		return NULL;
+	const char *s = p + *off;
+	*off = (size_t)(z - p) + 1;
+	return s;
+}
+
+/* get32 - a big-endian 32-bit word. */
+static uint32_t get32(const char *p)
+{
+	const unsigned char *u = (const unsigned char *)p;
+	return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | u[3];
+}
+
+/* milter_pkt_parse - see milter.h. */
+int milter_pkt_parse(const char *p, size_t n, struct milter_pkt *out)
+{
+	memset(out, 0, sizeof *out);
+	if (n < 1 || n > MILTER_PKT_MAX)
+		return -1;
+	out->cmd = p[0];
+	p++, n--;
+	size_t off = 0;
+	switch (out->cmd) {
+	case 'a':
+	case 'c':
+	case 'd':
+	case 'r':
+	case 't':
+	case 'p':
+	case 's':
+	case 'f':
+	case '4': return 0; /* accept, continue, discard, reject, tempfail, progress, skip, ... */
+	case 'O':
+		if (n < 12)
+			return -1;
+		out->idx = get32(p);
+		out->actions = get32(p + 4);
+		out->pflags = get32(p + 8);
+		out->data = p + 12; /* the macro lists asked for (ignored) */
+		out->datalen = n - 12;
+		return 0;
+	case 'b':
+		out->data = p;
+		out->datalen = n;
+		return 0;
+	case 'y':
+	case 'q':
+	case '+':
+	case '-': out->s1 = str_at(p, n, &off); return out->s1 ? 0 : -1;
+	case '2':
+	case 'e':
+		out->s1 = str_at(p, n, &off);
+		if (!out->s1)
+			return -1;
+		out->s2 = off < n ? str_at(p, n, &off) : NULL;
+		return off < n && !out->s2 ? -1 : 0;
+	case 'h':
+		out->s1 = str_at(p, n, &off);
+		out->s2 = out->s1 ? str_at(p, n, &off) : NULL;
+		return out->s2 && out->s1[0] ? 0 : -1;
+	case 'i':
+	case 'm':
+		if (n < 4)
+			return -1;
+		out->idx = get32(p);
+		off = 4;
+		out->s1 = str_at(p, n, &off);
+		out->s2 = out->s1 ? str_at(p, n, &off) : NULL;
+		return out->s2 && out->s1[0] ? 0 : -1;
+	default: return -1;
+	}
+}
+
+/* reply_line_ok - "NNN" of class cls and a separator, printable text. */
+static int reply_line_ok(const char *l, size_t n, char cls, const char *code)
+{
+	if (n < 3 || l[0] != cls || l[1] < '0' || l[1] > '9' || l[2] < '0' || l[2] > '9')
+		return 0;
+	if (code && memcmp(l, code, 3))
+		return 0;
+	if (n > 3 && l[3] != ' ' && l[3] != '-')
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)l[i] < 32 && l[i] != '\t')
+			return 0;
+	return 1;
+}
+
+/* enh_valid - text begins with an enhanced status code of class cls
+ * (RFC 3463: class.subject.detail, 1-3 digits each) ending in a space
+ * or the end of the line. */
+static int enh_valid(const char *t, size_t n, char cls)
+{
+	if (n < 5 || t[0] != cls || t[1] != '.')
+		return 0;
+	size_t i = 2;
+	for (int part = 0; part < 2; part++) {
+		size_t d = 0;
+		while (i < n && t[i] >= '0' && t[i] <= '9' && d < 4)
+			i++, d++;
+		if (d < 1 || d > 3)
+			return 0;
+		if (part == 0 && (i >= n || t[i++] != '.'))
+			return 0;
+	}
+	return i == n || t[i] == ' ';
+}
+
+/* milter_reply_text - see milter.h. */
+int milter_reply_text(const char *in, char *out, size_t outlen)
+{
+	char cls = in[0];
+	if ((cls != '4' && cls != '5') || outlen < 64)
+		return -1;
+	size_t o = 0;
+	const char *l = in;
+	while (*l) {
+		const char *e = l + strcspn(l, "\r\n");
+		size_t n = (size_t)(e - l);
+		if (!reply_line_ok(l, n, cls, in))
+			return -1;
+		const char *text = n > 4 ? l + 4 : "";
+		size_t tn = n > 4 ? n - 4 : 0;
+		const char *next = e;
+		if (*next == '\r')
+			next++;
+		if (*next == '\n')
+			next++;
+		int last = !*next;
+		int has_enh = enh_valid(text, tn, cls);
+		int w = snprintf(out + o, outlen - o, "%.3s%c%s%.*s%s", in, last ? ' ' : '-',
+				 has_enh ? "" : (cls == '4' ? "4.7.1 " : "5.7.1 "), (int)tn, text,
+				 last ? "" : "\r\n");
+		if (w < 0 || (size_t)w >= outlen - o)
+			return -1;
+		o += (size_t)w;
+		l = next;
+	}
+	return o ? cls - '0' : -1;
+}
+
+/* ---- blocking I/O with deadlines (worker threads only) ------------------- */
+
+static int stopping; /* milter_stop(): conversations end at once */
+
+/* milter_stop - see milter.h. */
+void milter_stop(void)
+{
+	__atomic_store_n(&stopping, 1, __ATOMIC_RELAXED);
+}
+
+/* wait_fd - poll fd for ev until deadline (ms, CLOCK_MONOTONIC); 0 or -1.
+ * Waits in slices of 200 ms so that milter_stop() is seen. */
+static int wait_fd(int fd, short ev, uint64_t deadline)
+{
+	for (;;) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+		if (now >= deadline || __atomic_load_n(&stopping, __ATOMIC_RELAXED)) {
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		struct pollfd pf = { .fd = fd, .events = ev };
+		int r = poll(&pf, 1, deadline - now > 200 ? 200 : (int)(deadline - now));
+		if (r > 0)
+			return 0;
+		if (r < 0 && errno != EINTR)
+			return -1;
+	}
+}
+
+/* now_ms - the monotonic clock in ms. */
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* io_all - write or read exactly n bytes before the deadline. */
+static int io_all(int fd, void *buf, size_t n, int wr, uint64_t deadline)
+{
+	char *p = buf;
+	while (n) {
+		if (wait_fd(fd, wr ? POLLOUT : POLLIN, deadline) < 0)
+			return -1;
+		ssize_t r = wr ? send(fd, p, n, MSG_NOSIGNAL) : recv(fd, p, n, 0);
+		if (r == 0 && !wr) {
+			errno = ECONNRESET;
+			return -1;
+		}
+		if (r < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+/* send_pkt - one packet: length, command, data. */
+static int send_pkt(struct milter *m, char cmd, const void *data, size_t len)
+{
+	char hdr[5];
+	uint32_t l = htonl((uint32_t)len + 1);
+	memcpy(hdr, &l, 4);
+	hdr[4] = cmd;
+	uint64_t dl = now_ms() + m->cmd_timeout;
+	if (io_all(m->fd, hdr, 5, 1, dl) < 0 || (len && io_all(m->fd, (void *)data, len, 1, dl) < 0)) {
+		snprintf(m->err, sizeof m->err, "write: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* milter_recv - one packet into m->rbuf, parsed into *pk; waits up to
+ * timeout_ms (a progress packet starts the wait again). */
+int milter_recv(struct milter *m, uint64_t timeout_ms, struct milter_pkt *pk)
+{
+	for (;;) {
+		uint64_t dl = now_ms() + timeout_ms;
+		char lb[4];
+		if (io_all(m->fd, lb, 4, 0, dl) < 0) {
+			snprintf(m->err, sizeof m->err, "read: %s",
+				 errno == ETIMEDOUT ? "timeout" : strerror(errno));
+			return -1;
+		}
+		uint32_t len = get32(lb);
+		if (len < 1 || len > MILTER_PKT_MAX) {
+			snprintf(m->err, sizeof m->err, "bad packet length %u", len);
+			return -1;
+		}
+		if (len > m->rcap) {
+			m->rbuf = xrealloc(m->rbuf, len);
+			m->rcap = len;
+		}
+		if (io_all(m->fd, m->rbuf, len, 0, dl) < 0) {
+			snprintf(m->err, sizeof m->err, "read: %s",
+				 errno == ETIMEDOUT ? "timeout" : strerror(errno));
+			return -1;
+		}
+		if (milter_pkt_parse(m->rbuf, len, pk) < 0) {
+			snprintf(m->err, sizeof m->err, "malformed packet (command 0x%02x, %u bytes)",
+				 (unsigned char)m->rbuf[0], len);
+			return -1;
+		}
+		if (pk->cmd != 'p')
+			return 0;
+	}
+}
+
+/* ---- connecting and negotiating ------------------------------------------ */
+
+/* milter_addr - the address of "inet:host:port" (host a name, an IPv4
+ * address or [IPv6]) or "unix:/path"; 0, or -1 with m->err. */
+static int milter_addr(struct milter *m, struct sockaddr_storage *ss, socklen_t *len)
+{
+	const char *spec = m->name;
+	memset(ss, 0, sizeof *ss);
+	if (!strncmp(spec, "unix:", 5)) {
+		struct sockaddr_un *sun = (struct sockaddr_un *)ss;
+		if (strlen(spec + 5) >= sizeof sun->sun_path) {
+			snprintf(m->err, sizeof m->err, "socket path too long");
+			return -1;
+		}
+		sun->sun_family = AF_UNIX;
+		strcpy(sun->sun_path, spec + 5);
+		*len = sizeof *sun;
+		return 0;
+	}
+	const char *hp = !strncmp(spec, "inet:", 5) ? spec + 5 : spec;
+	const char *colon = strrchr(hp, ':');
+	char host[256];
+	if (!colon || (size_t)(colon - hp) >= sizeof host) {
+		snprintf(m->err, sizeof m->err, "bad milter address");
+		return -1;
+	}
+	snprintf(host, sizeof host, "%.*s", (int)(colon - hp), hp);
+	char *h = host;
+	if (h[0] == '[' && h[strlen(h) - 1] == ']') {
+		h[strlen(h) - 1] = 0;
+		h++;
+	}
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
+	int rc = getaddrinfo(h, colon + 1, &hints, &ai); /* a worker thread may block */
+	if (rc) {
+		snprintf(m->err, sizeof m->err, "resolve: %s", gai_strerror(rc));
+		return -1;
+	}
+	memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+	*len = ai->ai_addrlen;
+	freeaddrinfo(ai);
+	return 0;
+}
+
+/* milter_open - a socket to the milter, connected within the connect
+ * timeout; -1 with m->err. */
+static int milter_open(struct milter *m)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	if (milter_addr(m, &ss, &len) < 0)
+		return -1;
+	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		snprintf(m->err, sizeof m->err, "socket: %s", strerror(errno));
+		return -1;
+	}
+	int soerr = 0;
+	socklen_t sl = sizeof soerr;
+	if (connect(fd, (struct sockaddr *)&ss, len) < 0 && errno != EINPROGRESS && errno != EAGAIN)
+		soerr = errno;
+	else if (wait_fd(fd, POLLOUT, now_ms() + m->conn_timeout) < 0 ||
+		 getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+		soerr = errno;
+	if (soerr) {
+		snprintf(m->err, sizeof m->err, "connect: %s",
+			 soerr == ETIMEDOUT ? "timeout" : strerror(soerr));
+		close(fd);
+		return -1;
+	}
+	m->fd = fd;
+	return 0;
+}
+
+/* put32 - append a big-endian word. */
+static void put32(char *p, uint32_t v)
+{
+	v = htonl(v);
+	memcpy(p, &v, 4);
+}
+
+/* negotiate - SMFIC_OPTNEG: our version, the actions we honour, the
+ * stages a milter may skip; its answer must ask for no more. */
+static int negotiate(struct milter *m, int version)
+{
+	uint32_t offer = version >= 6 ? PFLAGS_V6 : version >= 4 ? PFLAGS_V4 : PFLAGS_V2;
+	char b[12];
+	put32(b, (uint32_t)version);
+	put32(b + 4, ACTIONS_HONOURED);
+	put32(b + 8, offer);
+	struct milter_pkt pk;
+	if (send_pkt(m, SMFIC_OPTNEG, b, sizeof b) < 0 || milter_recv(m, m->cmd_timeout, &pk) < 0)
+		return -1;
+	if (pk.cmd != 'O' || pk.idx < 2 || pk.idx > 6) {
+		snprintf(m->err, sizeof m->err, "bad negotiation reply (command %c, version %u)", pk.cmd,
+			 pk.idx);
+		return -1;
+	}
+	if (pk.pflags & ~offer) {
+		snprintf(m->err, sizeof m->err, "asks for protocol flags 0x%x perimd does not offer",
+			 pk.pflags & ~offer);
+		return -1;
+	}
+	if (pk.actions & ~ACTIONS_HONOURED)
+		log_info("milter %s: asked for actions 0x%x perimd does not grant (symbol lists)", m->name,
+			 pk.actions & ~ACTIONS_HONOURED);
+	m->actions = pk.actions & ACTIONS_HONOURED;
+	m->pflags = pk.pflags;
+	m->version = pk.idx < (uint32_t)version ? (int)pk.idx : version;
+	if (m->version < 4) /* SMFIC_DATA came with version 4 */
+		m->pflags |= SMFIP_NODATA;
+	return 0;
+}
+
+/* ---- macros --------------------------------------------------------------- */
+
+/* send_macros - SMFIC_MACRO for stage cmd with the names in list (the
+ * milter_*_macros parameter) that have a value. */
+static int send_macros(struct milter *m, struct milter_txn *mt, char cmd, const struct conf_list *list)
+{
+	char buf[4096];
+	size_t n = 0;
+	buf[n++] = cmd;
+	for (int i = 0; i < list->n; i++) {
+		const char *v = milter_macro_get(mt, list->v[i]);
+		if (!v)
+			continue;
+		size_t kl = strlen(list->v[i]), vl = strlen(v);
+		if (n + kl + vl + 2 > sizeof buf)
+			break;
+		memcpy(buf + n, list->v[i], kl + 1);
+		n += kl + 1;
+		memcpy(buf + n, v, vl + 1);
+		n += vl + 1;
+	}
+	return n > 1 ? send_pkt(m, SMFIC_MACRO, buf, n) : 0;
+}
+
+/* ---- one stage, one milter ----------------------------------------------- */
+
+/* milter_verdict - the answer to a stage: 0 continue, 1 this milter accepted,
+ * 2 a verdict for the transaction (in res), -1 broken (m->err). */
+int milter_verdict(struct milter *m, const struct milter_pkt *pk, struct milter_result *res)
+{
+	switch (pk->cmd) {
+	case 'c': return 0;
+	case 's': return 0; /* skip: the caller stops sending body */
+	case 'a': m->done = 1; return 1;
+	case 'r':
+		res->act = MILTER_REJECT;
+		snprintf(res->reply, sizeof res->reply, "550 5.7.1 Command rejected");
+		break;
+	case 't':
+		res->act = MILTER_TEMPFAIL;
+		snprintf(res->reply, sizeof res->reply, "451 4.7.1 Service unavailable - try again later");
+		break;
+	case 'd':
+		res->act = MILTER_DISCARD;
+		res->reply[0] = 0;
+		break;
+	case 'y': {
+		int cls = milter_reply_text(pk->s1, res->reply, sizeof res->reply);
+		if (cls < 0) {
+			snprintf(m->err, sizeof m->err, "invalid reply code \"%.60s\"", pk->s1);
+			return -1;
+		}
+		res->act = cls == 4 ? MILTER_TEMPFAIL : MILTER_REJECT;
+		break;
+	}
+	default: snprintf(m->err, sizeof m->err, "unexpected reply '%c'", pk->cmd); return -1;
+	}
+	snprintf(res->which, sizeof res->which, "%s", m->name);
+	return 2;
+}
+
+/* milter_send - a command after its macros, no reply read. */
+int milter_send(struct milter *m, struct milter_txn *mt, char cmd, const struct conf_list *macros,
+		const void *data, size_t len)
+{
+	if (macros && send_macros(m, mt, cmd, macros) < 0)
+		return -1;
+	return send_pkt(m, cmd, data, len);
+}
+
+/* milter_cmd - send a command (after its macros) and, unless the milter
+ * said it needs no reply (nr flag), read its verdict. */
+int milter_cmd(struct milter *m, struct milter_txn *mt, char cmd, const struct conf_list *macros,
+	       const void *data, size_t len, uint32_t nr, struct milter_result *res)
+{
+	if (milter_send(m, mt, cmd, macros, data, len) < 0)
+		return -1;
+	if (m->pflags & nr)
+		return 0;
+	struct milter_pkt pk;
+	uint64_t to = cmd == SMFIC_BODY || cmd == SMFIC_BODYEOB ? m->content_timeout : m->cmd_timeout;
+	if (milter_recv(m, to, &pk) < 0)
+		return -1;
+	int r = milter_verdict(m, &pk, res);
+	if (r == 0 && pk.cmd == 's')
+		m->skip_body = 1;
+	return r;
+}
+
+/* milter_fail - m broke: milter_default_action for the transaction
+ * (tempfail, reject), or it is left out (accept). 2 or 1, as verdict(). */
+int milter_fail(struct milter *m, struct milter_txn *mt, struct milter_result *res)
+{
+	log_warn("%s: milter %s: %s; milter_default_action = %s", mt->msgid_or_sess, m->name, m->err,
+		 mt->cf->milter_default_action);
+	stats_inc(ST_milter_errors);
+	if (m->fd >= 0)
+		close(m->fd);
+	m->fd = -1;
+	m->done = 1;
+	m->broken = 1;
+	return milter_failed(m, mt, res);
+}
+
+/* milter_failed - the verdict of a milter that broke earlier in the
+ * transaction, at each later stage: milter_default_action again (so a
+ * failure at one RCPT does not let the message pass unfiltered), or 1
+ * (left out) for accept. */
+int milter_failed(struct milter *m, struct milter_txn *mt, struct milter_result *res)
+{
+	if (mt->cf->milter_default_action_e == MILTER_DEFAULT_ACCEPT)
+		return 1;
+	snprintf(res->which, sizeof res->which, "%s", m->name);
+	if (mt->cf->milter_default_action_e == MILTER_DEFAULT_REJECT) {
+		res->act = MILTER_REJECT;
+		snprintf(res->reply, sizeof res->reply, "550 5.5.0 Service unavailable");
+	} else {
+		res->act = MILTER_TEMPFAIL;
+		snprintf(res->reply, sizeof res->reply, "451 4.3.5 Server configuration problem");
+	}
+	return 2;
+}
+
+/* session_start - first stage of a transaction: connect, negotiate,
+ * then SMFIC_CONNECT and SMFIC_HELO with their macros. */
+static int session_start(struct milter *m, struct milter_txn *mt, struct milter_result *res)
+{
+	const struct conf *cf = mt->cf;
+	m->started = 1;
+	if (milter_open(m) < 0 || negotiate(m, cf->milter_protocol) < 0)
+		return -1;
+	if (!(m->pflags & SMFIP_NOCONNECT)) {
+		char b[1024];
+		size_t n = 0;
+		const char *host = mt->client_name[0] ? mt->client_name : "unknown";
+		n += (size_t)snprintf(b, sizeof b - 64, "%s", host) + 1;
+		int v6 = strchr(mt->client_addr, ':') != NULL;
+		b[n++] = v6 ? '6' : '4';
+		uint16_t port = htons((uint16_t)mt->client_port);
+		memcpy(b + n, &port, 2);
+		n += 2;
+		n += (size_t)snprintf(b + n, sizeof b - n, "%s", mt->client_addr) + 1;
+		int r = milter_cmd(m, mt, SMFIC_CONNECT, &cf->milter_connect_macros, b, n, SMFIP_NR_CONN, res);
+		if (r)
+			return r;
+	}
+	if (!(m->pflags & SMFIP_NOHELO) && mt->helo[0])
+		return milter_cmd(m, mt, SMFIC_HELO, &cf->milter_helo_macros, mt->helo, strlen(mt->helo) + 1,
+				  SMFIP_NR_HELO, res);
+	return 0;
+}
+
+/* ---- the jobs ------------------------------------------------------------- */
+
+struct milter_req {
+	struct milter_txn *mt;
+	struct job *job;
+	char stage; /* 'M', 'R', 'T', 'E' */
+	char *arg;  /* MAIL, RCPT: "<address>\0" and each ESMTP argument "\0"-ended */
+	size_t arglen;
+	struct spool *sp;
+	milter_done_fn *done;
+	void *done_arg;
+	struct milter_result res;
+};
+
+/* stage_envelope - MAIL, RCPT or DATA for each milter still in the transaction:
+ * the first stage connects. A verdict of one milter ends the stage. */
+static void stage_envelope(struct milter_req *rq)
+{
+	struct milter_txn *mt = rq->mt;
+	const struct conf *cf = mt->cf;
+	for (int i = 0; i < mt->n; i++) {
+		struct milter *m = &mt->m[i];
+		if (m->broken && milter_failed(m, mt, &rq->res) == 2)
+			return;
+		if (m->done)
+			continue;
+		int r = 0;
+		if (!m->started)
+			r = session_start(m, mt, &rq->res);
+		if (r == 0 && !m->done) {
+			const char *b = rq->arg;
+			size_t n = rq->arglen;
+			if (rq->stage == 'M' && !(m->pflags & SMFIP_NOMAIL))
+				r = milter_cmd(m, mt, SMFIC_MAIL, &cf->milter_mail_macros, b, n,
+					       SMFIP_NR_MAIL, &rq->res);
+			else if (rq->stage == 'R' && !(m->pflags & SMFIP_NORCPT))
+				r = milter_cmd(m, mt, SMFIC_RCPT, &cf->milter_rcpt_macros, b, n,
+					       SMFIP_NR_RCPT, &rq->res);
+			else if (rq->stage == 'T' && !(m->pflags & SMFIP_NODATA))
+				r = milter_cmd(m, mt, SMFIC_DATA, &cf->milter_data_macros, NULL, 0,
+					       SMFIP_NR_DATA, &rq->res);
+		}
+		if (r < 0)
+			r = milter_fail(m, mt, &rq->res);
+		if (r == 2)
+			return;
+	}
+}
+
+/* job_work - the stage, on a worker thread. */
+static void job_work(void *arg)
+{
+	struct milter_req *rq = arg;
+	if (rq->stage == 'E')
+		milter_stage_eom(rq->mt, rq->sp, &rq->res);
+	else
+		stage_envelope(rq);
+}
+
+/* job_done - back on the loop: report, unless the transaction went. */
+static void job_done(void *arg, int cancelled)
+{
+	struct milter_req *rq = arg;
+	struct milter_txn *mt = rq->mt;
+	mt->busy = NULL;
+	if (cancelled || mt->orphan) {
+		milter_result_free(&rq->res);
+		if (mt->orphan)
+			milter_txn_free(mt, mt->orphan_spool);
+	} else {
+		rq->done(rq->done_arg, &rq->res);
+	}
+	free(rq->arg);
+	free(rq);
+}
+
+/* submit - start a stage on the worker pool. */
+static struct milter_req *submit(struct ev_loop *loop, struct milter_txn *mt, char stage, const char *a,
+				 const char *esmtp, struct spool *sp, milter_done_fn *done, void *arg)
+{
+	struct milter_req *rq = xcalloc(1, sizeof *rq);
+	rq->mt = mt;
+	rq->stage = stage;
+	if (a) { /* "<address>", then the ESMTP arguments, each NUL-ended */
+		size_t al = strlen(a), el = esmtp ? strlen(esmtp) : 0;
+		rq->arg = xmalloc(al + el + 4);
+		rq->arglen = (size_t)sprintf(rq->arg, "<%s>", a) + 1;
+		for (const char *e = esmtp; e && *e;) {
+			size_t tl = strcspn(e, " ");
+			if (tl) {
+				memcpy(rq->arg + rq->arglen, e, tl);
+				rq->arglen += tl;
+				rq->arg[rq->arglen++] = 0;
+			}
+			e += tl + (e[tl] == ' ');
+		}
+	}
+	rq->sp = sp;
+	rq->done = done;
+	rq->done_arg = arg;
+	mt->busy = rq;
+	rq->job = jobs_submit(loop, job_work, job_done, rq);
+	return rq;
+}
+
+/* milter_mail - see milter.h. */
+struct milter_req *milter_mail(struct ev_loop *loop, struct milter_txn *mt, const char *sender,
+			       const char *esmtp, milter_done_fn *done, void *arg)
+{
+	return submit(loop, mt, 'M', sender, esmtp, NULL, done, arg);
+}
+
+/* milter_rcpt - see milter.h. */
+struct milter_req *milter_rcpt(struct ev_loop *loop, struct milter_txn *mt, const char *rcpt,
+			       const char *esmtp, milter_done_fn *done, void *arg)
+{
+	return submit(loop, mt, 'R', rcpt, esmtp, NULL, done, arg);
+}
+
+/* milter_data - see milter.h. */
+struct milter_req *milter_data(struct ev_loop *loop, struct milter_txn *mt, milter_done_fn *done, void *arg)
+{
+	return submit(loop, mt, 'T', NULL, NULL, NULL, done, arg);
+}
+
+/* milter_eom - see milter.h. */
+struct milter_req *milter_eom(struct ev_loop *loop, struct milter_txn *mt, struct spool *sp,
+			      milter_done_fn *done, void *arg)
+{
+	return submit(loop, mt, 'E', NULL, NULL, sp, done, arg);
+}
+
+/* ---- the transaction ------------------------------------------------------- */
+
+/* milter_enabled - see milter.h. */
+int milter_enabled(const struct conf *cf)
+{
+	return cf->smtpd_milters.n > 0;
+}
+
+/* milter_check - see milter.h. */
+int milter_check(const struct conf *cf, char *err, size_t errlen)
+{
+	for (int i = 0; i < cf->smtpd_milters.n; i++) {
+		const char *v = cf->smtpd_milters.v[i];
+		const char *colon = strrchr(v, ':');
+		if (!strncmp(v, "unix:", 5) && v[5] == '/' &&
+		    strlen(v + 5) < sizeof(struct sockaddr_un){ 0 }.sun_path)
+			continue;
+		if (!strncmp(v, "inet:", 5) && colon > v + 5 &&
+		    strspn(colon + 1, "0123456789") == strlen(colon + 1) && atoi(colon + 1) > 0 &&
+		    atoi(colon + 1) < 65536 && strlen(colon + 1) <= 5)
+			continue;
+		snprintf(err, errlen,
+			 "smtpd_milters: \"%s\" is not inet:HOST:PORT or unix:/path (perimd.conf(5))", v);
+		return -1;
+	}
+	return 0;
+}
+
+/* milter_txn_new - see milter.h. */
+struct milter_txn *milter_txn_new(const struct conf *cf)
+{
+	struct milter_txn *mt = xcalloc(1, sizeof *mt);
+	mt->cf = cf;
+	mt->n = cf->smtpd_milters.n;
+	mt->m = xcalloc((size_t)mt->n, sizeof *mt->m);
+	for (int i = 0; i < mt->n; i++) {
+		mt->m[i].name = cf->smtpd_milters.v[i];
+		mt->m[i].fd = -1;
+		mt->m[i].conn_timeout = (uint64_t)cf->milter_connect_timeout;
+		mt->m[i].cmd_timeout = (uint64_t)cf->milter_command_timeout;
+		mt->m[i].content_timeout = (uint64_t)cf->milter_content_timeout;
+	}
+	snprintf(mt->msgid_or_sess, sizeof mt->msgid_or_sess, "-");
+	return mt;
+}
+
+/* milter_connect_info - see milter.h. */
+void milter_connect_info(struct milter_txn *mt, const char *client_name, const char *addr, int port,
+			 const char *helo)
+{
+	snprintf(mt->client_name, sizeof mt->client_name, "%s", client_name ? client_name : "");
+	snprintf(mt->client_addr, sizeof mt->client_addr, "%s", addr);
+	snprintf(mt->helo, sizeof mt->helo, "%s", helo ? helo : "");
+	mt->client_port = port;
+}
+
+/* milter_macro - see milter.h. */
+void milter_macro(struct milter_txn *mt, const char *name, const char *value)
+{
+	if (!strcmp(name, "i"))
+		snprintf(mt->msgid_or_sess, sizeof mt->msgid_or_sess, "%s", value ? value : "-");
+	for (int i = 0; i < mt->nmac; i++)
+		if (!strcmp(mt->mac[i].name, name)) {
+			free(mt->mac[i].value);
+			mt->mac[i].value = value ? xstrdup(value) : NULL;
+			return;
+		}
+	if (!value || mt->nmac == MILTER_MACROS_MAX)
+		return;
+	mt->mac[mt->nmac].name = xstrdup(name);
+	mt->mac[mt->nmac++].value = xstrdup(value);
+}
+
+/* milter_macro_get - the value of a macro named as in the parameters
+ * ("{client_addr}" or "j"), NULL when unset. */
+const char *milter_macro_get(const struct milter_txn *mt, const char *name)
+{
+	size_t l = strlen(name);
+	if (l > 2 && name[0] == '{' && name[l - 1] == '}') {
+		name++;
+		l -= 2;
+	}
+	for (int i = 0; i < mt->nmac; i++)
+		if (strlen(mt->mac[i].name) == l && !strncmp(mt->mac[i].name, name, l))
+			return mt->mac[i].value;
+	return NULL;
+}
+
+/* milter_result_free - see milter.h. */
+void milter_result_free(struct milter_result *r)
+{
+	if (r->spool)
+		spool_free(r->spool);
+	r->spool = NULL;
+	for (int i = 0; i < r->nmods; i++) {
+		free(r->mods[i].addr);
+		free(r->mods[i].which);
+	}
+	free(r->mods);
+	r->mods = NULL;
+	r->nmods = 0;
+}
+
+/* milter_txn_free - see milter.h. */
+void milter_txn_free(struct milter_txn *mt, struct spool *sp)
+{
+	if (!mt)
+		return;
+	if (mt->busy) { /* the worker still talks: freed when it ends */
+		mt->orphan = 1;
+		mt->orphan_spool = sp;
+		jobs_cancel(mt->busy->job);
+		return;
+	}
+	spool_free(sp);
+	for (int i = 0; i < mt->n; i++) {
+		if (mt->m[i].fd >= 0) {
+			/* SMFIC_QUIT, without waiting: a socket buffer takes 5 bytes */
+			static const char quit[5] = { 0, 0, 0, 1, SMFIC_QUIT };
+			(void)!send(mt->m[i].fd, quit, sizeof quit, MSG_NOSIGNAL | MSG_DONTWAIT);
+			close(mt->m[i].fd);
+		}
+		free(mt->m[i].rbuf);
+	}
+	for (int i = 0; i < mt->nmac; i++) {
+		free(mt->mac[i].name);
+		free(mt->mac[i].value);
+	}
+	free(mt->m);
+	free(mt);
+}

@@ -1,0 +1,125 @@
+/*
+ * milter.h - perimd as a milter host (Sendmail's milter protocol, version
+ * 2 to 6, as Postfix's smtpd speaks it): the filters of smtpd_milters are
+ * asked at each SMTP stage of a transaction, in order.
+ *
+ * A transaction's milters live in one struct milter_txn, created at MAIL
+ * (an idle session holds no milter connection): the first stage connects
+ * to each milter, negotiates (SMFIC_OPTNEG) and replays connect and HELO
+ * before MAIL. The conversation runs on the worker pool (jobs.h) with a
+ * deadline per read (milter_connect/command/content_timeout), so no event
+ * loop ever waits for a milter; done() runs on the loop that asked. One
+ * stage at a time per transaction. A milter that is down, times out or
+ * breaks the protocol gets milter_default_action.
+ *
+ * At end of message each milter in turn sees the copy the previous one
+ * left: its header and body changes are applied to a new spool, so the
+ * last milter's copy is what is scanned and relayed. Envelope changes
+ * (add/delete recipient, change sender) are returned for the session to
+ * check against relay control and routing.
+ */
+#ifndef PERIMD_MILTER_H
+#define PERIMD_MILTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct conf;
+struct ev_loop;
+struct spool;
+struct milter_txn;
+struct milter_req;
+
+enum milter_act {
+	MILTER_CONTINUE, /* go on (also: every milter accepted) */
+	MILTER_REJECT,   /* reply holds the 5xx */
+	MILTER_TEMPFAIL, /* reply holds the 4xx */
+	MILTER_DISCARD   /* the message is dropped: 250, nothing relayed */
+};
+
+/* An envelope change asked at end of message, in the order asked. */
+struct milter_env_mod {
+	char op;     /* '+' add recipient, '-' delete recipient, 'e' change sender */
+	char *addr;  /* the address, angle brackets removed */
+	char *which; /* the milter that asked */
+};
+
+struct milter_result {
+	enum milter_act act;
+	char reply[1024];    /* REJECT/TEMPFAIL: CRLF-separated lines, no final CRLF */
+	char which[128];     /* the milter that decided, "" */
+	struct spool *spool; /* end of message: the modified copy, or NULL */
+	struct milter_env_mod *mods;
+	int nmods;
+};
+
+typedef void milter_done_fn(void *arg, struct milter_result *r);
+
+/* milter_enabled - smtpd_milters is set. */
+int milter_enabled(const struct conf *cf);
+/* milter_check - every smtpd_milters entry is inet:HOST:PORT or
+ * unix:/path (perimd -t, start, reload); -1 with err. */
+int milter_check(const struct conf *cf, char *err, size_t errlen);
+
+/* milter_txn_new - a transaction's milters, not yet connected. */
+struct milter_txn *milter_txn_new(const struct conf *cf);
+/* milter_macro - set a macro's value (name without braces: "client_addr"
+ * for {client_addr}, "i", "j"); NULL forgets it. Loop thread, between
+ * stages. */
+void milter_macro(struct milter_txn *mt, const char *name, const char *value);
+/* milter_connect_info - what SMFIC_CONNECT and SMFIC_HELO tell: the client
+ * as seen after PROXY. */
+void milter_connect_info(struct milter_txn *mt, const char *client_name, const char *addr, int port,
+			 const char *helo);
+
+/* The stages; each returns the request (cancelled by milter_txn_free).
+ * esmtp: the command's ESMTP arguments, "SIZE=123 BODY=8BITMIME" (may be
+ * NULL), sent after the address as Postfix does. */
+struct milter_req *milter_mail(struct ev_loop *loop, struct milter_txn *mt, const char *sender,
+			       const char *esmtp, milter_done_fn *done, void *arg);
+struct milter_req *milter_rcpt(struct ev_loop *loop, struct milter_txn *mt, const char *rcpt,
+			       const char *esmtp, milter_done_fn *done, void *arg);
+struct milter_req *milter_data(struct ev_loop *loop, struct milter_txn *mt, milter_done_fn *done, void *arg);
+/* milter_eom - headers, end of headers, body, end of message of the
+ * stored message sp (finished; read only). */
+struct milter_req *milter_eom(struct ev_loop *loop, struct milter_txn *mt, struct spool *sp,
+			      milter_done_fn *done, void *arg);
+/* milter_result_free - what a result holds (the spool, the mods). */
+void milter_result_free(struct milter_result *r);
+/* milter_txn_free - quit and close, and free sp (the transaction's
+ * spool, which a stage in flight may be reading); a stage in flight is
+ * cancelled (its done() never runs) and all freed when it ends. */
+void milter_txn_free(struct milter_txn *mt, struct spool *sp);
+
+/* milter_stop - at shutdown, before jobs_stop(): conversations still on
+ * a worker (their sessions are gone) end at once instead of waiting for
+ * their timeouts. */
+void milter_stop(void);
+
+/* ---- the wire (pure; tests/fuzz/fuzz_milter.c) -------------------------- */
+
+#define MILTER_PKT_MAX (1024 * 1024) /* largest packet accepted from a milter */
+
+/* One packet from a milter, parsed: cmd is the reply code ('a', 'h', 'y',
+ * 'O', ...); s1/s2 point into the packet (NUL-terminated there). */
+struct milter_pkt {
+	char cmd;
+	uint32_t idx;        /* insheader/chgheader index; OPTNEG version */
+	uint32_t actions;    /* OPTNEG */
+	uint32_t pflags;     /* OPTNEG */
+	const char *s1, *s2; /* header name/value, address/args, reply text */
+	const char *data;    /* replbody: the bytes */
+	size_t datalen;
+};
+
+/* milter_pkt_parse - parse payload p (the command byte and its data, the
+ * length word removed) of n bytes; 0, or -1 when malformed. */
+int milter_pkt_parse(const char *p, size_t n, struct milter_pkt *out);
+/* milter_reply_text - check and normalize an SMFIR_REPLYCODE text: one or
+ * more lines "NNN[ -]text" with the same 4xx or 5xx code, separated by
+ * CRLF or LF; written to out as "NNN-...\r\nNNN ..." (last line with a
+ * space), and an enhanced code added if missing. Returns 4 or 5 (the
+ * class), or -1 when it is not a valid reply. */
+int milter_reply_text(const char *in, char *out, size_t outlen);
+
+#endif

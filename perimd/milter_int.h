@@ -1,0 +1,63 @@
+/*
+ * milter_int.h - what milter.c (connections, negotiation, envelope
+ * stages) and milter_edit.c (the end-of-message stage and the changes to
+ * the stored copy) share. Internal to those two files.
+ */
+#ifndef PERIMD_MILTER_INT_H
+#define PERIMD_MILTER_INT_H
+
+#include "milter.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct conf;
+struct conf_list;
+
+#define MILTER_MACROS_MAX 32
+
+/* One milter of smtpd_milters within a transaction. */
+struct milter {
+	const char *name;     /* "inet:host:port" / "unix:/path" (the conf's) */
+	int fd;               /* -1: not connected */
+	unsigned started : 1; /* connect was tried */
+	unsigned done : 1;    /* accepted, or left out: not asked again */
+	unsigned broken : 1;  /* failed (milter_default_action applied) */
+	unsigned skip_body : 1;
+	uint32_t actions, pflags; /* negotiated */
+	int version;              /* negotiated: the lower of the two */
+	uint64_t conn_timeout, cmd_timeout, content_timeout;
+	char *rbuf; /* the last packet read */
+	uint32_t rcap;
+	char err[160];
+};
+
+struct milter_txn {
+	const struct conf *cf;
+	struct milter *m;
+	int n;
+	struct milter_req *busy;    /* the stage in flight */
+	int orphan;                 /* freed by the loop while busy */
+	struct spool *orphan_spool; /* to free with it */
+	struct {
+		char *name, *value;
+	} mac[MILTER_MACROS_MAX];
+	int nmac;
+	char client_name[256], client_addr[64], helo[256];
+	int client_port;
+	char msgid_or_sess[24]; /* for the log */
+};
+
+const char *milter_macro_get(const struct milter_txn *mt, const char *name);
+int milter_send(struct milter *m, struct milter_txn *mt, char cmd, const struct conf_list *macros,
+		const void *data, size_t len);
+int milter_cmd(struct milter *m, struct milter_txn *mt, char cmd, const struct conf_list *macros,
+	       const void *data, size_t len, uint32_t nr, struct milter_result *res);
+int milter_verdict(struct milter *m, const struct milter_pkt *pk, struct milter_result *res);
+int milter_fail(struct milter *m, struct milter_txn *mt, struct milter_result *res);
+int milter_failed(struct milter *m, struct milter_txn *mt, struct milter_result *res);
+int milter_recv(struct milter *m, uint64_t timeout_ms, struct milter_pkt *pk);
+/* milter_stage_eom - the end-of-message stage on a worker thread. */
+void milter_stage_eom(struct milter_txn *mt, struct spool *sp, struct milter_result *res);
+
+#endif

@@ -1,0 +1,78 @@
+/*
+ * test_milter.c - the milter wire parser and the reply-code check
+ * (milter_pkt_parse, milter_reply_text): what a milter may answer, what
+ * perimd makes of it, what it refuses.
+ */
+#include "milter.h"
+#include "t.h"
+
+#include <stdint.h>
+
+/* parse - a packet payload given as a literal (its NULs kept). */
+#define parse(lit, pk) milter_pkt_parse(lit, sizeof(lit) - 1, pk)
+
+TEST(verdicts_and_optneg)
+{
+	struct milter_pkt pk;
+	CHECK(parse("a", &pk) == 0 && pk.cmd == 'a');
+	CHECK(parse("c", &pk) == 0 && pk.cmd == 'c');
+	CHECK(parse("O\0\0\0\6\0\0\0\x21\0\0\x03\x42", &pk) == 0);
+	CHECK_INT(pk.idx, 6);
+	CHECK_INT(pk.actions, 0x21);
+	CHECK_INT(pk.pflags, 0x342);
+	CHECK(parse("O\0\0\0\6\0\0", &pk) < 0); /* short */
+	CHECK(parse("Z", &pk) < 0);             /* unknown reply */
+	CHECK(milter_pkt_parse("", 0, &pk) < 0);
+}
+
+TEST(changes)
+{
+	struct milter_pkt pk;
+	CHECK(parse("hX-A\0v\0", &pk) == 0);
+	CHECK_STR(pk.s1, "X-A");
+	CHECK_STR(pk.s2, "v");
+	CHECK(parse("h\0v\0", &pk) < 0);  /* no name */
+	CHECK(parse("hX-A\0v", &pk) < 0); /* value not terminated */
+	CHECK(parse("m\0\0\0\2Subject\0\0", &pk) == 0);
+	CHECK_INT(pk.idx, 2);
+	CHECK_STR(pk.s1, "Subject");
+	CHECK_STR(pk.s2, ""); /* empty: delete */
+	CHECK(parse("i\0\0\0", &pk) < 0);
+	CHECK(parse("+<a@b>\0", &pk) == 0);
+	CHECK_STR(pk.s1, "<a@b>");
+	CHECK(parse("2<a@b>\0NOTIFY=NEVER\0", &pk) == 0);
+	CHECK_STR(pk.s2, "NOTIFY=NEVER");
+	CHECK(parse("e<s@t>\0", &pk) == 0 && pk.s2 == NULL);
+	CHECK(parse("e<s@t>\0x", &pk) < 0);
+	CHECK(parse("bbody\r\n", &pk) == 0);
+	CHECK_INT(pk.datalen, 6);
+}
+
+TEST(reply_codes)
+{
+	char out[1024];
+	CHECK_INT(milter_reply_text("550 5.7.1 no", out, sizeof out), 5);
+	CHECK_STR(out, "550 5.7.1 no");
+	CHECK_INT(milter_reply_text("451 later", out, sizeof out), 4);
+	CHECK_STR(out, "451 4.7.1 later"); /* an enhanced code of its class added */
+	CHECK_INT(milter_reply_text("550-5.7.1 a\r\n550 b", out, sizeof out), 5);
+	CHECK_STR(out, "550-5.7.1 a\r\n550 5.7.1 b");
+	CHECK_INT(milter_reply_text("554 4.7.1 wrong class", out, sizeof out), 5);
+	CHECK_STR(out, "554 5.7.1 4.7.1 wrong class");
+	CHECK_INT(milter_reply_text("550 5.7.1", out, sizeof out), 5);
+	CHECK_STR(out, "550 5.7.1");
+	CHECK(milter_reply_text("250 ok", out, sizeof out) < 0);         /* not 4xx/5xx */
+	CHECK(milter_reply_text("550-a\r\n551 b", out, sizeof out) < 0); /* two codes */
+	CHECK(milter_reply_text("55x no", out, sizeof out) < 0);
+	CHECK(milter_reply_text("550Xno", out, sizeof out) < 0);
+	CHECK(milter_reply_text("550 a\x01", out, sizeof out) < 0); /* control character */
+	CHECK(milter_reply_text("", out, sizeof out) < 0);
+}
+
+int main(void)
+{
+	RUN(verdicts_and_optneg);
+	RUN(changes);
+	RUN(reply_codes);
+	return t_done();
+}
