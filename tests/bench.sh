@@ -18,7 +18,8 @@
 #                           message at SIGDB_SIZES x SIGDB_CONC (100) x SIGDB_MSGS (2000),
 #                           SIGDB_REPS (3) alternating rounds (median, min-max), then a
 #                           reload under load (av_reload_mode swap and inplace, clamd
-#                           RELOAD): failed scans, load time, peak PSS (tests/bench_sigdb.py)
+#                           RELOAD): failed scans, load time, peak PSS (tests/bench_sigdb.py);
+#                           SIGDB_AV_THREADS (0) sets perimd's av_threads
 #   tests/bench.sh stats    counting on vs compiled out, same run; /metrics render
 #                           time with STATS_IDLE (10000) sessions open
 #   tests/bench.sh tls      STARTTLS handshakes/s (ECDSA P-256, RSA-2048) and perimd CPU
