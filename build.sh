@@ -11,7 +11,11 @@
 #   ./build.sh bench peers-av   direct, Postfix, Postfix + clamav-milter + clamd, perimd
 #                         plain, with libclamav and with the same clamd (test signatures)
 #   ./build.sh bench latency   client-side latency (final dot -> reply, p50/p99) and
-#                         messages/s of direct, Postfix, Haraka and perimd (tests/bench_latency.py)
+#                         messages/s of direct, Postfix, Postfix with smtpd_proxy_filter to the
+#                         sink (private instance), Haraka and perimd (tests/bench_latency.py)
+#   ./build.sh bench seed   the seed's stack (private Postfix + smtpd_proxy_filter to amavisd-new
+#                         + clamd, postgrey) beside perimd with greylisting and libclamav
+#   ./build.sh bench cap    perimd vs direct at 512 sessions, per-backend connection limits
 #   ./build.sh bench ab OLD NEW   two git revisions built and run alternately on the same
 #                         load: msg/s and CPU ms/msg ratios NEW/OLD at 512 B and 100 KB
 #   ./build.sh static     fully static musl binary from Debian sources (vendor/):
@@ -61,6 +65,8 @@ DEPS+=(postgrey postfix-policyd-spf-python socat)
 DEPS+=(clamav-milter)
 # test_milter.py: real milters (rspamd proxy worker, opendkim sign/verify, clamav-milter with clamd)
 DEPS+=(rspamd opendkim opendkim-tools clamav-milter)
+# tests/bench_seed.py (./build.sh bench seed): the seed stack beside perimd
+DEPS+=(amavisd-new clamav-daemon postgrey postfix)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {

@@ -5,6 +5,7 @@
 #include "buf.h"
 #include "log.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,4 +67,20 @@ void sb_free(struct strbuf *b)
 	free(b->p);
 	b->p = NULL;
 	b->len = b->cap = 0;
+}
+
+/* sb_read_file - see buf.h. */
+int sb_read_file(struct strbuf *b, const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	char chunk[8192];
+	size_t n;
+	while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+		sb_add(b, chunk, n);
+	int e = ferror(f) ? EIO : 0;
+	fclose(f);
+	errno = e;
+	return e ? -1 : 0;
 }

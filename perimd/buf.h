@@ -22,6 +22,9 @@ void sb_add(struct strbuf *b, const char *s, size_t n);
 void sb_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* sb_str - the text built so far: "" (allocated) when nothing was added. */
 char *sb_str(struct strbuf *b);
+/* sb_read_file - append the whole file at path (any bytes); 0, or -1
+ * with errno (what was read before an error stays in b). */
+int sb_read_file(struct strbuf *b, const char *path);
 /* sb_free - release the memory; b is empty again. */
 void sb_free(struct strbuf *b);
 

@@ -132,20 +132,24 @@ struct loader {
 	size_t errlen;
 };
 
-/* lerr - record the first error of a load. */
+/* lerr - record an error of a load: every one is kept, a line each (the
+ * same line once), so `perimd -t` reports them all. */
 static void lerr(struct loader *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void lerr(struct loader *L, const char *fmt, ...)
 {
 	va_list ap;
+	char line[1024];
 
-	if (L->failed)
-		return;
 	L->failed = 1;
 	if (L->errlen == 0)
 		return;
 	va_start(ap, fmt);
-	vsnprintf(L->err, L->errlen, fmt, ap);
+	vsnprintf(line, sizeof line, fmt, ap);
 	va_end(ap);
+	for (const char *p = L->err; (p = strstr(p, line)); p++)
+		if ((p == L->err || p[-1] == '\n') && (p[strlen(line)] == 0 || p[strlen(line)] == '\n'))
+			return;
+	log_err_add(L->err, L->errlen, "%s", line);
 }
 
 /* lset - give parameter i the raw value v, set at the place named by where. */
@@ -209,7 +213,7 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 	int lineno = 0, start = 0;
 	struct strbuf cur = { 0 };
 
-	while (!L->failed && (len = getline(&line, &cap, f)) >= 0) {
+	while ((len = getline(&line, &cap, f)) >= 0) {
 		lineno++;
 		if (strlen(line) != (size_t)len) {
 			lerr(L, "%s:%d: NUL byte in line", path, lineno);
@@ -222,7 +226,7 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 			if (!start) {
 				lerr(L, "%s:%d: continuation line without a parameter line before it", path,
 				     lineno);
-				break;
+				continue;
 			}
 			sb_add(&cur, " ", 1);
 			sb_add(&cur, t, strlen(t));
@@ -234,9 +238,9 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 		sb_add(&cur, t, strlen(t));
 		start = lineno;
 	}
-	if (!L->failed && ferror(f))
+	if (ferror(f))
 		lerr(L, "%s: read error: %s", path, strerror(errno));
-	if (!L->failed && start)
+	else if (start)
 		load_line(L, path, start, sb_str(&cur));
 	sb_free(&cur);
 	free(line);
@@ -731,21 +735,19 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
 		lset(&L, (int)i, params[i].def, xasprintf("%s (default)", params[i].name));
 	if (path)
 		missing = load_file(&L, path, missing_ok) == 1;
-	for (int k = 0; !L.failed && k < n_overrides; k++)
+	for (int k = 0; k < n_overrides; k++)
 		load_override(&L, overrides[k]);
-	for (size_t i = 0; !L.failed && i < NPARAMS; i++)
+	for (size_t i = 0; i < NPARAMS; i++)
 		expand(&L, i);
-	if (!L.failed) {
-		c = xcalloc(1, sizeof *c);
-		for (size_t i = 0; i < NPARAMS; i++) {
-			char why[512];
-			if (parse_value(&params[i], L.val[i], c, why, sizeof why) < 0) {
-				lerr(&L, "%s: %s", L.where[i], why);
-				conf_free(c);
-				c = NULL;
-				break;
-			}
-		}
+	c = xcalloc(1, sizeof *c);
+	for (size_t i = 0; i < NPARAMS; i++) {
+		char why[512];
+		if (L.val[i] && parse_value(&params[i], L.val[i], c, why, sizeof why) < 0)
+			lerr(&L, "%s: %s", L.where[i], why);
+	}
+	if (L.failed) {
+		conf_free(c);
+		c = NULL;
 	}
 	if (c) {
 		c->path = xstrdup(path && !missing ? path : "");
@@ -765,6 +767,25 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
 	return c;
 }
 
+/* dump_one - "name = value" of parameter i; unless defaults_too, only
+ * when it differs from the default. */
+static void dump_one(FILE *out, const struct conf *c, size_t i, int defaults_too)
+{
+	const struct param *p = &params[i];
+	char *v = c->raw ? print_text(p, c->raw[i]) : format_value(p, (const char *)c + p->off);
+	int show = defaults_too;
+	if (!show) {
+		char *cv = c->raw ? canon_text(p, c->raw[i]) : xstrdup(v);
+		char *dv = canon_text(p, p->def);
+		show = strcmp(cv, dv) != 0;
+		free(cv);
+		free(dv);
+	}
+	if (show)
+		fprintf(out, "%s =%s%s\n", p->name, *v ? " " : "", v);
+	free(v);
+}
+
 /*
  * conf_dump - see conf.h. A conf not made by conf_load() (no raw text) is
  * printed from its values, after expansion; that reads back the same
@@ -773,21 +794,22 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
  */
 void conf_dump(FILE *out, const struct conf *c, int defaults_too)
 {
-	for (size_t i = 0; i < NPARAMS; i++) {
-		const struct param *p = &params[i];
-		char *v = c->raw ? print_text(p, c->raw[i]) : format_value(p, (const char *)c + p->off);
-		int show = defaults_too;
-		if (!show) {
-			char *cv = c->raw ? canon_text(p, c->raw[i]) : xstrdup(v);
-			char *dv = canon_text(p, p->def);
-			show = strcmp(cv, dv) != 0;
-			free(cv);
-			free(dv);
+	for (size_t i = 0; i < NPARAMS; i++)
+		dump_one(out, c, i, defaults_too);
+}
+
+/* conf_dump_names - see conf.h. */
+int conf_dump_names(FILE *out, const struct conf *c, int defaults_too, char *const *names, int n)
+{
+	int bad = 0;
+	for (int k = 0; k < n; k++)
+		if (param_find(names[k], strlen(names[k])) < 0) {
+			fprintf(stderr, "perimd: %s: unknown parameter\n", names[k]);
+			bad = 1;
 		}
-		if (show)
-			fprintf(out, "%s =%s%s\n", p->name, *v ? " " : "", v);
-		free(v);
-	}
+	for (int k = 0; !bad && k < n; k++)
+		dump_one(out, c, (size_t)param_find(names[k], strlen(names[k])), defaults_too);
+	return bad ? -1 : 0;
 }
 
 static pthread_mutex_t conf_cur_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -801,6 +823,12 @@ void conf_install(struct conf *c)
 	conf_cur = c;
 	pthread_mutex_unlock(&conf_cur_lock);
 	conf_release(old);
+}
+
+/* conf_ref - see conf.h. */
+void conf_ref(struct conf *c)
+{
+	__atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
 }
 
 /* conf_acquire - see conf.h; NULL before the first conf_install(). */

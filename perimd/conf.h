@@ -70,10 +70,16 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
  * $name expansion (lists joined with ", "), as Postfix's postconf does.
  * The output reads back to the same conf. */
 void conf_dump(FILE *out, const struct conf *c, int defaults_too);
+/* conf_dump_names - the same for the parameters named (postconf -d NAME,
+ * -n NAME): -1, with a line on stderr for each, when a name is unknown
+ * (then nothing is printed). */
+int conf_dump_names(FILE *out, const struct conf *c, int defaults_too, char *const *names, int n);
 
 /* conf_install - make c the current configuration (takes the caller's
  * reference). */
 void conf_install(struct conf *c);
+/* conf_ref - one more reference on c (dropped with conf_release). */
+void conf_ref(struct conf *c);
 /* conf_acquire - the current configuration, with a reference. */
 struct conf *conf_acquire(void);
 void conf_release(struct conf *c);

@@ -57,7 +57,7 @@ PARAM(SIZE, body_spool_limit, "1g", 1024, 0, NULL, "all bodies together; beyond 
 /* Relay control and routing */
 PARAM(MAPLIST, relay_domains, "", 0, 0, NULL, "domains this MX accepts mail for (list or map)")
 PARAM(LIST, relay_backends, "", 0, 0, NULL, "default backends, in failover order")
-PARAM(MAP, transport_maps, "", 0, 0, NULL, "recipient domain to backend list, overriding relay_backends")
+PARAM(MAP, transport_maps, "", 0, 0, NULL, "recipient domain to backend list (perimd's form or Postfix's smtp:[host]:port), overriding relay_backends")
 PARAM(INT, relay_destination_concurrency_limit, "100", 1, 100000, NULL, "open connections per backend")
 PARAM(TIME, relay_pool_wait, "30s", 0, 540000, NULL, "how long a message may wait for a free backend connection")
 PARAM(TIME, relay_connect_timeout, "30s", 100, 540000, NULL, "backend connect and greeting timeout")
@@ -79,10 +79,11 @@ PARAM(LIST, relay_xforward_hosts, "", 0, 0, NULL, "backend addresses (or CIDR ne
 
 /* Recipient and client rules */
 PARAM(LIST, role_accounts, "postmaster, abuse, hostmaster, webmaster", 0, 0, NULL, "local parts always accepted for relay domains, exempt from client, HELO, sender, DNSBL and greylisting checks (RFC 2142)")
-PARAM(MAP, relay_recipient_maps, "", 0, 0, NULL, "when set, a recipient must be found here (or verified), else 550 5.1.1")
-PARAM(MAP, client_access_maps, "", 0, 0, NULL, "client IP (CIDR keys in file: maps) to OK, REJECT [text] or DUNNO")
-PARAM(MAP, sender_access_maps, "", 0, 0, NULL, "sender address (user@domain, user@, domain, parents) to OK, REJECT [text] or DUNNO")
-PARAM(MAP, recipient_access_maps, "", 0, 0, NULL, "recipient address to OK (exempt, as a role account), REJECT [text] or DUNNO")
+PARAM(MAP, relay_recipient_maps, "", 0, 0, NULL, "when set, a recipient must be found here (user@domain, then the @domain catch-all) or verified, else 550 5.1.1")
+PARAM(MAP, client_access_maps, "", 0, 0, NULL, "client IP (CIDR keys in file: maps) to an access(5) action: OK, PERMIT, DUNNO, REJECT [text], 4NN/5NN text, DEFER, DEFER_IF_PERMIT, DEFER_IF_REJECT, WARN, DISCARD, PREPEND")
+PARAM(MAP, sender_access_maps, "", 0, 0, NULL, "sender address (user@domain, domain, parents, user@) to an access(5) action, as client_access_maps")
+PARAM(MAP, recipient_access_maps, "", 0, 0, NULL, "recipient address to an access(5) action, as client_access_maps; OK exempts it as a role account")
+PARAM(MAP, header_checks, "", 0, 0, NULL, "regexp: table (Postfix header_checks(5)) applied to each message header after DATA, before the virus scan: REJECT [text], WARN, IGNORE, PREPEND, DISCARD, DUNNO")
 PARAM(BOOL, strict_rfc821_envelopes, "yes", 0, 0, NULL, "MAIL FROM and RCPT TO addresses must be in angle brackets")
 PARAM(BOOL, smtpd_helo_required, "yes", 0, 0, NULL, "MAIL before HELO/EHLO gets 503 5.5.1")
 PARAM(BOOL, reject_invalid_helo_hostname, "yes", 0, 0, NULL, "a HELO name that is neither a domain nor an address literal is refused at RCPT with 501 5.5.2")
@@ -148,7 +149,7 @@ PARAM(ENUM, greylist_fail_action, "accept", 0, 0, "accept|tempfail", "when the g
 PARAM(INT, greylist_new_triplet_limit, "1000", 0, 100000000, NULL, "new triplets a client network (greylist_ipv4_netmask / greylist_ipv6_netmask) may create per greylist_new_triplet_interval; past it 451 4.7.1 (0 = no limit)")
 PARAM(TIME, greylist_new_triplet_interval, "1h", 1000, 0, NULL, "the window of greylist_new_triplet_limit")
 PARAM(INT, greylist_max_entries, "2000000", 0, 1000000000, NULL, "triplets the store holds at most; past it unpassed entries are evicted, over-quota networks' first (0 = no bound)")
-PARAM(STR, policy_listen, "", 0, 0, NULL, "address for the Postfix policy delegation protocol (check_policy_service), e.g. 127.0.0.1:2525; empty = none") RESTART(policy_listen)
+PARAM(STR, policy_listen, "", 0, 0, NULL, "address for the Postfix policy delegation protocol (check_policy_service): 127.0.0.1:2525, inet:127.0.0.1:2525 or unix:/path; empty = none") RESTART(policy_listen)
 
 /* The fleet (policy.c, fleet.c) */
 PARAM(BOOL, fleet_share_recipient_verdicts, "no", 0, 0, NULL, "share per-recipient verdicts (a callout's acceptance, a mailbox refusal) with the other boxes through the mysql: greylist_database")

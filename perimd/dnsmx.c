@@ -247,6 +247,8 @@ static void add_name(struct dnsmx_req *q, const char *name)
 	q->names[q->nnames++] = xstrdup(name);
 }
 
+static void lookup_names(struct dnsmx_req *q);
+
 /* on_mx - the MX answer: sort by preference, look the hosts up. */
 static void on_mx(void *arg, const struct dns_result *res)
 {
@@ -282,6 +284,12 @@ static void on_mx(void *arg, const struct dns_result *res)
 		fail(q, 0, "no MX host");
 		return;
 	}
+	lookup_names(q);
+}
+
+/* lookup_names - the A and AAAA lookups of every name in q. */
+static void lookup_names(struct dnsmx_req *q)
+{
 	q->pending = 2 * q->nnames;
 	for (int i = 0; i < q->nnames; i++) {
 		for (int k = 0; k < 2; k++) {
@@ -293,9 +301,9 @@ static void on_mx(void *arg, const struct dns_result *res)
 	}
 }
 
-/* dnsmx_resolve - start with the MX lookup. */
+/* dnsmx_resolve - start with the MX lookup (or the host's addresses). */
 struct dnsmx_req *dnsmx_resolve(struct ev_loop *loop, const struct conf *c, const char *host, int port,
-				dnsmx_done_fn *done, void *arg)
+				int mx, dnsmx_done_fn *done, void *arg)
 {
 	struct dnsmx_req *q = xcalloc(1, sizeof *q);
 	q->loop = loop;
@@ -305,6 +313,11 @@ struct dnsmx_req *dnsmx_resolve(struct ev_loop *loop, const struct conf *c, cons
 	q->done = done;
 	q->arg = arg;
 	q->mx.q = q;
+	if (!mx) {
+		add_name(q, q->host);
+		lookup_names(q);
+		return q;
+	}
 	q->mx.dq = dns_lookup(loop, c, host, DNS_T_MX, on_mx, &q->mx);
 	return q;
 }

@@ -31,8 +31,10 @@ struct dnsmx_req;
  * case) and port (25 by default); 0 = yes, -1 = not a valid host name. */
 int dnsmx_target_host(const char *target, char *host, size_t hostlen, int *port);
 
+/* dnsmx_resolve - mx: by MX then A/AAAA; 0: the host's own A/AAAA only
+ * (a backend written "[host]", as Postfix's no-MX form). */
 struct dnsmx_req *dnsmx_resolve(struct ev_loop *loop, const struct conf *c, const char *host, int port,
-				dnsmx_done_fn *done, void *arg);
+				int mx, dnsmx_done_fn *done, void *arg);
 void dnsmx_cancel(struct dnsmx_req *q);
 void dnsmx_list_free(struct dnsmx_list *l);
 

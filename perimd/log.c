@@ -133,3 +133,21 @@ char *xstrndup(const char *s, size_t n)
 	p[n] = 0;
 	return p;
 }
+
+/* log_err_add - see log.h: append one line to an error buffer. */
+void log_err_add(char *err, size_t errlen, const char *fmt, ...)
+{
+	if (!errlen)
+		return;
+	size_t n = strnlen(err, errlen);
+	if (n >= errlen - 1)
+		return;
+	if (n > 0) {
+		err[n++] = '\n';
+		err[n] = 0;
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err + n, errlen - n, fmt, ap);
+	va_end(ap);
+}

@@ -35,4 +35,8 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
+/* log_err_add - append a line to the error text in err (lines joined by
+ * '\n', cut at errlen), so one check can report every error it found. */
+void log_err_add(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif

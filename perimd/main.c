@@ -69,8 +69,8 @@ static _Noreturn void usage(void)
 	fprintf(stderr,
 		"usage: perimd [-c FILE] [-o NAME=VALUE]... [-f] [-v]   run\n"
 		"       perimd -t [-c FILE] [-o NAME=VALUE]...          check the configuration\n"
-		"       perimd -n [-c FILE] [-o NAME=VALUE]...          print non-default parameters\n"
-		"       perimd -d                                       print every parameter's default\n"
+		"       perimd -n [-c FILE] [-o NAME=VALUE]... [NAME...] print non-default parameters\n"
+		"       perimd -d [NAME...]                             print parameters' defaults\n"
 		"       perimd -V                                       version and features\n"
 		"       perimd stats [-c FILE]                          live counters of the running daemon\n"
 		"       perimd stats ADDR...                            a fleet's totals: every box's "
@@ -270,6 +270,26 @@ static void probe_addr(const char *param, const char *text, int default_port)
 		fatal("%s %s: cannot listen on %s; not starting", param, text, err);
 }
 
+/* say_errors - each line of err on stderr, "perimd: " before it. */
+static void say_errors(const char *err)
+{
+	while (*err) {
+		size_t n = strcspn(err, "\n");
+		fprintf(stderr, "perimd: %.*s\n", (int)n, err);
+		err += n + (err[n] == '\n');
+	}
+}
+
+/* log_errors - each line of err as an error log line, after prefix. */
+static void log_errors(const char *prefix, const char *err)
+{
+	while (*err) {
+		size_t n = strcspn(err, "\n");
+		log_err("%s%.*s", prefix, (int)n, err);
+		err += n + (err[n] == '\n');
+	}
+}
+
 /* drop_privileges - after binding: become mail_owner (only when started
  * as root; mail_owner = root keeps root, with a warning). */
 static void drop_privileges(const struct conf *c)
@@ -305,15 +325,15 @@ static void warn_restart(const char *name)
  * file: a new configuration and policy, or keep the old. */
 static void reload(const char *path, int nov, int full)
 {
-	char err[1024];
+	char err[8192];
 	struct conf *c = conf_load(path, 0, ov, nov, err, sizeof err);
 	if (!c) {
-		log_err("reload refused, keeping the running configuration: %s", err);
+		log_errors("reload refused, keeping the running configuration: ", err);
 		return;
 	}
 	struct policy *p = milter_check(c, err, sizeof err) < 0 ? NULL : policy_load(c, err, sizeof err);
 	if (!p) {
-		log_err("reload refused, keeping the running configuration: %s", err);
+		log_errors("reload refused, keeping the running configuration: ", err);
 		return;
 	}
 	/* Certificates: the old ones stay unless the new ones all load (after
@@ -364,19 +384,22 @@ int main(int argc, char **argv)
 		default: usage();
 		}
 	}
-	if (optind != argc)
+	/* Names after -d or -n: those parameters only, as postconf does. */
+	if (optind != argc && !dump_d && !dump_n)
 		usage();
+	char *const *names = argv + optind;
+	int nnames = argc - optind;
 
-	char err[1024];
+	char err[16384];
 	if (dump_d) {
 		struct conf *c = conf_load(NULL, 1, NULL, 0, err, sizeof err);
 		if (!c) {
 			fprintf(stderr, "perimd: %s\n", err);
 			return 1;
 		}
-		conf_dump(stdout, c, 1);
+		int rc = nnames ? conf_dump_names(stdout, c, 1, names, nnames) : (conf_dump(stdout, c, 1), 0);
 		conf_release(c);
-		return 0;
+		return rc < 0 ? 1 : 0;
 	}
 	/* The default file must exist: running on the built-in defaults
 	 * because a file went missing would be a silent surprise (-d shows
@@ -393,23 +416,26 @@ int main(int argc, char **argv)
 				"which perimd -d prints)\n",
 				path);
 		else
-			fprintf(stderr, "perimd: %s\n", err);
+			say_errors(err);
 		return 1;
 	}
 	if (dump_n) {
-		conf_dump(stdout, c, 0);
+		int rc = nnames ? conf_dump_names(stdout, c, 0, names, nnames) : (conf_dump(stdout, c, 0), 0);
 		conf_release(c);
-		return 0;
+		return rc < 0 ? 1 : 0;
 	}
+	/* Every check runs, and every error is printed (a line each), so one
+	 * `perimd -t` shows all that is wrong. */
+	int bad = 0;
+	conf_ref(c); /* policy_load takes one reference, even on failure */
 	struct policy *pol = policy_load(c, err, sizeof err);
 	if (!pol) {
-		fprintf(stderr, "perimd: %s\n", err);
-		return 1;
+		say_errors(err);
+		bad = 1;
 	}
 	if (tls_configure(c, err, sizeof err) < 0) {
-		fprintf(stderr, "perimd: %s\n", err);
-		policy_release(pol);
-		return 1;
+		say_errors(err);
+		bad = 1;
 	}
 	/* Listening addresses are checked by -t too. */
 	addrs = xcalloc((size_t)c->smtpd_listen.n + 1, sizeof *addrs);
@@ -429,17 +455,26 @@ int main(int argc, char **argv)
 			else
 				fprintf(stderr, "perimd: %s: smtpd_listen: %s: %s\n", c->path,
 					c->smtpd_listen.v[i], why);
-			policy_release(pol);
-			return 1;
+			bad = 1;
 		}
 	}
-	if (admin_check(c, err, sizeof err) < 0 || av_check(c, err, sizeof err) < 0 ||
-	    grey_check(c, err, sizeof err) < 0 || milter_check(c, err, sizeof err) < 0 ||
-	    fleet_check(c, err, sizeof err) < 0) {
-		fprintf(stderr, "perimd: %s\n", err);
+	if (policyd_check(c, err, sizeof err) < 0) {
+		say_errors(err);
+		bad = 1;
+	}
+	int (*const checks[])(const struct conf *, char *, size_t) = { admin_check, av_check, grey_check,
+								       milter_check, fleet_check };
+	for (size_t k = 0; k < sizeof checks / sizeof checks[0]; k++)
+		if (checks[k](c, err, sizeof err) < 0) {
+			say_errors(err);
+			bad = 1;
+		}
+	if (bad) {
 		policy_release(pol);
+		conf_release(c);
 		return 1;
 	}
+	conf_release(c);
 	if (check) {
 		owner_read_check(c, say_stderr);
 		policy_release(pol);
@@ -470,7 +505,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < c->smtpd_listen.n; i++)
 		probe_addr("smtpd_listen", c->smtpd_listen.v[i], 25);
 	probe_addr("stats_listen", c->stats_listen, 9125);
-	probe_addr("policy_listen", c->policy_listen, -1);
+	probe_addr("policy_listen", c->policy_listen + (strncmp(c->policy_listen, "inet:", 5) ? 0 : 5), -1);
 	/* Bind everything before anything runs: one socket per address per
 	 * io thread (SO_REUSEPORT spreads connections over them). */
 	threads = xcalloc((size_t)nthreads, sizeof *threads);

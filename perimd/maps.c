@@ -32,6 +32,7 @@
 #include "jobs.h"
 #include "log.h"
 #include "maps_ldap.h"
+#include "maps_regexp.h"
 #include "maps_sql.h"
 #include "shcache.h"
 
@@ -94,11 +95,22 @@ struct map {
 	struct map_entry **buckets;
 	struct map_cidr *cidr; /* longest prefix first */
 	int ncidr;
+	/* regexp: */
+	struct map_regexp *rx;
 	/* sqlite: / mysql: */
 	struct map_sql *sql;
 	/* ldap: (also asynchronous: sql or ldap set means the answer cache is used) */
 	struct map_ldap *ldap;
 	struct shcache *cache;
+	/* the check its values passed: a map is shared (registry) only by
+	 * users of the same check, so a file used as a transport map and an
+	 * access map is checked as both */
+	map_value_check_fn *checked;
+	/* while loading: the caller's check of each value, and its verdicts */
+	map_value_check_fn *check;
+	char *err;
+	size_t errlen;
+	int nbad;
 };
 
 static struct shcache *cache_new(void);
@@ -137,7 +149,14 @@ static void map_add(struct map *m, const char *path, int line, const char *text)
 	size_t kn = strcspn(text, " \t");
 	const char *v = text + kn;
 	v += strspn(v, " \t");
+	char why[400];
 
+	if (m->check && m->check(v, why, sizeof why) < 0) {
+		log_err_add(m->err, m->errlen, "%s:%d: %.*s: %s", path, line, (int)(kn > 200 ? 200 : kn),
+			    text, why);
+		m->nbad++;
+		return;
+	}
 	unsigned char a[16];
 	int bits;
 	if (memchr(text, '/', kn) && map_cidr_parse(text, kn, a, &bits) == 0) {
@@ -223,6 +242,8 @@ static int file_load(struct map *m, const char *path, char *err, size_t errlen)
 	}
 	if (rc == 0 && start)
 		map_add(m, path, start, cur);
+	if (rc == 0 && m->nbad)
+		rc = -1;
 	free(cur);
 	free(line);
 	fclose(f);
@@ -323,6 +344,7 @@ static void map_destroy(struct map *m)
 		free(m->cidr[i].value);
 	free(m->cidr);
 	free(m->buckets);
+	map_regexp_free(m->rx);
 	if (m->sql || m->ldap) {
 		map_sql_free(m->sql);
 		map_ldap_free(m->ldap);
@@ -334,9 +356,15 @@ static void map_destroy(struct map *m)
 
 /* map_load - build a new map from spec's file; NULL with err. */
 static struct map *map_load(const char *spec, const char *type, const char *path, const struct stat *st,
-			    char *err, size_t errlen)
+			    map_value_check_fn *check, char *err, size_t errlen)
 {
 	struct map *m = xcalloc(1, sizeof *m);
+	m->check = check;
+	m->checked = check;
+	m->err = err;
+	m->errlen = errlen;
+	if (errlen)
+		err[0] = 0;
 	m->spec = xstrdup(spec);
 	m->refs = 1;
 	m->dev = st->st_dev;
@@ -347,12 +375,25 @@ static struct map *map_load(const char *spec, const char *type, const char *path
 	m->nbuckets = 16;
 	m->buckets = xcalloc(m->nbuckets, sizeof *m->buckets);
 	if (!strcmp(type, "file")) {
-		if (file_load(m, path, err, errlen) < 0) {
+		int rc = file_load(m, path, err, errlen);
+		m->check = NULL;
+		m->err = NULL;
+		if (rc < 0) {
 			map_destroy(m);
 			return NULL;
 		}
 		if (m->ncidr > 1)
 			qsort(m->cidr, (size_t)m->ncidr, sizeof *m->cidr, cidr_cmp);
+		return m;
+	}
+	if (!strcmp(type, "regexp")) {
+		m->rx = map_regexp_open(path, check, err, errlen);
+		m->check = NULL;
+		m->err = NULL;
+		if (!m->rx) {
+			map_destroy(m);
+			return NULL;
+		}
 		return m;
 	}
 	if (!strcmp(type, "ldap"))
@@ -367,8 +408,33 @@ static struct map *map_load(const char *spec, const char *type, const char *path
 	return m;
 }
 
+/* foreign_type - what to write instead of a Postfix map type perimd does
+ * not read, or NULL. */
+static const char *foreign_type(const char *type)
+{
+	static const char *const indexed[] = { "hash", "btree", "cdb", "lmdb", "dbm", "sdbm", "texthash" };
+	for (size_t i = 0; i < sizeof indexed / sizeof indexed[0]; i++)
+		if (!strcmp(type, indexed[i]))
+			return "write file: and the source text file that postmap reads (not the .db), "
+			       "e.g. file:/etc/postfix/transport";
+	if (!strcmp(type, "pcre"))
+		return "write regexp: (POSIX extended regexes; PCRE-only syntax such as \\d or "
+		       "lookarounds does not match as in PCRE)";
+	if (!strcmp(type, "proxy"))
+		return "drop the proxy: prefix (perimd keeps its own connection pool): ldap:, mysql:";
+	if (!strcmp(type, "cidr"))
+		return "write file: (a file: map takes address/bits keys for client_access_maps)";
+	return NULL;
+}
+
 /* map_open - see maps.h. */
 struct map *map_open(const char *spec, char *err, size_t errlen)
+{
+	return map_open_checked(spec, NULL, err, errlen);
+}
+
+/* map_open_checked - see maps.h. */
+struct map *map_open_checked(const char *spec, map_value_check_fn *check, char *err, size_t errlen)
 {
 	const char *colon = strchr(spec, ':');
 	if (!colon || colon == spec || colon[1] == 0) {
@@ -383,9 +449,16 @@ struct map *map_open(const char *spec, char *err, size_t errlen)
 	}
 	memcpy(type, spec, tn);
 	type[tn] = 0;
-	if (strcmp(type, "file") && strcmp(type, "sqlite") && strcmp(type, "mysql") && strcmp(type, "ldap")) {
+	if (strcmp(type, "file") && strcmp(type, "regexp") && strcmp(type, "sqlite") &&
+	    strcmp(type, "mysql") && strcmp(type, "ldap")) {
+		const char *instead = foreign_type(type);
+		if (instead) {
+			snprintf(err, errlen, "\"%s\": map type \"%s\" is Postfix's: %s", spec, type, instead);
+			return NULL;
+		}
 		snprintf(err, errlen,
-			 "\"%s\": unknown map type \"%s\" (supported: file, sqlite, mysql, ldap)", spec, type);
+			 "\"%s\": unknown map type \"%s\" (supported: file, regexp, sqlite, mysql, ldap)",
+			 spec, type);
 		return NULL;
 	}
 	const char *path = colon + 1;
@@ -394,7 +467,7 @@ struct map *map_open(const char *spec, char *err, size_t errlen)
 
 	pthread_mutex_lock(&reg_mu);
 	struct map *old = registry;
-	while (old && strcmp(old->spec, spec))
+	while (old && (strcmp(old->spec, spec) || old->checked != check))
 		old = old->reg_next;
 	if (old && have && same_file(old, &st)) {
 		old->refs++;
@@ -403,16 +476,21 @@ struct map *map_open(const char *spec, char *err, size_t errlen)
 	}
 	pthread_mutex_unlock(&reg_mu);
 
-	struct map *m = have ? map_load(spec, type, path, &st, err, errlen) : NULL;
+	struct map *m = have ? map_load(spec, type, path, &st, check, err, errlen) : NULL;
 
 	pthread_mutex_lock(&reg_mu);
 	struct map **pp = &registry;
-	while (*pp && strcmp((*pp)->spec, spec))
+	while (*pp && (strcmp((*pp)->spec, spec) || (*pp)->checked != check))
 		pp = &(*pp)->reg_next;
 	if (!m) {
 		if (*pp) {
 			/* A reload with a broken file: keep serving the table we have. */
-			log_err("map %s not reloaded, keeping the previous table: %s", spec, err);
+			for (const char *e = err; *e;) {
+				size_t n = strcspn(e, "\n");
+				log_err("map %s not reloaded, keeping the previous table: %.*s", spec, (int)n,
+					e);
+				e += n + (e[n] == '\n');
+			}
 			(*pp)->refs++;
 			m = *pp;
 		}
@@ -478,7 +556,7 @@ int map_is_async(const struct map *m)
 /* map_lookup - see maps.h. */
 int map_lookup(const struct map *m, const char *key, const char **value)
 {
-	if (m->sql || m->ldap)
+	if (m->sql || m->ldap || m->rx)
 		return -1;
 	struct map_entry *e = map_find(m, key, strlen(key));
 	if (!e)
@@ -494,7 +572,7 @@ int map_lookup(const struct map *m, const char *key, const char **value)
  */
 int map_lookup_domain(const struct map *m, const char *domain, const char **value)
 {
-	if (m->sql || m->ldap)
+	if (m->sql || m->ldap || m->rx)
 		return -1;
 	size_t n = strlen(domain);
 	if (n > 0 && domain[n - 1] == '.')
@@ -580,6 +658,10 @@ int map_query(const struct map *m, enum map_kind kind, const char *key, char *va
 	int r;
 	if (vallen)
 		val[0] = 0;
+	/* A regexp: table is asked once, with the whole key, whatever the
+	 * kind (as Postfix's regexp tables in access(5)). */
+	if (m->rx)
+		return n < KEY_MAX ? map_regexp_lookup(m->rx, key, val, vallen) : 0;
 	switch (kind) {
 	case MAP_KEY: return probe_key(&p, key, n);
 	case MAP_DOMAIN:
@@ -590,20 +672,28 @@ int map_query(const struct map *m, enum map_kind kind, const char *key, char *va
 		return probe_parents(&p, key, n);
 	case MAP_ADDR:
 	case MAP_ADDR_PARENT: {
+		/* Postfix access(5): user@domain, domain (and its parents),
+		 * then user@. */
 		if ((r = probe_key(&p, key, n)) != 0)
 			return r;
 		const char *at = strrchr(key, '@');
 		if (!at)
 			return 0;
-		if ((r = probe_key(&p, key, (size_t)(at - key) + 1)) != 0)
-			return r;
 		const char *d = at + 1;
 		size_t dn = strlen(d);
 		if ((r = probe_key(&p, d, dn)) != 0)
 			return r;
-		return kind == MAP_ADDR_PARENT ? probe_parents(&p, d, dn) : 0;
+		if (kind == MAP_ADDR_PARENT && (r = probe_parents(&p, d, dn)) != 0)
+			return r;
+		return probe_key(&p, key, (size_t)(at - key) + 1);
 	}
 	case MAP_CLIENT: return probe_client(&p, key);
+	case MAP_RCPT: {
+		if ((r = probe_key(&p, key, n)) != 0)
+			return r;
+		const char *at = strrchr(key, '@');
+		return at && at != key && at[1] ? probe_key(&p, at, strlen(at)) : 0;
+	}
 	}
 	return 0;
 }
@@ -804,7 +894,8 @@ int maps_changed(void)
 	for (struct map *m = registry; m; m = m->reg_next) {
 		const char *colon = strchr(m->spec, ':');
 		struct stat st;
-		if (!colon || strncmp(m->spec, "file:", 5) || stat(colon + 1, &st) < 0)
+		if (!colon || (strncmp(m->spec, "file:", 5) && strncmp(m->spec, "regexp:", 7)) ||
+		    stat(colon + 1, &st) < 0)
 			continue;
 		if (st.st_dev != m->seen.st_dev || st.st_ino != m->seen.st_ino ||
 		    st.st_size != m->seen.st_size || st.st_mtim.tv_sec != m->seen.st_mtim.tv_sec ||

@@ -6,6 +6,8 @@
  *                keys case-insensitive), loaded into a hash table; keys that
  *                are CIDR blocks ("192.0.2.0/24", "2001:db8::/32") go to a
  *                list searched by map_query(MAP_CLIENT). Answers at once.
+ *   regexp:PATH  Postfix's regexp_table(5): "/pattern/flags result" lines
+ *                tried in order against the whole key (maps_regexp.h).
  *   sqlite:PATH  a SQLite database (table "map", columns "key", "value"),
  *                or a ".cf" file naming one (dbpath, query).
  *   mysql:PATH   a ".cf" file: hosts, port, user, password, dbname, query,
@@ -35,6 +37,15 @@ struct ev_loop;
 /* map_open - NULL on error with err filled ("PATH:LINE: reason"). Each
  * successful open MUST be matched by one map_free(). */
 struct map *map_open(const char *spec, char *err, size_t errlen);
+/* map_value_check_fn - 0 when value is one the map's user can act on, else
+ * -1 with why ("... (write X instead)"). */
+typedef int map_value_check_fn(const char *value, char *why, size_t whylen);
+/* map_open_checked - map_open, and every value of a file: (or regexp:)
+ * map is checked when it is loaded (at -t, start and each reload): a
+ * file with a bad value does not load, and err names each bad line
+ * ("PATH:LINE: key: why", one per line). Values of database and
+ * directory maps are checked by the caller at lookup. */
+struct map *map_open_checked(const char *spec, map_value_check_fn *check, char *err, size_t errlen);
 /* map_lookup - 1 found (*value set, valid while the map lives; "" when
  * the line had a key only), 0 not found, -1 lookup failure. For
  * synchronous maps only (-1 on an asynchronous one). */
@@ -55,11 +66,14 @@ int map_is_async(const struct map *m);
  * one found wins):
  *   MAP_KEY          the key as given
  *   MAP_DOMAIN       domain, then ".parent" domains (map_lookup_domain)
- *   MAP_ADDR         user@domain, user@, domain (Postfix access(5) order)
- *   MAP_ADDR_PARENT  the same, then ".parent" domains of domain
+ *   MAP_ADDR         user@domain, domain, user@ (Postfix access(5) order)
+ *   MAP_ADDR_PARENT  user@domain, domain, its ".parent" domains, user@
  *   MAP_CLIENT       an IP address: itself, the CIDR entries (longest
- *                    prefix first), then IPv4 "a.b.c", "a.b", "a" */
-enum map_kind { MAP_KEY, MAP_DOMAIN, MAP_ADDR, MAP_ADDR_PARENT, MAP_CLIENT };
+ *                    prefix first), then IPv4 "a.b.c", "a.b", "a"
+ *   MAP_RCPT         user@domain, then "@domain" (the catch-all of a
+ *                    domain): Postfix's order for relay_recipient_maps
+ *                    and virtual(5) tables */
+enum map_kind { MAP_KEY, MAP_DOMAIN, MAP_ADDR, MAP_ADDR_PARENT, MAP_CLIENT, MAP_RCPT };
 
 /* map_query - a synchronous lookup of kind: returns as map_lookup; the
  * value (up to vallen - 1 bytes) is copied to val. On an asynchronous map

@@ -550,6 +550,8 @@ static int key_part(const char *s, char kind, const char **p, size_t *n)
 	if (kind == 'u') {
 		*p = s;
 		*n = at ? (size_t)(at - s) : len;
+		if (*n == 0) /* "@domain": no query on an empty local part, as Postfix */
+			return 0;
 	} else if (kind == 'd') {
 		if (!at || !at[1])
 			return 0;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 /* net_parse_port - see net.h. */
@@ -217,4 +218,23 @@ int net_addr_match(const char *addr, const char *pattern)
 			return 0;
 	}
 	return 1;
+}
+
+/* net_parse_unix - see net.h. */
+int net_parse_unix(const char *path, struct sockaddr_storage *ss, socklen_t *len, const char **why)
+{
+	struct sockaddr_un *su = (struct sockaddr_un *)ss;
+	if (path[0] != '/') {
+		*why = "unix: needs an absolute path (unix:/run/perimd/policy)";
+		return -1;
+	}
+	if (strlen(path) >= sizeof su->sun_path) {
+		*why = "socket path too long";
+		return -1;
+	}
+	memset(ss, 0, sizeof *ss);
+	su->sun_family = AF_UNIX;
+	memcpy(su->sun_path, path, strlen(path) + 1);
+	*len = (socklen_t)sizeof *su;
+	return 0;
 }

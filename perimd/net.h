@@ -12,6 +12,9 @@
  * only. Returns 0, or -1 with *why set. */
 int net_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss, socklen_t *len,
 		   const char **why);
+/* net_parse_unix - an absolute socket path (the part after "unix:") as
+ * a socket address; 0, or -1 with why. */
+int net_parse_unix(const char *path, struct sockaddr_storage *ss, socklen_t *len, const char **why);
 
 /* net_parse_port - a TCP port: decimal digits only, no sign, space or
  * leading zero, 1..65535 ("25"; not "025", "+25", "0", "65536"). The one

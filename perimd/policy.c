@@ -60,58 +60,69 @@ static void policy_free(struct policy *p)
 	free(p);
 }
 
-/* policy_load - open maps and check backends. */
+/* policy_load - open maps and check backends; every error is reported
+ * (one line each in err), not only the first. */
 struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 {
 	struct policy *p = xcalloc(1, sizeof *p);
 	p->conf = c;
 	p->refs = 1;
 	const char *why;
+	char merr[4096], one[1024];
+	int bad = 0;
+	if (errlen)
+		err[0] = 0;
 	for (int i = 0; i < c->relay_domains.n; i++) {
 		const char *item = c->relay_domains.v[i];
 		if (!is_map_spec(item))
 			continue;
-		char merr[512];
 		struct map *m = map_open(item, merr, sizeof merr);
 		if (!m) {
-			snprintf(err, errlen, "relay_domains: %s", merr);
-			goto fail;
+			log_err_add(err, errlen, "relay_domains: %s", merr);
+			bad = 1;
+			continue;
 		}
 		p->relay_maps = xrealloc(p->relay_maps, (size_t)(p->nrelay_maps + 1) * sizeof *p->relay_maps);
 		p->relay_maps[p->nrelay_maps++] = m;
 	}
-	if (c->transport_maps[0]) {
-		char merr[512];
-		if (!(p->transport = map_open(c->transport_maps, merr, sizeof merr))) {
-			snprintf(err, errlen, "transport_maps: %s", merr);
-			goto fail;
-		}
+	if (c->transport_maps[0] &&
+	    !(p->transport = map_open_checked(c->transport_maps, relay_route_check, merr, sizeof merr))) {
+		log_err_add(err, errlen, "transport_maps: %s", merr);
+		bad = 1;
 	}
 	/* Relay control and routing answer at once in cmd_rcpt. */
 	for (int i = 0; i < p->nrelay_maps + 1; i++) {
 		struct map *m = i < p->nrelay_maps ? p->relay_maps[i] : p->transport;
-		if (m && map_is_async(m)) {
-			snprintf(err, errlen, "%s: relay_domains and transport_maps take file: maps only",
-				 map_spec(m));
-			goto fail;
+		if (m && strncmp(map_spec(m), "file:", 5)) {
+			log_err_add(err, errlen, "%s: relay_domains and transport_maps take file: maps only",
+				    map_spec(m));
+			bad = 1;
 		}
 	}
 	if (rules_load(p, err, errlen) < 0)
-		goto fail;
-	if (dnscheck_conf_check(c, err, errlen) < 0)
-		goto fail;
-	if (policy_shadow_load(p, c, err, errlen) < 0)
-		goto fail;
+		bad = 1;
+	if (dnscheck_conf_check(c, one, sizeof one) < 0) {
+		log_err_add(err, errlen, "%s", one);
+		bad = 1;
+	}
+	if (policy_shadow_load(p, c, one, sizeof one) < 0) {
+		log_err_add(err, errlen, "%s", one);
+		bad = 1;
+	}
 	p->psvc = xcalloc(1, sizeof *p->psvc);
-	if (psvc_load(c, p->psvc, err, errlen) < 0)
-		goto fail;
+	if (psvc_load(c, p->psvc, one, sizeof one) < 0) {
+		log_err_add(err, errlen, "%s", one);
+		bad = 1;
+	}
 	p->grey = xcalloc(1, sizeof *p->grey);
-	if (grey_policy_load(c, p->grey, err, errlen) < 0)
-		goto fail;
+	if (grey_policy_load(c, p->grey, one, sizeof one) < 0) {
+		log_err_add(err, errlen, "%s", one);
+		bad = 1;
+	}
 	for (int i = 0; i < c->relay_backends.n; i++) {
 		if (relay_target_valid(c->relay_backends.v[i], &why) < 0) {
-			snprintf(err, errlen, "relay_backends: %s: %s", c->relay_backends.v[i], why);
-			goto fail;
+			log_err_add(err, errlen, "relay_backends: %s: %s", c->relay_backends.v[i], why);
+			bad = 1;
 		}
 	}
 	/* An address or CIDR network matches its own address. */
@@ -122,14 +133,14 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 			const char *h = hosts[k]->v[i];
 			snprintf(a, sizeof a, "%.*s", (int)strcspn(h, "/"), h);
 			if (!net_addr_match(a, h)) {
-				snprintf(err, errlen, "%s: %s: not an address or CIDR network",
-					 k ? "relay_xclient_hosts" : "relay_xforward_hosts", h);
-				goto fail;
+				log_err_add(err, errlen, "%s: %s: not an address or CIDR network",
+					    k ? "relay_xclient_hosts" : "relay_xforward_hosts", h);
+				bad = 1;
 			}
 		}
 	}
-	return p;
-fail:
+	if (!bad)
+		return p;
 	p->conf = NULL;
 	policy_free(p);
 	conf_release(c);
@@ -331,6 +342,7 @@ int policy_rcpt(const struct policy_env *env, struct policy_verdict *v, policy_d
 	v->reply[0] = 0;
 	v->rule = "accept";
 	if (chain_run(r, v)) {
+		policy_step_final(r, v);
 		free(r);
 		*req = NULL;
 		return 1;

@@ -153,8 +153,24 @@ void policy_step_done(struct policy_req *r, int decided, const struct policy_ver
 	} else if (!r->resume(r, &out)) {
 		return; /* the next step went asynchronous */
 	}
+	policy_step_final(r, &out);
 	policy_done_fn *done = r->done;
 	void *arg = r->arg;
 	free(r);
 	done(arg, &out);
+}
+
+/* policy_step_final - see policy_step.h. */
+void policy_step_final(const struct policy_req *r, struct policy_verdict *v)
+{
+	if (v->code >= 500 && r->if_reject.code) {
+		*v = r->if_reject;
+		v->cond = 0;
+	} else if (v->code == 0 && r->if_permit.code) {
+		*v = r->if_permit;
+		v->cond = 0;
+	} else if (v->code == 0) {
+		v->discard = r->discard;
+		memcpy(v->prepend, r->prepend, sizeof v->prepend);
+	}
 }

@@ -33,9 +33,10 @@ struct policy {
 	struct map *transport;
 	struct map *rcpt_maps; /* relay_recipient_maps */
 	struct map *client_access, *sender_access, *rcpt_access;
-	struct grey_policy *grey; /* greylisting whitelists (grey.h) */
-	unsigned shadow;          /* checks of shadow_checks (policy_shadow) */
-	struct psvc_conf *psvc;   /* smtpd_policy_services (psvc.h) */
+	struct map *header_checks; /* a regexp: table, after DATA (rules.h) */
+	struct grey_policy *grey;  /* greylisting whitelists (grey.h) */
+	unsigned shadow;           /* checks of shadow_checks (policy_shadow) */
+	struct psvc_conf *psvc;    /* smtpd_policy_services (psvc.h) */
 	int refs;
 };
 
@@ -46,7 +47,16 @@ struct policy_verdict {
 	int code;         /* 0, or 4xx/5xx */
 	char reply[512];  /* full reply line without CRLF */
 	const char *rule; /* short name of the check that decided */
+	/* An access map's DEFER_IF_PERMIT / DEFER_IF_REJECT (delayed verdicts
+	 * only): POLICY_IF_PERMIT gives this reply only to a recipient all
+	 * other checks accept; POLICY_IF_REJECT only instead of a 5xx. */
+	int cond;
+	/* An accepted recipient (code 0): DISCARD (250, not relayed), and the
+	 * PREPEND headers for the relayed copy ("Name: value\r\n" each). */
+	int discard;
+	char prepend[1024];
 };
+enum { POLICY_IF_PERMIT = 1, POLICY_IF_REJECT = 2 };
 
 struct policy_req;
 struct psvc_conf;
@@ -132,6 +142,10 @@ struct policy_req {
 	int dnswl;    /* client on a dnswl_sites list (set by the DNSBL
 				    * step): greylisting skips it */
 	int verified; /* the verify cache says the backend takes it */
+	/* What access maps left for the end of the chain (policy_step_final). */
+	struct policy_verdict if_permit, if_reject;
+	int discard;
+	char prepend[1024];
 	void (*cancel)(void *handle);
 	void *handle;
 	/* The chain's runner (policy.c): policy_step_done() goes on with it,
@@ -147,6 +161,10 @@ struct policy_req {
  * verdict; 0: it passed) and runs the rest of the chain. */
 void policy_step_async(struct policy_req *r, void (*cancel)(void *handle), void *handle);
 void policy_step_done(struct policy_req *r, int decided, const struct policy_verdict *v);
+/* policy_step_final - the chain's verdict v, amended by what access maps
+ * left in r: DEFER_IF_PERMIT on an acceptance, DEFER_IF_REJECT on a 5xx,
+ * DISCARD and PREPEND on an acceptance. */
+void policy_step_final(const struct policy_req *r, struct policy_verdict *v);
 
 /* ---- shadow checks ----------------------------------------------------
  *

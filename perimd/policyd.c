@@ -28,6 +28,8 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 struct pconn {
@@ -247,6 +249,55 @@ static void pd_accept(void *arg, unsigned events)
 	}
 }
 
+/* listen_addr - policy_listen as a socket address: "inet:host:port" (the
+ * form of Postfix's check_policy_service), "host:port", "[addr]:port" or
+ * "unix:/absolute/path". 0, or -1 with why. */
+static int listen_addr(const char *text, struct sockaddr_storage *ss, socklen_t *sl, const char **why)
+{
+	if (!strncmp(text, "unix:", 5))
+		return net_parse_unix(text + 5, ss, sl, why);
+	if (!strncmp(text, "inet:", 5))
+		text += 5;
+	if (net_parse_addr(text, -1, ss, sl, why) < 0) {
+		if (!strcmp(*why, "port missing"))
+			*why = "port missing: write inet:127.0.0.1:2525, 127.0.0.1:2525 or unix:/path";
+		return -1;
+	}
+	return 0;
+}
+
+/* policyd_check - see policyd.h. */
+int policyd_check(const struct conf *c, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	const char *why;
+	if (c->policy_listen[0] && listen_addr(c->policy_listen, &ss, &sl, &why) < 0) {
+		snprintf(err, errlen, "policy_listen = %s: %s", c->policy_listen, why);
+		return -1;
+	}
+	return 0;
+}
+
+/* unix_listen - a listening socket at su's path: a stale socket there is
+ * replaced; the socket is mode 0666 (the directory guards it), so the
+ * Postfix smtpd that asks can connect after perimd drops privileges. */
+static int unix_listen(const struct sockaddr_un *su, socklen_t sl, char *err, size_t errlen)
+{
+	struct stat st;
+	if (lstat(su->sun_path, &st) == 0 && S_ISSOCK(st.st_mode))
+		unlink(su->sun_path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || bind(fd, (const struct sockaddr *)su, sl) < 0 || chmod(su->sun_path, 0666) < 0 ||
+	    listen(fd, 512) < 0) {
+		snprintf(err, errlen, "%s: %s", su->sun_path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 /* policyd_listen_open - bind policy_listen. */
 int policyd_listen_open(const struct conf *c)
 {
@@ -256,11 +307,13 @@ int policyd_listen_open(const struct conf *c)
 	socklen_t sl;
 	const char *why;
 	char err[256];
-	if (net_parse_addr(c->policy_listen, -1, &ss, &sl, &why) < 0)
+	if (listen_addr(c->policy_listen, &ss, &sl, &why) < 0)
 		fatal("policy_listen %s: %s", c->policy_listen, why);
-	int fd = net_listen((struct sockaddr *)&ss, sl, 512, err, sizeof err);
+	int fd = ss.ss_family == AF_UNIX ? unix_listen((struct sockaddr_un *)&ss, sl, err, sizeof err)
+					 : net_listen((struct sockaddr *)&ss, sl, 512, err, sizeof err);
 	if (fd < 0)
 		fatal("policy_listen %s: %s", c->policy_listen, err);
+	log_info("policy service listening on %s", c->policy_listen);
 	return fd;
 }
 

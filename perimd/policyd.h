@@ -42,6 +42,10 @@ int policyd_parse(const char *buf, size_t len, struct policyd_req *req, size_t *
  * recipient rcpt. */
 void policyd_action(const struct grey_result *res, const char *rcpt, char *out, size_t outlen);
 
+/* policyd_check - policy_listen is one of its forms: "inet:host:port"
+ * (Postfix's check_policy_service form), "host:port", "[addr]:port",
+ * "unix:/path". 0, or -1 with err. */
+int policyd_check(const struct conf *c, char *err, size_t errlen);
 /* policyd_listen_open - bind policy_listen (before dropping privileges).
  * -1 when it is empty; fatal() when it cannot be bound. */
 int policyd_listen_open(const struct conf *c);

@@ -5,6 +5,7 @@
  * settings). No loop, no connection: fuzzed by tests/fuzz/fuzz_psvc.c.
  */
 #include "psvc.h"
+#include "net.h"
 #include "buf.h"
 #include "conf.h"
 #include "log.h"
@@ -213,16 +214,11 @@ static int service_addr(const char *item, struct psvc_service *s, char *err, siz
 {
 	memset(&s->sa, 0, sizeof s->sa);
 	if (!strncasecmp(item, "unix:", 5)) {
-		struct sockaddr_un *un = (struct sockaddr_un *)&s->sa;
-		const char *path = item + 5;
-		if (path[0] != '/' || strlen(path) >= sizeof un->sun_path) {
-			snprintf(err, errlen, "%s: unix: needs an absolute path under %zu bytes", item,
-				 sizeof un->sun_path);
+		const char *why;
+		if (net_parse_unix(item + 5, &s->sa, &s->salen, &why) < 0) {
+			snprintf(err, errlen, "%s: %s", item, why);
 			return -1;
 		}
-		un->sun_family = AF_UNIX;
-		memcpy(un->sun_path, path, strlen(path) + 1);
-		s->salen = (socklen_t)sizeof *un;
 		return 0;
 	}
 	const char *hp = !strncasecmp(item, "inet:", 5) ? item + 5 : item;

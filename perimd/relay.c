@@ -26,6 +26,7 @@
  *   on_drain), and ".\r\n" leaves with the last chunk.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -69,6 +70,66 @@ static struct relay_dest *dests;
 
 /* ---- targets ------------------------------------------------------------ */
 
+/* Postfix transports perimd cannot be, and what to write instead. */
+static const struct {
+	const char *name;
+	const char *instead;
+} foreign_transports[] = {
+	{ "lmtp", "perimd relays over SMTP only: write smtp:[host]:port for an SMTP backend" },
+	{ "local", "perimd delivers to no mailbox: route the domain to the mail server, smtp:[host]:port" },
+	{ "virtual", "perimd delivers to no mailbox: route the domain to the mail server, smtp:[host]:port" },
+	{ "pipe", "perimd runs no commands: route to an SMTP backend, smtp:[host]:port" },
+	{ "uucp", "perimd relays over SMTP only: write smtp:[host]:port" },
+	{ "maildrop", "perimd delivers to no mailbox: route to an SMTP backend, smtp:[host]:port" },
+};
+
+/*
+ * relay_target_nexthop - see relay.h. Postfix's transport(5) value is
+ * "transport:nexthop"; a first word that is no transport name but a
+ * host ("mx.example.com:2525", "10.0.0.5:25") is perimd's own form.
+ */
+const char *relay_target_nexthop(const char *target, const char **why)
+{
+	target += strspn(target, " \t");
+	size_t w = strspn(target, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-");
+	if (w == 0 || target[w] != ':' || !isalpha((unsigned char)target[0]))
+		return target;
+	const char *rest = target + w + 1;
+	if (*rest && strspn(rest, "0123456789") == strlen(rest))
+		return target; /* host:port */
+	if ((w == 4 && !strncasecmp(target, "smtp", 4)) || (w == 5 && !strncasecmp(target, "relay", 5))) {
+		if (!*rest) {
+			*why = "a transport without a next hop (Postfix's default, the recipient domain, "
+			       "is perimd itself): write smtp:[host]:port";
+			return NULL;
+		}
+		return rest;
+	}
+	if (strspn(target, "0123456789abcdefABCDEF") == w && strchr(rest, ':'))
+		return target; /* a bare IPv6 address: target_parse says what to write */
+	for (size_t i = 0; i < sizeof foreign_transports / sizeof foreign_transports[0]; i++)
+		if (strlen(foreign_transports[i].name) == w &&
+		    !strncasecmp(target, foreign_transports[i].name, w)) {
+			*why = foreign_transports[i].instead;
+			return NULL;
+		}
+	*why = "unknown transport (perimd knows smtp: and relay:, both SMTP): write smtp:[host]:port, "
+	       "[host]:port or host:port";
+	return NULL;
+}
+
+/* bracket_host - "[name]" or "[name]:port" with a host name (not an
+ * address) inside: Postfix's "no MX lookup" form. 0 with host and port. */
+static int bracket_host(const char *t, char *host, size_t hostlen, int *port)
+{
+	const char *close = t[0] == '[' ? strchr(t, ']') : NULL;
+	char buf[300];
+	if (!close || (size_t)(close - t) >= sizeof buf - 8 || (close[1] && close[1] != ':'))
+		return -1;
+	snprintf(buf, sizeof buf, "%.*s%s", (int)(close - t - 1), t + 1, close + 1);
+	return dnsmx_target_host(buf, host, hostlen, port);
+}
+
 /* target_parse - "[addr]:port", "addr:port", "[addr]" (port 25) into a
  * socket address and its display name; -1 with *why on error. */
 static int target_parse(const char *target, struct sockaddr_storage *ss, socklen_t *sslen, char *name,
@@ -82,8 +143,8 @@ static int target_parse(const char *target, struct sockaddr_storage *ss, socklen
 	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
 	char abuf[INET6_ADDRSTRLEN];
 
-	while (*p == ' ' || *p == '\t')
-		p++;
+	if (!(p = relay_target_nexthop(p, why)))
+		return -1;
 	if (*p == '\0') {
 		*why = "empty backend";
 		return -1;
@@ -160,10 +221,84 @@ int relay_target_valid(const char *target, const char **why)
 
 	if (target_parse(target, &ss, &sl, name, sizeof(name), why) == 0)
 		return 0;
-	/* Without brackets a name is a host looked up by MX, then A/AAAA. */
-	if (target[strspn(target, " \t")] != '[' && dnsmx_target_host(target, host, sizeof(host), &port) == 0)
+	const char *t = relay_target_nexthop(target, why);
+	if (!t)
+		return -1;
+	/* Without brackets a name is a host looked up by MX, then A/AAAA;
+	 * in brackets, by A/AAAA only (as Postfix). */
+	if (t[0] != '[' && dnsmx_target_host(t, host, sizeof(host), &port) == 0)
+		return 0;
+	if (bracket_host(t, host, sizeof(host), &port) == 0)
 		return 0;
 	return -1;
+}
+
+/* relay_route_refusal - see relay.h. */
+int relay_route_refusal(const char *route, int *code, char *enh, size_t enhlen, char *text, size_t textlen)
+{
+	int retry = !strncasecmp(route, "retry:", 6);
+	if (!retry && strncasecmp(route, "error:", 6))
+		return 0;
+	const char *t = route + 6;
+	char cls = retry ? '4' : '5';
+	size_t e = 0;
+	if (t[0] == cls && t[1] == '.') {
+		e = 2 + strspn(t + 2, "0123456789.");
+		if (t[e] && t[e] != ' ')
+			e = 0;
+	}
+	*code = retry ? 450 : 550;
+	if (e && e < enhlen)
+		snprintf(enh, enhlen, "%.*s", (int)e, t);
+	else
+		snprintf(enh, enhlen, "%c.0.0", cls);
+	t += e && e < enhlen ? e : 0;
+	t += strspn(t, " ");
+	size_t j = 0;
+	for (; *t && j + 1 < textlen && j < 300; t++)
+		text[j++] = (*t >= ' ' && *t < 127) ? *t : '?';
+	if (textlen)
+		text[j] = 0;
+	if (!j)
+		snprintf(text, textlen, "%s", retry ? "try again later" : "recipient rejected");
+	return 1;
+}
+
+/* relay_route_discard - see relay.h. */
+int relay_route_discard(const char *route)
+{
+	return !strncasecmp(route, "discard:", 8);
+}
+
+/* relay_route_check - see relay.h. */
+int relay_route_check(const char *value, char *why, size_t whylen)
+{
+	int code;
+	char enh[16], text[8];
+	if (relay_route_refusal(value, &code, enh, sizeof enh, text, sizeof text) || relay_route_discard(value))
+		return 0;
+	char item[300];
+	const char *p = value;
+	int n = 0;
+	while (*p) {
+		p += strspn(p, ", \t");
+		size_t k = strcspn(p, ", \t");
+		if (!k)
+			break;
+		const char *w = NULL;
+		snprintf(item, sizeof item, "%.*s", (int)k, p);
+		if (k >= sizeof item || relay_target_valid(item, &w) < 0) {
+			snprintf(why, whylen, "backend \"%.100s\": %s", item, w ? w : "too long");
+			return -1;
+		}
+		n++;
+		p += k;
+	}
+	if (!n) {
+		snprintf(why, whylen, "no backend: write smtp:[host]:port, [host]:port or host:port");
+		return -1;
+	}
+	return 0;
 }
 
 /* dest_get - the process-wide record of a target, created on first use. */
@@ -726,6 +861,7 @@ void bconn_release_ok(struct bconn *b)
 	if (w) {
 		TAILQ_REMOVE(&p->waiters, w, wlink);
 		w->waiting = NULL;
+		w->res.waited_ms += ev_now(rl->loop) - w->t_attempt;
 		ev_timer_stop(rl->loop, &w->waitt);
 		dest_adjust(p->dest, rl->loop, -1, 0);
 		w->b = b;
@@ -1057,8 +1193,13 @@ static void req_next_target(struct relay_req *r)
 		}
 		if (!t) {
 			t = l->v[r->target];
-			if (t[strspn(t, " \t")] != '[' && dnsmx_target_host(t, host, sizeof(host), &port) == 0) {
-				r->mxq = dnsmx_resolve(r->rl->loop, r->msg->conf, host, port, req_mx_done, r);
+			const char *nh = relay_target_nexthop(t, &why);
+			int bracket = nh && bracket_host(nh, host, sizeof(host), &port) == 0;
+			if (nh &&
+			    (bracket ||
+			     (nh[0] != '[' && dnsmx_target_host(nh, host, sizeof(host), &port) == 0))) {
+				r->mxq = dnsmx_resolve(r->rl->loop, r->msg->conf, host, port, !bracket,
+						       req_mx_done, r);
 				return;
 			}
 		}

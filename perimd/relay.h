@@ -23,6 +23,7 @@
 #ifndef PERIMD_RELAY_H
 #define PERIMD_RELAY_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct ev_loop;
@@ -76,13 +77,32 @@ struct relay_result {
 	char backend[128];       /* backend that answered last ("" if none) */
 	char backend_reply[512]; /* its reply to the final dot or the failure */
 	char queue_id[64];       /* backend queue id parsed from its 250, or "" */
+	uint64_t waited_ms;      /* time spent waiting for a free backend connection */
 };
 
 typedef void relay_done_fn(void *arg, const struct relay_result *r);
 
 /* relay_target_valid - check a backend list entry ("[addr]:port",
- * "addr:port", "[addr]" = port 25). Returns 0 or -1 with a reason. */
+ * "addr:port", "[addr]" = port 25, "host[:port]" looked up by MX,
+ * "[host][:port]" by A/AAAA only, each optionally in Postfix's
+ * transport(5) form "smtp:..." or "relay:..."). Returns 0 or -1 with a
+ * reason that says what to write instead. */
 int relay_target_valid(const char *target, const char **why);
+/* relay_target_nexthop - target without a Postfix "smtp:"/"relay:"
+ * transport; NULL with *why for a transport perimd cannot be (lmtp:,
+ * local:, error:, discard: ...) or none at all. */
+const char *relay_target_nexthop(const char *target, const char **why);
+/* relay_route_refusal - a transport_maps value in the form of Postfix's
+ * error(8) ("error:5.1.1 text", "retry:4.4.1 text"): 1 with the RCPT
+ * reply to give (550 or 450, the enhanced code given or x.0.0, the
+ * text), else 0. */
+int relay_route_refusal(const char *route, int *code, char *enh, size_t enhlen, char *text, size_t textlen);
+/* relay_route_discard - a transport_maps value "discard:[text]"
+ * (Postfix's discard(8)): its recipients are accepted, relayed to nobody. */
+int relay_route_discard(const char *route);
+/* relay_route_check - a transport_maps value: a list of targets, each
+ * relay_target_valid (map_value_check_fn of maps.h). */
+int relay_route_check(const char *value, char *why, size_t whylen);
 
 /* relay_send - start delivery; done() runs later, exactly once, unless
  * relay_cancel() was called first. msg and everything it points to MUST

@@ -34,30 +34,42 @@ typedef enum policy_step lookup_next_fn(struct policy_req *r, int result, const 
 
 /* ---- maps ------------------------------------------------------------------ */
 
-/* open_one - one MAP parameter ("" = none). */
-static int open_one(const char *spec, struct map **m, const char *name, char *err, size_t errlen)
+/* open_one - one MAP parameter ("" = none), its values checked by check;
+ * an error is added to err. */
+static int open_one(const char *spec, struct map **m, const char *name, map_value_check_fn *check, char *err,
+		    size_t errlen)
 {
-	char why[512];
+	char why[4096];
 	*m = NULL;
 	if (!spec[0])
 		return 0;
-	if (!(*m = map_open(spec, why, sizeof why))) {
-		snprintf(err, errlen, "%s: %s", name, why);
+	if (!(*m = map_open_checked(spec, check, why, sizeof why))) {
+		log_err_add(err, errlen, "%s: %s", name, why);
 		return -1;
 	}
 	return 0;
 }
 
-/* rules_load - see rules.h. */
+/* rules_load - see rules.h: every map is tried, every error reported. */
 int rules_load(struct policy *p, char *err, size_t errlen)
 {
 	const struct conf *c = p->conf;
-	if (open_one(c->relay_recipient_maps, &p->rcpt_maps, "relay_recipient_maps", err, errlen) ||
-	    open_one(c->client_access_maps, &p->client_access, "client_access_maps", err, errlen) ||
-	    open_one(c->sender_access_maps, &p->sender_access, "sender_access_maps", err, errlen) ||
-	    open_one(c->recipient_access_maps, &p->rcpt_access, "recipient_access_maps", err, errlen))
-		return -1;
-	return 0;
+	int bad = 0;
+	bad |= open_one(c->relay_recipient_maps, &p->rcpt_maps, "relay_recipient_maps", NULL, err, errlen);
+	bad |= open_one(c->client_access_maps, &p->client_access, "client_access_maps", rules_access_check,
+			err, errlen);
+	bad |= open_one(c->sender_access_maps, &p->sender_access, "sender_access_maps", rules_access_check,
+			err, errlen);
+	bad |= open_one(c->recipient_access_maps, &p->rcpt_access, "recipient_access_maps",
+			rules_access_check, err, errlen);
+	bad |= open_one(c->header_checks, &p->header_checks, "header_checks", rules_header_check, err, errlen);
+	if (p->header_checks && strncmp(c->header_checks, "regexp:", 7)) {
+		log_err_add(err, errlen,
+			    "header_checks = %s: takes a regexp: table (Postfix's header_checks(5))",
+			    c->header_checks);
+		bad = 1;
+	}
+	return bad ? -1 : 0;
 }
 
 /* rules_free - see rules.h. */
@@ -67,6 +79,7 @@ void rules_free(struct policy *p)
 	map_free(p->client_access);
 	map_free(p->sender_access);
 	map_free(p->rcpt_access);
+	map_free(p->header_checks);
 }
 
 /* ---- session state ------------------------------------------------------------ */
@@ -135,7 +148,7 @@ void policy_mail(struct policy_sess *ps, const char *sender)
 	free(ps->sender);
 	ps->sender = sender ? xstrdup(sender) : NULL;
 	ps->sender_done = 0;
-	ps->sender_v.code = 0;
+	memset(&ps->sender_v, 0, sizeof ps->sender_v);
 }
 
 /* policy_is_role - local part is one of role_accounts (any case). */
@@ -223,42 +236,10 @@ static enum policy_step decide_delayed(struct policy_req *r, struct policy_verdi
 	return decide(r, v, dv->code, enh, dv->rule, sp ? sp + 1 : dv->reply);
 }
 
-/* delayed_give - the delayed verdict dv of check as v: 1, or 0 when the
- * check is in shadow_checks (logged and counted; the caller goes on). */
-static int delayed_give(struct policy_req *r, struct policy_verdict *v, const struct policy_verdict *dv,
-			const char *check)
-{
-	decide_delayed(r, v, dv);
-	return !policy_shadow(r, check, v);
-}
-
 /* tempfail - a map could not answer (DESIGN.md: 451 4.3.0, never 5xx). */
 static enum policy_step tempfail(struct policy_req *r, struct policy_verdict *v)
 {
 	return decide(r, v, 451, "4.3.0", "tempfail_lookup", "temporary lookup failure");
-}
-
-/* rules_access_action - see rules.h (Postfix access(5) actions). */
-int rules_access_action(const char *value, char *text, size_t textlen)
-{
-	size_t n = strcspn(value, " \t");
-	const char *rest = value + n + strspn(value + n, " \t");
-	if (textlen)
-		text[0] = 0;
-	if (n == 2 && !strncasecmp(value, "OK", 2) && !*rest)
-		return 1;
-	if (n == 5 && !strncasecmp(value, "DUNNO", 5) && !*rest)
-		return 0;
-	if (n == 6 && !strncasecmp(value, "REJECT", 6)) {
-		size_t j = 0;
-		/* The text goes into a reply line: printable ASCII only. */
-		for (; *rest && j + 1 < textlen && j < 400; rest++)
-			text[j++] = (*rest >= ' ' && *rest < 127) ? *rest : '?';
-		if (textlen)
-			text[j] = 0;
-		return 2;
-	}
-	return -1;
 }
 
 /* ---- role accounts ------------------------------------------------------------ */
@@ -359,8 +340,8 @@ static enum policy_step recipient_found(struct policy_req *r, int result, const 
 	if (result < 0)
 		return tempfail(r, v);
 	if (result > 0) {
-		char text[8];
-		if (rules_access_action(value, text, sizeof text) == 2)
+		size_t n = strcspn(value, " \t");
+		if (n == 6 && !strncasecmp(value, "REJECT", 6))
 			return unknown(r, v, "recipient_unknown");
 		return STEP_PASS;
 	}
@@ -378,7 +359,7 @@ enum policy_step rules_step_recipient(struct policy_req *r, struct policy_verdic
 	if (r->exempt || r->verified || !r->env->rcpt_domain[0])
 		return STEP_PASS;
 	if (p->rcpt_maps)
-		return lookup(r, p->rcpt_maps, MAP_ADDR, r->env->rcpt, recipient_found, v);
+		return lookup(r, p->rcpt_maps, MAP_RCPT, r->env->rcpt, recipient_found, v);
 	if (p->conf->relay_recipient_verify)
 		return callout(r, v);
 	return STEP_PASS;
@@ -391,24 +372,74 @@ enum { DS_RCPT, DS_CLIENT, DS_HELO, DS_SENDER, DS_END };
 static enum policy_step delayed_run(struct policy_req *r, struct policy_verdict *v);
 
 /* access_result - an access map's answer into a verdict: 1 OK, 0 DUNNO or
- * not found, 2 refused (dv filled), 3 lookup failure. */
-static int access_result(int result, const char *value, const char *what, const char *rule, const char *map,
-			 struct policy_verdict *dv)
+ * not found, 2 a verdict in dv (a refusal, a conditional DEFER_IF_*, or an
+ * acceptance with DISCARD or PREPEND), 3 lookup failure. A value a file:
+ * map could not hold (maps of databases and directories are not checked
+ * at load) is a configuration error: 451 4.3.5, logged. */
+static int access_result(const struct policy_req *r, int result, const char *value, const char *what,
+			 const char *rule, const char *map, struct policy_verdict *dv)
 {
-	char text[420];
+	struct rules_action a;
+	char why[300];
 	if (result < 0)
 		return 3;
 	if (result == 0)
 		return 0;
-	int a = rules_access_action(value, text, sizeof text);
-	if (a < 0) {
-		log_warn("%s: unknown action \"%s\" (expected OK, REJECT [text] or DUNNO)", map, value);
+	if (rules_action_parse(value, RULES_ACCESS, &a, why, sizeof why) < 0) {
+		log_warn("%s: %s: value \"%s\": %s", r->env->session_id, map, value, why);
 		set_delayed(dv, 451, "tempfail_config", "4.3.5 server configuration error");
 		return 2;
 	}
-	if (a == 2)
-		set_delayed(dv, 550, rule, "5.7.1 %s", text[0] ? text : what);
-	return a;
+	switch (a.act) {
+	case RA_OK: return 1;
+	case RA_DUNNO: return 0;
+	case RA_WARN:
+		log_warn("%s: warn: %s: %s from [%s]: %s", r->env->session_id, rule, map, r->env->client_addr,
+			 a.text);
+		return 0;
+	case RA_REFUSE:
+	case RA_DEFER_IF_PERMIT:
+	case RA_DEFER_IF_REJECT:
+		set_delayed(dv, a.code, rule, "%s %s", a.enh, a.text[0] ? a.text : what);
+		dv->cond = a.act == RA_DEFER_IF_PERMIT ? POLICY_IF_PERMIT
+		    : a.act == RA_DEFER_IF_REJECT      ? POLICY_IF_REJECT
+						       : 0;
+		return 2;
+	case RA_DISCARD:
+		dv->discard = 1;
+		dv->rule = rule;
+		log_info("%s: discard: %s: %s%s%s", r->env->session_id, rule, map, a.text[0] ? ": " : "",
+			 a.text);
+		return 2;
+	case RA_PREPEND: snprintf(dv->prepend, sizeof dv->prepend, "%.900s\r\n", a.text); return 2;
+	case RA_IGNORE: return 0;
+	}
+	return 0;
+}
+
+/* take_delayed - a delayed verdict dv of check for this recipient: a
+ * refusal ends the chain (STEP_DECIDED) unless check is in shadow_checks
+ * (logged and counted, the chain goes on); DEFER_IF_*, DISCARD and
+ * PREPEND are noted in r for policy_step_final and the checks go on
+ * (STEP_PASS). */
+static enum policy_step take_delayed(struct policy_req *r, struct policy_verdict *v,
+				     const struct policy_verdict *dv, const char *check)
+{
+	if (dv->discard)
+		r->discard = 1;
+	if (dv->prepend[0] && !strstr(r->prepend, dv->prepend) &&
+	    strlen(r->prepend) + strlen(dv->prepend) < sizeof r->prepend)
+		strcat(r->prepend, dv->prepend);
+	if (!dv->code)
+		return STEP_PASS;
+	if (!dv->cond) {
+		decide_delayed(r, v, dv);
+		return policy_shadow(r, check, v) ? STEP_PASS : STEP_DECIDED;
+	}
+	struct policy_verdict *keep = dv->cond == POLICY_IF_PERMIT ? &r->if_permit : &r->if_reject;
+	if (!keep->code)
+		decide_delayed(r, keep, dv);
+	return STEP_PASS;
 }
 
 /* rcpt_access_done - recipient_access_maps answered. */
@@ -416,13 +447,13 @@ static enum policy_step rcpt_access_done(struct policy_req *r, int result, const
 					 struct policy_verdict *v)
 {
 	struct policy_verdict dv = { 0 };
-	switch (access_result(result, value, "Recipient address rejected: access denied", "access_recipient",
-			      map_spec(r->env->pol->rcpt_access), &dv)) {
+	switch (access_result(r, result, value, "Recipient address rejected: access denied",
+			      "access_recipient", map_spec(r->env->pol->rcpt_access), &dv)) {
 	case 1:
 		r->exempt = 1; /* as a role account: later checks skip it */
 		return STEP_PASS;
 	case 2:
-		if (delayed_give(r, v, &dv, "recipient_access"))
+		if (take_delayed(r, v, &dv, "recipient_access") == STEP_DECIDED)
 			return STEP_DECIDED;
 		break;
 	case 3: return tempfail(r, v);
@@ -442,7 +473,7 @@ static enum policy_step client_access_done(struct policy_req *r, int result, con
 	struct policy_sess *ps = r->env->sess;
 	char what[128];
 	snprintf(what, sizeof what, "Client host [%s] rejected: access denied", ps->client_addr);
-	int a = access_result(result, value, what, "access_client", map_spec(r->env->pol->client_access),
+	int a = access_result(r, result, value, what, "access_client", map_spec(r->env->pol->client_access),
 			      &ps->client_v);
 	if (a == 3)
 		return tempfail(r, v);
@@ -486,7 +517,7 @@ static enum policy_step sender_access_done(struct policy_req *r, int result, con
 	char what[400];
 	snprintf(what, sizeof what, "Sender address <%.300s> rejected: access denied",
 		 ps->sender ? ps->sender : "");
-	int a = access_result(result, value, what, "access_sender", map_spec(r->env->pol->sender_access),
+	int a = access_result(r, result, value, what, "access_sender", map_spec(r->env->pol->sender_access),
 			      &ps->sender_v);
 	if (a == 3)
 		return tempfail(r, v);
@@ -514,12 +545,12 @@ static enum policy_step delayed_run(struct policy_req *r, struct policy_verdict 
 				return lookup(r, p->client_access, MAP_CLIENT, ps->client_addr,
 					      client_access_done, v);
 			ps->client_done = 1;
-			if (ps->client_v.code && delayed_give(r, v, &ps->client_v, "client_access"))
-				return STEP_DECIDED;
 			ps->stage = DS_HELO;
+			if (take_delayed(r, v, &ps->client_v, "client_access") == STEP_DECIDED)
+				return STEP_DECIDED;
 			break;
 		case DS_HELO:
-			if (ps->helo_v.code && delayed_give(r, v, &ps->helo_v, "helo"))
+			if (take_delayed(r, v, &ps->helo_v, "helo") == STEP_DECIDED)
 				return STEP_DECIDED;
 			ps->stage = DS_SENDER;
 			break;
@@ -532,10 +563,7 @@ static enum policy_step delayed_run(struct policy_req *r, struct policy_verdict 
 			ps->sender_done = 1;
 			ps->stage = DS_END;
 			break;
-		default:
-			if (ps->sender_v.code && delayed_give(r, v, &ps->sender_v, "sender_access"))
-				return STEP_DECIDED;
-			return STEP_PASS;
+		default: return take_delayed(r, v, &ps->sender_v, "sender_access");
 		}
 	}
 }

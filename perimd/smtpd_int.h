@@ -59,6 +59,7 @@ struct rcpt {
 	char *addr;
 	char *notify;
 	char *orcpt;
+	int discard; /* an access map said DISCARD: accepted, not relayed */
 };
 
 /* A recipient between RCPT and its verdict (checks may be asynchronous). */
@@ -66,6 +67,7 @@ struct rcpt_pending {
 	char *addr, *local, *domain, *notify, *orcpt, *route;
 	struct policy_env env;
 	struct policy_req *req;
+	int discard; /* transport_maps said discard: (accepted, not relayed) */
 };
 
 /* The mail transaction (RFC 5321 §3.3): created by an accepted MAIL,
@@ -86,6 +88,7 @@ struct txn {
 	struct rcpt_pending *rcpt_pending;
 	struct milter_txn *milter; /* smtpd_milters of this transaction (milter.h) */
 	unsigned discard : 1;      /* a milter discarded the message */
+	char *prepend;             /* access maps' PREPEND headers ("Name: value\r\n"...) or NULL */
 	struct psvc_txn *psvc;     /* smtpd_policy_services state (psvc.h) or NULL */
 
 	/* DATA */
@@ -94,6 +97,7 @@ struct txn {
 	enum data_err data_err;
 	char msgid[16];
 	uint64_t t_data_end; /* the final dot; nonzero: counted in ST_inflight */
+	uint64_t t_scanned;  /* the scanner's verdict (0: no scan) */
 
 	/* relay */
 	struct relay_msg msg;

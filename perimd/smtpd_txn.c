@@ -13,6 +13,8 @@
  */
 #include "smtpd.h"
 #include "smtpd_int.h"
+#include "rules.h"
+#include "relay.h"
 #include "av.h"
 #include "buf.h"
 #include "conn.h"
@@ -58,6 +60,7 @@ void smtpd_txn_reset(struct session *s)
 	}
 	free(t->rcpts);
 	free(t->route);
+	free(t->prepend);
 	smtpd_rcpt_pending_free(t->rcpt_pending);
 	psvc_txn_free(t->psvc);
 	if (t->milter) /* a stage in flight may still read the spool */
@@ -368,6 +371,29 @@ void smtpd_rcpt_pending_free(struct rcpt_pending *rp)
 	free(rp);
 }
 
+/* prepend_add - PREPEND header lines of a verdict, each once per message. */
+static void prepend_add(struct txn *t, const char *lines)
+{
+	while (*lines) {
+		const char *e = strstr(lines, "\r\n");
+		size_t n = e ? (size_t)(e - lines) + 2 : strlen(lines);
+		size_t have = t->prepend ? strlen(t->prepend) : 0;
+		int dup = 0;
+		for (const char *p = t->prepend; p && *p && !dup;) {
+			const char *pe = strstr(p, "\r\n");
+			size_t pn = pe ? (size_t)(pe - p) + 2 : strlen(p);
+			dup = pn == n && !memcmp(p, lines, n);
+			p += pn;
+		}
+		if (!dup && have + n < 8192) {
+			t->prepend = xrealloc(t->prepend, have + n + 1);
+			memcpy(t->prepend + have, lines, n);
+			t->prepend[have + n] = 0;
+		}
+		lines += n;
+	}
+}
+
 /* rcpt_add - the pending recipient passed every check: add it. */
 static void rcpt_add(struct session *s)
 {
@@ -386,6 +412,7 @@ static void rcpt_add(struct session *s)
 	r->addr = rp->addr;
 	r->notify = rp->notify;
 	r->orcpt = rp->orcpt;
+	r->discard = rp->discard;
 	rp->addr = rp->notify = rp->orcpt = NULL;
 	smtpd_rcpt_pending_free(rp);
 	smtpd_reply(s, "250 2.1.5 Ok");
@@ -436,6 +463,13 @@ static int rcpt_finish(struct session *s, const struct policy_verdict *v)
 	}
 	if (v->rule && !strcmp(v->rule, GREY_RULE_PASS))
 		s->tx->grey_pass = 1;
+	if (v->discard || rp->discard)
+		log_info("%s: discard: RCPT from [%s]: <%s>: %s", s->id, s->addr, rp->addr,
+			 rp->discard   ? "transport_maps"
+			     : v->rule ? v->rule
+				       : "access");
+	rp->discard = rp->discard || v->discard;
+	prepend_add(s->tx, v->prepend);
 	if (s->tx->milter && !s->tx->discard) {
 		milter_macro(s->tx->milter, "rcpt_addr", rp->addr);
 		char esmtp[1100];
@@ -533,6 +567,15 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 		rcpt_refuse(s, p->addr, "451 4.3.0 <%s>: temporary lookup failure", p->addr);
 		goto out;
 	}
+	int rcode;
+	char renh[16], rtext[320];
+	if (route && relay_route_refusal(route, &rcode, renh, sizeof renh, rtext, sizeof rtext)) {
+		/* transport_maps error: / retry:, as Postfix's error(8), but
+		 * refused now: perimd never bounces. */
+		stats_reject_rule("access_transport");
+		rcpt_refuse(s, p->addr, "%d %s <%s>: %s", rcode, renh, p->addr, rtext);
+		goto out;
+	}
 	if (!route && cf->relay_backends.n == 0) {
 		rcpt_refuse(s, p->addr, "451 4.3.5 <%s>: no backend configured", p->addr);
 		goto out;
@@ -557,6 +600,7 @@ void smtpd_cmd_rcpt(struct session *s, char *arg)
 	rp->notify = notify ? xstrdup(notify) : NULL;
 	rp->orcpt = orcpt ? xstrdup(orcpt) : NULL;
 	rp->route = route ? xstrdup(route) : NULL;
+	rp->discard = route && relay_route_discard(route);
 	rp->env = (struct policy_env){
 		.loop = s->loop,
 		.pol = s->pol,
@@ -616,8 +660,9 @@ static void received_header(struct session *s)
 		s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 }
 
-/* prepend_headers - the PREPEND answers of the policy services, above
- * perimd's Received: field, as Postfix's smtpd writes them. */
+/* prepend_headers - the PREPEND answers of the policy services and the
+ * access maps, above perimd's Received: field, as Postfix's smtpd writes
+ * them. */
 static void prepend_headers(struct session *s)
 {
 	const struct psvc_txn *t = s->tx->psvc;
@@ -627,6 +672,9 @@ static void prepend_headers(struct session *s)
 		    spool_append(s->tx->spool, "\r\n", 2) < 0)
 			s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 	}
+	if (s->tx->prepend && s->tx->data_err == DE_NONE &&
+	    spool_append(s->tx->spool, s->tx->prepend, strlen(s->tx->prepend)) < 0)
+		s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 }
 
 /* data_begin - the 354: start storing the body. */
@@ -684,13 +732,17 @@ static void relay_done(void *arg, const struct relay_result *r)
 	struct session *s = arg;
 	s->relay = NULL;
 	uint64_t ms = ev_now(s->loop) - s->tx->t_data_end;
+	/* Where the time went: scan, wait for a backend connection, the rest. */
+	uint64_t scan_ms = s->tx->t_scanned > s->tx->t_data_end ? s->tx->t_scanned - s->tx->t_data_end : 0;
+	if (scan_ms > ms)
+		scan_ms = ms;
 	stats_message_done(r->code, ms);
 	/* A greylisting pass counts toward the auto-whitelist once its
 	 * message is accepted. */
 	if (r->code < 300 && s->tx->grey_pass)
 		grey_accepted(s->loop, s->pol, s->addr, s->tx->sender);
 	const char *status = r->code < 300 ? "sent" : r->code < 500 ? "deferred" : "bounced";
-	for (int i = 0; i < s->tx->nrcpt; i++) {
+	for (int i = 0; i < s->tx->msg.nrcpt; i++) {
 		const struct relay_rcpt *rr = &s->tx->rr[i];
 		log_info("%s: to=<%s>, relay=%s, delay=%.3f, status=%s (%s)", s->tx->msgid, rr->addr,
 			 r->backend[0] ? r->backend : "none", (double)ms / 1000.0,
@@ -700,10 +752,12 @@ static void relay_done(void *arg, const struct relay_result *r)
 						   : r->text);
 	}
 	log_info("%s: from=<%s>, size=%llu, nrcpt=%d, client=[%s], helo=<%s>, backend=%s, backend_id=%s, "
-		 "result=%d %s %s, delay=%.3f",
+		 "result=%d %s %s, delay=%.3f, delays=%.3f/%.3f/%.3f",
 		 s->tx->msgid, s->tx->sender, (unsigned long long)spool_size(s->tx->spool), s->tx->nrcpt,
 		 s->addr, s->helo ? s->helo : "", r->backend[0] ? r->backend : "none",
-		 r->queue_id[0] ? r->queue_id : "-", r->code, r->enh, r->text, (double)ms / 1000.0);
+		 r->queue_id[0] ? r->queue_id : "-", r->code, r->enh, r->text, (double)ms / 1000.0,
+		 (double)scan_ms / 1000.0, (double)r->waited_ms / 1000.0,
+		 (double)(ms - scan_ms - (r->waited_ms < ms - scan_ms ? r->waited_ms : ms - scan_ms)) / 1000.0);
 	if (r->enh[0])
 		smtpd_reply(s, "%d %s %s", r->code, r->enh, r->text);
 	else
@@ -722,6 +776,7 @@ static void av_done(void *arg, const char *refusal)
 {
 	struct session *s = arg;
 	s->av = NULL;
+	s->tx->t_scanned = ev_now(s->loop);
 	if (!refusal) {
 		data_relay(s);
 		return;
@@ -733,17 +788,58 @@ static void av_done(void *arg, const char *refusal)
 	smtpd_session_resume(s);
 }
 
-/* message_discard - a milter discarded the message: the client hears
- * 250 and nothing is relayed (the one exception to "250 only after a
- * backend's 250"; logged and counted). */
-static void message_discard(struct session *s, const char *which)
+/* message_discard - DISCARD (a milter, an access map, header_checks):
+ * the client hears 250 and nothing is relayed (the one exception to
+ * "250 only after a backend's 250"; logged and counted). */
+static void message_discard(struct session *s, const char *why)
 {
 	stats_inc(ST_msg_discarded);
-	log_info("%s: discarded by milter %s: from=<%s>, nrcpt=%d, client=[%s]", s->tx->msgid, which,
-		 s->tx->sender, s->tx->nrcpt, s->addr);
+	log_info("%s: discarded: from=<%s>, nrcpt=%d, client=[%s], size=%llu: discarded by %s", s->tx->msgid,
+		 s->tx->sender, s->tx->nrcpt, s->addr, (unsigned long long)spool_size(s->tx->spool), why);
 	smtpd_reply(s, "250 2.0.0 Ok: queued as %s", s->tx->msgid);
+	s->nmsgs++;
 	smtpd_txn_reset(s);
 	smtpd_session_resume(s);
+}
+
+/* all_discarded - no recipient of the transaction is to be relayed. */
+static int all_discarded(const struct session *s)
+{
+	for (int i = 0; i < s->tx->nrcpt; i++)
+		if (!s->tx->rcpts[i].discard)
+			return 0;
+	return 1;
+}
+
+/* header_checks - header_checks on the stored message, before the scan:
+ * 1 go on (the message maybe rewritten), 0 answered (refused or
+ * discarded; the transaction is over). */
+static int header_checks(struct session *s)
+{
+	struct rules_hc hc;
+	const char *refusal = NULL;
+	if (rules_header_checks(s->pol->header_checks, s->tx->spool, s->tx->msgid, &hc) < 0)
+		refusal = "451 4.3.0 Error: queue file write error";
+	else if (hc.verdict == RULES_HC_REFUSE)
+		refusal = hc.reply;
+	if (refusal) {
+		stats_add(ST_inflight, -1);
+		s->tx->t_data_end = 0;
+		stats_refusal(refusal);
+		smtpd_log_reject(s, "END-OF-MESSAGE", refusal, NULL);
+		smtpd_reply(s, "%s", refusal);
+		smtpd_txn_reset(s);
+		return 0;
+	}
+	if (hc.verdict == RULES_HC_DISCARD) {
+		message_discard(s, "header_checks DISCARD");
+		return 0;
+	}
+	if (hc.rewritten) {
+		spool_free(s->tx->spool);
+		s->tx->spool = hc.rewritten;
+	}
+	return 1;
 }
 
 /* added_rcpt - a recipient a milter added: relay control and routing as
@@ -821,8 +917,10 @@ static void eom_done(void *arg, struct milter_result *r)
 	char refusal[256];
 	smtpd_enter_state(s, ST_CMD);
 	if (r->act == MILTER_DISCARD) {
+		char why[160];
+		snprintf(why, sizeof why, "milter %s", r->which);
 		milter_result_free(r);
-		message_discard(s, r->which);
+		message_discard(s, why);
 		return;
 	}
 	if (r->act == MILTER_REJECT || r->act == MILTER_TEMPFAIL) {
@@ -843,8 +941,8 @@ static void eom_done(void *arg, struct milter_result *r)
 		goto refused;
 	}
 	milter_result_free(r);
-	if (s->tx->nrcpt == 0) {
-		message_discard(s, "(every recipient deleted)");
+	if (all_discarded(s)) {
+		message_discard(s, "milters (every recipient deleted or DISCARDed)");
 		return;
 	}
 	scan_or_relay(s);
@@ -887,6 +985,13 @@ static void data_end(struct session *s)
 		message_discard(s, "a milter at MAIL or RCPT");
 		return;
 	}
+	if (all_discarded(s)) {
+		message_discard(s, "an access map or transport (every recipient DISCARDed)");
+		return;
+	}
+	/* header_checks, then the milters; the scan sees what both made. */
+	if (s->pol->header_checks && !header_checks(s))
+		return;
 	if (s->tx->milter) { /* milters first; the scan sees their copy */
 		smtpd_session_pause(s);
 		milter_eom(s->loop, s->tx->milter, s->tx->spool, eom_done, s);
@@ -917,10 +1022,14 @@ static void data_relay(struct session *s)
 	if (s->tx->route)
 		policy_split_list(s->tx->route, &s->tx->backends);
 	s->tx->rr = xcalloc((size_t)s->tx->nrcpt, sizeof *s->tx->rr);
+	int n = 0;
 	for (int i = 0; i < s->tx->nrcpt; i++) {
-		s->tx->rr[i].addr = s->tx->rcpts[i].addr;
-		s->tx->rr[i].notify = s->tx->rcpts[i].notify;
-		s->tx->rr[i].orcpt = s->tx->rcpts[i].orcpt;
+		if (s->tx->rcpts[i].discard)
+			continue; /* DISCARD: accepted, relayed to nobody */
+		s->tx->rr[n].addr = s->tx->rcpts[i].addr;
+		s->tx->rr[n].notify = s->tx->rcpts[i].notify;
+		s->tx->rr[n].orcpt = s->tx->rcpts[i].orcpt;
+		n++;
 	}
 	struct relay_msg *m = &s->tx->msg;
 	memset(m, 0, sizeof *m);
@@ -931,7 +1040,7 @@ static void data_relay(struct session *s)
 	m->smtputf8 = s->tx->smtputf8;
 	m->ret = s->tx->ret;
 	m->envid = s->tx->envid;
-	m->nrcpt = s->tx->nrcpt;
+	m->nrcpt = n;
 	m->rcpts = s->tx->rr;
 	m->body = s->tx->spool;
 	m->backends = s->tx->route ? &s->tx->backends : &cf->relay_backends;

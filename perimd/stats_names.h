@@ -32,7 +32,7 @@ STAT(close_shutdown, COUNTER, "perimd_sessions_closed_total", "reason=\"shutdown
 
 /* Messages (smtpd.c) */
 STAT(msg_received, COUNTER, "perimd_messages_received_total", "", "messages whose final dot was received")
-STAT(msg_discarded, COUNTER, "perimd_messages_discarded_total", "", "messages a milter discarded: the client heard 250, nothing was relayed")
+STAT(msg_discarded, COUNTER, "perimd_messages_discarded_total", "", "messages answered 250 but relayed to nobody: DISCARD by a milter, an access map, a transport or header_checks")
 STAT(msg_relayed, COUNTER, "perimd_messages_relayed_total", "", "messages a backend accepted (2xx given to the client)")
 STAT(rej_relay_denied, COUNTER, "perimd_messages_rejected_total", "reason=\"relay_denied\"", "refusals by reason (RCPT-stage reasons count recipients, the others messages)")
 STAT(rej_unknown_recipient, COUNTER, "perimd_messages_rejected_total", "reason=\"unknown_recipient\"", "")

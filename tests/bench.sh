@@ -82,10 +82,33 @@
 #                           (direct postfix haraka perimd); LAT_HARAKA_NODELAY=1: Haraka
 #                           with TCP_NODELAY (preloaded module; Haraka 3 keeps Nagle on
 #                           and waits ~40 ms per small relayed message, but with it off
-#                           100 KB messages got slower). Leaves /etc/postfix as the
-#                           peer script does (see its header).
+#                           100 KB messages got slower). Puts /etc/postfix/main.cf and
+#                           master.cf back as found (the peer script rewrites them).
+#                           LAT_PERIMD_CONF="name = value; ...": more perimd settings.
+#                           LAT_PROXY=1 (default) adds a row "postfix-proxy": a private Postfix
+#                           (own config and queue directories, loopback ports; /etc/postfix
+#                           untouched) with smtpd_proxy_filter to a second private Postfix
+#                           smtpd that relays to the same sink, so it answers after the
+#                           next hop as perimd does (tests/bench_proxy.py)
+#   tests/bench.sh cap      relay_destination_concurrency_limit at CAP_CONC (512) sessions
+#                           of CAP_SIZE (512) bytes: direct vs perimd with each limit of
+#                           CAP_LIST ("100 1000"), CAP_ROUNDS (2) alternating, CAP_MSGS
+#                           (5000): msgs/s, ratio, CPU/msg, pool waits per message
+#   tests/bench.sh seed     the seed's stack (tests/bench_seed.py): private Postfix with
+#                           smtpd_proxy_filter to amavisd-new ($max_servers = 16, the
+#                           proxied smtpd's process limit 16) scanning through clamd,
+#                           postgrey as policy service (primed, --delay=1, no auto-whitelist:
+#                           every triplet passed, every message looked up) beside perimd
+#                           (greylisting, every triplet passed; libclamav), same test
+#                           signatures, same run, EICAR refused by both first; SEED_CONC
+#                           ("100 512") x SEED_SIZES ("512 102400"), SEED_MSGS (2000),
+#                           SEED_WARMUP (100): delivered msgs/s, whole-system CPU per
+#                           message (cgroup), peak PSS sum, client p50/p99, ratios.
+#                           Needs root, postfix, amavisd-new, clamav-daemon, postgrey;
+#                           changes nothing under /etc.
 #
 # Knobs (environment): MSGS=5000 CONC="10 100" SIZES="512 102400" WARMUP=200
+#   PEER_BENCH=../shared/bench/peer-bench.sh (modes peers*, latency)
 #   IDLE=512 MIXED=0 RUN_TIMEOUT=600 PERIMD=build/dev/perimd IO_THREADS=0 (perimd's default)
 #   MIXED=N: while the IDLE sessions are held, smtp-source runs MIXED_MSGS (5000)
 #   messages of 512 B over N more sessions (idle and active mixed: IDLE=9400
@@ -115,6 +138,8 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 PERIMD=${PERIMD:-$ROOT/build/dev/perimd}
 IO_THREADS=${IO_THREADS:-0}
 PY=/usr/bin/python3
+# The peer script (modes peers*, latency): shared/ beside the tree, as CI lays it.
+PEER_BENCH=${PEER_BENCH:-$ROOT/../shared/bench/peer-bench.sh}
 TICK=$(getconf CLK_TCK)
 
 # ab builds its own binaries.
@@ -127,20 +152,36 @@ PIDS=()
 PF_SAVED=""
 PA_DIR=""
 
-# restore_postfix_conf - put back /etc/postfix/main.cf and master.cf as
-# peers-av found them (the peer script rewrites both; postconf -e adds the
+# restore_postfix_conf - put back /etc/postfix/main.cf and master.cf as a
+# mode found them (the peer script rewrites both; postconf -e adds the
 # milter), once.
 restore_postfix_conf() {
-	if [ -n "$PF_SAVED" ] && [ -f "$PF_SAVED/main.cf.absent" ]; then
-		# There was no main.cf (bench milter): master.cf back, main.cf gone.
-		cp -p "$PF_SAVED/master.cf" /etc/postfix/
-		rm -f /etc/postfix/main.cf /etc/postfix/*.pre-peer-bench
-		PF_SAVED=""
-		return 0
-	fi
-	[ -n "$PF_SAVED" ] && [ -f "$PF_SAVED/main.cf" ] || return 0
-	cp -p "$PF_SAVED/main.cf" "$PF_SAVED/master.cf" /etc/postfix/
+	[ -n "$PF_SAVED" ] && [ -d "$PF_SAVED" ] || return 0
+	local f
+	for f in main.cf master.cf main.cf.pre-peer-bench master.cf.pre-peer-bench; do
+		if [ -f "$PF_SAVED/$f" ]; then
+			cp -p "$PF_SAVED/$f" /etc/postfix/
+		elif [ -f "$PF_SAVED/$f.absent" ]; then
+			rm -f "/etc/postfix/$f"
+		fi
+	done
 	PF_SAVED=""
+}
+
+# save_postfix_conf DIR - keep /etc/postfix/main.cf and master.cf (and the
+# peer script's one-time copies of them) in DIR for restore_postfix_conf,
+# noting those that do not exist (removed again on restore).
+save_postfix_conf() {
+	PF_SAVED=$1
+	mkdir -p "$PF_SAVED"
+	local f
+	for f in main.cf master.cf main.cf.pre-peer-bench master.cf.pre-peer-bench; do
+		if [ -f "/etc/postfix/$f" ]; then
+			cp -p "/etc/postfix/$f" "$PF_SAVED/"
+		else
+			: >"$PF_SAVED/$f.absent"
+		fi
+	done
 }
 
 AB_TREES=()
@@ -269,7 +310,7 @@ peer_conf() {
 }
 
 peers() {
-	local peer=$ROOT/../shared/bench/peer-bench.sh
+	local peer=$PEER_BENCH
 	if [ ! -f "$peer" ]; then
 		echo "bench peers: $peer not found; skipped"
 		return 0
@@ -389,7 +430,7 @@ EOF
 # data_directory (first sight 451, the pass after greylist_delay = 1s), so
 # the measured runs look it up in SQLite once and then hit the pass cache.
 peers_features() {
-	local peer=$ROOT/../shared/bench/peer-bench.sh
+	local peer=$PEER_BENCH
 	[ -f "$peer" ] || { echo "bench peers-features: $peer not found; skipped"; return 0; }
 	local base=${OUT:-/tmp/peer-bench-features.$(date +%Y%m%d-%H%M%S)} d v port pid
 	d=/tmp/perimd-peer-features.$$
@@ -422,33 +463,7 @@ peers_features() {
 		pid=$!
 		PIDS+=("$pid")
 		wait_banner "$port" || { tail -20 "$d/$v/prime.log" >&2; exit 1; }
-		"$PY" - "$port" <<'EOF' || { tail -20 "$d/$v/prime.log" >&2; exit 1; }
-import socket, sys, time
-def rcpt(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        f = s.makefile("rb")
-        def cmd(line):
-            if line:
-                s.sendall(line.encode() + b"\r\n")
-            while True:
-                r = f.readline().decode()
-                if r[3:4] != "-":
-                    return r
-        cmd(None); cmd("EHLO client.bench.test"); cmd("MAIL FROM:<bench@client.bench.test>")
-        r = cmd("RCPT TO:<rcpt@bench.test>")
-        cmd("QUIT")
-        return r
-port = int(sys.argv[1])
-first = rcpt(port)
-if not first.startswith("451"):
-    sys.exit("bench peers-features: greylisting did not defer a new triplet: %s" % first.strip())
-deadline = time.monotonic() + 10
-time.sleep(1.1)
-while not rcpt(port).startswith("250"):
-    if time.monotonic() > deadline:
-        sys.exit("bench peers-features: the triplet never passed (first: %s)" % first.strip())
-    time.sleep(0.2)
-EOF
+		"$PY" "$ROOT/tests/bench_seed.py" prime "$port" 1.1 || { tail -20 "$d/$v/prime.log" >&2; exit 1; }
 		kill -TERM "$pid"
 		wait "$pid" 2>/dev/null || true
 	done
@@ -518,7 +533,7 @@ EOF
 # clean message accepted; perimd variants are checked the same way before the
 # runs. /etc/postfix/main.cf and master.cf are put back as found.
 peers_av() {
-	local peer=$ROOT/../shared/bench/peer-bench.sh
+	local peer=$PEER_BENCH
 	[ -f "$peer" ] || { echo "bench peers-av: $peer not found; skipped"; return 0; }
 	local m
 	for m in clamd clamav-milter postfix smtp-source; do
@@ -528,9 +543,7 @@ peers_av() {
 	d=/tmp/perimd-peer-av.$$
 	PA_DIR=$d
 	mkdir -p "$base" "$d/tmp" "$d/pfbin"
-	PF_SAVED=$d/etc-postfix
-	mkdir -p "$PF_SAVED"
-	cp -p /etc/postfix/main.cf /etc/postfix/master.cf "$PF_SAVED/"
+	save_postfix_conf "$d/etc-postfix"
 	write_av_db "$d/avdb"
 	export POSTFIX_PORT=${POSTFIX_PORT:-2526}
 	local milter_port
@@ -760,15 +773,18 @@ EOF
 # default (stock Haraka): with it, 512 B messages went 4-5x faster, 100 KB
 # ones 2x slower (Haraka then sends the body in many small segments).
 latency_bench() {
-	local peer=$ROOT/../shared/bench/peer-bench.sh
+	local peer=$PEER_BENCH
 	[ -f "$peer" ] || { echo "bench latency: $peer not found; skipped"; return 0; }
 	local base=${OUT:-/tmp/perimd-bench-latency.$(date +%Y%m%d-%H%M%S)} d
 	d=/tmp/perimd-latency.$$
 	PA_DIR=$d
 	mkdir -p "$base" "$d/lib" "$d/spool" "$d/bin"
+	save_postfix_conf "$d/etc-postfix"
 	{
 		peer_conf "$d"
 		has_param greylist && echo "greylist = no"
+		# LAT_PERIMD_CONF: more lines for perimd, separated by ";".
+		tr ';' '\n' <<<"${LAT_PERIMD_CONF:-}" | sed 's/^ *//; /^$/d'
 		true
 	} >"$d/perimd.conf"
 	local flags=""
@@ -799,30 +815,47 @@ latency_bench() {
 	export SINK_PORT=${SINK_PORT:-$(free_port)} HARAKA_PORT=${HARAKA_PORT:-$(free_port)}
 	export PERIMD_PORT=${PERIMD_PORT:-$(free_port)}
 	echo "bench latency: $peer (results under $base; $systems; CONC=\"$CONC\" SIZES=\"$SIZES\" MSGS=$MSGS WARMUP=$WARMUP conn=$([ -n "$flags" ] && echo single || echo reuse) haraka_nodelay=$nodelay)"
-	OUT=$base/setup bash "$peer" setup
+	# The peer script's setup installs and configures Haraka too: only when
+	# it is measured (Postfix's main.cf is rewritten before each start anyway).
+	case " $systems " in *" haraka "*) OUT=$base/setup bash "$peer" setup ;; esac
 	echo "bench latency: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$base/load.txt"
 	# shellcheck disable=SC2086
 	PATH=$d/bin:$PATH OUT=$base/peers bash "$peer" run $systems
+	if [ "${LAT_PROXY:-1}" = 1 ]; then
+		# Postfix answering after the next hop: smtpd_proxy_filter to the sink,
+		# a private instance started as the peer script's "perimd" command.
+		PERIMD_CMD="$PY $ROOT/tests/bench_proxy.py {PORT} {SINK_PORT}" PATH=$d/bin:$PATH \
+			OUT=$base/proxy bash "$peer" run perimd
+	fi
 	echo "bench latency: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$base/load.txt"
+	restore_postfix_conf
 	rm -rf "$d"
 	PA_DIR=""
-	"$PY" - "$base/peers" "$nodelay" <<'EOF' | tee "$base/table.txt"
+	"$PY" - "$base" "$nodelay" <<'EOF' | tee "$base/table.txt"
 import os, sys
-base, nodelay = sys.argv[1], sys.argv[2] == "1"
-systems = [("direct", "direct"), ("Postfix", "postfix"),
+top, nodelay = sys.argv[1], sys.argv[2] == "1"
+systems = [("direct", "direct"), ("Postfix", "postfix"), ("Postfix-proxy", "postfix-proxy"),
            ("Haraka, TCP_NODELAY" if nodelay else "Haraka", "haraka"), ("perimd", "perimd")]
 def kv(line):
     return dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
-runs, lat = {}, {}
-for line in open(os.path.join(base, "results.txt")):
-    if line.startswith("run "):
-        d = kv(line)
-        runs[(d["sut"], int(d["size"]), int(d["conc"]))] = d
-for (sut, size, conc), d in runs.items():
+runs, lat, dirs = {}, {}, {}
+for sub, rename in (("peers", None), ("proxy", "postfix-proxy")):
     try:
-        for line in open(os.path.join(base, "%s-s%d-l%d-r%s" % (sut, conc, size, d["rep"]), "source.out")):
+        lines = open(os.path.join(top, sub, "results.txt")).readlines()
+    except OSError:
+        continue
+    for line in lines:
+        if line.startswith("run "):
+            d = kv(line)
+            k = (rename or d["sut"], int(d["size"]), int(d["conc"]))
+            runs[k] = d
+            dirs[k] = os.path.join(top, sub, "%s-s%d-l%d-r%s" % (d["sut"], k[2], k[1], d["rep"]))
+systems = [s for s in systems if any(k[0] == s[1] for k in runs)]
+for k, d in runs.items():
+    try:
+        for line in open(os.path.join(dirs[k], "source.out")):
             if line.startswith("latency "):
-                lat[(sut, size, conc)] = kv(line)
+                lat[k] = kv(line)
     except OSError:
         pass
 keys = sorted({(s, c) for (_, s, c) in runs})
@@ -864,8 +897,8 @@ print("%s messages per row after a warm-up, %s; every message counted at the sin
       next(iter(runs.values()))["msgs"] if runs else "?",
       "one message per connection" if conn == "single" else "each session reuses its connection"))
 print("Postfix answers 250 once the message is queued, before it is delivered: its latency does")
-print("not include the relay to the sink, its dlv/s does. Haraka (smtp_forward) and perimd answer")
-print("after the sink's 250. Client: tests/bench_latency.py (Python asyncio, one core); its own")
+print("not include the relay to the sink, its dlv/s does. Postfix-proxy (smtpd_proxy_filter to the")
+print("sink, nothing queued), Haraka (smtp_forward) and perimd answer after the sink's 250. Client: tests/bench_latency.py (Python asyncio, one core); its own")
 print("event-loop delay is in every figure, the direct row shows that floor.")
 if nodelay:
     print("Haraka ran with TCP_NODELAY set on its sockets by a preloaded module (LAT_HARAKA_NODELAY=1).")
@@ -873,6 +906,26 @@ for b in bad:
     print("NOT CLEAN: " + b)
 if not bad:
     print("all runs clean: no client errors, nothing lost at the sink")
+# perimd's own split of each message's delay (its log, -f: stderr, kept as
+# perimd.log): final dot to reply as perimd measured it, then scan, wait
+# for a backend connection, and the rest (relay transaction, hand-offs).
+import re
+for k in sorted(k for k in runs if k[0] == "perimd"):
+    try:
+        text = open(os.path.join(dirs[k], "perimd.log"), errors="replace").read()
+    except OSError:
+        continue
+    rows = [tuple(float(x) for x in m) for m in
+            re.findall(r"delay=([0-9.]+), delays=([0-9.]+)/([0-9.]+)/([0-9.]+)", text)]
+    if not rows:
+        continue
+    def pc(i, p):
+        v = sorted(r[i] for r in rows)
+        return v[min(len(v) - 1, max(0, int(p / 100.0 * len(v) + 0.999) - 1))] * 1000
+    print("perimd %d B %d sessions, own delays over %d messages (ms, p50/p99): total %.1f/%.1f "
+          "scan %.1f/%.1f pool wait %.1f/%.1f relay+rest %.1f/%.1f" % (
+              k[1], k[2], len(rows), pc(0, 50), pc(0, 99), pc(1, 50), pc(1, 99), pc(2, 50),
+              pc(2, 99), pc(3, 50), pc(3, 99)))
 EOF
 }
 
@@ -1335,6 +1388,59 @@ abuse_bench() {
 	wait "$PERIMD_PID" 2>/dev/null || true
 }
 
+# cap_bench - relay_destination_concurrency_limit (connections per backend)
+# at CAP_CONC (512) sessions of CAP_SIZE (512) bytes: direct, then perimd
+# with each limit of CAP_LIST ("100 1000"; 100 is the default), ROUNDS
+# (CAP_ROUNDS, 2) alternating in one run, CAP_MSGS (5000) messages per run:
+# msgs/s, the ratio to the direct run just before, perimd's CPU per
+# message, and the pool waits per message (perimd_backend_pool_waits_total
+# on /metrics: a message that found every connection of the backend busy)
+# and the backend connections open at the end (./build.sh bench cap).
+cap_bench() {
+	local conc=${CAP_CONC:-512} size=${CAP_SIZE:-512} msgs=${CAP_MSGS:-5000}
+	local list=${CAP_LIST:-"100 1000"} rounds=${CAP_ROUNDS:-2} r cap td tp c0 c1 w0 w1 sport conns
+	echo "perimd bench cap: $msgs messages of $size bytes at $conc sessions, limits ($list), $rounds rounds, $(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg)"
+	start_sink
+	printf '%-6s %-7s %10s %10s %7s %11s %11s %9s\n' round cap direct/s perimd/s ratio cpu_ms/msg waits/msg conns
+	for r in $(seq 1 "$rounds"); do
+		for cap in $list; do
+			sport=$(free_port)
+			EXTRA_CONF=("stats_listen = 127.0.0.1:$sport" "relay_destination_concurrency_limit = $cap")
+			start_perimd
+			source_run "$PERIMD_PORT" 10 "$WARMUP" "$size" >/dev/null
+			td=$(source_run "$SINK_PORT" "$conc" "$msgs" "$size")
+			w0=$(metric "$sport" perimd_backend_pool_waits_total)
+			c0=$(cpu_ticks "$PERIMD_PID")
+			tp=$(source_run "$PERIMD_PORT" "$conc" "$msgs" "$size")
+			c1=$(cpu_ticks "$PERIMD_PID")
+			w1=$(metric "$sport" perimd_backend_pool_waits_total)
+			conns=$(ss -Htn state established "( dport = :$SINK_PORT )" 2>/dev/null | wc -l)
+			printf '%-6s %-7s %10s %10s %7s %11s %11s %9s\n' "$r" "$cap" "$(fdiv "$msgs" "$td")" \
+				"$(fdiv "$msgs" "$tp")" "$(fdiv "$td" "$tp" %.2f)" \
+				"$(fdiv $(((c1 - c0) * 1000)) $((TICK * msgs)) %.3f)" \
+				"$(fdiv "$((w1 - w0))" "$msgs" %.3f)" "$conns"
+			kill -TERM "$PERIMD_PID"
+			wait "$PERIMD_PID" 2>/dev/null || true
+		done
+	done
+	echo "shared machine (smtp-source, smtp-sink and perimd on the same $(nproc) CPUs): compare ratios within a round"
+}
+
+# metric PORT NAME - the value of an unlabelled counter on /metrics (0 if absent).
+metric() {
+	"$PY" - "$1" "$2" <<'PYEOF'
+import sys, urllib.request
+t = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode()
+v = [l.split()[-1] for l in t.splitlines() if l.split(" ")[0] == sys.argv[2]]
+print(int(float(v[0])) if v else 0)
+PYEOF
+}
+
+if [ "${1:-}" = cap ]; then
+	cap_bench
+	exit 0
+fi
+
 if [ "${1:-}" = abuse ]; then
 	abuse_bench
 	exit 0
@@ -1397,13 +1503,7 @@ milter_bench() {
 	PA_DIR=$d
 	mkdir -p "$base" "$d/rs/local.d" "$d/rs/override.d" "$d/rs/db" "$d/rs/run" "$d/pfbin" "$d/p/lib" "$d/p/spool"
 	# /etc/postfix as found: main.cf put back, or removed if there was none.
-	local pf_had_main=0
-	[ -f /etc/postfix/main.cf ] && pf_had_main=1
-	PF_SAVED=$d/etc-postfix
-	mkdir -p "$PF_SAVED"
-	cp -p /etc/postfix/master.cf "$PF_SAVED/"
-	[ "$pf_had_main" = 1 ] && cp -p /etc/postfix/main.cf "$PF_SAVED/"
-	[ "$pf_had_main" = 1 ] || : >"$PF_SAVED/main.cf.absent"
+	save_postfix_conf "$d/etc-postfix"
 	rport=$(free_port)
 	cat >"$d/rs/local.d/worker-proxy.inc" <<-EOF
 	bind_socket = "127.0.0.1:$rport";
@@ -1542,6 +1642,11 @@ fi
 if [ "${1:-}" = peers ]; then
 	peers
 	exit 0
+fi
+
+if [ "${1:-}" = seed ]; then
+	rm -rf "$WORK"
+	exec "$PY" "$ROOT/tests/bench_seed.py"
 fi
 
 if [ "${1:-}" = ab ]; then

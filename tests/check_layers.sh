@@ -38,6 +38,7 @@ ALLOWED_CYCLES=(
 #             is named for the set of map types.
 #   maps_sql  map_sql_: the SQL map type of maps.c, same reason.
 #   maps_ldap map_ldap_: the LDAP map type of maps.c, same reason.
+#   maps_regexp map_regexp_: the regexp map type of maps.c, same reason.
 #   dnscheck  dnsbl_: the DNSBL site syntax (dnsbl_site_parse/match).
 #   rules     policy_: rules.c implements the per-session half of
 #             policy_step.h (policy_session_new, policy_helo, policy_mail,
@@ -51,6 +52,7 @@ buf       sb_
 maps      map_
 maps_sql  map_sql_
 maps_ldap map_ldap_
+maps_regexp map_regexp_
 dnscheck  dnsbl_
 rules     policy_
 relay     bconn_ req_ body_fill$ txn_start$

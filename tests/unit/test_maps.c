@@ -4,6 +4,8 @@
  * domain lookups, and the errors for bad specs and missing files.
  */
 #include "maps.h"
+#include "maps_regexp.h"
+#include "rules.h"
 #include "t.h"
 
 #include <stdlib.h>
@@ -213,7 +215,8 @@ TEST(lookup_orders)
 					   "192.0.2.0/24 net24\n"
 					   "192.0.0.0/16 net16\n"
 					   "198.51 octets\n"
-					   "2001:db8::/32 v6net\n"),
+					   "2001:db8::/32 v6net\n"
+					   "@catch.test all\n"),
 				 err, sizeof err);
 	CHECK(m != NULL);
 	if (!m)
@@ -223,6 +226,14 @@ TEST(lookup_orders)
 	CHECK_STR(q(m, MAP_ADDR, "b@example.org"), "domain");
 	CHECK_STR(q(m, MAP_ADDR, "b@x.example.net"), "(none)");
 	CHECK_STR(q(m, MAP_ADDR_PARENT, "b@x.example.net"), "parent");
+	/* Postfix's order: the domain (and its parents) before user@ */
+	CHECK_STR(q(m, MAP_ADDR, "postmaster@example.org"), "domain");
+	CHECK_STR(q(m, MAP_ADDR_PARENT, "postmaster@x.example.net"), "parent");
+	CHECK_STR(q(m, MAP_ADDR, "postmaster@x.example.net"), "user-any-domain");
+	CHECK_STR(q(m, MAP_RCPT, "a@example.com"), "full");
+	CHECK_STR(q(m, MAP_RCPT, "b@example.org"), "(none)");
+	CHECK_STR(q(m, MAP_RCPT, "anyone@catch.test"), "all");
+	CHECK_STR(q(m, MAP_RCPT, "postmaster@x.test"), "(none)");
 	CHECK_STR(q(m, MAP_CLIENT, "192.0.2.7"), "exact");
 	CHECK_STR(q(m, MAP_CLIENT, "192.0.2.8"), "net24");
 	CHECK_STR(q(m, MAP_CLIENT, "192.0.3.8"), "net16");
@@ -270,6 +281,63 @@ TEST(reload_keeps_old_on_error)
 	map_free(b);
 	map_free(c);
 	map_free(d);
+}
+
+/* rx - the regexp table text's answer for key: its value, "(none)", or
+ * "(error)" when the table does not parse. */
+static const char *rx(const char *text, const char *key)
+{
+	static char val[256];
+	struct map_regexp *t = map_regexp_parse(text, strlen(text), "t", rules_access_check, err, sizeof err);
+	if (!t)
+		return "(error)";
+	int r = map_regexp_lookup(t, key, val, sizeof val);
+	map_regexp_free(t);
+	return r ? val : "(none)";
+}
+
+TEST(regexp_table)
+{
+	const char *tab = "# comment\n"
+			  "/^spam([0-9]+)@/ 554 5.7.1 no spam number $1\n"
+			  "if /@example\\.net$/\n"
+			  "/^info@/ OK\n"
+			  "!/^vip/ REJECT not on the list\n"
+			  "endif\n"
+			  "/CASE@/i DISCARD\n"
+			  "/^long@/ WARN one\n"
+			  "   two\n";
+	CHECK_STR(rx(tab, "spam42@x.test"), "554 5.7.1 no spam number 42");
+	CHECK_STR(rx(tab, "SPAM7@x.test"), "554 5.7.1 no spam number 7");
+	CHECK_STR(rx(tab, "info@example.net"), "OK");
+	CHECK_STR(rx(tab, "bob@example.net"), "REJECT not on the list");
+	CHECK_STR(rx(tab, "vipbob@example.net"), "(none)");
+	CHECK_STR(rx(tab, "info@example.org"), "(none)");
+	CHECK_STR(rx(tab, "CASE@x"), "DISCARD");
+	CHECK_STR(rx(tab, "case@x"), "(none)");
+	CHECK_STR(rx(tab, "long@x"), "WARN one two");
+	/* every bad line is named */
+	CHECK_STR(rx("/a/ HOLD\n/(/ OK\n/a++++++++++++++++++/ OK\n/x/\nif /y/\n/ok/ OK\n", "a"), "(error)");
+	CHECK(strstr(err, "t:1: ") && strstr(err, "HOLD"));
+	CHECK(strstr(err, "t:2: bad pattern"));
+	CHECK(strstr(err, "t:3: pattern too complex"));
+	CHECK(strstr(err, "t:4: a pattern without a result"));
+	CHECK(strstr(err, "t:5: if without endif"));
+	CHECK(!strstr(err, "t:6:"));
+	CHECK_STR(rx("endif\n", "a"), "(error)");
+	CHECK_STR(rx("|x| OK\n", "a"), "(error)");
+	CHECK_STR(rx("/(a)\\1/ OK\n", "aa"), "(error)");
+	/* through maps.h: the key whole, whatever the kind */
+	char spec[200], val[64];
+	snprintf(spec, sizeof spec, "regexp:%s", write_map("/^192\\.0\\.2\\./ REJECT\n") + 5);
+	struct map *m = map_open_checked(spec, rules_access_check, err, sizeof err);
+	CHECK(m != NULL);
+	if (m) {
+		CHECK_INT(map_query(m, MAP_CLIENT, "192.0.2.9", val, sizeof val, err, sizeof err), 1);
+		CHECK_STR(val, "REJECT");
+		CHECK_INT(map_query(m, MAP_ADDR_PARENT, "x@192.0.2.9", val, sizeof val, err, sizeof err), 0);
+		map_free(m);
+	}
 }
 
 TEST(sqlite_map)
@@ -324,6 +392,7 @@ int main(void)
 	RUN(lookup_orders);
 	RUN(reload_keeps_old_on_error);
 	RUN(sqlite_map);
+	RUN(regexp_table);
 	char cmd[128];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
 	if (system(cmd) != 0)

@@ -73,12 +73,29 @@ static const char *const script[] = {
 	"helo [203.0.113.6]",
 	"mail a@client.test",
 	"rcpt user@example.com => OK",
-	"# a bad action in an access map: 451 4.3.5, never a 5xx",
+	"# Postfix access(5) actions beyond OK/REJECT/DUNNO",
 	"client 198.51.100.1",
 	"helo mail.client.test",
 	"mail a@client.test",
-	"rcpt user@example.com => 451 4.3.5 <user@example.com>: server configuration error",
+	"rcpt user@example.com => 450 4.7.1 <user@example.com>: try later",
 	"rcpt abuse@example.com => OK",
+	"client 198.51.100.2",
+	"helo mail.client.test",
+	"mail a@client.test",
+	"rcpt user@example.com => 554 5.7.1 <user@example.com>: go away",
+	"rcpt abuse@example.com => OK",
+	"client 198.51.100.3",
+	"helo mail.client.test",
+	"mail a@client.test",
+	"rcpt user@example.com => OK",
+	"# DEFER_IF_REJECT: a later 5xx becomes its 450; an acceptance stays",
+	"client 198.51.100.5",
+	"helo not_a!name",
+	"mail a@client.test",
+	"rcpt user@example.com => 450 4.7.1 <user@example.com>: maybe later",
+	"helo mail.client.test",
+	"mail a@client.test",
+	"rcpt user@example.com => OK",
 	NULL,
 };
 
@@ -120,7 +137,11 @@ TEST(golden)
 	snprintf(buf[0], 300, "client_access_maps=%s",
 		 write_file("client", "192.0.2.0/24 REJECT listed here\n"
 				      "192.0.2.96/28 OK\n"
-				      "198.51.100.1 BOGUS\n"));
+				      "198.51.100.1 DEFER_IF_PERMIT try later\n"
+				      "198.51.100.2 554 5.7.1 go away\n"
+				      "198.51.100.3 WARN watch this one\n"
+
+				      "198.51.100.5 DEFER_IF_REJECT maybe later\n"));
 	snprintf(buf[1], 300, "sender_access_maps=%s",
 		 write_file("sender", ".spammer.test REJECT\n<> REJECT no bounces\n"
 				      "friend.test OK\n"));
@@ -178,19 +199,65 @@ TEST(golden)
 	policy_release(p);
 }
 
+/* act - parse value as an access (or header) action: the act, or -1. */
+static int act(const char *value, int kind, struct rules_action *a)
+{
+	char why[300];
+	return rules_action_parse(value, kind, a, why, sizeof why) < 0 ? -1 : (int)a->act;
+}
+
 TEST(access_actions)
 {
-	char t[64];
-	CHECK_INT(rules_access_action("OK", t, sizeof t), 1);
-	CHECK_INT(rules_access_action("ok", t, sizeof t), 1);
-	CHECK_INT(rules_access_action("DUNNO", t, sizeof t), 0);
-	CHECK_INT(rules_access_action("REJECT", t, sizeof t), 2);
-	CHECK_STR(t, "");
-	CHECK_INT(rules_access_action("reject go\x01 away", t, sizeof t), 2);
-	CHECK_STR(t, "go? away");
-	CHECK_INT(rules_access_action("OK then", t, sizeof t), -1);
-	CHECK_INT(rules_access_action("PERMIT", t, sizeof t), -1);
-	CHECK_INT(rules_access_action("", t, sizeof t), -1);
+	struct rules_action a;
+	CHECK_INT(act("OK", RULES_ACCESS, &a), RA_OK);
+	CHECK_INT(act("ok", RULES_ACCESS, &a), RA_OK);
+	CHECK_INT(act("PERMIT", RULES_ACCESS, &a), RA_OK);
+	CHECK_INT(act("DUNNO", RULES_ACCESS, &a), RA_DUNNO);
+	CHECK_INT(act("REJECT", RULES_ACCESS, &a), RA_REFUSE);
+	CHECK_INT(a.code, 550);
+	CHECK_STR(a.enh, "5.7.1");
+	CHECK_STR(a.text, "");
+	CHECK_INT(act("reject go\x01 away", RULES_ACCESS, &a), RA_REFUSE);
+	CHECK_STR(a.text, "go? away");
+	CHECK_INT(act("554 5.7.1 no thanks", RULES_ACCESS, &a), RA_REFUSE);
+	CHECK_INT(a.code, 554);
+	CHECK_STR(a.enh, "5.7.1");
+	CHECK_STR(a.text, "no thanks");
+	CHECK_INT(act("450 try later", RULES_ACCESS, &a), RA_REFUSE);
+	CHECK_INT(a.code, 450);
+	CHECK_STR(a.enh, "4.7.1");
+	CHECK_STR(a.text, "try later");
+	CHECK_INT(act("550 4.1.1 class mismatch", RULES_ACCESS, &a), RA_REFUSE);
+	CHECK_STR(a.enh, "5.7.1"); /* a 4.x.x code is no enhanced code of a 550 */
+	CHECK_STR(a.text, "4.1.1 class mismatch");
+	CHECK_INT(act("DEFER busy", RULES_ACCESS, &a), RA_REFUSE);
+	CHECK_INT(a.code, 450);
+	CHECK_INT(act("DEFER_IF_PERMIT x", RULES_ACCESS, &a), RA_DEFER_IF_PERMIT);
+	CHECK_INT(act("DEFER_IF_REJECT", RULES_ACCESS, &a), RA_DEFER_IF_REJECT);
+	CHECK_INT(act("WARN look", RULES_ACCESS, &a), RA_WARN);
+	CHECK_STR(a.text, "look");
+	CHECK_INT(act("INFO look", RULES_ACCESS, &a), RA_WARN);
+	CHECK_INT(act("DISCARD", RULES_ACCESS, &a), RA_DISCARD);
+	CHECK_INT(act("PREPEND X-Perim: yes", RULES_ACCESS, &a), RA_PREPEND);
+	CHECK_STR(a.text, "X-Perim: yes");
+	CHECK_INT(act("PREPEND no header", RULES_ACCESS, &a), -1);
+	CHECK_INT(act("HOLD", RULES_ACCESS, &a), -1);
+	CHECK_INT(act("FILTER smtp:[x]", RULES_ACCESS, &a), -1);
+	CHECK_INT(act("REDIRECT a@b", RULES_ACCESS, &a), -1);
+	CHECK_INT(act("BCC a@b", RULES_ACCESS, &a), -1);
+	CHECK_INT(act("OK then", RULES_ACCESS, &a), -1);
+	CHECK_INT(act("250 fine", RULES_ACCESS, &a), -1);
+	CHECK_INT(act("421 closing", RULES_ACCESS, &a), -1);
+	CHECK_INT(act("permit_mynetworks", RULES_ACCESS, &a), -1);
+	CHECK_INT(act("", RULES_ACCESS, &a), -1);
+	CHECK_INT(act("IGNORE", RULES_ACCESS, &a), -1);
+	CHECK_INT(act("IGNORE", RULES_HEADER, &a), RA_IGNORE);
+	CHECK_INT(act("HOLD", RULES_HEADER, &a), -1);
+	CHECK_INT(act("554 x", RULES_HEADER, &a), -1);
+	CHECK_INT(act("REJECT bad header", RULES_HEADER, &a), RA_REFUSE);
+	char why[300];
+	CHECK_INT(rules_access_check("HOLD", why, sizeof why), -1);
+	CHECK(strstr(why, "DEFER") != NULL);
 }
 
 TEST(addr_limits)
