@@ -416,10 +416,23 @@ static void finish_later(struct av_req *r, enum av_outcome o, const char *text)
 	ev_defer(r->loop, &r->defer, deferred, r);
 }
 
-/* on_timeout - av_timeout passed without a verdict. */
+/* on_timeout - av_timeout passed without a verdict. A scan waiting on
+ * the scanner's inplace signature load gets its whole av_timeout after
+ * the load ends: the time does not run while the engine loads. */
 static void on_timeout(void *arg)
 {
-	finish(arg, AVO_FAIL, "timed out");
+	struct av_req *r = arg;
+	uint64_t now = ev_now(r->loop), tmo = (uint64_t)r->cf->av_timeout;
+	if (r->al && __atomic_load_n(&av_loading, __ATOMIC_ACQUIRE)) {
+		ev_timer_start(r->loop, &r->timer, tmo, on_timeout, r);
+		return;
+	}
+	uint64_t end = __atomic_load_n(&av_load_end, __ATOMIC_ACQUIRE);
+	if (r->al && end > r->t0 && end + tmo > now) {
+		ev_timer_start(r->loop, &r->timer, end + tmo - now, on_timeout, r);
+		return;
+	}
+	finish(r, AVO_FAIL, "timed out");
 }
 
 /* ---- the scanner process, seen from a loop ------------------------------- */

@@ -73,6 +73,12 @@ extern int av_nloops;
 
 /* ---- av_sup.c, for av.c ------------------------------------------------- */
 
+/* An inplace signature load (av_reload_mode = inplace) runs: 1 while the
+ * scanner has no engine; av_load_end, clock_ms() when the last one
+ * ended. Scans do not time out while one runs (atomic). */
+extern int av_loading;
+extern uint64_t av_load_end;
+
 long long av_scan_time(const struct conf *cf);
 
 /* ---- av.c, for av_sup.c ------------------------------------------------- */

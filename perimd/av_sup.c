@@ -45,6 +45,18 @@ static struct {
 	uint64_t started;
 } sup = { .wake = { -1, -1 }, .pid = -1, .ctl = -1, .mu = PTHREAD_MUTEX_INITIALIZER };
 
+int av_loading;
+uint64_t av_load_end;
+
+/* load_ended - an inplace load is over (or its scanner is gone). */
+static void load_ended(void)
+{
+	if (__atomic_load_n(&av_loading, __ATOMIC_ACQUIRE)) {
+		__atomic_store_n(&av_load_end, clock_ms(), __ATOMIC_RELEASE);
+		__atomic_store_n(&av_loading, 0, __ATOMIC_RELEASE);
+	}
+}
+
 /* av_scan_time - the MaxScanTime cf gives: av_max_scan_time, or with 0 a
  * second below av_timeout (half of it when that is 2 s or less). */
 long long av_scan_time(const struct conf *cf)
@@ -65,8 +77,9 @@ static void limits_format(const struct conf *cf, char *buf, size_t len)
 	long long st = av_scan_time(cf);
 	if (st >= cf->av_timeout) /* refused by -t; a reload may bring it */
 		st = cf->av_timeout > 2000 ? cf->av_timeout - 1000 : cf->av_timeout / 2;
-	snprintf(buf, len, "%lld %lld %lld %lld %lld %u %lld", cf->av_max_recursion, cf->av_max_files,
-		 cf->av_max_scan_size, cf->av_max_file_size, st, enc, cf->av_max_size);
+	snprintf(buf, len, "%lld %lld %lld %lld %lld %u %lld %d", cf->av_max_recursion, cf->av_max_files,
+		 cf->av_max_scan_size, cf->av_max_file_size, st, enc, cf->av_max_size,
+		 cf->av_reload_mode_e == AV_RELOAD_INPLACE);
 }
 
 /* ---- the supervisor --------------------------------------------------------- */
@@ -284,13 +297,20 @@ static void *sup_main(void *arg)
 										      __ATOMIC_RELAXED) +
 						HANG_GRACE_MS)
 						dead = "a scan hangs past av_timeout";
+				} else if (!strcmp(buf, "loading")) {
+					__atomic_store_n(&av_loading, 1, __ATOMIC_RELEASE);
+					log_info("scanner: old signatures freed (av_reload_mode = inplace); "
+						 "scans wait for the new ones");
 				} else if (sscanf(buf, "reloaded %u %llu", &sigs, &ms) == 2) {
+					load_ended();
 					log_info("scanner: signatures reloaded: %u signatures in %llu ms",
 						 sigs, ms);
 				} else if (!strncmp(buf, "reload-failed ", 14)) {
-					log_err(
-					    "scanner: signature reload failed, keeping the old engine: %s",
-					    buf + 14);
+					load_ended();
+					/* inplace: the old engine is gone already */
+					log_err("scanner: signature reload failed%s: %s",
+						strstr(buf, "; no engine:") ? "" : ", keeping the old engine",
+						buf + 14);
 				} else if (!strncmp(buf, "log ", 4)) {
 					log_info("scanner: %s", buf + 4);
 				}
@@ -304,6 +324,7 @@ static void *sup_main(void *arg)
 			last_ping = now;
 		}
 		if (dead) {
+			load_ended();
 			sup_restart(dead);
 			last_pong = clock_ms();
 		}

@@ -56,6 +56,7 @@ static const struct {
 	{ "av_oversize_action", AV_OVERSIZE_ACCEPT + 1 },
 	{ "av_fail_action", AV_FAIL_ACCEPT + 1 },
 	{ "av_alert_encrypted", AV_ENC_YES + 1 },
+	{ "av_reload_mode", AV_RELOAD_INPLACE + 1 },
 	{ "greylist_fail_action", GREY_FAIL_TEMPFAIL + 1 },
 	{ "log_to", LOG_TO_STDERR + 1 },
 	{ "log_format", LOG_FORMAT_JSON + 1 },

@@ -28,6 +28,8 @@ enum conf_av_oversize_action { AV_OVERSIZE_REJECT, AV_OVERSIZE_TEMPFAIL, AV_OVER
 enum conf_av_fail_action { AV_FAIL_TEMPFAIL, AV_FAIL_ACCEPT };
 /* av_alert_encrypted: no|archive|document|yes */
 enum conf_av_alert_encrypted { AV_ENC_NO, AV_ENC_ARCHIVE, AV_ENC_DOCUMENT, AV_ENC_YES };
+/* av_reload_mode: swap|inplace */
+enum conf_av_reload_mode { AV_RELOAD_SWAP, AV_RELOAD_INPLACE };
 /* greylist_fail_action: accept|tempfail */
 enum conf_greylist_fail_action { GREY_FAIL_ACCEPT, GREY_FAIL_TEMPFAIL };
 /* log_to: syslog|stderr */

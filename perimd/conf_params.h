@@ -103,6 +103,7 @@ PARAM(SIZE, av_max_scan_size, "400m", 1024, 4294967295LL, NULL, "libclamav MaxSc
 PARAM(SIZE, av_max_file_size, "100m", 1024, 2147483647LL, NULL, "libclamav MaxFileSize: largest decoded part or archive member scanned")
 PARAM(TIME, av_max_scan_time, "0", 0, 540000, NULL, "libclamav MaxScanTime; 0 = a second below av_timeout (libclamav's own 120s is not below the default av_timeout)")
 PARAM(ENUM, av_alert_encrypted, "archive", 0, 0, "no|archive|document|yes", "encrypted archives (archive), documents (document), both (yes) or none (no) are refused as unscannable")
+PARAM(ENUM, av_reload_mode, "swap", 0, 0, "swap|inplace", "signature reload: swap (new engine built beside the old; memory doubles for the load) or inplace (old engine freed first; scans wait for the new one)")
 
 /* Milters (milter.c), with Postfix's names and defaults */
 PARAM(LIST, smtpd_milters, "", 0, 0, NULL, "content filters speaking the milter protocol, inet:HOST:PORT or unix:/path, asked in order at each SMTP stage")

@@ -13,6 +13,14 @@
  *   start to end, so a reload swaps a new compiled engine in while scans in
  *   flight finish on the old one, which is freed by the last of them. A
  *   database that fails to load or compile leaves the old engine in place.
+ * - With INPLACE (av_reload_mode = inplace) a reload takes the engine
+ *   away first, waits for the scans on it to end, frees it and only then
+ *   builds the new one: memory never holds two. Scans that arrive
+ *   meanwhile wait (engine_get) and are not counted busy, so neither the
+ *   hang check nor libclamav's scan time runs for them; av.c does not run
+ *   av_timeout while the supervisor says "loading". A failed load leaves
+ *   no engine: scans are answered SCANNER_ERROR until a reload (SIGHUP, a
+ *   change in the directory) succeeds.
  * - Every request gets exactly one answer on its own socket; the main
  *   thread only reads requests and control messages, the workers scan and
  *   answer. The process never exits through exit(): _exit() skips atexit
@@ -25,6 +33,9 @@
 
 #include <clamav.h>
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -67,7 +78,10 @@ static pthread_mutex_t lim_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct scanner_limits limits;
 
 static pthread_mutex_t eng_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct engine *engine; /* current; holds one reference */
+static pthread_cond_t eng_cv = PTHREAD_COND_INITIALIZER;
+static struct engine *engine; /* current; holds one reference; NULL in an inplace load */
+static int live;              /* engines not yet freed, under eng_mu */
+static int loading;           /* an inplace load runs, under eng_mu */
 
 static pthread_mutex_t q_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t q_cv = PTHREAD_COND_INITIALIZER;
@@ -101,13 +115,14 @@ static void ctl_send(const char *fmt, ...)
  * ENCRYPTED MAX_SIZE" (as av_sup.c writes it) into l; 0 or -1. */
 static int scanner_limits_parse(const char *s, struct scanner_limits *l)
 {
-	unsigned long long v[7];
+	unsigned long long v[8];
 	int end = 0;
-	if (sscanf(s, "%llu %llu %llu %llu %llu %llu %llu%n", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
-		   &end) != 7 ||
+	if (sscanf(s, "%llu %llu %llu %llu %llu %llu %llu %llu%n", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+		   &v[6], &v[7], &end) != 8 ||
 	    s[end] != 0)
 		return -1;
-	if (!v[0] || v[0] > 1000 || !v[1] || v[1] > UINT32_MAX || !v[4] || v[4] > UINT32_MAX || v[5] > 3)
+	if (!v[0] || v[0] > 1000 || !v[1] || v[1] > UINT32_MAX || !v[4] || v[4] > UINT32_MAX || v[5] > 3 ||
+	    v[7] > 1)
 		return -1;
 	l->recursion = (uint32_t)v[0];
 	l->files = (uint32_t)v[1];
@@ -116,6 +131,7 @@ static int scanner_limits_parse(const char *s, struct scanner_limits *l)
 	l->scan_time = (uint32_t)v[4];
 	l->encrypted = (unsigned)v[5];
 	l->max_size = v[6];
+	l->inplace = (unsigned)v[7];
 	return 0;
 }
 
@@ -169,26 +185,70 @@ static struct engine *engine_build(char *err, size_t errlen)
 	return e;
 }
 
-/* engine_get - the current engine, with a reference. */
+/* engine_get - the current engine, with a reference; waits while an
+ * inplace load runs. NULL: no engine (the last inplace load failed). */
 static struct engine *engine_get(void)
 {
 	pthread_mutex_lock(&eng_mu);
+	while (!engine && loading)
+		pthread_cond_wait(&eng_cv, &eng_mu);
 	struct engine *e = engine;
-	e->refs++;
+	if (e)
+		e->refs++;
 	pthread_mutex_unlock(&eng_mu);
 	return e;
 }
 
-/* engine_put - drop a reference; the last one frees the engine. */
+/* engine_put - drop a reference; the last one frees the engine and gives
+ * its memory back to the system. */
 static void engine_put(struct engine *e)
 {
 	pthread_mutex_lock(&eng_mu);
 	int last = --e->refs == 0;
 	pthread_mutex_unlock(&eng_mu);
-	if (last) {
-		cl_engine_free(e->cl);
-		free(e);
-	}
+	if (!last)
+		return;
+	cl_engine_free(e->cl);
+	free(e);
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+	pthread_mutex_lock(&eng_mu);
+	live--;
+	pthread_cond_broadcast(&eng_cv);
+	pthread_mutex_unlock(&eng_mu);
+}
+
+/* engine_set - make e (NULL: none) the current engine; wake waiting scans. */
+static void engine_set(struct engine *e)
+{
+	pthread_mutex_lock(&eng_mu);
+	struct engine *old = engine;
+	engine = e;
+	if (e)
+		live++;
+	loading = 0;
+	pthread_cond_broadcast(&eng_cv);
+	pthread_mutex_unlock(&eng_mu);
+	if (old)
+		engine_put(old);
+}
+
+/* engine_drop - inplace: take the engine away and wait until every scan
+ * on it has ended and it is freed; new scans wait for the next one. */
+static void engine_drop(void)
+{
+	pthread_mutex_lock(&eng_mu);
+	struct engine *old = engine;
+	engine = NULL;
+	loading = 1;
+	pthread_mutex_unlock(&eng_mu);
+	if (old)
+		engine_put(old);
+	pthread_mutex_lock(&eng_mu);
+	while (live > 0)
+		pthread_cond_wait(&eng_cv, &eng_mu);
+	pthread_mutex_unlock(&eng_mu);
 }
 
 static void reload_start(void);
@@ -197,18 +257,24 @@ static void reload_start(void);
 static void *reload_main(void *arg)
 {
 	char err[512];
+	pthread_mutex_lock(&lim_mu);
+	int inplace = limits.inplace != 0;
+	pthread_mutex_unlock(&lim_mu);
 	uint64_t t0 = clock_ms();
-	struct engine *e = engine_build(err, sizeof err);
-	if (!e) {
-		ctl_send("reload-failed %s", err);
-	} else {
-		pthread_mutex_lock(&eng_mu);
-		struct engine *old = engine;
-		engine = e;
-		pthread_mutex_unlock(&eng_mu);
-		engine_put(old);
-		ctl_send("reloaded %u %llu", e->sigs, (unsigned long long)(clock_ms() - t0));
+	if (inplace) {
+		ctl_send("loading");
+		engine_drop();
 	}
+	struct engine *e = engine_build(err, sizeof err);
+	if (e)
+		engine_set(e);
+	else if (inplace)
+		engine_set(NULL); /* scans fail (av_fail_action) until a load succeeds */
+	if (!e)
+		ctl_send("reload-failed %s%s", err,
+			 inplace ? "; no engine: scans fail until a load succeeds" : "");
+	else
+		ctl_send("reloaded %u %llu", e->sigs, (unsigned long long)(clock_ms() - t0));
 	__atomic_store_n(&reloading, 0, __ATOMIC_RELEASE);
 	/* New limits that came while this engine was built get their own. */
 	if (__atomic_exchange_n(&reload_again, 0, __ATOMIC_ACQ_REL))
@@ -257,9 +323,13 @@ static void scan_one(struct job *j, uint64_t *busy)
 	 * message is scanned raw first by libclamav itself. */
 	o.general = CL_SCAN_GENERAL_HEURISTICS;
 	o.parse = ~0u;
+	struct engine *e = engine_get(); /* an inplace load: waits, not busy */
 	uint64_t t0 = clock_us();
+	if (!e) {
+		answer(j->sock, j->id, SCANNER_ERROR, 0, "no signatures loaded (reload failed)");
+		return;
+	}
 	__atomic_store_n(busy, clock_ms(), __ATOMIC_RELAXED);
-	struct engine *e = engine_get();
 	o.heuristic = e->heuristic;
 	const char *virname = NULL;
 	unsigned long scanned = 0;
@@ -439,6 +509,19 @@ static void confine(int nfds)
 	signal(SIGINT, SIG_IGN);
 }
 
+/* heap_tune - keep libclamav's per-scan allocations (match state sized
+ * by the signature count: megabytes with a full database) in the heap
+ * instead of an mmap, zeroed pages and munmap per scan: 15-20% less CPU per
+ * 512 B message on a 436,000-signature database. Freed engines are still
+ * given back (malloc_trim() in engine_put()). */
+static void heap_tune(void)
+{
+#ifdef __GLIBC__
+	mallopt(M_MMAP_THRESHOLD, 32 << 20);
+	mallopt(M_TRIM_THRESHOLD, 256 << 20);
+#endif
+}
+
 /* scanner_version - the libclamav version. */
 const char *scanner_version(void)
 {
@@ -463,6 +546,7 @@ int scanner_main(int argc, char **argv)
 	if (nloops < 1 || nloops > 1024)
 		_exit(2);
 	confine(nloops);
+	heap_tune();
 	if (getppid() == 1)
 		_exit(0);
 
@@ -473,11 +557,12 @@ int scanner_main(int argc, char **argv)
 		ctl_send("error cl_init: %s", cl_strerror(rc));
 		_exit(1);
 	}
-	engine = engine_build(err, sizeof err);
-	if (!engine) {
+	struct engine *first = engine_build(err, sizeof err);
+	if (!first) {
 		ctl_send("error %s", err);
 		_exit(1);
 	}
+	engine_set(first);
 	struct cl_stat dirstat;
 	memset(&dirstat, 0, sizeof dirstat);
 	cl_statinidir(db_dir, &dirstat);
@@ -490,7 +575,7 @@ int scanner_main(int argc, char **argv)
 			_exit(1);
 		}
 	}
-	ctl_send("ready %u %llu %d", engine->sigs, (unsigned long long)(clock_ms() - t0), nthreads);
+	ctl_send("ready %u %llu %d", first->sigs, (unsigned long long)(clock_ms() - t0), nthreads);
 
 	struct pollfd *pf = xcalloc((size_t)nloops + 1, sizeof *pf);
 	pf[0].fd = SCANNER_CTL_FD;

@@ -22,8 +22,12 @@
  * or "reload-failed TEXT"; the scanner also reloads on its own when the
  * database directory changes, and reports the same way). LIMITS, also the
  * last argument at start, is "RECURSION FILES SCAN_SIZE FILE_SIZE
- * SCAN_TIME_MS ENCRYPTED MAX_SIZE" in decimal (struct scanner_limits); an
- * engine is built with the limits last received.
+ * SCAN_TIME_MS ENCRYPTED MAX_SIZE INPLACE" in decimal (struct
+ * scanner_limits); an engine is built with the limits last received.
+ * INPLACE 1 (av_reload_mode = inplace): a reload first frees the old
+ * engine (after the scans on it end) and says "loading"; scans that come
+ * meanwhile wait for the new one. If it fails, scans are answered
+ * SCANNER_ERROR until a reload succeeds.
  *
  * A scan that stopped at a limit is answered SCANNER_VIRUS with a name
  * starting SCANNER_LIMIT_PREFIX (libclamav's CL_SCAN_HEURISTIC_EXCEEDS_MAX
@@ -55,6 +59,7 @@ struct scanner_limits {
 	uint32_t scan_time; /* MaxScanTime, ms (below av_timeout) */
 	unsigned encrypted; /* SCANNER_ENC_* */
 	uint64_t max_size;  /* av_max_size: bounds temporary files */
+	unsigned inplace;   /* av_reload_mode = inplace */
 };
 
 struct scanner_req {

@@ -11,6 +11,15 @@
 #                           and engine time per message, scan capacity (messages/s and
 #                           MB/s over av_threads), scanner CPU per message, and the
 #                           scanner process's memory (VmHWM, engine included)
+#   tests/bench.sh sigdb    a signature database of real size (tests/gen_sigdb.py) at
+#                           SIGDB_SCALES ("0.1"; "0.1 1" adds the full size): perimd's
+#                           scanner (libclamav) against clamd on the same database, same
+#                           run: load time, PSS, EICAR/clean check, msgs/s and CPU per
+#                           message at SIGDB_SIZES x SIGDB_CONC (100) x SIGDB_MSGS (2000),
+#                           SIGDB_REPS (3) alternating rounds (median, min-max), then a
+#                           reload under load (av_reload_mode swap and inplace, clamd
+#                           RELOAD): failed scans, load time, peak PSS (tests/bench_sigdb.py);
+#                           SIGDB_AV_THREADS (0) sets perimd's av_threads
 #   tests/bench.sh stats    counting on vs compiled out, same run; /metrics render
 #                           time with STATS_IDLE (10000) sessions open
 #   tests/bench.sh tls      STARTTLS handshakes/s (ECDSA P-256, RSA-2048) and perimd CPU
@@ -1660,6 +1669,10 @@ fi
 if [ "${1:-}" = stats ]; then
 	stats_bench
 	exit 0
+fi
+
+if [ "${1:-}" = sigdb ]; then
+	PERIMD=$PERIMD exec "$PY" "$ROOT/tests/bench_sigdb.py"
 fi
 
 if [ "${1:-}" = av ]; then
