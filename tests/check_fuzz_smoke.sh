@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # check_fuzz_smoke.sh - a short libFuzzer run of every tests/fuzz/fuzz_*.c
 # target: build them (make -C perimd fuzz), then fuzz each for
-# FUZZ_SECONDS (default 15) on a scratch copy of its seed corpus
+# FUZZ_SECONDS (default 15, within FUZZ_BUDGET) on a scratch copy of its seed corpus
 # tests/fuzz/corpus/NAME/, so the committed corpus is never modified.
 # The random seed is fixed (FUZZ_SEED, default 1) so that a failure in CI
 # can be replayed; FUZZ_SEED=0 lets libFuzzer pick one per run. One input
@@ -16,7 +16,15 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-SECONDS_EACH=${FUZZ_SECONDS:-15}
+# FUZZ_SECONDS unset: 15 s each, but no more than FUZZ_BUDGET (240 s) for
+# all targets together, and at least 5 s each (the suite has a time
+# bound; the long runs in the README are where depth comes from).
+ntargets=$(ls tests/fuzz/fuzz_*.c | wc -l)
+budget=${FUZZ_BUDGET:-240}
+each=$((budget / (ntargets > 0 ? ntargets : 1)))
+[ "$each" -gt 15 ] && each=15
+[ "$each" -lt 5 ] && each=5
+SECONDS_EACH=${FUZZ_SECONDS:-$each}
 SEED=${FUZZ_SEED:-1}
 
 scratch=$(mktemp -d)
