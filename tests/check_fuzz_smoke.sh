@@ -16,11 +16,11 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-# FUZZ_SECONDS unset: 15 s each, but no more than FUZZ_BUDGET (240 s) for
+# FUZZ_SECONDS unset: 15 s each, but no more than FUZZ_BUDGET (160 s) for
 # all targets together, and at least 5 s each (the suite has a time
 # bound; the long runs in the README are where depth comes from).
 ntargets=$(ls tests/fuzz/fuzz_*.c | wc -l)
-budget=${FUZZ_BUDGET:-240}
+budget=${FUZZ_BUDGET:-160}
 each=$((budget / (ntargets > 0 ? ntargets : 1)))
 [ "$each" -gt 15 ] && each=15
 [ "$each" -lt 5 ] && each=5
