@@ -8,7 +8,8 @@
 #
 # The dependency build is cached (vendor/static.sh, keyed by vendor/):
 # ./build.sh test builds it first, so this normally only relinks. Needs
-# root (chroot, unshare); elsewhere it says why and fails.
+# root (chroot, unshare; mount propagation left unchanged, as inside
+# check-fresh's own chroot / is no mount point); elsewhere it says why and fails.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -50,7 +51,7 @@ case "$info" in *interpreter*) fail "has an interpreter: $info" ;; esac
 R=$T/root
 mkdir -p "$R"
 cp "$BIN" "$R/perimd"
-v=$(timeout 20 unshare -m -p -f chroot "$R" /perimd -V) || fail "-V in the empty chroot"
+v=$(timeout 20 unshare -m --propagation unchanged -p -f chroot "$R" /perimd -V) || fail "-V in the empty chroot"
 grep -q '^build: static' <<<"$v" || fail "-V does not say static: $v"
 grep -q '^libclamav: not built in' <<<"$v" || fail "-V does not say libclamav is absent: $v"
 grep -q '^features:.* clamd' <<<"$v" || fail "-V features: $v"
@@ -115,14 +116,14 @@ reject_unknown_sender_domain = no
 shutdown_timeout = 2s
 relay_recipient_maps = ldap:/ldap.cf
 EOF
-timeout 20 unshare -m -p -f chroot "$R" /perimd -t -c /perimd.conf || fail "-t in the chroot"
-if timeout 20 unshare -m -p -f chroot "$R" /perimd -t -c /perimd.conf -o av_scanner=libclamav 2>"$T/t.err"; then
+timeout 20 unshare -m --propagation unchanged -p -f chroot "$R" /perimd -t -c /perimd.conf || fail "-t in the chroot"
+if timeout 20 unshare -m --propagation unchanged -p -f chroot "$R" /perimd -t -c /perimd.conf -o av_scanner=libclamav 2>"$T/t.err"; then
 	fail "-t accepted av_scanner = libclamav in a build without it"
 fi
 grep -q 'built without libclamav' "$T/t.err" || fail "no clear error for libclamav: $(cat "$T/t.err")"
 
 # 3. Run it (PID 1 of a new PID namespace) and relay one message.
-unshare -m -p -f chroot "$R" /perimd -f -c /perimd.conf >"$T/perimd.log" 2>&1 &
+unshare -m --propagation unchanged -p -f chroot "$R" /perimd -f -c /perimd.conf >"$T/perimd.log" 2>&1 &
 upid=$!
 pids+=($upid)
 for _ in $(seq 100); do
