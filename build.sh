@@ -125,6 +125,10 @@ check_fresh() {
 	[ -n "$mirror" ] || mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
 	[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
 	root=$(mktemp -d /var/tmp/perimd-fresh.XXXXXX)
+	# mktemp makes it 0700; as the chroot's / it must be 0755, or the
+	# unprivileged users the tests run (nobody for smtp-sink, mail_owner)
+	# cannot reach /tmp or anything else.
+	chmod 755 "$root"
 	# shellcheck disable=SC2064
 	trap "fresh_cleanup '$root'" EXIT
 	echo "check-fresh: debootstrap --variant=minbase $suite $root $mirror"
