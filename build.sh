@@ -61,8 +61,10 @@ DEPS+=(galera-4 rsync iproute2)
 DEPS+=(sqlgrey libdbd-mysql-perl)
 # tests/run.sh: a per-test time bound (pytest --timeout).
 DEPS+=(python3-pytest-timeout)
-# Policy services (tests/integration/test_policy_services.py): postgrey, policyd-spf and socat to serve it.
-DEPS+=(postgrey postfix-policyd-spf-python socat)
+# Policy services (tests/integration/test_policy_services.py): postgrey, policyd-spf and socat to serve it;
+# python3-dnspython by name: python3-spf depends on "python3-dns | python3-dnspython", apt takes
+# python3-dns, and the test points dnspython's resolver at its dnsmasq (found by check-fresh).
+DEPS+=(postgrey postfix-policyd-spf-python python3-dnspython socat)
 # The migration guide's Postfix side (tests/integration/test_migration.py).
 DEPS+=(clamav-milter)
 # test_milter.py: real milters (rspamd proxy worker, opendkim sign/verify, clamav-milter with clamd)
