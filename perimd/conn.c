@@ -781,6 +781,28 @@ void conn_set_timeout(struct conn *c, uint64_t ms)
 	}
 }
 
+/* conn_detach - off this loop, for conn_attach() on another. */
+int conn_detach(struct conn *c)
+{
+	if (c->busy || c->dead || c->reported || c->shutting || c->connecting || c->eof || c->fd < 0 ||
+	    c->pending_err || c->tls_hs || c->tls_closing || c->rlen || conn_out_pending(c))
+		return -1;
+	ev_io_stop(c->loop, &c->io);
+	ev_timer_stop(c->loop, &c->tmr);
+	ev_defer_cancel(c->loop, &c->flushd);
+	ev_defer_cancel(c->loop, &c->readd);
+	c->had_output = 0;
+	c->loop = NULL;
+	return 0;
+}
+
+/* conn_attach - a detached connection joins loop. */
+void conn_attach(struct conn *c, struct ev_loop *loop)
+{
+	c->loop = loop;
+	conn_update(c);
+}
+
 /* conn_fd - the socket (av.c reads clamd's last words after a failed write). */
 int conn_fd(const struct conn *c)
 {

@@ -86,6 +86,17 @@ int conn_tls_error(const struct conn *c);
 /* conn_fd - the socket, for a last non-blocking read after an error. */
 int conn_fd(const struct conn *c);
 
+/* conn_detach - take an idle connection off its loop (call in that loop's
+ * thread), so that another loop's thread can conn_attach() it: only when
+ * nothing is buffered either way, no TLS handshake or close is under way,
+ * it is not connecting, closing or reported, and no conn.c frame is on the
+ * stack. 0 when detached (no callback runs until conn_attach), else -1
+ * and nothing changed. */
+int conn_detach(struct conn *c);
+/* conn_attach - a detached connection now runs on loop (call in its
+ * thread); reading as before. */
+void conn_attach(struct conn *c, struct ev_loop *loop);
+
 /* conn_peer - the peer address as text ("192.0.2.1" / "2001:db8::1"). */
 const char *conn_peer(const struct conn *c);
 

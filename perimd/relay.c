@@ -63,13 +63,13 @@ const char *const relay_bstate_name[] = { "connect",      "greeting",      "EHLO
 					  "STARTTLS",     "TLS handshake", "XCLIENT", "ready",
 					  "XFORWARD",     "MAIL FROM",     "RCPT TO", "DATA",
 					  "message body", "end of data",   "RSET",    "idle",
-					  "QUIT" };
+					  "moving",       "QUIT" };
 /* The same as metric label values (snake_case). */
 const char *const relay_bstate_label[] = { "connect",      "greeting",      "ehlo",    "helo",
 					   "starttls",     "tls_handshake", "xclient", "ready",
 					   "xforward",     "mail_from",     "rcpt_to", "data",
 					   "message_body", "end_of_data",   "rset",    "idle",
-					   "quit" };
+					   "moving",       "quit" };
 
 static pthread_mutex_t dests_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct relay_dest *dests;
@@ -354,26 +354,29 @@ static struct dest_loop *dest_loop_get(struct relay_dest *d, struct ev_loop *loo
 struct dest_post {
 	struct ev_loop *loop;
 	struct relay_dest *dest;
-	int shed; /* 1: close an idle conn; 0: serve waiters */
+	int shed;           /* 1: hand an idle conn to `to`; 0: serve waiters */
+	struct ev_loop *to; /* the loop that waits (shed) */
 };
 
 static void dest_post_cb(void *arg);
 
-/* dest_post_to - ask another loop to serve its waiters or shed an idle conn. */
-static void dest_post_to(struct ev_loop *loop, struct relay_dest *d, int shed)
+/* dest_post_to - ask another loop to serve its waiters, or (shed) to
+ * hand one of its idle connections to loop `to`. */
+static void dest_post_to(struct ev_loop *loop, struct relay_dest *d, int shed, struct ev_loop *to)
 {
 	struct dest_post *p = xmalloc(sizeof(*p));
 
 	p->loop = loop;
 	p->dest = d;
 	p->shed = shed;
+	p->to = to;
 	ev_post(loop, dest_post_cb, p);
 }
 
 /* dest_reserve - take a connection slot. A fresh request (waiter == 0)
  * queues behind existing waiters; with `waiter` the caller already waits.
  * On failure and register_wait, this loop's waiting count goes up and a
- * loop holding idle connections is asked to shed one. */
+ * loop holding idle connections is asked to hand one over. */
 static int dest_reserve(struct relay_dest *d, struct ev_loop *loop, int waiter, int register_wait)
 {
 	struct ev_loop *shed = NULL;
@@ -393,7 +396,7 @@ static int dest_reserve(struct relay_dest *d, struct ev_loop *loop, int waiter, 
 	}
 	pthread_mutex_unlock(&d->mu);
 	if (shed)
-		dest_post_to(shed, d, 1);
+		dest_post_to(shed, d, 1, loop);
 	return ok;
 }
 
@@ -407,17 +410,35 @@ static void dest_adjust(struct relay_dest *d, struct ev_loop *loop, int dwait, i
 	pthread_mutex_unlock(&d->mu);
 }
 
-/* dest_others_waiting - does another loop wait for a slot of d? */
-static int dest_others_waiting(struct relay_dest *d, const struct ev_loop *loop)
+/* dest_claim - the loop other than self (only `to`, when given) whose
+ * waiters most outnumber the connections already on their way there,
+ * counted as getting one more; NULL when no loop needs one. */
+static struct ev_loop *dest_claim(struct relay_dest *d, const struct ev_loop *self, const struct ev_loop *to)
 {
-	int n = 0;
+	struct ev_loop *pick = NULL;
+	int best = 0;
 
 	pthread_mutex_lock(&d->mu);
-	for (int i = 0; i < d->nloops; i++)
-		if (d->loops[i].loop != loop)
-			n += d->loops[i].waiting;
+	for (int i = 0; i < d->nloops; i++) {
+		struct dest_loop *dl = &d->loops[i];
+
+		if (dl->loop == self || (to && dl->loop != to) || dl->waiting - dl->incoming <= best)
+			continue;
+		pick = dl->loop;
+		best = dl->waiting - dl->incoming;
+	}
+	if (pick)
+		dest_loop_get(d, pick)->incoming++;
 	pthread_mutex_unlock(&d->mu);
-	return n > 0;
+	return pick;
+}
+
+/* dest_arrived - a connection claimed for loop arrived there or is gone. */
+static void dest_arrived(struct relay_dest *d, struct ev_loop *loop)
+{
+	pthread_mutex_lock(&d->mu);
+	dest_loop_get(d, loop)->incoming--;
+	pthread_mutex_unlock(&d->mu);
 }
 
 /* pool_find - this loop's pool for d, or NULL. */
@@ -455,7 +476,7 @@ static void dest_wake(struct relay_dest *d, struct relay_loop *self)
 			ev_defer(self->loop, &p->kick, pool_kick, p);
 		return;
 	}
-	dest_post_to(pick, d, 0);
+	dest_post_to(pick, d, 0, NULL);
 }
 
 /* slot_release - a connection gives its slot back. */
@@ -795,6 +816,8 @@ void req_detach(struct relay_req *r, int release)
 /* ---- backend connections ------------------------------------------------ */
 
 static void bconn_on_connect(void *arg);
+static void bconn_move(struct bconn *b, struct ev_loop *to);
+static void bconn_move_cb(void *arg);
 void bconn_on_read(void *arg);
 static void bconn_on_drain(void *arg);
 static void bconn_on_error(void *arg, int err);
@@ -814,11 +837,22 @@ void bconn_stage(struct bconn *b, enum bstate st, uint64_t ms)
 	ev_timer_start(b->pool->rl->loop, &b->tmr, ms, bconn_timeout, b);
 }
 
+/* bconn_unmove - a connection on its way to another loop is closed instead. */
+static void bconn_unmove(struct bconn *b)
+{
+	ev_defer_cancel(b->pool->rl->loop, &b->mvd);
+	dest_arrived(b->pool->dest, b->mv_to);
+	b->mv_to = NULL;
+	b->state = B_QUIT;
+}
+
 /* bconn_free - the connection is gone for good. */
 static void bconn_free(struct bconn *b)
 {
 	struct relay_loop *rl = b->pool->rl;
 
+	if (b->state == B_MOVE)
+		bconn_unmove(b);
 	if (b->state == B_IDLE) {
 		TAILQ_REMOVE(&b->pool->idle, b, link);
 		dest_adjust(b->pool->dest, rl->loop, 0, -1);
@@ -839,6 +873,8 @@ void bconn_close(struct bconn *b, int quit)
 {
 	struct relay_loop *rl = b->pool->rl;
 
+	if (b->state == B_MOVE)
+		bconn_unmove(b);
 	if (b->state == B_IDLE) {
 		TAILQ_REMOVE(&b->pool->idle, b, link);
 		dest_adjust(b->pool->dest, rl->loop, 0, -1);
@@ -855,8 +891,10 @@ void bconn_close(struct bconn *b, int quit)
 	conn_shutdown(b->c); /* on_error(0) follows and frees */
 }
 
-/* bconn_release_ok - a clean connection: to a local waiter, else idle in
- * the pool; closed instead when another loop waits for a slot. */
+/* bconn_release_ok - a clean connection: to a local waiter, else to
+ * another loop where a request waits for one (moved there, not closed and
+ * reopened: a new connection can wait long in a busy backend's listen
+ * queue), else idle in the pool. */
 void bconn_release_ok(struct bconn *b)
 {
 	struct pool *p = b->pool;
@@ -877,14 +915,79 @@ void bconn_release_ok(struct bconn *b)
 		txn_start(w);
 		return;
 	}
-	if (rl->shutdown || b->idle_ms == 0 || dest_others_waiting(p->dest, rl->loop)) {
+	if (rl->shutdown || b->idle_ms == 0) {
 		bconn_close(b, 1);
+		return;
+	}
+	struct ev_loop *to = dest_claim(p->dest, rl->loop, NULL);
+
+	if (to) {
+		bconn_move(b, to);
 		return;
 	}
 	b->state = B_IDLE;
 	TAILQ_INSERT_HEAD(&p->idle, b, link);
 	dest_adjust(p->dest, rl->loop, 0, 1);
 	ev_timer_start(rl->loop, &b->tmr, b->idle_ms, bconn_timeout, b);
+}
+
+static void bconn_arrive(void *arg);
+
+/* bconn_move - send a clean, unattached connection to loop `to` (claimed
+ * there with dest_claim), keeping its slot; detached at the end of this
+ * iteration, when no conn.c frame is on the stack. */
+static void bconn_move(struct bconn *b, struct ev_loop *to)
+{
+	struct relay_loop *rl = b->pool->rl;
+
+	b->req = NULL;
+	b->state = B_MOVE;
+	b->mv_to = to;
+	ev_timer_stop(rl->loop, &b->tmr);
+	ev_defer(rl->loop, &b->mvd, bconn_move_cb, b);
+}
+
+/* bconn_move_cb - off this loop and posted to the other; closed instead
+ * when it cannot be detached (input arrived, TLS busy) or we stop. */
+static void bconn_move_cb(void *arg)
+{
+	struct bconn *b = arg;
+	struct relay_loop *rl = b->pool->rl;
+
+	if (rl->shutdown || conn_detach(b->c) < 0) {
+		bconn_close(b, 1);
+		return;
+	}
+	b->mv_dest = b->pool->dest;
+	b->pool = NULL;
+	rl->nconn--;
+	ev_post(b->mv_to, bconn_arrive, b);
+	rl_maybe_free(rl);
+}
+
+/* bconn_arrive - a moved connection on its new loop: to the waiter there
+ * (or idle); closed when this loop stops. */
+static void bconn_arrive(void *arg)
+{
+	struct bconn *b = arg;
+	struct relay_dest *d = b->mv_dest;
+	struct ev_loop *loop = b->mv_to;
+	struct relay_loop *rl = *ev_slot(loop, EV_SLOT_RELAY);
+
+	dest_arrived(d, loop);
+	b->mv_to = NULL;
+	conn_attach(b->c, loop);
+	if (!rl || rl->shutdown) {
+		conn_free(b->c);
+		free(b);
+		atomic_fetch_sub(&d->open, 1);
+		dest_wake(d, NULL);
+		return;
+	}
+	b->pool = pool_get(rl, d);
+	rl->nconn++;
+	b->state = B_READY;
+	bconn_release_ok(b);
 }
 
 /* bconn_open - a new connection to p->dest for r (r holds a slot). */
@@ -1097,8 +1200,11 @@ static void dest_post_cb(void *arg)
 	if (p && dp->shed) {
 		struct bconn *b = TAILQ_LAST(&p->idle, bconn_list);
 
-		if (b)
-			bconn_close(b, 1);
+		if (b && dest_claim(dp->dest, rl->loop, dp->to)) {
+			TAILQ_REMOVE(&p->idle, b, link);
+			dest_adjust(p->dest, rl->loop, 0, -1);
+			bconn_move(b, dp->to);
+		}
 	} else if (p) {
 		pool_kick(p);
 	} else if (!dp->shed) {

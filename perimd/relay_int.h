@@ -25,8 +25,9 @@
 
 struct dest_loop {
 	struct ev_loop *loop;
-	int waiting; /* requests waiting for a slot there */
-	int idle;    /* idle pooled connections there */
+	int waiting;  /* requests waiting for a slot there */
+	int idle;     /* idle pooled connections there */
+	int incoming; /* connections on their way there from another loop */
 };
 
 struct relay_dest {
@@ -83,6 +84,7 @@ enum bstate {
 	B_DOT,      /* waiting for the reply to the final dot */
 	B_RSET,     /* unattached, waiting for 250 to RSET */
 	B_IDLE,     /* unattached, in the pool */
+	B_MOVE,     /* unattached, leaving for a loop with a waiter */
 	B_QUIT      /* closing */
 };
 
@@ -97,17 +99,20 @@ struct bconn {
 	struct relay_req *req;
 	enum bstate state;
 	unsigned caps;
-	unsigned xfattrs;    /* SMTP_XF_BIT()s its XFORWARD offers */
-	int xf_refused;      /* it refused XFORWARD: not sent again */
-	unsigned xcattrs;    /* SMTP_XF_BIT()s its XCLIENT offers */
-	int xclient;         /* 1: XCLIENT accepted (never pooled), -1 refused */
-	int tls;             /* STARTTLS done (RFC 3207) */
-	size_t rseen;        /* input bytes already seen to hold no
+	unsigned xfattrs;           /* SMTP_XF_BIT()s its XFORWARD offers */
+	int xf_refused;             /* it refused XFORWARD: not sent again */
+	unsigned xcattrs;           /* SMTP_XF_BIT()s its XCLIENT offers */
+	int xclient;                /* 1: XCLIENT accepted (never pooled), -1 refused */
+	int tls;                    /* STARTTLS done (RFC 3207) */
+	size_t rseen;               /* input bytes already seen to hold no
 					 complete reply (a long one in bits) */
-	int ntxn;            /* transactions started on it */
-	int slot;            /* holds one of dest->open */
-	uint64_t idle_ms;    /* relay_idle_timeout of its last user */
-	struct ev_timer tmr; /* stage or idle timer */
+	int ntxn;                   /* transactions started on it */
+	int slot;                   /* holds one of dest->open */
+	uint64_t idle_ms;           /* relay_idle_timeout of its last user */
+	struct ev_timer tmr;        /* stage or idle timer */
+	struct ev_defer mvd;        /* B_MOVE: detach once conn.c is off the stack */
+	struct ev_loop *mv_to;      /* B_MOVE: where to */
+	struct relay_dest *mv_dest; /* its backend while between loops */
 };
 
 struct relay_req {
