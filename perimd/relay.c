@@ -788,7 +788,10 @@ void req_fail(struct relay_req *r, int code, const char *enh, const char *text)
 }
 
 /* req_detach - take the connection off the request: RSET and pool it
- * (release = 1), or close it. */
+ * (release = 1), or close it. Straight after a 2xx to the final dot the
+ * backend has already reset its state (RFC 5321 §4.1.1.4): a request of
+ * this loop waiting for a connection gets it at once, without the RSET
+ * round trip (which the backend answers slowly when it is busy). */
 void req_detach(struct relay_req *r, int release)
 {
 	struct bconn *b = r->b;
@@ -804,7 +807,10 @@ void req_detach(struct relay_req *r, int release)
 		bconn_close(b, release);
 		return;
 	}
-	if (b->state == B_READY) {
+	int clean = b->clean && b->state == B_DOT;
+
+	b->clean = 0;
+	if (b->state == B_READY || (clean && !TAILQ_EMPTY(&b->pool->waiters))) {
 		bconn_release_ok(b);
 		return;
 	}

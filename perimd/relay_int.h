@@ -99,15 +99,16 @@ struct bconn {
 	struct relay_req *req;
 	enum bstate state;
 	unsigned caps;
-	unsigned xfattrs;           /* SMTP_XF_BIT()s its XFORWARD offers */
-	int xf_refused;             /* it refused XFORWARD: not sent again */
-	unsigned xcattrs;           /* SMTP_XF_BIT()s its XCLIENT offers */
-	int xclient;                /* 1: XCLIENT accepted (never pooled), -1 refused */
-	int tls;                    /* STARTTLS done (RFC 3207) */
-	size_t rseen;               /* input bytes already seen to hold no
+	unsigned xfattrs; /* SMTP_XF_BIT()s its XFORWARD offers */
+	int xf_refused;   /* it refused XFORWARD: not sent again */
+	unsigned xcattrs; /* SMTP_XF_BIT()s its XCLIENT offers */
+	int xclient;      /* 1: XCLIENT accepted (never pooled), -1 refused */
+	int tls;          /* STARTTLS done (RFC 3207) */
+	size_t rseen;     /* input bytes already seen to hold no
 					 complete reply (a long one in bits) */
-	int ntxn;                   /* transactions started on it */
-	int slot;                   /* holds one of dest->open */
+	int ntxn;         /* transactions started on it */
+	int clean; /* last transaction ended with 2xx to the final dot: another may follow without RSET */
+	int slot;  /* holds one of dest->open */
 	uint64_t idle_ms;           /* relay_idle_timeout of its last user */
 	struct ev_timer tmr;        /* stage or idle timer */
 	struct ev_defer mvd;        /* B_MOVE: detach once conn.c is off the stack */

@@ -660,6 +660,7 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 			relay_queue_id_parse(rep->text, r->res.queue_id, sizeof(r->res.queue_id));
 			req_set(r, 250, "2.0.0", "Ok: queued as %s (backend%s said: %s)", m->id ? m->id : "?",
 				req_who(r), said);
+			b->clean = 1;
 			req_end(r, 1, "sent", said);
 			return -1;
 		}

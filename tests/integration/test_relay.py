@@ -418,6 +418,35 @@ def test_pool_waiter_served_when_connection_frees(perimd_factory, backend_factor
     assert len({m.conn for m in b.messages()}) == 1
 
 
+def test_waiter_gets_connection_without_rset(perimd_factory, backend_factory):
+    """A 250 to the final dot ends the backend's transaction (RFC 5321
+    §4.1.1.4): a message waiting for the one allowed connection gets it at
+    once, with no RSET round trip between; RSET comes only before the
+    connection goes idle into the pool."""
+    b = backend_factory()
+    p = start(perimd_factory, [b], relay_destination_concurrency_limit=1,
+              relay_pool_wait="20s", io_threads=1)
+    results = []
+
+    def one(i):
+        results.append(send(p.port, body=b"Subject: %d\r\n\r\n" % i + b"x" * 20000 + b"\r\n"))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 8
+    for r in results:
+        expect(r, 250, "2.0.0")
+    assert wait_for(lambda: b.stats()["rset"] >= 1, timeout=10), b.stats()
+    st = b.stats()
+    assert len(b.messages()) == 8 and st["connections"] == 1, st
+    # Every message but those that found no one waiting went on without RSET.
+    assert st["rset"] < 8, st
+    assert st["commands"].get("MAIL") == 8
+
+
 def test_connection_reuse(perimd_factory, backend_factory):
     """Messages in a row share one backend connection, reset with RSET."""
     b = backend_factory()
