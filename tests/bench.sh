@@ -91,6 +91,8 @@
 #                           100 KB messages got slower). Puts /etc/postfix/main.cf and
 #                           master.cf back as found (the peer script rewrites them).
 #                           LAT_PERIMD_CONF="name = value; ...": more perimd settings.
+#                           LAT_PERIMD_BASE=/path/perimd: another binary (an older
+#                           revision), same settings, as "perimd-base" in the same run.
 #                           LAT_PROXY=1 (default) adds a row "postfix-proxy": a private Postfix
 #                           (own config and queue directories, loopback ports; /etc/postfix
 #                           untouched) with smtpd_proxy_filter to a second private Postfix
@@ -833,6 +835,12 @@ latency_bench() {
 		PERIMD_CMD="$PY $ROOT/tests/bench_proxy.py {PORT} {SINK_PORT}" PATH=$d/bin:$PATH \
 			OUT=$base/proxy bash "$peer" run perimd
 	fi
+	if [ -n "${LAT_PERIMD_BASE:-}" ]; then
+		# Another perimd binary (an older revision) with the same settings,
+		# its rows beside this one's as "perimd-base".
+		PERIMD_CMD="${PERIMD_CMD/#$PERIMD /$LAT_PERIMD_BASE }" PATH=$d/bin:$PATH \
+			OUT=$base/base bash "$peer" run perimd
+	fi
 	echo "bench latency: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$base/load.txt"
 	restore_postfix_conf
 	rm -rf "$d"
@@ -841,11 +849,12 @@ latency_bench() {
 import os, sys
 top, nodelay = sys.argv[1], sys.argv[2] == "1"
 systems = [("direct", "direct"), ("Postfix", "postfix"), ("Postfix-proxy", "postfix-proxy"),
-           ("Haraka, TCP_NODELAY" if nodelay else "Haraka", "haraka"), ("perimd", "perimd")]
+           ("Haraka, TCP_NODELAY" if nodelay else "Haraka", "haraka"), ("perimd", "perimd"),
+           ("perimd-base", "perimd-base")]
 def kv(line):
     return dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
 runs, lat, dirs = {}, {}, {}
-for sub, rename in (("peers", None), ("proxy", "postfix-proxy")):
+for sub, rename in (("peers", None), ("proxy", "postfix-proxy"), ("base", "perimd-base")):
     try:
         lines = open(os.path.join(top, sub, "results.txt")).readlines()
     except OSError:
@@ -916,7 +925,7 @@ if not bad:
 # perimd.log): final dot to reply as perimd measured it, then scan, wait
 # for a backend connection, and the rest (relay transaction, hand-offs).
 import re
-for k in sorted(k for k in runs if k[0] == "perimd"):
+for k in sorted(k for k in runs if k[0] in ("perimd", "perimd-base")):
     try:
         text = open(os.path.join(dirs[k], "perimd.log"), errors="replace").read()
     except OSError:
@@ -928,9 +937,9 @@ for k in sorted(k for k in runs if k[0] == "perimd"):
     def pc(i, p):
         v = sorted(r[i] for r in rows)
         return v[min(len(v) - 1, max(0, int(p / 100.0 * len(v) + 0.999) - 1))] * 1000
-    print("perimd %d B %d sessions, own delays over %d messages (ms, p50/p99): total %.1f/%.1f "
+    print("%s %d B %d sessions, own delays over %d messages (ms, p50/p99): total %.1f/%.1f "
           "scan %.1f/%.1f pool wait %.1f/%.1f relay+rest %.1f/%.1f" % (
-              k[1], k[2], len(rows), pc(0, 50), pc(0, 99), pc(1, 50), pc(1, 99), pc(2, 50),
+              k[0], k[1], k[2], len(rows), pc(0, 50), pc(0, 99), pc(1, 50), pc(1, 99), pc(2, 50),
               pc(2, 99), pc(3, 50), pc(3, 99)))
 EOF
 }
