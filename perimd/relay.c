@@ -59,11 +59,25 @@ static void req_acquire(struct relay_req *r);
 static void pool_kick(void *arg);
 static void rl_maybe_free(struct relay_loop *rl);
 
-const char *const relay_bstate_name[] = { "connect",      "greeting",      "EHLO",    "HELO",
-					  "STARTTLS",     "TLS handshake", "XCLIENT", "ready",
-					  "XFORWARD",     "MAIL FROM",     "RCPT TO", "DATA",
-					  "message body", "end of data",   "RSET",    "idle",
-					  "QUIT",         "BDAT",          "waiting for the verdict" };
+const char *const relay_bstate_name[] = { "connect",
+					  "greeting",
+					  "EHLO",
+					  "HELO",
+					  "STARTTLS",
+					  "TLS handshake",
+					  "XCLIENT",
+					  "ready",
+					  "XFORWARD",
+					  "MAIL FROM",
+					  "RCPT TO",
+					  "DATA",
+					  "message body",
+					  "end of data",
+					  "RSET",
+					  "idle",
+					  "QUIT",
+					  "BDAT",
+					  "waiting for the verdict" };
 /* The same as metric label values (snake_case). */
 const char *const relay_bstate_label[] = { "connect",      "greeting",      "ehlo",    "helo",
 					   "starttls",     "tls_handshake", "xclient", "ready",

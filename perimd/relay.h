@@ -68,7 +68,7 @@ struct relay_msg {
 	const struct conf *conf;
 	int verify_only;                   /* a callout: MAIL, RCPT, then RSET; no DATA */
 	const struct relay_client *client; /* for XFORWARD, or NULL */
-	int hold; /* relay_scan_overlap: stop short of ending the transaction
+	int hold;                          /* relay_scan_overlap: stop short of ending the transaction
 		     until relay_release() (see there) */
 };
 

@@ -136,12 +136,12 @@ struct relay_req {
 	struct smtp_reply refusal; /* the first refused RCPT's reply */
 	int naccept, first_refused;
 	uint64_t body_off;
-	int release;              /* relay_release(): 0 not yet, 1 go, -1 abandon */
-	int chunked;              /* the body goes as BDAT chunks (RFC 3030) */
+	int release;               /* relay_release(): 0 not yet, 1 go, -1 abandon */
+	int chunked;               /* the body goes as BDAT chunks (RFC 3030) */
 	int bdat_sent, bdat_acked; /* BDAT chunks written, answered */
-	struct smtp_stuff stuff; /* dot-stuffing and smtp_line_length_limit */
-	unsigned capmiss;        /* SMTP_CAP_* a skipped backend lacked */
-	char *scratch;           /* RELAY_CHUNK in + 2 * RELAY_CHUNK out */
+	struct smtp_stuff stuff;   /* dot-stuffing and smtp_line_length_limit */
+	unsigned capmiss;          /* SMTP_CAP_* a skipped backend lacked */
+	char *scratch;             /* RELAY_CHUNK in + 2 * RELAY_CHUNK out */
 	uint64_t t_start, t_attempt;
 	char last_error[300];            /* for the log: "backend X: why" */
 	char last_why[300];              /* the same without X, for the client */

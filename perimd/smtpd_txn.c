@@ -1096,8 +1096,7 @@ static void data_end(struct session *s)
  * (the copy to relay is known only when they end). */
 static int overlap_usable(const struct session *s)
 {
-	return s->cf->relay_scan_overlap && !milter_enabled(s->cf) && !s->tx->milter &&
-	    !s->pol->header_checks;
+	return s->cf->relay_scan_overlap && !milter_enabled(s->cf) && !s->tx->milter && !s->pol->header_checks;
 }
 
 /* scan_or_relay - the message as stored (and changed by the milters):
