@@ -1023,7 +1023,7 @@ static void bconn_on_drain(void *arg)
 	if (b->state == B_BODY && b->req)
 		body_fill(b);
 	else if (b->state == B_BDAT && b->req)
-		bdat_fill(b);
+		bconn_bdat_fill(b);
 }
 
 /* ---- requests: routing and waiting -------------------------------------- */

@@ -187,9 +187,9 @@ void body_fill(struct bconn *b);
  * backend: end it, abandon it, or wait (relay_release()); -1 when the
  * request ended. */
 int req_hold_point(struct relay_req *r);
-/* bdat_fill - keep the chunks flowing (on_drain in B_BDAT); -1 when the
+/* bconn_bdat_fill - keep the chunks flowing (on_drain in B_BDAT); -1 when the
  * request ended. */
-int bdat_fill(struct bconn *b);
+int bconn_bdat_fill(struct bconn *b);
 /* bconn_on_read - backend replies, by connection state (conn on_read). */
 void bconn_on_read(void *arg);
 

@@ -381,12 +381,12 @@ int req_hold_point(struct relay_req *r)
 	return 0;
 }
 
-/* bdat_fill - the body as BDAT chunks (RFC 3030 §2): not dot-stuffed,
+/* bconn_bdat_fill - the body as BDAT chunks (RFC 3030 §2): not dot-stuffed,
  * folded as the DATA path folds (smtp_line_length_limit), about
  * RELAY_WINDOW bytes queued; pipelined with PIPELINING (RFC 3030 §4.2),
  * else one chunk per reply. Once every chunk is answered the transaction
  * waits at its hold point: LAST only goes with a clean verdict. */
-int bdat_fill(struct bconn *b)
+int bconn_bdat_fill(struct bconn *b)
 {
 	struct relay_req *r = b->req;
 	uint64_t size = spool_size(r->msg->body);
@@ -424,7 +424,7 @@ static int bdat_reply(struct bconn *b, const struct smtp_reply *rep, const char 
 
 	r->bdat_acked++;
 	if (rep->code / 100 == 2)
-		return bdat_fill(b);
+		return bconn_bdat_fill(b);
 	if (rep->code >= 500) {
 		req_pass_on(r, rep, said, NULL);
 		relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
@@ -459,7 +459,7 @@ static void rcpts_done(struct bconn *b)
 		if (b->caps & SMTP_CAP_CHUNKING) {
 			r->chunked = 1;
 			r->stuff = (struct smtp_stuff){ .at_line_start = 1, .nodot = 1 };
-			bdat_fill(b);
+			bconn_bdat_fill(b);
 			return;
 		}
 		req_hold_point(r);
