@@ -393,7 +393,9 @@ int bconn_bdat_fill(struct bconn *b)
 	const struct conf *cf = r->msg->conf;
 	int pipelined = (b->caps & SMTP_CAP_PIPELINING) != 0;
 
-	while (conn_wpending(b->c) < RELAY_WINDOW && r->body_off < size &&
+	/* Once refused (relay_release(r, 0)) no more chunks: RSET comes as
+	 * soon as those sent are answered. */
+	while (conn_wpending(b->c) < RELAY_WINDOW && r->body_off < size && r->release >= 0 &&
 	       (pipelined || r->bdat_sent == r->bdat_acked)) {
 		const void *p;
 		size_t n = body_next(r, &p), used;
@@ -407,7 +409,7 @@ int bconn_bdat_fill(struct bconn *b)
 		r->body_off += used;
 		r->bdat_sent++;
 	}
-	if (r->body_off >= size && r->bdat_acked == r->bdat_sent)
+	if ((r->body_off >= size || r->release < 0) && r->bdat_acked == r->bdat_sent)
 		return req_hold_point(r);
 	bconn_stage(b, B_BDAT, req_remaining(r, (uint64_t)cf->relay_timeout));
 	return 0;
