@@ -21,7 +21,6 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import Client, expect, known_params, wait_for  # noqa: E402
-from hostile_backend import HostileBackend  # noqa: E402
 from test_av import EICAR, SIG_EICAR, scanner_pid, write_db  # noqa: E402
 from test_milter import Peer  # noqa: E402
 
@@ -41,20 +40,6 @@ def body_of(kb):
 
 
 VIRUS = b"Subject: eicar\r\n\r\n" + EICAR + b"\r\n" + b"padding line\r\n" * 3000
-
-
-@pytest.fixture
-def hostile():
-    made = []
-
-    def make(**kw):
-        b = HostileBackend(**kw).start()
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.stop()
 
 
 def start(perimd_factory, tmp_path, backends, **params):
@@ -220,15 +205,30 @@ def test_no_overlap(perimd_factory, tmp_path, hostile, what):
             peer.stop()
 
 
-def test_refused_at_last(perimd_factory, tmp_path, hostile):
-    """The backend refuses at BDAT LAST: its reply reaches the client, as
-    a refusal of the final dot does without overlap."""
-    b = hostile(caps=CHUNKING, reply={"eod": "554 5.7.1 content refused here"})
+@pytest.mark.parametrize("stage,reply,code,enh", [
+    ("eod", "554 5.7.1 content refused here", 554, "5.7.1"),
+    ("bdat", ["250 2.0.0 ok", "552 5.3.4 chunk refused here"], 552, "5.3.4"),
+    ("bdat", "452 4.3.1 chunk deferred here", 451, "4.4.1")])
+def test_backend_refuses(perimd_factory, tmp_path, hostile, stage, reply, code, enh):
+    """The backend refuses at BDAT LAST or at a chunk: a 5xx reaches the
+    client, as a refusal of the final dot does without overlap; a 4xx at
+    a chunk fails over (nothing was completed), so with one backend 451.
+    The connection is reused for the next message when its replies are all
+    in, and nothing was ever completed for the refused one."""
+    b = hostile(caps=CHUNKING, reply={stage: reply})
     p = start(perimd_factory, tmp_path, [b])
     with session(p) as c:
-        transaction(c, body_of(30))
-        expect(c.reply(30), 554, "5.7.1", r"backend said: 554 5\.7\.1 content refused here")
-    assert not b.messages and lasts(b) == ["BDAT 0 LAST"]
+        transaction(c, body_of(60))
+        r = c.reply(30)
+        expect(r, code, enh)
+        if code != 451:
+            assert "chunk" in r[1] or "content" in r[1], r
+    assert not b.messages
+    assert wait_for(lambda: b.aborted, 10) and b.aborted[0]["how"] in ("refused", "RSET", "EOF")
+    if stage == "eod":
+        assert lasts(b) == ["BDAT 0 LAST"]
+    else:
+        assert not lasts(b)
 
 
 def test_backend_dies_mid_chunks(perimd_factory, tmp_path, hostile):
