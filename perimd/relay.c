@@ -781,10 +781,10 @@ void req_fail(struct relay_req *r, int code, const char *enh, const char *text)
 }
 
 /* req_abandon - the message was refused while it was being relayed
- * (relay_release(r, 0)): the transaction is dropped unfinished, by RSET on
- * a connection that has everything it was sent (RFC 3030 §4: RSET ends a
- * BDAT transaction; RFC 5321 §4.1.1.5), pooled after its 250; done() gets
- * code 0. */
+ * (relay_release(r, 0)): the transaction is dropped unfinished, by RSET
+ * on a connection that has everything it was sent (RFC 3030 §2: RSET
+ * clears the chunks sent before LAST; RFC 5321 §4.1.1.5), pooled after
+ * its 250; done() gets code 0. */
 void req_abandon(struct relay_req *r)
 {
 	req_set(r, 0, "", "abandoned: the message was refused");

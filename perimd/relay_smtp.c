@@ -383,7 +383,7 @@ int req_hold_point(struct relay_req *r)
 
 /* bconn_bdat_fill - the body as BDAT chunks (RFC 3030 §2): not dot-stuffed,
  * folded as the DATA path folds (smtp_line_length_limit), about
- * RELAY_WINDOW bytes queued; pipelined with PIPELINING (RFC 3030 §4.2),
+ * RELAY_WINDOW bytes queued; pipelined with PIPELINING (RFC 3030 §2),
  * else one chunk per reply. Once every chunk is answered the transaction
  * waits at its hold point: LAST only goes with a clean verdict. */
 int bconn_bdat_fill(struct bconn *b)
