@@ -253,3 +253,39 @@ def test_backend_dies_mid_chunks(perimd_factory, tmp_path, hostile):
         expect(c.reply(30), 250)
     assert not dead.messages
     assert relayed(good, body)["via"] == "BDAT"
+
+
+
+def test_shutdown_mid_overlap(perimd_factory, tmp_path, hostile):
+    """SIGTERM past shutdown_timeout while a message is both scanned and
+    relayed: the session keeps it (as without overlap), the client gets
+    the outcome once the scan ends, the message is delivered once, and
+    perimd exits cleanly."""
+    import threading
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, tmp_path, [b], shutdown_timeout="1s")
+    pid = scanner_pid(p)
+    body = body_of(30)
+    errors = []
+
+    def stop():
+        try:
+            p.stop(timeout=30)
+        except AssertionError as e:  # sanitizer report, unclean exit
+            errors.append(str(e))
+
+    stopper = threading.Thread(target=stop)
+    with session(p) as c:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            transaction(c, body)
+            assert wait_for(lambda: b.commands_of("BDAT"), 10)
+            stopper.start()
+            p.wait_log(r"shutdown: message of client \S+ still being relayed; waiting", 10)
+            assert not lasts(b)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        expect(c.reply(30), 250)
+    stopper.join(40)
+    assert not stopper.is_alive() and not errors, errors
+    assert relayed(b, body)["via"] == "BDAT" and lasts(b) == ["BDAT 0 LAST"]
