@@ -59,26 +59,13 @@ static void req_acquire(struct relay_req *r);
 static void pool_kick(void *arg);
 static void rl_maybe_free(struct relay_loop *rl);
 
-const char *const relay_bstate_name[] = { "connect",
-					  "greeting",
-					  "EHLO",
-					  "HELO",
-					  "STARTTLS",
-					  "TLS handshake",
-					  "XCLIENT",
-					  "ready",
-					  "XFORWARD",
-					  "MAIL FROM",
-					  "RCPT TO",
-					  "DATA",
-					  "message body",
-					  "end of data",
-					  "RSET",
-					  "idle",
-					  "QUIT",
-					  "BDAT",
-					  "waiting for the verdict" };
-/* The same as metric label values (snake_case). */
+const char *const relay_bstate_name[] = { "connect",      "greeting",      "EHLO",    "HELO",
+					  "STARTTLS",     "TLS handshake", "XCLIENT", "ready",
+					  "XFORWARD",     "MAIL FROM",     "RCPT TO", "DATA",
+					  "message body", "end of data",   "RSET",    "idle",
+					  "QUIT",         "BDAT",          "hold" };
+/* The same as metric label values (snake_case). "hold": waiting for
+ * relay_release(). */
 const char *const relay_bstate_label[] = { "connect",      "greeting",      "ehlo",    "helo",
 					   "starttls",     "tls_handshake", "xclient", "ready",
 					   "xforward",     "mail_from",     "rcpt_to", "data",

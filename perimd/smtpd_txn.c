@@ -754,8 +754,9 @@ void smtpd_cmd_data(struct session *s, char *arg)
 	data_begin(s);
 }
 
-/* relay_done - the backend's verdict: the client hears it now. */
 static void scan_refused(struct session *s, const char *refusal);
+
+/* relay_done - the backend's verdict: the client hears it now. */
 static void relay_done(void *arg, const struct relay_result *r)
 {
 	struct session *s = arg;
