@@ -27,7 +27,8 @@ import pytest
 
 from harness import Client, free_port, wait_for
 from postfix_instance import PostfixInstance, postfix_available
-from test_av import EICAR, Clamd, write_db
+from clamd_helper import EICAR, Clamd
+from test_av import write_db
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "man",
                     "perimd-migrate.7")
