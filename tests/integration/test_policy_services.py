@@ -33,7 +33,7 @@ import urllib.request
 
 import pytest
 
-from harness import Client, free_port, wait_for
+from harness import Client, free_port, stop_proc, wait_for
 from listener import Listener
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
@@ -78,17 +78,6 @@ class Dnsmasq:
     def stop(self):
         stop_proc(self.proc)
         self.errf.close()
-
-
-def stop_proc(proc):
-    """Terminate a process we started (by its object), then kill."""
-    if proc and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 class PolicyServer(Listener):
