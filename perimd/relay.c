@@ -63,13 +63,14 @@ const char *const relay_bstate_name[] = { "connect",      "greeting",      "EHLO
 					  "STARTTLS",     "TLS handshake", "XCLIENT", "ready",
 					  "XFORWARD",     "MAIL FROM",     "RCPT TO", "DATA",
 					  "message body", "end of data",   "RSET",    "idle",
-					  "moving",       "QUIT" };
-/* The same as metric label values (snake_case). */
+					  "moving",       "QUIT",          "BDAT",    "hold" };
+/* The same as metric label values (snake_case). "hold": waiting for
+ * relay_release(). */
 const char *const relay_bstate_label[] = { "connect",      "greeting",      "ehlo",    "helo",
 					   "starttls",     "tls_handshake", "xclient", "ready",
 					   "xforward",     "mail_from",     "rcpt_to", "data",
 					   "message_body", "end_of_data",   "rset",    "idle",
-					   "moving",       "quit" };
+					   "moving",       "quit",          "bdat",    "hold" };
 
 static pthread_mutex_t dests_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct relay_dest *dests;
@@ -787,6 +788,17 @@ void req_fail(struct relay_req *r, int code, const char *enh, const char *text)
 	req_finish(r);
 }
 
+/* req_abandon - the message was refused while it was being relayed
+ * (relay_release(r, 0)): the transaction is dropped unfinished, by RSET
+ * on a connection that has everything it was sent (RFC 3030 §2: RSET
+ * clears the chunks sent before LAST; RFC 5321 §4.1.1.5), pooled after
+ * its 250; done() gets code 0. */
+void req_abandon(struct relay_req *r)
+{
+	req_set(r, 0, "", "abandoned: the message was refused");
+	req_end(r, 1, "abandoned", "the message was refused during the relay");
+}
+
 /* req_detach - take the connection off the request: RSET and pool it
  * (release = 1), or close it. Straight after a 2xx to the final dot the
  * backend has already reset its state (RFC 5321 §4.1.1.4): a request of
@@ -1106,6 +1118,8 @@ static void bconn_on_drain(void *arg)
 
 	if (b->state == B_BODY && b->req)
 		body_fill(b);
+	else if (b->state == B_BDAT && b->req)
+		bconn_bdat_fill(b);
 }
 
 /* ---- requests: routing and waiting -------------------------------------- */
@@ -1126,6 +1140,19 @@ static void req_wait_timeout(void *arg)
 	req_fail(r, 451, "4.4.5", text);
 }
 
+/* idle_take - idle connection b of pool p serves r: out of the idle
+ * list and its idle timer, the transaction started. */
+static void idle_take(struct pool *p, struct bconn *b, struct relay_req *r)
+{
+	TAILQ_REMOVE(&p->idle, b, link);
+	dest_adjust(p->dest, p->rl->loop, 0, -1);
+	ev_timer_stop(p->rl->loop, &b->tmr);
+	b->req = r;
+	b->state = B_READY;
+	r->b = b;
+	txn_start(r);
+}
+
 /* req_acquire - a connection to r->dest: idle, new, or wait for one. */
 static void req_acquire(struct relay_req *r)
 {
@@ -1136,13 +1163,7 @@ static void req_acquire(struct relay_req *r)
 	atomic_store(&r->dest->limit, (int)r->msg->conf->relay_destination_concurrency_limit);
 	r->t_attempt = ev_now(rl->loop);
 	if (b) {
-		TAILQ_REMOVE(&p->idle, b, link);
-		dest_adjust(p->dest, rl->loop, 0, -1);
-		ev_timer_stop(rl->loop, &b->tmr);
-		b->req = r;
-		b->state = B_READY;
-		r->b = b;
-		txn_start(r);
+		idle_take(p, b, r);
 		return;
 	}
 	if (dest_reserve(r->dest, rl->loop, 0, 1)) {
@@ -1175,14 +1196,8 @@ static void pool_kick(void *arg)
 		ev_timer_stop(rl->loop, &w->waitt);
 		dest_adjust(p->dest, rl->loop, -1, 0);
 		if (b) {
-			TAILQ_REMOVE(&p->idle, b, link);
-			dest_adjust(p->dest, rl->loop, 0, -1);
-			ev_timer_stop(rl->loop, &b->tmr);
-			b->req = w;
-			b->state = B_READY;
-			w->b = b;
 			w->t_attempt = ev_now(rl->loop);
-			txn_start(w);
+			idle_take(p, b, w);
 			continue;
 		}
 		if (bconn_open(p, w) < 0)
@@ -1272,6 +1287,10 @@ static void req_next_target(struct relay_req *r)
 {
 	const struct conf_list *l = r->msg->backends;
 
+	if (r->release < 0) { /* refused meanwhile: no other backend needs it */
+		req_abandon(r);
+		return;
+	}
 	for (;;) {
 		const char *why = NULL;
 		const char *t = NULL;
@@ -1386,6 +1405,28 @@ struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_
 	rl->nreq++;
 	ev_defer(loop, &r->startd, req_start, r);
 	return r;
+}
+
+/* req_release_cb - relay_release()'s verdict, applied from the loop: at
+ * once when the request waits at its hold point, or when it holds no
+ * connection and is refused; else when it reaches the hold point. */
+static void req_release_cb(void *arg)
+{
+	struct relay_req *r = arg;
+
+	if (r->b && r->b->state == B_HOLD)
+		req_hold_point(r);
+	else if (!r->b && r->release < 0)
+		req_abandon(r);
+}
+
+/* relay_release - see relay.h. */
+void relay_release(struct relay_req *r, int go)
+{
+	if (!r || r->in_done || r->release)
+		return;
+	r->release = go ? 1 : -1;
+	ev_defer(r->rl->loop, &r->startd, req_release_cb, r);
 }
 
 /* relay_cancel - the session is gone: abandon the request. */
