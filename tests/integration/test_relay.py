@@ -389,6 +389,24 @@ def test_pool_wait_exceeded(perimd_factory, backend_factory):
         first.close()
 
 
+def send_at_once(port, n, text):
+    """n messages (body `text` after a numbered Subject) from n sessions at
+    once; each must get 250 2.0.0."""
+    results = []
+
+    def one(i):
+        results.append(send(port, body=b"Subject: %d\r\n\r\n" % i + text))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == n
+    for r in results:
+        expect(r, 250, "2.0.0")
+
+
 def test_pool_waiter_served_when_connection_frees(perimd_factory, backend_factory):
     """Several sessions on a limit of one connection, over two io threads:
     they queue for it and every message gets through on that one
@@ -398,19 +416,7 @@ def test_pool_waiter_served_when_connection_frees(perimd_factory, backend_factor
     b = backend_factory()
     p = start(perimd_factory, [b], relay_destination_concurrency_limit=1,
               relay_pool_wait="20s", io_threads=2)
-    results = []
-
-    def one(i):
-        results.append(send(p.port, body=b"Subject: %d\r\n\r\nbody\r\n" % i))
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(results) == 8
-    for r in results:
-        expect(r, 250, "2.0.0")
+    send_at_once(p.port, 8, b"body\r\n")
     assert len(b.messages()) == 8
     # Never more than the limit at once, and never a new connection.
     assert b.stats()["max_open"] == 1
@@ -426,19 +432,7 @@ def test_waiter_gets_connection_without_rset(perimd_factory, backend_factory):
     b = backend_factory()
     p = start(perimd_factory, [b], relay_destination_concurrency_limit=1,
               relay_pool_wait="20s", io_threads=1)
-    results = []
-
-    def one(i):
-        results.append(send(p.port, body=b"Subject: %d\r\n\r\n" % i + b"x" * 20000 + b"\r\n"))
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(results) == 8
-    for r in results:
-        expect(r, 250, "2.0.0")
+    send_at_once(p.port, 8, b"x" * 20000 + b"\r\n")
     assert wait_for(lambda: b.stats()["rset"] >= 1, timeout=10), b.stats()
     st = b.stats()
     assert len(b.messages()) == 8 and st["connections"] == 1, st
