@@ -330,6 +330,7 @@ static struct relay_dest *dest_get(const char *target, const char **why)
 		d->salen = sl;
 		atomic_init(&d->open, 0);
 		atomic_init(&d->limit, 1);
+		atomic_init(&d->making, 0);
 		pthread_mutex_init(&d->mu, NULL);
 		d->next = dests;
 		dests = d;
@@ -374,8 +375,12 @@ static void dest_post_to(struct ev_loop *loop, struct relay_dest *d, int shed, s
 	ev_post(loop, dest_post_cb, p);
 }
 
-/* dest_reserve - take a connection slot. A fresh request (waiter == 0)
- * queues behind existing waiters; with `waiter` the caller already waits.
+/* dest_reserve - take a connection slot, for a new connection. A fresh
+ * request (waiter == 0) queues behind existing waiters; with `waiter` the
+ * caller already waits. While RELAY_CONNECT_BURST connections are being
+ * set up and others are up, the request waits too: a burst of connects
+ * can sit in a busy backend's listen queue for a second, while a
+ * connection that is up comes free sooner.
  * On failure and register_wait, this loop's waiting count goes up and a
  * loop holding idle connections is asked to hand one over. */
 static int dest_reserve(struct relay_dest *d, struct ev_loop *loop, int waiter, int register_wait)
@@ -386,8 +391,12 @@ static int dest_reserve(struct relay_dest *d, struct ev_loop *loop, int waiter, 
 	pthread_mutex_lock(&d->mu);
 	for (int i = 0; i < d->nloops; i++)
 		others += d->loops[i].waiting;
-	if (atomic_load(&d->open) < atomic_load(&d->limit) && (waiter || others == 0)) {
+	int nopen = atomic_load(&d->open), making = atomic_load(&d->making);
+
+	if (nopen < atomic_load(&d->limit) && (making < RELAY_CONNECT_BURST || nopen == making) &&
+	    (waiter || others == 0)) {
 		atomic_fetch_add(&d->open, 1);
+		atomic_fetch_add(&d->making, 1);
 		ok = 1;
 	} else if (register_wait) {
 		dest_loop_get(d, loop)->waiting++;
@@ -855,6 +864,14 @@ void bconn_stage(struct bconn *b, enum bstate st, uint64_t ms)
 	ev_timer_start(b->pool->rl->loop, &b->tmr, ms, bconn_timeout, b);
 }
 
+/* bconn_made - a new connection is set up (or gone): one more may be. */
+void bconn_made(struct bconn *b)
+{
+	b->making = 0;
+	atomic_fetch_sub(&b->pool->dest->making, 1);
+	dest_wake(b->pool->dest, b->pool->rl);
+}
+
 /* bconn_unmove - a connection on its way to another loop is closed instead. */
 static void bconn_unmove(struct bconn *b)
 {
@@ -874,6 +891,10 @@ static void bconn_free(struct bconn *b)
 	if (b->state == B_IDLE) {
 		TAILQ_REMOVE(&b->pool->idle, b, link);
 		dest_adjust(b->pool->dest, rl->loop, 0, -1);
+	}
+	if (b->making) {
+		b->making = 0;
+		atomic_fetch_sub(&b->pool->dest->making, 1);
 	}
 	ev_timer_stop(rl->loop, &b->tmr);
 	conn_free(b->c);
@@ -1017,6 +1038,7 @@ static int bconn_open(struct pool *p, struct relay_req *r)
 
 	b->pool = p;
 	b->slot = 1;
+	b->making = 1;
 	b->req = r;
 	b->state = B_CONNECT;
 	rl->nconn++;

@@ -20,6 +20,9 @@
 #define RELAY_WINDOW (64 * 1024) /* body bytes kept in the output buffer */
 #define RELAY_CHUNK (16 * 1024)  /* body bytes read per step */
 #define RELAY_STALE_RETRIES 2    /* reused connections found dead */
+/* New connections to one backend being set up at once, while others of
+ * it are up (and will come free for the messages that wait meanwhile). */
+#define RELAY_CONNECT_BURST 8
 
 /* ---- process-wide backend table ----------------------------------------- */
 
@@ -38,6 +41,7 @@ struct relay_dest {
 	socklen_t salen;
 	atomic_int open;    /* connections holding a slot */
 	atomic_int limit;   /* relay_destination_concurrency_limit */
+	atomic_int making;  /* of them being set up: connect to first MAIL */
 	pthread_mutex_t mu; /* guards loops[] */
 	struct dest_loop *loops;
 	int nloops, caploops;
@@ -109,8 +113,9 @@ struct bconn {
 	size_t rseen;     /* input bytes already seen to hold no
 					 complete reply (a long one in bits) */
 	int ntxn;         /* transactions started on it */
-	int clean; /* last transaction ended with 2xx to the final dot: another may follow without RSET */
-	int slot;  /* holds one of dest->open */
+	int clean;  /* last transaction ended with 2xx to the final dot: another may follow without RSET */
+	int slot;   /* holds one of dest->open */
+	int making; /* counted in dest->making */
 	uint64_t idle_ms;           /* relay_idle_timeout of its last user */
 	struct ev_timer tmr;        /* stage or idle timer */
 	struct ev_defer mvd;        /* B_MOVE: detach once conn.c is off the stack */
@@ -165,6 +170,7 @@ void bconn_close(struct bconn *b, int quit);
 void bconn_fail(struct bconn *b, const char *why);
 void bconn_release_ok(struct bconn *b);
 void bconn_stage(struct bconn *b, enum bstate st, uint64_t ms);
+void bconn_made(struct bconn *b);
 int req_body_has_8bit(struct relay_req *r);
 void relay_copy_str(char *dst, size_t dstlen, const char *src);
 void relay_queue_id_parse(const char *text, char *out, size_t outlen);

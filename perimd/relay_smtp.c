@@ -240,6 +240,8 @@ void txn_start(struct relay_req *r)
 	struct bconn *b = r->b;
 	const struct relay_msg *m = r->msg;
 
+	if (b->making)
+		bconn_made(b);
 	if (r->release < 0) { /* refused while a connection was set up */
 		req_abandon(r);
 		return;

@@ -389,9 +389,9 @@ def test_pool_wait_exceeded(perimd_factory, backend_factory):
         first.close()
 
 
-def send_at_once(port, n, text):
+def send_at_once(port, n, text, all_ok=True):
     """n messages (body `text` after a numbered Subject) from n sessions at
-    once; each must get 250 2.0.0."""
+    once; each must get 250 2.0.0 (all_ok). Returns the replies."""
     results = []
 
     def one(i):
@@ -404,7 +404,9 @@ def send_at_once(port, n, text):
         t.join(60)
     assert len(results) == n
     for r in results:
-        expect(r, 250, "2.0.0")
+        if all_ok:
+            expect(r, 250, "2.0.0")
+    return results
 
 
 def test_pool_waiter_served_when_connection_frees(perimd_factory, backend_factory):
@@ -439,6 +441,28 @@ def test_waiter_gets_connection_without_rset(perimd_factory, backend_factory):
     # Every message but those that found no one waiting went on without RSET.
     assert st["rset"] < 8, st
     assert st["commands"].get("MAIL") == 8
+
+
+def test_no_burst_of_new_connections(perimd_factory, backend_factory):
+    """While a backend connection is up, at most 8 new ones are set up at
+    once (a burst can wait a second in a busy backend's listen queue); the
+    other messages wait for a connection that is up. Here the new ones are
+    never greeted: the messages on them get 451 after
+    relay_connect_timeout, the rest go through the one that is up."""
+    b = backend_factory()
+    p = start(perimd_factory, [b], relay_connect_timeout="1s", relay_pool_wait="20s",
+              io_threads=1)
+    expect(send(p.port), 250)
+    assert wait_for(lambda: b.stats()["rset"] >= 1, timeout=10), b.stats()
+    b.set(hang=["greeting"])
+    replies = send_at_once(p.port, 16, b"x\r\n", all_ok=False)
+    st = b.stats()
+    assert st["connections"] <= 1 + 8, st
+    ok = [r for r in replies if r[0] == 250]
+    assert len(ok) >= 16 - 8 and len(b.messages()) == 1 + len(ok), (replies, st)
+    for r in replies:
+        if r[0] != 250:
+            expect(r, 451)
 
 
 def test_connection_reuse(perimd_factory, backend_factory):
