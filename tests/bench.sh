@@ -115,7 +115,11 @@
 #                           signatures, same run, EICAR refused by both first; SEED_CONC
 #                           ("100 512") x SEED_SIZES ("512 102400"), SEED_MSGS (2000),
 #                           SEED_WARMUP (100): delivered msgs/s, whole-system CPU per
-#                           message (cgroup), peak PSS sum, client p50/p99, ratios.
+#                           message (cgroup), peak PSS sum, client p50/p99, ratios;
+#                           SEED_BODY=mime: multipart messages with a base64 attachment,
+#                           each unique (default text: one text part, the same in each);
+#                           SEED_PERIMD_SPOOL=shm: perimd's spool (and libclamav's
+#                           temporary files) in /dev/shm as by default (default work: disk)
 #                           Needs root, postfix, amavisd-new, clamav-daemon, postgrey;
 #                           changes nothing under /etc.
 #
