@@ -61,6 +61,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -127,7 +128,9 @@ static const char *const my_columns[][3] = {
 /* The triplet count: the sum of its rows. */
 #define MY_ROWS "(SELECT SUM(until) FROM grey_meta WHERE name LIKE 'rows%%')"
 
-#define MY_NOW "SET @n = CAST(ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED);"
+/* The database's clock, ms: one clock for the whole fleet. */
+#define MY_CLOCK "CAST(ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)"
+#define MY_NOW "SET @n = " MY_CLOCK ";"
 
 static pthread_once_t my_once = PTHREAD_ONCE_INIT;
 
@@ -662,6 +665,37 @@ static void decide_row(void *arg, MYSQL_ROW r, unsigned nf)
 	}
 }
 
+/* The update of a triplet seen again (decide_sql, batch_sql): parameters
+ * delay, max_age, the passed triplet's new lifetime, attempt id. prev
+ * first marks a restart (expired: a new triplet again); first is last of
+ * the row's own fields. */
+#define MY_UPDATE \
+	"UPDATE grey SET prev = IF(expires <= @n, 0, last)," \
+	" passed = IF(prev = 0, 0, IF(passed = 1 OR @n - first >= %lld, 1, 0))," \
+	" expires = IF(prev = 0, @n + %lld, IF(passed = 1, @n + %lld, expires))," \
+	" first = IF(prev = 0, @n, first), last = @n, att = %lld"
+
+/* Which rows the update writes (parameters: attempt id, delay,
+ * retention): not one this attempt wrote, and only when the sighting
+ * changes what the row decides: an expired row restarts, a first
+ * sighting's retry becomes early or passes, an early one whose delay is
+ * over passes, a passed one whose expiry is less than greylist_retention
+ * away is kept longer (my_refresh more, so the next sightings until then
+ * write nothing). An early retry within the delay, and a passed triplet
+ * seen again soon, only read. */
+#define MY_UPDATE_WHEN \
+	" AND att <> %lld AND (expires <= @n OR prev = 0 OR (passed = 0 AND @n - first >= %lld)" \
+	" OR (passed = 1 AND expires < @n + %lld))"
+
+/* my_refresh - how much longer than greylist_retention a passed
+ * triplet's expiry is set when it is written: a sixteenth of it, at most
+ * an hour (so it is written once per that long, whatever its traffic). */
+static int64_t my_refresh(const struct grey_query *q)
+{
+	int64_t r = q->retention / 16;
+	return r > 3600000 ? 3600000 : r;
+}
+
 /* decide_sql - the whole decision as one transaction in one round trip:
  * the update of a known triplet; for a new one (@f = 0) the network's
  * quota, the size bound and the insert with its count, each statement
@@ -672,15 +706,10 @@ static void decide_sql(struct strbuf *b, const struct my_store *s, const struct 
 		       const char *n)
 {
 	long long att = (long long)s->att, iv = (long long)q->new_interval;
-	sb_printf(b,
-		  MY_NOW "START TRANSACTION;"
-			 "UPDATE grey SET prev = IF(expires <= @n, 0, last),"
-			 " passed = IF(prev = 0, 0, IF(passed = 1 OR @n - first >= %lld, 1, 0)),"
-			 " expires = IF(prev = 0, @n + %lld, IF(passed = 1, @n + %lld, expires)),"
-			 " first = IF(prev = 0, @n, first), last = @n, att = %lld"
-			 " WHERE k = X'%s' AND att <> %lld;"
-			 "SET @f = (SELECT COUNT(*) FROM grey WHERE k = X'%s');",
-		  (long long)q->delay, (long long)q->max_age, (long long)q->retention, att, k, att, k);
+	sb_printf(b, MY_NOW "START TRANSACTION;" MY_UPDATE " WHERE k = X'%s'" MY_UPDATE_WHEN ";",
+		  (long long)q->delay, (long long)q->max_age, (long long)(q->retention + my_refresh(q)), att,
+		  k, att, (long long)q->delay, (long long)q->retention);
+	sb_printf(b, "SET @f = (SELECT COUNT(*) FROM grey WHERE k = X'%s');", k);
 	if (q->new_limit > 0)
 		sb_printf(
 		    b,
@@ -759,6 +788,209 @@ static int my_check(struct grey_store *gs, const struct grey_query *q, struct gr
 {
 	struct my_decision d = { q, a, 0, 0, 0 };
 	return my_retry((struct my_store *)gs, check_call, &d, err, errlen);
+}
+
+/* A batch of decisions (my_check_batch): the calls, their keys as hex,
+ * and what the round trip said of each. */
+struct my_batch {
+	struct grey_call *calls;
+	int n;
+	char k[64][33], net[64][33];
+	int found[64];
+	int64_t quota[64];
+	int64_t now, room;
+};
+
+/* batch_keys - the keys of the batch as a list of hex literals. */
+static void batch_keys(struct strbuf *b, const struct my_batch *m, int nets)
+{
+	for (int i = 0; i < m->n; i++)
+		sb_printf(b, "%sX'%s'", i ? ", " : "", nets ? m->net[i] : m->k[i]);
+}
+
+/* batch_table - the batch as a derived table d (k, n), by network (the
+ * order every batch locks quota rows in). */
+static void batch_table(struct strbuf *b, const struct my_batch *m, const int *by_net)
+{
+	sb_printf(b, "(");
+	for (int j = 0; j < m->n; j++) {
+		int i = by_net[j];
+		sb_printf(b, j ? " UNION ALL SELECT X'%s', X'%s'" : "SELECT X'%s' AS k, X'%s' AS n", m->k[i],
+			  m->net[i]);
+	}
+	sb_printf(b, ") AS d");
+}
+
+/* batch_sql - the batch as one transaction in one round trip: the
+ * update of the triplets seen before (only those whose row changes),
+ * the quota of the new ones' networks, their insert with the row count,
+ * then every row the decisions need. Each call is of another network, so
+ * a quota row counted by this attempt (att) is its one new triplet's. A
+ * store within n rows of greylist_max_entries (@room 0) inserts nothing:
+ * those triplets are decided one by one (my_check: eviction). */
+static void batch_sql(struct strbuf *b, const struct my_store *s, const struct my_batch *m, const int *by_net)
+{
+	const struct grey_query *q = m->calls[0].q;
+	long long att = (long long)s->att, iv = (long long)q->new_interval, lim = (long long)q->new_limit;
+	if (q->max_entries > 0)
+		sb_printf(b, "SET @n = " MY_CLOCK ", @room = " MY_ROWS " + %d <= %lld;", m->n,
+			  (long long)q->max_entries);
+	else
+		sb_printf(b, "SET @n = " MY_CLOCK ", @room = 1;");
+	sb_printf(b, "START TRANSACTION;" MY_UPDATE " WHERE k IN (", (long long)q->delay,
+		  (long long)q->max_age, (long long)(q->retention + my_refresh(q)), att);
+	batch_keys(b, m, 0);
+	sb_printf(b, ")" MY_UPDATE_WHEN ";", att, (long long)q->delay, (long long)q->retention);
+	if (lim > 0) {
+		sb_printf(
+		    b, "INSERT INTO gnet (k, start, cnt, over_at, expires, att) SELECT d.n, @n, 1, 0, @n + %lld, %lld FROM ",
+		    iv, att);
+		batch_table(b, m, by_net);
+		sb_printf(b,
+			  " WHERE @room AND NOT EXISTS (SELECT 1 FROM grey g WHERE g.k = d.k) ON DUPLICATE "
+			  "KEY UPDATE"
+			  " cnt = IF(att = %lld, cnt, IF(@n - start >= %lld, 1, cnt + 1)),"
+			  " start = IF(att = %lld, start, IF(@n - start >= %lld, @n, start)),"
+			  " over_at = IF(att <> %lld AND cnt > %lld, @n, over_at),"
+			  " expires = GREATEST(start + %lld, over_at + %lld), att = %lld;",
+			  att, iv, att, iv, att, lim, iv, (long long)q->max_age, att);
+	}
+	sb_printf(b,
+		  "INSERT IGNORE INTO grey (k, first, last, prev, passed, expires, net, att)"
+		  " SELECT d.k, @n, @n, 0, 0, @n + %lld, d.n, %lld FROM ",
+		  (long long)q->max_age, att);
+	batch_table(b, m, by_net);
+	if (lim > 0)
+		sb_printf(b, " JOIN gnet q ON q.k = d.n AND q.att = %lld AND q.cnt <= %lld", att, lim);
+	sb_printf(b,
+		  " WHERE @room AND NOT EXISTS (SELECT 1 FROM grey g WHERE g.k = d.k);"
+		  "UPDATE grey_meta SET until = until + ROW_COUNT() WHERE name = '%s' AND ROW_COUNT() > 0;"
+		  "COMMIT;SELECT 't', HEX(k), first, prev, passed FROM grey WHERE k IN (",
+		  s->shard);
+	batch_keys(b, m, 0);
+	if (q->awl) {
+		sb_printf(b,
+			  ") UNION ALL SELECT 'a', HEX(k), cnt, 0, 0 FROM awl WHERE expires > @n AND k IN (");
+		batch_keys(b, m, 1);
+	}
+	if (lim > 0) {
+		sb_printf(b, ") UNION ALL SELECT 'q', HEX(k), cnt, 0, 0 FROM gnet WHERE att = %lld AND k IN (",
+			  att);
+		batch_keys(b, m, 1);
+	}
+	sb_printf(b, ") UNION ALL SELECT 'n', @n, @room, 0, 0");
+}
+
+/* batch_find - the call whose key (nets: network key) is hex h, or -1. */
+static int batch_find(const struct my_batch *m, const char *h, int nets)
+{
+	for (int i = 0; i < m->n; i++)
+		if (!strcasecmp(nets ? m->net[i] : m->k[i], h))
+			return i;
+	return -1;
+}
+
+/* batch_row - a row of the batch's answer: a triplet ('t': first, prev,
+ * passed), a network's auto-whitelist count ('a') or quota count ('q'),
+ * the clock and room ('n'). */
+static void batch_row(void *arg, MYSQL_ROW r, unsigned nf)
+{
+	struct my_batch *m = arg;
+	if (nf < 5 || !r[0] || !r[1] || !r[2] || !r[3] || !r[4])
+		return;
+	int i;
+	switch (r[0][0]) {
+	case 'n':
+		m->now = strtoll(r[1], NULL, 10);
+		m->room = strtoll(r[2], NULL, 10);
+		break;
+	case 't':
+		if ((i = batch_find(m, r[1], 0)) >= 0) {
+			struct grey_answer *a = m->calls[i].a;
+			a->first = strtoll(r[2], NULL, 10);
+			a->state = atoi(r[4])              ? GREY_PASS
+			    : strtoll(r[3], NULL, 10) == 0 ? GREY_NEW
+							   : GREY_EARLY;
+			m->found[i] = 1;
+		}
+		break;
+	case 'a':
+		if ((i = batch_find(m, r[1], 1)) >= 0)
+			m->calls[i].a->awl_count = strtoll(r[2], NULL, 10);
+		break;
+	case 'q':
+		if ((i = batch_find(m, r[1], 1)) >= 0)
+			m->quota[i] = strtoll(r[2], NULL, 10);
+		break;
+	}
+}
+
+/* batch_call - one try of a batch (my_retry). */
+static int batch_call(struct my_store *s, void *arg, char *err, size_t errlen)
+{
+	struct my_batch *m = arg;
+	int by_net[64];
+	for (int i = 0; i < m->n; i++) {
+		memset(m->calls[i].a, 0, sizeof *m->calls[i].a);
+		m->found[i] = 0;
+		m->quota[i] = 0;
+		by_net[i] = i;
+	}
+	/* Insertion sort by network key: at most 64. */
+	for (int i = 1; i < m->n; i++)
+		for (int j = i; j > 0 && strcmp(m->net[by_net[j - 1]], m->net[by_net[j]]) > 0; j--) {
+			int t = by_net[j];
+			by_net[j] = by_net[j - 1];
+			by_net[j - 1] = t;
+		}
+	m->now = -1;
+	struct strbuf b = { 0 };
+	batch_sql(&b, s, m, by_net);
+	int rc = my_run(s, sb_str(&b), batch_row, m, err, errlen);
+	sb_free(&b);
+	if (rc == 0 && m->now < 0) {
+		snprintf(err, errlen, "mysql: no answer to the decisions");
+		s->fail = MY_FAIL_HARD;
+		return -1;
+	}
+	return rc;
+}
+
+/* my_check_batch - up to 64 decisions of one configuration, one per
+ * client network, as one call tried as a whole; a new triplet the batch
+ * could not insert (the store nearly full, or its row gone meanwhile) is
+ * then decided alone (my_check). */
+static void my_check_batch(struct grey_store *gs, struct grey_call *calls, int n)
+{
+	struct my_store *s = (struct my_store *)gs;
+	struct my_batch *m = xcalloc(1, sizeof *m);
+	m->calls = calls;
+	m->n = n > 64 ? 64 : n;
+	for (int i = 0; i < m->n; i++) {
+		hex(&calls[i].q->triplet, m->k[i]);
+		hex(&calls[i].q->net, m->net[i]);
+	}
+	int rc = my_retry(s, batch_call, m, calls[0].err, calls[0].errlen);
+	for (int i = 0; i < n; i++) {
+		struct grey_call *c = &calls[i];
+		const struct grey_query *q = c->q;
+		c->rc = rc;
+		if (rc < 0) {
+			if (i)
+				snprintf(c->err, c->errlen, "%s", calls[0].err);
+			continue;
+		}
+		c->a->now = m->now;
+		if (i < m->n && m->found[i])
+			continue;
+		c->a->first = m->now;
+		if (i < m->n && q->new_limit > 0 && m->quota[i] > q->new_limit) {
+			c->a->state = GREY_OVER_QUOTA;
+			continue;
+		}
+		c->rc = my_check(gs, q, c->a, c->err, c->errlen);
+	}
+	free(m);
 }
 
 /* count_row - the auto-whitelist count. */
@@ -1021,6 +1253,7 @@ static void my_close(struct grey_store *gs)
 
 static const struct grey_store_ops my_ops = {
 	.check = my_check,
+	.check_batch = my_check_batch,
 	.awl_pass = my_awl_pass,
 	.expire = my_expire,
 	.close = my_close,

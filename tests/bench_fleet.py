@@ -166,18 +166,26 @@ def bench_perimd(m, d, args, nbox):
         known = known_triplets(args.known)
         warm(ports, known, min(args.sessions, 50), 1.0)
 
-        def counter():
-            total = 0
+        def metrics():
+            import urllib.request
+            total = {}
             for b in boxes:
-                import urllib.request
                 body = urllib.request.urlopen("http://%s/metrics" % b.params["stats_listen"],
                                               timeout=10).read().decode()
                 for line in body.splitlines():
-                    if line.startswith("perimd_greylist_db_queries_total "):
-                        total += float(line.split()[1])
+                    if line.startswith("perimd_greylist_db"):
+                        name, v = line.rsplit(" ", 1)
+                        total[name] = total.get(name, 0) + float(v)
             return total
+
+        def counter():
+            return metrics().get("perimd_greylist_db_queries_total", 0)
+        m0 = metrics()
         measure("perimd x%d" % nbox, m, ports, [b.pid for b in boxes], args, known,
                 args.sessions * nbox, counter)
+        if os.environ.get("BENCH_DEBUG"):
+            m1 = metrics()
+            print({k: m1[k] - m0.get(k, 0) for k in m1 if m1[k] != m0.get(k, 0)})
     finally:
         for b in boxes:
             b.stop()
