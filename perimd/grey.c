@@ -34,7 +34,6 @@
 #define GREY_EXPIRE_PERIOD (60 * 1000LL)  /* ms between expiry runs */
 #define GREY_EXPIRE_BATCH 1000            /* rows per DELETE */
 #define GREY_EXPIRE_ROUNDS 100            /* DELETEs per run at most */
-#define GREY_BATCH_MAX 64                 /* decisions in one store call */
 #define GREY_BATCH_JOBS 2                 /* batch jobs at a time */
 
 /* ---- normalisation ------------------------------------------------------ */
@@ -461,6 +460,7 @@ struct grey_op {
 static pthread_mutex_t grey_q_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct grey_op *grey_q_head, **grey_q_tail = &grey_q_head;
 static int grey_q_jobs; /* batch jobs queued or running */
+static int grey_q_len;  /* decisions waiting */
 
 /* op_free - release an operation. */
 static void op_free(struct grey_op *op)
@@ -566,6 +566,7 @@ static int batch_take(struct grey_op **b, struct grey_op **gone, int *ngone)
 		else
 			b[n++] = op;
 	}
+	grey_q_len -= n + *ngone;
 	grey_q_tail = &grey_q_head;
 	while (*grey_q_tail)
 		grey_q_tail = &(*grey_q_tail)->next;
@@ -640,7 +641,8 @@ static void queue_op(struct grey_op *op)
 	pthread_mutex_lock(&grey_q_mu);
 	*grey_q_tail = op;
 	grey_q_tail = &op->next;
-	int start = grey_q_jobs < GREY_BATCH_JOBS;
+	grey_q_len++;
+	int start = !grey_q_jobs || (grey_q_jobs < GREY_BATCH_JOBS && grey_q_len >= GREY_BATCH_MAX);
 	if (start)
 		grey_q_jobs++;
 	pthread_mutex_unlock(&grey_q_mu);

@@ -117,6 +117,9 @@ struct grey_fleet_sync {
 	int64_t now; /* the database clock, ms */
 };
 
+/* Decisions in one store call (check_batch) at most. */
+#define GREY_BATCH_MAX 64
+
 /* One decision of a batch (check_batch): rc 0, or -1 with err. */
 struct grey_call {
 	const struct grey_query *q;

@@ -72,6 +72,7 @@
 #define MY_BACKOFF_MS 10      /* first wait after a conflict; doubles */
 #define MY_BACKOFF_MAX 1000   /* longest wait between tries */
 #define MY_SHARDS 8           /* rows of the triplet count */
+#define MY_AFFECTED 16        /* statements of a query whose affected rows are kept */
 
 /* Why the last statement failed: what a retry may do about it. */
 enum my_fail {
@@ -87,15 +88,17 @@ struct my_store {
 	MYSQL *db;
 	char hosts[512], user[128], password[128], dbname[128];
 	int port;
-	int nhosts;          /* entries of hosts */
-	int host_at;         /* the next connect starts with this host */
-	int host_cur;        /* the host of db */
-	char shard[8];       /* this connection's row of the triplet count */
-	enum my_fail fail;   /* the last statement's failure */
-	int64_t att;         /* the attempt id of the call in progress */
-	time_t retry_at;     /* no reconnect attempt before (after a failure) */
-	int64_t lease_until; /* db clock: this node runs expiry until then */
-	int fleet_ready;     /* the fleet's tables exist */
+	int nhosts;               /* entries of hosts */
+	int host_at;              /* the next connect starts with this host */
+	int host_cur;             /* the host of db */
+	char shard[8];            /* this connection's row of the triplet count */
+	enum my_fail fail;        /* the last statement's failure */
+	int64_t att;              /* the attempt id of the call in progress */
+	time_t retry_at;          /* no reconnect attempt before (after a failure) */
+	int64_t lease_until;      /* db clock: this node runs expiry until then */
+	int fleet_ready;          /* the fleet's tables exist */
+	int64_t aff[MY_AFFECTED]; /* the last query's affected rows, by statement */
+	int naff;
 };
 
 static const char *const my_schema[] = {
@@ -406,10 +409,13 @@ static enum my_fail my_classify(unsigned e)
 }
 
 /* my_results - read every result set of the query just sent; rows go to
- * row(). 0, or -1 when a statement failed. */
-static int my_results(MYSQL *db, void (*row)(void *, MYSQL_ROW, unsigned), void *arg)
+ * row(), the affected rows of each statement without rows to s->aff. 0,
+ * or -1 when a statement failed. */
+static int my_results(struct my_store *s, void (*row)(void *, MYSQL_ROW, unsigned), void *arg)
 {
+	MYSQL *db = s->db;
 	int st;
+	s->naff = 0;
 	do {
 		MYSQL_RES *res = mysql_store_result(db);
 		if (res) {
@@ -421,6 +427,8 @@ static int my_results(MYSQL *db, void (*row)(void *, MYSQL_ROW, unsigned), void 
 			mysql_free_result(res);
 		} else if (mysql_field_count(db)) {
 			return -1;
+		} else if (s->naff < MY_AFFECTED) {
+			s->aff[s->naff++] = (int64_t)mysql_affected_rows(db);
 		}
 		st = mysql_next_result(db);
 	} while (st == 0);
@@ -438,7 +446,7 @@ static int my_run(struct my_store *s, const char *q, void (*row)(void *, MYSQL_R
 	if (!s->db && my_connect(s, err, errlen) < 0)
 		return -1;
 	stats_inc(ST_grey_db_queries);
-	if (!mysql_real_query(s->db, q, strlen(q)) && !my_results(s->db, row, arg))
+	if (!mysql_real_query(s->db, q, strlen(q)) && !my_results(s, row, arg))
 		return 0;
 	unsigned e = mysql_errno(s->db);
 	snprintf(err, errlen, "mysql: %s", mysql_error(s->db));
@@ -791,94 +799,63 @@ static int my_check(struct grey_store *gs, const struct grey_query *q, struct gr
 }
 
 /* A batch of decisions (my_check_batch): the calls, their keys as hex,
- * and what the round trip said of each. */
+ * the rows read, and what the batch does and answers for each. */
 struct my_batch {
 	struct grey_call *calls;
 	int n;
-	char k[64][33], net[64][33];
-	int found[64];
-	int64_t quota[64];
-	int64_t now, room;
+	int64_t att;
+	char k[GREY_BATCH_MAX][33], net[GREY_BATCH_MAX][33];
+	int found[GREY_BATCH_MAX]; /* the triplet has a row (r_*) */
+	int64_t r_first[GREY_BATCH_MAX], r_prev[GREY_BATCH_MAX], r_passed[GREY_BATCH_MAX];
+	int64_t r_expires[GREY_BATCH_MAX], r_att[GREY_BATCH_MAX];
+	int write[GREY_BATCH_MAX];     /* its row changes with this sighting */
+	int fresh[GREY_BATCH_MAX];     /* not in the table: inserted by the batch */
+	int alone[GREY_BATCH_MAX];     /* decided alone afterwards (my_check) */
+	int64_t quota[GREY_BATCH_MAX]; /* its network's count, counted by this attempt */
+	int64_t now, rows;
 };
 
-/* batch_keys - the keys of the batch as a list of hex literals. */
-static void batch_keys(struct strbuf *b, const struct my_batch *m, int nets)
+/* batch_keys - the listed calls' keys (nets: network keys) as hex
+ * literals; only calls with sel[i] set when sel is not NULL. */
+static void batch_keys(struct strbuf *b, const struct my_batch *m, const int *sel, int nets)
 {
-	for (int i = 0; i < m->n; i++)
-		sb_printf(b, "%sX'%s'", i ? ", " : "", nets ? m->net[i] : m->k[i]);
-}
-
-/* batch_table - the batch as a derived table d (k, n), by network (the
- * order every batch locks quota rows in). */
-static void batch_table(struct strbuf *b, const struct my_batch *m, const int *by_net)
-{
-	sb_printf(b, "(");
-	for (int j = 0; j < m->n; j++) {
-		int i = by_net[j];
-		sb_printf(b, j ? " UNION ALL SELECT X'%s', X'%s'" : "SELECT X'%s' AS k, X'%s' AS n", m->k[i],
-			  m->net[i]);
+	int first = 1;
+	for (int i = 0; i < m->n; i++) {
+		if (sel && !sel[i])
+			continue;
+		sb_printf(b, "%sX'%s'", first ? "" : ", ", nets ? m->net[i] : m->k[i]);
+		first = 0;
 	}
-	sb_printf(b, ") AS d");
 }
 
-/* batch_sql - the batch as one transaction in one round trip: the
- * update of the triplets seen before (only those whose row changes),
- * the quota of the new ones' networks, their insert with the row count,
- * then every row the decisions need. Each call is of another network, so
- * a quota row counted by this attempt (att) is its one new triplet's. A
- * store within n rows of greylist_max_entries (@room 0) inserts nothing:
- * those triplets are decided one by one (my_check: eviction). */
-static void batch_sql(struct strbuf *b, const struct my_store *s, const struct my_batch *m, const int *by_net)
+/* batch_read_sql - the first round trip: the database clock (kept in @n
+ * for the writes that follow on this connection), the row count, every
+ * triplet's row and network's auto-whitelist count. It changes nothing. */
+static void batch_read_sql(struct strbuf *b, const struct my_batch *m)
 {
 	const struct grey_query *q = m->calls[0].q;
-	long long att = (long long)s->att, iv = (long long)q->new_interval, lim = (long long)q->new_limit;
-	if (q->max_entries > 0)
-		sb_printf(b, "SET @n = " MY_CLOCK ", @room = " MY_ROWS " + %d <= %lld;", m->n,
-			  (long long)q->max_entries);
-	else
-		sb_printf(b, "SET @n = " MY_CLOCK ", @room = 1;");
-	sb_printf(b, "START TRANSACTION;" MY_UPDATE " WHERE k IN (", (long long)q->delay,
-		  (long long)q->max_age, (long long)(q->retention + my_refresh(q)), att);
-	batch_keys(b, m, 0);
-	sb_printf(b, ")" MY_UPDATE_WHEN ";", att, (long long)q->delay, (long long)q->retention);
-	if (lim > 0) {
-		sb_printf(
-		    b, "INSERT INTO gnet (k, start, cnt, over_at, expires, att) SELECT d.n, @n, 1, 0, @n + %lld, %lld FROM ",
-		    iv, att);
-		batch_table(b, m, by_net);
-		sb_printf(b,
-			  " WHERE @room AND NOT EXISTS (SELECT 1 FROM grey g WHERE g.k = d.k) ON DUPLICATE "
-			  "KEY UPDATE"
-			  " cnt = IF(att = %lld, cnt, IF(@n - start >= %lld, 1, cnt + 1)),"
-			  " start = IF(att = %lld, start, IF(@n - start >= %lld, @n, start)),"
-			  " over_at = IF(att <> %lld AND cnt > %lld, @n, over_at),"
-			  " expires = GREATEST(start + %lld, over_at + %lld), att = %lld;",
-			  att, iv, att, iv, att, lim, iv, (long long)q->max_age, att);
-	}
-	sb_printf(b,
-		  "INSERT IGNORE INTO grey (k, first, last, prev, passed, expires, net, att)"
-		  " SELECT d.k, @n, @n, 0, 0, @n + %lld, d.n, %lld FROM ",
-		  (long long)q->max_age, att);
-	batch_table(b, m, by_net);
-	if (lim > 0)
-		sb_printf(b, " JOIN gnet q ON q.k = d.n AND q.att = %lld AND q.cnt <= %lld", att, lim);
-	sb_printf(b,
-		  " WHERE @room AND NOT EXISTS (SELECT 1 FROM grey g WHERE g.k = d.k);"
-		  "UPDATE grey_meta SET until = until + ROW_COUNT() WHERE name = '%s' AND ROW_COUNT() > 0;"
-		  "COMMIT;SELECT 't', HEX(k), first, prev, passed FROM grey WHERE k IN (",
-		  s->shard);
-	batch_keys(b, m, 0);
+	sb_printf(b, "SELECT 'n', @n := " MY_CLOCK ", %s, 0, 0, 0, 0", q->max_entries > 0 ? MY_ROWS : "0");
+	sb_printf(b, " UNION ALL SELECT 't', HEX(k), first, prev, passed, expires, att FROM grey WHERE k IN (");
+	batch_keys(b, m, NULL, 0);
+	sb_printf(b, ")");
 	if (q->awl) {
-		sb_printf(b,
-			  ") UNION ALL SELECT 'a', HEX(k), cnt, 0, 0 FROM awl WHERE expires > @n AND k IN (");
-		batch_keys(b, m, 1);
+		sb_printf(b, " UNION ALL SELECT 'a', HEX(k), cnt, expires, 0, 0, 0 FROM awl WHERE k IN (");
+		batch_keys(b, m, NULL, 1);
+		sb_printf(b, ")");
 	}
-	if (lim > 0) {
-		sb_printf(b, ") UNION ALL SELECT 'q', HEX(k), cnt, 0, 0 FROM gnet WHERE att = %lld AND k IN (",
-			  att);
-		batch_keys(b, m, 1);
-	}
-	sb_printf(b, ") UNION ALL SELECT 'n', @n, @room, 0, 0");
+}
+
+/* batch_reread_sql - the rows as they are after the writes (when the
+ * writes did not all do what the first read said they would: another box
+ * wrote meanwhile, a network over its quota), with this attempt's quota
+ * counts. */
+static void batch_reread_sql(struct strbuf *b, const struct my_batch *m)
+{
+	sb_printf(b, "SELECT 't', HEX(k), first, prev, passed, expires, att FROM grey WHERE k IN (");
+	batch_keys(b, m, NULL, 0);
+	sb_printf(b, ") UNION ALL SELECT 'q', HEX(k), cnt, att, 0, 0, 0 FROM gnet WHERE k IN (");
+	batch_keys(b, m, NULL, 1);
+	sb_printf(b, ")");
 }
 
 /* batch_find - the call whose key (nets: network key) is hex h, or -1. */
@@ -890,82 +867,246 @@ static int batch_find(const struct my_batch *m, const char *h, int nets)
 	return -1;
 }
 
-/* batch_row - a row of the batch's answer: a triplet ('t': first, prev,
- * passed), a network's auto-whitelist count ('a') or quota count ('q'),
- * the clock and room ('n'). */
+/* batch_row - a row of a batch's reads: the clock and row count ('n'),
+ * a triplet's row ('t'), a network's auto-whitelist count ('a': cnt,
+ * expires) or quota count ('q': cnt, att). */
 static void batch_row(void *arg, MYSQL_ROW r, unsigned nf)
 {
 	struct my_batch *m = arg;
-	if (nf < 5 || !r[0] || !r[1] || !r[2] || !r[3] || !r[4])
+	if (nf < 7 || !r[0] || !r[1])
 		return;
-	int i;
+	int64_t v[5];
+	for (int j = 0; j < 5; j++)
+		v[j] = r[j + 2] ? strtoll(r[j + 2], NULL, 10) : 0;
+	int i = r[0][0] == 't' ? batch_find(m, r[1], 0) : batch_find(m, r[1], 1);
 	switch (r[0][0]) {
 	case 'n':
 		m->now = strtoll(r[1], NULL, 10);
-		m->room = strtoll(r[2], NULL, 10);
+		m->rows = v[0];
 		break;
 	case 't':
-		if ((i = batch_find(m, r[1], 0)) >= 0) {
-			struct grey_answer *a = m->calls[i].a;
-			a->first = strtoll(r[2], NULL, 10);
-			a->state = atoi(r[4])              ? GREY_PASS
-			    : strtoll(r[3], NULL, 10) == 0 ? GREY_NEW
-							   : GREY_EARLY;
+		if (i >= 0) {
 			m->found[i] = 1;
+			m->r_first[i] = v[0], m->r_prev[i] = v[1], m->r_passed[i] = v[2];
+			m->r_expires[i] = v[3], m->r_att[i] = v[4];
 		}
 		break;
 	case 'a':
-		if ((i = batch_find(m, r[1], 1)) >= 0)
-			m->calls[i].a->awl_count = strtoll(r[2], NULL, 10);
+		if (i >= 0 && v[1] > m->now)
+			m->calls[i].a->awl_count = v[0];
 		break;
 	case 'q':
-		if ((i = batch_find(m, r[1], 1)) >= 0)
-			m->quota[i] = strtoll(r[2], NULL, 10);
+		if (i >= 0 && v[1] == m->att)
+			m->quota[i] = v[0];
 		break;
 	}
 }
 
-/* batch_call - one try of a batch (my_retry). */
+/* batch_as_is - answer call i with its row as read. */
+static void batch_as_is(struct my_batch *m, int i)
+{
+	struct grey_answer *a = m->calls[i].a;
+	a->first = m->r_first[i];
+	a->state = m->r_passed[i] ? GREY_PASS : m->r_prev[i] == 0 ? GREY_NEW : GREY_EARLY;
+}
+
+/* batch_plan - from the first read: what each call writes and answers.
+ * The answer of a row the batch updates is the update's result (MY_UPDATE
+ * on the row read); a row this attempt wrote already is answered as it
+ * is (an earlier try committed it). A triplet without a row is inserted
+ * unless the store has no room for the batch's (then it is decided
+ * alone, with eviction). */
+static void batch_plan(struct my_batch *m, int *nwrite, int *nfresh)
+{
+	const struct grey_query *q = m->calls[0].q;
+	int64_t n = m->now;
+	*nwrite = *nfresh = 0;
+	for (int i = 0; i < m->n; i++) {
+		struct grey_answer *a = m->calls[i].a;
+		a->now = n;
+		if (!m->found[i]) {
+			m->fresh[i] = 1;
+			++*nfresh;
+			a->first = n;
+			a->state = GREY_NEW;
+			continue;
+		}
+		int64_t first = m->r_first[i], prev = m->r_prev[i], passed = m->r_passed[i],
+			exp = m->r_expires[i];
+		if (m->r_att[i] == m->att ||
+		    !(exp <= n || prev == 0 || (!passed && n - first >= q->delay) ||
+		      (passed && exp < n + q->retention))) {
+			batch_as_is(m, i);
+			continue;
+		}
+		m->write[i] = 1;
+		++*nwrite;
+		if (exp <= n) {
+			a->first = n;
+			a->state = GREY_NEW;
+		} else {
+			a->first = first;
+			a->state = passed || n - first >= q->delay ? GREY_PASS : GREY_EARLY;
+		}
+	}
+	if (*nfresh && q->max_entries > 0 && m->rows + *nfresh > q->max_entries) {
+		for (int i = 0; i < m->n; i++)
+			if (m->fresh[i])
+				m->fresh[i] = 0, m->alone[i] = 1;
+		*nfresh = 0;
+	}
+}
+
+/* batch_write_sql - the second round trip, one transaction: the update
+ * of the rows that change (guarded as in decide_sql, so a row another box
+ * changed meanwhile is not written from a stale read), the quota of the
+ * new triplets' networks (one each: a quota row this attempt counted is
+ * its one new triplet's), their insert (those within the quota) with the
+ * row count. at[0], at[1]: the statements whose affected rows tell
+ * whether all went as planned (-1: none). */
+static void batch_write_sql(struct strbuf *b, const struct my_store *s, const struct my_batch *m, int nwrite,
+			    int nfresh, int at[2])
+{
+	const struct grey_query *q = m->calls[0].q;
+	long long att = (long long)s->att, iv = (long long)q->new_interval, lim = (long long)q->new_limit;
+	int stmt = 1;
+	at[0] = at[1] = -1;
+	sb_printf(b, "START TRANSACTION;");
+	if (nwrite) {
+		sb_printf(b, MY_UPDATE " WHERE k IN (", (long long)q->delay, (long long)q->max_age,
+			  (long long)(q->retention + my_refresh(q)), att);
+		batch_keys(b, m, m->write, 0);
+		sb_printf(b, ")" MY_UPDATE_WHEN ";", att, (long long)q->delay, (long long)q->retention);
+		at[0] = stmt++;
+	}
+	if (nfresh && lim > 0) {
+		sb_printf(b, "INSERT INTO gnet (k, start, cnt, over_at, expires, att) VALUES ");
+		int first = 1;
+		for (int i = 0; i < m->n; i++)
+			if (m->fresh[i]) {
+				sb_printf(b, "%s(X'%s', @n, 1, 0, @n + %lld, %lld)", first ? "" : ", ",
+					  m->net[i], iv, att);
+				first = 0;
+			}
+		sb_printf(
+		    b,
+		    " ON DUPLICATE KEY UPDATE cnt = IF(att = %lld, cnt, IF(@n - start >= %lld, 1, cnt + 1)),"
+		    " start = IF(att = %lld, start, IF(@n - start >= %lld, @n, start)),"
+		    " over_at = IF(att <> %lld AND cnt > %lld, @n, over_at),"
+		    " expires = GREATEST(start + %lld, over_at + %lld), att = %lld;",
+		    att, iv, att, iv, att, lim, iv, (long long)q->max_age, att);
+		stmt++;
+		sb_printf(
+		    b, "INSERT IGNORE INTO grey (k, first, last, prev, passed, expires, net, att) SELECT CASE k");
+		for (int i = 0; i < m->n; i++)
+			if (m->fresh[i])
+				sb_printf(b, " WHEN X'%s' THEN X'%s'", m->net[i], m->k[i]);
+		sb_printf(b, " END, @n, @n, 0, 0, @n + %lld, k, %lld FROM gnet WHERE k IN (",
+			  (long long)q->max_age, att);
+		batch_keys(b, m, m->fresh, 1);
+		sb_printf(b, ") AND att = %lld AND cnt <= %lld;", att, lim);
+		at[1] = stmt++;
+	} else if (nfresh) {
+		sb_printf(
+		    b, "INSERT IGNORE INTO grey (k, first, last, prev, passed, expires, net, att) VALUES ");
+		int first = 1;
+		for (int i = 0; i < m->n; i++)
+			if (m->fresh[i]) {
+				sb_printf(b, "%s(X'%s', @n, @n, 0, 0, @n + %lld, X'%s', %lld)",
+					  first ? "" : ", ", m->k[i], (long long)q->max_age, m->net[i], att);
+				first = 0;
+			}
+		sb_printf(b, ";");
+		at[1] = stmt++;
+	}
+	if (nfresh)
+		sb_printf(
+		    b,
+		    "UPDATE grey_meta SET until = until + ROW_COUNT() WHERE name = '%s' AND ROW_COUNT() > 0;",
+		    s->shard);
+	sb_printf(b, "COMMIT");
+}
+
+/* batch_reread - answer every call from the rows as they are now: a new
+ * triplet without a row was over its network's quota, or is decided
+ * alone. */
+static void batch_reread(struct my_batch *m)
+{
+	const struct grey_query *q = m->calls[0].q;
+	for (int i = 0; i < m->n; i++) {
+		struct grey_answer *a = m->calls[i].a;
+		if (m->alone[i])
+			continue;
+		if (m->found[i]) {
+			batch_as_is(m, i);
+		} else if (q->new_limit > 0 && m->quota[i] > q->new_limit) {
+			a->first = m->now;
+			a->state = GREY_OVER_QUOTA;
+		} else {
+			m->alone[i] = 1;
+		}
+	}
+}
+
+/* batch_call - one try of a batch (my_retry): read, write what changes,
+ * read again only when the writes did not go as the first read said. */
 static int batch_call(struct my_store *s, void *arg, char *err, size_t errlen)
 {
 	struct my_batch *m = arg;
-	int by_net[64];
+	m->att = s->att;
+	m->now = -1;
 	for (int i = 0; i < m->n; i++) {
 		memset(m->calls[i].a, 0, sizeof *m->calls[i].a);
-		m->found[i] = 0;
+		m->found[i] = m->write[i] = m->fresh[i] = m->alone[i] = 0;
 		m->quota[i] = 0;
-		by_net[i] = i;
 	}
-	/* Insertion sort by network key: at most 64. */
-	for (int i = 1; i < m->n; i++)
-		for (int j = i; j > 0 && strcmp(m->net[by_net[j - 1]], m->net[by_net[j]]) > 0; j--) {
-			int t = by_net[j];
-			by_net[j] = by_net[j - 1];
-			by_net[j - 1] = t;
-		}
-	m->now = -1;
 	struct strbuf b = { 0 };
-	batch_sql(&b, s, m, by_net);
+	batch_read_sql(&b, m);
 	int rc = my_run(s, sb_str(&b), batch_row, m, err, errlen);
 	sb_free(&b);
-	if (rc == 0 && m->now < 0) {
+	if (rc < 0)
+		return -1;
+	if (m->now < 0) {
 		snprintf(err, errlen, "mysql: no answer to the decisions");
 		s->fail = MY_FAIL_HARD;
 		return -1;
 	}
+	int nwrite, nfresh, at[2];
+	batch_plan(m, &nwrite, &nfresh);
+	if (!nwrite && !nfresh)
+		return 0;
+	struct strbuf w = { 0 };
+	batch_write_sql(&w, s, m, nwrite, nfresh, at);
+	s->naff = 0;
+	rc = my_run(s, sb_str(&w), NULL, NULL, err, errlen);
+	sb_free(&w);
+	if (rc < 0)
+		return -1;
+	if ((at[0] < 0 || (at[0] < s->naff && s->aff[at[0]] == nwrite)) &&
+	    (at[1] < 0 || (at[1] < s->naff && s->aff[at[1]] == nfresh)))
+		return 0;
+	for (int i = 0; i < m->n; i++)
+		m->found[i] = 0;
+	struct strbuf r = { 0 };
+	batch_reread_sql(&r, m);
+	rc = my_run(s, sb_str(&r), batch_row, m, err, errlen);
+	sb_free(&r);
+	if (rc == 0)
+		batch_reread(m);
 	return rc;
 }
 
-/* my_check_batch - up to 64 decisions of one configuration, one per
- * client network, as one call tried as a whole; a new triplet the batch
- * could not insert (the store nearly full, or its row gone meanwhile) is
- * then decided alone (my_check). */
+/* my_check_batch - up to GREY_BATCH_MAX decisions of one configuration,
+ * one per client network, as one call tried as a whole (my_retry): a
+ * read, and when any row changes one transaction of writes. A new triplet
+ * the batch could not insert (the store nearly full, its row gone
+ * meanwhile) is then decided alone (my_check). */
 static void my_check_batch(struct grey_store *gs, struct grey_call *calls, int n)
 {
 	struct my_store *s = (struct my_store *)gs;
 	struct my_batch *m = xcalloc(1, sizeof *m);
 	m->calls = calls;
-	m->n = n > 64 ? 64 : n;
+	m->n = n > GREY_BATCH_MAX ? GREY_BATCH_MAX : n;
 	for (int i = 0; i < m->n; i++) {
 		hex(&calls[i].q->triplet, m->k[i]);
 		hex(&calls[i].q->net, m->net[i]);
@@ -973,22 +1114,11 @@ static void my_check_batch(struct grey_store *gs, struct grey_call *calls, int n
 	int rc = my_retry(s, batch_call, m, calls[0].err, calls[0].errlen);
 	for (int i = 0; i < n; i++) {
 		struct grey_call *c = &calls[i];
-		const struct grey_query *q = c->q;
 		c->rc = rc;
-		if (rc < 0) {
-			if (i)
-				snprintf(c->err, c->errlen, "%s", calls[0].err);
-			continue;
-		}
-		c->a->now = m->now;
-		if (i < m->n && m->found[i])
-			continue;
-		c->a->first = m->now;
-		if (i < m->n && q->new_limit > 0 && m->quota[i] > q->new_limit) {
-			c->a->state = GREY_OVER_QUOTA;
-			continue;
-		}
-		c->rc = my_check(gs, q, c->a, c->err, c->errlen);
+		if (rc < 0 && i)
+			snprintf(c->err, c->errlen, "%s", calls[0].err);
+		if (rc == 0 && (i >= m->n || m->alone[i]))
+			c->rc = my_check(gs, c->q, c->a, c->err, c->errlen);
 	}
 	free(m);
 }
