@@ -257,6 +257,31 @@ static void cache_put(const struct grey_key *k, int64_t until)
 	pthread_mutex_unlock(mu);
 }
 
+/* ---- networks whose accepted message counted lately ------------------- */
+
+/* A network's accepted message counts toward the auto-whitelist at most
+ * once per greylist_auto_whitelist_interval: one counted here within it
+ * is not sent to the store again (no write for each message). */
+#define GREY_AWL_SEEN_SIZE 4096
+static struct cache_ent grey_awl_seen[GREY_AWL_SEEN_SIZE];
+
+/* awl_seen - 1 when net's count was sent within its interval; else it
+ * is marked sent until `until` and 0 returned. */
+static int awl_seen(const struct grey_key *k, int64_t now, int64_t until)
+{
+	size_t i = cache_slot(k) % GREY_AWL_SEEN_SIZE;
+	pthread_mutex_t *mu = &grey_cache_mu[i % GREY_CACHE_SHARDS];
+	pthread_mutex_lock(mu);
+	struct cache_ent *e = &grey_awl_seen[i];
+	int seen = e->until > now && !memcmp(&e->k, k, sizeof *k);
+	if (!seen) {
+		e->k = *k;
+		e->until = until;
+	}
+	pthread_mutex_unlock(mu);
+	return seen;
+}
+
 /* ---- per-worker store connections --------------------------------------- */
 
 struct grey_tls {
@@ -840,10 +865,18 @@ void grey_accepted(struct ev_loop *loop, const struct policy *pol, const char *c
 	if (grey_client_net(client_addr, (int)c->greylist_ipv4_netmask, (int)c->greylist_ipv6_netmask, net,
 			    sizeof net) < 0)
 		return;
+	struct grey_key nk;
+	grey_net_key(net, &nk);
+	int64_t now = now_ms();
+	if (c->greylist_auto_whitelist_interval > 0 &&
+	    awl_seen(&nk, now, now + c->greylist_auto_whitelist_interval)) {
+		stats_inc(ST_grey_awl_skipped);
+		return;
+	}
 	struct awl_job *j = xcalloc(1, sizeof *j);
 	j->spec = xstrdup(c->greylist_database);
-	grey_net_key(net, &j->net);
-	j->now = now_ms();
+	j->net = nk;
+	j->now = now;
 	j->interval = c->greylist_auto_whitelist_interval;
 	j->retention = c->greylist_retention;
 	j->threshold = c->greylist_auto_whitelist_count;

@@ -6,7 +6,9 @@ batches; one of them, from a network at its quota, gets the quota's 451
 while the others of its batch are stored; the same wave on the other box
 is an early retry; after the delay it passes there, and then on the
 first box from the rows as they are: a passed triplet seen again soon is
-read, never written again; the row count stays exact."""
+read, never written again; the row count stays exact. Messages accepted
+from one network within greylist_auto_whitelist_interval count toward
+the auto-whitelist once, without a store call for the others."""
 
 import re
 import socket
@@ -102,3 +104,24 @@ def test_batches_on_two_boxes(perimd_factory, sink, mariadb, tmp_path):
     assert tg.metrics(a)["perimd_greylist_db_queries_total"] - q0 <= 40
     assert sql(mariadb, "SELECT SUM(until) FROM grey_meta WHERE name LIKE 'rows%'") == "42"
     assert wait_for(lambda: a.proc.poll() is None and b.proc.poll() is None, 1)
+
+
+def test_accepted_messages_count_once_per_interval(perimd_factory, sink, mariadb, tmp_path):
+    """Messages accepted from one network within
+    greylist_auto_whitelist_interval count once: the later ones are not
+    sent to the store at all."""
+    mariadb.sql("CREATE DATABASE greyawl")
+    cf = tmp_path / "grey-awl.cf"
+    cf.write_text("hosts = 127.0.0.1:%d\nuser = root\npassword =\ndbname = greyawl\n"
+                  % mariadb.port)
+    p = tg.start(perimd_factory, sink, greylist_database="mysql:%s" % cf, greylist_delay="1s",
+                 greylist_auto_whitelist_count="3", greylist_auto_whitelist_interval="1h")
+    assert tg.rcpt(p, "127.0.0.5")[0] == 451
+    time.sleep(1.1)
+    for _ in range(3):
+        r, d = tg.rcpt(p, "127.0.0.5", data=True)
+        assert r[0] == 250 and d[0] == 250, (r, d)
+    assert wait_for(lambda: tg.metrics(p).get("perimd_greylist_awl_counts_skipped_total") == 2, 10)
+    r = subprocess.run(["mariadb", "--no-defaults", "-S", mariadb.sock, "-u", "root", "-N", "-B",
+                        "greyawl", "-e", "SELECT cnt FROM awl"], capture_output=True, timeout=30)
+    assert r.stdout.decode().split() == ["1"], r
