@@ -4,11 +4,20 @@
  *
  * Invariants: one connection per worker thread. Time comes from the
  * database (one clock for the whole fleet), fetched in the same round trip
- * as the decision: a decision is one multi-statement query holding one
- * transaction (READ COMMITTED): SET @n, the update of a known triplet, for
- * a new one the quota, the size bound and the insert (statements that do
- * nothing when they do not apply), and the SELECT of the row with the
- * network's auto-whitelist count. MySQL evaluates ON DUPLICATE KEY UPDATE assignments left to right, each
+ * as the decision. The engine hands the decisions waiting together to
+ * my_check_batch (up to GREY_BATCH_MAX, each of another client network):
+ * one statement reads the clock (kept in @n), the row count, every row
+ * and auto-whitelist count; only when a row changes, one transaction
+ * (READ COMMITTED) writes: the guarded update of the rows that change
+ * (MY_UPDATE_WHEN: a retry within the delay, or a passed triplet seen
+ * again before its expiry needs to move, writes nothing), the multi-row
+ * quota upsert and the insert of the new triplets within their quota,
+ * with the row count. Its affected rows tell whether every write did what
+ * the read said; if not (another box wrote meanwhile, a network over its
+ * quota) the rows are read again. A new triplet the batch cannot insert
+ * (the store nearly full) is decided alone (my_check: decide_sql, one
+ * multi-statement query, then eviction). MySQL evaluates ON DUPLICATE KEY
+ * UPDATE assignments left to right, each
  * seeing the columns already assigned; the order below relies on that
  * (prev first marks a restart, first last of the row's own fields). Keys
  * are written as hex literals we make ourselves; nothing a peer sends is
