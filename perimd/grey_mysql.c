@@ -896,8 +896,11 @@ static void batch_row(void *arg, MYSQL_ROW r, unsigned nf)
 	case 't':
 		if (i >= 0) {
 			m->found[i] = 1;
-			m->r_first[i] = v[0], m->r_prev[i] = v[1], m->r_passed[i] = v[2];
-			m->r_expires[i] = v[3], m->r_att[i] = v[4];
+			m->r_first[i] = v[0];
+			m->r_prev[i] = v[1];
+			m->r_passed[i] = v[2];
+			m->r_expires[i] = v[3];
+			m->r_att[i] = v[4];
 		}
 		break;
 	case 'a':
@@ -960,8 +963,10 @@ static void batch_plan(struct my_batch *m, int *nwrite, int *nfresh)
 	}
 	if (*nfresh && q->max_entries > 0 && m->rows + *nfresh > q->max_entries) {
 		for (int i = 0; i < m->n; i++)
-			if (m->fresh[i])
-				m->fresh[i] = 0, m->alone[i] = 1;
+			if (m->fresh[i]) {
+				m->fresh[i] = 0;
+				m->alone[i] = 1;
+			}
 		*nfresh = 0;
 	}
 }
@@ -971,22 +976,30 @@ static void batch_plan(struct my_batch *m, int *nwrite, int *nfresh)
  * changed meanwhile is not written from a stale read), the quota of the
  * new triplets' networks (one each: a quota row this attempt counted is
  * its one new triplet's), their insert (those within the quota) with the
- * row count. at[0], at[1]: the statements whose affected rows tell
+ * row count (only updates: one statement without a transaction of its
+ * own making). at[0], at[1]: the statements whose affected rows tell
  * whether all went as planned (-1: none). */
 static void batch_write_sql(struct strbuf *b, const struct my_store *s, const struct my_batch *m, int nwrite,
 			    int nfresh, int at[2])
 {
 	const struct grey_query *q = m->calls[0].q;
 	long long att = (long long)s->att, iv = (long long)q->new_interval, lim = (long long)q->new_limit;
-	int stmt = 1;
+	int stmt = 0;
 	at[0] = at[1] = -1;
-	sb_printf(b, "START TRANSACTION;");
+	/* Only updates: one statement, its own transaction. */
+	if (nfresh) {
+		sb_printf(b, "START TRANSACTION;");
+		stmt++;
+	}
 	if (nwrite) {
 		sb_printf(b, MY_UPDATE " WHERE k IN (", (long long)q->delay, (long long)q->max_age,
 			  (long long)(q->retention + my_refresh(q)), att);
 		batch_keys(b, m, m->write, 0);
-		sb_printf(b, ")" MY_UPDATE_WHEN ";", att, (long long)q->delay, (long long)q->retention);
+		sb_printf(b, ")" MY_UPDATE_WHEN, att, (long long)q->delay, (long long)q->retention);
 		at[0] = stmt++;
+		if (!nfresh)
+			return;
+		sb_printf(b, ";");
 	}
 	if (nfresh && lim > 0) {
 		sb_printf(b, "INSERT INTO gnet (k, start, cnt, over_at, expires, att) VALUES ");

@@ -12,7 +12,8 @@ one after the other: a mix of NEW triplets (never seen, from random
 networks) and KNOWN ones (passed during the warm-up).
 
 Printed per target: requests/s, database round trips per request (perimd:
-its own counter, a multi-statement query being one; sqlgrey: the server's
+its own counter, a multi-statement query being one, and how its
+decisions were batched; sqlgrey: the server's
 Questions, one statement per round trip through DBD::mysql), MariaDB CPU ms
 per 1,000 requests (/proc of mariadbd), the target's own CPU ms per 1,000,
 and the decision's p50 / p99 as the client sees it.
@@ -183,9 +184,16 @@ def bench_perimd(m, d, args, nbox):
         m0 = metrics()
         measure("perimd x%d" % nbox, m, ports, [b.pid for b in boxes], args, known,
                 args.sessions * nbox, counter)
-        if os.environ.get("BENCH_DEBUG"):
-            m1 = metrics()
-            print({k: m1[k] - m0.get(k, 0) for k in m1 if m1[k] != m0.get(k, 0)})
+        m1 = metrics()
+        d = {k: m1[k] - m0.get(k, 0) for k in m1}
+        nb = d.get("perimd_greylist_db_batches_total", 0)
+        print("%-18s %d decisions sent to the database in %d batches (%.1f per batch), "
+              "%d round trips, %d retries" % (
+                  "", d.get("perimd_greylist_db_batched_total", 0), nb,
+                  d.get("perimd_greylist_db_batched_total", 0) / nb if nb else 0,
+                  d.get("perimd_greylist_db_queries_total", 0),
+                  sum(v for k, v in d.items() if k.startswith("perimd_greylist_db_retries"))),
+              flush=True)
     finally:
         for b in boxes:
             b.stop()
