@@ -143,6 +143,11 @@ check_fresh() {
 		rm -f "$root/etc/apt/sources.list"
 	fi
 	cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+	# The root a mount point of its own, as / is on a real machine:
+	# podman/runc and the tests' mount namespaces remount / and fail
+	# in a chroot whose / is only a directory of the host's file system.
+	mount --bind "$root" "$root"
+	mount --make-private "$root"
 	mount -t proc proc "$root/proc"
 	mount --rbind /sys "$root/sys"
 	mount --rbind /dev "$root/dev"
@@ -159,10 +164,9 @@ check_fresh() {
 # fresh_cleanup ROOT - unmount what check_fresh mounted and remove the root.
 fresh_cleanup() {
 	local root=$1
-	umount -R "$root/dev" "$root/sys" "$root/proc" 2>/dev/null ||
-		umount -lR "$root/dev" "$root/sys" "$root/proc" 2>/dev/null || true
-	# Only remove once nothing is mounted below it any more.
-	if ! grep -q " $root/" /proc/mounts; then
+	umount -R "$root" 2>/dev/null || umount -lR "$root" 2>/dev/null || true
+	# Only remove once nothing is mounted on or below it any more.
+	if ! grep -q " $root[/ ]" /proc/mounts; then
 		rm -rf "$root" "$root.debootstrap.log"
 	fi
 }
