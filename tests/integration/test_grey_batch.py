@@ -12,12 +12,12 @@ the auto-whitelist once, without a store call for the others."""
 
 import re
 import socket
-import subprocess
 import time
 
 import test_grey as tg
 from harness import free_port, wait_for
 from test_grey import mariadb  # noqa: F401 (the fixture: a MariaDB)
+from test_grey_abuse import my_value
 
 SENDER = "batch@sender.example"
 GREYLISTED = r"^action=DEFER_IF_PERMIT 4\.7\.1 <[^>]+>: greylisted, try again in \d+ seconds$"
@@ -53,10 +53,7 @@ def wave(pport, reqs):
 
 
 def sql(m, q):
-    r = subprocess.run(["mariadb", "--no-defaults", "-S", m.sock, "-u", "root", "-N", "-B",
-                        "greybatch", "-e", q], capture_output=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.decode().strip()
+    return my_value(m, q, db="greybatch")
 
 
 def test_batches_on_two_boxes(perimd_factory, sink, mariadb, tmp_path):
@@ -122,6 +119,4 @@ def test_accepted_messages_count_once_per_interval(perimd_factory, sink, mariadb
         r, d = tg.rcpt(p, "127.0.0.5", data=True)
         assert r[0] == 250 and d[0] == 250, (r, d)
     assert wait_for(lambda: tg.metrics(p).get("perimd_greylist_awl_counts_skipped_total") == 2, 10)
-    r = subprocess.run(["mariadb", "--no-defaults", "-S", mariadb.sock, "-u", "root", "-N", "-B",
-                        "greyawl", "-e", "SELECT cnt FROM awl"], capture_output=True, timeout=30)
-    assert r.stdout.decode().split() == ["1"], r
+    assert my_value(mariadb, "SELECT cnt FROM awl", db="greyawl") == "1"
