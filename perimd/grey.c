@@ -476,7 +476,7 @@ struct grey_op {
 };
 
 /* The decisions waiting for the store: a worker takes the compatible
- * ones waiting (up to GREY_BATCH_MAX, one per client network) as one
+ * ones waiting (up to GREY_BATCH_MAX, each of another triplet) as one
  * store call, so under load many RCPTs share a transaction and a round
  * trip, and an idle box still sends each decision at once. At most
  * GREY_BATCH_JOBS jobs take from the queue at a time; each takes one
@@ -560,13 +560,13 @@ static int same_config(const struct grey_op *a, const struct grey_op *b)
 }
 
 /* batch_fits - op can join the batch b[0..n): same configuration, and
- * another client network than each (its quota row, its triplets). */
+ * another triplet than each. */
 static int batch_fits(struct grey_op *const *b, int n, const struct grey_op *op)
 {
 	if (n && !same_config(b[0], op))
 		return 0;
 	for (int i = 0; i < n; i++)
-		if (!memcmp(&b[i]->q.net, &op->q.net, sizeof op->q.net))
+		if (!memcmp(&b[i]->q.triplet, &op->q.triplet, sizeof op->q.triplet))
 			return 0;
 	return 1;
 }

@@ -136,8 +136,8 @@ struct grey_store_ops {
 	int (*check)(struct grey_store *s, const struct grey_query *q, struct grey_answer *a, char *err,
 		     size_t errlen);
 	/* check_batch - n decisions of one configuration (equal parameters),
-	 * each of another client network, in one transaction and one round
-	 * trip when it can (NULL: check is called n times). */
+	 * each of another triplet, together: a read, then one transaction of
+	 * the writes when a row changes (NULL: check is called n times). */
 	void (*check_batch)(struct grey_store *s, struct grey_call *calls, int n);
 	/* awl_pass - count an accepted message from net (at most once per
 	 * interval ms); *count gets the network's count. */

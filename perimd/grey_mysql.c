@@ -5,7 +5,7 @@
  * Invariants: one connection per worker thread. Time comes from the
  * database (one clock for the whole fleet), fetched in the same round trip
  * as the decision. The engine hands the decisions waiting together to
- * my_check_batch (up to GREY_BATCH_MAX, each of another client network):
+ * my_check_batch (up to GREY_BATCH_MAX, each of another triplet):
  * one statement reads the clock (kept in @n), the row count, every row
  * and auto-whitelist count; only when a row changes, one transaction
  * (READ COMMITTED) writes: the guarded update of the rows that change
@@ -867,18 +867,31 @@ static void batch_reread_sql(struct strbuf *b, const struct my_batch *m)
 	sb_printf(b, ")");
 }
 
-/* batch_find - the call whose key (nets: network key) is hex h, or -1. */
-static int batch_find(const struct my_batch *m, const char *h, int nets)
+/* batch_find - the first call from `from` on whose key (nets: network
+ * key) is hex h, or -1. */
+static int batch_find(const struct my_batch *m, const char *h, int nets, int from)
 {
-	for (int i = 0; i < m->n; i++)
+	for (int i = from; i < m->n; i++)
 		if (!strcasecmp(nets ? m->net[i] : m->k[i], h))
 			return i;
 	return -1;
 }
 
+/* batch_net_row - a network's row: its auto-whitelist count ('a': cnt,
+ * expires) for every call of the network, or its quota count ('q': cnt,
+ * att) when this attempt counted it. */
+static void batch_net_row(struct my_batch *m, char tag, const char *h, const int64_t *v)
+{
+	for (int i = batch_find(m, h, 1, 0); i >= 0; i = batch_find(m, h, 1, i + 1)) {
+		if (tag == 'a' && v[1] > m->now)
+			m->calls[i].a->awl_count = v[0];
+		else if (tag == 'q' && v[1] == m->att)
+			m->quota[i] = v[0];
+	}
+}
+
 /* batch_row - a row of a batch's reads: the clock and row count ('n'),
- * a triplet's row ('t'), a network's auto-whitelist count ('a': cnt,
- * expires) or quota count ('q': cnt, att). */
+ * a triplet's row ('t'), a network's row (batch_net_row). */
 static void batch_row(void *arg, MYSQL_ROW r, unsigned nf)
 {
 	struct my_batch *m = arg;
@@ -887,14 +900,14 @@ static void batch_row(void *arg, MYSQL_ROW r, unsigned nf)
 	int64_t v[5];
 	for (int j = 0; j < 5; j++)
 		v[j] = r[j + 2] ? strtoll(r[j + 2], NULL, 10) : 0;
-	int i = r[0][0] == 't' ? batch_find(m, r[1], 0) : batch_find(m, r[1], 1);
+	int i;
 	switch (r[0][0]) {
 	case 'n':
 		m->now = strtoll(r[1], NULL, 10);
 		m->rows = v[0];
 		break;
 	case 't':
-		if (i >= 0) {
+		if ((i = batch_find(m, r[1], 0, 0)) >= 0) {
 			m->found[i] = 1;
 			m->r_first[i] = v[0];
 			m->r_prev[i] = v[1];
@@ -904,13 +917,7 @@ static void batch_row(void *arg, MYSQL_ROW r, unsigned nf)
 		}
 		break;
 	case 'a':
-		if (i >= 0 && v[1] > m->now)
-			m->calls[i].a->awl_count = v[0];
-		break;
-	case 'q':
-		if (i >= 0 && v[1] == m->att)
-			m->quota[i] = v[0];
-		break;
+	case 'q': batch_net_row(m, r[0][0], r[1], v); break;
 	}
 }
 
@@ -922,7 +929,8 @@ static void batch_as_is(struct my_batch *m, int i)
 	a->state = m->r_passed[i] ? GREY_PASS : m->r_prev[i] == 0 ? GREY_NEW : GREY_EARLY;
 }
 
-/* batch_plan - from the first read: what each call writes and answers.
+/* batch_plan - from the first read: what each call writes and answers
+ * (a call decided alone later is left for my_check_batch).
  * The answer of a row the batch updates is the update's result (MY_UPDATE
  * on the row read); a row this attempt wrote already is answered as it
  * is (an earlier try committed it). A triplet without a row is inserted
@@ -937,6 +945,13 @@ static void batch_plan(struct my_batch *m, int *nwrite, int *nfresh)
 		struct grey_answer *a = m->calls[i].a;
 		a->now = n;
 		if (!m->found[i]) {
+			/* One new triplet per network (its quota row): the
+			 * others of the batch are decided alone, after it. */
+			for (int j = 0; j < i && !m->alone[i]; j++)
+				if (m->fresh[j] && !strcmp(m->net[j], m->net[i]))
+					m->alone[i] = 1;
+			if (m->alone[i])
+				continue;
 			m->fresh[i] = 1;
 			++*nfresh;
 			a->first = n;
@@ -1119,10 +1134,11 @@ static int batch_call(struct my_store *s, void *arg, char *err, size_t errlen)
 }
 
 /* my_check_batch - up to GREY_BATCH_MAX decisions of one configuration,
- * one per client network, as one call tried as a whole (my_retry): a
+ * each of another triplet, as one call tried as a whole (my_retry): a
  * read, and when any row changes one transaction of writes. A new triplet
- * the batch could not insert (the store nearly full, its row gone
- * meanwhile) is then decided alone (my_check). */
+ * the batch could not insert (a second of its network in the batch, the
+ * store nearly full, its row gone meanwhile) is then decided alone
+ * (my_check). */
 static void my_check_batch(struct grey_store *gs, struct grey_call *calls, int n)
 {
 	struct my_store *s = (struct my_store *)gs;

@@ -3,7 +3,8 @@ together go as one batch (grey.c, grey_mysql.c my_check_batch), on two
 boxes sharing one MariaDB (test_grey.MariaDB) through the Postfix policy
 protocol: a wave of new triplets from many networks is greylisted in
 batches; one of them, from a network at its quota, gets the quota's 451
-while the others of its batch are stored; the same wave on the other box
+while the others of its batch are stored; new triplets of one network
+together meet its quota as if they had come one after the other; the same wave on the other box
 is an early retry; after the delay it passes there, and then on the
 first box from the rows as they are: a passed triplet seen again soon is
 read, never written again; the row count stays exact. Messages accepted
@@ -78,6 +79,12 @@ def test_batches_on_two_boxes(perimd_factory, sink, mariadb, tmp_path):
     assert m["perimd_greylist_db_batched_total"] > m["perimd_greylist_db_batches_total"], \
         "no batch held more than one decision"
     assert sql(mariadb, "SELECT COUNT(*) FROM grey") == "42"
+    # Four new triplets of network R together: two within its quota, two
+    # over it, as if they had come one after the other.
+    r = wave(ports[0], [("10.201.0.%d" % (i + 1), "r%d@example.com" % i) for i in range(4)])
+    assert sorted(bool(re.match(GREYLISTED, x)) for x in r) == [False, False, True, True], r
+    assert sum("too many new greylisting entries" in x for x in r) == 2, r
+    assert sql(mariadb, "SELECT COUNT(*) FROM grey") == "44"
     # The other box: early retries (each row now retried once).
     r = wave(ports[1], reqs)
     assert all(re.match(GREYLISTED, x) for x in r), r
@@ -99,7 +106,7 @@ def test_batches_on_two_boxes(perimd_factory, sink, mariadb, tmp_path):
     assert all(x.startswith("action=PREPEND X-Greylist:") for x in r), r
     assert sql(mariadb, "SELECT SUM(expires), SUM(last), SUM(att) FROM grey") == before
     assert tg.metrics(a)["perimd_greylist_db_queries_total"] - q0 <= 40
-    assert sql(mariadb, "SELECT SUM(until) FROM grey_meta WHERE name LIKE 'rows%'") == "42"
+    assert sql(mariadb, "SELECT SUM(until) FROM grey_meta WHERE name LIKE 'rows%'") == "44"
     assert wait_for(lambda: a.proc.poll() is None and b.proc.poll() is None, 1)
 
 
