@@ -947,7 +947,7 @@ static void batch_plan(struct my_batch *m, int *nwrite, int *nfresh)
 		if (!m->found[i]) {
 			/* One new triplet per network (its quota row): the
 			 * others of the batch are decided alone, after it. */
-			for (int j = 0; j < i && !m->alone[i]; j++)
+			for (int j = 0; q->new_limit > 0 && j < i && !m->alone[i]; j++)
 				if (m->fresh[j] && !strcmp(m->net[j], m->net[i]))
 					m->alone[i] = 1;
 			if (m->alone[i])
