@@ -14,7 +14,9 @@ networks) and KNOWN ones (passed during the warm-up).
 Printed per target: requests/s, database round trips per request (perimd:
 its own counter, a multi-statement query being one, and how its
 decisions were batched; sqlgrey: the server's
-Questions, one statement per round trip through DBD::mysql), MariaDB CPU ms
+Questions, one statement per round trip through DBD::mysql), statements
+per request (the server's Questions, each statement of a multi-statement
+query counted), MariaDB CPU ms
 per 1,000 requests (/proc of mariadbd), the target's own CPU ms per 1,000,
 and the decision's p50 / p99 as the client sees it.
 
@@ -143,9 +145,10 @@ def measure(name, m, ports, pids, args, known, sessions, counter=None):
     lat.sort()
     rt = ((counter() - c0) / n) if counter else (q1 - q0 - 2) / n
     deferred = sum(1 for a in answers if deferral(a))
-    print("%-18s %6d req %7.0f req/s  %5.2f db round trips/req  db CPU %7.1f ms/1000  "
-          "own CPU %7.1f ms/1000  p50 %6.2f ms  p99 %7.2f ms  deferred %d"
-          % (name, n, n / wall, rt, (d1 - d0) * 1000 / n, (sum(t1) - sum(t0)) * 1000 / n,
+    print("%-18s %6d req %7.0f req/s  %5.2f db round trips/req  %5.2f statements/req  "
+          "db CPU %7.1f ms/1000  own CPU %7.1f ms/1000  p50 %6.2f ms  p99 %7.2f ms  deferred %d"
+          % (name, n, n / wall, rt, (q1 - q0 - 2) / n, (d1 - d0) * 1000 / n,
+             (sum(t1) - sum(t0)) * 1000 / n,
              lat[n // 2] * 1000, lat[min(n - 1, int(n * 0.99))] * 1000, deferred), flush=True)
 
 
