@@ -155,7 +155,7 @@ check_fresh() {
 	# shared/ beside the work tree, as CI lays it (benchmarks read it).
 	[ -d "$ROOT/../shared" ] && cp -r "$ROOT/../shared" "$root/shared"
 	echo "check-fresh: ./build.sh test in the chroot (clone of $(git -C "$ROOT" rev-parse --short HEAD))"
-	chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI="${CI:-}" \
+	chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI="${CI:-}" PERIMD_CHROOT=1 \
 		PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 		bash -c 'cd /src && ./build.sh test </dev/null' || rc=$?
 	exit "$rc"

@@ -72,6 +72,7 @@ PARAM(TIME, relay_verify_defer_ttl, "75m", 4001000, 0, NULL, "how long a backend
 PARAM(ENUM, relay_tls_security_level, "may", 0, 0, "none|may|encrypt|verify", "STARTTLS to backends: none, may (when offered), encrypt (required), verify (required, certificate checked)")
 PARAM(STR, relay_tls_CAfile, "", 0, 0, NULL, "PEM file of trust anchors for relay_tls_security_level = verify")
 PARAM(STR, relay_tls_verify_name, "", 0, 0, NULL, "name the backend certificate must carry when the backend is written as an address")
+PARAM(BOOL, relay_scan_overlap, "no", 0, 0, NULL, "relay while av_scanner scans: envelope and body (BDAT chunks, to a backend offering CHUNKING) go out during the scan, the transaction is completed (BDAT LAST) only after a clean verdict, else abandoned by RSET; never with smtpd_milters or header_checks")
 PARAM(BOOL, relay_reply_show_backend, "no", 0, 0, NULL, "name the backend's address in replies to clients (for testing; the log always has it)")
 PARAM(INT, smtp_line_length_limit, "998", 0, 1000000, NULL, "message lines longer than this (CRLF not counted) are folded with CR LF SP on the way to a backend, as Postfix does; 0 = never")
 PARAM(LIST, relay_xclient_hosts, "", 0, 0, NULL, "backend addresses (or CIDR networks) that get the client by XCLIENT when they offer it and do not take XFORWARD; the backend then judges the client itself, and the connection is not reused (Postfix: smtpd_authorized_xclient_hosts)")

@@ -63,13 +63,14 @@ const char *const relay_bstate_name[] = { "connect",      "greeting",      "EHLO
 					  "STARTTLS",     "TLS handshake", "XCLIENT", "ready",
 					  "XFORWARD",     "MAIL FROM",     "RCPT TO", "DATA",
 					  "message body", "end of data",   "RSET",    "idle",
-					  "QUIT" };
-/* The same as metric label values (snake_case). */
+					  "QUIT",         "BDAT",          "hold" };
+/* The same as metric label values (snake_case). "hold": waiting for
+ * relay_release(). */
 const char *const relay_bstate_label[] = { "connect",      "greeting",      "ehlo",    "helo",
 					   "starttls",     "tls_handshake", "xclient", "ready",
 					   "xforward",     "mail_from",     "rcpt_to", "data",
 					   "message_body", "end_of_data",   "rset",    "idle",
-					   "quit" };
+					   "quit",         "bdat",          "hold" };
 
 static pthread_mutex_t dests_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct relay_dest *dests;
@@ -766,6 +767,17 @@ void req_fail(struct relay_req *r, int code, const char *enh, const char *text)
 	req_finish(r);
 }
 
+/* req_abandon - the message was refused while it was being relayed
+ * (relay_release(r, 0)): the transaction is dropped unfinished, by RSET
+ * on a connection that has everything it was sent (RFC 3030 §2: RSET
+ * clears the chunks sent before LAST; RFC 5321 §4.1.1.5), pooled after
+ * its 250; done() gets code 0. */
+void req_abandon(struct relay_req *r)
+{
+	req_set(r, 0, "", "abandoned: the message was refused");
+	req_end(r, 1, "abandoned", "the message was refused during the relay");
+}
+
 /* req_detach - take the connection off the request: RSET and pool it
  * (release = 1), or close it. */
 void req_detach(struct relay_req *r, int release)
@@ -997,6 +1009,8 @@ static void bconn_on_drain(void *arg)
 
 	if (b->state == B_BODY && b->req)
 		body_fill(b);
+	else if (b->state == B_BDAT && b->req)
+		bconn_bdat_fill(b);
 }
 
 /* ---- requests: routing and waiting -------------------------------------- */
@@ -1160,6 +1174,10 @@ static void req_next_target(struct relay_req *r)
 {
 	const struct conf_list *l = r->msg->backends;
 
+	if (r->release < 0) { /* refused meanwhile: no other backend needs it */
+		req_abandon(r);
+		return;
+	}
 	for (;;) {
 		const char *why = NULL;
 		const char *t = NULL;
@@ -1274,6 +1292,28 @@ struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_
 	rl->nreq++;
 	ev_defer(loop, &r->startd, req_start, r);
 	return r;
+}
+
+/* req_release_cb - relay_release()'s verdict, applied from the loop: at
+ * once when the request waits at its hold point, or when it holds no
+ * connection and is refused; else when it reaches the hold point. */
+static void req_release_cb(void *arg)
+{
+	struct relay_req *r = arg;
+
+	if (r->b && r->b->state == B_HOLD)
+		req_hold_point(r);
+	else if (!r->b && r->release < 0)
+		req_abandon(r);
+}
+
+/* relay_release - see relay.h. */
+void relay_release(struct relay_req *r, int go)
+{
+	if (!r || r->in_done || r->release)
+		return;
+	r->release = go ? 1 : -1;
+	ev_defer(r->rl->loop, &r->startd, req_release_cb, r);
 }
 
 /* relay_cancel - the session is gone: abandon the request. */

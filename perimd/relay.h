@@ -68,6 +68,8 @@ struct relay_msg {
 	const struct conf *conf;
 	int verify_only;                   /* a callout: MAIL, RCPT, then RSET; no DATA */
 	const struct relay_client *client; /* for XFORWARD, or NULL */
+	int hold;                          /* relay_scan_overlap: stop short of ending the transaction
+		     until relay_release() (see there) */
 };
 
 struct relay_result {
@@ -108,6 +110,16 @@ int relay_route_check(const char *value, char *why, size_t whylen);
  * relay_cancel() was called first. msg and everything it points to MUST
  * stay valid until then. */
 struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_done_fn *done, void *arg);
+/* relay_release - the verdict on a message sent with msg->hold (the
+ * scan ran while the relay did): go = 1 ends the transaction (`BDAT 0
+ * LAST` after the chunks, or DATA and the body when the backend lacks
+ * CHUNKING), go = 0 abandons it: RSET at the next point where the backend
+ * has all it was sent (the connection is then pooled), and no backend
+ * ever completes the transaction. done() runs later either way, exactly
+ * once (after an abandon with code 0); call it at most once, and never
+ * after done(). Until then the request waits, envelope replayed and with
+ * CHUNKING the body sent, without a timer of its own but msg->deadline. */
+void relay_release(struct relay_req *r, int go);
 /* relay_cancel - the session is gone: abandon the request (its backend
  * connection is closed, not reused, if mid-transaction). */
 void relay_cancel(struct relay_req *r);

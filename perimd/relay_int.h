@@ -83,7 +83,9 @@ enum bstate {
 	B_DOT,      /* waiting for the reply to the final dot */
 	B_RSET,     /* unattached, waiting for 250 to RSET */
 	B_IDLE,     /* unattached, in the pool */
-	B_QUIT      /* closing */
+	B_QUIT,     /* closing */
+	B_BDAT,     /* sending BDAT chunks, waiting for their replies */
+	B_HOLD      /* all but the end sent: waiting for relay_release() */
 };
 
 /* bstate names for logs and metrics (relay.c) */
@@ -134,9 +136,12 @@ struct relay_req {
 	struct smtp_reply refusal; /* the first refused RCPT's reply */
 	int naccept, first_refused;
 	uint64_t body_off;
-	struct smtp_stuff stuff; /* dot-stuffing and smtp_line_length_limit */
-	unsigned capmiss;        /* SMTP_CAP_* a skipped backend lacked */
-	char *scratch;           /* RELAY_CHUNK in + 2 * RELAY_CHUNK out */
+	int release;               /* relay_release(): 0 not yet, 1 go, -1 abandon */
+	int chunked;               /* the body goes as BDAT chunks (RFC 3030) */
+	int bdat_sent, bdat_acked; /* BDAT chunks written, answered */
+	struct smtp_stuff stuff;   /* dot-stuffing and smtp_line_length_limit */
+	unsigned capmiss;          /* SMTP_CAP_* a skipped backend lacked */
+	char *scratch;             /* RELAY_CHUNK in + 2 * RELAY_CHUNK out */
 	uint64_t t_start, t_attempt;
 	char last_error[300];            /* for the log: "backend X: why" */
 	char last_why[300];              /* the same without X, for the client */
@@ -168,6 +173,7 @@ void req_failover(struct relay_req *r, const char *why);
 void req_finish(struct relay_req *r);
 void req_end(struct relay_req *r, int release, const char *status, const char *reply);
 void req_pass_on(struct relay_req *r, const struct smtp_reply *rep, const char *said, const char *default_enh);
+void req_abandon(struct relay_req *r);
 void req_set(struct relay_req *r, int code, const char *enh, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -177,6 +183,13 @@ void req_set(struct relay_req *r, int code, const char *enh, const char *fmt, ..
 void txn_start(struct relay_req *r);
 /* body_fill - keep the body flowing (on_drain of a connection in B_BODY). */
 void body_fill(struct bconn *b);
+/* req_hold_point - everything but the end of the transaction is at the
+ * backend: end it, abandon it, or wait (relay_release()); -1 when the
+ * request ended. */
+int req_hold_point(struct relay_req *r);
+/* bconn_bdat_fill - keep the chunks flowing (on_drain in B_BDAT); -1 when the
+ * request ended. */
+int bconn_bdat_fill(struct bconn *b);
 /* bconn_on_read - backend replies, by connection state (conn on_read). */
 void bconn_on_read(void *arg);
 

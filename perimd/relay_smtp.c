@@ -240,8 +240,14 @@ void txn_start(struct relay_req *r)
 	struct bconn *b = r->b;
 	const struct relay_msg *m = r->msg;
 
+	if (r->release < 0) { /* refused while a connection was set up */
+		req_abandon(r);
+		return;
+	}
 	r->nreplies = 0;
 	r->naccept = 0;
+	r->chunked = 0;
+	r->bdat_sent = r->bdat_acked = 0;
 	b->idle_ms = (uint64_t)m->conf->relay_idle_timeout;
 	r->first_refused = -1;
 	r->body_off = 0;
@@ -280,37 +286,47 @@ void txn_start(struct relay_req *r)
 	bconn_stage(b, B_MAIL, req_remaining(r, (uint64_t)m->conf->relay_timeout));
 }
 
+/* body_next - the next stored bytes at r->body_off, at most RELAY_CHUNK
+ * (in place, or read into r->scratch): their count, or 0 when the spool
+ * cannot be read (the request has then failed). */
+static size_t body_next(struct relay_req *r, const void **p)
+{
+	struct spool *s = r->msg->body;
+	size_t n;
+
+	if (!r->scratch)
+		r->scratch = xmalloc(3 * RELAY_CHUNK);
+	n = spool_peek(s, r->body_off, p);
+	if (n == 0) {
+		ssize_t k = spool_read(s, r->body_off, r->scratch, RELAY_CHUNK);
+
+		if (k <= 0) {
+			req_detach(r, 0);
+			req_fail(r, 451, "4.3.0", "local error reading the stored message");
+			return 0;
+		}
+		*p = r->scratch;
+		n = (size_t)k;
+	}
+	return n > RELAY_CHUNK ? RELAY_CHUNK : n;
+}
+
 /* body_fill - stream the stored body, dot-stuffed (RFC 5321 §4.5.2), keeping
  * about RELAY_WINDOW bytes queued; the final ".\r\n" goes with the last
  * chunk. Each refill re-arms the stage timer. */
 void body_fill(struct bconn *b)
 {
 	struct relay_req *r = b->req;
-	struct spool *s = r->msg->body;
-	uint64_t size = spool_size(s);
+	uint64_t size = spool_size(r->msg->body);
 	const struct conf *cf = r->msg->conf;
 
-	if (!r->scratch)
-		r->scratch = xmalloc(3 * RELAY_CHUNK);
 	while (conn_wpending(b->c) < RELAY_WINDOW && r->body_off < size) {
 		const void *p;
-		size_t n = spool_peek(s, r->body_off, &p);
+		size_t n = body_next(r, &p), used;
 
-		if (n == 0) {
-			ssize_t k = spool_read(s, r->body_off, r->scratch, RELAY_CHUNK);
-
-			if (k <= 0) {
-				req_detach(r, 0);
-				req_fail(r, 451, "4.3.0", "local error reading the stored message");
-				return;
-			}
-			p = r->scratch;
-			n = (size_t)k;
-		}
-		if (n > RELAY_CHUNK)
-			n = RELAY_CHUNK;
+		if (n == 0)
+			return;
 		/* Lines over smtp_line_length_limit are folded on the way. */
-		size_t used;
 		size_t out = smtp_dot_stuff_fold(p, n, &used, &r->stuff, (size_t)cf->smtp_line_length_limit,
 						 r->scratch + RELAY_CHUNK, 2 * RELAY_CHUNK);
 		conn_write(b->c, r->scratch + RELAY_CHUNK, out);
@@ -329,6 +345,99 @@ void body_fill(struct bconn *b)
 	bconn_stage(b, B_DOT, req_remaining(r, (uint64_t)cf->relay_data_done_timeout));
 }
 
+/* txn_complete - the verdict is clean: end the transaction. With CHUNKING
+ * `BDAT 0 LAST` (RFC 3030 §2; a CRLF the canonical body lacked goes in it,
+ * as the DATA path adds one before the dot); else DATA, then the body. */
+static void txn_complete(struct relay_req *r)
+{
+	struct bconn *b = r->b;
+	const struct conf *cf = r->msg->conf;
+
+	if (!r->chunked) {
+		conn_write(b->c, "DATA\r\n", 6);
+		bconn_stage(b, B_DATA, req_remaining(r, (uint64_t)cf->relay_timeout));
+		return;
+	}
+	if (!r->stuff.at_line_start)
+		conn_write(b->c, "BDAT 2 LAST\r\n\r\n", 15);
+	else
+		conn_write(b->c, "BDAT 0 LAST\r\n", 13);
+	bconn_stage(b, B_DOT, req_remaining(r, (uint64_t)cf->relay_data_done_timeout));
+}
+
+/* req_hold_point - see relay_int.h. The wait has no timer but the
+ * message's deadline: the scan has its own (av_timeout). */
+int req_hold_point(struct relay_req *r)
+{
+	if (r->release < 0) {
+		req_abandon(r);
+		return -1;
+	}
+	if (r->release == 0) {
+		bconn_stage(r->b, B_HOLD, req_remaining(r, UINT64_MAX));
+		return 0;
+	}
+	txn_complete(r);
+	return 0;
+}
+
+/* bconn_bdat_fill - the body as BDAT chunks (RFC 3030 §2): not dot-stuffed,
+ * folded as the DATA path folds (smtp_line_length_limit), about
+ * RELAY_WINDOW bytes queued; pipelined with PIPELINING (RFC 3030 §2),
+ * else one chunk per reply. Once every chunk is answered the transaction
+ * waits at its hold point: LAST only goes with a clean verdict. */
+int bconn_bdat_fill(struct bconn *b)
+{
+	struct relay_req *r = b->req;
+	uint64_t size = spool_size(r->msg->body);
+	const struct conf *cf = r->msg->conf;
+	int pipelined = (b->caps & SMTP_CAP_PIPELINING) != 0;
+
+	/* Once refused (relay_release(r, 0)) no more chunks: RSET comes as
+	 * soon as those sent are answered. */
+	while (conn_wpending(b->c) < RELAY_WINDOW && r->body_off < size && r->release >= 0 &&
+	       (pipelined || r->bdat_sent == r->bdat_acked)) {
+		const void *p;
+		size_t n = body_next(r, &p), used;
+
+		if (n == 0)
+			return -1;
+		size_t out = smtp_dot_stuff_fold(p, n, &used, &r->stuff, (size_t)cf->smtp_line_length_limit,
+						 r->scratch + RELAY_CHUNK, 2 * RELAY_CHUNK);
+		conn_printf(b->c, "BDAT %zu\r\n", out);
+		conn_write(b->c, r->scratch + RELAY_CHUNK, out);
+		r->body_off += used;
+		r->bdat_sent++;
+	}
+	if ((r->body_off >= size || r->release < 0) && r->bdat_acked == r->bdat_sent)
+		return req_hold_point(r);
+	bconn_stage(b, B_BDAT, req_remaining(r, (uint64_t)cf->relay_timeout));
+	return 0;
+}
+
+/* bdat_reply - the reply to one BDAT chunk. A refusal ends the message:
+ * 5xx is passed on, 4xx fails over (nothing was completed); the
+ * connection is reset and pooled only when no other chunk's reply is
+ * still due. Returns -1 when the request ended. */
+static int bdat_reply(struct bconn *b, const struct smtp_reply *rep, const char *said)
+{
+	struct relay_req *r = b->req;
+	char why[600];
+
+	r->bdat_acked++;
+	if (rep->code / 100 == 2)
+		return bconn_bdat_fill(b);
+	if (rep->code >= 500) {
+		req_pass_on(r, rep, said, NULL);
+		relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
+		req_end(r, r->bdat_acked == r->bdat_sent, "rejected", said);
+		return -1;
+	}
+	snprintf(why, sizeof(why), "BDAT: %s", said);
+	req_failover(r, why);
+	return -1;
+}
+
 /* rcpts_done - every RCPT reply is in: DATA, or the verdict. */
 static void rcpts_done(struct bconn *b)
 {
@@ -344,6 +453,18 @@ static void rcpts_done(struct bconn *b)
 			req_pass_on(r, &r->refusal, m->rcpts[0].reply, NULL);
 		req_detach(r, r->naccept == m->nrcpt || m->rcpts[0].code != 421);
 		req_finish(r);
+		return;
+	}
+	if (r->naccept == m->nrcpt && m->hold) {
+		/* relay_scan_overlap: the body goes now only as BDAT chunks,
+		 * which RSET can still take back; DATA waits for the verdict. */
+		if (b->caps & SMTP_CAP_CHUNKING) {
+			r->chunked = 1;
+			r->stuff = (struct smtp_stuff){ .at_line_start = 1, .nodot = 1 };
+			bconn_bdat_fill(b);
+			return;
+		}
+		req_hold_point(r);
 		return;
 	}
 	if (r->naccept == m->nrcpt) {
@@ -647,6 +768,13 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 			return -1;
 		}
 		snprintf(why, sizeof(why), "DATA: %s", said);
+		req_failover(r, why);
+		return -1;
+	case B_BDAT: return bdat_reply(b, rep, said);
+	case B_HOLD:
+		/* Unasked (a 421 at the backend's own timeout): nothing was
+		 * completed, so the next backend may have the message. */
+		snprintf(why, sizeof(why), "reply while waiting for the verdict: %s", said);
 		req_failover(r, why);
 		return -1;
 	case B_BODY:

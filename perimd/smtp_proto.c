@@ -797,7 +797,7 @@ static size_t fold_byte(char c, struct smtp_stuff *st, size_t limit, char *out)
 		st->folded = 1;
 		st->col = 1;
 	}
-	if (st->at_line_start && c == '.')
+	if (st->at_line_start && c == '.' && !st->nodot)
 		out[o++] = '.'; /* not counted, RFC 5321 §4.5.3.1.6 */
 	st->at_line_start = 0;
 	out[o++] = c;
@@ -818,7 +818,7 @@ static size_t fold_span(const char *in, size_t n, struct smtp_stuff *st, size_t 
 		m--; /* octets that count toward the line (and the LF) */
 	if ((limit && st->col + m - lf > limit) || n + 1 + 5 > room || (st->at_line_start && in[0] == '\r'))
 		return 0;
-	if (st->at_line_start && in[0] == '.')
+	if (st->at_line_start && in[0] == '.' && !st->nodot)
 		out[o++] = '.'; /* not counted, RFC 5321 §4.5.3.1.6 */
 	memcpy(out + o, in, n);
 	o += n;

@@ -149,6 +149,8 @@ struct smtp_stuff {
 	int folded;        /* the current wire line began with an inserted SP */
 	size_t col;        /* octets on the current wire line, CRLF and a
 			       doubled dot not counted */
+	int nodot;         /* BDAT chunks (RFC 3030 §2): fold only, a dot
+			       at a line start is not doubled */
 };
 
 /* smtp_dot_stuff_fold - smtp_dot_stuff() that also breaks lines longer

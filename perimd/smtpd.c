@@ -674,6 +674,15 @@ static void log_cut(struct session *s, const char *backend, const char *result, 
 static void session_free(struct session *s)
 {
 	struct smtpd_loop *sl = s->sl;
+	if (s->relay && s->av) { /* relay_scan_overlap: no backend completed it */
+		relay_cancel(s->relay);
+		av_cancel(s->av);
+		s->relay = NULL;
+		s->av = NULL;
+		log_info("%s: client [%s] gone while its message %s was being scanned and relayed", s->id,
+			 s->addr, s->tx->msgid);
+		log_cut(s, "none", "none", "client gone during the scan; the relay was abandoned unfinished");
+	}
 	if (s->relay) {
 		relay_cancel(s->relay);
 		s->relay = NULL;

@@ -96,9 +96,12 @@ struct txn {
 	struct spool *spool;
 	struct smtp_data_parser dp;
 	enum data_err data_err;
-	char msgid[24];      /* the transaction's id (SMTPD_ID_LEN above) */
-	uint64_t t_data_end; /* the final dot; nonzero: counted in ST_inflight */
-	uint64_t t_scanned;  /* the scanner's verdict (0: no scan) */
+	char msgid[24];             /* the transaction's id (SMTPD_ID_LEN above) */
+	uint64_t t_data_end;        /* the final dot; nonzero: counted in ST_inflight */
+	uint64_t t_scanned;         /* the scanner's verdict (0: no scan) */
+	unsigned overlap : 1;       /* relay_scan_overlap: relayed during the scan */
+	char *scan_refusal;         /* overlap: the scan refused, this reply */
+	struct relay_result *early; /* overlap: the relay's outcome, before the scan's */
 
 	/* relay */
 	struct relay_msg msg;

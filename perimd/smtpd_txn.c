@@ -50,6 +50,8 @@ void smtpd_txn_reset(struct session *s)
 	if (!t)
 		return;
 	s->tx = NULL;
+	free(t->scan_refusal);
+	free(t->early);
 	free(t->sender);
 	free(t->ret);
 	free(t->envid);
@@ -752,11 +754,22 @@ void smtpd_cmd_data(struct session *s, char *arg)
 	data_begin(s);
 }
 
+static void scan_refused(struct session *s, const char *refusal);
+
 /* relay_done - the backend's verdict: the client hears it now. */
 static void relay_done(void *arg, const struct relay_result *r)
 {
 	struct session *s = arg;
 	s->relay = NULL;
+	if (s->tx->overlap && s->av) { /* the scan decides first */
+		s->tx->early = xmalloc(sizeof *r);
+		*s->tx->early = *r;
+		return;
+	}
+	if (s->tx->overlap && s->tx->scan_refusal) { /* abandoned unfinished */
+		scan_refused(s, s->tx->scan_refusal);
+		return;
+	}
 	uint64_t ms = ev_now(s->loop) - s->tx->t_data_end;
 	/* Where the time went: scan, wait for a backend connection, the rest. */
 	uint64_t scan_ms = s->tx->t_scanned > s->tx->t_data_end ? s->tx->t_scanned - s->tx->t_data_end : 0;
@@ -801,21 +814,54 @@ static void relay_done(void *arg, const struct relay_result *r)
 static void data_relay(struct session *s);
 static void scan_or_relay(struct session *s);
 
+/* scan_refused - the scan refused the message: the client hears why. */
+static void scan_refused(struct session *s, const char *refusal)
+{
+	stats_refusal(refusal);
+	smtpd_log_reject(s, "END-OF-MESSAGE", refusal, NULL);
+	smtpd_reply(s, "%s", refusal);
+	smtpd_txn_reset(s);
+	smtpd_session_resume(s);
+}
+
+/* overlap_verdict - the scan's verdict on a message relayed meanwhile
+ * (relay_scan_overlap): the relay ends the backend's transaction only on
+ * a clean verdict and abandons it on a refusal; when the relay already
+ * ended (it can only have failed: the end waits for this verdict), the
+ * refusal, else the relay's outcome, is the reply. */
+static void overlap_verdict(struct session *s, const char *refusal)
+{
+	struct txn *t = s->tx;
+	if (refusal)
+		t->scan_refusal = xstrdup(refusal);
+	if (s->relay) {
+		relay_release(s->relay, !refusal);
+		return;
+	}
+	struct relay_result *early = t->early;
+	t->early = NULL;
+	if (refusal || !early)
+		scan_refused(s, refusal ? refusal : "451 4.3.0 Error: internal error");
+	else
+		relay_done(s, early);
+	free(early);
+}
+
 /* av_done - the content scanner's verdict (refusal NULL: pass it on). */
 static void av_done(void *arg, const char *refusal)
 {
 	struct session *s = arg;
 	s->av = NULL;
 	s->tx->t_scanned = ev_now(s->loop);
+	if (s->tx->overlap) {
+		overlap_verdict(s, refusal);
+		return;
+	}
 	if (!refusal) {
 		data_relay(s);
 		return;
 	}
-	stats_refusal(refusal);
-	smtpd_log_reject(s, "END-OF-MESSAGE", refusal, NULL);
-	smtpd_reply(s, "%s", refusal);
-	smtpd_txn_reset(s);
-	smtpd_session_resume(s);
+	scan_refused(s, refusal);
 }
 
 /* log_message_id - the message's Message-ID header field, logged as
@@ -1046,14 +1092,27 @@ static void data_end(struct session *s)
 	scan_or_relay(s);
 }
 
+/* overlap_usable - relay_scan_overlap applies: the message is final at
+ * the final dot. Never with milters or header_checks, which may change it
+ * (the copy to relay is known only when they end). */
+static int overlap_usable(const struct session *s)
+{
+	return s->cf->relay_scan_overlap && !milter_enabled(s->cf) && !s->tx->milter && !s->pol->header_checks;
+}
+
 /* scan_or_relay - the message as stored (and changed by the milters):
- * scanned, then relayed. */
+ * scanned, then relayed; or, with relay_scan_overlap, relayed while it is
+ * scanned, the backend's transaction ended only on a clean verdict. */
 static void scan_or_relay(struct session *s)
 {
 	const struct conf *cf = s->cf;
 	if (av_enabled(cf)) {
-		/* Store, scan, replay: nothing reaches a backend unscanned. */
+		/* Store, scan, replay: no backend completes an unscanned message. */
 		smtpd_session_pause(s);
+		if (overlap_usable(s)) {
+			s->tx->overlap = 1;
+			data_relay(s);
+		}
 		s->av = av_scan(s->loop, cf, s->tx->spool, s->tx->msgid, av_done, s);
 		return;
 	}
@@ -1103,6 +1162,7 @@ static void data_relay(struct session *s)
 		.esmtp = s->esmtp,
 	};
 	m->client = &s->tx->client;
+	m->hold = s->tx->overlap;
 	smtpd_session_pause(s);
 	s->relay = relay_send(s->loop, m, relay_done, s);
 }

@@ -95,6 +95,13 @@
 #                           untouched) with smtpd_proxy_filter to a second private Postfix
 #                           smtpd that relays to the same sink, so it answers after the
 #                           next hop as perimd does (tests/bench_proxy.py)
+#   tests/bench.sh overlap  relay_scan_overlap off vs on (issue 19), same run: perimd
+#                           with av_scanner = libclamav (the test database) relaying to a
+#                           sink that offers CHUNKING (tests/bench_chunk_sink.py; smtp-sink
+#                           does not); final dot -> reply p50/p99 and msgs/s from
+#                           tests/bench_latency.py; OV_CONC ("10"), OV_SIZES ("102400"),
+#                           OV_MSGS (1000), OV_ROUNDS (2, alternating which goes first),
+#                           OV_WARMUP (50); OV_CHUNKING=0: the sink without CHUNKING
 #   tests/bench.sh cap      relay_destination_concurrency_limit at CAP_CONC (512) sessions
 #                           of CAP_SIZE (512) bytes: direct vs perimd with each limit of
 #                           CAP_LIST ("100 1000"), CAP_ROUNDS (2) alternating, CAP_MSGS
@@ -934,6 +941,51 @@ for k in sorted(k for k in runs if k[0] == "perimd"):
 EOF
 }
 
+# overlap_bench - relay_scan_overlap off and on in one run (./build.sh
+# bench overlap): the same perimd build, test signatures and sink, rounds
+# alternating which setting goes first; client-side final dot -> reply.
+overlap_bench() {
+	local conc=${OV_CONC:-10} sizes=${OV_SIZES:-102400} msgs=${OV_MSGS:-1000} rounds=${OV_ROUNDS:-2}
+	local warm=${OV_WARMUP:-50} db=$WORK/avdb sinkout=$WORK/chunk-sink.out flag=""
+	[ "${OV_CHUNKING:-1}" = 0 ] && flag=--no-chunking
+	write_av_db "$db"
+	SINK_PORT=$(free_port)
+	"$PY" "$ROOT/tests/bench_chunk_sink.py" "$SINK_PORT" $flag >"$sinkout" 2>&1 &
+	SINK_PID=$!
+	PIDS+=("$SINK_PID")
+	wait_banner "$SINK_PORT"
+	echo "perimd bench overlap: $conc sessions, $msgs messages x $rounds rounds per setting, SIZES=\"$sizes\", sink CHUNKING=${OV_CHUNKING:-1}, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+	printf '%-8s %-6s %-8s %9s %9s %9s %8s %7s\n' bytes round overlap p50_ms p90_ms p99_ms msgs/s errors
+	local s r o order line sent=0
+	for s in $sizes; do
+		for r in $(seq 1 "$rounds"); do
+			order="no yes"
+			[ $((r % 2)) -eq 0 ] && order="yes no"
+			for o in $order; do
+				EXTRA_CONF=("av_scanner = libclamav" "clamav_database_directory = $db" "relay_scan_overlap = $o")
+				start_perimd
+				"$PY" "$ROOT/tests/bench_latency.py" -s "$conc" -m "$warm" -l "$s" -t rcpt@bench.test \
+					"127.0.0.1:$PERIMD_PORT" >/dev/null || true
+				line=$("$PY" "$ROOT/tests/bench_latency.py" -s "$conc" -m "$msgs" -l "$s" -t rcpt@bench.test \
+					"127.0.0.1:$PERIMD_PORT" || true)
+				sent=$((sent + warm + msgs))
+				printf '%-8s %-6s %-8s %9s %9s %9s %8s %7s\n' "$s" "$r" "$o" \
+					"$(sed -n 's/.*dot_p50_ms=\([^ ]*\).*/\1/p' <<<"$line")" \
+					"$(sed -n 's/.*dot_p90_ms=\([^ ]*\).*/\1/p' <<<"$line")" \
+					"$(sed -n 's/.*dot_p99_ms=\([^ ]*\).*/\1/p' <<<"$line")" \
+					"$(sed -n 's/.* mps=\([^ ]*\).*/\1/p' <<<"$line")" \
+					"$(sed -n 's/.* errors=\([^ ]*\).*/\1/p' <<<"$line")"
+				kill -TERM "$PERIMD_PID"
+				wait "$PERIMD_PID" 2>/dev/null || true
+			done
+		done
+	done
+	kill -TERM "$SINK_PID"
+	wait "$SINK_PID" 2>/dev/null || true
+	echo "sent $sent (warm-up included); $(grep '^sink ' "$sinkout" || echo 'sink: no count')"
+	echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
 # av_bench - scanning off and on, same run (./build.sh bench av).
 av_bench() {
 	local conc=${AV_CONC:-100} msgs=${AV_MSGS:-3000} threads=${AV_THREADS:-0} db=$WORK/avdb
@@ -1677,6 +1729,11 @@ fi
 
 if [ "${1:-}" = av ]; then
 	av_bench
+	exit 0
+fi
+
+if [ "${1:-}" = overlap ]; then
+	overlap_bench
 	exit 0
 fi
 

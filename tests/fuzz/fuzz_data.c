@@ -127,6 +127,21 @@ static void check_reparse(const char *canon, size_t n)
 	if (r.res != PARSE_OK || r.consumed != w || r.outlen != n ||
 	    memcmp(r.out, canon, n) != 0 || (r.flags & ~SMTP_DATA_8BIT))
 		abort();
+	/* BDAT chunks (relay_scan_overlap): no stuffing, no fold at limit 0:
+	 * the canonical bytes exactly, whatever the chunking. */
+	struct smtp_stuff st = { .at_line_start = 1, .nodot = 1 };
+	size_t used, o = 0, i = 0;
+	while (i < n) {
+		size_t step = 1 + (i * 7 + n) % 97;
+		if (step > n - i)
+			step = n - i;
+		o += smtp_dot_stuff_fold(canon + i, step, &used, &st, 0, wire + o, 2 * n + 3 - o);
+		if (used != step)
+			abort();
+		i += used;
+	}
+	if (o != n || memcmp(wire, canon, n) != 0)
+		abort();
 	free(r.out);
 	free(wire);
 }

@@ -82,3 +82,20 @@ def backend_factory(tmp_path):
     yield make
     for b in made:
         b.stop()
+
+
+@pytest.fixture
+def hostile():
+    """hostile(**settings) -> a started hostile_backend.HostileBackend
+    (test_relay_hostile, test_scan_overlap); all stopped at teardown."""
+    from hostile_backend import HostileBackend
+    made = []
+
+    def make(**kw):
+        b = HostileBackend(**kw).start()
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop()

@@ -19,10 +19,18 @@ Settings (attributes, changeable while it runs):
                command (the last repeats)
   stall        stages where it never replies (it keeps reading until the
                peer closes)
+  die_at_bdat  n: close the connection (no reply) on receiving its n-th
+               BDAT chunk (test_scan_overlap: a backend dying mid-chunks)
+CHUNKING (RFC 3030): offered when "CHUNKING" is in caps (BDAT is answered
+502 otherwise). Each `BDAT n` reads exactly n octets; stage "bdat" answers
+a chunk, stage "eod" the one with LAST, which completes the transaction.
 Recorded: raw (every byte received, per connection), commands (command
 lines, all connections), messages (dicts: mail, rcpts, wire = the DATA
 bytes exactly as received, dot-stuffing and all, up to the final dot;
-data = the same unstuffed), connections.
+data = the same unstuffed; via = "DATA" or "BDAT"; chunks = BDAT chunk
+sizes), aborted (transactions that never completed, each a dict: mail,
+rcpts, chunks, data = the chunks' bytes, how = "RSET", "QUIT", "MAIL",
+"EOF" or "refused"), connections.
 """
 
 import socket
@@ -40,6 +48,8 @@ class HostileBackend:
         self.raw = []
         self.commands = []
         self.messages = []
+        self.aborted = []
+        self.die_at_bdat = None
         self.connections = 0
         self._counts = {}
         self._lock = threading.Lock()
@@ -131,6 +141,13 @@ class HostileBackend:
                     return d
                 self.read()
 
+        def exact(self, n):
+            """n octets (a BDAT chunk), whatever they hold."""
+            while len(self.buf) < n:
+                self.read()
+            d, self.buf = self.buf[:n], self.buf[n:]
+            return d
+
         def send(self, text):
             out = b""
             lines = text.split("\n")
@@ -145,12 +162,62 @@ class HostileBackend:
                 conn.read()
         conn.send(self._answer(stage, default))
 
+    def _abort(self, tx, how):
+        """Record an unfinished transaction (it had a MAIL)."""
+        if tx["mail"] is not None:
+            with self._lock:
+                self.aborted.append({"mail": tx["mail"], "rcpts": tx["rcpts"], "chunks": tx["chunks"],
+                                     "data": tx["data"], "how": how})
+        tx.update(mail=None, rcpts=[], chunks=[], data=b"")
+
+    def _bdat(self, conn, tx, ln, nbdat):
+        """One BDAT command (RFC 3030 §2): its chunk read whole; LAST
+        completes the message. Returns False to close the connection."""
+        args = ln.split()
+        n = int(args[1]) if len(args) > 1 and args[1].isdigit() else -1
+        last = len(args) > 2 and args[2].upper() == "LAST"
+        if n < 0:
+            conn.send("501 5.5.4 Syntax: BDAT size [LAST]")
+            return True
+        chunk = conn.exact(n)
+        if self.die_at_bdat is not None and nbdat >= self.die_at_bdat:
+            return False
+        if "CHUNKING" not in self.caps or tx["mail"] is None or not tx["rcpts"]:
+            conn.send("503 5.5.1 Error: BDAT out of sequence")
+            return True
+        tx["chunks"].append(n)
+        tx["data"] += chunk
+        if not last:
+            ans = self._answer("bdat", "250 2.0.0 %d octets received" % n)
+            if "bdat" in self.stall:
+                self._say(conn, "bdat", ans)
+            conn.send(ans)
+            if not ans.startswith("2"):
+                self._abort(tx, "refused")
+            return True
+        ans = self._answer("eod", None)
+        if "eod" in self.stall:
+            self._say(conn, "eod", "")  # reads until the peer closes
+        if ans is not None and not ans.startswith("2"):
+            conn.send(ans)
+            self._abort(tx, "refused")
+            return True
+        with self._lock:
+            self.messages.append({"mail": tx["mail"], "rcpts": tx["rcpts"], "wire": tx["data"],
+                                  "data": tx["data"], "via": "BDAT", "chunks": tx["chunks"]})
+            n_msgs = len(self.messages)
+        tx.update(mail=None, rcpts=[], chunks=[], data=b"")
+        conn.send(ans or "250 2.0.0 Ok: queued as H%d" % n_msgs)
+        return True
+
     def _session(self, sock):
         raw = []
         with self._lock:
             self.raw.append(raw)
         conn = self._Conn(sock, raw)
-        mail, rcpts = None, []
+        tx = {"mail": None, "rcpts": [], "chunks": [], "data": b""}
+        nbdat = 0
+        how = "EOF"
         try:
             self._say(conn, "greeting", "220 hostile.test ESMTP")
             while not self._stop.is_set():
@@ -163,11 +230,16 @@ class HostileBackend:
                 elif verb == "HELO":
                     self._say(conn, "helo", "250 hostile.test")
                 elif verb == "MAIL":
-                    mail, rcpts = ln, []
+                    self._abort(tx, "MAIL")
+                    tx["mail"] = ln
                     self._say(conn, "mail", "250 2.1.0 Ok")
                 elif verb == "RCPT":
-                    rcpts.append(ln)
+                    tx["rcpts"].append(ln)
                     self._say(conn, "rcpt", "250 2.1.5 Ok")
+                elif verb == "BDAT":
+                    nbdat += 1
+                    if not self._bdat(conn, tx, ln, nbdat):
+                        return
                 elif verb == "DATA":
                     ans = self._answer("data", "354 End data with <CR><LF>.<CR><LF>")
                     if "data" in self.stall:
@@ -180,21 +252,26 @@ class HostileBackend:
                     data = b"\r\n".join(x[1:] if x.startswith(b".") else x
                                         for x in body.split(b"\r\n"))
                     with self._lock:
-                        self.messages.append({"mail": mail, "rcpts": rcpts, "wire": wire,
-                                              "data": data})
+                        self.messages.append({"mail": tx["mail"], "rcpts": tx["rcpts"], "wire": wire,
+                                              "data": data, "via": "DATA", "chunks": []})
+                    tx.update(mail=None, rcpts=[], chunks=[], data=b"")
                     self._say(conn, "eod", "250 2.0.0 Ok: queued as H%d" % len(self.messages))
                 elif verb == "RSET":
+                    self._abort(tx, "RSET")
                     self._say(conn, "rset", "250 2.0.0 Ok")
                 elif verb == "QUIT":
+                    how = "QUIT"
                     conn.send("221 2.0.0 Bye")
                     return
-                elif verb == "NOOP":
+                elif verb == "NOOP" or (verb == "XFORWARD" and any(
+                        c.startswith("XFORWARD") for c in self.caps)):
                     conn.send("250 2.0.0 Ok")
                 else:
                     conn.send("502 5.5.2 Error: command not recognized")
         except (EOFError, OSError):
             pass
         finally:
+            self._abort(tx, how)
             try:
                 sock.close()
             except OSError:

@@ -27,26 +27,11 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import Client, expect, free_port, known_params, wait_for  # noqa: E402
-from hostile_backend import HostileBackend  # noqa: E402
 
 SENDER = "a@client.test"
 RCPT = "b@example.com"
 BODY = b"Subject: hostile test\r\n\r\nline one\r\n.leading dot\r\n"
 BODY8 = "Subject: caf\u00e9\r\n\r\nna\u00efve body\r\n".encode()
-
-
-@pytest.fixture
-def hostile():
-    made = []
-
-    def make(**kw):
-        b = HostileBackend(**kw).start()
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.stop()
 
 
 def start(perimd_factory, backends, **params):

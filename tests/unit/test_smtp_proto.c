@@ -1233,6 +1233,11 @@ TEST(test_dot_stuff_fold)
 	CHECK_INT(o, 1001);
 	CHECK(memcmp(out, "..b", 3) == 0);
 	CHECK(memcmp(out + 999, "\r\n", 2) == 0);
+	/* BDAT (nodot): the same line goes out as it is */
+	st = (struct smtp_stuff){ .at_line_start = 1, .nodot = 1 };
+	o = smtp_dot_stuff_fold(in, 1000, &used, &st, 998, out, sizeof(out));
+	CHECK_INT(o, 1000);
+	CHECK(memcmp(out, ".bb", 3) == 0);
 	/* 0 = off; a line split over calls keeps its column */
 	st = (struct smtp_stuff){ .at_line_start = 1 };
 	memset(in, 'c', 1500);
@@ -1282,7 +1287,7 @@ static size_t ref_fold(const char *in, size_t len, size_t *used, struct smtp_stu
 			st->folded = 1;
 			st->col = 1;
 		}
-		if (st->at_line_start && c == '.')
+		if (st->at_line_start && c == '.' && !st->nodot)
 			out[o++] = '.';
 		st->at_line_start = 0;
 		out[o++] = c;
@@ -1312,7 +1317,8 @@ TEST(test_dot_stuff_fold_same)
 				len += (size_t)(memcpy(in + len, r % 11 == 0 ? "\r." : r % 5 == 0 ? "\n" : "\r\n", 2), 2);
 		}
 		size_t limit = limits[round % 7];
-		struct smtp_stuff sa = { .at_line_start = 1 }, sb = sa;
+		/* every other group of limits: BDAT chunks (fold, no stuffing) */
+		struct smtp_stuff sa = { .at_line_start = 1, .nodot = (round / 7) & 1 }, sb = sa;
 		size_t oa = 0, ob = 0, ia = 0, ib = 0;
 		while (ia < len || ib < len) {
 			unsigned r = (seed = seed * 1103515245u + 12345u) >> 16;
