@@ -104,9 +104,9 @@ struct put_arg {
 	uint64_t expires;
 };
 
-/* put - dnscache_put's callback: the entry holds the result. Another
- * thread may have put the key between our delete and this update: its
- * result is then given back, not overwritten (a leaked reference). */
+/* put - dnscache_put's callback: the entry holds the result; one it held
+ * (a put of a live key) is given back, not overwritten (a leaked
+ * reference). */
 static enum shcache_act put(void *val, uint64_t *expires, int fresh, void *arg)
 {
 	const struct put_arg *a = arg;
@@ -136,8 +136,7 @@ void dnscache_put(const char *key, const struct dns_result *res)
 	uint64_t now = now_ms();
 	struct put_arg a = { res, now + (uint64_t)ttl };
 	dns_result_ref(res);
-	shcache_del(cache, key);
-	shcache_update(cache, key, now, 1, put, &a);
+	shcache_put(cache, key, now, put, &a);
 }
 
 /* dnscache_shard - see dnscache.h. */

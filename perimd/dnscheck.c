@@ -495,39 +495,35 @@ const char *dnscheck_reverse_name(const struct dnscheck *d)
 	return d && d->rev == D_OK && d->name[0] ? d->name : NULL;
 }
 
+/* decide_host - one of decide_client's lookups in state st: waited for,
+ * passed, or refused as "cannot find your WHAT" under rule. */
+static int decide_host(const struct dnscheck *d, enum dstate st, const char *what, const char *rule,
+		       struct policy_verdict *v)
+{
+	if (st == D_PENDING)
+		return STEP_ASYNC;
+	if (st == D_OK)
+		return STEP_PASS;
+	int t = st == D_TEMP;
+	v->code = t ? 450 : 550;
+	snprintf(v->reply, sizeof v->reply, "%s Client host rejected: cannot find your %s, [%s]",
+		 t ? "450 4.7.25" : "550 5.7.25", what, d->addr);
+	v->rule = rule;
+	return STEP_DECIDED;
+}
+
 /* decide_client - reject_unknown_reverse_client_hostname, then
  * reject_unknown_client_hostname (Postfix's replies, RFC 8601's 7.25). */
 static int decide_client(struct dnscheck *d, struct policy_req *r, struct policy_verdict *v)
 {
 	(void)r;
 	const struct conf *c = d->cf;
-	if (c->reject_unknown_reverse_client_hostname && d->rev != D_OFF) {
-		if (d->rev == D_PENDING)
-			return STEP_ASYNC;
-		if (d->rev != D_OK) {
-			int t = d->rev == D_TEMP;
-			v->code = t ? 450 : 550;
-			snprintf(v->reply, sizeof v->reply,
-				 "%s Client host rejected: cannot find your reverse hostname, [%s]",
-				 t ? "450 4.7.25" : "550 5.7.25", d->addr);
-			v->rule = "client_reverse_hostname";
-			return STEP_DECIDED;
-		}
-	}
-	if (c->reject_unknown_client_hostname && d->fwd != D_OFF) {
-		if (d->fwd == D_PENDING)
-			return STEP_ASYNC;
-		if (d->fwd != D_OK) {
-			int t = d->fwd == D_TEMP;
-			v->code = t ? 450 : 550;
-			snprintf(v->reply, sizeof v->reply,
-				 "%s Client host rejected: cannot find your hostname, [%s]",
-				 t ? "450 4.7.25" : "550 5.7.25", d->addr);
-			v->rule = "client_hostname";
-			return STEP_DECIDED;
-		}
-	}
-	return STEP_PASS;
+	int rc = STEP_PASS;
+	if (c->reject_unknown_reverse_client_hostname && d->rev != D_OFF)
+		rc = decide_host(d, d->rev, "reverse hostname", "client_reverse_hostname", v);
+	if (rc == STEP_PASS && c->reject_unknown_client_hostname && d->fwd != D_OFF)
+		rc = decide_host(d, d->fwd, "hostname", "client_hostname", v);
+	return rc;
 }
 
 /* decide_sender - reject_unknown_sender_domain (RFC 7505 §4 for null MX). */

@@ -767,9 +767,8 @@ static int cache_get(struct map *m, enum map_kind kind, const char *key, int *re
 	return hit;
 }
 
-/* cache_write - cache_put's callback: the entry gets the answer. An
- * entry another thread put between our delete and this update gives
- * its value back first. */
+/* cache_write - cache_put's callback: the entry gets the answer; a live
+ * one (another thread's answer for the key) gives its value back first. */
 static enum shcache_act cache_write(void *val, uint64_t *expires, int fresh, void *arg)
 {
 	struct cached *c = val;
@@ -813,8 +812,7 @@ static void cache_put(struct map *m, enum map_kind kind, const char *key, int re
 	char buf[512], *k = cache_key(kind, key, buf, sizeof buf);
 	uint64_t now = clock_ms();
 	struct cache_arg a = { .result = result, .value = val, .expires = now + (uint64_t)ttl };
-	shcache_del(m->cache, k);
-	shcache_update(m->cache, k, now, 1, cache_write, &a);
+	shcache_put(m->cache, k, now, cache_write, &a);
 	if (k != buf)
 		free(k);
 }

@@ -12,7 +12,6 @@
 #include "smtp_proto.h"
 #include "stats.h"
 
-#include <ctype.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,123 +87,89 @@ int psvc_reply_parse(const char *buf, size_t len, char *action, size_t alen, siz
 	return rc;
 }
 
-/* dsn_take - an RFC 3463 code (class.subject.detail, 1-3 digits each) at
- * the start of *s: copied to dsn (>= 12 bytes), *s moved past it and the
- * blanks after. 0 when there is none. */
-static int dsn_take(const char **s, char *dsn)
-{
-	const char *p = *s;
-	if (*p != '2' && *p != '4' && *p != '5')
-		return 0;
-	const char *q = p + 1;
-	for (int part = 0; part < 2; part++) {
-		if (*q != '.')
-			return 0;
-		q++;
-		int n = 0;
-		while (isdigit((unsigned char)*q) && n < 4)
-			q++, n++;
-		if (n < 1 || n > 3)
-			return 0;
-	}
-	if (*q && *q != ' ' && *q != '\t')
-		return 0;
-	memcpy(dsn, p, (size_t)(q - p));
-	dsn[q - p] = 0;
-	while (*q == ' ' || *q == '\t')
-		q++;
-	*s = q;
-	return 1;
-}
+/* What a policy answer's action means when it leaves something out: as in
+ * Postfix, whose smtpd checks an answer as it checks an access map's
+ * (REJECT is access_map_reject_code, 554; DEFER access_map_defer_code,
+ * 450; "Access denied" and "Service unavailable"); a 421 is given as 450. */
+static const struct smtp_act_defaults psvc_defaults = {
+	.reject_code = 554,
+	.code_421 = 450,
+	.refuse_text = "Access denied",
+	.defer_if_text = "Service unavailable",
+	.enh_any_class = 1,
+	.header_max = PSVC_MAX_HEADER,
+	.header_8bit = 1,
+};
 
 /* set_reply - a refusal: "CODE X.Y.Z <rcpt>: Recipient address rejected:
- * TEXT", the enhanced code from the text when it starts with one (its
- * class made the code's), else def_dsn; TEXT deftext when empty. */
-static void set_reply(struct psvc_action *a, int code, const char *rest, const char *deftext, const char *rcpt)
+ * TEXT" from the parsed action p. */
+static void set_reply(struct psvc_action *a, const struct smtp_action *p, const char *rcpt)
 {
-	char dsn[16], text[600];
-	if (!dsn_take(&rest, dsn))
-		snprintf(dsn, sizeof dsn, "%c.7.1", code >= 500 ? '5' : '4');
-	dsn[0] = code >= 500 ? '5' : '4';
-	copy_value(rest, strlen(rest), text, sizeof text);
-	a->code = code;
+	char text[600];
+	copy_value(p->text, strlen(p->text), text, sizeof text);
+	a->code = p->code;
 	struct strbuf sb = { 0 };
-	sb_printf(&sb, "%d %s <%s>: Recipient address rejected: %s", code, dsn, rcpt, text[0] ? text : deftext);
+	sb_printf(&sb, "%d %s <%s>: Recipient address rejected: %s", p->code, p->enh, rcpt, text);
 	size_t n = sb.len < sizeof a->reply - 1 ? sb.len : sizeof a->reply - 1;
 	memcpy(a->reply, sb_str(&sb), n); /* truncated to a reply line's room */
 	a->reply[n] = 0;
 	sb_free(&sb);
 }
 
-/* header_valid - "Name: value" as RFC 5322 §2.2 wants it on one line. */
-static int header_valid(const char *h)
-{
-	size_t n = strcspn(h, ":");
-	if (n == 0 || !h[n] || strlen(h) > PSVC_MAX_HEADER)
-		return 0;
-	for (size_t i = 0; i < n; i++)
-		if (h[i] <= ' ' || h[i] > '~')
-			return 0;
-	for (const char *p = h + n; *p; p++)
-		if ((unsigned char)*p < ' ' && *p != '\t')
-			return 0;
-	return 1;
-}
-
-/* all_digits - a non-empty string of digits. */
-static int all_digits(const char *s)
-{
-	return *s && strspn(s, "0123456789") == strlen(s);
-}
-
 /* psvc_action_parse - see psvc.h. */
 void psvc_action_parse(const char *action, const char *rcpt, struct psvc_action *a)
 {
+	struct smtp_action p;
 	memset(a, 0, sizeof *a);
-	const char *s = action;
-	while (*s == ' ' || *s == '\t')
-		s++;
-	size_t vl = strcspn(s, " \t");
-	const char *rest = s + vl;
-	while (*rest == ' ' || *rest == '\t')
-		rest++;
-#define IS(w) (vl == sizeof(w) - 1 && !strncasecmp(s, (w), vl))
-	int num = vl == 3 && (s[0] == '4' || s[0] == '5') && isdigit((unsigned char)s[1]) &&
-	    isdigit((unsigned char)s[2]);
-	if (IS("DUNNO")) {
-		a->kind = PSVC_DUNNO, a->name = "dunno";
-	} else if (IS("OK") || (all_digits(s) && !num)) { /* all-numeric: OK, as Postfix */
-		a->kind = PSVC_OK, a->name = "ok";
-	} else if (IS("REJECT") || (num && s[0] == '5')) {
-		a->kind = PSVC_REFUSE, a->name = "reject";
-		set_reply(a, num ? atoi(s) : 554, rest, "Access denied", rcpt);
-	} else if (IS("DEFER") || num) {
-		/* 421 would have to close the session (RFC 5321 §3.8): 450. */
-		a->kind = PSVC_REFUSE, a->name = "defer";
-		set_reply(a, num && atoi(s) != 421 ? atoi(s) : 450, rest, "Access denied", rcpt);
-	} else if (IS("DEFER_IF_PERMIT") || IS("DEFER_IF_REJECT")) {
-		a->kind = IS("DEFER_IF_PERMIT") ? PSVC_DEFER_IF_PERMIT : PSVC_DEFER_IF_REJECT;
-		a->name = a->kind == PSVC_DEFER_IF_PERMIT ? "defer_if_permit" : "defer_if_reject";
-		set_reply(a, 450, rest, "Service unavailable", rcpt);
-	} else if (IS("PREPEND") && header_valid(rest)) {
-		a->kind = PSVC_PREPEND, a->name = "prepend";
-		snprintf(a->text, sizeof a->text, "%s", rest);
-	} else if (IS("WARN") || IS("INFO")) {
-		a->kind = IS("WARN") ? PSVC_WARN : PSVC_INFO;
+	smtp_action_parse(action, &psvc_defaults, &p);
+	switch (p.act) {
+	case SMTP_ACT_DUNNO: a->kind = PSVC_DUNNO, a->name = "dunno"; return;
+	case SMTP_ACT_OK:
+	case SMTP_ACT_NUMBER: a->kind = PSVC_OK, a->name = "ok"; return; /* all-numeric: OK, as Postfix */
+	case SMTP_ACT_REJECT:
+	case SMTP_ACT_DEFER:
+	case SMTP_ACT_NNN:
+		a->kind = PSVC_REFUSE, a->name = p.code >= 500 ? "reject" : "defer";
+		set_reply(a, &p, rcpt);
+		return;
+	case SMTP_ACT_DEFER_IF_PERMIT:
+		a->kind = PSVC_DEFER_IF_PERMIT, a->name = "defer_if_permit";
+		set_reply(a, &p, rcpt);
+		return;
+	case SMTP_ACT_DEFER_IF_REJECT:
+		a->kind = PSVC_DEFER_IF_REJECT, a->name = "defer_if_reject";
+		set_reply(a, &p, rcpt);
+		return;
+	case SMTP_ACT_WARN:
+	case SMTP_ACT_INFO:
+		a->kind = p.act == SMTP_ACT_WARN ? PSVC_WARN : PSVC_INFO;
 		a->name = a->kind == PSVC_WARN ? "warn" : "info";
-		copy_value(rest, strlen(rest), a->text, sizeof a->text);
-	} else if (IS("PREPEND") || IS("FILTER") || IS("HOLD") || IS("DISCARD") || IS("REDIRECT") || IS("BCC")) {
+		copy_value(p.text, strlen(p.text), a->text, sizeof a->text);
+		return;
+	case SMTP_ACT_PREPEND:
+		if (p.header_ok) {
+			a->kind = PSVC_PREPEND, a->name = "prepend";
+			snprintf(a->text, sizeof a->text, "%s", p.text);
+			return;
+		}
+		/* fall through - a malformed header is logged */
+	case SMTP_ACT_FILTER:
+	case SMTP_ACT_HOLD:
+	case SMTP_ACT_DISCARD:
+	case SMTP_ACT_REDIRECT:
+	case SMTP_ACT_BCC:
 		/* Actions that need a queue or a content filter perimd does not
-		 * have (and a PREPEND whose header is malformed): logged. */
+		 * have: logged. */
 		a->kind = PSVC_UNSUPPORTED, a->name = "unsupported";
-		copy_value(s, strlen(s), a->text, sizeof a->text);
-	} else {
+		copy_value(p.word, strlen(p.word), a->text, sizeof a->text);
+		return;
+	default:
 		a->kind = PSVC_INVALID, a->name = "invalid";
 		a->code = 451;
 		snprintf(a->reply, sizeof a->reply, "451 4.3.5 Server configuration error");
-		copy_value(s, strlen(s), a->text, sizeof a->text);
+		copy_value(p.word, strlen(p.word), a->text, sizeof a->text);
+		return;
 	}
-#undef IS
 }
 
 /* ---- configuration ------------------------------------------------------- */

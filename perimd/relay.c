@@ -1031,6 +1031,19 @@ static void req_wait_timeout(void *arg)
 	req_fail(r, 451, "4.4.5", text);
 }
 
+/* idle_take - idle connection b of pool p serves r: out of the idle
+ * list and its idle timer, the transaction started. */
+static void idle_take(struct pool *p, struct bconn *b, struct relay_req *r)
+{
+	TAILQ_REMOVE(&p->idle, b, link);
+	dest_adjust(p->dest, p->rl->loop, 0, -1);
+	ev_timer_stop(p->rl->loop, &b->tmr);
+	b->req = r;
+	b->state = B_READY;
+	r->b = b;
+	txn_start(r);
+}
+
 /* req_acquire - a connection to r->dest: idle, new, or wait for one. */
 static void req_acquire(struct relay_req *r)
 {
@@ -1041,13 +1054,7 @@ static void req_acquire(struct relay_req *r)
 	atomic_store(&r->dest->limit, (int)r->msg->conf->relay_destination_concurrency_limit);
 	r->t_attempt = ev_now(rl->loop);
 	if (b) {
-		TAILQ_REMOVE(&p->idle, b, link);
-		dest_adjust(p->dest, rl->loop, 0, -1);
-		ev_timer_stop(rl->loop, &b->tmr);
-		b->req = r;
-		b->state = B_READY;
-		r->b = b;
-		txn_start(r);
+		idle_take(p, b, r);
 		return;
 	}
 	if (dest_reserve(r->dest, rl->loop, 0, 1)) {
@@ -1080,14 +1087,8 @@ static void pool_kick(void *arg)
 		ev_timer_stop(rl->loop, &w->waitt);
 		dest_adjust(p->dest, rl->loop, -1, 0);
 		if (b) {
-			TAILQ_REMOVE(&p->idle, b, link);
-			dest_adjust(p->dest, rl->loop, 0, -1);
-			ev_timer_stop(rl->loop, &b->tmr);
-			b->req = w;
-			b->state = B_READY;
-			w->b = b;
 			w->t_attempt = ev_now(rl->loop);
-			txn_start(w);
+			idle_take(p, b, w);
 			continue;
 		}
 		if (bconn_open(p, w) < 0)

@@ -10,8 +10,8 @@
  */
 #include "rules.h"
 #include "log.h"
+#include "smtp_proto.h"
 
-#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -26,128 +26,75 @@ static void copy_text(char *dst, size_t dstlen, const char *src)
 		dst[j] = 0;
 }
 
-/* word_is - the n bytes at w are the word s (any case). */
-static int word_is(const char *w, size_t n, const char *s)
-{
-	return strlen(s) == n && !strncasecmp(w, s, n);
-}
+/* The defaults of access(5) and header_checks(5) values in perimd: REJECT
+ * is 550 (Postfix: access_map_reject_code, 554), a 421 is refused, an
+ * enhanced code only of the reply's class, no default text (the caller's). */
+static const struct smtp_act_defaults rules_defaults = {
+	.reject_code = 550,
+	.code_421 = 0,
+	.refuse_text = "",
+	.defer_if_text = "",
+	.enh_any_class = 0,
+	.header_max = 899,
+	.header_8bit = 0,
+};
 
-/* enh_code - the length of an RFC 3463 code "c.sss.ddd" of class c at s
- * (followed by a blank or the end), or 0. */
-static size_t enh_code(const char *s, char c)
+/* refused_action - why perimd cannot take action act, with what to write. */
+static const char *refused_action(enum smtp_act act)
 {
-	if (s[0] != c || s[1] != '.')
-		return 0;
-	size_t i = 2, d = strspn(s + i, "0123456789");
-	if (d < 1 || d > 3 || s[i + d] != '.')
-		return 0;
-	i += d + 1;
-	d = strspn(s + i, "0123456789");
-	if (d < 1 || d > 3 || (s[i + d] && s[i + d] != ' ' && s[i + d] != '\t'))
-		return 0;
-	return i + d;
-}
-
-/* header_ok - "Name: value": a field name of printable ASCII without
- * blanks or ':' (RFC 5322 §2.2), a colon, and printable text. */
-static int header_ok(const char *h)
-{
-	size_t n = 0;
-	while (h[n] > ' ' && h[n] < 127 && h[n] != ':')
-		n++;
-	if (n == 0 || h[n] != ':')
-		return 0;
-	for (const char *p = h + n; *p; p++)
-		if ((*p < ' ' && *p != '\t') || *p == 127)
-			return 0;
-	return strlen(h) < 900;
-}
-
-/* set_reply - a refusal: code, enhanced code (given, or the default of
- * its class) and text (given, or dflt). */
-static void set_reply(struct rules_action *a, int code, const char *rest, const char *dflt)
-{
-	char cls = (char)('0' + code / 100);
-	size_t e = enh_code(rest, cls);
-	a->code = code;
-	if (e) {
-		snprintf(a->enh, sizeof a->enh, "%.*s", (int)e, rest);
-		rest += e;
-		rest += strspn(rest, " \t");
-	} else {
-		snprintf(a->enh, sizeof a->enh, "%c.7.1", cls);
-	}
-	copy_text(a->text, sizeof a->text, *rest ? rest : dflt);
-}
-
-/* refused_action - why perimd cannot take action word w, with what to write. */
-static const char *refused_action(const char *w, size_t n)
-{
-	if (word_is(w, n, "HOLD"))
+	switch (act) {
+	case SMTP_ACT_HOLD:
 		return "HOLD: perimd has no queue to hold mail in; write DEFER text (the sender retries), "
 		       "DISCARD or REJECT text";
-	if (word_is(w, n, "FILTER") || word_is(w, n, "REDIRECT") || word_is(w, n, "BCC"))
+	case SMTP_ACT_FILTER:
+	case SMTP_ACT_REDIRECT:
+	case SMTP_ACT_BCC:
 		return "FILTER, REDIRECT and BCC are not supported: perimd relays each message to its "
 		       "recipients' backends only; route with transport_maps";
-	if (word_is(w, n, "REPLACE") || word_is(w, n, "STRIP"))
+	case SMTP_ACT_REPLACE:
+	case SMTP_ACT_STRIP:
 		return "REPLACE and STRIP are not supported: write IGNORE (delete the header) or PREPEND";
-	return NULL;
+	default: return NULL;
+	}
+}
+
+/* access_act - what action p means in a table of kind; -1 when none. */
+static int access_act(const struct smtp_action *p, int kind)
+{
+	int acc = kind == RULES_ACCESS;
+	switch (p->act) {
+	case SMTP_ACT_DUNNO: return RA_DUNNO;
+	case SMTP_ACT_OK: return acc ? RA_OK : RA_DUNNO;
+	case SMTP_ACT_PERMIT: return acc ? RA_OK : -1;
+	case SMTP_ACT_REJECT: return RA_REFUSE;
+	case SMTP_ACT_DEFER:
+	case SMTP_ACT_NNN: return acc ? RA_REFUSE : -1;
+	case SMTP_ACT_DEFER_IF_PERMIT: return acc ? RA_DEFER_IF_PERMIT : -1;
+	case SMTP_ACT_DEFER_IF_REJECT: return acc ? RA_DEFER_IF_REJECT : -1;
+	case SMTP_ACT_WARN:
+	case SMTP_ACT_INFO: return RA_WARN;
+	case SMTP_ACT_DISCARD: return RA_DISCARD;
+	case SMTP_ACT_PREPEND: return RA_PREPEND;
+	case SMTP_ACT_IGNORE: return acc ? -1 : RA_IGNORE;
+	default: return -1;
+	}
 }
 
 /* rules_action_parse - see rules.h. */
 int rules_action_parse(const char *value, int kind, struct rules_action *a, char *why, size_t whylen)
 {
-	const char *v = value + strspn(value, " \t");
-	size_t n = strcspn(v, " \t");
-	const char *rest = v + n + strspn(v + n, " \t");
+	struct smtp_action p;
 	const char *no;
 	memset(a, 0, sizeof *a);
 	if (why && whylen)
 		why[0] = 0;
-	if ((no = refused_action(v, n))) {
+	smtp_action_parse(value, &rules_defaults, &p);
+	if ((no = refused_action(p.act))) {
 		snprintf(why, whylen, "%s", no);
 		return -1;
 	}
-	if (word_is(v, n, "DUNNO") || (kind == RULES_HEADER && word_is(v, n, "OK"))) {
-		a->act = RA_DUNNO;
-	} else if (kind == RULES_ACCESS && (word_is(v, n, "OK") || word_is(v, n, "PERMIT"))) {
-		a->act = RA_OK;
-	} else if (word_is(v, n, "REJECT")) {
-		a->act = RA_REFUSE;
-		set_reply(a, 550, rest, "");
-	} else if (kind == RULES_ACCESS && word_is(v, n, "DEFER")) {
-		a->act = RA_REFUSE;
-		set_reply(a, 450, rest, "");
-	} else if (kind == RULES_ACCESS && word_is(v, n, "DEFER_IF_PERMIT")) {
-		a->act = RA_DEFER_IF_PERMIT;
-		set_reply(a, 450, rest, "");
-	} else if (kind == RULES_ACCESS && word_is(v, n, "DEFER_IF_REJECT")) {
-		a->act = RA_DEFER_IF_REJECT;
-		set_reply(a, 450, rest, "");
-	} else if (kind == RULES_ACCESS && n == 3 && !strncmp(v, "421", 3)) {
-		snprintf(why, whylen, "421 closes the session, which an access map cannot: write 450 text");
-		return -1;
-	} else if (kind == RULES_ACCESS && n == 3 && (v[0] == '4' || v[0] == '5') &&
-		   isdigit((unsigned char)v[1]) && isdigit((unsigned char)v[2])) {
-		a->act = RA_REFUSE;
-		set_reply(a, (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0'), rest, "");
-	} else if (word_is(v, n, "WARN") || word_is(v, n, "INFO")) {
-		a->act = RA_WARN;
-		copy_text(a->text, sizeof a->text, rest);
-	} else if (word_is(v, n, "DISCARD")) {
-		a->act = RA_DISCARD;
-		copy_text(a->text, sizeof a->text, rest);
-	} else if (word_is(v, n, "PREPEND")) {
-		if (!header_ok(rest)) {
-			snprintf(why, whylen, "PREPEND needs a header, \"PREPEND Name: value\"");
-			return -1;
-		}
-		a->act = RA_PREPEND;
-		snprintf(a->text, sizeof a->text, "%s", rest);
-		return 0;
-	} else if (kind == RULES_HEADER && word_is(v, n, "IGNORE")) {
-		a->act = RA_IGNORE;
-	} else {
+	int act = access_act(&p, kind);
+	if (act < 0) {
 		snprintf(why, whylen,
 			 kind == RULES_ACCESS
 			     ? "\"%.40s\" is no action perimd takes; write OK, PERMIT, DUNNO, REJECT "
@@ -155,13 +102,28 @@ int rules_action_parse(const char *value, int kind, struct rules_action *a, char
 			       "4NN text, 5NN text, WARN text, DISCARD [text] or PREPEND header: value"
 			     : "\"%.40s\" is no action perimd takes; write REJECT [text], WARN text, "
 			       "IGNORE, PREPEND header: value, DISCARD [text] or DUNNO",
-			 v);
+			 p.word);
 		return -1;
 	}
-	if ((a->act == RA_OK || a->act == RA_DUNNO || a->act == RA_IGNORE) && *rest) {
-		snprintf(why, whylen, "%.*s takes no text", (int)n, v);
+	a->act = (enum rules_act)act;
+	if (p.act == SMTP_ACT_NNN && p.code == 421) {
+		snprintf(why, whylen, "421 closes the session, which an access map cannot: write 450 text");
 		return -1;
 	}
+	if (p.act == SMTP_ACT_PREPEND && !p.header_ok) {
+		snprintf(why, whylen, "PREPEND needs a header, \"PREPEND Name: value\"");
+		return -1;
+	}
+	if ((act == RA_OK || act == RA_DUNNO || act == RA_IGNORE) && *p.text) {
+		snprintf(why, whylen, "%.*s takes no text", (int)p.wlen, p.word);
+		return -1;
+	}
+	a->code = p.code;
+	snprintf(a->enh, sizeof a->enh, "%s", p.enh);
+	if (act == RA_PREPEND)
+		snprintf(a->text, sizeof a->text, "%s", p.text);
+	else
+		copy_text(a->text, sizeof a->text, p.text);
 	return 0;
 }
 

@@ -150,8 +150,10 @@ static struct shc_entry *entry_new(struct shcache *c, struct shc_shard *s, const
 	return e;
 }
 
-/* shcache_update - see shcache.h. */
-int shcache_update(struct shcache *c, const char *key, uint64_t now, int create, shcache_fn *fn, void *arg)
+/* update - shcache_update, and with renew the entry is made the newest
+ * even when it was there (shcache_put). */
+static int update(struct shcache *c, const char *key, uint64_t now, int create, int renew, shcache_fn *fn,
+		  void *arg)
 {
 	uint32_t h = hash_str32(key);
 	struct shc_shard *s = &c->sh[h % c->cf.shards];
@@ -179,7 +181,7 @@ int shcache_update(struct shcache *c, const char *key, uint64_t now, int create,
 		pthread_mutex_unlock(&s->mu);
 		return 0;
 	}
-	if (c->cf.touch && !fresh) {
+	if ((c->cf.touch && !fresh) || renew) {
 		age_unlink(s, e);
 		age_push(s, e);
 	}
@@ -187,6 +189,18 @@ int shcache_update(struct shcache *c, const char *key, uint64_t now, int create,
 		entry_drop(c, s, NULL, e);
 	pthread_mutex_unlock(&s->mu);
 	return 1;
+}
+
+/* shcache_update - see shcache.h. */
+int shcache_update(struct shcache *c, const char *key, uint64_t now, int create, shcache_fn *fn, void *arg)
+{
+	return update(c, key, now, create, 0, fn, arg);
+}
+
+/* shcache_put - see shcache.h. */
+void shcache_put(struct shcache *c, const char *key, uint64_t now, shcache_fn *fn, void *arg)
+{
+	update(c, key, now, 1, 1, fn, arg);
 }
 
 /* What shcache_get asks get_copy for. */

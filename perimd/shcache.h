@@ -51,6 +51,11 @@ void shcache_free(struct shcache *c);
  * one) and call fn on it under the shard's lock. Returns 1 when fn ran,
  * 0 when the key was absent and create was 0. */
 int shcache_update(struct shcache *c, const char *key, uint64_t now, int create, shcache_fn *fn, void *arg);
+/* shcache_put - a new value for key: as shcache_del then shcache_update
+ * with create (the entry becomes the newest, fn sets its expiry), without
+ * freeing and allocating: when key was live, fn sees fresh = 0 and the old
+ * value, and must release what the drop callback would. */
+void shcache_put(struct shcache *c, const char *key, uint64_t now, shcache_fn *fn, void *arg);
 /* shcache_get - copy key's live value into out (valsize bytes): 1, or 0
  * when absent. With touch, it becomes the newest. */
 int shcache_get(struct shcache *c, const char *key, uint64_t now, void *out);

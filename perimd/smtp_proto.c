@@ -874,14 +874,14 @@ void smtp_reply_init(struct smtp_reply *r)
 }
 
 /* enh_len - length of an RFC 3463 §2 enhanced status code "class.subject.
- * detail" at the start of t[0..n) (class 2, 4 or 5 equal to the reply's
- * class digit, subject and detail 1..3 digits), followed by SP or the end;
- * 0 if there is none. */
-static size_t enh_len(const char *t, size_t n, char cls)
+ * detail" at the start of t[0..n) (class 2, 4 or 5 equal to cls, any of
+ * them when cls is 0; subject and detail 1..3 digits), followed by the end
+ * or one of the bytes in ends; 0 if there is none. */
+static size_t enh_len(const char *t, size_t n, char cls, const char *ends)
 {
 	size_t i = 2;
 
-	if (n < 5 || t[0] != cls || (cls != '2' && cls != '4' && cls != '5') || t[1] != '.')
+	if (n < 5 || (cls && t[0] != cls) || (t[0] != '2' && t[0] != '4' && t[0] != '5') || t[1] != '.')
 		return 0;
 	for (int part = 0; part < 2; part++) {
 		size_t d = 0;
@@ -896,7 +896,7 @@ static size_t enh_len(const char *t, size_t n, char cls)
 			i++;
 		}
 	}
-	return i == n || t[i] == ' ' ? i : 0;
+	return i == n || (t[i] && strchr(ends, t[i])) ? i : 0;
 }
 
 /* reply_text_add - append one line's text to r->text. Control characters
@@ -975,7 +975,7 @@ enum parse_result smtp_reply_feed(struct smtp_reply *r, const char *buf, size_t 
 		r->nlines++;
 		last = n == 3 || line[3] == ' ';
 		tlen = n > 4 ? n - 4 : 0;
-		k = enh_len(line + 4, tlen, line[0]);
+		k = enh_len(line + 4, tlen, line[0], " ");
 		if (k) {
 			if (!r->enh[0]) {
 				memcpy(r->enh, line + 4, k);
@@ -1230,4 +1230,106 @@ int smtp_xforward_format(const char *verb, const char *const val[SMTP_XF_COUNT],
 		memcpy(out + pos, "\r\n", 3);
 	}
 	return ncmd;
+}
+
+/* ---- Postfix actions ---------------------------------------------------- */
+
+/* The words, in enum smtp_act's order from SMTP_ACT_OK (NUMBER and NNN
+ * are no words: NULL). */
+static const char *const act_words[] = {
+	NULL,
+	"OK",
+	"PERMIT",
+	NULL,
+	"DUNNO",
+	"REJECT",
+	"DEFER",
+	NULL,
+	"DEFER_IF_PERMIT",
+	"DEFER_IF_REJECT",
+	"WARN",
+	"INFO",
+	"DISCARD",
+	"PREPEND",
+	"IGNORE",
+	"HOLD",
+	"FILTER",
+	"REDIRECT",
+	"BCC",
+	"REPLACE",
+	"STRIP",
+};
+
+/* act_word - the action named by the n bytes at w (any case). */
+static enum smtp_act act_word(const char *w, size_t n)
+{
+	for (size_t i = 0; i < sizeof act_words / sizeof act_words[0]; i++)
+		if (act_words[i] && strlen(act_words[i]) == n && !strncasecmp(w, act_words[i], n))
+			return (enum smtp_act)i;
+	return SMTP_ACT_UNKNOWN;
+}
+
+/* act_header_ok - h is "Name: value" (RFC 5322 §2.2): a field name of
+ * printable ASCII but ':', a colon, a value without controls but tab (with
+ * bytes from 0x7f when d allows them), at most d->header_max bytes. */
+static int act_header_ok(const char *h, const struct smtp_act_defaults *d)
+{
+	size_t n = 0;
+	while (h[n] > ' ' && h[n] < 127 && h[n] != ':')
+		n++;
+	if (n == 0 || h[n] != ':')
+		return 0;
+	for (const unsigned char *p = (const unsigned char *)h + n; *p; p++)
+		if ((*p < ' ' && *p != '\t') || (*p >= 127 && !d->header_8bit))
+			return 0;
+	return strlen(h) <= d->header_max;
+}
+
+/* act_refusal - code, enhanced code and text of a refusal at rest. */
+static void act_refusal(struct smtp_action *a, int code, const char *rest, const char *dflt,
+			const struct smtp_act_defaults *d)
+{
+	char cls = (char)('0' + code / 100);
+	size_t e = enh_len(rest, strlen(rest), d->enh_any_class ? 0 : cls, " \t");
+	a->code = code;
+	if (e) {
+		memcpy(a->enh, rest, e);
+		a->enh[e] = 0;
+		a->enh[0] = cls;
+		rest += e;
+		rest += strspn(rest, " \t");
+	} else {
+		a->enh[0] = cls;
+		memcpy(a->enh + 1, ".7.1", 5);
+	}
+	a->text = *rest ? rest : dflt;
+}
+
+/* smtp_action_parse - see smtp_proto.h. */
+void smtp_action_parse(const char *value, const struct smtp_act_defaults *d, struct smtp_action *a)
+{
+	const char *v = value + strspn(value, " \t");
+	size_t n = strcspn(v, " \t");
+	const char *rest = v + n + strspn(v + n, " \t");
+	memset(a, 0, sizeof *a);
+	a->word = v, a->wlen = n, a->text = rest;
+	a->act = act_word(v, n);
+	int digits = n > 0 && strspn(v, "0123456789") == n;
+	if (digits && n == 3 && (v[0] == '4' || v[0] == '5'))
+		a->act = SMTP_ACT_NNN;
+	else if (digits && !v[n])
+		a->act = SMTP_ACT_NUMBER;
+	switch (a->act) {
+	case SMTP_ACT_REJECT: act_refusal(a, d->reject_code, rest, d->refuse_text, d); break;
+	case SMTP_ACT_DEFER: act_refusal(a, 450, rest, d->refuse_text, d); break;
+	case SMTP_ACT_NNN: {
+		int code = (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0');
+		act_refusal(a, code == 421 && d->code_421 ? d->code_421 : code, rest, d->refuse_text, d);
+		break;
+	}
+	case SMTP_ACT_DEFER_IF_PERMIT:
+	case SMTP_ACT_DEFER_IF_REJECT: act_refusal(a, 450, rest, d->defer_if_text, d); break;
+	case SMTP_ACT_PREPEND: a->header_ok = act_header_ok(rest, d); break;
+	default: break;
+	}
 }

@@ -270,4 +270,64 @@ unsigned smtp_xforward_attrs(const char *params, size_t n);
 int smtp_xforward_format(const char *verb, const char *const val[SMTP_XF_COUNT], unsigned offered, char *out,
 			 size_t outlen);
 
+/* ---- Postfix actions (access(5), header_checks(5), SMTPD_POLICY_README) */
+
+/* The action words; what each means is the caller's (rules_access.c for
+ * access maps and header_checks, psvc_proto.c for policy answers). */
+enum smtp_act {
+	SMTP_ACT_UNKNOWN, /* no word Postfix knows */
+	SMTP_ACT_OK,
+	SMTP_ACT_PERMIT,
+	SMTP_ACT_NUMBER, /* a number alone, not 4NN/5NN (Postfix: OK) */
+	SMTP_ACT_DUNNO,
+	SMTP_ACT_REJECT,
+	SMTP_ACT_DEFER,
+	SMTP_ACT_NNN, /* "4NN text", "5NN text" */
+	SMTP_ACT_DEFER_IF_PERMIT,
+	SMTP_ACT_DEFER_IF_REJECT,
+	SMTP_ACT_WARN,
+	SMTP_ACT_INFO,
+	SMTP_ACT_DISCARD,
+	SMTP_ACT_PREPEND,
+	SMTP_ACT_IGNORE,
+	SMTP_ACT_HOLD,
+	SMTP_ACT_FILTER,
+	SMTP_ACT_REDIRECT,
+	SMTP_ACT_BCC,
+	SMTP_ACT_REPLACE,
+	SMTP_ACT_STRIP,
+};
+
+/* What the callers differ in: one table each. */
+struct smtp_act_defaults {
+	int reject_code;           /* REJECT without a code: 550 perimd's access
+				    * maps, 554 a policy answer (Postfix's
+				    * access_map_reject_code) */
+	int code_421;              /* what "421 text" becomes (it would close the
+				    * session); 0: stays 421, the caller refuses it */
+	const char *refuse_text;   /* REJECT, DEFER, 4NN/5NN without text */
+	const char *defer_if_text; /* DEFER_IF_PERMIT, DEFER_IF_REJECT without text */
+	int enh_any_class;         /* 1: an enhanced code of any class (2, 4, 5) is
+				    * taken and given the reply's class; 0: only
+				    * one of the reply's class, else it is text */
+	size_t header_max;         /* PREPEND: the longest header */
+	int header_8bit;           /* PREPEND: bytes 0x7f and up allowed in the value */
+};
+
+struct smtp_action {
+	enum smtp_act act;
+	const char *word; /* the action word in value (what follows it too) */
+	size_t wlen;      /* its length */
+	int code;         /* REJECT, DEFER, NNN, DEFER_IF_*: 4xx or 5xx */
+	char enh[16];     /* and its enhanced code: given, or the class's x.7.1 */
+	const char *text; /* what follows the word, blanks skipped (for those
+			    * refusals after the enhanced code; their default
+			    * text when empty); in value or static */
+	int header_ok;    /* PREPEND: text is a "Name: value" within d's limits */
+};
+
+/* smtp_action_parse - split the action value (word, code, enhanced code,
+ * text) as table d wants it into a; pure, a points into value. */
+void smtp_action_parse(const char *value, const struct smtp_act_defaults *d, struct smtp_action *a);
+
 #endif

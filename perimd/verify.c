@@ -155,7 +155,8 @@ struct verify_arg {
 	uint64_t expires;
 };
 
-/* put - verify_store's callback: the fresh entry gets the verdict. */
+/* put - verify_store's callback: the entry gets the verdict (over an
+ * older one). */
 static enum shcache_act put(void *val, uint64_t *expires, int fresh, void *arg)
 {
 	const struct verify_arg *a = arg;
@@ -192,8 +193,7 @@ static void verify_store(int kind, const char *sender, const char *rcpt, int cod
 	snprintf(a.v.enh, sizeof(a.v.enh), "%s", enh ? enh : "");
 	uint64_t now = verify_now();
 	a.expires = now + ttl_ms;
-	shcache_del(cache, key);
-	shcache_update(cache, key, now, 1, put, &a);
+	shcache_put(cache, key, now, put, &a);
 }
 
 /* verify_fetch - the live entry's code and enhanced code under the key; 1

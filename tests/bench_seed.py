@@ -63,11 +63,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from postfix_instance import PostfixInstance  # noqa: E402
+from clamd_helper import EICAR, Clamd, write_ndb  # noqa: E402
 
 PY = "/usr/bin/python3"
 CG = "/sys/fs/cgroup/cpuacct"
 SENDER, RCPT = "bench@client.bench.test", "rcpt@bench.test"
-EICAR = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*")
 
 CONC = [int(x) for x in os.environ.get("SEED_CONC", "100 512").split()]
 SIZES = [int(x) for x in os.environ.get("SEED_SIZES", "512 102400").split()]
@@ -214,37 +214,16 @@ class Sink:
 # --- the seed's stack --------------------------------------------------------
 
 def write_db(work):
-    d = os.path.join(work, "avdb")
-    os.makedirs(d)
-    with open(os.path.join(d, "bench.ndb"), "w") as f:
-        f.write("Bench.EICAR:0:*:%s\nBench.Marker:0:*:%s\n"
-                % (EICAR.encode().hex(), b"perimd-bench-marker".hex()))
-    return d
+    return write_ndb(os.path.join(work, "avdb"), [("Bench.EICAR", EICAR),
+                                                  ("Bench.Marker", b"perimd-bench-marker")], "bench.ndb")
 
 
 def start_clamd(work, db):
-    sock = os.path.join(work, "clamd.sock")
-    os.makedirs(os.path.join(work, "clamtmp"))
-    conf = os.path.join(work, "clamd.conf")
-    with open(conf, "w") as f:
-        f.write("Foreground yes\nLocalSocket %s\nLocalSocketMode 666\nFixStaleSocket yes\n"
-                "DatabaseDirectory %s\nTemporaryDirectory %s/clamtmp\nLogFile %s/clamd.log\n"
-                "LogClean yes\nUser root\n" % (sock, db, work, work))
-    p = spawn(["/usr/sbin/clamd", "-c", conf], os.path.join(work, "clamd.out"), "seed")
-
-    def pong():
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(5)
-                s.connect(sock)
-                s.sendall(b"zPING\0")
-                return s.recv(16).startswith(b"PONG")
-        except OSError:
-            return p.poll() is not None
-    wait_until(pong, 60, "clamd")
-    if p.poll() is not None:
-        raise RuntimeError("clamd exited: see %s/clamd.out" % work)
-    return sock
+    """clamd in the seed's cgroup, output to clamd.out; its socket."""
+    out = os.path.join(work, "clamd.out")
+    c = Clamd(work, db, extra="LocalSocketMode 666\nFixStaleSocket yes\nLogClean yes\n",
+              popen=lambda argv: spawn(argv, out, "seed"))
+    return c.start().sock
 
 
 def start_postgrey(work):

@@ -9,6 +9,7 @@
 #include "grey.h"
 #include "policyd.h"
 #include "smtp_proto.h"
+#include "chunks.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -87,6 +88,16 @@ static int stream(const char *buf, size_t len, struct policyd_req *reqs, int *la
 	return n;
 }
 
+/* take_req - fuzz_take_fn: one request into reqs[n] (ctx). */
+static int take_req(void *ctx, const char *buf, size_t len, size_t *used, int n)
+{
+	struct policyd_req r, *reqs = ctx;
+	int rc = policyd_parse(buf, len, &r, used);
+	if (rc == PARSE_OK && n < MAXREQ)
+		reqs[n] = r;
+	return rc;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static struct policyd_req whole[MAXREQ], chunked[MAXREQ];
@@ -101,29 +112,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (consumed > size)
 		abort();
 
-	/* Chunked, as reads arrive: after each chunk, parse what is
-	 * buffered; a final answer (OK, BAD, TOO_LONG) ends the round. */
-	size_t have = 0, start = 0;
-	int nchunked = 0, clast = PARSE_AGAIN;
-	unsigned seed = (unsigned)size * 2654435761u;
-	while (have < size) {
-		seed = seed * 1103515245u + 12345u;
-		size_t c = 1 + (seed >> 16) % 97;
-		have = have + c > size ? size : have + c;
-		for (;;) {
-			struct policyd_req r;
-			size_t used;
-			clast = policyd_parse(copy + start, have - start, &r, &used);
-			if (clast != PARSE_OK)
-				break;
-			if (nchunked < MAXREQ)
-				chunked[nchunked] = r;
-			nchunked++;
-			start += used;
-		}
-		if (clast != PARSE_AGAIN)
-			break;
-	}
+	/* Chunked, as reads arrive. */
+	size_t start;
+	int clast, nchunked = fuzz_chunks(copy, size, take_req, chunked, &start, &clast);
 	/* the same requests, and the same end: a refusal at the same
 	 * place (a line is refused only once complete, an over-long one
 	 * once past the limit, whatever the chunks) */

@@ -11,6 +11,7 @@
  */
 #include "psvc.h"
 #include "smtp_proto.h"
+#include "chunks.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -105,6 +106,16 @@ static int stream(const char *buf, size_t len, char (*ans)[256], int *last, size
 	return n;
 }
 
+/* take_answer - fuzz_take_fn: one answer's action into ans[n] (ctx). */
+static int take_answer(void *ctx, const char *buf, size_t len, size_t *used, int n)
+{
+	char a[256], (*ans)[256] = ctx;
+	int rc = psvc_reply_parse(buf, len, a, sizeof a, used);
+	if (rc == PARSE_OK && n < MAXANS)
+		memcpy(ans[n], a, sizeof a);
+	return rc;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static char whole[MAXANS][256], chunked[MAXANS][256];
@@ -138,27 +149,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(svc.policy_context);
 	free(s);
 
-	size_t have = 0, start = 0;
-	int nchunked = 0, clast = PARSE_AGAIN;
-	unsigned seed = (unsigned)size * 2654435761u;
-	while (have < size) {
-		seed = seed * 1103515245u + 12345u;
-		size_t c = 1 + (seed >> 16) % 97;
-		have = have + c > size ? size : have + c;
-		for (;;) {
-			char a[256];
-			size_t used;
-			clast = psvc_reply_parse(copy + start, have - start, a, sizeof a, &used);
-			if (clast != PARSE_OK)
-				break;
-			if (nchunked < MAXANS)
-				memcpy(chunked[nchunked], a, sizeof a);
-			nchunked++;
-			start += used;
-		}
-		if (clast != PARSE_AGAIN)
-			break;
-	}
+	size_t start;
+	int clast, nchunked = fuzz_chunks(copy, size, take_answer, chunked, &start, &clast);
 	if (nchunked != nwhole || start != consumed || clast != last)
 		abort();
 	for (int i = 0; i < nwhole && i < MAXANS; i++)

@@ -522,13 +522,7 @@ class Sink:
             time.sleep(0.05)
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_proc(self.proc)
         if self._log:
             self._log.close()
             self._log = None
@@ -612,6 +606,18 @@ def expect(reply, code, enh=None, text=None):
         assert reply[1].split(" ", 1)[0] == enh, "expected %d %s, got %r" % (code, enh, reply)
     if text is not None:
         assert re.search(text, reply[1]), "expected /%s/ in %r" % (text, reply)
+
+
+def stop_proc(proc, grace=10, after_kill=10):
+    """Stop a process the test started (its Popen; None or ended: nothing):
+    SIGTERM, SIGKILL when it has not gone after grace seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(after_kill)
 
 
 def wait_for(cond, timeout=10.0):

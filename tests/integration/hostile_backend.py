@@ -33,13 +33,12 @@ rcpts, chunks, data = the chunks' bytes, how = "RSET", "QUIT", "MAIL",
 "EOF" or "refused"), connections.
 """
 
-import socket
-import threading
+from listener import Listener
 
 DEFAULT_CAPS = ["PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
 
 
-class HostileBackend:
+class HostileBackend(Listener):
     def __init__(self, caps=None, ehlo_filler=0, reply=None, stall=()):
         self.caps = list(DEFAULT_CAPS if caps is None else caps)
         self.ehlo_filler = ehlo_filler
@@ -50,49 +49,17 @@ class HostileBackend:
         self.messages = []
         self.aborted = []
         self.die_at_bdat = None
-        self.connections = 0
         self._counts = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._socks = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
+        Listener.__init__(self, backlog=64)
         self.target = "127.0.0.1:%d" % self.port
 
-    # -- life ------------------------------------------------------------
-    def start(self):
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def stop(self):
-        self._stop.set()
-        self.sock.close()
-        for s in list(self._socks):
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def _accept(self):
-        while not self._stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                self._socks.append(c)
-            threading.Thread(target=self._session, args=(c,), daemon=True).start()
+    # -- life: Listener's start() and stop() ------------------------------
+    def serve(self, conn, no):
+        self._session(conn)
 
     # -- helpers ---------------------------------------------------------
     def commands_of(self, verb):
-        with self._lock:
+        with self.lock:
             return [c for c in self.commands if c.upper().startswith(verb)]
 
     def _answer(self, stage, default):
@@ -100,7 +67,7 @@ class HostileBackend:
         list), else the default."""
         v = self.reply.get(stage, default)
         if isinstance(v, list):
-            with self._lock:
+            with self.lock:
                 i = self._counts.get(stage, 0)
                 self._counts[stage] = i + 1
             v = v[min(i, len(v) - 1)]
@@ -165,7 +132,7 @@ class HostileBackend:
     def _abort(self, tx, how):
         """Record an unfinished transaction (it had a MAIL)."""
         if tx["mail"] is not None:
-            with self._lock:
+            with self.lock:
                 self.aborted.append({"mail": tx["mail"], "rcpts": tx["rcpts"], "chunks": tx["chunks"],
                                      "data": tx["data"], "how": how})
         tx.update(mail=None, rcpts=[], chunks=[], data=b"")
@@ -202,7 +169,7 @@ class HostileBackend:
             conn.send(ans)
             self._abort(tx, "refused")
             return True
-        with self._lock:
+        with self.lock:
             self.messages.append({"mail": tx["mail"], "rcpts": tx["rcpts"], "wire": tx["data"],
                                   "data": tx["data"], "via": "BDAT", "chunks": tx["chunks"]})
             n_msgs = len(self.messages)
@@ -212,7 +179,7 @@ class HostileBackend:
 
     def _session(self, sock):
         raw = []
-        with self._lock:
+        with self.lock:
             self.raw.append(raw)
         conn = self._Conn(sock, raw)
         tx = {"mail": None, "rcpts": [], "chunks": [], "data": b""}
@@ -220,9 +187,9 @@ class HostileBackend:
         how = "EOF"
         try:
             self._say(conn, "greeting", "220 hostile.test ESMTP")
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 ln = conn.line().decode("utf-8", "replace")
-                with self._lock:
+                with self.lock:
                     self.commands.append(ln)
                 verb = ln.split(" ", 1)[0].split(":", 1)[0].upper()
                 if verb == "EHLO":
@@ -251,7 +218,7 @@ class HostileBackend:
                     body = wire[:-3]
                     data = b"\r\n".join(x[1:] if x.startswith(b".") else x
                                         for x in body.split(b"\r\n"))
-                    with self._lock:
+                    with self.lock:
                         self.messages.append({"mail": tx["mail"], "rcpts": tx["rcpts"], "wire": wire,
                                               "data": data, "via": "DATA", "chunks": []})
                     tx.update(mail=None, rcpts=[], chunks=[], data=b"")

@@ -14,11 +14,9 @@ import base64
 import io
 import os
 import re
-import shutil
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -28,9 +26,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Client, free_port, known_params, smtp_source, expect  # noqa: E402
+from harness import Client, known_params, smtp_source, expect  # noqa: E402
+from clamd_helper import EICAR, Clamd, write_ndb  # noqa: E402,F401 (Clamd: for the tests that import it)
 
-EICAR = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*").encode()
 MARKER = b"perimd-decoded-only-" + b"7f3a9c1e5b"
 MARKER2 = b"perimd-after-reload-" + b"2c8d4e6f0a"
 SIG_EICAR = "Perimd.Test.EICAR.UNOFFICIAL"
@@ -40,13 +38,8 @@ CLEAN = b"Subject: clean\r\n\r\nnothing to see here\r\n"
 
 
 def write_db(path, extra=()):
-    """A signature directory: .ndb lines Name:0:*:HEX (0 = any file)."""
-    os.makedirs(path, exist_ok=True)
-    sigs = [("Perimd.Test.EICAR", EICAR), ("Perimd.Test.Marker", MARKER)] + list(extra)
-    with open(os.path.join(path, "perimd.ndb"), "w") as f:
-        for name, data in sigs:
-            f.write("%s:0:*:%s\n" % (name, data.hex()))
-    return path
+    """The test signature directory: EICAR, the marker and extra."""
+    return write_ndb(path, [("Perimd.Test.EICAR", EICAR), ("Perimd.Test.Marker", MARKER)] + list(extra))
 
 
 def attachment(data, filename, ctype="application/octet-stream"):
@@ -298,61 +291,6 @@ def test_reload_bad_database_keeps_engine(perimd_factory, sink, tmp_path):
 
 
 # ---- clamd ------------------------------------------------------------------
-
-
-class Clamd:
-    """A clamd of our own: foreground, its own config, the test database,
-    a unix socket and a loopback TCP port."""
-
-    def __init__(self, tmp_path, db):
-        self.dir = str(tmp_path / "clamd")
-        os.makedirs(self.dir, exist_ok=True)
-        self.sock = os.path.join(self.dir, "clamd.sock")
-        self.port = free_port()
-        self.conf = os.path.join(self.dir, "clamd.conf")
-        self.log = os.path.join(self.dir, "clamd.log")
-        with open(self.conf, "w") as f:
-            f.write("Foreground yes\nLocalSocket %s\nTCPSocket %d\nTCPAddr 127.0.0.1\n"
-                    "DatabaseDirectory %s\nTemporaryDirectory %s\nLogFile %s\n"
-                    "StreamMaxLength 50M\nMaxThreads 4\n"
-                    % (self.sock, self.port, db, self.dir, self.log))
-        if os.geteuid() == 0:
-            f_user = "User root\n"
-            with open(self.conf, "a") as f:
-                f.write(f_user)
-        self.proc = None
-
-    def start(self, timeout=60):
-        clamd = shutil.which("clamd") or "/usr/sbin/clamd"
-        self.proc = subprocess.Popen([clamd, "-c", self.conf], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "clamd exited:\n" + self._logtext()
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"zPING\0")
-                    if s.recv(16).startswith(b"PONG") and os.path.exists(self.sock):
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("clamd not ready:\n" + self._logtext())
-
-    def _logtext(self):
-        try:
-            return open(self.log).read()[-3000:]
-        except OSError:
-            return ""
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 @pytest.fixture

@@ -24,11 +24,11 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import Client, expect, known_params  # noqa: E402
+from clamd_helper import EICAR  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GEN = os.path.join(ROOT, "tests", "gen_sigdb.py")
 SCALE = "0.05"
-EICAR = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*").encode()
 NEW_MARKER = b"perimd-reload-added-" + b"91d2"
 CLEAN = b"Subject: clean\r\n\r\nnothing to see here, just words: the account and the invoice\r\n"
 

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from harness import PERIMD_BIN, Client, free_port, known_params
+from harness import PERIMD_BIN, Client, free_port, known_params, stop_proc
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
@@ -98,13 +98,7 @@ class Dnsmasq:
         return len(re.findall(r"query\[%s\] %s from" % (re.escape(qtype), re.escape(name)), text))
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_proc(self.proc, 5, 5)
         self.hole.close()
         self.errf.close()
 

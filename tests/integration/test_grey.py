@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from harness import Client, free_port, known_params, wait_for
+from harness import Client, free_port, known_params, stop_proc, wait_for
 
 SENDER = "alice@sender.example"
 RCPT = "bob@example.com"
@@ -257,13 +257,7 @@ class MariaDB:
         return r.returncode
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_proc(self.proc, 30)
         self.proc = None
 
 

@@ -31,7 +31,7 @@ import urllib.request
 
 import pytest
 
-from harness import PERIMD_BIN, Client, free_port, smtp_source, wait_for
+from harness import PERIMD_BIN, Client, free_port, smtp_source, stop_proc, wait_for
 
 SLAPD = shutil.which("slapd", path="/usr/sbin:/usr/bin") or "/usr/sbin/slapd"
 SLAPADD = shutil.which("slapadd", path="/usr/sbin:/usr/bin") or "/usr/sbin/slapadd"
@@ -141,13 +141,7 @@ class Slapd:
         raise AssertionError("slapd did not start")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_proc(self.proc, 20)
         if self.log:
             self.log.close()
             self.log = None

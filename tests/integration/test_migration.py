@@ -25,9 +25,10 @@ import time
 
 import pytest
 
-from harness import Client, free_port, wait_for
+from harness import Client, free_port, stop_proc, wait_for
 from postfix_instance import PostfixInstance, postfix_available
-from test_av import EICAR, Clamd, write_db
+from clamd_helper import EICAR, Clamd
+from test_av import write_db
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "man",
                     "perimd-migrate.7")
@@ -84,13 +85,7 @@ class Proc:
             raise AssertionError("%s did not start:\n%s" % (argv[0], open(log).read()[-2000:]))
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_proc(self.proc)
 
 
 def probe(port, rcpt, body=b"Subject: probe\r\n\r\nhello\r\n"):

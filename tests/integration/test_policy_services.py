@@ -33,7 +33,8 @@ import urllib.request
 
 import pytest
 
-from harness import Client, free_port, wait_for
+from harness import Client, free_port, stop_proc, wait_for
+from listener import Listener
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 POSTGREY = shutil.which("postgrey") or "/usr/sbin/postgrey"
@@ -79,18 +80,7 @@ class Dnsmasq:
         self.errf.close()
 
 
-def stop_proc(proc):
-    """Terminate a process we started (by its object), then kill."""
-    if proc and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-class PolicyServer:
+class PolicyServer(Listener):
     """A policy server: every request (a dict, with '_conn' the number of
     the connection it came on) is recorded; decide(req) gives the action,
     after `delay` seconds. Runs in threads of the test process."""
@@ -102,37 +92,15 @@ class PolicyServer:
         # on it finds it closed (as a service that dropped an idle client)
         self.close_after = close_after
         self.requests = []
-        self.connections = 0
         self.open_now = self.max_open = 0
-        self.stopping = threading.Event()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", free_port()))
-        self.sock.listen(50)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.conns = []
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        Listener.__init__(self, port=free_port())
+        self.start()
 
-    def _accept(self):
-        while not self.stopping.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-                no = self.connections
-                self.conns.append(c)
-                self.open_now += 1
-                self.max_open = max(self.max_open, self.open_now)
-            threading.Thread(target=self._serve_counted, args=(c, no), daemon=True).start()
+    def accepted(self, no):
+        self.open_now += 1
+        self.max_open = max(self.max_open, self.open_now)
 
-    def _serve_counted(self, c, no):
+    def serve(self, c, no):
         try:
             self._serve(c, no)
         finally:
@@ -173,14 +141,6 @@ class PolicyServer:
     def asked(self, rcpt):
         with self.lock:
             return [r for r in self.requests if r.get("recipient") == rcpt]
-
-    def stop(self):
-        self.stopping.set()
-        self.sock.close()
-        with self.lock:
-            for c in self.conns:
-                c.close()
-        self.thread.join(5)
 
 
 @pytest.fixture(scope="module")

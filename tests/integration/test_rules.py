@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from harness import Client, free_port, swaks
+from harness import Client, free_port, stop_proc, swaks
 
 
 def write(path, text):
@@ -206,13 +206,7 @@ class MariaDB:
                               stderr=subprocess.STDOUT, timeout=30)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_proc(self.proc, 30)
         if self.proc:
             self.log.close()
         self.proc = None

@@ -326,6 +326,24 @@ TEST(test_cache_ttl)
 	fake_ms += 60 * 1000;
 	CHECK(dnscache_get("1:long.example") == NULL);
 
+	/* A re-put replaces the answer and its expiry, one entry, the old
+	 * answer given back (a leak would fail the sanitizer's exit check). */
+	dnscache_configure(1000, 30000, 86400000);
+	r = result_a(60);
+	dnscache_put("1:again.example", r);
+	dns_result_unref(r);
+	fake_ms += 50 * 1000;
+	size_t n = dnscache_count();
+	r = result_a(60);
+	dnscache_put("1:again.example", r);
+	CHECK_INT(dnscache_count(), n);
+	fake_ms += 50 * 1000; /* past the first answer's TTL, not the second's */
+	g = dnscache_get("1:again.example");
+	CHECK(g == r);
+	if (g)
+		dns_result_unref(g);
+	dns_result_unref(r);
+
 	/* A temporary failure is never cached. */
 	r = dns_result_new(DNS_TEMPFAIL, 0);
 	dnscache_put("1:fail.example", r);

@@ -221,12 +221,105 @@ TEST(test_climit_crate)
 	CHECK_INT(crate_hit("192.0.2.9", 0, 999), 2);
 }
 
+/* What a put stores: the value and its expiry; released: the sum of the
+ * values released by a put (the drop callback's job for an old value). */
+static int released;
+struct put_val {
+	int v;
+	uint64_t expires;
+};
+
+/* set_put - put callback: a live old value is released as drop would. */
+static enum shcache_act set_put(void *val, uint64_t *expires, int fresh, void *arg)
+{
+	const struct put_val *p = arg;
+	if (!fresh)
+		released += *(int *)val;
+	*(int *)val = p->v;
+	*expires = p->expires;
+	return SHCACHE_KEEP;
+}
+
+/* test_put_is_del_update - shcache_put does what shcache_del then
+ * shcache_update with create did: over random puts, gets and time, with
+ * and without touch, a put cache and a del+update cache hold the same
+ * values, evict the same keys (a re-put key is the newest, its expiry the
+ * new one, also when it had expired) and let go of the same values. */
+TEST(test_put_is_del_update)
+{
+	for (int touch = 0; touch <= 1; touch++) {
+		const struct shcache_conf cf = { .shards = 1, .buckets = 4, .valsize = sizeof(int), .max = 4,
+						 .evict = 1, .touch = touch, .drop = count_drop };
+		struct shcache *a = shcache_new(&cf), *b = shcache_new(&cf);
+		int drops_a = 0, drops_b = 0, rel_a = 0, diffs = 0;
+		uint64_t now = 1;
+		unsigned seed = 7;
+		for (int i = 0; i < 20000; i++) {
+			seed = seed * 1103515245u + 12345u;
+			char key[8];
+			snprintf(key, sizeof key, "k%u", (seed >> 8) % 7);
+			struct put_val p = { (int)(seed >> 20) % 1000 + 1, now + 1 + (seed >> 4) % 40 };
+			if ((seed >> 16) % 3 == 0) { /* a get (it touches) */
+				int va, vb;
+				int ha = shcache_get(a, key, now, &va), hb = shcache_get(b, key, now, &vb);
+				diffs += ha != hb || (ha && va != vb);
+				continue;
+			}
+			drops = released = 0;
+			shcache_put(a, key, now, set_put, &p);
+			drops_a += drops, rel_a += released;
+			drops = released = 0;
+			shcache_del(b, key);
+			shcache_update(b, key, now, 1, set_put, &p);
+			drops_b += drops + released;
+			now += (seed >> 12) % 5;
+			for (int k = 0; i % 5 == 0 && k < 7; k++) { /* the same contents */
+				char kk[16];
+				snprintf(kk, sizeof kk, "k%d", k);
+				diffs += val(a, kk, now) != val(b, kk, now);
+			}
+			diffs += shcache_count(a) != shcache_count(b);
+		}
+		CHECK_INT(diffs, 0);
+		CHECK_INT(drops_a + rel_a, drops_b);
+		CHECK(rel_a > 0); /* puts over live keys were made */
+		shcache_free(a);
+		shcache_free(b);
+	}
+}
+
+/* test_put_renews - a re-put key is the newest (live or expired) with the
+ * new expiry, where an update with create leaves it where it was. */
+TEST(test_put_renews)
+{
+	const struct shcache_conf cf = { .shards = 1, .buckets = 2, .valsize = sizeof(int), .max = 3, .evict = 1 };
+	struct shcache *c = shcache_new(&cf);
+	struct put_val p = { 1, 100 }, p2 = { 2, 200 };
+	shcache_put(c, "a", 0, set_put, &p);
+	shcache_put(c, "b", 0, set_put, &p);
+	shcache_put(c, "c", 0, set_put, &p);
+	shcache_put(c, "a", 0, set_put, &p2); /* a is the newest: b goes next */
+	shcache_put(c, "d", 0, set_put, &p);
+	CHECK_INT(val(c, "a", 150), 2); /* the new expiry */
+	CHECK_INT(val(c, "b", 0), -1);
+	CHECK_INT(val(c, "c", 0), 1);
+	struct put_val p3 = { 3, 300 };
+	shcache_put(c, "c", 250, set_put, &p3); /* expired, restarted as the newest */
+	shcache_put(c, "e", 250, set_put, &p3); /* evicts a, the oldest, not c */
+	CHECK_INT(val(c, "c", 250), 3);
+	CHECK_INT(val(c, "e", 250), 3);
+	CHECK_INT(shcache_count(c), 3);
+	shcache_free(c);
+}
+
 int main(void)
 {
 	RUN(test_basic);
 	RUN(test_expiry);
 	RUN(test_bound);
 	RUN(test_drop_max);
+	RUN(test_put_is_del_update);
+	RUN(test_put_renews);
 	RUN(test_threads);
 	RUN(test_climit_crate);
 	return t_done();

@@ -1446,9 +1446,104 @@ TEST(test_xforward)
 	CHECK_INT(smtp_xforward_format("XFORWARD", v, SMTP_XF_BIT(SMTP_XF_NAME), out, 100), -1);
 }
 
+/* Two tables as different as the callers' (rules_access.c, psvc_proto.c). */
+static const struct smtp_act_defaults t_access = { 550, 0, "", "", 0, 899, 0 };
+static const struct smtp_act_defaults t_policy = { 554, 450, "Access denied", "Service unavailable", 1, 998, 1 };
+
+/* act_of - the action word of value under table d. */
+static enum smtp_act act_of(const char *value, const struct smtp_act_defaults *d)
+{
+	struct smtp_action a;
+	smtp_action_parse(value, d, &a);
+	return a.act;
+}
+
+TEST(test_action_words)
+{
+	CHECK_INT(act_of("ok", &t_access), SMTP_ACT_OK);
+	CHECK_INT(act_of(" \tPERMIT", &t_access), SMTP_ACT_PERMIT);
+	CHECK_INT(act_of("12345", &t_access), SMTP_ACT_NUMBER);
+	CHECK_INT(act_of("12345 x", &t_access), SMTP_ACT_UNKNOWN);
+	CHECK_INT(act_of("4500", &t_access), SMTP_ACT_NUMBER);
+	CHECK_INT(act_of("450", &t_access), SMTP_ACT_NNN);
+	CHECK_INT(act_of("350 x", &t_access), SMTP_ACT_UNKNOWN);
+	CHECK_INT(act_of("defer_if_reject", &t_access), SMTP_ACT_DEFER_IF_REJECT);
+	CHECK_INT(act_of("REJECTX", &t_access), SMTP_ACT_UNKNOWN);
+	CHECK_INT(act_of("", &t_access), SMTP_ACT_UNKNOWN);
+	CHECK_INT(act_of("strip", &t_policy), SMTP_ACT_STRIP);
+}
+
+TEST(test_action_defaults)
+{
+	struct smtp_action a;
+	smtp_action_parse("REJECT", &t_access, &a); /* perimd's access maps */
+	CHECK_INT(a.code, 550);
+	CHECK_STR(a.enh, "5.7.1");
+	CHECK_STR(a.text, "");
+	smtp_action_parse("REJECT", &t_policy, &a); /* Postfix's smtpd */
+	CHECK_INT(a.code, 554);
+	CHECK_STR(a.text, "Access denied");
+	smtp_action_parse("DEFER_IF_PERMIT", &t_policy, &a);
+	CHECK_INT(a.code, 450);
+	CHECK_STR(a.enh, "4.7.1");
+	CHECK_STR(a.text, "Service unavailable");
+	smtp_action_parse("421 bye", &t_access, &a);
+	CHECK_INT(a.code, 421); /* the caller refuses it */
+	smtp_action_parse("421 bye", &t_policy, &a);
+	CHECK_INT(a.code, 450);
+	CHECK_STR(a.text, "bye");
+}
+
+TEST(test_action_enhanced)
+{
+	struct smtp_action a;
+	smtp_action_parse("554 5.7.9\tgo  away", &t_access, &a);
+	CHECK_STR(a.enh, "5.7.9");
+	CHECK_STR(a.text, "go  away");
+	smtp_action_parse("REJECT 4.1.1 x", &t_access, &a); /* other class: text */
+	CHECK_STR(a.enh, "5.7.1");
+	CHECK_STR(a.text, "4.1.1 x");
+	smtp_action_parse("REJECT 4.1.1 x", &t_policy, &a); /* taken, class fixed */
+	CHECK_STR(a.enh, "5.1.1");
+	CHECK_STR(a.text, "x");
+	smtp_action_parse("DEFER 4.1234.1 x", &t_policy, &a);
+	CHECK_STR(a.enh, "4.7.1");
+	CHECK_STR(a.text, "4.1234.1 x");
+	smtp_action_parse("DEFER 4.2.2", &t_policy, &a);
+	CHECK_STR(a.enh, "4.2.2");
+	CHECK_STR(a.text, "Access denied");
+}
+
+TEST(test_action_prepend)
+{
+	struct smtp_action a;
+	smtp_action_parse("PREPEND X-A: b\tc", &t_access, &a);
+	CHECK(a.header_ok);
+	CHECK_STR(a.text, "X-A: b\tc");
+	smtp_action_parse("PREPEND X-A: caf\xc3\xa9", &t_access, &a);
+	CHECK(!a.header_ok);
+	smtp_action_parse("PREPEND X-A: caf\xc3\xa9", &t_policy, &a);
+	CHECK(a.header_ok);
+	smtp_action_parse("PREPEND no colon", &t_policy, &a);
+	CHECK(!a.header_ok);
+	smtp_action_parse("PREPEND : empty", &t_policy, &a);
+	CHECK(!a.header_ok);
+	char big[1100] = "PREPEND X:";
+	memset(big + 10, 'a', 990); /* a header of 998 bytes */
+	big[1000] = 0;
+	smtp_action_parse(big, &t_policy, &a);
+	CHECK(a.header_ok);
+	smtp_action_parse(big, &t_access, &a);
+	CHECK(!a.header_ok);
+}
+
 int main(void)
 {
 	RUN(test_header_value);
+	RUN(test_action_words);
+	RUN(test_action_defaults);
+	RUN(test_action_enhanced);
+	RUN(test_action_prepend);
 	RUN(test_line_find_basic);
 	RUN(test_line_find_limit);
 	RUN(test_line_find_trickle);
