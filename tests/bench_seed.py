@@ -601,7 +601,7 @@ def main():
         with open(os.path.join(OUT, "table.txt"), "w") as f:
             f.write(t + "\nload after: %s\n" % load())
         # clamd logs one line per message amavisd hands it (LogClean).
-        log = os.path.join(work, "clamd.log")
+        log = os.path.join(work, "clamd", "clamd.log")
         n = sum(1 for line in open(log, errors="replace") if line.rstrip().endswith(("OK", "FOUND"))) \
             if os.path.exists(log) else 0
         sent = len(SIZES) * len(CONC) * (MSGS + WARMUP) + 2
