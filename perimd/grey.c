@@ -34,6 +34,7 @@
 #define GREY_EXPIRE_PERIOD (60 * 1000LL)  /* ms between expiry runs */
 #define GREY_EXPIRE_BATCH 1000            /* rows per DELETE */
 #define GREY_EXPIRE_ROUNDS 100            /* DELETEs per run at most */
+#define GREY_BATCH_JOBS 2                 /* batch jobs at a time */
 
 /* ---- normalisation ------------------------------------------------------ */
 
@@ -256,6 +257,31 @@ static void cache_put(const struct grey_key *k, int64_t until)
 	pthread_mutex_unlock(mu);
 }
 
+/* ---- networks whose accepted message counted lately ------------------- */
+
+/* A network's accepted message counts toward the auto-whitelist at most
+ * once per greylist_auto_whitelist_interval: one counted here within it
+ * is not sent to the store again (no write for each message). */
+#define GREY_AWL_SEEN_SIZE 4096
+static struct cache_ent grey_awl_seen[GREY_AWL_SEEN_SIZE];
+
+/* awl_seen - 1 when net's count was sent within its interval; else it
+ * is marked sent until `until` and 0 returned. */
+static int awl_seen(const struct grey_key *k, int64_t now, int64_t until)
+{
+	size_t i = cache_slot(k) % GREY_AWL_SEEN_SIZE;
+	pthread_mutex_t *mu = &grey_cache_mu[i % GREY_CACHE_SHARDS];
+	pthread_mutex_lock(mu);
+	struct cache_ent *e = &grey_awl_seen[i];
+	int seen = e->until > now && !memcmp(&e->k, k, sizeof *k);
+	if (!seen) {
+		e->k = *k;
+		e->until = until;
+	}
+	pthread_mutex_unlock(mu);
+	return seen;
+}
+
 /* ---- per-worker store connections --------------------------------------- */
 
 struct grey_tls {
@@ -435,7 +461,9 @@ static void maybe_expire(struct ev_loop *loop, const struct conf *c, int64_t now
 /* ---- decisions ----------------------------------------------------------- */
 
 struct grey_op {
-	struct job *job;
+	struct grey_op *next; /* in the queue of decisions (grey_q) */
+	struct ev_loop *loop; /* the loop that asked: done() runs there */
+	int cancelled;        /* atomic: set by grey_cancel on loop */
 	char *spec;
 	struct grey_query q;
 	struct grey_answer a;
@@ -447,13 +475,17 @@ struct grey_op {
 	void *arg;
 };
 
-/* check_work - the store round trip, on a worker. */
-static void check_work(void *arg)
-{
-	struct grey_op *op = arg;
-	struct grey_store *st = worker_store(op->spec, op->err, sizeof op->err);
-	op->rc = st ? st->ops->check(st, &op->q, &op->a, op->err, sizeof op->err) : -1;
-}
+/* The decisions waiting for the store: a worker takes the compatible
+ * ones waiting (up to GREY_BATCH_MAX, each of another triplet) as one
+ * store call, so under load many RCPTs share a transaction and a round
+ * trip, and an idle box still sends each decision at once. At most
+ * GREY_BATCH_JOBS jobs take from the queue at a time; each takes one
+ * batch and queues its successor while decisions wait, so other work on
+ * the shared workers (maps, scanners) is not held up behind greylisting. */
+static pthread_mutex_t grey_q_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct grey_op *grey_q_head, **grey_q_tail = &grey_q_head;
+static int grey_q_jobs; /* batch jobs queued or running */
+static int grey_q_len;  /* decisions waiting */
 
 /* op_free - release an operation. */
 static void op_free(struct grey_op *op)
@@ -506,16 +538,141 @@ static void answer_result(struct grey_op *op, struct grey_result *res)
 	stats_inc(res->first ? ST_grey_new : ST_grey_early);
 }
 
-/* check_done - back on the loop: report, unless cancelled. */
-static void check_done(void *arg, int cancelled)
+/* op_finish - back on the loop that asked: report, unless cancelled. */
+static void op_finish(void *arg)
 {
 	struct grey_op *op = arg;
-	if (!cancelled) {
+	if (!__atomic_load_n(&op->cancelled, __ATOMIC_ACQUIRE)) {
 		struct grey_result res;
 		answer_result(op, &res);
 		op->done(op->arg, &res);
 	}
 	op_free(op);
+}
+
+/* same_config - decisions b can share a store call with a. */
+static int same_config(const struct grey_op *a, const struct grey_op *b)
+{
+	const struct grey_query *x = &a->q, *y = &b->q;
+	return !strcmp(a->spec, b->spec) && x->delay == y->delay && x->max_age == y->max_age &&
+	    x->retention == y->retention && x->new_limit == y->new_limit &&
+	    x->new_interval == y->new_interval && x->max_entries == y->max_entries && x->awl == y->awl;
+}
+
+/* batch_fits - op can join the batch b[0..n): same configuration, and
+ * another triplet than each. */
+static int batch_fits(struct grey_op *const *b, int n, const struct grey_op *op)
+{
+	if (n && !same_config(b[0], op))
+		return 0;
+	for (int i = 0; i < n; i++)
+		if (!memcmp(&b[i]->q.triplet, &op->q.triplet, sizeof op->q.triplet))
+			return 0;
+	return 1;
+}
+
+/* batch_take - unlink the next batch from the queue (under grey_q_mu);
+ * cancelled decisions go to gone[], unasked. Returns the batch's size. */
+static int batch_take(struct grey_op **b, struct grey_op **gone, int *ngone)
+{
+	int n = 0;
+	*ngone = 0;
+	struct grey_op **pp = &grey_q_head;
+	while (*pp && n < GREY_BATCH_MAX && *ngone < GREY_BATCH_MAX) {
+		struct grey_op *op = *pp;
+		int cancelled = __atomic_load_n(&op->cancelled, __ATOMIC_ACQUIRE);
+		if (!cancelled && !batch_fits(b, n, op)) {
+			pp = &op->next;
+			continue;
+		}
+		*pp = op->next;
+		if (cancelled)
+			gone[(*ngone)++] = op;
+		else
+			b[n++] = op;
+	}
+	grey_q_len -= n + *ngone;
+	grey_q_tail = &grey_q_head;
+	while (*grey_q_tail)
+		grey_q_tail = &(*grey_q_tail)->next;
+	return n;
+}
+
+/* batch_store - run a batch on this worker's store connection. */
+static void batch_store(struct grey_op **b, int n)
+{
+	struct grey_store *st = worker_store(b[0]->spec, b[0]->err, sizeof b[0]->err);
+	if (!st) {
+		for (int i = 0; i < n; i++) {
+			b[i]->rc = -1;
+			if (i)
+				snprintf(b[i]->err, sizeof b[i]->err, "%s", b[0]->err);
+		}
+		return;
+	}
+	if (!st->ops->check_batch) {
+		for (int i = 0; i < n; i++)
+			b[i]->rc = st->ops->check(st, &b[i]->q, &b[i]->a, b[i]->err, sizeof b[i]->err);
+		return;
+	}
+	struct grey_call calls[GREY_BATCH_MAX];
+	for (int i = 0; i < n; i++)
+		calls[i] = (struct grey_call){ &b[i]->q, &b[i]->a, 0, b[i]->err, sizeof b[i]->err };
+	st->ops->check_batch(st, calls, n);
+	for (int i = 0; i < n; i++)
+		b[i]->rc = calls[i].rc;
+	stats_inc(ST_grey_db_batches);
+	stats_add(ST_grey_db_batched, n);
+}
+
+static void batch_done(void *arg, int cancelled);
+
+/* batch_work - on a worker: one batch from the queue, its answers posted
+ * to the loops that asked; the successor job queued while any wait. */
+static void batch_work(void *arg)
+{
+	(void)arg;
+	struct grey_op *b[GREY_BATCH_MAX], *gone[GREY_BATCH_MAX];
+	int ngone;
+	pthread_mutex_lock(&grey_q_mu);
+	int n = batch_take(b, gone, &ngone);
+	pthread_mutex_unlock(&grey_q_mu);
+	if (n)
+		batch_store(b, n);
+	for (int i = 0; i < n; i++)
+		ev_post(b[i]->loop, op_finish, b[i]);
+	for (int i = 0; i < ngone; i++)
+		ev_post(gone[i]->loop, op_finish, gone[i]);
+	pthread_mutex_lock(&grey_q_mu);
+	int again = grey_q_head != NULL;
+	if (!again)
+		grey_q_jobs--;
+	pthread_mutex_unlock(&grey_q_mu);
+	if (again)
+		jobs_submit(NULL, batch_work, batch_done, NULL);
+}
+
+/* batch_done - a batch job reports to no loop: nothing to free. */
+static void batch_done(void *arg, int cancelled)
+{
+	(void)arg;
+	(void)cancelled;
+}
+
+/* queue_op - the decision waits for a batch; a batch job is queued when
+ * fewer than GREY_BATCH_JOBS are. */
+static void queue_op(struct grey_op *op)
+{
+	pthread_mutex_lock(&grey_q_mu);
+	*grey_q_tail = op;
+	grey_q_tail = &op->next;
+	grey_q_len++;
+	int start = !grey_q_jobs || (grey_q_jobs < GREY_BATCH_JOBS && grey_q_len >= GREY_BATCH_MAX);
+	if (start)
+		grey_q_jobs++;
+	pthread_mutex_unlock(&grey_q_mu);
+	if (start)
+		jobs_submit(NULL, batch_work, batch_done, NULL);
 }
 
 /* grey_decide - whitelists, cache, then the store; see grey.h. */
@@ -575,16 +732,18 @@ int grey_decide(struct ev_loop *loop, const struct policy *pol, const char *clie
 	o->cache_ttl = c->greylist_retention < GREY_CACHE_TTL ? c->greylist_retention : GREY_CACHE_TTL;
 	o->done = done;
 	o->arg = arg;
-	o->job = jobs_submit(loop, check_work, check_done, o);
+	o->q.awl = o->awl_count > 0;
+	o->loop = loop;
+	queue_op(o);
 	*op = o;
 	return 0;
 }
 
-/* grey_cancel - the caller is gone: the job's done step frees op. */
+/* grey_cancel - the caller is gone: op_finish frees op, unreported. */
 void grey_cancel(struct grey_op *op)
 {
 	if (op)
-		jobs_cancel(op->job);
+		__atomic_store_n(&op->cancelled, 1, __ATOMIC_RELEASE);
 }
 
 /* ---- the RCPT step ------------------------------------------------------- */
@@ -706,10 +865,18 @@ void grey_accepted(struct ev_loop *loop, const struct policy *pol, const char *c
 	if (grey_client_net(client_addr, (int)c->greylist_ipv4_netmask, (int)c->greylist_ipv6_netmask, net,
 			    sizeof net) < 0)
 		return;
+	struct grey_key nk;
+	grey_net_key(net, &nk);
+	int64_t now = now_ms();
+	if (c->greylist_auto_whitelist_interval > 0 &&
+	    awl_seen(&nk, now, now + c->greylist_auto_whitelist_interval)) {
+		stats_inc(ST_grey_awl_skipped);
+		return;
+	}
 	struct awl_job *j = xcalloc(1, sizeof *j);
 	j->spec = xstrdup(c->greylist_database);
-	grey_net_key(net, &j->net);
-	j->now = now_ms();
+	j->net = nk;
+	j->now = now;
 	j->interval = c->greylist_auto_whitelist_interval;
 	j->retention = c->greylist_retention;
 	j->threshold = c->greylist_auto_whitelist_count;

@@ -74,6 +74,7 @@ struct grey_query {
 	 * went over their quota within max_age, then those never retried,
 	 * then any unpassed one; never a passed triplet or an awl row. */
 	int64_t new_limit, new_interval, max_entries;
+	int awl; /* read the network's auto-whitelist count */
 };
 struct grey_answer {
 	enum grey_state state;
@@ -116,12 +117,28 @@ struct grey_fleet_sync {
 	int64_t now; /* the database clock, ms */
 };
 
+/* Decisions in one store call (check_batch) at most. */
+#define GREY_BATCH_MAX 64
+
+/* One decision of a batch (check_batch): rc 0, or -1 with err. */
+struct grey_call {
+	const struct grey_query *q;
+	struct grey_answer *a;
+	int rc;
+	char *err;
+	size_t errlen;
+};
+
 struct grey_store;
 struct grey_store_ops {
 	/* check - one round trip: upsert the triplet (new / early / pass /
 	 * expired → new) and read the network's auto-whitelist count. */
 	int (*check)(struct grey_store *s, const struct grey_query *q, struct grey_answer *a, char *err,
 		     size_t errlen);
+	/* check_batch - n decisions of one configuration (equal parameters),
+	 * each of another triplet, together: a read, then one transaction of
+	 * the writes when a row changes (NULL: check is called n times). */
+	void (*check_batch)(struct grey_store *s, struct grey_call *calls, int n);
 	/* awl_pass - count an accepted message from net (at most once per
 	 * interval ms); *count gets the network's count. */
 	int (*awl_pass)(struct grey_store *s, const struct grey_key *net, int64_t now, int64_t interval,

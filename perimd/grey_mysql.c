@@ -4,11 +4,20 @@
  *
  * Invariants: one connection per worker thread. Time comes from the
  * database (one clock for the whole fleet), fetched in the same round trip
- * as the decision: a decision is one multi-statement query holding one
- * transaction (READ COMMITTED): SET @n, the update of a known triplet, for
- * a new one the quota, the size bound and the insert (statements that do
- * nothing when they do not apply), and the SELECT of the row with the
- * network's auto-whitelist count. MySQL evaluates ON DUPLICATE KEY UPDATE assignments left to right, each
+ * as the decision. The engine hands the decisions waiting together to
+ * my_check_batch (up to GREY_BATCH_MAX, each of another triplet):
+ * one statement reads the clock (kept in @n), the row count, every row
+ * and auto-whitelist count; only when a row changes, one transaction
+ * (READ COMMITTED) writes: the guarded update of the rows that change
+ * (MY_UPDATE_WHEN: a retry within the delay, or a passed triplet seen
+ * again before its expiry needs to move, writes nothing), the multi-row
+ * quota upsert and the insert of the new triplets within their quota,
+ * with the row count. Its affected rows tell whether every write did what
+ * the read said; if not (another box wrote meanwhile, a network over its
+ * quota) the rows are read again. A new triplet the batch cannot insert
+ * (the store nearly full) is decided alone (my_check: decide_sql, one
+ * multi-statement query, then eviction). MySQL evaluates ON DUPLICATE KEY
+ * UPDATE assignments left to right, each
  * seeing the columns already assigned; the order below relies on that
  * (prev first marks a restart, first last of the row's own fields). Keys
  * are written as hex literals we make ourselves; nothing a peer sends is
@@ -61,6 +70,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -71,6 +81,7 @@
 #define MY_BACKOFF_MS 10      /* first wait after a conflict; doubles */
 #define MY_BACKOFF_MAX 1000   /* longest wait between tries */
 #define MY_SHARDS 8           /* rows of the triplet count */
+#define MY_AFFECTED 16        /* statements of a query whose affected rows are kept */
 
 /* Why the last statement failed: what a retry may do about it. */
 enum my_fail {
@@ -86,15 +97,17 @@ struct my_store {
 	MYSQL *db;
 	char hosts[512], user[128], password[128], dbname[128];
 	int port;
-	int nhosts;          /* entries of hosts */
-	int host_at;         /* the next connect starts with this host */
-	int host_cur;        /* the host of db */
-	char shard[8];       /* this connection's row of the triplet count */
-	enum my_fail fail;   /* the last statement's failure */
-	int64_t att;         /* the attempt id of the call in progress */
-	time_t retry_at;     /* no reconnect attempt before (after a failure) */
-	int64_t lease_until; /* db clock: this node runs expiry until then */
-	int fleet_ready;     /* the fleet's tables exist */
+	int nhosts;               /* entries of hosts */
+	int host_at;              /* the next connect starts with this host */
+	int host_cur;             /* the host of db */
+	char shard[8];            /* this connection's row of the triplet count */
+	enum my_fail fail;        /* the last statement's failure */
+	int64_t att;              /* the attempt id of the call in progress */
+	time_t retry_at;          /* no reconnect attempt before (after a failure) */
+	int64_t lease_until;      /* db clock: this node runs expiry until then */
+	int fleet_ready;          /* the fleet's tables exist */
+	int64_t aff[MY_AFFECTED]; /* the last query's affected rows, by statement */
+	int naff;
 };
 
 static const char *const my_schema[] = {
@@ -127,7 +140,9 @@ static const char *const my_columns[][3] = {
 /* The triplet count: the sum of its rows. */
 #define MY_ROWS "(SELECT SUM(until) FROM grey_meta WHERE name LIKE 'rows%%')"
 
-#define MY_NOW "SET @n = CAST(ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED);"
+/* The database's clock, ms: one clock for the whole fleet. */
+#define MY_CLOCK "CAST(ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)"
+#define MY_NOW "SET @n = " MY_CLOCK ";"
 
 static pthread_once_t my_once = PTHREAD_ONCE_INIT;
 
@@ -403,10 +418,13 @@ static enum my_fail my_classify(unsigned e)
 }
 
 /* my_results - read every result set of the query just sent; rows go to
- * row(). 0, or -1 when a statement failed. */
-static int my_results(MYSQL *db, void (*row)(void *, MYSQL_ROW, unsigned), void *arg)
+ * row(), the affected rows of each statement without rows to s->aff. 0,
+ * or -1 when a statement failed. */
+static int my_results(struct my_store *s, void (*row)(void *, MYSQL_ROW, unsigned), void *arg)
 {
+	MYSQL *db = s->db;
 	int st;
+	s->naff = 0;
 	do {
 		MYSQL_RES *res = mysql_store_result(db);
 		if (res) {
@@ -418,6 +436,8 @@ static int my_results(MYSQL *db, void (*row)(void *, MYSQL_ROW, unsigned), void 
 			mysql_free_result(res);
 		} else if (mysql_field_count(db)) {
 			return -1;
+		} else if (s->naff < MY_AFFECTED) {
+			s->aff[s->naff++] = (int64_t)mysql_affected_rows(db);
 		}
 		st = mysql_next_result(db);
 	} while (st == 0);
@@ -435,7 +455,7 @@ static int my_run(struct my_store *s, const char *q, void (*row)(void *, MYSQL_R
 	if (!s->db && my_connect(s, err, errlen) < 0)
 		return -1;
 	stats_inc(ST_grey_db_queries);
-	if (!mysql_real_query(s->db, q, strlen(q)) && !my_results(s->db, row, arg))
+	if (!mysql_real_query(s->db, q, strlen(q)) && !my_results(s, row, arg))
 		return 0;
 	unsigned e = mysql_errno(s->db);
 	snprintf(err, errlen, "mysql: %s", mysql_error(s->db));
@@ -662,6 +682,37 @@ static void decide_row(void *arg, MYSQL_ROW r, unsigned nf)
 	}
 }
 
+/* The update of a triplet seen again (decide_sql, batch_sql): parameters
+ * delay, max_age, the passed triplet's new lifetime, attempt id. prev
+ * first marks a restart (expired: a new triplet again); first is last of
+ * the row's own fields. */
+#define MY_UPDATE \
+	"UPDATE grey SET prev = IF(expires <= @n, 0, last)," \
+	" passed = IF(prev = 0, 0, IF(passed = 1 OR @n - first >= %lld, 1, 0))," \
+	" expires = IF(prev = 0, @n + %lld, IF(passed = 1, @n + %lld, expires))," \
+	" first = IF(prev = 0, @n, first), last = @n, att = %lld"
+
+/* Which rows the update writes (parameters: attempt id, delay,
+ * retention): not one this attempt wrote, and only when the sighting
+ * changes what the row decides: an expired row restarts, a first
+ * sighting's retry becomes early or passes, an early one whose delay is
+ * over passes, a passed one whose expiry is less than greylist_retention
+ * away is kept longer (my_refresh more, so the next sightings until then
+ * write nothing). An early retry within the delay, and a passed triplet
+ * seen again soon, only read. */
+#define MY_UPDATE_WHEN \
+	" AND att <> %lld AND (expires <= @n OR prev = 0 OR (passed = 0 AND @n - first >= %lld)" \
+	" OR (passed = 1 AND expires < @n + %lld))"
+
+/* my_refresh - how much longer than greylist_retention a passed
+ * triplet's expiry is set when it is written: a sixteenth of it, at most
+ * an hour (so it is written once per that long, whatever its traffic). */
+static int64_t my_refresh(const struct grey_query *q)
+{
+	int64_t r = q->retention / 16;
+	return r > 3600000 ? 3600000 : r;
+}
+
 /* decide_sql - the whole decision as one transaction in one round trip:
  * the update of a known triplet; for a new one (@f = 0) the network's
  * quota, the size bound and the insert with its count, each statement
@@ -672,15 +723,10 @@ static void decide_sql(struct strbuf *b, const struct my_store *s, const struct 
 		       const char *n)
 {
 	long long att = (long long)s->att, iv = (long long)q->new_interval;
-	sb_printf(b,
-		  MY_NOW "START TRANSACTION;"
-			 "UPDATE grey SET prev = IF(expires <= @n, 0, last),"
-			 " passed = IF(prev = 0, 0, IF(passed = 1 OR @n - first >= %lld, 1, 0)),"
-			 " expires = IF(prev = 0, @n + %lld, IF(passed = 1, @n + %lld, expires)),"
-			 " first = IF(prev = 0, @n, first), last = @n, att = %lld"
-			 " WHERE k = X'%s' AND att <> %lld;"
-			 "SET @f = (SELECT COUNT(*) FROM grey WHERE k = X'%s');",
-		  (long long)q->delay, (long long)q->max_age, (long long)q->retention, att, k, att, k);
+	sb_printf(b, MY_NOW "START TRANSACTION;" MY_UPDATE " WHERE k = X'%s'" MY_UPDATE_WHEN ";",
+		  (long long)q->delay, (long long)q->max_age, (long long)(q->retention + my_refresh(q)), att,
+		  k, att, (long long)q->delay, (long long)q->retention);
+	sb_printf(b, "SET @f = (SELECT COUNT(*) FROM grey WHERE k = X'%s');", k);
 	if (q->new_limit > 0)
 		sb_printf(
 		    b,
@@ -759,6 +805,360 @@ static int my_check(struct grey_store *gs, const struct grey_query *q, struct gr
 {
 	struct my_decision d = { q, a, 0, 0, 0 };
 	return my_retry((struct my_store *)gs, check_call, &d, err, errlen);
+}
+
+/* A batch of decisions (my_check_batch): the calls, their keys as hex,
+ * the rows read, and what the batch does and answers for each. */
+struct my_batch {
+	struct grey_call *calls;
+	int n;
+	int64_t att;
+	char k[GREY_BATCH_MAX][33], net[GREY_BATCH_MAX][33];
+	int found[GREY_BATCH_MAX]; /* the triplet has a row (r_*) */
+	int64_t r_first[GREY_BATCH_MAX], r_prev[GREY_BATCH_MAX], r_passed[GREY_BATCH_MAX];
+	int64_t r_expires[GREY_BATCH_MAX], r_att[GREY_BATCH_MAX];
+	int write[GREY_BATCH_MAX];     /* its row changes with this sighting */
+	int fresh[GREY_BATCH_MAX];     /* not in the table: inserted by the batch */
+	int alone[GREY_BATCH_MAX];     /* decided alone afterwards (my_check) */
+	int64_t quota[GREY_BATCH_MAX]; /* its network's count, counted by this attempt */
+	int64_t now, rows;
+};
+
+/* batch_keys - the listed calls' keys (nets: network keys) as hex
+ * literals; only calls with sel[i] set when sel is not NULL. */
+static void batch_keys(struct strbuf *b, const struct my_batch *m, const int *sel, int nets)
+{
+	int first = 1;
+	for (int i = 0; i < m->n; i++) {
+		if (sel && !sel[i])
+			continue;
+		sb_printf(b, "%sX'%s'", first ? "" : ", ", nets ? m->net[i] : m->k[i]);
+		first = 0;
+	}
+}
+
+/* batch_read_sql - the first round trip: the database clock (kept in @n
+ * for the writes that follow on this connection), the row count, every
+ * triplet's row and network's auto-whitelist count. It changes nothing. */
+static void batch_read_sql(struct strbuf *b, const struct my_batch *m)
+{
+	const struct grey_query *q = m->calls[0].q;
+	sb_printf(b, "SELECT 'n', @n := " MY_CLOCK ", %s, 0, 0, 0, 0", q->max_entries > 0 ? MY_ROWS : "0");
+	sb_printf(b, " UNION ALL SELECT 't', HEX(k), first, prev, passed, expires, att FROM grey WHERE k IN (");
+	batch_keys(b, m, NULL, 0);
+	sb_printf(b, ")");
+	if (q->awl) {
+		sb_printf(b, " UNION ALL SELECT 'a', HEX(k), cnt, expires, 0, 0, 0 FROM awl WHERE k IN (");
+		batch_keys(b, m, NULL, 1);
+		sb_printf(b, ")");
+	}
+}
+
+/* batch_reread_sql - the rows as they are after the writes (when the
+ * writes did not all do what the first read said they would: another box
+ * wrote meanwhile, a network over its quota), with this attempt's quota
+ * counts. */
+static void batch_reread_sql(struct strbuf *b, const struct my_batch *m)
+{
+	sb_printf(b, "SELECT 't', HEX(k), first, prev, passed, expires, att FROM grey WHERE k IN (");
+	batch_keys(b, m, NULL, 0);
+	sb_printf(b, ") UNION ALL SELECT 'q', HEX(k), cnt, att, 0, 0, 0 FROM gnet WHERE k IN (");
+	batch_keys(b, m, NULL, 1);
+	sb_printf(b, ")");
+}
+
+/* batch_find - the first call from `from` on whose key (nets: network
+ * key) is hex h, or -1. */
+static int batch_find(const struct my_batch *m, const char *h, int nets, int from)
+{
+	for (int i = from; i < m->n; i++)
+		if (!strcasecmp(nets ? m->net[i] : m->k[i], h))
+			return i;
+	return -1;
+}
+
+/* batch_net_row - a network's row: its auto-whitelist count ('a': cnt,
+ * expires) for every call of the network, or its quota count ('q': cnt,
+ * att) when this attempt counted it. */
+static void batch_net_row(struct my_batch *m, char tag, const char *h, const int64_t *v)
+{
+	for (int i = batch_find(m, h, 1, 0); i >= 0; i = batch_find(m, h, 1, i + 1)) {
+		if (tag == 'a' && v[1] > m->now)
+			m->calls[i].a->awl_count = v[0];
+		else if (tag == 'q' && v[1] == m->att)
+			m->quota[i] = v[0];
+	}
+}
+
+/* batch_row - a row of a batch's reads: the clock and row count ('n'),
+ * a triplet's row ('t'), a network's row (batch_net_row). */
+static void batch_row(void *arg, MYSQL_ROW r, unsigned nf)
+{
+	struct my_batch *m = arg;
+	if (nf < 7 || !r[0] || !r[1])
+		return;
+	int64_t v[5];
+	for (int j = 0; j < 5; j++)
+		v[j] = r[j + 2] ? strtoll(r[j + 2], NULL, 10) : 0;
+	int i;
+	switch (r[0][0]) {
+	case 'n':
+		m->now = strtoll(r[1], NULL, 10);
+		m->rows = v[0];
+		break;
+	case 't':
+		if ((i = batch_find(m, r[1], 0, 0)) >= 0) {
+			m->found[i] = 1;
+			m->r_first[i] = v[0];
+			m->r_prev[i] = v[1];
+			m->r_passed[i] = v[2];
+			m->r_expires[i] = v[3];
+			m->r_att[i] = v[4];
+		}
+		break;
+	case 'a':
+	case 'q': batch_net_row(m, r[0][0], r[1], v); break;
+	}
+}
+
+/* batch_as_is - answer call i with its row as read. */
+static void batch_as_is(struct my_batch *m, int i)
+{
+	struct grey_answer *a = m->calls[i].a;
+	a->first = m->r_first[i];
+	a->state = m->r_passed[i] ? GREY_PASS : m->r_prev[i] == 0 ? GREY_NEW : GREY_EARLY;
+}
+
+/* batch_plan - from the first read: what each call writes and answers
+ * (a call decided alone later is left for my_check_batch).
+ * The answer of a row the batch updates is the update's result (MY_UPDATE
+ * on the row read); a row this attempt wrote already is answered as it
+ * is (an earlier try committed it). A triplet without a row is inserted
+ * unless the store has no room for the batch's (then it is decided
+ * alone, with eviction). */
+static void batch_plan(struct my_batch *m, int *nwrite, int *nfresh)
+{
+	const struct grey_query *q = m->calls[0].q;
+	int64_t n = m->now;
+	*nwrite = *nfresh = 0;
+	for (int i = 0; i < m->n; i++) {
+		struct grey_answer *a = m->calls[i].a;
+		a->now = n;
+		if (!m->found[i]) {
+			/* One new triplet per network (its quota row): the
+			 * others of the batch are decided alone, after it. */
+			for (int j = 0; q->new_limit > 0 && j < i && !m->alone[i]; j++)
+				if (m->fresh[j] && !strcmp(m->net[j], m->net[i]))
+					m->alone[i] = 1;
+			if (m->alone[i])
+				continue;
+			m->fresh[i] = 1;
+			++*nfresh;
+			a->first = n;
+			a->state = GREY_NEW;
+			continue;
+		}
+		int64_t first = m->r_first[i], prev = m->r_prev[i], passed = m->r_passed[i],
+			exp = m->r_expires[i];
+		if (m->r_att[i] == m->att ||
+		    !(exp <= n || prev == 0 || (!passed && n - first >= q->delay) ||
+		      (passed && exp < n + q->retention))) {
+			batch_as_is(m, i);
+			continue;
+		}
+		m->write[i] = 1;
+		++*nwrite;
+		if (exp <= n) {
+			a->first = n;
+			a->state = GREY_NEW;
+		} else {
+			a->first = first;
+			a->state = passed || n - first >= q->delay ? GREY_PASS : GREY_EARLY;
+		}
+	}
+	if (*nfresh && q->max_entries > 0 && m->rows + *nfresh > q->max_entries) {
+		for (int i = 0; i < m->n; i++)
+			if (m->fresh[i]) {
+				m->fresh[i] = 0;
+				m->alone[i] = 1;
+			}
+		*nfresh = 0;
+	}
+}
+
+/* batch_write_sql - the second round trip, one transaction: the update
+ * of the rows that change (guarded as in decide_sql, so a row another box
+ * changed meanwhile is not written from a stale read), the quota of the
+ * new triplets' networks (one each: a quota row this attempt counted is
+ * its one new triplet's), their insert (those within the quota) with the
+ * row count (only updates: one statement without a transaction of its
+ * own making). at[0], at[1]: the statements whose affected rows tell
+ * whether all went as planned (-1: none). */
+static void batch_write_sql(struct strbuf *b, const struct my_store *s, const struct my_batch *m, int nwrite,
+			    int nfresh, int at[2])
+{
+	const struct grey_query *q = m->calls[0].q;
+	long long att = (long long)s->att, iv = (long long)q->new_interval, lim = (long long)q->new_limit;
+	int stmt = 0;
+	at[0] = at[1] = -1;
+	/* Only updates: one statement, its own transaction. */
+	if (nfresh) {
+		sb_printf(b, "START TRANSACTION;");
+		stmt++;
+	}
+	if (nwrite) {
+		sb_printf(b, MY_UPDATE " WHERE k IN (", (long long)q->delay, (long long)q->max_age,
+			  (long long)(q->retention + my_refresh(q)), att);
+		batch_keys(b, m, m->write, 0);
+		sb_printf(b, ")" MY_UPDATE_WHEN, att, (long long)q->delay, (long long)q->retention);
+		at[0] = stmt++;
+		if (!nfresh)
+			return;
+		sb_printf(b, ";");
+	}
+	if (nfresh && lim > 0) {
+		sb_printf(b, "INSERT INTO gnet (k, start, cnt, over_at, expires, att) VALUES ");
+		int first = 1;
+		for (int i = 0; i < m->n; i++)
+			if (m->fresh[i]) {
+				sb_printf(b, "%s(X'%s', @n, 1, 0, @n + %lld, %lld)", first ? "" : ", ",
+					  m->net[i], iv, att);
+				first = 0;
+			}
+		sb_printf(
+		    b,
+		    " ON DUPLICATE KEY UPDATE cnt = IF(att = %lld, cnt, IF(@n - start >= %lld, 1, cnt + 1)),"
+		    " start = IF(att = %lld, start, IF(@n - start >= %lld, @n, start)),"
+		    " over_at = IF(att <> %lld AND cnt > %lld, @n, over_at),"
+		    " expires = GREATEST(start + %lld, over_at + %lld), att = %lld;",
+		    att, iv, att, iv, att, lim, iv, (long long)q->max_age, att);
+		stmt++;
+		sb_printf(
+		    b, "INSERT IGNORE INTO grey (k, first, last, prev, passed, expires, net, att) SELECT CASE k");
+		for (int i = 0; i < m->n; i++)
+			if (m->fresh[i])
+				sb_printf(b, " WHEN X'%s' THEN X'%s'", m->net[i], m->k[i]);
+		sb_printf(b, " END, @n, @n, 0, 0, @n + %lld, k, %lld FROM gnet WHERE k IN (",
+			  (long long)q->max_age, att);
+		batch_keys(b, m, m->fresh, 1);
+		sb_printf(b, ") AND att = %lld AND cnt <= %lld;", att, lim);
+		at[1] = stmt++;
+	} else if (nfresh) {
+		sb_printf(
+		    b, "INSERT IGNORE INTO grey (k, first, last, prev, passed, expires, net, att) VALUES ");
+		int first = 1;
+		for (int i = 0; i < m->n; i++)
+			if (m->fresh[i]) {
+				sb_printf(b, "%s(X'%s', @n, @n, 0, 0, @n + %lld, X'%s', %lld)",
+					  first ? "" : ", ", m->k[i], (long long)q->max_age, m->net[i], att);
+				first = 0;
+			}
+		sb_printf(b, ";");
+		at[1] = stmt++;
+	}
+	if (nfresh)
+		sb_printf(
+		    b,
+		    "UPDATE grey_meta SET until = until + ROW_COUNT() WHERE name = '%s' AND ROW_COUNT() > 0;",
+		    s->shard);
+	sb_printf(b, "COMMIT");
+}
+
+/* batch_reread - answer every call from the rows as they are now: a new
+ * triplet without a row was over its network's quota, or is decided
+ * alone. */
+static void batch_reread(struct my_batch *m)
+{
+	const struct grey_query *q = m->calls[0].q;
+	for (int i = 0; i < m->n; i++) {
+		struct grey_answer *a = m->calls[i].a;
+		if (m->alone[i])
+			continue;
+		if (m->found[i]) {
+			batch_as_is(m, i);
+		} else if (q->new_limit > 0 && m->quota[i] > q->new_limit) {
+			a->first = m->now;
+			a->state = GREY_OVER_QUOTA;
+		} else {
+			m->alone[i] = 1;
+		}
+	}
+}
+
+/* batch_call - one try of a batch (my_retry): read, write what changes,
+ * read again only when the writes did not go as the first read said. */
+static int batch_call(struct my_store *s, void *arg, char *err, size_t errlen)
+{
+	struct my_batch *m = arg;
+	m->att = s->att;
+	m->now = -1;
+	for (int i = 0; i < m->n; i++) {
+		memset(m->calls[i].a, 0, sizeof *m->calls[i].a);
+		m->found[i] = m->write[i] = m->fresh[i] = m->alone[i] = 0;
+		m->quota[i] = 0;
+	}
+	struct strbuf b = { 0 };
+	batch_read_sql(&b, m);
+	int rc = my_run(s, sb_str(&b), batch_row, m, err, errlen);
+	sb_free(&b);
+	if (rc < 0)
+		return -1;
+	if (m->now < 0) {
+		snprintf(err, errlen, "mysql: no answer to the decisions");
+		s->fail = MY_FAIL_HARD;
+		return -1;
+	}
+	int nwrite, nfresh, at[2];
+	batch_plan(m, &nwrite, &nfresh);
+	if (!nwrite && !nfresh)
+		return 0;
+	struct strbuf w = { 0 };
+	batch_write_sql(&w, s, m, nwrite, nfresh, at);
+	s->naff = 0;
+	rc = my_run(s, sb_str(&w), NULL, NULL, err, errlen);
+	sb_free(&w);
+	if (rc < 0)
+		return -1;
+	if ((at[0] < 0 || (at[0] < s->naff && s->aff[at[0]] == nwrite)) &&
+	    (at[1] < 0 || (at[1] < s->naff && s->aff[at[1]] == nfresh)))
+		return 0;
+	for (int i = 0; i < m->n; i++)
+		m->found[i] = 0;
+	struct strbuf r = { 0 };
+	batch_reread_sql(&r, m);
+	rc = my_run(s, sb_str(&r), batch_row, m, err, errlen);
+	sb_free(&r);
+	if (rc == 0)
+		batch_reread(m);
+	return rc;
+}
+
+/* my_check_batch - up to GREY_BATCH_MAX decisions of one configuration,
+ * each of another triplet, as one call tried as a whole (my_retry): a
+ * read, and when any row changes one transaction of writes. A new triplet
+ * the batch could not insert (a second of its network in the batch, the
+ * store nearly full, its row gone meanwhile) is then decided alone
+ * (my_check). */
+static void my_check_batch(struct grey_store *gs, struct grey_call *calls, int n)
+{
+	struct my_store *s = (struct my_store *)gs;
+	struct my_batch *m = xcalloc(1, sizeof *m);
+	m->calls = calls;
+	m->n = n > GREY_BATCH_MAX ? GREY_BATCH_MAX : n;
+	for (int i = 0; i < m->n; i++) {
+		hex(&calls[i].q->triplet, m->k[i]);
+		hex(&calls[i].q->net, m->net[i]);
+	}
+	int rc = my_retry(s, batch_call, m, calls[0].err, calls[0].errlen);
+	for (int i = 0; i < n; i++) {
+		struct grey_call *c = &calls[i];
+		c->rc = rc;
+		if (rc < 0 && i)
+			snprintf(c->err, c->errlen, "%s", calls[0].err);
+		if (rc == 0 && (i >= m->n || m->alone[i]))
+			c->rc = my_check(gs, c->q, c->a, c->err, c->errlen);
+	}
+	free(m);
 }
 
 /* count_row - the auto-whitelist count. */
@@ -1021,6 +1421,7 @@ static void my_close(struct grey_store *gs)
 
 static const struct grey_store_ops my_ops = {
 	.check = my_check,
+	.check_batch = my_check_batch,
 	.awl_pass = my_awl_pass,
 	.expire = my_expire,
 	.close = my_close,

@@ -68,7 +68,10 @@ static void *job_worker(void *arg)
 			p->tail = NULL;
 		pthread_mutex_unlock(&p->mu);
 		j->work(j->arg);
-		ev_post(j->loop, job_finish, j);
+		if (j->loop)
+			ev_post(j->loop, job_finish, j);
+		else
+			job_finish(j);
 	}
 }
 

@@ -21,7 +21,9 @@ void jobs_start(int n);
 /* jobs_stop - finish queued work and join the workers. */
 void jobs_stop(void);
 
-/* jobs_submit - queue work; returns a handle valid until done() has run. */
+/* jobs_submit - queue work; returns a handle valid until done() has run.
+ * loop NULL: done() runs on the worker, right after work() (a job that
+ * reports to no loop, such as one that hands its results out itself). */
 struct job *jobs_submit(struct ev_loop *loop, job_work_fn *work, job_done_fn *done, void *arg);
 /* jobs_pool_new - a pool of n workers of its own (n >= 1), started with
  * its first job. jobs_pool_free - drain its queue, join its workers; never

@@ -53,7 +53,9 @@
 #                           from /proc/PID/task/*/schedstat) of each, summed over the
 #                           rounds, and the ratios NEW/OLD (> 1 msg/s, < 1 CPU: NEW is
 #                           better), with the spread of the per-round CPU ratios;
-#                           AB_CACHE=DIR keeps the binaries (DIR/COMMIT/perimd) for reuse
+#                           AB_CACHE=DIR keeps the binaries (DIR/COMMIT/perimd) for reuse;
+#                           AB_AV=1 scans with libclamav (the test database below), and
+#                           the CPU then includes the scanner process
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -118,7 +120,11 @@
 #                           signatures, same run, EICAR refused by both first; SEED_CONC
 #                           ("100 512") x SEED_SIZES ("512 102400"), SEED_MSGS (2000),
 #                           SEED_WARMUP (100): delivered msgs/s, whole-system CPU per
-#                           message (cgroup), peak PSS sum, client p50/p99, ratios.
+#                           message (cgroup), peak PSS sum, client p50/p99, ratios;
+#                           SEED_BODY=mime: multipart messages with a base64 attachment,
+#                           each unique (default text: one text part, the same in each);
+#                           SEED_PERIMD_SPOOL=shm: perimd's spool (and libclamav's
+#                           temporary files) in /dev/shm as by default (default work: disk)
 #                           Needs root, postfix, amavisd-new, clamav-daemon, postgrey;
 #                           changes nothing under /etc.
 #
@@ -380,12 +386,19 @@ ab_build() {
 	AB_BIN[$2]=$t/build/dev/perimd
 }
 
+# cpu_tree_ns PID - cpu_ns of PID and its children (perimd's scanner process).
+cpu_tree_ns() {
+	local c t=0
+	for c in "$1" $(pgrep -P "$1"); do t=$((t + $(cpu_ns "$c"))); done
+	echo "$t"
+}
+
 # ab_run TAG SIZE - one round on perimd TAG: appends "secs cpu_ns" to a file.
 ab_run() {
 	local port=${AB_PORT[$1]} pid=${AB_PID[$1]} c0 c1 t
-	c0=$(cpu_ns "$pid")
+	c0=$(cpu_tree_ns "$pid")
 	t=$(source_run "$port" "$AB_CONC" "$AB_MSGS" "$2")
-	c1=$(cpu_ns "$pid")
+	c1=$(cpu_tree_ns "$pid")
 	echo "$t $((c1 - c0))" >>"$WORK/ab-$1-$2"
 }
 
@@ -396,8 +409,12 @@ ab_bench() {
 	declare -gA AB_PORT AB_PID AB_BIN
 	ab_build "$old" old
 	ab_build "$new" new
-	echo "perimd bench ab: OLD=$old ($(git -C "$ROOT" rev-parse --short "$old")) NEW=$new ($(git -C "$ROOT" rev-parse --short "$new")); $AB_REPS rounds x $AB_MSGS messages x $AB_CONC sessions, sizes $AB_SIZES, on $(nproc) CPUs"
+	echo "perimd bench ab: OLD=$old ($(git -C "$ROOT" rev-parse --short "$old")) NEW=$new ($(git -C "$ROOT" rev-parse --short "$new")); $AB_REPS rounds x $AB_MSGS messages x $AB_CONC sessions, sizes $AB_SIZES, AB_AV=${AB_AV:-0}, on $(nproc) CPUs"
 	start_sink
+	if [ "${AB_AV:-0}" = 1 ]; then
+		write_av_db "$WORK/ab-db"
+		EXTRA_CONF=("av_scanner = libclamav" "clamav_database_directory = $WORK/ab-db")
+	fi
 	for tag in old new; do
 		PERIMD=${AB_BIN[$tag]}
 		PARAMS=$("$PERIMD" -d 2>/dev/null || true)

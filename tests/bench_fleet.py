@@ -12,8 +12,11 @@ one after the other: a mix of NEW triplets (never seen, from random
 networks) and KNOWN ones (passed during the warm-up).
 
 Printed per target: requests/s, database round trips per request (perimd:
-its own counter, a multi-statement query being one; sqlgrey: the server's
-Questions, one statement per round trip through DBD::mysql), MariaDB CPU ms
+its own counter, a multi-statement query being one, and how its
+decisions were batched; sqlgrey: the server's
+Questions, one statement per round trip through DBD::mysql), statements
+per request (the server's Questions, each statement of a multi-statement
+query counted), MariaDB CPU ms
 per 1,000 requests (/proc of mariadbd), the target's own CPU ms per 1,000,
 and the decision's p50 / p99 as the client sees it.
 
@@ -142,9 +145,10 @@ def measure(name, m, ports, pids, args, known, sessions, counter=None):
     lat.sort()
     rt = ((counter() - c0) / n) if counter else (q1 - q0 - 2) / n
     deferred = sum(1 for a in answers if deferral(a))
-    print("%-18s %6d req %7.0f req/s  %5.2f db round trips/req  db CPU %7.1f ms/1000  "
-          "own CPU %7.1f ms/1000  p50 %6.2f ms  p99 %7.2f ms  deferred %d"
-          % (name, n, n / wall, rt, (d1 - d0) * 1000 / n, (sum(t1) - sum(t0)) * 1000 / n,
+    print("%-18s %6d req %7.0f req/s  %5.2f db round trips/req  %5.2f statements/req  "
+          "db CPU %7.1f ms/1000  own CPU %7.1f ms/1000  p50 %6.2f ms  p99 %7.2f ms  deferred %d"
+          % (name, n, n / wall, rt, (q1 - q0 - 2) / n, (d1 - d0) * 1000 / n,
+             (sum(t1) - sum(t0)) * 1000 / n,
              lat[n // 2] * 1000, lat[min(n - 1, int(n * 0.99))] * 1000, deferred), flush=True)
 
 
@@ -166,18 +170,33 @@ def bench_perimd(m, d, args, nbox):
         known = known_triplets(args.known)
         warm(ports, known, min(args.sessions, 50), 1.0)
 
-        def counter():
-            total = 0
+        def metrics():
+            import urllib.request
+            total = {}
             for b in boxes:
-                import urllib.request
                 body = urllib.request.urlopen("http://%s/metrics" % b.params["stats_listen"],
                                               timeout=10).read().decode()
                 for line in body.splitlines():
-                    if line.startswith("perimd_greylist_db_queries_total "):
-                        total += float(line.split()[1])
+                    if line.startswith("perimd_greylist_db"):
+                        name, v = line.rsplit(" ", 1)
+                        total[name] = total.get(name, 0) + float(v)
             return total
+
+        def counter():
+            return metrics().get("perimd_greylist_db_queries_total", 0)
+        m0 = metrics()
         measure("perimd x%d" % nbox, m, ports, [b.pid for b in boxes], args, known,
                 args.sessions * nbox, counter)
+        m1 = metrics()
+        d = {k: m1[k] - m0.get(k, 0) for k in m1}
+        nb = d.get("perimd_greylist_db_batches_total", 0)
+        print("%-18s %d decisions sent to the database in %d batches (%.1f per batch), "
+              "%d round trips, %d retries" % (
+                  "", d.get("perimd_greylist_db_batched_total", 0), nb,
+                  d.get("perimd_greylist_db_batched_total", 0) / nb if nb else 0,
+                  d.get("perimd_greylist_db_queries_total", 0),
+                  sum(v for k, v in d.items() if k.startswith("perimd_greylist_db_retries"))),
+              flush=True)
     finally:
         for b in boxes:
             b.stop()

@@ -23,6 +23,14 @@ Options are a subset of smtp-source's, so the script can stand in for it
   before dot-stuffing; 512)  -f FROM  -t TO  -M HELO-NAME  -1 (one message
   per connection; default: connections are reused, as an MTA does)
   --timeout SECONDS (per reply, 120)  HOST:PORT (host defaults to 127.0.0.1)
+  -K KIND: the body: "text" (default: 80-byte text lines, one part, no
+  MIME) or "mime" (what mail more often is: multipart/mixed with a short
+  text/plain and text/html alternative and a base64 attachment of
+  pseudo-random bytes filling the rest of SIZE)
+  -u: every message unique: a 12-digit serial replaces a placeholder in the
+  body (in the text, or inside the attachment's base64, so its decoded bytes
+  differ too); without it every message has the same body, which a
+  scanner's cache of clean results may recognise
   --rcpt-from=K: TO holds "%d", and message i (0, 1, ... in the order the
   sessions take them) goes to TO with K + i in its place, so every message
   has a recipient of its own (tests/bench.sh ldap: no cache hits)
@@ -37,10 +45,14 @@ Output: one line on stdout,
 when any message failed, 2 on usage errors.
 """
 import asyncio
+import base64
 import getopt
 import math
+import random
 import sys
 import time
+
+SERIAL = b"000000000000"   # -u: replaced by each message's serial
 
 
 def build_body(size, sender, rcpt):
@@ -68,6 +80,42 @@ def build_body(size, sender, rcpt):
     return hdr + body
 
 
+def build_mime(size, sender, rcpt):
+    """Headers plus a multipart/mixed body of about `size` bytes: a text and
+    HTML alternative, then a base64 attachment (pseudo-random bytes, fixed
+    seed) filling the rest; CRLF line ends, base64 lines of 76 characters,
+    SERIAL once near the attachment's start (12 valid base64 digits)."""
+    hdr = ("From: <%s>\r\nTo: <%s>\r\nSubject: bench_latency\r\n"
+           "Message-ID: <bench-latency@client.bench.test>\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: multipart/mixed; boundary=\"=b1\"\r\n\r\n" % (sender, rcpt)).encode()
+    text = b"Hello,\r\n\r\nplease find the quarterly report attached.\r\n\r\nRegards,\r\nBench\r\n"
+    html = (b"<html><body><p>Hello,</p><p>please find the quarterly report attached.</p>"
+            b"<p>Regards,<br>Bench</p></body></html>\r\n")
+    head = (b"--=b1\r\nContent-Type: multipart/alternative; boundary=\"=b2\"\r\n\r\n"
+            b"--=b2\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + text +
+            b"--=b2\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html + b"--=b2--\r\n"
+            b"--=b1\r\nContent-Type: application/octet-stream; name=\"report.bin\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n"
+            b"Content-Disposition: attachment; filename=\"report.bin\"\r\n\r\n")
+    tail = b"--=b1--\r\n"
+    room = max(0, size - len(head) - len(tail))
+    nraw = max(12, room * 57 // 78)       # 76 characters + CRLF per 57 bytes
+    rnd = random.Random(1)
+    b64 = base64.encodebytes(bytes(rnd.getrandbits(8) for _ in range(nraw)))
+    b64 = b64.replace(b"\n", b"\r\n")
+    b64 = b64[:4] + SERIAL + b64[16:]
+    return hdr + head + b64 + tail
+
+
+def build_text(size, sender, rcpt):
+    """build_body, with SERIAL at the start of its last 80-byte line."""
+    body = build_body(size, sender, rcpt)
+    cut = body.rfind(b"\r\n", 0, len(body) - 2) + 2
+    if len(body) - cut >= len(SERIAL) + 2 and body[cut:cut + 1] != b".":
+        body = body[:cut] + SERIAL + body[cut + len(SERIAL):]
+    return body
+
+
 def pct(sorted_vals, p):
     if not sorted_vals:
         return float("nan")
@@ -76,13 +124,20 @@ def pct(sorted_vals, p):
 
 
 class Bench:
-    def __init__(self, host, port, sessions, msgs, size, sender, rcpt, helo, single, timeout):
+    def __init__(self, host, port, sessions, msgs, size, sender, rcpt, helo, single, timeout,
+                 kind="text", unique=False):
         self.host, self.port = host, port
         self.sessions, self.msgs = sessions, msgs
         self.sender, self.rcpt, self.helo = sender, rcpt, helo
         self.single, self.timeout = single, timeout
         self.size = size
-        self.body = build_body(size, sender, rcpt)
+        if kind == "mime":
+            self.body = build_mime(size, sender, rcpt)
+        elif unique:
+            self.body = build_text(size, sender, rcpt)
+        else:
+            self.body = build_body(size, sender, rcpt)
+        self.unique, self.serial = unique, 0
         self.next = 0
         self.rcpt_from = None  # set: self.rcpt is a "%d" template
         self.dot, self.txn = [], []
@@ -151,7 +206,11 @@ class Bench:
             w.write(b"RSET\r\n")
             await self.reply(r)
             return False
-        w.write(self.body)
+        body = self.body
+        if self.unique:
+            self.serial += 1
+            body = body.replace(SERIAL, b"%012d" % self.serial, 1)
+        w.write(body)
         await w.drain()
         t1 = now()
         w.write(b".\r\n")
@@ -211,7 +270,7 @@ class Bench:
 
 def main(argv):
     try:
-        opts, args = getopt.getopt(argv, "146cdNovs:m:l:f:t:M:C:L:r:R:S:T:w:",
+        opts, args = getopt.getopt(argv, "146cdNovus:m:l:f:t:M:C:L:r:R:S:T:w:K:",
                                    ["single", "timeout=", "rcpt-from="])
     except getopt.GetoptError as e:
         sys.stderr.write("bench_latency: %s\n" % e)
@@ -219,7 +278,7 @@ def main(argv):
     o = dict(opts)
     if len(args) != 1:
         sys.stderr.write("usage: bench_latency.py [-1] [-s sessions] [-m msgs] [-l size] "
-                         "[-f from] [-t to] [-M helo] [--timeout s] host:port\n")
+                         "[-f from] [-t to] [-M helo] [-K text|mime] [-u] [--timeout s] host:port\n")
         return 2
     host, _, port = args[0].rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
@@ -227,10 +286,13 @@ def main(argv):
         host = host[5:]
     sessions, msgs = int(o.get("-s", 1)), int(o.get("-m", 100))
     size = int(o.get("-l", 512))
+    if o.get("-K", "text") not in ("text", "mime"):
+        sys.stderr.write("bench_latency: -K takes text or mime\n")
+        return 2
     b = Bench(host, int(port), max(1, min(sessions, msgs)), msgs, size,
               o.get("-f", "bench@client.bench.test"), o.get("-t", "rcpt@bench.test"),
               o.get("-M", "client.bench.test"), "-1" in o or "--single" in o,
-              float(o.get("--timeout", 120)))
+              float(o.get("--timeout", 120)), o.get("-K", "text"), "-u" in o)
     if "--rcpt-from" in o:
         b.rcpt_from = int(o["--rcpt-from"])
     elapsed = asyncio.run(b.run())

@@ -37,6 +37,14 @@ client's final-dot-to-reply p50/p99 in ms.
 Environment: SEED_CONC ("100 512") SEED_SIZES ("512 102400") SEED_MSGS
 (2000) SEED_WARMUP (100) SEED_SERVERS (16) SEED_SAMPLE (0.25) PERIMD
 (build/dev/perimd) OUT (/tmp/perimd-bench-seed.<time>: table.txt, logs).
+SEED_BODY: "text" (default: the same 80-byte text lines in every message,
+one part) or "mime" (multipart with a text/HTML alternative and a base64
+attachment, every message unique: bench_latency.py -K mime -u; a cache of
+clean results then saves neither system a scan). SEED_PERIMD_SPOOL: "work"
+(default: perimd's body_spool_directory, where libclamav also writes its
+temporary files, in the work directory on disk, as amavisd's and clamd's
+temporary directories are) or "shm" (under /dev/shm, as perimd's default
+/dev/shm/perimd is).
 Needs root (cgroups, users amavis and postgrey) and the packages postfix,
 amavisd-new, clamav-daemon, postgrey. `bench_seed.py prime PORT PAUSE` only
 primes a greylisting server on 127.0.0.1:PORT (tests/bench.sh peers-features).
@@ -67,12 +75,15 @@ MSGS = int(os.environ.get("SEED_MSGS", "2000"))
 WARMUP = int(os.environ.get("SEED_WARMUP", "100"))
 SERVERS = int(os.environ.get("SEED_SERVERS", "16"))
 SAMPLE = float(os.environ.get("SEED_SAMPLE", "0.25"))
+BODY = os.environ.get("SEED_BODY", "text")
+SPOOL = os.environ.get("SEED_PERIMD_SPOOL", "work")
 PERIMD = os.environ.get("PERIMD", os.path.join(ROOT, "build", "dev", "perimd"))
 OUT = os.environ.get("OUT") or "/tmp/perimd-bench-seed." + time.strftime("%Y%m%d-%H%M%S")
 
 started = []      # Popen objects, ended by PID at exit
 cgroups = {}      # name -> cgroup directory
 postfix = None
+spools = []       # SEED_PERIMD_SPOOL=shm: directories removed at exit
 
 
 def free_port():
@@ -345,6 +356,10 @@ def start_perimd(work, db, sink_port):
     d = os.path.join(work, "perimd")
     for sub in ("lib", "spool"):
         os.makedirs(os.path.join(d, sub))
+    spool = os.path.join(d, "spool")
+    if SPOOL == "shm":
+        spool = tempfile.mkdtemp(prefix="perimd-seed-spool-", dir="/dev/shm")
+        spools.append(spool)
     conf = os.path.join(d, "perimd.conf")
     with open(conf, "w") as f:
         f.write("""smtpd_listen = 127.0.0.1:{port}
@@ -352,7 +367,7 @@ relay_backends = [127.0.0.1]:{sink}
 relay_domains = bench.test
 myhostname = perimd.bench.test
 data_directory = {d}/lib
-body_spool_directory = {d}/spool
+body_spool_directory = {spool}
 mail_owner = root
 max_sessions = 10000
 smtpd_client_connection_count_limit = 0
@@ -364,7 +379,7 @@ greylist_delay = 1s
 greylist_auto_whitelist_count = 0
 av_scanner = libclamav
 clamav_database_directory = {db}
-""".format(port=port, sink=sink_port, d=d, db=db))
+""".format(port=port, sink=sink_port, d=d, db=db, spool=spool))
     for line in os.environ.get("SEED_PERIMD_CONF", "").split(";"):
         if line.strip():
             with open(conf, "a") as f:
@@ -409,7 +424,8 @@ def client(port, conc, msgs, size):
     """tests/bench_latency.py; its key=value line as a dict."""
     r = subprocess.run([PY, os.path.join(ROOT, "tests", "bench_latency.py"), "-s", str(conc),
                         "-m", str(msgs), "-l", str(size), "-f", SENDER, "-t", RCPT,
-                        "-M", "client.bench.test", "--timeout", "300", "127.0.0.1:%d" % port],
+                        "-M", "client.bench.test", "--timeout", "300", "-K", BODY]
+                       + (["-u"] if BODY == "mime" else []) + ["127.0.0.1:%d" % port],
                        capture_output=True, text=True, timeout=3600)
     line = (r.stdout.strip().splitlines() or [""])[-1]
     d = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
@@ -535,6 +551,8 @@ def stop(signum, frame):
 def main():
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if BODY not in ("text", "mime") or SPOOL not in ("work", "shm"):
+        sys.exit("bench seed: SEED_BODY is text or mime, SEED_PERIMD_SPOOL work or shm")
     if os.geteuid() != 0:
         sys.exit("bench seed: needs root (cgroups, the amavis and postgrey users)")
     for b in ("/usr/sbin/amavisd", "/usr/sbin/postgrey", "/usr/sbin/clamd", "/usr/sbin/postfix",
@@ -548,9 +566,9 @@ def main():
     cg_make("seed")
     cg_make("perimd")
     try:
-        print("bench seed: SEED_CONC=%s SEED_SIZES=%s SEED_MSGS=%d servers=%d; %d CPUs, load %s "
-              "(shared machine: compare the ratios)" % (CONC, SIZES, MSGS, SERVERS,
-                                                        os.cpu_count(), load()), flush=True)
+        print("bench seed: SEED_CONC=%s SEED_SIZES=%s SEED_MSGS=%d servers=%d SEED_BODY=%s "
+              "SEED_PERIMD_SPOOL=%s; %d CPUs, load %s (shared machine: compare the ratios)"
+              % (CONC, SIZES, MSGS, SERVERS, BODY, SPOOL, os.cpu_count(), load()), flush=True)
         db = write_db(work)
         sink = Sink(work)
         sock = start_clamd(work, db)
@@ -583,7 +601,7 @@ def main():
         with open(os.path.join(OUT, "table.txt"), "w") as f:
             f.write(t + "\nload after: %s\n" % load())
         # clamd logs one line per message amavisd hands it (LogClean).
-        log = os.path.join(work, "clamd.log")
+        log = os.path.join(work, "clamd", "clamd.log")
         n = sum(1 for line in open(log, errors="replace") if line.rstrip().endswith(("OK", "FOUND"))) \
             if os.path.exists(log) else 0
         sent = len(SIZES) * len(CONC) * (MSGS + WARMUP) + 2
@@ -600,6 +618,8 @@ def main():
                 if os.path.exists(postfix.log) else None
         cleanup()
         shutil.rmtree(work, ignore_errors=True)
+        for d in spools:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -355,9 +355,9 @@ def mariadb(tmp_path_factory):
     m.stop()
 
 
-def my_value(m, q):
+def my_value(m, q, db="greyabuse"):
     r = subprocess.run(["mariadb", "--no-defaults", "-S", m.sock, "-u", "root", "-N", "-B",
-                        "greyabuse", "-e", q], capture_output=True, timeout=30)
+                        db, "-e", q], capture_output=True, timeout=30)
     assert r.returncode == 0, r.stderr
     return r.stdout.decode().strip()
 
