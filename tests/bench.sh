@@ -95,6 +95,8 @@
 #                           LAT_PERIMD_CONF="name = value; ...": more perimd settings.
 #                           LAT_PERIMD_BASE=/path/perimd: another binary (an older
 #                           revision), same settings, as "perimd-base" in the same run.
+#                           LAT_STREAM=1 (default, when the binary has relay_while_receiving)
+#                           adds "perimd-stream": the same perimd with relay_while_receiving.
 #                           LAT_PROXY=1 (default) adds a row "postfix-proxy": a private Postfix
 #                           (own config and queue directories, loopback ports; /etc/postfix
 #                           untouched) with smtpd_proxy_filter to a second private Postfix
@@ -865,6 +867,12 @@ latency_bench() {
 		PERIMD_CMD="${PERIMD_CMD/#$PERIMD /$LAT_PERIMD_BASE }" PATH=$d/bin:$PATH \
 			OUT=$base/base bash "$peer" run perimd
 	fi
+	if [ "${LAT_STREAM:-1}" = 1 ] && has_param relay_while_receiving && [[ " $systems " == *" perimd "* ]]; then
+		# The same perimd relaying the body while it is received, its rows
+		# beside as "perimd-stream".
+		PERIMD_CMD="$PERIMD_CMD -o relay_while_receiving=yes" PATH=$d/bin:$PATH \
+			OUT=$base/stream bash "$peer" run perimd
+	fi
 	echo "bench latency: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$base/load.txt"
 	restore_postfix_conf
 	rm -rf "$d"
@@ -874,11 +882,12 @@ import os, sys
 top, nodelay = sys.argv[1], sys.argv[2] == "1"
 systems = [("direct", "direct"), ("Postfix", "postfix"), ("Postfix-proxy", "postfix-proxy"),
            ("Haraka, TCP_NODELAY" if nodelay else "Haraka", "haraka"), ("perimd", "perimd"),
-           ("perimd-base", "perimd-base")]
+           ("perimd-stream", "perimd-stream"), ("perimd-base", "perimd-base")]
 def kv(line):
     return dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
 runs, lat, dirs = {}, {}, {}
-for sub, rename in (("peers", None), ("proxy", "postfix-proxy"), ("base", "perimd-base")):
+for sub, rename in (("peers", None), ("proxy", "postfix-proxy"), ("stream", "perimd-stream"),
+                    ("base", "perimd-base")):
     try:
         lines = open(os.path.join(top, sub, "results.txt")).readlines()
     except OSError:
@@ -937,7 +946,9 @@ print("%s messages per row after a warm-up, %s; every message counted at the sin
       "one message per connection" if conn == "single" else "each session reuses its connection"))
 print("Postfix answers 250 once the message is queued, before it is delivered: its latency does")
 print("not include the relay to the sink, its dlv/s does. Postfix-proxy (smtpd_proxy_filter to the")
-print("sink, nothing queued), Haraka (smtp_forward) and perimd answer after the sink's 250. Client: tests/bench_latency.py (Python asyncio, one core); its own")
+print("sink, nothing queued), Haraka (smtp_forward) and perimd answer after the sink's 250. perimd-stream is")
+print("perimd with relay_while_receiving (the body relayed while received, as the proxy does).")
+print("Client: tests/bench_latency.py (Python asyncio, one core); its own")
 print("event-loop delay is in every figure, the direct row shows that floor.")
 if nodelay:
     print("Haraka ran with TCP_NODELAY set on its sockets by a preloaded module (LAT_HARAKA_NODELAY=1).")
