@@ -880,7 +880,11 @@ void req_detach(struct relay_req *r, int release)
 	int clean = b->clean && b->state == B_DOT;
 
 	b->clean = 0;
-	if (b->state == B_READY || (clean && !TAILQ_EMPTY(&b->pool->waiters))) {
+	/* With relay_while_receiving a clean connection is idle at once too,
+	 * so that the session's next message, a few round trips later, finds
+	 * it for its stream. */
+	if (b->state == B_READY ||
+	    (clean && (!TAILQ_EMPTY(&b->pool->waiters) || r->msg->conf->relay_while_receiving))) {
 		bconn_release_ok(b);
 		return;
 	}

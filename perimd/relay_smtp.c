@@ -526,31 +526,21 @@ static void rcpts_done(struct bconn *b)
 		req_finish(r);
 		return;
 	}
-	if (r->naccept == m->nrcpt && m->stream) {
-		/* relay_while_receiving: the body goes as it arrives, as BDAT
-		 * chunks (abandoned by RSET), else inside DATA (abandoned by
-		 * closing the connection). */
+	if (r->naccept == m->nrcpt && (m->hold || m->stream)) {
+		/* relay_scan_overlap, relay_while_receiving: the body goes now
+		 * as BDAT chunks, which RSET can still take back. Without
+		 * CHUNKING the overlap's DATA waits for the verdict; a stream
+		 * goes inside DATA (abandoned by closing the connection). */
 		if (b->caps & SMTP_CAP_CHUNKING) {
 			r->chunked = 1;
 			r->stuff = (struct smtp_stuff){ .at_line_start = 1, .nodot = 1 };
 			bconn_bdat_fill(b);
 			return;
 		}
-		conn_write(b->c, "DATA\r\n", 6);
-		bconn_stage(b, B_DATA, req_remaining(r, (uint64_t)cf->relay_timeout));
-		return;
-	}
-	if (r->naccept == m->nrcpt && m->hold) {
-		/* relay_scan_overlap: the body goes now only as BDAT chunks,
-		 * which RSET can still take back; DATA waits for the verdict. */
-		if (b->caps & SMTP_CAP_CHUNKING) {
-			r->chunked = 1;
-			r->stuff = (struct smtp_stuff){ .at_line_start = 1, .nodot = 1 };
-			bconn_bdat_fill(b);
+		if (m->hold) {
+			req_hold_point(r);
 			return;
 		}
-		req_hold_point(r);
-		return;
 	}
 	if (r->naccept == m->nrcpt) {
 		conn_write(b->c, "DATA\r\n", 6);
