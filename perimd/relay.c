@@ -834,9 +834,8 @@ int req_stream_detach(struct relay_req *r)
 	if (!r->final_sent && !r->in_data &&
 	    (b->state == B_READY ||
 	     (r->chunked && (b->state == B_HOLD || b->state == B_BDAT) && (due == 0 || pipelined)))) {
+		b->skip = due; /* due > 0: B_BDAT, so the RSET path below */
 		req_detach(r, 1);
-		if (b->state == B_RSET)
-			b->skip = due;
 		return 1;
 	}
 	req_detach(r, 0);
@@ -994,6 +993,7 @@ void bconn_release_ok(struct bconn *b)
 	struct relay_req *w = TAILQ_FIRST(&p->waiters);
 
 	b->req = NULL;
+	b->skip = 0;
 	if (w) {
 		TAILQ_REMOVE(&p->waiters, w, wlink);
 		w->waiting = NULL;
