@@ -355,3 +355,30 @@ def test_not_streamed(perimd_factory, hostile, tmp_path, what):
         expect(c.reply(30), 250)
     assert b.messages[-1]["via"] == "DATA" and not b.commands_of("BDAT")
     assert metrics(p)["perimd_relay_streamed_total"] == 0
+
+
+def test_with_scan_overlap(perimd_factory, hostile, tmp_path):
+    """relay_scan_overlap on as well: a message that finds no idle
+    connection at DATA takes the overlap (BDAT chunks during the scan), the
+    next one streams; each is completed once, and EICAR is never."""
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, [b], av_scanner="libclamav", av_threads=1, relay_scan_overlap="yes",
+              clamav_database_directory=write_db(str(tmp_path / "db")))
+    body = body_of(100)
+    with session(p) as c:
+        begin(c)
+        c.send(stuffed(body) + b".\r\n")  # no idle connection yet: the overlap
+        expect(c.reply(30), 250)
+        assert b.messages[0]["via"] == "BDAT" and lasts(b) == ["BDAT 0 LAST"]
+        begin(c)
+        c.send(streamed(c, b, body))
+        expect(c.reply(30), 250)
+        begin(c)
+        c.send(streamed(c, b, b"Subject: eicar\r\n\r\n" + EICAR + b"\r\n" + b"padding line\r\n" * 6000))
+        expect(c.reply(30), 554, "5.7.1")
+    assert len(b.messages) == 2 and len(lasts(b)) == 2 and b.connections == 1
+    assert all(m["data"].endswith(body) for m in b.messages)
+    assert wait_for(lambda: b.aborted, 10) and EICAR in b.aborted[0]["data"]
+    m = metrics(p)
+    assert m["perimd_relay_streamed_total"] == 1 and m["perimd_relay_stream_unavailable_total"] == 1
+    assert m['perimd_relay_stream_abandoned_total{reason="refused"}'] == 1
