@@ -55,7 +55,10 @@
 #                           better), with the spread of the per-round CPU ratios;
 #                           AB_CACHE=DIR keeps the binaries (DIR/COMMIT/perimd) for reuse;
 #                           AB_AV=1 scans with libclamav (the test database below), and
-#                           the CPU then includes the scanner process
+#                           the CPU then includes the scanner process; AB_SPOOL=shm puts
+#                           both perimds' body_spool_directory (and so libclamav's
+#                           temporary files) under /dev/shm as perimd's default does
+#                           (default: the work directory, on disk)
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -172,6 +175,7 @@ PIDS=()
 
 PF_SAVED=""
 PA_DIR=""
+AB_SHM_DIR=""
 
 # restore_postfix_conf - put back /etc/postfix/main.cf and master.cf as a
 # mode found them (the peer script rewrites both; postconf -e adds the
@@ -218,6 +222,7 @@ cleanup() {
 	restore_postfix_conf
 	for t in "${AB_TREES[@]}"; do git -C "$ROOT" worktree remove --force "$t" 2>/dev/null || true; done
 	[ -n "$PA_DIR" ] && rm -rf "$PA_DIR"
+	[ -n "$AB_SHM_DIR" ] && rm -rf "$AB_SHM_DIR"
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -409,15 +414,22 @@ ab_bench() {
 	declare -gA AB_PORT AB_PID AB_BIN
 	ab_build "$old" old
 	ab_build "$new" new
-	echo "perimd bench ab: OLD=$old ($(git -C "$ROOT" rev-parse --short "$old")) NEW=$new ($(git -C "$ROOT" rev-parse --short "$new")); $AB_REPS rounds x $AB_MSGS messages x $AB_CONC sessions, sizes $AB_SIZES, AB_AV=${AB_AV:-0}, on $(nproc) CPUs"
+	echo "perimd bench ab: OLD=$old ($(git -C "$ROOT" rev-parse --short "$old")) NEW=$new ($(git -C "$ROOT" rev-parse --short "$new")); $AB_REPS rounds x $AB_MSGS messages x $AB_CONC sessions, sizes $AB_SIZES, AB_AV=${AB_AV:-0}, AB_SPOOL=${AB_SPOOL:-work}, on $(nproc) CPUs"
 	start_sink
 	if [ "${AB_AV:-0}" = 1 ]; then
 		write_av_db "$WORK/ab-db"
 		EXTRA_CONF=("av_scanner = libclamav" "clamav_database_directory = $WORK/ab-db")
 	fi
+	if [ "${AB_SPOOL:-work}" = shm ]; then
+		AB_SHM_DIR=$(mktemp -d /dev/shm/perimd-ab.XXXXXX)
+	fi
 	for tag in old new; do
 		PERIMD=${AB_BIN[$tag]}
 		PARAMS=$("$PERIMD" -d 2>/dev/null || true)
+		if [ -n "$AB_SHM_DIR" ]; then
+			mkdir -p "$AB_SHM_DIR/$tag"
+			EXTRA_CONF+=("body_spool_directory = $AB_SHM_DIR/$tag")
+		fi
 		start_perimd
 		AB_PORT[$tag]=$PERIMD_PORT
 		AB_PID[$tag]=$PERIMD_PID
