@@ -398,13 +398,17 @@ cpu_tree_ns() {
 	echo "$t"
 }
 
-# ab_run TAG SIZE - one round on perimd TAG: appends "secs cpu_ns" to a file.
+# ab_run TAG SIZE - one round on perimd TAG: appends "secs cpu_ns
+# perimd_ns" to a file (cpu_ns: perimd and its scanner; perimd_ns: perimd
+# alone).
 ab_run() {
-	local port=${AB_PORT[$1]} pid=${AB_PID[$1]} c0 c1 t
+	local port=${AB_PORT[$1]} pid=${AB_PID[$1]} c0 c1 p0 p1 t
 	c0=$(cpu_tree_ns "$pid")
+	p0=$(cpu_ns "$pid")
 	t=$(source_run "$port" "$AB_CONC" "$AB_MSGS" "$2")
 	c1=$(cpu_tree_ns "$pid")
-	echo "$t $((c1 - c0))" >>"$WORK/ab-$1-$2"
+	p1=$(cpu_ns "$pid")
+	echo "$t $((c1 - c0)) $((p1 - p0))" >>"$WORK/ab-$1-$2"
 }
 
 # ab_bench OLD NEW - see the header.
@@ -444,12 +448,16 @@ ab_bench() {
 	done
 	printf '%-7s %10s %10s %8s %12s %12s %8s %s\n' bytes old_msg/s new_msg/s ratio old_cpu_ms new_cpu_ms ratio "cpu ratio per round (min..max)"
 	for s in $AB_SIZES; do
-		paste "$WORK/ab-old-$s" "$WORK/ab-new-$s" | awk -v m="$AB_MSGS" -v s="$s" '
-			{ to += $1; co += $2; tn += $3; cn += $4; q = $4 / $2
+		paste "$WORK/ab-old-$s" "$WORK/ab-new-$s" | awk -v m="$AB_MSGS" -v s="$s" -v av="${AB_AV:-0}" '
+			{ to += $1; co += $2; po += $3; tn += $4; cn += $5; pn += $6; q = $5 / $2
 			  if (NR == 1 || q < lo) lo = q; if (NR == 1 || q > hi) hi = q }
 			END { n = NR * m
 			      printf "%-7s %10.0f %10.0f %8.3f %12.4f %12.4f %8.3f %.3f..%.3f\n", s, n / to, n / tn,
-				(n / tn) / (n / to), co / n / 1e6, cn / n / 1e6, cn / co, lo, hi }'
+				(n / tn) / (n / to), co / n / 1e6, cn / n / 1e6, cn / co, lo, hi
+			      if (av == 1)
+				printf "        of it perimd %.4f -> %.4f ms (%.3f), its scanner %.4f -> %.4f ms (%.3f)\n",
+				  po / n / 1e6, pn / n / 1e6, pn / po, (co - po) / n / 1e6, (cn - pn) / n / 1e6,
+				  (cn - pn) / (co - po) }'
 	done
 }
 
