@@ -127,7 +127,9 @@
 #                           SEED_BODY=mime: multipart messages with a base64 attachment,
 #                           each unique (default text: one text part, the same in each);
 #                           SEED_PERIMD_SPOOL=shm: perimd's spool (and libclamav's
-#                           temporary files) in /dev/shm as by default (default work: disk)
+#                           temporary files) in /dev/shm as by default (default work: disk);
+#                           SEED_PERIMD_BASE=/path/perimd: an older perimd binary beside it
+#                           in the same run ("perimd-base"), with the ratios over it
 #                           Needs root, postfix, amavisd-new, clamav-daemon, postgrey;
 #                           changes nothing under /etc.
 #
