@@ -16,6 +16,7 @@
  * file position is ever relied on.
  */
 #include "spool.h"
+#include "buf.h"
 #include "log.h"
 
 #include <errno.h>
@@ -104,7 +105,7 @@ static int spool_move_to(struct spool *s, int fd)
 		errno = e;
 		return -1;
 	}
-	free(s->mem);
+	buf_spare_give(BUF_SPARE_BODY, s->mem, s->cap);
 	s->mem = NULL;
 	s->len = s->cap = 0;
 	s->fd = fd;
@@ -153,6 +154,8 @@ int spool_append(struct spool *s, const void *data, size_t len)
 			goto fail;
 		return 0;
 	}
+	if (!s->mem)
+		s->mem = buf_spare_take(BUF_SPARE_BODY, len, &s->cap);
 	if (s->cap - s->len < len) {
 		size_t ncap = s->cap ? s->cap : 4096;
 		while (ncap - s->len < len)
@@ -287,6 +290,6 @@ void spool_free(struct spool *s)
 	__atomic_sub_fetch(&spool_total, s->size, __ATOMIC_RELAXED);
 	if (s->fd >= 0 && pool_keep(s) < 0)
 		close(s->fd);
-	free(s->mem);
+	buf_spare_give(BUF_SPARE_BODY, s->mem, s->cap);
 	free(s);
 }
