@@ -464,8 +464,24 @@ static char *format_num(const struct param *p, long long v)
 	return xasprintf("%lld", v);
 }
 
-/* list_split - split on commas and whitespace, empty items dropped. */
-static struct conf_list list_split(const char *s)
+/* brace_len - the length of the group "{ ... }" at s (its braces
+ * matched, nested ones counted), 0 when s starts none or it is unclosed. */
+static size_t brace_len(const char *s)
+{
+	if (*s != '{')
+		return 0;
+	int depth = 0;
+	for (size_t i = 0; s[i]; i++) {
+		if (s[i] == '{')
+			depth++;
+		else if (s[i] == '}' && --depth == 0)
+			return i + 1;
+	}
+	return 0;
+}
+
+/* conf_list_split - see conf.h. */
+struct conf_list conf_list_split(const char *s)
 {
 	struct conf_list l = { 0, NULL };
 	int cap = 0;
@@ -474,7 +490,9 @@ static struct conf_list list_split(const char *s)
 		s += strspn(s, ", \t\r\n");
 		if (!*s)
 			break;
-		size_t n = strcspn(s, ", \t\r\n");
+		size_t n = brace_len(s);
+		if (!n || (s[n] && !strchr(", \t\r\n", s[n])))
+			n = strcspn(s, ", \t\r\n");
 		if (l.n + 2 > cap) {
 			cap = cap ? cap * 2 : 4;
 			l.v = xrealloc(l.v, (size_t)cap * sizeof *l.v);
@@ -488,8 +506,8 @@ static struct conf_list list_split(const char *s)
 	return l;
 }
 
-/* list_free - free a list's items and array. */
-static void list_free(struct conf_list *l)
+/* conf_list_free - see conf.h. */
+void conf_list_free(struct conf_list *l)
 {
 	if (!l->v)
 		return;
@@ -498,6 +516,18 @@ static void list_free(struct conf_list *l)
 	free(l->v);
 	l->v = NULL;
 	l->n = 0;
+}
+
+/* conf_brace_items - see conf.h. */
+int conf_brace_items(const char *item, struct conf_list *l)
+{
+	size_t n = brace_len(item);
+	if (!n || item[n])
+		return -1;
+	char *in = xstrndup(item + 1, n - 2);
+	*l = conf_list_split(in);
+	free(in);
+	return 0;
 }
 
 /* map_spec_ok - "type:path" with a lower-case type word and a non-empty path. */
@@ -594,11 +624,11 @@ static int parse_value(const struct param *p, const char *s, struct conf *c, cha
 		return 0;
 	case T_LIST:
 	case T_MAPLIST: {
-		struct conf_list l = list_split(s);
+		struct conf_list l = conf_list_split(s);
 		for (int k = 0; p->type == T_MAPLIST && k < l.n; k++)
 			if (strchr(l.v[k], ':') ? !map_spec_ok(l.v[k]) : !domain_ok(l.v[k])) {
 				snprintf(why, wl, "\"%s\" is neither a domain nor a map (type:path)", l.v[k]);
-				list_free(&l);
+				conf_list_free(&l);
 				return -1;
 			}
 		*(struct conf_list *)dst = l;
@@ -671,7 +701,7 @@ static void free_value(const struct param *p, void *f)
 		*(char **)f = NULL;
 		break;
 	case T_LIST:
-	case T_MAPLIST: list_free(f); break;
+	case T_MAPLIST: conf_list_free(f); break;
 	default: break;
 	}
 }

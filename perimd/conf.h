@@ -95,6 +95,18 @@ int conf_enum_check(char *err, size_t errlen);
 /* conf_is_restart - whether the parameter named is restart-only. */
 int conf_is_restart(const char *name);
 
+/* conf_list_split - a list value's items: split at commas and blanks,
+ * empty items dropped; a group "{ ... }" that starts an item is one item,
+ * braces and all, up to its matching '}' when a separator or the end
+ * follows (else, and for an unclosed '{', it is split as any text).
+ * conf_list_free frees the items. */
+struct conf_list conf_list_split(const char *s);
+void conf_list_free(struct conf_list *l);
+
+/* conf_brace_items - the items inside an item "{ ... }" (as
+ * conf_list_split splits them) into *l; -1 when item is not one group. */
+int conf_brace_items(const char *item, struct conf_list *l);
+
 /* conf_list_has - case-insensitive membership. */
 int conf_list_has(const struct conf_list *l, const char *s);
 

@@ -107,7 +107,7 @@ PARAM(ENUM, av_alert_encrypted, "archive", 0, 0, "no|archive|document|yes", "enc
 PARAM(ENUM, av_reload_mode, "swap", 0, 0, "swap|inplace", "signature reload: swap (new engine built beside the old; memory doubles for the load) or inplace (old engine freed first; scans wait for the new one)")
 
 /* Milters (milter.c), with Postfix's names and defaults */
-PARAM(LIST, smtpd_milters, "", 0, 0, NULL, "content filters speaking the milter protocol, inet:HOST:PORT or unix:/path, asked in order at each SMTP stage")
+PARAM(LIST, smtpd_milters, "", 0, 0, NULL, "content filters speaking the milter protocol, inet:HOST:PORT or unix:/path (or { ADDRESS, name=value ... } with settings of its own: connect_timeout, command_timeout, content_timeout, default_action, protocol), asked in order at each SMTP stage")
 PARAM(ENUM, milter_default_action, "tempfail", 0, 0, "tempfail|accept|reject", "a milter that is down, times out or breaks the protocol: tempfail (451 4.3.5), reject (550 5.5.0) or accept (left out of the transaction); quarantine is refused (perimd has no queue)")
 PARAM(INT, milter_protocol, "6", 2, 6, NULL, "milter protocol version offered (2 to 6)")
 PARAM(TIME, milter_connect_timeout, "30s", 100, 540000, NULL, "time to connect to a milter")

@@ -260,26 +260,42 @@ static void cache_put(const struct grey_key *k, int64_t until)
 /* ---- networks whose accepted message counted lately ------------------- */
 
 /* A network's accepted message counts toward the auto-whitelist at most
- * once per greylist_auto_whitelist_interval: one counted here within it
- * is not sent to the store again (no write for each message). */
+ * once per greylist_auto_whitelist_interval, timed by the store (shared
+ * by a fleet: every box's counts move it). After a count succeeded the
+ * network is marked here until the store would take one again (its last
+ * count plus the interval, as it answered); messages before that are not
+ * sent to it (no write for each message). A failed count marks nothing:
+ * the next message tries again. */
 #define GREY_AWL_SEEN_SIZE 4096
 static struct cache_ent grey_awl_seen[GREY_AWL_SEEN_SIZE];
 
-/* awl_seen - 1 when net's count was sent within its interval; else it
- * is marked sent until `until` and 0 returned. */
-static int awl_seen(const struct grey_key *k, int64_t now, int64_t until)
+/* awl_entry - the mark slot of k, its shard locked. */
+static struct cache_ent *awl_entry(const struct grey_key *k, pthread_mutex_t **mu)
 {
 	size_t i = cache_slot(k) % GREY_AWL_SEEN_SIZE;
-	pthread_mutex_t *mu = &grey_cache_mu[i % GREY_CACHE_SHARDS];
-	pthread_mutex_lock(mu);
-	struct cache_ent *e = &grey_awl_seen[i];
+	*mu = &grey_cache_mu[i % GREY_CACHE_SHARDS];
+	pthread_mutex_lock(*mu);
+	return &grey_awl_seen[i];
+}
+
+/* awl_seen - 1 when the store would not count net's message at now. */
+static int awl_seen(const struct grey_key *k, int64_t now)
+{
+	pthread_mutex_t *mu;
+	struct cache_ent *e = awl_entry(k, &mu);
 	int seen = e->until > now && !memcmp(&e->k, k, sizeof *k);
-	if (!seen) {
-		e->k = *k;
-		e->until = until;
-	}
 	pthread_mutex_unlock(mu);
 	return seen;
+}
+
+/* awl_mark - the store counts net's messages again from `until` on. */
+static void awl_mark(const struct grey_key *k, int64_t until)
+{
+	pthread_mutex_t *mu;
+	struct cache_ent *e = awl_entry(k, &mu);
+	e->k = *k;
+	e->until = until;
+	pthread_mutex_unlock(mu);
 }
 
 /* ---- per-worker store connections --------------------------------------- */
@@ -826,7 +842,7 @@ enum policy_step grey_step(struct policy_req *r, struct policy_verdict *v)
 struct awl_job {
 	char *spec;
 	struct grey_key net;
-	int64_t now, interval, retention, count, threshold, cache_ttl;
+	int64_t now, interval, retention, count, wait, threshold, cache_ttl;
 	int rc;
 	char err[256];
 };
@@ -836,20 +852,26 @@ static void awl_work(void *arg)
 {
 	struct awl_job *j = arg;
 	struct grey_store *st = worker_store(j->spec, j->err, sizeof j->err);
-	j->rc = st ? st->ops->awl_pass(st, &j->net, j->now, j->interval, j->retention, &j->count, j->err,
-				       sizeof j->err)
+	j->rc = st ? st->ops->awl_pass(st, &j->net, j->now, j->interval, j->retention, &j->count, &j->wait,
+				       j->err, sizeof j->err)
 		   : -1;
 }
 
-/* awl_done - on the loop: a network that reached the count is cached. */
+/* awl_done - on the loop: a network that reached the count is cached;
+ * after a count, its messages skip the store until it counts again (the
+ * wait from the store's now, taken from the job's start: never later). */
 static void awl_done(void *arg, int cancelled)
 {
 	(void)cancelled;
 	struct awl_job *j = arg;
-	if (j->rc < 0)
+	if (j->rc < 0) {
 		db_state(1, j->err);
-	else if (j->count >= j->threshold)
-		cache_put(&j->net, now_ms() + j->cache_ttl);
+	} else {
+		if (j->interval > 0 && j->wait > 0)
+			awl_mark(&j->net, j->now + j->wait);
+		if (j->count >= j->threshold)
+			cache_put(&j->net, now_ms() + j->cache_ttl);
+	}
 	free(j->spec);
 	free(j);
 }
@@ -868,8 +890,7 @@ void grey_accepted(struct ev_loop *loop, const struct policy *pol, const char *c
 	struct grey_key nk;
 	grey_net_key(net, &nk);
 	int64_t now = now_ms();
-	if (c->greylist_auto_whitelist_interval > 0 &&
-	    awl_seen(&nk, now, now + c->greylist_auto_whitelist_interval)) {
+	if (c->greylist_auto_whitelist_interval > 0 && awl_seen(&nk, now)) {
 		stats_inc(ST_grey_awl_skipped);
 		return;
 	}

@@ -140,9 +140,11 @@ struct grey_store_ops {
 	 * the writes when a row changes (NULL: check is called n times). */
 	void (*check_batch)(struct grey_store *s, struct grey_call *calls, int n);
 	/* awl_pass - count an accepted message from net (at most once per
-	 * interval ms); *count gets the network's count. */
+	 * interval ms); *count gets the network's count, *wait the ms from
+	 * the store's now until it would count one again (its last count
+	 * plus interval; <= 0: the next one counts). */
 	int (*awl_pass)(struct grey_store *s, const struct grey_key *net, int64_t now, int64_t interval,
-			int64_t retention, int64_t *count, char *err, size_t errlen);
+			int64_t retention, int64_t *count, int64_t *wait, char *err, size_t errlen);
 	/* expire - delete up to `limit` expired rows; returns how many, or -1.
 	 * A shared store runs it on one node at a time (returns 0 elsewhere). */
 	int (*expire)(struct grey_store *s, int64_t now, int limit, char *err, size_t errlen);

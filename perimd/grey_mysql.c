@@ -1161,18 +1161,21 @@ static void my_check_batch(struct grey_store *gs, struct grey_call *calls, int n
 	free(m);
 }
 
-/* count_row - the auto-whitelist count. */
-static void count_row(void *arg, MYSQL_ROW r, unsigned nf)
-{
-	if (nf >= 1 && r[0])
-		*(int64_t *)arg = strtoll(r[0], NULL, 10);
-}
-
 /* An accepted message: what my_retry passes to awl_call. */
 struct my_awl {
 	const struct grey_key *net;
-	int64_t interval, retention, *count;
+	int64_t interval, retention, *count, *wait;
 };
+
+/* count_row - the auto-whitelist count and the wait for the next one. */
+static void count_row(void *arg, MYSQL_ROW r, unsigned nf)
+{
+	struct my_awl *w = arg;
+	if (nf >= 2 && r[0] && r[1]) {
+		*w->count = strtoll(r[0], NULL, 10);
+		*w->wait = strtoll(r[1], NULL, 10);
+	}
+}
 
 /* awl_call - one try of counting an accepted message (database clock);
  * a row this attempt already counted is left as it is. */
@@ -1189,18 +1192,19 @@ static int awl_call(struct my_store *s, void *arg, char *err, size_t errlen)
 		 " cnt = IF(att = %lld, cnt, IF(expires <= @n, 1, IF(@n - last >= %lld, cnt + 1, cnt))),"
 		 " last = IF(att = %lld, last, IF(expires <= @n OR @n - last >= %lld, @n, last)),"
 		 " expires = IF(att = %lld, expires, @n + %lld), att = %lld;"
-		 "SELECT cnt FROM awl WHERE k = X'%s'",
-		 n, rt, att, att, iv, att, iv, att, rt, att, n);
+		 "SELECT cnt, LEAST(last + %lld, expires) - @n FROM awl WHERE k = X'%s'",
+		 n, rt, att, att, iv, att, iv, att, rt, att, iv, n);
 	*w->count = 0;
-	return my_run(s, sql, count_row, w->count, err, errlen);
+	*w->wait = 0;
+	return my_run(s, sql, count_row, w, err, errlen);
 }
 
 /* my_awl_pass - count an accepted message, tried as a whole. */
 static int my_awl_pass(struct grey_store *gs, const struct grey_key *net, int64_t now, int64_t interval,
-		       int64_t retention, int64_t *count, char *err, size_t errlen)
+		       int64_t retention, int64_t *count, int64_t *wait, char *err, size_t errlen)
 {
 	(void)now;
-	struct my_awl w = { net, interval, retention, count };
+	struct my_awl w = { net, interval, retention, count, wait };
 	return my_retry((struct my_store *)gs, awl_call, &w, err, errlen);
 }
 

@@ -149,7 +149,7 @@ static const char sql_awl_pass[] =
     " cnt = CASE WHEN expires <= ?2 THEN 1 WHEN ?2 - last >= ?3 THEN cnt + 1 ELSE cnt END,"
     " last = CASE WHEN expires <= ?2 OR ?2 - last >= ?3 THEN ?2 ELSE last END,"
     " expires = ?2 + ?4"
-    " RETURNING cnt";
+    " RETURNING cnt, MIN(last + ?3, expires) - ?2";
 /* ?1 now, ?2 range start, ?3 range end (keys are 16-byte blobs). */
 static const char sql_del_grey[] = "DELETE FROM grey WHERE k >= ?2 AND k < ?3 AND expires <= ?1";
 static const char sql_del_awl[] = "DELETE FROM awl WHERE expires <= ?1 LIMIT ?2";
@@ -465,10 +465,11 @@ fail:
 
 /* sq_awl_pass - count one accepted message from a network. */
 static int sq_awl_pass(struct grey_store *gs, const struct grey_key *net, int64_t now, int64_t interval,
-		       int64_t retention, int64_t *count, char *err, size_t errlen)
+		       int64_t retention, int64_t *count, int64_t *wait, char *err, size_t errlen)
 {
 	struct sq_store *s = (struct sq_store *)gs;
 	*count = 0;
+	*wait = 0;
 	if (sq_fresh(s, err, errlen) < 0)
 		return -1;
 	sqlite3_stmt *st = s->awl_pass;
@@ -476,7 +477,15 @@ static int sq_awl_pass(struct grey_store *gs, const struct grey_key *net, int64_
 	sqlite3_bind_int64(st, 2, now);
 	sqlite3_bind_int64(st, 3, interval);
 	sqlite3_bind_int64(st, 4, retention);
-	if (first_int(st, count) != SQLITE_DONE)
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*count = sqlite3_column_int64(st, 0);
+		*wait = sqlite3_column_int64(st, 1);
+	}
+	while (rc == SQLITE_ROW)
+		rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE)
 		return sq_err(s, "awl upsert", err, errlen);
 	return 0;
 }

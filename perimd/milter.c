@@ -9,6 +9,7 @@
  */
 #include "milter.h"
 #include "milter_int.h"
+#include "buf.h"
 #include "conf.h"
 #include "jobs.h"
 #include "log.h"
@@ -526,7 +527,7 @@ int milter_verdict(struct milter *m, const struct milter_pkt *pk, struct milter_
 	}
 	default: snprintf(m->err, sizeof m->err, "unexpected reply '%c'", pk->cmd); return -1;
 	}
-	snprintf(res->which, sizeof res->which, "%s", m->name);
+	snprintf(res->which, sizeof res->which, "%.127s", m->name);
 	return 2;
 }
 
@@ -558,12 +559,15 @@ int milter_cmd(struct milter *m, struct milter_txn *mt, char cmd, const struct c
 	return r;
 }
 
-/* milter_fail - m broke: milter_default_action for the transaction
+/* milter_fail - m broke: its default_action for the transaction
  * (tempfail, reject), or it is left out (accept). 2 or 1, as verdict(). */
 int milter_fail(struct milter *m, struct milter_txn *mt, struct milter_result *res)
 {
-	log_warn("%s: milter %s: %s; milter_default_action = %s", mt->msgid_or_sess, m->name, m->err,
-		 mt->cf->milter_default_action);
+	static const char *const actions[] = {
+		[MILTER_DEFAULT_TEMPFAIL] = "tempfail", [MILTER_DEFAULT_ACCEPT] = "accept", [MILTER_DEFAULT_REJECT] = "reject"
+	};
+	log_warn("%s: milter %s: %s; default_action = %s", mt->msgid_or_sess, m->name, m->err,
+		 actions[m->default_action]);
 	stats_inc(ST_milter_errors);
 	if (m->fd >= 0)
 		close(m->fd);
@@ -579,10 +583,10 @@ int milter_fail(struct milter *m, struct milter_txn *mt, struct milter_result *r
  * (left out) for accept. */
 int milter_failed(struct milter *m, struct milter_txn *mt, struct milter_result *res)
 {
-	if (mt->cf->milter_default_action_e == MILTER_DEFAULT_ACCEPT)
+	if (m->default_action == MILTER_DEFAULT_ACCEPT)
 		return 1;
-	snprintf(res->which, sizeof res->which, "%s", m->name);
-	if (mt->cf->milter_default_action_e == MILTER_DEFAULT_REJECT) {
+	snprintf(res->which, sizeof res->which, "%.127s", m->name);
+	if (m->default_action == MILTER_DEFAULT_REJECT) {
 		res->act = MILTER_REJECT;
 		snprintf(res->reply, sizeof res->reply, "550 5.5.0 Service unavailable");
 	} else {
@@ -598,7 +602,7 @@ static int session_start(struct milter *m, struct milter_txn *mt, struct milter_
 {
 	const struct conf *cf = mt->cf;
 	m->started = 1;
-	if (milter_open(m) < 0 || negotiate(m, cf->milter_protocol) < 0)
+	if (milter_open(m) < 0 || negotiate(m, m->protocol) < 0)
 		return -1;
 	if (!(m->pflags & SMFIP_NOCONNECT)) {
 		char b[1024];
@@ -761,22 +765,37 @@ int milter_enabled(const struct conf *cf)
 	return cf->smtpd_milters.n > 0;
 }
 
+/* unclosed - a '{' without '}' was split as text (conf_list_split):
+ * err names the items from it on, as written. */
+static void unclosed(const struct conf *cf, int i, char *err, size_t errlen)
+{
+	const struct conf_list *l = &cf->smtpd_milters;
+	const char *v = l->v[i];
+	if (v[strlen(v) - 1] == '}')
+		return;
+	struct strbuf b = { 0 };
+	for (int k = i; k < l->n; k++) {
+		if (k > i)
+			sb_add(&b, " ", 1);
+		sb_add(&b, l->v[k], strlen(l->v[k]));
+	}
+	snprintf(err, errlen, "smtpd_milters: \"%.300s\": \"{\" without \"}\" (perimd.conf(5))", sb_str(&b));
+	sb_free(&b);
+}
+
 /* milter_check - see milter.h. */
 int milter_check(const struct conf *cf, char *err, size_t errlen)
 {
 	for (int i = 0; i < cf->smtpd_milters.n; i++) {
-		const char *v = cf->smtpd_milters.v[i];
-		const char *colon = strrchr(v, ':');
-		if (!strncmp(v, "unix:", 5) && v[5] == '/' &&
-		    strlen(v + 5) < sizeof(struct sockaddr_un){ 0 }.sun_path)
-			continue;
-		if (!strncmp(v, "inet:", 5) && colon > v + 5 &&
-		    strspn(colon + 1, "0123456789") == strlen(colon + 1) && atoi(colon + 1) > 0 &&
-		    atoi(colon + 1) < 65536 && strlen(colon + 1) <= 5)
-			continue;
-		snprintf(err, errlen,
-			 "smtpd_milters: \"%s\" is not inet:HOST:PORT or unix:/path (perimd.conf(5))", v);
-		return -1;
+		struct milter_spec sp;
+		char e[768];
+		milter_spec_defaults(cf, &sp);
+		if (milter_spec_parse(cf->smtpd_milters.v[i], &sp, e, sizeof e) < 0) {
+			snprintf(err, errlen, "smtpd_milters: %s (perimd.conf(5))", e);
+			if (cf->smtpd_milters.v[i][0] == '{')
+				unclosed(cf, i, err, errlen);
+			return -1;
+		}
 	}
 	return 0;
 }
@@ -789,11 +808,19 @@ struct milter_txn *milter_txn_new(const struct conf *cf)
 	mt->n = cf->smtpd_milters.n;
 	mt->m = xcalloc((size_t)mt->n, sizeof *mt->m);
 	for (int i = 0; i < mt->n; i++) {
-		mt->m[i].name = cf->smtpd_milters.v[i];
-		mt->m[i].fd = -1;
-		mt->m[i].conn_timeout = (uint64_t)cf->milter_connect_timeout;
-		mt->m[i].cmd_timeout = (uint64_t)cf->milter_command_timeout;
-		mt->m[i].content_timeout = (uint64_t)cf->milter_content_timeout;
+		struct milter *m = &mt->m[i];
+		struct milter_spec sp;
+		char e[8];
+		milter_spec_defaults(cf, &sp);
+		if (milter_spec_parse(cf->smtpd_milters.v[i], &sp, e, sizeof e) < 0)
+			snprintf(sp.addr, sizeof sp.addr, "%s", cf->smtpd_milters.v[i]); /* never connects */
+		snprintf(m->name, sizeof m->name, "%s", sp.addr);
+		m->fd = -1;
+		m->conn_timeout = (uint64_t)sp.connect_timeout;
+		m->cmd_timeout = (uint64_t)sp.command_timeout;
+		m->content_timeout = (uint64_t)sp.content_timeout;
+		m->default_action = sp.default_action;
+		m->protocol = sp.protocol;
 	}
 	snprintf(mt->msgid_or_sess, sizeof mt->msgid_or_sess, "-");
 	return mt;

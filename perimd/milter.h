@@ -44,10 +44,12 @@ struct milter_env_mod {
 	char *which; /* the milter that asked */
 };
 
+#define MILTER_ADDR_MAX 256 /* a milter's address, NUL included */
+
 struct milter_result {
 	enum milter_act act;
 	char reply[1024];    /* REJECT/TEMPFAIL: CRLF-separated lines, no final CRLF */
-	char which[128];     /* the milter that decided, "" */
+	char which[128];     /* the milter that decided, "" (its address, cut) */
 	struct spool *spool; /* end of message: the modified copy, or NULL */
 	struct milter_env_mod *mods;
 	int nmods;
@@ -55,10 +57,28 @@ struct milter_result {
 
 typedef void milter_done_fn(void *arg, struct milter_result *r);
 
+/* One smtpd_milters item (milter_spec.c): its address and its settings,
+ * Postfix 3.0's "{ inet:HOST:PORT, command_timeout=10s, ... }"; what it
+ * does not set is the milter_* parameters'. */
+struct milter_spec {
+	char addr[MILTER_ADDR_MAX];                                  /* "inet:HOST:PORT" or "unix:/path" */
+	long long connect_timeout, command_timeout, content_timeout; /* ms */
+	int default_action;                                          /* enum conf_milter_default_action */
+	int protocol;                                                /* 2 to 6 */
+};
+/* milter_spec_defaults - the milter_* parameters' settings. */
+void milter_spec_defaults(const struct conf *cf, struct milter_spec *sp);
+/* milter_spec_parse - an item over the settings in *sp (its address
+ * set); 0, or -1 with err naming the item and what is wrong (an address
+ * that is not inet:HOST:PORT or unix:/path, a '{' without '}', an unknown
+ * setting, a value out of its bounds, default_action=quarantine). */
+int milter_spec_parse(const char *item, struct milter_spec *sp, char *err, size_t errlen);
+
 /* milter_enabled - smtpd_milters is set. */
 int milter_enabled(const struct conf *cf);
 /* milter_check - every smtpd_milters entry is inet:HOST:PORT or
- * unix:/path (perimd -t, start, reload); -1 with err. */
+ * unix:/path, alone or with its settings in braces (perimd -t, start,
+ * reload); -1 with err. */
 int milter_check(const struct conf *cf, char *err, size_t errlen);
 
 /* milter_txn_new - a transaction's milters, not yet connected. */

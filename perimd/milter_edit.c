@@ -470,7 +470,7 @@ static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struc
 			res->act = MILTER_REJECT;
 			snprintf(res->reply, sizeof res->reply,
 				 "554 5.7.1 Message quarantined by a content filter");
-			snprintf(res->which, sizeof res->which, "%s", m->name);
+			snprintf(res->which, sizeof res->which, "%.127s", m->name);
 			return 2;
 		}
 		return r == 2 || r < 0 ? r : 0;

@@ -18,16 +18,18 @@ struct conf_list;
 
 /* One milter of smtpd_milters within a transaction. */
 struct milter {
-	const char *name;     /* "inet:host:port" / "unix:/path" (the conf's) */
-	int fd;               /* -1: not connected */
-	unsigned started : 1; /* connect was tried */
-	unsigned done : 1;    /* accepted, or left out: not asked again */
-	unsigned broken : 1;  /* failed (milter_default_action applied) */
+	char name[MILTER_ADDR_MAX]; /* "inet:host:port" / "unix:/path" */
+	int fd;                     /* -1: not connected */
+	unsigned started : 1;       /* connect was tried */
+	unsigned done : 1;          /* accepted, or left out: not asked again */
+	unsigned broken : 1;        /* failed (its default_action applied) */
 	unsigned skip_body : 1;
 	uint32_t actions, pflags; /* negotiated */
 	int version;              /* negotiated: the lower of the two */
 	uint64_t conn_timeout, cmd_timeout, content_timeout;
-	char *rbuf; /* the last packet read */
+	int default_action; /* enum conf_milter_default_action */
+	int protocol;       /* offered: 2 to 6 */
+	char *rbuf;         /* the last packet read */
 	uint32_t rcap;
 	char err[160];
 };

@@ -337,30 +337,25 @@ static int service_add(const struct conf *c, struct psvc_conf *pc, const char *i
 	return settings ? psvc_settings_parse(&pc->v[pc->n - 1], settings, err, errlen) : 0;
 }
 
-/* braced - the items of "{ SERVICE, settings }" from l->v[*i] on (the
- * list was split at commas and blanks): the service, the settings joined
- * by spaces, *i left on the closing item. -1 without the '}'. */
-static int braced(const struct conf_list *l, int *i, char **svc, struct strbuf *settings)
+/* braced - the service and settings of an item "{ SERVICE, settings }"
+ * (one item of the list, conf_list_split): the settings joined by
+ * spaces. -1 when the '{' has no '}'. */
+static int braced(const char *item, char **svc, struct strbuf *settings)
 {
+	struct conf_list in;
 	*svc = NULL;
-	for (; *i < l->n; (*i)++) {
-		const char *t = l->v[*i];
-		size_t n = strlen(t);
-		int close = n && t[n - 1] == '}';
-		if (t[0] == '{')
-			t++, n--;
-		if (close && n)
-			n--;
-		if (n && !*svc)
-			*svc = xstrndup(t, n);
-		else if (n) {
-			sb_add(settings, " ", 1);
-			sb_add(settings, t, n);
+	if (conf_brace_items(item, &in) < 0)
+		return -1;
+	for (int k = 0; k < in.n; k++) {
+		if (!k) {
+			*svc = xstrdup(in.v[k]);
+			continue;
 		}
-		if (close)
-			return 0;
+		sb_add(settings, " ", 1);
+		sb_add(settings, in.v[k], strlen(in.v[k]));
 	}
-	return -1;
+	conf_list_free(&in);
+	return 0;
 }
 
 /* psvc_load - see psvc.h. */
@@ -387,7 +382,7 @@ int psvc_load(const struct conf *c, struct psvc_conf *pc, char *err, size_t errl
 		if (l->v[i][0] == '{') {
 			char *svc;
 			struct strbuf set = { 0 };
-			rc = braced(l, &i, &svc, &set);
+			rc = braced(l->v[i], &svc, &set);
 			if (rc < 0 || !svc)
 				snprintf(e2, sizeof e2, "%s",
 					 rc < 0 ? "\"{\" without \"}\"" : "\"{ }\" names no service");

@@ -114,7 +114,7 @@ STAT(grey_db_errors, COUNTER, "perimd_greylist_db_errors_total", "", "greylist d
 STAT(grey_db_queries, COUNTER, "perimd_greylist_db_queries_total", "", "round trips to a mysql: greylist database (a multi-statement query is one)")
 STAT(grey_db_batches, COUNTER, "perimd_greylist_db_batches_total", "", "greylist store calls that decided several RCPTs waiting at once (one transaction, one round trip)")
 STAT(grey_db_batched, COUNTER, "perimd_greylist_db_batched_total", "", "RCPTs decided in those calls")
-STAT(grey_awl_skipped, COUNTER, "perimd_greylist_awl_counts_skipped_total", "", "accepted messages not sent to the greylist store: their network's message counted on this box within greylist_auto_whitelist_interval")
+STAT(grey_awl_skipped, COUNTER, "perimd_greylist_awl_counts_skipped_total", "", "accepted messages not sent to the greylist store: it would not count their network yet (its last count is within greylist_auto_whitelist_interval)")
 STAT(grey_db_retry_conflict, COUNTER, "perimd_greylist_db_retries_total", "reason=\"conflict\"", "greylist database statements tried again: a write conflict (deadlock 1213, Galera certification) or lock wait, or a node unusable (connection lost, WSREP not ready 1047: the next host)")
 STAT(grey_db_retry_node, COUNTER, "perimd_greylist_db_retries_total", "reason=\"node\"", "")
 

@@ -9,7 +9,11 @@ is an early retry; after the delay it passes there, and then on the
 first box from the rows as they are: a passed triplet seen again soon is
 read, never written again; the row count stays exact. Messages accepted
 from one network within greylist_auto_whitelist_interval count toward
-the auto-whitelist once, without a store call for the others."""
+the auto-whitelist once, without a store call for the others; the
+interval is the store's (every box's counts move it), so a box sends a
+count the store would take even when it counted the network itself
+less than an interval ago; a count that failed is sent again by the
+next message."""
 
 import re
 import socket
@@ -122,8 +126,88 @@ def test_accepted_messages_count_once_per_interval(perimd_factory, sink, mariadb
                  greylist_auto_whitelist_count="3", greylist_auto_whitelist_interval="1h")
     assert tg.rcpt(p, "127.0.0.5")[0] == 451
     time.sleep(1.1)
-    for _ in range(3):
+    for i in range(3):
         r, d = tg.rcpt(p, "127.0.0.5", data=True)
         assert r[0] == 250 and d[0] == 250, (r, d)
+        if i == 0:   # the box skips only after the store answered
+            assert wait_for(lambda: awl_row(mariadb, "greyawl") == "1", 10)
     assert wait_for(lambda: tg.metrics(p).get("perimd_greylist_awl_counts_skipped_total") == 2, 10)
     assert my_value(mariadb, "SELECT cnt FROM awl", db="greyawl") == "1"
+
+
+def awl_row(m, db, cols="cnt"):
+    return my_value(m, "SELECT %s FROM awl" % cols, db=db)
+
+
+def store_cf(m, tmp_path, db):
+    m.sql("CREATE DATABASE %s" % db)
+    cf = tmp_path / ("%s.cf" % db)
+    cf.write_text("hosts = 127.0.0.1:%d\nuser = root\npassword =\ndbname = %s\n" % (m.port, db))
+    return "mysql:%s" % cf
+
+
+def accept(p, source):
+    r, d = tg.rcpt(p, source, data=True)
+    assert r[0] == 250 and d[0] == 250, (r, d)
+
+
+def skipped(p):
+    return tg.metrics(p).get("perimd_greylist_awl_counts_skipped_total", 0)
+
+
+def test_awl_interval_is_the_stores(perimd_factory, sink, mariadb, tmp_path):
+    """Box A counts network N at t0; box B's message at t0 + I/2 is not
+    counted by the store (B learns: again from t0 + I); B's message at
+    t0 + I + a bit is counted -- the second count, so N is auto-whitelisted
+    after two counts the store's way, not an interval later (B marking
+    itself until t1 + I would skip it)."""
+    iv = 4.0
+    db = store_cf(mariadb, tmp_path, "greyfleetawl")
+    a, b = (tg.start(perimd_factory, sink, greylist_database=db, greylist_delay="1s",
+                     greylist_auto_whitelist_count="2",
+                     greylist_auto_whitelist_interval="%ds" % iv) for _ in range(2))
+    assert tg.rcpt(a, "127.0.0.5")[0] == 451
+    time.sleep(1.1)
+    accept(a, "127.0.0.5")
+    assert wait_for(lambda: awl_row(mariadb, "greyfleetawl") == "1", 10)
+    t0 = time.monotonic()
+    att_a = awl_row(mariadb, "greyfleetawl", "att")
+    time.sleep(iv / 2)
+    accept(b, "127.0.0.6")   # the same /24: within the store's interval
+    assert wait_for(lambda: awl_row(mariadb, "greyfleetawl", "att") != att_a, 10)
+    assert awl_row(mariadb, "greyfleetawl") == "1"
+    time.sleep(max(0.0, t0 + iv + 0.3 - time.monotonic()))
+    accept(b, "127.0.0.7")
+    assert wait_for(lambda: awl_row(mariadb, "greyfleetawl") == "2", 10), \
+        "box B skipped a count the store would take"
+    assert skipped(b) == 0
+    # Two counts: N is auto-whitelisted on both boxes, any triplet passes.
+    for p in (b, a):
+        assert wait_for(lambda: tg.rcpt(p, "127.0.0.8", sender="new@other.example",
+                                        to="x%d@example.com" % time.monotonic_ns())[0] == 250, 10)
+    assert tg.grey_count(a, "auto_whitelisted") >= 1 and tg.grey_count(b, "auto_whitelisted") >= 1
+
+
+def test_failed_awl_count_is_retried(perimd_factory, sink, mariadb, tmp_path):
+    """A count the store refuses (a trigger on awl fails every write)
+    marks nothing: the next message from the network sends it again."""
+    db = store_cf(mariadb, tmp_path, "greyawlfail")
+    p = tg.start(perimd_factory, sink, greylist_database=db, greylist_delay="1s",
+                 greylist_auto_whitelist_count="3", greylist_auto_whitelist_interval="1h")
+    assert tg.rcpt(p, "127.0.0.5")[0] == 451
+    time.sleep(1.1)
+    my_value(mariadb, "CREATE TRIGGER awl_fault BEFORE INSERT ON awl FOR EACH ROW "
+             "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'awl fault'", db="greyawlfail")
+    errors = tg.metrics(p).get("perimd_greylist_db_errors_total", 0)
+    accept(p, "127.0.0.5")
+    assert wait_for(lambda: tg.metrics(p).get("perimd_greylist_db_errors_total", 0) > errors, 10)
+    assert p.wait_log(r"greylist database failing: .*awl fault")
+    assert awl_row(mariadb, "greyawlfail") == ""
+    my_value(mariadb, "DROP TRIGGER awl_fault", db="greyawlfail")
+    accept(p, "127.0.0.5")
+    assert wait_for(lambda: awl_row(mariadb, "greyawlfail") == "1", 10), \
+        "the failed count was not sent again"
+    assert skipped(p) == 0
+    # Counted now: a third message within the interval is skipped.
+    accept(p, "127.0.0.5")
+    assert wait_for(lambda: skipped(p) == 1, 10)

@@ -537,6 +537,36 @@ TEST(snapshot_refcount)
 	CHECK(conf_acquire() == NULL);
 }
 
+/* brace_groups - a list item "{ ... }" is one item, braces and all;
+ * an unclosed '{' or one glued to text is split as text. */
+TEST(brace_groups)
+{
+	struct conf_list l = conf_list_split("{ inet:h:1, a=b } , unix:/x {daemon_name} j");
+	CHECK_INT(l.n, 4);
+	if (l.n == 4) {
+		CHECK_STR(l.v[0], "{ inet:h:1, a=b }");
+		CHECK_STR(l.v[1], "unix:/x");
+		CHECK_STR(l.v[2], "{daemon_name}");
+		CHECK_STR(l.v[3], "j");
+	}
+	struct conf_list in;
+	CHECK_INT(conf_brace_items(l.v[0], &in), 0);
+	CHECK_INT(in.n, 2);
+	if (in.n == 2)
+		CHECK_STR(in.v[1], "a=b");
+	conf_list_free(&in);
+	CHECK_INT(conf_brace_items(l.v[1], &in), -1);
+	conf_list_free(&l);
+	l = conf_list_split("{ a, b {a}x, }y z");
+	CHECK_INT(l.n, 6);
+	if (l.n == 6) {
+		CHECK_STR(l.v[0], "{");
+		CHECK_STR(l.v[3], "{a}x");
+		CHECK_STR(l.v[4], "}y");
+	}
+	conf_list_free(&l);
+}
+
 int main(void)
 {
 	snprintf(tmpdir, sizeof tmpdir, "/tmp/test_conf.XXXXXX");
@@ -558,6 +588,7 @@ int main(void)
 	RUN(dump_roundtrip);
 	RUN(dump_without_raw);
 	RUN(snapshot_refcount);
+	RUN(brace_groups);
 	char cmd[128];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
 	if (system(cmd) != 0)

@@ -191,12 +191,14 @@ TEST(test_awl)
 		return;
 	struct grey_key n;
 	grey_net_key("192.0.2.0/24", &n);
-	int64_t t0 = 1700000000 * S, cnt = -1, hour = 3600 * S;
-	CHECK_INT(st->ops->awl_pass(st, &n, t0, hour, RETAIN, &cnt, err, sizeof err), 0);
+	int64_t t0 = 1700000000 * S, cnt = -1, wait = -1, hour = 3600 * S;
+	CHECK_INT(st->ops->awl_pass(st, &n, t0, hour, RETAIN, &cnt, &wait, err, sizeof err), 0);
 	CHECK_INT(cnt, 1);
-	CHECK_INT(st->ops->awl_pass(st, &n, t0 + 10 * S, hour, RETAIN, &cnt, err, sizeof err), 0);
+	CHECK_INT(wait, hour); /* counts again an interval after its last count */
+	CHECK_INT(st->ops->awl_pass(st, &n, t0 + 10 * S, hour, RETAIN, &cnt, &wait, err, sizeof err), 0);
 	CHECK_INT(cnt, 1);  /* within the interval: not counted */
-	CHECK_INT(st->ops->awl_pass(st, &n, t0 + hour, hour, RETAIN, &cnt, err, sizeof err), 0);
+	CHECK_INT(wait, hour - 10 * S); /* timed from the last count, not this call */
+	CHECK_INT(st->ops->awl_pass(st, &n, t0 + hour, hour, RETAIN, &cnt, &wait, err, sizeof err), 0);
 	CHECK_INT(cnt, 2);
 	/* The decision reads the count of the client's network. */
 	struct grey_answer a;
@@ -204,13 +206,14 @@ TEST(test_awl)
 	CHECK_INT(a.awl_count, 2);
 	/* Interval 0: every accepted message counts. */
 	for (int i = 0; i < 3; i++)
-		st->ops->awl_pass(st, &n, t0 + hour + i, 0, RETAIN, &cnt, err, sizeof err);
+		st->ops->awl_pass(st, &n, t0 + hour + i, 0, RETAIN, &cnt, &wait, err, sizeof err);
 	CHECK_INT(cnt, 5);
+	CHECK_INT(wait, 0);
 	/* After the retention without a pass the network starts over. */
 	int64_t late = t0 + hour + 2 + RETAIN + 1;
 	check_at(st, "r@example.com", late, &a);
 	CHECK_INT(a.awl_count, 0);
-	CHECK_INT(st->ops->awl_pass(st, &n, late, hour, RETAIN, &cnt, err, sizeof err), 0);
+	CHECK_INT(st->ops->awl_pass(st, &n, late, hour, RETAIN, &cnt, &wait, err, sizeof err), 0);
 	CHECK_INT(cnt, 1);
 	st->ops->close(st);
 }
@@ -355,7 +358,7 @@ TEST(test_evict)
 	if (!st)
 		return;
 	struct grey_answer a;
-	int64_t t0 = 1700000000 * S, cnt = 0;
+	int64_t t0 = 1700000000 * S, cnt = 0, wait = 0;
 	const char *P = "203.0.113.0/24", *A = "192.0.2.0/24", *B = "198.51.100.0/24",
 		   *C = "10.1.0.0/24", *D = "10.2.0.0/24";
 	const int64_t L = 3, M = 6;
@@ -364,7 +367,7 @@ TEST(test_evict)
 	CHECK_INT(qcheck(st, P, "p@example.com", t0 + DELAY, L, M, &a), GREY_PASS);
 	struct grey_key pn;
 	grey_net_key(P, &pn);
-	CHECK_INT(st->ops->awl_pass(st, &pn, t0 + DELAY, 0, RETAIN, &cnt, err, sizeof err), 0);
+	CHECK_INT(st->ops->awl_pass(st, &pn, t0 + DELAY, 0, RETAIN, &cnt, &wait, err, sizeof err), 0);
 	/* A: over its quota (three rows stored). */
 	for (int i = 0; i < 4; i++) {
 		char r[64];

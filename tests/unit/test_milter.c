@@ -3,10 +3,12 @@
  * (milter_pkt_parse, milter_reply_text): what a milter may answer, what
  * perimd makes of it, what it refuses.
  */
+#include "conf_enum.h"
 #include "milter.h"
 #include "t.h"
 
 #include <stdint.h>
+#include <string.h>
 
 /* parse - a packet payload given as a literal (its NULs kept). */
 #define parse(lit, pk) milter_pkt_parse(lit, sizeof(lit) - 1, pk)
@@ -69,10 +71,64 @@ TEST(reply_codes)
 	CHECK(milter_reply_text("", out, sizeof out) < 0);
 }
 
+/* spec - parse item over the defaults (30s, 30s, 300s, tempfail, 6). */
+static int spec(const char *item, struct milter_spec *sp, char *err, size_t errlen)
+{
+	*sp = (struct milter_spec){ .connect_timeout = 30000, .command_timeout = 30000,
+				    .content_timeout = 300000, .default_action = MILTER_DEFAULT_TEMPFAIL,
+				    .protocol = 6 };
+	err[0] = 0;
+	return milter_spec_parse(item, sp, err, errlen);
+}
+
+/* per_milter_settings - Postfix 3.0's { } items: each setting over the
+ * defaults, blanks around '=' allowed; bad ones named. */
+TEST(per_milter_settings)
+{
+	struct milter_spec sp;
+	char err[512];
+	CHECK_INT(spec("inet:127.0.0.1:8891", &sp, err, sizeof err), 0);
+	CHECK_STR(sp.addr, "inet:127.0.0.1:8891");
+	CHECK_INT(sp.command_timeout, 30000);
+	CHECK_INT(spec("{ inet:127.0.0.1:8891, connect_timeout=10s, command_timeout=2s, content_timeout=100s, "
+		       "default_action=accept, protocol=4 }",
+		       &sp, err, sizeof err),
+		  0);
+	CHECK_STR(sp.addr, "inet:127.0.0.1:8891");
+	CHECK_INT(sp.connect_timeout, 10000);
+	CHECK_INT(sp.command_timeout, 2000);
+	CHECK_INT(sp.content_timeout, 100000);
+	CHECK_INT(sp.default_action, MILTER_DEFAULT_ACCEPT);
+	CHECK_INT(sp.protocol, 4);
+	CHECK_INT(spec("{unix:/run/m.sock default_action = reject}", &sp, err, sizeof err), 0);
+	CHECK_STR(sp.addr, "unix:/run/m.sock");
+	CHECK_INT(sp.default_action, MILTER_DEFAULT_REJECT);
+	CHECK_INT(sp.command_timeout, 30000);
+	static const char *const bad[][2] = {
+		{ "{ inet:h:1, default_action=quarantine }", "quarantine is refused" },
+		{ "{ inet:h:1, foo=1 }", "foo: unknown setting" },
+		{ "{ inet:h:1, command_timeout=abc }", "command_timeout=abc: not a time" },
+		{ "{ inet:h:1, command_timeout=50ms }", "below the minimum" },
+		{ "{ inet:h:1, content_timeout=1h }", "above the maximum" },
+		{ "{ inet:h:1, protocol=7 }", "protocol=7: not a protocol version" },
+		{ "{ inet:h:1, command_timeout }", "expected name=value" },
+		{ "{ inet:h:1", "\"{\" without \"}\"" },
+		{ "{ }", "names no milter" },
+		{ "{ inet:h, protocol=6 }", "\"inet:h\" is not inet:HOST:PORT" },
+		{ "foo", "\"foo\" is not inet:HOST:PORT" },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		CHECK_INT(spec(bad[i][0], &sp, err, sizeof err), -1);
+		CHECK(strstr(err, bad[i][1]) != NULL);
+		CHECK(!strncmp(err, "\"", 1) && strstr(err, bad[i][0]) != NULL); /* names the item */
+	}
+}
+
 int main(void)
 {
 	RUN(verdicts_and_optneg);
 	RUN(changes);
 	RUN(reply_codes);
+	RUN(per_milter_settings);
 	return t_done();
 }
