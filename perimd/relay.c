@@ -752,6 +752,7 @@ static void req_free(struct relay_req *r)
 	struct relay_loop *rl = r->rl;
 
 	ev_defer_cancel(rl->loop, &r->startd);
+	ev_defer_cancel(rl->loop, &r->mored);
 	ev_timer_stop(rl->loop, &r->waitt);
 	dnsmx_cancel(r->mxq);
 	dnsmx_list_free(r->mx);
@@ -775,6 +776,8 @@ void req_finish(struct relay_req *r)
 	 * took (or last refused) the message, not the first that failed. */
 	if (r->dest)
 		relay_copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
+	if (r->msg->stream && !r->final_sent)
+		r->res.code = 0; /* unfinished: the session replays the message */
 	stats_observe_since(SH_backend, r->t_attempt, ev_now(r->rl->loop));
 	r->in_done = 1;
 	r->done(r->arg, &r->res);
@@ -806,7 +809,52 @@ void req_fail(struct relay_req *r, int code, const char *enh, const char *text)
 void req_abandon(struct relay_req *r)
 {
 	req_set(r, 0, "", "abandoned: the message was refused");
+	if (r->msg->stream) { /* inside DATA RSET would be body text: closed */
+		req_stream_detach(r);
+		req_log(r, "abandoned", "the message was refused during the relay");
+		req_finish(r);
+		return;
+	}
 	req_end(r, 1, "abandoned", "the message was refused during the relay");
+}
+
+/* req_stream_detach - take a stream's connection off, its transaction
+ * unfinished: pooled after RSET where that is clean (nothing sent yet,
+ * BDAT chunks all answered, or their replies still due on a PIPELINING
+ * backend: RSET goes right after them and their replies are skipped),
+ * else closed (inside DATA, or mid-envelope). 1 when kept. */
+int req_stream_detach(struct relay_req *r)
+{
+	struct bconn *b = r->b;
+
+	if (!b)
+		return 0;
+	int due = r->bdat_sent - r->bdat_acked;
+	int pipelined = (b->caps & SMTP_CAP_PIPELINING) != 0;
+
+	if (!r->final_sent && !r->in_data &&
+	    (b->state == B_READY ||
+	     (r->chunked && (b->state == B_HOLD || b->state == B_BDAT) && (due == 0 || pipelined)))) {
+		b->skip = due; /* due > 0: B_BDAT, so the RSET path below */
+		req_detach(r, 1);
+		return 1;
+	}
+	req_detach(r, 0);
+	return 0;
+}
+
+/* req_stream_end - give a stream up before its end (the backend failed or
+ * refused it, or slow: the client is too slow): done() gets code 0 and the
+ * message is replayed from the spool after the final dot. */
+void req_stream_end(struct relay_req *r, int slow)
+{
+	stats_inc(slow ? ST_stream_ab_slow : ST_stream_ab_backend);
+	req_stream_detach(r);
+	req_set(r, 0, "", "stream given up");
+	req_log(r, "unfinished",
+		slow ? "client too slow for relay_while_receiving; replayed after the final dot"
+		     : "stream failed before the end; replayed after the final dot");
+	req_finish(r);
 }
 
 /* req_detach - take the connection off the request: RSET and pool it
@@ -832,7 +880,11 @@ void req_detach(struct relay_req *r, int release)
 	int clean = b->clean && b->state == B_DOT;
 
 	b->clean = 0;
-	if (b->state == B_READY || (clean && !TAILQ_EMPTY(&b->pool->waiters))) {
+	/* With relay_while_receiving a clean connection is idle at once too,
+	 * so that the session's next message, a few round trips later, finds
+	 * it for its stream. */
+	if (b->state == B_READY ||
+	    (clean && (!TAILQ_EMPTY(&b->pool->waiters) || r->msg->conf->relay_while_receiving))) {
 		bconn_release_ok(b);
 		return;
 	}
@@ -942,6 +994,7 @@ void bconn_release_ok(struct bconn *b)
 	struct relay_req *w = TAILQ_FIRST(&p->waiters);
 
 	b->req = NULL;
+	b->skip = 0;
 	if (w) {
 		TAILQ_REMOVE(&p->waiters, w, wlink);
 		w->waiting = NULL;
@@ -1077,7 +1130,7 @@ void bconn_fail(struct bconn *b, const char *why)
 	snprintf(text, sizeof(text), "%s at %s", why, relay_bstate_name[b->state]);
 	/* A pooled connection the backend closed while idle shows up as an
 	 * error before its first reply: try the same backend again. */
-	if (b->ntxn > 1 &&
+	if (b->ntxn > 1 && !r->msg->stream &&
 	    ((b->state == B_MAIL && r->nreplies == 0) || (b->state == B_XFORWARD && r->xf_replies == 0)) &&
 	    r->stale < RELAY_STALE_RETRIES) {
 		r->stale++;
@@ -1131,6 +1184,10 @@ static void bconn_timeout(void *arg)
 		bconn_close(b, 1);
 		return;
 	}
+	if (b->req && b->req->starved) { /* the client stalled, not the backend */
+		req_stream_end(b->req, 1);
+		return;
+	}
 	bconn_fail(b, "timeout");
 }
 
@@ -1163,9 +1220,9 @@ static void req_wait_timeout(void *arg)
 	req_fail(r, 451, "4.4.5", text);
 }
 
-/* idle_take - idle connection b of pool p serves r: out of the idle
- * list and its idle timer, the transaction started. */
-static void idle_take(struct pool *p, struct bconn *b, struct relay_req *r)
+/* idle_claim - idle connection b of pool p is r's: out of the idle list
+ * and its idle timer. */
+static void idle_claim(struct pool *p, struct bconn *b, struct relay_req *r)
 {
 	TAILQ_REMOVE(&p->idle, b, link);
 	dest_adjust(p->dest, p->rl->loop, 0, -1);
@@ -1173,6 +1230,13 @@ static void idle_take(struct pool *p, struct bconn *b, struct relay_req *r)
 	b->req = r;
 	b->state = B_READY;
 	r->b = b;
+}
+
+/* idle_take - idle connection b of pool p serves r: claimed, the
+ * transaction started. */
+static void idle_take(struct pool *p, struct bconn *b, struct relay_req *r)
+{
+	idle_claim(p, b, r);
 	txn_start(r);
 }
 
@@ -1314,6 +1378,10 @@ static void req_next_target(struct relay_req *r)
 		req_abandon(r);
 		return;
 	}
+	if (r->msg->stream && r->target >= 0) { /* no failover: replayed later */
+		req_stream_end(r, 0);
+		return;
+	}
 	for (;;) {
 		const char *why = NULL;
 		const char *t = NULL;
@@ -1412,10 +1480,9 @@ static void req_start(void *arg)
 
 /* ---- public interface --------------------------------------------------- */
 
-/* relay_send - start delivery; done() runs later, exactly once. */
-struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_done_fn *done, void *arg)
+/* req_new - a request of this loop's relay. */
+static struct relay_req *req_new(struct relay_loop *rl, struct relay_msg *msg, relay_done_fn *done, void *arg)
 {
-	struct relay_loop *rl = rl_get(loop);
 	struct relay_req *r = xcalloc(1, sizeof(*r));
 
 	r->rl = rl;
@@ -1424,10 +1491,107 @@ struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_
 	r->arg = arg;
 	r->target = -1;
 	r->has8bit = -1;
-	r->t_start = r->t_attempt = ev_now(loop);
+	r->t_start = r->t_attempt = ev_now(rl->loop);
 	rl->nreq++;
+	return r;
+}
+
+/* relay_send - start delivery; done() runs later, exactly once. */
+struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_done_fn *done, void *arg)
+{
+	struct relay_loop *rl = rl_get(loop);
+	struct relay_req *r = req_new(rl, msg, done, arg);
+
 	ev_defer(loop, &r->startd, req_start, r);
 	return r;
+}
+
+/* dest_unwaited - no loop has a request waiting for a connection to d. */
+static int dest_unwaited(struct relay_dest *d)
+{
+	int waiting = 0;
+
+	pthread_mutex_lock(&d->mu);
+	for (int i = 0; i < d->nloops; i++)
+		waiting += d->loops[i].waiting;
+	pthread_mutex_unlock(&d->mu);
+	return waiting == 0;
+}
+
+/* stream_begin - deferred, so done() never runs inside relay_stream(). */
+static void stream_begin(void *arg)
+{
+	struct relay_req *r = arg;
+
+	txn_start(r);
+}
+
+/* relay_stream - see relay.h. */
+struct relay_req *relay_stream(struct ev_loop *loop, struct relay_msg *msg, relay_done_fn *done, void *arg)
+{
+	struct relay_loop *rl = rl_get(loop);
+	const struct conf_list *l = msg->backends;
+	const char *why = NULL;
+	struct relay_dest *d;
+	struct pool *p;
+	struct bconn *b;
+
+	if (rl->shutdown || !l || l->n == 0 || msg->nrcpt <= 0 || !envelope_clean(msg))
+		return NULL;
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	char name[INET6_ADDRSTRLEN + 16];
+
+	/* Addresses only: a host name would have to be looked up first. */
+	if (target_parse(l->v[0], &ss, &sl, name, sizeof(name), &why) < 0 || !(d = dest_get(l->v[0], &why)))
+		return NULL;
+	if (!(p = pool_find(rl, d)) || !(b = TAILQ_FIRST(&p->idle)) || !dest_unwaited(d))
+		return NULL;
+	struct relay_req *r = req_new(rl, msg, done, arg);
+
+	r->target = 0;
+	r->dest = d;
+	idle_claim(p, b, r);
+	ev_defer(loop, &r->startd, stream_begin, r);
+	return r;
+}
+
+/* stream_kick - more body, or the verdict, for a stream: go on where it
+ * waits. */
+static void stream_kick(void *arg)
+{
+	struct relay_req *r = arg;
+	struct bconn *b = r->b;
+
+	if (!b)
+		return;
+	if (b->state == B_HOLD)
+		req_hold_point(r);
+	else if (b->state == B_BDAT)
+		bconn_bdat_fill(b);
+	else if (b->state == B_BODY)
+		body_fill(b);
+}
+
+/* relay_stream_more - see relay.h. */
+void relay_stream_more(struct relay_req *r)
+{
+	if (r && !r->in_done)
+		ev_defer(r->rl->loop, &r->mored, stream_kick, r);
+}
+
+/* relay_stream_drop - see relay.h. */
+int relay_stream_drop(struct relay_req *r)
+{
+	if (!r || r->in_done)
+		return 0;
+	int kept = req_stream_detach(r);
+
+	req_log(r, "abandoned",
+		kept ? "the message was not completed; the connection was reset"
+		     : "the message was not completed; the connection was closed");
+	req_free(r);
+	return kept;
 }
 
 /* req_release_cb - relay_release()'s verdict, applied from the loop: at
@@ -1449,7 +1613,10 @@ void relay_release(struct relay_req *r, int go)
 	if (!r || r->in_done || r->release)
 		return;
 	r->release = go ? 1 : -1;
-	ev_defer(r->rl->loop, &r->startd, req_release_cb, r);
+	if (r->msg->stream)
+		ev_defer(r->rl->loop, &r->mored, stream_kick, r);
+	else
+		ev_defer(r->rl->loop, &r->startd, req_release_cb, r);
 }
 
 /* relay_cancel - the session is gone: abandon the request. */

@@ -70,6 +70,8 @@ struct relay_msg {
 	const struct relay_client *client; /* for XFORWARD, or NULL */
 	int hold;                          /* relay_scan_overlap: stop short of ending the transaction
 		     until relay_release() (see there) */
+	int stream;                        /* relay_while_receiving: sent with relay_stream(), see there */
+	int growing;                       /* stream: the session still appends to body (size 0: no SIZE=) */
 };
 
 struct relay_result {
@@ -110,6 +112,33 @@ int relay_route_check(const char *value, char *why, size_t whylen);
  * relay_cancel() was called first. msg and everything it points to MUST
  * stay valid until then. */
 struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_done_fn *done, void *arg);
+/* relay_stream - relay_while_receiving: start relaying a message whose
+ * body is still being received (msg->stream and msg->growing set, body a
+ * spool the session appends to), but only over an idle pooled connection
+ * to the first backend of msg->backends that this loop has right now and
+ * no other request waits for: NULL otherwise (nothing waits, nothing is
+ * opened). The envelope is replayed, then the body goes as it arrives
+ * (relay_stream_more()): BDAT chunks to a backend offering CHUNKING, else
+ * DATA and the body dot-stuffed. The transaction is completed (`BDAT 0
+ * LAST` or the final dot) only after the session cleared msg->growing and
+ * called relay_release(r, 1). There is no failover: whatever ends the
+ * stream before the final dot went out (a backend failure or refusal, a
+ * client slower than RELAY_STREAM_STALL_MS between two pieces of body or
+ * still sending after RELAY_STREAM_MAX_MS) makes done() run with code 0,
+ * and the message is then to be relayed from the spool as usual
+ * (relay_send()). Once the final dot went out done() has the outcome as
+ * relay_send()'s would. */
+struct relay_req *relay_stream(struct ev_loop *loop, struct relay_msg *msg, relay_done_fn *done, void *arg);
+/* relay_stream_more - the session appended to a streamed body, or
+ * cleared msg->growing: the relay sends what is new (from the loop). */
+void relay_stream_more(struct relay_req *r);
+/* relay_stream_drop - the session no longer wants a streamed message
+ * (refused, client gone, session closed): the transaction is abandoned
+ * unfinished and done() never runs; msg is not touched after this call.
+ * With CHUNKING the connection is reset (RSET after the chunks sent are
+ * answered) and pooled; inside DATA it is closed (RSET there would be
+ * body text). Returns 1 when the connection is kept. */
+int relay_stream_drop(struct relay_req *r);
 /* relay_release - the verdict on a message sent with msg->hold (the
  * scan ran while the relay did): go = 1 ends the transaction (`BDAT 0
  * LAST` after the chunks, or DATA and the body when the backend lacks

@@ -23,6 +23,14 @@
 /* New connections to one backend being set up at once, while others of
  * it are up (and will come free for the messages that wait meanwhile). */
 #define RELAY_CONNECT_BURST 8
+/* relay_while_receiving: a stream holds its backend connection only while
+ * the client keeps sending. It is given up (the message then replayed
+ * after the final dot) when no new body arrived for RELAY_STREAM_STALL_MS,
+ * or the body is still arriving RELAY_STREAM_MAX_MS after DATA. */
+#define RELAY_STREAM_STALL_MS 1000
+#define RELAY_STREAM_MAX_MS 30000
+/* Fewer body bytes than this wait for more before a BDAT chunk goes. */
+#define RELAY_STREAM_MIN_CHUNK (8 * 1024)
 
 /* ---- process-wide backend table ----------------------------------------- */
 
@@ -114,6 +122,7 @@ struct bconn {
 					 complete reply (a long one in bits) */
 	int ntxn;         /* transactions started on it */
 	int clean;  /* last transaction ended with 2xx to the final dot: another may follow without RSET */
+	int skip;   /* B_RSET: replies still due before the RSET's (chunks) */
 	int slot;   /* holds one of dest->open */
 	int making; /* counted in dest->making */
 	uint64_t idle_ms;           /* relay_idle_timeout of its last user */
@@ -130,6 +139,7 @@ struct relay_req {
 	relay_done_fn *done;
 	void *arg;
 	struct ev_defer startd;
+	struct ev_defer mored; /* stream: relay_stream_more(), relay_release() */
 	struct ev_timer waitt; /* pool wait */
 	struct pool *waiting;  /* the pool whose waiters hold us */
 	struct bconn *b;
@@ -149,6 +159,9 @@ struct relay_req {
 	uint64_t body_off;
 	int release;               /* relay_release(): 0 not yet, 1 go, -1 abandon */
 	int chunked;               /* the body goes as BDAT chunks (RFC 3030) */
+	int in_data;               /* stream: DATA accepted, the body goes dot-stuffed */
+	int final_sent;            /* the final dot or BDAT LAST went out */
+	int starved;               /* stream: everything received is sent; waiting */
 	int bdat_sent, bdat_acked; /* BDAT chunks written, answered */
 	struct smtp_stuff stuff;   /* dot-stuffing and smtp_line_length_limit */
 	unsigned capmiss;          /* SMTP_CAP_* a skipped backend lacked */
@@ -186,6 +199,8 @@ void req_finish(struct relay_req *r);
 void req_end(struct relay_req *r, int release, const char *status, const char *reply);
 void req_pass_on(struct relay_req *r, const struct smtp_reply *rep, const char *said, const char *default_enh);
 void req_abandon(struct relay_req *r);
+void req_stream_end(struct relay_req *r, int slow);
+int req_stream_detach(struct relay_req *r);
 void req_set(struct relay_req *r, int code, const char *enh, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

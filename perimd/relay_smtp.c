@@ -51,7 +51,7 @@ static void send_mail(struct relay_req *r)
 	const struct relay_msg *m = r->msg;
 	char size[40] = "";
 
-	if (b->caps & SMTP_CAP_SIZE) /* RFC 1870 §6 */
+	if ((b->caps & SMTP_CAP_SIZE) && m->size) /* RFC 1870 §6; unknown yet for a stream */
 		snprintf(size, sizeof(size), " SIZE=%llu", (unsigned long long)m->size);
 	conn_printf(b->c, "MAIL FROM:<%s>%s%s%s%s%s%s%s\r\n", m->sender, size,
 		    r->send_body8 ? " BODY=8BITMIME" : "", m->smtputf8 ? " SMTPUTF8" : "",
@@ -250,6 +250,7 @@ void txn_start(struct relay_req *r)
 	r->nreplies = 0;
 	r->naccept = 0;
 	r->chunked = 0;
+	r->in_data = r->final_sent = r->starved = 0;
 	r->bdat_sent = r->bdat_acked = 0;
 	b->idle_ms = (uint64_t)m->conf->relay_idle_timeout;
 	r->first_refused = -1;
@@ -274,8 +275,9 @@ void txn_start(struct relay_req *r)
 		if (b->caps & SMTP_CAP_8BITMIME) {
 			r->send_body8 = 1;
 		} else {
+			/* A body still arriving may yet hold 8-bit bytes. */
 			if (r->has8bit < 0)
-				r->has8bit = req_body_has_8bit(r);
+				r->has8bit = m->stream ? 1 : req_body_has_8bit(r);
 			if (r->has8bit) {
 				req_capmiss(r, SMTP_CAP_8BITMIME);
 				return;
@@ -316,15 +318,67 @@ static size_t body_next(struct relay_req *r, const void **p)
 	return n > RELAY_CHUNK ? RELAY_CHUNK : n;
 }
 
+/* stream_wait - a streamed body (relay_while_receiving) is sent as far as
+ * it was received, or at least as far as a chunk is worth, and more is to
+ * come: wait in state st for relay_stream_more(), no longer than
+ * RELAY_STREAM_STALL_MS once the backend has all we sent (then the stall
+ * is the client's: bconn_timeout gives the stream up), nor past
+ * RELAY_STREAM_MAX_MS since it began. -1 when the request ended. */
+static int stream_wait(struct relay_req *r, enum bstate st)
+{
+	struct bconn *b = r->b;
+	uint64_t now = ev_now(r->rl->loop);
+
+	if (now - r->t_start > RELAY_STREAM_MAX_MS) {
+		req_stream_end(r, 1);
+		return -1;
+	}
+	r->starved = conn_wpending(b->c) == 0;
+	bconn_stage(
+	    b, st,
+	    req_remaining(r, r->starved ? RELAY_STREAM_STALL_MS : (uint64_t)r->msg->conf->relay_timeout));
+	return 0;
+}
+
+/* stream_end_point - a streamed body in DATA is all sent: wait for more,
+ * for the verdict (B_HOLD), abandon it (the connection closed: RSET would
+ * be body text), or go on to the final dot (0). Not a stream: 0. */
+static int stream_end_point(struct relay_req *r)
+{
+	const struct relay_msg *m = r->msg;
+
+	if (!m->stream)
+		return 0;
+	if (r->release < 0) {
+		req_abandon(r);
+		return -1;
+	}
+	if (m->growing) {
+		stream_wait(r, B_BODY);
+		return -1;
+	}
+	if (r->release == 0) {
+		bconn_stage(r->b, B_HOLD, req_remaining(r, UINT64_MAX));
+		return -1;
+	}
+	return 0;
+}
+
 /* body_fill - stream the stored body, dot-stuffed (RFC 5321 §4.5.2), keeping
  * about RELAY_WINDOW bytes queued; the final ".\r\n" goes with the last
- * chunk. Each refill re-arms the stage timer. */
+ * chunk (for a stream: once the body is whole and relay_release() said go).
+ * Each refill re-arms the stage timer. */
 void body_fill(struct bconn *b)
 {
 	struct relay_req *r = b->req;
 	uint64_t size = spool_size(r->msg->body);
 	const struct conf *cf = r->msg->conf;
 
+	r->starved = 0;
+	if (r->msg->stream && r->release < 0) {
+		req_abandon(r);
+		return;
+	}
 	while (conn_wpending(b->c) < RELAY_WINDOW && r->body_off < size) {
 		const void *p;
 		size_t n = body_next(r, &p), used;
@@ -341,12 +395,15 @@ void body_fill(struct bconn *b)
 		bconn_stage(b, B_BODY, req_remaining(r, (uint64_t)cf->relay_timeout));
 		return;
 	}
+	if (stream_end_point(r) < 0)
+		return;
 	/* The canonical body ends in CRLF; one that does not gets it, so the
 	 * dot is on a line of its own (RFC 5321 §4.1.1.4). */
 	if (!r->stuff.at_line_start)
 		conn_write(b->c, "\r\n.\r\n", 5);
 	else
 		conn_write(b->c, ".\r\n", 3);
+	r->final_sent = 1;
 	bconn_stage(b, B_DOT, req_remaining(r, (uint64_t)cf->relay_data_done_timeout));
 }
 
@@ -358,6 +415,10 @@ static void txn_complete(struct relay_req *r)
 	struct bconn *b = r->b;
 	const struct conf *cf = r->msg->conf;
 
+	if (r->in_data) { /* a stream inside DATA: the final dot */
+		body_fill(b);
+		return;
+	}
 	if (!r->chunked) {
 		conn_write(b->c, "DATA\r\n", 6);
 		bconn_stage(b, B_DATA, req_remaining(r, (uint64_t)cf->relay_timeout));
@@ -367,6 +428,7 @@ static void txn_complete(struct relay_req *r)
 		conn_write(b->c, "BDAT 2 LAST\r\n\r\n", 15);
 	else
 		conn_write(b->c, "BDAT 0 LAST\r\n", 13);
+	r->final_sent = 1;
 	bconn_stage(b, B_DOT, req_remaining(r, (uint64_t)cf->relay_data_done_timeout));
 }
 
@@ -394,14 +456,18 @@ int req_hold_point(struct relay_req *r)
 int bconn_bdat_fill(struct bconn *b)
 {
 	struct relay_req *r = b->req;
-	uint64_t size = spool_size(r->msg->body);
-	const struct conf *cf = r->msg->conf;
+	const struct relay_msg *m = r->msg;
+	uint64_t size = spool_size(m->body);
+	const struct conf *cf = m->conf;
 	int pipelined = (b->caps & SMTP_CAP_PIPELINING) != 0;
 
+	r->starved = 0;
 	/* Once refused (relay_release(r, 0)) no more chunks: RSET comes as
-	 * soon as those sent are answered. */
+	 * soon as those sent are answered. A body still arriving goes in
+	 * chunks of RELAY_STREAM_MIN_CHUNK at least. */
 	while (conn_wpending(b->c) < RELAY_WINDOW && r->body_off < size && r->release >= 0 &&
-	       (pipelined || r->bdat_sent == r->bdat_acked)) {
+	       (pipelined || r->bdat_sent == r->bdat_acked) &&
+	       !(m->growing && size - r->body_off < RELAY_STREAM_MIN_CHUNK)) {
 		const void *p;
 		size_t n = body_next(r, &p), used;
 
@@ -414,8 +480,11 @@ int bconn_bdat_fill(struct bconn *b)
 		r->body_off += used;
 		r->bdat_sent++;
 	}
-	if ((r->body_off >= size || r->release < 0) && r->bdat_acked == r->bdat_sent)
+	if (((r->body_off >= size && !m->growing) || r->release < 0) && r->bdat_acked == r->bdat_sent)
 		return req_hold_point(r);
+	if (m->growing && r->bdat_acked == r->bdat_sent &&
+	    (r->body_off >= size || size - r->body_off < RELAY_STREAM_MIN_CHUNK))
+		return stream_wait(r, B_BDAT);
 	bconn_stage(b, B_BDAT, req_remaining(r, (uint64_t)cf->relay_timeout));
 	return 0;
 }
@@ -460,17 +529,21 @@ static void rcpts_done(struct bconn *b)
 		req_finish(r);
 		return;
 	}
-	if (r->naccept == m->nrcpt && m->hold) {
-		/* relay_scan_overlap: the body goes now only as BDAT chunks,
-		 * which RSET can still take back; DATA waits for the verdict. */
+	if (r->naccept == m->nrcpt && (m->hold || m->stream)) {
+		/* relay_scan_overlap, relay_while_receiving: the body goes now
+		 * as BDAT chunks, which RSET can still take back. Without
+		 * CHUNKING the overlap's DATA waits for the verdict; a stream
+		 * goes inside DATA (abandoned by closing the connection). */
 		if (b->caps & SMTP_CAP_CHUNKING) {
 			r->chunked = 1;
 			r->stuff = (struct smtp_stuff){ .at_line_start = 1, .nodot = 1 };
 			bconn_bdat_fill(b);
 			return;
 		}
-		req_hold_point(r);
-		return;
+		if (m->hold) {
+			req_hold_point(r);
+			return;
+		}
 	}
 	if (r->naccept == m->nrcpt) {
 		conn_write(b->c, "DATA\r\n", 6);
@@ -763,6 +836,7 @@ static int txn_reply(struct bconn *b, const struct smtp_reply *rep, const char *
 	case B_DATA:
 		if (rep->code == 354) {
 			b->state = B_BODY;
+			r->in_data = m->stream;
 			body_fill(b);
 			return -1;
 		}
@@ -848,6 +922,13 @@ void bconn_on_read(void *arg)
 		conn_consume(b->c, used);
 		relay_reply_format(&rep, said, sizeof(said));
 		if (b->state == B_RSET) {
+			if (b->skip > 0) { /* a chunk's reply, due before the RSET's */
+				b->skip--;
+				continue;
+			}
+			/* Counted before the connection is pooled: once the count
+			 * shows, the connection is idle (tests wait on it). */
+			stats_backend_reply(relay_bstate_label[B_RSET], rep.code);
 			if (rep.code == 250) {
 				ev_timer_stop(b->pool->rl->loop, &b->tmr);
 				bconn_release_ok(b);

@@ -674,6 +674,13 @@ static void log_cut(struct session *s, const char *backend, const char *result, 
 static void session_free(struct session *s)
 {
 	struct smtpd_loop *sl = s->sl;
+	if (s->relay && s->tx && s->tx->stream && !s->tx->stream_go) {
+		/* relay_while_receiving: the stream is abandoned unfinished */
+		smtpd_stream_drop(s, 1);
+		log_info("%s: client [%s] gone while its message %s was being received and streamed; "
+			 "the backend's transaction was abandoned unfinished",
+			 s->id, s->addr, s->tx->msgid);
+	}
 	if (s->relay && s->av) { /* relay_scan_overlap: no backend completed it */
 		relay_cancel(s->relay);
 		av_cancel(s->av);
@@ -1017,7 +1024,7 @@ static void drain_expired(void *arg)
 	sl->cut_at = ev_now(sl->loop);
 	while (s) {
 		struct session *next = s->next;
-		if (s->state != ST_CLOSING && (s->relay || s->av)) {
+		if (s->state != ST_CLOSING && s->state != ST_DATA && (s->relay || s->av)) {
 			if (s->relay && s->tx->msg.deadline > smtpd_drain_deadline(s))
 				s->tx->msg.deadline = smtpd_drain_deadline(s);
 			log_info("%s: shutdown: message of client [%s] still being %s; "

@@ -100,6 +100,8 @@ struct txn {
 	uint64_t t_data_end;        /* the final dot; nonzero: counted in ST_inflight */
 	uint64_t t_scanned;         /* the scanner's verdict (0: no scan) */
 	unsigned overlap : 1;       /* relay_scan_overlap: relayed during the scan */
+	unsigned stream : 1;        /* relay_while_receiving: s->relay has the body as it comes */
+	unsigned stream_go : 1;     /* stream: every verdict clean, relay_release() said go */
 	char *scan_refusal;         /* overlap: the scan refused, this reply */
 	struct relay_result *early; /* overlap: the relay's outcome, before the scan's */
 
@@ -242,5 +244,8 @@ void smtpd_cmd_mail(struct session *s, char *arg);
 void smtpd_cmd_rcpt(struct session *s, char *arg);
 void smtpd_rcpt_pending_free(struct rcpt_pending *rp);
 void smtpd_txn_reset(struct session *s);
+/* smtpd_stream_drop - abandon a relay_while_receiving stream unfinished
+ * (gone: the client is gone, else the message refused); no-op without one. */
+void smtpd_stream_drop(struct session *s, int gone);
 
 #endif

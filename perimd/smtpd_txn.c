@@ -49,6 +49,7 @@ void smtpd_txn_reset(struct session *s)
 	struct txn *t = s->tx;
 	if (!t)
 		return;
+	smtpd_stream_drop(s, 0); /* never ends with a stream unfinished */
 	s->tx = NULL;
 	free(t->scan_refusal);
 	free(t->early);
@@ -709,6 +710,51 @@ static void prepend_headers(struct session *s)
 		s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 }
 
+static struct relay_msg *msg_prepare(struct session *s);
+static void stream_done(void *arg, const struct relay_result *r);
+static int all_discarded(const struct session *s);
+
+/* stream_usable - relay_while_receiving applies: the message cannot change
+ * after its header section (no milter, no header_checks: overlap_usable's
+ * rule) and some recipient is to be relayed. */
+static int stream_usable(const struct session *s)
+{
+	return s->cf->relay_while_receiving && !milter_enabled(s->cf) && !s->tx->milter &&
+	    !s->pol->header_checks && !s->tx->discard && !all_discarded(s);
+}
+
+/* stream_start - at the 354: relay the body while it arrives, when an
+ * idle pooled connection to the backend is there now (relay_stream());
+ * otherwise the message takes the usual path after the final dot. */
+static void stream_start(struct session *s)
+{
+	if (!stream_usable(s))
+		return;
+	struct relay_msg *m = msg_prepare(s);
+	m->stream = 1;
+	m->growing = 1;
+	m->size = 0; /* not known yet: no SIZE= */
+	m->deadline = ev_now(s->loop) + RELAY_DEADLINE_MS;
+	s->relay = relay_stream(s->loop, m, stream_done, s);
+	if (!s->relay) {
+		stats_inc(ST_stream_unavailable);
+		return;
+	}
+	s->tx->stream = 1;
+}
+
+/* smtpd_stream_drop - the streamed message will not be completed (refused,
+ * or the client gone): the backend's transaction is abandoned, counted. */
+void smtpd_stream_drop(struct session *s, int gone)
+{
+	if (!s->tx || !s->tx->stream || !s->relay)
+		return;
+	relay_stream_drop(s->relay);
+	s->relay = NULL;
+	s->tx->stream = 0;
+	stats_inc(gone ? ST_stream_ab_gone : ST_stream_ab_refused);
+}
+
 /* data_begin - the 354: start storing the body. */
 static void data_begin(struct session *s)
 {
@@ -728,6 +774,7 @@ static void data_begin(struct session *s)
 										 : SMTP_BARE_NORMALIZE);
 	smtpd_enter_state(s, ST_DATA);
 	smtpd_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+	stream_start(s);
 }
 
 /* data_milter_done - the milters' answer to DATA. */
@@ -814,6 +861,25 @@ static void relay_done(void *arg, const struct relay_result *r)
 static void data_relay(struct session *s);
 static void scan_or_relay(struct session *s);
 
+/* stream_done - the outcome of a stream (relay_while_receiving): once the
+ * final dot went out, the backend's verdict for the client; else (code 0)
+ * the stream was given up and the message takes the usual path: at once
+ * when every verdict was already clean, else after the final dot or the
+ * scan. */
+static void stream_done(void *arg, const struct relay_result *r)
+{
+	struct session *s = arg;
+	s->relay = NULL;
+	s->tx->stream = 0;
+	if (r->code) {
+		stats_inc(ST_stream_done);
+		relay_done(arg, r);
+		return;
+	}
+	if (s->tx->stream_go)
+		data_relay(s);
+}
+
 /* scan_refused - the scan refused the message: the client hears why. */
 static void scan_refused(struct session *s, const char *refusal)
 {
@@ -847,12 +913,30 @@ static void overlap_verdict(struct session *s, const char *refusal)
 	free(early);
 }
 
+/* stream_release - every verdict on a streamed message is clean: the
+ * backend's transaction is completed (relay_release()). */
+static void stream_release(struct session *s)
+{
+	s->tx->stream_go = 1;
+	smtpd_session_pause(s);
+	relay_release(s->relay, 1);
+}
+
 /* av_done - the content scanner's verdict (refusal NULL: pass it on). */
 static void av_done(void *arg, const char *refusal)
 {
 	struct session *s = arg;
 	s->av = NULL;
 	s->tx->t_scanned = ev_now(s->loop);
+	if (s->tx->stream) { /* the stream waits for this verdict */
+		if (refusal) {
+			smtpd_stream_drop(s, 0);
+			scan_refused(s, refusal);
+			return;
+		}
+		stream_release(s);
+		return;
+	}
 	if (s->tx->overlap) {
 		overlap_verdict(s, refusal);
 		return;
@@ -1064,6 +1148,12 @@ static void data_end(struct session *s)
 		refusal = "550 5.5.2 Error: bare LF / CR not allowed";
 	else if (s->tx->dp.received_count > MAX_RECEIVED)
 		refusal = "554 5.4.6 Too many hops";
+	if (refusal)
+		smtpd_stream_drop(s, 0);
+	/* 8-bit content the client did not declare: the stream went without
+	 * BODY=8BITMIME, which the replay will send. */
+	if ((s->tx->dp.flags & SMTP_DATA_8BIT) && !s->tx->body8)
+		smtpd_stream_drop(s, 0);
 	if (refusal) {
 		stats_refusal(refusal);
 		smtpd_log_reject(s, "END-OF-MESSAGE", refusal, NULL);
@@ -1073,6 +1163,15 @@ static void data_end(struct session *s)
 	}
 	s->tx->t_data_end = ev_now(s->loop);
 	stats_inc(ST_inflight);
+	if (s->tx->stream) { /* the body is whole: the relay sends the rest */
+		struct relay_msg *m = &s->tx->msg;
+		m->growing = 0;
+		m->size = spool_size(s->tx->spool);
+		m->deadline = s->tx->t_data_end + RELAY_DEADLINE_MS;
+		if (m->deadline > smtpd_drain_deadline(s))
+			m->deadline = smtpd_drain_deadline(s);
+		relay_stream_more(s->relay);
+	}
 	if (s->tx->discard) {
 		message_discard(s, "a milter at MAIL or RCPT");
 		return;
@@ -1106,10 +1205,14 @@ static int overlap_usable(const struct session *s)
 static void scan_or_relay(struct session *s)
 {
 	const struct conf *cf = s->cf;
+	if (s->tx->stream && !av_enabled(cf)) {
+		stream_release(s);
+		return;
+	}
 	if (av_enabled(cf)) {
 		/* Store, scan, replay: no backend completes an unscanned message. */
 		smtpd_session_pause(s);
-		if (overlap_usable(s)) {
+		if (!s->tx->stream && overlap_usable(s)) {
 			s->tx->overlap = 1;
 			data_relay(s);
 		}
@@ -1119,13 +1222,15 @@ static void scan_or_relay(struct session *s)
 	data_relay(s);
 }
 
-/* data_relay - hand the stored (and scanned) message to a backend. */
-static void data_relay(struct session *s)
+/* msg_prepare - the relay's view of the transaction (s->tx->msg): the
+ * envelope, the stored body, the backends, the deadline. */
+static struct relay_msg *msg_prepare(struct session *s)
 {
 	const struct conf *cf = s->cf;
-	/* Store, then replay: the message goes to a backend only now. */
+	policy_list_free(&s->tx->backends); /* again after a stream gave up */
 	if (s->tx->route)
 		policy_split_list(s->tx->route, &s->tx->backends);
+	free(s->tx->rr);
 	s->tx->rr = xcalloc((size_t)s->tx->nrcpt, sizeof *s->tx->rr);
 	int n = 0;
 	for (int i = 0; i < s->tx->nrcpt; i++) {
@@ -1163,6 +1268,14 @@ static void data_relay(struct session *s)
 	};
 	m->client = &s->tx->client;
 	m->hold = s->tx->overlap;
+	return m;
+}
+
+/* data_relay - hand the stored (and scanned) message to a backend. */
+static void data_relay(struct session *s)
+{
+	/* Store, then replay: the message goes to a backend only now. */
+	struct relay_msg *m = msg_prepare(s);
 	smtpd_session_pause(s);
 	s->relay = relay_send(s->loop, m, relay_done, s);
 }
@@ -1181,6 +1294,10 @@ void smtpd_data_input(struct session *s, const char *buf, size_t len)
 			s->tx->data_err = errno == ENOSPC ? DE_SPOOL_FULL : DE_IO;
 	}
 	conn_consume(s->conn, consumed);
+	if (s->tx->stream && s->tx->data_err != DE_NONE) /* refused at the dot anyway */
+		smtpd_stream_drop(s, 0);
+	else if (s->tx->stream && outlen)
+		relay_stream_more(s->relay);
 	if (outlen)
 		smtpd_deadline_arm(s); /* a whole line came: the client makes progress */
 	if (r == PARSE_OK)

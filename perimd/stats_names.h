@@ -59,6 +59,12 @@ STAT(backend_connects, COUNTER, "perimd_backend_connections_total", "result=\"op
 STAT(backend_connect_fail, COUNTER, "perimd_backend_connections_total", "result=\"failed\"", "")
 STAT(pool_waits, COUNTER, "perimd_backend_pool_waits_total", "", "messages that waited for a free backend connection")
 STAT(pool_timeouts, COUNTER, "perimd_backend_pool_timeouts_total", "", "messages that waited relay_pool_wait in vain")
+STAT(stream_done, COUNTER, "perimd_relay_streamed_total", "", "messages relayed while received (relay_while_receiving): the final dot or BDAT LAST went out on the stream")
+STAT(stream_unavailable, COUNTER, "perimd_relay_stream_unavailable_total", "", "messages that could have been streamed but found no idle pooled backend connection at DATA (relayed after the final dot)")
+STAT(stream_ab_refused, COUNTER, "perimd_relay_stream_abandoned_total", "reason=\"refused\"", "streams abandoned unfinished, by why: the message refused (size, bare LF, loop, scan, 8-bit undeclared), the client gone (disconnect, timeout, shutdown), the client too slow, the backend failed or refused before the end (the last two are replayed after the final dot)")
+STAT(stream_ab_gone, COUNTER, "perimd_relay_stream_abandoned_total", "reason=\"client_gone\"", "")
+STAT(stream_ab_slow, COUNTER, "perimd_relay_stream_abandoned_total", "reason=\"slow_client\"", "")
+STAT(stream_ab_backend, COUNTER, "perimd_relay_stream_abandoned_total", "reason=\"backend\"", "")
 
 /* DNS (dns.c, dnscache.c) */
 STAT(dns_queries, COUNTER, "perimd_dns_queries_total", "", "DNS questions sent to the servers (cache misses not joined to one in flight)")

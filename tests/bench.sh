@@ -98,6 +98,10 @@
 #                           LAT_PERIMD_CONF="name = value; ...": more perimd settings.
 #                           LAT_PERIMD_BASE=/path/perimd: another binary (an older
 #                           revision), same settings, as "perimd-base" in the same run.
+#                           LAT_RATE=R: at most R messages/s in all (bench_latency.py --rate),
+#                           so every system carries the same load; default: closed loop.
+#                           LAT_STREAM=1 (default, when the binary has relay_while_receiving)
+#                           adds "perimd-stream": the same perimd with relay_while_receiving.
 #                           LAT_PROXY=1 (default) adds a row "postfix-proxy": a private Postfix
 #                           (own config and queue directories, loopback ports; /etc/postfix
 #                           untouched) with smtpd_proxy_filter to a second private Postfix
@@ -843,6 +847,8 @@ latency_bench() {
 	} >"$d/perimd.conf"
 	local flags=""
 	[ "${LAT_SINGLE:-0}" = 1 ] && flags=-1
+	# LAT_RATE: every system at the same offered load (messages/s in all).
+	[ -n "${LAT_RATE:-}" ] && flags="$flags --rate=$LAT_RATE"
 	printf '#!/bin/sh\nexec %s %s %s "$@"\n' "$PY" "$ROOT/tests/bench_latency.py" "$flags" >"$d/bin/smtp-source"
 	chmod 755 "$d/bin/smtp-source"
 	local nodelay=${LAT_HARAKA_NODELAY:-0}
@@ -868,7 +874,7 @@ latency_bench() {
 	# script's (its master.cf names it).
 	export SINK_PORT=${SINK_PORT:-$(free_port)} HARAKA_PORT=${HARAKA_PORT:-$(free_port)}
 	export PERIMD_PORT=${PERIMD_PORT:-$(free_port)}
-	echo "bench latency: $peer (results under $base; $systems; CONC=\"$CONC\" SIZES=\"$SIZES\" MSGS=$MSGS WARMUP=$WARMUP conn=$([ -n "$flags" ] && echo single || echo reuse) haraka_nodelay=$nodelay)"
+	echo "bench latency: $peer (results under $base; $systems; CONC=\"$CONC\" SIZES=\"$SIZES\" MSGS=$MSGS WARMUP=$WARMUP conn=$([ "${LAT_SINGLE:-0}" = 1 ] && echo single || echo reuse) rate=${LAT_RATE:-max} haraka_nodelay=$nodelay)"
 	# The peer script's setup installs and configures Haraka too: only when
 	# it is measured (Postfix's main.cf is rewritten before each start anyway).
 	case " $systems " in *" haraka "*) OUT=$base/setup bash "$peer" setup ;; esac
@@ -887,6 +893,12 @@ latency_bench() {
 		PERIMD_CMD="${PERIMD_CMD/#$PERIMD /$LAT_PERIMD_BASE }" PATH=$d/bin:$PATH \
 			OUT=$base/base bash "$peer" run perimd
 	fi
+	if [ "${LAT_STREAM:-1}" = 1 ] && has_param relay_while_receiving && [[ " $systems " == *" perimd "* ]]; then
+		# The same perimd relaying the body while it is received, its rows
+		# beside as "perimd-stream".
+		PERIMD_CMD="$PERIMD_CMD -o relay_while_receiving=yes" PATH=$d/bin:$PATH \
+			OUT=$base/stream bash "$peer" run perimd
+	fi
 	echo "bench latency: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$base/load.txt"
 	restore_postfix_conf
 	rm -rf "$d"
@@ -896,11 +908,12 @@ import os, sys
 top, nodelay = sys.argv[1], sys.argv[2] == "1"
 systems = [("direct", "direct"), ("Postfix", "postfix"), ("Postfix-proxy", "postfix-proxy"),
            ("Haraka, TCP_NODELAY" if nodelay else "Haraka", "haraka"), ("perimd", "perimd"),
-           ("perimd-base", "perimd-base")]
+           ("perimd-stream", "perimd-stream"), ("perimd-base", "perimd-base")]
 def kv(line):
     return dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
 runs, lat, dirs = {}, {}, {}
-for sub, rename in (("peers", None), ("proxy", "postfix-proxy"), ("base", "perimd-base")):
+for sub, rename in (("peers", None), ("proxy", "postfix-proxy"), ("stream", "perimd-stream"),
+                    ("base", "perimd-base")):
     try:
         lines = open(os.path.join(top, sub, "results.txt")).readlines()
     except OSError:
@@ -954,12 +967,17 @@ for k in sorted(runs):
             k[0], k[1], k[2], r.get("status"), r.get("lost"), l.get("errors", "NA"), l.get("first_error", "")))
 print()
 conn = next(iter(lat.values())).get("conn") if lat else None
+rate = next(iter(lat.values())).get("rate") if lat else None
 print("%s messages per row after a warm-up, %s; every message counted at the sink." % (
       next(iter(runs.values()))["msgs"] if runs else "?",
       "one message per connection" if conn == "single" else "each session reuses its connection"))
+if rate and rate != "max":
+    print("Offered load: at most %s messages/s in all (LAT_RATE); a system slower than that ran at its own pace." % rate)
 print("Postfix answers 250 once the message is queued, before it is delivered: its latency does")
 print("not include the relay to the sink, its dlv/s does. Postfix-proxy (smtpd_proxy_filter to the")
-print("sink, nothing queued), Haraka (smtp_forward) and perimd answer after the sink's 250. Client: tests/bench_latency.py (Python asyncio, one core); its own")
+print("sink, nothing queued), Haraka (smtp_forward) and perimd answer after the sink's 250. perimd-stream is")
+print("perimd with relay_while_receiving (the body relayed while received, as the proxy does).")
+print("Client: tests/bench_latency.py (Python asyncio, one core); its own")
 print("event-loop delay is in every figure, the direct row shows that floor.")
 if nodelay:
     print("Haraka ran with TCP_NODELAY set on its sockets by a preloaded module (LAT_HARAKA_NODELAY=1).")

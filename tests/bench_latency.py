@@ -23,6 +23,12 @@ Options are a subset of smtp-source's, so the script can stand in for it
   before dot-stuffing; 512)  -f FROM  -t TO  -M HELO-NAME  -1 (one message
   per connection; default: connections are reused, as an MTA does)
   --timeout SECONDS (per reply, 120)  HOST:PORT (host defaults to 127.0.0.1)
+  --rate R: at most R messages per second in all: message i (in the order
+  the sessions take them) starts no earlier than i / R seconds after the
+  first, so systems of different speed are compared at the same offered
+  load (without it each session sends as fast as it is answered, and a
+  faster system carries more load; the latencies are taken from MAIL or
+  the dot, the wait for a start time is in neither)
   -K KIND: the body: "text" (default: 80-byte text lines, one part, no
   MIME) or "mime" (what mail more often is: multipart/mixed with a short
   text/plain and text/html alternative and a base64 attachment of
@@ -139,6 +145,7 @@ class Bench:
             self.body = build_body(size, sender, rcpt)
         self.unique, self.serial = unique, 0
         self.next = 0
+        self.rate, self.t_first = None, None  # --rate: start times i / rate
         self.rcpt_from = None  # set: self.rcpt is a "%d" template
         self.dot, self.txn = [], []
         self.errors = 0
@@ -242,6 +249,12 @@ class Bench:
             rcpt = self.take()
             if rcpt is None:
                 break
+            if self.rate:
+                if self.t_first is None:
+                    self.t_first = time.perf_counter()
+                wait = self.t_first + (self.next - 1) / self.rate - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             counted = self.errors
             try:
                 if conn is None:
@@ -271,7 +284,7 @@ class Bench:
 def main(argv):
     try:
         opts, args = getopt.getopt(argv, "146cdNovus:m:l:f:t:M:C:L:r:R:S:T:w:K:",
-                                   ["single", "timeout=", "rcpt-from="])
+                                   ["single", "timeout=", "rcpt-from=", "rate="])
     except getopt.GetoptError as e:
         sys.stderr.write("bench_latency: %s\n" % e)
         return 2
@@ -295,9 +308,11 @@ def main(argv):
               float(o.get("--timeout", 120)), o.get("-K", "text"), "-u" in o)
     if "--rcpt-from" in o:
         b.rcpt_from = int(o["--rcpt-from"])
+    if "--rate" in o:
+        b.rate = float(o["--rate"])
     elapsed = asyncio.run(b.run())
     ok = len(b.dot)
-    out = ["latency", "sessions=%d" % sessions, "size=%d" % size, "msgs=%d" % msgs,
+    out = ["latency", "sessions=%d" % sessions, "rate=%s" % (o.get("--rate") or "max"), "size=%d" % size, "msgs=%d" % msgs,
            "ok=%d" % ok, "errors=%d" % b.errors, "conn=%s" % ("single" if b.single else "reuse"),
            "elapsed_s=%.3f" % elapsed, "mps=%.1f" % (ok / elapsed if elapsed > 0 else 0)]
     for name, vals in (("dot", b.dot), ("txn", b.txn)):

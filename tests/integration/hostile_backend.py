@@ -21,6 +21,8 @@ Settings (attributes, changeable while it runs):
                peer closes)
   die_at_bdat  n: close the connection (no reply) on receiving its n-th
                BDAT chunk (test_scan_overlap: a backend dying mid-chunks)
+  die_in_data  n: close the connection once n octets of a DATA body are in,
+               before its final dot (test_relay_stream)
 CHUNKING (RFC 3030): offered when "CHUNKING" is in caps (BDAT is answered
 502 otherwise). Each `BDAT n` reads exactly n octets; stage "bdat" answers
 a chunk, stage "eod" the one with LAST, which completes the transaction.
@@ -29,8 +31,9 @@ lines, all connections), messages (dicts: mail, rcpts, wire = the DATA
 bytes exactly as received, dot-stuffing and all, up to the final dot;
 data = the same unstuffed; via = "DATA" or "BDAT"; chunks = BDAT chunk
 sizes), aborted (transactions that never completed, each a dict: mail,
-rcpts, chunks, data = the chunks' bytes, how = "RSET", "QUIT", "MAIL",
-"EOF" or "refused"), connections.
+rcpts, chunks, data = the chunks' bytes or the DATA bytes received, via =
+"DATA" once DATA was answered 354, else None, how = "RSET", "QUIT",
+"MAIL", "EOF" or "refused"), connections.
 """
 
 from listener import Listener
@@ -49,6 +52,7 @@ class HostileBackend(Listener):
         self.messages = []
         self.aborted = []
         self.die_at_bdat = None
+        self.die_in_data = None
         self._counts = {}
         Listener.__init__(self, backlog=64)
         self.target = "127.0.0.1:%d" % self.port
@@ -134,8 +138,8 @@ class HostileBackend(Listener):
         if tx["mail"] is not None:
             with self.lock:
                 self.aborted.append({"mail": tx["mail"], "rcpts": tx["rcpts"], "chunks": tx["chunks"],
-                                     "data": tx["data"], "how": how})
-        tx.update(mail=None, rcpts=[], chunks=[], data=b"")
+                                     "data": tx["data"], "how": how, "via": tx.get("via")})
+        tx.update(mail=None, rcpts=[], chunks=[], data=b"", via=None)
 
     def _bdat(self, conn, tx, ln, nbdat):
         """One BDAT command (RFC 3030 §2): its chunk read whole; LAST
@@ -214,14 +218,25 @@ class HostileBackend(Listener):
                     conn.send(ans)
                     if not ans.startswith("354"):
                         continue
-                    wire = conn.data()
+                    tx["via"] = "DATA"
+                    try:
+                        if self.die_in_data is not None:
+                            while len(conn.buf) < self.die_in_data and b"\r\n.\r\n" not in conn.buf:
+                                conn.read()
+                            if b"\r\n.\r\n" not in conn.buf:
+                                tx["data"] = conn.buf
+                                return
+                        wire = conn.data()
+                    except EOFError:
+                        tx["data"] = conn.buf
+                        raise
                     body = wire[:-3]
                     data = b"\r\n".join(x[1:] if x.startswith(b".") else x
                                         for x in body.split(b"\r\n"))
                     with self.lock:
                         self.messages.append({"mail": tx["mail"], "rcpts": tx["rcpts"], "wire": wire,
                                               "data": data, "via": "DATA", "chunks": []})
-                    tx.update(mail=None, rcpts=[], chunks=[], data=b"")
+                    tx.update(mail=None, rcpts=[], chunks=[], data=b"", via=None)
                     self._say(conn, "eod", "250 2.0.0 Ok: queued as H%d" % len(self.messages))
                 elif verb == "RSET":
                     self._abort(tx, "RSET")
