@@ -485,6 +485,7 @@ static void al_flush(struct av_loop *al)
 			al_down(al, why);
 			return;
 		}
+		spool_lend(r->sp);
 		av_list_del(r);
 		list_add(&al->sent, r);
 	}
@@ -516,7 +517,8 @@ static void al_io(void *arg, unsigned events)
 		while (r && r->id != a.id)
 			r = r->next;
 		if (!r)
-			continue; /* cancelled or timed out meanwhile */
+			continue;    /* cancelled or timed out meanwhile */
+		spool_return(r->sp); /* the scanner reads it no more */
 		r->engine_us = a.us;
 		finish(r,
 		       a.status == SCANNER_VIRUS       ? AVO_VIRUS

@@ -1,11 +1,13 @@
 /*
  * buf.c - the growable text buffer (buf.h). Capacity doubles from 256
- * bytes, so appending n bytes one piece at a time costs O(n).
+ * bytes, so appending n bytes one piece at a time costs O(n). Also the
+ * per-thread spare buffers of conn.c, spool.c and the relay.
  */
 #include "buf.h"
 #include "log.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,4 +85,60 @@ int sb_read_file(struct strbuf *b, const char *path)
 	fclose(f);
 	errno = e;
 	return e ? -1 : 0;
+}
+
+/* This thread's spare buffers (buf.h), freed when it ends. */
+struct spare {
+	void *p;
+	size_t cap;
+};
+static __thread struct spare spares[BUF_SPARE_KINDS];
+static pthread_key_t spare_key;
+static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+
+/* spare_free_all - a thread ends: its spares go back. */
+static void spare_free_all(void *arg)
+{
+	struct spare *sp = arg;
+	for (int i = 0; i < BUF_SPARE_KINDS; i++) {
+		free(sp[i].p);
+		sp[i].p = NULL;
+		sp[i].cap = 0;
+	}
+}
+
+/* spare_key_make - the key whose destructor frees a thread's spares. */
+static void spare_key_make(void)
+{
+	pthread_key_create(&spare_key, spare_free_all);
+}
+
+/* buf_spare_take - see buf.h. */
+void *buf_spare_take(enum buf_spare_kind kind, size_t want, size_t *cap)
+{
+	if (!spares[kind].p || spares[kind].cap < want)
+		return NULL;
+	void *p = spares[kind].p;
+	*cap = spares[kind].cap;
+	spares[kind].p = NULL;
+	spares[kind].cap = 0;
+	return p;
+}
+
+/* buf_spare_give - see buf.h. */
+void buf_spare_give(enum buf_spare_kind kind, void *p, size_t cap)
+{
+	if (!p)
+		return;
+	if (cap > BUF_SPARE_MAX || cap <= spares[kind].cap) {
+		free(p);
+		return;
+	}
+	if (!spares[kind].p) {
+		pthread_once(&spare_once, spare_key_make);
+		pthread_setspecific(spare_key, spares);
+	}
+	free(spares[kind].p);
+	spares[kind].p = p;
+	spares[kind].cap = cap;
 }

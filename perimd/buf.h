@@ -28,4 +28,20 @@ int sb_read_file(struct strbuf *b, const char *path);
 /* sb_free - release the memory; b is empty again. */
 void sb_free(struct strbuf *b);
 
+/* Spare buffers: one per kind and thread, so that the large buffer one
+ * message is done with serves the next instead of going back to the
+ * allocator (musl's maps and unmaps every block of 128 KB or more and
+ * gives smaller ones back with madvise: a handful of system calls and
+ * page faults per 100 KB message). At most BUF_SPARE_MAX bytes per kind and
+ * thread are kept, freed when the thread ends. */
+enum buf_spare_kind { BUF_SPARE_READ, BUF_SPARE_BODY, BUF_SPARE_RELAY, BUF_SPARE_KINDS };
+#define BUF_SPARE_MAX (256 * 1024)
+/* buf_spare_take - this thread's spare of kind if it has at least want bytes
+ * (its size in *cap; the caller owns it now), else NULL. */
+void *buf_spare_take(enum buf_spare_kind kind, size_t want, size_t *cap);
+/* buf_spare_give - p (cap bytes, from malloc; NULL is fine) becomes this
+ * thread's spare of kind if larger than the one kept and at most
+ * BUF_SPARE_MAX, else it is freed. */
+void buf_spare_give(enum buf_spare_kind kind, void *p, size_t cap);
+
 #endif

@@ -22,6 +22,7 @@
  *   and its ~33 KB buffer exist only for TLS connections.
  */
 #include "conn.h"
+#include "buf.h"
 #include "ev.h"
 #include "log.h"
 #include "tls.h"
@@ -96,7 +97,7 @@ static void conn_release(struct conn *c)
 	ev_defer_cancel(c->loop, &c->readd);
 	if (c->fd >= 0)
 		close(c->fd);
-	free(c->rbuf);
+	buf_spare_give(BUF_SPARE_READ, c->rbuf, c->rcap);
 	free(c->wbuf);
 	tls_free(c->tls);
 	free(c);
@@ -228,7 +229,11 @@ static void conn_update(struct conn *c)
 	} else {
 		if (want_read)
 			want |= EV_READ;
-		if (c->wlen > c->woff)
+		/* Output queued for the end-of-iteration flush needs no
+		 * EPOLLOUT: that flush writes it and comes back here; only what
+		 * the socket did not take waits for EV_WRITE (two epoll_ctl
+		 * calls per reply less). */
+		if (c->wlen > c->woff && !ev_defer_queued(&c->flushd))
 			want |= EV_WRITE;
 	}
 	ev_io_set(c->loop, &c->io, want);
@@ -346,6 +351,8 @@ static void conn_read_deferred(void *arg)
 static void conn_do_read(struct conn *c)
 {
 	for (int rounds = 0; rounds < 4 && c->rlen < CONN_RMAX; rounds++) {
+		if (!c->rbuf)
+			c->rbuf = buf_spare_take(BUF_SPARE_READ, CONN_RCHUNK, &c->rcap);
 		if (c->rcap - c->rlen < CONN_RCHUNK / 2) {
 			size_t ncap = c->rcap ? c->rcap * 2 : CONN_RCHUNK;
 			while (ncap - c->rlen < CONN_RCHUNK / 2)
@@ -373,7 +380,7 @@ static void conn_do_read(struct conn *c)
 		return;
 	}
 	if (c->rlen == 0 && c->rbuf && !c->eof) {
-		free(c->rbuf);
+		buf_spare_give(BUF_SPARE_READ, c->rbuf, c->rcap);
 		c->rbuf = NULL;
 		c->rcap = 0;
 	}
@@ -575,7 +582,7 @@ static void conn_tls_io(struct conn *c, unsigned events)
 	if (c->shutting)
 		c->rlen = 0;
 	if (c->rlen == 0 && c->rbuf) {
-		free(c->rbuf);
+		buf_spare_give(BUF_SPARE_READ, c->rbuf, c->rcap);
 		c->rbuf = NULL;
 		c->rcap = 0;
 	}
@@ -678,7 +685,7 @@ void conn_consume(struct conn *c, size_t n)
 {
 	if (n >= c->rlen) {
 		c->rlen = 0;
-		free(c->rbuf);
+		buf_spare_give(BUF_SPARE_READ, c->rbuf, c->rcap);
 		c->rbuf = NULL;
 		c->rcap = 0;
 	} else {

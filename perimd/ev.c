@@ -300,6 +300,12 @@ void ev_defer_cancel(struct ev_loop *loop, struct ev_defer *d)
 	d->queued = 0;
 }
 
+/* ev_defer_queued - d is queued and has not run yet. */
+int ev_defer_queued(const struct ev_defer *d)
+{
+	return d->queued;
+}
+
 /* run_defers - run what was queued before this call (new ones wait). */
 static void run_defers(struct ev_loop *loop)
 {

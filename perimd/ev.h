@@ -80,6 +80,8 @@ static inline int ev_timer_active(const struct ev_timer *t)
 /* ev_defer - queue cb(arg) for the next iteration; no-op if already queued. */
 void ev_defer(struct ev_loop *loop, struct ev_defer *d, ev_cb *cb, void *arg);
 void ev_defer_cancel(struct ev_loop *loop, struct ev_defer *d);
+/* ev_defer_queued - d is queued and has not run yet. */
+int ev_defer_queued(const struct ev_defer *d);
 
 /* Per-loop state of other modules, without globals: each module owns one
  * slot and stores its per-loop pointer there. */

@@ -20,10 +20,19 @@
 static int log_stderr = 1;
 static int log_verb;
 static const char *log_ident = "perimd";
+static pid_t log_pid; /* from log_open(): a system call per line less */
+
+/* log_getpid - this process's pid for the line prefix. perimd never
+ * forks a process that logs (helpers are spawned and exec'd). */
+static int log_getpid(void)
+{
+	return (int)(log_pid ? log_pid : getpid());
+}
 
 /* log_open - choose the destination and verbosity. */
 void log_open(const char *ident, int to_stderr, int verbose)
 {
+	log_pid = getpid();
 	log_ident = ident;
 	log_stderr = to_stderr;
 	log_verb = verbose;
@@ -195,7 +204,7 @@ size_t log_json_line(char *out, size_t cap, enum log_level lvl, const char *m)
 	jb_field(&j, "level", lvl_word[lvl], strlen(lvl_word[lvl]));
 	jb_field(&j, "ident", log_ident, strlen(log_ident));
 	char pid[24];
-	int pl = snprintf(pid, sizeof pid, ",\"pid\":%d", (int)getpid());
+	int pl = snprintf(pid, sizeof pid, ",\"pid\":%d", log_getpid());
 	jb_raw(&j, pid, (size_t)pl);
 	size_t idl = msg_id(m);
 	if (idl) {
@@ -240,7 +249,7 @@ static void log_vmsg(enum log_level lvl, const char *fmt, va_list ap)
 		clock_gettime(CLOCK_REALTIME, &ts);
 		localtime_r(&ts.tv_sec, &tm);
 		n = strftime(buf, sizeof buf, "%b %e %H:%M:%S ", &tm);
-		n += (size_t)snprintf(buf + n, sizeof buf - n, "%s[%d]: ", log_ident, (int)getpid());
+		n += (size_t)snprintf(buf + n, sizeof buf - n, "%s[%d]: ", log_ident, log_getpid());
 	}
 	n += (size_t)snprintf(buf + n, sizeof buf - n, "%s", lvl_name[lvl]);
 	if (n < sizeof buf) {

@@ -39,6 +39,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "conf.h"
 #include "conn.h"
 #include "dnsmx.h"
@@ -760,7 +761,7 @@ static void req_free(struct relay_req *r)
 		dest_adjust(r->waiting->dest, rl->loop, -1, 0);
 		r->waiting = NULL;
 	}
-	free(r->scratch);
+	buf_spare_give(BUF_SPARE_RELAY, r->scratch, 3 * RELAY_CHUNK);
 	free(r->xf_buf);
 	free(r);
 	rl->nreq--;

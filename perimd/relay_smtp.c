@@ -17,6 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "buf.h"
 #include "conf.h"
 #include "conn.h"
 #include "log.h"
@@ -298,6 +299,8 @@ static size_t body_next(struct relay_req *r, const void **p)
 	struct spool *s = r->msg->body;
 	size_t n;
 
+	if (!r->scratch)
+		r->scratch = buf_spare_take(BUF_SPARE_RELAY, 3 * RELAY_CHUNK, &(size_t){ 0 });
 	if (!r->scratch)
 		r->scratch = xmalloc(3 * RELAY_CHUNK);
 	n = spool_peek(s, r->body_off, p);

@@ -41,6 +41,11 @@ size_t spool_peek(struct spool *s, uint64_t off, const void **p);
  * never to be closed by the caller; readers use pread() or their own dup.
  * Call after spool_finish(). Returns -1 with errno on failure. */
 int spool_fd(struct spool *s);
+/* spool_lend - spool_fd()'s descriptor was handed to another process
+ * (the scanner), which may read it until spool_return(); a lent memfd is
+ * closed by spool_free(), never kept for another body. */
+void spool_lend(struct spool *s);
+void spool_return(struct spool *s);
 /* spool_free - releases memory, file and the accounted bytes. */
 void spool_free(struct spool *s);
 

@@ -55,7 +55,10 @@
 #                           better), with the spread of the per-round CPU ratios;
 #                           AB_CACHE=DIR keeps the binaries (DIR/COMMIT/perimd) for reuse;
 #                           AB_AV=1 scans with libclamav (the test database below), and
-#                           the CPU then includes the scanner process
+#                           the CPU then includes the scanner process; AB_SPOOL=shm puts
+#                           both perimds' body_spool_directory (and so libclamav's
+#                           temporary files) under /dev/shm as perimd's default does
+#                           (default: the work directory, on disk)
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -128,7 +131,9 @@
 #                           SEED_BODY=mime: multipart messages with a base64 attachment,
 #                           each unique (default text: one text part, the same in each);
 #                           SEED_PERIMD_SPOOL=shm: perimd's spool (and libclamav's
-#                           temporary files) in /dev/shm as by default (default work: disk)
+#                           temporary files) in /dev/shm as by default (default work: disk);
+#                           SEED_PERIMD_BASE=/path/perimd: an older perimd binary beside it
+#                           in the same run ("perimd-base"), with the ratios over it
 #                           Needs root, postfix, amavisd-new, clamav-daemon, postgrey;
 #                           changes nothing under /etc.
 #
@@ -176,6 +181,7 @@ PIDS=()
 
 PF_SAVED=""
 PA_DIR=""
+AB_SHM_DIR=""
 
 # restore_postfix_conf - put back /etc/postfix/main.cf and master.cf as a
 # mode found them (the peer script rewrites both; postconf -e adds the
@@ -222,6 +228,7 @@ cleanup() {
 	restore_postfix_conf
 	for t in "${AB_TREES[@]}"; do git -C "$ROOT" worktree remove --force "$t" 2>/dev/null || true; done
 	[ -n "$PA_DIR" ] && rm -rf "$PA_DIR"
+	[ -n "$AB_SHM_DIR" ] && rm -rf "$AB_SHM_DIR"
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -397,13 +404,17 @@ cpu_tree_ns() {
 	echo "$t"
 }
 
-# ab_run TAG SIZE - one round on perimd TAG: appends "secs cpu_ns" to a file.
+# ab_run TAG SIZE - one round on perimd TAG: appends "secs cpu_ns
+# perimd_ns" to a file (cpu_ns: perimd and its scanner; perimd_ns: perimd
+# alone).
 ab_run() {
-	local port=${AB_PORT[$1]} pid=${AB_PID[$1]} c0 c1 t
+	local port=${AB_PORT[$1]} pid=${AB_PID[$1]} c0 c1 p0 p1 t
 	c0=$(cpu_tree_ns "$pid")
+	p0=$(cpu_ns "$pid")
 	t=$(source_run "$port" "$AB_CONC" "$AB_MSGS" "$2")
 	c1=$(cpu_tree_ns "$pid")
-	echo "$t $((c1 - c0))" >>"$WORK/ab-$1-$2"
+	p1=$(cpu_ns "$pid")
+	echo "$t $((c1 - c0)) $((p1 - p0))" >>"$WORK/ab-$1-$2"
 }
 
 # ab_bench OLD NEW - see the header.
@@ -413,15 +424,22 @@ ab_bench() {
 	declare -gA AB_PORT AB_PID AB_BIN
 	ab_build "$old" old
 	ab_build "$new" new
-	echo "perimd bench ab: OLD=$old ($(git -C "$ROOT" rev-parse --short "$old")) NEW=$new ($(git -C "$ROOT" rev-parse --short "$new")); $AB_REPS rounds x $AB_MSGS messages x $AB_CONC sessions, sizes $AB_SIZES, AB_AV=${AB_AV:-0}, on $(nproc) CPUs"
+	echo "perimd bench ab: OLD=$old ($(git -C "$ROOT" rev-parse --short "$old")) NEW=$new ($(git -C "$ROOT" rev-parse --short "$new")); $AB_REPS rounds x $AB_MSGS messages x $AB_CONC sessions, sizes $AB_SIZES, AB_AV=${AB_AV:-0}, AB_SPOOL=${AB_SPOOL:-work}, on $(nproc) CPUs"
 	start_sink
 	if [ "${AB_AV:-0}" = 1 ]; then
 		write_av_db "$WORK/ab-db"
 		EXTRA_CONF=("av_scanner = libclamav" "clamav_database_directory = $WORK/ab-db")
 	fi
+	if [ "${AB_SPOOL:-work}" = shm ]; then
+		AB_SHM_DIR=$(mktemp -d /dev/shm/perimd-ab.XXXXXX)
+	fi
 	for tag in old new; do
 		PERIMD=${AB_BIN[$tag]}
 		PARAMS=$("$PERIMD" -d 2>/dev/null || true)
+		if [ -n "$AB_SHM_DIR" ]; then
+			mkdir -p "$AB_SHM_DIR/$tag"
+			EXTRA_CONF+=("body_spool_directory = $AB_SHM_DIR/$tag")
+		fi
 		start_perimd
 		AB_PORT[$tag]=$PERIMD_PORT
 		AB_PID[$tag]=$PERIMD_PID
@@ -436,12 +454,16 @@ ab_bench() {
 	done
 	printf '%-7s %10s %10s %8s %12s %12s %8s %s\n' bytes old_msg/s new_msg/s ratio old_cpu_ms new_cpu_ms ratio "cpu ratio per round (min..max)"
 	for s in $AB_SIZES; do
-		paste "$WORK/ab-old-$s" "$WORK/ab-new-$s" | awk -v m="$AB_MSGS" -v s="$s" '
-			{ to += $1; co += $2; tn += $3; cn += $4; q = $4 / $2
+		paste "$WORK/ab-old-$s" "$WORK/ab-new-$s" | awk -v m="$AB_MSGS" -v s="$s" -v av="${AB_AV:-0}" '
+			{ to += $1; co += $2; po += $3; tn += $4; cn += $5; pn += $6; q = $5 / $2
 			  if (NR == 1 || q < lo) lo = q; if (NR == 1 || q > hi) hi = q }
 			END { n = NR * m
 			      printf "%-7s %10.0f %10.0f %8.3f %12.4f %12.4f %8.3f %.3f..%.3f\n", s, n / to, n / tn,
-				(n / tn) / (n / to), co / n / 1e6, cn / n / 1e6, cn / co, lo, hi }'
+				(n / tn) / (n / to), co / n / 1e6, cn / n / 1e6, cn / co, lo, hi
+			      if (av == 1)
+				printf "        of it perimd %.4f -> %.4f ms (%.3f), its scanner %.4f -> %.4f ms (%.3f)\n",
+				  po / n / 1e6, pn / n / 1e6, pn / po, (co - po) / n / 1e6, (cn - pn) / n / 1e6,
+				  (cn - pn) / (co - po) }'
 	done
 }
 

@@ -44,7 +44,10 @@ clean results then saves neither system a scan). SEED_PERIMD_SPOOL: "work"
 (default: perimd's body_spool_directory, where libclamav also writes its
 temporary files, in the work directory on disk, as amavisd's and clamd's
 temporary directories are) or "shm" (under /dev/shm, as perimd's default
-/dev/shm/perimd is).
+/dev/shm/perimd is). SEED_PERIMD_BASE=/path/perimd: another perimd binary
+(an older revision), same settings and spool kind, measured in the same
+run as "perimd-base" (its own cgroup, data and spool directories), with
+the ratios of perimd over it.
 Needs root (cgroups, users amavis and postgrey) and the packages postfix,
 amavisd-new, clamav-daemon, postgrey. `bench_seed.py prime PORT PAUSE` only
 primes a greylisting server on 127.0.0.1:PORT (tests/bench.sh peers-features).
@@ -78,6 +81,7 @@ SAMPLE = float(os.environ.get("SEED_SAMPLE", "0.25"))
 BODY = os.environ.get("SEED_BODY", "text")
 SPOOL = os.environ.get("SEED_PERIMD_SPOOL", "work")
 PERIMD = os.environ.get("PERIMD", os.path.join(ROOT, "build", "dev", "perimd"))
+PERIMD_BASE = os.environ.get("SEED_PERIMD_BASE", "")
 OUT = os.environ.get("OUT") or "/tmp/perimd-bench-seed." + time.strftime("%Y%m%d-%H%M%S")
 
 started = []      # Popen objects, ended by PID at exit
@@ -351,9 +355,10 @@ def queue_empty():
 
 # --- perimd ------------------------------------------------------------------
 
-def start_perimd(work, db, sink_port):
+def start_perimd(work, db, sink_port, name="perimd", binary=PERIMD):
+    """perimd `binary` as system `name` (its cgroup, work/NAME)."""
     port = free_port()
-    d = os.path.join(work, "perimd")
+    d = os.path.join(work, name)
     for sub in ("lib", "spool"):
         os.makedirs(os.path.join(d, sub))
     spool = os.path.join(d, "spool")
@@ -384,7 +389,7 @@ clamav_database_directory = {db}
         if line.strip():
             with open(conf, "a") as f:
                 f.write(line.strip() + "\n")
-    spawn([PERIMD, "-f", "-c", conf], os.path.join(d, "perimd.log"), "perimd")
+    spawn([binary, "-f", "-c", conf], os.path.join(d, "perimd.log"), name)
     wait_until(lambda: greets(port), 60, "perimd (see %s/perimd.log)" % d)
     return port
 
@@ -526,7 +531,7 @@ def table(rows):
                "bytes", "sess", "system", "msgs/s", "CPUms/m", "PSS_MB", "procs", "p50_ms",
                "p99_ms", "errors", "lost")]
     for (size, conc), r in rows:
-        for name in ("direct", "seed", "perimd"):
+        for name in [n for n in ("direct", "seed", "perimd", "perimd-base") if n in r]:
             x = r[name]
             out.append("%-7s %5s %-7s %8.1f %8.3f %7.1f %5d %8s %8s %6s %5s" % (
                 size, conc, name, x["mps"], x["cpu_ms"], x["pss_mb"], x["procs"], x["p50"],
@@ -540,6 +545,14 @@ def table(rows):
             "%.2fx" % (float(p["p99"]) / float(s["p99"]))
             if s["p99"] not in ("NA", "0", "0.0") and p["p99"] != "NA" else "NA",
             p["mps"] / d["mps"] if d["mps"] else 0))
+        if "perimd-base" in r:
+            b = r["perimd-base"]
+            out.append("%-7s %5s %-7s msgs/s %.3fx  CPU/msg %.3fx  PSS %.3fx  (perimd over perimd-base; "
+                       "perimd-base over seed: CPU/msg %.3fx)" % (
+                           "", "", "vs base", p["mps"] / b["mps"] if b["mps"] else 0,
+                           p["cpu_ms"] / b["cpu_ms"] if b["cpu_ms"] else 0,
+                           p["pss_mb"] / b["pss_mb"] if b["pss_mb"] else 0,
+                           b["cpu_ms"] / s["cpu_ms"] if s["cpu_ms"] else 0))
     return "\n".join(out)
 
 
@@ -565,6 +578,8 @@ def main():
     os.chmod(work, 0o755)
     cg_make("seed")
     cg_make("perimd")
+    if PERIMD_BASE:
+        cg_make("perimd-base")
     try:
         print("bench seed: SEED_CONC=%s SEED_SIZES=%s SEED_MSGS=%d servers=%d SEED_BODY=%s "
               "SEED_PERIMD_SPOOL=%s; %d CPUs, load %s (shared machine: compare the ratios)"
@@ -582,11 +597,18 @@ def main():
         avcheck(seed_port, "seed (Postfix + amavisd-new + clamd + postgrey)", sink)
         avcheck(perimd_port, "perimd (greylist + libclamav)", sink)
         ports = {"direct": sink.port, "seed": seed_port, "perimd": perimd_port}
+        if PERIMD_BASE:
+            ports["perimd-base"] = start_perimd(work, db, sink.port, "perimd-base", PERIMD_BASE)
+            prime(ports["perimd-base"], "perimd-base", 1.1)
+            avcheck(ports["perimd-base"], "perimd-base (greylist + libclamav)", sink)
         rows = []
         for size in SIZES:
             for conc in CONC:
                 r = {}
-                for name in ("direct", "seed", "perimd"):
+                # perimd and perimd-base take turns going first, cell by cell.
+                order = ("direct", "seed") + (("perimd", "perimd-base") if len(rows) % 2 == 0
+                                              else ("perimd-base", "perimd"))
+                for name in [n for n in order if n in ports]:
                     if name != "direct":
                         base = sink.count()
                         w = client(ports[name], 10, WARMUP, size)
@@ -609,10 +631,11 @@ def main():
               % (n, sent))
         print("bench seed: load after: %s; results in %s" % (load(), OUT))
     finally:
-        for n in ("amavisd.out", "clamd.out", "postgrey.out", "perimd/perimd.log", "sink.out"):
+        for n in ("amavisd.out", "clamd.out", "postgrey.out", "perimd/perimd.log",
+                  "perimd-base/perimd.log", "sink.out"):
             src = os.path.join(work, n)
             if os.path.exists(src):
-                shutil.copy(src, os.path.join(OUT, os.path.basename(n)))
+                shutil.copy(src, os.path.join(OUT, n.replace("/perimd.log", ".log")))
         if postfix is not None:
             shutil.copy(postfix.log, os.path.join(OUT, "postfix.log")) \
                 if os.path.exists(postfix.log) else None

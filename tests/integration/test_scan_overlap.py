@@ -23,9 +23,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Client, expect, known_params, wait_for  # noqa: E402
 from test_av import EICAR, SIG_EICAR, scanner_pid, write_db  # noqa: E402
 from test_milter import Peer  # noqa: E402
+from test_stats import metrics  # noqa: E402
 
 CHUNKING = ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING"]
 PLAIN = ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"]
+
+
+def pooled(p, n):
+    """Wait until n of the backend's 250s to RSET came back: a connection is
+    counted once it is idle in the pool again. A message relayed while the
+    only connection still waits for its RSET reply would open a second one
+    (a connection is not held back for one being reset)."""
+    key = 'perimd_backend_replies_total{stage="rset",class="2xx"}'
+    assert wait_for(lambda: metrics(p).get(key, 0) >= n, 10), metrics(p).get(key, 0)
 
 
 def body_of(kb):
@@ -44,7 +54,7 @@ VIRUS = b"Subject: eicar\r\n\r\n" + EICAR + b"\r\n" + b"padding line\r\n" * 3000
 
 def start(perimd_factory, tmp_path, backends, **params):
     conf = {"relay_backends": ", ".join(b.target for b in backends), "relay_domains": "example.com",
-            "stats_listen": "", "av_scanner": "libclamav", "av_threads": 1,
+            "av_scanner": "libclamav", "av_threads": 1,
             "clamav_database_directory": write_db(str(tmp_path / "db")), "relay_scan_overlap": "yes"}
     conf.update({k: v for k, v in {"greylist": "no", "reject_unknown_sender_domain": "no"}.items()
                  if k in known_params()})
@@ -117,6 +127,7 @@ def test_clean_via_bdat_and_virus_abandoned(perimd_factory, tmp_path, hostile):
         assert lasts(b) == ["BDAT 0 LAST"]
         verbs = [x.split()[0].split(":")[0] for x in b.commands]
         assert verbs.index("XFORWARD") < verbs.index("MAIL") < verbs.index("BDAT")
+        pooled(p, 1)
 
         ncmd = len(b.commands)
         r = held(p, c, b, VIRUS, lambda: any(x.startswith("BDAT") for x in b.commands[ncmd:]))
@@ -125,6 +136,7 @@ def test_clean_via_bdat_and_virus_abandoned(perimd_factory, tmp_path, hostile):
         a = b.aborted[0]
         assert a["how"] == "RSET" and a["chunks"] and EICAR in a["data"], a
         assert len(b.messages) == 1 and len(lasts(b)) == 1
+        pooled(p, 2)
         # the connection went back to the pool: the next message uses it
         transaction(c, b"Subject: after\r\n\r\nclean\r\n")
         expect(c.reply(30), 250)
@@ -159,6 +171,7 @@ def test_no_chunking_envelope_only(perimd_factory, tmp_path, hostile):
         expect(r, 250)
         m = relayed(b, body)
         assert m["via"] == "DATA" and not b.commands_of("BDAT")
+        pooled(p, 1)
         r = held(p, c, b, VIRUS, lambda: len(b.commands_of("RCPT")) == 2)
         expect(r, 554, "5.7.1")
         assert wait_for(lambda: b.aborted, 10)

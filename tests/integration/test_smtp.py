@@ -168,6 +168,46 @@ def test_big_body_spilled_to_file_arrives_intact(perimd_factory, sink):
     assert msg.split(b"\n\n", 1)[1] == body.replace("\r\n", "\n").encode()
 
 
+def test_bodies_in_pieces_on_one_connection(perimd_factory, sink):
+    """Several messages, large and small, on one connection, each body
+    sent in pieces cut inside lines, inside a dot-stuffed line and inside
+    the final CRLF.CRLF: each arrives whole and alone (the read and body
+    buffers one message leaves are reused for the next, and reads take up
+    to a quarter of a megabyte at once)."""
+    p = start(perimd_factory, sink)
+    sizes = (150000, 300, 270000, 2000, 120000)
+    sent = {}
+    c = greeted(p.port)
+    ehlo(c)
+    for n, size in enumerate(sizes):
+        lines = ["%d-%06d %s" % (n, i, "xyz" * 20) for i in range(size // 70 + 1)]
+        lines[len(lines) // 2] = "..stuffed %d" % n  # ".stuffed N" after unstuffing
+        subject = "pieces-%d" % n
+        raw = message(subject, "".join(l + "\r\n" for l in lines)) + b".\r\n"
+        expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        expect(c.cmd("RCPT TO:<%s>" % RCPT), 250)
+        expect(c.cmd("DATA"), 354)
+        mid = raw.index(b"..stuffed") + 1
+        cuts = sorted({1, 4097, mid, len(raw) - 4, len(raw) - 2, len(raw) - 1})
+        prev = 0
+        for cut in cuts + [len(raw)]:
+            c.send(raw[prev:cut])
+            prev = cut
+        expect(c.reply(30), 250)
+        body = "".join(l + "\n" for l in lines).replace("\n..stuffed", "\n.stuffed")
+        sent[subject] = body.encode()
+    c.cmd("QUIT")
+    assert sink.wait_count(len(sizes), 10)
+    got = {}
+    for raw in sink.messages():
+        _, msg = sink_message(raw)
+        subj = [h for h in headers_of(msg) if h.startswith("Subject: ")][0][9:]
+        got[subj] = msg.split(b"\n\n", 1)[1]
+    assert sorted(got) == sorted(sent)
+    for subject, body in sent.items():
+        assert got[subject] == body, subject
+
+
 # --- simple commands -------------------------------------------------------
 
 

@@ -1,7 +1,9 @@
 /*
  * test_buf.c - the growable text buffer (buf.c): appends keep the text
  * NUL-terminated, printf output longer than the stack buffer is whole,
- * sb_str of an empty buffer is "", sb_free leaves an empty buffer.
+ * sb_str of an empty buffer is "", sb_free leaves an empty buffer; a
+ * spare buffer is handed back only when large enough, the larger of two
+ * is kept, one over BUF_SPARE_MAX never.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -64,10 +66,34 @@ TEST(test_str)
 	free(s);   /* the text is the caller's (conf.c hands it on) */
 }
 
+/* test_spare - this thread's spare buffers (buf_spare_take/give). */
+TEST(test_spare)
+{
+	size_t cap = 0;
+	CHECK(buf_spare_take(BUF_SPARE_READ, 1, &cap) == NULL);
+	char *a = malloc(1000);
+	buf_spare_give(BUF_SPARE_READ, a, 1000);
+	CHECK(buf_spare_take(BUF_SPARE_BODY, 1, &cap) == NULL); /* kinds apart */
+	CHECK(buf_spare_take(BUF_SPARE_READ, 2000, &cap) == NULL);
+	CHECK(buf_spare_take(BUF_SPARE_READ, 500, &cap) == a);
+	CHECK_INT(cap, 1000);
+	CHECK(buf_spare_take(BUF_SPARE_READ, 1, &cap) == NULL); /* taken */
+	buf_spare_give(BUF_SPARE_READ, a, 1000);
+	buf_spare_give(BUF_SPARE_READ, malloc(10), 10); /* smaller: freed */
+	char *b = malloc(4000);
+	buf_spare_give(BUF_SPARE_READ, b, 4000); /* larger: replaces a */
+	buf_spare_give(BUF_SPARE_READ, malloc(BUF_SPARE_MAX + 1), BUF_SPARE_MAX + 1);
+	buf_spare_give(BUF_SPARE_READ, NULL, 0);
+	CHECK(buf_spare_take(BUF_SPARE_READ, 1, &cap) == b);
+	CHECK_INT(cap, 4000);
+	free(b);
+}
+
 int main(void)
 {
 	RUN(test_add_printf);
 	RUN(test_long);
 	RUN(test_str);
+	RUN(test_spare);
 	return t_done();
 }

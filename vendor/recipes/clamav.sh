@@ -8,7 +8,9 @@ build() {
 	if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
 		target=x86_64-unknown-linux-musl shims=
 	fi
-	CARGO_NET_OFFLINE=true $CM -S . -B _b -DCMAKE_INSTALL_PREFIX="$P/clamav" \
+	# Release, not the other libraries' MinSizeRel: with -Os the scanner
+	# took ~30% more CPU per 100 KB message (README, the static binary).
+	CARGO_NET_OFFLINE=true $CM -S . -B _b -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$P/clamav" \
 		-DRUST_COMPILER_TARGET="$target" -DENABLE_LIBCLAMAV_ONLY=ON -DENABLE_STATIC_LIB=ON \
 		-DENABLE_SHARED_LIB=OFF -DENABLE_UNRAR=OFF -DENABLE_EXTERNAL_MSPACK=ON \
 		-DENABLE_JSON_SHARED=OFF -DENABLE_TESTS=OFF -DENABLE_MAN_PAGES=OFF -DENABLE_SYSTEMD=OFF \
