@@ -35,7 +35,8 @@ Options are a subset of smtp-source's, so the script can stand in for it
   pseudo-random bytes filling the rest of SIZE)
   -u: every message unique: a 12-digit serial replaces a placeholder in the
   body (in the text, or inside the attachment's base64, so its decoded bytes
-  differ too); without it every message has the same body, which a
+  differ too), counted from a random start so that separate runs differ
+  too; without it every message has the same body, which a
   scanner's cache of clean results may recognise
   --rcpt-from=K: TO holds "%d", and message i (0, 1, ... in the order the
   sessions take them) goes to TO with K + i in its place, so every message
@@ -143,7 +144,11 @@ class Bench:
             self.body = build_text(size, sender, rcpt)
         else:
             self.body = build_body(size, sender, rcpt)
-        self.unique, self.serial = unique, 0
+        # -u: serials start at a random point, so that two runs (a warm-up
+        # and the run, or two cells against the same scanner) never send
+        # the same message: a cache of clean results would recognise it.
+        self.unique = unique
+        self.serial = random.SystemRandom().randrange(10 ** 11) if unique else 0
         self.next = 0
         self.rate, self.t_first = None, None  # --rate: start times i / rate
         self.rcpt_from = None  # set: self.rcpt is a "%d" template
