@@ -376,6 +376,17 @@ static void dest_post_to(struct ev_loop *loop, struct relay_dest *d, int shed, s
 	ev_post(loop, dest_post_cb, p);
 }
 
+/* dest_waiting - requests of every loop waiting for a connection to d
+ * (d->mu held). */
+static int dest_waiting(const struct relay_dest *d)
+{
+	int n = 0;
+
+	for (int i = 0; i < d->nloops; i++)
+		n += d->loops[i].waiting;
+	return n;
+}
+
 /* dest_reserve - take a connection slot, for a new connection. A fresh
  * request (waiter == 0) queues behind existing waiters; with `waiter` the
  * caller already waits. While RELAY_CONNECT_BURST connections are being
@@ -387,11 +398,10 @@ static void dest_post_to(struct ev_loop *loop, struct relay_dest *d, int shed, s
 static int dest_reserve(struct relay_dest *d, struct ev_loop *loop, int waiter, int register_wait)
 {
 	struct ev_loop *shed = NULL;
-	int ok = 0, others = 0;
+	int ok = 0, others;
 
 	pthread_mutex_lock(&d->mu);
-	for (int i = 0; i < d->nloops; i++)
-		others += d->loops[i].waiting;
+	others = dest_waiting(d);
 	int nopen = atomic_load(&d->open), making = atomic_load(&d->making);
 
 	if (nopen < atomic_load(&d->limit) && (making < RELAY_CONNECT_BURST || nopen == making) &&
@@ -1509,11 +1519,8 @@ struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_
 /* dest_unwaited - no loop has a request waiting for a connection to d. */
 static int dest_unwaited(struct relay_dest *d)
 {
-	int waiting = 0;
-
 	pthread_mutex_lock(&d->mu);
-	for (int i = 0; i < d->nloops; i++)
-		waiting += d->loops[i].waiting;
+	int waiting = dest_waiting(d);
 	pthread_mutex_unlock(&d->mu);
 	return waiting == 0;
 }
