@@ -563,11 +563,8 @@ int milter_cmd(struct milter *m, struct milter_txn *mt, char cmd, const struct c
  * (tempfail, reject), or it is left out (accept). 2 or 1, as verdict(). */
 int milter_fail(struct milter *m, struct milter_txn *mt, struct milter_result *res)
 {
-	static const char *const actions[] = {
-		[MILTER_DEFAULT_TEMPFAIL] = "tempfail", [MILTER_DEFAULT_ACCEPT] = "accept", [MILTER_DEFAULT_REJECT] = "reject"
-	};
 	log_warn("%s: milter %s: %s; default_action = %s", mt->msgid_or_sess, m->name, m->err,
-		 actions[m->default_action]);
+		 milter_action_names[m->default_action]);
 	stats_inc(ST_milter_errors);
 	if (m->fd >= 0)
 		close(m->fd);

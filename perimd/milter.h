@@ -66,6 +66,9 @@ struct milter_spec {
 	int default_action;                                          /* enum conf_milter_default_action */
 	int protocol;                                                /* 2 to 6 */
 };
+/* milter_action_names - default_action's words, by enum
+ * conf_milter_default_action. */
+extern const char *const milter_action_names[];
 /* milter_spec_defaults - the milter_* parameters' settings. */
 void milter_spec_defaults(const struct conf *cf, struct milter_spec *sp);
 /* milter_spec_parse - an item over the settings in *sp (its address

@@ -63,14 +63,16 @@ static const char *set_time(const char *v, long long *dst)
 	return NULL;
 }
 
+/* milter_action_names - see milter.h. */
+const char *const milter_action_names[MILTER_DEFAULT_REJECT + 1] = {
+	[MILTER_DEFAULT_TEMPFAIL] = "tempfail", [MILTER_DEFAULT_ACCEPT] = "accept", [MILTER_DEFAULT_REJECT] = "reject"
+};
+
 /* set_action - default_action's value; NULL, or why not. */
 static const char *set_action(const char *v, int *dst)
 {
-	static const char *const names[] = {
-		[MILTER_DEFAULT_TEMPFAIL] = "tempfail", [MILTER_DEFAULT_ACCEPT] = "accept", [MILTER_DEFAULT_REJECT] = "reject"
-	};
-	for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++)
-		if (!strcmp(v, names[i])) {
+	for (int i = 0; i <= MILTER_DEFAULT_REJECT; i++)
+		if (!strcmp(v, milter_action_names[i])) {
 			*dst = i;
 			return NULL;
 		}
