@@ -24,8 +24,9 @@
  * - Every request gets exactly one answer on its own socket; the main
  *   thread only reads requests and control messages, the workers scan and
  *   answer. A request's descriptor is not read after its answer is sent:
- *   perimd may then write the next message into the same memfd (spool.c). The process never exits through exit(): _exit() skips atexit
- *   work (and libclamav's global state) that the parent does not need.
+ *   perimd may then write the next message into the same memfd (spool.c).
+ *   The process never exits through exit(): _exit() skips atexit work
+ *   (and libclamav's global state) that the parent does not need.
  */
 #ifndef PERIMD_NO_CLAMAV /* else scanner_none.c */
 #include "scanner.h"
