@@ -331,7 +331,7 @@ static void reload(const char *path, int nov, int full)
 		log_errors("reload refused, keeping the running configuration: ", err);
 		return;
 	}
-	struct policy *p = milter_check(c, err, sizeof err) < 0 ? NULL : policy_load(c, err, sizeof err);
+	struct policy *p = policy_load(c, err, sizeof err); /* smtpd_milters parsed there */
 	if (!p) {
 		log_errors("reload refused, keeping the running configuration: ", err);
 		return;
@@ -465,7 +465,7 @@ int main(int argc, char **argv)
 		bad = 1;
 	}
 	int (*const checks[])(const struct conf *, char *, size_t) = { admin_check, av_check, grey_check,
-								       milter_check, fleet_check };
+								       fleet_check };
 	for (size_t k = 0; k < sizeof checks / sizeof checks[0]; k++)
 		if (checks[k](c, err, sizeof err) < 0) {
 			say_errors(err);

@@ -312,7 +312,7 @@ static int send_pkt(struct milter *m, char cmd, const void *data, size_t len)
 	uint32_t l = htonl((uint32_t)len + 1);
 	memcpy(hdr, &l, 4);
 	hdr[4] = cmd;
-	uint64_t dl = now_ms() + m->cmd_timeout;
+	uint64_t dl = now_ms() + (uint64_t)m->def->spec.command_timeout;
 	if (io_all(m->fd, hdr, 5, 1, dl) < 0 || (len && io_all(m->fd, (void *)data, len, 1, dl) < 0)) {
 		snprintf(m->err, sizeof m->err, "write: %s", strerror(errno));
 		return -1;
@@ -358,16 +358,18 @@ int milter_recv(struct milter *m, uint64_t timeout_ms, struct milter_pkt *pk)
 
 /* ---- connecting and negotiating ------------------------------------------ */
 
-/* milter_addr - the address of "inet:host:port" (host a name, an IPv4
- * address or [IPv6]) or "unix:/path"; 0, or -1 with m->err. */
-static int milter_addr(struct milter *m, struct sockaddr_storage *ss, socklen_t *len)
+/* addr_resolve - the socket address of "inet:host:port" (host a name,
+ * an IPv4 address or [IPv6]) or "unix:/path"; with numeric, only what
+ * needs no lookup (1 otherwise: a host name, left to each connect, which
+ * reports what is wrong with it). 0, or -1 with err. */
+static int addr_resolve(const char *spec, int numeric, struct sockaddr_storage *ss, socklen_t *len, char *err,
+			size_t errlen)
 {
-	const char *spec = m->name;
 	memset(ss, 0, sizeof *ss);
 	if (!strncmp(spec, "unix:", 5)) {
 		struct sockaddr_un *sun = (struct sockaddr_un *)ss;
 		if (strlen(spec + 5) >= sizeof sun->sun_path) {
-			snprintf(m->err, sizeof m->err, "socket path too long");
+			snprintf(err, errlen, "socket path too long");
 			return -1;
 		}
 		sun->sun_family = AF_UNIX;
@@ -379,7 +381,7 @@ static int milter_addr(struct milter *m, struct sockaddr_storage *ss, socklen_t 
 	const char *colon = strrchr(hp, ':');
 	char host[256];
 	if (!colon || (size_t)(colon - hp) >= sizeof host) {
-		snprintf(m->err, sizeof m->err, "bad milter address");
+		snprintf(err, errlen, "bad milter address");
 		return -1;
 	}
 	snprintf(host, sizeof host, "%.*s", (int)(colon - hp), hp);
@@ -388,10 +390,14 @@ static int milter_addr(struct milter *m, struct sockaddr_storage *ss, socklen_t 
 		h[strlen(h) - 1] = 0;
 		h++;
 	}
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
+				  .ai_flags = numeric ? AI_NUMERICHOST | AI_NUMERICSERV : 0 },
+			*ai = NULL;
 	int rc = getaddrinfo(h, colon + 1, &hints, &ai); /* a worker thread may block */
+	if (rc && numeric)
+		return 1;
 	if (rc) {
-		snprintf(m->err, sizeof m->err, "resolve: %s", gai_strerror(rc));
+		snprintf(err, errlen, "resolve: %s", gai_strerror(rc));
 		return -1;
 	}
 	memcpy(ss, ai->ai_addr, ai->ai_addrlen);
@@ -404,9 +410,9 @@ static int milter_addr(struct milter *m, struct sockaddr_storage *ss, socklen_t 
  * timeout; -1 with m->err. */
 static int milter_open(struct milter *m)
 {
-	struct sockaddr_storage ss;
-	socklen_t len;
-	if (milter_addr(m, &ss, &len) < 0)
+	struct sockaddr_storage ss = m->def->ss;
+	socklen_t len = m->def->sslen; /* 0: a host name, looked up now */
+	if (!len && addr_resolve(m->name, 0, &ss, &len, m->err, sizeof m->err) < 0)
 		return -1;
 	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
@@ -417,7 +423,7 @@ static int milter_open(struct milter *m)
 	socklen_t sl = sizeof soerr;
 	if (connect(fd, (struct sockaddr *)&ss, len) < 0 && errno != EINPROGRESS && errno != EAGAIN)
 		soerr = errno;
-	else if (wait_fd(fd, POLLOUT, now_ms() + m->conn_timeout) < 0 ||
+	else if (wait_fd(fd, POLLOUT, now_ms() + (uint64_t)m->def->spec.connect_timeout) < 0 ||
 		 getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
 		soerr = errno;
 	if (soerr) {
@@ -447,7 +453,8 @@ static int negotiate(struct milter *m, int version)
 	put32(b + 4, ACTIONS_HONOURED);
 	put32(b + 8, offer);
 	struct milter_pkt pk;
-	if (send_pkt(m, SMFIC_OPTNEG, b, sizeof b) < 0 || milter_recv(m, m->cmd_timeout, &pk) < 0)
+	if (send_pkt(m, SMFIC_OPTNEG, b, sizeof b) < 0 ||
+	    milter_recv(m, (uint64_t)m->def->spec.command_timeout, &pk) < 0)
 		return -1;
 	if (pk.cmd != 'O' || pk.idx < 2 || pk.idx > 6) {
 		snprintf(m->err, sizeof m->err, "bad negotiation reply (command %c, version %u)", pk.cmd,
@@ -550,7 +557,9 @@ int milter_cmd(struct milter *m, struct milter_txn *mt, char cmd, const struct c
 	if (m->pflags & nr)
 		return 0;
 	struct milter_pkt pk;
-	uint64_t to = cmd == SMFIC_BODY || cmd == SMFIC_BODYEOB ? m->content_timeout : m->cmd_timeout;
+	const struct milter_spec *sp = &m->def->spec;
+	uint64_t to =
+	    (uint64_t)(cmd == SMFIC_BODY || cmd == SMFIC_BODYEOB ? sp->content_timeout : sp->command_timeout);
 	if (milter_recv(m, to, &pk) < 0)
 		return -1;
 	int r = milter_verdict(m, &pk, res);
@@ -564,7 +573,7 @@ int milter_cmd(struct milter *m, struct milter_txn *mt, char cmd, const struct c
 int milter_fail(struct milter *m, struct milter_txn *mt, struct milter_result *res)
 {
 	log_warn("%s: milter %s: %s; default_action = %s", mt->msgid_or_sess, m->name, m->err,
-		 milter_action_names[m->default_action]);
+		 milter_action_names[m->def->spec.default_action]);
 	stats_inc(ST_milter_errors);
 	if (m->fd >= 0)
 		close(m->fd);
@@ -580,10 +589,10 @@ int milter_fail(struct milter *m, struct milter_txn *mt, struct milter_result *r
  * (left out) for accept. */
 int milter_failed(struct milter *m, struct milter_txn *mt, struct milter_result *res)
 {
-	if (m->default_action == MILTER_DEFAULT_ACCEPT)
+	if (m->def->spec.default_action == MILTER_DEFAULT_ACCEPT)
 		return 1;
 	snprintf(res->which, sizeof res->which, "%.127s", m->name);
-	if (m->default_action == MILTER_DEFAULT_REJECT) {
+	if (m->def->spec.default_action == MILTER_DEFAULT_REJECT) {
 		res->act = MILTER_REJECT;
 		snprintf(res->reply, sizeof res->reply, "550 5.5.0 Service unavailable");
 	} else {
@@ -599,7 +608,7 @@ static int session_start(struct milter *m, struct milter_txn *mt, struct milter_
 {
 	const struct conf *cf = mt->cf;
 	m->started = 1;
-	if (milter_open(m) < 0 || negotiate(m, m->protocol) < 0)
+	if (milter_open(m) < 0 || negotiate(m, m->def->spec.protocol) < 0)
 		return -1;
 	if (!(m->pflags & SMFIP_NOCONNECT)) {
 		char b[1024];
@@ -780,44 +789,69 @@ static void unclosed(const struct conf *cf, int i, char *err, size_t errlen)
 	sb_free(&b);
 }
 
-/* milter_check - see milter.h. */
-int milter_check(const struct conf *cf, char *err, size_t errlen)
+/* set_free - a set and its conf reference. */
+static void set_free(struct milter_set *ms)
 {
-	for (int i = 0; i < cf->smtpd_milters.n; i++) {
-		struct milter_spec sp;
-		char e[768];
-		milter_spec_defaults(cf, &sp);
-		if (milter_spec_parse(cf->smtpd_milters.v[i], &sp, e, sizeof e) < 0) {
-			snprintf(err, errlen, "smtpd_milters: %s (perimd.conf(5))", e);
-			if (cf->smtpd_milters.v[i][0] == '{')
-				unclosed(cf, i, err, errlen);
-			return -1;
-		}
+	conf_release(ms->cf);
+	free(ms->d);
+	free(ms);
+}
+
+/* def_load - item i of smtpd_milters into d: its settings over the
+ * milter_* parameters, its socket address when it needs no lookup; 0,
+ * or -1 with err naming the item. */
+static int def_load(const struct conf *cf, int i, struct milter_def *d, char *err, size_t errlen)
+{
+	char e[768];
+	milter_spec_defaults(cf, &d->spec);
+	if (milter_spec_parse(cf->smtpd_milters.v[i], &d->spec, e, sizeof e) < 0) {
+		snprintf(err, errlen, "smtpd_milters: %s (perimd.conf(5))", e);
+		if (cf->smtpd_milters.v[i][0] == '{')
+			unclosed(cf, i, err, errlen);
+		return -1;
 	}
+	if (addr_resolve(d->spec.addr, 1, &d->ss, &d->sslen, e, sizeof e) != 0)
+		d->sslen = 0; /* a host name (or the connect will tell) */
 	return 0;
 }
 
+/* milter_set_load - see milter.h. */
+struct milter_set *milter_set_load(struct conf *c, char *err, size_t errlen)
+{
+	struct milter_set *ms = xcalloc(1, sizeof *ms);
+	conf_ref(c);
+	ms->cf = c;
+	ms->refs = 1;
+	ms->n = c->smtpd_milters.n;
+	ms->d = xcalloc((size_t)ms->n + 1, sizeof *ms->d);
+	for (int i = 0; i < ms->n; i++)
+		if (def_load(c, i, &ms->d[i], err, errlen) < 0) {
+			set_free(ms);
+			return NULL;
+		}
+	return ms;
+}
+
+/* milter_set_release - see milter.h. */
+void milter_set_release(struct milter_set *ms)
+{
+	if (ms && __atomic_sub_fetch(&ms->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		set_free(ms);
+}
+
 /* milter_txn_new - see milter.h. */
-struct milter_txn *milter_txn_new(const struct conf *cf)
+struct milter_txn *milter_txn_new(struct milter_set *ms)
 {
 	struct milter_txn *mt = xcalloc(1, sizeof *mt);
-	mt->cf = cf;
-	mt->n = cf->smtpd_milters.n;
-	mt->m = xcalloc((size_t)mt->n, sizeof *mt->m);
+	__atomic_add_fetch(&ms->refs, 1, __ATOMIC_RELAXED);
+	mt->set = ms;
+	mt->cf = ms->cf;
+	mt->n = ms->n;
+	mt->m = xcalloc((size_t)mt->n + 1, sizeof *mt->m);
 	for (int i = 0; i < mt->n; i++) {
-		struct milter *m = &mt->m[i];
-		struct milter_spec sp;
-		char e[8];
-		milter_spec_defaults(cf, &sp);
-		if (milter_spec_parse(cf->smtpd_milters.v[i], &sp, e, sizeof e) < 0)
-			snprintf(sp.addr, sizeof sp.addr, "%s", cf->smtpd_milters.v[i]); /* never connects */
-		snprintf(m->name, sizeof m->name, "%s", sp.addr);
-		m->fd = -1;
-		m->conn_timeout = (uint64_t)sp.connect_timeout;
-		m->cmd_timeout = (uint64_t)sp.command_timeout;
-		m->content_timeout = (uint64_t)sp.content_timeout;
-		m->default_action = sp.default_action;
-		m->protocol = sp.protocol;
+		mt->m[i].def = &ms->d[i];
+		mt->m[i].name = ms->d[i].spec.addr;
+		mt->m[i].fd = -1;
 	}
 	snprintf(mt->msgid_or_sess, sizeof mt->msgid_or_sess, "-");
 	return mt;
@@ -906,5 +940,6 @@ void milter_txn_free(struct milter_txn *mt, struct spool *sp)
 		free(mt->mac[i].value);
 	}
 	free(mt->m);
+	milter_set_release(mt->set);
 	free(mt);
 }

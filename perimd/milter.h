@@ -29,6 +29,7 @@ struct ev_loop;
 struct spool;
 struct milter_txn;
 struct milter_req;
+struct milter_set;
 
 enum milter_act {
 	MILTER_CONTINUE, /* go on (also: every milter accepted) */
@@ -79,13 +80,21 @@ int milter_spec_parse(const char *item, struct milter_spec *sp, char *err, size_
 
 /* milter_enabled - smtpd_milters is set. */
 int milter_enabled(const struct conf *cf);
-/* milter_check - every smtpd_milters entry is inet:HOST:PORT or
- * unix:/path, alone or with its settings in braces (perimd -t, start,
- * reload); -1 with err. */
-int milter_check(const struct conf *cf, char *err, size_t errlen);
+/* milter_set_load - smtpd_milters of c, parsed once per configuration
+ * (at start, perimd -t and each reload: policy_load): each item's
+ * settings over the milter_* parameters, and its socket address unless
+ * it names a host (looked up at each connect). The set holds a reference
+ * on c. NULL with err when an item is not inet:HOST:PORT or unix:/path,
+ * alone or with its settings in braces. */
+struct milter_set *milter_set_load(struct conf *c, char *err, size_t errlen);
+/* milter_set_release - drop a reference (the loader's, or a
+ * transaction's); the last one frees. NULL is ignored. */
+void milter_set_release(struct milter_set *ms);
 
-/* milter_txn_new - a transaction's milters, not yet connected. */
-struct milter_txn *milter_txn_new(const struct conf *cf);
+/* milter_txn_new - a transaction's milters from ms, not yet connected;
+ * it keeps a reference on ms (a reload meanwhile changes nothing for it)
+ * until milter_txn_free. */
+struct milter_txn *milter_txn_new(struct milter_set *ms);
 /* milter_macro - set a macro's value (name without braces: "client_addr"
  * for {client_addr}, "i", "j"); NULL forgets it. Loop thread, between
  * stages. */

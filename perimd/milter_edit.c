@@ -456,7 +456,7 @@ static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struc
 		return -1;
 	for (;;) {
 		struct milter_pkt pk;
-		if (milter_recv(m, m->content_timeout, &pk) < 0)
+		if (milter_recv(m, (uint64_t)m->def->spec.content_timeout, &pk) < 0)
 			return -1;
 		if (needs(pk.cmd)) {
 			if (apply(m, mt, g, &pk, res) < 0)

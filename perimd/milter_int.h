@@ -10,32 +10,48 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 struct conf;
 struct conf_list;
 
 #define MILTER_MACROS_MAX 32
 
+/* One smtpd_milters item, parsed once per configuration (milter_set_load). */
+struct milter_def {
+	struct milter_spec spec;    /* address and settings */
+	struct sockaddr_storage ss; /* unix:/path, or an inet: address in digits */
+	socklen_t sslen;            /* 0: a host name, looked up at each connect */
+};
+
+/* smtpd_milters of one configuration (milter.h): immutable once built,
+ * shared by the transactions started under it. */
+struct milter_set {
+	struct conf *cf; /* a reference: the milter_*_macros lists */
+	struct milter_def *d;
+	int n;
+	int refs;
+};
+
 /* One milter of smtpd_milters within a transaction. */
 struct milter {
-	char name[MILTER_ADDR_MAX]; /* "inet:host:port" / "unix:/path" */
-	int fd;                     /* -1: not connected */
-	unsigned started : 1;       /* connect was tried */
-	unsigned done : 1;          /* accepted, or left out: not asked again */
-	unsigned broken : 1;        /* failed (its default_action applied) */
+	const struct milter_def *def; /* in the transaction's set */
+	const char *name;             /* def's "inet:host:port" / "unix:/path" */
+	int fd;                       /* -1: not connected */
+	unsigned started : 1;         /* connect was tried */
+	unsigned done : 1;            /* accepted, or left out: not asked again */
+	unsigned broken : 1;          /* failed (its default_action applied) */
 	unsigned skip_body : 1;
 	uint32_t actions, pflags; /* negotiated */
 	int version;              /* negotiated: the lower of the two */
-	uint64_t conn_timeout, cmd_timeout, content_timeout;
-	int default_action; /* enum conf_milter_default_action */
-	int protocol;       /* offered: 2 to 6 */
-	char *rbuf;         /* the last packet read */
+	char *rbuf;               /* the last packet read */
 	uint32_t rcap;
 	char err[160];
 };
 
 struct milter_txn {
-	const struct conf *cf;
+	struct milter_set *set; /* a reference, dropped by milter_txn_free */
+	const struct conf *cf;  /* set's */
 	struct milter *m;
 	int n;
 	struct milter_req *busy;    /* the stage in flight */

@@ -11,6 +11,7 @@
 #include "grey.h"
 #include "log.h"
 #include "maps.h"
+#include "milter.h"
 #include "net.h"
 #include "psvc.h"
 #include "relay.h"
@@ -55,6 +56,7 @@ static void policy_free(struct policy *p)
 		psvc_conf_free(p->psvc);
 		free(p->psvc);
 	}
+	milter_set_release(p->milters);
 	rules_free(p);
 	conf_release(p->conf);
 	free(p);
@@ -102,6 +104,10 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 	}
 	p->psvc = xcalloc(1, sizeof *p->psvc);
 	if (psvc_load(c, p->psvc, one, sizeof one) < 0) {
+		log_err_add(err, errlen, "%s", one);
+		bad = 1;
+	}
+	if (!(p->milters = milter_set_load(c, one, sizeof one))) {
 		log_err_add(err, errlen, "%s", one);
 		bad = 1;
 	}

@@ -23,6 +23,7 @@ struct conf_list;
 struct dnscheck;
 struct ev_loop;
 struct map_req;
+struct milter_set;
 struct relay_verify;
 
 struct policy {
@@ -33,10 +34,11 @@ struct policy {
 	struct map *transport;
 	struct map *rcpt_maps; /* relay_recipient_maps */
 	struct map *client_access, *sender_access, *rcpt_access;
-	struct map *header_checks; /* a regexp: table, after DATA (rules.h) */
-	struct grey_policy *grey;  /* greylisting whitelists (grey.h) */
-	unsigned shadow;           /* checks of shadow_checks (policy_shadow) */
-	struct psvc_conf *psvc;    /* smtpd_policy_services (psvc.h) */
+	struct map *header_checks;  /* a regexp: table, after DATA (rules.h) */
+	struct grey_policy *grey;   /* greylisting whitelists (grey.h) */
+	unsigned shadow;            /* checks of shadow_checks (policy_shadow) */
+	struct psvc_conf *psvc;     /* smtpd_policy_services (psvc.h) */
+	struct milter_set *milters; /* smtpd_milters, parsed (milter.h) */
 	int refs;
 };
 

@@ -190,7 +190,7 @@ static void mail_milters(struct session *s, const struct smtp_path *p)
 	const struct conf *cf = s->cf;
 	/* t->msgid, given at MAIL, is the milters' i as the policy services'
 	 * queue_id. */
-	t->milter = milter_txn_new(cf);
+	t->milter = milter_txn_new(s->pol->milters); /* parsed at load, kept by t across a reload */
 	char port[16], client[300];
 	snprintf(port, sizeof port, "%d", s->port);
 	const char *name = dnscheck_client_name(s->dns);
