@@ -58,7 +58,12 @@
 #                           the CPU then includes the scanner process; AB_SPOOL=shm puts
 #                           both perimds' body_spool_directory (and so libclamav's
 #                           temporary files) under /dev/shm as perimd's default does
-#                           (default: the work directory, on disk)
+#                           (default: the work directory, on disk); AB_MILTER=opendkim:
+#                           both with smtpd_milters = one opendkim started here
+#                           (verify mode, the client external, an Authentication-Results
+#                           header added to each message, so perimd applies a change),
+#                           AB_MILTER=inet:HOST:PORT: a milter already running; the
+#                           milter's own CPU is not counted
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -417,6 +422,34 @@ ab_run() {
 	echo "$t $((c1 - c0)) $((p1 - p0))" >>"$WORK/ab-$1-$2"
 }
 
+# ab_opendkim - an opendkim in verify mode on a free port (the client
+# external, AlwaysAddARHeader: a header added to each message); its
+# "inet:127.0.0.1:PORT" in AB_MILTER (no subshell: PIDS must keep its pid).
+ab_opendkim() {
+	local port d=$WORK/opendkim
+	command -v opendkim >/dev/null || [ -x /usr/sbin/opendkim ] ||
+		{ echo "bench ab: opendkim missing (apt-get install opendkim)" >&2; exit 1; }
+	port=$(free_port)
+	mkdir -p "$d"
+	echo 192.0.2.1 >"$d/internal"
+	printf 'Socket inet:%s@127.0.0.1\nSyslog no\nPidFile %s\nMode v\nAlwaysAddARHeader yes\nAuthservID perimd.bench.test\nInternalHosts %s\nRequireSafeKeys no\n' \
+		"$port" "$d/pid" "$d/internal" >"$d/opendkim.conf"
+	/usr/sbin/opendkim -f -x "$d/opendkim.conf" </dev/null >"$d/out" 2>&1 &
+	PIDS+=("$!")
+	"$PY" - "$port" <<-'EOF' >&2 || { cat "$d/out" >&2; exit 1; }
+	import socket, sys, time
+	port, deadline = int(sys.argv[1]), time.monotonic() + 30
+	while time.monotonic() < deadline:
+	    try:
+	        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+	        sys.exit(0)
+	    except OSError:
+	        time.sleep(0.1)
+	sys.exit("opendkim not listening after 30 s")
+	EOF
+	AB_MILTER=inet:127.0.0.1:$port
+}
+
 # ab_bench OLD NEW - see the header.
 ab_bench() {
 	local old=${1:?usage: bench.sh ab OLD NEW} new=${2:?usage: bench.sh ab OLD NEW} tag r s first second
@@ -432,6 +465,11 @@ ab_bench() {
 	fi
 	if [ "${AB_SPOOL:-work}" = shm ]; then
 		AB_SHM_DIR=$(mktemp -d /dev/shm/perimd-ab.XXXXXX)
+	fi
+	if [ -n "${AB_MILTER:-}" ]; then
+		[ "$AB_MILTER" = opendkim ] && ab_opendkim
+		echo "bench ab: smtpd_milters = $AB_MILTER"
+		EXTRA_CONF+=("smtpd_milters = $AB_MILTER" "milter_content_timeout = 120s")
 	fi
 	for tag in old new; do
 		PERIMD=${AB_BIN[$tag]}
