@@ -42,6 +42,7 @@ struct milter {
 	unsigned done : 1;            /* accepted, or left out: not asked again */
 	unsigned broken : 1;          /* failed (its default_action applied) */
 	unsigned skip_body : 1;
+	unsigned tcp : 1;         /* inet: (TCP_NODELAY, TCP_QUICKACK) */
 	uint32_t actions, pflags; /* negotiated */
 	int version;              /* negotiated: the lower of the two */
 	char *rbuf;               /* the last packet read */
