@@ -289,18 +289,18 @@ static uint64_t now_ms(void)
 static int io_all(int fd, void *buf, size_t n, int wr, int more, uint64_t deadline)
 {
 	char *p = buf;
-	while (n) {
-		if (wait_fd(fd, wr ? POLLOUT : POLLIN, deadline) < 0)
-			return -1;
+	while (n) { /* the socket is non-blocking: try first, poll when it would block */
 		ssize_t r = wr ? send(fd, p, n, MSG_NOSIGNAL | (more ? MSG_MORE : 0)) : recv(fd, p, n, 0);
 		if (r == 0 && !wr) {
 			errno = ECONNRESET;
 			return -1;
 		}
 		if (r < 0) {
-			if (errno == EAGAIN || errno == EINTR)
+			if (errno == EINTR)
 				continue;
-			return -1;
+			if (errno != EAGAIN || wait_fd(fd, wr ? POLLOUT : POLLIN, deadline) < 0)
+				return -1;
+			continue;
 		}
 		p += r;
 		n -= (size_t)r;
