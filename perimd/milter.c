@@ -326,6 +326,39 @@ static int send_pkt(struct milter *m, char cmd, const void *data, size_t len, in
 	return 0;
 }
 
+/* read_all - n bytes of the milter's stream into dst before the
+ * deadline: what an earlier read took past its packet first; a part
+ * shorter than m->ra is read ahead into it (one recv for a small
+ * packet's length and body, and for the verdict that follows a change). */
+static int read_all(struct milter *m, char *dst, size_t n, uint64_t deadline)
+{
+	while (n) {
+		if (m->ra_pos < m->ra_len) {
+			size_t k = (size_t)(m->ra_len - m->ra_pos);
+			if (k > n)
+				k = n;
+			memcpy(dst, m->ra + m->ra_pos, k);
+			m->ra_pos += (uint16_t)k;
+			dst += k;
+			n -= k;
+			continue;
+		}
+		if (n >= sizeof m->ra)
+			return io_all(m->fd, dst, n, 0, 0, deadline);
+		ssize_t r = recv(m->fd, m->ra, sizeof m->ra, 0);
+		if (r > 0) {
+			m->ra_pos = 0;
+			m->ra_len = (uint16_t)r;
+		} else if (r == 0) {
+			errno = ECONNRESET;
+			return -1;
+		} else if (errno != EINTR && (errno != EAGAIN || wait_fd(m->fd, POLLIN, deadline) < 0)) {
+			return -1;
+		}
+	}
+	return 0;
+}
+
 /* milter_recv - one packet into m->rbuf, parsed into *pk; waits up to
  * timeout_ms (a progress packet starts the wait again). */
 int milter_recv(struct milter *m, uint64_t timeout_ms, struct milter_pkt *pk)
@@ -333,7 +366,7 @@ int milter_recv(struct milter *m, uint64_t timeout_ms, struct milter_pkt *pk)
 	for (;;) {
 		uint64_t dl = now_ms() + timeout_ms;
 		char lb[4];
-		if (io_all(m->fd, lb, 4, 0, 0, dl) < 0) {
+		if (read_all(m, lb, 4, dl) < 0) {
 			snprintf(m->err, sizeof m->err, "read: %s",
 				 errno == ETIMEDOUT ? "timeout" : strerror(errno));
 			return -1;
@@ -347,7 +380,7 @@ int milter_recv(struct milter *m, uint64_t timeout_ms, struct milter_pkt *pk)
 			m->rbuf = xrealloc(m->rbuf, len);
 			m->rcap = len;
 		}
-		if (io_all(m->fd, m->rbuf, len, 0, 0, dl) < 0) {
+		if (read_all(m, m->rbuf, len, dl) < 0) {
 			snprintf(m->err, sizeof m->err, "read: %s",
 				 errno == ETIMEDOUT ? "timeout" : strerror(errno));
 			return -1;

@@ -46,6 +46,8 @@ struct milter {
 	uint32_t actions, pflags; /* negotiated */
 	int version;              /* negotiated: the lower of the two */
 	char *rbuf;               /* the last packet read */
+	char ra[512];             /* read ahead: ra[ra_pos..ra_len) not yet parsed */
+	uint16_t ra_pos, ra_len;
 	uint32_t rcap;
 	char err[160];
 };
