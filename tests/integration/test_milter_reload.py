@@ -35,6 +35,15 @@ def senders(peer, cmd="M"):
     return sorted(mail[e["conn"]] for e in ev if e["cmd"] == cmd and e["conn"] in mail)
 
 
+def txn(c, sender):
+    """One whole transaction on an open session; the reply to its dot."""
+    expect(c.cmd("MAIL FROM:<%s>" % sender), 250)
+    expect(c.cmd("RCPT TO:<a@example.com>"), 250)
+    expect(c.cmd("DATA"), 354)
+    c.send(MSG + b".\r\n")
+    return c.reply(timeout=20)
+
+
 def reload(p, line, n):
     """Append a setting to the configuration and SIGHUP; wait for the n-th
     "configuration reloaded"."""
@@ -99,11 +108,7 @@ def test_reload_while_a_stage_waits_on_its_milter(perimd_factory, backend, tmp_p
         expect(c.reply(timeout=15), 550, "5.5.0")
         assert "milter %s: read: timeout; default_action = reject" % a.spec in p.log_text()
         expect(c.cmd("RSET"), 250)
-        expect(c.cmd("MAIL FROM:<same@client.test>"), 250)
-        expect(c.cmd("RCPT TO:<a@example.com>"), 250)
-        expect(c.cmd("DATA"), 354)
-        c.send(MSG + b".\r\n")
-        expect(c.reply(timeout=20), 250)
+        expect(txn(c, "same@client.test"), 250)
         c.close()
         expect(send(p.port, "new@client.test", ["a@example.com"], MSG), 250)
         assert senders(a) == ["<hang@client.test>", "<same@client.test>"], a.events()
@@ -133,11 +138,7 @@ def test_no_nagle_waits(perimd_factory, backend, tmp_path):
             took = []
             for i in range(n):
                 t0 = time.monotonic()
-                expect(c.cmd("MAIL FROM:<plain@client.test>"), 250)
-                expect(c.cmd("RCPT TO:<a@example.com>"), 250)
-                expect(c.cmd("DATA"), 354)
-                c.send(MSG + b".\r\n")
-                expect(c.reply(timeout=20), 250)
+                expect(txn(c, "plain@client.test"), 250)
                 took.append(time.monotonic() - t0)
         med = sorted(took)[n // 2]
         assert len(backend.messages()) == n
