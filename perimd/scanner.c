@@ -101,13 +101,13 @@ struct gen {
 static const char *db_dir, *tmp_dir;
 static int nworkers, nloops;
 
-static struct gen *gens;     /* every generation not yet ended and reaped */
-static struct gen *cur;      /* the one that takes requests, or NULL */
-static struct gen *load;     /* the one loading, or NULL */
-static int started;          /* the first generation was ready */
-static int reload_want;      /* a reload waits to start */
-static int draining;         /* inplace: waiting for every generation to end */
-static uint64_t drain_t0;    /* ms when that reload began */
+static struct gen *gens;  /* every generation not yet ended and reaped */
+static struct gen *cur;   /* the one that takes requests, or NULL */
+static struct gen *load;  /* the one loading, or NULL */
+static int started;       /* the first generation was ready */
+static int reload_want;   /* a reload waits to start */
+static int draining;      /* inplace: waiting for every generation to end */
+static uint64_t drain_t0; /* ms when that reload began */
 static struct job *q_head, *q_tail;
 
 /* answer - send one answer on a request's socket. */

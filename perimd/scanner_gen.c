@@ -416,7 +416,8 @@ void scanner_gen_main(const char *db_dir, const char *tmp_dir, int nworkers)
 	if (engine_build(db_dir, tmp_dir, err, sizeof err) < 0) {
 		char msg[420];
 		int n = snprintf(msg, sizeof msg, "failed %s", err);
-		scanner_send_fd(SCANNER_GEN_FD, msg, (size_t)(n < (int)sizeof msg ? n : (int)sizeof msg - 1), -1);
+		scanner_send_fd(SCANNER_GEN_FD, msg, (size_t)(n < (int)sizeof msg ? n : (int)sizeof msg - 1),
+				-1);
 		_exit(0);
 	}
 	gen_run(nworkers);
