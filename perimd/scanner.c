@@ -1,16 +1,15 @@
 /*
- * scanner.c - the scanner process: a single-threaded dispatcher between
- * the io loops' request sockets, the supervisor's control socket (see
- * scanner.h for the protocol) and generations of av_threads scanning
- * worker PROCESSES (scanner_gen.c): a generation process loads and
- * compiles one libclamav engine and forks its workers, which share the
- * engine's pages copy-on-write.
+ * scanner.c - the scanner process: a single-threaded dispatcher for the
+ * supervisor's control socket (see scanner.h for the protocol) and
+ * generations of av_threads scanning worker PROCESSES (scanner_gen.c): a
+ * generation process loads and compiles one libclamav engine and forks its
+ * workers, which share the engine's pages copy-on-write and read the
+ * requests straight from the io loops' sockets (see scanner_int.h).
  *
- * Why processes: libclamav serialises every map and unmap of its file
- * maps through one global mutex, and in a threaded process every munmap
- * interrupts the CPUs running the other threads (TLB shootdown); single-
- * threaded workers pay neither. And a worker that crashes on a message
- * ends only that message.
+ * Why processes: libclamav maps and unmaps its file maps under one global
+ * mutex, and in a threaded process every munmap interrupts the CPUs
+ * running the other threads (TLB shootdown); single-threaded workers pay
+ * neither. And a worker that crashes on a message ends only that message.
  *
  * Invariants:
  * - This process holds no network socket and no key: it is started by
@@ -21,26 +20,29 @@
  *   with the thread that started it (PR_SET_PDEATHSIG), they with it.
  * - It never starts a thread, so it may fork: each generation is a fork
  *   of it, and only a generation (single-threaded too) forks workers.
- * - Every request gets exactly one answer on its own socket, and only
- *   this process sends answers: a worker answers the dispatcher, which
- *   forwards the answer of the request it gave that worker, or answers
- *   SCANNER_ERROR when the worker's socket ends first (the worker died).
- *   A worker has at most one request. A request's descriptor is not read
- *   after its answer is sent: the worker reads and closes it before it
- *   answers; perimd may then write the next message into the same memfd
- *   (spool.c).
+ * - Every request gets exactly one answer on its own socket: from the
+ *   worker that took it, or, when that worker dies while its slot holds
+ *   the request, SCANNER_ERROR from this process (a worker killed between
+ *   its answer and clearing the slot gives a second answer, which perimd
+ *   ignores). A request's descriptor is not read after its answer is sent:
+ *   the worker reads and closes it first; perimd may then write the next
+ *   message into the same memfd (spool.c).
+ * - Only the workers of the current generation are started ("go"); a
+ *   retired worker exits between two scans. Requests no worker has taken
+ *   wait in the loop sockets (perimd queues what does not fit) and are not
+ *   busy: the ping's age is that of the oldest taken one.
  * - Reload, swap (the default): a new generation loads while the current
- *   one keeps scanning; once ready it takes the new requests and the old
- *   one is retired: its workers exit after their scan in flight, then it
+ *   one keeps scanning; once ready its workers start and the old ones are
+ *   retired: they exit after their scan in flight, then the generation
  *   does. A failed load leaves the current generation in place.
  * - Reload, INPLACE (av_reload_mode = inplace): the current generation is
  *   retired first and the new one forked only when every generation has
- *   ended, so memory never holds two engines. Requests meanwhile wait in
- *   this process's queue and are not counted busy, so neither the hang
- *   check nor libclamav's scan time runs for them; av.c does not run
- *   av_timeout while the supervisor says "loading". A failed load leaves
- *   no engine: requests are answered SCANNER_ERROR until a reload
- *   (SIGHUP, a change in the directory) succeeds.
+ *   ended, so memory never holds two engines. Requests meanwhile wait, not
+ *   busy, so neither the hang check nor libclamav's scan time runs for
+ *   them; av.c does not run av_timeout while the supervisor says
+ *   "loading". A failed load leaves no engine: this process then reads the
+ *   requests itself and answers them SCANNER_ERROR until a reload (SIGHUP,
+ *   a change in the directory) succeeds.
  * - Processes exit through _exit(): no atexit work, no libclamav teardown.
  */
 #ifndef PERIMD_NO_CLAMAV /* else scanner_none.c */
@@ -61,6 +63,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -68,26 +71,14 @@
 
 #define DIRCHECK_MS 5000
 
-/* A request not yet given to a worker. */
-struct job {
-	struct job *next;
-	int sock;
-	int fd;
-	uint64_t id;
-};
-
 /* The dispatcher's view of one worker. */
 struct worker {
-	int sock;       /* its socket; -1: none (ended, or not started yet) */
-	int busy;       /* has a request: the fields below */
-	int loop_sock;  /* the request's socket */
-	uint64_t id;    /* the request's id */
-	uint64_t since; /* ms when it was given */
+	int sock; /* its socket; -1: none (ended, or not started yet) */
 };
 
 enum gen_state { GEN_LOADING, GEN_ACTIVE, GEN_RETIRED };
 
-/* A generation: its process, its socket, its workers. */
+/* A generation: its process, its socket, its workers and their slots. */
 struct gen {
 	struct gen *next;
 	pid_t pid;   /* 0 once reaped */
@@ -96,19 +87,19 @@ struct gen {
 	int inplace; /* loaded by an inplace reload */
 	uint64_t t0; /* ms when it was started */
 	struct worker *w;
+	struct scanner_slot *slots; /* shared with the workers */
 };
 
 static const char *db_dir, *tmp_dir;
-static int nworkers, nloops;
+static int nworkers;
 
 static struct gen *gens;  /* every generation not yet ended and reaped */
-static struct gen *cur;   /* the one that takes requests, or NULL */
+static struct gen *cur;   /* the one whose workers take requests, or NULL */
 static struct gen *load;  /* the one loading, or NULL */
 static int started;       /* the first generation was ready */
 static int reload_want;   /* a reload waits to start */
 static int draining;      /* inplace: waiting for every generation to end */
 static uint64_t drain_t0; /* ms when that reload began */
-static struct job *q_head, *q_tail;
 
 /* answer - send one answer on a request's socket. */
 static void answer(int sock, uint64_t id, int status, const char *name)
@@ -122,80 +113,15 @@ static void answer(int sock, uint64_t id, int status, const char *name)
 		;
 }
 
-/* job_fail - answer a request SCANNER_ERROR and drop it. */
-static void job_fail(struct job *j, const char *why)
+/* no_engine - no generation takes requests and none is coming: this
+ * process answers them itself. */
+static int no_engine(void)
 {
-	answer(j->sock, j->id, SCANNER_ERROR, why);
-	close(j->fd);
-	free(j);
+	return !cur && !load && !draining && !reload_want;
 }
 
-/* give - hand a request to a worker; 0, or -1 when the worker is gone
- * (its socket is then closed; the request stays the caller's). */
-static int give(struct worker *w, struct job *j)
-{
-	struct scanner_req r = { j->id };
-	if (scanner_send_fd(w->sock, &r, sizeof r, j->fd) < 0) {
-		close(w->sock);
-		w->sock = -1;
-		return -1;
-	}
-	w->busy = 1;
-	w->loop_sock = j->sock;
-	w->id = j->id;
-	w->since = clock_ms();
-	close(j->fd);
-	free(j);
-	return 0;
-}
-
-/* idle_worker - a worker of the current generation without a request. */
-static struct worker *idle_worker(void)
-{
-	if (!cur)
-		return NULL;
-	for (int i = 0; i < nworkers; i++)
-		if (cur->w[i].sock >= 0 && !cur->w[i].busy)
-			return &cur->w[i];
-	return NULL;
-}
-
-/* dispatch - give queued requests to idle workers; with no engine and
- * none coming, answer them. */
-static void dispatch(void)
-{
-	while (q_head) {
-		struct job *j = q_head;
-		if (!cur && !load && !draining && !reload_want) {
-			q_head = j->next;
-			job_fail(j, "no signatures loaded (reload failed)");
-			continue;
-		}
-		struct worker *w = idle_worker();
-		if (!w)
-			break;
-		q_head = j->next;
-		if (give(w, j) < 0) {
-			j->next = q_head;
-			q_head = j;
-		}
-	}
-	if (!q_head)
-		q_tail = NULL;
-}
-
-/* enqueue - a new request waits for a worker. */
-static void enqueue(struct job *j)
-{
-	j->next = NULL;
-	if (q_tail)
-		q_tail->next = j;
-	else
-		q_head = j;
-	q_tail = j;
-}
-
-/* read_request - one request from a loop socket; -1 when it is closed. */
+/* read_request - with no engine: one request from a loop socket, answered
+ * SCANNER_ERROR; -1 when the socket is closed. */
 static int read_request(int sock)
 {
 	struct scanner_req r;
@@ -209,64 +135,47 @@ static int read_request(int sock)
 		return errno == EINTR || errno == EAGAIN ? 0 : -1;
 	if (n == 0)
 		return -1;
-	if ((size_t)n != sizeof r || fd < 0) {
-		if (fd >= 0)
-			close(fd);
-		answer(sock, (size_t)n >= sizeof r.id ? r.id : 0, SCANNER_ERROR, "bad request");
-		return 0;
-	}
-	struct job *j = xcalloc(1, sizeof *j);
-	j->sock = sock;
-	j->fd = fd;
-	j->id = r.id;
-	enqueue(j);
+	if (fd >= 0)
+		close(fd);
+	answer(sock, (size_t)n >= sizeof r.id ? r.id : 0, SCANNER_ERROR,
+	       (size_t)n != sizeof r || fd < 0 ? "bad request" : "no signatures loaded (reload failed)");
 	return 0;
 }
 
-/* worker_closed - a worker's socket is closed, or must be. */
-static void worker_closed(struct worker *w)
+/* worker_closed - worker i of g has ended (its socket did): a request
+ * it held gets SCANNER_ERROR. */
+static void worker_closed(struct gen *g, int i)
 {
-	if (w->busy)
-		answer(w->loop_sock, w->id, SCANNER_ERROR, "the scanning process died");
-	w->busy = 0;
-	close(w->sock);
-	w->sock = -1;
+	struct scanner_slot *sl = &g->slots[i];
+	if (__atomic_load_n(&sl->since, __ATOMIC_ACQUIRE) && sl->loop >= 0 && sl->loop < scanner_nloops)
+		answer(SCANNER_LOOP_FD + sl->loop, sl->id, SCANNER_ERROR, "the scanning process died");
+	sl->since = 0;
+	close(g->w[i].sock);
+	g->w[i].sock = -1;
 }
 
-/* worker_input - a worker answered (forward it) or ended. */
-static void worker_input(struct gen *g, struct worker *w)
+/* worker_input - a worker's socket is readable: it has ended (a worker
+ * sends nothing). */
+static void worker_input(struct gen *g, int i)
 {
-	struct scanner_ans a;
-	int fd;
-	long n = scanner_recv_fd(w->sock, &a, sizeof a, &fd, 0);
-	if (fd >= 0)
-		close(fd);
+	char buf[16];
+	ssize_t n = recv(g->w[i].sock, buf, sizeof buf, MSG_DONTWAIT);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
-	if (n != (long)sizeof a) {
-		worker_closed(w);
-		return;
-	}
-	if (!w->busy || a.id != w->id)
-		return;
-	a.name[sizeof a.name - 1] = 0;
-	while (send(w->loop_sock, &a, sizeof a, MSG_NOSIGNAL) < 0 && errno == EINTR)
-		;
-	w->busy = 0;
-	if (g->state == GEN_RETIRED)
-		worker_closed(w); /* it exits */
+	if (n <= 0)
+		worker_closed(g, i);
 }
 
-/* gen_retire - no new requests for g: its idle workers exit now, the
- * others after their scan; then the generation itself does. */
+/* gen_retire - no new requests for g: its workers exit after the scan
+ * they are on, if any; then the generation itself does. */
 static void gen_retire(struct gen *g)
 {
 	g->state = GEN_RETIRED;
 	if (g->sock >= 0)
 		send(g->sock, "retire", 6, MSG_NOSIGNAL);
 	for (int i = 0; i < nworkers; i++)
-		if (g->w[i].sock >= 0 && !g->w[i].busy)
-			worker_closed(&g->w[i]);
+		if (g->w[i].sock >= 0)
+			send(g->w[i].sock, "retire", 6, MSG_NOSIGNAL);
 	if (cur == g)
 		cur = NULL;
 }
@@ -282,20 +191,32 @@ static void gen_start(int inplace)
 			_exit(1);
 		return;
 	}
+	struct scanner_slot *slots = mmap(NULL, (size_t)nworkers * sizeof *slots, PROT_READ | PROT_WRITE,
+					  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (slots == MAP_FAILED) {
+		close(sv[0]);
+		close(sv[1]);
+		scanner_ctl_send(started ? "reload-failed mmap: %s" : "error mmap: %s", strerror(errno));
+		if (!started)
+			_exit(1);
+		return;
+	}
+	scanner_slots = slots; /* the generation's workers find theirs here */
 	pid_t parent = getpid();
 	pid_t pid = fork();
 	if (pid == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != parent)
 			_exit(0);
-		if (dup2(sv[1], SCANNER_GEN_FD) < 0)
+		if (dup2(sv[1], scanner_gen_fd()) < 0)
 			_exit(1);
-		syscall(SYS_close_range, SCANNER_GEN_FD + 1u, ~0u, 0u);
+		syscall(SYS_close_range, scanner_gen_fd() + 1u, ~0u, 0u);
 		scanner_gen_main(db_dir, tmp_dir, nworkers);
 	}
 	close(sv[1]);
 	if (pid < 0) {
 		close(sv[0]);
+		munmap(slots, (size_t)nworkers * sizeof *slots);
 		scanner_ctl_send(started ? "reload-failed fork: %s" : "error fork: %s", strerror(errno));
 		if (!started)
 			_exit(1);
@@ -307,6 +228,7 @@ static void gen_start(int inplace)
 	g->state = GEN_LOADING;
 	g->inplace = inplace;
 	g->t0 = inplace ? drain_t0 : clock_ms();
+	g->slots = slots;
 	g->w = xcalloc((size_t)nworkers, sizeof *g->w);
 	for (int i = 0; i < nworkers; i++)
 		g->w[i].sock = -1;
@@ -383,8 +305,9 @@ static void gen_input(struct gen *g)
 		/* A replacement: the generation has reaped the worker before,
 		 * even if its socket's end has not been read here yet. */
 		if (g->w[i].sock >= 0)
-			worker_closed(&g->w[i]);
+			worker_closed(g, i);
 		g->w[i].sock = fd;
+		send(fd, "go", 2, MSG_NOSIGNAL);
 		return;
 	}
 	if (fd >= 0)
@@ -407,6 +330,7 @@ static int gens_reap(void)
 			open = g->w[i].sock >= 0;
 		if (!open && g->pid == 0) {
 			*pg = g->next;
+			munmap(g->slots, (size_t)nworkers * sizeof *g->slots);
 			free(g->w);
 			free(g);
 			continue;
@@ -470,12 +394,14 @@ static void pong(void)
 	uint64_t now = clock_ms(), oldest = 0;
 	int inflight = 0;
 	for (struct gen *g = gens; g; g = g->next)
-		for (int i = 0; i < nworkers; i++)
-			if (g->w[i].busy) {
+		for (int i = 0; i < nworkers; i++) {
+			uint64_t since = __atomic_load_n(&g->slots[i].since, __ATOMIC_ACQUIRE);
+			if (since) {
 				inflight++;
-				if (now - g->w[i].since > oldest)
-					oldest = now - g->w[i].since;
+				if (now > since && now - since > oldest)
+					oldest = now - since;
 			}
+		}
 	scanner_ctl_send("pong %llu %d", (unsigned long long)oldest, inflight);
 }
 
@@ -512,7 +438,7 @@ static void confine(void)
 {
 	/* Only our sockets (and stdio for the log) stay open. The raw system
 	 * call: musl (the static build) has no close_range() wrapper. */
-	syscall(SYS_close_range, SCANNER_LOOP_FD + (unsigned)nloops, ~0u, 0u);
+	syscall(SYS_close_range, SCANNER_LOOP_FD + (unsigned)scanner_nloops, ~0u, 0u);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 	struct rlimit rl = { 0, 0 };
@@ -555,7 +481,7 @@ struct pref {
 /* poll_build - the poll set of this round; returns its length. */
 static int poll_build(struct pollfd **pf, struct pref **pr, int *cap, const int *loop_fd)
 {
-	int n = 1 + nloops;
+	int n = 1 + scanner_nloops;
 	for (struct gen *g = gens; g; g = g->next)
 		n += 1 + nworkers;
 	if (n > *cap) {
@@ -568,8 +494,9 @@ static int poll_build(struct pollfd **pf, struct pref **pr, int *cap, const int 
 	int k = 0;
 	(*pf)[k] = (struct pollfd){ SCANNER_CTL_FD, POLLIN, 0 };
 	(*pr)[k++] = (struct pref){ NULL, -1 };
-	for (int i = 0; i < nloops; i++) {
-		(*pf)[k] = (struct pollfd){ loop_fd[i], POLLIN, 0 };
+	/* Only with no engine: else the workers read the requests. */
+	for (int i = 0; i < scanner_nloops; i++) {
+		(*pf)[k] = (struct pollfd){ no_engine() ? loop_fd[i] : -1, POLLIN, 0 };
 		(*pr)[k++] = (struct pref){ NULL, i };
 	}
 	for (struct gen *g = gens; g; g = g->next) {
@@ -586,8 +513,8 @@ static int poll_build(struct pollfd **pf, struct pref **pr, int *cap, const int 
 /* dispatcher - the main loop: requests in, answers out, reloads. */
 static void __attribute__((noreturn)) dispatcher(void)
 {
-	int *loop_fd = xcalloc((size_t)nloops, sizeof *loop_fd);
-	for (int i = 0; i < nloops; i++)
+	int *loop_fd = xcalloc((size_t)scanner_nloops, sizeof *loop_fd);
+	for (int i = 0; i < scanner_nloops; i++)
 		loop_fd[i] = SCANNER_LOOP_FD + i;
 	struct pollfd *pf = NULL;
 	struct pref *pr = NULL;
@@ -613,7 +540,7 @@ static void __attribute__((noreturn)) dispatcher(void)
 			else if (r.g && r.i < 0 && r.g->sock == pf[k].fd)
 				gen_input(r.g);
 			else if (r.g && r.i >= 0 && r.g->w[r.i].sock == pf[k].fd)
-				worker_input(r.g, &r.g->w[r.i]);
+				worker_input(r.g, r.i);
 		}
 		if (clock_ms() >= next_check) {
 			next_check = clock_ms() + DIRCHECK_MS;
@@ -626,7 +553,6 @@ static void __attribute__((noreturn)) dispatcher(void)
 			}
 		}
 		reload_step();
-		dispatch();
 		gens_reap();
 	}
 }
@@ -641,12 +567,12 @@ int scanner_main(int argc, char **argv)
 	db_dir = argv[2];
 	tmp_dir = argv[3];
 	nworkers = atoi(argv[4]);
-	nloops = atoi(argv[5]);
+	scanner_nloops = atoi(argv[5]);
 	if (nworkers <= 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		nworkers = n > 0 ? (int)n : 1;
 	}
-	if (nloops < 1 || nloops > 1024 || nworkers > 1024)
+	if (scanner_nloops < 1 || scanner_nloops > 1024 || nworkers > 1024)
 		_exit(2);
 	confine();
 	heap_tune();

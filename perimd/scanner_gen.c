@@ -14,11 +14,12 @@
  * - Generation and workers die with their parent (PR_SET_PDEATHSIG) and
  *   keep the scanner's confinement (no new privileges, no core files,
  *   bounded temporary files: inherited through fork).
- * - A worker scans one request at a time and answers it on its socket
- *   after it has read the message and closed the descriptor. A worker that
- *   dies (a crash in libclamav) ends only its own request: the dispatcher
- *   answers it SCANNER_ERROR; the generation forks a replacement unless it
- *   is retired.
+ * - A worker scans one request at a time, taken from a loop socket, and
+ *   answers it on that socket after it has read the message and closed
+ *   the descriptor; its shared slot names the request meanwhile. A worker
+ *   that dies (a crash in libclamav) ends only its own request: the
+ *   dispatcher answers it SCANNER_ERROR; the generation forks a
+ *   replacement unless it is retired.
  * - Processes exit through _exit(): no atexit work, no libclamav teardown.
  */
 #ifndef PERIMD_NO_CLAMAV /* else scanner_none.c */
@@ -37,6 +38,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -48,6 +50,8 @@
 #define SCAN_BUF_MAX (1 << 20)
 
 struct scanner_limits scanner_limits;
+int scanner_nloops;
+struct scanner_slot *scanner_slots;
 
 /* The engine of this generation (a worker's copy-on-write view of it). */
 static struct {
@@ -281,29 +285,84 @@ static void scan_one(int fd, struct scanner_ans *a)
 		snprintf(a->name, sizeof a->name, "%s", cl_strerror(rc));
 }
 
-/* worker_main - a worker: scan what the dispatcher sends until it closes
- * the socket. */
-static void __attribute__((noreturn)) worker_main(void)
+/* worker_take - one request from loop socket i, scanned and answered;
+ * nothing when another worker took it first. */
+static void worker_take(int i, struct scanner_slot *slot)
 {
+	int sock = SCANNER_LOOP_FD + i;
+	struct scanner_req r;
+	int fd;
+	long n = scanner_recv_fd(sock, &r, sizeof r, &fd, 0);
+	if (n < 0 && errno != EMSGSIZE)
+		return; /* EAGAIN: taken; or the socket is gone */
+	if (n == 0)
+		return;
+	struct scanner_ans a;
+	memset(&a, 0, sizeof a);
+	a.id = n >= (long)sizeof r.id ? r.id : 0;
+	if (n != (long)sizeof r || fd < 0) {
+		if (fd >= 0)
+			close(fd);
+		a.status = SCANNER_ERROR;
+		snprintf(a.name, sizeof a.name, "bad request");
+	} else {
+		slot->id = r.id;
+		slot->loop = i;
+		__atomic_store_n(&slot->since, clock_ms(), __ATOMIC_RELEASE);
+		scan_one(fd, &a);
+	}
+	while (send(sock, &a, sizeof a, MSG_NOSIGNAL) < 0 && errno == EINTR)
+		;
+	__atomic_store_n(&slot->since, 0, __ATOMIC_RELEASE);
+}
+
+/* worker_told - a message from the dispatcher: 1 "go", 0 nothing yet, -1
+ * "retire" or the end of the socket. */
+static int worker_told(int wait)
+{
+	char buf[16];
+	ssize_t n;
+	while ((n = recv(scanner_gen_fd(), buf, sizeof buf, wait ? 0 : MSG_DONTWAIT)) < 0 && errno == EINTR)
+		;
+	if (n < 0 && errno == EAGAIN)
+		return 0;
+	return n == 2 && !memcmp(buf, "go", 2) ? 1 : -1;
+}
+
+/* worker_main - a worker: after "go", take requests from the loop
+ * sockets until retired. */
+static void __attribute__((noreturn)) worker_main(struct scanner_slot *slot)
+{
+	if (worker_told(1) != 1)
+		_exit(0);
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	if (ep < 0)
+		_exit(1);
+	struct epoll_event ev = { .events = EPOLLIN, .data.u32 = UINT32_MAX };
+	epoll_ctl(ep, EPOLL_CTL_ADD, scanner_gen_fd(), &ev);
+	for (int i = 0; i < scanner_nloops; i++) {
+		/* One idle worker woken per request, not all of them. */
+		ev = (struct epoll_event){ .events = EPOLLIN | EPOLLEXCLUSIVE, .data.u32 = (uint32_t)i };
+		if (epoll_ctl(ep, EPOLL_CTL_ADD, SCANNER_LOOP_FD + i, &ev) < 0)
+			_exit(1);
+	}
 	for (;;) {
-		struct scanner_req r;
-		int fd;
-		long n = scanner_recv_fd(SCANNER_WORKER_FD, &r, sizeof r, &fd, 1);
-		if (n <= 0 && !(n < 0 && errno == EMSGSIZE))
-			_exit(0);
-		struct scanner_ans a;
-		memset(&a, 0, sizeof a);
-		a.id = n >= (long)sizeof r.id ? r.id : 0;
-		if (n != (long)sizeof r || fd < 0) {
-			if (fd >= 0)
-				close(fd);
-			a.status = SCANNER_ERROR;
-			snprintf(a.name, sizeof a.name, "bad request");
-		} else {
-			scan_one(fd, &a);
+		struct epoll_event evs[64];
+		int n = epoll_wait(ep, evs, 64, -1);
+		if (n < 0 && errno != EINTR)
+			_exit(1);
+		/* Retired: stop between two scans. */
+		for (int k = 0; k < n; k++)
+			if (evs[k].data.u32 == UINT32_MAX && worker_told(0) < 0)
+				_exit(0);
+		for (int k = 0; k < n; k++) {
+			if (evs[k].data.u32 == UINT32_MAX)
+				continue;
+			if (evs[k].events & (EPOLLHUP | EPOLLERR))
+				epoll_ctl(ep, EPOLL_CTL_DEL, SCANNER_LOOP_FD + (int)evs[k].data.u32, NULL);
+			else
+				worker_take((int)evs[k].data.u32, slot);
 		}
-		if (scanner_send_fd(SCANNER_WORKER_FD, &a, sizeof a, -1) < 0)
-			_exit(0);
 	}
 }
 
@@ -323,11 +382,11 @@ static pid_t worker_fork(int i, const sigset_t *old)
 		prctl(PR_SET_NAME, "perimd-scan");
 		signal(SIGCHLD, SIG_DFL);
 		sigprocmask(SIG_SETMASK, old, NULL);
-		if (dup2(sv[1], SCANNER_WORKER_FD) < 0)
+		if (dup2(sv[1], scanner_gen_fd()) < 0)
 			_exit(1);
 		close(SCANNER_CTL_FD);
-		syscall(SYS_close_range, SCANNER_WORKER_FD + 1u, ~0u, 0u);
-		worker_main();
+		syscall(SYS_close_range, scanner_gen_fd() + 1u, ~0u, 0u);
+		worker_main(&scanner_slots[i]);
 	}
 	close(sv[1]);
 	if (pid < 0) {
@@ -336,7 +395,7 @@ static pid_t worker_fork(int i, const sigset_t *old)
 	}
 	char msg[64];
 	int n = snprintf(msg, sizeof msg, "worker %d %d", i, (int)pid);
-	scanner_send_fd(SCANNER_GEN_FD, msg, (size_t)n, sv[0]);
+	scanner_send_fd(scanner_gen_fd(), msg, (size_t)n, sv[0]);
 	close(sv[0]);
 	return pid;
 }
@@ -384,15 +443,15 @@ static void __attribute__((noreturn)) gen_run(int nworkers)
 		}
 	char msg[64];
 	int n = snprintf(msg, sizeof msg, "ready %u", eng.sigs);
-	scanner_send_fd(SCANNER_GEN_FD, msg, (size_t)n, -1);
+	scanner_send_fd(scanner_gen_fd(), msg, (size_t)n, -1);
 	int retired = 0;
 	for (;;) {
-		struct pollfd pf[2] = { { sfd, POLLIN, 0 }, { retired ? -1 : SCANNER_GEN_FD, POLLIN, 0 } };
+		struct pollfd pf[2] = { { sfd, POLLIN, 0 }, { retired ? -1 : scanner_gen_fd(), POLLIN, 0 } };
 		if (poll(pf, 2, sfd < 0 ? 200 : -1) < 0 && errno != EINTR)
 			_exit(1);
 		if (pf[1].revents) {
 			char buf[64];
-			ssize_t r = recv(SCANNER_GEN_FD, buf, sizeof buf, MSG_DONTWAIT);
+			ssize_t r = recv(scanner_gen_fd(), buf, sizeof buf, MSG_DONTWAIT);
 			if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR) ||
 			    (r == 6 && !memcmp(buf, "retire", 6)))
 				retired = 1;
@@ -416,8 +475,8 @@ void scanner_gen_main(const char *db_dir, const char *tmp_dir, int nworkers)
 	if (engine_build(db_dir, tmp_dir, err, sizeof err) < 0) {
 		char msg[420];
 		int n = snprintf(msg, sizeof msg, "failed %s", err);
-		scanner_send_fd(SCANNER_GEN_FD, msg, (size_t)(n < (int)sizeof msg ? n : (int)sizeof msg - 1),
-				-1);
+		scanner_send_fd(scanner_gen_fd(), msg,
+				(size_t)(n < (int)sizeof msg ? n : (int)sizeof msg - 1), -1);
 		_exit(0);
 	}
 	gen_run(nworkers);

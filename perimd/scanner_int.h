@@ -4,15 +4,22 @@
  * messages on the generation socket.
  *
  * A generation process holds one compiled engine and forks the workers
- * that scan with it. On its socket (SCANNER_GEN_FD in the generation,
+ * that scan with it. On its socket (scanner_gen_fd() in the generation,
  * SEQPACKET) it sends the dispatcher "worker I PID" with the dispatcher's
  * end of worker I's socket attached (SCM_RIGHTS; again for a replacement),
  * then "ready SIGS" once every worker runs, or "failed TEXT" and exits.
  * The dispatcher sends "retire": no more replacements; the generation
- * exits when its last worker has. On a worker's socket the dispatcher
- * sends a struct scanner_req with the message's descriptor attached and
- * the worker answers a struct scanner_ans; one request at a time. A
- * worker exits when its socket is closed.
+ * exits when its last worker has.
+ *
+ * Workers read the requests straight from the io loops' sockets (which
+ * they inherit; each request goes to one reader, and EPOLLEXCLUSIVE wakes
+ * one idle worker per request) and answer on the same socket. A worker
+ * starts reading when the dispatcher sends "go" on its socket and stops,
+ * between two scans, at "retire" or when the socket ends; its end of the
+ * socket ends only when it exits. While it scans, its slot in the
+ * generation's shared array (struct scanner_slot, MAP_SHARED, made by the
+ * dispatcher before the fork) says which request: the dispatcher answers
+ * it SCANNER_ERROR when the worker dies with its slot busy.
  */
 #ifndef PERIMD_SCANNER_INT_H
 #define PERIMD_SCANNER_INT_H
@@ -21,10 +28,25 @@
 
 #include <stddef.h>
 
-/* In a generation: the socket to the dispatcher (SCANNER_CTL_FD stays, for
- * "log" lines). In a worker: its socket to the dispatcher. */
-#define SCANNER_GEN_FD SCANNER_LOOP_FD
-#define SCANNER_WORKER_FD SCANNER_LOOP_FD
+/* A worker's request: since (ms, CLOCK_MONOTONIC) is 0 while it has none,
+ * written last when it takes one and cleared after the answer is sent (a
+ * worker that dies between the two gets a second answer, which perimd
+ * ignores: no request has that id any more). */
+struct scanner_slot {
+	uint64_t id;
+	int32_t loop; /* index of the request's socket */
+	int32_t pad;
+	uint64_t since;
+};
+
+/* The loop sockets' count; in a generation and in a worker the socket to
+ * the dispatcher is at scanner_gen_fd() (SCANNER_CTL_FD stays in a
+ * generation, for "log" lines), every other descriptor above is closed. */
+extern int scanner_nloops;
+#define scanner_gen_fd() (SCANNER_LOOP_FD + scanner_nloops)
+
+/* The shared slots of the generation being forked (one per worker). */
+extern struct scanner_slot *scanner_slots;
 
 /* The limits the next generation builds its engine with. */
 extern struct scanner_limits scanner_limits;
