@@ -101,6 +101,15 @@ static int reload_want;   /* a reload waits to start */
 static int draining;      /* inplace: waiting for every generation to end */
 static uint64_t drain_t0; /* ms when that reload began */
 
+/* A request not yet given to a worker. */
+struct job {
+	struct job *next;
+	int loop; /* index of its socket */
+	int fd;
+	uint64_t id;
+};
+static struct job *q_head, *q_tail;
+
 /* answer - send one answer on a request's socket. */
 static void answer(int sock, uint64_t id, int status, const char *name)
 {
@@ -120,10 +129,84 @@ static int no_engine(void)
 	return !cur && !load && !draining && !reload_want;
 }
 
-/* read_request - with no engine: one request from a loop socket, answered
- * SCANNER_ERROR; -1 when the socket is closed. */
-static int read_request(int sock)
+/* job_fail - answer a request SCANNER_ERROR and drop it. */
+static void job_fail(struct job *j, const char *why)
 {
+	answer(SCANNER_LOOP_FD + j->loop, j->id, SCANNER_ERROR, why);
+	close(j->fd);
+	free(j);
+}
+
+/* give - hand a request to worker i of the current generation; 0, or -1
+ * when the worker is gone (the request stays the caller's). */
+static int give(int i, struct job *j)
+{
+	struct scanner_slot *sl = &cur->slots[i];
+	sl->id = j->id;
+	sl->loop = j->loop;
+	sl->since = clock_ms();
+	__atomic_store_n(&sl->busy, 1, __ATOMIC_SEQ_CST);
+	struct scanner_job m = { j->id, j->loop, 0 };
+	if (scanner_send_fd(cur->w[i].sock, &m, sizeof m, j->fd) < 0) {
+		__atomic_store_n(&sl->busy, 0, __ATOMIC_SEQ_CST);
+		return -1; /* its end is read (EOF) in the next round */
+	}
+	close(j->fd);
+	free(j);
+	return 0;
+}
+
+/* idle_worker - a worker of the current generation without a request, or
+ * -1; from start on, round robin. */
+static int idle_worker(int start)
+{
+	for (int k = 0; cur && k < nworkers; k++) {
+		int i = (start + k) % nworkers;
+		if (cur->w[i].sock >= 0 && !__atomic_load_n(&cur->slots[i].busy, __ATOMIC_SEQ_CST))
+			return i;
+	}
+	return -1;
+}
+
+/* dispatch - give queued requests to idle workers; with no engine and
+ * none coming, answer them. While some wait, workers say when they are
+ * done ("d"): backlog is set before the last look for an idle one. */
+static void dispatch(void)
+{
+	static int next;
+	while (q_head) {
+		struct job *j = q_head;
+		if (no_engine()) {
+			q_head = j->next;
+			job_fail(j, "no signatures loaded (reload failed)");
+			continue;
+		}
+		int i = idle_worker(next);
+		if (i < 0) {
+			__atomic_store_n(&scanner_shared->backlog, 1, __ATOMIC_SEQ_CST);
+			i = idle_worker(next);
+		}
+		if (i < 0)
+			break;
+		q_head = j->next;
+		if (give(i, j) < 0) {
+			j->next = q_head;
+			q_head = j;
+			break;
+		}
+		next = (i + 1) % nworkers;
+	}
+	if (!q_head) {
+		q_tail = NULL;
+		__atomic_store_n(&scanner_shared->backlog, 0, __ATOMIC_SEQ_CST);
+	}
+}
+
+/* read_request - one request from loop socket i, queued; -1 when the
+ * socket is closed. */
+static int read_request(int i)
+{
+	int sock = SCANNER_LOOP_FD + i;
 	struct scanner_req r;
 	int fd;
 	long n = scanner_recv_fd(sock, &r, sizeof r, &fd, 0);
@@ -135,10 +218,21 @@ static int read_request(int sock)
 		return errno == EINTR || errno == EAGAIN ? 0 : -1;
 	if (n == 0)
 		return -1;
-	if (fd >= 0)
-		close(fd);
-	answer(sock, (size_t)n >= sizeof r.id ? r.id : 0, SCANNER_ERROR,
-	       (size_t)n != sizeof r || fd < 0 ? "bad request" : "no signatures loaded (reload failed)");
+	if ((size_t)n != sizeof r || fd < 0) {
+		if (fd >= 0)
+			close(fd);
+		answer(sock, (size_t)n >= sizeof r.id ? r.id : 0, SCANNER_ERROR, "bad request");
+		return 0;
+	}
+	struct job *j = xcalloc(1, sizeof *j);
+	j->loop = i;
+	j->fd = fd;
+	j->id = r.id;
+	if (q_tail)
+		q_tail->next = j;
+	else
+		q_head = j;
+	q_tail = j;
 	return 0;
 }
 
@@ -147,22 +241,22 @@ static int read_request(int sock)
 static void worker_closed(struct gen *g, int i)
 {
 	struct scanner_slot *sl = &g->slots[i];
-	if (__atomic_load_n(&sl->since, __ATOMIC_ACQUIRE) && sl->loop >= 0 && sl->loop < scanner_nloops)
+	if (__atomic_load_n(&sl->busy, __ATOMIC_SEQ_CST) && sl->loop >= 0 && sl->loop < scanner_nloops)
 		answer(SCANNER_LOOP_FD + sl->loop, sl->id, SCANNER_ERROR, "the scanning process died");
-	sl->since = 0;
+	__atomic_store_n(&sl->busy, 0, __ATOMIC_SEQ_CST);
 	close(g->w[i].sock);
 	g->w[i].sock = -1;
 }
 
-/* worker_input - a worker's socket is readable: it has ended (a worker
- * sends nothing). */
+/* worker_input - a worker is done while requests wait ("d"; dispatch()
+ * follows), or it has ended. */
 static void worker_input(struct gen *g, int i)
 {
 	char buf[16];
-	ssize_t n = recv(g->w[i].sock, buf, sizeof buf, MSG_DONTWAIT);
-	if (n < 0 && (errno == EAGAIN || errno == EINTR))
-		return;
-	if (n <= 0)
+	ssize_t n;
+	while ((n = recv(g->w[i].sock, buf, sizeof buf, MSG_DONTWAIT)) > 0)
+		;
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
 		worker_closed(g, i);
 }
 
@@ -307,7 +401,6 @@ static void gen_input(struct gen *g)
 		if (g->w[i].sock >= 0)
 			worker_closed(g, i);
 		g->w[i].sock = fd;
-		send(fd, "go", 2, MSG_NOSIGNAL);
 		return;
 	}
 	if (fd >= 0)
@@ -395,8 +488,8 @@ static void pong(void)
 	int inflight = 0;
 	for (struct gen *g = gens; g; g = g->next)
 		for (int i = 0; i < nworkers; i++) {
-			uint64_t since = __atomic_load_n(&g->slots[i].since, __ATOMIC_ACQUIRE);
-			if (since) {
+			uint64_t since = g->slots[i].since;
+			if (__atomic_load_n(&g->slots[i].busy, __ATOMIC_SEQ_CST)) {
 				inflight++;
 				if (now > since && now - since > oldest)
 					oldest = now - since;
@@ -494,9 +587,8 @@ static int poll_build(struct pollfd **pf, struct pref **pr, int *cap, const int 
 	int k = 0;
 	(*pf)[k] = (struct pollfd){ SCANNER_CTL_FD, POLLIN, 0 };
 	(*pr)[k++] = (struct pref){ NULL, -1 };
-	/* Only with no engine: else the workers read the requests. */
 	for (int i = 0; i < scanner_nloops; i++) {
-		(*pf)[k] = (struct pollfd){ no_engine() ? loop_fd[i] : -1, POLLIN, 0 };
+		(*pf)[k] = (struct pollfd){ loop_fd[i], POLLIN, 0 };
 		(*pr)[k++] = (struct pref){ NULL, i };
 	}
 	for (struct gen *g = gens; g; g = g->next) {
@@ -535,7 +627,7 @@ static void __attribute__((noreturn)) dispatcher(void)
 			struct pref r = pr[k];
 			if (!r.g && r.i < 0 && control() < 0)
 				_exit(0); /* the supervisor is gone */
-			else if (!r.g && r.i >= 0 && read_request(loop_fd[r.i]) < 0)
+			else if (!r.g && r.i >= 0 && read_request(r.i) < 0)
 				loop_fd[r.i] = -1;
 			else if (r.g && r.i < 0 && r.g->sock == pf[k].fd)
 				gen_input(r.g);
@@ -553,6 +645,7 @@ static void __attribute__((noreturn)) dispatcher(void)
 			}
 		}
 		reload_step();
+		dispatch();
 		gens_reap();
 	}
 }
@@ -579,6 +672,12 @@ int scanner_main(int argc, char **argv)
 	prctl(PR_SET_NAME, "perimd-scanner");
 	if (getppid() == 1)
 		_exit(0);
+	scanner_shared =
+	    mmap(NULL, sizeof *scanner_shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (scanner_shared == MAP_FAILED) {
+		scanner_ctl_send("error mmap: %s", strerror(errno));
+		_exit(1);
+	}
 	gen_start(0);
 	dispatcher();
 }

@@ -38,7 +38,6 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -52,6 +51,7 @@
 struct scanner_limits scanner_limits;
 int scanner_nloops;
 struct scanner_slot *scanner_slots;
+struct scanner_shared *scanner_shared;
 
 /* The engine of this generation (a worker's copy-on-write view of it). */
 static struct {
@@ -285,84 +285,40 @@ static void scan_one(int fd, struct scanner_ans *a)
 		snprintf(a->name, sizeof a->name, "%s", cl_strerror(rc));
 }
 
-/* worker_take - one request from loop socket i, scanned and answered;
- * nothing when another worker took it first. */
-static void worker_take(int i, struct scanner_slot *slot)
+/* worker_answer - answer a job on its loop socket, then free the slot;
+ * wake the dispatcher if requests wait. */
+static void worker_answer(const struct scanner_job *j, struct scanner_ans *a, struct scanner_slot *slot)
 {
-	int sock = SCANNER_LOOP_FD + i;
-	struct scanner_req r;
-	int fd;
-	long n = scanner_recv_fd(sock, &r, sizeof r, &fd, 0);
-	if (n < 0 && errno != EMSGSIZE)
-		return; /* EAGAIN: taken; or the socket is gone */
-	if (n == 0)
-		return;
-	struct scanner_ans a;
-	memset(&a, 0, sizeof a);
-	a.id = n >= (long)sizeof r.id ? r.id : 0;
-	if (n != (long)sizeof r || fd < 0) {
-		if (fd >= 0)
-			close(fd);
-		a.status = SCANNER_ERROR;
-		snprintf(a.name, sizeof a.name, "bad request");
-	} else {
-		slot->id = r.id;
-		slot->loop = i;
-		__atomic_store_n(&slot->since, clock_ms(), __ATOMIC_RELEASE);
-		scan_one(fd, &a);
-	}
-	while (send(sock, &a, sizeof a, MSG_NOSIGNAL) < 0 && errno == EINTR)
-		;
-	__atomic_store_n(&slot->since, 0, __ATOMIC_RELEASE);
+	if (j->loop >= 0 && j->loop < scanner_nloops)
+		while (send(SCANNER_LOOP_FD + j->loop, a, sizeof *a, MSG_NOSIGNAL) < 0 && errno == EINTR)
+			;
+	/* With the dispatcher's store of backlog then load of busy: one of
+	 * the two sees the other's store (both sequentially consistent). */
+	__atomic_store_n(&slot->busy, 0, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&scanner_shared->backlog, __ATOMIC_SEQ_CST))
+		send(scanner_gen_fd(), "d", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
-/* worker_told - a message from the dispatcher: 1 "go", 0 nothing yet, -1
- * "retire" or the end of the socket. */
-static int worker_told(int wait)
-{
-	char buf[16];
-	ssize_t n;
-	while ((n = recv(scanner_gen_fd(), buf, sizeof buf, wait ? 0 : MSG_DONTWAIT)) < 0 && errno == EINTR)
-		;
-	if (n < 0 && errno == EAGAIN)
-		return 0;
-	return n == 2 && !memcmp(buf, "go", 2) ? 1 : -1;
-}
-
-/* worker_main - a worker: after "go", take requests from the loop
- * sockets until retired. */
+/* worker_main - a worker: scan the jobs the dispatcher gives until it
+ * says "retire" or its socket ends. */
 static void __attribute__((noreturn)) worker_main(struct scanner_slot *slot)
 {
-	if (worker_told(1) != 1)
-		_exit(0);
-	int ep = epoll_create1(EPOLL_CLOEXEC);
-	if (ep < 0)
-		_exit(1);
-	struct epoll_event ev = { .events = EPOLLIN, .data.u32 = UINT32_MAX };
-	epoll_ctl(ep, EPOLL_CTL_ADD, scanner_gen_fd(), &ev);
-	for (int i = 0; i < scanner_nloops; i++) {
-		/* One idle worker woken per request, not all of them. */
-		ev = (struct epoll_event){ .events = EPOLLIN | EPOLLEXCLUSIVE, .data.u32 = (uint32_t)i };
-		if (epoll_ctl(ep, EPOLL_CTL_ADD, SCANNER_LOOP_FD + i, &ev) < 0)
-			_exit(1);
-	}
 	for (;;) {
-		struct epoll_event evs[64];
-		int n = epoll_wait(ep, evs, 64, -1);
-		if (n < 0 && errno != EINTR)
-			_exit(1);
-		/* Retired: stop between two scans. */
-		for (int k = 0; k < n; k++)
-			if (evs[k].data.u32 == UINT32_MAX && worker_told(0) < 0)
-				_exit(0);
-		for (int k = 0; k < n; k++) {
-			if (evs[k].data.u32 == UINT32_MAX)
-				continue;
-			if (evs[k].events & (EPOLLHUP | EPOLLERR))
-				epoll_ctl(ep, EPOLL_CTL_DEL, SCANNER_LOOP_FD + (int)evs[k].data.u32, NULL);
-			else
-				worker_take((int)evs[k].data.u32, slot);
+		struct scanner_job j;
+		int fd;
+		long n = scanner_recv_fd(scanner_gen_fd(), &j, sizeof j, &fd, 1);
+		if (n < 0 && errno == EMSGSIZE)
+			continue;
+		if (n != (long)sizeof j || fd < 0) {
+			if (fd >= 0)
+				close(fd);
+			_exit(0); /* "retire", or the dispatcher is gone */
 		}
+		struct scanner_ans a;
+		memset(&a, 0, sizeof a);
+		a.id = j.id;
+		scan_one(fd, &a);
+		worker_answer(&j, &a, slot);
 	}
 }
 

@@ -11,15 +11,18 @@
  * The dispatcher sends "retire": no more replacements; the generation
  * exits when its last worker has.
  *
- * Workers read the requests straight from the io loops' sockets (which
- * they inherit; each request goes to one reader, and EPOLLEXCLUSIVE wakes
- * one idle worker per request) and answer on the same socket. A worker
- * starts reading when the dispatcher sends "go" on its socket and stops,
- * between two scans, at "retire" or when the socket ends; its end of the
- * socket ends only when it exits. While it scans, its slot in the
- * generation's shared array (struct scanner_slot, MAP_SHARED, made by the
- * dispatcher before the fork) says which request: the dispatcher answers
- * it SCANNER_ERROR when the worker dies with its slot busy.
+ * The dispatcher reads the requests from the io loops' sockets and gives
+ * each to an idle worker of the current generation: a struct scanner_job
+ * with the message's descriptor attached, on the worker's socket. The
+ * worker answers on the loop socket itself (inherited; SEQPACKET, so
+ * answers from several processes never mix) and marks its slot idle. The
+ * slots (struct scanner_slot, MAP_SHARED, made by the dispatcher before
+ * the fork) say which request each worker has: the dispatcher answers it
+ * SCANNER_ERROR when the worker dies with its slot busy. A worker sends
+ * the dispatcher "d" after an answer only while requests wait for a worker
+ * (scanner_shared->backlog), so an idle dispatcher is woken once per
+ * request, not twice. The dispatcher sends "retire" on a worker's socket:
+ * the worker exits once it has answered what it was given before.
  */
 #ifndef PERIMD_SCANNER_INT_H
 #define PERIMD_SCANNER_INT_H
@@ -28,15 +31,27 @@
 
 #include <stddef.h>
 
-/* A worker's request: since (ms, CLOCK_MONOTONIC) is 0 while it has none,
- * written last when it takes one and cleared after the answer is sent (a
- * worker that dies between the two gets a second answer, which perimd
- * ignores: no request has that id any more). */
-struct scanner_slot {
+/* A request given to a worker. */
+struct scanner_job {
 	uint64_t id;
 	int32_t loop; /* index of the request's socket */
 	int32_t pad;
-	uint64_t since;
+};
+
+/* A worker's request, written by the dispatcher before it gives one; busy
+ * cleared by the worker after its answer is sent (a worker killed between
+ * the two gets a second answer, which perimd ignores: no request has that
+ * id any more). */
+struct scanner_slot {
+	uint64_t id;
+	int32_t loop;
+	int32_t busy;   /* atomic */
+	uint64_t since; /* ms (clock_ms) when it was given */
+};
+
+/* Shared by the dispatcher and every worker (MAP_SHARED). */
+struct scanner_shared {
+	int backlog; /* atomic: requests wait for a worker */
 };
 
 /* The loop sockets' count; in a generation and in a worker the socket to
@@ -47,6 +62,7 @@ extern int scanner_nloops;
 
 /* The shared slots of the generation being forked (one per worker). */
 extern struct scanner_slot *scanner_slots;
+extern struct scanner_shared *scanner_shared;
 
 /* The limits the next generation builds its engine with. */
 extern struct scanner_limits scanner_limits;
