@@ -672,6 +672,7 @@ int scanner_main(int argc, char **argv)
 	prctl(PR_SET_NAME, "perimd-scanner");
 	if (getppid() == 1)
 		_exit(0);
+	scanner_tmp_clean(tmp_dir);
 	scanner_shared =
 	    mmap(NULL, sizeof *scanner_shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (scanner_shared == MAP_FAILED) {

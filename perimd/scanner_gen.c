@@ -29,7 +29,9 @@
 
 #include <clamav.h>
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -60,6 +62,10 @@ static struct {
 	unsigned heuristic; /* cl_scan_options.heuristic of scans on it */
 	uint64_t max_file;  /* its MaxFileSize */
 } eng;
+
+/* The generation's temporary directory (body_spool_directory); each
+ * worker's libclamav writes in its own subdirectory (worker_tmpdir). */
+static const char *gen_tmp;
 
 /* A worker's buffer for scan_fd, kept between scans. */
 static struct {
@@ -322,6 +328,50 @@ static void __attribute__((noreturn)) worker_main(struct scanner_slot *slot)
 	}
 }
 
+/* worker_tmpdir - the temporary directory of worker pid. */
+static void worker_tmpdir(pid_t pid, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/perimd-scan.%d", gen_tmp, (int)pid);
+}
+
+/* rm_entry - nftw(): remove one entry, depth first. */
+static int rm_entry(const char *path, const struct stat *st, int type, struct FTW *f)
+{
+	(void)st;
+	(void)type;
+	(void)f;
+	remove(path);
+	return 0;
+}
+
+/* worker_tmp_remove - the temporary files a dead worker left (a crash
+ * skips libclamav's own cleanup). */
+static void worker_tmp_remove(pid_t pid)
+{
+	char dir[4096];
+	if (!*gen_tmp)
+		return;
+	worker_tmpdir(pid, dir, sizeof dir);
+	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* scanner_tmp_clean - remove the workers' temporary directories a scanner
+ * killed as a whole left in tmp_dir. */
+void scanner_tmp_clean(const char *tmp_dir)
+{
+	DIR *d = *tmp_dir ? opendir(tmp_dir) : NULL;
+	if (!d)
+		return;
+	struct dirent *e;
+	char path[4096];
+	while ((e = readdir(d)))
+		if (!strncmp(e->d_name, "perimd-scan.", 12)) {
+			snprintf(path, sizeof path, "%s/%s", tmp_dir, e->d_name);
+			nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+		}
+	closedir(d);
+}
+
 /* worker_fork - start worker i; sends the dispatcher its socket. Returns
  * the pid, or -1. */
 static pid_t worker_fork(int i, const sigset_t *old)
@@ -342,6 +392,11 @@ static pid_t worker_fork(int i, const sigset_t *old)
 			_exit(1);
 		close(SCANNER_CTL_FD);
 		syscall(SYS_close_range, scanner_gen_fd() + 1u, ~0u, 0u);
+		char dir[4096];
+		worker_tmpdir(getpid(), dir, sizeof dir);
+		/* Its copy of the engine only (copy-on-write). */
+		if (*gen_tmp && mkdir(dir, 0700) == 0)
+			cl_engine_set_str(eng.cl, CL_ENGINE_TMPDIR, dir);
 		worker_main(&scanner_slots[i]);
 	}
 	close(sv[1]);
@@ -367,6 +422,7 @@ static int gen_reap(pid_t *pids, int nworkers, int retired, const sigset_t *old)
 			if (pids[i] != pid)
 				continue;
 			pids[i] = 0;
+			worker_tmp_remove(pid);
 			if (WIFSIGNALED(st))
 				scanner_ctl_send("log scanning process %d killed by signal %d%s", (int)pid,
 						 WTERMSIG(st), retired ? "" : "; replacing it");
@@ -426,6 +482,7 @@ static void __attribute__((noreturn)) gen_run(int nworkers)
 void scanner_gen_main(const char *db_dir, const char *tmp_dir, int nworkers)
 {
 	prctl(PR_SET_NAME, "perimd-engine");
+	gen_tmp = tmp_dir;
 	scanner_fsize_limit();
 	char err[400];
 	if (engine_build(db_dir, tmp_dir, err, sizeof err) < 0) {

@@ -73,6 +73,10 @@ extern struct scanner_limits scanner_limits;
  * dispatcher with its socket at SCANNER_GEN_FD; never returns. */
 void scanner_gen_main(const char *db_dir, const char *tmp_dir, int nworkers) __attribute__((noreturn));
 
+/* scanner_tmp_clean - remove the workers' temporary directories (named
+ * perimd-scan.PID) that a scanner killed as a whole left in tmp_dir. */
+void scanner_tmp_clean(const char *tmp_dir);
+
 /* scanner_fsize_limit - the soft RLIMIT_FSIZE from scanner_limits. */
 void scanner_fsize_limit(void);
 

@@ -114,7 +114,8 @@ def test_workers_are_processes(perimd_factory, sink, tmp_path):
 def test_killed_worker(perimd_factory, sink, tmp_path, monkeypatch):
     """A worker killed (SIGSEGV) while it scans a slow message: that message
     gets 451 4.3.0, the messages the other worker scans meanwhile 250; it is
-    replaced, and later messages pass and EICAR is still refused."""
+    replaced, its temporary files are removed, and later messages pass and
+    EICAR is still refused."""
     # The test build's ASan would catch the SIGSEGV, report and abort: a
     # crash as in a production build instead.
     monkeypatch.setenv("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1:handle_segv=0")
@@ -165,6 +166,10 @@ def test_killed_worker(perimd_factory, sink, tmp_path, monkeypatch):
     p.wait_log(r"scanning process %d killed by signal 11; replacing it" % killed)
     p.wait_log(r"av: scan failed: the scanning process died")
     _, now = wait_workers(spid, 2, not_in=[killed])
+    # What libclamav had written for the killed scan is removed.
+    spool = p.params["body_spool_directory"]
+    assert not os.path.exists(os.path.join(spool, "perimd-scan.%d" % killed)), os.listdir(spool)
+    assert all(os.path.isdir(os.path.join(spool, "perimd-scan.%d" % w)) for w in now)
     with session(p.port) as c:
         for _ in range(4):
             expect(send(c, CLEAN), 250)
