@@ -104,6 +104,11 @@ def test_workers_are_processes(perimd_factory, sink, tmp_path):
     gen, ws = wait_workers(spid, 3)
     for pid in [spid, gen] + ws:
         assert len(os.listdir("/proc/%d/task" % pid)) == 1, "process %d has threads" % pid
+        # The scanner's confinement holds in each (inherited through fork).
+        with open("/proc/%d/status" % pid) as f:
+            assert re.search(r"^NoNewPrivs:\s+1$", f.read(), re.M), pid
+        with open("/proc/%d/limits" % pid) as f:
+            assert re.search(r"^Max core file size\s+0\s+0 ", f.read(), re.M), pid
     with session(p.port) as c:
         expect(send(c, EICAR + b"\r\n"), 554, "5.7.1", SIG_EICAR)
         for _ in range(6):
@@ -175,6 +180,26 @@ def test_killed_worker(perimd_factory, sink, tmp_path, monkeypatch):
             expect(send(c, CLEAN), 250)
         expect(send(c, EICAR + b"\r\n"), 554, "5.7.1", SIG_EICAR)
     assert scanner_pid(p) == spid and "restarting it" not in p.log_text()
+
+
+def test_workers_die_with_the_scanner(perimd_factory, sink, tmp_path):
+    """The scanner killed: its engine process and workers go with it
+    (PR_SET_PDEATHSIG); the restarted scanner has new ones that scan."""
+    p, _ = libclamav(perimd_factory, sink, tmp_path, av_threads=2)
+    spid = scanner_pid(p)
+    gen, ws = wait_workers(spid, 2)
+    os.kill(spid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while any(os.path.exists("/proc/%d" % x) and comm(x) in ("perimd-engine", "perimd-scan")
+              for x in [gen] + ws):
+        assert time.monotonic() < deadline, "the scanner's processes outlived it"
+        time.sleep(0.05)
+    new = scanner_pid(p, 2, timeout=20)
+    _, now = wait_workers(new, 2)
+    assert not set(now) & set(ws)
+    with session(p.port) as c:
+        expect(send(c, EICAR + b"\r\n"), 554, "5.7.1", SIG_EICAR)
+        expect(send(c, CLEAN), 250)
 
 
 def reload_under_source(p, sink, db, spid, n=300):
