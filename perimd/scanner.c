@@ -1,10 +1,11 @@
 /*
- * scanner.c - the scanner process: a single-threaded dispatcher for the
- * supervisor's control socket (see scanner.h for the protocol) and
- * generations of av_threads scanning worker PROCESSES (scanner_gen.c): a
- * generation process loads and compiles one libclamav engine and forks its
- * workers, which share the engine's pages copy-on-write and read the
- * requests straight from the io loops' sockets (see scanner_int.h).
+ * scanner.c - the scanner process: a single-threaded dispatcher between
+ * the io loops' request sockets, the supervisor's control socket (see
+ * scanner.h for the protocol) and generations of av_threads scanning
+ * worker PROCESSES (scanner_gen.c): a generation process loads and
+ * compiles one libclamav engine and forks its workers, which share the
+ * engine's pages copy-on-write, scan the requests this process gives them
+ * and answer on the request's own socket (see scanner_int.h).
  *
  * Why processes: libclamav maps and unmaps its file maps under one global
  * mutex, and in a threaded process every munmap interrupts the CPUs
@@ -21,16 +22,18 @@
  * - It never starts a thread, so it may fork: each generation is a fork
  *   of it, and only a generation (single-threaded too) forks workers.
  * - Every request gets exactly one answer on its own socket: from the
- *   worker that took it, or, when that worker dies while its slot holds
+ *   worker it was given to, or, when that worker dies while its slot holds
  *   the request, SCANNER_ERROR from this process (a worker killed between
  *   its answer and clearing the slot gives a second answer, which perimd
- *   ignores). A request's descriptor is not read after its answer is sent:
- *   the worker reads and closes it first; perimd may then write the next
- *   message into the same memfd (spool.c).
- * - Only the workers of the current generation are started ("go"); a
- *   retired worker exits between two scans. Requests no worker has taken
- *   wait in the loop sockets (perimd queues what does not fit) and are not
- *   busy: the ping's age is that of the oldest taken one.
+ *   ignores). A worker has at most one request. A request's descriptor is
+ *   not read after its answer is sent: the worker reads and closes it
+ *   first; perimd may then write the next message into the same memfd
+ *   (spool.c).
+ * - Requests go only to the workers of the current generation; a retired
+ *   worker exits once it has answered what it was given. Requests waiting
+ *   for a worker (in this process's queue) are not busy: the ping's age is
+ *   that of the oldest given one. Stopping this process (SIGSTOP) holds
+ *   every request not yet given.
  * - Reload, swap (the default): a new generation loads while the current
  *   one keeps scanning; once ready its workers start and the old ones are
  *   retired: they exit after their scan in flight, then the generation
@@ -40,9 +43,9 @@
  *   ended, so memory never holds two engines. Requests meanwhile wait, not
  *   busy, so neither the hang check nor libclamav's scan time runs for
  *   them; av.c does not run av_timeout while the supervisor says
- *   "loading". A failed load leaves no engine: this process then reads the
- *   requests itself and answers them SCANNER_ERROR until a reload (SIGHUP,
- *   a change in the directory) succeeds.
+ *   "loading". A failed load leaves no engine: requests are answered
+ *   SCANNER_ERROR until a reload (SIGHUP, a change in the directory)
+ *   succeeds.
  * - Processes exit through _exit(): no atexit work, no libclamav teardown.
  */
 #ifndef PERIMD_NO_CLAMAV /* else scanner_none.c */

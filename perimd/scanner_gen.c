@@ -14,12 +14,13 @@
  * - Generation and workers die with their parent (PR_SET_PDEATHSIG) and
  *   keep the scanner's confinement (no new privileges, no core files,
  *   bounded temporary files: inherited through fork).
- * - A worker scans one request at a time, taken from a loop socket, and
- *   answers it on that socket after it has read the message and closed
- *   the descriptor; its shared slot names the request meanwhile. A worker
- *   that dies (a crash in libclamav) ends only its own request: the
- *   dispatcher answers it SCANNER_ERROR; the generation forks a
- *   replacement unless it is retired.
+ * - A worker scans one request at a time, given by the dispatcher, and
+ *   answers it on the request's loop socket after it has read the message
+ *   and closed the descriptor; its shared slot names the request
+ *   meanwhile. A worker that dies (a crash in libclamav) ends only its own
+ *   request: the dispatcher answers it SCANNER_ERROR; the generation
+ *   removes the worker's temporary directory (libclamav's files of the
+ *   crashed scan) and forks a replacement unless it is retired.
  * - Processes exit through _exit(): no atexit work, no libclamav teardown.
  */
 #ifndef PERIMD_NO_CLAMAV /* else scanner_none.c */
