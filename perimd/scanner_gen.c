@@ -50,6 +50,7 @@
 
 /* Messages up to this size are scanned from the worker's buffer (scan_fd). */
 #define SCAN_BUF_MAX (1 << 20)
+#define REPLACE_PER_S 5
 
 struct scanner_limits scanner_limits;
 int scanner_nloops;
@@ -412,6 +413,17 @@ static pid_t worker_fork(int i, const sigset_t *old)
 	return pid;
 }
 
+/* replace_pace - at most REPLACE_PER_S replacements a second: a worker
+ * that dies at once (a broken engine, no memory) is not forked in a loop. */
+static void replace_pace(void)
+{
+	static uint64_t last;
+	uint64_t now = clock_ms(), gap = 1000 / REPLACE_PER_S;
+	if (last && now - last < gap)
+		usleep((useconds_t)((gap - (now - last)) * 1000));
+	last = clock_ms();
+}
+
 /* gen_reap - reap the workers that ended; replace them unless retired.
  * Returns how many workers still run. */
 static int gen_reap(pid_t *pids, int nworkers, int retired, const sigset_t *old)
@@ -427,6 +439,8 @@ static int gen_reap(pid_t *pids, int nworkers, int retired, const sigset_t *old)
 			if (WIFSIGNALED(st))
 				scanner_ctl_send("log scanning process %d killed by signal %d%s", (int)pid,
 						 WTERMSIG(st), retired ? "" : "; replacing it");
+			if (!retired)
+				replace_pace();
 			if (!retired && (pids[i] = worker_fork(i, old)) < 0) {
 				pids[i] = 0;
 				scanner_ctl_send("log cannot start a scanning process: %s", strerror(errno));
