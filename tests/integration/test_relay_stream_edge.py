@@ -1,0 +1,466 @@
+"""test_relay_stream_edge.py - relay_while_receiving (issue 19 part 3)
+attacked from outside: what a client, a backend or an admin can do to a
+stream that test_relay_stream.py does not try. Each test holds the rule
+of the feature: the bytes a backend gets are those of the usual path
+(compared with a copy sent the usual way), and a message is completed at
+a backend (final dot, BDAT LAST) once, and only when perimd says 250.
+
+The backend is hostile_backend.py (records aborted transactions; its
+delay, read_pause, die_in_bdat settings make it slow or fail on cue);
+helpers are test_relay_stream.py's.
+"""
+
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import Client, expect, wait_for  # noqa: E402
+from test_av import EICAR, SIG_EICAR, write_db  # noqa: E402
+from test_relay_stream import (CAPS, CHUNKING, PLAIN, begin, body_of, lasts, normal, raw_size,  # noqa: E402
+                               resets, session, start, streamed, stuffed, warm)
+from test_stats import metrics  # noqa: E402
+
+
+def nodelay(c):
+    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def dotty_body():
+    """About 100 KB that dot-stuffing and folding can get wrong: lines that
+    are only dots, a body starting with "..", lines of exactly 998, 999 and
+    1000 octets (smtp_line_length_limit 998), long lines that start with a
+    dot (folded and stuffed), empty lines, all densely mixed so that every
+    chunk and segment boundary falls near one of them."""
+    lines = [b"Subject: dots", b"", b"..starts with two dots", b"."]
+    pattern = [b".", b"..", b"...", b". x", b"", b".a", b"x.", b"." * 40, b"a"]
+    n = 0
+    while sum(len(x) + 2 for x in lines) < 100 * 1024:
+        lines.append(pattern[n % len(pattern)])
+        if n % 37 == 0:
+            lines.append(b"." + b"L" * (996 + n % 5))  # 997..1001 octets
+        if n % 101 == 0:
+            lines.append(b"." + b"y" * 2500)  # folded at 998 twice
+        n += 1
+    lines += [b"..", b"."]
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def tricky_pieces(wire, limit=400):
+    """wire cut at the points a stuffing state machine can miss: between CR
+    and LF, between a line end and a dot, between the two dots of a
+    stuffed dot; at most limit pieces."""
+    found = [m.start() for m in re.finditer(rb"\r\n\.", wire)]
+    step = max(1, len(found) // limit)
+    cuts = sorted(set(x + (1, 2, 3)[k % 3] for k, x in enumerate(found[::step])))
+    cuts = [x for x in cuts if 0 < x < len(wire)]
+    out, last = [], 0
+    for x in cuts:
+        out.append(wire[last:x])
+        last = x
+    out.append(wire[last:])
+    return out
+
+
+def send_pieces(c, pieces, pause=0.001):
+    for piece in pieces:
+        c.send(piece)
+        time.sleep(pause)
+
+
+@pytest.mark.parametrize("via", ["bdat", "data"])
+def test_stuffing_and_folding_at_every_boundary(perimd_factory, hostile, via):
+    """A body of dot lines and long lines, sent in segments cut between CR
+    and LF, before a line's dot and between stuffed dots: the streamed copy
+    (sent while it arrives, in the pieces perimd got) is byte for byte the
+    usual path's (the warm-up sent the same body), nothing stuffed twice
+    nor missed (a missed "." line would end DATA early at the backend)."""
+    b = hostile(caps=CAPS[via])
+    p = start(perimd_factory, [b])
+    body = dotty_body()
+    with session(p) as c:
+        nodelay(c)
+        first = warm(c, p, b, body)
+        begin(c)
+        wire = stuffed(body) + b".\r\n"
+        before = raw_size(b)
+        pieces = tricky_pieces(wire)
+        half = len(pieces) // 2
+        send_pieces(c, pieces[:half])
+        sent = sum(map(len, pieces[:half]))
+        assert sent > 40000
+        assert wait_for(lambda: raw_size(b) > before + sent // 2, 10), "nothing streamed"
+        send_pieces(c, pieces[half:])
+        expect(c.reply(30), 250)
+    m = b.messages[1]
+    assert m["via"] == via.upper()
+    assert normal(m["data"]) == normal(first["data"])
+    assert m["wire"] == (m["data"] if via == "bdat" else stuffed(m["data"]) + b".\r\n")
+    # folded as Postfix folds: no line over 998 octets, the dot lines intact
+    assert max(len(x) for x in m["data"].split(b"\r\n")) <= 998
+    assert b"\r\n.\r\n..\r\n...\r\n" in m["data"] and m["data"].endswith(b"\r\n..\r\n.\r\n")
+    assert len(b.messages) == 2 and not b.aborted
+    assert metrics(p)["perimd_relay_streamed_total"] == 1
+
+
+def exact_body(size):
+    """A body of exactly size octets (the size message_size_limit counts:
+    the content as unstuffed, CRLFs included)."""
+    head = b"Subject: exact\r\n\r\n"
+    line = b"y" * 78 + b"\r\n"
+    n, rest = divmod(size - len(head), len(line))
+    assert rest >= 3 or rest == 0
+    return head + line * n + (b"z" * (rest - 2) + b"\r\n" if rest else b"")
+
+
+@pytest.mark.parametrize("via", ["bdat", "data"])
+def test_size_limit_exact_and_one_over(perimd_factory, hostile, via):
+    """A body of exactly message_size_limit octets streams and completes;
+    one octet more is refused (552 5.3.4) and its stream never completes:
+    no second LAST, no second final dot."""
+    b = hostile(caps=CAPS[via])
+    p = start(perimd_factory, [b], message_size_limit="100k")
+    exact = exact_body(102400)
+    assert len(exact) == 102400
+    over = exact_body(102401)
+    with session(p) as c:
+        warm(c, p, b)
+        begin(c)
+        c.send(streamed(c, b, exact))
+        expect(c.reply(30), 250)
+        assert b.messages[1]["data"].endswith(exact) and b.messages[1]["via"] == via.upper()
+        if via == "data":  # the stream's connection went back idle after its 250
+            assert wait_for(lambda: metrics(p).get("perimd_relay_streamed_total") == 1, 5)
+        begin(c)
+        c.send(streamed(c, b, over, split=60000))
+        expect(c.reply(30), 552, "5.3.4")
+        assert wait_for(lambda: b.aborted, 10)
+    assert len(b.messages) == 2 and len(lasts(b)) == (1 if via == "bdat" else 0)
+    a = b.aborted[0]
+    assert a["how"] == ("RSET" if via == "bdat" else "EOF") and len(a["data"]) > 20000
+    mx = metrics(p)
+    assert mx["perimd_relay_streamed_total"] == 1
+    assert mx['perimd_relay_stream_abandoned_total{reason="refused"}'] == 1
+
+
+@pytest.mark.parametrize("via", ["bdat", "data"])
+@pytest.mark.parametrize("how", ["partly", "all"])
+def test_backend_refuses_recipients(perimd_factory, hostile, via, how):
+    """The backend refuses some (or all) recipients of a streamed message:
+    no body goes out on the stream, nothing completes, and after the final
+    dot the usual replay gets the same refusals: 451 (partly refused, the
+    client retries) or the backend's 550 (all)."""
+    ok, no = "250 2.1.5 Ok", "550 5.1.1 no such user here"
+    # one RCPT for the warm-up, then two per attempt: stream, replay
+    seq = [ok] + ([ok, no, ok, no] if how == "partly" else [no, no, no, no])
+    b = hostile(caps=CAPS[via], reply={"rcpt": seq})
+    p = start(perimd_factory, [b])
+    with session(p) as c:
+        warm(c, p, b)
+        expect(c.cmd("MAIL FROM:<a@client.test>"), 250)
+        expect(c.cmd("RCPT TO:<b@example.com>"), 250)
+        expect(c.cmd("RCPT TO:<c@example.com>"), 250)
+        expect(c.cmd("DATA"), 354)
+        w = stuffed(body_of(100)) + b".\r\n"
+        c.send(w[:50000])
+        assert wait_for(lambda: len(b.commands_of("RCPT")) >= 3, 10)  # the stream's envelope
+        c.send(w[50000:])
+        if how == "partly":
+            expect(c.reply(30), 451, "4.5.0")
+        else:
+            expect(c.reply(30), 550, "5.1.1", "no such user")
+    assert len(b.messages) == 1 and not lasts(b)
+    assert not b.commands_of("BDAT") and len(b.commands_of("DATA")) == 1  # the warm-up's only
+    assert len(b.commands_of("MAIL")) == 3
+    assert metrics(p)["perimd_relay_streamed_total"] == 0
+
+
+@pytest.mark.parametrize("reply", ["554 5.6.0 chunk refused", "452 4.3.1 no room for the chunk"])
+def test_backend_refuses_a_chunk(perimd_factory, hostile, reply):
+    """The backend answers a mid-stream BDAT chunk with 5xx or 4xx: the
+    stream ends unfinished (no LAST) and after the final dot the message
+    is replayed the usual way, once; the client hears 250 only then."""
+    b = hostile(caps=CHUNKING, reply={"bdat": ["250 2.0.0 ok", reply, "250 2.0.0 ok"]})
+    p = start(perimd_factory, [b])
+    body = body_of(100)
+    with session(p) as c:
+        warm(c, p, b)
+        begin(c)
+        w = stuffed(body) + b".\r\n"
+        c.send(w[:60000])
+        assert wait_for(lambda: b.aborted, 10) and b.aborted[0]["how"] == "refused"
+        c.send(w[60000:])
+        expect(c.reply(30), 250)
+    assert len(b.messages) == 2 and b.messages[1]["via"] == "DATA" and b.messages[1]["data"].endswith(body)
+    assert not lasts(b)
+    assert metrics(p)['perimd_relay_stream_abandoned_total{reason="backend"}'] == 1
+
+
+def test_backend_dies_mid_chunk(perimd_factory, hostile):
+    """The backend closes the connection inside a BDAT chunk: the stream
+    ends unfinished, and after the final dot the message is replayed (on a
+    new connection), completed once."""
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, [b])
+    body = body_of(100)
+    with session(p) as c:
+        warm(c, p, b)
+        b.die_in_bdat = 12345
+        begin(c)
+        w = stuffed(body) + b".\r\n"
+        c.send(w[:60000])
+        assert wait_for(lambda: b.aborted, 10)
+        c.send(w[60000:])
+        expect(c.reply(30), 250)
+    a = b.aborted[0]
+    assert a["how"] == "EOF" and len(a["data"]) == 12345
+    assert len(b.messages) == 2 and b.messages[1]["data"].endswith(body) and not lasts(b)
+    assert b.connections == 2
+
+
+@pytest.mark.parametrize("via", ["bdat", "data"])
+def test_slow_backend_fast_client(perimd_factory, hostile, via):
+    """The backend stops reading for 2.5 s mid-stream (a small receive
+    buffer: perimd's writes block) while the client sends 1 MB at full
+    speed: the client is never held back by the backend, the stream is not
+    mistaken for a stalled client, and the message completes once, intact."""
+    b = hostile(caps=CAPS[via], rcvbuf=4096)
+    b.read_pause = (30000, 2.5)
+    p = start(perimd_factory, [b])
+    body = body_of(1024)
+    with session(p) as c:
+        warm(c, p, b)
+        begin(c)
+        w = stuffed(body) + b".\r\n"
+        t0 = time.monotonic()
+        c.send(w)
+        sent = time.monotonic() - t0
+        r = c.reply(30)
+        waited = time.monotonic() - t0
+        expect(r, 250)
+    assert sent < 2.0, "the client waited for the backend (%.2fs)" % sent
+    assert waited > 2.0  # the backend did pause
+    assert len(b.messages) == 2 and b.messages[1]["data"].endswith(body)
+    assert b.messages[1]["via"] == via.upper() and not b.aborted
+    mx = metrics(p)
+    assert mx["perimd_relay_streamed_total"] == 1
+    assert not [k for k in mx if k.startswith("perimd_relay_stream_abandoned_total") and mx[k]]
+
+
+def test_refused_on_chunking_without_pipelining(perimd_factory, hostile):
+    """A CHUNKING backend without PIPELINING (one chunk per reply): a
+    refused stream (too big) is dropped without completing, whatever reply
+    was due, and the session's next message is relayed fine."""
+    b = hostile(caps=["8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING"], reply={"bdat": "250 2.0.0 ok"})
+    b.delay = {"bdat": 0.05}
+    p = start(perimd_factory, [b], message_size_limit="90k")
+    with session(p) as c:
+        warm(c, p, b)
+        begin(c)
+        c.send(streamed(c, b, body_of(100)))
+        expect(c.reply(30), 552, "5.3.4")
+        assert wait_for(lambda: b.aborted, 10)
+        begin(c)
+        c.send(b"Subject: after\r\n\r\nfine\r\n.\r\n")
+        expect(c.reply(30), 250)
+    assert len(b.messages) == 2 and b.messages[1]["data"].endswith(b"fine\r\n") and not lasts(b)
+    assert b.aborted[0]["chunks"] and b.aborted[0]["how"] in ("RSET", "EOF")
+
+
+def test_undeclared_8bit(perimd_factory, hostile):
+    """8-bit content the client did not declare: the stream went without
+    BODY=8BITMIME, so it is abandoned at the dot and the replay carries
+    BODY=8BITMIME; completed once."""
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, [b])
+    body = body_of(100) + "caf\u00e9 cr\u00e8me\r\n".encode()
+    with session(p) as c:
+        warm(c, p, b)
+        begin(c)
+        c.send(streamed(c, b, body))
+        expect(c.reply(30), 250)
+    assert len(b.messages) == 2 and b.messages[1]["data"].endswith(body) and not lasts(b)
+    assert "BODY=8BITMIME" in b.messages[1]["mail"] and "BODY=8BITMIME" not in b.aborted[0]["mail"]
+    assert b.aborted[0]["how"] == "RSET"
+
+
+def test_declared_8bit_backend_without_8bitmime(perimd_factory, hostile):
+    """BODY=8BITMIME declared, the backend lacks 8BITMIME: the stream
+    cannot know yet whether the body is 7-bit, so it never starts a
+    transaction; after the dot the replay finds the body 7-bit and relays
+    it (RFC 6152 §3)."""
+    b = hostile(caps=["PIPELINING", "ENHANCEDSTATUSCODES", "CHUNKING"])
+    p = start(perimd_factory, [b])
+    body = body_of(100)
+    with session(p) as c:
+        warm(c, p, b)
+        expect(c.cmd("MAIL FROM:<a@client.test> BODY=8BITMIME"), 250)
+        expect(c.cmd("RCPT TO:<b@example.com>"), 250)
+        expect(c.cmd("DATA"), 354)
+        c.send(stuffed(body) + b".\r\n")
+        expect(c.reply(30), 250)
+    assert len(b.messages) == 2 and b.messages[1]["data"].endswith(body) and not b.aborted
+    assert "BODY=" not in b.messages[1]["mail"] and b.messages[1]["via"] == "DATA"
+
+
+def test_pipelined_messages_stream_back_to_back(perimd_factory, hostile):
+    """A PIPELINING client sends a message's final dot and the next
+    MAIL, RCPT and DATA in one write, and QUIT after the second dot with
+    it: both stream over the connection the first left, each completes
+    once, the replies come in order."""
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, [b])
+    b1, b2 = body_of(60, b"Subject: one"), body_of(60, b"Subject: two")
+    with session(p) as c:
+        warm(c, p, b)
+        begin(c)
+        w1 = stuffed(b1) + b".\r\n"
+        c.send(w1[:30000])
+        assert wait_for(lambda: raw_size(b) > 20000, 10)
+        c.send(w1[30000:] + b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+        expect(c.reply(30), 250)
+        expect(c.reply(10), 250)
+        expect(c.reply(10), 250)
+        expect(c.reply(10), 354)
+        c.send(streamed(c, b, b2, split=30000) + b"QUIT\r\n")
+        expect(c.reply(30), 250)
+        expect(c.reply(10), 221)
+    assert [m["data"][-len(b1):] for m in b.messages[1:]] == [b1, b2]
+    assert lasts(b) == ["BDAT 0 LAST"] * 2 and not b.aborted and b.connections == 1
+    assert metrics(p)["perimd_relay_streamed_total"] == 2
+
+
+def test_client_bdat_is_not_chunking(perimd_factory, hostile):
+    """perimd does not offer CHUNKING to clients: BDAT (with LAST, zero
+    size, or a size that lies about the bytes after it, pipelined with
+    QUIT) is refused 502 and never starts a stream or a backend
+    transaction; the payload is read as commands, and refused as such."""
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, [b])
+    with session(p) as c:
+        ehlo = c.cmd("EHLO client.test")
+        assert "CHUNKING" not in ehlo[1].upper()
+        warm(c, p, b)
+        expect(c.cmd("MAIL FROM:<a@client.test>"), 250)
+        expect(c.cmd("RCPT TO:<b@example.com>"), 250)
+        expect(c.cmd("BDAT 0 LAST"), 502)
+        c.send(b"BDAT 7\r\nSubject: x\r\n\r\nBDAT 1 LAST\r\nx\r\n")
+        for _ in range(5):  # BDAT, 'Subject: x', '', BDAT, 'x'
+            r = c.reply(10)
+            assert r is not None and r[0] >= 500, r
+        c.send(b"BDAT 100000 LAST\r\nQUIT\r\n")
+        expect(c.reply(10), 502)
+        expect(c.reply(10), 221)
+    assert len(b.messages) == 1 and len(b.commands_of("MAIL")) == 1 and not b.aborted
+    mx = metrics(p)
+    assert mx["perimd_relay_streamed_total"] == 0 and mx["perimd_relay_stream_unavailable_total"] == 1
+
+
+def test_eicar_across_chunk_boundary_with_overlap(perimd_factory, hostile, tmp_path):
+    """av_scanner and relay_scan_overlap on, EICAR placed across the relay's
+    16 KB read boundary and a BDAT chunk boundary: refused (554 5.7.1), the
+    streamed chunks are reset, never completed; a clean message after it
+    streams and completes."""
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, [b], av_scanner="libclamav", av_threads=1, relay_scan_overlap="yes",
+              clamav_database_directory=write_db(str(tmp_path / "db")))
+    with session(p) as c:
+        warm(c, p, b)  # the overlap's BDAT path
+        first = b.messages[0]
+        hdr = len(first["data"]) - len(b"Subject: warm\r\n\r\nwarm\r\n")  # our Received: field
+        pad = b"Subject: eicar\r\n\r\n"
+        fill = 16384 - 30 - hdr - len(pad)
+        virus = pad + (b"p" * 70 + b"\r\n") * (fill // 72) + b"q" * (fill % 72) + b"\r\n" + EICAR + b"\r\n"
+        virus += b"padding line\r\n" * 6000
+        begin(c)
+        c.send(streamed(c, b, virus, split=40000))
+        expect(c.reply(30), 554, "5.7.1", re.escape(SIG_EICAR))
+        assert wait_for(lambda: b.aborted, 10) and wait_for(lambda: resets(p) >= 1, 10)
+        body = body_of(100)
+        begin(c)
+        c.send(streamed(c, b, body))
+        expect(c.reply(30), 250)
+    assert EICAR in b.aborted[0]["data"] and b.aborted[0]["how"] == "RSET"
+    assert len(b.messages) == 2 and len(lasts(b)) == 2 and b.messages[1]["data"].endswith(body)
+    assert all(EICAR not in m["data"] for m in b.messages)
+
+
+def test_reload_mid_stream(perimd_factory, hostile):
+    """SIGHUP while a message streams, twice (the second turning
+    relay_while_receiving off): the message in flight completes once and
+    the client hears 250; the next message, after the reload, is relayed
+    the usual way."""
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, [b])
+    body = body_of(100)
+    with session(p) as c:
+        warm(c, p, b)
+        begin(c)
+        w = stuffed(body) + b".\r\n"
+        c.send(w[:40000])
+        assert wait_for(lambda: raw_size(b) > 30000, 10)
+        os.kill(p.pid, signal.SIGHUP)
+        p.wait_log(r"configuration reloaded", 10)
+        c.send(w[40000:70000])
+        with open(p.conf_path) as f:
+            conf = f.read()
+        with open(p.conf_path, "w") as f:
+            f.write(conf.replace("relay_while_receiving = yes", "relay_while_receiving = no"))
+        os.kill(p.pid, signal.SIGHUP)
+        assert wait_for(lambda: p.log_text().count("configuration reloaded") >= 2, 10)
+        c.send(w[70000:])
+        expect(c.reply(30), 250)
+    with session(p) as c:
+        begin(c)
+        c.send(stuffed(body) + b".\r\n")
+        expect(c.reply(30), 250)
+    assert len(b.messages) == 3 and all(m["data"].endswith(body) for m in b.messages[1:])
+    assert b.messages[1]["via"] == "BDAT" and b.messages[2]["via"] == "DATA"
+    assert lasts(b) == ["BDAT 0 LAST"] and not b.aborted
+    assert metrics(p)["perimd_relay_streamed_total"] == 1
+
+
+@pytest.mark.parametrize("when", ["mid_body", "after_dot"])
+def test_shutdown_keeps_accepted_message(perimd_factory, hostile, when):
+    """SIGTERM while a stream is in flight, the client finishing within
+    shutdown_timeout (mid_body), or the backend slow to answer the
+    completed stream (after_dot: 2 s to BDAT LAST, past the 1 s
+    shutdown_timeout): the client hears 250 and the backend has the
+    message once; perimd then exits cleanly."""
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, [b], shutdown_timeout="3s" if when == "mid_body" else "1s")
+    errors = []
+
+    def stop():
+        try:
+            p.stop(timeout=30)
+        except AssertionError as e:
+            errors.append(str(e))
+
+    stopper = threading.Thread(target=stop)
+    body = body_of(100)
+    with session(p) as c:
+        warm(c, p, b)
+        begin(c)
+        rest = streamed(c, b, body)
+        if when == "mid_body":
+            stopper.start()
+            p.wait_log(r"stopping: draining sessions", 10)
+            c.send(rest)
+        else:
+            b.delay = {"eod": 2.0}
+            c.send(rest)
+            assert wait_for(lambda: lasts(b), 10)
+            stopper.start()
+        expect(c.reply(30), 250)
+    stopper.join(40)
+    assert not stopper.is_alive() and not errors, errors
+    assert len(b.messages) == 2 and b.messages[1]["data"].endswith(body)
+    assert lasts(b) == ["BDAT 0 LAST"] and not b.aborted
