@@ -746,14 +746,23 @@ void req_pass_on(struct relay_req *r, const struct smtp_reply *rep, const char *
 	req_set(r, rep->code, enh, "backend%s said: %s", req_who(r), said);
 }
 
-/* req_log - one line per delivery attempt outcome. */
+/* req_log - one line per delivery attempt outcome. A stream that ends
+ * before its final dot was neither sent nor refused: the message is
+ * replayed after the dot (whose outcome is the one logged as such), so
+ * its "rejected" or "deferred" is logged as "unfinished". */
 static void req_log(struct relay_req *r, const char *status, const char *reply)
 {
 	uint64_t now = ev_now(r->rl->loop);
+	const char *was = "";
 
-	log_info("%s: relay=%s, rcpts=%d, delay=%.3f, attempt=%.3f, status=%s (%s)",
+	if (r->msg->stream && !r->final_sent && (!strcmp(status, "rejected") || !strcmp(status, "deferred"))) {
+		was = status;
+		status = "unfinished";
+	}
+	log_info("%s: relay=%s, rcpts=%d, delay=%.3f, attempt=%.3f, status=%s (%s%s%s%s)",
 		 r->msg->id ? r->msg->id : "-", r->dest ? r->dest->name : "none", r->msg->nrcpt,
-		 (double)(now - r->t_start) / 1000.0, (double)(now - r->t_attempt) / 1000.0, status, reply);
+		 (double)(now - r->t_start) / 1000.0, (double)(now - r->t_attempt) / 1000.0, status, was,
+		 was[0] ? ": " : "", reply, was[0] ? "; replayed after the final dot" : "");
 }
 
 /* req_free - release a finished or cancelled request. */
@@ -786,8 +795,11 @@ void req_finish(struct relay_req *r)
 	 * took (or last refused) the message, not the first that failed. */
 	if (r->dest)
 		relay_copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
-	if (r->msg->stream && !r->final_sent)
-		r->res.code = 0; /* unfinished: the session replays the message */
+	if (r->msg->stream && !r->final_sent) { /* unfinished: the session replays the message */
+		r->res.code = 0;
+		if (r->release >= 0) /* a refusal is counted by the session */
+			stats_inc(r->stream_slow ? ST_stream_ab_slow : ST_stream_ab_backend);
+	}
 	stats_observe_since(SH_backend, r->t_attempt, ev_now(r->rl->loop));
 	r->in_done = 1;
 	r->done(r->arg, &r->res);
@@ -858,7 +870,7 @@ int req_stream_detach(struct relay_req *r)
  * message is replayed from the spool after the final dot. */
 void req_stream_end(struct relay_req *r, int slow)
 {
-	stats_inc(slow ? ST_stream_ab_slow : ST_stream_ab_backend);
+	r->stream_slow = slow;
 	req_stream_detach(r);
 	req_set(r, 0, "", "stream given up");
 	req_log(r, "unfinished",

@@ -162,6 +162,7 @@ struct relay_req {
 	int in_data;               /* stream: DATA accepted, the body goes dot-stuffed */
 	int final_sent;            /* the final dot or BDAT LAST went out */
 	int starved;               /* stream: everything received is sent; waiting */
+	int stream_slow;           /* stream: given up as the client was too slow */
 	int bdat_sent, bdat_acked; /* BDAT chunks written, answered */
 	struct smtp_stuff stuff;   /* dot-stuffing and smtp_line_length_limit */
 	unsigned capmiss;          /* SMTP_CAP_* a skipped backend lacked */

@@ -179,7 +179,13 @@ def test_backend_refuses_recipients(perimd_factory, hostile, via, how):
     assert len(b.messages) == 1 and not lasts(b)
     assert not b.commands_of("BDAT") and len(b.commands_of("DATA")) == 1  # the warm-up's only
     assert len(b.commands_of("MAIL")) == 3
-    assert metrics(p)["perimd_relay_streamed_total"] == 0
+    mx = metrics(p)
+    assert mx["perimd_relay_streamed_total"] == 0
+    assert mx['perimd_relay_stream_abandoned_total{reason="backend"}'] == 1
+    # the stream's attempt is not logged as the message's outcome
+    what = "deferred" if how == "partly" else "rejected"
+    assert len(re.findall(r"relay=\S+, rcpts=2, .*status=%s " % what, p.log_text())) == 1
+    assert len(re.findall(r"status=unfinished \(%s: " % what, p.log_text())) == 1
 
 
 @pytest.mark.parametrize("reply", ["554 5.6.0 chunk refused", "452 4.3.1 no room for the chunk"])
@@ -200,7 +206,12 @@ def test_backend_refuses_a_chunk(perimd_factory, hostile, reply):
         expect(c.reply(30), 250)
     assert len(b.messages) == 2 and b.messages[1]["via"] == "DATA" and b.messages[1]["data"].endswith(body)
     assert not lasts(b)
+    # counted and logged as a stream given up, not as a refused message
     assert metrics(p)['perimd_relay_stream_abandoned_total{reason="backend"}'] == 1
+    log = p.log_text()
+    assert "status=rejected" not in log and "status=deferred" not in log
+    if reply.startswith("5"):
+        assert "status=unfinished (rejected: %s; replayed after the final dot)" % reply in log
 
 
 def test_backend_dies_mid_chunk(perimd_factory, hostile):
