@@ -1528,8 +1528,8 @@ struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_
 	return r;
 }
 
-/* dest_unwaited - no loop has a request waiting for a connection to d. */
-static int dest_unwaited(struct relay_dest *d)
+/* dest_unwaited - see relay_int.h. */
+int dest_unwaited(struct relay_dest *d)
 {
 	pthread_mutex_lock(&d->mu);
 	int waiting = dest_waiting(d);

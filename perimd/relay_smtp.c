@@ -323,7 +323,11 @@ static size_t body_next(struct relay_req *r, const void **p)
  * come: wait in state st for relay_stream_more(), no longer than
  * RELAY_STREAM_STALL_MS once the backend has all we sent (then the stall
  * is the client's: bconn_timeout gives the stream up), nor past
- * RELAY_STREAM_MAX_MS since it began. -1 when the request ended. */
+ * RELAY_STREAM_MAX_MS since it began. A stream waiting for its client
+ * gives its connection up at once to a complete message waiting for one
+ * (else a client dripping its body under the stall bound would hold it
+ * and the waiting message get 451 at relay_pool_wait). -1 when the
+ * request ended. */
 static int stream_wait(struct relay_req *r, enum bstate st)
 {
 	struct bconn *b = r->b;
@@ -334,6 +338,12 @@ static int stream_wait(struct relay_req *r, enum bstate st)
 		return -1;
 	}
 	r->starved = conn_wpending(b->c) == 0;
+	if (r->starved && !dest_unwaited(r->dest)) {
+		log_info("%s: backend %s: the stream gives its connection to a message waiting for one",
+			 r->msg->id ? r->msg->id : "-", r->dest->name);
+		req_stream_end(r, 1);
+		return -1;
+	}
 	bconn_stage(
 	    b, st,
 	    req_remaining(r, r->starved ? RELAY_STREAM_STALL_MS : (uint64_t)r->msg->conf->relay_timeout));

@@ -475,3 +475,47 @@ def test_shutdown_keeps_accepted_message(perimd_factory, hostile, when):
     assert not stopper.is_alive() and not errors, errors
     assert len(b.messages) == 2 and b.messages[1]["data"].endswith(body)
     assert lasts(b) == ["BDAT 0 LAST"] and not b.aborted
+
+
+@pytest.mark.parametrize("via", ["bdat", "data"])
+def test_dripping_stream_yields_to_waiting_message(perimd_factory, hostile, via):
+    """An attacker's client drips its body (a line every 0.3 s, under the
+    1 s stall bound) on a stream that holds the backend's only connection
+    (relay_destination_concurrency_limit = 1): another client's complete
+    message waiting for a connection gets it at once (the stream gives way
+    to it, as streams never take a connection from complete messages)
+    instead of 451 after relay_pool_wait; the dripper's message is relayed
+    after its dot the usual way."""
+    b = hostile(caps=CAPS[via])
+    p = start(perimd_factory, [b], relay_destination_concurrency_limit=1, relay_pool_wait="4s")
+    with session(p) as a:
+        warm(a, p, b)
+        begin(a)
+        a.send(b"Subject: drip\r\n\r\n")
+        assert wait_for(lambda: len(b.commands_of("MAIL")) == 2, 10)  # the stream's envelope
+        result = {}
+
+        def other():
+            with session(p) as c:
+                begin(c)
+                c.send(b"Subject: complete\r\n\r\nwaiting\r\n.\r\n")
+                t0 = time.monotonic()
+                result["reply"] = c.reply(30)
+                result["took"] = time.monotonic() - t0
+
+        t = threading.Thread(target=other)
+        t.start()
+        for i in range(20):  # 6 s of drip, longer than relay_pool_wait
+            if "reply" in result:
+                break
+            a.send(b"drip line %d\r\n" % i)
+            time.sleep(0.3)
+        t.join(30)
+        assert result.get("reply") and result["reply"][0] == 250, result
+        assert result["took"] < 2.0, result
+        a.send(b"the end\r\n.\r\n")
+        expect(a.reply(30), 250)
+    datas = [m["data"] for m in b.messages]
+    assert len(datas) == 3 and datas[1].endswith(b"waiting\r\n") and b"the end\r\n" in datas[2]
+    assert not lasts(b) or lasts(b) == []
+    assert metrics(p)['perimd_relay_stream_abandoned_total{reason="slow_client"}'] == 1
