@@ -519,3 +519,99 @@ def test_dripping_stream_yields_to_waiting_message(perimd_factory, hostile, via)
     assert len(datas) == 3 and datas[1].endswith(b"waiting\r\n") and b"the end\r\n" in datas[2]
     assert not lasts(b) or lasts(b) == []
     assert metrics(p)['perimd_relay_stream_abandoned_total{reason="slow_client"}'] == 1
+
+
+@pytest.mark.parametrize("via", ["bdat", "data"])
+@pytest.mark.parametrize("size", ["fits", "too_big"])
+def test_whole_transaction_in_one_write(perimd_factory, hostile, via, size):
+    """A client that does not wait for the 354 (MAIL, RCPT, DATA, the body
+    and its dot in one write): the stream is set up and its verdict comes
+    before the relay even started; a message that fits completes once,
+    byte for byte; one over message_size_limit never starts a backend
+    transaction's body, and the connection stays usable."""
+    b = hostile(caps=CAPS[via])
+    p = start(perimd_factory, [b], message_size_limit="64k")
+    body = body_of(40 if size == "fits" else 80)
+    with session(p) as c:
+        warm(c, p, b)
+        c.send(b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n" + stuffed(body) + b".\r\n")
+        expect(c.reply(10), 250)
+        expect(c.reply(10), 250)
+        expect(c.reply(10), 354)
+        if size == "fits":
+            expect(c.reply(30), 250)
+        else:
+            expect(c.reply(30), 552, "5.3.4")
+        begin(c)
+        c.send(b"Subject: after\r\n\r\nfine\r\n.\r\n")
+        expect(c.reply(30), 250)
+    datas = [m["data"] for m in b.messages]
+    if size == "fits":
+        assert len(datas) == 3 and datas[1].endswith(body)
+    else:
+        assert len(datas) == 2 and all(b"line 000" not in x for x in datas)
+        assert all(b"line 000" not in a["data"] for a in b.aborted)
+    assert datas[-1].endswith(b"fine\r\n")
+
+
+def test_client_gone_right_after_data(perimd_factory, hostile):
+    """The client sends DATA and a bit of body and closes at once (the
+    stream just started): no backend transaction is completed (the
+    connection, mid-envelope, is closed), and the next client's message is
+    relayed fine, then streams on the connection that one left."""
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, [b])
+    with session(p) as c:
+        warm(c, p, b)
+        c.send(b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nSubject: gone\r\n\r\nbye")
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.wait_closed(10)
+    assert wait_for(lambda: metrics(p).get('perimd_relay_stream_abandoned_total{reason="client_gone"}') == 1
+                    or metrics(p).get("perimd_relay_stream_unavailable_total") == 2, 10)
+    body = body_of(100)
+    with session(p) as c:
+        begin(c)
+        c.send(stuffed(body) + b".\r\n")
+        expect(c.reply(30), 250)
+        begin(c)
+        c.send(streamed(c, b, body))
+        expect(c.reply(30), 250)
+    assert len(b.messages) == 3 and all(m["data"].endswith(body) for m in b.messages[1:])
+    assert lasts(b) == ["BDAT 0 LAST"] and all(b"bye" not in a["data"] for a in b.aborted)
+    assert not [m for m in b.messages if b"gone" in m["data"]]
+
+
+@pytest.mark.parametrize("via", ["bdat", "data"])
+def test_spilled_body_streams_intact(perimd_factory, hostile, via):
+    """A body past body_memory_limit spills to a file while it streams (the
+    relay reads it from memory, then from the file): the backend gets it
+    intact, once."""
+    b = hostile(caps=CAPS[via])
+    p = start(perimd_factory, [b], body_memory_limit="64k")
+    body = body_of(600)
+    with session(p) as c:
+        first = warm(c, p, b, body)
+        begin(c)
+        c.send(streamed(c, b, body, split=200000))
+        expect(c.reply(30), 250)
+    m = b.messages[1]
+    assert m["via"] == via.upper() and normal(m["data"]) == normal(first["data"]) and not b.aborted
+    assert metrics(p)["perimd_relay_streamed_total"] == 1
+
+
+def test_spool_full_mid_stream(perimd_factory, hostile):
+    """body_spool_limit reached while a message streams: 452 4.3.1 at its
+    dot, the stream dropped at once, never completed."""
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, [b], body_spool_limit="150k")
+    with session(p) as c:
+        warm(c, p, b)
+        begin(c)
+        c.send(streamed(c, b, body_of(300)))
+        expect(c.reply(30), 452, "4.3.1")
+        assert wait_for(lambda: b.aborted, 10)
+        begin(c)
+        c.send(b"Subject: after\r\n\r\nfine\r\n.\r\n")
+        expect(c.reply(30), 250)
+    assert len(b.messages) == 2 and lasts(b) == ["BDAT 0 LAST"] and b.aborted[0]["how"] == "RSET"
+    assert metrics(p)['perimd_relay_stream_abandoned_total{reason="refused"}'] == 1
