@@ -615,3 +615,104 @@ def test_spool_full_mid_stream(perimd_factory, hostile):
         expect(c.reply(30), 250)
     assert len(b.messages) == 2 and lasts(b) == ["BDAT 0 LAST"] and b.aborted[0]["how"] == "RSET"
     assert metrics(p)['perimd_relay_stream_abandoned_total{reason="refused"}'] == 1
+
+
+def test_smuggling_sequences_cut_mid_stream(perimd_factory, tmp_path):
+    """SMTP smuggling through a stream: each non-standard end of data
+    (test_smuggling's variants) sent in two TCP segments cut inside it,
+    with a hidden transaction behind, to a lenient backend (ends DATA on
+    any "." line, as vulnerable servers do) that sees the body while it
+    arrives: it counts one transaction per message, the hidden commands
+    are body text, and no stray CR, bare LF or NUL reaches it."""
+    from backend import Backend
+    from test_smuggling import HEAD, SMUGGLED, VARIANTS
+    lb = Backend(tmp_path, name="lenient", lenient=True)
+    lb.start()
+    try:
+        p = start(perimd_factory, [lb])
+        with session(p) as c:
+            nodelay(c)
+            begin(c)
+            c.send(b"Subject: warm\r\n\r\nwarm\r\n.\r\n")
+            expect(c.reply(30), 250)
+            for seq in VARIANTS:
+                begin(c)
+                cut = 1 + len(seq) // 2
+                c.send(HEAD + b"x" * 9000 + b"\r\nbefore" + seq[:cut])
+                time.sleep(0.05)
+                c.send(seq[cut:] + SMUGGLED + b"\r\n.\r\n")
+                expect(c.reply(30), 250)
+        st = lb.stats()
+        msgs = lb.messages()
+        assert st["transactions"] == len(VARIANTS) + 1 and len(msgs) == len(VARIANTS) + 1, st
+        for m in msgs[1:]:
+            assert m.rcpts == ["b@example.com"] and b"MAIL FROM:<evil@attacker.test>" in m.data
+            assert b"\x00" not in m.data
+        assert metrics(p)["perimd_relay_streamed_total"] >= len(VARIANTS) // 2
+    finally:
+        lb.stop()
+
+
+def stream_client(p, b, no, outcomes):
+    """One client streaming tagged messages until perimd goes away;
+    outcomes gets (tag, reply code or None)."""
+    try:
+        c = session(p)
+    except OSError:
+        return
+    try:
+        warm(c, p, b)
+        for k in range(50):
+            tag = b"tag-%d-%d" % (no, k)
+            expect(c.cmd("MAIL FROM:<a@client.test>"), 250)
+            expect(c.cmd("RCPT TO:<b@example.com>"), 250)
+            r = c.cmd("DATA")
+            if not r or r[0] != 354:
+                return
+            w = stuffed(body_of(40, b"Subject: " + tag)) + b".\r\n"
+            step = len(w) // 4 + 1
+            r = None
+            for i in range(0, len(w), step):
+                c.send(w[i:i + step])
+                time.sleep(0.1)
+            r = c.reply(30)
+            outcomes.append((tag, r[0] if r else None))
+            if not r or r[0] != 250:
+                return
+    except (OSError, AssertionError, TypeError):
+        if "tag" in locals():
+            outcomes.append((tag, None))
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("via", ["bdat", "data"])
+def test_reload_and_shutdown_under_streams(perimd_factory, hostile, via):
+    """Six clients stream messages one after another; perimd gets SIGHUP
+    twice, then SIGTERM (shutdown_timeout 1 s cuts the sessions still in
+    DATA with 421): every message whose client heard 250 was completed at
+    the backend exactly once, and none other was."""
+    b = hostile(caps=CAPS[via])
+    p = start(perimd_factory, [b], shutdown_timeout="1s")
+    outcomes = []
+    threads = [threading.Thread(target=stream_client, args=(p, b, i, outcomes)) for i in range(6)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: metrics(p).get("perimd_relay_streamed_total", 0) >= 3, 20)
+    os.kill(p.pid, signal.SIGHUP)
+    time.sleep(0.4)
+    os.kill(p.pid, signal.SIGHUP)
+    time.sleep(0.4)
+    p.stop(timeout=30)
+    for t in threads:
+        t.join(40)
+    assert not any(t.is_alive() for t in threads)
+    done = {}
+    for m in b.messages:
+        found = re.search(rb"Subject: (tag-\d+-\d+)", m["data"])
+        if found:
+            done[found.group(1)] = done.get(found.group(1), 0) + 1
+    accepted = {tag for tag, code in outcomes if code == 250}
+    assert accepted and any(code != 250 for tag, code in outcomes), outcomes
+    assert all(n == 1 for n in done.values()), done
+    assert set(done) == accepted, (sorted(set(done) ^ accepted), outcomes)
