@@ -799,8 +799,9 @@ void req_finish(struct relay_req *r)
 		r->res.code = 0;
 		if (r->release >= 0) /* a refusal is counted by the session */
 			stats_inc(r->stream_slow ? ST_stream_ab_slow : ST_stream_ab_backend);
+	} else { /* an unfinished stream decided nothing: not observed */
+		stats_observe_since(SH_backend, r->t_attempt, ev_now(r->rl->loop));
 	}
-	stats_observe_since(SH_backend, r->t_attempt, ev_now(r->rl->loop));
 	r->in_done = 1;
 	r->done(r->arg, &r->res);
 	req_free(r);

@@ -206,8 +206,12 @@ def test_backend_refuses_a_chunk(perimd_factory, hostile, reply):
         expect(c.reply(30), 250)
     assert len(b.messages) == 2 and b.messages[1]["via"] == "DATA" and b.messages[1]["data"].endswith(body)
     assert not lasts(b)
-    # counted and logged as a stream given up, not as a refused message
-    assert metrics(p)['perimd_relay_stream_abandoned_total{reason="backend"}'] == 1
+    # counted and logged as a stream given up, not as a refused message;
+    # perimd_backend_transaction_seconds observes the warm-up and the
+    # replay, the attempts that decided a message
+    mx = metrics(p)
+    assert mx['perimd_relay_stream_abandoned_total{reason="backend"}'] == 1
+    assert mx["perimd_backend_transaction_seconds_count"] == 2
     log = p.log_text()
     assert "status=rejected" not in log and "status=deferred" not in log
     if reply.startswith("5"):
