@@ -1529,8 +1529,8 @@ struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_
 	return r;
 }
 
-/* dest_unwaited - see relay_int.h. */
-int dest_unwaited(struct relay_dest *d)
+/* relay_dest_unwaited - see relay_int.h. */
+int relay_dest_unwaited(struct relay_dest *d)
 {
 	pthread_mutex_lock(&d->mu);
 	int waiting = dest_waiting(d);
@@ -1565,7 +1565,7 @@ struct relay_req *relay_stream(struct ev_loop *loop, struct relay_msg *msg, rela
 	/* Addresses only: a host name would have to be looked up first. */
 	if (target_parse(l->v[0], &ss, &sl, name, sizeof(name), &why) < 0 || !(d = dest_get(l->v[0], &why)))
 		return NULL;
-	if (!(p = pool_find(rl, d)) || !(b = TAILQ_FIRST(&p->idle)) || !dest_unwaited(d))
+	if (!(p = pool_find(rl, d)) || !(b = TAILQ_FIRST(&p->idle)) || !relay_dest_unwaited(d))
 		return NULL;
 	struct relay_req *r = req_new(rl, msg, done, arg);
 

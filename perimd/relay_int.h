@@ -180,8 +180,8 @@ struct relay_req {
 
 /* ---- relay.c, for relay_smtp.c ------------------------------------------ */
 
-/* dest_unwaited - no loop has a request waiting for a connection to d. */
-int dest_unwaited(struct relay_dest *d);
+/* relay_dest_unwaited - no loop has a request waiting for a connection to d. */
+int relay_dest_unwaited(struct relay_dest *d);
 void bconn_close(struct bconn *b, int quit);
 void bconn_fail(struct bconn *b, const char *why);
 void bconn_release_ok(struct bconn *b);

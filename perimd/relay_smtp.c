@@ -338,7 +338,7 @@ static int stream_wait(struct relay_req *r, enum bstate st)
 		return -1;
 	}
 	r->starved = conn_wpending(b->c) == 0;
-	if (r->starved && !dest_unwaited(r->dest)) {
+	if (r->starved && !relay_dest_unwaited(r->dest)) {
 		log_info("%s: backend %s: the stream gives its connection to a message waiting for one",
 			 r->msg->id ? r->msg->id : "-", r->dest->name);
 		req_stream_end(r, 1);
