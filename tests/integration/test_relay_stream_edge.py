@@ -40,7 +40,8 @@ def dotty_body():
     dot (folded and stuffed), empty lines, all densely mixed so that every
     chunk and segment boundary falls near one of them."""
     lines = [b"Subject: dots", b"", b"..starts with two dots", b"."]
-    pattern = [b".", b"..", b"...", b". x", b"", b".a", b"x.", b"." * 40, b"a"]
+    pattern = [b".", b"..", b"...", b". x", b"", b".a", b"x.", b"." * 40, b"a",
+               b"BDAT 12 LAST", b"MAIL FROM:<evil@attacker.test>", b"RSET"]
     n = 0
     while sum(len(x) + 2 for x in lines) < 100 * 1024:
         lines.append(pattern[n % len(pattern)])
@@ -123,6 +124,7 @@ def test_stuffing_and_folding_at_every_boundary(perimd_factory, hostile, via, sh
     else:
         assert m["data"].endswith(body)
     assert len(b.messages) == 2 and not b.aborted
+    assert not [x for x in b.commands if "evil" in x or x.startswith("BDAT 12")]  # body stays body
     assert metrics(p)["perimd_relay_streamed_total"] == 1
 
 
@@ -549,7 +551,7 @@ def test_dripping_stream_yields_to_waiting_message(perimd_factory, hostile, via)
 
 
 @pytest.mark.parametrize("via", ["bdat", "data"])
-@pytest.mark.parametrize("size", ["fits", "too_big"])
+@pytest.mark.parametrize("size", ["empty", "fits", "too_big"])
 def test_whole_transaction_in_one_write(perimd_factory, hostile, via, size):
     """A client that does not wait for the 354 (MAIL, RCPT, DATA, the body
     and its dot in one write): the stream is set up and its verdict comes
@@ -558,14 +560,14 @@ def test_whole_transaction_in_one_write(perimd_factory, hostile, via, size):
     transaction's body, and the connection stays usable."""
     b = hostile(caps=CAPS[via])
     p = start(perimd_factory, [b], message_size_limit="64k")
-    body = body_of(40 if size == "fits" else 80)
+    body = {"empty": b"", "fits": body_of(40), "too_big": body_of(80)}[size]
     with session(p) as c:
         warm(c, p, b)
         c.send(b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n" + stuffed(body) + b".\r\n")
         expect(c.reply(10), 250)
         expect(c.reply(10), 250)
         expect(c.reply(10), 354)
-        if size == "fits":
+        if size != "too_big":
             expect(c.reply(30), 250)
         else:
             expect(c.reply(30), 552, "5.3.4")
@@ -573,12 +575,15 @@ def test_whole_transaction_in_one_write(perimd_factory, hostile, via, size):
         c.send(b"Subject: after\r\n\r\nfine\r\n.\r\n")
         expect(c.reply(30), 250)
     datas = [m["data"] for m in b.messages]
-    if size == "fits":
-        assert len(datas) == 3 and datas[1].endswith(body)
+    if size != "too_big":
+        assert len(datas) == 3 and datas[1].endswith(body) and datas[1].startswith(b"Received: ")
+        assert datas[1].count(b"\r\n") == datas[0].count(b"\r\n") + body.count(b"\r\n") - 3
     else:
         assert len(datas) == 2 and all(b"line 000" not in x for x in datas)
         assert all(b"line 000" not in a["data"] for a in b.aborted)
     assert datas[-1].endswith(b"fine\r\n")
+    assert metrics(p)["perimd_relay_streamed_total"] >= (size != "too_big")
+    assert len(lasts(b)) == metrics(p)["perimd_relay_streamed_total"] * (via == "bdat")
 
 
 def test_client_gone_right_after_data(perimd_factory, hostile):
