@@ -749,3 +749,22 @@ def test_reload_and_shutdown_under_streams(perimd_factory, hostile, via):
     assert accepted and any(code != 250 for tag, code in outcomes), outcomes
     assert all(n == 1 for n in done.values()), done
     assert set(done) == accepted, (sorted(set(done) ^ accepted), outcomes)
+
+
+@pytest.mark.parametrize("via", ["bdat", "data"])
+def test_half_close_after_dot(perimd_factory, hostile, via):
+    """The client writes its last body part and the dot, then shuts its
+    sending side (as `nc -q` does): its EOF does not cut the stream it
+    just completed; the client reads 250 and the backend has the message
+    once."""
+    b = hostile(caps=CAPS[via])
+    p = start(perimd_factory, [b])
+    body = body_of(100)
+    with session(p) as c:
+        warm(c, p, b)
+        begin(c)
+        c.send(streamed(c, b, body))
+        c.sock.shutdown(socket.SHUT_WR)
+        expect(c.reply(30), 250)
+    assert len(b.messages) == 2 and b.messages[1]["data"].endswith(body) and not b.aborted
+    assert b.messages[1]["via"] == via.upper()
