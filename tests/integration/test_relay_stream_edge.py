@@ -768,3 +768,32 @@ def test_half_close_after_dot(perimd_factory, hostile, via):
         expect(c.reply(30), 250)
     assert len(b.messages) == 2 and b.messages[1]["data"].endswith(body) and not b.aborted
     assert b.messages[1]["via"] == via.upper()
+
+
+def test_reload_moves_backends_mid_stream(perimd_factory, hostile):
+    """The admin points relay_backends elsewhere (SIGHUP) while a message
+    streams to the old backend: that message completes there, once; the
+    next session's message goes to the new backend; the old backend's
+    pooled connection is not used for it."""
+    old, new = hostile(caps=CHUNKING), hostile(caps=CHUNKING)
+    p = start(perimd_factory, [old])
+    body = body_of(100)
+    with session(p) as c:
+        warm(c, p, old)
+        begin(c)
+        rest = streamed(c, old, body)
+        with open(p.conf_path) as f:
+            conf = f.read()
+        with open(p.conf_path, "w") as f:
+            f.write(conf.replace("relay_backends = %s" % old.target, "relay_backends = %s" % new.target))
+        os.kill(p.pid, signal.SIGHUP)
+        p.wait_log(r"configuration reloaded", 10)
+        c.send(rest)
+        expect(c.reply(30), 250)
+    with session(p) as c:
+        begin(c)
+        c.send(stuffed(body) + b".\r\n")
+        expect(c.reply(30), 250)
+    assert len(old.messages) == 2 and old.messages[1]["data"].endswith(body) and lasts(old) == ["BDAT 0 LAST"]
+    assert len(new.messages) == 1 and new.messages[0]["data"].endswith(body)
+    assert not old.aborted and not new.aborted
