@@ -797,3 +797,36 @@ def test_reload_moves_backends_mid_stream(perimd_factory, hostile):
     assert len(old.messages) == 2 and old.messages[1]["data"].endswith(body) and lasts(old) == ["BDAT 0 LAST"]
     assert len(new.messages) == 1 and new.messages[0]["data"].endswith(body)
     assert not old.aborted and not new.aborted
+
+
+def test_stream_over_tls(perimd_factory, tmp_path):
+    """A backend reached over STARTTLS (relay_tls_security_level =
+    encrypt): the pooled TLS connection carries the stream, the body is the
+    usual path's, completed once."""
+    import subprocess
+    from tls_backend import TlsBackend
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "k.pem",
+                    "-out", "c.pem", "-days", "2", "-subj", "/CN=backend.test"], cwd=tmp_path,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tb = TlsBackend(str(tmp_path / "c.pem"), str(tmp_path / "k.pem")).start()
+    try:
+        p = perimd_factory(relay_backends=tb.target, relay_while_receiving="yes",
+                           relay_tls_security_level="encrypt")
+        body = dotty_body()
+        with session(p) as c:
+            begin(c)
+            c.send(stuffed(body) + b".\r\n")
+            expect(c.reply(30), 250)
+            begin(c)
+            w = stuffed(body) + b".\r\n"
+            c.send(w[:60000])
+            # the stream's envelope, before the final dot
+            assert wait_for(lambda: len([x for x in tb.commands if x.upper().startswith("MAIL")]) == 2, 10)
+            c.send(w[60000:])
+            expect(c.reply(30), 250)
+        assert len(tb.messages) == 2 and all(m["tls"] for m in tb.messages)
+        assert normal(tb.messages[1]["data"]) == normal(tb.messages[0]["data"])
+        assert metrics(p)["perimd_relay_streamed_total"] == 1
+        assert len([x for x in tb.commands if x.upper() == "STARTTLS"]) == 1
+    finally:
+        tb.stop()
