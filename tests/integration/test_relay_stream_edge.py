@@ -22,10 +22,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Client, expect, wait_for  # noqa: E402
+from harness import expect, wait_for  # noqa: E402
 from test_av import EICAR, SIG_EICAR, write_db  # noqa: E402
-from test_relay_stream import (CAPS, CHUNKING, PLAIN, begin, body_of, lasts, normal, raw_size,  # noqa: E402
-                               resets, session, start, streamed, stuffed, warm)
+from test_relay_stream import (CAPS, CHUNKING, begin, body_of, lasts, normal, raw_size,  # noqa: E402
+                               resets, session, start, stopper, streamed, stuffed, warm)
 from test_stats import metrics  # noqa: E402
 
 
@@ -476,32 +476,24 @@ def test_shutdown_keeps_accepted_message(perimd_factory, hostile, when):
     message once; perimd then exits cleanly."""
     b = hostile(caps=CHUNKING)
     p = start(perimd_factory, [b], shutdown_timeout="3s" if when == "mid_body" else "1s")
-    errors = []
-
-    def stop():
-        try:
-            p.stop(timeout=30)
-        except AssertionError as e:
-            errors.append(str(e))
-
-    stopper = threading.Thread(target=stop)
+    stopper_thread, errors = stopper(p)
     body = body_of(100)
     with session(p) as c:
         warm(c, p, b)
         begin(c)
         rest = streamed(c, b, body)
         if when == "mid_body":
-            stopper.start()
+            stopper_thread.start()
             p.wait_log(r"stopping: draining sessions", 10)
             c.send(rest)
         else:
             b.delay = {"eod": 2.0}
             c.send(rest)
             assert wait_for(lambda: lasts(b), 10)
-            stopper.start()
+            stopper_thread.start()
         expect(c.reply(30), 250)
-    stopper.join(40)
-    assert not stopper.is_alive() and not errors, errors
+    stopper_thread.join(40)
+    assert not stopper_thread.is_alive() and not errors, errors
     assert len(b.messages) == 2 and b.messages[1]["data"].endswith(body)
     assert lasts(b) == ["BDAT 0 LAST"] and not b.aborted
 
