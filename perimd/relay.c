@@ -332,6 +332,7 @@ static struct relay_dest *dest_get(const char *target, const char **why)
 		atomic_init(&d->open, 0);
 		atomic_init(&d->limit, 1);
 		atomic_init(&d->making, 0);
+		atomic_init(&d->yielding, 0);
 		pthread_mutex_init(&d->mu, NULL);
 		d->next = dests;
 		dests = d;
@@ -957,11 +958,22 @@ static void bconn_unmove(struct bconn *b)
 	b->state = B_QUIT;
 }
 
+/* bconn_yield_done - a connection a stream gave up for a waiter is
+ * handed on, or gone: no longer counted as on its way to one. */
+static void bconn_yield_done(struct bconn *b)
+{
+	if (b->yielded) {
+		b->yielded = 0;
+		atomic_fetch_sub(&b->pool->dest->yielding, 1);
+	}
+}
+
 /* bconn_free - the connection is gone for good. */
 static void bconn_free(struct bconn *b)
 {
 	struct relay_loop *rl = b->pool->rl;
 
+	bconn_yield_done(b);
 	if (b->state == B_MOVE)
 		bconn_unmove(b);
 	if (b->state == B_IDLE) {
@@ -1016,6 +1028,7 @@ void bconn_release_ok(struct bconn *b)
 	struct relay_loop *rl = p->rl;
 	struct relay_req *w = TAILQ_FIRST(&p->waiters);
 
+	bconn_yield_done(b);
 	b->req = NULL;
 	b->skip = 0;
 	if (w) {
@@ -1529,13 +1542,13 @@ struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_
 	return r;
 }
 
-/* relay_dest_unwaited - see relay_int.h. */
-int relay_dest_unwaited(struct relay_dest *d)
+/* relay_dest_unserved - see relay_int.h. */
+int relay_dest_unserved(struct relay_dest *d)
 {
 	pthread_mutex_lock(&d->mu);
-	int waiting = dest_waiting(d);
+	int n = dest_waiting(d) - atomic_load(&d->yielding);
 	pthread_mutex_unlock(&d->mu);
-	return waiting == 0;
+	return n > 0 ? n : 0;
 }
 
 /* stream_begin - deferred, so done() never runs inside relay_stream(). */
@@ -1565,7 +1578,7 @@ struct relay_req *relay_stream(struct ev_loop *loop, struct relay_msg *msg, rela
 	/* Addresses only: a host name would have to be looked up first. */
 	if (target_parse(l->v[0], &ss, &sl, name, sizeof(name), &why) < 0 || !(d = dest_get(l->v[0], &why)))
 		return NULL;
-	if (!(p = pool_find(rl, d)) || !(b = TAILQ_FIRST(&p->idle)) || !relay_dest_unwaited(d))
+	if (!(p = pool_find(rl, d)) || !(b = TAILQ_FIRST(&p->idle)) || relay_dest_unserved(d))
 		return NULL;
 	struct relay_req *r = req_new(rl, msg, done, arg);
 

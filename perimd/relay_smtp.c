@@ -326,8 +326,9 @@ static size_t body_next(struct relay_req *r, const void **p)
  * RELAY_STREAM_MAX_MS since it began. A stream waiting for its client
  * gives its connection up at once to a complete message waiting for one
  * (else a client dripping its body under the stall bound would hold it
- * and the waiting message get 451 at relay_pool_wait). -1 when the
- * request ended. */
+ * and the waiting message get 451 at relay_pool_wait); one stream per
+ * waiter: the connection is counted in dest->yielding until handed on.
+ * -1 when the request ended. */
 static int stream_wait(struct relay_req *r, enum bstate st)
 {
 	struct bconn *b = r->b;
@@ -338,9 +339,11 @@ static int stream_wait(struct relay_req *r, enum bstate st)
 		return -1;
 	}
 	r->starved = conn_wpending(b->c) == 0;
-	if (r->starved && !relay_dest_unwaited(r->dest)) {
+	if (r->starved && relay_dest_unserved(r->dest)) {
 		log_info("%s: backend %s: the stream gives its connection to a message waiting for one",
 			 r->msg->id ? r->msg->id : "-", r->dest->name);
+		b->yielded = 1;
+		atomic_fetch_add(&r->dest->yielding, 1);
 		req_stream_end(r, 1);
 		return -1;
 	}

@@ -822,3 +822,55 @@ def test_stream_over_tls(perimd_factory, tmp_path):
         assert len([x for x in tb.commands if x.upper() == "STARTTLS"]) == 1
     finally:
         tb.stop()
+
+
+def test_one_stream_yields_per_waiting_message(perimd_factory, hostile):
+    """Three clients drip their bodies on streams that hold all three
+    connections of the backend (relay_destination_concurrency_limit = 3),
+    whose RSET replies are slow (1 s, a busy backend); one complete message
+    waits: one stream gives its connection up for it, not all three while
+    the first one's RSET is on its way; the other two complete streamed."""
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, [b], relay_destination_concurrency_limit=3, relay_pool_wait="10s",
+              io_threads=1)
+    cs = [session(p) for _ in range(3)]
+    try:
+        for c in cs:  # three messages at once: three connections, then idle
+            begin(c)
+        for c in cs:
+            c.send(b"Subject: warm\r\n\r\nwarm\r\n.\r\n")
+        for c in cs:
+            expect(c.reply(30), 250)
+        assert b.connections == 3
+        b.delay = {"rset": 1.0}
+        for c in cs:
+            begin(c)
+            c.send(b"Subject: drip\r\n\r\n")
+        assert wait_for(lambda: len(b.commands_of("MAIL")) == 6, 10)  # three streams
+        result = {}
+
+        def other():
+            with session(p) as c:
+                begin(c)
+                c.send(b"Subject: complete\r\n\r\nwaiting\r\n.\r\n")
+                result["reply"] = c.reply(30)
+
+        t = threading.Thread(target=other)
+        t.start()
+        for i in range(12):  # 2.4 s of drip
+            for c in cs:
+                c.send(b"drip line %d\r\n" % i)
+            time.sleep(0.2)
+        t.join(30)
+        assert result.get("reply") and result["reply"][0] == 250, result
+        for c in cs:
+            c.send(b"the end\r\n.\r\n")
+        for c in cs:
+            expect(c.reply(30), 250)
+    finally:
+        for c in cs:
+            c.close()
+    mx = metrics(p)
+    assert mx['perimd_relay_stream_abandoned_total{reason="slow_client"}'] == 1
+    assert mx["perimd_relay_streamed_total"] == 2
+    assert len(b.messages) == 7 and not [m for m in b.messages if b"complete" in m["data"] and m["via"] == "BDAT"]
