@@ -874,3 +874,30 @@ def test_one_stream_yields_per_waiting_message(perimd_factory, hostile):
     assert mx['perimd_relay_stream_abandoned_total{reason="slow_client"}'] == 1
     assert mx["perimd_relay_streamed_total"] == 2
     assert len(b.messages) == 7 and not [m for m in b.messages if b"complete" in m["data"] and m["via"] == "BDAT"]
+
+
+def test_stream_with_xforward(perimd_factory, hostile):
+    """A backend allowed XFORWARD (relay_xforward_hosts): the stream's
+    transaction carries the client's attributes before its MAIL, as the
+    usual path's does; a refused stream's RSET leaves the connection to the
+    next message, which sends them again."""
+    b = hostile(caps=CHUNKING + ["XFORWARD NAME ADDR PORT PROTO HELO"])
+    p = start(perimd_factory, [b], relay_xforward_hosts="127.0.0.1", message_size_limit="90k")
+    body = body_of(60)
+    with session(p) as c:
+        warm(c, p, b)
+        begin(c)
+        c.send(streamed(c, b, body, split=30000))
+        expect(c.reply(30), 250)
+        begin(c)
+        c.send(streamed(c, b, body_of(100)))
+        expect(c.reply(30), 552)
+        assert wait_for(lambda: resets(p) >= 1, 10)
+        begin(c)
+        c.send(streamed(c, b, body, split=30000))
+        expect(c.reply(30), 250)
+    cmds = [x.split()[0].upper() for x in b.commands if x.split()[0].upper() in ("XFORWARD", "MAIL")]
+    # each MAIL after its XFORWARD: warm-up, stream, refused stream, stream
+    assert cmds.count("MAIL") == 4 and all(cmds[i - 1] == "XFORWARD" for i, v in enumerate(cmds) if v == "MAIL")
+    assert len(b.messages) == 3 and lasts(b) == ["BDAT 0 LAST"] * 2
+    assert metrics(p)["perimd_relay_streamed_total"] == 2
