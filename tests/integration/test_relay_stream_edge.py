@@ -7,7 +7,27 @@ a backend (final dot, BDAT LAST) once, and only when perimd says 250.
 
 The backend is hostile_backend.py (records aborted transactions; its
 delay, read_pause, die_in_bdat settings make it slow or fail on cue);
-helpers are test_relay_stream.py's.
+helpers are test_relay_stream.py's. Cases, most for BDAT and DATA streams:
+- bytes: dot lines, a body of only dots starting with "..", lines of
+  997..1001 and 2501 octets, command-like lines, in TCP segments cut
+  between CR and LF, before a line's dot and between stuffed dots; the
+  smuggling sequences cut mid-stream to a lenient backend; a body spilled
+  to file while it streams; an empty body; over STARTTLS; with XFORWARD;
+- verdicts: exactly message_size_limit and one octet over; body_spool_limit
+  reached; undeclared 8-bit; BODY=8BITMIME to a backend without 8BITMIME;
+  EICAR across the 16 KB read boundary with relay_scan_overlap;
+- the client: the whole transaction in one write (fits, too big), two
+  messages pipelined, QUIT pipelined, gone right after DATA, half-closed
+  after its dot, BDAT (not offered: 502, its payload read as commands);
+- the backend: recipients partly or all refused, a chunk refused (5xx,
+  4xx), closing inside a chunk, not reading for 2.5 s (TCP backpressure)
+  while the client sends at full speed, CHUNKING without PIPELINING;
+- contention: a client dripping its body under the stall bound while a
+  complete message waits for the only connection; three such streams and
+  one waiter behind a slow RSET;
+- the admin: SIGHUP mid-stream (and relay_while_receiving turned off),
+  relay_backends moved mid-stream, SIGTERM with a stream mid-body or past
+  its dot, SIGHUP twice then SIGTERM under six streaming clients.
 """
 
 import os
