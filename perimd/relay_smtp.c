@@ -505,7 +505,10 @@ int bconn_bdat_fill(struct bconn *b)
 /* bdat_reply - the reply to one BDAT chunk. A refusal ends the message:
  * 5xx is passed on, 4xx fails over (nothing was completed); the
  * connection is reset and pooled only when no other chunk's reply is
- * still due. Returns -1 when the request ended. */
+ * still due. 500 to 504 (RFC 5321 §4.2.3: syntax, not implemented, bad
+ * sequence) say the backend does not take BDAT although it offered
+ * CHUNKING, nothing about the message: they fail over as 4xx does, never
+ * bounce it. Returns -1 when the request ended. */
 static int bdat_reply(struct bconn *b, const struct smtp_reply *rep, const char *said)
 {
 	struct relay_req *r = b->req;
@@ -514,7 +517,7 @@ static int bdat_reply(struct bconn *b, const struct smtp_reply *rep, const char 
 	r->bdat_acked++;
 	if (rep->code / 100 == 2)
 		return bconn_bdat_fill(b);
-	if (rep->code >= 500) {
+	if (rep->code > 504) {
 		req_pass_on(r, rep, said, NULL);
 		relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
 		req_end(r, r->bdat_acked == r->bdat_sent, "rejected", said);

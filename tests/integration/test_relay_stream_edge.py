@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import expect, wait_for  # noqa: E402
 from test_av import EICAR, SIG_EICAR, write_db  # noqa: E402
-from test_relay_stream import (CAPS, CHUNKING, begin, body_of, lasts, normal, raw_size,  # noqa: E402
+from test_relay_stream import (CAPS, CHUNKING, PLAIN, begin, body_of, lasts, normal, raw_size,  # noqa: E402
                                resets, session, start, stopper, streamed, stuffed, warm)
 from test_stats import metrics  # noqa: E402
 
@@ -921,3 +921,29 @@ def test_stream_with_xforward(perimd_factory, hostile):
     assert cmds.count("MAIL") == 4 and all(cmds[i - 1] == "XFORWARD" for i, v in enumerate(cmds) if v == "MAIL")
     assert len(b.messages) == 3 and lasts(b) == ["BDAT 0 LAST"] * 2
     assert metrics(p)["perimd_relay_streamed_total"] == 2
+
+
+@pytest.mark.parametrize("path", ["stream", "overlap"])
+def test_chunking_offered_but_bdat_refused(perimd_factory, hostile, tmp_path, path):
+    """A backend that offers CHUNKING but answers BDAT 502 (a proxy in
+    front, mixed versions behind a balancer): it says nothing about the
+    message, so the client never gets a 5xx it would bounce; a stream is
+    replayed after the dot, relay_scan_overlap's chunks fail over to the
+    next backend; the message is completed once."""
+    liar = hostile(caps=CHUNKING, reply={"bdat": "502 5.5.1 Error: command not implemented"})
+    good = hostile(caps=PLAIN)
+    params = {}
+    if path == "overlap":
+        params = dict(av_scanner="libclamav", av_threads=1, relay_scan_overlap="yes",
+                      relay_while_receiving="no", clamav_database_directory=write_db(str(tmp_path / "db")))
+    p = start(perimd_factory, [liar, good], **params)
+    body = body_of(60)
+    with session(p) as c:
+        if path == "stream":
+            warm(c, p, liar)
+        begin(c)
+        c.send(stuffed(body) + b".\r\n")
+        expect(c.reply(30), 250)
+    done = liar.messages + good.messages
+    assert len([m for m in done if m["data"].endswith(body)]) == 1 and not lasts(liar)
+    assert liar.commands_of("BDAT")
