@@ -21,7 +21,8 @@ helpers are test_relay_stream.py's. Cases, most for BDAT and DATA streams:
   after its dot, BDAT (not offered: 502, its payload read as commands);
 - the backend: recipients partly or all refused, a chunk refused (5xx,
   4xx), closing inside a chunk, not reading for 2.5 s (TCP backpressure)
-  while the client sends at full speed, CHUNKING without PIPELINING;
+  while the client sends at full speed, CHUNKING without PIPELINING,
+  CHUNKING offered but BDAT answered 502 (stream, relay_scan_overlap);
 - contention: a client dripping its body under the stall bound while a
   complete message waits for the only connection; three such streams and
   one waiter behind a slow RSET;
