@@ -1542,11 +1542,21 @@ struct relay_req *relay_send(struct ev_loop *loop, struct relay_msg *msg, relay_
 	return r;
 }
 
+/* dest_unwaited - no loop has a request waiting for a connection to d. */
+static int dest_unwaited(struct relay_dest *d)
+{
+	pthread_mutex_lock(&d->mu);
+	int waiting = dest_waiting(d);
+	pthread_mutex_unlock(&d->mu);
+	return waiting == 0;
+}
+
 /* relay_dest_unserved - see relay_int.h. */
 int relay_dest_unserved(struct relay_dest *d)
 {
 	pthread_mutex_lock(&d->mu);
-	int n = dest_waiting(d) - atomic_load(&d->yielding);
+	int n =
+	    atomic_load(&d->open) < atomic_load(&d->limit) ? 0 : dest_waiting(d) - atomic_load(&d->yielding);
 	pthread_mutex_unlock(&d->mu);
 	return n > 0 ? n : 0;
 }
@@ -1578,7 +1588,7 @@ struct relay_req *relay_stream(struct ev_loop *loop, struct relay_msg *msg, rela
 	/* Addresses only: a host name would have to be looked up first. */
 	if (target_parse(l->v[0], &ss, &sl, name, sizeof(name), &why) < 0 || !(d = dest_get(l->v[0], &why)))
 		return NULL;
-	if (!(p = pool_find(rl, d)) || !(b = TAILQ_FIRST(&p->idle)) || relay_dest_unserved(d))
+	if (!(p = pool_find(rl, d)) || !(b = TAILQ_FIRST(&p->idle)) || !dest_unwaited(d))
 		return NULL;
 	struct relay_req *r = req_new(rl, msg, done, arg);
 

@@ -183,8 +183,8 @@ struct relay_req {
 /* ---- relay.c, for relay_smtp.c ------------------------------------------ */
 
 /* relay_dest_unserved - requests of every loop waiting for a connection to
- * d, less the connections streams gave up for them that are on their way
- * (dest->yielding); 0 when none. */
+ * d that cannot open one (every slot taken), less the connections streams
+ * gave up for them that are on their way (dest->yielding); 0 when none. */
 int relay_dest_unserved(struct relay_dest *d);
 void bconn_close(struct bconn *b, int quit);
 void bconn_fail(struct bconn *b, const char *why);

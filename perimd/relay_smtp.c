@@ -327,8 +327,9 @@ static size_t body_next(struct relay_req *r, const void **p)
  * gives its connection up at once to a complete message waiting for one
  * (else a client dripping its body under the stall bound would hold it
  * and the waiting message get 451 at relay_pool_wait); one stream per
- * waiter: the connection is counted in dest->yielding until handed on.
- * -1 when the request ended. */
+ * waiter: a connection reset for it is counted in dest->yielding until
+ * handed on, one closed (inside DATA) frees a slot, which the waiter
+ * takes (relay_dest_unserved). -1 when the request ended. */
 static int stream_wait(struct relay_req *r, enum bstate st)
 {
 	struct bconn *b = r->b;
