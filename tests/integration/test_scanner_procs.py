@@ -2,8 +2,9 @@
 av_threads single-threaded worker processes under a generation process
 that loaded the engine, below the scanner process; a worker that dies on a
 message ends only that message (451, av_fail_action = tempfail) and is
-replaced; reloads (swap and inplace) under smtp-source load refuse nothing
-and replace the generation.
+replaced; workers keep the scanner's confinement and die with it; reloads
+(swap and inplace) under smtp-source load refuse nothing and replace the
+generation; a failed inplace load leaves no engine (451) until a good one.
 
 The real binary, its scanner and libclamav with test_av.py's signature
 database; smtp-sink as the backend.
@@ -250,3 +251,30 @@ def test_reload_inplace_under_load(perimd_factory, sink, tmp_path):
     p, db = libclamav(perimd_factory, sink, tmp_path, av_threads=2, av_reload_mode="inplace")
     log = reload_under_source(p, sink, db, scanner_pid(p))
     assert re.search(r"scans wait for the new ones", log)
+
+
+def test_reload_inplace_fails_then_loads(perimd_factory, sink, tmp_path):
+    """inplace with a database that fails to load: no engine process is
+    left, messages get 451 4.3.0 (never refused for good); the next good
+    reload brings an engine and its workers back."""
+    p, db = libclamav(perimd_factory, sink, tmp_path, av_threads=2, av_reload_mode="inplace")
+    spid = scanner_pid(p)
+    _, old = wait_workers(spid, 2)
+    broken = os.path.join(db, "broken.ndb")
+    with open(broken, "w") as f:
+        f.write("this is not a signature\n")
+    p.proc.send_signal(signal.SIGHUP)
+    p.wait_log(r"signature reload failed: .*no engine: scans fail until a load succeeds", timeout=20)
+    deadline = time.monotonic() + 10
+    while workers(spid):
+        assert time.monotonic() < deadline, workers(spid)
+        time.sleep(0.05)
+    with session(p.port) as c:
+        expect(send(c, CLEAN), 451, "4.3.0")
+    os.unlink(broken)
+    p.proc.send_signal(signal.SIGHUP)
+    p.wait_log(r"signatures reloaded: 2 signatures", timeout=20)
+    wait_workers(spid, 2, not_in=old)
+    with session(p.port) as c:
+        expect(send(c, EICAR + b"\r\n"), 554, "5.7.1", SIG_EICAR)
+        expect(send(c, CLEAN), 250)
