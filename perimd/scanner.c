@@ -299,17 +299,9 @@ static void gen_start(int inplace)
 		return;
 	}
 	scanner_slots = slots; /* the generation's workers find theirs here */
-	pid_t parent = getpid();
-	pid_t pid = fork();
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(0);
-		if (dup2(sv[1], scanner_gen_fd()) < 0)
-			_exit(1);
-		syscall(SYS_close_range, scanner_gen_fd() + 1u, ~0u, 0u);
+	pid_t pid = scanner_fork(sv[1]);
+	if (pid == 0)
 		scanner_gen_main(db_dir, tmp_dir, nworkers);
-	}
 	close(sv[1]);
 	if (pid < 0) {
 		close(sv[0]);

@@ -330,6 +330,22 @@ static void __attribute__((noreturn)) worker_main(struct scanner_slot *slot)
 	}
 }
 
+/* scanner_fork - fork; in the child, sock at scanner_gen_fd(). */
+pid_t scanner_fork(int sock)
+{
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	if (pid != 0)
+		return pid;
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent)
+		_exit(0);
+	if (dup2(sock, scanner_gen_fd()) < 0)
+		_exit(1);
+	syscall(SYS_close_range, scanner_gen_fd() + 1u, ~0u, 0u);
+	return 0;
+}
+
 /* worker_tmpdir - the temporary directory of worker pid. */
 static void worker_tmpdir(pid_t pid, char *buf, size_t len)
 {
@@ -381,19 +397,12 @@ static pid_t worker_fork(int i, const sigset_t *old)
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) < 0)
 		return -1;
-	pid_t gen = getpid();
-	pid_t pid = fork();
+	pid_t pid = scanner_fork(sv[1]);
 	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != gen)
-			_exit(0);
 		prctl(PR_SET_NAME, "perimd-scan");
 		signal(SIGCHLD, SIG_DFL);
 		sigprocmask(SIG_SETMASK, old, NULL);
-		if (dup2(sv[1], scanner_gen_fd()) < 0)
-			_exit(1);
 		close(SCANNER_CTL_FD);
-		syscall(SYS_close_range, scanner_gen_fd() + 1u, ~0u, 0u);
 		char dir[4096];
 		worker_tmpdir(getpid(), dir, sizeof dir);
 		/* Its copy of the engine only (copy-on-write). */

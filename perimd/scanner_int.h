@@ -30,6 +30,7 @@
 #include "scanner.h"
 
 #include <stddef.h>
+#include <sys/types.h>
 
 /* A request given to a worker. */
 struct scanner_job {
@@ -72,6 +73,11 @@ extern struct scanner_limits scanner_limits;
  * until retired. Runs in a process just forked by the single-threaded
  * dispatcher with its socket at SCANNER_GEN_FD; never returns. */
 void scanner_gen_main(const char *db_dir, const char *tmp_dir, int nworkers) __attribute__((noreturn));
+
+/* scanner_fork - fork a generation or a worker: in the child (0), which
+ * dies with this process, sock is at scanner_gen_fd() and every
+ * descriptor above it is closed; -1 with errno; the child's pid. */
+pid_t scanner_fork(int sock);
 
 /* scanner_tmp_clean - remove the workers' temporary directories (named
  * perimd-scan.PID) that a scanner killed as a whole left in tmp_dir. */
