@@ -218,7 +218,7 @@ static int sup_ready(char *err, size_t errlen)
 		int th = 0;
 		if (sscanf(buf, "ready %u %llu %d", &sigs, &ms, &th) == 3) {
 			log_info("scanner process %d ready: libclamav %s, %u signatures from %s in %llu ms, "
-				 "%d threads",
+				 "%d scanning processes",
 				 (int)sup.pid, scanner_version(), sigs, sup.dbdir, ms, th);
 			return 0;
 		}

@@ -332,6 +332,7 @@ static struct relay_dest *dest_get(const char *target, const char **why)
 		atomic_init(&d->open, 0);
 		atomic_init(&d->limit, 1);
 		atomic_init(&d->making, 0);
+		atomic_init(&d->yielding, 0);
 		pthread_mutex_init(&d->mu, NULL);
 		d->next = dests;
 		dests = d;
@@ -746,14 +747,23 @@ void req_pass_on(struct relay_req *r, const struct smtp_reply *rep, const char *
 	req_set(r, rep->code, enh, "backend%s said: %s", req_who(r), said);
 }
 
-/* req_log - one line per delivery attempt outcome. */
+/* req_log - one line per delivery attempt outcome. A stream that ends
+ * before its final dot was neither sent nor refused: the message is
+ * replayed after the dot (whose outcome is the one logged as such), so
+ * its "rejected" or "deferred" is logged as "unfinished". */
 static void req_log(struct relay_req *r, const char *status, const char *reply)
 {
 	uint64_t now = ev_now(r->rl->loop);
+	const char *was = "";
 
-	log_info("%s: relay=%s, rcpts=%d, delay=%.3f, attempt=%.3f, status=%s (%s)",
+	if (r->msg->stream && !r->final_sent && (!strcmp(status, "rejected") || !strcmp(status, "deferred"))) {
+		was = status;
+		status = "unfinished";
+	}
+	log_info("%s: relay=%s, rcpts=%d, delay=%.3f, attempt=%.3f, status=%s (%s%s%s%s)",
 		 r->msg->id ? r->msg->id : "-", r->dest ? r->dest->name : "none", r->msg->nrcpt,
-		 (double)(now - r->t_start) / 1000.0, (double)(now - r->t_attempt) / 1000.0, status, reply);
+		 (double)(now - r->t_start) / 1000.0, (double)(now - r->t_attempt) / 1000.0, status, was,
+		 was[0] ? ": " : "", reply, was[0] ? "; replayed after the final dot" : "");
 }
 
 /* req_free - release a finished or cancelled request. */
@@ -786,9 +796,13 @@ void req_finish(struct relay_req *r)
 	 * took (or last refused) the message, not the first that failed. */
 	if (r->dest)
 		relay_copy_str(r->res.backend, sizeof(r->res.backend), r->dest->name);
-	if (r->msg->stream && !r->final_sent)
-		r->res.code = 0; /* unfinished: the session replays the message */
-	stats_observe_since(SH_backend, r->t_attempt, ev_now(r->rl->loop));
+	if (r->msg->stream && !r->final_sent) { /* unfinished: the session replays the message */
+		r->res.code = 0;
+		if (r->release >= 0) /* a refusal is counted by the session */
+			stats_inc(r->stream_slow ? ST_stream_ab_slow : ST_stream_ab_backend);
+	} else { /* an unfinished stream decided nothing: not observed */
+		stats_observe_since(SH_backend, r->t_attempt, ev_now(r->rl->loop));
+	}
 	r->in_done = 1;
 	r->done(r->arg, &r->res);
 	req_free(r);
@@ -858,7 +872,7 @@ int req_stream_detach(struct relay_req *r)
  * message is replayed from the spool after the final dot. */
 void req_stream_end(struct relay_req *r, int slow)
 {
-	stats_inc(slow ? ST_stream_ab_slow : ST_stream_ab_backend);
+	r->stream_slow = slow;
 	req_stream_detach(r);
 	req_set(r, 0, "", "stream given up");
 	req_log(r, "unfinished",
@@ -944,11 +958,22 @@ static void bconn_unmove(struct bconn *b)
 	b->state = B_QUIT;
 }
 
+/* bconn_yield_done - a connection a stream gave up for a waiter is
+ * handed on, or gone: no longer counted as on its way to one. */
+static void bconn_yield_done(struct bconn *b)
+{
+	if (b->yielded) {
+		b->yielded = 0;
+		atomic_fetch_sub(&b->pool->dest->yielding, 1);
+	}
+}
+
 /* bconn_free - the connection is gone for good. */
 static void bconn_free(struct bconn *b)
 {
 	struct relay_loop *rl = b->pool->rl;
 
+	bconn_yield_done(b);
 	if (b->state == B_MOVE)
 		bconn_unmove(b);
 	if (b->state == B_IDLE) {
@@ -1003,6 +1028,7 @@ void bconn_release_ok(struct bconn *b)
 	struct relay_loop *rl = p->rl;
 	struct relay_req *w = TAILQ_FIRST(&p->waiters);
 
+	bconn_yield_done(b);
 	b->req = NULL;
 	b->skip = 0;
 	if (w) {
@@ -1523,6 +1549,16 @@ static int dest_unwaited(struct relay_dest *d)
 	int waiting = dest_waiting(d);
 	pthread_mutex_unlock(&d->mu);
 	return waiting == 0;
+}
+
+/* relay_dest_unserved - see relay_int.h. */
+int relay_dest_unserved(struct relay_dest *d)
+{
+	pthread_mutex_lock(&d->mu);
+	int n =
+	    atomic_load(&d->open) < atomic_load(&d->limit) ? 0 : dest_waiting(d) - atomic_load(&d->yielding);
+	pthread_mutex_unlock(&d->mu);
+	return n > 0 ? n : 0;
 }
 
 /* stream_begin - deferred, so done() never runs inside relay_stream(). */

@@ -47,10 +47,11 @@ struct relay_dest {
 	char addr[INET6_ADDRSTRLEN];      /* "10.1.1.5", "::1" */
 	struct sockaddr_storage sa;
 	socklen_t salen;
-	atomic_int open;    /* connections holding a slot */
-	atomic_int limit;   /* relay_destination_concurrency_limit */
-	atomic_int making;  /* of them being set up: connect to first MAIL */
-	pthread_mutex_t mu; /* guards loops[] */
+	atomic_int open;     /* connections holding a slot */
+	atomic_int limit;    /* relay_destination_concurrency_limit */
+	atomic_int making;   /* of them being set up: connect to first MAIL */
+	atomic_int yielding; /* given up by streams for waiters, not yet handed on */
+	pthread_mutex_t mu;  /* guards loops[] */
 	struct dest_loop *loops;
 	int nloops, caploops;
 };
@@ -121,10 +122,11 @@ struct bconn {
 	size_t rseen;     /* input bytes already seen to hold no
 					 complete reply (a long one in bits) */
 	int ntxn;         /* transactions started on it */
-	int clean;  /* last transaction ended with 2xx to the final dot: another may follow without RSET */
-	int skip;   /* B_RSET: replies still due before the RSET's (chunks) */
-	int slot;   /* holds one of dest->open */
-	int making; /* counted in dest->making */
+	int clean;   /* last transaction ended with 2xx to the final dot: another may follow without RSET */
+	int skip;    /* B_RSET: replies still due before the RSET's (chunks) */
+	int slot;    /* holds one of dest->open */
+	int making;  /* counted in dest->making */
+	int yielded; /* counted in dest->yielding */
 	uint64_t idle_ms;           /* relay_idle_timeout of its last user */
 	struct ev_timer tmr;        /* stage or idle timer */
 	struct ev_defer mvd;        /* B_MOVE: detach once conn.c is off the stack */
@@ -162,6 +164,7 @@ struct relay_req {
 	int in_data;               /* stream: DATA accepted, the body goes dot-stuffed */
 	int final_sent;            /* the final dot or BDAT LAST went out */
 	int starved;               /* stream: everything received is sent; waiting */
+	int stream_slow;           /* stream: given up as the client was too slow */
 	int bdat_sent, bdat_acked; /* BDAT chunks written, answered */
 	struct smtp_stuff stuff;   /* dot-stuffing and smtp_line_length_limit */
 	unsigned capmiss;          /* SMTP_CAP_* a skipped backend lacked */
@@ -179,6 +182,10 @@ struct relay_req {
 
 /* ---- relay.c, for relay_smtp.c ------------------------------------------ */
 
+/* relay_dest_unserved - requests of every loop waiting for a connection to
+ * d that cannot open one (every slot taken), less the connections streams
+ * gave up for them that are on their way (dest->yielding); 0 when none. */
+int relay_dest_unserved(struct relay_dest *d);
 void bconn_close(struct bconn *b, int quit);
 void bconn_fail(struct bconn *b, const char *why);
 void bconn_release_ok(struct bconn *b);

@@ -323,7 +323,13 @@ static size_t body_next(struct relay_req *r, const void **p)
  * come: wait in state st for relay_stream_more(), no longer than
  * RELAY_STREAM_STALL_MS once the backend has all we sent (then the stall
  * is the client's: bconn_timeout gives the stream up), nor past
- * RELAY_STREAM_MAX_MS since it began. -1 when the request ended. */
+ * RELAY_STREAM_MAX_MS since it began. A stream waiting for its client
+ * gives its connection up at once to a complete message waiting for one
+ * (else a client dripping its body under the stall bound would hold it
+ * and the waiting message get 451 at relay_pool_wait); one stream per
+ * waiter: a connection reset for it is counted in dest->yielding until
+ * handed on, one closed (inside DATA) frees a slot, which the waiter
+ * takes (relay_dest_unserved). -1 when the request ended. */
 static int stream_wait(struct relay_req *r, enum bstate st)
 {
 	struct bconn *b = r->b;
@@ -334,6 +340,14 @@ static int stream_wait(struct relay_req *r, enum bstate st)
 		return -1;
 	}
 	r->starved = conn_wpending(b->c) == 0;
+	if (r->starved && relay_dest_unserved(r->dest)) {
+		log_info("%s: backend %s: the stream gives its connection to a message waiting for one",
+			 r->msg->id ? r->msg->id : "-", r->dest->name);
+		b->yielded = 1;
+		atomic_fetch_add(&r->dest->yielding, 1);
+		req_stream_end(r, 1);
+		return -1;
+	}
 	bconn_stage(
 	    b, st,
 	    req_remaining(r, r->starved ? RELAY_STREAM_STALL_MS : (uint64_t)r->msg->conf->relay_timeout));
@@ -492,7 +506,10 @@ int bconn_bdat_fill(struct bconn *b)
 /* bdat_reply - the reply to one BDAT chunk. A refusal ends the message:
  * 5xx is passed on, 4xx fails over (nothing was completed); the
  * connection is reset and pooled only when no other chunk's reply is
- * still due. Returns -1 when the request ended. */
+ * still due. 500 to 504 (RFC 5321 §4.2.3: syntax, not implemented, bad
+ * sequence) say the backend does not take BDAT although it offered
+ * CHUNKING, nothing about the message: they fail over as 4xx does, never
+ * bounce it. Returns -1 when the request ended. */
 static int bdat_reply(struct bconn *b, const struct smtp_reply *rep, const char *said)
 {
 	struct relay_req *r = b->req;
@@ -501,7 +518,7 @@ static int bdat_reply(struct bconn *b, const struct smtp_reply *rep, const char 
 	r->bdat_acked++;
 	if (rep->code / 100 == 2)
 		return bconn_bdat_fill(b);
-	if (rep->code >= 500) {
+	if (rep->code > 504) {
 		req_pass_on(r, rep, said, NULL);
 		relay_copy_str(r->res.backend_reply, sizeof(r->res.backend_reply), said);
 		req_end(r, r->bdat_acked == r->bdat_sent, "rejected", said);

@@ -1,128 +1,459 @@
 /*
- * scanner.c - the scanner process: one libclamav engine, av_threads worker
- * threads, the io loops' request sockets and the supervisor's control
- * socket (see scanner.h for the protocol).
+ * scanner.c - the scanner process: a single-threaded dispatcher between
+ * the io loops' request sockets, the supervisor's control socket (see
+ * scanner.h for the protocol) and generations of av_threads scanning
+ * worker PROCESSES (scanner_gen.c): a generation process loads and
+ * compiles one libclamav engine and forks its workers, which share the
+ * engine's pages copy-on-write, scan the requests this process gives them
+ * and answer on the request's own socket (see scanner_int.h).
+ *
+ * Why processes: libclamav maps and unmaps its file maps under one global
+ * mutex, and in a threaded process every munmap interrupts the CPUs
+ * running the other threads (TLB shootdown); single-threaded workers pay
+ * neither. And a worker that crashes on a message ends only that message.
  *
  * Invariants:
  * - This process holds no network socket and no key: it is started by
  *   re-executing perimd (so nothing of the threaded parent's state is
  *   inherited), closes every descriptor but its own sockets, and limits
- *   itself (no core files, bounded temporary file size, no new privileges).
- *   It dies with the thread that started it (PR_SET_PDEATHSIG).
- * - The engine in use is reference-counted: a scan holds a reference from
- *   start to end, so a reload swaps a new compiled engine in while scans in
- *   flight finish on the old one, which is freed by the last of them. A
- *   database that fails to load or compile leaves the old engine in place.
- * - With INPLACE (av_reload_mode = inplace) a reload takes the engine
- *   away first, waits for the scans on it to end, frees it and only then
- *   builds the new one: memory never holds two. Scans that arrive
- *   meanwhile wait (engine_get) and are not counted busy, so neither the
- *   hang check nor libclamav's scan time runs for them; av.c does not run
- *   av_timeout while the supervisor says "loading". A failed load leaves
- *   no engine: scans are answered SCANNER_ERROR until a reload (SIGHUP, a
- *   change in the directory) succeeds.
- * - Every request gets exactly one answer on its own socket; the main
- *   thread only reads requests and control messages, the workers scan and
- *   answer. A request's descriptor is not read after its answer is sent:
- *   perimd may then write the next message into the same memfd (spool.c).
- *   The process never exits through exit(): _exit() skips atexit work
- *   (and libclamav's global state) that the parent does not need.
+ *   itself (no core files, bounded temporary file size, no new
+ *   privileges); its generations and workers inherit the limits. It dies
+ *   with the thread that started it (PR_SET_PDEATHSIG), they with it.
+ * - It never starts a thread, so it may fork: each generation is a fork
+ *   of it, and only a generation (single-threaded too) forks workers.
+ * - Every request gets exactly one answer on its own socket: from the
+ *   worker it was given to, or, when that worker dies while its slot holds
+ *   the request, SCANNER_ERROR from this process (a worker killed between
+ *   its answer and clearing the slot gives a second answer, which perimd
+ *   ignores). A worker has at most one request. A request's descriptor is
+ *   not read after its answer is sent: the worker reads and closes it
+ *   first; perimd may then write the next message into the same memfd
+ *   (spool.c).
+ * - Requests go only to the workers of the current generation; a retired
+ *   worker exits once it has answered what it was given. Requests waiting
+ *   for a worker (in this process's queue) are not busy: the ping's age is
+ *   that of the oldest given one. Stopping this process (SIGSTOP) holds
+ *   every request not yet given.
+ * - Reload, swap (the default): a new generation loads while the current
+ *   one keeps scanning; once ready its workers start and the old ones are
+ *   retired: they exit after their scan in flight, then the generation
+ *   does. A failed load leaves the current generation in place.
+ * - Reload, INPLACE (av_reload_mode = inplace): the current generation is
+ *   retired first and the new one forked only when every generation has
+ *   ended, so memory never holds two engines. Requests meanwhile wait, not
+ *   busy, so neither the hang check nor libclamav's scan time runs for
+ *   them; av.c does not run av_timeout while the supervisor says
+ *   "loading". A failed load leaves no engine: requests are answered
+ *   SCANNER_ERROR until a reload (SIGHUP, a change in the directory)
+ *   succeeds.
+ * - Processes exit through _exit(): no atexit work, no libclamav teardown.
  */
 #ifndef PERIMD_NO_CLAMAV /* else scanner_none.c */
 #include "scanner.h"
 #include "clock.h"
 #include "log.h"
+#include "scanner_int.h"
 
 #include <clamav.h>
 #include <errno.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
-#include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
-#include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define DIRCHECK_MS 5000
-/* Messages up to this size are scanned from their worker's buffer (scan_fd). */
-#define SCAN_BUF_MAX (1 << 20)
 
-/* A worker's buffer for scan_fd, kept between scans. */
-struct scan_buf {
-	char *p;
-	size_t cap;
+/* The dispatcher's view of one worker. */
+struct worker {
+	int sock; /* its socket; -1: none (ended, or not started yet) */
 };
 
-struct engine {
-	struct cl_engine *cl;
-	unsigned sigs;
-	unsigned heuristic; /* cl_scan_options.heuristic of scans on it */
-	uint64_t max_file;  /* its MaxFileSize */
-	int refs;           /* under eng_mu */
-};
+enum gen_state { GEN_LOADING, GEN_ACTIVE, GEN_RETIRED };
 
-struct job {
-	struct job *next;
-	int sock;
-	int fd;
-	uint64_t id;
+/* A generation: its process, its socket, its workers and their slots. */
+struct gen {
+	struct gen *next;
+	pid_t pid;   /* 0 once reaped */
+	int sock;    /* -1 once it has ended */
+	int state;   /* enum gen_state */
+	int inplace; /* loaded by an inplace reload */
+	uint64_t t0; /* ms when it was started */
+	struct worker *w;
+	struct scanner_slot *slots; /* shared with the workers */
 };
 
 static const char *db_dir, *tmp_dir;
-static int nthreads;
+static int nworkers;
 
-/* The limits the next engine is built with (scanner_limits_parse); the
- * main thread writes them on "reload LIMITS", a reload thread reads them. */
-static pthread_mutex_t lim_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct scanner_limits limits;
+static struct gen *gens;  /* every generation not yet ended and reaped */
+static struct gen *cur;   /* the one whose workers take requests, or NULL */
+static struct gen *load;  /* the one loading, or NULL */
+static int started;       /* the first generation was ready */
+static int reload_want;   /* a reload waits to start */
+static int draining;      /* inplace: waiting for every generation to end */
+static uint64_t drain_t0; /* ms when that reload began */
 
-static pthread_mutex_t eng_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t eng_cv = PTHREAD_COND_INITIALIZER;
-static struct engine *engine; /* current; holds one reference; NULL in an inplace load */
-static int live;              /* engines not yet freed, under eng_mu */
-static int loading;           /* an inplace load runs, under eng_mu */
-
-static pthread_mutex_t q_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t q_cv = PTHREAD_COND_INITIALIZER;
+/* A request not yet given to a worker. */
+struct job {
+	struct job *next;
+	int loop; /* index of its socket */
+	int fd;
+	uint64_t id;
+};
 static struct job *q_head, *q_tail;
 
-static pthread_mutex_t ctl_mu = PTHREAD_MUTEX_INITIALIZER;
-static uint64_t *busy_since; /* per worker: ms when its scan began, 0 idle */
-static int reloading;        /* atomic: a reload thread runs */
-static int reload_again;     /* atomic: asked again while it ran */
+/* answer - send one answer on a request's socket. */
+static void answer(int sock, uint64_t id, int status, const char *name)
+{
+	struct scanner_ans a;
+	memset(&a, 0, sizeof a);
+	a.id = id;
+	a.status = status;
+	snprintf(a.name, sizeof a.name, "%s", name ? name : "");
+	while (send(sock, &a, sizeof a, MSG_NOSIGNAL) < 0 && errno == EINTR)
+		;
+}
 
-/* ctl_send - one control message to the supervisor. */
-static void ctl_send(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void ctl_send(const char *fmt, ...)
+/* no_engine - no generation takes requests and none is coming: this
+ * process answers them itself. */
+static int no_engine(void)
+{
+	return !cur && !load && !draining && !reload_want;
+}
+
+/* job_fail - answer a request SCANNER_ERROR and drop it. */
+static void job_fail(struct job *j, const char *why)
+{
+	answer(SCANNER_LOOP_FD + j->loop, j->id, SCANNER_ERROR, why);
+	close(j->fd);
+	free(j);
+}
+
+/* give - hand a request to worker i of the current generation; 0, or -1
+ * when the worker is gone (the request stays the caller's). */
+static int give(int i, struct job *j)
+{
+	struct scanner_slot *sl = &cur->slots[i];
+	sl->id = j->id;
+	sl->loop = j->loop;
+	sl->since = clock_ms();
+	__atomic_store_n(&sl->busy, 1, __ATOMIC_SEQ_CST);
+	struct scanner_job m = { j->id, j->loop, 0 };
+	if (scanner_send_fd(cur->w[i].sock, &m, sizeof m, j->fd) < 0) {
+		__atomic_store_n(&sl->busy, 0, __ATOMIC_SEQ_CST);
+		return -1; /* its end is read (EOF) in the next round */
+	}
+	close(j->fd);
+	free(j);
+	return 0;
+}
+
+/* idle_worker - a worker of the current generation without a request, or
+ * -1; from start on, round robin. */
+static int idle_worker(int start)
+{
+	for (int k = 0; cur && k < nworkers; k++) {
+		int i = (start + k) % nworkers;
+		if (cur->w[i].sock >= 0 && !__atomic_load_n(&cur->slots[i].busy, __ATOMIC_SEQ_CST))
+			return i;
+	}
+	return -1;
+}
+
+/* dispatch - give queued requests to idle workers; with no engine and
+ * none coming, answer them. While some wait, workers say when they are
+ * done ("d"): backlog is set before the last look for an idle one. */
+static void dispatch(void)
+{
+	static int next;
+	while (q_head) {
+		struct job *j = q_head;
+		if (no_engine()) {
+			q_head = j->next;
+			job_fail(j, "no signatures loaded (reload failed)");
+			continue;
+		}
+		int i = idle_worker(next);
+		if (i < 0) {
+			__atomic_store_n(&scanner_shared->backlog, 1, __ATOMIC_SEQ_CST);
+			i = idle_worker(next);
+		}
+		if (i < 0)
+			break;
+		q_head = j->next;
+		if (give(i, j) < 0) {
+			j->next = q_head;
+			q_head = j;
+			break;
+		}
+		next = (i + 1) % nworkers;
+	}
+	if (!q_head) {
+		q_tail = NULL;
+		__atomic_store_n(&scanner_shared->backlog, 0, __ATOMIC_SEQ_CST);
+	}
+}
+
+/* read_request - one request from loop socket i, queued; -1 when the
+ * socket is closed. */
+static int read_request(int i)
+{
+	int sock = SCANNER_LOOP_FD + i;
+	struct scanner_req r;
+	int fd;
+	long n = scanner_recv_fd(sock, &r, sizeof r, &fd, 0);
+	if (n < 0 && errno == EMSGSIZE) {
+		answer(sock, 0, SCANNER_ERROR, "bad request");
+		return 0;
+	}
+	if (n < 0)
+		return errno == EINTR || errno == EAGAIN ? 0 : -1;
+	if (n == 0)
+		return -1;
+	if ((size_t)n != sizeof r || fd < 0) {
+		if (fd >= 0)
+			close(fd);
+		answer(sock, (size_t)n >= sizeof r.id ? r.id : 0, SCANNER_ERROR, "bad request");
+		return 0;
+	}
+	struct job *j = xcalloc(1, sizeof *j);
+	j->loop = i;
+	j->fd = fd;
+	j->id = r.id;
+	if (q_tail)
+		q_tail->next = j;
+	else
+		q_head = j;
+	q_tail = j;
+	return 0;
+}
+
+/* worker_closed - worker i of g has ended (its socket did): a request
+ * it held gets SCANNER_ERROR. */
+static void worker_closed(struct gen *g, int i)
+{
+	struct scanner_slot *sl = &g->slots[i];
+	if (__atomic_load_n(&sl->busy, __ATOMIC_SEQ_CST) && sl->loop >= 0 && sl->loop < scanner_nloops)
+		answer(SCANNER_LOOP_FD + sl->loop, sl->id, SCANNER_ERROR, "the scanning process died");
+	__atomic_store_n(&sl->busy, 0, __ATOMIC_SEQ_CST);
+	close(g->w[i].sock);
+	g->w[i].sock = -1;
+}
+
+/* worker_input - a worker is done while requests wait ("d"; dispatch()
+ * follows), or it has ended. */
+static void worker_input(struct gen *g, int i)
+{
+	char buf[16];
+	ssize_t n;
+	while ((n = recv(g->w[i].sock, buf, sizeof buf, MSG_DONTWAIT)) > 0)
+		;
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+		worker_closed(g, i);
+}
+
+/* gen_retire - no new requests for g: its workers exit after the scan
+ * they are on, if any; then the generation itself does. */
+static void gen_retire(struct gen *g)
+{
+	g->state = GEN_RETIRED;
+	if (g->sock >= 0)
+		send(g->sock, "retire", 6, MSG_NOSIGNAL);
+	for (int i = 0; i < nworkers; i++)
+		if (g->w[i].sock >= 0)
+			send(g->w[i].sock, "retire", 6, MSG_NOSIGNAL);
+	if (cur == g)
+		cur = NULL;
+}
+
+/* gen_start - fork a generation with the limits last received. */
+static void gen_start(int inplace)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) < 0) {
+		scanner_ctl_send(started ? "reload-failed socketpair: %s" : "error socketpair: %s",
+				 strerror(errno));
+		if (!started)
+			_exit(1);
+		return;
+	}
+	struct scanner_slot *slots = mmap(NULL, (size_t)nworkers * sizeof *slots, PROT_READ | PROT_WRITE,
+					  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (slots == MAP_FAILED) {
+		close(sv[0]);
+		close(sv[1]);
+		scanner_ctl_send(started ? "reload-failed mmap: %s" : "error mmap: %s", strerror(errno));
+		if (!started)
+			_exit(1);
+		return;
+	}
+	scanner_slots = slots; /* the generation's workers find theirs here */
+	pid_t pid = scanner_fork(sv[1]);
+	if (pid == 0)
+		scanner_gen_main(db_dir, tmp_dir, nworkers);
+	close(sv[1]);
+	if (pid < 0) {
+		close(sv[0]);
+		munmap(slots, (size_t)nworkers * sizeof *slots);
+		scanner_ctl_send(started ? "reload-failed fork: %s" : "error fork: %s", strerror(errno));
+		if (!started)
+			_exit(1);
+		return;
+	}
+	struct gen *g = xcalloc(1, sizeof *g);
+	g->pid = pid;
+	g->sock = sv[0];
+	g->state = GEN_LOADING;
+	g->inplace = inplace;
+	g->t0 = inplace ? drain_t0 : clock_ms();
+	g->slots = slots;
+	g->w = xcalloc((size_t)nworkers, sizeof *g->w);
+	for (int i = 0; i < nworkers; i++)
+		g->w[i].sock = -1;
+	g->next = gens;
+	gens = g;
+	load = g;
+}
+
+/* gen_ready - g has its engine and its workers: it takes the requests. */
+static void gen_ready(struct gen *g, unsigned sigs)
+{
+	unsigned long long ms = clock_ms() - g->t0;
+	load = NULL;
+	if (cur)
+		gen_retire(cur);
+	cur = g;
+	g->state = GEN_ACTIVE;
+	if (!started)
+		scanner_ctl_send("ready %u %llu %d", sigs, ms, nworkers);
+	else
+		scanner_ctl_send("reloaded %u %llu", sigs, ms);
+	started = 1;
+}
+
+/* gen_failed - g could not load: say so; it ends by itself. */
+static void gen_failed(struct gen *g, const char *why)
+{
+	if (!started) {
+		scanner_ctl_send("error %s", why);
+		_exit(1);
+	}
+	load = NULL;
+	g->state = GEN_RETIRED;
+	scanner_ctl_send("reload-failed %s%s", why,
+			 g->inplace ? "; no engine: scans fail until a load succeeds" : "");
+}
+
+/* gen_ended - g's socket ended: reap it; a current generation that dies
+ * takes the scanner with it (the supervisor restarts it). */
+static void gen_ended(struct gen *g)
+{
+	close(g->sock);
+	g->sock = -1;
+	int st = 0;
+	while (waitpid(g->pid, &st, 0) < 0 && errno == EINTR)
+		;
+	g->pid = 0;
+	if (g->state == GEN_LOADING)
+		gen_failed(g, "the engine process died while loading");
+	if (g->state == GEN_ACTIVE) {
+		scanner_ctl_send("log engine process ended (%s %d)", WIFSIGNALED(st) ? "signal" : "status",
+				 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+		_exit(1);
+	}
+}
+
+/* gen_input - a message from a generation, or its end. */
+static void gen_input(struct gen *g)
 {
 	char buf[512];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof buf, fmt, ap);
-	va_end(ap);
-	if (n < 0)
+	int fd;
+	long n = scanner_recv_fd(g->sock, buf, sizeof buf - 1, &fd, 0);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
-	if ((size_t)n >= sizeof buf)
-		n = sizeof buf - 1;
-	pthread_mutex_lock(&ctl_mu);
-	while (send(SCANNER_CTL_FD, buf, (size_t)n, MSG_NOSIGNAL) < 0 && errno == EINTR)
-		;
-	pthread_mutex_unlock(&ctl_mu);
+	if (n <= 0) {
+		gen_ended(g);
+		return;
+	}
+	buf[n] = 0;
+	int i = -1, pid = 0;
+	unsigned sigs = 0;
+	if (sscanf(buf, "worker %d %d", &i, &pid) == 2 && fd >= 0 && i >= 0 && i < nworkers &&
+	    g->state != GEN_RETIRED) {
+		/* A replacement: the generation has reaped the worker before,
+		 * even if its socket's end has not been read here yet. */
+		if (g->w[i].sock >= 0)
+			worker_closed(g, i);
+		g->w[i].sock = fd;
+		return;
+	}
+	if (fd >= 0)
+		close(fd);
+	if (g->state == GEN_LOADING && sscanf(buf, "ready %u", &sigs) == 1)
+		gen_ready(g, sigs);
+	else if (g->state == GEN_LOADING && !strncmp(buf, "failed ", 7))
+		gen_failed(g, buf + 7);
+}
+
+/* gens_reap - free the generations that have ended with all their
+ * workers; returns how many are left. */
+static int gens_reap(void)
+{
+	int left = 0;
+	for (struct gen **pg = &gens; *pg;) {
+		struct gen *g = *pg;
+		int open = g->sock >= 0;
+		for (int i = 0; i < nworkers && !open; i++)
+			open = g->w[i].sock >= 0;
+		if (!open && g->pid == 0) {
+			*pg = g->next;
+			munmap(g->slots, (size_t)nworkers * sizeof *g->slots);
+			free(g->w);
+			free(g);
+			continue;
+		}
+		left++;
+		pg = &g->next;
+	}
+	return left;
+}
+
+/* reload_step - start a reload that waits, when it can. */
+static void reload_step(void)
+{
+	if (load)
+		return;
+	if (!draining && reload_want) {
+		reload_want = 0;
+		if (!scanner_limits.inplace) {
+			gen_start(0);
+			return;
+		}
+		scanner_ctl_send("loading");
+		drain_t0 = clock_ms();
+		draining = 1;
+		if (cur)
+			gen_retire(cur);
+	}
+	if (draining && gens_reap() == 0) {
+		draining = 0;
+		gen_start(1);
+	}
 }
 
 /* scanner_limits_parse - "RECURSION FILES SCAN_SIZE FILE_SIZE SCAN_TIME_MS
- * ENCRYPTED MAX_SIZE" (as av_sup.c writes it) into l; 0 or -1. */
+ * ENCRYPTED MAX_SIZE INPLACE" (as av_sup.c writes it) into l; 0 or -1. */
 static int scanner_limits_parse(const char *s, struct scanner_limits *l)
 {
 	unsigned long long v[8];
@@ -145,348 +476,22 @@ static int scanner_limits_parse(const char *s, struct scanner_limits *l)
 	return 0;
 }
 
-/* engine_build - load and compile a new engine from db_dir. */
-static struct engine *engine_build(char *err, size_t errlen)
+/* pong - "pong AGE INFLIGHT" over every generation's busy workers. */
+static void pong(void)
 {
-	struct cl_engine *cl = cl_engine_new();
-	if (!cl) {
-		snprintf(err, errlen, "cl_engine_new failed");
-		return NULL;
-	}
-	pthread_mutex_lock(&lim_mu);
-	struct scanner_limits l = limits;
-	pthread_mutex_unlock(&lim_mu);
-	/* The supervisor has made the scan time limit shorter than
-	 * av_timeout: a slow message ends as "not fully scanned"
-	 * (Heuristics.Limits.Exceeded.MaxScanTime), not as a killed scanner. */
-	cl_engine_set_num(cl, CL_ENGINE_MAX_SCANTIME, (long long)l.scan_time);
-	cl_engine_set_num(cl, CL_ENGINE_MAX_FILESIZE, (long long)l.file_size);
-	cl_engine_set_num(cl, CL_ENGINE_MAX_SCANSIZE, (long long)l.scan_size);
-	cl_engine_set_num(cl, CL_ENGINE_MAX_RECURSION, (long long)l.recursion);
-	cl_engine_set_num(cl, CL_ENGINE_MAX_FILES, (long long)l.files);
-	if (*tmp_dir)
-		cl_engine_set_str(cl, CL_ENGINE_TMPDIR, tmp_dir);
-	unsigned sigs = 0;
-	cl_error_t rc = cl_load(db_dir, cl, &sigs, CL_DB_STDOPT);
-	if (rc == CL_SUCCESS)
-		rc = cl_engine_compile(cl);
-	if (rc != CL_SUCCESS) {
-		snprintf(err, errlen, "%s: %s", db_dir, cl_strerror(rc));
-		cl_engine_free(cl);
-		return NULL;
-	}
-	if (sigs == 0) {
-		snprintf(err, errlen, "%s: no signatures", db_dir);
-		cl_engine_free(cl);
-		return NULL;
-	}
-	struct engine *e = xcalloc(1, sizeof *e);
-	e->cl = cl;
-	e->sigs = sigs;
-	/* A scan that stops at a limit is reported, never clean (clamd's
-	 * AlertExceedsMax); encrypted content as av_alert_encrypted asks. */
-	e->heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX;
-	if (l.encrypted & SCANNER_ENC_ARCHIVE)
-		e->heuristic |= CL_SCAN_HEURISTIC_ENCRYPTED_ARCHIVE;
-	if (l.encrypted & SCANNER_ENC_DOC)
-		e->heuristic |= CL_SCAN_HEURISTIC_ENCRYPTED_DOC;
-	e->max_file = l.file_size;
-	e->refs = 1;
-	return e;
+	uint64_t now = clock_ms(), oldest = 0;
+	int inflight = 0;
+	for (struct gen *g = gens; g; g = g->next)
+		for (int i = 0; i < nworkers; i++) {
+			uint64_t since = g->slots[i].since;
+			if (__atomic_load_n(&g->slots[i].busy, __ATOMIC_SEQ_CST)) {
+				inflight++;
+				if (now > since && now - since > oldest)
+					oldest = now - since;
+			}
+		}
+	scanner_ctl_send("pong %llu %d", (unsigned long long)oldest, inflight);
 }
-
-/* engine_get - the current engine, with a reference; waits while an
- * inplace load runs. NULL: no engine (the last inplace load failed). */
-static struct engine *engine_get(void)
-{
-	pthread_mutex_lock(&eng_mu);
-	while (!engine && loading)
-		pthread_cond_wait(&eng_cv, &eng_mu);
-	struct engine *e = engine;
-	if (e)
-		e->refs++;
-	pthread_mutex_unlock(&eng_mu);
-	return e;
-}
-
-/* engine_put - drop a reference; the last one frees the engine and gives
- * its memory back to the system. */
-static void engine_put(struct engine *e)
-{
-	pthread_mutex_lock(&eng_mu);
-	int last = --e->refs == 0;
-	pthread_mutex_unlock(&eng_mu);
-	if (!last)
-		return;
-	cl_engine_free(e->cl);
-	free(e);
-#ifdef __GLIBC__
-	malloc_trim(0);
-#endif
-	pthread_mutex_lock(&eng_mu);
-	live--;
-	pthread_cond_broadcast(&eng_cv);
-	pthread_mutex_unlock(&eng_mu);
-}
-
-/* engine_set - make e (NULL: none) the current engine; wake waiting scans. */
-static void engine_set(struct engine *e)
-{
-	pthread_mutex_lock(&eng_mu);
-	struct engine *old = engine;
-	engine = e;
-	if (e)
-		live++;
-	loading = 0;
-	pthread_cond_broadcast(&eng_cv);
-	pthread_mutex_unlock(&eng_mu);
-	if (old)
-		engine_put(old);
-}
-
-/* engine_drop - inplace: take the engine away and wait until every scan
- * on it has ended and it is freed; new scans wait for the next one. */
-static void engine_drop(void)
-{
-	pthread_mutex_lock(&eng_mu);
-	struct engine *old = engine;
-	engine = NULL;
-	loading = 1;
-	pthread_mutex_unlock(&eng_mu);
-	if (old)
-		engine_put(old);
-	pthread_mutex_lock(&eng_mu);
-	while (live > 0)
-		pthread_cond_wait(&eng_cv, &eng_mu);
-	pthread_mutex_unlock(&eng_mu);
-}
-
-static void reload_start(void);
-
-/* reload_main - build a new engine and swap it in; report the outcome. */
-static void *reload_main(void *arg)
-{
-	char err[512];
-	pthread_mutex_lock(&lim_mu);
-	int inplace = limits.inplace != 0;
-	pthread_mutex_unlock(&lim_mu);
-	uint64_t t0 = clock_ms();
-	if (inplace) {
-		ctl_send("loading");
-		engine_drop();
-	}
-	struct engine *e = engine_build(err, sizeof err);
-	if (e)
-		engine_set(e);
-	else if (inplace)
-		engine_set(NULL); /* scans fail (av_fail_action) until a load succeeds */
-	if (!e)
-		ctl_send("reload-failed %s%s", err,
-			 inplace ? "; no engine: scans fail until a load succeeds" : "");
-	else
-		ctl_send("reloaded %u %llu", e->sigs, (unsigned long long)(clock_ms() - t0));
-	__atomic_store_n(&reloading, 0, __ATOMIC_RELEASE);
-	/* New limits that came while this engine was built get their own. */
-	if (__atomic_exchange_n(&reload_again, 0, __ATOMIC_ACQ_REL))
-		reload_start();
-	return arg;
-}
-
-/* reload_start - start a reload unless one runs already. */
-static void reload_start(void)
-{
-	if (__atomic_exchange_n(&reloading, 1, __ATOMIC_ACQ_REL)) {
-		__atomic_store_n(&reload_again, 1, __ATOMIC_RELEASE);
-		return;
-	}
-	pthread_t t;
-	pthread_attr_t a;
-	pthread_attr_init(&a);
-	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-	if (pthread_create(&t, &a, reload_main, NULL) != 0) {
-		__atomic_store_n(&reloading, 0, __ATOMIC_RELEASE);
-		ctl_send("reload-failed cannot start a thread");
-	}
-	pthread_attr_destroy(&a);
-}
-
-/* answer - send one answer on the request's socket. */
-static void answer(int sock, uint64_t id, int status, uint32_t us, const char *name)
-{
-	struct scanner_ans a;
-	memset(&a, 0, sizeof a);
-	a.id = id;
-	a.status = status;
-	a.us = us;
-	snprintf(a.name, sizeof a.name, "%s", name ? name : "");
-	while (send(sock, &a, sizeof a, MSG_NOSIGNAL) < 0 && errno == EINTR)
-		;
-}
-
-/* read_all - len bytes at offset 0 of fd into buf; 0 or -1. */
-static int read_all(int fd, char *buf, size_t len)
-{
-	size_t got = 0;
-	while (got < len) {
-		ssize_t n = pread(fd, buf + got, len - got, (off_t)got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		got += (size_t)n;
-	}
-	return 0;
-}
-
-/* scan_fd - scan the message behind fd. A message of up to SCAN_BUF_MAX
- * is read with one pread() into its worker's buffer, kept from scan to
- * scan, and scanned as a memory map. cl_scandesc() instead maps fresh
- * anonymous pages per scan, touches each (the zero page) and then reads
- * into them: a copy-on-write fault per page, each flushing the TLB of
- * every CPU that runs another scanning thread (an IPI; ~8% of the
- * scanner's CPU at 100 KB with two threads), and an munmap per scan; with
- * musl's allocator a heap buffer would be fresh pages each time too.
- * Larger messages go to cl_scandesc(). Same scan otherwise: libclamav
- * scans a map either way. */
-static cl_error_t scan_fd(int fd, const char **virname, struct engine *e, struct cl_scan_options *o,
-			  struct scan_buf *b)
-{
-	unsigned long scanned = 0;
-	struct stat st;
-	if (fstat(fd, &st) < 0 || st.st_size <= 0 || st.st_size > SCAN_BUF_MAX ||
-	    (uint64_t)st.st_size > e->max_file)
-		return cl_scandesc(fd, NULL, virname, &scanned, e->cl, o);
-	size_t len = (size_t)st.st_size;
-	if (b->cap < len) {
-		free(b->p);
-		b->cap = (len + 65535) & ~(size_t)65535;
-		b->p = xmalloc(b->cap);
-	}
-	cl_fmap_t *map = read_all(fd, b->p, len) == 0 ? cl_fmap_open_memory(b->p, len) : NULL;
-	if (!map)
-		return cl_scandesc(fd, NULL, virname, &scanned, e->cl, o);
-	cl_error_t rc = cl_scanmap_callback(map, NULL, virname, &scanned, e->cl, o, NULL);
-	cl_fmap_close(map);
-	return rc;
-}
-
-/* scan_one - scan a descriptor with the current engine. */
-static void scan_one(struct job *j, uint64_t *busy, struct scan_buf *b)
-{
-	struct cl_scan_options o;
-	memset(&o, 0, sizeof o);
-	/* Heuristics (phishing, broken media) as clamd's defaults; every
-	 * parser, so MIME parts are decoded and archives opened. The whole
-	 * message is scanned raw first by libclamav itself. */
-	o.general = CL_SCAN_GENERAL_HEURISTICS;
-	o.parse = ~0u;
-	struct engine *e = engine_get(); /* an inplace load: waits, not busy */
-	uint64_t t0 = clock_us();
-	if (!e) {
-		answer(j->sock, j->id, SCANNER_ERROR, 0, "no signatures loaded (reload failed)");
-		return;
-	}
-	__atomic_store_n(busy, clock_ms(), __ATOMIC_RELAXED);
-	o.heuristic = e->heuristic;
-	const char *virname = NULL;
-	cl_error_t rc = scan_fd(j->fd, &virname, e, &o, b);
-	uint64_t us = clock_us() - t0;
-	if (us > UINT32_MAX)
-		us = UINT32_MAX;
-	/* Limits reached on a path that returns an error instead of the
-	 * heuristic's name are the same "not fully scanned" (av.c). */
-	if (rc == CL_ETIMEOUT)
-		virname = SCANNER_LIMIT_PREFIX "MaxScanTime";
-	else if (rc == CL_EMAXREC)
-		virname = SCANNER_LIMIT_PREFIX "MaxRecursion";
-	else if (rc == CL_EMAXFILES)
-		virname = SCANNER_LIMIT_PREFIX "MaxFiles";
-	else if (rc == CL_EMAXSIZE)
-		virname = SCANNER_LIMIT_PREFIX "MaxScanSize";
-	if (rc == CL_ETIMEOUT || rc == CL_EMAXREC || rc == CL_EMAXFILES || rc == CL_EMAXSIZE)
-		rc = CL_VIRUS;
-	if (rc == CL_VIRUS && !virname) {
-		/* libclamav 1.4 answers a message larger than MaxFileSize
-		 * itself with CL_VIRUS but no name. */
-		struct stat st;
-		if (fstat(j->fd, &st) == 0 && (uint64_t)st.st_size > e->max_file)
-			virname = SCANNER_LIMIT_PREFIX "MaxFileSize";
-	}
-	if (rc == CL_VIRUS)
-		answer(j->sock, j->id, SCANNER_VIRUS, (uint32_t)us, virname ? virname : "unknown");
-	else if (rc == CL_CLEAN)
-		answer(j->sock, j->id, SCANNER_CLEAN, (uint32_t)us, NULL);
-	else
-		answer(j->sock, j->id, SCANNER_ERROR, (uint32_t)us, cl_strerror(rc));
-	engine_put(e);
-	__atomic_store_n(busy, 0, __ATOMIC_RELAXED);
-}
-
-/* worker_main - take requests off the queue and scan them. */
-static void *worker_main(void *arg)
-{
-	uint64_t *busy = arg;
-	struct scan_buf b = { NULL, 0 };
-	for (;;) {
-		pthread_mutex_lock(&q_mu);
-		while (!q_head)
-			pthread_cond_wait(&q_cv, &q_mu);
-		struct job *j = q_head;
-		q_head = j->next;
-		if (!q_head)
-			q_tail = NULL;
-		pthread_mutex_unlock(&q_mu);
-		scan_one(j, busy, &b);
-		close(j->fd);
-		free(j);
-	}
-	return NULL;
-}
-
-/* read_request - one request from a loop socket; -1 when it is closed. */
-static int read_request(int sock)
-{
-	struct scanner_req r;
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} cm;
-	struct iovec iov = { &r, sizeof r };
-	struct msghdr mh = {
-		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf
-	};
-	ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-	if (n < 0)
-		return errno == EINTR || errno == EAGAIN ? 0 : -1;
-	if (n == 0)
-		return -1;
-	int fd = -1;
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-		    c->cmsg_len == CMSG_LEN(sizeof(int)))
-			memcpy(&fd, CMSG_DATA(c), sizeof fd);
-	if ((size_t)n != sizeof r || fd < 0 || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
-		if (fd >= 0)
-			close(fd);
-		answer(sock, (size_t)n >= sizeof r.id ? r.id : 0, SCANNER_ERROR, 0, "bad request");
-		return 0;
-	}
-	struct job *j = xcalloc(1, sizeof *j);
-	j->sock = sock;
-	j->fd = fd;
-	j->id = r.id;
-	pthread_mutex_lock(&q_mu);
-	if (q_tail)
-		q_tail->next = j;
-	else
-		q_head = j;
-	q_tail = j;
-	pthread_cond_signal(&q_cv);
-	pthread_mutex_unlock(&q_mu);
-	return 0;
-}
-
-static void fsize_limit(void);
 
 /* control - one message from the supervisor; -1 when it is gone. */
 static int control(void)
@@ -499,68 +504,38 @@ static int control(void)
 		return -1;
 	buf[n] = 0;
 	if (!strcmp(buf, "ping")) {
-		uint64_t now = clock_ms(), oldest = 0;
-		int inflight = 0;
-		for (int i = 0; i < nthreads; i++) {
-			uint64_t b = __atomic_load_n(&busy_since[i], __ATOMIC_RELAXED);
-			if (b) {
-				inflight++;
-				if (now - b > oldest)
-					oldest = now - b;
-			}
-		}
-		ctl_send("pong %llu %d", (unsigned long long)oldest, inflight);
+		pong();
 	} else if (!strncmp(buf, "reload ", 7)) {
 		/* "reload LIMITS": the next engine is built with these. */
 		struct scanner_limits l;
 		if (scanner_limits_parse(buf + 7, &l) == 0) {
-			pthread_mutex_lock(&lim_mu);
-			limits = l;
-			pthread_mutex_unlock(&lim_mu);
-			fsize_limit();
+			scanner_limits = l;
+			scanner_fsize_limit();
 		} else {
-			ctl_send("log bad limits in reload: %s; keeping the old ones", buf + 7);
+			scanner_ctl_send("log bad limits in reload: %s; keeping the old ones", buf + 7);
 		}
-		reload_start();
+		reload_want = 1;
 	} else if (!strcmp(buf, "reload")) {
-		reload_start();
+		reload_want = 1;
 	}
 	return 0;
 }
 
-/* fsize_limit - temporary files bounded by what a scan may write: the
- * larger of the scan size and four times the message size (decoded parts
- * add up beyond the message), plus room. */
-static void fsize_limit(void)
-{
-	pthread_mutex_lock(&lim_mu);
-	uint64_t want = limits.scan_size > limits.max_size * 4 ? limits.scan_size : limits.max_size * 4;
-	pthread_mutex_unlock(&lim_mu);
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_FSIZE, &rl) < 0)
-		return;
-	want += 64u << 20;
-	if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max)
-		want = rl.rlim_max;
-	rl.rlim_cur = (rlim_t)want;
-	setrlimit(RLIMIT_FSIZE, &rl);
-}
-
 /* confine - drop what a scanner does not need. */
-static void confine(int nfds)
+static void confine(void)
 {
 	/* Only our sockets (and stdio for the log) stay open. The raw system
 	 * call: musl (the static build) has no close_range() wrapper. */
-	syscall(SYS_close_range, SCANNER_LOOP_FD + (unsigned)nfds, ~0u, 0u);
+	syscall(SYS_close_range, SCANNER_LOOP_FD + (unsigned)scanner_nloops, ~0u, 0u);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 	struct rlimit rl = { 0, 0 };
 	setrlimit(RLIMIT_CORE, &rl);
 	/* Temporary files of decoded parts: bounded; EFBIG instead of a
 	 * signal. Only the soft limit: a reload with larger scan limits
-	 * raises it again (fsize_limit()). */
+	 * raises it again (scanner_fsize_limit()). */
 	signal(SIGXFSZ, SIG_IGN);
-	fsize_limit();
+	scanner_fsize_limit();
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
 	signal(SIGINT, SIG_IGN);
@@ -569,8 +544,8 @@ static void confine(int nfds)
 /* heap_tune - keep libclamav's per-scan allocations (match state sized
  * by the signature count: megabytes with a full database) in the heap
  * instead of an mmap, zeroed pages and munmap per scan: 15-20% less CPU per
- * 512 B message on a 436,000-signature database. Freed engines are still
- * given back (malloc_trim() in engine_put()). */
+ * 512 B message on a 436,000-signature database. Set here, inherited by
+ * every generation and worker. */
 static void heap_tune(void)
 {
 #ifdef __GLIBC__
@@ -585,82 +560,121 @@ const char *scanner_version(void)
 	return cl_retver();
 }
 
-/* scanner_main - the scanner process (see scanner.h). */
-int scanner_main(int argc, char **argv)
-{
-	if (argc != 7 || scanner_limits_parse(argv[6], &limits) < 0) {
-		fprintf(stderr, "perimd: %s is internal\n", SCANNER_ARG);
-		_exit(2);
-	}
-	db_dir = argv[2];
-	tmp_dir = argv[3];
-	nthreads = atoi(argv[4]);
-	int nloops = atoi(argv[5]);
-	if (nthreads <= 0) {
-		long n = sysconf(_SC_NPROCESSORS_ONLN);
-		nthreads = n > 0 ? (int)n : 1;
-	}
-	if (nloops < 1 || nloops > 1024)
-		_exit(2);
-	confine(nloops);
-	heap_tune();
-	if (getppid() == 1)
-		_exit(0);
+/* The poll set: what each entry is. */
+struct pref {
+	struct gen *g; /* NULL: ctl (i < 0) or loop i */
+	int i;         /* loop or worker index; -1: ctl or the generation */
+};
 
-	char err[512];
-	uint64_t t0 = clock_ms();
-	cl_error_t rc = cl_init(CL_INIT_DEFAULT);
-	if (rc != CL_SUCCESS) {
-		ctl_send("error cl_init: %s", cl_strerror(rc));
-		_exit(1);
+/* poll_build - the poll set of this round; returns its length. */
+static int poll_build(struct pollfd **pf, struct pref **pr, int *cap, const int *loop_fd)
+{
+	int n = 1 + scanner_nloops;
+	for (struct gen *g = gens; g; g = g->next)
+		n += 1 + nworkers;
+	if (n > *cap) {
+		*cap = n * 2;
+		free(*pf);
+		free(*pr);
+		*pf = xcalloc((size_t)*cap, sizeof **pf);
+		*pr = xcalloc((size_t)*cap, sizeof **pr);
 	}
-	struct engine *first = engine_build(err, sizeof err);
-	if (!first) {
-		ctl_send("error %s", err);
-		_exit(1);
+	int k = 0;
+	(*pf)[k] = (struct pollfd){ SCANNER_CTL_FD, POLLIN, 0 };
+	(*pr)[k++] = (struct pref){ NULL, -1 };
+	for (int i = 0; i < scanner_nloops; i++) {
+		(*pf)[k] = (struct pollfd){ loop_fd[i], POLLIN, 0 };
+		(*pr)[k++] = (struct pref){ NULL, i };
 	}
-	engine_set(first);
+	for (struct gen *g = gens; g; g = g->next) {
+		(*pf)[k] = (struct pollfd){ g->sock, POLLIN, 0 };
+		(*pr)[k++] = (struct pref){ g, -1 };
+		for (int i = 0; i < nworkers; i++) {
+			(*pf)[k] = (struct pollfd){ g->w[i].sock, POLLIN, 0 };
+			(*pr)[k++] = (struct pref){ g, i };
+		}
+	}
+	return k;
+}
+
+/* dispatcher - the main loop: requests in, answers out, reloads. */
+static void __attribute__((noreturn)) dispatcher(void)
+{
+	int *loop_fd = xcalloc((size_t)scanner_nloops, sizeof *loop_fd);
+	for (int i = 0; i < scanner_nloops; i++)
+		loop_fd[i] = SCANNER_LOOP_FD + i;
+	struct pollfd *pf = NULL;
+	struct pref *pr = NULL;
+	int cap = 0;
 	struct cl_stat dirstat;
 	memset(&dirstat, 0, sizeof dirstat);
 	cl_statinidir(db_dir, &dirstat);
-
-	busy_since = xcalloc((size_t)nthreads, sizeof *busy_since);
-	for (int i = 0; i < nthreads; i++) {
-		pthread_t t;
-		if (pthread_create(&t, NULL, worker_main, &busy_since[i]) != 0) {
-			ctl_send("error cannot start scanning threads");
-			_exit(1);
-		}
-	}
-	ctl_send("ready %u %llu %d", first->sigs, (unsigned long long)(clock_ms() - t0), nthreads);
-
-	struct pollfd *pf = xcalloc((size_t)nloops + 1, sizeof *pf);
-	pf[0].fd = SCANNER_CTL_FD;
-	pf[0].events = POLLIN;
-	for (int i = 0; i < nloops; i++) {
-		pf[i + 1].fd = SCANNER_LOOP_FD + i;
-		pf[i + 1].events = POLLIN;
-	}
 	uint64_t next_check = clock_ms() + DIRCHECK_MS;
 	for (;;) {
-		int n = poll(pf, (nfds_t)nloops + 1, DIRCHECK_MS);
-		if (n < 0 && errno != EINTR)
+		int n = poll_build(&pf, &pr, &cap, loop_fd);
+		if (poll(pf, (nfds_t)n, DIRCHECK_MS) < 0 && errno != EINTR)
 			_exit(1);
-		if (pf[0].revents && control() < 0)
-			_exit(0); /* the supervisor is gone */
-		for (int i = 1; i <= nloops; i++)
-			if (pf[i].revents && pf[i].fd >= 0 && read_request(pf[i].fd) < 0)
-				pf[i].fd = -1;
+		/* Handlers close sockets but free nothing: gens_reap() does,
+		 * after the round. */
+		for (int k = 0; k < n; k++) {
+			if (!pf[k].revents || pf[k].fd < 0)
+				continue;
+			struct pref r = pr[k];
+			if (!r.g && r.i < 0 && control() < 0)
+				_exit(0); /* the supervisor is gone */
+			else if (!r.g && r.i >= 0 && read_request(r.i) < 0)
+				loop_fd[r.i] = -1;
+			else if (r.g && r.i < 0 && r.g->sock == pf[k].fd)
+				gen_input(r.g);
+			else if (r.g && r.i >= 0 && r.g->w[r.i].sock == pf[k].fd)
+				worker_input(r.g, r.i);
+		}
 		if (clock_ms() >= next_check) {
 			next_check = clock_ms() + DIRCHECK_MS;
 			/* A changed database directory reloads, as SIGHUP does. */
 			if (cl_statchkdir(&dirstat) == 1) {
 				cl_statfree(&dirstat);
 				cl_statinidir(db_dir, &dirstat);
-				ctl_send("log %s changed, reloading signatures", db_dir);
-				reload_start();
+				scanner_ctl_send("log %s changed, reloading signatures", db_dir);
+				reload_want = 1;
 			}
 		}
+		reload_step();
+		dispatch();
+		gens_reap();
 	}
+}
+
+/* scanner_main - the scanner process (see scanner.h). */
+int scanner_main(int argc, char **argv)
+{
+	if (argc != 7 || scanner_limits_parse(argv[6], &scanner_limits) < 0) {
+		fprintf(stderr, "perimd: %s is internal\n", SCANNER_ARG);
+		_exit(2);
+	}
+	db_dir = argv[2];
+	tmp_dir = argv[3];
+	nworkers = atoi(argv[4]);
+	scanner_nloops = atoi(argv[5]);
+	if (nworkers <= 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		nworkers = n > 0 ? (int)n : 1;
+	}
+	if (scanner_nloops < 1 || scanner_nloops > 1024 || nworkers > 1024)
+		_exit(2);
+	confine();
+	heap_tune();
+	prctl(PR_SET_NAME, "perimd-scanner");
+	if (getppid() == 1)
+		_exit(0);
+	scanner_tmp_clean(tmp_dir);
+	scanner_shared =
+	    mmap(NULL, sizeof *scanner_shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (scanner_shared == MAP_FAILED) {
+		scanner_ctl_send("error mmap: %s", strerror(errno));
+		_exit(1);
+	}
+	gen_start(0);
+	dispatcher();
 }
 #endif /* PERIMD_NO_CLAMAV */

@@ -1,6 +1,8 @@
 /*
- * scanner.h - the scanner process: owns the libclamav engine and scans the
- * message file descriptors the io loops pass it; and its wire protocol.
+ * scanner.h - the scanner process: dispatches the message file
+ * descriptors the io loops pass it to its worker processes, which scan
+ * them with the libclamav engine of their generation (scanner.c,
+ * scanner_gen.c); and its wire protocol.
  *
  * The process is perimd itself, re-executed (never a bare fork of the
  * threaded parent) as `perimd --scanner ARGS` with its sockets at fixed
@@ -13,8 +15,9 @@
  * pread). Answers: one struct scanner_ans per request, on the socket the
  * request came from, in completion order (match them by id).
  *
- * Control, text messages: the scanner sends "ready N MS THREADS" (N
- * signatures loaded in MS ms) once its first engine is compiled, or "error
+ * Control, text messages: the scanner sends "ready N MS WORKERS" (N
+ * signatures loaded in MS ms) once its first engine is compiled and its
+ * WORKERS scanning processes run, or "error
  * TEXT" and exits; "log TEXT" is a line for perimd's log (the scanner does
  * not log itself, so its lines go wherever perimd's go). The supervisor
  * sends "ping" (answered "pong AGE INFLIGHT": AGE = ms the oldest running
@@ -74,7 +77,7 @@ struct scanner_ans {
 };
 
 /* scanner_main - the hidden mode: argv is
- *   perimd --scanner DBDIR TMPDIR THREADS NLOOPS LIMITS
+ *   perimd --scanner DBDIR TMPDIR WORKERS NLOOPS LIMITS (WORKERS: av_threads)
  * Never returns to the caller's code: exits the process. */
 int scanner_main(int argc, char **argv);
 

@@ -55,7 +55,7 @@
 #                           better), with the spread of the per-round CPU ratios;
 #                           AB_CACHE=DIR keeps the binaries (DIR/COMMIT/perimd) for reuse;
 #                           AB_AV=1 scans with libclamav (the test database below), and
-#                           the CPU then includes the scanner process; AB_SPOOL=shm puts
+#                           the CPU then includes the scanner's processes; AB_SPOOL=shm puts
 #                           both perimds' body_spool_directory (and so libclamav's
 #                           temporary files) under /dev/shm as perimd's default does
 #                           (default: the work directory, on disk); AB_MILTER=opendkim:
@@ -402,10 +402,12 @@ ab_build() {
 	AB_BIN[$2]=$t/build/dev/perimd
 }
 
-# cpu_tree_ns PID - cpu_ns of PID and its children (perimd's scanner process).
+# cpu_tree_ns PID - cpu_ns of PID and all its descendants (perimd's scanner
+# process, its generation processes and their scanning processes).
 cpu_tree_ns() {
-	local c t=0
-	for c in "$1" $(pgrep -P "$1"); do t=$((t + $(cpu_ns "$c"))); done
+	local c t
+	t=$(cpu_ns "$1")
+	for c in $(pgrep -P "$1"); do t=$((t + $(cpu_tree_ns "$c"))); done
 	echo "$t"
 }
 

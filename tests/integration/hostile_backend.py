@@ -23,6 +23,15 @@ Settings (attributes, changeable while it runs):
                BDAT chunk (test_scan_overlap: a backend dying mid-chunks)
   die_in_data  n: close the connection once n octets of a DATA body are in,
                before its final dot (test_relay_stream)
+  die_in_bdat  n: close the connection once n octets of BDAT chunks are in
+               on it, in the middle of a chunk (test_relay_stream_edge)
+  delay        {stage: seconds}: wait that long before answering a stage
+               (rcpt, bdat, eod ...): a slow backend
+  read_pause   (octets, seconds): once a connection has received that many
+               octets, stop reading from it for that long (TCP
+               backpressure; with rcvbuf, the sender's writes block)
+  rcvbuf       SO_RCVBUF of the listening socket (so of every connection),
+               small to make read_pause felt at once (constructor only)
 CHUNKING (RFC 3030): offered when "CHUNKING" is in caps (BDAT is answered
 502 otherwise). Each `BDAT n` reads exactly n octets; stage "bdat" answers
 a chunk, stage "eod" the one with LAST, which completes the transaction.
@@ -36,13 +45,16 @@ rcpts, chunks, data = the chunks' bytes or the DATA bytes received, via =
 "MAIL", "EOF" or "refused"), connections.
 """
 
+import socket
+import time
+
 from listener import Listener
 
 DEFAULT_CAPS = ["PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
 
 
 class HostileBackend(Listener):
-    def __init__(self, caps=None, ehlo_filler=0, reply=None, stall=()):
+    def __init__(self, caps=None, ehlo_filler=0, reply=None, stall=(), rcvbuf=None):
         self.caps = list(DEFAULT_CAPS if caps is None else caps)
         self.ehlo_filler = ehlo_filler
         self.reply = dict(reply or {})
@@ -53,8 +65,13 @@ class HostileBackend(Listener):
         self.aborted = []
         self.die_at_bdat = None
         self.die_in_data = None
+        self.die_in_bdat = None
+        self.delay = {}
+        self.read_pause = None
         self._counts = {}
         Listener.__init__(self, backlog=64)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.target = "127.0.0.1:%d" % self.port
 
     # -- life: Listener's start() and stop() ------------------------------
@@ -84,13 +101,19 @@ class HostileBackend(Listener):
         return "\n".join(lines)
 
     class _Conn:
-        def __init__(self, sock, raw):
+        def __init__(self, sock, raw, pause=None):
             self.sock = sock
             self.buf = b""
             self.raw = raw
+            self.pause = pause  # (octets, seconds), once
+            self.got = 0
 
         def read(self):
-            d = self.sock.recv(65536)
+            if self.pause and self.got >= self.pause[0]:
+                time.sleep(self.pause[1])
+                self.pause = None
+            d = self.sock.recv(65536 if not self.pause else max(1, min(65536, self.pause[0] - self.got)))
+            self.got += len(d)
             if not d:
                 raise EOFError
             self.raw.append(d)
@@ -128,6 +151,8 @@ class HostileBackend(Listener):
             self.sock.sendall(out)
 
     def _say(self, conn, stage, default):
+        if stage in self.delay:
+            time.sleep(self.delay[stage])
         if stage in self.stall:
             while True:
                 conn.read()
@@ -150,6 +175,11 @@ class HostileBackend(Listener):
         if n < 0:
             conn.send("501 5.5.4 Syntax: BDAT size [LAST]")
             return True
+        if self.die_in_bdat is not None:
+            seen = sum(tx["chunks"])
+            if seen + n > self.die_in_bdat:
+                tx["data"] += conn.exact(max(0, self.die_in_bdat - seen))
+                return False
         chunk = conn.exact(n)
         if self.die_at_bdat is not None and nbdat >= self.die_at_bdat:
             return False
@@ -160,6 +190,8 @@ class HostileBackend(Listener):
         tx["data"] += chunk
         if not last:
             ans = self._answer("bdat", "250 2.0.0 %d octets received" % n)
+            if "bdat" in self.delay:
+                time.sleep(self.delay["bdat"])
             if "bdat" in self.stall:
                 self._say(conn, "bdat", ans)
             conn.send(ans)
@@ -167,6 +199,8 @@ class HostileBackend(Listener):
                 self._abort(tx, "refused")
             return True
         ans = self._answer("eod", None)
+        if "eod" in self.delay:
+            time.sleep(self.delay["eod"])
         if "eod" in self.stall:
             self._say(conn, "eod", "")  # reads until the peer closes
         if ans is not None and not ans.startswith("2"):
@@ -185,7 +219,7 @@ class HostileBackend(Listener):
         raw = []
         with self.lock:
             self.raw.append(raw)
-        conn = self._Conn(sock, raw)
+        conn = self._Conn(sock, raw, self.read_pause)
         tx = {"mail": None, "rcpts": [], "chunks": [], "data": b""}
         nbdat = 0
         how = "EOF"

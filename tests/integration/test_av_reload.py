@@ -6,7 +6,8 @@ at 0.05: hashes, body signatures with wildcards, logical signatures), so a
 load takes seconds and the engine is the bulk of the scanner's memory.
 Clients keep sending while a SIGHUP (after a signature is added) reloads
 it: no message may get a 4xx or 5xx, the new signature must be in force
-after, and the scanner process's PSS (/proc/PID/smaps_rollup) is sampled
+after, and the scanner's PSS (/proc/PID/smaps_rollup, the scanner process
+and its generation and worker processes) is sampled
 throughout. With inplace it must never approach twice the loaded engine's;
 with swap it does (which shows the measurement can tell the two apart).
 """
@@ -42,16 +43,40 @@ def sigdb(tmp_path_factory):
     return d
 
 
+def descendants(pid):
+    """pid and every process below it (the scanner's generations and their
+    worker processes)."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
 def pss_kb(pid):
-    """The PSS of a process in kB (smaps_rollup), or 0 once it is gone."""
-    try:
-        with open("/proc/%d/smaps_rollup" % pid) as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    """The PSS in kB (smaps_rollup) of a process and its descendants (the
+    scanner's engine lives in its generation processes, shared with their
+    workers), or 0 once it is gone."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            with open("/proc/%d/smaps_rollup" % p) as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
 
 
 def send(c, body):

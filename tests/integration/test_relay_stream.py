@@ -300,12 +300,9 @@ def test_slow_client_gives_up(perimd_factory, hostile):
     assert metrics(p)['perimd_relay_stream_abandoned_total{reason="slow_client"}'] == 1
 
 
-def test_shutdown_mid_stream(perimd_factory, hostile):
-    """SIGTERM while a message streams: at shutdown_timeout the client in
-    DATA gets 421 as without streaming, the backend's transaction is
-    abandoned unfinished, and perimd exits cleanly."""
-    b = hostile(caps=CHUNKING)
-    p = start(perimd_factory, [b], shutdown_timeout="1s")
+def stopper(p):
+    """A thread that stops perimd (SIGTERM, then its bounded wait), not yet
+    started, and the list its failures go to."""
     errors = []
 
     def stop():
@@ -314,16 +311,25 @@ def test_shutdown_mid_stream(perimd_factory, hostile):
         except AssertionError as e:
             errors.append(str(e))
 
-    stopper = threading.Thread(target=stop)
+    return threading.Thread(target=stop), errors
+
+
+def test_shutdown_mid_stream(perimd_factory, hostile):
+    """SIGTERM while a message streams: at shutdown_timeout the client in
+    DATA gets 421 as without streaming, the backend's transaction is
+    abandoned unfinished, and perimd exits cleanly."""
+    b = hostile(caps=CHUNKING)
+    p = start(perimd_factory, [b], shutdown_timeout="1s")
+    stopper_thread, errors = stopper(p)
     with session(p) as c:
         warm(c, p, b)
         begin(c)
         streamed(c, b, body_of(100))
-        stopper.start()
+        stopper_thread.start()
         r = c.reply(10)
         assert r is not None and r[0] == 421, r
-    stopper.join(40)
-    assert not stopper.is_alive() and not errors, errors
+    stopper_thread.join(40)
+    assert not stopper_thread.is_alive() and not errors, errors
     assert len(b.messages) == 1 and not lasts(b)
     assert wait_for(lambda: b.aborted, 10) and b.aborted[0]["chunks"]
 
