@@ -3,9 +3,13 @@
  * (milter_pkt_parse, milter_reply_text): what a milter may answer, what
  * perimd makes of it, what it refuses.
  */
+#include "conf.h"
 #include "conf_enum.h"
 #include "milter.h"
+#include "milter_int.h"
 #include "t.h"
+
+#include <sys/un.h>
 
 #include <stdint.h>
 #include <string.h>
@@ -74,8 +78,10 @@ TEST(reply_codes)
 /* spec - parse item over the defaults (30s, 30s, 300s, tempfail, 6). */
 static int spec(const char *item, struct milter_spec *sp, char *err, size_t errlen)
 {
-	*sp = (struct milter_spec){ .connect_timeout = 30000, .command_timeout = 30000,
-				    .content_timeout = 300000, .default_action = MILTER_DEFAULT_TEMPFAIL,
+	*sp = (struct milter_spec){ .connect_timeout = 30000,
+				    .command_timeout = 30000,
+				    .content_timeout = 300000,
+				    .default_action = MILTER_DEFAULT_TEMPFAIL,
 				    .protocol = 6 };
 	err[0] = 0;
 	return milter_spec_parse(item, sp, err, errlen);
@@ -90,10 +96,11 @@ TEST(per_milter_settings)
 	CHECK_INT(spec("inet:127.0.0.1:8891", &sp, err, sizeof err), 0);
 	CHECK_STR(sp.addr, "inet:127.0.0.1:8891");
 	CHECK_INT(sp.command_timeout, 30000);
-	CHECK_INT(spec("{ inet:127.0.0.1:8891, connect_timeout=10s, command_timeout=2s, content_timeout=100s, "
-		       "default_action=accept, protocol=4 }",
-		       &sp, err, sizeof err),
-		  0);
+	CHECK_INT(
+	    spec("{ inet:127.0.0.1:8891, connect_timeout=10s, command_timeout=2s, content_timeout=100s, "
+		 "default_action=accept, protocol=4 }",
+		 &sp, err, sizeof err),
+	    0);
 	CHECK_STR(sp.addr, "inet:127.0.0.1:8891");
 	CHECK_INT(sp.connect_timeout, 10000);
 	CHECK_INT(sp.command_timeout, 2000);
@@ -124,11 +131,66 @@ TEST(per_milter_settings)
 	}
 }
 
+/* load - milter_set_load on a conf with smtpd_milters = list; the conf
+ * itself released (the set keeps its own reference). */
+static struct milter_set *load(const char *list, char *err, size_t errlen)
+{
+	char ov[1024], cerr[1024];
+	snprintf(ov, sizeof ov, "smtpd_milters=%s", list);
+	char *ovs[] = { ov, "milter_command_timeout=7s" };
+	struct conf *c = conf_load(NULL, 0, ovs, 2, cerr, sizeof cerr);
+	if (!c)
+		return NULL;
+	err[0] = 0;
+	struct milter_set *ms = milter_set_load(c, err, errlen);
+	conf_release(c);
+	return ms;
+}
+
+/* set_once_per_conf - smtpd_milters parsed at load: each item's
+ * settings over the parameters, the socket address of digits and of
+ * unix: paths (a host name left to each connect); a bad item refused
+ * with the item named; a transaction keeps the set after its loader
+ * dropped it (ASan checks the frees). */
+TEST(set_once_per_conf)
+{
+	char err[1024];
+	struct milter_set *ms = load("inet:127.0.0.1:8891, { inet:[::1]:8892, command_timeout=2s }, "
+				     "unix:/run/m.sock, inet:milter.example:8893",
+				     err, sizeof err);
+	CHECK(ms != NULL);
+	if (!ms)
+		return;
+	CHECK_INT(ms->n, 4);
+	CHECK_STR(ms->d[0].spec.addr, "inet:127.0.0.1:8891");
+	CHECK_INT(ms->d[0].spec.command_timeout, 7000); /* the parameter */
+	CHECK_INT(ms->d[0].ss.ss_family, AF_INET);
+	CHECK(ms->d[0].sslen > 0);
+	CHECK_INT(ms->d[1].spec.command_timeout, 2000); /* its own */
+	CHECK_INT(ms->d[1].ss.ss_family, AF_INET6);
+	CHECK_INT(ms->d[2].ss.ss_family, AF_UNIX);
+	CHECK_STR(((struct sockaddr_un *)&ms->d[2].ss)->sun_path, "/run/m.sock");
+	CHECK_INT(ms->d[3].sslen, 0); /* a name: looked up at each connect */
+	struct milter_txn *mt = milter_txn_new(ms);
+	milter_set_release(ms); /* the transaction's reference remains */
+	CHECK_INT(mt->n, 4);
+	CHECK_STR(mt->m[3].name, "inet:milter.example:8893");
+	CHECK_INT(mt->m[1].fd, -1);
+	CHECK_INT(mt->cf->milter_command_timeout, 7000); /* the set's conf lives on */
+	milter_txn_free(mt, NULL);
+	CHECK(load("inet:127.0.0.1:8891, { inet:127.0.0.1:9, foo=1 }", err, sizeof err) == NULL);
+	CHECK(strstr(err, "smtpd_milters: \"{ inet:127.0.0.1:9, foo=1 }\": foo: unknown setting") != NULL);
+	ms = load("", err, sizeof err);
+	CHECK(ms != NULL && ms->n == 0);
+	milter_set_release(ms);
+}
+
 int main(void)
 {
 	RUN(verdicts_and_optneg);
 	RUN(changes);
 	RUN(reply_codes);
 	RUN(per_milter_settings);
+	RUN(set_once_per_conf);
 	return t_done();
 }
