@@ -78,10 +78,8 @@ TEST(reply_codes)
 /* spec - parse item over the defaults (30s, 30s, 300s, tempfail, 6). */
 static int spec(const char *item, struct milter_spec *sp, char *err, size_t errlen)
 {
-	*sp = (struct milter_spec){ .connect_timeout = 30000,
-				    .command_timeout = 30000,
-				    .content_timeout = 300000,
-				    .default_action = MILTER_DEFAULT_TEMPFAIL,
+	*sp = (struct milter_spec){ .connect_timeout = 30000, .command_timeout = 30000,
+				    .content_timeout = 300000, .default_action = MILTER_DEFAULT_TEMPFAIL,
 				    .protocol = 6 };
 	err[0] = 0;
 	return milter_spec_parse(item, sp, err, errlen);
@@ -96,11 +94,10 @@ TEST(per_milter_settings)
 	CHECK_INT(spec("inet:127.0.0.1:8891", &sp, err, sizeof err), 0);
 	CHECK_STR(sp.addr, "inet:127.0.0.1:8891");
 	CHECK_INT(sp.command_timeout, 30000);
-	CHECK_INT(
-	    spec("{ inet:127.0.0.1:8891, connect_timeout=10s, command_timeout=2s, content_timeout=100s, "
-		 "default_action=accept, protocol=4 }",
-		 &sp, err, sizeof err),
-	    0);
+	CHECK_INT(spec("{ inet:127.0.0.1:8891, connect_timeout=10s, command_timeout=2s, content_timeout=100s, "
+		       "default_action=accept, protocol=4 }",
+		       &sp, err, sizeof err),
+		  0);
 	CHECK_STR(sp.addr, "inet:127.0.0.1:8891");
 	CHECK_INT(sp.connect_timeout, 10000);
 	CHECK_INT(sp.command_timeout, 2000);
