@@ -4,8 +4,9 @@
  * checks (policy.c's table of steps from rules.c, dnscheck.c and grey.c).
  *
  * A policy is built from one configuration snapshot (maps opened, backend
- * lists checked) and is immutable afterwards; sessions hold a reference
- * for their lifetime, so a reload never changes a session mid-way.
+ * lists checked, smtpd_milters parsed) and is immutable afterwards;
+ * sessions hold a reference for their lifetime, so a reload never changes
+ * a session mid-way.
  */
 #ifndef PERIMD_POLICY_H
 #define PERIMD_POLICY_H
