@@ -651,6 +651,16 @@ int milter_failed(struct milter *m, struct milter_txn *mt, struct milter_result 
 	return 2;
 }
 
+/* conn_verdict - r, the answer to connect or HELO, remembered for
+ * milter_txn_park: an accept holds for the session, a refusal is asked
+ * again on a new connection by the next transaction. */
+static int conn_verdict(struct milter *m, int r)
+{
+	m->conn_accept = r == 1;
+	m->conn_refused = r == 2;
+	return r;
+}
+
 /* session_start - first stage of a transaction: connect, negotiate,
  * then SMFIC_CONNECT and SMFIC_HELO with their macros. */
 static int session_start(struct milter *m, struct milter_txn *mt, struct milter_result *res)
@@ -672,11 +682,12 @@ static int session_start(struct milter *m, struct milter_txn *mt, struct milter_
 		n += (size_t)snprintf(b + n, sizeof b - n, "%s", mt->client_addr) + 1;
 		int r = milter_cmd(m, mt, SMFIC_CONNECT, &cf->milter_connect_macros, b, n, SMFIP_NR_CONN, res);
 		if (r)
-			return r;
+			return conn_verdict(m, r);
 	}
 	if (!(m->pflags & SMFIP_NOHELO) && mt->helo[0])
-		return milter_cmd(m, mt, SMFIC_HELO, &cf->milter_helo_macros, mt->helo, strlen(mt->helo) + 1,
-				  SMFIP_NR_HELO, res);
+		return conn_verdict(m,
+				    milter_cmd(m, mt, SMFIC_HELO, &cf->milter_helo_macros, mt->helo,
+					       strlen(mt->helo) + 1, SMFIP_NR_HELO, res));
 	return 0;
 }
 
@@ -712,6 +723,7 @@ static void stage_envelope(struct milter_req *rq)
 		if (r == 0 && !m->done) {
 			const char *b = rq->arg;
 			size_t n = rq->arglen;
+			m->in_msg = 1; /* from MAIL on: SMFIC_ABORT if the transaction ends early */
 			if (rq->stage == 'M' && !(m->pflags & SMFIP_NOMAIL))
 				r = milter_cmd(m, mt, SMFIC_MAIL, &cf->milter_mail_macros, b, n,
 					       SMFIP_NR_MAIL, &rq->res);
@@ -963,6 +975,69 @@ void milter_result_free(struct milter_result *r)
 	r->nmods = 0;
 }
 
+/* quit_close - SMFIC_QUIT, without waiting (a socket buffer takes 5
+ * bytes), and close. */
+static void quit_close(struct milter *m)
+{
+	static const char quit[5] = { 0, 0, 0, 1, SMFIC_QUIT };
+	(void)!send(m->fd, quit, sizeof quit, MSG_NOSIGNAL | MSG_DONTWAIT);
+	close(m->fd);
+	m->fd = -1;
+}
+
+/* park_one - m at the end of a transaction: kept for the next (an
+ * SMFIC_ABORT if it is in the middle of a message), or closed. */
+static void park_one(struct milter *m)
+{
+	static const char abort_pkt[5] = { 0, 0, 0, 1, SMFIC_ABORT };
+	if (m->fd >= 0 &&
+	    (m->conn_accept || m->conn_refused || m->ra_pos < m->ra_len ||
+	     (m->in_msg &&
+	      send(m->fd, abort_pkt, sizeof abort_pkt, MSG_NOSIGNAL | MSG_DONTWAIT) !=
+		  (ssize_t)sizeof abort_pkt)))
+		quit_close(m);
+	m->in_msg = 0;
+	m->skip_body = 0;
+	if (m->conn_accept) /* done, not asked again in this session */
+		return;
+	m->done = 0;
+	m->broken = 0;
+	m->conn_refused = 0;
+	m->started = m->fd >= 0; /* closed: connected again at the next MAIL */
+}
+
+/* milter_txn_park - see milter.h. */
+struct milter_txn *milter_txn_park(struct milter_txn *mt, struct spool *sp)
+{
+	if (!mt || mt->busy) {
+		milter_txn_free(mt, sp);
+		return NULL;
+	}
+	spool_free(sp);
+	for (int i = 0; i < mt->n; i++)
+		park_one(&mt->m[i]);
+	mt->parked_at = now_ms();
+	return mt;
+}
+
+/* milter_txn_reuse - see milter.h. */
+void milter_txn_reuse(struct milter_txn *mt)
+{
+	uint64_t idle = now_ms() - mt->parked_at;
+	for (int i = 0; i < mt->n; i++) {
+		struct milter *m = &mt->m[i];
+		if (m->fd < 0)
+			continue;
+		char c;
+		ssize_t r = recv(m->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+		if (idle > (uint64_t)m->def->spec.command_timeout || r >= 0 ||
+		    (errno != EAGAIN && errno != EWOULDBLOCK)) {
+			quit_close(m);
+			m->started = 0;
+		}
+	}
+}
+
 /* milter_txn_free - see milter.h. */
 void milter_txn_free(struct milter_txn *mt, struct spool *sp)
 {
@@ -976,12 +1051,8 @@ void milter_txn_free(struct milter_txn *mt, struct spool *sp)
 	}
 	spool_free(sp);
 	for (int i = 0; i < mt->n; i++) {
-		if (mt->m[i].fd >= 0) {
-			/* SMFIC_QUIT, without waiting: a socket buffer takes 5 bytes */
-			static const char quit[5] = { 0, 0, 0, 1, SMFIC_QUIT };
-			(void)!send(mt->m[i].fd, quit, sizeof quit, MSG_NOSIGNAL | MSG_DONTWAIT);
-			close(mt->m[i].fd);
-		}
+		if (mt->m[i].fd >= 0)
+			quit_close(&mt->m[i]);
 		free(mt->m[i].rbuf);
 	}
 	for (int i = 0; i < mt->nmac; i++) {

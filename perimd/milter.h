@@ -3,10 +3,14 @@
  * 2 to 6, as Postfix's smtpd speaks it): the filters of smtpd_milters are
  * asked at each SMTP stage of a transaction, in order.
  *
- * A transaction's milters live in one struct milter_txn, created at MAIL
- * (an idle session holds no milter connection): the first stage connects
- * to each milter, negotiates (SMFIC_OPTNEG) and replays connect and HELO
- * before MAIL. The conversation runs on the worker pool (jobs.h) with a
+ * A transaction's milters live in one struct milter_txn, created at the
+ * session's first MAIL (a session that never sends MAIL holds no milter
+ * connection): the first stage connects to each milter, negotiates
+ * (SMFIC_OPTNEG) and replays connect and HELO before MAIL. At the
+ * transaction's end the session parks it (milter_txn_park: SMFIC_ABORT
+ * to a milter in the middle of a message) and its next MAIL reuses the
+ * connections (milter_txn_reuse), as Postfix keeps one per session; a
+ * new HELO/EHLO, STARTTLS or the session's end closes them. The conversation runs on the worker pool (jobs.h) with a
  * deadline per read (milter_connect/command/content_timeout), so no event
  * loop ever waits for a milter; done() runs on the loop that asked. One
  * stage at a time per transaction. A milter that is down, times out or
@@ -122,6 +126,20 @@ void milter_result_free(struct milter_result *r);
  * spool, which a stage in flight may be reading); a stage in flight is
  * cancelled (its done() never runs) and all freed when it ends. */
 void milter_txn_free(struct milter_txn *mt, struct spool *sp);
+
+/* milter_txn_park - end the transaction but keep its connections for the
+ * session's next one: SMFIC_ABORT to each milter in the middle of a
+ * message; a milter that failed, or refused at connect/HELO, is closed
+ * (the next transaction connects to it again, as a new one would); one
+ * that accepted at connect/HELO is closed and skipped for the session.
+ * Frees sp. Returns mt, or NULL when a stage was in flight (then
+ * milter_txn_free'd). Loop thread. */
+struct milter_txn *milter_txn_park(struct milter_txn *mt, struct spool *sp);
+/* milter_txn_reuse - a parked transaction taken for the session's next
+ * MAIL: a connection parked longer than its milter's command_timeout,
+ * or closed (or written to) by the milter meanwhile, is closed, and its
+ * milter connected again at MAIL. Loop thread. */
+void milter_txn_reuse(struct milter_txn *mt);
 
 /* milter_stop - at shutdown, before jobs_stop(): conversations still on
  * a worker (their sessions are gone) end at once instead of waiting for

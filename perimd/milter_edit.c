@@ -464,6 +464,7 @@ static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struc
 			continue;
 		}
 		r = milter_verdict(m, &pk, res);
+		m->in_msg = 0; /* the message's end: ready for the next MAIL */
 		if (r != 2)
 			m->done = 1; /* the message is past this milter */
 		if (r >= 0 && r != 2 && g->quarantined) {

@@ -42,11 +42,14 @@ struct milter {
 	unsigned done : 1;            /* accepted, or left out: not asked again */
 	unsigned broken : 1;          /* failed (its default_action applied) */
 	unsigned skip_body : 1;
-	unsigned tcp : 1;         /* inet: (TCP_NODELAY, TCP_QUICKACK) */
-	uint32_t actions, pflags; /* negotiated */
-	int version;              /* negotiated: the lower of the two */
-	char *rbuf;               /* the last packet read */
-	char ra[512];             /* read ahead: ra[ra_pos..ra_len) not yet parsed */
+	unsigned tcp : 1;          /* inet: (TCP_NODELAY, TCP_QUICKACK) */
+	unsigned in_msg : 1;       /* MAIL sent, no end-of-message verdict yet */
+	unsigned conn_accept : 1;  /* accepted at connect/HELO: skipped for the session */
+	unsigned conn_refused : 1; /* refused at connect/HELO: not kept */
+	uint32_t actions, pflags;  /* negotiated */
+	int version;               /* negotiated: the lower of the two */
+	char *rbuf;                /* the last packet read */
+	char ra[512];              /* read ahead: ra[ra_pos..ra_len) not yet parsed */
 	uint16_t ra_pos, ra_len;
 	uint32_t rcap;
 	char err[160];
@@ -67,6 +70,7 @@ struct milter_txn {
 	char client_name[256], client_addr[64], helo[256];
 	int client_port;
 	char msgid_or_sess[24]; /* for the log */
+	uint64_t parked_at;     /* milter_txn_park: when (ms, monotonic) */
 };
 
 const char *milter_macro_get(const struct milter_txn *mt, const char *name);

@@ -231,6 +231,7 @@ static void helo_ehlo(struct session *s, enum smtp_verb v, char *arg)
 		return;
 	}
 	smtpd_txn_reset(s);
+	smtpd_milter_close(s); /* connect and HELO again with the next MAIL */
 	free(s->helo);
 	s->helo = xstrdup(arg);
 	policy_helo(s->ps, arg); /* judged now, refused at RCPT */
@@ -297,6 +298,7 @@ static void cmd_starttls(struct session *s, char *arg)
 	/* CVE-2011-0411: what came after the STARTTLS line is never run. */
 	conn_discard_input(s->conn);
 	smtpd_txn_reset(s);
+	smtpd_milter_close(s);
 	free(s->helo);
 	s->helo = NULL;
 	s->esmtp = 0;
@@ -713,6 +715,7 @@ static void session_free(struct session *s)
 	ev_timer_stop(s->loop, &s->deadline);
 	free(s->pending);
 	smtpd_txn_reset(s);
+	smtpd_milter_close(s);
 	dnscheck_free(s->dns);
 	policy_session_free(s->ps); /* after txn_reset cancelled any chain */
 	free(s->helo);

@@ -140,7 +140,8 @@ struct session {
 	char *pending; /* error reply held by the tarpit */
 	int pending_close;
 
-	struct txn *tx; /* the mail transaction; NULL outside one */
+	struct txn *tx;                 /* the mail transaction; NULL outside one */
+	struct milter_txn *milter_idle; /* the last transaction's milters, parked for the next MAIL */
 
 	struct relay_req *relay;  /* the relay of tx's message in flight */
 	struct av_req *av;        /* content scan in flight */
@@ -244,6 +245,9 @@ void smtpd_cmd_mail(struct session *s, char *arg);
 void smtpd_cmd_rcpt(struct session *s, char *arg);
 void smtpd_rcpt_pending_free(struct rcpt_pending *rp);
 void smtpd_txn_reset(struct session *s);
+/* smtpd_milter_close - close the milter connections parked for the next
+ * transaction (HELO/EHLO, STARTTLS, the session's end). */
+void smtpd_milter_close(struct session *s);
 /* smtpd_stream_drop - abandon a relay_while_receiving stream unfinished
  * (gone: the client is gone, else the message refused); no-op without one. */
 void smtpd_stream_drop(struct session *s, int gone);

@@ -66,8 +66,8 @@ void smtpd_txn_reset(struct session *s)
 	free(t->prepend);
 	smtpd_rcpt_pending_free(t->rcpt_pending);
 	psvc_txn_free(t->psvc);
-	if (t->milter) /* a stage in flight may still read the spool */
-		milter_txn_free(t->milter, t->spool);
+	if (t->milter) /* kept for the next MAIL; a stage in flight may still read the spool */
+		s->milter_idle = milter_txn_park(t->milter, t->spool);
 	else
 		spool_free(t->spool);
 	free(t->rr);
@@ -75,6 +75,13 @@ void smtpd_txn_reset(struct session *s)
 	if (t->t_data_end) /* the message in flight has its answer */
 		stats_add(ST_inflight, -1);
 	free(t);
+}
+
+/* smtpd_milter_close - see smtpd_int.h. */
+void smtpd_milter_close(struct session *s)
+{
+	milter_txn_free(s->milter_idle, NULL);
+	s->milter_idle = NULL;
 }
 
 /* dsn_notify_valid - NEVER, or a list of SUCCESS/FAILURE/DELAY (RFC 3461 §4.1). */
@@ -190,7 +197,12 @@ static void mail_milters(struct session *s, const struct smtp_path *p)
 	const struct conf *cf = s->cf;
 	/* t->msgid, given at MAIL, is the milters' i as the policy services'
 	 * queue_id. */
-	t->milter = milter_txn_new(s->pol->milters); /* parsed at load, kept by t across a reload */
+	/* The last transaction's connections when parked (milter.h); else
+	 * new ones of the set parsed at load, kept by t across a reload. */
+	t->milter = s->milter_idle ? s->milter_idle : milter_txn_new(s->pol->milters);
+	if (s->milter_idle)
+		milter_txn_reuse(t->milter);
+	s->milter_idle = NULL;
 	char port[16], client[300];
 	snprintf(port, sizeof port, "%d", s->port);
 	const char *name = dnscheck_client_name(s->dns);
