@@ -482,6 +482,7 @@ static int milter_open(struct milter *m)
 	if (m->tcp)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
 	m->fd = fd;
+	m->ra_pos = m->ra_len = 0; /* nothing read ahead from an earlier connection */
 	return 0;
 }
 

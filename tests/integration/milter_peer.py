@@ -104,8 +104,9 @@ class Handler(socketserver.BaseRequestHandler):
             if cmd == b"Q":
                 self.record("Q")
                 return
-            if cmd == b"A":
+            if cmd == b"A":  # the message is over: ready for the next MAIL
                 self.record("A")
+                headers, body = [], b""
                 continue
             args = [a.decode("utf-8", "replace") for a in data.split(b"\0")[:-1]]
             if cmd == b"L":
