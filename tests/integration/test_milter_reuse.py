@@ -150,3 +150,94 @@ def test_starttls_closes_the_milter_connection(perimd_factory, backend, peer, tm
     mails = [e for e in ev if e["cmd"] == "M"]
     assert [e["conn"] for e in mails] == [conns[0], conns[1], conns[1]]
     assert len(backend.messages()) == 3
+
+
+def milter_conns(port):
+    """Established TCP connections to 127.0.0.1:port, seen from the milter's side."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", "( sport = :%d )" % port],
+                         capture_output=True, text=True, timeout=10).stdout
+    return len([l for l in out.splitlines() if l.strip()])
+
+
+def test_opendkim_one_connection(perimd_factory, backend, tmp_path):
+    """Real libmilter filters: opendkim signing then verifying, three
+    messages and an RSET on one session: one connection to each, every
+    message signed and verified."""
+    from harness import free_port
+    from test_milter import dkim_keys, opendkim, stop_proc
+    d = tmp_path / "dkim"
+    d.mkdir()
+    txt = dkim_keys(d)
+    (d / "dns").write_text("sel._domainkey.signed.test %s\n" % txt)
+    (d / "internal").write_text("192.0.2.1\n")
+    sp, vp = free_port(), free_port()
+    procs = []
+    try:
+        procs.append(opendkim(d, "sign", sp, "Mode s\nDomain signed.test\nSelector sel\n"
+                              "KeyFile %s\n" % (d / "sel.private")))
+        procs.append(opendkim(d, "verify", vp, "Mode v\nAlwaysAddARHeader yes\n"
+                              "AuthservID perimd.test\nInternalHosts %s\nTestDNSData file:%s\n"
+                              % (d / "internal", d / "dns")))
+        p = start(perimd_factory, backend, "inet:127.0.0.1:%d, inet:127.0.0.1:%d" % (sp, vp),
+                  milter_content_timeout="30s", milter_command_timeout="30s")
+        with Client(p.port) as c:
+            expect(c.cmd("EHLO client.test"), 250)
+            for i in range(3):
+                body = (b"From: someone@signed.test\r\nTo: a@example.com\r\nSubject: signed %d\r\n"
+                        b"Date: Thu, 03 Dec 2026 06:00:00 +0000\r\nMessage-ID: <%d@signed.test>\r\n\r\n"
+                        b"a signed body %d\r\n" % (i, i, i))
+                expect(c.cmd("MAIL FROM:<someone@signed.test>"), 250)
+                expect(c.cmd("RCPT TO:<a@example.com>"), 250)
+                if i == 1:  # an abandoned transaction in between
+                    expect(c.cmd("RSET"), 250)
+                    expect(c.cmd("MAIL FROM:<someone@signed.test>"), 250)
+                    expect(c.cmd("RCPT TO:<a@example.com>"), 250)
+                expect(c.cmd("DATA"), 354)
+                c.send(body + b".\r\n")
+                expect(c.reply(timeout=30), 250)
+            assert milter_conns(sp) == 1 and milter_conns(vp) == 1
+            c.cmd("QUIT")
+        msgs = backend.messages()
+        assert len(msgs) == 3
+        for m in msgs:
+            head = m.data.split(b"\r\n\r\n", 1)[0].decode()
+            unfolded = head.replace("\r\n\t", " ").replace("\r\n ", " ")
+            assert "DKIM-Signature:" in head and "dkim=pass" in unfolded, unfolded
+        # the session's end closes both
+        assert wait_for(lambda: milter_conns(sp) == 0 and milter_conns(vp) == 0)
+    finally:
+        for pr in procs:
+            stop_proc(pr)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="rspamd -u root: the test runs it as root")
+def test_rspamd_one_connection(perimd_factory, backend, tmp_path):
+    """rspamd's own milter code (not libmilter): a GTUBE message refused,
+    then a clean one on the same connection passes with its headers."""
+    from test_milter import GTUBE, Rspamd
+    rs = Rspamd(tmp_path).start()
+    try:
+        p = start(perimd_factory, backend, "inet:127.0.0.1:%d" % rs.port,
+                  milter_content_timeout="60s", milter_command_timeout="30s")
+        clean = (b"From: a@client.test\r\nTo: a@example.com\r\nSubject: lunch\r\n"
+                 b"Date: Thu, 03 Dec 2026 06:00:00 +0000\r\nMessage-ID: <2@client.test>\r\n\r\n"
+                 b"Shall we have lunch at noon?\r\n")
+        with Client(p.port) as c:
+            expect(c.cmd("EHLO client.test"), 250)
+            for body, code in ((b"Subject: gtube\r\nFrom: a@client.test\r\n\r\n" + GTUBE + b"\r\n", 554),
+                               (clean, 250), (clean, 250)):
+                expect(c.cmd("MAIL FROM:<a@client.test>"), 250)
+                expect(c.cmd("RCPT TO:<a@example.com>"), 250)
+                expect(c.cmd("DATA"), 354)
+                c.send(body + b".\r\n")
+                expect(c.reply(timeout=60), code)
+            assert milter_conns(rs.port) == 1
+            c.cmd("QUIT")
+        msgs = backend.messages()
+        assert len(msgs) == 2
+        for m in msgs:
+            head = m.data.split(b"\r\n\r\n", 1)[0].decode()
+            assert "X-Spamd-Result:" in head and "X-Spam-Status:" in head, head
+        assert wait_for(lambda: milter_conns(rs.port) == 0)
+    finally:
+        rs.stop()
