@@ -397,26 +397,31 @@ def opendkim(d, name, port, extra):
     return proc
 
 
-def test_opendkim(perimd_factory, backend, tmp_path):
-    """Two real opendkims as a chain: the first signs for signed.test, the
-    second verifies what the first left (the changed copy goes on) and
-    adds Authentication-Results; the backend gets both headers."""
+def dkim_chain(tmp_path, procs):
+    """Two opendkims started (appended to procs): one signing for
+    signed.test, one verifying it (its key in TestDNSData); their ports."""
     from harness import free_port
     d = tmp_path / "dkim"
     d.mkdir()
     txt = dkim_keys(d)
-    with open(str(d / "dns"), "w") as f:
-        f.write("sel._domainkey.signed.test %s\n" % txt)
-    with open(str(d / "internal"), "w") as f:
-        f.write("192.0.2.1\n")
+    (d / "dns").write_text("sel._domainkey.signed.test %s\n" % txt)
+    (d / "internal").write_text("192.0.2.1\n")
     sp, vp = free_port(), free_port()
+    procs.append(opendkim(d, "sign", sp, "Mode s\nDomain signed.test\nSelector sel\n"
+                          "KeyFile %s\n" % (d / "sel.private")))
+    procs.append(opendkim(d, "verify", vp, "Mode v\nAlwaysAddARHeader yes\n"
+                          "AuthservID perimd.test\nInternalHosts %s\nTestDNSData file:%s\n"
+                          % (d / "internal", d / "dns")))
+    return sp, vp
+
+
+def test_opendkim(perimd_factory, backend, tmp_path):
+    """Two real opendkims as a chain: the first signs for signed.test, the
+    second verifies what the first left (the changed copy goes on) and
+    adds Authentication-Results; the backend gets both headers."""
     procs = []
     try:
-        procs.append(opendkim(d, "sign", sp, "Mode s\nDomain signed.test\nSelector sel\n"
-                              "KeyFile %s\n" % (d / "sel.private")))
-        procs.append(opendkim(d, "verify", vp, "Mode v\nAlwaysAddARHeader yes\n"
-                              "AuthservID perimd.test\nInternalHosts %s\nTestDNSData file:%s\n"
-                              % (d / "internal", d / "dns")))
+        sp, vp = dkim_chain(tmp_path, procs)
         p = start(perimd_factory, backend, "inet:127.0.0.1:%d, inet:127.0.0.1:%d" % (sp, vp),
                   milter_content_timeout="30s")
         body = (b"From: someone@signed.test\r\nTo: a@example.com\r\nSubject: signed\r\n"

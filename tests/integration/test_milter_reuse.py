@@ -163,21 +163,10 @@ def test_opendkim_one_connection(perimd_factory, backend, tmp_path):
     """Real libmilter filters: opendkim signing then verifying, three
     messages and an RSET on one session: one connection to each, every
     message signed and verified."""
-    from harness import free_port
-    from test_milter import dkim_keys, opendkim, stop_proc
-    d = tmp_path / "dkim"
-    d.mkdir()
-    txt = dkim_keys(d)
-    (d / "dns").write_text("sel._domainkey.signed.test %s\n" % txt)
-    (d / "internal").write_text("192.0.2.1\n")
-    sp, vp = free_port(), free_port()
+    from test_milter import dkim_chain, stop_proc
     procs = []
     try:
-        procs.append(opendkim(d, "sign", sp, "Mode s\nDomain signed.test\nSelector sel\n"
-                              "KeyFile %s\n" % (d / "sel.private")))
-        procs.append(opendkim(d, "verify", vp, "Mode v\nAlwaysAddARHeader yes\n"
-                              "AuthservID perimd.test\nInternalHosts %s\nTestDNSData file:%s\n"
-                              % (d / "internal", d / "dns")))
+        sp, vp = dkim_chain(tmp_path, procs)
         p = start(perimd_factory, backend, "inet:127.0.0.1:%d, inet:127.0.0.1:%d" % (sp, vp),
                   milter_content_timeout="30s", milter_command_timeout="30s")
         with Client(p.port) as c:
