@@ -1021,6 +1021,18 @@ struct milter_txn *milter_txn_park(struct milter_txn *mt, struct spool *sp)
 	return mt;
 }
 
+/* milter_txn_idle_ms - see milter.h. */
+long long milter_txn_idle_ms(const struct milter_txn *mt)
+{
+	long long ms = 0;
+	for (int i = 0; i < mt->n; i++) {
+		long long t = mt->m[i].def->spec.command_timeout;
+		if (mt->m[i].fd >= 0 && (!ms || t < ms))
+			ms = t;
+	}
+	return ms;
+}
+
 /* milter_txn_reuse - see milter.h. */
 void milter_txn_reuse(struct milter_txn *mt)
 {

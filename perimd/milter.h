@@ -10,7 +10,8 @@
  * transaction's end the session parks it (milter_txn_park: SMFIC_ABORT
  * to a milter in the middle of a message) and its next MAIL reuses the
  * connections (milter_txn_reuse), as Postfix keeps one per session; a
- * new HELO/EHLO, STARTTLS or the session's end closes them. The conversation runs on the worker pool (jobs.h) with a
+ * new HELO/EHLO, STARTTLS, the session's end or an idle spell of
+ * milter_txn_idle_ms closes them (smtpd_txn.c). The conversation runs on the worker pool (jobs.h) with a
  * deadline per read (milter_connect/command/content_timeout), so no event
  * loop ever waits for a milter; done() runs on the loop that asked. One
  * stage at a time per transaction. A milter that is down, times out or
@@ -135,6 +136,10 @@ void milter_txn_free(struct milter_txn *mt, struct spool *sp);
  * Frees sp. Returns mt, or NULL when a stage was in flight (then
  * milter_txn_free'd). Loop thread. */
 struct milter_txn *milter_txn_park(struct milter_txn *mt, struct spool *sp);
+/* milter_txn_idle_ms - how long a parked transaction's connections may
+ * wait for the next MAIL: the least command_timeout of the milters it
+ * holds a connection to; 0 when it holds none. */
+long long milter_txn_idle_ms(const struct milter_txn *mt);
 /* milter_txn_reuse - a parked transaction taken for the session's next
  * MAIL: a connection parked longer than its milter's command_timeout,
  * or closed (or written to) by the milter meanwhile, is closed, and its

@@ -142,6 +142,7 @@ struct session {
 
 	struct txn *tx;                 /* the mail transaction; NULL outside one */
 	struct milter_txn *milter_idle; /* the last transaction's milters, parked for the next MAIL */
+	struct ev_timer milter_timer;   /* closes milter_idle after its command_timeout */
 
 	struct relay_req *relay;  /* the relay of tx's message in flight */
 	struct av_req *av;        /* content scan in flight */

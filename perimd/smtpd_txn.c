@@ -42,6 +42,23 @@ static struct txn *txn_new(void)
 	return xcalloc(1, sizeof(struct txn));
 }
 
+/* milter_idle_expired - no MAIL within the milters' command_timeout:
+ * their connections are not held longer. */
+static void milter_idle_expired(void *arg)
+{
+	smtpd_milter_close(arg);
+}
+
+/* milter_park - t's milter connections kept for the session's next MAIL
+ * (milter.h), at most for their command_timeout. */
+static void milter_park(struct session *s, struct txn *t)
+{
+	s->milter_idle = milter_txn_park(t->milter, t->spool);
+	long long ms = s->milter_idle ? milter_txn_idle_ms(s->milter_idle) : 0;
+	if (ms > 0)
+		ev_timer_start(s->loop, &s->milter_timer, (uint64_t)ms, milter_idle_expired, s);
+}
+
 /* smtpd_txn_reset - end the transaction, if any: forget the envelope and
  * body (RSET, HELO, STARTTLS, after a message, end of session). */
 void smtpd_txn_reset(struct session *s)
@@ -67,7 +84,7 @@ void smtpd_txn_reset(struct session *s)
 	smtpd_rcpt_pending_free(t->rcpt_pending);
 	psvc_txn_free(t->psvc);
 	if (t->milter) /* kept for the next MAIL; a stage in flight may still read the spool */
-		s->milter_idle = milter_txn_park(t->milter, t->spool);
+		milter_park(s, t);
 	else
 		spool_free(t->spool);
 	free(t->rr);
@@ -80,6 +97,7 @@ void smtpd_txn_reset(struct session *s)
 /* smtpd_milter_close - see smtpd_int.h. */
 void smtpd_milter_close(struct session *s)
 {
+	ev_timer_stop(s->loop, &s->milter_timer);
 	milter_txn_free(s->milter_idle, NULL);
 	s->milter_idle = NULL;
 }
@@ -203,6 +221,7 @@ static void mail_milters(struct session *s, const struct smtp_path *p)
 	if (s->milter_idle)
 		milter_txn_reuse(t->milter);
 	s->milter_idle = NULL;
+	ev_timer_stop(s->loop, &s->milter_timer);
 	char port[16], client[300];
 	snprintf(port, sizeof port, "%d", s->port);
 	const char *name = dnscheck_client_name(s->dns);
