@@ -11,10 +11,11 @@
  * to a milter in the middle of a message) and its next MAIL reuses the
  * connections (milter_txn_reuse), as Postfix keeps one per session; a
  * new HELO/EHLO, STARTTLS, the session's end or an idle spell of
- * milter_txn_idle_ms closes them (smtpd_txn.c). The conversation runs on the worker pool (jobs.h) with a
- * deadline per read (milter_connect/command/content_timeout), so no event
- * loop ever waits for a milter; done() runs on the loop that asked. One
- * stage at a time per transaction. A milter that is down, times out or
+ * milter_txn_idle_ms closes them (smtpd_txn.c). The conversation runs
+ * on the worker pool (jobs.h) with a deadline per read
+ * (milter_connect/command/content_timeout), so no event loop ever waits
+ * for a milter; done() runs on the loop that asked. One stage at a time
+ * per transaction. A milter that is down, times out or
  * breaks the protocol gets milter_default_action.
  *
  * At end of message each milter in turn sees the copy the previous one
