@@ -63,7 +63,9 @@
 #                           (verify mode, the client external, an Authentication-Results
 #                           header added to each message, so perimd applies a change),
 #                           AB_MILTER=inet:HOST:PORT: a milter already running; the
-#                           milter's own CPU is not counted
+#                           milter's own CPU is not counted. smtp-source sends one
+#                           message per session; SOURCE_OPTS=-d (any mode) sends a
+#                           session's messages over one connection instead
 #   tests/bench.sh peers    ../shared/bench/peer-bench.sh (Postfix, Haraka, direct and
 #                           perimd side by side), when that script exists. NOTE: it
 #                           rewrites /etc/postfix/main.cf and master.cf (see its header).
@@ -318,7 +320,8 @@ start_perimd() {
 source_run() {
 	local t0 t1
 	t0=$(now)
-	if ! timeout -k 5 "$RUN_TIMEOUT" smtp-source -s "$2" -m "$3" -l "$4" \
+	# shellcheck disable=SC2086 # SOURCE_OPTS: words for smtp-source
+	if ! timeout -k 5 "$RUN_TIMEOUT" smtp-source ${SOURCE_OPTS:-} -s "$2" -m "$3" -l "$4" \
 		-f a@client.bench.test -t rcpt@bench.test -M client.bench.test \
 		"127.0.0.1:$1" >"$WORK/source.out" 2>&1 </dev/null; then
 		echo "bench: smtp-source failed on port $1:" >&2
