@@ -3,11 +3,14 @@ wire protocol (version 6) directly, no libmilter, and does what the
 envelope tells it to, so test_milter.py can exercise every action.
 
     python3 milter_peer.py --port N|--unix PATH --events FILE [--pflags HEX] [--actions HEX]
+                           [--at-connect accept|reject]
 
 Prints "READY port=N" once listening. Every command it receives (with the
 macros sent before it) is appended to FILE as one JSON line.
 
-What it does is chosen by the sender's local part (MAIL FROM):
+--at-connect: the answer to SMFIC_CONNECT (SMFIR_ACCEPT or SMFIR_REJECT)
+instead of continue. After that, what it does is chosen by the sender's
+local part (MAIL FROM):
     mods        at end of message: add, insert, change, delete headers,
                 replace the body, add and delete a recipient, change sender
     discard     end of message: SMFIR_DISCARD
@@ -120,6 +123,9 @@ class Handler(socketserver.BaseRequestHandler):
             self.record(cmd.decode(), args=args if cmd not in (b"B", b"C") else [],
                         macros=macros)
             macros = {}
+            if cmd == b"C" and self.server.at_connect:
+                self.send(b"a" if self.server.at_connect == "accept" else b"r")
+                continue
             if cmd == b"M":
                 self.mode = args[0].strip("<>").split("@")[0]
                 if self.mode == "hang":
@@ -214,11 +220,13 @@ def main():
     ap.add_argument("--pflags", default="0")
     ap.add_argument("--actions", default="1ff")
     ap.add_argument("--unix", help="listen on this unix socket instead")
+    ap.add_argument("--at-connect", choices=["accept", "reject"])
     a = ap.parse_args()
     srv = UnixServer(a.unix, Handler) if a.unix else Server(("127.0.0.1", a.port), Handler)
     srv.events = a.events
     srv.pflags = int(a.pflags, 16)
     srv.actions = int(a.actions, 16)
+    srv.at_connect = a.at_connect
     print("READY port=%d" % (0 if a.unix else srv.server_address[1]), flush=True)
     srv.serve_forever()
 

@@ -24,14 +24,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class Peer:
     """milter_peer.py as a process; events() are the commands it saw."""
 
-    def __init__(self, tmp_path, pflags="0", actions="1ff", unix=False):
+    def __init__(self, tmp_path, pflags="0", actions="1ff", unix=False, at_connect=None):
         self.events_path = str(tmp_path / ("milter-events-%s-%d.jsonl" % (pflags, unix)))
         open(self.events_path, "w").close()
         sock = str(tmp_path / "milter.sock")
         self.proc = subprocess.Popen(
             ["/usr/bin/python3", os.path.join(HERE, "milter_peer.py"), "--events",
              self.events_path, "--pflags", pflags, "--actions", actions] +
-            (["--unix", sock] if unix else []),
+            (["--unix", sock] if unix else []) + (["--at-connect", at_connect] if at_connect else []),
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         line = self.proc.stdout.readline().decode()
         assert line.startswith("READY port="), line

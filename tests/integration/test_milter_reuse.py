@@ -125,6 +125,36 @@ def test_new_connection_after_helo_failure_and_idle(perimd_factory, backend, pee
     assert wait_for(lambda: len(cmds(peer, "Q")) >= 3)
 
 
+def test_connect_verdicts(perimd_factory, backend, tmp_path):
+    """A milter that accepts at connect is skipped for the rest of the
+    session (its connection closed); one that rejects at connect refuses
+    each MAIL, asked again on a new connection each time, as before."""
+    (tmp_path / "acc").mkdir()
+    (tmp_path / "rej").mkdir()
+    acc = Peer(tmp_path / "acc", at_connect="accept")
+    rej = Peer(tmp_path / "rej", at_connect="reject")
+    try:
+        p = start(perimd_factory, backend, acc.spec)
+        with Client(p.port) as c:
+            expect(c.cmd("EHLO client.test"), 250)
+            message(c, "plain@client.test")
+            assert wait_for(lambda: len(cmds(acc, "Q")) == 1)  # not kept
+            message(c, "plain2@client.test")
+        assert [e["cmd"] for e in acc.events()] == ["O", "C", "Q"]
+        assert len(backend.messages()) == 2
+        assert not any("X-Peer: seen" in headers_of(m.data) for m in backend.messages())
+        p2 = start(perimd_factory, backend, rej.spec)
+        with Client(p2.port) as c:
+            expect(c.cmd("EHLO client.test"), 250)
+            expect(c.cmd("MAIL FROM:<a@client.test>"), 550, "5.7.1")
+            expect(c.cmd("MAIL FROM:<b@client.test>"), 550, "5.7.1")
+        assert [e["cmd"] for e in rej.events()].count("O") == 2
+        assert not cmds(rej, "M")
+    finally:
+        acc.stop()
+        rej.stop()
+
+
 def test_starttls_closes_the_milter_connection(perimd_factory, backend, peer, tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                     "-nodes", "-keyout", "k.pem", "-out", "c.pem", "-days", "2", "-subj",
