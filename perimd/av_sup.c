@@ -3,7 +3,8 @@
  * libclamav): one thread that starts it by re-executing perimd
  * (posix_spawn, never a bare fork() of this threaded process), waits for
  * its engine, pings it, asks it to reload, restarts it when it dies or
- * hangs, and hands each io loop its new socket with ev_post(). The
+ * stops answering (a hung scan is the scanner's own to end: it kills that
+ * worker), and hands each io loop its new socket with ev_post(). The
  * requests themselves are av.c's; av_int.h is what the two share.
  */
 #include "av.h"
@@ -301,14 +302,17 @@ static void *sup_main(void *arg)
 					 * last resort's. */
 					if (age > (unsigned long long)__atomic_load_n(&sup.timeout,
 										      __ATOMIC_RELAXED) +
-							  HANG_GRACE_MS + PONG_WAIT_MS)
-						dead = "a scan hangs past av_timeout and its process was not ended";
+						HANG_GRACE_MS + PONG_WAIT_MS)
+						dead = "a scan hangs past av_timeout and its process was not "
+						       "ended";
 				} else if (sscanf(buf, "hung %d %d %llu %llu", &wpid, &wloop, &wid, &age) == 4) {
 					stats_inc(ST_av_scans_killed);
-					log_warn("scanner: scanning process %d killed: its scan (request %llu of loop "
-						 "%d) ran %llu ms, past av_timeout + %d s; the other scans go on, "
-						 "the process is replaced",
-						 wpid, wid, wloop, age, HANG_GRACE_MS / 1000);
+					log_warn(
+					    "scanner: scanning process %d killed: its scan (request=%d/%llu) "
+					    "ran "
+					    "%llu ms, past av_timeout + %d s; the other scans go on, the "
+					    "process is replaced",
+					    wpid, wloop, wid, age, HANG_GRACE_MS / 1000);
 				} else if (!strcmp(buf, "loading")) {
 					__atomic_store_n(&av_loading, 1, __ATOMIC_RELEASE);
 					log_info("scanner: old signatures freed (av_reload_mode = inplace); "

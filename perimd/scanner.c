@@ -25,7 +25,15 @@
  *   worker it was given to, or, when that worker dies while its slot holds
  *   the request, SCANNER_ERROR from this process (a worker killed between
  *   its answer and clearing the slot gives a second answer, which perimd
- *   ignores). A worker has at most one request. A request's descriptor is
+ *   ignores). A worker has at most one request.
+ * - A scan busy for the hang bound (scanner_limits.hang: av_timeout plus a
+ *   grace, so perimd has failed the message already) has its worker
+ *   killed (SIGKILL) by this process, which says "hung" to the supervisor
+ *   and takes no new request to it; the request is answered when the
+ *   worker's socket ends (the process is gone: nothing reads the message
+ *   after), and the generation replaces it as after a crash. Only that
+ *   scan ends; the supervisor restarts the whole scanner only when this
+ *   process itself dies or stops answering. A request's descriptor is
  *   not read after its answer is sent: the worker reads and closes it
  *   first; perimd may then write the next message into the same memfd
  *   (spool.c).
@@ -279,8 +287,8 @@ static int hang_check(void)
 			}
 			kill(w->pid, SIGKILL);
 			w->killed = now;
-			scanner_ctl_send("hung %d %d %llu %llu", (int)w->pid, sl->loop, (unsigned long long)sl->id,
-					 (unsigned long long)age);
+			scanner_ctl_send("hung %d %d %llu %llu", (int)w->pid, sl->loop,
+					 (unsigned long long)sl->id, (unsigned long long)age);
 		}
 	return (int)wait;
 }

@@ -320,7 +320,7 @@ def test_hung_worker(perimd_factory, sink, tmp_path):
     for t in threads:
         t.start()
     try:
-        line = p.wait_log(r"scanning process %d killed: its scan \(request \d+ of loop \d+\) "
+        line = p.wait_log(r"scanning process %d killed: its scan \(request=(\d+/\d+)\) "
                           r"ran (\d+) ms, past av_timeout \+ 5 s" % hung, timeout=30)
         killed_at = time.monotonic()
         p.wait_log(r"scanning process %d killed by signal 9; replacing it" % hung)
@@ -345,8 +345,10 @@ def test_hung_worker(perimd_factory, sink, tmp_path):
     assert fail_t - t0 < 10, "the hung message was not failed at av_timeout"
     # The other worker went on scanning while the first hung.
     assert sum(1 for t, r in replies if fail_t < t < killed_at and r[0] == 250) > 0, replies
-    assert 6000 <= int(line.group(1)) < 12000, line.group(0)
-    p.wait_log(r"av: scan failed: timed out, .*av_fail_action=tempfail")
+    assert 6000 <= int(line.group(2)) < 12000, line.group(0)
+    # The message's own line names the same request.
+    p.wait_log(r"av: scan failed: timed out, scan=[\d.]+, request=%s, av_fail_action=tempfail"
+               % line.group(1))
     assert metric(p, "perimd_av_scans_killed_total") == 1
     assert metric(p, "perimd_av_scanner_restarts_total") == 0
     with session(p.port) as c:
