@@ -319,9 +319,14 @@ static void finish(struct av_req *r, enum av_outcome o, const char *text)
 {
 	const struct conf *cf = r->cf;
 	double secs = (double)(ev_now(r->loop) - r->t0) / 1000.0;
-	char eng[48] = "";
+	char eng[96] = "";
 	if (r->engine_us >= 0)
 		snprintf(eng, sizeof eng, ", engine=%.6f", (double)r->engine_us / 1e6);
+	else if (o == AVO_FAIL && r->al && r->list == &r->al->sent)
+		/* The scanner's name for it (loop/id): its line about a scan
+		 * it had to end later names the same. */
+		snprintf(eng, sizeof eng, ", request=%d/%llu", ev_loop_index(r->loop),
+			 (unsigned long long)r->id);
 	const char *refusal = NULL;
 	count_time(ev_now(r->loop) - r->t0);
 	if (o == AVO_VIRUS || o == AVO_INCOMPLETE) {

@@ -3,7 +3,8 @@
  * libclamav): one thread that starts it by re-executing perimd
  * (posix_spawn, never a bare fork() of this threaded process), waits for
  * its engine, pings it, asks it to reload, restarts it when it dies or
- * hangs, and hands each io loop its new socket with ev_post(). The
+ * stops answering (a hung scan is the scanner's own to end: it kills that
+ * worker), and hands each io loop its new socket with ev_post(). The
  * requests themselves are av.c's; av_int.h is what the two share.
  */
 #include "av.h"
@@ -13,6 +14,7 @@
 #include "ev.h"
 #include "log.h"
 #include "scanner.h"
+#include "stats.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -77,9 +79,9 @@ static void limits_format(const struct conf *cf, char *buf, size_t len)
 	long long st = av_scan_time(cf);
 	if (st >= cf->av_timeout) /* refused by -t; a reload may bring it */
 		st = cf->av_timeout > 2000 ? cf->av_timeout - 1000 : cf->av_timeout / 2;
-	snprintf(buf, len, "%lld %lld %lld %lld %lld %u %lld %d", cf->av_max_recursion, cf->av_max_files,
+	snprintf(buf, len, "%lld %lld %lld %lld %lld %u %lld %d %lld", cf->av_max_recursion, cf->av_max_files,
 		 cf->av_max_scan_size, cf->av_max_file_size, st, enc, cf->av_max_size,
-		 cf->av_reload_mode_e == AV_RELOAD_INPLACE);
+		 cf->av_reload_mode_e == AV_RELOAD_INPLACE, cf->av_timeout + HANG_GRACE_MS);
 }
 
 /* ---- the supervisor --------------------------------------------------------- */
@@ -234,6 +236,7 @@ static int sup_ready(char *err, size_t errlen)
 /* sup_restart - replace a dead scanner; the loops get the new sockets. */
 static void sup_restart(const char *why)
 {
+	stats_inc(ST_av_scanner_restarts);
 	sup_reap(why);
 	int *fds = xcalloc((size_t)av_nloops, sizeof *fds);
 	while (!__atomic_load_n(&sup.stop, __ATOMIC_RELAXED)) {
@@ -290,13 +293,26 @@ static void *sup_main(void *arg)
 				buf[n] = 0;
 				unsigned long long age = 0, ms = 0;
 				unsigned sigs = 0;
-				int inflight = 0;
+				int inflight = 0, wpid = 0, wloop = 0;
+				unsigned long long wid = 0;
 				if (sscanf(buf, "pong %llu %d", &age, &inflight) == 2) {
 					last_pong = clock_ms();
+					/* The scanner kills a worker whose scan hangs
+					 * (HANG_MS); one still busy long after is the
+					 * last resort's. */
 					if (age > (unsigned long long)__atomic_load_n(&sup.timeout,
 										      __ATOMIC_RELAXED) +
-						HANG_GRACE_MS)
-						dead = "a scan hangs past av_timeout";
+						HANG_GRACE_MS + PONG_WAIT_MS)
+						dead = "a scan hangs past av_timeout and its process was not "
+						       "ended";
+				} else if (sscanf(buf, "hung %d %d %llu %llu", &wpid, &wloop, &wid, &age) == 4) {
+					stats_inc(ST_av_scans_killed);
+					log_warn(
+					    "scanner: scanning process %d killed: its scan (request=%d/%llu) "
+					    "ran "
+					    "%llu ms, past av_timeout + %d s; the other scans go on, the "
+					    "process is replaced",
+					    wpid, wloop, wid, age, HANG_GRACE_MS / 1000);
 				} else if (!strcmp(buf, "loading")) {
 					__atomic_store_n(&av_loading, 1, __ATOMIC_RELEASE);
 					log_info("scanner: old signatures freed (av_reload_mode = inplace); "

@@ -25,7 +25,15 @@
  *   worker it was given to, or, when that worker dies while its slot holds
  *   the request, SCANNER_ERROR from this process (a worker killed between
  *   its answer and clearing the slot gives a second answer, which perimd
- *   ignores). A worker has at most one request. A request's descriptor is
+ *   ignores). A worker has at most one request.
+ * - A scan busy for the hang bound (scanner_limits.hang: av_timeout plus a
+ *   grace, so perimd has failed the message already) has its worker
+ *   killed (SIGKILL) by this process, which says "hung" to the supervisor
+ *   and takes no new request to it; the request is answered when the
+ *   worker's socket ends (the process is gone: nothing reads the message
+ *   after), and the generation replaces it as after a crash. Only that
+ *   scan ends; the supervisor restarts the whole scanner only when this
+ *   process itself dies or stops answering. A request's descriptor is
  *   not read after its answer is sent: the worker reads and closes it
  *   first; perimd may then write the next message into the same memfd
  *   (spool.c).
@@ -76,7 +84,9 @@
 
 /* The dispatcher's view of one worker. */
 struct worker {
-	int sock; /* its socket; -1: none (ended, or not started yet) */
+	int sock;        /* its socket; -1: none (ended, or not started yet) */
+	pid_t pid;       /* its process */
+	uint64_t killed; /* ms when killed for a hung scan; 0: not */
 };
 
 enum gen_state { GEN_LOADING, GEN_ACTIVE, GEN_RETIRED };
@@ -165,7 +175,8 @@ static int idle_worker(int start)
 {
 	for (int k = 0; cur && k < nworkers; k++) {
 		int i = (start + k) % nworkers;
-		if (cur->w[i].sock >= 0 && !__atomic_load_n(&cur->slots[i].busy, __ATOMIC_SEQ_CST))
+		if (cur->w[i].sock >= 0 && !cur->w[i].killed &&
+		    !__atomic_load_n(&cur->slots[i].busy, __ATOMIC_SEQ_CST))
 			return i;
 	}
 	return -1;
@@ -240,15 +251,46 @@ static int read_request(int i)
 }
 
 /* worker_closed - worker i of g has ended (its socket did): a request
- * it held gets SCANNER_ERROR. */
+ * it held gets SCANNER_ERROR. Only now, when the process is gone, so that
+ * nothing reads the request's descriptor after its answer. */
 static void worker_closed(struct gen *g, int i)
 {
 	struct scanner_slot *sl = &g->slots[i];
 	if (__atomic_load_n(&sl->busy, __ATOMIC_SEQ_CST) && sl->loop >= 0 && sl->loop < scanner_nloops)
-		answer(SCANNER_LOOP_FD + sl->loop, sl->id, SCANNER_ERROR, "the scanning process died");
+		answer(SCANNER_LOOP_FD + sl->loop, sl->id, SCANNER_ERROR,
+		       g->w[i].killed ? "the scan hung; its process was killed" : "the scanning process died");
 	__atomic_store_n(&sl->busy, 0, __ATOMIC_SEQ_CST);
 	close(g->w[i].sock);
 	g->w[i].sock = -1;
+	g->w[i].killed = 0;
+}
+
+/* hang_check - kill (SIGKILL) every worker whose scan has been busy past
+ * the hang bound: its request is answered when its socket ends
+ * (worker_closed()), its generation replaces it. Returns the ms until the
+ * next scan in flight reaches the bound (DIRCHECK_MS at most). */
+static int hang_check(void)
+{
+	uint64_t now = clock_ms(), bound = scanner_limits.hang, wait = DIRCHECK_MS;
+	for (struct gen *g = gens; g; g = g->next)
+		for (int i = 0; i < nworkers; i++) {
+			struct worker *w = &g->w[i];
+			struct scanner_slot *sl = &g->slots[i];
+			if (w->sock < 0 || w->killed || w->pid <= 0 ||
+			    !__atomic_load_n(&sl->busy, __ATOMIC_SEQ_CST))
+				continue;
+			uint64_t age = now > sl->since ? now - sl->since : 0;
+			if (age < bound) {
+				if (bound - age < wait)
+					wait = bound - age;
+				continue;
+			}
+			kill(w->pid, SIGKILL);
+			w->killed = now;
+			scanner_ctl_send("hung %d %d %llu %llu", (int)w->pid, sl->loop,
+					 (unsigned long long)sl->id, (unsigned long long)age);
+		}
+	return (int)wait;
 }
 
 /* worker_input - a worker is done while requests wait ("d"; dispatch()
@@ -396,6 +438,8 @@ static void gen_input(struct gen *g)
 		if (g->w[i].sock >= 0)
 			worker_closed(g, i);
 		g->w[i].sock = fd;
+		g->w[i].pid = pid;
+		g->w[i].killed = 0;
 		return;
 	}
 	if (fd >= 0)
@@ -453,17 +497,18 @@ static void reload_step(void)
 }
 
 /* scanner_limits_parse - "RECURSION FILES SCAN_SIZE FILE_SIZE SCAN_TIME_MS
- * ENCRYPTED MAX_SIZE INPLACE" (as av_sup.c writes it) into l; 0 or -1. */
+ * ENCRYPTED MAX_SIZE INPLACE HANG_MS" (as av_sup.c writes it) into l; 0
+ * or -1. */
 static int scanner_limits_parse(const char *s, struct scanner_limits *l)
 {
-	unsigned long long v[8];
+	unsigned long long v[9];
 	int end = 0;
-	if (sscanf(s, "%llu %llu %llu %llu %llu %llu %llu %llu%n", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
-		   &v[6], &v[7], &end) != 8 ||
+	if (sscanf(s, "%llu %llu %llu %llu %llu %llu %llu %llu %llu%n", &v[0], &v[1], &v[2], &v[3], &v[4],
+		   &v[5], &v[6], &v[7], &v[8], &end) != 9 ||
 	    s[end] != 0)
 		return -1;
 	if (!v[0] || v[0] > 1000 || !v[1] || v[1] > UINT32_MAX || !v[4] || v[4] > UINT32_MAX || v[5] > 3 ||
-	    v[7] > 1)
+	    v[7] > 1 || v[8] < 1000 || v[8] > UINT32_MAX)
 		return -1;
 	l->recursion = (uint32_t)v[0];
 	l->files = (uint32_t)v[1];
@@ -473,6 +518,7 @@ static int scanner_limits_parse(const char *s, struct scanner_limits *l)
 	l->encrypted = (unsigned)v[5];
 	l->max_size = v[6];
 	l->inplace = (unsigned)v[7];
+	l->hang = (uint32_t)v[8];
 	return 0;
 }
 
@@ -612,7 +658,7 @@ static void __attribute__((noreturn)) dispatcher(void)
 	uint64_t next_check = clock_ms() + DIRCHECK_MS;
 	for (;;) {
 		int n = poll_build(&pf, &pr, &cap, loop_fd);
-		if (poll(pf, (nfds_t)n, DIRCHECK_MS) < 0 && errno != EINTR)
+		if (poll(pf, (nfds_t)n, hang_check()) < 0 && errno != EINTR)
 			_exit(1);
 		/* Handlers close sockets but free nothing: gens_reap() does,
 		 * after the round. */

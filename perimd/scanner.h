@@ -25,8 +25,12 @@
  * or "reload-failed TEXT"; the scanner also reloads on its own when the
  * database directory changes, and reports the same way). LIMITS, also the
  * last argument at start, is "RECURSION FILES SCAN_SIZE FILE_SIZE
- * SCAN_TIME_MS ENCRYPTED MAX_SIZE INPLACE" in decimal (struct
- * scanner_limits); an engine is built with the limits last received.
+ * SCAN_TIME_MS ENCRYPTED MAX_SIZE INPLACE HANG_MS" in decimal (struct
+ * scanner_limits); an engine is built with the limits last received,
+ * HANG_MS applies at once. A scan running HANG_MS (av_timeout plus a
+ * grace) has its worker process killed and is answered SCANNER_ERROR;
+ * the scanner says "hung PID LOOP ID MS" (the worker, the request, how
+ * long it ran) and replaces the worker: the other scans go on.
  * INPLACE 1 (av_reload_mode = inplace): a reload first frees the old
  * engine (after the scans on it end) and says "loading"; scans that come
  * meanwhile wait for the new one. If it fails, scans are answered
@@ -63,6 +67,7 @@ struct scanner_limits {
 	unsigned encrypted; /* SCANNER_ENC_* */
 	uint64_t max_size;  /* av_max_size: bounds temporary files */
 	unsigned inplace;   /* av_reload_mode = inplace */
+	uint32_t hang;      /* ms a scan may run before its worker is killed */
 };
 
 struct scanner_req {

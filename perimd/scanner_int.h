@@ -18,7 +18,8 @@
  * answers from several processes never mix) and marks its slot idle. The
  * slots (struct scanner_slot, MAP_SHARED, made by the dispatcher before
  * the fork) say which request each worker has: the dispatcher answers it
- * SCANNER_ERROR when the worker dies with its slot busy. A worker sends
+ * SCANNER_ERROR when the worker dies with its slot busy, and kills a
+ * worker whose slot has been busy past the hang bound. A worker sends
  * the dispatcher "d" after an answer only while requests wait for a worker
  * (scanner_shared->backlog), so an idle dispatcher is woken once per
  * request, not twice. The dispatcher sends "retire" on a worker's socket:

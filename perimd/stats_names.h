@@ -134,6 +134,10 @@ STAT(ldap_conns, GAUGE, "perimd_ldap_open_connections", "", "open connections to
 /* Milters (milter.c) */
 STAT(milter_errors, COUNTER, "perimd_milter_errors_total", "", "milter conversations that failed (down, timeout, broken protocol): milter_default_action applied")
 
+/* The scanner process (av_sup.c, av_scanner = libclamav) */
+STAT(av_scans_killed, COUNTER, "perimd_av_scans_killed_total", "", "scans whose scanning process was killed for running past av_timeout + 5 s (their messages had followed av_fail_action at av_timeout); each process is replaced, the other scans go on")
+STAT(av_scanner_restarts, COUNTER, "perimd_av_scanner_restarts_total", "", "whole restarts of the scanner process (it died or stopped answering): every scan in flight fails and the signatures load again")
+
 /* Histograms */
 HIST(latency, "perimd_message_latency_seconds", "end to end: final dot received to reply sent")
 HIST(backend, "perimd_backend_transaction_seconds", "backend attempt that decided a message: connection taken to verdict")

@@ -4,7 +4,8 @@ that loaded the engine, below the scanner process; a worker that dies on a
 message ends only that message (451, av_fail_action = tempfail) and is
 replaced; workers keep the scanner's confinement and die with it; reloads
 (swap and inplace) under smtp-source load refuse nothing and replace the
-generation; a failed inplace load leaves no engine (451) until a good one.
+generation; a failed inplace load leaves no engine (451) until a good one;
+a worker whose scan hangs is killed and replaced, the other scans go on.
 
 The real binary, its scanner and libclamav with test_av.py's signature
 database; smtp-sink as the backend.
@@ -17,10 +18,11 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import expect, smtp_source  # noqa: E402
+from harness import expect, free_port, smtp_source  # noqa: E402
 from test_av import (CLEAN, EICAR, MARKER2, SIG_EICAR, SIG_MARKER2, libclamav,  # noqa: E402
                      scanner_pid, send, session, write_db)
 
@@ -278,3 +280,78 @@ def test_reload_inplace_fails_then_loads(perimd_factory, sink, tmp_path):
     with session(p.port) as c:
         expect(send(c, EICAR + b"\r\n"), 554, "5.7.1", SIG_EICAR)
         expect(send(c, CLEAN), 250)
+
+
+def metric(p, name):
+    """The value of an unlabelled metric on perimd's stats_listen."""
+    url = "http://%s/metrics" % p.params["stats_listen"]
+    body = urllib.request.urlopen(url, timeout=10).read().decode()
+    m = re.search(r"^%s (\d+)$" % re.escape(name), body, re.M)
+    assert m, "%s not in /metrics" % name
+    return int(m.group(1))
+
+
+def test_hung_worker(perimd_factory, sink, tmp_path):
+    """A worker that hangs (stopped: SIGSTOP) on the request it is given:
+    that message gets 451 4.3.0 at av_timeout; the scanner kills the worker
+    once the scan has run av_timeout + 5 s, logs it and counts it, and the
+    generation replaces it. Meanwhile the other worker scans every other
+    message (250, never 451); the scanner process itself is not restarted,
+    and EICAR is still refused after."""
+    p, _ = libclamav(perimd_factory, sink, tmp_path, av_threads=2, av_timeout="1s",
+                     stats_listen="127.0.0.1:%d" % free_port())
+    spid = scanner_pid(p)
+    gen, ws = wait_workers(spid, 2)
+    hung = ws[0]
+    os.kill(hung, signal.SIGSTOP)
+    replies, errors = [], []
+    stop = threading.Event()
+
+    def client():
+        try:
+            with session(p.port) as c:
+                while not stop.is_set():
+                    replies.append((time.monotonic(), send(c, CLEAN)))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    try:
+        line = p.wait_log(r"scanning process %d killed: its scan \(request=(\d+/\d+)\) "
+                          r"ran (\d+) ms, past av_timeout \+ 5 s" % hung, timeout=30)
+        killed_at = time.monotonic()
+        p.wait_log(r"scanning process %d killed by signal 9; replacing it" % hung)
+        g2, now = wait_workers(spid, 2, not_in=[hung])
+        # More messages after the replacement, on both workers.
+        n = len(replies)
+        deadline = time.monotonic() + 20
+        while len(replies) < n + 6:
+            assert time.monotonic() < deadline and not errors, errors
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    assert g2 == gen and ws[1] in now and hung not in now, (gen, ws, g2, now)
+    codes = [r[1][0] for r in replies]
+    # The one message given to the stopped worker, and only it, failed.
+    assert codes.count(451) == 1 and codes.count(250) == len(codes) - 1, codes
+    fail_t, fail = next(r for r in replies if r[1][0] == 451)
+    expect(fail, 451, "4.3.0", "content scanner unavailable")
+    assert fail_t - t0 < 10, "the hung message was not failed at av_timeout"
+    # The other worker went on scanning while the first hung.
+    assert sum(1 for t, r in replies if fail_t < t < killed_at and r[0] == 250) > 0, replies
+    assert 6000 <= int(line.group(2)) < 12000, line.group(0)
+    # The message's own line names the same request.
+    p.wait_log(r"av: scan failed: timed out, scan=[\d.]+, request=%s, av_fail_action=tempfail"
+               % line.group(1))
+    assert metric(p, "perimd_av_scans_killed_total") == 1
+    assert metric(p, "perimd_av_scanner_restarts_total") == 0
+    with session(p.port) as c:
+        expect(send(c, EICAR + b"\r\n"), 554, "5.7.1", SIG_EICAR)
+        expect(send(c, CLEAN), 250)
+    assert scanner_pid(p) == spid and "restarting it" not in p.log_text()
