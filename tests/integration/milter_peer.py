@@ -34,6 +34,7 @@ anything else: continue at every stage, accept at end of message.
 """
 
 import argparse
+import itertools
 import json
 import socket
 import socketserver
@@ -55,9 +56,14 @@ def z(*parts):
     return b"".join(p.encode() + b"\0" for p in parts)
 
 
+CONNS = itertools.count(1)  # each connection's number, in the events as conn
+
+
 class Handler(socketserver.BaseRequestHandler):
     def record(self, cmd, **kw):
-        ev = dict(conn=id(self), cmd=cmd, **kw)
+        if not hasattr(self, "conn"):
+            self.conn = next(CONNS)  # unique: an id() is reused once freed
+        ev = dict(conn=self.conn, cmd=cmd, **kw)
         with LOCK, open(self.server.events, "a") as f:
             f.write(json.dumps(ev) + "\n")
 
