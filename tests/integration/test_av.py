@@ -247,14 +247,11 @@ def test_timeout_fail_action(perimd_factory, sink, tmp_path):
     assert sink.wait_count(1, 5)
 
 
-def test_reload_under_load(perimd_factory, sink, tmp_path):
-    """SIGHUP while smtp-source sends: nothing is lost, and a signature
-    added to the database is in force after the reload."""
-    p, db = libclamav(perimd_factory, sink, tmp_path)
-    with session(p.port) as c:
-        expect(send(c, b"Subject: m2\r\n\r\n" + MARKER2 + b"\r\n"), 250)   # not known yet
-    assert sink.wait_count(1, 10)
-    n = 300
+def sighup_under_source(p, sink, db, n, reload_timeout):
+    """smtp-source sends n messages of 2000 bytes at 10 sessions to p; once
+    40 arrived at the sink, MARKER2's signature is added to db and p gets
+    SIGHUP. Every message must be delivered; returns smtp-source's output
+    (after one message already at the sink)."""
     out = {}
 
     def source():
@@ -270,11 +267,22 @@ def test_reload_under_load(perimd_factory, sink, tmp_path):
             time.sleep(0.02)
         write_db(db, [("Perimd.Test.Marker2", MARKER2)])
         p.proc.send_signal(signal.SIGHUP)
-        p.wait_log(r"signatures reloaded: 3 signatures", timeout=20)
+        p.wait_log(r"signatures reloaded: 3 signatures", timeout=reload_timeout)
     finally:
         t.join(150)
     assert out.get("rc") == 0, out
     assert sink.wait_count(n + 1, 20), "backend got %d of %d" % (sink.count(), n + 1)
+    return out["text"]
+
+
+def test_reload_under_load(perimd_factory, sink, tmp_path):
+    """SIGHUP while smtp-source sends: nothing is lost, and a signature
+    added to the database is in force after the reload."""
+    p, db = libclamav(perimd_factory, sink, tmp_path)
+    with session(p.port) as c:
+        expect(send(c, b"Subject: m2\r\n\r\n" + MARKER2 + b"\r\n"), 250)   # not known yet
+    assert sink.wait_count(1, 10)
+    sighup_under_source(p, sink, db, 300, 20)
     with session(p.port) as c:
         expect(send(c, b"Subject: m2\r\n\r\n" + MARKER2 + b"\r\n"), 554, "5.7.1", SIG_MARKER2)
 

@@ -22,9 +22,9 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import expect, free_port, smtp_source  # noqa: E402
+from harness import expect, free_port  # noqa: E402
 from test_av import (CLEAN, EICAR, MARKER2, SIG_EICAR, SIG_MARKER2, libclamav,  # noqa: E402
-                     scanner_pid, send, session, write_db)
+                     scanner_pid, send, session, sighup_under_source)
 
 
 def children(pid):
@@ -212,28 +212,9 @@ def reload_under_source(p, sink, db, spid, n=300):
         expect(send(c, b"Subject: m2\r\n\r\n" + MARKER2 + b"\r\n"), 250)  # not known yet
     assert sink.wait_count(1, 10)
     old_gen, old = wait_workers(spid, 2)
-    out = {}
-
-    def source():
-        out["rc"], out["text"] = smtp_source("-s", "10", "-m", str(n), "-l", "2000",
-                                             "-f", "a@client.test", "-t", "b@example.com",
-                                             "127.0.0.1:%d" % p.port, timeout=120)
-
-    t = threading.Thread(target=source)
-    t.start()
-    try:
-        deadline = time.monotonic() + 30
-        while sink.count() < 40 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        write_db(db, [("Perimd.Test.Marker2", MARKER2)])
-        p.proc.send_signal(signal.SIGHUP)
-        p.wait_log(r"signatures reloaded: 3 signatures", timeout=30)
-    finally:
-        t.join(150)
-    assert out.get("rc") == 0, out
-    assert sink.wait_count(n + 1, 20), "backend got %d of %d" % (sink.count(), n + 1)
+    text = sighup_under_source(p, sink, db, n, 30)
     log = p.log_text()
-    assert "scan failed" not in log and "451" not in out["text"], log[-3000:]
+    assert "scan failed" not in log and "451" not in text, log[-3000:]
     # The old generation retired: a new engine process, new workers.
     gen, _ = wait_workers(spid, 2, not_in=old)
     assert gen != old_gen
