@@ -319,25 +319,33 @@ static void gen_retire(struct gen *g)
 		cur = NULL;
 }
 
+/* start_failed - a generation could not be set up (what failed, with
+ * errno e): before the first one was ready the scanner exits with
+ * "error", later the reload fails and the current generation stays. */
+static void start_failed(const char *what, int e)
+{
+	if (!started) {
+		scanner_ctl_send("error %s: %s", what, strerror(e));
+		_exit(1);
+	}
+	scanner_ctl_send("reload-failed %s: %s", what, strerror(e));
+}
+
 /* gen_start - fork a generation with the limits last received. */
 static void gen_start(int inplace)
 {
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) < 0) {
-		scanner_ctl_send(started ? "reload-failed socketpair: %s" : "error socketpair: %s",
-				 strerror(errno));
-		if (!started)
-			_exit(1);
+		start_failed("socketpair", errno);
 		return;
 	}
 	struct scanner_slot *slots = mmap(NULL, (size_t)nworkers * sizeof *slots, PROT_READ | PROT_WRITE,
 					  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (slots == MAP_FAILED) {
+		int e = errno;
 		close(sv[0]);
 		close(sv[1]);
-		scanner_ctl_send(started ? "reload-failed mmap: %s" : "error mmap: %s", strerror(errno));
-		if (!started)
-			_exit(1);
+		start_failed("mmap", e);
 		return;
 	}
 	scanner_slots = slots; /* the generation's workers find theirs here */
@@ -346,11 +354,10 @@ static void gen_start(int inplace)
 		scanner_gen_main(db_dir, tmp_dir, nworkers);
 	close(sv[1]);
 	if (pid < 0) {
+		int e = errno;
 		close(sv[0]);
 		munmap(slots, (size_t)nworkers * sizeof *slots);
-		scanner_ctl_send(started ? "reload-failed fork: %s" : "error fork: %s", strerror(errno));
-		if (!started)
-			_exit(1);
+		start_failed("fork", e);
 		return;
 	}
 	struct gen *g = xcalloc(1, sizeof *g);

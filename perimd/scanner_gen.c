@@ -362,6 +362,12 @@ static int rm_entry(const char *path, const struct stat *st, int type, struct FT
 	return 0;
 }
 
+/* rm_tree - remove a directory and everything under it. */
+static void rm_tree(const char *dir)
+{
+	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 /* worker_tmp_remove - the temporary files a dead worker left (a crash
  * skips libclamav's own cleanup). */
 static void worker_tmp_remove(pid_t pid)
@@ -370,7 +376,7 @@ static void worker_tmp_remove(pid_t pid)
 	if (!*gen_tmp)
 		return;
 	worker_tmpdir(pid, dir, sizeof dir);
-	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(dir);
 }
 
 /* scanner_tmp_clean - remove the workers' temporary directories a scanner
@@ -385,7 +391,7 @@ void scanner_tmp_clean(const char *tmp_dir)
 	while ((e = readdir(d)))
 		if (!strncmp(e->d_name, "perimd-scan.", 12)) {
 			snprintf(path, sizeof path, "%s/%s", tmp_dir, e->d_name);
-			nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+			rm_tree(path);
 		}
 	closedir(d);
 }
