@@ -22,8 +22,10 @@ static int log_verb;
 static const char *log_ident = "perimd";
 static pid_t log_pid; /* from log_open(): a system call per line less */
 
-/* log_getpid - this process's pid for the line prefix. perimd never
- * forks a process that logs (helpers are spawned and exec'd). */
+/* log_getpid - this process's pid for the line prefix. The daemon never
+ * forks a process that logs (helpers are spawned and exec'd); the
+ * scanner, whose generations and workers are forks, never calls
+ * log_open(), so its log_pid stays 0 and each line asks getpid(). */
 static int log_getpid(void)
 {
 	return (int)(log_pid ? log_pid : getpid());
