@@ -2,7 +2,8 @@
 scans waiting or running reach twice the scanner's workers, DATA waits
 before its 354, in arrival order, at most in_flow_delay; a scan's end lets
 the first waiting DATA go on; a client that leaves while it waits costs
-nothing; in_flow_delay = 0 never waits; no message is refused or lost.
+nothing; a pipelined MAIL, RCPT, DATA gets its 250s and waits for its
+354; in_flow_delay = 0 never waits; no message is refused or lost.
 
 The real binary, its scanner process (libclamav, test_av.py's database)
 with one worker, stopped with SIGSTOP so that scans pile up; smtp-sink as
@@ -19,7 +20,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import expect, free_port, wait_for  # noqa: E402
+from harness import expect, free_port, sink_message, wait_for  # noqa: E402
 from test_av import CLEAN, EICAR, SIG_EICAR, libclamav, scanner_pid, send, session  # noqa: E402
 from test_scanner_procs import wait_workers  # noqa: E402
 
@@ -173,3 +174,31 @@ def test_zero_never_waits(perimd_factory, sink, tmp_path):
         expect(c.reply(30), 250)
         c.close()
     sink.wait_count(4, 30)
+
+
+def test_pipelined_data_waits(perimd_factory, sink, tmp_path):
+    """A client pipelining MAIL, RCPT and DATA (RFC 2920, as Postfix's smtp
+    client does) while the backlog is full gets its two 250s at once and
+    its 354 only when a scan ended; its message is then relayed whole."""
+    p, worker = start(perimd_factory, sink, tmp_path, in_flow_delay="10s")
+    held = [begin(p.port) for _ in range(2)]
+    for c in held:
+        expect(c.reply(), 354)
+        body(c)
+    c = session(p.port)
+    c.send(b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    expect(c.reply(10), 250)
+    expect(c.reply(10), 250)
+    assert wait_for(lambda: waiting(p) == 1, 10)
+    assert silent(c), "354 while the backlog was full"
+    os.kill(worker, signal.SIGCONT)
+    expect(c.reply(30), 354)
+    body(c, b"Subject: pipelined\r\n\r\n.leading dot\r\n".replace(b"\r\n.", b"\r\n.."))
+    expect(c.reply(30), 250)
+    for h in held:
+        expect(h.reply(30), 250)
+        h.close()
+    c.close()
+    sink.wait_count(3, 30)
+    bodies = [sink_message(m)[1] for m in sink.messages()]
+    assert any(b.endswith(b"Subject: pipelined\n\n.leading dot\n") for b in bodies), bodies
