@@ -117,6 +117,19 @@ static uint32_t get32(const char *p)
 	return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | u[3];
 }
 
+/* field_name_ok - a header field name a milter may add or change:
+ * printable ASCII without colon or space (RFC 5322 §2.2); anything else
+ * would write other header lines, or the body, into the message. */
+static int field_name_ok(const char *s)
+{
+	if (!*s)
+		return 0;
+	for (; *s; s++)
+		if (*s <= 32 || *s >= 127 || *s == ':')
+			return 0;
+	return 1;
+}
+
 /* milter_pkt_parse - see milter.h. */
 int milter_pkt_parse(const char *p, size_t n, struct milter_pkt *out)
 {
@@ -163,7 +176,7 @@ int milter_pkt_parse(const char *p, size_t n, struct milter_pkt *out)
 	case 'h':
 		out->s1 = str_at(p, n, &off);
 		out->s2 = out->s1 ? str_at(p, n, &off) : NULL;
-		return out->s2 && out->s1[0] ? 0 : -1;
+		return out->s2 && field_name_ok(out->s1) ? 0 : -1;
 	case 'i':
 	case 'm':
 		if (n < 4)
@@ -172,7 +185,7 @@ int milter_pkt_parse(const char *p, size_t n, struct milter_pkt *out)
 		off = 4;
 		out->s1 = str_at(p, n, &off);
 		out->s2 = out->s1 ? str_at(p, n, &off) : NULL;
-		return out->s2 && out->s1[0] ? 0 : -1;
+		return out->s2 && field_name_ok(out->s1) ? 0 : -1;
 	default: return -1;
 	}
 }

@@ -180,19 +180,33 @@ static int canon_append(struct spool *sp, const char *d, size_t n, int *cr)
 }
 
 /* canon_value - a milter's header value as stored: a leading space, line
- * ends CRLF (folded lines keep their own leading white space). */
+ * ends CRLF, and every line after the first a continuation of the field:
+ * folded lines keep their own leading white space, a line without gets a
+ * space, and empty lines go (a line break must never start another
+ * header, nor end the header section). */
 static char *canon_value(const char *v)
 {
 	size_t n = strlen(v);
-	char *out = xmalloc(2 * n + 2), *o = out;
+	char *out = xmalloc(3 * n + 2), *o = out;
 	if (*v != ' ' && *v != '\t')
 		*o++ = ' ';
 	for (const char *p = v; *p; p++) {
 		if (*p == '\r')
 			continue;
-		if (*p == '\n')
-			*o++ = '\r';
-		*o++ = *p;
+		if (*p != '\n') {
+			*o++ = *p;
+			continue;
+		}
+		const char *q = p + 1;
+		while (*q == '\r' || *q == '\n')
+			q++;
+		if (!*q)
+			break;
+		*o++ = '\r';
+		*o++ = '\n';
+		if (*q != ' ' && *q != '\t')
+			*o++ = ' ';
+		p = q - 1;
 	}
 	*o = 0;
 	return out;

@@ -38,6 +38,11 @@ TEST(changes)
 	CHECK_STR(pk.s1, "X-A");
 	CHECK_STR(pk.s2, "v");
 	CHECK(parse("h\0v\0", &pk) < 0);  /* no name */
+	/* a name that is no field name would write other header lines */
+	CHECK(parse("hX-A: x\r\nBcc\0v\0", &pk) < 0);
+	CHECK(parse("hX A\0v\0", &pk) < 0);
+	CHECK(parse("m\0\0\0\1Sub:ject\0v\0", &pk) < 0);
+	CHECK(parse("i\0\0\0\1X-\xc3\xa9\0v\0", &pk) < 0);
 	CHECK(parse("hX-A\0v", &pk) < 0); /* value not terminated */
 	CHECK(parse("m\0\0\0\2Subject\0\0", &pk) == 0);
 	CHECK_INT(pk.idx, 2);

@@ -1,0 +1,169 @@
+"""test_milter_hostile.py - what a milter that misbehaves at the end of
+the message can make perimd write: a hostile milter speaking the wire
+protocol on 127.0.0.1 (in this process, one thread per connection), the
+real binary, backend.py as the backend. A milter's change must stay the
+change it names: a header value with line breaks stays one header (no
+header or body injection), a header name that is no field name breaks the
+protocol (milter_default_action), and an added recipient or new sender
+that is not one address is dropped and logged, never sent to a backend.
+"""
+
+import os
+import socket
+import struct
+import sys
+import threading
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import Client, expect, wait_for  # noqa: E402
+
+
+def pkt(cmd, data=b""):
+    return struct.pack(">I", len(data) + 1) + cmd + data
+
+
+def z(*parts):
+    return b"".join(p.encode() + b"\0" for p in parts)
+
+
+# What the milter answers at the end of the message, by the sender's
+# local part.
+EOM = {
+    "crlfvalue": pkt(b"h", z("X-A", "v\nBcc: injected@example.com")) + pkt(b"a"),
+    "blankvalue": pkt(b"h", z("X-B", "v\n\n\r\nbody injected")) +
+    pkt(b"m", struct.pack(">I", 1) + z("Subject", "new\r\nX-Evil: 1\n")) + pkt(b"a"),
+    "badname": pkt(b"h", z("X-A: x\r\nBcc", "v")) + pkt(b"a"),
+    "spacename": pkt(b"i", struct.pack(">I", 0) + z("X A", "v")) + pkt(b"a"),
+    "addresses": pkt(b"+", z("<a b@example.com>")) +
+    pkt(b"+", z("<evil\r\nRCPT TO:<x>@example.com>")) +
+    pkt(b"2", z("<a>b@example.com>", "NOTIFY=NEVER")) +
+    pkt(b"+", z("<good@example.com>")) +
+    pkt(b"e", z("<s\r\nRCPT TO:<y@example.com>@example.org>")) + pkt(b"a"),
+}
+
+
+class HostileMilter:
+    """Negotiates every action, continues at each stage, answers the end
+    of the message from EOM."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.spec = "inet:127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.talk, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def recvn(c, n):
+        b = b""
+        while len(b) < n:
+            d = c.recv(n - len(b))
+            if not d:
+                return None
+            b += d
+        return b
+
+    def talk(self, c):
+        mode = ""
+        with c:
+            while True:
+                h = self.recvn(c, 4)
+                d = h and self.recvn(c, struct.unpack(">I", h)[0])
+                if not d:
+                    return
+                cmd, data = d[:1], d[1:]
+                if cmd == b"O":
+                    c.sendall(pkt(b"O", struct.pack(">III", 6, struct.unpack(">I", data[4:8])[0], 0)))
+                elif cmd == b"M":
+                    mode = data.split(b"\0")[0].strip(b"<>").split(b"@")[0].decode()
+                    c.sendall(pkt(b"c"))
+                elif cmd == b"E":
+                    c.sendall(EOM[mode])
+                elif cmd == b"Q":
+                    return
+                elif cmd not in (b"D", b"A"):
+                    c.sendall(pkt(b"c"))
+
+    def stop(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def milter():
+    m = HostileMilter()
+    yield m
+    m.stop()
+
+
+BODY = b"Subject: hi\r\nFrom: a@client.test\r\n\r\nbody\r\n"
+
+
+def send(port, sender, rcpt="u@example.com"):
+    with Client(port) as c:
+        expect(c.cmd("EHLO client.test"), 250)
+        expect(c.cmd("MAIL FROM:<%s>" % sender), 250)
+        expect(c.cmd("RCPT TO:<%s>" % rcpt), 250)
+        expect(c.cmd("DATA"), 354)
+        c.send(BODY + b".\r\n")
+        return c.reply(timeout=20)
+
+
+def start(perimd_factory, backend, milter):
+    return perimd_factory(relay_backends=backend.target, smtpd_milters=milter.spec,
+                          milter_command_timeout="3s", milter_content_timeout="3s",
+                          milter_default_action="tempfail")
+
+
+def header_lines(data):
+    return data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def test_header_changes_stay_headers(perimd_factory, backend, milter):
+    p = start(perimd_factory, backend, milter)
+    for sender in ("crlfvalue", "blankvalue"):
+        r = send(p.port, sender + "@client.test")
+        assert r[0] == 250, (sender, r)
+    wait_for(lambda: len(backend.messages()) == 2)
+    crlf, blank = backend.messages()
+    # A line break in a value folds it: the rest is that header's, not a new one.
+    lines = header_lines(crlf.data)
+    assert b"X-A: v" in lines and b" Bcc: injected@example.com" in lines, lines
+    assert not any(l.lower().startswith(b"bcc:") for l in lines), lines
+    assert crlf.data.endswith(b"\r\n\r\nbody\r\n"), crlf.data
+    # Empty lines in a value go: the header section does not end there.
+    lines = header_lines(blank.data)
+    assert b"X-B: v" in lines and b" body injected" in lines, lines
+    assert b"Subject: new" in lines and b" X-Evil: 1" in lines, lines
+    assert not any(l.startswith(b"X-Evil") for l in lines), lines
+    assert blank.data.split(b"\r\n\r\n", 1)[1] == b"body\r\n", blank.data
+    # A name that is no field name breaks the protocol: the default action.
+    for sender in ("badname", "spacename"):
+        r = send(p.port, sender + "@client.test")
+        assert r[0] == 451 and "4.3.5" in r[1], (sender, r)
+    p.wait_log(r"malformed packet \(command 0x69")
+    assert len(backend.messages()) == 2
+
+
+def test_milter_addresses_are_checked(perimd_factory, backend, milter):
+    p = start(perimd_factory, backend, milter)
+    r = send(p.port, "addresses@client.test")
+    assert r[0] == 250, r
+    wait_for(lambda: len(backend.messages()) == 1)
+    m = backend.messages()[0]
+    assert sorted(m.rcpts) == ["good@example.com", "u@example.com"], m.rcpts
+    assert m.mail_from == "addresses@client.test", m.mail_from
+    log = p.log_text()
+    assert log.count("added recipient <") >= 3 and "refused" in log, log
+    assert "sender <s" in log and "RCPT TO:<y@example.com>@example.org> refused" in log, log
+    assert "RCPT TO:<x>" not in backend.log_text()
