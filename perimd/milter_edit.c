@@ -36,6 +36,7 @@ struct msg {
 	int newbody_cr;        /* canonicalizing: a CR is pending */
 	int changed;
 	int quarantined; /* SMFIR_QUARANTINE: refused (no queue) */
+	int too_big;     /* a replaced body past message_size_limit: refused */
 };
 
 /* hdr_add - insert a header at position pos (nh: append). */
@@ -430,6 +431,10 @@ static int apply(struct milter *m, struct milter_txn *mt, struct msg *g, const s
 			log_info("%s: milter %s: replace body", id, m->name);
 			g->newbody = spool_new();
 		}
+		if (g->too_big || spool_size(g->newbody) + pk->datalen > (uint64_t)mt->cf->message_size_limit) {
+			g->too_big = 1; /* the rest is not stored: the message is refused */
+			return 0;
+		}
 		if (canon_append(g->newbody, pk->data, pk->datalen, &g->newbody_cr) < 0) {
 			snprintf(m->err, sizeof m->err, "replaced body: %s", strerror(errno));
 			return -1;
@@ -492,10 +497,28 @@ static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struc
 	}
 }
 
+/* grown_too_big - m's changes made the message larger than
+ * message_size_limit (and than it came): refused, 552 5.3.4, as a
+ * message that grows beyond it in DATA. 1 when refused. */
+static int grown_too_big(const struct msg *g, const struct milter_txn *mt, const struct milter *m,
+			 uint64_t size0, struct milter_result *res)
+{
+	uint64_t size = spool_size(g->sp), limit = (uint64_t)mt->cf->message_size_limit;
+	if (!g->too_big && (size <= limit || size <= size0))
+		return 0;
+	log_info("%s: milter %s: the changed message exceeds message_size_limit (%llu bytes)",
+		 mt->msgid_or_sess, m->name, (unsigned long long)limit);
+	res->act = MILTER_REJECT;
+	snprintf(res->reply, sizeof res->reply, "552 5.3.4 Message size exceeds fixed limit");
+	snprintf(res->which, sizeof res->which, "%.127s", m->name);
+	return 1;
+}
+
 /* milter_stage_eom - see milter_int.h. */
 void milter_stage_eom(struct milter_txn *mt, struct spool *sp, struct milter_result *res)
 {
 	struct msg g = { 0 };
+	uint64_t size0 = spool_size(sp);
 	if (msg_load(&g, sp) < 0) {
 		res->act = MILTER_TEMPFAIL;
 		snprintf(res->reply, sizeof res->reply, "451 4.3.0 Error: queue file read error");
@@ -512,11 +535,13 @@ void milter_stage_eom(struct milter_txn *mt, struct spool *sp, struct milter_res
 			r = milter_fail(m, mt, res);
 		if (r == 2)
 			break;
-		if ((g.changed || g.newbody) && msg_rebuild(&g) < 0) {
+		if (!g.too_big && (g.changed || g.newbody) && msg_rebuild(&g) < 0) {
 			res->act = MILTER_TEMPFAIL;
 			snprintf(res->reply, sizeof res->reply, "451 4.3.0 Error: queue file write error");
 			break;
 		}
+		if (grown_too_big(&g, mt, m, size0, res))
+			break;
 	}
 	if (res->act == MILTER_CONTINUE && g.owned) {
 		res->spool = g.sp;

@@ -148,7 +148,8 @@ static int path_parse(struct session *s, char *arg, struct smtp_path *p, const c
 }
 
 /* reply_lines - a reply of one or more CRLF-separated lines (a milter's);
- * the last one counts as an error when err. */
+ * the last one counts as an error when err. A 421 closes the session
+ * (RFC 5321 §3.8), as Postfix does after a milter's 421. */
 static void reply_lines(struct session *s, const char *text, int err)
 {
 	const char *l = text;
@@ -163,6 +164,10 @@ static void reply_lines(struct session *s, const char *text, int err)
 		smtpd_reply_error(s, "%s", l);
 	else
 		smtpd_reply(s, "%s", l);
+	if (!strncmp(text, "421", 3)) {
+		log_info("%s: milter reply 421: session closed", s->id);
+		smtpd_session_close(s);
+	}
 }
 
 /* milter_refused - a milter's reject or tempfail: logged, counted. */

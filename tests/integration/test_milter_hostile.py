@@ -6,6 +6,9 @@ change it names: a header value with line breaks stays one header (no
 header or body injection), a header name that is no field name breaks the
 protocol (milter_default_action), and an added recipient or new sender
 that is not one address is dropped and logged, never sent to a backend.
+A replaced body past message_size_limit is refused (552 5.3.4) as a
+message that grows beyond it in DATA; a milter's 421 closes the session,
+as Postfix does.
 """
 
 import os
@@ -37,6 +40,8 @@ EOM = {
     pkt(b"m", struct.pack(">I", 1) + z("Subject", "new\r\nX-Evil: 1\n")) + pkt(b"a"),
     "badname": pkt(b"h", z("X-A: x\r\nBcc", "v")) + pkt(b"a"),
     "spacename": pkt(b"i", struct.pack(">I", 0) + z("X A", "v")) + pkt(b"a"),
+    # 1.8 MB of body in 600 KB chunks, past message_size_limit (1 MB here)
+    "bigbody": b"".join(pkt(b"b", b"y" * 599998 + b"\r\n") for _ in range(3)) + pkt(b"a"),
     "addresses": pkt(b"+", z("<a b@example.com>")) +
     pkt(b"+", z("<evil\r\nRCPT TO:<x>@example.com>")) +
     pkt(b"2", z("<a>b@example.com>", "NOTIFY=NEVER")) +
@@ -88,8 +93,10 @@ class HostileMilter:
                 elif cmd == b"M":
                     mode = data.split(b"\0")[0].strip(b"<>").split(b"@")[0].decode()
                     c.sendall(pkt(b"c"))
+                elif cmd == b"R" and mode == "close421":
+                    c.sendall(pkt(b"y", z("421 4.7.0 filter shutting down")))
                 elif cmd == b"E":
-                    c.sendall(EOM[mode])
+                    c.sendall(EOM.get(mode, pkt(b"a")))
                 elif cmd == b"Q":
                     return
                 elif cmd not in (b"D", b"A"):
@@ -122,7 +129,7 @@ def send(port, sender, rcpt="u@example.com"):
 def start(perimd_factory, backend, milter):
     return perimd_factory(relay_backends=backend.target, smtpd_milters=milter.spec,
                           milter_command_timeout="3s", milter_content_timeout="3s",
-                          milter_default_action="tempfail")
+                          milter_default_action="tempfail", message_size_limit="1000000")
 
 
 def header_lines(data):
@@ -167,3 +174,27 @@ def test_milter_addresses_are_checked(perimd_factory, backend, milter):
     assert log.count("added recipient <") >= 3 and "refused" in log, log
     assert "sender <s" in log and "RCPT TO:<y@example.com>@example.org> refused" in log, log
     assert "RCPT TO:<x>" not in backend.log_text()
+
+
+def test_replaced_body_past_the_size_limit(perimd_factory, backend, milter):
+    p = start(perimd_factory, backend, milter)
+    r = send(p.port, "bigbody@client.test")
+    assert r[0] == 552 and "5.3.4" in r[1], r
+    r = send(p.port, "other@client.test")  # the next message goes through
+    assert r[0] == 250, r
+    wait_for(lambda: len(backend.messages()) == 1)
+    assert backend.messages()[0].mail_from == "other@client.test"
+    p.wait_log(r"exceeds message_size_limit")
+
+
+def test_milter_421_closes_the_session(perimd_factory, backend, milter):
+    p = start(perimd_factory, backend, milter)
+    with Client(p.port) as c:
+        expect(c.cmd("EHLO client.test"), 250)
+        expect(c.cmd("MAIL FROM:<close421@client.test>"), 250)
+        r = c.cmd("RCPT TO:<u@example.com>")
+        assert r[0] == 421 and "filter shutting down" in r[1], r
+        assert c.wait_closed(timeout=5), "the session stayed open after a 421"
+    p.wait_log(r"milter reply 421: session closed")
+    r = send(p.port, "other@client.test")  # a new session is served
+    assert r[0] == 250, r
