@@ -6,7 +6,8 @@ change it names: a header value with line breaks stays one header (no
 header or body injection), a header name that is no field name breaks the
 protocol (milter_default_action), and an added recipient or new sender
 that is not one address is dropped and logged, never sent to a backend.
-A replaced body past message_size_limit is refused (552 5.3.4) as a
+A long multi-line refusal stays a refusal (the lines that fit); a
+replaced body past message_size_limit is refused (552 5.3.4) as a
 message that grows beyond it in DATA; a milter's 421 closes the session,
 as Postfix does.
 """
@@ -42,6 +43,9 @@ EOM = {
     "spacename": pkt(b"i", struct.pack(">I", 0) + z("X A", "v")) + pkt(b"a"),
     # 1.8 MB of body in 600 KB chunks, past message_size_limit (1 MB here)
     "bigbody": b"".join(pkt(b"b", b"y" * 599998 + b"\r\n") for _ in range(3)) + pkt(b"a"),
+    # a reject in 30 lines (1.9 KB): more than a reply perimd keeps
+    "longreply": pkt(b"y", z("\r\n".join("550-5.7.1 reason %02d %s" % (i, "x" * 50) for i in range(30)) +
+                             "\r\n550 5.7.1 the end")),
     "addresses": pkt(b"+", z("<a b@example.com>")) +
     pkt(b"+", z("<evil\r\nRCPT TO:<x>@example.com>")) +
     pkt(b"2", z("<a>b@example.com>", "NOTIFY=NEVER")) +
@@ -198,3 +202,18 @@ def test_milter_421_closes_the_session(perimd_factory, backend, milter):
     p.wait_log(r"milter reply 421: session closed")
     r = send(p.port, "other@client.test")  # a new session is served
     assert r[0] == 250, r
+
+
+def test_long_refusal_stays_a_refusal(perimd_factory, backend, milter):
+    p = start(perimd_factory, backend, milter)
+    with Client(p.port) as c:
+        expect(c.cmd("EHLO client.test"), 250)
+        expect(c.cmd("MAIL FROM:<longreply@client.test>"), 250)
+        expect(c.cmd("RCPT TO:<u@example.com>"), 250)
+        expect(c.cmd("DATA"), 354)
+        c.send(BODY + b".\r\n")
+        r = c.reply(timeout=20)
+        assert r[0] == 550, r  # the milter's verdict, not milter_default_action's 451
+        assert r[1].startswith("5.7.1 reason 00 ") and "reason 10" in r[1], r
+        expect(c.cmd("NOOP"), 250)  # every line of the reply was read: in step
+    assert backend.messages() == []
