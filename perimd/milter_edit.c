@@ -497,6 +497,26 @@ static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struc
 	}
 }
 
+/* changes_drop - a milter broke before its verdict: what it changed so
+ * far is not the message's (with default_action = accept the message goes
+ * on as the milter before it left it; a body cut short by a crash must
+ * never be relayed). g is read again from its stored copy, the envelope
+ * changes made after the first nmods0 go. 0, or -1 (read error). */
+static int changes_drop(struct msg *g, struct milter_result *res, int nmods0)
+{
+	for (int i = nmods0; i < res->nmods; i++) {
+		free(res->mods[i].addr);
+		free(res->mods[i].which);
+	}
+	res->nmods = nmods0;
+	g->quarantined = 0;
+	g->too_big = 0;
+	if (!g->changed && !g->newbody)
+		return 0;
+	msg_clear(g);
+	return msg_load(g, g->sp);
+}
+
 /* grown_too_big - m's changes made the message larger than
  * message_size_limit (and than it came): refused, 552 5.3.4, as a
  * message that grows beyond it in DATA. 1 when refused. */
@@ -530,7 +550,13 @@ void milter_stage_eom(struct milter_txn *mt, struct spool *sp, struct milter_res
 			break;
 		if (m->done || m->fd < 0)
 			continue;
+		int nmods0 = res->nmods;
 		int r = eom_one(m, mt, &g, res);
+		if (r < 0 && changes_drop(&g, res, nmods0) < 0) {
+			res->act = MILTER_TEMPFAIL;
+			snprintf(res->reply, sizeof res->reply, "451 4.3.0 Error: queue file read error");
+			break;
+		}
 		if (r < 0)
 			r = milter_fail(m, mt, res);
 		if (r == 2)

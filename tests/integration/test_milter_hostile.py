@@ -6,7 +6,9 @@ change it names: a header value with line breaks stays one header (no
 header or body injection), a header name that is no field name breaks the
 protocol (milter_default_action), and an added recipient or new sender
 that is not one address is dropped and logged, never sent to a backend.
-A long multi-line refusal stays a refusal (the lines that fit); a
+A milter that breaks before its verdict under milter_default_action =
+accept leaves no change behind (not half a replaced body). A long
+multi-line refusal stays a refusal (the lines that fit); a
 replaced body past message_size_limit is refused (552 5.3.4) as a
 message that grows beyond it in DATA; a milter's 421 closes the session,
 as Postfix does.
@@ -46,6 +48,9 @@ EOM = {
     # a reject in 30 lines (1.9 KB): more than a reply perimd keeps
     "longreply": pkt(b"y", z("\r\n".join("550-5.7.1 reason %02d %s" % (i, "x" * 50) for i in range(30)) +
                              "\r\n550 5.7.1 the end")),
+    # changes, then a packet of length 0: broken before its verdict
+    "brokenmods": pkt(b"b", b"half a bo") + pkt(b"h", z("X-Partial", "1")) +
+    pkt(b"+", z("<added@example.com>")) + b"\0\0\0\0",
     "addresses": pkt(b"+", z("<a b@example.com>")) +
     pkt(b"+", z("<evil\r\nRCPT TO:<x>@example.com>")) +
     pkt(b"2", z("<a>b@example.com>", "NOTIFY=NEVER")) +
@@ -130,10 +135,10 @@ def send(port, sender, rcpt="u@example.com"):
         return c.reply(timeout=20)
 
 
-def start(perimd_factory, backend, milter):
+def start(perimd_factory, backend, milter, action="tempfail"):
     return perimd_factory(relay_backends=backend.target, smtpd_milters=milter.spec,
                           milter_command_timeout="3s", milter_content_timeout="3s",
-                          milter_default_action="tempfail", message_size_limit="1000000")
+                          milter_default_action=action, message_size_limit="1000000")
 
 
 def header_lines(data):
@@ -217,3 +222,15 @@ def test_long_refusal_stays_a_refusal(perimd_factory, backend, milter):
         assert r[1].startswith("5.7.1 reason 00 ") and "reason 10" in r[1], r
         expect(c.cmd("NOOP"), 250)  # every line of the reply was read: in step
     assert backend.messages() == []
+
+
+def test_broken_milter_leaves_no_change(perimd_factory, backend, milter):
+    p = start(perimd_factory, backend, milter, action="accept")
+    r = send(p.port, "brokenmods@client.test")
+    assert r[0] == 250, r  # accept: the message goes on without that milter
+    wait_for(lambda: len(backend.messages()) == 1)
+    m = backend.messages()[0]
+    assert m.data.endswith(b"\r\n\r\nbody\r\n"), m.data  # the body as the client sent it
+    assert b"X-Partial" not in m.data and b"half a bo" not in m.data, m.data
+    assert m.rcpts == ["u@example.com"], m.rcpts
+    p.wait_log(r"malformed packet|bad packet length")
