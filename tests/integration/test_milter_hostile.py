@@ -15,16 +15,15 @@ as Postfix does.
 """
 
 import os
-import socket
 import struct
 import sys
-import threading
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import Client, expect, wait_for  # noqa: E402
+from listener import Listener  # noqa: E402
 
 
 def pkt(cmd, data=b""):
@@ -59,36 +58,29 @@ EOM = {
 }
 
 
-class HostileMilter:
+class HostileMilter(Listener):
     """Negotiates every action, continues at each stage, answers the end
     of the message from EOM."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.spec = "inet:127.0.0.1:%d" % self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.talk, args=(c,), daemon=True).start()
+        Listener.__init__(self)
+        self.spec = "inet:127.0.0.1:%d" % self.port
+        self.start()
 
     @staticmethod
     def recvn(c, n):
         b = b""
         while len(b) < n:
-            d = c.recv(n - len(b))
+            try:
+                d = c.recv(n - len(b))
+            except OSError:  # closed by stop()
+                return None
             if not d:
                 return None
             b += d
         return b
 
-    def talk(self, c):
+    def serve(self, c, no):
         mode = ""
         with c:
             while True:
@@ -111,8 +103,6 @@ class HostileMilter:
                 elif cmd not in (b"D", b"A"):
                     c.sendall(pkt(b"c"))
 
-    def stop(self):
-        self.sock.close()
 
 
 @pytest.fixture

@@ -6,41 +6,28 @@ test gives it, backend.py as the backend.
 """
 
 import os
-import socket
 import sys
-import threading
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import Client, expect, wait_for  # noqa: E402
+from listener import Listener  # noqa: E402
 
 
-class RawPolicyServer:
+class RawPolicyServer(Listener):
     """Answers the n-th request (over all connections) with answers[n]
     (the last one repeated), bytes as given."""
 
     def __init__(self, answers):
+        Listener.__init__(self)
         self.answers = answers
         self.asked = []
-        self.conns = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.spec = "inet:127.0.0.1:%d" % self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
+        self.spec = "inet:127.0.0.1:%d" % self.port
+        self.start()
 
-    def serve(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns += 1
-            threading.Thread(target=self.talk, args=(c,), daemon=True).start()
-
-    def talk(self, c):
+    def serve(self, c, no):
         buf = b""
         with c:
             while True:
@@ -57,9 +44,6 @@ class RawPolicyServer:
                     self.asked.append(req[b"recipient"].decode())
                     n = min(len(self.asked), len(self.answers)) - 1
                     c.sendall(self.answers[n])
-
-    def stop(self):
-        self.sock.close()
 
 
 @pytest.fixture
@@ -89,7 +73,7 @@ def test_second_answer_is_not_the_next_ones(perimd_factory, backend, server):
         expect(c.cmd("DATA"), 354)
         expect(c.cmd("Subject: x\r\n\r\nbody\r\n."), 250)
     assert srv.asked == ["u1@example.com", "u2@example.com"], srv.asked
-    assert srv.conns == 2, srv.conns  # the connection that answered twice was closed
+    assert srv.connections == 2, srv.connections  # the connection that answered twice was closed
     wait_for(lambda: len(backend.messages()) == 1)
     assert backend.messages()[0].rcpts == ["u1@example.com", "u2@example.com"]
     p.wait_log(r"more than one answer to a request: connection closed")
