@@ -35,8 +35,9 @@ struct msg {
 	struct spool *newbody; /* a replaced body (SMFIR_REPLBODY) */
 	int newbody_cr;        /* canonicalizing: a CR is pending */
 	int changed;
-	int quarantined; /* SMFIR_QUARANTINE: refused (no queue) */
-	int too_big;     /* a replaced body past message_size_limit: refused */
+	int quarantined;       /* SMFIR_QUARANTINE: refused (no queue) */
+	int too_big;           /* a replaced body past message_size_limit: refused */
+	uint64_t change_bytes; /* of the current milter's other changes */
 };
 
 /* hdr_add - insert a header at position pos (nh: append). */
@@ -398,6 +399,13 @@ static int apply(struct milter *m, struct milter_txn *mt, struct msg *g, const s
 		snprintf(m->err, sizeof m->err, "change '%c' without the negotiated action", pk->cmd);
 		return -1;
 	}
+	if (pk->cmd != 'b') { /* bounded as the message is: a flood of changes breaks the protocol */
+		g->change_bytes += 8 + (pk->s1 ? strlen(pk->s1) : 0) + (pk->s2 ? strlen(pk->s2) : 0);
+		if (g->change_bytes > (uint64_t)mt->cf->message_size_limit) {
+			snprintf(m->err, sizeof m->err, "changes past message_size_limit bytes");
+			return -1;
+		}
+	}
 	g->changed |= pk->cmd == 'h' || pk->cmd == 'i' || pk->cmd == 'm' || pk->cmd == 'b';
 	switch (pk->cmd) {
 	case 'h':
@@ -468,6 +476,7 @@ static int apply(struct milter *m, struct milter_txn *mt, struct msg *g, const s
  * verdict. As verdict(): 0/1 go on, 2 a verdict, -1 broken. */
 static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struct milter_result *res)
 {
+	g->change_bytes = 0;
 	int r = stream(m, mt, g, res);
 	if (r)
 		return r;

@@ -1119,9 +1119,14 @@ static int added_rcpt(struct session *s, const struct milter_env_mod *e, char *r
 static int env_mods(struct session *s, const struct milter_result *r, char *refusal, size_t rl)
 {
 	struct txn *t = s->tx;
+	int over = 0; /* added past smtpd_recipient_limit */
 	for (int k = 0; k < r->nmods; k++) {
 		const struct milter_env_mod *e = &r->mods[k];
-		if (e->op == '+' && added_rcpt(s, e, refusal, rl) < 0)
+		if (e->op == '+' && t->nrcpt >= s->cf->smtpd_recipient_limit && !over++)
+			log_warn("%s: milter %s: added recipients past smtpd_recipient_limit (%lld) dropped, "
+				 "<%s> the first",
+				 t->msgid, e->which, s->cf->smtpd_recipient_limit, e->addr);
+		if (e->op == '+' && t->nrcpt < s->cf->smtpd_recipient_limit && added_rcpt(s, e, refusal, rl) < 0)
 			return -1;
 		if (e->op == '-')
 			for (int i = 0; i < t->nrcpt; i++)

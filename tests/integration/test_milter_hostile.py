@@ -50,6 +50,11 @@ EOM = {
     # changes, then a packet of length 0: broken before its verdict
     "brokenmods": pkt(b"b", b"half a bo") + pkt(b"h", z("X-Partial", "1")) +
     pkt(b"+", z("<added@example.com>")) + b"\0\0\0\0",
+    # 50 added recipients, past smtpd_recipient_limit (5 here)
+    "manyrcpts": b"".join(pkt(b"+", z("<r%02d@example.com>" % i)) for i in range(50)) + pkt(b"a"),
+    # 1.2 MB of added recipients: more changes than message_size_limit bytes
+    "rcptflood": b"".join(pkt(b"+", z("<r%06d-%s@example.com>" % (i, "p" * 80))) for i in range(12000)) +
+    pkt(b"a"),
     "addresses": pkt(b"+", z("<a b@example.com>")) +
     pkt(b"+", z("<evil\r\nRCPT TO:<x>@example.com>")) +
     pkt(b"2", z("<a>b@example.com>", "NOTIFY=NEVER")) +
@@ -128,7 +133,8 @@ def send(port, sender, rcpt="u@example.com"):
 def start(perimd_factory, backend, milter, action="tempfail"):
     return perimd_factory(relay_backends=backend.target, smtpd_milters=milter.spec,
                           milter_command_timeout="3s", milter_content_timeout="3s",
-                          milter_default_action=action, message_size_limit="1000000")
+                          milter_default_action=action, message_size_limit="1000000",
+                          smtpd_recipient_limit="5")
 
 
 def header_lines(data):
@@ -224,3 +230,19 @@ def test_broken_milter_leaves_no_change(perimd_factory, backend, milter):
     assert b"X-Partial" not in m.data and b"half a bo" not in m.data, m.data
     assert m.rcpts == ["u@example.com"], m.rcpts
     p.wait_log(r"malformed packet|bad packet length")
+
+
+def test_added_recipients_are_bounded(perimd_factory, backend, milter):
+    p = start(perimd_factory, backend, milter)
+    r = send(p.port, "manyrcpts@client.test")
+    assert r[0] == 250, r
+    wait_for(lambda: len(backend.messages()) == 1)
+    m = backend.messages()[0]
+    assert m.rcpts == ["u@example.com", "r00@example.com", "r01@example.com", "r02@example.com",
+                       "r03@example.com"], m.rcpts
+    assert p.log_text().count("past smtpd_recipient_limit (5) dropped, <r04@example.com> the first") == 1
+    # A flood of changes breaks the protocol: milter_default_action.
+    r = send(p.port, "rcptflood@client.test")
+    assert r[0] == 451 and "4.3.5" in r[1], r
+    p.wait_log(r"changes past message_size_limit bytes")
+    assert len(backend.messages()) == 1
