@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 /* A header field of the stored copy. */
 struct hdr {
@@ -472,6 +473,23 @@ static int apply(struct milter *m, struct milter_txn *mt, struct msg *g, const s
 	}
 }
 
+/* grown_too_big - m's changes made the message larger than
+ * message_size_limit (and than it came): refused, 552 5.3.4, as a
+ * message that grows beyond it in DATA. 1 when refused. */
+static int grown_too_big(const struct msg *g, const struct milter_txn *mt, const struct milter *m,
+			 uint64_t size0, struct milter_result *res)
+{
+	uint64_t size = spool_size(g->sp), limit = (uint64_t)mt->cf->message_size_limit;
+	if (!g->too_big && (size <= limit || size <= size0))
+		return 0;
+	log_info("%s: milter %s: the changed message exceeds message_size_limit (%llu bytes)",
+		 mt->msgid_or_sess, m->name, (unsigned long long)limit);
+	res->act = MILTER_REJECT;
+	snprintf(res->reply, sizeof res->reply, "552 5.3.4 Message size exceeds fixed limit");
+	snprintf(res->which, sizeof res->which, "%.127s", m->name);
+	return 1;
+}
+
 /* eom_one - the content stages for one milter, then its changes and
  * verdict. As verdict(): 0/1 go on, 2 a verdict, -1 broken. */
 static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struct milter_result *res)
@@ -489,6 +507,14 @@ static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struc
 		if (needs(pk.cmd)) {
 			if (apply(m, mt, g, &pk, res) < 0)
 				return -1;
+			if (g->too_big) { /* no verdict awaited: what follows is more body */
+				close(m->fd);
+				m->fd = -1;
+				m->done = 1;
+				m->in_msg = 0;
+				grown_too_big(g, mt, m, 0, res);
+				return 2;
+			}
 			continue;
 		}
 		r = milter_verdict(m, &pk, res);
@@ -524,23 +550,6 @@ static int changes_drop(struct msg *g, struct milter_result *res, int nmods0)
 		return 0;
 	msg_clear(g);
 	return msg_load(g, g->sp);
-}
-
-/* grown_too_big - m's changes made the message larger than
- * message_size_limit (and than it came): refused, 552 5.3.4, as a
- * message that grows beyond it in DATA. 1 when refused. */
-static int grown_too_big(const struct msg *g, const struct milter_txn *mt, const struct milter *m,
-			 uint64_t size0, struct milter_result *res)
-{
-	uint64_t size = spool_size(g->sp), limit = (uint64_t)mt->cf->message_size_limit;
-	if (!g->too_big && (size <= limit || size <= size0))
-		return 0;
-	log_info("%s: milter %s: the changed message exceeds message_size_limit (%llu bytes)",
-		 mt->msgid_or_sess, m->name, (unsigned long long)limit);
-	res->act = MILTER_REJECT;
-	snprintf(res->reply, sizeof res->reply, "552 5.3.4 Message size exceeds fixed limit");
-	snprintf(res->which, sizeof res->which, "%.127s", m->name);
-	return 1;
 }
 
 /* milter_stage_eom - see milter_int.h. */

@@ -17,6 +17,7 @@ as Postfix does.
 import os
 import struct
 import sys
+import time
 
 import pytest
 
@@ -101,6 +102,12 @@ class HostileMilter(Listener):
                     c.sendall(pkt(b"c"))
                 elif cmd == b"R" and mode == "close421":
                     c.sendall(pkt(b"y", z("421 4.7.0 filter shutting down")))
+                elif cmd == b"E" and mode == "bodyforever":
+                    try:  # replaced body without end, until perimd hangs up
+                        while True:
+                            c.sendall(pkt(b"b", b"z" * 65000 + b"\r\n"))
+                    except OSError:
+                        return
                 elif cmd == b"E":
                     c.sendall(EOM.get(mode, pkt(b"a")))
                 elif cmd == b"Q":
@@ -185,6 +192,11 @@ def test_replaced_body_past_the_size_limit(perimd_factory, backend, milter):
     p = start(perimd_factory, backend, milter)
     r = send(p.port, "bigbody@client.test")
     assert r[0] == 552 and "5.3.4" in r[1], r
+    # A body that never ends is refused as soon as it passes the limit.
+    t0 = time.monotonic()
+    r = send(p.port, "bodyforever@client.test")
+    assert r[0] == 552 and "5.3.4" in r[1], r
+    assert time.monotonic() - t0 < 10
     r = send(p.port, "other@client.test")  # the next message goes through
     assert r[0] == 250, r
     wait_for(lambda: len(backend.messages()) == 1)
