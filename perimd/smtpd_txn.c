@@ -83,7 +83,9 @@ void smtpd_txn_reset(struct session *s)
 	free(t->prepend);
 	smtpd_rcpt_pending_free(t->rcpt_pending);
 	psvc_txn_free(t->psvc);
-	if (t->milter) /* kept for the next MAIL; a stage in flight may still read the spool */
+	if (t->spool)              /* it had its turn at DATA: a message that ended without a scan */
+		smtpd_flow_kick(); /* leaves room in the backlog */
+	if (t->milter)             /* kept for the next MAIL; a stage in flight may still read the spool */
 		milter_park(s, t);
 	else
 		spool_free(t->spool);
@@ -824,10 +826,8 @@ static void data_milter_done(void *arg, struct milter_result *r)
 	smtpd_session_resume(s);
 }
 
-/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): the milters are asked, then
- * the body is stored. The command table runs it only once a recipient
- * was accepted. */
-void smtpd_cmd_data(struct session *s, char *arg)
+/* data_go - DATA may begin: the milters are asked, then the body is stored. */
+static void data_go(struct session *s)
 {
 	if (s->tx->milter && !s->tx->discard) {
 		smtpd_session_pause(s);
@@ -835,6 +835,42 @@ void smtpd_cmd_data(struct session *s, char *arg)
 		return;
 	}
 	data_begin(s);
+}
+
+/* flow_go - a DATA that waited for the scanner's backlog goes on. */
+static void flow_go(void *arg)
+{
+	struct session *s = arg;
+	smtpd_enter_state(s, ST_CMD);
+	data_go(s);
+	if (s->state != ST_BUSY)
+		smtpd_session_resume(s);
+}
+
+/* scan_ended - the scan of s's message ended (verdict or cancel). */
+static void scan_ended(struct session *s)
+{
+	smtpd_flow_scan_end(s->cf);
+}
+
+/* smtpd_scan_cancel - see smtpd_int.h. */
+void smtpd_scan_cancel(struct session *s)
+{
+	if (!s->av)
+		return;
+	av_cancel(s->av);
+	s->av = NULL;
+	scan_ended(s);
+}
+
+/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): in_flow_delay, the milters,
+ * then the body is stored. The command table runs it only once a
+ * recipient was accepted. */
+void smtpd_cmd_data(struct session *s, char *arg)
+{
+	if (!s->tx->discard && !all_discarded(s) && smtpd_flow_wait(s, flow_go))
+		return;
+	data_go(s);
 }
 
 static void scan_refused(struct session *s, const char *refusal);
@@ -963,6 +999,7 @@ static void av_done(void *arg, const char *refusal)
 {
 	struct session *s = arg;
 	s->av = NULL;
+	scan_ended(s);
 	s->tx->t_scanned = ev_now(s->loop);
 	if (s->tx->stream) { /* the stream waits for this verdict */
 		if (refusal) {
@@ -1282,6 +1319,7 @@ static void scan_or_relay(struct session *s)
 			s->tx->overlap = 1;
 			data_relay(s);
 		}
+		smtpd_flow_scan_begin();
 		s->av = av_scan(s->loop, cf, s->tx->spool, s->tx->msgid, av_done, s);
 		return;
 	}
