@@ -784,6 +784,12 @@ static void session_close(struct session *s)
 	conn_shutdown(s->conn);
 }
 
+/* smtpd_session_close - see smtpd_int.h. */
+void smtpd_session_close(struct session *s)
+{
+	session_close(s);
+}
+
 /* refuse_now - a one-line refusal on a socket we will not serve. */
 static void refuse_now(int fd, const char *msg)
 {

@@ -227,6 +227,9 @@ enum smtpd_phase smtpd_phase(const struct session *s);
 
 void smtpd_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void smtpd_reply_error(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* smtpd_session_close - the last reply is out: flush it and disconnect
+ * (resuming the session is a no-op from then on). */
+void smtpd_session_close(struct session *s);
 /* Session ids are SMTPD_ID_LEN characters; a transaction's id is its
  * session's, a dot and its number in the session in 4 digits (modulo
  * 10000), "4XKQ2F1B7CDM.0001": fixed widths, so no id is a prefix of

@@ -150,7 +150,8 @@ static int path_parse(struct session *s, char *arg, struct smtp_path *p, const c
 }
 
 /* reply_lines - a reply of one or more CRLF-separated lines (a milter's);
- * the last one counts as an error when err. */
+ * the last one counts as an error when err. A 421 closes the session
+ * (RFC 5321 §3.8), as Postfix does after a milter's 421. */
 static void reply_lines(struct session *s, const char *text, int err)
 {
 	const char *l = text;
@@ -165,6 +166,10 @@ static void reply_lines(struct session *s, const char *text, int err)
 		smtpd_reply_error(s, "%s", l);
 	else
 		smtpd_reply(s, "%s", l);
+	if (!strncmp(text, "421", 3)) {
+		log_info("%s: milter reply 421: session closed", s->id);
+		smtpd_session_close(s);
+	}
 }
 
 /* milter_refused - a milter's reject or tempfail: logged, counted. */
@@ -1085,12 +1090,40 @@ static int header_checks(struct session *s)
 	return 1;
 }
 
+/* milter_addr - an address a milter gives (a new sender, an added
+ * recipient), checked as a client's in brackets would be: one address,
+ * no spaces, line breaks or ESMTP arguments in it. The address as
+ * parsed (allocated), or NULL with *why. */
+static char *milter_addr(const char *addr, const char **why)
+{
+	char buf[1100];
+	struct smtp_path *p = xmalloc(sizeof *p);
+	char *out = NULL;
+	if (strlen(addr) > sizeof buf - 3)
+		*why = "address too long";
+	else if (snprintf(buf, sizeof buf, "<%s>", addr), smtp_path_parse(buf, 1, p, why) != PARSE_OK)
+		;
+	else if (p->nparams)
+		*why = "not one address";
+	else
+		out = xstrdup(p->addr);
+	free(p);
+	return out;
+}
+
 /* added_rcpt - a recipient a milter added: relay control and routing as
- * for the client's own. 0 added, 1 dropped (not ours: logged), -1 the
- * message is refused (reply in refusal). */
+ * for the client's own. 0 added, 1 dropped (not ours, or not an address:
+ * logged), -1 the message is refused (reply in refusal). */
 static int added_rcpt(struct session *s, const struct milter_env_mod *e, char *refusal, size_t rl)
 {
 	struct txn *t = s->tx;
+	const char *why;
+	char *valid = milter_addr(e->addr, &why);
+	if (!valid) {
+		log_warn("%s: milter %s: added recipient <%s> refused: %s", t->msgid, e->which, e->addr, why);
+		return 1;
+	}
+	free(valid);
 	const char *at = strrchr(e->addr, '@');
 	const char *domain = at ? at + 1 : "";
 	int ours = at && at != e->addr ? policy_relay_domain(s->pol, domain) : 0;
@@ -1123,9 +1156,14 @@ static int added_rcpt(struct session *s, const struct milter_env_mod *e, char *r
 static int env_mods(struct session *s, const struct milter_result *r, char *refusal, size_t rl)
 {
 	struct txn *t = s->tx;
+	int over = 0; /* added past smtpd_recipient_limit */
 	for (int k = 0; k < r->nmods; k++) {
 		const struct milter_env_mod *e = &r->mods[k];
-		if (e->op == '+' && added_rcpt(s, e, refusal, rl) < 0)
+		if (e->op == '+' && t->nrcpt >= s->cf->smtpd_recipient_limit && !over++)
+			log_warn("%s: milter %s: added recipients past smtpd_recipient_limit (%lld) dropped, "
+				 "<%s> the first",
+				 t->msgid, e->which, s->cf->smtpd_recipient_limit, e->addr);
+		if (e->op == '+' && t->nrcpt < s->cf->smtpd_recipient_limit && added_rcpt(s, e, refusal, rl) < 0)
 			return -1;
 		if (e->op == '-')
 			for (int i = 0; i < t->nrcpt; i++)
@@ -1136,18 +1174,15 @@ static int env_mods(struct session *s, const struct milter_result *r, char *refu
 					t->rcpts[i--] = t->rcpts[--t->nrcpt];
 				}
 		if (e->op == 'e') {
-			char buf[1100];
-			struct smtp_path *p = xmalloc(sizeof *p);
 			const char *why;
-			snprintf(buf, sizeof buf, "<%s>", e->addr);
-			if (smtp_path_parse(buf, 1, p, &why) != PARSE_OK) {
+			char *sender = milter_addr(e->addr, &why);
+			if (!sender) {
 				log_warn("%s: milter %s: sender <%s> refused: %s", t->msgid, e->which,
 					 e->addr, why);
 			} else {
 				free(t->sender);
-				t->sender = xstrdup(p->addr);
+				t->sender = sender;
 			}
-			free(p);
 		}
 	}
 	return 0;
