@@ -75,6 +75,8 @@ DEPS+=(amavisd-new clamav-daemon postgrey postfix)
 DEPS+=(postfix-ldap)
 # test_logs.py: the README's claim about pflogsumm, checked with Debian's.
 DEPS+=(pflogsumm)
+# test_dns_hostile.py: the hostile DNS server (dnspython builds its answers).
+DEPS+=(python3-dnspython)
 
 # deps - install the Debian packages that are not installed yet.
 deps() {

@@ -199,8 +199,11 @@ static int name_read(const unsigned char *m, size_t len, size_t *off, char *out,
 				return -1;
 			if (o)
 				out[o++] = '.';
+			/* A NUL or a dot inside a label has no text form:
+			 * '?' (a name no host has), never a shorter or
+			 * another name. */
 			for (unsigned i = 0; i < l; i++)
-				out[o++] = (char)tolower(m[p + i]);
+				out[o++] = m[p + i] && m[p + i] != '.' ? (char)tolower(m[p + i]) : '?';
 		} else {
 			o += l + 1;
 		}

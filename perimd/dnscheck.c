@@ -19,6 +19,7 @@
 #include "dns.h"
 #include "ev.h"
 #include "log.h"
+#include "smtp_proto.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -275,18 +276,36 @@ static void fwd_settle(struct dnscheck *d)
 		d->fwd = d->fwd_temp ? D_TEMP : D_HARD;
 }
 
-/* on_ptr - the client's PTR names: look each one up again. */
+/* host_name_ok - can a PTR name be the client's name? A host name
+ * (letters, digits, '-', '_' in labels of 1..63, as smtp_domain_valid)
+ * that is not an IPv4 address in disguise (Postfix's valid_hostname and
+ * valid_hostaddr): a PTR name with spaces, control characters (CR LF),
+ * other bytes or a dot inside a label would reach milters, logs and
+ * access maps as a name that is not one. */
+static int host_name_ok(const char *n)
+{
+	struct in_addr a;
+	return n[0] && n[0] != '[' && smtp_domain_valid(n, strlen(n), 0) && inet_pton(AF_INET, n, &a) != 1;
+}
+
+/* on_ptr - the client's PTR names: look each one up again. Names that
+ * are not host names are ignored (logged); none left is no PTR name. */
 static void on_ptr(struct dnscheck *d, const struct dns_result *res)
 {
 	if (res->status != DNS_OK) {
 		d->rev = d->fwd = res->status == DNS_TEMPFAIL ? D_TEMP : D_HARD;
 		return;
 	}
-	d->rev = D_OK;
-	snprintf(d->name, sizeof d->name, "%s", res->rr[0].data);
+	d->rev = D_HARD;
 	for (int i = 0; i < res->n && d->nfwd < MAX_PTR_NAMES; i++) {
-		if (!res->rr[i].data[0])
+		if (!host_name_ok(res->rr[i].data)) {
+			log_info("dns: [%s]: PTR name \"%s\" is not a host name: ignored", d->addr,
+				 res->rr[i].data);
 			continue;
+		}
+		if (d->rev != D_OK)
+			snprintf(d->name, sizeof d->name, "%s", res->rr[i].data);
+		d->rev = D_OK;
 		d->fwd_pending++;
 		int k = d->nfwd++;
 		d->fname[k] = xstrdup(res->rr[i].data);

@@ -1,0 +1,163 @@
+"""test_dns_hostile.py - the DNS checks against a hostile DNS server: a
+python3-dnspython UDP server on a loopback port that answers PTR
+questions with names no host has (control characters, spaces, a NUL or a
+dot inside a label) and confirms every one of them by its A records, so
+only perimd's own checks stand between such a name and the milters, logs
+and access maps that get the client's name.
+
+Clients connect from 127.0.0.x; x picks the PTR answer (PTR_LABELS).
+"""
+
+import os
+import socket
+import struct
+import threading
+
+import pytest
+
+from harness import Client
+
+dns = pytest.importorskip("dns.message", reason="python3-dnspython missing")
+import dns.flags  # noqa: E402
+import dns.rcode  # noqa: E402
+import dns.rdatatype  # noqa: E402
+import dns.rrset  # noqa: E402
+
+# 127.0.0.x -> the labels of its PTR names (each a list of raw labels).
+PTR_LABELS = {
+    9: [[b"fine", b"ok", b"test"]],
+    10: [[b"a\0b", b"ok", b"test"]],
+    11: [[b"evil\r\nx-injected: yes", b"ok", b"test"]],
+    12: [[b"has space", b"ok", b"test"]],
+    13: [[b"good.test"]],
+    14: [[b"\xff%s%n", b"ok", b"test"]],
+    15: [[b"127", b"0", b"0", b"15"]],
+    # A bad name first, a good one after it: the good one is the name.
+    16: [[b"bad name", b"ok", b"test"], [b"second", b"ok", b"test"]],
+}
+CLIENTS = ["127.0.0.%d" % x for x in PTR_LABELS]
+
+
+def name_wire(labels):
+    return b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+
+
+def question_end(wire):
+    """The offset just past the (single) question of a query."""
+    p = 12
+    while wire[p]:
+        p += wire[p] + 1
+    return p + 5
+
+
+def ptr_answer(query, names):
+    """A PTR answer built by hand (dnspython will not write such names)."""
+    q = question_end(query)
+    head = bytearray(query[:12])
+    head[2] = 0x84 | (head[2] & 1)  # QR AA, RD echoed
+    head[3] = 0
+    head[4:12] = struct.pack(">HHHH", 1, len(names), 0, 0)
+    out = bytes(head) + query[12:q]
+    for labels in names:
+        rd = name_wire(labels)
+        out += b"\xc0\x0c" + struct.pack(">HHIH", 12, 1, 60, len(rd)) + rd
+    return out
+
+
+class HostileDns:
+    """UDP on 127.0.0.1:port: PTR from PTR_LABELS; A for every name
+    (however odd) under ok.test: all the test clients' addresses."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.asked = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def answer(self, wire):
+        req = dns.message.from_wire(wire)
+        q = req.question[0]
+        self.asked.append((dns.rdatatype.to_text(q.rdtype), q.name.to_wire()))
+        resp = dns.message.make_response(req)
+        resp.flags |= dns.flags.AA
+        labels = q.name.labels
+        if q.rdtype == dns.rdatatype.PTR and labels[1:] == (b"0", b"0", b"127", b"in-addr", b"arpa", b""):
+            x = int(labels[0])
+            if x in PTR_LABELS:
+                return ptr_answer(wire[:question_end(wire)], PTR_LABELS[x])
+        if q.rdtype == dns.rdatatype.A and labels[-3:] == (b"ok", b"test", b""):
+            resp.answer.append(dns.rrset.from_text(q.name, 60, "IN", "A", *CLIENTS))
+            return resp.to_wire()
+        resp.set_rcode(dns.rcode.NXDOMAIN)
+        return resp.to_wire()
+
+    def serve(self):
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            try:
+                self.sock.sendto(self.answer(data), peer)
+            except Exception:  # a question it cannot parse: no answer
+                pass
+
+    def stop(self):
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def hostile_dns():
+    d = HostileDns()
+    yield d
+    d.stop()
+
+
+def rcpt_from(p, source):
+    """EHLO, MAIL, RCPT from source; the RCPT reply."""
+    c = Client(p.port, source=source)
+    try:
+        assert c.banner[0] == 220
+        assert c.cmd("EHLO client.test")[0] == 250
+        assert c.cmd("MAIL FROM:<a@example.org>")[0] == 250
+        return c.cmd("RCPT TO:<user@example.com>")[:2]
+    finally:
+        c.cmd("QUIT")
+        c.close()
+
+
+def test_ptr_names_that_are_not_host_names(perimd_factory, hostile_dns):
+    """A PTR name with a CR LF, a space, a NUL, a dot inside a label,
+    bytes outside ASCII or the form of an IPv4 address is not a host
+    name (Postfix: valid_hostname, valid_hostaddr): it is ignored,
+    logged, and never the client's confirmed name, however its A records
+    answer; a good name beside it still counts."""
+    p = perimd_factory(dns_servers="127.0.0.1:%d" % hostile_dns.port, dns_timeout="1s",
+                       dns_retries="1", relay_backends="[127.0.0.1]:9",
+                       reject_unknown_client_hostname="yes")
+    assert rcpt_from(p, "127.0.0.9")[0] == 250
+    assert rcpt_from(p, "127.0.0.16")[0] == 250
+    for x in (10, 11, 12, 13, 14, 15):
+        code, text = rcpt_from(p, "127.0.0.%d" % x)
+        assert code == 550, (x, code, text)
+        assert text.startswith("5.7.25 ") and "cannot find your hostname, [127.0.0.%d]" % x in text
+    p.wait_log(r'dns: \[127\.0\.0\.11\]: PTR name "evil\?\?x-injected: yes\.ok\.test" is not a host name')
+    p.wait_log(r'dns: \[127\.0\.0\.13\]: PTR name "good\?test" is not a host name')
+    p.wait_log(r'dns: \[127\.0\.0\.10\]: PTR name "a\?b\.ok\.test" is not a host name')
+    # The bad names were never looked up again; the good ones were.
+    forward = [n for t, n in hostile_dns.asked if t == "A"]
+    assert b"\x06second\x02ok\x04test\x00" in forward
+    assert not any(b" " in n or b"\r" in n for n in forward), forward
+    # With only the reverse check, a client whose PTR names are all bad
+    # has none: 550 "cannot find your reverse hostname".
+    q = perimd_factory(dns_servers="127.0.0.1:%d" % hostile_dns.port, dns_timeout="1s",
+                       dns_retries="1", relay_backends="[127.0.0.1]:9",
+                       reject_unknown_reverse_client_hostname="yes")
+    code, text = rcpt_from(q, "127.0.0.11")
+    assert code == 550 and "cannot find your reverse hostname, [127.0.0.11]" in text, text
+    assert rcpt_from(q, "127.0.0.16")[0] == 250
+    for s in (p, q):
+        assert s.sanitizer_report() is None
