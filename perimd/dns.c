@@ -216,12 +216,41 @@ static int name_read(const unsigned char *m, size_t len, size_t *off, char *out,
 	return 0;
 }
 
+/* The CNAME records of an answer, for cname_loop. */
+#define DNS_MAX_CNAME 16
+struct cnames {
+	char from[DNS_MAX_CNAME][256], to[DNS_MAX_CNAME][256];
+	int n, over;
+};
+
+/* cname_loop - does the chain of CNAMEs from qname come back on itself
+ * (or run longer than the answer can hold)? RFC 1034 §3.6.2: a loop is
+ * an error, which resolvers answer with SERVFAIL; an answer that has one
+ * and no record is a failure, not "no such record". */
+static int cname_loop(const struct cnames *cn, const char *qname)
+{
+	const char *cur = qname;
+	if (cn->over)
+		return 1;
+	for (int hops = 0; hops <= cn->n; hops++) {
+		int i = 0;
+		while (i < cn->n && strcmp(cn->from[i], cur))
+			i++;
+		if (i == cn->n)
+			return 0; /* the chain ends: nothing at its end */
+		cur = cn->to[i];
+	}
+	return 1;
+}
+
 /* dns_parse_response - see dns.h. */
 int dns_parse_response(const unsigned char *m, size_t len, enum dns_type type, struct dns_result **out)
 {
-	char names[DNS_MAX_RR][256];
+	char names[DNS_MAX_RR][256], qname[256] = "";
 	unsigned prefs[DNS_MAX_RR];
+	struct cnames cn;
 	int n = 0;
+	cn.n = cn.over = 0;
 	uint32_t ttl = UINT32_MAX, negttl = 0;
 	int have_soa = 0;
 	if (len < 12)
@@ -231,13 +260,14 @@ int dns_parse_response(const unsigned char *m, size_t len, enum dns_type type, s
 		return -1; /* not a response */
 	size_t off = 12;
 	for (unsigned i = 0; i < qd; i++) {
-		if (name_read(m, len, &off, NULL, 0) < 0 || off + 4 > len)
+		if (name_read(m, len, &off, i ? NULL : qname, sizeof qname) < 0 || off + 4 > len)
 			return -1;
 		off += 4;
 	}
 	for (unsigned i = 0; i < an + ns; i++) {
 		int answer = i < an;
-		if (name_read(m, len, &off, NULL, 0) < 0 || off + 10 > len)
+		char owner[256];
+		if (name_read(m, len, &off, owner, sizeof owner) < 0 || off + 10 > len)
 			return -1;
 		unsigned t = get16(m + off), cls = get16(m + off + 2);
 		uint32_t rttl = get32(m + off + 4);
@@ -266,6 +296,14 @@ int dns_parse_response(const unsigned char *m, size_t len, enum dns_type type, s
 		if (t == 5) { /* CNAME: its TTL bounds the answer's */
 			if (rttl < ttl)
 				ttl = rttl;
+			size_t p = rd;
+			if (cn.n == DNS_MAX_CNAME) {
+				cn.over = 1;
+			} else {
+				if (name_read(m, len, &p, cn.to[cn.n], sizeof cn.to[0]) < 0 || p > end)
+					return -1;
+				memcpy(cn.from[cn.n++], owner, sizeof owner);
+			}
 			continue;
 		}
 		if (t != (unsigned)type || n == DNS_MAX_RR)
@@ -293,7 +331,9 @@ int dns_parse_response(const unsigned char *m, size_t len, enum dns_type type, s
 		n++;
 	}
 	struct dns_result *r;
-	if (rcode == 3 || (rcode == 0 && n == 0)) {
+	if (rcode == 0 && n == 0 && cn.n && cname_loop(&cn, qname)) {
+		r = dns_result_new(DNS_TEMPFAIL, 0);
+	} else if (rcode == 3 || (rcode == 0 && n == 0)) {
 		r = dns_result_new(rcode == 3 ? DNS_NXDOMAIN : DNS_NODATA, have_soa ? negttl : 0);
 	} else if (rcode != 0) {
 		r = dns_result_new(DNS_TEMPFAIL, 0);

@@ -72,7 +72,8 @@ struct dns_result *dns_result_new(enum dns_status st, uint32_t ttl);
 
 /* dns_parse_response - pure: the records of `type` in a DNS message
  * (RFC 1035 §4.1), following the answer section whatever the owner name
- * (CNAME chains are resolved by the server); NXDOMAIN / NODATA with the
+ * (CNAME chains are resolved by the server; one that loops, without a
+ * record, is DNS_TEMPFAIL as the server's SERVFAIL); NXDOMAIN / NODATA with the
  * negative TTL of RFC 2308 §5 (min of the SOA's TTL and MINIMUM, 0 when
  * there is no SOA). Returns 0 with *out (one reference), or -1 when the
  * message is malformed or truncated. */

@@ -87,6 +87,14 @@ class HostileDns:
             x = int(labels[0])
             if x in PTR_LABELS:
                 return ptr_answer(wire[:question_end(wire)], PTR_LABELS[x])
+        if labels[0] == b"loop":  # loop.test -> loop2.test -> loop.test
+            resp.answer.append(dns.rrset.from_text(q.name, 60, "IN", "CNAME", "loop2.test."))
+            resp.answer.append(dns.rrset.from_text("loop2.test.", 60, "IN", "CNAME", q.name.to_text()))
+            return resp.to_wire()
+        if labels[0] == b"chain" and q.rdtype == dns.rdatatype.MX:
+            resp.answer.append(dns.rrset.from_text(q.name, 60, "IN", "CNAME", "c2.test."))
+            resp.answer.append(dns.rrset.from_text("c2.test.", 60, "IN", "MX", "10 mx.c2.test."))
+            return resp.to_wire()
         if q.rdtype == dns.rdatatype.A and labels[-3:] == (b"ok", b"test", b""):
             resp.answer.append(dns.rrset.from_text(q.name, 60, "IN", "A", *CLIENTS))
             return resp.to_wire()
@@ -116,13 +124,13 @@ def hostile_dns():
     d.stop()
 
 
-def rcpt_from(p, source):
+def rcpt_from(p, source, sender="a@example.org"):
     """EHLO, MAIL, RCPT from source; the RCPT reply."""
     c = Client(p.port, source=source)
     try:
         assert c.banner[0] == 220
         assert c.cmd("EHLO client.test")[0] == 250
-        assert c.cmd("MAIL FROM:<a@example.org>")[0] == 250
+        assert c.cmd("MAIL FROM:<%s>" % sender)[0] == 250
         return c.cmd("RCPT TO:<user@example.com>")[:2]
     finally:
         c.cmd("QUIT")
@@ -161,3 +169,20 @@ def test_ptr_names_that_are_not_host_names(perimd_factory, hostile_dns):
     assert rcpt_from(q, "127.0.0.16")[0] == 250
     for s in (p, q):
         assert s.sanitizer_report() is None
+
+
+def test_sender_domain_cname_loop_is_temporary(perimd_factory, hostile_dns):
+    """A sender domain whose answer is a CNAME loop without a record is a
+    DNS failure (RFC 1034 §3.6.2; a resolver says SERVFAIL): 450 4.1.8,
+    never the 550 of a domain that does not exist, and not cached; a
+    CNAME chain that ends at an MX is the MX."""
+    p = perimd_factory(dns_servers="127.0.0.1:%d" % hostile_dns.port, dns_timeout="1s",
+                       dns_retries="1", relay_backends="[127.0.0.1]:9",
+                       reject_unknown_sender_domain="yes")
+    for _ in range(2):
+        code, text = rcpt_from(p, "127.0.0.9", sender="a@loop.test")
+        assert code == 450 and text.startswith("4.1.8 <a@loop.test>"), (code, text)
+    # The failure was not kept: the second session asked again.
+    assert [n for t, n in hostile_dns.asked if t == "MX"].count(b"\x04loop\x04test\x00") == 2
+    assert rcpt_from(p, "127.0.0.9", sender="a@chain.test")[0] == 250
+    assert p.sanitizer_report() is None

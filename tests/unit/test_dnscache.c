@@ -224,6 +224,57 @@ TEST(test_parse_negative)
 	CHECK_INT(dns_parse_response(m.b, m.n, DNS_T_A, &r), -1);
 }
 
+/* cname - a CNAME record owned by `owner` (uncompressed) naming target. */
+static void cname(struct msg *m, const char *owner, const char *target)
+{
+	putname(m, owner);
+	put16(m, 5);
+	put16(m, 1);
+	put32(m, 60);
+	put16(m, (unsigned)strlen(target) + 2);
+	putname(m, target);
+}
+
+/* test_parse_cname_loop - a CNAME chain that loops without a record is a
+ * failure (TEMPFAIL, as a resolver's SERVFAIL), not NODATA; a chain that
+ * ends at a name without the record is NODATA; a chain with the record
+ * is the record. */
+TEST(test_parse_cname_loop)
+{
+	struct msg m;
+	struct dns_result *r;
+	header(&m, 0, 2, 0, "loop.example", 15);
+	cname(&m, "loop.example", "b.example");
+	cname(&m, "B.example", "loop.example");
+	CHECK_INT(dns_parse_response(m.b, m.n, DNS_T_MX, &r), 0);
+	CHECK_INT(r->status, DNS_TEMPFAIL);
+	dns_result_unref(r);
+	CHECK(truncations_safe(&m, DNS_T_MX));
+	header(&m, 0, 1, 0, "self.example", 1);
+	cname(&m, "self.example", "self.example");
+	CHECK_INT(dns_parse_response(m.b, m.n, DNS_T_A, &r), 0);
+	CHECK_INT(r->status, DNS_TEMPFAIL);
+	dns_result_unref(r);
+	header(&m, 0, 2, 0, "chain.example", 1);
+	cname(&m, "chain.example", "b.example");
+	cname(&m, "b.example", "c.example");
+	CHECK_INT(dns_parse_response(m.b, m.n, DNS_T_A, &r), 0);
+	CHECK_INT(r->status, DNS_NODATA);
+	dns_result_unref(r);
+	header(&m, 0, 2, 0, "chain.example", 1);
+	cname(&m, "chain.example", "b.example");
+	putname(&m, "b.example");
+	put16(&m, 1);
+	put16(&m, 1);
+	put32(&m, 60);
+	put16(&m, 4);
+	put32(&m, 0xc0000207);
+	CHECK_INT(dns_parse_response(m.b, m.n, DNS_T_A, &r), 0);
+	CHECK_INT(r->status, DNS_OK);
+	CHECK_STR(r->rr[0].data, "192.0.2.7");
+	dns_result_unref(r);
+}
+
 TEST(test_reverse_names)
 {
 	char out[300];
@@ -739,6 +790,7 @@ int main(void)
 	RUN(test_parse_a);
 	RUN(test_parse_mx_nullmx_ptr_aaaa);
 	RUN(test_parse_negative);
+	RUN(test_parse_cname_loop);
 	RUN(test_reverse_names);
 	RUN(test_dnsbl_filters);
 	RUN(test_cache_ttl);
