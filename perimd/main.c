@@ -321,6 +321,22 @@ static void warn_restart(const char *name)
 	log_warn("reload: %s: changed value takes effect after restart", name);
 }
 
+/* grey_changed_check - a new greylist database that cannot work refuses
+ * the reload as it refuses the start (a missing directory, not an SQLite
+ * file, a bad MySQL file): else a typo would turn greylisting into
+ * greylist_fail_action for every recipient. Checked only when
+ * greylist_database changed or greylisting was turned on (the check of
+ * a MySQL store connects to it). 0 or -1 with err. */
+static int grey_changed_check(const struct conf *c, char *err, size_t errlen)
+{
+	struct policy *old = policy_acquire();
+	int changed =
+	    !old || !old->conf->greylist || strcmp(old->conf->greylist_database, c->greylist_database) != 0;
+	if (old)
+		policy_release(old);
+	return changed ? grey_check(c, err, errlen) : 0;
+}
+
 /* reload - SIGHUP (full: certificates and signatures too) or a changed map
  * file: a new configuration and policy, or keep the old. */
 static void reload(const char *path, int nov, int full)
@@ -329,6 +345,11 @@ static void reload(const char *path, int nov, int full)
 	struct conf *c = conf_load(path, 0, ov, nov, err, sizeof err);
 	if (!c) {
 		log_errors("reload refused, keeping the running configuration: ", err);
+		return;
+	}
+	if (grey_changed_check(c, err, sizeof err) < 0) {
+		log_errors("reload refused, keeping the running configuration: ", err);
+		conf_release(c);
 		return;
 	}
 	struct policy *p = policy_load(c, err, sizeof err); /* smtpd_milters parsed there */
