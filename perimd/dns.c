@@ -475,6 +475,7 @@ static int channel_open(struct dns_loop *dl, const struct conf *c)
 		return -1;
 	}
 	dl->have_ch = 1;
+	dnscache_servers(csv);
 	free(dl->servers);
 	dl->servers = csv;
 	dl->timeout = c->dns_timeout;

@@ -159,3 +159,20 @@ void dnscache_flush(void)
 	pthread_once(&cache_once, cache_init);
 	shcache_clear(cache);
 }
+
+static pthread_mutex_t servers_mu = PTHREAD_MUTEX_INITIALIZER;
+static char *servers_now; /* the servers the cached answers came from */
+
+/* dnscache_servers - see dnscache.h. */
+void dnscache_servers(const char *servers)
+{
+	pthread_mutex_lock(&servers_mu);
+	if (!servers_now || strcmp(servers_now, servers)) {
+		if (servers_now)
+			log_info("dns: dns_servers changed: the DNS cache is emptied");
+		free(servers_now);
+		servers_now = xstrdup(servers);
+		dnscache_flush();
+	}
+	pthread_mutex_unlock(&servers_mu);
+}

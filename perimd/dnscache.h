@@ -25,8 +25,13 @@ const struct dns_result *dnscache_get(const char *key);
 void dnscache_put(const char *key, const struct dns_result *res);
 /* dnscache_count - entries held now. */
 size_t dnscache_count(void);
-/* dnscache_flush - drop every entry (tests; SIGHUP is not needed). */
+/* dnscache_flush - drop every entry. */
 void dnscache_flush(void);
+/* dnscache_servers - the answers to come are those of servers (the
+ * dns_servers CSV): when they differ from the last ones, the cache is
+ * emptied (another server may answer otherwise: an NXDOMAIN of a wrong
+ * resolver must not outlive the reload that replaced it). */
+void dnscache_servers(const char *servers);
 /* dnscache_shard - which shard holds key (tests pick keys sharing one). */
 int dnscache_shard(const char *key);
 /* dnscache_set_clock - tests: a fake monotonic clock in ms (NULL: real). */

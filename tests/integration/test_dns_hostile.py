@@ -9,6 +9,7 @@ Clients connect from 127.0.0.x; x picks the PTR answer (PTR_LABELS).
 """
 
 import os
+import signal
 import socket
 import struct
 import threading
@@ -68,7 +69,8 @@ class HostileDns:
     """UDP on 127.0.0.1:port: PTR from PTR_LABELS; A for every name
     (however odd) under ok.test: all the test clients' addresses."""
 
-    def __init__(self):
+    def __init__(self, nx_all=False):
+        self.nx_all = nx_all  # a wrong resolver: NXDOMAIN for everything
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -83,6 +85,9 @@ class HostileDns:
         resp = dns.message.make_response(req)
         resp.flags |= dns.flags.AA
         labels = q.name.labels
+        if self.nx_all:
+            resp.set_rcode(dns.rcode.NXDOMAIN)
+            return resp.to_wire()
         if q.rdtype == dns.rdatatype.PTR and labels[1:] == (b"0", b"0", b"127", b"in-addr", b"arpa", b""):
             x = int(labels[0])
             if x in PTR_LABELS:
@@ -186,3 +191,25 @@ def test_sender_domain_cname_loop_is_temporary(perimd_factory, hostile_dns):
     assert [n for t, n in hostile_dns.asked if t == "MX"].count(b"\x04loop\x04test\x00") == 2
     assert rcpt_from(p, "127.0.0.9", sender="a@chain.test")[0] == 250
     assert p.sanitizer_report() is None
+
+
+def test_new_dns_servers_empty_the_cache(perimd_factory, hostile_dns):
+    """Answers are cached by name and type: a reload to other dns_servers
+    empties the cache, so the NXDOMAIN of a wrong resolver does not keep
+    refusing a sender domain (550 5.1.8) after the reload that fixed it."""
+    wrong = HostileDns(nx_all=True)
+    try:
+        p = perimd_factory(dns_servers="127.0.0.1:%d" % wrong.port, dns_timeout="1s",
+                           dns_retries="1", relay_backends="[127.0.0.1]:9",
+                           reject_unknown_sender_domain="yes")
+        code, text = rcpt_from(p, "127.0.0.9", sender="a@chain.test")
+        assert code == 550 and text.startswith("5.1.8 "), (code, text)
+        with open(p.conf_path, "a") as f:
+            f.write("dns_servers = 127.0.0.1:%d\n" % hostile_dns.port)
+        os.kill(p.pid, signal.SIGHUP)
+        p.wait_log(r"configuration reloaded")
+        assert rcpt_from(p, "127.0.0.9", sender="a@chain.test")[0] == 250
+        p.wait_log(r"dns: dns_servers changed: the DNS cache is emptied")
+        assert p.sanitizer_report() is None
+    finally:
+        wrong.stop()
