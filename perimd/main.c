@@ -180,34 +180,51 @@ static struct passwd *owner_lookup(const char *s, struct passwd *num)
 	return getpwnam(s);
 }
 
-/* owner_read_check - which TLS files mail_owner could not open: after
- * the privilege drop every SIGHUP reloads them as mail_owner, and a file
- * only root can read makes each reload fail while the old certificate
- * stays until it expires. A child process becomes mail_owner (as
- * drop_privileges() does) and opens each file, so modes, owners, groups
- * and ACLs all count as they will. Only when started as root with another
- * mail_owner; before any thread starts. say() gets each warning. */
-static void owner_read_check(const struct conf *c, void (*say)(const char *))
+/* owner_read_check - which files mail_owner could not open: after the
+ * privilege drop every SIGHUP reloads the TLS files as mail_owner, and a
+ * file only root can read makes each reload fail while the old
+ * certificate stays until it expires (a warning); the greylist SQLite
+ * files (the database, its -wal and -shm, when they exist) are opened
+ * for writing by mail_owner, and one a root run left behind would fail
+ * every greylisting decision (an error: the caller refuses -t and the
+ * start, as grey_check's own checks do, which run as root). A child
+ * process becomes mail_owner (as drop_privileges() does) and opens each
+ * file, so modes, owners, groups and ACLs all count as they will. Only
+ * when started as root with another mail_owner; before any thread
+ * starts. say() gets each message. Returns the number of errors. */
+static int owner_read_check(const struct conf *c, void (*say)(const char *))
 {
-	const char *names[] = { "smtpd_tls_cert_file", "smtpd_tls_key_file", "relay_tls_CAfile" };
-	const char *files[] = { c->smtpd_tls_cert_file, c->smtpd_tls_key_file, c->relay_tls_CAfile };
-	enum { NF = 3 };
-	int errs[NF] = { 0 };
-	if (geteuid() != 0 || !(files[0][0] || files[1][0] || files[2][0]))
-		return;
+	enum { NT = 3, NF = 6 };
+	char grey[3][4200] = { "", "", "" };
+	if (c->greylist && !strncmp(c->greylist_database, "sqlite:", 7) && c->greylist_database[7] &&
+	    strcmp(c->greylist_database + 7, ":memory:") && strncmp(c->greylist_database + 7, "file:", 5)) {
+		snprintf(grey[0], sizeof grey[0], "%s", c->greylist_database + 7);
+		snprintf(grey[1], sizeof grey[1], "%s-wal", c->greylist_database + 7);
+		snprintf(grey[2], sizeof grey[2], "%s-shm", c->greylist_database + 7);
+	}
+	const char *names[NF] = { "smtpd_tls_cert_file", "smtpd_tls_key_file", "relay_tls_CAfile",
+				  "greylist_database",   "greylist_database",  "greylist_database" };
+	const char *files[NF] = {
+		c->smtpd_tls_cert_file, c->smtpd_tls_key_file, c->relay_tls_CAfile, grey[0], grey[1], grey[2]
+	};
+	int errs[NF] = { 0 }, any = 0, bad = 0;
+	for (int i = 0; i < NF; i++)
+		any |= files[i][0] != 0;
+	if (geteuid() != 0 || !any)
+		return 0;
 	struct passwd pwnum, *pw = owner_lookup(c->mail_owner, &pwnum);
 	if (!pw || pw->pw_uid == 0)
-		return; /* an unknown owner is drop_privileges()'s fatal error */
+		return 0; /* an unknown owner is drop_privileges()'s fatal error */
 	uid_t uid = pw->pw_uid;
 	gid_t gid = pw->pw_gid;
 	int pfd[2];
 	if (pipe2(pfd, O_CLOEXEC) < 0)
-		return;
+		return 0;
 	pid_t pid = fork();
 	if (pid < 0) {
 		close(pfd[0]);
 		close(pfd[1]);
-		return;
+		return 0;
 	}
 	if (pid == 0) {
 		close(pfd[0]);
@@ -216,10 +233,10 @@ static void owner_read_check(const struct conf *c, void (*say)(const char *))
 		for (int i = 0; i < NF; i++) {
 			if (!files[i][0])
 				continue;
-			int fd = open(files[i], O_RDONLY | O_CLOEXEC);
-			if (fd < 0)
+			int fd = open(files[i], (i < NT ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+			if (fd < 0 && !(i >= NT && errno == ENOENT))
 				errs[i] = errno;
-			else
+			else if (fd >= 0)
 				close(fd);
 		}
 		ssize_t w = write(pfd[1], errs, sizeof errs);
@@ -232,28 +249,39 @@ static void owner_read_check(const struct conf *c, void (*say)(const char *))
 	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
 		;
 	if (got != (ssize_t)sizeof errs)
-		return;
+		return 0;
 	for (int i = 0; i < NF; i++) {
 		if (!errs[i])
 			continue;
-		char msg[1400];
-		snprintf(msg, sizeof msg,
-			 "mail_owner %s cannot read %s %s: %s; a SIGHUP will not "
-			 "reload it (the old one stays until it expires): give %s read access",
-			 c->mail_owner, names[i], files[i], strerror(errs[i]), c->mail_owner);
+		char msg[5400];
+		if (i < NT)
+			snprintf(msg, sizeof msg,
+				 "warning: mail_owner %s cannot read %s %s: %s; a SIGHUP will not "
+				 "reload it (the old one stays until it expires): give %s read access",
+				 c->mail_owner, names[i], files[i], strerror(errs[i]), c->mail_owner);
+		else
+			snprintf(msg, sizeof msg,
+				 "mail_owner %s cannot open %s file %s for writing: %s; every greylisting "
+				 "decision would fail: give it to %s (chown)",
+				 c->mail_owner, names[i], files[i], strerror(errs[i]), c->mail_owner);
 		say(msg);
+		bad += i >= NT;
 	}
+	return bad;
 }
 
 /* say_stderr, say_log - where owner_read_check() warns (-t, start). */
 static void say_stderr(const char *msg)
 {
-	fprintf(stderr, "perimd: warning: %s\n", msg);
+	fprintf(stderr, "perimd: %s\n", msg);
 }
 
 static void say_log(const char *msg)
 {
-	log_warn("%s", msg);
+	if (!strncmp(msg, "warning: ", 9))
+		log_warn("%s", msg + 9);
+	else
+		log_err("%s", msg);
 }
 
 /* probe_addr - refuse to start when another process listens on a
@@ -499,9 +527,9 @@ int main(int argc, char **argv)
 	}
 	conf_release(c);
 	if (check) {
-		owner_read_check(c, say_stderr);
+		int owner_bad = owner_read_check(c, say_stderr);
 		policy_release(pol);
-		return 0;
+		return owner_bad ? 1 : 0;
 	}
 
 	log_open("perimd", fg || c->log_to_e == LOG_TO_STDERR, verbose);
@@ -517,7 +545,8 @@ int main(int argc, char **argv)
 			  (uint64_t)c->body_spool_limit);
 	verify_init(100000);
 	raise_nofile(c);
-	owner_read_check(c, say_log);
+	if (owner_read_check(c, say_log))
+		fatal("greylist_database %s: not usable by mail_owner %s", c->greylist_database, c->mail_owner);
 
 	nthreads = (int)c->io_threads;
 	if (nthreads <= 0) {
