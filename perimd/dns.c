@@ -131,6 +131,136 @@ void dns_cache_key(const char *name, enum dns_type type, char *out, size_t outle
 		out[i < outlen ? i : outlen - 1] = 0;
 }
 
+/* utf8_next - the code point at *p (well-formed UTF-8, RFC 3629), moving
+ * *p past it; -1 when malformed. */
+static long utf8_next(const unsigned char **p, const unsigned char *end)
+{
+	const unsigned char *s = *p;
+	unsigned c = s[0];
+	int n = c < 0x80             ? 0
+	    : c >= 0xc2 && c <= 0xdf ? 1
+	    : c >= 0xe0 && c <= 0xef ? 2
+	    : c >= 0xf0 && c <= 0xf4 ? 3
+				     : -1;
+	if (n < 0 || end - s <= n)
+		return -1;
+	long cp = n ? c & (0x3f >> n) : c;
+	for (int i = 1; i <= n; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return -1;
+		cp = cp << 6 | (s[i] & 0x3f);
+	}
+	static const long min[] = { 0, 0x80, 0x800, 0x10000 };
+	if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return -1;
+	*p = s + n + 1;
+	return cp;
+}
+
+/* puny_adapt - RFC 3492 §6.1 bias adaptation. */
+static unsigned long puny_adapt(unsigned long delta, unsigned long points, int first)
+{
+	unsigned long k = 0;
+	delta = first ? delta / 700 : delta / 2;
+	delta += delta / points;
+	while (delta > (36 - 1) * 26 / 2) {
+		delta /= 36 - 1;
+		k += 36;
+	}
+	return k + (36 - 1 + 1) * delta / (delta + 38);
+}
+
+/* puny_label - "xn--" and the RFC 3492 §6.3 encoding of one label's code
+ * points into out; its length, or -1 past 63 octets (RFC 1035 §2.3.4). */
+static int puny_label(const long *cp, int n, char *out)
+{
+	int o = 0, h, b;
+	memcpy(out, "xn--", 4);
+	o = 4;
+	for (int i = 0; i < n; i++)
+		if (cp[i] < 0x80)
+			out[o++] = (char)tolower((int)cp[i]);
+	h = b = o - 4;
+	if (b > 0)
+		out[o++] = '-';
+	unsigned long nn = 0x80, delta = 0, bias = 72;
+	while (h < n) {
+		unsigned long m = 0x110000;
+		for (int i = 0; i < n; i++)
+			if ((unsigned long)cp[i] >= nn && (unsigned long)cp[i] < m)
+				m = (unsigned long)cp[i];
+		delta += (m - nn) * (unsigned long)(h + 1);
+		nn = m;
+		for (int i = 0; i < n; i++) {
+			if ((unsigned long)cp[i] < nn)
+				delta++;
+			if ((unsigned long)cp[i] != nn)
+				continue;
+			unsigned long q = delta;
+			for (unsigned long k = 36;; k += 36) {
+				unsigned long t = k <= bias ? 1 : k >= bias + 26 ? 26 : k - bias;
+				if (q < t)
+					break;
+				unsigned long d = t + (q - t) % (36 - t);
+				if (o >= 63)
+					return -1;
+				out[o++] = (char)(d < 26 ? 'a' + d : '0' + d - 26);
+				q = (q - t) / (36 - t);
+			}
+			if (o >= 63)
+				return -1;
+			out[o++] = (char)(q < 26 ? 'a' + q : '0' + q - 26);
+			bias = puny_adapt(delta, (unsigned long)h + 1, h == b);
+			delta = 0;
+			h++;
+		}
+		delta++;
+		nn++;
+	}
+	return o;
+}
+
+/* dns_name_to_ascii - see dns.h. */
+int dns_name_to_ascii(const char *name, char *out, size_t outlen)
+{
+	const unsigned char *p = (const unsigned char *)name, *end = p + strlen(name);
+	size_t o = 0;
+	while (p < end) {
+		const unsigned char *dot = memchr(p, '.', (size_t)(end - p));
+		const unsigned char *le = dot ? dot : end;
+		long cp[64];
+		int n = 0, ascii = 1;
+		char label[64];
+		int ll;
+		for (const unsigned char *q = p; q < le;) {
+			long c = utf8_next(&q, le);
+			if (c < 0 || n == 63)
+				return -1;
+			ascii &= c < 0x80;
+			cp[n++] = c;
+		}
+		if (ascii) {
+			ll = (int)(le - p);
+			if (ll > 63)
+				return -1;
+			memcpy(label, p, (size_t)ll);
+		} else if ((ll = puny_label(cp, n, label)) < 0) {
+			return -1;
+		}
+		if (o + (size_t)ll + 2 > outlen)
+			return -1;
+		memcpy(out + o, label, (size_t)ll);
+		o += (size_t)ll;
+		if (dot)
+			out[o++] = '.';
+		p = dot ? dot + 1 : end;
+	}
+	if (o >= outlen)
+		return -1;
+	out[o] = 0;
+	return 0;
+}
+
 /* dns_reverse_name - RFC 1035 §3.5 / RFC 3596 §2.5 reverse names. */
 int dns_reverse_name(const char *addr, const char *zone, char *out, size_t outlen)
 {

@@ -79,6 +79,14 @@ struct dns_result *dns_result_new(enum dns_status st, uint32_t ttl);
  * message is malformed or truncated. */
 int dns_parse_response(const unsigned char *buf, size_t len, enum dns_type type, struct dns_result **out);
 
+/* dns_name_to_ascii - a domain with UTF-8 labels (U-labels, RFC 6531)
+ * in the form the DNS holds: each non-ASCII label as "xn--" and its
+ * Punycode (RFC 3492; RFC 5891 §4.4), ASCII labels as they are. The
+ * labels are taken as they come (IDNA2008: already lower case, NFC); no
+ * mapping is done. 0, or -1 when malformed UTF-8, a label past 63
+ * octets or out too small. */
+int dns_name_to_ascii(const char *name, char *out, size_t outlen);
+
 /* dns_reverse_name - "d.c.b.a.ZONE" for IPv4, 32 nibbles for IPv6 (RFC
  * 3596 §2.5); zone NULL = in-addr.arpa / ip6.arpa. 0 or -1. */
 int dns_reverse_name(const char *addr, const char *zone, char *out, size_t outlen);

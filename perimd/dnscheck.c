@@ -476,7 +476,13 @@ void dnscheck_mail(struct dnscheck *d, const char *sender)
 	const char *at = strrchr(sender, '@');
 	if (!at || !at[1] || at[1] == '[' || strlen(at + 1) > 253)
 		return; /* null sender, or an address literal: no domain */
-	snprintf(d->sdomain, sizeof d->sdomain, "%s", at + 1);
+	/* A UTF-8 domain (SMTPUTF8) is looked up by its A-labels, the form
+	 * its zone has; one that has none (a label past 63 octets) cannot
+	 * be in the DNS. */
+	if (dns_name_to_ascii(at + 1, d->sdomain, sizeof d->sdomain) < 0 || strlen(d->sdomain) > 253) {
+		d->snd = D_HARD;
+		return;
+	}
 	d->snd = D_PENDING;
 	d->sphase = DNS_T_MX;
 	start(d, &d->sq, LK_SENDER, 0, d->sdomain, DNS_T_MX);

@@ -5,6 +5,8 @@
  * DNS_MAX_RR records, each a NUL-terminated name or address of at most
  * 255 characters; a result other than DNS_OK has no records. The
  * first half of the input is parsed too (a cut answer never crashes).
+ * The input as a domain name goes through dns_name_to_ascii too: what
+ * it gives is ASCII without control characters, at most 255 octets.
  */
 #include "dns.h"
 
@@ -36,8 +38,24 @@ static void parse_as(const unsigned char *data, size_t size, enum dns_type t)
 	}
 }
 
+/* to_ascii - dns_name_to_ascii on the input as a name. */
+static void to_ascii(const uint8_t *data, size_t size)
+{
+	char in[512], out[256];
+	if (size >= sizeof in)
+		return;
+	memcpy(in, data, size);
+	in[size] = 0;
+	if (dns_name_to_ascii(in, out, sizeof out) < 0)
+		return;
+	for (const unsigned char *p = (const unsigned char *)out; *p; p++)
+		if (*p < 0x20 || *p >= 0x7f)
+			abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	to_ascii(data, size);
 	static const enum dns_type types[] = { DNS_T_A, DNS_T_AAAA, DNS_T_MX, DNS_T_PTR };
 	if (size > 65535)
 		return 0;

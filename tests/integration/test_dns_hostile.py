@@ -100,6 +100,9 @@ class HostileDns:
             resp.answer.append(dns.rrset.from_text(q.name, 60, "IN", "CNAME", "c2.test."))
             resp.answer.append(dns.rrset.from_text("c2.test.", 60, "IN", "MX", "10 mx.c2.test."))
             return resp.to_wire()
+        if labels == (b"xn--bcher-kva", b"test", b"") and q.rdtype == dns.rdatatype.MX:
+            resp.answer.append(dns.rrset.from_text(q.name, 60, "IN", "MX", "10 mx.example."))
+            return resp.to_wire()
         if q.rdtype == dns.rdatatype.A and labels[-3:] == (b"ok", b"test", b""):
             resp.answer.append(dns.rrset.from_text(q.name, 60, "IN", "A", *CLIENTS))
             return resp.to_wire()
@@ -213,3 +216,25 @@ def test_new_dns_servers_empty_the_cache(perimd_factory, hostile_dns):
         assert p.sanitizer_report() is None
     finally:
         wrong.stop()
+
+
+def test_utf8_sender_domain_is_looked_up_by_its_a_labels(perimd_factory, hostile_dns):
+    """An SMTPUTF8 sender's domain is looked up as its zone holds it, by
+    its A-labels (RFC 5891: b\u00fccher.test is xn--bcher-kva.test): its
+    UTF-8 bytes are no name in the DNS, and their NXDOMAIN refused a real
+    domain with 550 5.1.8."""
+    p = perimd_factory(dns_servers="127.0.0.1:%d" % hostile_dns.port, dns_timeout="1s",
+                       dns_retries="1", relay_backends="[127.0.0.1]:9",
+                       reject_unknown_sender_domain="yes")
+    c = Client(p.port, source="127.0.0.9")
+    try:
+        assert c.cmd("EHLO client.test")[0] == 250
+        c.send("MAIL FROM:<j\u00f6rg@b\u00fccher.test> SMTPUTF8\r\n".encode())
+        assert c.reply()[0] == 250
+        code, text = c.cmd("RCPT TO:<user@example.com>")[:2]
+        assert code == 250, (code, text)
+    finally:
+        c.cmd("QUIT")
+        c.close()
+    assert ("MX", b"\x0dxn--bcher-kva\x04test\x00") in hostile_dns.asked, hostile_dns.asked
+    assert p.sanitizer_report() is None

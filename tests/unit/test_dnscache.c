@@ -275,6 +275,43 @@ TEST(test_parse_cname_loop)
 	dns_result_unref(r);
 }
 
+/* test_name_to_ascii - U-labels into A-labels (RFC 3492 Punycode; the
+ * expected forms are those of Python's punycode codec), ASCII labels
+ * untouched, bad UTF-8 and labels past 63 octets refused. */
+TEST(test_name_to_ascii)
+{
+	char out[256];
+	CHECK_INT(dns_name_to_ascii("b\xc3\xbc" "cher.example", out, sizeof out), 0);
+	CHECK_STR(out, "xn--bcher-kva.example");
+	CHECK_INT(dns_name_to_ascii("m\xc3\xbc" "nchen.de", out, sizeof out), 0);
+	CHECK_STR(out, "xn--mnchen-3ya.de");
+	CHECK_INT(dns_name_to_ascii("mail.\xe4\xbe\x8b\xe3\x81\x88.\xe3\x83\x86\xe3\x82\xb9\xe3\x83\x88", out, sizeof out), 0);
+	CHECK_STR(out, "mail.xn--r8jz45g.xn--zckzah");
+	CHECK_INT(dns_name_to_ascii("\xce\xb4\xce\xbf\xce\xba\xce\xb9\xce\xbc\xce\xae.gr", out, sizeof out), 0);
+	CHECK_STR(out, "xn--jxalpdlp.gr");
+	CHECK_INT(dns_name_to_ascii("\xf0\x9f\x98\x80.ws", out, sizeof out), 0);
+	CHECK_STR(out, "xn--e28h.ws");
+	CHECK_INT(dns_name_to_ascii("a\xc3\xa9.example", out, sizeof out), 0);
+	CHECK_STR(out, "xn--a-bga.example");
+	CHECK_INT(dns_name_to_ascii("Plain.Example.COM", out, sizeof out), 0);
+	CHECK_STR(out, "Plain.Example.COM");
+	CHECK_INT(dns_name_to_ascii("bad\xc3(.example", out, sizeof out), -1);
+	CHECK_INT(dns_name_to_ascii("over\xc0\xaf.example", out, sizeof out), -1);
+	/* 8 and 30 scattered CJK ideographs: A-labels of 31 and 97 octets. */
+	CHECK_INT(dns_name_to_ascii("\xe4\xb8\x80\xe6\xb3\xaf\xe8\xaf\x9e\xe5\xb2\xad\xe7\xae\x9c"
+				    "\xe9\xaa\x8b\xe6\xad\x9a\xe8\xa9\x89.cn",
+				    out, sizeof out),
+		  0);
+	CHECK_STR(out, "xn--4gqr17ab6kiqb008adeu5qc2w8b.cn");
+	const char *big = "\xe4\xb8\x80\xe6\xb3\xaf\xe8\xaf\x9e\xe5\xb2\xad\xe7\xae\x9c\xe9\xaa\x8b\xe6\xad\x9a"
+			  "\xe8\xa9\x89\xe5\xac\x98\xe7\xa8\x87\xe9\xa3\xb6\xe6\xa7\x85\xe8\xa2\xb4\xe5\xa6\x83"
+			  "\xe7\xa1\xb2\xe9\x9d\xa1\xe6\xa0\xb0\xe8\x9c\x9f\xe5\x9f\xae\xe7\x9b\x9d\xe9\x97\x8c"
+			  "\xe6\x9a\x9b\xe8\x96\x8a\xe5\x99\x99\xe7\x95\x88\xe9\x90\xb7\xe6\x94\x86\xe8\x8f\xb5"
+			  "\xe5\x93\x84\xe7\x8e\xb3.cn";
+	CHECK_INT(dns_name_to_ascii(big, out, sizeof out), -1);
+	CHECK_INT(dns_name_to_ascii("b\xc3\xbc" "cher.example", out, 10), -1);
+}
+
 TEST(test_reverse_names)
 {
 	char out[300];
@@ -791,6 +828,7 @@ int main(void)
 	RUN(test_parse_mx_nullmx_ptr_aaaa);
 	RUN(test_parse_negative);
 	RUN(test_parse_cname_loop);
+	RUN(test_name_to_ascii);
 	RUN(test_reverse_names);
 	RUN(test_dnsbl_filters);
 	RUN(test_cache_ttl);
