@@ -297,10 +297,12 @@ static void on_ptr(struct dnscheck *d, const struct dns_result *res)
 		return;
 	}
 	d->rev = D_HARD;
+	int bad = 0;
 	for (int i = 0; i < res->n && d->nfwd < MAX_PTR_NAMES; i++) {
 		if (!host_name_ok(res->rr[i].data)) {
-			log_info("dns: [%s]: PTR name \"%s\" is not a host name: ignored", d->addr,
-				 res->rr[i].data);
+			if (!bad++) /* one line per client, however many */
+				log_info("dns: [%s]: PTR name \"%s\" is not a host name: ignored", d->addr,
+					 res->rr[i].data);
 			continue;
 		}
 		if (d->rev != D_OK)
