@@ -73,6 +73,8 @@ class HostileDns:
         self.nx_all = nx_all  # a wrong resolver: NXDOMAIN for everything
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)  # so serve() sees stop() soon
+        self.running = True
         self.port = self.sock.getsockname()[1]
         self.asked = []
         self.thread = threading.Thread(target=self.serve, daemon=True)
@@ -110,9 +112,11 @@ class HostileDns:
         return resp.to_wire()
 
     def serve(self):
-        while True:
+        while self.running:
             try:
                 data, peer = self.sock.recvfrom(4096)
+            except socket.timeout:
+                continue
             except OSError:
                 return
             try:
@@ -121,8 +125,9 @@ class HostileDns:
                 pass
 
     def stop(self):
-        self.sock.close()
+        self.running = False
         self.thread.join(5)
+        self.sock.close()
 
 
 @pytest.fixture
