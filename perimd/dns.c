@@ -177,12 +177,19 @@ static int puny_label(const long *cp, int n, char *out)
 	int o = 0, h, b;
 	memcpy(out, "xn--", 4);
 	o = 4;
-	for (int i = 0; i < n; i++)
-		if (cp[i] < 0x80)
-			out[o++] = (char)tolower((int)cp[i]);
+	for (int i = 0; i < n; i++) {
+		if (cp[i] >= 0x80)
+			continue;
+		if (o >= 63)
+			return -1;
+		out[o++] = (char)tolower((int)cp[i]);
+	}
 	h = b = o - 4;
-	if (b > 0)
+	if (b > 0) {
+		if (o >= 63)
+			return -1;
 		out[o++] = '-';
+	}
 	unsigned long nn = 0x80, delta = 0, bias = 72;
 	while (h < n) {
 		unsigned long m = 0x110000;
