@@ -278,14 +278,15 @@ static void fwd_settle(struct dnscheck *d)
 
 /* host_name_ok - can a PTR name be the client's name? A host name
  * (letters, digits, '-', '_' in labels of 1..63, as smtp_domain_valid)
- * that is not an IPv4 address in disguise (Postfix's valid_hostname and
- * valid_hostaddr): a PTR name with spaces, control characters (CR LF),
+ * that is not all digits and dots, as an IPv4 address in disguise
+ * (Postfix's valid_hostname and valid_hostaddr): a PTR name with spaces, control characters (CR LF),
  * other bytes or a dot inside a label would reach milters, logs and
  * access maps as a name that is not one. */
 static int host_name_ok(const char *n)
 {
-	struct in_addr a;
-	return n[0] && n[0] != '[' && smtp_domain_valid(n, strlen(n), 0) && inet_pton(AF_INET, n, &a) != 1;
+	if (!n[0] || n[0] == '[' || !smtp_domain_valid(n, strlen(n), 0))
+		return 0;
+	return strspn(n, "0123456789.") != strlen(n); /* not numeric, as 192.0.2.1 */
 }
 
 /* on_ptr - the client's PTR names: look each one up again. Names that

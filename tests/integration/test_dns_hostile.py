@@ -35,6 +35,7 @@ PTR_LABELS = {
     15: [[b"127", b"0", b"0", b"15"]],
     # A bad name first, a good one after it: the good one is the name.
     16: [[b"bad name", b"ok", b"test"], [b"second", b"ok", b"test"]],
+    17: [[b"1", b"2", b"3", b"4", b"5"]],
 }
 CLIENTS = ["127.0.0.%d" % x for x in PTR_LABELS]
 
@@ -105,7 +106,7 @@ class HostileDns:
         if labels == (b"xn--bcher-kva", b"test", b"") and q.rdtype == dns.rdatatype.MX:
             resp.answer.append(dns.rrset.from_text(q.name, 60, "IN", "MX", "10 mx.example."))
             return resp.to_wire()
-        if q.rdtype == dns.rdatatype.A and labels[-3:] == (b"ok", b"test", b""):
+        if q.rdtype == dns.rdatatype.A and (labels[-3:] == (b"ok", b"test", b"") or labels[0] == b"1"):
             resp.answer.append(dns.rrset.from_text(q.name, 60, "IN", "A", *CLIENTS))
             return resp.to_wire()
         resp.set_rcode(dns.rcode.NXDOMAIN)
@@ -152,7 +153,7 @@ def rcpt_from(p, source, sender="a@example.org"):
 
 def test_ptr_names_that_are_not_host_names(perimd_factory, hostile_dns):
     """A PTR name with a CR LF, a space, a NUL, a dot inside a label,
-    bytes outside ASCII or the form of an IPv4 address is not a host
+    bytes outside ASCII or only digits and dots (an IPv4 address, 1.2.3.4.5) is not a host
     name (Postfix: valid_hostname, valid_hostaddr): it is ignored,
     logged, and never the client's confirmed name, however its A records
     answer; a good name beside it still counts."""
@@ -161,7 +162,7 @@ def test_ptr_names_that_are_not_host_names(perimd_factory, hostile_dns):
                        reject_unknown_client_hostname="yes")
     assert rcpt_from(p, "127.0.0.9")[0] == 250
     assert rcpt_from(p, "127.0.0.16")[0] == 250
-    for x in (10, 11, 12, 13, 14, 15):
+    for x in (10, 11, 12, 13, 14, 15, 17):
         code, text = rcpt_from(p, "127.0.0.%d" % x)
         assert code == 550, (x, code, text)
         assert text.startswith("5.7.25 ") and "cannot find your hostname, [127.0.0.%d]" % x in text
