@@ -153,10 +153,10 @@ def rcpt_from(p, source, sender="a@example.org"):
 
 def test_ptr_names_that_are_not_host_names(perimd_factory, hostile_dns):
     """A PTR name with a CR LF, a space, a NUL, a dot inside a label,
-    bytes outside ASCII or only digits and dots (an IPv4 address, 1.2.3.4.5) is not a host
-    name (Postfix: valid_hostname, valid_hostaddr): it is ignored,
-    logged, and never the client's confirmed name, however its A records
-    answer; a good name beside it still counts."""
+    bytes outside ASCII, or only digits and dots (127.0.0.15, 1.2.3.4.5)
+    is not a host name (Postfix: valid_hostname, valid_hostaddr): it is
+    ignored, logged, and never the client's confirmed name, however its
+    A records answer; a good name beside it still counts."""
     p = perimd_factory(dns_servers="127.0.0.1:%d" % hostile_dns.port, dns_timeout="1s",
                        dns_retries="1", relay_backends="[127.0.0.1]:9",
                        reject_unknown_client_hostname="yes")
