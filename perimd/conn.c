@@ -290,6 +290,10 @@ static void conn_after_flush(struct conn *c)
 	if (c->shutting && !c->wrshut) {
 		c->wrshut = 1;
 		shutdown(c->fd, SHUT_WR);
+		if (c->eof) { /* the peer's EOF came first: nothing to wait for */
+			conn_error(c, 0);
+			return;
+		}
 		ev_timer_start(c->loop, &c->tmr, CONN_SHUTDOWN_WAIT, conn_timeout, c);
 		conn_update(c); /* now read, to see the peer's EOF */
 	}
@@ -474,6 +478,12 @@ static int conn_tls_pump(struct conn *c, int can_read)
 				conn_tls_fail(c, err, err ? NULL : "closed during handshake");
 				return -1;
 			}
+			/* A closed engine sends no more application data:
+			 * output still queued (replies to commands that came
+			 * with the peer's close_notify) can never leave, and
+			 * kept, it held the session until conn_shutdown's 10 s
+			 * (or the idle timeout) ran out. */
+			c->woff = c->wlen = 0;
 			if (c->shutting) {
 				/* Our close_notify is out: wait for the peer's FIN. */
 				char tmp[4096];
