@@ -1,0 +1,90 @@
+"""test_operator_edges.py - what an admin coming from Postfix met at the
+edges of perimd (outside-in QA: the configuration file, the command line,
+the statistics server):
+
+- a client that sends its request a byte at a time cannot hold a
+  stats_listen connection past HTTP_TIMEOUT_MS, and clients that connect
+  and say nothing cannot keep /healthz from a load balancer.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import PERIMD_BIN  # noqa: E402
+from test_stats import stats_port  # noqa: E402
+
+HTTP_TIMEOUT = 10.0  # HTTP_TIMEOUT_MS
+
+
+def check(p, *opts):
+    """perimd -t with -o opts on p's file: (exit status, stderr)."""
+    cmd = [PERIMD_BIN, "-t", "-c", p.conf_path]
+    for o in opts:
+        cmd += ["-o", o]
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    return r.returncode, r.stderr.decode()
+
+
+def healthz(port, timeout=5):
+    """The status line of GET /healthz, or the exception's name."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"\r\n" not in data:
+                b = s.recv(4096)
+                if not b:
+                    break
+                data += b
+            return data.split(b"\r\n", 1)[0].decode()
+    except OSError as e:
+        return type(e).__name__
+
+
+def test_trickling_http_client_is_cut_at_the_deadline(perimd_factory):
+    """One byte every 0.5 s re-arms an idle timer forever; the connection
+    must still be closed within HTTP_TIMEOUT_MS of its accept."""
+    p = perimd_factory()
+    s = socket.create_connection(("127.0.0.1", stats_port(p)), timeout=5)
+    start = time.monotonic()
+    head = b"GET /healthz HTTP/1.1\r\n" + b"X-Slow: y\r\n" * 400
+    closed_at = None
+    try:
+        for ch in head:
+            s.send(bytes([ch]))
+            time.sleep(0.5)
+            if time.monotonic() - start > HTTP_TIMEOUT + 8:
+                break
+    except OSError:
+        closed_at = time.monotonic() - start
+    if closed_at is None:
+        s.settimeout(1)
+        try:
+            closed_at = time.monotonic() - start if s.recv(100) == b"" else None
+        except OSError:
+            closed_at = time.monotonic() - start
+    s.close()
+    assert closed_at is not None, "a trickling client held the stats connection %.0f s" % (
+        time.monotonic() - start)
+    assert closed_at < HTTP_TIMEOUT + 3, closed_at
+
+
+def test_idle_http_clients_do_not_lock_out_the_health_check(perimd_factory):
+    """200 connections that send nothing (more than the server keeps):
+    /healthz still answers 200 at once, each time."""
+    p = perimd_factory()
+    port = stats_port(p)
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
+    try:
+        for _ in range(5):
+            assert healthz(port) == "HTTP/1.1 200 OK"
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+    finally:
+        for s in idle:
+            s.close()
+    assert p.proc.poll() is None
