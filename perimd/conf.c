@@ -350,7 +350,9 @@ fail:
 	return NULL;
 }
 
-/* parse_number - a non-negative decimal number and what follows it. */
+/* parse_number - a non-negative decimal number and what follows it:
+ * 0, -1 if s does not start with a digit, -2 if the digits overflow (*v
+ * is then LLONG_MAX and *rest still after them). */
 static int parse_number(const char *s, long long *v, const char **rest)
 {
 	if (!isdigit((unsigned char)*s))
@@ -358,66 +360,51 @@ static int parse_number(const char *s, long long *v, const char **rest)
 	errno = 0;
 	char *end;
 	long long n = strtoll(s, &end, 10);
-	if (errno == ERANGE)
-		return -1;
 	*v = n;
 	*rest = end;
-	return 0;
+	return errno == ERANGE ? -2 : 0;
 }
 
-/* scale - v * mult into *out, -1 on overflow. */
+/* scale - v * mult into *out, -2 on overflow. */
 static int scale(long long v, long long mult, long long *out)
 {
 	if (v > LLONG_MAX / mult)
-		return -1;
+		return -2;
 	*out = v * mult;
 	return 0;
 }
 
-static const struct {
-	const char *sfx;
-	long long ms;
-} time_units[] = {
-	{ "w", 604800000LL }, { "d", 86400000LL }, { "h", 3600000LL }, { "m", 60000LL },
-	{ "s", 1000LL },      { "ms", 1LL },       { "", 1000LL },
-};
+/* parse_unit - the number at s with one of the n suffixes of units (any
+ * case), in base units: 0, -1 malformed, -2 too large. */
+static int parse_unit(const char *s, const char *const *sfx, const long long *mult, size_t n, long long *out)
+{
+	long long v;
+	const char *rest;
+	int r = parse_number(s, &v, &rest);
 
-static const struct {
-	const char *sfx;
-	long long n;
-} size_units[] = {
-	{ "g", 1024LL * 1024 * 1024 },
-	{ "m", 1024LL * 1024 },
-	{ "k", 1024LL },
-	{ "", 1LL },
-};
+	if (r == -1)
+		return -1;
+	for (size_t k = 0; k < n; k++)
+		if (strcasecmp(rest, sfx[k]) == 0)
+			return r < 0 ? r : scale(v, mult[k], out);
+	return -1;
+}
+
+static const char *const time_sfx[] = { "w", "d", "h", "m", "s", "ms", "" };
+static const long long time_ms[] = { 604800000LL, 86400000LL, 3600000LL, 60000LL, 1000LL, 1LL, 1000LL };
+static const char *const size_sfx[] = { "g", "m", "k", "" };
+static const long long size_n[] = { 1024LL * 1024 * 1024, 1024LL * 1024, 1024LL, 1LL };
 
 /* conf_parse_time - "300", "300s", "5m", "2h", "2d", "1w", "500ms" into ms. */
 int conf_parse_time(const char *s, long long *ms)
 {
-	long long v;
-	const char *rest;
-
-	if (parse_number(s, &v, &rest) < 0)
-		return -1;
-	for (size_t k = 0; k < sizeof time_units / sizeof time_units[0]; k++)
-		if (strcasecmp(rest, time_units[k].sfx) == 0)
-			return scale(v, time_units[k].ms, ms);
-	return -1;
+	return parse_unit(s, time_sfx, time_ms, sizeof time_ms / sizeof time_ms[0], ms);
 }
 
 /* conf_parse_size - "1000", "10k", "25m", "1g" into bytes (1024 multiples). */
 int conf_parse_size(const char *s, long long *bytes)
 {
-	long long v;
-	const char *rest;
-
-	if (parse_number(s, &v, &rest) < 0)
-		return -1;
-	for (size_t k = 0; k < sizeof size_units / sizeof size_units[0]; k++)
-		if (strcasecmp(rest, size_units[k].sfx) == 0)
-			return scale(v, size_units[k].n, bytes);
-	return -1;
+	return parse_unit(s, size_sfx, size_n, sizeof size_n / sizeof size_n[0], bytes);
 }
 
 /* conf_parse_bool - yes/no/true/false/1/0, any case. */
@@ -438,8 +425,8 @@ static char *format_time(long long ms)
 	if (ms == 0)
 		return xstrdup("0s");
 	for (size_t k = 0; k < 6; k++)
-		if (ms % time_units[k].ms == 0)
-			return xasprintf("%lld%s", ms / time_units[k].ms, time_units[k].sfx);
+		if (ms % time_ms[k] == 0)
+			return xasprintf("%lld%s", ms / time_ms[k], time_sfx[k]);
 	return xasprintf("%lldms", ms);
 }
 
@@ -449,8 +436,8 @@ static char *format_size(long long n)
 	if (n == 0)
 		return xstrdup("0");
 	for (size_t k = 0; k < 3; k++)
-		if (n % size_units[k].n == 0)
-			return xasprintf("%lld%s", n / size_units[k].n, size_units[k].sfx);
+		if (n % size_n[k] == 0)
+			return xasprintf("%lld%s", n / size_n[k], size_sfx[k]);
 	return xasprintf("%lld", n);
 }
 
@@ -551,6 +538,21 @@ static int domain_ok(const char *s)
 	return *s != 0;
 }
 
+/* too_large - why for the number text s that overflows a long long: the
+ * bound it crossed (the minimum when neg), as for any value out of range. */
+static int too_large(const struct param *p, const char *s, int neg, char *why, size_t wl)
+{
+	if (neg || p->max) {
+		char *b = format_num(p, neg ? p->min : p->max);
+		snprintf(why, wl, "\"%s\" is %s the %s %s", s, neg ? "below" : "above",
+			 neg ? "minimum" : "maximum", b);
+		free(b);
+	} else {
+		snprintf(why, wl, "\"%s\" is too large", s);
+	}
+	return -1;
+}
+
 /*
  * parse_value - parse the expanded text s for parameter p into its
  * field(s) of c. Returns 0, or -1 with why filled.
@@ -581,24 +583,30 @@ static int parse_value(const struct param *p, const char *s, struct conf *c, cha
 		}
 		return 0;
 	case T_INT:
-		if (parse_number(s + (*s == '-'), &v, &rest) < 0 || *rest) {
+		if ((e = parse_number(s + (*s == '-'), &v, &rest)) == -1 || *rest) {
 			snprintf(why, wl, "\"%s\" is not a whole number", s);
 			return -1;
 		}
+		if (e == -2)
+			return too_large(p, s, *s == '-', why, wl);
 		if (*s == '-')
 			v = -v;
 		break;
 	case T_TIME:
-		if (conf_parse_time(s, &v) < 0) {
+		if ((e = conf_parse_time(s, &v)) == -2)
+			return too_large(p, s, 0, why, wl);
+		if (e < 0) {
 			snprintf(why, wl,
 				 "\"%s\" is not a time (a number with "
-				 "s, m, h, d or w; a bare number is seconds)",
+				 "ms, s, m, h, d or w; a bare number is seconds)",
 				 s);
 			return -1;
 		}
 		break;
 	case T_SIZE:
-		if (conf_parse_size(s, &v) < 0) {
+		if ((e = conf_parse_size(s, &v)) == -2)
+			return too_large(p, s, 0, why, wl);
+		if (e < 0) {
 			snprintf(why, wl,
 				 "\"%s\" is not a size (a number with "
 				 "k, m or g; a bare number is bytes)",

@@ -114,7 +114,9 @@ int conf_list_has(const struct conf_list *l, const char *s);
 const char *const *conf_param_names(void);
 
 /* The value syntaxes of the file, for other files that use them (and for
- * tests of types no parameter has yet). Each returns 0 with *v set, or -1.
+ * tests of types no parameter has yet). Each returns 0 with *v set, or -1;
+ * the time and size parsers return -2 for a well-formed value too large
+ * to hold (a long long of milliseconds or bytes).
  * conf_parse_bool - yes/no/true/false/1/0, any case.
  * conf_parse_time - "300" (seconds), "300s", "5m", "2h", "2d", "1w",
  *                   "500ms", into milliseconds.

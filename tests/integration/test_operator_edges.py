@@ -4,7 +4,9 @@ the statistics server):
 
 - a client that sends its request a byte at a time cannot hold a
   stats_listen connection past HTTP_TIMEOUT_MS, and clients that connect
-  and say nothing cannot keep /healthz from a load balancer.
+  and say nothing cannot keep /healthz from a load balancer;
+- a number too large to store is refused naming the bound it crossed,
+  not as "not a number".
 """
 
 import os
@@ -88,3 +90,23 @@ def test_idle_http_clients_do_not_lock_out_the_health_check(perimd_factory):
         for s in idle:
             s.close()
     assert p.proc.poll() is None
+
+
+def test_overflowing_numbers_name_the_bound(perimd_factory):
+    """99999999999999999999 is a whole number, only too large: the error
+    names the maximum, for a number, a time and a size."""
+    p = perimd_factory(start=False)
+    cases = [
+        ("max_sessions=99999999999999999999", "is above the maximum 1000000"),
+        ("smtpd_timeout=99999999999999999999", "is above the maximum 1d"),
+        ("smtpd_timeout=9999999999999w", "is above the maximum 1d"),
+        ("message_size_limit=99999999999g", "is above the maximum"),
+        ("relay_verify_positive_ttl=99999999999999w", "is too large"),
+    ]
+    for opt, want in cases:
+        rc, err = check(p, opt)
+        assert rc == 1, (opt, err)
+        assert "-o %s: " % opt in err and want in err, (opt, err)
+        assert "not a" not in err, (opt, err)
+    rc, err = check(p, "smtpd_timeout=1.5m")
+    assert rc == 1 and '"1.5m" is not a time' in err, err
