@@ -604,9 +604,11 @@ int admin_command(int argc, char **argv, const char *default_conf)
 		} else if (!hc && argv[i][0] != '-' && !path) {
 			return fleet_stats(argc - i, argv + i);
 		} else {
+			/* 1, as perimd's own usage: a health check's 2 is
+			 * reserved (Docker HEALTHCHECK), perimd(8) says 0 or 1. */
 			fprintf(stderr, "usage: perimd %s [-c FILE]%s\n", argv[0],
 				hc ? "" : " | perimd stats ADDR...");
-			return 2;
+			return 1;
 		}
 	}
 	char err[1024];

@@ -6,7 +6,9 @@ the statistics server):
   stats_listen connection past HTTP_TIMEOUT_MS, and clients that connect
   and say nothing cannot keep /healthz from a load balancer;
 - a number too large to store is refused naming the bound it crossed,
-  not as "not a number".
+  not as "not a number";
+- `perimd healthcheck` and `perimd stats` exit 1 on a bad command line
+  (a container health check reads 2 as reserved).
 """
 
 import os
@@ -110,3 +112,12 @@ def test_overflowing_numbers_name_the_bound(perimd_factory):
         assert "not a" not in err, (opt, err)
     rc, err = check(p, "smtpd_timeout=1.5m")
     assert rc == 1 and '"1.5m" is not a time' in err, err
+
+
+def test_admin_commands_bad_usage_exits_1(perimd_factory):
+    """perimd(8): healthcheck exits 0 or 1 (Docker's HEALTHCHECK reserves
+    2); a bad command line is an error, exit 1 with the usage."""
+    for args in (["healthcheck", "extra"], ["healthcheck", "-x"], ["stats", "-c"], ["stats", "-x"]):
+        r = subprocess.run([PERIMD_BIN] + args, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        assert r.returncode == 1, (args, r.returncode, r.stderr)
+        assert b"usage:" in r.stderr, (args, r.stderr)
