@@ -8,7 +8,9 @@ the statistics server):
 - a number too large to store is refused naming the bound it crossed,
   not as "not a number";
 - `perimd healthcheck` and `perimd stats` exit 1 on a bad command line
-  (a container health check reads 2 as reserved).
+  (a container health check reads 2 as reserved);
+- `check_policy_service` with no service after it is an error, not
+  nothing.
 """
 
 import os
@@ -121,3 +123,18 @@ def test_admin_commands_bad_usage_exits_1(perimd_factory):
         r = subprocess.run([PERIMD_BIN] + args, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
         assert r.returncode == 1, (args, r.returncode, r.stderr)
         assert b"usage:" in r.stderr, (args, r.stderr)
+
+
+def test_check_policy_service_without_a_service(perimd_factory):
+    """A check_policy_service keyword must be followed by its service, as
+    in Postfix: alone, last, or before another keyword it is an error."""
+    p = perimd_factory(start=False)
+    for value in ("check_policy_service",
+                  "check_policy_service inet:127.0.0.1:10023, check_policy_service",
+                  "check_policy_service check_policy_service inet:127.0.0.1:10023"):
+        rc, err = check(p, "smtpd_policy_services=" + value)
+        assert rc == 1, (value, err)
+        assert "check_policy_service without a service" in err, (value, err)
+    rc, err = check(p, "smtpd_policy_services=check_policy_service inet:127.0.0.1:10023, "
+                    "inet:127.0.0.1:10024")
+    assert rc == 0, err
