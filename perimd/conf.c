@@ -624,6 +624,15 @@ static int parse_value(const struct param *p, const char *s, struct conf *c, cha
 		*(int *)(void *)((char *)c + p->eoff) = e;
 		return 0;
 	case T_MAP:
+		/* Postfix takes a list of maps here; perimd one (a path with a
+		 * blank or comma would be a list written that way). */
+		if (*s && s[strcspn(s, ", \t")]) {
+			snprintf(why, wl,
+				 "\"%s\": takes one map, not a list (merge the tables into one "
+				 "file)",
+				 s);
+			return -1;
+		}
 		if (*s && !map_spec_ok(s)) {
 			snprintf(why, wl, "\"%s\" is not a map (type:path)", s);
 			return -1;

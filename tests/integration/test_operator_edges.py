@@ -10,7 +10,9 @@ the statistics server):
 - `perimd healthcheck` and `perimd stats` exit 1 on a bad command line
   (a container health check reads 2 as reserved);
 - `check_policy_service` with no service after it is an error, not
-  nothing.
+  nothing;
+- a Postfix-style list of maps in a one-map parameter is refused as
+  such at -t.
 """
 
 import os
@@ -137,4 +139,22 @@ def test_check_policy_service_without_a_service(perimd_factory):
         assert "check_policy_service without a service" in err, (value, err)
     rc, err = check(p, "smtpd_policy_services=check_policy_service inet:127.0.0.1:10023, "
                     "inet:127.0.0.1:10024")
+    assert rc == 0, err
+
+
+def test_list_of_maps_in_a_one_map_parameter(perimd_factory, tmp_path):
+    """Postfix takes several maps in relay_recipient_maps; perimd takes one:
+    -t says so and names the parameter, rather than trying to open a file
+    called "a, file:b"."""
+    p = perimd_factory(start=False)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("alice@example.com OK\n")
+    b.write_text("bob@example.com OK\n")
+    for sep in (", ", " ", ",\t"):
+        opt = "relay_recipient_maps=file:%s%sfile:%s" % (a, sep, b)
+        rc, err = check(p, opt)
+        assert rc == 1, (opt, err)
+        assert "-o %s: " % opt in err and "one map" in err, (opt, err)
+        assert "cannot open" not in err, err
+    rc, err = check(p, "relay_recipient_maps=file:%s" % a)
     assert rc == 0, err
