@@ -760,13 +760,29 @@ static void conf_free(struct conf *c)
 		free_value(&params[i], (char *)c + params[i].off);
 		if (c->raw)
 			free(c->raw[i]);
+		if (c->where)
+			free(c->where[i]);
 	}
 	free(c->raw);
+	free(c->where);
 	free(c->path);
 	free(c);
 }
 
 static unsigned long long conf_gen; /* atomic: the last conf's gen */
+
+/* where_of - the place in a loader's where text ("FILE:LINE: NAME",
+ * "-o NAME=VALUE", "NAME (default)") without the name; NULL for a
+ * default. */
+static char *where_of(const char *where, const char *name)
+{
+	size_t n = strlen(where), k = strlen(name);
+	if (n > k + 2 && !strcmp(where + n - k, name) && !strncmp(where + n - k - 2, ": ", 2))
+		return xstrndup(where, n - k - 2);
+	if (!strncmp(where, "-o ", 3))
+		return xstrdup(where);
+	return NULL;
+}
 
 /* conf_load - see conf.h. */
 struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n_overrides, char *err,
@@ -801,9 +817,11 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
 		c->refs = 1;
 		c->gen = __atomic_add_fetch(&conf_gen, 1, __ATOMIC_RELAXED);
 		c->raw = xcalloc(NPARAMS, sizeof *c->raw);
+		c->where = xcalloc(NPARAMS, sizeof *c->where);
 		for (size_t i = 0; i < NPARAMS; i++) {
 			c->raw[i] = L.raw[i];
 			L.raw[i] = NULL;
+			c->where[i] = where_of(L.where[i], params[i].name);
 		}
 	}
 	for (size_t i = 0; i < NPARAMS; i++) {
@@ -937,6 +955,18 @@ int conf_restart_changes(const struct conf *old, const struct conf *c, void (*fn
 		free(b);
 	}
 	return n;
+}
+
+/* conf_blame - see conf.h. */
+const char *conf_blame(const struct conf *c, const char *line)
+{
+	size_t n = 0;
+	while (is_name_char(line[n]))
+		n++;
+	if (!c->where || n == 0 || (line[n] != ':' && line[n] != '=' && line[n] != ' '))
+		return NULL;
+	int i = param_find(line, n);
+	return i < 0 ? NULL : c->where[i];
 }
 
 /* conf_is_restart - see conf.h. */

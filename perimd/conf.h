@@ -55,6 +55,7 @@ struct conf {
 	int refs;               /* private */
 	char **raw;             /* private: each parameter's text before $name
 			  * expansion, in table order, for conf_dump() */
+	char **where;           /* private: where each was set, for conf_blame() */
 };
 
 /* conf_load - defaults, then the file (path may be NULL: defaults only; a
@@ -92,6 +93,13 @@ int conf_restart_changes(const struct conf *old, const struct conf *c, void (*fn
  * entries as its C enum (conf_enum.h): 0, or -1 naming the first that
  * does not in err. */
 int conf_enum_check(char *err, size_t errlen);
+/* conf_blame - where the parameter an error line of a later check is
+ * about was set: the line starts with a parameter's name (then ':', '='
+ * or a blank), as "relay_recipient_maps: ..." does; returns "FILE:LINE"
+ * or "-o NAME=VALUE", or NULL (no name, a default, or a conf made without
+ * a file). perimd -t and a refused reload put it before the line. */
+const char *conf_blame(const struct conf *c, const char *line);
+
 /* conf_is_restart - whether the parameter named is restart-only. */
 int conf_is_restart(const char *name);
 

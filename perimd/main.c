@@ -270,22 +270,26 @@ static void probe_addr(const char *param, const char *text, int default_port)
 		fatal("%s %s: cannot listen on %s; not starting", param, text, err);
 }
 
-/* say_errors - each line of err on stderr, "perimd: " before it. */
-static void say_errors(const char *err)
+/* say_errors - each line of err on stderr, "perimd: " before it, and
+ * where c set the parameter it names (conf_blame; c may be NULL). */
+static void say_errors(const struct conf *c, const char *err)
 {
 	while (*err) {
 		size_t n = strcspn(err, "\n");
-		fprintf(stderr, "perimd: %.*s\n", (int)n, err);
+		const char *at = c ? conf_blame(c, err) : NULL;
+		fprintf(stderr, "perimd: %s%s%.*s\n", at ? at : "", at ? ": " : "", (int)n, err);
 		err += n + (err[n] == '\n');
 	}
 }
 
-/* log_errors - each line of err as an error log line, after prefix. */
-static void log_errors(const char *prefix, const char *err)
+/* log_errors - each line of err as an error log line, after prefix and
+ * where c set the parameter it names (c may be NULL). */
+static void log_errors(const struct conf *c, const char *prefix, const char *err)
 {
 	while (*err) {
 		size_t n = strcspn(err, "\n");
-		log_err("%s%.*s", prefix, (int)n, err);
+		const char *at = c ? conf_blame(c, err) : NULL;
+		log_err("%s%s%s%.*s", prefix, at ? at : "", at ? ": " : "", (int)n, err);
 		err += n + (err[n] == '\n');
 	}
 }
@@ -328,14 +332,18 @@ static void reload(const char *path, int nov, int full)
 	char err[8192];
 	struct conf *c = conf_load(path, 0, ov, nov, err, sizeof err);
 	if (!c) {
-		log_errors("reload refused, keeping the running configuration: ", err);
+		log_errors(NULL, "reload refused, keeping the running configuration: ", err);
 		return;
 	}
-	struct policy *p = policy_load(c, err, sizeof err); /* smtpd_milters parsed there */
-	if (!p) {
-		log_errors("reload refused, keeping the running configuration: ", err);
+	/* policy_load takes one reference, even on failure: ours keeps c for
+	 * naming the lines at fault. smtpd_milters is parsed there. */
+	conf_ref(c);
+	struct policy *p = policy_load(c, err, sizeof err);
+	if (!p)
+		log_errors(c, "reload refused, keeping the running configuration: ", err);
+	conf_release(c);
+	if (!p)
 		return;
-	}
 	/* Certificates: the old ones stay unless the new ones all load (after
 	 * the privilege drop, the key must be readable by mail_owner). When
 	 * only a map file changed (!full), certificates and signatures stay. */
@@ -418,7 +426,7 @@ int main(int argc, char **argv)
 				"which perimd -d prints)\n",
 				path);
 		else
-			say_errors(err);
+			say_errors(c, err);
 		return 1;
 	}
 	if (dump_n) {
@@ -432,11 +440,11 @@ int main(int argc, char **argv)
 	conf_ref(c); /* policy_load takes one reference, even on failure */
 	struct policy *pol = policy_load(c, err, sizeof err);
 	if (!pol) {
-		say_errors(err);
+		say_errors(c, err);
 		bad = 1;
 	}
 	if (tls_configure(c, err, sizeof err) < 0) {
-		say_errors(err);
+		say_errors(c, err);
 		bad = 1;
 	}
 	/* Listening addresses are checked by -t too. */
@@ -445,30 +453,21 @@ int main(int argc, char **argv)
 	for (int i = 0; i < c->smtpd_listen.n; i++) {
 		const char *why;
 		if (net_parse_addr(c->smtpd_listen.v[i], 25, &addrs[i], &alens[i], &why) < 0) {
-			/* Blame the -o that set it (the last one wins), else the file. */
-			const char *from = NULL;
-			for (int k = 0; k < nov; k++)
-				if (!strncmp(ov[k], "smtpd_listen", 12) &&
-				    (ov[k][12] == '=' || ov[k][12] == ' '))
-					from = ov[k];
-			if (from)
-				fprintf(stderr, "perimd: -o %s: smtpd_listen: %s: %s\n", from,
-					c->smtpd_listen.v[i], why);
-			else
-				fprintf(stderr, "perimd: %s: smtpd_listen: %s: %s\n", c->path,
-					c->smtpd_listen.v[i], why);
+			const char *at = conf_blame(c, "smtpd_listen:");
+			fprintf(stderr, "perimd: %s: smtpd_listen: %s: %s\n", at ? at : c->path,
+				c->smtpd_listen.v[i], why);
 			bad = 1;
 		}
 	}
 	if (policyd_check(c, err, sizeof err) < 0) {
-		say_errors(err);
+		say_errors(c, err);
 		bad = 1;
 	}
 	int (*const checks[])(const struct conf *, char *, size_t) = { admin_check, av_check, grey_check,
 								       fleet_check };
 	for (size_t k = 0; k < sizeof checks / sizeof checks[0]; k++)
 		if (checks[k](c, err, sizeof err) < 0) {
-			say_errors(err);
+			say_errors(c, err);
 			bad = 1;
 		}
 	if (bad) {

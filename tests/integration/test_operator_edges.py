@@ -12,10 +12,16 @@ the statistics server):
 - `check_policy_service` with no service after it is an error, not
   nothing;
 - a Postfix-style list of maps in a one-map parameter is refused as
-  such at -t.
+  such at -t;
+- every -t error names the file and line (or the -o option) that set the
+  parameter at fault, as perimd(8) promises, also for the checks made
+  after the file is read (maps, milters, policy services, listen
+  addresses); a SIGHUP refused for such an error logs the line too.
 """
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -158,3 +164,40 @@ def test_list_of_maps_in_a_one_map_parameter(perimd_factory, tmp_path):
         assert "cannot open" not in err, err
     rc, err = check(p, "relay_recipient_maps=file:%s" % a)
     assert rc == 0, err
+
+
+def test_later_checks_name_the_file_and_line(perimd_factory, tmp_path):
+    """-t: a map, a milter, a policy service and a listen address that
+    the file's parser took but a later check refused are each named by the
+    line that set them; an -o by the option; a reload refused logs it."""
+    p = perimd_factory(start=False)
+    conf = tmp_path / "bad.conf"
+    conf.write_text("relay_domains = example.com\n"
+                    "relay_recipient_maps = hash:/etc/postfix/relay_recipients\n"
+                    "# a comment\n"
+                    "smtpd_milters = inet:127.0.0.1:8891,\n"
+                    "    unix:private/rspamd\n"
+                    "smtpd_policy_services = permit_mynetworks\n"
+                    "smtpd_listen = 127.0.0.1:99999\n")
+    r = subprocess.run([PERIMD_BIN, "-t", "-c", str(conf), "-o", "transport_maps=file:" + str(tmp_path / "none")],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    for want in ("%s:2: relay_recipient_maps: " % conf,
+                 "%s:4: smtpd_milters: " % conf,
+                 "%s:6: smtpd_policy_services: " % conf,
+                 "%s:7: smtpd_listen: 127.0.0.1:99999: bad port" % conf,
+                 "-o transport_maps=file:%s: transport_maps: " % (tmp_path / "none")):
+        assert want in err, (want, err)
+    # Every line is blamed on a place.
+    for line in err.splitlines():
+        assert re.match(r"perimd: (%s:\d+|-o \S+): " % re.escape(str(conf)), line), line
+
+    p.start()
+    with open(p.conf_path, "a") as f:
+        f.write("sender_access_maps = btree:/etc/postfix/sender_access\n")
+    nlines = sum(1 for _ in open(p.conf_path))
+    p.proc.send_signal(signal.SIGHUP)
+    p.wait_log(r"reload refused, keeping the running configuration: %s:%d: sender_access_maps: "
+               % (re.escape(p.conf_path), nlines))
+    assert p.proc.poll() is None
