@@ -575,6 +575,21 @@ static int parse_value(const struct param *p, const char *s, struct conf *c, cha
 		snprintf(why, wl, "\"%s\" is not a host name", s);
 		return -1;
 	}
+	/* smtpd_banner is the text of the 220 line: with "220 " and CRLF at
+	 * most 512 bytes (RFC 5321 4.5.3.1.5), printable. */
+	if (p->off == offsetof(struct conf, smtpd_banner) && strlen(s) > 506) {
+		snprintf(why, wl,
+			 "%zu bytes: the greeting line \"220 TEXT\" is at most 512 (RFC 5321 4.5.3.1.5)",
+			 strlen(s));
+		return -1;
+	}
+	if (p->off == offsetof(struct conf, smtpd_banner))
+		for (const char *q = s; *q; q++)
+			if ((unsigned char)*q < 0x20 && *q != '\t') {
+				snprintf(why, wl, "control character 0x%02x in the greeting",
+					 (unsigned char)*q);
+				return -1;
+			}
 	switch (p->type) {
 	case T_BOOL:
 		if (conf_parse_bool(s, dst) < 0) {

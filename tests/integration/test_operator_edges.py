@@ -16,7 +16,9 @@ the statistics server):
 - every -t error names the file and line (or the -o option) that set the
   parameter at fault, as perimd(8) promises, also for the checks made
   after the file is read (maps, milters, policy services, listen
-  addresses); a SIGHUP refused for such an error logs the line too.
+  addresses); a SIGHUP refused for such an error logs the line too;
+- a greeting longer than RFC 5321's 512-byte reply line, or with a
+  control character, is refused at -t (it was cut at 1021 bytes live).
 """
 
 import os
@@ -201,3 +203,17 @@ def test_later_checks_name_the_file_and_line(perimd_factory, tmp_path):
     p.wait_log(r"reload refused, keeping the running configuration: %s:%d: sender_access_maps: "
                % (re.escape(p.conf_path), nlines))
     assert p.proc.poll() is None
+
+
+def test_banner_longer_than_a_reply_line(perimd_factory):
+    """smtpd_banner after expansion: 506 bytes fit "220 " + CRLF in 512;
+    507 do not, nor does a control character."""
+    p = perimd_factory(start=False)
+    rc, err = check(p, "smtpd_banner=" + "b" * 506)
+    assert rc == 0, err
+    rc, err = check(p, "smtpd_banner=" + "b" * 507)
+    assert rc == 1 and ": 507 bytes: the greeting line" in err, err
+    rc, err = check(p, "smtpd_banner=$smtpd_tls_cert_file x", "smtpd_tls_cert_file=" + "/c" * 300)
+    assert rc == 1 and ": 602 bytes: the greeting line" in err, err
+    rc, err = check(p, "smtpd_banner=mx\x01 ESMTP")
+    assert rc == 1 and "control character 0x01" in err, err
