@@ -190,13 +190,48 @@ static void load_line(struct loader *L, const char *path, int lineno, char *line
 	lset(L, i, value, xasprintf("%s:%d: %s", path, lineno, name));
 }
 
+#define CONF_LINE_MAX (16 << 20) /* bytes in one physical line */
+
+/* read_line - the next physical line of f, without its LF, into b: 1, 0
+ * at the end of the file, -1 on a NUL byte or a line over CONF_LINE_MAX
+ * (*why says which), found as they come: -c /dev/zero is an error, not a
+ * read without end. */
+static int read_line(FILE *f, struct strbuf *b, const char **why)
+{
+	char chunk[4096];
+	size_t n = 0;
+	int ch, any = 0;
+
+	b->len = 0;
+	while ((ch = getc_unlocked(f)) != EOF && ch != '\n') {
+		any = 1;
+		if (ch == 0) {
+			*why = "NUL byte in line";
+			return -1;
+		}
+		chunk[n++] = (char)ch;
+		if (n == sizeof chunk) {
+			sb_add(b, chunk, n);
+			n = 0;
+			if (b->len > CONF_LINE_MAX) {
+				*why = "line longer than 16 MB";
+				return -1;
+			}
+		}
+	}
+	sb_add(b, chunk, n);
+	return any || ch == '\n';
+}
+
 /*
  * load_file - read a main.cf-shaped file: a logical line starts with
  * non-whitespace text and continues on the following lines that start
  * with whitespace (joined with one space). Blank lines and lines whose
  * first non-whitespace character is '#' are ignored and do not end a
- * logical line. '#' elsewhere is part of the value, as in Postfix.
- * Returns 0, 1 if the file is missing and missing_ok, -1 on error.
+ * logical line. '#' elsewhere is part of the value, as in Postfix. A
+ * UTF-8 byte order mark before the first line (a Windows editor's) is
+ * skipped. Returns 0, 1 if the file is missing and missing_ok, -1 on
+ * error.
  */
 static int load_file(struct loader *L, const char *path, int missing_ok)
 {
@@ -207,18 +242,19 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 		lerr(L, "%s: cannot open: %s", path, strerror(errno));
 		return -1;
 	}
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t len;
-	int lineno = 0, start = 0;
-	struct strbuf cur = { 0 };
+	struct strbuf raw = { 0 }, cur = { 0 };
+	const char *why = NULL;
+	int lineno = 0, start = 0, r;
 
-	while ((len = getline(&line, &cap, f)) >= 0) {
+	while ((r = read_line(f, &raw, &why)) != 0) {
 		lineno++;
-		if (strlen(line) != (size_t)len) {
-			lerr(L, "%s:%d: NUL byte in line", path, lineno);
+		if (r < 0) {
+			lerr(L, "%s:%d: %s", path, lineno, why);
 			break;
 		}
+		char *line = sb_str(&raw);
+		if (lineno == 1 && !strncmp(line, "\xef\xbb\xbf", 3))
+			line += 3;
 		char *t = trim(line);
 		if (*t == 0 || *t == '#')
 			continue;
@@ -240,10 +276,10 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 	}
 	if (ferror(f))
 		lerr(L, "%s: read error: %s", path, strerror(errno));
-	else if (start)
+	else if (start && r == 0)
 		load_line(L, path, start, sb_str(&cur));
 	sb_free(&cur);
-	free(line);
+	sb_free(&raw);
 	fclose(f);
 	return L->failed ? -1 : 0;
 }

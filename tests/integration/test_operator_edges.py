@@ -18,7 +18,10 @@ the statistics server):
   after the file is read (maps, milters, policy services, listen
   addresses); a SIGHUP refused for such an error logs the line too;
 - a greeting longer than RFC 5321's 512-byte reply line, or with a
-  control character, is refused at -t (it was cut at 1021 bytes live).
+  control character, is refused at -t (it was cut at 1021 bytes live);
+- -c /dev/zero (or a file of NULs) is an error at once, not a read
+  without end; a file saved with a UTF-8 byte order mark reads as
+  without it.
 """
 
 import os
@@ -217,3 +220,17 @@ def test_banner_longer_than_a_reply_line(perimd_factory):
     assert rc == 1 and ": 602 bytes: the greeting line" in err, err
     rc, err = check(p, "smtpd_banner=mx\x01 ESMTP")
     assert rc == 1 and "control character 0x01" in err, err
+
+
+def test_endless_or_bom_files(tmp_path):
+    """The reader stops at the first NUL (/dev/zero was read into memory
+    without end) and skips a UTF-8 BOM before the first line."""
+    r = subprocess.run([PERIMD_BIN, "-t", "-c", "/dev/zero"], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=20)
+    assert r.returncode == 1 and b"/dev/zero:1: NUL byte in line" in r.stderr, r.stderr
+    conf = tmp_path / "bom.conf"
+    conf.write_bytes(b"\xef\xbb\xbfmax_sessions = 7\r\nrelay_domains = a.example,\r\n  b.example\r\n")
+    r = subprocess.run([PERIMD_BIN, "-n", "-c", str(conf)], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines() == ["max_sessions = 7", "relay_domains = a.example, b.example"], r.stdout
