@@ -611,6 +611,14 @@ static int parse_value(const struct param *p, const char *s, struct conf *c, cha
 		snprintf(why, wl, "\"%s\" is not a host name", s);
 		return -1;
 	}
+	/* recipient_delimiter: characters of a local part, never its end. */
+	if (p->off == offsetof(struct conf, recipient_delimiter) && s[strcspn(s, "@\"<> \t,")]) {
+		snprintf(why, wl,
+			 "\"%s\": the delimiters are characters of a local part (not @, quotes, "
+			 "brackets, blanks or commas)",
+			 s);
+		return -1;
+	}
 	/* smtpd_banner is the text of the 220 line: with "220 " and CRLF at
 	 * most 512 bytes (RFC 5321 4.5.3.1.5), printable. */
 	if (p->off == offsetof(struct conf, smtpd_banner) && strlen(s) > 506) {

@@ -82,6 +82,7 @@ PARAM(LIST, relay_xforward_hosts, "", 0, 0, NULL, "backend addresses (or CIDR ne
 /* Recipient and client rules */
 PARAM(LIST, role_accounts, "postmaster, abuse, hostmaster, webmaster", 0, 0, NULL, "local parts always accepted for relay domains, exempt from client, HELO, sender, DNSBL and greylisting checks (RFC 2142)")
 PARAM(MAP, relay_recipient_maps, "", 0, 0, NULL, "when set, a recipient must be found here (user@domain, then the @domain catch-all) or verified, else 550 5.1.1")
+PARAM(STR, recipient_delimiter, "", 0, 0, NULL, "characters that end a local part's base (user+ext@domain): relay_recipient_maps is then also asked for user@domain, as in Postfix")
 PARAM(MAP, client_access_maps, "", 0, 0, NULL, "client IP (CIDR keys in file: maps) to an access(5) action: OK, PERMIT, DUNNO, REJECT [text], 4NN/5NN text, DEFER, DEFER_IF_PERMIT, DEFER_IF_REJECT, WARN, DISCARD, PREPEND")
 PARAM(MAP, sender_access_maps, "", 0, 0, NULL, "sender address (user@domain, domain, parents, user@) to an access(5) action, as client_access_maps")
 PARAM(MAP, recipient_access_maps, "", 0, 0, NULL, "recipient address to an access(5) action, as client_access_maps; OK exempts it as a role account")

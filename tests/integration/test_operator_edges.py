@@ -21,7 +21,9 @@ the statistics server):
   control character, is refused at -t (it was cut at 1021 bytes live);
 - -c /dev/zero (or a file of NULs) is an error at once, not a read
   without end; a file saved with a UTF-8 byte order mark reads as
-  without it.
+  without it;
+- recipient_delimiter (Debian's main.cf sets "+"): a plus-addressed
+  recipient of a listed user is not refused as unknown.
 """
 
 import os
@@ -34,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import PERIMD_BIN  # noqa: E402
+from harness import PERIMD_BIN, known_params, smtp_dialogue  # noqa: E402
 from test_stats import stats_port  # noqa: E402
 
 HTTP_TIMEOUT = 10.0  # HTTP_TIMEOUT_MS
@@ -234,3 +236,35 @@ def test_endless_or_bom_files(tmp_path):
                        capture_output=True, timeout=20)
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode().splitlines() == ["max_sessions = 7", "relay_domains = a.example, b.example"], r.stdout
+
+
+def test_recipient_delimiter_finds_the_listed_user(perimd_factory, tmp_path):
+    """user+ext@domain is looked up whole, then as user@domain, then as
+    @domain (Postfix's order); without recipient_delimiter it is unknown."""
+    rr = tmp_path / "relay_recipients"
+    rr.write_text("alice@example.com OK\nbob-list@example.com OK\ncarol+vip@example.com REJECT\n"
+                  "@example.net OK\n")
+    base = {"relay_domains": "example.com, example.net", "relay_backends": "127.0.0.1:9",
+            "relay_recipient_maps": "file:%s" % rr}
+    base.update({k: v for k, v in {"greylist": "no", "reject_unknown_sender_domain": "no",
+                                   "stats_listen": ""}.items() if k in known_params()})
+
+    def rcpt_codes(p, rcpts):
+        lines = ["EHLO probe.test", "MAIL FROM:<s@example.org>"] + ["RCPT TO:<%s>" % a for a in rcpts] + ["QUIT"]
+        return [code for code, _ in smtp_dialogue(p.port, lines)[3:3 + len(rcpts)]]
+
+    rcpts = ["alice+news@example.com", "alice@example.com", "alice-x@example.com", "+alice@example.com",
+             "bob-list+x@example.com", "carol+vip@example.com", "carol+x@example.com",
+             "dave+x@example.com", "dave+x@example.net"]
+    p = perimd_factory(recipient_delimiter="+", **base)
+    assert rcpt_codes(p, rcpts) == [250, 250, 550, 550, 250, 550, 550, 550, 250]
+    p.stop()
+    # The extension starts at the first of the characters: bob-list+x is bob.
+    p = perimd_factory(recipient_delimiter="+-", **base)
+    assert rcpt_codes(p, rcpts) == [250, 250, 250, 550, 550, 550, 550, 550, 250]
+    p.stop()
+    p = perimd_factory(**base)
+    assert rcpt_codes(p, rcpts) == [550, 250, 550, 550, 550, 550, 550, 550, 250]
+    p.stop()
+    rc, err = check(p, "recipient_delimiter=@")
+    assert rc == 1 and "characters of a local part" in err, err
