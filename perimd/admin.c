@@ -611,21 +611,24 @@ int admin_command(int argc, char **argv, const char *default_conf)
 			return 1;
 		}
 	}
+	/* Only stats_listen is needed: a file edited with a typo since the
+	 * daemon read it must not make a running daemon look unhealthy (a
+	 * container would be restarted into the broken file). */
 	char err[1024];
-	struct conf *c = conf_load(path ? path : default_conf, path == NULL, NULL, 0, err, sizeof err);
-	if (!c) {
+	char *listen = conf_value_of(path ? path : default_conf, path == NULL, "stats_listen", err, sizeof err);
+	if (!listen) {
 		fprintf(stderr, "perimd: %s\n", err);
 		return 1;
 	}
-	if (!c->stats_listen[0]) {
+	if (!listen[0]) {
 		fprintf(stderr, "perimd: stats_listen is empty: no statistics to ask for\n");
-		conf_release(c);
+		free(listen);
 		return 1;
 	}
 	int status = 0;
 	struct strbuf body = { 0 };
-	int r = http_get(c->stats_listen, hc ? "/healthz" : "/metrics", 5000, &status, &body, err, sizeof err);
-	conf_release(c);
+	int r = http_get(listen, hc ? "/healthz" : "/metrics", 5000, &status, &body, err, sizeof err);
+	free(listen);
 	int rc = 1;
 	if (r < 0) {
 		fprintf(stderr, "perimd: %s\n", err);

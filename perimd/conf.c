@@ -891,6 +891,51 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
 	return c;
 }
 
+/* conf_value_of - see conf.h. The file's other lines are read (for
+ * $name) but their errors not kept: L.errlen is 0 until the one
+ * parameter is expanded and checked. */
+char *conf_value_of(const char *path, int missing_ok, const char *name, char *err, size_t errlen)
+{
+	struct loader L = { 0 };
+	int i = param_find(name, strlen(name));
+	char *out = NULL;
+
+	if (errlen)
+		err[0] = 0;
+	if (i < 0) {
+		snprintf(err, errlen, "%s: unknown parameter", name);
+		return NULL;
+	}
+	for (size_t k = 0; k < NPARAMS; k++)
+		lset(&L, (int)k, params[k].def, xasprintf("%s (default)", params[k].name));
+	FILE *f = fopen(path, "r");
+	if (!f && !(errno == ENOENT && missing_ok)) {
+		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+	} else {
+		if (f) {
+			fclose(f);
+			load_file(&L, path, missing_ok);
+		}
+		L.err = err;
+		L.errlen = errlen;
+		const char *v = expand(&L, (size_t)i);
+		struct conf scratch; /* only parameter i's field is used */
+		char why[512];
+		if (v && parse_value(&params[i], v, &scratch, why, sizeof why) == 0) {
+			free_value(&params[i], (char *)&scratch + params[i].off);
+			out = xstrdup(v);
+		} else if (v) {
+			lerr(&L, "%s: %s", L.where[i], why);
+		}
+	}
+	for (size_t k = 0; k < NPARAMS; k++) {
+		free(L.raw[k]);
+		free(L.where[k]);
+		free(L.val[k]);
+	}
+	return out;
+}
+
 /* dump_one - "name = value" of parameter i; unless defaults_too, only
  * when it differs from the default. */
 static void dump_one(FILE *out, const struct conf *c, size_t i, int defaults_too)

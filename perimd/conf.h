@@ -93,6 +93,14 @@ int conf_restart_changes(const struct conf *old, const struct conf *c, void (*fn
  * entries as its C enum (conf_enum.h): 0, or -1 naming the first that
  * does not in err. */
 int conf_enum_check(char *err, size_t errlen);
+/* conf_value_of - the value of one parameter (after $name expansion and
+ * its own check) as the file at path sets it, even when other lines of
+ * the file are wrong: for the commands that only need stats_listen
+ * (perimd healthcheck must not call a running daemon unhealthy because
+ * the file was edited with a typo since). NULL with err filled when the
+ * file cannot be read or that parameter is wrong; the caller frees. */
+char *conf_value_of(const char *path, int missing_ok, const char *name, char *err, size_t errlen);
+
 /* conf_blame - where the parameter an error line of a later check is
  * about was set: the line starts with a parameter's name (then ':', '='
  * or a blank), as "relay_recipient_maps: ..." does; returns "FILE:LINE"

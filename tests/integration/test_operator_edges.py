@@ -23,7 +23,10 @@ the statistics server):
   without end; a file saved with a UTF-8 byte order mark reads as
   without it;
 - recipient_delimiter (Debian's main.cf sets "+"): a plus-addressed
-  recipient of a listed user is not refused as unknown.
+  recipient of a listed user is not refused as unknown;
+- `perimd healthcheck` and `perimd stats` read only stats_listen: a typo
+  made in the file since the daemon read it does not make the running
+  daemon look unhealthy (a container would be restarted into it).
 """
 
 import os
@@ -294,3 +297,27 @@ unknown_relay_recipient_reject_code = 550
     # carol+vip's REJECT value is perimd's own (perimd.conf(5)); Postfix
     # takes any entry as a known recipient.
     assert got == [250, 250, 550, 550, 250, 250, 550, 550, 250], got
+
+
+def test_healthcheck_ignores_a_typo_elsewhere_in_the_file(perimd_factory):
+    """The daemon runs; the admin then breaks an unrelated line of the file
+    (not yet reloaded). healthcheck still says 0 and stats still prints;
+    a broken stats_listen itself is still an error, naming the line."""
+    p = perimd_factory()
+    with open(p.conf_path, "a") as f:
+        f.write("max_sessions = 10x\nsmtpd_bogus = 1\n")
+
+    def run(*args):
+        return subprocess.run([PERIMD_BIN] + list(args) + ["-c", p.conf_path], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=30)
+    r = run("healthcheck")
+    assert r.returncode == 0 and r.stdout.startswith(b"ok"), (r.returncode, r.stdout, r.stderr)
+    r = run("stats")
+    assert r.returncode == 0 and b"perimd_connections_accepted_total" in r.stdout, r.stderr
+    with open(p.conf_path, "a") as f:
+        f.write("stats_listen = $no_such_parameter\n")
+    nlines = sum(1 for _ in open(p.conf_path))
+    r = run("healthcheck")
+    assert r.returncode == 1, r.stdout
+    assert ("%s:%d: stats_listen: unknown parameter $no_such_parameter" % (p.conf_path, nlines)).encode() \
+        in r.stderr, r.stderr
