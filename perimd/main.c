@@ -370,7 +370,7 @@ static void reload(const char *path, int nov, int full)
 int main(int argc, char **argv)
 {
 	const char *path = NULL;
-	int nov = 0, fg = 0, verbose = 0, check = 0, dump_n = 0, dump_d = 0;
+	int nov = 0, fg = 0, verbose = 0, check = 0, dump_n = 0, dump_d = 0, version = 0;
 	int opt;
 
 	/* The scanner process is perimd re-executed (av.c, scanner.h). */
@@ -390,9 +390,15 @@ int main(int argc, char **argv)
 		case 't': check = 1; break;
 		case 'n': dump_n = 1; break;
 		case 'd': dump_d = 1; break;
-		case 'V': version_print(stdout); return 0;
+		case 'V': version = 1; break;
 		default: usage();
 		}
+	}
+	if (version) {
+		if (optind != argc)
+			usage();
+		version_print(stdout);
+		return 0;
 	}
 	/* Names after -d or -n: those parameters only, as postconf does. */
 	if (optind != argc && !dump_d && !dump_n)

@@ -146,6 +146,15 @@ def test_admin_commands_bad_usage_exits_1(perimd_factory):
         assert b"usage:" in r.stderr, (args, r.stderr)
 
 
+def test_version_takes_no_operands():
+    """perimd -V prints the version; words after it are a usage error, as
+    after -t (they were ignored)."""
+    r = subprocess.run([PERIMD_BIN, "-V"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith(b"perimd "), r
+    r = subprocess.run([PERIMD_BIN, "-V", "extra"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert r.returncode == 1 and b"usage:" in r.stderr and not r.stdout, r
+
+
 def test_check_policy_service_without_a_service(perimd_factory):
     """A check_policy_service keyword must be followed by its service, as
     in Postfix: alone, last, or before another keyword it is an error."""
