@@ -435,7 +435,7 @@ int admin_check(const struct conf *c, char *err, size_t errlen)
 	socklen_t sl;
 	const char *why;
 	if (c->stats_listen[0] && net_parse_addr(c->stats_listen, 9125, &ss, &sl, &why) < 0) {
-		snprintf(err, errlen, "%s: stats_listen: %s: %s", c->path, c->stats_listen, why);
+		snprintf(err, errlen, "stats_listen: %s: %s", c->stats_listen, why);
 		return -1;
 	}
 	return 0;

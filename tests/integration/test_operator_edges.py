@@ -200,7 +200,8 @@ def test_later_checks_name_the_file_and_line(perimd_factory, tmp_path):
                     "smtpd_milters = inet:127.0.0.1:8891,\n"
                     "    unix:private/rspamd\n"
                     "smtpd_policy_services = permit_mynetworks\n"
-                    "smtpd_listen = 127.0.0.1:99999\n")
+                    "smtpd_listen = 127.0.0.1:99999\n"
+                    "stats_listen = 127.0.0.1:99999\n")
     r = subprocess.run([PERIMD_BIN, "-t", "-c", str(conf), "-o", "transport_maps=file:" + str(tmp_path / "none")],
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     err = r.stderr.decode()
@@ -209,6 +210,7 @@ def test_later_checks_name_the_file_and_line(perimd_factory, tmp_path):
                  "%s:4: smtpd_milters: " % conf,
                  "%s:6: smtpd_policy_services: " % conf,
                  "%s:7: smtpd_listen: 127.0.0.1:99999: bad port" % conf,
+                 "%s:8: stats_listen: 127.0.0.1:99999: bad port" % conf,
                  "-o transport_maps=file:%s: transport_maps: " % (tmp_path / "none")):
         assert want in err, (want, err)
     # Every line is blamed on a place.
