@@ -483,6 +483,17 @@ int main(int argc, char **argv)
 	}
 	conf_release(c);
 	if (check) {
+		/* As root, the user to become must exist here, or the start
+		 * fails: a warning, as -t may run on another machine. */
+		struct passwd pwnum;
+		if (geteuid() == 0 && !owner_lookup(c->mail_owner, &pwnum)) {
+			const char *at = conf_blame(c, "mail_owner:");
+			fprintf(stderr,
+				"perimd: warning: %s%smail_owner: %s: no such user here: started as root, "
+				"perimd would stop (in a chroot or scratch image without /etc/passwd, give a "
+				"numeric uid[:gid])\n",
+				at ? at : "", at ? ": " : "", c->mail_owner);
+		}
 		owner_read_check(c, say_stderr);
 		policy_release(pol);
 		return 0;

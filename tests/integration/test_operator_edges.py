@@ -26,7 +26,11 @@ the statistics server):
   recipient of a listed user is not refused as unknown;
 - `perimd healthcheck` and `perimd stats` read only stats_listen: a typo
   made in the file since the daemon read it does not make the running
-  daemon look unhealthy (a container would be restarted into it).
+  daemon look unhealthy (a container would be restarted into it);
+- -t catches what only the start or the first PROXY client found: a bad
+  smtpd_upstream_proxy_clients entry, a missing greylisting whitelist
+  named by its parameter, and (as root, a warning) a mail_owner that is
+  no user here.
 """
 
 import os
@@ -332,3 +336,24 @@ def test_healthcheck_ignores_a_typo_elsewhere_in_the_file(perimd_factory):
     assert r.returncode == 1, r.stdout
     assert ("%s:%d: stats_listen: unknown parameter $no_such_parameter" % (p.conf_path, nlines)).encode() \
         in r.stderr, r.stderr
+
+
+def test_check_finds_what_only_the_start_found(perimd_factory, tmp_path):
+    """smtpd_upstream_proxy_clients = 300.1.1.1/99 passed -t and matched no
+    client; a missing whitelist file was named without its parameter; an
+    unknown mail_owner passed -t and stopped the start as root."""
+    p = perimd_factory(start=False)
+    rc, err = check(p, "smtpd_upstream_proxy_protocol=haproxy", "smtpd_upstream_proxy_clients=10.0.0.1, 300.1.1.1/99")
+    assert rc == 1, err
+    assert "smtpd_upstream_proxy_clients: 300.1.1.1/99: not an address or CIDR network" in err, err
+    rc, err = check(p, "smtpd_upstream_proxy_clients=10.0.0.0/8, ::1, 2001:db8::/32")
+    assert rc == 0, err
+    missing = str(tmp_path / "missing")
+    rc, err = check(p, "greylist_whitelist_clients=" + missing)
+    assert rc == 1 and "-o greylist_whitelist_clients=%s: greylist_whitelist_clients: %s: cannot open" % (
+        missing, missing) in err, err
+    if os.geteuid() != 0:
+        return
+    rc, err = check(p, "mail_owner=no_such_user_here")
+    assert rc == 0, err
+    assert "warning: -o mail_owner=no_such_user_here: mail_owner: no_such_user_here: no such user here" in err, err
