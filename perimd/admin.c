@@ -34,6 +34,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -561,6 +562,42 @@ void admin_series_free(struct admin_series *v, int n)
 	free(v);
 }
 
+/* box_get - GET /metrics of one box, addr "host:port" with host an
+ * address or a name: each address of the name is tried in order until
+ * one answers (localhost may be ::1, then 127.0.0.1). As http_get. */
+static int box_get(const char *addr, int *status, struct strbuf *body, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	const char *why;
+	if (net_parse_addr(addr, 9125, &ss, &sl, &why) == 0 || addr[0] == '[')
+		return http_get(addr, "/metrics", 5000, status, body, err, errlen);
+	const char *colon = strrchr(addr, ':');
+	char host[256];
+	snprintf(host, sizeof host, "%.*s", colon ? (int)(colon - addr) : (int)strlen(addr), addr);
+	const char *port = colon ? colon + 1 : "9125";
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV }, *res;
+	int e = getaddrinfo(host, port, &hints, &res);
+	if (e) {
+		snprintf(err, errlen, "%s: %s", addr, e == EAI_SERVICE ? "bad port" : gai_strerror(e));
+		return -1;
+	}
+	int rc = -1;
+	for (struct addrinfo *ai = res; ai && rc < 0; ai = ai->ai_next) {
+		char ip[INET6_ADDRSTRLEN], one[INET6_ADDRSTRLEN + 16];
+		if (getnameinfo(ai->ai_addr, ai->ai_addrlen, ip, sizeof ip, NULL, 0, NI_NUMERICHOST))
+			continue;
+		snprintf(one, sizeof one, ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", ip, port);
+		sb_free(body);
+		rc = http_get(one, "/metrics", 5000, status, body, err, errlen);
+		size_t l = strlen(err);
+		if (rc < 0 && l + strlen(host) + 4 < errlen)
+			snprintf(err + l, errlen - l, " (%s)", host);
+	}
+	freeaddrinfo(res);
+	return rc;
+}
+
 /* fleet_stats - perimd stats ADDR...: every box's /metrics (ADDR as
  * "host:port" or "http://host:port/..."), each series summed over the
  * boxes that answered. 0, or 1 when one did not (the others' totals are
@@ -575,10 +612,11 @@ static int fleet_stats(int naddr, char **addrs)
 		snprintf(addr, sizeof addr, "%.*s", (int)strcspn(a, "/"), a);
 		int status = 0;
 		struct strbuf body = { 0 };
-		if (http_get(addr, "/metrics", 5000, &status, &body, err, sizeof err) < 0 || status != 200) {
+		if (box_get(addr, &status, &body, err, sizeof err) < 0 || status != 200) {
+			/* err names the box already */
 			if (status && status != 200)
-				snprintf(err, sizeof err, "/metrics answered %d", status);
-			fprintf(stderr, "perimd: %s: %s\n", addr, err);
+				snprintf(err, sizeof err, "%s: /metrics answered %d", addr, status);
+			fprintf(stderr, "perimd: %s\n", err);
 			rc = 1;
 		} else {
 			admin_metrics_sum(body.p ? body.p : (char *)"", &v, &n);

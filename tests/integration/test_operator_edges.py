@@ -30,7 +30,9 @@ the statistics server):
 - -t catches what only the start or the first PROXY client found: a bad
   smtpd_upstream_proxy_clients entry, a missing greylisting whitelist
   named by its parameter, and (as root, a warning) a mail_owner that is
-  no user here.
+  no user here;
+- `perimd stats HOST:PORT...` takes host names, as perimd(8)'s
+  "host:port" says (it took numeric addresses only).
 """
 
 import os
@@ -357,3 +359,18 @@ def test_check_finds_what_only_the_start_found(perimd_factory, tmp_path):
     rc, err = check(p, "mail_owner=no_such_user_here")
     assert rc == 0, err
     assert "warning: -o mail_owner=no_such_user_here: mail_owner: no_such_user_here: no such user here" in err, err
+
+
+def test_fleet_stats_takes_host_names(perimd_factory):
+    """perimd stats localhost:PORT asks the box by name (each address of
+    the name in turn); an unknown name is an error naming it."""
+    p = perimd_factory()
+    port = stats_port(p)
+    r = subprocess.run([PERIMD_BIN, "stats", "localhost:%d" % port, "http://127.0.0.1:%d/metrics" % port],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"# 2 of 2 boxes answered"), r.stdout[:200]
+    r = subprocess.run([PERIMD_BIN, "stats", "localhost:%d" % port, "127.0.0.1:1"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert r.returncode == 1 and r.stdout.startswith(b"# 1 of 2 boxes answered"), (r.stdout[:200], r.stderr)
+    assert r.stderr.decode().count("127.0.0.1:1") == 1, r.stderr
