@@ -32,7 +32,9 @@ the statistics server):
   named by its parameter, and (as root, a warning) a mail_owner that is
   no user here;
 - `perimd stats HOST:PORT...` takes host names, as perimd(8)'s
-  "host:port" says (it took numeric addresses only).
+  "host:port" says (it took numeric addresses only);
+- -t on a file with more errors than its report holds ends with a line
+  saying so, not with a line cut in the middle.
 """
 
 import os
@@ -374,3 +376,18 @@ def test_fleet_stats_takes_host_names(perimd_factory):
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     assert r.returncode == 1 and r.stdout.startswith(b"# 1 of 2 boxes answered"), (r.stdout[:200], r.stderr)
     assert r.stderr.decode().count("127.0.0.1:1") == 1, r.stderr
+
+
+def test_too_many_errors_end_with_a_whole_line(tmp_path):
+    """2000 bad lines: every line printed is whole, and the last says that
+    more were not shown."""
+    conf = tmp_path / "many.conf"
+    conf.write_text("".join("bogus_%d = 1\n" % i for i in range(2000)) + "max_sessions = x\n")
+    r = subprocess.run([PERIMD_BIN, "-t", "-c", str(conf)], stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=30)
+    assert r.returncode == 1
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) > 100, lines[:3]
+    assert lines[-1] == "perimd: ... more errors not shown: fix these and check again", lines[-3:]
+    for k, line in enumerate(lines[:-1]):
+        assert line == "perimd: %s:%d: unknown parameter bogus_%d" % (conf, k + 1, k), line
