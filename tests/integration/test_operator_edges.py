@@ -134,7 +134,8 @@ def test_overflowing_numbers_name_the_bound(perimd_factory):
         ("smtpd_timeout=99999999999999999999", "is above the maximum 1d"),
         ("smtpd_timeout=9999999999999w", "is above the maximum 1d"),
         ("message_size_limit=99999999999g", "is above the maximum"),
-        ("relay_verify_positive_ttl=99999999999999w", "is too large"),
+        ("relay_verify_positive_ttl=99999999999999w", "is above the maximum 3650d"),
+        ("body_spool_limit=99999999999999999999", "is too large"),
     ]
     for opt, want in cases:
         rc, err = check(p, opt)
@@ -143,6 +144,21 @@ def test_overflowing_numbers_name_the_bound(perimd_factory):
         assert "not a" not in err, (opt, err)
     rc, err = check(p, "smtpd_timeout=1.5m")
     assert rc == 1 and '"1.5m" is not a time' in err, err
+
+
+def test_every_time_has_a_maximum(perimd_factory):
+    """greylist_auto_whitelist_interval = 9223372036854775807ms fits a long
+    long, passed -t, and overflowed (UBSan abort in grey.c) at the first
+    accepted message; every time parameter now has a maximum, 3650d at
+    most."""
+    p = perimd_factory(start=False)
+    for name in ("relay_verify_positive_ttl", "relay_verify_negative_ttl", "relay_verify_pair_ttl",
+                 "relay_verify_defer_ttl", "greylist_max_age", "greylist_retention",
+                 "greylist_auto_whitelist_interval", "greylist_new_triplet_interval"):
+        rc, err = check(p, "%s=9223372036854775807ms" % name)
+        assert rc == 1 and "is above the maximum 3650d" in err, (name, err)
+        rc, err = check(p, "%s=3650d" % name)
+        assert rc == 0, (name, err)
 
 
 def test_admin_commands_bad_usage_exits_1(perimd_factory):
