@@ -738,6 +738,17 @@ struct av_req *av_scan(struct ev_loop *loop, const struct conf *cf, struct spool
 	return r;
 }
 
+/* av_backlog_limit - see av.h. */
+int av_backlog_limit(const struct conf *cf)
+{
+	long workers = cf->av_threads;
+	if (workers <= 0)
+		workers = sysconf(_SC_NPROCESSORS_ONLN);
+	if (workers <= 0)
+		workers = 1;
+	return (int)(2 * workers);
+}
+
 /* av_cancel - forget a request whose session is gone. */
 void av_cancel(struct av_req *r)
 {

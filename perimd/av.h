@@ -44,6 +44,10 @@ struct av_req *av_scan(struct ev_loop *loop, const struct conf *cf, struct spool
 		       av_done_fn *done, void *arg);
 /* av_cancel - the session is going away: forget the request. */
 void av_cancel(struct av_req *r);
+/* av_backlog_limit - how many scans waiting or running keep the scanner
+ * busy (in_flow_delay): twice its scanning workers (av_threads, or one
+ * per CPU; a clamd is taken to have as many). */
+int av_backlog_limit(const struct conf *cf);
 
 /* Counters, process-wide (summed over loops). */
 struct av_counters {

@@ -97,6 +97,7 @@ PARAM(STR, clamav_database_directory, "/var/lib/clamav", 0, 0, NULL, "signature 
 PARAM(INT, stats_virus_names_max, "200", 1, 255, NULL, "most virus names perimd_viruses_total counts by name; the rest count as name=\"other\"")
 PARAM(INT, av_threads, "0", 0, 256, NULL, "scanning worker processes of the scanner; 0 = one per CPU")
 PARAM(TIME, av_timeout, "120s", 1000, 540000, NULL, "per scan; a scanner hung past it is restarted")
+PARAM(TIME, in_flow_delay, "10s", 0, 60000, NULL, "while the scanner's backlog is full, DATA waits at most this long for a scan to end before its 354 (as Postfix's in_flow_delay); 0 = never")
 PARAM(SIZE, av_max_size, "50m", 1024, 4294967295LL, NULL, "larger messages are not scanned but follow av_oversize_action")
 PARAM(ENUM, av_oversize_action, "reject", 0, 0, "reject|tempfail|accept", "a message over av_max_size: reject (552 5.3.4), tempfail (451 4.3.0) or accept (logged)")
 PARAM(ENUM, av_fail_action, "tempfail", 0, 0, "tempfail|accept", "scanner error, timeout or not running: tempfail (451 4.3.0) or accept (logged)")

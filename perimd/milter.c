@@ -117,6 +117,19 @@ static uint32_t get32(const char *p)
 	return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | u[3];
 }
 
+/* field_name_ok - a header field name a milter may add or change:
+ * printable ASCII without colon or space (RFC 5322 §2.2); anything else
+ * would write other header lines, or the body, into the message. */
+static int field_name_ok(const char *s)
+{
+	if (!*s)
+		return 0;
+	for (; *s; s++)
+		if (*s <= 32 || *s >= 127 || *s == ':')
+			return 0;
+	return 1;
+}
+
 /* milter_pkt_parse - see milter.h. */
 int milter_pkt_parse(const char *p, size_t n, struct milter_pkt *out)
 {
@@ -163,7 +176,7 @@ int milter_pkt_parse(const char *p, size_t n, struct milter_pkt *out)
 	case 'h':
 		out->s1 = str_at(p, n, &off);
 		out->s2 = out->s1 ? str_at(p, n, &off) : NULL;
-		return out->s2 && out->s1[0] ? 0 : -1;
+		return out->s2 && field_name_ok(out->s1) ? 0 : -1;
 	case 'i':
 	case 'm':
 		if (n < 4)
@@ -172,7 +185,7 @@ int milter_pkt_parse(const char *p, size_t n, struct milter_pkt *out)
 		off = 4;
 		out->s1 = str_at(p, n, &off);
 		out->s2 = out->s1 ? str_at(p, n, &off) : NULL;
-		return out->s2 && out->s1[0] ? 0 : -1;
+		return out->s2 && field_name_ok(out->s1) ? 0 : -1;
 	default: return -1;
 	}
 }
@@ -212,13 +225,28 @@ static int enh_valid(const char *t, size_t n, char cls)
 	return i == n || t[i] == ' ';
 }
 
+/* reply_cut - a reply longer than its room ends with the last line that
+ * fit (or the first line, cut short): that line made the last one. The
+ * new length. */
+static size_t reply_cut(char *out, size_t o, size_t prev)
+{
+	if (o == 0) /* the first line alone is too long: snprintf cut it */
+		o = strlen(out);
+	while (o > prev + 3 && (out[o - 1] == '\r' || out[o - 1] == '\n'))
+		o--;
+	out[o] = 0;
+	out[prev + 3] = ' ';
+	return o;
+}
+
 /* milter_reply_text - see milter.h. */
 int milter_reply_text(const char *in, char *out, size_t outlen)
 {
 	char cls = in[0];
 	if ((cls != '4' && cls != '5') || outlen < 64)
 		return -1;
-	size_t o = 0;
+	size_t o = 0, prev = 0; /* prev: where the last line kept begins */
+	int full = 0;
 	const char *l = in;
 	while (*l) {
 		const char *e = l + strcspn(l, "\r\n");
@@ -234,14 +262,18 @@ int milter_reply_text(const char *in, char *out, size_t outlen)
 			next++;
 		int last = !*next;
 		int has_enh = enh_valid(text, tn, cls);
-		int w = snprintf(out + o, outlen - o, "%.3s%c%s%.*s%s", in, last ? ' ' : '-',
-				 has_enh ? "" : (cls == '4' ? "4.7.1 " : "5.7.1 "), (int)tn, text,
-				 last ? "" : "\r\n");
+		int w = full ? 0
+			     : snprintf(out + o, outlen - o, "%.3s%c%s%.*s%s", in, last ? ' ' : '-',
+					has_enh ? "" : (cls == '4' ? "4.7.1 " : "5.7.1 "), (int)tn, text,
+					last ? "" : "\r\n");
 		if (w < 0 || (size_t)w >= outlen - o)
-			return -1;
-		o += (size_t)w;
+			full = 1; /* the rest is checked, not kept */
+		else if (!full)
+			prev = o, o += (size_t)w;
 		l = next;
 	}
+	if (full)
+		o = reply_cut(out, o, prev);
 	return o ? cls - '0' : -1;
 }
 

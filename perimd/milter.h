@@ -174,8 +174,9 @@ int milter_pkt_parse(const char *p, size_t n, struct milter_pkt *out);
 /* milter_reply_text - check and normalize an SMFIR_REPLYCODE text: one or
  * more lines "NNN[ -]text" with the same 4xx or 5xx code, separated by
  * CRLF or LF; written to out as "NNN-...\r\nNNN ..." (last line with a
- * space), and an enhanced code added if missing. Returns 4 or 5 (the
- * class), or -1 when it is not a valid reply. */
+ * space), and an enhanced code added if missing; a reply longer than
+ * out keeps the lines that fit (the first one cut short if need be).
+ * Returns 4 or 5 (the class), or -1 when it is not a valid reply. */
 int milter_reply_text(const char *in, char *out, size_t outlen);
 
 #endif

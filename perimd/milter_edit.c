@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 /* A header field of the stored copy. */
 struct hdr {
@@ -35,7 +36,9 @@ struct msg {
 	struct spool *newbody; /* a replaced body (SMFIR_REPLBODY) */
 	int newbody_cr;        /* canonicalizing: a CR is pending */
 	int changed;
-	int quarantined; /* SMFIR_QUARANTINE: refused (no queue) */
+	int quarantined;       /* SMFIR_QUARANTINE: refused (no queue) */
+	int too_big;           /* a replaced body past message_size_limit: refused */
+	uint64_t change_bytes; /* of the current milter's other changes */
 };
 
 /* hdr_add - insert a header at position pos (nh: append). */
@@ -180,19 +183,33 @@ static int canon_append(struct spool *sp, const char *d, size_t n, int *cr)
 }
 
 /* canon_value - a milter's header value as stored: a leading space, line
- * ends CRLF (folded lines keep their own leading white space). */
+ * ends CRLF, and every line after the first a continuation of the field:
+ * folded lines keep their own leading white space, a line without gets a
+ * space, and empty lines go (a line break must never start another
+ * header, nor end the header section). */
 static char *canon_value(const char *v)
 {
 	size_t n = strlen(v);
-	char *out = xmalloc(2 * n + 2), *o = out;
+	char *out = xmalloc(3 * n + 2), *o = out;
 	if (*v != ' ' && *v != '\t')
 		*o++ = ' ';
 	for (const char *p = v; *p; p++) {
 		if (*p == '\r')
 			continue;
-		if (*p == '\n')
-			*o++ = '\r';
-		*o++ = *p;
+		if (*p != '\n') {
+			*o++ = *p;
+			continue;
+		}
+		const char *q = p + 1;
+		while (*q == '\r' || *q == '\n')
+			q++;
+		if (!*q)
+			break;
+		*o++ = '\r';
+		*o++ = '\n';
+		if (*q != ' ' && *q != '\t')
+			*o++ = ' ';
+		p = q - 1;
 	}
 	*o = 0;
 	return out;
@@ -383,6 +400,13 @@ static int apply(struct milter *m, struct milter_txn *mt, struct msg *g, const s
 		snprintf(m->err, sizeof m->err, "change '%c' without the negotiated action", pk->cmd);
 		return -1;
 	}
+	if (pk->cmd != 'b') { /* bounded as the message is: a flood of changes breaks the protocol */
+		g->change_bytes += 8 + (pk->s1 ? strlen(pk->s1) : 0) + (pk->s2 ? strlen(pk->s2) : 0);
+		if (g->change_bytes > (uint64_t)mt->cf->message_size_limit) {
+			snprintf(m->err, sizeof m->err, "changes past message_size_limit bytes");
+			return -1;
+		}
+	}
 	g->changed |= pk->cmd == 'h' || pk->cmd == 'i' || pk->cmd == 'm' || pk->cmd == 'b';
 	switch (pk->cmd) {
 	case 'h':
@@ -416,6 +440,10 @@ static int apply(struct milter *m, struct milter_txn *mt, struct msg *g, const s
 			log_info("%s: milter %s: replace body", id, m->name);
 			g->newbody = spool_new();
 		}
+		if (g->too_big || spool_size(g->newbody) + pk->datalen > (uint64_t)mt->cf->message_size_limit) {
+			g->too_big = 1; /* the rest is not stored: the message is refused */
+			return 0;
+		}
 		if (canon_append(g->newbody, pk->data, pk->datalen, &g->newbody_cr) < 0) {
 			snprintf(m->err, sizeof m->err, "replaced body: %s", strerror(errno));
 			return -1;
@@ -445,10 +473,28 @@ static int apply(struct milter *m, struct milter_txn *mt, struct msg *g, const s
 	}
 }
 
+/* grown_too_big - m's changes made the message larger than
+ * message_size_limit (and than it came): refused, 552 5.3.4, as a
+ * message that grows beyond it in DATA. 1 when refused. */
+static int grown_too_big(const struct msg *g, const struct milter_txn *mt, const struct milter *m,
+			 uint64_t size0, struct milter_result *res)
+{
+	uint64_t size = spool_size(g->sp), limit = (uint64_t)mt->cf->message_size_limit;
+	if (!g->too_big && (size <= limit || size <= size0))
+		return 0;
+	log_info("%s: milter %s: the changed message exceeds message_size_limit (%llu bytes)",
+		 mt->msgid_or_sess, m->name, (unsigned long long)limit);
+	res->act = MILTER_REJECT;
+	snprintf(res->reply, sizeof res->reply, "552 5.3.4 Message size exceeds fixed limit");
+	snprintf(res->which, sizeof res->which, "%.127s", m->name);
+	return 1;
+}
+
 /* eom_one - the content stages for one milter, then its changes and
  * verdict. As verdict(): 0/1 go on, 2 a verdict, -1 broken. */
 static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struct milter_result *res)
 {
+	g->change_bytes = 0;
 	int r = stream(m, mt, g, res);
 	if (r)
 		return r;
@@ -461,6 +507,14 @@ static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struc
 		if (needs(pk.cmd)) {
 			if (apply(m, mt, g, &pk, res) < 0)
 				return -1;
+			if (g->too_big) { /* no verdict awaited: what follows is more body */
+				close(m->fd);
+				m->fd = -1;
+				m->done = 1;
+				m->in_msg = 0;
+				grown_too_big(g, mt, m, 0, res);
+				return 2;
+			}
 			continue;
 		}
 		r = milter_verdict(m, &pk, res);
@@ -478,10 +532,31 @@ static int eom_one(struct milter *m, struct milter_txn *mt, struct msg *g, struc
 	}
 }
 
+/* changes_drop - a milter broke before its verdict: what it changed so
+ * far is not the message's (with default_action = accept the message goes
+ * on as the milter before it left it; a body cut short by a crash must
+ * never be relayed). g is read again from its stored copy, the envelope
+ * changes made after the first nmods0 go. 0, or -1 (read error). */
+static int changes_drop(struct msg *g, struct milter_result *res, int nmods0)
+{
+	for (int i = nmods0; i < res->nmods; i++) {
+		free(res->mods[i].addr);
+		free(res->mods[i].which);
+	}
+	res->nmods = nmods0;
+	g->quarantined = 0;
+	g->too_big = 0;
+	if (!g->changed && !g->newbody)
+		return 0;
+	msg_clear(g);
+	return msg_load(g, g->sp);
+}
+
 /* milter_stage_eom - see milter_int.h. */
 void milter_stage_eom(struct milter_txn *mt, struct spool *sp, struct milter_result *res)
 {
 	struct msg g = { 0 };
+	uint64_t size0 = spool_size(sp);
 	if (msg_load(&g, sp) < 0) {
 		res->act = MILTER_TEMPFAIL;
 		snprintf(res->reply, sizeof res->reply, "451 4.3.0 Error: queue file read error");
@@ -493,16 +568,24 @@ void milter_stage_eom(struct milter_txn *mt, struct spool *sp, struct milter_res
 			break;
 		if (m->done || m->fd < 0)
 			continue;
+		int nmods0 = res->nmods;
 		int r = eom_one(m, mt, &g, res);
+		if (r < 0 && changes_drop(&g, res, nmods0) < 0) {
+			res->act = MILTER_TEMPFAIL;
+			snprintf(res->reply, sizeof res->reply, "451 4.3.0 Error: queue file read error");
+			break;
+		}
 		if (r < 0)
 			r = milter_fail(m, mt, res);
 		if (r == 2)
 			break;
-		if ((g.changed || g.newbody) && msg_rebuild(&g) < 0) {
+		if (!g.too_big && (g.changed || g.newbody) && msg_rebuild(&g) < 0) {
 			res->act = MILTER_TEMPFAIL;
 			snprintf(res->reply, sizeof res->reply, "451 4.3.0 Error: queue file write error");
 			break;
 		}
+		if (grown_too_big(&g, mt, m, size0, res))
+			break;
 	}
 	if (res->act == MILTER_CONTINUE && g.owned) {
 		res->spool = g.sp;

@@ -403,15 +403,23 @@ static void pconn_read(void *arg)
 		return;
 	}
 	conn_consume(pc->conn, used);
-	if (!q) { /* the answer of a cancelled request */
-		pconn_release(pc);
-		return;
+	/* More after the answer: a service that answers twice. Never kept:
+	 * the rest would be read as the answer to the next request. */
+	int extra = len > used;
+	if (extra)
+		log_warn("policy service %s: more than one answer to a request: connection closed",
+			 pc->pool->name);
+	if (q) {
+		q->pc = NULL;
+		ev_timer_stop(q->pool->pl->loop, &q->timer);
+		q->tstate = T_NONE;
 	}
-	q->pc = NULL;
-	ev_timer_stop(q->pool->pl->loop, &q->timer);
-	q->tstate = T_NONE;
-	pconn_release(pc);
-	answer(q, action, 0);
+	if (extra)
+		pconn_close(pc);
+	else
+		pconn_release(pc); /* (an answer to a cancelled request: dropped) */
+	if (q)
+		answer(q, action, 0);
 }
 
 /* pconn_error - closed, reset, or (idle, orphaned) timed out. */

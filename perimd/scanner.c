@@ -265,6 +265,23 @@ static void worker_closed(struct gen *g, int i)
 	g->w[i].killed = 0;
 }
 
+/* worker_kill - SIGKILL worker w, by a pidfd so that a pid reused after its
+ * death is never hit: the pidfd is taken while w's socket shows w alive
+ * (its peer end dies with it; the generation keeps no copy), so it names
+ * w. 0 sent; -1 w is already gone (its socket's end follows). */
+static int worker_kill(const struct worker *w)
+{
+	int pfd = (int)syscall(SYS_pidfd_open, w->pid, 0);
+	if (pfd < 0)
+		return errno == ENOSYS ? kill(w->pid, SIGKILL) : -1; /* kernels before 5.3 */
+	struct pollfd p = { .fd = w->sock, .events = POLLRDHUP };
+	int r = -1;
+	if (poll(&p, 1, 0) == 0 || !(p.revents & (POLLHUP | POLLRDHUP | POLLERR)))
+		r = (int)syscall(SYS_pidfd_send_signal, pfd, SIGKILL, NULL, 0);
+	close(pfd);
+	return r < 0 ? -1 : 0;
+}
+
 /* hang_check - kill (SIGKILL) every worker whose scan has been busy past
  * the hang bound: its request is answered when its socket ends
  * (worker_closed()), its generation replaces it. Returns the ms until the
@@ -285,7 +302,8 @@ static int hang_check(void)
 					wait = bound - age;
 				continue;
 			}
-			kill(w->pid, SIGKILL);
+			if (worker_kill(w) < 0)
+				continue; /* it ended meanwhile: worker_closed() answers */
 			w->killed = now;
 			scanner_ctl_send("hung %d %d %llu %llu", (int)w->pid, sl->loop,
 					 (unsigned long long)sl->id, (unsigned long long)age);

@@ -685,9 +685,8 @@ static void session_free(struct session *s)
 	}
 	if (s->relay && s->av) { /* relay_scan_overlap: no backend completed it */
 		relay_cancel(s->relay);
-		av_cancel(s->av);
+		smtpd_scan_cancel(s);
 		s->relay = NULL;
-		s->av = NULL;
 		log_info("%s: client [%s] gone while its message %s was being scanned and relayed", s->id,
 			 s->addr, s->tx->msgid);
 		log_cut(s, "none", "none", "client gone during the scan; the relay was abandoned unfinished");
@@ -702,14 +701,14 @@ static void session_free(struct session *s)
 		    "none", "client gone during the relay; cancelled, a backend may have it if the final dot went out");
 	}
 	if (s->av) {
-		av_cancel(s->av);
-		s->av = NULL;
+		smtpd_scan_cancel(s);
 		log_info("%s: client [%s] gone while its message %s was being scanned", s->id, s->addr,
 			 s->tx->msgid);
 		log_cut(s, "none", "none", "client gone during the scan; not relayed");
 	} else if (s->state == ST_DATA) {
 		log_cut(s, "none", "none", "client gone during DATA; not relayed");
 	}
+	smtpd_flow_leave(s);
 	ev_timer_stop(s->loop, &s->tarpit);
 	ev_timer_stop(s->loop, &s->greet);
 	ev_timer_stop(s->loop, &s->deadline);
@@ -783,6 +782,12 @@ static void session_close(struct session *s)
 		s->counted = 0;
 	}
 	conn_shutdown(s->conn);
+}
+
+/* smtpd_session_close - see smtpd_int.h. */
+void smtpd_session_close(struct session *s)
+{
+	session_close(s);
 }
 
 /* refuse_now - a one-line refusal on a socket we will not serve. */

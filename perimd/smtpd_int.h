@@ -144,12 +144,14 @@ struct session {
 	struct milter_txn *milter_idle; /* the last transaction's milters, parked for the next MAIL */
 	struct ev_timer milter_timer;   /* closes milter_idle after its command_timeout */
 
-	struct relay_req *relay;  /* the relay of tx's message in flight */
-	struct av_req *av;        /* content scan in flight */
-	struct dnscheck *dns;     /* PTR/FCrDNS, DNSBL, sender domain lookups */
-	struct policy_sess *ps;   /* delayed client/HELO/sender verdicts (rules.c) */
-	struct ev_timer greet;    /* smtpd_greet_pause (state ST_GREET) */
-	struct ev_timer deadline; /* smtpd_timeout per command (request_deadline) */
+	struct relay_req *relay;        /* the relay of tx's message in flight */
+	struct av_req *av;              /* content scan in flight, counted by smtpd_flow */
+	struct smtpd_flow_ticket *flow; /* DATA waits its turn (in_flow_delay) */
+	struct ev_timer flow_timer;     /* its in_flow_delay */
+	struct dnscheck *dns;           /* PTR/FCrDNS, DNSBL, sender domain lookups */
+	struct policy_sess *ps;         /* delayed client/HELO/sender verdicts (rules.c) */
+	struct ev_timer greet;          /* smtpd_greet_pause (state ST_GREET) */
+	struct ev_timer deadline;       /* smtpd_timeout per command (request_deadline) */
 };
 
 
@@ -225,6 +227,9 @@ enum smtpd_phase smtpd_phase(const struct session *s);
 
 void smtpd_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void smtpd_reply_error(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* smtpd_session_close - the last reply is out: flush it and disconnect
+ * (resuming the session is a no-op from then on). */
+void smtpd_session_close(struct session *s);
 /* Session ids are SMTPD_ID_LEN characters; a transaction's id is its
  * session's, a dot and its number in the session in 4 digits (modulo
  * 10000), "4XKQ2F1B7CDM.0001": fixed widths, so no id is a prefix of
@@ -252,5 +257,26 @@ void smtpd_milter_close(struct session *s);
 /* smtpd_stream_drop - abandon a relay_while_receiving stream unfinished
  * (gone: the client is gone, else the message refused); no-op without one. */
 void smtpd_stream_drop(struct session *s, int gone);
+/* smtpd_scan_cancel - the session ends during its scan: forget it (the
+ * loop's backlog shrinks, a waiting DATA may go on). */
+void smtpd_scan_cancel(struct session *s);
+
+/* ---- smtpd_flow.c: in_flow_delay, the scanner's backlog before DATA ------ */
+
+struct smtpd_flow_ticket;
+/* smtpd_flow_wait - DATA of s: 0 if it may go on now; 1 if it waits
+ * (paused), and go(s) then runs on s's loop once, when a scan ended or
+ * in_flow_delay passed, unless the session ended first. */
+int smtpd_flow_wait(struct session *s, ev_cb *go);
+/* smtpd_flow_leave - the session ends: forget its turn. */
+void smtpd_flow_leave(struct session *s);
+/* smtpd_flow_scan_begin / _end - a scan of a stored message starts, ends
+ * (verdict or cancel), on any loop. */
+void smtpd_flow_scan_begin(void);
+void smtpd_flow_scan_end(const struct conf *cf);
+/* smtpd_flow_kick - a transaction that reached DATA ended: if the backlog
+ * has room (its message was not scanned: refused, discarded, the client
+ * gone), the next waiting DATA goes on. */
+void smtpd_flow_kick(void);
 
 #endif

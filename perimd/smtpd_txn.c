@@ -83,7 +83,9 @@ void smtpd_txn_reset(struct session *s)
 	free(t->prepend);
 	smtpd_rcpt_pending_free(t->rcpt_pending);
 	psvc_txn_free(t->psvc);
-	if (t->milter) /* kept for the next MAIL; a stage in flight may still read the spool */
+	if (t->spool)              /* it had its turn at DATA: a message that ended without a scan */
+		smtpd_flow_kick(); /* leaves room in the backlog */
+	if (t->milter)             /* kept for the next MAIL; a stage in flight may still read the spool */
 		milter_park(s, t);
 	else
 		spool_free(t->spool);
@@ -148,7 +150,8 @@ static int path_parse(struct session *s, char *arg, struct smtp_path *p, const c
 }
 
 /* reply_lines - a reply of one or more CRLF-separated lines (a milter's);
- * the last one counts as an error when err. */
+ * the last one counts as an error when err. A 421 closes the session
+ * (RFC 5321 §3.8), as Postfix does after a milter's 421. */
 static void reply_lines(struct session *s, const char *text, int err)
 {
 	const char *l = text;
@@ -163,6 +166,10 @@ static void reply_lines(struct session *s, const char *text, int err)
 		smtpd_reply_error(s, "%s", l);
 	else
 		smtpd_reply(s, "%s", l);
+	if (!strncmp(text, "421", 3)) {
+		log_info("%s: milter reply 421: session closed", s->id);
+		smtpd_session_close(s);
+	}
 }
 
 /* milter_refused - a milter's reject or tempfail: logged, counted. */
@@ -819,10 +826,8 @@ static void data_milter_done(void *arg, struct milter_result *r)
 	smtpd_session_resume(s);
 }
 
-/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): the milters are asked, then
- * the body is stored. The command table runs it only once a recipient
- * was accepted. */
-void smtpd_cmd_data(struct session *s, char *arg)
+/* data_go - DATA may begin: the milters are asked, then the body is stored. */
+static void data_go(struct session *s)
 {
 	if (s->tx->milter && !s->tx->discard) {
 		smtpd_session_pause(s);
@@ -830,6 +835,42 @@ void smtpd_cmd_data(struct session *s, char *arg)
 		return;
 	}
 	data_begin(s);
+}
+
+/* flow_go - a DATA that waited for the scanner's backlog goes on. */
+static void flow_go(void *arg)
+{
+	struct session *s = arg;
+	smtpd_enter_state(s, ST_CMD);
+	data_go(s);
+	if (s->state != ST_BUSY)
+		smtpd_session_resume(s);
+}
+
+/* scan_ended - the scan of s's message ended (verdict or cancel). */
+static void scan_ended(struct session *s)
+{
+	smtpd_flow_scan_end(s->cf);
+}
+
+/* smtpd_scan_cancel - see smtpd_int.h. */
+void smtpd_scan_cancel(struct session *s)
+{
+	if (!s->av)
+		return;
+	av_cancel(s->av);
+	s->av = NULL;
+	scan_ended(s);
+}
+
+/* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): in_flow_delay, the milters,
+ * then the body is stored. The command table runs it only once a
+ * recipient was accepted. */
+void smtpd_cmd_data(struct session *s, char *arg)
+{
+	if (!s->tx->discard && !all_discarded(s) && smtpd_flow_wait(s, flow_go))
+		return;
+	data_go(s);
 }
 
 static void scan_refused(struct session *s, const char *refusal);
@@ -958,6 +999,7 @@ static void av_done(void *arg, const char *refusal)
 {
 	struct session *s = arg;
 	s->av = NULL;
+	scan_ended(s);
 	s->tx->t_scanned = ev_now(s->loop);
 	if (s->tx->stream) { /* the stream waits for this verdict */
 		if (refusal) {
@@ -1048,12 +1090,40 @@ static int header_checks(struct session *s)
 	return 1;
 }
 
+/* milter_addr - an address a milter gives (a new sender, an added
+ * recipient), checked as a client's in brackets would be: one address,
+ * no spaces, line breaks or ESMTP arguments in it. The address as
+ * parsed (allocated), or NULL with *why. */
+static char *milter_addr(const char *addr, const char **why)
+{
+	char buf[1100];
+	struct smtp_path *p = xmalloc(sizeof *p);
+	char *out = NULL;
+	if (strlen(addr) > sizeof buf - 3)
+		*why = "address too long";
+	else if (snprintf(buf, sizeof buf, "<%s>", addr), smtp_path_parse(buf, 1, p, why) != PARSE_OK)
+		;
+	else if (p->nparams)
+		*why = "not one address";
+	else
+		out = xstrdup(p->addr);
+	free(p);
+	return out;
+}
+
 /* added_rcpt - a recipient a milter added: relay control and routing as
- * for the client's own. 0 added, 1 dropped (not ours: logged), -1 the
- * message is refused (reply in refusal). */
+ * for the client's own. 0 added, 1 dropped (not ours, or not an address:
+ * logged), -1 the message is refused (reply in refusal). */
 static int added_rcpt(struct session *s, const struct milter_env_mod *e, char *refusal, size_t rl)
 {
 	struct txn *t = s->tx;
+	const char *why;
+	char *valid = milter_addr(e->addr, &why);
+	if (!valid) {
+		log_warn("%s: milter %s: added recipient <%s> refused: %s", t->msgid, e->which, e->addr, why);
+		return 1;
+	}
+	free(valid);
 	const char *at = strrchr(e->addr, '@');
 	const char *domain = at ? at + 1 : "";
 	int ours = at && at != e->addr ? policy_relay_domain(s->pol, domain) : 0;
@@ -1086,9 +1156,14 @@ static int added_rcpt(struct session *s, const struct milter_env_mod *e, char *r
 static int env_mods(struct session *s, const struct milter_result *r, char *refusal, size_t rl)
 {
 	struct txn *t = s->tx;
+	int over = 0; /* added past smtpd_recipient_limit */
 	for (int k = 0; k < r->nmods; k++) {
 		const struct milter_env_mod *e = &r->mods[k];
-		if (e->op == '+' && added_rcpt(s, e, refusal, rl) < 0)
+		if (e->op == '+' && t->nrcpt >= s->cf->smtpd_recipient_limit && !over++)
+			log_warn("%s: milter %s: added recipients past smtpd_recipient_limit (%lld) dropped, "
+				 "<%s> the first",
+				 t->msgid, e->which, s->cf->smtpd_recipient_limit, e->addr);
+		if (e->op == '+' && t->nrcpt < s->cf->smtpd_recipient_limit && added_rcpt(s, e, refusal, rl) < 0)
 			return -1;
 		if (e->op == '-')
 			for (int i = 0; i < t->nrcpt; i++)
@@ -1099,18 +1174,15 @@ static int env_mods(struct session *s, const struct milter_result *r, char *refu
 					t->rcpts[i--] = t->rcpts[--t->nrcpt];
 				}
 		if (e->op == 'e') {
-			char buf[1100];
-			struct smtp_path *p = xmalloc(sizeof *p);
 			const char *why;
-			snprintf(buf, sizeof buf, "<%s>", e->addr);
-			if (smtp_path_parse(buf, 1, p, &why) != PARSE_OK) {
+			char *sender = milter_addr(e->addr, &why);
+			if (!sender) {
 				log_warn("%s: milter %s: sender <%s> refused: %s", t->msgid, e->which,
 					 e->addr, why);
 			} else {
 				free(t->sender);
-				t->sender = xstrdup(p->addr);
+				t->sender = sender;
 			}
-			free(p);
 		}
 	}
 	return 0;
@@ -1247,6 +1319,7 @@ static void scan_or_relay(struct session *s)
 			s->tx->overlap = 1;
 			data_relay(s);
 		}
+		smtpd_flow_scan_begin();
 		s->av = av_scan(s->loop, cf, s->tx->spool, s->tx->msgid, av_done, s);
 		return;
 	}

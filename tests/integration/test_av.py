@@ -170,8 +170,11 @@ def test_oversize(perimd_factory, sink, tmp_path, action, code, enh):
 def test_scanner_killed(perimd_factory, sink, tmp_path):
     """A scanner hung with a message in flight, then SIGKILLed: that message
     gets 451 4.3.0, a message of a client that left is dropped, the scanner
-    is back within seconds and the same sessions go on, under load."""
-    p, _ = libclamav(perimd_factory, sink, tmp_path)
+    is back within seconds and the same sessions go on, under load.
+    in_flow_delay = 0: the DATA commands below must get their 354 while
+    the scanner hangs with the load's scans (test_in_flow_delay.py has
+    that wait)."""
+    p, _ = libclamav(perimd_factory, sink, tmp_path, in_flow_delay="0")
     pid = scanner_pid(p)
     # Load: sessions that keep sending clean mail through the kill.
     stop = threading.Event()

@@ -38,6 +38,11 @@ TEST(changes)
 	CHECK_STR(pk.s1, "X-A");
 	CHECK_STR(pk.s2, "v");
 	CHECK(parse("h\0v\0", &pk) < 0);  /* no name */
+	/* a name that is no field name would write other header lines */
+	CHECK(parse("hX-A: x\r\nBcc\0v\0", &pk) < 0);
+	CHECK(parse("hX A\0v\0", &pk) < 0);
+	CHECK(parse("m\0\0\0\1Sub:ject\0v\0", &pk) < 0);
+	CHECK(parse("i\0\0\0\1X-\xc3\xa9\0v\0", &pk) < 0);
 	CHECK(parse("hX-A\0v", &pk) < 0); /* value not terminated */
 	CHECK(parse("m\0\0\0\2Subject\0\0", &pk) == 0);
 	CHECK_INT(pk.idx, 2);
@@ -73,6 +78,43 @@ TEST(reply_codes)
 	CHECK(milter_reply_text("550Xno", out, sizeof out) < 0);
 	CHECK(milter_reply_text("550 a\x01", out, sizeof out) < 0); /* control character */
 	CHECK(milter_reply_text("", out, sizeof out) < 0);
+}
+
+/* LINE60 - 60 bytes of a reply line's text. */
+#define LINE60 "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+
+/* long_reply - 30 lines "550-5.7.1 line NN x..." then last. */
+static void long_reply(char *in, size_t len, const char *last)
+{
+	size_t n = 0;
+	for (int i = 0; i < 30; i++)
+		n += (size_t)snprintf(in + n, len - n, "550-5.7.1 line %02d %s\r\n", i, LINE60);
+	snprintf(in + n, len - n, "%s", last);
+}
+
+/* A reply longer than its room keeps the lines that fit: the verdict and
+ * its code stand (a reject is not turned into the default action). */
+TEST(reply_codes_too_long)
+{
+	char in[4096], out[1024];
+	long_reply(in, sizeof in, "550 5.7.1 the end");
+	CHECK_INT(milter_reply_text(in, out, sizeof out), 5);
+	size_t ol = strlen(out);
+	CHECK(ol < sizeof out && ol > 900);
+	CHECK(strstr(out, "550-5.7.1 line 00 ") == out);
+	const char *lastl = strrchr(out, '\n');
+	CHECK(lastl && !strncmp(lastl + 1, "550 5.7.1 line ", 15)); /* the last line kept ends it */
+	CHECK(out[ol - 1] == 'x');
+	/* one line alone too long: cut short */
+	memset(in, 'y', 3000);
+	memcpy(in, "451 ", 4);
+	in[3000] = 0;
+	CHECK_INT(milter_reply_text(in, out, sizeof out), 4);
+	CHECK_INT(strlen(out), sizeof out - 1);
+	CHECK(!strncmp(out, "451 4.7.1 yyy", 13));
+	/* a bad line past the room is still a bad reply */
+	long_reply(in, sizeof in, "450 other code");
+	CHECK(milter_reply_text(in, out, sizeof out) < 0);
 }
 
 /* spec - parse item over the defaults (30s, 30s, 300s, tempfail, 6). */
@@ -187,6 +229,7 @@ int main(void)
 	RUN(verdicts_and_optneg);
 	RUN(changes);
 	RUN(reply_codes);
+	RUN(reply_codes_too_long);
 	RUN(per_milter_settings);
 	RUN(set_once_per_conf);
 	return t_done();
