@@ -612,7 +612,14 @@ static int fleet_stats(int naddr, char **addrs)
 		snprintf(addr, sizeof addr, "%.*s", (int)strcspn(a, "/"), a);
 		int status = 0;
 		struct strbuf body = { 0 };
-		if (box_get(addr, &status, &body, err, sizeof err) < 0 || status != 200) {
+		if (!strncmp(addrs[i], "https://", 8) || !addr[0]) {
+			snprintf(err, sizeof err, "%s: %s", addrs[i],
+				 addr[0]
+				     ? "stats_listen speaks plain HTTP: write http://host:port or host:port"
+				     : "no address: write host:port or http://host:port");
+			fprintf(stderr, "perimd: %s\n", err);
+			rc = 1;
+		} else if (box_get(addr, &status, &body, err, sizeof err) < 0 || status != 200) {
 			/* err names the box already */
 			if (status && status != 200)
 				snprintf(err, sizeof err, "%s: /metrics answered %d", addr, status);

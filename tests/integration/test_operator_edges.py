@@ -392,6 +392,11 @@ def test_fleet_stats_takes_host_names(perimd_factory):
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     assert r.returncode == 1 and r.stdout.startswith(b"# 1 of 2 boxes answered"), (r.stdout[:200], r.stderr)
     assert r.stderr.decode().count("127.0.0.1:1") == 1, r.stderr
+    r = subprocess.run([PERIMD_BIN, "stats", "https://127.0.0.1:%d" % port, ""], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=30)
+    assert r.returncode == 1, r
+    assert "https://127.0.0.1:%d: stats_listen speaks plain HTTP" % port in r.stderr.decode(), r.stderr
+    assert "no address: write host:port" in r.stderr.decode(), r.stderr
 
 
 def test_too_many_errors_end_with_a_whole_line(tmp_path):
