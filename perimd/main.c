@@ -180,20 +180,22 @@ static struct passwd *owner_lookup(const char *s, struct passwd *num)
 	return getpwnam(s);
 }
 
-/* owner_read_check - which TLS files mail_owner could not open: after
- * the privilege drop every SIGHUP reloads them as mail_owner, and a file
- * only root can read makes each reload fail while the old certificate
- * stays until it expires. A child process becomes mail_owner (as
+/* owner_read_check - which TLS files, and whether the configuration file,
+ * mail_owner could not open: after the privilege drop every SIGHUP
+ * reloads them as mail_owner, and a file only root can read makes each
+ * reload fail (the old certificate stays until it expires; a
+ * configuration file only root reads refuses every reload). A child process becomes mail_owner (as
  * drop_privileges() does) and opens each file, so modes, owners, groups
  * and ACLs all count as they will. Only when started as root with another
  * mail_owner; before any thread starts. say() gets each warning. */
 static void owner_read_check(const struct conf *c, void (*say)(const char *))
 {
-	const char *names[] = { "smtpd_tls_cert_file", "smtpd_tls_key_file", "relay_tls_CAfile" };
-	const char *files[] = { c->smtpd_tls_cert_file, c->smtpd_tls_key_file, c->relay_tls_CAfile };
-	enum { NF = 3 };
+	const char *names[] = { "smtpd_tls_cert_file", "smtpd_tls_key_file", "relay_tls_CAfile",
+				"the configuration file" };
+	const char *files[] = { c->smtpd_tls_cert_file, c->smtpd_tls_key_file, c->relay_tls_CAfile, c->path };
+	enum { NF = 4 };
 	int errs[NF] = { 0 };
-	if (geteuid() != 0 || !(files[0][0] || files[1][0] || files[2][0]))
+	if (geteuid() != 0 || !(files[0][0] || files[1][0] || files[2][0] || files[3][0]))
 		return;
 	struct passwd pwnum, *pw = owner_lookup(c->mail_owner, &pwnum);
 	if (!pw || pw->pw_uid == 0)
@@ -237,10 +239,11 @@ static void owner_read_check(const struct conf *c, void (*say)(const char *))
 		if (!errs[i])
 			continue;
 		char msg[1400];
-		snprintf(msg, sizeof msg,
-			 "mail_owner %s cannot read %s %s: %s; a SIGHUP will not "
-			 "reload it (the old one stays until it expires): give %s read access",
-			 c->mail_owner, names[i], files[i], strerror(errs[i]), c->mail_owner);
+		snprintf(msg, sizeof msg, "mail_owner %s cannot read %s %s: %s; %s: give %s read access",
+			 c->mail_owner, names[i], files[i], strerror(errs[i]),
+			 i == 3 ? "every SIGHUP will be refused"
+				: "a SIGHUP will not reload it (the old one stays until it expires)",
+			 c->mail_owner);
 		say(msg);
 	}
 }

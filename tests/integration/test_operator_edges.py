@@ -34,7 +34,9 @@ the statistics server):
 - `perimd stats HOST:PORT...` takes host names, as perimd(8)'s
   "host:port" says (it took numeric addresses only);
 - -t on a file with more errors than its report holds ends with a line
-  saying so, not with a line cut in the middle.
+  saying so, not with a line cut in the middle;
+- as root, -t warns when mail_owner cannot read the configuration file
+  itself (every SIGHUP after the privilege drop would be refused).
 """
 
 import os
@@ -412,3 +414,37 @@ def test_too_many_errors_end_with_a_whole_line(tmp_path):
     assert lines[-1] == "perimd: ... more errors not shown: fix these and check again", lines[-3:]
     for k, line in enumerate(lines[:-1]):
         assert line == "perimd: %s:%d: unknown parameter bogus_%d" % (conf, k + 1, k), line
+
+
+def test_check_warns_of_a_conf_mail_owner_cannot_read():
+    """perimd -t as root, mail_owner nobody, the file mode 600: a warning
+    (exit 0) that every SIGHUP would be refused; mode 644: none."""
+    import pwd
+    import shutil
+    import tempfile
+    if os.geteuid() != 0:
+        pytest.skip("needs root: mail_owner is taken only when started as root")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    d = tempfile.mkdtemp(prefix="perimd-owner-")
+    try:
+        os.chmod(d, 0o755)
+        conf = os.path.join(d, "perimd.conf")
+        with open(conf, "w") as f:
+            f.write("mail_owner = nobody\nstats_listen =\ndata_directory = %s\nbody_spool_directory = %s\n"
+                    % (d, d))
+        os.chmod(conf, 0o600)
+        r = subprocess.run([PERIMD_BIN, "-t", "-c", conf], stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=30)
+        err = r.stderr.decode()
+        assert r.returncode == 0, err
+        assert ("warning: mail_owner nobody cannot read the configuration file %s: Permission denied; "
+                "every SIGHUP will be refused" % conf) in err, err
+        os.chmod(conf, 0o644)
+        r = subprocess.run([PERIMD_BIN, "-t", "-c", conf], stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=30)
+        assert r.returncode == 0 and b"cannot read" not in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
