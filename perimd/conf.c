@@ -161,6 +161,35 @@ static void lset(struct loader *L, int i, const char *v, char *where)
 	L->where[i] = where;
 }
 
+/* Postfix main.cf parameters a migrating admin brings along, and what
+ * perimd has in their place (perimd-migrate(7) walks them). */
+static const struct {
+	const char *postfix, *instead;
+} postfix_names[] = {
+	{ "inet_interfaces", "write smtpd_listen" },
+	{ "postscreen_dnsbl_sites", "write dnsbl_sites" },
+	{ "postscreen_dnsbl_threshold", "write dnsbl_threshold" },
+	{ "postscreen_greet_action", "smtpd_greet_pause does its work" },
+	{ "postscreen_upstream_proxy_protocol", "write smtpd_upstream_proxy_protocol" },
+	{ "smtpd_recipient_restrictions", "its checks are parameters of their own: perimd-migrate(7)" },
+	{ "smtpd_relay_restrictions", "only relay_domains are relayed: perimd-migrate(7)" },
+	{ "mynetworks", "perimd relays for no client: perimd-migrate(7)" },
+	{ "mydestination", "perimd delivers nothing locally: leave it out" },
+	{ "non_smtpd_milters", "perimd has no local submission: leave it out" },
+	{ "content_filter", "write av_scanner or smtpd_milters: perimd-migrate(7)" },
+	{ "smtpd_proxy_filter", "write av_scanner or smtpd_milters: perimd-migrate(7)" },
+};
+
+/* postfix_hint - for a Postfix parameter perimd lacks, the text to add to
+ * "unknown parameter" ("" for other names). */
+static const char *postfix_hint(const char *name, size_t n)
+{
+	for (size_t k = 0; k < sizeof postfix_names / sizeof postfix_names[0]; k++)
+		if (strlen(postfix_names[k].postfix) == n && !strncmp(postfix_names[k].postfix, name, n))
+			return postfix_names[k].instead;
+	return "";
+}
+
 /* load_line - apply one logical "name = value" line of a file. */
 static void load_line(struct loader *L, const char *path, int lineno, char *line)
 {
@@ -184,7 +213,9 @@ static void load_line(struct loader *L, const char *path, int lineno, char *line
 	}
 	int i = param_find(name, n);
 	if (i < 0) {
-		lerr(L, "%s:%d: unknown parameter %s", path, lineno, name);
+		const char *hint = postfix_hint(name, n);
+		lerr(L, "%s:%d: unknown parameter %s%s%s%s", path, lineno, name, *hint ? " (Postfix's: " : "",
+		     hint, *hint ? ")" : "");
 		return;
 	}
 	lset(L, i, value, xasprintf("%s:%d: %s", path, lineno, name));
@@ -301,9 +332,11 @@ static void load_override(struct loader *L, const char *o)
 	int i = param_find(n, strlen(n));
 	if (!*n)
 		lerr(L, "-o %s: no parameter name before '='", o);
-	else if (i < 0)
-		lerr(L, "-o %s: unknown parameter %s", o, n);
-	else
+	else if (i < 0) {
+		const char *hint = postfix_hint(n, strlen(n));
+		lerr(L, "-o %s: unknown parameter %s%s%s%s", o, n, *hint ? " (Postfix's: " : "", hint,
+		     *hint ? ")" : "");
+	} else
 		lset(L, i, trim(value), xasprintf("-o %s", o));
 	free(name);
 	free(value);

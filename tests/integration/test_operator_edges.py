@@ -36,7 +36,9 @@ the statistics server):
 - -t on a file with more errors than its report holds ends with a line
   saying so, not with a line cut in the middle;
 - as root, -t warns when mail_owner cannot read the configuration file
-  itself (every SIGHUP after the privilege drop would be refused).
+  itself (every SIGHUP after the privilege drop would be refused);
+- a Postfix parameter perimd does not have (Debian's inet_interfaces,
+  postscreen_dnsbl_sites ...) is still an error, and says what to write.
 """
 
 import os
@@ -448,3 +450,22 @@ def test_check_warns_of_a_conf_mail_owner_cannot_read():
         assert r.returncode == 0 and b"cannot read" not in r.stderr, r.stderr
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_postfix_parameter_names_say_what_to_write(tmp_path):
+    """Lines of a Postfix main.cf are unknown parameters with a hint; an
+    unknown name of no Postfix meaning stays plain."""
+    conf = tmp_path / "pf.conf"
+    conf.write_text("inet_interfaces = all\npostscreen_dnsbl_sites = zen.spamhaus.org*3\n"
+                    "smtpd_recipient_restrictions = permit_mynetworks,\n  reject_unauth_destination\n"
+                    "smtpd_bogus = 1\n")
+    r = subprocess.run([PERIMD_BIN, "-t", "-c", str(conf), "-o", "mynetworks=127.0.0.0/8"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    for want in ("%s:1: unknown parameter inet_interfaces (Postfix's: write smtpd_listen)" % conf,
+                 "%s:2: unknown parameter postscreen_dnsbl_sites (Postfix's: write dnsbl_sites)" % conf,
+                 "%s:3: unknown parameter smtpd_recipient_restrictions (Postfix's: " % conf,
+                 "-o mynetworks=127.0.0.0/8: unknown parameter mynetworks (Postfix's: "):
+        assert want in err, (want, err)
+    assert "%s:5: unknown parameter smtpd_bogus\n" % conf in err, err
