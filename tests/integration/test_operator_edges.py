@@ -60,13 +60,18 @@ from test_stats import stats_port  # noqa: E402
 HTTP_TIMEOUT = 10.0  # HTTP_TIMEOUT_MS
 
 
-def check(p, *opts):
-    """perimd -t with -o opts on p's file: (exit status, stderr)."""
-    cmd = [PERIMD_BIN, "-t", "-c", p.conf_path]
+def check_file(path, *opts):
+    """perimd -t -c path with -o opts: (exit status, stderr)."""
+    cmd = [PERIMD_BIN, "-t", "-c", str(path)]
     for o in opts:
         cmd += ["-o", o]
     r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     return r.returncode, r.stderr.decode()
+
+
+def check(p, *opts):
+    """perimd -t with -o opts on p's file: (exit status, stderr)."""
+    return check_file(p.conf_path, *opts)
 
 
 def healthz(port, timeout=5):
@@ -230,10 +235,8 @@ def test_later_checks_name_the_file_and_line(perimd_factory, tmp_path):
                     "smtpd_policy_services = permit_mynetworks\n"
                     "smtpd_listen = 127.0.0.1:99999\n"
                     "stats_listen = 127.0.0.1:99999\n")
-    r = subprocess.run([PERIMD_BIN, "-t", "-c", str(conf), "-o", "transport_maps=file:" + str(tmp_path / "none")],
-                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
-    err = r.stderr.decode()
-    assert r.returncode == 1, err
+    rc, err = check_file(conf, "transport_maps=file:" + str(tmp_path / "none"))
+    assert rc == 1, err
     for want in ("%s:2: relay_recipient_maps: " % conf,
                  "%s:4: smtpd_milters: " % conf,
                  "%s:6: smtpd_policy_services: " % conf,
@@ -408,10 +411,9 @@ def test_too_many_errors_end_with_a_whole_line(tmp_path):
     more were not shown."""
     conf = tmp_path / "many.conf"
     conf.write_text("".join("bogus_%d = 1\n" % i for i in range(2000)) + "max_sessions = x\n")
-    r = subprocess.run([PERIMD_BIN, "-t", "-c", str(conf)], stdin=subprocess.DEVNULL, capture_output=True,
-                       timeout=30)
-    assert r.returncode == 1
-    lines = r.stderr.decode().splitlines()
+    rc, err = check_file(conf)
+    assert rc == 1
+    lines = err.splitlines()
     assert len(lines) > 100, lines[:3]
     assert lines[-1] == "perimd: ... more errors not shown: fix these and check again", lines[-3:]
     for k, line in enumerate(lines[:-1]):
@@ -438,16 +440,13 @@ def test_check_warns_of_a_conf_mail_owner_cannot_read():
             f.write("mail_owner = nobody\nstats_listen =\ndata_directory = %s\nbody_spool_directory = %s\n"
                     % (d, d))
         os.chmod(conf, 0o600)
-        r = subprocess.run([PERIMD_BIN, "-t", "-c", conf], stdin=subprocess.DEVNULL, capture_output=True,
-                           timeout=30)
-        err = r.stderr.decode()
-        assert r.returncode == 0, err
+        rc, err = check_file(conf)
+        assert rc == 0, err
         assert ("warning: mail_owner nobody cannot read the configuration file %s: Permission denied; "
                 "every SIGHUP will be refused" % conf) in err, err
         os.chmod(conf, 0o644)
-        r = subprocess.run([PERIMD_BIN, "-t", "-c", conf], stdin=subprocess.DEVNULL, capture_output=True,
-                           timeout=30)
-        assert r.returncode == 0 and b"cannot read" not in r.stderr, r.stderr
+        rc, err = check_file(conf)
+        assert rc == 0 and "cannot read" not in err, err
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -459,10 +458,8 @@ def test_postfix_parameter_names_say_what_to_write(tmp_path):
     conf.write_text("inet_interfaces = all\npostscreen_dnsbl_sites = zen.spamhaus.org*3\n"
                     "smtpd_recipient_restrictions = permit_mynetworks,\n  reject_unauth_destination\n"
                     "smtpd_bogus = 1\n")
-    r = subprocess.run([PERIMD_BIN, "-t", "-c", str(conf), "-o", "mynetworks=127.0.0.0/8"],
-                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
-    err = r.stderr.decode()
-    assert r.returncode == 1, err
+    rc, err = check_file(conf, "mynetworks=127.0.0.0/8")
+    assert rc == 1, err
     for want in ("%s:1: unknown parameter inet_interfaces (Postfix's: write smtpd_listen)" % conf,
                  "%s:2: unknown parameter postscreen_dnsbl_sites (Postfix's: write dnsbl_sites)" % conf,
                  "%s:3: unknown parameter smtpd_recipient_restrictions (Postfix's: " % conf,
