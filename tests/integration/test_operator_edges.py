@@ -6,7 +6,9 @@ the statistics server):
   stats_listen connection past HTTP_TIMEOUT_MS, and clients that connect
   and say nothing cannot keep /healthz from a load balancer;
 - a number too large to store is refused naming the bound it crossed,
-  not as "not a number";
+  not as "not a number"; every time parameter has a maximum (3650d at
+  most: 9223372036854775807ms passed -t and overflowed in grey.c);
+- `perimd -V extra` is a usage error, as extra words are elsewhere;
 - `perimd healthcheck` and `perimd stats` exit 1 on a bad command line
   (a container health check reads 2 as reserved);
 - `check_policy_service` with no service after it is an error, not
