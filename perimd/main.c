@@ -334,6 +334,8 @@ static void reload(const char *path, int nov, int full)
 {
 	char err[8192];
 	struct conf *c = conf_load(path, 0, ov, nov, err, sizeof err);
+	stats_gauge_set(ST_config_reload_time, (int64_t)time(NULL));
+	stats_gauge_set(ST_config_reload_ok, c != NULL);
 	if (!c) {
 		log_errors(NULL, "reload refused, keeping the running configuration: ", err);
 		return;
@@ -342,8 +344,10 @@ static void reload(const char *path, int nov, int full)
 	 * naming the lines at fault. smtpd_milters is parsed there. */
 	conf_ref(c);
 	struct policy *p = policy_load(c, err, sizeof err);
-	if (!p)
+	if (!p) {
 		log_errors(c, "reload refused, keeping the running configuration: ", err);
+		stats_gauge_set(ST_config_reload_ok, 0);
+	}
 	conf_release(c);
 	if (!p)
 		return;
@@ -543,6 +547,8 @@ int main(int argc, char **argv)
 	}
 	admin_init(c, nthreads);
 	admin_config_loaded(c);
+	stats_gauge_set(ST_config_reload_time, (int64_t)time(NULL));
+	stats_gauge_set(ST_config_reload_ok, 1);
 	stats_fd = admin_listen_open(c);
 	policyd_fd = policyd_listen_open(c);
 	policy_install(pol);

@@ -18,7 +18,8 @@ the statistics server):
 - every -t error names the file and line (or the -o option) that set the
   parameter at fault, as perimd(8) promises, also for the checks made
   after the file is read (maps, milters, policy services, listen
-  addresses); a SIGHUP refused for such an error logs the line too;
+  addresses); a SIGHUP refused for such an error logs the line too, and
+  perimd_config_reload_success says 0 until a reload is taken;
 - a greeting longer than RFC 5321's 512-byte reply line, or with a
   control character, is refused at -t (it was cut at 1021 bytes live);
 - -c /dev/zero (or a file of NULs) is an error at once, not a read
@@ -57,7 +58,7 @@ import pytest  # noqa: E402
 
 from harness import PERIMD_BIN, free_port, known_params, smtp_dialogue  # noqa: E402
 from postfix_instance import PostfixInstance, postfix_available  # noqa: E402
-from test_stats import stats_port  # noqa: E402
+from test_stats import metrics, stats_port  # noqa: E402
 
 HTTP_TIMEOUT = 10.0  # HTTP_TIMEOUT_MS
 
@@ -251,6 +252,8 @@ def test_later_checks_name_the_file_and_line(perimd_factory, tmp_path):
         assert re.match(r"perimd: (%s:\d+|-o \S+): " % re.escape(str(conf)), line), line
 
     p.start()
+    assert metrics(p)["perimd_config_reload_success"] == 1
+    good = open(p.conf_path).read()
     with open(p.conf_path, "a") as f:
         f.write("sender_access_maps = btree:/etc/postfix/sender_access\n")
     nlines = sum(1 for _ in open(p.conf_path))
@@ -258,6 +261,15 @@ def test_later_checks_name_the_file_and_line(perimd_factory, tmp_path):
     p.wait_log(r"reload refused, keeping the running configuration: %s:%d: sender_access_maps: "
                % (re.escape(p.conf_path), nlines))
     assert p.proc.poll() is None
+    # The refusal is on /metrics too (perimd(8)), for an alert; a good
+    # reload sets it back.
+    assert metrics(p)["perimd_config_reload_success"] == 0
+    with open(p.conf_path, "w") as f:
+        f.write(good)
+    p.proc.send_signal(signal.SIGHUP)
+    p.wait_log(r"configuration reloaded from")
+    assert metrics(p)["perimd_config_reload_success"] == 1
+    assert metrics(p)["perimd_config_reload_last_timestamp_seconds"] > time.time() - 60
 
 
 def test_banner_longer_than_a_reply_line(perimd_factory):
