@@ -598,13 +598,32 @@ static int map_spec_ok(const char *s)
 	return 1;
 }
 
-/* domain_ok - plausible domain text for a MAPLIST item (".sub" allowed). */
+/* labels_ok - s is dot-separated labels of letters, digits, '-' and '_',
+ * each 1 to 63 long and neither starting nor ending with '-' (RFC 1035's
+ * shape, '_' allowed as in the wild): "example..com", "-x.com" and
+ * "a.com." are not. */
+static int labels_ok(const char *s)
+{
+	size_t n = 0;
+	for (const char *q = s;; q++) {
+		if (*q == '.' || *q == 0) {
+			if (n == 0 || n > 63 || q[-1] == '-' || q[-(long)n] == '-')
+				return 0;
+			if (*q == 0)
+				return q - s <= 253;
+			n = 0;
+		} else if (isalnum((unsigned char)*q) || *q == '-' || *q == '_') {
+			n++;
+		} else {
+			return 0;
+		}
+	}
+}
+
+/* domain_ok - a domain for a MAPLIST item (".sub" for the subdomains). */
 static int domain_ok(const char *s)
 {
-	for (const char *q = s; *q; q++)
-		if (!isalnum((unsigned char)*q) && *q != '.' && *q != '-' && *q != '_')
-			return 0;
-	return *s != 0;
+	return labels_ok(s + (*s == '.'));
 }
 
 /* too_large - why for the number text s that overflows a long long: the
@@ -635,12 +654,8 @@ static int parse_value(const struct param *p, const char *s, struct conf *c, cha
 	char text[128];
 
 	/* myhostname goes into the banner, EHLO and Received: a host name
-	 * (letters, digits, '-', '_', dots), never text with blanks. */
-	if (p->off == offsetof(struct conf, myhostname) &&
-	    (!*s ||
-	     strspn(s,
-		    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-		    "0123456789-_.") != strlen(s))) {
+	 * of labels (labels_ok), never text with blanks. */
+	if (p->off == offsetof(struct conf, myhostname) && !labels_ok(s)) {
 		snprintf(why, wl, "\"%s\" is not a host name", s);
 		return -1;
 	}

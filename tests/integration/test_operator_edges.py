@@ -41,7 +41,9 @@ the statistics server):
 - as root, -t warns when mail_owner cannot read the configuration file
   itself (every SIGHUP after the privilege drop would be refused);
 - a Postfix parameter perimd does not have (Debian's inet_interfaces,
-  postscreen_dnsbl_sites ...) is still an error, and says what to write.
+  postscreen_dnsbl_sites ...) is still an error, and says what to write;
+- a relay domain or myhostname with an empty label or a label edged with
+  '-' (example..com, -x.com: a typo that matched nothing) is refused.
 """
 
 import os
@@ -480,3 +482,20 @@ def test_postfix_parameter_names_say_what_to_write(tmp_path):
                  "-o mynetworks=127.0.0.0/8: unknown parameter mynetworks (Postfix's: "):
         assert want in err, (want, err)
     assert "%s:5: unknown parameter smtpd_bogus\n" % conf in err, err
+
+
+def test_domains_and_host_names_are_label_shaped(perimd_factory):
+    """relay_domains = example..com passed -t and never matched a recipient
+    (every message "relay access denied"); myhostname = a..b went into the
+    banner. Both are refused; .sub, '_' and 63-octet labels are fine."""
+    p = perimd_factory(start=False)
+    for opt in ("relay_domains=example..com", "relay_domains=example.com, -bad.example",
+                "relay_domains=example.com.", "relay_domains=%s.com" % ("a" * 64),
+                "myhostname=mx..example.com", "myhostname=-mx.example.com", "myhostname=mx-.example.com"):
+        rc, err = check(p, opt)
+        assert rc == 1, (opt, err)
+        assert "neither a domain nor a map" in err or "is not a host name" in err, (opt, err)
+    for opt in ("relay_domains=example.com, .sub.example.org, a_b.example, %s.com" % ("a" * 63),
+                "myhostname=mx_1.example.com"):
+        rc, err = check(p, opt)
+        assert rc == 0, (opt, err)
