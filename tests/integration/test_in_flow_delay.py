@@ -12,27 +12,16 @@ the backend; the counters read from /metrics.
 """
 
 import os
-import re
 import select
 import signal
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import expect, free_port, sink_message, wait_for  # noqa: E402
 from test_av import CLEAN, EICAR, SIG_EICAR, libclamav, scanner_pid, send, session  # noqa: E402
-from test_scanner_procs import wait_workers  # noqa: E402
-
-
-def metric(p, name):
-    """A metric's value on /metrics (name with its labels, if any)."""
-    url = "http://%s/metrics" % p.params["stats_listen"]
-    body = urllib.request.urlopen(url, timeout=10).read().decode()
-    m = re.search(r"^%s (\d+)$" % re.escape(name), body, re.M)
-    assert m, "%s not in /metrics" % name
-    return int(m.group(1))
+from test_scanner_procs import metric, wait_workers  # noqa: E402
 
 
 def waiting(p):
@@ -65,6 +54,16 @@ def begin(port):
 def body(c, data=CLEAN):
     """The body and the final dot after a 354."""
     c.send(data + b".\r\n")
+
+
+def fill(p):
+    """Two messages in the scanner's backlog (limit 2: one worker); their
+    clients, waiting for their final replies."""
+    held = [begin(p.port) for _ in range(2)]
+    for c in held:
+        expect(c.reply(), 354)
+        body(c)
+    return held
 
 
 def silent(c, seconds=0.3):
@@ -113,10 +112,7 @@ def test_waits_in_arrival_order(perimd_factory, sink, tmp_path):
     """Three DATA commands wait; as the stopped worker's scans end one by
     one, they get their 354s in the order they came."""
     p, worker = start(perimd_factory, sink, tmp_path, in_flow_delay="10s")
-    held = [begin(p.port) for _ in range(2)]
-    for c in held:
-        expect(c.reply(), 354)
-        body(c)
+    held = fill(p)
     queued = []
     for i in range(3):
         queued.append(begin(p.port))
@@ -145,10 +141,7 @@ def test_expires_after_in_flow_delay(perimd_factory, sink, tmp_path):
     in_flow_delay (1 s) passed, counted as expired; its message is scanned
     and relayed when the worker goes on."""
     p, worker = start(perimd_factory, sink, tmp_path, in_flow_delay="1s")
-    held = [begin(p.port) for _ in range(2)]
-    for c in held:
-        expect(c.reply(), 354)
-        body(c)
+    held = fill(p)
     c3 = begin(p.port)
     t0 = time.monotonic()
     expect(c3.reply(15), 354)
@@ -183,10 +176,7 @@ def test_pipelined_data_waits(perimd_factory, sink, tmp_path):
     client does) while the backlog is full gets its two 250s at once and
     its 354 only when a scan ended; its message is then relayed whole."""
     p, worker = start(perimd_factory, sink, tmp_path, in_flow_delay="10s")
-    held = [begin(p.port) for _ in range(2)]
-    for c in held:
-        expect(c.reply(), 354)
-        body(c)
+    held = fill(p)
     c = session(p.port)
     c.send(b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
     expect(c.reply(10), 250)
