@@ -34,6 +34,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -435,7 +436,7 @@ int admin_check(const struct conf *c, char *err, size_t errlen)
 	socklen_t sl;
 	const char *why;
 	if (c->stats_listen[0] && net_parse_addr(c->stats_listen, 9125, &ss, &sl, &why) < 0) {
-		snprintf(err, errlen, "%s: stats_listen: %s: %s", c->path, c->stats_listen, why);
+		snprintf(err, errlen, "stats_listen: %s: %s", c->stats_listen, why);
 		return -1;
 	}
 	return 0;
@@ -561,6 +562,42 @@ void admin_series_free(struct admin_series *v, int n)
 	free(v);
 }
 
+/* box_get - GET /metrics of one box, addr "host:port" with host an
+ * address or a name: each address of the name is tried in order until
+ * one answers (localhost may be ::1, then 127.0.0.1). As http_get. */
+static int box_get(const char *addr, int *status, struct strbuf *body, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	const char *why;
+	if (net_parse_addr(addr, 9125, &ss, &sl, &why) == 0 || addr[0] == '[')
+		return http_get(addr, "/metrics", 5000, status, body, err, errlen);
+	const char *colon = strrchr(addr, ':');
+	char host[256];
+	snprintf(host, sizeof host, "%.*s", colon ? (int)(colon - addr) : (int)strlen(addr), addr);
+	const char *port = colon ? colon + 1 : "9125";
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV }, *res;
+	int e = getaddrinfo(host, port, &hints, &res);
+	if (e) {
+		snprintf(err, errlen, "%s: %s", addr, e == EAI_SERVICE ? "bad port" : gai_strerror(e));
+		return -1;
+	}
+	int rc = -1;
+	for (struct addrinfo *ai = res; ai && rc < 0; ai = ai->ai_next) {
+		char ip[INET6_ADDRSTRLEN], one[INET6_ADDRSTRLEN + 16];
+		if (getnameinfo(ai->ai_addr, ai->ai_addrlen, ip, sizeof ip, NULL, 0, NI_NUMERICHOST))
+			continue;
+		snprintf(one, sizeof one, ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", ip, port);
+		sb_free(body);
+		rc = http_get(one, "/metrics", 5000, status, body, err, errlen);
+		size_t l = strlen(err);
+		if (rc < 0 && l + strlen(host) + 4 < errlen)
+			snprintf(err + l, errlen - l, " (%s)", host);
+	}
+	freeaddrinfo(res);
+	return rc;
+}
+
 /* fleet_stats - perimd stats ADDR...: every box's /metrics (ADDR as
  * "host:port" or "http://host:port/..."), each series summed over the
  * boxes that answered. 0, or 1 when one did not (the others' totals are
@@ -575,10 +612,18 @@ static int fleet_stats(int naddr, char **addrs)
 		snprintf(addr, sizeof addr, "%.*s", (int)strcspn(a, "/"), a);
 		int status = 0;
 		struct strbuf body = { 0 };
-		if (http_get(addr, "/metrics", 5000, &status, &body, err, sizeof err) < 0 || status != 200) {
+		if (!strncmp(addrs[i], "https://", 8) || !addr[0]) {
+			snprintf(err, sizeof err, "%s: %s", addrs[i],
+				 addr[0]
+				     ? "stats_listen speaks plain HTTP: write http://host:port or host:port"
+				     : "no address: write host:port or http://host:port");
+			fprintf(stderr, "perimd: %s\n", err);
+			rc = 1;
+		} else if (box_get(addr, &status, &body, err, sizeof err) < 0 || status != 200) {
+			/* err names the box already */
 			if (status && status != 200)
-				snprintf(err, sizeof err, "/metrics answered %d", status);
-			fprintf(stderr, "perimd: %s: %s\n", addr, err);
+				snprintf(err, sizeof err, "%s: /metrics answered %d", addr, status);
+			fprintf(stderr, "perimd: %s\n", err);
 			rc = 1;
 		} else {
 			admin_metrics_sum(body.p ? body.p : (char *)"", &v, &n);
@@ -604,26 +649,31 @@ int admin_command(int argc, char **argv, const char *default_conf)
 		} else if (!hc && argv[i][0] != '-' && !path) {
 			return fleet_stats(argc - i, argv + i);
 		} else {
+			/* 1, as perimd's own usage: a health check's 2 is
+			 * reserved (Docker HEALTHCHECK), perimd(8) says 0 or 1. */
 			fprintf(stderr, "usage: perimd %s [-c FILE]%s\n", argv[0],
 				hc ? "" : " | perimd stats ADDR...");
-			return 2;
+			return 1;
 		}
 	}
+	/* Only stats_listen is needed: a file edited with a typo since the
+	 * daemon read it must not make a running daemon look unhealthy (a
+	 * container would be restarted into the broken file). */
 	char err[1024];
-	struct conf *c = conf_load(path ? path : default_conf, path == NULL, NULL, 0, err, sizeof err);
-	if (!c) {
+	char *listen = conf_value_of(path ? path : default_conf, path == NULL, "stats_listen", err, sizeof err);
+	if (!listen) {
 		fprintf(stderr, "perimd: %s\n", err);
 		return 1;
 	}
-	if (!c->stats_listen[0]) {
+	if (!listen[0]) {
 		fprintf(stderr, "perimd: stats_listen is empty: no statistics to ask for\n");
-		conf_release(c);
+		free(listen);
 		return 1;
 	}
 	int status = 0;
 	struct strbuf body = { 0 };
-	int r = http_get(c->stats_listen, hc ? "/healthz" : "/metrics", 5000, &status, &body, err, sizeof err);
-	conf_release(c);
+	int r = http_get(listen, hc ? "/healthz" : "/metrics", 5000, &status, &body, err, sizeof err);
+	free(listen);
 	int rc = 1;
 	if (r < 0) {
 		fprintf(stderr, "perimd: %s\n", err);

@@ -161,6 +161,35 @@ static void lset(struct loader *L, int i, const char *v, char *where)
 	L->where[i] = where;
 }
 
+/* Postfix main.cf parameters a migrating admin brings along, and what
+ * perimd has in their place (perimd-migrate(7) walks them). */
+static const struct {
+	const char *postfix, *instead;
+} postfix_names[] = {
+	{ "inet_interfaces", "write smtpd_listen" },
+	{ "postscreen_dnsbl_sites", "write dnsbl_sites" },
+	{ "postscreen_dnsbl_threshold", "write dnsbl_threshold" },
+	{ "postscreen_greet_action", "smtpd_greet_pause does its work" },
+	{ "postscreen_upstream_proxy_protocol", "write smtpd_upstream_proxy_protocol" },
+	{ "smtpd_recipient_restrictions", "its checks are parameters of their own: perimd-migrate(7)" },
+	{ "smtpd_relay_restrictions", "only relay_domains are relayed: perimd-migrate(7)" },
+	{ "mynetworks", "perimd relays for no client: perimd-migrate(7)" },
+	{ "mydestination", "perimd delivers nothing locally: leave it out" },
+	{ "non_smtpd_milters", "perimd has no local submission: leave it out" },
+	{ "content_filter", "write av_scanner or smtpd_milters: perimd-migrate(7)" },
+	{ "smtpd_proxy_filter", "write av_scanner or smtpd_milters: perimd-migrate(7)" },
+};
+
+/* postfix_hint - for a Postfix parameter perimd lacks, the text to add to
+ * "unknown parameter" ("" for other names). */
+static const char *postfix_hint(const char *name, size_t n)
+{
+	for (size_t k = 0; k < sizeof postfix_names / sizeof postfix_names[0]; k++)
+		if (strlen(postfix_names[k].postfix) == n && !strncmp(postfix_names[k].postfix, name, n))
+			return postfix_names[k].instead;
+	return "";
+}
+
 /* load_line - apply one logical "name = value" line of a file. */
 static void load_line(struct loader *L, const char *path, int lineno, char *line)
 {
@@ -184,10 +213,45 @@ static void load_line(struct loader *L, const char *path, int lineno, char *line
 	}
 	int i = param_find(name, n);
 	if (i < 0) {
-		lerr(L, "%s:%d: unknown parameter %s", path, lineno, name);
+		const char *hint = postfix_hint(name, n);
+		lerr(L, "%s:%d: unknown parameter %s%s%s%s", path, lineno, name, *hint ? " (Postfix's: " : "",
+		     hint, *hint ? ")" : "");
 		return;
 	}
 	lset(L, i, value, xasprintf("%s:%d: %s", path, lineno, name));
+}
+
+#define CONF_LINE_MAX (16 << 20) /* bytes in one physical line */
+
+/* read_line - the next physical line of f, without its LF, into b: 1, 0
+ * at the end of the file, -1 on a NUL byte or a line over CONF_LINE_MAX
+ * (*why says which), found as they come: -c /dev/zero is an error, not a
+ * read without end. */
+static int read_line(FILE *f, struct strbuf *b, const char **why)
+{
+	char chunk[4096];
+	size_t n = 0;
+	int ch, any = 0;
+
+	b->len = 0;
+	while ((ch = getc_unlocked(f)) != EOF && ch != '\n') {
+		any = 1;
+		if (ch == 0) {
+			*why = "NUL byte in line";
+			return -1;
+		}
+		chunk[n++] = (char)ch;
+		if (n == sizeof chunk) {
+			sb_add(b, chunk, n);
+			n = 0;
+			if (b->len > CONF_LINE_MAX) {
+				*why = "line longer than 16 MB";
+				return -1;
+			}
+		}
+	}
+	sb_add(b, chunk, n);
+	return any || ch == '\n';
 }
 
 /*
@@ -195,8 +259,10 @@ static void load_line(struct loader *L, const char *path, int lineno, char *line
  * non-whitespace text and continues on the following lines that start
  * with whitespace (joined with one space). Blank lines and lines whose
  * first non-whitespace character is '#' are ignored and do not end a
- * logical line. '#' elsewhere is part of the value, as in Postfix.
- * Returns 0, 1 if the file is missing and missing_ok, -1 on error.
+ * logical line. '#' elsewhere is part of the value, as in Postfix. A
+ * UTF-8 byte order mark before the first line (a Windows editor's) is
+ * skipped. Returns 0, 1 if the file is missing and missing_ok, -1 on
+ * error.
  */
 static int load_file(struct loader *L, const char *path, int missing_ok)
 {
@@ -207,18 +273,19 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 		lerr(L, "%s: cannot open: %s", path, strerror(errno));
 		return -1;
 	}
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t len;
-	int lineno = 0, start = 0;
-	struct strbuf cur = { 0 };
+	struct strbuf raw = { 0 }, cur = { 0 };
+	const char *why = NULL;
+	int lineno = 0, start = 0, r;
 
-	while ((len = getline(&line, &cap, f)) >= 0) {
+	while ((r = read_line(f, &raw, &why)) != 0) {
 		lineno++;
-		if (strlen(line) != (size_t)len) {
-			lerr(L, "%s:%d: NUL byte in line", path, lineno);
+		if (r < 0) {
+			lerr(L, "%s:%d: %s", path, lineno, why);
 			break;
 		}
+		char *line = sb_str(&raw);
+		if (lineno == 1 && !strncmp(line, "\xef\xbb\xbf", 3))
+			line += 3;
 		char *t = trim(line);
 		if (*t == 0 || *t == '#')
 			continue;
@@ -240,10 +307,10 @@ static int load_file(struct loader *L, const char *path, int missing_ok)
 	}
 	if (ferror(f))
 		lerr(L, "%s: read error: %s", path, strerror(errno));
-	else if (start)
+	else if (start && r == 0)
 		load_line(L, path, start, sb_str(&cur));
 	sb_free(&cur);
-	free(line);
+	sb_free(&raw);
 	fclose(f);
 	return L->failed ? -1 : 0;
 }
@@ -265,9 +332,11 @@ static void load_override(struct loader *L, const char *o)
 	int i = param_find(n, strlen(n));
 	if (!*n)
 		lerr(L, "-o %s: no parameter name before '='", o);
-	else if (i < 0)
-		lerr(L, "-o %s: unknown parameter %s", o, n);
-	else
+	else if (i < 0) {
+		const char *hint = postfix_hint(n, strlen(n));
+		lerr(L, "-o %s: unknown parameter %s%s%s%s", o, n, *hint ? " (Postfix's: " : "", hint,
+		     *hint ? ")" : "");
+	} else
 		lset(L, i, trim(value), xasprintf("-o %s", o));
 	free(name);
 	free(value);
@@ -350,7 +419,9 @@ fail:
 	return NULL;
 }
 
-/* parse_number - a non-negative decimal number and what follows it. */
+/* parse_number - a non-negative decimal number and what follows it:
+ * 0, -1 if s does not start with a digit, -2 if the digits overflow (*v
+ * is then LLONG_MAX and *rest still after them). */
 static int parse_number(const char *s, long long *v, const char **rest)
 {
 	if (!isdigit((unsigned char)*s))
@@ -358,66 +429,51 @@ static int parse_number(const char *s, long long *v, const char **rest)
 	errno = 0;
 	char *end;
 	long long n = strtoll(s, &end, 10);
-	if (errno == ERANGE)
-		return -1;
 	*v = n;
 	*rest = end;
-	return 0;
+	return errno == ERANGE ? -2 : 0;
 }
 
-/* scale - v * mult into *out, -1 on overflow. */
+/* scale - v * mult into *out, -2 on overflow. */
 static int scale(long long v, long long mult, long long *out)
 {
 	if (v > LLONG_MAX / mult)
-		return -1;
+		return -2;
 	*out = v * mult;
 	return 0;
 }
 
-static const struct {
-	const char *sfx;
-	long long ms;
-} time_units[] = {
-	{ "w", 604800000LL }, { "d", 86400000LL }, { "h", 3600000LL }, { "m", 60000LL },
-	{ "s", 1000LL },      { "ms", 1LL },       { "", 1000LL },
-};
+/* parse_unit - the number at s with one of the n suffixes of units (any
+ * case), in base units: 0, -1 malformed, -2 too large. */
+static int parse_unit(const char *s, const char *const *sfx, const long long *mult, size_t n, long long *out)
+{
+	long long v;
+	const char *rest;
+	int r = parse_number(s, &v, &rest);
 
-static const struct {
-	const char *sfx;
-	long long n;
-} size_units[] = {
-	{ "g", 1024LL * 1024 * 1024 },
-	{ "m", 1024LL * 1024 },
-	{ "k", 1024LL },
-	{ "", 1LL },
-};
+	if (r == -1)
+		return -1;
+	for (size_t k = 0; k < n; k++)
+		if (strcasecmp(rest, sfx[k]) == 0)
+			return r < 0 ? r : scale(v, mult[k], out);
+	return -1;
+}
+
+static const char *const time_sfx[] = { "w", "d", "h", "m", "s", "ms", "" };
+static const long long time_ms[] = { 604800000LL, 86400000LL, 3600000LL, 60000LL, 1000LL, 1LL, 1000LL };
+static const char *const size_sfx[] = { "g", "m", "k", "" };
+static const long long size_n[] = { 1024LL * 1024 * 1024, 1024LL * 1024, 1024LL, 1LL };
 
 /* conf_parse_time - "300", "300s", "5m", "2h", "2d", "1w", "500ms" into ms. */
 int conf_parse_time(const char *s, long long *ms)
 {
-	long long v;
-	const char *rest;
-
-	if (parse_number(s, &v, &rest) < 0)
-		return -1;
-	for (size_t k = 0; k < sizeof time_units / sizeof time_units[0]; k++)
-		if (strcasecmp(rest, time_units[k].sfx) == 0)
-			return scale(v, time_units[k].ms, ms);
-	return -1;
+	return parse_unit(s, time_sfx, time_ms, sizeof time_ms / sizeof time_ms[0], ms);
 }
 
 /* conf_parse_size - "1000", "10k", "25m", "1g" into bytes (1024 multiples). */
 int conf_parse_size(const char *s, long long *bytes)
 {
-	long long v;
-	const char *rest;
-
-	if (parse_number(s, &v, &rest) < 0)
-		return -1;
-	for (size_t k = 0; k < sizeof size_units / sizeof size_units[0]; k++)
-		if (strcasecmp(rest, size_units[k].sfx) == 0)
-			return scale(v, size_units[k].n, bytes);
-	return -1;
+	return parse_unit(s, size_sfx, size_n, sizeof size_n / sizeof size_n[0], bytes);
 }
 
 /* conf_parse_bool - yes/no/true/false/1/0, any case. */
@@ -438,8 +494,8 @@ static char *format_time(long long ms)
 	if (ms == 0)
 		return xstrdup("0s");
 	for (size_t k = 0; k < 6; k++)
-		if (ms % time_units[k].ms == 0)
-			return xasprintf("%lld%s", ms / time_units[k].ms, time_units[k].sfx);
+		if (ms % time_ms[k] == 0)
+			return xasprintf("%lld%s", ms / time_ms[k], time_sfx[k]);
 	return xasprintf("%lldms", ms);
 }
 
@@ -449,8 +505,8 @@ static char *format_size(long long n)
 	if (n == 0)
 		return xstrdup("0");
 	for (size_t k = 0; k < 3; k++)
-		if (n % size_units[k].n == 0)
-			return xasprintf("%lld%s", n / size_units[k].n, size_units[k].sfx);
+		if (n % size_n[k] == 0)
+			return xasprintf("%lld%s", n / size_n[k], size_sfx[k]);
 	return xasprintf("%lld", n);
 }
 
@@ -542,13 +598,47 @@ static int map_spec_ok(const char *s)
 	return 1;
 }
 
-/* domain_ok - plausible domain text for a MAPLIST item (".sub" allowed). */
+/* labels_ok - s is dot-separated labels of letters, digits, '-' and '_',
+ * each 1 to 63 long and neither starting nor ending with '-' (RFC 1035's
+ * shape, '_' allowed as in the wild): "example..com", "-x.com" and
+ * "a.com." are not. */
+static int labels_ok(const char *s)
+{
+	size_t n = 0;
+	for (const char *q = s;; q++) {
+		if (*q == '.' || *q == 0) {
+			if (n == 0 || n > 63 || q[-1] == '-' || q[-(long)n] == '-')
+				return 0;
+			if (*q == 0)
+				return q - s <= 253;
+			n = 0;
+		} else if (isalnum((unsigned char)*q) || *q == '-' || *q == '_') {
+			n++;
+		} else {
+			return 0;
+		}
+	}
+}
+
+/* domain_ok - a domain for a MAPLIST item (".sub" for the subdomains). */
 static int domain_ok(const char *s)
 {
-	for (const char *q = s; *q; q++)
-		if (!isalnum((unsigned char)*q) && *q != '.' && *q != '-' && *q != '_')
-			return 0;
-	return *s != 0;
+	return labels_ok(s + (*s == '.'));
+}
+
+/* too_large - why for the number text s that overflows a long long: the
+ * bound it crossed (the minimum when neg), as for any value out of range. */
+static int too_large(const struct param *p, const char *s, int neg, char *why, size_t wl)
+{
+	if (neg || p->max) {
+		char *b = format_num(p, neg ? p->min : p->max);
+		snprintf(why, wl, "\"%s\" is %s the %s %s", s, neg ? "below" : "above",
+			 neg ? "minimum" : "maximum", b);
+		free(b);
+	} else {
+		snprintf(why, wl, "\"%s\" is too large", s);
+	}
+	return -1;
 }
 
 /*
@@ -564,15 +654,34 @@ static int parse_value(const struct param *p, const char *s, struct conf *c, cha
 	char text[128];
 
 	/* myhostname goes into the banner, EHLO and Received: a host name
-	 * (letters, digits, '-', '_', dots), never text with blanks. */
-	if (p->off == offsetof(struct conf, myhostname) &&
-	    (!*s ||
-	     strspn(s,
-		    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-		    "0123456789-_.") != strlen(s))) {
+	 * of labels (labels_ok), never text with blanks. */
+	if (p->off == offsetof(struct conf, myhostname) && !labels_ok(s)) {
 		snprintf(why, wl, "\"%s\" is not a host name", s);
 		return -1;
 	}
+	/* recipient_delimiter: characters of a local part, never its end. */
+	if (p->off == offsetof(struct conf, recipient_delimiter) && s[strcspn(s, "@\"<> \t,")]) {
+		snprintf(why, wl,
+			 "\"%s\": the delimiters are characters of a local part (not @, quotes, "
+			 "brackets, blanks or commas)",
+			 s);
+		return -1;
+	}
+	/* smtpd_banner is the text of the 220 line: with "220 " and CRLF at
+	 * most 512 bytes (RFC 5321 4.5.3.1.5), printable. */
+	if (p->off == offsetof(struct conf, smtpd_banner) && strlen(s) > 506) {
+		snprintf(why, wl,
+			 "%zu bytes: the greeting line \"220 TEXT\" is at most 512 (RFC 5321 4.5.3.1.5)",
+			 strlen(s));
+		return -1;
+	}
+	if (p->off == offsetof(struct conf, smtpd_banner))
+		for (const char *q = s; *q; q++)
+			if ((unsigned char)*q < 0x20 && *q != '\t') {
+				snprintf(why, wl, "control character 0x%02x in the greeting",
+					 (unsigned char)*q);
+				return -1;
+			}
 	switch (p->type) {
 	case T_BOOL:
 		if (conf_parse_bool(s, dst) < 0) {
@@ -581,24 +690,30 @@ static int parse_value(const struct param *p, const char *s, struct conf *c, cha
 		}
 		return 0;
 	case T_INT:
-		if (parse_number(s + (*s == '-'), &v, &rest) < 0 || *rest) {
+		if ((e = parse_number(s + (*s == '-'), &v, &rest)) == -1 || *rest) {
 			snprintf(why, wl, "\"%s\" is not a whole number", s);
 			return -1;
 		}
+		if (e == -2)
+			return too_large(p, s, *s == '-', why, wl);
 		if (*s == '-')
 			v = -v;
 		break;
 	case T_TIME:
-		if (conf_parse_time(s, &v) < 0) {
+		if ((e = conf_parse_time(s, &v)) == -2)
+			return too_large(p, s, 0, why, wl);
+		if (e < 0) {
 			snprintf(why, wl,
 				 "\"%s\" is not a time (a number with "
-				 "s, m, h, d or w; a bare number is seconds)",
+				 "ms, s, m, h, d or w; a bare number is seconds)",
 				 s);
 			return -1;
 		}
 		break;
 	case T_SIZE:
-		if (conf_parse_size(s, &v) < 0) {
+		if ((e = conf_parse_size(s, &v)) == -2)
+			return too_large(p, s, 0, why, wl);
+		if (e < 0) {
 			snprintf(why, wl,
 				 "\"%s\" is not a size (a number with "
 				 "k, m or g; a bare number is bytes)",
@@ -616,6 +731,15 @@ static int parse_value(const struct param *p, const char *s, struct conf *c, cha
 		*(int *)(void *)((char *)c + p->eoff) = e;
 		return 0;
 	case T_MAP:
+		/* Postfix takes a list of maps here; perimd one (a path with a
+		 * blank or comma would be a list written that way). */
+		if (*s && s[strcspn(s, ", \t")]) {
+			snprintf(why, wl,
+				 "\"%s\": takes one map, not a list (merge the tables into one "
+				 "file)",
+				 s);
+			return -1;
+		}
 		if (*s && !map_spec_ok(s)) {
 			snprintf(why, wl, "\"%s\" is not a map (type:path)", s);
 			return -1;
@@ -743,13 +867,29 @@ static void conf_free(struct conf *c)
 		free_value(&params[i], (char *)c + params[i].off);
 		if (c->raw)
 			free(c->raw[i]);
+		if (c->where)
+			free(c->where[i]);
 	}
 	free(c->raw);
+	free(c->where);
 	free(c->path);
 	free(c);
 }
 
 static unsigned long long conf_gen; /* atomic: the last conf's gen */
+
+/* where_of - the place in a loader's where text ("FILE:LINE: NAME",
+ * "-o NAME=VALUE", "NAME (default)") without the name; NULL for a
+ * default. */
+static char *where_of(const char *where, const char *name)
+{
+	size_t n = strlen(where), k = strlen(name);
+	if (n > k + 2 && !strcmp(where + n - k, name) && !strncmp(where + n - k - 2, ": ", 2))
+		return xstrndup(where, n - k - 2);
+	if (!strncmp(where, "-o ", 3))
+		return xstrdup(where);
+	return NULL;
+}
 
 /* conf_load - see conf.h. */
 struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n_overrides, char *err,
@@ -784,9 +924,11 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
 		c->refs = 1;
 		c->gen = __atomic_add_fetch(&conf_gen, 1, __ATOMIC_RELAXED);
 		c->raw = xcalloc(NPARAMS, sizeof *c->raw);
+		c->where = xcalloc(NPARAMS, sizeof *c->where);
 		for (size_t i = 0; i < NPARAMS; i++) {
 			c->raw[i] = L.raw[i];
 			L.raw[i] = NULL;
+			c->where[i] = where_of(L.where[i], params[i].name);
 		}
 	}
 	for (size_t i = 0; i < NPARAMS; i++) {
@@ -795,6 +937,51 @@ struct conf *conf_load(const char *path, int missing_ok, char **overrides, int n
 		free(L.val[i]);
 	}
 	return c;
+}
+
+/* conf_value_of - see conf.h. The file's other lines are read (for
+ * $name) but their errors not kept: L.errlen is 0 until the one
+ * parameter is expanded and checked. */
+char *conf_value_of(const char *path, int missing_ok, const char *name, char *err, size_t errlen)
+{
+	struct loader L = { 0 };
+	int i = param_find(name, strlen(name));
+	char *out = NULL;
+
+	if (errlen)
+		err[0] = 0;
+	if (i < 0) {
+		snprintf(err, errlen, "%s: unknown parameter", name);
+		return NULL;
+	}
+	for (size_t k = 0; k < NPARAMS; k++)
+		lset(&L, (int)k, params[k].def, xasprintf("%s (default)", params[k].name));
+	FILE *f = fopen(path, "r");
+	if (!f && !(errno == ENOENT && missing_ok)) {
+		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+	} else {
+		if (f) {
+			fclose(f);
+			load_file(&L, path, missing_ok);
+		}
+		L.err = err;
+		L.errlen = errlen;
+		const char *v = expand(&L, (size_t)i);
+		struct conf scratch; /* only parameter i's field is used */
+		char why[512];
+		if (v && parse_value(&params[i], v, &scratch, why, sizeof why) == 0) {
+			free_value(&params[i], (char *)&scratch + params[i].off);
+			out = xstrdup(v);
+		} else if (v) {
+			lerr(&L, "%s: %s", L.where[i], why);
+		}
+	}
+	for (size_t k = 0; k < NPARAMS; k++) {
+		free(L.raw[k]);
+		free(L.where[k]);
+		free(L.val[k]);
+	}
+	return out;
 }
 
 /* dump_one - "name = value" of parameter i; unless defaults_too, only
@@ -920,6 +1107,18 @@ int conf_restart_changes(const struct conf *old, const struct conf *c, void (*fn
 		free(b);
 	}
 	return n;
+}
+
+/* conf_blame - see conf.h. */
+const char *conf_blame(const struct conf *c, const char *line)
+{
+	size_t n = 0;
+	while (is_name_char(line[n]))
+		n++;
+	if (!c->where || n == 0 || (line[n] != ':' && line[n] != '=' && line[n] != ' '))
+		return NULL;
+	int i = param_find(line, n);
+	return i < 0 ? NULL : c->where[i];
 }
 
 /* conf_is_restart - see conf.h. */

@@ -55,6 +55,7 @@ struct conf {
 	int refs;               /* private */
 	char **raw;             /* private: each parameter's text before $name
 			  * expansion, in table order, for conf_dump() */
+	char **where;           /* private: where each was set, for conf_blame() */
 };
 
 /* conf_load - defaults, then the file (path may be NULL: defaults only; a
@@ -92,6 +93,21 @@ int conf_restart_changes(const struct conf *old, const struct conf *c, void (*fn
  * entries as its C enum (conf_enum.h): 0, or -1 naming the first that
  * does not in err. */
 int conf_enum_check(char *err, size_t errlen);
+/* conf_value_of - the value of one parameter (after $name expansion and
+ * its own check) as the file at path sets it, even when other lines of
+ * the file are wrong: for the commands that only need stats_listen
+ * (perimd healthcheck must not call a running daemon unhealthy because
+ * the file was edited with a typo since). NULL with err filled when the
+ * file cannot be read or that parameter is wrong; the caller frees. */
+char *conf_value_of(const char *path, int missing_ok, const char *name, char *err, size_t errlen);
+
+/* conf_blame - where the parameter an error line of a later check is
+ * about was set: the line starts with a parameter's name (then ':', '='
+ * or a blank), as "relay_recipient_maps: ..." does; returns "FILE:LINE"
+ * or "-o NAME=VALUE", or NULL (no name, a default, or a conf made without
+ * a file). perimd -t and a refused reload put it before the line. */
+const char *conf_blame(const struct conf *c, const char *line);
+
 /* conf_is_restart - whether the parameter named is restart-only. */
 int conf_is_restart(const char *name);
 
@@ -114,7 +130,9 @@ int conf_list_has(const struct conf_list *l, const char *s);
 const char *const *conf_param_names(void);
 
 /* The value syntaxes of the file, for other files that use them (and for
- * tests of types no parameter has yet). Each returns 0 with *v set, or -1.
+ * tests of types no parameter has yet). Each returns 0 with *v set, or -1;
+ * the time and size parsers return -2 for a well-formed value too large
+ * to hold (a long long of milliseconds or bytes).
  * conf_parse_bool - yes/no/true/false/1/0, any case.
  * conf_parse_time - "300" (seconds), "300s", "5m", "2h", "2d", "1w",
  *                   "500ms", into milliseconds.

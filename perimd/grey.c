@@ -943,12 +943,16 @@ void grey_announce(const struct conf *c)
 /* grey_policy_load - open the whitelist files named by c. */
 int grey_policy_load(const struct conf *c, struct grey_policy *gp, char *err, size_t errlen)
 {
+	char why[1024];
 	memset(gp, 0, sizeof *gp);
 	if (c->greylist_whitelist_clients[0] &&
-	    !(gp->clients = greywl_load(c->greylist_whitelist_clients, err, errlen)))
+	    !(gp->clients = greywl_load(c->greylist_whitelist_clients, why, sizeof why))) {
+		snprintf(err, errlen, "greylist_whitelist_clients: %s", why);
 		return -1;
+	}
 	if (c->greylist_whitelist_recipients[0] &&
-	    !(gp->rcpts = greywl_load(c->greylist_whitelist_recipients, err, errlen))) {
+	    !(gp->rcpts = greywl_load(c->greylist_whitelist_recipients, why, sizeof why))) {
+		snprintf(err, errlen, "greylist_whitelist_recipients: %s", why);
 		grey_policy_free(gp);
 		return -1;
 	}

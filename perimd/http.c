@@ -8,8 +8,11 @@
  *   is written whole, then conn_shutdown() closes after the flush. Input
  *   beyond HTTP_REQ_MAX, garbage, or a body (GET has none; refusing it
  *   leaves no request smuggling to argue about) is answered 400 and
- *   closed. At most HTTP_MAX_CONNS connections at once; more are closed at
- *   accept. Every connection has a timeout, so none can be held open.
+ *   closed. At most HTTP_MAX_CONNS connections at once: a new one closes
+ *   the oldest still waiting for its request (more are closed at accept
+ *   only while all are answering). Every connection is closed
+ *   HTTP_TIMEOUT_MS after its accept, however slowly its bytes come, so
+ *   none can be held open.
  * - All connections are in the server's list and freed by
  *   http_server_stop(); nothing outlives the loop.
  */
@@ -132,9 +135,10 @@ enum parse_result http_request_parse(const char *buf, size_t len, struct http_re
 /* ---- the server --------------------------------------------------------- */
 
 struct hconn {
-	struct hconn *next, *prev;
+	struct hconn *next, *prev; /* newest first */
 	struct http_server *srv;
 	struct conn *c;
+	struct ev_timer deadline; /* HTTP_TIMEOUT_MS from accept, however it trickles */
 	int answered;
 };
 
@@ -166,6 +170,7 @@ static const char *reason(int status)
 static void hconn_free(struct hconn *h)
 {
 	struct http_server *s = h->srv;
+	ev_timer_stop(s->loop, &h->deadline);
 	conn_free(h->c);
 	if (h->prev)
 		h->prev->next = h->next;
@@ -252,6 +257,31 @@ static const struct conn_ops hconn_ops = {
 	.on_error = hconn_error,
 };
 
+/* hconn_deadline - the connection's whole time is up: close it, even if
+ * bytes keep trickling in (the idle timeout alone would let a client
+ * that sends a byte every few seconds hold it for hours). */
+static void hconn_deadline(void *arg)
+{
+	hconn_free(arg);
+}
+
+/* make_room - at HTTP_MAX_CONNS, close the oldest connection still
+ * waiting for its request, so that idle or trickling clients cannot keep
+ * a health check out; 0 if there is room, -1 if every one is answering. */
+static int make_room(struct http_server *s)
+{
+	if (s->nconns < HTTP_MAX_CONNS)
+		return 0;
+	struct hconn *oldest = NULL;
+	for (struct hconn *h = s->conns; h; h = h->next)
+		if (!h->answered)
+			oldest = h;
+	if (!oldest)
+		return -1;
+	hconn_free(oldest);
+	return 0;
+}
+
 /* http_accept - take pending connections. */
 static void http_accept(void *arg, unsigned events)
 {
@@ -261,7 +291,7 @@ static void http_accept(void *arg, unsigned events)
 		int fd = accept4(s->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0)
 			return;
-		if (s->nconns >= HTTP_MAX_CONNS) {
+		if (make_room(s) < 0) {
 			close(fd);
 			continue;
 		}
@@ -269,6 +299,7 @@ static void http_accept(void *arg, unsigned events)
 		h->srv = s;
 		h->c = conn_new(s->loop, fd, &hconn_ops, h);
 		conn_set_timeout(h->c, HTTP_TIMEOUT_MS);
+		ev_timer_start(s->loop, &h->deadline, HTTP_TIMEOUT_MS, hconn_deadline, h);
 		h->next = s->conns;
 		if (h->next)
 			h->next->prev = h;

@@ -329,20 +329,34 @@ char *xstrndup(const char *s, size_t n)
 	return p;
 }
 
-/* log_err_add - see log.h: append one line to an error buffer. */
+/* The last line of an error buffer that had no room for more. */
+static const char err_more[] = "... more errors not shown: fix these and check again";
+
+/* log_err_add - see log.h: append one line to an error buffer. A line
+ * that does not fit whole after the first is not cut: err_more ends the
+ * text instead (room for it is kept), so no line is lost unseen. */
 void log_err_add(char *err, size_t errlen, const char *fmt, ...)
 {
 	if (!errlen)
 		return;
-	size_t n = strnlen(err, errlen);
-	if (n >= errlen - 1)
+	size_t n = strnlen(err, errlen), m = sizeof err_more - 1;
+	if (n >= errlen - 1 || (n >= m && !strcmp(err + n - m, err_more)))
 		return;
-	if (n > 0) {
-		err[n++] = '\n';
-		err[n] = 0;
-	}
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(err + n, errlen - n, fmt, ap);
+	if (n == 0) {
+		vsnprintf(err, errlen, fmt, ap);
+		va_end(ap);
+		return;
+	}
+	char *line = NULL;
+	int k = vasprintf(&line, fmt, ap);
 	va_end(ap);
+	if (k < 0)
+		return;
+	if (n + 1 + (size_t)k + 1 + m + 1 <= errlen)
+		snprintf(err + n, errlen - n, "\n%s", line);
+	else if (n + 1 + m + 1 <= errlen)
+		snprintf(err + n, errlen - n, "\n%s", err_more);
+	free(line);
 }

@@ -44,7 +44,9 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
 /* log_err_add - append a line to the error text in err (lines joined by
- * '\n', cut at errlen), so one check can report every error it found. */
+ * '\n'), so one check can report every error it found. The first line is
+ * cut at errlen; a later one that does not fit is not cut: a last line
+ * "... more errors not shown: fix these and check again" says so. */
 void log_err_add(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

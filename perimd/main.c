@@ -181,20 +181,21 @@ static struct passwd *owner_lookup(const char *s, struct passwd *num)
 }
 
 /* owner_read_check - which files mail_owner could not open: after the
- * privilege drop every SIGHUP reloads the TLS files as mail_owner, and a
- * file only root can read makes each reload fail while the old
- * certificate stays until it expires (a warning); the greylist SQLite
- * files (the database, its -wal and -shm, when they exist) are opened
- * for writing by mail_owner, and one a root run left behind would fail
- * every greylisting decision (an error: the caller refuses -t and the
- * start, as grey_check's own checks do, which run as root). A child
- * process becomes mail_owner (as drop_privileges() does) and opens each
- * file, so modes, owners, groups and ACLs all count as they will. Only
- * when started as root with another mail_owner; before any thread
- * starts. say() gets each message. Returns the number of errors. */
+ * privilege drop every SIGHUP reloads the TLS files and the configuration
+ * file as mail_owner, and a file only root can read makes each reload
+ * fail (the old certificate stays until it expires; a configuration file
+ * only root reads refuses every reload): warnings. The greylist SQLite
+ * files (the database, its -wal and -shm, when they exist) are opened for
+ * writing by mail_owner, and one a root run left behind would fail every
+ * greylisting decision: an error (the caller refuses -t and the start, as
+ * grey_check's own checks do, which run as root). A child process becomes
+ * mail_owner (as drop_privileges() does) and opens each file, so modes,
+ * owners, groups and ACLs all count as they will. Only when started as
+ * root with another mail_owner; before any thread starts. say() gets each
+ * message. Returns the number of errors. */
 static int owner_read_check(const struct conf *c, void (*say)(const char *))
 {
-	enum { NT = 3, NF = 6 };
+	enum { NT = 4, NF = 7 };
 	char grey[3][4200] = { "", "", "" };
 	if (c->greylist && !strncmp(c->greylist_database, "sqlite:", 7) && c->greylist_database[7] &&
 	    strcmp(c->greylist_database + 7, ":memory:") && strncmp(c->greylist_database + 7, "file:", 5)) {
@@ -202,11 +203,16 @@ static int owner_read_check(const struct conf *c, void (*say)(const char *))
 		snprintf(grey[1], sizeof grey[1], "%s-wal", c->greylist_database + 7);
 		snprintf(grey[2], sizeof grey[2], "%s-shm", c->greylist_database + 7);
 	}
-	const char *names[NF] = { "smtpd_tls_cert_file", "smtpd_tls_key_file", "relay_tls_CAfile",
-				  "greylist_database",   "greylist_database",  "greylist_database" };
-	const char *files[NF] = {
-		c->smtpd_tls_cert_file, c->smtpd_tls_key_file, c->relay_tls_CAfile, grey[0], grey[1], grey[2]
-	};
+	const char *names[NF] = { "smtpd_tls_cert_file",    "smtpd_tls_key_file", "relay_tls_CAfile",
+				  "the configuration file", "greylist_database",  "greylist_database",
+				  "greylist_database" };
+	const char *files[NF] = { c->smtpd_tls_cert_file,
+				  c->smtpd_tls_key_file,
+				  c->relay_tls_CAfile,
+				  c->path,
+				  grey[0],
+				  grey[1],
+				  grey[2] };
 	int errs[NF] = { 0 }, any = 0, bad = 0;
 	for (int i = 0; i < NF; i++)
 		any |= files[i][0] != 0;
@@ -256,9 +262,11 @@ static int owner_read_check(const struct conf *c, void (*say)(const char *))
 		char msg[5400];
 		if (i < NT)
 			snprintf(msg, sizeof msg,
-				 "warning: mail_owner %s cannot read %s %s: %s; a SIGHUP will not "
-				 "reload it (the old one stays until it expires): give %s read access",
-				 c->mail_owner, names[i], files[i], strerror(errs[i]), c->mail_owner);
+				 "warning: mail_owner %s cannot read %s %s: %s; %s: give %s read access",
+				 c->mail_owner, names[i], files[i], strerror(errs[i]),
+				 i == 3 ? "every SIGHUP will be refused"
+					: "a SIGHUP will not reload it (the old one stays until it expires)",
+				 c->mail_owner);
 		else
 			snprintf(msg, sizeof msg,
 				 "mail_owner %s cannot open %s file %s for writing: %s; every greylisting "
@@ -298,22 +306,26 @@ static void probe_addr(const char *param, const char *text, int default_port)
 		fatal("%s %s: cannot listen on %s; not starting", param, text, err);
 }
 
-/* say_errors - each line of err on stderr, "perimd: " before it. */
-static void say_errors(const char *err)
+/* say_errors - each line of err on stderr, "perimd: " before it, and
+ * where c set the parameter it names (conf_blame; c may be NULL). */
+static void say_errors(const struct conf *c, const char *err)
 {
 	while (*err) {
 		size_t n = strcspn(err, "\n");
-		fprintf(stderr, "perimd: %.*s\n", (int)n, err);
+		const char *at = c ? conf_blame(c, err) : NULL;
+		fprintf(stderr, "perimd: %s%s%.*s\n", at ? at : "", at ? ": " : "", (int)n, err);
 		err += n + (err[n] == '\n');
 	}
 }
 
-/* log_errors - each line of err as an error log line, after prefix. */
-static void log_errors(const char *prefix, const char *err)
+/* log_errors - each line of err as an error log line, after prefix and
+ * where c set the parameter it names (c may be NULL). */
+static void log_errors(const struct conf *c, const char *prefix, const char *err)
 {
 	while (*err) {
 		size_t n = strcspn(err, "\n");
-		log_err("%s%.*s", prefix, (int)n, err);
+		const char *at = c ? conf_blame(c, err) : NULL;
+		log_err("%s%s%s%.*s", prefix, at ? at : "", at ? ": " : "", (int)n, err);
 		err += n + (err[n] == '\n');
 	}
 }
@@ -371,20 +383,29 @@ static void reload(const char *path, int nov, int full)
 {
 	char err[8192];
 	struct conf *c = conf_load(path, 0, ov, nov, err, sizeof err);
+	stats_gauge_set(ST_config_reload_time, (int64_t)time(NULL));
+	stats_gauge_set(ST_config_reload_ok, c != NULL);
 	if (!c) {
-		log_errors("reload refused, keeping the running configuration: ", err);
+		log_errors(NULL, "reload refused, keeping the running configuration: ", err);
 		return;
 	}
 	if (grey_changed_check(c, err, sizeof err) < 0) {
-		log_errors("reload refused, keeping the running configuration: ", err);
+		log_errors(c, "reload refused, keeping the running configuration: ", err);
+		stats_gauge_set(ST_config_reload_ok, 0);
 		conf_release(c);
 		return;
 	}
-	struct policy *p = policy_load(c, err, sizeof err); /* smtpd_milters parsed there */
+	/* policy_load takes one reference, even on failure: ours keeps c for
+	 * naming the lines at fault. smtpd_milters is parsed there. */
+	conf_ref(c);
+	struct policy *p = policy_load(c, err, sizeof err);
 	if (!p) {
-		log_errors("reload refused, keeping the running configuration: ", err);
-		return;
+		log_errors(c, "reload refused, keeping the running configuration: ", err);
+		stats_gauge_set(ST_config_reload_ok, 0);
 	}
+	conf_release(c);
+	if (!p)
+		return;
 	/* Certificates: the old ones stay unless the new ones all load (after
 	 * the privilege drop, the key must be readable by mail_owner). When
 	 * only a map file changed (!full), certificates and signatures stay. */
@@ -411,7 +432,7 @@ static void reload(const char *path, int nov, int full)
 int main(int argc, char **argv)
 {
 	const char *path = NULL;
-	int nov = 0, fg = 0, verbose = 0, check = 0, dump_n = 0, dump_d = 0;
+	int nov = 0, fg = 0, verbose = 0, check = 0, dump_n = 0, dump_d = 0, version = 0;
 	int opt;
 
 	/* The scanner process is perimd re-executed (av.c, scanner.h). */
@@ -431,9 +452,15 @@ int main(int argc, char **argv)
 		case 't': check = 1; break;
 		case 'n': dump_n = 1; break;
 		case 'd': dump_d = 1; break;
-		case 'V': version_print(stdout); return 0;
+		case 'V': version = 1; break;
 		default: usage();
 		}
+	}
+	if (version) {
+		if (optind != argc)
+			usage();
+		version_print(stdout);
+		return 0;
 	}
 	/* Names after -d or -n: those parameters only, as postconf does. */
 	if (optind != argc && !dump_d && !dump_n)
@@ -467,7 +494,7 @@ int main(int argc, char **argv)
 				"which perimd -d prints)\n",
 				path);
 		else
-			say_errors(err);
+			say_errors(c, err);
 		return 1;
 	}
 	if (dump_n) {
@@ -481,11 +508,11 @@ int main(int argc, char **argv)
 	conf_ref(c); /* policy_load takes one reference, even on failure */
 	struct policy *pol = policy_load(c, err, sizeof err);
 	if (!pol) {
-		say_errors(err);
+		say_errors(c, err);
 		bad = 1;
 	}
 	if (tls_configure(c, err, sizeof err) < 0) {
-		say_errors(err);
+		say_errors(c, err);
 		bad = 1;
 	}
 	/* Listening addresses are checked by -t too. */
@@ -494,30 +521,21 @@ int main(int argc, char **argv)
 	for (int i = 0; i < c->smtpd_listen.n; i++) {
 		const char *why;
 		if (net_parse_addr(c->smtpd_listen.v[i], 25, &addrs[i], &alens[i], &why) < 0) {
-			/* Blame the -o that set it (the last one wins), else the file. */
-			const char *from = NULL;
-			for (int k = 0; k < nov; k++)
-				if (!strncmp(ov[k], "smtpd_listen", 12) &&
-				    (ov[k][12] == '=' || ov[k][12] == ' '))
-					from = ov[k];
-			if (from)
-				fprintf(stderr, "perimd: -o %s: smtpd_listen: %s: %s\n", from,
-					c->smtpd_listen.v[i], why);
-			else
-				fprintf(stderr, "perimd: %s: smtpd_listen: %s: %s\n", c->path,
-					c->smtpd_listen.v[i], why);
+			const char *at = conf_blame(c, "smtpd_listen:");
+			fprintf(stderr, "perimd: %s: smtpd_listen: %s: %s\n", at ? at : c->path,
+				c->smtpd_listen.v[i], why);
 			bad = 1;
 		}
 	}
 	if (policyd_check(c, err, sizeof err) < 0) {
-		say_errors(err);
+		say_errors(c, err);
 		bad = 1;
 	}
 	int (*const checks[])(const struct conf *, char *, size_t) = { admin_check, av_check, grey_check,
 								       fleet_check };
 	for (size_t k = 0; k < sizeof checks / sizeof checks[0]; k++)
 		if (checks[k](c, err, sizeof err) < 0) {
-			say_errors(err);
+			say_errors(c, err);
 			bad = 1;
 		}
 	if (bad) {
@@ -527,6 +545,17 @@ int main(int argc, char **argv)
 	}
 	conf_release(c);
 	if (check) {
+		/* As root, the user to become must exist here, or the start
+		 * fails: a warning, as -t may run on another machine. */
+		struct passwd pwnum;
+		if (geteuid() == 0 && !owner_lookup(c->mail_owner, &pwnum)) {
+			const char *at = conf_blame(c, "mail_owner:");
+			fprintf(stderr,
+				"perimd: warning: %s%smail_owner: %s: no such user here: started as root, "
+				"perimd would stop (in a chroot or scratch image without /etc/passwd, give a "
+				"numeric uid[:gid])\n",
+				at ? at : "", at ? ": " : "", c->mail_owner);
+		}
 		int owner_bad = owner_read_check(c, say_stderr);
 		policy_release(pol);
 		return owner_bad ? 1 : 0;
@@ -574,6 +603,8 @@ int main(int argc, char **argv)
 	}
 	admin_init(c, nthreads);
 	admin_config_loaded(c);
+	stats_gauge_set(ST_config_reload_time, (int64_t)time(NULL));
+	stats_gauge_set(ST_config_reload_ok, 1);
 	stats_fd = admin_listen_open(c);
 	policyd_fd = policyd_listen_open(c);
 	policy_install(pol);

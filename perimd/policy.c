@@ -123,15 +123,18 @@ struct policy *policy_load(struct conf *c, char *err, size_t errlen)
 		}
 	}
 	/* An address or CIDR network matches its own address. */
-	const struct conf_list *hosts[] = { &c->relay_xforward_hosts, &c->relay_xclient_hosts };
-	for (int k = 0; k < 2; k++) {
+	const struct conf_list *hosts[] = { &c->relay_xforward_hosts, &c->relay_xclient_hosts,
+					    &c->smtpd_upstream_proxy_clients };
+	static const char *const host_names[] = { "relay_xforward_hosts", "relay_xclient_hosts",
+						  "smtpd_upstream_proxy_clients" };
+	for (int k = 0; k < 3; k++) {
 		for (int i = 0; i < hosts[k]->n; i++) {
 			char a[64];
 			const char *h = hosts[k]->v[i];
 			snprintf(a, sizeof a, "%.*s", (int)strcspn(h, "/"), h);
 			if (!net_addr_match(a, h)) {
 				log_err_add(err, errlen, "%s: %s: not an address or CIDR network",
-					    k ? "relay_xclient_hosts" : "relay_xforward_hosts", h);
+					    host_names[k], h);
 				bad = 1;
 			}
 		}

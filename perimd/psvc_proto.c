@@ -376,7 +376,16 @@ int psvc_load(const struct conf *c, struct psvc_conf *pc, char *err, size_t errl
 	const struct conf_list *l = &c->smtpd_policy_services;
 	char e2[512];
 	for (int i = 0; i < l->n; i++) {
-		if (!strcasecmp(l->v[i], "check_policy_service"))
+		/* The keyword is optional, but one must name a service, as in
+		 * Postfix: alone, last or doubled, a line lost its service. */
+		int kw = !strcasecmp(l->v[i], "check_policy_service");
+		if (kw && (i + 1 == l->n || !strcasecmp(l->v[i + 1], "check_policy_service"))) {
+			snprintf(err, errlen,
+				 "smtpd_policy_services: check_policy_service without a service after it");
+			psvc_conf_free(pc);
+			return -1;
+		}
+		if (kw)
 			continue;
 		int rc;
 		if (l->v[i][0] == '{') {

@@ -350,14 +350,45 @@ static enum policy_step recipient_found(struct policy_req *r, int result, const 
 	return unknown(r, v, "recipient_unknown");
 }
 
+/* rcpt_noext - the recipient without its address extension
+ * (recipient_delimiter: "user+ext@domain" is "user@domain") into buf;
+ * 0, or -1 when it has none (no delimiter set or found, or one that
+ * starts the local part, as Postfix leaves those whole). */
+static int rcpt_noext(const struct policy_req *r, char *buf, size_t len)
+{
+	const char *delims = r->env->pol->conf->recipient_delimiter, *rcpt = r->env->rcpt;
+	const char *at = strrchr(rcpt, '@');
+	if (!delims[0] || !at)
+		return -1;
+	size_t base = strcspn(rcpt, delims);
+	if (base == 0 || base >= (size_t)(at - rcpt))
+		return -1;
+	return snprintf(buf, len, "%.*s%s", (int)base, rcpt, at) < (int)len ? 0 : -1;
+}
+
+/* recipient_found_whole - the whole user+ext@domain was not listed: ask
+ * for user@domain (then @domain), Postfix's order; else as found. */
+static enum policy_step recipient_found_whole(struct policy_req *r, int result, const char *value,
+					      struct policy_verdict *v)
+{
+	char key[600];
+	if (result != 0 || rcpt_noext(r, key, sizeof key) < 0)
+		return recipient_found(r, result, value, v);
+	return lookup(r, r->env->pol->rcpt_maps, MAP_RCPT, key, recipient_found, v);
+}
+
 /* rules_step_recipient - see rules.h. Role accounts are accepted without
  * a lookup (even when the maps do not list them, or cannot answer) and are
- * never called out. */
+ * never called out. A recipient with an address extension is looked up
+ * whole, then without it (recipient_found_whole). */
 enum policy_step rules_step_recipient(struct policy_req *r, struct policy_verdict *v)
 {
 	const struct policy *p = r->env->pol;
+	char key[600];
 	if (r->exempt || r->verified || !r->env->rcpt_domain[0])
 		return STEP_PASS;
+	if (p->rcpt_maps && rcpt_noext(r, key, sizeof key) == 0)
+		return lookup(r, p->rcpt_maps, MAP_KEY, r->env->rcpt, recipient_found_whole, v);
 	if (p->rcpt_maps)
 		return lookup(r, p->rcpt_maps, MAP_RCPT, r->env->rcpt, recipient_found, v);
 	if (p->conf->relay_recipient_verify)

@@ -99,6 +99,7 @@ struct txn {
 	char msgid[24];             /* the transaction's id (SMTPD_ID_LEN above) */
 	uint64_t t_data_end;        /* the final dot; nonzero: counted in ST_inflight */
 	uint64_t t_scanned;         /* the scanner's verdict (0: no scan) */
+	unsigned scanned : 1;       /* a scan was started (counted by smtpd_flow) */
 	unsigned overlap : 1;       /* relay_scan_overlap: relayed during the scan */
 	unsigned stream : 1;        /* relay_while_receiving: s->relay has the body as it comes */
 	unsigned stream_go : 1;     /* stream: every verdict clean, relay_release() said go */

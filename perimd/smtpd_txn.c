@@ -83,9 +83,11 @@ void smtpd_txn_reset(struct session *s)
 	free(t->prepend);
 	smtpd_rcpt_pending_free(t->rcpt_pending);
 	psvc_txn_free(t->psvc);
-	if (t->spool)              /* it had its turn at DATA: a message that ended without a scan */
-		smtpd_flow_kick(); /* leaves room in the backlog */
-	if (t->milter)             /* kept for the next MAIL; a stage in flight may still read the spool */
+	/* It had its turn at DATA and ended without a scan: its room in the
+	 * backlog goes to the next waiting DATA. */
+	if (t->spool && !t->scanned)
+		smtpd_flow_kick();
+	if (t->milter) /* kept for the next MAIL; a stage in flight may still read the spool */
 		milter_park(s, t);
 	else
 		spool_free(t->spool);
@@ -1320,6 +1322,7 @@ static void scan_or_relay(struct session *s)
 			data_relay(s);
 		}
 		smtpd_flow_scan_begin();
+		s->tx->scanned = 1;
 		s->av = av_scan(s->loop, cf, s->tx->spool, s->tx->msgid, av_done, s);
 		return;
 	}

@@ -119,6 +119,13 @@ void stats_family_add2(const char *name, const char *label, const char *value, c
 /* stats_value - a fixed metric summed over threads. */
 int64_t stats_value(enum stats_id id);
 
+/* stats_gauge_set - set a fixed GAUGE row to v, from the only thread that
+ * writes it: adds the difference. */
+static inline void stats_gauge_set(enum stats_id id, int64_t v)
+{
+	stats_add(id, v - stats_value(id));
+}
+
 /* Health (/healthz): 200 only while UP. */
 enum stats_health { STATS_STARTING, STATS_UP, STATS_DRAINING };
 void stats_health_set(enum stats_health h);

@@ -80,6 +80,8 @@ STAT(dns_failures, COUNTER, "perimd_dns_failures_total", "", "DNS lookups that f
 /* TLS credentials (tls.c): set at start and on every SIGHUP */
 STAT(tls_reload_time, GAUGE, "perimd_tls_reload_last_timestamp_seconds", "", "when the TLS certificates and keys were last loaded or reloaded (start, SIGHUP), Unix time")
 STAT(tls_reload_ok, GAUGE, "perimd_tls_reload_success", "", "1 when that last load succeeded, 0 when it failed and the old certificates stayed")
+STAT(config_reload_time, GAUGE, "perimd_config_reload_last_timestamp_seconds", "", "when the configuration was last read (start, SIGHUP, a changed map file), Unix time")
+STAT(config_reload_ok, GAUGE, "perimd_config_reload_success", "", "1 when that last read was taken, 0 when it was refused and the previous configuration runs on")
 
 /* The fleet's shared state (fleet.c) */
 STAT(fleet_sync_ok, COUNTER, "perimd_fleet_syncs_total", "result=\"ok\"", "syncs of the state shared with the other boxes (fleet_share_*), by outcome")

@@ -121,13 +121,6 @@ static void stats_declare(void)
 			     "notAfter of the loaded server certificate (smtpd_tls_cert_file), Unix time");
 }
 
-/* gauge_set - set a fixed GAUGE row (stats_names.h) from the only thread
- * that writes it: add the difference. */
-static void gauge_set(enum stats_id id, int64_t v)
-{
-	stats_add(id, v - stats_value(id));
-}
-
 /* tls_count - one handshake outcome into the statistics. */
 void tls_count(int server, int ok, const char *reason)
 {
@@ -503,8 +496,8 @@ static int configure(const struct conf *c, char *err, size_t errlen);
 int tls_configure(const struct conf *c, char *err, size_t errlen)
 {
 	int r = configure(c, err, errlen);
-	gauge_set(ST_tls_reload_time, (int64_t)time(NULL));
-	gauge_set(ST_tls_reload_ok, r == 0);
+	stats_gauge_set(ST_tls_reload_time, (int64_t)time(NULL));
+	stats_gauge_set(ST_tls_reload_ok, r == 0);
 	return r;
 }
 

@@ -6,6 +6,9 @@
  * their expanded values, every parameter formatted canonically, so "300"
  * and "5m" agree. (The expanded values themselves are not read back: an
  * expansion may begin with a space, "$empty x", which no file can write.)
+ * conf_value_of (perimd healthcheck's one parameter) is run on every
+ * input: NULL only with a reason, and the value conf_load gives when the
+ * whole file loads.
  */
 #include "conf.h"
 
@@ -16,12 +19,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* load_text - conf_load on n bytes of text, through a memory file: the
- * parser takes a path, and a memfd needs no clean-up when we crash. */
-static struct conf *load_text(const char *text, size_t n, char *err, size_t errlen)
+/* text_fd - a memory file holding the n bytes of text, its path in path:
+ * the parser takes a path, and a memfd needs no clean-up when we crash. */
+static int text_fd(const char *text, size_t n, char *path, size_t pathlen)
 {
 	int fd = memfd_create("fuzz_conf", 0);
-	char path[64];
 
 	if (fd < 0)
 		abort();
@@ -31,10 +33,31 @@ static struct conf *load_text(const char *text, size_t n, char *err, size_t errl
 			abort();
 		off += (size_t)w;
 	}
-	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+	snprintf(path, pathlen, "/proc/self/fd/%d", fd);
+	return fd;
+}
+
+/* load_text - conf_load on n bytes of text. */
+static struct conf *load_text(const char *text, size_t n, char *err, size_t errlen)
+{
+	char path[64];
+	int fd = text_fd(text, n, path, sizeof path);
 	struct conf *c = conf_load(path, 0, NULL, 0, err, errlen);
 	close(fd);
 	return c;
+}
+
+/* value_of - conf_value_of(stats_listen) on n bytes of text; it returns
+ * NULL only with a reason. */
+static char *value_of(const char *text, size_t n)
+{
+	char path[64], err[1024];
+	int fd = text_fd(text, n, path, sizeof path);
+	char *v = conf_value_of(path, 0, "stats_listen", err, sizeof err);
+	close(fd);
+	if (!v && err[0] == 0)
+		abort();
+	return v;
 }
 
 /* dump_text - conf_dump into a malloc'ed string (*n bytes). */
@@ -89,7 +112,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char err[1024];
 	struct conf *c = load_text((const char *)data, size, err, sizeof err);
+	char *listen = value_of((const char *)data, size);
 
+	if (c && (!listen || strcmp(listen, c->stats_listen) != 0))
+		abort();
+	free(listen);
 	if (!c) {
 		/* every refusal names its reason */
 		if (err[0] == 0)

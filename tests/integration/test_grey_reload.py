@@ -43,13 +43,13 @@ def test_reload_to_an_unusable_greylist_database_is_refused(perimd_factory, sink
     assert code == 451 and re.match(GREYLISTED, text), text
     missing = tmp_path / "missing" / "dir"
     reload_with(p, greylist_database="sqlite:%s/g.db" % missing)
-    p.wait_log(r"reload refused, keeping the running configuration: greylist_database: "
-               r"%s/g\.db: cannot be created" % re.escape(str(missing)))
+    p.wait_log(r"reload refused, keeping the running configuration: (\S+:\d+: )?"
+               r"greylist_database: %s/g\.db: cannot be created" % re.escape(str(missing)))
     code, text = rcpt(p)
     assert code == 451 and re.match(GREYLISTED, text), text
     reload_with(p, greylist_database="mysql:%s/none.cf" % tmp_path)
-    p.wait_log(r"reload refused, keeping the running configuration: greylist_database: "
-               r"mysql: .*none\.cf")
+    p.wait_log(r"reload refused, keeping the running configuration: (\S+:\d+: )?"
+               r"greylist_database: mysql: .*none\.cf")
     code, text = rcpt(p)
     assert code == 451 and re.match(GREYLISTED, text), text
     assert "greylist database failing" not in p.log_text()

@@ -3,7 +3,8 @@ scans waiting or running reach twice the scanner's workers, DATA waits
 before its 354, in arrival order, at most in_flow_delay; a scan's end lets
 the first waiting DATA go on; a client that leaves while it waits costs
 nothing; a pipelined MAIL, RCPT, DATA gets its 250s and waits for its
-354; in_flow_delay = 0 never waits; no message is refused or lost.
+354; a DATA whose message ends without a scan passes its turn on at once;
+in_flow_delay = 0 never waits; no message is refused or lost.
 
 The real binary, its scanner process (libclamav, test_av.py's database)
 with one worker, stopped with SIGSTOP so that scans pile up; smtp-sink as
@@ -11,27 +12,16 @@ the backend; the counters read from /metrics.
 """
 
 import os
-import re
 import select
 import signal
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import expect, free_port, sink_message, wait_for  # noqa: E402
 from test_av import CLEAN, EICAR, SIG_EICAR, libclamav, scanner_pid, send, session  # noqa: E402
-from test_scanner_procs import wait_workers  # noqa: E402
-
-
-def metric(p, name):
-    """A metric's value on /metrics (name with its labels, if any)."""
-    url = "http://%s/metrics" % p.params["stats_listen"]
-    body = urllib.request.urlopen(url, timeout=10).read().decode()
-    m = re.search(r"^%s (\d+)$" % re.escape(name), body, re.M)
-    assert m, "%s not in /metrics" % name
-    return int(m.group(1))
+from test_scanner_procs import metric, wait_workers  # noqa: E402
 
 
 def waiting(p):
@@ -44,8 +34,9 @@ def delayed(p, end):
 
 def start(perimd_factory, sink, tmp_path, **params):
     """perimd with one scanning worker (backlog limit 2), that worker stopped."""
-    p, _ = libclamav(perimd_factory, sink, tmp_path, av_threads=1, av_timeout="60s",
-                     stats_listen="127.0.0.1:%d" % free_port(), **params)
+    conf = dict(av_threads=1, av_timeout="60s", stats_listen="127.0.0.1:%d" % free_port())
+    conf.update(params)
+    p, _ = libclamav(perimd_factory, sink, tmp_path, **conf)
     _, ws = wait_workers(scanner_pid(p), 1)
     os.kill(ws[0], signal.SIGSTOP)
     return p, ws[0]
@@ -63,6 +54,16 @@ def begin(port):
 def body(c, data=CLEAN):
     """The body and the final dot after a 354."""
     c.send(data + b".\r\n")
+
+
+def fill(p):
+    """Two messages in the scanner's backlog (limit 2: one worker); their
+    clients, waiting for their final replies."""
+    held = [begin(p.port) for _ in range(2)]
+    for c in held:
+        expect(c.reply(), 354)
+        body(c)
+    return held
 
 
 def silent(c, seconds=0.3):
@@ -111,10 +112,7 @@ def test_waits_in_arrival_order(perimd_factory, sink, tmp_path):
     """Three DATA commands wait; as the stopped worker's scans end one by
     one, they get their 354s in the order they came."""
     p, worker = start(perimd_factory, sink, tmp_path, in_flow_delay="10s")
-    held = [begin(p.port) for _ in range(2)]
-    for c in held:
-        expect(c.reply(), 354)
-        body(c)
+    held = fill(p)
     queued = []
     for i in range(3):
         queued.append(begin(p.port))
@@ -143,10 +141,7 @@ def test_expires_after_in_flow_delay(perimd_factory, sink, tmp_path):
     in_flow_delay (1 s) passed, counted as expired; its message is scanned
     and relayed when the worker goes on."""
     p, worker = start(perimd_factory, sink, tmp_path, in_flow_delay="1s")
-    held = [begin(p.port) for _ in range(2)]
-    for c in held:
-        expect(c.reply(), 354)
-        body(c)
+    held = fill(p)
     c3 = begin(p.port)
     t0 = time.monotonic()
     expect(c3.reply(15), 354)
@@ -181,10 +176,7 @@ def test_pipelined_data_waits(perimd_factory, sink, tmp_path):
     client does) while the backlog is full gets its two 250s at once and
     its 354 only when a scan ended; its message is then relayed whole."""
     p, worker = start(perimd_factory, sink, tmp_path, in_flow_delay="10s")
-    held = [begin(p.port) for _ in range(2)]
-    for c in held:
-        expect(c.reply(), 354)
-        body(c)
+    held = fill(p)
     c = session(p.port)
     c.send(b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
     expect(c.reply(10), 250)
@@ -202,3 +194,36 @@ def test_pipelined_data_waits(perimd_factory, sink, tmp_path):
     sink.wait_count(3, 30)
     bodies = [sink_message(m)[1] for m in sink.messages()]
     assert any(b.endswith(b"Subject: pipelined\n\n.leading dot\n") for b in bodies), bodies
+
+
+def test_turn_without_a_scan_passes_on(perimd_factory, sink, tmp_path):
+    """A DATA that had its turn and whose message ends without a scan
+    (refused at the final dot: over message_size_limit) lets the next
+    waiting DATA go on at once, not after in_flow_delay. The worker stays
+    stopped: a's scan ends by av_timeout (451), b's a second later; c4's
+    354 must come between the two, from c3's refusal alone."""
+    p, worker = start(perimd_factory, sink, tmp_path, in_flow_delay="30s", av_timeout="3s",
+                      message_size_limit="4096")
+    a, b = begin(p.port), begin(p.port)
+    expect(a.reply(), 354)
+    expect(b.reply(), 354)
+    body(a)
+    time.sleep(1.5)  # b's scan starts later than a's: its timeout comes 1.5 s after
+    body(b)
+    c3 = begin(p.port)
+    assert wait_for(lambda: waiting(p) == 1, 10)
+    c4 = begin(p.port)
+    assert wait_for(lambda: waiting(p) == 2, 10)
+    expect(a.reply(30), 451, "4.3.0")  # a's scan timed out: c3's turn
+    expect(c3.reply(10), 354)
+    body(c3, b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 80)
+    expect(c3.reply(10), 552, "5.3.4")
+    expect(c4.reply(1.0), 354)  # before b's scan times out
+    assert b.reply(0) is None, "b's scan ended first: the test proves nothing"
+    expect(b.reply(30), 451, "4.3.0")
+    assert (delayed(p, "released"), delayed(p, "expired")) == (2, 0)
+    os.kill(worker, signal.SIGCONT)
+    body(c4)
+    expect(c4.reply(30), 250)
+    for c in (a, b, c3, c4):
+        c.close()

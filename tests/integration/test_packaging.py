@@ -227,7 +227,7 @@ def test_compose_perimd_conf_passes_check(tmp_path):
 def test_alert_rules_check_and_unit_tests():
     r = run("promtool", "check", "rules", RULES)
     assert r.returncode == 0, r.stdout
-    assert "SUCCESS: 11 rules found" in r.stdout, r.stdout
+    assert "SUCCESS: 12 rules found" in r.stdout, r.stdout
     r = run("promtool", "test", "rules", RULES_TEST, cwd=os.path.dirname(RULES_TEST))
     assert r.returncode == 0, r.stdout
     assert "SUCCESS" in r.stdout
@@ -299,7 +299,7 @@ def test_prometheus_scrapes_perimd(tmp_path, perimd_factory, sink):
         assert up and up[0]["value"][1] == "1"
         groups = prom_get(port, "/api/v1/rules")["data"]["groups"]
         rules_loaded = [r for g in groups for r in g["rules"]]
-        assert len(rules_loaded) == 11
+        assert len(rules_loaded) == 12
         assert all(r["health"] != "err" for r in rules_loaded), rules_loaded
         for title, expr in dashboard_queries():
             q = expr.replace("$instance", ".*").replace("$__rate_interval", "1m")

@@ -264,7 +264,8 @@ def test_reload_inplace_fails_then_loads(perimd_factory, sink, tmp_path):
 
 
 def metric(p, name):
-    """The value of an unlabelled metric on perimd's stats_listen."""
+    """The value of a metric on perimd's stats_listen (a labelled one with its
+    labels: name{label="value"})."""
     url = "http://%s/metrics" % p.params["stats_listen"]
     body = urllib.request.urlopen(url, timeout=10).read().decode()
     m = re.search(r"^%s (\d+)$" % re.escape(name), body, re.M)

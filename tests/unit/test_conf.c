@@ -115,7 +115,14 @@ TEST(bool_values)
 	CHECK(conf_parse_time("1 s", &n) == -1);
 	CHECK(conf_parse_size("25M", &n) == 0 && n == 25LL << 20);
 	CHECK(conf_parse_size("1kb", &n) == -1);
-	CHECK(conf_parse_size("99999999999g", &n) == -1);
+	/* Too large to hold: -2 (perimd -t then names the maximum), however
+	 * it overflows; a bad suffix stays -1. */
+	CHECK(conf_parse_size("99999999999g", &n) == -2);
+	CHECK(conf_parse_size("99999999999999999999", &n) == -2);
+	CHECK(conf_parse_time("99999999999999999999s", &n) == -2);
+	CHECK(conf_parse_time("9999999999999w", &n) == -2);
+	CHECK(conf_parse_time("99999999999999999999x", &n) == -1);
+	CHECK(conf_parse_time("1.5m", &n) == -1);
 
 	const char *const *names = conf_param_names();
 	int k = 0;
