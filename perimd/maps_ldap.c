@@ -980,6 +980,10 @@ static int search(struct map_ldap *l, struct ldap_conn *c, const char *uri, cons
 			for (int i = 0; vals && vals[i]; i++) {
 				char v[1024], out[2048];
 				size_t n = vals[i]->bv_len < sizeof v - 1 ? vals[i]->bv_len : sizeof v - 1;
+				if (n < vals[i]->bv_len) /* every map's values end at 1023 bytes */
+					log_warn("ldap %s: value of %s for <%s> is %lu bytes; only its first "
+						 "%zu used",
+						 uri, cf->attrs[a], key, (unsigned long)vals[i]->bv_len, n);
 				memcpy(v, vals[i]->bv_val, n);
 				v[n] = 0;
 				if (strlen(v) != n) /* a NUL inside: not a mail value */

@@ -699,3 +699,21 @@ def test_version_lists_ldap():
     assert "ldap" in features, out
     assert re.search(r"^libldap 2\.\d+\.\d+ \(OpenLDAP; ldap: maps, ldaps:// and StartTLS\)$", out,
                      re.M), out
+
+
+def test_ldap_value_over_the_map_bound_is_logged(tmp_path, perimd_factory, slapd):
+    """A value longer than a map value holds (1023 bytes, every map type)
+    is used up to that bound, and the log says so, naming the attribute,
+    the key and the length; the recipient is still found."""
+    long_value = "x" * 1500
+    ldif = ("dn: uid=alice,ou=people,%s\nchangetype: modify\nreplace: description\n"
+            "description: %s\n" % (SUFFIX, long_value))
+    subprocess.run(["ldapmodify", "-x", "-H", slapd.uri, "-D", "cn=admin," + SUFFIX, "-w", "adminpw"],
+                   input=ldif.encode(), check=True, stdout=subprocess.PIPE,
+                   stderr=subprocess.STDOUT, timeout=30)
+    cf = write_cf(tmp_path / "ldap-long.cf", cf_text(slapd.uri, result_attribute="description"))
+    p = perimd_factory(relay_backends="127.0.0.1:%d" % free_port(), relay_recipient_maps="ldap:" + cf)
+    r = rcpts(p.port, ["alice@example.com"])
+    assert r[0][0] == 250, r
+    p.wait_log(r"ldap %s: value of description for <alice@example.com> is 1500 bytes; "
+               r"only its first 1023 used" % re.escape(slapd.uri))
