@@ -330,6 +330,20 @@ static void log_errors(const struct conf *c, const char *prefix, const char *err
 	}
 }
 
+/* give_state_dirs - started as root with another mail_owner: the state
+ * directories are mail_owner's from the start, before owner_read_check()
+ * looks at the greylist files in them as mail_owner (perimd made them
+ * 0700 as root). An unknown owner is drop_privileges()'s fatal error. */
+static void give_state_dirs(const struct conf *c)
+{
+	struct passwd pwnum, *pw = owner_lookup(c->mail_owner, &pwnum);
+	if (geteuid() != 0 || !pw || pw->pw_uid == 0)
+		return;
+	if (chown(c->data_directory, pw->pw_uid, pw->pw_gid) < 0 ||
+	    chown(c->body_spool_directory, pw->pw_uid, pw->pw_gid) < 0)
+		fatal("cannot give the state directories to %s: %s", c->mail_owner, strerror(errno));
+}
+
 /* drop_privileges - after binding: become mail_owner (only when started
  * as root; mail_owner = root keeps root, with a warning). */
 static void drop_privileges(const struct conf *c)
@@ -345,9 +359,6 @@ static void drop_privileges(const struct conf *c)
 		log_warn("mail_owner = %s: running as root", c->mail_owner);
 		return;
 	}
-	if (chown(c->data_directory, pw->pw_uid, pw->pw_gid) < 0 ||
-	    chown(c->body_spool_directory, pw->pw_uid, pw->pw_gid) < 0)
-		fatal("cannot give the state directories to %s: %s", c->mail_owner, strerror(errno));
 	if (setgroups(1, &pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
 		fatal("cannot become %s: %s", c->mail_owner, strerror(errno));
 	if (setuid(0) == 0)
@@ -574,6 +585,7 @@ int main(int argc, char **argv)
 			  (uint64_t)c->body_spool_limit);
 	verify_init(100000);
 	raise_nofile(c);
+	give_state_dirs(c);
 	if (owner_read_check(c, say_log))
 		fatal("greylist_database %s: not usable by mail_owner %s", c->greylist_database, c->mail_owner);
 
