@@ -7,34 +7,13 @@ checks ran as root) and then every greylisting decision failed
 given to mail_owner passes."""
 
 import os
-import pwd
-import shutil
 import sqlite3
 import subprocess
-import tempfile
 
 import pytest
 
 from harness import PERIMD_BIN, Client, Perimd
-
-
-@pytest.fixture
-def nobody():
-    if os.geteuid() != 0:
-        pytest.skip("needs root: mail_owner is taken only when started as root")
-    try:
-        return pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no user nobody")
-
-
-@pytest.fixture
-def world_dir():
-    """A directory every user can traverse (pytest's tmp_path is 0700)."""
-    d = tempfile.mkdtemp(prefix="perimd-grey-owner-")
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+from test_startup import nobody, world_dir  # noqa: F401 - fixtures, shared
 
 
 def check(p):
