@@ -741,12 +741,7 @@ struct av_req *av_scan(struct ev_loop *loop, const struct conf *cf, struct spool
 /* av_backlog_limit - see av.h. */
 int av_backlog_limit(const struct conf *cf)
 {
-	long workers = cf->av_threads;
-	if (workers <= 0)
-		workers = sysconf(_SC_NPROCESSORS_ONLN);
-	if (workers <= 0)
-		workers = 1;
-	return (int)(2 * workers);
+	return 2 * conf_per_cpu(cf->av_threads);
 }
 
 /* av_cancel - forget a request whose session is gone. */

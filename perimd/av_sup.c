@@ -99,7 +99,7 @@ static int sup_spawn(int *fds, char *err, size_t errlen)
 			goto out;
 		}
 	char a_threads[24], a_n[24], a_limits[sizeof sup.limits];
-	snprintf(a_threads, sizeof a_threads, "%lld", sup.threads);
+	snprintf(a_threads, sizeof a_threads, "%d", conf_per_cpu(sup.threads));
 	snprintf(a_n, sizeof a_n, "%d", n);
 	pthread_mutex_lock(&sup.mu);
 	memcpy(a_limits, sup.limits, sizeof a_limits);

@@ -476,6 +476,15 @@ int conf_parse_size(const char *s, long long *bytes)
 	return parse_unit(s, size_sfx, size_n, sizeof size_n / sizeof size_n[0], bytes);
 }
 
+/* conf_per_cpu - see conf.h. */
+int conf_per_cpu(long long n)
+{
+	if (n > 0)
+		return (int)n;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	return cpus > 0 ? (int)cpus : 1;
+}
+
 /* conf_parse_bool - yes/no/true/false/1/0, any case. */
 int conf_parse_bool(const char *s, int *v)
 {

@@ -141,5 +141,8 @@ const char *const *conf_param_names(void);
 int conf_parse_bool(const char *s, int *v);
 int conf_parse_time(const char *s, long long *v);
 int conf_parse_size(const char *s, long long *v);
+/* conf_per_cpu - a count where 0 means one per CPU (io_threads,
+ * av_threads): n, or the CPUs online (at least 1). */
+int conf_per_cpu(long long n);
 
 #endif

@@ -589,11 +589,7 @@ int main(int argc, char **argv)
 	if (owner_read_check(c, say_log))
 		fatal("greylist_database %s: not usable by mail_owner %s", c->greylist_database, c->mail_owner);
 
-	nthreads = (int)c->io_threads;
-	if (nthreads <= 0) {
-		long n = sysconf(_SC_NPROCESSORS_ONLN);
-		nthreads = n > 0 ? (int)n : 1;
-	}
+	nthreads = conf_per_cpu(c->io_threads);
 	/* Another daemon on one of our addresses: refuse, naming it, before
 	 * SO_REUSEPORT would let us share its clients. */
 	for (int i = 0; i < c->smtpd_listen.n; i++)

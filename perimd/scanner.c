@@ -727,11 +727,7 @@ int scanner_main(int argc, char **argv)
 	tmp_dir = argv[3];
 	nworkers = atoi(argv[4]);
 	scanner_nloops = atoi(argv[5]);
-	if (nworkers <= 0) {
-		long n = sysconf(_SC_NPROCESSORS_ONLN);
-		nworkers = n > 0 ? (int)n : 1;
-	}
-	if (scanner_nloops < 1 || scanner_nloops > 1024 || nworkers > 1024)
+	if (scanner_nloops < 1 || scanner_nloops > 1024 || nworkers < 1 || nworkers > 1024)
 		_exit(2);
 	confine();
 	heap_tune();

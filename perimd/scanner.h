@@ -82,7 +82,8 @@ struct scanner_ans {
 };
 
 /* scanner_main - the hidden mode: argv is
- *   perimd --scanner DBDIR TMPDIR WORKERS NLOOPS LIMITS (WORKERS: av_threads)
+ *   perimd --scanner DBDIR TMPDIR WORKERS NLOOPS LIMITS (WORKERS: av_threads,
+ *   0 resolved to the CPUs by the supervisor)
  * Never returns to the caller's code: exits the process. */
 int scanner_main(int argc, char **argv);
 
