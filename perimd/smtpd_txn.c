@@ -849,12 +849,6 @@ static void flow_go(void *arg)
 		smtpd_session_resume(s);
 }
 
-/* scan_ended - the scan of s's message ended (verdict or cancel). */
-static void scan_ended(struct session *s)
-{
-	smtpd_flow_scan_end(s->cf);
-}
-
 /* smtpd_scan_cancel - see smtpd_int.h. */
 void smtpd_scan_cancel(struct session *s)
 {
@@ -862,7 +856,7 @@ void smtpd_scan_cancel(struct session *s)
 		return;
 	av_cancel(s->av);
 	s->av = NULL;
-	scan_ended(s);
+	smtpd_flow_scan_end(s->cf);
 }
 
 /* smtpd_cmd_data - DATA (RFC 5321 §4.1.1.4): in_flow_delay, the milters,
@@ -1001,7 +995,7 @@ static void av_done(void *arg, const char *refusal)
 {
 	struct session *s = arg;
 	s->av = NULL;
-	scan_ended(s);
+	smtpd_flow_scan_end(s->cf);
 	s->tx->t_scanned = ev_now(s->loop);
 	if (s->tx->stream) { /* the stream waits for this verdict */
 		if (refusal) {
