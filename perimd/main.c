@@ -388,6 +388,15 @@ static int grey_changed_check(const struct conf *c, char *err, size_t errlen)
 	return changed ? grey_check(c, err, errlen) : 0;
 }
 
+/* reload_refused - a reload that keeps the running configuration: its
+ * errors logged (where c set what they name; c may be NULL), and
+ * perimd_config_reload_success 0. */
+static void reload_refused(const struct conf *c, const char *err)
+{
+	log_errors(c, "reload refused, keeping the running configuration: ", err);
+	stats_gauge_set(ST_config_reload_ok, 0);
+}
+
 /* reload - SIGHUP (full: certificates and signatures too) or a changed map
  * file: a new configuration and policy, or keep the old. */
 static void reload(const char *path, int nov, int full)
@@ -395,14 +404,13 @@ static void reload(const char *path, int nov, int full)
 	char err[8192];
 	struct conf *c = conf_load(path, 0, ov, nov, err, sizeof err);
 	stats_gauge_set(ST_config_reload_time, (int64_t)time(NULL));
-	stats_gauge_set(ST_config_reload_ok, c != NULL);
 	if (!c) {
-		log_errors(NULL, "reload refused, keeping the running configuration: ", err);
+		reload_refused(NULL, err);
 		return;
 	}
+	stats_gauge_set(ST_config_reload_ok, 1);
 	if (grey_changed_check(c, err, sizeof err) < 0) {
-		log_errors(c, "reload refused, keeping the running configuration: ", err);
-		stats_gauge_set(ST_config_reload_ok, 0);
+		reload_refused(c, err);
 		conf_release(c);
 		return;
 	}
@@ -410,10 +418,8 @@ static void reload(const char *path, int nov, int full)
 	 * naming the lines at fault. smtpd_milters is parsed there. */
 	conf_ref(c);
 	struct policy *p = policy_load(c, err, sizeof err);
-	if (!p) {
-		log_errors(c, "reload refused, keeping the running configuration: ", err);
-		stats_gauge_set(ST_config_reload_ok, 0);
-	}
+	if (!p)
+		reload_refused(c, err);
 	conf_release(c);
 	if (!p)
 		return;
